@@ -1,0 +1,197 @@
+"""The action model: typed, frozen dataclasses that say what a phase does. Data only, no I/O.
+
+Every back-end (preview, bash script, simulator, live) interprets these; each dispatches on the action
+type and fails loudly on a type it does not know. Values that cannot be known when a plan is made are
+explicit objects: `RuntimeValue` (produced by an earlier action, e.g. the image id), `EnvSecret` (a
+secret supplied by the runner at run time) and `StagedFile` (a file the runner copies to the node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RuntimeValue:
+    """A value produced while the build runs (e.g. the image id RegisterImage returns)."""
+
+    setting: str
+    produced_by: str
+
+    @property
+    def env_var(self) -> str:
+        """The shell variable that holds it in a rendered script."""
+        return f"AMIDSL_{self.setting.upper()}"
+
+
+@dataclass(frozen=True)
+class EnvSecret:
+    """A secret the runner supplies at run time through the environment; plans hold only the name."""
+
+    env_var: str
+    what: str
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A controller-side file the runner copies to the node; the node path arrives in `env_var`."""
+
+    env_var: str
+    what: str
+    local_path: str | None = None
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class OptionalArg:
+    """`flag value` when the runner supplies the secret, nothing when it does not (a session token)."""
+
+    flag: str
+    value: EnvSecret
+
+
+# One word of a command line (or an environment value); OptionalArg is zero or two words.
+Value = str | RuntimeValue | EnvSecret | OptionalArg
+
+
+@dataclass(frozen=True)
+class InstallPackages:
+    """Install OS packages with whichever package manager the node has (apt, dnf or yum)."""
+
+    apt: tuple[str, ...]
+    rpm: tuple[str, ...]
+    description: str = "install OS packages"
+
+
+@dataclass(frozen=True)
+class Directory:
+    """Create a directory (and its parents) with an owner and mode."""
+
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "0755"
+    description: str = "create a directory"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """Write a file on the node from inline content or a staged controller file, with owner and mode.
+
+    A secret file never has inline content: it is always staged, so its text stays out of plans.
+    """
+
+    path: str
+    content: str | None = None
+    staged: StagedFile | None = None
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "0644"
+    secret: bool = False
+    description: str = "write a file"
+
+    def __post_init__(self) -> None:
+        if (self.content is None) == (self.staged is None):
+            raise ValueError(f"RemoteFile {self.path}: give exactly one of content or staged")
+        if self.secret and self.content is not None:
+            raise ValueError(f"RemoteFile {self.path}: a secret file must be staged, not inline")
+
+
+@dataclass(frozen=True)
+class RemoteDirectory:
+    """Fetch a zip archive (URL or staged file) and unpack it into a directory.
+
+    `rename_glob` -> `rename_to` is the crate's fix-up of the versioned top folder
+    (`ec2-ami-tools-1.5.x` becomes `ec2-ami-tools`), done only when `rename_to` is not there yet.
+    """
+
+    path: str
+    url: str | None = None
+    staged: StagedFile | None = None
+    rename_glob: str | None = None
+    rename_to: str | None = None
+    owner: str = "root"
+    group: str = "root"
+    description: str = "unpack an archive"
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.staged is None):
+            raise ValueError(f"RemoteDirectory {self.path}: give exactly one of url or staged")
+
+
+@dataclass(frozen=True)
+class Exec:
+    """Run a program on the node: argv, extra environment, working directory, run-as user."""
+
+    argv: tuple[Value, ...]
+    env: tuple[tuple[str, Value], ...] = ()
+    cwd: str | None = None
+    user: str = "root"
+    creates: str | None = None  # skip the command when this path exists (a finished earlier run)
+    description: str = "run a command"
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Remove a path on the node (`recursive` for directories); `matching` removes a glob inside it."""
+
+    path: str
+    recursive: bool = False
+    matching: str | None = None
+    description: str = "remove files"
+
+
+@dataclass(frozen=True)
+class AwsCall:
+    """An AWS API call made from the controller, not the node; its result is kept as `result_name`."""
+
+    service: str
+    operation: str
+    params: tuple[tuple[str, object], ...]
+    region: str
+    result_name: str
+    description: str = "call the AWS API"
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """Store fields of an earlier AwsCall's result into the build's settings (e.g. the image id)."""
+
+    from_result: str
+    fields: tuple[tuple[str, str], ...]  # (setting, result field)
+    description: str = "store API results in the settings"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Fail the phase unless the list `field` of an earlier AwsCall's result has `length` items."""
+
+    from_result: str
+    field: str
+    length: int
+    description: str = "check an API result"
+
+
+Action = (
+    InstallPackages | Directory | RemoteFile | RemoteDirectory | Exec | Remove | AwsCall
+    | UpdateSettings | CheckResult
+)
+
+# Actions that run on the controller rather than on the node.
+CONTROLLER_ACTIONS = (AwsCall, UpdateSettings, CheckResult)
+
+
+@dataclass(frozen=True)
+class PlanWarning:
+    """Not an action: a note a plan function adds for the reviewer (e.g. a package stays in the image)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """The actions of one phase, in order, with any warnings for the reviewer."""
+
+    name: str
+    actions: tuple[Action, ...]
+    warnings: tuple[str, ...] = field(default=())

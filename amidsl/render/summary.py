@@ -1,0 +1,70 @@
+"""The settings as a reviewer may see them: every value, secrets replaced by where they come from."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from amidsl.plan import Plan
+from amidsl.settings import AmiSettings, Source
+
+
+def describe_source(source: Source) -> str:
+    """Where a file comes from, without its content."""
+    if source.example:
+        return "amidsl's built-in example credentials (throwaway, not valid on AWS)"
+    if source.local_file is not None:
+        return f"local file {source.local_file}"
+    if source.url is not None:
+        return source.url
+    return "inline content"
+
+
+def describe_certificate(pem: str) -> str:
+    """Subject and SHA-256 fingerprint of a certificate (public information)."""
+    cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    fingerprint = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()[:16]
+    return f"{cert.subject.rfc4514_string()} (sha256 {fingerprint}...)"
+
+
+def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
+    """(name, shown value) for every setting; secrets shown only as their run-time source."""
+    shown: list[tuple[str, str]] = []
+    for field in dataclasses.fields(s):
+        name, value = field.name, getattr(s, field.name)
+        if name == "private_key_pem":
+            continue
+        if name == "certificate_pem":
+            value = describe_certificate(value) if value else "(none)"
+        elif name in ("secret_key", "session_token", "access_key"):
+            value = _credential_origin(s, name)
+        elif isinstance(value, Source):
+            value = describe_source(value)
+        elif isinstance(value, tuple):
+            value = ", ".join(str(v) for v in value) if value else "(none)"
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        elif value is None:
+            value = "(none)"
+        shown.append((name, str(value)))
+    return shown
+
+
+def _credential_origin(s: AmiSettings, name: str) -> str:
+    env = {"access_key": "AMIDSL_ACCESS_KEY", "secret_key": "AMIDSL_SECRET_KEY",
+           "session_token": "AMIDSL_SESSION_TOKEN"}[name]
+    given = getattr(s, name) is not None
+    origin = "from the settings" if given else "from the AWS credential chain"
+    if name == "access_key" and s.access_key:
+        origin = f"{s.access_key} from the settings"
+    return f"{origin}; supplied at run time as {env}"
+
+
+def plan_title(plan: Plan) -> str:
+    """One line saying what the plan builds."""
+    s = plan.settings
+    return (f"spec {plan.spec_name!r}: image {s.image_name!r} ({s.arch}) in {s.region}, "
+            f"bundle to s3://{s.s3_location}/")
