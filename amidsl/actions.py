@@ -173,8 +173,15 @@ class CheckResult:
 
 
 Action = (
-    InstallPackages | Directory | RemoteFile | RemoteDirectory | Exec | Remove | AwsCall
-    | UpdateSettings | CheckResult
+    InstallPackages
+    | Directory
+    | RemoteFile
+    | RemoteDirectory
+    | Exec
+    | Remove
+    | AwsCall
+    | UpdateSettings
+    | CheckResult
 )
 
 # Actions that run on the controller rather than on the node.

@@ -42,10 +42,26 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # ec2-bundle-vol's copy of the volume, and the build dependencies ruby-build needs.
 TOOL_PACKAGES_APT = ("ca-certificates", "curl", "unzip", "rsync")
 TOOL_PACKAGES_RPM = ("ca-certificates", "curl", "unzip", "rsync")
-RUBY_BUILD_APT = ("git", "gcc", "make", "libssl-dev", "zlib1g-dev", "libreadline-dev",
-                  "libyaml-dev", "libffi-dev")
-RUBY_BUILD_RPM = ("git", "gcc", "make", "openssl-devel", "zlib-devel", "readline-devel",
-                  "libyaml-devel", "libffi-devel")
+RUBY_BUILD_APT = (
+    "git",
+    "gcc",
+    "make",
+    "libssl-dev",
+    "zlib1g-dev",
+    "libreadline-dev",
+    "libyaml-dev",
+    "libffi-dev",
+)
+RUBY_BUILD_RPM = (
+    "git",
+    "gcc",
+    "make",
+    "openssl-devel",
+    "zlib-devel",
+    "readline-devel",
+    "libyaml-devel",
+    "libffi-devel",
+)
 
 RBENV_URL = "https://github.com/rbenv/rbenv.git"
 RUBY_BUILD_URL = "https://github.com/rbenv/ruby-build.git"
@@ -75,7 +91,7 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
     if s.install_strategy == "rbenv":
         apt, rpm = apt + RUBY_BUILD_APT, rpm + RUBY_BUILD_RPM
     elif s.install_strategy == "package":
-        apt, rpm = apt + ("ruby",), rpm + ("ruby",)
+        apt, rpm = (*apt, "ruby"), (*rpm, "ruby")
     steps: list[Action | PlanWarning] = [
         PlanWarning(
             "OS packages installed by this phase stay in the image (only install_dir, "
@@ -84,23 +100,35 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
         ),
         InstallPackages(apt=apt, rpm=rpm, description="install the packages the ami-tools need"),
         _tools_archive(s),
-        Directory(s.credential_dir, mode="0700",
-                  description="create the credential directory (root only)"),
+        Directory(s.credential_dir, mode="0700", description="create the credential directory (root only)"),
     ]
     if s.install_strategy == "package":
-        steps.insert(0, PlanWarning(
-            "install_strategy 'package': the distribution's ruby package stays in the image; use "
-            "'rbenv' (the default) to keep Ruby inside install_dir, which the image excludes"))
+        steps.insert(
+            0,
+            PlanWarning(
+                "install_strategy 'package': the distribution's ruby package stays in the image; use "
+                "'rbenv' (the default) to keep Ruby inside install_dir, which the image excludes"
+            ),
+        )
     if s.install_strategy == "rbenv":
         root = rbenv_root(s)
         steps += [
-            Exec(("git", "clone", "--depth", "1", RBENV_URL, root), creates=root,
-                 description="fetch rbenv into the install directory"),
-            Exec(("git", "clone", "--depth", "1", RUBY_BUILD_URL, f"{root}/plugins/ruby-build"),
-                 creates=f"{root}/plugins/ruby-build", description="fetch ruby-build"),
-            Exec((f"{root}/bin/rbenv", "install", "--skip-existing", s.ruby_version),
-                 env=(("RBENV_ROOT", root),), creates=f"{root}/versions/{s.ruby_version}",
-                 description=f"build Ruby {s.ruby_version} with rbenv"),
+            Exec(
+                ("git", "clone", "--depth", "1", RBENV_URL, root),
+                creates=root,
+                description="fetch rbenv into the install directory",
+            ),
+            Exec(
+                ("git", "clone", "--depth", "1", RUBY_BUILD_URL, f"{root}/plugins/ruby-build"),
+                creates=f"{root}/plugins/ruby-build",
+                description="fetch ruby-build",
+            ),
+            Exec(
+                (f"{root}/bin/rbenv", "install", "--skip-existing", s.ruby_version),
+                env=(("RBENV_ROOT", root),),
+                creates=f"{root}/versions/{s.ruby_version}",
+                description=f"build Ruby {s.ruby_version} with rbenv",
+            ),
         ]
     return steps
 
@@ -111,8 +139,11 @@ def _tools_archive(s: AmiSettings) -> RemoteDirectory:
     if source.local_file is not None:
         staged = StagedFile(INSTALL_SOURCE_FILE, "the ec2-ami-tools zip archive", source.local_file)
     return RemoteDirectory(
-        s.install_dir, url=None if staged else source.url, staged=staged,
-        rename_glob="ec2-ami-tools-*", rename_to="ec2-ami-tools",
+        s.install_dir,
+        url=None if staged else source.url,
+        staged=staged,
+        rename_glob="ec2-ami-tools-*",
+        rename_to="ec2-ami-tools",
         description="unpack the ec2-ami-tools into the install directory",
     )
 
@@ -120,13 +151,20 @@ def _tools_archive(s: AmiSettings) -> RemoteDirectory:
 def configure(s: AmiSettings) -> list[Action]:
     """Write the X.509 certificate and the private key into credential_dir, root-only."""
     return [
-        RemoteFile(s.certificate_path, content=s.certificate_pem, mode="0600",
-                   description="write the signing certificate"),
+        RemoteFile(
+            s.certificate_path,
+            content=s.certificate_pem,
+            mode="0600",
+            description="write the signing certificate",
+        ),
         RemoteFile(
             s.private_key_path,
-            staged=StagedFile(PRIVATE_KEY_FILE, "the private signing key",
-                              s.private_key_source.local_file, secret=True),
-            mode="0600", secret=True, description="install the private signing key",
+            staged=StagedFile(
+                PRIVATE_KEY_FILE, "the private signing key", s.private_key_source.local_file, secret=True
+            ),
+            mode="0600",
+            secret=True,
+            description="install the private signing key",
         ),
     ]
 
@@ -135,13 +173,20 @@ def bundle_vol_argv(s: AmiSettings) -> tuple[str, ...]:
     """The ec2-bundle-vol command line (no secrets in it: the key is a file path)."""
     argv = [
         f"{s.tools_dir}/bin/ec2-bundle-vol",
-        "-k", s.private_key_path,
-        "-c", s.certificate_path,
-        "-u", s.user_id,
-        "-r", s.arch,
-        "-e", ",".join(s.exclusions),
-        "-d", s.destination_dir,
-        "-p", s.prefix,
+        "-k",
+        s.private_key_path,
+        "-c",
+        s.certificate_path,
+        "-u",
+        s.user_id,
+        "-r",
+        s.arch,
+        "-e",
+        ",".join(s.exclusions),
+        "-d",
+        s.destination_dir,
+        "-p",
+        s.prefix,
     ]
     if s.image_size_mb is not None:
         argv += ["-s", str(s.image_size_mb)]
@@ -154,10 +199,15 @@ def bundle_vol_argv(s: AmiSettings) -> tuple[str, ...]:
 def ami_bundle(s: AmiSettings) -> list[Action]:
     """Bundle the node's volume into destination_dir, excluding everything amidsl put there."""
     return [
-        Exec(("mkdir", "-p", "--", s.destination_dir),
-             description="make sure the destination directory exists"),
-        Exec(bundle_vol_argv(s), env=tool_env(s), cwd=s.install_dir,
-             description="bundle the volume with ec2-bundle-vol"),
+        Exec(
+            ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
+        ),
+        Exec(
+            bundle_vol_argv(s),
+            env=tool_env(s),
+            cwd=s.install_dir,
+            description="bundle the volume with ec2-bundle-vol",
+        ),
     ]
 
 
@@ -165,17 +215,28 @@ def ami_upload(s: AmiSettings) -> list[Action]:
     """Upload the bundle parts and manifest to S3 with ec2-upload-bundle."""
     argv = (
         f"{s.tools_dir}/bin/ec2-upload-bundle",
-        "-b", s.s3_location,
-        "-m", s.manifest_path,
-        "-a", ACCESS_KEY,
-        "-s", SECRET_KEY,
+        "-b",
+        s.s3_location,
+        "-m",
+        s.manifest_path,
+        "-a",
+        ACCESS_KEY,
+        "-s",
+        SECRET_KEY,
         OptionalArg("-t", SESSION_TOKEN),
-        "--region", s.region,
+        "--region",
+        s.region,
         "--retry",
         "--batch",
     )
-    return [Exec(argv, env=tool_env(s), cwd=s.install_dir,
-                 description="upload the bundle to S3 with ec2-upload-bundle")]
+    return [
+        Exec(
+            argv,
+            env=tool_env(s),
+            cwd=s.install_dir,
+            description="upload the bundle to S3 with ec2-upload-bundle",
+        )
+    ]
 
 
 def register_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
@@ -187,24 +248,39 @@ def register_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     if s.image_description:
         params.append(("Description", s.image_description))
     params.append(("Architecture", s.arch))
-    optional = (("VirtualizationType", s.virtualization_type), ("KernelId", s.kernel_id),
-                ("RamdiskId", s.ramdisk_id))
+    optional = (
+        ("VirtualizationType", s.virtualization_type),
+        ("KernelId", s.kernel_id),
+        ("RamdiskId", s.ramdisk_id),
+    )
     params += [(key, value) for key, value in optional if value is not None]
     if s.block_device_mappings:
-        params.append(("BlockDeviceMappings", tuple(
-            {"DeviceName": device, "VirtualName": virtual}
-            for device, virtual in s.block_device_mappings
-        )))
+        params.append(
+            (
+                "BlockDeviceMappings",
+                tuple(
+                    {"DeviceName": device, "VirtualName": virtual}
+                    for device, virtual in s.block_device_mappings
+                ),
+            )
+        )
     return tuple(params)
 
 
 def ami_register(s: AmiSettings) -> list[Action]:
     """Register the uploaded bundle as an AMI and keep its id in the settings."""
     return [
-        AwsCall("ec2", "RegisterImage", register_image_params(s), region=s.region,
-                result_name="register_image", description="register the image with EC2"),
-        UpdateSettings("register_image", (("image_id", "ImageId"),),
-                       description="keep the new image id in the settings"),
+        AwsCall(
+            "ec2",
+            "RegisterImage",
+            register_image_params(s),
+            region=s.region,
+            result_name="register_image",
+            description="register the image with EC2",
+        ),
+        UpdateSettings(
+            "register_image", (("image_id", "ImageId"),), description="keep the new image id in the settings"
+        ),
     ]
 
 
@@ -213,11 +289,12 @@ def cleanup(s: AmiSettings) -> list[Action]:
     return [
         Remove(s.credential_dir, recursive=True, description="remove the credentials"),
         Remove(s.install_dir, recursive=True, description="remove the ami-tools and Ruby"),
-        Remove(s.destination_dir, matching=f"{s.prefix}.part.*",
-               description="remove the bundle parts"),
+        Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
         Remove(s.manifest_path, description="remove the bundle manifest"),
-        Remove(f"{s.destination_dir.rstrip('/')}/{s.prefix}",
-               description="remove the image file if ec2-bundle-vol left it"),
+        Remove(
+            f"{s.destination_dir.rstrip('/')}/{s.prefix}",
+            description="remove the image file if ec2-bundle-vol left it",
+        ),
     ]
 
 

@@ -87,8 +87,9 @@ def choose_phases(spec: Spec, requested: Iterable[str] | None) -> tuple[str, ...
     unknown = [p for p in wanted if p not in available]
     if unknown:
         problems = [
-            Problem("--phase", f"{p!r} is not a phase of {spec.name!r}",
-                    f"choose from {', '.join(available)}")
+            Problem(
+                "--phase", f"{p!r} is not a phase of {spec.name!r}", f"choose from {', '.join(available)}"
+            )
             for p in unknown
         ]
         raise SettingsError(problems, origin=spec.name)
@@ -96,7 +97,8 @@ def choose_phases(spec: Spec, requested: Iterable[str] | None) -> tuple[str, ...
 
 
 def build_plan(
-    spec: Spec, settings: AmiSettings | Mapping[str, Any] | None = None,
+    spec: Spec,
+    settings: AmiSettings | Mapping[str, Any] | None = None,
     phases: Iterable[str] | None = None,
 ) -> Plan:
     """Resolve the settings and run each chosen phase's plan functions into a Plan."""

@@ -37,8 +37,31 @@ VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
 
 # Directories whose recursive removal (cleanup) or exclusion would wreck a node or make a useless image.
 PROTECTED_DIRS = frozenset(
-    "/ /bin /boot /dev /etc /home /lib /lib64 /opt /proc /root /run /sbin /srv /sys /usr /var"
-    " /usr/bin /usr/lib /usr/local /usr/sbin /var/lib /var/log".split()
+    [
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/usr",
+        "/var",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/local",
+        "/usr/sbin",
+        "/var/lib",
+        "/var/log",
+    ]
 )
 
 REQUIRED = ("image_name", "region", "user_id", "s3_bucket", "private_key_source", "certificate_source")
@@ -134,7 +157,7 @@ class SettingsError(ValueError):
         super().__init__("\n".join(lines))
 
 
-SETTING_NAMES = tuple(f.name for f in dataclasses.fields(AmiSettings)) + ("extra_exclusions",)
+SETTING_NAMES = (*tuple(f.name for f in dataclasses.fields(AmiSettings)), "extra_exclusions")
 # Derived from other settings, never given by a user.
 _DERIVED = {"certificate_pem", "private_key_pem", "image_id"}
 USER_KEYS = tuple(sorted(set(SETTING_NAMES) - _DERIVED))
@@ -151,16 +174,20 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             origin=str(path),
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        problem = Problem("--config", f"cannot read {str(path)!r} ({exc.__class__.__name__})",
-                          "make the file readable UTF-8 text")
+        problem = Problem(
+            "--config",
+            f"cannot read {str(path)!r} ({exc.__class__.__name__})",
+            "make the file readable UTF-8 text",
+        )
         raise SettingsError([problem], origin=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         problem = Problem("--config", f"not valid TOML: {exc}", "correct the TOML syntax there")
         raise SettingsError([problem], origin=str(path)) from None
     table = data.get("ami")
     if not isinstance(table, dict):
-        problem = Problem("[ami]", "the file has no [ami] table",
-                          "put the settings under an [ami] table header")
+        problem = Problem(
+            "[ami]", "the file has no [ami] table", "put the settings under an [ami] table header"
+        )
         raise SettingsError([problem], origin=str(path))
     return _anchor_local_files(table, path.parent)
 
@@ -202,8 +229,9 @@ def _normalise_keys(raw: Mapping[str, Any], problems: list[Problem]) -> dict[str
             problems.append(Problem(str(key), "is not a known setting", f"remove it ({hint})"))
             continue
         if name in values:
-            problems.append(Problem(name, f"is given twice (as {key!r} and another spelling)",
-                                    "keep one of the two"))
+            problems.append(
+                Problem(name, f"is given twice (as {key!r} and another spelling)", "keep one of the two")
+            )
             continue
         values[name] = value
     return values
@@ -230,8 +258,11 @@ class _Checker:
         if value is None:
             return None
         if not isinstance(value, str):
-            self.problem(name, f"must be a string, got {type(value).__name__} {self.shown(name, value)}",
-                         f"quote the value, e.g. {name} = \"...\"")
+            self.problem(
+                name,
+                f"must be a string, got {type(value).__name__} {self.shown(name, value)}",
+                f'quote the value, e.g. {name} = "..."',
+            )
             return None
         return value
 
@@ -245,8 +276,7 @@ class _Checker:
     def text_list(self, name: str) -> tuple[str, ...]:
         value = self.values.get(name, [])
         if isinstance(value, str) or not isinstance(value, list | tuple):
-            self.problem(name, f"must be a list of strings, got {value!r}",
-                         f"write {name} = [\"/path\", ...]")
+            self.problem(name, f"must be a list of strings, got {value!r}", f'write {name} = ["/path", ...]')
             return ()
         if not all(isinstance(item, str) for item in value):
             self.problem(name, f"must hold only strings, got {value!r}", "quote every entry")
@@ -256,8 +286,9 @@ class _Checker:
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default)
         if value is not None and value not in choices:
-            self.problem(name, f"{value!r} is not one of {', '.join(choices)}",
-                         f"use one of {', '.join(choices)}")
+            self.problem(
+                name, f"{value!r} is not one of {', '.join(choices)}", f"use one of {', '.join(choices)}"
+            )
         return value or default
 
     def node_path(self, name: str, default: str | None) -> str | None:
@@ -266,23 +297,30 @@ class _Checker:
         if value is None:
             return None
         if not value.startswith("/") or "\n" in value or "\0" in value:
-            self.problem(name, f"{value!r} is not an absolute path on the node",
-                         "give a path starting with /")
+            self.problem(
+                name, f"{value!r} is not an absolute path on the node", "give a path starting with /"
+            )
             return value
         normal = os.path.normpath(value)
         if normal.startswith("//"):
             normal = normal[1:]
         if normal != value.rstrip("/") or "/../" in f"{value}/":
-            self.problem(name, f"{value!r} is not a normalised path",
-                         f"write it as {normal!r} (no '..', '.', '//' or trailing '/')")
+            self.problem(
+                name,
+                f"{value!r} is not a normalised path",
+                f"write it as {normal!r} (no '..', '.', '//' or trailing '/')",
+            )
         return normal
 
     def owned_dir(self, name: str, default: str) -> str:
         """A directory amidsl creates and later removes recursively: never a system directory."""
         value = self.node_path(name, default) or default
         if value in PROTECTED_DIRS:
-            self.problem(name, f"{value!r} is a system directory; cleanup removes this directory",
-                         f"use a directory of its own, e.g. {default!r}")
+            self.problem(
+                name,
+                f"{value!r} is a system directory; cleanup removes this directory",
+                f"use a directory of its own, e.g. {default!r}",
+            )
         return value
 
     def source(self, name: str, *, allow_url: bool = False) -> Source | None:
@@ -307,8 +345,11 @@ class _Checker:
         unknown = sorted(set(table) - set(keys))
         given = [k for k in keys if table.get(k) is not None]
         if unknown or len(given) != 1:
-            self.problem(name, f"needs exactly one of {', '.join(keys)} (got {', '.join(sorted(table))})",
-                         f"write {example}")
+            self.problem(
+                name,
+                f"needs exactly one of {', '.join(keys)} (got {', '.join(sorted(table))})",
+                f"write {example}",
+            )
             return None
         kind = given[0]
         raw = table[kind]
@@ -333,17 +374,29 @@ class _Checker:
         try:
             return Path(source.local_file).read_text(encoding="ascii")
         except FileNotFoundError:
-            self.problem(name, f"local_file {source.local_file!r} does not exist",
-                         "point local_file at your X.509 PEM file")
+            self.problem(
+                name,
+                f"local_file {source.local_file!r} does not exist",
+                "point local_file at your X.509 PEM file",
+            )
         except PermissionError:
-            self.problem(name, f"local_file {source.local_file!r} is not readable",
-                         "make the file readable by the user running amidsl")
+            self.problem(
+                name,
+                f"local_file {source.local_file!r} is not readable",
+                "make the file readable by the user running amidsl",
+            )
         except IsADirectoryError:
-            self.problem(name, f"local_file {source.local_file!r} is a directory",
-                         "point local_file at the PEM file itself")
+            self.problem(
+                name,
+                f"local_file {source.local_file!r} is a directory",
+                "point local_file at the PEM file itself",
+            )
         except (OSError, UnicodeDecodeError):
-            self.problem(name, f"local_file {source.local_file!r} is not a PEM text file",
-                         "give the PEM-encoded file (text starting with -----BEGIN)")
+            self.problem(
+                name,
+                f"local_file {source.local_file!r} is not a PEM text file",
+                "give the PEM-encoded file (text starting with -----BEGIN)",
+            )
         return None
 
     # -- the whole schema ----------------------------------------------------------------------
@@ -358,14 +411,18 @@ class _Checker:
             _check_image_name(self, image_name)
         description = self.text("image_description", "") or ""
         if len(description) > 255:
-            self.problem("image_description", f"is {len(description)} characters long",
-                         "shorten it to at most 255 characters")
+            self.problem(
+                "image_description",
+                f"is {len(description)} characters long",
+                "shorten it to at most 255 characters",
+            )
 
         access_key, secret_key, session_token = self.aws_credentials()
         region = self.text("region")
         if region is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
-            self.problem("region", f"{region!r} is not an AWS region name",
-                         "use a region code such as 'us-east-1'")
+            self.problem(
+                "region", f"{region!r} is not an AWS region name", "use a region code such as 'us-east-1'"
+            )
         user_id = self.account_id()
         user = self.text("user", "root") or "root"
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", user):
@@ -375,70 +432,99 @@ class _Checker:
         credential_dir = self.owned_dir("credential_dir", f"{install_dir}/credentials")
         destination_dir = self.node_path("destination_dir", "/tmp") or "/tmp"
         if destination_dir == "/":
-            self.problem("destination_dir", "'/' would exclude the whole volume from the image",
-                         "use a scratch directory such as /tmp or /mnt")
+            self.problem(
+                "destination_dir",
+                "'/' would exclude the whole volume from the image",
+                "use a scratch directory such as /tmp or /mnt",
+            )
         private_key_path = self.node_path("private_key_path", f"{credential_dir}/pk")
         certificate_path = self.node_path("certificate_path", f"{credential_dir}/cert")
-        for name, path in (("private_key_path", private_key_path),
-                           ("certificate_path", certificate_path)):
+        for name, path in (("private_key_path", private_key_path), ("certificate_path", certificate_path)):
             if path is not None and not _is_within(path, credential_dir):
-                self.problem(name, f"{path!r} is outside credential_dir {credential_dir!r}",
-                             "keep the credentials inside credential_dir so cleanup removes them "
-                             "and the image excludes them")
+                self.problem(
+                    name,
+                    f"{path!r} is outside credential_dir {credential_dir!r}",
+                    "keep the credentials inside credential_dir so cleanup removes them "
+                    "and the image excludes them",
+                )
 
         strategy = self.install_strategy()
         ruby_version = self.text("ruby_version", DEFAULT_RUBY_VERSION) or DEFAULT_RUBY_VERSION
         if not re.fullmatch(r"\d+\.\d+(\.\d+)?(-[a-z0-9]+)?", ruby_version):
-            self.problem("ruby_version", f"{ruby_version!r} is not a Ruby version",
-                         f"use a version such as {DEFAULT_RUBY_VERSION!r}")
+            self.problem(
+                "ruby_version",
+                f"{ruby_version!r} is not a Ruby version",
+                f"use a version such as {DEFAULT_RUBY_VERSION!r}",
+            )
         ami_tools_url = self.text("ami_tools_url", AMI_TOOLS_URL) or AMI_TOOLS_URL
         if not re.fullmatch(r"https?://[^\s'\"]+", ami_tools_url):
-            self.problem("ami_tools_url", f"{ami_tools_url!r} is not an http(s) URL",
-                         f"use {AMI_TOOLS_URL!r}")
+            self.problem(
+                "ami_tools_url", f"{ami_tools_url!r} is not an http(s) URL", f"use {AMI_TOOLS_URL!r}"
+            )
         install_source = self.source("install_source", allow_url=True) or Source(url=ami_tools_url)
         if install_source.content is not None:
-            self.problem("install_source", "content is not supported for the tools archive",
-                         "give {url = ...} or {local_file = ...}")
+            self.problem(
+                "install_source",
+                "content is not supported for the tools archive",
+                "give {url = ...} or {local_file = ...}",
+            )
 
         prefix = self.text("prefix", "image") or "image"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", prefix):
-            self.problem("prefix", f"{prefix!r} is not a safe bundle file prefix",
-                         "use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+            self.problem(
+                "prefix",
+                f"{prefix!r} is not a safe bundle file prefix",
+                "use letters, digits, '.', '_' and '-' (starting with a letter or digit)",
+            )
         bucket = self.text("s3_bucket")
         if bucket:
             _check_bucket(self, bucket)
         s3_path = (self.text("s3_path", "") or "").strip("/")
         if s3_path and not re.fullmatch(r"[A-Za-z0-9!_.*'()/-]+", s3_path):
-            self.problem("s3_path", f"{s3_path!r} has characters unsafe in an S3 key prefix",
-                         "use letters, digits and ! _ . * ' ( ) - /")
+            self.problem(
+                "s3_path",
+                f"{s3_path!r} has characters unsafe in an S3 key prefix",
+                "use letters, digits and ! _ . * ' ( ) - /",
+            )
         expected_s3_manifest = "/".join(p for p in (bucket, s3_path, f"{prefix}.manifest.xml") if p)
         s3_manifest_path = self.text("s3_manifest_path", expected_s3_manifest) or expected_s3_manifest
         if s3_manifest_path != expected_s3_manifest:
-            self.problem("s3_manifest_path",
-                         f"{s3_manifest_path!r} is not where ec2-upload-bundle puts the manifest",
-                         f"remove it or set it to {expected_s3_manifest!r}")
+            self.problem(
+                "s3_manifest_path",
+                f"{s3_manifest_path!r} is not where ec2-upload-bundle puts the manifest",
+                f"remove it or set it to {expected_s3_manifest!r}",
+            )
         expected_manifest = f"{destination_dir}/{prefix}.manifest.xml".replace("//", "/")
         manifest_path = self.node_path("manifest_path", expected_manifest) or expected_manifest
         if manifest_path != expected_manifest:
-            self.problem("manifest_path",
-                         f"{manifest_path!r} is not where ec2-bundle-vol writes the manifest",
-                         f"remove it or set it to {expected_manifest!r}")
+            self.problem(
+                "manifest_path",
+                f"{manifest_path!r} is not where ec2-bundle-vol writes the manifest",
+                f"remove it or set it to {expected_manifest!r}",
+            )
 
         arch = self.choice("arch", "x86_64", ARCHITECTURES)
         virtualization_type = self.text("virtualization_type")
         if virtualization_type is not None and virtualization_type not in VIRTUALIZATION_TYPES:
-            self.problem("virtualization_type", f"{virtualization_type!r} is not one of "
-                         f"{', '.join(VIRTUALIZATION_TYPES)}", "use paravirtual or hvm")
+            self.problem(
+                "virtualization_type",
+                f"{virtualization_type!r} is not one of {', '.join(VIRTUALIZATION_TYPES)}",
+                "use paravirtual or hvm",
+            )
         kernel_id = self.image_ref("kernel_id", "aki")
         ramdisk_id = self.image_ref("ramdisk_id", "ari")
         block_device_mappings = self.block_device_mappings()
         image_size_mb = self.values.get("image_size_mb")
         if image_size_mb is not None and (
-            isinstance(image_size_mb, bool) or not isinstance(image_size_mb, int)
+            isinstance(image_size_mb, bool)
+            or not isinstance(image_size_mb, int)
             or not 1 <= image_size_mb <= 10240
         ):
-            self.problem("image_size_mb", f"{image_size_mb!r} is not a size from 1 to 10240 MB",
-                         "give a whole number of MB up to 10240 (ec2-bundle-vol's maximum)")
+            self.problem(
+                "image_size_mb",
+                f"{image_size_mb!r} is not a size from 1 to 10240 MB",
+                "give a whole number of MB up to 10240 (ec2-bundle-vol's maximum)",
+            )
             image_size_mb = None
         inherit = self.flag("inherit", True)
 
@@ -457,20 +543,42 @@ class _Checker:
         if self.problems:
             return None
         return AmiSettings(
-            image_name=image_name or "", image_description=description, access_key=access_key,
-            secret_key=secret_key, session_token=session_token, region=region or "",
-            user_id=user_id or "", user=user, exclusions=exclusions, extra_exclusions=extra,
-            install_strategy=strategy, install_dir=install_dir, install_source=install_source,
-            ami_tools_url=ami_tools_url, install_ruby=strategy != "none", ruby_version=ruby_version,
-            destination_dir=destination_dir, credential_dir=credential_dir,
+            image_name=image_name or "",
+            image_description=description,
+            access_key=access_key,
+            secret_key=secret_key,
+            session_token=session_token,
+            region=region or "",
+            user_id=user_id or "",
+            user=user,
+            exclusions=exclusions,
+            extra_exclusions=extra,
+            install_strategy=strategy,
+            install_dir=install_dir,
+            install_source=install_source,
+            ami_tools_url=ami_tools_url,
+            install_ruby=strategy != "none",
+            ruby_version=ruby_version,
+            destination_dir=destination_dir,
+            credential_dir=credential_dir,
             private_key_source=private_key_source or Source(),
             certificate_source=certificate_source or Source(),
-            private_key_path=private_key_path or "", certificate_path=certificate_path or "",
-            arch=arch, s3_bucket=bucket or "", s3_path=s3_path, s3_manifest_path=s3_manifest_path,
-            manifest_path=manifest_path, prefix=prefix, image_size_mb=image_size_mb,
-            inherit=inherit, virtualization_type=virtualization_type, kernel_id=kernel_id,
-            ramdisk_id=ramdisk_id, block_device_mappings=block_device_mappings,
-            certificate_pem=cert_pem or "", private_key_pem=Secret(key_pem or ""),
+            private_key_path=private_key_path or "",
+            certificate_path=certificate_path or "",
+            arch=arch,
+            s3_bucket=bucket or "",
+            s3_path=s3_path,
+            s3_manifest_path=s3_manifest_path,
+            manifest_path=manifest_path,
+            prefix=prefix,
+            image_size_mb=image_size_mb,
+            inherit=inherit,
+            virtualization_type=virtualization_type,
+            kernel_id=kernel_id,
+            ramdisk_id=ramdisk_id,
+            block_device_mappings=block_device_mappings,
+            certificate_pem=cert_pem or "",
+            private_key_pem=Secret(key_pem or ""),
             image_id=self.text("image_id"),
         )
 
@@ -482,22 +590,33 @@ class _Checker:
             if isinstance(value, str) and value:
                 value = Secret(value)
             elif value is not None and not isinstance(value, Secret):
-                self.problem(name, f"must be a string, got {type(value).__name__}",
-                             f"quote the value, or remove {name} to use the AWS credential chain")
+                self.problem(
+                    name,
+                    f"must be a string, got {type(value).__name__}",
+                    f"quote the value, or remove {name} to use the AWS credential chain",
+                )
                 value = None
             secrets.append(value or None)
         secret_key, session_token = secrets
         if access_key is not None and not re.fullmatch(r"(AKIA|ASIA)[A-Z0-9]{16}", access_key):
-            self.problem("access_key", f"{access_key!r} is not an AWS access key id",
-                         "give the 20-character key id (AKIA... or ASIA...)")
+            self.problem(
+                "access_key",
+                f"{access_key!r} is not an AWS access key id",
+                "give the 20-character key id (AKIA... or ASIA...)",
+            )
         if (access_key is None) != (secret_key is None):
             missing = "secret_key" if secret_key is None else "access_key"
-            self.problem(missing, "is missing while its partner is set",
-                         "give both access_key and secret_key, or neither to use the AWS credential "
-                         "chain")
+            self.problem(
+                missing,
+                "is missing while its partner is set",
+                "give both access_key and secret_key, or neither to use the AWS credential chain",
+            )
         if session_token is not None and secret_key is None:
-            self.problem("session_token", "is set without access_key and secret_key",
-                         "give the temporary access_key and secret_key that go with the token")
+            self.problem(
+                "session_token",
+                "is set without access_key and secret_key",
+                "give the temporary access_key and secret_key that go with the token",
+            )
         return access_key, secret_key, session_token
 
     def account_id(self) -> str | None:
@@ -511,11 +630,17 @@ class _Checker:
             return None
         digits = value.replace("-", "").strip()
         if re.fullmatch(r"(AKIA|ASIA)[A-Z0-9]{16}", digits):
-            self.problem("user_id", f"{value!r} is an access key id, not an account id",
-                         "give your 12-digit AWS account id (put the key id in access_key)")
+            self.problem(
+                "user_id",
+                f"{value!r} is an access key id, not an account id",
+                "give your 12-digit AWS account id (put the key id in access_key)",
+            )
         elif not re.fullmatch(r"\d{12}", digits):
-            self.problem("user_id", f"{value!r} is not a 12-digit AWS account id",
-                         "give your 12-digit account id, e.g. '1234-5678-9012' or '123456789012'")
+            self.problem(
+                "user_id",
+                f"{value!r} is not a 12-digit AWS account id",
+                "give your 12-digit account id, e.g. '1234-5678-9012' or '123456789012'",
+            )
         return digits
 
     def install_strategy(self) -> str:
@@ -523,8 +648,11 @@ class _Checker:
         default = "rbenv" if install_ruby else "none"
         strategy = self.choice("install_strategy", default, INSTALL_STRATEGIES)
         if not install_ruby and strategy != "none":
-            self.problem("install_ruby", f"is false but install_strategy is {strategy!r}",
-                         "remove install_ruby, or set install_strategy = \"none\"")
+            self.problem(
+                "install_ruby",
+                f"is false but install_strategy is {strategy!r}",
+                'remove install_ruby, or set install_strategy = "none"',
+            )
         return strategy
 
     def path_list(self, name: str) -> list[str]:
@@ -532,13 +660,16 @@ class _Checker:
         for entry in self.text_list(name):
             normal = os.path.normpath(entry) if entry.startswith("/") else None
             if normal is None or "\n" in entry or "," in entry:
-                self.problem(name, f"entry {entry!r} is not an absolute path without commas",
-                             "list absolute directories on the node (ec2-bundle-vol -e is "
-                             "comma-separated)")
+                self.problem(
+                    name,
+                    f"entry {entry!r} is not an absolute path without commas",
+                    "list absolute directories on the node (ec2-bundle-vol -e is comma-separated)",
+                )
                 continue
             if normal in ("/", "//"):
-                self.problem(name, "entry '/' would exclude the whole volume",
-                             "list only the directories to leave out")
+                self.problem(
+                    name, "entry '/' would exclude the whole volume", "list only the directories to leave out"
+                )
                 continue
             paths.append(normal)
         return paths
@@ -553,19 +684,26 @@ class _Checker:
         value = self.values.get("block_device_mappings", [])
         example = 'block_device_mappings = [{ device_name = "/dev/sdb", virtual_name = "ephemeral0" }]'
         if not isinstance(value, list | tuple):
-            self.problem("block_device_mappings", f"must be a list of tables, got {value!r}",
-                         f"write {example}")
+            self.problem(
+                "block_device_mappings", f"must be a list of tables, got {value!r}", f"write {example}"
+            )
             return ()
         mappings = []
         for entry in value:
-            table = ({str(k).replace("-", "_"): v for k, v in entry.items()}
-                     if isinstance(entry, Mapping) else {})
+            table = (
+                {str(k).replace("-", "_"): v for k, v in entry.items()} if isinstance(entry, Mapping) else {}
+            )
             device, virtual = table.get("device_name"), table.get("virtual_name")
-            if (set(table) != {"device_name", "virtual_name"} or not isinstance(device, str)
-                    or not re.fullmatch(r"/dev/[a-z0-9]+", device) or not isinstance(virtual, str)
-                    or not re.fullmatch(r"ephemeral\d+", virtual)):
-                self.problem("block_device_mappings", f"entry {entry!r} is not a device mapping",
-                             f"write {example}")
+            if (
+                set(table) != {"device_name", "virtual_name"}
+                or not isinstance(device, str)
+                or not re.fullmatch(r"/dev/[a-z0-9]+", device)
+                or not isinstance(virtual, str)
+                or not re.fullmatch(r"ephemeral\d+", virtual)
+            ):
+                self.problem(
+                    "block_device_mappings", f"entry {entry!r} is not a device mapping", f"write {example}"
+                )
                 continue
             mappings.append((device, virtual))
         return tuple(mappings)
@@ -578,38 +716,53 @@ class _Checker:
                 key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
             except (ValueError, TypeError, UnicodeEncodeError):
                 # Never echo the content: say only what kind of problem it is.
-                self.problem("private_key_source", "is not an unencrypted PEM private key",
-                             "give the RSA private key file (-----BEGIN RSA PRIVATE KEY----- or "
-                             "-----BEGIN PRIVATE KEY-----) without a passphrase")
+                self.problem(
+                    "private_key_source",
+                    "is not an unencrypted PEM private key",
+                    "give the RSA private key file (-----BEGIN RSA PRIVATE KEY----- or "
+                    "-----BEGIN PRIVATE KEY-----) without a passphrase",
+                )
             else:
                 if not isinstance(key, rsa.RSAPrivateKey):
-                    self.problem("private_key_source", "is not an RSA key",
-                                 "ec2-ami-tools sign with RSA: give your RSA signing key")
+                    self.problem(
+                        "private_key_source",
+                        "is not an RSA key",
+                        "ec2-ami-tools sign with RSA: give your RSA signing key",
+                    )
                     key = None
         if cert_pem is not None:
             try:
                 cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
             except (ValueError, UnicodeEncodeError):
-                self.problem("certificate_source", "is not a PEM X.509 certificate",
-                             "give the certificate file (-----BEGIN CERTIFICATE-----)")
+                self.problem(
+                    "certificate_source",
+                    "is not a PEM X.509 certificate",
+                    "give the certificate file (-----BEGIN CERTIFICATE-----)",
+                )
         if key is not None and cert is not None:
             cert_key = cert.public_key()
             if not isinstance(cert_key, rsa.RSAPublicKey) or (
                 cert_key.public_numbers() != key.public_key().public_numbers()
             ):
-                self.problem("private_key_source", "does not match certificate_source",
-                             "give the private key that belongs to the certificate (they were "
-                             "created together)")
+                self.problem(
+                    "private_key_source",
+                    "does not match certificate_source",
+                    "give the private key that belongs to the certificate (they were created together)",
+                )
 
 
 def _check_image_name(checker: _Checker, name: str) -> None:
     if not 3 <= len(name) <= 128:
-        checker.problem("image_name", f"{name!r} has {len(name)} characters",
-                        "give an AMI name of 3 to 128 characters")
+        checker.problem(
+            "image_name", f"{name!r} has {len(name)} characters", "give an AMI name of 3 to 128 characters"
+        )
     bad = sorted(set(re.sub(r"[A-Za-z0-9()\[\]./\-'@_ ]", "", name)))
     if bad:
-        checker.problem("image_name", f"{name!r} contains characters EC2 refuses ({''.join(bad)!r})",
-                        "use letters, digits, spaces and ( ) [ ] . / - ' @ _")
+        checker.problem(
+            "image_name",
+            f"{name!r} contains characters EC2 refuses ({''.join(bad)!r})",
+            "use letters, digits, spaces and ( ) [ ] . / - ' @ _",
+        )
 
 
 def _check_bucket(checker: _Checker, bucket: str) -> None:
@@ -628,8 +781,11 @@ def _check_bucket(checker: _Checker, bucket: str) -> None:
     except ValueError:
         pass
     if rules:
-        checker.problem("s3_bucket", f"{bucket!r} is not a valid S3 bucket name",
-                        "a bucket name needs " + "; ".join(rules))
+        checker.problem(
+            "s3_bucket",
+            f"{bucket!r} is not a valid S3 bucket name",
+            "a bucket name needs " + "; ".join(rules),
+        )
 
 
 def _is_within(path: str, directory: str) -> bool:

@@ -44,13 +44,16 @@ def emit(text: str, output: str | None) -> None:
     try:
         Path(output).write_text(text, encoding="utf-8")
     except OSError as err:
-        raise Exit(f"-o {output}: cannot write ({err.strerror}); choose a writable path",
-                   code=BAD_INPUT) from None
+        raise Exit(
+            f"-o {output}: cannot write ({err.strerror}); choose a writable path", code=BAD_INPUT
+        ) from None
     print(f"wrote {output}")
 
 
-@task(iterable=["phase"], help={"config": CONFIG_HELP, "phase": PHASE_HELP,
-                                "format": "text or json", "output": OUTPUT_HELP})
+@task(
+    iterable=["phase"],
+    help={"config": CONFIG_HELP, "phase": PHASE_HELP, "format": "text or json", "output": OUTPUT_HELP},
+)
 def plan(c, config=None, phase=None, format="text", output=None):
     """Preview the plan: each phase's numbered actions and the commands they run."""
     if format not in ("text", "json"):
@@ -72,8 +75,10 @@ def validate(c, config=None):
     """Check the settings and report every problem (exit status 2 if there are any)."""
     built = load_plan(config, None)
     s = built.settings
-    print(f"settings OK: image {s.image_name!r} ({s.arch}) in {s.region}, "
-          f"bundle to s3://{s.s3_location}/, phases: {', '.join(p.name for p in built.phases)}")
+    print(
+        f"settings OK: image {s.image_name!r} ({s.arch}) in {s.region}, "
+        f"bundle to s3://{s.s3_location}/, phases: {', '.join(p.name for p in built.phases)}"
+    )
 
 
 ns = Collection(plan, script, validate)

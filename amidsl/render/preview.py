@@ -52,8 +52,12 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, OptionalArg):
         return {"flag": value.flag, "env": value.value.env_var, "what": value.value.what}
     if isinstance(value, StagedFile):
-        return {"staged_env": value.env_var, "what": value.what, "local_path": value.local_path,
-                "secret": value.secret}
+        return {
+            "staged_env": value.env_var,
+            "what": value.what,
+            "local_path": value.local_path,
+            "secret": value.secret,
+        }
     if isinstance(value, tuple | list):
         return [_json_value(v) for v in value]
     if isinstance(value, dict):
@@ -67,9 +71,7 @@ def _fields(action: Action) -> dict[str, Any]:
         if field.name == "description":
             continue
         value = getattr(action, field.name)
-        if field.name == "params":
-            value = {k: v for k, v in value}
-        elif field.name == "env":
+        if field.name == "params" or field.name == "env":
             value = {k: v for k, v in value}
         fields[field.name] = _json_value(value)
     return fields
@@ -92,8 +94,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                     {
                         "index": index,
                         "type": action_type(action),
-                        "runs_on": "controller" if isinstance(action, CONTROLLER_ACTIONS)
-                        else "node",
+                        "runs_on": "controller" if isinstance(action, CONTROLLER_ACTIONS) else "node",
                         "description": action.description,
                         "fields": _fields(action),
                         "commands": render_action(action),
@@ -126,8 +127,9 @@ def render_text(plan: Plan) -> str:
         lines += [f"  WARNING: {warning}" for warning in phase.warnings]
         for index, action in enumerate(phase.actions, start=1):
             where = " [controller]" if isinstance(action, CONTROLLER_ACTIONS) else ""
-            secret = " [secret content not shown]" if (
-                isinstance(action, RemoteFile) and action.secret) else ""
+            secret = (
+                " [secret content not shown]" if (isinstance(action, RemoteFile) and action.secret) else ""
+            )
             lines.append(f"  {index}. {action.description}{where}{secret}")
             for command in render_action(action):
                 for part in command.splitlines() or [""]:

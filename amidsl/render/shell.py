@@ -65,8 +65,10 @@ def render_action(action: Action) -> list[str]:
     if isinstance(action, InstallPackages):
         return _install_packages(action)
     if isinstance(action, Directory):
-        return [f"install -d -m {quote(action.mode)} -o {quote(action.owner)} "
-                f"-g {quote(action.group)} -- {quote(action.path)}"]
+        return [
+            f"install -d -m {quote(action.mode)} -o {quote(action.owner)} "
+            f"-g {quote(action.group)} -- {quote(action.path)}"
+        ]
     if isinstance(action, RemoteFile):
         owner = f"-m {quote(action.mode)} -o {quote(action.owner)} -g {quote(action.group)}"
         if action.staged is not None:
@@ -331,14 +333,21 @@ def render_script(plan: Plan) -> str:
         out.append("")
     out += _PREAMBLE.splitlines()
     if any(isinstance(a, CONTROLLER_ACTIONS) for p in plan.phases for a in p.actions):
-        out += [""] + _JSON_HELPERS.splitlines()
+        out += ["", *_JSON_HELPERS.splitlines()]
     for phase in plan.phases:
         out.append("")
         for warning in phase.warnings:
             out.append(f"# WARNING ({phase.name}): {_comment(warning)}")
         out += render_phase_function(phase)
-    out += ["", "main() {", "  if [ \"$#\" -eq 0 ]; then", f"    set -- {' '.join(phases)}", "  fi",
-            '  for phase in "$@"; do', '    case "$phase" in']
+    out += [
+        "",
+        "main() {",
+        '  if [ "$#" -eq 0 ]; then',
+        f"    set -- {' '.join(phases)}",
+        "  fi",
+        '  for phase in "$@"; do',
+        '    case "$phase" in',
+    ]
     out += [f"      {p}) {phase_function_name(p)} ;;" for p in phases]
     out += [
         f'      *) fail "unknown phase: $phase (phases: {" ".join(phases)})" ;;',

@@ -54,8 +54,11 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
 
 
 def _credential_origin(s: AmiSettings, name: str) -> str:
-    env = {"access_key": "AMIDSL_ACCESS_KEY", "secret_key": "AMIDSL_SECRET_KEY",
-           "session_token": "AMIDSL_SESSION_TOKEN"}[name]
+    env = {
+        "access_key": "AMIDSL_ACCESS_KEY",
+        "secret_key": "AMIDSL_SECRET_KEY",
+        "session_token": "AMIDSL_SESSION_TOKEN",
+    }[name]
     given = getattr(s, name) is not None
     origin = "from the settings" if given else "from the AWS credential chain"
     if name == "access_key" and s.access_key:
@@ -66,5 +69,7 @@ def _credential_origin(s: AmiSettings, name: str) -> str:
 def plan_title(plan: Plan) -> str:
     """One line saying what the plan builds."""
     s = plan.settings
-    return (f"spec {plan.spec_name!r}: image {s.image_name!r} ({s.arch}) in {s.region}, "
-            f"bundle to s3://{s.s3_location}/")
+    return (
+        f"spec {plan.spec_name!r}: image {s.image_name!r} ({s.arch}) in {s.region}, "
+        f"bundle to s3://{s.s3_location}/"
+    )
