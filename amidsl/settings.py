@@ -312,9 +312,19 @@ class _Checker:
             )
         return normal
 
+    def comma_free(self, name: str, value: str) -> None:
+        """An excluded directory: ec2-bundle-vol's `-e` list is comma-separated."""
+        if "," in value:
+            self.problem(
+                name,
+                f"{value!r} contains a comma",
+                "choose a directory without ',' (ec2-bundle-vol's exclusion list is comma-separated)",
+            )
+
     def owned_dir(self, name: str, default: str) -> str:
         """A directory amidsl creates and later removes recursively: never a system directory."""
         value = self.node_path(name, default) or default
+        self.comma_free(name, value)
         if value in PROTECTED_DIRS:
             self.problem(
                 name,
@@ -431,6 +441,7 @@ class _Checker:
         install_dir = self.owned_dir("install_dir", "/opt/ami-tools")
         credential_dir = self.owned_dir("credential_dir", f"{install_dir}/credentials")
         destination_dir = self.node_path("destination_dir", "/tmp") or "/tmp"
+        self.comma_free("destination_dir", destination_dir)
         if destination_dir == "/":
             self.problem(
                 "destination_dir",

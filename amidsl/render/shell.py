@@ -182,13 +182,15 @@ def _exec(action: Exec) -> list[str]:
     return [f"if [ ! -e {quote(action.creates)} ]; then", f"  {command}", "fi"]
 
 
-def aws_cli_words(action: AwsCall) -> list[str]:
+def aws_cli_words(action: AwsCall) -> list[Value]:
     """The `aws` CLI command equivalent to an API call (operation and params in CLI spelling)."""
-    words = ["aws", action.service, _kebab(action.operation), "--region", action.region]
+    words: list[Value] = ["aws", action.service, _kebab(action.operation), "--region", action.region]
     for key, value in action.params:
         words.append(f"--{_kebab(key)}")
-        if isinstance(value, str):
+        if isinstance(value, str | RuntimeValue):
             words.append(value)
+        elif isinstance(value, tuple | list) and all(isinstance(v, str | RuntimeValue) for v in value):
+            words += list(value)  # the CLI takes a list of plain values as separate words
         else:
             words.append(json.dumps(value, sort_keys=True, ensure_ascii=False))
     words += ["--output", "json"]
@@ -196,8 +198,7 @@ def aws_cli_words(action: AwsCall) -> list[str]:
 
 
 def _aws_call(action: AwsCall) -> list[str]:
-    command = " ".join(shlex.quote(w) for w in aws_cli_words(action))
-    return [f"{_result_var(action.result_name)}=$({command})"]
+    return [f"{_result_var(action.result_name)}=$({_words(aws_cli_words(action))})"]
 
 
 def _result_var(name: str) -> str:

@@ -1,0 +1,197 @@
+"""The ami phases: what each plan function asks the node and AWS to do."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amidsl import crate
+from amidsl.actions import (
+    AwsCall,
+    Directory,
+    EnvSecret,
+    Exec,
+    InstallPackages,
+    OptionalArg,
+    PlanWarning,
+    RemoteDirectory,
+    RemoteFile,
+    Remove,
+    UpdateSettings,
+)
+from amidsl.settings import resolve
+
+
+def only(items, kind):
+    found = [item for item in items if isinstance(item, kind)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def option(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_install_unpacks_the_tools_with_the_crates_rename(raw_settings):
+    steps = crate.install(resolve(raw_settings))
+    archive = only(steps, RemoteDirectory)
+    assert archive.path == "/opt/ami-tools"
+    assert archive.url == "https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip"
+    assert (archive.rename_glob, archive.rename_to) == ("ec2-ami-tools-*", "ec2-ami-tools")
+    credential_dir = only(steps, Directory)
+    assert (credential_dir.path, credential_dir.mode) == ("/opt/ami-tools/credentials", "0700")
+
+
+def test_install_builds_ruby_with_rbenv_inside_install_dir(raw_settings):
+    steps = crate.install(resolve(raw_settings | {"ruby_version": "2.7.8"}))
+    builds = [s for s in steps if isinstance(s, Exec)]
+    assert [b.creates for b in builds] == [
+        "/opt/ami-tools/.rbenv",
+        "/opt/ami-tools/.rbenv/plugins/ruby-build",
+        "/opt/ami-tools/.rbenv/versions/2.7.8",
+    ]
+    assert builds[-1].argv == ("/opt/ami-tools/.rbenv/bin/rbenv", "install", "--skip-existing", "2.7.8")
+    assert "gcc" in only(steps, InstallPackages).apt
+
+
+def test_install_from_a_local_archive_is_staged(raw_settings, tmp_path):
+    archive = tmp_path / "ec2-ami-tools-1.5.19.zip"
+    archive.write_bytes(b"PK")
+    steps = crate.install(resolve(raw_settings | {"install_source": {"local_file": str(archive)}}))
+    remote = only(steps, RemoteDirectory)
+    assert remote.url is None and remote.staged.local_path == str(archive)
+
+
+def test_package_strategy_warns_that_ruby_stays_in_the_image(raw_settings):
+    steps = crate.install(resolve(raw_settings | {"install_strategy": "package"}))
+    assert "ruby" in only(steps, InstallPackages).apt
+    assert not any(isinstance(s, Exec) for s in steps)
+    warnings = [s.text for s in steps if isinstance(s, PlanWarning)]
+    assert any("ruby package stays in the image" in w for w in warnings)
+
+
+def test_no_ruby_strategy_installs_only_the_tools(raw_settings):
+    steps = crate.install(resolve(raw_settings | {"install_strategy": "none"}))
+    assert "ruby" not in only(steps, InstallPackages).apt
+    assert not any(isinstance(s, Exec) for s in steps)
+
+
+def test_configure_writes_root_only_credentials_and_stages_the_key(raw_settings, credentials):
+    cert, key = crate.configure(resolve(raw_settings))
+    assert (cert.path, cert.mode, cert.content) == (
+        "/opt/ami-tools/credentials/cert",
+        "0600",
+        credentials.cert_pem,
+    )
+    assert key.path == "/opt/ami-tools/credentials/pk" and key.mode == "0600" and key.secret
+    assert key.content is None and key.staged.env_var == "AMIDSL_PRIVATE_KEY_FILE"
+
+
+def test_bundle_vol_gets_destination_prefix_batch_and_all_exclusions(raw_settings):
+    s = resolve(raw_settings | {"destination_dir": "/mnt/b", "prefix": "web", "inherit": False})
+    bundle = crate.ami_bundle(s)[-1]
+    argv = bundle.argv
+    assert argv[0] == "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol"
+    assert option(argv, "-d") == "/mnt/b"
+    assert option(argv, "-p") == "web"
+    assert option(argv, "-u") == "123456789012"
+    assert option(argv, "-r") == "x86_64"
+    assert option(argv, "-k") == "/opt/ami-tools/credentials/pk"
+    assert option(argv, "-c") == "/opt/ami-tools/credentials/cert"
+    assert "--batch" in argv and "--no-inherit" in argv
+    assert dict(bundle.env)["EC2_AMITOOL_HOME"] == "/opt/ami-tools/ec2-ami-tools"
+    assert dict(bundle.env)["PATH"].startswith("/opt/ami-tools/.rbenv/versions/")
+
+
+node_dir = (
+    st.lists(st.from_regex(r"[a-z0-9_.-]{1,8}", fullmatch=True), min_size=1, max_size=3)
+    .map(lambda parts: "/" + "/".join(parts))
+    .filter(
+        lambda p: (
+            ".." not in p.split("/") and "." not in p.split("/") and p not in ("/opt", "/usr", "/var", "/srv")
+        )
+    )
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(credential_dir=node_dir, install_dir=node_dir, destination_dir=node_dir)
+def test_bundle_exclusions_always_hold_the_three_dirs(
+    raw_settings, credential_dir, install_dir, destination_dir
+):
+    s = resolve(
+        raw_settings
+        | {"credential_dir": credential_dir, "install_dir": install_dir, "destination_dir": destination_dir}
+    )
+    excluded = option(crate.ami_bundle(s)[-1].argv, "-e").split(",")
+    assert {credential_dir, install_dir, destination_dir} <= set(excluded)
+
+
+def test_upload_passes_region_and_credentials_only_as_run_time_references(raw_settings):
+    s = resolve(raw_settings | {"access_key": "AKIAEXAMPLEEXAMPLE12", "secret_key": "very-secret"})
+    (upload,) = crate.ami_upload(s)
+    argv = upload.argv
+    assert option(argv, "-b") == "acme-ami-bundles/web/2026-11"
+    assert option(argv, "-m") == "/tmp/image.manifest.xml"
+    assert option(argv, "--region") == "eu-west-1"
+    assert option(argv, "-a") == EnvSecret("AMIDSL_ACCESS_KEY", "the AWS access key id")
+    assert option(argv, "-s").env_var == "AMIDSL_SECRET_KEY"
+    assert any(isinstance(a, OptionalArg) and a.flag == "-t" for a in argv)
+    assert "very-secret" not in repr(argv)
+
+
+def test_register_image_and_keep_its_id(raw_settings):
+    s = resolve(
+        raw_settings
+        | {
+            "virtualization_type": "paravirtual",
+            "kernel_id": "aki-1a2b3c4d",
+            "block_device_mappings": [{"device_name": "/dev/sdb", "virtual_name": "ephemeral0"}],
+        }
+    )
+    call, update = crate.ami_register(s)
+    assert isinstance(call, AwsCall) and (call.service, call.operation) == ("ec2", "RegisterImage")
+    assert dict(call.params) == {
+        "Name": "web-server-2026-11",
+        "ImageLocation": "acme-ami-bundles/web/2026-11/image.manifest.xml",
+        "Description": "web server base image",
+        "Architecture": "x86_64",
+        "VirtualizationType": "paravirtual",
+        "KernelId": "aki-1a2b3c4d",
+        "BlockDeviceMappings": ({"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"},),
+    }
+    assert isinstance(update, UpdateSettings)
+    assert update.from_result == call.result_name and update.fields == (("image_id", "ImageId"),)
+
+
+def test_cleanup_removes_credentials_tools_parts_and_manifest(raw_settings):
+    removes = crate.cleanup(resolve(raw_settings | {"prefix": "web"}))
+    assert all(isinstance(r, Remove) for r in removes)
+    targets = [(r.path, r.recursive, r.matching) for r in removes]
+    assert ("/opt/ami-tools/credentials", True, None) in targets
+    assert ("/opt/ami-tools", True, None) in targets
+    assert ("/tmp", False, "web.part.*") in targets
+    assert ("/tmp/web.manifest.xml", False, None) in targets
+
+
+def test_server_spec_has_the_crates_phases(raw_settings):
+    spec = crate.server_spec(raw_settings)
+    assert spec.phase_names() == (
+        "install",
+        "configure",
+        "ami-bundle",
+        "ami-upload",
+        "ami-register",
+        "cleanup",
+    )
+    assert spec.settings == raw_settings
+
+
+def test_the_private_key_never_enters_a_plan(raw_settings, credentials):
+    s = resolve(raw_settings)
+    body = credentials.key_pem.splitlines()[3]
+    for fn in crate.PHASE_FUNCTIONS.values():
+        for step in fn(s):
+            assert body not in repr(step)
+            if isinstance(step, RemoteFile) and step.secret:
+                assert step.content is None

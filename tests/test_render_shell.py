@@ -1,0 +1,213 @@
+"""The bash script renderer: golden scripts, shellcheck, determinism, and exact argv under bash."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amidsl import crate
+from amidsl.actions import AwsCall, EnvSecret, Exec, OptionalArg, RuntimeValue
+from amidsl.example import example_config_path
+from amidsl.plan import build_plan, group_spec
+from amidsl.render.shell import aws_cli_words, render_action, render_script
+from amidsl.settings import load_toml
+from tests.test_plan import describe_images_test_phase
+
+GOLDEN = Path(__file__).parent / "golden" / "script"
+UPDATE = os.environ.get("AMIDSL_UPDATE_GOLDEN") == "1"
+
+
+def example_spec():
+    return crate.server_spec(load_toml(example_config_path()))
+
+
+def example_group():
+    return group_spec("ami", extends=[example_spec()], phases={"test": describe_images_test_phase})
+
+
+@pytest.mark.parametrize("phase", [*crate.PHASE_FUNCTIONS, "test"])
+def test_each_phase_script_matches_its_golden_file(phase):
+    """Golden files pin what each phase runs; regenerate with AMIDSL_UPDATE_GOLDEN=1 and review the diff."""
+    text = render_script(build_plan(example_group(), phases=[phase]))
+    golden = GOLDEN / f"{phase}.sh"
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_example_script_passes_shellcheck_and_bash_syntax_check(tmp_path):
+    script = tmp_path / "build.sh"
+    script.write_text(render_script(build_plan(example_group())))
+    checked = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+    syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_same_plan_renders_byte_identical():
+    assert render_script(build_plan(example_spec())) == render_script(build_plan(example_spec()))
+
+
+def test_script_checks_run_time_inputs_before_any_phase(tmp_path):
+    script = tmp_path / "build.sh"
+    script.write_text(render_script(build_plan(example_spec(), phases=["ami-upload"])))
+    run = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
+    )
+    assert run.returncode != 0
+    assert (
+        "AMIDSL_ACCESS_KEY" in run.stderr and "set AMIDSL_ACCESS_KEY to the AWS access key id" in run.stderr
+    )
+    assert "==>" not in run.stdout  # nothing ran
+
+
+def test_failing_action_names_phase_and_action(tmp_path):
+    spec = group_spec(
+        "t",
+        extends=[example_spec()],
+        phases={"boom": lambda s: [Exec(("false",), description="a step that fails")]},
+    )
+    script = tmp_path / "build.sh"
+    script.write_text(render_script(build_plan(spec, phases=["boom"])))
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "amidsl: FAILED in phase boom action 1 (a step that fails) (exit 1)" in run.stderr
+
+
+def test_unknown_phase_argument_fails(tmp_path):
+    script = tmp_path / "build.sh"
+    script.write_text(render_script(build_plan(example_spec(), phases=["cleanup"])))
+    run = subprocess.run(["bash", str(script), "cleanupp"], capture_output=True, text=True)
+    assert run.returncode != 0 and "unknown phase: cleanupp" in run.stderr
+
+
+# -- every value survives rendering: run the commands with the programs swapped for a recorder ------
+
+# Records its argv (and the ami-tools environment) as: count NUL, then each word NUL-terminated.
+RECORDER = """#!/bin/bash
+{ printf '%s\\0' "$(( $# + 3 ))" "$0" "$@" "EC2_AMITOOL_HOME=${EC2_AMITOOL_HOME-}" "PATH=$PATH"; } >> "$AMIDSL_TEST_RECORD"
+"""
+SHELL_RECORDERS = """
+record() { { printf '%s\\0' "$#" "$@"; } >> "$AMIDSL_TEST_RECORD"; }
+for program in aws git mkdir; do eval "$program() { record $program \\"\\$@\\"; }"; done
+"""
+
+
+def read_records(path: Path) -> list[list[str]]:
+    fields = path.read_bytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
+    records = []
+    while fields:
+        count, fields = int(fields[0]), fields[1:]
+        records.append(fields[:count])
+        fields = fields[count:]
+    return records
+
+
+def resolved(words, env: dict[str, str]) -> list[str]:
+    out = []
+    for word in words:
+        if isinstance(word, EnvSecret):
+            out.append(env[word.env_var])
+        elif isinstance(word, RuntimeValue):
+            out.append(env[word.env_var])
+        elif isinstance(word, OptionalArg):
+            if env.get(word.value.env_var):
+                out += [word.flag, env[word.value.env_var]]
+        else:
+            out.append(word)
+    return out
+
+
+# Quotes, command substitutions, backticks, globs, expansions and unicode, in any mix.
+awkward = st.lists(
+    st.sampled_from([*"aZ09 '\"$()`*?[]{}~!;&|<>#\\é✓", "$(id)", "`id`", "${HOME}", "\\n"]),
+    min_size=1,
+    max_size=8,
+).map("".join)
+path_segment = awkward.map(lambda s: s.replace("/", "")).filter(lambda s: s not in (".", ".."))
+description = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60
+)
+ec2_name = st.text(alphabet=list("aZ09()[]./-'@_ "), min_size=3, max_size=30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    install=path_segment,
+    creds=path_segment,
+    dest=path_segment,
+    name=ec2_name,
+    description=description,
+    secret=awkward,
+    token=st.one_of(st.just(""), awkward),
+)
+def test_awkward_values_reach_programs_exactly(
+    raw_settings, tmp_path, install, creds, dest, name, description, secret, token
+):
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    raw = raw_settings | {
+        "install_dir": f"{base}/{install}",
+        "credential_dir": f"{base}/{install}/{creds}",
+        "destination_dir": f"{base}/d{dest}",
+        "image_name": name,
+        "image_description": description,
+        "access_key": "AKIAEXAMPLEEXAMPLE12",
+        "secret_key": secret,
+        "extra_exclusions": [f"/srv/{install}"],
+    }
+    plan = build_plan(example_group_for(raw))
+    s = plan.settings
+    tools_bin = Path(s.tools_dir) / "bin"
+    tools_bin.mkdir(parents=True)
+    rbenv_bin = Path(s.install_dir) / ".rbenv" / "bin"
+    rbenv_bin.mkdir(parents=True)
+    for program in (tools_bin / "ec2-bundle-vol", tools_bin / "ec2-upload-bundle", rbenv_bin / "rbenv"):
+        program.write_text(RECORDER)
+        program.chmod(0o755)
+
+    env = {
+        "AMIDSL_ACCESS_KEY": "AKIAEXAMPLEEXAMPLE12",
+        "AMIDSL_SECRET_KEY": secret,
+        "AMIDSL_SESSION_TOKEN": token,
+        "AMIDSL_IMAGE_ID": "ami-0123456789abcdef0",
+    }
+    actions = [a for p in plan.phases for a in p.actions if isinstance(a, Exec | AwsCall)]
+    lines = [SHELL_RECORDERS] + ["\n".join(render_action(a)) for a in actions]
+    record = base / "record"
+    run = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + "\n".join(lines)],
+        env={**env, "PATH": os.environ["PATH"], "AMIDSL_TEST_RECORD": str(record)},
+        capture_output=True,
+    )
+    assert run.returncode == 0, run.stderr
+    expected = []
+    for action in actions:
+        if isinstance(action, Exec) and action.creates and Path(action.creates).exists():
+            continue  # skipped as already done: the recorders' own folders stand in for it
+        if isinstance(action, AwsCall):
+            expected.append(resolved(aws_cli_words(action), env))
+        elif "/" in action.argv[0]:  # an executable recorder also reports the tools' environment
+            tool_env = dict(action.env)
+            expected.append(
+                resolved(action.argv, env)
+                + [
+                    f"EC2_AMITOOL_HOME={tool_env.get('EC2_AMITOOL_HOME', '')}",
+                    f"PATH={tool_env.get('PATH', os.environ['PATH'])}",
+                ]
+            )
+        else:
+            expected.append(resolved(action.argv, env))
+    assert read_records(record) == expected
+    shutil.rmtree(base)
+
+
+def example_group_for(raw):
+    return group_spec("ami", extends=[crate.server_spec(raw)], phases={"test": describe_images_test_phase})

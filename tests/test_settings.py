@@ -1,0 +1,326 @@
+"""Settings: defaults and finalisation as the crate had them, loading, and every kind of bad input."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amidsl.secrets import Secret
+from amidsl.settings import NODE_STATE_DIR, SettingsError, load_toml, resolve
+from tests.conftest import make_key_and_cert
+
+
+def problems_of(raw: dict) -> list[str]:
+    with pytest.raises(SettingsError) as caught:
+        resolve(raw)
+    return [str(p) for p in caught.value.problems]
+
+
+def the_problem(raw: dict, setting: str) -> str:
+    found = [p for p in problems_of(raw) if p.startswith(f"{setting}:")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+# -- defaults and finalisation ------------------------------------------------------------------
+
+
+def test_defaults_are_the_crates(raw_settings):
+    s = resolve(raw_settings)
+    assert s.install_dir == "/opt/ami-tools"
+    assert s.credential_dir == "/opt/ami-tools/credentials"
+    assert s.destination_dir == "/tmp"
+    assert s.arch == "x86_64"
+    assert s.install_ruby is True and s.install_strategy == "rbenv"
+    assert s.ami_tools_url.endswith("/ec2-downloads/ec2-ami-tools.zip")
+    assert s.install_source.url == s.ami_tools_url
+
+
+def test_paths_are_finalised_from_the_other_settings(raw_settings):
+    s = resolve(raw_settings | {"credential_dir": "/root/ami-creds", "destination_dir": "/mnt/bundle"})
+    assert s.private_key_path == "/root/ami-creds/pk"
+    assert s.certificate_path == "/root/ami-creds/cert"
+    assert s.manifest_path == "/mnt/bundle/image.manifest.xml"
+    assert s.s3_manifest_path == "acme-ami-bundles/web/2026-11/image.manifest.xml"
+
+
+def test_s3_manifest_path_without_s3_path_is_at_the_bucket_root(raw_settings):
+    del raw_settings["s3_path"]
+    s = resolve(raw_settings)
+    assert s.s3_manifest_path == "acme-ami-bundles/image.manifest.xml"
+    assert s.s3_location == "acme-ami-bundles"
+
+
+def test_prefix_names_the_manifest(raw_settings):
+    s = resolve(raw_settings | {"prefix": "web"})
+    assert s.manifest_path == "/tmp/web.manifest.xml"
+    assert s.s3_manifest_path.endswith("/web.manifest.xml")
+
+
+def test_exclusions_always_hold_install_credential_destination_and_state_dirs(raw_settings):
+    s = resolve(
+        raw_settings
+        | {
+            "credential_dir": "/etc/ami-creds",
+            "destination_dir": "/mnt",
+            "exclusions": ["/srv/cache"],
+            "extra_exclusions": ["/home/admin/scratch"],
+        }
+    )
+    assert s.exclusions == (
+        "/opt/ami-tools",
+        "/etc/ami-creds",
+        "/mnt",
+        NODE_STATE_DIR,
+        "/srv/cache",
+        "/home/admin/scratch",
+    )
+
+
+def test_account_id_dashes_are_removed(raw_settings):
+    assert resolve(raw_settings).user_id == "123456789012"
+
+
+def test_kebab_case_keys_are_aliases(raw_settings, credentials):
+    raw = {key.replace("_", "-"): value for key, value in raw_settings.items()}
+    raw["private-key-source"] = {"local-file": str(credentials.key_path)}
+    assert resolve(raw) == resolve(raw_settings)
+
+
+def test_secrets_are_wrapped_and_never_shown(raw_settings):
+    s = resolve(raw_settings | {"access_key": "AKIAEXAMPLEEXAMPLE12", "secret_key": "s3cr3t/Value"})
+    assert isinstance(s.secret_key, Secret)
+    assert s.secret_key.reveal() == "s3cr3t/Value"
+    assert "s3cr3t" not in repr(s) and "s3cr3t" not in str(s)
+    assert "BEGIN" not in repr(s.private_key_pem)
+
+
+def test_built_in_example_credentials_are_accepted(raw_settings):
+    raw = raw_settings | {"private_key_source": {"example": True}, "certificate_source": {"example": True}}
+    s = resolve(raw)
+    assert "BEGIN CERTIFICATE" in s.certificate_pem
+    assert s.private_key_source.example
+
+
+def test_package_strategy_and_no_ruby(raw_settings):
+    assert resolve(raw_settings | {"install_strategy": "package"}).install_strategy == "package"
+    s = resolve(raw_settings | {"install_ruby": False})
+    assert s.install_strategy == "none" and s.install_ruby is False
+
+
+# -- TOML files ---------------------------------------------------------------------------------
+
+
+def test_toml_file_with_relative_credential_paths(tmp_path, credentials):
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    os.rename(credentials.key_path, folder / "pk.pem")
+    os.rename(credentials.cert_path, folder / "cert.pem")
+    config = folder / "ami.toml"
+    config.write_text(
+        "[ami]\n"
+        'image-name = "base"\nregion = "us-west-2"\nuser-id = "123456789012"\n'
+        's3-bucket = "my.bundles"\n'
+        'private-key-source = { local-file = "pk.pem" }\n'
+        'certificate-source = { local-file = "cert.pem" }\n'
+    )
+    s = resolve(load_toml(config))
+    assert s.private_key_source.local_file == str(folder / "pk.pem")
+    assert s.private_key_pem.reveal() == credentials.key_pem
+
+
+def test_toml_file_missing(tmp_path):
+    with pytest.raises(SettingsError, match=r"does not exist.*Fix: pass an existing TOML file"):
+        load_toml(tmp_path / "nope.toml")
+
+
+def test_toml_syntax_error_names_the_file(tmp_path):
+    config = tmp_path / "ami.toml"
+    config.write_text("[ami]\nimage-name = \n")
+    with pytest.raises(SettingsError) as caught:
+        load_toml(config)
+    assert str(config) in str(caught.value)
+    assert "not valid TOML" in str(caught.value)
+
+
+def test_toml_without_ami_table(tmp_path):
+    config = tmp_path / "ami.toml"
+    config.write_text('[crate]\nimage-name = "x"\n')
+    with pytest.raises(SettingsError, match=r"no \[ami\] table"):
+        load_toml(config)
+
+
+# -- bad input: each kind has its own message ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "missing",
+    ["image_name", "region", "user_id", "s3_bucket", "private_key_source", "certificate_source"],
+)
+def test_required_settings(raw_settings, missing):
+    del raw_settings[missing]
+    assert the_problem(raw_settings, missing) == (
+        f"{missing}: is required. Fix: set {missing} in the [ami] table."
+    )
+
+
+def test_unknown_setting_suggests_the_close_one(raw_settings):
+    message = the_problem(raw_settings | {"image_nmae": "x"}, "image_nmae")
+    assert "did you mean 'image_name'" in message
+
+
+def test_wrong_types(raw_settings):
+    assert "must be a string, got int" in the_problem(raw_settings | {"image_name": 12}, "image_name")
+    assert "must be true or false" in the_problem(raw_settings | {"install_ruby": "yes"}, "install_ruby")
+    message = the_problem(raw_settings | {"extra_exclusions": "/srv"}, "extra_exclusions")
+    assert "must be a list of strings" in message
+
+
+@pytest.mark.parametrize(
+    ("bucket", "rule"),
+    [
+        ("ab", "3 to 63 characters"),
+        ("x" * 64, "3 to 63 characters"),
+        ("My_Bucket", "only lowercase letters, digits"),
+        ("-bucket", "start and end with a letter or digit"),
+        ("my..bucket", "no '..'"),
+        ("192.168.1.1", "not an IP address"),
+    ],
+)
+def test_bucket_naming_rules(raw_settings, bucket, rule):
+    message = the_problem(raw_settings | {"s3_bucket": bucket}, "s3_bucket")
+    assert repr(bucket) in message and rule in message
+
+
+def test_account_id_must_have_twelve_digits(raw_settings):
+    message = the_problem(raw_settings | {"user_id": "1234-5678"}, "user_id")
+    assert "'1234-5678' is not a 12-digit AWS account id" in message
+
+
+def test_access_key_id_given_as_account_id_is_named(raw_settings):
+    message = the_problem(raw_settings | {"user_id": "AKIAEXAMPLEEXAMPLE12"}, "user_id")
+    assert "is an access key id, not an account id" in message
+    assert "put the key id in access_key" in message
+
+
+def test_arch_must_be_known(raw_settings):
+    message = the_problem(raw_settings | {"arch": "amd64"}, "arch")
+    assert "'amd64' is not one of x86_64, i386, arm64" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("ab", "has 2 characters"),
+        ("x" * 129, "has 129 characters"),
+        ("web#1", "characters EC2 refuses ('#')"),
+    ],
+)
+def test_ami_name_rules(raw_settings, name, why):
+    assert why in the_problem(raw_settings | {"image_name": name}, "image_name")
+
+
+def test_missing_credential_file(raw_settings, tmp_path):
+    raw = raw_settings | {"private_key_source": {"local_file": str(tmp_path / "gone.pem")}}
+    message = the_problem(raw, "private_key_source")
+    assert "gone.pem' does not exist" in message
+
+
+def test_unreadable_credential_file(raw_settings, credentials):
+    if os.geteuid() == 0:
+        # root reads any file: a directory stands in for an unreadable file.
+        raw = raw_settings | {"certificate_source": {"local_file": str(credentials.cert_path.parent)}}
+        assert "is a directory" in the_problem(raw, "certificate_source")
+    else:
+        credentials.cert_path.chmod(0)
+        assert "is not readable" in the_problem(raw_settings, "certificate_source")
+
+
+def test_garbage_pem(raw_settings, credentials):
+    credentials.key_path.write_text("not a key at all")
+    credentials.cert_path.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    problems = problems_of(raw_settings)
+    assert any("private_key_source: is not an unencrypted PEM private key" in p for p in problems)
+    assert any("certificate_source: is not a PEM X.509 certificate" in p for p in problems)
+
+
+def test_key_that_does_not_match_the_certificate(raw_settings, credentials):
+    other_key, _ = make_key_and_cert("someone else")
+    credentials.key_path.write_text(other_key)
+    message = the_problem(raw_settings, "private_key_source")
+    assert "does not match certificate_source" in message
+
+
+def test_credentials_outside_credential_dir_are_refused(raw_settings):
+    message = the_problem(raw_settings | {"private_key_path": "/root/pk"}, "private_key_path")
+    assert "outside credential_dir" in message
+
+
+@pytest.mark.parametrize("setting", ["install_dir", "credential_dir"])
+def test_system_directory_cannot_be_removed_by_cleanup(raw_settings, setting):
+    message = the_problem(raw_settings | {setting: "/usr"}, setting)
+    assert "is a system directory" in message
+
+
+def test_relative_and_unnormalised_paths(raw_settings):
+    assert "not an absolute path" in the_problem(raw_settings | {"destination_dir": "tmp"}, "destination_dir")
+    message = the_problem(raw_settings | {"install_dir": "/opt/../opt/tools"}, "install_dir")
+    assert "is not a normalised path" in message and "'/opt/tools'" in message
+
+
+def test_manifest_path_must_be_where_the_tool_writes_it(raw_settings):
+    message = the_problem(raw_settings | {"manifest_path": "/srv/m.xml"}, "manifest_path")
+    assert "'/tmp/image.manifest.xml'" in message
+
+
+def test_half_given_aws_credentials(raw_settings):
+    message = the_problem(raw_settings | {"access_key": "AKIAEXAMPLEEXAMPLE12"}, "secret_key")
+    assert "is missing while its partner is set" in message
+    message = the_problem(raw_settings | {"session_token": "tok"}, "session_token")
+    assert "without access_key and secret_key" in message
+
+
+def test_several_bad_values_are_all_reported(raw_settings):
+    raw = raw_settings | {"s3_bucket": "Bad_Bucket", "user_id": "12", "arch": "sparc", "image_name": "a"}
+    del raw["region"]
+    problems = problems_of(raw)
+    assert {p.split(":")[0] for p in problems} == {"s3_bucket", "user_id", "arch", "image_name", "region"}
+    with pytest.raises(SettingsError, match="5 problem"):
+        resolve(raw)
+
+
+# -- secrets never appear in error text ---------------------------------------------------------
+
+# A marker keeps a random secret from matching ordinary message text by chance.
+secret_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40).map(
+    lambda s: f"SeCrEt{s}"
+)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(secret=secret_text, token=secret_text)
+def test_no_secret_in_any_error_message(raw_settings, secret, token):
+    # Every other setting is wrong too, so each error path gets a chance to mention them.
+    raw = raw_settings | {
+        "secret_key": secret,
+        "session_token": token,
+        "access_key": "not-a-key",
+        "s3_bucket": "Bad_Bucket",
+        "user_id": "12",
+        "image_name": "?",
+    }
+    with pytest.raises(SettingsError) as caught:
+        resolve(raw)
+    text = str(caught.value) + repr(caught.value.problems)
+    assert secret not in text
+    assert token not in text
+
+
+def test_private_key_content_never_in_errors(raw_settings, credentials):
+    body = credentials.key_pem.splitlines()[5]
+    raw = raw_settings | {"private_key_source": {"content": credentials.key_pem[:-40]}}
+    text = "\n".join(problems_of(raw))
+    assert "private_key_source" in text and body not in text
