@@ -93,7 +93,8 @@ def test_unknown_phase_argument_fails(tmp_path):
 
 # Records its argv (and the ami-tools environment) as: count NUL, then each word NUL-terminated.
 RECORDER = """#!/bin/bash
-{ printf '%s\\0' "$(( $# + 3 ))" "$0" "$@" "EC2_AMITOOL_HOME=${EC2_AMITOOL_HOME-}" "PATH=$PATH"; } >> "$AMIDSL_TEST_RECORD"
+{ printf '%s\\0' "$(( $# + 3 ))" "$0" "$@" "EC2_AMITOOL_HOME=${EC2_AMITOOL_HOME-}" "PATH=$PATH"; } \\
+  >> "$AMIDSL_TEST_RECORD"
 """
 SHELL_RECORDERS = """
 record() { { printf '%s\\0' "$#" "$@"; } >> "$AMIDSL_TEST_RECORD"; }
@@ -114,9 +115,7 @@ def read_records(path: Path) -> list[list[str]]:
 def resolved(words, env: dict[str, str]) -> list[str]:
     out = []
     for word in words:
-        if isinstance(word, EnvSecret):
-            out.append(env[word.env_var])
-        elif isinstance(word, RuntimeValue):
+        if isinstance(word, (EnvSecret, RuntimeValue)):
             out.append(env[word.env_var])
         elif isinstance(word, OptionalArg):
             if env.get(word.value.env_var):
@@ -196,13 +195,9 @@ def test_awkward_values_reach_programs_exactly(
             expected.append(resolved(aws_cli_words(action), env))
         elif "/" in action.argv[0]:  # an executable recorder also reports the tools' environment
             tool_env = dict(action.env)
-            expected.append(
-                resolved(action.argv, env)
-                + [
-                    f"EC2_AMITOOL_HOME={tool_env.get('EC2_AMITOOL_HOME', '')}",
-                    f"PATH={tool_env.get('PATH', os.environ['PATH'])}",
-                ]
-            )
+            home = tool_env.get("EC2_AMITOOL_HOME", "")
+            path = tool_env.get("PATH", os.environ["PATH"])
+            expected.append([*resolved(action.argv, env), f"EC2_AMITOOL_HOME={home}", f"PATH={path}"])
         else:
             expected.append(resolved(action.argv, env))
     assert read_records(record) == expected

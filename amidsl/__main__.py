@@ -1,0 +1,5 @@
+"""`python -m amidsl` runs the amidsl command."""
+
+from amidsl.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""The `amidsl` command: plan, script and validate, and how bad input is reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from amidsl.example import example_config_path
+
+
+def amidsl(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "amidsl", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def write_config(path, raw: dict) -> str:
+    lines = ["[ami]"]
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+            lines.append(f"{key} = {{ {inner} }}")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_help_lists_every_command():
+    run = amidsl("--help")
+    assert run.returncode == 0
+    for command in ("plan", "script", "validate"):
+        assert f"\n  {command} " in run.stdout
+
+
+def test_plan_on_the_built_in_example():
+    run = amidsl("plan")
+    assert run.returncode == 0, run.stderr
+    assert "image 'amidsl-example-ami'" in run.stdout and "phase cleanup" in run.stdout
+
+
+def test_plan_json_parses_and_honours_phases():
+    run = amidsl("plan", "--format", "json", "--phase", "ami-upload", "--phase", "ami-bundle")
+    data = json.loads(run.stdout)
+    assert [p["name"] for p in data["phases"]] == ["ami-bundle", "ami-upload"]
+
+
+def test_script_for_the_example_file_is_identical_across_runs(tmp_path):
+    first = amidsl("script", "--config", str(example_config_path()))
+    second = amidsl("script", "--config", str(example_config_path()))
+    assert first.returncode == 0 and first.stdout == second.stdout
+    assert first.stdout.startswith("#!/usr/bin/env bash\n")
+
+
+def test_script_to_a_file(tmp_path):
+    target = tmp_path / "build.sh"
+    run = amidsl("script", "-o", str(target), "--phase", "cleanup")
+    assert run.returncode == 0 and run.stdout == f"wrote {target}\n"
+    assert "phase_cleanup()" in target.read_text() and "phase_install()" not in target.read_text()
+    assert target.stat().st_mode & 0o111
+
+
+def test_validate_good_settings(tmp_path, raw_settings):
+    run = amidsl("validate", "--config", write_config(tmp_path / "ami.toml", raw_settings))
+    assert run.returncode == 0
+    assert run.stdout.startswith("settings OK: image 'web-server-2026-11' (x86_64) in eu-west-1")
+
+
+def test_bad_config_lists_every_problem_and_exits_2_without_traceback(tmp_path, raw_settings):
+    raw = raw_settings | {
+        "s3_bucket": "Bad_Bucket",
+        "user_id": "AKIAEXAMPLEEXAMPLE12",
+        "secret_key": "hush-hush",
+    }
+    config = write_config(tmp_path / "ami.toml", raw)
+    for command in ("plan", "script", "validate"):
+        run = amidsl(command, "--config", config)
+        assert run.returncode == 2
+        assert "Traceback" not in run.stderr
+        assert "s3_bucket: 'Bad_Bucket' is not a valid S3 bucket name" in run.stderr
+        assert "user_id: 'AKIAEXAMPLEEXAMPLE12' is an access key id, not an account id" in run.stderr
+        assert "secret_key: is missing" not in run.stderr  # access_key is missing instead
+        assert "hush-hush" not in run.stderr + run.stdout
+
+
+def test_missing_config_file(tmp_path):
+    run = amidsl("plan", "--config", str(tmp_path / "nope.toml"))
+    assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_unknown_phase_and_format(tmp_path):
+    run = amidsl("plan", "--phase", "bundle")
+    assert run.returncode == 2 and "--phase: 'bundle' is not a phase of 'ami'" in run.stderr
+    run = amidsl("plan", "--format", "yaml")
+    assert run.returncode == 2 and "choose text or json" in run.stderr
+
+
+def test_invoke_tasks_file_exposes_the_same_commands():
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "invoke", "--list"], capture_output=True, text=True, cwd=repo)
+    assert run.returncode == 0, run.stderr
+    for command in ("plan", "script", "validate"):
+        assert command in run.stdout

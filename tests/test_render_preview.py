@@ -1,0 +1,86 @@
+"""The plan preview (text and JSON), and that no secret reaches any rendered output."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amidsl import crate
+from amidsl.plan import build_plan, group_spec
+from amidsl.render.preview import SCHEMA, render_json, render_text
+from amidsl.render.shell import render_script
+from tests.test_plan import describe_images_test_phase
+
+
+def test_text_preview_lists_phases_numbered_actions_and_commands(raw_settings):
+    text = render_text(build_plan(crate.server_spec(raw_settings)))
+    assert text.startswith("amidsl plan for spec 'ami': image 'web-server-2026-11' (x86_64) in eu-west-1")
+    assert "phase ami-bundle (2 action(s))" in text
+    assert "  2. bundle the volume with ec2-bundle-vol" in text
+    assert "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \\" in text
+    assert "  1. register the image with EC2 [controller]" in text
+    assert "install the private signing key [secret content not shown]" in text
+
+
+def test_text_preview_warns_that_a_ruby_package_stays_in_the_image(raw_settings):
+    text = render_text(build_plan(crate.server_spec(raw_settings | {"install_strategy": "package"})))
+    assert "WARNING: install_strategy 'package': the distribution's ruby package stays in the image" in text
+
+
+def test_json_preview_follows_the_documented_schema(raw_settings):
+    group = group_spec(
+        "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_images_test_phase}
+    )
+    data = json.loads(render_json(build_plan(group)))
+    assert data["schema"] == SCHEMA and data["spec"] == "ami"
+    assert [p["name"] for p in data["phases"]] == [*crate.PHASE_FUNCTIONS, "test"]
+    bundle = data["phases"][2]["actions"][1]
+    assert bundle["index"] == 2 and bundle["type"] == "exec" and bundle["runs_on"] == "node"
+    assert bundle["fields"]["argv"][0] == "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol"
+    assert bundle["commands"][0].startswith("(cd -- /opt/ami-tools")
+    register = data["phases"][4]["actions"][0]
+    assert register["type"] == "aws_call" and register["runs_on"] == "controller"
+    assert register["fields"]["params"]["ImageLocation"] == "acme-ami-bundles/web/2026-11/image.manifest.xml"
+    upload_argv = data["phases"][3]["actions"][0]["fields"]["argv"]
+    assert {"env": "AMIDSL_SECRET_KEY", "what": "the AWS secret access key"} in upload_argv
+    image_ids = data["phases"][6]["actions"][0]["fields"]["params"]["ImageIds"]
+    assert image_ids == [{"runtime": "image_id", "produced_by": "ami-register"}]
+    inputs = {entry["env"]: entry["what"] for entry in data["runtime_inputs"]}
+    assert inputs["AMIDSL_PRIVATE_KEY_FILE"].startswith(
+        "path on the node of the private signing key (copy of"
+    )
+    assert "AMIDSL_IMAGE_ID" not in inputs  # produced by ami-register in the same plan
+    assert data["settings"]["secret_key"].endswith("supplied at run time as AMIDSL_SECRET_KEY")
+
+
+def test_json_preview_is_byte_identical_for_the_same_plan(raw_settings):
+    plan = build_plan(crate.server_spec(raw_settings))
+    assert render_json(plan) == render_json(build_plan(crate.server_spec(raw_settings)))
+
+
+secret = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(secret_key=secret, token=secret, inline_key=st.booleans())
+def test_no_secret_in_any_preview_script_or_json(raw_settings, credentials, secret_key, token, inline_key):
+    secret_key, token = f"SK{secret_key}kS", f"TK{token}kT"  # markers: never equal to ordinary text
+    raw = raw_settings | {
+        "access_key": "AKIAEXAMPLEEXAMPLE12",
+        "secret_key": secret_key,
+        "session_token": token,
+    }
+    if inline_key:
+        raw["private_key_source"] = {"content": credentials.key_pem}
+    plan = build_plan(
+        group_spec("ami", extends=[crate.server_spec(raw)], phases={"test": describe_images_test_phase})
+    )
+    key_body = [line for line in credentials.key_pem.splitlines() if "-----" not in line]
+    for output in (render_text(plan), render_json(plan), render_script(plan), repr(plan)):
+        assert secret_key not in output
+        assert token not in output
+        assert not any(line in output for line in key_body)
