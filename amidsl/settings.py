@@ -159,7 +159,7 @@ class SettingsError(ValueError):
 
 SETTING_NAMES = (*tuple(f.name for f in dataclasses.fields(AmiSettings)), "extra_exclusions")
 # Derived from other settings, never given by a user.
-_DERIVED = {"certificate_pem", "private_key_pem", "image_id"}
+_DERIVED = {"certificate_pem", "private_key_pem"}
 USER_KEYS = tuple(sorted(set(SETTING_NAMES) - _DERIVED))
 
 
@@ -538,6 +538,12 @@ class _Checker:
             )
             image_size_mb = None
         inherit = self.flag("inherit", True)
+        # Given only to resume a build after ami-register (e.g. to run a test phase alone).
+        image_id = self.text("image_id")
+        if image_id is not None and not re.fullmatch(r"ami-[0-9a-f]{8}([0-9a-f]{9})?", image_id):
+            self.problem(
+                "image_id", f"{image_id!r} is not an AMI id", "give an id like ami-0123456789abcdef0"
+            )
 
         extra = tuple(self.path_list("extra_exclusions"))
         given = tuple(self.path_list("exclusions"))
@@ -590,7 +596,7 @@ class _Checker:
             block_device_mappings=block_device_mappings,
             certificate_pem=cert_pem or "",
             private_key_pem=Secret(key_pem or ""),
-            image_id=self.text("image_id"),
+            image_id=image_id,
         )
 
     def aws_credentials(self) -> tuple[str | None, Secret | None, Secret | None]:

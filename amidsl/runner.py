@@ -1,0 +1,230 @@
+"""Running a plan: the phase loop every executing back-end (simulator, live) shares.
+
+A back-end knows how to run the node actions of a phase (the simulator on a fake node, the live
+back-end as the rendered script over SSH) and how to make an AWS call. This module does the rest the same
+way for both: phases in order, controller-side actions (API calls, storing results into the settings,
+checks), run-time values such as the image id, the transcript, and what happens on failure: the error
+names the phase and the action, and with `on_error="cleanup"` the credentials are removed from the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from amidsl.actions import (
+    CONTROLLER_ACTIONS,
+    Action,
+    AwsCall,
+    CheckResult,
+    PhasePlan,
+    Remove,
+    RuntimeValue,
+    UpdateSettings,
+)
+from amidsl.plan import Plan
+from amidsl.secrets import redact
+from amidsl.settings import AmiSettings
+
+ON_ERROR_POLICIES = ("cleanup", "abort")
+OUTPUT_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One action as it ran: what, where, its exit status and output (secrets redacted)."""
+
+    phase: str
+    index: int
+    description: str
+    command: str
+    status: int
+    output: str
+
+
+class ActionFailed(Exception):
+    """Raised by a back-end when a node action fails; the runner turns it into a BuildError."""
+
+    def __init__(self, index: int, status: int, output: str, records: Sequence[ActionRecord] = ()) -> None:
+        super().__init__(f"action {index} failed with exit status {status}")
+        self.index = index
+        self.status = status
+        self.output = output
+        self.records = list(records)
+
+
+class NodeBackend(Protocol):
+    """What an executing back-end provides to the runner."""
+
+    def run_node_actions(
+        self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]
+    ) -> list[ActionRecord]:
+        """Run a phase's node actions (numbered as in the plan); raise ActionFailed on the first failure."""
+        ...
+
+    def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
+        """Make one AWS API call from the controller and return its result."""
+        ...
+
+    def secrets(self) -> Iterable[str]:
+        """The secret values in play, so the runner can redact them from what it reports."""
+        ...
+
+
+class BuildError(Exception):
+    """A build failed: which phase and action, the exit status, the output's tail, and the node's state."""
+
+    def __init__(
+        self,
+        phase: str,
+        index: int,
+        description: str,
+        status: int | None,
+        output: str,
+        cleanup_note: str,
+        transcript: Sequence[ActionRecord] = (),
+    ) -> None:
+        self.phase = phase
+        self.index = index
+        self.description = description
+        self.status = status
+        self.output = output
+        self.cleanup_note = cleanup_note
+        self.transcript = list(transcript)
+        tail = "\n".join(output.rstrip().splitlines()[-OUTPUT_TAIL_LINES:])
+        status_text = f"exit status {status}" if status is not None else "an error"
+        message = f"phase {phase}, action {index} ({description}) failed with {status_text}"
+        if tail:
+            message += "\n" + "\n".join(f"  | {line}" for line in tail.splitlines())
+        message += f"\n{cleanup_note}\nTo resume, fix the cause and run again from phase {phase}."
+        super().__init__(message)
+
+
+@dataclass
+class BuildResult:
+    """What a finished build left: the final settings (with the image id) and the transcript."""
+
+    settings: AmiSettings
+    transcript: list[ActionRecord] = field(default_factory=list)
+    phases: list[str] = field(default_factory=list)
+
+    @property
+    def image_id(self) -> str | None:
+        """The registered image's id, if the build registered one."""
+        return self.settings.image_id
+
+
+def credential_removal(settings: AmiSettings) -> Remove:
+    """The action that takes the credentials off the node, also after a failure."""
+    return Remove(settings.credential_dir, recursive=True, description="remove the credentials")
+
+
+def split_by_side(phase: PhasePlan) -> list[tuple[bool, list[tuple[int, Action]]]]:
+    """The phase's numbered actions in consecutive runs: (on_controller, actions)."""
+    runs: list[tuple[bool, list[tuple[int, Action]]]] = []
+    for index, action in enumerate(phase.actions, start=1):
+        side = isinstance(action, CONTROLLER_ACTIONS)
+        if not runs or runs[-1][0] != side:
+            runs.append((side, []))
+        runs[-1][1].append((index, action))
+    return runs
+
+
+def resolve_value(value: Any, values: dict[str, str]) -> Any:
+    """Replace run-time placeholders (deeply) with their values; an unknown one is an error."""
+    if isinstance(value, RuntimeValue):
+        if value.setting not in values:
+            raise KeyError(f"{value.setting} is not known yet: run the {value.produced_by} phase first")
+        return values[value.setting]
+    if isinstance(value, tuple | list):
+        return [resolve_value(v, values) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve_value(v, values) for k, v in value.items()}
+    return value
+
+
+def run_plan(
+    plan: Plan,
+    backend: NodeBackend,
+    on_error: str = "cleanup",
+    progress: Callable[[str], None] = lambda line: None,
+) -> BuildResult:
+    """Run the plan's phases in order on the back-end; raise BuildError naming the failed action."""
+    if on_error not in ON_ERROR_POLICIES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, not {on_error!r}")
+    settings = plan.settings
+    values = {"image_id": settings.image_id} if settings.image_id else {}
+    results: dict[str, dict[str, Any]] = {}
+    result = BuildResult(settings)
+    secrets = list(backend.secrets())
+    for phase in plan.phases:
+        progress(f"phase {phase.name}")
+        for on_controller, actions in split_by_side(phase):
+            try:
+                if on_controller:
+                    for index, action in actions:
+                        progress(f"  [{phase.name} {index}] {action.description}")
+                        record = _run_controller_action(phase.name, index, action, backend, values, results)
+                        result.transcript.append(record)
+                else:
+                    result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
+            except ActionFailed as failure:
+                result.transcript += failure.records
+                description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
+                note = redact(_after_failure(plan, backend, on_error, result), secrets)
+                raise BuildError(
+                    phase.name,
+                    failure.index,
+                    description,
+                    failure.status,
+                    redact(failure.output, secrets),
+                    note,
+                    result.transcript,
+                ) from None
+        result.phases.append(phase.name)
+    result.settings = settings.with_values(image_id=values.get("image_id", settings.image_id))
+    return result
+
+
+def _run_controller_action(
+    phase: str,
+    index: int,
+    action: Action,
+    backend: NodeBackend,
+    values: dict[str, str],
+    results: dict[str, dict[str, Any]],
+) -> ActionRecord:
+    if isinstance(action, AwsCall):
+        try:
+            params = {key: resolve_value(value, values) for key, value in action.params}
+            results[action.result_name] = backend.call_aws(action, params)
+        except Exception as err:
+            raise ActionFailed(index, 1, f"{action.operation}: {err}") from err
+        return ActionRecord(phase, index, action.description, f"{action.service}:{action.operation}", 0, "")
+    if isinstance(action, UpdateSettings):
+        stored = []
+        for setting, field_name in action.fields:
+            values[setting] = str(results[action.from_result][field_name])
+            stored.append(f"{setting}={values[setting]}")
+        return ActionRecord(phase, index, action.description, "update-settings", 0, "\n".join(stored))
+    if isinstance(action, CheckResult):
+        found = len(results[action.from_result].get(action.field, []))
+        if found != action.length:
+            raise ActionFailed(index, 1, f"expected {action.length} item(s) in {action.field}, found {found}")
+        return ActionRecord(phase, index, action.description, "check", 0, f"{action.field}: {found}")
+    raise TypeError(f"the runner does not know the controller action {type(action).__name__}")
+
+
+def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: BuildResult) -> str:
+    """Apply the on-error policy; say where the credentials are."""
+    where = plan.settings.credential_dir
+    if on_error == "abort":
+        return f"on_error=abort: everything is left in place for debugging, credentials included ({where})."
+    try:
+        result.transcript += backend.run_node_actions(
+            "on-error", [(1, credential_removal(plan.settings))], {}
+        )
+    except Exception as err:
+        return f"The credentials may remain on the node in {where}: removing them failed too ({err})."
+    return f"The credentials were removed from the node ({where})."
