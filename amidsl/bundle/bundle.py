@@ -136,8 +136,9 @@ def _mappings(
     if given is None:
         return default_block_device_mappings(arch)
     if isinstance(given, Mapping):
-        return tuple(BlockDeviceMapping(v, d) for v, d in given.items())
-    return tuple(given)
+        given = [BlockDeviceMapping(v, d) for v, d in given.items()]
+    # ec2-ami-tools writes mappings sorted by virtual name; keep the object in written order.
+    return tuple(sorted(given, key=lambda m: m.virtual))
 
 
 def stream_bundle(

@@ -59,3 +59,36 @@ def ec2() -> Identity:
 def stranger() -> Identity:
     """Somebody else's key and certificate."""
     return make_identity("amidsl test stranger")
+
+
+def write_sparse_file(path, size: int, regions: list[tuple[int, bytes]]) -> None:
+    """Create a file of size bytes that holds data only at the given offsets (holes elsewhere)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in regions:
+            f.seek(offset)
+            f.write(data)
+
+
+@pytest.fixture(scope="session")
+def sparse_file():
+    """The write_sparse_file helper, for tests that make their own sparse files."""
+    return write_sparse_file
+
+
+@pytest.fixture
+def sample_image(tmp_path):
+    """A 3 MiB sparse image file with random and compressible data around holes."""
+    import os
+
+    path = tmp_path / "disk.img"
+    write_sparse_file(
+        path,
+        3 * 1024 * 1024,
+        [
+            (0, os.urandom(200_000)),
+            (700_000, b"compressible text " * 20_000),
+            (2 * 1024 * 1024 + 5, os.urandom(100_000)),
+        ],
+    )
+    return path
