@@ -18,6 +18,15 @@ from amidsl.bundle.errors import (
     WrongCertificateError,
     WrongPrivateKeyError,
 )
+from amidsl.bundle.image import (
+    ALWAYS_EXCLUDED,
+    DEFAULT_FILTER,
+    ImageReport,
+    LeftOut,
+    Reason,
+    build_image,
+)
+from amidsl.bundle.ls import ImageEntry, list_image
 from amidsl.bundle.manifest import (
     BlockDeviceMapping,
     Bundler,
@@ -32,6 +41,8 @@ from amidsl.bundle.unbundle import BundleKeys, decrypt_keys, unbundle
 from amidsl.bundle.verify import verify_bundle
 
 __all__ = [
+    "ALWAYS_EXCLUDED",
+    "DEFAULT_FILTER",
     "BlockDeviceMapping",
     "BundleError",
     "BundleKeys",
@@ -40,8 +51,11 @@ __all__ = [
     "CorruptBundleError",
     "EncryptedKeys",
     "ImageDigestMismatchError",
+    "ImageEntry",
     "ImageError",
+    "ImageReport",
     "KeyMismatchError",
+    "LeftOut",
     "Manifest",
     "ManifestEditedError",
     "ManifestParseError",
@@ -51,11 +65,14 @@ __all__ = [
     "PartDigestMismatchError",
     "PartNameError",
     "PartsReorderedError",
+    "Reason",
     "WrongCertificateError",
     "WrongPrivateKeyError",
+    "build_image",
     "bundle_image",
     "decrypt_keys",
     "default_block_device_mappings",
+    "list_image",
     "parse_manifest",
     "part_filename",
     "read_manifest",

@@ -149,12 +149,14 @@ def _select(
     exclusions: Iterable[str],
     includes: Iterable[str],
     no_filter: bool,
-    skip: Iterable[Path],
+    image: Path,
+    own_files: Iterable[Path],
 ) -> tuple[list[_Entry], list[LeftOut]]:
     """Walk the source tree and decide, entry by entry, what goes into the image."""
     excluded = {_image_path(e) for e in exclusions}
     included = [_image_path(i) if i.startswith("/") else i for i in includes]
-    skip_real = {os.path.realpath(p) for p in skip}
+    image_real = os.path.realpath(image)
+    own_real = {os.path.realpath(p) for p in own_files}
     mounts = _non_local_mounts(source)
     chosen: list[_Entry] = []
     left_out: list[LeftOut] = []
@@ -176,9 +178,12 @@ def _select(
             path = _image_path(image_dir, child.name)
             st = child.stat(follow_symlinks=False)
             pattern = filtered_by(path)
+            real = os.path.realpath(child.path)
+            if real in own_real:
+                continue  # this build's own staging tree and unfinished image
             if path in excluded:
                 left_out.append(LeftOut(path, Reason.EXCLUSION, path))
-            elif os.path.realpath(child.path) in skip_real:
+            elif real == image_real:
                 left_out.append(LeftOut(path, Reason.IMAGE_FILE, path))
             elif "\n" in child.name:
                 left_out.append(LeftOut(path, Reason.UNADDRESSABLE_NAME, repr(child.name)))
@@ -327,7 +332,9 @@ def _mke2fs(staging: Path, image: Path, size_mb: int, entries: int, options: Seq
         f"{size_mb}M",
     ]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return "" if result.returncode == 0 else (result.stderr or result.stdout).strip()
+    if result.returncode == 0:
+        return ""
+    return "; ".join(line.strip() for line in (result.stderr or result.stdout).splitlines())
 
 
 def _fix_up(image: Path, staged: _Staged, root_st: os.stat_result) -> None:
@@ -381,7 +388,7 @@ def build_image(
     with tempfile.TemporaryDirectory(dir=image.parent, prefix=f".{image.name}.staging-") as tmp:
         staging = Path(tmp)
         chosen, left_out = _select(
-            source, exclusions, includes, no_filter, skip=(image, building, staging)
+            source, exclusions, includes, no_filter, image, own_files=(building, staging)
         )
         staged = _stage(chosen, staging, left_out)
         entries = len(staged.entries) + len(staged.devices)
