@@ -85,6 +85,8 @@ class FakeRegion:
         self.node_factory = node_factory
         self.nodes: dict[str, FakeNode] = {}
         self.put_requests = 0
+        # Canned ACLs by (bucket, key): moto stores aws-exec-read without the grant to EC2 it implies.
+        self.object_acls: dict[tuple[str, str], str] = {}
         self._mock = mock_aws()
         self._mock.start()
         session = boto3.Session(
@@ -162,6 +164,7 @@ class FakeRegion:
         if located != region:
             return f"PermanentRedirect: bucket {bucket} is in {located}, not {region}"
         self.s3.put_object(Bucket=bucket, Key=key, Body=data, ACL="aws-exec-read")
+        self.object_acls[(bucket, key)] = "aws-exec-read"
         return None
 
     # -- the API calls plans make ------------------------------------------------------------------
