@@ -159,9 +159,7 @@ def stream_bundle(
     encrypting = _EncryptingWriter(key, iv, parts)
     tar_digest = hashlib.sha1()
     try:
-        with gzip_ng_threaded.open(
-            encrypting, "wb", compresslevel=compresslevel, threads=threads
-        ) as gz:
+        with gzip_ng_threaded.open(encrypting, "wb", compresslevel=compresslevel, threads=threads) as gz:
             for chunk in tar_one_file(image_path, prefix):
                 tar_digest.update(chunk)
                 gz.write(chunk)
