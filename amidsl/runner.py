@@ -179,8 +179,8 @@ def run_plan(
             try:
                 if on_controller:
                     for index, action in actions:
-                        progress(f"  [{phase.name} {index}] {action.description}")
                         record = _run_controller_action(phase.name, index, action, backend, values, results)
+                        progress(f"  [{phase.name} {index}] {action.description}: ok [controller]")
                         result.transcript.append(record)
                 else:
                     result.transcript += backend.run_node_actions(phase.name, actions, dict(values))

@@ -106,7 +106,7 @@ def bundle_vol(ctx: RunContext) -> CommandResult:
     node.last_bundle_report = report
     names = [p.filename for p in manifest.parts] + [f"{prefix}.manifest.xml"]
     for name in names:
-        node.owners[f"{destination.rstrip('/')}/{name}"] = ("root", "root")
+        node.set_owner(f"{destination.rstrip('/')}/{name}", ("root", "root"))
     lines = [
         f"Copying / into the image file {image}...",
         *(f"Excluding: {left.path} ({left.reason})" for left in report.left_out),

@@ -9,10 +9,11 @@ the registered bundle from the fake S3, verifies and unbundles it, and lists the
 from __future__ import annotations
 
 import io
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,15 @@ class ImageInspection:
 class SimulatorBackend:
     """The runner's back-end on a FakeNode and FakeRegion."""
 
-    def __init__(self, node: FakeNode, region: FakeRegion, settings: AmiSettings) -> None:
+    def __init__(
+        self,
+        node: FakeNode,
+        region: FakeRegion,
+        settings: AmiSettings,
+        progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
         self.node = node
+        self.progress = progress
         self.region = region
         self.settings = settings
         access, secret, token = region.credentials
@@ -118,6 +126,9 @@ class SimulatorBackend:
                 ActionRecord(
                     phase, index, action.description, command, status, redact(output, self.secrets())
                 )
+            )
+            self.progress(
+                f"  [{phase} {index}] {action.description}: {'ok' if status == 0 else f'exit {status}'}"
             )
             if status != 0:
                 raise ActionFailed(index, status, output, records)
@@ -218,7 +229,7 @@ class Simulation:
     settings: AmiSettings
     result: BuildResult | None = None
     error: BuildError | None = None
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="amidsl-sim-")))
+    workdir: Path | None = None  # made on first use, for downloaded bundles
 
     @property
     def transcript(self) -> list[ActionRecord]:
@@ -240,6 +251,7 @@ class Simulation:
         image = self.region.ec2.describe_images(ImageIds=[image_id])["Images"][0]
         bucket, _, key = image["ImageLocation"].partition("/")
         folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="amidsl-sim-"))
         target = Path(tempfile.mkdtemp(prefix="bundle-", dir=self.workdir))
         listing = self.region.s3.list_objects_v2(Bucket=bucket, Prefix=folder)
         for item in listing.get("Contents", []):
@@ -253,6 +265,13 @@ class Simulation:
         entries = tuple(list_image(restored))
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
         return ImageInspection(image_id, manifest, entries, tuple(left_out))
+
+    def close(self) -> None:
+        """End the node and the region and delete every temporary file they used."""
+        self.region.close()
+        self.node.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def prepare(
@@ -285,7 +304,7 @@ def simulate(
     """Run a spec's (or plan's) phases against a fake node and region; raise BuildError on failure."""
     plan = spec if isinstance(spec, Plan) else build_plan(spec, phases=phases)
     simulation = prepare(plan.settings, node, region, payload_mb)
-    backend = SimulatorBackend(simulation.node, simulation.region, plan.settings)
+    backend = SimulatorBackend(simulation.node, simulation.region, plan.settings, progress)
     try:
         simulation.result = run_plan(plan, backend, on_error=on_error, progress=progress)
     except BuildError as error:

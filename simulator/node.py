@@ -149,7 +149,7 @@ class FakeNode:
         target = self.host_path(path)
         target.write_bytes(data)
         target.chmod(mode)
-        self.owners[path] = owner
+        self.set_owner(path, owner)
 
     def make_dirs(self, path: str, mode: int = 0o755, owner: tuple[str, str] = ("root", "root")) -> None:
         """Create a directory and its missing parents."""
@@ -160,7 +160,7 @@ class FakeNode:
             if not target.exists():
                 target.mkdir()
                 target.chmod(mode)
-                self.owners[current] = owner
+                self.set_owner(current, owner)
 
     def remove(self, path: str) -> None:
         """Remove a file, link or directory tree and forget its owners."""
@@ -172,6 +172,13 @@ class FakeNode:
         prefix = path.rstrip("/") + "/"
         for known in [p for p in self.owners if p == path or p.startswith(prefix)]:
             del self.owners[known]
+
+    def set_owner(self, path: str, owner: tuple[str, str]) -> None:
+        """Record a path's owner; when the simulator runs as root the file really gets it, so images
+        built from the node carry the node's owners."""
+        self.owners[path] = owner
+        if os.geteuid() == 0:
+            os.lchown(self.host_path(path), self.users.get(owner[0], 0), self.users.get(owner[1], 0))
 
     def owner(self, path: str) -> tuple[str, str]:
         """(user, group) owning a path; files the simulator did not create belong to root."""
@@ -190,15 +197,6 @@ class FakeNode:
             n for n in os.listdir(folder) if fnmatch.fnmatchcase(n, pattern) and not n.startswith(".")
         )
         return [f"{directory.rstrip('/')}/{name}" for name in names]
-
-    def walk_files(self, top: str = "/") -> list[str]:
-        """Every file and link under a node directory, as node paths."""
-        found = []
-        for folder, dirs, files in os.walk(self.host_path(top)):
-            dirs.sort()
-            for name in sorted(files + [d for d in dirs if (Path(folder) / d).is_symlink()]):
-                found.append(self.node_path(Path(folder) / name))
-        return found
 
     def check_space(self, path: str, size: int) -> None:
         """Raise OSError(ENOSPC) for writes under a directory whose disk is full."""

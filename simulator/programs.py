@@ -106,7 +106,7 @@ def install(ctx: RunContext) -> CommandResult:
         for path in operands:
             node.make_dirs(path)
             node.host_path(path).chmod(mode)
-            node.owners[path] = (owner, group)
+            node.set_owner(path, (owner, group))
         return ok()
     if len(operands) != 2:
         return fail(1, "install: missing destination file operand")
@@ -179,12 +179,10 @@ def chown(ctx: RunContext) -> CommandResult:
     for path in paths:
         if not node.exists(path):
             return fail(1, f"chown: cannot access '{path}': No such file or directory")
-        node.owners[path] = (user, group)
+        node.set_owner(path, (user, group))
         if options.get("-R") and node.is_dir(path):
-            for child in node.walk_files(path):
-                node.owners[child] = (user, group)
-            for folder in node.host_path(path).rglob("*"):
-                node.owners[node.node_path(folder)] = (user, group)
+            for child in node.host_path(path).rglob("*"):
+                node.set_owner(node.node_path(child), (user, group))
     return ok()
 
 

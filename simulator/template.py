@@ -61,7 +61,9 @@ def populate(node: FakeNode, payload_mb: int = DEFAULT_PAYLOAD_MB, seed: int = 1
         node.make_dirs(path.rsplit("/", 1)[0])
         owner = ("admin", "admin") if path.startswith("/home/admin") else ("root", "root")
         node.write_bytes(path, text.encode(), mode=mode, owner=owner)
-    node.owners["/home/admin"] = ("admin", "admin")
+    node.host_path("/").chmod(0o755)  # a temporary directory starts private; a volume's root is not
+    node.set_owner("/home/admin", ("admin", "admin"))
+    node.set_owner("/home/admin/.ssh", ("admin", "admin"))
     rng = random.Random(seed)
     node.make_dirs("/usr/bin")
     node.make_dirs("/usr/lib/x86_64-linux-gnu")
