@@ -10,7 +10,6 @@ violation raises the botocore ClientError with the code EC2 uses.
 
 from __future__ import annotations
 
-import datetime
 import re
 import tempfile
 from collections.abc import Callable
@@ -20,16 +19,13 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from moto import mock_aws
 from moto.backends import get_backend
 
 from amidsl.bundle import BundleError, Manifest, parse_manifest
 from amidsl.bundle.keys import decrypt_with_key, load_private_key
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
+from amidsl.keypairs import self_signed_pair
 from simulator.node import FakeNode
 
 ACCOUNT_ID = "123456789012"  # moto's account
@@ -54,26 +50,6 @@ class RegionFaults:
     failed_keys: set[str] = field(default_factory=set)
 
 
-def _self_signed(common_name: str) -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode("ascii")
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
 class FakeRegion:
     """One simulated AWS region and account: S3, EC2 (with strict RegisterImage) and IAM."""
 
@@ -96,7 +72,7 @@ class FakeRegion:
         self.ec2 = session.client("ec2")
         self.iam = session.client("iam")
         # The region's own EC2 key pair: bundles encrypt a copy of their key for its certificate.
-        self._ec2_key_pem, self.ec2_cert_pem = _self_signed(f"EC2 {name} (simulated)")
+        self._ec2_key_pem, self.ec2_cert_pem = self_signed_pair(f"EC2 {name} (simulated)")
 
     def close(self) -> None:
         """Stop the region's moto mock and every node it launched."""
