@@ -239,6 +239,11 @@ class Simulation:
         return self.error.transcript if self.error is not None else []
 
     @property
+    def final_settings(self) -> AmiSettings:
+        """The settings as the build left them (with the image id once registered)."""
+        return self.result.settings if self.result is not None else self.settings
+
+    @property
     def image_id(self) -> str | None:
         """The registered image's id, if the build got that far."""
         return self.result.image_id if self.result is not None else None

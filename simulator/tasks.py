@@ -96,9 +96,10 @@ def as_json(simulation: Simulation, inspection: ImageInspection | None) -> str:
         "inspect": "list every file in the registered image",
         "fault": FAULT_HELP,
         "json": "print the result as JSON instead of progress lines",
+        "payload-mb": "MB of program binaries on the fake node (default 4; larger for benchmarks)",
     },
 )
-def simulate(c, config=None, phase=None, inspect=False, fault=None, json=False):
+def simulate(c, config=None, phase=None, inspect=False, fault=None, json=False, payload_mb=4):
     """Run the build on a fake node and a fake AWS region (offline; nothing outside a temp dir)."""
     started = time.monotonic()
     try:
@@ -108,7 +109,7 @@ def simulate(c, config=None, phase=None, inspect=False, fault=None, json=False):
     say = (lambda line: None) if json else print
     say(f"amidsl simulate: {plan_title(plan)}")
     say("(a fake node and a fake AWS region on this machine: no node, network or AWS account is touched)")
-    simulation = prepare(plan.settings)
+    simulation = prepare(plan.settings, payload_mb=int(payload_mb))
     apply_faults(simulation, fault or [])
     try:
         simulation = run_simulation(

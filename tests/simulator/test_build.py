@@ -17,6 +17,7 @@ def test_example_builds_through_all_phases(run, example_settings, node, region):
     simulation = run(example_settings)
     assert simulation.error is None
     assert [r.phase for r in simulation.transcript][-1] == "cleanup"
+    assert simulation.final_settings.image_id == simulation.image_id
     image = region.ec2.describe_images(ImageIds=[simulation.image_id])["Images"][0]
     assert image["ImageLocation"] == "amidsl-example-bundles/images/example/image.manifest.xml"
     assert image["RootDeviceType"] == "instance-store"
