@@ -1,5 +1,6 @@
 """Images from a directory: ec2-bundle-vol's exclusions, and everything else survives intact."""
 
+import fnmatch
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from amidsl.bundle import (
     list_image,
 )
 from amidsl.bundle.e2fs import debugfs
+from amidsl.bundle.image import non_local_mounts
 
 IS_ROOT = os.geteuid() == 0
 
@@ -254,16 +256,15 @@ def test_list_image_refuses_a_file_that_is_not_a_filesystem(tmp_path):
         list_image(tmp_path / "junk")
 
 
+def is_filtered(name: str) -> bool:
+    return any(fnmatch.fnmatchcase("/dir/" + name, pattern) for pattern in DEFAULT_FILTER)
+
+
 names = st.text(
     alphabet=st.characters(blacklist_characters="/\x00\n", blacklist_categories=("Cs",)),
     min_size=1,
     max_size=30,
-).filter(
-    lambda n: (
-        n not in (".", "..", "lost+found")
-        and not any(__import__("fnmatch").fnmatchcase("/" + n, p) for p in DEFAULT_FILTER)
-    )
-)
+).filter(lambda n: n not in (".", "..") and not is_filtered(n))
 
 
 @settings(
@@ -284,3 +285,21 @@ def test_random_file_contents_round_trip_through_the_image(tmp_path_factory, fil
         assert entry.size == len(content)
         debugfs(work / "image", [f"dump <{entry.inode}> {work}/out"])
         assert (work / "out").read_bytes() == content
+
+
+def test_non_local_mounts_under_the_source_are_found(tmp_path):
+    table = "\n".join(
+        [
+            "/dev/vda1 / ext4 rw 0 0",
+            f"proc {tmp_path}/root/proc proc rw 0 0",
+            f"server:/export {tmp_path}/root/home/shared\\040data nfs4 rw 0 0",
+            f"tmpfs {tmp_path}/root/run tmpfs rw 0 0",
+            f"/dev/vdb1 {tmp_path}/root/boot ext4 rw 0 0",
+            f"tmpfs {tmp_path}/elsewhere tmpfs rw 0 0",
+        ]
+    )
+    assert non_local_mounts(tmp_path / "root", table) == {
+        "/proc": "proc",
+        "/home/shared data": "nfs4",
+        "/run": "tmpfs",
+    }
