@@ -83,7 +83,7 @@ class _ChunkReader(io.RawIOBase):
     """A readable stream over an iterator of byte chunks."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._pending = chunks, b""
+        self._chunks, self._pending = chunks, memoryview(b"")
 
     def readable(self) -> bool:
         return True
@@ -91,12 +91,12 @@ class _ChunkReader(io.RawIOBase):
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
         while not self._pending:
             try:
-                self._pending = next(self._chunks)
+                self._pending = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+        self._pending = self._pending[n:]  # a view: no copy of the rest
         return n
 
 
