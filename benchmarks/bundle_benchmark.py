@@ -7,7 +7,8 @@ into a 1 GiB ext4 image, then bundles that image, in the same run, with
   (b) amidsl.bundle.bundle_image                                               (this project)
 
 and prints wall time, throughput, output bytes and peak RSS for each, and the ratios.
-Peak RSS of (a) is the sum of its four processes' peaks (they run at the same time).
+Peak RSS of (a) is the sum of its four processes' peaks (they run at the same time); peaks are
+measured with GNU time when it is installed, else with a Python wrapper (which overstates them).
 
 Usage: python3 benchmarks/bundle_benchmark.py [--data-mb 900] [--image-mb 1024] [--workdir DIR]
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 
 PART_SIZE = 10 * 1024 * 1024
 MB = 1024 * 1024
+GNU_TIME = "/usr/bin/time"
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,18 @@ class Result:
 def measure_child(outfile: str, argv: list[str]) -> int:
     """Run argv (inheriting stdin/stdout), write its peak RSS in KiB to outfile, pass its status."""
     status = subprocess.run(argv, check=False).returncode
-    Path(outfile).write_text(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+    Path(outfile).write_text(f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}\n")
     return status
 
 
 def measured(rss_file: Path, *argv: str) -> list[str]:
-    """argv wrapped so that its peak RSS lands in rss_file."""
+    """argv wrapped so that its peak RSS (KiB) lands in rss_file.
+
+    GNU time is preferred: a forked Python wrapper would charge its own resident memory to the
+    child it runs, overstating small programs like gzip.
+    """
+    if os.access(GNU_TIME, os.X_OK):
+        return [GNU_TIME, "-f", "%M", "-o", str(rss_file), *argv]
     return [sys.executable, os.path.abspath(__file__), "--measure", str(rss_file), "--", *argv]
 
 
