@@ -130,8 +130,17 @@ def _select(
     """Walk the source tree and decide, entry by entry, what goes into the image."""
     excluded = {_image_path(e) for e in exclusions}
     included = [_image_path(i) if i.startswith("/") else i for i in includes]
-    image_real = os.path.realpath(image)
-    own_real = {os.path.realpath(p) for p in own_files}
+    def identity(path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    # Files are recognised by device and inode: cheaper than resolving every path, and immune
+    # to the different spellings (symlinks, ..) one file can have.
+    image_id = identity(image)
+    own_ids = {identity(p) for p in own_files} - {None}
     mounts = non_local_mounts(source)
     chosen: list[_Entry] = []
     left_out: list[LeftOut] = []
@@ -153,12 +162,12 @@ def _select(
             path = _image_path(image_dir, child.name)
             st = child.stat(follow_symlinks=False)
             pattern = filtered_by(path)
-            real = os.path.realpath(child.path)
-            if real in own_real:
+            file_id = (st.st_dev, st.st_ino)
+            if file_id in own_ids:
                 continue  # this build's own staging tree and unfinished image
             if path in excluded:
                 left_out.append(LeftOut(path, Reason.EXCLUSION, path))
-            elif real == image_real:
+            elif file_id == image_id:
                 left_out.append(LeftOut(path, Reason.IMAGE_FILE, path))
             elif "\n" in child.name:
                 left_out.append(LeftOut(path, Reason.UNADDRESSABLE_NAME, repr(child.name)))
