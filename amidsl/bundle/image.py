@@ -130,6 +130,7 @@ def _select(
     """Walk the source tree and decide, entry by entry, what goes into the image."""
     excluded = {_image_path(e) for e in exclusions}
     included = [_image_path(i) if i.startswith("/") else i for i in includes]
+
     def identity(path: Path) -> tuple[int, int] | None:
         try:
             st = os.stat(path)
