@@ -60,7 +60,7 @@ class _PartWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
         while view:
             if self._file is None:
@@ -115,7 +115,7 @@ class _EncryptingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.error is None:
             try:
                 self._sink.write(self._encryptor.update(self._padder.update(bytes(data))))

@@ -194,7 +194,10 @@ def test_key_material_is_the_hex_text_encrypted_with_pkcs1_v15(tmp_path, user, e
     )
     user_key = load_private_key(user.key_pem)
     ec2_key = load_private_key(ec2.key_pem)
-    decrypt = lambda key, value: key.decrypt(bytes.fromhex(value), padding.PKCS1v15())  # noqa: E731
+
+    def decrypt(key, value: str) -> bytes:
+        return key.decrypt(bytes.fromhex(value), padding.PKCS1v15())
+
     assert decrypt(user_key, manifest.keys.user_encrypted_key) == bytes(range(16)).hex().encode()
     assert decrypt(ec2_key, manifest.keys.ec2_encrypted_key) == bytes(range(16)).hex().encode()
     assert decrypt(user_key, manifest.keys.user_encrypted_iv) == bytes(range(16, 32)).hex().encode()
