@@ -18,14 +18,7 @@ from amidsl.bundle.errors import (
     WrongCertificateError,
     WrongPrivateKeyError,
 )
-from amidsl.bundle.image import (
-    ALWAYS_EXCLUDED,
-    DEFAULT_FILTER,
-    ImageReport,
-    LeftOut,
-    Reason,
-    build_image,
-)
+from amidsl.bundle.image import ImageReport, build_image
 from amidsl.bundle.ls import ImageEntry, list_image
 from amidsl.bundle.manifest import (
     BlockDeviceMapping,
@@ -37,6 +30,7 @@ from amidsl.bundle.manifest import (
     parse_manifest,
     read_manifest,
 )
+from amidsl.bundle.selection import ALWAYS_EXCLUDED, DEFAULT_FILTER, LeftOut, Reason
 from amidsl.bundle.unbundle import BundleKeys, decrypt_keys, unbundle
 from amidsl.bundle.verify import verify_bundle
 
