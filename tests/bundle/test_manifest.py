@@ -204,17 +204,8 @@ def test_key_material_is_the_hex_text_encrypted_with_pkcs1_v15(tmp_path, user, e
     assert decrypt(ec2_key, manifest.keys.ec2_encrypted_iv) == bytes(range(16, 32)).hex().encode()
 
 
-xml_text = (
-    st.text(
-        alphabet=st.characters(
-            blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff"
-        ),
-        min_size=1,
-        max_size=20,
-    )
-    .map(str.strip)
-    .filter(bool)
-)
+text_chars = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff")
+xml_text = st.text(alphabet=text_chars, min_size=1, max_size=20).map(str.strip).filter(bool)
 
 
 @settings(max_examples=50, deadline=None)
@@ -225,20 +216,16 @@ xml_text = (
     kernel=st.none() | xml_text,
     mappings=st.dictionaries(xml_text, xml_text, max_size=4),
 )
-def test_any_field_text_survives_rendering_and_parsing(
-    user, name, codes, ancestry, kernel, mappings
-):
-    key = load_private_key(user.key_pem)
+def test_any_text_survives_rendering_and_parsing(user, name, codes, ancestry, kernel, mappings):
+    mapping_list = tuple(BlockDeviceMapping(v, d) for v, d in sorted(mappings.items()))
     manifest = sign_manifest(
         unsigned_manifest(
             name=name,
             product_codes=tuple(codes),
             ancestry=tuple(ancestry),
             kernel_id=kernel,
-            block_device_mappings=tuple(
-                BlockDeviceMapping(v, d) for v, d in sorted(mappings.items())
-            ),
+            block_device_mappings=mapping_list,
         ),
-        key,
+        load_private_key(user.key_pem),
     )
     assert parse_manifest(manifest.xml) == manifest
