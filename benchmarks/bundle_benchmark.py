@@ -7,7 +7,8 @@ into a 1 GiB ext4 image, then bundles that image, in the same run, with
   (b) amidsl.bundle.bundle_image                                               (this project)
 
 and prints wall time, throughput, output bytes and peak RSS for each, and the ratios.
-Peak RSS of (a) is the sum of its four processes' peaks (they run at the same time).
+Peak RSS of (a) is the sum of its four processes' peaks (they run at the same time); peaks are
+measured with GNU time when it is installed, else with a Python wrapper (which overstates them).
 
 Usage: python3 benchmarks/bundle_benchmark.py [--data-mb 900] [--image-mb 1024] [--workdir DIR]
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 
 PART_SIZE = 10 * 1024 * 1024
 MB = 1024 * 1024
+GNU_TIME = "/usr/bin/time"
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Result:
 
     name: str
     seconds: float
+    cpu_seconds: float
     output_bytes: int
     peak_rss_kb: int
 
@@ -42,13 +45,26 @@ class Result:
 def measure_child(outfile: str, argv: list[str]) -> int:
     """Run argv (inheriting stdin/stdout), write its peak RSS in KiB to outfile, pass its status."""
     status = subprocess.run(argv, check=False).returncode
-    Path(outfile).write_text(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    Path(outfile).write_text(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime:.2f}\n")
     return status
 
 
 def measured(rss_file: Path, *argv: str) -> list[str]:
-    """argv wrapped so that its peak RSS lands in rss_file."""
+    """argv wrapped so that its peak RSS (KiB) and CPU seconds land in rss_file.
+
+    GNU time is preferred: a forked Python wrapper would charge its own resident memory to the
+    child it runs, overstating small programs like gzip.
+    """
+    if os.access(GNU_TIME, os.X_OK):
+        return [GNU_TIME, "-f", "%M %U %S", "-o", str(rss_file), *argv]
     return [sys.executable, os.path.abspath(__file__), "--measure", str(rss_file), "--", *argv]
+
+
+def read_usage(path: Path) -> tuple[int, float]:
+    """Peak RSS (KiB) and CPU seconds (user + system) as written by measured()."""
+    peak, *cpu = path.read_text().split()
+    return int(peak), sum(float(c) for c in cpu)
 
 
 def make_tree(target: Path, data_bytes: int) -> int:
@@ -132,7 +148,14 @@ def run_shell_pipeline(image_dir: Path, out: Path, work: Path) -> Result:
     if any(codes):
         raise SystemExit(f"shell pipeline failed: exit codes {codes}")
     output = sum(p.stat().st_size for p in out.iterdir())
-    return Result("shell gzip -9", seconds, output, sum(int(f.read_text()) for f in rss_files))
+    usages = [read_usage(f) for f in rss_files]
+    return Result(
+        "shell gzip -9",
+        seconds,
+        sum(cpu for _, cpu in usages),
+        output,
+        sum(rss for rss, _ in usages),
+    )
 
 
 def run_amidsl(image: Path, out: Path, work: Path, user: tuple[Path, Path], ec2: Path) -> Result:
@@ -150,7 +173,8 @@ def run_amidsl(image: Path, out: Path, work: Path, user: tuple[Path, Path], ec2:
     subprocess.run(measured(rss, *argv), check=True, env={**os.environ, "PYTHONPATH": ROOT})
     seconds = time.perf_counter() - start
     output = sum(p.stat().st_size for p in out.glob("image.part.*"))
-    return Result("amidsl", seconds, output, int(rss.read_text()))
+    peak, cpu = read_usage(rss)
+    return Result("amidsl", seconds, cpu, output, peak)
 
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -194,10 +218,11 @@ def main() -> None:
 
         size_mb = image.stat().st_size / MB
         print(f"\ncores: {len(os.sched_getaffinity(0))}, image: {size_mb:.0f} MB")
-        print(f"{'bundler':<15}{'wall s':>9}{'MB/s':>9}{'output bytes':>15}{'peak RSS MB':>13}")
+        columns = f"{'wall s':>9}{'cpu s':>9}{'MB/s':>9}{'output bytes':>15}{'peak RSS MB':>13}"
+        print(f"{'bundler':<15}{columns}")
         for r in (shell, ours):
             print(
-                f"{r.name:<15}{r.seconds:>9.2f}{size_mb / r.seconds:>9.1f}"
+                f"{r.name:<15}{r.seconds:>9.2f}{r.cpu_seconds:>9.2f}{size_mb / r.seconds:>9.1f}"
                 f"{r.output_bytes:>15}{r.peak_rss_kb / 1024:>13.1f}"
             )
         print(

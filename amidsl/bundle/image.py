@@ -5,7 +5,6 @@ applied, `mke2fs -d` turns the staging tree into a filesystem, and debugfs then 
 owners and modes the copy could not keep without root, and creates device nodes.
 """
 
-import fnmatch
 import math
 import os
 import posixpath
@@ -14,92 +13,35 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from amidsl.bundle.e2fs import debugfs, quote, tool
 from amidsl.bundle.errors import ImageError
 from amidsl.bundle.ls import list_image
+from amidsl.bundle.selection import (
+    ALWAYS_EXCLUDED,
+    DEFAULT_FILTER,
+    LeftOut,
+    Reason,
+    SourceEntry,
+    select_entries,
+)
 from amidsl.bundle.tarstream import data_regions
 
-ALWAYS_EXCLUDED = ("/dev", "/media", "/mnt", "/proc", "/sys")
-DEFAULT_FILTER = (
-    "*/#*#",
-    "*/.#*",
-    "*.sw",
-    "*.swo",
-    "*.swp",
-    "*~",
-    "*.pem",
-    "*.priv",
-    "*id_rsa*",
-    "*id_dsa*",
-    "*.gpg",
-    "*.jks",
-    "*/.ssh/authorized_keys",
-    "*/.bash_history",
-)
+__all__ = [
+    "ALWAYS_EXCLUDED",
+    "DEFAULT_FILTER",
+    "MAX_SIZE_MB",
+    "ImageReport",
+    "LeftOut",
+    "Reason",
+    "build_image",
+    "estimate_size_mb",
+]
+
 MAX_SIZE_MB = 10240  # the largest image an S3-backed AMI may have
 BLOCK_SIZE = 4096
 INODE_SIZE = 256
-# Filesystem types whose contents do not belong to this machine's volume.
-NON_LOCAL_FS_TYPES = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "ncpfs",
-        "afs",
-        "9p",
-        "ceph",
-        "glusterfs",
-        "lustre",
-        "fuse.sshfs",
-        "fuse.s3fs",
-        "proc",
-        "sysfs",
-        "devtmpfs",
-        "devpts",
-        "tmpfs",
-        "cgroup",
-        "cgroup2",
-        "securityfs",
-        "debugfs",
-        "tracefs",
-        "configfs",
-        "fusectl",
-        "binfmt_misc",
-        "autofs",
-        "mqueue",
-        "hugetlbfs",
-        "pstore",
-        "bpf",
-    }
-)
-
-
-class Reason(StrEnum):
-    """Why something was left out of an image."""
-
-    ALWAYS_EXCLUDED = "always-excluded directory"
-    FILTER = "filter pattern"
-    EXCLUSION = "caller exclusion"
-    IMAGE_FILE = "the image file itself"
-    NON_LOCAL_MOUNT = "non-local mount"
-    SOCKET = "socket (its program recreates it at run time)"
-    UNREADABLE = "unreadable"
-    UNADDRESSABLE_NAME = "name contains a newline, which debugfs cannot address"
-
-
-@dataclass(frozen=True)
-class LeftOut:
-    """A path kept out of the image, why, and which rule (directory, pattern, path) matched."""
-
-    path: str
-    reason: Reason
-    rule: str
 
 
 @dataclass(frozen=True)
@@ -110,100 +52,6 @@ class ImageReport:
     size_mb: int
     entries: int
     left_out: tuple[LeftOut, ...]
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """A source entry to put in the image: image path, source path, its lstat."""
-
-    path: str
-    source: Path
-    st: os.stat_result
-
-
-def _image_path(*parts: str) -> str:
-    return posixpath.normpath("/" + "/".join(p.strip("/") for p in parts if p.strip("/")))
-
-
-def _non_local_mounts(source: Path) -> dict[str, str]:
-    """Mount points under source with network or virtual filesystems, as image paths → type."""
-    found: dict[str, str] = {}
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return found
-    root = os.path.realpath(source)
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3 or fields[2] not in NON_LOCAL_FS_TYPES:
-            continue
-        # /proc/mounts escapes spaces and tabs in mount points as octal.
-        point = fields[1].encode().decode("unicode_escape")
-        if point != root and point.startswith(root.rstrip("/") + "/"):
-            found[_image_path(point[len(root) :])] = fields[2]
-    return found
-
-
-def _select(
-    source: Path,
-    exclusions: Iterable[str],
-    includes: Iterable[str],
-    no_filter: bool,
-    image: Path,
-    own_files: Iterable[Path],
-) -> tuple[list[_Entry], list[LeftOut]]:
-    """Walk the source tree and decide, entry by entry, what goes into the image."""
-    excluded = {_image_path(e) for e in exclusions}
-    included = [_image_path(i) if i.startswith("/") else i for i in includes]
-    image_real = os.path.realpath(image)
-    own_real = {os.path.realpath(p) for p in own_files}
-    mounts = _non_local_mounts(source)
-    chosen: list[_Entry] = []
-    left_out: list[LeftOut] = []
-
-    def filtered_by(path: str) -> str | None:
-        if no_filter or any(path == i or fnmatch.fnmatchcase(path, i) for i in included):
-            return None
-        return next((p for p in DEFAULT_FILTER if fnmatch.fnmatchcase(path, p)), None)
-
-    pending = [(source, "/")]
-    while pending:
-        directory, image_dir = pending.pop()
-        try:
-            children = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            left_out.append(LeftOut(image_dir, Reason.UNREADABLE, exc.strerror or str(exc)))
-            continue
-        for child in children:
-            path = _image_path(image_dir, child.name)
-            st = child.stat(follow_symlinks=False)
-            pattern = filtered_by(path)
-            real = os.path.realpath(child.path)
-            if real in own_real:
-                continue  # this build's own staging tree and unfinished image
-            if path in excluded:
-                left_out.append(LeftOut(path, Reason.EXCLUSION, path))
-            elif real == image_real:
-                left_out.append(LeftOut(path, Reason.IMAGE_FILE, path))
-            elif "\n" in child.name:
-                left_out.append(LeftOut(path, Reason.UNADDRESSABLE_NAME, repr(child.name)))
-            elif stat.S_ISSOCK(st.st_mode):
-                left_out.append(LeftOut(path, Reason.SOCKET, path))
-            elif pattern is not None:
-                left_out.append(LeftOut(path, Reason.FILTER, pattern))
-            else:
-                chosen.append(_Entry(path, Path(child.path), st))
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                # Mount points and always-excluded directories stay, empty: the system mounts
-                # something there at boot.
-                if path in ALWAYS_EXCLUDED:
-                    left_out.append(LeftOut(path + "/*", Reason.ALWAYS_EXCLUDED, path))
-                elif path in mounts:
-                    left_out.append(LeftOut(path + "/*", Reason.NON_LOCAL_MOUNT, mounts[path]))
-                else:
-                    pending.append((Path(child.path), path))
-    return chosen, left_out
 
 
 def _copy_sparse(source: Path, target: Path, size: int) -> None:
@@ -234,15 +82,15 @@ def _copy_sparse(source: Path, target: Path, size: int) -> None:
 class _Staged:
     """The staging tree: entries that made it, device nodes still to create, bytes allocated."""
 
-    entries: list[_Entry]
-    devices: list[_Entry]
+    entries: list[SourceEntry]
+    devices: list[SourceEntry]
     allocated: int
 
 
-def _stage(chosen: list[_Entry], staging: Path, left_out: list[LeftOut]) -> _Staged:
+def _stage(chosen: list[SourceEntry], staging: Path, left_out: list[LeftOut]) -> _Staged:
     """Recreate the chosen entries under staging (devices are made later, in the image)."""
-    staged: list[_Entry] = []
-    devices: list[_Entry] = []
+    staged: list[SourceEntry] = []
+    devices: list[SourceEntry] = []
     first_link: dict[tuple[int, int], Path] = {}
     allocated = 0
     unreadable_dirs: list[str] = []
@@ -385,7 +233,7 @@ def build_image(
     building = image.with_name(f".{image.name}.building")
     with tempfile.TemporaryDirectory(dir=image.parent, prefix=f".{image.name}.staging-") as tmp:
         staging = Path(tmp)
-        chosen, left_out = _select(
+        chosen, left_out = select_entries(
             source, exclusions, includes, no_filter, image, own_files=(building, staging)
         )
         staged = _stage(chosen, staging, left_out)
