@@ -14,7 +14,6 @@ Usage: python3 benchmarks/bundle_benchmark.py [--data-mb 900] [--image-mb 1024] 
 """
 
 import argparse
-import datetime
 import os
 import resource
 import shutil
@@ -90,33 +89,12 @@ def make_tree(target: Path, data_bytes: int) -> int:
 
 def make_identity(common_name: str, directory: Path) -> tuple[Path, Path]:
     """A throwaway RSA key and self-signed certificate, written as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    from amidsl.keypairs import self_signed_pair
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    key_pem, cert_pem = self_signed_pair(common_name, days=1)
     cert_path, key_path = directory / f"{common_name}.crt", directory / f"{common_name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_text(cert_pem)
+    key_path.write_text(key_pem)
     key_path.chmod(0o600)
     return cert_path, key_path
 

@@ -1,13 +1,10 @@
 """Shared fixtures: throwaway RSA keys and X.509 certificates, generated at test time only."""
 
-import datetime
 from dataclasses import dataclass, field
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+
+from amidsl.keypairs import self_signed_pair
 
 
 @dataclass(frozen=True)
@@ -20,27 +17,8 @@ class Identity:
 
 def make_identity(common_name: str) -> Identity:
     """Generate an RSA key and a self-signed certificate for it."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return Identity(
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        ),
-    )
+    key_pem, cert_pem = self_signed_pair(common_name, days=30)
+    return Identity(cert_pem=cert_pem.encode("ascii"), key_pem=key_pem.encode("ascii"))
 
 
 @pytest.fixture(scope="session")
