@@ -1,0 +1,81 @@
+"""The bundle format: filesystem image from a directory, bundle, verify, unbundle, list."""
+
+from amidsl.bundle.bundle import bundle_image, part_filename
+from amidsl.bundle.errors import (
+    BundledSizeMismatchError,
+    BundleError,
+    CorruptBundleError,
+    ImageDigestMismatchError,
+    ImageError,
+    KeyMismatchError,
+    ManifestEditedError,
+    ManifestParseError,
+    MissingPartError,
+    PartCountMismatchError,
+    PartDigestMismatchError,
+    PartNameError,
+    PartsReorderedError,
+    WrongCertificateError,
+    WrongPrivateKeyError,
+)
+from amidsl.bundle.image import (
+    ALWAYS_EXCLUDED,
+    DEFAULT_FILTER,
+    ImageReport,
+    LeftOut,
+    Reason,
+    build_image,
+)
+from amidsl.bundle.ls import ImageEntry, list_image
+from amidsl.bundle.manifest import (
+    BlockDeviceMapping,
+    Bundler,
+    EncryptedKeys,
+    Manifest,
+    ManifestPart,
+    default_block_device_mappings,
+    parse_manifest,
+    read_manifest,
+)
+from amidsl.bundle.unbundle import BundleKeys, decrypt_keys, unbundle
+from amidsl.bundle.verify import verify_bundle
+
+__all__ = [
+    "ALWAYS_EXCLUDED",
+    "DEFAULT_FILTER",
+    "BlockDeviceMapping",
+    "BundleError",
+    "BundleKeys",
+    "BundledSizeMismatchError",
+    "Bundler",
+    "CorruptBundleError",
+    "EncryptedKeys",
+    "ImageDigestMismatchError",
+    "ImageEntry",
+    "ImageError",
+    "ImageReport",
+    "KeyMismatchError",
+    "LeftOut",
+    "Manifest",
+    "ManifestEditedError",
+    "ManifestParseError",
+    "ManifestPart",
+    "MissingPartError",
+    "PartCountMismatchError",
+    "PartDigestMismatchError",
+    "PartNameError",
+    "PartsReorderedError",
+    "Reason",
+    "WrongCertificateError",
+    "WrongPrivateKeyError",
+    "build_image",
+    "bundle_image",
+    "decrypt_keys",
+    "default_block_device_mappings",
+    "list_image",
+    "parse_manifest",
+    "part_filename",
+    "read_manifest",
+    "unbundle",
+    "verify_bundle",
+]

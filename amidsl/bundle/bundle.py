@@ -1,0 +1,275 @@
+"""Bundle an image file: tar → SHA-1 → parallel gzip → AES-128-CBC → parts, signed manifest."""
+
+import hashlib
+import io
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import padding as sym_padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from zlib_ng import gzip_ng_threaded
+
+from amidsl.bundle.errors import BundleError
+from amidsl.bundle.keys import (
+    check_key_matches_certificate,
+    encrypt_for_certificate,
+    load_certificate,
+    load_private_key,
+)
+from amidsl.bundle.manifest import (
+    BlockDeviceMapping,
+    Bundler,
+    EncryptedKeys,
+    Manifest,
+    ManifestPart,
+    default_block_device_mappings,
+    sign_manifest,
+)
+from amidsl.bundle.tarstream import tar_one_file
+
+PART_SIZE = 10 * 1024 * 1024
+# zlib-ng level 6 stays within ~2% of `gzip -9` output while compressing several times faster.
+COMPRESS_LEVEL = 6
+_USER_ID = re.compile(r"^\d{12}$")
+
+
+@dataclass(frozen=True)
+class WrittenPart:
+    """A finished part file: where it is, how big, and its SHA-1."""
+
+    path: Path
+    size: int
+    digest: str
+
+
+class _PartWriter(io.RawIOBase):
+    """Splits a byte stream into part files of part_size bytes, hashing each as it goes."""
+
+    def __init__(self, out_dir: Path, temp_prefix: str, part_size: int) -> None:
+        self._out_dir, self._temp_prefix, self._part_size = out_dir, temp_prefix, part_size
+        self.parts: list[WrittenPart] = []
+        self._file: io.BufferedWriter | None = None
+        self._hash = hashlib.sha1()
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(data)
+        while view:
+            if self._file is None:
+                path = self._out_dir / f"{self._temp_prefix}{len(self.parts)}"
+                self._file = open(path, "wb")  # noqa: SIM115 - closed in _close_part
+            room = self._part_size - self._written
+            chunk = view[:room]
+            self._file.write(chunk)
+            self._hash.update(chunk)
+            self._written += len(chunk)
+            view = view[len(chunk) :]
+            if self._written == self._part_size:
+                self._close_part()
+        return len(data)
+
+    def _close_part(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self.parts.append(WrittenPart(Path(self._file.name), self._written, self._hash.hexdigest()))
+        self._file, self._hash, self._written = None, hashlib.sha1(), 0
+
+    def finish(self) -> list[WrittenPart]:
+        """Close the last, partly filled part and return every part."""
+        if self._file is not None:
+            self._close_part()
+        return self.parts
+
+    def discard(self) -> None:
+        """Remove every part written so far (after a failure)."""
+        if self._file is not None:
+            self._file.close()
+            Path(self._file.name).unlink(missing_ok=True)
+            self._file = None
+        for part in self.parts:
+            part.path.unlink(missing_ok=True)
+
+
+class _EncryptingWriter(io.RawIOBase):
+    """AES-128-CBC encrypts what is written (PKCS#7 padded at finish) into a part writer."""
+
+    def __init__(self, key: bytes, iv: bytes, sink: _PartWriter) -> None:
+        self._encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        self._padder = sym_padding.PKCS7(128).padder()
+        self._sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._sink.write(self._encryptor.update(self._padder.update(bytes(data))))
+        return len(data)
+
+    def finish(self) -> None:
+        """Pad and flush the final cipher block."""
+        self._sink.write(self._encryptor.update(self._padder.finalize()))
+        self._sink.write(self._encryptor.finalize())
+
+
+def _check_name(prefix: str) -> None:
+    if not prefix or "/" in prefix or prefix in (".", "..") or len(prefix.encode()) >= 100:
+        raise BundleError(f"prefix {prefix!r} must be a plain file name shorter than 100 bytes")
+
+
+def _random_or_given(value: bytes | None, what: str) -> bytes:
+    if value is None:
+        return os.urandom(16)
+    if len(value) != 16:
+        raise BundleError(f"the AES {what} must be 16 bytes, got {len(value)}")
+    return value
+
+
+def _mappings(
+    given: Mapping[str, str] | Iterable[BlockDeviceMapping] | None, arch: str
+) -> tuple[BlockDeviceMapping, ...]:
+    if given is None:
+        return default_block_device_mappings(arch)
+    if isinstance(given, Mapping):
+        given = [BlockDeviceMapping(v, d) for v, d in given.items()]
+    # ec2-ami-tools writes mappings sorted by virtual name; keep the object in written order.
+    return tuple(sorted(given, key=lambda m: m.virtual))
+
+
+def stream_bundle(
+    image_path: Path,
+    out_dir: Path,
+    prefix: str,
+    key: bytes,
+    iv: bytes,
+    *,
+    part_size: int = PART_SIZE,
+    compresslevel: int = COMPRESS_LEVEL,
+    threads: int | None = None,
+) -> tuple[str, list[WrittenPart]]:
+    """Run the streaming pipeline once over the image; return the tar SHA-1 and the final parts."""
+    threads = threads or len(os.sched_getaffinity(0))
+    temp_prefix = f".{prefix}.part.{os.getpid()}.tmp"
+    parts = _PartWriter(out_dir, temp_prefix, part_size)
+    encrypting = _EncryptingWriter(key, iv, parts)
+    tar_digest = hashlib.sha1()
+    try:
+        with gzip_ng_threaded.open(
+            encrypting, "wb", compresslevel=compresslevel, threads=threads
+        ) as gz:
+            for chunk in tar_one_file(image_path, prefix):
+                tar_digest.update(chunk)
+                gz.write(chunk)
+        encrypting.finish()
+        written = parts.finish()
+    except BaseException:
+        parts.discard()
+        raise
+    return tar_digest.hexdigest(), _rename_parts(written, out_dir, prefix)
+
+
+def part_filename(prefix: str, index: int, count: int) -> str:
+    """`<prefix>.part.<i>` with i zero-padded to the digit count of the number of parts."""
+    return f"{prefix}.part.{index:0{len(str(count))}d}"
+
+
+def _rename_parts(written: list[WrittenPart], out_dir: Path, prefix: str) -> list[WrittenPart]:
+    # Parts of an earlier bundle with the same prefix would be mistaken for this bundle's.
+    stale = re.compile(re.escape(prefix) + r"\.part\.\d+")
+    for old in out_dir.iterdir():
+        if stale.fullmatch(old.name):
+            old.unlink()
+    final = []
+    for index, part in enumerate(written):
+        path = out_dir / part_filename(prefix, index, len(written))
+        os.replace(part.path, path)
+        final.append(WrittenPart(path, part.size, part.digest))
+    return final
+
+
+def bundle_image(
+    image_path: Path | str,
+    out_dir: Path | str,
+    *,
+    prefix: str = "image",
+    user_id: str,
+    user_cert_pem: bytes | str,
+    user_private_key_pem: bytes | str,
+    ec2_cert_pem: bytes | str,
+    arch: str = "x86_64",
+    kernel_id: str | None = None,
+    ramdisk_id: str | None = None,
+    product_codes: Iterable[str] = (),
+    block_device_mappings: Mapping[str, str] | Iterable[BlockDeviceMapping] | None = None,
+    ancestry: Iterable[str] = (),
+    key: bytes | None = None,
+    iv: bytes | None = None,
+    part_size: int = PART_SIZE,
+    compresslevel: int = COMPRESS_LEVEL,
+    threads: int | None = None,
+    bundler: Bundler | None = None,
+) -> Manifest:
+    """Bundle an image into `<prefix>.part.NN` files and a signed `<prefix>.manifest.xml`."""
+    image_path, out_dir = Path(image_path), Path(out_dir)
+    _check_name(prefix)
+    account = user_id.replace("-", "")
+    if not _USER_ID.fullmatch(account):
+        raise BundleError(f"user_id {user_id!r} must be the 12-digit AWS account number")
+    if part_size < 1:
+        raise BundleError(f"part_size must be positive, got {part_size}")
+    if not image_path.is_file():
+        raise BundleError(f"image {image_path} does not exist or is not a file")
+    if not out_dir.is_dir():
+        raise BundleError(f"output directory {out_dir} does not exist; create it first")
+    user_cert = load_certificate(user_cert_pem)
+    ec2_cert = load_certificate(ec2_cert_pem)
+    private_key = load_private_key(user_private_key_pem)
+    # A bundle signed with a key that does not match the certificate could never be verified.
+    check_key_matches_certificate(private_key, user_cert)
+    aes_key, aes_iv = _random_or_given(key, "key"), _random_or_given(iv, "IV")
+    # The format encrypts the hex text of key and IV, not the raw bytes.
+    key_hex, iv_hex = aes_key.hex().encode("ascii"), aes_iv.hex().encode("ascii")
+
+    digest, parts = stream_bundle(
+        image_path,
+        out_dir,
+        prefix,
+        aes_key,
+        aes_iv,
+        part_size=part_size,
+        compresslevel=compresslevel,
+        threads=threads,
+    )
+    unsigned = Manifest(
+        name=prefix,
+        user=account,
+        architecture=arch,
+        digest=digest,
+        size=image_path.stat().st_size,
+        bundled_size=sum(p.size for p in parts),
+        keys=EncryptedKeys(
+            user_encrypted_key=encrypt_for_certificate(user_cert, key_hex).hex(),
+            ec2_encrypted_key=encrypt_for_certificate(ec2_cert, key_hex).hex(),
+            user_encrypted_iv=encrypt_for_certificate(user_cert, iv_hex).hex(),
+            ec2_encrypted_iv=encrypt_for_certificate(ec2_cert, iv_hex).hex(),
+        ),
+        parts=tuple(ManifestPart(i, p.path.name, p.digest) for i, p in enumerate(parts)),
+        signature="",
+        block_device_mappings=_mappings(block_device_mappings, arch),
+        kernel_id=kernel_id,
+        ramdisk_id=ramdisk_id,
+        product_codes=tuple(product_codes),
+        ancestry=tuple(ancestry),
+        bundler=bundler or Bundler(),
+    )
+    manifest = sign_manifest(unsigned, private_key)
+    manifest_path = out_dir / f"{prefix}.manifest.xml"
+    temp = manifest_path.with_name(f".{manifest_path.name}.tmp")
+    temp.write_text(manifest.xml, encoding="utf-8")
+    os.replace(temp, manifest_path)
+    return manifest

@@ -1,0 +1,46 @@
+"""Run e2fsprogs tools (mke2fs, debugfs), which often live outside a normal user's PATH."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from amidsl.bundle.errors import ImageError
+
+_SBIN = os.pathsep.join(["/usr/sbin", "/sbin"])
+
+
+def tool(name: str) -> str:
+    """Absolute path of an e2fsprogs program, or ImageError saying how to install it."""
+    found = shutil.which(name) or shutil.which(name, path=_SBIN)
+    if found is None:
+        raise ImageError(f"{name} is not installed; install e2fsprogs (apt-get install e2fsprogs)")
+    return found
+
+
+def debugfs(image: Path, commands: list[str], *, write: bool = False) -> str:
+    """Run debugfs commands (one per line) against an image file and return its output."""
+    if not commands:
+        return ""
+    argv = [tool("debugfs"), *(["-w"] if write else []), "-f", "-", str(image)]
+    result = subprocess.run(
+        argv,
+        input="\n".join(commands).encode("utf-8", "surrogateescape") + b"\n",
+        capture_output=True,
+        check=False,
+        # Never page `stat` output through less, whatever the caller's environment says.
+        env={**os.environ, "DEBUGFS_PAGER": "__none__", "PAGER": "__none__"},
+    )
+    stderr = result.stderr.decode("utf-8", "replace")
+    if result.returncode != 0 or "while trying to open" in stderr or "not open" in stderr:
+        first = next((line for line in stderr.splitlines() if "debugfs 1." not in line), stderr)
+        raise ImageError(
+            f"debugfs cannot read {image} as an ext2/3/4 filesystem image ({first.strip()}); "
+            "pass an image built by build_image or mke2fs"
+        )
+    return result.stdout.decode("utf-8", "surrogateescape")
+
+
+def quote(name: str) -> str:
+    """Quote a name for a debugfs command line (a doubled quote is a literal quote)."""
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,158 @@
+"""The CLI tasks: a whole bundle → verify → unbundle → ls session, and clean errors (exit 2)."""
+
+import os
+
+import pytest
+from invoke import Collection, Program
+
+from amidsl.bundle import build_image
+from amidsl.bundle.tasks import bundle_image, image_ls, unbundle, verify_bundle
+
+
+def amidsl(*args: str) -> int:
+    """Run the tasks as the amidsl program would; return the exit code."""
+    program = Program(
+        namespace=Collection(bundle_image, verify_bundle, unbundle, image_ls), binary="amidsl"
+    )
+    try:
+        program.run(["amidsl", *args], exit=True)
+    except SystemExit as exit:
+        return exit.code or 0
+    return 0
+
+
+@pytest.fixture
+def files(tmp_path, user, ec2, stranger):
+    """PEM files on disk (as a user would have them) and a small image."""
+    paths = {}
+    for name, pem in [
+        ("cert.pem", user.cert_pem),
+        ("pk.pem", user.key_pem),
+        ("ec2.pem", ec2.cert_pem),
+        ("stranger-pk.pem", stranger.key_pem),
+    ]:
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(pem)
+    (tmp_path / "root/etc").mkdir(parents=True)
+    (tmp_path / "root/etc/motd").write_text("welcome\n")
+    os.symlink("etc/motd", tmp_path / "root/motd")
+    build_image(tmp_path / "root", tmp_path / "disk.img")
+    paths["image"] = tmp_path / "disk.img"
+    paths["out"] = tmp_path / "out"
+    paths["out"].mkdir()
+    return paths
+
+
+def bundle(files) -> int:
+    return amidsl(
+        "bundle-image",
+        "--image", str(files["image"]),
+        "--cert", str(files["cert.pem"]),
+        "--privkey", str(files["pk.pem"]),
+        "--ec2cert", str(files["ec2.pem"]),
+        "--user", "1234-5678-9012",
+        "--destination", str(files["out"]),
+        "--prefix", "web",
+        "--block-device-mapping", "ami=sda1,root=/dev/sda1",
+    )  # fmt: skip
+
+
+def test_bundle_verify_unbundle_and_list_from_the_command_line(files, tmp_path, capsys, user):
+    assert bundle(files) == 0
+    out = capsys.readouterr().out
+    assert "into 1 parts" in out and "web.manifest.xml" in out
+    manifest = str(files["out"] / "web.manifest.xml")
+
+    assert amidsl("verify-bundle", "--manifest", manifest, "--cert", str(files["cert.pem"])) == 0
+    assert "OK:" in capsys.readouterr().out
+
+    restore = tmp_path / "restore"
+    code = amidsl(
+        "unbundle", "--manifest", manifest, "--privkey", str(files["pk.pem"]),
+        "--destination", str(restore), "--cert", str(files["cert.pem"]),
+    )  # fmt: skip
+    assert code == 0
+    assert (restore / "web").read_bytes() == files["image"].read_bytes()
+    assert f"restored {restore / 'web'}" in capsys.readouterr().out
+
+    assert amidsl("image-ls", "--image", str(restore / "web")) == 0
+    listing = capsys.readouterr().out
+    assert "/etc/motd" in listing and "/motd -> etc/motd" in listing
+    assert user.key_pem.decode() not in listing
+
+
+def expect_failure(capsys, *args) -> str:
+    assert amidsl(*args) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    return captured.err
+
+
+def test_missing_certificate_file_names_the_file(files, capsys):
+    err = expect_failure(
+        capsys, "verify-bundle", "--manifest", "x.manifest.xml", "--cert", "/no/such/cert.pem"
+    )
+    assert "certificate file /no/such/cert.pem" in err and "check the path" in err
+
+
+def test_missing_options_are_listed(capsys):
+    err = expect_failure(capsys, "bundle-image", "--image", "disk.img")
+    assert "--cert, --privkey, --user, --ec2cert" in err
+
+
+def test_private_key_that_is_not_a_key_is_named_without_its_content(files, capsys, tmp_path):
+    bogus = tmp_path / "bogus.pem"
+    bogus.write_text("-----BEGIN NOTHING-----\nsecret-looking-content\n-----END NOTHING-----\n")
+    err = expect_failure(capsys, "unbundle", "--manifest", "m.xml", "--privkey", str(bogus))
+    assert f"private key file {bogus}" in err
+    assert "secret-looking-content" not in err
+
+
+def test_wrong_private_key_is_a_clean_error(files, capsys):
+    assert bundle(files) == 0
+    capsys.readouterr()
+    err = expect_failure(
+        capsys, "unbundle", "--manifest", str(files["out"] / "web.manifest.xml"),
+        "--privkey", str(files["stranger-pk.pem"]), "--destination", str(files["out"] / "r"),
+    )  # fmt: skip
+    assert "private key opens neither" in err
+    assert "PRIVATE KEY" not in err
+
+
+def test_corrupt_bundle_is_a_clean_error(files, capsys):
+    assert bundle(files) == 0
+    capsys.readouterr()
+    part = files["out"] / "web.part.0"
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 0xFF
+    part.write_bytes(bytes(data))
+    err = expect_failure(
+        capsys, "verify-bundle", "--manifest", str(files["out"] / "web.manifest.xml"),
+        "--cert", str(files["cert.pem"]),
+    )  # fmt: skip
+    assert "web.part.0" in err and "SHA-1" in err
+
+
+def test_wrong_certificate_is_a_clean_error(files, capsys, tmp_path, stranger):
+    assert bundle(files) == 0
+    capsys.readouterr()
+    (tmp_path / "other.pem").write_bytes(stranger.cert_pem)
+    err = expect_failure(
+        capsys, "verify-bundle", "--manifest", str(files["out"] / "web.manifest.xml"),
+        "--cert", str(tmp_path / "other.pem"),
+    )  # fmt: skip
+    assert "not signed by the key of certificate" in err
+
+
+def test_bad_block_device_mapping_is_explained(files, capsys):
+    err = expect_failure(
+        capsys, "bundle-image", "--image", str(files["image"]), "--cert", str(files["cert.pem"]),
+        "--privkey", str(files["pk.pem"]), "--ec2cert", str(files["ec2.pem"]),
+        "--user", "123456789012", "--block-device-mapping", "root",
+    )  # fmt: skip
+    assert "virtual=device" in err
+
+
+def test_image_ls_of_a_missing_image(capsys, tmp_path):
+    err = expect_failure(capsys, "image-ls", "--image", str(tmp_path / "none.img"))
+    assert f"image {tmp_path / 'none.img'} does not exist" in err
