@@ -10,6 +10,7 @@ from invoke.exceptions import Exit
 
 from amidsl.crate import server_spec
 from amidsl.example import example_config_path
+from amidsl.live.tasks import build, validate_live
 from amidsl.plan import Plan, Spec, build_plan
 from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
@@ -70,8 +71,8 @@ def script(c, config=None, phase=None, output=None):
         os.chmod(output, 0o755)
 
 
-@task(help={"config": CONFIG_HELP})
-def validate(c, config=None):
+@task(help={"config": CONFIG_HELP, "live": "also check AWS: credentials, bucket and region, image name"})
+def validate(c, config=None, live=False):
     """Check the settings and report every problem (exit status 2 if there are any)."""
     built = load_plan(config, None)
     s = built.settings
@@ -79,6 +80,10 @@ def validate(c, config=None):
         f"settings OK: image {s.image_name!r} ({s.arch}) in {s.region}, "
         f"bundle to s3://{s.s3_location}/, phases: {', '.join(p.name for p in built.phases)}"
     )
+    if live:
+        for line in validate_live(config):
+            print(f"AWS OK: {line}")
 
 
 ns = Collection(plan, script, validate)
+ns.add_task(build)
