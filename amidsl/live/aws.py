@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+from botocore.config import Config
 
 from amidsl.actions import AwsCall
 from amidsl.live.settings import LiveSettings
@@ -165,8 +166,10 @@ class Aws:
         """The boto3 client for a service (one per service and region, on the endpoint if set)."""
         key = (service, region or self.settings.region)
         if key not in self._clients:
+            # S3-compatible endpoints (and addresses) rarely serve bucket subdomains: use path style.
+            config = Config(s3={"addressing_style": "path"}) if self.live.endpoint_url else None
             self._clients[key] = self.session.client(
-                service, region_name=key[1], endpoint_url=self.live.endpoint_url
+                service, region_name=key[1], endpoint_url=self.live.endpoint_url, config=config
             )
         return self._clients[key]
 

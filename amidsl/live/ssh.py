@@ -166,6 +166,8 @@ class SshNode:
         """A channel through the ProxyJump host(s) to the target, or None for a direct connection."""
         sock = None
         hops = self._jump_targets()
+        if not hops:
+            return None
         for hop, following in zip(hops, [*hops[1:], self.target], strict=True):
             client = self._open(hop, sock)
             self._jumps.append(client)
