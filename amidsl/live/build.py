@@ -56,7 +56,7 @@ def run_on_node(
     progress(f"connected to {node.target}")
     try:
         backend = LiveBackend(plan, node, aws, progress=progress, on_script=on_script)
-        return run_plan(plan, backend, on_error=on_error, progress=lambda line: progress(f"==> {line}"))
+        return run_plan(plan, backend, on_error=on_error, progress=lambda line: progress(f"==> {line.strip()}"))
     finally:
         node.close()
 
