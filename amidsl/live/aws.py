@@ -270,7 +270,9 @@ def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: boo
     return checked
 
 
-def _check_image_name_free(settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]) -> None:
+def _check_image_name_free(
+    settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]
+) -> None:
     try:
         images = aws.call(
             "ec2",

@@ -56,7 +56,9 @@ def run_on_node(
     progress(f"connected to {node.target}")
     try:
         backend = LiveBackend(plan, node, aws, progress=progress, on_script=on_script)
-        return run_plan(plan, backend, on_error=on_error, progress=lambda line: progress(f"==> {line.strip()}"))
+        return run_plan(
+            plan, backend, on_error=on_error, progress=lambda line: progress(f"==> {line.strip()}")
+        )
     finally:
         node.close()
 
@@ -180,8 +182,9 @@ def wait_for_ssh(host: str, port: int, seconds: int, progress: Progress = _no_pr
             pass
         if time.monotonic() > deadline:
             raise NodeConnectionError(
-                f"{host}:{port} did not answer SSH within {seconds} s. Fix: check the security group lets "
-                "SSH in from here, the subnet gives the node an address you can reach, and the image runs sshd"
+                f"{host}:{port} did not answer SSH within {seconds} s. Fix: check that the security group "
+                "lets SSH in from here, that the subnet gives the node an address you can reach, and that "
+                "the image runs sshd"
             )
         progress(f"waiting for SSH on {host}:{port}")
         time.sleep(SSH_POLL_SECONDS)

@@ -10,6 +10,7 @@ on a command's standard input).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import getpass
 import hashlib
@@ -302,9 +303,7 @@ class SshNode:
         """Close the connection (and any jump hosts)."""
         for client in [self._client, *reversed(self._jumps)]:
             if client is not None:
-                try:
+                with contextlib.suppress(OSError, paramiko.SSHException):
                     client.close()
-                except (OSError, paramiko.SSHException):
-                    pass
         self._client = None
         self._jumps = []

@@ -123,7 +123,9 @@ def build(
                 group, settings, spec=loaded.spec, live=live, phases=chosen, **options
             ).image_id
         else:
-            image_id = build_on_host(host, settings, spec=loaded.spec, live=live, phases=chosen, **options).image_id
+            image_id = build_on_host(
+                host, settings, spec=loaded.spec, live=live, phases=chosen, **options
+            ).image_id
     except SettingsError as err:
         raise Exit(str(err), code=BAD_INPUT) from None
     except (BuildError, NodeConnectionError, AwsError) as err:
@@ -132,4 +134,3 @@ def build(
         print(f"image {image_id} ({settings.image_name}) is registered in {settings.region}")
     else:
         print(f"phases done: {', '.join(chosen)}")
-

@@ -165,7 +165,9 @@ def sudo_user(node: Node) -> Iterator[str]:
         pytest.skip("needs sudo and useradd")
     name = f"amidsl{secrets.token_hex(4)}"
     home = node.root / "home"
-    subprocess.run(["useradd", "--home-dir", str(home), "--no-create-home", "--shell", "/bin/bash", name], check=True)
+    subprocess.run(
+        ["useradd", "--home-dir", str(home), "--no-create-home", "--shell", "/bin/bash", name], check=True
+    )
     sudoers = Path(f"/etc/sudoers.d/{name}")
     try:
         # sshd without PAM refuses a locked account ("!"); "*" only disables password logins.

@@ -201,7 +201,9 @@ def sudo_user_or_root(request):
 
 
 def amidsl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "amidsl", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "amidsl", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_amidsl_build_command_runs_exactly_what_amidsl_script_prints(
@@ -227,7 +229,11 @@ def test_amidsl_build_command_runs_exactly_what_amidsl_script_prints(
 
     # The name is taken now: validate --live says so before any node work.
     again = amidsl("validate", "--live", "--config", str(path))
-    assert again.returncode == 2 and "image_name: " in again.stderr and "is already the name of ami-" in again.stderr
+    assert (
+        again.returncode == 2
+        and "image_name: " in again.stderr
+        and "is already the name of ami-" in again.stderr
+    )
 
 
 def test_a_failing_upload_names_the_action_and_removes_the_credentials(

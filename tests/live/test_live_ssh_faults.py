@@ -113,7 +113,9 @@ def test_a_changed_host_key_is_refused_even_with_trust_on_first_use(node, raw_se
     with pytest.raises(HostKeyError) as caught:
         build(node, raw_settings, live(tmp_path, trust_on_first_use=True))
     message = str(caught.value)
-    assert message.startswith("HOST KEY CHANGED for node.example") and "ssh-keygen -R 'node.example'" in message
+    assert (
+        message.startswith("HOST KEY CHANGED for node.example") and "ssh-keygen -R 'node.example'" in message
+    )
     assert node.commands == []
 
 
@@ -200,7 +202,9 @@ def test_a_dropped_connection_reconnects_and_removes_the_credentials(
     node, host_key, raw_settings, credentials, tmp_path
 ):
     remember(tmp_path, host_key)
-    node.runs["ami-upload"] = PhaseRun(["==> [ami-upload 1] upload the bundle to S3 with ec2-upload-bundle"], None)
+    node.runs["ami-upload"] = PhaseRun(
+        ["==> [ami-upload 1] upload the bundle to S3 with ec2-upload-bundle"], None
+    )
     with pytest.raises(BuildError) as caught:
         build(node, raw_settings, live(tmp_path))
     error = caught.value
