@@ -33,7 +33,7 @@ def live_settings() -> tuple[dict[str, Any], LiveSettings]:
     raw = {key.replace("-", "_"): value for key, value in raw.items()}
     mine = {key.replace("-", "_"): value for key, value in load_toml(CREDENTIALS).items()}
     raw.update(mine)
-    raw.setdefault("image_name", f"amidsl-live-test-{time.strftime('%Y%m%d-%H%M%S')}")
     if "image_name" not in mine:
+        # A fresh name per run: AMI names are unique per account and region.
         raw["image_name"] = f"amidsl-live-test-{time.strftime('%Y%m%d-%H%M%S')}"
     return raw, resolve_live(load_live_table(CREDENTIALS), origin=f"{CREDENTIALS} [live]")

@@ -199,6 +199,15 @@ def aws_endpoint() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def bucket(aws_endpoint: str) -> str:
+    """The bundle bucket, in us-east-1 on the moto server."""
+    from tests.live.node_settings import BUCKET, aws_client
+
+    aws_client("s3", aws_endpoint).create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
 FAKE_BUNDLE_VOL = '''#!{python}
 """Test stand-in for ec2-bundle-vol: amidsl's bundle code over the node's fixed test volume (never /)."""
 import argparse, json, os, sys
