@@ -158,7 +158,11 @@ class SshNode:
             found = resolve_target(name, settings, default_user=self.target.user)
             hops.append(
                 dataclasses.replace(
-                    found, user=user or found.user, port=int(port) if port.isdigit() else found.port
+                    found,
+                    user=user or found.user,
+                    port=int(port) if port.isdigit() else found.port,
+                    # A hop without its own IdentityFile tries the node's keys (and the agent).
+                    identity_files=found.identity_files or self.target.identity_files,
                 )
             )
         return hops
