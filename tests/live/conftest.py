@@ -104,7 +104,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     root = Path(tempfile.mkdtemp(prefix="amidsl-node-"))
     root.chmod(0o755)
     records, fakebin, volume = root / "records", root / "bin", root / "volume"
-    for path in (records, fakebin, volume / "etc", volume / "srv" / "www"):
+    for path in (records, fakebin, root / "home", volume / "etc", volume / "srv" / "www"):
         path.mkdir(parents=True)
     records.chmod(0o777)
     (fakebin / "bash").write_text(FAKE_BASH.format(records=records))
@@ -136,8 +136,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                 "UsePAM no",
                 "StrictModes no",
                 "Subsystem sftp internal-sftp",
-                # The node's commands find the recording bash and apt-get first.
-                f"SetEnv PATH={fakebin}:{SYSTEM_PATH}",
+                # The node's commands find the recording bash and apt-get first; HOME keeps the login
+                # shell off this machine's own ~/.bashrc (the node is a clean machine).
+                f"SetEnv PATH={fakebin}:{SYSTEM_PATH} HOME={root / 'home'}",
                 "LogLevel VERBOSE",
                 "",
             ]
@@ -172,8 +173,6 @@ def sudo_user(node: Node) -> Iterator[str]:
     try:
         # sshd without PAM refuses a locked account ("!"); "*" only disables password logins.
         subprocess.run(["usermod", "-p", "*", name], check=True)
-        home.mkdir(exist_ok=True)
-        shutil.chown(home, name, name)
         sudoers.write_text(
             f"{name} ALL=(root) NOPASSWD: ALL\n"
             f'Defaults:{name} secure_path="{node.root / "bin"}:{SYSTEM_PATH}"\n'
