@@ -9,6 +9,7 @@ import fnmatch
 import math
 import os
 import posixpath
+import re
 import stat
 import subprocess
 import tempfile
@@ -42,41 +43,10 @@ DEFAULT_FILTER = (
 MAX_SIZE_MB = 10240  # the largest image an S3-backed AMI may have
 BLOCK_SIZE = 4096
 INODE_SIZE = 256
-# Filesystem types whose contents do not belong to this machine's volume.
-NON_LOCAL_FS_TYPES = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "ncpfs",
-        "afs",
-        "9p",
-        "ceph",
-        "glusterfs",
-        "lustre",
-        "fuse.sshfs",
-        "fuse.s3fs",
-        "proc",
-        "sysfs",
-        "devtmpfs",
-        "devpts",
-        "tmpfs",
-        "cgroup",
-        "cgroup2",
-        "securityfs",
-        "debugfs",
-        "tracefs",
-        "configfs",
-        "fusectl",
-        "binfmt_misc",
-        "autofs",
-        "mqueue",
-        "hugetlbfs",
-        "pstore",
-        "bpf",
-    }
+# Filesystems on local disks. Mounts of anything else under the source (network filesystems,
+# tmpfs, proc, overlays, squashfs…) are left out, as ec2-bundle-vol leaves out non-local mounts.
+LOCAL_FS_TYPES = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "jfs", "reiserfs", "f2fs", "vfat", "msdos", "exfat"}
 )
 
 
@@ -125,21 +95,26 @@ def _image_path(*parts: str) -> str:
     return posixpath.normpath("/" + "/".join(p.strip("/") for p in parts if p.strip("/")))
 
 
-def _non_local_mounts(source: Path) -> dict[str, str]:
-    """Mount points under source with network or virtual filesystems, as image paths → type."""
+def _unescape_mount_point(field: str) -> str:
+    # /proc/mounts writes space, tab, newline and backslash in mount points as octal escapes.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def non_local_mounts(source: Path, mounts_table: str | None = None) -> dict[str, str]:
+    """Mount points under source whose filesystem is not a local disk's: image path → type."""
+    if mounts_table is None:
+        try:
+            mounts_table = Path("/proc/self/mounts").read_text(errors="surrogateescape")
+        except OSError:
+            return {}
+    root = os.path.realpath(source).rstrip("/")
     found: dict[str, str] = {}
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return found
-    root = os.path.realpath(source)
-    for line in lines:
+    for line in mounts_table.splitlines():
         fields = line.split()
-        if len(fields) < 3 or fields[2] not in NON_LOCAL_FS_TYPES:
+        if len(fields) < 3 or fields[2] in LOCAL_FS_TYPES:
             continue
-        # /proc/mounts escapes spaces and tabs in mount points as octal.
-        point = fields[1].encode().decode("unicode_escape")
-        if point != root and point.startswith(root.rstrip("/") + "/"):
+        point = _unescape_mount_point(fields[1])
+        if point.startswith(root + "/"):
             found[_image_path(point[len(root) :])] = fields[2]
     return found
 
@@ -155,9 +130,19 @@ def _select(
     """Walk the source tree and decide, entry by entry, what goes into the image."""
     excluded = {_image_path(e) for e in exclusions}
     included = [_image_path(i) if i.startswith("/") else i for i in includes]
-    image_real = os.path.realpath(image)
-    own_real = {os.path.realpath(p) for p in own_files}
-    mounts = _non_local_mounts(source)
+
+    def identity(path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    # Files are recognised by device and inode: cheaper than resolving every path, and immune
+    # to the different spellings (symlinks, ..) one file can have.
+    image_id = identity(image)
+    own_ids = {identity(p) for p in own_files} - {None}
+    mounts = non_local_mounts(source)
     chosen: list[_Entry] = []
     left_out: list[LeftOut] = []
 
@@ -178,12 +163,12 @@ def _select(
             path = _image_path(image_dir, child.name)
             st = child.stat(follow_symlinks=False)
             pattern = filtered_by(path)
-            real = os.path.realpath(child.path)
-            if real in own_real:
+            file_id = (st.st_dev, st.st_ino)
+            if file_id in own_ids:
                 continue  # this build's own staging tree and unfinished image
             if path in excluded:
                 left_out.append(LeftOut(path, Reason.EXCLUSION, path))
-            elif real == image_real:
+            elif file_id == image_id:
                 left_out.append(LeftOut(path, Reason.IMAGE_FILE, path))
             elif "\n" in child.name:
                 left_out.append(LeftOut(path, Reason.UNADDRESSABLE_NAME, repr(child.name)))

@@ -131,7 +131,8 @@ def bundle_image(
         )
     )
     manifest_path = Path(destination) / f"{prefix}.manifest.xml"
-    print(f"bundled {image} ({manifest.size} bytes) into {len(manifest.parts)} parts")
+    count = len(manifest.parts)
+    print(f"bundled {image} ({manifest.size} bytes) into {count} part{'s' if count > 1 else ''}")
     print(f"manifest: {manifest_path}")
 
 

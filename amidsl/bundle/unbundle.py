@@ -12,9 +12,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from zlib_ng import gzip_ng
+from zlib_ng import gzip_ng, zlib_ng
 
 from amidsl.bundle.errors import (
+    BundleError,
     CorruptBundleError,
     ImageDigestMismatchError,
     ManifestParseError,
@@ -25,6 +26,8 @@ from amidsl.bundle.manifest import Manifest, read_manifest
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
 
 CHUNK = 1024 * 1024
+# What a damaged or wrongly decrypted stream raises while it is gunzipped and untarred.
+_CORRUPT_STREAM = (tarfile.TarError, EOFError, gzip_ng.BadGzipFile, zlib_ng.error)
 _KEY_TEXT = re.compile(rb"^[0-9a-fA-F]{32}$")
 
 
@@ -83,7 +86,7 @@ class _ChunkReader(io.RawIOBase):
     """A readable stream over an iterator of byte chunks."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._pending = chunks, b""
+        self._chunks, self._pending = chunks, memoryview(b"")
 
     def readable(self) -> bool:
         return True
@@ -91,12 +94,12 @@ class _ChunkReader(io.RawIOBase):
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
         while not self._pending:
             try:
-                self._pending = next(self._chunks)
+                self._pending = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+        self._pending = self._pending[n:]  # a view: no copy of the rest
         return n
 
 
@@ -137,10 +140,15 @@ def _extract_single_file(tar_stream: io.RawIOBase, into: Path, manifest: Manifes
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 archive.extract(member, path=into, set_attrs=False, **extra)
                 extracted = into / member.name.strip("/")
-    except (tarfile.TarError, EOFError, OSError, gzip_ng.BadGzipFile) as exc:
+    except _CORRUPT_STREAM as exc:
         raise CorruptBundleError(
             f"bundle {manifest.name!r} does not decrypt to a gzip-compressed tar stream ({exc}); "
             "the key does not fit or the parts are damaged"
+        ) from None
+    except OSError as exc:
+        raise BundleError(
+            f"writing the image of bundle {manifest.name!r} into {into.parent} failed: "
+            f"{exc.strerror or exc}; check free space and permissions"
         ) from None
     if extracted is None:
         raise CorruptBundleError(f"bundle {manifest.name!r} holds an empty tar archive")
@@ -173,7 +181,7 @@ def unbundle(
         try:
             extracted = _extract_single_file(hashing, Path(staging), manifest)
             hashing.drain()
-        except (EOFError, gzip_ng.BadGzipFile, OSError) as exc:
+        except _CORRUPT_STREAM as exc:
             raise CorruptBundleError(
                 f"bundle {manifest.name!r} is not a complete gzip stream ({exc}); "
                 "the parts are damaged"

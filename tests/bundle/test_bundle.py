@@ -255,3 +255,39 @@ def test_output_does_not_depend_on_thread_count(tmp_path, sample_image, user, ec
     )
     reference = make_bundle(sample_image, tmp_path / "ref", user, ec2, key=KEY, iv=IV, threads=1)
     assert [p.digest for p in manifest.parts] == [p.digest for p in reference.parts]
+
+
+def test_sparse_regions_are_skipped_not_compressed(tmp_path, sparse_file, user, ec2):
+    image = tmp_path / "sparse.img"
+    data = os.urandom(256 * 1024)
+    sparse_file(image, 8 * 1024**3, [(5 * 1024**3, data)])  # 8 GiB, 256 KiB of data
+    manifest = make_bundle(image, tmp_path / "out", user, ec2)
+    assert manifest.size == 8 * 1024**3
+    assert manifest.bundled_size < len(data) + 64 * 1024
+    restored = unbundle(tmp_path / "out" / "image.manifest.xml", user.key_pem, tmp_path / "r")
+    assert restored.stat().st_size == 8 * 1024**3
+    assert restored.stat().st_blocks * 512 < 2 * len(data)
+    with open(restored, "rb") as f:
+        f.seek(5 * 1024**3)
+        assert f.read(len(data)) == data
+
+
+def test_a_failing_part_write_stops_the_pipeline_cleanly(tmp_path, user, ec2, monkeypatch):
+    from amidsl.bundle import BundleError
+    from amidsl.bundle import bundle as bundle_module
+
+    image = tmp_path / "random.img"
+    image.write_bytes(os.urandom(6 * 1024 * 1024))
+    real_write = bundle_module._PartWriter.write
+    written = []
+
+    def disk_full_after_1_mib(self, data):
+        if sum(written) > 1024 * 1024:
+            raise OSError(28, "No space left on device", str(tmp_path / "out" / "part"))
+        written.append(len(data))
+        return real_write(self, data)
+
+    monkeypatch.setattr(bundle_module._PartWriter, "write", disk_full_after_1_mib)
+    with pytest.raises(BundleError, match=r"No space left on device.*check free space"):
+        make_bundle(image, tmp_path / "out", user, ec2, part_size=256 * 1024, threads=2)
+    assert os.listdir(tmp_path / "out") == []

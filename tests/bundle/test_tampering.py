@@ -1,5 +1,6 @@
 """Every way a bundle can be damaged or misused is caught, each with its own message."""
 
+import hashlib
 import os
 import shutil
 from dataclasses import replace
@@ -258,3 +259,32 @@ def test_bad_bundle_options_are_refused_clearly(tmp_path, user, ec2, options, me
     with pytest.raises(BundleError, match=message) as caught:
         bundle_image(image, tmp_path, **arguments)
     assert "PRIVATE KEY" not in str(caught.value)
+
+
+def test_parts_that_decrypt_to_garbage_are_reported_as_corrupt(bundle_dir, user, ec2):
+    """A consistent liar: valid signature and part digests, but the payload is not gzip."""
+    from cryptography.hazmat.primitives import padding as sym_padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from amidsl.bundle import CorruptBundleError, decrypt_keys
+
+    manifest = read_manifest(bundle_dir / "image.manifest.xml")
+    keys = decrypt_keys(manifest, user.key_pem)
+    padder = sym_padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(keys.key), modes.CBC(keys.iv)).encryptor()
+    garbage = padder.update(b"not a gzip stream " * 100) + padder.finalize()
+    ciphertext = encryptor.update(garbage) + encryptor.finalize()
+    for part in manifest.parts:
+        (bundle_dir / part.filename).unlink()
+    (bundle_dir / "image.part.0").write_bytes(ciphertext)
+    digest = hashlib.sha1(ciphertext).hexdigest()
+    _resign(
+        bundle_dir,
+        user,
+        parts=(ManifestPart(0, "image.part.0", digest),),
+        bundled_size=len(ciphertext),
+    )
+    verify_bundle(bundle_dir / "image.manifest.xml", user.cert_pem)
+    with pytest.raises(CorruptBundleError, match="does not decrypt to a gzip-compressed tar"):
+        unbundle(bundle_dir / "image.manifest.xml", user.key_pem, bundle_dir / "restored")
+    assert os.listdir(bundle_dir / "restored") == []

@@ -60,7 +60,7 @@ def bundle(files) -> int:
 def test_bundle_verify_unbundle_and_list_from_the_command_line(files, tmp_path, capsys, user):
     assert bundle(files) == 0
     out = capsys.readouterr().out
-    assert "into 1 parts" in out and "web.manifest.xml" in out
+    assert "into 1 part\n" in out and "web.manifest.xml" in out
     manifest = str(files["out"] / "web.manifest.xml")
 
     assert amidsl("verify-bundle", "--manifest", manifest, "--cert", str(files["cert.pem"])) == 0
