@@ -214,7 +214,7 @@ def make_ami(
     chosen = list(phases) if phases else [p for p in group.phase_names() if p != "cleanup"]
     plan = build_plan(group, settings, phases=chosen)
     aws = aws or Aws(plan.settings, live)
-    group_name = live.group if live.group != "ami" else group.name
+    group_name = live.group or group.name
     instance_id = launch_node(live, group_name, aws)
     progress(f"launched {instance_id} for group {group_name}")
     try:

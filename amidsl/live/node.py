@@ -48,6 +48,7 @@ STEP_MARKER = re.compile(r"^==> \[(?P<phase>\S+) (?P<index>\d+)\] (?P<descriptio
 FAILED_LINE = re.compile(
     r"^amidsl: FAILED in phase (?P<phase>\S+) action (?P<index>\d+) \(.*\) \(exit (?P<status>\d+)\)$"
 )
+WORKDIR = re.compile(r"/[A-Za-z0-9_./-]*/amidsl\.[A-Za-z0-9]+")
 SUDO_REFUSED = ("a password is required", "a terminal is required", "is not in the sudoers file")
 
 
@@ -119,6 +120,7 @@ class LiveBackend:
     # Test hook: called with (phase, script text) just before a phase's script runs.
     on_script: Callable[[str, str], None] | None = None
     _credentials: AwsCredentials | None = None
+    _no_credentials: AwsError | None = None
     _leftover_dirs: list[str] = field(default_factory=list)
     _lines: list[tuple[int, str]] = field(default_factory=list)  # (script action number, line)
 
@@ -149,7 +151,7 @@ class LiveBackend:
         if phase == "on-error":
             self._reconnect_if_lost()
         try:
-            workdir = self.node.check("mktemp -d -t amidsl.XXXXXXXXXX")
+            workdir = self._make_workdir()
         except NodeConnectionError as err:
             raise ActionFailed(numbers[0], LOST_STATUS, str(err)) from None
         self._leftover_dirs.append(workdir)
@@ -181,8 +183,23 @@ class LiveBackend:
     def credentials(self) -> AwsCredentials:
         """The AWS credentials for the node's tools, resolved once per build."""
         if self._credentials is None:
-            self._credentials = self.aws.credentials()
+            if self._no_credentials is not None:
+                raise self._no_credentials  # looked once (the chain may probe the network): don't again
+            try:
+                self._credentials = self.aws.credentials()
+            except AwsError as err:
+                self._no_credentials = err
+                raise
         return self._credentials
+
+    def _make_workdir(self) -> str:
+        """A private (0700) temporary directory on the node for the phase's script and staged files."""
+        output = self.node.check("mktemp -d -t amidsl.XXXXXXXXXX")
+        # A login shell may print a banner first: the path is the last line.
+        workdir = output.splitlines()[-1].strip() if output else ""
+        if not WORKDIR.fullmatch(workdir):
+            raise NodeConnectionError(f"mktemp on the node gave {workdir!r}, not a temporary directory path")
+        return workdir
 
     def _phase_plan(self, phase: str, actions: Sequence[tuple[int, Action]]) -> PhasePlan:
         """The phase as the plan has it when these are all its actions (so the script is identical to

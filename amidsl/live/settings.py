@@ -20,7 +20,6 @@ from amidsl.settings import Problem, SettingsError
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
-DEFAULT_GROUP = "ami"
 DEFAULT_WAIT_SECONDS = 900
 # The tag that marks the nodes of a group (as pallet tagged a group's nodes).
 GROUP_TAG = "amidsl:group"
@@ -46,7 +45,7 @@ class LiveSettings:
     key_name: str | None = None
     security_group_ids: tuple[str, ...] = ()
     subnet_id: str | None = None
-    group: str = DEFAULT_GROUP
+    group: str | None = None  # the launched node's group tag (default: the spec's name)
     wait_seconds: int = DEFAULT_WAIT_SECONDS
 
     def required_for(self, mode: str) -> list[Problem]:
@@ -206,6 +205,6 @@ class _LiveChecker:
             key_name=key_name,
             security_group_ids=tuple(groups),
             subnet_id=subnet_id,
-            group=group or DEFAULT_GROUP,
+            group=group,
             wait_seconds=wait_seconds or DEFAULT_WAIT_SECONDS,
         )

@@ -38,7 +38,7 @@ def test_every_problem_in_the_live_table_is_reported_with_its_fix(tmp_path):
 def test_kebab_case_keys_and_defaults():
     live = resolve_live({"trust-on-first-use": True, "instance-type": "m3.medium"})
     assert live.trust_on_first_use and live.instance_type == "m3.medium"
-    assert (live.known_hosts, live.group, live.port) == ("~/.ssh/known_hosts", "ami", None)
+    assert (live.known_hosts, live.group, live.port) == ("~/.ssh/known_hosts", None, None)
 
 
 def test_a_launch_needs_image_type_and_key_pair():
