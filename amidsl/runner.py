@@ -84,6 +84,7 @@ class BuildError(Exception):
         output: str,
         cleanup_note: str,
         transcript: Sequence[ActionRecord] = (),
+        resume: str = "",
     ) -> None:
         self.phase = phase
         self.index = index
@@ -97,7 +98,7 @@ class BuildError(Exception):
         message = f"phase {phase}, action {index} ({description}) failed with {status_text}"
         if tail:
             message += "\n" + "\n".join(f"  | {line}" for line in tail.splitlines())
-        message += f"\n{cleanup_note}\nTo resume, fix the cause and run again from phase {phase}."
+        message += f"\n{cleanup_note}\n{resume or resume_hint(phase, credentials_removed=False)}"
         super().__init__(message)
 
 
@@ -116,8 +117,22 @@ class BuildResult:
 
 
 def credential_removal(settings: AmiSettings) -> Remove:
-    """The action that takes the credentials off the node, also after a failure."""
-    return Remove(settings.credential_dir, recursive=True, description="remove the credentials")
+    """The action that takes the credentials off the node after a failure.
+
+    It empties credential_dir but keeps the (root-only) directory, so that a resumed build can run
+    configure again without running install first.
+    """
+    return Remove(settings.credential_dir, matching="*", description="remove the credentials")
+
+
+def resume_hint(phase: str, credentials_removed: bool) -> str:
+    """How to carry on after a failure in `phase`."""
+    if credentials_removed and phase not in ("install", "configure", "cleanup"):
+        return (
+            "To resume, fix the cause, then run configure (the credentials were removed) and the "
+            f"phases from {phase} on."
+        )
+    return f"To resume, fix the cause and run again from phase {phase}."
 
 
 def split_by_side(phase: PhasePlan) -> list[tuple[bool, list[tuple[int, Action]]]]:
@@ -164,23 +179,24 @@ def run_plan(
             try:
                 if on_controller:
                     for index, action in actions:
-                        progress(f"  [{phase.name} {index}] {action.description}")
                         record = _run_controller_action(phase.name, index, action, backend, values, results)
+                        progress(f"  [{phase.name} {index}] {action.description}: ok [controller]")
                         result.transcript.append(record)
                 else:
                     result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
             except ActionFailed as failure:
                 result.transcript += failure.records
                 description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
-                note = redact(_after_failure(plan, backend, on_error, result), secrets)
+                removed, note = _after_failure(plan, backend, on_error, result)
                 raise BuildError(
                     phase.name,
                     failure.index,
                     description,
                     failure.status,
                     redact(failure.output, secrets),
-                    note,
+                    redact(note, secrets),
                     result.transcript,
+                    resume_hint(phase.name, removed),
                 ) from None
         result.phases.append(phase.name)
     result.settings = settings.with_values(image_id=values.get("image_id", settings.image_id))
@@ -216,15 +232,18 @@ def _run_controller_action(
     raise TypeError(f"the runner does not know the controller action {type(action).__name__}")
 
 
-def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: BuildResult) -> str:
-    """Apply the on-error policy; say where the credentials are."""
+def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: BuildResult) -> tuple[bool, str]:
+    """Apply the on-error policy: (credentials removed?, a note saying where the credentials are)."""
     where = plan.settings.credential_dir
     if on_error == "abort":
-        return f"on_error=abort: everything is left in place for debugging, credentials included ({where})."
+        return (
+            False,
+            f"on_error=abort: everything is left in place for debugging, credentials included ({where}).",
+        )
     try:
         result.transcript += backend.run_node_actions(
             "on-error", [(1, credential_removal(plan.settings))], {}
         )
     except Exception as err:
-        return f"The credentials may remain on the node in {where}: removing them failed too ({err})."
-    return f"The credentials were removed from the node ({where})."
+        return False, f"The credentials may remain on the node in {where}: removing them failed too ({err})."
+    return True, f"The credentials were removed from the node ({where})."

@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from invoke import Collection, task
 from invoke.exceptions import Exit
 
-from amidsl.crate import server_spec
-from amidsl.example import example_config_path
+from amidsl.bundle.tasks import bundle_image, image_ls, unbundle, verify_bundle
+from amidsl.cli_support import BAD_INPUT, CONFIG_HELP, OUTPUT_HELP, PHASE_HELP, emit, load_plan
 from amidsl.live.tasks import build, validate_live
-from amidsl.plan import Plan, Spec, build_plan
 from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
-from amidsl.settings import SettingsError, load_toml
-
-BAD_INPUT = 2
-
-CONFIG_HELP = "TOML settings file with an [ami] table (default: the built-in example)"
-PHASE_HELP = "phase to include (repeatable; default: all phases in order)"
-OUTPUT_HELP = "write to this file instead of standard output"
-
-
-def load_spec(config: str | None) -> Spec:
-    """The ami server spec for a settings file (or the built-in example)."""
-    path = Path(config) if config else example_config_path()
-    return server_spec(load_toml(path))
-
-
-def load_plan(config: str | None, phases: list[str] | None) -> Plan:
-    """Load, validate and plan; bad input becomes a clean exit with status 2 and every problem."""
-    try:
-        return build_plan(load_spec(config), phases=phases or None)
-    except SettingsError as err:
-        raise Exit(str(err), code=BAD_INPUT) from None
-
-
-def emit(text: str, output: str | None) -> None:
-    """Print text, or write it to `output` (reporting where)."""
-    if not output:
-        print(text, end="")
-        return
-    try:
-        Path(output).write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise Exit(
-            f"-o {output}: cannot write ({err.strerror}); choose a writable path", code=BAD_INPUT
-        ) from None
-    print(f"wrote {output}")
+from simulator.tasks import simulate
 
 
 @task(
@@ -85,5 +49,5 @@ def validate(c, config=None, live=False):
             print(f"AWS OK: {line}")
 
 
-ns = Collection(plan, script, validate)
+ns = Collection(plan, script, validate, simulate, bundle_image, verify_bundle, unbundle, image_ls)
 ns.add_task(build)

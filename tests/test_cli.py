@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,49 @@ def test_invoke_tasks_file_exposes_the_same_commands():
     assert run.returncode == 0, run.stderr
     for command in ("plan", "script", "validate"):
         assert command in run.stdout
+
+
+# -- amidsl simulate ------------------------------------------------------------------------------
+
+
+def test_simulate_the_built_in_example():
+    run = amidsl("simulate")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
+    assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol: ok" in lines
+    registered = next(line for line in lines if line.startswith("registered ami-"))
+    assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
+    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem (*.pem)") for line in lines)
+    assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)
+
+
+def test_simulate_json_with_a_fault_fails_naming_phase_and_action():
+    run = amidsl("simulate", "--json", "--fault", "disk-full=/tmp")
+    assert run.returncode == 1
+    document = json.loads(run.stdout)
+    assert document["image_id"] is None
+    assert document["error"].startswith("phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol)")
+    assert document["transcript"][-1]["phase"] == "on-error"
+    assert "simulated build failed: phase ami-bundle, action 2" in run.stderr
+
+
+def test_simulate_rejects_an_unknown_fault():
+    run = amidsl("simulate", "--fault", "meteor=1")
+    assert run.returncode == 2 and "--fault 'meteor=1': not a fault I know" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_simulate_writes_nothing_outside_temporary_directories_and_removes_those(tmp_path):
+    work, temp = tmp_path / "work", tmp_path / "temp"
+    work.mkdir()
+    temp.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "amidsl", "simulate"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env={**os.environ, "TMPDIR": str(temp)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert list(work.iterdir()) == [] and list(temp.iterdir()) == []

@@ -74,10 +74,11 @@ def test_a_failure_names_phase_and_action_and_removes_the_credentials(raw_settin
     )
     assert "failed with exit status 3" in str(error).splitlines()[0]
     assert "sk-secret-value-123" not in str(error) and "upload refused" in str(error)
-    assert "credentials were removed" in str(error) and "run again from phase ami-upload" in str(error)
+    assert "credentials were removed" in str(error)
+    assert "run configure (the credentials were removed) and the phases from ami-upload on" in str(error)
     phase, actions = backend.node_runs[-1]
     assert phase == "on-error" and actions == [
-        Remove("/opt/ami-tools/credentials", recursive=True, description="remove the credentials")
+        Remove("/opt/ami-tools/credentials", matching="*", description="remove the credentials")
     ]
 
 

@@ -170,9 +170,7 @@ def stream_bundle(
     encrypting = _EncryptingWriter(key, iv, parts)
     tar_digest = hashlib.sha1()
     try:
-        with gzip_ng_threaded.open(
-            encrypting, "wb", compresslevel=compresslevel, threads=threads
-        ) as gz:
+        with gzip_ng_threaded.open(encrypting, "wb", compresslevel=compresslevel, threads=threads) as gz:
             for chunk in tar_one_file(image_path, prefix):
                 if encrypting.error is not None:
                     break

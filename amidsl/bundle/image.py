@@ -364,9 +364,7 @@ def build_image(
     if not source.is_dir():
         raise ImageError(f"source directory {source} does not exist or is not a directory")
     if size_mb is not None and not 1 <= size_mb <= MAX_SIZE_MB:
-        raise ImageError(
-            f"size_mb is {size_mb}; an S3-backed AMI image must be 1..{MAX_SIZE_MB} MB"
-        )
+        raise ImageError(f"size_mb is {size_mb}; an S3-backed AMI image must be 1..{MAX_SIZE_MB} MB")
     if not image.parent.is_dir():
         raise ImageError(f"directory {image.parent} for the image does not exist; create it first")
     building = image.with_name(f".{image.name}.building")

@@ -176,9 +176,7 @@ def sign_manifest(unsigned: Manifest, private_key: rsa.RSAPrivateKey) -> Manifes
     bundler = _el(
         "bundler", _text("name", b.name) + _text("version", b.version) + _text("release", b.release)
     )
-    body = (
-        _text("version", unsigned.version) + bundler + signed_text + _text("signature", signature)
-    )
+    body = _text("version", unsigned.version) + bundler + signed_text + _text("signature", signature)
     return replace(
         unsigned,
         signature=signature,
@@ -248,22 +246,16 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         ),
         architecture=text_of(f"{mc}/architecture"),
         block_device_mappings=tuple(
-            BlockDeviceMapping(
-                (m.findtext("virtual") or "").strip(), (m.findtext("device") or "").strip()
-            )
+            BlockDeviceMapping((m.findtext("virtual") or "").strip(), (m.findtext("device") or "").strip())
             for m in root.findall(f"{mc}/block_device_mapping/mapping")
         ),
         kernel_id=optional(f"{mc}/kernel_id"),
         ramdisk_id=optional(f"{mc}/ramdisk_id"),
-        product_codes=tuple(
-            (c.text or "").strip() for c in root.findall(f"{mc}/product_codes/product_code")
-        ),
+        product_codes=tuple((c.text or "").strip() for c in root.findall(f"{mc}/product_codes/product_code")),
         name=text_of("image/name"),
         user=text_of("image/user"),
         image_type=text_of("image/type"),
-        ancestry=tuple(
-            (a.text or "").strip() for a in root.findall("image/ancestry/ancestor_ami_id")
-        ),
+        ancestry=tuple((a.text or "").strip() for a in root.findall("image/ancestry/ancestor_ami_id")),
         digest=text_of("image/digest").lower(),
         digest_algorithm=find("image/digest").get("algorithm", ""),
         size=integer(text_of("image/size"), "image/size"),

@@ -48,9 +48,7 @@ def _number(value: int, width: int) -> bytes:
     return bytes([0x80]) + value.to_bytes(width - 1, "big")
 
 
-def _header(
-    name: bytes, mode: int, size: int, mtime: int, typeflag: bytes, sparse: bytes = b""
-) -> bytes:
+def _header(name: bytes, mode: int, size: int, mtime: int, typeflag: bytes, sparse: bytes = b"") -> bytes:
     """A 512-byte old-GNU header block; sparse fills bytes 386..494 for sparse members."""
     block = bytearray(BLOCK)
     block[0 : len(name)] = name
@@ -74,9 +72,7 @@ def _sparse_entries(regions: list[DataRegion]) -> list[bytes]:
     return [_number(r.offset, 12) + _number(r.length, 12) for r in regions]
 
 
-def _sparse_headers(
-    name: bytes, mode: int, mtime: int, size: int, regions: list[DataRegion]
-) -> list[bytes]:
+def _sparse_headers(name: bytes, mode: int, mtime: int, size: int, regions: list[DataRegion]) -> list[bytes]:
     """The 'S' header plus extension blocks describing a sparse file's map."""
     entries = _sparse_entries(regions)
     first, rest = entries[:SPARSE_IN_HEADER], entries[SPARSE_IN_HEADER:]

@@ -182,9 +182,7 @@ def unbundle(
     key = _read_pem(privkey, "private key", load_private_key)
     user_cert = _read_pem(cert, "certificate", load_certificate) if cert else None
     restored = _run(
-        lambda: unbundle_manifest(
-            manifest, key, destination, parts_dir=parts_dir, user_cert_pem=user_cert
-        )
+        lambda: unbundle_manifest(manifest, key, destination, parts_dir=parts_dir, user_cert_pem=user_cert)
     )
     print(f"restored {restored}")
 

@@ -183,8 +183,7 @@ def unbundle(
             hashing.drain()
         except _CORRUPT_STREAM as exc:
             raise CorruptBundleError(
-                f"bundle {manifest.name!r} is not a complete gzip stream ({exc}); "
-                "the parts are damaged"
+                f"bundle {manifest.name!r} is not a complete gzip stream ({exc}); the parts are damaged"
             ) from None
         digest = hashing.sha1.hexdigest()
         if digest != manifest.digest:

@@ -109,8 +109,7 @@ def check_part_digests(manifest: Manifest, parts_dir: Path) -> None:
     if swapped and len(swapped) == len(wrong):
         pairs = ", ".join(f"{name} holds {owner}'s content" for name, owner in swapped)
         raise PartsReorderedError(
-            f"part files in {parts_dir} are in the wrong order: {pairs}; "
-            "restore the original file names"
+            f"part files in {parts_dir} are in the wrong order: {pairs}; restore the original file names"
         )
     names = ", ".join(p.filename for p, _ in wrong)
     raise PartDigestMismatchError(

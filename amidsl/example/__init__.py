@@ -13,10 +13,9 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+
+from amidsl.keypairs import self_signed_pair
 
 EXAMPLE_SEED = "amidsl example signing key, throwaway"
 EXAMPLE_SUBJECT = "amidsl example (throwaway, not valid on AWS)"
@@ -75,21 +74,11 @@ def example_credentials() -> tuple[str, str]:
         iqmp=rsa.rsa_crt_iqmp(p, q),
         public_numbers=rsa.RSAPublicNumbers(e, p * q),
     )
-    key = numbers.private_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, EXAMPLE_SUBJECT)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
-        .not_valid_after(datetime.datetime(2049, 12, 31, tzinfo=datetime.UTC))
-        .sign(key, hashes.SHA256())  # PKCS#1 v1.5: deterministic, so the PEM never changes
+    # Fixed dates and serial: the certificate, like the key, is the same on every run.
+    return self_signed_pair(
+        EXAMPLE_SUBJECT,
+        key=numbers.private_key(),
+        not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+        days=10957,
+        serial=1,
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ).decode("ascii")
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode("ascii")

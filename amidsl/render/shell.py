@@ -17,24 +17,21 @@ from amidsl.actions import (
     Action,
     AwsCall,
     CheckResult,
-    Directory,
     EnvSecret,
     Exec,
-    InstallPackages,
     OptionalArg,
     PhasePlan,
     RemoteDirectory,
     RemoteFile,
-    Remove,
     RuntimeValue,
     StagedFile,
     UpdateSettings,
     Value,
 )
+from amidsl.commands import ByPackageManager, Command, Glob, IfMissing, Step, Word, node_steps
 from amidsl.plan import Plan
 from amidsl.render.summary import plan_title, public_settings
 
-_GLOB_SAFE = re.compile(r"[A-Za-z0-9._*-]+")
 _NAME_SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -56,39 +53,68 @@ def _words(values: tuple[Value, ...] | list[Value]) -> str:
     return " ".join(quote(v) for v in values)
 
 
-def _staged_path(staged: StagedFile) -> str:
-    return f'"${{{staged.env_var}}}"'
+def render_word(word: Word) -> str:
+    """One shell word of a command: a quoted value, a staged file's path, or a glob."""
+    if isinstance(word, StagedFile):
+        return f'"${{{word.env_var}}}"'
+    if isinstance(word, Glob):
+        return f"{quote(word.directory.rstrip('/') or '/')}/{word.pattern}"
+    return quote(word)
+
+
+def render_steps(steps: tuple[Step, ...] | list[Step]) -> list[str]:
+    """Bash lines for node steps (commands, existence checks, package-manager branches)."""
+    lines: list[str] = []
+    for step in steps:
+        if isinstance(step, Command):
+            lines.append(_command(step))
+        elif isinstance(step, IfMissing):
+            test = "-d" if step.kind == "d" else "-e"
+            lines.append(f"if [ ! {test} {quote(step.path)} ]; then")
+            lines += [f"  {line}" for line in render_steps(step.then)]
+            lines.append("fi")
+        elif isinstance(step, ByPackageManager):
+            for number, (program, branch) in enumerate(step.branches):
+                keyword = "if" if number == 0 else "elif"
+                lines.append(f"{keyword} command -v {quote(program)} >/dev/null 2>&1; then")
+                lines += [f"  {line}" for line in render_steps(branch)]
+            lines += ["else", f"  fail {quote(step.otherwise)}", "fi"]
+        else:
+            raise TypeError(f"the shell renderer does not know the step type {type(step).__name__}")
+    return lines
+
+
+def _command(command: Command) -> str:
+    env = [f"{name}={quote(value)}" for name, value in command.env]
+    if command.user != "root":
+        env = ["runuser", "-u", quote(command.user), "--", "env", *env]
+    words = [render_word(w) for w in command.argv]
+    options = sum(1 for w in words[1:] if w.startswith("-") and w != "--")
+    if len(" ".join(env + words)) > 100 and options >= 4:
+        # A long command with many options reads better one option (with its value) per line.
+        parts = env + _option_groups(words)
+        text = " \\\n    ".join(parts)
+    else:
+        text = " ".join(env + words)
+    if command.stdout is not None:
+        text += f" > {quote(command.stdout)}"
+    if command.cwd is not None:
+        text = f"(cd -- {quote(command.cwd)} && {text})"
+    return text
+
+
+def _option_groups(words: list[str]) -> list[str]:
+    groups: list[str] = [words[0]] if words else []
+    for word in words[1:]:
+        if word.startswith("-") or word.startswith("${") or len(groups) == 1:
+            groups.append(word)
+        else:
+            groups[-1] += f" {word}"
+    return groups
 
 
 def render_action(action: Action) -> list[str]:
     """The bash lines that carry out one action (also shown in the plan preview)."""
-    if isinstance(action, InstallPackages):
-        return _install_packages(action)
-    if isinstance(action, Directory):
-        return [
-            f"install -d -m {quote(action.mode)} -o {quote(action.owner)} "
-            f"-g {quote(action.group)} -- {quote(action.path)}"
-        ]
-    if isinstance(action, RemoteFile):
-        owner = f"-m {quote(action.mode)} -o {quote(action.owner)} -g {quote(action.group)}"
-        if action.staged is not None:
-            return [f"install {owner} -- {_staged_path(action.staged)} {quote(action.path)}"]
-        assert action.content is not None
-        return [
-            f"install {owner} /dev/null {quote(action.path)}",
-            f"printf '%s' {quote(action.content)} > {quote(action.path)}",
-        ]
-    if isinstance(action, RemoteDirectory):
-        return _remote_directory(action)
-    if isinstance(action, Exec):
-        return _exec(action)
-    if isinstance(action, Remove):
-        if action.matching is not None:
-            if not _GLOB_SAFE.fullmatch(action.matching):
-                raise ValueError(f"unsafe pattern {action.matching!r}")
-            return [f"rm -f -- {quote(action.path.rstrip('/') or '/')}/{action.matching}"]
-        flags = "-rf" if action.recursive else "-f"
-        return [f"rm {flags} -- {quote(action.path)}"]
     if isinstance(action, AwsCall):
         return _aws_call(action)
     if isinstance(action, UpdateSettings):
@@ -107,79 +133,7 @@ def render_action(action: Action) -> list[str]:
             f'[ "$(json_length "${_result_var(action.from_result)}" {quote(action.field)})" '
             f"-eq {action.length} ] || fail {quote(message)}"
         ]
-    raise TypeError(f"the shell renderer does not know the action type {type(action).__name__}")
-
-
-def _install_packages(action: InstallPackages) -> list[str]:
-    apt, rpm = _words(list(action.apt)), _words(list(action.rpm))
-    return [
-        "if command -v apt-get >/dev/null 2>&1; then",
-        "  DEBIAN_FRONTEND=noninteractive apt-get update -q",
-        f"  DEBIAN_FRONTEND=noninteractive apt-get install -y -q {apt}",
-        "elif command -v dnf >/dev/null 2>&1; then",
-        f"  dnf install -y -q {rpm}",
-        "elif command -v yum >/dev/null 2>&1; then",
-        f"  yum install -y -q {rpm}",
-        "else",
-        "  fail 'no apt-get, dnf or yum on this node: install the packages by hand'",
-        "fi",
-    ]
-
-
-def _remote_directory(action: RemoteDirectory) -> list[str]:
-    path = quote(action.path)
-    lines = [f"install -d -m 0755 -o {quote(action.owner)} -g {quote(action.group)} -- {path}"]
-    if action.url is not None:
-        archive = quote(f"{action.path}/.download.zip")
-        lines += [
-            f"curl -fsSL --retry 3 -o {archive} {quote(action.url)}",
-            f"unzip -q -o {archive} -d {path}",
-            f"rm -f -- {archive}",
-        ]
-    else:
-        assert action.staged is not None
-        lines.append(f"unzip -q -o {_staged_path(action.staged)} -d {path}")
-    if action.rename_glob is not None and action.rename_to is not None:
-        if not _GLOB_SAFE.fullmatch(action.rename_glob):
-            raise ValueError(f"unsafe pattern {action.rename_glob!r}")
-        target = quote(f"{action.path}/{action.rename_to}")
-        lines += [
-            f"if [ ! -d {target} ]; then",
-            f"  mv -- {path}/{action.rename_glob} {target}",
-            "fi",
-        ]
-    lines.append(f"chown -R {quote(f'{action.owner}:{action.group}')} -- {path}")
-    return lines
-
-
-def _command_words(action: Exec) -> list[str]:
-    """The command's shell words, long ones grouped one option (with its value) per line."""
-    words = [quote(v) for v in action.argv]
-    groups: list[str] = [words[0]] if words else []
-    for word in words[1:]:
-        if word.startswith("-") or word.startswith("${") or len(groups) == 1:
-            groups.append(word)
-        else:
-            groups[-1] += f" {word}"
-    return groups
-
-
-def _exec(action: Exec) -> list[str]:
-    for name, _ in action.env:
-        if not _NAME_SAFE.fullmatch(name):
-            raise ValueError(f"bad environment variable name {name!r}")
-    env = [f"{name}={quote(value)}" for name, value in action.env]
-    if action.user != "root":
-        env = ["runuser", "-u", quote(action.user), "--", "env", *env]
-    parts = env + _command_words(action)
-    # A long command reads better one option per line; the words are the same either way.
-    separator = " \\\n    " if sum(len(p) + 1 for p in parts) > 100 else " "
-    command = separator.join(parts)
-    if action.cwd is not None:
-        command = f"(cd -- {quote(action.cwd)} && {command})"
-    if action.creates is None:
-        return [command]
-    return [f"if [ ! -e {quote(action.creates)} ]; then", f"  {command}", "fi"]
+    return render_steps(node_steps(action))
 
 
 def aws_cli_words(action: AwsCall) -> list[Value]:

@@ -74,9 +74,7 @@ def test_parts_are_named_with_zero_padded_indexes_and_sized_as_asked(tmp_path, u
     assert set(sizes[:-1]) == {40_000} and 0 < sizes[-1] <= 40_000
     assert manifest.bundled_size == sum(sizes)
     for part in manifest.parts:
-        assert (
-            part.digest == hashlib.sha1((tmp_path / "out" / part.filename).read_bytes()).hexdigest()
-        )
+        assert part.digest == hashlib.sha1((tmp_path / "out" / part.filename).read_bytes()).hexdigest()
     assert sorted(os.listdir(tmp_path / "out")) == sorted([*names, "web.manifest.xml"])
 
 
@@ -196,8 +194,7 @@ def test_bundle_from_the_ec2_ami_tools_shell_pipeline_verifies_and_unbundles(
             ec2_encrypted_iv=encrypt(iv_hex, ec2.cert_pem),
         ),
         parts=tuple(
-            ManifestPart(i, p.name, hashlib.sha1(p.read_bytes()).hexdigest())
-            for i, p in enumerate(parts)
+            ManifestPart(i, p.name, hashlib.sha1(p.read_bytes()).hexdigest()) for i, p in enumerate(parts)
         ),
         signature="",
     )
@@ -229,16 +226,12 @@ def test_our_tar_stream_matches_gnu_tar_byte_for_byte(tmp_path, sample_image, us
 @given(
     size=st.integers(min_value=0, max_value=300_000),
     regions=st.lists(
-        st.tuples(
-            st.integers(min_value=0, max_value=300_000), st.binary(min_size=1, max_size=5000)
-        ),
+        st.tuples(st.integers(min_value=0, max_value=300_000), st.binary(min_size=1, max_size=5000)),
         max_size=6,
     ),
     part_size=st.integers(min_value=16, max_value=20_000),
 )
-def test_random_images_round_trip(
-    tmp_path_factory, sparse_file, user, ec2, size, regions, part_size
-):
+def test_random_images_round_trip(tmp_path_factory, sparse_file, user, ec2, size, regions, part_size):
     work = tmp_path_factory.mktemp("rt")
     image = work / "image.bin"
     sparse_file(image, size, [(o, d) for o, d in regions if o + len(d) <= size])
@@ -250,9 +243,7 @@ def test_random_images_round_trip(
 
 @pytest.mark.parametrize("threads", [1, 2, 4])
 def test_output_does_not_depend_on_thread_count(tmp_path, sample_image, user, ec2, threads):
-    manifest = make_bundle(
-        sample_image, tmp_path / "out", user, ec2, key=KEY, iv=IV, threads=threads
-    )
+    manifest = make_bundle(sample_image, tmp_path / "out", user, ec2, key=KEY, iv=IV, threads=threads)
     reference = make_bundle(sample_image, tmp_path / "ref", user, ec2, key=KEY, iv=IV, threads=1)
     assert [p.digest for p in manifest.parts] == [p.digest for p in reference.parts]
 

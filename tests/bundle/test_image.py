@@ -105,9 +105,7 @@ def test_always_excluded_directories_stay_as_empty_mount_points(tree, tmp_path):
     for directory in ALWAYS_EXCLUDED:
         assert directory in inside
         assert not any(p.startswith(directory + "/") for p in inside)
-    assert {x.rule for x in report.left_out if x.reason is Reason.ALWAYS_EXCLUDED} == set(
-        ALWAYS_EXCLUDED
-    )
+    assert {x.rule for x in report.left_out if x.reason is Reason.ALWAYS_EXCLUDED} == set(ALWAYS_EXCLUDED)
 
 
 def test_caller_exclusions_remove_the_whole_path(tree, tmp_path):
@@ -218,9 +216,7 @@ def test_numeric_owners_and_device_nodes_survive(tmp_path):
     assert (entries["/home/app/link"].uid, entries["/home/app/link"].gid) == (1500, 1600)
     zero = entries["/lib/zero"]
     assert (zero.type, zero.mode, zero.gid) == ("char", 0o640, 6)
-    assert "Device major/minor number: 01:05" in debugfs(
-        tmp_path / "image", [f"stat <{zero.inode}>"]
-    )
+    assert "Device major/minor number: 01:05" in debugfs(tmp_path / "image", [f"stat <{zero.inode}>"])
     assert fsck_clean(tmp_path / "image")
 
 

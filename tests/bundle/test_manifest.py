@@ -41,9 +41,7 @@ def unsigned_manifest(**changes) -> Manifest:
 
 def test_layout_matches_ec2_ami_tools(user):
     manifest = sign_manifest(
-        unsigned_manifest(
-            kernel_id="aki-1", ramdisk_id="ari-2", product_codes=("PC1",), ancestry=("ami-9",)
-        ),
+        unsigned_manifest(kernel_id="aki-1", ramdisk_id="ari-2", product_codes=("PC1",), ancestry=("ami-9",)),
         load_private_key(user.key_pem),
     )
     xml = manifest.xml
@@ -114,17 +112,11 @@ def test_signed_manifest_parses_back_to_the_same_value(user):
         load_private_key(user.key_pem),
     )
     assert parse_manifest(manifest.xml) == manifest
-    assert (
-        "A&amp;B" in manifest.xml
-        and "&lt;c&gt;" in manifest.xml
-        and "aki-&apos;q&apos;" in manifest.xml
-    )
+    assert "A&amp;B" in manifest.xml and "&lt;c&gt;" in manifest.xml and "aki-&apos;q&apos;" in manifest.xml
 
 
 def test_optional_elements_are_left_out_when_empty(user):
-    manifest = sign_manifest(
-        unsigned_manifest(block_device_mappings=()), load_private_key(user.key_pem)
-    )
+    manifest = sign_manifest(unsigned_manifest(block_device_mappings=()), load_private_key(user.key_pem))
     for tag in ("block_device_mapping", "product_codes", "kernel_id", "ramdisk_id", "ancestry"):
         assert f"<{tag}>" not in manifest.xml
     parsed = parse_manifest(manifest.xml)

@@ -199,14 +199,10 @@ def test_every_tampering_message_is_distinct(bundle_dir, user, stranger):
             p.write_bytes(data)
 
     cases = [
-        lambda: (bundle_dir / "image.part.0").write_bytes(
-            b"x" + originals[bundle_dir / "image.part.0"][1:]
-        ),
+        lambda: (bundle_dir / "image.part.0").write_bytes(b"x" + originals[bundle_dir / "image.part.0"][1:]),
         lambda: (bundle_dir / "image.part.0").unlink(),
         lambda: (bundle_dir / "image.part.0").write_bytes(originals[bundle_dir / "image.part.1"]),
-        lambda: path.write_text(
-            original_manifest.replace("<user>123456789012", "<user>123456789013")
-        ),
+        lambda: path.write_text(original_manifest.replace("<user>123456789012", "<user>123456789013")),
         lambda: path.write_text(original_manifest[:100]),
         lambda: (bundle_dir / "image.part.0").write_bytes(b""),
     ]
@@ -218,9 +214,7 @@ def test_every_tampering_message_is_distinct(bundle_dir, user, stranger):
     assert len(messages) == len(cases) + 1
 
 
-def test_bundling_with_a_key_that_does_not_fit_the_certificate_is_refused(
-    tmp_path, user, stranger, ec2
-):
+def test_bundling_with_a_key_that_does_not_fit_the_certificate_is_refused(tmp_path, user, stranger, ec2):
     image = tmp_path / "image.bin"
     image.write_bytes(b"data")
     with pytest.raises(KeyMismatchError) as caught:

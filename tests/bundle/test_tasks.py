@@ -11,9 +11,7 @@ from amidsl.bundle.tasks import bundle_image, image_ls, unbundle, verify_bundle
 
 def amidsl(*args: str) -> int:
     """Run the tasks as the amidsl program would; return the exit code."""
-    program = Program(
-        namespace=Collection(bundle_image, verify_bundle, unbundle, image_ls), binary="amidsl"
-    )
+    program = Program(namespace=Collection(bundle_image, verify_bundle, unbundle, image_ls), binary="amidsl")
     try:
         program.run(["amidsl", *args], exit=True)
     except SystemExit as exit:

@@ -71,7 +71,7 @@ trap on_error ERR
 phase_configure() {
   step configure 1 'write the signing certificate'
   install -m 0600 -o root -g root /dev/null /opt/ami-tools/credentials/cert
-  printf '%s' '-----BEGIN CERTIFICATE-----
+  printf %s '-----BEGIN CERTIFICATE-----
 MIIC5zCCAc+gAwIBAgIBATANBgkqhkiG9w0BAQsFADA3MTUwMwYDVQQDDCxhbWlk
 c2wgZXhhbXBsZSAodGhyb3dhd2F5LCBub3QgdmFsaWQgb24gQVdTKTAeFw0yMDAx
 MDEwMDAwMDBaFw00OTEyMzEwMDAwMDBaMDcxNTAzBgNVBAMMLGFtaWRzbCBleGFt

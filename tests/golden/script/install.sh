@@ -93,9 +93,7 @@ phase_install() {
   fi
   step install 5 'fetch ruby-build'
   if [ ! -e /opt/ami-tools/.rbenv/plugins/ruby-build ]; then
-    git \
-    clone \
-    --depth 1 https://github.com/rbenv/ruby-build.git /opt/ami-tools/.rbenv/plugins/ruby-build
+    git clone --depth 1 https://github.com/rbenv/ruby-build.git /opt/ami-tools/.rbenv/plugins/ruby-build
   fi
   step install 6 'build Ruby 2.7.8 with rbenv'
   if [ ! -e /opt/ami-tools/.rbenv/versions/2.7.8 ]; then

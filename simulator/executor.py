@@ -1,0 +1,319 @@
+"""Run plans on a FakeNode and a FakeRegion: the simulator back-end of amidsl's runner.
+
+Node actions run as the very steps the bash script shows (amidsl.commands), each command through the
+node's command models; API calls go to the fake region. The result holds a per-action transcript
+(secrets redacted), the final settings with the image id, the node, and `inspect_image`, which fetches
+the registered bundle from the fake S3, verifies and unbundles it, and lists the image's files.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amidsl.actions import Action, AwsCall, EnvSecret, OptionalArg, RuntimeValue, StagedFile
+from amidsl.bundle import ImageEntry, LeftOut, Manifest, list_image, unbundle, verify_bundle
+from amidsl.commands import ByPackageManager, Command, Glob, IfMissing, Step, node_steps
+from amidsl.crate import RBENV_URL, RUBY_BUILD_URL
+from amidsl.plan import Plan, Spec, build_plan
+from amidsl.render.shell import render_action
+from amidsl.runner import ActionFailed, ActionRecord, BuildError, BuildResult, run_plan
+from amidsl.secrets import redact
+from amidsl.settings import AmiSettings
+from simulator.ami_tools import ami_tools_zip
+from simulator.node import CommandResult, FakeNode, NodeInterrupted
+from simulator.programs import model_script
+from simulator.region import FakeRegion
+from simulator.template import template_node
+
+STAGING_DIR = "/root/.amidsl-staging"  # private, and removed after each action
+
+
+def _repository(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o100755 if name.startswith("bin/") else 0o100644) << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def connect_node(node: FakeNode, region: FakeRegion, ami_tools_url: str) -> None:
+    """Give a node its region and the downloads the plans fetch (the tools zip, rbenv, ruby-build)."""
+    node.region = region
+    node.network.setdefault(ami_tools_url, ami_tools_zip(region.ec2_cert_pem))
+    node.network.setdefault(
+        RBENV_URL, _repository({"bin/rbenv": model_script("rbenv"), "README.md": b"rbenv"})
+    )
+    node.network.setdefault(
+        RUBY_BUILD_URL,
+        _repository({"bin/ruby-build": model_script("ruby-build"), "README.md": b"ruby-build"}),
+    )
+
+
+@dataclass(frozen=True)
+class ImageInspection:
+    """What a registered image holds: its manifest, its files, and what the bundler left out."""
+
+    image_id: str
+    manifest: Manifest
+    entries: tuple[ImageEntry, ...]
+    left_out: tuple[LeftOut, ...]
+
+    def paths(self) -> set[str]:
+        """Every path in the image."""
+        return {entry.path for entry in self.entries}
+
+
+class SimulatorBackend:
+    """The runner's back-end on a FakeNode and FakeRegion."""
+
+    def __init__(
+        self,
+        node: FakeNode,
+        region: FakeRegion,
+        settings: AmiSettings,
+        progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.node = node
+        self.progress = progress
+        self.region = region
+        self.settings = settings
+        access, secret, token = region.credentials
+        if settings.access_key and settings.secret_key:
+            access, secret = settings.access_key, settings.secret_key.reveal()
+            token = settings.session_token.reveal() if settings.session_token else None
+        self.env = {"AMIDSL_ACCESS_KEY": access, "AMIDSL_SECRET_KEY": secret}
+        if token:
+            self.env["AMIDSL_SESSION_TOKEN"] = token
+
+    def secrets(self) -> list[str]:
+        """The secret values of this build, for redaction."""
+        values = [self.env["AMIDSL_SECRET_KEY"], self.env.get("AMIDSL_SESSION_TOKEN", "")]
+        return [*values, self.settings.private_key_pem.reveal()]
+
+    def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
+        """Send an API call to the fake region."""
+        return self.region.call(action.service, action.operation, params)
+
+    def run_node_actions(
+        self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]
+    ) -> list[ActionRecord]:
+        """Run each action's steps on the node; stop at the first failure as `set -e` does."""
+        records: list[ActionRecord] = []
+        env = {**self.env, **{f"AMIDSL_{k.upper()}": v for k, v in values.items()}}
+        for index, action in actions:
+            if self.node.faults.interrupt_at == (phase, index):
+                self.node.faults.interrupt_at = None  # the connection drops once; a reconnect works
+                raise ActionFailed(index, 255, "ssh: connection to the node was lost", records)
+            try:
+                staged = self._stage(action, env)
+                status, output = self._run_steps(node_steps(action), {**env, **staged})
+            except NodeInterrupted as err:
+                raise ActionFailed(index, 255, str(err), records) from None
+            finally:
+                if self.node.exists(STAGING_DIR):
+                    self.node.remove(STAGING_DIR)
+            command = "\n".join(render_action(action))
+            records.append(
+                ActionRecord(
+                    phase, index, action.description, command, status, redact(output, self.secrets())
+                )
+            )
+            self.progress(
+                f"  [{phase} {index}] {action.description}: {'ok' if status == 0 else f'exit {status}'}"
+            )
+            if status != 0:
+                raise ActionFailed(index, status, output, records)
+        return records
+
+    def _stage(self, action: Action, env: dict[str, str]) -> dict[str, str]:
+        """Copy the files an action needs from the controller into a private staging directory."""
+        staged: dict[str, str] = {}
+        for file in _staged_files(action):
+            if file.secret:
+                data = self.settings.private_key_pem.reveal().encode()
+            elif file.local_path is not None:
+                data = Path(file.local_path).read_bytes()
+            else:
+                continue
+            self.node.make_dirs(STAGING_DIR, mode=0o700)
+            path = f"{STAGING_DIR}/{file.env_var.lower()}"
+            self.node.write_bytes(path, data, mode=0o600)
+            staged[file.env_var] = path
+        return staged
+
+    def _run_steps(self, steps: Sequence[Step], env: dict[str, str]) -> tuple[int, str]:
+        output = []
+        for step in steps:
+            if isinstance(step, Command):
+                result = self._run_command(step, env)
+            elif isinstance(step, IfMissing):
+                present = self.node.is_dir(step.path) if step.kind == "d" else self.node.exists(step.path)
+                result = CommandResult(0) if present else CommandResult(*self._run_steps(step.then, env))
+            elif isinstance(step, ByPackageManager):
+                branch = next((b for program, b in step.branches if self.node.has_command(program)), None)
+                if branch is None:
+                    result = CommandResult(1, f"amidsl: {step.otherwise}\n")
+                else:
+                    result = CommandResult(*self._run_steps(branch, env))
+            else:
+                raise TypeError(f"the simulator does not know the step type {type(step).__name__}")
+            output.append(result.output)
+            if result.status != 0:
+                return result.status, "".join(output)
+        return 0, "".join(output)
+
+    def _run_command(self, command: Command, env: dict[str, str]) -> CommandResult:
+        try:
+            argv = [word for w in command.argv for word in self._words(w, env)]
+            extra = {name: self._words(value, env)[0] for name, value in command.env}
+        except KeyError as missing:
+            return CommandResult(1, f"bash: {missing.args[0]}: unbound variable\n")
+        result = self.node.run(argv, extra, command.cwd or "/", command.user)
+        if command.stdout is None or result.status != 0:
+            return result
+        target = command.stdout
+        mode = self.node.mode(target) if self.node.exists(target) else 0o644
+        self.node.write_bytes(target, result.output.encode(), mode=mode, owner=self.node.owner(target))
+        return CommandResult(0)
+
+    def _words(self, word: object, env: dict[str, str]) -> list[str]:
+        """What bash makes of one word: expansions resolved, globs matched."""
+        if isinstance(word, str):
+            return [word]
+        if isinstance(word, EnvSecret | StagedFile):
+            return [env[word.env_var]]
+        if isinstance(word, RuntimeValue):
+            return [env[word.env_var]]
+        if isinstance(word, OptionalArg):
+            value = env.get(word.value.env_var)
+            return [word.flag, value] if value else []
+        if isinstance(word, Glob):
+            return self.node.glob(word.directory, word.pattern) or [
+                f"{word.directory.rstrip('/')}/{word.pattern}"
+            ]
+        raise TypeError(f"the simulator cannot expand {type(word).__name__}")
+
+
+def _staged_files(action: Action) -> list[StagedFile]:
+    found: list[StagedFile] = []
+
+    def visit(steps: Sequence[Step]) -> None:
+        for step in steps:
+            if isinstance(step, Command):
+                found.extend(w for w in step.argv if isinstance(w, StagedFile))
+            elif isinstance(step, IfMissing):
+                visit(step.then)
+            elif isinstance(step, ByPackageManager):
+                for _, branch in step.branches:
+                    visit(branch)
+
+    visit(node_steps(action))
+    return found
+
+
+@dataclass
+class Simulation:
+    """A simulated build: the node, the region, and (once run) the result."""
+
+    node: FakeNode
+    region: FakeRegion
+    settings: AmiSettings
+    result: BuildResult | None = None
+    error: BuildError | None = None
+    workdir: Path | None = None  # made on first use, for downloaded bundles
+
+    @property
+    def transcript(self) -> list[ActionRecord]:
+        """Every action that ran, in order, with its status and (redacted) output."""
+        if self.result is not None:
+            return self.result.transcript
+        return self.error.transcript if self.error is not None else []
+
+    @property
+    def final_settings(self) -> AmiSettings:
+        """The settings as the build left them (with the image id once registered)."""
+        return self.result.settings if self.result is not None else self.settings
+
+    @property
+    def image_id(self) -> str | None:
+        """The registered image's id, if the build got that far."""
+        return self.result.image_id if self.result is not None else None
+
+    def inspect_image(self, image_id: str | None = None) -> ImageInspection:
+        """Download the image's bundle from the fake S3, verify and unbundle it, and list its files."""
+        image_id = image_id or self.image_id
+        if image_id is None:
+            raise ValueError("no image was registered by this simulation")
+        image = self.region.ec2.describe_images(ImageIds=[image_id])["Images"][0]
+        bucket, _, key = image["ImageLocation"].partition("/")
+        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="amidsl-sim-"))
+        target = Path(tempfile.mkdtemp(prefix="bundle-", dir=self.workdir))
+        listing = self.region.s3.list_objects_v2(Bucket=bucket, Prefix=folder)
+        for item in listing.get("Contents", []):
+            name = item["Key"][len(folder) :]
+            if "/" not in name:
+                body = self.region.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                (target / name).write_bytes(body)
+        manifest_path = target / key.rsplit("/", 1)[-1]
+        manifest = verify_bundle(manifest_path, self.settings.certificate_pem)
+        restored = unbundle(manifest_path, self.settings.private_key_pem.reveal(), target / "image")
+        entries = tuple(list_image(restored))
+        left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
+        return ImageInspection(image_id, manifest, entries, tuple(left_out))
+
+    def close(self) -> None:
+        """End the node and the region and delete every temporary file they used."""
+        self.region.close()
+        self.node.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def prepare(
+    settings: AmiSettings, node: FakeNode | None = None, region: FakeRegion | None = None, payload_mb: int = 4
+) -> Simulation:
+    """A node and region ready for the settings: the bucket exists, the signing certificate is known."""
+    region = region or FakeRegion(settings.region, node_factory=lambda: template_node(payload_mb=payload_mb))
+    node = node or template_node(
+        payload_mb=payload_mb, admin_user=settings.user if settings.user != "root" else "admin"
+    )
+    connect_node(node, region, settings.install_source.url or settings.ami_tools_url)
+    if region.bucket_region(settings.s3_bucket) is None:
+        region.create_bucket(settings.s3_bucket)
+    if settings.certificate_pem not in region.signing_certificates():
+        region.register_signing_certificate(settings.certificate_pem)
+    return Simulation(node, region, settings)
+
+
+def simulate(
+    spec: Spec | Plan,
+    phases: Sequence[str] | None = None,
+    *,
+    node: FakeNode | None = None,
+    region: FakeRegion | None = None,
+    on_error: str = "cleanup",
+    progress: Callable[[str], None] = lambda line: None,
+    payload_mb: int = 4,
+    raise_on_failure: bool = True,
+) -> Simulation:
+    """Run a spec's (or plan's) phases against a fake node and region; raise BuildError on failure."""
+    plan = spec if isinstance(spec, Plan) else build_plan(spec, phases=phases)
+    simulation = prepare(plan.settings, node, region, payload_mb)
+    backend = SimulatorBackend(simulation.node, simulation.region, plan.settings, progress)
+    try:
+        simulation.result = run_plan(plan, backend, on_error=on_error, progress=progress)
+    except BuildError as error:
+        simulation.error = error
+        if raise_on_failure:
+            raise
+    return simulation

@@ -1,0 +1,357 @@
+"""Command models: how the programs the plans run behave on a FakeNode.
+
+Each model takes a RunContext and returns a CommandResult with the exit status and output the real
+program would give for the options amidsl passes, including its failures (missing files, unknown users,
+packages that do not exist, a step run before its prerequisite).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterable
+
+from simulator.node import CommandResult, Program, RunContext
+
+# Packages each package manager knows, and the commands they provide.
+PACKAGE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "apt": ("apt-get",),
+    "dnf": ("dnf",),
+    "yum": ("yum",),
+    "ca-certificates": (),
+    "curl": ("curl",),
+    "unzip": ("unzip",),
+    "rsync": ("rsync",),
+    "git": ("git",),
+    "gcc": ("gcc", "cc"),
+    "make": ("make",),
+    "ruby": ("ruby",),
+}
+LIBRARIES_APT = ("libssl-dev", "zlib1g-dev", "libreadline-dev", "libyaml-dev", "libffi-dev")
+LIBRARIES_RPM = ("openssl-devel", "zlib-devel", "readline-devel", "libyaml-devel", "libffi-devel")
+KNOWN_PACKAGES = {
+    "apt-get": set(PACKAGE_COMMANDS) | set(LIBRARIES_APT),
+    "dnf": set(PACKAGE_COMMANDS) | set(LIBRARIES_RPM),
+    "yum": set(PACKAGE_COMMANDS) | set(LIBRARIES_RPM),
+}
+MODEL_MARKER = b"amidsl-simulator-model: "
+
+
+def provided_commands(packages: Iterable[str]) -> set[str]:
+    """The commands a set of installed packages puts on PATH."""
+    return {command for package in packages for command in PACKAGE_COMMANDS.get(package, ())}
+
+
+def model_script(model: str, body: str = "") -> bytes:
+    """An executable file whose behaviour on a FakeNode is the named model."""
+    return f"#!/bin/bash\n# {MODEL_MARKER.decode()}{model}\n{body}".encode()
+
+
+def program_for_file(node, path: str) -> Program | None:
+    """The model an executable node file runs, or None (missing, not executable, no model)."""
+    if not node.exists(path) or node.is_dir(path) or not node.mode(path) & 0o111:
+        return None
+    head = node.read_bytes(path)[:300]
+    marker = head.find(MODEL_MARKER)
+    if marker < 0:
+        return None
+    name = head[marker + len(MODEL_MARKER) :].split(b"\n", 1)[0].decode().strip()
+    return node.programs.get(name)
+
+
+def ok(output: str = "") -> CommandResult:
+    return CommandResult(0, output)
+
+
+def fail(status: int, output: str) -> CommandResult:
+    return CommandResult(status, output if output.endswith("\n") else output + "\n")
+
+
+def split_options(argv: list[str], with_value: Iterable[str]) -> tuple[dict[str, str | bool], list[str]]:
+    """Options (those in with_value take the next word) and operands; `--` ends options."""
+    takes = set(with_value)
+    options: dict[str, str | bool] = {}
+    operands: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            operands += list(words)
+            break
+        if word.startswith("-") and len(word) > 1:  # GNU style: options may follow operands
+            if word in takes:
+                options[word] = next(words, "")
+            elif word.startswith("--") or len(word) == 2:
+                options[word] = True
+            else:  # bundled short flags such as -rf or -fsSL
+                for letter in word[1:]:
+                    options[f"-{letter}"] = True
+        else:
+            operands.append(word)
+    return options, operands
+
+
+# -- coreutils ----------------------------------------------------------------------------------
+
+
+def install(ctx: RunContext) -> CommandResult:
+    """`install -d DIR` or `install SRC DEST` with -m, -o and -g."""
+    options, operands = split_options(ctx.argv[1:], ("-m", "-o", "-g"))
+    node = ctx.node
+    owner, group = str(options.get("-o", "root")), str(options.get("-g", "root"))
+    for name, kind in ((owner, "user"), (group, "group")):
+        if name not in node.users:
+            return fail(1, f"install: invalid {kind} '{name}'")
+    mode = int(str(options.get("-m", "0755")), 8)
+    if options.get("-d"):
+        for path in operands:
+            node.make_dirs(path)
+            node.host_path(path).chmod(mode)
+            node.set_owner(path, (owner, group))
+        return ok()
+    if len(operands) != 2:
+        return fail(1, "install: missing destination file operand")
+    source, dest = operands
+    if source == "/dev/null":
+        data = b""
+    elif not node.exists(source):
+        return fail(1, f"install: cannot stat '{source}': No such file or directory")
+    else:
+        data = node.read_bytes(source)
+    parent = dest.rsplit("/", 1)[0] or "/"
+    if not node.is_dir(parent):
+        return fail(1, f"install: cannot create regular file '{dest}': No such file or directory")
+    node.write_bytes(dest, data, mode=mode, owner=(owner, group))
+    return ok()
+
+
+def mkdir(ctx: RunContext) -> CommandResult:
+    options, operands = split_options(ctx.argv[1:], ())
+    for path in operands:
+        if options.get("-p"):
+            ctx.node.make_dirs(path)
+        elif ctx.node.exists(path):
+            return fail(1, f"mkdir: cannot create directory '{path}': File exists")
+        else:
+            ctx.node.make_dirs(path)
+    return ok()
+
+
+def rm(ctx: RunContext) -> CommandResult:
+    options, operands = split_options(ctx.argv[1:], ())
+    force, recursive = bool(options.get("-f")), bool(options.get("-r") or options.get("-R"))
+    for path in operands:
+        target = ctx.node.host_path(path)
+        if not target.exists() and not target.is_symlink():
+            if force:
+                continue
+            return fail(1, f"rm: cannot remove '{path}': No such file or directory")
+        if target.is_dir() and not target.is_symlink() and not recursive:
+            return fail(1, f"rm: cannot remove '{path}': Is a directory")
+        ctx.node.remove(path)
+    return ok()
+
+
+def mv(ctx: RunContext) -> CommandResult:
+    _, operands = split_options(ctx.argv[1:], ())
+    if len(operands) != 2:
+        return fail(1, "mv: target is not a directory")
+    source, dest = operands
+    node = ctx.node
+    if not node.exists(source):
+        return fail(1, f"mv: cannot stat '{source}': No such file or directory")
+    target = f"{dest.rstrip('/')}/{source.rsplit('/', 1)[1]}" if node.is_dir(dest) else dest
+    node.host_path(source).rename(node.host_path(target))
+    prefix = source.rstrip("/") + "/"
+    for known in [p for p in node.owners if p == source or p.startswith(prefix)]:
+        node.owners[target + known[len(source) :]] = node.owners.pop(known)
+    return ok()
+
+
+def chown(ctx: RunContext) -> CommandResult:
+    options, operands = split_options(ctx.argv[1:], ())
+    owner, *paths = operands
+    user, _, group = owner.partition(":")
+    group = group or user
+    node = ctx.node
+    for name in (user, group):
+        if name not in node.users:
+            return fail(1, f"chown: invalid user: '{owner}'")
+    for path in paths:
+        if not node.exists(path):
+            return fail(1, f"chown: cannot access '{path}': No such file or directory")
+        node.set_owner(path, (user, group))
+        if options.get("-R") and node.is_dir(path):
+            for child in node.host_path(path).rglob("*"):
+                node.set_owner(node.node_path(child), (user, group))
+    return ok()
+
+
+def printf(ctx: RunContext) -> CommandResult:
+    fmt, *args = ctx.argv[1:]
+    if fmt != "%s":
+        return fail(1, f"printf: the simulator models only the %s format, not {fmt!r}")
+    return ok("".join(args))
+
+
+def runuser(ctx: RunContext) -> CommandResult:
+    """`runuser -u USER -- env NAME=VALUE ... COMMAND ...`."""
+    args = ctx.argv[1:]
+    if len(args) < 3 or args[0] != "-u" or args[2] != "--":
+        return fail(1, "runuser: the simulator models only 'runuser -u USER -- COMMAND'")
+    user, command = args[1], args[3:]
+    if user not in ctx.node.users:
+        return fail(1, f"runuser: user {user} does not exist")
+    env = dict(ctx.env)
+    if command and command[0] == "env":
+        command = command[1:]
+        while command and "=" in command[0] and not command[0].startswith("="):
+            name, _, value = command.pop(0).partition("=")
+            env[name] = value
+    return ctx.node.run(command, env, ctx.cwd, user)
+
+
+# -- package managers, downloads, archives ------------------------------------------------------
+
+
+def package_manager(ctx: RunContext) -> CommandResult:
+    """apt-get update / apt-get, dnf or yum install -y -q PACKAGES."""
+    manager = ctx.argv[0]
+    if ctx.user != "root":
+        return fail(100, f"E: Could not open lock file - {manager} needs root")
+    options, operands = split_options(ctx.argv[1:], ())
+    if operands[:1] == ["update"]:
+        return ok("Reading package lists... Done\n")
+    if operands[:1] != ["install"]:
+        return fail(1, f"{manager}: the simulator models only install and update")
+    if not options.get("-y"):
+        return fail(1, "Do you want to continue? [Y/n] Abort.")
+    wanted = operands[1:]
+    unknown = [p for p in wanted if p not in KNOWN_PACKAGES[manager]]
+    if unknown:
+        if manager == "apt-get":
+            return fail(100, f"E: Unable to locate package {unknown[0]}")
+        return fail(1, f"Error: Unable to find a match: {' '.join(unknown)}")
+    new = [p for p in wanted if p not in ctx.node.packages]
+    ctx.node.packages.update(wanted)
+    if "ruby" in new:
+        ctx.node.write_bytes("/usr/bin/ruby", model_script("ruby"), mode=0o755)
+    return ok("".join(f"Setting up {p} ...\n" for p in new))
+
+
+def curl(ctx: RunContext) -> CommandResult:
+    """`curl -fsSL --retry N -o FILE URL` from the node's network."""
+    options, operands = split_options(ctx.argv[1:], ("-o", "--retry"))
+    url = operands[-1] if operands else ""
+    host = url.split("/")[2] if url.count("/") >= 2 else url
+    if not any(known.split("/")[2] == host for known in ctx.node.network if known.count("/") >= 2):
+        return fail(6, f"curl: (6) Could not resolve host: {host}")
+    if url not in ctx.node.network:
+        return fail(22, "curl: (22) The requested URL returned error: 404")
+    data = ctx.node.network[url]
+    target = str(options.get("-o", ""))
+    if not target:
+        return ok(data.decode("utf-8", "replace"))
+    ctx.node.write_bytes(target, data)
+    return ok()
+
+
+def unzip(ctx: RunContext) -> CommandResult:
+    """`unzip -q -o ZIP -d DIR`, keeping the members' modes."""
+    options, operands = split_options(ctx.argv[1:], ("-d",))
+    node = ctx.node
+    archive = operands[0] if operands else ""
+    if not node.exists(archive):
+        return fail(9, f"unzip:  cannot find or open {archive}, {archive}.zip or {archive}.ZIP.")
+    target = str(options.get("-d", ctx.cwd))
+    try:
+        members = zipfile.ZipFile(io.BytesIO(node.read_bytes(archive)))
+    except zipfile.BadZipFile:
+        return fail(9, f"End-of-central-directory signature not found in {archive}")
+    with members:
+        for member in members.infolist():
+            path = f"{target.rstrip('/')}/{member.filename.rstrip('/')}"
+            if member.is_dir():
+                node.make_dirs(path)
+                continue
+            node.make_dirs(path.rsplit("/", 1)[0])
+            mode = (member.external_attr >> 16) & 0o7777 or 0o644
+            node.write_bytes(path, members.read(member), mode=mode)
+    return ok()
+
+
+def git(ctx: RunContext) -> CommandResult:
+    """`git clone --depth 1 URL DEST` of the repositories the node's network serves."""
+    _, operands = split_options(ctx.argv[1:], ("--depth",))
+    if operands[:1] != ["clone"] or len(operands) != 3:
+        return fail(1, "git: the simulator models only 'git clone [--depth N] URL DEST'")
+    url, dest = operands[1], operands[2]
+    node = ctx.node
+    if node.exists(dest) and any(node.host_path(dest).iterdir()):
+        return fail(128, f"fatal: destination path '{dest}' already exists and is not an empty directory.")
+    repository = node.network.get(url)
+    if repository is None:
+        return fail(128, f"fatal: unable to access '{url}': Could not resolve host")
+    node.make_dirs(dest)
+    files = zipfile.ZipFile(io.BytesIO(repository))
+    for member in files.infolist():
+        path = f"{dest}/{member.filename}"
+        node.make_dirs(path.rsplit("/", 1)[0])
+        node.write_bytes(path, files.read(member), mode=(member.external_attr >> 16) & 0o7777 or 0o644)
+    return ok(f"Cloning into '{dest}'...\n")
+
+
+def rbenv(ctx: RunContext) -> CommandResult:
+    """`rbenv install --skip-existing VERSION` with ruby-build: builds Ruby under RBENV_ROOT."""
+    node = ctx.node
+    root = ctx.env.get("RBENV_ROOT", "/root/.rbenv")
+    _, operands = split_options(ctx.argv[1:], ())
+    if operands[:1] != ["install"] or len(operands) != 2:
+        return fail(1, "rbenv: the simulator models only 'rbenv install VERSION'")
+    if not node.exists(f"{root}/plugins/ruby-build/bin/ruby-build"):
+        return fail(1, "rbenv: no such command `install'")
+    version = operands[1]
+    prefix = f"{root}/versions/{version}"
+    if node.exists(prefix):
+        return ok()
+    libraries = LIBRARIES_APT if node.os_family == "debian" else LIBRARIES_RPM
+    missing = [p for p in ("gcc", "make", *libraries) if p not in node.packages]
+    if missing:
+        return fail(1, f"BUILD FAILED ({node.os_family} using ruby-build)\nmissing: {', '.join(missing)}")
+    node.make_dirs(f"{prefix}/bin")
+    node.write_bytes(f"{prefix}/bin/ruby", model_script("ruby", f"# ruby {version}\n"), mode=0o755)
+    node.make_dirs(f"{prefix}/lib/ruby/{version}")
+    node.write_bytes(
+        f"{prefix}/lib/ruby/{version}/uri.rb", b"# stand-in for Ruby's standard library\n" * 2000
+    )
+    return ok(f"Installed ruby-{version} to {prefix}\n")
+
+
+def ruby(ctx: RunContext) -> CommandResult:
+    return ok("ruby (simulated)\n")
+
+
+def standard_programs() -> dict[str, Program]:
+    """The registry every FakeNode starts with (the ami-tools models are added by simulator.ami_tools)."""
+    from simulator.ami_tools import bundle_vol, upload_bundle
+
+    return {
+        "install": install,
+        "mkdir": mkdir,
+        "rm": rm,
+        "mv": mv,
+        "chown": chown,
+        "printf": printf,
+        "true": lambda ctx: ok(),
+        "false": lambda ctx: CommandResult(1),
+        "runuser": runuser,
+        "apt-get": package_manager,
+        "dnf": package_manager,
+        "yum": package_manager,
+        "curl": curl,
+        "unzip": unzip,
+        "git": git,
+        "rbenv": rbenv,
+        "ruby": ruby,
+        "ec2-bundle-vol": bundle_vol,
+        "ec2-upload-bundle": upload_bundle,
+    }

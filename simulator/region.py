@@ -1,0 +1,280 @@
+"""FakeRegion: moto (in-process) for S3, EC2 and IAM state, plus the checks real EC2 makes.
+
+moto's RegisterImage accepts a manifest that does not exist; EC2 does not. Before an S3-backed image is
+registered, the region reads the manifest at ImageLocation and checks it as EC2 does: it parses, its
+signature verifies against one of the account's signing certificates, the EC2 copy of key and IV opens
+with this region's own EC2 key, every part exists with its SHA-1 and the sizes add up, the manifest's
+user is the account, the name is well-formed and unused, and the bucket is in this region. Each
+violation raises the botocore ClientError with the code EC2 uses.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+from moto import mock_aws
+from moto.backends import get_backend
+
+from amidsl.bundle import BundleError, Manifest, parse_manifest
+from amidsl.bundle.keys import decrypt_with_key, load_private_key
+from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
+from amidsl.keypairs import self_signed_pair
+from simulator.node import FakeNode
+
+ACCOUNT_ID = "123456789012"  # moto's account
+# Example-only credentials the region accepts (moto accepts any; the region's own check does not).
+ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+AMI_NAME = re.compile(r"[A-Za-z0-9()\[\]./\-'@_ ]{3,128}")
+
+
+def client_error(code: str, message: str, operation: str = "RegisterImage") -> ClientError:
+    """The exception boto3 raises for an API error."""
+    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+@dataclass
+class RegionFaults:
+    """Faults injected into the region's APIs."""
+
+    fail_put_number: int | None = None  # this S3 PUT, and every retry of its object, fails
+    s3_5xx_burst: int = 0  # this many PUT requests in a row answer 503 SlowDown
+    reject_register: str | None = None  # RegisterImage fails with this error code
+    failed_keys: set[str] = field(default_factory=set)
+
+
+class FakeRegion:
+    """One simulated AWS region and account: S3, EC2 (with strict RegisterImage) and IAM."""
+
+    def __init__(self, name: str = "us-east-1", node_factory: Callable[[], FakeNode] | None = None) -> None:
+        self.name = name
+        self.account_id = ACCOUNT_ID
+        self.credentials = (ACCESS_KEY, SECRET_KEY, None)
+        self.faults = RegionFaults()
+        self.node_factory = node_factory
+        self.nodes: dict[str, FakeNode] = {}
+        self.put_requests = 0
+        # Canned ACLs by (bucket, key): moto stores aws-exec-read without the grant to EC2 it implies.
+        self.object_acls: dict[tuple[str, str], str] = {}
+        self._mock = mock_aws()
+        self._mock.start()
+        session = boto3.Session(
+            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=name
+        )
+        self.s3 = session.client("s3")
+        self.ec2 = session.client("ec2")
+        self.iam = session.client("iam")
+        # The region's own EC2 key pair: bundles encrypt a copy of their key for its certificate.
+        self._ec2_key_pem, self.ec2_cert_pem = self_signed_pair(f"EC2 {name} (simulated)")
+
+    def close(self) -> None:
+        """Stop the region's moto mock and every node it launched."""
+        for node in self.nodes.values():
+            node.close()
+        self._mock.stop()
+
+    # -- what a user sets up before a build -------------------------------------------------------
+
+    def create_bucket(self, bucket: str, region: str | None = None) -> None:
+        """Create a bucket (in this region unless told otherwise)."""
+        where = region or self.name
+        if where == "us-east-1":
+            self.s3.create_bucket(Bucket=bucket)
+        else:
+            self.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": where})
+
+    def register_signing_certificate(self, cert_pem: str, user_name: str = "amidsl") -> None:
+        """Upload an X.509 signing certificate for the account, as the ami-tools require."""
+        try:
+            self.iam.create_user(UserName=user_name)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "EntityAlreadyExists":
+                raise
+        self.iam.upload_signing_certificate(UserName=user_name, CertificateBody=cert_pem)
+
+    def signing_certificates(self) -> list[str]:
+        """The account's active signing certificates (PEM)."""
+        bodies = []
+        for user in self.iam.list_users()["Users"]:
+            for cert in self.iam.list_signing_certificates(UserName=user["UserName"])["Certificates"]:
+                if cert["Status"] == "Active":
+                    bodies.append(cert["CertificateBody"])
+        return bodies
+
+    def bucket_region(self, bucket: str) -> str | None:
+        """The region a bucket lives in, or None if there is no such bucket."""
+        try:
+            location = self.s3.get_bucket_location(Bucket=bucket)["LocationConstraint"]
+        except ClientError:
+            return None
+        return location or "us-east-1"
+
+    # -- S3 as ec2-upload-bundle uses it -----------------------------------------------------------
+
+    def upload_object(
+        self, bucket: str, key: str, data: bytes, region: str, credentials: tuple[str, str, str | None]
+    ) -> str | None:
+        """PUT one object with ACL aws-exec-read; None on success, else the S3 error text."""
+        self.put_requests += 1
+        access_key, secret_key, token = credentials
+        if access_key != self.credentials[0]:
+            return "InvalidAccessKeyId: The AWS Access Key Id you provided does not exist in our records."
+        if secret_key != self.credentials[1] or token != self.credentials[2]:
+            return "SignatureDoesNotMatch: The request signature we calculated does not match yours."
+        if self.faults.s3_5xx_burst > 0:
+            self.faults.s3_5xx_burst -= 1
+            return "SlowDown (503): Please reduce your request rate."
+        if self.put_requests == self.faults.fail_put_number or key in self.faults.failed_keys:
+            self.faults.failed_keys.add(key)
+            return "InternalError (500): We encountered an internal error. Please try again."
+        located = self.bucket_region(bucket)
+        if located is None:
+            return f"NoSuchBucket: The specified bucket {bucket} does not exist"
+        if located != region:
+            return f"PermanentRedirect: bucket {bucket} is in {located}, not {region}"
+        self.s3.put_object(Bucket=bucket, Key=key, Body=data, ACL="aws-exec-read")
+        self.object_acls[(bucket, key)] = "aws-exec-read"
+        return None
+
+    # -- the API calls plans make ------------------------------------------------------------------
+
+    def call(self, service: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Make an API call as boto3 would, with EC2's strict checks where moto has none."""
+        if (service, operation) == ("ec2", "RegisterImage"):
+            return self.register_image(params)
+        if (service, operation) == ("ec2", "RunInstances"):
+            return self.run_instances(params)
+        if (service, operation) == ("ec2", "TerminateInstances"):
+            return self.terminate_instances(params)
+        client = {"s3": self.s3, "ec2": self.ec2, "iam": self.iam}[service]
+        method = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
+        return getattr(client, method)(**params)
+
+    def register_image(self, params: dict[str, Any]) -> dict[str, Any]:
+        """RegisterImage for an S3 bundle, refusing what EC2 refuses."""
+        if self.faults.reject_register:
+            raise client_error(self.faults.reject_register, "the request was rejected (injected fault)")
+        name = str(params.get("Name", ""))
+        if not AMI_NAME.fullmatch(name):
+            raise client_error("InvalidAMIName.Malformed", f"AMI name {name!r} is not valid")
+        existing = self.ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])
+        if existing["Images"]:
+            raise client_error(
+                "InvalidAMIName.Duplicate",
+                f"AMI name {name} is already in use by AMI {existing['Images'][0]['ImageId']}",
+            )
+        location = str(params.get("ImageLocation", ""))
+        manifest = self._check_bundle(location)
+        image_id = self.ec2.register_image(
+            Name=name, **({"Description": params["Description"]} if params.get("Description") else {})
+        )["ImageId"]
+        ami = get_backend("ec2")[self.account_id][self.name].amis[image_id]
+        ami.image_location = location
+        ami.root_device_type = "instance-store"
+        ami.architecture = params.get("Architecture", manifest.architecture)
+        ami.virtualization_type = params.get("VirtualizationType", "paravirtual")
+        ami.kernel_id = params.get("KernelId", manifest.kernel_id)
+        return {"ImageId": image_id}
+
+    def _check_bundle(self, location: str) -> Manifest:
+        bucket, _, key = location.partition("/")
+        located = self.bucket_region(bucket) if bucket else None
+        if located is None:
+            raise client_error(
+                "InvalidManifest", f"Failed to read the manifest {location}: no bucket {bucket!r}"
+            )
+        if located != self.name:
+            raise client_error(
+                "InvalidManifest",
+                f"The bucket {bucket} of the manifest is in {located}; register images in {located} "
+                f"or upload the bundle to a bucket in {self.name}",
+            )
+        try:
+            text = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        except ClientError:
+            raise client_error(
+                "InvalidManifest", f"Failed to read the manifest {location}: it does not exist"
+            ) from None
+        try:
+            manifest = parse_manifest(text, source=location)
+        except (BundleError, UnicodeDecodeError) as err:
+            raise client_error("InvalidManifest", f"The manifest {location} is unparsable: {err}") from None
+        if manifest.user != self.account_id:
+            raise client_error(
+                "AuthFailure", f"The manifest's user {manifest.user} is not this account ({self.account_id})"
+            )
+        if not any(self._signed_by(manifest, cert) for cert in self.signing_certificates()):
+            raise client_error(
+                "InvalidManifest",
+                "The manifest signature does not verify against any signing certificate of the account",
+            )
+        ec2_key = load_private_key(self._ec2_key_pem)
+        for field_name in ("ec2_encrypted_key", "ec2_encrypted_iv"):
+            plain = decrypt_with_key(ec2_key, bytes.fromhex(getattr(manifest.keys, field_name)))
+            if not plain or not re.fullmatch(rb"[0-9a-f]{32}", plain):
+                raise client_error(
+                    "InvalidManifest",
+                    f"The manifest's {field_name} does not open with the EC2 key of "
+                    f"{self.name}: the bundle was made with another region's EC2 certificate",
+                )
+        folder = key.rsplit("/", 1)[0] if "/" in key else ""
+        with tempfile.TemporaryDirectory(prefix="amidsl-register-") as tmp:
+            for part in manifest.parts:
+                part_key = f"{folder}/{part.filename}" if folder else part.filename
+                try:
+                    body = self.s3.get_object(Bucket=bucket, Key=part_key)["Body"].read()
+                except ClientError:
+                    continue  # missing: check_part_list names it below
+                (Path(tmp) / part.filename).write_bytes(body)
+            try:
+                check_part_list(manifest, Path(tmp))
+                check_part_digests(manifest, Path(tmp))
+            except BundleError as err:
+                raise client_error(
+                    "InvalidManifest", f"The bundle's parts are not as the manifest says: {err}"
+                ) from None
+        return manifest
+
+    @staticmethod
+    def _signed_by(manifest: Manifest, cert_pem: str) -> bool:
+        try:
+            check_signature_of(manifest, cert_pem)
+        except BundleError:
+            return False
+        return True
+
+    # -- nodes -------------------------------------------------------------------------------------
+
+    def run_instances(self, params: dict[str, Any]) -> dict[str, Any]:
+        """RunInstances: moto's record, plus a new FakeNode for each instance."""
+        if self.node_factory is None:
+            raise client_error(
+                "Unsupported", "this region has no node template to launch from", "RunInstances"
+            )
+        reservation = self.ec2.run_instances(**params)
+        for instance in reservation["Instances"]:
+            node = self.node_factory()
+            node.hostname = instance["InstanceId"]
+            node.region = self
+            self.nodes[instance["InstanceId"]] = node
+        return reservation
+
+    def terminate_instances(self, params: dict[str, Any]) -> dict[str, Any]:
+        """TerminateInstances: moto's record, and the nodes end."""
+        result = self.ec2.terminate_instances(**params)
+        for instance_id in params.get("InstanceIds", []):
+            node = self.nodes.pop(instance_id, None)
+            if node is not None:
+                node.close()
+        return result
+
+    def node(self, instance_id: str) -> FakeNode:
+        """The FakeNode behind a running instance."""
+        return self.nodes[instance_id]

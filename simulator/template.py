@@ -1,0 +1,87 @@
+"""Node templates: realistic starting content that exercises ec2-bundle-vol's exclusions and filters."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from simulator.node import FakeNode, new_node_root
+
+DEFAULT_PAYLOAD_MB = 4
+
+# (path, text, mode): what a small Debian-like server holds, including files the default filter drops.
+TEMPLATE_FILES = (
+    ("/etc/hostname", "node-1\n", 0o644),
+    ("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000::/home/admin:/bin/bash\n", 0o644),
+    ("/etc/group", "root:x:0:\nadmin:x:1000:\n", 0o644),
+    ("/etc/fstab", "LABEL=root / ext4 defaults 0 1\n", 0o644),
+    ("/etc/apt/sources.list", "deb http://deb.debian.org/debian bookworm main\n", 0o644),
+    (
+        "/etc/ssl/certs/ca-local.crt",
+        "-----BEGIN CERTIFICATE-----\nMIIBlocal\n-----END CERTIFICATE-----\n",
+        0o644,
+    ),
+    (
+        "/etc/ssl/private/node.pem",
+        "-----BEGIN NODE KEY-----\nnode-tls-key-material\n-----END NODE KEY-----\n",
+        0o600,
+    ),
+    ("/etc/nginx/nginx.conf", "worker_processes auto;\n", 0o644),
+    (
+        "/home/admin/.ssh/authorized_keys",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAtemplate admin@laptop\n",
+        0o600,
+    ),
+    ("/home/admin/.bash_history", "sudo systemctl restart nginx\n", 0o600),
+    ("/home/admin/notes.txt", "deploy notes for the web tier\n", 0o644),
+    ("/home/admin/#draft.txt#", "emacs autosave\n", 0o644),
+    ("/home/admin/config.yml.swp", "vim swap\n", 0o644),
+    (
+        "/root/.ssh/id_rsa",
+        "-----BEGIN OPENSSH KEY-----\nroot-ssh-key-material\n-----END OPENSSH KEY-----\n",
+        0o600,
+    ),
+    ("/root/.bash_history", "apt-get upgrade\n", 0o600),
+    ("/var/log/syslog", "Nov 26 00:00:01 node-1 systemd[1]: Started Daily apt upgrade.\n" * 200, 0o640),
+    ("/var/www/html/index.html", "<h1>It works</h1>\n", 0o644),
+    ("/proc/cpuinfo", "processor : 0\n", 0o444),
+    ("/sys/kernel/hostname", "node-1\n", 0o444),
+    ("/dev/console.placeholder", "", 0o600),
+    ("/mnt/data/backup.tar", "a mounted data disk\n", 0o644),
+)
+EMPTY_DIRS = ("/tmp", "/media", "/opt", "/srv", "/var/lib", "/run")
+
+
+def populate(node: FakeNode, payload_mb: int = DEFAULT_PAYLOAD_MB, seed: int = 1) -> None:
+    """Fill a node with the template's files and `payload_mb` MB of program binaries."""
+    for path in EMPTY_DIRS:
+        node.make_dirs(path)
+    node.host_path("/tmp").chmod(0o1777)
+    for path, text, mode in TEMPLATE_FILES:
+        node.make_dirs(path.rsplit("/", 1)[0])
+        owner = ("admin", "admin") if path.startswith("/home/admin") else ("root", "root")
+        node.write_bytes(path, text.encode(), mode=mode, owner=owner)
+    node.host_path("/").chmod(0o755)  # a temporary directory starts private; a volume's root is not
+    node.set_owner("/home/admin", ("admin", "admin"))
+    node.set_owner("/home/admin/.ssh", ("admin", "admin"))
+    rng = random.Random(seed)
+    node.make_dirs("/usr/bin")
+    node.make_dirs("/usr/lib/x86_64-linux-gnu")
+    # Binaries: half noise, half repeated structure, so they compress about as real code does.
+    for number in range(max(payload_mb, 0) * 4):
+        block = rng.randbytes(128 * 1024) + (b"\x7fELF\x02\x01\x01" + bytes(57)) * 2048
+        folder = "/usr/bin" if number % 2 == 0 else "/usr/lib/x86_64-linux-gnu"
+        node.write_bytes(f"{folder}/program-{number:03d}", block, mode=0o755)
+    Path(node.host_path("/bin")).symlink_to("usr/bin")
+
+
+def template_node(
+    root: Path | None = None,
+    os_family: str = "debian",
+    payload_mb: int = DEFAULT_PAYLOAD_MB,
+    **kwargs: object,
+) -> FakeNode:
+    """A new FakeNode holding the template's content."""
+    node = FakeNode(root or new_node_root(), os_family=os_family, **kwargs)  # type: ignore[arg-type]
+    populate(node, payload_mb)
+    return node

@@ -1,0 +1,136 @@
+"""Whole builds in the simulator: what ends up in the image, and what never does."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amidsl.bundle import read_manifest, unbundle
+from amidsl.example import example_credentials
+from amidsl.settings import resolve
+
+
+def test_example_builds_through_all_phases(run, example_settings, node, region):
+    simulation = run(example_settings)
+    assert simulation.error is None
+    assert [r.phase for r in simulation.transcript][-1] == "cleanup"
+    assert simulation.final_settings.image_id == simulation.image_id
+    image = region.ec2.describe_images(ImageIds=[simulation.image_id])["Images"][0]
+    assert image["ImageLocation"] == "amidsl-example-bundles/images/example/image.manifest.xml"
+    assert image["RootDeviceType"] == "instance-store"
+    assert image["Name"] == "amidsl-example-ami"
+    uploaded = [key for bucket, key in region.object_acls if bucket == "amidsl-example-bundles"]
+    assert uploaded == ["images/example/image.part.0", "images/example/image.manifest.xml"]  # parts first
+    assert set(region.object_acls.values()) == {"aws-exec-read"}
+
+
+def test_image_holds_the_nodes_files_and_none_of_the_build(run, example_settings):
+    simulation = run(example_settings)
+    inspection = simulation.inspect_image()
+    paths = inspection.paths()
+    for kept in ("/etc/nginx/nginx.conf", "/home/admin/notes.txt", "/usr/bin/program-000", "/var/log/syslog"):
+        assert kept in paths
+    for gone in (
+        "/opt/ami-tools",  # the tools, Ruby and the credentials
+        "/opt/ami-tools/credentials/pk",
+        "/tmp",  # the destination dir
+        "/etc/ssl/private/node.pem",  # the default filter
+        "/home/admin/.ssh/authorized_keys",
+        "/home/admin/.bash_history",
+        "/root/.ssh/id_rsa",
+        "/home/admin/#draft.txt#",
+        "/home/admin/config.yml.swp",
+        "/proc/cpuinfo",  # always excluded
+        "/var/cache/apt/archives",  # extra_exclusions
+    ):
+        assert gone not in paths, gone
+    assert not any(p.startswith("/opt/ami-tools") for p in paths)
+    reasons = {left.path: str(left.reason) for left in inspection.left_out}
+    assert reasons["/etc/ssl/private/node.pem"] == "filter pattern"
+    assert reasons["/opt/ami-tools"] == "caller exclusion"
+
+
+def test_node_has_no_credentials_tools_or_bundle_after_cleanup(run, example_settings, node):
+    simulation = run(example_settings)
+    assert simulation.error is None
+    assert not node.exists("/opt/ami-tools")
+    assert node.glob("/tmp", "image*") == []
+
+
+def test_transcript_shows_commands_without_secrets(run, example_settings):
+    raw = example_settings | {
+        "access_key": "AKIAIOSFODNN7EXAMPLE",
+        "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    }
+    simulation = run(raw)
+    assert simulation.error is None, simulation.error
+    text = "\n".join(f"{r.command}\n{r.output}" for r in simulation.transcript)
+    assert "ec2-upload-bundle" in text and '"${AMIDSL_SECRET_KEY}"' in text
+    assert "wJalrXUtnFEMI" not in text
+    key_lines = [line for line in example_credentials()[0].splitlines() if "-----" not in line]
+    assert not any(line in text for line in key_lines)
+
+
+def test_package_strategy_on_a_rhel_node(example_settings, region):
+    from amidsl.crate import server_spec
+    from simulator import simulate, template_node
+
+    node = template_node(os_family="rhel", payload_mb=0)
+    simulation = simulate(
+        server_spec(example_settings | {"install-strategy": "package"}), node=node, region=region
+    )
+    assert simulation.image_id
+    assert "ruby" in node.packages and node.exists("/usr/bin/ruby")
+    assert any(
+        r.command.startswith("if command -v apt-get") and "Setting up ruby" in r.output
+        for r in simulation.transcript
+    )
+    node.close()
+
+
+# -- the credentials never reach the image, wherever the directories are ---------------------------
+
+parents = st.sampled_from(
+    ["/etc", "/home/admin", "/var", "/usr/local", "/srv", "/root", "/opt", "/mnt", "/var/tmp"]
+)
+name = st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True).filter(lambda n: ".." not in n)
+place = st.builds(lambda p, n: f"{p}/{n}", parents, name)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    credential_dir=place,
+    install_dir=place,
+    destination_dir=place,
+    prefix=st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True),
+    extra=st.lists(place, max_size=2),
+)
+def test_image_bytes_never_hold_the_key_or_certificate(
+    run, example_settings, node, credential_dir, install_dir, destination_dir, prefix, extra
+):
+    raw = example_settings | {
+        "credential-dir": credential_dir,
+        "install-dir": install_dir,
+        "destination-dir": destination_dir,
+        "prefix": prefix,
+        "extra-exclusions": extra,
+        "install-strategy": "package",
+    }
+    s = resolve(raw)
+    simulation = run(raw, ["install", "configure", "ami-bundle"])
+    assert simulation.error is None, simulation.error
+    manifest_path = node.host_path(s.manifest_path)
+    with tempfile.TemporaryDirectory() as out:
+        image = unbundle(manifest_path, s.private_key_pem.reveal(), Path(out))
+        data = image.read_bytes()
+    assert read_manifest(manifest_path).name == prefix
+    key_pem, cert_pem = example_credentials()
+    for pem in (key_pem, cert_pem):
+        for line in pem.splitlines():
+            if "-----" not in line:
+                assert line.encode() not in data
+    # The bundle is rebuilt next time: clear the node's state between examples.
+    run(raw, ["cleanup"])
