@@ -99,6 +99,12 @@ def download_and_verify(endpoint: str, settings, into: Path):
     return names, manifest
 
 
+def no_credentials_in(credential_dir: str) -> bool:
+    """The credential directory is gone, or empty (what the on-error removal leaves for a resume)."""
+    path = Path(credential_dir)
+    return not path.exists() or not any(path.iterdir())
+
+
 def node_has_no_credentials(node, settings, key_pem: str) -> None:
     assert not Path(settings.credential_dir).exists()
     assert not Path(settings.install_dir).exists()

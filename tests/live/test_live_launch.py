@@ -15,7 +15,7 @@ from amidsl.live.build import make_ami, make_ami_from_group_node
 from amidsl.live.settings import GROUP_TAG, resolve_live
 from amidsl.runner import BuildError
 from live_tests.body import live_test_group
-from tests.live.node_settings import aws_client, build_settings, node_has_no_credentials
+from tests.live.node_settings import aws_client, build_settings, no_credentials_in, node_has_no_credentials
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_a_failed_launched_build_terminates_the_node_and_says_so(
     assert caught.value.phase == "ami-upload" and "was terminated." in message
     instance_id = message.split("The node ")[1].split()[0]
     assert instance(aws_endpoint, instance_id)["State"]["Name"] == "terminated"
-    assert not Path(config["ami"]["credential_dir"]).exists()
+    assert no_credentials_in(config["ami"]["credential_dir"])
     shutil.rmtree(Path(config["ami"]["install_dir"]).parent)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +27,7 @@ from tests.live.node_settings import (
     aws_client,
     build_settings,
     download_and_verify,
+    no_credentials_in,
     node_has_no_credentials,
     secret_values,
     write_toml,
@@ -156,5 +156,5 @@ def test_a_failing_upload_names_the_action_and_removes_the_credentials(
     error = caught.value
     assert (error.phase, error.index, error.status) == ("ami-upload", 1, 1)
     assert "NoSuchBucket" in str(error) and "credentials were removed" in str(error)
-    assert not Path(config["ami"]["credential_dir"]).exists()
+    assert no_credentials_in(config["ami"]["credential_dir"])
     assert_no_secret([str(error)], secret_values(config, credentials))

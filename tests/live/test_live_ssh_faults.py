@@ -12,14 +12,15 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from amidsl.actions import PhasePlan
 from amidsl.crate import server_spec
 from amidsl.live.aws import AwsCredentials
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import LiveSettings
 from amidsl.live.ssh import HostKeyError, NodeConnectionError, SshNode, fingerprint
-from amidsl.plan import build_plan
+from amidsl.plan import Plan, build_plan
 from amidsl.render.shell import render_script
-from amidsl.runner import BuildError
+from amidsl.runner import BuildError, credential_removal
 from amidsl.secrets import Secret
 from tests.live.fake_paramiko import FakeNode, PhaseRun
 
@@ -186,7 +187,9 @@ def test_a_command_failing_mid_phase_stops_it_with_its_status_and_output_tail(
     # The phases after it never ran; the on-error script removed the credential directory.
     phases_run = [phase for phase, _ in node.scripts()]
     assert phases_run == ["install", "configure", "ami-bundle", "on-error"]
-    assert "rm -rf -- /opt/ami-tools/credentials" in node.scripts()[-1][1]
+    settings = build_plan(server_spec(raw_settings)).settings
+    removal = PhasePlan("on-error", (credential_removal(settings),))
+    assert node.scripts()[-1][1] == render_script(Plan("ami", settings, (removal,)))
     assert_no_secret_on_command_lines(node, credentials)
 
 
