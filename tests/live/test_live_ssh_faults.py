@@ -68,13 +68,16 @@ def remember(tmp_path: Path, key: paramiko.PKey) -> None:
     (tmp_path / "known_hosts").write_text(f"node.example {key.get_name()} {key.get_base64()}\n")
 
 
-def build(node: FakeNode, raw_settings, settings: LiveSettings, phases=None, on_error="cleanup"):
+def build(
+    node: FakeNode, raw_settings, settings: LiveSettings, phases=None, on_error="cleanup", progress=None
+):
     return build_on_host(
         "node.example",
         raw_settings,
         live=settings,
         phases=phases,
         on_error=on_error,
+        progress=progress or (lambda line: None),
         aws=FakeAws(),
         node_factory=lambda target: SshNode(target, client_factory=node.client),
     )
@@ -235,3 +238,26 @@ def test_a_drop_with_no_way_back_says_where_credentials_may_remain(
     for secret in secrets_of(credentials):
         assert secret not in message
     assert_no_secret_on_command_lines(node, credentials)
+
+
+def test_output_streams_line_by_line_with_prefixes_and_secrets_hidden(
+    node, host_key, raw_settings, credentials, tmp_path
+):
+    remember(tmp_path, host_key)
+    node.runs["ami-upload"] = PhaseRun(
+        [
+            "==> [ami-upload 1] upload the bundle to S3 with ec2-upload-bundle",
+            "Uploading bundled image parts to the S3 bucket ...",
+            f"debug: signing with {SECRET_KEY} and token {TOKEN}",
+        ]
+    )
+    progress: list[str] = []
+    result = build(node, raw_settings, live(tmp_path), phases=["ami-upload"], progress=progress.append)
+    assert progress[-3:] == [
+        "==> [ami-upload 1] upload the bundle to S3 with ec2-upload-bundle",
+        "    [ami-upload 1] Uploading bundled image parts to the S3 bucket ...",
+        "    [ami-upload 1] debug: signing with <hidden> and token <hidden>",
+    ]
+    [record] = result.transcript
+    assert (record.phase, record.index, record.status) == ("ami-upload", 1, 0)
+    assert SECRET_KEY not in record.output and "<hidden>" in record.output
