@@ -217,6 +217,7 @@ def make_ami(
     group_name = live.group or group.name
     instance_id = launch_node(live, group_name, aws)
     progress(f"launched {instance_id} for group {group_name}")
+    host = instance_id  # until its address is known
     try:
         instance = wait_for_node(instance_id, aws, live)
         host = address_of(instance)
@@ -227,23 +228,15 @@ def make_ami(
         if on_error == "cleanup":
             terminate_node(instance_id, aws)
             progress(f"terminated {instance_id}")
-            raise BuildError(
-                err.phase,
-                err.index,
-                err.description,
-                err.status,
-                err.output,
-                f"{err.cleanup_note} The node {instance_id} was terminated.",
-                err.transcript,
-            ) from None
+            note = f"{err.cleanup_note} The node {instance_id} was terminated."
+            resume = "To retry, fix the cause and run the build again (it launches a new node)."
+        else:
+            note = f"{err.cleanup_note} The node {instance_id} ({host}) still runs: terminate it when done."
+            resume = (
+                f"To resume on it, fix the cause and run again with --host {host} from phase {err.phase}."
+            )
         raise BuildError(
-            err.phase,
-            err.index,
-            err.description,
-            err.status,
-            err.output,
-            f"{err.cleanup_note} The node {instance_id} is still running (terminate it when done).",
-            err.transcript,
+            err.phase, err.index, err.description, err.status, err.output, note, err.transcript, resume
         ) from None
     except BaseException:
         if on_error == "cleanup":

@@ -34,6 +34,14 @@ def launch_settings(aws_endpoint: str, bucket: str) -> dict:
     }
 
 
+@pytest.fixture(autouse=True)
+def forget_the_launched_node(node):
+    """A launched node is terminated, not cleaned: remove what it leaves on this machine."""
+    yield
+    for run in node.root.glob("run-*"):
+        shutil.rmtree(run)
+
+
 def instance(endpoint: str, instance_id: str) -> dict:
     found = aws_client("ec2", endpoint).describe_instances(InstanceIds=[instance_id])
     return found["Reservations"][0]["Instances"][0]
@@ -72,7 +80,6 @@ def test_make_ami_launches_a_tagged_node_builds_on_it_and_terminates_it(
     # The node is terminated instead of cleaned up; the test phase ran before that.
     assert "==> phase cleanup" not in progress and "==> phase test" in progress
     assert progress[-1] == f"terminated {launched['InstanceId']}"
-    shutil.rmtree(Path(config["ami"]["install_dir"]).parent)  # what the terminated node took with it
 
 
 def test_a_failed_launched_build_terminates_the_node_and_says_so(
@@ -85,10 +92,32 @@ def test_a_failed_launched_build_terminates_the_node_and_says_so(
         make_ami(live_test_group(config["ami"]), config["ami"], live=live, address_of=to_local_node)
     message = str(caught.value)
     assert caught.value.phase == "ami-upload" and "was terminated." in message
+    assert message.endswith("To retry, fix the cause and run the build again (it launches a new node).")
     instance_id = message.split("The node ")[1].split()[0]
     assert instance(aws_endpoint, instance_id)["State"]["Name"] == "terminated"
     assert no_credentials_in(config["ami"]["credential_dir"])
-    shutil.rmtree(Path(config["ami"]["install_dir"]).parent)
+
+
+def test_abort_leaves_a_launched_node_running_and_says_how_to_resume_on_it(
+    node, fake_tools, aws_endpoint, launch_settings, credentials, tmp_path
+):
+    config = build_settings(tmp_path, node, fake_tools, credentials, "root", aws_endpoint)
+    config["ami"]["s3_bucket"] = "amidsl-no-such-bucket"
+    live = resolve_live({**config["live"], **launch_settings, "host": None, "trust_on_first_use": True})
+    with pytest.raises(BuildError) as caught:
+        make_ami(
+            live_test_group(config["ami"]),
+            config["ami"],
+            live=live,
+            on_error="abort",
+            address_of=to_local_node,
+        )
+    message = str(caught.value)
+    assert "on_error=abort: everything is left in place" in message
+    assert message.endswith("run again with --host 127.0.0.1 from phase ami-upload.")
+    instance_id = message.split("The node ")[1].split()[0]
+    assert instance(aws_endpoint, instance_id)["State"]["Name"] == "running"
+    assert Path(config["ami"]["credential_dir"], "pk").exists()  # left for debugging, as asked
 
 
 def test_make_ami_from_group_node_finds_the_group_node_and_runs_every_phase(
