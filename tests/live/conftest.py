@@ -28,6 +28,7 @@ import amidsl
 from tests.conftest import make_key_and_cert
 
 SSHD = "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -46,6 +47,12 @@ class Node:
     def scripts_run(self) -> list[str]:
         """The text of every script bash ran on the node, in order."""
         return [p.read_text() for p in sorted(self.records.glob("script-*.sh"))]
+
+    def ssh_command_lines(self) -> list[str]:
+        """Every command line the node's sshd received (SFTP sessions left out), in order."""
+        log = self.records / "ssh-commands.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [line for line in lines if line != SFTP_SERVER]
 
     def bash_command_lines(self) -> list[str]:
         """Every bash command line the node ran (argv joined by spaces)."""
@@ -86,6 +93,12 @@ esac
 exec /bin/bash "$@"
 """
 
+RECORD_COMMAND = """#!/bin/bash
+# sshd's ForceCommand on the test node: records each command line the node receives, then runs it.
+printf '%s\\n' "$SSH_ORIGINAL_COMMAND" >> {records}/ssh-commands.log
+exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"
+"""
+
 FAKE_APT_GET = """#!/bin/sh
 # The test node's package manager: records what it was asked to install (no network in tests).
 echo "$*" >> {records}/apt-get.log
@@ -97,7 +110,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """An OpenSSH sshd on 127.0.0.1 with its own config, keys and fake package manager."""
     if os.geteuid() != 0:
         pytest.skip("the sshd node runs as root (the phases install root-owned files): run the tests as root")
-    if not os.path.exists(SSHD) or shutil.which("unzip") is None:
+    if not os.path.exists(SSHD) or not os.path.exists(SFTP_SERVER) or shutil.which("unzip") is None:
         pytest.skip("needs openssh-server and unzip (.ci/run installs them)")
     private = tmp_path_factory.mktemp("sshd")
     # A throwaway login user must read authorized_keys and run the fake tools: a world-readable dir.
@@ -109,6 +122,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     records.chmod(0o777)
     (fakebin / "bash").write_text(FAKE_BASH.format(records=records))
     (fakebin / "apt-get").write_text(FAKE_APT_GET.format(records=records))
+    (root / "record-command").write_text(RECORD_COMMAND.format(records=records))
+    (root / "record-command").chmod(0o755)
     for tool in fakebin.iterdir():
         tool.chmod(0o755)
     (volume / "etc" / "hostname").write_text("web-1\n")
@@ -135,7 +150,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                 "KbdInteractiveAuthentication no",
                 "UsePAM no",
                 "StrictModes no",
-                "Subsystem sftp internal-sftp",
+                # Every session (SFTP included, hence the external server) goes through the recorder.
+                f"Subsystem sftp {SFTP_SERVER}",
+                f"ForceCommand {root / 'record-command'}",
                 # The node's commands find the recording bash and apt-get first; HOME keeps the login
                 # shell off this machine's own ~/.bashrc (the node is a clean machine).
                 f"SetEnv PATH={fakebin}:{SYSTEM_PATH} HOME={root / 'home'}",

@@ -83,11 +83,12 @@ def test_live_test_body_builds_registers_and_finds_the_image(
 
     # No secret on any command line (as sent, and as the node's bash saw them), in progress or records.
     commands = opened[0].commands
+    assert node.ssh_command_lines() == commands  # recorded on the node's side too
     assert commands and all(c.startswith(("mktemp", "rm -rf", "bash -c", "sudo -n")) for c in commands)
     assert any(c.startswith("sudo -n -- bash -c") for c in commands) == (login == "sudo-user")
     transcript = [f"{r.command}\n{r.output}" for r in result.transcript]
     assert_no_secret(
-        [*commands, *node.bash_command_lines(), *progress, *transcript, node.log.read_text()],
+        [*node.ssh_command_lines(), *node.bash_command_lines(), *progress, *transcript, node.log.read_text()],
         secret_values(config, credentials),
     )
     assert "==> [ami-bundle 2] bundle the volume with ec2-bundle-vol" in progress
@@ -129,7 +130,11 @@ def test_amidsl_build_command_runs_exactly_what_amidsl_script_prints(
 
     scripts = [amidsl("script", "--config", str(path), "--phase", p).stdout for p in NODE_PHASES]
     assert node.scripts_run() == scripts
-    assert_no_secret([run.stdout, run.stderr, *node.bash_command_lines()], secret_values(config, credentials))
+    assert node.ssh_command_lines()[0].startswith("mktemp -d")
+    assert_no_secret(
+        [run.stdout, run.stderr, *node.ssh_command_lines(), *node.bash_command_lines()],
+        secret_values(config, credentials),
+    )
 
     # The name is taken now: validate --live says so before any node work.
     again = amidsl("validate", "--live", "--config", str(path))
