@@ -48,14 +48,13 @@ def run_on_node(
     on_error: str = "cleanup",
     progress: Progress = _no_progress,
     node_factory: Callable[..., SshNode] = SshNode,
-    on_script: Callable[[str, str], None] | None = None,
 ) -> BuildResult:
     """Run a plan on one node over one SSH connection; raise BuildError naming a failed action."""
     aws = aws or Aws(plan.settings, live)
     node = _open_node(host, plan.settings, live, node_factory)
     progress(f"connected to {node.target}")
     try:
-        backend = LiveBackend(plan, node, aws, progress=progress, on_script=on_script)
+        backend = LiveBackend(plan, node, aws, progress=progress)
         return run_plan(
             plan, backend, on_error=on_error, progress=lambda line: progress(f"==> {line.strip()}")
         )

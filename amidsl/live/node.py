@@ -117,8 +117,6 @@ class LiveBackend:
     node: SshNode
     aws: Aws
     progress: Callable[[str], None] = lambda line: None
-    # Test hook: called with (phase, script text) just before a phase's script runs.
-    on_script: Callable[[str, str], None] | None = None
     _credentials: AwsCredentials | None = None
     _no_credentials: AwsError | None = None
     _leftover_dirs: list[str] = field(default_factory=list)
@@ -160,8 +158,6 @@ class LiveBackend:
             pairs = self._stage(workdir, phase_plan.actions, values)
             script_path = f"{workdir}/{_file_name(phase)}.sh"
             self.node.upload(script_path, script.encode("utf-8"))
-            if self.on_script is not None:
-                self.on_script(phase, script)
             status = self._run_script(phase, script_path, pairs)
         except ConnectionLost as err:
             running = max((i for i, _ in self._lines), default=1) or 1

@@ -24,8 +24,6 @@ DEFAULT_WAIT_SECONDS = 900
 # The tag that marks the nodes of a group (as pallet tagged a group's nodes).
 GROUP_TAG = "amidsl:group"
 
-BUILD_MODES = ("host", "group", "launch")
-
 
 @dataclass(frozen=True)
 class LiveSettings:
