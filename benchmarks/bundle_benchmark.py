@@ -218,10 +218,8 @@ def main() -> None:
 
         size_mb = image.stat().st_size / MB
         print(f"\ncores: {len(os.sched_getaffinity(0))}, image: {size_mb:.0f} MB")
-        print(
-            f"{'bundler':<15}{'wall s':>9}{'cpu s':>9}{'MB/s':>9}{'output bytes':>15}"
-            f"{'peak RSS MB':>13}"
-        )
+        columns = f"{'wall s':>9}{'cpu s':>9}{'MB/s':>9}{'output bytes':>15}{'peak RSS MB':>13}"
+        print(f"{'bundler':<15}{columns}")
         for r in (shell, ours):
             print(
                 f"{r.name:<15}{r.seconds:>9.2f}{r.cpu_seconds:>9.2f}{size_mb / r.seconds:>9.1f}"

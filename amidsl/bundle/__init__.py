@@ -1,4 +1,15 @@
-"""The bundle format: filesystem image from a directory, bundle, verify, unbundle, list."""
+"""The bundle format: filesystem image from a directory, bundle, verify, unbundle, list.
+
+    report = build_image("/", "/tmp/image", exclusions=["/opt/ami-tools"])  # like ec2-bundle-vol
+    manifest = bundle_image("/tmp/image", "/tmp", user_id=..., user_cert_pem=...,
+                            user_private_key_pem=..., ec2_cert_pem=...)     # parts + manifest
+    verify_bundle("/tmp/image.manifest.xml", user_cert_pem)                  # signature, parts
+    unbundle("/tmp/image.manifest.xml", private_key_pem, "/restore")         # back to the image
+    list_image("/restore/image")                                            # what is inside
+
+Every problem is a BundleError subclass whose message names the file and the fix, and never
+contains key material.
+"""
 
 from amidsl.bundle.bundle import bundle_image, part_filename
 from amidsl.bundle.errors import (
@@ -18,14 +29,7 @@ from amidsl.bundle.errors import (
     WrongCertificateError,
     WrongPrivateKeyError,
 )
-from amidsl.bundle.image import (
-    ALWAYS_EXCLUDED,
-    DEFAULT_FILTER,
-    ImageReport,
-    LeftOut,
-    Reason,
-    build_image,
-)
+from amidsl.bundle.image import ImageReport, build_image
 from amidsl.bundle.ls import ImageEntry, list_image
 from amidsl.bundle.manifest import (
     BlockDeviceMapping,
@@ -37,6 +41,7 @@ from amidsl.bundle.manifest import (
     parse_manifest,
     read_manifest,
 )
+from amidsl.bundle.selection import ALWAYS_EXCLUDED, DEFAULT_FILTER, LeftOut, Reason
 from amidsl.bundle.unbundle import BundleKeys, decrypt_keys, unbundle
 from amidsl.bundle.verify import verify_bundle
 

@@ -35,6 +35,7 @@ PART_SIZE = 10 * 1024 * 1024
 # compressing about 12 times faster per core; 6 costs a quarter more time for half a percent.
 COMPRESS_LEVEL = 5
 _USER_ID = re.compile(r"^\d{12}$")
+ARCHITECTURES = ("i386", "x86_64", "arm64")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class _PartWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
         while view:
             if self._file is None:
@@ -114,7 +115,7 @@ class _EncryptingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.error is None:
             try:
                 self._sink.write(self._encryptor.update(self._padder.update(bytes(data))))
@@ -239,6 +240,8 @@ def bundle_image(
     account = user_id.replace("-", "")
     if not _USER_ID.fullmatch(account):
         raise BundleError(f"user_id {user_id!r} must be the 12-digit AWS account number")
+    if arch not in ARCHITECTURES:
+        raise BundleError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
     if part_size < 1:
         raise BundleError(f"part_size must be positive, got {part_size}")
     if not image_path.is_file():

@@ -91,7 +91,7 @@ class _ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:
         while not self._pending:
             try:
                 self._pending = memoryview(next(self._chunks))
@@ -112,7 +112,7 @@ class _HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:
         data = self._source.read(len(buffer))
         n = len(data)
         buffer[:n] = data

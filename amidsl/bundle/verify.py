@@ -67,9 +67,7 @@ def check_part_list(manifest: Manifest, parts_dir: Path) -> None:
         if not _HEX.fullmatch(part.digest) or len(part.digest) != 40:
             raise ManifestParseError(f"part {part.filename!r} has no 40-digit hex SHA-1 digest")
     if not parts_dir.is_dir():
-        raise MissingPartError(
-            f"parts directory {parts_dir} does not exist; pass where the parts are"
-        )
+        raise MissingPartError(f"parts directory {parts_dir} is missing; pass where the parts are")
     names = [p.filename for p in parts]
     if len(set(names)) != len(names):
         raise PartNameError("the manifest lists the same part file name twice")

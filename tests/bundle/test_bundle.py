@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from invoke import Collection, Program
 
 from amidsl.bundle import (
     BlockDeviceMapping,
@@ -18,6 +19,7 @@ from amidsl.bundle import (
     bundle_image,
     decrypt_keys,
     read_manifest,
+    tasks,
     unbundle,
     verify_bundle,
 )
@@ -204,6 +206,18 @@ def test_bundle_from_the_ec2_ami_tools_shell_pipeline_verifies_and_unbundles(
     verify_bundle(out / "image.manifest.xml", user.cert_pem)
     restored = unbundle(out / "image.manifest.xml", user.key_pem, tmp_path / "restored")
     assert restored.read_bytes() == sample_image.read_bytes()
+
+    # The same through the command line tasks.
+    cert_file = _write_pem(tmp_path / "user.crt", user.cert_pem)
+    key_file = _write_pem(tmp_path / "user.key", user.key_pem)
+    program = Program(namespace=Collection(tasks.verify_bundle, tasks.unbundle), binary="amidsl")
+    manifest_arg = str(out / "image.manifest.xml")
+    program.run(["amidsl", "verify-bundle", "--manifest", manifest_arg, "--cert", str(cert_file)])
+    program.run(
+        ["amidsl", "unbundle", "--manifest", manifest_arg, "--privkey", str(key_file),
+         "--destination", str(tmp_path / "cli")]
+    )  # fmt: skip
+    assert (tmp_path / "cli" / "image").read_bytes() == sample_image.read_bytes()
 
 
 def test_our_tar_stream_matches_gnu_tar_byte_for_byte(tmp_path, sample_image, user, ec2):

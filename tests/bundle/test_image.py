@@ -20,7 +20,7 @@ from amidsl.bundle import (
     list_image,
 )
 from amidsl.bundle.e2fs import debugfs
-from amidsl.bundle.image import non_local_mounts
+from amidsl.bundle.selection import non_local_mounts
 
 
 def can_give_files_away() -> bool:

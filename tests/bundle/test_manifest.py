@@ -6,6 +6,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import padding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amidsl.bundle import (
     BlockDeviceMapping,
@@ -184,8 +186,38 @@ def test_key_material_is_the_hex_text_encrypted_with_pkcs1_v15(tmp_path, user, e
     )
     user_key = load_private_key(user.key_pem)
     ec2_key = load_private_key(ec2.key_pem)
-    decrypt = lambda key, value: key.decrypt(bytes.fromhex(value), padding.PKCS1v15())  # noqa: E731
+
+    def decrypt(key, value: str) -> bytes:
+        return key.decrypt(bytes.fromhex(value), padding.PKCS1v15())
+
     assert decrypt(user_key, manifest.keys.user_encrypted_key) == bytes(range(16)).hex().encode()
     assert decrypt(ec2_key, manifest.keys.ec2_encrypted_key) == bytes(range(16)).hex().encode()
     assert decrypt(user_key, manifest.keys.user_encrypted_iv) == bytes(range(16, 32)).hex().encode()
     assert decrypt(ec2_key, manifest.keys.ec2_encrypted_iv) == bytes(range(16, 32)).hex().encode()
+
+
+text_chars = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff")
+xml_text = st.text(alphabet=text_chars, min_size=1, max_size=20).map(str.strip).filter(bool)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    name=xml_text,
+    codes=st.lists(xml_text, max_size=3),
+    ancestry=st.lists(xml_text, max_size=3),
+    kernel=st.none() | xml_text,
+    mappings=st.dictionaries(xml_text, xml_text, max_size=4),
+)
+def test_any_text_survives_rendering_and_parsing(user, name, codes, ancestry, kernel, mappings):
+    mapping_list = tuple(BlockDeviceMapping(v, d) for v, d in sorted(mappings.items()))
+    manifest = sign_manifest(
+        unsigned_manifest(
+            name=name,
+            product_codes=tuple(codes),
+            ancestry=tuple(ancestry),
+            kernel_id=kernel,
+            block_device_mappings=mapping_list,
+        ),
+        load_private_key(user.key_pem),
+    )
+    assert parse_manifest(manifest.xml) == manifest

@@ -236,6 +236,7 @@ def test_bundling_with_a_key_that_does_not_fit_the_certificate_is_refused(tmp_pa
         ({"user_id": "12345"}, "12-digit AWS account number"),
         ({"prefix": "a/b"}, "plain file name"),
         ({"key": b"short"}, "16 bytes"),
+        ({"arch": "sparc"}, "not one of i386, x86_64, arm64"),
         ({"user_private_key_pem": b"not a key"}, "not an unencrypted PEM RSA private key"),
         ({"ec2_cert_pem": b"not a cert"}, "not a PEM X.509 certificate"),
     ],
