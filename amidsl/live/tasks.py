@@ -36,7 +36,11 @@ class LiveConfig:
 def load_live_config(config: str | None, phases: list[str] | None = None) -> LiveConfig:
     """Load and validate [ami] and [live] of a settings file; bad input is an Exit with status 2."""
     if not config:
-        raise Exit("--config: a live build needs a settings file; give --config FILE", code=BAD_INPUT)
+        raise Exit(
+            "--config: live builds and AWS checks need your settings file ([ami] and [live]); "
+            "give --config FILE",
+            code=BAD_INPUT,
+        )
     try:
         spec = server_spec(load_toml(config))
         problems: list[Problem] = []
@@ -60,9 +64,7 @@ def validate_live(config: str | None) -> list[str]:
     loaded = load_live_config(config)
     try:
         return check_aws_side(loaded.plan.settings, Aws(loaded.plan.settings, loaded.live))
-    except SettingsError as err:
-        raise Exit(str(err), code=BAD_INPUT) from None
-    except AwsError as err:
+    except (SettingsError, AwsError) as err:
         raise Exit(str(err), code=BAD_INPUT) from None
 
 

@@ -55,6 +55,11 @@ def test_where_to_build_must_be_said_once(tmp_path, raw_settings):
     assert launch.returncode == 2 and "live.image_id: is needed to launch a node" in launch.stderr
     policy = amidsl("build", "--config", path, "--host", "node", "--on-error", "ignore")
     assert policy.returncode == 2 and "--on-error 'ignore': choose cleanup or abort" in policy.stderr
+    example = amidsl("validate", "--live")
+    assert (
+        example.returncode == 2
+        and "--config: live builds and AWS checks need your settings" in example.stderr
+    )
     phase = amidsl("build", "--config", path, "--host", "node", "--phase", "bundle")
     assert phase.returncode == 2 and "--phase: 'bundle' is not a phase of 'ami'" in phase.stderr
 
