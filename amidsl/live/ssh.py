@@ -113,8 +113,10 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
         path = Path(self.target.known_hosts)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Append without joining the file's last line if it lacks its newline.
+        ends_open = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
         with path.open("a", encoding="ascii") as out:
-            out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            out.write(("\n" if ends_open else "") + f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
 @dataclass

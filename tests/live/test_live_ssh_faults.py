@@ -106,8 +106,11 @@ def test_an_unknown_host_key_is_refused_with_its_fingerprint_before_anything_run
 
 
 def test_trust_on_first_use_accepts_a_new_key_and_remembers_it(node, host_key, raw_settings, tmp_path):
+    other = "other.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    (tmp_path / "known_hosts").write_text(other)  # an existing file, its last line without a newline
     build(node, raw_settings, live(tmp_path, trust_on_first_use=True), phases=["install"])
-    assert (tmp_path / "known_hosts").read_text() == f"node.example ssh-rsa {host_key.get_base64()}\n"
+    lines = (tmp_path / "known_hosts").read_text().splitlines()
+    assert lines == [other, f"node.example ssh-rsa {host_key.get_base64()}"]
     build(node, raw_settings, live(tmp_path), phases=["install"])  # known now: no opt-in needed
     assert node.connections == 2
 
