@@ -34,7 +34,7 @@ from amidsl.crate import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
 from amidsl.plan import Plan
-from amidsl.render.shell import render_action, render_script
+from amidsl.render.shell import render_action, render_script, runtime_inputs
 from amidsl.runner import ActionFailed, ActionRecord
 from amidsl.secrets import Secret, redact
 
@@ -144,7 +144,8 @@ class LiveBackend:
     ) -> list[ActionRecord]:
         """Run the phase's node actions as the rendered script; raise ActionFailed on the first failure."""
         phase_plan = self._phase_plan(phase, actions)
-        script = render_script(Plan(self.plan.spec_name, self.plan.settings, (phase_plan,)))
+        script_plan = Plan(self.plan.spec_name, self.plan.settings, (phase_plan,))
+        script = render_script(script_plan)
         numbers = [index for index, _ in actions]
         if phase == "on-error":
             self._reconnect_if_lost()
@@ -156,6 +157,7 @@ class LiveBackend:
         self._lines = []
         try:
             pairs = self._stage(workdir, phase_plan.actions, values)
+            _check_supplied(script_plan, pairs)
             script_path = f"{workdir}/{_file_name(phase)}.sh"
             self.node.upload(script_path, script.encode("utf-8"))
             status = self._run_script(phase, script_path, pairs)
@@ -332,6 +334,14 @@ class LiveBackend:
             self.node.reconnect()
         for workdir in list(self._leftover_dirs):
             self._remove_workdir(workdir)
+
+
+def _check_supplied(script_plan: Plan, pairs: list[tuple[str, str]]) -> None:
+    """Every input the rendered script checks for at its top is supplied (else fail before running)."""
+    supplied = {name for name, _ in pairs}
+    missing = [f"{name} ({what})" for name, what in runtime_inputs(script_plan) if name not in supplied]
+    if missing:
+        raise PhaseSetupError(f"the script needs {', '.join(missing)}, which amidsl has no value for")
 
 
 def _command(action: Action) -> str:

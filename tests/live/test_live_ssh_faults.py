@@ -12,13 +12,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from amidsl.actions import PhasePlan
+from amidsl.actions import Exec, PhasePlan, RuntimeValue
 from amidsl.crate import server_spec
 from amidsl.live.aws import AwsCredentials
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import LiveSettings
 from amidsl.live.ssh import HostKeyError, NodeConnectionError, SshNode, fingerprint
-from amidsl.plan import Plan, build_plan
+from amidsl.plan import Plan, build_plan, group_spec
 from amidsl.render.shell import render_script
 from amidsl.runner import BuildError, credential_removal
 from amidsl.secrets import Secret
@@ -264,3 +264,39 @@ def test_output_streams_line_by_line_with_prefixes_and_secrets_hidden(
     [record] = result.transcript
     assert (record.phase, record.index, record.status) == ("ami-upload", 1, 0)
     assert SECRET_KEY not in record.output and "<hidden>" in record.output
+
+
+def test_a_phase_whose_script_needs_an_unknown_value_fails_before_running(
+    node, host_key, raw_settings, tmp_path
+):
+    remember(tmp_path, host_key)
+
+    def note_image_id(settings):
+        image = RuntimeValue("image_id", "ami-register")
+        return [Exec(("logger", "built", image), description="log the new image id")]
+
+    spec = group_spec("ami", extends=[server_spec(raw_settings)], phases={"note": note_image_id})
+    with pytest.raises(BuildError) as caught:
+        build_on_host(
+            "node.example",
+            raw_settings,
+            spec=spec,
+            live=live(tmp_path),
+            phases=["note"],
+            aws=FakeAws(),
+            node_factory=lambda target: SshNode(target, client_factory=node.client),
+        )
+    assert (caught.value.phase, caught.value.index) == ("note", 1)
+    assert "the script needs AMIDSL_IMAGE_ID (image_id from the ami-register phase)" in str(caught.value)
+    assert not any("note.sh" in c and "bash -c" in c for c in node.commands)  # never ran
+    # With the id known (a resumed build gives it in [ami]), the script gets it.
+    build_on_host(
+        "node.example",
+        raw_settings | {"image_id": IMAGE_ID},
+        spec=spec,
+        live=live(tmp_path),
+        phases=["note"],
+        aws=FakeAws(),
+        node_factory=lambda target: SshNode(target, client_factory=node.client),
+    )
+    assert f"AMIDSL_IMAGE_ID={IMAGE_ID}".encode() in node.stdins[-2]
