@@ -9,6 +9,7 @@ from invoke.exceptions import Exit
 
 from amidsl.bundle.tasks import bundle_image, image_ls, unbundle, verify_bundle
 from amidsl.cli_support import BAD_INPUT, CONFIG_HELP, OUTPUT_HELP, PHASE_HELP, emit, load_plan
+from amidsl.live.tasks import build, validate_live
 from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
 from simulator.tasks import simulate
@@ -34,8 +35,8 @@ def script(c, config=None, phase=None, output=None):
         os.chmod(output, 0o755)
 
 
-@task(help={"config": CONFIG_HELP})
-def validate(c, config=None):
+@task(help={"config": CONFIG_HELP, "live": "also check AWS: credentials, bucket and region, image name"})
+def validate(c, config=None, live=False):
     """Check the settings and report every problem (exit status 2 if there are any)."""
     built = load_plan(config, None)
     s = built.settings
@@ -43,6 +44,10 @@ def validate(c, config=None):
         f"settings OK: image {s.image_name!r} ({s.arch}) in {s.region}, "
         f"bundle to s3://{s.s3_location}/, phases: {', '.join(p.name for p in built.phases)}"
     )
+    if live:
+        for line in validate_live(config):
+            print(f"AWS OK: {line}")
 
 
 ns = Collection(plan, script, validate, simulate, bundle_image, verify_bundle, unbundle, image_ls)
+ns.add_task(build)

@@ -1,0 +1,295 @@
+"""AWS on boto3: one session per build, generic API calls for AwsCall actions, clear failure messages.
+
+The session comes from the settings' keys (and token) or, without them, from the default credential
+chain or the `[live]` profile. `endpoint_url` points every client at an S3/EC2-compatible endpoint (tests
+use moto's server). Errors from AWS are turned into one message naming the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from amidsl.actions import AwsCall
+from amidsl.live.settings import LiveSettings
+from amidsl.secrets import Secret
+from amidsl.settings import AmiSettings, Problem, SettingsError
+
+IMAGE_WAIT_DELAY = 5
+
+
+class AwsError(Exception):
+    """An AWS call failed; the message says what it means for the build and how to fix it."""
+
+    def __init__(self, what: str, fix: str) -> None:
+        super().__init__(f"{what}. Fix: {fix}")
+        self.what = what
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    """The resolved credentials the node's tools get at run time (the secret parts stay hidden)."""
+
+    access_key: str
+    secret_key: Secret
+    session_token: Secret | None = None
+
+
+def snake_case(operation: str) -> str:
+    """boto3's method name for an API operation (`RegisterImage` -> `register_image`)."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", operation).lower()
+
+
+# ClientError codes -> (what happened, fix). `{...}` fields are filled from the settings.
+_EXPLANATIONS: dict[str, tuple[str, str]] = {
+    "InvalidAMIName.Duplicate": (
+        "an image named {image_name!r} already exists in this account and region ({region})",
+        "choose another image_name, or deregister the old image first",
+    ),
+    "AccessDenied": (
+        "access denied",
+        "give the credentials (access_key / [live] profile) permission for {operation}, or use others",
+    ),
+    "UnauthorizedOperation": (
+        "the credentials are not allowed to call {operation}",
+        "give the credentials (access_key / [live] profile) permission for {operation}",
+    ),
+    "ExpiredToken": (
+        "the session token has expired",
+        "renew the temporary credentials (access_key, secret_key, session_token) and run again",
+    ),
+    "RequestExpired": (
+        "the request or the temporary credentials expired",
+        "renew the temporary credentials and check the controller's clock",
+    ),
+    "InvalidClientTokenId": (
+        "AWS does not know the access key",
+        "check access_key and secret_key (or the [live] profile)",
+    ),
+    "AuthFailure": (
+        "AWS rejected the credentials",
+        "check access_key and secret_key (or the [live] profile)",
+    ),
+    "SignatureDoesNotMatch": (
+        "the secret key does not match the access key",
+        "check secret_key (or the [live] profile)",
+    ),
+    "InvalidAccessKeyId": ("AWS does not know the access key", "check access_key (or the [live] profile)"),
+    "NoSuchBucket": (
+        "the bucket {s3_bucket!r} does not exist",
+        "create it in {region} or set s3_bucket to an existing bucket",
+    ),
+    "PermanentRedirect": (
+        "the bucket {s3_bucket!r} is in another region than {region}",
+        "set region to the bucket's region, or use a bucket in {region}",
+    ),
+    "AuthorizationHeaderMalformed": (
+        "the bucket {s3_bucket!r} is in another region than {region}",
+        "set region to the bucket's region, or use a bucket in {region}",
+    ),
+    "InvalidManifest": (
+        "EC2 could not read the bundle manifest {s3_manifest_path!r}",
+        "check that ami-upload finished and that the bucket is in {region}",
+    ),
+}
+_EXPLANATIONS["AccessDeniedException"] = _EXPLANATIONS["AccessDenied"]
+_EXPLANATIONS["ExpiredTokenException"] = _EXPLANATIONS["ExpiredToken"]
+
+
+def explain(error: Exception, operation: str, settings: AmiSettings) -> AwsError:
+    """An AwsError for a failed AWS call: what it means (with the AWS code) and the fix."""
+    fields = {
+        "operation": operation,
+        "image_name": settings.image_name,
+        "region": settings.region,
+        "s3_bucket": settings.s3_bucket,
+        "s3_manifest_path": settings.s3_manifest_path,
+    }
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = error.response.get("Error", {}).get("Code", "Unknown")
+        detail = error.response.get("Error", {}).get("Message", "")
+        known = _EXPLANATIONS.get(code)
+        if known is None:
+            return AwsError(
+                f"{operation} failed: {code}: {detail}", "see the AWS documentation of that error"
+            )
+        what, fix = (text.format(**fields) for text in known)
+        return AwsError(f"{operation} failed: {what} ({code})", fix)
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return AwsError(
+            f"{operation}: no AWS credentials found",
+            "set access_key and secret_key in [ami], a profile in [live], or the AWS_* environment variables",
+        )
+    if isinstance(error, botocore.exceptions.ProfileNotFound):
+        return AwsError(f"{operation}: {error}", "set profile in [live] to a profile of your AWS config")
+    if isinstance(error, botocore.exceptions.EndpointConnectionError):
+        return AwsError(
+            f"{operation}: cannot reach {error.kwargs.get('endpoint_url')}",
+            "check the network, the region and endpoint_url",
+        )
+    return AwsError(f"{operation} failed: {error}", "see the message above")
+
+
+class Aws:
+    """One boto3 session for a build: clients per service, generic calls, credentials for the node."""
+
+    def __init__(
+        self,
+        settings: AmiSettings,
+        live: LiveSettings,
+        session_factory: Callable[..., Any] = boto3.session.Session,
+    ) -> None:
+        self.settings = settings
+        self.live = live
+        if settings.access_key and settings.secret_key:
+            self.session = session_factory(
+                aws_access_key_id=settings.access_key,
+                aws_secret_access_key=settings.secret_key.reveal(),
+                aws_session_token=settings.session_token.reveal() if settings.session_token else None,
+                region_name=settings.region,
+            )
+        else:
+            try:
+                self.session = session_factory(profile_name=live.profile, region_name=settings.region)
+            except botocore.exceptions.ProfileNotFound as err:
+                raise explain(err, "AWS session", settings) from None
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        """The boto3 client for a service (one per service and region, on the endpoint if set)."""
+        key = (service, region or self.settings.region)
+        if key not in self._clients:
+            # S3-compatible endpoints (and addresses) rarely serve bucket subdomains: use path style.
+            config = Config(s3={"addressing_style": "path"}) if self.live.endpoint_url else None
+            self._clients[key] = self.session.client(
+                service, region_name=key[1], endpoint_url=self.live.endpoint_url, config=config
+            )
+        return self._clients[key]
+
+    def credentials(self) -> AwsCredentials:
+        """The session's resolved credentials, for the node's tools (ec2-upload-bundle)."""
+        found = self.session.get_credentials()
+        if found is None:
+            raise explain(botocore.exceptions.NoCredentialsError(), "AWS credentials", self.settings)
+        frozen = found.get_frozen_credentials()
+        return AwsCredentials(
+            access_key=frozen.access_key,
+            secret_key=Secret(frozen.secret_key),
+            session_token=Secret(frozen.token) if frozen.token else None,
+        )
+
+    def call(self, service: str, operation: str, params: dict[str, Any], region: str | None = None) -> dict:
+        """Call one API operation; AWS errors become AwsError with an explanation."""
+        try:
+            method = getattr(self.client(service, region), snake_case(operation))
+        except AttributeError:
+            raise AwsError(
+                f"{service} has no operation {operation}", "fix the AwsCall action's operation name"
+            ) from None
+        try:
+            result = method(**params)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+            raise explain(err, operation, self.settings) from None
+        result.pop("ResponseMetadata", None)
+        return result
+
+    def call_action(self, action: AwsCall, params: dict[str, Any]) -> dict:
+        """Carry out an AwsCall action; RegisterImage also waits until the image is available."""
+        result = self.call(action.service, action.operation, params, action.region)
+        if action.service == "ec2" and action.operation == "RegisterImage":
+            self.wait_for_image(result["ImageId"], action.region)
+        return result
+
+    def wait_for_image(self, image_id: str, region: str | None = None) -> None:
+        """Wait until EC2 reports the image available (or failed)."""
+        waiter = self.client("ec2", region).get_waiter("image_available")
+        attempts = max(1, self.live.wait_seconds // IMAGE_WAIT_DELAY)
+        try:
+            waiter.wait(
+                ImageIds=[image_id], WaiterConfig={"Delay": IMAGE_WAIT_DELAY, "MaxAttempts": attempts}
+            )
+        except botocore.exceptions.WaiterError as err:
+            state = (err.last_response.get("Images") or [{}])[0].get("StateReason", err)
+            raise AwsError(
+                f"image {image_id} did not become available within {self.live.wait_seconds} s ({state})",
+                "look at the image in the EC2 console: a bundle EC2 cannot read fails here",
+            ) from None
+
+
+def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: bool = True) -> list[str]:
+    """Before any node work: credentials valid, bucket exists in the region, image name free.
+
+    Returns what was checked; raises SettingsError listing every problem found.
+    """
+    problems: list[Problem] = []
+    checked: list[str] = []
+    try:
+        identity = aws.call("sts", "GetCallerIdentity", {})
+    except AwsError as err:
+        raise SettingsError([Problem("credentials", err.what, err.fix)], origin="AWS") from None
+    account = identity.get("Account", "")
+    checked.append(f"credentials valid for account {account} ({identity.get('Arn', '?')})")
+    if account and account != settings.user_id:
+        problems.append(
+            Problem(
+                "user_id",
+                f"{settings.user_id!r} is not the account of the credentials ({account})",
+                "set user_id to the account that owns the bucket and will own the image",
+            )
+        )
+    try:
+        location = aws.call("s3", "GetBucketLocation", {"Bucket": settings.s3_bucket})
+    except AwsError as err:
+        problems.append(Problem("s3_bucket", err.what, err.fix))
+    else:
+        # us-east-1 answers with no constraint; the oldest Irish buckets answer "EU".
+        region = location.get("LocationConstraint") or "us-east-1"
+        region = "eu-west-1" if region == "EU" else region
+        if region != settings.region:
+            problems.append(
+                Problem(
+                    "s3_bucket",
+                    f"bucket {settings.s3_bucket!r} is in {region}, not in {settings.region}",
+                    f"set region = {region!r}, or use a bucket in {settings.region} (EC2 only registers "
+                    "bundles from a bucket in its own region)",
+                )
+            )
+        else:
+            checked.append(f"bucket {settings.s3_bucket} exists in {region}")
+    if image_name_must_be_free:
+        _check_image_name_free(settings, aws, problems, checked)
+    if problems:
+        raise SettingsError(problems, origin="AWS")
+    return checked
+
+
+def _check_image_name_free(
+    settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]
+) -> None:
+    try:
+        images = aws.call(
+            "ec2",
+            "DescribeImages",
+            {"Owners": ["self"], "Filters": [{"Name": "name", "Values": [settings.image_name]}]},
+        )
+    except AwsError as err:
+        problems.append(Problem("image_name", err.what, err.fix))
+    else:
+        taken = [image["ImageId"] for image in images.get("Images", [])]
+        if taken:
+            problems.append(
+                Problem(
+                    "image_name",
+                    f"{settings.image_name!r} is already the name of {', '.join(taken)} in {settings.region}",
+                    "choose another image_name, or deregister the old image",
+                )
+            )
+        else:
+            checked.append(f"image name {settings.image_name!r} is free in {settings.region}")

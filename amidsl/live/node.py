@@ -1,0 +1,352 @@
+"""The live back-end: each node phase runs over SSH as exactly the script `amidsl script` renders for it.
+
+Per phase: render the phase's script, make a private temporary directory on the node (mktemp -d, 0700),
+upload the script and any staged files (the private key, a local tools zip) there over SFTP with mode
+0600, then run a fixed wrapper command that reads the secrets the script needs as NUL-separated
+`NAME=value` pairs from standard input, exports them and execs `bash SCRIPT` (under `sudo -n` when the
+login user is not root). No secret is ever on a command line or in a file other than its destination;
+the temporary directory is removed afterwards. Output streams line by line; the script's step markers
+(`==> [phase N] ...`) and its failure line say which action was running.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amidsl.actions import (
+    Action,
+    AwsCall,
+    EnvSecret,
+    Exec,
+    OptionalArg,
+    PhasePlan,
+    RemoteDirectory,
+    RemoteFile,
+    RuntimeValue,
+    StagedFile,
+)
+from amidsl.crate import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
+from amidsl.live.aws import Aws, AwsCredentials, AwsError
+from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
+from amidsl.plan import Plan
+from amidsl.render.shell import render_action, render_script, runtime_inputs
+from amidsl.runner import ActionFailed, ActionRecord
+from amidsl.secrets import Secret, redact
+
+# Reads NAME=value pairs (NUL-terminated, an empty one ends the list) from stdin, exports them, then runs
+# the script with stdin closed. Fixed text: only it and the script's path are ever on the command line.
+ENV_WRAPPER = (
+    'while IFS= read -r -d "" pair && [ -n "$pair" ]; do export "$pair"; done; exec bash "$0" </dev/null'
+)
+_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+STEP_MARKER = re.compile(r"^==> \[(?P<phase>\S+) (?P<index>\d+)\] (?P<description>.*)$")
+FAILED_LINE = re.compile(
+    r"^amidsl: FAILED in phase (?P<phase>\S+) action (?P<index>\d+) \(.*\) \(exit (?P<status>\d+)\)$"
+)
+WORKDIR = re.compile(r"/[A-Za-z0-9_./-]*/amidsl\.[A-Za-z0-9]+")
+SUDO_REFUSED = ("a password is required", "a terminal is required", "is not in the sudoers file")
+
+
+def wrapper_command(script_path: str, use_sudo: bool) -> str:
+    """The remote command line for a phase: the fixed wrapper, the script path, nothing else."""
+    command = f"bash -c {shlex.quote(ENV_WRAPPER)} {shlex.quote(script_path)}"
+    return f"sudo -n -- {command}" if use_sudo else command
+
+
+def env_payload(pairs: Sequence[tuple[str, str]]) -> bytes:
+    """The wrapper's standard input: NAME=value pairs, each NUL-terminated, then an empty one."""
+    out = b""
+    for name, value in pairs:
+        if not _NAME.fullmatch(name) or "\0" in value:
+            raise ValueError(f"cannot pass {name!r} to the node")
+        out += f"{name}={value}".encode() + b"\0"
+    return out + b"\0"
+
+
+def _values_of(action: Action) -> list[Any]:
+    if isinstance(action, Exec):
+        return list(action.argv) + [value for _, value in action.env]
+    if isinstance(action, RemoteFile | RemoteDirectory) and action.staged is not None:
+        return [action.staged]
+    return []
+
+
+class PhaseSetupError(Exception):
+    """A phase cannot start: something its script needs is missing (no secret in the message)."""
+
+
+@dataclass(frozen=True)
+class PhaseInputs:
+    """What a phase's script needs at run time: files to stage, secrets, and run-time values."""
+
+    staged: tuple[StagedFile, ...] = ()
+    secrets: tuple[EnvSecret, ...] = ()
+    optional_secrets: tuple[EnvSecret, ...] = ()
+    runtime: tuple[RuntimeValue, ...] = ()
+
+
+def phase_inputs(actions: Iterable[Action]) -> PhaseInputs:
+    """Collect the staged files, secrets and run-time values a phase's actions refer to."""
+    found: dict[str, list[Any]] = {"staged": [], "secrets": [], "optional": [], "runtime": []}
+    for action in actions:
+        for value in _values_of(action):
+            kind = {
+                StagedFile: "staged",
+                EnvSecret: "secrets",
+                OptionalArg: "optional",
+                RuntimeValue: "runtime",
+            }.get(type(value))
+            item = value.value if isinstance(value, OptionalArg) else value
+            if kind is not None and item not in found[kind]:
+                found[kind].append(item)
+    return PhaseInputs(
+        tuple(found["staged"]), tuple(found["secrets"]), tuple(found["optional"]), tuple(found["runtime"])
+    )
+
+
+@dataclass
+class LiveBackend:
+    """Runs a plan's node phases on one node over SSH and its AWS calls with boto3 (runner.NodeBackend)."""
+
+    plan: Plan
+    node: SshNode
+    aws: Aws
+    progress: Callable[[str], None] = lambda line: None
+    _credentials: AwsCredentials | None = None
+    _no_credentials: AwsError | None = None
+    _leftover_dirs: list[str] = field(default_factory=list)
+    _lines: list[tuple[int, str]] = field(default_factory=list)  # (script action number, line)
+
+    # -- runner.NodeBackend --------------------------------------------------------------------
+
+    def secrets(self) -> list[str]:
+        """Every secret in play (signing key, AWS secret key and token), for redaction."""
+        settings = self.plan.settings
+        found: list[Secret | None] = [settings.private_key_pem, settings.secret_key, settings.session_token]
+        try:
+            credentials = self.credentials()
+            found += [credentials.secret_key, credentials.session_token]
+        except AwsError:
+            pass  # no credentials yet: a phase that needs them fails with that message
+        return [s.reveal() for s in found if s]
+
+    def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
+        """Make the API call with boto3 (RegisterImage waits for the image)."""
+        return self.aws.call_action(action, params)
+
+    def run_node_actions(
+        self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]
+    ) -> list[ActionRecord]:
+        """Run the phase's node actions as the rendered script; raise ActionFailed on the first failure."""
+        phase_plan = self._phase_plan(phase, actions)
+        script_plan = Plan(self.plan.spec_name, self.plan.settings, (phase_plan,))
+        script = render_script(script_plan)
+        numbers = [index for index, _ in actions]
+        if phase == "on-error":
+            self._reconnect_if_lost()
+        try:
+            workdir = self._make_workdir()
+        except NodeConnectionError as err:
+            raise ActionFailed(numbers[0], LOST_STATUS, str(err)) from None
+        self._leftover_dirs.append(workdir)
+        self._lines = []
+        try:
+            pairs = self._stage(workdir, phase_plan.actions, values)
+            _check_supplied(script_plan, pairs)
+            script_path = f"{workdir}/{_file_name(phase)}.sh"
+            self.node.upload(script_path, script.encode("utf-8"))
+            status = self._run_script(phase, script_path, pairs)
+        except ConnectionLost as err:
+            running = max((i for i, _ in self._lines), default=1) or 1
+            index = numbers[min(running, len(numbers)) - 1]
+            raise ActionFailed(
+                index, LOST_STATUS, f"{err}\n{self._left_behind(workdir, phase_plan)}"
+            ) from None
+        except PhaseSetupError as err:
+            self._remove_workdir(workdir)
+            raise ActionFailed(numbers[0], 1, str(err)) from None
+        except BaseException:
+            self._remove_workdir(workdir)
+            raise
+        self._remove_workdir(workdir)
+        return self._records(phase, actions, status, self._lines)
+
+    # -- a phase, step by step ------------------------------------------------------------------
+
+    def credentials(self) -> AwsCredentials:
+        """The AWS credentials for the node's tools, resolved once per build."""
+        if self._credentials is None:
+            if self._no_credentials is not None:
+                raise self._no_credentials  # looked once (the chain may probe the network): don't again
+            try:
+                self._credentials = self.aws.credentials()
+            except AwsError as err:
+                self._no_credentials = err
+                raise
+        return self._credentials
+
+    def _make_workdir(self) -> str:
+        """A private (0700) temporary directory on the node for the phase's script and staged files."""
+        output = self.node.check("mktemp -d -t amidsl.XXXXXXXXXX")
+        # A login shell may print a banner first: the path is the last line.
+        workdir = output.splitlines()[-1].strip() if output else ""
+        if not WORKDIR.fullmatch(workdir):
+            raise NodeConnectionError(f"mktemp on the node gave {workdir!r}, not a temporary directory path")
+        return workdir
+
+    def _phase_plan(self, phase: str, actions: Sequence[tuple[int, Action]]) -> PhasePlan:
+        """The phase as the plan has it when these are all its actions (so the script is identical to
+        `amidsl script --phase P`), else just these actions."""
+        chosen = tuple(action for _, action in actions)
+        for planned in self.plan.phases:
+            if planned.name == phase and planned.actions == chosen:
+                return planned
+        return PhasePlan(phase, chosen)
+
+    def _stage(
+        self, workdir: str, actions: Sequence[Action], values: dict[str, str]
+    ) -> list[tuple[str, str]]:
+        """Upload the phase's staged files; return the environment pairs the script needs."""
+        needs = phase_inputs(actions)
+        pairs: list[tuple[str, str]] = []
+        for staged in needs.staged:
+            remote = f"{workdir}/{staged.env_var.lower()}"
+            self.node.upload(remote, self._staged_content(staged), mode=0o600)
+            pairs.append((staged.env_var, remote))
+        if needs.secrets or needs.optional_secrets:
+            pairs += self._secret_pairs(needs)
+        for value in needs.runtime:
+            if value.setting in values:
+                pairs.append((value.env_var, values[value.setting]))
+        return pairs
+
+    def _staged_content(self, staged: StagedFile) -> bytes:
+        if staged.env_var == PRIVATE_KEY_FILE:
+            # The validated key text from the settings (from its file or inline content).
+            return self.plan.settings.private_key_pem.reveal().encode("ascii")
+        if staged.local_path is None:
+            raise PhaseSetupError(f"no local file for {staged.what}")
+        return Path(staged.local_path).read_bytes()
+
+    def _secret_pairs(self, needs: PhaseInputs) -> list[tuple[str, str]]:
+        try:
+            credentials = self.credentials()
+        except AwsError as err:
+            raise PhaseSetupError(str(err)) from None
+        known = {
+            ACCESS_KEY.env_var: credentials.access_key,
+            SECRET_KEY.env_var: credentials.secret_key.reveal(),
+            SESSION_TOKEN.env_var: credentials.session_token.reveal() if credentials.session_token else None,
+        }
+        pairs = []
+        for secret in needs.secrets + needs.optional_secrets:
+            value = known.get(secret.env_var)
+            if value is None and secret in needs.secrets:
+                raise PhaseSetupError(f"amidsl has no value for {secret.env_var} ({secret.what})")
+            if value is not None:
+                pairs.append((secret.env_var, value))
+        return pairs
+
+    def _run_script(self, phase: str, script_path: str, pairs: list[tuple[str, str]]) -> int:
+        """Run the uploaded script; stream its lines with the running action's prefix."""
+        secrets = self.secrets()
+        current = {"index": 0}
+        lines = self._lines
+
+        def on_line(raw: str) -> None:
+            line = redact(raw, secrets)
+            marker = STEP_MARKER.match(line)
+            if marker and marker["phase"] == phase:
+                current["index"] = int(marker["index"])
+                self.progress(line)
+            else:
+                self.progress(f"    [{phase} {current['index'] or '-'}] {line}")
+            lines.append((current["index"], line))
+
+        command = wrapper_command(script_path, use_sudo=not self.node.is_root)
+        status, _ = self.node.run(command, stdin=env_payload(pairs), on_line=on_line)
+        return status
+
+    def _records(
+        self, phase: str, actions: Sequence[tuple[int, Action]], status: int, lines: list[tuple[int, str]]
+    ) -> list[ActionRecord]:
+        """ActionRecords for the actions that ran; raise ActionFailed naming the failed one."""
+        numbers = [index for index, _ in actions]
+        output_of: dict[int, list[str]] = {}
+        failed_at = None
+        for script_index, line in lines:
+            output_of.setdefault(script_index, []).append(line)
+            failure = FAILED_LINE.match(line)
+            if failure and failure["phase"] == phase:
+                failed_at = int(failure["index"])
+        ran = max((i for i, _ in lines), default=0)
+        if status != 0 and failed_at is None:
+            failed_at = max(ran, 1)  # e.g. sudo refused before the first step
+        records = []
+        for script_index, (index, action) in enumerate(actions, start=1):
+            if failed_at is not None and script_index >= failed_at:
+                break
+            output = "\n".join(output_of.get(script_index, []))
+            records.append(ActionRecord(phase, index, action.description, _command(action), 0, output))
+        if failed_at is None:
+            return records
+        output = output_of.get(failed_at, []) or output_of.get(0, [])
+        if failed_at == 1 and any(hint in line for line in output_of.get(0, []) for hint in SUDO_REFUSED):
+            output = [
+                *output_of[0],
+                f"amidsl: the login user {self.node.target.user!r} must be able to run `sudo -n` without "
+                "a password (NOPASSWD) and without a tty, or log in as root",
+            ]
+        index = numbers[min(failed_at, len(numbers)) - 1]
+        action = actions[min(failed_at, len(numbers)) - 1][1]
+        records.append(
+            ActionRecord(phase, index, action.description, _command(action), status, "\n".join(output))
+        )
+        raise ActionFailed(index, status, "\n".join(output), records)
+
+    def _remove_workdir(self, workdir: str) -> None:
+        """Remove the phase's temporary directory (the staged copies included)."""
+        try:
+            self.node.check(f"rm -rf -- {shlex.quote(workdir)}")
+        except NodeConnectionError:
+            return  # stays listed: removed after a reconnect, or named in the failure
+        self._leftover_dirs.remove(workdir)
+
+    def _left_behind(self, workdir: str, phase_plan: PhasePlan) -> str:
+        staged = phase_inputs(phase_plan.actions).staged
+        if any(s.secret for s in staged):
+            return (
+                f"amidsl: a staged copy of the private key may remain on the node in {workdir} "
+                "(removed on reconnect; otherwise remove it by hand)"
+            )
+        return f"amidsl: the temporary directory {workdir} may remain on the node"
+
+    def _reconnect_if_lost(self) -> None:
+        """After a drop, reconnect so the credentials (and staged copies) can be removed."""
+        try:
+            self.node.check("true")
+        except NodeConnectionError:
+            self.node.reconnect()
+        for workdir in list(self._leftover_dirs):
+            self._remove_workdir(workdir)
+
+
+def _check_supplied(script_plan: Plan, pairs: list[tuple[str, str]]) -> None:
+    """Every input the rendered script checks for at its top is supplied (else fail before running)."""
+    supplied = {name for name, _ in pairs}
+    missing = [f"{name} ({what})" for name, what in runtime_inputs(script_plan) if name not in supplied]
+    if missing:
+        raise PhaseSetupError(f"the script needs {', '.join(missing)}, which amidsl has no value for")
+
+
+def _command(action: Action) -> str:
+    return "\n".join(render_action(action))
+
+
+def _file_name(phase: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", phase)

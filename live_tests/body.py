@@ -1,0 +1,33 @@
+"""The original crate's live test, as one body shared by the real (live_tests/) and offline (tests/live/)
+runs: a group extending the ami server spec with a `test` phase that looks the new image up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from amidsl.actions import Action, AwsCall, CheckResult, RuntimeValue
+from amidsl.crate import server_spec
+from amidsl.plan import Spec, group_spec
+from amidsl.settings import AmiSettings
+
+
+def describe_image_phase(settings: AmiSettings) -> list[Action]:
+    """The image id is in the settings and DescribeImages returns exactly one image for it."""
+    return [
+        AwsCall(
+            "ec2",
+            "DescribeImages",
+            (("ImageIds", (RuntimeValue("image_id", "ami-register"),)),),
+            region=settings.region,
+            result_name="describe_images",
+            description="look the new image up",
+        ),
+        CheckResult("describe_images", "Images", 1, description="exactly one image has the id"),
+    ]
+
+
+def live_test_group(raw_settings: Mapping[str, Any]) -> Spec:
+    """The ami server spec plus the test phase (named like the server spec, so its phase scripts are
+    exactly what `amidsl script` prints for the same settings)."""
+    return group_spec("ami", extends=[server_spec(raw_settings)], phases={"test": describe_image_phase})

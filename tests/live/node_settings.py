@@ -1,0 +1,116 @@
+"""Settings and checks shared by the offline live build tests (the node is the sshd fixture)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from amidsl.bundle import verify_bundle
+
+NODE_PHASES = ("install", "configure", "ami-bundle", "ami-upload", "cleanup")
+BUCKET = "amidsl-offline-bundles"
+ACCOUNT = "123456789012"  # moto's account
+
+
+def aws_client(service: str, endpoint: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAAMIDSLTESTREADER",
+        aws_secret_access_key="reader",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def build_settings(tmp_path: Path, node, fake_tools, credentials, login: str, endpoint: str) -> dict:
+    """[ami] and [live] for one build; every node directory is inside the node's temporary directory."""
+    run = node.root / f"run-{secrets.token_hex(4)}"
+    ami = {
+        "image_name": f"amidsl offline test {secrets.token_hex(4)}",
+        "image_description": "built over SSH on 127.0.0.1",
+        "region": "us-east-1",
+        "user_id": ACCOUNT,
+        "s3_bucket": BUCKET,
+        "s3_path": f"images/{run.name}",
+        "access_key": "AKIAAMIDSLTEST" + secrets.token_hex(3).upper(),
+        "secret_key": "sk/" + secrets.token_urlsafe(30),
+        "session_token": "tok/" + secrets.token_urlsafe(40),
+        "private_key_source": {"local_file": str(credentials.key_path)},
+        "certificate_source": {"local_file": str(credentials.cert_path)},
+        "install_strategy": "none",
+        "install_source": {"local_file": str(fake_tools.zip_path)},
+        "install_dir": f"{run}/ami-tools",
+        "credential_dir": f"{run}/credentials",
+        "destination_dir": f"{run}/bundle",
+        "inherit": False,
+    }
+    live = {
+        "host": "127.0.0.1",
+        "port": node.port,
+        "user": login,
+        "identity_file": str(node.client_key),
+        "known_hosts": str(node.known_hosts),
+        "ssh_config": str(tmp_path / "no-ssh-config"),
+        "endpoint_url": endpoint,
+        "wait_seconds": 30,
+    }
+    return {"ami": ami, "live": live}
+
+
+def write_toml(path: Path, tables: dict) -> Path:
+    lines = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+                lines.append(f"{key} = {{ {inner} }}")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def secret_values(config: dict, credentials) -> list[str]:
+    key_body = [line for line in credentials.key_pem.splitlines() if "PRIVATE KEY" not in line]
+    return [config["ami"]["secret_key"], config["ami"]["session_token"], *key_body]
+
+
+def assert_no_secret(texts: list[str], secret_list: list[str]) -> None:
+    for text in texts:
+        for secret in secret_list:
+            assert secret not in text
+
+
+def download_and_verify(endpoint: str, settings, into: Path):
+    """Fetch the bundle from the server's S3 and verify it: signature, part list and digests."""
+    s3 = aws_client("s3", endpoint)
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{settings.s3_path}/")
+    names = sorted(obj["Key"] for obj in listed.get("Contents", []))
+    for key in names:
+        (into / key.rsplit("/", 1)[-1]).write_bytes(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    manifest = verify_bundle(into / f"{settings.prefix}.manifest.xml", settings.certificate_pem)
+    return names, manifest
+
+
+def no_credentials_in(credential_dir: str) -> bool:
+    """The credential directory is gone, or empty (what the on-error removal leaves for a resume)."""
+    path = Path(credential_dir)
+    return not path.exists() or not any(path.iterdir())
+
+
+def node_has_no_credentials(node, settings, key_pem: str) -> None:
+    assert not Path(settings.credential_dir).exists()
+    assert not Path(settings.install_dir).exists()
+    leftovers = list(Path("/tmp").glob("amidsl.*"))
+    body = key_pem.splitlines()[1]
+    for path in [*node.root.rglob("*"), *(p for d in leftovers for p in Path(d).rglob("*"))]:
+        if path.is_file() and not path.is_symlink():
+            assert body not in path.read_text(errors="replace"), f"key material left in {path}"
+    assert leftovers == [], f"temporary directories left on the node: {leftovers}"

@@ -1,0 +1,117 @@
+"""AWS on boto3: generic calls, the common failures explained, and the checks of `validate --live`."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.stub import Stubber
+
+from amidsl.actions import AwsCall
+from amidsl.crate import ami_register
+from amidsl.live.aws import Aws, AwsError, check_aws_side, snake_case
+from amidsl.live.settings import LiveSettings
+from amidsl.settings import SettingsError, resolve
+from tests.live.node_settings import ACCOUNT, BUCKET, aws_client
+
+
+@pytest.fixture
+def settings(raw_settings):
+    keys = {"access_key": "AKIAIOSFODNN7EXAMPLE", "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+    return resolve(raw_settings | keys | {"region": "us-east-1", "user_id": ACCOUNT, "s3_bucket": BUCKET})
+
+
+def stubbed(settings, service: str) -> tuple[Aws, Stubber]:
+    """An Aws whose client for `service` answers from a botocore Stubber (no network at all)."""
+    aws = Aws(settings, LiveSettings())
+    stubber = Stubber(aws.client(service))
+    stubber.activate()
+    return aws, stubber
+
+
+def test_operation_names_become_boto3_methods():
+    assert snake_case("RegisterImage") == "register_image"
+    assert snake_case("GetBucketLocation") == "get_bucket_location"
+    assert snake_case("DescribeImages") == "describe_images"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("InvalidAMIName.Duplicate", "an image named 'web-server-2026-11' already exists in this account"),
+        ("AccessDenied", "give the credentials (access_key / [live] profile) permission for RegisterImage"),
+        ("UnauthorizedOperation", "the credentials are not allowed to call RegisterImage"),
+        (
+            "ExpiredToken",
+            "the session token has expired (ExpiredToken). Fix: renew the temporary credentials",
+        ),
+        ("InvalidManifest", "check that ami-upload finished and that the bucket is in us-east-1"),
+    ],
+)
+def test_register_image_failures_are_explained_with_the_fix(settings, code, expected):
+    aws, stubber = stubbed(settings, "ec2")
+    stubber.add_client_error("register_image", service_error_code=code, service_message="refused")
+    action, _ = ami_register(settings)
+    assert isinstance(action, AwsCall)
+    with pytest.raises(AwsError) as caught:
+        aws.call_action(action, dict(action.params))
+    assert expected in str(caught.value)
+    assert "wJalrXUtnFEMI" not in str(caught.value)
+
+
+def test_a_bucket_in_another_region_is_explained(settings):
+    aws, stubber = stubbed(settings, "s3")
+    stubber.add_client_error("get_bucket_location", service_error_code="PermanentRedirect")
+    with pytest.raises(
+        AwsError, match=r"the bucket 'amidsl-offline-bundles' is in another region than us-east-1"
+    ):
+        aws.call("s3", "GetBucketLocation", {"Bucket": BUCKET})
+
+
+def test_register_image_waits_until_the_image_is_available(settings):
+    aws, stubber = stubbed(settings, "ec2")
+    stubber.add_response("register_image", {"ImageId": "ami-0123456789abcdef0"})
+    stubber.add_response(
+        "describe_images", {"Images": [{"ImageId": "ami-0123456789abcdef0", "State": "available"}]}
+    )
+    action, _ = ami_register(settings)
+    assert aws.call_action(action, dict(action.params)) == {"ImageId": "ami-0123456789abcdef0"}
+    stubber.assert_no_pending_responses()
+
+
+def test_the_node_gets_the_session_credentials(settings, raw_settings):
+    token = resolve(
+        raw_settings
+        | {
+            "access_key": "ASIAIOSFODNN7EXAMPLE",
+            "secret_key": "secret-value-1",
+            "session_token": "token-value-1",
+        }
+    )
+    credentials = Aws(token, LiveSettings()).credentials()
+    assert credentials.access_key == "ASIAIOSFODNN7EXAMPLE"
+    assert (credentials.secret_key.reveal(), credentials.session_token.reveal()) == (
+        "secret-value-1",
+        "token-value-1",
+    )
+    assert "secret-value-1" not in repr(credentials)
+
+
+def test_validate_live_checks_credentials_bucket_region_and_name(settings, aws_endpoint, bucket):
+    live = LiveSettings(endpoint_url=aws_endpoint)
+    checked = check_aws_side(settings, Aws(settings, live))
+    assert checked[1:] == [
+        f"bucket {BUCKET} exists in us-east-1",
+        "image name 'web-server-2026-11' is free in us-east-1",
+    ]
+    aws_client("s3", aws_endpoint).create_bucket(
+        Bucket="amidsl-dublin-bundles", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    aws_client("ec2", aws_endpoint).register_image(Name="taken-name")
+    wrong = settings.with_values(
+        s3_bucket="amidsl-dublin-bundles", image_name="taken-name", user_id="210987654321"
+    )
+    with pytest.raises(SettingsError) as caught:
+        check_aws_side(wrong, Aws(wrong, live))
+    shown = [str(p) for p in caught.value.problems]
+    assert shown[0].startswith("user_id: '210987654321' is not the account of the credentials (123456789012)")
+    assert "bucket 'amidsl-dublin-bundles' is in eu-west-1, not in us-east-1" in shown[1]
+    assert shown[2].startswith("image_name: 'taken-name' is already the name of ami-")
