@@ -6,25 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from amidsl.actions import Action, AwsCall, CheckResult, RuntimeValue
 from amidsl.crate import server_spec
 from amidsl.plan import Spec, group_spec
-from amidsl.settings import AmiSettings
-
-
-def describe_image_phase(settings: AmiSettings) -> list[Action]:
-    """The image id is in the settings and DescribeImages returns exactly one image for it."""
-    return [
-        AwsCall(
-            "ec2",
-            "DescribeImages",
-            (("ImageIds", (RuntimeValue("image_id", "ami-register"),)),),
-            region=settings.region,
-            result_name="describe_images",
-            description="look the new image up",
-        ),
-        CheckResult("describe_images", "Images", 1, description="exactly one image has the id"),
-    ]
+from amidsl.testing import describe_image_phase
 
 
 def live_test_group(raw_settings: Mapping[str, Any]) -> Spec:

@@ -9,22 +9,11 @@ import sys
 from pathlib import Path
 
 from amidsl.example import example_config_path
+from tests.live.node_settings import write_toml
 
 
 def amidsl(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "amidsl", *args], capture_output=True, text=True, cwd=cwd)
-
-
-def write_config(path, raw: dict) -> str:
-    lines = ["[ami]"]
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
-            lines.append(f"{key} = {{ {inner} }}")
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
 
 
 def test_help_lists_every_command():
@@ -62,7 +51,7 @@ def test_script_to_a_file(tmp_path):
 
 
 def test_validate_good_settings(tmp_path, raw_settings):
-    run = amidsl("validate", "--config", write_config(tmp_path / "ami.toml", raw_settings))
+    run = amidsl("validate", "--config", str(write_toml(tmp_path / "ami.toml", {"ami": raw_settings})))
     assert run.returncode == 0
     assert run.stdout.startswith("settings OK: image 'web-server-2026-11' (x86_64) in eu-west-1")
 
@@ -73,7 +62,7 @@ def test_bad_config_lists_every_problem_and_exits_2_without_traceback(tmp_path, 
         "user_id": "AKIAEXAMPLEEXAMPLE12",
         "secret_key": "hush-hush",
     }
-    config = write_config(tmp_path / "ami.toml", raw)
+    config = str(write_toml(tmp_path / "ami.toml", {"ami": raw}))
     for command in ("plan", "script", "validate"):
         run = amidsl(command, "--config", config)
         assert run.returncode == 2

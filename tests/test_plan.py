@@ -5,24 +5,10 @@ from __future__ import annotations
 import pytest
 
 from amidsl import crate
-from amidsl.actions import AwsCall, CheckResult, RuntimeValue
+from amidsl.actions import AwsCall, CheckResult
 from amidsl.plan import build_plan, group_spec
 from amidsl.settings import SettingsError
-
-
-def describe_images_test_phase(settings):
-    """The original crate's live test phase: the new image is known to DescribeImages, exactly once."""
-    return [
-        AwsCall(
-            "ec2",
-            "DescribeImages",
-            (("ImageIds", (RuntimeValue("image_id", "ami-register"),)),),
-            region=settings.region,
-            result_name="describe_images",
-            description="look the new image up",
-        ),
-        CheckResult("describe_images", "Images", 1, description="exactly one image has the id"),
-    ]
+from amidsl.testing import describe_image_phase
 
 
 def test_plan_runs_all_ami_phases_in_order(raw_settings):
@@ -43,7 +29,7 @@ def test_unknown_phase_is_bad_input(raw_settings):
 
 def test_group_spec_adds_a_test_phase_after_the_ami_phases(raw_settings):
     group = group_spec(
-        "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_images_test_phase}
+        "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_image_phase}
     )
     plan = build_plan(group)
     assert [p.name for p in plan.phases][-1] == "test"

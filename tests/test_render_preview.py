@@ -11,7 +11,7 @@ from amidsl import crate
 from amidsl.plan import build_plan, group_spec
 from amidsl.render.preview import SCHEMA, render_json, render_text
 from amidsl.render.shell import render_script
-from tests.test_plan import describe_images_test_phase
+from amidsl.testing import describe_image_phase
 
 
 def test_text_preview_lists_phases_numbered_actions_and_commands(raw_settings):
@@ -31,7 +31,7 @@ def test_text_preview_warns_that_a_ruby_package_stays_in_the_image(raw_settings)
 
 def test_json_preview_follows_the_documented_schema(raw_settings):
     group = group_spec(
-        "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_images_test_phase}
+        "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_image_phase}
     )
     data = json.loads(render_json(build_plan(group)))
     assert data["schema"] == SCHEMA and data["spec"] == "ami"
@@ -77,7 +77,7 @@ def test_no_secret_in_any_preview_script_or_json(raw_settings, credentials, secr
     if inline_key:
         raw["private_key_source"] = {"content": credentials.key_pem}
     plan = build_plan(
-        group_spec("ami", extends=[crate.server_spec(raw)], phases={"test": describe_images_test_phase})
+        group_spec("ami", extends=[crate.server_spec(raw)], phases={"test": describe_image_phase})
     )
     key_body = [line for line in credentials.key_pem.splitlines() if "-----" not in line]
     for output in (render_text(plan), render_json(plan), render_script(plan), repr(plan)):

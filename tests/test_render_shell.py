@@ -18,7 +18,7 @@ from amidsl.example import example_config_path
 from amidsl.plan import build_plan, group_spec
 from amidsl.render.shell import aws_cli_words, render_action, render_script
 from amidsl.settings import load_toml
-from tests.test_plan import describe_images_test_phase
+from amidsl.testing import describe_image_phase
 
 GOLDEN = Path(__file__).parent / "golden" / "script"
 UPDATE = os.environ.get("AMIDSL_UPDATE_GOLDEN") == "1"
@@ -29,7 +29,7 @@ def example_spec():
 
 
 def example_group():
-    return group_spec("ami", extends=[example_spec()], phases={"test": describe_images_test_phase})
+    return group_spec("ami", extends=[example_spec()], phases={"test": describe_image_phase})
 
 
 @pytest.mark.parametrize("phase", [*crate.PHASE_FUNCTIONS, "test"])
@@ -205,4 +205,4 @@ def test_awkward_values_reach_programs_exactly(
 
 
 def example_group_for(raw):
-    return group_spec("ami", extends=[crate.server_spec(raw)], phases={"test": describe_images_test_phase})
+    return group_spec("ami", extends=[crate.server_spec(raw)], phases={"test": describe_image_phase})

@@ -8,7 +8,7 @@ from amidsl import crate
 from amidsl.actions import Remove
 from amidsl.plan import build_plan, group_spec
 from amidsl.runner import ActionFailed, ActionRecord, BuildError, run_plan
-from tests.test_plan import describe_images_test_phase
+from amidsl.testing import describe_image_phase
 
 
 class ScriptedBackend:
@@ -42,9 +42,7 @@ class ScriptedBackend:
 
 def plan_with_test_phase(raw_settings):
     return build_plan(
-        group_spec(
-            "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_images_test_phase}
-        )
+        group_spec("ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_image_phase})
     )
 
 
@@ -101,7 +99,7 @@ def test_a_rejected_api_call_fails_its_action(raw_settings):
 
 def test_a_later_phase_alone_needs_the_image_id_from_the_settings(raw_settings):
     group = group_spec(
-        "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_images_test_phase}
+        "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_image_phase}
     )
     with pytest.raises(BuildError, match="image_id is not known yet: run the ami-register phase first"):
         run_plan(build_plan(group, phases=["test"]), ScriptedBackend())
