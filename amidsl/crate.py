@@ -311,3 +311,21 @@ PHASE_FUNCTIONS = {
 def server_spec(settings: Mapping[str, Any]) -> Spec:
     """The ami phases as a spec, carrying the settings they are built from."""
     return Spec("ami", {name: (fn,) for name, fn in PHASE_FUNCTIONS.items()}, settings=settings)
+
+
+# The crate's orchestration entry points. They run live (SSH and boto3), so they live in amidsl.live.build;
+# these names keep the crate's API in one place. simulator.orchestrate has the simulated counterparts.
+
+
+def make_ami(group: Spec, settings: Mapping[str, Any] | None = None, **options: Any) -> str:
+    """Launch a node for the group, build the image on it, terminate it; return the AMI id."""
+    from amidsl.live.build import make_ami as make_ami_live
+
+    return make_ami_live(group, settings, **options)
+
+
+def make_ami_from_group_node(group_name: str, settings: Mapping[str, Any], **options: Any) -> Any:
+    """Build the image on a running node of the group (all phases, cleanup included)."""
+    from amidsl.live.build import make_ami_from_group_node as from_group_node_live
+
+    return from_group_node_live(group_name, settings, **options)

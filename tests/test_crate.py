@@ -195,3 +195,20 @@ def test_the_private_key_never_enters_a_plan(raw_settings, credentials):
             assert body not in repr(step)
             if isinstance(step, RemoteFile) and step.secret:
                 assert step.content is None
+
+
+def test_crate_make_ami_entry_points_run_the_live_orchestration(monkeypatch, raw_settings):
+    import amidsl.live.build as live_build
+
+    calls = []
+    monkeypatch.setattr(live_build, "make_ami", lambda *a, **k: calls.append(("make_ami", a, k)) or "ami-1")
+    monkeypatch.setattr(
+        live_build, "make_ami_from_group_node", lambda *a, **k: calls.append(("group", a, k)) or "result"
+    )
+    spec = crate.server_spec(raw_settings)
+    assert crate.make_ami(spec, raw_settings, on_error="abort") == "ami-1"
+    assert crate.make_ami_from_group_node("web", raw_settings) == "result"
+    assert calls == [
+        ("make_ami", (spec, raw_settings), {"on_error": "abort"}),
+        ("group", ("web", raw_settings), {}),
+    ]
