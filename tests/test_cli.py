@@ -19,7 +19,17 @@ def amidsl(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_lists_every_command():
     run = amidsl("--help")
     assert run.returncode == 0
-    for command in ("plan", "script", "validate"):
+    for command in (
+        "plan",
+        "script",
+        "validate",
+        "simulate",
+        "build",
+        "bundle-image",
+        "verify-bundle",
+        "unbundle",
+        "image-ls",
+    ):
         assert f"\n  {command} " in run.stdout
 
 
