@@ -1,46 +1,43 @@
-"""make_ami and make_ami_from_group_node, simulated: the crate's orchestration on a FakeRegion."""
+"""make_ami and make_ami_from_group_node, simulated: the live orchestration (amidsl.live.build) with the
+fake region as AWS and the simulator as the way a plan runs on an instance."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from amidsl.plan import Spec
-from amidsl.runner import BuildError
+from amidsl.live import build as live_build
+from amidsl.live.settings import GROUP_TAG, LiveSettings
+from amidsl.plan import Plan, Spec
+from amidsl.runner import BuildResult
 from simulator.executor import simulate
 from simulator.region import FakeRegion
 
-GROUP_TAG = "amidsl:group"
-# make_ami builds on a fresh node and terminates it, so it skips cleanup, as the crate's make-ami did.
-MAKE_AMI_PHASES = ("install", "configure", "ami-bundle", "ami-upload", "ami-register")
+__all__ = ["GROUP_TAG", "launch_node", "make_ami", "make_ami_from_group_node"]
+
+# What make_ami launches in the fake region (moto records the instance; the region makes a FakeNode).
+SIMULATED_LAUNCH = LiveSettings(
+    image_id="ami-0a1b2c3d", instance_type="t3.small", key_name="amidsl-simulated"
+)
 
 
-def launch_node(
-    region: FakeRegion, group: str, image_id: str = "ami-0a1b2c3d", instance_type: str = "t3.small"
-) -> str:
+def _on_fake_node(region: FakeRegion) -> live_build.BuildOnInstance:
+    """Run a plan on the FakeNode behind an instance of the region."""
+
+    def build(
+        instance: Mapping[str, Any], plan: Plan, on_error: str, progress: Callable[[str], None]
+    ) -> BuildResult:
+        node = region.node(instance["InstanceId"])
+        simulation = simulate(plan, node=node, region=region, on_error=on_error, progress=progress)
+        assert simulation.result is not None  # simulate raises BuildError otherwise
+        return simulation.result
+
+    return build
+
+
+def launch_node(region: FakeRegion, group: str) -> str:
     """Start one instance tagged with the group, as make_ami does; return its id."""
-    reservation = region.call(
-        "ec2",
-        "RunInstances",
-        {
-            "ImageId": image_id,
-            "InstanceType": instance_type,
-            "MinCount": 1,
-            "MaxCount": 1,
-            "TagSpecifications": [{"ResourceType": "instance", "Tags": [{"Key": GROUP_TAG, "Value": group}]}],
-        },
-    )
-    return reservation["Instances"][0]["InstanceId"]
-
-
-def group_instances(region: FakeRegion, group: str) -> list[str]:
-    """Running instances tagged with the group."""
-    found = region.ec2.describe_instances(
-        Filters=[
-            {"Name": f"tag:{GROUP_TAG}", "Values": [group]},
-            {"Name": "instance-state-name", "Values": ["running"]},
-        ]
-    )
-    return [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
+    return live_build.launch_node(SIMULATED_LAUNCH, group, region)
 
 
 def make_ami(
@@ -50,35 +47,27 @@ def make_ami(
     on_error: str = "cleanup",
 ) -> str:
     """Launch a node for the spec's group, build the image on it, terminate it; return the AMI id."""
-    instance_id = launch_node(region, spec.name)
-    progress(f"launched {instance_id} for group {spec.name}")
-
-    def terminate() -> None:
-        region.call("ec2", "TerminateInstances", {"InstanceIds": [instance_id]})
-        progress(f"terminated {instance_id}")
-
-    try:
-        node = region.node(instance_id)
-        simulation = simulate(
-            spec, MAKE_AMI_PHASES, node=node, region=region, progress=progress, on_error=on_error
-        )
-    except BuildError:
-        if on_error == "cleanup":  # "abort" leaves the node running for debugging
-            terminate()
-        raise
-    terminate()
-    assert simulation.image_id is not None
-    return simulation.image_id
+    return live_build.make_ami(
+        spec,
+        live=SIMULATED_LAUNCH,
+        aws=region,  # the fake region answers the same call(service, operation, params)
+        on_error=on_error,
+        progress=progress,
+        build_on_instance=_on_fake_node(region),
+    )
 
 
 def make_ami_from_group_node(
     spec: Spec, region: FakeRegion, progress: Callable[[str], None] = lambda line: None
 ) -> str:
     """Build on a running node of the spec's group, every phase including cleanup; return the AMI id."""
-    instances = group_instances(region, spec.name)
-    if not instances:
-        raise LookupError(f"no running node of group {spec.name!r} (tag {GROUP_TAG}={spec.name})")
-    progress(f"building on {instances[0]} of group {spec.name}")
-    simulation = simulate(spec, node=region.node(instances[0]), region=region, progress=progress)
-    assert simulation.image_id is not None
-    return simulation.image_id
+    result = live_build.make_ami_from_group_node(
+        spec.name,
+        spec.settings or {},
+        spec=spec,
+        aws=region,
+        progress=progress,
+        build_on_instance=_on_fake_node(region),
+    )
+    assert result.image_id is not None
+    return result.image_id

@@ -23,6 +23,9 @@ from amidsl.runner import BuildError, BuildResult, run_plan
 from amidsl.settings import AmiSettings
 
 Progress = Callable[[str], None]
+# Runs a plan on an instance: the live default waits for it and runs over SSH; the simulator passes its
+# own, so that one orchestration serves both.
+BuildOnInstance = Callable[[Mapping[str, Any], Plan, str, Progress], BuildResult]
 DEFAULT_LIVE = LiveSettings()
 SSH_POLL_SECONDS = 5
 
@@ -76,7 +79,7 @@ def build_on_host(
     return run_on_node(plan, host, live, **options)
 
 
-def find_group_node(group_name: str, aws: Aws) -> dict[str, Any]:
+def find_group_node(group_name: str, aws: Aws, region: str) -> dict[str, Any]:
     """A running instance tagged with the group (the oldest, if several)."""
     found = aws.call(
         "ec2",
@@ -91,7 +94,7 @@ def find_group_node(group_name: str, aws: Aws) -> dict[str, Any]:
     instances = [i for r in found.get("Reservations", []) for i in r.get("Instances", [])]
     if not instances:
         raise AwsError(
-            f"no running node of group {group_name!r} in {aws.settings.region}",
+            f"no running node of group {group_name!r} in {region}",
             f"start one tagged {GROUP_TAG}={group_name}, or use --launch / --host",
         )
     return sorted(instances, key=lambda i: (str(i.get("LaunchTime", "")), i["InstanceId"]))[0]
@@ -118,13 +121,17 @@ def make_ami_from_group_node(
     phases: Iterable[str] | None = None,
     aws: Aws | None = None,
     address_of: Callable[[Mapping[str, Any]], str] = node_address,
+    build_on_instance: BuildOnInstance | None = None,
     **options: Any,
 ) -> BuildResult:
     """Find a running node of the group by its tag and run all phases (cleanup included) on it."""
     plan = build_plan(spec or server_spec(settings), settings, phases=phases)
     aws = aws or Aws(plan.settings, live)
-    instance = find_group_node(group_name, aws)
-    options.get("progress", _no_progress)(f"node {instance['InstanceId']} of group {group_name}")
+    instance = find_group_node(group_name, aws, plan.settings.region)
+    progress = options.get("progress", _no_progress)
+    progress(f"node {instance['InstanceId']} of group {group_name}")
+    if build_on_instance is not None:
+        return build_on_instance(instance, plan, options.get("on_error", "cleanup"), progress)
     return run_on_node(plan, address_of(instance), live, aws=aws, **options)
 
 
@@ -204,6 +211,7 @@ def make_ami(
     aws: Aws | None = None,
     progress: Progress = _no_progress,
     address_of: Callable[[Mapping[str, Any]], str] = node_address,
+    build_on_instance: BuildOnInstance | None = None,
     **options: Any,
 ) -> str:
     """Launch a node for the group, build the image on it, terminate it; return the AMI id.
@@ -218,11 +226,14 @@ def make_ami(
     progress(f"launched {instance_id} for group {group_name}")
     host = instance_id  # until its address is known
     try:
-        instance = wait_for_node(instance_id, aws, live)
-        host = address_of(instance)
-        port = live.port or resolve_target(host, live).port
-        wait_for_ssh(host, port, live.wait_seconds, progress)
-        result = run_on_node(plan, host, live, aws=aws, on_error=on_error, progress=progress, **options)
+        if build_on_instance is not None:
+            result = build_on_instance({"InstanceId": instance_id}, plan, on_error, progress)
+        else:
+            instance = wait_for_node(instance_id, aws, live)
+            host = address_of(instance)
+            port = live.port or resolve_target(host, live).port
+            wait_for_ssh(host, port, live.wait_seconds, progress)
+            result = run_on_node(plan, host, live, aws=aws, on_error=on_error, progress=progress, **options)
     except BuildError as err:
         if on_error == "cleanup":
             terminate_node(instance_id, aws)

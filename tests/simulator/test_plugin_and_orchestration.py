@@ -6,6 +6,7 @@ import pytest
 
 from amidsl.actions import Exec
 from amidsl.crate import server_spec
+from amidsl.live.aws import AwsError
 from amidsl.plan import group_spec
 from amidsl.runner import BuildError
 from simulator.orchestrate import GROUP_TAG, launch_node, make_ami, make_ami_from_group_node
@@ -58,5 +59,5 @@ def test_make_ami_from_a_running_group_node(region, example_settings):
 
 
 def test_make_ami_from_group_node_needs_a_running_node(region, example_settings):
-    with pytest.raises(LookupError, match="no running node of group 'db'"):
+    with pytest.raises(AwsError, match="no running node of group 'db' in us-east-1"):
         make_ami_from_group_node(group_spec("db", extends=[server_spec(example_settings)]), region)
