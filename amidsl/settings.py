@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,8 @@ PROTECTED_DIRS = frozenset(
 )
 
 REQUIRED = ("image_name", "region", "user_id", "s3_bucket", "private_key_source", "certificate_source")
-SECRET_KEYS = frozenset({"secret_key", "session_token"})
+# Settings whose values no message shows (access_key too: a wrong value there may be the secret key).
+SECRET_KEYS = frozenset({"secret_key", "session_token", "access_key"})
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,7 @@ class _Checker:
         normal = os.path.normpath(value)
         if normal.startswith("//"):
             normal = normal[1:]
-        if normal != value.rstrip("/") or "/../" in f"{value}/":
+        if normal != (value.rstrip("/") or "/") or "/../" in f"{value}/":
             self.problem(
                 name,
                 f"{value!r} is not a normalised path",
@@ -374,6 +376,38 @@ class _Checker:
             return Source(local_file=os.path.expanduser(raw))
         return Source(**{kind: raw})
 
+    def check_url(self, name: str, url: str) -> None:
+        """An http(s) URL that curl takes as a URL (never as an option)."""
+        if not re.fullmatch(r"https?://[^\s'\"]+", url):
+            self.problem(
+                name, f"{url!r} is not an http(s) URL", f"use an https:// URL such as {AMI_TOOLS_URL!r}"
+            )
+
+    def check_tools_archive(self, source: Source) -> None:
+        """The ami-tools archive: a URL, or a readable zip file on the controller."""
+        if source.content is not None:
+            self.problem(
+                "install_source",
+                "content is not supported for the tools archive",
+                "give {url = ...} or {local_file = ...}",
+            )
+        elif source.url is not None and source.url != AMI_TOOLS_URL:
+            self.check_url("install_source", source.url)
+        elif source.local_file is not None:
+            path = Path(source.local_file)
+            if not path.is_file() or not os.access(path, os.R_OK):
+                self.problem(
+                    "install_source",
+                    f"local_file {source.local_file!r} is not a readable file",
+                    "point local_file at the ec2-ami-tools zip you downloaded",
+                )
+            elif not zipfile.is_zipfile(path):
+                self.problem(
+                    "install_source",
+                    f"local_file {source.local_file!r} is not a zip archive",
+                    "give the ec2-ami-tools .zip as Amazon publishes it",
+                )
+
     def read_source(self, name: str, source: Source | None) -> str | None:
         """The text of a credential source, or None with a problem recorded."""
         if source is None:
@@ -442,10 +476,11 @@ class _Checker:
         credential_dir = self.owned_dir("credential_dir", f"{install_dir}/credentials")
         destination_dir = self.node_path("destination_dir", "/tmp") or "/tmp"
         self.comma_free("destination_dir", destination_dir)
-        if destination_dir == "/":
+        if destination_dir in PROTECTED_DIRS:
+            # The image always excludes destination_dir: a system directory would be missing from it.
             self.problem(
                 "destination_dir",
-                "'/' would exclude the whole volume from the image",
+                f"{destination_dir!r} is a system directory; the image excludes destination_dir",
                 "use a scratch directory such as /tmp or /mnt",
             )
         private_key_path = self.node_path("private_key_path", f"{credential_dir}/pk")
@@ -468,17 +503,9 @@ class _Checker:
                 f"use a version such as {DEFAULT_RUBY_VERSION!r}",
             )
         ami_tools_url = self.text("ami_tools_url", AMI_TOOLS_URL) or AMI_TOOLS_URL
-        if not re.fullmatch(r"https?://[^\s'\"]+", ami_tools_url):
-            self.problem(
-                "ami_tools_url", f"{ami_tools_url!r} is not an http(s) URL", f"use {AMI_TOOLS_URL!r}"
-            )
+        self.check_url("ami_tools_url", ami_tools_url)
         install_source = self.source("install_source", allow_url=True) or Source(url=ami_tools_url)
-        if install_source.content is not None:
-            self.problem(
-                "install_source",
-                "content is not supported for the tools archive",
-                "give {url = ...} or {local_file = ...}",
-            )
+        self.check_tools_archive(install_source)
 
         prefix = self.text("prefix", "image") or "image"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", prefix):
@@ -616,10 +643,16 @@ class _Checker:
             secrets.append(value or None)
         secret_key, session_token = secrets
         if access_key is not None and not re.fullmatch(r"(AKIA|ASIA)[A-Z0-9]{16}", access_key):
+            # Never echo it: a value here that is no key id may well be the secret key, swapped.
             self.problem(
                 "access_key",
-                f"{access_key!r} is not an AWS access key id",
-                "give the 20-character key id (AKIA... or ASIA...)",
+                f"a {len(access_key)}-character value that is not an AWS access key id"
+                + (
+                    " (it has the length of a secret key: are the two swapped?)"
+                    if len(access_key) == 40
+                    else ""
+                ),
+                "give the 20-character key id (AKIA... or ASIA...) here and the secret in secret_key",
             )
         if (access_key is None) != (secret_key is None):
             missing = "secret_key" if secret_key is None else "access_key"

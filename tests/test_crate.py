@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -56,7 +58,8 @@ def test_install_builds_ruby_with_rbenv_inside_install_dir(raw_settings):
 
 def test_install_from_a_local_archive_is_staged(raw_settings, tmp_path):
     archive = tmp_path / "ec2-ami-tools-1.5.19.zip"
-    archive.write_bytes(b"PK")
+    with zipfile.ZipFile(archive, "w") as tools:
+        tools.writestr("ec2-ami-tools-1.5.19/bin/ec2-bundle-vol", "#!/bin/bash\n")
     steps = crate.install(resolve(raw_settings | {"install_source": {"local_file": str(archive)}}))
     remote = only(steps, RemoteDirectory)
     assert remote.url is None and remote.staged.local_path == str(archive)

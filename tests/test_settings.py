@@ -271,6 +271,30 @@ def test_relative_and_unnormalised_paths(raw_settings):
     assert "is not a normalised path" in message and "'/opt/tools'" in message
 
 
+@pytest.mark.parametrize("directory", ["/", "/etc", "/home", "/usr", "/var"])
+def test_destination_dir_cannot_be_a_system_directory(raw_settings, directory):
+    message = the_problem(raw_settings | {"destination_dir": directory}, "destination_dir")
+    assert "is a system directory; the image excludes destination_dir" in message
+
+
+def test_swapped_aws_keys_never_show_the_secret(raw_settings):
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    raw = raw_settings | {"access_key": secret, "secret_key": "AKIAEXAMPLEEXAMPLE12"}
+    message = the_problem(raw, "access_key")
+    assert secret not in message and "are the two swapped?" in message
+
+
+def test_tools_archive_must_be_a_readable_zip_or_an_http_url(raw_settings, tmp_path):
+    missing = {"install_source": {"local_file": str(tmp_path / "gone.zip")}}
+    assert "is not a readable file" in the_problem(raw_settings | missing, "install_source")
+    (tmp_path / "tools.zip").write_text("not a zip")
+    not_zip = {"install_source": {"local_file": str(tmp_path / "tools.zip")}}
+    assert "is not a zip archive" in the_problem(raw_settings | not_zip, "install_source")
+    for url in ("ftp://example.com/tools.zip", "-o/etc/passwd"):
+        message = the_problem(raw_settings | {"install_source": {"url": url}}, "install_source")
+        assert "is not an http(s) URL" in message
+
+
 def test_manifest_path_must_be_where_the_tool_writes_it(raw_settings):
     message = the_problem(raw_settings | {"manifest_path": "/srv/m.xml"}, "manifest_path")
     assert "'/tmp/image.manifest.xml'" in message
