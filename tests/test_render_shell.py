@@ -82,13 +82,6 @@ def test_failing_action_names_phase_and_action(tmp_path):
     assert "amidsl: FAILED in phase boom action 1 (a step that fails) (exit 1)" in run.stderr
 
 
-def test_unknown_phase_argument_fails(tmp_path):
-    script = tmp_path / "build.sh"
-    script.write_text(render_script(build_plan(example_spec(), phases=["cleanup"])))
-    run = subprocess.run(["bash", str(script), "cleanupp"], capture_output=True, text=True)
-    assert run.returncode != 0 and "unknown phase: cleanupp" in run.stderr
-
-
 # -- every value survives rendering: run the commands with the programs swapped for a recorder ------
 
 # Records its argv (and the ami-tools environment) as: count NUL, then each word NUL-terminated.
@@ -206,3 +199,19 @@ def test_awkward_values_reach_programs_exactly(
 
 def example_group_for(raw):
     return group_spec("ami", extends=[crate.server_spec(raw)], phases={"test": describe_image_phase})
+
+
+def test_a_phase_runs_without_the_inputs_of_other_phases(tmp_path):
+    script = tmp_path / "build.sh"
+    script.write_text(render_script(build_plan(example_spec())))
+    run = subprocess.run(["bash", str(script), "ami-upload"], capture_output=True, text=True, env={})
+    assert "AMIDSL_ACCESS_KEY" in run.stderr  # ami-upload's own input is checked first...
+    assert "AMIDSL_PRIVATE_KEY_FILE" not in run.stderr  # ...and configure's is not asked for
+
+
+def test_an_unknown_phase_stops_the_script_before_any_phase_runs(tmp_path):
+    script = tmp_path / "build.sh"
+    script.write_text(render_script(build_plan(example_spec(), phases=["cleanup"])))
+    run = subprocess.run(["bash", str(script), "cleanup", "cleanupp"], capture_output=True, text=True)
+    assert run.returncode != 0 and "unknown phase: cleanupp" in run.stderr
+    assert "==>" not in run.stdout

@@ -171,11 +171,15 @@ def phase_function_name(phase: str) -> str:
     return name
 
 
-def runtime_inputs(plan: Plan) -> list[tuple[str, str]]:
-    """The environment variables the script needs from its runner: (name, what for), in order."""
-    needed: dict[str, str] = {}
+def phase_inputs(plan: Plan) -> dict[str, list[tuple[str, str]]]:
+    """Per phase, the environment variables it needs from the runner: (name, what for), in order.
+
+    A run-time value that an earlier phase of the plan produces (the image id) is not an input.
+    """
+    inputs: dict[str, list[tuple[str, str]]] = {}
     produced: set[str] = set()
     for phase in plan.phases:
+        needed: dict[str, str] = {}
         for action in phase.actions:
             if isinstance(action, UpdateSettings):
                 produced.update(f"AMIDSL_{setting.upper()}" for setting, _ in action.fields)
@@ -187,7 +191,17 @@ def runtime_inputs(plan: Plan) -> list[tuple[str, str]]:
                     needed.setdefault(ref.env_var, f"path on the node of {ref.what}{source}")
                 elif isinstance(ref, RuntimeValue) and ref.env_var not in produced:
                     needed.setdefault(ref.env_var, f"{ref.setting} from the {ref.produced_by} phase")
-    return list(needed.items())
+        inputs[phase.name] = list(needed.items())
+    return inputs
+
+
+def runtime_inputs(plan: Plan) -> list[tuple[str, str]]:
+    """Every environment variable the script may need from its runner: (name, what for), in order."""
+    merged: dict[str, str] = {}
+    for needed in phase_inputs(plan).values():
+        for name, what in needed:
+            merged.setdefault(name, what)
+    return list(merged.items())
 
 
 def _references(action: Action) -> list[EnvSecret | StagedFile | RuntimeValue]:
@@ -217,8 +231,8 @@ fail() {
 }
 on_error() {
   local status=$?
-  # Subshells inherit the trap (set -E); report once, from the main shell.
-  if [ "$BASH_SUBSHELL" -eq 0 ]; then
+  # Subshells inherit the trap (set -E): report once, from the main shell, and only for an action.
+  if [ "$BASH_SUBSHELL" -eq 0 ] && [ -n "${AMIDSL_STEP:-}" ]; then
     printf 'amidsl: FAILED in phase %s (exit %s)\n' "${AMIDSL_STEP:-?}" "$status" >&2
   fi
 }
@@ -281,11 +295,8 @@ def render_script(plan: Plan) -> str:
         out += ["#", "# Supplied at run time through the environment (never written into this file):"]
         out += [f"#   {name}: {_comment(what)}" for name, what in inputs]
     out += ["", "set -Eeuo pipefail", ""]
-    for name, what in inputs:
-        message = f"set {name} to {what}"
-        out.append(f': "${{{name}:?{_braced_safe(message)}}}"')
     if inputs:
-        out.append("")
+        out += _input_checks(plan)
     out += _PREAMBLE.splitlines()
     if any(isinstance(a, CONTROLLER_ACTIONS) for p in plan.phases for a in p.actions):
         out += ["", *_JSON_HELPERS.splitlines()]
@@ -294,18 +305,27 @@ def render_script(plan: Plan) -> str:
         for warning in phase.warnings:
             out.append(f"# WARNING ({phase.name}): {_comment(warning)}")
         out += render_phase_function(phase)
+    known = "|".join(phases)
     out += [
         "",
         "main() {",
         '  if [ "$#" -eq 0 ]; then',
         f"    set -- {' '.join(phases)}",
         "  fi",
+        "  local phase",
+        "  # Every phase name is checked before anything runs.",
         '  for phase in "$@"; do',
         '    case "$phase" in',
+        f"      {known}) ;;",
+        f'      *) fail "unknown phase: $phase (phases: {" ".join(phases)})" ;;',
+        "    esac",
+        "  done",
     ]
+    if inputs:
+        out.append('  check_inputs "$@"')
+    out += ['  for phase in "$@"; do', '    case "$phase" in']
     out += [f"      {p}) {phase_function_name(p)} ;;" for p in phases]
     out += [
-        f'      *) fail "unknown phase: $phase (phases: {" ".join(phases)})" ;;',
         "    esac",
         "  done",
         "}",
@@ -314,6 +334,24 @@ def render_script(plan: Plan) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _input_checks(plan: Plan) -> list[str]:
+    """A function, run before any phase, checking the inputs of the phases chosen to run."""
+    lines = [
+        "# The run-time inputs of the chosen phases are checked before any phase runs.",
+        "check_inputs() {",
+        "  local phase",
+        '  for phase in "$@"; do',
+        '    case "$phase" in',
+    ]
+    for phase, needed in phase_inputs(plan).items():
+        if needed:
+            lines.append(f"      {phase})")
+            for name, what in needed:
+                lines.append(f'        : "${{{name}:?{_braced_safe(f"set {name} to {what}")}}}"')
+            lines.append("        ;;")
+    return [*lines, "    esac", "  done", "}", ""]
 
 
 def _comment(value: str) -> str:

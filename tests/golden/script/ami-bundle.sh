@@ -56,8 +56,8 @@ fail() {
 }
 on_error() {
   local status=$?
-  # Subshells inherit the trap (set -E); report once, from the main shell.
-  if [ "$BASH_SUBSHELL" -eq 0 ]; then
+  # Subshells inherit the trap (set -E): report once, from the main shell, and only for an action.
+  if [ "$BASH_SUBSHELL" -eq 0 ] && [ -n "${AMIDSL_STEP:-}" ]; then
     printf 'amidsl: FAILED in phase %s (exit %s)\n' "${AMIDSL_STEP:-?}" "$status" >&2
   fi
 }
@@ -85,10 +85,17 @@ main() {
   if [ "$#" -eq 0 ]; then
     set -- ami-bundle
   fi
+  local phase
+  # Every phase name is checked before anything runs.
+  for phase in "$@"; do
+    case "$phase" in
+      ami-bundle) ;;
+      *) fail "unknown phase: $phase (phases: ami-bundle)" ;;
+    esac
+  done
   for phase in "$@"; do
     case "$phase" in
       ami-bundle) phase_ami_bundle ;;
-      *) fail "unknown phase: $phase (phases: ami-bundle)" ;;
     esac
   done
 }

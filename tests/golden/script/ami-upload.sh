@@ -50,8 +50,18 @@
 
 set -Eeuo pipefail
 
-: "${AMIDSL_ACCESS_KEY:?set AMIDSL_ACCESS_KEY to the AWS access key id (ami-upload)}"
-: "${AMIDSL_SECRET_KEY:?set AMIDSL_SECRET_KEY to the AWS secret access key (ami-upload)}"
+# The run-time inputs of the chosen phases are checked before any phase runs.
+check_inputs() {
+  local phase
+  for phase in "$@"; do
+    case "$phase" in
+      ami-upload)
+        : "${AMIDSL_ACCESS_KEY:?set AMIDSL_ACCESS_KEY to the AWS access key id (ami-upload)}"
+        : "${AMIDSL_SECRET_KEY:?set AMIDSL_SECRET_KEY to the AWS secret access key (ami-upload)}"
+        ;;
+    esac
+  done
+}
 
 step() {
   printf '==> [%s %s] %s\n' "$1" "$2" "$3"
@@ -63,8 +73,8 @@ fail() {
 }
 on_error() {
   local status=$?
-  # Subshells inherit the trap (set -E); report once, from the main shell.
-  if [ "$BASH_SUBSHELL" -eq 0 ]; then
+  # Subshells inherit the trap (set -E): report once, from the main shell, and only for an action.
+  if [ "$BASH_SUBSHELL" -eq 0 ] && [ -n "${AMIDSL_STEP:-}" ]; then
     printf 'amidsl: FAILED in phase %s (exit %s)\n' "${AMIDSL_STEP:-?}" "$status" >&2
   fi
 }
@@ -90,10 +100,18 @@ main() {
   if [ "$#" -eq 0 ]; then
     set -- ami-upload
   fi
+  local phase
+  # Every phase name is checked before anything runs.
+  for phase in "$@"; do
+    case "$phase" in
+      ami-upload) ;;
+      *) fail "unknown phase: $phase (phases: ami-upload)" ;;
+    esac
+  done
+  check_inputs "$@"
   for phase in "$@"; do
     case "$phase" in
       ami-upload) phase_ami_upload ;;
-      *) fail "unknown phase: $phase (phases: ami-upload)" ;;
     esac
   done
 }

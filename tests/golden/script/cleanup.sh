@@ -56,8 +56,8 @@ fail() {
 }
 on_error() {
   local status=$?
-  # Subshells inherit the trap (set -E); report once, from the main shell.
-  if [ "$BASH_SUBSHELL" -eq 0 ]; then
+  # Subshells inherit the trap (set -E): report once, from the main shell, and only for an action.
+  if [ "$BASH_SUBSHELL" -eq 0 ] && [ -n "${AMIDSL_STEP:-}" ]; then
     printf 'amidsl: FAILED in phase %s (exit %s)\n' "${AMIDSL_STEP:-?}" "$status" >&2
   fi
 }
@@ -80,10 +80,17 @@ main() {
   if [ "$#" -eq 0 ]; then
     set -- cleanup
   fi
+  local phase
+  # Every phase name is checked before anything runs.
+  for phase in "$@"; do
+    case "$phase" in
+      cleanup) ;;
+      *) fail "unknown phase: $phase (phases: cleanup)" ;;
+    esac
+  done
   for phase in "$@"; do
     case "$phase" in
       cleanup) phase_cleanup ;;
-      *) fail "unknown phase: $phase (phases: cleanup)" ;;
     esac
   done
 }

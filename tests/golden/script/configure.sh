@@ -49,7 +49,17 @@
 
 set -Eeuo pipefail
 
-: "${AMIDSL_PRIVATE_KEY_FILE:?set AMIDSL_PRIVATE_KEY_FILE to path on the node of the private signing key}"
+# The run-time inputs of the chosen phases are checked before any phase runs.
+check_inputs() {
+  local phase
+  for phase in "$@"; do
+    case "$phase" in
+      configure)
+        : "${AMIDSL_PRIVATE_KEY_FILE:?set AMIDSL_PRIVATE_KEY_FILE to path on the node of the private signing key}"
+        ;;
+    esac
+  done
+}
 
 step() {
   printf '==> [%s %s] %s\n' "$1" "$2" "$3"
@@ -61,8 +71,8 @@ fail() {
 }
 on_error() {
   local status=$?
-  # Subshells inherit the trap (set -E); report once, from the main shell.
-  if [ "$BASH_SUBSHELL" -eq 0 ]; then
+  # Subshells inherit the trap (set -E): report once, from the main shell, and only for an action.
+  if [ "$BASH_SUBSHELL" -eq 0 ] && [ -n "${AMIDSL_STEP:-}" ]; then
     printf 'amidsl: FAILED in phase %s (exit %s)\n' "${AMIDSL_STEP:-?}" "$status" >&2
   fi
 }
@@ -98,10 +108,18 @@ main() {
   if [ "$#" -eq 0 ]; then
     set -- configure
   fi
+  local phase
+  # Every phase name is checked before anything runs.
+  for phase in "$@"; do
+    case "$phase" in
+      configure) ;;
+      *) fail "unknown phase: $phase (phases: configure)" ;;
+    esac
+  done
+  check_inputs "$@"
   for phase in "$@"; do
     case "$phase" in
       configure) phase_configure ;;
-      *) fail "unknown phase: $phase (phases: configure)" ;;
     esac
   done
 }

@@ -56,8 +56,8 @@ fail() {
 }
 on_error() {
   local status=$?
-  # Subshells inherit the trap (set -E); report once, from the main shell.
-  if [ "$BASH_SUBSHELL" -eq 0 ]; then
+  # Subshells inherit the trap (set -E): report once, from the main shell, and only for an action.
+  if [ "$BASH_SUBSHELL" -eq 0 ] && [ -n "${AMIDSL_STEP:-}" ]; then
     printf 'amidsl: FAILED in phase %s (exit %s)\n' "${AMIDSL_STEP:-?}" "$status" >&2
   fi
 }
@@ -105,10 +105,17 @@ main() {
   if [ "$#" -eq 0 ]; then
     set -- install
   fi
+  local phase
+  # Every phase name is checked before anything runs.
+  for phase in "$@"; do
+    case "$phase" in
+      install) ;;
+      *) fail "unknown phase: $phase (phases: install)" ;;
+    esac
+  done
   for phase in "$@"; do
     case "$phase" in
       install) phase_install ;;
-      *) fail "unknown phase: $phase (phases: install)" ;;
     esac
   done
 }
