@@ -21,7 +21,7 @@ from amidsl.actions import (
     Remove,
     UpdateSettings,
 )
-from amidsl.settings import resolve
+from amidsl.settings import PROTECTED_DIRS, resolve
 
 
 def only(items, kind):
@@ -109,11 +109,7 @@ def test_bundle_vol_gets_destination_prefix_batch_and_all_exclusions(raw_setting
 node_dir = (
     st.lists(st.from_regex(r"[a-z0-9_.-]{1,8}", fullmatch=True), min_size=1, max_size=3)
     .map(lambda parts: "/" + "/".join(parts))
-    .filter(
-        lambda p: (
-            ".." not in p.split("/") and "." not in p.split("/") and p not in ("/opt", "/usr", "/var", "/srv")
-        )
-    )
+    .filter(lambda p: ".." not in p.split("/") and "." not in p.split("/") and p not in PROTECTED_DIRS)
 )
 
 

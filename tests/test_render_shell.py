@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -13,7 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amidsl import crate
-from amidsl.actions import AwsCall, EnvSecret, Exec, OptionalArg, RuntimeValue
+from amidsl.actions import (
+    AwsCall,
+    CheckResult,
+    EnvSecret,
+    Exec,
+    OptionalArg,
+    RuntimeValue,
+    StagedFile,
+    UpdateSettings,
+)
+from amidsl.commands import ByPackageManager, Command, Glob, IfMissing, node_steps
 from amidsl.example import example_config_path
 from amidsl.plan import build_plan, group_spec
 from amidsl.render.shell import aws_cli_words, render_action, render_script
@@ -89,9 +100,11 @@ RECORDER = """#!/bin/bash
 { printf '%s\\0' "$(( $# + 3 ))" "$0" "$@" "EC2_AMITOOL_HOME=${EC2_AMITOOL_HOME-}" "PATH=$PATH"; } \\
   >> "$AMIDSL_TEST_RECORD"
 """
-SHELL_RECORDERS = """
-record() { { printf '%s\\0' "$#" "$@"; } >> "$AMIDSL_TEST_RECORD"; }
-for program in aws git mkdir; do eval "$program() { record $program \\"\\$@\\"; }"; done
+# Every program the node commands and API calls use, as a shell function that records its argv.
+RECORDED_PROGRAMS = "aws git mkdir install curl unzip rm mv chown apt-get dnf yum printf"
+SHELL_RECORDERS = f"""
+record() {{ {{ builtin printf '%s\\0' "$#" "$@"; }} >> "$AMIDSL_TEST_RECORD"; }}
+for program in {RECORDED_PROGRAMS}; do eval "$program() {{ record $program \\"\\$@\\"; }}"; done
 """
 
 
@@ -165,13 +178,17 @@ def test_awkward_values_reach_programs_exactly(
         program.write_text(RECORDER)
         program.chmod(0o755)
 
+    Path(s.credential_dir).mkdir(parents=True, exist_ok=True)  # for `printf ... > cert` to land
     env = {
         "AMIDSL_ACCESS_KEY": "AKIAEXAMPLEEXAMPLE12",
         "AMIDSL_SECRET_KEY": secret,
         "AMIDSL_SESSION_TOKEN": token,
         "AMIDSL_IMAGE_ID": "ami-0123456789abcdef0",
+        "AMIDSL_PRIVATE_KEY_FILE": f"{base}/staged key",
     }
-    actions = [a for p in plan.phases for a in p.actions if isinstance(a, Exec | AwsCall)]
+    actions = [a for p in plan.phases for a in p.actions if not isinstance(a, UpdateSettings | CheckResult)]
+    # What bash should run, worked out from the same data before anything runs.
+    expected = [argv for action in actions for argv in expected_argvs(action, env)]
     lines = [SHELL_RECORDERS] + ["\n".join(render_action(a)) for a in actions]
     record = base / "record"
     run = subprocess.run(
@@ -180,21 +197,46 @@ def test_awkward_values_reach_programs_exactly(
         capture_output=True,
     )
     assert run.returncode == 0, run.stderr
-    expected = []
-    for action in actions:
-        if isinstance(action, Exec) and action.creates and Path(action.creates).exists():
-            continue  # skipped as already done: the recorders' own folders stand in for it
-        if isinstance(action, AwsCall):
-            expected.append(resolved(aws_cli_words(action), env))
-        elif "/" in action.argv[0]:  # an executable recorder also reports the tools' environment
-            tool_env = dict(action.env)
-            home = tool_env.get("EC2_AMITOOL_HOME", "")
-            path = tool_env.get("PATH", os.environ["PATH"])
-            expected.append([*resolved(action.argv, env), f"EC2_AMITOOL_HOME={home}", f"PATH={path}"])
-        else:
-            expected.append(resolved(action.argv, env))
     assert read_records(record) == expected
     shutil.rmtree(base)
+
+
+def expected_argvs(action, env: dict[str, str]) -> list[list[str]]:
+    """The argv (plus, for the executable recorders, the tools' environment) each program should get."""
+    if isinstance(action, AwsCall):
+        return [resolved(aws_cli_words(action), env)]
+    found: list[list[str]] = []
+
+    def walk(steps) -> None:
+        for step in steps:
+            if isinstance(step, Command):
+                argv = [expand(word, env) for word in step.argv]
+                argv = [w for word in argv for w in (word if isinstance(word, list) else [word])]
+                if "/" in argv[0]:  # an executable recorder also reports the tools' environment
+                    tool_env = dict(step.env)
+                    home = tool_env.get("EC2_AMITOOL_HOME", "")
+                    path = tool_env.get("PATH", os.environ["PATH"])
+                    argv += [f"EC2_AMITOOL_HOME={home}", f"PATH={path}"]
+                found.append(argv)
+            elif isinstance(step, IfMissing):
+                present = Path(step.path).is_dir() if step.kind == "d" else Path(step.path).exists()
+                if not present:
+                    walk(step.then)
+            elif isinstance(step, ByPackageManager):
+                walk(step.branches[0][1])  # the recorders make apt-get the first one found
+
+    walk(node_steps(action))
+    return found
+
+
+def expand(word, env: dict[str, str]):
+    """What bash makes of one word of a command (a list when it is zero or several words)."""
+    if isinstance(word, StagedFile):
+        return env[word.env_var]
+    if isinstance(word, Glob):
+        pattern = f"{word.directory.rstrip('/')}/{word.pattern}"
+        return sorted(glob.glob(f"{glob.escape(word.directory.rstrip('/'))}/{word.pattern}")) or [pattern]
+    return resolved([word], env)
 
 
 def example_group_for(raw):
