@@ -271,12 +271,17 @@ class Simulation:
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
         return ImageInspection(image_id, manifest, entries, tuple(left_out))
 
+    def discard_downloads(self) -> None:
+        """Delete what inspect_image downloaded and unpacked."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
     def close(self) -> None:
         """End the node and the region and delete every temporary file they used."""
         self.region.close()
         self.node.close()
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.discard_downloads()
 
 
 def prepare(

@@ -11,10 +11,12 @@ Installed with amidsl (entry point `pytest11`), so these fixtures are there in a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
+from amidsl.plan import Plan, Spec
 from simulator.executor import Simulation
 from simulator.executor import simulate as run_simulation
 from simulator.node import FakeNode
@@ -45,10 +47,15 @@ def fake_node() -> Iterator[FakeNode]:
 
 
 @pytest.fixture
-def simulate(fake_node: FakeNode, fake_region: FakeRegion):
+def simulate(fake_node: FakeNode, fake_region: FakeRegion) -> Iterator[Callable[..., Simulation]]:
     """Run a spec (or plan) on the test's fake node and region."""
+    simulations: list[Simulation] = []
 
-    def run(spec, phases=None, **options) -> Simulation:
-        return run_simulation(spec, phases, node=fake_node, region=fake_region, **options)
+    def run(spec: Spec | Plan, phases: Sequence[str] | None = None, **options: Any) -> Simulation:
+        simulation = run_simulation(spec, phases, node=fake_node, region=fake_region, **options)
+        simulations.append(simulation)
+        return simulation
 
-    return run
+    yield run
+    for simulation in simulations:
+        simulation.discard_downloads()

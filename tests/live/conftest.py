@@ -117,9 +117,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     root = Path(tempfile.mkdtemp(prefix="amidsl-node-"))
     root.chmod(0o755)
     records, fakebin, volume = root / "records", root / "bin", root / "volume"
-    for path in (records, fakebin, root / "home", volume / "etc", volume / "srv" / "www"):
+    for path in (records, fakebin, root / "home", root / "tmp", volume / "etc", volume / "srv" / "www"):
         path.mkdir(parents=True)
     records.chmod(0o777)
+    (root / "tmp").chmod(0o1777)  # the node's own /tmp: what the build leaves there is checkable
     (fakebin / "bash").write_text(FAKE_BASH.format(records=records))
     (fakebin / "apt-get").write_text(FAKE_APT_GET.format(records=records))
     (root / "record-command").write_text(RECORD_COMMAND.format(records=records))
@@ -155,7 +156,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                 f"ForceCommand {root / 'record-command'}",
                 # The node's commands find the recording bash and apt-get first; HOME keeps the login
                 # shell off this machine's own ~/.bashrc (the node is a clean machine).
-                f"SetEnv PATH={fakebin}:{SYSTEM_PATH} HOME={root / 'home'}",
+                f"SetEnv PATH={fakebin}:{SYSTEM_PATH} HOME={root / 'home'} TMPDIR={root / 'tmp'}",
                 "LogLevel VERBOSE",
                 "",
             ]

@@ -108,7 +108,7 @@ def no_credentials_in(credential_dir: str) -> bool:
 def node_has_no_credentials(node, settings, key_pem: str) -> None:
     assert not Path(settings.credential_dir).exists()
     assert not Path(settings.install_dir).exists()
-    leftovers = list(Path("/tmp").glob("amidsl.*"))
+    leftovers = list((node.root / "tmp").glob("amidsl.*"))
     body = key_pem.splitlines()[1]
     for path in [*node.root.rglob("*"), *(p for d in leftovers for p in Path(d).rglob("*"))]:
         if path.is_file() and not path.is_symlink():

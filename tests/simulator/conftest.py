@@ -33,8 +33,13 @@ def node():
 def run(node, region):
     """Simulate settings (a dict) on the test's node and region; failures come back, not raised."""
 
+    simulations = []
+
     def go(settings: dict, phases=None, **kwargs):
         kwargs.setdefault("raise_on_failure", False)
-        return simulate(server_spec(settings), phases, node=node, region=region, **kwargs)
+        simulations.append(simulate(server_spec(settings), phases, node=node, region=region, **kwargs))
+        return simulations[-1]
 
-    return go
+    yield go
+    for simulation in simulations:
+        simulation.discard_downloads()
