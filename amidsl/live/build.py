@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from botocore.exceptions import WaiterError
+
 from amidsl.crate import server_spec
 from amidsl.live.aws import Aws, AwsError
 from amidsl.live.node import LiveBackend
@@ -164,13 +166,20 @@ def launch_node(live: LiveSettings, group_name: str, aws: Aws) -> str:
 def wait_for_node(instance_id: str, aws: Aws, live: LiveSettings) -> dict[str, Any]:
     """Wait until the instance runs; return its description."""
     waiter = aws.client("ec2").get_waiter("instance_running")
-    waiter.wait(
-        InstanceIds=[instance_id],
-        WaiterConfig={
-            "Delay": SSH_POLL_SECONDS,
-            "MaxAttempts": max(1, live.wait_seconds // SSH_POLL_SECONDS),
-        },
-    )
+    try:
+        waiter.wait(
+            InstanceIds=[instance_id],
+            WaiterConfig={
+                "Delay": SSH_POLL_SECONDS,
+                "MaxAttempts": max(1, live.wait_seconds // SSH_POLL_SECONDS),
+            },
+        )
+    except WaiterError as err:
+        raise AwsError(
+            f"instance {instance_id} did not reach the running state within {live.wait_seconds} s ({err})",
+            "look at the instance's state reason and console output; raise wait_seconds in [live] for a "
+            "slow image",
+        ) from None
     found = aws.call("ec2", "DescribeInstances", {"InstanceIds": [instance_id]})
     return found["Reservations"][0]["Instances"][0]
 
@@ -194,6 +203,17 @@ def wait_for_ssh(host: str, port: int, seconds: int, progress: Progress = _no_pr
             )
         progress(f"waiting for SSH on {host}:{port}")
         time.sleep(SSH_POLL_SECONDS)
+
+
+def _terminate_after_failure(instance_id: str, aws: Aws, progress: Progress) -> str:
+    """Terminate a launched node after a failure; never let a failing terminate hide the failure."""
+    try:
+        terminate_node(instance_id, aws)
+    except Exception as err:
+        progress(f"could not terminate {instance_id}: {err}")
+        return f"The node {instance_id} could NOT be terminated ({err}): terminate it by hand."
+    progress(f"terminated {instance_id}")
+    return f"The node {instance_id} was terminated."
 
 
 def terminate_node(instance_id: str, aws: Aws) -> None:
@@ -236,9 +256,7 @@ def make_ami(
             result = run_on_node(plan, host, live, aws=aws, on_error=on_error, progress=progress, **options)
     except BuildError as err:
         if on_error == "cleanup":
-            terminate_node(instance_id, aws)
-            progress(f"terminated {instance_id}")
-            note = f"{err.cleanup_note} The node {instance_id} was terminated."
+            note = f"{err.cleanup_note} {_terminate_after_failure(instance_id, aws, progress)}"
             resume = "To retry, fix the cause and run the build again (it launches a new node)."
         else:
             note = f"{err.cleanup_note} The node {instance_id} ({host}) still runs: terminate it when done."
@@ -250,8 +268,7 @@ def make_ami(
         ) from None
     except BaseException:
         if on_error == "cleanup":
-            terminate_node(instance_id, aws)
-            progress(f"terminated {instance_id}")
+            _terminate_after_failure(instance_id, aws, progress)
         raise
     terminate_node(instance_id, aws)
     progress(f"terminated {instance_id}")
