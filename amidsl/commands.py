@@ -125,6 +125,10 @@ def _install(flags: tuple[str, ...], mode: str, owner: str, group: str, *rest: W
 
 def _remote_directory(action: RemoteDirectory) -> tuple[Step, ...]:
     steps: list[Step] = [_install(("-d",), "0755", action.owner, action.group, "--", action.path)]
+    if action.rename_glob is not None and action.rename_to is not None:
+        # A re-run installs the archive's tools afresh, not beside (or under) an earlier copy.
+        target = f"{action.path}/{action.rename_to}"
+        steps.append(Command(("rm", "-rf", "--", target, Glob(action.path, action.rename_glob))))
     if action.url is not None:
         archive = f"{action.path}/.download.zip"
         steps += [

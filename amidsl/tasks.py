@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from invoke import Collection, task
+from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
 from amidsl.bundle.tasks import bundle_image, image_ls, unbundle, verify_bundle
@@ -19,7 +19,13 @@ from simulator.tasks import simulate
     iterable=["phase"],
     help={"config": CONFIG_HELP, "phase": PHASE_HELP, "format": "text or json", "output": OUTPUT_HELP},
 )
-def plan(c, config=None, phase=None, format="text", output=None):
+def plan(
+    c: Context,
+    config: str | None = None,
+    phase: list[str] | None = None,
+    format: str = "text",
+    output: str | None = None,
+) -> None:
     """Preview the plan: each phase's numbered actions and the commands they run."""
     if format not in ("text", "json"):
         raise Exit(f"--format {format!r}: choose text or json", code=BAD_INPUT)
@@ -28,7 +34,9 @@ def plan(c, config=None, phase=None, format="text", output=None):
 
 
 @task(iterable=["phase"], help={"config": CONFIG_HELP, "phase": PHASE_HELP, "output": OUTPUT_HELP})
-def script(c, config=None, phase=None, output=None):
+def script(
+    c: Context, config: str | None = None, phase: list[str] | None = None, output: str | None = None
+) -> None:
     """Render the plan as one reviewable bash script (exactly what a live build runs)."""
     emit(render_script(load_plan(config, phase)), output)
     if output:
@@ -36,7 +44,7 @@ def script(c, config=None, phase=None, output=None):
 
 
 @task(help={"config": CONFIG_HELP, "live": "also check AWS: credentials, bucket and region, image name"})
-def validate(c, config=None, live=False):
+def validate(c: Context, config: str | None = None, live: bool = False) -> None:
     """Check the settings and report every problem (exit status 2 if there are any)."""
     built = load_plan(config, None)
     s = built.settings

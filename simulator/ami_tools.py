@@ -99,7 +99,8 @@ def bundle_vol(ctx: RunContext) -> CommandResult:
     except OSError as err:
         return fail(1, f"ERROR: {err.strerror or err}")
     except (ImageError, BundleError) as err:
-        return fail(1, f"ERROR: {err}")
+        # Say node paths, as the real tool would, not where the simulator keeps the node.
+        return fail(1, f"ERROR: {str(err).replace(str(node.root), '')}")
     finally:
         if node.host_path(image).is_file():
             node.host_path(image).unlink()  # the tool removes its image file once bundled

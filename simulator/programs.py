@@ -11,7 +11,7 @@ import io
 import zipfile
 from collections.abc import Iterable
 
-from simulator.node import CommandResult, Program, RunContext
+from simulator.node import CommandResult, FakeNode, Program, RunContext
 
 # Packages each package manager knows, and the commands they provide.
 PACKAGE_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -47,7 +47,7 @@ def model_script(model: str, body: str = "") -> bytes:
     return f"#!/bin/bash\n# {MODEL_MARKER.decode()}{model}\n{body}".encode()
 
 
-def program_for_file(node, path: str) -> Program | None:
+def program_for_file(node: FakeNode, path: str) -> Program | None:
     """The model an executable node file runs, or None (missing, not executable, no model)."""
     if not node.exists(path) or node.is_dir(path) or not node.mode(path) & 0o111:
         return None
@@ -60,10 +60,12 @@ def program_for_file(node, path: str) -> Program | None:
 
 
 def ok(output: str = "") -> CommandResult:
+    """A successful command's result."""
     return CommandResult(0, output)
 
 
 def fail(status: int, output: str) -> CommandResult:
+    """A failed command's result; its message ends with a newline as a program's would."""
     return CommandResult(status, output if output.endswith("\n") else output + "\n")
 
 
@@ -125,6 +127,7 @@ def install(ctx: RunContext) -> CommandResult:
 
 
 def mkdir(ctx: RunContext) -> CommandResult:
+    """`mkdir [-p] DIR...`."""
     options, operands = split_options(ctx.argv[1:], ())
     for path in operands:
         if options.get("-p"):
@@ -137,6 +140,7 @@ def mkdir(ctx: RunContext) -> CommandResult:
 
 
 def rm(ctx: RunContext) -> CommandResult:
+    """`rm [-f] [-r] PATH...`, refusing a directory without -r as rm does."""
     options, operands = split_options(ctx.argv[1:], ())
     force, recursive = bool(options.get("-f")), bool(options.get("-r") or options.get("-R"))
     for path in operands:
@@ -152,6 +156,7 @@ def rm(ctx: RunContext) -> CommandResult:
 
 
 def mv(ctx: RunContext) -> CommandResult:
+    """`mv SOURCE TARGET` (into TARGET when it is a directory); owners move along."""
     _, operands = split_options(ctx.argv[1:], ())
     if len(operands) != 2:
         return fail(1, "mv: target is not a directory")
@@ -168,6 +173,7 @@ def mv(ctx: RunContext) -> CommandResult:
 
 
 def chown(ctx: RunContext) -> CommandResult:
+    """`chown [-R] USER[:GROUP] PATH...` for users the node has."""
     options, operands = split_options(ctx.argv[1:], ())
     owner, *paths = operands
     user, _, group = owner.partition(":")
@@ -187,6 +193,7 @@ def chown(ctx: RunContext) -> CommandResult:
 
 
 def printf(ctx: RunContext) -> CommandResult:
+    """`printf %s TEXT...`: the only format the plans use."""
     fmt, *args = ctx.argv[1:]
     if fmt != "%s":
         return fail(1, f"printf: the simulator models only the %s format, not {fmt!r}")
@@ -327,6 +334,7 @@ def rbenv(ctx: RunContext) -> CommandResult:
 
 
 def ruby(ctx: RunContext) -> CommandResult:
+    """A Ruby interpreter: the tools need one on PATH; running it alone does nothing here."""
     return ok("ruby (simulated)\n")
 
 

@@ -6,9 +6,10 @@ import json
 import time
 from collections import defaultdict
 
-from invoke import task
+from invoke import Context, task
 from invoke.exceptions import Exit
 
+from amidsl.bundle import ImageEntry
 from amidsl.cli_support import BAD_INPUT, CONFIG_HELP, PHASE_HELP, load_spec
 from amidsl.plan import build_plan
 from amidsl.render.summary import plan_title
@@ -44,7 +45,7 @@ def apply_faults(simulation: Simulation, faults: list[str]) -> None:
             raise Exit(f"--fault {fault!r}: not a fault I know. {FAULT_HELP}", code=BAD_INPUT) from None
 
 
-def files_and_dirs(inspection: ImageInspection) -> list:
+def files_and_dirs(inspection: ImageInspection) -> list[ImageEntry]:
     """The image's entries in path order."""
     return sorted(inspection.entries, key=lambda entry: entry.path)
 
@@ -99,9 +100,19 @@ def as_json(simulation: Simulation, inspection: ImageInspection | None) -> str:
         "payload-mb": "MB of program binaries on the fake node (default 4; larger for benchmarks)",
     },
 )
-def simulate(c, config=None, phase=None, inspect=False, fault=None, json=False, payload_mb=4):
+def simulate(
+    c: Context,
+    config: str | None = None,
+    phase: list[str] | None = None,
+    inspect: bool = False,
+    fault: list[str] | None = None,
+    json: bool = False,
+    payload_mb: int = 4,
+) -> None:
     """Run the build on a fake node and a fake AWS region (offline; nothing outside a temp dir)."""
     started = time.monotonic()
+    if int(payload_mb) < 0:
+        raise Exit(f"--payload-mb {payload_mb}: give a size of 0 MB or more", code=BAD_INPUT)
     try:
         plan = build_plan(load_spec(config), phases=phase or None)
     except SettingsError as err:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from invoke import task
+from invoke import Context, task
 from invoke.exceptions import Exit
 
 from amidsl.crate import server_spec
@@ -85,15 +85,15 @@ def _progress(line: str) -> None:
     },
 )
 def build(
-    c,
-    config=None,
-    host=None,
-    group=None,
-    launch=False,
-    phase=None,
-    on_error="cleanup",
-    trust_new_host_key=False,
-):
+    c: Context,
+    config: str | None = None,
+    host: str | None = None,
+    group: str | None = None,
+    launch: bool = False,
+    phase: list[str] | None = None,
+    on_error: str = "cleanup",
+    trust_new_host_key: bool = False,
+) -> None:
     """Build the AMI on a real node over SSH, calling AWS with boto3."""
     if on_error not in ON_ERROR_POLICIES:
         raise Exit(f"--on-error {on_error!r}: choose cleanup or abort", code=BAD_INPUT)

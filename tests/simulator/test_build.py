@@ -134,3 +134,13 @@ def test_image_bytes_never_hold_the_key_or_certificate(
                 assert line.encode() not in data
     # The bundle is rebuilt next time: clear the node's state between examples.
     run(raw, ["cleanup"])
+
+
+def test_install_runs_again_cleanly(run, example_settings, node):
+    first = run(example_settings, ["install"])
+    second = run(example_settings, ["install"])
+    assert first.error is None and second.error is None
+    assert node.glob("/opt/ami-tools", "ec2-ami-tools*") == ["/opt/ami-tools/ec2-ami-tools"]
+    assert node.exists("/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol")
+    # Ruby is not rebuilt: rbenv's steps find their work done.
+    assert not any(r.output.startswith("Installed ruby") for r in second.transcript)

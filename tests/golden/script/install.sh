@@ -78,6 +78,7 @@ phase_install() {
   fi
   step install 2 'unpack the ec2-ami-tools into the install directory'
   install -d -m 0755 -o root -g root -- /opt/ami-tools
+  rm -rf -- /opt/ami-tools/ec2-ami-tools /opt/ami-tools/ec2-ami-tools-*
   curl -fsSL --retry 3 -o /opt/ami-tools/.download.zip https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
   unzip -q -o /opt/ami-tools/.download.zip -d /opt/ami-tools
   rm -f -- /opt/ami-tools/.download.zip
