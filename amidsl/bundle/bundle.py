@@ -242,6 +242,9 @@ def bundle_image(
         raise BundleError(f"user_id {user_id!r} must be the 12-digit AWS account number")
     if arch not in ARCHITECTURES:
         raise BundleError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    for name, value, kind in (("kernel_id", kernel_id, "aki"), ("ramdisk_id", ramdisk_id, "ari")):
+        if value is not None and not re.fullmatch(rf"{kind}-[0-9a-f]{{8}}([0-9a-f]{{9}})?", value):
+            raise BundleError(f"{name} {value!r} is not an {kind}- image id (e.g. {kind}-1a2b3c4d)")
     if part_size < 1:
         raise BundleError(f"part_size must be positive, got {part_size}")
     if not image_path.is_file():

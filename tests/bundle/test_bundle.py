@@ -13,6 +13,7 @@ from invoke import Collection, Program
 
 from amidsl.bundle import (
     BlockDeviceMapping,
+    BundleError,
     EncryptedKeys,
     Manifest,
     ManifestPart,
@@ -296,3 +297,12 @@ def test_a_failing_part_write_stops_the_pipeline_cleanly(tmp_path, user, ec2, mo
     with pytest.raises(BundleError, match=r"No space left on device.*check free space"):
         make_bundle(image, tmp_path / "out", user, ec2, part_size=256 * 1024, threads=2)
     assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(("option", "value"), [("kernel_id", "bogus"), ("ramdisk_id", "aki-1a2b3c4d")])
+def test_malformed_kernel_or_ramdisk_ids_are_refused_before_anything_is_written(
+    tmp_path, sample_image, user, ec2, option, value
+):
+    with pytest.raises(BundleError, match=f"{option} '{value}' is not an a"):
+        make_bundle(sample_image, tmp_path / "out", user, ec2, **{option: value})
+    assert list((tmp_path / "out").iterdir()) == []
