@@ -331,7 +331,7 @@ def test_no_secret_in_any_error_message(raw_settings, secret, token):
     raw = raw_settings | {
         "secret_key": secret,
         "session_token": token,
-        "access_key": "not-a-key",
+        "access_key": secret,  # as if the two keys were swapped
         "s3_bucket": "Bad_Bucket",
         "user_id": "12",
         "image_name": "?",
