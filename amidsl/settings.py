@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,7 @@ def _anchor_local_files(table: dict[str, Any], base: Path) -> dict[str, Any]:
 def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
     """Merge defaults into `raw`, finalise derived values and validate; raise SettingsError on problems."""
     problems: list[Problem] = []
-    values = _normalise_keys(raw, problems)
+    values = normalise_keys(raw, USER_KEYS, problems)
     checker = _Checker(values, problems)
     settings = checker.build()
     if problems:
@@ -220,19 +220,32 @@ def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
     return settings
 
 
-def _normalise_keys(raw: Mapping[str, Any], problems: list[Problem]) -> dict[str, Any]:
-    """Accept kebab-case aliases; report unknown keys (with a suggestion) and duplicates."""
+def normalise_keys(
+    raw: Mapping[str, Any],
+    known: Sequence[str],
+    problems: list[Problem],
+    table: str = "",
+) -> dict[str, Any]:
+    """Accept kebab-case aliases; report unknown keys (with a suggestion) and duplicates.
+
+    `table` prefixes the names in messages (e.g. "live." for the [live] table).
+    """
     values: dict[str, Any] = {}
+    where = f"[{table.rstrip('.')}] " if table else ""
     for key, value in raw.items():
         name = str(key).replace("-", "_")
-        if name not in USER_KEYS:
-            close = difflib.get_close_matches(name, USER_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known settings: {', '.join(USER_KEYS)}"
-            problems.append(Problem(str(key), "is not a known setting", f"remove it ({hint})"))
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known settings: {', '.join(known)}"
+            problems.append(Problem(f"{table}{key}", f"is not a known {where}setting", f"remove it ({hint})"))
             continue
         if name in values:
             problems.append(
-                Problem(name, f"is given twice (as {key!r} and another spelling)", "keep one of the two")
+                Problem(
+                    f"{table}{name}",
+                    f"is given twice (as {key!r} and another spelling)",
+                    "keep one of the two",
+                )
             )
             continue
         values[name] = value

@@ -7,7 +7,6 @@ raises the same `SettingsError` the `[ami]` table does.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amidsl.settings import Problem, SettingsError
+from amidsl.settings import Problem, SettingsError, normalise_keys
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -92,15 +91,7 @@ def load_live_table(path: str | os.PathLike[str]) -> dict[str, Any]:
 def resolve_live(raw: Mapping[str, Any], origin: str = "[live]") -> LiveSettings:
     """Validate a `[live]` mapping into LiveSettings; raise SettingsError listing every problem."""
     problems: list[Problem] = []
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in LIVE_KEYS:
-            close = difflib.get_close_matches(name, LIVE_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(LIVE_KEYS)}"
-            problems.append(Problem(f"live.{key}", "is not a known [live] setting", f"remove it ({hint})"))
-            continue
-        values[name] = value
+    values = normalise_keys(raw, LIVE_KEYS, problems, table="live.")
     checked = _LiveChecker(values, problems).build()
     if problems:
         raise SettingsError(problems, origin=origin)
