@@ -782,8 +782,8 @@ class _Checker:
                 self.problem(
                     "private_key_source",
                     "is not an unencrypted PEM private key",
-                    "give the RSA private key file (-----BEGIN RSA PRIVATE KEY----- or "
-                    "-----BEGIN PRIVATE KEY-----) without a passphrase",
+                    "give your RSA private key as an unencrypted PEM file (PKCS#1 or PKCS#8), without a "
+                    "passphrase",
                 )
             else:
                 if not isinstance(key, rsa.RSAPrivateKey):

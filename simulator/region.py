@@ -29,9 +29,10 @@ from amidsl.keypairs import self_signed_pair
 from simulator.node import FakeNode
 
 ACCOUNT_ID = "123456789012"  # moto's account
-# Example-only credentials the region accepts (moto accepts any; the region's own check does not).
-ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
-SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+# The credentials the simulated account accepts by default (moto accepts any; the region's own upload
+# check does not). Set `FakeRegion.credentials` to accept others.
+ACCESS_KEY = "SIMULATEDACCESSKEYID"
+SECRET_KEY = "simulated-secret-access-key"
 AMI_NAME = re.compile(r"[A-Za-z0-9()\[\]./\-'@_ ]{3,128}")
 
 

@@ -60,7 +60,8 @@ def test_node_has_no_credentials_tools_or_bundle_after_cleanup(run, example_sett
     assert node.glob("/tmp", "image*") == []
 
 
-def test_transcript_shows_commands_without_secrets(run, example_settings):
+def test_transcript_shows_commands_without_secrets(run, example_settings, region):
+    region.credentials = ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", None)
     raw = example_settings | {
         "access_key": "AKIAIOSFODNN7EXAMPLE",
         "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",

@@ -121,3 +121,12 @@ def test_fault_messages_name_phase_and_action(run, example_settings, region, fau
     message = str(run(example_settings).error)
     assert message.startswith("phase ami-")
     assert ", action 1 (" in message.splitlines()[0]
+
+
+def test_keys_the_account_does_not_know_fail_the_upload(run, example_settings, node):
+    raw = example_settings | {"access_key": "AKIAEXAMPLEEXAMPLE12", "secret_key": "not-the-accounts-secret"}
+    simulation = run(raw)
+    assert failed(simulation) == ("ami-upload", 1, 1)
+    assert "InvalidAccessKeyId" in str(simulation.error)
+    assert "not-the-accounts-secret" not in str(simulation.error)
+    assert not node.exists(CREDENTIALS)
