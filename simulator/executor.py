@@ -189,9 +189,7 @@ class SimulatorBackend:
         """What bash makes of one word: expansions resolved, globs matched."""
         if isinstance(word, str):
             return [word]
-        if isinstance(word, EnvSecret | StagedFile):
-            return [env[word.env_var]]
-        if isinstance(word, RuntimeValue):
+        if isinstance(word, EnvSecret | StagedFile | RuntimeValue):
             return [env[word.env_var]]
         if isinstance(word, OptionalArg):
             value = env.get(word.value.env_var)

@@ -9,7 +9,6 @@ from collections import defaultdict
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from amidsl.bundle import ImageEntry
 from amidsl.cli_support import BAD_INPUT, CONFIG_HELP, PHASE_HELP, load_spec
 from amidsl.plan import build_plan
 from amidsl.render.summary import plan_title
@@ -43,11 +42,6 @@ def apply_faults(simulation: Simulation, faults: list[str]) -> None:
                 raise ValueError
         except ValueError:
             raise Exit(f"--fault {fault!r}: not a fault I know. {FAULT_HELP}", code=BAD_INPUT) from None
-
-
-def files_and_dirs(inspection: ImageInspection) -> list[ImageEntry]:
-    """The image's entries in path order."""
-    return sorted(inspection.entries, key=lambda entry: entry.path)
 
 
 def summarise(inspection: ImageInspection, list_all: bool) -> list[str]:
