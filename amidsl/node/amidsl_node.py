@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import collections
 import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -43,12 +44,12 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 import zlib
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 MiB = 1024 * 1024
 PART_SIZE = 10 * MiB
@@ -93,9 +94,7 @@ class Progress:
 
     def report(self) -> None:
         rate = self.done / MiB / max(time.monotonic() - self.started, 1e-6)
-        say(
-            "%s %d MiB of %d MiB (%.0f MiB/s)" % (self.verb, self.done // MiB, self.total // MiB, rate)
-        )
+        say(f"{self.verb} {self.done // MiB} MiB of {self.total // MiB} MiB ({rate:.0f} MiB/s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +262,7 @@ def _mount_of(path: str) -> tuple[str, str]:
         for line in table:
             left, _, right = line.partition(" - ")
             point = _unescape_mount_point(left.split()[4])
-            fstype, device = (right.split() + ["", ""])[:2]
+            fstype, device = ([*right.split(), "", ""])[:2]
             inside = target == point or target.startswith(point.rstrip("/") + "/")
             if inside and len(point) >= len(best[0]):
                 best = (point, device, fstype)
@@ -306,9 +305,7 @@ def find_tool(name: str) -> str:
     """Absolute path of an e2fsprogs program (they often live in sbin, outside PATH)."""
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if found is None:
-        raise NodeError(
-            "%s is not installed; install e2fsprogs (apt-get/dnf install e2fsprogs)" % name
-        )
+        raise NodeError(f"{name} is not installed; install e2fsprogs (apt-get/dnf install e2fsprogs)")
     return found
 
 
@@ -323,8 +320,8 @@ def mke2fs_version() -> str:
     version = found.group(0)[len(b"mke2fs ") :].decode()
     if (int(found.group(1)), int(found.group(2))) < MIN_MKE2FS:
         raise NodeError(
-            "mke2fs is version %s; building an image needs e2fsprogs >= 1.43 (mke2fs -d); "
-            "upgrade e2fsprogs" % version
+            f"mke2fs is version {version}; building an image needs e2fsprogs >= 1.43 (mke2fs -d); "
+            "upgrade e2fsprogs"
         )
     return version
 
@@ -342,8 +339,8 @@ def load_libcrypto() -> tuple[Any, str]:
             continue
         return lib, name
     raise NodeError(
-        "OpenSSL's libcrypto was not found (tried %s); install openssl (libssl3 or openssl-libs)"
-        % ", ".join(n for n in names if n)
+        f"OpenSSL's libcrypto was not found (tried {', '.join(n for n in names if n)}); "
+        "install openssl (libssl3 or openssl-libs)"
     )
 
 
@@ -566,7 +563,7 @@ def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: 
             directories.append((target, entry))
         staged += 1
         if staged % 20000 == 0:
-            say("staged %d entries" % staged)
+            say(f"staged {staged} entries")
     # Adding entries changed the directories' times; set them last, deepest first.
     for target, entry in reversed(directories):
         _set_owner_mode_times(target, entry.st, entry.source)
@@ -581,7 +578,7 @@ def run_mke2fs(staging: str, image: str, size_mb: int, entries: int, volume_fs: 
         argv += ["-U", volume_fs["uuid"]]
     if volume_fs.get("label"):
         argv += ["-L", volume_fs["label"][:16]]  # ext4 labels hold 16 bytes
-    argv += ["-d", staging, image, "%dM" % size_mb]
+    argv += ["-d", staging, image, f"{size_mb}M"]
     result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
     if result.returncode == 0:
         return ""
@@ -625,7 +622,7 @@ def build_image(
     own = [(os.lstat(staging).st_dev, os.lstat(staging).st_ino)]
     left_out: list = []
     try:
-        say("staging the volume %s in %s" % (volume, staging))
+        say(f"staging the volume {volume} in {staging}")
         selection = walk_volume(volume, exclusions, includes, no_filter, own_ids=own)
         entries = stage_volume(selection, staging, left_out)
         root = os.lstat(volume)
@@ -634,15 +631,15 @@ def build_image(
         wanted = size_mb or estimate_size_mb(size.allocated, entries)
         # An estimate can fall short on unusual trees; grow it rather than fail.
         for _attempt in range(1 if size_mb else 3):
-            say("building a %d MB ext4 image of %d entries" % (wanted, entries))
+            say(f"building a {wanted} MB ext4 image of {entries} entries")
             error = run_mke2fs(staging, image, wanted, entries, volume_fs)
             if not error or size_mb:
                 break
             wanted = math.ceil(wanted * 1.5)
         if error:
             raise NodeError(
-                "mke2fs could not build a %d MB image of %s: %s; set a larger image_size_mb or "
-                "exclude more" % (wanted, volume, error)
+                f"mke2fs could not build a {wanted} MB image of {volume}: {error}; set a larger "
+                "image_size_mb or exclude more"
             )
     finally:
         cleanup.remove(staging)
@@ -728,7 +725,7 @@ def tar_one_file(path: str, member_name: str) -> Iterator[bytes]:
     """Yield a GNU tar archive holding path as member_name, as `tar -c -S --owner 0 --group 0`."""
     name = member_name.encode("utf-8")
     if not name or len(name) >= 100 or b"/" in name:
-        raise ValueError("tar member name %r must be a plain name under 100 bytes" % member_name)
+        raise ValueError(f"tar member name {member_name!r} must be a plain name under 100 bytes")
     fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
@@ -741,7 +738,7 @@ def tar_one_file(path: str, member_name: str) -> Iterator[bytes]:
             listed = regions
             if not regions or regions[-1][0] + regions[-1][1] < size:
                 # GNU tar marks a trailing hole with a zero-length entry at the file's end.
-                listed = regions + [(size, 0)]
+                listed = [*regions, (size, 0)]
             headers = tar_sparse_headers(name, mode, mtime, size, listed)
         yield from headers
         stored = 0
@@ -750,7 +747,7 @@ def tar_one_file(path: str, member_name: str) -> Iterator[bytes]:
             while offset < end:
                 data = os.pread(fd, min(READ_CHUNK, end - offset), offset)
                 if not data:
-                    raise OSError("%s shrank while being read (at byte %d)" % (path, offset))
+                    raise OSError(f"{path} shrank while being read (at byte {offset})")
                 offset += len(data)
                 stored += len(data)
                 yield data
@@ -851,7 +848,7 @@ class ParallelGzip:
 
 def part_filename(prefix: str, index: int, count: int) -> str:
     """`<prefix>.part.<i>` with i zero-padded to the digit count of the number of parts."""
-    return "%s.part.%0*d" % (prefix, len(str(count)), index)
+    return f"{prefix}.part.{index:0{len(str(count))}d}"
 
 
 class PartWriter:
@@ -869,7 +866,7 @@ class PartWriter:
         view = memoryview(data)
         while view:
             if self._file is None:
-                path = os.path.join(self._directory, "%s%d" % (self._temp_prefix, len(self.parts)))
+                path = os.path.join(self._directory, f"{self._temp_prefix}{len(self.parts)}")
                 self._cleanup.add(path)
                 self._file = open(path, "wb")  # noqa: SIM115 - closed in _close_part
             chunk = view[: self._part_size - self._written]
@@ -947,7 +944,7 @@ def bundle_image_file(
     cleanup: Cleanup,
 ) -> tuple[str, list[dict]]:
     """Stream the image into encrypted parts in directory: (image digest, parts)."""
-    parts = PartWriter(directory, ".%s.part.%d.tmp" % (prefix, os.getpid()), part_size, cleanup)
+    parts = PartWriter(directory, f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
 
     def encrypted(data: bytes) -> None:
         parts.write(encryptor.update(data))
@@ -987,10 +984,8 @@ class Cleanup:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
 
     def remove_all(self) -> None:
         for path in reversed(list(self._paths)):
@@ -1005,16 +1000,16 @@ class Cleanup:
 def _field(request: dict, name: str, kind: type, default: Any = None) -> Any:
     value = request.get(name, default)
     if value is None and default is None and name not in request:
-        raise NodeError("the request has no %r; the caller must send it" % name)
+        raise NodeError(f"the request has no {name!r}; the caller must send it")
     if value is not None and not isinstance(value, kind):
-        raise NodeError("the request's %r must be a %s, got %r" % (name, kind.__name__, type(value).__name__))
+        raise NodeError(f"the request's {name!r} must be a {kind.__name__}, got {type(value).__name__!r}")
     return value
 
 
 def _directory(request: dict, name: str) -> str:
     path = _field(request, name, str)
     if not os.path.isabs(path) or not os.path.isdir(path):
-        raise NodeError("%s %s is not an existing absolute directory; create it or fix %r" % (name, path, name))
+        raise NodeError(f"{name} {path} is not an existing absolute directory; create it or fix {name!r}")
     return path
 
 
@@ -1043,7 +1038,7 @@ def command_check(request: dict) -> dict:
     selection = walk_volume(volume, (), (), False)
     size = measure_selection(selection, os.lstat(staging_parent(volume, destination)).st_dev)
     return {
-        "python": "%d.%d.%d" % sys.version_info[:3],
+        "python": ".".join(str(n) for n in sys.version_info[:3]),
         "mke2fs": mke2fs,
         "libcrypto": soname,
         "free_bytes": _free_bytes(destination),
@@ -1055,7 +1050,7 @@ def command_check(request: dict) -> dict:
 def _key_bytes(request: dict, name: str) -> bytes:
     text = _field(request, name, str)
     if not re.fullmatch(r"[0-9a-fA-F]{32}", text):
-        raise NodeError("the request's %r must be 32 hex digits (16 bytes)" % name)
+        raise NodeError(f"the request's {name!r} must be 32 hex digits (16 bytes)")
     return bytes.fromhex(text)
 
 
@@ -1065,16 +1060,16 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     destination = _directory(request, "destination_dir")
     prefix = _field(request, "prefix", str, "image")
     if not prefix or "/" in prefix or prefix in (".", "..") or len(prefix.encode()) >= 100:
-        raise NodeError("prefix %r must be a plain file name shorter than 100 bytes" % prefix)
+        raise NodeError(f"prefix {prefix!r} must be a plain file name shorter than 100 bytes")
     exclusions = _field(request, "exclude", list, [])
     includes = _field(request, "includes", list, [])
     no_filter = not _field(request, "filter", bool, True)
     size_mb = request.get("image_size_mb")
     if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= MAX_IMAGE_MB):
-        raise NodeError("image_size_mb is %r; an S3-backed AMI image must be 1..%d MB" % (size_mb, MAX_IMAGE_MB))
+        raise NodeError(f"image_size_mb is {size_mb!r}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
     part_size = _field(request, "part_size", int, PART_SIZE)
     if part_size < 1:
-        raise NodeError("part_size must be positive, got %d" % part_size)
+        raise NodeError(f"part_size must be positive, got {part_size}")
     workers = _field(request, "workers", int, 0) or len(os.sched_getaffinity(0))
     level = _field(request, "level", int, COMPRESS_LEVEL)
     key, iv = _key_bytes(request, "key"), _key_bytes(request, "iv")
@@ -1086,20 +1081,20 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     size = measure_selection(walk_volume(volume, exclusions, includes, no_filter), staging_dev)
     if size_mb is None and estimate_size_mb(size.allocated, size.entries) > MAX_IMAGE_MB:
         raise NodeError(
-            "the volume %s holds %d MB to image, more than the %d MB an S3-backed AMI may have; "
-            "exclude more" % (volume, size.allocated // MiB, MAX_IMAGE_MB)
+            f"the volume {volume} holds {size.allocated // MiB} MB to image, more than the "
+            f"{MAX_IMAGE_MB} MB an S3-backed AMI may have; exclude more"
         )
     needed = needed_bytes(size, staging_dev == os.lstat(destination).st_dev)
     free = _free_bytes(destination)
     if free < needed:
         raise NodeError(
-            "destination_dir %s has %d MB free but bundling %s needs about %d MB (image %d MB of "
-            "data plus the parts); free some space or choose another destination_dir"
-            % (destination, free // MiB, volume, needed // MiB, size.allocated // MiB)
+            f"destination_dir {destination} has {free // MiB} MB free but bundling {volume} needs "
+            f"about {needed // MiB} MB (an image of {size.allocated // MiB} MB of data plus the "
+            "parts); free some space or choose another destination_dir"
         )
 
     volume_fs = volume_filesystem(volume)
-    image_path = os.path.join(destination, ".%s.image.%d" % (prefix, os.getpid()))
+    image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
     built = build_image(
         volume,
         image_path,
@@ -1113,7 +1108,14 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     encryptor = Aes128Cbc(lib, key, iv)
     try:
         digest, parts = bundle_image_file(
-            image_path, destination, prefix, encryptor, part_size=part_size, level=level, workers=workers, cleanup=cleanup
+            image_path,
+            destination,
+            prefix,
+            encryptor,
+            part_size=part_size,
+            level=level,
+            workers=workers,
+            cleanup=cleanup,
         )
     finally:
         encryptor.close()
@@ -1128,7 +1130,6 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         "volume_fs": volume_fs,
         "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
     }
-
 
 
 class Upload(NamedTuple):
@@ -1151,9 +1152,9 @@ def _s3_error(body: bytes) -> str:
 
 def _check_part(path: str, data: bytes, part: dict) -> None:
     if "size" in part and len(data) != part["size"]:
-        raise NodeError("part %s is %d bytes, not %d; bundle again" % (path, len(data), part["size"]))
+        raise NodeError(f"part {path} is {len(data)} bytes, not {part['size']}; bundle again")
     if "sha1" in part and hashlib.sha1(data).hexdigest() != part["sha1"]:
-        raise NodeError("part %s does not match its SHA-1 digest; bundle again" % path)
+        raise NodeError(f"part {path} does not match its SHA-1 digest; bundle again")
 
 
 def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Upload:
@@ -1186,12 +1187,12 @@ def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Up
                 return Upload(filename, "expired", 403, reason)
             if exc.code < 500 and exc.code not in (408, 429):
                 return Upload(filename, "failed", exc.code, reason)
-            problem = "HTTP %d %s" % (exc.code, reason)
+            problem = f"HTTP {exc.code} {reason}"
         except (urllib.error.URLError, OSError) as exc:
             # URLError's text is its reason (never the URL, which carries the signature).
             problem = str(getattr(exc, "reason", None) or exc.strerror or type(exc).__name__)
-        say("upload of %s: %s (attempt %d of %d)" % (filename, problem, attempt + 1, retries + 1))
-    return Upload(filename, "failed", 0, "gave up after %d attempts: %s" % (retries + 1, problem))
+        say(f"upload of {filename}: {problem} (attempt {attempt + 1} of {retries + 1})")
+    return Upload(filename, "failed", 0, f"gave up after {retries + 1} attempts: {problem}")
 
 
 def command_upload(request: dict) -> tuple[dict, int]:
@@ -1202,7 +1203,7 @@ def command_upload(request: dict) -> tuple[dict, int]:
         if not isinstance(part, dict) or not isinstance(part.get("filename"), str) or "url" not in part:
             raise NodeError("each of the request's parts needs a filename and a url")
         if "/" in part["filename"] or not os.path.isfile(os.path.join(destination, part["filename"])):
-            raise NodeError("part %s is not a file in %s; bundle first" % (part["filename"], destination))
+            raise NodeError(f"part {part['filename']} is not a file in {destination}; bundle first")
     concurrency = max(1, _field(request, "concurrency", int, 4))
     retries = max(0, _field(request, "retries", int, 5))
     pause = float(request.get("retry_pause", 1.0))
@@ -1213,7 +1214,7 @@ def command_upload(request: dict) -> tuple[dict, int]:
             outcome = future.result()
             outcomes.append(outcome)
             if outcome.outcome == "uploaded":
-                say("uploaded %s (%d of %d)" % (outcome.filename, len(outcomes), len(parts)))
+                say(f"uploaded {outcome.filename} ({len(outcomes)} of {len(parts)})")
     order = {p["filename"]: i for i, p in enumerate(parts)}
     outcomes.sort(key=lambda o: order[o.filename])
     result = {
@@ -1227,13 +1228,17 @@ def command_upload(request: dict) -> tuple[dict, int]:
     }
     if result["failed"]:
         first = result["failed"][0]
+        status = f"HTTP {first['status']}: " if first["status"] else ""
         say(
-            "amidsl-node: error: part %s could not be uploaded (%s%s); check the bucket's policy "
-            "and ACL settings" % (first["filename"], "HTTP %d: " % first["status"] if first["status"] else "", first["reason"])
+            f"amidsl-node: error: part {first['filename']} could not be uploaded ({status}"
+            f"{first['reason']}); check the bucket's policy and ACL settings"
         )
         return result, 1
     if result["expired"]:
-        say("amidsl-node: error: the upload URLs of %d parts expired; presign them again" % len(result["expired"]))
+        say(
+            f"amidsl-node: error: the upload URLs of {len(result['expired'])} parts expired; "
+            "presign them again"
+        )
         return result, 3
     return result, 0
 
@@ -1250,11 +1255,13 @@ def main(argv: list[str]) -> int:
     cleanup = Cleanup()
     try:
         if len(argv) != 2 or argv[1] not in commands:
-            raise NodeError("usage: python3 amidsl_node.py {%s} < request.json" % ",".join(commands))
+            raise NodeError(f"usage: python3 amidsl_node.py {{{'|'.join(commands)}}} < request.json")
         try:
             request = json.loads(sys.stdin.read())
         except ValueError as exc:
-            raise NodeError("standard input is not one JSON object (%s); send the request as JSON" % exc) from None
+            raise NodeError(
+                f"standard input is not one JSON object ({exc}); send the request as JSON"
+            ) from None
         if not isinstance(request, dict):
             raise NodeError("standard input must be one JSON object, the request")
         status = 0
@@ -1268,11 +1275,11 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         return status
     except NodeError as exc:
-        say("amidsl-node: error: %s" % exc)
+        say(f"amidsl-node: error: {exc}")
         return 1
     except OSError as exc:
-        where = " at %s" % exc.filename if exc.filename else ""
-        say("amidsl-node: error: %s%s; check free space and permissions" % (exc.strerror or exc, where))
+        where = f" at {exc.filename}" if exc.filename else ""
+        say(f"amidsl-node: error: {exc.strerror or exc}{where}; check free space and permissions")
         return 1
     except KeyboardInterrupt:
         say("amidsl-node: interrupted; removed the partial image, staging tree and parts")
