@@ -791,8 +791,10 @@ class ParallelGzip:
     flush, so the pieces concatenate into one deflate stream; only the last ends it.
     """
 
-    def __init__(self, sink: Callable[[bytes], None], level: int, workers: int) -> None:
-        self._sink, self._level = sink, level
+    def __init__(
+        self, sink: Callable[[bytes], None], level: int, workers: int, chunk_size: int = GZIP_CHUNK
+    ) -> None:
+        self._sink, self._level, self._chunk_size = sink, level, chunk_size
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         self._in_flight: collections.deque = collections.deque()
         self._limit = workers + 2  # bounds memory: a few MiB per worker
@@ -810,9 +812,9 @@ class ParallelGzip:
         self._crc = zlib.crc32(data, self._crc)
         self._length += len(data)
         self._buffer += data
-        while len(self._buffer) >= GZIP_CHUNK:
-            chunk = bytes(self._buffer[:GZIP_CHUNK])
-            del self._buffer[:GZIP_CHUNK]
+        while len(self._buffer) >= self._chunk_size:
+            chunk = bytes(self._buffer[: self._chunk_size])
+            del self._buffer[: self._chunk_size]
             self._push(chunk)
 
     def _push(self, chunk: bytes) -> None:
