@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ class NodeRun:
     stderr: str = field(repr=False)
 
 
-def run_node(command: str, request: dict, *, python: str = sys.executable, timeout: float = 300) -> NodeRun:
+def run_node(command: str, request: dict, *, python: str = "python3", timeout: float = 300) -> NodeRun:
     """Run `python amidsl_node.py command` with request on stdin; parse the last stdout line."""
     done = subprocess.run(
         [python, str(PROGRAM_PATH), command],
