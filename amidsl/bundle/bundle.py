@@ -29,6 +29,7 @@ from amidsl.bundle.manifest import (
     sign_manifest,
 )
 from amidsl.bundle.tarstream import tar_one_file
+from amidsl.node.amidsl_node import part_filename
 
 PART_SIZE = 10 * 1024 * 1024
 # zlib-ng level 5 stays within ~2.5% of `gzip -9` output (level 6: ~2%, level 4: ~4.5%) while
@@ -191,11 +192,6 @@ def stream_bundle(
             ) from exc
         raise
     return tar_digest.hexdigest(), _rename_parts(written, out_dir, prefix)
-
-
-def part_filename(prefix: str, index: int, count: int) -> str:
-    """`<prefix>.part.<i>` with i zero-padded to the digit count of the number of parts."""
-    return f"{prefix}.part.{index:0{len(str(count))}d}"
 
 
 def _rename_parts(written: list[WrittenPart], out_dir: Path, prefix: str) -> list[WrittenPart]:

@@ -471,7 +471,7 @@ def _copy_xattrs(source: str, target: str) -> None:
             pass  # e.g. a namespace this filesystem or user cannot write
 
 
-def _copy_sparse(source: str, target: str, size: int) -> None:
+def copy_sparse(source: str | os.PathLike, target: str | os.PathLike, size: int) -> None:
     """Copy a regular file's data regions only, so that holes stay holes."""
     src = os.open(source, os.O_RDONLY)
     try:
@@ -480,10 +480,14 @@ def _copy_sparse(source: str, target: str, size: int) -> None:
             for offset, length in data_regions(src, size):
                 end = offset + length
                 while offset < end:
-                    data = os.pread(src, min(end - offset, MiB), offset)
-                    if not data:
+                    try:
+                        copied = os.copy_file_range(src, dst, end - offset, offset, offset)
+                    except (AttributeError, OSError):  # an old kernel or C library
+                        data = os.pread(src, min(end - offset, MiB), offset)
+                        copied = os.pwrite(dst, data, offset) if data else 0
+                    if copied == 0:
                         break  # the file shrank while being copied
-                    offset += os.pwrite(dst, data, offset)
+                    offset += copied
             os.ftruncate(dst, size)
         finally:
             os.close(dst)
@@ -524,7 +528,7 @@ def stage_entry(entry: Selected, target: str, staging_dev: int, first_copy: dict
         except PermissionError:
             pass  # protected_hardlinks when not root: copy instead
     if stat.S_ISREG(st.st_mode):
-        _copy_sparse(entry.source, target, st.st_size)
+        copy_sparse(entry.source, target, st.st_size)
     elif stat.S_ISFIFO(st.st_mode):
         os.mkfifo(target, 0o600)
     elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -659,8 +663,15 @@ SPARSE_IN_HEADER = 4  # sparse entries in the main header
 SPARSE_PER_EXTENSION = 21  # sparse entries in each extension block
 
 
-def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
-    """An open file's data regions (offset, length) via SEEK_DATA/SEEK_HOLE (all if unsupported)."""
+class DataRegion(NamedTuple):
+    """A stretch of a file that holds data (everything outside regions reads as zeros)."""
+
+    offset: int
+    length: int
+
+
+def data_regions(fd: int, size: int) -> list[DataRegion]:
+    """An open file's data regions via SEEK_DATA/SEEK_HOLE (the whole file if unsupported)."""
     regions = []
     offset = 0
     try:
@@ -672,11 +683,11 @@ def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
                     break
                 raise
             end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            regions.append((start, end - start))
+            regions.append(DataRegion(start, end - start))
             offset = end
     except OSError:
         # A filesystem without hole reporting: treat the file as all data, like tar does.
-        return [(0, size)] if size else []
+        return [DataRegion(0, size)] if size else []
     return regions
 
 
