@@ -921,27 +921,55 @@ class PartWriter:
         return self.parts
 
 
+class EncryptingSink:
+    """Encrypts what the compressor writes and splits it into parts.
+
+    A compressor may call write() from its own output thread, where an exception would kill
+    that thread and leave the compressor waiting forever. So a failure (a full disk, say) is
+    kept in `error`, later data is dropped, and finish() raises it in the caller's thread.
+    """
+
+    def __init__(self, encryptor: Any, parts: PartWriter) -> None:
+        self._encryptor, self._parts = encryptor, parts
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self._parts.write(self._encryptor.update(bytes(data)))
+            except Exception as exc:
+                self.error = exc
+        return len(data)
+
+    def finish(self) -> None:
+        """Raise a failure kept from write(), else write the padded last cipher block."""
+        if self.error is not None:
+            raise self.error
+        self._parts.write(self._encryptor.finish())
+
+
 def bundle_stream(
-    image: str,
+    image: str | os.PathLike,
     member_name: str,
-    sink: Callable[[bytes], None],
     compress: Any,
-    encryptor: Any,
+    sink: EncryptingSink,
     progress: Progress | None = None,
 ) -> str:
-    """Tar the image into compress (which writes to encryptor, then sink); return the tar SHA-1.
+    """Tar the image into compress, which writes one gzip member to sink; return the tar's SHA-1.
 
-    compress is built around the encrypting sink: anything with write(bytes) and close() that
-    writes one gzip member to it (ParallelGzip here; the controller may use a faster one).
+    compress is anything with write(bytes) and close() (ParallelGzip here; the controller may
+    use a faster one).
     """
     digest = hashlib.sha1()
     for chunk in tar_one_file(image, member_name):
+        if sink.error is not None:
+            break
         digest.update(chunk)
         compress.write(chunk)
         if progress is not None:
             progress.add(len(chunk))
     compress.close()
-    sink(encryptor.finish())
+    sink.finish()
     return digest.hexdigest()
 
 
@@ -958,14 +986,11 @@ def bundle_image_file(
 ) -> tuple[str, list[dict]]:
     """Stream the image into encrypted parts in directory: (image digest, parts)."""
     parts = PartWriter(directory, f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
-
-    def encrypted(data: bytes) -> None:
-        parts.write(encryptor.update(data))
-
-    gzip = ParallelGzip(encrypted, level, workers)
+    sink = EncryptingSink(encryptor, parts)
+    gzip = ParallelGzip(sink.write, level, workers)
     progress = Progress("bundled", tar_size(image))
     try:
-        digest = bundle_stream(image, prefix, parts.write, gzip, encryptor, progress)
+        digest = bundle_stream(image, prefix, gzip, sink, progress)
     except BaseException:
         gzip.abandon()
         raise
