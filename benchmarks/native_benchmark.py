@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bundle_benchmark import MB, PART_SIZE, Result, make_tree, measured, read_usage
+from bundle_benchmark import MB, PART_SIZE, Result, make_tree, measured, read_usage, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "amidsl" / "node" / "amidsl_node.py"
@@ -89,23 +89,8 @@ def run_ami_tools(tree: Path, out: Path, work: Path) -> Result:
         ["openssl", "enc", "-aes-128-cbc", "-K", key, "-iv", iv],
         ["split", "-b", str(PART_SIZE), "-d", "-a", "3", "-", f"{out}/image.part."],
     ]
-    rss_files = [work / f"rss-a{i}" for i in range(len(stages))]
-    processes: list[subprocess.Popen[bytes]] = []
-    previous = None
-    for i, (stage, rss) in enumerate(zip(stages, rss_files, strict=True)):
-        last = i == len(stages) - 1
-        process = subprocess.Popen(
-            measured(rss, *stage), stdin=previous, stdout=None if last else subprocess.PIPE
-        )
-        if previous is not None:
-            previous.close()
-        previous = process.stdout
-        processes.append(process)
-    codes = [p.wait() for p in processes]
+    usages = run_pipeline(stages, [work / f"rss-a{i}" for i in range(len(stages))])
     seconds = time.perf_counter() - start
-    if any(codes):
-        raise SystemExit(f"ami-tools pipeline failed: exit codes {codes}")
-    usages = [read_usage(f) for f in rss_files]
     copy_peak, copy_cpu = read_usage(copy_rss)
     output = sum(p.stat().st_size for p in out.iterdir())
     cpu = copy_cpu + sum(c for _, c in usages)

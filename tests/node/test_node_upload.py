@@ -20,20 +20,6 @@ BUCKET = "node-upload-bucket"
 ACL_HEADERS = {"x-amz-acl": "aws-exec-read"}
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """moto's S3 over real HTTP on 127.0.0.1."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 def s3_client(endpoint: str):
     """An S3 client that presigns with SigV4, as the controller does (session tokens need it)."""
     return boto3.client(
@@ -47,8 +33,8 @@ def s3_client(endpoint: str):
 
 
 @pytest.fixture(scope="module")
-def s3(endpoint: str):
-    client = s3_client(endpoint)
+def s3(aws_endpoint: str):
+    client = s3_client(aws_endpoint)
     client.create_bucket(Bucket=BUCKET)
     return client
 
@@ -143,9 +129,9 @@ class S3Front(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def s3_front(endpoint: str) -> Iterator[str]:
+def s3_front(aws_endpoint: str) -> Iterator[str]:
     """The S3 stand-in's address, with no failures planned."""
-    S3Front.upstream, S3Front.failures, S3Front.seen = endpoint, 0, 0
+    S3Front.upstream, S3Front.failures, S3Front.seen = aws_endpoint, 0, 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), S3Front)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -184,8 +170,12 @@ def test_expired_urls_are_reported_with_exit_status_3(s3, s3_front, tmp_path, pa
     )
 
 
-def test_a_permanent_failure_exits_1_naming_the_part(s3, endpoint, tmp_path, parts):
-    entry = {"filename": parts[2], "url": f"{endpoint}/no-such-bucket/x?X-Amz-Signature=abc", "headers": {}}
+def test_a_permanent_failure_exits_1_naming_the_part(s3, aws_endpoint, tmp_path, parts):
+    entry = {
+        "filename": parts[2],
+        "url": f"{aws_endpoint}/no-such-bucket/x?X-Amz-Signature=abc",
+        "headers": {},
+    }
     run = run_node("upload", upload_request(tmp_path, [entry]))
     assert run.returncode == 1
     assert run.result["failed"][0]["filename"] == parts[2]
