@@ -1138,6 +1138,14 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             "parts); free some space or choose another destination_dir"
         )
 
+    staging_volume = staging_parent(volume, destination)
+    if staging_volume != destination and _free_bytes(staging_volume) < size.copied:
+        raise NodeError(
+            f"the staging tree in {staging_volume} needs {size.copied // MiB} MB for copies of files "
+            f"on other filesystems but only {_free_bytes(staging_volume) // MiB} MB are free; free "
+            "some space, or choose a destination_dir on the volume's own filesystem"
+        )
+
     volume_fs = volume_filesystem(volume)
     image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
     built = build_image(
