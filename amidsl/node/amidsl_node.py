@@ -254,19 +254,20 @@ def walk_volume(
 # ---------------------------------------------------------------------------------------------
 
 
-def _mount_of(path: str) -> tuple[str, str]:
-    """(device, filesystem type) of the mount holding path, from /proc/self/mountinfo."""
+def _mount_of(path: str) -> tuple[str, str, str]:
+    """(device, major:minor, filesystem type) of the mount holding path, from mountinfo."""
     target = os.path.realpath(path)
-    best = ("", "", "")
+    best = ("", "", "", "")
     with open("/proc/self/mountinfo", errors="surrogateescape") as table:
         for line in table:
             left, _, right = line.partition(" - ")
-            point = _unescape_mount_point(left.split()[4])
-            fstype, device = ([*right.split(), "", ""])[:2]
+            fields = left.split()
+            point = _unescape_mount_point(fields[4])
+            fstype, device = [*right.split(), "", ""][:2]
             inside = target == point or target.startswith(point.rstrip("/") + "/")
             if inside and len(point) >= len(best[0]):
-                best = (point, device, fstype)
-    return best[1], best[2]
+                best = (point, device, fields[2], fstype)
+    return best[1], best[2], best[3]
 
 
 def _superblock_identity(device: str, fstype: str) -> tuple[str, str]:
@@ -289,11 +290,30 @@ def _superblock_identity(device: str, fstype: str) -> tuple[str, str]:
     return "", ""
 
 
+def _blkid_identity(device: str) -> tuple[str, str]:
+    """(uuid, label) as util-linux's blkid reports them ('' where unknown)."""
+    blkid = shutil.which("blkid") or shutil.which("blkid", path="/usr/sbin:/sbin")
+    if blkid is None:
+        return "", ""
+    done = subprocess.run([blkid, "-o", "export", device], stdout=subprocess.PIPE, check=False)
+    values = dict(
+        line.split("=", 1) for line in done.stdout.decode("utf-8", "replace").splitlines() if "=" in line
+    )
+    return values.get("UUID", ""), values.get("LABEL", "")
+
+
 def volume_filesystem(volume: str) -> dict[str, str]:
     """The type, UUID and label of the filesystem the volume lives on."""
-    device, fstype = _mount_of(volume)
-    uuid, label = _superblock_identity(device, fstype) if device.startswith("/dev/") else ("", "")
-    return {"type": fstype, "uuid": uuid, "label": label}
+    device, numbers, fstype = _mount_of(volume)
+    # Some kernels name the root device /dev/root, which does not exist; udev's by-number link does.
+    candidates = [d for d in (device, "/dev/block/" + numbers) if d.startswith("/dev/") and os.path.exists(d)]
+    for candidate in candidates:
+        uuid, label = _superblock_identity(candidate, fstype)
+        if not uuid:
+            uuid, label = _blkid_identity(candidate)
+        if uuid:
+            return {"type": fstype, "uuid": uuid, "label": label}
+    return {"type": fstype, "uuid": "", "label": ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,8 +545,11 @@ def stage_entry(entry: Selected, target: str, staging_dev: int, first_copy: dict
             # Same filesystem: a hard link costs only metadata and keeps owner, mode and times.
             os.link(entry.source, target, follow_symlinks=False)
             return
-        except PermissionError:
-            pass  # protected_hardlinks when not root: copy instead
+        except OSError as exc:
+            # Copy instead: an immutable file, protected_hardlinks when not root, a bind mount
+            # of the same filesystem (EXDEV), a file with the most links ext4 allows.
+            if exc.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK):
+                raise
     if stat.S_ISREG(st.st_mode):
         copy_sparse(entry.source, target, st.st_size)
     elif stat.S_ISFIFO(st.st_mode):
