@@ -1286,11 +1286,17 @@ def command_upload(request: dict) -> tuple[dict, int]:
     outcomes = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(put_part, destination, p, retries, pause) for p in parts]
-        for future in concurrent.futures.as_completed(futures):
-            outcome = future.result()
-            outcomes.append(outcome)
-            if outcome.outcome == "uploaded":
-                say(f"uploaded {outcome.filename} ({len(outcomes)} of {len(parts)})")
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                if outcome.outcome == "uploaded":
+                    say(f"uploaded {outcome.filename} ({len(outcomes)} of {len(parts)})")
+        except BaseException:
+            # Ctrl-C or a bad part: start nothing new; PUTs already under way finish first.
+            for future in futures:
+                future.cancel()
+            raise
     order = {p["filename"]: i for i, p in enumerate(parts)}
     outcomes.sort(key=lambda o: order[o.filename])
     result = {
