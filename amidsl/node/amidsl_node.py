@@ -15,6 +15,19 @@ user of the node can read, and are never written to disk. Progress goes to stand
 result is one JSON object, the last line of standard output. A failure exits non-zero with one
 line `amidsl-node: error: ...` on standard error. Ctrl-C or SIGTERM removes what was half made.
 
+Requests (optional keys in brackets) and results:
+
+    check   {volume, destination_dir}
+            -> {python, mke2fs, libcrypto, free_bytes, volume_bytes, volume_fs{type, uuid, label}}
+    bundle  {volume, exclude, includes, filter, destination_dir, prefix, image_size_mb, key, iv,
+             part_size, workers (0: all cores), [level (zlib, default 4)]}
+            -> {prefix, image_size, digest, bundled_size, parts[{filename, size, sha1, md5}],
+                volume_fs, left_out[[path, reason]] (the first 200)}
+    upload  {destination_dir, parts[{filename, url, headers, [size], [sha1]}], concurrency,
+             retries, [retry_pause (seconds, default 1)]}
+            -> {uploaded[filename], failed[{filename, status, reason}], expired[filename]};
+               exit 3 when URLs expired (presign those again), 1 when a part failed for good
+
 The bundle is the format ec2-bundle-vol makes: a GNU tar of the image file -> SHA-1 of that tar
 stream (the image digest) -> gzip -> AES-128-CBC -> 10 MiB parts `<prefix>.part.<i>`. The
 manifest is built and signed elsewhere, from the result this program prints: the signing key
