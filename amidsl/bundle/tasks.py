@@ -166,7 +166,8 @@ def verify_bundle(
         "privkey": "PEM RSA private key of the user (or of EC2); never printed",
         "destination": "directory to restore the image into (default: current directory)",
         "parts_dir": "directory holding the parts (default: the manifest's directory)",
-        "cert": "optional: also check the manifest signature against this certificate",
+        "cert": "PEM X.509 certificate of the user who signed the manifest (checked before decrypting)",
+        "no_verify": "skip the signature check when you have no certificate (trust the bundle's origin)",
     },
 )
 def unbundle(
@@ -176,13 +177,22 @@ def unbundle(
     destination: str = ".",
     parts_dir: str | None = None,
     cert: str | None = None,
+    no_verify: bool = False,
 ) -> None:
-    """Decrypt and unpack a bundle, checking part digests and the image digest."""
+    """Check a bundle's signature, then decrypt and unpack it, checking part and image digests."""
     _require(manifest=manifest, privkey=privkey)
     key = _read_pem(privkey, "private key", load_private_key)
+    if not cert and not no_verify:
+        raise Exit(
+            "unbundle checks the manifest's signature before decrypting: give --cert (the certificate "
+            "of the user who bundled it), or --no-verify to skip the check",
+            USAGE_ERROR,
+        )
     user_cert = _read_pem(cert, "certificate", load_certificate) if cert else None
     restored = _run(
-        lambda: unbundle_manifest(manifest, key, destination, parts_dir=parts_dir, user_cert_pem=user_cert)
+        lambda: unbundle_manifest(
+            manifest, key, destination, parts_dir=parts_dir, user_cert_pem=user_cert, no_verify=no_verify
+        )
     )
     print(f"restored {restored}")
 
