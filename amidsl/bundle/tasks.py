@@ -14,7 +14,7 @@ from invoke.exceptions import Exit
 from amidsl.bundle.bundle import bundle_image as bundle_image_file
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.keys import describe_certificate, load_certificate, load_private_key
-from amidsl.bundle.ls import list_image
+from amidsl.bundle.ls import list_image, printable
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
 from amidsl.bundle.verify import verify_bundle as verify_manifest
 
@@ -203,8 +203,9 @@ def image_ls(c: Context, image: str | None = None) -> None:
     _require(image=image)
     for entry in _run(lambda: list_image(image)):
         kind = {"dir": "d", "symlink": "l", "fifo": "p", "socket": "s", "char": "c", "block": "b"}
-        link = f" -> {entry.target}" if entry.target is not None else ""
+        # Names come from the image: escape control characters so none can rewrite the terminal.
+        link = f" -> {printable(entry.target)}" if entry.target is not None else ""
         print(
             f"{kind.get(entry.type, '-')}{entry.mode:04o} {entry.uid:>6} {entry.gid:>6} "
-            f"{entry.size:>12} {entry.path}{link}"
+            f"{entry.size:>12} {printable(entry.path)}{link}"
         )
