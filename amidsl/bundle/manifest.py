@@ -279,8 +279,8 @@ def _parse_xml(text: str, source: str) -> _Element:
             "instructions, CDATA or DOCTYPE); copy it again from where the bundle was written"
         )
 
-    position = 0
-    declaration = _DECLARATION.match(text)
+    position = 1 if text.startswith("\ufeff") else 0  # a byte order mark some editors add
+    declaration = _DECLARATION.match(text, position)
     if declaration:
         position = declaration.end()
     stack: list[_Element] = []
