@@ -4,6 +4,7 @@ import re
 import stat
 import struct
 import tempfile
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ _TYPES = {
 ROOT_INODE = 2
 MAX_ENTRIES = 2_000_000  # far more than a root filesystem holds; a crafted image stops here
 MAX_PATH = 4096  # PATH_MAX: no program could open a longer path in the image
+MAX_DIRECTORY = 256 * 1024 * 1024  # millions of entries; a larger directory is crafted
 _EXTENTS_FL = 0x80000
 _FAST_LINK_MAX = 60  # a symlink target shorter than i_block lives in the inode itself
 # `inode_dump` prints the raw inode as "OOOO  hhhh hhhh … ascii" lines (octal offset), "*" for repeats.
@@ -40,6 +42,15 @@ class ImageEntry:
     size: int
     inode: int
     target: str | None = None
+
+
+def _read_bounded(path: Path, limit: int, image: Path) -> bytes:
+    """A file debugfs dumped, refused if a crafted inode made it larger than any real one."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError(f"{image} holds a directory or link target larger than {limit} bytes")
+    return data
 
 
 def _split_output(output: str, command: str, count: int, image: Path) -> list[str]:
@@ -133,7 +144,7 @@ def _children(image: Path, directories: list[tuple[int, str]], scratch: Path) ->
         dumped = scratch / str(ino)
         if not dumped.is_file():
             raise ImageError(f"debugfs could not read directory {parent!r} of {image}")
-        for child, name in _directory_entries(dumped.read_bytes(), image, parent):
+        for child, name in _directory_entries(_read_bounded(dumped, MAX_DIRECTORY, image), image, parent):
             path = f"{parent.rstrip('/')}/{name.decode('utf-8', 'surrogateescape')}"
             if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
                 raise ImageError(f"{image} holds a path longer than {MAX_PATH} bytes; refusing to list it")
@@ -165,14 +176,15 @@ def _children(image: Path, directories: list[tuple[int, str]], scratch: Path) ->
 def _slow_link_targets(image: Path, links: list[ImageEntry], scratch: Path) -> dict[int, str]:
     """Targets of symlinks too long for the inode, dumped from their data block."""
     debugfs(image, [f"dump <{link.inode}> {scratch}/{link.inode}" for link in links])
-    return {
-        link.inode: (scratch / str(link.inode)).read_bytes().decode("utf-8", "surrogateescape")
-        for link in links
-    }
+    targets = {}
+    for link in links:
+        raw = _read_bounded(scratch / str(link.inode), MAX_PATH, image)
+        targets[link.inode] = raw.decode("utf-8", "surrogateescape")
+    return targets
 
 
 def printable(text: str) -> str:
-    """Text with control characters, backslashes and undecodable bytes shown as escapes."""
+    """Text with control and format characters, backslashes and undecodable bytes shown as escapes."""
     out = []
     for char in text:
         code = ord(char)
@@ -182,6 +194,8 @@ def printable(text: str) -> str:
             out.append(f"\\x{code - 0xDC00:02x}")
         elif code < 0x20 or 0x7F <= code <= 0x9F:
             out.append(f"\\x{code:02x}")
+        elif unicodedata.category(char) in ("Cf", "Zl", "Zp", "Cs"):  # e.g. a right-to-left override
+            out.append(f"\\u{code:04x}")
         else:
             out.append(char)
     return "".join(out)

@@ -24,6 +24,7 @@ def odd_image(tmp_path):
     (root / "hid\nden" / "deeper").mkdir(parents=True)
     (root / "hid\nden" / "deeper" / "id_rsa").write_bytes(b"key")
     (root / "red\x1b[31m").write_bytes(b"")
+    (root / "cod.\u202egpj.exe").write_bytes(b"")
     os.symlink("target\ndebugfs: stat <2>\nMode:  0777", root / "link")
     return _image_of(root, tmp_path / "odd.img")
 
@@ -53,6 +54,7 @@ def test_the_listing_shows_control_characters_escaped(odd_image, capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert "/red\\x1b[31m" in out and "/hid\\x0aden/deeper/id_rsa" in out
+    assert "/cod.\\u202egpj.exe" in out and "\u202e" not in out
     assert "-> target\\x0adebugfs: stat <2>\\x0aMode:  0777" in out
 
 
