@@ -4,21 +4,13 @@ import os
 from pathlib import Path
 
 import pytest
-from crafting import Identity, bundle_bytes, craft_bundle, make_identity
+from crafting import bundle_bytes, craft_bundle
 
 from amidsl.bundle import read_manifest
+from tests.bundle import conftest as bundle_tests
 
-
-@pytest.fixture(scope="session")
-def user() -> Identity:
-    """The bundling user's key and certificate."""
-    return make_identity("amidsl test user")
-
-
-@pytest.fixture(scope="session")
-def ec2() -> Identity:
-    """A stand-in for EC2's key and certificate."""
-    return make_identity("amidsl test ec2")
+# The bundle tests' session identities, shared rather than generated again.
+user, ec2 = bundle_tests.user, bundle_tests.ec2
 
 
 @pytest.fixture

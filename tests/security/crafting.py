@@ -3,7 +3,7 @@
 import hashlib
 import os
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives import padding
@@ -12,21 +12,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from amidsl.bundle import bundle_image
 from amidsl.bundle.keys import encrypt_for_certificate, load_certificate, load_private_key
 from amidsl.bundle.manifest import EncryptedKeys, Manifest, ManifestPart, sign_manifest
-from amidsl.keypairs import self_signed_pair
+from tests.bundle.conftest import Identity, make_identity
 
-
-@dataclass(frozen=True)
-class Identity:
-    """A key pair and its self-signed certificate, as PEM bytes."""
-
-    cert_pem: bytes
-    key_pem: bytes = field(repr=False)
-
-
-def make_identity(common_name: str) -> Identity:
-    """Generate an RSA key and a self-signed certificate for it."""
-    key_pem, cert_pem = self_signed_pair(common_name, days=30)
-    return Identity(cert_pem=cert_pem.encode("ascii"), key_pem=key_pem.encode("ascii"))
+__all__ = ["Identity", "make_identity"]  # the bundle tests' identities, shared
 
 
 def bundle_bytes(directory: Path, data: bytes, user: Identity, ec2: Identity, prefix: str = "image") -> Path:

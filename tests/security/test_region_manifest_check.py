@@ -1,35 +1,17 @@
 """The simulated region's RegisterImage check parses manifests with the same strict, linear code."""
 
-import os
 import re
 import time
 
 import pytest
 from botocore.exceptions import ClientError
 
-from amidsl.bundle import build_image, bundle_image
+from amidsl.bundle import bundle_image
 from amidsl.example import example_credentials
-from simulator import FakeRegion
+from tests.simulator import test_region as region_tests
 
-BUCKET = "acme-bundles"
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("volume")
-    (folder / "data.bin").write_bytes(os.urandom(50_000))
-    path = tmp_path_factory.mktemp("image") / "image"
-    build_image(folder, path)
-    return path
-
-
-@pytest.fixture
-def region():
-    made = FakeRegion("us-east-1")
-    made.create_bucket(BUCKET)
-    made.register_signing_certificate(example_credentials()[1])
-    yield made
-    made.close()
+# The region tests' fixtures: a small ext4 image and a fake region that knows the example certificate.
+BUCKET, image, region = region_tests.BUCKET, region_tests.image, region_tests.region
 
 
 def _bundle(directory, image, region, prefix):
