@@ -1,8 +1,11 @@
 """Build hostile bundles for the security tests: any tar or gzip stream under a valid signature."""
 
+import gc
 import hashlib
 import os
+import time
 import zlib
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,8 +13,9 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from amidsl.bundle import bundle_image
+from amidsl.bundle.errors import ManifestParseError
 from amidsl.bundle.keys import encrypt_for_certificate, load_certificate, load_private_key
-from amidsl.bundle.manifest import EncryptedKeys, Manifest, ManifestPart, sign_manifest
+from amidsl.bundle.manifest import EncryptedKeys, Manifest, ManifestPart, parse_manifest, sign_manifest
 from tests.bundle.conftest import Identity, make_identity
 
 __all__ = ["Identity", "make_identity"]  # the bundle tests' identities, shared
@@ -96,3 +100,23 @@ def craft_bundle(
     signed = sign_manifest(replace(manifest, **fields), load_private_key(user.key_pem))
     (directory / "image.manifest.xml").write_text(signed.xml)
     return directory / "image.manifest.xml"
+
+
+def parse_seconds(text: str) -> float:
+    """CPU seconds spent parsing text (best of three), whether it parses or is refused.
+
+    The garbage collector is paused while timing: its full passes walk every object of the test
+    process, so their cost depends on what other tests left behind, not on the parser.
+    """
+    best = float("inf")
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            start = time.process_time()
+            with suppress(ManifestParseError):
+                parse_manifest(text)
+            best = min(best, time.process_time() - start)
+    finally:
+        gc.enable()
+    return best
