@@ -138,8 +138,10 @@ awkward = st.lists(
     max_size=8,
 ).map("".join)
 path_segment = awkward.map(lambda s: s.replace("/", "")).filter(lambda s: s not in (".", ".."))
+# Free text: no control characters but line breaks and tabs (settings refuse the rest).
 description = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), whitelist_characters="\n\t"),
+    max_size=60,
 )
 ec2_name = st.text(alphabet=list("aZ09()[]./-'@_ "), min_size=3, max_size=30)
 
