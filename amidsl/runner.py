@@ -122,7 +122,7 @@ def credential_removal(settings: AmiSettings) -> Remove:
     It empties credential_dir but keeps the (root-only) directory, so that a resumed build can run
     configure again without running install first.
     """
-    return Remove(settings.credential_dir, matching="*", description="remove the credentials")
+    return Remove(settings.credential_dir, contents=True, description="remove the credentials")
 
 
 def resume_hint(phase: str, credentials_removed: bool) -> str:

@@ -65,15 +65,21 @@ trap on_error ERR
 
 phase_cleanup() {
   step cleanup 1 'remove the credentials'
+  grep -qxF -e /opt/ami-tools/credentials -- /var/lib/amidsl/created-dirs 2>/dev/null || fail 'refusing to remove /opt/ami-tools/credentials: amidsl did not create /opt/ami-tools/credentials (it is not in /var/lib/amidsl/created-dirs); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools/credentials
+  { [ ! -e /opt/ami-tools/credentials ] && [ ! -L /opt/ami-tools/credentials ]; } || fail '/opt/ami-tools/credentials still exists after removing it'
   step cleanup 2 'remove the ami-tools and Ruby'
+  grep -qxF -e /opt/ami-tools -- /var/lib/amidsl/created-dirs 2>/dev/null || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (it is not in /var/lib/amidsl/created-dirs); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools
+  { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
   step cleanup 3 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
   step cleanup 4 'remove the bundle manifest'
   rm -f -- /tmp/image.manifest.xml
+  { [ ! -e /tmp/image.manifest.xml ] && [ ! -L /tmp/image.manifest.xml ]; } || fail '/tmp/image.manifest.xml still exists after removing it'
   step cleanup 5 'remove the image file if ec2-bundle-vol left it'
   rm -f -- /tmp/image
+  { [ ! -e /tmp/image ] && [ ! -L /tmp/image ]; } || fail '/tmp/image still exists after removing it'
 }
 
 main() {
