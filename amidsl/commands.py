@@ -23,7 +23,8 @@ from amidsl.actions import (
 from amidsl.settings import NODE_STATE_DIR
 
 # amidsl's record, on the node, of the directories it created: the only ones it will remove recursively.
-CREATED_RECORD = f"{NODE_STATE_DIR}/created-dirs"
+# One marker directory per created directory, named by its path with '%' and '/' percent-encoded.
+CREATED_RECORD = f"{NODE_STATE_DIR}/created"
 
 _GLOB_SAFE = re.compile(r"[A-Za-z0-9._*-]+")
 _NAME_SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -46,15 +47,13 @@ Word = Value | StagedFile | Glob
 
 @dataclass(frozen=True)
 class Command:
-    """One program run: argv, extra environment, working directory, user, optional stdout file
-    (appended to when `append`)."""
+    """One program run: argv, extra environment, working directory, user, optional stdout file."""
 
     argv: tuple[Word, ...]
     env: tuple[tuple[str, Value], ...] = ()
     cwd: str | None = None
     user: str = "root"
     stdout: str | None = None
-    append: bool = False
 
     def __post_init__(self) -> None:
         for name, _ in self.env:
@@ -84,8 +83,8 @@ CHECK_KINDS = ("absent", "empty", "recorded")
 
 @dataclass(frozen=True)
 class Check:
-    """Fail with `message` unless `path` is absent, is an empty (or missing) directory, or is in
-    amidsl's record of the directories it created (`kind`)."""
+    """Fail with `message` unless `path` is absent, is an empty (or missing) directory, or has a marker
+    in amidsl's record of the directories it created (`kind`)."""
 
     kind: str
     path: str
@@ -151,15 +150,14 @@ def node_steps(action: Action) -> tuple[Step, ...]:
     raise TypeError(f"no node commands for the action type {type(action).__name__}")
 
 
+def created_marker(path: str) -> str:
+    """The marker in amidsl's record saying amidsl created `path`."""
+    return f"{CREATED_RECORD}/{path.replace('%', '%25').replace('/', '%2F')}"
+
+
 def record_if_created(path: str) -> IfMissing:
     """Note `path` in amidsl's record when it does not exist yet, i.e. when amidsl is about to create it."""
-    return IfMissing(
-        path,
-        (
-            _install(("-d",), "0700", "root", "root", "--", NODE_STATE_DIR),
-            Command(("printf", "%s\\n", path), stdout=CREATED_RECORD, append=True),
-        ),
-    )
+    return IfMissing(path, (_install(("-d",), "0700", "root", "root", "--", created_marker(path)),))
 
 
 def removal(action: Remove) -> tuple[Step, ...]:
@@ -179,7 +177,7 @@ def removal(action: Remove) -> tuple[Step, ...]:
             Check(
                 "recorded",
                 path,
-                f"refusing to remove {path}: amidsl did not create {path} (it is not in {CREATED_RECORD}); "
+                f"refusing to remove {path}: amidsl did not create {path} (no {created_marker(path)}); "
                 "remove it by hand if it is really amidsl's",
             )
         )
@@ -187,6 +185,9 @@ def removal(action: Remove) -> tuple[Step, ...]:
         Command(("rm", "-rf" if action.recursive else "-f", "--", path)),
         Check("absent", path, f"{path} still exists after removing it"),
     ]
+    if action.recursive:
+        # Forget it: should someone create the directory again later, it is theirs, not amidsl's.
+        steps.append(Command(("rm", "-rf", "--", created_marker(path))))
     return tuple(steps)
 
 

@@ -20,7 +20,6 @@ from typing import Any
 from amidsl.actions import Action, AwsCall, EnvSecret, OptionalArg, RuntimeValue, StagedFile
 from amidsl.bundle import ImageEntry, LeftOut, Manifest, list_image, unbundle, verify_bundle
 from amidsl.commands import (
-    CREATED_RECORD,
     ByPackageManager,
     Check,
     Command,
@@ -28,6 +27,7 @@ from amidsl.commands import (
     IfMissing,
     IfPresent,
     Step,
+    created_marker,
     node_steps,
 )
 from amidsl.crate import RBENV_URL, RUBY_BUILD_URL
@@ -194,9 +194,7 @@ class SimulatorBackend:
             return not node.exists(check.path) and not node.host_path(check.path).is_symlink()
         if check.kind == "empty":
             return not node.is_dir(check.path) or not any(node.host_path(check.path).iterdir())
-        if not node.exists(CREATED_RECORD):
-            return False
-        return check.path in node.read_bytes(CREATED_RECORD).decode().splitlines()
+        return node.is_dir(created_marker(check.path))
 
     def _run_command(self, command: Command, env: dict[str, str]) -> CommandResult:
         try:
@@ -209,10 +207,7 @@ class SimulatorBackend:
             return result
         target = command.stdout
         mode = self.node.mode(target) if self.node.exists(target) else 0o644
-        data = result.output.encode()
-        if command.append and self.node.exists(target):
-            data = self.node.read_bytes(target) + data
-        self.node.write_bytes(target, data, mode=mode, owner=self.node.owner(target))
+        self.node.write_bytes(target, result.output.encode(), mode=mode, owner=self.node.owner(target))
         return CommandResult(0)
 
     def _words(self, word: object, env: dict[str, str]) -> list[str]:

@@ -25,13 +25,13 @@ from amidsl.actions import (
     UpdateSettings,
 )
 from amidsl.commands import (
-    CREATED_RECORD,
     ByPackageManager,
     Check,
     Command,
     Glob,
     IfMissing,
     IfPresent,
+    created_marker,
     node_steps,
 )
 from amidsl.example import example_config_path
@@ -110,7 +110,7 @@ RECORDER = """#!/bin/bash
   >> "$AMIDSL_TEST_RECORD"
 """
 # Every program the node commands and API calls use, as a shell function that records its argv.
-RECORDED_PROGRAMS = "aws git mkdir install curl unzip rm mv chown apt-get dnf yum printf find grep ls fail"
+RECORDED_PROGRAMS = "aws git mkdir install curl unzip rm mv chown apt-get dnf yum printf find ls fail"
 SHELL_RECORDERS = f"""
 record() {{ {{ builtin printf '%s\\0' "$#" "$@"; }} >> "$AMIDSL_TEST_RECORD"; }}
 for program in {RECORDED_PROGRAMS}; do eval "$program() {{ record $program \\"\\$@\\"; }}"; done
@@ -238,11 +238,11 @@ def expected_argvs(action, env: dict[str, str]) -> list[list[str]]:
                     walk(step.then)
             elif isinstance(step, Check):
                 # The recorders print nothing and succeed: only a path still there makes a check fail.
-                if step.kind == "recorded":
-                    found.append(["grep", "-qxF", "-e", step.path, "--", CREATED_RECORD])
-                elif step.kind == "empty":
+                if step.kind == "empty":
                     found.append(["ls", "-A", "--", step.path])
-                elif Path(step.path).exists() or Path(step.path).is_symlink():
+                elif (
+                    step.kind == "absent" and (Path(step.path).exists() or Path(step.path).is_symlink())
+                ) or (step.kind == "recorded" and not Path(created_marker(step.path)).is_dir()):
                     found.append(["fail", step.message])
             elif isinstance(step, ByPackageManager):
                 walk(step.branches[0][1])  # the recorders make apt-get the first one found

@@ -29,7 +29,6 @@ from amidsl.actions import (
     Value,
 )
 from amidsl.commands import (
-    CREATED_RECORD,
     ByPackageManager,
     Check,
     Command,
@@ -38,6 +37,7 @@ from amidsl.commands import (
     IfPresent,
     Step,
     Word,
+    created_marker,
     node_steps,
 )
 from amidsl.plan import Plan
@@ -107,7 +107,7 @@ def _check_test(check: Check) -> str:
         return f"{{ [ ! -e {path} ] && [ ! -L {path} ]; }}"
     if check.kind == "empty":
         return f'[ -z "$(ls -A -- {path} 2>/dev/null)" ]'
-    return f"grep -qxF -e {path} -- {quote(CREATED_RECORD)} 2>/dev/null"
+    return f"[ -d {quote(created_marker(check.path))} ]"
 
 
 def _command(command: Command) -> str:
@@ -123,7 +123,7 @@ def _command(command: Command) -> str:
     else:
         text = " ".join(env + words)
     if command.stdout is not None:
-        text += f" {'>>' if command.append else '>'} {quote(command.stdout)}"
+        text += f" > {quote(command.stdout)}"
     if command.cwd is not None:
         text = f"(cd -- {quote(command.cwd)} && {text})"
     return text

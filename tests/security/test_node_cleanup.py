@@ -50,9 +50,11 @@ def test_the_script_checks_the_record_before_removing_a_directory_recursively(ra
     script = render_script(build_plan(crate.server_spec(raw_settings)))
     cleanup = script[script.index("phase_cleanup() {") :]
     for directory in (CREDENTIAL_DIR, "/opt/ami-tools"):
-        check = f"grep -qxF -e {directory} -- {NODE_STATE_DIR}/created-dirs"
+        marker = f"{NODE_STATE_DIR}/created/{directory.replace('/', '%2F')}"
+        check = f"[ -d {marker} ] || fail 'refusing to remove {directory}"
         assert check in cleanup
         assert cleanup.index(check) < cleanup.index(f"rm -rf -- {directory}\n")
+        assert cleanup.index(f"rm -rf -- {directory}\n") < cleanup.index(f"rm -rf -- {marker}\n")
 
 
 def test_the_install_dir_is_never_chowned_as_a_whole(raw_settings):
@@ -78,5 +80,14 @@ def test_cleanup_removes_the_directories_amidsl_created(run, example_settings, n
     simulation = run(example_settings)
     assert simulation.error is None
     assert not node.exists("/opt/ami-tools")
-    record = node.read_bytes(f"{NODE_STATE_DIR}/created-dirs").decode()
-    assert "/opt/ami-tools\n" in record and f"{CREDENTIAL_DIR}\n" in record
+    # Both were recorded when created, and forgotten once removed.
+    assert node.is_dir(f"{NODE_STATE_DIR}/created") and not any(
+        node.host_path(f"{NODE_STATE_DIR}/created").iterdir()
+    )
+
+
+def test_install_records_the_directories_it_creates(run, example_settings, node):
+    simulation = run(example_settings, ["install"])
+    assert simulation.error is None
+    for directory in ("/opt/ami-tools", CREDENTIAL_DIR):
+        assert node.is_dir(f"{NODE_STATE_DIR}/created/{directory.replace('/', '%2F')}")

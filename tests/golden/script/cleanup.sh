@@ -65,13 +65,15 @@ trap on_error ERR
 
 phase_cleanup() {
   step cleanup 1 'remove the credentials'
-  grep -qxF -e /opt/ami-tools/credentials -- /var/lib/amidsl/created-dirs 2>/dev/null || fail 'refusing to remove /opt/ami-tools/credentials: amidsl did not create /opt/ami-tools/credentials (it is not in /var/lib/amidsl/created-dirs); remove it by hand if it is really amidsl'"'"'s'
+  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials ] || fail 'refusing to remove /opt/ami-tools/credentials: amidsl did not create /opt/ami-tools/credentials (no /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools/credentials
   { [ ! -e /opt/ami-tools/credentials ] && [ ! -L /opt/ami-tools/credentials ]; } || fail '/opt/ami-tools/credentials still exists after removing it'
+  rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
   step cleanup 2 'remove the ami-tools and Ruby'
-  grep -qxF -e /opt/ami-tools -- /var/lib/amidsl/created-dirs 2>/dev/null || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (it is not in /var/lib/amidsl/created-dirs); remove it by hand if it is really amidsl'"'"'s'
+  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ] || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools
   { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
+  rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
   step cleanup 3 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
   step cleanup 4 'remove the bundle manifest'

@@ -78,8 +78,7 @@ phase_install() {
   fi
   step install 2 'unpack the ec2-ami-tools into the install directory'
   if [ ! -e /opt/ami-tools ]; then
-    install -d -m 0700 -o root -g root -- /var/lib/amidsl
-    printf '%s\n' /opt/ami-tools >> /var/lib/amidsl/created-dirs
+    install -d -m 0700 -o root -g root -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
   fi
   install -d -m 0755 -o root -g root -- /opt/ami-tools
   rm -rf -- /opt/ami-tools/ec2-ami-tools /opt/ami-tools/ec2-ami-tools-*
@@ -92,8 +91,7 @@ phase_install() {
   chown -R root:root -- /opt/ami-tools/ec2-ami-tools
   step install 3 'create the credential directory (root only)'
   if [ ! -e /opt/ami-tools/credentials ]; then
-    install -d -m 0700 -o root -g root -- /var/lib/amidsl
-    printf '%s\n' /opt/ami-tools/credentials >> /var/lib/amidsl/created-dirs
+    install -d -m 0700 -o root -g root -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
   fi
   install -d -m 0700 -o root -g root -- /opt/ami-tools/credentials
   step install 4 'fetch rbenv into the install directory'
