@@ -85,6 +85,7 @@ class BuildError(Exception):
         cleanup_note: str,
         transcript: Sequence[ActionRecord] = (),
         resume: str = "",
+        cause: str = "",
     ) -> None:
         self.phase = phase
         self.index = index
@@ -93,13 +94,18 @@ class BuildError(Exception):
         self.output = output
         self.cleanup_note = cleanup_note
         self.transcript = list(transcript)
+        self.resume = resume
+        self.cause = cause or (f"failed with exit status {status}" if status is not None else "failed")
         tail = "\n".join(output.rstrip().splitlines()[-OUTPUT_TAIL_LINES:])
-        status_text = f"exit status {status}" if status is not None else "an error"
-        message = f"phase {phase}, action {index} ({description}) failed with {status_text}"
+        message = f"phase {phase}, action {index} ({description}) {self.cause}"
         if tail:
             message += "\n" + "\n".join(f"  | {line}" for line in tail.splitlines())
         message += f"\n{cleanup_note}\n{resume or resume_hint(phase, credentials_removed=False)}"
         super().__init__(message)
+
+
+class BuildInterrupted(BuildError):
+    """The build was interrupted (Ctrl-C): which phase and action ran, and the node's state."""
 
 
 @dataclass
@@ -174,9 +180,12 @@ def run_plan(
     result = BuildResult(settings)
     secrets = list(backend.secrets())
     for phase in plan.phases:
-        progress(f"phase {phase.name}")
         for on_controller, actions in split_by_side(phase):
+            # Every way out of a run of actions (a failure, Ctrl-C, an unexpected error) applies the
+            # on-error policy before the build ends, and ends as a BuildError.
             try:
+                if actions[0][0] == 1:
+                    progress(f"phase {phase.name}")
                 if on_controller:
                     for index, action in actions:
                         record = _run_controller_action(phase.name, index, action, backend, values, results)
@@ -187,17 +196,29 @@ def run_plan(
             except ActionFailed as failure:
                 result.transcript += failure.records
                 description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
-                removed, note = _after_failure(plan, backend, on_error, result)
-                raise BuildError(
-                    phase.name,
-                    failure.index,
-                    description,
-                    failure.status,
-                    redact(failure.output, secrets),
-                    redact(note, secrets),
-                    result.transcript,
-                    resume_hint(phase.name, removed),
-                ) from None
+                failed = (BuildError, failure.index, description, failure.status, failure.output, "")
+            except KeyboardInterrupt:
+                index, action = actions[0]
+                failed = (BuildInterrupted, index, action.description, None, "", _interrupted(actions))
+            except Exception as err:
+                index, action = actions[0]
+                cause = f"failed with an unexpected error ({type(err).__name__})"
+                failed = (BuildError, index, action.description, None, f"{type(err).__name__}: {err}", cause)
+            else:
+                continue
+            kind, index, description, status, output, cause = failed
+            removed, note = _after_failure(plan, backend, on_error, result)
+            raise kind(
+                phase.name,
+                index,
+                description,
+                status,
+                redact(output, secrets),
+                redact(note, secrets),
+                result.transcript,
+                resume_hint(phase.name, removed),
+                cause,
+            ) from None
         result.phases.append(phase.name)
     result.settings = settings.with_values(image_id=values.get("image_id", settings.image_id))
     return result
@@ -244,6 +265,20 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
         result.transcript += backend.run_node_actions(
             "on-error", [(1, credential_removal(plan.settings))], {}
         )
+    except KeyboardInterrupt:
+        return False, f"The credentials may remain on the node in {where}: their removal was interrupted."
     except Exception as err:
-        return False, f"The credentials may remain on the node in {where}: removing them failed too ({err})."
+        said = err.output.strip().splitlines()[-3:] if isinstance(err, ActionFailed) else []
+        reason = " ".join(said) or err
+        return (
+            False,
+            f"The credentials may remain on the node in {where}: removing them failed too ({reason}).",
+        )
+    # The removal checks that the directory is empty afterwards: only then is this said.
     return True, f"The credentials were removed from the node ({where})."
+
+
+def _interrupted(actions: Sequence[tuple[int, Action]]) -> str:
+    numbers = [index for index, _ in actions]
+    running = f"action {numbers[0]}" if len(numbers) == 1 else f"actions {numbers[0]}-{numbers[-1]}"
+    return f"was interrupted (Ctrl-C) while {running} ran"

@@ -263,8 +263,16 @@ def make_ami(
             resume = (
                 f"To resume on it, fix the cause and run again with --host {host} from phase {err.phase}."
             )
-        raise BuildError(
-            err.phase, err.index, err.description, err.status, err.output, note, err.transcript, resume
+        raise type(err)(
+            err.phase,
+            err.index,
+            err.description,
+            err.status,
+            err.output,
+            note,
+            err.transcript,
+            resume,
+            err.cause,
         ) from None
     except BaseException:
         if on_error == "cleanup":

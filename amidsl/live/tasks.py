@@ -17,11 +17,12 @@ from amidsl.live.build import build_on_host, make_ami, make_ami_from_group_node
 from amidsl.live.settings import LiveSettings, load_live_table, resolve_live
 from amidsl.live.ssh import NodeConnectionError
 from amidsl.plan import Plan, Spec, build_plan
-from amidsl.runner import ON_ERROR_POLICIES, BuildError
+from amidsl.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted
 from amidsl.settings import Problem, SettingsError, load_toml
 
 BAD_INPUT = 2
 BUILD_FAILED = 1
+INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,13 @@ def build(
             ).image_id
     except SettingsError as err:
         raise Exit(str(err), code=BAD_INPUT) from None
+    except BuildInterrupted as err:
+        raise Exit(f"build interrupted: {err}", code=INTERRUPTED) from None
     except (BuildError, NodeConnectionError, AwsError) as err:
         raise Exit(f"build failed: {err}", code=BUILD_FAILED) from None
+    except KeyboardInterrupt:
+        # Before any phase ran (the AWS checks, a launch): no credentials reached a node.
+        raise Exit("build interrupted before any phase ran on a node", code=INTERRUPTED) from None
     if image_id:
         print(f"image {image_id} ({settings.image_name}) is registered in {settings.region}")
     else:
