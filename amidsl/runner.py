@@ -4,7 +4,8 @@ A back-end knows how to run the node actions of a phase (the simulator on a fake
 back-end as the rendered script over SSH) and how to make an AWS call. This module does the rest the same
 way for both: phases in order, controller-side actions (API calls, storing results into the settings,
 checks), run-time values such as the image id, the transcript, and what happens on failure: the error
-names the phase and the action, and with `on_error="cleanup"` the credentials are removed from the node.
+names the phase and the action, and with `on_error="cleanup"` the credentials are removed from the node
+(with "cleanup-all" also what a failed upload or registration left in S3; see amidsl.leftovers).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from amidsl.actions import (
     RuntimeValue,
     UpdateSettings,
 )
+from amidsl.leftovers import UPLOADING_PHASES, leftovers_note
 from amidsl.plan import Plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 
-ON_ERROR_POLICIES = ("cleanup", "abort")
+# cleanup: remove the credentials from the node; cleanup-all: also what a failed upload or registration
+# left in S3; abort: leave everything for debugging.
+ON_ERROR_POLICIES = ("cleanup", "cleanup-all", "abort")
 OUTPUT_TAIL_LINES = 20
 
 
@@ -208,6 +212,9 @@ def run_plan(
                 continue
             kind, index, description, status, output, cause = failed
             removed, note = _after_failure(plan, backend, on_error, result)
+            if phase.name in UPLOADING_PHASES:
+                s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
+                note = f"{note}\n{s3_note}" if s3_note else note
             raise kind(
                 phase.name,
                 index,

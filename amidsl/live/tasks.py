@@ -81,7 +81,8 @@ def _progress(line: str) -> None:
         "group": "build on a running node tagged amidsl:group=GROUP",
         "launch": "launch a node from the [live] launch settings, build, terminate it",
         "phase": "phase to run (repeatable; default: all, or all but cleanup with --launch)",
-        "on-error": "cleanup (default: remove the credentials, terminate a launched node) or abort",
+        "on-error": "cleanup (default: remove the credentials, terminate a launched node), cleanup-all "
+        "(also remove what a failed upload or registration left in S3) or abort",
         "trust-new-host-key": "accept and remember an unknown host key (never a changed one)",
     },
 )
@@ -97,7 +98,7 @@ def build(
 ) -> None:
     """Build the AMI on a real node over SSH, calling AWS with boto3."""
     if on_error not in ON_ERROR_POLICIES:
-        raise Exit(f"--on-error {on_error!r}: choose cleanup or abort", code=BAD_INPUT)
+        raise Exit(f"--on-error {on_error!r}: choose {', '.join(ON_ERROR_POLICIES)}", code=BAD_INPUT)
     modes = [name for name, given in (("--host", host), ("--group", group), ("--launch", launch)) if given]
     if len(modes) > 1:
         raise Exit(f"{' and '.join(modes)}: choose one of --host, --group and --launch", code=BAD_INPUT)
