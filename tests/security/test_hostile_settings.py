@@ -20,13 +20,18 @@ def problems_of(raw: dict) -> list:
     return caught.value.problems
 
 
-def test_a_certificate_file_that_also_holds_the_private_key_is_refused(raw_settings, credentials, tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "fix"),
+    [("certificate_source", "only the certificate"), ("private_key_source", "only your private key")],
+)
+def test_a_credential_file_holding_both_the_key_and_the_certificate_is_refused(
+    raw_settings, credentials, tmp_path, setting, fix
+):
     combined = tmp_path / "combined.pem"
     combined.write_text(credentials.key_pem + credentials.cert_pem)
-    raw = {**raw_settings, "certificate_source": {"local_file": str(combined)}}
-    problems = problems_of(raw)
-    assert [p.setting for p in problems] == ["certificate_source"]
-    assert "only the certificate" in str(problems[0])
+    problems = problems_of({**raw_settings, setting: {"local_file": str(combined)}})
+    assert [p.setting for p in problems] == [setting]
+    assert fix in str(problems[0])
     assert "PRIVATE KEY" not in str(problems[0])
 
 
@@ -40,14 +45,6 @@ def test_text_around_the_certificate_never_reaches_the_script_or_the_plan(
     for output in (render_script(plan), render_text(plan), render_json(plan)):
         assert "smuggled" not in output
     assert plan.settings.certificate_pem.strip() == credentials.cert_pem.strip()
-
-
-def test_a_private_key_file_holding_more_than_the_key_is_refused(raw_settings, credentials, tmp_path):
-    combined = tmp_path / "key-and-cert.pem"
-    combined.write_text(credentials.key_pem + credentials.cert_pem)
-    raw = {**raw_settings, "private_key_source": {"local_file": str(combined)}}
-    problems = problems_of(raw)
-    assert [p.setting for p in problems] == ["private_key_source"]
 
 
 @pytest.mark.parametrize(
