@@ -58,6 +58,14 @@ class ActionFailed(Exception):
         self.records = list(records)
 
 
+class ActionInterrupted(KeyboardInterrupt):
+    """Raised by a back-end for Ctrl-C, naming the action that was running (a KeyboardInterrupt still)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"interrupted during action {index}")
+        self.index = index
+
+
 class NodeBackend(Protocol):
     """What an executing back-end provides to the runner."""
 
@@ -201,9 +209,13 @@ def run_plan(
                 result.transcript += failure.records
                 description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
                 failed = (BuildError, failure.index, description, failure.status, failure.output, "")
-            except KeyboardInterrupt:
-                index, action = actions[0]
-                failed = (BuildInterrupted, index, action.description, None, "", _interrupted(actions))
+            except KeyboardInterrupt as interrupt:
+                running = dict(actions)
+                if isinstance(interrupt, ActionInterrupted) and interrupt.index in running:
+                    index, cause = interrupt.index, "was interrupted (Ctrl-C)"
+                else:
+                    index, cause = actions[0][0], _interrupted(actions)
+                failed = (BuildInterrupted, index, running[index].description, None, "", cause)
             except Exception as err:
                 index, action = actions[0]
                 cause = f"failed with an unexpected error ({type(err).__name__})"

@@ -33,7 +33,9 @@ def test_ctrl_c_while_the_volume_is_bundled_removes_the_credentials(
             progress=press_ctrl_c_in_the_bundle,
         )
     message = str(caught.value)
-    assert "phase ami-bundle" in message and "was interrupted (Ctrl-C)" in message
+    assert message.startswith(
+        "phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
+    )
     assert "The credentials were removed from the node" in message
     credential_dir = Path(config["ami"]["credential_dir"])
     assert credential_dir.is_dir() and list(credential_dir.iterdir()) == []

@@ -4,10 +4,14 @@ file, and directories whose cleanup would wreck the node. Each must be refused b
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from amidsl import crate
+from amidsl.example import example_config_path
 from amidsl.plan import build_plan
 from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
@@ -119,3 +123,19 @@ def test_the_plan_preview_escapes_a_control_character_that_got_past_validation(r
     )
     text = render_text(dataclasses.replace(plan, settings=settings, phases=phases))
     assert "\x1b" not in text and "x\\x1b[2Jy" in text
+
+
+def test_the_cli_refuses_a_nul_in_the_description_without_a_traceback(tmp_path):
+    config = tmp_path / "ami.toml"
+    text = Path(example_config_path()).read_text()
+    config.write_text(
+        text.replace('image-description = "amidsl example AMI"', 'image-description = "a\\u0000b"')
+    )
+    assert "\\u0000" in config.read_text()
+    for command in ("validate", "simulate", "script"):
+        done = subprocess.run(
+            [sys.executable, "-m", "amidsl", command, "--config", str(config)], capture_output=True, text=True
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        assert "image_description: contains a control character (U+0000)" in done.stderr
+        assert "Traceback" not in done.stderr
