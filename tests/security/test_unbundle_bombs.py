@@ -132,3 +132,20 @@ def test_a_crafted_single_file_bundle_restores(tmp_path, user, craft):
     assert read_manifest(manifest).digest == hashlib.sha1(tar).hexdigest()
     restored = unbundle(manifest, user.key_pem, tmp_path / "out", user_cert_pem=user.cert_pem)
     assert restored.read_bytes() == data
+
+
+def test_a_posix_tar_with_a_pax_header_restores(tmp_path, user, craft):
+    """Bounded reading still accepts what a POSIX tar writes: the name and size from a pax header."""
+    import io
+    import tarfile
+
+    data = os.urandom(3000)
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("image")
+        info.size = len(data)
+        info.pax_headers = {"comment": "written by a POSIX tar", "path": "image", "size": str(len(data))}
+        archive.addfile(info, io.BytesIO(data))
+    manifest = craft(tmp_path / "bundle", stream.getvalue(), size=len(data))
+    restored = unbundle(manifest, user.key_pem, tmp_path / "out", user_cert_pem=user.cert_pem)
+    assert restored.read_bytes() == data
