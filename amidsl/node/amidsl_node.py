@@ -22,7 +22,8 @@ Requests (optional keys in brackets) and results:
     bundle  {volume, exclude, includes, filter, destination_dir, prefix, image_size_mb, key, iv,
              part_size, workers (0: all cores), [level (zlib, default 4)]}
             -> {prefix, image_size, digest, bundled_size, parts[{filename, size, sha1, md5}],
-                volume_fs, left_out[[path, reason]] (the first 200)}
+                volume_fs, left_out[[path, reason]] (the first 200),
+                seconds{check, stage, mke2fs, bundle, remove} (where the time went)}
     upload  {destination_dir, parts[{filename, url, headers, [size], [sha1]}], concurrency,
              retries, [retry_pause (seconds, default 1)]}
             -> {uploaded[filename], failed[{filename, status, reason}], expired[filename]};
@@ -45,6 +46,7 @@ import ctypes.util
 import errno
 import fnmatch
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -57,6 +59,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -633,12 +636,14 @@ def staging_parent(volume: str, destination_dir: str) -> str:
 
 
 class ImageBuild(NamedTuple):
-    """What build_image made."""
+    """What build_image made, and the seconds its two steps took."""
 
     path: str
     size_mb: int
     entries: int
     left_out: list
+    stage_seconds: float
+    mke2fs_seconds: float
 
 
 def build_image(
@@ -669,6 +674,7 @@ def build_image(
         root = os.lstat(volume)
         _set_owner_mode_times(staging, root, volume)
         size = measure_selection(walk_volume(staging, (), (), True), -1)
+        staged = time.monotonic()
         wanted = size_mb or estimate_size_mb(size.allocated, entries)
         # An estimate can fall short on unusual trees; grow it rather than fail.
         for _attempt in range(1 if size_mb else 3):
@@ -683,11 +689,15 @@ def build_image(
                 f"mke2fs could not build a {wanted} MB image of {volume}: {error}; set a larger "
                 "image_size_mb or exclude more"
             )
-    finally:
+    except BaseException:
         cleanup.remove(staging)
-    say(f"built the image in {time.monotonic() - started:.1f} s")
+        raise
+    # The image no longer needs the staging tree; removing it overlaps the bundling.
+    cleanup.remove_in_background(staging)
+    built = time.monotonic()
+    say(f"built the image in {built - started:.1f} s")
     left_out.sort(key=lambda s: s.path)
-    return ImageBuild(image, wanted, entries, left_out)
+    return ImageBuild(image, wanted, entries, left_out, staged - started, built - staged)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1046,11 +1056,46 @@ def bundle_image_file(
 # ---------------------------------------------------------------------------------------------
 
 
+REMOVERS = 16  # removing a directory mostly waits on the disk's journal: many at once go faster
+
+
+def remove_tree(path: str) -> None:
+    """Remove a directory tree (never following symlinks), many entries at a time."""
+    levels: list[list[str]] = []  # directories by depth
+    others: list[str] = []
+    pending = [(path, 0)]
+    while pending:
+        directory, depth = pending.pop()
+        if len(levels) <= depth:
+            levels.append([])
+        levels[depth].append(directory)
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((entry.path, depth + 1))
+                    else:
+                        others.append(entry.path)
+        except OSError:
+            continue
+    with concurrent.futures.ThreadPoolExecutor(max_workers=REMOVERS) as pool:
+        list(pool.map(_remove_quietly, others, itertools.repeat(os.unlink)))
+        for level in reversed(levels):
+            list(pool.map(_remove_quietly, level, itertools.repeat(os.rmdir)))
+    shutil.rmtree(path, ignore_errors=True)  # anything the pass above could not remove
+
+
+def _remove_quietly(path: str, remove: Callable[[str], None]) -> None:
+    with contextlib.suppress(OSError):
+        remove(path)
+
+
 class Cleanup:
     """Paths this run created and must remove unless they become the result."""
 
     def __init__(self) -> None:
         self._paths: list[str] = []
+        self._removing: list[tuple[str, threading.Thread]] = []
 
     def add(self, path: str) -> None:
         self._paths.append(path)
@@ -1063,12 +1108,27 @@ class Cleanup:
         """Remove one path now (a tree is removed without following symlinks)."""
         self.forget(path)
         if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    def remove_in_background(self, path: str) -> None:
+        """Start removing a tree in a thread; it stays listed until wait() or remove_all()."""
+        remover = threading.Thread(target=remove_tree, args=(path,), daemon=True)
+        remover.start()
+        self._removing.append((path, remover))
+
+    def wait(self) -> None:
+        """Wait for the background removals to end."""
+        while self._removing:
+            path, remover = self._removing.pop()
+            remover.join()
+            if not os.path.lexists(path):
+                self.forget(path)
+
     def remove_all(self) -> None:
+        self.wait()
         for path in reversed(list(self._paths)):
             self.remove(path)
 
@@ -1137,6 +1197,7 @@ def _key_bytes(request: dict, name: str) -> bytes:
 
 def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     """Image the volume and bundle the image into encrypted parts in destination_dir."""
+    started = time.monotonic()
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
     prefix = _field(request, "prefix", str, "image")
@@ -1183,6 +1244,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         )
 
     volume_fs = volume_filesystem(volume)
+    checked = time.monotonic()
     image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
     built = build_image(
         volume,
@@ -1194,6 +1256,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         volume_fs=volume_fs,
         cleanup=cleanup,
     )
+    bundling = time.monotonic()
     encryptor = Aes128Cbc(lib, key, iv)
     try:
         digest, parts = bundle_image_file(
@@ -1208,8 +1271,17 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         )
     finally:
         encryptor.close()
+    bundled = time.monotonic()
     image_size = os.lstat(image_path).st_size
     cleanup.remove(image_path)
+    cleanup.wait()  # for the staging tree's removal
+    timings = {
+        "check": checked - started,
+        "stage": built.stage_seconds,
+        "mke2fs": built.mke2fs_seconds,
+        "bundle": bundled - bundling,
+        "remove": time.monotonic() - bundled,
+    }
     return {
         "prefix": prefix,
         "image_size": image_size,
@@ -1218,6 +1290,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         "parts": parts,
         "volume_fs": volume_fs,
         "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
+        "seconds": {step: round(seconds, 3) for step, seconds in timings.items()},
     }
 
 
