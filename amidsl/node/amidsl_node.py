@@ -38,7 +38,6 @@ never comes to the node.
 from __future__ import annotations
 
 import base64
-import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -51,6 +50,7 @@ import json
 import math
 import os
 import posixpath
+import queue
 import random
 import re
 import shutil
@@ -849,7 +849,9 @@ class ParallelGzip:
     """One gzip member compressed by several threads, as pigz does (zlib releases the GIL).
 
     Each chunk is deflated on its own, primed with the 32 KiB before it and ended with a sync
-    flush, so the pieces concatenate into one deflate stream; only the last ends it.
+    flush, so the pieces concatenate into one deflate stream; only the last ends it. A writer
+    thread hands the pieces to sink in order, so that neither the caller (reading and hashing)
+    nor the workers wait while the sink encrypts and writes.
     """
 
     def __init__(
@@ -857,8 +859,10 @@ class ParallelGzip:
     ) -> None:
         self._sink, self._level, self._chunk_size = sink, level, chunk_size
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
-        self._in_flight: collections.deque = collections.deque()
-        self._limit = workers + 2  # bounds memory: a few MiB per worker
+        # Bounds memory to a few chunks per worker: submitting waits while the writer is behind.
+        self._in_flight: queue.Queue = queue.Queue(maxsize=2 * workers + 2)
+        self._error: BaseException | None = None
+        self._stopped = False
         self._buffer = bytearray()
         self._held: bytes | None = None  # the newest chunk: only at close do we know it is last
         self._dictionary = b""
@@ -867,6 +871,21 @@ class ParallelGzip:
         xfl = 2 if level == 9 else 4 if level == 1 else 0
         # Magic, deflate, no flags, no mtime, extra flags, OS = Unix.
         sink(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([xfl, 3]))
+        self._writer = threading.Thread(target=self._write_in_order, daemon=True)
+        self._writer.start()
+
+    def _write_in_order(self) -> None:
+        """The writer thread: each compressed piece to sink, in order, until the None at the end."""
+        while True:
+            future = self._in_flight.get()
+            if future is None:
+                return
+            try:
+                piece = future.result()
+                if not self._stopped and self._error is None:
+                    self._sink(piece)
+            except BaseException as exc:  # kept for close(); the loop must drain the queue
+                self._error = self._error or exc
 
     def write(self, data: bytes) -> None:
         """Compress data (in the background, in order)."""
@@ -888,10 +907,8 @@ class ParallelGzip:
 
     def _submit(self, chunk: bytes, last: bool) -> None:
         future = self._pool.submit(_deflate_chunk, chunk, self._dictionary, self._level, last)
-        self._in_flight.append(future)
         self._dictionary = chunk[-DICTIONARY:]
-        while len(self._in_flight) > self._limit:
-            self._sink(self._in_flight.popleft().result())
+        self._in_flight.put(future)
 
     def close(self) -> None:
         """Compress what is left, end the deflate stream and write the CRC-32 and length."""
@@ -900,15 +917,18 @@ class ParallelGzip:
             self._buffer = bytearray()
         self._submit(self._held or b"", last=True)
         self._held = None
-        while self._in_flight:
-            self._sink(self._in_flight.popleft().result())
+        self._in_flight.put(None)
+        self._writer.join()
         self._pool.shutdown()
+        if self._error is not None:
+            raise self._error
         self._sink(self._crc.to_bytes(4, "little") + (self._length & 0xFFFFFFFF).to_bytes(4, "little"))
 
     def abandon(self) -> None:
-        """Stop after a failure: drop queued work."""
-        for future in self._in_flight:
-            future.cancel()
+        """Stop after a failure: drop queued work and end the writer thread."""
+        self._stopped = True  # the writer drops what is still queued
+        self._in_flight.put(None)
+        self._writer.join()
         self._pool.shutdown()
 
 

@@ -64,6 +64,7 @@ def test_the_parts_decrypt_with_openssl_into_an_ext4_image_of_the_volume(volume,
     assert sorted(os.listdir(destination)) == [p["filename"] for p in report["parts"]]
     assert report["bundled_size"] == sum(p["size"] for p in report["parts"])
     assert all(p["size"] == 256 * 1024 for p in report["parts"][:-1])
+    assert set(report["seconds"]) == {"check", "stage", "mke2fs", "bundle", "remove"}
 
     image = restore_with_openssl(destination, report, tmp_path / "restored")
     assert image.stat().st_size == report["image_size"]

@@ -2,6 +2,7 @@
 
 import ast
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,43 @@ def test_parallel_gzip_of_a_large_stream_stays_close_to_plain_zlib():
     ours = parallel_gzip(data, 6, 2, node.GZIP_CHUNK, 50)
     assert zlib.decompress(ours, 31) == data
     assert len(ours) <= len(zlib.compress(data, 6)) * 1.01
+
+
+def test_a_sink_that_fails_makes_close_raise_its_error_instead_of_hanging():
+    def sink(data: bytes) -> None:
+        if len(data) > 10:  # the gzip header goes through; the first compressed piece fails
+            raise OSError(28, "No space left on device")
+
+    gzip = node.ParallelGzip(sink, 1, 2, 1000)
+    for _ in range(50):  # more pieces than the queue between workers and writer holds
+        gzip.write(os.urandom(1000))
+    with pytest.raises(OSError, match="No space left"):
+        gzip.close()
+
+
+def test_an_abandoned_gzip_stops_its_threads():
+    gzip = node.ParallelGzip(lambda data: None, 1, 2, 1000)
+    gzip.write(os.urandom(5000))
+    gzip.abandon()
+    assert not gzip._writer.is_alive()
+
+
+def test_remove_tree_removes_a_tree_but_nothing_its_symlinks_point_at(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "file").write_text("kept")
+    tree = tmp_path / "tree"
+    for n in range(30):
+        (tree / f"d{n}" / "sub").mkdir(parents=True)
+        (tree / f"d{n}" / "sub" / "file").write_text("x")
+        os.link(outside / "keep" / "file", tree / f"d{n}" / "link")
+        (tree / f"d{n}" / "to-outside").symlink_to(outside / "keep")
+    os.mkfifo(tree / "fifo")
+
+    node.remove_tree(str(tree))
+
+    assert not tree.exists()
+    assert (outside / "keep" / "file").read_text() == "kept"
 
 
 @settings(max_examples=60, deadline=None)
