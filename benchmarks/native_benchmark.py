@@ -8,7 +8,8 @@ tree, then, in the same run:
   (b) the node program: `python3 amidsl/node/amidsl_node.py bundle` on the tree: staging of hard
       links, `mke2fs -d`, tar, SHA-1, parallel gzip, AES-128-CBC through libcrypto, 10 MiB parts
 
-and prints wall and CPU seconds, MB/s, output bytes, peak RSS and the ratios. Then it uploads
+and prints wall and CPU seconds, MB/s, output bytes, peak RSS and the ratios, and where (b)'s wall
+time went (the program's report: space check, staging, mke2fs, bundling, cleanup). Then it uploads
 (b)'s parts to moto's S3 server on 127.0.0.1 with the node program, in parallel and one at a time.
 
 Usage: python3 benchmarks/native_benchmark.py [--size-mb 900] [--workdir DIR] [--concurrency 4]
@@ -164,6 +165,13 @@ def main() -> None:
             f"output size (native / ami-tools): {native.output_bytes / tools.output_bytes:.3f}"
             f"   [target <= 1.10]\n"
             f"native peak RSS: {native.peak_rss_kb / 1024:.1f} MB   [target <= 256 MB]"
+        )
+        steps = report.get("seconds", {})
+        startup = native.seconds - sum(steps.values())
+        print(
+            "native wall seconds by step: "
+            + ", ".join(f"{step} {seconds:.2f}" for step, seconds in steps.items())
+            + f", start-up and the rest {startup:.2f}"
         )
 
         from moto.server import ThreadedMotoServer

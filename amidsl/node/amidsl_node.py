@@ -61,8 +61,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -1341,6 +1339,10 @@ def _check_part(path: str, data: bytes, part: dict) -> None:
 
 def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Upload:
     """PUT one part to its presigned URL, retrying server errors and broken connections."""
+    # Imported here: urllib.request pulls in http and ssl, which bundling does not need.
+    import urllib.error
+    import urllib.request
+
     filename = part["filename"]
     path = os.path.join(directory, filename)
     with open(path, "rb") as f:
