@@ -45,7 +45,6 @@ import ctypes.util
 import errno
 import fnmatch
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -874,13 +873,18 @@ class ParallelGzip:
 
     def _write_in_order(self) -> None:
         """The writer thread: each compressed piece to sink, in order, until the None at the end."""
-        while True:
-            future = self._in_flight.get()
+        while not self._stopped:
+            try:
+                # A timeout, so that abandon() never has to reach the queue: a signal may have
+                # interrupted the caller while it held the queue's lock.
+                future = self._in_flight.get(timeout=0.2)
+            except queue.Empty:
+                continue
             if future is None:
                 return
             try:
                 piece = future.result()
-                if not self._stopped and self._error is None:
+                if self._error is None:
                     self._sink(piece)
             except BaseException as exc:  # kept for close(); the loop must drain the queue
                 self._error = self._error or exc
@@ -923,9 +927,8 @@ class ParallelGzip:
         self._sink(self._crc.to_bytes(4, "little") + (self._length & 0xFFFFFFFF).to_bytes(4, "little"))
 
     def abandon(self) -> None:
-        """Stop after a failure: drop queued work and end the writer thread."""
-        self._stopped = True  # the writer drops what is still queued
-        self._in_flight.put(None)
+        """Stop after a failure: the writer ends (after the piece in hand) and queued work is dropped."""
+        self._stopped = True
         self._writer.join()
         self._pool.shutdown()
 
@@ -1074,40 +1077,6 @@ def bundle_image_file(
 # ---------------------------------------------------------------------------------------------
 
 
-REMOVERS = 16  # removing a directory mostly waits on the disk's journal: many at once go faster
-
-
-def remove_tree(path: str) -> None:
-    """Remove a directory tree (never following symlinks), many entries at a time."""
-    levels: list[list[str]] = []  # directories by depth
-    others: list[str] = []
-    pending = [(path, 0)]
-    while pending:
-        directory, depth = pending.pop()
-        if len(levels) <= depth:
-            levels.append([])
-        levels[depth].append(directory)
-        try:
-            with os.scandir(directory) as listing:
-                for entry in listing:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append((entry.path, depth + 1))
-                    else:
-                        others.append(entry.path)
-        except OSError:
-            continue
-    with concurrent.futures.ThreadPoolExecutor(max_workers=REMOVERS) as pool:
-        list(pool.map(_remove_quietly, others, itertools.repeat(os.unlink)))
-        for level in reversed(levels):
-            list(pool.map(_remove_quietly, level, itertools.repeat(os.rmdir)))
-    shutil.rmtree(path, ignore_errors=True)  # anything the pass above could not remove
-
-
-def _remove_quietly(path: str, remove: Callable[[str], None]) -> None:
-    with contextlib.suppress(OSError):
-        remove(path)
-
-
 class Cleanup:
     """Paths this run created and must remove unless they become the result."""
 
@@ -1126,14 +1095,18 @@ class Cleanup:
         """Remove one path now (a tree is removed without following symlinks)."""
         self.forget(path)
         if os.path.isdir(path) and not os.path.islink(path):
-            remove_tree(path)
+            shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
     def remove_in_background(self, path: str) -> None:
-        """Start removing a tree in a thread; it stays listed until wait() or remove_all()."""
-        remover = threading.Thread(target=remove_tree, args=(path,), daemon=True)
+        """Start removing a tree in a thread; it stays listed until wait() or remove_all().
+
+        Removing directories mostly waits on the filesystem's journal (seconds for a big tree on
+        a busy disk), time the bundling can use.
+        """
+        remover = threading.Thread(target=shutil.rmtree, args=(path, True), daemon=True)
         remover.start()
         self._removing.append((path, remover))
 
