@@ -224,9 +224,11 @@ def run_plan(
                 continue
             kind, index, description, status, output, cause = failed
             removed, note = _after_failure(plan, backend, on_error, result)
+            resume_from = phase.name
             if phase.name in UPLOADING_PHASES:
-                s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
+                gone, s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
                 note = f"{note}\n{s3_note}" if s3_note else note
+                resume_from = "ami-upload" if gone else resume_from  # the bundle must go up again
             raise kind(
                 phase.name,
                 index,
@@ -235,7 +237,7 @@ def run_plan(
                 redact(output, secrets),
                 redact(note, secrets),
                 result.transcript,
-                resume_hint(phase.name, removed),
+                resume_hint(resume_from, removed),
                 cause,
             ) from None
         result.phases.append(phase.name)

@@ -33,7 +33,7 @@ from amidsl.commands import (
 from amidsl.crate import RBENV_URL, RUBY_BUILD_URL
 from amidsl.plan import Plan, Spec, build_plan
 from amidsl.render.shell import render_action
-from amidsl.runner import ActionFailed, ActionRecord, BuildError, BuildResult, run_plan
+from amidsl.runner import ActionFailed, ActionInterrupted, ActionRecord, BuildError, BuildResult, run_plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 from simulator.ami_tools import ami_tools_zip
@@ -128,6 +128,8 @@ class SimulatorBackend:
                 status, output = self._run_steps(node_steps(action), {**env, **staged})
             except NodeInterrupted as err:
                 raise ActionFailed(index, 255, str(err), records) from None
+            except KeyboardInterrupt:
+                raise ActionInterrupted(index) from None
             finally:
                 if self.node.exists(STAGING_DIR):
                     self.node.remove(STAGING_DIR)

@@ -39,6 +39,7 @@ def test_cleanup_all_removes_what_a_failed_registration_left(run, example_settin
     assert keys_in_bucket(region) == []
     assert f"The bundle was removed from S3 (2 object(s) under {PLACE}/)" in message
     assert "credentials were removed" in message
+    assert "the phases from ami-upload on" in message  # the bundle must go up again
 
 
 def test_a_failure_before_the_upload_says_nothing_about_s3(run, example_settings, node):
