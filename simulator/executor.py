@@ -291,7 +291,12 @@ class Simulation:
                 (target / name).write_bytes(body)
         manifest_path = target / key.rsplit("/", 1)[-1]
         manifest = verify_bundle(manifest_path, self.settings.certificate_pem)
-        restored = unbundle(manifest_path, self.settings.private_key_pem.reveal(), target / "image")
+        restored = unbundle(
+            manifest_path,
+            self.settings.private_key_pem.reveal(),
+            target / "image",
+            user_cert_pem=self.settings.certificate_pem,
+        )
         entries = tuple(list_image(restored))
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
         return ImageInspection(image_id, manifest, entries, tuple(left_out))

@@ -127,7 +127,9 @@ def test_image_bytes_never_hold_the_key_or_certificate(
     assert simulation.error is None, simulation.error
     manifest_path = node.host_path(s.manifest_path)
     with tempfile.TemporaryDirectory() as out:
-        image = unbundle(manifest_path, s.private_key_pem.reveal(), Path(out))
+        image = unbundle(
+            manifest_path, s.private_key_pem.reveal(), Path(out), user_cert_pem=s.certificate_pem
+        )
         data = image.read_bytes()
     assert read_manifest(manifest_path).name == prefix
     key_pem, cert_pem = example_credentials()
