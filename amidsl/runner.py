@@ -27,7 +27,7 @@ from amidsl.actions import (
 from amidsl.leftovers import UPLOADING_PHASES, leftovers_note
 from amidsl.plan import Plan
 from amidsl.secrets import redact
-from amidsl.settings import AmiSettings
+from amidsl.settings import AmiSettings, printable
 
 # cleanup: remove the credentials from the node; cleanup-all: also what a failed upload or registration
 # left in S3; abort: leave everything for debugging.
@@ -108,7 +108,8 @@ class BuildError(Exception):
         self.transcript = list(transcript)
         self.resume = resume
         self.cause = cause or (f"failed with exit status {status}" if status is not None else "failed")
-        tail = "\n".join(output.rstrip().splitlines()[-OUTPUT_TAIL_LINES:])
+        # The node's output may hold escape sequences: shown, they must not drive the user's terminal.
+        tail = printable("\n".join(output.rstrip().splitlines()[-OUTPUT_TAIL_LINES:]))
         message = f"phase {phase}, action {index} ({description}) {self.cause}"
         if tail:
             message += "\n" + "\n".join(f"  | {line}" for line in tail.splitlines())

@@ -18,7 +18,7 @@ from amidsl.live.settings import LiveSettings, load_live_table, resolve_live
 from amidsl.live.ssh import NodeConnectionError
 from amidsl.plan import Plan, Spec, build_plan
 from amidsl.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted
-from amidsl.settings import Problem, SettingsError, load_toml
+from amidsl.settings import Problem, SettingsError, load_toml, printable
 
 BAD_INPUT = 2
 BUILD_FAILED = 1
@@ -70,7 +70,7 @@ def validate_live(config: str | None) -> list[str]:
 
 
 def _progress(line: str) -> None:
-    print(line, flush=True)
+    print(printable(line), flush=True)  # the node's output, escape sequences made visible
 
 
 @task(
