@@ -20,10 +20,10 @@ from amidsl.actions import (
     StagedFile,
     Value,
 )
-from amidsl.settings import NODE_STATE_DIR
+from amidsl.settings import NODE_STATE_DIR, created_record_name
 
 # amidsl's record, on the node, of the directories it created: the only ones it will remove recursively.
-# One marker directory per created directory, named by its path with '%' and '/' percent-encoded.
+# One marker directory per created directory, named by its path (settings.created_record_name).
 CREATED_RECORD = f"{NODE_STATE_DIR}/created"
 
 _GLOB_SAFE = re.compile(r"[A-Za-z0-9._*-]+")
@@ -152,7 +152,7 @@ def node_steps(action: Action) -> tuple[Step, ...]:
 
 def created_marker(path: str) -> str:
     """The marker in amidsl's record saying amidsl created `path`."""
-    return f"{CREATED_RECORD}/{path.replace('%', '%25').replace('/', '%2F')}"
+    return f"{CREATED_RECORD}/{created_record_name(path)}"
 
 
 def record_if_created(path: str) -> IfMissing:

@@ -98,6 +98,7 @@ SYSTEM_DIRS = PROTECTED_DIRS | frozenset(
         NODE_STATE_DIR,
     ]
 )
+MAX_FILE_NAME = 255  # bytes, on Linux file systems
 # Directories holding a user's keys: never a credential or install directory, wherever they are.
 KEY_DIR_NAMES = frozenset({".ssh", ".gnupg", ".aws"})
 # Settings whose value is free text: a line break is allowed there (no other control character).
@@ -330,6 +331,11 @@ def is_control(char: str) -> bool:
     return code < 32 or 0x7F <= code <= 0x9F or char in "\u2028\u2029"
 
 
+def created_record_name(path: str) -> str:
+    """The file name under which the node records that amidsl created `path` ('%' and '/' encoded)."""
+    return path.replace("%", "%25").replace("/", "%2F")
+
+
 def printable(text: str) -> str:
     """Text safe to print on a terminal: control characters (line breaks aside) as \\xNN escapes."""
     return "".join(char if not is_control(char) or char == "\n" else f"\\x{ord(char):02x}" for char in text)
@@ -440,6 +446,9 @@ class _Checker:
         value = self.node_path(name, default) or default
         self.comma_free(name, value)
         reason = system_dir_reason(value)
+        # The node records the directory under a file name made from its path (see amidsl.commands).
+        if len(created_record_name(value).encode()) > MAX_FILE_NAME:
+            self.problem(name, f"{value!r} is too long for amidsl's record of it", "use a shorter path")
         if reason is not None:
             self.problem(
                 name,
