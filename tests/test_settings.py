@@ -324,7 +324,7 @@ secret_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_
 )
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(secret=secret_text, token=secret_text)
 def test_no_secret_in_any_error_message(raw_settings, secret, token):
     # Every other setting is wrong too, so each error path gets a chance to mention them.
