@@ -193,6 +193,16 @@ _MAX_DEPTH = 8
 # One strict expat parse of the UTF-8 bytes: the byte spans of the signed sections and the values used
 # both come from it, so nothing can hide a section from one while showing it to the other (signature
 # wrapping). Expat parses in linear time; everything but elements, attributes and text is refused.
+
+# Expat's errors for input that ends too early (inside an element, a tag or a character).
+_TRUNCATION_ERRORS = {
+    xml.parsers.expat.errors.codes[message]
+    for message in (
+        xml.parsers.expat.errors.XML_ERROR_NO_ELEMENTS,
+        xml.parsers.expat.errors.XML_ERROR_UNCLOSED_TOKEN,
+        xml.parsers.expat.errors.XML_ERROR_PARTIAL_CHAR,
+    )
+}
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not allowed in XML 1.0 text
 
 # Which children each container element may have: ONE at most once, MANY any number of times.
@@ -318,10 +328,11 @@ def _parse_xml(data: bytes, source: str) -> _Element:
     parser.EntityDeclHandler = refuse("a DOCTYPE or entity declaration")
     parser.SkippedEntityHandler = refuse("an entity reference")
     try:
-        parser.Parse(data, True)
+        parser.Parse(data, True)  # all at once: expat re-scans a token only when fed in pieces
     except xml.parsers.expat.ExpatError as error:
         if root is not None:
-            unclosed = f"; <{stack[-1].tag}> is never closed" if stack else ""
+            truncated = bool(stack) and error.code in _TRUNCATION_ERRORS
+            unclosed = f"; <{stack[-1].tag}> is never closed" if truncated else ""
             raise ManifestParseError(
                 f"{source} is truncated or not valid XML ({xml.parsers.expat.ErrorString(error.code)} "
                 f"at byte {parser.ErrorByteIndex}{unclosed}); copy it again from where the bundle was "
@@ -371,7 +382,10 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise _refusal(source, "a lone surrogate, which is not a character", error.start) from None
+        raise ManifestParseError(
+            f"{source} holds a lone surrogate at character {error.start}, which is not text; "
+            "is it a manifest?"
+        ) from None
     root = _parse_xml(data, source)
     if root.tag != "manifest":
         raise ManifestParseError(f"{source}: the root element is <{root.tag}>, not <manifest>")
