@@ -1,0 +1,1 @@
+"""Build strategies: one module per strategy, each producing the actions of the same phases."""
