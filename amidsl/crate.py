@@ -1,16 +1,23 @@
 """The ami phases: plan functions from settings to actions, as pallet's ami-crate defines them.
 
-The phase functions of the ami-tools strategy live in `amidsl.strategies.ami_tools`.
+Each phase runs the plan function of the strategy the `bundler` setting chooses (`native`, the default,
+or `ami-tools`); the strategies live in `amidsl.strategies`. The names of the ami-tools strategy stay
+importable from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from amidsl.actions import Remove  # noqa: F401 - kept importable from here
+from amidsl.actions import (
+    Action,
+    PlanWarning,
+    Remove,  # noqa: F401 - kept importable from here
+)
 from amidsl.plan import Spec
 from amidsl.settings import AmiSettings, resolve
+from amidsl.strategies import native, phase_function
 from amidsl.strategies.ami_tools import (  # noqa: F401 - the crate's names, kept importable from here
     ACCESS_KEY,
     INSTALL_SOURCE_FILE,
@@ -42,14 +49,18 @@ def settings(raw: Mapping[str, Any]) -> AmiSettings:
     return resolve(raw)
 
 
-PHASE_FUNCTIONS = {
-    "install": install,
-    "configure": configure,
-    "ami-bundle": ami_bundle,
-    "ami-upload": ami_upload,
-    "ami-register": ami_register,
-    "cleanup": cleanup,
-}
+def _by_strategy(phase: str) -> Callable[[AmiSettings], Sequence[Action | PlanWarning]]:
+    """A plan function that runs `phase` of the strategy the settings' `bundler` names."""
+
+    def plan(s: AmiSettings) -> Sequence[Action | PlanWarning]:
+        return phase_function(s.bundler, phase)(s)
+
+    plan.__name__ = plan.__qualname__ = phase.replace("-", "_")
+    plan.__doc__ = f"The {phase} phase of the chosen build strategy (setting bundler)."
+    return plan
+
+
+PHASE_FUNCTIONS = {phase: _by_strategy(phase) for phase in native.PHASE_FUNCTIONS}
 
 
 def server_spec(settings: Mapping[str, Any]) -> Spec:

@@ -33,6 +33,7 @@ DEFAULT_RUBY_VERSION = "2.7.8"
 NODE_STATE_DIR = "/var/lib/amidsl"
 
 INSTALL_STRATEGIES = ("rbenv", "package", "none")
+BUNDLERS = ("native", "ami-tools")
 ARCHITECTURES = ("x86_64", "i386", "arm64")
 VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
 
@@ -121,6 +122,8 @@ class AmiSettings:
     certificate_pem: str
     private_key_pem: Secret
     image_id: str | None = None
+    bundler: str = "native"
+    volume: str = "/"
 
     @property
     def tools_dir(self) -> str:
@@ -578,6 +581,8 @@ class _Checker:
             )
             image_size_mb = None
         inherit = self.flag("inherit", True)
+        bundler = self.choice("bundler", "native", BUNDLERS)
+        volume = self.node_path("volume", "/") or "/"
         # Given only to resume a build after ami-register (e.g. to run a test phase alone).
         image_id = self.text("image_id")
         if image_id is not None and not re.fullmatch(r"ami-[0-9a-f]{8}([0-9a-f]{9})?", image_id):
@@ -637,6 +642,8 @@ class _Checker:
             certificate_pem=cert_pem or "",
             private_key_pem=Secret(key_pem or ""),
             image_id=image_id,
+            bundler=bundler,
+            volume=volume,
         )
 
     def aws_credentials(self) -> tuple[str | None, Secret | None, Secret | None]:

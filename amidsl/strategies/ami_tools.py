@@ -287,3 +287,13 @@ def cleanup(s: AmiSettings) -> list[Action]:
             description="remove the image file if ec2-bundle-vol left it",
         ),
     ]
+
+
+PHASE_FUNCTIONS = {
+    "install": install,
+    "configure": configure,
+    "ami-bundle": ami_bundle,
+    "ami-upload": ami_upload,
+    "ami-register": ami_register,
+    "cleanup": cleanup,
+}

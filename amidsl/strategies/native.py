@@ -1,0 +1,187 @@
+"""The native strategy: amidsl's own node program bundles the volume; secrets stay on the controller.
+
+On the node: only amidsl's node program (stdlib Python), copied into a root-only directory inside
+amidsl's node state dir (which every image excludes), checked against its SHA-256, and removed in
+cleanup. The node needs python3 >= 3.8, e2fsprogs (mke2fs) and libcrypto (openssl); nothing is
+installed. The controller makes the AES key and IV and sends them on the program's standard input;
+it signs the manifest itself (the signing key never leaves it) and presigns one S3 PUT URL per part,
+so the node never holds an AWS credential either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+
+from amidsl.actions import (
+    Action,
+    ControllerSecret,
+    Directory,
+    Exec,
+    MakeBundleKey,
+    NodeProgram,
+    PlanWarning,
+    PresignParts,
+    RemoteFile,
+    Remove,
+    SignManifest,
+    UploadManifest,
+)
+from amidsl.settings import NODE_STATE_DIR, AmiSettings
+from amidsl.strategies.ami_tools import ami_register
+
+NODE_PROGRAM_DIR = f"{NODE_STATE_DIR}/node"
+NODE_PROGRAM = f"{NODE_PROGRAM_DIR}/amidsl_node.py"
+PART_SIZE = 10 * 1024 * 1024
+UPLOAD_CONCURRENCY = 4
+UPLOAD_RETRIES = 5
+
+BUNDLE_KEY = ControllerSecret("bundle_key", "the bundle's AES key (made on the controller)")
+BUNDLE_IV = ControllerSecret("bundle_iv", "the bundle's AES IV (made on the controller)")
+PRESIGNED_PARTS = ControllerSecret("presigned_parts", "one presigned S3 PUT URL per part")
+
+NODE_NEEDS = "python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl)"
+
+# Checks the shipped program against the SHA-256 amidsl computed from its own copy (sys.exit with a
+# string exits with status 1 and prints it).
+_CHECKSUM = (
+    "import hashlib, sys; "
+    "found = hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest(); "
+    "sys.exit(0 if found == sys.argv[2] else "
+    "sys.argv[1] + ': SHA-256 ' + found + ', expected ' + sys.argv[2])"
+)
+
+
+def node_program_path() -> Path:
+    """Where the node program's source is in this installation of amidsl."""
+    return Path(__file__).resolve().parent.parent / "node" / "amidsl_node.py"
+
+
+@cache
+def node_program_source() -> str:
+    """The node program's source text, as shipped to the node."""
+    return node_program_path().read_text(encoding="utf-8")
+
+
+def node_program_sha256() -> str:
+    """The SHA-256 of the node program's source (UTF-8 bytes)."""
+    return hashlib.sha256(node_program_source().encode("utf-8")).hexdigest()
+
+
+def install(s: AmiSettings) -> list[Action | PlanWarning]:
+    """Ship the node program into a root-only directory, check its checksum, and check the node."""
+    return [
+        PlanWarning(
+            f"native build: nothing is installed; amidsl's node program is copied to {NODE_PROGRAM_DIR} "
+            f"(excluded from the image, removed in cleanup). The node needs {NODE_NEEDS}."
+        ),
+        Directory(
+            NODE_PROGRAM_DIR, mode="0700", description="create the node program's directory (root only)"
+        ),
+        RemoteFile(
+            NODE_PROGRAM,
+            content=node_program_source(),
+            mode="0600",
+            description="write amidsl's node program (its source, in full)",
+        ),
+        Exec(
+            ("python3", "-I", "-c", _CHECKSUM, NODE_PROGRAM, node_program_sha256()),
+            description="check the node program's SHA-256",
+        ),
+        NodeProgram(
+            NODE_PROGRAM,
+            "check",
+            (("volume", s.volume), ("destination_dir", s.destination_dir)),
+            result_name="node_check",
+            description=f"check the node has {NODE_NEEDS} and free space in destination_dir",
+        ),
+    ]
+
+
+def configure(s: AmiSettings) -> list[Action | PlanWarning]:
+    """Nothing: in a native build no credential is written to the node."""
+    return [PlanWarning("native build: no key or certificate is written to the node; the controller signs")]
+
+
+def bundle_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
+    """The node program's bundle request; key and IV are filled in by the controller at run time."""
+    return (
+        ("volume", s.volume),
+        ("exclude", list(s.exclusions)),
+        ("includes", []),
+        ("filter", True),
+        ("destination_dir", s.destination_dir),
+        ("prefix", s.prefix),
+        ("image_size_mb", s.image_size_mb),
+        ("key", BUNDLE_KEY),
+        ("iv", BUNDLE_IV),
+        ("part_size", PART_SIZE),
+        ("workers", 0),
+    )
+
+
+def ami_bundle(s: AmiSettings) -> list[Action]:
+    """Image and bundle the volume on the node with a controller-made key; sign the manifest here."""
+    return [
+        Exec(
+            ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
+        ),
+        MakeBundleKey(),
+        NodeProgram(
+            NODE_PROGRAM,
+            "bundle",
+            bundle_request(s),
+            result_name="bundle",
+            description="image the volume and bundle it into parts on the node",
+        ),
+        SignManifest("bundle", result_name="manifest"),
+    ]
+
+
+def manifest_key(s: AmiSettings) -> str:
+    """The manifest's S3 key (s3_manifest_path without the bucket)."""
+    return s.s3_manifest_path.split("/", 1)[1]
+
+
+def ami_upload(s: AmiSettings) -> list[Action]:
+    """Presign per part, let the node upload the parts in parallel, upload the manifest from here."""
+    return [
+        PresignParts("bundle", s.s3_bucket, s.s3_path, s.region, result_name="presigned"),
+        NodeProgram(
+            NODE_PROGRAM,
+            "upload",
+            (
+                ("destination_dir", s.destination_dir),
+                ("parts", PRESIGNED_PARTS),
+                ("concurrency", UPLOAD_CONCURRENCY),
+                ("retries", UPLOAD_RETRIES),
+            ),
+            result_name="upload",
+            refresh_expired=True,
+            description="upload the parts to S3 in parallel from the node (presigned URLs)",
+        ),
+        UploadManifest("manifest", s.s3_bucket, manifest_key(s), s.region),
+    ]
+
+
+def cleanup(s: AmiSettings) -> list[Action]:
+    """Remove the node program and the bundle files from the node."""
+    return [
+        Remove(NODE_PROGRAM_DIR, recursive=True, description="remove amidsl's node program"),
+        Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
+        Remove(
+            f"{s.destination_dir.rstrip('/')}/{s.prefix}",
+            description="remove the image file if the node program left it",
+        ),
+    ]
+
+
+PHASE_FUNCTIONS = {
+    "install": install,
+    "configure": configure,
+    "ami-bundle": ami_bundle,
+    "ami-upload": ami_upload,
+    "ami-register": ami_register,
+    "cleanup": cleanup,
+}
