@@ -9,7 +9,10 @@ the registered bundle from the fake S3, verifies and unbundles it, and lists the
 from __future__ import annotations
 
 import io
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -17,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amidsl.actions import Action, AwsCall, EnvSecret, OptionalArg, RuntimeValue, StagedFile
+from amidsl.actions import Action, AwsCall, EnvSecret, NodeProgram, OptionalArg, RuntimeValue, StagedFile
 from amidsl.bundle import ImageEntry, LeftOut, Manifest, list_image, unbundle, verify_bundle
 from amidsl.commands import ByPackageManager, Command, Glob, IfMissing, Step, node_steps
-from amidsl.crate import RBENV_URL, RUBY_BUILD_URL
 from amidsl.plan import Plan, Spec, build_plan
 from amidsl.render.shell import render_action
 from amidsl.runner import ActionFailed, ActionRecord, BuildError, BuildResult, run_plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
+from amidsl.strategies.ami_tools import RBENV_URL, RUBY_BUILD_URL
 from simulator.ami_tools import ami_tools_zip
 from simulator.node import CommandResult, FakeNode, NodeInterrupted
 from simulator.programs import model_script
@@ -102,6 +105,47 @@ class SimulatorBackend:
     def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
         """Send an API call to the fake region."""
         return self.region.call(action.service, action.operation, params)
+
+    def s3_client(self) -> Any:
+        """The fake region's S3 client (the controller's HeadObject and PutObject)."""
+        return self.region.s3
+
+    def presign_client(self) -> Any:
+        """An S3 client whose presigned URLs the node program can reach (loopback HTTP)."""
+        return self.region.presign_client()
+
+    def ec2_certificate(self) -> str:
+        """The fake region's own EC2 certificate: its RegisterImage opens the EC2 copy of the key."""
+        return self.region.ec2_cert_pem
+
+    def run_node_program(self, action: NodeProgram, request: bytes) -> tuple[int, str, str]:
+        """Run the node program the install phase shipped (the real code, read from the node's disk).
+
+        It runs on this machine against the node's directory: node paths in the request are mapped to
+        the directory, and mapped back in what the program prints.
+        """
+        program = self.node.host_path(action.program)
+        if not program.is_file():
+            message = f"python3: can't open file '{action.program}': [Errno 2] No such file or directory\n"
+            return 2, "", message
+        data = json.loads(request)
+        for name in ("volume", "destination_dir"):
+            if name in data:
+                data[name] = str(self.node.host_path(data[name]))
+        if "exclude" in data:
+            data["exclude"] = [str(self.node.host_path(path)) for path in data["exclude"]]
+        done = subprocess.run(
+            [sys.executable, "-I", str(program), action.command],
+            input=json.dumps(data).encode("utf-8"),
+            capture_output=True,
+            check=False,
+        )
+        root = str(self.node.root)
+        stdout, stderr = (
+            out.decode("utf-8", "replace").replace(root, "") for out in (done.stdout, done.stderr)
+        )
+        self.progress(f"  node program {action.command}: exit {done.returncode}")
+        return done.returncode, stdout, stderr
 
     def run_node_actions(
         self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]

@@ -39,6 +39,7 @@ BASE_COMMANDS = frozenset(
         "bash",
         "sh",
         "ls",
+        "python3",
     ]
 )
 

@@ -23,6 +23,7 @@ from amidsl.actions import (
     AwsCall,
     EnvSecret,
     Exec,
+    NodeProgram,
     OptionalArg,
     PhasePlan,
     RemoteDirectory,
@@ -30,11 +31,11 @@ from amidsl.actions import (
     RuntimeValue,
     StagedFile,
 )
-from amidsl.crate import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
+from amidsl.strategies.ami_tools import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
 from amidsl.plan import Plan
-from amidsl.render.shell import render_action, render_script, runtime_inputs
+from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
 from amidsl.runner import ActionFailed, ActionRecord
 from amidsl.secrets import Secret, redact
 
@@ -138,6 +139,33 @@ class LiveBackend:
     def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
         """Make the API call with boto3 (RegisterImage waits for the image)."""
         return self.aws.call_action(action, params)
+
+    def s3_client(self) -> Any:
+        """The build's boto3 S3 client."""
+        return self.aws.client("s3")
+
+    def presign_client(self) -> Any:
+        """The build's boto3 S3 client: its presigned URLs are the ones the node uploads to."""
+        return self.aws.client("s3")
+
+    def ec2_certificate(self) -> str:
+        """EC2's certificate for the build's region (see amidsl.ec2_certificate)."""
+        return self.aws.ec2_certificate()
+
+    def run_node_program(self, action: NodeProgram, request: bytes) -> tuple[int, str, str]:
+        """Run exactly the node-program command line the script shows, the request on its stdin.
+
+        The request (key and IV, presigned URLs) travels inside the SSH channel: never on a command line,
+        in the environment or in a file on the node. Output is the program's stderr and stdout, merged.
+        """
+        command = " ".join(shlex.quote(word) for word in node_program_argv(action))
+        if not self.node.is_root:
+            command = f"sudo -n -- {command}"
+        try:
+            status, output = self.node.run(command, stdin=request, on_line=lambda line: self.progress(f"    {line}"))
+        except NodeConnectionError as err:
+            return LOST_STATUS, "", str(err)
+        return status, output, output
 
     def run_node_actions(
         self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]
