@@ -192,7 +192,8 @@ def run_plan(
                         record = _run_controller_action(
                             phase.name, index, action, backend, values, results, settings
                         )
-                        progress(f"  [{phase.name} {index}] {action.description}: ok [controller]")
+                        where = "node" if isinstance(action, NodeProgram) else "controller"
+                        progress(f"  [{phase.name} {index}] {action.description}: ok [{where}]")
                         result.transcript.append(record)
                 else:
                     result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
@@ -243,7 +244,7 @@ def _run_controller_action(
         if found != action.length:
             raise ActionFailed(index, 1, f"expected {action.length} item(s) in {action.field}, found {found}")
         return ActionRecord(phase, index, action.description, "check", 0, f"{action.field}: {found}")
-    if isinstance(action, NATIVE_CONTROLLER_ACTIONS | NodeProgram):
+    if isinstance(action, (*NATIVE_CONTROLLER_ACTIONS, NodeProgram)):
         try:
             output = run_controller_step(action, settings, backend, results)  # type: ignore[arg-type]
         except ControllerStepFailed as err:

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from amidsl.actions import Action, AwsCall, EnvSecret, NodeProgram, OptionalArg, RuntimeValue, StagedFile
-from amidsl.bundle import ImageEntry, LeftOut, Manifest, list_image, unbundle, verify_bundle
+from amidsl.bundle import (
+    ImageEntry,
+    ImageReport,
+    LeftOut,
+    Manifest,
+    Reason,
+    list_image,
+    unbundle,
+    verify_bundle,
+)
 from amidsl.commands import ByPackageManager, Command, Glob, IfMissing, Step, node_steps
 from amidsl.plan import Plan, Spec, build_plan
 from amidsl.render.shell import render_action
@@ -121,8 +130,9 @@ class SimulatorBackend:
     def run_node_program(self, action: NodeProgram, request: bytes) -> tuple[int, str, str]:
         """Run the node program the install phase shipped (the real code, read from the node's disk).
 
-        It runs on this machine against the node's directory: node paths in the request are mapped to
-        the directory, and mapped back in what the program prints.
+        It runs on this machine against the node's directory: the volume and destination_dir are mapped
+        to the directory (exclusions are paths in the image, so they stay), and mapped back in what the
+        program prints.
         """
         program = self.node.host_path(action.program)
         if not program.is_file():
@@ -132,8 +142,6 @@ class SimulatorBackend:
         for name in ("volume", "destination_dir"):
             if name in data:
                 data[name] = str(self.node.host_path(data[name]))
-        if "exclude" in data:
-            data["exclude"] = [str(self.node.host_path(path)) for path in data["exclude"]]
         done = subprocess.run(
             [sys.executable, "-I", str(program), action.command],
             input=json.dumps(data).encode("utf-8"),
@@ -144,8 +152,15 @@ class SimulatorBackend:
         stdout, stderr = (
             out.decode("utf-8", "replace").replace(root, "") for out in (done.stdout, done.stderr)
         )
-        self.progress(f"  node program {action.command}: exit {done.returncode}")
+        if action.command == "bundle" and done.returncode == 0:
+            self._keep_left_out(json.loads(stdout.strip().splitlines()[-1]))
         return done.returncode, stdout, stderr
+
+    def _keep_left_out(self, report: dict[str, Any]) -> None:
+        """Keep what the node program left out of the image, for inspect_image."""
+        left_out = tuple(LeftOut(path, Reason(reason), "") for path, reason in report.get("left_out", []))
+        image = self.node.host_path(f"{self.settings.destination_dir}/{report['prefix']}")
+        self.node.last_bundle_report = ImageReport(image, 0, 0, left_out)
 
     def run_node_actions(
         self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]

@@ -10,6 +10,7 @@ violation raises the botocore ClientError with the code EC2 uses.
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from collections.abc import Callable
@@ -156,6 +157,8 @@ class FakeRegion:
         The server shares the in-process moto state, so what a node PUTs there is what the region sees.
         """
         if self._server is None:
+            # The server's request log would print every presigned URL, signature included.
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             self._server.start()
         host, port = self._server.get_host_and_port()

@@ -31,13 +31,13 @@ from amidsl.actions import (
     RuntimeValue,
     StagedFile,
 )
-from amidsl.strategies.ami_tools import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
 from amidsl.plan import Plan
 from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
 from amidsl.runner import ActionFailed, ActionRecord
 from amidsl.secrets import Secret, redact
+from amidsl.strategies.ami_tools import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
 
 # Reads NAME=value pairs (NUL-terminated, an empty one ends the list) from stdin, exports them, then runs
 # the script with stdin closed. Fixed text: only it and the script's path are ever on the command line.
@@ -162,7 +162,9 @@ class LiveBackend:
         if not self.node.is_root:
             command = f"sudo -n -- {command}"
         try:
-            status, output = self.node.run(command, stdin=request, on_line=lambda line: self.progress(f"    {line}"))
+            status, output = self.node.run(
+                command, stdin=request, on_line=lambda line: self.progress(f"    {line}")
+            )
         except NodeConnectionError as err:
             return LOST_STATUS, "", str(err)
         return status, output, output

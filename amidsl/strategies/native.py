@@ -10,10 +10,6 @@ so the node never holds an AWS credential either.
 
 from __future__ import annotations
 
-import hashlib
-from functools import cache
-from pathlib import Path
-
 from amidsl.actions import (
     Action,
     ControllerSecret,
@@ -28,6 +24,7 @@ from amidsl.actions import (
     SignManifest,
     UploadManifest,
 )
+from amidsl.node import program_sha256, program_source
 from amidsl.settings import NODE_STATE_DIR, AmiSettings
 from amidsl.strategies.ami_tools import ami_register
 
@@ -53,22 +50,6 @@ _CHECKSUM = (
 )
 
 
-def node_program_path() -> Path:
-    """Where the node program's source is in this installation of amidsl."""
-    return Path(__file__).resolve().parent.parent / "node" / "amidsl_node.py"
-
-
-@cache
-def node_program_source() -> str:
-    """The node program's source text, as shipped to the node."""
-    return node_program_path().read_text(encoding="utf-8")
-
-
-def node_program_sha256() -> str:
-    """The SHA-256 of the node program's source (UTF-8 bytes)."""
-    return hashlib.sha256(node_program_source().encode("utf-8")).hexdigest()
-
-
 def install(s: AmiSettings) -> list[Action | PlanWarning]:
     """Ship the node program into a root-only directory, check its checksum, and check the node."""
     return [
@@ -81,12 +62,12 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
         ),
         RemoteFile(
             NODE_PROGRAM,
-            content=node_program_source(),
+            content=program_source(),
             mode="0600",
             description="write amidsl's node program (its source, in full)",
         ),
         Exec(
-            ("python3", "-I", "-c", _CHECKSUM, NODE_PROGRAM, node_program_sha256()),
+            ("python3", "-I", "-c", _CHECKSUM, NODE_PROGRAM, program_sha256()),
             description="check the node program's SHA-256",
         ),
         NodeProgram(
