@@ -88,6 +88,7 @@ class RemoteFile:
     group: str = "root"
     mode: str = "0644"
     secret: bool = False
+    verbatim: bool = False  # shown as a quoted here-document, so the text reads as is (a program)
     description: str = "write a file"
 
     def __post_init__(self) -> None:
@@ -95,6 +96,8 @@ class RemoteFile:
             raise ValueError(f"RemoteFile {self.path}: give exactly one of content or staged")
         if self.secret and self.content is not None:
             raise ValueError(f"RemoteFile {self.path}: a secret file must be staged, not inline")
+        if self.verbatim and not (self.content or "").endswith("\n"):
+            raise ValueError(f"RemoteFile {self.path}: verbatim content must end with a line break")
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ class NodeProgram:
 class MakeBundleKey:
     """Make a fresh AES-128 key and IV on the controller; kept in memory, never written anywhere."""
 
-    description: str = "make the bundle's AES key and IV on the controller"
+    description: str = "make the AES key and IV of the bundle on the controller"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """The ami phases: plan functions from settings to actions, as pallet's ami-crate defines them.
 
 Each phase runs the plan function of the strategy the `bundler` setting chooses (`native`, the default,
-or `ami-tools`); the strategies live in `amidsl.strategies`. The names of the ami-tools strategy stay
-importable from here.
+or `ami-tools`); the strategies live in `amidsl.strategies`.
 """
 
 from __future__ import annotations
@@ -18,30 +17,7 @@ from amidsl.actions import (
 from amidsl.plan import Spec
 from amidsl.settings import AmiSettings, resolve
 from amidsl.strategies import native, phase_function
-from amidsl.strategies.ami_tools import (  # noqa: F401 - the crate's names, kept importable from here
-    ACCESS_KEY,
-    INSTALL_SOURCE_FILE,
-    PRIVATE_KEY_FILE,
-    RBENV_URL,
-    RUBY_BUILD_APT,
-    RUBY_BUILD_RPM,
-    RUBY_BUILD_URL,
-    SECRET_KEY,
-    SESSION_TOKEN,
-    SYSTEM_PATH,
-    TOOL_PACKAGES_APT,
-    TOOL_PACKAGES_RPM,
-    ami_bundle,
-    ami_register,
-    ami_upload,
-    bundle_vol_argv,
-    cleanup,
-    configure,
-    install,
-    rbenv_root,
-    register_image_params,
-    tool_env,
-)
+from amidsl.strategies.ami_tools import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN  # noqa: F401 - the crate's names
 
 
 def settings(raw: Mapping[str, Any]) -> AmiSettings:
@@ -61,6 +37,12 @@ def _by_strategy(phase: str) -> Callable[[AmiSettings], Sequence[Action | PlanWa
 
 
 PHASE_FUNCTIONS = {phase: _by_strategy(phase) for phase in native.PHASE_FUNCTIONS}
+install = PHASE_FUNCTIONS["install"]
+configure = PHASE_FUNCTIONS["configure"]
+ami_bundle = PHASE_FUNCTIONS["ami-bundle"]
+ami_upload = PHASE_FUNCTIONS["ami-upload"]
+ami_register = PHASE_FUNCTIONS["ami-register"]
+cleanup = PHASE_FUNCTIONS["cleanup"]
 
 
 def server_spec(settings: Mapping[str, Any]) -> Spec:

@@ -280,7 +280,7 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
 
 def _remove_node_program(backend: NodeBackend, result: BuildResult) -> tuple[bool, str]:
     """After a failed native build: no credential was ever on the node; remove amidsl's node program."""
-    removal = Remove(NODE_PROGRAM_DIR, recursive=True, description="remove amidsl's node program")
+    removal = Remove(NODE_PROGRAM_DIR, recursive=True, description="remove the amidsl node program")
     try:
         result.transcript += backend.run_node_actions("on-error", [(1, removal)], {})
     except Exception as err:

@@ -158,7 +158,8 @@ class SimulatorBackend:
 
     def _keep_left_out(self, report: dict[str, Any]) -> None:
         """Keep what the node program left out of the image, for inspect_image."""
-        left_out = tuple(LeftOut(path, Reason(reason), "") for path, reason in report.get("left_out", []))
+        # The report names path and reason, not the matching rule: the path stands for it.
+        left_out = tuple(LeftOut(path, Reason(reason), path) for path, reason in report.get("left_out", []))
         image = self.node.host_path(f"{self.settings.destination_dir}/{report['prefix']}")
         self.node.last_bundle_report = ImageReport(image, 0, 0, left_out)
 
@@ -236,7 +237,11 @@ class SimulatorBackend:
             extra = {name: self._words(value, env)[0] for name, value in command.env}
         except KeyError as missing:
             return CommandResult(1, f"bash: {missing.args[0]}: unbound variable\n")
-        result = self.node.run(argv, extra, command.cwd or "/", command.user)
+        if command.stdin is not None:
+            # Only `cat <<'END'` takes standard input in a plan: it passes the text through.
+            result = CommandResult(0, command.stdin) if argv == ["cat"] else CommandResult(2, "no stdin\n")
+        else:
+            result = self.node.run(argv, extra, command.cwd or "/", command.user)
         if command.stdout is None or result.status != 0:
             return result
         target = command.stdout

@@ -104,9 +104,21 @@ def _command(command: Command) -> str:
         text = " ".join(env + words)
     if command.stdout is not None:
         text += f" > {quote(command.stdout)}"
+    if command.stdin is not None:
+        text += _here_document(command.stdin)
     if command.cwd is not None:
         text = f"(cd -- {quote(command.cwd)} && {text})"
     return text
+
+
+HEREDOC_END = "AMIDSL_END_OF_FILE"
+
+
+def _here_document(text: str) -> str:
+    """A quoted here-document: bash expands nothing in it, so the text is exactly what reaches stdin."""
+    if not text.endswith("\n") or HEREDOC_END in text.splitlines():
+        raise ValueError("here-document text must end with a line break and not hold its end marker")
+    return f" <<'{HEREDOC_END}'\n{text}{HEREDOC_END}"
 
 
 def _option_groups(words: list[str]) -> list[str]:

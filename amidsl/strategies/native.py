@@ -57,18 +57,17 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
             f"native build: nothing is installed; amidsl's node program is copied to {NODE_PROGRAM_DIR} "
             f"(excluded from the image, removed in cleanup). The node needs {NODE_NEEDS}."
         ),
-        Directory(
-            NODE_PROGRAM_DIR, mode="0700", description="create the node program's directory (root only)"
-        ),
+        Directory(NODE_PROGRAM_DIR, mode="0700", description="create the node program directory (root only)"),
         RemoteFile(
             NODE_PROGRAM,
             content=program_source(),
             mode="0600",
-            description="write amidsl's node program (its source, in full)",
+            verbatim=True,
+            description="write the amidsl node program (its full source)",
         ),
         Exec(
             ("python3", "-I", "-c", _CHECKSUM, NODE_PROGRAM, program_sha256()),
-            description="check the node program's SHA-256",
+            description="check the SHA-256 of the node program",
         ),
         NodeProgram(
             NODE_PROGRAM,
@@ -149,7 +148,7 @@ def ami_upload(s: AmiSettings) -> list[Action]:
 def cleanup(s: AmiSettings) -> list[Action]:
     """Remove the node program and the bundle files from the node."""
     return [
-        Remove(NODE_PROGRAM_DIR, recursive=True, description="remove amidsl's node program"),
+        Remove(NODE_PROGRAM_DIR, recursive=True, description="remove the amidsl node program"),
         Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
         Remove(
             f"{s.destination_dir.rstrip('/')}/{s.prefix}",

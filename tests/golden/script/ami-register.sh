@@ -43,6 +43,8 @@
 #   block_device_mappings = (none)
 #   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
 #   image_id = (none)
+#   bundler = native
+#   volume = /
 
 set -Eeuo pipefail
 
@@ -64,6 +66,9 @@ on_error() {
 trap on_error ERR
 
 # Controller-side helpers: read fields of the aws CLI's JSON output.
+controller_only() {
+  fail "this step runs inside amidsl on the controller ($1): run the build with amidsl"
+}
 json_field() {
   python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
 }
@@ -72,9 +77,9 @@ json_length() {
 }
 
 phase_ami_register() {
-  # ---- CONTROLLER SIDE: AWS API calls, made from the machine driving the build
-  # ---- (amidsl build makes them with boto3; by hand, run them where the aws CLI
-  # ---- and your AWS credentials are, not on the node).
+  # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
+  # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
+  # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).
   step ami-register 1 'register the image with EC2'
   register_image_result=$(aws ec2 register-image --region us-east-1 --name amidsl-example-ami --image-location amidsl-example-bundles/images/example/image.manifest.xml --description 'amidsl example AMI' --architecture x86_64 --output json)
   step ami-register 2 'keep the new image id in the settings'

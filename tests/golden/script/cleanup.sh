@@ -43,6 +43,8 @@
 #   block_device_mappings = (none)
 #   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
 #   image_id = (none)
+#   bundler = native
+#   volume = /
 
 set -Eeuo pipefail
 
@@ -64,15 +66,11 @@ on_error() {
 trap on_error ERR
 
 phase_cleanup() {
-  step cleanup 1 'remove the credentials'
-  rm -rf -- /opt/ami-tools/credentials
-  step cleanup 2 'remove the ami-tools and Ruby'
-  rm -rf -- /opt/ami-tools
-  step cleanup 3 'remove the bundle parts'
+  step cleanup 1 'remove the amidsl node program'
+  rm -rf -- /var/lib/amidsl/node
+  step cleanup 2 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
-  step cleanup 4 'remove the bundle manifest'
-  rm -f -- /tmp/image.manifest.xml
-  step cleanup 5 'remove the image file if ec2-bundle-vol left it'
+  step cleanup 3 'remove the image file if the node program left it'
   rm -f -- /tmp/image
 }
 
