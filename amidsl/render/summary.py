@@ -63,6 +63,8 @@ def _credential_origin(s: AmiSettings, name: str) -> str:
     origin = "from the settings" if given else "from the AWS credential chain"
     if name == "access_key" and s.access_key:
         origin = f"{s.access_key} from the settings"
+    if s.bundler == "native":
+        return f"{origin}; used on the controller only (presigned URLs reach the node)"
     return f"{origin}; supplied at run time as {env}"
 
 
