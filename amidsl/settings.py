@@ -124,6 +124,8 @@ class AmiSettings:
     image_id: str | None = None
     bundler: str = "native"
     volume: str = "/"
+    ec2_certificate_source: Source | None = None
+    ec2_certificate_pem: str = ""
 
     @property
     def tools_dir(self) -> str:
@@ -164,7 +166,7 @@ class SettingsError(ValueError):
 
 SETTING_NAMES = (*tuple(f.name for f in dataclasses.fields(AmiSettings)), "extra_exclusions")
 # Derived from other settings, never given by a user.
-_DERIVED = {"certificate_pem", "private_key_pem"}
+_DERIVED = {"certificate_pem", "private_key_pem", "ec2_certificate_pem"}
 USER_KEYS = tuple(sorted(set(SETTING_NAMES) - _DERIVED))
 
 
@@ -583,6 +585,18 @@ class _Checker:
         inherit = self.flag("inherit", True)
         bundler = self.choice("bundler", "native", BUNDLERS)
         volume = self.node_path("volume", "/") or "/"
+        ec2_certificate_source = self.source("ec2_certificate_source")
+        ec2_cert_pem = self.read_source("ec2_certificate_source", ec2_certificate_source) or ""
+        if ec2_cert_pem:
+            try:
+                # Expiry is not checked: EC2's certificates are long expired and still in use.
+                x509.load_pem_x509_certificate(ec2_cert_pem.encode("ascii"))
+            except ValueError:
+                self.problem(
+                    "ec2_certificate_source",
+                    "is not a PEM X.509 certificate",
+                    "give EC2's cert-ec2*.pem from the ec2-ami-tools archive",
+                )
         # Given only to resume a build after ami-register (e.g. to run a test phase alone).
         image_id = self.text("image_id")
         if image_id is not None and not re.fullmatch(r"ami-[0-9a-f]{8}([0-9a-f]{9})?", image_id):
@@ -644,6 +658,8 @@ class _Checker:
             image_id=image_id,
             bundler=bundler,
             volume=volume,
+            ec2_certificate_source=ec2_certificate_source,
+            ec2_certificate_pem=ec2_cert_pem,
         )
 
     def aws_credentials(self) -> tuple[str | None, Secret | None, Secret | None]:

@@ -31,6 +31,7 @@ from amidsl.actions import (
     RuntimeValue,
     StagedFile,
 )
+from amidsl.ec2_certificate import ec2_certificate
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
 from amidsl.plan import Plan
@@ -120,6 +121,7 @@ class LiveBackend:
     progress: Callable[[str], None] = lambda line: None
     _credentials: AwsCredentials | None = None
     _no_credentials: AwsError | None = None
+    _ec2_certificate: str | None = None
     _leftover_dirs: list[str] = field(default_factory=list)
     _lines: list[tuple[int, str]] = field(default_factory=list)  # (script action number, line)
 
@@ -149,8 +151,10 @@ class LiveBackend:
         return self.aws.client("s3")
 
     def ec2_certificate(self) -> str:
-        """EC2's certificate for the build's region (see amidsl.ec2_certificate)."""
-        return self.aws.ec2_certificate()
+        """EC2's certificate for the build's region, fetched and pinned once per build."""
+        if self._ec2_certificate is None:
+            self._ec2_certificate = ec2_certificate(self.plan.settings)
+        return self._ec2_certificate
 
     def run_node_program(self, action: NodeProgram, request: bytes) -> tuple[int, str, str]:
         """Run exactly the node-program command line the script shows, the request on its stdin.

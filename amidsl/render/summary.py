@@ -39,6 +39,10 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
             continue
         if name == "certificate_pem":
             value = describe_certificate(value) if value else "(none)"
+        elif name == "ec2_certificate_pem":
+            if s.bundler != "native":
+                continue
+            value = describe_certificate(value) if value else "pinned, from the ec2-ami-tools archive"
         elif name in ("secret_key", "session_token", "access_key"):
             value = _credential_origin(s, name)
         elif isinstance(value, Source):

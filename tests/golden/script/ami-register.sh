@@ -45,6 +45,8 @@
 #   image_id = (none)
 #   bundler = native
 #   volume = /
+#   ec2_certificate_source = (none)
+#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
 
 set -Eeuo pipefail
 

@@ -45,6 +45,7 @@
 #   image_id = (none)
 #   bundler = ami-tools
 #   volume = /
+#   ec2_certificate_source = (none)
 #
 # Supplied at run time through the environment (never written into this file):
 #   AMIDSL_ACCESS_KEY: the AWS access key id (ami-upload)

@@ -45,6 +45,7 @@
 #   image_id = (none)
 #   bundler = ami-tools
 #   volume = /
+#   ec2_certificate_source = (none)
 #
 # Supplied at run time through the environment (never written into this file):
 #   AMIDSL_PRIVATE_KEY_FILE: path on the node of the private signing key

@@ -45,6 +45,7 @@
 #   image_id = (none)
 #   bundler = ami-tools
 #   volume = /
+#   ec2_certificate_source = (none)
 
 set -Eeuo pipefail
 
