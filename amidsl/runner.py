@@ -29,7 +29,6 @@ from amidsl.controller import ControllerStepFailed, run_controller_step, secret_
 from amidsl.plan import Plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
-from amidsl.strategies.native import NODE_PROGRAM_DIR
 
 ON_ERROR_POLICIES = ("cleanup", "abort")
 # Run by the runner one at a time: controller-side actions, and node-program runs, which the controller
@@ -268,7 +267,7 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
             f"on_error=abort: everything is left in place for debugging, credentials included ({where}).",
         )
     if plan.settings.bundler == "native":
-        return _remove_node_program(backend, result)
+        return _remove_node_program(plan.settings.install_dir, backend, result)
     try:
         result.transcript += backend.run_node_actions(
             "on-error", [(1, credential_removal(plan.settings))], {}
@@ -278,14 +277,14 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
     return True, f"The credentials were removed from the node ({where})."
 
 
-def _remove_node_program(backend: NodeBackend, result: BuildResult) -> tuple[bool, str]:
+def _remove_node_program(where: str, backend: NodeBackend, result: BuildResult) -> tuple[bool, str]:
     """After a failed native build: no credential was ever on the node; remove amidsl's node program."""
-    removal = Remove(NODE_PROGRAM_DIR, recursive=True, description="remove the amidsl node program")
+    removal = Remove(where, recursive=True, description="remove the amidsl node program (install_dir)")
     try:
         result.transcript += backend.run_node_actions("on-error", [(1, removal)], {})
     except Exception as err:
-        return False, f"No credential was on the node; removing {NODE_PROGRAM_DIR} failed ({err})."
+        return False, f"No credential was on the node; removing {where} failed ({err})."
     return True, (
         "No credential was on the node (native build); amidsl's node program was removed "
-        f"({NODE_PROGRAM_DIR}). Bundle parts, if any, stay in destination_dir until cleanup."
+        f"({where}). Bundle parts, if any, stay in destination_dir until cleanup."
     )

@@ -1,11 +1,11 @@
 """The native strategy: amidsl's own node program bundles the volume; secrets stay on the controller.
 
-On the node: only amidsl's node program (stdlib Python), copied into a root-only directory inside
-amidsl's node state dir (which every image excludes), checked against its SHA-256, and removed in
-cleanup. The node needs python3 >= 3.8, e2fsprogs (mke2fs) and libcrypto (openssl); nothing is
-installed. The controller makes the AES key and IV and sends them on the program's standard input;
-it signs the manifest itself (the signing key never leaves it) and presigns one S3 PUT URL per part,
-so the node never holds an AWS credential either.
+On the node: only amidsl's node program (stdlib Python), copied into install_dir (root-only, and
+excluded from every image), checked against its SHA-256, and removed with install_dir in cleanup.
+The node needs python3 >= 3.8, e2fsprogs (mke2fs) and libcrypto (openssl); nothing is installed.
+The controller makes the AES key and IV and sends them on the program's standard input; it signs the
+manifest itself (the signing key never leaves it) and presigns one S3 PUT URL per part, so the node
+never holds an AWS credential either.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from amidsl.actions import (
     UploadManifest,
 )
 from amidsl.node import program_sha256, program_source
-from amidsl.settings import NODE_STATE_DIR, AmiSettings
+from amidsl.settings import AmiSettings
 from amidsl.strategies.ami_tools import ami_register
 
-NODE_PROGRAM_DIR = f"{NODE_STATE_DIR}/node"
-NODE_PROGRAM = f"{NODE_PROGRAM_DIR}/amidsl_node.py"
+NODE_PROGRAM_NAME = "amidsl_node.py"
 PART_SIZE = 10 * 1024 * 1024
 UPLOAD_CONCURRENCY = 4
 UPLOAD_RETRIES = 5
@@ -50,27 +49,32 @@ _CHECKSUM = (
 )
 
 
+def node_program(s: AmiSettings) -> str:
+    """Where the node program lives on the node: in install_dir, which the image excludes."""
+    return f"{s.install_dir}/{NODE_PROGRAM_NAME}"
+
+
 def install(s: AmiSettings) -> list[Action | PlanWarning]:
     """Ship the node program into a root-only directory, check its checksum, and check the node."""
     return [
         PlanWarning(
-            f"native build: nothing is installed; amidsl's node program is copied to {NODE_PROGRAM_DIR} "
+            f"native build: nothing is installed; amidsl's node program is copied to {s.install_dir} "
             f"(excluded from the image, removed in cleanup). The node needs {NODE_NEEDS}."
         ),
-        Directory(NODE_PROGRAM_DIR, mode="0700", description="create the node program directory (root only)"),
+        Directory(s.install_dir, mode="0700", description="create the node program directory (root only)"),
         RemoteFile(
-            NODE_PROGRAM,
+            node_program(s),
             content=program_source(),
             mode="0600",
             verbatim=True,
             description="write the amidsl node program (its full source)",
         ),
         Exec(
-            ("python3", "-I", "-c", _CHECKSUM, NODE_PROGRAM, program_sha256()),
+            ("python3", "-I", "-c", _CHECKSUM, node_program(s), program_sha256()),
             description="check the SHA-256 of the node program",
         ),
         NodeProgram(
-            NODE_PROGRAM,
+            node_program(s),
             "check",
             (("volume", s.volume), ("destination_dir", s.destination_dir)),
             result_name="node_check",
@@ -109,7 +113,7 @@ def ami_bundle(s: AmiSettings) -> list[Action]:
         ),
         MakeBundleKey(),
         NodeProgram(
-            NODE_PROGRAM,
+            node_program(s),
             "bundle",
             bundle_request(s),
             result_name="bundle",
@@ -129,7 +133,7 @@ def ami_upload(s: AmiSettings) -> list[Action]:
     return [
         PresignParts("bundle", s.s3_bucket, s.s3_path, s.region, result_name="presigned"),
         NodeProgram(
-            NODE_PROGRAM,
+            node_program(s),
             "upload",
             (
                 ("destination_dir", s.destination_dir),
@@ -148,7 +152,7 @@ def ami_upload(s: AmiSettings) -> list[Action]:
 def cleanup(s: AmiSettings) -> list[Action]:
     """Remove the node program and the bundle files from the node."""
     return [
-        Remove(NODE_PROGRAM_DIR, recursive=True, description="remove the amidsl node program"),
+        Remove(s.install_dir, recursive=True, description="remove the amidsl node program (install_dir)"),
         Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
         Remove(
             f"{s.destination_dir.rstrip('/')}/{s.prefix}",

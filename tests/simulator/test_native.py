@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from amidsl.example import example_credentials
-from amidsl.strategies.native import NODE_PROGRAM_DIR
 from simulator.region import SECRET_KEY
 
 
@@ -21,7 +20,7 @@ def test_a_native_build_registers_an_image_the_strict_region_accepts(run, native
     paths = inspection.paths()
     assert {"/etc/nginx/nginx.conf", "/usr/bin/program-000", "/home/admin/notes.txt"} <= paths
     for gone in (
-        "/var/lib/amidsl/node/amidsl_node.py",
+        "/opt/ami-tools/amidsl_node.py",
         "/tmp",
         "/etc/ssl/private/node.pem",
         "/root/.ssh/id_rsa",
@@ -33,12 +32,12 @@ def test_a_native_build_registers_an_image_the_strict_region_accepts(run, native
 def test_the_node_program_runs_from_the_copy_the_install_phase_shipped(run, native_settings, node):
     simulation = run(native_settings, ["install"])
     assert simulation.error is None, simulation.error
-    shipped = node.host_path(f"{NODE_PROGRAM_DIR}/amidsl_node.py")
-    assert shipped.is_file() and node.mode(f"{NODE_PROGRAM_DIR}") & 0o077 == 0
+    shipped = node.host_path("/opt/ami-tools/amidsl_node.py")
+    assert shipped.is_file() and node.mode("/opt/ami-tools") & 0o077 == 0
     shipped.write_text(shipped.read_text() + "# changed on the node\n")
     again = run(native_settings, ["install"])
     assert again.error is None  # install writes a fresh copy and checks it
-    node.host_path(f"{NODE_PROGRAM_DIR}/amidsl_node.py").write_text("raise SystemExit(9)\n")
+    node.host_path("/opt/ami-tools/amidsl_node.py").write_text("raise SystemExit(9)\n")
     bundled = run(native_settings, ["ami-bundle"])
     assert bundled.error is not None and bundled.error.phase == "ami-bundle"
 
@@ -58,7 +57,7 @@ def test_no_signing_key_and_no_aws_secret_ever_reach_the_node(run, native_settin
 def test_cleanup_removes_the_node_program_and_the_parts(run, native_settings, node):
     simulation = run(native_settings)
     assert simulation.error is None, simulation.error
-    assert not node.exists(NODE_PROGRAM_DIR)
+    assert not node.exists("/opt/ami-tools")
     assert node.glob("/tmp", "image.part.*") == []
 
 
@@ -68,7 +67,7 @@ def test_a_failed_native_build_registers_nothing_and_removes_the_node_program(
     region.faults.reject_register = "InvalidManifest"
     simulation = run(native_settings)
     assert simulation.error is not None and simulation.error.phase == "ami-register"
-    assert not node.exists(NODE_PROGRAM_DIR)
+    assert not node.exists("/opt/ami-tools")
     assert "No credential was on the node" in str(simulation.error)
     assert "run the build again from phase install" in str(simulation.error)
     assert region.ec2.describe_images(Owners=["self"])["Images"] == []

@@ -91,7 +91,7 @@ phase_ami_bundle() {
   step ami-bundle 3 'image the volume and bundle it into parts on the node'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
   #   {"volume": "/", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "includes": [], "filter": true, "destination_dir": "/tmp", "prefix": "image", "image_size_mb": null, "key": "<the bundle's AES key (made on the controller)>", "iv": "<the bundle's AES IV (made on the controller)>", "part_size": 10485760, "workers": 0}
-  python3 -I /var/lib/amidsl/node/amidsl_node.py bundle
+  python3 -I /opt/ami-tools/amidsl_node.py bundle
   # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
   # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
   # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).

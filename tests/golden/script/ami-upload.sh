@@ -91,7 +91,7 @@ phase_ami_upload() {
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
   #   {"destination_dir": "/tmp", "parts": "<one presigned S3 PUT URL per part>", "concurrency": 4, "retries": 5}
   # (exit status 3: some URLs expired; amidsl presigns those parts again and re-runs)
-  python3 -I /var/lib/amidsl/node/amidsl_node.py upload
+  python3 -I /opt/ami-tools/amidsl_node.py upload
   # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
   # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
   # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).

@@ -68,8 +68,8 @@ on_error() {
 trap on_error ERR
 
 phase_cleanup() {
-  step cleanup 1 'remove the amidsl node program'
-  rm -rf -- /var/lib/amidsl/node
+  step cleanup 1 'remove the amidsl node program (install_dir)'
+  rm -rf -- /opt/ami-tools
   step cleanup 2 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
   step cleanup 3 'remove the image file if the node program left it'

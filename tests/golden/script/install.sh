@@ -67,13 +67,13 @@ on_error() {
 }
 trap on_error ERR
 
-# WARNING (install): native build: nothing is installed; amidsl's node program is copied to /var/lib/amidsl/node (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl).
+# WARNING (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl).
 phase_install() {
   step install 1 'create the node program directory (root only)'
-  install -d -m 0700 -o root -g root -- /var/lib/amidsl/node
+  install -d -m 0700 -o root -g root -- /opt/ami-tools
   step install 2 'write the amidsl node program (its full source)'
-  install -m 0600 -o root -g root /dev/null /var/lib/amidsl/node/amidsl_node.py
-  cat > /var/lib/amidsl/node/amidsl_node.py <<'AMIDSL_END_OF_FILE'
+  install -m 0600 -o root -g root /dev/null /opt/ami-tools/amidsl_node.py
+  cat > /opt/ami-tools/amidsl_node.py <<'AMIDSL_END_OF_FILE'
 #!/usr/bin/env python3
 """amidsl's node-side program: image the node's volume, bundle it, upload the parts.
 
@@ -1374,11 +1374,11 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /var/lib/amidsl/node/amidsl_node.py e353f6b4f925e407243d63a6ed4bd20c49d95b4195cd9164df98275e9c9ac8e5
+  python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py e353f6b4f925e407243d63a6ed4bd20c49d95b4195cd9164df98275e9c9ac8e5
   step install 4 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl) and free space in destination_dir'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
   #   {"volume": "/", "destination_dir": "/tmp"}
-  python3 -I /var/lib/amidsl/node/amidsl_node.py check
+  python3 -I /opt/ami-tools/amidsl_node.py check
 }
 
 main() {
