@@ -5,6 +5,8 @@ JSON schema "amidsl.plan/1" (stable; fields are only ever added):
     {"schema": "amidsl.plan/1", "amidsl_version": str, "spec": str, "title": str,
      "settings": {name: shown value (secrets as their run-time source)},
      "runtime_inputs": [{"env": str, "what": str}],
+     "strategy": {"bundler": str, "on the node": str, "stays in the image": str,
+                  "the node needs": str, "secrets": str},
      "phases": [{"name": str, "warnings": [str],
                  "actions": [{"index": int (from 1), "type": snake_case action type,
                               "runs_on": "node" | "controller", "description": str,
@@ -37,6 +39,7 @@ from amidsl.actions import (
 from amidsl.plan import Plan
 from amidsl.render.shell import render_action, runtime_inputs
 from amidsl.render.summary import plan_title, public_settings
+from amidsl.strategies import summary
 
 SCHEMA = "amidsl.plan/1"
 LONG_CONTENT_LINES = 40
@@ -91,6 +94,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "title": plan_title(plan),
         "settings": dict(public_settings(plan.settings)),
         "runtime_inputs": [{"env": env, "what": what} for env, what in runtime_inputs(plan)],
+        "strategy": {"bundler": plan.settings.bundler, **dict(summary(plan.settings))},
         "phases": [
             {
                 "name": phase.name,
@@ -123,6 +127,8 @@ def render_text(plan: Plan) -> str:
     width = max(len(name) for name, _ in public_settings(plan.settings))
     for name, value in public_settings(plan.settings):
         lines.append(f"  {name.ljust(width)}  {json.dumps(value, ensure_ascii=False)}")
+    lines += ["", f"build strategy: {plan.settings.bundler}"]
+    lines += [f"  {topic}: {text}" for topic, text in summary(plan.settings)]
     inputs = runtime_inputs(plan)
     if inputs:
         lines += ["", "supplied at run time (environment):"]

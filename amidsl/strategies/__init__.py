@@ -23,3 +23,8 @@ STRATEGIES: Mapping[str, Mapping[str, PhaseFn]] = {
 def phase_function(bundler: str, phase: str) -> PhaseFn:
     """The plan function of `phase` in the strategy the `bundler` setting names."""
     return STRATEGIES[bundler][phase]
+
+
+def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
+    """(topic, text) pairs saying what the chosen strategy puts on the node and leaves in the image."""
+    return {"native": native.summary, "ami-tools": ami_tools.summary}[s.bundler](s)

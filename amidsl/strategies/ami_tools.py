@@ -297,3 +297,22 @@ PHASE_FUNCTIONS = {
     "ami-register": ami_register,
     "cleanup": cleanup,
 }
+
+
+def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
+    """What an ami-tools build puts on the node, leaves in the image, and needs, for the plan preview."""
+    apt = TOOL_PACKAGES_APT + (RUBY_BUILD_APT if s.install_strategy == "rbenv" else ())
+    apt += ("ruby",) if s.install_strategy == "package" else ()
+    return (
+        (
+            "on the node",
+            f"ec2-ami-tools and Ruby in {s.install_dir}; the signing key and certificate in "
+            f"{s.credential_dir} (removed in cleanup)",
+        ),
+        ("stays in the image", f"the OS packages installed: {', '.join(apt)}"),
+        ("the node needs", "apt-get, dnf or yum with network access, and Ruby's build tools for rbenv"),
+        (
+            "secrets",
+            "the signing key is written to the node; the AWS credentials reach ec2-upload-bundle at run time",
+        ),
+    )

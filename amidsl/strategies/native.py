@@ -169,3 +169,24 @@ PHASE_FUNCTIONS = {
     "ami-register": ami_register,
     "cleanup": cleanup,
 }
+
+
+def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
+    """What a native build puts on the node, leaves in the image, and needs, for the plan preview."""
+    return (
+        (
+            "on the node",
+            f"amidsl's node program (one stdlib Python file) in {s.install_dir}, during the build",
+        ),
+        (
+            "stays in the image",
+            "nothing amidsl brings: no package is installed; install_dir, destination_dir "
+            "and amidsl's state dir are excluded",
+        ),
+        ("the node needs", NODE_NEEDS),
+        (
+            "secrets",
+            "AWS credentials and the signing key stay on the controller; the AES key and IV and the "
+            "presigned URLs reach the node only on the node program's standard input",
+        ),
+    )

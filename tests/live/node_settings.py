@@ -32,6 +32,7 @@ def build_settings(tmp_path: Path, node, fake_tools, credentials, login: str, en
     """[ami] and [live] for one build; every node directory is inside the node's temporary directory."""
     run = node.root / f"run-{secrets.token_hex(4)}"
     ami = {
+        "bundler": "ami-tools",
         "image_name": f"amidsl offline test {secrets.token_hex(4)}",
         "image_description": "built over SSH on 127.0.0.1",
         "region": "us-east-1",
