@@ -113,15 +113,20 @@ def _request(action: NodeProgram, results: dict[str, Any], **override: Any) -> d
 
 
 def _report(stdout: str) -> dict[str, Any] | None:
-    """The node program's JSON result: its last line of standard output."""
-    lines = stdout.strip().splitlines()
-    if not lines:
-        return None
-    try:
-        found = json.loads(lines[-1])
-    except ValueError:
-        return None
-    return found if isinstance(found, dict) else None
+    """The node program's JSON result: its last line of standard output.
+
+    Over SSH its progress lines (stderr) arrive in the same stream and may come after it, so the
+    last line that is a JSON object is the result.
+    """
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                found = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(found, dict):
+                return found
+    return None
 
 
 def _run_program(action: NodeProgram, backend: ControllerBackend, results: dict[str, Any]) -> str:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.config import Config
+
 from amidsl.actions import (
     Action,
     AwsCall,
@@ -122,6 +124,7 @@ class LiveBackend:
     _credentials: AwsCredentials | None = None
     _no_credentials: AwsError | None = None
     _ec2_certificate: str | None = None
+    _presigner: Any = None
     _leftover_dirs: list[str] = field(default_factory=list)
     _lines: list[tuple[int, str]] = field(default_factory=list)  # (script action number, line)
 
@@ -147,8 +150,16 @@ class LiveBackend:
         return self.aws.client("s3")
 
     def presign_client(self) -> Any:
-        """The build's boto3 S3 client: its presigned URLs are the ones the node uploads to."""
-        return self.aws.client("s3")
+        """An S3 client of the build's session that presigns with SigV4 (what every region accepts)."""
+        if self._presigner is None:
+            style = "path" if self.aws.live.endpoint_url else "auto"
+            self._presigner = self.aws.session.client(
+                "s3",
+                region_name=self.plan.settings.region,
+                endpoint_url=self.aws.live.endpoint_url,
+                config=Config(signature_version="s3v4", s3={"addressing_style": style}),
+            )
+        return self._presigner
 
     def ec2_certificate(self) -> str:
         """EC2's certificate for the build's region, fetched and pinned once per build."""

@@ -73,6 +73,7 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
             ("python3", "-I", "-c", _CHECKSUM, node_program(s), program_sha256()),
             description="check the SHA-256 of the node program",
         ),
+        _make_destination(s),
         NodeProgram(
             node_program(s),
             "check",
@@ -86,6 +87,12 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
 def configure(s: AmiSettings) -> list[Action | PlanWarning]:
     """Nothing: in a native build no credential is written to the node."""
     return [PlanWarning("native build: no key or certificate is written to the node; the controller signs")]
+
+
+def _make_destination(s: AmiSettings) -> Exec:
+    return Exec(
+        ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
+    )
 
 
 def bundle_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
@@ -108,9 +115,7 @@ def bundle_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
 def ami_bundle(s: AmiSettings) -> list[Action]:
     """Image and bundle the volume on the node with a controller-made key; sign the manifest here."""
     return [
-        Exec(
-            ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
-        ),
+        _make_destination(s),
         MakeBundleKey(),
         NodeProgram(
             node_program(s),

@@ -74,7 +74,7 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     settings = result.settings
     assert result.image_id and result.image_id.startswith("ami-")
     images = aws_client("ec2", aws_endpoint).describe_images(ImageIds=[result.image_id])["Images"]
-    assert images[0]["ImageLocation"] == settings.s3_manifest_path
+    assert [i["Name"] for i in images] == [settings.image_name]
 
     # The bundle in S3 verifies against the user's certificate and unbundles to the scratch volume.
     names, manifest = download_and_verify(aws_endpoint, settings, tmp_path)

@@ -1375,7 +1375,9 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step install 3 'check the SHA-256 of the node program'
   python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py e353f6b4f925e407243d63a6ed4bd20c49d95b4195cd9164df98275e9c9ac8e5
-  step install 4 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl) and free space in destination_dir'
+  step install 4 'make sure the destination directory exists'
+  mkdir -p -- /tmp
+  step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl) and free space in destination_dir'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
   #   {"volume": "/", "destination_dir": "/tmp"}
   python3 -I /opt/ami-tools/amidsl_node.py check
