@@ -11,7 +11,7 @@ Every problem is a BundleError subclass whose message names the file and the fix
 contains key material.
 """
 
-from amidsl.bundle.bundle import bundle_image, part_filename
+from amidsl.bundle.bundle import bundle_image
 from amidsl.bundle.errors import (
     BundledSizeMismatchError,
     BundleError,
@@ -44,6 +44,7 @@ from amidsl.bundle.manifest import (
 from amidsl.bundle.selection import ALWAYS_EXCLUDED, DEFAULT_FILTER, LeftOut, Reason
 from amidsl.bundle.unbundle import BundleKeys, decrypt_keys, unbundle
 from amidsl.bundle.verify import verify_bundle
+from amidsl.node.amidsl_node import part_filename
 
 __all__ = [
     "ALWAYS_EXCLUDED",
