@@ -46,10 +46,25 @@ def ec2_certificate_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def login_user(request):
+    """root, or a throwaway user with passwordless sudo (made only when asked for)."""
+    return "root" if request.param == "root" else request.getfixturevalue("sudo_user")
+
+
+@pytest.mark.parametrize("login_user", ["root", "sudo-user"], indirect=True)
 def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
-    node, python_recorder, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, tmp_path
+    node,
+    python_recorder,
+    login_user,
+    fake_tools,
+    aws_endpoint,
+    bucket,
+    credentials,
+    ec2_certificate_file,
+    tmp_path,
 ):
-    config = build_settings(tmp_path, node, fake_tools, credentials, "root", aws_endpoint)
+    config = build_settings(tmp_path, node, fake_tools, credentials, login_user, aws_endpoint)
     config["ami"] |= {
         "bundler": "native",
         "volume": str(node.volume),
@@ -86,10 +101,11 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     # The node program ran with its request on stdin: its command lines carry nothing else.
     program = f"{settings.install_dir}/amidsl_node.py"
     commands = opened[0].commands
-    assert [c for c in commands if c.startswith("python3")] == [
-        f"python3 -I {program} check",
-        f"python3 -I {program} bundle",
-        f"python3 -I {program} upload",
+    sudo = "" if login_user == "root" else "sudo -n -- "
+    assert [c for c in commands if "python3" in c] == [
+        f"{sudo}python3 -I {program} check",
+        f"{sudo}python3 -I {program} bundle",
+        f"{sudo}python3 -I {program} upload",
     ]
     assert node.ssh_command_lines() == commands
 
