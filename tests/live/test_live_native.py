@@ -13,11 +13,8 @@ from pathlib import Path
 import pytest
 
 from amidsl.bundle import list_image, unbundle
-from amidsl.live.build import build_on_host
-from amidsl.live.settings import resolve_live
-from amidsl.live.ssh import SshNode
 from tests.conftest import make_key_and_cert
-from tests.live.node_settings import ACCOUNT, aws_client, build_settings, download_and_verify
+from tests.live.node_settings import ACCOUNT, aws_client, build_over_ssh, build_settings, download_and_verify
 
 PYTHON_RECORDER = """#!/bin/bash
 # The test node's python3: records its argv and environment, then runs the node's own python3.
@@ -46,17 +43,12 @@ def ec2_certificate_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def login_user(request):
-    """root, or a throwaway user with passwordless sudo (made only when asked for)."""
-    return "root" if request.param == "root" else request.getfixturevalue("sudo_user")
-
-
-@pytest.mark.parametrize("login_user", ["root", "sudo-user"], indirect=True)
+@pytest.mark.parametrize("login", ["root", "sudo-user"])
 def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     node,
     python_recorder,
-    login_user,
+    login,
+    sudo_user_or_root,
     fake_tools,
     aws_endpoint,
     bucket,
@@ -64,6 +56,7 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     ec2_certificate_file,
     tmp_path,
 ):
+    login_user = sudo_user_or_root(login)
     config = build_settings(tmp_path, node, fake_tools, credentials, login_user, aws_endpoint)
     config["ami"] |= {
         "bundler": "native",
@@ -72,20 +65,8 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
         "image_name": f"amidsl native offline {secrets.token_hex(4)}",
     }
     node.forget_records()
-    progress: list[str] = []
-    opened: list[SshNode] = []
-
-    def open_node(target):
-        opened.append(SshNode(target))
-        return opened[-1]
-
-    result = build_on_host(
-        "127.0.0.1",
-        config["ami"],
-        live=resolve_live(config["live"]),
-        progress=progress.append,
-        node_factory=open_node,
-    )
+    recorded = build_over_ssh(config)
+    result, progress, commands = recorded.result, recorded.progress, recorded.commands
     settings = result.settings
     assert result.image_id and result.image_id.startswith("ami-")
     images = aws_client("ec2", aws_endpoint).describe_images(ImageIds=[result.image_id])["Images"]
@@ -100,7 +81,6 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
 
     # The node program ran with its request on stdin: its command lines carry nothing else.
     program = f"{settings.install_dir}/amidsl_node.py"
-    commands = opened[0].commands
     sudo = "" if login_user == "root" else "sudo -n -- "
     assert [c for c in commands if "python3" in c] == [
         f"{sudo}python3 -I {program} check",
