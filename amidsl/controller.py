@@ -151,9 +151,21 @@ def _run_program(action: NodeProgram, backend: ControllerBackend, results: dict[
             tail = "\n".join("\n".join(outputs).rstrip().splitlines()[-ERROR_TAIL_LINES:])
             raise ControllerStepFailed(_failure_text(action, status, report, tail, results), status or 1)
         results[action.result_name] = report
+        if action.command == "check":
+            outputs.append(_describe_check(report))
         return "\n".join(outputs).rstrip()
     raise ControllerStepFailed(
         f"presigned URLs kept expiring after {REFRESH_ROUNDS} rounds: check the controller's clock"
+    )
+
+
+def _describe_check(report: dict[str, Any]) -> str:
+    """One line on what the node has, from the node program's check report."""
+    mib = 1024 * 1024
+    return (
+        f"node: python {report.get('python')}, mke2fs {report.get('mke2fs')}, libcrypto "
+        f"{report.get('libcrypto')}; {int(report.get('free_bytes', 0)) // mib} MB free in destination_dir, "
+        f"about {int(report.get('volume_bytes', 0)) // mib} MB of data to image"
     )
 
 

@@ -35,6 +35,7 @@ ON_ERROR_POLICIES = ("cleanup", "abort")
 # drives (it sends the request on stdin and reads the report back).
 DRIVEN_BY_CONTROLLER = (*CONTROLLER_ACTIONS, NodeProgram)
 OUTPUT_TAIL_LINES = 20
+INTERRUPTED_STATUS = 130  # what a shell reports for a program ended by SIGINT
 
 
 @dataclass(frozen=True)
@@ -185,17 +186,23 @@ def run_plan(
     for phase in plan.phases:
         progress(f"phase {phase.name}")
         for on_controller, actions in split_by_side(phase):
+            running = actions[0][0]
             try:
-                if on_controller:
-                    for index, action in actions:
-                        record = _run_controller_action(
-                            phase.name, index, action, backend, values, results, settings
-                        )
-                        where = "node" if isinstance(action, NodeProgram) else "controller"
-                        progress(f"  [{phase.name} {index}] {action.description}: ok [{where}]")
-                        result.transcript.append(record)
-                else:
-                    result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
+                try:
+                    if on_controller:
+                        for index, action in actions:
+                            running = index
+                            record = _run_controller_action(
+                                phase.name, index, action, backend, values, results, settings
+                            )
+                            where = "node" if isinstance(action, NodeProgram) else "controller"
+                            progress(f"  [{phase.name} {index}] {action.description}: ok [{where}]")
+                            result.transcript.append(record)
+                    else:
+                        result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
+                except KeyboardInterrupt:
+                    # Ctrl-C: the same clean-up as a failure, and a message saying what is left where.
+                    raise ActionFailed(running, INTERRUPTED_STATUS, "amidsl: interrupted (Ctrl-C)") from None
             except ActionFailed as failure:
                 result.transcript += failure.records
                 description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description

@@ -71,3 +71,32 @@ def test_a_failed_native_build_registers_nothing_and_removes_the_node_program(
     assert "No credential was on the node" in str(simulation.error)
     assert "run the build again from phase install" in str(simulation.error)
     assert region.ec2.describe_images(Owners=["self"])["Images"] == []
+
+
+def test_ctrl_c_while_bundling_removes_the_node_program_and_says_what_is_left(
+    run, native_settings, node, monkeypatch
+):
+    from simulator.executor import SimulatorBackend
+
+    real = SimulatorBackend.run_node_program
+
+    def interrupted(self, action, request):
+        if action.command == "bundle":
+            raise KeyboardInterrupt
+        return real(self, action, request)
+
+    monkeypatch.setattr(SimulatorBackend, "run_node_program", interrupted)
+    simulation = run(native_settings)
+    error = simulation.error
+    assert error is not None and (error.phase, error.index, error.status) == ("ami-bundle", 3, 130)
+    assert "interrupted (Ctrl-C)" in str(error)
+    assert "node program was removed (/opt/ami-tools)" in str(error)
+    assert "Bundle parts, if any, stay in destination_dir" in str(error)
+    assert not node.exists("/opt/ami-tools")
+
+
+def test_the_check_reports_what_the_node_has(run, native_settings):
+    simulation = run(native_settings, ["install"])
+    check = simulation.transcript[-1]
+    assert check.output.splitlines()[-1].startswith("node: python 3.")
+    assert "MB free in destination_dir" in check.output
