@@ -149,7 +149,7 @@ def _run_program(action: NodeProgram, backend: ControllerBackend, results: dict[
             continue
         if status != 0 or report is None:
             tail = "\n".join("\n".join(outputs).rstrip().splitlines()[-ERROR_TAIL_LINES:])
-            raise ControllerStepFailed(_failure_text(action, status, report, tail, results), status or 1)
+            raise ControllerStepFailed(_failure_text(action, status, report, tail), status or 1)
         results[action.result_name] = report
         if action.command == "check":
             outputs.append(_describe_check(report))
@@ -169,9 +169,7 @@ def _describe_check(report: dict[str, Any]) -> str:
     )
 
 
-def _failure_text(
-    action: NodeProgram, status: int, report: dict[str, Any] | None, tail: str, results: dict[str, Any]
-) -> str:
+def _failure_text(action: NodeProgram, status: int, report: dict[str, Any] | None, tail: str) -> str:
     text = tail or f"amidsl's node program ({action.command}) exited with status {status}"
     if action.command != "upload":
         return text
@@ -179,13 +177,10 @@ def _failure_text(
         f"{f.get('filename')} ({f.get('status')}: {f.get('reason')})"
         for f in (report or {}).get("failed", [])
     ]
-    presigned = results.get("presigned", {})
-    where = f"s3://{presigned.get('bucket', '?')}/{presigned.get('prefix', '')}"
-    names = f"{presigned.get('name', 'image')}.part.*"
+    # What is left in S3, and the command that removes it, is said by the runner for every strategy.
     return (
-        f"{text}\namidsl: upload failed{': ' + ', '.join(failed) if failed else ''}. Nothing was registered. "
-        f"Parts already uploaded stay in {where} (a re-run skips them); to delete the partial bundle: "
-        f"aws s3 rm {where} --recursive --exclude '*' --include '{names}'"
+        f"{text}\namidsl: upload failed{': ' + ', '.join(failed) if failed else ''}. Nothing was registered; "
+        "a re-run skips the parts already uploaded."
     )
 
 

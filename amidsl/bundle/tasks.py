@@ -14,7 +14,7 @@ from invoke.exceptions import Exit
 from amidsl.bundle.bundle import bundle_image as bundle_image_file
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.keys import describe_certificate, load_certificate, load_private_key
-from amidsl.bundle.ls import list_image
+from amidsl.bundle.ls import list_image, printable
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
 from amidsl.bundle.verify import verify_bundle as verify_manifest
 
@@ -166,7 +166,8 @@ def verify_bundle(
         "privkey": "PEM RSA private key of the user (or of EC2); never printed",
         "destination": "directory to restore the image into (default: current directory)",
         "parts_dir": "directory holding the parts (default: the manifest's directory)",
-        "cert": "optional: also check the manifest signature against this certificate",
+        "cert": "PEM X.509 certificate of the user who signed the manifest (checked before decrypting)",
+        "no_verify": "skip the signature check when you have no certificate (trust the bundle's origin)",
     },
 )
 def unbundle(
@@ -176,13 +177,22 @@ def unbundle(
     destination: str = ".",
     parts_dir: str | None = None,
     cert: str | None = None,
+    no_verify: bool = False,
 ) -> None:
-    """Decrypt and unpack a bundle, checking part digests and the image digest."""
+    """Check a bundle's signature, then decrypt and unpack it, checking part and image digests."""
     _require(manifest=manifest, privkey=privkey)
     key = _read_pem(privkey, "private key", load_private_key)
+    if not cert and not no_verify:
+        raise Exit(
+            "unbundle checks the manifest's signature before decrypting: give --cert (the certificate "
+            "of the user who bundled it), or --no-verify to skip the check",
+            USAGE_ERROR,
+        )
     user_cert = _read_pem(cert, "certificate", load_certificate) if cert else None
     restored = _run(
-        lambda: unbundle_manifest(manifest, key, destination, parts_dir=parts_dir, user_cert_pem=user_cert)
+        lambda: unbundle_manifest(
+            manifest, key, destination, parts_dir=parts_dir, user_cert_pem=user_cert, no_verify=no_verify
+        )
     )
     print(f"restored {restored}")
 
@@ -193,8 +203,9 @@ def image_ls(c: Context, image: str | None = None) -> None:
     _require(image=image)
     for entry in _run(lambda: list_image(image)):
         kind = {"dir": "d", "symlink": "l", "fifo": "p", "socket": "s", "char": "c", "block": "b"}
-        link = f" -> {entry.target}" if entry.target is not None else ""
+        # Names come from the image: escape control characters so none can rewrite the terminal.
+        link = f" -> {printable(entry.target)}" if entry.target is not None else ""
         print(
             f"{kind.get(entry.type, '-')}{entry.mode:04o} {entry.uid:>6} {entry.gid:>6} "
-            f"{entry.size:>12} {entry.path}{link}"
+            f"{entry.size:>12} {printable(entry.path)}{link}"
         )

@@ -17,11 +17,12 @@ from amidsl.live.build import build_on_host, make_ami, make_ami_from_group_node
 from amidsl.live.settings import LiveSettings, load_live_table, resolve_live
 from amidsl.live.ssh import NodeConnectionError
 from amidsl.plan import Plan, Spec, build_plan
-from amidsl.runner import ON_ERROR_POLICIES, BuildError
+from amidsl.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted
 from amidsl.settings import Problem, SettingsError, load_toml
 
 BAD_INPUT = 2
 BUILD_FAILED = 1
+INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def _progress(line: str) -> None:
         "group": "build on a running node tagged amidsl:group=GROUP",
         "launch": "launch a node from the [live] launch settings, build, terminate it",
         "phase": "phase to run (repeatable; default: all, or all but cleanup with --launch)",
-        "on-error": "cleanup (default: remove the credentials, terminate a launched node) or abort",
+        "on-error": "cleanup (default: remove the credentials, terminate a launched node), cleanup-all "
+        "(also remove what a failed upload or registration left in S3) or abort",
         "trust-new-host-key": "accept and remember an unknown host key (never a changed one)",
     },
 )
@@ -96,7 +98,7 @@ def build(
 ) -> None:
     """Build the AMI on a real node over SSH, calling AWS with boto3."""
     if on_error not in ON_ERROR_POLICIES:
-        raise Exit(f"--on-error {on_error!r}: choose cleanup or abort", code=BAD_INPUT)
+        raise Exit(f"--on-error {on_error!r}: choose {', '.join(ON_ERROR_POLICIES)}", code=BAD_INPUT)
     modes = [name for name, given in (("--host", host), ("--group", group), ("--launch", launch)) if given]
     if len(modes) > 1:
         raise Exit(f"{' and '.join(modes)}: choose one of --host, --group and --launch", code=BAD_INPUT)
@@ -130,8 +132,13 @@ def build(
             ).image_id
     except SettingsError as err:
         raise Exit(str(err), code=BAD_INPUT) from None
+    except BuildInterrupted as err:
+        raise Exit(f"build interrupted: {err}", code=INTERRUPTED) from None
     except (BuildError, NodeConnectionError, AwsError) as err:
         raise Exit(f"build failed: {err}", code=BUILD_FAILED) from None
+    except KeyboardInterrupt:
+        # Before any phase ran (the AWS checks, a launch): no credentials reached a node.
+        raise Exit("build interrupted before any phase ran on a node", code=INTERRUPTED) from None
     if image_id:
         print(f"image {image_id} ({settings.image_name}) is registered in {settings.region}")
     else:

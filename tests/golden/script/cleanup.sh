@@ -69,11 +69,15 @@ trap on_error ERR
 
 phase_cleanup() {
   step cleanup 1 'remove the amidsl node program (install_dir)'
+  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ] || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools
+  { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
+  rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
   step cleanup 2 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
   step cleanup 3 'remove the image file if the node program left it'
   rm -f -- /tmp/image
+  { [ ! -e /tmp/image ] && [ ! -L /tmp/image ]; } || fail '/tmp/image still exists after removing it'
 }
 
 main() {

@@ -70,6 +70,9 @@ trap on_error ERR
 # WARNING (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl).
 phase_install() {
   step install 1 'create the node program directory (root only)'
+  if [ ! -e /opt/ami-tools ]; then
+    install -d -m 0700 -o root -g root -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
+  fi
   install -d -m 0700 -o root -g root -- /opt/ami-tools
   step install 2 'write the amidsl node program (its full source)'
   install -m 0600 -o root -g root /dev/null /opt/ami-tools/amidsl_node.py
