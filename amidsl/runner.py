@@ -209,9 +209,14 @@ def run_plan(
                     progress(f"phase {phase.name}")
                 if on_controller:
                     for index, action in actions:
-                        record = _run_controller_action(
-                            phase.name, index, action, backend, values, results, settings
-                        )
+                        try:
+                            record = _run_controller_action(
+                                phase.name, index, action, backend, values, results, settings
+                            )
+                        except KeyboardInterrupt as interrupt:
+                            if isinstance(interrupt, ActionInterrupted):
+                                raise
+                            raise ActionInterrupted(index) from None
                         where = "node" if isinstance(action, NodeProgram) else "controller"
                         progress(f"  [{phase.name} {index}] {action.description}: ok [{where}]")
                         result.transcript.append(record)

@@ -88,8 +88,8 @@ def test_ctrl_c_while_bundling_removes_the_node_program_and_says_what_is_left(
     monkeypatch.setattr(SimulatorBackend, "run_node_program", interrupted)
     simulation = run(native_settings)
     error = simulation.error
-    assert error is not None and (error.phase, error.index, error.status) == ("ami-bundle", 3, 130)
-    assert "interrupted (Ctrl-C)" in str(error)
+    assert error is not None and (error.phase, error.index) == ("ami-bundle", 3)
+    assert "was interrupted (Ctrl-C)" in str(error)
     assert "node program was removed (/opt/ami-tools)" in str(error)
     assert "Bundle parts, if any, stay in destination_dir" in str(error)
     assert not node.exists("/opt/ami-tools")
