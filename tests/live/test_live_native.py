@@ -75,7 +75,12 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     # The bundle in S3 verifies against the user's certificate and unbundles to the scratch volume.
     names, manifest = download_and_verify(aws_endpoint, settings, tmp_path)
     assert manifest.user == ACCOUNT and f"{settings.s3_path}/image.manifest.xml" in names
-    restored = unbundle(tmp_path / "image.manifest.xml", credentials.key_pem, tmp_path / "restored")
+    restored = unbundle(
+        tmp_path / "image.manifest.xml",
+        credentials.key_pem,
+        tmp_path / "restored",
+        user_cert_pem=credentials.cert_pem,
+    )
     paths = {entry.path for entry in list_image(restored)}
     assert {"/etc/hostname", "/srv/www/index.html"} <= paths
 
