@@ -4,7 +4,8 @@
     manifest = bundle_image("/tmp/image", "/tmp", user_id=..., user_cert_pem=...,
                             user_private_key_pem=..., ec2_cert_pem=...)     # parts + manifest
     verify_bundle("/tmp/image.manifest.xml", user_cert_pem)                  # signature, parts
-    unbundle("/tmp/image.manifest.xml", private_key_pem, "/restore")         # back to the image
+    unbundle("/tmp/image.manifest.xml", private_key_pem, "/restore",
+             user_cert_pem=user_cert_pem)                                    # back to the image
     list_image("/restore/image")                                            # what is inside
 
 Every problem is a BundleError subclass whose message names the file and the fix, and never

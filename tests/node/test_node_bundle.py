@@ -94,7 +94,7 @@ def test_a_manifest_signed_from_the_report_verifies_and_unbundles(volume, destin
     manifest = write_signed_manifest(destination, run.result, key_pem, cert_pem)
 
     verify_bundle(manifest, cert_pem)
-    image = unbundle(manifest, key_pem, tmp_path / "unbundled")
+    image = unbundle(manifest, key_pem, tmp_path / "unbundled", user_cert_pem=cert_pem)
     assert image.name == "web"
     assert "/home/alice/notes.txt" in {e.path for e in list_image(image)}
 

@@ -1,10 +1,13 @@
 """The node program's stream pieces: pigz-style gzip, AES through libcrypto, Python 3.8 syntax."""
 
 import ast
+import hashlib
 import shutil
 import subprocess
+import sys
 import zlib
 
+import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, given, settings
@@ -89,16 +92,12 @@ def test_the_program_imports_only_the_standard_library():
         if isinstance(node_, ast.Import)
         for alias in node_.names
     } | {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    import sys
-
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
 
 
 def test_the_program_runs_under_python_3_8_where_installed(tmp_path):
     python38 = shutil.which("python3.8")
     if python38 is None or subprocess.run([python38, "-c", "pass"], capture_output=True).returncode:
-        import pytest
-
         pytest.skip("python3.8 is not installed")
     (tmp_path / "volume").mkdir()
     (tmp_path / "volume/file").write_text("x")
@@ -110,7 +109,29 @@ def test_the_program_runs_under_python_3_8_where_installed(tmp_path):
 
 
 def test_the_shipped_source_has_a_stable_checksum():
-    import hashlib
-
     assert program_sha256() == hashlib.sha256(PROGRAM_PATH.read_bytes()).hexdigest()
     assert program_source().startswith("#!/usr/bin/env python3\n")
+
+
+def test_a_node_without_mke2fs_is_told_to_install_e2fsprogs(monkeypatch):
+    monkeypatch.setattr(node.shutil, "which", lambda name, path=None: None)
+    with pytest.raises(node.NodeError, match=r"mke2fs is not installed; install e2fsprogs"):
+        node.mke2fs_version()
+
+
+def test_an_old_mke2fs_is_refused(monkeypatch):
+    def old_mke2fs(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, 0, b"mke2fs 1.42.9 (28-Dec-2013)\n")
+
+    monkeypatch.setattr(node.subprocess, "run", old_mke2fs)
+    with pytest.raises(node.NodeError, match=r"mke2fs is version 1.42.9; .* needs e2fsprogs >= 1.43"):
+        node.mke2fs_version()
+
+
+def test_a_node_without_libcrypto_is_told_to_install_openssl(monkeypatch):
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(node.ctypes, "CDLL", no_library)
+    with pytest.raises(node.NodeError, match=r"libcrypto was not found .*; install openssl"):
+        node.load_libcrypto()
