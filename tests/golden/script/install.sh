@@ -94,6 +94,19 @@ user of the node can read, and are never written to disk. Progress goes to stand
 result is one JSON object, the last line of standard output. A failure exits non-zero with one
 line `amidsl-node: error: ...` on standard error. Ctrl-C or SIGTERM removes what was half made.
 
+Requests (optional keys in brackets) and results:
+
+    check   {volume, destination_dir}
+            -> {python, mke2fs, libcrypto, free_bytes, volume_bytes, volume_fs{type, uuid, label}}
+    bundle  {volume, exclude, includes, filter, destination_dir, prefix, image_size_mb, key, iv,
+             part_size, workers (0: all cores), [level (zlib, default 4)]}
+            -> {prefix, image_size, digest, bundled_size, parts[{filename, size, sha1, md5}],
+                volume_fs, left_out[[path, reason]] (the first 200)}
+    upload  {destination_dir, parts[{filename, url, headers, [size], [sha1]}], concurrency,
+             retries, [retry_pause (seconds, default 1)]}
+            -> {uploaded[filename], failed[{filename, status, reason}], expired[filename]};
+               exit 3 when URLs expired (presign those again), 1 when a part failed for good
+
 The bundle is the format ec2-bundle-vol makes: a GNU tar of the image file -> SHA-1 of that tar
 stream (the image digest) -> gzip -> AES-128-CBC -> 10 MiB parts `<prefix>.part.<i>`. The
 manifest is built and signed elsewhere, from the result this program prints: the signing key
@@ -333,19 +346,20 @@ def walk_volume(
 # ---------------------------------------------------------------------------------------------
 
 
-def _mount_of(path: str) -> tuple[str, str]:
-    """(device, filesystem type) of the mount holding path, from /proc/self/mountinfo."""
+def _mount_of(path: str) -> tuple[str, str, str]:
+    """(device, major:minor, filesystem type) of the mount holding path, from mountinfo."""
     target = os.path.realpath(path)
-    best = ("", "", "")
+    best = ("", "", "", "")
     with open("/proc/self/mountinfo", errors="surrogateescape") as table:
         for line in table:
             left, _, right = line.partition(" - ")
-            point = _unescape_mount_point(left.split()[4])
-            fstype, device = ([*right.split(), "", ""])[:2]
+            fields = left.split()
+            point = _unescape_mount_point(fields[4])
+            fstype, device = [*right.split(), "", ""][:2]
             inside = target == point or target.startswith(point.rstrip("/") + "/")
             if inside and len(point) >= len(best[0]):
-                best = (point, device, fstype)
-    return best[1], best[2]
+                best = (point, device, fields[2], fstype)
+    return best[1], best[2], best[3]
 
 
 def _superblock_identity(device: str, fstype: str) -> tuple[str, str]:
@@ -368,11 +382,30 @@ def _superblock_identity(device: str, fstype: str) -> tuple[str, str]:
     return "", ""
 
 
+def _blkid_identity(device: str) -> tuple[str, str]:
+    """(uuid, label) as util-linux's blkid reports them ('' where unknown)."""
+    blkid = shutil.which("blkid") or shutil.which("blkid", path="/usr/sbin:/sbin")
+    if blkid is None:
+        return "", ""
+    done = subprocess.run([blkid, "-o", "export", device], stdout=subprocess.PIPE, check=False)
+    values = dict(
+        line.split("=", 1) for line in done.stdout.decode("utf-8", "replace").splitlines() if "=" in line
+    )
+    return values.get("UUID", ""), values.get("LABEL", "")
+
+
 def volume_filesystem(volume: str) -> dict[str, str]:
     """The type, UUID and label of the filesystem the volume lives on."""
-    device, fstype = _mount_of(volume)
-    uuid, label = _superblock_identity(device, fstype) if device.startswith("/dev/") else ("", "")
-    return {"type": fstype, "uuid": uuid, "label": label}
+    device, numbers, fstype = _mount_of(volume)
+    # Some kernels name the root device /dev/root, which does not exist; udev's by-number link does.
+    candidates = [d for d in (device, "/dev/block/" + numbers) if d.startswith("/dev/") and os.path.exists(d)]
+    for candidate in candidates:
+        uuid, label = _superblock_identity(candidate, fstype)
+        if not uuid:
+            uuid, label = _blkid_identity(candidate)
+        if uuid:
+            return {"type": fstype, "uuid": uuid, "label": label}
+    return {"type": fstype, "uuid": "", "label": ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,8 +637,11 @@ def stage_entry(entry: Selected, target: str, staging_dev: int, first_copy: dict
             # Same filesystem: a hard link costs only metadata and keeps owner, mode and times.
             os.link(entry.source, target, follow_symlinks=False)
             return
-        except PermissionError:
-            pass  # protected_hardlinks when not root: copy instead
+        except OSError as exc:
+            # Copy instead: an immutable file, protected_hardlinks when not root, a bind mount
+            # of the same filesystem (EXDEV), a file with the most links ext4 allows.
+            if exc.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK):
+                raise
     if stat.S_ISREG(st.st_mode):
         copy_sparse(entry.source, target, st.st_size)
     elif stat.S_ISFIFO(st.st_mode):
@@ -1217,6 +1253,14 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             "parts); free some space or choose another destination_dir"
         )
 
+    staging_volume = staging_parent(volume, destination)
+    if staging_volume != destination and _free_bytes(staging_volume) < size.copied:
+        raise NodeError(
+            f"the staging tree in {staging_volume} needs {size.copied // MiB} MB for copies of files "
+            f"on other filesystems but only {_free_bytes(staging_volume) // MiB} MB are free; free "
+            "some space, or choose a destination_dir on the volume's own filesystem"
+        )
+
     volume_fs = volume_filesystem(volume)
     image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
     built = build_image(
@@ -1334,11 +1378,17 @@ def command_upload(request: dict) -> tuple[dict, int]:
     outcomes = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(put_part, destination, p, retries, pause) for p in parts]
-        for future in concurrent.futures.as_completed(futures):
-            outcome = future.result()
-            outcomes.append(outcome)
-            if outcome.outcome == "uploaded":
-                say(f"uploaded {outcome.filename} ({len(outcomes)} of {len(parts)})")
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                if outcome.outcome == "uploaded":
+                    say(f"uploaded {outcome.filename} ({len(outcomes)} of {len(parts)})")
+        except BaseException:
+            # Ctrl-C or a bad part: start nothing new; PUTs already under way finish first.
+            for future in futures:
+                future.cancel()
+            raise
     order = {p["filename"]: i for i, p in enumerate(parts)}
     outcomes.sort(key=lambda o: order[o.filename])
     result = {
@@ -1422,7 +1472,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 2cdcda9aacefe451005dc7c12f7332c4556eb62b73fbeddf8ef30a9069a9dd99
+  python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 36ecb40a98fcef2163d321b889cc6edf341a401535429ffff8143dea5266f6d0
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl) and free space in destination_dir'
