@@ -18,10 +18,11 @@ PHASE_HELP = "phase to include (repeatable; default: all phases in order)"
 OUTPUT_HELP = "write to this file instead of standard output"
 
 
-def load_spec(config: str | None) -> Spec:
-    """The ami server spec for a settings file (or the built-in example)."""
+def load_spec(config: str | None, bundler: str | None = None) -> Spec:
+    """The ami server spec for a settings file (or the built-in example); `bundler` overrides its own."""
     path = Path(config) if config else example_config_path()
-    return server_spec(load_toml(path))
+    settings = load_toml(path)
+    return server_spec(settings | {"bundler": bundler} if bundler else settings)
 
 
 def load_plan(config: str | None, phases: list[str] | None) -> Plan:

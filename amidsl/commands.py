@@ -47,13 +47,15 @@ Word = Value | StagedFile | Glob
 
 @dataclass(frozen=True)
 class Command:
-    """One program run: argv, extra environment, working directory, user, optional stdout file."""
+    """One program run: argv, extra environment, working directory, user, optional stdout file, and
+    optional standard input text (a here-document)."""
 
     argv: tuple[Word, ...]
     env: tuple[tuple[str, Value], ...] = ()
     cwd: str | None = None
     user: str = "root"
     stdout: str | None = None
+    stdin: str | None = None
 
     def __post_init__(self) -> None:
         for name, _ in self.env:
@@ -136,10 +138,12 @@ def node_steps(action: Action) -> tuple[Step, ...]:
             return (_install((), action.mode, action.owner, action.group, "--", action.staged, action.path),)
         assert action.content is not None
         # Create the file with its mode first, so the content never sits in a readable file.
-        return (
-            _install((), action.mode, action.owner, action.group, "/dev/null", action.path),
-            Command(("printf", "%s", action.content), stdout=action.path),
+        write = (
+            Command(("cat",), stdout=action.path, stdin=action.content)
+            if action.verbatim
+            else Command(("printf", "%s", action.content), stdout=action.path)
         )
+        return (_install((), action.mode, action.owner, action.group, "/dev/null", action.path), write)
     if isinstance(action, RemoteDirectory):
         return _remote_directory(action)
     if isinstance(action, Exec):

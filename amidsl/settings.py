@@ -33,6 +33,7 @@ DEFAULT_RUBY_VERSION = "2.7.8"
 NODE_STATE_DIR = "/var/lib/amidsl"
 
 INSTALL_STRATEGIES = ("rbenv", "package", "none")
+BUNDLERS = ("native", "ami-tools")
 ARCHITECTURES = ("x86_64", "i386", "arm64")
 VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
 
@@ -160,6 +161,10 @@ class AmiSettings:
     certificate_pem: str
     private_key_pem: Secret
     image_id: str | None = None
+    bundler: str = "native"
+    volume: str = "/"
+    ec2_certificate_source: Source | None = None
+    ec2_certificate_pem: str = ""
 
     @property
     def tools_dir(self) -> str:
@@ -200,7 +205,7 @@ class SettingsError(ValueError):
 
 SETTING_NAMES = (*tuple(f.name for f in dataclasses.fields(AmiSettings)), "extra_exclusions")
 # Derived from other settings, never given by a user.
-_DERIVED = {"certificate_pem", "private_key_pem"}
+_DERIVED = {"certificate_pem", "private_key_pem", "ec2_certificate_pem"}
 USER_KEYS = tuple(sorted(set(SETTING_NAMES) - _DERIVED))
 
 
@@ -687,6 +692,20 @@ class _Checker:
             )
             image_size_mb = None
         inherit = self.flag("inherit", True)
+        bundler = self.choice("bundler", "native", BUNDLERS)
+        volume = self.node_path("volume", "/") or "/"
+        ec2_certificate_source = self.source("ec2_certificate_source")
+        ec2_cert_pem = self.read_source("ec2_certificate_source", ec2_certificate_source) or ""
+        if ec2_cert_pem:
+            try:
+                # Expiry is not checked: EC2's certificates are long expired and still in use.
+                x509.load_pem_x509_certificate(ec2_cert_pem.encode("ascii"))
+            except ValueError:
+                self.problem(
+                    "ec2_certificate_source",
+                    "is not a PEM X.509 certificate",
+                    "give EC2's cert-ec2*.pem from the ec2-ami-tools archive",
+                )
         # Given only to resume a build after ami-register (e.g. to run a test phase alone).
         image_id = self.text("image_id")
         if image_id is not None and not re.fullmatch(r"ami-[0-9a-f]{8}([0-9a-f]{9})?", image_id):
@@ -746,6 +765,10 @@ class _Checker:
             certificate_pem=cert_pem or "",
             private_key_pem=Secret(key_pem or ""),
             image_id=image_id,
+            bundler=bundler,
+            volume=volume,
+            ec2_certificate_source=ec2_certificate_source,
+            ec2_certificate_pem=ec2_cert_pem,
         )
 
     def aws_credentials(self) -> tuple[str | None, Secret | None, Secret | None]:

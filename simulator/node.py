@@ -40,6 +40,7 @@ BASE_COMMANDS = frozenset(
         "bash",
         "sh",
         "ls",
+        "python3",
     ]
 )
 

@@ -10,6 +10,7 @@ violation raises the botocore ClientError with the code EC2 uses.
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from collections.abc import Callable
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.backends import get_backend
+from moto.server import ThreadedMotoServer
 
 from amidsl.bundle import BundleError, Manifest, parse_manifest
 from amidsl.bundle.keys import decrypt_with_key, load_private_key
@@ -66,6 +69,7 @@ class FakeRegion:
         self.object_acls: dict[tuple[str, str], str] = {}
         self._mock = mock_aws()
         self._mock.start()
+        self._server: ThreadedMotoServer | None = None  # S3 over HTTP on loopback, for presigned URLs
         session = boto3.Session(
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=name
         )
@@ -79,6 +83,9 @@ class FakeRegion:
         """Stop the region's moto mock and every node it launched."""
         for node in self.nodes.values():
             node.close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
         self._mock.stop()
 
     # -- what a user sets up before a build -------------------------------------------------------
@@ -143,6 +150,26 @@ class FakeRegion:
         self.s3.put_object(Bucket=bucket, Key=key, Body=data, ACL="aws-exec-read")
         self.object_acls[(bucket, key)] = "aws-exec-read"
         return None
+
+    def presign_client(self) -> Any:
+        """An S3 client whose presigned URLs reach this region's S3 over HTTP on 127.0.0.1.
+
+        The server shares the in-process moto state, so what a node PUTs there is what the region sees.
+        """
+        if self._server is None:
+            # The server's request log would print every presigned URL, signature included.
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self._server.start()
+        host, port = self._server.get_host_and_port()
+        return boto3.client(
+            "s3",
+            region_name=self.name,
+            aws_access_key_id=self.credentials[0],
+            aws_secret_access_key=self.credentials[1],
+            endpoint_url=f"http://{host}:{port}",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
 
     # -- the API calls plans make ------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ def as_json(simulation: Simulation, inspection: ImageInspection | None) -> str:
         "fault": FAULT_HELP,
         "json": "print the result as JSON instead of progress lines",
         "payload-mb": "MB of program binaries on the fake node (default 4; larger for benchmarks)",
+        "bundler": "build strategy: native or ami-tools (default: the settings' bundler, else native)",
     },
 )
 def simulate(
@@ -102,13 +103,14 @@ def simulate(
     fault: list[str] | None = None,
     json: bool = False,
     payload_mb: int = 4,
+    bundler: str | None = None,
 ) -> None:
     """Run the build on a fake node and a fake AWS region (offline; nothing outside a temp dir)."""
     started = time.monotonic()
     if int(payload_mb) < 0:
         raise Exit(f"--payload-mb {payload_mb}: give a size of 0 MB or more", code=BAD_INPUT)
     try:
-        plan = build_plan(load_spec(config), phases=phase or None)
+        plan = build_plan(load_spec(config, bundler), phases=phase or None)
     except SettingsError as err:
         raise Exit(str(err), code=BAD_INPUT) from None
     say = (lambda line: None) if json else print

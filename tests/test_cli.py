@@ -106,11 +106,23 @@ def test_invoke_tasks_file_exposes_the_same_commands():
 # -- amidsl simulate ------------------------------------------------------------------------------
 
 
-def test_simulate_the_built_in_example():
+def test_simulate_the_built_in_example_builds_natively_by_default():
     run = amidsl("simulate")
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
+    assert "  [ami-bundle 3] image the volume and bundle it into parts on the node: ok [node]" in lines
+    assert "ec2-bundle-vol" not in run.stdout
+    registered = next(line for line in lines if line.startswith("registered ami-"))
+    assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
+    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem") for line in lines)
+    assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)  # the node program
+
+
+def test_simulate_the_built_in_example_with_the_ami_tools():
+    run = amidsl("simulate", "--bundler", "ami-tools")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
     assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol: ok" in lines
     registered = next(line for line in lines if line.startswith("registered ami-"))
     assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
@@ -119,7 +131,7 @@ def test_simulate_the_built_in_example():
 
 
 def test_simulate_json_with_a_fault_fails_naming_phase_and_action():
-    run = amidsl("simulate", "--json", "--fault", "disk-full=/tmp")
+    run = amidsl("simulate", "--bundler", "ami-tools", "--json", "--fault", "disk-full=/tmp")
     assert run.returncode == 1
     document = json.loads(run.stdout)
     assert document["image_id"] is None
