@@ -286,7 +286,11 @@ def prepare(
     settings: AmiSettings, node: FakeNode | None = None, region: FakeRegion | None = None, payload_mb: int = 4
 ) -> Simulation:
     """A node and region ready for the settings: the bucket exists, the signing certificate is known."""
-    region = region or FakeRegion(settings.region, node_factory=lambda: template_node(payload_mb=payload_mb))
+    region = region or FakeRegion(
+        settings.region,
+        node_factory=lambda: template_node(payload_mb=payload_mb),
+        account_id=settings.user_id,
+    )
     node = node or template_node(
         payload_mb=payload_mb, admin_user=settings.user if settings.user != "root" else "admin"
     )
