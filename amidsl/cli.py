@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from amidsl import __version__
-from amidsl.cli_table import COMMANDS, USAGE_ERROR, Command, CommandError, find_command
+from amidsl.cli_table import COMMANDS, FAILED, USAGE_ERROR, Command, CommandError, find_command
 
 INTERRUPTED = 130
 BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
+DEBUG_ENV = "AMIDSL_DEBUG"
 
 
 def suggestion(word: str, candidates: Sequence[str]) -> str:
@@ -163,6 +164,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         # The reader went away (`amidsl plan | head -1`): send what is still buffered nowhere, quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         status = BROKEN_PIPE
+    except Exception as err:  # a bug, not bad input: one line, and the traceback on request
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"amidsl: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"(set {DEBUG_ENV}=1 for the traceback, and please report it)", file=sys.stderr)
+        status = FAILED
     sys.exit(status)
 
 

@@ -81,6 +81,10 @@ class Progress:
             return cls()
         return cls(sys.stdout, terminal=sys.stdout.isatty(), verbose=verbose)
 
+    def __call__(self, text: str) -> None:
+        """A Progress is also the plain line callback back-ends take."""
+        self.line(text)
+
     def line(self, text: str) -> None:
         """An action's or phase's line."""
         if self.stream is not None:
@@ -111,6 +115,3 @@ class Progress:
         if self._bar_open and self.stream is not None:
             self.stream.write("\n")
             self._bar_open = False
-
-
-NO_PROGRESS = Progress()

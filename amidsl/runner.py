@@ -187,6 +187,8 @@ def run_plan(
             except ActionFailed as failure:
                 result.transcript += failure.records
                 description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
+                if on_controller:  # a node back-end reports its own failed action's line
+                    progress(f"  [{phase.name} {failure.index}] {description}: failed [controller]")
                 removed, note = _after_failure(plan, backend, on_error, result)
                 raise BuildError(
                     phase.name,

@@ -9,6 +9,7 @@ the registered bundle from the fake S3, verifies and unbundles it, and lists the
 from __future__ import annotations
 
 import io
+import shlex
 import shutil
 import tempfile
 import zipfile
@@ -113,6 +114,7 @@ class SimulatorBackend:
             if self.node.faults.interrupt_at == (phase, index):
                 self.node.faults.interrupt_at = None  # the connection drops once; a reconnect works
                 raise ActionFailed(index, 255, "ssh: connection to the node was lost", records)
+            self.progress(f"  [{phase} {index}] {action.description} ...")
             try:
                 staged = self._stage(action, env)
                 status, output = self._run_steps(node_steps(action), {**env, **staged})
@@ -177,6 +179,7 @@ class SimulatorBackend:
             extra = {name: self._words(value, env)[0] for name, value in command.env}
         except KeyError as missing:
             return CommandResult(1, f"bash: {missing.args[0]}: unbound variable\n")
+        self.node.progress.command(redact(shlex.join(argv), self.secrets()))
         result = self.node.run(argv, extra, command.cwd or "/", command.user)
         if command.stdout is None or result.status != 0:
             return result

@@ -192,17 +192,16 @@ def simulate(
     faults = [parse_fault(text, plan) for text in fault]
     progress = Progress.for_command(quiet=quiet or json, verbose=verbose)
     say: Callable[[str], None] = (lambda line: None) if json else print
-    say(f"amidsl simulate: {plan_title(plan)}")
-    say("(a fake node and a fake AWS region on this machine: no node, network or AWS account is touched)")
+    progress(f"amidsl simulate: {plan_title(plan)}")
+    progress(
+        "(a fake node and a fake AWS region on this machine: no node, network or AWS account is touched)"
+    )
     simulation = prepare(plan.settings, payload_mb=payload_mb)
     try:
         apply_faults(simulation, faults)
+        simulation.node.progress = progress
         simulation = run_simulation(
-            plan,
-            node=simulation.node,
-            region=simulation.region,
-            progress=progress.line,
-            raise_on_failure=False,
+            plan, node=simulation.node, region=simulation.region, progress=progress, raise_on_failure=False
         )
         inspection = simulation.inspect_image() if simulation.image_id else None
         if json:

@@ -34,6 +34,7 @@ from amidsl.crate import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
 from amidsl.plan import Plan
+from amidsl.progress import Progress
 from amidsl.render.shell import render_action, render_script, runtime_inputs
 from amidsl.runner import ActionFailed, ActionRecord
 from amidsl.secrets import Secret, redact
@@ -252,6 +253,15 @@ class LiveBackend:
                 pairs.append((secret.env_var, value))
         return pairs
 
+    def _show_commands(self, phase: str, index: int) -> None:
+        """With --verbose, the commands of the action that just started (as the script runs them)."""
+        if not isinstance(self.progress, Progress) or not self.progress.verbose:
+            return
+        actions = next((p.actions for p in self.plan.phases if p.name == phase), ())
+        if 1 <= index <= len(actions):
+            for command in render_action(actions[index - 1]):
+                self.progress.command(command)
+
     def _run_script(self, phase: str, script_path: str, pairs: list[tuple[str, str]]) -> int:
         """Run the uploaded script; stream its lines with the running action's prefix."""
         secrets = self.secrets()
@@ -264,6 +274,7 @@ class LiveBackend:
             if marker and marker["phase"] == phase:
                 current["index"] = int(marker["index"])
                 self.progress(line)
+                self._show_commands(phase, current["index"])
             else:
                 self.progress(f"    [{phase} {current['index'] or '-'}] {line}")
             lines.append((current["index"], line))

@@ -19,6 +19,7 @@ from amidsl.cli_table import FAILED, CommandError
 from amidsl.live.aws import Aws, AwsError, check_aws_side
 from amidsl.live.build import build_on_host, make_ami, make_ami_from_group_node
 from amidsl.live.ssh import NodeConnectionError
+from amidsl.progress import Progress
 from amidsl.runner import ON_ERROR_POLICIES, BuildError
 from amidsl.settings import SettingsError
 
@@ -29,10 +30,6 @@ def check_aws(loaded: LiveConfig) -> list[str]:
         return check_aws_side(loaded.plan.settings, Aws(loaded.plan.settings, loaded.live))
     except (SettingsError, AwsError) as err:
         raise CommandError(str(err)) from None
-
-
-def _progress(line: str) -> None:
-    print(line, flush=True)
 
 
 def build(
@@ -49,7 +46,8 @@ def build(
 ) -> None:
     """Build the AMI on a real node over SSH, calling AWS with boto3."""
     if on_error not in ON_ERROR_POLICIES:
-        raise CommandError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR_POLICIES)}")
+        *others, last = ON_ERROR_POLICIES
+        raise CommandError(f"--on-error {on_error!r}: choose {', '.join(others)} or {last}")
     modes = [name for name, given in (("--host", host), ("--group", group), ("--launch", launch)) if given]
     if len(modes) > 1:
         raise CommandError(f"{' and '.join(modes)}: choose one of --host, --group and --launch")
@@ -68,11 +66,12 @@ def build(
         raise CommandError(str(SettingsError(problems, origin=str(choice.path))))
     settings = loaded.plan.settings
     chosen = [p.name for p in loaded.plan.phases]
+    progress = Progress.for_command(quiet=quiet, verbose=verbose)
     try:
         aws = Aws(settings, live)
         for line in check_aws_side(settings, aws, image_name_must_be_free="ami-register" in chosen):
-            _progress(f"ok: {line}")
-        options = {"aws": aws, "on_error": on_error, "progress": _progress}
+            progress(f"ok: {line}")
+        options = {"aws": aws, "on_error": on_error, "progress": progress}
         if launch:
             image_id = make_ami(loaded.spec, settings, live=live, phases=phase or None, **options)
         elif group:
