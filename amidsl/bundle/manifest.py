@@ -1,7 +1,6 @@
 """The bundle manifest (version 2007-10-10): typed data, XML rendering, parsing and signing."""
 
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -186,55 +185,250 @@ def sign_manifest(unsigned: Manifest, private_key: rsa.RSAPrivateKey) -> Manifes
     )
 
 
-_SIGNED_SECTIONS = re.compile(
-    r"(<machine_configuration>.*?</machine_configuration>).*?(<image>.*?</image>)", re.DOTALL
-)
+MAX_MANIFEST_BYTES = 1024 * 1024  # real manifests are a few KiB; a 10 GiB image has ~1000 parts
+_MAX_DEPTH = 8
+
+# One strict pass over the text: the byte spans of the signed sections and the values used both come
+# from it, so nothing can hide a section from one while showing it to the other (signature wrapping).
+# Each pattern is matched at a known position and has no nested quantifiers: parsing is linear.
+_DECLARATION = re.compile(r"<\?xml[ \t\r\n][^<>?]*\?>")
+_CHARACTERS = re.compile(r"[^<&]+")
+_REFERENCE = re.compile(r"&(?:(amp|lt|gt|quot|apos)|#([0-9]{1,7})|#x([0-9a-fA-F]{1,6}));")
+_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
+_START_TAG = re.compile(rf"<({_NAME})")
+_ATTRIBUTE = re.compile(rf"[ \t\r\n]+({_NAME})[ \t\r\n]*=[ \t\r\n]*(?:'([^'<]*)'|\"([^\"<]*)\")")
+_START_TAG_END = re.compile(r"[ \t\r\n]*(/?)>")
+_END_TAG = re.compile(rf"</({_NAME})[ \t\r\n]*>")
+_WHITESPACE = re.compile(r"[ \t\r\n]*")
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+# Which children each container element may have: ONE at most once, MANY any number of times.
+ONE, MANY = 1, 2
+_ROOT_ORDER = ("version", "bundler", "machine_configuration", "image", "signature")
+_CONTAINERS: dict[str, dict[str, int]] = {
+    "manifest": dict.fromkeys(_ROOT_ORDER, ONE),
+    "bundler": {"name": ONE, "version": ONE, "release": ONE},
+    "machine_configuration": {
+        "architecture": ONE,
+        "block_device_mapping": ONE,
+        "product_codes": ONE,
+        "kernel_id": ONE,
+        "ramdisk_id": ONE,
+    },
+    "block_device_mapping": {"mapping": MANY},
+    "mapping": {"virtual": ONE, "device": ONE},
+    "product_codes": {"product_code": MANY},
+    "image": dict.fromkeys(
+        (
+            "name",
+            "user",
+            "type",
+            "ancestry",
+            "digest",
+            "size",
+            "bundled_size",
+            "ec2_encrypted_key",
+            "user_encrypted_key",
+            "ec2_encrypted_iv",
+            "user_encrypted_iv",
+            "parts",
+        ),
+        ONE,
+    ),
+    "ancestry": {"ancestor_ami_id": MANY},
+    "parts": {"part": MANY},
+    "part": {"filename": ONE, "digest": ONE},
+}
+
+
+@dataclass
+class _Element:
+    """A parsed element and the span [start, end) of its text in the manifest."""
+
+    tag: str
+    attributes: dict[str, str]
+    start: int
+    end: int = -1
+    text: list[str] = field(default_factory=list)
+    children: list["_Element"] = field(default_factory=list)
+
+    def child(self, tag: str) -> "_Element | None":
+        return next((c for c in self.children if c.tag == tag), None)
+
+    def value(self) -> str:
+        return "".join(self.text).strip()
+
+
+def _reference(match: re.Match[str], source: str) -> str:
+    name, decimal, hexadecimal = match.groups()
+    if name:
+        return _ENTITIES[name]
+    code = int(decimal) if decimal else int(hexadecimal, 16)
+    if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF or (code < 0x20 and code not in (0x9, 0xA, 0xD)):
+        raise ManifestParseError(f"{source}: character reference {match.group(0)} is not allowed")
+    return chr(code)
+
+
+def _parse_xml(text: str, source: str) -> _Element:
+    """Parse the XML subset manifests use: elements, attributes, text and the five entities."""
+
+    def refuse(what: str, position: int) -> ManifestParseError:
+        return ManifestParseError(
+            f"{source} is not a manifest amidsl accepts: {what} at character {position}; "
+            "a manifest holds only elements, attributes and text (no comments, processing "
+            "instructions, CDATA or DOCTYPE); copy it again from where the bundle was written"
+        )
+
+    position = 0
+    declaration = _DECLARATION.match(text)
+    if declaration:
+        position = declaration.end()
+    stack: list[_Element] = []
+    root: _Element | None = None
+    while position < len(text):
+        if text.startswith("</", position):
+            end = _END_TAG.match(text, position)
+            if end is None or not stack or end.group(1) != stack[-1].tag:
+                raise refuse("a misplaced or malformed end tag", position)
+            element = stack.pop()
+            element.end = position = end.end()
+            continue
+        if text.startswith("<!DOCTYPE", position) or text.startswith("<!ENTITY", position):
+            raise refuse("a DOCTYPE or entity declaration", position)
+        if text.startswith("<!", position) or text.startswith("<?", position):
+            raise refuse("a comment, CDATA section or processing instruction", position)
+        if text.startswith("<", position):
+            start = _START_TAG.match(text, position)
+            if start is None:
+                raise refuse("a malformed tag", position)
+            element = _Element(start.group(1), {}, position)
+            position = start.end()
+            while attribute := _ATTRIBUTE.match(text, position):
+                name, single, double = attribute.groups()
+                if name in element.attributes:
+                    raise refuse(f"attribute {name!r} given twice", position)
+                value = single if single is not None else double
+                if "&" in _REFERENCE.sub("", value):
+                    raise refuse("a stray '&' in an attribute", position)
+                element.attributes[name] = _REFERENCE.sub(lambda m: _reference(m, source), value)
+                position = attribute.end()
+            closing = _START_TAG_END.match(text, position)
+            if closing is None:
+                raise refuse(f"a malformed <{element.tag}> tag", position)
+            position = closing.end()
+            if stack:
+                stack[-1].children.append(element)
+            elif root is None:
+                root = element
+            else:
+                raise refuse("a second top-level element", element.start)
+            if closing.group(1):
+                element.end = position
+            else:
+                stack.append(element)
+                if len(stack) > _MAX_DEPTH:
+                    raise refuse("elements nested too deeply", element.start)
+            continue
+        reference = _REFERENCE.match(text, position)
+        characters = reference or _CHARACTERS.match(text, position)
+        if characters is None:
+            raise refuse("a stray '&'", position)
+        if stack:
+            stack[-1].text.append(_reference(reference, source) if reference else characters.group(0))
+        elif reference or _WHITESPACE.fullmatch(characters.group(0)) is None:
+            raise refuse("text outside the <manifest> element", position)
+        position = characters.end()
+    if stack:
+        raise ManifestParseError(
+            f"{source} is truncated or not valid XML (<{stack[-1].tag}> is never closed); copy it again "
+            "from where the bundle was written"
+        )
+    if root is None:
+        raise ManifestParseError(f"{source} holds no XML element; is it a manifest?")
+    return root
+
+
+def _check_structure(element: _Element, source: str, path: str) -> None:
+    """Refuse unknown, repeated or misplaced elements and stray text in containers."""
+    allowed = _CONTAINERS.get(element.tag)
+    if allowed is None:
+        if element.children:
+            raise ManifestParseError(f"{source}: {path} must hold text, not elements")
+        return
+    if element.value():
+        raise ManifestParseError(f"{source}: {path} holds stray text {element.value()[:40]!r}")
+    seen: set[str] = set()
+    for child in element.children:
+        where = f"{path}/{child.tag}"
+        if child.tag not in allowed:
+            raise ManifestParseError(f"{source}: unexpected element {where}; is it a manifest?")
+        if allowed[child.tag] == ONE and child.tag in seen:
+            raise ManifestParseError(f"{source}: element {where} appears twice; the manifest is forged")
+        seen.add(child.tag)
+        _check_structure(child, source, where)
+    if element.tag == "manifest":
+        order = [c.tag for c in element.children]
+        if order != sorted(order, key=_ROOT_ORDER.index):
+            raise ManifestParseError(
+                f"{source}: the manifest's sections are out of order ({', '.join(order)}); "
+                f"expected {', '.join(_ROOT_ORDER)}"
+            )
 
 
 def parse_manifest(text: str, source: str = "manifest") -> Manifest:
-    """Parse manifest XML text into a Manifest, naming what is missing or malformed."""
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise ManifestParseError(f"{source}: a manifest must not contain a DOCTYPE or entities")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
+    """Parse manifest XML text into a Manifest, naming what is missing, malformed or forged."""
+    if len(text) > MAX_MANIFEST_BYTES:
         raise ManifestParseError(
-            f"{source} is truncated or not valid XML ({exc}); copy the manifest again "
-            "from where the bundle was written"
-        ) from None
+            f"{source} is {len(text)} characters long, more than a manifest can be "
+            f"({MAX_MANIFEST_BYTES}); is it a manifest?"
+        )
+    root = _parse_xml(text, source)
     if root.tag != "manifest":
         raise ManifestParseError(f"{source}: the root element is <{root.tag}>, not <manifest>")
-    sections = _SIGNED_SECTIONS.search(text)
-    if sections is None:
-        raise ManifestParseError(f"{source}: no <machine_configuration> followed by <image>")
+    _check_structure(root, source, "manifest")
 
-    def find(path: str) -> ET.Element:
-        element = root.find(path)
+    def optional_element(path: str) -> _Element | None:
+        element: _Element | None = root
+        for tag in path.split("/"):
+            element = element.child(tag) if element is not None else None
+        return element
+
+    def find(path: str) -> _Element:
+        element = optional_element(path)
         if element is None:
             raise ManifestParseError(f"{source}: required element {path} is missing")
         return element
 
     def text_of(path: str) -> str:
-        return (find(path).text or "").strip()
+        return find(path).value()
 
     def optional(path: str) -> str | None:
-        element = root.find(path)
-        return None if element is None else (element.text or "").strip()
+        element = optional_element(path)
+        return None if element is None else element.value()
+
+    def all_of(path: str) -> list[_Element]:
+        parent_path, _, tag = path.rpartition("/")
+        parent = optional_element(parent_path)
+        return [] if parent is None else [c for c in parent.children if c.tag == tag]
+
+    def child_text(element: _Element, tag: str) -> str:
+        child = element.child(tag)
+        return "" if child is None else child.value()
 
     def integer(value: str | None, what: str) -> int:
-        try:
-            return int(value or "")
-        except ValueError:
-            raise ManifestParseError(f"{source}: {what} is {value!r}, not a number") from None
+        if value is None or not value.isascii() or not value.isdigit():
+            raise ManifestParseError(f"{source}: {what} is {value!r}, not a number")
+        return int(value)
 
+    machine_configuration, image = find("machine_configuration"), find("image")
     parts_element = find("image/parts")
     parts = tuple(
         ManifestPart(
-            index=integer(p.get("index"), "a part index"),
-            filename=(p.findtext("filename") or "").strip(),
-            digest=(p.findtext("digest") or "").strip().lower(),
+            index=integer(p.attributes.get("index"), "a part index"),
+            filename=child_text(p, "filename"),
+            digest=child_text(p, "digest").lower(),
         )
-        for p in parts_element.findall("part")
+        for p in all_of("image/parts/part")
     )
     mc = "machine_configuration"
     return Manifest(
@@ -246,21 +440,21 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         ),
         architecture=text_of(f"{mc}/architecture"),
         block_device_mappings=tuple(
-            BlockDeviceMapping((m.findtext("virtual") or "").strip(), (m.findtext("device") or "").strip())
-            for m in root.findall(f"{mc}/block_device_mapping/mapping")
+            BlockDeviceMapping(child_text(m, "virtual"), child_text(m, "device"))
+            for m in all_of(f"{mc}/block_device_mapping/mapping")
         ),
         kernel_id=optional(f"{mc}/kernel_id"),
         ramdisk_id=optional(f"{mc}/ramdisk_id"),
-        product_codes=tuple((c.text or "").strip() for c in root.findall(f"{mc}/product_codes/product_code")),
+        product_codes=tuple(c.value() for c in all_of(f"{mc}/product_codes/product_code")),
         name=text_of("image/name"),
         user=text_of("image/user"),
         image_type=text_of("image/type"),
-        ancestry=tuple((a.text or "").strip() for a in root.findall("image/ancestry/ancestor_ami_id")),
+        ancestry=tuple(a.value() for a in all_of("image/ancestry/ancestor_ami_id")),
         digest=text_of("image/digest").lower(),
-        digest_algorithm=find("image/digest").get("algorithm", ""),
+        digest_algorithm=find("image/digest").attributes.get("algorithm", ""),
         size=integer(text_of("image/size"), "image/size"),
         bundled_size=integer(text_of("image/bundled_size"), "image/bundled_size"),
-        cipher_algorithm=find("image/user_encrypted_key").get("algorithm", ""),
+        cipher_algorithm=find("image/user_encrypted_key").attributes.get("algorithm", ""),
         keys=EncryptedKeys(
             user_encrypted_key=text_of("image/user_encrypted_key"),
             ec2_encrypted_key=text_of("image/ec2_encrypted_key"),
@@ -268,9 +462,11 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
             ec2_encrypted_iv=text_of("image/ec2_encrypted_iv"),
         ),
         parts=parts,
-        parts_count=integer(parts_element.get("count"), "the parts count"),
+        parts_count=integer(parts_element.attributes.get("count"), "the parts count"),
         signature=text_of("signature"),
-        signed_text=sections.group(1) + sections.group(2),
+        # Exactly the text of the two elements the values above were read from.
+        signed_text=text[machine_configuration.start : machine_configuration.end]
+        + text[image.start : image.end],
         xml=text,
     )
 
@@ -279,9 +475,15 @@ def read_manifest(path: Path | str) -> Manifest:
     """Read and parse a manifest file."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise ManifestParseError(f"manifest {path} does not exist; check the path") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestParseError(
+            f"manifest {path} is larger than a manifest can be ({MAX_MANIFEST_BYTES} bytes); "
+            "is it a manifest?"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
