@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -170,13 +171,18 @@ def stream_bundle(
     parts = _PartWriter(out_dir, temp_prefix, part_size)
     encrypting = _EncryptingWriter(key, iv, parts)
     tar_digest = hashlib.sha1()
+    gz = gzip_ng_threaded.open(encrypting, "wb", compresslevel=compresslevel, threads=threads)
     try:
-        with gzip_ng_threaded.open(encrypting, "wb", compresslevel=compresslevel, threads=threads) as gz:
+        try:
             for chunk in tar_one_file(image_path, prefix):
                 if encrypting.error is not None:
                     break
                 tar_digest.update(chunk)
                 gz.write(chunk)
+        except BaseException:
+            _abandon(gz)
+            raise
+        gz.close()
         if encrypting.error is not None:
             raise encrypting.error
         encrypting.finish()
@@ -191,6 +197,16 @@ def stream_bundle(
             ) from exc
         raise
     return tar_digest.hexdigest(), _rename_parts(written, out_dir, prefix)
+
+
+def _abandon(gz: Any) -> None:
+    """Stop the compression threads without the final flush.
+
+    After an interrupt (Ctrl-C) mid-write, zlib-ng's close() waits for queued work forever; the parts
+    are discarded anyway, so stop the threads and mark the writer closed instead.
+    """
+    gz.raw.stop()
+    gz.raw._closed = True  # zlib-ng has no abort(); without this, garbage collection would flush and wait
 
 
 def part_filename(prefix: str, index: int, count: int) -> str:
