@@ -44,7 +44,8 @@ def test_simulate_the_built_in_example(temp):
     run = amidsl(temp=temp)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
+    assert lines[0].startswith("using the built-in example settings")
+    assert lines[1].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
     assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol ..." in lines  # when it starts
     assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol: ok" in lines
     registered = next(line for line in lines if line.startswith("registered ami-"))
@@ -52,7 +53,6 @@ def test_simulate_the_built_in_example(temp):
     assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem (*.pem)") for line in lines)
     assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)
     assert "bundle of 1 part verified" in run.stdout
-    assert "using the built-in example settings" in run.stdout
     assert list(temp.iterdir()) == []
 
 
