@@ -68,15 +68,13 @@ def load_plan(choice: ConfigChoice, phases: list[str] | None) -> Plan:
         raise CommandError(str(err)) from None
 
 
-def emit(text: str, output: str | None, mode: int = 0o666) -> None:
-    """Print text, or write it to `output` (created with `mode` less the umask; reporting where)."""
+def emit(text: str, output: str | None) -> None:
+    """Print text, or write it to `output` (a new file gets 0666 less the umask, as `>` would give)."""
     if not output:
         print(text, end="")
         return
     try:
-        descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with open(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
+        Path(output).write_text(text, encoding="utf-8")
     except OSError as err:
         raise CommandError(f"-o {output}: cannot write ({err.strerror}); choose a writable path") from None
     print(f"wrote {output}")
