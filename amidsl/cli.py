@@ -138,7 +138,7 @@ def run(argv: Sequence[str]) -> int:
         print(f"amidsl {__version__}")
         return 0
     if first == "help":
-        if not rest:
+        if not rest or rest[0] == "help":
             sys.stdout.write(top_help())
             return 0
         first, rest = rest[0], ["--help"]

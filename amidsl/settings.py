@@ -224,17 +224,21 @@ def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
 
 
 @functools.cache
-def known_regions() -> tuple[str, ...]:
+def known_regions() -> frozenset[str]:
     """Every region in botocore's shipped partition data (read as JSON: boto3 itself stays unloaded)."""
     spec = importlib.util.find_spec("botocore")
     if spec is None or not spec.submodule_search_locations:
-        return ()
-    path = Path(spec.submodule_search_locations[0], "data", "endpoints.json")
-    try:
-        partitions = json.loads(path.read_text(encoding="utf-8"))["partitions"]
-    except (OSError, ValueError, KeyError):
-        return ()  # no partition data to check against: the name check above still applies
-    return tuple(sorted(region for partition in partitions for region in partition.get("regions", {})))
+        return frozenset()
+    data = Path(spec.submodule_search_locations[0], "data")
+    regions: set[str] = set()
+    # partitions.json is the newer source; endpoints.json still lists a few regions on its own.
+    for name in ("partitions.json", "endpoints.json"):
+        try:
+            partitions = json.loads((data / name).read_text(encoding="utf-8"))["partitions"]
+        except (OSError, ValueError, KeyError):
+            continue
+        regions.update(region for partition in partitions for region in partition.get("regions", {}))
+    return frozenset(regions)  # empty without partition data: the name check alone applies
 
 
 def normalise_keys(
@@ -498,7 +502,7 @@ class _Checker:
                 "region", f"{region!r} is not an AWS region name", "use a region code such as 'us-east-1'"
             )
         elif region is not None and known_regions() and region not in known_regions():
-            close = difflib.get_close_matches(region, known_regions(), n=1)
+            close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
             self.problem(
                 "region",
                 f"{region!r} is not a region AWS has (per the partition data boto3 ships)",
