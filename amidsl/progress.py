@@ -7,6 +7,7 @@ as it runs.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import TextIO
 PLAIN_INTERVAL = 5.0  # seconds between plain progress lines
 BAR_INTERVAL = 0.1  # seconds between redraws of a terminal bar
 BAR_WIDTH = 24
+ACTION_PREFIX = re.compile(r" *\[[\w-]+ \d+\]")  # "  [ami-bundle 2]" at the start of an action's lines
 
 
 def _megabytes(count: float) -> str:
@@ -72,7 +74,10 @@ class Progress:
     stream: TextIO | None = None  # None: no progress at all
     terminal: bool = False
     verbose: bool = False
-    _bar_open: bool = False
+    # On a terminal, the line still open (no newline yet): an action's start line ("... ...") that its
+    # end line replaces, or a transfer bar being redrawn.
+    _open: str | None = None
+    _open_prefix: str = ""  # "  [phase N]" of an open start line
 
     @classmethod
     def for_command(cls, quiet: bool = False, verbose: bool = False) -> Progress:
@@ -86,10 +91,20 @@ class Progress:
         self.line(text)
 
     def line(self, text: str) -> None:
-        """An action's or phase's line."""
-        if self.stream is not None:
-            self._end_bar()
-            print(text, file=self.stream, flush=True)
+        """A phase's or action's line; on a terminal an action's start line (ending in ...) is replaced
+        by its end line."""
+        if self.stream is None:
+            return
+        prefix = ACTION_PREFIX.match(text)
+        if self._open == "start" and prefix and prefix.group() == self._open_prefix:
+            self.stream.write("\r\x1b[K")  # the same action's end line
+        elif self._open:
+            self.stream.write("\n")
+        started = self.terminal and prefix is not None and text.endswith(" ...")
+        self.stream.write(text if started else f"{text}\n")
+        self.stream.flush()
+        self._open = "start" if started else None
+        self._open_prefix = prefix.group() if started and prefix else ""
 
     def command(self, text: str) -> None:
         """A command as it starts (verbose only)."""
@@ -104,14 +119,11 @@ class Progress:
         """Print a transfer's state: redrawn in place on a terminal, as a line otherwise."""
         if self.stream is None:
             return
-        if self.terminal:
-            self.stream.write(f"\r{text}\x1b[K" + ("\n" if final else ""))
-            self.stream.flush()
-            self._bar_open = not final
-        else:
+        if not self.terminal:
             print(text, file=self.stream, flush=True)
-
-    def _end_bar(self) -> None:
-        if self._bar_open and self.stream is not None:
-            self.stream.write("\n")
-            self._bar_open = False
+            return
+        self.stream.write(
+            ("\n" if self._open == "start" else "\r") + f"{text}\x1b[K" + ("\n" if final else "")
+        )
+        self.stream.flush()
+        self._open = None if final else "bar"
