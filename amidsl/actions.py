@@ -133,11 +133,13 @@ class Exec:
 
 @dataclass(frozen=True)
 class Remove:
-    """Remove a path on the node (`recursive` for directories); `matching` removes a glob inside it."""
+    """Remove a path on the node (`recursive` for directories); `matching` removes a glob inside it;
+    `contents` empties a directory (every entry, dotfiles included) and keeps it."""
 
     path: str
     recursive: bool = False
     matching: str | None = None
+    contents: bool = False
     description: str = "remove files"
 
 

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from amidsl import __version__
-from amidsl.cli_table import COMMANDS, FAILED, USAGE_ERROR, Command, CommandError, find_command
+from amidsl.cli_table import COMMANDS, FAILED, INTERRUPTED, USAGE_ERROR, Command, CommandError, find_command
 
-INTERRUPTED = 130
 BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
 DEBUG_ENV = "AMIDSL_DEBUG"
 
@@ -111,7 +110,10 @@ def unknown_command(name: str) -> int:
 
 def run_command(command: Command, args: Sequence[str]) -> int:
     """Parse a command's options, run it and turn its clean failures into an exit status."""
-    options = vars(command_parser(command).parse_args(args))
+    try:
+        options = vars(command_parser(command).parse_args(args))
+    except SystemExit as done:  # argparse's --help (0) and usage errors (2)
+        return done.code if isinstance(done.code, int) else USAGE_ERROR
     for option in command.options:
         if isinstance(option.default, tuple):
             options[option.name] = options[option.name] or []
@@ -155,8 +157,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         status = run(sys.argv[1:] if argv is None else argv)
         sys.stdout.flush()
-    except SystemExit as done:  # argparse's --help and usage errors
-        status = done.code if isinstance(done.code, int) else USAGE_ERROR
     except KeyboardInterrupt:
         print("\namidsl: interrupted", file=sys.stderr)
         status = INTERRUPTED

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 USAGE_ERROR = 2  # bad options or settings: nothing was done
 FAILED = 1  # the work itself failed (a build, a simulated build)
+INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ COMMANDS: tuple[Command, ...] = (
             Option("phase", "phase to run (repeatable; default: all, or all but cleanup with --launch)", ()),
             Option(
                 "on_error",
-                "cleanup (default: remove the credentials, terminate a launched node) or abort",
+                "cleanup (default: remove the credentials, terminate a launched node), cleanup-all "
+                "(also remove what a failed upload or registration left in S3) or abort",
                 default="cleanup",
                 metavar="POLICY",
             ),
@@ -166,14 +168,15 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "unbundle",
-        "decrypt and unpack a bundle, checking part digests and the image digest",
+        "check a bundle's signature, then decrypt and unpack it, checking part and image digests",
         "amidsl.bundle.tasks:unbundle",
         (
             BUNDLE_MANIFEST,
             Option("privkey", "PEM RSA private key of the user (or of EC2); never printed", required=True),
             Option("destination", "directory to restore the image into", default="."),
             PARTS_DIR,
-            Option("cert", "also check the manifest signature against this certificate"),
+            Option("cert", "PEM X.509 certificate of the user who signed the manifest (checked first)"),
+            Option("no_verify", "skip the signature check when you have no certificate", default=False),
         ),
     ),
     Command(

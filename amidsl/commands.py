@@ -20,6 +20,11 @@ from amidsl.actions import (
     StagedFile,
     Value,
 )
+from amidsl.settings import NODE_STATE_DIR
+
+# amidsl's record, on the node, of the directories it created: the only ones it will remove recursively.
+# One marker directory per created directory, named by its path with '%' and '/' percent-encoded.
+CREATED_RECORD = f"{NODE_STATE_DIR}/created"
 
 _GLOB_SAFE = re.compile(r"[A-Za-z0-9._*-]+")
 _NAME_SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -66,6 +71,31 @@ class IfMissing:
 
 
 @dataclass(frozen=True)
+class IfPresent:
+    """Run `then` only when `path` is a directory."""
+
+    path: str
+    then: tuple[Step, ...]
+
+
+CHECK_KINDS = ("absent", "empty", "recorded")
+
+
+@dataclass(frozen=True)
+class Check:
+    """Fail with `message` unless `path` is absent, is an empty (or missing) directory, or has a marker
+    in amidsl's record of the directories it created (`kind`)."""
+
+    kind: str
+    path: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHECK_KINDS:
+            raise ValueError(f"unknown check {self.kind!r}")
+
+
+@dataclass(frozen=True)
 class ByPackageManager:
     """Run the branch of the first package manager the node has; fail with `otherwise` if none."""
 
@@ -73,7 +103,7 @@ class ByPackageManager:
     otherwise: str
 
 
-Step = Command | IfMissing | ByPackageManager
+Step = Command | IfMissing | IfPresent | Check | ByPackageManager
 
 
 def node_steps(action: Action) -> tuple[Step, ...]:
@@ -97,7 +127,10 @@ def node_steps(action: Action) -> tuple[Step, ...]:
             ),
         )
     if isinstance(action, Directory):
-        return (_install(("-d",), action.mode, action.owner, action.group, "--", action.path),)
+        return (
+            record_if_created(action.path),
+            _install(("-d",), action.mode, action.owner, action.group, "--", action.path),
+        )
     if isinstance(action, RemoteFile):
         if action.staged is not None:
             return (_install((), action.mode, action.owner, action.group, "--", action.staged, action.path),)
@@ -113,10 +146,49 @@ def node_steps(action: Action) -> tuple[Step, ...]:
         command = Command(action.argv, env=action.env, cwd=action.cwd, user=action.user)
         return (IfMissing(action.creates, (command,)),) if action.creates else (command,)
     if isinstance(action, Remove):
-        if action.matching is not None:
-            return (Command(("rm", "-f", "--", Glob(action.path, action.matching))),)
-        return (Command(("rm", "-rf" if action.recursive else "-f", "--", action.path)),)
+        return removal(action)
     raise TypeError(f"no node commands for the action type {type(action).__name__}")
+
+
+def created_marker(path: str) -> str:
+    """The marker in amidsl's record saying amidsl created `path`."""
+    return f"{CREATED_RECORD}/{path.replace('%', '%25').replace('/', '%2F')}"
+
+
+def record_if_created(path: str) -> IfMissing:
+    """Note `path` in amidsl's record when it does not exist yet, i.e. when amidsl is about to create it."""
+    return IfMissing(path, (_install(("-d",), "0700", "root", "root", "--", created_marker(path)),))
+
+
+def removal(action: Remove) -> tuple[Step, ...]:
+    """The steps of a Remove, each checked afterwards: a directory only if amidsl created it."""
+    path = action.path
+    if action.matching is not None:
+        return (Command(("rm", "-f", "--", Glob(path, action.matching))),)
+    if action.contents:
+        # find reaches every entry, dotfiles included, which a shell glob would miss.
+        return (
+            IfPresent(path, (Command(("find", path, "-mindepth", "1", "-delete")),)),
+            Check("empty", path, f"files remain in {path} after removing them"),
+        )
+    steps: list[Step] = []
+    if action.recursive:
+        steps.append(
+            Check(
+                "recorded",
+                path,
+                f"refusing to remove {path}: amidsl did not create {path} (no {created_marker(path)}); "
+                "remove it by hand if it is really amidsl's",
+            )
+        )
+    steps += [
+        Command(("rm", "-rf" if action.recursive else "-f", "--", path)),
+        Check("absent", path, f"{path} still exists after removing it"),
+    ]
+    if action.recursive:
+        # Forget it: should someone create the directory again later, it is theirs, not amidsl's.
+        steps.append(Command(("rm", "-rf", "--", created_marker(path))))
+    return tuple(steps)
 
 
 def _install(flags: tuple[str, ...], mode: str, owner: str, group: str, *rest: Word) -> Command:
@@ -124,7 +196,10 @@ def _install(flags: tuple[str, ...], mode: str, owner: str, group: str, *rest: W
 
 
 def _remote_directory(action: RemoteDirectory) -> tuple[Step, ...]:
-    steps: list[Step] = [_install(("-d",), "0755", action.owner, action.group, "--", action.path)]
+    steps: list[Step] = [
+        record_if_created(action.path),
+        _install(("-d",), "0755", action.owner, action.group, "--", action.path),
+    ]
     if action.rename_glob is not None and action.rename_to is not None:
         # A re-run installs the archive's tools afresh, not beside (or under) an earlier copy.
         target = f"{action.path}/{action.rename_to}"
@@ -143,5 +218,7 @@ def _remote_directory(action: RemoteDirectory) -> tuple[Step, ...]:
         target = f"{action.path}/{action.rename_to}"
         rename = Command(("mv", "--", Glob(action.path, action.rename_glob), target))
         steps.append(IfMissing(target, (rename,), kind="d"))
-    steps.append(Command(("chown", "-R", f"{action.owner}:{action.group}", "--", action.path)))
+    # Only what was unpacked changes owner: the directory itself may hold other things.
+    unpacked = f"{action.path}/{action.rename_to}" if action.rename_to is not None else action.path
+    steps.append(Command(("chown", "-R", f"{action.owner}:{action.group}", "--", unpacked)))
     return tuple(steps)

@@ -67,6 +67,10 @@ class Transfer:
             self.progress.show_transfer(self.describe(time.monotonic()), final=True)
 
 
+class OutputClosed(KeyboardInterrupt):
+    """The reader of the output went away (`amidsl simulate | head`): stop the work as Ctrl-C would."""
+
+
 @dataclass
 class Progress:
     """Where progress goes and how much of it: action lines, commands, byte transfers."""
@@ -78,6 +82,7 @@ class Progress:
     # end line replaces, or a transfer bar being redrawn.
     _open: str | None = None
     _open_prefix: str = ""  # "  [phase N]" of an open start line
+    closed: bool = False  # the reader went away; nothing more is shown
 
     @classmethod
     def for_command(cls, quiet: bool = False, verbose: bool = False) -> Progress:
@@ -91,18 +96,17 @@ class Progress:
         self.line(text)
 
     def line(self, text: str) -> None:
-        """A phase's or action's line; on a terminal an action's start line (ending in ...) is replaced
-        by its end line."""
+        """A phase's or action's line (on a terminal, an action's end line replaces its start line)."""
         if self.stream is None:
             return
         prefix = ACTION_PREFIX.match(text)
+        before = ""
         if self._open == "start" and prefix and prefix.group() == self._open_prefix:
-            self.stream.write("\r\x1b[K")  # the same action's end line
+            before = "\r\x1b[K"  # the same action's end line
         elif self._open:
-            self.stream.write("\n")
+            before = "\n"
         started = self.terminal and prefix is not None and text.endswith(" ...")
-        self.stream.write(text if started else f"{text}\n")
-        self.stream.flush()
+        self._write(before + (text if started else f"{text}\n"))
         self._open = "start" if started else None
         self._open_prefix = prefix.group() if started and prefix else ""
 
@@ -120,10 +124,17 @@ class Progress:
         if self.stream is None:
             return
         if not self.terminal:
-            print(text, file=self.stream, flush=True)
+            self._write(f"{text}\n")
             return
-        self.stream.write(
-            ("\n" if self._open == "start" else "\r") + f"{text}\x1b[K" + ("\n" if final else "")
-        )
-        self.stream.flush()
+        self._write(("\n" if self._open == "start" else "\r") + f"{text}\x1b[K" + ("\n" if final else ""))
         self._open = None if final else "bar"
+
+    def _write(self, text: str) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            self.stream, self.closed = None, True
+            raise OutputClosed from None

@@ -4,7 +4,8 @@ A back-end knows how to run the node actions of a phase (the simulator on a fake
 back-end as the rendered script over SSH) and how to make an AWS call. This module does the rest the same
 way for both: phases in order, controller-side actions (API calls, storing results into the settings,
 checks), run-time values such as the image id, the transcript, and what happens on failure: the error
-names the phase and the action, and with `on_error="cleanup"` the credentials are removed from the node.
+names the phase and the action, and with `on_error="cleanup"` the credentials are removed from the node
+(with "cleanup-all" also what a failed upload or registration left in S3; see amidsl.leftovers).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from amidsl.actions import (
     RuntimeValue,
     UpdateSettings,
 )
+from amidsl.leftovers import UPLOADING_PHASES, leftovers_note
 from amidsl.plan import Plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 
-ON_ERROR_POLICIES = ("cleanup", "abort")
+# cleanup: remove the credentials from the node; cleanup-all: also what a failed upload or registration
+# left in S3; abort: leave everything for debugging.
+ON_ERROR_POLICIES = ("cleanup", "cleanup-all", "abort")
 OUTPUT_TAIL_LINES = 20
 
 
@@ -52,6 +56,14 @@ class ActionFailed(Exception):
         self.status = status
         self.output = output
         self.records = list(records)
+
+
+class ActionInterrupted(KeyboardInterrupt):
+    """Raised by a back-end for Ctrl-C, naming the action that was running (a KeyboardInterrupt still)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"interrupted during action {index}")
+        self.index = index
 
 
 class NodeBackend(Protocol):
@@ -85,6 +97,7 @@ class BuildError(Exception):
         cleanup_note: str,
         transcript: Sequence[ActionRecord] = (),
         resume: str = "",
+        cause: str = "",
     ) -> None:
         self.phase = phase
         self.index = index
@@ -93,13 +106,18 @@ class BuildError(Exception):
         self.output = output
         self.cleanup_note = cleanup_note
         self.transcript = list(transcript)
+        self.resume = resume
+        self.cause = cause or (f"failed with exit status {status}" if status is not None else "failed")
         tail = "\n".join(output.rstrip().splitlines()[-OUTPUT_TAIL_LINES:])
-        status_text = f"exit status {status}" if status is not None else "an error"
-        message = f"phase {phase}, action {index} ({description}) failed with {status_text}"
+        message = f"phase {phase}, action {index} ({description}) {self.cause}"
         if tail:
             message += "\n" + "\n".join(f"  | {line}" for line in tail.splitlines())
         message += f"\n{cleanup_note}\n{resume or resume_hint(phase, credentials_removed=False)}"
         super().__init__(message)
+
+
+class BuildInterrupted(BuildError):
+    """The build was interrupted (Ctrl-C): which phase and action ran, and the node's state."""
 
 
 @dataclass
@@ -122,7 +140,7 @@ def credential_removal(settings: AmiSettings) -> Remove:
     It empties credential_dir but keeps the (root-only) directory, so that a resumed build can run
     configure again without running install first.
     """
-    return Remove(settings.credential_dir, matching="*", description="remove the credentials")
+    return Remove(settings.credential_dir, contents=True, description="remove the credentials")
 
 
 def resume_hint(phase: str, credentials_removed: bool) -> str:
@@ -174,9 +192,12 @@ def run_plan(
     result = BuildResult(settings)
     secrets = list(backend.secrets())
     for phase in plan.phases:
-        progress(f"phase {phase.name}")
         for on_controller, actions in split_by_side(phase):
+            # Every way out of a run of actions (a failure, Ctrl-C, an unexpected error) applies the
+            # on-error policy before the build ends, and ends as a BuildError.
             try:
+                if actions[0][0] == 1:
+                    progress(f"phase {phase.name}")
                 if on_controller:
                     for index, action in actions:
                         record = _run_controller_action(phase.name, index, action, backend, values, results)
@@ -189,17 +210,36 @@ def run_plan(
                 description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
                 if on_controller:  # a node back-end reports its own failed action's line
                     progress(f"  [{phase.name} {failure.index}] {description}: failed [controller]")
-                removed, note = _after_failure(plan, backend, on_error, result)
-                raise BuildError(
-                    phase.name,
-                    failure.index,
-                    description,
-                    failure.status,
-                    redact(failure.output, secrets),
-                    redact(note, secrets),
-                    result.transcript,
-                    resume_hint(phase.name, removed),
-                ) from None
+                failed = (BuildError, failure.index, description, failure.status, failure.output, "")
+            except KeyboardInterrupt as interrupt:
+                running = dict(actions)
+                if isinstance(interrupt, ActionInterrupted) and interrupt.index in running:
+                    index, cause = interrupt.index, "was interrupted (Ctrl-C)"
+                else:
+                    index, cause = actions[0][0], _interrupted(actions)
+                failed = (BuildInterrupted, index, running[index].description, None, "", cause)
+            except Exception as err:
+                index, action = actions[0]
+                cause = f"failed with an unexpected error ({type(err).__name__})"
+                failed = (BuildError, index, action.description, None, f"{type(err).__name__}: {err}", cause)
+            else:
+                continue
+            kind, index, description, status, output, cause = failed
+            removed, note = _after_failure(plan, backend, on_error, result)
+            if phase.name in UPLOADING_PHASES:
+                s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
+                note = f"{note}\n{s3_note}" if s3_note else note
+            raise kind(
+                phase.name,
+                index,
+                description,
+                status,
+                redact(output, secrets),
+                redact(note, secrets),
+                result.transcript,
+                resume_hint(phase.name, removed),
+                cause,
+            ) from None
         result.phases.append(phase.name)
     result.settings = settings.with_values(image_id=values.get("image_id", settings.image_id))
     return result
@@ -246,6 +286,20 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
         result.transcript += backend.run_node_actions(
             "on-error", [(1, credential_removal(plan.settings))], {}
         )
+    except KeyboardInterrupt:
+        return False, f"The credentials may remain on the node in {where}: their removal was interrupted."
     except Exception as err:
-        return False, f"The credentials may remain on the node in {where}: removing them failed too ({err})."
+        said = err.output.strip().splitlines()[-3:] if isinstance(err, ActionFailed) else []
+        reason = " ".join(said) or err
+        return (
+            False,
+            f"The credentials may remain on the node in {where}: removing them failed too ({reason}).",
+        )
+    # The removal checks that the directory is empty afterwards: only then is this said.
     return True, f"The credentials were removed from the node ({where})."
+
+
+def _interrupted(actions: Sequence[tuple[int, Action]]) -> str:
+    numbers = [index for index, _ in actions]
+    running = f"action {numbers[0]}" if len(numbers) == 1 else f"actions {numbers[0]}-{numbers[-1]}"
+    return f"was interrupted (Ctrl-C) while {running} ran"

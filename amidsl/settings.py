@@ -68,6 +68,44 @@ PROTECTED_DIRS = frozenset(
     ]
 )
 
+# Trees a directory amidsl removes recursively may never lie in (a user's own directory under /usr/local,
+# /var/lib or /home/USER is fine; the well-known ones below are not).
+SYSTEM_TREES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+)
+SYSTEM_DIRS = PROTECTED_DIRS | frozenset(
+    [
+        "/tmp",
+        "/mnt",
+        "/media",
+        "/snap",
+        "/lost+found",
+        *(f"/var/{name}" for name in ("tmp", "cache", "spool", "mail", "www", "backups", "opt", "local")),
+        *(f"/var/lib/{name}" for name in ("dpkg", "apt", "rpm", "dnf", "yum", "systemd")),
+        *(
+            f"/usr/local/{name}"
+            for name in ("bin", "etc", "games", "include", "lib", "man", "sbin", "share", "src")
+        ),
+        NODE_STATE_DIR,
+    ]
+)
+# Directories holding a user's keys: never a credential or install directory, wherever they are.
+KEY_DIR_NAMES = frozenset({".ssh", ".gnupg", ".aws"})
+# Settings whose value is free text: a line break is allowed there (no other control character).
+FREE_TEXT_KEYS = frozenset({"image_description", "content"})
+
 REQUIRED = ("image_name", "region", "user_id", "s3_bucket", "private_key_source", "certificate_source")
 # Settings whose values no message shows (access_key too: a wrong value there may be the secret key).
 SECRET_KEYS = frozenset({"secret_key", "session_token", "access_key"})
@@ -255,6 +293,7 @@ def normalise_keys(
     where = f"[{table.rstrip('.')}] " if table else ""
     for key, value in raw.items():
         name = str(key).replace("-", "_")
+        _check_control_characters(f"{table}{name}", name, value, problems)
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known settings: {', '.join(known)}"
@@ -271,6 +310,66 @@ def normalise_keys(
             continue
         values[name] = value
     return values
+
+
+def _check_control_characters(setting: str, name: str, value: Any, problems: list[Problem]) -> None:
+    """Refuse NUL and other control characters in a value (and in the lists and tables it holds).
+
+    A shell drops a NUL and a terminal obeys an escape sequence, so such a value makes what runs or
+    what is shown differ from what was written. Line breaks are allowed only in free text.
+    """
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            key_name = str(key).replace("-", "_")
+            _check_control_characters(f"{setting}.{key_name}", key_name, item, problems)
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_control_characters(setting, name, item, problems)
+        return
+    text = value.reveal() if isinstance(value, Secret) else value
+    if not isinstance(text, str):
+        return
+    allowed = "\n\r\t" if name in FREE_TEXT_KEYS else ""
+    for position, char in enumerate(text):
+        if is_control(char) and char not in allowed:
+            # Name the character and where it is, never the value (it may be a secret).
+            problems.append(
+                Problem(
+                    setting,
+                    f"contains a control character (U+{ord(char):04X}) at position {position}",
+                    "remove it: only printable characters are allowed"
+                    + (" (and line breaks)" if allowed else ""),
+                )
+            )
+            return
+
+
+def is_control(char: str) -> bool:
+    """A C0 or C1 control character, DEL, or a Unicode line/paragraph separator."""
+    code = ord(char)
+    return code < 32 or 0x7F <= code <= 0x9F or char in "\u2028\u2029"
+
+
+def printable(text: str) -> str:
+    """Text safe to print on a terminal: control characters (line breaks aside) as \\xNN escapes."""
+    return "".join(char if not is_control(char) or char == "\n" else f"\\x{ord(char):02x}" for char in text)
+
+
+def system_dir_reason(path: str) -> str | None:
+    """Why a directory may not be removed recursively (a system, home or key directory), or None."""
+    parts = path.strip("/").split("/")
+    if path in SYSTEM_DIRS:
+        return "is a system directory"
+    if any(path == tree or path.startswith(tree + "/") for tree in SYSTEM_TREES) and not (
+        path.startswith("/usr/local/") and len(parts) >= 3
+    ):
+        return "is in a system directory tree"
+    if parts[0] == "home" and len(parts) == 2:
+        return "is a home directory"
+    if KEY_DIR_NAMES & set(parts):
+        return "is (or is inside) a directory that holds keys"
+    return None
 
 
 class _Checker:
@@ -361,11 +460,12 @@ class _Checker:
         """A directory amidsl creates and later removes recursively: never a system directory."""
         value = self.node_path(name, default) or default
         self.comma_free(name, value)
-        if value in PROTECTED_DIRS:
+        reason = system_dir_reason(value)
+        if reason is not None:
             self.problem(
                 name,
-                f"{value!r} is a system directory; cleanup removes this directory",
-                f"use a directory of its own, e.g. {default!r}",
+                f"{value!r} {reason}; cleanup removes this directory and everything in it",
+                f"use a directory of its own that amidsl creates, e.g. {default!r}",
             )
         return value
 
@@ -623,7 +723,7 @@ class _Checker:
         certificate_source = self.source("certificate_source")
         key_pem = self.read_source("private_key_source", private_key_source)
         cert_pem = self.read_source("certificate_source", certificate_source)
-        self.check_credentials(key_pem, cert_pem)
+        cert_pem = self.check_credentials(key_pem, cert_pem)
 
         if self.problems:
             return None
@@ -799,9 +899,35 @@ class _Checker:
             mappings.append((device, virtual))
         return tuple(mappings)
 
-    def check_credentials(self, key_pem: str | None, cert_pem: str | None) -> None:
-        """The key and certificate parse as PEM, the key is RSA, and they belong together."""
+    def check_credentials(self, key_pem: str | None, cert_pem: str | None) -> str | None:
+        """The key and certificate parse as PEM, the key is RSA, and they belong together.
+
+        Returns the certificate as amidsl uses it: re-encoded from the parsed certificate, so nothing
+        else in its file (a private key, comments) can reach the node, a script or a plan.
+        """
         key = cert = None
+        if key_pem is not None and _pem_labels(key_pem)[1:]:
+            self.problem(
+                "private_key_source",
+                f"holds {len(_pem_labels(key_pem))} PEM blocks, not just the private key",
+                "give a file with only your private key in it",
+            )
+            key_pem = None
+        if cert_pem is not None and any(label != "CERTIFICATE" for label in _pem_labels(cert_pem)):
+            # Never name the block: it may be a private key, whose headers messages do not quote.
+            self.problem(
+                "certificate_source",
+                "holds more than a certificate (another PEM block, perhaps a private key)",
+                "give a file with only the certificate: it is copied to the node and shown in plans",
+            )
+            cert_pem = None
+        elif cert_pem is not None and len(_pem_labels(cert_pem)) > 1:
+            self.problem(
+                "certificate_source",
+                f"holds {len(_pem_labels(cert_pem))} certificates",
+                "give a file with only the certificate that belongs to your private key",
+            )
+            cert_pem = None
         if key_pem is not None:
             try:
                 key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
@@ -840,6 +966,14 @@ class _Checker:
                     "does not match certificate_source",
                     "give the private key that belongs to the certificate (they were created together)",
                 )
+        if cert is None:
+            return cert_pem
+        return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _pem_labels(text: str) -> list[str]:
+    """The labels of the PEM blocks in a text (e.g. ["CERTIFICATE"])."""
+    return re.findall(r"-----BEGIN ([A-Z0-9 ]+)-----", text)
 
 
 def _check_image_name(checker: _Checker, name: str) -> None:

@@ -20,7 +20,17 @@ from typing import Any
 
 from amidsl.actions import Action, AwsCall, EnvSecret, OptionalArg, RuntimeValue, StagedFile
 from amidsl.bundle import ImageEntry, LeftOut, Manifest, list_image, unbundle, verify_bundle
-from amidsl.commands import ByPackageManager, Command, Glob, IfMissing, Step, node_steps
+from amidsl.commands import (
+    ByPackageManager,
+    Check,
+    Command,
+    Glob,
+    IfMissing,
+    IfPresent,
+    Step,
+    created_marker,
+    node_steps,
+)
 from amidsl.crate import RBENV_URL, RUBY_BUILD_URL
 from amidsl.plan import Plan, Spec, build_plan
 from amidsl.render.shell import render_action
@@ -160,6 +170,12 @@ class SimulatorBackend:
             elif isinstance(step, IfMissing):
                 present = self.node.is_dir(step.path) if step.kind == "d" else self.node.exists(step.path)
                 result = CommandResult(0) if present else CommandResult(*self._run_steps(step.then, env))
+            elif isinstance(step, IfPresent):
+                present = self.node.is_dir(step.path)
+                result = CommandResult(*self._run_steps(step.then, env)) if present else CommandResult(0)
+            elif isinstance(step, Check):
+                passed = self._check(step)
+                result = CommandResult(0) if passed else CommandResult(1, f"amidsl: {step.message}\n")
             elif isinstance(step, ByPackageManager):
                 branch = next((b for program, b in step.branches if self.node.has_command(program)), None)
                 if branch is None:
@@ -172,6 +188,15 @@ class SimulatorBackend:
             if result.status != 0:
                 return result.status, "".join(output)
         return 0, "".join(output)
+
+    def _check(self, check: Check) -> bool:
+        """What the script's test for a Check finds on the node."""
+        node = self.node
+        if check.kind == "absent":
+            return not node.exists(check.path) and not node.host_path(check.path).is_symlink()
+        if check.kind == "empty":
+            return not node.is_dir(check.path) or not any(node.host_path(check.path).iterdir())
+        return node.is_dir(created_marker(check.path))
 
     def _run_command(self, command: Command, env: dict[str, str]) -> CommandResult:
         try:
@@ -267,7 +292,12 @@ class Simulation:
                 (target / name).write_bytes(body)
         manifest_path = target / key.rsplit("/", 1)[-1]
         manifest = verify_bundle(manifest_path, self.settings.certificate_pem)
-        restored = unbundle(manifest_path, self.settings.private_key_pem.reveal(), target / "image")
+        restored = unbundle(
+            manifest_path,
+            self.settings.private_key_pem.reveal(),
+            target / "image",
+            user_cert_pem=self.settings.certificate_pem,
+        )
         entries = tuple(list_image(restored))
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
         return ImageInspection(image_id, manifest, entries, tuple(left_out))

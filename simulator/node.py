@@ -29,6 +29,7 @@ BASE_COMMANDS = frozenset(
         "install",
         "mkdir",
         "rm",
+        "find",
         "mv",
         "chown",
         "chmod",
@@ -77,6 +78,7 @@ class NodeFaults:
 
     disk_full_under: str | None = None
     interrupt_at: tuple[str, int] | None = None  # (phase, action index)
+    undeletable: str | None = None  # a path rm and find fail to remove (e.g. an immutable file)
 
 
 @dataclass

@@ -151,8 +151,33 @@ def rm(ctx: RunContext) -> CommandResult:
             return fail(1, f"rm: cannot remove '{path}': No such file or directory")
         if target.is_dir() and not target.is_symlink() and not recursive:
             return fail(1, f"rm: cannot remove '{path}': Is a directory")
+        if _holds_undeletable(ctx.node, path):
+            return fail(1, f"rm: cannot remove '{ctx.node.faults.undeletable}': Operation not permitted")
         ctx.node.remove(path)
     return ok()
+
+
+def _holds_undeletable(node: FakeNode, path: str) -> bool:
+    stuck = node.faults.undeletable
+    return stuck is not None and (stuck == path or stuck.startswith(path.rstrip("/") + "/"))
+
+
+def find(ctx: RunContext) -> CommandResult:
+    """`find DIR -mindepth 1 -delete`: empty a directory, dotfiles and subdirectories included."""
+    args = ctx.argv[1:]
+    if len(args) != 4 or args[1:] != ["-mindepth", "1", "-delete"]:
+        return fail(1, f"find: the simulator models only `find DIR -mindepth 1 -delete`, not {args}")
+    directory = args[0]
+    if not ctx.node.is_dir(directory):
+        return fail(1, f"find: '{directory}': No such file or directory")
+    status = ok()
+    for entry in sorted(ctx.node.host_path(directory).iterdir()):
+        path = ctx.node.node_path(entry)
+        if _holds_undeletable(ctx.node, path):
+            status = fail(1, f"find: cannot delete '{ctx.node.faults.undeletable}': Operation not permitted")
+            continue
+        ctx.node.remove(path)
+    return status
 
 
 def mv(ctx: RunContext) -> CommandResult:
@@ -193,10 +218,12 @@ def chown(ctx: RunContext) -> CommandResult:
 
 
 def printf(ctx: RunContext) -> CommandResult:
-    """`printf %s TEXT...`: the only format the plans use."""
+    """`printf %s TEXT...` and `printf '%s\\n' LINE...`: the only formats the plans use."""
     fmt, *args = ctx.argv[1:]
+    if fmt == "%s\\n":
+        return ok("".join(f"{arg}\n" for arg in args))
     if fmt != "%s":
-        return fail(1, f"printf: the simulator models only the %s format, not {fmt!r}")
+        return fail(1, f"printf: the simulator models only the %s and %s\\n formats, not {fmt!r}")
     return ok("".join(args))
 
 
@@ -346,6 +373,7 @@ def standard_programs() -> dict[str, Program]:
         "install": install,
         "mkdir": mkdir,
         "rm": rm,
+        "find": find,
         "mv": mv,
         "chown": chown,
         "printf": printf,

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from amidsl import __version__
 from amidsl.bundle.ls import listing_line
 from amidsl.cli_support import ConfigChoice, announce_config, find_config, load_spec
-from amidsl.cli_table import FAILED, FAULT_HELP, CommandError
+from amidsl.cli_table import FAILED, FAULT_HELP, INTERRUPTED, CommandError
 from amidsl.plan import Plan, build_plan
 from amidsl.progress import Progress
 from amidsl.render.summary import plan_title
+from amidsl.runner import BuildInterrupted
 from amidsl.settings import SettingsError
 from simulator.executor import ImageInspection, Simulation, prepare
 from simulator.executor import simulate as run_simulation
@@ -218,5 +219,9 @@ def simulate(
             say(f"finished in {time.monotonic() - started:.1f} s")
     finally:
         simulation.close()
+    if progress.closed:
+        raise BrokenPipeError  # the reader went away: the command line ends quietly
+    if isinstance(simulation.error, BuildInterrupted):
+        raise CommandError(f"simulated build interrupted: {simulation.error}", INTERRUPTED)
     if simulation.error is not None:
         raise CommandError(f"simulated build failed: {simulation.error}", FAILED)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from amidsl.progress import Progress
 
 
@@ -65,3 +67,15 @@ def test_commands_show_only_when_verbose():
         shown, stream = progress(terminal=False, verbose=verbose)
         shown.command("mkdir -p -- /tmp")
         assert ("    $ mkdir -p -- /tmp\n" in stream.getvalue()) is verbose
+
+
+def test_a_closed_output_stops_the_work_as_ctrl_c_would_and_then_stays_silent():
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError
+
+    shown = Progress(ClosedPipe(), terminal=False)
+    with pytest.raises(KeyboardInterrupt):  # OutputClosed: the runner applies the on-error policy
+        shown.line("phase install")
+    assert shown.closed
+    shown.line("phase configure")  # nothing left to write to, and no second interrupt

@@ -24,7 +24,16 @@ from amidsl.actions import (
     StagedFile,
     UpdateSettings,
 )
-from amidsl.commands import ByPackageManager, Command, Glob, IfMissing, node_steps
+from amidsl.commands import (
+    ByPackageManager,
+    Check,
+    Command,
+    Glob,
+    IfMissing,
+    IfPresent,
+    created_marker,
+    node_steps,
+)
 from amidsl.example import example_config_path
 from amidsl.plan import build_plan, group_spec
 from amidsl.render.shell import aws_cli_words, render_action, render_script
@@ -101,7 +110,7 @@ RECORDER = """#!/bin/bash
   >> "$AMIDSL_TEST_RECORD"
 """
 # Every program the node commands and API calls use, as a shell function that records its argv.
-RECORDED_PROGRAMS = "aws git mkdir install curl unzip rm mv chown apt-get dnf yum printf"
+RECORDED_PROGRAMS = "aws git mkdir install curl unzip rm mv chown apt-get dnf yum printf find ls fail"
 SHELL_RECORDERS = f"""
 record() {{ {{ builtin printf '%s\\0' "$#" "$@"; }} >> "$AMIDSL_TEST_RECORD"; }}
 for program in {RECORDED_PROGRAMS}; do eval "$program() {{ record $program \\"\\$@\\"; }}"; done
@@ -138,8 +147,10 @@ awkward = st.lists(
     max_size=8,
 ).map("".join)
 path_segment = awkward.map(lambda s: s.replace("/", "")).filter(lambda s: s not in (".", ".."))
+# Free text: no control characters but line breaks and tabs (settings refuse the rest).
 description = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), whitelist_characters="\n\t"),
+    max_size=60,
 )
 ec2_name = st.text(alphabet=list("aZ09()[]./-'@_ "), min_size=3, max_size=30)
 
@@ -222,6 +233,17 @@ def expected_argvs(action, env: dict[str, str]) -> list[list[str]]:
                 present = Path(step.path).is_dir() if step.kind == "d" else Path(step.path).exists()
                 if not present:
                     walk(step.then)
+            elif isinstance(step, IfPresent):
+                if Path(step.path).is_dir():
+                    walk(step.then)
+            elif isinstance(step, Check):
+                # The recorders print nothing and succeed: only a path still there makes a check fail.
+                if step.kind == "empty":
+                    found.append(["ls", "-A", "--", step.path])
+                elif (
+                    step.kind == "absent" and (Path(step.path).exists() or Path(step.path).is_symlink())
+                ) or (step.kind == "recorded" and not Path(created_marker(step.path)).is_dir()):
+                    found.append(["fail", step.message])
             elif isinstance(step, ByPackageManager):
                 walk(step.branches[0][1])  # the recorders make apt-get the first one found
 

@@ -76,7 +76,7 @@ def test_a_failure_names_phase_and_action_and_removes_the_credentials(raw_settin
     assert "run configure (the credentials were removed) and the phases from ami-upload on" in str(error)
     phase, actions = backend.node_runs[-1]
     assert phase == "on-error" and actions == [
-        Remove("/opt/ami-tools/credentials", matching="*", description="remove the credentials")
+        Remove("/opt/ami-tools/credentials", contents=True, description="remove the credentials")
     ]
 
 

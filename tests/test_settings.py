@@ -64,7 +64,7 @@ def test_exclusions_always_hold_install_credential_destination_and_state_dirs(ra
     s = resolve(
         raw_settings
         | {
-            "credential_dir": "/etc/ami-creds",
+            "credential_dir": "/srv/ami-creds",
             "destination_dir": "/mnt",
             "exclusions": ["/srv/cache"],
             "extra_exclusions": ["/home/admin/scratch"],
@@ -72,7 +72,7 @@ def test_exclusions_always_hold_install_credential_destination_and_state_dirs(ra
     )
     assert s.exclusions == (
         "/opt/ami-tools",
-        "/etc/ami-creds",
+        "/srv/ami-creds",
         "/mnt",
         NODE_STATE_DIR,
         "/srv/cache",

@@ -2,16 +2,15 @@
 
 import re
 import stat
+import struct
 import tempfile
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from amidsl.bundle.e2fs import debugfs
 from amidsl.bundle.errors import ImageError
 
-# debugfs `ls -p` prints one "/inode/mode/uid/gid/name/size/" line per entry (size empty for dirs).
-_LS_LINE = re.compile(r"^/(\d+)/([0-7]+)/(\d+)/(\d+)/(.*)/(\d*)/$", re.MULTILINE)
-_FAST_LINK = 'Fast link dest: "'
 _TYPES = {
     stat.S_IFREG: "file",
     stat.S_IFDIR: "dir",
@@ -22,6 +21,13 @@ _TYPES = {
     stat.S_IFBLK: "block",
 }
 ROOT_INODE = 2
+MAX_ENTRIES = 2_000_000  # far more than a root filesystem holds; a crafted image stops here
+MAX_PATH = 4096  # PATH_MAX: no program could open a longer path in the image
+MAX_DIRECTORY = 256 * 1024 * 1024  # millions of entries; a larger directory is crafted
+_EXTENTS_FL = 0x80000
+_FAST_LINK_MAX = 60  # a symlink target shorter than i_block lives in the inode itself
+# `inode_dump` prints the raw inode as "OOOO  hhhh hhhh … ascii" lines (octal offset), "*" for repeats.
+_DUMP_LINE = re.compile(r"([0-7]+)  ((?:[0-9a-f]{4} ){7}[0-9a-f]{4})")
 
 
 @dataclass(frozen=True)
@@ -38,54 +44,161 @@ class ImageEntry:
     target: str | None = None
 
 
-def _children(image: Path, directories: list[tuple[int, str]]) -> list[ImageEntry]:
-    """The entries of several directories, read in one debugfs run."""
-    output = debugfs(image, [f"ls -p <{ino}>" for ino, _ in directories])
-    # With -f debugfs echoes each command as "debugfs: <command>"; split its output on them.
-    chunks = re.split(r"^debugfs: ls -p <\d+>$", output, flags=re.MULTILINE)[1:]
-    if len(chunks) != len(directories):
+def _read_bounded(path: Path, limit: int, image: Path) -> bytes:
+    """A file debugfs dumped, refused if a crafted inode made it larger than any real one."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError(f"{image} holds a directory or link target larger than {limit} bytes")
+    return data
+
+
+def _split_output(output: str, command: str, count: int, image: Path) -> list[str]:
+    """Split debugfs -f output on its echoed commands; only names in a command could fake one,
+    and the commands here hold only inode numbers and a scratch path."""
+    chunks = re.split(rf"^debugfs: {command} <\d+>.*$", output, flags=re.MULTILINE)[1:]
+    if len(chunks) != count:
         raise ImageError(f"unexpected debugfs output while listing {image}")
-    entries = []
-    for (_, parent), chunk in zip(directories, chunks, strict=True):
-        for match in _LS_LINE.finditer(chunk):
-            ino, mode, uid, gid, name, size = match.groups()
-            if name in (".", "..") or ino == "0":  # inode 0: an unused directory slot
-                continue
-            mode_bits = int(mode, 8)
-            entries.append(
-                ImageEntry(
-                    path=f"{parent.rstrip('/')}/{name}",
-                    type=_TYPES.get(stat.S_IFMT(mode_bits), "unknown"),
-                    mode=stat.S_IMODE(mode_bits),
-                    uid=int(uid),
-                    gid=int(gid),
-                    size=int(size or 0),
-                    inode=int(ino),
-                )
-            )
+    return chunks
+
+
+def _raw_inode(chunk: str, image: Path) -> bytes:
+    """The inode bytes from `inode_dump` output (only hex is parsed, never names)."""
+    data, previous, repeat = bytearray(), b"", False
+    for line in chunk.splitlines():
+        if line == "*":
+            repeat = True
+            continue
+        match = _DUMP_LINE.match(line)
+        if match is None:
+            continue
+        offset, row = int(match.group(1), 8), bytes.fromhex(match.group(2).replace(" ", ""))
+        while repeat and len(data) < offset:
+            data += previous
+        if len(data) != offset:
+            raise ImageError(f"unexpected inode dump from debugfs while listing {image}")
+        data += row
+        previous, repeat = row, False
+    while repeat and previous and len(data) < 128:  # a final "*": the last row repeats to the end
+        data += previous
+    if len(data) < 128:
+        raise ImageError(f"debugfs could not read an inode of {image}")
+    return bytes(data)
+
+
+@dataclass(frozen=True)
+class _Inode:
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    fast_link: bytes | None
+
+
+def _inodes(image: Path, numbers: list[int]) -> dict[int, _Inode]:
+    """Mode, owner, size (and inline symlink target) of inodes, from their raw bytes."""
+    unique = sorted(set(numbers))
+    output = debugfs(image, [f"inode_dump <{n}>" for n in unique])
+    inodes = {}
+    for number, chunk in zip(unique, _split_output(output, "inode_dump", len(unique), image), strict=True):
+        raw = _raw_inode(chunk, image)
+        mode, uid_low, size_low = struct.unpack_from("<HHI", raw, 0)
+        (gid_low,) = struct.unpack_from("<H", raw, 24)
+        (flags,) = struct.unpack_from("<I", raw, 32)
+        (size_high,) = struct.unpack_from("<I", raw, 108)
+        uid_high, gid_high = struct.unpack_from("<HH", raw, 120)
+        size = size_low | size_high << 32
+        fast = stat.S_ISLNK(mode) and size < _FAST_LINK_MAX and not flags & _EXTENTS_FL
+        inodes[number] = _Inode(
+            mode=mode,
+            uid=uid_low | uid_high << 16,
+            gid=gid_low | gid_high << 16,
+            size=size,
+            fast_link=raw[40 : 40 + size] if fast else None,
+        )
+    return inodes
+
+
+def _directory_entries(data: bytes, image: Path, directory: str) -> list[tuple[int, bytes]]:
+    """(inode, name) of every live entry in raw ext2/3/4 directory blocks (hash-tree nodes included:
+    they hide inside entries of inode 0 or behind the rec_len of "..")."""
+    entries, position = [], 0
+    while position + 8 <= len(data):
+        inode, rec_len, name_len = struct.unpack_from("<IHB", data, position)
+        if rec_len in (0, 65535):  # 64 KiB blocks store a whole-block entry this way
+            rec_len = 65536
+        if rec_len < 8 + name_len or rec_len % 4 or position + rec_len > len(data):
+            raise ImageError(f"directory {directory!r} of {image} is damaged (a bad entry length)")
+        name = data[position + 8 : position + 8 + name_len]
+        if inode and name not in (b".", b".."):
+            entries.append((inode, name))
+        position += rec_len
     return entries
 
 
-def _symlink_targets(image: Path, links: list[ImageEntry]) -> dict[int, str]:
-    """Targets of symlinks: inline ("fast") ones from stat, longer ones dumped from their block."""
-    targets: dict[int, str] = {}
-    output = debugfs(image, [f"stat <{link.inode}>" for link in links])
-    chunks = re.split(r"^debugfs: stat <\d+>$", output, flags=re.MULTILINE)[1:]
-    slow = []
-    for link, chunk in zip(links, chunks, strict=True):
-        start = chunk.find(_FAST_LINK)
-        if start >= 0:
-            begin = start + len(_FAST_LINK)
-            targets[link.inode] = chunk[begin : begin + link.size]
-        else:
-            slow.append(link)
-    if slow:
-        with tempfile.TemporaryDirectory() as scratch:
-            debugfs(image, [f"dump <{link.inode}> {scratch}/{link.inode}" for link in slow])
-            for link in slow:
-                raw = (Path(scratch) / str(link.inode)).read_bytes()
-                targets[link.inode] = raw.decode("utf-8", "surrogateescape")
+def _children(image: Path, directories: list[tuple[int, str]], scratch: Path) -> list[ImageEntry]:
+    """The entries of several directories, read from their raw blocks (no name can hide or forge)."""
+    debugfs(image, [f"dump <{ino}> {scratch}/{ino}" for ino, _ in directories])
+    named = []
+    for ino, parent in directories:
+        dumped = scratch / str(ino)
+        if not dumped.is_file():
+            raise ImageError(f"debugfs could not read directory {parent!r} of {image}")
+        for child, name in _directory_entries(_read_bounded(dumped, MAX_DIRECTORY, image), image, parent):
+            path = f"{parent.rstrip('/')}/{name.decode('utf-8', 'surrogateescape')}"
+            if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
+                raise ImageError(f"{image} holds a path longer than {MAX_PATH} bytes; refusing to list it")
+            named.append((child, path))
+        dumped.unlink()
+    inodes = _inodes(image, [child for child, _ in named]) if named else {}
+    entries = []
+    for child, path in named:
+        inode = inodes[child]
+        kind = _TYPES.get(stat.S_IFMT(inode.mode), "unknown")
+        target = None
+        if inode.fast_link is not None:
+            target = inode.fast_link.decode("utf-8", "surrogateescape")
+        entries.append(
+            ImageEntry(
+                path=path,
+                type=kind,
+                mode=stat.S_IMODE(inode.mode),
+                uid=inode.uid,
+                gid=inode.gid,
+                size=0 if kind == "dir" else inode.size,
+                inode=child,
+                target=target,
+            )
+        )
+    return entries
+
+
+def _slow_link_targets(image: Path, links: list[ImageEntry], scratch: Path) -> dict[int, str]:
+    """Targets of symlinks too long for the inode, dumped from their data block."""
+    debugfs(image, [f"dump <{link.inode}> {scratch}/{link.inode}" for link in links])
+    targets = {}
+    for link in links:
+        raw = _read_bounded(scratch / str(link.inode), MAX_PATH, image)
+        targets[link.inode] = raw.decode("utf-8", "surrogateescape")
     return targets
+
+
+def printable(text: str) -> str:
+    """Text with control and format characters, backslashes and undecodable bytes shown as escapes."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(f"\\x{code:02x}")
+        elif unicodedata.category(char) in ("Cf", "Zl", "Zp", "Cs"):  # e.g. a right-to-left override
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def list_image(image_path: Path | str) -> list[ImageEntry]:
@@ -93,34 +206,28 @@ def list_image(image_path: Path | str) -> list[ImageEntry]:
     image = Path(image_path)
     if not image.is_file():
         raise ImageError(f"image {image} does not exist or is not a file")
-    root_line = debugfs(image, [f"stat <{ROOT_INODE}>"])
-    mode_match = re.search(r"Mode:\s+0?([0-7]+)", root_line)
-    owner_match = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", root_line)
-    if not mode_match or not owner_match:
+    root = _inodes(image, [ROOT_INODE])[ROOT_INODE]
+    if not stat.S_ISDIR(root.mode):
         raise ImageError(f"cannot read the root directory of {image}")
-    entries = [
-        ImageEntry(
-            "/",
-            "dir",
-            int(mode_match.group(1), 8),
-            int(owner_match.group(1)),
-            int(owner_match.group(2)),
-            0,
-            ROOT_INODE,
-        )
-    ]
+    entries = [ImageEntry("/", "dir", stat.S_IMODE(root.mode), root.uid, root.gid, 0, ROOT_INODE)]
+    visited = {ROOT_INODE}
     level = [(ROOT_INODE, "/")]
-    while level:
-        children = _children(image, level)
-        entries.extend(children)
-        level = [(e.inode, e.path) for e in children if e.type == "dir"]
-    links = [e for e in entries if e.type == "symlink"]
-    if links:
-        targets = _symlink_targets(image, links)
-        entries = [
-            ImageEntry(**{**e.__dict__, "target": targets[e.inode]}) if e.type == "symlink" else e
-            for e in entries
-        ]
+    with tempfile.TemporaryDirectory() as scratch:
+        while level:
+            children = _children(image, level, Path(scratch))
+            entries.extend(children)
+            if len(entries) > MAX_ENTRIES:
+                raise ImageError(f"{image} holds more than {MAX_ENTRIES} entries; refusing to list it")
+            # A directory reached twice (a hard-linked directory, a cycle) is listed but not entered again.
+            level = []
+            for entry in children:
+                if entry.type == "dir" and entry.inode not in visited:
+                    visited.add(entry.inode)
+                    level.append((entry.inode, entry.path))
+        slow = [e for e in entries if e.type == "symlink" and e.target is None]
+        if slow:
+            targets = _slow_link_targets(image, slow, Path(scratch))
+            entries = [replace(e, target=targets[e.inode]) if e.inode in targets else e for e in entries]
     return sorted(entries, key=lambda e: e.path)
 
 
@@ -136,8 +243,11 @@ _TYPE_LETTERS = {
 
 
 def listing_line(entry: ImageEntry) -> str:
-    """The one listing format (image-ls and simulate --inspect): type+mode, uid:gid, size, path."""
-    link = f" -> {entry.target}" if entry.target is not None else ""
+    """The one listing format (image-ls and simulate --inspect): type+mode, uid:gid, size, path.
+
+    Names come from the image: control characters are escaped so none can rewrite the terminal.
+    """
+    link = f" -> {printable(entry.target)}" if entry.target is not None else ""
     owner = f"{entry.uid}:{entry.gid}"
     kind = _TYPE_LETTERS.get(entry.type, "?")
-    return f"{kind}{entry.mode:04o} {owner:>11} {entry.size:>12} {entry.path}{link}"
+    return f"{kind}{entry.mode:04o} {owner:>11} {entry.size:>12} {printable(entry.path)}{link}"

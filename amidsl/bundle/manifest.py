@@ -200,6 +200,7 @@ _ATTRIBUTE = re.compile(rf"[ \t\r\n]+({_NAME})[ \t\r\n]*=[ \t\r\n]*(?:'([^'<]*)'
 _START_TAG_END = re.compile(r"[ \t\r\n]*(/?)>")
 _END_TAG = re.compile(rf"</({_NAME})[ \t\r\n]*>")
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not allowed in XML 1.0 text
 _ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
 # Which children each container element may have: ONE at most once, MANY any number of times.
@@ -279,8 +280,11 @@ def _parse_xml(text: str, source: str) -> _Element:
             "instructions, CDATA or DOCTYPE); copy it again from where the bundle was written"
         )
 
-    position = 0
-    declaration = _DECLARATION.match(text)
+    control = _CONTROL.search(text)
+    if control:
+        raise refuse(f"control character {control.group(0)!r}", control.start())
+    position = 1 if text.startswith("\ufeff") else 0  # a byte order mark some editors add
+    declaration = _DECLARATION.match(text, position)
     if declaration:
         position = declaration.end()
     stack: list[_Element] = []

@@ -121,17 +121,25 @@ def verify_bundle(*, manifest: str, cert: str, parts_dir: str | None) -> None:
 
 def unbundle(
     *,
-    manifest: str | None,
-    privkey: str | None,
+    manifest: str,
+    privkey: str,
     destination: str,
     parts_dir: str | None,
     cert: str | None,
+    no_verify: bool,
 ) -> None:
-    """Decrypt and unpack a bundle, checking part digests and the image digest."""
+    """Check a bundle's signature, then decrypt and unpack it, checking part and image digests."""
     key = _read_pem(privkey, "private key", load_private_key)
+    if not cert and not no_verify:
+        raise CommandError(
+            "unbundle checks the manifest's signature before decrypting: give --cert (the certificate "
+            "of the user who bundled it), or --no-verify to skip the check"
+        )
     user_cert = _read_pem(cert, "certificate", load_certificate) if cert else None
     restored = _run(
-        lambda: unbundle_manifest(manifest, key, destination, parts_dir=parts_dir, user_cert_pem=user_cert)
+        lambda: unbundle_manifest(
+            manifest, key, destination, parts_dir=parts_dir, user_cert_pem=user_cert, no_verify=no_verify
+        )
     )
     print(f"restored {restored}")
 

@@ -2,9 +2,8 @@
 
 import hashlib
 import io
+import os
 import re
-import shutil
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,9 +11,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from zlib_ng import gzip_ng, zlib_ng
+from zlib_ng import zlib_ng
 
 from amidsl.bundle.errors import (
+    BundledSizeMismatchError,
     BundleError,
     CorruptBundleError,
     ImageDigestMismatchError,
@@ -23,11 +23,12 @@ from amidsl.bundle.errors import (
 )
 from amidsl.bundle.keys import decrypt_with_key, load_private_key
 from amidsl.bundle.manifest import Manifest, read_manifest
+from amidsl.bundle.untar import copy_member, read_end, read_member
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
 
 CHUNK = 1024 * 1024
 # What a damaged or wrongly decrypted stream raises while it is gunzipped and untarred.
-_CORRUPT_STREAM = (tarfile.TarError, EOFError, gzip_ng.BadGzipFile, zlib_ng.error)
+_CORRUPT_STREAM = (EOFError, zlib_ng.error)
 _KEY_TEXT = re.compile(rb"^[0-9a-fA-F]{32}$")
 
 
@@ -69,9 +70,17 @@ def decrypted_chunks(manifest: Manifest, keys: BundleKeys, parts_dir: Path) -> I
     """Yield the gzip stream: the concatenated parts, AES-128-CBC decrypted and unpadded."""
     decryptor = Cipher(algorithms.AES(keys.key), modes.CBC(keys.iv)).decryptor()
     unpadder = sym_padding.PKCS7(128).unpadder()
+    remaining = manifest.bundled_size
     for part in manifest.parts:
         with open(parts_dir / part.filename, "rb") as f:
-            while chunk := f.read(CHUNK):
+            # A part that grew since it was checked must not feed more than bundled_size bytes.
+            while chunk := f.read(min(CHUNK, remaining + 1)):
+                if len(chunk) > remaining:
+                    raise BundledSizeMismatchError(
+                        f"the parts of bundle {manifest.name!r} hold more than the manifest's "
+                        f"bundled_size ({manifest.bundled_size} bytes); copy the parts again"
+                    )
+                remaining -= len(chunk)
                 yield unpadder.update(decryptor.update(chunk))
     try:
         yield unpadder.update(decryptor.finalize()) + unpadder.finalize()
@@ -82,31 +91,46 @@ def decrypted_chunks(manifest: Manifest, keys: BundleKeys, parts_dir: Path) -> I
         ) from None
 
 
-class _ChunkReader(io.RawIOBase):
-    """A readable stream over an iterator of byte chunks."""
+class _Gunzip(io.RawIOBase):
+    """Gunzip an iterator of byte chunks, never inflating more than one read asked for.
+
+    A gzip reader that inflates a whole input buffer at once turns 1 MiB of compressed zeros into
+    1 GiB of memory; bounding each inflate by the caller's buffer keeps a gzip bomb small.
+    """
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._pending = chunks, memoryview(b"")
+        self._chunks = chunks
+        self._inflater = zlib_ng.decompressobj(31)  # 31: a gzip wrapper, its CRC and size checked
+        self._input = b""
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        while not self._pending:
+        while True:
+            data = self._inflater.decompress(self._input, len(buffer))
+            self._input = self._inflater.unconsumed_tail
+            if self._inflater.eof and self._inflater.unused_data:
+                # Another gzip member follows (a concatenated stream): inflate it too.
+                self._input = self._inflater.unused_data
+                self._inflater = zlib_ng.decompressobj(31)
+            if data:
+                buffer[: len(data)] = data
+                return len(data)
+            if self._input:
+                continue
             try:
-                self._pending = memoryview(next(self._chunks))
+                self._input = next(self._chunks)
             except StopIteration:
+                if not self._inflater.eof:
+                    raise EOFError("the gzip stream ends before its end marker") from None
                 return 0
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]  # a view: no copy of the rest
-        return n
 
 
 class _HashingReader(io.RawIOBase):
     """Passes reads through while computing the SHA-1 of every byte read."""
 
-    def __init__(self, source: io.BufferedIOBase) -> None:
+    def __init__(self, source: io.RawIOBase) -> None:
         self._source, self.sha1, self.size = source, hashlib.sha1(), 0
 
     def readable(self) -> bool:
@@ -120,26 +144,45 @@ class _HashingReader(io.RawIOBase):
         self.size += n
         return n
 
-    def drain(self) -> None:
-        """Read (and hash) whatever the tar reader left, e.g. the archive's record padding."""
-        while self._source.read(CHUNK):
-            pass
+
+def check_image_name(manifest: Manifest) -> str:
+    """The manifest's image name, refused unless it is a plain file name (it names the output)."""
+    name = manifest.name
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in name)
+        or len(name.encode("utf-8", "surrogateescape")) > 255
+    ):
+        raise ManifestParseError(
+            f"the manifest's image name {name!r} is not a plain file name; refusing to write it"
+        )
+    return name
 
 
-def _extract_single_file(tar_stream: io.RawIOBase, into: Path, manifest: Manifest) -> Path:
+def _restore_single_file(stream: _HashingReader, staging: Path, manifest: Manifest) -> Path:
+    """Write the stream's one member into staging (0600, never through a link), checked against the
+    manifest's name and size; then read the end of the archive."""
+    name = check_image_name(manifest)
     try:
-        with tarfile.open(fileobj=tar_stream, mode="r|", bufsize=CHUNK) as archive:
-            archive.copybufsize = CHUNK
-            extracted: Path | None = None
-            for position, member in enumerate(archive):
-                if position > 0 or not member.isreg() or "/" in member.name.strip("/"):
-                    raise CorruptBundleError(
-                        f"bundle {manifest.name!r} must hold exactly one plain image file, "
-                        f"found member {member.name!r}"
-                    )
-                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                archive.extract(member, path=into, set_attrs=False, **extra)
-                extracted = into / member.name.strip("/")
+        member = read_member(stream)
+        if member.name != name:
+            raise CorruptBundleError(
+                f"bundle {manifest.name!r} holds a file named {member.name!r}, not the manifest's "
+                f"image name {name!r}; refusing to write it"
+            )
+        if member.size != manifest.size:
+            raise CorruptBundleError(
+                f"bundle {manifest.name!r} holds a {member.size}-byte image but the manifest's size "
+                f"is {manifest.size}; the bundle is damaged or forged"
+            )
+        target = staging / name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with open(os.open(target, flags, 0o600), "wb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            copy_member(stream, member, out)
+        read_end(stream)
     except _CORRUPT_STREAM as exc:
         raise CorruptBundleError(
             f"bundle {manifest.name!r} does not decrypt to a gzip-compressed tar stream ({exc}); "
@@ -147,12 +190,19 @@ def _extract_single_file(tar_stream: io.RawIOBase, into: Path, manifest: Manifes
         ) from None
     except OSError as exc:
         raise BundleError(
-            f"writing the image of bundle {manifest.name!r} into {into.parent} failed: "
+            f"writing the image of bundle {manifest.name!r} into {staging.parent} failed: "
             f"{exc.strerror or exc}; check free space and permissions"
         ) from None
-    if extracted is None:
-        raise CorruptBundleError(f"bundle {manifest.name!r} holds an empty tar archive")
-    return extracted
+    return target
+
+
+def _place(restored: Path, target: Path) -> None:
+    """Move the restored image to target, replacing a regular file but never a link or directory."""
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        kind = "a symbolic link" if target.is_symlink() else "not a regular file"
+        raise BundleError(f"{target} exists and is {kind}; remove it or choose another destination")
+    # rename() replaces a name without following it, so a link planted meanwhile is not written through.
+    os.replace(restored, target)
 
 
 def unbundle(
@@ -162,35 +212,36 @@ def unbundle(
     *,
     parts_dir: Path | str | None = None,
     user_cert_pem: bytes | str | None = None,
+    no_verify: bool = False,
 ) -> Path:
-    """Restore a bundle's image file into out_dir, checking part digests and the image digest."""
+    """Restore a bundle's image into out_dir after checking its signature (unless no_verify),
+    part digests, the manifest's sizes and the image digest."""
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     manifest = read_manifest(manifest_path)
     if user_cert_pem is not None:
         check_signature_of(manifest, user_cert_pem)
+    elif not no_verify:
+        raise BundleError(
+            f"unbundling {manifest_path} checks the manifest's signature before decrypting: give the "
+            "certificate of the user who bundled it (user_cert_pem, --cert), or skip the check "
+            "with no_verify=True (--no-verify) if you trust the bundle's origin"
+        )
+    name = check_image_name(manifest)
     directory = Path(parts_dir) if parts_dir is not None else manifest_path.parent
     check_part_list(manifest, directory)
     check_part_digests(manifest, directory)
     keys = decrypt_keys(manifest, private_key_pem)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Extract into a private directory first: a bad digest must not leave a plausible image behind.
+    # Restore into a private directory first: a bad digest must not leave a plausible image behind.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".unbundle-") as staging:
-        hashing = _HashingReader(
-            gzip_ng.GzipNGFile(fileobj=_ChunkReader(decrypted_chunks(manifest, keys, directory)))
-        )
-        try:
-            extracted = _extract_single_file(hashing, Path(staging), manifest)
-            hashing.drain()
-        except _CORRUPT_STREAM as exc:
-            raise CorruptBundleError(
-                f"bundle {manifest.name!r} is not a complete gzip stream ({exc}); the parts are damaged"
-            ) from None
+        hashing = _HashingReader(_Gunzip(decrypted_chunks(manifest, keys, directory)))
+        restored = _restore_single_file(hashing, Path(staging), manifest)
         digest = hashing.sha1.hexdigest()
         if digest != manifest.digest:
             raise ImageDigestMismatchError(
                 f"the restored tar stream of bundle {manifest.name!r} has SHA-1 {digest}, "
                 f"but the manifest says {manifest.digest}; the bundle is damaged, bundle again"
             )
-        target = out_dir / extracted.name
-        shutil.move(extracted, target)
+        target = out_dir / name
+        _place(restored, target)
     return target

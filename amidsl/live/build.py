@@ -3,7 +3,7 @@ node launched for the build and terminated afterwards.
 
 All three resolve the settings, plan the phases, open ONE SSH connection and hand the plan to the
 shared runner (`amidsl.runner.run_plan`) with the live back-end. A failure is a `BuildError` naming the
-phase and action; with `on_error="cleanup"` the credentials are removed and a launched node terminated.
+phase and action; unless `on_error="abort"` the credentials are removed and a launched node terminated.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def make_ami(
             wait_for_ssh(host, port, live.wait_seconds, progress)
             result = run_on_node(plan, host, live, aws=aws, on_error=on_error, progress=progress, **options)
     except BuildError as err:
-        if on_error == "cleanup":
+        if on_error != "abort":
             note = f"{err.cleanup_note} {_terminate_after_failure(instance_id, aws, progress)}"
             resume = "To retry, fix the cause and run the build again (it launches a new node)."
         else:
@@ -263,11 +263,19 @@ def make_ami(
             resume = (
                 f"To resume on it, fix the cause and run again with --host {host} from phase {err.phase}."
             )
-        raise BuildError(
-            err.phase, err.index, err.description, err.status, err.output, note, err.transcript, resume
+        raise type(err)(
+            err.phase,
+            err.index,
+            err.description,
+            err.status,
+            err.output,
+            note,
+            err.transcript,
+            resume,
+            err.cause,
         ) from None
     except BaseException:
-        if on_error == "cleanup":
+        if on_error != "abort":
             _terminate_after_failure(instance_id, aws, progress)
         raise
     terminate_node(instance_id, aws)

@@ -36,7 +36,7 @@ from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, Ss
 from amidsl.plan import Plan
 from amidsl.progress import Progress
 from amidsl.render.shell import render_action, render_script, runtime_inputs
-from amidsl.runner import ActionFailed, ActionRecord
+from amidsl.runner import ActionFailed, ActionInterrupted, ActionRecord
 from amidsl.secrets import Secret, redact
 
 # Reads NAME=value pairs (NUL-terminated, an empty one ends the list) from stdin, exports them, then runs
@@ -163,11 +163,12 @@ class LiveBackend:
             self.node.upload(script_path, script.encode("utf-8"))
             status = self._run_script(phase, script_path, pairs)
         except ConnectionLost as err:
-            running = max((i for i, _ in self._lines), default=1) or 1
-            index = numbers[min(running, len(numbers)) - 1]
             raise ActionFailed(
-                index, LOST_STATUS, f"{err}\n{self._left_behind(workdir, phase_plan)}"
+                self._running(numbers), LOST_STATUS, f"{err}\n{self._left_behind(workdir, phase_plan)}"
             ) from None
+        except KeyboardInterrupt:
+            self._remove_workdir(workdir)
+            raise ActionInterrupted(self._running(numbers)) from None
         except PhaseSetupError as err:
             self._remove_workdir(workdir)
             raise ActionFailed(numbers[0], 1, str(err)) from None
@@ -178,6 +179,11 @@ class LiveBackend:
         return self._records(phase, actions, status, self._lines)
 
     # -- a phase, step by step ------------------------------------------------------------------
+
+    def _running(self, numbers: list[int]) -> int:
+        """The plan number of the action the script was running (by its last step marker)."""
+        running = max((i for i, _ in self._lines), default=1) or 1
+        return numbers[min(running, len(numbers)) - 1]
 
     def credentials(self) -> AwsCredentials:
         """The AWS credentials for the node's tools, resolved once per build."""
@@ -273,11 +279,13 @@ class LiveBackend:
             marker = STEP_MARKER.match(line)
             if marker and marker["phase"] == phase:
                 current["index"] = int(marker["index"])
+            # Kept before it is shown: a Ctrl-C while showing it then names the right action.
+            lines.append((current["index"], line))
+            if marker and marker["phase"] == phase:
                 self.progress(line)
                 self._show_commands(phase, current["index"])
             else:
                 self.progress(f"    [{phase} {current['index'] or '-'}] {line}")
-            lines.append((current["index"], line))
 
         command = wrapper_command(script_path, use_sudo=not self.node.is_root)
         status, _ = self.node.run(command, stdin=env_payload(pairs), on_line=on_line)

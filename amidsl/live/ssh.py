@@ -252,6 +252,7 @@ class SshNode:
         client = self._connected()
         lines: list[str] = []
         pending = b""
+        channel = None
         try:
             transport = client.get_transport()
             if transport is None or not transport.is_active():
@@ -276,6 +277,12 @@ class SshNode:
                 lines.append(pending.decode("utf-8", "replace"))
                 on_line(lines[-1])
             status = channel.recv_exit_status()
+        except KeyboardInterrupt:
+            # Ctrl-C: close the channel, so the command loses its output and stops, before amidsl
+            # takes the credentials off the node.
+            if channel is not None:
+                channel.close()
+            raise
         except ConnectionLost:
             raise
         except (OSError, EOFError, paramiko.SSHException) as err:

@@ -15,12 +15,12 @@ from amidsl.cli_support import (
     load_live_config,
     refuse_example_credentials,
 )
-from amidsl.cli_table import FAILED, CommandError
+from amidsl.cli_table import FAILED, INTERRUPTED, CommandError
 from amidsl.live.aws import Aws, AwsError, check_aws_side
 from amidsl.live.build import build_on_host, make_ami, make_ami_from_group_node
 from amidsl.live.ssh import NodeConnectionError
 from amidsl.progress import Progress
-from amidsl.runner import ON_ERROR_POLICIES, BuildError
+from amidsl.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted
 from amidsl.settings import SettingsError
 
 
@@ -46,8 +46,7 @@ def build(
 ) -> None:
     """Build the AMI on a real node over SSH, calling AWS with boto3."""
     if on_error not in ON_ERROR_POLICIES:
-        *others, last = ON_ERROR_POLICIES
-        raise CommandError(f"--on-error {on_error!r}: choose {', '.join(others)} or {last}")
+        raise CommandError(f"--on-error {on_error!r}: choose {', '.join(ON_ERROR_POLICIES)}")
     modes = [name for name, given in (("--host", host), ("--group", group), ("--launch", launch)) if given]
     if len(modes) > 1:
         raise CommandError(f"{' and '.join(modes)}: choose one of --host, --group and --launch")
@@ -84,8 +83,13 @@ def build(
             ).image_id
     except SettingsError as err:
         raise CommandError(str(err)) from None
+    except BuildInterrupted as err:
+        raise CommandError(f"build interrupted: {err}", INTERRUPTED) from None
     except (BuildError, NodeConnectionError, AwsError) as err:
         raise CommandError(f"build failed: {err}", FAILED) from None
+    except KeyboardInterrupt:
+        # Before any phase ran (the AWS checks, a launch): no credentials reached a node.
+        raise CommandError("build interrupted before any phase ran on a node", INTERRUPTED) from None
     if image_id:
         print(f"image {image_id} ({settings.image_name}) is registered in {settings.region}")
     else:

@@ -35,6 +35,7 @@ from amidsl.actions import (
 from amidsl.plan import Plan
 from amidsl.render.shell import render_action, runtime_inputs
 from amidsl.render.summary import plan_title, public_settings
+from amidsl.settings import printable
 
 SCHEMA = "amidsl.plan/1"
 
@@ -143,4 +144,5 @@ def render_text(plan: Plan) -> str:
             for command in render_action(action):
                 for part in command.splitlines() or [""]:
                     lines.append(f"       {part}")
-    return "\n".join(lines) + "\n"
+    # A value that reached the plan with a control character in it must not drive the terminal.
+    return printable("\n".join(lines)) + "\n"

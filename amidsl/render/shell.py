@@ -28,7 +28,18 @@ from amidsl.actions import (
     UpdateSettings,
     Value,
 )
-from amidsl.commands import ByPackageManager, Command, Glob, IfMissing, Step, Word, node_steps
+from amidsl.commands import (
+    ByPackageManager,
+    Check,
+    Command,
+    Glob,
+    IfMissing,
+    IfPresent,
+    Step,
+    Word,
+    created_marker,
+    node_steps,
+)
 from amidsl.plan import Plan
 from amidsl.render.summary import plan_title, public_settings
 
@@ -73,6 +84,12 @@ def render_steps(steps: tuple[Step, ...] | list[Step]) -> list[str]:
             lines.append(f"if [ ! {test} {quote(step.path)} ]; then")
             lines += [f"  {line}" for line in render_steps(step.then)]
             lines.append("fi")
+        elif isinstance(step, IfPresent):
+            lines.append(f"if [ -d {quote(step.path)} ]; then")
+            lines += [f"  {line}" for line in render_steps(step.then)]
+            lines.append("fi")
+        elif isinstance(step, Check):
+            lines.append(f"{_check_test(step)} || fail {quote(step.message)}")
         elif isinstance(step, ByPackageManager):
             for number, (program, branch) in enumerate(step.branches):
                 keyword = "if" if number == 0 else "elif"
@@ -82,6 +99,15 @@ def render_steps(steps: tuple[Step, ...] | list[Step]) -> list[str]:
         else:
             raise TypeError(f"the shell renderer does not know the step type {type(step).__name__}")
     return lines
+
+
+def _check_test(check: Check) -> str:
+    path = quote(check.path)
+    if check.kind == "absent":
+        return f"{{ [ ! -e {path} ] && [ ! -L {path} ]; }}"
+    if check.kind == "empty":
+        return f'[ -z "$(ls -A -- {path} 2>/dev/null)" ]'
+    return f"[ -d {quote(created_marker(check.path))} ]"
 
 
 def _command(command: Command) -> str:

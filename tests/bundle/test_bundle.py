@@ -47,7 +47,7 @@ def test_round_trip_restores_the_image_byte_for_byte(tmp_path, sample_image, use
     manifest = make_bundle(sample_image, tmp_path / "out", user, ec2, part_size=64 * 1024)
     manifest_path = tmp_path / "out" / "image.manifest.xml"
     assert verify_bundle(manifest_path, user.cert_pem) == read_manifest(manifest_path)
-    restored = unbundle(manifest_path, user.key_pem, tmp_path / "restored")
+    restored = unbundle(manifest_path, user.key_pem, tmp_path / "restored", user_cert_pem=user.cert_pem)
     assert restored == tmp_path / "restored" / "image"
     assert restored.read_bytes() == sample_image.read_bytes()
     assert manifest.size == sample_image.stat().st_size
@@ -61,7 +61,9 @@ def test_ec2_key_opens_the_ec2_copy_of_the_aes_key(tmp_path, sample_image, user,
     keys = decrypt_keys(manifest, ec2.key_pem)
     assert (keys.key, keys.iv) == (KEY, IV)
     assert KEY.hex() not in repr(keys)
-    restored = unbundle(tmp_path / "out" / "image.manifest.xml", ec2.key_pem, tmp_path / "r")
+    restored = unbundle(
+        tmp_path / "out" / "image.manifest.xml", ec2.key_pem, tmp_path / "r", user_cert_pem=user.cert_pem
+    )
     assert restored.read_bytes() == sample_image.read_bytes()
 
 
@@ -204,7 +206,9 @@ def test_bundle_from_the_ec2_ami_tools_shell_pipeline_verifies_and_unbundles(
     (out / "image.manifest.xml").write_text(signed.xml)
 
     verify_bundle(out / "image.manifest.xml", user.cert_pem)
-    restored = unbundle(out / "image.manifest.xml", user.key_pem, tmp_path / "restored")
+    restored = unbundle(
+        out / "image.manifest.xml", user.key_pem, tmp_path / "restored", user_cert_pem=user.cert_pem
+    )
     assert restored.read_bytes() == sample_image.read_bytes()
 
     # The same through the command line tasks.
@@ -214,7 +218,7 @@ def test_bundle_from_the_ec2_ami_tools_shell_pipeline_verifies_and_unbundles(
     assert run(["verify-bundle", "--manifest", manifest_arg, "--cert", str(cert_file)]) == 0
     assert run(
         ["unbundle", "--manifest", manifest_arg, "--privkey", str(key_file),
-         "--destination", str(tmp_path / "cli")]
+         "--destination", str(tmp_path / "cli"), "--cert", str(cert_file)]
     ) == 0  # fmt: skip
     assert (tmp_path / "cli" / "image").read_bytes() == sample_image.read_bytes()
 
@@ -250,7 +254,9 @@ def test_random_images_round_trip(tmp_path_factory, sparse_file, user, ec2, size
     sparse_file(image, size, [(o, d) for o, d in regions if o + len(d) <= size])
     make_bundle(image, work / "out", user, ec2, part_size=part_size)
     verify_bundle(work / "out" / "image.manifest.xml", user.cert_pem)
-    restored = unbundle(work / "out" / "image.manifest.xml", user.key_pem, work / "restored")
+    restored = unbundle(
+        work / "out" / "image.manifest.xml", user.key_pem, work / "restored", user_cert_pem=user.cert_pem
+    )
     assert restored.read_bytes() == image.read_bytes()
 
 
@@ -268,7 +274,9 @@ def test_sparse_regions_are_skipped_not_compressed(tmp_path, sparse_file, user, 
     manifest = make_bundle(image, tmp_path / "out", user, ec2)
     assert manifest.size == 8 * 1024**3
     assert manifest.bundled_size < len(data) + 64 * 1024
-    restored = unbundle(tmp_path / "out" / "image.manifest.xml", user.key_pem, tmp_path / "r")
+    restored = unbundle(
+        tmp_path / "out" / "image.manifest.xml", user.key_pem, tmp_path / "r", user_cert_pem=user.cert_pem
+    )
     assert restored.stat().st_size == 8 * 1024**3
     assert restored.stat().st_blocks * 512 < 2 * len(data)
     with open(restored, "rb") as f:

@@ -143,7 +143,7 @@ def test_part_count_attribute_disagreeing_with_the_list(bundle_dir, user):
     text = path.read_text().replace("<parts count='7'>", "<parts count='8'>")
     path.write_text(text)
     with pytest.raises(PartCountMismatchError, match="count='8' but lists 7 parts"):
-        unbundle(path, user.key_pem, bundle_dir / "restored")  # unbundle checks no signature
+        unbundle(path, user.key_pem, bundle_dir / "restored", no_verify=True)
 
 
 def test_part_name_leading_outside_the_bundle_is_refused(bundle_dir, user):
@@ -168,13 +168,23 @@ def test_wrong_image_digest_is_caught_by_unbundle_and_leaves_no_image(bundle_dir
     _resign(bundle_dir, user, digest="0" * 40)
     verify_bundle(bundle_dir / "image.manifest.xml", user.cert_pem)  # parts themselves are fine
     with pytest.raises(ImageDigestMismatchError, match="0000000000"):
-        unbundle(bundle_dir / "image.manifest.xml", user.key_pem, bundle_dir / "restored")
+        unbundle(
+            bundle_dir / "image.manifest.xml",
+            user.key_pem,
+            bundle_dir / "restored",
+            user_cert_pem=user.cert_pem,
+        )
     assert os.listdir(bundle_dir / "restored") == []
 
 
-def test_wrong_private_key_cannot_unbundle(bundle_dir, stranger):
+def test_wrong_private_key_cannot_unbundle(bundle_dir, user, stranger):
     with pytest.raises(WrongPrivateKeyError) as caught:
-        unbundle(bundle_dir / "image.manifest.xml", stranger.key_pem, bundle_dir / "restored")
+        unbundle(
+            bundle_dir / "image.manifest.xml",
+            stranger.key_pem,
+            bundle_dir / "restored",
+            user_cert_pem=user.cert_pem,
+        )
     assert "private key opens neither" in str(caught.value)
     assert "PRIVATE KEY" not in str(caught.value)
 
@@ -183,7 +193,12 @@ def test_tampered_part_stops_unbundle_before_anything_is_written(bundle_dir, use
     part = bundle_dir / "image.part.0"
     part.write_bytes(b"\x00" + part.read_bytes()[1:])
     with pytest.raises(PartDigestMismatchError):
-        unbundle(bundle_dir / "image.manifest.xml", user.key_pem, bundle_dir / "restored")
+        unbundle(
+            bundle_dir / "image.manifest.xml",
+            user.key_pem,
+            bundle_dir / "restored",
+            user_cert_pem=user.cert_pem,
+        )
     assert not (bundle_dir / "restored").exists()
 
 
@@ -281,5 +296,10 @@ def test_parts_that_decrypt_to_garbage_are_reported_as_corrupt(bundle_dir, user,
     )
     verify_bundle(bundle_dir / "image.manifest.xml", user.cert_pem)
     with pytest.raises(CorruptBundleError, match="does not decrypt to a gzip-compressed tar"):
-        unbundle(bundle_dir / "image.manifest.xml", user.key_pem, bundle_dir / "restored")
+        unbundle(
+            bundle_dir / "image.manifest.xml",
+            user.key_pem,
+            bundle_dir / "restored",
+            user_cert_pem=user.cert_pem,
+        )
     assert os.listdir(bundle_dir / "restored") == []

@@ -9,6 +9,7 @@ every bash command line and every script bash ran, so the test compares them wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import amidsl
+from amidsl.commands import CREATED_RECORD, created_marker
 from tests.conftest import make_key_and_cert
 
 SSHD = "/usr/sbin/sshd"
@@ -175,6 +177,20 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
+        forget_created_markers(root)
+
+
+def forget_created_markers(root: Path) -> None:
+    """The node is this machine: drop amidsl's markers for the node's directories (a failed build's
+    stay behind), and the state directory when nothing else is in it."""
+    record = Path(CREATED_RECORD)
+    prefix = created_marker(f"{root}/").rsplit("/", 1)[1]
+    for marker in record.glob("*"):
+        if marker.name.startswith(prefix):
+            shutil.rmtree(marker, ignore_errors=True)
+    for folder in (record, record.parent):
+        with contextlib.suppress(OSError):  # not empty (another build's markers) or not there
+            folder.rmdir()
 
 
 @pytest.fixture(scope="session")

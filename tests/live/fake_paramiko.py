@@ -14,9 +14,14 @@ import paramiko
 SCRIPT = re.compile(r"(?P<dir>/tmp/amidsl\.\w+)/(?P<phase>[\w.-]+)\.sh")
 
 
+# A PhaseRun status: the user presses Ctrl-C after the script's last line.
+CTRL_C = -2
+
+
 @dataclass
 class PhaseRun:
-    """What a phase's script prints (stderr merged) and how it ends; status None = the link drops."""
+    """What a phase's script prints (stderr merged) and how it ends; status None = the link drops,
+    CTRL_C = the user interrupts amidsl."""
 
     lines: list[str]
     status: int | None = 0
@@ -36,6 +41,7 @@ class FakeNode:
     uploads: list[tuple[str, int, bytes]] = field(default_factory=list)  # every upload, in order
     down_after_drop: bool = False  # the node stays unreachable once the link dropped
     connections: int = 0
+    closed_channels: int = 0
     transport: FakeTransport | None = None
     _temp_dirs: int = 0
 
@@ -92,10 +98,15 @@ class FakeChannel:
 
     def recv(self, size: int) -> bytes:
         chunk, self.output = self.output[:size], self.output[size:]
+        if not chunk and self.status == CTRL_C:
+            raise KeyboardInterrupt
         if not chunk and self.status is None:
             self.transport.active = False  # the link went away after the last line
             self.node.up = not self.node.down_after_drop
         return chunk
+
+    def close(self) -> None:
+        self.node.closed_channels += 1
 
     def recv_exit_status(self) -> int:
         return -1 if self.status is None else self.status

@@ -54,7 +54,9 @@ def test_where_to_build_must_be_said_once(tmp_path, raw_settings):
     launch = amidsl("build", "--config", path, "--launch")
     assert launch.returncode == 2 and "live.image_id: is needed to launch a node" in launch.stderr
     policy = amidsl("build", "--config", path, "--host", "node", "--on-error", "ignore")
-    assert policy.returncode == 2 and "--on-error 'ignore': choose cleanup or abort" in policy.stderr
+    assert (
+        policy.returncode == 2 and "--on-error 'ignore': choose cleanup, cleanup-all, abort" in policy.stderr
+    )
     example = amidsl("validate", "--live")
     assert (
         example.returncode == 2

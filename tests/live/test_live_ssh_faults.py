@@ -20,9 +20,9 @@ from amidsl.live.settings import LiveSettings
 from amidsl.live.ssh import HostKeyError, NodeConnectionError, SshNode, fingerprint
 from amidsl.plan import Plan, build_plan, group_spec
 from amidsl.render.shell import render_script
-from amidsl.runner import BuildError, credential_removal
+from amidsl.runner import BuildError, BuildInterrupted, credential_removal
 from amidsl.secrets import Secret
-from tests.live.fake_paramiko import FakeNode, PhaseRun
+from tests.live.fake_paramiko import CTRL_C, FakeNode, PhaseRun
 
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 TOKEN = "FwoGZXIvYXdzEXAMPLETOKENvalue0123456789"
@@ -300,3 +300,40 @@ def test_a_phase_whose_script_needs_an_unknown_value_fails_before_running(
         node_factory=lambda target: SshNode(target, client_factory=node.client),
     )
     assert f"AMIDSL_IMAGE_ID={IMAGE_ID}".encode() in node.stdins[-2]
+
+
+def test_ctrl_c_during_the_bundle_closes_the_command_and_removes_the_credentials(
+    node, host_key, raw_settings, credentials, tmp_path
+):
+    remember(tmp_path, host_key)
+    node.runs["ami-bundle"] = PhaseRun(["==> [ami-bundle 2] bundle the volume with ec2-bundle-vol"], CTRL_C)
+    with pytest.raises(BuildInterrupted) as caught:
+        build(node, raw_settings, live(tmp_path))
+    message = str(caught.value)
+    assert message.startswith(
+        "phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
+    )
+    assert "The credentials were removed from the node (/opt/ami-tools/credentials)" in message
+    assert node.closed_channels == 1
+    assert [phase for phase, _ in node.scripts()] == ["install", "configure", "ami-bundle", "on-error"]
+    assert "find /opt/ami-tools/credentials -mindepth 1 -delete" in node.scripts()[-1][1]
+    assert node.files == {}  # the interrupted phase's temporary directory went too
+
+
+def test_a_nul_in_the_session_token_fails_the_phase_and_removes_the_credentials(
+    node, host_key, raw_settings, credentials, tmp_path, monkeypatch
+):
+    remember(tmp_path, host_key)
+    bad_token = "FwoGZXIvYXdzEXAMPLE\0TOKEN"
+    monkeypatch.setattr(
+        FakeAws,
+        "credentials",
+        lambda self: AwsCredentials("AKIAIOSFODNN7EXAMPLE", Secret(SECRET_KEY), Secret(bad_token)),
+    )
+    with pytest.raises(BuildError) as caught:
+        build(node, raw_settings, live(tmp_path))
+    message = str(caught.value)
+    assert "phase ami-upload" in message and "cannot pass 'AMIDSL_SESSION_TOKEN' to the node" in message
+    assert "The credentials were removed" in message
+    assert bad_token not in message and "EXAMPLE" not in message
+    assert node.scripts()[-1][0] == "on-error"

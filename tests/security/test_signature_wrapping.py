@@ -85,3 +85,9 @@ def test_a_manifest_as_the_real_tools_write_it_parses(genuine):
     text = text.replace("<manifest>", "<manifest>\n  ").replace("</manifest>", "\n</manifest>\n")
     manifest = parse_manifest(text)
     assert manifest.name == "image" and manifest.signed_text == _signed_sections(text)
+
+
+def test_a_raw_control_character_is_refused(genuine):
+    text = genuine.read_text().replace("<name>image</name>", "<name>image\x1b[2J</name>")
+    with pytest.raises(ManifestParseError, match="control character"):
+        parse_manifest(text)

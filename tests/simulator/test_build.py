@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from amidsl.bundle import read_manifest, unbundle
 from amidsl.example import example_credentials
-from amidsl.settings import resolve
+from amidsl.settings import resolve, system_dir_reason
 
 
 def test_example_builds_through_all_phases(run, example_settings, node, region):
@@ -99,12 +99,14 @@ parents = st.sampled_from(
 )
 name = st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True).filter(lambda n: ".." not in n)
 place = st.builds(lambda p, n: f"{p}/{n}", parents, name)
+# Directories amidsl creates and removes: never a system or home directory (settings refuse those).
+owned_place = place.filter(lambda p: system_dir_reason(p) is None)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    credential_dir=place,
-    install_dir=place,
+    credential_dir=owned_place,
+    install_dir=owned_place,
     destination_dir=place,
     prefix=st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True),
     extra=st.lists(place, max_size=2),
@@ -125,7 +127,9 @@ def test_image_bytes_never_hold_the_key_or_certificate(
     assert simulation.error is None, simulation.error
     manifest_path = node.host_path(s.manifest_path)
     with tempfile.TemporaryDirectory() as out:
-        image = unbundle(manifest_path, s.private_key_pem.reveal(), Path(out))
+        image = unbundle(
+            manifest_path, s.private_key_pem.reveal(), Path(out), user_cert_pem=s.certificate_pem
+        )
         data = image.read_bytes()
     assert read_manifest(manifest_path).name == prefix
     key_pem, cert_pem = example_credentials()

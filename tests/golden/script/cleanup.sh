@@ -65,15 +65,23 @@ trap on_error ERR
 
 phase_cleanup() {
   step cleanup 1 'remove the credentials'
+  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials ] || fail 'refusing to remove /opt/ami-tools/credentials: amidsl did not create /opt/ami-tools/credentials (no /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools/credentials
+  { [ ! -e /opt/ami-tools/credentials ] && [ ! -L /opt/ami-tools/credentials ]; } || fail '/opt/ami-tools/credentials still exists after removing it'
+  rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
   step cleanup 2 'remove the ami-tools and Ruby'
+  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ] || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools
+  { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
+  rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
   step cleanup 3 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
   step cleanup 4 'remove the bundle manifest'
   rm -f -- /tmp/image.manifest.xml
+  { [ ! -e /tmp/image.manifest.xml ] && [ ! -L /tmp/image.manifest.xml ]; } || fail '/tmp/image.manifest.xml still exists after removing it'
   step cleanup 5 'remove the image file if ec2-bundle-vol left it'
   rm -f -- /tmp/image
+  { [ ! -e /tmp/image ] && [ ! -L /tmp/image ]; } || fail '/tmp/image still exists after removing it'
 }
 
 main() {

@@ -77,6 +77,9 @@ phase_install() {
     fail 'no apt-get, dnf or yum on this node: install the packages by hand'
   fi
   step install 2 'unpack the ec2-ami-tools into the install directory'
+  if [ ! -e /opt/ami-tools ]; then
+    install -d -m 0700 -o root -g root -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
+  fi
   install -d -m 0755 -o root -g root -- /opt/ami-tools
   rm -rf -- /opt/ami-tools/ec2-ami-tools /opt/ami-tools/ec2-ami-tools-*
   curl -fsSL --retry 3 -o /opt/ami-tools/.download.zip https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
@@ -85,8 +88,11 @@ phase_install() {
   if [ ! -d /opt/ami-tools/ec2-ami-tools ]; then
     mv -- /opt/ami-tools/ec2-ami-tools-* /opt/ami-tools/ec2-ami-tools
   fi
-  chown -R root:root -- /opt/ami-tools
+  chown -R root:root -- /opt/ami-tools/ec2-ami-tools
   step install 3 'create the credential directory (root only)'
+  if [ ! -e /opt/ami-tools/credentials ]; then
+    install -d -m 0700 -o root -g root -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
+  fi
   install -d -m 0700 -o root -g root -- /opt/ami-tools/credentials
   step install 4 'fetch rbenv into the install directory'
   if [ ! -e /opt/ami-tools/.rbenv ]; then
