@@ -47,6 +47,7 @@ class RegionFaults:
 
     fail_put_number: int | None = None  # this S3 PUT fails once; its retry succeeds
     s3_5xx_burst: int = 0  # this many PUT requests in a row answer 503 SlowDown
+    fail_object: str | None = None  # every PUT of the key ending in this name fails, retries included
     reject_register: str | None = None  # RegisterImage fails with this error code
 
 
@@ -137,7 +138,8 @@ class FakeRegion:
         if self.faults.s3_5xx_burst > 0:
             self.faults.s3_5xx_burst -= 1
             return "SlowDown (503): Please reduce your request rate."
-        if self.put_requests == self.faults.fail_put_number:
+        failing = self.faults.fail_object
+        if self.put_requests == self.faults.fail_put_number or (failing and key.endswith(f"/{failing}")):
             return "InternalError (500): We encountered an internal error. Please try again."
         located = self.bucket_region(bucket)
         if located is None:
