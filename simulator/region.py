@@ -139,7 +139,7 @@ class FakeRegion:
             self.faults.s3_5xx_burst -= 1
             return "SlowDown (503): Please reduce your request rate."
         failing = self.faults.fail_object
-        if self.put_requests == self.faults.fail_put_number or (failing and key.endswith(f"/{failing}")):
+        if self.put_requests == self.faults.fail_put_number or key.rsplit("/", 1)[-1] == failing:
             return "InternalError (500): We encountered an internal error. Please try again."
         located = self.bucket_region(bucket)
         if located is None:
