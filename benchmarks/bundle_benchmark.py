@@ -99,17 +99,8 @@ def make_identity(common_name: str, directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def run_shell_pipeline(image_dir: Path, out: Path, work: Path) -> Result:
-    """ec2-bundle-image's pipeline; each stage's peak RSS is measured, then summed."""
-    key, iv = os.urandom(16).hex(), os.urandom(16).hex()
-    stages = [
-        ["tar", "-c", "-S", "--owner", "0", "--group", "0", "-C", str(image_dir), "image"],
-        ["gzip", "-9"],
-        ["openssl", "enc", "-aes-128-cbc", "-K", key, "-iv", iv],
-        ["split", "-b", str(PART_SIZE), "-d", "-a", "3", "-", f"{out}/image.part."],
-    ]
-    rss_files = [work / f"rss-a{i}" for i in range(len(stages))]
-    start = time.perf_counter()
+def run_pipeline(stages: list[list[str]], rss_files: list[Path]) -> list[tuple[int, float]]:
+    """Run the stages as one shell pipeline, each measured; return their peak RSS and CPU seconds."""
     processes: list[subprocess.Popen[bytes]] = []
     previous = None
     for i, (stage, rss) in enumerate(zip(stages, rss_files, strict=True)):
@@ -122,11 +113,25 @@ def run_shell_pipeline(image_dir: Path, out: Path, work: Path) -> Result:
         previous = process.stdout
         processes.append(process)
     codes = [p.wait() for p in processes]
-    seconds = time.perf_counter() - start
     if any(codes):
         raise SystemExit(f"shell pipeline failed: exit codes {codes}")
+    return [read_usage(f) for f in rss_files]
+
+
+def run_shell_pipeline(image_dir: Path, out: Path, work: Path) -> Result:
+    """ec2-bundle-image's pipeline; each stage's peak RSS is measured, then summed."""
+    key, iv = os.urandom(16).hex(), os.urandom(16).hex()
+    stages = [
+        ["tar", "-c", "-S", "--owner", "0", "--group", "0", "-C", str(image_dir), "image"],
+        ["gzip", "-9"],
+        ["openssl", "enc", "-aes-128-cbc", "-K", key, "-iv", iv],
+        ["split", "-b", str(PART_SIZE), "-d", "-a", "3", "-", f"{out}/image.part."],
+    ]
+    rss_files = [work / f"rss-a{i}" for i in range(len(stages))]
+    start = time.perf_counter()
+    usages = run_pipeline(stages, rss_files)
+    seconds = time.perf_counter() - start
     output = sum(p.stat().st_size for p in out.iterdir())
-    usages = [read_usage(f) for f in rss_files]
     return Result(
         "shell gzip -9",
         seconds,

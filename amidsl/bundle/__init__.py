@@ -4,14 +4,15 @@
     manifest = bundle_image("/tmp/image", "/tmp", user_id=..., user_cert_pem=...,
                             user_private_key_pem=..., ec2_cert_pem=...)     # parts + manifest
     verify_bundle("/tmp/image.manifest.xml", user_cert_pem)                  # signature, parts
-    unbundle("/tmp/image.manifest.xml", private_key_pem, "/restore")         # back to the image
+    unbundle("/tmp/image.manifest.xml", private_key_pem, "/restore",
+             user_cert_pem=user_cert_pem)                                    # back to the image
     list_image("/restore/image")                                            # what is inside
 
 Every problem is a BundleError subclass whose message names the file and the fix, and never
 contains key material.
 """
 
-from amidsl.bundle.bundle import bundle_image, part_filename
+from amidsl.bundle.bundle import bundle_image
 from amidsl.bundle.errors import (
     BundledSizeMismatchError,
     BundleError,
@@ -44,6 +45,7 @@ from amidsl.bundle.manifest import (
 from amidsl.bundle.selection import ALWAYS_EXCLUDED, DEFAULT_FILTER, LeftOut, Reason
 from amidsl.bundle.unbundle import BundleKeys, decrypt_keys, unbundle
 from amidsl.bundle.verify import verify_bundle
+from amidsl.node.amidsl_node import part_filename
 
 __all__ = [
     "ALWAYS_EXCLUDED",

@@ -1,6 +1,5 @@
 """Bundle an image file: tar → SHA-1 → parallel gzip → AES-128-CBC → parts, signed manifest."""
 
-import hashlib
 import io
 import os
 import re
@@ -29,7 +28,7 @@ from amidsl.bundle.manifest import (
     default_block_device_mappings,
     sign_manifest,
 )
-from amidsl.bundle.tarstream import tar_one_file
+from amidsl.node import amidsl_node as node
 
 PART_SIZE = 10 * 1024 * 1024
 # zlib-ng level 5 stays within ~2.5% of `gzip -9` output (level 6: ~2%, level 4: ~4.5%) while
@@ -48,86 +47,31 @@ class WrittenPart:
     digest: str
 
 
-class _PartWriter(io.RawIOBase):
-    """Splits a byte stream into part files of part_size bytes, hashing each as it goes."""
+class _CryptographyAes:
+    """AES-128-CBC with PKCS#7 padding, the node program's encryptor interface over cryptography."""
 
-    def __init__(self, out_dir: Path, temp_prefix: str, part_size: int) -> None:
-        self._out_dir, self._temp_prefix, self._part_size = out_dir, temp_prefix, part_size
-        self.parts: list[WrittenPart] = []
-        self._file: io.BufferedWriter | None = None
-        self._hash = hashlib.sha1()
-        self._written = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        while view:
-            if self._file is None:
-                path = self._out_dir / f"{self._temp_prefix}{len(self.parts)}"
-                self._file = open(path, "wb")  # noqa: SIM115 - closed in _close_part
-            room = self._part_size - self._written
-            chunk = view[:room]
-            self._file.write(chunk)
-            self._hash.update(chunk)
-            self._written += len(chunk)
-            view = view[len(chunk) :]
-            if self._written == self._part_size:
-                self._close_part()
-        return len(data)
-
-    def _close_part(self) -> None:
-        assert self._file is not None
-        self._file.close()
-        self.parts.append(WrittenPart(Path(self._file.name), self._written, self._hash.hexdigest()))
-        self._file, self._hash, self._written = None, hashlib.sha1(), 0
-
-    def finish(self) -> list[WrittenPart]:
-        """Close the last, partly filled part and return every part."""
-        if self._file is not None:
-            self._close_part()
-        return self.parts
-
-    def discard(self) -> None:
-        """Remove every part written so far (after a failure)."""
-        if self._file is not None:
-            self._file.close()
-            Path(self._file.name).unlink(missing_ok=True)
-            self._file = None
-        for part in self.parts:
-            part.path.unlink(missing_ok=True)
-
-
-class _EncryptingWriter(io.RawIOBase):
-    """AES-128-CBC encrypts what is written (PKCS#7 padded at finish) into a part writer.
-
-    The threaded gzip writer calls write() from its own output thread, where an exception would
-    kill that thread and leave the compressors blocked forever. So a failure (a full disk, say)
-    is kept in `error` for the main thread to raise, and later data is dropped.
-    """
-
-    def __init__(self, key: bytes, iv: bytes, sink: _PartWriter) -> None:
+    def __init__(self, key: bytes, iv: bytes) -> None:
         self._encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
         self._padder = sym_padding.PKCS7(128).padder()
+
+    def update(self, data: bytes) -> bytes:
+        return self._encryptor.update(self._padder.update(data))
+
+    def finish(self) -> bytes:
+        return self._encryptor.update(self._padder.finalize()) + self._encryptor.finalize()
+
+
+class _RawSink(io.RawIOBase):
+    """The encrypting sink as the binary file zlib-ng's threaded gzip writer wants."""
+
+    def __init__(self, sink: node.EncryptingSink) -> None:
         self._sink = sink
-        self.error: Exception | None = None
 
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self.error is None:
-            try:
-                self._sink.write(self._encryptor.update(self._padder.update(bytes(data))))
-            except Exception as exc:
-                self.error = exc
-        return len(data)
-
-    def finish(self) -> None:
-        """Pad and flush the final cipher block."""
-        self._sink.write(self._encryptor.update(self._padder.finalize()))
-        self._sink.write(self._encryptor.finalize())
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        return self._sink.write(bytes(data))
 
 
 def _check_name(prefix: str) -> None:
@@ -165,30 +109,22 @@ def stream_bundle(
     compresslevel: int = COMPRESS_LEVEL,
     threads: int | None = None,
 ) -> tuple[str, list[WrittenPart]]:
-    """Run the streaming pipeline once over the image; return the tar SHA-1 and the final parts."""
+    """Run the node program's streaming pipeline with zlib-ng; return the tar SHA-1 and parts."""
     threads = threads or len(os.sched_getaffinity(0))
-    temp_prefix = f".{prefix}.part.{os.getpid()}.tmp"
-    parts = _PartWriter(out_dir, temp_prefix, part_size)
-    encrypting = _EncryptingWriter(key, iv, parts)
-    tar_digest = hashlib.sha1()
-    gz = gzip_ng_threaded.open(encrypting, "wb", compresslevel=compresslevel, threads=threads)
+    cleanup = node.Cleanup()
+    parts = node.PartWriter(str(out_dir), f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
+    sink = node.EncryptingSink(_CryptographyAes(key, iv), parts)
     try:
+        # zlib-ng compresses several times faster than zlib at the same ratio.
+        gz = gzip_ng_threaded.open(_RawSink(sink), "wb", compresslevel=compresslevel, threads=threads)
         try:
-            for chunk in tar_one_file(image_path, prefix):
-                if encrypting.error is not None:
-                    break
-                tar_digest.update(chunk)
-                gz.write(chunk)
+            digest = node.bundle_stream(image_path, prefix, gz, sink)  # closes gz when done
         except BaseException:
             _abandon(gz)
             raise
-        gz.close()
-        if encrypting.error is not None:
-            raise encrypting.error
-        encrypting.finish()
-        written = parts.finish()
+        written = parts.finish(prefix)
     except BaseException as exc:
-        parts.discard()
+        cleanup.remove_all()
         if isinstance(exc, OSError):
             where = exc.filename or image_path
             raise BundleError(
@@ -196,7 +132,7 @@ def stream_bundle(
                 "check free space and permissions"
             ) from exc
         raise
-    return tar_digest.hexdigest(), _rename_parts(written, out_dir, prefix)
+    return digest, [WrittenPart(out_dir / p["filename"], p["size"], p["sha1"]) for p in written]
 
 
 def _abandon(gz: Any) -> None:
@@ -207,25 +143,6 @@ def _abandon(gz: Any) -> None:
     """
     gz.raw.stop()
     gz.raw._closed = True  # zlib-ng has no abort(); without this, garbage collection would flush and wait
-
-
-def part_filename(prefix: str, index: int, count: int) -> str:
-    """`<prefix>.part.<i>` with i zero-padded to the digit count of the number of parts."""
-    return f"{prefix}.part.{index:0{len(str(count))}d}"
-
-
-def _rename_parts(written: list[WrittenPart], out_dir: Path, prefix: str) -> list[WrittenPart]:
-    # Parts of an earlier bundle with the same prefix would be mistaken for this bundle's.
-    stale = re.compile(re.escape(prefix) + r"\.part\.\d+")
-    for old in out_dir.iterdir():
-        if stale.fullmatch(old.name):
-            old.unlink()
-    final = []
-    for index, part in enumerate(written):
-        path = out_dir / part_filename(prefix, index, len(written))
-        os.replace(part.path, path)
-        final.append(WrittenPart(path, part.size, part.digest))
-    return final
 
 
 def bundle_image(

@@ -26,7 +26,7 @@ from amidsl.bundle.selection import (
     SourceEntry,
     select_entries,
 )
-from amidsl.bundle.tarstream import data_regions
+from amidsl.node.amidsl_node import BLOCK_SIZE, MAX_IMAGE_MB, copy_sparse, estimate_size_mb, inode_count
 
 __all__ = [
     "ALWAYS_EXCLUDED",
@@ -39,9 +39,7 @@ __all__ = [
     "estimate_size_mb",
 ]
 
-MAX_SIZE_MB = 10240  # the largest image an S3-backed AMI may have
-BLOCK_SIZE = 4096
-INODE_SIZE = 256
+MAX_SIZE_MB = MAX_IMAGE_MB
 
 
 @dataclass(frozen=True)
@@ -52,30 +50,6 @@ class ImageReport:
     size_mb: int
     entries: int
     left_out: tuple[LeftOut, ...]
-
-
-def _copy_sparse(source: Path, target: Path, size: int) -> None:
-    """Copy a regular file's data regions only, so that holes stay holes."""
-    src = os.open(source, os.O_RDONLY)
-    try:
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            for region in data_regions(src, size):
-                offset, end = region.offset, region.offset + region.length
-                while offset < end:
-                    try:
-                        copied = os.copy_file_range(src, dst, end - offset, offset, offset)
-                    except OSError:
-                        data = os.pread(src, min(end - offset, 1 << 20), offset)
-                        copied = os.pwrite(dst, data, offset) if data else 0
-                    if copied == 0:
-                        break  # the file shrank while being copied
-                    offset += copied
-            os.ftruncate(dst, size)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
 
 
 @dataclass(frozen=True)
@@ -112,7 +86,7 @@ def _stage(chosen: list[SourceEntry], staging: Path, left_out: list[LeftOut]) ->
                 if st.st_nlink > 1 and key in first_link:
                     os.link(first_link[key], target)  # keep hard links as hard links
                 else:
-                    _copy_sparse(entry.source, target, st.st_size)
+                    copy_sparse(entry.source, target, st.st_size)
                     first_link[key] = target
                     allocated += os.lstat(target).st_blocks * 512
                     os.chmod(target, stat.S_IMODE(st.st_mode) | stat.S_IRUSR)
@@ -138,29 +112,6 @@ def _stage(chosen: list[SourceEntry], staging: Path, left_out: list[LeftOut]) ->
     return _Staged(staged, devices, allocated)
 
 
-def _journal_bytes(size: int) -> int:
-    """The journal mke2fs makes for a filesystem of this size (ext2fs_default_journal_size)."""
-    blocks = size // BLOCK_SIZE
-    for limit, journal_blocks in ((32768, 1024), (262144, 4096), (524288, 8192), (4194304, 16384)):
-        if blocks < limit:
-            return journal_blocks * BLOCK_SIZE
-    return 32768 * BLOCK_SIZE
-
-
-def _inode_count(entries: int, size_mb: int) -> int:
-    return max(entries + entries // 4 + 64, size_mb * 1024 * 1024 // 16384)
-
-
-def estimate_size_mb(allocated: int, entries: int) -> int:
-    """A filesystem size (MB) that holds this much data and these many inodes, with headroom."""
-    inodes = entries + entries // 4 + 64
-    # Metadata (bitmaps, descriptors, extent blocks) is a few percent; 5% is reserved for root.
-    payload = allocated * 1.05 + inodes * INODE_SIZE + 8 * 1024 * 1024
-    size = payload / 0.92
-    size += _journal_bytes(int(size))
-    return max(16, math.ceil(size / (1024 * 1024)))
-
-
 def _mke2fs(staging: Path, image: Path, size_mb: int, entries: int, options: Sequence[str]) -> str:
     image.unlink(missing_ok=True)
     argv = [
@@ -172,7 +123,7 @@ def _mke2fs(staging: Path, image: Path, size_mb: int, entries: int, options: Seq
         "-b",
         str(BLOCK_SIZE),
         "-N",
-        str(_inode_count(entries, size_mb)),
+        str(inode_count(entries, size_mb)),
         *options,
         "-d",
         str(staging),

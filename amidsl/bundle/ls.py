@@ -1,4 +1,8 @@
-"""List the files inside an ext2/3/4 image with debugfs, without mounting it."""
+"""List the files inside an ext2/3/4 image with debugfs, without mounting it.
+
+Names are read from the directories' raw blocks and attributes from the raw inodes, never from
+debugfs's text listings, where a name holding a newline could hide itself and what follows it.
+"""
 
 import re
 import stat
@@ -8,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from amidsl.bundle.e2fs import debugfs
+from amidsl.bundle.e2fs import debugfs, quote
 from amidsl.bundle.errors import ImageError
 
 _TYPES = {
@@ -138,7 +142,7 @@ def _directory_entries(data: bytes, image: Path, directory: str) -> list[tuple[i
 
 def _children(image: Path, directories: list[tuple[int, str]], scratch: Path) -> list[ImageEntry]:
     """The entries of several directories, read from their raw blocks (no name can hide or forge)."""
-    debugfs(image, [f"dump <{ino}> {scratch}/{ino}" for ino, _ in directories])
+    debugfs(image, [f"dump <{ino}> {quote(str(scratch / str(ino)))}" for ino, _ in directories])
     named = []
     for ino, parent in directories:
         dumped = scratch / str(ino)
@@ -175,7 +179,7 @@ def _children(image: Path, directories: list[tuple[int, str]], scratch: Path) ->
 
 def _slow_link_targets(image: Path, links: list[ImageEntry], scratch: Path) -> dict[int, str]:
     """Targets of symlinks too long for the inode, dumped from their data block."""
-    debugfs(image, [f"dump <{link.inode}> {scratch}/{link.inode}" for link in links])
+    debugfs(image, [f"dump <{link.inode}> {quote(str(scratch / str(link.inode)))}" for link in links])
     targets = {}
     for link in links:
         raw = _read_bounded(scratch / str(link.inode), MAX_PATH, image)

@@ -367,7 +367,9 @@ def _check_structure(element: _Element, source: str, path: str) -> None:
         if child.tag not in allowed:
             raise ManifestParseError(f"{source}: unexpected element {where}; is it a manifest?")
         if allowed[child.tag] == ONE and child.tag in seen:
-            raise ManifestParseError(f"{source}: element {where} appears twice; the manifest is forged")
+            raise ManifestParseError(
+                f"{source}: element {where} appears twice; the manifest is damaged or forged"
+            )
         seen.add(child.tag)
         _check_structure(child, source, where)
     if element.tag == "manifest":

@@ -157,7 +157,9 @@ def read_member(stream: Readable) -> TarMember:
             prefix = _name(header[345:500])
             name = f"{prefix}/{name}" if prefix else name
         if "size" in pax:
-            size = _number(pax["size"].encode(), "pax size")
+            if not pax["size"].isascii() or not pax["size"].isdigit():
+                raise CorruptBundleError("the bundle's tar stream has a malformed pax size")
+            size = int(pax["size"])  # decimal, unlike the header's octal fields
         if kind in (b"0", b"\x00", b"7"):
             return TarMember(name, size, size)
         if kind == b"S":

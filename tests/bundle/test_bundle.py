@@ -286,11 +286,11 @@ def test_sparse_regions_are_skipped_not_compressed(tmp_path, sparse_file, user, 
 
 def test_a_failing_part_write_stops_the_pipeline_cleanly(tmp_path, user, ec2, monkeypatch):
     from amidsl.bundle import BundleError
-    from amidsl.bundle import bundle as bundle_module
+    from amidsl.node import amidsl_node as node
 
     image = tmp_path / "random.img"
     image.write_bytes(os.urandom(6 * 1024 * 1024))
-    real_write = bundle_module._PartWriter.write
+    real_write = node.PartWriter.write
     written = []
 
     def disk_full_after_1_mib(self, data):
@@ -299,7 +299,7 @@ def test_a_failing_part_write_stops_the_pipeline_cleanly(tmp_path, user, ec2, mo
         written.append(len(data))
         return real_write(self, data)
 
-    monkeypatch.setattr(bundle_module._PartWriter, "write", disk_full_after_1_mib)
+    monkeypatch.setattr(node.PartWriter, "write", disk_full_after_1_mib)
     with pytest.raises(BundleError, match=r"No space left on device.*check free space"):
         make_bundle(image, tmp_path / "out", user, ec2, part_size=256 * 1024, threads=2)
     assert os.listdir(tmp_path / "out") == []

@@ -219,20 +219,6 @@ def sudo_user(node: Node) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def aws_endpoint() -> Iterator[str]:
-    """moto's server on 127.0.0.1: S3, EC2 and STS over real HTTP."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
 def bucket(aws_endpoint: str) -> str:
     """The bundle bucket, in us-east-1 on the moto server."""
     from tests.live.node_settings import BUCKET, aws_client

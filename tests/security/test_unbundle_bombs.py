@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -132,3 +133,41 @@ def test_a_crafted_single_file_bundle_restores(tmp_path, user, craft):
     assert read_manifest(manifest).digest == hashlib.sha1(tar).hexdigest()
     restored = unbundle(manifest, user.key_pem, tmp_path / "out", user_cert_pem=user.cert_pem)
     assert restored.read_bytes() == data
+
+
+def test_a_posix_tar_with_a_pax_header_restores(tmp_path, user, craft):
+    """Bounded reading still accepts what a POSIX tar writes: the name and size from a pax header."""
+    import io
+    import tarfile
+
+    data = os.urandom(3000)
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("image")
+        info.size = len(data)
+        info.pax_headers = {"comment": "written by a POSIX tar", "path": "image", "size": str(len(data))}
+        archive.addfile(info, io.BytesIO(data))
+    manifest = craft(tmp_path / "bundle", stream.getvalue(), size=len(data))
+    restored = unbundle(manifest, user.key_pem, tmp_path / "out", user_cert_pem=user.cert_pem)
+    assert restored.read_bytes() == data
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+def test_gnu_tar_sparse_output_with_extension_blocks_restores_sparse(tmp_path, user, craft):
+    """What `tar -c -S` writes for a file of many data regions (a sparse map beyond the header)."""
+    image = tmp_path / "src" / "image"
+    image.parent.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+        for region in range(40):
+            f.seek(region * MiB + 4096)
+            f.write(os.urandom(5000))
+    tar = subprocess.run(
+        ["tar", "-c", "-S", "--owner", "0", "--group", "0", "-C", str(image.parent), "image"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    manifest = craft(tmp_path / "bundle", tar, size=64 * MiB)
+    restored = unbundle(manifest, user.key_pem, tmp_path / "out", user_cert_pem=user.cert_pem)
+    assert restored.read_bytes() == image.read_bytes()
+    assert restored.stat().st_blocks * 512 < 2 * MiB

@@ -1,0 +1,137 @@
+"""The node program's stream pieces: pigz-style gzip, AES through libcrypto, Python 3.8 syntax."""
+
+import ast
+import hashlib
+import shutil
+import subprocess
+import sys
+import zlib
+
+import pytest
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amidsl.node import PROGRAM_PATH, program_sha256, program_source
+from amidsl.node import amidsl_node as node
+
+# Repetitive data compresses across chunk boundaries, where the shared dictionary matters.
+payloads = st.one_of(
+    st.binary(max_size=20_000),
+    st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=300), st.integers(1, 200)),
+)
+
+
+def parallel_gzip(data: bytes, level: int, workers: int, chunk_size: int, pieces: int) -> bytes:
+    out: list[bytes] = []
+    gzip = node.ParallelGzip(out.append, level, workers, chunk_size)
+    step = max(1, len(data) // pieces)
+    for start in range(0, len(data), step):
+        gzip.write(data[start : start + step])
+    gzip.close()
+    return b"".join(out)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=payloads,
+    level=st.integers(1, 9),
+    workers=st.integers(1, 4),
+    chunk_size=st.integers(1, 5000),
+    pieces=st.integers(1, 7),
+)
+def test_parallel_gzip_is_one_member_that_zlib_and_gunzip_read_back(data, level, workers, chunk_size, pieces):
+    compressed = parallel_gzip(data, level, workers, chunk_size, pieces)
+    reader = zlib.decompressobj(31)
+    assert reader.decompress(compressed) == data
+    assert reader.eof and reader.unused_data == b""  # one member, nothing after it
+    gunzip = subprocess.run(["gunzip", "-c"], input=compressed, capture_output=True, check=True)
+    assert gunzip.stdout == data
+
+
+def test_parallel_gzip_of_a_large_stream_stays_close_to_plain_zlib():
+    data = program_source().encode() * 200  # about 10 MB of text, many chunks
+    ours = parallel_gzip(data, 6, 2, node.GZIP_CHUNK, 50)
+    assert zlib.decompress(ours, 31) == data
+    assert len(ours) <= len(zlib.compress(data, 6)) * 1.01
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.binary(max_size=5000),
+    cuts=st.lists(st.integers(0, 5000), max_size=6),
+    key=st.binary(min_size=16, max_size=16),
+)
+def test_aes_through_libcrypto_equals_cryptography(data, cuts, key):
+    iv = bytes(reversed(key))
+    lib, _ = node.load_libcrypto()
+    ours = node.Aes128Cbc(lib, key, iv)
+    out = b""
+    previous = 0
+    for cut in [*sorted(c for c in cuts if c <= len(data)), len(data)]:
+        out += ours.update(data[previous:cut])
+        previous = cut
+    out += ours.finish()
+    ours.close()
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    expected = encryptor.update(padder.update(data) + padder.finalize()) + encryptor.finalize()
+    assert out == expected
+
+
+def test_the_program_parses_as_python_3_8():
+    ast.parse(program_source(), filename=str(PROGRAM_PATH), feature_version=(3, 8))
+
+
+def test_the_program_imports_only_the_standard_library():
+    tree = ast.parse(program_source())
+    imported = {
+        alias.name.split(".")[0]
+        for node_ in ast.walk(tree)
+        if isinstance(node_, ast.Import)
+        for alias in node_.names
+    } | {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_the_program_runs_under_python_3_8_where_installed(tmp_path):
+    python38 = shutil.which("python3.8")
+    if python38 is None or subprocess.run([python38, "-c", "pass"], capture_output=True).returncode:
+        pytest.skip("python3.8 is not installed")
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "volume/file").write_text("x")
+    request = f'{{"volume": "{tmp_path}/volume", "destination_dir": "{tmp_path}"}}'
+    done = subprocess.run(
+        [python38, str(PROGRAM_PATH), "check"], input=request, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_shipped_source_has_a_stable_checksum():
+    assert program_sha256() == hashlib.sha256(PROGRAM_PATH.read_bytes()).hexdigest()
+    assert program_source().startswith("#!/usr/bin/env python3\n")
+
+
+def test_a_node_without_mke2fs_is_told_to_install_e2fsprogs(monkeypatch):
+    monkeypatch.setattr(node.shutil, "which", lambda name, path=None: None)
+    with pytest.raises(node.NodeError, match=r"mke2fs is not installed; install e2fsprogs"):
+        node.mke2fs_version()
+
+
+def test_an_old_mke2fs_is_refused(monkeypatch):
+    def old_mke2fs(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, 0, b"mke2fs 1.42.9 (28-Dec-2013)\n")
+
+    monkeypatch.setattr(node.subprocess, "run", old_mke2fs)
+    with pytest.raises(node.NodeError, match=r"mke2fs is version 1.42.9; .* needs e2fsprogs >= 1.43"):
+        node.mke2fs_version()
+
+
+def test_a_node_without_libcrypto_is_told_to_install_openssl(monkeypatch):
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(node.ctypes, "CDLL", no_library)
+    with pytest.raises(node.NodeError, match=r"libcrypto was not found .*; install openssl"):
+        node.load_libcrypto()
