@@ -45,7 +45,6 @@ class Command:
     summary: str
     target: str
     options: tuple[Option, ...]
-    description: str = ""
 
 
 CONFIG = Option(
