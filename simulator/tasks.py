@@ -101,12 +101,15 @@ def apply_faults(simulation: Simulation, faults: list[Fault]) -> None:
 
 
 def refuse_missing_phases(plan: Plan, every_phase: list[str]) -> None:
-    """A simulation starts from a fresh node: a chosen phase needs the phases before it (cleanup aside)."""
+    """A simulation starts from a fresh node: a chosen phase needs the phases before it.
+
+    cleanup needs only the first phase: it removes what amidsl recorded creating, whatever ran since.
+    """
     chosen = [p.name for p in plan.phases]
     for name in chosen:
-        if name == "cleanup":
-            continue
-        missing = [p for p in every_phase[: every_phase.index(name)] if p not in chosen and p != "cleanup"]
+        earlier = every_phase[: every_phase.index(name)]
+        needed = earlier[:1] if name == "cleanup" else [p for p in earlier if p != "cleanup"]
+        missing = [p for p in needed if p not in chosen]
         if missing:
             raise CommandError(
                 f"--phase {name}: each simulation starts from a fresh node, so {name} needs "

@@ -178,3 +178,10 @@ def test_ctrl_c_while_bundling_stops_promptly_and_cleans_up(temp):
     assert time.monotonic() - interrupted < 10
     assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
     assert list(temp.iterdir()) == []
+
+
+def test_cleanup_alone_is_refused_but_runs_after_install():
+    alone = amidsl("--phase", "cleanup")
+    assert alone.returncode == 2 and "cleanup needs install first" in alone.stderr
+    after_install = amidsl("--phase", "install", "--phase", "cleanup", "--quiet")
+    assert after_install.returncode == 0, after_install.stderr
