@@ -226,6 +226,8 @@ def run_plan(
             except ActionFailed as failure:
                 result.transcript += failure.records
                 description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
+                if on_controller:  # a node back-end reports its own failed action's line
+                    progress(f"  [{phase.name} {failure.index}] {description}: failed [controller]")
                 failed = (BuildError, failure.index, description, failure.status, failure.output, "")
             except KeyboardInterrupt as interrupt:
                 running = dict(actions)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib.util
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -262,6 +265,24 @@ def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
         raise SettingsError(problems, origin=origin)
     assert settings is not None
     return settings
+
+
+@functools.cache
+def known_regions() -> frozenset[str]:
+    """Every region in botocore's shipped partition data (read as JSON: boto3 itself stays unloaded)."""
+    spec = importlib.util.find_spec("botocore")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    data = Path(spec.submodule_search_locations[0], "data")
+    regions: set[str] = set()
+    # partitions.json is the newer source; endpoints.json still lists a few regions on its own.
+    for name in ("partitions.json", "endpoints.json"):
+        try:
+            partitions = json.loads((data / name).read_text(encoding="utf-8"))["partitions"]
+        except (OSError, ValueError, KeyError):
+            continue
+        regions.update(region for partition in partitions for region in partition.get("regions", {}))
+    return frozenset(regions)  # empty without partition data: the name check alone applies
 
 
 def normalise_keys(
@@ -593,6 +614,13 @@ class _Checker:
         if region is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
             self.problem(
                 "region", f"{region!r} is not an AWS region name", "use a region code such as 'us-east-1'"
+            )
+        elif region is not None and known_regions() and region not in known_regions():
+            close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
+            self.problem(
+                "region",
+                f"{region!r} is not a region AWS has (per the partition data boto3 ships)",
+                f"did you mean {close[0]!r}?" if close else "use a region code such as 'us-east-1'",
             )
         user_id = self.account_id()
         user = self.text("user", "root") or "root"

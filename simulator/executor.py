@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -183,6 +184,7 @@ class SimulatorBackend:
             if self.node.faults.interrupt_at == (phase, index):
                 self.node.faults.interrupt_at = None  # the connection drops once; a reconnect works
                 raise ActionFailed(index, 255, "ssh: connection to the node was lost", records)
+            self.progress(f"  [{phase} {index}] {action.description} ...")
             try:
                 staged = self._stage(action, env)
                 status, output = self._run_steps(node_steps(action), {**env, **staged})
@@ -264,6 +266,7 @@ class SimulatorBackend:
             extra = {name: self._words(value, env)[0] for name, value in command.env}
         except KeyError as missing:
             return CommandResult(1, f"bash: {missing.args[0]}: unbound variable\n")
+        self.node.progress.command(redact(shlex.join(argv), self.secrets()))
         if command.stdin is not None:
             # Only `cat <<'END'` takes standard input in a plan: it passes the text through.
             result = CommandResult(0, command.stdin) if argv == ["cat"] else CommandResult(2, "no stdin\n")
@@ -382,7 +385,11 @@ def prepare(
     settings: AmiSettings, node: FakeNode | None = None, region: FakeRegion | None = None, payload_mb: int = 4
 ) -> Simulation:
     """A node and region ready for the settings: the bucket exists, the signing certificate is known."""
-    region = region or FakeRegion(settings.region, node_factory=lambda: template_node(payload_mb=payload_mb))
+    region = region or FakeRegion(
+        settings.region,
+        node_factory=lambda: template_node(payload_mb=payload_mb),
+        account_id=settings.user_id,
+    )
     node = node or template_node(
         payload_mb=payload_mb, admin_user=settings.user if settings.user != "root" else "admin"
     )

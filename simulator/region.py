@@ -14,7 +14,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from amidsl.bundle.verify import check_part_digests, check_part_list, check_sign
 from amidsl.keypairs import self_signed_pair
 from simulator.node import FakeNode
 
-ACCOUNT_ID = "123456789012"  # moto's account
+ACCOUNT_ID = "123456789012"  # moto's account, and the simulated account unless one is given
 # The credentials the simulated account accepts by default (moto accepts any; the region's own upload
 # check does not). Set `FakeRegion.credentials` to accept others.
 ACCESS_KEY = "SIMULATEDACCESSKEYID"
@@ -48,18 +48,24 @@ def client_error(code: str, message: str, operation: str = "RegisterImage") -> C
 class RegionFaults:
     """Faults injected into the region's APIs."""
 
-    fail_put_number: int | None = None  # this S3 PUT, and every retry of its object, fails
+    fail_put_number: int | None = None  # this S3 PUT fails once; its retry succeeds
     s3_5xx_burst: int = 0  # this many PUT requests in a row answer 503 SlowDown
+    fail_object: str | None = None  # every PUT of the key ending in this name fails, retries included
     reject_register: str | None = None  # RegisterImage fails with this error code
-    failed_keys: set[str] = field(default_factory=set)
 
 
 class FakeRegion:
     """One simulated AWS region and account: S3, EC2 (with strict RegisterImage) and IAM."""
 
-    def __init__(self, name: str = "us-east-1", node_factory: Callable[[], FakeNode] | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "us-east-1",
+        node_factory: Callable[[], FakeNode] | None = None,
+        account_id: str = ACCOUNT_ID,
+    ) -> None:
         self.name = name
-        self.account_id = ACCOUNT_ID
+        # The account RegisterImage checks manifests against (moto keeps its state under ACCOUNT_ID).
+        self.account_id = account_id
         self.credentials = (ACCESS_KEY, SECRET_KEY, None)
         self.faults = RegionFaults()
         self.node_factory = node_factory
@@ -139,8 +145,8 @@ class FakeRegion:
         if self.faults.s3_5xx_burst > 0:
             self.faults.s3_5xx_burst -= 1
             return "SlowDown (503): Please reduce your request rate."
-        if self.put_requests == self.faults.fail_put_number or key in self.faults.failed_keys:
-            self.faults.failed_keys.add(key)
+        failing = self.faults.fail_object
+        if self.put_requests == self.faults.fail_put_number or key.rsplit("/", 1)[-1] == failing:
             return "InternalError (500): We encountered an internal error. Please try again."
         located = self.bucket_region(bucket)
         if located is None:
@@ -203,7 +209,7 @@ class FakeRegion:
         image_id = self.ec2.register_image(
             Name=name, **({"Description": params["Description"]} if params.get("Description") else {})
         )["ImageId"]
-        ami = get_backend("ec2")[self.account_id][self.name].amis[image_id]
+        ami = get_backend("ec2")[ACCOUNT_ID][self.name].amis[image_id]
         ami.image_location = location
         ami.root_device_type = "instance-store"
         ami.architecture = params.get("Architecture", manifest.architecture)

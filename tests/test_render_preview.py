@@ -18,7 +18,7 @@ from amidsl.testing import describe_image_phase
 def test_text_preview_lists_phases_numbered_actions_and_commands(raw_settings):
     text = render_text(build_plan(crate.server_spec(raw_settings)))
     assert text.startswith("amidsl plan for spec 'ami': image 'web-server-2026-11' (x86_64) in eu-west-1")
-    assert "phase ami-bundle (2 action(s))" in text
+    assert "phase ami-bundle (2 actions)" in text
     assert "  2. bundle the volume with ec2-bundle-vol" in text
     assert "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \\" in text
     assert "  1. register the image with EC2 [controller]" in text

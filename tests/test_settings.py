@@ -348,3 +348,14 @@ def test_private_key_content_never_in_errors(raw_settings, credentials):
     raw = raw_settings | {"private_key_source": {"content": credentials.key_pem[:-40]}}
     text = "\n".join(problems_of(raw))
     assert "private_key_source" in text and body not in text
+
+
+def test_a_region_aws_does_not_have_is_refused_with_the_nearest(raw_settings):
+    problems = problems_of(raw_settings | {"region": "eu-west-9"})
+    assert any("region: 'eu-west-9' is not a region AWS has" in p for p in problems)
+    assert any("did you mean 'eu-west-" in p for p in problems)
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "cn-north-1"])
+def test_regions_in_the_partition_data_are_accepted(raw_settings, region):
+    assert resolve(raw_settings | {"region": region}).region == region

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -115,8 +116,12 @@ def stream_bundle(
     sink = node.EncryptingSink(_CryptographyAes(key, iv), parts)
     try:
         # zlib-ng compresses several times faster than zlib at the same ratio.
-        with gzip_ng_threaded.open(_RawSink(sink), "wb", compresslevel=compresslevel, threads=threads) as gz:
-            digest = node.bundle_stream(image_path, prefix, gz, sink)
+        gz = gzip_ng_threaded.open(_RawSink(sink), "wb", compresslevel=compresslevel, threads=threads)
+        try:
+            digest = node.bundle_stream(image_path, prefix, gz, sink)  # closes gz when done
+        except BaseException:
+            _abandon(gz)
+            raise
         written = parts.finish(prefix)
     except BaseException as exc:
         cleanup.remove_all()
@@ -128,6 +133,16 @@ def stream_bundle(
             ) from exc
         raise
     return digest, [WrittenPart(out_dir / p["filename"], p["size"], p["sha1"]) for p in written]
+
+
+def _abandon(gz: Any) -> None:
+    """Stop the compression threads without the final flush.
+
+    After an interrupt (Ctrl-C) mid-write, zlib-ng's close() waits for queued work forever; the parts
+    are discarded anyway, so stop the threads and mark the writer closed instead.
+    """
+    gz.raw.stop()
+    gz.raw._closed = True  # zlib-ng has no abort(); without this, garbage collection would flush and wait
 
 
 def bundle_image(

@@ -37,6 +37,7 @@ from amidsl.ec2_certificate import ec2_certificate
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
 from amidsl.plan import Plan
+from amidsl.progress import Progress
 from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
 from amidsl.runner import ActionFailed, ActionInterrupted, ActionRecord
 from amidsl.secrets import Secret, redact
@@ -303,6 +304,15 @@ class LiveBackend:
                 pairs.append((secret.env_var, value))
         return pairs
 
+    def _show_commands(self, phase: str, index: int) -> None:
+        """With --verbose, the commands of the action that just started (as the script runs them)."""
+        if not isinstance(self.progress, Progress) or not self.progress.verbose:
+            return
+        actions = next((p.actions for p in self.plan.phases if p.name == phase), ())
+        if 1 <= index <= len(actions):
+            for command in render_action(actions[index - 1]):
+                self.progress.command(command)
+
     def _run_script(self, phase: str, script_path: str, pairs: list[tuple[str, str]]) -> int:
         """Run the uploaded script; stream its lines with the running action's prefix."""
         secrets = self.secrets()
@@ -316,11 +326,11 @@ class LiveBackend:
                 current["index"] = int(marker["index"])
             # Kept before it is shown: a Ctrl-C while showing it then names the right action.
             lines.append((current["index"], line))
-            self.progress(
-                line
-                if marker and marker["phase"] == phase
-                else f"    [{phase} {current['index'] or '-'}] {line}"
-            )
+            if marker and marker["phase"] == phase:
+                self.progress(line)
+                self._show_commands(phase, current["index"])
+            else:
+                self.progress(f"    [{phase} {current['index'] or '-'}] {line}")
 
         command = wrapper_command(script_path, use_sudo=not self.node.is_root)
         status, _ = self.node.run(command, stdin=env_payload(pairs), on_line=on_line)

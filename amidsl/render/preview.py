@@ -122,12 +122,20 @@ def render_json(plan: Plan) -> str:
     return json.dumps(plan_to_dict(plan), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def _shown(plan: Plan, name: str, value: str) -> str:
+    """A setting as the preview prints it: string values quoted; numbers, flags and descriptions bare."""
+    raw = getattr(plan.settings, name, None)
+    if isinstance(raw, str) and name not in ("access_key", "secret_key", "session_token", "certificate_pem"):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 def render_text(plan: Plan) -> str:
     """The plan preview as text: settings, then each phase's numbered actions and commands."""
     lines = [f"amidsl plan for {plan_title(plan)}", "", "settings:"]
     width = max(len(name) for name, _ in public_settings(plan.settings))
     for name, value in public_settings(plan.settings):
-        lines.append(f"  {name.ljust(width)}  {json.dumps(value, ensure_ascii=False)}")
+        lines.append(f"  {name.ljust(width)}  {_shown(plan, name, value)}")
     lines += ["", f"build strategy: {plan.settings.bundler}"]
     lines += [f"  {topic}: {text}" for topic, text in summary(plan.settings)]
     inputs = runtime_inputs(plan)
@@ -135,7 +143,8 @@ def render_text(plan: Plan) -> str:
         lines += ["", "supplied at run time (environment):"]
         lines += [f"  {env}: {what}" for env, what in inputs]
     for phase in plan.phases:
-        lines += ["", f"phase {phase.name} ({len(phase.actions)} action(s))"]
+        count = len(phase.actions)
+        lines += ["", f"phase {phase.name} ({count} action{'' if count == 1 else 's'})"]
         lines += [f"  WARNING: {warning}" for warning in phase.warnings]
         for index, action in enumerate(phase.actions, start=1):
             where = " [controller]" if isinstance(action, CONTROLLER_ACTIONS) else ""

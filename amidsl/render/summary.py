@@ -64,9 +64,8 @@ def _credential_origin(s: AmiSettings, name: str) -> str:
         "session_token": "AMIDSL_SESSION_TOKEN",
     }[name]
     given = getattr(s, name) is not None
+    # Not even the access key id is shown: scripts and previews name where keys come from, never a key.
     origin = "from the settings" if given else "from the AWS credential chain"
-    if name == "access_key" and s.access_key:
-        origin = f"{s.access_key} from the settings"
     if s.bundler == "native":
         return f"{origin}; used on the controller only (presigned URLs reach the node)"
     return f"{origin}; supplied at run time as {env}"

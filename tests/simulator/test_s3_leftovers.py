@@ -12,7 +12,7 @@ def keys_in_bucket(region) -> list[str]:
 
 
 def test_a_failed_upload_names_the_parts_it_left_and_how_to_remove_them(run, example_settings, region):
-    region.faults.fail_put_number = 2  # the first part goes up, the manifest does not
+    region.faults.fail_object = "image.manifest.xml"  # the part goes up, the manifest never does
     simulation = run(example_settings)
     message = str(simulation.error)
     assert simulation.error.phase == "ami-upload"
