@@ -58,7 +58,9 @@ def parse_fault(text: str, plan: Plan) -> Fault:
         raise refuse(f"not a fault I know{f' (did you mean {close[0]}?)' if close else ''}")
     if name != "reject-register" and plan.settings.bundler != "ami-tools":
         # These faults model ec2-bundle-vol and ec2-upload-bundle; a native build would never meet them.
-        raise refuse("it models the ami-tools path: add --bundler ami-tools (native builds take reject-register)")
+        raise refuse(
+            "it models the ami-tools path: add --bundler ami-tools (native builds take reject-register)"
+        )
     if name in ("fail-put", "s3-5xx"):
         if not value.isdigit() or int(value) < 1:
             raise refuse("give a whole number of 1 or more")

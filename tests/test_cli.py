@@ -324,28 +324,3 @@ def test_unknown_phase_and_format():
     assert run.returncode == 2 and "--phase: 'bundle' is not a phase of 'ami'" in run.stderr
     run = amidsl("plan", "--format", "yaml")
     assert usage_error(run) and "invalid choice: 'yaml' (choose from 'text', 'json')" in run.stderr
-
-
-def test_simulate_the_built_in_example_builds_natively_by_default():
-    run = amidsl("simulate")
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
-    assert lines[0].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
-    assert "  [ami-bundle 3] image the volume and bundle it into parts on the node: ok [node]" in lines
-    assert "ec2-bundle-vol" not in run.stdout
-    registered = next(line for line in lines if line.startswith("registered ami-"))
-    assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
-    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem") for line in lines)
-    assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)  # the node program
-
-
-
-def test_simulate_the_built_in_example_with_the_ami_tools():
-    run = amidsl("simulate", "--bundler", "ami-tools")
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
-    assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol: ok" in lines
-    registered = next(line for line in lines if line.startswith("registered ami-"))
-    assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
-    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem (*.pem)") for line in lines)
-    assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)

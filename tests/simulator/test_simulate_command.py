@@ -40,8 +40,22 @@ def temp(tmp_path) -> Path:
     return path
 
 
-def test_simulate_the_built_in_example(temp):
+def test_simulate_the_built_in_example_builds_natively_by_default(temp):
     run = amidsl(temp=temp)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
+    assert "  [ami-bundle 3] image the volume and bundle it into parts on the node: ok [node]" in lines
+    assert "ec2-bundle-vol" not in run.stdout
+    registered = next(line for line in lines if line.startswith("registered ami-"))
+    assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
+    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem") for line in lines)
+    assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)  # the node program
+    assert list(temp.iterdir()) == []
+
+
+def test_simulate_the_built_in_example_with_the_ami_tools(temp):
+    run = amidsl("--bundler", "ami-tools", temp=temp)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("using the built-in example settings")
@@ -81,7 +95,7 @@ def test_json_has_a_schema_and_honours_inspect():
 
 
 def test_json_with_a_fault_fails_naming_phase_and_action():
-    run = amidsl("--json", "--fault", "disk-full=/tmp")
+    run = amidsl("--bundler", "ami-tools", "--json", "--fault", "disk-full=/tmp")
     assert run.returncode == 1
     document = json.loads(run.stdout)
     assert document["image_id"] is None
@@ -105,18 +119,26 @@ def test_json_with_a_fault_fails_naming_phase_and_action():
     ],
 )
 def test_faults_that_make_no_sense_are_refused_and_leave_no_temp_files(temp, fault, message):
-    run = amidsl("--fault", fault, temp=temp)
+    run = amidsl("--bundler", "ami-tools", "--fault", fault, temp=temp)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"--fault '{fault}': {message}" in run.stderr
     assert list(temp.iterdir()) == []
 
 
 def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds():
-    run = amidsl("--json", "--fault", "fail-put=1")
+    run = amidsl("--bundler", "ami-tools", "--json", "--fault", "fail-put=1")
     document = json.loads(run.stdout)
     assert run.returncode == 0 and document["image_id"]
     upload = next(r for r in document["transcript"] if r["phase"] == "ami-upload")
     assert upload["output"].count("InternalError (500)") == 1
+
+
+@pytest.mark.parametrize("fault", ["fail-put=1", "s3-5xx=2", "disk-full=/tmp", "interrupt=ami-bundle:2"])
+def test_a_fault_of_the_ami_tools_path_is_refused_for_a_native_build(temp, fault):
+    run = amidsl("--fault", fault, temp=temp)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "it models the ami-tools path: add --bundler ami-tools" in run.stderr
+    assert list(temp.iterdir()) == []
 
 
 def test_a_failed_registration_prints_its_action_line():
