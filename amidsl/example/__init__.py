@@ -1,7 +1,7 @@
 """The built-in example: its settings file and throwaway signing credentials.
 
-The credentials are derived from a fixed seed (amidsl/example/derive.py) and shipped as files, so every
-run of `amidsl script` on the example gives the same bytes without re-deriving them. They are public by
+The credentials are derived from a fixed, public seed (amidsl/example/derive.py), so every run of
+`amidsl script` on the example gives the same bytes; no key material is stored. They are public by
 construction: good for plans, scripts and the simulator, and worthless on AWS, which has never seen the
 certificate.
 """
@@ -21,8 +21,6 @@ def example_config_path() -> Path:
 @functools.cache
 def example_credentials() -> tuple[str, str]:
     """(private key PEM, certificate PEM) of the example's throwaway 2048-bit RSA signing pair."""
-    files = resources.files(__package__)
-    return (
-        files.joinpath("example-pk.pem").read_text(encoding="ascii"),
-        files.joinpath("example-cert.pem").read_text(encoding="ascii"),
-    )
+    from amidsl.example.derive import derive_example_credentials  # cryptography loads only when needed
+
+    return derive_example_credentials()

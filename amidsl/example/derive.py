@@ -1,34 +1,51 @@
-"""How the example's throwaway signing pair was derived: a fixed seed, so anyone can re-derive it.
+"""The example's throwaway signing pair, derived from a public seed so anyone can re-derive it.
 
-amidsl ships the result (example-pk.pem, example-cert.pem) because deriving 2048-bit primes in pure
-Python takes most of a second; a test checks that the shipped files equal this derivation.
+Each prime is the first candidate, counting from 0, that is prime: candidate i of a label is 1024 bits
+of SHA-256 output over the seed, the label and i, with the top two bits and the low bit set. Searching
+for it costs most of a second in pure Python, so the indices the search finds are written down here;
+`first_prime_index` is the search, and a test checks it still gives these indices.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import random
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from amidsl.keypairs import self_signed_pair
 
-EXAMPLE_SEED = "amidsl example signing key, throwaway"
+EXAMPLE_SEED = b"amidsl example signing key, throwaway"
 EXAMPLE_SUBJECT = "amidsl example (throwaway, not valid on AWS)"
+PUBLIC_EXPONENT = 65537
+PRIME_BITS = 1024
+P_INDEX = 257  # first_prime_index(b"p")
+Q_INDEX = 291  # first_prime_index(b"q")
 
 SMALL_PRIMES = [n for n in range(3, 4000, 2) if all(n % f for f in range(3, int(n**0.5) + 1, 2))]
 
 
-def _is_probable_prime(n: int, rng: random.Random, rounds: int = 40) -> bool:
-    # Trial division first: it rejects most candidates far more cheaply than Miller-Rabin.
+def candidate(label: bytes, index: int) -> int:
+    """Candidate `index` for the prime named `label` (b"p" or b"q")."""
+    blocks = (
+        hashlib.sha256(EXAMPLE_SEED + label + index.to_bytes(4, "big") + block.to_bytes(2, "big")).digest()
+        for block in range(PRIME_BITS // 256)
+    )
+    return int.from_bytes(b"".join(blocks), "big") | (3 << (PRIME_BITS - 2)) | 1
+
+
+def is_probable_prime(n: int, rounds: int = 40) -> bool:
+    """Trial division, then Miller-Rabin with bases drawn from a generator seeded by n (repeatable)."""
     for small in SMALL_PRIMES:
         if n % small == 0:
             return n == small
     d, r = n - 1, 0
     while d % 2 == 0:
         d, r = d // 2, r + 1
+    bases = random.Random(n)
     for _ in range(rounds):
-        x = pow(rng.randrange(2, n - 1), d, n)
+        x = pow(bases.randrange(2, n - 1), d, n)
         if x in (1, n - 1):
             continue
         for _ in range(r - 1):
@@ -40,19 +57,20 @@ def _is_probable_prime(n: int, rng: random.Random, rounds: int = 40) -> bool:
     return True
 
 
-def _seeded_prime(rng: random.Random, bits: int, e: int) -> int:
+def first_prime_index(label: bytes) -> int:
+    """The search: the first index whose candidate is prime and fits the public exponent."""
+    index = 0
     while True:
-        candidate = rng.getrandbits(bits) | (3 << (bits - 2)) | 1
-        if candidate % e != 1 and _is_probable_prime(candidate, rng):
-            return candidate
+        n = candidate(label, index)
+        if n % PUBLIC_EXPONENT != 1 and is_probable_prime(n):
+            return index
+        index += 1
 
 
 def derive_example_credentials() -> tuple[str, str]:
     """(private key PEM, certificate PEM) of the example's throwaway 2048-bit RSA signing pair."""
-    rng = random.Random(EXAMPLE_SEED)
-    e = 65537
-    p = _seeded_prime(rng, 1024, e)
-    q = _seeded_prime(rng, 1024, e)
+    e = PUBLIC_EXPONENT
+    p, q = candidate(b"p", P_INDEX), candidate(b"q", Q_INDEX)
     d = pow(e, -1, (p - 1) * (q - 1))
     numbers = rsa.RSAPrivateNumbers(
         p=p,

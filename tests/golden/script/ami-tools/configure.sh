@@ -41,7 +41,7 @@
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
-#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
 #   bundler = ami-tools
 #   volume = /
@@ -89,18 +89,18 @@ MIIC5zCCAc+gAwIBAgIBATANBgkqhkiG9w0BAQsFADA3MTUwMwYDVQQDDCxhbWlk
 c2wgZXhhbXBsZSAodGhyb3dhd2F5LCBub3QgdmFsaWQgb24gQVdTKTAeFw0yMDAx
 MDEwMDAwMDBaFw00OTEyMzEwMDAwMDBaMDcxNTAzBgNVBAMMLGFtaWRzbCBleGFt
 cGxlICh0aHJvd2F3YXksIG5vdCB2YWxpZCBvbiBBV1MpMIIBIjANBgkqhkiG9w0B
-AQEFAAOCAQ8AMIIBCgKCAQEA6b55O9ercC2Sl8rtMaSvKfKFAuUkExScQhJv9qm1
-Tmua4ipPz35I61Kh6YXxi2uDNM53sxomKLwUhDrYa7j8Iy9GIsuhZgUjyyDbDKx2
-x45tFSH679bI7xla7lGloAaEO5Vy6fJmEV1yRITMFrq5KalFTDBfZZrxqrG48iQG
-cdwXAFV3bOIjc2s29VDj1valffbqbK4AzHUp16BYHfMA0xe/owdddKvW5Zdz9HIi
-e+ph21O8xsVa8aQw3jbv/lYN1fsTIQJtaUnDOAIUJB0ssmJlSZRxt3ePjhGBZMIr
-52+mok3CWQmqN+olP64ej0Jth5MgyS/14Xg75/xj8KXPBQIDAQABMA0GCSqGSIb3
-DQEBCwUAA4IBAQBE/c0OefnjqkuobTX07jJlnV8XuTXlTheaRmvhbptvkdr9WaFg
-ASWw5Z4I1YGX2T7RRqz17ubmX9kbdSQLtH1WC+7INi8+3BDvhueGcMQEsY5ygsz6
-tCUkpeCEfh+MtczjEXwFf8Ai01AVKYNKtEOe+B1ByyeEjhfnwFqFpd4N0xeeqjq/
-nsp5c9yEZgKDI12miNlufTbXkM6dhacwilNji93pNKksYL4lvjKqqXTP2588Eo1b
-BgEXJCXc9NXilKnEVHq4srqrvxaikNXR9w007iFYYThsayJ22tMoRDCRJOauFQEP
-oEYRrgcVedYWt41x7U70Geq3RryJg0SvzTJ/
+AQEFAAOCAQ8AMIIBCgKCAQEAukhGvzpZ0V5e8giiHBt2z74shIRFzbOmN3u6icbB
+duDIO+PZR4O7lWbURKxGHj7f+QPhRZfW5619xxpyMADa/K5GG+aQKOF8qSW0iPIb
+e2/IJ8YoMC7JctU1CiJosoZrMUjAPJmaGdkqHhGWvKwEh1SuR4t9cjBwi4UsG46z
+6Rxmnrd4q6ApAibmod/K8m59O44a/4XbY51UDsoiCGg4K715cZavJNfRL3ij9quK
+m8Jk59mIOZD/Mvk0rJz9f4gukeK9MJBQu3o1ZZ4ppgYsQCWueVDhU0bKTSUvfx8P
+Zlrxtda/59ra/97/Oc0LzVR8AacZdi6suj8DUuxZBvrHvwIDAQABMA0GCSqGSIb3
+DQEBCwUAA4IBAQBi/L68kkomsLbCiTYf6oeDLHvN1PDVqiL2n3/8iy4MGTcr9hOg
+dTqDF5lOeOvWV81PiCfc2jviUMKRSw6C6ThNC4TyCip5vTxGA7Z5jf8lpfX7R9H6
+pEA3Ok4bxE1DZ1XfmgKMPvMjQnSUxxG96fVb7bvmLllupT7YKqi301f+URxu9KEv
+FZ39RkyS0YTb0eUM7/vIalsXJy3IxCQ9AWQjMRwR/NWOMGyRMfgcb6ZSVOx9fUEW
+O5pOzZbmns+iQrPLu8UogMA0gVvt7QnIF9TrQouEK6BiFCr1rCI2HZiGSJcRT9WK
+wh7ckGBbsvMokm5AO6OOA8ERleY49c1+R007
 -----END CERTIFICATE-----
 ' > /opt/ami-tools/credentials/cert
   step configure 2 'install the private signing key'
