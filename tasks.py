@@ -1,5 +1,5 @@
-"""invoke tasks for amidsl (`inv --list`): the same collection the `amidsl` command runs."""
+"""invoke tasks for amidsl (`inv --list`): the commands of `amidsl`, made from the same table."""
 
-from amidsl.tasks import ns
+from amidsl.invoke_tasks import collection
 
-__all__ = ["ns"]
+ns = collection()

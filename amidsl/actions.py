@@ -88,6 +88,7 @@ class RemoteFile:
     group: str = "root"
     mode: str = "0644"
     secret: bool = False
+    verbatim: bool = False  # shown as a quoted here-document, so the text reads as is (a program)
     description: str = "write a file"
 
     def __post_init__(self) -> None:
@@ -95,6 +96,8 @@ class RemoteFile:
             raise ValueError(f"RemoteFile {self.path}: give exactly one of content or staged")
         if self.secret and self.content is not None:
             raise ValueError(f"RemoteFile {self.path}: a secret file must be staged, not inline")
+        if self.verbatim and not (self.content or "").endswith("\n"):
+            raise ValueError(f"RemoteFile {self.path}: verbatim content must end with a line break")
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,73 @@ class CheckResult:
     description: str = "check an API result"
 
 
+@dataclass(frozen=True)
+class ControllerSecret:
+    """A secret the controller makes while the build runs (the AES key and IV, presigned URLs).
+
+    Plans hold only its name; its value reaches the node only on the node program's standard input.
+    """
+
+    name: str
+    what: str
+
+
+@dataclass(frozen=True)
+class NodeProgram:
+    """Run amidsl's node program on the node: `python3 PROGRAM COMMAND`, one JSON request on stdin.
+
+    Request values are JSON data or ControllerSecret placeholders filled in at run time; the program's
+    last line of output (a JSON object) is kept as `result_name`. With `refresh_expired`, parts whose
+    presigned URLs expired (exit status 3) are presigned again and sent again.
+    """
+
+    program: str
+    command: str
+    request: tuple[tuple[str, object], ...]
+    result_name: str
+    refresh_expired: bool = False
+    description: str = "run amidsl's node program"
+
+
+@dataclass(frozen=True)
+class MakeBundleKey:
+    """Make a fresh AES-128 key and IV on the controller; kept in memory, never written anywhere."""
+
+    description: str = "make the AES key and IV of the bundle on the controller"
+
+
+@dataclass(frozen=True)
+class SignManifest:
+    """Build and sign the bundle manifest on the controller from the node program's bundle report."""
+
+    from_result: str
+    result_name: str
+    description: str = "build and sign the manifest on the controller"
+
+
+@dataclass(frozen=True)
+class PresignParts:
+    """Presign one S3 PUT URL per bundle part (ACL aws-exec-read), skipping parts already uploaded."""
+
+    from_result: str
+    bucket: str
+    key_prefix: str
+    region: str
+    result_name: str
+    description: str = "presign an upload URL per part (parts already in S3 are skipped)"
+
+
+@dataclass(frozen=True)
+class UploadManifest:
+    """Upload the signed manifest to S3 from the controller (ACL aws-exec-read)."""
+
+    from_result: str
+    bucket: str
+    key: str
+    region: str
+    description: str = "upload the signed manifest to S3 from the controller"
+
+
 Action = (
     InstallPackages
     | Directory
@@ -184,10 +254,18 @@ Action = (
     | AwsCall
     | UpdateSettings
     | CheckResult
+    | NodeProgram
+    | MakeBundleKey
+    | SignManifest
+    | PresignParts
+    | UploadManifest
 )
 
-# Actions that run on the controller rather than on the node.
-CONTROLLER_ACTIONS = (AwsCall, UpdateSettings, CheckResult)
+# The native strategy's controller-side steps (the runner hands them to amidsl.native_controller).
+NATIVE_CONTROLLER_ACTIONS = (MakeBundleKey, SignManifest, PresignParts, UploadManifest)
+# Actions that run on the controller rather than on the node. A NodeProgram runs on the node, but the
+# controller drives it (it sends the request and reads the report), so it is run on its own.
+CONTROLLER_ACTIONS = (AwsCall, UpdateSettings, CheckResult, *NATIVE_CONTROLLER_ACTIONS)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,216 @@
-"""The `amidsl` command: an invoke Program over the same tasks as ./tasks.py."""
+"""The `amidsl` command: an argparse front end over the command table (amidsl/cli_table.py).
+
+Usage errors exit with status 2 and suggest the nearest command or option; a command's own failures
+(CommandError) print their message without a traceback; a closed pipe (`amidsl plan | head -1`) and
+Ctrl-C end the command quietly. Only the chosen command's module is imported.
+"""
 
 from __future__ import annotations
 
-from invoke import Program
+import argparse
+import difflib
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from amidsl import __version__
-from amidsl.tasks import ns
+from amidsl.cli_table import COMMANDS, FAILED, INTERRUPTED, USAGE_ERROR, Command, CommandError, find_command
 
-program = Program(namespace=ns, version=__version__, name="amidsl", binary="amidsl")
+BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
+DEBUG_ENV = "AMIDSL_DEBUG"
 
 
-def main() -> None:
-    """Run the amidsl command line."""
-    program.run()
+def suggestion(word: str, candidates: Sequence[str]) -> str:
+    """' (did you mean X?)' for the candidate nearest to word, or ''."""
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def top_help() -> str:
+    """`amidsl --help`: one line per command."""
+    width = max(len(command.name) for command in COMMANDS) + 2
+    lines = [
+        "usage: amidsl [-h] [--version] COMMAND [OPTIONS]",
+        "",
+        "Build S3-backed (instance-store) AMIs: preview, script, simulate and run the build.",
+        "",
+        "commands:",
+        *(f"  {command.name:<{width}}{command.summary}" for command in COMMANDS),
+        f"  {'help':<{width}}show a command's options (amidsl help COMMAND)",
+        "",
+        "Run 'amidsl COMMAND --help' for a command's options.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argparse parser whose errors suggest the nearest option and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print usage, the error and a did-you-mean hint; exit 2."""
+        hint = ""
+        if message.startswith("unrecognized arguments: "):
+            unknown = message.removeprefix("unrecognized arguments: ").split()[0].split("=")[0]
+            known = [flag for action in self._actions for flag in action.option_strings]
+            hint = suggestion(unknown, known)
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}{hint}\n")
+
+
+def command_parser(command: Command) -> CommandParser:
+    """The argparse parser for one command, built from its table entry."""
+    parser = CommandParser(
+        prog=f"amidsl {command.name}",
+        description=command.summary[0].upper() + command.summary[1:] + ".",
+        allow_abbrev=False,
+    )
+    for option in command.options:
+        names = ([option.short] if option.short else []) + [option.flag]
+        extra: dict[str, object] = {"help": option.help}
+        if option.positional:
+            parser.add_argument(
+                option.name, nargs="?", default=option.default, choices=option.choices, **extra
+            )
+            continue
+        if option.default is False:
+            parser.add_argument(*names, dest=option.name, action="store_true", **extra)
+            continue
+        if option.choices:
+            extra["choices"] = option.choices
+        if isinstance(option.default, tuple):
+            extra["action"] = "append"
+        elif isinstance(option.default, int):
+            extra["type"] = int
+        if option.default not in (None, (), "") and "default" not in option.help:
+            extra["help"] = f"{option.help} (default: {option.default})"
+        parser.add_argument(
+            *names,
+            dest=option.name,
+            metavar=option.metavar or (None if option.choices else option.name.upper()),
+            required=option.required,
+            default=None if isinstance(option.default, tuple) else option.default,
+            **extra,
+        )
+    return parser
+
+
+def usage_error(message: str) -> int:
+    """Print a top-level usage error; the exit status for it."""
+    sys.stderr.write(f"usage: amidsl [-h] [--version] COMMAND [OPTIONS]\namidsl: error: {message}\n")
+    return USAGE_ERROR
+
+
+def unknown_command(name: str) -> int:
+    """The error for a word that is not a command."""
+    names = [command.name for command in COMMANDS] + ["help"]
+    return usage_error(f"{name!r} is not an amidsl command{suggestion(name, names)}; see 'amidsl --help'")
+
+
+def run_command(command: Command, args: Sequence[str]) -> int:
+    """Parse a command's options, run it and turn its clean failures into an exit status."""
+    try:
+        options = vars(command_parser(command).parse_args(args))
+    except SystemExit as done:  # argparse's --help (0) and usage errors (2)
+        return done.code if isinstance(done.code, int) else USAGE_ERROR
+    for option in command.options:
+        if isinstance(option.default, tuple):
+            options[option.name] = options[option.name] or []
+    module, _, function = command.target.partition(":")
+    try:
+        getattr(importlib.import_module(module), function)(**options)
+    except CommandError as err:
+        sys.stdout.flush()
+        print(str(err), file=sys.stderr)
+        return err.code
+    return 0
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run the amidsl command line on argv (without the program name); the exit status."""
+    if not argv:
+        sys.stderr.write(top_help())
+        return USAGE_ERROR
+    first, rest = argv[0], list(argv[1:])
+    if first in ("-h", "--help"):
+        sys.stdout.write(top_help())
+        return 0
+    if first == "--version":
+        print(f"amidsl {__version__}")
+        return 0
+    if first == "help":
+        if not rest or rest[0] == "help":
+            sys.stdout.write(top_help())
+            return 0
+        first, rest = rest[0], ["--help"]
+    if first.startswith("-"):
+        return usage_error(f"unknown option {first}; options go after the command, see 'amidsl --help'")
+    command = find_command(first)
+    if command is None:
+        return unknown_command(first)
+    return run_command(command, rest)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the amidsl command line and exit with its status."""
+    try:
+        status = run(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("\namidsl: interrupted", file=sys.stderr)
+        status = INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`amidsl plan | head -1`): send what is still buffered nowhere, quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = BROKEN_PIPE
+    except Exception as err:  # a bug, not bad input: one line, and the traceback on request
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"amidsl: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"(set {DEBUG_ENV}=1 for the traceback, and please report it)", file=sys.stderr)
+        status = FAILED
+    sys.exit(status)
+
+
+def completion(shell: str) -> None:
+    """Print a bash completion script for amidsl, made from the command table."""
+    names = " ".join([command.name for command in COMMANDS] + ["help"])
+    choices, flags = [], []
+    for command in COMMANDS:
+        words = " ".join(["--help", *(o.flag for o in command.options if not o.positional)])
+        flags.append(f'            {command.name}) COMPREPLY=($(compgen -W "{words}" -- "$cur")) ;;')
+        for option in command.options:
+            if option.choices:
+                after = (
+                    f"{command.name} {option.flag}" if not option.positional else f"completion {command.name}"
+                )
+                values = " ".join(option.choices)
+                choices.append(
+                    f'        "{after}") COMPREPLY=($(compgen -W "{values}" -- "$cur")); return ;;'
+                )
+    script = BASH_COMPLETION.replace("@NAMES@", names)
+    print(script.replace("@CHOICES@", "\n".join(choices)).replace("@FLAGS@", "\n".join(flags)), end="")
+
+
+# Empty answers fall back to file names (complete -o default): most option values are files.
+BASH_COMPLETION = """\
+# bash completion for amidsl; load it with: eval "$(amidsl completion bash)"
+_amidsl() {
+    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
+    COMPREPLY=()
+    if [ "$COMP_CWORD" -eq 1 ] || [ "$prev" = help ]; then
+        COMPREPLY=($(compgen -W "@NAMES@ --help --version" -- "$cur"))
+        return
+    fi
+    case "${COMP_WORDS[1]} $prev" in
+@CHOICES@
+    esac
+    if [[ "$cur" == -* ]]; then
+        case "${COMP_WORDS[1]}" in
+@FLAGS@
+        esac
+    fi
+}
+complete -o default -F _amidsl amidsl
+"""

@@ -1,46 +1,145 @@
-"""Helpers the amidsl command's tasks share: loading settings, clean exits, writing output."""
+"""Helpers the amidsl commands share: finding and loading the settings, writing output."""
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
-from invoke.exceptions import Exit
-
+from amidsl.cli_table import CommandError
 from amidsl.crate import server_spec
 from amidsl.example import example_config_path
+from amidsl.live.settings import LiveSettings, load_live_table, resolve_live
 from amidsl.plan import Plan, Spec, build_plan
-from amidsl.settings import SettingsError, load_toml
+from amidsl.settings import AmiSettings, Problem, SettingsError, load_toml
 
-BAD_INPUT = 2
-
-CONFIG_HELP = "TOML settings file with an [ami] table (default: the built-in example)"
-PHASE_HELP = "phase to include (repeatable; default: all phases in order)"
-OUTPUT_HELP = "write to this file instead of standard output"
+CONFIG_ENV = "AMIDSL_CONFIG"
+LOCAL_CONFIG = "amidsl.toml"
 
 
-def load_spec(config: str | None) -> Spec:
-    """The ami server spec for a settings file (or the built-in example)."""
-    path = Path(config) if config else example_config_path()
-    return server_spec(load_toml(path))
+@dataclass(frozen=True)
+class ConfigChoice:
+    """The settings file a command uses and why: --config, $AMIDSL_CONFIG, ./amidsl.toml or the example."""
+
+    path: Path
+    origin: str
+
+    @property
+    def is_example(self) -> bool:
+        """True when no settings file was found and the built-in example stands in."""
+        return self.origin == "built-in example"
+
+    def describe(self) -> str:
+        """One line saying which settings are in use."""
+        if self.is_example:
+            return f"using the built-in example settings ({LOCAL_CONFIG} not found; give --config FILE)"
+        return f"using settings {self.path} (from {self.origin})"
 
 
-def load_plan(config: str | None, phases: list[str] | None) -> Plan:
-    """Load, validate and plan; bad input becomes a clean exit with status 2 and every problem."""
+def find_config(config: str | None) -> ConfigChoice:
+    """--config, then $AMIDSL_CONFIG, then ./amidsl.toml, then the built-in example."""
+    if config:
+        return ConfigChoice(Path(config), "--config")
+    if os.environ.get(CONFIG_ENV):
+        return ConfigChoice(Path(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}")
+    if Path(LOCAL_CONFIG).is_file():
+        return ConfigChoice(Path(LOCAL_CONFIG), f"./{LOCAL_CONFIG}")
+    return ConfigChoice(example_config_path(), "built-in example")
+
+
+def announce_config(choice: ConfigChoice, data_on_stdout: bool) -> None:
+    """Say which settings are in use: on stderr when stdout carries data (a plan, a script, JSON)."""
+    print(choice.describe(), file=sys.stderr if data_on_stdout else sys.stdout, flush=True)
+
+
+def load_spec(choice: ConfigChoice, bundler: str | None = None) -> Spec:
+    """The ami server spec for a settings file; `bundler` overrides the file's own."""
+    settings = load_toml(choice.path)
+    return server_spec(settings | {"bundler": bundler} if bundler else settings)
+
+
+def load_plan(choice: ConfigChoice, phases: list[str] | None) -> Plan:
+    """Load, validate and plan; bad input becomes a CommandError with status 2 and every problem."""
     try:
-        return build_plan(load_spec(config), phases=phases or None)
+        return build_plan(load_spec(choice), phases=phases or None)
     except SettingsError as err:
-        raise Exit(str(err), code=BAD_INPUT) from None
+        raise CommandError(str(err)) from None
 
 
 def emit(text: str, output: str | None) -> None:
-    """Print text, or write it to `output` (reporting where)."""
+    """Print text, or write it to `output` (a new file gets 0666 less the umask, as `>` would give)."""
     if not output:
         print(text, end="")
         return
     try:
         Path(output).write_text(text, encoding="utf-8")
     except OSError as err:
-        raise Exit(
-            f"-o {output}: cannot write ({err.strerror}); choose a writable path", code=BAD_INPUT
-        ) from None
+        raise CommandError(f"-o {output}: cannot write ({err.strerror}); choose a writable path") from None
     print(f"wrote {output}")
+
+
+KNOWN_TABLES = ("ami", "live")
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """A settings file's spec (from [ami]), its plan for the chosen phases, and its [live] settings."""
+
+    spec: Spec
+    plan: Plan
+    live: LiveSettings
+
+
+def unknown_tables(path: Path) -> list[Problem]:
+    """A problem for each top-level table amidsl does not read (a typo like [aws] or [Live])."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []  # load_toml reports these
+    problems = []
+    for name in data:
+        if name not in KNOWN_TABLES:
+            close = difflib.get_close_matches(name, KNOWN_TABLES, n=1)
+            hint = f"did you mean [{close[0]}]?" if close else "amidsl reads [ami] and [live]"
+            problems.append(Problem(f"[{name}]", "is not a table amidsl knows", f"remove it ({hint})"))
+    return problems
+
+
+def load_live_config(choice: ConfigChoice, phases: list[str] | None = None) -> LiveConfig:
+    """Load and validate [ami] and [live] of a settings file, with every problem in one CommandError."""
+    problems = unknown_tables(choice.path)
+    plan = live = None
+    try:
+        spec = server_spec(load_toml(choice.path))
+        plan = build_plan(spec, phases=phases or None)
+    except SettingsError as err:
+        problems += err.problems
+    try:
+        live = resolve_live(load_live_table(choice.path), origin=f"{choice.path} [live]")
+    except SettingsError as err:
+        problems += err.problems
+    if problems:
+        raise CommandError(str(SettingsError(problems, origin=str(choice.path))))
+    assert plan is not None and live is not None
+    return LiveConfig(spec, plan, live)
+
+
+def refuse_example_credentials(choice: ConfigChoice, settings: AmiSettings) -> None:
+    """Stop a live command before it touches AWS or a node when the settings are the throwaway example."""
+    if choice.is_example:
+        raise CommandError(
+            "--config: live builds and AWS checks need your settings file ([ami] and [live]); "
+            f"give --config FILE, set ${CONFIG_ENV}, or write ./{LOCAL_CONFIG}"
+        )
+    example = [
+        name for name in ("private_key_source", "certificate_source") if getattr(settings, name).example
+    ]
+    if example:
+        raise CommandError(
+            f"{choice.path}: {' and '.join(example)} = {{ example = true }} is amidsl's throwaway example "
+            "pair, which AWS never accepts; give your own files, e.g. "
+            '{ local_file = "~/.ec2/pk-XXXX.pem" }'
+        )

@@ -20,10 +20,10 @@ from amidsl.actions import (
     StagedFile,
     Value,
 )
-from amidsl.settings import NODE_STATE_DIR
+from amidsl.settings import NODE_STATE_DIR, created_record_name
 
 # amidsl's record, on the node, of the directories it created: the only ones it will remove recursively.
-# One marker directory per created directory, named by its path with '%' and '/' percent-encoded.
+# One marker directory per created directory, named by its path (settings.created_record_name).
 CREATED_RECORD = f"{NODE_STATE_DIR}/created"
 
 _GLOB_SAFE = re.compile(r"[A-Za-z0-9._*-]+")
@@ -47,13 +47,15 @@ Word = Value | StagedFile | Glob
 
 @dataclass(frozen=True)
 class Command:
-    """One program run: argv, extra environment, working directory, user, optional stdout file."""
+    """One program run: argv, extra environment, working directory, user, optional stdout file, and
+    optional standard input text (a here-document)."""
 
     argv: tuple[Word, ...]
     env: tuple[tuple[str, Value], ...] = ()
     cwd: str | None = None
     user: str = "root"
     stdout: str | None = None
+    stdin: str | None = None
 
     def __post_init__(self) -> None:
         for name, _ in self.env:
@@ -136,10 +138,12 @@ def node_steps(action: Action) -> tuple[Step, ...]:
             return (_install((), action.mode, action.owner, action.group, "--", action.staged, action.path),)
         assert action.content is not None
         # Create the file with its mode first, so the content never sits in a readable file.
-        return (
-            _install((), action.mode, action.owner, action.group, "/dev/null", action.path),
-            Command(("printf", "%s", action.content), stdout=action.path),
+        write = (
+            Command(("cat",), stdout=action.path, stdin=action.content)
+            if action.verbatim
+            else Command(("printf", "%s", action.content), stdout=action.path)
         )
+        return (_install((), action.mode, action.owner, action.group, "/dev/null", action.path), write)
     if isinstance(action, RemoteDirectory):
         return _remote_directory(action)
     if isinstance(action, Exec):
@@ -152,7 +156,7 @@ def node_steps(action: Action) -> tuple[Step, ...]:
 
 def created_marker(path: str) -> str:
     """The marker in amidsl's record saying amidsl created `path`."""
-    return f"{CREATED_RECORD}/{path.replace('%', '%25').replace('/', '%2F')}"
+    return f"{CREATED_RECORD}/{created_record_name(path)}"
 
 
 def record_if_created(path: str) -> IfMissing:

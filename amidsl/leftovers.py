@@ -77,9 +77,9 @@ def remove_leftovers(s: AmiSettings, keys: list[str], call_aws: CallAws) -> None
             raise RuntimeError(f"{error.get('Key')}: {error.get('Code')} {error.get('Message', '')}".strip())
 
 
-def leftovers_note(s: AmiSettings, call_aws: CallAws, remove: bool) -> str:
-    """After a failed upload or registration: what remains in S3 and how to remove it (or that it was
-    removed, checked by listing again). Empty when nothing remains."""
+def leftovers_note(s: AmiSettings, call_aws: CallAws, remove: bool) -> tuple[bool, str]:
+    """After a failed upload or registration: (bundle removed from S3?, what remains there and how to
+    remove it, or that it was removed, checked by listing again; empty when nothing was there)."""
     place = f"s3://{s.s3_bucket}/{bundle_prefix(s)}"
     try:
         keys = find_leftovers(s, call_aws)
@@ -87,16 +87,19 @@ def leftovers_note(s: AmiSettings, call_aws: CallAws, remove: bool) -> str:
             remove_leftovers(s, keys, call_aws)
             remaining = find_leftovers(s, call_aws)
             if not remaining:
-                return f"The bundle was removed from S3 ({len(keys)} object(s) under {place})."
+                return True, f"The bundle was removed from S3 ({len(keys)} object(s) under {place})."
             keys = remaining
     except (Exception, KeyboardInterrupt) as err:
         err = err if str(err) else "interrupted"
-        return (
+        return False, (
             f"Files of the bundle may remain in S3 under {place} (listing or removing them failed: {err}). "
             f"Remove them with: {removal_command(s)}"
         )
     if not keys:
-        return ""
+        return False, ""
     names = ", ".join(f"s3://{s.s3_bucket}/{key}" for key in keys)
     advice = "" if remove else " (or run with --on-error cleanup-all to have amidsl remove them)"
-    return f"The bundle's files were left in S3: {names}. Remove them with: {removal_command(s)}{advice}"
+    return (
+        False,
+        f"The bundle's files were left in S3: {names}. Remove them with: {removal_command(s)}{advice}",
+    )

@@ -16,22 +16,28 @@ from typing import Any, Protocol
 
 from amidsl.actions import (
     CONTROLLER_ACTIONS,
+    NATIVE_CONTROLLER_ACTIONS,
     Action,
     AwsCall,
     CheckResult,
+    NodeProgram,
     PhasePlan,
     Remove,
     RuntimeValue,
     UpdateSettings,
 )
+from amidsl.controller import ControllerStepFailed, run_controller_step, secret_values
 from amidsl.leftovers import UPLOADING_PHASES, leftovers_note
 from amidsl.plan import Plan
 from amidsl.secrets import redact
-from amidsl.settings import AmiSettings
+from amidsl.settings import AmiSettings, printable
 
 # cleanup: remove the credentials from the node; cleanup-all: also what a failed upload or registration
 # left in S3; abort: leave everything for debugging.
 ON_ERROR_POLICIES = ("cleanup", "cleanup-all", "abort")
+# Run by the runner one at a time: controller-side actions, and node-program runs, which the controller
+# drives (it sends the request on stdin and reads the report back).
+DRIVEN_BY_CONTROLLER = (*CONTROLLER_ACTIONS, NodeProgram)
 OUTPUT_TAIL_LINES = 20
 
 
@@ -108,7 +114,8 @@ class BuildError(Exception):
         self.transcript = list(transcript)
         self.resume = resume
         self.cause = cause or (f"failed with exit status {status}" if status is not None else "failed")
-        tail = "\n".join(output.rstrip().splitlines()[-OUTPUT_TAIL_LINES:])
+        # The node's output may hold escape sequences: shown, they must not drive the user's terminal.
+        tail = printable("\n".join(output.rstrip().splitlines()[-OUTPUT_TAIL_LINES:]))
         message = f"phase {phase}, action {index} ({description}) {self.cause}"
         if tail:
             message += "\n" + "\n".join(f"  | {line}" for line in tail.splitlines())
@@ -143,8 +150,11 @@ def credential_removal(settings: AmiSettings) -> Remove:
     return Remove(settings.credential_dir, contents=True, description="remove the credentials")
 
 
-def resume_hint(phase: str, credentials_removed: bool) -> str:
+def resume_hint(phase: str, credentials_removed: bool, native: bool = False) -> str:
     """How to carry on after a failure in `phase`."""
+    if native and phase not in ("install", "cleanup"):
+        # The bundle report and the AES key lived in the controller's memory; the program was removed.
+        return "To resume, fix the cause and run the build again from phase install."
     if credentials_removed and phase not in ("install", "configure", "cleanup"):
         return (
             "To resume, fix the cause, then run configure (the credentials were removed) and the "
@@ -157,7 +167,7 @@ def split_by_side(phase: PhasePlan) -> list[tuple[bool, list[tuple[int, Action]]
     """The phase's numbered actions in consecutive runs: (on_controller, actions)."""
     runs: list[tuple[bool, list[tuple[int, Action]]]] = []
     for index, action in enumerate(phase.actions, start=1):
-        side = isinstance(action, CONTROLLER_ACTIONS)
+        side = isinstance(action, DRIVEN_BY_CONTROLLER)
         if not runs or runs[-1][0] != side:
             runs.append((side, []))
         runs[-1][1].append((index, action))
@@ -188,7 +198,7 @@ def run_plan(
         raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, not {on_error!r}")
     settings = plan.settings
     values = {"image_id": settings.image_id} if settings.image_id else {}
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Any] = {}
     result = BuildResult(settings)
     secrets = list(backend.secrets())
     for phase in plan.phases:
@@ -200,14 +210,24 @@ def run_plan(
                     progress(f"phase {phase.name}")
                 if on_controller:
                     for index, action in actions:
-                        record = _run_controller_action(phase.name, index, action, backend, values, results)
-                        progress(f"  [{phase.name} {index}] {action.description}: ok [controller]")
+                        try:
+                            record = _run_controller_action(
+                                phase.name, index, action, backend, values, results, settings
+                            )
+                        except KeyboardInterrupt as interrupt:
+                            if isinstance(interrupt, ActionInterrupted):
+                                raise
+                            raise ActionInterrupted(index) from None
+                        where = "node" if isinstance(action, NodeProgram) else "controller"
+                        progress(f"  [{phase.name} {index}] {action.description}: ok [{where}]")
                         result.transcript.append(record)
                 else:
                     result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
             except ActionFailed as failure:
                 result.transcript += failure.records
                 description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
+                if on_controller:  # a node back-end reports its own failed action's line
+                    progress(f"  [{phase.name} {failure.index}] {description}: failed [controller]")
                 failed = (BuildError, failure.index, description, failure.status, failure.output, "")
             except KeyboardInterrupt as interrupt:
                 running = dict(actions)
@@ -224,18 +244,21 @@ def run_plan(
                 continue
             kind, index, description, status, output, cause = failed
             removed, note = _after_failure(plan, backend, on_error, result)
+            resume_from = phase.name
+            hidden = [*secrets, *secret_values(results)]
             if phase.name in UPLOADING_PHASES:
-                s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
+                gone, s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
                 note = f"{note}\n{s3_note}" if s3_note else note
+                resume_from = "ami-upload" if gone else resume_from  # the bundle must go up again
             raise kind(
                 phase.name,
                 index,
                 description,
                 status,
-                redact(output, secrets),
-                redact(note, secrets),
+                redact(output, hidden),
+                redact(note, hidden),
                 result.transcript,
-                resume_hint(phase.name, removed),
+                resume_hint(resume_from, removed, native=settings.bundler == "native"),
                 cause,
             ) from None
         result.phases.append(phase.name)
@@ -249,7 +272,8 @@ def _run_controller_action(
     action: Action,
     backend: NodeBackend,
     values: dict[str, str],
-    results: dict[str, dict[str, Any]],
+    results: dict[str, Any],
+    settings: AmiSettings,
 ) -> ActionRecord:
     if isinstance(action, AwsCall):
         try:
@@ -269,6 +293,18 @@ def _run_controller_action(
         if found != action.length:
             raise ActionFailed(index, 1, f"expected {action.length} item(s) in {action.field}, found {found}")
         return ActionRecord(phase, index, action.description, "check", 0, f"{action.field}: {found}")
+    if isinstance(action, (*NATIVE_CONTROLLER_ACTIONS, NodeProgram)):
+        try:
+            output = run_controller_step(action, settings, backend, results)  # type: ignore[arg-type]
+        except ControllerStepFailed as err:
+            raise ActionFailed(index, err.status, str(err)) from None
+        except Exception as err:
+            # No secret reaches a message: key, IV and URLs are never part of an error text we make.
+            raise ActionFailed(index, 1, f"{action.description}: {type(err).__name__}: {err}") from err
+        where = "node" if isinstance(action, NodeProgram) else "controller"
+        return ActionRecord(
+            phase, index, action.description, where, 0, redact(output, secret_values(results))
+        )
     raise TypeError(f"the runner does not know the controller action {type(action).__name__}")
 
 
@@ -280,6 +316,8 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
             False,
             f"on_error=abort: everything is left in place for debugging, credentials included ({where}).",
         )
+    if plan.settings.bundler == "native":
+        return _remove_node_program(plan.settings.install_dir, backend, result)
     try:
         result.transcript += backend.run_node_actions(
             "on-error", [(1, credential_removal(plan.settings))], {}
@@ -295,6 +333,21 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
         )
     # The removal checks that the directory is empty afterwards: only then is this said.
     return True, f"The credentials were removed from the node ({where})."
+
+
+def _remove_node_program(where: str, backend: NodeBackend, result: BuildResult) -> tuple[bool, str]:
+    """After a failed native build: no credential was ever on the node; remove amidsl's node program."""
+    removal = Remove(where, recursive=True, description="remove the amidsl node program (install_dir)")
+    try:
+        result.transcript += backend.run_node_actions("on-error", [(1, removal)], {})
+    except KeyboardInterrupt:
+        return False, f"No credential was on the node; amidsl's node program may remain in {where}."
+    except Exception as err:
+        return False, f"No credential was on the node; removing {where} failed ({err})."
+    return True, (
+        "No credential was on the node (native build); amidsl's node program was removed "
+        f"({where}). Bundle parts, if any, stay in destination_dir until cleanup."
+    )
 
 
 def _interrupted(actions: Sequence[tuple[int, Action]]) -> str:

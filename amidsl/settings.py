@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib.util
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -33,6 +36,7 @@ DEFAULT_RUBY_VERSION = "2.7.8"
 NODE_STATE_DIR = "/var/lib/amidsl"
 
 INSTALL_STRATEGIES = ("rbenv", "package", "none")
+BUNDLERS = ("native", "ami-tools")
 ARCHITECTURES = ("x86_64", "i386", "arm64")
 VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
 
@@ -98,6 +102,7 @@ SYSTEM_DIRS = PROTECTED_DIRS | frozenset(
         NODE_STATE_DIR,
     ]
 )
+MAX_FILE_NAME = 255  # bytes, on Linux file systems
 # Directories holding a user's keys: never a credential or install directory, wherever they are.
 KEY_DIR_NAMES = frozenset({".ssh", ".gnupg", ".aws"})
 # Settings whose value is free text: a line break is allowed there (no other control character).
@@ -159,6 +164,10 @@ class AmiSettings:
     certificate_pem: str
     private_key_pem: Secret
     image_id: str | None = None
+    bundler: str = "native"
+    volume: str = "/"
+    ec2_certificate_source: Source | None = None
+    ec2_certificate_pem: str = ""
 
     @property
     def tools_dir(self) -> str:
@@ -199,7 +208,7 @@ class SettingsError(ValueError):
 
 SETTING_NAMES = (*tuple(f.name for f in dataclasses.fields(AmiSettings)), "extra_exclusions")
 # Derived from other settings, never given by a user.
-_DERIVED = {"certificate_pem", "private_key_pem"}
+_DERIVED = {"certificate_pem", "private_key_pem", "ec2_certificate_pem"}
 USER_KEYS = tuple(sorted(set(SETTING_NAMES) - _DERIVED))
 
 
@@ -256,6 +265,24 @@ def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
         raise SettingsError(problems, origin=origin)
     assert settings is not None
     return settings
+
+
+@functools.cache
+def known_regions() -> frozenset[str]:
+    """Every region in botocore's shipped partition data (read as JSON: boto3 itself stays unloaded)."""
+    spec = importlib.util.find_spec("botocore")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    data = Path(spec.submodule_search_locations[0], "data")
+    regions: set[str] = set()
+    # partitions.json is the newer source; endpoints.json still lists a few regions on its own.
+    for name in ("partitions.json", "endpoints.json"):
+        try:
+            partitions = json.loads((data / name).read_text(encoding="utf-8"))["partitions"]
+        except (OSError, ValueError, KeyError):
+            continue
+        regions.update(region for partition in partitions for region in partition.get("regions", {}))
+    return frozenset(regions)  # empty without partition data: the name check alone applies
 
 
 def normalise_keys(
@@ -328,6 +355,11 @@ def is_control(char: str) -> bool:
     """A C0 or C1 control character, DEL, or a Unicode line/paragraph separator."""
     code = ord(char)
     return code < 32 or 0x7F <= code <= 0x9F or char in "\u2028\u2029"
+
+
+def created_record_name(path: str) -> str:
+    """The file name under which the node records that amidsl created `path` ('%' and '/' encoded)."""
+    return path.replace("%", "%25").replace("/", "%2F")
 
 
 def printable(text: str) -> str:
@@ -440,6 +472,9 @@ class _Checker:
         value = self.node_path(name, default) or default
         self.comma_free(name, value)
         reason = system_dir_reason(value)
+        # The node records the directory under a file name made from its path (see amidsl.commands).
+        if len(created_record_name(value).encode()) > MAX_FILE_NAME:
+            self.problem(name, f"{value!r} is too long for amidsl's record of it", "use a shorter path")
         if reason is not None:
             self.problem(
                 name,
@@ -580,6 +615,13 @@ class _Checker:
             self.problem(
                 "region", f"{region!r} is not an AWS region name", "use a region code such as 'us-east-1'"
             )
+        elif region is not None and known_regions() and region not in known_regions():
+            close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
+            self.problem(
+                "region",
+                f"{region!r} is not a region AWS has (per the partition data boto3 ships)",
+                f"did you mean {close[0]!r}?" if close else "use a region code such as 'us-east-1'",
+            )
         user_id = self.account_id()
         user = self.text("user", "root") or "root"
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", user):
@@ -678,6 +720,20 @@ class _Checker:
             )
             image_size_mb = None
         inherit = self.flag("inherit", True)
+        bundler = self.choice("bundler", "native", BUNDLERS)
+        volume = self.node_path("volume", "/") or "/"
+        ec2_certificate_source = self.source("ec2_certificate_source")
+        ec2_cert_pem = self.read_source("ec2_certificate_source", ec2_certificate_source) or ""
+        if ec2_cert_pem:
+            try:
+                # Expiry is not checked: EC2's certificates are long expired and still in use.
+                x509.load_pem_x509_certificate(ec2_cert_pem.encode("ascii"))
+            except ValueError:
+                self.problem(
+                    "ec2_certificate_source",
+                    "is not a PEM X.509 certificate",
+                    "give EC2's cert-ec2*.pem from the ec2-ami-tools archive",
+                )
         # Given only to resume a build after ami-register (e.g. to run a test phase alone).
         image_id = self.text("image_id")
         if image_id is not None and not re.fullmatch(r"ami-[0-9a-f]{8}([0-9a-f]{9})?", image_id):
@@ -737,6 +793,10 @@ class _Checker:
             certificate_pem=cert_pem or "",
             private_key_pem=Secret(key_pem or ""),
             image_id=image_id,
+            bundler=bundler,
+            volume=volume,
+            ec2_certificate_source=ec2_certificate_source,
+            ec2_certificate_pem=ec2_cert_pem,
         )
 
     def aws_credentials(self) -> tuple[str | None, Secret | None, Secret | None]:

@@ -146,6 +146,12 @@ def upload_bundle(ctx: RunContext) -> CommandResult:
     attempts = UPLOAD_ATTEMPTS if options.get("--retry") else 1
     credentials = (str(options["-a"]), str(options["-s"]), str(options.get("-t") or "") or None)
     lines = [f"Uploading bundled image parts to the S3 bucket {bucket} ..."]
+    sizes = {
+        name: node.host_path(f"{folder.rstrip('/')}/{name}").stat().st_size
+        for name in files
+        if node.exists(f"{folder.rstrip('/')}/{name}")
+    }
+    transfer = node.progress.transfer("uploading", sum(sizes.values()))
     for name in files:
         key = f"{key_prefix.strip('/')}/{name}" if key_prefix.strip("/") else name
         path = f"{folder.rstrip('/')}/{name}"
@@ -155,9 +161,11 @@ def upload_bundle(ctx: RunContext) -> CommandResult:
             error = node.region.upload_object(bucket, key, node.read_bytes(path), region, credentials)
             if error is None:
                 lines.append(f"Uploaded {name}")
+                transfer.advance(sizes[name])
                 break
             lines.append(f"Error uploading {name} (attempt {attempt}): {error}")
         else:
             return fail(1, "\n".join([*lines, f"ERROR: failed to upload {name}"]))
+    transfer.finish()
     lines.append("Bundle upload completed.")
     return ok("\n".join(lines) + "\n")

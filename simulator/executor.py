@@ -9,7 +9,11 @@ the registered bundle from the fake S3, verifies and unbundles it, and lists the
 from __future__ import annotations
 
 import io
+import json
+import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -17,8 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amidsl.actions import Action, AwsCall, EnvSecret, OptionalArg, RuntimeValue, StagedFile
-from amidsl.bundle import ImageEntry, LeftOut, Manifest, list_image, unbundle, verify_bundle
+from amidsl.actions import Action, AwsCall, EnvSecret, NodeProgram, OptionalArg, RuntimeValue, StagedFile
+from amidsl.bundle import (
+    ImageEntry,
+    ImageReport,
+    LeftOut,
+    Manifest,
+    Reason,
+    list_image,
+    unbundle,
+    verify_bundle,
+)
 from amidsl.commands import (
     ByPackageManager,
     Check,
@@ -30,12 +43,12 @@ from amidsl.commands import (
     created_marker,
     node_steps,
 )
-from amidsl.crate import RBENV_URL, RUBY_BUILD_URL
 from amidsl.plan import Plan, Spec, build_plan
 from amidsl.render.shell import render_action
-from amidsl.runner import ActionFailed, ActionRecord, BuildError, BuildResult, run_plan
+from amidsl.runner import ActionFailed, ActionInterrupted, ActionRecord, BuildError, BuildResult, run_plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
+from amidsl.strategies.ami_tools import RBENV_URL, RUBY_BUILD_URL
 from simulator.ami_tools import ami_tools_zip
 from simulator.node import CommandResult, FakeNode, NodeInterrupted
 from simulator.programs import model_script
@@ -113,6 +126,54 @@ class SimulatorBackend:
         """Send an API call to the fake region."""
         return self.region.call(action.service, action.operation, params)
 
+    def s3_client(self) -> Any:
+        """The fake region's S3 client (the controller's HeadObject and PutObject)."""
+        return self.region.s3
+
+    def presign_client(self) -> Any:
+        """An S3 client whose presigned URLs the node program can reach (loopback HTTP)."""
+        return self.region.presign_client()
+
+    def ec2_certificate(self) -> str:
+        """The fake region's own EC2 certificate: its RegisterImage opens the EC2 copy of the key."""
+        return self.region.ec2_cert_pem
+
+    def run_node_program(self, action: NodeProgram, request: bytes) -> tuple[int, str, str]:
+        """Run the node program the install phase shipped (the real code, read from the node's disk).
+
+        It runs on this machine against the node's directory: the volume and destination_dir are mapped
+        to the directory (exclusions are paths in the image, so they stay), and mapped back in what the
+        program prints.
+        """
+        program = self.node.host_path(action.program)
+        if not program.is_file():
+            message = f"python3: can't open file '{action.program}': [Errno 2] No such file or directory\n"
+            return 2, "", message
+        data = json.loads(request)
+        for name in ("volume", "destination_dir"):
+            if name in data:
+                data[name] = str(self.node.host_path(data[name]))
+        done = subprocess.run(
+            [sys.executable, "-I", str(program), action.command],
+            input=json.dumps(data).encode("utf-8"),
+            capture_output=True,
+            check=False,
+        )
+        root = str(self.node.root)
+        stdout, stderr = (
+            out.decode("utf-8", "replace").replace(root, "") for out in (done.stdout, done.stderr)
+        )
+        if action.command == "bundle" and done.returncode == 0:
+            self._keep_left_out(json.loads(stdout.strip().splitlines()[-1]))
+        return done.returncode, stdout, stderr
+
+    def _keep_left_out(self, report: dict[str, Any]) -> None:
+        """Keep what the node program left out of the image, for inspect_image."""
+        # The report names path and reason, not the matching rule: the path stands for it.
+        left_out = tuple(LeftOut(path, Reason(reason), path) for path, reason in report.get("left_out", []))
+        image = self.node.host_path(f"{self.settings.destination_dir}/{report['prefix']}")
+        self.node.last_bundle_report = ImageReport(image, 0, 0, left_out)
+
     def run_node_actions(
         self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]
     ) -> list[ActionRecord]:
@@ -123,11 +184,14 @@ class SimulatorBackend:
             if self.node.faults.interrupt_at == (phase, index):
                 self.node.faults.interrupt_at = None  # the connection drops once; a reconnect works
                 raise ActionFailed(index, 255, "ssh: connection to the node was lost", records)
+            self.progress(f"  [{phase} {index}] {action.description} ...")
             try:
                 staged = self._stage(action, env)
                 status, output = self._run_steps(node_steps(action), {**env, **staged})
             except NodeInterrupted as err:
                 raise ActionFailed(index, 255, str(err), records) from None
+            except KeyboardInterrupt:
+                raise ActionInterrupted(index) from None
             finally:
                 if self.node.exists(STAGING_DIR):
                     self.node.remove(STAGING_DIR)
@@ -202,7 +266,12 @@ class SimulatorBackend:
             extra = {name: self._words(value, env)[0] for name, value in command.env}
         except KeyError as missing:
             return CommandResult(1, f"bash: {missing.args[0]}: unbound variable\n")
-        result = self.node.run(argv, extra, command.cwd or "/", command.user)
+        self.node.progress.command(redact(shlex.join(argv), self.secrets()))
+        if command.stdin is not None:
+            # Only `cat <<'END'` takes standard input in a plan: it passes the text through.
+            result = CommandResult(0, command.stdin) if argv == ["cat"] else CommandResult(2, "no stdin\n")
+        else:
+            result = self.node.run(argv, extra, command.cwd or "/", command.user)
         if command.stdout is None or result.status != 0:
             return result
         target = command.stdout
@@ -316,7 +385,11 @@ def prepare(
     settings: AmiSettings, node: FakeNode | None = None, region: FakeRegion | None = None, payload_mb: int = 4
 ) -> Simulation:
     """A node and region ready for the settings: the bucket exists, the signing certificate is known."""
-    region = region or FakeRegion(settings.region, node_factory=lambda: template_node(payload_mb=payload_mb))
+    region = region or FakeRegion(
+        settings.region,
+        node_factory=lambda: template_node(payload_mb=payload_mb),
+        account_id=settings.user_id,
+    )
     node = node or template_node(
         payload_mb=payload_mb, admin_user=settings.user if settings.user != "root" else "admin"
     )

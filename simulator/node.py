@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amidsl.progress import Progress
+
 # OS family -> the package holding its package manager.
 OS_FAMILIES = {"debian": "apt", "rhel": "dnf", "amazon": "yum"}
 BASE_PACKAGES = frozenset({"bash", "coreutils", "util-linux", "ca-certificates"})
@@ -40,6 +42,7 @@ BASE_COMMANDS = frozenset(
         "bash",
         "sh",
         "ls",
+        "python3",
     ]
 )
 
@@ -99,6 +102,9 @@ class FakeNode:
     running: bool = True
     region: Any = None  # the FakeRegion the node's AWS calls reach (ec2-upload-bundle)
     last_bundle_report: Any = None  # what the last ec2-bundle-vol left out of the image, and why
+    progress: Progress = field(
+        default_factory=Progress
+    )  # commands (verbose) and byte transfers, as the user asked
 
     def __post_init__(self) -> None:
         if self.os_family not in OS_FAMILIES:

@@ -8,6 +8,8 @@ packages that do not exist, a step run before its prerequisite).
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterable
 
@@ -365,6 +367,16 @@ def ruby(ctx: RunContext) -> CommandResult:
     return ok("ruby (simulated)\n")
 
 
+def python3(ctx: RunContext) -> CommandResult:
+    """`python3 -I -c CODE ARG...`: the real interpreter runs CODE; ARGs that are node paths are mapped."""
+    if ctx.argv[1:3] != ["-I", "-c"] or len(ctx.argv) < 4:
+        return fail(2, "python3 (simulated) runs only `python3 -I -c CODE ARG...`\n")
+    args = [str(ctx.node.host_path(a)) if a.startswith("/") else a for a in ctx.argv[4:]]
+    done = subprocess.run([sys.executable, "-I", "-c", ctx.argv[3], *args], capture_output=True, check=False)
+    output = (done.stdout + done.stderr).decode("utf-8", "replace").replace(str(ctx.node.root), "")
+    return CommandResult(done.returncode, output)
+
+
 def standard_programs() -> dict[str, Program]:
     """The registry every FakeNode starts with (the ami-tools models are added by simulator.ami_tools)."""
     from simulator.ami_tools import bundle_vol, upload_bundle
@@ -388,6 +400,7 @@ def standard_programs() -> dict[str, Program]:
         "git": git,
         "rbenv": rbenv,
         "ruby": ruby,
+        "python3": python3,
         "ec2-bundle-vol": bundle_vol,
         "ec2-upload-bundle": upload_bundle,
     }

@@ -10,17 +10,20 @@ violation raises the botocore ClientError with the code EC2 uses.
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.backends import get_backend
+from moto.server import ThreadedMotoServer
 
 from amidsl.bundle import BundleError, Manifest, parse_manifest
 from amidsl.bundle.keys import decrypt_with_key, load_private_key
@@ -28,7 +31,7 @@ from amidsl.bundle.verify import check_part_digests, check_part_list, check_sign
 from amidsl.keypairs import self_signed_pair
 from simulator.node import FakeNode
 
-ACCOUNT_ID = "123456789012"  # moto's account
+ACCOUNT_ID = "123456789012"  # moto's account, and the simulated account unless one is given
 # The credentials the simulated account accepts by default (moto accepts any; the region's own upload
 # check does not). Set `FakeRegion.credentials` to accept others.
 ACCESS_KEY = "SIMULATEDACCESSKEYID"
@@ -45,18 +48,24 @@ def client_error(code: str, message: str, operation: str = "RegisterImage") -> C
 class RegionFaults:
     """Faults injected into the region's APIs."""
 
-    fail_put_number: int | None = None  # this S3 PUT, and every retry of its object, fails
+    fail_put_number: int | None = None  # this S3 PUT fails once; its retry succeeds
     s3_5xx_burst: int = 0  # this many PUT requests in a row answer 503 SlowDown
+    fail_object: str | None = None  # every PUT of the key ending in this name fails, retries included
     reject_register: str | None = None  # RegisterImage fails with this error code
-    failed_keys: set[str] = field(default_factory=set)
 
 
 class FakeRegion:
     """One simulated AWS region and account: S3, EC2 (with strict RegisterImage) and IAM."""
 
-    def __init__(self, name: str = "us-east-1", node_factory: Callable[[], FakeNode] | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "us-east-1",
+        node_factory: Callable[[], FakeNode] | None = None,
+        account_id: str = ACCOUNT_ID,
+    ) -> None:
         self.name = name
-        self.account_id = ACCOUNT_ID
+        # The account RegisterImage checks manifests against (moto keeps its state under ACCOUNT_ID).
+        self.account_id = account_id
         self.credentials = (ACCESS_KEY, SECRET_KEY, None)
         self.faults = RegionFaults()
         self.node_factory = node_factory
@@ -66,6 +75,7 @@ class FakeRegion:
         self.object_acls: dict[tuple[str, str], str] = {}
         self._mock = mock_aws()
         self._mock.start()
+        self._server: ThreadedMotoServer | None = None  # S3 over HTTP on loopback, for presigned URLs
         session = boto3.Session(
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=name
         )
@@ -79,6 +89,9 @@ class FakeRegion:
         """Stop the region's moto mock and every node it launched."""
         for node in self.nodes.values():
             node.close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
         self._mock.stop()
 
     # -- what a user sets up before a build -------------------------------------------------------
@@ -132,8 +145,8 @@ class FakeRegion:
         if self.faults.s3_5xx_burst > 0:
             self.faults.s3_5xx_burst -= 1
             return "SlowDown (503): Please reduce your request rate."
-        if self.put_requests == self.faults.fail_put_number or key in self.faults.failed_keys:
-            self.faults.failed_keys.add(key)
+        failing = self.faults.fail_object
+        if self.put_requests == self.faults.fail_put_number or key.rsplit("/", 1)[-1] == failing:
             return "InternalError (500): We encountered an internal error. Please try again."
         located = self.bucket_region(bucket)
         if located is None:
@@ -143,6 +156,26 @@ class FakeRegion:
         self.s3.put_object(Bucket=bucket, Key=key, Body=data, ACL="aws-exec-read")
         self.object_acls[(bucket, key)] = "aws-exec-read"
         return None
+
+    def presign_client(self) -> Any:
+        """An S3 client whose presigned URLs reach this region's S3 over HTTP on 127.0.0.1.
+
+        The server shares the in-process moto state, so what a node PUTs there is what the region sees.
+        """
+        if self._server is None:
+            # The server's request log would print every presigned URL, signature included.
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self._server.start()
+        host, port = self._server.get_host_and_port()
+        return boto3.client(
+            "s3",
+            region_name=self.name,
+            aws_access_key_id=self.credentials[0],
+            aws_secret_access_key=self.credentials[1],
+            endpoint_url=f"http://{host}:{port}",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
 
     # -- the API calls plans make ------------------------------------------------------------------
 
@@ -176,7 +209,7 @@ class FakeRegion:
         image_id = self.ec2.register_image(
             Name=name, **({"Description": params["Description"]} if params.get("Description") else {})
         )["ImageId"]
-        ami = get_backend("ec2")[self.account_id][self.name].amis[image_id]
+        ami = get_backend("ec2")[ACCOUNT_ID][self.name].amis[image_id]
         ami.image_location = location
         ami.root_device_type = "instance-store"
         ami.architecture = params.get("Architecture", manifest.architecture)

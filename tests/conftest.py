@@ -42,8 +42,12 @@ def credentials(tmp_path: Path, key_and_cert: tuple[str, str]) -> Credentials:
 
 @pytest.fixture
 def raw_settings(credentials: Credentials) -> dict:
-    """A complete, valid settings mapping for a build."""
+    """A complete, valid settings mapping for a build with the ami-tools strategy.
+
+    Tests of native builds set `bundler` themselves (native is the default without this key).
+    """
     return {
+        "bundler": "ami-tools",
         "image_name": "web-server-2026-11",
         "image_description": "web server base image",
         "region": "eu-west-1",

@@ -1,22 +1,43 @@
-"""The `amidsl` command: plan, script and validate, and how bad input is reported."""
+"""The `amidsl` command: help, usage errors, config discovery, plan/script/validate and their output."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from amidsl.cli_table import COMMANDS
 from amidsl.example import example_config_path
 from tests.live.node_settings import write_toml
 
-
-def amidsl(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "amidsl", *args], capture_output=True, text=True, cwd=cwd)
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_help_lists_every_command():
+def amidsl(*args: str, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k != "AMIDSL_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "amidsl", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        timeout=300,
+    )
+
+
+def usage_error(run: subprocess.CompletedProcess) -> bool:
+    return run.returncode == 2 and "Traceback" not in run.stderr and run.stdout == ""
+
+
+# -- help, version and usage errors ------------------------------------------------------------
+
+
+def test_help_lists_every_command_on_one_line_each():
     run = amidsl("--help")
     assert run.returncode == 0
     for command in (
@@ -29,41 +50,249 @@ def test_help_lists_every_command():
         "verify-bundle",
         "unbundle",
         "image-ls",
+        "help",
     ):
-        assert f"\n  {command} " in run.stdout
+        assert re.search(rf"\n  {command} +\S", run.stdout), command
+    assert "--prompt-for-sudo-password" not in run.stdout and "Docstring" not in run.stdout
 
 
-def test_plan_on_the_built_in_example():
-    run = amidsl("plan")
+@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
+def test_command_help_three_ways_is_the_same(command):
+    long, short, word = amidsl(command, "--help"), amidsl(command, "-h"), amidsl("help", command)
+    assert long.returncode == short.returncode == word.returncode == 0
+    assert long.stdout == short.stdout == word.stdout
+    assert long.stdout.startswith(f"usage: amidsl {command} ")
+
+
+def test_every_option_of_the_table_is_in_the_command_help():
+    for command in COMMANDS:
+        text = amidsl(command.name, "--help").stdout
+        for option in command.options:
+            assert (option.name if option.positional else option.flag) in text, (command.name, option)
+
+
+def test_version():
+    run = amidsl("--version")
+    assert run.returncode == 0 and re.fullmatch(r"amidsl \d+\.\d+\.\d+\n", run.stdout)
+
+
+def test_a_mistyped_command_suggests_the_nearest():
+    run = amidsl("pln")
+    assert usage_error(run)
+    assert "'pln' is not an amidsl command (did you mean plan?)" in run.stderr
+
+
+def test_a_mistyped_option_suggests_the_nearest():
+    run = amidsl("plan", "--fromat", "json")
+    assert usage_error(run) and "unrecognized arguments: --fromat" in run.stderr
+    assert "(did you mean --format?)" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--dry"],
+        ["plan", "--config"],
+        ["validate", "plan"],
+        ["build", "-h", "node"],  # -h is help everywhere, never --host: this is help, exit 0
+        ["plan", "--format", "yaml"],
+        ["simulate", "--payload-mb", "many"],
+        ["bundle-image", "--image", "disk.img"],
+        ["help", "nope"],
+    ],
+)
+def test_nothing_a_user_types_ends_in_a_traceback(args):
+    run = amidsl(*args)
+    assert "Traceback" not in run.stderr + run.stdout
+    assert run.returncode == (0 if "-h" in args else 2), run.stderr
+
+
+def test_required_options_are_named_together():
+    run = amidsl("verify-bundle")
+    assert usage_error(run) and "the following arguments are required: --manifest, --cert" in run.stderr
+
+
+# `true` exits before Python has started, so the first write meets a closed pipe.
+@pytest.mark.parametrize("command", ["amidsl --help | true", "amidsl plan | true"])
+def test_a_closed_pipe_ends_the_command_quietly(command):
+    python = f"{sys.executable} -m amidsl"
+    run = subprocess.run(
+        ["bash", "-c", f"{command.replace('amidsl', python, 1)}; echo status=${{PIPESTATUS[0]}}"],
+        capture_output=True,
+        text=True,
+    )
+    assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr
+    assert run.stdout.splitlines()[-1] == "status=141"
+
+
+def test_plan_script_and_validate_load_no_aws_ssh_moto_or_invoke_code():
+    probe = (
+        "import sys\n"
+        "from amidsl.cli import run\n"
+        "for command in ('plan', 'script', 'validate'):\n"
+        "    assert run([command]) == 0\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore', 'moto', 'paramiko', "
+        "'invoke'})\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "HEAVY []" in run.stderr
+
+
+def test_bash_completion_script_is_valid_and_knows_the_commands():
+    run = amidsl("completion", "bash")
+    assert run.returncode == 0
+    check = subprocess.run(["bash", "-n"], input=run.stdout, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    completed = subprocess.run(
+        ["bash", "-c", run.stdout + 'COMP_WORDS=(amidsl pl); COMP_CWORD=1; _amidsl; echo "${COMPREPLY[@]}"'],
+        capture_output=True,
+        text=True,
+    )
+    assert completed.stdout.split() == ["plan"]
+    formats = subprocess.run(
+        ["bash", "-c", run.stdout + 'COMP_WORDS=(amidsl plan --format ""); COMP_CWORD=3; _amidsl; '
+         'echo "${COMPREPLY[@]}"'],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert formats.stdout.split() == ["text", "json"]
+
+
+def test_invoke_tasks_are_made_from_the_same_table():
+    run = subprocess.run([sys.executable, "-m", "invoke", "--list"], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    for command in COMMANDS:
+        assert f"  {command.name} " in run.stdout
+    simulate = subprocess.run(
+        [sys.executable, "-m", "invoke", "--help", "simulate"], capture_output=True, text=True, cwd=REPO
+    )
+    for flag in ("--fault", "--payload-mb", "--inspect", "--quiet", "--verbose"):
+        assert flag in simulate.stdout
+    plan = subprocess.run(
+        [sys.executable, "-m", "invoke", "plan", "--phase", "cleanup", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert [p["name"] for p in json.loads(plan.stdout)["phases"]] == ["cleanup"]
+
+
+# -- config discovery ----------------------------------------------------------------------------
+
+
+def test_plan_on_the_built_in_example_says_so_on_stderr(tmp_path):
+    run = amidsl("plan", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "image 'amidsl-example-ami'" in run.stdout and "phase cleanup" in run.stdout
+    assert "using the built-in example settings" in run.stderr
+
+
+def test_amidsl_toml_in_the_current_directory_is_used(tmp_path, raw_settings):
+    write_toml(tmp_path / "amidsl.toml", {"ami": raw_settings})
+    run = amidsl("validate", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "using settings amidsl.toml (from ./amidsl.toml)" in run.stdout
+    assert "settings OK: image 'web-server-2026-11'" in run.stdout
+
+
+def test_amidsl_config_beats_the_current_directory_and_config_beats_both(tmp_path, raw_settings):
+    write_toml(tmp_path / "amidsl.toml", {"ami": raw_settings})
+    other = write_toml(tmp_path / "other.toml", {"ami": raw_settings | {"image_name": "from-env"}})
+    run = amidsl("plan", cwd=tmp_path, env={"AMIDSL_CONFIG": str(other)})
+    assert "image 'from-env'" in run.stdout and "(from $AMIDSL_CONFIG)" in run.stderr
+    given = amidsl(
+        "plan", "--config", str(example_config_path()), cwd=tmp_path, env={"AMIDSL_CONFIG": str(other)}
+    )
+    assert "image 'amidsl-example-ami'" in given.stdout and "(from --config)" in given.stderr
+
+
+# -- plan, script, validate ------------------------------------------------------------------------
 
 
 def test_plan_json_parses_and_honours_phases():
     run = amidsl("plan", "--format", "json", "--phase", "ami-upload", "--phase", "ami-bundle")
     data = json.loads(run.stdout)
+    assert data["schema"] == "amidsl.plan/1"
     assert [p["name"] for p in data["phases"]] == ["ami-bundle", "ami-upload"]
 
 
-def test_script_for_the_example_file_is_identical_across_runs(tmp_path):
+def test_plan_text_quotes_only_strings_and_counts_in_words():
+    text = amidsl("plan").stdout
+    assert re.search(r"\n  install_ruby +true\n", text)
+    assert re.search(r"\n  image_size_mb +\(none\)\n", text)
+    assert re.search(r'\n  region +"us-east-1"\n', text)
+    assert "phase ami-register (2 actions)" in text and "action(s)" not in text
+
+
+def test_script_for_the_example_file_is_identical_across_runs():
     first = amidsl("script", "--config", str(example_config_path()))
     second = amidsl("script", "--config", str(example_config_path()))
     assert first.returncode == 0 and first.stdout == second.stdout
     assert first.stdout.startswith("#!/usr/bin/env bash\n")
 
 
-def test_script_to_a_file(tmp_path):
+def test_script_header_shows_where_keys_come_from_never_a_key(tmp_path, raw_settings):
+    raw = raw_settings | {"access_key": "AKIAEXAMPLEEXAMPLE12", "secret_key": "hush-hush"}
+    run = amidsl("script", "--config", str(write_toml(tmp_path / "ami.toml", {"ami": raw})))
+    assert run.returncode == 0, run.stderr
+    assert "AKIAEXAMPLEEXAMPLE12" not in run.stdout and "hush-hush" not in run.stdout
+    assert "from the settings; supplied at run time as AMIDSL_ACCESS_KEY" in run.stdout
+
+
+def test_script_to_a_file_follows_the_umask_and_is_not_executable(tmp_path):
     target = tmp_path / "build.sh"
-    run = amidsl("script", "-o", str(target), "--phase", "cleanup")
+    run = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'umask 077 && exec "$0" -m amidsl script -o {target} --phase cleanup',
+            sys.executable,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0 and run.stdout == f"wrote {target}\n"
     assert "phase_cleanup()" in target.read_text() and "phase_install()" not in target.read_text()
-    assert target.stat().st_mode & 0o111
+    assert target.stat().st_mode & 0o777 == 0o600
 
 
 def test_validate_good_settings(tmp_path, raw_settings):
     run = amidsl("validate", "--config", str(write_toml(tmp_path / "ami.toml", {"ami": raw_settings})))
     assert run.returncode == 0
-    assert run.stdout.startswith("settings OK: image 'web-server-2026-11' (x86_64) in eu-west-1")
+    assert run.stdout.splitlines()[1].startswith(
+        "settings OK: image 'web-server-2026-11' (x86_64) in eu-west-1"
+    )
+
+
+def test_validate_reports_live_typos_and_unknown_tables(tmp_path, raw_settings):
+    config = write_toml(
+        tmp_path / "ami.toml", {"ami": raw_settings, "live": {"hots": "node"}, "aws": {"region": "x"}}
+    )
+    run = amidsl("validate", "--config", str(config))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "live.hots: is not a known [live] setting" in run.stderr and "did you mean 'host'?" in run.stderr
+    assert "[aws]: is not a table amidsl knows" in run.stderr
+
+
+@pytest.mark.parametrize("command", [["validate", "--live"], ["build", "--host", "node"]])
+def test_live_commands_refuse_the_example_credentials_before_any_aws_or_node_work(
+    tmp_path, raw_settings, command
+):
+    raw = raw_settings | {"private_key_source": {"example": True}, "certificate_source": {"example": True}}
+    config = write_toml(tmp_path / "ami.toml", {"ami": raw, "live": {"endpoint_url": "http://127.0.0.1:9"}})
+    run = amidsl(*command, "--config", str(config))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "{ example = true } is amidsl's throwaway example pair, which AWS never accepts" in run.stderr
+    assert "AWS OK" not in run.stdout and "ok:" not in run.stdout
+
+
+def test_live_commands_refuse_the_built_in_example(tmp_path):
+    for command in (["validate", "--live"], ["build", "--host", "node"]):
+        run = amidsl(*command, cwd=tmp_path)
+        assert run.returncode == 2 and "live builds and AWS checks need your settings file" in run.stderr
 
 
 def test_bad_config_lists_every_problem_and_exits_2_without_traceback(tmp_path, raw_settings):
@@ -71,6 +300,7 @@ def test_bad_config_lists_every_problem_and_exits_2_without_traceback(tmp_path, 
         "s3_bucket": "Bad_Bucket",
         "user_id": "AKIAEXAMPLEEXAMPLE12",
         "secret_key": "hush-hush",
+        "region": "eu-west-9",
     }
     config = str(write_toml(tmp_path / "ami.toml", {"ami": raw}))
     for command in ("plan", "script", "validate"):
@@ -79,6 +309,7 @@ def test_bad_config_lists_every_problem_and_exits_2_without_traceback(tmp_path, 
         assert "Traceback" not in run.stderr
         assert "s3_bucket: 'Bad_Bucket' is not a valid S3 bucket name" in run.stderr
         assert "user_id: 'AKIAEXAMPLEEXAMPLE12' is an access key id, not an account id" in run.stderr
+        assert "region: 'eu-west-9' is not a region AWS has" in run.stderr
         assert "secret_key: is missing" not in run.stderr  # access_key is missing instead
         assert "hush-hush" not in run.stderr + run.stdout
 
@@ -88,62 +319,8 @@ def test_missing_config_file(tmp_path):
     assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_unknown_phase_and_format(tmp_path):
+def test_unknown_phase_and_format():
     run = amidsl("plan", "--phase", "bundle")
     assert run.returncode == 2 and "--phase: 'bundle' is not a phase of 'ami'" in run.stderr
     run = amidsl("plan", "--format", "yaml")
-    assert run.returncode == 2 and "choose text or json" in run.stderr
-
-
-def test_invoke_tasks_file_exposes_the_same_commands():
-    repo = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-m", "invoke", "--list"], capture_output=True, text=True, cwd=repo)
-    assert run.returncode == 0, run.stderr
-    for command in ("plan", "script", "validate"):
-        assert command in run.stdout
-
-
-# -- amidsl simulate ------------------------------------------------------------------------------
-
-
-def test_simulate_the_built_in_example():
-    run = amidsl("simulate")
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
-    assert lines[0].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
-    assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol: ok" in lines
-    registered = next(line for line in lines if line.startswith("registered ami-"))
-    assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
-    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem (*.pem)") for line in lines)
-    assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)
-
-
-def test_simulate_json_with_a_fault_fails_naming_phase_and_action():
-    run = amidsl("simulate", "--json", "--fault", "disk-full=/tmp")
-    assert run.returncode == 1
-    document = json.loads(run.stdout)
-    assert document["image_id"] is None
-    assert document["error"].startswith("phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol)")
-    assert document["transcript"][-1]["phase"] == "on-error"
-    assert "simulated build failed: phase ami-bundle, action 2" in run.stderr
-
-
-def test_simulate_rejects_an_unknown_fault():
-    run = amidsl("simulate", "--fault", "meteor=1")
-    assert run.returncode == 2 and "--fault 'meteor=1': not a fault I know" in run.stderr
-    assert "Traceback" not in run.stderr
-
-
-def test_simulate_writes_nothing_outside_temporary_directories_and_removes_those(tmp_path):
-    work, temp = tmp_path / "work", tmp_path / "temp"
-    work.mkdir()
-    temp.mkdir()
-    run = subprocess.run(
-        [sys.executable, "-m", "amidsl", "simulate"],
-        capture_output=True,
-        text=True,
-        cwd=work,
-        env={**os.environ, "TMPDIR": str(temp)},
-    )
-    assert run.returncode == 0, run.stderr
-    assert list(work.iterdir()) == [] and list(temp.iterdir()) == []
+    assert usage_error(run) and "invalid choice: 'yaml' (choose from 'text', 'json')" in run.stderr

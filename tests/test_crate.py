@@ -1,9 +1,10 @@
-"""The ami phases: what each plan function asks the node and AWS to do."""
+"""The ami phases: what each plan function of the ami-tools strategy asks the node and AWS to do."""
 
 from __future__ import annotations
 
 import zipfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from amidsl.actions import (
     UpdateSettings,
 )
 from amidsl.settings import PROTECTED_DIRS, resolve
+from amidsl.strategies import ami_tools
 
 
 def only(items, kind):
@@ -35,7 +37,7 @@ def option(argv, flag):
 
 
 def test_install_unpacks_the_tools_with_the_crates_rename(raw_settings):
-    steps = crate.install(resolve(raw_settings))
+    steps = ami_tools.install(resolve(raw_settings))
     archive = only(steps, RemoteDirectory)
     assert archive.path == "/opt/ami-tools"
     assert archive.url == "https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip"
@@ -45,7 +47,7 @@ def test_install_unpacks_the_tools_with_the_crates_rename(raw_settings):
 
 
 def test_install_builds_ruby_with_rbenv_inside_install_dir(raw_settings):
-    steps = crate.install(resolve(raw_settings | {"ruby_version": "2.7.8"}))
+    steps = ami_tools.install(resolve(raw_settings | {"ruby_version": "2.7.8"}))
     builds = [s for s in steps if isinstance(s, Exec)]
     assert [b.creates for b in builds] == [
         "/opt/ami-tools/.rbenv",
@@ -60,13 +62,13 @@ def test_install_from_a_local_archive_is_staged(raw_settings, tmp_path):
     archive = tmp_path / "ec2-ami-tools-1.5.19.zip"
     with zipfile.ZipFile(archive, "w") as tools:
         tools.writestr("ec2-ami-tools-1.5.19/bin/ec2-bundle-vol", "#!/bin/bash\n")
-    steps = crate.install(resolve(raw_settings | {"install_source": {"local_file": str(archive)}}))
+    steps = ami_tools.install(resolve(raw_settings | {"install_source": {"local_file": str(archive)}}))
     remote = only(steps, RemoteDirectory)
     assert remote.url is None and remote.staged.local_path == str(archive)
 
 
 def test_package_strategy_warns_that_ruby_stays_in_the_image(raw_settings):
-    steps = crate.install(resolve(raw_settings | {"install_strategy": "package"}))
+    steps = ami_tools.install(resolve(raw_settings | {"install_strategy": "package"}))
     assert "ruby" in only(steps, InstallPackages).apt
     assert not any(isinstance(s, Exec) for s in steps)
     warnings = [s.text for s in steps if isinstance(s, PlanWarning)]
@@ -74,13 +76,13 @@ def test_package_strategy_warns_that_ruby_stays_in_the_image(raw_settings):
 
 
 def test_no_ruby_strategy_installs_only_the_tools(raw_settings):
-    steps = crate.install(resolve(raw_settings | {"install_strategy": "none"}))
+    steps = ami_tools.install(resolve(raw_settings | {"install_strategy": "none"}))
     assert "ruby" not in only(steps, InstallPackages).apt
     assert not any(isinstance(s, Exec) for s in steps)
 
 
 def test_configure_writes_root_only_credentials_and_stages_the_key(raw_settings, credentials):
-    cert, key = crate.configure(resolve(raw_settings))
+    cert, key = ami_tools.configure(resolve(raw_settings))
     assert (cert.path, cert.mode, cert.content) == (
         "/opt/ami-tools/credentials/cert",
         "0600",
@@ -92,7 +94,7 @@ def test_configure_writes_root_only_credentials_and_stages_the_key(raw_settings,
 
 def test_bundle_vol_gets_destination_prefix_batch_and_all_exclusions(raw_settings):
     s = resolve(raw_settings | {"destination_dir": "/mnt/b", "prefix": "web", "inherit": False})
-    bundle = crate.ami_bundle(s)[-1]
+    bundle = ami_tools.ami_bundle(s)[-1]
     argv = bundle.argv
     assert argv[0] == "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol"
     assert option(argv, "-d") == "/mnt/b"
@@ -122,13 +124,13 @@ def test_bundle_exclusions_always_hold_the_three_dirs(
         raw_settings
         | {"credential_dir": credential_dir, "install_dir": install_dir, "destination_dir": destination_dir}
     )
-    excluded = option(crate.ami_bundle(s)[-1].argv, "-e").split(",")
+    excluded = option(ami_tools.ami_bundle(s)[-1].argv, "-e").split(",")
     assert {credential_dir, install_dir, destination_dir} <= set(excluded)
 
 
 def test_upload_passes_region_and_credentials_only_as_run_time_references(raw_settings):
     s = resolve(raw_settings | {"access_key": "AKIAEXAMPLEEXAMPLE12", "secret_key": "very-secret"})
-    (upload,) = crate.ami_upload(s)
+    (upload,) = ami_tools.ami_upload(s)
     argv = upload.argv
     assert option(argv, "-b") == "acme-ami-bundles/web/2026-11"
     assert option(argv, "-m") == "/tmp/image.manifest.xml"
@@ -148,7 +150,7 @@ def test_register_image_and_keep_its_id(raw_settings):
             "block_device_mappings": [{"device_name": "/dev/sdb", "virtual_name": "ephemeral0"}],
         }
     )
-    call, update = crate.ami_register(s)
+    call, update = ami_tools.ami_register(s)
     assert isinstance(call, AwsCall) and (call.service, call.operation) == ("ec2", "RegisterImage")
     assert dict(call.params) == {
         "Name": "web-server-2026-11",
@@ -164,7 +166,7 @@ def test_register_image_and_keep_its_id(raw_settings):
 
 
 def test_cleanup_removes_credentials_tools_parts_and_manifest(raw_settings):
-    removes = crate.cleanup(resolve(raw_settings | {"prefix": "web"}))
+    removes = ami_tools.cleanup(resolve(raw_settings | {"prefix": "web"}))
     assert all(isinstance(r, Remove) for r in removes)
     targets = [(r.path, r.recursive, r.matching) for r in removes]
     assert ("/opt/ami-tools/credentials", True, None) in targets
@@ -186,8 +188,9 @@ def test_server_spec_has_the_crates_phases(raw_settings):
     assert spec.settings == raw_settings
 
 
-def test_the_private_key_never_enters_a_plan(raw_settings, credentials):
-    s = resolve(raw_settings)
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+def test_the_private_key_never_enters_a_plan(raw_settings, credentials, bundler):
+    s = resolve(raw_settings | {"bundler": bundler})
     body = credentials.key_pem.splitlines()[3]
     for fn in crate.PHASE_FUNCTIONS.values():
         for step in fn(s):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,7 @@ from amidsl.testing import describe_image_phase
 def test_text_preview_lists_phases_numbered_actions_and_commands(raw_settings):
     text = render_text(build_plan(crate.server_spec(raw_settings)))
     assert text.startswith("amidsl plan for spec 'ami': image 'web-server-2026-11' (x86_64) in eu-west-1")
-    assert "phase ami-bundle (2 action(s))" in text
+    assert "phase ami-bundle (2 actions)" in text
     assert "  2. bundle the volume with ec2-bundle-vol" in text
     assert "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \\" in text
     assert "  1. register the image with EC2 [controller]" in text
@@ -82,3 +83,29 @@ def test_no_secret_in_any_preview_script_or_json(raw_settings, credentials, secr
         assert secret_key not in output
         assert token not in output
         assert not any(line in output for line in key_body)
+
+
+@pytest.mark.parametrize(
+    ("bundler", "on_node", "in_image"),
+    [
+        ("native", "amidsl's node program", "no package is installed"),
+        ("ami-tools", "ec2-ami-tools and Ruby", "the OS packages installed: ca-certificates"),
+    ],
+)
+def test_the_preview_says_what_each_strategy_puts_on_the_node_and_leaves_in_the_image(
+    raw_settings, bundler, on_node, in_image
+):
+    plan = build_plan(crate.server_spec(raw_settings | {"bundler": bundler}))
+    text = render_text(plan)
+    assert f"build strategy: {bundler}" in text
+    assert f"  on the node: {on_node}" in text and in_image in text
+    data = json.loads(render_json(plan))
+    assert data["strategy"]["bundler"] == bundler and data["strategy"]["the node needs"]
+
+
+def test_the_native_preview_summarises_the_node_program_instead_of_printing_it(raw_settings):
+    from amidsl.node import program_source
+
+    text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": "native"})))
+    assert program_source() not in text
+    assert "bytes (`amidsl script` shows the content)" in text

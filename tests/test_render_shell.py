@@ -44,28 +44,30 @@ GOLDEN = Path(__file__).parent / "golden" / "script"
 UPDATE = os.environ.get("AMIDSL_UPDATE_GOLDEN") == "1"
 
 
-def example_spec():
-    return crate.server_spec(load_toml(example_config_path()))
+def example_spec(bundler="native"):
+    return crate.server_spec(load_toml(example_config_path()) | {"bundler": bundler})
 
 
-def example_group():
-    return group_spec("ami", extends=[example_spec()], phases={"test": describe_image_phase})
+def example_group(bundler="native"):
+    return group_spec("ami", extends=[example_spec(bundler)], phases={"test": describe_image_phase})
 
 
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
 @pytest.mark.parametrize("phase", [*crate.PHASE_FUNCTIONS, "test"])
-def test_each_phase_script_matches_its_golden_file(phase):
+def test_each_phase_script_matches_its_golden_file(phase, bundler):
     """Golden files pin what each phase runs; regenerate with AMIDSL_UPDATE_GOLDEN=1 and review the diff."""
-    text = render_script(build_plan(example_group(), phases=[phase]))
-    golden = GOLDEN / f"{phase}.sh"
+    text = render_script(build_plan(example_group(bundler), phases=[phase]))
+    golden = GOLDEN / ("" if bundler == "native" else bundler) / f"{phase}.sh"
     if UPDATE:
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text()
 
 
-def test_example_script_passes_shellcheck_and_bash_syntax_check(tmp_path):
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+def test_example_script_passes_shellcheck_and_bash_syntax_check(tmp_path, bundler):
     script = tmp_path / "build.sh"
-    script.write_text(render_script(build_plan(example_group())))
+    script.write_text(render_script(build_plan(example_group(bundler))))
     checked = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout
     syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -78,7 +80,7 @@ def test_same_plan_renders_byte_identical():
 
 def test_script_checks_run_time_inputs_before_any_phase(tmp_path):
     script = tmp_path / "build.sh"
-    script.write_text(render_script(build_plan(example_spec(), phases=["ami-upload"])))
+    script.write_text(render_script(build_plan(example_spec("ami-tools"), phases=["ami-upload"])))
     run = subprocess.run(
         ["bash", str(script)], capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
     )
@@ -87,6 +89,20 @@ def test_script_checks_run_time_inputs_before_any_phase(tmp_path):
         "AMIDSL_ACCESS_KEY" in run.stderr and "set AMIDSL_ACCESS_KEY to the AWS access key id" in run.stderr
     )
     assert "==>" not in run.stdout  # nothing ran
+
+
+def test_a_native_script_asks_for_no_aws_credential_or_key_file():
+    text = render_script(build_plan(example_group()))
+    assert "AMIDSL_ACCESS_KEY" not in text and "AMIDSL_SECRET_KEY" not in text
+    assert "AMIDSL_PRIVATE_KEY_FILE" not in text and "check_inputs" not in text
+
+
+def test_a_native_script_embeds_the_node_program_as_is_with_its_checksum():
+    from amidsl.node import program_sha256, program_source
+
+    text = render_script(build_plan(example_spec(), phases=["install"]))
+    assert program_source() in text  # a quoted here-document: readable, byte for byte
+    assert program_sha256() in text
 
 
 def test_failing_action_names_phase_and_action(tmp_path):
@@ -267,7 +283,7 @@ def example_group_for(raw):
 
 def test_a_phase_runs_without_the_inputs_of_other_phases(tmp_path):
     script = tmp_path / "build.sh"
-    script.write_text(render_script(build_plan(example_spec())))
+    script.write_text(render_script(build_plan(example_spec("ami-tools"))))
     run = subprocess.run(["bash", str(script), "ami-upload"], capture_output=True, text=True, env={})
     assert "AMIDSL_ACCESS_KEY" in run.stderr  # ami-upload's own input is checked first...
     assert "AMIDSL_PRIVATE_KEY_FILE" not in run.stderr  # ...and configure's is not asked for

@@ -324,7 +324,7 @@ secret_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_
 )
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(secret=secret_text, token=secret_text)
 def test_no_secret_in_any_error_message(raw_settings, secret, token):
     # Every other setting is wrong too, so each error path gets a chance to mention them.
@@ -348,3 +348,14 @@ def test_private_key_content_never_in_errors(raw_settings, credentials):
     raw = raw_settings | {"private_key_source": {"content": credentials.key_pem[:-40]}}
     text = "\n".join(problems_of(raw))
     assert "private_key_source" in text and body not in text
+
+
+def test_a_region_aws_does_not_have_is_refused_with_the_nearest(raw_settings):
+    problems = problems_of(raw_settings | {"region": "eu-west-9"})
+    assert any("region: 'eu-west-9' is not a region AWS has" in p for p in problems)
+    assert any("did you mean 'eu-west-" in p for p in problems)
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "cn-north-1"])
+def test_regions_in_the_partition_data_are_accepted(raw_settings, region):
+    assert resolve(raw_settings | {"region": region}).region == region

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -115,8 +116,12 @@ def stream_bundle(
     sink = node.EncryptingSink(_CryptographyAes(key, iv), parts)
     try:
         # zlib-ng compresses several times faster than zlib at the same ratio.
-        with gzip_ng_threaded.open(_RawSink(sink), "wb", compresslevel=compresslevel, threads=threads) as gz:
-            digest = node.bundle_stream(image_path, prefix, gz, sink)
+        gz = gzip_ng_threaded.open(_RawSink(sink), "wb", compresslevel=compresslevel, threads=threads)
+        try:
+            digest = node.bundle_stream(image_path, prefix, gz, sink)  # closes gz when done
+        except BaseException:
+            _abandon(gz)
+            raise
         written = parts.finish(prefix)
     except BaseException as exc:
         cleanup.remove_all()
@@ -128,6 +133,16 @@ def stream_bundle(
             ) from exc
         raise
     return digest, [WrittenPart(out_dir / p["filename"], p["size"], p["sha1"]) for p in written]
+
+
+def _abandon(gz: Any) -> None:
+    """Stop the compression threads without the final flush.
+
+    After an interrupt (Ctrl-C) mid-write, zlib-ng's close() waits for queued work forever; the parts
+    are discarded anyway, so stop the threads and mark the writer closed instead.
+    """
+    gz.raw.stop()
+    gz.raw._closed = True  # zlib-ng has no abort(); without this, garbage collection would flush and wait
 
 
 def bundle_image(
@@ -169,15 +184,11 @@ def bundle_image(
         raise BundleError(f"image {image_path} does not exist or is not a file")
     if not out_dir.is_dir():
         raise BundleError(f"output directory {out_dir} does not exist; create it first")
-    user_cert = load_certificate(user_cert_pem)
-    ec2_cert = load_certificate(ec2_cert_pem)
     private_key = load_private_key(user_private_key_pem)
     # A bundle signed with a key that does not match the certificate could never be verified.
-    check_key_matches_certificate(private_key, user_cert)
+    check_key_matches_certificate(private_key, load_certificate(user_cert_pem))
+    load_certificate(ec2_cert_pem)  # a bad EC2 certificate is found before the long work, not after
     aes_key, aes_iv = _random_or_given(key, "key"), _random_or_given(iv, "IV")
-    # The format encrypts the hex text of key and IV, not the raw bytes.
-    key_hex, iv_hex = aes_key.hex().encode("ascii"), aes_iv.hex().encode("ascii")
-
     digest, parts = stream_bundle(
         image_path,
         out_dir,
@@ -188,20 +199,79 @@ def bundle_image(
         compresslevel=compresslevel,
         threads=threads,
     )
+    manifest = signed_manifest(
+        BundleFacts(
+            prefix, image_path.stat().st_size, digest, [(p.path.name, p.size, p.digest) for p in parts]
+        ),
+        key=aes_key,
+        iv=aes_iv,
+        user_id=account,
+        user_cert_pem=user_cert_pem,
+        user_private_key_pem=user_private_key_pem,
+        ec2_cert_pem=ec2_cert_pem,
+        arch=arch,
+        kernel_id=kernel_id,
+        ramdisk_id=ramdisk_id,
+        product_codes=product_codes,
+        block_device_mappings=block_device_mappings,
+        ancestry=ancestry,
+        bundler=bundler,
+    )
+    manifest_path = out_dir / f"{prefix}.manifest.xml"
+    temp = manifest_path.with_name(f".{manifest_path.name}.tmp")
+    temp.write_text(manifest.xml, encoding="utf-8")
+    os.replace(temp, manifest_path)
+    return manifest
+
+
+@dataclass(frozen=True)
+class BundleFacts:
+    """What bundling an image produced: its prefix, size and digest, and (filename, size, sha1) per part."""
+
+    prefix: str
+    image_size: int
+    digest: str
+    parts: list[tuple[str, int, str]]
+
+
+def signed_manifest(
+    facts: BundleFacts,
+    *,
+    key: bytes,
+    iv: bytes,
+    user_id: str,
+    user_cert_pem: bytes | str,
+    user_private_key_pem: bytes | str,
+    ec2_cert_pem: bytes | str,
+    arch: str = "x86_64",
+    kernel_id: str | None = None,
+    ramdisk_id: str | None = None,
+    product_codes: Iterable[str] = (),
+    block_device_mappings: Mapping[str, str] | Iterable[BlockDeviceMapping] | None = None,
+    ancestry: Iterable[str] = (),
+    bundler: Bundler | None = None,
+) -> Manifest:
+    """The signed manifest of bundled parts: key and IV encrypted for the user's and EC2's certificates."""
+    user_cert = load_certificate(user_cert_pem)
+    ec2_cert = load_certificate(ec2_cert_pem)
+    private_key = load_private_key(user_private_key_pem)
+    check_key_matches_certificate(private_key, user_cert)
+    # The format encrypts the hex text of key and IV, not the raw bytes.
+    key_hex, iv_hex = key.hex().encode("ascii"), iv.hex().encode("ascii")
     unsigned = Manifest(
-        name=prefix,
-        user=account,
+        name=facts.prefix,
+        user=user_id.replace("-", ""),
         architecture=arch,
-        digest=digest,
-        size=image_path.stat().st_size,
-        bundled_size=sum(p.size for p in parts),
+        digest=facts.digest,
+        size=facts.image_size,
+        bundled_size=sum(size for _, size, _ in facts.parts),
         keys=EncryptedKeys(
             user_encrypted_key=encrypt_for_certificate(user_cert, key_hex).hex(),
             ec2_encrypted_key=encrypt_for_certificate(ec2_cert, key_hex).hex(),
             user_encrypted_iv=encrypt_for_certificate(user_cert, iv_hex).hex(),
             ec2_encrypted_iv=encrypt_for_certificate(ec2_cert, iv_hex).hex(),
         ),
-        parts=tuple(ManifestPart(i, p.path.name, p.digest) for i, p in enumerate(parts)),
+        parts=tuple(ManifestPart(i, name, digest) for i, (name, _, digest) in enumerate(facts.parts)),
         signature="",
         block_device_mappings=_mappings(block_device_mappings, arch),
         kernel_id=kernel_id,
@@ -210,9 +280,4 @@ def bundle_image(
         ancestry=tuple(ancestry),
         bundler=bundler or Bundler(),
     )
-    manifest = sign_manifest(unsigned, private_key)
-    manifest_path = out_dir / f"{prefix}.manifest.xml"
-    temp = manifest_path.with_name(f".{manifest_path.name}.tmp")
-    temp.write_text(manifest.xml, encoding="utf-8")
-    os.replace(temp, manifest_path)
-    return manifest
+    return sign_manifest(unsigned, private_key)

@@ -36,7 +36,7 @@ def debugfs(image: Path, commands: list[str], *, write: bool = False) -> str:
         first = next((line for line in stderr.splitlines() if "debugfs 1." not in line), stderr)
         raise ImageError(
             f"debugfs cannot read {image} as an ext2/3/4 filesystem image ({first.strip()}); "
-            "pass an image built by build_image or mke2fs"
+            "pass an ext2/3/4 image file (as made by mke2fs)"
         )
     return result.stdout.decode("utf-8", "surrogateescape")
 

@@ -233,3 +233,25 @@ def list_image(image_path: Path | str) -> list[ImageEntry]:
             targets = _slow_link_targets(image, slow, Path(scratch))
             entries = [replace(e, target=targets[e.inode]) if e.inode in targets else e for e in entries]
     return sorted(entries, key=lambda e: e.path)
+
+
+_TYPE_LETTERS = {
+    "file": "-",
+    "dir": "d",
+    "symlink": "l",
+    "fifo": "p",
+    "socket": "s",
+    "char": "c",
+    "block": "b",
+}
+
+
+def listing_line(entry: ImageEntry) -> str:
+    """The one listing format (image-ls and simulate --inspect): type+mode, uid:gid, size, path.
+
+    Names come from the image: control characters are escaped so none can rewrite the terminal.
+    """
+    link = f" -> {printable(entry.target)}" if entry.target is not None else ""
+    owner = f"{entry.uid}:{entry.gid}"
+    kind = _TYPE_LETTERS.get(entry.type, "?")
+    return f"{kind}{entry.mode:04o} {owner:>11} {entry.size:>12} {printable(entry.path)}{link}"

@@ -1,6 +1,8 @@
 """The bundle manifest (version 2007-10-10): typed data, XML rendering, parsing and signing."""
 
 import re
+import xml.parsers.expat
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -188,20 +190,20 @@ def sign_manifest(unsigned: Manifest, private_key: rsa.RSAPrivateKey) -> Manifes
 MAX_MANIFEST_BYTES = 1024 * 1024  # real manifests are a few KiB; a 10 GiB image has ~1000 parts
 _MAX_DEPTH = 8
 
-# One strict pass over the text: the byte spans of the signed sections and the values used both come
-# from it, so nothing can hide a section from one while showing it to the other (signature wrapping).
-# Each pattern is matched at a known position and has no nested quantifiers: parsing is linear.
-_DECLARATION = re.compile(r"<\?xml[ \t\r\n][^<>?]*\?>")
-_CHARACTERS = re.compile(r"[^<&]+")
-_REFERENCE = re.compile(r"&(?:(amp|lt|gt|quot|apos)|#([0-9]{1,7})|#x([0-9a-fA-F]{1,6}));")
-_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
-_START_TAG = re.compile(rf"<({_NAME})")
-_ATTRIBUTE = re.compile(rf"[ \t\r\n]+({_NAME})[ \t\r\n]*=[ \t\r\n]*(?:'([^'<]*)'|\"([^\"<]*)\")")
-_START_TAG_END = re.compile(r"[ \t\r\n]*(/?)>")
-_END_TAG = re.compile(rf"</({_NAME})[ \t\r\n]*>")
-_WHITESPACE = re.compile(r"[ \t\r\n]*")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not allowed in XML 1.0 text
-_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+# One strict expat parse of the UTF-8 bytes: the byte spans of the signed sections and the values used
+# both come from it, so nothing can hide a section from one while showing it to the other (signature
+# wrapping). Expat parses in linear time; everything but elements, attributes and text is refused.
+
+# Expat's errors for input that ends too early (inside an element, a tag or a character).
+_TRUNCATION_ERRORS = {
+    xml.parsers.expat.errors.codes[message]
+    for message in (
+        xml.parsers.expat.errors.XML_ERROR_NO_ELEMENTS,
+        xml.parsers.expat.errors.XML_ERROR_UNCLOSED_TOKEN,
+        xml.parsers.expat.errors.XML_ERROR_PARTIAL_CHAR,
+    )
+}
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not allowed in XML 1.0 text
 
 # Which children each container element may have: ONE at most once, MANY any number of times.
 ONE, MANY = 1, 2
@@ -244,7 +246,7 @@ _CONTAINERS: dict[str, dict[str, int]] = {
 
 @dataclass
 class _Element:
-    """A parsed element and the span [start, end) of its text in the manifest."""
+    """A parsed element and the span [start, end) of its bytes in the manifest's UTF-8 encoding."""
 
     tag: str
     attributes: dict[str, str]
@@ -260,93 +262,82 @@ class _Element:
         return "".join(self.text).strip()
 
 
-def _reference(match: re.Match[str], source: str) -> str:
-    name, decimal, hexadecimal = match.groups()
-    if name:
-        return _ENTITIES[name]
-    code = int(decimal) if decimal else int(hexadecimal, 16)
-    if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF or (code < 0x20 and code not in (0x9, 0xA, 0xD)):
-        raise ManifestParseError(f"{source}: character reference {match.group(0)} is not allowed")
-    return chr(code)
+def _refusal(source: str, what: str, position: int) -> ManifestParseError:
+    return ManifestParseError(
+        f"{source} is not a manifest amidsl accepts: {what} at byte {position}; "
+        "a manifest holds only elements, attributes and text (no comments, processing "
+        "instructions, CDATA or DOCTYPE); copy it again from where the bundle was written"
+    )
 
 
-def _parse_xml(text: str, source: str) -> _Element:
-    """Parse the XML subset manifests use: elements, attributes, text and the five entities."""
-
-    def refuse(what: str, position: int) -> ManifestParseError:
-        return ManifestParseError(
-            f"{source} is not a manifest amidsl accepts: {what} at character {position}; "
-            "a manifest holds only elements, attributes and text (no comments, processing "
-            "instructions, CDATA or DOCTYPE); copy it again from where the bundle was written"
-        )
-
-    control = _CONTROL.search(text)
+def _parse_xml(data: bytes, source: str) -> _Element:
+    """Parse manifest XML (UTF-8 bytes) with expat into elements that know their byte spans."""
+    control = _CONTROL.search(data)
     if control:
-        raise refuse(f"control character {control.group(0)!r}", control.start())
-    position = 1 if text.startswith("\ufeff") else 0  # a byte order mark some editors add
-    declaration = _DECLARATION.match(text, position)
-    if declaration:
-        position = declaration.end()
+        raise _refusal(source, f"control character {control.group(0).decode()!r}", control.start())
+    # The text was encoded here, so a declared encoding must not change how the bytes are read.
+    parser = xml.parsers.expat.ParserCreate(encoding="UTF-8")
+    parser.buffer_text = True  # one text event per run of text, however many references it holds
     stack: list[_Element] = []
     root: _Element | None = None
-    while position < len(text):
-        if text.startswith("</", position):
-            end = _END_TAG.match(text, position)
-            if end is None or not stack or end.group(1) != stack[-1].tag:
-                raise refuse("a misplaced or malformed end tag", position)
-            element = stack.pop()
-            element.end = position = end.end()
-            continue
-        if text.startswith("<!DOCTYPE", position) or text.startswith("<!ENTITY", position):
-            raise refuse("a DOCTYPE or entity declaration", position)
-        if text.startswith("<!", position) or text.startswith("<?", position):
-            raise refuse("a comment, CDATA section or processing instruction", position)
-        if text.startswith("<", position):
-            start = _START_TAG.match(text, position)
-            if start is None:
-                raise refuse("a malformed tag", position)
-            element = _Element(start.group(1), {}, position)
-            position = start.end()
-            while attribute := _ATTRIBUTE.match(text, position):
-                name, single, double = attribute.groups()
-                if name in element.attributes:
-                    raise refuse(f"attribute {name!r} given twice", position)
-                value = single if single is not None else double
-                if "&" in _REFERENCE.sub("", value):
-                    raise refuse("a stray '&' in an attribute", position)
-                element.attributes[name] = _REFERENCE.sub(lambda m: _reference(m, source), value)
-                position = attribute.end()
-            closing = _START_TAG_END.match(text, position)
-            if closing is None:
-                raise refuse(f"a malformed <{element.tag}> tag", position)
-            position = closing.end()
-            if stack:
-                stack[-1].children.append(element)
-            elif root is None:
-                root = element
-            else:
-                raise refuse("a second top-level element", element.start)
-            if closing.group(1):
-                element.end = position
-            else:
-                stack.append(element)
-                if len(stack) > _MAX_DEPTH:
-                    raise refuse("elements nested too deeply", element.start)
-            continue
-        reference = _REFERENCE.match(text, position)
-        characters = reference or _CHARACTERS.match(text, position)
-        if characters is None:
-            raise refuse("a stray '&'", position)
+    just_started: _Element | None = None  # the element whose start was the last event, if any
+
+    def refuse(what: str) -> Callable[..., None]:
+        def handler(*_: object) -> None:
+            raise _refusal(source, what, parser.CurrentByteIndex)
+
+        return handler
+
+    def start(tag: str, attributes: dict[str, str]) -> None:
+        nonlocal root, just_started
+        element = _Element(tag, attributes, start=parser.CurrentByteIndex)
         if stack:
-            stack[-1].text.append(_reference(reference, source) if reference else characters.group(0))
-        elif reference or _WHITESPACE.fullmatch(characters.group(0)) is None:
-            raise refuse("text outside the <manifest> element", position)
-        position = characters.end()
-    if stack:
-        raise ManifestParseError(
-            f"{source} is truncated or not valid XML (<{stack[-1].tag}> is never closed); copy it again "
-            "from where the bundle was written"
-        )
+            stack[-1].children.append(element)
+        else:
+            root = element  # expat itself refuses a second top-level element
+        stack.append(element)
+        if len(stack) > _MAX_DEPTH:
+            raise _refusal(source, "elements nested too deeply", element.start)
+        just_started = element
+
+    def end(tag: str) -> None:
+        nonlocal just_started
+        element = stack.pop()
+        position = parser.CurrentByteIndex
+        # Expat reports an end tag </a> at its first byte, but an empty-element tag <a/> just after
+        # its last byte. Only an element with no event since its start can be the latter, and then
+        # its last two bytes are "/>" (a start tag followed by </a> ends with another character).
+        if element is just_started and data[position - 2 : position] == b"/>":
+            element.end = position
+        else:
+            element.end = data.index(b">", position) + 1  # an end tag holds no other ">"
+        just_started = None
+
+    def characters(text: str) -> None:
+        nonlocal just_started
+        stack[-1].text.append(text)
+        just_started = None
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = characters
+    parser.CommentHandler = refuse("a comment")
+    parser.ProcessingInstructionHandler = refuse("a processing instruction")
+    parser.StartCdataSectionHandler = refuse("a CDATA section")
+    parser.StartDoctypeDeclHandler = refuse("a DOCTYPE or entity declaration")
+    parser.EntityDeclHandler = refuse("a DOCTYPE or entity declaration")
+    parser.SkippedEntityHandler = refuse("an entity reference")
+    try:
+        parser.Parse(data, True)  # all at once: expat re-scans a token only when fed in pieces
+    except xml.parsers.expat.ExpatError as error:
+        if root is not None:
+            truncated = bool(stack) and error.code in _TRUNCATION_ERRORS
+            unclosed = f"; <{stack[-1].tag}> is never closed" if truncated else ""
+            raise ManifestParseError(
+                f"{source} is truncated or not valid XML ({xml.parsers.expat.ErrorString(error.code)} "
+                f"at byte {parser.ErrorByteIndex}{unclosed}); copy it again from where the bundle was "
+                "written"
+            ) from None
     if root is None:
         raise ManifestParseError(f"{source} holds no XML element; is it a manifest?")
     return root
@@ -388,7 +379,14 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
             f"{source} is {len(text)} characters long, more than a manifest can be "
             f"({MAX_MANIFEST_BYTES}); is it a manifest?"
         )
-    root = _parse_xml(text, source)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ManifestParseError(
+            f"{source} holds a lone surrogate at character {error.start}, which is not text; "
+            "is it a manifest?"
+        ) from None
+    root = _parse_xml(data, source)
     if root.tag != "manifest":
         raise ManifestParseError(f"{source}: the root element is <{root.tag}>, not <manifest>")
     _check_structure(root, source, "manifest")
@@ -471,8 +469,9 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         parts_count=integer(parts_element.attributes.get("count"), "the parts count"),
         signature=text_of("signature"),
         # Exactly the text of the two elements the values above were read from.
-        signed_text=text[machine_configuration.start : machine_configuration.end]
-        + text[image.start : image.end],
+        signed_text=(
+            data[machine_configuration.start : machine_configuration.end] + data[image.start : image.end]
+        ).decode("utf-8"),
         xml=text,
     )
 

@@ -1,24 +1,21 @@
-"""invoke tasks for the bundle format: bundle-image, verify-bundle, unbundle, image-ls.
+"""The bundle format's commands: bundle-image, verify-bundle, unbundle, image-ls.
 
-Thin by design: parse options, call the library, print the result. Every problem the library
-reports becomes `Exit(message, code=2)`, which invoke prints without a traceback.
+Thin by design: call the library, print the result. Every problem the library reports becomes a
+CommandError (exit status 2), printed without a traceback.
 """
 
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from invoke import Context, task
-from invoke.exceptions import Exit
-
 from amidsl.bundle.bundle import bundle_image as bundle_image_file
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.keys import describe_certificate, load_certificate, load_private_key
-from amidsl.bundle.ls import list_image, printable
+from amidsl.bundle.ls import list_image, listing_line
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
 from amidsl.bundle.verify import verify_bundle as verify_manifest
+from amidsl.cli_table import CommandError
 
-USAGE_ERROR = 2
 T = TypeVar("T")
 
 
@@ -29,11 +26,11 @@ def _read_pem(path: str, what: str, check: Callable[[bytes], object]) -> bytes:
         pem = file.read_bytes()
     except OSError as exc:
         message = f"cannot read {what} file {file}: {exc.strerror}; check the path"
-        raise Exit(message, USAGE_ERROR) from None
+        raise CommandError(message) from None
     try:
         check(pem)
     except BundleError as exc:
-        raise Exit(f"{what} file {file}: {exc}", USAGE_ERROR) from None
+        raise CommandError(f"{what} file {file}: {exc}") from None
     return pem
 
 
@@ -42,16 +39,9 @@ def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except BundleError as exc:
-        raise Exit(f"error: {exc}", USAGE_ERROR) from None
+        raise CommandError(f"error: {exc}") from None
     except OSError as exc:
-        raise Exit(f"error: {exc.filename}: {exc.strerror}", USAGE_ERROR) from None
-
-
-def _require(**options: str | None) -> None:
-    """Exit naming every required option that was not given."""
-    missing = [f"--{name.replace('_', '-')}" for name, value in options.items() if not value]
-    if missing:
-        raise Exit(f"missing required option(s): {', '.join(missing)}", USAGE_ERROR)
+        raise CommandError(f"error: {exc.filename}: {exc.strerror}") from None
 
 
 def _split(value: str) -> list[str]:
@@ -65,51 +55,34 @@ def _mappings(value: str) -> dict[str, str] | None:
     for item in _split(value):
         virtual, sep, device = item.partition("=")
         if not sep or not virtual or not device:
-            raise Exit(
-                f"block device mapping {item!r} must look like virtual=device, e.g. root=/dev/sda1",
-                USAGE_ERROR,
+            raise CommandError(
+                f"block device mapping {item!r} must look like virtual=device, e.g. root=/dev/sda1"
             )
         pairs[virtual] = device
     return pairs
 
 
-@task(
-    positional=[],
-    auto_shortflags=False,
-    help={
-        "image": "the image file to bundle",
-        "cert": "PEM X.509 certificate of the user (the manifest's signer)",
-        "privkey": "PEM RSA private key of that certificate (signs the manifest; never printed)",
-        "user": "12-digit AWS account number (dashes allowed)",
-        "ec2cert": "PEM X.509 certificate of EC2 (it decrypts the bundle when registering)",
-        "destination": "directory for the parts and manifest (default: current directory)",
-        "prefix": "file name prefix of the parts and manifest (default: image)",
-        "arch": "architecture: x86_64 (default), i386 or arm64",
-        "kernel": "kernel id (aki-…) to record in the manifest",
-        "ramdisk": "ramdisk id (ari-…) to record in the manifest",
-        "product_codes": "comma-separated product codes",
-        "block_device_mapping": "comma-separated virtual=device pairs (default: ec2-bundle-vol's)",
-        "ancestry": "comma-separated ancestor AMI ids",
-    },
-)
 def bundle_image(
-    c: Context,
-    image: str | None = None,
-    cert: str | None = None,
-    privkey: str | None = None,
-    user: str | None = None,
-    ec2cert: str | None = None,
-    destination: str = ".",
-    prefix: str = "image",
-    arch: str = "x86_64",
-    kernel: str | None = None,
-    ramdisk: str | None = None,
-    product_codes: str = "",
-    block_device_mapping: str = "",
-    ancestry: str = "",
+    *,
+    image: str | None,
+    cert: str | None,
+    privkey: str | None,
+    user: str | None,
+    ec2cert: str | None,
+    destination: str,
+    prefix: str,
+    arch: str,
+    kernel: str | None,
+    ramdisk: str | None,
+    product_codes: str,
+    block_device_mapping: str,
+    ancestry: str,
 ) -> None:
     """Bundle an image file into encrypted 10 MiB parts and a signed manifest."""
-    _require(image=image, cert=cert, privkey=privkey, user=user, ec2cert=ec2cert)
+    try:
+        Path(destination).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"--destination {destination}: cannot create it ({exc.strerror})") from None
     user_cert = _read_pem(cert, "certificate", load_certificate)
     user_key = _read_pem(privkey, "private key", load_private_key)
     ec2_cert = _read_pem(ec2cert, "EC2 certificate", load_certificate)
@@ -136,20 +109,8 @@ def bundle_image(
     print(f"manifest: {manifest_path}")
 
 
-@task(
-    positional=[],
-    auto_shortflags=False,
-    help={
-        "manifest": "the bundle's manifest file (<prefix>.manifest.xml)",
-        "cert": "PEM X.509 certificate of the user who signed the manifest",
-        "parts_dir": "directory holding the parts (default: the manifest's directory)",
-    },
-)
-def verify_bundle(
-    c: Context, manifest: str | None = None, cert: str | None = None, parts_dir: str | None = None
-) -> None:
+def verify_bundle(*, manifest: str, cert: str, parts_dir: str | None) -> None:
     """Check a bundle's signature, part list, sizes and part digests."""
-    _require(manifest=manifest, cert=cert)
     user_cert = _read_pem(cert, "certificate", load_certificate)
     checked = _run(lambda: verify_manifest(manifest, user_cert, parts_dir=parts_dir))
     print(
@@ -158,35 +119,21 @@ def verify_bundle(
     )
 
 
-@task(
-    positional=[],
-    auto_shortflags=False,
-    help={
-        "manifest": "the bundle's manifest file (<prefix>.manifest.xml)",
-        "privkey": "PEM RSA private key of the user (or of EC2); never printed",
-        "destination": "directory to restore the image into (default: current directory)",
-        "parts_dir": "directory holding the parts (default: the manifest's directory)",
-        "cert": "PEM X.509 certificate of the user who signed the manifest (checked before decrypting)",
-        "no_verify": "skip the signature check when you have no certificate (trust the bundle's origin)",
-    },
-)
 def unbundle(
-    c: Context,
-    manifest: str | None = None,
-    privkey: str | None = None,
-    destination: str = ".",
-    parts_dir: str | None = None,
-    cert: str | None = None,
-    no_verify: bool = False,
+    *,
+    manifest: str,
+    privkey: str,
+    destination: str,
+    parts_dir: str | None,
+    cert: str | None,
+    no_verify: bool,
 ) -> None:
     """Check a bundle's signature, then decrypt and unpack it, checking part and image digests."""
-    _require(manifest=manifest, privkey=privkey)
     key = _read_pem(privkey, "private key", load_private_key)
     if not cert and not no_verify:
-        raise Exit(
+        raise CommandError(
             "unbundle checks the manifest's signature before decrypting: give --cert (the certificate "
-            "of the user who bundled it), or --no-verify to skip the check",
-            USAGE_ERROR,
+            "of the user who bundled it), or --no-verify to skip the check"
         )
     user_cert = _read_pem(cert, "certificate", load_certificate) if cert else None
     restored = _run(
@@ -197,15 +144,7 @@ def unbundle(
     print(f"restored {restored}")
 
 
-@task(positional=[], auto_shortflags=False, help={"image": "an ext2/3/4 image file"})
-def image_ls(c: Context, image: str | None = None) -> None:
-    """List the files inside an image without mounting it (mode, owner, size, path)."""
-    _require(image=image)
+def image_ls(*, image: str) -> None:
+    """List the files inside an image without mounting it (type and mode, owner, size, path)."""
     for entry in _run(lambda: list_image(image)):
-        kind = {"dir": "d", "symlink": "l", "fifo": "p", "socket": "s", "char": "c", "block": "b"}
-        # Names come from the image: escape control characters so none can rewrite the terminal.
-        link = f" -> {printable(entry.target)}" if entry.target is not None else ""
-        print(
-            f"{kind.get(entry.type, '-')}{entry.mode:04o} {entry.uid:>6} {entry.gid:>6} "
-            f"{entry.size:>12} {printable(entry.path)}{link}"
-        )
+        print(listing_line(entry))

@@ -263,11 +263,57 @@ def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: boo
             )
         else:
             checked.append(f"bucket {settings.s3_bucket} exists in {region}")
+            _check_bucket_accepts_acls(settings, aws, problems, checked)
     if image_name_must_be_free:
         _check_image_name_free(settings, aws, problems, checked)
     if problems:
         raise SettingsError(problems, origin="AWS")
     return checked
+
+
+def _check_bucket_accepts_acls(
+    settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]
+) -> None:
+    """Bundles are uploaded with the ACL aws-exec-read: a bucket with ACLs disabled refuses every part."""
+    try:
+        controls = aws.client("s3").get_bucket_ownership_controls(Bucket=settings.s3_bucket)
+    except botocore.exceptions.ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code == "OwnershipControlsNotFoundError":
+            checked.append(f"bucket {settings.s3_bucket} accepts ACLs (no object ownership controls)")
+            return
+        problems.append(
+            Problem(
+                "s3_bucket",
+                f"cannot read the bucket's object ownership ({code})",
+                "allow s3:GetBucketOwnershipControls, or check the bucket by hand",
+            )
+        )
+        return
+    except botocore.exceptions.BotoCoreError as err:
+        problems.append(
+            Problem(
+                "s3_bucket",
+                f"cannot read the bucket's object ownership ({err})",
+                "check the network and the endpoint",
+            )
+        )
+        return
+    rules = controls.get("OwnershipControls", {}).get("Rules", [])
+    ownership = rules[0].get("ObjectOwnership", "") if rules else ""
+    if ownership == "BucketOwnerEnforced":
+        problems.append(
+            Problem(
+                "s3_bucket",
+                f"bucket {settings.s3_bucket!r} has ACLs disabled (Object Ownership BucketOwnerEnforced), "
+                "so it refuses the aws-exec-read ACL every bundle part needs for EC2 to read it",
+                f"run `aws s3api put-bucket-ownership-controls --bucket {settings.s3_bucket} "
+                "--ownership-controls 'Rules=[{ObjectOwnership=BucketOwnerPreferred}]'`, or use another "
+                "bucket",
+            )
+        )
+    else:
+        checked.append(f"bucket {settings.s3_bucket} accepts ACLs (Object Ownership {ownership or 'unset'})")
 
 
 def _check_image_name_free(

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.config import Config
+
 from amidsl.actions import (
     Action,
     AwsCall,
     EnvSecret,
     Exec,
+    NodeProgram,
     OptionalArg,
     PhasePlan,
     RemoteDirectory,
@@ -30,13 +33,15 @@ from amidsl.actions import (
     RuntimeValue,
     StagedFile,
 )
-from amidsl.crate import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
+from amidsl.ec2_certificate import ec2_certificate
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
 from amidsl.plan import Plan
-from amidsl.render.shell import render_action, render_script, runtime_inputs
+from amidsl.progress import Progress
+from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
 from amidsl.runner import ActionFailed, ActionInterrupted, ActionRecord
 from amidsl.secrets import Secret, redact
+from amidsl.strategies.ami_tools import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
 
 # Reads NAME=value pairs (NUL-terminated, an empty one ends the list) from stdin, exports them, then runs
 # the script with stdin closed. Fixed text: only it and the script's path are ever on the command line.
@@ -119,6 +124,8 @@ class LiveBackend:
     progress: Callable[[str], None] = lambda line: None
     _credentials: AwsCredentials | None = None
     _no_credentials: AwsError | None = None
+    _ec2_certificate: str | None = None
+    _presigner: Any = None
     _leftover_dirs: list[str] = field(default_factory=list)
     _lines: list[tuple[int, str]] = field(default_factory=list)  # (script action number, line)
 
@@ -138,6 +145,45 @@ class LiveBackend:
     def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
         """Make the API call with boto3 (RegisterImage waits for the image)."""
         return self.aws.call_action(action, params)
+
+    def s3_client(self) -> Any:
+        """The build's boto3 S3 client."""
+        return self.aws.client("s3")
+
+    def presign_client(self) -> Any:
+        """An S3 client of the build's session that presigns with SigV4 (what every region accepts)."""
+        if self._presigner is None:
+            style = "path" if self.aws.live.endpoint_url else "auto"
+            self._presigner = self.aws.session.client(
+                "s3",
+                region_name=self.plan.settings.region,
+                endpoint_url=self.aws.live.endpoint_url,
+                config=Config(signature_version="s3v4", s3={"addressing_style": style}),
+            )
+        return self._presigner
+
+    def ec2_certificate(self) -> str:
+        """EC2's certificate for the build's region, fetched and pinned once per build."""
+        if self._ec2_certificate is None:
+            self._ec2_certificate = ec2_certificate(self.plan.settings)
+        return self._ec2_certificate
+
+    def run_node_program(self, action: NodeProgram, request: bytes) -> tuple[int, str, str]:
+        """Run exactly the node-program command line the script shows, the request on its stdin.
+
+        The request (key and IV, presigned URLs) travels inside the SSH channel: never on a command line,
+        in the environment or in a file on the node. Output is the program's stderr and stdout, merged.
+        """
+        command = " ".join(shlex.quote(word) for word in node_program_argv(action))
+        if not self.node.is_root:
+            command = f"sudo -n -- {command}"
+        try:
+            status, output = self.node.run(
+                command, stdin=request, on_line=lambda line: self.progress(f"    {line}")
+            )
+        except NodeConnectionError as err:
+            return LOST_STATUS, "", str(err)
+        return status, output, output
 
     def run_node_actions(
         self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]
@@ -258,6 +304,15 @@ class LiveBackend:
                 pairs.append((secret.env_var, value))
         return pairs
 
+    def _show_commands(self, phase: str, index: int) -> None:
+        """With --verbose, the commands of the action that just started (as the script runs them)."""
+        if not isinstance(self.progress, Progress) or not self.progress.verbose:
+            return
+        actions = next((p.actions for p in self.plan.phases if p.name == phase), ())
+        if 1 <= index <= len(actions):
+            for command in render_action(actions[index - 1]):
+                self.progress.command(command)
+
     def _run_script(self, phase: str, script_path: str, pairs: list[tuple[str, str]]) -> int:
         """Run the uploaded script; stream its lines with the running action's prefix."""
         secrets = self.secrets()
@@ -271,11 +326,11 @@ class LiveBackend:
                 current["index"] = int(marker["index"])
             # Kept before it is shown: a Ctrl-C while showing it then names the right action.
             lines.append((current["index"], line))
-            self.progress(
-                line
-                if marker and marker["phase"] == phase
-                else f"    [{phase} {current['index'] or '-'}] {line}"
-            )
+            if marker and marker["phase"] == phase:
+                self.progress(line)
+                self._show_commands(phase, current["index"])
+            else:
+                self.progress(f"    [{phase} {current['index'] or '-'}] {line}")
 
         command = wrapper_command(script_path, use_sudo=not self.node.is_root)
         status, _ = self.node.run(command, stdin=env_payload(pairs), on_line=on_line)

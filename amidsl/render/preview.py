@@ -5,6 +5,8 @@ JSON schema "amidsl.plan/1" (stable; fields are only ever added):
     {"schema": "amidsl.plan/1", "amidsl_version": str, "spec": str, "title": str,
      "settings": {name: shown value (secrets as their run-time source)},
      "runtime_inputs": [{"env": str, "what": str}],
+     "strategy": {"bundler": str, "on the node": str, "stays in the image": str,
+                  "the node needs": str, "secrets": str},
      "phases": [{"name": str, "warnings": [str],
                  "actions": [{"index": int (from 1), "type": snake_case action type,
                               "runs_on": "node" | "controller", "description": str,
@@ -12,7 +14,8 @@ JSON schema "amidsl.plan/1" (stable; fields are only ever added):
 
 In "fields", a run-time value is {"runtime": setting, "produced_by": phase}, a secret reference is
 {"env": var, "what": text}, an optional flag is {"flag": "-t", "env": var, "what": text}, and a staged
-file is {"staged_env": var, "what": text, "local_path": path or null, "secret": bool}.
+file is {"staged_env": var, "what": text, "local_path": path or null, "secret": bool}; a value the
+controller makes at run time (AES key, presigned URLs) is {"controller_secret": name, "what": text}.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from amidsl import __version__
 from amidsl.actions import (
     CONTROLLER_ACTIONS,
     Action,
+    ControllerSecret,
     EnvSecret,
     OptionalArg,
     RemoteFile,
@@ -36,8 +40,10 @@ from amidsl.plan import Plan
 from amidsl.render.shell import render_action, runtime_inputs
 from amidsl.render.summary import plan_title, public_settings
 from amidsl.settings import printable
+from amidsl.strategies import summary
 
 SCHEMA = "amidsl.plan/1"
+LONG_CONTENT_LINES = 40
 
 
 def action_type(action: Action) -> str:
@@ -50,6 +56,8 @@ def _json_value(value: Any) -> Any:
         return {"runtime": value.setting, "produced_by": value.produced_by}
     if isinstance(value, EnvSecret):
         return {"env": value.env_var, "what": value.what}
+    if isinstance(value, ControllerSecret):
+        return {"controller_secret": value.name, "what": value.what}
     if isinstance(value, OptionalArg):
         return {"flag": value.flag, "env": value.value.env_var, "what": value.value.what}
     if isinstance(value, StagedFile):
@@ -72,7 +80,7 @@ def _fields(action: Action) -> dict[str, Any]:
         if field.name == "description":
             continue
         value = getattr(action, field.name)
-        if field.name == "params" or field.name == "env":
+        if field.name in ("params", "env", "request"):
             value = {k: v for k, v in value}
         fields[field.name] = _json_value(value)
     return fields
@@ -87,6 +95,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "title": plan_title(plan),
         "settings": dict(public_settings(plan.settings)),
         "runtime_inputs": [{"env": env, "what": what} for env, what in runtime_inputs(plan)],
+        "strategy": {"bundler": plan.settings.bundler, **dict(summary(plan.settings))},
         "phases": [
             {
                 "name": phase.name,
@@ -113,18 +122,29 @@ def render_json(plan: Plan) -> str:
     return json.dumps(plan_to_dict(plan), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def _shown(plan: Plan, name: str, value: str) -> str:
+    """A setting as the preview prints it: string values quoted; numbers, flags and descriptions bare."""
+    raw = getattr(plan.settings, name, None)
+    if isinstance(raw, str) and name not in ("access_key", "secret_key", "session_token", "certificate_pem"):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 def render_text(plan: Plan) -> str:
     """The plan preview as text: settings, then each phase's numbered actions and commands."""
     lines = [f"amidsl plan for {plan_title(plan)}", "", "settings:"]
     width = max(len(name) for name, _ in public_settings(plan.settings))
     for name, value in public_settings(plan.settings):
-        lines.append(f"  {name.ljust(width)}  {json.dumps(value, ensure_ascii=False)}")
+        lines.append(f"  {name.ljust(width)}  {_shown(plan, name, value)}")
+    lines += ["", f"build strategy: {plan.settings.bundler}"]
+    lines += [f"  {topic}: {text}" for topic, text in summary(plan.settings)]
     inputs = runtime_inputs(plan)
     if inputs:
         lines += ["", "supplied at run time (environment):"]
         lines += [f"  {env}: {what}" for env, what in inputs]
     for phase in plan.phases:
-        lines += ["", f"phase {phase.name} ({len(phase.actions)} action(s))"]
+        count = len(phase.actions)
+        lines += ["", f"phase {phase.name} ({count} action{'' if count == 1 else 's'})"]
         lines += [f"  WARNING: {warning}" for warning in phase.warnings]
         for index, action in enumerate(phase.actions, start=1):
             where = " [controller]" if isinstance(action, CONTROLLER_ACTIONS) else ""
@@ -132,6 +152,11 @@ def render_text(plan: Plan) -> str:
                 " [secret content not shown]" if (isinstance(action, RemoteFile) and action.secret) else ""
             )
             lines.append(f"  {index}. {action.description}{where}{secret}")
+            if isinstance(action, RemoteFile) and (action.content or "").count("\n") > LONG_CONTENT_LINES:
+                # A whole program would drown the plan: the script shows it, the preview summarises it.
+                size = len(action.content.encode()) if action.content else 0
+                lines.append(f"       {action.path}: {size} bytes (`amidsl script` shows the content)")
+                continue
             for command in render_action(action):
                 for part in command.splitlines() or [""]:
                     lines.append(f"       {part}")

@@ -17,15 +17,21 @@ from amidsl.actions import (
     Action,
     AwsCall,
     CheckResult,
+    ControllerSecret,
     EnvSecret,
     Exec,
+    MakeBundleKey,
+    NodeProgram,
     OptionalArg,
     PhasePlan,
+    PresignParts,
     RemoteDirectory,
     RemoteFile,
     RuntimeValue,
+    SignManifest,
     StagedFile,
     UpdateSettings,
+    UploadManifest,
     Value,
 )
 from amidsl.commands import (
@@ -124,9 +130,21 @@ def _command(command: Command) -> str:
         text = " ".join(env + words)
     if command.stdout is not None:
         text += f" > {quote(command.stdout)}"
+    if command.stdin is not None:
+        text += _here_document(command.stdin)
     if command.cwd is not None:
         text = f"(cd -- {quote(command.cwd)} && {text})"
     return text
+
+
+HEREDOC_END = "AMIDSL_END_OF_FILE"
+
+
+def _here_document(text: str) -> str:
+    """A quoted here-document: bash expands nothing in it, so the text is exactly what reaches stdin."""
+    if not text.endswith("\n") or HEREDOC_END in text.splitlines():
+        raise ValueError("here-document text must end with a line break and not hold its end marker")
+    return f" <<'{HEREDOC_END}'\n{text}{HEREDOC_END}"
 
 
 def _option_groups(words: list[str]) -> list[str]:
@@ -159,7 +177,51 @@ def render_action(action: Action) -> list[str]:
             f'[ "$(json_length "${_result_var(action.from_result)}" {quote(action.field)})" '
             f"-eq {action.length} ] || fail {quote(message)}"
         ]
+    if isinstance(action, NodeProgram):
+        return _node_program(action)
+    if isinstance(action, MakeBundleKey | SignManifest | PresignParts | UploadManifest):
+        return [*_controller_comment(action), f"controller_only {quote(action.description)}"]
     return render_steps(node_steps(action))
+
+
+def node_program_argv(action: NodeProgram) -> tuple[str, ...]:
+    """The node program's command line: no request data on it (that arrives on stdin)."""
+    return ("python3", "-I", action.program, action.command)
+
+
+def node_program_request_text(action: NodeProgram) -> str:
+    """The request as a reviewer sees it: JSON, with each run-time secret shown as <what it is>."""
+    shown = {
+        key: f"<{value.what}>" if isinstance(value, ControllerSecret) else value
+        for key, value in action.request
+    }
+    return json.dumps(shown, ensure_ascii=False)
+
+
+def _node_program(action: NodeProgram) -> list[str]:
+    """amidsl runs exactly this command over SSH and writes the request to its standard input."""
+    lines = ["# standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):"]
+    lines.append(f"#   {_comment(node_program_request_text(action))}")
+    if action.refresh_expired:
+        lines.append("# (exit status 3: some URLs expired; amidsl presigns those parts again and re-runs)")
+    return [*lines, _words(list(node_program_argv(action)))]
+
+
+def _controller_comment(action: Action) -> list[str]:
+    if isinstance(action, MakeBundleKey):
+        return ["# amidsl makes 16 random bytes each for the AES key and IV, in memory only."]
+    if isinstance(action, SignManifest):
+        return [
+            "# amidsl builds <prefix>.manifest.xml from the node's bundle report, encrypts key and IV for",
+            "# your certificate and EC2's, and signs it with your private key (which stays here).",
+        ]
+    if isinstance(action, PresignParts):
+        return [
+            f"# amidsl presigns a PUT URL per part for s3://{action.bucket}/{action.key_prefix} with",
+            "# x-amz-acl: aws-exec-read, skipping parts whose S3 ETag already is the part's MD5.",
+        ]
+    assert isinstance(action, UploadManifest)
+    return [f"# amidsl uploads the signed manifest to s3://{action.bucket}/{action.key} (aws-exec-read)."]
 
 
 def aws_cli_words(action: AwsCall) -> list[Value]:
@@ -266,6 +328,9 @@ trap on_error ERR
 """
 
 _JSON_HELPERS = r"""# Controller-side helpers: read fields of the aws CLI's JSON output.
+controller_only() {
+  fail "this step runs inside amidsl on the controller ($1): run the build with amidsl"
+}
 json_field() {
   python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
 }
@@ -285,9 +350,9 @@ def render_phase_function(phase: PhasePlan) -> list[str]:
         on_controller = isinstance(action, CONTROLLER_ACTIONS)
         if on_controller and not in_controller:
             lines += [
-                "  # ---- CONTROLLER SIDE: AWS API calls, made from the machine driving the build",
-                "  # ---- (amidsl build makes them with boto3; by hand, run them where the aws CLI",
-                "  # ---- and your AWS credentials are, not on the node).",
+                "  # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node",
+                "  # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws",
+                "  # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).",
             ]
         elif in_controller and not on_controller:
             lines.append("  # ---- end of controller side")

@@ -39,6 +39,10 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
             continue
         if name == "certificate_pem":
             value = describe_certificate(value) if value else "(none)"
+        elif name == "ec2_certificate_pem":
+            if s.bundler != "native":
+                continue
+            value = describe_certificate(value) if value else "pinned, from the ec2-ami-tools archive"
         elif name in ("secret_key", "session_token", "access_key"):
             value = _credential_origin(s, name)
         elif isinstance(value, Source):
@@ -60,9 +64,10 @@ def _credential_origin(s: AmiSettings, name: str) -> str:
         "session_token": "AMIDSL_SESSION_TOKEN",
     }[name]
     given = getattr(s, name) is not None
+    # Not even the access key id is shown: scripts and previews name where keys come from, never a key.
     origin = "from the settings" if given else "from the AWS credential chain"
-    if name == "access_key" and s.access_key:
-        origin = f"{s.access_key} from the settings"
+    if s.bundler == "native":
+        return f"{origin}; used on the controller only (presigned URLs reach the node)"
     return f"{origin}; supplied at run time as {env}"
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from invoke import Collection, Program
 
 from amidsl.bundle import (
     BlockDeviceMapping,
@@ -20,12 +19,12 @@ from amidsl.bundle import (
     bundle_image,
     decrypt_keys,
     read_manifest,
-    tasks,
     unbundle,
     verify_bundle,
 )
 from amidsl.bundle.keys import load_private_key
 from amidsl.bundle.manifest import sign_manifest
+from amidsl.cli import run
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 IV = bytes.fromhex("0f0e0d0c0b0a09080706050403020100")
@@ -215,13 +214,12 @@ def test_bundle_from_the_ec2_ami_tools_shell_pipeline_verifies_and_unbundles(
     # The same through the command line tasks.
     cert_file = _write_pem(tmp_path / "user.crt", user.cert_pem)
     key_file = _write_pem(tmp_path / "user.key", user.key_pem)
-    program = Program(namespace=Collection(tasks.verify_bundle, tasks.unbundle), binary="amidsl")
     manifest_arg = str(out / "image.manifest.xml")
-    program.run(["amidsl", "verify-bundle", "--manifest", manifest_arg, "--cert", str(cert_file)])
-    program.run(
-        ["amidsl", "unbundle", "--manifest", manifest_arg, "--privkey", str(key_file),
+    assert run(["verify-bundle", "--manifest", manifest_arg, "--cert", str(cert_file)]) == 0
+    assert run(
+        ["unbundle", "--manifest", manifest_arg, "--privkey", str(key_file),
          "--destination", str(tmp_path / "cli"), "--cert", str(cert_file)]
-    )  # fmt: skip
+    ) == 0  # fmt: skip
     assert (tmp_path / "cli" / "image").read_bytes() == sample_image.read_bytes()
 
 

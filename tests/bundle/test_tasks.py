@@ -3,20 +3,14 @@
 import os
 
 import pytest
-from invoke import Collection, Program
 
 from amidsl.bundle import build_image
-from amidsl.bundle.tasks import bundle_image, image_ls, unbundle, verify_bundle
+from amidsl.cli import run
 
 
 def amidsl(*args: str) -> int:
-    """Run the tasks as the amidsl program would; return the exit code."""
-    program = Program(namespace=Collection(bundle_image, verify_bundle, unbundle, image_ls), binary="amidsl")
-    try:
-        program.run(["amidsl", *args], exit=True)
-    except SystemExit as exit:
-        return exit.code or 0
-    return 0
+    """Run the command as the amidsl program would; return the exit status."""
+    return run(args)
 
 
 @pytest.fixture
@@ -42,7 +36,11 @@ def files(tmp_path, user, ec2, stranger):
 
 
 def bundle(files) -> int:
-    return amidsl(
+    return amidsl(*bundle_args(files))
+
+
+def bundle_args(files) -> list[str]:
+    return [
         "bundle-image",
         "--image", str(files["image"]),
         "--cert", str(files["cert.pem"]),
@@ -52,7 +50,7 @@ def bundle(files) -> int:
         "--destination", str(files["out"]),
         "--prefix", "web",
         "--block-device-mapping", "ami=sda1,root=/dev/sda1",
-    )  # fmt: skip
+    ]  # fmt: skip
 
 
 def test_bundle_verify_unbundle_and_list_from_the_command_line(files, tmp_path, capsys, user):
@@ -154,3 +152,34 @@ def test_bad_block_device_mapping_is_explained(files, capsys):
 def test_image_ls_of_a_missing_image(capsys, tmp_path):
     err = expect_failure(capsys, "image-ls", "--image", str(tmp_path / "none.img"))
     assert f"image {tmp_path / 'none.img'} does not exist" in err
+
+
+def test_image_ls_of_a_file_that_is_no_image_names_no_internals(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a filesystem\n")
+    err = expect_failure(capsys, "image-ls", "--image", str(tmp_path / "notes.txt"))
+    assert "cannot read" in err and "as an ext2/3/4 filesystem image" in err
+    assert "build_image" not in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file owned by uid 1000 needs root")
+def test_image_ls_lines_align_whatever_the_owner(tmp_path, capsys):
+    (tmp_path / "root/home/user").mkdir(parents=True)
+    os.chown(tmp_path / "root/home/user", 1000, 1000)
+    build_image(tmp_path / "root", tmp_path / "disk.img")
+    assert amidsl("image-ls", "--image", str(tmp_path / "disk.img")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    root = next(line for line in lines if line.endswith(" /"))
+    home = next(line for line in lines if line.endswith(" /home/user"))
+    assert root.startswith("d0") and " 0:0 " in root and " 1000:1000 " in home
+    assert home.rindex(" /home/user") == root.rindex(" /")  # one column for paths
+
+
+def test_bundle_image_creates_its_destination_or_says_why_not(files, capsys, tmp_path):
+    nested = tmp_path / "new" / "bundle"
+    files["out"] = nested
+    assert bundle(files) == 0 and (nested / "web.manifest.xml").is_file()
+    capsys.readouterr()
+    (tmp_path / "a-file").write_text("")
+    files["out"] = tmp_path / "a-file" / "bundle"
+    err = expect_failure(capsys, *bundle_args(files))
+    assert f"--destination {tmp_path / 'a-file' / 'bundle'}: cannot create it" in err

@@ -218,6 +218,16 @@ def sudo_user(node: Node) -> Iterator[str]:
         subprocess.run(["userdel", name], check=False)
 
 
+@pytest.fixture
+def sudo_user_or_root(request):
+    """Map a test parameter to a login user (the sudo user fixture is only made when asked for)."""
+
+    def choose(login: str) -> str:
+        return "root" if login == "root" else request.getfixturevalue("sudo_user")
+
+    return choose
+
+
 @pytest.fixture(scope="session")
 def bucket(aws_endpoint: str) -> str:
     """The bundle bucket, in us-east-1 on the moto server."""

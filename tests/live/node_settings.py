@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,11 @@ import boto3
 from botocore.config import Config
 
 from amidsl.bundle import verify_bundle
+from amidsl.live.build import build_on_host
+from amidsl.live.settings import resolve_live
+from amidsl.live.ssh import SshNode
+from amidsl.plan import Spec
+from amidsl.runner import BuildResult
 
 NODE_PHASES = ("install", "configure", "ami-bundle", "ami-upload", "cleanup")
 BUCKET = "amidsl-offline-bundles"
@@ -32,6 +38,7 @@ def build_settings(tmp_path: Path, node, fake_tools, credentials, login: str, en
     """[ami] and [live] for one build; every node directory is inside the node's temporary directory."""
     run = node.root / f"run-{secrets.token_hex(4)}"
     ami = {
+        "bundler": "ami-tools",
         "image_name": f"amidsl offline test {secrets.token_hex(4)}",
         "image_description": "built over SSH on 127.0.0.1",
         "region": "us-east-1",
@@ -61,6 +68,35 @@ def build_settings(tmp_path: Path, node, fake_tools, credentials, login: str, en
         "wait_seconds": 30,
     }
     return {"ami": ami, "live": live}
+
+
+@dataclass
+class RecordedBuild:
+    """A build on the sshd node: its result, its progress lines and the command lines amidsl sent."""
+
+    result: BuildResult
+    progress: list[str]
+    commands: list[str]
+
+
+def build_over_ssh(config: dict, spec: Spec | None = None) -> RecordedBuild:
+    """Run every phase of `config` on the sshd node on 127.0.0.1, recording progress and commands."""
+    progress: list[str] = []
+    opened: list[SshNode] = []
+
+    def open_node(target):
+        opened.append(SshNode(target))
+        return opened[-1]
+
+    result = build_on_host(
+        "127.0.0.1",
+        config["ami"],
+        spec=spec,
+        live=resolve_live(config["live"]),
+        progress=progress.append,
+        node_factory=open_node,
+    )
+    return RecordedBuild(result, progress, opened[0].commands)
 
 
 def write_toml(path: Path, tables: dict) -> Path:

@@ -100,6 +100,7 @@ def test_validate_live_checks_credentials_bucket_region_and_name(settings, aws_e
     checked = check_aws_side(settings, Aws(settings, live))
     assert checked[1:] == [
         f"bucket {BUCKET} exists in us-east-1",
+        f"bucket {BUCKET} accepts ACLs (no object ownership controls)",
         "image name 'web-server-2026-11' is free in us-east-1",
     ]
     aws_client("s3", aws_endpoint).create_bucket(
@@ -115,3 +116,21 @@ def test_validate_live_checks_credentials_bucket_region_and_name(settings, aws_e
     assert shown[0].startswith("user_id: '210987654321' is not the account of the credentials (123456789012)")
     assert "bucket 'amidsl-dublin-bundles' is in eu-west-1, not in us-east-1" in shown[1]
     assert shown[2].startswith("image_name: 'taken-name' is already the name of ami-")
+
+
+def test_validate_live_refuses_a_bucket_with_acls_disabled_and_says_how_to_fix_it(
+    settings, aws_endpoint, bucket
+):
+    s3 = aws_client("s3", aws_endpoint)
+    s3.create_bucket(Bucket="amidsl-enforced-bundles")
+    s3.put_bucket_ownership_controls(
+        Bucket="amidsl-enforced-bundles",
+        OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+    )
+    enforced = settings.with_values(s3_bucket="amidsl-enforced-bundles")
+    with pytest.raises(SettingsError) as caught:
+        check_aws_side(enforced, Aws(enforced, LiveSettings(endpoint_url=aws_endpoint)))
+    (problem,) = [str(p) for p in caught.value.problems]
+    assert "ACLs disabled (Object Ownership BucketOwnerEnforced)" in problem
+    assert "put-bucket-ownership-controls --bucket amidsl-enforced-bundles" in problem
+    assert "BucketOwnerPreferred" in problem

@@ -14,7 +14,6 @@ import pytest
 
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import resolve_live
-from amidsl.live.ssh import SshNode
 from amidsl.plan import build_plan
 from amidsl.render.shell import render_script
 from amidsl.runner import BuildError
@@ -25,6 +24,7 @@ from tests.live.node_settings import (
     NODE_PHASES,
     assert_no_secret,
     aws_client,
+    build_over_ssh,
     build_settings,
     download_and_verify,
     no_credentials_in,
@@ -42,21 +42,8 @@ def test_live_test_body_builds_registers_and_finds_the_image(
     config = build_settings(tmp_path, node, fake_tools, credentials, user, aws_endpoint)
     group = live_test_group(config["ami"])
     node.forget_records()
-    progress: list[str] = []
-    opened: list[SshNode] = []
-
-    def open_node(target):
-        opened.append(SshNode(target))
-        return opened[-1]
-
-    result = build_on_host(
-        "127.0.0.1",
-        config["ami"],
-        spec=group,
-        live=resolve_live(config["live"]),
-        progress=progress.append,
-        node_factory=open_node,
-    )
+    recorded = build_over_ssh(config, spec=group)
+    result, progress = recorded.result, recorded.progress
     settings = result.settings
 
     # The build ran every phase and the test phase found exactly one image with the new id.
@@ -82,7 +69,7 @@ def test_live_test_body_builds_registers_and_finds_the_image(
     node_has_no_credentials(node, settings, credentials.key_pem)
 
     # No secret on any command line (as sent, and as the node's bash saw them), in progress or records.
-    commands = opened[0].commands
+    commands = recorded.commands
     assert node.ssh_command_lines() == commands  # recorded on the node's side too
     assert commands and all(c.startswith(("mktemp", "rm -rf", "bash -c", "sudo -n")) for c in commands)
     assert any(c.startswith("sudo -n -- bash -c") for c in commands) == (login == "sudo-user")
@@ -93,16 +80,6 @@ def test_live_test_body_builds_registers_and_finds_the_image(
     )
     assert "==> [ami-bundle 2] bundle the volume with ec2-bundle-vol" in progress
     assert any(line.startswith("    [ami-upload 1] Uploaded") for line in progress)
-
-
-@pytest.fixture
-def sudo_user_or_root(request):
-    """Map the test parameter to a login user (the sudo user fixture is only made when asked for)."""
-
-    def choose(login: str) -> str:
-        return "root" if login == "root" else request.getfixturevalue("sudo_user")
-
-    return choose
 
 
 def amidsl(*args: str) -> subprocess.CompletedProcess:

@@ -139,3 +139,8 @@ def test_the_cli_refuses_a_nul_in_the_description_without_a_traceback(tmp_path):
         assert done.returncode == 2, (command, done.stderr)
         assert "image_description: contains a control character (U+0000)" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_an_install_dir_too_long_to_record_on_the_node_is_refused(raw_settings):
+    problems = problems_of({**raw_settings, "install_dir": "/srv/" + "/".join(["d" * 40] * 6)})
+    assert "install_dir" in [p.setting for p in problems]

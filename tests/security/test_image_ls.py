@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from invoke import Collection, Program
 
 from amidsl.bundle import list_image
 from amidsl.bundle.e2fs import debugfs, tool
-from amidsl.bundle.tasks import image_ls
+from amidsl.cli import run
 
 
 def _image_of(root, image):
@@ -49,8 +48,7 @@ def test_a_symlink_target_is_read_exactly(odd_image):
 
 
 def test_the_listing_shows_control_characters_escaped(odd_image, capsys):
-    program = Program(namespace=Collection(image_ls), binary="amidsl")
-    program.run(["amidsl", "image-ls", "--image", str(odd_image)], exit=False)
+    assert run(["image-ls", "--image", str(odd_image)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert "/red\\x1b[31m" in out and "/hid\\x0aden/deeper/id_rsa" in out

@@ -7,7 +7,7 @@ import pytest
 
 from amidsl import crate
 from amidsl.plan import build_plan
-from amidsl.runner import ActionRecord, BuildError, BuildInterrupted, run_plan
+from amidsl.runner import ActionFailed, ActionRecord, BuildError, BuildInterrupted, run_plan
 
 SECRET = "sk-secret-value-123456"
 
@@ -66,3 +66,14 @@ def test_a_second_ctrl_c_during_removal_says_where_the_credentials_may_remain(ra
     assert "The credentials may remain on the node in /opt/ami-tools/credentials" in message
     assert "interrupted" in message.split("may remain", 1)[1]
     assert "were removed" not in message
+
+
+def test_a_failure_shows_the_nodes_escape_sequences_escaped(raw_settings):
+    backend = StoppingBackend(
+        "ami-bundle", ActionFailed(2, 1, "ec2-bundle-vol: \x1b]0;owned\x07 \x1b[2J failed")
+    )
+    with pytest.raises(BuildError) as caught:
+        run_plan(build_plan(crate.server_spec(raw_settings)), backend)
+    message = str(caught.value)
+    assert "\x1b" not in message and "\x07" not in message
+    assert "ec2-bundle-vol: \\x1b]0;owned\\x07 \\x1b[2J failed" in message

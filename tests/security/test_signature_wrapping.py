@@ -79,6 +79,18 @@ def test_the_signed_text_is_the_parsed_sections_byte_for_byte(genuine):
     assert read_manifest(genuine).signed_text == _signed_sections(text)
 
 
+def test_the_signed_text_ends_after_a_section_whose_last_child_is_an_empty_element_tag(genuine):
+    text = genuine.read_text().replace("</machine_configuration>", "<product_codes/></machine_configuration>")
+    manifest = parse_manifest(text)
+    assert manifest.product_codes == () and manifest.signed_text == _signed_sections(text)
+
+
+def test_the_signed_text_of_sections_holding_non_ascii_text_is_exact(genuine):
+    text = genuine.read_text().replace("<name>image</name>", "<name>imag\u00e9 \u2603</name>")
+    manifest = parse_manifest(text)
+    assert manifest.name == "imag\u00e9 \u2603" and manifest.signed_text == _signed_sections(text)
+
+
 def test_a_manifest_as_the_real_tools_write_it_parses(genuine):
     """REXML writes attributes in double quotes and may indent; both still parse and verify."""
     text = genuine.read_text().replace("'", '"')

@@ -5,10 +5,9 @@ import stat
 
 import pytest
 from crafting import make_identity, plain_tar
-from invoke import Collection, Program
 
 from amidsl.bundle import BundleError, ManifestEditedError, unbundle
-from amidsl.bundle.tasks import unbundle as unbundle_task
+from amidsl.cli import run
 
 
 def test_a_member_named_other_than_the_image_is_refused_and_writes_nothing(tmp_path, user, craft):
@@ -70,12 +69,7 @@ def test_a_manifest_signed_by_someone_else_is_refused_by_default(tmp_path, user,
 
 
 def _run_unbundle_command(*args: str) -> int:
-    program = Program(namespace=Collection(unbundle_task), binary="amidsl")
-    try:
-        program.run(["amidsl", "unbundle", *args], exit=True)
-    except SystemExit as exit:
-        return exit.code or 0
-    return 0
+    return run(["unbundle", *args])
 
 
 def test_the_unbundle_command_needs_cert_or_no_verify(tmp_path, genuine, user, capsys):

@@ -12,6 +12,13 @@ from simulator import FakeRegion, simulate, template_node
 
 @pytest.fixture
 def example_settings() -> dict:
+    """The example's settings with the ami-tools strategy (tests of native builds ask for it)."""
+    return load_toml(example_config_path()) | {"bundler": "ami-tools"}
+
+
+@pytest.fixture
+def native_settings() -> dict:
+    """The example's settings as they are: a native build."""
     return load_toml(example_config_path())
 
 

@@ -91,3 +91,22 @@ def test_install_records_the_directories_it_creates(run, example_settings, node)
     assert simulation.error is None
     for directory in ("/opt/ami-tools", CREDENTIAL_DIR):
         assert node.is_dir(f"{NODE_STATE_DIR}/created/{directory.replace('/', '%2F')}")
+
+
+def test_ctrl_c_in_a_simulated_bundle_names_the_action_and_removes_the_credentials(
+    run, example_settings, node, monkeypatch
+):
+    runs_commands = node.run
+
+    def ctrl_c_in_the_bundler(argv, *args, **kwargs):
+        if argv[0].endswith("ec2-bundle-vol"):
+            raise KeyboardInterrupt
+        return runs_commands(argv, *args, **kwargs)
+
+    monkeypatch.setattr(node, "run", ctrl_c_in_the_bundler)
+    simulation = run(example_settings)
+    assert str(simulation.error).startswith(
+        "phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
+    )
+    assert "The credentials were removed" in str(simulation.error)
+    assert node.is_dir(CREDENTIAL_DIR) and not any(node.host_path(CREDENTIAL_DIR).iterdir())

@@ -12,7 +12,7 @@ def keys_in_bucket(region) -> list[str]:
 
 
 def test_a_failed_upload_names_the_parts_it_left_and_how_to_remove_them(run, example_settings, region):
-    region.faults.fail_put_number = 2  # the first part goes up, the manifest does not
+    region.faults.fail_object = "image.manifest.xml"  # the part goes up, the manifest never does
     simulation = run(example_settings)
     message = str(simulation.error)
     assert simulation.error.phase == "ami-upload"
@@ -39,6 +39,7 @@ def test_cleanup_all_removes_what_a_failed_registration_left(run, example_settin
     assert keys_in_bucket(region) == []
     assert f"The bundle was removed from S3 (2 object(s) under {PLACE}/)" in message
     assert "credentials were removed" in message
+    assert "the phases from ami-upload on" in message  # the bundle must go up again
 
 
 def test_a_failure_before_the_upload_says_nothing_about_s3(run, example_settings, node):

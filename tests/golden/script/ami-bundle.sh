@@ -9,9 +9,9 @@
 # Settings:
 #   image_name = amidsl-example-ami
 #   image_description = amidsl example AMI
-#   access_key = from the AWS credential chain; supplied at run time as AMIDSL_ACCESS_KEY
-#   secret_key = from the AWS credential chain; supplied at run time as AMIDSL_SECRET_KEY
-#   session_token = from the AWS credential chain; supplied at run time as AMIDSL_SESSION_TOKEN
+#   access_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   secret_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   session_token = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
 #   region = us-east-1
 #   user_id = 123456789012
 #   user = admin
@@ -41,8 +41,12 @@
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
-#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
+#   bundler = native
+#   volume = /
+#   ec2_certificate_source = (none)
+#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
 
 set -Eeuo pipefail
 
@@ -63,22 +67,39 @@ on_error() {
 }
 trap on_error ERR
 
+# Controller-side helpers: read fields of the aws CLI's JSON output.
+controller_only() {
+  fail "this step runs inside amidsl on the controller ($1): run the build with amidsl"
+}
+json_field() {
+  python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+}
+json_length() {
+  python3 -c 'import json, sys; print(len(json.loads(sys.argv[1])[sys.argv[2]]))' "$1" "$2"
+}
+
 phase_ami_bundle() {
   step ami-bundle 1 'make sure the destination directory exists'
   mkdir -p -- /tmp
-  step ami-bundle 2 'bundle the volume with ec2-bundle-vol'
-  (cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
-    EC2_HOME=/opt/ami-tools/ec2-ami-tools \
-    PATH=/opt/ami-tools/.rbenv/versions/2.7.8/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    /opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \
-    -k /opt/ami-tools/credentials/pk \
-    -c /opt/ami-tools/credentials/cert \
-    -u 123456789012 \
-    -r x86_64 \
-    -e /opt/ami-tools,/opt/ami-tools/credentials,/tmp,/var/lib/amidsl,/var/cache/apt/archives,/home/admin/scratch \
-    -d /tmp \
-    -p image \
-    --batch)
+  # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
+  # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
+  # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).
+  step ami-bundle 2 'make the AES key and IV of the bundle on the controller'
+  # amidsl makes 16 random bytes each for the AES key and IV, in memory only.
+  controller_only 'make the AES key and IV of the bundle on the controller'
+  # ---- end of controller side
+  step ami-bundle 3 'image the volume and bundle it into parts on the node'
+  # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
+  #   {"volume": "/", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "includes": [], "filter": true, "destination_dir": "/tmp", "prefix": "image", "image_size_mb": null, "key": "<the bundle's AES key (made on the controller)>", "iv": "<the bundle's AES IV (made on the controller)>", "part_size": 10485760, "workers": 0}
+  python3 -I /opt/ami-tools/amidsl_node.py bundle
+  # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
+  # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
+  # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).
+  step ami-bundle 4 'build and sign the manifest on the controller'
+  # amidsl builds <prefix>.manifest.xml from the node's bundle report, encrypts key and IV for
+  # your certificate and EC2's, and signs it with your private key (which stays here).
+  controller_only 'build and sign the manifest on the controller'
+  # ---- end of controller side
 }
 
 main() {

@@ -9,9 +9,9 @@
 # Settings:
 #   image_name = amidsl-example-ami
 #   image_description = amidsl example AMI
-#   access_key = from the AWS credential chain; supplied at run time as AMIDSL_ACCESS_KEY
-#   secret_key = from the AWS credential chain; supplied at run time as AMIDSL_SECRET_KEY
-#   session_token = from the AWS credential chain; supplied at run time as AMIDSL_SESSION_TOKEN
+#   access_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   secret_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   session_token = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
 #   region = us-east-1
 #   user_id = 123456789012
 #   user = admin
@@ -41,27 +41,14 @@
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
-#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
-#
-# Supplied at run time through the environment (never written into this file):
-#   AMIDSL_ACCESS_KEY: the AWS access key id (ami-upload)
-#   AMIDSL_SECRET_KEY: the AWS secret access key (ami-upload)
+#   bundler = native
+#   volume = /
+#   ec2_certificate_source = (none)
+#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
 
 set -Eeuo pipefail
-
-# The run-time inputs of the chosen phases are checked before any phase runs.
-check_inputs() {
-  local phase
-  for phase in "$@"; do
-    case "$phase" in
-      ami-upload)
-        : "${AMIDSL_ACCESS_KEY:?set AMIDSL_ACCESS_KEY to the AWS access key id (ami-upload)}"
-        : "${AMIDSL_SECRET_KEY:?set AMIDSL_SECRET_KEY to the AWS secret access key (ami-upload)}"
-        ;;
-    esac
-  done
-}
 
 step() {
   printf '==> [%s %s] %s\n' "$1" "$2" "$3"
@@ -80,20 +67,38 @@ on_error() {
 }
 trap on_error ERR
 
+# Controller-side helpers: read fields of the aws CLI's JSON output.
+controller_only() {
+  fail "this step runs inside amidsl on the controller ($1): run the build with amidsl"
+}
+json_field() {
+  python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+}
+json_length() {
+  python3 -c 'import json, sys; print(len(json.loads(sys.argv[1])[sys.argv[2]]))' "$1" "$2"
+}
+
 phase_ami_upload() {
-  step ami-upload 1 'upload the bundle to S3 with ec2-upload-bundle'
-  (cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
-    EC2_HOME=/opt/ami-tools/ec2-ami-tools \
-    PATH=/opt/ami-tools/.rbenv/versions/2.7.8/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    /opt/ami-tools/ec2-ami-tools/bin/ec2-upload-bundle \
-    -b amidsl-example-bundles/images/example \
-    -m /tmp/image.manifest.xml \
-    -a "${AMIDSL_ACCESS_KEY}" \
-    -s "${AMIDSL_SECRET_KEY}" \
-    ${AMIDSL_SESSION_TOKEN:+-t "${AMIDSL_SESSION_TOKEN}"} \
-    --region us-east-1 \
-    --retry \
-    --batch)
+  # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
+  # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
+  # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).
+  step ami-upload 1 'presign an upload URL per part (parts already in S3 are skipped)'
+  # amidsl presigns a PUT URL per part for s3://amidsl-example-bundles/images/example with
+  # x-amz-acl: aws-exec-read, skipping parts whose S3 ETag already is the part's MD5.
+  controller_only 'presign an upload URL per part (parts already in S3 are skipped)'
+  # ---- end of controller side
+  step ami-upload 2 'upload the parts to S3 in parallel from the node (presigned URLs)'
+  # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
+  #   {"destination_dir": "/tmp", "parts": "<one presigned S3 PUT URL per part>", "concurrency": 4, "retries": 5}
+  # (exit status 3: some URLs expired; amidsl presigns those parts again and re-runs)
+  python3 -I /opt/ami-tools/amidsl_node.py upload
+  # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
+  # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
+  # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).
+  step ami-upload 3 'upload the signed manifest to S3 from the controller'
+  # amidsl uploads the signed manifest to s3://amidsl-example-bundles/images/example/image.manifest.xml (aws-exec-read).
+  controller_only 'upload the signed manifest to S3 from the controller'
+  # ---- end of controller side
 }
 
 main() {
@@ -108,7 +113,6 @@ main() {
       *) fail "unknown phase: $phase (phases: ami-upload)" ;;
     esac
   done
-  check_inputs "$@"
   for phase in "$@"; do
     case "$phase" in
       ami-upload) phase_ami_upload ;;

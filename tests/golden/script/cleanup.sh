@@ -9,9 +9,9 @@
 # Settings:
 #   image_name = amidsl-example-ami
 #   image_description = amidsl example AMI
-#   access_key = from the AWS credential chain; supplied at run time as AMIDSL_ACCESS_KEY
-#   secret_key = from the AWS credential chain; supplied at run time as AMIDSL_SECRET_KEY
-#   session_token = from the AWS credential chain; supplied at run time as AMIDSL_SESSION_TOKEN
+#   access_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   secret_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   session_token = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
 #   region = us-east-1
 #   user_id = 123456789012
 #   user = admin
@@ -41,8 +41,12 @@
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
-#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
+#   bundler = native
+#   volume = /
+#   ec2_certificate_source = (none)
+#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
 
 set -Eeuo pipefail
 
@@ -64,22 +68,14 @@ on_error() {
 trap on_error ERR
 
 phase_cleanup() {
-  step cleanup 1 'remove the credentials'
-  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials ] || fail 'refusing to remove /opt/ami-tools/credentials: amidsl did not create /opt/ami-tools/credentials (no /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials); remove it by hand if it is really amidsl'"'"'s'
-  rm -rf -- /opt/ami-tools/credentials
-  { [ ! -e /opt/ami-tools/credentials ] && [ ! -L /opt/ami-tools/credentials ]; } || fail '/opt/ami-tools/credentials still exists after removing it'
-  rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
-  step cleanup 2 'remove the ami-tools and Ruby'
+  step cleanup 1 'remove the amidsl node program (install_dir)'
   [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ] || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools
   { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
   rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
-  step cleanup 3 'remove the bundle parts'
+  step cleanup 2 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
-  step cleanup 4 'remove the bundle manifest'
-  rm -f -- /tmp/image.manifest.xml
-  { [ ! -e /tmp/image.manifest.xml ] && [ ! -L /tmp/image.manifest.xml ]; } || fail '/tmp/image.manifest.xml still exists after removing it'
-  step cleanup 5 'remove the image file if ec2-bundle-vol left it'
+  step cleanup 3 'remove the image file if the node program left it'
   rm -f -- /tmp/image
   { [ ! -e /tmp/image ] && [ ! -L /tmp/image ]; } || fail '/tmp/image still exists after removing it'
 }

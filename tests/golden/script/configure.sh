@@ -9,9 +9,9 @@
 # Settings:
 #   image_name = amidsl-example-ami
 #   image_description = amidsl example AMI
-#   access_key = from the AWS credential chain; supplied at run time as AMIDSL_ACCESS_KEY
-#   secret_key = from the AWS credential chain; supplied at run time as AMIDSL_SECRET_KEY
-#   session_token = from the AWS credential chain; supplied at run time as AMIDSL_SESSION_TOKEN
+#   access_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   secret_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   session_token = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
 #   region = us-east-1
 #   user_id = 123456789012
 #   user = admin
@@ -41,25 +41,14 @@
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
-#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
-#
-# Supplied at run time through the environment (never written into this file):
-#   AMIDSL_PRIVATE_KEY_FILE: path on the node of the private signing key
+#   bundler = native
+#   volume = /
+#   ec2_certificate_source = (none)
+#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
 
 set -Eeuo pipefail
-
-# The run-time inputs of the chosen phases are checked before any phase runs.
-check_inputs() {
-  local phase
-  for phase in "$@"; do
-    case "$phase" in
-      configure)
-        : "${AMIDSL_PRIVATE_KEY_FILE:?set AMIDSL_PRIVATE_KEY_FILE to path on the node of the private signing key}"
-        ;;
-    esac
-  done
-}
 
 step() {
   printf '==> [%s %s] %s\n' "$1" "$2" "$3"
@@ -78,30 +67,9 @@ on_error() {
 }
 trap on_error ERR
 
+# WARNING (configure): native build: no key or certificate is written to the node; the controller signs
 phase_configure() {
-  step configure 1 'write the signing certificate'
-  install -m 0600 -o root -g root /dev/null /opt/ami-tools/credentials/cert
-  printf %s '-----BEGIN CERTIFICATE-----
-MIIC5zCCAc+gAwIBAgIBATANBgkqhkiG9w0BAQsFADA3MTUwMwYDVQQDDCxhbWlk
-c2wgZXhhbXBsZSAodGhyb3dhd2F5LCBub3QgdmFsaWQgb24gQVdTKTAeFw0yMDAx
-MDEwMDAwMDBaFw00OTEyMzEwMDAwMDBaMDcxNTAzBgNVBAMMLGFtaWRzbCBleGFt
-cGxlICh0aHJvd2F3YXksIG5vdCB2YWxpZCBvbiBBV1MpMIIBIjANBgkqhkiG9w0B
-AQEFAAOCAQ8AMIIBCgKCAQEA6b55O9ercC2Sl8rtMaSvKfKFAuUkExScQhJv9qm1
-Tmua4ipPz35I61Kh6YXxi2uDNM53sxomKLwUhDrYa7j8Iy9GIsuhZgUjyyDbDKx2
-x45tFSH679bI7xla7lGloAaEO5Vy6fJmEV1yRITMFrq5KalFTDBfZZrxqrG48iQG
-cdwXAFV3bOIjc2s29VDj1valffbqbK4AzHUp16BYHfMA0xe/owdddKvW5Zdz9HIi
-e+ph21O8xsVa8aQw3jbv/lYN1fsTIQJtaUnDOAIUJB0ssmJlSZRxt3ePjhGBZMIr
-52+mok3CWQmqN+olP64ej0Jth5MgyS/14Xg75/xj8KXPBQIDAQABMA0GCSqGSIb3
-DQEBCwUAA4IBAQBE/c0OefnjqkuobTX07jJlnV8XuTXlTheaRmvhbptvkdr9WaFg
-ASWw5Z4I1YGX2T7RRqz17ubmX9kbdSQLtH1WC+7INi8+3BDvhueGcMQEsY5ygsz6
-tCUkpeCEfh+MtczjEXwFf8Ai01AVKYNKtEOe+B1ByyeEjhfnwFqFpd4N0xeeqjq/
-nsp5c9yEZgKDI12miNlufTbXkM6dhacwilNji93pNKksYL4lvjKqqXTP2588Eo1b
-BgEXJCXc9NXilKnEVHq4srqrvxaikNXR9w007iFYYThsayJ22tMoRDCRJOauFQEP
-oEYRrgcVedYWt41x7U70Geq3RryJg0SvzTJ/
------END CERTIFICATE-----
-' > /opt/ami-tools/credentials/cert
-  step configure 2 'install the private signing key'
-  install -m 0600 -o root -g root -- "${AMIDSL_PRIVATE_KEY_FILE}" /opt/ami-tools/credentials/pk
+  :  # nothing to do
 }
 
 main() {
@@ -116,7 +84,6 @@ main() {
       *) fail "unknown phase: $phase (phases: configure)" ;;
     esac
   done
-  check_inputs "$@"
   for phase in "$@"; do
     case "$phase" in
       configure) phase_configure ;;

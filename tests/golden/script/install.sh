@@ -9,9 +9,9 @@
 # Settings:
 #   image_name = amidsl-example-ami
 #   image_description = amidsl example AMI
-#   access_key = from the AWS credential chain; supplied at run time as AMIDSL_ACCESS_KEY
-#   secret_key = from the AWS credential chain; supplied at run time as AMIDSL_SECRET_KEY
-#   session_token = from the AWS credential chain; supplied at run time as AMIDSL_SESSION_TOKEN
+#   access_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   secret_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   session_token = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
 #   region = us-east-1
 #   user_id = 123456789012
 #   user = admin
@@ -41,8 +41,12 @@
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
-#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
+#   bundler = native
+#   volume = /
+#   ec2_certificate_source = (none)
+#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
 
 set -Eeuo pipefail
 
@@ -63,49 +67,1418 @@ on_error() {
 }
 trap on_error ERR
 
-# WARNING (install): OS packages installed by this phase stay in the image (only install_dir, credential_dir and destination_dir are excluded): ca-certificates, curl, unzip, rsync, git, gcc, make, libssl-dev, zlib1g-dev, libreadline-dev, libyaml-dev, libffi-dev (apt) / ca-certificates, curl, unzip, rsync, git, gcc, make, openssl-devel, zlib-devel, readline-devel, libyaml-devel, libffi-devel (dnf, yum)
+# WARNING (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl).
 phase_install() {
-  step install 1 'install the packages the ami-tools need'
-  if command -v apt-get >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q ca-certificates curl unzip rsync git gcc make libssl-dev zlib1g-dev libreadline-dev libyaml-dev libffi-dev
-  elif command -v dnf >/dev/null 2>&1; then
-    dnf install -y -q ca-certificates curl unzip rsync git gcc make openssl-devel zlib-devel readline-devel libyaml-devel libffi-devel
-  elif command -v yum >/dev/null 2>&1; then
-    yum install -y -q ca-certificates curl unzip rsync git gcc make openssl-devel zlib-devel readline-devel libyaml-devel libffi-devel
-  else
-    fail 'no apt-get, dnf or yum on this node: install the packages by hand'
-  fi
-  step install 2 'unpack the ec2-ami-tools into the install directory'
+  step install 1 'create the node program directory (root only)'
   if [ ! -e /opt/ami-tools ]; then
     install -d -m 0700 -o root -g root -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
   fi
-  install -d -m 0755 -o root -g root -- /opt/ami-tools
-  rm -rf -- /opt/ami-tools/ec2-ami-tools /opt/ami-tools/ec2-ami-tools-*
-  curl -fsSL --retry 3 -o /opt/ami-tools/.download.zip https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
-  unzip -q -o /opt/ami-tools/.download.zip -d /opt/ami-tools
-  rm -f -- /opt/ami-tools/.download.zip
-  if [ ! -d /opt/ami-tools/ec2-ami-tools ]; then
-    mv -- /opt/ami-tools/ec2-ami-tools-* /opt/ami-tools/ec2-ami-tools
-  fi
-  chown -R root:root -- /opt/ami-tools/ec2-ami-tools
-  step install 3 'create the credential directory (root only)'
-  if [ ! -e /opt/ami-tools/credentials ]; then
-    install -d -m 0700 -o root -g root -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
-  fi
-  install -d -m 0700 -o root -g root -- /opt/ami-tools/credentials
-  step install 4 'fetch rbenv into the install directory'
-  if [ ! -e /opt/ami-tools/.rbenv ]; then
-    git clone --depth 1 https://github.com/rbenv/rbenv.git /opt/ami-tools/.rbenv
-  fi
-  step install 5 'fetch ruby-build'
-  if [ ! -e /opt/ami-tools/.rbenv/plugins/ruby-build ]; then
-    git clone --depth 1 https://github.com/rbenv/ruby-build.git /opt/ami-tools/.rbenv/plugins/ruby-build
-  fi
-  step install 6 'build Ruby 2.7.8 with rbenv'
-  if [ ! -e /opt/ami-tools/.rbenv/versions/2.7.8 ]; then
-    RBENV_ROOT=/opt/ami-tools/.rbenv /opt/ami-tools/.rbenv/bin/rbenv install --skip-existing 2.7.8
-  fi
+  install -d -m 0700 -o root -g root -- /opt/ami-tools
+  step install 2 'write the amidsl node program (its full source)'
+  install -m 0600 -o root -g root /dev/null /opt/ami-tools/amidsl_node.py
+  cat > /opt/ami-tools/amidsl_node.py <<'AMIDSL_END_OF_FILE'
+#!/usr/bin/env python3
+"""amidsl's node-side program: image the node's volume, bundle it, upload the parts.
+
+It runs on the node being imaged, as root, with nothing but Python >= 3.8 (standard library),
+OpenSSL's libcrypto (through ctypes) and e2fsprogs' mke2fs. amidsl copies it to a private
+temporary directory for the build and removes it afterwards.
+
+    python3 amidsl_node.py check    < request.json
+    python3 amidsl_node.py bundle   < request.json
+    python3 amidsl_node.py upload   < request.json
+
+The request is one JSON object on standard input, so that the AES key and IV and the presigned
+upload URLs (which carry signatures) never appear in any process's argument list, which every
+user of the node can read, and are never written to disk. Progress goes to standard error; the
+result is one JSON object, the last line of standard output. A failure exits non-zero with one
+line `amidsl-node: error: ...` on standard error. Ctrl-C or SIGTERM removes what was half made.
+
+Requests (optional keys in brackets) and results:
+
+    check   {volume, destination_dir}
+            -> {python, mke2fs, libcrypto, free_bytes, volume_bytes, volume_fs{type, uuid, label}}
+    bundle  {volume, exclude, includes, filter, destination_dir, prefix, image_size_mb, key, iv,
+             part_size, workers (0: all cores), [level (zlib, default 4)]}
+            -> {prefix, image_size, digest, bundled_size, parts[{filename, size, sha1, md5}],
+                volume_fs, left_out[[path, reason]] (the first 200)}
+    upload  {destination_dir, parts[{filename, url, headers, [size], [sha1]}], concurrency,
+             retries, [retry_pause (seconds, default 1)]}
+            -> {uploaded[filename], failed[{filename, status, reason}], expired[filename]};
+               exit 3 when URLs expired (presign those again), 1 when a part failed for good
+
+The bundle is the format ec2-bundle-vol makes: a GNU tar of the image file -> SHA-1 of that tar
+stream (the image digest) -> gzip -> AES-128-CBC -> 10 MiB parts `<prefix>.part.<i>`. The
+manifest is built and signed elsewhere, from the result this program prints: the signing key
+never comes to the node.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import concurrent.futures
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import posixpath
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+MiB = 1024 * 1024
+PART_SIZE = 10 * MiB
+MAX_IMAGE_MB = 10240  # the largest image an S3-backed AMI may have
+MIN_MKE2FS = (1, 43)  # `mke2fs -d` (populate from a directory) arrived in e2fsprogs 1.43
+PROGRESS_SECONDS = 3.0
+LEFT_OUT_REPORTED = 200
+
+# ---------------------------------------------------------------------------------------------
+# Errors and progress
+# ---------------------------------------------------------------------------------------------
+
+
+class NodeError(Exception):
+    """An expected failure: its message names what failed and the fix, and is all we print."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; unwinds like KeyboardInterrupt so that cleanup code runs."""
+
+
+def say(line: str) -> None:
+    """One progress line on standard error."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+class Progress:
+    """Prints `<verb> X MiB of Y MiB (Z MiB/s)` at most every few seconds."""
+
+    def __init__(self, verb: str, total: int) -> None:
+        self.verb, self.total = verb, total
+        self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            self.report()
+
+    def report(self) -> None:
+        rate = self.done / MiB / max(time.monotonic() - self.started, 1e-6)
+        say(f"{self.verb} {self.done // MiB} MiB of {self.total // MiB} MiB ({rate:.0f} MiB/s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# What goes into the image: ec2-bundle-vol's selection rules
+# ---------------------------------------------------------------------------------------------
+
+ALWAYS_EXCLUDED = ("/dev", "/media", "/mnt", "/proc", "/sys")
+DEFAULT_FILTER = (
+    "*/#*#",
+    "*/.#*",
+    "*.sw",
+    "*.swo",
+    "*.swp",
+    "*~",
+    "*.pem",
+    "*.priv",
+    "*id_rsa*",
+    "*id_dsa*",
+    "*.gpg",
+    "*.jks",
+    "*/.ssh/authorized_keys",
+    "*/.bash_history",
+)
+# Filesystems on local disks. Mounts of anything else under the volume (network filesystems,
+# tmpfs, proc, overlays, squashfs...) are left out, as ec2-bundle-vol leaves out non-local mounts.
+LOCAL_FS_TYPES = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "jfs", "reiserfs", "f2fs", "vfat", "msdos", "exfat"}
+)
+
+# Why something was left out (the controller shows these words to the user).
+LEFT_OUT_ALWAYS = "always-excluded directory"
+LEFT_OUT_FILTER = "filter pattern"
+LEFT_OUT_EXCLUSION = "caller exclusion"
+LEFT_OUT_IMAGE_FILE = "the image file itself"
+LEFT_OUT_NON_LOCAL = "non-local mount"
+LEFT_OUT_SOCKET = "socket (its program recreates it at run time)"
+LEFT_OUT_UNREADABLE = "unreadable"
+LEFT_OUT_NEWLINE = "name contains a newline, which debugfs cannot address"
+
+
+class Selected(NamedTuple):
+    """An entry that goes into the image: its path there, its path here, its lstat."""
+
+    path: str
+    source: str
+    st: os.stat_result
+
+
+class Skipped(NamedTuple):
+    """A path kept out of the image, why, and which rule (directory, pattern, path) matched."""
+
+    path: str
+    reason: str
+    rule: str
+
+
+def image_path_of(*parts: str) -> str:
+    """The absolute, normalised path inside the image of the joined parts."""
+    return posixpath.normpath("/" + "/".join(p.strip("/") for p in parts if p.strip("/")))
+
+
+def _unescape_mount_point(field: str) -> str:
+    # The mount tables write space, tab, newline and backslash in mount points as octal escapes.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def non_local_mounts(source: str, mounts_table: str | None = None) -> dict[str, str]:
+    """Mount points under source whose filesystem is not a local disk's: image path -> type."""
+    if mounts_table is None:
+        try:
+            with open("/proc/self/mounts", errors="surrogateescape") as table:
+                mounts_table = table.read()
+        except OSError:
+            return {}
+    root = os.path.realpath(source).rstrip("/")
+    found = {}
+    for line in mounts_table.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[2] in LOCAL_FS_TYPES:
+            continue
+        point = _unescape_mount_point(fields[1])
+        if point.startswith(root + "/"):
+            found[image_path_of(point[len(root) :])] = fields[2]
+    return found
+
+
+def walk_volume(
+    source: str,
+    exclusions: Iterable[str],
+    includes: Iterable[str],
+    no_filter: bool,
+    image_id: tuple[int, int] | None = None,
+    own_ids: Iterable[tuple[int, int]] = (),
+) -> Iterator[Selected | Skipped]:
+    """Walk source (taken as the image's /), yielding each entry as Selected or Skipped.
+
+    A directory is yielded before its contents. own_ids are (device, inode) pairs of this
+    build's own files (staging tree, unfinished image), silently passed over.
+    """
+    excluded = {image_path_of(e) for e in exclusions}
+    included = [image_path_of(i) if i.startswith("/") else i for i in includes]
+    own = set(own_ids)
+    mounts = non_local_mounts(source)
+
+    def filtered_by(path: str) -> str | None:
+        if no_filter or any(path == i or fnmatch.fnmatchcase(path, i) for i in included):
+            return None
+        return next((p for p in DEFAULT_FILTER if fnmatch.fnmatchcase(path, p)), None)
+
+    pending = [(source, "/")]
+    while pending:
+        directory, image_dir = pending.pop()
+        try:
+            with os.scandir(directory) as scan:
+                children = sorted(scan, key=lambda e: e.name)
+        except OSError as exc:
+            yield Skipped(image_dir, LEFT_OUT_UNREADABLE, exc.strerror or str(exc))
+            continue
+        for child in children:
+            path = image_path_of(image_dir, child.name)
+            try:
+                st = child.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since the directory was read
+            # Files are recognised by device and inode: cheaper than resolving every path, and
+            # immune to the different spellings (symlinks, ..) one file can have.
+            file_id = (st.st_dev, st.st_ino)
+            if file_id in own:
+                continue
+            pattern = filtered_by(path)
+            if path in excluded:
+                yield Skipped(path, LEFT_OUT_EXCLUSION, path)
+            elif file_id == image_id:
+                yield Skipped(path, LEFT_OUT_IMAGE_FILE, path)
+            elif "\n" in child.name:
+                yield Skipped(path, LEFT_OUT_NEWLINE, repr(child.name))
+            elif stat.S_ISSOCK(st.st_mode):
+                yield Skipped(path, LEFT_OUT_SOCKET, path)
+            elif pattern is not None:
+                yield Skipped(path, LEFT_OUT_FILTER, pattern)
+            else:
+                yield Selected(path, child.path, st)
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                # Mount points and always-excluded directories stay, empty: the system mounts
+                # something there at boot.
+                if path in ALWAYS_EXCLUDED:
+                    yield Skipped(path + "/*", LEFT_OUT_ALWAYS, path)
+                elif path in mounts:
+                    yield Skipped(path + "/*", LEFT_OUT_NON_LOCAL, mounts[path])
+                else:
+                    pending.append((child.path, path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The volume's filesystem: type, UUID and label to carry over
+# ---------------------------------------------------------------------------------------------
+
+
+def _mount_of(path: str) -> tuple[str, str, str]:
+    """(device, major:minor, filesystem type) of the mount holding path, from mountinfo."""
+    target = os.path.realpath(path)
+    best = ("", "", "", "")
+    with open("/proc/self/mountinfo", errors="surrogateescape") as table:
+        for line in table:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            point = _unescape_mount_point(fields[4])
+            fstype, device = [*right.split(), "", ""][:2]
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best[0]):
+                best = (point, device, fields[2], fstype)
+    return best[1], best[2], best[3]
+
+
+def _superblock_identity(device: str, fstype: str) -> tuple[str, str]:
+    """(uuid, label) read from an ext2/3/4 or XFS superblock ('' where unknown)."""
+    try:
+        with open(device, "rb") as disk:
+            head = disk.read(2048)
+    except OSError:
+        return "", ""
+
+    def uuid_text(raw: bytes) -> str:
+        h = raw.hex()
+        return "-".join((h[0:8], h[8:12], h[12:16], h[16:20], h[20:32]))
+
+    if fstype.startswith("ext") and head[1024 + 0x38 : 1024 + 0x3A] == b"\x53\xef":
+        sb = head[1024:]
+        return uuid_text(sb[0x68:0x78]), sb[0x78:0x88].split(b"\x00")[0].decode("utf-8", "replace")
+    if fstype == "xfs" and head[0:4] == b"XFSB":
+        return uuid_text(head[32:48]), head[108:120].split(b"\x00")[0].decode("utf-8", "replace")
+    return "", ""
+
+
+def _blkid_identity(device: str) -> tuple[str, str]:
+    """(uuid, label) as util-linux's blkid reports them ('' where unknown)."""
+    blkid = shutil.which("blkid") or shutil.which("blkid", path="/usr/sbin:/sbin")
+    if blkid is None:
+        return "", ""
+    done = subprocess.run([blkid, "-o", "export", device], stdout=subprocess.PIPE, check=False)
+    values = dict(
+        line.split("=", 1) for line in done.stdout.decode("utf-8", "replace").splitlines() if "=" in line
+    )
+    return values.get("UUID", ""), values.get("LABEL", "")
+
+
+def volume_filesystem(volume: str) -> dict[str, str]:
+    """The type, UUID and label of the filesystem the volume lives on."""
+    device, numbers, fstype = _mount_of(volume)
+    # Some kernels name the root device /dev/root, which does not exist; udev's by-number link does.
+    candidates = [d for d in (device, "/dev/block/" + numbers) if d.startswith("/dev/") and os.path.exists(d)]
+    for candidate in candidates:
+        uuid, label = _superblock_identity(candidate, fstype)
+        if not uuid:
+            uuid, label = _blkid_identity(candidate)
+        if uuid:
+            return {"type": fstype, "uuid": uuid, "label": label}
+    return {"type": fstype, "uuid": "", "label": ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools on the node: mke2fs and libcrypto
+# ---------------------------------------------------------------------------------------------
+
+
+def find_tool(name: str) -> str:
+    """Absolute path of an e2fsprogs program (they often live in sbin, outside PATH)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None:
+        raise NodeError(f"{name} is not installed; install e2fsprogs (apt-get/dnf install e2fsprogs)")
+    return found
+
+
+def mke2fs_version() -> str:
+    """The installed mke2fs version, checked to be new enough for `mke2fs -d`."""
+    result = subprocess.run(
+        [find_tool("mke2fs"), "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False
+    )
+    found = re.search(rb"mke2fs (\d+)\.(\d+)(?:\.(\d+))?", result.stdout)
+    if not found:
+        raise NodeError("mke2fs -V printed no version; reinstall e2fsprogs (>= 1.43)")
+    version = found.group(0)[len(b"mke2fs ") :].decode()
+    if (int(found.group(1)), int(found.group(2))) < MIN_MKE2FS:
+        raise NodeError(
+            f"mke2fs is version {version}; building an image needs e2fsprogs >= 1.43 (mke2fs -d); "
+            "upgrade e2fsprogs"
+        )
+    return version
+
+
+def load_libcrypto() -> tuple[Any, str]:
+    """OpenSSL's libcrypto and the name it was found under."""
+    names = [ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so.10"]
+    for name in names:
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+            lib.EVP_EncryptInit_ex  # noqa: B018 - the AES functions this program needs
+        except (OSError, AttributeError):
+            continue
+        return lib, name
+    raise NodeError(
+        f"OpenSSL's libcrypto was not found (tried {', '.join(n for n in names if n)}); "
+        "install openssl (libssl3 or openssl-libs)"
+    )
+
+
+class Aes128Cbc:
+    """AES-128-CBC with PKCS#7 padding through libcrypto's EVP API (the key stays in memory)."""
+
+    def __init__(self, lib: Any, key: bytes, iv: bytes) -> None:
+        if len(key) != 16 or len(iv) != 16:
+            raise NodeError("key and iv must each be 32 hex digits (16 bytes); fix the request")
+        lib.EVP_CIPHER_CTX_new.restype = ctypes.c_void_p
+        lib.EVP_aes_128_cbc.restype = ctypes.c_void_p
+        lib.EVP_EncryptInit_ex.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_char_p] * 2
+        lib.EVP_EncryptUpdate.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
+        lib.EVP_EncryptFinal_ex.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]
+        lib.EVP_CIPHER_CTX_free.argtypes = [ctypes.c_void_p]
+        self._lib = lib
+        self._ctx = lib.EVP_CIPHER_CTX_new()
+        if not self._ctx:
+            raise NodeError("libcrypto could not allocate a cipher context (out of memory?)")
+        # Buffers we can wipe afterwards, unlike Python's immutable bytes.
+        self._key = ctypes.create_string_buffer(key, 16)
+        self._iv = ctypes.create_string_buffer(iv, 16)
+        if lib.EVP_EncryptInit_ex(self._ctx, lib.EVP_aes_128_cbc(), None, self._key, self._iv) != 1:
+            self.close()
+            raise NodeError("libcrypto refused to start AES-128-CBC; check the openssl installation")
+
+    def update(self, data: bytes) -> bytes:
+        """Encrypt data; returns whole cipher blocks (the rest waits for more data)."""
+        out = ctypes.create_string_buffer(len(data) + 16)
+        written = ctypes.c_int(0)
+        if self._lib.EVP_EncryptUpdate(self._ctx, out, ctypes.byref(written), data, len(data)) != 1:
+            raise NodeError("AES encryption failed in libcrypto")
+        return out.raw[: written.value]
+
+    def finish(self) -> bytes:
+        """The padded last block."""
+        out = ctypes.create_string_buffer(32)
+        written = ctypes.c_int(0)
+        if self._lib.EVP_EncryptFinal_ex(self._ctx, out, ctypes.byref(written)) != 1:
+            raise NodeError("AES encryption failed in libcrypto")
+        return out.raw[: written.value]
+
+    def close(self) -> None:
+        """Free the context (libcrypto clears it) and wipe our copies of key and IV."""
+        if self._ctx:
+            self._lib.EVP_CIPHER_CTX_free(self._ctx)
+            self._ctx = None
+        ctypes.memset(self._key, 0, 16)
+        ctypes.memset(self._iv, 0, 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# The image: a staging tree of hard links, then `mke2fs -d`
+# ---------------------------------------------------------------------------------------------
+
+BLOCK_SIZE = 4096
+INODE_SIZE = 256
+
+
+def _journal_bytes(size: int) -> int:
+    """The journal mke2fs makes for a filesystem of this size (ext2fs_default_journal_size)."""
+    blocks = size // BLOCK_SIZE
+    for limit, journal_blocks in ((32768, 1024), (262144, 4096), (524288, 8192), (4194304, 16384)):
+        if blocks < limit:
+            return journal_blocks * BLOCK_SIZE
+    return 32768 * BLOCK_SIZE
+
+
+def inode_count(entries: int, size_mb: int) -> int:
+    """Inodes to ask mke2fs for: the entries with room to grow, at least mke2fs's own ratio."""
+    return max(entries + entries // 4 + 64, size_mb * MiB // 16384)
+
+
+def estimate_size_mb(allocated: int, entries: int) -> int:
+    """A filesystem size (MB) that holds this much data and these many inodes, with headroom."""
+    inodes = entries + entries // 4 + 64
+    # Metadata (bitmaps, descriptors, extent blocks) is a few percent; 5% is reserved for root.
+    payload = allocated * 1.05 + inodes * INODE_SIZE + 8 * MiB
+    size = payload / 0.92
+    size += _journal_bytes(int(size))
+    return max(16, math.ceil(size / MiB))
+
+
+class VolumeSize(NamedTuple):
+    """What an image of the volume needs: bytes of data, entries, bytes to copy into staging."""
+
+    allocated: int
+    entries: int
+    copied: int
+
+
+def measure_selection(entries: Iterable[Selected | Skipped], staging_dev: int) -> VolumeSize:
+    """Add up what the selected entries need (hard-linked files counted once)."""
+    seen = set()
+    allocated = entries_count = copied = 0
+    for entry in entries:
+        if isinstance(entry, Skipped):
+            continue
+        entries_count += 1
+        st = entry.st
+        if stat.S_ISDIR(st.st_mode):
+            allocated += BLOCK_SIZE
+        elif (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            allocated += st.st_blocks * 512
+            if st.st_dev != staging_dev and stat.S_ISREG(st.st_mode):
+                copied += st.st_blocks * 512
+    return VolumeSize(allocated, entries_count, copied)
+
+
+def _copy_xattrs(source: str, target: str) -> None:
+    """Copy extended attributes (SELinux labels, capabilities), as far as we may."""
+    try:
+        names = os.listxattr(source, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        try:
+            value = os.getxattr(source, name, follow_symlinks=False)
+            os.setxattr(target, name, value, follow_symlinks=False)
+        except OSError:
+            pass  # e.g. a namespace this filesystem or user cannot write
+
+
+def copy_sparse(source: str | os.PathLike, target: str | os.PathLike, size: int) -> None:
+    """Copy a regular file's data regions only, so that holes stay holes."""
+    src = os.open(source, os.O_RDONLY)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            for offset, length in data_regions(src, size):
+                end = offset + length
+                while offset < end:
+                    try:
+                        copied = os.copy_file_range(src, dst, end - offset, offset, offset)
+                    except (AttributeError, OSError):  # an old kernel or C library
+                        data = os.pread(src, min(end - offset, MiB), offset)
+                        copied = os.pwrite(dst, data, offset) if data else 0
+                    if copied == 0:
+                        break  # the file shrank while being copied
+                    offset += copied
+            os.ftruncate(dst, size)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _set_owner_mode_times(target: str, st: os.stat_result, xattr_source: str) -> None:
+    """Give a recreated entry the source's owner, mode, times and extended attributes."""
+    is_link = stat.S_ISLNK(st.st_mode)
+    if os.geteuid() == 0:
+        os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not is_link:
+        os.chmod(target, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
+    _copy_xattrs(xattr_source, target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def stage_entry(entry: Selected, target: str, staging_dev: int, first_copy: dict) -> None:
+    """Recreate one selected entry at target: a hard link where possible, else a copy."""
+    st = entry.st
+    if stat.S_ISDIR(st.st_mode):
+        os.mkdir(target, 0o700)  # owner, mode and times are set after its contents
+        return
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(entry.source), target)
+        _set_owner_mode_times(target, st, entry.source)
+        return
+    key = (st.st_dev, st.st_ino)
+    if key in first_copy:
+        os.link(first_copy[key], target)  # a hard link on another filesystem stays one
+        return
+    if st.st_dev == staging_dev:
+        try:
+            # Same filesystem: a hard link costs only metadata and keeps owner, mode and times.
+            os.link(entry.source, target, follow_symlinks=False)
+            return
+        except OSError as exc:
+            # Copy instead: an immutable file, protected_hardlinks when not root, a bind mount
+            # of the same filesystem (EXDEV), a file with the most links ext4 allows.
+            if exc.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK):
+                raise
+    if stat.S_ISREG(st.st_mode):
+        copy_sparse(entry.source, target, st.st_size)
+    elif stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(target, 0o600)
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        os.mknod(target, 0o600 | stat.S_IFMT(st.st_mode), st.st_rdev)
+    else:
+        return
+    _set_owner_mode_times(target, st, entry.source)
+    if st.st_nlink > 1:
+        first_copy[key] = target
+
+
+def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: list) -> int:
+    """Fill staging with the selected entries; return how many made it."""
+    staging_dev = os.lstat(staging).st_dev
+    first_copy: dict = {}
+    directories = []
+    failed_dirs: list = []
+    staged = 0
+    for entry in entries:
+        if isinstance(entry, Skipped):
+            left_out.append(entry)
+            continue
+        if any(entry.path.startswith(d + "/") for d in failed_dirs):
+            continue
+        target = os.path.join(staging, entry.path.lstrip("/"))
+        try:
+            stage_entry(entry, target, staging_dev, first_copy)
+        except FileNotFoundError:
+            continue  # removed since it was listed
+        except OSError as exc:
+            left_out.append(Skipped(entry.path, LEFT_OUT_UNREADABLE, exc.strerror or str(exc)))
+            if stat.S_ISDIR(entry.st.st_mode):
+                failed_dirs.append(entry.path)
+            continue
+        if stat.S_ISDIR(entry.st.st_mode):
+            directories.append((target, entry))
+        staged += 1
+        if staged % 20000 == 0:
+            say(f"staged {staged} entries")
+    # Adding entries changed the directories' times; set them last, deepest first.
+    for target, entry in reversed(directories):
+        _set_owner_mode_times(target, entry.st, entry.source)
+    return staged
+
+
+def run_mke2fs(staging: str, image: str, size_mb: int, entries: int, volume_fs: dict) -> str:
+    """Build the ext4 image from staging; return mke2fs's complaint, or '' on success."""
+    argv = [find_tool("mke2fs"), "-q", "-F", "-t", "ext4", "-b", str(BLOCK_SIZE)]
+    argv += ["-N", str(inode_count(entries, size_mb))]
+    if volume_fs.get("uuid"):
+        argv += ["-U", volume_fs["uuid"]]
+    if volume_fs.get("label"):
+        argv += ["-L", volume_fs["label"][:16]]  # ext4 labels hold 16 bytes
+    argv += ["-d", staging, image, f"{size_mb}M"]
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    if result.returncode == 0:
+        return ""
+    return "; ".join(line.strip() for line in result.stdout.decode("utf-8", "replace").splitlines())
+
+
+def staging_parent(volume: str, destination_dir: str) -> str:
+    """Where to make the staging tree: on the volume's own filesystem, so hard links work."""
+    if os.lstat(destination_dir).st_dev == os.lstat(volume).st_dev:
+        return destination_dir
+    return volume
+
+
+class ImageBuild(NamedTuple):
+    """What build_image made."""
+
+    path: str
+    size_mb: int
+    entries: int
+    left_out: list
+
+
+def build_image(
+    volume: str,
+    image: str,
+    *,
+    exclusions: Iterable[str],
+    includes: Iterable[str],
+    no_filter: bool,
+    size_mb: int | None,
+    volume_fs: dict,
+    cleanup: Cleanup,
+) -> ImageBuild:
+    """Make an ext4 image file of the volume, without mounting anything.
+
+    A separate step from bundling, so that a partitioned disk image can be made the same way.
+    """
+    staging = tempfile.mkdtemp(prefix=".amidsl-staging-", dir=staging_parent(volume, os.path.dirname(image)))
+    cleanup.add(staging)
+    cleanup.add(image)
+    own = [(os.lstat(staging).st_dev, os.lstat(staging).st_ino)]
+    started = time.monotonic()
+    left_out: list = []
+    try:
+        say(f"staging the volume {volume} in {staging}")
+        selection = walk_volume(volume, exclusions, includes, no_filter, own_ids=own)
+        entries = stage_volume(selection, staging, left_out)
+        root = os.lstat(volume)
+        _set_owner_mode_times(staging, root, volume)
+        size = measure_selection(walk_volume(staging, (), (), True), -1)
+        wanted = size_mb or estimate_size_mb(size.allocated, entries)
+        # An estimate can fall short on unusual trees; grow it rather than fail.
+        for _attempt in range(1 if size_mb else 3):
+            say(f"building a {wanted} MB ext4 image of {entries} entries")
+            error = run_mke2fs(staging, image, wanted, entries, volume_fs)
+            if not error or size_mb:
+                break
+            say(f"mke2fs needs more than {wanted} MB ({error}); trying a larger image")
+            wanted = math.ceil(wanted * 1.5)
+        if error:
+            raise NodeError(
+                f"mke2fs could not build a {wanted} MB image of {volume}: {error}; set a larger "
+                "image_size_mb or exclude more"
+            )
+    finally:
+        cleanup.remove(staging)
+    say(f"built the image in {time.monotonic() - started:.1f} s")
+    left_out.sort(key=lambda s: s.path)
+    return ImageBuild(image, wanted, entries, left_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundle stream: GNU tar -> SHA-1 -> parallel gzip -> AES-128-CBC -> parts
+# ---------------------------------------------------------------------------------------------
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # GNU tar's default blocking factor pads the archive to 10240 bytes
+READ_CHUNK = MiB
+GNU_MAGIC = b"ustar  \x00"
+SPARSE_IN_HEADER = 4  # sparse entries in the main header
+SPARSE_PER_EXTENSION = 21  # sparse entries in each extension block
+
+
+class DataRegion(NamedTuple):
+    """A stretch of a file that holds data (everything outside regions reads as zeros)."""
+
+    offset: int
+    length: int
+
+
+def data_regions(fd: int, size: int) -> list[DataRegion]:
+    """An open file's data regions via SEEK_DATA/SEEK_HOLE (the whole file if unsupported)."""
+    regions = []
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after offset: the rest is a hole
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            regions.append(DataRegion(start, end - start))
+            offset = end
+    except OSError:
+        # A filesystem without hole reporting: treat the file as all data, like tar does.
+        return [DataRegion(0, size)] if size else []
+    return regions
+
+
+def tar_number(value: int, width: int) -> bytes:
+    """A tar numeric field: octal digits and a NUL, or GNU base-256 when octal is too small."""
+    if value < 8 ** (width - 1):
+        return b"%0*o\x00" % (width - 1, value)
+    return bytes([0x80]) + value.to_bytes(width - 1, "big")
+
+
+def tar_header(name: bytes, mode: int, size: int, mtime: int, typeflag: bytes, sparse: bytes = b"") -> bytes:
+    """A 512-byte old-GNU header block (owner root); sparse fills bytes 386..494."""
+    block = bytearray(BLOCK)
+    block[0 : len(name)] = name
+    block[100:108] = tar_number(mode, 8)
+    block[108:116] = tar_number(0, 8)
+    block[116:124] = tar_number(0, 8)
+    block[124:136] = tar_number(size, 12)
+    block[136:148] = tar_number(mtime, 12)
+    block[148:156] = b" " * 8
+    block[156:157] = typeflag
+    block[257:265] = GNU_MAGIC
+    block[265:269] = b"root"
+    block[297:301] = b"root"
+    block[386 : 386 + len(sparse)] = sparse
+    checksum = sum(block)
+    block[148:156] = b"%06o\x00 " % checksum
+    return bytes(block)
+
+
+def tar_sparse_headers(name: bytes, mode: int, mtime: int, size: int, regions: list) -> list[bytes]:
+    """The 'S' header plus extension blocks describing a sparse file's map."""
+    entries = [tar_number(offset, 12) + tar_number(length, 12) for offset, length in regions]
+    first, rest = entries[:SPARSE_IN_HEADER], entries[SPARSE_IN_HEADER:]
+    stored = sum(length for _, length in regions)
+    sparse = b"".join(first).ljust(96, b"\x00") + (b"\x01" if rest else b"\x00") + tar_number(size, 12)
+    blocks = [tar_header(name, mode, stored, mtime, b"S", sparse)]
+    while rest:
+        chunk, rest = rest[:SPARSE_PER_EXTENSION], rest[SPARSE_PER_EXTENSION:]
+        extension = b"".join(chunk).ljust(504, b"\x00") + (b"\x01" if rest else b"\x00")
+        blocks.append(extension.ljust(BLOCK, b"\x00"))
+    return blocks
+
+
+def tar_one_file(path: str, member_name: str) -> Iterator[bytes]:
+    """Yield a GNU tar archive holding path as member_name, as `tar -c -S --owner 0 --group 0`."""
+    name = member_name.encode("utf-8")
+    if not name or len(name) >= 100 or b"/" in name:
+        raise ValueError(f"tar member name {member_name!r} must be a plain name under 100 bytes")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        size, mode, mtime = st.st_size, st.st_mode & 0o7777, int(st.st_mtime)
+        regions = data_regions(fd, size)
+        if size == 0 or regions == [(0, size)]:
+            headers = [tar_header(name, mode, size, mtime, b"0")]
+            regions = [(0, size)] if size else []
+        else:
+            listed = regions
+            if not regions or regions[-1][0] + regions[-1][1] < size:
+                # GNU tar marks a trailing hole with a zero-length entry at the file's end.
+                listed = [*regions, (size, 0)]
+            headers = tar_sparse_headers(name, mode, mtime, size, listed)
+        yield from headers
+        stored = 0
+        for offset, length in regions:
+            end = offset + length
+            while offset < end:
+                data = os.pread(fd, min(READ_CHUNK, end - offset), offset)
+                if not data:
+                    raise OSError(f"{path} shrank while being read (at byte {offset})")
+                offset += len(data)
+                stored += len(data)
+                yield data
+    finally:
+        os.close(fd)
+    data_padding = -stored % BLOCK
+    archive_size = len(headers) * BLOCK + stored + data_padding + 2 * BLOCK
+    # Two zero blocks end the archive; GNU tar then fills the last 10240-byte record.
+    yield b"\x00" * (data_padding + 2 * BLOCK + (-archive_size % RECORD))
+
+
+def tar_size(path: str) -> int:
+    """The stored (data) bytes tar_one_file will read: for progress figures."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return sum(length for _, length in data_regions(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
+
+
+GZIP_CHUNK = MiB
+# Measured on a tree of Python installations against `gzip -9`: zlib level 6 makes 1.01x its
+# output, level 4 1.05x at about twice level 6's speed, level 3 1.09x, level 1 1.15x. Level 4 keeps
+# the parts well within 1.10x; the request's "level" may trade size for speed.
+COMPRESS_LEVEL = 4
+DICTIONARY = 32 * 1024  # deflate's window: each chunk may refer back this far into the last
+
+
+def _deflate_chunk(data: bytes, dictionary: bytes, level: int, last: bool) -> bytes:
+    """Raw deflate of one chunk, primed with the previous chunk's tail, ending on a byte boundary."""
+    if dictionary:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, dictionary)
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+class ParallelGzip:
+    """One gzip member compressed by several threads, as pigz does (zlib releases the GIL).
+
+    Each chunk is deflated on its own, primed with the 32 KiB before it and ended with a sync
+    flush, so the pieces concatenate into one deflate stream; only the last ends it.
+    """
+
+    def __init__(
+        self, sink: Callable[[bytes], None], level: int, workers: int, chunk_size: int = GZIP_CHUNK
+    ) -> None:
+        self._sink, self._level, self._chunk_size = sink, level, chunk_size
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        self._in_flight: collections.deque = collections.deque()
+        self._limit = workers + 2  # bounds memory: a few MiB per worker
+        self._buffer = bytearray()
+        self._held: bytes | None = None  # the newest chunk: only at close do we know it is last
+        self._dictionary = b""
+        self._crc = 0
+        self._length = 0
+        xfl = 2 if level == 9 else 4 if level == 1 else 0
+        # Magic, deflate, no flags, no mtime, extra flags, OS = Unix.
+        sink(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([xfl, 3]))
+
+    def write(self, data: bytes) -> None:
+        """Compress data (in the background, in order)."""
+        self._crc = zlib.crc32(data, self._crc)
+        self._length += len(data)
+        if not self._buffer and len(data) == self._chunk_size:
+            self._push(bytes(data))  # the usual case (tar reads whole chunks): no copying around
+            return
+        self._buffer += data
+        while len(self._buffer) >= self._chunk_size:
+            chunk = bytes(self._buffer[: self._chunk_size])
+            del self._buffer[: self._chunk_size]
+            self._push(chunk)
+
+    def _push(self, chunk: bytes) -> None:
+        if self._held is not None:
+            self._submit(self._held, last=False)
+        self._held = chunk
+
+    def _submit(self, chunk: bytes, last: bool) -> None:
+        future = self._pool.submit(_deflate_chunk, chunk, self._dictionary, self._level, last)
+        self._in_flight.append(future)
+        self._dictionary = chunk[-DICTIONARY:]
+        while len(self._in_flight) > self._limit:
+            self._sink(self._in_flight.popleft().result())
+
+    def close(self) -> None:
+        """Compress what is left, end the deflate stream and write the CRC-32 and length."""
+        if self._buffer:
+            self._push(bytes(self._buffer))
+            self._buffer = bytearray()
+        self._submit(self._held or b"", last=True)
+        self._held = None
+        while self._in_flight:
+            self._sink(self._in_flight.popleft().result())
+        self._pool.shutdown()
+        self._sink(self._crc.to_bytes(4, "little") + (self._length & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def abandon(self) -> None:
+        """Stop after a failure: drop queued work."""
+        for future in self._in_flight:
+            future.cancel()
+        self._pool.shutdown()
+
+
+def part_filename(prefix: str, index: int, count: int) -> str:
+    """`<prefix>.part.<i>` with i zero-padded to the digit count of the number of parts."""
+    return f"{prefix}.part.{index:0{len(str(count))}d}"
+
+
+class PartWriter:
+    """Splits a byte stream into part files of part_size bytes, with SHA-1 and MD5 of each."""
+
+    def __init__(self, directory: str, temp_prefix: str, part_size: int, cleanup: Cleanup) -> None:
+        self._directory, self._temp_prefix, self._part_size = directory, temp_prefix, part_size
+        self._cleanup = cleanup
+        self.parts: list[dict] = []  # filename (temporary until renamed), size, sha1, md5
+        self._file: Any = None
+        self._sha1, self._md5 = hashlib.sha1(), hashlib.md5()
+        self._written = 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._file is None:
+                path = os.path.join(self._directory, f"{self._temp_prefix}{len(self.parts)}")
+                self._cleanup.add(path)
+                self._file = open(path, "wb")  # noqa: SIM115 - closed in _close_part
+            chunk = view[: self._part_size - self._written]
+            self._file.write(chunk)
+            self._sha1.update(chunk)
+            self._md5.update(chunk)
+            self._written += len(chunk)
+            view = view[len(chunk) :]
+            if self._written == self._part_size:
+                self._close_part()
+
+    def _close_part(self) -> None:
+        self._file.close()
+        self.parts.append(
+            {
+                "filename": os.path.basename(self._file.name),
+                "size": self._written,
+                "sha1": self._sha1.hexdigest(),
+                "md5": base64.b64encode(self._md5.digest()).decode("ascii"),
+            }
+        )
+        self._file, self._written = None, 0
+        self._sha1, self._md5 = hashlib.sha1(), hashlib.md5()
+
+    def finish(self, prefix: str) -> list[dict]:
+        """Close the last part and rename every part to its final `<prefix>.part.<i>` name."""
+        if self._file is not None:
+            self._close_part()
+        # Parts of an earlier bundle with the same prefix would be mistaken for this bundle's.
+        stale = re.compile(re.escape(prefix) + r"\.part\.\d+")
+        for old in os.listdir(self._directory):
+            if stale.fullmatch(old):
+                os.unlink(os.path.join(self._directory, old))
+        for index, part in enumerate(self.parts):
+            temp = os.path.join(self._directory, part["filename"])
+            part["filename"] = part_filename(prefix, index, len(self.parts))
+            os.replace(temp, os.path.join(self._directory, part["filename"]))
+            self._cleanup.forget(temp)
+        return self.parts
+
+
+class EncryptingSink:
+    """Encrypts what the compressor writes and splits it into parts.
+
+    A compressor may call write() from its own output thread, where an exception would kill
+    that thread and leave the compressor waiting forever. So a failure (a full disk, say) is
+    kept in `error`, later data is dropped, and finish() raises it in the caller's thread.
+    """
+
+    def __init__(self, encryptor: Any, parts: PartWriter) -> None:
+        self._encryptor, self._parts = encryptor, parts
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self._parts.write(self._encryptor.update(bytes(data)))
+            except Exception as exc:
+                self.error = exc
+        return len(data)
+
+    def finish(self) -> None:
+        """Raise a failure kept from write(), else write the padded last cipher block."""
+        if self.error is not None:
+            raise self.error
+        self._parts.write(self._encryptor.finish())
+
+
+def bundle_stream(
+    image: str | os.PathLike,
+    member_name: str,
+    compress: Any,
+    sink: EncryptingSink,
+    progress: Progress | None = None,
+) -> str:
+    """Tar the image into compress, which writes one gzip member to sink; return the tar's SHA-1.
+
+    compress is anything with write(bytes) and close() (ParallelGzip here; the controller may
+    use a faster one).
+    """
+    digest = hashlib.sha1()
+    for chunk in tar_one_file(image, member_name):
+        if sink.error is not None:
+            break
+        digest.update(chunk)
+        compress.write(chunk)
+        if progress is not None:
+            progress.add(len(chunk))
+    compress.close()
+    sink.finish()
+    return digest.hexdigest()
+
+
+def bundle_image_file(
+    image: str,
+    directory: str,
+    prefix: str,
+    encryptor: Any,
+    *,
+    part_size: int,
+    level: int,
+    workers: int,
+    cleanup: Cleanup,
+) -> tuple[str, list[dict]]:
+    """Stream the image into encrypted parts in directory: (image digest, parts)."""
+    parts = PartWriter(directory, f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
+    sink = EncryptingSink(encryptor, parts)
+    gzip = ParallelGzip(sink.write, level, workers)
+    progress = Progress("bundled", tar_size(image))
+    try:
+        digest = bundle_stream(image, prefix, gzip, sink, progress)
+    except BaseException:
+        gzip.abandon()
+        raise
+    progress.report()
+    return digest, parts.finish(prefix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleanup of half-made files, on success, failure, Ctrl-C and SIGTERM
+# ---------------------------------------------------------------------------------------------
+
+
+class Cleanup:
+    """Paths this run created and must remove unless they become the result."""
+
+    def __init__(self) -> None:
+        self._paths: list[str] = []
+
+    def add(self, path: str) -> None:
+        self._paths.append(path)
+
+    def forget(self, path: str) -> None:
+        if path in self._paths:
+            self._paths.remove(path)
+
+    def remove(self, path: str) -> None:
+        """Remove one path now (a tree is removed without following symlinks)."""
+        self.forget(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def remove_all(self) -> None:
+        for path in reversed(list(self._paths)):
+            self.remove(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+
+
+def _field(request: dict, name: str, kind: type, default: Any = None) -> Any:
+    value = request.get(name, default)
+    if value is None and default is None and name not in request:
+        raise NodeError(f"the request has no {name!r}; the caller must send it")
+    if value is not None and not isinstance(value, kind):
+        raise NodeError(f"the request's {name!r} must be a {kind.__name__}, got {type(value).__name__!r}")
+    return value
+
+
+def _directory(request: dict, name: str) -> str:
+    path = _field(request, name, str)
+    if not os.path.isabs(path) or not os.path.isdir(path):
+        raise NodeError(f"{name} {path} is not an existing absolute directory; create it or fix {name!r}")
+    return path
+
+
+def _free_bytes(directory: str) -> int:
+    vfs = os.statvfs(directory)
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def needed_bytes(size: VolumeSize, staging_in_destination: bool) -> int:
+    """Free space destination_dir needs: the image, the parts, maybe the staging copies.
+
+    The parts are counted at half the data: operating-system trees compress about 3:1, and a
+    disk that still fills up fails cleanly later.
+    """
+    image = estimate_size_mb(size.allocated, size.entries) * MiB
+    data = size.allocated
+    return image + data // 2 + (size.copied if staging_in_destination else 0)
+
+
+def command_check(request: dict) -> dict:
+    """Report what the node has for a native build, failing on anything missing."""
+    volume = _directory(request, "volume")
+    destination = _directory(request, "destination_dir")
+    _, soname = load_libcrypto()
+    mke2fs = mke2fs_version()
+    selection = walk_volume(volume, (), (), False)
+    size = measure_selection(selection, os.lstat(staging_parent(volume, destination)).st_dev)
+    return {
+        "python": ".".join(str(n) for n in sys.version_info[:3]),
+        "mke2fs": mke2fs,
+        "libcrypto": soname,
+        "free_bytes": _free_bytes(destination),
+        "volume_bytes": size.allocated,
+        "volume_fs": volume_filesystem(volume),
+    }
+
+
+def _key_bytes(request: dict, name: str) -> bytes:
+    text = _field(request, name, str)
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", text):
+        raise NodeError(f"the request's {name!r} must be 32 hex digits (16 bytes)")
+    return bytes.fromhex(text)
+
+
+def command_bundle(request: dict, cleanup: Cleanup) -> dict:
+    """Image the volume and bundle the image into encrypted parts in destination_dir."""
+    volume = _directory(request, "volume")
+    destination = _directory(request, "destination_dir")
+    prefix = _field(request, "prefix", str, "image")
+    if not prefix or "/" in prefix or prefix in (".", "..") or len(prefix.encode()) >= 100:
+        raise NodeError(f"prefix {prefix!r} must be a plain file name shorter than 100 bytes")
+    exclusions = _field(request, "exclude", list, [])
+    includes = _field(request, "includes", list, [])
+    no_filter = not _field(request, "filter", bool, True)
+    size_mb = request.get("image_size_mb")
+    if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= MAX_IMAGE_MB):
+        raise NodeError(f"image_size_mb is {size_mb!r}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
+    part_size = _field(request, "part_size", int, PART_SIZE)
+    if part_size < 1:
+        raise NodeError(f"part_size must be positive, got {part_size}")
+    workers = _field(request, "workers", int, 0) or len(os.sched_getaffinity(0))
+    level = _field(request, "level", int, COMPRESS_LEVEL)
+    key, iv = _key_bytes(request, "key"), _key_bytes(request, "iv")
+    lib, _ = load_libcrypto()
+    mke2fs_version()
+
+    # Check the space before doing anything (a metadata-only walk).
+    staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
+    size = measure_selection(walk_volume(volume, exclusions, includes, no_filter), staging_dev)
+    if size_mb is None and estimate_size_mb(size.allocated, size.entries) > MAX_IMAGE_MB:
+        raise NodeError(
+            f"the volume {volume} holds {size.allocated // MiB} MB to image, more than the "
+            f"{MAX_IMAGE_MB} MB an S3-backed AMI may have; exclude more"
+        )
+    needed = needed_bytes(size, staging_dev == os.lstat(destination).st_dev)
+    free = _free_bytes(destination)
+    if free < needed:
+        raise NodeError(
+            f"destination_dir {destination} has {free // MiB} MB free but bundling {volume} needs "
+            f"about {needed // MiB} MB (an image of {size.allocated // MiB} MB of data plus the "
+            "parts); free some space or choose another destination_dir"
+        )
+
+    staging_volume = staging_parent(volume, destination)
+    if staging_volume != destination and _free_bytes(staging_volume) < size.copied:
+        raise NodeError(
+            f"the staging tree in {staging_volume} needs {size.copied // MiB} MB for copies of files "
+            f"on other filesystems but only {_free_bytes(staging_volume) // MiB} MB are free; free "
+            "some space, or choose a destination_dir on the volume's own filesystem"
+        )
+
+    volume_fs = volume_filesystem(volume)
+    image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
+    built = build_image(
+        volume,
+        image_path,
+        exclusions=exclusions,
+        includes=includes,
+        no_filter=no_filter,
+        size_mb=size_mb,
+        volume_fs=volume_fs,
+        cleanup=cleanup,
+    )
+    encryptor = Aes128Cbc(lib, key, iv)
+    try:
+        digest, parts = bundle_image_file(
+            image_path,
+            destination,
+            prefix,
+            encryptor,
+            part_size=part_size,
+            level=level,
+            workers=workers,
+            cleanup=cleanup,
+        )
+    finally:
+        encryptor.close()
+    image_size = os.lstat(image_path).st_size
+    cleanup.remove(image_path)
+    return {
+        "prefix": prefix,
+        "image_size": image_size,
+        "digest": digest,
+        "bundled_size": sum(p["size"] for p in parts),
+        "parts": parts,
+        "volume_fs": volume_fs,
+        "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
+    }
+
+
+class Upload(NamedTuple):
+    """How one part's upload ended: 'uploaded', 'expired' or 'failed' (with status, reason)."""
+
+    filename: str
+    outcome: str
+    status: int = 0
+    reason: str = ""
+
+
+def _s3_error(body: bytes) -> str:
+    """'Code: Message' from an S3 error document, or the start of the body."""
+    code = re.search(rb"<Code>(.*?)</Code>", body)
+    message = re.search(rb"<Message>(.*?)</Message>", body)
+    if code or message:
+        return ": ".join(m.group(1).decode("utf-8", "replace") for m in (code, message) if m)
+    return body[:200].decode("utf-8", "replace").strip()
+
+
+def _check_part(path: str, data: bytes, part: dict) -> None:
+    if "size" in part and len(data) != part["size"]:
+        raise NodeError(f"part {path} is {len(data)} bytes, not {part['size']}; bundle again")
+    if "sha1" in part and hashlib.sha1(data).hexdigest() != part["sha1"]:
+        raise NodeError(f"part {path} does not match its SHA-1 digest; bundle again")
+
+
+def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Upload:
+    """PUT one part to its presigned URL, retrying server errors and broken connections."""
+    filename = part["filename"]
+    path = os.path.join(directory, filename)
+    with open(path, "rb") as f:
+        data = f.read()
+    _check_part(path, data, part)
+    headers = dict(part.get("headers") or {})
+    headers["Content-Length"] = str(len(data))
+    headers["Content-MD5"] = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+    # urllib would otherwise label the body as a submitted form.
+    if not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/octet-stream"
+    problem = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            # Exponential backoff with jitter, so that parallel uploads do not retry in step.
+            time.sleep(min(pause * 2 ** (attempt - 1), 30.0) * (0.5 + random.random() / 2))
+        request = urllib.request.Request(part["url"], data=data, headers=headers, method="PUT")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                response.read()
+            return Upload(filename, "uploaded")
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            reason = _s3_error(body) or str(exc.reason)
+            if exc.code == 403 and b"Request has expired" in body:
+                return Upload(filename, "expired", 403, reason)
+            if exc.code < 500 and exc.code not in (408, 429):
+                return Upload(filename, "failed", exc.code, reason)
+            problem = f"HTTP {exc.code} {reason}"
+        except (urllib.error.URLError, OSError) as exc:
+            # URLError's text is its reason (never the URL, which carries the signature).
+            problem = str(getattr(exc, "reason", None) or exc.strerror or type(exc).__name__)
+        say(f"upload of {filename}: {problem} (attempt {attempt + 1} of {retries + 1})")
+    return Upload(filename, "failed", 0, f"gave up after {retries + 1} attempts: {problem}")
+
+
+def command_upload(request: dict) -> tuple[dict, int]:
+    """Upload the parts in parallel; exit 3 when presigned URLs expired, 1 on other failures."""
+    destination = _directory(request, "destination_dir")
+    parts = _field(request, "parts", list)
+    for part in parts:
+        if not isinstance(part, dict) or not isinstance(part.get("filename"), str) or "url" not in part:
+            raise NodeError("each of the request's parts needs a filename and a url")
+        if "/" in part["filename"] or not os.path.isfile(os.path.join(destination, part["filename"])):
+            raise NodeError(f"part {part['filename']} is not a file in {destination}; bundle first")
+    concurrency = max(1, _field(request, "concurrency", int, 4))
+    retries = max(0, _field(request, "retries", int, 5))
+    pause = float(request.get("retry_pause", 1.0))
+    outcomes = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(put_part, destination, p, retries, pause) for p in parts]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                if outcome.outcome == "uploaded":
+                    say(f"uploaded {outcome.filename} ({len(outcomes)} of {len(parts)})")
+        except BaseException:
+            # Ctrl-C or a bad part: start nothing new; PUTs already under way finish first.
+            for future in futures:
+                future.cancel()
+            raise
+    order = {p["filename"]: i for i, p in enumerate(parts)}
+    outcomes.sort(key=lambda o: order[o.filename])
+    result = {
+        "uploaded": [o.filename for o in outcomes if o.outcome == "uploaded"],
+        "failed": [
+            {"filename": o.filename, "status": o.status, "reason": o.reason}
+            for o in outcomes
+            if o.outcome == "failed"
+        ],
+        "expired": [o.filename for o in outcomes if o.outcome == "expired"],
+    }
+    if result["failed"]:
+        first = result["failed"][0]
+        status = f"HTTP {first['status']}: " if first["status"] else ""
+        say(
+            f"amidsl-node: error: part {first['filename']} could not be uploaded ({status}"
+            f"{first['reason']}); check the bucket's policy and ACL settings"
+        )
+        return result, 1
+    if result["expired"]:
+        say(
+            f"amidsl-node: error: the upload URLs of {len(result['expired'])} parts expired; "
+            "presign them again"
+        )
+        return result, 3
+    return result, 0
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def main(argv: list[str]) -> int:
+    """Run one subcommand on the JSON request from standard input."""
+    commands = ("check", "bundle", "upload")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    cleanup = Cleanup()
+    try:
+        if len(argv) != 2 or argv[1] not in commands:
+            raise NodeError(f"usage: python3 amidsl_node.py {{{'|'.join(commands)}}} < request.json")
+        try:
+            request = json.loads(sys.stdin.read())
+        except ValueError as exc:
+            raise NodeError(
+                f"standard input is not one JSON object ({exc}); send the request as JSON"
+            ) from None
+        if not isinstance(request, dict):
+            raise NodeError("standard input must be one JSON object, the request")
+        status = 0
+        if argv[1] == "check":
+            result = command_check(request)
+        elif argv[1] == "bundle":
+            result = command_bundle(request, cleanup)
+        else:
+            result, status = command_upload(request)
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+        return status
+    except NodeError as exc:
+        say(f"amidsl-node: error: {exc}")
+        return 1
+    except OSError as exc:
+        where = f" at {exc.filename}" if exc.filename else ""
+        say(f"amidsl-node: error: {exc.strerror or exc}{where}; check free space and permissions")
+        return 1
+    except KeyboardInterrupt:
+        say("amidsl-node: interrupted; removed the partial image, staging tree and parts")
+        return 130
+    except Terminated:
+        say("amidsl-node: terminated; removed the partial image, staging tree and parts")
+        return 143
+    finally:
+        # Removing a large staging tree takes a moment; do not let a second signal cut it short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        cleanup.remove_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
+AMIDSL_END_OF_FILE
+  step install 3 'check the SHA-256 of the node program'
+  python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 36ecb40a98fcef2163d321b889cc6edf341a401535429ffff8143dea5266f6d0
+  step install 4 'make sure the destination directory exists'
+  mkdir -p -- /tmp
+  step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl) and free space in destination_dir'
+  # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
+  #   {"volume": "/", "destination_dir": "/tmp"}
+  python3 -I /opt/ami-tools/amidsl_node.py check
 }
 
 main() {

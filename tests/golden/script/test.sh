@@ -9,9 +9,9 @@
 # Settings:
 #   image_name = amidsl-example-ami
 #   image_description = amidsl example AMI
-#   access_key = from the AWS credential chain; supplied at run time as AMIDSL_ACCESS_KEY
-#   secret_key = from the AWS credential chain; supplied at run time as AMIDSL_SECRET_KEY
-#   session_token = from the AWS credential chain; supplied at run time as AMIDSL_SESSION_TOKEN
+#   access_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   secret_key = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
+#   session_token = from the AWS credential chain; used on the controller only (presigned URLs reach the node)
 #   region = us-east-1
 #   user_id = 123456789012
 #   user = admin
@@ -41,8 +41,12 @@
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
-#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 38bba65bfea36633...)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
+#   bundler = native
+#   volume = /
+#   ec2_certificate_source = (none)
+#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
 
 set -Eeuo pipefail
 
@@ -64,6 +68,9 @@ on_error() {
 trap on_error ERR
 
 # Controller-side helpers: read fields of the aws CLI's JSON output.
+controller_only() {
+  fail "this step runs inside amidsl on the controller ($1): run the build with amidsl"
+}
 json_field() {
   python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
 }
@@ -72,9 +79,9 @@ json_length() {
 }
 
 phase_test() {
-  # ---- CONTROLLER SIDE: AWS API calls, made from the machine driving the build
-  # ---- (amidsl build makes them with boto3; by hand, run them where the aws CLI
-  # ---- and your AWS credentials are, not on the node).
+  # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
+  # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
+  # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).
   step test 1 'look the new image up'
   describe_images_result=$(aws ec2 describe-images --region us-east-1 --image-ids "${AMIDSL_IMAGE_ID:?image_id is set by the ami-register phase}" --output json)
   step test 2 'exactly one image has the id'

@@ -1,0 +1,211 @@
+"""Every amidsl command and its options, defined once.
+
+Both front ends are built from this table: the `amidsl` command (argparse, amidsl/cli.py) and the
+`inv` tasks of a checkout (amidsl/invoke_tasks.py). Each command names the function that runs it
+("module:function"), imported only when that command runs, so `amidsl plan` never loads boto3, moto
+or paramiko. The function takes every option as a keyword argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+USAGE_ERROR = 2  # bad options or settings: nothing was done
+FAILED = 1  # the work itself failed (a build, a simulated build)
+INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option; its kind follows from the default.
+
+    False: a flag; (): repeatable, collected into a list; an int: an integer; anything else: a string.
+    """
+
+    name: str  # the keyword argument; the flag is --name with dashes
+    help: str
+    default: object = None
+    short: str | None = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    required: bool = False
+    positional: bool = False  # given as a plain word (amidsl completion bash), not as --name
+
+    @property
+    def flag(self) -> str:
+        """The long option, e.g. --on-error."""
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One amidsl command: its name, one-line summary, the function that runs it and its options."""
+
+    name: str
+    summary: str
+    target: str
+    options: tuple[Option, ...]
+
+
+CONFIG = Option(
+    "config",
+    "TOML settings file (default: $AMIDSL_CONFIG, then ./amidsl.toml, then the built-in example)",
+    short="-c",
+    metavar="FILE",
+)
+PHASE = Option(
+    "phase",
+    "phase to include (repeatable; default: all phases in order)",
+    default=(),
+    short="-p",
+    metavar="PHASE",
+)
+OUTPUT = Option("output", "write to this file instead of standard output", short="-o", metavar="FILE")
+QUIET = Option("quiet", "no progress output: only results and errors", default=False, short="-q")
+VERBOSE = Option("verbose", "also show each command as it runs", default=False, short="-v")
+FAULT_HELP = (
+    "inject a fault (repeatable): fail-put=N (the N-th S3 PUT fails once), s3-5xx=K (K PUTs answer 503), "
+    "disk-full=DIR, reject-register=CODE, interrupt=PHASE:N (the connection drops at that action)"
+)
+BUNDLE_MANIFEST = Option("manifest", "the bundle's manifest file (PREFIX.manifest.xml)", required=True)
+PARTS_DIR = Option("parts_dir", "directory holding the parts (default: the manifest's directory)")
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "plan",
+        "preview the plan: each phase's numbered actions and the commands they run",
+        "amidsl.tasks:plan",
+        (
+            CONFIG,
+            PHASE,
+            Option("format", "output format", default="text", short="-f", choices=("text", "json")),
+            OUTPUT,
+        ),
+    ),
+    Command(
+        "script",
+        "render the plan as one reviewable bash script (exactly what a live build runs)",
+        "amidsl.tasks:script",
+        (CONFIG, PHASE, OUTPUT),
+    ),
+    Command(
+        "validate",
+        "check the settings and report every problem (exit status 2 if there are any)",
+        "amidsl.tasks:validate",
+        (CONFIG, Option("live", "also check AWS: credentials, bucket and region, image name", default=False)),
+    ),
+    Command(
+        "simulate",
+        "run the build on a fake node and a fake AWS region (offline; nothing outside a temp dir)",
+        "simulator.tasks:simulate",
+        (
+            CONFIG,
+            PHASE,
+            Option("inspect", "list every file in the registered image", default=False),
+            Option("fault", FAULT_HELP, default=(), metavar="NAME=VALUE"),
+            Option("json", "print the result as JSON (schema amidsl.simulate/1)", default=False),
+            Option("payload_mb", "MB of program binaries on the fake node", default=4, metavar="MB"),
+            Option(
+                "bundler",
+                "build strategy (default: the settings' bundler, else native)",
+                choices=("native", "ami-tools"),
+            ),
+            QUIET,
+            VERBOSE,
+        ),
+    ),
+    Command(
+        "build",
+        "build the AMI on a real node over SSH, calling AWS with boto3",
+        "amidsl.live.tasks:build",
+        (
+            Option("config", "TOML settings file with [ami] and [live] tables", short="-c", metavar="FILE"),
+            Option("host", "build on this node (an address or ~/.ssh/config alias; default: [live] host)"),
+            Option("group", "build on a running node tagged amidsl:group=GROUP"),
+            Option(
+                "launch", "launch a node from the [live] launch settings, build, terminate it", default=False
+            ),
+            Option("phase", "phase to run (repeatable; default: all, or all but cleanup with --launch)", ()),
+            Option(
+                "on_error",
+                "cleanup (default: remove the credentials, terminate a launched node), cleanup-all "
+                "(also remove what a failed upload or registration left in S3) or abort",
+                default="cleanup",
+                metavar="POLICY",
+            ),
+            Option(
+                "trust_new_host_key", "accept and remember an unknown host key (never a changed one)", False
+            ),
+            QUIET,
+            VERBOSE,
+        ),
+    ),
+    Command(
+        "bundle-image",
+        "bundle an image file into encrypted 10 MiB parts and a signed manifest",
+        "amidsl.bundle.tasks:bundle_image",
+        (
+            Option("image", "the image file to bundle", required=True),
+            Option("cert", "PEM X.509 certificate of the user (the manifest's signer)", required=True),
+            Option("privkey", "PEM RSA private key of that certificate (never printed)", required=True),
+            Option("user", "12-digit AWS account number (dashes allowed)", required=True),
+            Option("ec2cert", "PEM X.509 certificate of EC2 (it decrypts the bundle)", required=True),
+            Option("destination", "directory for the parts and manifest (created if missing)", default="."),
+            Option("prefix", "file name prefix of the parts and manifest", default="image"),
+            Option("arch", "architecture", default="x86_64", choices=("x86_64", "i386", "arm64")),
+            Option("kernel", "kernel id (aki-…) to record in the manifest"),
+            Option("ramdisk", "ramdisk id (ari-…) to record in the manifest"),
+            Option("product_codes", "comma-separated product codes", default=""),
+            Option("block_device_mapping", "comma-separated virtual=device pairs", default=""),
+            Option("ancestry", "comma-separated ancestor AMI ids", default=""),
+        ),
+    ),
+    Command(
+        "verify-bundle",
+        "check a bundle's signature, part list, sizes and part digests",
+        "amidsl.bundle.tasks:verify_bundle",
+        (
+            BUNDLE_MANIFEST,
+            Option("cert", "PEM X.509 certificate of the user who signed the manifest", required=True),
+            PARTS_DIR,
+        ),
+    ),
+    Command(
+        "unbundle",
+        "check a bundle's signature, then decrypt and unpack it, checking part and image digests",
+        "amidsl.bundle.tasks:unbundle",
+        (
+            BUNDLE_MANIFEST,
+            Option("privkey", "PEM RSA private key of the user (or of EC2); never printed", required=True),
+            Option("destination", "directory to restore the image into", default="."),
+            PARTS_DIR,
+            Option("cert", "PEM X.509 certificate of the user who signed the manifest (checked first)"),
+            Option("no_verify", "skip the signature check when you have no certificate", default=False),
+        ),
+    ),
+    Command(
+        "image-ls",
+        "list the files inside an image without mounting it (type, mode, owner, size, path)",
+        "amidsl.bundle.tasks:image_ls",
+        (Option("image", "an ext2/3/4 image file", required=True),),
+    ),
+    Command(
+        "completion",
+        'print a bash completion script (eval "$(amidsl completion bash)")',
+        "amidsl.cli:completion",
+        (Option("shell", "the shell to complete for", default="bash", choices=("bash",), positional=True),),
+    ),
+)
+
+
+class CommandError(Exception):
+    """A command's clean failure: the message is printed without a traceback, the process exits with code."""
+
+    def __init__(self, message: str, code: int = USAGE_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def find_command(name: str) -> Command | None:
+    """The command called `name`, if there is one."""
+    return next((command for command in COMMANDS if command.name == name), None)

@@ -1,0 +1,56 @@
+"""The `inv` tasks of a checkout (./tasks.py), made from the same command table as `amidsl`.
+
+Each task takes the options the table lists and calls the same function; invoke is needed only here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+
+from invoke import Collection, Context, Task
+from invoke.exceptions import Exit
+
+from amidsl.cli_table import COMMANDS, USAGE_ERROR, Command, CommandError
+
+
+def _task(command: Command) -> Task:
+    """An invoke task for one command: checks required options and choices, then runs the command."""
+
+    def body(c: Context, **options: object) -> None:
+        for option in command.options:
+            value = options[option.name]
+            if option.required and not value:
+                raise Exit(f"{option.flag} is required for {command.name}", USAGE_ERROR)
+            if option.choices and value not in option.choices:
+                raise Exit(f"{option.flag} {value!r}: choose one of {', '.join(option.choices)}", USAGE_ERROR)
+            if isinstance(option.default, tuple):
+                options[option.name] = list(value or [])
+        module, _, name = command.target.partition(":")
+        function: Callable[..., None] = getattr(importlib.import_module(module), name)
+        try:
+            function(**options)
+        except CommandError as err:
+            raise Exit(str(err), err.code) from None
+
+    parameters = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for option in command.options:
+        default = None if isinstance(option.default, tuple) else option.default
+        parameters.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    body.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    body.__doc__ = command.summary[0].upper() + command.summary[1:] + "."
+    body.__name__ = command.name.replace("-", "_")
+    return Task(
+        body,
+        name=command.name,
+        positional=[],
+        auto_shortflags=False,
+        iterable=[o.name for o in command.options if isinstance(o.default, tuple)],
+        help={o.name: o.help for o in command.options},
+    )
+
+
+def collection() -> Collection:
+    """Every amidsl command as an invoke task."""
+    return Collection(*(_task(command) for command in COMMANDS))

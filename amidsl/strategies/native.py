@@ -1,0 +1,197 @@
+"""The native strategy: amidsl's own node program bundles the volume; secrets stay on the controller.
+
+On the node: only amidsl's node program (stdlib Python), copied into install_dir (root-only, and
+excluded from every image), checked against its SHA-256, and removed with install_dir in cleanup.
+The node needs python3 >= 3.8, e2fsprogs (mke2fs) and libcrypto (openssl); nothing is installed.
+The controller makes the AES key and IV and sends them on the program's standard input; it signs the
+manifest itself (the signing key never leaves it) and presigns one S3 PUT URL per part, so the node
+never holds an AWS credential either.
+"""
+
+from __future__ import annotations
+
+from amidsl.actions import (
+    Action,
+    ControllerSecret,
+    Directory,
+    Exec,
+    MakeBundleKey,
+    NodeProgram,
+    PlanWarning,
+    PresignParts,
+    RemoteFile,
+    Remove,
+    SignManifest,
+    UploadManifest,
+)
+from amidsl.node import program_sha256, program_source
+from amidsl.settings import AmiSettings
+from amidsl.strategies.ami_tools import ami_register
+
+NODE_PROGRAM_NAME = "amidsl_node.py"
+PART_SIZE = 10 * 1024 * 1024
+UPLOAD_CONCURRENCY = 4
+UPLOAD_RETRIES = 5
+
+BUNDLE_KEY = ControllerSecret("bundle_key", "the bundle's AES key (made on the controller)")
+BUNDLE_IV = ControllerSecret("bundle_iv", "the bundle's AES IV (made on the controller)")
+PRESIGNED_PARTS = ControllerSecret("presigned_parts", "one presigned S3 PUT URL per part")
+
+NODE_NEEDS = "python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl)"
+
+# Checks the shipped program against the SHA-256 amidsl computed from its own copy (sys.exit with a
+# string exits with status 1 and prints it).
+_CHECKSUM = (
+    "import hashlib, sys; "
+    "found = hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest(); "
+    "sys.exit(0 if found == sys.argv[2] else "
+    "sys.argv[1] + ': SHA-256 ' + found + ', expected ' + sys.argv[2])"
+)
+
+
+def node_program(s: AmiSettings) -> str:
+    """Where the node program lives on the node: in install_dir, which the image excludes."""
+    return f"{s.install_dir}/{NODE_PROGRAM_NAME}"
+
+
+def install(s: AmiSettings) -> list[Action | PlanWarning]:
+    """Ship the node program into a root-only directory, check its checksum, and check the node."""
+    return [
+        PlanWarning(
+            f"native build: nothing is installed; amidsl's node program is copied to {s.install_dir} "
+            f"(excluded from the image, removed in cleanup). The node needs {NODE_NEEDS}."
+        ),
+        Directory(s.install_dir, mode="0700", description="create the node program directory (root only)"),
+        RemoteFile(
+            node_program(s),
+            content=program_source(),
+            mode="0600",
+            verbatim=True,
+            description="write the amidsl node program (its full source)",
+        ),
+        Exec(
+            ("python3", "-I", "-c", _CHECKSUM, node_program(s), program_sha256()),
+            description="check the SHA-256 of the node program",
+        ),
+        _make_destination(s),
+        NodeProgram(
+            node_program(s),
+            "check",
+            (("volume", s.volume), ("destination_dir", s.destination_dir)),
+            result_name="node_check",
+            description=f"check the node has {NODE_NEEDS} and free space in destination_dir",
+        ),
+    ]
+
+
+def configure(s: AmiSettings) -> list[Action | PlanWarning]:
+    """Nothing: in a native build no credential is written to the node."""
+    return [PlanWarning("native build: no key or certificate is written to the node; the controller signs")]
+
+
+def _make_destination(s: AmiSettings) -> Exec:
+    return Exec(
+        ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
+    )
+
+
+def bundle_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
+    """The node program's bundle request; key and IV are filled in by the controller at run time."""
+    return (
+        ("volume", s.volume),
+        ("exclude", list(s.exclusions)),
+        ("includes", []),
+        ("filter", True),
+        ("destination_dir", s.destination_dir),
+        ("prefix", s.prefix),
+        ("image_size_mb", s.image_size_mb),
+        ("key", BUNDLE_KEY),
+        ("iv", BUNDLE_IV),
+        ("part_size", PART_SIZE),
+        ("workers", 0),
+    )
+
+
+def ami_bundle(s: AmiSettings) -> list[Action]:
+    """Image and bundle the volume on the node with a controller-made key; sign the manifest here."""
+    return [
+        _make_destination(s),
+        MakeBundleKey(),
+        NodeProgram(
+            node_program(s),
+            "bundle",
+            bundle_request(s),
+            result_name="bundle",
+            description="image the volume and bundle it into parts on the node",
+        ),
+        SignManifest("bundle", result_name="manifest"),
+    ]
+
+
+def manifest_key(s: AmiSettings) -> str:
+    """The manifest's S3 key (s3_manifest_path without the bucket)."""
+    return s.s3_manifest_path.split("/", 1)[1]
+
+
+def ami_upload(s: AmiSettings) -> list[Action]:
+    """Presign per part, let the node upload the parts in parallel, upload the manifest from here."""
+    return [
+        PresignParts("bundle", s.s3_bucket, s.s3_path, s.region, result_name="presigned"),
+        NodeProgram(
+            node_program(s),
+            "upload",
+            (
+                ("destination_dir", s.destination_dir),
+                ("parts", PRESIGNED_PARTS),
+                ("concurrency", UPLOAD_CONCURRENCY),
+                ("retries", UPLOAD_RETRIES),
+            ),
+            result_name="upload",
+            refresh_expired=True,
+            description="upload the parts to S3 in parallel from the node (presigned URLs)",
+        ),
+        UploadManifest("manifest", s.s3_bucket, manifest_key(s), s.region),
+    ]
+
+
+def cleanup(s: AmiSettings) -> list[Action]:
+    """Remove the node program and the bundle files from the node."""
+    return [
+        Remove(s.install_dir, recursive=True, description="remove the amidsl node program (install_dir)"),
+        Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
+        Remove(
+            f"{s.destination_dir.rstrip('/')}/{s.prefix}",
+            description="remove the image file if the node program left it",
+        ),
+    ]
+
+
+PHASE_FUNCTIONS = {
+    "install": install,
+    "configure": configure,
+    "ami-bundle": ami_bundle,
+    "ami-upload": ami_upload,
+    "ami-register": ami_register,
+    "cleanup": cleanup,
+}
+
+
+def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
+    """What a native build puts on the node, leaves in the image, and needs, for the plan preview."""
+    return (
+        (
+            "on the node",
+            f"amidsl's node program (one stdlib Python file) in {s.install_dir}, during the build",
+        ),
+        (
+            "stays in the image",
+            "nothing amidsl brings: no package is installed; install_dir, destination_dir "
+            "and amidsl's state dir are excluded",
+        ),
+        ("the node needs", NODE_NEEDS),
+        (
+            "secrets",
+            "AWS credentials and the signing key stay on the controller; the AES key and IV and the "
+            "presigned URLs reach the node only on the node program's standard input",
+        ),
+    )

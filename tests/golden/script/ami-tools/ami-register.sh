@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# amidsl 0.1.0 build script: spec 'ami': image 'amidsl-example-ami' (x86_64) in us-east-1, bundle to s3://amidsl-example-bundles/images/example/
+# Generated from the settings below; review it: this text is exactly what amidsl runs.
+# Node phases run as root on the node; the controller-side section of a phase calls the
+# AWS API (amidsl does that itself with boto3).
+#
+# Usage: bash SCRIPT [PHASE ...]   (default: ami-register)
+#
+# Settings:
+#   image_name = amidsl-example-ami
+#   image_description = amidsl example AMI
+#   access_key = from the AWS credential chain; supplied at run time as AMIDSL_ACCESS_KEY
+#   secret_key = from the AWS credential chain; supplied at run time as AMIDSL_SECRET_KEY
+#   session_token = from the AWS credential chain; supplied at run time as AMIDSL_SESSION_TOKEN
+#   region = us-east-1
+#   user_id = 123456789012
+#   user = admin
+#   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
+#   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
+#   install_strategy = rbenv
+#   install_dir = /opt/ami-tools
+#   install_source = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
+#   ami_tools_url = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
+#   install_ruby = true
+#   ruby_version = 2.7.8
+#   destination_dir = /tmp
+#   credential_dir = /opt/ami-tools/credentials
+#   private_key_source = amidsl's built-in example credentials (throwaway, not valid on AWS)
+#   certificate_source = amidsl's built-in example credentials (throwaway, not valid on AWS)
+#   private_key_path = /opt/ami-tools/credentials/pk
+#   certificate_path = /opt/ami-tools/credentials/cert
+#   arch = x86_64
+#   s3_bucket = amidsl-example-bundles
+#   s3_path = images/example
+#   s3_manifest_path = amidsl-example-bundles/images/example/image.manifest.xml
+#   manifest_path = /tmp/image.manifest.xml
+#   prefix = image
+#   image_size_mb = (none)
+#   inherit = true
+#   virtualization_type = (none)
+#   kernel_id = (none)
+#   ramdisk_id = (none)
+#   block_device_mappings = (none)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
+#   image_id = (none)
+#   bundler = ami-tools
+#   volume = /
+#   ec2_certificate_source = (none)
+
+set -Eeuo pipefail
+
+step() {
+  printf '==> [%s %s] %s\n' "$1" "$2" "$3"
+  AMIDSL_STEP="$1 action $2 ($3)"
+}
+fail() {
+  printf 'amidsl: %s\n' "$*" >&2
+  return 1
+}
+on_error() {
+  local status=$?
+  # Subshells inherit the trap (set -E): report once, from the main shell, and only for an action.
+  if [ "$BASH_SUBSHELL" -eq 0 ] && [ -n "${AMIDSL_STEP:-}" ]; then
+    printf 'amidsl: FAILED in phase %s (exit %s)\n' "${AMIDSL_STEP:-?}" "$status" >&2
+  fi
+}
+trap on_error ERR
+
+# Controller-side helpers: read fields of the aws CLI's JSON output.
+controller_only() {
+  fail "this step runs inside amidsl on the controller ($1): run the build with amidsl"
+}
+json_field() {
+  python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+}
+json_length() {
+  python3 -c 'import json, sys; print(len(json.loads(sys.argv[1])[sys.argv[2]]))' "$1" "$2"
+}
+
+phase_ami_register() {
+  # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
+  # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
+  # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).
+  step ami-register 1 'register the image with EC2'
+  register_image_result=$(aws ec2 register-image --region us-east-1 --name amidsl-example-ami --image-location amidsl-example-bundles/images/example/image.manifest.xml --description 'amidsl example AMI' --architecture x86_64 --output json)
+  step ami-register 2 'keep the new image id in the settings'
+  AMIDSL_IMAGE_ID=$(json_field "$register_image_result" ImageId)
+  export AMIDSL_IMAGE_ID
+  printf '%s=%s\n' image_id "$AMIDSL_IMAGE_ID"
+  # ---- end of controller side
+}
+
+main() {
+  if [ "$#" -eq 0 ]; then
+    set -- ami-register
+  fi
+  local phase
+  # Every phase name is checked before anything runs.
+  for phase in "$@"; do
+    case "$phase" in
+      ami-register) ;;
+      *) fail "unknown phase: $phase (phases: ami-register)" ;;
+    esac
+  done
+  for phase in "$@"; do
+    case "$phase" in
+      ami-register) phase_ami_register ;;
+    esac
+  done
+}
+
+main "$@"

@@ -1,0 +1,209 @@
+"""`amidsl simulate` from the command line: output, JSON, faults, phases, interrupts, temp files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.live.node_settings import write_toml
+
+LISTING_LINE = re.compile(r"[-dlpscb][0-7]{4} +\d+:\d+ +\d+ /\S*")
+
+
+def amidsl(*args: str, temp: Path | None = None, cwd=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "AMIDSL_CONFIG"}
+    if temp is not None:
+        env["TMPDIR"] = str(temp)
+    return subprocess.run(
+        [sys.executable, "-m", "amidsl", "simulate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def temp(tmp_path) -> Path:
+    """A private temporary directory for the command, to check it leaves nothing behind."""
+    path = tmp_path / "temp"
+    path.mkdir()
+    return path
+
+
+def test_simulate_the_built_in_example_builds_natively_by_default(temp):
+    run = amidsl(temp=temp)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
+    assert "  [ami-bundle 3] image the volume and bundle it into parts on the node: ok [node]" in lines
+    assert "ec2-bundle-vol" not in run.stdout
+    registered = next(line for line in lines if line.startswith("registered ami-"))
+    assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
+    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem") for line in lines)
+    assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)  # the node program
+    assert list(temp.iterdir()) == []
+
+
+def test_simulate_the_built_in_example_with_the_ami_tools(temp):
+    run = amidsl("--bundler", "ami-tools", temp=temp)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("using the built-in example settings")
+    assert lines[1].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
+    assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol ..." in lines  # when it starts
+    assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol: ok" in lines
+    registered = next(line for line in lines if line.startswith("registered ami-"))
+    assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
+    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem (*.pem)") for line in lines)
+    assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)
+    assert "bundle of 1 part verified" in run.stdout
+    assert list(temp.iterdir()) == []
+
+
+def test_quiet_prints_only_the_result():
+    run = amidsl("--quiet")
+    assert run.returncode == 0, run.stderr
+    assert "[ami-bundle" not in run.stdout and "phase " not in run.stdout
+    assert "registered ami-" in run.stdout
+
+
+def test_inspect_lists_the_image_in_the_image_ls_format():
+    run = amidsl("--inspect")
+    listed = [line.strip() for line in run.stdout.splitlines() if LISTING_LINE.fullmatch(line.strip())]
+    assert "d0755         0:0            0 /" in listed
+    assert any(line.endswith(" /home/admin") and "1000:1000" in line for line in listed)
+
+
+def test_json_has_a_schema_and_honours_inspect():
+    plain = json.loads(amidsl("--json").stdout)
+    assert plain["schema"] == "amidsl.simulate/1" and plain["image_id"].startswith("ami-")
+    assert "entries" not in plain["image"] and plain["image"]["summary"]["parts"] == 1
+    inspected = json.loads(amidsl("--json", "--inspect").stdout)
+    assert {"path": "/etc/fstab"}.items() <= next(
+        e for e in inspected["image"]["entries"] if e["path"] == "/etc/fstab"
+    ).items()
+
+
+def test_json_with_a_fault_fails_naming_phase_and_action():
+    run = amidsl("--bundler", "ami-tools", "--json", "--fault", "disk-full=/tmp")
+    assert run.returncode == 1
+    document = json.loads(run.stdout)
+    assert document["image_id"] is None
+    assert document["error"].startswith("phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol)")
+    assert document["transcript"][-1]["phase"] == "on-error"
+    assert "simulated build failed: phase ami-bundle, action 2" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("meteor=1", "not a fault I know"),
+        ("bogus", "not a fault I know"),
+        ("fail-pt=2", "not a fault I know (did you mean fail-put?)"),
+        ("fail-put=0", "give a whole number of 1 or more"),
+        ("s3-5xx=-1", "give a whole number of 1 or more"),
+        ("disk-full=/nonexistent", "no such directory on the simulated node"),
+        ("interrupt=ami-bundle:9", "phase ami-bundle has actions 1 to 2"),
+        ("interrupt=bundle:1", "'bundle' is not a phase of this run"),
+        ("reject-register=", "give an EC2 error code"),
+    ],
+)
+def test_faults_that_make_no_sense_are_refused_and_leave_no_temp_files(temp, fault, message):
+    run = amidsl("--bundler", "ami-tools", "--fault", fault, temp=temp)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"--fault '{fault}': {message}" in run.stderr
+    assert list(temp.iterdir()) == []
+
+
+def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds():
+    run = amidsl("--bundler", "ami-tools", "--json", "--fault", "fail-put=1")
+    document = json.loads(run.stdout)
+    assert run.returncode == 0 and document["image_id"]
+    upload = next(r for r in document["transcript"] if r["phase"] == "ami-upload")
+    assert upload["output"].count("InternalError (500)") == 1
+
+
+@pytest.mark.parametrize("fault", ["fail-put=1", "s3-5xx=2", "disk-full=/tmp", "interrupt=ami-bundle:2"])
+def test_a_fault_of_the_ami_tools_path_is_refused_for_a_native_build(temp, fault):
+    run = amidsl("--fault", fault, temp=temp)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "it models the ami-tools path: add --bundler ami-tools" in run.stderr
+    assert list(temp.iterdir()) == []
+
+
+def test_a_failed_registration_prints_its_action_line():
+    run = amidsl("--fault", "reject-register=InvalidAMIName.Duplicate")
+    assert run.returncode == 1
+    assert "  [ami-register 1] register the image with EC2: failed [controller]" in run.stdout.splitlines()
+
+
+def test_a_later_phase_alone_is_refused_with_the_phases_it_needs(temp):
+    run = amidsl("--phase", "ami-upload", temp=temp)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "--phase ami-upload: each simulation starts from a fresh node" in run.stderr
+    assert "needs install, configure, ami-bundle first" in run.stderr
+    assert list(temp.iterdir()) == []
+
+
+def test_your_own_account_is_the_simulated_account(tmp_path, raw_settings):
+    config = write_toml(tmp_path / "mine.toml", {"ami": raw_settings | {"user_id": "4444-5555-6666"}})
+    run = amidsl("--config", str(config), "--quiet")
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "registered ami-" in run.stdout
+
+
+def test_a_closed_pipe_stops_the_simulation_and_cleans_up(temp):
+    command = f"{sys.executable} -m amidsl simulate | head -3; echo status=${{PIPESTATUS[0]}}"
+    run = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, env={**os.environ, "TMPDIR": str(temp)}
+    )
+    assert "Traceback" not in run.stderr
+    assert run.stdout.splitlines()[-1] == "status=141"
+    assert list(temp.iterdir()) == []
+
+
+def parts_written(temp: Path) -> int:
+    """How many part files the bundler has begun (files come and go: os.walk skips the gone)."""
+    return sum(name.startswith(".image.part.") for _, _, names in os.walk(temp) for name in names)
+
+
+def test_ctrl_c_while_bundling_stops_promptly_and_cleans_up(temp):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "amidsl", "simulate", "--payload-mb", "300"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(temp)},
+    )
+    # Interrupt with compression in full flow (a few parts written): there the old bundler hung.
+    deadline = time.monotonic() + 120
+    while parts_written(temp) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    try:
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail("simulate did not stop within 20 s of Ctrl-C")
+    assert time.monotonic() - interrupted < 10
+    assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert list(temp.iterdir()) == []
+
+
+def test_cleanup_alone_is_refused_but_runs_after_install():
+    alone = amidsl("--phase", "cleanup")
+    assert alone.returncode == 2 and "cleanup needs install first" in alone.stderr
+    after_install = amidsl("--phase", "install", "--phase", "cleanup", "--quiet")
+    assert after_install.returncode == 0, after_install.stderr
