@@ -101,7 +101,8 @@ Requests (optional keys in brackets) and results:
     bundle  {volume, exclude, includes, filter, destination_dir, prefix, image_size_mb, key, iv,
              part_size, workers (0: all cores), [level (zlib, default 4)]}
             -> {prefix, image_size, digest, bundled_size, parts[{filename, size, sha1, md5}],
-                volume_fs, left_out[[path, reason]] (the first 200)}
+                volume_fs, left_out[[path, reason]] (the first 200),
+                seconds{check, stage, mke2fs, bundle, remove} (where the time went)}
     upload  {destination_dir, parts[{filename, url, headers, [size], [sha1]}], concurrency,
              retries, [retry_pause (seconds, default 1)]}
             -> {uploaded[filename], failed[{filename, status, reason}], expired[filename]};
@@ -116,7 +117,6 @@ never comes to the node.
 from __future__ import annotations
 
 import base64
-import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -128,6 +128,7 @@ import json
 import math
 import os
 import posixpath
+import queue
 import random
 import re
 import shutil
@@ -136,9 +137,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -712,12 +712,14 @@ def staging_parent(volume: str, destination_dir: str) -> str:
 
 
 class ImageBuild(NamedTuple):
-    """What build_image made."""
+    """What build_image made, and the seconds its two steps took."""
 
     path: str
     size_mb: int
     entries: int
     left_out: list
+    stage_seconds: float
+    mke2fs_seconds: float
 
 
 def build_image(
@@ -748,6 +750,7 @@ def build_image(
         root = os.lstat(volume)
         _set_owner_mode_times(staging, root, volume)
         size = measure_selection(walk_volume(staging, (), (), True), -1)
+        staged = time.monotonic()
         wanted = size_mb or estimate_size_mb(size.allocated, entries)
         # An estimate can fall short on unusual trees; grow it rather than fail.
         for _attempt in range(1 if size_mb else 3):
@@ -762,11 +765,15 @@ def build_image(
                 f"mke2fs could not build a {wanted} MB image of {volume}: {error}; set a larger "
                 "image_size_mb or exclude more"
             )
-    finally:
+    except BaseException:
         cleanup.remove(staging)
-    say(f"built the image in {time.monotonic() - started:.1f} s")
+        raise
+    # The image no longer needs the staging tree; removing it overlaps the bundling.
+    cleanup.remove_in_background(staging)
+    built = time.monotonic()
+    say(f"built the image in {built - started:.1f} s")
     left_out.sort(key=lambda s: s.path)
-    return ImageBuild(image, wanted, entries, left_out)
+    return ImageBuild(image, wanted, entries, left_out, staged - started, built - staged)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -918,7 +925,9 @@ class ParallelGzip:
     """One gzip member compressed by several threads, as pigz does (zlib releases the GIL).
 
     Each chunk is deflated on its own, primed with the 32 KiB before it and ended with a sync
-    flush, so the pieces concatenate into one deflate stream; only the last ends it.
+    flush, so the pieces concatenate into one deflate stream; only the last ends it. A writer
+    thread hands the pieces to sink in order, so that neither the caller (reading and hashing)
+    nor the workers wait while the sink encrypts and writes.
     """
 
     def __init__(
@@ -926,8 +935,10 @@ class ParallelGzip:
     ) -> None:
         self._sink, self._level, self._chunk_size = sink, level, chunk_size
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
-        self._in_flight: collections.deque = collections.deque()
-        self._limit = workers + 2  # bounds memory: a few MiB per worker
+        # Bounds memory to a few chunks per worker: submitting waits while the writer is behind.
+        self._in_flight: queue.Queue = queue.Queue(maxsize=2 * workers + 2)
+        self._error: BaseException | None = None
+        self._stopped = False
         self._buffer = bytearray()
         self._held: bytes | None = None  # the newest chunk: only at close do we know it is last
         self._dictionary = b""
@@ -936,6 +947,26 @@ class ParallelGzip:
         xfl = 2 if level == 9 else 4 if level == 1 else 0
         # Magic, deflate, no flags, no mtime, extra flags, OS = Unix.
         sink(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([xfl, 3]))
+        self._writer = threading.Thread(target=self._write_in_order, daemon=True)
+        self._writer.start()
+
+    def _write_in_order(self) -> None:
+        """The writer thread: each compressed piece to sink, in order, until the None at the end."""
+        while not self._stopped:
+            try:
+                # A timeout, so that abandon() never has to reach the queue: a signal may have
+                # interrupted the caller while it held the queue's lock.
+                future = self._in_flight.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if future is None:
+                return
+            try:
+                piece = future.result()
+                if self._error is None:
+                    self._sink(piece)
+            except BaseException as exc:  # kept for close(); the loop must drain the queue
+                self._error = self._error or exc
 
     def write(self, data: bytes) -> None:
         """Compress data (in the background, in order)."""
@@ -957,10 +988,8 @@ class ParallelGzip:
 
     def _submit(self, chunk: bytes, last: bool) -> None:
         future = self._pool.submit(_deflate_chunk, chunk, self._dictionary, self._level, last)
-        self._in_flight.append(future)
         self._dictionary = chunk[-DICTIONARY:]
-        while len(self._in_flight) > self._limit:
-            self._sink(self._in_flight.popleft().result())
+        self._in_flight.put(future)
 
     def close(self) -> None:
         """Compress what is left, end the deflate stream and write the CRC-32 and length."""
@@ -969,15 +998,17 @@ class ParallelGzip:
             self._buffer = bytearray()
         self._submit(self._held or b"", last=True)
         self._held = None
-        while self._in_flight:
-            self._sink(self._in_flight.popleft().result())
+        self._in_flight.put(None)
+        self._writer.join()
         self._pool.shutdown()
+        if self._error is not None:
+            raise self._error
         self._sink(self._crc.to_bytes(4, "little") + (self._length & 0xFFFFFFFF).to_bytes(4, "little"))
 
     def abandon(self) -> None:
-        """Stop after a failure: drop queued work."""
-        for future in self._in_flight:
-            future.cancel()
+        """Stop after a failure: the writer ends (after the piece in hand) and queued work is dropped."""
+        self._stopped = True
+        self._writer.join()
         self._pool.shutdown()
 
 
@@ -1130,6 +1161,7 @@ class Cleanup:
 
     def __init__(self) -> None:
         self._paths: list[str] = []
+        self._removing: list[tuple[str, threading.Thread]] = []
 
     def add(self, path: str) -> None:
         self._paths.append(path)
@@ -1147,7 +1179,26 @@ class Cleanup:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    def remove_in_background(self, path: str) -> None:
+        """Start removing a tree in a thread; it stays listed until wait() or remove_all().
+
+        Removing directories mostly waits on the filesystem's journal (seconds for a big tree on
+        a busy disk), time the bundling can use.
+        """
+        remover = threading.Thread(target=shutil.rmtree, args=(path, True), daemon=True)
+        remover.start()
+        self._removing.append((path, remover))
+
+    def wait(self) -> None:
+        """Wait for the background removals to end."""
+        while self._removing:
+            path, remover = self._removing.pop()
+            remover.join()
+            if not os.path.lexists(path):
+                self.forget(path)
+
     def remove_all(self) -> None:
+        self.wait()
         for path in reversed(list(self._paths)):
             self.remove(path)
 
@@ -1216,6 +1267,7 @@ def _key_bytes(request: dict, name: str) -> bytes:
 
 def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     """Image the volume and bundle the image into encrypted parts in destination_dir."""
+    started = time.monotonic()
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
     prefix = _field(request, "prefix", str, "image")
@@ -1262,6 +1314,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         )
 
     volume_fs = volume_filesystem(volume)
+    checked = time.monotonic()
     image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
     built = build_image(
         volume,
@@ -1273,6 +1326,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         volume_fs=volume_fs,
         cleanup=cleanup,
     )
+    bundling = time.monotonic()
     encryptor = Aes128Cbc(lib, key, iv)
     try:
         digest, parts = bundle_image_file(
@@ -1287,8 +1341,17 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         )
     finally:
         encryptor.close()
+    bundled = time.monotonic()
     image_size = os.lstat(image_path).st_size
     cleanup.remove(image_path)
+    cleanup.wait()  # for the staging tree's removal
+    timings = {
+        "check": checked - started,
+        "stage": built.stage_seconds,
+        "mke2fs": built.mke2fs_seconds,
+        "bundle": bundled - bundling,
+        "remove": time.monotonic() - bundled,
+    }
     return {
         "prefix": prefix,
         "image_size": image_size,
@@ -1297,6 +1360,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         "parts": parts,
         "volume_fs": volume_fs,
         "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
+        "seconds": {step: round(seconds, 3) for step, seconds in timings.items()},
     }
 
 
@@ -1327,6 +1391,10 @@ def _check_part(path: str, data: bytes, part: dict) -> None:
 
 def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Upload:
     """PUT one part to its presigned URL, retrying server errors and broken connections."""
+    # Imported here: urllib.request pulls in http and ssl, which bundling does not need.
+    import urllib.error
+    import urllib.request
+
     filename = part["filename"]
     path = os.path.join(directory, filename)
     with open(path, "rb") as f:
@@ -1472,7 +1540,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 36ecb40a98fcef2163d321b889cc6edf341a401535429ffff8143dea5266f6d0
+  python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py a3e63e481723c22806ac09eb64fe7d2bf62b09c1ccc24a59ee4b44ccbb4d2af1
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl) and free space in destination_dir'
