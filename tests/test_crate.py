@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -214,3 +216,27 @@ def test_crate_make_ami_entry_points_run_the_live_orchestration(monkeypatch, raw
         ("make_ami", (spec, raw_settings), {"on_error": "abort"}),
         ("group", ("web", raw_settings), {}),
     ]
+
+
+def _run_node_checks(tmp_path, pretend_version: tuple[int, int, int]) -> subprocess.CompletedProcess:
+    """Run the native install's python3 and checksum step, as the script does, under a pretended version."""
+    from amidsl.node import program_sha256, program_source
+    from amidsl.strategies.native import _CHECKSUM
+
+    program = tmp_path / "amidsl_node.py"
+    program.write_text(program_source())
+    pretend = f"import sys; sys.version_info = {pretend_version!r}; exec({_CHECKSUM!r})"
+    return subprocess.run(
+        [sys.executable, "-I", "-c", pretend, str(program), program_sha256()], capture_output=True, text=True
+    )
+
+
+def test_native_install_refuses_a_python3_older_than_3_8_with_a_clear_message(tmp_path):
+    run = _run_node_checks(tmp_path, (3, 6, 9))
+    assert run.returncode == 1
+    assert "is too old: the amidsl node program needs Python 3.8 or newer" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_native_install_accepts_a_current_python3_and_the_shipped_program(tmp_path):
+    assert _run_node_checks(tmp_path, (3, 8, 0)).returncode == 0

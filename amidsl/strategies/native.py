@@ -39,10 +39,14 @@ PRESIGNED_PARTS = ControllerSecret("presigned_parts", "one presigned S3 PUT URL 
 
 NODE_NEEDS = "python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl)"
 
-# Checks the shipped program against the SHA-256 amidsl computed from its own copy (sys.exit with a
-# string exits with status 1 and prints it).
+# Checks the node's python3 is new enough to run the program (an older one would stop at a syntax error
+# with a traceback), then the shipped program against the SHA-256 amidsl computed from its own copy
+# (sys.exit with a string exits with status 1 and prints it). Runs on any Python 3.
 _CHECKSUM = (
     "import hashlib, sys; "
+    "sys.version_info >= (3, 8) or sys.exit('python3 ' + sys.version.split()[0] + "
+    "' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 "
+    'or use bundler = "ami-tools"\'); '
     "found = hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest(); "
     "sys.exit(0 if found == sys.argv[2] else "
     "sys.argv[1] + ': SHA-256 ' + found + ', expected ' + sys.argv[2])"
@@ -71,7 +75,7 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
         ),
         Exec(
             ("python3", "-I", "-c", _CHECKSUM, node_program(s), program_sha256()),
-            description="check the SHA-256 of the node program",
+            description="check python3 (3.8 or newer) and the SHA-256 of the node program",
         ),
         _make_destination(s),
         NodeProgram(

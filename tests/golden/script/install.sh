@@ -1539,8 +1539,8 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
-  step install 3 'check the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py a3e63e481723c22806ac09eb64fe7d2bf62b09c1ccc24a59ee4b44ccbb4d2af1
+  step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py a3e63e481723c22806ac09eb64fe7d2bf62b09c1ccc24a59ee4b44ccbb4d2af1
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl) and free space in destination_dir'
