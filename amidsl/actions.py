@@ -229,7 +229,6 @@ class PresignParts:
     bucket: str
     key_prefix: str
     region: str
-    result_name: str
     description: str = "presign an upload URL per part (parts already in S3 are skipped)"
 
 

@@ -255,7 +255,6 @@ def _presign(action: PresignParts, backend: ControllerBackend, results: dict[str
             skipped.append(part["filename"])
         else:
             results["presigned"]["parts"].append(_presign_one(backend, part["filename"], results))
-    results[action.result_name] = results["presigned"]
     lines = [
         f"presigned {len(results['presigned']['parts'])} part(s) for s3://{action.bucket}/{action.key_prefix}"
     ]

@@ -31,6 +31,7 @@ from amidsl.leftovers import UPLOADING_PHASES, leftovers_note
 from amidsl.plan import Plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings, printable
+from amidsl.strategies.native import program_removal
 
 # cleanup: remove the credentials from the node; cleanup-all: also what a failed upload or registration
 # left in S3; abort: leave everything for debugging.
@@ -218,8 +219,7 @@ def run_plan(
                             if isinstance(interrupt, ActionInterrupted):
                                 raise
                             raise ActionInterrupted(index) from None
-                        where = "node" if isinstance(action, NodeProgram) else "controller"
-                        progress(f"  [{phase.name} {index}] {action.description}: ok [{where}]")
+                        progress(f"  [{phase.name} {index}] {action.description}: ok [{record.command}]")
                         result.transcript.append(record)
                 else:
                     result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
@@ -317,37 +317,29 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
             f"on_error=abort: everything is left in place for debugging, credentials included ({where}).",
         )
     if plan.settings.bundler == "native":
-        return _remove_node_program(plan.settings.install_dir, backend, result)
-    try:
-        result.transcript += backend.run_node_actions(
-            "on-error", [(1, credential_removal(plan.settings))], {}
+        # No credential was ever on the node: what remains to take off it is amidsl's node program.
+        where = plan.settings.install_dir
+        removal = program_removal(plan.settings)
+        interrupted = f"No credential was on the node; amidsl's node program may remain in {where}."
+        failed = f"No credential was on the node; removing {where} failed"
+        removed = (
+            "No credential was on the node (native build); amidsl's node program was removed "
+            f"({where}). Bundle parts, if any, stay in destination_dir until cleanup."
         )
-    except KeyboardInterrupt:
-        return False, f"The credentials may remain on the node in {where}: their removal was interrupted."
-    except Exception as err:
-        said = err.output.strip().splitlines()[-3:] if isinstance(err, ActionFailed) else []
-        reason = " ".join(said) or err
-        return (
-            False,
-            f"The credentials may remain on the node in {where}: removing them failed too ({reason}).",
-        )
-    # The removal checks that the directory is empty afterwards: only then is this said.
-    return True, f"The credentials were removed from the node ({where})."
-
-
-def _remove_node_program(where: str, backend: NodeBackend, result: BuildResult) -> tuple[bool, str]:
-    """After a failed native build: no credential was ever on the node; remove amidsl's node program."""
-    removal = Remove(where, recursive=True, description="remove the amidsl node program (install_dir)")
+    else:
+        removal = credential_removal(plan.settings)
+        interrupted = f"The credentials may remain on the node in {where}: their removal was interrupted."
+        failed = f"The credentials may remain on the node in {where}: removing them failed too"
+        # The removal checks that the directory is empty afterwards: only then is this said.
+        removed = f"The credentials were removed from the node ({where})."
     try:
         result.transcript += backend.run_node_actions("on-error", [(1, removal)], {})
     except KeyboardInterrupt:
-        return False, f"No credential was on the node; amidsl's node program may remain in {where}."
+        return False, interrupted
     except Exception as err:
-        return False, f"No credential was on the node; removing {where} failed ({err})."
-    return True, (
-        "No credential was on the node (native build); amidsl's node program was removed "
-        f"({where}). Bundle parts, if any, stay in destination_dir until cleanup."
-    )
+        said = err.output.strip().splitlines()[-3:] if isinstance(err, ActionFailed) else []
+        return False, f"{failed} ({' '.join(said) or err})."
+    return True, removed
 
 
 def _interrupted(actions: Sequence[tuple[int, Action]]) -> str:

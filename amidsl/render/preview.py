@@ -39,7 +39,7 @@ from amidsl.actions import (
 from amidsl.plan import Plan
 from amidsl.render.shell import render_action, runtime_inputs
 from amidsl.render.summary import plan_title, public_settings
-from amidsl.settings import printable
+from amidsl.settings import SECRET_KEYS, printable
 from amidsl.strategies import summary
 
 SCHEMA = "amidsl.plan/1"
@@ -125,7 +125,7 @@ def render_json(plan: Plan) -> str:
 def _shown(plan: Plan, name: str, value: str) -> str:
     """A setting as the preview prints it: string values quoted; numbers, flags and descriptions bare."""
     raw = getattr(plan.settings, name, None)
-    if isinstance(raw, str) and name not in ("access_key", "secret_key", "session_token", "certificate_pem"):
+    if isinstance(raw, str) and name not in SECRET_KEYS and name != "certificate_pem":
         return json.dumps(value, ensure_ascii=False)
     return value
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
 
 from amidsl.actions import Action, PlanWarning
 from amidsl.settings import AmiSettings
@@ -14,17 +15,15 @@ from amidsl.strategies import ami_tools, native
 
 PhaseFn = Callable[[AmiSettings], Sequence[Action | PlanWarning]]
 
-STRATEGIES: Mapping[str, Mapping[str, PhaseFn]] = {
-    "native": native.PHASE_FUNCTIONS,
-    "ami-tools": ami_tools.PHASE_FUNCTIONS,
-}
+# Each strategy module has PHASE_FUNCTIONS (phase name -> plan function) and summary(settings).
+STRATEGIES: Mapping[str, ModuleType] = {"native": native, "ami-tools": ami_tools}
 
 
 def phase_function(bundler: str, phase: str) -> PhaseFn:
     """The plan function of `phase` in the strategy the `bundler` setting names."""
-    return STRATEGIES[bundler][phase]
+    return STRATEGIES[bundler].PHASE_FUNCTIONS[phase]
 
 
 def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
     """(topic, text) pairs saying what the chosen strategy puts on the node and leaves in the image."""
-    return {"native": native.summary, "ami-tools": ami_tools.summary}[s.bundler](s)
+    return STRATEGIES[s.bundler].summary(s)

@@ -140,7 +140,7 @@ def manifest_key(s: AmiSettings) -> str:
 def ami_upload(s: AmiSettings) -> list[Action]:
     """Presign per part, let the node upload the parts in parallel, upload the manifest from here."""
     return [
-        PresignParts("bundle", s.s3_bucket, s.s3_path, s.region, result_name="presigned"),
+        PresignParts("bundle", s.s3_bucket, s.s3_path, s.region),
         NodeProgram(
             node_program(s),
             "upload",
@@ -158,10 +158,15 @@ def ami_upload(s: AmiSettings) -> list[Action]:
     ]
 
 
+def program_removal(s: AmiSettings) -> Remove:
+    """The action that removes amidsl's node program (in cleanup, and after a failure)."""
+    return Remove(s.install_dir, recursive=True, description="remove the amidsl node program (install_dir)")
+
+
 def cleanup(s: AmiSettings) -> list[Action]:
     """Remove the node program and the bundle files from the node."""
     return [
-        Remove(s.install_dir, recursive=True, description="remove the amidsl node program (install_dir)"),
+        program_removal(s),
         Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
         Remove(
             f"{s.destination_dir.rstrip('/')}/{s.prefix}",
