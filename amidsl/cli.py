@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -63,7 +62,7 @@ def command_parser(command: Command) -> CommandParser:
     """The argparse parser for one command, built from its table entry."""
     parser = CommandParser(
         prog=f"amidsl {command.name}",
-        description=command.summary[0].upper() + command.summary[1:] + ".",
+        description=command.description,
         allow_abbrev=False,
     )
     for option in command.options:
@@ -114,12 +113,8 @@ def run_command(command: Command, args: Sequence[str]) -> int:
         options = vars(command_parser(command).parse_args(args))
     except SystemExit as done:  # argparse's --help (0) and usage errors (2)
         return done.code if isinstance(done.code, int) else USAGE_ERROR
-    for option in command.options:
-        if isinstance(option.default, tuple):
-            options[option.name] = options[option.name] or []
-    module, _, function = command.target.partition(":")
     try:
-        getattr(importlib.import_module(module), function)(**options)
+        command.call(options)
     except CommandError as err:
         sys.stdout.flush()
         print(str(err), file=sys.stderr)

@@ -113,7 +113,7 @@ def load_live_config(choice: ConfigChoice, phases: list[str] | None = None) -> L
     problems = unknown_tables(choice.path)
     plan = live = None
     try:
-        spec = server_spec(load_toml(choice.path))
+        spec = load_spec(choice)
         plan = build_plan(spec, phases=phases or None)
     except SettingsError as err:
         problems += err.problems

@@ -8,6 +8,7 @@ or paramiko. The function takes every option as a keyword argument.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 USAGE_ERROR = 2  # bad options or settings: nothing was done
@@ -45,6 +46,19 @@ class Command:
     summary: str
     target: str
     options: tuple[Option, ...]
+
+    @property
+    def description(self) -> str:
+        """The summary as a sentence, for help texts."""
+        return self.summary[0].upper() + self.summary[1:] + "."
+
+    def call(self, options: dict[str, object]) -> None:
+        """Run the command's function with these options (an unset repeatable option is an empty list)."""
+        for option in self.options:
+            if isinstance(option.default, tuple):
+                options[option.name] = list(options[option.name] or [])  # type: ignore[call-overload]
+        module, _, function = self.target.partition(":")
+        getattr(importlib.import_module(module), function)(**options)
 
 
 CONFIG = Option(

@@ -5,9 +5,7 @@ Each task takes the options the table lists and calls the same function; invoke 
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from collections.abc import Callable
 
 from invoke import Collection, Context, Task
 from invoke.exceptions import Exit
@@ -25,12 +23,8 @@ def _task(command: Command) -> Task:
                 raise Exit(f"{option.flag} is required for {command.name}", USAGE_ERROR)
             if option.choices and value not in option.choices:
                 raise Exit(f"{option.flag} {value!r}: choose one of {', '.join(option.choices)}", USAGE_ERROR)
-            if isinstance(option.default, tuple):
-                options[option.name] = list(value or [])
-        module, _, name = command.target.partition(":")
-        function: Callable[..., None] = getattr(importlib.import_module(module), name)
         try:
-            function(**options)
+            command.call(options)
         except CommandError as err:
             raise Exit(str(err), err.code) from None
 
@@ -39,7 +33,7 @@ def _task(command: Command) -> Task:
         default = None if isinstance(option.default, tuple) else option.default
         parameters.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default))
     body.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    body.__doc__ = command.summary[0].upper() + command.summary[1:] + "."
+    body.__doc__ = command.description
     body.__name__ = command.name.replace("-", "_")
     return Task(
         body,
