@@ -23,10 +23,9 @@ from amidsl.bundle.errors import (
 )
 from amidsl.bundle.keys import decrypt_with_key, load_private_key
 from amidsl.bundle.manifest import Manifest, read_manifest
-from amidsl.bundle.untar import copy_member, read_end, read_member
+from amidsl.bundle.untar import CHUNK, copy_member, read_end, read_member
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
 
-CHUNK = 1024 * 1024
 # What a damaged or wrongly decrypted stream raises while it is gunzipped and untarred.
 _CORRUPT_STREAM = (EOFError, zlib_ng.error)
 _KEY_TEXT = re.compile(rb"^[0-9a-fA-F]{32}$")

@@ -11,16 +11,14 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from amidsl.bundle.errors import CorruptBundleError
+from amidsl.node.amidsl_node import BLOCK, SPARSE_IN_HEADER, SPARSE_PER_EXTENSION  # the writer's format
 
-BLOCK = 512
 CHUNK = 1024 * 1024
 MAX_LONG_NAME = 4096  # PATH_MAX: longer names cannot be real
 MAX_PAX_HEADER = 64 * 1024
 MAX_EXTENDED_HEADERS = 4  # a long name and a pax header are all a real member needs
 MAX_SPARSE_ENTRIES = 4 * 1024 * 1024  # 64 MiB of map: far more data regions than an image has
 MAX_TRAILER = 1024 * 1024  # GNU tar pads the end to a 10 KiB record; allow generous blocking factors
-_SPARSE_IN_HEADER = 4
-_SPARSE_PER_EXTENSION = 21
 
 
 class Readable(Protocol):
@@ -118,11 +116,11 @@ def _sparse_map(stream: Readable, header: bytes, size: int) -> tuple[array, arra
             offsets.append(offset)
             lengths.append(length)
 
-    add(header[386:482], _SPARSE_IN_HEADER)
+    add(header[386:482], SPARSE_IN_HEADER)
     extended = header[482]
     while extended:
         block = _read_exact(stream, BLOCK)
-        add(block, _SPARSE_PER_EXTENSION)
+        add(block, SPARSE_PER_EXTENSION)
         extended = block[504]
     return offsets, lengths
 
