@@ -39,6 +39,22 @@ INSTALL_STRATEGIES = ("rbenv", "package", "none")
 BUNDLERS = ("native", "ami-tools")
 ARCHITECTURES = ("x86_64", "i386", "arm64")
 VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
+# What RegisterImage accepts (botocore's EC2 model): ImdsSupport only "v2.0", SriovNetSupport only
+# "simple". BootMode "uefi" is refused: instance-store root devices run only on Xen instance types
+# (C1, C3, D2, I2, M1, M2, M3, R3, X1), which boot with legacy BIOS; UEFI needs a Nitro type.
+IMDS_SUPPORT = ("v2.0",)
+BOOT_MODES = ("legacy-bios", "uefi-preferred")
+SRIOV_NET_SUPPORT = ("simple",)
+# The tag every image amidsl registers carries, so that amidsl can find the images it built.
+BUILT_BY_TAG = ("amidsl:built-by", "amidsl")
+MAX_IMAGE_TAGS = 50  # EC2's limit per resource (amidsl's own tag included)
+MAX_OBJECT_TAGS = 10  # S3's limit per object
+DEFAULT_IMAGE_WAIT_SECONDS = 1800
+# Whom an image may be shared with (besides 12-digit account ids), in any partition.
+ORGANIZATION_ARN = re.compile(r"arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}")
+OU_ARN = re.compile(
+    r"arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}"
+)
 
 # Directories whose recursive removal (cleanup) or exclusion would wreck a node or make a useless image.
 PROTECTED_DIRS = frozenset(
@@ -168,6 +184,18 @@ class AmiSettings:
     volume: str = "/"
     ec2_certificate_source: Source | None = None
     ec2_certificate_pem: str = ""
+    # After registering: tags, who may launch the image, copies, RegisterImage's optional attributes.
+    tags: tuple[tuple[str, str], ...] = ()
+    bundle_tags: tuple[tuple[str, str], ...] = ()
+    launch_permissions: tuple[str, ...] = ()
+    public_image: bool = False
+    copy_to_regions: tuple[str, ...] = ()
+    imds_support: str | None = None
+    boot_mode: str | None = None
+    ena_support: bool | None = None
+    sriov_net_support: str | None = None
+    force_deregister: bool = False
+    image_wait_seconds: int = DEFAULT_IMAGE_WAIT_SECONDS
 
     @property
     def tools_dir(self) -> str:
@@ -611,17 +639,8 @@ class _Checker:
 
         access_key, secret_key, session_token = self.aws_credentials()
         region = self.text("region")
-        if region is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
-            self.problem(
-                "region", f"{region!r} is not an AWS region name", "use a region code such as 'us-east-1'"
-            )
-        elif region is not None and known_regions() and region not in known_regions():
-            close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
-            self.problem(
-                "region",
-                f"{region!r} is not a region AWS has (per the partition data boto3 ships)",
-                f"did you mean {close[0]!r}?" if close else "use a region code such as 'us-east-1'",
-            )
+        if region is not None:
+            self.check_region("region", region)
         user_id = self.account_id()
         user = self.text("user", "root") or "root"
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", user):
@@ -753,6 +772,8 @@ class _Checker:
         cert_pem = self.read_source("certificate_source", certificate_source)
         cert_pem = self.check_credentials(key_pem, cert_pem)
 
+        publishing = self.publishing(region, user_id, virtualization_type)
+
         if self.problems:
             return None
         return AmiSettings(
@@ -797,7 +818,25 @@ class _Checker:
             volume=volume,
             ec2_certificate_source=ec2_certificate_source,
             ec2_certificate_pem=ec2_cert_pem,
+            **publishing,
         )
+
+    def check_region(self, name: str, region: str) -> bool:
+        """Record a problem unless `region` is a region AWS has; True when it is."""
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
+            self.problem(
+                name, f"{region!r} is not an AWS region name", "use a region code such as 'us-east-1'"
+            )
+            return False
+        if known_regions() and region not in known_regions():
+            close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
+            self.problem(
+                name,
+                f"{region!r} is not a region AWS has (per the partition data boto3 ships)",
+                f"did you mean {close[0]!r}?" if close else "use a region code such as 'us-east-1'",
+            )
+            return False
+        return True
 
     def aws_credentials(self) -> tuple[str | None, Secret | None, Secret | None]:
         access_key = self.text("access_key")
@@ -930,6 +969,154 @@ class _Checker:
                 continue
             mappings.append((device, virtual))
         return tuple(mappings)
+
+    # -- after registering ---------------------------------------------------------------------
+
+    def publishing(
+        self, region: str | None, user_id: str | None, virtualization: str | None
+    ) -> dict[str, Any]:
+        """The settings of what happens after RegisterImage, as AmiSettings fields."""
+        if self.values.get("boot_mode") == "uefi":
+            self.problem(
+                "boot_mode",
+                "'uefi' cannot boot an instance-store image: its root device runs only on Xen instance "
+                "types (C1, C3, D2, I2, M1, M2, M3, R3, X1), which boot with legacy BIOS",
+                'use boot_mode = "legacy-bios" (or "uefi-preferred", which falls back to it), or remove it',
+            )
+            boot_mode = None
+        else:
+            boot_mode = self.optional_choice("boot_mode", BOOT_MODES)
+        ena_support = self.values.get("ena_support")
+        if ena_support is not None:
+            ena_support = self.flag("ena_support", False)
+        sriov = self.optional_choice("sriov_net_support", SRIOV_NET_SUPPORT)
+        hvm_only = [
+            name
+            for name, value in (
+                ("boot_mode", boot_mode),
+                ("ena_support", ena_support),
+                ("sriov_net_support", sriov),
+            )
+            if value is not None
+        ]
+        if hvm_only and virtualization != "hvm":
+            self.problem(
+                ", ".join(hvm_only),
+                "EC2 supports these only for HVM images (a paravirtual instance may become unreachable)",
+                'set virtualization_type = "hvm", or remove them',
+            )
+        copies = self.text_list("copy_to_regions")
+        for copy in copies:
+            if not self.check_region("copy_to_regions", copy):
+                continue
+            if copy == region:
+                self.problem(
+                    "copy_to_regions", f"{copy!r} is the build's own region", "list only other regions"
+                )
+        if len(set(copies)) != len(copies):
+            self.problem("copy_to_regions", "lists a region twice", "list each region once")
+        wait = self.values.get("image_wait_seconds", DEFAULT_IMAGE_WAIT_SECONDS)
+        if isinstance(wait, bool) or not isinstance(wait, int) or not 1 <= wait <= 86400:
+            self.problem(
+                "image_wait_seconds",
+                f"{wait!r} is not a number of seconds from 1 to 86400",
+                "give how long to wait for each image to become available, e.g. 1800",
+            )
+            wait = DEFAULT_IMAGE_WAIT_SECONDS
+        return {
+            "tags": self.tag_table("tags", MAX_IMAGE_TAGS - 1, r".*"),
+            # S3 object tags allow fewer characters than EC2 tags.
+            "bundle_tags": self.tag_table("bundle_tags", MAX_OBJECT_TAGS, r"[\w\s+=.:/@-]*"),
+            "launch_permissions": self.launch_permissions(user_id),
+            "public_image": self.flag("public_image", False),
+            "copy_to_regions": tuple(copies),
+            "imds_support": self.optional_choice("imds_support", IMDS_SUPPORT),
+            "boot_mode": boot_mode,
+            "ena_support": ena_support,
+            "sriov_net_support": sriov,
+            "force_deregister": self.flag("force_deregister", False),
+            "image_wait_seconds": wait,
+        }
+
+    def optional_choice(self, name: str, choices: tuple[str, ...]) -> str | None:
+        """A setting that is absent (None) or one of `choices` (anything else is a problem, and None)."""
+        value = self.text(name)
+        if value is not None and value not in choices:
+            self.problem(
+                name,
+                f"{value!r} is not one of {', '.join(choices)}",
+                f"use {' or '.join(repr(c) for c in choices)}, or remove it",
+            )
+            return None
+        return value
+
+    def tag_table(self, name: str, most: int, allowed: str) -> tuple[tuple[str, str], ...]:
+        """A table of tag keys to values, with AWS's limits (key 1-128, value at most 256 characters)."""
+        value = self.values.get(name, {})
+        example = f'{name} = {{ team = "web", stage = "prod" }}'
+        if not isinstance(value, Mapping):
+            self.problem(name, f"must be a table of strings, got {value!r}", f"write {example}")
+            return ()
+        tags = []
+        for key, text in value.items():
+            key = str(key)
+            if not isinstance(text, str):
+                self.problem(f"{name}.{key}", f"must be a string, got {text!r}", f'quote it: {key} = "..."')
+            elif not 1 <= len(key) <= 128 or len(text) > 256:
+                self.problem(
+                    f"{name}.{key}", "is too long", "keep keys to 1-128 and values to 256 characters at most"
+                )
+            elif key.lower().startswith("aws:") or key == BUILT_BY_TAG[0]:
+                self.problem(
+                    f"{name}.{key}",
+                    "is a reserved tag key (aws: belongs to AWS, amidsl:built-by to amidsl)",
+                    "choose another key",
+                )
+            elif not (re.fullmatch(allowed, key) and re.fullmatch(allowed, text)):
+                self.problem(
+                    f"{name}.{key}",
+                    "has characters S3 does not allow in an object tag",
+                    "use letters, digits, spaces and + - = . _ : / @",
+                )
+            else:
+                tags.append((key, text))
+        if len(tags) > most:
+            self.problem(
+                name, f"has {len(tags)} tags", f"give at most {most} (AWS's limit, amidsl's own aside)"
+            )
+        return tuple(tags)
+
+    def launch_permissions(self, user_id: str | None) -> tuple[str, ...]:
+        """Who else may launch the image: account ids, organization ARNs and OU ARNs (public apart)."""
+        entries = []
+        for entry in self.text_list("launch_permissions"):
+            account = entry.replace("-", "") if re.fullmatch(r"[\d-]+", entry) else entry
+            if entry.lower() in ("all", "public"):
+                self.problem(
+                    "launch_permissions",
+                    f"{entry!r} would make the image public",
+                    "to let every AWS account launch it, set public_image = true (not in this list)",
+                )
+            elif account == user_id:
+                self.problem(
+                    "launch_permissions",
+                    f"{entry!r} is the image's own account, which can always launch it",
+                    "list only other accounts",
+                )
+            elif not (
+                re.fullmatch(r"\d{12}", account)
+                or ORGANIZATION_ARN.fullmatch(entry)
+                or OU_ARN.fullmatch(entry)
+            ):
+                self.problem(
+                    "launch_permissions",
+                    f"{entry!r} is not an account id, an organization ARN or an organizational unit ARN",
+                    "give 12-digit account ids, arn:aws:organizations::ACCOUNT:organization/o-... or "
+                    "arn:aws:organizations::ACCOUNT:ou/o-.../ou-...",
+                )
+            else:
+                entries.append(account)
+        return tuple(dict.fromkeys(entries))
 
     def check_credentials(self, key_pem: str | None, cert_pem: str | None) -> str | None:
         """The key and certificate parse as PEM, the key is RSA, and they belong together.

@@ -47,6 +47,8 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
             value = _credential_origin(s, name)
         elif isinstance(value, Source):
             value = describe_source(value)
+        elif name in ("tags", "bundle_tags"):
+            value = ", ".join(f"{key}={text}" for key, text in value) if value else "(none)"
         elif isinstance(value, tuple):
             value = ", ".join(str(v) for v in value) if value else "(none)"
         elif isinstance(value, bool):
