@@ -148,7 +148,8 @@ class Remove:
 
 @dataclass(frozen=True)
 class AwsCall:
-    """An AWS API call made from the controller, not the node; its result is kept as `result_name`."""
+    """An AWS API call made from the controller, not the node; its result is kept as `result_name`
+    (empty when no later action reads it)."""
 
     service: str
     operation: str
@@ -243,6 +244,42 @@ class UploadManifest:
     description: str = "upload the signed manifest to S3 from the controller"
 
 
+@dataclass(frozen=True)
+class WaitForImage:
+    """Wait until EC2 reports the image available, with progress; fail with EC2's reason if it fails."""
+
+    image_id: RuntimeValue
+    region: str
+    timeout_seconds: int
+    description: str = "wait until the image is available"
+
+
+@dataclass(frozen=True)
+class TagBundle:
+    """Tag the bundle's objects in S3: the manifest and exactly the parts it lists."""
+
+    bucket: str
+    manifest_key: str
+    region: str
+    tags: tuple[tuple[str, str], ...]
+    description: str = "tag the bundle's files in S3 (bundle_tags)"
+
+
+@dataclass(frozen=True)
+class DeregisterByName:
+    """Deregister the account's images named `image_name` in each region, saying first what goes.
+
+    In `bundle_region` the bundle each one was registered from is deleted too, unless it is at
+    `keep_manifest` (this build's own location, which this build's upload has just replaced).
+    """
+
+    image_name: str
+    regions: tuple[str, ...]
+    bundle_region: str
+    keep_manifest: str
+    description: str = "deregister an existing image of the same name and delete its bundle"
+
+
 Action = (
     InstallPackages
     | Directory
@@ -258,13 +295,18 @@ Action = (
     | SignManifest
     | PresignParts
     | UploadManifest
+    | WaitForImage
+    | TagBundle
+    | DeregisterByName
 )
 
 # The native strategy's controller-side steps (the runner hands them to amidsl.native_controller).
 NATIVE_CONTROLLER_ACTIONS = (MakeBundleKey, SignManifest, PresignParts, UploadManifest)
 # Actions that run on the controller rather than on the node. A NodeProgram runs on the node, but the
 # controller drives it (it sends the request and reads the report), so it is run on its own.
-CONTROLLER_ACTIONS = (AwsCall, UpdateSettings, CheckResult, *NATIVE_CONTROLLER_ACTIONS)
+# The steps after RegisterImage that take more than one API call (the runner hands them to amidsl.publish).
+PUBLISH_ACTIONS = (WaitForImage, TagBundle, DeregisterByName)
+CONTROLLER_ACTIONS = (AwsCall, UpdateSettings, CheckResult, *NATIVE_CONTROLLER_ACTIONS, *PUBLISH_ACTIONS)
 
 
 @dataclass(frozen=True)

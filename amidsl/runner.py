@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from amidsl.actions import (
     CONTROLLER_ACTIONS,
     NATIVE_CONTROLLER_ACTIONS,
+    PUBLISH_ACTIONS,
     Action,
     AwsCall,
     CheckResult,
@@ -25,10 +26,13 @@ from amidsl.actions import (
     Remove,
     RuntimeValue,
     UpdateSettings,
+    WaitForImage,
 )
 from amidsl.controller import ControllerStepFailed, run_controller_step, secret_values
 from amidsl.leftovers import UPLOADING_PHASES, leftovers_note
 from amidsl.plan import Plan
+from amidsl.publish import PublishFailed, run_publish_step
+from amidsl.register import copies
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings, printable
 from amidsl.strategies.native import program_removal
@@ -90,6 +94,10 @@ class NodeBackend(Protocol):
         """The secret values in play, so the runner can redact them from what it reports."""
         ...
 
+    def pause(self, seconds: float) -> None:
+        """Wait between two polls of an image's state."""
+        ...
+
 
 class BuildError(Exception):
     """A build failed: which phase and action, the exit status, the output's tail, and the node's state."""
@@ -135,6 +143,7 @@ class BuildResult:
     settings: AmiSettings
     transcript: list[ActionRecord] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)
+    copies: dict[str, str] = field(default_factory=dict)  # region -> id of the image's copy there
 
     @property
     def image_id(self) -> str | None:
@@ -213,7 +222,7 @@ def run_plan(
                     for index, action in actions:
                         try:
                             record = _run_controller_action(
-                                phase.name, index, action, backend, values, results, settings
+                                phase.name, index, action, backend, values, results, settings, progress
                             )
                         except KeyboardInterrupt as interrupt:
                             if isinstance(interrupt, ActionInterrupted):
@@ -246,7 +255,11 @@ def run_plan(
             removed, note = _after_failure(plan, backend, on_error, result)
             resume_from = phase.name
             hidden = [*secrets, *secret_values(results)]
-            if phase.name in UPLOADING_PHASES:
+            registered = values.get("image_id") not in (None, settings.image_id)
+            if registered:
+                # What failed came after RegisterImage: the bundle is the image's now, never a leftover.
+                note = f"{note}\n{_registered_note(settings, values)}"
+            elif phase.name in UPLOADING_PHASES:
                 gone, s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
                 note = f"{note}\n{s3_note}" if s3_note else note
                 resume_from = "ami-upload" if gone else resume_from  # the bundle must go up again
@@ -263,7 +276,19 @@ def run_plan(
             ) from None
         result.phases.append(phase.name)
     result.settings = settings.with_values(image_id=values.get("image_id", settings.image_id))
+    result.copies = copies(settings, values)
     return result
+
+
+def _registered_note(settings: AmiSettings, values: dict[str, str]) -> str:
+    """What a failure after RegisterImage leaves: the image (and any copies), which stay."""
+    made = [f"{values['image_id']} in {settings.region}"]
+    made += [f"{image_id} in {region}" for region, image_id in copies(settings, values).items()]
+    return (
+        f"The image was registered before this failure and stays, with its bundle in S3: {', '.join(made)}. "
+        "Finish by hand what failed, or deregister it and run ami-register again (force_deregister = true "
+        "does that)."
+    )
 
 
 def _run_controller_action(
@@ -274,6 +299,7 @@ def _run_controller_action(
     values: dict[str, str],
     results: dict[str, Any],
     settings: AmiSettings,
+    progress: Callable[[str], None],
 ) -> ActionRecord:
     if isinstance(action, AwsCall):
         try:
@@ -293,6 +319,15 @@ def _run_controller_action(
         if found != action.length:
             raise ActionFailed(index, 1, f"expected {action.length} item(s) in {action.field}, found {found}")
         return ActionRecord(phase, index, action.description, "check", 0, f"{action.field}: {found}")
+    if isinstance(action, PUBLISH_ACTIONS):
+        image_id = resolve_value(action.image_id, values) if isinstance(action, WaitForImage) else None
+        try:
+            output = run_publish_step(action, image_id, backend, progress)
+        except PublishFailed as err:
+            raise ActionFailed(index, 1, str(err)) from None
+        except Exception as err:
+            raise ActionFailed(index, 1, f"{action.description}: {type(err).__name__}: {err}") from err
+        return ActionRecord(phase, index, action.description, "controller", 0, output)
     if isinstance(action, (*NATIVE_CONTROLLER_ACTIONS, NodeProgram)):
         try:
             output = run_controller_step(action, settings, backend, results)  # type: ignore[arg-type]

@@ -124,7 +124,10 @@ class SimulatorBackend:
 
     def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
         """Send an API call to the fake region."""
-        return self.region.call(action.service, action.operation, params)
+        return self.region.call(action.service, action.operation, params, action.region)
+
+    def pause(self, seconds: float) -> None:
+        """Nothing: the fake region's images move on with each poll, not with time."""
 
     def s3_client(self) -> Any:
         """The fake region's S3 client (the controller's HeadObject and PutObject)."""

@@ -6,6 +6,12 @@ signature verifies against one of the account's signing certificates, the EC2 co
 with this region's own EC2 key, every part exists with its SHA-1 and the sizes add up, the manifest's
 user is the account, the name is well-formed and unused, and the bucket is in this region. Each
 violation raises the botocore ClientError with the code EC2 uses.
+
+After registration it models what moto does not: an image is `pending` for a few polls (a fault) and can
+end `failed` with a state reason; CopyImage copies only an available image and refuses a name already
+used in the destination region; launch permissions must have one of EC2's four shapes; RegisterImage
+keeps the optional attributes it was given. Calls may name another region of the same account (moto keeps
+one state per region).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ from amidsl.bundle import BundleError, Manifest, parse_manifest
 from amidsl.bundle.keys import decrypt_with_key, load_private_key
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
 from amidsl.keypairs import self_signed_pair
+from amidsl.settings import ORGANIZATION_ARN, OU_ARN
 from simulator.node import FakeNode
 
 ACCOUNT_ID = "123456789012"  # moto's account, and the simulated account unless one is given
@@ -37,6 +44,15 @@ ACCOUNT_ID = "123456789012"  # moto's account, and the simulated account unless 
 ACCESS_KEY = "SIMULATEDACCESSKEYID"
 SECRET_KEY = "simulated-secret-access-key"
 AMI_NAME = re.compile(r"[A-Za-z0-9()\[\]./\-'@_ ]{3,128}")
+# The shapes of a launch permission EC2 takes: exactly one of these keys, with a value like this.
+LAUNCH_PERMISSION_SHAPES = {
+    "UserId": re.compile(r"\d{12}"),
+    "Group": re.compile(r"all"),
+    "OrganizationArn": ORGANIZATION_ARN,
+    "OrganizationalUnitArn": OU_ARN,
+}
+# RegisterImage's optional attributes the region keeps, and the DescribeImages field each comes back as.
+KEPT_ATTRIBUTES = ("BootMode", "ImdsSupport", "EnaSupport", "SriovNetSupport")
 
 
 def client_error(code: str, message: str, operation: str = "RegisterImage") -> ClientError:
@@ -52,6 +68,8 @@ class RegionFaults:
     s3_5xx_burst: int = 0  # this many PUT requests in a row answer 503 SlowDown
     fail_object: str | None = None  # every PUT of the key ending in this name fails, retries included
     reject_register: str | None = None  # RegisterImage fails with this error code
+    pending_polls: int = 0  # each new image (registered or copied) is pending for this many DescribeImages
+    fail_image_in: dict[str, str] = field(default_factory=dict)  # region -> state reason of new images there
 
 
 class FakeRegion:
@@ -76,14 +94,27 @@ class FakeRegion:
         self._mock = mock_aws()
         self._mock.start()
         self._server: ThreadedMotoServer | None = None  # S3 over HTTP on loopback, for presigned URLs
-        session = boto3.Session(
+        self._session = boto3.Session(
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=name
         )
-        self.s3 = session.client("s3")
-        self.ec2 = session.client("ec2")
-        self.iam = session.client("iam")
+        self._clients: dict[tuple[str, str], Any] = {}
+        self.s3 = self.client("s3")
+        self.ec2 = self.client("ec2")
+        self.iam = self.client("iam")
+        # What moto does not keep about images: polls left while pending, state reasons of failed ones,
+        # and the optional RegisterImage attributes.
+        self.pending: dict[str, int] = {}
+        self.failed: dict[str, str] = {}
+        self.attributes: dict[str, dict[str, Any]] = {}
         # The region's own EC2 key pair: bundles encrypt a copy of their key for its certificate.
         self._ec2_key_pem, self.ec2_cert_pem = self_signed_pair(f"EC2 {name} (simulated)")
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        """A boto3 client of the simulated account, in this region unless another is named."""
+        key = (service, region or self.name)
+        if key not in self._clients:
+            self._clients[key] = self._session.client(service, region_name=key[1])
+        return self._clients[key]
 
     def close(self) -> None:
         """Stop the region's moto mock and every node it launched."""
@@ -179,17 +210,103 @@ class FakeRegion:
 
     # -- the API calls plans make ------------------------------------------------------------------
 
-    def call(self, service: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Make an API call as boto3 would, with EC2's strict checks where moto has none."""
-        if (service, operation) == ("ec2", "RegisterImage"):
-            return self.register_image(params)
-        if (service, operation) == ("ec2", "RunInstances"):
-            return self.run_instances(params)
-        if (service, operation) == ("ec2", "TerminateInstances"):
-            return self.terminate_instances(params)
-        client = {"s3": self.s3, "ec2": self.ec2, "iam": self.iam}[service]
-        method = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
-        return getattr(client, method)(**params)
+    def call(
+        self, service: str, operation: str, params: dict[str, Any], region: str | None = None
+    ) -> dict[str, Any]:
+        """Make an API call as boto3 would (in `region`, default this one), with EC2's strict checks
+        where moto has none."""
+        region = region or self.name
+        if service == "ec2" and operation in ("RegisterImage", "RunInstances", "TerminateInstances"):
+            if region != self.name:
+                raise client_error("Unsupported", f"the simulated account runs {operation} in {self.name}")
+            method = {
+                "RegisterImage": self.register_image,
+                "RunInstances": self.run_instances,
+                "TerminateInstances": self.terminate_instances,
+            }[operation]
+            return method(params)
+        if (service, operation) == ("ec2", "CopyImage"):
+            return self.copy_image(params, region)
+        if (service, operation) == ("ec2", "DescribeImages"):
+            return self.describe_images(params, region)
+        if (service, operation) == ("ec2", "ModifyImageAttribute"):
+            self._check_launch_permission(params.get("LaunchPermission", {}))
+        method_name = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
+        return getattr(self.client(service, region), method_name)(**params)
+
+    # -- images after registration -----------------------------------------------------------------
+
+    def _new_image(self, image_id: str, region: str) -> None:
+        """Start a new image's life: pending for the polls the faults say, then available or failed."""
+        if self.faults.pending_polls:
+            self.pending[image_id] = self.faults.pending_polls
+        if region in self.faults.fail_image_in:
+            self.failed[image_id] = self.faults.fail_image_in[region]
+
+    def state(self, image_id: str) -> str:
+        """The image's state as EC2 would report it now (without counting a poll)."""
+        if self.pending.get(image_id, 0) > 0:
+            return "pending"
+        return "failed" if image_id in self.failed else "available"
+
+    def describe_images(self, params: dict[str, Any], region: str) -> dict[str, Any]:
+        """DescribeImages: moto's answer with each image's modelled state and kept attributes."""
+        answer = self.client("ec2", region).describe_images(**params)
+        for image in answer.get("Images", []):
+            image_id = image["ImageId"]
+            image["State"] = self.state(image_id)
+            if image_id in self.pending:
+                self.pending[image_id] -= 1
+            if image["State"] == "failed":
+                image["StateReason"] = {"Code": "Client.SimulatedFault", "Message": self.failed[image_id]}
+            image.pop("BootMode", None)  # moto says "uefi" for every image; EC2 only what was given
+            image.update(self.attributes.get(image_id, {}))
+        return answer
+
+    def copy_image(self, params: dict[str, Any], region: str) -> dict[str, Any]:
+        """CopyImage into `region`: only from an available image, only to a name free there."""
+        source_id, source_region = params.get("SourceImageId", ""), params.get("SourceRegion", "")
+        try:
+            self.client("ec2", source_region).describe_images(ImageIds=[source_id])
+        except ClientError as err:
+            raise client_error(
+                "InvalidAMIID.NotFound", f"The image id '[{source_id}]' does not exist in {source_region}"
+            ) from err
+        state = self.state(source_id)
+        if state != "available":
+            raise client_error(
+                "IncorrectState",
+                f"Image {source_id} is {state}: only an available image can be copied",
+                "CopyImage",
+            )
+        name = str(params.get("Name", ""))
+        taken = self.client("ec2", region).describe_images(
+            Owners=["self"], Filters=[{"Name": "name", "Values": [name]}]
+        )["Images"]
+        if taken:
+            raise client_error(
+                "InvalidAMIName.Duplicate",
+                f"AMI name {name} is already in use by AMI {taken[0]['ImageId']} in {region}",
+                "CopyImage",
+            )
+        answer = self.client("ec2", region).copy_image(**params)
+        answer.pop("ResponseMetadata", None)
+        self._new_image(answer["ImageId"], region)
+        self.attributes[answer["ImageId"]] = dict(self.attributes.get(source_id, {}))
+        return answer
+
+    @staticmethod
+    def _check_launch_permission(permission: dict[str, Any]) -> None:
+        for entry in [*permission.get("Add", []), *permission.get("Remove", [])]:
+            keys = list(entry)
+            shape = LAUNCH_PERMISSION_SHAPES.get(keys[0]) if len(keys) == 1 else None
+            if shape is None or not shape.fullmatch(str(entry[keys[0]])):
+                raise client_error(
+                    "InvalidAMIAttributeItemValue",
+                    f"Invalid attribute item value {entry!r} for launchPermission: give one of UserId "
+                    "(12 digits), Group (all), OrganizationArn or OrganizationalUnitArn",
+                    "ModifyImageAttribute",
+                )
 
     def register_image(self, params: dict[str, Any]) -> dict[str, Any]:
         """RegisterImage for an S3 bundle, refusing what EC2 refuses."""
@@ -215,6 +332,8 @@ class FakeRegion:
         ami.architecture = params.get("Architecture", manifest.architecture)
         ami.virtualization_type = params.get("VirtualizationType", "paravirtual")
         ami.kernel_id = params.get("KernelId", manifest.kernel_id)
+        self.attributes[image_id] = {key: params[key] for key in KEPT_ATTRIBUTES if key in params}
+        self._new_image(image_id, self.name)
         return {"ImageId": image_id}
 
     def _check_bundle(self, location: str) -> Manifest:

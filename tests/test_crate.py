@@ -152,7 +152,7 @@ def test_register_image_and_keep_its_id(raw_settings):
             "block_device_mappings": [{"device_name": "/dev/sdb", "virtual_name": "ephemeral0"}],
         }
     )
-    call, update = ami_tools.ami_register(s)
+    call, update = ami_tools.ami_register(s)[:2]
     assert isinstance(call, AwsCall) and (call.service, call.operation) == ("ec2", "RegisterImage")
     assert dict(call.params) == {
         "Name": "web-server-2026-11",

@@ -23,6 +23,7 @@ from amidsl.actions import (
     RuntimeValue,
     StagedFile,
     UpdateSettings,
+    WaitForImage,
 )
 from amidsl.commands import (
     ByPackageManager,
@@ -36,7 +37,7 @@ from amidsl.commands import (
 )
 from amidsl.example import example_config_path
 from amidsl.plan import build_plan, group_spec
-from amidsl.render.shell import aws_cli_words, render_action, render_script
+from amidsl.render.shell import aws_cli_words, render_action, render_script, wait_cli_words
 from amidsl.settings import load_toml
 from amidsl.testing import describe_image_phase
 
@@ -232,6 +233,8 @@ def expected_argvs(action, env: dict[str, str]) -> list[list[str]]:
     """The argv (plus, for the executable recorders, the tools' environment) each program should get."""
     if isinstance(action, AwsCall):
         return [resolved(aws_cli_words(action), env)]
+    if isinstance(action, WaitForImage):
+        return [resolved(wait_cli_words(action), env)]
     found: list[list[str]] = []
 
     def walk(steps) -> None:

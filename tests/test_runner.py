@@ -34,10 +34,15 @@ class ScriptedBackend:
         self.calls.append((action.operation, params))
         if action.operation == "RegisterImage":
             return {"ImageId": "ami-0abc1234"}
-        return {"Images": [{"ImageId": params["ImageIds"][0]}]}
+        if action.operation == "CreateTags":
+            return {}
+        return {"Images": [{"ImageId": params["ImageIds"][0], "State": "available"}]}
 
     def secrets(self):
         return [self.secret]
+
+    def pause(self, seconds):
+        pass
 
 
 def plan_with_test_phase(raw_settings):
@@ -51,7 +56,13 @@ def test_phases_run_in_order_and_the_image_id_reaches_later_phases(raw_settings)
     result = run_plan(plan_with_test_phase(raw_settings), backend)
     assert result.phases == [*crate.PHASE_FUNCTIONS, "test"]
     assert result.image_id == "ami-0abc1234"
-    assert backend.calls[1] == ("DescribeImages", {"ImageIds": ["ami-0abc1234"]})
+    assert [operation for operation, _ in backend.calls] == [
+        "RegisterImage",
+        "CreateTags",
+        "DescribeImages",  # ami-register waits until the image is available
+        "DescribeImages",  # the test phase
+    ]
+    assert backend.calls[-1] == ("DescribeImages", {"ImageIds": ["ami-0abc1234"]})
     assert [phase for phase, _ in backend.node_runs] == [
         "install",
         "configure",

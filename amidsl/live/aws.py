@@ -21,8 +21,6 @@ from amidsl.live.settings import LiveSettings
 from amidsl.secrets import Secret
 from amidsl.settings import AmiSettings, Problem, SettingsError
 
-IMAGE_WAIT_DELAY = 5
-
 
 class AwsError(Exception):
     """An AWS call failed; the message says what it means for the build and how to fix it."""
@@ -201,26 +199,8 @@ class Aws:
         return result
 
     def call_action(self, action: AwsCall, params: dict[str, Any]) -> dict:
-        """Carry out an AwsCall action; RegisterImage also waits until the image is available."""
-        result = self.call(action.service, action.operation, params, action.region)
-        if action.service == "ec2" and action.operation == "RegisterImage":
-            self.wait_for_image(result["ImageId"], action.region)
-        return result
-
-    def wait_for_image(self, image_id: str, region: str | None = None) -> None:
-        """Wait until EC2 reports the image available (or failed)."""
-        waiter = self.client("ec2", region).get_waiter("image_available")
-        attempts = max(1, self.live.wait_seconds // IMAGE_WAIT_DELAY)
-        try:
-            waiter.wait(
-                ImageIds=[image_id], WaiterConfig={"Delay": IMAGE_WAIT_DELAY, "MaxAttempts": attempts}
-            )
-        except botocore.exceptions.WaiterError as err:
-            state = (err.last_response.get("Images") or [{}])[0].get("StateReason", err)
-            raise AwsError(
-                f"image {image_id} did not become available within {self.live.wait_seconds} s ({state})",
-                "look at the image in the EC2 console: a bundle EC2 cannot read fails here",
-            ) from None
+        """Carry out an AwsCall action in its region (waiting for an image is a WaitForImage action)."""
+        return self.call(action.service, action.operation, params, action.region)
 
 
 def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: bool = True) -> list[str]:
@@ -319,23 +299,31 @@ def _check_bucket_accepts_acls(
 def _check_image_name_free(
     settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]
 ) -> None:
-    try:
-        images = aws.call(
-            "ec2",
-            "DescribeImages",
-            {"Owners": ["self"], "Filters": [{"Name": "name", "Values": [settings.image_name]}]},
+    """The name is free in the build's region and in every region the image is copied to."""
+    if settings.force_deregister:
+        checked.append(
+            f"force_deregister: an image named {settings.image_name!r} is replaced, if there is one"
         )
-    except AwsError as err:
-        problems.append(Problem("image_name", err.what, err.fix))
-    else:
+        return
+    for region in (settings.region, *settings.copy_to_regions):
+        try:
+            images = aws.call(
+                "ec2",
+                "DescribeImages",
+                {"Owners": ["self"], "Filters": [{"Name": "name", "Values": [settings.image_name]}]},
+                region,
+            )
+        except AwsError as err:
+            problems.append(Problem("image_name", err.what, err.fix))
+            continue
         taken = [image["ImageId"] for image in images.get("Images", [])]
         if taken:
             problems.append(
                 Problem(
                     "image_name",
-                    f"{settings.image_name!r} is already the name of {', '.join(taken)} in {settings.region}",
-                    "choose another image_name, or deregister the old image",
+                    f"{settings.image_name!r} is already the name of {', '.join(taken)} in {region}",
+                    "choose another image_name, deregister the old image, or set force_deregister = true",
                 )
             )
         else:
-            checked.append(f"image name {settings.image_name!r} is free in {settings.region}")
+            checked.append(f"image name {settings.image_name!r} is free in {region}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,8 +144,12 @@ class LiveBackend:
         return [s.reveal() for s in found if s]
 
     def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
-        """Make the API call with boto3 (RegisterImage waits for the image)."""
+        """Make the API call with boto3."""
         return self.aws.call_action(action, params)
+
+    def pause(self, seconds: float) -> None:
+        """Wait between two polls of an image's state."""
+        time.sleep(seconds)
 
     def s3_client(self) -> Any:
         """The build's boto3 S3 client."""

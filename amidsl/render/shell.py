@@ -18,6 +18,7 @@ from amidsl.actions import (
     AwsCall,
     CheckResult,
     ControllerSecret,
+    DeregisterByName,
     EnvSecret,
     Exec,
     MakeBundleKey,
@@ -30,9 +31,11 @@ from amidsl.actions import (
     RuntimeValue,
     SignManifest,
     StagedFile,
+    TagBundle,
     UpdateSettings,
     UploadManifest,
     Value,
+    WaitForImage,
 )
 from amidsl.commands import (
     ByPackageManager,
@@ -179,9 +182,53 @@ def render_action(action: Action) -> list[str]:
         ]
     if isinstance(action, NodeProgram):
         return _node_program(action)
-    if isinstance(action, MakeBundleKey | SignManifest | PresignParts | UploadManifest):
+    if isinstance(action, WaitForImage):
+        return _wait_for_image(action)
+    if isinstance(action, MakeBundleKey | SignManifest | PresignParts | UploadManifest | TagBundle):
         return [*_controller_comment(action), f"controller_only {quote(action.description)}"]
+    if isinstance(action, DeregisterByName):
+        return _deregister_by_name(action)
     return render_steps(node_steps(action))
+
+
+def _wait_for_image(action: WaitForImage) -> list[str]:
+    """The aws CLI's waiter; amidsl itself polls with its own timeout and reports EC2's state reason."""
+    return [
+        f"# amidsl polls the image's state for up to {action.timeout_seconds} s (image_wait_seconds), "
+        "printing it as it goes;",
+        "# a failed image stops the build with EC2's state reason.",
+        _words(wait_cli_words(action)),
+    ]
+
+
+def wait_cli_words(action: WaitForImage) -> list[Value]:
+    """The aws CLI command that waits for the image (by hand; its own timeout is ten minutes)."""
+    return [
+        "aws",
+        "ec2",
+        "wait",
+        "image-available",
+        "--region",
+        action.region,
+        "--image-ids",
+        action.image_id,
+    ]
+
+
+def _deregister_by_name(action: DeregisterByName) -> list[str]:
+    """What force_deregister will remove, listed by the aws CLI; the removal is amidsl's own step."""
+    lines = [
+        f"# force_deregister: every image of this account named {_comment(action.image_name)} in the regions",
+        f"# below is deregistered; in {action.bundle_region} the bundle it was registered from is deleted",
+        "# (the manifest and exactly the parts it lists) unless it is this build's own location.",
+        "# What would go:",
+    ]
+    for region in action.regions:
+        query = "Images[].[ImageId,Name,ImageLocation]"
+        words: list[Value] = ["aws", "ec2", "describe-images", "--region", region, "--owners", "self"]
+        words += ["--filters", f"Name=name,Values={action.image_name}", "--query", query, "--output", "text"]
+        lines.append(_words(words))
+    return [*lines, f"controller_only {quote(action.description)}"]
 
 
 def node_program_argv(action: NodeProgram) -> tuple[str, ...]:
@@ -220,6 +267,12 @@ def _controller_comment(action: Action) -> list[str]:
             f"# amidsl presigns a PUT URL per part for s3://{action.bucket}/{action.key_prefix} with",
             "# x-amz-acl: aws-exec-read, skipping parts whose S3 ETag already is the part's MD5.",
         ]
+    if isinstance(action, TagBundle):
+        tags = ", ".join(f"{key}={value}" for key, value in action.tags)
+        return [
+            f"# amidsl reads s3://{action.bucket}/{action.manifest_key} and puts these tags on it and on",
+            f"# exactly the parts it lists (PutObjectTagging): {_comment(tags)}",
+        ]
     assert isinstance(action, UploadManifest)
     return [f"# amidsl uploads the signed manifest to s3://{action.bucket}/{action.key} (aws-exec-read)."]
 
@@ -240,6 +293,8 @@ def aws_cli_words(action: AwsCall) -> list[Value]:
 
 
 def _aws_call(action: AwsCall) -> list[str]:
+    if not action.result_name:  # nothing reads the result: the CLI just prints it
+        return [_words(aws_cli_words(action))]
     return [f"{_result_var(action.result_name)}=$({_words(aws_cli_words(action))})"]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from amidsl.actions import (
     Action,
-    AwsCall,
     Directory,
     EnvSecret,
     Exec,
@@ -22,8 +21,8 @@ from amidsl.actions import (
     RemoteFile,
     Remove,
     StagedFile,
-    UpdateSettings,
 )
+from amidsl.register import ami_register
 from amidsl.settings import AmiSettings
 
 ACCESS_KEY = EnvSecret("AMIDSL_ACCESS_KEY", "the AWS access key id")
@@ -227,51 +226,6 @@ def ami_upload(s: AmiSettings) -> list[Action]:
             cwd=s.install_dir,
             description="upload the bundle to S3 with ec2-upload-bundle",
         )
-    ]
-
-
-def register_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
-    """The RegisterImage parameters for an S3-backed image."""
-    params: list[tuple[str, object]] = [
-        ("Name", s.image_name),
-        ("ImageLocation", s.s3_manifest_path),
-    ]
-    if s.image_description:
-        params.append(("Description", s.image_description))
-    params.append(("Architecture", s.arch))
-    optional = (
-        ("VirtualizationType", s.virtualization_type),
-        ("KernelId", s.kernel_id),
-        ("RamdiskId", s.ramdisk_id),
-    )
-    params += [(key, value) for key, value in optional if value is not None]
-    if s.block_device_mappings:
-        params.append(
-            (
-                "BlockDeviceMappings",
-                tuple(
-                    {"DeviceName": device, "VirtualName": virtual}
-                    for device, virtual in s.block_device_mappings
-                ),
-            )
-        )
-    return tuple(params)
-
-
-def ami_register(s: AmiSettings) -> list[Action]:
-    """Register the uploaded bundle as an AMI and keep its id in the settings."""
-    return [
-        AwsCall(
-            "ec2",
-            "RegisterImage",
-            register_image_params(s),
-            region=s.region,
-            result_name="register_image",
-            description="register the image with EC2",
-        ),
-        UpdateSettings(
-            "register_image", (("image_id", "ImageId"),), description="keep the new image id in the settings"
-        ),
     ]
 
 

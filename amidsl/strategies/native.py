@@ -25,8 +25,8 @@ from amidsl.actions import (
     UploadManifest,
 )
 from amidsl.node import program_sha256, program_source
+from amidsl.register import ami_register
 from amidsl.settings import AmiSettings
-from amidsl.strategies.ami_tools import ami_register
 
 NODE_PROGRAM_NAME = "amidsl_node.py"
 PART_SIZE = 10 * 1024 * 1024

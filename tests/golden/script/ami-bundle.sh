@@ -47,6 +47,17 @@
 #   volume = /
 #   ec2_certificate_source = (none)
 #   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
+#   tags = (none)
+#   bundle_tags = (none)
+#   launch_permissions = (none)
+#   public_image = false
+#   copy_to_regions = (none)
+#   imds_support = (none)
+#   boot_mode = (none)
+#   ena_support = (none)
+#   sriov_net_support = (none)
+#   force_deregister = false
+#   image_wait_seconds = 1800
 
 set -Eeuo pipefail
 

@@ -47,6 +47,17 @@
 #   volume = /
 #   ec2_certificate_source = (none)
 #   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
+#   tags = (none)
+#   bundle_tags = (none)
+#   launch_permissions = (none)
+#   public_image = false
+#   copy_to_regions = (none)
+#   imds_support = (none)
+#   boot_mode = (none)
+#   ena_support = (none)
+#   sriov_net_support = (none)
+#   force_deregister = false
+#   image_wait_seconds = 1800
 
 set -Eeuo pipefail
 
@@ -88,6 +99,12 @@ phase_ami_register() {
   AMIDSL_IMAGE_ID=$(json_field "$register_image_result" ImageId)
   export AMIDSL_IMAGE_ID
   printf '%s=%s\n' image_id "$AMIDSL_IMAGE_ID"
+  step ami-register 3 'tag the image (amidsl:built-by and tags)'
+  aws ec2 create-tags --region us-east-1 --resources "${AMIDSL_IMAGE_ID:?image_id is set by the ami-register phase}" --tags '[{"Key": "amidsl:built-by", "Value": "amidsl"}]' --output json
+  step ami-register 4 'wait until the image is available'
+  # amidsl polls the image's state for up to 1800 s (image_wait_seconds), printing it as it goes;
+  # a failed image stops the build with EC2's state reason.
+  aws ec2 wait image-available --region us-east-1 --image-ids "${AMIDSL_IMAGE_ID:?image_id is set by the ami-register phase}"
   # ---- end of controller side
 }
 

@@ -46,6 +46,17 @@
 #   bundler = ami-tools
 #   volume = /
 #   ec2_certificate_source = (none)
+#   tags = (none)
+#   bundle_tags = (none)
+#   launch_permissions = (none)
+#   public_image = false
+#   copy_to_regions = (none)
+#   imds_support = (none)
+#   boot_mode = (none)
+#   ena_support = (none)
+#   sriov_net_support = (none)
+#   force_deregister = false
+#   image_wait_seconds = 1800
 #
 # Supplied at run time through the environment (never written into this file):
 #   AMIDSL_PRIVATE_KEY_FILE: path on the node of the private signing key
