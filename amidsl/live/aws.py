@@ -49,7 +49,7 @@ def snake_case(operation: str) -> str:
 _EXPLANATIONS: dict[str, tuple[str, str]] = {
     "InvalidAMIName.Duplicate": (
         "an image named {image_name!r} already exists in this account and region ({region})",
-        "choose another image_name, or deregister the old image first",
+        "choose another image_name, deregister the old image first, or set force_deregister = true",
     ),
     "AccessDenied": (
         "access denied",

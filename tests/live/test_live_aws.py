@@ -9,6 +9,7 @@ from amidsl.actions import AwsCall
 from amidsl.crate import ami_register
 from amidsl.live.aws import Aws, AwsError, check_aws_side, snake_case
 from amidsl.live.settings import LiveSettings
+from amidsl.publish import PublishFailed, wait_for_image
 from amidsl.settings import SettingsError, resolve
 from tests.live.node_settings import ACCOUNT, BUCKET, aws_client
 
@@ -49,7 +50,7 @@ def test_operation_names_become_boto3_methods():
 def test_register_image_failures_are_explained_with_the_fix(settings, code, expected):
     aws, stubber = stubbed(settings, "ec2")
     stubber.add_client_error("register_image", service_error_code=code, service_message="refused")
-    action, _ = ami_register(settings)
+    action = ami_register(settings)[0]
     assert isinstance(action, AwsCall)
     with pytest.raises(AwsError) as caught:
         aws.call_action(action, dict(action.params))
@@ -66,15 +67,56 @@ def test_a_bucket_in_another_region_is_explained(settings):
         aws.call("s3", "GetBucketLocation", {"Bucket": BUCKET})
 
 
-def test_register_image_waits_until_the_image_is_available(settings):
+class StubbedBackend:
+    """The two things amidsl.publish needs from the live back-end, over a stubbed Aws."""
+
+    def __init__(self, aws: Aws) -> None:
+        self.call_aws = aws.call_action
+        self.pauses: list[float] = []
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
+def test_waiting_polls_until_the_image_is_available_and_says_how_it_goes(settings):
     aws, stubber = stubbed(settings, "ec2")
-    stubber.add_response("register_image", {"ImageId": "ami-0123456789abcdef0"})
-    stubber.add_response(
-        "describe_images", {"Images": [{"ImageId": "ami-0123456789abcdef0", "State": "available"}]}
-    )
-    action, _ = ami_register(settings)
-    assert aws.call_action(action, dict(action.params)) == {"ImageId": "ami-0123456789abcdef0"}
+    for state in ("pending", "pending", "available"):
+        stubber.add_response(
+            "describe_images", {"Images": [{"ImageId": "ami-0123456789abcdef0", "State": state}]}
+        )
+    backend, lines = StubbedBackend(aws), []
+    said = wait_for_image(backend, "ami-0123456789abcdef0", "us-east-1", 600, lines.append)
+    assert said == "ami-0123456789abcdef0 is available in us-east-1 (after about 20 s)"
+    assert backend.pauses == [10, 10]
+    assert lines == ["    image ami-0123456789abcdef0 in us-east-1: pending (0 s of at most 600 s)"]
     stubber.assert_no_pending_responses()
+
+
+def test_a_failed_image_stops_the_wait_with_ec2s_state_reason(settings):
+    aws, stubber = stubbed(settings, "ec2")
+    reason = {"Code": "Client.InvalidManifest", "Message": "Failed to decrypt the bundle key"}
+    stubber.add_response(
+        "describe_images",
+        {"Images": [{"ImageId": "ami-0123456789abcdef0", "State": "failed", "StateReason": reason}]},
+    )
+    with pytest.raises(PublishFailed) as caught:
+        wait_for_image(StubbedBackend(aws), "ami-0123456789abcdef0", "us-east-1", 600, print)
+    assert "is failed: Failed to decrypt the bundle key (Client.InvalidManifest)" in str(caught.value)
+    assert "aws ec2 deregister-image --region us-east-1 --image-id ami-0123456789abcdef0" in str(caught.value)
+
+
+def test_an_image_still_pending_at_the_timeout_is_reported_with_what_to_do(settings):
+    aws, stubber = stubbed(settings, "ec2")
+    for _ in range(4):  # at 0, 10, 20 and 25 s
+        stubber.add_response(
+            "describe_images", {"Images": [{"ImageId": "ami-0123456789abcdef0", "State": "pending"}]}
+        )
+    backend = StubbedBackend(aws)
+    with pytest.raises(
+        PublishFailed, match=r"still pending after 25 s\. It stays registered.*image_wait_seconds"
+    ):
+        wait_for_image(backend, "ami-0123456789abcdef0", "us-east-1", 25, print)
+    assert backend.pauses == [10, 10, 5]
 
 
 def test_the_node_gets_the_session_credentials(settings, raw_settings):
