@@ -30,7 +30,7 @@ IMAGE_ID = "ami-0123456789abcdef0"
 
 
 class FakeAws:
-    """The AWS side: fixed credentials for the node's tools and a RegisterImage answer."""
+    """The AWS side: fixed credentials for the node's tools, a RegisterImage answer, an available image."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -40,6 +40,8 @@ class FakeAws:
 
     def call_action(self, action, params):
         self.calls.append(action.operation)
+        if action.operation == "DescribeImages":
+            return {"Images": [{"ImageId": IMAGE_ID, "State": "available"}]}
         return {"ImageId": IMAGE_ID}
 
 
