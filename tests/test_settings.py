@@ -359,3 +359,94 @@ def test_a_region_aws_does_not_have_is_refused_with_the_nearest(raw_settings):
 @pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "cn-north-1"])
 def test_regions_in_the_partition_data_are_accepted(raw_settings, region):
     assert resolve(raw_settings | {"region": region}).region == region
+
+
+# -- after registering ----------------------------------------------------------------------------------
+
+ORG = "arn:aws:organizations::111122223333:organization/o-abcde12345"
+OU = "arn:aws:organizations::111122223333:ou/o-abcde12345/ou-ab12-cdef3456"
+
+
+def test_after_registering_defaults_leave_the_image_private_and_in_one_region(raw_settings):
+    s = resolve(raw_settings)
+    assert (s.tags, s.bundle_tags, s.launch_permissions, s.public_image, s.copy_to_regions) == (
+        (),
+        (),
+        (),
+        False,
+        (),
+    )
+    assert (s.imds_support, s.boot_mode, s.ena_support, s.sriov_net_support) == (None, None, None, None)
+    assert (s.force_deregister, s.image_wait_seconds) == (False, 1800)
+
+
+def test_tags_permissions_and_copies_are_read(raw_settings):
+    s = resolve(
+        raw_settings
+        | {
+            "tags": {"team": "web", "cost-centre": "42"},
+            "bundle-tags": {"retain": "90d"},
+            "launch_permissions": ["2222-3333-4444", ORG, OU],
+            "copy_to_regions": ["us-west-2", "eu-central-1"],
+        }
+    )
+    assert s.tags == (("team", "web"), ("cost-centre", "42"))
+    assert s.bundle_tags == (("retain", "90d"),)
+    assert s.launch_permissions == ("222233334444", ORG, OU)
+    assert s.copy_to_regions == ("us-west-2", "eu-central-1")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"tags": {"amidsl:built-by": "me"}}, "tags.amidsl:built-by: is a reserved tag key"),
+        ({"tags": {"aws:created": "x"}}, "tags.aws:created: is a reserved tag key"),
+        ({"tags": {"team": 3}}, "tags.team: must be a string, got 3"),
+        ({"tags": ["team"]}, "tags: must be a table of strings"),
+        ({"tags": {"k": "v" * 257}}, "tags.k: is too long"),
+        ({"tags": {f"k{i}": "v" for i in range(50)}}, "tags: has 50 tags. Fix: give at most 49"),
+        (
+            {"bundle_tags": {f"k{i}": "v" for i in range(11)}},
+            "bundle_tags: has 11 tags. Fix: give at most 10",
+        ),
+        ({"bundle_tags": {"owner": "a&b"}}, "bundle_tags.owner: has characters S3 does not allow"),
+        ({"launch_permissions": ["all"]}, "'all' would make the image public. Fix: to let every AWS account"),
+        ({"launch_permissions": ["123456789012"]}, "'123456789012' is the image's own account"),
+        ({"launch_permissions": ["o-abcde12345"]}, "is not an account id, an organization ARN or"),
+        ({"copy_to_regions": ["eu-west-1"]}, "copy_to_regions: 'eu-west-1' is the build's own region"),
+        ({"copy_to_regions": ["eu-north-9"]}, "copy_to_regions: 'eu-north-9' is not a region AWS has"),
+        ({"copy_to_regions": ["us-west-2", "us-west-2"]}, "copy_to_regions: lists a region twice"),
+        ({"imds_support": "v1.0"}, "imds_support: 'v1.0' is not one of v2.0. Fix: use 'v2.0', or remove it"),
+        ({"sriov_net_support": "on", "virtualization_type": "hvm"}, "sriov_net_support: 'on' is not one of"),
+        (
+            {"boot_mode": "uefi", "virtualization_type": "hvm"},
+            "boot_mode: 'uefi' cannot boot an instance-store",
+        ),
+        ({"ena_support": True}, "ena_support: EC2 supports these only for HVM images"),
+        ({"boot_mode": "legacy-bios"}, 'Fix: set virtualization_type = "hvm", or remove them'),
+        ({"ena_support": "yes", "virtualization_type": "hvm"}, "ena_support: must be true or false"),
+        ({"image_wait_seconds": 0}, "image_wait_seconds: 0 is not a number of seconds from 1 to 86400"),
+        ({"force_deregister": "yes"}, "force_deregister: must be true or false"),
+    ],
+)
+def test_after_registering_settings_name_the_setting_and_the_fix(raw_settings, changes, expected):
+    assert any(expected in problem for problem in problems_of(raw_settings | changes))
+
+
+def test_attributes_ec2_takes_for_an_hvm_instance_store_image_are_read(raw_settings):
+    s = resolve(
+        raw_settings
+        | {
+            "virtualization_type": "hvm",
+            "imds_support": "v2.0",
+            "boot_mode": "uefi-preferred",
+            "ena_support": True,
+            "sriov_net_support": "simple",
+        }
+    )
+    assert (s.imds_support, s.boot_mode, s.ena_support, s.sriov_net_support) == (
+        "v2.0",
+        "uefi-preferred",
+        True,
+        "simple",
+    )
