@@ -67,7 +67,9 @@ def wait_for_image(
         images = call(backend, "ec2", "DescribeImages", region, ImageIds=[image_id]).get("Images", [])
         state = images[0].get("State", "unknown") if images else "deregistered"
         if state == "available":
-            return f"{image_id} is available in {region} (after about {waited} s)"
+            said = f"{image_id} is available in {region} (after about {waited} s)"
+            progress(f"    image {said}")
+            return said
         if state != "pending":
             reason = images[0].get("StateReason", {}) if images else {}
             said = reason.get("Message") or "EC2 gave no reason"

@@ -3,7 +3,7 @@
 JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added):
 
     {"schema": "amidsl.simulate/1", "amidsl_version": str, "config": path,
-     "image_id": str or null, "error": str or null,
+     "image_id": str or null, "copies": {region: image id}, "error": str or null,
      "transcript": [{"phase": str, "index": int, "description": str, "command": str,
                      "status": int, "output": str}],
      "image": null or {"summary": {"entries": int, "files": int, "file_bytes": int, "parts": int},
@@ -167,6 +167,7 @@ def as_json(
         "amidsl_version": __version__,
         "config": str(choice.path),
         "image_id": simulation.image_id,
+        "copies": simulation.result.copies if simulation.result else {},
         "error": str(simulation.error) if simulation.error else None,
         "transcript": [record.__dict__ for record in simulation.transcript],
         "image": image,
@@ -222,6 +223,8 @@ def simulate(
                     f"registered {simulation.image_id} ({plan.settings.image_name}) from "
                     f"s3://{plan.settings.s3_manifest_path}"
                 )
+                for region, copy in simulation.result.copies.items():
+                    say(f"copied it to {region} as {copy}")
             if inspection is not None:
                 for line in summarise(inspection, inspect):
                     say(line)

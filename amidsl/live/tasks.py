@@ -71,16 +71,17 @@ def build(
         for line in check_aws_side(settings, aws, image_name_must_be_free="ami-register" in chosen):
             progress(f"ok: {line}")
         options = {"aws": aws, "on_error": on_error, "progress": progress}
+        copies: dict[str, str] = {}  # a launched build reports its copies in the progress lines
         if launch:
             image_id = make_ami(loaded.spec, settings, live=live, phases=phase or None, **options)
-        elif group:
-            image_id = make_ami_from_group_node(
-                group, settings, spec=loaded.spec, live=live, phases=chosen, **options
-            ).image_id
         else:
-            image_id = build_on_host(
-                host, settings, spec=loaded.spec, live=live, phases=chosen, **options
-            ).image_id
+            if group:
+                result = make_ami_from_group_node(
+                    group, settings, spec=loaded.spec, live=live, phases=chosen, **options
+                )
+            else:
+                result = build_on_host(host, settings, spec=loaded.spec, live=live, phases=chosen, **options)
+            image_id, copies = result.image_id, result.copies
     except SettingsError as err:
         raise CommandError(str(err)) from None
     except BuildInterrupted as err:
@@ -92,5 +93,7 @@ def build(
         raise CommandError("build interrupted before any phase ran on a node", INTERRUPTED) from None
     if image_id:
         print(f"image {image_id} ({settings.image_name}) is registered in {settings.region}")
+        for region, copy in copies.items():
+            print(f"copy {copy} ({settings.image_name}) is available in {region}")
     else:
         print(f"phases done: {', '.join(chosen)}")

@@ -88,7 +88,10 @@ def test_waiting_polls_until_the_image_is_available_and_says_how_it_goes(setting
     said = wait_for_image(backend, "ami-0123456789abcdef0", "us-east-1", 600, lines.append)
     assert said == "ami-0123456789abcdef0 is available in us-east-1 (after about 20 s)"
     assert backend.pauses == [10, 10]
-    assert lines == ["    image ami-0123456789abcdef0 in us-east-1: pending (0 s of at most 600 s)"]
+    assert lines == [
+        "    image ami-0123456789abcdef0 in us-east-1: pending (0 s of at most 600 s)",
+        "    image ami-0123456789abcdef0 is available in us-east-1 (after about 20 s)",
+    ]
     stubber.assert_no_pending_responses()
 
 
