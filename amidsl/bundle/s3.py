@@ -71,7 +71,7 @@ def storage_error(error: Exception, what: str) -> BundleStorageError:
     """A BundleStorageError for a failed S3 request about `what` (an s3:// address)."""
     if isinstance(error, botocore.exceptions.ClientError):
         code = error.response.get("Error", {}).get("Code", "Unknown")
-        detail = error.response.get("Error", {}).get("Message", "")
+        detail = error.response.get("Error", {}).get("Message", "").rstrip(".")
         fixes = {
             "NoSuchBucket": "check the bucket name and the region",
             "NoSuchKey": "check the key (list the bucket with `aws s3 ls`)",
