@@ -352,3 +352,15 @@ def test_delete_of_an_unknown_image_names_it_and_the_region(capsys, aws_env):
     )
     assert status == 1
     assert "no image 'ami-0123456789abcdef0'" in err and "Traceback" not in err
+
+
+def test_upload_refuses_a_bucket_with_acls_disabled_before_sending_anything(
+    capsys, aws_env, s3, bucket, local_bundle
+):
+    s3.put_bucket_ownership_controls(
+        Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    )
+    status, _, err = upload(capsys, aws_env, bucket, local_bundle)
+    assert status == 1
+    assert "ACLs disabled" in err and f"put-bucket-ownership-controls --bucket {bucket}" in err
+    assert keys_in(s3, bucket) == []

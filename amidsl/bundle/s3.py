@@ -94,6 +94,43 @@ def storage_error(error: Exception, what: str) -> BundleStorageError:
     return BundleStorageError(f"{what}: {error}")
 
 
+def object_ownership(s3: Any, bucket: str) -> str:
+    """The bucket's Object Ownership setting ("" when it has no ownership controls, which allows ACLs).
+
+    Raises botocore's error when S3 will not say.
+    """
+    try:
+        controls = s3.get_bucket_ownership_controls(Bucket=bucket)
+    except botocore.exceptions.ClientError as err:
+        if err.response.get("Error", {}).get("Code", "") == "OwnershipControlsNotFoundError":
+            return ""
+        raise
+    rules = controls.get("OwnershipControls", {}).get("Rules", [])
+    return rules[0].get("ObjectOwnership", "") if rules else ""
+
+
+def acl_fix(bucket: str) -> str:
+    """How to let a bucket with ACLs disabled take the aws-exec-read ACL."""
+    return (
+        f"run `aws s3api put-bucket-ownership-controls --bucket {bucket} "
+        "--ownership-controls 'Rules=[{ObjectOwnership=BucketOwnerPreferred}]'`, or use another bucket"
+    )
+
+
+def check_bucket_accepts_acls(s3: Any, bucket: str) -> None:
+    """Refuse a bucket with ACLs disabled: it refuses the aws-exec-read ACL every bundle file needs."""
+    try:
+        ownership = object_ownership(s3, bucket)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        return  # not allowed to look: the uploads themselves will say
+    if ownership == "BucketOwnerEnforced":
+        raise BundleStorageError(
+            f"bucket {bucket!r} has ACLs disabled (Object Ownership BucketOwnerEnforced), so it refuses "
+            f"the aws-exec-read ACL EC2 needs to read a bundle; {acl_fix(bucket)}",
+            "AccessControlListNotSupported",
+        )
+
+
 def read_s3_manifest(s3: Any, bucket: str, manifest_key: str) -> Manifest:
     """Fetch and parse a manifest from S3, with its part list checked (plain, unique file names)."""
     where = s3_url(bucket, manifest_key)

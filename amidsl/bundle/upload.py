@@ -23,7 +23,7 @@ import botocore.exceptions
 from amidsl.actions import NodeProgram, PresignParts, UploadManifest
 from amidsl.bundle.errors import BundleError, PartDigestMismatchError
 from amidsl.bundle.manifest import Manifest, read_manifest
-from amidsl.bundle.s3 import storage_error
+from amidsl.bundle.s3 import check_bucket_accepts_acls, storage_error
 from amidsl.bundle.untar import CHUNK
 from amidsl.bundle.verify import check_part_list
 from amidsl.controller import ControllerStepFailed, run_controller_step
@@ -121,6 +121,7 @@ def upload_bundle(
         "bundle": {"prefix": manifest.name, "parts": describe_parts(manifest, directory.absolute())},
         "manifest": {"xml": manifest.xml},
     }
+    check_bucket_accepts_acls(s3, bucket)
     manifest_key = f"{key_prefix}/{manifest_path.name}" if key_prefix else manifest_path.name
     steps = [
         PresignParts("bundle", bucket, key_prefix, region=""),
