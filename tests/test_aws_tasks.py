@@ -364,3 +364,20 @@ def test_upload_refuses_a_bucket_with_acls_disabled_before_sending_anything(
     assert status == 1
     assert "ACLs disabled" in err and f"put-bucket-ownership-controls --bucket {bucket}" in err
     assert keys_in(s3, bucket) == []
+
+
+def test_bash_completion_offers_the_new_commands_and_their_options():
+    import subprocess
+
+    script = subprocess.run(
+        ["amidsl", "completion", "bash"], capture_output=True, text=True, check=True
+    ).stdout
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f'"{w}"' for w in ("amidsl", *words))
+        shell = f'{script}COMP_WORDS=({line}); COMP_CWORD={len(words)}; _amidsl; echo "${{COMPREPLY[@]}}"'
+        return subprocess.run(["bash", "-c", shell], capture_output=True, text=True).stdout.split()
+
+    assert complete("delete-b") == ["delete-bundle"]
+    assert complete("delete-bundle", "--d") == ["--dry-run"]
+    assert "--ec2-certificates" in complete("migrate-manifest", "--ec")
