@@ -114,11 +114,13 @@ def split_bucket(value: str) -> tuple[str, str]:
     return bucket, path.strip("/")
 
 
-def manifest_key(path: str, manifest: str) -> str:
-    """The S3 key of the manifest named `manifest` under `path`."""
+def bundle_in_s3(bucket: str, manifest: str, clients: AwsClients) -> tuple[Any, str, str]:
+    """(S3 client in the bucket's region, bucket name, manifest key) of --bucket BUCKET[/PATH] and
+    --manifest NAME."""
+    name, path = split_bucket(bucket)
     if "/" in manifest:
         raise CommandError(f"--manifest {manifest}: give the manifest's file name; put its path in --bucket")
-    return f"{path}/{manifest}" if path else manifest
+    return clients.s3_for_bucket(name), name, f"{path}/{manifest}" if path else manifest
 
 
 def progress_line(line: str) -> None:
@@ -189,9 +191,7 @@ def download_bundle(
     endpoint_url: str | None,
 ) -> None:
     """Download a bundle's parts in parallel, checking each part's SHA-1 as it arrives, then its manifest."""
-    name, path = split_bucket(bucket)
-    key = manifest_key(path, manifest)
-    s3 = AwsClients(region, profile, endpoint_url).s3_for_bucket(name)
+    s3, name, key = bundle_in_s3(bucket, manifest, AwsClients(region, profile, endpoint_url))
     files = _run(
         lambda: download_bundle_files(s3, name, key, destination, concurrency, progress=progress_line)
     )
@@ -209,9 +209,7 @@ def delete_bundle(
     endpoint_url: str | None,
 ) -> None:
     """Delete exactly a bundle's parts and its manifest (nothing else under its path)."""
-    name, path = split_bucket(bucket)
-    key = manifest_key(path, manifest)
-    s3 = AwsClients(region, profile, endpoint_url).s3_for_bucket(name)
+    s3, name, key = bundle_in_s3(bucket, manifest, AwsClients(region, profile, endpoint_url))
     keys = _run(lambda: delete_bundle_files(s3, name, key, dry_run=True))
     for found in keys:
         print(f"{'would delete' if dry_run else 'delete'} {s3_url(name, found)}")

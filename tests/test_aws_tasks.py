@@ -13,10 +13,9 @@ import pytest
 from moto.backends import get_backend
 
 from amidsl.aws_tasks import AwsClients
-from amidsl.bundle import bundle_image
 from amidsl.cli import run
 from amidsl.images import BUILT_BY_TAG
-from tests.bundle.conftest import make_identity, write_sparse_file
+from tests.bundle.conftest import bundle_into, make_identity, write_sparse_file
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -72,17 +71,7 @@ def local_bundle(tmp_path, identities) -> Path:
     image = tmp_path / "disk.img"
     write_sparse_file(image, 1024 * 1024, [(0, os.urandom(350_000))])
     out = tmp_path / "bundle"
-    out.mkdir()
-    manifest = bundle_image(
-        image,
-        out,
-        prefix="web",
-        user_id=ACCOUNT,
-        user_cert_pem=user.cert_pem,
-        user_private_key_pem=user.key_pem,
-        ec2_cert_pem=ec2.cert_pem,
-        part_size=PART_SIZE,
-    )
+    manifest = bundle_into(image, out, user, ec2, part_size=PART_SIZE)
     assert len(manifest.parts) >= 3
     return out / "web.manifest.xml"
 
@@ -381,3 +370,22 @@ def test_bash_completion_offers_the_new_commands_and_their_options():
     assert complete("delete-b") == ["delete-bundle"]
     assert complete("delete-bundle", "--d") == ["--dry-run"]
     assert "--ec2-certificates" in complete("migrate-manifest", "--ec")
+
+
+@pytest.mark.parametrize(("answer", "status", "gone"), [("y", 0, True), ("n", 1, False), ("", 1, False)])
+def test_on_a_terminal_delete_asks_and_only_yes_goes_ahead(
+    capsys, monkeypatch, aws_env, s3, bucket, uploaded, answer, status, gone
+):
+    image_id = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", uploaded)
+    count = len(keys_in(s3, bucket))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    questions = []
+    monkeypatch.setattr("builtins.input", lambda question: questions.append(question) or answer)
+    result = amidsl(capsys, "delete", image_id, "--region", IMAGES_REGION, "--endpoint-url", aws_env)
+    assert result[0] == status
+    assert questions == [f"Deregister {image_id} and delete {count} object(s)? [y/N] "]
+    assert (keys_in(s3, bucket) == []) is gone
+    images = client("ec2", aws_env, IMAGES_REGION).describe_images(Owners=["self"])["Images"]
+    assert (image_id not in [i["ImageId"] for i in images]) is gone
+    if not gone:
+        client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=image_id)

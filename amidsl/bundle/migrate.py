@@ -9,7 +9,6 @@ against the user's certificate, so a manifest someone else edited is never signe
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from amidsl.bundle.keys import (
     check_key_matches_certificate,
@@ -17,7 +16,7 @@ from amidsl.bundle.keys import (
     load_certificate,
     load_private_key,
 )
-from amidsl.bundle.manifest import Manifest, read_manifest, sign_manifest, write_manifest
+from amidsl.bundle.manifest import Manifest, sign_manifest
 from amidsl.bundle.unbundle import decrypt_keys
 from amidsl.bundle.verify import check_signature_of
 
@@ -52,27 +51,3 @@ def migrate_manifest(
         ramdisk_id=ramdisk_id or manifest.ramdisk_id,
     )
     return sign_manifest(migrated, private_key)
-
-
-def migrate_manifest_file(
-    manifest_path: Path | str,
-    output: Path | str | None,
-    *,
-    user_private_key_pem: bytes | str,
-    user_cert_pem: bytes | str,
-    ec2_cert_pem: bytes | str,
-    kernel_id: str | None = None,
-    ramdisk_id: str | None = None,
-) -> Manifest:
-    """Migrate a manifest file (see migrate_manifest) and write it to `output` (None: in place)."""
-    manifest_path = Path(manifest_path)
-    migrated = migrate_manifest(
-        read_manifest(manifest_path),
-        user_private_key_pem=user_private_key_pem,
-        user_cert_pem=user_cert_pem,
-        ec2_cert_pem=ec2_cert_pem,
-        kernel_id=kernel_id,
-        ramdisk_id=ramdisk_id,
-    )
-    write_manifest(Path(output) if output is not None else manifest_path, migrated)
-    return migrated

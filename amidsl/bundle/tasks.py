@@ -1,4 +1,4 @@
-"""The bundle format's commands: bundle-image, verify-bundle, unbundle, image-ls.
+"""The bundle format's commands: bundle-image, verify-bundle, unbundle, image-ls, migrate-manifest.
 
 Thin by design: call the library, print the result. Every problem the library reports becomes a
 CommandError (exit status 2), printed without a traceback.
@@ -12,9 +12,12 @@ from amidsl.bundle.bundle import bundle_image as bundle_image_file
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.keys import describe_certificate, load_certificate, load_private_key
 from amidsl.bundle.ls import list_image, listing_line
+from amidsl.bundle.manifest import read_manifest, write_manifest
+from amidsl.bundle.migrate import migrate_manifest as migrate
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
 from amidsl.bundle.verify import verify_bundle as verify_manifest
 from amidsl.cli_table import CommandError
+from amidsl.ec2_certificate import Ec2CertificateError, certificate_file, certificate_from_directory
 
 T = TypeVar("T")
 
@@ -163,9 +166,6 @@ def migrate_manifest(
     ramdisk: str | None,
 ) -> None:
     """Encrypt a bundle's key and IV for another region's EC2 certificate and sign the manifest again."""
-    from amidsl.bundle.migrate import migrate_manifest_file
-    from amidsl.ec2_certificate import Ec2CertificateError, certificate_file, certificate_from_directory
-
     if bool(ec2cert) == bool(ec2_certificates):
         raise CommandError(
             f"say which certificate EC2 decrypts with in {region}: --ec2cert FILE (that certificate), or "
@@ -182,9 +182,8 @@ def migrate_manifest(
         except Ec2CertificateError as err:
             raise CommandError(f"--ec2-certificates: {err}") from None
     migrated = _run(
-        lambda: migrate_manifest_file(
-            manifest,
-            output,
+        lambda: migrate(
+            read_manifest(manifest),
             user_private_key_pem=user_key,
             user_cert_pem=user_cert,
             ec2_cert_pem=ec2_cert,
@@ -192,6 +191,7 @@ def migrate_manifest(
             ramdisk_id=ramdisk,
         )
     )
+    _run(lambda: write_manifest(output or manifest, migrated))
     print(
         f"migrated {manifest} for {region}: EC2's copy of key and IV re-encrypted, signed again "
         f"({len(migrated.parts)} parts unchanged); wrote {output or manifest}"

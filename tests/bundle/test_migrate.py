@@ -8,12 +8,12 @@ import zipfile
 
 import pytest
 
-from amidsl.bundle import bundle_image, decrypt_keys, read_manifest, unbundle, verify_bundle
+from amidsl.bundle import decrypt_keys, read_manifest, unbundle, verify_bundle
 from amidsl.bundle.errors import ManifestEditedError, WrongPrivateKeyError
 from amidsl.bundle.migrate import migrate_manifest
 from amidsl.cli import run
 from amidsl.ec2_certificate import PINNED_SPKI_SHA256, spki_sha256
-from tests.bundle.conftest import make_identity
+from tests.bundle.conftest import bundle_into, make_identity
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,7 @@ def other_region_ec2():
 @pytest.fixture
 def bundled(tmp_path, sample_image, user, ec2):
     out = tmp_path / "bundle"
-    out.mkdir()
-    bundle_image(
-        sample_image,
-        out,
-        prefix="web",
-        user_id="123456789012",
-        user_cert_pem=user.cert_pem,
-        user_private_key_pem=user.key_pem,
-        ec2_cert_pem=ec2.cert_pem,
-    )
+    bundle_into(sample_image, out, user, ec2)
     return out / "web.manifest.xml"
 
 

@@ -9,7 +9,7 @@ import uuid
 import boto3
 import pytest
 
-from amidsl.bundle import bundle_image, unbundle
+from amidsl.bundle import unbundle
 from amidsl.bundle.errors import ManifestParseError, PartDigestMismatchError
 from amidsl.bundle.s3 import (
     BundleStorageError,
@@ -17,6 +17,7 @@ from amidsl.bundle.s3 import (
     download_bundle,
     split_image_location,
 )
+from tests.bundle.conftest import bundle_into
 
 PART_SIZE = 100 * 1024
 
@@ -43,17 +44,7 @@ def bucket(s3):
 def local_bundle(tmp_path, sample_image, user, ec2):
     """A bundle of the sample image in several parts, on disk."""
     out = tmp_path / "bundle"
-    out.mkdir()
-    manifest = bundle_image(
-        sample_image,
-        out,
-        prefix="web",
-        user_id="123456789012",
-        user_cert_pem=user.cert_pem,
-        user_private_key_pem=user.key_pem,
-        ec2_cert_pem=ec2.cert_pem,
-        part_size=PART_SIZE,
-    )
+    manifest = bundle_into(sample_image, out, user, ec2, part_size=PART_SIZE)
     assert len(manifest.parts) > 2
     return out
 
