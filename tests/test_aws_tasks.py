@@ -389,3 +389,22 @@ def test_on_a_terminal_delete_asks_and_only_yes_goes_ahead(
     assert (image_id not in [i["ImageId"] for i in images]) is gone
     if not gone:
         client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=image_id)
+
+
+def test_delete_refuses_an_image_that_has_no_bundle(capsys, aws_env):
+    ec2 = client("ec2", aws_env, IMAGES_REGION)
+    image_id = ec2.register_image(Name=f"ebs-{uuid.uuid4().hex[:8]}", Architecture="x86_64")["ImageId"]
+    status, _, err = amidsl(
+        capsys, "delete", image_id, "--yes", "--region", IMAGES_REGION, "--endpoint-url", aws_env
+    )
+    assert status == 1
+    assert "has no ImageLocation: it is not an S3-backed image" in err
+    assert ec2.describe_images(ImageIds=[image_id])["Images"]
+    ec2.deregister_image(ImageId=image_id)
+
+
+def test_without_a_region_the_ec2_commands_say_how_to_give_one(capsys, monkeypatch, aws_env):
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    status, _, err = amidsl(capsys, "images", "--endpoint-url", aws_env)
+    assert status == 2
+    assert "no AWS region: give --region" in err
