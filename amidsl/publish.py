@@ -3,8 +3,9 @@ back-end (simulator, live).
 
 Waiting until an image is available (with progress, EC2's state reason when it fails, a timeout that
 says what to do), tagging the bundle's S3 objects, and force_deregister's removal of an older image of
-the same name. Every API call goes through the back-end's `call_aws`, so the simulator's fake region and
-boto3 answer the same requests.
+the same name. API calls go through the back-end's `call_aws`, so the simulator's fake region and boto3
+answer the same requests; reading and deleting bundles, and deregistering an image with its bundle, are
+the library's own (amidsl.bundle.s3, amidsl.images), over the back-end's boto3 clients.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from amidsl.actions import AwsCall, DeregisterByName, TagBundle, WaitForImage
-from amidsl.bundle import parse_manifest
+from amidsl.bundle.s3 import bundle_keys, read_s3_manifest, s3_url, split_image_location
+from amidsl.images import ImageDeletion, ImageSummary, delete_image, plan_deletion
 
 POLL_SECONDS = 10
 PROGRESS_EVERY = 60  # seconds between progress lines while the state stays the same
@@ -28,6 +30,10 @@ class PublishBackend(Protocol):
 
     def pause(self, seconds: float) -> None:
         """Wait between two polls (the simulator's clock does not really wait)."""
+        ...
+
+    def client(self, service: str, region: str) -> Any:
+        """A boto3 client of the build's account in `region` (for amidsl's bundle and image library)."""
         ...
 
 
@@ -92,18 +98,12 @@ def wait_for_image(
         waited += step
 
 
-def bundle_keys(backend: PublishBackend, bucket: str, manifest_key: str, region: str) -> list[str]:
-    """The S3 keys of a bundle: exactly the parts its manifest lists, then the manifest."""
-    body = call(backend, "s3", "GetObject", region, Bucket=bucket, Key=manifest_key)["Body"].read()
-    manifest = parse_manifest(body.decode("utf-8"), source=f"s3://{bucket}/{manifest_key}")
-    folder = manifest_key.rsplit("/", 1)[0] + "/" if "/" in manifest_key else ""
-    return [f"{folder}{part.filename}" for part in manifest.parts] + [manifest_key]
-
-
 def tag_bundle(backend: PublishBackend, action: TagBundle) -> str:
-    """Put the tags on every object of the bundle (S3 replaces an object's whole tag set)."""
+    """Put the tags on the manifest and exactly the parts it lists (S3 replaces an object's tag set)."""
+    s3 = backend.client("s3", action.region)
+    manifest = read_s3_manifest(s3, action.bucket, action.manifest_key)
+    keys = bundle_keys(manifest, action.bucket, action.manifest_key)
     tag_set = [{"Key": key, "Value": value} for key, value in action.tags]
-    keys = bundle_keys(backend, action.bucket, action.manifest_key, action.region)
     for key in keys:
         call(
             backend,
@@ -121,9 +121,12 @@ def tag_bundle(backend: PublishBackend, action: TagBundle) -> str:
 def deregister_by_name(
     backend: PublishBackend, action: DeregisterByName, progress: Callable[[str], None]
 ) -> str:
-    """force_deregister: say what goes, then deregister each same-named image (and its bundle)."""
+    """force_deregister: for each same-named image, say what goes, then deregister it (and delete its
+    bundle in the bundle's region, unless other images use it or it is this build's own location)."""
     done: list[str] = []
+    s3 = backend.client("s3", action.bundle_region)
     for region in action.regions:
+        ec2 = backend.client("ec2", region)
         found = call(
             backend,
             "ec2",
@@ -133,35 +136,29 @@ def deregister_by_name(
             Filters=[{"Name": "name", "Values": [action.image_name]}],
         ).get("Images", [])
         for image in found:
-            image_id, location = image["ImageId"], image.get("ImageLocation", "")
-            bundle = region == action.bundle_region and "/" in location and location != action.keep_manifest
-            goes = f"image {image_id} ({action.image_name!r}) in {region}"
-            if bundle:
-                bucket, _, key = location.partition("/")
-                keys = bundle_keys(backend, bucket, key, region)
-                goes += f", and its bundle: {', '.join(f's3://{bucket}/{k}' for k in keys)}"
+            deletion = _deletion(ec2, s3, ImageSummary.of(image), region, action)
+            goes = f"image {deletion.image.image_id} ({action.image_name!r}) in {region}"
+            if deletion.bundle_keys:
+                goes += ", and its bundle: " + ", ".join(
+                    s3_url(deletion.bucket, k) for k in deletion.bundle_keys
+                )
             progress(f"    force_deregister: removing {goes}")
-            call(backend, "ec2", "DeregisterImage", region, ImageId=image_id)
-            done.append(f"deregistered {goes}")
-            if bundle:
-                delete_objects(backend, bucket, keys, region)
-            elif location == action.keep_manifest:
-                done.append(f"  (its bundle was at s3://{location}, which this build's upload replaced)")
-            elif location:
-                done.append(f"  (its bundle at {location} is left: it is not in {action.bundle_region})")
+            delete_image(ec2, s3, deletion)
+            done.append(f"deregistered {goes}" + (f" ({deletion.note})" if deletion.note else ""))
     return "\n".join(done) or f"no image named {action.image_name!r} in {', '.join(action.regions)}"
 
 
-def delete_objects(backend: PublishBackend, bucket: str, keys: list[str], region: str) -> None:
-    """Delete the keys; raise PublishFailed naming the first one S3 refused."""
-    answer = call(
-        backend,
-        "s3",
-        "DeleteObjects",
-        region,
-        Bucket=bucket,
-        Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
-    )
-    if answer.get("Errors"):
-        error = answer["Errors"][0]
-        raise PublishFailed(f"deleting s3://{bucket}/{error.get('Key')} failed: {error.get('Code')}")
+def _deletion(ec2: Any, s3: Any, image: ImageSummary, region: str, action: DeregisterByName) -> ImageDeletion:
+    """What removing one old image takes: its bundle only where it is the old image's alone."""
+    if not image.location:
+        return ImageDeletion(image, "", "", (), "not S3-backed, so no bundle; any snapshots stay")
+    bucket, key = split_image_location(image.location)
+    if region != action.bundle_region:
+        return ImageDeletion(
+            image, bucket, key, (), f"{image.location} is not in {action.bundle_region}: kept"
+        )
+    if image.location == action.keep_manifest:
+        return ImageDeletion(
+            image, bucket, key, (), f"its bundle s3://{image.location} is this build's upload: kept"
+        )
+    return plan_deletion(ec2, s3, image)

@@ -98,6 +98,10 @@ class NodeBackend(Protocol):
         """Wait between two polls of an image's state."""
         ...
 
+    def client(self, service: str, region: str) -> Any:
+        """A boto3 client of the build's account in `region` (force_deregister, bundle_tags)."""
+        ...
+
 
 class BuildError(Exception):
     """A build failed: which phase and action, the exit status, the output's tail, and the node's state."""

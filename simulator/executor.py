@@ -129,6 +129,10 @@ class SimulatorBackend:
     def pause(self, seconds: float) -> None:
         """Nothing: the fake region's images move on with each poll, not with time."""
 
+    def client(self, service: str, region: str) -> Any:
+        """A client of the fake region's account in `region`."""
+        return self.region.client(service, region)
+
     def s3_client(self) -> Any:
         """The fake region's S3 client (the controller's HeadObject and PutObject)."""
         return self.region.s3

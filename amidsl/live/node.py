@@ -151,6 +151,10 @@ class LiveBackend:
         """Wait between two polls of an image's state."""
         time.sleep(seconds)
 
+    def client(self, service: str, region: str) -> Any:
+        """The build session's boto3 client in `region`."""
+        return self.aws.client(service, region)
+
     def s3_client(self) -> Any:
         """The build's boto3 S3 client."""
         return self.aws.client("s3")

@@ -145,7 +145,7 @@ def test_force_deregister_keeps_a_bundle_this_build_just_replaced(run, native_se
     again = run(native_settings | {"force_deregister": True})
     assert again.error is None, again.error
     said = next(r.output for r in again.transcript if r.description.startswith("deregister an existing"))
-    assert "which this build's upload replaced" in said
+    assert "is this build's upload: kept" in said
     keys = [item["Key"] for item in region.s3.list_objects_v2(Bucket="amidsl-example-bundles")["Contents"]]
     assert "images/example/image.manifest.xml" in keys
 
