@@ -24,10 +24,7 @@ from amidsl.bundle.s3 import (
     split_image_location,
     storage_error,
 )
-
-# The tag amidsl puts on every image it registers.
-BUILT_BY_TAG = "amidsl:built-by"
-BUILT_BY_VALUE = "amidsl"
+from amidsl.tags import BUILT_BY_TAG, BUILT_BY_VALUE
 
 
 class ImageError(Exception):

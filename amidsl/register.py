@@ -20,7 +20,8 @@ from amidsl.actions import (
     UpdateSettings,
     WaitForImage,
 )
-from amidsl.settings import BUILT_BY_TAG, AmiSettings
+from amidsl.settings import AmiSettings
+from amidsl.tags import BUILT_BY_TAG, BUILT_BY_VALUE
 
 IMAGE_ID = RuntimeValue("image_id", "ami-register")
 
@@ -32,7 +33,7 @@ def copy_image_id(region: str) -> RuntimeValue:
 
 def image_tags(s: AmiSettings) -> tuple[dict[str, str], ...]:
     """The tags of every image amidsl registers or copies: amidsl's own, then the user's."""
-    return tuple({"Key": key, "Value": value} for key, value in (BUILT_BY_TAG, *s.tags))
+    return tuple({"Key": key, "Value": value} for key, value in ((BUILT_BY_TAG, BUILT_BY_VALUE), *s.tags))
 
 
 def launch_permission(s: AmiSettings) -> dict[str, list[dict[str, str]]] | None:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from amidsl.example import example_credentials
 from amidsl.secrets import Secret
+from amidsl.tags import BUILT_BY_TAG
 
 AMI_TOOLS_URL = "https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip"
 # ec2-ami-tools 1.5 runs on Ruby 2.x; Ruby 3.0 removed URI.escape, which its S3 code calls.
@@ -45,8 +46,6 @@ VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
 IMDS_SUPPORT = ("v2.0",)
 BOOT_MODES = ("legacy-bios", "uefi-preferred")
 SRIOV_NET_SUPPORT = ("simple",)
-# The tag every image amidsl registers carries, so that amidsl can find the images it built.
-BUILT_BY_TAG = ("amidsl:built-by", "amidsl")
 MAX_IMAGE_TAGS = 50  # EC2's limit per resource (amidsl's own tag included)
 MAX_OBJECT_TAGS = 10  # S3's limit per object
 DEFAULT_IMAGE_WAIT_SECONDS = 1800
@@ -1066,7 +1065,7 @@ class _Checker:
                 self.problem(
                     f"{name}.{key}", "is too long", "keep keys to 1-128 and values to 256 characters at most"
                 )
-            elif key.lower().startswith("aws:") or key == BUILT_BY_TAG[0]:
+            elif key.lower().startswith("aws:") or key == BUILT_BY_TAG:
                 self.problem(
                     f"{name}.{key}",
                     "is a reserved tag key (aws: belongs to AWS, amidsl:built-by to amidsl)",

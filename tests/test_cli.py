@@ -224,7 +224,7 @@ def test_plan_text_quotes_only_strings_and_counts_in_words():
     assert re.search(r"\n  install_ruby +true\n", text)
     assert re.search(r"\n  image_size_mb +\(none\)\n", text)
     assert re.search(r'\n  region +"us-east-1"\n', text)
-    assert "phase ami-register (2 actions)" in text and "action(s)" not in text
+    assert "phase ami-register (4 actions)" in text and "action(s)" not in text
 
 
 def test_script_for_the_example_file_is_identical_across_runs():
