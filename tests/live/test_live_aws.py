@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import boto3
 import pytest
 from botocore.stub import Stubber
 
@@ -161,6 +162,30 @@ def test_validate_live_checks_credentials_bucket_region_and_name(settings, aws_e
     assert shown[0].startswith("user_id: '210987654321' is not the account of the credentials (123456789012)")
     assert "bucket 'amidsl-dublin-bundles' is in eu-west-1, not in us-east-1" in shown[1]
     assert shown[2].startswith("image_name: 'taken-name' is already the name of ami-")
+
+
+def test_validate_live_checks_the_name_in_every_copy_region_unless_force_deregister(
+    settings, aws_endpoint, bucket
+):
+    live = LiveSettings(endpoint_url=aws_endpoint)
+    oregon = boto3.client(
+        "ec2",
+        endpoint_url=aws_endpoint,
+        region_name="us-west-2",
+        aws_access_key_id="AKIAAMIDSLTESTREADER",
+        aws_secret_access_key="reader",
+    )
+    taken = oregon.register_image(Name="taken-in-oregon")["ImageId"]
+    copied = settings.with_values(image_name="taken-in-oregon", copy_to_regions=("us-west-2",))
+    with pytest.raises(SettingsError) as caught:
+        check_aws_side(copied, Aws(copied, live))
+    (problem,) = [str(p) for p in caught.value.problems]
+    assert problem.startswith(f"image_name: 'taken-in-oregon' is already the name of {taken} in us-west-2")
+    assert problem.endswith("or set force_deregister = true.")
+    forced = copied.with_values(force_deregister=True)
+    assert check_aws_side(forced, Aws(forced, live))[-1] == (
+        "force_deregister: an image named 'taken-in-oregon' is replaced, if there is one"
+    )
 
 
 def test_validate_live_refuses_a_bucket_with_acls_disabled_and_says_how_to_fix_it(
