@@ -139,9 +139,8 @@ def deregister_by_name(
             deletion = _deletion(ec2, s3, ImageSummary.of(image), region, action)
             goes = f"image {deletion.image.image_id} ({action.image_name!r}) in {region}"
             if deletion.bundle_keys:
-                goes += ", and its bundle: " + ", ".join(
-                    s3_url(deletion.bucket, k) for k in deletion.bundle_keys
-                )
+                manifest = s3_url(deletion.bucket, deletion.manifest_key)
+                goes += f", and its bundle {manifest} with its {len(deletion.bundle_keys) - 1} part(s)"
             progress(f"    force_deregister: removing {goes}")
             delete_image(ec2, s3, deletion)
             done.append(f"deregistered {goes}" + (f" ({deletion.note})" if deletion.note else ""))

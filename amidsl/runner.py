@@ -324,8 +324,8 @@ def _run_controller_action(
             raise ActionFailed(index, 1, f"expected {action.length} item(s) in {action.field}, found {found}")
         return ActionRecord(phase, index, action.description, "check", 0, f"{action.field}: {found}")
     if isinstance(action, PUBLISH_ACTIONS):
-        image_id = resolve_value(action.image_id, values) if isinstance(action, WaitForImage) else None
         try:
+            image_id = resolve_value(action.image_id, values) if isinstance(action, WaitForImage) else None
             output = run_publish_step(action, image_id, backend, progress)
         except PublishFailed as err:
             raise ActionFailed(index, 1, str(err)) from None

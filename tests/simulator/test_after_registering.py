@@ -133,7 +133,8 @@ def test_force_deregister_removes_the_old_image_and_its_bundle_after_saying_so(r
     assert image["ImageId"] == second.image_id != old_id
     said = next(r.output for r in second.transcript if r.description.startswith("deregister an existing"))
     assert said.startswith(
-        f"deregistered image {old_id} ('amidsl-example-ami') in us-east-1, and its bundle:"
+        f"deregistered image {old_id} ('amidsl-example-ami') in us-east-1, and its bundle "
+        "s3://amidsl-example-bundles/images/example/image.manifest.xml with its 1 part(s)"
     )
     assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in said
     keys = [item["Key"] for item in region.s3.list_objects_v2(Bucket="amidsl-example-bundles")["Contents"]]
