@@ -23,11 +23,11 @@ BUCKET = "amidsl-offline-bundles"
 ACCOUNT = "123456789012"  # moto's account
 
 
-def aws_client(service: str, endpoint: str) -> Any:
+def aws_client(service: str, endpoint: str, region: str = "us-east-1") -> Any:
     return boto3.client(
         service,
         endpoint_url=endpoint,
-        region_name="us-east-1",
+        region_name=region,
         aws_access_key_id="AKIAAMIDSLTESTREADER",
         aws_secret_access_key="reader",
         config=Config(s3={"addressing_style": "path"}),

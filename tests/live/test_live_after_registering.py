@@ -8,11 +8,9 @@ its ImageLocation (the rebuild test sets it on moto's record, as EC2 keeps it).
 
 from __future__ import annotations
 
-import boto3
-from botocore.config import Config
 from moto.backends import get_backend
 
-from tests.live.node_settings import ACCOUNT, BUCKET, build_over_ssh, build_settings
+from tests.live.node_settings import ACCOUNT, BUCKET, aws_client, build_over_ssh, build_settings
 
 ORG = "arn:aws:organizations::111122223333:organization/o-abcde12345"
 AFTER = {
@@ -27,19 +25,8 @@ AFTER = {
 }
 
 
-def client(service: str, endpoint: str, region: str = "us-east-1"):
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id="AKIAAMIDSLTESTREADER",
-        aws_secret_access_key="reader",
-        config=Config(s3={"addressing_style": "path"}),
-    )
-
-
 def named(endpoint: str, region: str, name: str) -> list[dict]:
-    found = client("ec2", endpoint, region).describe_images(
+    found = aws_client("ec2", endpoint, region).describe_images(
         Owners=["self"], Filters=[{"Name": "name", "Values": [name]}]
     )
     return found["Images"]
@@ -58,7 +45,7 @@ def test_a_live_build_tags_shares_and_copies_the_image(
         [image] = named(aws_endpoint, region, name)
         assert image["ImageId"] == image_id and image["State"] == "available"
         assert {t["Key"]: t["Value"] for t in image["Tags"]} == {"amidsl:built-by": "amidsl", "team": "web"}
-        shared = client("ec2", aws_endpoint, region).describe_image_attribute(
+        shared = aws_client("ec2", aws_endpoint, region).describe_image_attribute(
             ImageId=image_id, Attribute="launchPermission"
         )["LaunchPermissions"]
         assert {"UserId": "222233334444"} in shared and {"OrganizationArn": ORG} in shared
@@ -67,7 +54,7 @@ def test_a_live_build_tags_shares_and_copies_the_image(
             for line in recorded.progress
         )
 
-    s3 = client("s3", aws_endpoint)
+    s3 = aws_client("s3", aws_endpoint)
     prefix = f"{config['ami']['s3_path']}/"
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
     assert keys and all(
@@ -104,4 +91,6 @@ def test_a_live_rebuild_with_force_deregister_replaces_the_image_and_deletes_the
     assert [i["ImageId"] for i in named(aws_endpoint, "us-west-2", name)] == [
         second.result.copies["us-west-2"]
     ]
-    assert client("s3", aws_endpoint).list_objects_v2(Bucket=BUCKET, Prefix=old_prefix).get("KeyCount") == 0
+    assert (
+        aws_client("s3", aws_endpoint).list_objects_v2(Bucket=BUCKET, Prefix=old_prefix).get("KeyCount") == 0
+    )

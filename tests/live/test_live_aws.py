@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
 from botocore.stub import Stubber
 
@@ -168,13 +167,7 @@ def test_validate_live_checks_the_name_in_every_copy_region_unless_force_deregis
     settings, aws_endpoint, bucket
 ):
     live = LiveSettings(endpoint_url=aws_endpoint)
-    oregon = boto3.client(
-        "ec2",
-        endpoint_url=aws_endpoint,
-        region_name="us-west-2",
-        aws_access_key_id="AKIAAMIDSLTESTREADER",
-        aws_secret_access_key="reader",
-    )
+    oregon = aws_client("ec2", aws_endpoint, "us-west-2")
     taken = oregon.register_image(Name="taken-in-oregon")["ImageId"]
     copied = settings.with_values(image_name="taken-in-oregon", copy_to_regions=("us-west-2",))
     with pytest.raises(SettingsError) as caught:
