@@ -79,7 +79,8 @@ QUIET = Option("quiet", "no progress output: only results and errors", default=F
 VERBOSE = Option("verbose", "also show each command as it runs", default=False, short="-v")
 FAULT_HELP = (
     "inject a fault (repeatable): fail-put=N (the N-th S3 PUT fails once), s3-5xx=K (K PUTs answer 503), "
-    "disk-full=DIR, reject-register=CODE, interrupt=PHASE:N (the connection drops at that action)"
+    "disk-full=DIR, reject-register=CODE, interrupt=PHASE:N (the connection drops at that action), "
+    "image-pending=N (each new image is pending for N polls), image-failed=REGION (new images there fail)"
 )
 BUNDLE_MANIFEST = Option("manifest", "the bundle's manifest file (PREFIX.manifest.xml)", required=True)
 # The AWS commands use the standard boto3 credential chain; secrets never go on the command line.

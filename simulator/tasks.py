@@ -35,7 +35,17 @@ from simulator.executor import ImageInspection, Simulation, prepare
 from simulator.executor import simulate as run_simulation
 
 SCHEMA = "amidsl.simulate/1"
-FAULT_NAMES = ("fail-put", "s3-5xx", "disk-full", "reject-register", "interrupt")
+FAULT_NAMES = (
+    "fail-put",
+    "s3-5xx",
+    "disk-full",
+    "reject-register",
+    "interrupt",
+    "image-pending",
+    "image-failed",
+)
+# Faults of the fake region's EC2, which every bundler meets.
+EC2_FAULTS = ("reject-register", "image-pending", "image-failed")
 
 
 @dataclass(frozen=True)
@@ -56,12 +66,18 @@ def parse_fault(text: str, plan: Plan) -> Fault:
     if name not in FAULT_NAMES:
         close = difflib.get_close_matches(name, FAULT_NAMES, n=1)
         raise refuse(f"not a fault I know{f' (did you mean {close[0]}?)' if close else ''}")
-    if name != "reject-register" and plan.settings.bundler != "ami-tools":
+    if name not in EC2_FAULTS and plan.settings.bundler != "ami-tools":
         # These faults model ec2-bundle-vol and ec2-upload-bundle; a native build would never meet them.
         raise refuse(
-            "it models the ami-tools path: add --bundler ami-tools (native builds take reject-register)"
+            "it models the ami-tools path: add --bundler ami-tools (native builds take "
+            f"{', '.join(EC2_FAULTS)})"
         )
-    if name in ("fail-put", "s3-5xx"):
+    if name == "image-failed":
+        regions = (plan.settings.region, *plan.settings.copy_to_regions)
+        if value not in regions:
+            raise refuse(f"give the build's region or a copy region ({', '.join(regions)})")
+        return Fault(name, value)
+    if name in ("fail-put", "s3-5xx", "image-pending"):
         if not value.isdigit() or int(value) < 1:
             raise refuse("give a whole number of 1 or more")
         return Fault(name, int(value))
@@ -101,6 +117,10 @@ def apply_faults(simulation: Simulation, faults: list[Fault]) -> None:
             simulation.node.faults.disk_full_under = fault.value
         elif fault.name == "reject-register":
             simulation.region.faults.reject_register = fault.value
+        elif fault.name == "image-pending":
+            simulation.region.faults.pending_polls = fault.value
+        elif fault.name == "image-failed":
+            simulation.region.faults.fail_image_in[fault.value] = "the image failed (simulated fault)"
         else:
             simulation.node.faults.interrupt_at = fault.value
 

@@ -116,6 +116,8 @@ def test_json_with_a_fault_fails_naming_phase_and_action():
         ("interrupt=ami-bundle:9", "phase ami-bundle has actions 1 to 2"),
         ("interrupt=bundle:1", "'bundle' is not a phase of this run"),
         ("reject-register=", "give an EC2 error code"),
+        ("image-pending=x", "give a whole number of 1 or more"),
+        ("image-failed=eu-west-3", "give the build's region or a copy region (us-east-1)"),
     ],
 )
 def test_faults_that_make_no_sense_are_refused_and_leave_no_temp_files(temp, fault, message):
@@ -145,6 +147,16 @@ def test_a_failed_registration_prints_its_action_line():
     run = amidsl("--fault", "reject-register=InvalidAMIName.Duplicate")
     assert run.returncode == 1
     assert "  [ami-register 1] register the image with EC2: failed [controller]" in run.stdout.splitlines()
+
+
+def test_a_pending_image_is_waited_for_and_a_failed_one_fails_the_build_with_its_reason():
+    waited = amidsl("--fault", "image-pending=2")
+    assert waited.returncode == 0, waited.stderr
+    assert "pending (0 s of at most 1800 s)" in waited.stdout
+    failed = amidsl("--fault", "image-failed=us-east-1")
+    assert failed.returncode == 1
+    assert "is failed: the image failed (simulated fault) (Client.SimulatedFault)" in failed.stderr
+    assert "The image was registered before this failure and stays" in failed.stderr
 
 
 def test_a_later_phase_alone_is_refused_with_the_phases_it_needs(temp):
