@@ -262,7 +262,7 @@ class TagBundle:
     manifest_key: str
     region: str
     tags: tuple[tuple[str, str], ...]
-    description: str = "tag the bundle's files in S3 (bundle_tags)"
+    description: str = "tag the bundle files in S3 (bundle_tags)"
 
 
 @dataclass(frozen=True)

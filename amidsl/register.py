@@ -97,7 +97,7 @@ def _finish(s: AmiSettings, image: RuntimeValue, region: str, what: str) -> list
                 (("ImageId", image), ("LaunchPermission", permission)),
                 region=region,
                 result_name="",
-                description=f"let the listed accounts launch {what} (launch_permissions)",
+                description=f"share {what} (launch_permissions, public_image)",
             )
         )
     return actions

@@ -191,5 +191,6 @@ def test_the_script_with_every_option_passes_shellcheck(raw_settings, tmp_path):
     assert checked.returncode == 0, checked.stdout
     text = script.read_text()
     assert "aws ec2 copy-image --region us-west-2 --source-image-id" in text
+    assert "--imds-support v2.0 --ena-support --sriov-net-support simple" in text  # a boolean is a flag
     assert "aws ec2 wait image-available --region us-west-2 --image-ids" in text
     assert "--owners self --filters Name=name,Values=web-server-2026-11" in text

@@ -281,6 +281,9 @@ def aws_cli_words(action: AwsCall) -> list[Value]:
     """The `aws` CLI command equivalent to an API call (operation and params in CLI spelling)."""
     words: list[Value] = ["aws", action.service, _kebab(action.operation), "--region", action.region]
     for key, value in action.params:
+        if isinstance(value, bool):  # the CLI's boolean parameters are flags: --ena-support, --no-...
+            words.append(f"--{'' if value else 'no-'}{_kebab(key)}")
+            continue
         words.append(f"--{_kebab(key)}")
         if isinstance(value, str | RuntimeValue):
             words.append(value)
