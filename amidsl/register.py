@@ -137,7 +137,7 @@ def ami_register(s: AmiSettings) -> list[Action | PlanWarning]:
                 f"public_image = true: every AWS account can launch {s.image_name!r}"
                 + (f" and its copies in {', '.join(s.copy_to_regions)}" if s.copy_to_regions else "")
                 + ", and see everything in it. Where the account blocks public sharing of AMIs (EC2's block "
-                "public access for AMIs; see `aws ec2 get-image-block-public-access-state`), that step fails"
+                "public access for AMIs), that step fails: `amidsl validate --live` checks it"
             )
         )
     if s.bundle_tags:

@@ -247,6 +247,8 @@ def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: boo
             _check_bucket_accepts_acls(settings, aws, problems, checked)
     if image_name_must_be_free:
         _check_image_name_free(settings, aws, problems, checked)
+    if settings.public_image:
+        check_public_sharing(settings, aws, problems, checked)
     if problems:
         raise SettingsError(problems, origin="AWS")
     return checked
@@ -323,3 +325,28 @@ def _check_image_name_free(
             )
         else:
             checked.append(f"image name {settings.image_name!r} is free in {region}")
+
+
+def check_public_sharing(
+    settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]
+) -> None:
+    """public_image: EC2's block public access for AMIs must be off in every region the image goes to."""
+    for region in (settings.region, *settings.copy_to_regions):
+        try:
+            answer = aws.call("ec2", "GetImageBlockPublicAccessState", {}, region)
+        except AwsError as err:
+            checked.append(f"could not read whether {region} blocks public AMIs ({err.what}): not checked")
+            continue
+        state = answer.get("ImageBlockPublicAccessState", "")
+        if state == "block-new-sharing":
+            problems.append(
+                Problem(
+                    "public_image",
+                    f"the account blocks public sharing of AMIs in {region} "
+                    "(EC2's block public access for AMIs)",
+                    f"run `aws ec2 disable-image-block-public-access --region {region}` "
+                    "if the image is to be public, or remove public_image",
+                )
+            )
+        else:
+            checked.append(f"{region} allows public AMIs (block public access: {state or 'unblocked'})")

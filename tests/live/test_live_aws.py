@@ -7,7 +7,7 @@ from botocore.stub import Stubber
 
 from amidsl.actions import AwsCall
 from amidsl.crate import ami_register
-from amidsl.live.aws import Aws, AwsError, check_aws_side, snake_case
+from amidsl.live.aws import Aws, AwsError, check_aws_side, check_public_sharing, snake_case
 from amidsl.live.settings import LiveSettings
 from amidsl.publish import PublishFailed, wait_for_image
 from amidsl.settings import SettingsError, resolve
@@ -197,3 +197,20 @@ def test_validate_live_refuses_a_bucket_with_acls_disabled_and_says_how_to_fix_i
     assert "ACLs disabled (Object Ownership BucketOwnerEnforced)" in problem
     assert "put-bucket-ownership-controls --bucket amidsl-enforced-bundles" in problem
     assert "BucketOwnerPreferred" in problem
+
+
+def test_a_public_image_is_refused_before_the_build_where_the_account_blocks_public_amis(settings):
+    public = settings.with_values(public_image=True, copy_to_regions=("us-west-2",))
+    aws = Aws(public, LiveSettings())
+    for region, state in (("us-east-1", "unblocked"), ("us-west-2", "block-new-sharing")):
+        stubber = Stubber(aws.client("ec2", region))
+        stubber.add_response("get_image_block_public_access_state", {"ImageBlockPublicAccessState": state})
+        stubber.activate()
+    problems, checked = [], []
+    check_public_sharing(public, aws, problems, checked)
+    assert checked == ["us-east-1 allows public AMIs (block public access: unblocked)"]
+    assert [str(p) for p in problems] == [
+        "public_image: the account blocks public sharing of AMIs in us-west-2 (EC2's block public access "
+        "for AMIs). Fix: run `aws ec2 disable-image-block-public-access --region us-west-2` "
+        "if the image is to be public, or remove public_image."
+    ]
