@@ -260,7 +260,7 @@ def run_plan(
             resume_from = phase.name
             hidden = [*secrets, *secret_values(results)]
             registered = values.get("image_id") not in (None, settings.image_id)
-            if registered:
+            if phase.name in UPLOADING_PHASES and registered:
                 # What failed came after RegisterImage: the bundle is the image's now, never a leftover.
                 note = f"{note}\n{_registered_note(settings, values)}"
             elif phase.name in UPLOADING_PHASES:
