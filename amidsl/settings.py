@@ -975,6 +975,28 @@ class _Checker:
         self, region: str | None, user_id: str | None, virtualization: str | None
     ) -> dict[str, Any]:
         """The settings of what happens after RegisterImage, as AmiSettings fields."""
+        wait = self.values.get("image_wait_seconds", DEFAULT_IMAGE_WAIT_SECONDS)
+        if isinstance(wait, bool) or not isinstance(wait, int) or not 1 <= wait <= 86400:
+            self.problem(
+                "image_wait_seconds",
+                f"{wait!r} is not a number of seconds from 1 to 86400",
+                "give how long to wait for each image to become available, e.g. 1800",
+            )
+            wait = DEFAULT_IMAGE_WAIT_SECONDS
+        return {
+            **self.register_attributes(virtualization),
+            "tags": self.tag_table("tags", MAX_IMAGE_TAGS - 1, r".*"),
+            # S3 object tags allow fewer characters than EC2 tags.
+            "bundle_tags": self.tag_table("bundle_tags", MAX_OBJECT_TAGS, r"[\w\s+=.:/@-]*"),
+            "launch_permissions": self.launch_permissions(user_id),
+            "public_image": self.flag("public_image", False),
+            "copy_to_regions": self.copy_regions(region),
+            "force_deregister": self.flag("force_deregister", False),
+            "image_wait_seconds": wait,
+        }
+
+    def register_attributes(self, virtualization: str | None) -> dict[str, Any]:
+        """RegisterImage's optional attributes, as EC2 takes them for an instance-store image."""
         if self.values.get("boot_mode") == "uefi":
             self.problem(
                 "boot_mode",
@@ -985,57 +1007,37 @@ class _Checker:
             boot_mode = None
         else:
             boot_mode = self.optional_choice("boot_mode", BOOT_MODES)
-        ena_support = self.values.get("ena_support")
-        if ena_support is not None:
-            ena_support = self.flag("ena_support", False)
+        ena_support = None if self.values.get("ena_support") is None else self.flag("ena_support", False)
         sriov = self.optional_choice("sriov_net_support", SRIOV_NET_SUPPORT)
-        hvm_only = [
-            name
-            for name, value in (
-                ("boot_mode", boot_mode),
-                ("ena_support", ena_support),
-                ("sriov_net_support", sriov),
-            )
-            if value is not None
-        ]
-        if hvm_only and virtualization != "hvm":
-            self.problem(
-                ", ".join(hvm_only),
-                "EC2 supports these only for HVM images (a paravirtual instance may become unreachable)",
-                'set virtualization_type = "hvm", or remove them',
-            )
+        for name, value in (
+            ("boot_mode", boot_mode),
+            ("ena_support", ena_support),
+            ("sriov_net_support", sriov),
+        ):
+            if value is not None and virtualization != "hvm":
+                self.problem(
+                    name,
+                    "EC2 supports it only for HVM images (a paravirtual instance may become unreachable)",
+                    'set virtualization_type = "hvm", or remove it',
+                )
+        return {
+            "imds_support": self.optional_choice("imds_support", IMDS_SUPPORT),
+            "boot_mode": boot_mode,
+            "ena_support": ena_support,
+            "sriov_net_support": sriov,
+        }
+
+    def copy_regions(self, region: str | None) -> tuple[str, ...]:
+        """copy_to_regions: regions AWS has, other than the build's own, each once."""
         copies = self.text_list("copy_to_regions")
         for copy in copies:
-            if not self.check_region("copy_to_regions", copy):
-                continue
-            if copy == region:
+            if self.check_region("copy_to_regions", copy) and copy == region:
                 self.problem(
                     "copy_to_regions", f"{copy!r} is the build's own region", "list only other regions"
                 )
         if len(set(copies)) != len(copies):
             self.problem("copy_to_regions", "lists a region twice", "list each region once")
-        wait = self.values.get("image_wait_seconds", DEFAULT_IMAGE_WAIT_SECONDS)
-        if isinstance(wait, bool) or not isinstance(wait, int) or not 1 <= wait <= 86400:
-            self.problem(
-                "image_wait_seconds",
-                f"{wait!r} is not a number of seconds from 1 to 86400",
-                "give how long to wait for each image to become available, e.g. 1800",
-            )
-            wait = DEFAULT_IMAGE_WAIT_SECONDS
-        return {
-            "tags": self.tag_table("tags", MAX_IMAGE_TAGS - 1, r".*"),
-            # S3 object tags allow fewer characters than EC2 tags.
-            "bundle_tags": self.tag_table("bundle_tags", MAX_OBJECT_TAGS, r"[\w\s+=.:/@-]*"),
-            "launch_permissions": self.launch_permissions(user_id),
-            "public_image": self.flag("public_image", False),
-            "copy_to_regions": tuple(copies),
-            "imds_support": self.optional_choice("imds_support", IMDS_SUPPORT),
-            "boot_mode": boot_mode,
-            "ena_support": ena_support,
-            "sriov_net_support": sriov,
-            "force_deregister": self.flag("force_deregister", False),
-            "image_wait_seconds": wait,
-        }
+        return copies
 
     def optional_choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         """A setting that is absent (None) or one of `choices` (anything else is a problem, and None)."""
