@@ -28,8 +28,10 @@ def permissions_of(region, image_id: str, where: str) -> list[dict]:
     return answer["LaunchPermissions"]
 
 
-def test_the_image_and_each_copy_are_tagged_shared_and_reported(run, native_settings, region):
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+def test_the_image_and_each_copy_are_tagged_shared_and_reported(run, native_settings, region, bundler):
     settings = native_settings | {
+        "bundler": bundler,
         "tags": {"team": "web", "stage": "prod"},
         "launch_permissions": ["2222-3333-4444", ORG, OU],
         "copy_to_regions": COPIES,
