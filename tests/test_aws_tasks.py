@@ -408,3 +408,18 @@ def test_without_a_region_the_ec2_commands_say_how_to_give_one(capsys, monkeypat
     status, _, err = amidsl(capsys, "images", "--endpoint-url", aws_env)
     assert status == 2
     assert "no AWS region: give --region" in err
+
+
+def test_delete_refuses_an_image_whose_manifest_does_not_parse_and_deregisters_nothing(
+    capsys, aws_env, s3, bucket, uploaded
+):
+    image_id = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", uploaded)
+    s3.put_object(Bucket=bucket, Key="web/2026-11/web.manifest.xml", Body=b"<manifest>")
+    status, _, err = amidsl(
+        capsys, "delete", image_id, "--yes", "--region", IMAGES_REGION, "--endpoint-url", aws_env
+    )
+    assert status == 1
+    assert f"manifest s3://{bucket}/web/2026-11/web.manifest.xml is truncated" in err
+    assert client("ec2", aws_env, IMAGES_REGION).describe_images(ImageIds=[image_id])["Images"]
+    assert len(keys_in(s3, bucket)) > 1
+    client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=image_id)
