@@ -114,13 +114,18 @@ def split_bucket(value: str) -> tuple[str, str]:
     return bucket, path.strip("/")
 
 
-def bundle_in_s3(bucket: str, manifest: str, clients: AwsClients) -> tuple[Any, str, str]:
+def bundle_in_s3(
+    bucket: str, manifest: str | None, prefix: str | None, clients: AwsClients
+) -> tuple[Any, str, str]:
     """(S3 client in the bucket's region, bucket name, manifest key) of --bucket BUCKET[/PATH] and
-    --manifest NAME."""
+    --manifest NAME or --prefix PREFIX."""
     name, path = split_bucket(bucket)
-    if "/" in manifest:
-        raise CommandError(f"--manifest {manifest}: give the manifest's file name; put its path in --bucket")
-    return clients.s3_for_bucket(name), name, f"{path}/{manifest}" if path else manifest
+    if bool(manifest) == bool(prefix):
+        raise CommandError("say which bundle: --manifest NAME (e.g. image.manifest.xml) or --prefix PREFIX")
+    file = manifest or f"{prefix}.manifest.xml"
+    if "/" in file:
+        raise CommandError(f"--manifest/--prefix {file}: give a file name; put its path in --bucket")
+    return clients.s3_for_bucket(name), name, f"{path}/{file}" if path else file
 
 
 def progress_line(line: str) -> None:
@@ -183,7 +188,8 @@ def upload_bundle(
 def download_bundle(
     *,
     bucket: str,
-    manifest: str,
+    manifest: str | None,
+    prefix: str | None,
     destination: str,
     concurrency: int,
     region: str | None,
@@ -191,7 +197,7 @@ def download_bundle(
     endpoint_url: str | None,
 ) -> None:
     """Download a bundle's parts in parallel, checking each part's SHA-1 as it arrives, then its manifest."""
-    s3, name, key = bundle_in_s3(bucket, manifest, AwsClients(region, profile, endpoint_url))
+    s3, name, key = bundle_in_s3(bucket, manifest, prefix, AwsClients(region, profile, endpoint_url))
     files = _run(
         lambda: download_bundle_files(s3, name, key, destination, concurrency, progress=progress_line)
     )
@@ -201,7 +207,8 @@ def download_bundle(
 def delete_bundle(
     *,
     bucket: str,
-    manifest: str,
+    manifest: str | None,
+    prefix: str | None,
     dry_run: bool,
     yes: bool,
     region: str | None,
@@ -209,7 +216,7 @@ def delete_bundle(
     endpoint_url: str | None,
 ) -> None:
     """Delete exactly a bundle's parts and its manifest (nothing else under its path)."""
-    s3, name, key = bundle_in_s3(bucket, manifest, AwsClients(region, profile, endpoint_url))
+    s3, name, key = bundle_in_s3(bucket, manifest, prefix, AwsClients(region, profile, endpoint_url))
     keys = _run(lambda: delete_bundle_files(s3, name, key, dry_run=True))
     for found in keys:
         print(f"{'would delete' if dry_run else 'delete'} {s3_url(name, found)}")

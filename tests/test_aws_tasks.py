@@ -423,3 +423,13 @@ def test_delete_refuses_an_image_whose_manifest_does_not_parse_and_deregisters_n
     assert client("ec2", aws_env, IMAGES_REGION).describe_images(ImageIds=[image_id])["Images"]
     assert len(keys_in(s3, bucket)) > 1
     client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=image_id)
+
+
+def test_a_bundle_in_s3_is_named_by_its_manifest_or_its_prefix(capsys, aws_env, s3, bucket, local_bundle):
+    upload(capsys, aws_env, bucket, local_bundle)
+    where = ("-b", f"{bucket}/web/2026-11", "--endpoint-url", aws_env)
+    status, _, err = amidsl(capsys, "delete-bundle", *where, "--dry-run")
+    assert status == 2 and "--manifest NAME (e.g. image.manifest.xml) or --prefix PREFIX" in err
+    by_manifest = amidsl(capsys, "delete-bundle", *where, "-m", "web.manifest.xml", "--dry-run")
+    by_prefix = amidsl(capsys, "delete-bundle", *where, "-p", "web", "--dry-run")
+    assert by_prefix == by_manifest and by_prefix[0] == 0
