@@ -151,7 +151,7 @@ def test_presigned_urls_carry_the_session_token_so_temporary_credentials_work(
     capsys, monkeypatch, aws_env, s3, bucket, local_bundle
 ):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "token-of-temporary-credentials")
-    presigner = AwsClients(REGION, None, aws_env).s3_for_bucket(bucket, presign=True)
+    presigner = AwsClients(region=REGION, endpoint_url=aws_env).s3_for_bucket(bucket, presign=True)
     url = presigner.generate_presigned_url(
         "put_object", Params={"Bucket": bucket, "Key": "k", "ACL": "aws-exec-read"}
     )

@@ -6,25 +6,13 @@ import threading
 import time
 import uuid
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.upload import upload_bundle
 from amidsl.node import amidsl_node
 from tests.bundle.conftest import bundle_into
-
-
-def s3_client(endpoint, **config):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, **config),
-    )
+from tests.node.test_node_upload import s3_client
 
 
 class WrongBucketPresigner:
