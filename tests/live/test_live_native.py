@@ -61,6 +61,7 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     config["ami"] |= {
         "bundler": "native",
         "volume": str(node.volume),
+        "virtualization_type": "paravirtual",  # the scratch volume has no kernel or GRUB
         "ec2_certificate_source": {"local_file": str(ec2_certificate_file)},
         "image_name": f"amidsl native offline {secrets.token_hex(4)}",
     }
