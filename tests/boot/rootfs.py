@@ -17,7 +17,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -142,7 +141,7 @@ def _customise(root: Path) -> None:
         subprocess.run(["chroot", str(root), "depmod", modules.name], check=True)
 
 
-def build_rootfs(log=sys.stderr) -> Path:
+def build_rootfs(show_output: bool = False) -> Path:
     """The cached tree, built with debootstrap first if it is not there yet."""
     target = rootfs_path()
     if target.is_dir():
@@ -161,11 +160,15 @@ def build_rootfs(log=sys.stderr) -> Path:
         MIRROR,
     ]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    output = None if show_output else subprocess.PIPE
+    done = subprocess.run(argv, stdout=output, stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode != 0:
+        tail = (done.stdout or b"").decode("utf-8", "replace").splitlines()[-10:]
+        raise RuntimeError(f"debootstrap failed (exit {done.returncode}):\n" + "\n".join(tail))
     _customise(building)
     os.replace(building, target)
     return target
 
 
 if __name__ == "__main__":
-    print(build_rootfs())
+    print(build_rootfs(show_output=True))
