@@ -2,8 +2,9 @@
 """amidsl's node-side program: image the node's volume, bundle it, upload the parts.
 
 It runs on the node being imaged, as root, with nothing but Python >= 3.8 (standard library),
-OpenSSL's libcrypto (through ctypes) and e2fsprogs' mke2fs. amidsl copies it to a private
-temporary directory for the build and removes it afterwards.
+OpenSSL's libcrypto (through ctypes) and e2fsprogs' mke2fs; an hvm image (a bootable disk) also
+needs the volume's GRUB 2 for BIOS (grub-mkimage and /usr/lib/grub/i386-pc). amidsl copies it to a
+private temporary directory for the build and removes it afterwards.
 
     python3 amidsl_node.py check    < request.json
     python3 amidsl_node.py bundle   < request.json
