@@ -806,6 +806,12 @@ def install_grub_modules(grub: Grub, staging: str) -> None:
     directory = staging
     for part in [*grub.prefix.strip("/").split("/"), GRUB_PLATFORM]:
         directory = os.path.join(directory, part)
+        if os.path.islink(directory):
+            # Writing through it would write outside the staging tree, maybe into the node's own files.
+            raise NodeError(
+                f"{image_path_of(directory[len(staging) :])} is a symbolic link in the volume; GRUB's "
+                "directory must be a real directory for an hvm image"
+            )
         if part == GRUB_PLATFORM and os.path.isdir(directory):
             shutil.rmtree(directory)  # an older grub-install's modules (copies or links in staging)
         if not os.path.isdir(directory):
@@ -820,8 +826,9 @@ def install_grub_modules(grub: Grub, staging: str) -> None:
 
 def make_core_image(grub: Grub, uuid: str, workdir: str) -> bytes:
     """GRUB's core image: finds the root filesystem by UUID and loads normal.mod from there."""
-    config = os.path.join(workdir, "grub-early.cfg")
-    output = os.path.join(workdir, "core.img")
+    scratch = tempfile.mkdtemp(prefix=".amidsl-grub-", dir=workdir)
+    config = os.path.join(scratch, "early.cfg")
+    output = os.path.join(scratch, "core.img")
     with open(config, "w") as f:
         # What grub-install embeds: the boot disk is hd0 under BIOS, the search makes sure.
         f.write(f"search.fs_uuid {uuid} root hd0,msdos1\nset prefix=($root)'{grub.prefix}'\n")
@@ -835,9 +842,7 @@ def make_core_image(grub: Grub, uuid: str, workdir: str) -> bytes:
         with open(output, "rb") as f:
             return f.read()
     finally:
-        for path in (config, output):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _chs(lba: int) -> bytes:

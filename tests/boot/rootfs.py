@@ -23,7 +23,6 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("AMIDSL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("linux-image-amd64", "grub-pc", "systemd-sysv", "udev", "kmod")
 ROOT_UUID = "3f1c9a52-7d1e-4b0a-9c63-a5d0b1e2c4f7"
-ROOT_LABEL = "amidsl-root"
 MARKER = "AMIDSL-BOOT-MARKER"
 # What the marker unit looks for in the booted system (the test puts files there before building).
 CHECKED_DIR = "/opt/amidsl-boot-test"
@@ -44,11 +43,13 @@ menuentry "Debian" {{
 }}
 """
 
+MARKER_LINE = f"{MARKER} tools=$(state {TOOLS_DIR}) credentials=$(state {CREDENTIAL_DIR}) kept=$kept"
 MARKER_SCRIPT = f"""#!/bin/sh
 # Prints what the boot test checks to the serial console, then powers the machine off.
 state() {{ if [ -e "$1" ]; then echo present; else echo absent; fi; }}
 kept=$(cat {KEPT_FILE} 2>/dev/null || echo missing)
-echo "{MARKER} tools=$(state {TOOLS_DIR}) credentials=$(state {CREDENTIAL_DIR}) kept=$kept" > /dev/ttyS0
+# A line of its own: the serial getty's login prompt may be on the console, without a line break.
+printf '\n%s\n' "{MARKER_LINE}" > /dev/ttyS0
 systemctl --no-block poweroff
 """
 
@@ -91,9 +92,7 @@ PRUNED = (
     ),
 )
 
-RECIPE = "\n".join(
-    [SUITE, MIRROR, *PACKAGES, FSTAB, GRUB_CFG, MARKER_SCRIPT, MARKER_UNIT, ROOT_LABEL, *PRUNED]
-)
+RECIPE = "\n".join([SUITE, MIRROR, *PACKAGES, FSTAB, GRUB_CFG, MARKER_SCRIPT, MARKER_UNIT, *PRUNED])
 
 
 def cache_dir() -> Path:

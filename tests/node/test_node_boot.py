@@ -185,3 +185,18 @@ def test_an_hvm_build_without_a_grub_cfg_warns_that_grub_stops_at_its_prompt(vol
     grub = node.find_grub(str(volume))
     _, warnings = node.boot_problems(str(volume), "hvm", node.volume_identity(str(volume)), grub)
     assert any("no /boot/grub/grub.cfg, so GRUB stops at its prompt" in w for w in warnings)
+
+
+@needs_grub
+def test_a_grub_directory_that_is_a_symbolic_link_is_refused_not_written_through(
+    volume, destination, tmp_path
+):
+    make_bootable(volume)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(volume / "boot/grub")
+    (volume / "boot/grub").symlink_to(outside)
+    run = run_node("bundle", bundle_request(volume, destination, virtualization_type="hvm"))
+    assert run.returncode == 1
+    assert "/boot/grub is a symbolic link in the volume" in run.stderr
+    assert list(outside.iterdir()) == []
