@@ -125,5 +125,6 @@ def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     marker = re.search(rf"{rootfs.MARKER} tools=\S+ credentials=\S+ kept=\S+", console)
     seen = [line for line in console.splitlines() if "AMIDSL" in line]
     assert marker is not None, f"no end-of-boot marker on the console ({seen}); its last lines:\n{last_lines}"
+    print(marker.group(0))
     assert marker.group(0) == f"{rootfs.MARKER} tools=absent credentials=absent kept={token}"
     assert "reboot: Power down" in console
