@@ -82,8 +82,9 @@ phase_install() {
 """amidsl's node-side program: image the node's volume, bundle it, upload the parts.
 
 It runs on the node being imaged, as root, with nothing but Python >= 3.8 (standard library),
-OpenSSL's libcrypto (through ctypes) and e2fsprogs' mke2fs. amidsl copies it to a private
-temporary directory for the build and removes it afterwards.
+OpenSSL's libcrypto (through ctypes) and e2fsprogs' mke2fs; an hvm image (a bootable disk) also
+needs the volume's GRUB 2 for BIOS (grub-mkimage and /usr/lib/grub/i386-pc). amidsl copies it to a
+private temporary directory for the build and removes it afterwards.
 
     python3 amidsl_node.py check    < request.json
     python3 amidsl_node.py bundle   < request.json
@@ -885,6 +886,12 @@ def install_grub_modules(grub: Grub, staging: str) -> None:
     directory = staging
     for part in [*grub.prefix.strip("/").split("/"), GRUB_PLATFORM]:
         directory = os.path.join(directory, part)
+        if os.path.islink(directory):
+            # Writing through it would write outside the staging tree, maybe into the node's own files.
+            raise NodeError(
+                f"{image_path_of(directory[len(staging) :])} is a symbolic link in the volume; GRUB's "
+                "directory must be a real directory for an hvm image"
+            )
         if part == GRUB_PLATFORM and os.path.isdir(directory):
             shutil.rmtree(directory)  # an older grub-install's modules (copies or links in staging)
         if not os.path.isdir(directory):
@@ -899,8 +906,9 @@ def install_grub_modules(grub: Grub, staging: str) -> None:
 
 def make_core_image(grub: Grub, uuid: str, workdir: str) -> bytes:
     """GRUB's core image: finds the root filesystem by UUID and loads normal.mod from there."""
-    config = os.path.join(workdir, "grub-early.cfg")
-    output = os.path.join(workdir, "core.img")
+    scratch = tempfile.mkdtemp(prefix=".amidsl-grub-", dir=workdir)
+    config = os.path.join(scratch, "early.cfg")
+    output = os.path.join(scratch, "core.img")
     with open(config, "w") as f:
         # What grub-install embeds: the boot disk is hd0 under BIOS, the search makes sure.
         f.write(f"search.fs_uuid {uuid} root hd0,msdos1\nset prefix=($root)'{grub.prefix}'\n")
@@ -914,9 +922,7 @@ def make_core_image(grub: Grub, uuid: str, workdir: str) -> bytes:
         with open(output, "rb") as f:
             return f.read()
     finally:
-        for path in (config, output):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _chs(lba: int) -> bytes:
@@ -1939,7 +1945,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 941adfbbd6f642e37f36bfa0442bd8ca019484618be11c835fba527ce997c96d
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py ef6160eaf78c9db311dd98a3fac962ce9998b5001265d76d138285471d378233
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl), free space in destination_dir, and a volume that can boot'
