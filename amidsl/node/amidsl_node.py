@@ -1006,13 +1006,16 @@ def boot_problems(
             "its disk and ext4 drivers built in, boot stops; run update-initramfs -c -k all or dracut"
         )
     if virtualization_type == HVM:
+        config = os.path.join(volume, grub.prefix.strip("/"), "grub.cfg") if grub else ""
         if grub is None:
             errors.append(no_grub_message(volume))
-        elif not os.path.isfile(os.path.join(volume, grub.prefix.strip("/"), "grub.cfg")):
+        elif not os.path.isfile(config):
             warnings.append(
                 f"there is no {grub.prefix}/grub.cfg, so GRUB stops at its prompt; run update-grub "
                 f"(or grub2-mkconfig -o {grub.prefix}/grub.cfg) on the node"
             )
+        else:
+            warnings += kernel_root_problems(config, grub.prefix, identity)
     fstype = identity.get("type", "")
     if fstype and fstype not in ("ext2", "ext3", "ext4"):
         warnings.append(
@@ -1044,6 +1047,29 @@ def boot_problems(
                 "options or remove the line"
             )
     return errors, warnings
+
+
+def kernel_root_problems(config: str, prefix: str, identity: dict) -> list[str]:
+    """Warnings about the root= of grub.cfg's kernel command lines that the image will not resolve."""
+    with open(config, errors="replace") as f:
+        text = f.read()
+    problems = []
+    for name, value in sorted(set(re.findall(r"\broot=(UUID|PARTUUID|LABEL)=([^\s\"']+)", text))):
+        if name == "PARTUUID":
+            problems.append(
+                f"{prefix}/grub.cfg boots with root=PARTUUID={value}, a partition id the image's new disk "
+                "does not have; use root=UUID= (on Ubuntu remove /etc/default/grub.d/40-force-partuuid.cfg) "
+                "and run update-grub"
+            )
+        elif (value.lower() if name == "UUID" else value) != (
+            identity.get("uuid", "").lower() if name == "UUID" else identity.get("label", "")
+        ):
+            problems.append(
+                f"{prefix}/grub.cfg boots with root={name}={value}, but the image's root filesystem has "
+                f"UUID={identity.get('uuid') or '(new)'} LABEL={identity.get('label') or '(none)'}; run "
+                "update-grub on the node"
+            )
+    return problems
 
 
 def new_uuid() -> str:

@@ -200,3 +200,25 @@ def test_a_grub_directory_that_is_a_symbolic_link_is_refused_not_written_through
     assert run.returncode == 1
     assert "/boot/grub is a symbolic link in the volume" in run.stderr
     assert list(outside.iterdir()) == []
+
+
+@needs_grub
+def test_a_grub_cfg_booting_a_root_the_image_does_not_carry_is_a_warning(volume):
+    make_bootable(volume)
+    grub = node.find_grub(str(volume))
+    identity = node.volume_identity(str(volume))
+    assert node.boot_problems(str(volume), "hvm", identity, grub) == ([], [])
+    (volume / "boot/grub/grub.cfg").write_text(
+        f"linux /boot/vmlinuz root=UUID={UUID} ro\nlinux /boot/vmlinuz root=PARTUUID=1234abcd-01 ro\n"
+        "linux /boot/vmlinuz root=UUID=0000aaaa-0000-4000-8000-000000000000 ro\n"
+    )
+    _, warnings = node.boot_problems(str(volume), "hvm", identity, grub)
+    assert len(warnings) == 2
+    assert any(
+        "root=PARTUUID=1234abcd-01, a partition id the image's new disk does not have" in w for w in warnings
+    )
+    assert any(
+        f"root=UUID=0000aaaa-0000-4000-8000-000000000000, but the image's root filesystem has UUID={UUID}"
+        in w
+        for w in warnings
+    )

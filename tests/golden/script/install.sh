@@ -1086,13 +1086,16 @@ def boot_problems(
             "its disk and ext4 drivers built in, boot stops; run update-initramfs -c -k all or dracut"
         )
     if virtualization_type == HVM:
+        config = os.path.join(volume, grub.prefix.strip("/"), "grub.cfg") if grub else ""
         if grub is None:
             errors.append(no_grub_message(volume))
-        elif not os.path.isfile(os.path.join(volume, grub.prefix.strip("/"), "grub.cfg")):
+        elif not os.path.isfile(config):
             warnings.append(
                 f"there is no {grub.prefix}/grub.cfg, so GRUB stops at its prompt; run update-grub "
                 f"(or grub2-mkconfig -o {grub.prefix}/grub.cfg) on the node"
             )
+        else:
+            warnings += kernel_root_problems(config, grub.prefix, identity)
     fstype = identity.get("type", "")
     if fstype and fstype not in ("ext2", "ext3", "ext4"):
         warnings.append(
@@ -1124,6 +1127,29 @@ def boot_problems(
                 "options or remove the line"
             )
     return errors, warnings
+
+
+def kernel_root_problems(config: str, prefix: str, identity: dict) -> list[str]:
+    """Warnings about the root= of grub.cfg's kernel command lines that the image will not resolve."""
+    with open(config, errors="replace") as f:
+        text = f.read()
+    problems = []
+    for name, value in sorted(set(re.findall(r"\broot=(UUID|PARTUUID|LABEL)=([^\s\"']+)", text))):
+        if name == "PARTUUID":
+            problems.append(
+                f"{prefix}/grub.cfg boots with root=PARTUUID={value}, a partition id the image's new disk "
+                "does not have; use root=UUID= (on Ubuntu remove /etc/default/grub.d/40-force-partuuid.cfg) "
+                "and run update-grub"
+            )
+        elif (value.lower() if name == "UUID" else value) != (
+            identity.get("uuid", "").lower() if name == "UUID" else identity.get("label", "")
+        ):
+            problems.append(
+                f"{prefix}/grub.cfg boots with root={name}={value}, but the image's root filesystem has "
+                f"UUID={identity.get('uuid') or '(new)'} LABEL={identity.get('label') or '(none)'}; run "
+                "update-grub on the node"
+            )
+    return problems
 
 
 def new_uuid() -> str:
@@ -1945,7 +1971,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py ef6160eaf78c9db311dd98a3fac962ce9998b5001265d76d138285471d378233
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py f702e5000f43b1fa8198767704b0bf39c2f0d6b128aacb3766d2d9a39dc73250
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl), free space in destination_dir, and a volume that can boot'
