@@ -1016,6 +1016,11 @@ def boot_problems(
             )
         else:
             warnings += kernel_root_problems(config, grub.prefix, identity)
+    elif kernels and not os.path.isfile(os.path.join(boot, "grub/menu.lst")):
+        warnings.append(
+            "a paravirtual image boots through pv-grub, which reads /boot/grub/menu.lst, and the volume has "
+            "none; write one naming the kernel and initramfs (root=UUID=...), or build an hvm image"
+        )
     fstype = identity.get("type", "")
     if fstype and fstype not in ("ext2", "ext3", "ext4"):
         warnings.append(

@@ -28,6 +28,7 @@ def make_bootable(volume: Path, grub: bool = True) -> Path:
     (volume / "boot/vmlinuz-6.1.0-test").write_bytes(b"\x00" * 4096)
     (volume / "boot/initrd.img-6.1.0-test").write_bytes(b"\x00" * 4096)
     (volume / "boot/grub/grub.cfg").write_text("linux /boot/vmlinuz-6.1.0-test\n")
+    (volume / "boot/grub/menu.lst").write_text("title Debian\nroot (hd0)\nkernel /boot/vmlinuz-6.1.0-test\n")
     (volume / "etc/fstab").write_text(f"# the root\nUUID={UUID} / ext4 errors=remount-ro 0 1\n")
     if grub:
         shutil.copytree(HOST_GRUB, volume / "usr/lib/grub/i386-pc")
@@ -222,3 +223,13 @@ def test_a_grub_cfg_booting_a_root_the_image_does_not_carry_is_a_warning(volume)
         in w
         for w in warnings
     )
+
+
+def test_a_paravirtual_volume_without_a_pv_grub_menu_is_a_warning(volume):
+    make_bootable(volume, grub=False)
+    identity = node.volume_identity(str(volume))
+    assert node.boot_problems(str(volume), "paravirtual", identity, None) == ([], [])
+    (volume / "boot/grub/menu.lst").unlink()
+    _, warnings = node.boot_problems(str(volume), "paravirtual", identity, None)
+    [warning] = warnings
+    assert "pv-grub, which reads /boot/grub/menu.lst" in warning

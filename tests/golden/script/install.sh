@@ -1096,6 +1096,11 @@ def boot_problems(
             )
         else:
             warnings += kernel_root_problems(config, grub.prefix, identity)
+    elif kernels and not os.path.isfile(os.path.join(boot, "grub/menu.lst")):
+        warnings.append(
+            "a paravirtual image boots through pv-grub, which reads /boot/grub/menu.lst, and the volume has "
+            "none; write one naming the kernel and initramfs (root=UUID=...), or build an hvm image"
+        )
     fstype = identity.get("type", "")
     if fstype and fstype not in ("ext2", "ext3", "ext4"):
         warnings.append(
@@ -1971,7 +1976,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py f702e5000f43b1fa8198767704b0bf39c2f0d6b128aacb3766d2d9a39dc73250
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 9311470183deac261b6c530ed54b5bbf5df04f18da46d0d0077946b597e3b778
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl), free space in destination_dir, and a volume that can boot'
