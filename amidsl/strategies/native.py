@@ -125,8 +125,9 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
                 ("virtualization_type", s.virtualization_type or "paravirtual"),
             ),
             result_name="node_check",
-            description=f"check the node has {node_needs(s)}, free space in destination_dir, and a "
-            "volume that can boot",
+            description="check the node's tools (python3, e2fsprogs, libcrypto"
+            + (", GRUB for BIOS" if s.virtualization_type == "hvm" else "")
+            + "), free space in destination_dir, and that the volume can boot",
         ),
     ]
 

@@ -1979,7 +1979,7 @@ AMIDSL_END_OF_FILE
   python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 9311470183deac261b6c530ed54b5bbf5df04f18da46d0d0077946b597e3b778
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
-  step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl), free space in destination_dir, and a volume that can boot'
+  step install 5 'check the node'"'"'s tools (python3, e2fsprogs, libcrypto), free space in destination_dir, and that the volume can boot'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
   #   {"volume": "/", "destination_dir": "/tmp", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "virtualization_type": "paravirtual"}
   python3 -I /opt/ami-tools/amidsl_node.py check
