@@ -39,19 +39,24 @@ def debian_tree() -> Path:
 
 
 @pytest.fixture
-def marked_tree(debian_tree: Path):
-    """The tree with this run's files: one to keep, one in the credential dir.
+def marked_tree(debian_tree: Path, tmp_path: Path):
+    """This run's copy of the tree (hard links where it can), with a file to keep and one in the
+    credential dir; the tools dir (install_dir) is inside it too, where the build puts the node program.
 
-    The tools dir (install_dir) is inside the tree too; the build puts amidsl's node program there.
+    The cached tree itself is never changed, so that test runs on one machine do not disturb each other.
     """
-    checked = debian_tree / rootfs.CHECKED_DIR.lstrip("/")
-    shutil.rmtree(checked, ignore_errors=True)
+    tree = tmp_path / "tree"
+    copied = subprocess.run(["cp", "-al", str(debian_tree), str(tree)], capture_output=True, check=False)
+    if copied.returncode != 0:  # another filesystem: a real copy
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(debian_tree), str(tree)], check=True)
+    checked = tree / rootfs.CHECKED_DIR.lstrip("/")
     token = secrets.token_hex(8)
     (checked / "credentials").mkdir(parents=True)
     (checked / "kept.txt").write_text(token + "\n")
     (checked / "credentials" / "pk").write_text("a signing key that must stay out of the image\n")
-    yield debian_tree, token
-    shutil.rmtree(checked, ignore_errors=True)
+    yield tree, token
+    shutil.rmtree(tree, ignore_errors=True)
 
 
 def boot(disk: Path, serial: Path) -> subprocess.CompletedProcess:
