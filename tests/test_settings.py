@@ -454,3 +454,20 @@ def test_attributes_ec2_takes_for_an_hvm_instance_store_image_are_read(raw_setti
         True,
         "simple",
     )
+
+
+def test_a_native_build_makes_an_hvm_image_unless_told_otherwise(raw_settings):
+    native = resolve(raw_settings | {"bundler": "native"})
+    assert native.virtualization_type == "hvm"
+    assert resolve(
+        raw_settings | {"bundler": "native", "virtualization_type": "paravirtual"}
+    ).virtualization_type == ("paravirtual")
+    # ami-tools keeps the tools' behaviour: nothing is sent, EC2 takes paravirtual.
+    assert resolve(raw_settings).virtualization_type is None
+
+
+def test_an_hvm_image_with_a_kernel_id_is_refused_naming_the_fix(raw_settings):
+    with pytest.raises(SettingsError) as raised:
+        resolve(raw_settings | {"bundler": "native", "kernel_id": "aki-1a2b3c4d"})
+    [problem] = raised.value.problems
+    assert problem.setting == "kernel_id" and 'virtualization_type = "paravirtual"' in problem.fix
