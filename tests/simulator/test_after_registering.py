@@ -58,7 +58,8 @@ def test_registerimage_gets_the_attributes_ec2_allows_for_an_instance_store_imag
     run, native_settings, region
 ):
     settings = native_settings | {
-        "virtualization_type": "hvm",
+        "bundler": "ami-tools",  # a native HVM build needs GRUB on the node; these are RegisterImage's
+        "virtualization-type": "hvm",  # the example's own key, spelled as it spells it
         "imds_support": "v2.0",
         "boot_mode": "legacy-bios",
         "ena_support": True,
