@@ -732,7 +732,9 @@ class _Checker:
         partition = self.choice("partition", "none", PARTITIONS)
         upload_credentials = self.choice("upload_credentials", "keys", UPLOAD_CREDENTIALS)
         if bundler == "ami-tools":
-            self.ami_tools_limits(arch, session_token, upload_credentials, inherit, strategy)
+            self.ami_tools_limits(
+                arch, session_token if secret_key else None, upload_credentials, inherit, strategy
+            )
         volume = self.node_path("volume", "/") or "/"
         ec2_certificate_source = self.source("ec2_certificate_source")
         ec2_cert_pem = self.read_source("ec2_certificate_source", ec2_certificate_source) or ""

@@ -131,7 +131,9 @@ RECORDER = """#!/bin/bash
   >> "$AMIDSL_TEST_RECORD"
 """
 # Every program the node commands and API calls use, as a shell function that records its argv.
-RECORDED_PROGRAMS = "aws git mkdir install curl unzip rm mv chown apt-get apt-cache dnf yum ln printf find ls fail"
+RECORDED_PROGRAMS = (
+    "aws git mkdir install curl unzip rm mv chown apt-get apt-cache dnf yum ln printf find ls fail"
+)
 SHELL_RECORDERS = f"""
 record() {{ {{ builtin printf '%s\\0' "$#" "$@"; }} >> "$AMIDSL_TEST_RECORD"; }}
 for program in {RECORDED_PROGRAMS}; do eval "$program() {{ record $program \\"\\$@\\"; }}"; done
