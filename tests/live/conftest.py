@@ -253,6 +253,7 @@ parser = argparse.ArgumentParser()
 for flag in ("-k", "-c", "-u", "-r", "-e", "-d", "-p"):
     parser.add_argument(flag, required=True)
 parser.add_argument("-s", type=int)
+parser.add_argument("--partition", choices=("none",), required=True)
 parser.add_argument("--no-inherit", action="store_true")
 parser.add_argument("--batch", action="store_true")
 args = parser.parse_args()
@@ -285,7 +286,7 @@ from botocore.config import Config
 ENDPOINT = {endpoint!r}
 
 parser = argparse.ArgumentParser()
-for flag in ("-b", "-m", "-a", "-s", "--region"):
+for flag in ("-b", "-m", "-a", "-s", "--region", "--url"):
     parser.add_argument(flag, required=True)
 parser.add_argument("-t")
 parser.add_argument("--retry", action="store_true")

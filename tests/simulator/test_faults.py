@@ -39,7 +39,7 @@ def test_a_long_burst_of_5xx_fails_the_upload(run, example_settings, node, regio
 def test_disk_full_in_the_destination_fails_the_bundle(run, example_settings, node):
     node.faults.disk_full_under = "/tmp"
     simulation = run(example_settings)
-    assert failed(simulation) == ("ami-bundle", 2, 1)
+    assert failed(simulation) == ("ami-bundle", 4, 1)
     assert "No space left on device" in str(simulation.error)
     assert not node.exists(CREDENTIALS)
 
@@ -84,7 +84,7 @@ def test_a_failed_build_resumes_from_the_failed_phase(run, example_settings, nod
 def test_bundle_before_install(run, example_settings):
     simulation = run(example_settings, ["ami-bundle"])
     phase, index, status = failed(simulation)
-    assert (phase, index, status) == ("ami-bundle", 2, 127)
+    assert (phase, index, status) == ("ami-bundle", 4, 127)
     assert "ec2-bundle-vol: No such file or directory" in str(simulation.error)
 
 
@@ -108,7 +108,7 @@ def test_register_before_upload(run, example_settings):
 
 def test_bundle_without_ruby(run, example_settings):
     simulation = run(example_settings | {"install-strategy": "none"}, ["install", "configure", "ami-bundle"])
-    assert failed(simulation) == ("ami-bundle", 2, 127)
+    assert failed(simulation) == ("ami-bundle", 4, 127)
     assert "ruby: command not found" in str(simulation.error)
 
 
