@@ -35,7 +35,7 @@ from amidsl.bundle import (
 )
 from amidsl.bundle.e2fs import debugfs
 from simulator.node import BASE_COMMANDS, CommandResult, FakeNode, RunContext
-from simulator.programs import fail, model_script, ok, provided_commands
+from simulator.programs import fail, model_script, ok, provided_commands, ruby_version
 
 AMI_TOOLS_VERSION = "1.5.3"
 EC2_CERT_IN_TOOLS = "etc/ec2/amitools/cert-ec2.pem"
@@ -172,11 +172,11 @@ def ami_tools_zip(ec2_cert_pem: str, version: str = AMI_TOOLS_VERSION) -> bytes:
     top = f"ec2-ami-tools-{version}"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, model in (("ec2-bundle-vol", "ec2-bundle-vol"), ("ec2-upload-bundle", "ec2-upload-bundle")):
+        for name in ("ec2-bundle-vol", "ec2-upload-bundle", "ec2-ami-tools-version"):
             body = f'ruby -I "$EC2_AMITOOL_HOME/lib" "$EC2_AMITOOL_HOME/lib/ec2/amitools/{name}.rb" "$@"\n'
             info = zipfile.ZipInfo(f"{top}/bin/{name}")
             info.external_attr = 0o100755 << 16
-            archive.writestr(info, model_script(model, body))
+            archive.writestr(info, model_script(name, body))
         archive.writestr(f"{top}/lib/ec2/amitools/version.rb", f"VERSION = '{version}'\n" * 200)
         archive.writestr(f"{top}/{EC2_CERT_IN_TOOLS}", ec2_cert_pem)
     return buffer.getvalue()
@@ -207,18 +207,6 @@ def parse_options(argv: list[str], options: Mapping[str, bool], short: Mapping[s
         else:
             found[name] = ""
     return found
-
-
-def ruby_version(ctx: RunContext) -> tuple[int, int] | None:
-    """The (major, minor) of the Ruby the tool's wrapper finds on PATH, or None without one."""
-    node = ctx.node
-    for folder in ctx.env.get("PATH", node.env["PATH"]).split(":"):
-        path = f"{folder.rstrip('/')}/ruby"
-        if folder and node.exists(path) and not node.is_dir(path):
-            found = re.search(rb"# ruby (\d+)\.(\d+)", node.read_bytes(path)[:400])
-            # A Ruby the simulator does not version is taken as the tools' own era's (2.7).
-            return (int(found[1]), int(found[2])) if found else (2, 7)
-    return None
 
 
 def _start(ctx: RunContext, runs_at_load: bool) -> CommandResult | None:
@@ -410,6 +398,16 @@ def _partitioning(ctx: RunContext, partition: str) -> CommandResult | None:
     if missing or not node.exists("/boot/grub/stage1"):
         return fail(1, "ERROR: a partitioned image needs parted, sgdisk and legacy grub in the volume")
     return fail(1, "ERROR: the simulator does not model partitioned images; use --partition none")
+
+
+def tools_version(ctx: RunContext) -> CommandResult:
+    """ec2-ami-tools-version: the version of the unpacked tools."""
+    problem = _start(ctx, runs_at_load=False)
+    if problem:
+        return problem
+    home = ctx.env.get("EC2_AMITOOL_HOME") or ctx.argv[0].rsplit("/bin/", 1)[0]
+    found = re.search(rb"VERSION = '([^']+)'", ctx.node.read_bytes(f"{home}/lib/ec2/amitools/version.rb"))
+    return ok(f"{found[1].decode() if found else 'unknown'}\n")
 
 
 def bundle_vol(ctx: RunContext) -> CommandResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -408,8 +409,31 @@ def rbenv(ctx: RunContext) -> CommandResult:
     return ok(f"Installed ruby-{version} to {prefix}\n")
 
 
+def ruby_version(ctx: RunContext) -> tuple[int, int] | None:
+    """The (major, minor) of the first `ruby` on the command's PATH, or None without one."""
+    node = ctx.node
+    for folder in ctx.env.get("PATH", node.env["PATH"]).split(":"):
+        path = f"{folder.rstrip('/')}/ruby"
+        if folder and node.exists(path) and not node.is_dir(path):
+            found = re.search(rb"# ruby (\d+)\.(\d+)", node.read_bytes(path)[:400])
+            # A Ruby the simulator does not version is taken as the tools' own era's (2.7).
+            return (int(found[1]), int(found[2])) if found else (2, 7)
+    return None
+
+
 def ruby(ctx: RunContext) -> CommandResult:
-    """A Ruby interpreter: the tools need one on PATH; running it alone does nothing here."""
+    """A Ruby interpreter: runs only amidsl's version check (`ruby -e RUBY_CHECK`); alone, nothing."""
+    from amidsl.strategies.ami_tools import RUBY_CHECK
+
+    if ctx.argv[1:] == ["-e", RUBY_CHECK]:
+        major, minor = ruby_version(ctx) or (2, 7)
+        if (major, minor) >= (3, 2):
+            return fail(
+                1, f"Ruby {major}.{minor} cannot run ec2-ami-tools 1.5: they need Ruby 2.7, 3.0 or 3.1"
+            )
+        return ok(f"Ruby {major}.{minor}\n")
+    if len(ctx.argv) > 1:
+        return fail(1, f"ruby (simulated) runs only amidsl's version check, not {ctx.argv[1:]}")
     return ok("ruby (simulated)\n")
 
 
@@ -425,7 +449,7 @@ def python3(ctx: RunContext) -> CommandResult:
 
 def standard_programs() -> dict[str, Program]:
     """The registry every FakeNode starts with (the ami-tools models are added by simulator.ami_tools)."""
-    from simulator.ami_tools import bundle_vol, upload_bundle
+    from simulator.ami_tools import bundle_vol, tools_version, upload_bundle
 
     return {
         "install": install,
@@ -451,4 +475,5 @@ def standard_programs() -> dict[str, Program]:
         "python3": python3,
         "ec2-bundle-vol": bundle_vol,
         "ec2-upload-bundle": upload_bundle,
+        "ec2-ami-tools-version": tools_version,
     }

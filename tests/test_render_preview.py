@@ -18,8 +18,8 @@ from amidsl.testing import describe_image_phase
 def test_text_preview_lists_phases_numbered_actions_and_commands(raw_settings):
     text = render_text(build_plan(crate.server_spec(raw_settings)))
     assert text.startswith("amidsl plan for spec 'ami': image 'web-server-2026-11' (x86_64) in eu-west-1")
-    assert "phase ami-bundle (5 actions)" in text
-    assert "  4. bundle the volume with ec2-bundle-vol" in text
+    assert "phase ami-bundle (7 actions)" in text
+    assert "  6. bundle the volume with ec2-bundle-vol" in text
     assert "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \\" in text
     assert "  1. register the image with EC2 [controller]" in text
     assert "install the private signing key [secret content not shown]" in text
@@ -50,8 +50,8 @@ def test_json_preview_follows_the_documented_schema(raw_settings):
     data = json.loads(render_json(build_plan(group)))
     assert data["schema"] == SCHEMA and data["spec"] == "ami"
     assert [p["name"] for p in data["phases"]] == [*crate.PHASE_FUNCTIONS, "test"]
-    bundle = data["phases"][2]["actions"][3]
-    assert bundle["index"] == 4 and bundle["type"] == "exec" and bundle["runs_on"] == "node"
+    bundle = data["phases"][2]["actions"][5]
+    assert bundle["index"] == 6 and bundle["type"] == "exec" and bundle["runs_on"] == "node"
     assert bundle["fields"]["argv"][0] == "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol"
     assert {"existing_paths": list(plan_settings.exclusions), "separator": ","} in bundle["fields"]["argv"]
     assert bundle["commands"][0] == "AMIDSL_EXISTING_PATHS=''"

@@ -67,6 +67,13 @@ RUBY_BUILD_RPM = (
 # The distribution Rubies ec2-ami-tools 1.5 run on (Debian 12: 3.1; Ubuntu 22.04: 3.0); from 3.2 on
 # (Ubuntu 24.04, Debian 13, Amazon Linux 2023) File.exists? is gone and the tools die.
 DISTRIBUTION_RUBIES = ("3.1", "3.0")
+# Run before the tools: a Ruby they cannot load on (3.2 removed File.exists?) stops the build with a
+# message instead of a NoMethodError in the middle of ec2-bundle-vol.
+RUBY_CHECK = (
+    'v = Gem::Version.new(RUBY_VERSION); puts "Ruby #{RUBY_VERSION}"; '
+    'abort "Ruby #{RUBY_VERSION} cannot run ec2-ami-tools 1.5: they need Ruby 2.7, 3.0 or 3.1" '
+    'if v >= Gem::Version.new("3.2")'
+)
 RBENV_URL = "https://github.com/rbenv/rbenv.git"
 RUBY_BUILD_URL = "https://github.com/rbenv/ruby-build.git"
 
@@ -235,6 +242,16 @@ def ami_bundle(s: AmiSettings) -> list[Action]:
         Exec(
             ("install", "-d", "-m", "0700", "-o", "root", "-g", "root", "--", NODE_STATE_DIR),
             description="make sure amidsl's state directory exists (the image excludes it)",
+        ),
+        Exec(
+            ("ruby", "-e", RUBY_CHECK),
+            env=tool_env(s),
+            description="check that the Ruby the tools run on is one they work on (2.7 to 3.1)",
+        ),
+        Exec(
+            (f"{s.tools_dir}/bin/ec2-ami-tools-version",),
+            env=tool_env(s),
+            description="say which ec2-ami-tools run (this plan follows 1.5.3's measured behaviour)",
         ),
         # An image file left by an earlier run makes ec2-bundle-vol stop ("already exists").
         dataclasses.replace(remove_image, description="remove an image file an earlier run left"),

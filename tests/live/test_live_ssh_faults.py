@@ -307,12 +307,12 @@ def test_ctrl_c_during_the_bundle_closes_the_command_and_removes_the_credentials
     node, host_key, raw_settings, credentials, tmp_path
 ):
     remember(tmp_path, host_key)
-    node.runs["ami-bundle"] = PhaseRun(["==> [ami-bundle 4] bundle the volume with ec2-bundle-vol"], CTRL_C)
+    node.runs["ami-bundle"] = PhaseRun(["==> [ami-bundle 6] bundle the volume with ec2-bundle-vol"], CTRL_C)
     with pytest.raises(BuildInterrupted) as caught:
         build(node, raw_settings, live(tmp_path))
     message = str(caught.value)
     assert message.startswith(
-        "phase ami-bundle, action 4 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
+        "phase ami-bundle, action 6 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
     )
     assert "The credentials were removed from the node (/opt/ami-tools/credentials)" in message
     assert node.closed_channels == 1
