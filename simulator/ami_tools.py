@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amidsl.bundle import (
+    ALWAYS_EXCLUDED,
+    DEFAULT_FILTER,
     BlockDeviceMapping,
     BundleError,
     ImageError,
@@ -141,24 +143,8 @@ UPLOAD_REGIONS = frozenset(
 )
 BUNDLE_ARCHITECTURES = ("i386", "x86_64")
 
-# What ec2-bundle-vol leaves out, and how its copy (rsync of <volume>/*, no -H) sees the volume.
-ALWAYS_EXCLUDED = ("/dev", "/media", "/mnt", "/proc", "/sys")
-DEFAULT_FILTER = (
-    "*/#*#",
-    "*/.#*",
-    "*.sw",
-    "*.swo",
-    "*.swp",
-    "*~",
-    "*.pem",
-    "*.priv",
-    "*id_rsa*",
-    "*id_dsa*",
-    "*.gpg",
-    "*.jks",
-    "*/.ssh/authorized_keys",
-    "*/.bash_history",
-)
+# What ec2-bundle-vol leaves out besides ALWAYS_EXCLUDED and DEFAULT_FILTER (shared with the native
+# build): mounts of other than these filesystem types (tmpfs counts as local for the tool).
 LOCAL_FS_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "jfs", "reiserfs", "tmpfs"})
 DEV_NODES = (("console", 5, 1), ("null", 1, 3), ("tty", 5, 0), ("zero", 1, 5))
 PARTITION_TOOLS = ("dmsetup", "kpartx", "losetup")
