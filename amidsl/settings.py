@@ -735,6 +735,7 @@ class _Checker:
             self.ami_tools_limits(
                 arch, session_token if secret_key else None, upload_credentials, inherit, strategy
             )
+            self.ami_tools_image_limits(virtualization_type, partition)
         volume = self.node_path("volume", "/") or "/"
         ec2_certificate_source = self.source("ec2_certificate_source")
         ec2_cert_pem = self.read_source("ec2_certificate_source", ec2_certificate_source) or ""
@@ -814,6 +815,17 @@ class _Checker:
             partition=partition,
             upload_credentials=upload_credentials,
         )
+
+    def ami_tools_image_limits(self, virtualization_type: str | None, partition: str) -> None:
+        """An image ec2-bundle-vol makes that EC2 could not boot, refused before anything runs."""
+        if virtualization_type == "hvm" and partition == "none":
+            self.problem(
+                "virtualization_type",
+                "'hvm' boots the image as a whole disk through BIOS, but partition 'none' makes a "
+                "plain filesystem image without a partition table or boot loader",
+                'use virtualization_type = "paravirtual" (pv-grub), or partition = "mbr" (needs legacy '
+                "grub, a /dev/xvd* or /dev/sd* root device, dmsetup, kpartx, parted and sgdisk on the node)",
+            )
 
     def ami_tools_limits(
         self, arch: str, session_token: Secret | None, upload_credentials: str, inherit: bool, strategy: str

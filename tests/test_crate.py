@@ -189,10 +189,18 @@ def test_upload_passes_region_and_credentials_only_as_run_time_references(raw_se
     assert "very-secret" not in repr(argv)
 
 
-@pytest.mark.parametrize("region", ["eu-west-1", "eu-central-1", "us-east-2"])
-def test_upload_always_names_the_regions_s3_endpoint(raw_settings, region):
+@pytest.mark.parametrize(
+    ("region", "url"),
+    [
+        ("eu-west-1", "https://s3.eu-west-1.amazonaws.com"),
+        ("eu-central-1", "https://s3.eu-central-1.amazonaws.com"),
+        ("us-east-2", "https://s3.us-east-2.amazonaws.com"),
+        ("cn-north-1", "https://s3.cn-north-1.amazonaws.com.cn"),
+    ],
+)
+def test_upload_always_names_the_regions_s3_endpoint(raw_settings, region, url):
     (upload,) = ami_tools.ami_upload(resolve(raw_settings | {"region": region}))
-    assert option(upload.argv, "--url") == f"https://s3.{region}.amazonaws.com"
+    assert option(upload.argv, "--url") == url
 
 
 def test_instance_profile_upload_passes_no_keys(raw_settings):

@@ -60,6 +60,13 @@ def test_a_session_token_is_refused_for_ami_tools_with_the_ways_out(raw_settings
         assert resolve(raw_settings | fine | temporary).session_token is not None
 
 
+def test_hvm_with_an_unpartitioned_ami_tools_image_is_refused(raw_settings):
+    raw = raw_settings | {"bundler": "ami-tools", "virtualization_type": "hvm"}
+    message = the_problem(raw, "virtualization_type")
+    assert "without a partition table or boot loader" in message and 'partition = "mbr"' in message
+    assert resolve(raw | {"partition": "mbr"}).virtualization_type == "hvm"
+
+
 def test_inherit_with_a_distribution_ruby_is_refused(raw_settings):
     message = the_problem(
         raw_settings | {"bundler": "ami-tools", "inherit": True, "install_strategy": "package"}, "inherit"

@@ -267,7 +267,8 @@ def ami_bundle(s: AmiSettings) -> list[Action]:
 
 def s3_url(region: str) -> str:
     """The S3 endpoint of a region: ec2-upload-bundle 1.5.3 knows only ten regions without --url."""
-    return f"https://s3.{region}.amazonaws.com"
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://s3.{region}.{domain}"
 
 
 def ami_upload(s: AmiSettings) -> list[Action]:
@@ -422,7 +423,8 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
         ),
         (
             "instance types",
-            "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs",
+            "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
+            + ("; an i386 image runs only on the oldest paravirtual types" if s.arch == "i386" else ""),
         ),
         (
             "secrets",
