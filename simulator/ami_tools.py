@@ -540,7 +540,8 @@ def upload_bundle(ctx: RunContext) -> CommandResult:
     located = node.region.bucket_region(bucket)
     if located is None:
         lines.append("Creating bucket...")
-        node.region.create_bucket(bucket, region)
+        # The tool says nothing about Object Ownership: S3 makes the bucket with ACLs disabled.
+        node.region.create_bucket(bucket, region, acls_disabled=True)
     elif located != region:
         return fail(
             BUCKET_IN_OTHER_REGION,

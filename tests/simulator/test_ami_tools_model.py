@@ -317,11 +317,17 @@ def test_a_bucket_in_another_region_is_refused(bundle):
     assert 'already exists in "US" and "us-west-2" was specified.' in result.output
 
 
-def test_a_missing_bucket_is_created(bundle):
+def test_a_missing_bucket_is_created_with_acls_disabled_so_the_upload_is_refused(bundle):
     result = upload(bundle, "--region", "us-east-1", "-b", "new-bucket/img")
-    assert result.status == 0, result.output
     assert "Creating bucket..." in result.output
     assert bundle.region.bucket_region("new-bucket") == "us-east-1"
+    assert result.status != 0 and "AccessControlListNotSupported" in result.output
+
+
+def test_a_bucket_with_acls_disabled_refuses_the_aws_exec_read_parts(bundle):
+    bundle.region.create_bucket("enforced", acls_disabled=True)
+    result = upload(bundle, "--region", "us-east-1", "-b", "enforced/img")
+    assert result.status != 0 and "AccessControlListNotSupported" in result.output
 
 
 def test_a_session_token_is_dropped_under_sigv4(bundle):
