@@ -132,7 +132,7 @@ RECORDER = """#!/bin/bash
 """
 # Every program the node commands and API calls use, as a shell function that records its argv.
 RECORDED_PROGRAMS = (
-    "aws git mkdir install curl unzip rm mv chown apt-get apt-cache dnf yum ln printf find ls fail"
+    "aws git mkdir install curl unzip rm mv chown apt-get apt-cache dnf yum ln ruby printf find ls fail"
 )
 SHELL_RECORDERS = f"""
 record() {{ {{ builtin printf '%s\\0' "$#" "$@"; }} >> "$AMIDSL_TEST_RECORD"; }}
@@ -208,7 +208,8 @@ def test_awkward_values_reach_programs_exactly(
     tools_bin.mkdir(parents=True)
     rbenv_bin = Path(s.install_dir) / ".rbenv" / "bin"
     rbenv_bin.mkdir(parents=True)
-    for program in (tools_bin / "ec2-bundle-vol", tools_bin / "ec2-upload-bundle", rbenv_bin / "rbenv"):
+    tools = ("ec2-bundle-vol", "ec2-upload-bundle", "ec2-ami-tools-version")
+    for program in (*(tools_bin / tool for tool in tools), rbenv_bin / "rbenv"):
         program.write_text(RECORDER)
         program.chmod(0o755)
 

@@ -90,10 +90,14 @@ def ruby_link(s: AmiSettings) -> str:
 
 def tool_env(s: AmiSettings) -> tuple[tuple[str, str], ...]:
     """The environment the ami-tools run with (their home, and the chosen Ruby first on PATH)."""
-    env = [("EC2_AMITOOL_HOME", s.tools_dir), ("EC2_HOME", s.tools_dir)]
-    if s.install_strategy != "none":
-        env.append(("PATH", f"{ruby_link(s).rsplit('/', 1)[0]}:{SYSTEM_PATH}"))
-    return tuple(env)
+    # The tools' own bin/ goes on PATH as Amazon's instructions say, after the system's; with
+    # install_strategy "none" the Ruby is the node's own, found there.
+    first = "" if s.install_strategy == "none" else f"{ruby_link(s).rsplit('/', 1)[0]}:"
+    return (
+        ("EC2_AMITOOL_HOME", s.tools_dir),
+        ("EC2_HOME", s.tools_dir),
+        ("PATH", f"{first}{SYSTEM_PATH}:{s.tools_dir}/bin"),
+    )
 
 
 def _ruby_choice(s: AmiSettings) -> InstallRuby:

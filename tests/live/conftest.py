@@ -307,6 +307,12 @@ print("Uploaded manifest to", f"{{args.b}}/{{manifest.name}}", "(session token g
 '''
 
 
+FAKE_RUBY = """#!/bin/sh
+# Test stand-in for Ruby: the fake tools are Python; only amidsl's version check runs `ruby -e`.
+[ "$1" = "-e" ] && echo "Ruby 2.7.8"
+"""
+
+
 @dataclass(frozen=True)
 class FakeTools:
     """The ec2-ami-tools stand-in zip and the EC2 certificate its bundles are encrypted for."""
@@ -327,6 +333,9 @@ def fake_tools(node: Node, aws_endpoint: str, tmp_path_factory: pytest.TempPathF
         ),
         "bin/ec2-upload-bundle": FAKE_UPLOAD_BUNDLE.format(python=sys.executable, endpoint=aws_endpoint),
         "etc/ec2/amitools/cert-ec2.pem": ec2_cert,
+        # The node has no Ruby: these answer the plan's Ruby check and version query.
+        "bin/ruby": FAKE_RUBY,
+        "bin/ec2-ami-tools-version": "#!/bin/sh\necho 1.5.99\n",
     }
     path = tmp_path_factory.mktemp("tools") / "ec2-ami-tools.zip"
     with zipfile.ZipFile(path, "w") as archive:

@@ -74,9 +74,9 @@ phase_ami_bundle() {
   step ami-bundle 2 'make sure amidsl'"'"'s state directory exists (the image excludes it)'
   install -d -m 0700 -o root -g root -- /var/lib/amidsl
   step ami-bundle 3 'check that the Ruby the tools run on is one they work on (2.7 to 3.1)'
-  EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools EC2_HOME=/opt/ami-tools/ec2-ami-tools PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin ruby -e 'v = Gem::Version.new(RUBY_VERSION); puts "Ruby #{RUBY_VERSION}"; abort "Ruby #{RUBY_VERSION} cannot run ec2-ami-tools 1.5: they need Ruby 2.7, 3.0 or 3.1" if v >= Gem::Version.new("3.2")'
+  EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools EC2_HOME=/opt/ami-tools/ec2-ami-tools PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin ruby -e 'v = Gem::Version.new(RUBY_VERSION); puts "Ruby #{RUBY_VERSION}"; abort "Ruby #{RUBY_VERSION} cannot run ec2-ami-tools 1.5: they need Ruby 2.7, 3.0 or 3.1" if v >= Gem::Version.new("3.2")'
   step ami-bundle 4 'say which ec2-ami-tools run (this plan follows 1.5.3'"'"'s measured behaviour)'
-  EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools EC2_HOME=/opt/ami-tools/ec2-ami-tools PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /opt/ami-tools/ec2-ami-tools/bin/ec2-ami-tools-version
+  EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools EC2_HOME=/opt/ami-tools/ec2-ami-tools PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin /opt/ami-tools/ec2-ami-tools/bin/ec2-ami-tools-version
   step ami-bundle 5 'remove an image file an earlier run left'
   rm -f -- /tmp/image
   { [ ! -e /tmp/image ] && [ ! -L /tmp/image ]; } || fail '/tmp/image still exists after removing it'
@@ -91,7 +91,7 @@ phase_ami_bundle() {
   done
   (cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
     EC2_HOME=/opt/ami-tools/ec2-ami-tools \
-    PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin \
     /opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \
     -k /opt/ami-tools/credentials/pk \
     -c /opt/ami-tools/credentials/cert \

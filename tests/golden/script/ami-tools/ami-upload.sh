@@ -89,7 +89,7 @@ phase_ami_upload() {
   step ami-upload 1 'upload the bundle to S3 with ec2-upload-bundle'
   (cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
     EC2_HOME=/opt/ami-tools/ec2-ami-tools \
-    PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin \
     /opt/ami-tools/ec2-ami-tools/bin/ec2-upload-bundle \
     -b amidsl-example-bundles/images/example \
     -m /tmp/image.manifest.xml \
