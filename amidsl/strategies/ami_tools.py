@@ -400,7 +400,9 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
         (
             "on the node",
             f"ec2-ami-tools and Ruby in {s.install_dir}; the signing key and certificate in "
-            f"{s.credential_dir} (removed in cleanup); the image file {image_file(s)} (removed)",
+            f"{s.credential_dir} (removed in cleanup); the image file {image_file(s)}, a "
+            f"{s.image_size_mb or 10240} MB sparse file, and the bundle parts beside it: "
+            f"{s.destination_dir} needs room for the volume's data twice over (removed after the upload)",
         ),
         (
             "stays in the image",
@@ -411,8 +413,8 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "instance metadata",
             "--inherit: ec2-bundle-vol reads it (needs Ruby 2.7 and an instance allowing IMDSv1)"
             if s.inherit
-            else "--no-inherit: nothing is read from instance metadata; the manifest has only the "
-            "block device mappings you set",
+            else "--no-inherit: nothing is read from instance metadata; the manifest has no block device "
+            "mapping (RegisterImage gets only those you set)",
         ),
         ("upload", upload),
         (
@@ -422,8 +424,9 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
         (
             "tools version",
             "measured against ec2-ami-tools 1.5.3; the archive at ami_tools_url may be newer (1.5.19 or "
-            "later) and may differ: the script passes --url always, checks that every -e path exists, and "
-            "removes the image file before and after, whatever the version",
+            "later) and may differ: the script prints the version and checks the Ruby (2.7 to 3.1) before "
+            "bundling, checks on the node that every -e path exists, passes --url always and removes the "
+            "image file before and after, whatever the version",
         ),
         (
             "instance types",
