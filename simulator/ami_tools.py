@@ -443,6 +443,11 @@ def bundle_vol(ctx: RunContext) -> CommandResult:
     ec2_cert = options.get("--ec2cert", f"{home}/{EC2_CERT_IN_TOOLS}")
     if not node.exists(ec2_cert):
         return fail(1, f"ERROR: EC2 certificate {ec2_cert} missing: is EC2_AMITOOL_HOME right?")
+    if node.rsync_partial_transfer:
+        # 1.5.3 runs rsync under $SAFE, which Ruby 3 dropped: the exit 23 it tolerates on 2.7 is fatal.
+        if (ruby_version(ctx) or (2, 7)) >= (3, 0):
+            return fail(1, "ERROR: rsync failed with exit status 23 (some files could not be transferred)")
+        lines.append("NOTE: rsync reported a partial transfer (exit 23); carrying on.")
     size_mb = int(options.get("--size", DEFAULT_IMAGE_MB))
     selection = select_for_image(
         node,

@@ -119,6 +119,7 @@ class FakeNode:
     instance_profile: tuple[str, str, str] | None = None  # (key id, secret, token) from instance metadata
     loop_devices: bool = True
     distribution_ruby: str | None = None  # the Ruby version the OS packages; None: the family's usual one
+    rsync_partial_transfer: bool = False  # ec2-bundle-vol's rsync cannot copy some file (exit 23)
 
     def __post_init__(self) -> None:
         if self.os_family not in OS_FAMILIES:

@@ -429,6 +429,11 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "image file before and after, whatever the version",
         ),
         (
+            "ruby",
+            "ec2-ami-tools 1.5 run on Ruby 2.7, 3.0 and 3.1 (3.2 and later cannot load them); on 3.0/3.1 a "
+            "file rsync cannot copy (exit 23) stops ec2-bundle-vol, where 2.7 carries on",
+        ),
+        (
             "instance types",
             "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
             + ("; an i386 image runs only on the oldest paravirtual types" if s.arch == "i386" else ""),

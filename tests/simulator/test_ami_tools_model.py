@@ -266,6 +266,15 @@ def test_hard_links_become_separate_files(node):
     assert paths["/etc/one"].inode != paths["/etc/two"].inode
 
 
+def test_an_rsync_partial_transfer_is_fatal_on_ruby_3_and_tolerated_on_2_7(node):
+    node.rsync_partial_transfer = True
+    result = bundle_vol(node, *BASIC, "-s", "16")
+    assert result.status != 0 and "exit status 23" in result.output
+    set_ruby(node, "2.7.8")
+    tolerated = bundled(node, "-s", "16")
+    assert "partial transfer (exit 23); carrying on" in tolerated.output
+
+
 def test_bundle_vol_needs_rsync(node):
     node.packages.discard("rsync")
     result = bundle_vol(node, *BASIC)
