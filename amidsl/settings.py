@@ -729,6 +729,16 @@ class _Checker:
         # ec2-bundle-vol's default (inherit) fails on Ruby 3 and wherever IMDSv2 is required.
         inherit = self.flag("inherit", False)
         bundler = self.choice("bundler", "native", BUNDLERS)
+        if virtualization_type is None and bundler == "native":
+            # A native build makes a whole disk with GRUB, which EC2 boots as HVM.
+            virtualization_type = "hvm"
+        if virtualization_type == "hvm" and (kernel_id or ramdisk_id):
+            self.problem(
+                "kernel_id" if kernel_id else "ramdisk_id",
+                "an hvm image boots its own kernel through its boot loader; EC2 takes no kernel or "
+                "ramdisk for it",
+                'remove kernel_id and ramdisk_id, or set virtualization_type = "paravirtual"',
+            )
         partition = self.choice("partition", "none", PARTITIONS)
         upload_credentials = self.choice("upload_credentials", "keys", UPLOAD_CREDENTIALS)
         if bundler == "ami-tools":
