@@ -157,7 +157,10 @@ def _ruby_stays(s: AmiSettings) -> str:
     )
     distribution = "where the distribution's ruby3.1 or ruby3.0 package is installed, it stays in the image"
     if s.install_strategy == "none":
-        return "no Ruby is installed (install_strategy 'none': the node's own ruby must be 3.0/3.1 or 2.x)"
+        return (
+            "no Ruby is installed (install_strategy 'none': the node's own ruby, which must be 2.7, 3.0 "
+            "or 3.1: ami-bundle checks it)"
+        )
     if s.install_strategy == "rbenv" or s.inherit:
         return build
     if s.install_strategy == "package":
