@@ -122,10 +122,11 @@ def test_an_image_still_pending_at_the_timeout_is_reported_with_what_to_do(setti
     assert backend.pauses == [10, 10, 5]
 
 
-def test_the_node_gets_the_session_credentials(settings, raw_settings):
+def test_the_controller_gets_the_session_credentials(settings, raw_settings):
     token = resolve(
         raw_settings
         | {
+            "bundler": "native",
             "access_key": "ASIAIOSFODNN7EXAMPLE",
             "secret_key": "secret-value-1",
             "session_token": "token-value-1",
