@@ -31,7 +31,7 @@ EVERYTHING = {
     "bundle_tags": {"retain": "90d"},
     "launch_permissions": ["222233334444", ORG, OU],
     "copy_to_regions": ["us-west-2"],
-    "virtualization_type": "hvm",
+    "bundler": "native",  # HVM by default
     "imds_support": "v2.0",
     "boot_mode": "legacy-bios",
     "ena_support": True,

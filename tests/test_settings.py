@@ -482,7 +482,7 @@ def test_attributes_ec2_takes_for_an_hvm_instance_store_image_are_read(raw_setti
     s = resolve(
         raw_settings
         | {
-            "virtualization_type": "hvm",
+            "bundler": "native",  # HVM by default
             "imds_support": "v2.0",
             "boot_mode": "uefi-preferred",
             "ena_support": True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.node.test_node_boot import make_bootable, needs_grub
+
 ORG = "arn:aws:organizations::111122223333:organization/o-abcde12345"
 OU = "arn:aws:organizations::111122223333:ou/o-abcde12345/ou-ab12-cdef3456"
 COPIES = ["us-west-2", "eu-central-1"]
@@ -54,12 +56,12 @@ def test_the_image_and_each_copy_are_tagged_shared_and_reported(run, native_sett
     assert f"image_id_us_west_2={copies['us-west-2']}" in lines
 
 
+@needs_grub
 def test_registerimage_gets_the_attributes_ec2_allows_for_an_instance_store_image(
-    run, native_settings, region
+    run, native_settings, region, node
 ):
-    settings = native_settings | {
-        "bundler": "ami-tools",  # a native HVM build needs GRUB on the node; these are RegisterImage's
-        "virtualization-type": "hvm",  # the example's own key, spelled as it spells it
+    make_bootable(node.host_path("/"))  # a native build is HVM by default: a bootable disk
+    settings = {k: v for k, v in native_settings.items() if k != "virtualization-type"} | {
         "imds_support": "v2.0",
         "boot_mode": "legacy-bios",
         "ena_support": True,
