@@ -18,9 +18,7 @@ AFTER = {
     "bundle_tags": {"retain": "90d"},
     "launch_permissions": ["222233334444", ORG],
     "copy_to_regions": ["us-west-2"],
-    "virtualization_type": "hvm",
-    "imds_support": "v2.0",
-    "ena_support": True,
+    "imds_support": "v2.0",  # sent; moto ignores it (an ami-tools build here is paravirtual: no ENA)
     "image_wait_seconds": 60,
 }
 
