@@ -23,7 +23,9 @@ Requests (optional keys in brackets) and results:
              part_size, workers (0: all cores), [level (zlib, default 4)]}
             -> {prefix, image_size, digest, bundled_size, parts[{filename, size, sha1, md5}],
                 volume_fs, left_out[[path, reason]] (the first 200),
-                seconds{check, stage, mke2fs, bundle, remove} (where the time went)}
+                seconds{check, stage, mke2fs, bundle, remove} (where the time went),
+                cpu_seconds{the same steps} (CPU time of this program and mke2fs),
+                deflated_ahead{made, used} (chunks deflated while mke2fs ran, and reused)}
     upload  {destination_dir, parts[{filename, url, headers, [size], [sha1]}], concurrency,
              retries, [retry_pause (seconds, default 1)]}
             -> {uploaded[filename], failed[{filename, status, reason}], expired[filename]};
@@ -610,8 +612,13 @@ def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: 
     return staged
 
 
-def run_mke2fs(staging: str, image: str, size_mb: int, entries: int, volume_fs: dict) -> str:
-    """Build the ext4 image from staging; return mke2fs's complaint, or '' on success."""
+def run_mke2fs(
+    staging: str, image: str, size_mb: int, entries: int, volume_fs: dict, ahead: DeflatedAhead | None = None
+) -> str:
+    """Build the ext4 image from staging; return mke2fs's complaint, or '' on success.
+
+    ahead, if given, deflates what mke2fs has written while it runs.
+    """
     argv = [find_tool("mke2fs"), "-q", "-F", "-t", "ext4", "-b", str(BLOCK_SIZE)]
     argv += ["-N", str(inode_count(entries, size_mb))]
     if volume_fs.get("uuid"):
@@ -619,10 +626,20 @@ def run_mke2fs(staging: str, image: str, size_mb: int, entries: int, volume_fs: 
     if volume_fs.get("label"):
         argv += ["-L", volume_fs["label"][:16]]  # ext4 labels hold 16 bytes
     argv += ["-d", staging, image, f"{size_mb}M"]
-    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-    if result.returncode == 0:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        if ahead is not None:
+            ahead.start(image)
+        try:
+            output = process.communicate()[0]
+        except BaseException:
+            process.kill()  # Ctrl-C: the image is removed, mke2fs must not go on writing it
+            raise
+        finally:
+            if ahead is not None:
+                ahead.stop()
+    if process.returncode == 0:
         return ""
-    return "; ".join(line.strip() for line in result.stdout.decode("utf-8", "replace").splitlines())
+    return "; ".join(line.strip() for line in output.decode("utf-8", "replace").splitlines())
 
 
 def staging_parent(volume: str, destination_dir: str) -> str:
@@ -633,14 +650,14 @@ def staging_parent(volume: str, destination_dir: str) -> str:
 
 
 class ImageBuild(NamedTuple):
-    """What build_image made, and the seconds its two steps took."""
+    """What build_image made, and when its two steps ended (see moment())."""
 
     path: str
     size_mb: int
     entries: int
     left_out: list
-    stage_seconds: float
-    mke2fs_seconds: float
+    staged: tuple[float, float]
+    built: tuple[float, float]
 
 
 def build_image(
@@ -653,10 +670,12 @@ def build_image(
     size_mb: int | None,
     volume_fs: dict,
     cleanup: Cleanup,
+    ahead: DeflatedAhead | None = None,
 ) -> ImageBuild:
     """Make an ext4 image file of the volume, without mounting anything.
 
     A separate step from bundling, so that a partitioned disk image can be made the same way.
+    ahead, if given, deflates what mke2fs has written while it runs.
     """
     staging = tempfile.mkdtemp(prefix=".amidsl-staging-", dir=staging_parent(volume, os.path.dirname(image)))
     cleanup.add(staging)
@@ -671,12 +690,12 @@ def build_image(
         root = os.lstat(volume)
         _set_owner_mode_times(staging, root, volume)
         size = measure_selection(walk_volume(staging, (), (), True), -1)
-        staged = time.monotonic()
+        staged = moment()
         wanted = size_mb or estimate_size_mb(size.allocated, entries)
         # An estimate can fall short on unusual trees; grow it rather than fail.
         for _attempt in range(1 if size_mb else 3):
             say(f"building a {wanted} MB ext4 image of {entries} entries")
-            error = run_mke2fs(staging, image, wanted, entries, volume_fs)
+            error = run_mke2fs(staging, image, wanted, entries, volume_fs, ahead)
             if not error or size_mb:
                 break
             say(f"mke2fs needs more than {wanted} MB ({error}); trying a larger image")
@@ -691,10 +710,10 @@ def build_image(
         raise
     # The image no longer needs the staging tree; removing it overlaps the bundling.
     cleanup.remove_in_background(staging)
-    built = time.monotonic()
-    say(f"built the image in {built - started:.1f} s")
+    built = moment()
+    say(f"built the image in {built[0] - started:.1f} s")
     left_out.sort(key=lambda s: s.path)
-    return ImageBuild(image, wanted, entries, left_out, staged - started, built - staged)
+    return ImageBuild(image, wanted, entries, left_out, staged, built)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -802,7 +821,9 @@ def tar_one_file(path: str, member_name: str) -> Iterator[bytes]:
         for offset, length in regions:
             end = offset + length
             while offset < end:
-                data = os.pread(fd, min(READ_CHUNK, end - offset), offset)
+                # Reads end on the image's READ_CHUNK boundaries, so that the compressor's chunks
+                # are the same stretches of the image that DeflatedAhead deflated.
+                data = os.pread(fd, min(READ_CHUNK - offset % READ_CHUNK, end - offset), offset)
                 if not data:
                     raise OSError(f"{path} shrank while being read (at byte {offset})")
                 offset += len(data)
@@ -831,6 +852,7 @@ GZIP_CHUNK = MiB
 # the parts well within 1.10x; the request's "level" may trade size for speed.
 COMPRESS_LEVEL = 4
 DICTIONARY = 32 * 1024  # deflate's window: each chunk may refer back this far into the last
+OWN_CHUNK = 64 * 1024  # a write this large starts a chunk of its own
 
 
 def _deflate_chunk(data: bytes, dictionary: bytes, level: int, last: bool) -> bytes:
@@ -842,19 +864,151 @@ def _deflate_chunk(data: bytes, dictionary: bytes, level: int, last: bool) -> by
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
+AHEAD_MARGIN = 2 * MiB  # how far behind the end of what mke2fs has written DeflatedAhead keeps
+
+
+class DeflatedAhead:
+    """Chunks of the image deflated while mke2fs is still making it, found again by their content.
+
+    mke2fs runs on one core. Meanwhile a thread deflates the stretches of the image mke2fs has
+    written, as the bundle will chunk them: READ_CHUNK-aligned, primed with the 32 KiB before
+    them, ended with a sync flush. It keeps the result in a file beside the image, under the
+    SHA-256 of dictionary and chunk. When bundling, a chunk whose dictionary and bytes hash the
+    same is taken from there; whatever mke2fs changed afterwards (inode tables, directories,
+    bitmaps) hashes differently and is deflated again. It only ever saves work: any failure here
+    just leaves chunks to be deflated when bundling.
+    """
+
+    def __init__(self, path: str, level: int, budget: int, cleanup: Cleanup) -> None:
+        self.level, self._budget = level, budget
+        self._path = path
+        cleanup.add(path)
+        self._file = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._end = 0
+        # (lengths, first and last bytes) -> [(SHA-256, offset, length)]: only chunks that could
+        # match are hashed.
+        self._index: dict[tuple, list[tuple[bytes, int, int]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.made = self.used = 0
+
+    @staticmethod
+    def _quick_key(dictionary: bytes, chunk: bytes) -> tuple:
+        return (len(dictionary), len(chunk), chunk[:64], chunk[-64:])
+
+    @staticmethod
+    def _digest(dictionary: bytes, chunk: bytes) -> bytes:
+        digest = hashlib.sha256(dictionary)
+        digest.update(chunk)
+        return digest.digest()
+
+    def start(self, image: str) -> None:
+        """Start deflating the image's written stretches in a thread, until stop()."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._deflate_written, args=(image,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (after the chunk in hand) and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _deflate_written(self, image: str) -> None:
+        done: set[int] = set()
+        fd = -1
+        # Only a core mke2fs leaves idle is meant for this: yield to it on a busy node.
+        with contextlib.suppress(OSError, AttributeError):
+            me = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + 10))
+        try:
+            while not self._stop.is_set() and self._end < self._budget:
+                if fd < 0:
+                    with contextlib.suppress(FileNotFoundError):
+                        fd = os.open(image, os.O_RDONLY)
+                index = self._next_chunk(fd, done) if fd >= 0 else None
+                if index is None:
+                    self._stop.wait(0.05)  # mke2fs has not written far enough yet
+                    continue
+                done.add(index)
+                start = index * READ_CHUNK
+                data = os.pread(fd, DICTIONARY + READ_CHUNK, start - DICTIONARY)
+                dictionary, chunk = data[:DICTIONARY], data[DICTIONARY:]
+                if len(chunk) == READ_CHUNK:
+                    self._keep(dictionary, chunk, _deflate_chunk(chunk, dictionary, self.level, False))
+        except OSError:
+            pass  # e.g. a full disk for our file: the bundle deflates these chunks itself
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    @staticmethod
+    def _next_chunk(fd: int, done: set[int]) -> int | None:
+        """The first chunk not yet deflated that lies, with its dictionary, in one written stretch.
+
+        A stretch ends where mke2fs is writing; chunks within AHEAD_MARGIN of that end wait.
+        """
+        for offset, length in data_regions(fd, os.fstat(fd).st_size):
+            first = -(-(offset + DICTIONARY) // READ_CHUNK)
+            for index in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK):
+                if index not in done:
+                    return index
+        return None
+
+    def _keep(self, dictionary: bytes, chunk: bytes, deflated: bytes) -> None:
+        os.pwrite(self._file, deflated, self._end)
+        entry = (self._digest(dictionary, chunk), self._end, len(deflated))
+        self._index.setdefault(self._quick_key(dictionary, chunk), []).append(entry)
+        self._end += len(deflated)
+        self.made += 1
+
+    def take(self, dictionary: bytes, chunk: bytes) -> bytes | None:
+        """The chunk deflated with this dictionary, if it was deflated ahead (thread-safe)."""
+        candidates = self._index.get(self._quick_key(dictionary, chunk))
+        if not candidates:
+            return None
+        digest = self._digest(dictionary, chunk)
+        for found, offset, length in candidates:
+            if found == digest:
+                with self._lock:
+                    self.used += 1
+                return os.pread(self._file, length, offset)
+        return None
+
+    def close(self, cleanup: Cleanup) -> None:
+        """Stop, and remove the file of deflated chunks."""
+        self.stop()
+        if self._file >= 0:
+            os.close(self._file)
+            self._file = -1
+        cleanup.remove(self._path)
+
+
 class ParallelGzip:
     """One gzip member compressed by several threads, as pigz does (zlib releases the GIL).
 
     Each chunk is deflated on its own, primed with the 32 KiB before it and ended with a sync
-    flush, so the pieces concatenate into one deflate stream; only the last ends it. A writer
-    thread hands the pieces to sink in order, so that neither the caller (reading and hashing)
-    nor the workers wait while the sink encrypts and writes.
+    flush, so the pieces concatenate into one deflate stream; only the last ends it. A write of
+    at least OWN_CHUNK bytes starts a chunk of its own, so that chunks follow the caller's reads
+    (tar_one_file's end on the image's READ_CHUNK boundaries, which is what lets `ahead`, chunks
+    deflated while the image was being made, be found again). A writer thread hands the pieces to
+    sink in order, so that neither the caller (reading and hashing) nor the workers wait while the
+    sink encrypts and writes.
     """
 
     def __init__(
-        self, sink: Callable[[bytes], None], level: int, workers: int, chunk_size: int = GZIP_CHUNK
+        self,
+        sink: Callable[[bytes], None],
+        level: int,
+        workers: int,
+        chunk_size: int = GZIP_CHUNK,
+        ahead: DeflatedAhead | None = None,
     ) -> None:
         self._sink, self._level, self._chunk_size = sink, level, chunk_size
+        self._own_chunk = min(chunk_size, OWN_CHUNK)
+        self._ahead = ahead
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         # Bounds memory to a few chunks per worker: submitting waits while the writer is behind.
         self._in_flight: queue.Queue = queue.Queue(maxsize=2 * workers + 2)
@@ -893,8 +1047,15 @@ class ParallelGzip:
         """Compress data (in the background, in order)."""
         self._crc = zlib.crc32(data, self._crc)
         self._length += len(data)
-        if not self._buffer and len(data) == self._chunk_size:
-            self._push(bytes(data))  # the usual case (tar reads whole chunks): no copying around
+        if len(data) >= self._own_chunk:
+            if self._buffer:
+                self._push(bytes(self._buffer))
+                self._buffer = bytearray()
+            if len(data) == self._chunk_size:
+                self._push(bytes(data))  # the usual case (tar reads whole chunks): no copying around
+                return
+            for start in range(0, len(data), self._chunk_size):
+                self._push(bytes(data[start : start + self._chunk_size]))
             return
         self._buffer += data
         while len(self._buffer) >= self._chunk_size:
@@ -908,9 +1069,20 @@ class ParallelGzip:
         self._held = chunk
 
     def _submit(self, chunk: bytes, last: bool) -> None:
-        future = self._pool.submit(_deflate_chunk, chunk, self._dictionary, self._level, last)
-        self._dictionary = chunk[-DICTIONARY:]
+        future = self._pool.submit(self._deflate, chunk, self._dictionary, last)
+        if len(chunk) >= DICTIONARY:
+            self._dictionary = chunk[-DICTIONARY:]
+        else:
+            self._dictionary = (self._dictionary + chunk)[-DICTIONARY:]
         self._in_flight.put(future)
+
+    def _deflate(self, chunk: bytes, dictionary: bytes, last: bool) -> bytes:
+        """A worker's job: the chunk deflated ahead of time if it is there, else deflated now."""
+        if self._ahead is not None and not last:
+            found = self._ahead.take(dictionary, chunk)
+            if found is not None:
+                return found
+        return _deflate_chunk(chunk, dictionary, self._level, last)
 
     def close(self) -> None:
         """Compress what is left, end the deflate stream and write the CRC-32 and length."""
@@ -1057,11 +1229,12 @@ def bundle_image_file(
     level: int,
     workers: int,
     cleanup: Cleanup,
+    ahead: DeflatedAhead | None = None,
 ) -> tuple[str, list[dict]]:
     """Stream the image into encrypted parts in directory: (image digest, parts)."""
     parts = PartWriter(directory, f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
     sink = EncryptingSink(encryptor, parts)
-    gzip = ParallelGzip(sink.write, level, workers)
+    gzip = ParallelGzip(sink.write, level, workers, ahead=ahead)
     progress = Progress("bundled", tar_size(image))
     try:
         digest = bundle_stream(image, prefix, gzip, sink, progress)
@@ -1129,6 +1302,12 @@ class Cleanup:
 # ---------------------------------------------------------------------------------------------
 
 
+def moment() -> tuple[float, float]:
+    """Now, as (wall-clock seconds, CPU seconds of this program and its finished children)."""
+    used = os.times()
+    return time.monotonic(), used.user + used.system + used.children_user + used.children_system
+
+
 def _field(request: dict, name: str, kind: type, default: Any = None) -> Any:
     value = request.get(name, default)
     if value is None and default is None and name not in request:
@@ -1151,14 +1330,19 @@ def _free_bytes(directory: str) -> int:
 
 
 def needed_bytes(size: VolumeSize, staging_in_destination: bool) -> int:
-    """Free space destination_dir needs: the image, the parts, maybe the staging copies.
+    """Free space destination_dir needs: the image, the parts, chunks deflated ahead, maybe copies.
 
     The parts are counted at half the data: operating-system trees compress about 3:1, and a
     disk that still fills up fails cleanly later.
     """
     image = estimate_size_mb(size.allocated, size.entries) * MiB
     data = size.allocated
-    return image + data // 2 + (size.copied if staging_in_destination else 0)
+    return image + data // 2 + ahead_budget(size) + (size.copied if staging_in_destination else 0)
+
+
+def ahead_budget(size: VolumeSize) -> int:
+    """The most bytes DeflatedAhead may keep: a quarter of the data (about half the parts)."""
+    return size.allocated // 4
 
 
 def command_check(request: dict) -> dict:
@@ -1188,7 +1372,7 @@ def _key_bytes(request: dict, name: str) -> bytes:
 
 def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     """Image the volume and bundle the image into encrypted parts in destination_dir."""
-    started = time.monotonic()
+    started = moment()
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
     prefix = _field(request, "prefix", str, "image")
@@ -1235,8 +1419,11 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         )
 
     volume_fs = volume_filesystem(volume)
-    checked = time.monotonic()
+    checked = moment()
     image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
+    ahead = DeflatedAhead(
+        os.path.join(destination, f".{prefix}.ahead.{os.getpid()}"), level, ahead_budget(size), cleanup
+    )
     built = build_image(
         volume,
         image_path,
@@ -1246,8 +1433,8 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         size_mb=size_mb,
         volume_fs=volume_fs,
         cleanup=cleanup,
+        ahead=ahead,
     )
-    bundling = time.monotonic()
     encryptor = Aes128Cbc(lib, key, iv)
     try:
         digest, parts = bundle_image_file(
@@ -1259,20 +1446,26 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             level=level,
             workers=workers,
             cleanup=cleanup,
+            ahead=ahead,
         )
     finally:
         encryptor.close()
-    bundled = time.monotonic()
+        ahead.close(cleanup)
+    bundled = moment()
     image_size = os.lstat(image_path).st_size
     cleanup.remove(image_path)
     cleanup.wait()  # for the staging tree's removal
-    timings = {
-        "check": checked - started,
-        "stage": built.stage_seconds,
-        "mke2fs": built.mke2fs_seconds,
-        "bundle": bundled - bundling,
-        "remove": time.monotonic() - bundled,
+    marks = {
+        "check": checked,
+        "stage": built.staged,
+        "mke2fs": built.built,
+        "bundle": bundled,
+        "remove": moment(),
     }
+    since, wall, cpu = started, {}, {}
+    for step, mark in marks.items():
+        wall[step], cpu[step] = round(mark[0] - since[0], 3), round(mark[1] - since[1], 3)
+        since = mark
     return {
         "prefix": prefix,
         "image_size": image_size,
@@ -1281,7 +1474,9 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         "parts": parts,
         "volume_fs": volume_fs,
         "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
-        "seconds": {step: round(seconds, 3) for step, seconds in timings.items()},
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "deflated_ahead": {"made": ahead.made, "used": ahead.used},
     }
 
 
