@@ -133,6 +133,7 @@ DEFAULT_FILTER = (
     "*/.ssh/authorized_keys",
     "*/.bash_history",
 )
+_ANY_FILTER_PATTERN = re.compile("|".join(fnmatch.translate(p) for p in DEFAULT_FILTER)).match
 # Filesystems on local disks. Mounts of anything else under the volume (network filesystems,
 # tmpfs, proc, overlays, squashfs...) are left out, as ec2-bundle-vol leaves out non-local mounts.
 LOCAL_FS_TYPES = frozenset(
@@ -215,7 +216,11 @@ def walk_volume(
     mounts = non_local_mounts(source)
 
     def filtered_by(path: str) -> str | None:
-        if no_filter or any(path == i or fnmatch.fnmatchcase(path, i) for i in included):
+        # One regular expression first: most paths match no pattern, and 14 fnmatch calls per
+        # entry cost more than the rest of the walk.
+        if no_filter or not _ANY_FILTER_PATTERN(path):
+            return None
+        if any(path == i or fnmatch.fnmatchcase(path, i) for i in included):
             return None
         return next((p for p in DEFAULT_FILTER if fnmatch.fnmatchcase(path, p)), None)
 
@@ -228,8 +233,10 @@ def walk_volume(
         except OSError as exc:
             yield Skipped(image_dir, LEFT_OUT_UNREADABLE, exc.strerror or str(exc))
             continue
+        # image_dir is normalised and a directory entry's name holds no '/', '.' or '..' of its own.
+        parent = image_dir.rstrip("/")
         for child in children:
-            path = image_path_of(image_dir, child.name)
+            path = f"{parent}/{child.name}"
             try:
                 st = child.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -473,23 +480,37 @@ class VolumeSize(NamedTuple):
     copied: int
 
 
+class SizeTally:
+    """Adds up what selected entries need (hard-linked files counted once)."""
+
+    def __init__(self, staging_dev: int) -> None:
+        self._staging_dev = staging_dev
+        self._seen: set = set()
+        self._allocated = self._entries = self._copied = 0
+
+    def add(self, st: os.stat_result) -> None:
+        """Count one selected entry, by its lstat."""
+        self._entries += 1
+        if stat.S_ISDIR(st.st_mode):
+            self._allocated += BLOCK_SIZE
+        elif (st.st_dev, st.st_ino) not in self._seen:
+            self._seen.add((st.st_dev, st.st_ino))
+            self._allocated += st.st_blocks * 512
+            if st.st_dev != self._staging_dev and stat.S_ISREG(st.st_mode):
+                self._copied += st.st_blocks * 512
+
+    def size(self) -> VolumeSize:
+        """The total so far."""
+        return VolumeSize(self._allocated, self._entries, self._copied)
+
+
 def measure_selection(entries: Iterable[Selected | Skipped], staging_dev: int) -> VolumeSize:
     """Add up what the selected entries need (hard-linked files counted once)."""
-    seen = set()
-    allocated = entries_count = copied = 0
+    tally = SizeTally(staging_dev)
     for entry in entries:
-        if isinstance(entry, Skipped):
-            continue
-        entries_count += 1
-        st = entry.st
-        if stat.S_ISDIR(st.st_mode):
-            allocated += BLOCK_SIZE
-        elif (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            allocated += st.st_blocks * 512
-            if st.st_dev != staging_dev and stat.S_ISREG(st.st_mode):
-                copied += st.st_blocks * 512
-    return VolumeSize(allocated, entries_count, copied)
+        if isinstance(entry, Selected):
+            tally.add(entry.st)
+    return tally.size()
 
 
 def _copy_xattrs(source: str, target: str) -> None:
@@ -578,8 +599,10 @@ def stage_entry(entry: Selected, target: str, staging_dev: int, first_copy: dict
         first_copy[key] = target
 
 
-def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: list) -> int:
-    """Fill staging with the selected entries; return how many made it."""
+def stage_volume(
+    entries: Iterable[Selected | Skipped], staging: str, left_out: list, tally: SizeTally | None = None
+) -> int:
+    """Fill staging with the selected entries; return how many made it (tally adds them up)."""
     staging_dev = os.lstat(staging).st_dev
     first_copy: dict = {}
     directories = []
@@ -591,7 +614,7 @@ def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: 
             continue
         if any(entry.path.startswith(d + "/") for d in failed_dirs):
             continue
-        target = os.path.join(staging, entry.path.lstrip("/"))
+        target = staging + entry.path  # entry.path is absolute and normalised
         try:
             stage_entry(entry, target, staging_dev, first_copy)
         except FileNotFoundError:
@@ -603,6 +626,8 @@ def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: 
             continue
         if stat.S_ISDIR(entry.st.st_mode):
             directories.append((target, entry))
+        if tally is not None:
+            tally.add(entry.st)
         staged += 1
         if staged % 20000 == 0:
             say(f"staged {staged} entries")
@@ -686,10 +711,11 @@ def build_image(
     try:
         say(f"staging the volume {volume} in {staging}")
         selection = walk_volume(volume, exclusions, includes, no_filter, own_ids=own)
-        entries = stage_volume(selection, staging, left_out)
+        tally = SizeTally(-1)
+        entries = stage_volume(selection, staging, left_out, tally)
         root = os.lstat(volume)
         _set_owner_mode_times(staging, root, volume)
-        size = measure_selection(walk_volume(staging, (), (), True), -1)
+        size = tally.size()
         staged = moment()
         wanted = size_mb or estimate_size_mb(size.allocated, entries)
         # An estimate can fall short on unusual trees; grow it rather than fail.
