@@ -371,11 +371,6 @@ def created_record_name(path: str) -> str:
     return path.replace("%", "%25").replace("/", "%2F")
 
 
-def printable(text: str) -> str:
-    """Text safe to print on a terminal: control characters (line breaks aside) as \\xNN escapes."""
-    return "".join(char if not is_control(char) or char == "\n" else f"\\x{ord(char):02x}" for char in text)
-
-
 def system_dir_reason(path: str) -> str | None:
     """Why a directory may not be removed recursively (a system, home or key directory), or None."""
     parts = path.strip("/").split("/")
