@@ -69,8 +69,14 @@ def command_parser(command: Command) -> CommandParser:
         names = ([option.short] if option.short else []) + [option.flag]
         extra: dict[str, object] = {"help": option.help}
         if option.positional:
+            if option.choices:
+                extra["choices"] = option.choices
             parser.add_argument(
-                option.name, nargs="?", default=option.default, choices=option.choices, **extra
+                option.name,
+                nargs="?",
+                default=option.default,
+                metavar=option.metavar or (None if option.choices else option.name.upper()),
+                **extra,
             )
             continue
         if option.default is False:

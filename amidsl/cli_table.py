@@ -82,6 +82,19 @@ FAULT_HELP = (
     "disk-full=DIR, reject-register=CODE, interrupt=PHASE:N (the connection drops at that action)"
 )
 BUNDLE_MANIFEST = Option("manifest", "the bundle's manifest file (PREFIX.manifest.xml)", required=True)
+# The AWS commands use the standard boto3 credential chain; secrets never go on the command line.
+AWS_OPTIONS = (
+    Option("region", "AWS region (default: AWS_REGION, then the AWS profile's region)"),
+    Option("profile", "AWS profile for the credentials (default: AWS_PROFILE, then the default chain)"),
+    Option("endpoint_url", "an S3/EC2-compatible endpoint instead of AWS's", metavar="URL"),
+)
+S3_BUNDLE = Option("bucket", "where the bundle is: BUCKET or BUCKET/PATH", short="-b", required=True)
+S3_MANIFEST = Option(
+    "manifest", "the manifest's file name under BUCKET/PATH (PREFIX.manifest.xml)", short="-m", required=True
+)
+CONCURRENCY = Option("concurrency", "parts transferred at once", default=4, metavar="N")
+YES = Option("yes", "do not ask for a confirmation", default=False, short="-y")
+DRY_RUN = Option("dry_run", "only list what would be deleted", default=False)
 PARTS_DIR = Option("parts_dir", "directory holding the parts (default: the manifest's directory)")
 
 COMMANDS: tuple[Command, ...] = (
@@ -202,6 +215,77 @@ COMMANDS: tuple[Command, ...] = (
         "list the files inside an image without mounting it (type, mode, owner, size, path)",
         "amidsl.bundle.tasks:image_ls",
         (Option("image", "an ext2/3/4 image file", required=True),),
+    ),
+    Command(
+        "migrate-manifest",
+        "re-encrypt a bundle's key for another region's EC2 certificate; sign the manifest again",
+        "amidsl.bundle.tasks:migrate_manifest",
+        (
+            BUNDLE_MANIFEST,
+            Option("cert", "PEM X.509 certificate of the user who signed the manifest", required=True),
+            Option("privkey", "PEM RSA private key of that certificate (never printed)", required=True),
+            Option("region", "the region the bundle moves to (it picks EC2's certificate)", required=True),
+            Option("ec2cert", "PEM certificate EC2 decrypts with in that region"),
+            Option(
+                "ec2_certificates",
+                "instead of --ec2cert: a directory with the ec2-ami-tools' EC2 certificates "
+                "(cert-ec2.pem, cert-ec2-gov.pem, cert-ec2-cn-north-1.pem) or that archive (zip); the "
+                "region's one is checked against its pinned fingerprint",
+                metavar="DIR",
+            ),
+            Option("output", "write the migrated manifest here (default: replace the manifest)", short="-o"),
+            Option("kernel", "kernel id (aki-...) of the target region, replacing the manifest's"),
+            Option("ramdisk", "ramdisk id (ari-...) of the target region, replacing the manifest's"),
+        ),
+    ),
+    Command(
+        "upload-bundle",
+        "upload a bundle to S3: parts in parallel (those already there skipped), then the manifest",
+        "amidsl.aws_tasks:upload_bundle",
+        (
+            Option("bucket", "where to put the bundle: BUCKET or BUCKET/PATH", short="-b", required=True),
+            Option("manifest", "the bundle's local manifest file", short="-m", required=True),
+            PARTS_DIR,
+            CONCURRENCY,
+            Option("retries", "tries again per part after a server error or a broken connection", 5),
+            Option("skip_manifest", "upload only the parts", default=False),
+            *AWS_OPTIONS,
+        ),
+    ),
+    Command(
+        "download-bundle",
+        "download a bundle from S3 in parallel, checking each part's SHA-1 as it arrives",
+        "amidsl.aws_tasks:download_bundle",
+        (
+            S3_BUNDLE,
+            S3_MANIFEST,
+            Option("destination", "directory for the parts and the manifest (created if missing)", "."),
+            CONCURRENCY,
+            *AWS_OPTIONS,
+        ),
+    ),
+    Command(
+        "delete-bundle",
+        "delete exactly a bundle's parts and manifest from S3 (nothing else under its path)",
+        "amidsl.aws_tasks:delete_bundle",
+        (S3_BUNDLE, S3_MANIFEST, DRY_RUN, YES, *AWS_OPTIONS),
+    ),
+    Command(
+        "images",
+        "list the images amidsl built (tag amidsl:built-by = amidsl) with their bundles",
+        "amidsl.aws_tasks:images",
+        (Option("json", "print JSON (schema amidsl.images/1)", default=False), *AWS_OPTIONS),
+    ),
+    Command(
+        "delete",
+        "deregister an S3-backed image and delete its bundle, after a confirmation",
+        "amidsl.aws_tasks:delete",
+        (
+            Option("image", "the image: its id (ami-...) or its name", positional=True),
+            DRY_RUN,
+            YES,
+            *AWS_OPTIONS,
+        ),
     ),
     Command(
         "completion",

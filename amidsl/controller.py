@@ -65,9 +65,12 @@ class ControllerStepFailed(Exception):
 
 
 def run_controller_step(
-    action: Action, settings: AmiSettings, backend: ControllerBackend, results: dict[str, Any]
+    action: Action, settings: AmiSettings | None, backend: ControllerBackend, results: dict[str, Any]
 ) -> str:
-    """Carry out one native controller step or node-program run; return its (secret-free) output."""
+    """Carry out one native controller step or node-program run; return its (secret-free) output.
+
+    `settings` are needed only to sign a manifest; uploading a finished bundle runs without them.
+    """
     if isinstance(action, MakeBundleKey):
         results["bundle_key"] = os.urandom(16)
         results["bundle_iv"] = os.urandom(16)
@@ -75,6 +78,8 @@ def run_controller_step(
     if isinstance(action, NodeProgram):
         return _run_program(action, backend, results)
     if isinstance(action, SignManifest):
+        if settings is None:
+            raise TypeError("signing a manifest needs the build's settings")
         return _sign(action, settings, backend, results)
     if isinstance(action, PresignParts):
         return _presign(action, backend, results)

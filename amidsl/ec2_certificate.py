@@ -69,17 +69,41 @@ def certificate_from_archive(
         raise Ec2CertificateError(
             f"{where} is not a zip archive: check ami_tools_url, or set ec2_certificate_source"
         ) from None
+    return check_pinned(pem, name, f"{members[0]} in {where}", pins)
+
+
+def check_pinned(pem: str, name: str, where: str, pins: Mapping[str, str] = PINNED_SPKI_SHA256) -> str:
+    """`pem`, if it is the certificate pinned for the file `name` (read from `where`); else an error."""
     try:
         found = spki_sha256(pem)
     except ValueError:
-        raise Ec2CertificateError(f"{members[0]} in {where} is not a PEM certificate") from None
+        raise Ec2CertificateError(f"{where} is not a PEM certificate") from None
     if found != pins.get(name):
         raise Ec2CertificateError(
-            f"{members[0]} in {where} has the public key SHA-256 {found}, which is not the one amidsl "
+            f"{where} has the public key SHA-256 {found}, which is not the one amidsl "
             f"knows for {name} ({pins.get(name)}): a new archive may carry a new key. Check it with "
-            "Amazon, then give that file as ec2_certificate_source"
+            "Amazon, then give that file as EC2's certificate (ec2_certificate_source, --ec2cert)"
         )
     return pem
+
+
+def certificate_from_directory(directory: str | Path, region: str) -> str:
+    """EC2's certificate for `region` out of a directory laid out as the tools' etc/ec2/amitools
+    (cert-ec2.pem, cert-ec2-gov.pem, cert-ec2-cn-north-1.pem), or out of an ec2-ami-tools zip."""
+    path = Path(directory)
+    if path.is_file():
+        return certificate_from_archive(path.read_bytes(), region, str(path))
+    name = certificate_file(region)
+    try:
+        pem = (path / name).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not PEM text"
+        raise Ec2CertificateError(
+            f"EC2's certificate for {region} is {name}, and {path / name} cannot be read ({reason}): copy "
+            f"{name} from the {ARCHIVE_FOLDER} folder of an ec2-ami-tools archive into {path}, or give the "
+            "archive itself"
+        ) from None
+    return check_pinned(pem, name, str(path / name))
 
 
 def download(url: str) -> bytes:

@@ -22,6 +22,7 @@ from amidsl.bundle.manifest import (
     ManifestPart,
     default_block_device_mappings,
     sign_manifest,
+    write_manifest,
 )
 from amidsl.node import amidsl_node as node
 
@@ -208,10 +209,7 @@ def bundle_image(
         ancestry=ancestry,
         bundler=bundler,
     )
-    manifest_path = out_dir / f"{prefix}.manifest.xml"
-    temp = manifest_path.with_name(f".{manifest_path.name}.tmp")
-    temp.write_text(manifest.xml, encoding="utf-8")
-    os.replace(temp, manifest_path)
+    write_manifest(out_dir / f"{prefix}.manifest.xml", manifest)
     return manifest
 
 

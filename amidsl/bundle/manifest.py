@@ -1,5 +1,6 @@
 """The bundle manifest (version 2007-10-10): typed data, XML rendering, parsing and signing."""
 
+import os
 import re
 import xml.parsers.expat
 from collections.abc import Callable
@@ -494,3 +495,11 @@ def read_manifest(path: Path | str) -> Manifest:
     except UnicodeDecodeError:
         raise ManifestParseError(f"manifest {path} is not UTF-8 text; is it a manifest?") from None
     return parse_manifest(text, source=f"manifest {path}")
+
+
+def write_manifest(path: Path | str, manifest: Manifest) -> None:
+    """Write a manifest's XML through a temporary file, so that no reader ever sees half of it."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(manifest.xml, encoding="utf-8")
+    os.replace(temp, path)

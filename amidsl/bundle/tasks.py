@@ -1,4 +1,4 @@
-"""The bundle format's commands: bundle-image, verify-bundle, unbundle, image-ls.
+"""The bundle format's commands: bundle-image, verify-bundle, unbundle, image-ls, migrate-manifest.
 
 Thin by design: call the library, print the result. Every problem the library reports becomes a
 CommandError (exit status 2), printed without a traceback.
@@ -12,9 +12,12 @@ from amidsl.bundle.bundle import bundle_image as bundle_image_file
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.keys import describe_certificate, load_certificate, load_private_key
 from amidsl.bundle.ls import list_image, listing_line
+from amidsl.bundle.manifest import read_manifest, write_manifest
+from amidsl.bundle.migrate import migrate_manifest as migrate
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
 from amidsl.bundle.verify import verify_bundle as verify_manifest
 from amidsl.cli_table import CommandError
+from amidsl.ec2_certificate import Ec2CertificateError, certificate_file, certificate_from_directory
 
 T = TypeVar("T")
 
@@ -148,3 +151,48 @@ def image_ls(*, image: str) -> None:
     """List the files inside an image without mounting it (type and mode, owner, size, path)."""
     for entry in _run(lambda: list_image(image)):
         print(listing_line(entry))
+
+
+def migrate_manifest(
+    *,
+    manifest: str,
+    cert: str,
+    privkey: str,
+    region: str,
+    ec2cert: str | None,
+    ec2_certificates: str | None,
+    output: str | None,
+    kernel: str | None,
+    ramdisk: str | None,
+) -> None:
+    """Encrypt a bundle's key and IV for another region's EC2 certificate and sign the manifest again."""
+    if bool(ec2cert) == bool(ec2_certificates):
+        raise CommandError(
+            f"say which certificate EC2 decrypts with in {region}: --ec2cert FILE (that certificate), or "
+            "--ec2-certificates DIR (a directory holding the ec2-ami-tools' etc/ec2/amitools certificates, "
+            f"of which {certificate_file(region)} is {region}'s, or the ec2-ami-tools zip itself)"
+        )
+    user_cert = _read_pem(cert, "certificate", load_certificate)
+    user_key = _read_pem(privkey, "private key", load_private_key)
+    if ec2cert:
+        ec2_cert: bytes | str = _read_pem(ec2cert, "EC2 certificate", load_certificate)
+    else:
+        try:
+            ec2_cert = certificate_from_directory(ec2_certificates or "", region)
+        except Ec2CertificateError as err:
+            raise CommandError(f"--ec2-certificates: {err}") from None
+    migrated = _run(
+        lambda: migrate(
+            read_manifest(manifest),
+            user_private_key_pem=user_key,
+            user_cert_pem=user_cert,
+            ec2_cert_pem=ec2_cert,
+            kernel_id=kernel,
+            ramdisk_id=ramdisk,
+        )
+    )
+    _run(lambda: write_manifest(output or manifest, migrated))
+    print(
+        f"migrated {manifest} for {region}: EC2's copy of key and IV re-encrypted, signed again "
+        f"({len(migrated.parts)} parts unchanged); wrote {output or manifest}"
+    )

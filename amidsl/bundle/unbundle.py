@@ -195,7 +195,7 @@ def _restore_single_file(stream: _HashingReader, staging: Path, manifest: Manife
     return target
 
 
-def _place(restored: Path, target: Path) -> None:
+def place_file(restored: Path, target: Path) -> None:
     """Move the restored image to target, replacing a regular file but never a link or directory."""
     if target.is_symlink() or (target.exists() and not target.is_file()):
         kind = "a symbolic link" if target.is_symlink() else "not a regular file"
@@ -242,5 +242,5 @@ def unbundle(
                 f"but the manifest says {manifest.digest}; the bundle is damaged, bundle again"
             )
         target = out_dir / name
-        _place(restored, target)
+        place_file(restored, target)
     return target

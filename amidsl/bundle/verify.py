@@ -41,8 +41,8 @@ def check_signature_of(manifest: Manifest, user_cert_pem: bytes | str) -> None:
     )
 
 
-def check_part_list(manifest: Manifest, parts_dir: Path) -> None:
-    """Raise unless the manifest's part list is well formed and matches the part files present."""
+def check_part_entries(manifest: Manifest) -> None:
+    """Raise unless the manifest's part list is well formed: count, order, plain unique names, digests."""
     if manifest.version != MANIFEST_VERSION:
         raise ManifestParseError(
             f"manifest version {manifest.version!r} is not supported (expected {MANIFEST_VERSION})"
@@ -66,11 +66,18 @@ def check_part_list(manifest: Manifest, parts_dir: Path) -> None:
             )
         if not _HEX.fullmatch(part.digest) or len(part.digest) != 40:
             raise ManifestParseError(f"part {part.filename!r} has no 40-digit hex SHA-1 digest")
-    if not parts_dir.is_dir():
-        raise MissingPartError(f"parts directory {parts_dir} is missing; pass where the parts are")
     names = [p.filename for p in parts]
     if len(set(names)) != len(names):
         raise PartNameError("the manifest lists the same part file name twice")
+
+
+def check_part_list(manifest: Manifest, parts_dir: Path) -> None:
+    """Raise unless the manifest's part list is well formed and matches the part files present."""
+    check_part_entries(manifest)
+    parts = manifest.parts
+    if not parts_dir.is_dir():
+        raise MissingPartError(f"parts directory {parts_dir} is missing; pass where the parts are")
+    names = [p.filename for p in parts]
     listed = set(names)
     pattern = re.compile(re.escape(manifest.name) + r"\.part\.\d+")
     extra = sorted(f for f in os.listdir(parts_dir) if pattern.fullmatch(f) and f not in listed)

@@ -17,6 +17,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from amidsl.actions import AwsCall
+from amidsl.bundle.s3 import acl_fix, object_ownership
 from amidsl.live.settings import LiveSettings
 from amidsl.secrets import Secret
 from amidsl.settings import AmiSettings, Problem, SettingsError
@@ -276,12 +277,9 @@ def _check_bucket_accepts_acls(
 ) -> None:
     """Bundles are uploaded with the ACL aws-exec-read: a bucket with ACLs disabled refuses every part."""
     try:
-        controls = aws.client("s3").get_bucket_ownership_controls(Bucket=settings.s3_bucket)
+        ownership = object_ownership(aws.client("s3"), settings.s3_bucket)
     except botocore.exceptions.ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
-        if code == "OwnershipControlsNotFoundError":
-            checked.append(f"bucket {settings.s3_bucket} accepts ACLs (no object ownership controls)")
-            return
         problems.append(
             Problem(
                 "s3_bucket",
@@ -299,21 +297,19 @@ def _check_bucket_accepts_acls(
             )
         )
         return
-    rules = controls.get("OwnershipControls", {}).get("Rules", [])
-    ownership = rules[0].get("ObjectOwnership", "") if rules else ""
-    if ownership == "BucketOwnerEnforced":
+    if not ownership:
+        checked.append(f"bucket {settings.s3_bucket} accepts ACLs (no object ownership controls)")
+    elif ownership == "BucketOwnerEnforced":
         problems.append(
             Problem(
                 "s3_bucket",
                 f"bucket {settings.s3_bucket!r} has ACLs disabled (Object Ownership BucketOwnerEnforced), "
                 "so it refuses the aws-exec-read ACL every bundle part needs for EC2 to read it",
-                f"run `aws s3api put-bucket-ownership-controls --bucket {settings.s3_bucket} "
-                "--ownership-controls 'Rules=[{ObjectOwnership=BucketOwnerPreferred}]'`, or use another "
-                "bucket",
+                acl_fix(settings.s3_bucket),
             )
         )
     else:
-        checked.append(f"bucket {settings.s3_bucket} accepts ACLs (Object Ownership {ownership or 'unset'})")
+        checked.append(f"bucket {settings.s3_bucket} accepts ACLs (Object Ownership {ownership})")
 
 
 def _check_image_name_free(

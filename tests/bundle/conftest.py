@@ -70,3 +70,20 @@ def sample_image(tmp_path):
         ],
     )
     return path
+
+
+def bundle_into(image, out, user: Identity, ec2: Identity, **options):
+    """Bundle `image` into the new directory `out` as the user (prefix web); the manifest."""
+    from amidsl.bundle import bundle_image
+
+    out.mkdir()
+    return bundle_image(
+        image,
+        out,
+        prefix="web",
+        user_id="123456789012",
+        user_cert_pem=user.cert_pem,
+        user_private_key_pem=user.key_pem,
+        ec2_cert_pem=ec2.cert_pem,
+        **options,
+    )

@@ -1,0 +1,284 @@
+"""The commands that work on AWS directly: upload-bundle, download-bundle, delete-bundle, images, delete.
+
+AWS credentials and region come from the standard boto3 chain (AWS_PROFILE or --profile, the
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN environment variables, the shared config
+files, an instance role), never from the command line, where any user of the machine could read them.
+`--region` and `--endpoint-url` choose where. The S3 commands follow the bucket to its own region.
+
+Thin by design: resolve the clients, call the library, print the result. Every problem becomes a
+CommandError, printed without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from json import dumps
+from typing import Any, TypeVar
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from amidsl.bundle.errors import BundleError
+from amidsl.bundle.s3 import delete_bundle as delete_bundle_files
+from amidsl.bundle.s3 import download_bundle as download_bundle_files
+from amidsl.bundle.s3 import s3_url
+from amidsl.bundle.upload import upload_bundle as upload_bundle_files
+from amidsl.cli_table import FAILED, CommandError
+from amidsl.images import (
+    ImageError,
+    ImageSummary,
+    amidsl_images,
+    bundle_location,
+    delete_image,
+    find_image,
+    plan_deletion,
+)
+
+T = TypeVar("T")
+
+
+class AwsClients:
+    """boto3 clients of one session (the standard credential chain), on the endpoint if one is given."""
+
+    def __init__(self, region: str | None, profile: str | None, endpoint_url: str | None) -> None:
+        try:
+            self.session = boto3.session.Session(profile_name=profile, region_name=region)
+        except botocore.exceptions.ProfileNotFound:
+            raise CommandError(
+                f"--profile {profile}: no such profile in your AWS configuration; check ~/.aws/config"
+            ) from None
+        self.endpoint_url = endpoint_url
+
+    def client(self, service: str, region: str | None = None, presign: bool = False) -> Any:
+        """A client for `service` (in `region`, default the session's); `presign`: S3 that signs URLs
+        with SigV4, which every region accepts."""
+        # S3-compatible endpoints (and addresses) rarely serve bucket subdomains: use path style.
+        style = "path" if self.endpoint_url else "auto"
+        config = Config(s3={"addressing_style": style}, signature_version="s3v4" if presign else None)
+        try:
+            return self.session.client(
+                service,
+                region_name=region or self.session.region_name,
+                endpoint_url=self.endpoint_url,
+                config=config,
+            )
+        except botocore.exceptions.NoRegionError:
+            raise CommandError(
+                "no AWS region: give --region, or set AWS_REGION (or a region in your AWS profile)"
+            ) from None
+
+    def s3_for_bucket(self, bucket: str, presign: bool = False) -> Any:
+        """An S3 client in the bucket's own region (presigned URLs must be signed for it)."""
+        region = self.session.region_name or "us-east-1"
+        try:
+            location = self.client("s3", region).get_bucket_location(Bucket=bucket)
+            # us-east-1 answers with no constraint; the oldest Irish buckets answer "EU".
+            found = location.get("LocationConstraint") or "us-east-1"
+            region = "eu-west-1" if found == "EU" else found
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                raise CommandError(
+                    f"--bucket: the bucket {bucket!r} does not exist; create it first"
+                ) from None
+            # No permission to ask where it is: stay with the given region.
+        except botocore.exceptions.NoCredentialsError:
+            raise CommandError(NO_CREDENTIALS) from None
+        return self.client("s3", region, presign=presign)
+
+
+NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_PROFILE (or give --profile), or the AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) environment variables"
+)
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run a library call, turning its errors into a clean exit with the library's message."""
+    try:
+        return action()
+    except (BundleError, ImageError) as err:
+        raise CommandError(f"error: {err}", FAILED) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise CommandError(NO_CREDENTIALS) from None
+    except OSError as err:
+        raise CommandError(f"error: {err.filename}: {err.strerror}", FAILED) from None
+
+
+def split_bucket(value: str) -> tuple[str, str]:
+    """BUCKET[/PATH] as (bucket, path without slashes at its ends)."""
+    bucket, _, path = value.strip("/").partition("/")
+    if not bucket:
+        raise CommandError("--bucket: give BUCKET or BUCKET/PATH, e.g. my-bundles/web/2026-11")
+    return bucket, path.strip("/")
+
+
+def bundle_in_s3(bucket: str, manifest: str, clients: AwsClients) -> tuple[Any, str, str]:
+    """(S3 client in the bucket's region, bucket name, manifest key) of --bucket BUCKET[/PATH] and
+    --manifest NAME."""
+    name, path = split_bucket(bucket)
+    if "/" in manifest:
+        raise CommandError(f"--manifest {manifest}: give the manifest's file name; put its path in --bucket")
+    return clients.s3_for_bucket(name), name, f"{path}/{manifest}" if path else manifest
+
+
+def progress_line(line: str) -> None:
+    """A progress line on standard error (standard output carries the results)."""
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Go ahead with --yes, or after a 'y' on a terminal; otherwise stop with nothing done."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(
+            f"{question} Standard input is not a terminal to ask on: give --yes to go ahead "
+            "(or --dry-run to see what would go)"
+        )
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise CommandError("nothing was deleted", FAILED)
+
+
+def upload_bundle(
+    *,
+    bucket: str,
+    manifest: str,
+    parts_dir: str | None,
+    concurrency: int,
+    retries: int,
+    skip_manifest: bool,
+    region: str | None,
+    profile: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Upload a bundle's parts in parallel (parts already in S3 are skipped), then its manifest."""
+    name, path = split_bucket(bucket)
+    clients = AwsClients(region, profile, endpoint_url)
+    s3 = clients.s3_for_bucket(name)
+    presigner = clients.s3_for_bucket(name, presign=True)
+    report = _run(
+        lambda: upload_bundle_files(
+            s3,
+            presigner,
+            manifest,
+            name,
+            path,
+            parts_dir=parts_dir,
+            concurrency=concurrency,
+            retries=retries,
+            skip_manifest=skip_manifest,
+            progress=progress_line,
+        )
+    )
+    where = s3_url(name, path)
+    print(f"uploaded {len(report.uploaded)} part(s) to {where}, {len(report.skipped)} already there")
+    if report.manifest_key:
+        print(f"manifest: {s3_url(name, report.manifest_key)} (register it as {name}/{report.manifest_key})")
+
+
+def download_bundle(
+    *,
+    bucket: str,
+    manifest: str,
+    destination: str,
+    concurrency: int,
+    region: str | None,
+    profile: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Download a bundle's parts in parallel, checking each part's SHA-1 as it arrives, then its manifest."""
+    s3, name, key = bundle_in_s3(bucket, manifest, AwsClients(region, profile, endpoint_url))
+    files = _run(
+        lambda: download_bundle_files(s3, name, key, destination, concurrency, progress=progress_line)
+    )
+    print(f"downloaded {s3_url(name, key)} into {destination}: {len(files) - 1} part(s) and {files[-1]}")
+
+
+def delete_bundle(
+    *,
+    bucket: str,
+    manifest: str,
+    dry_run: bool,
+    yes: bool,
+    region: str | None,
+    profile: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Delete exactly a bundle's parts and its manifest (nothing else under its path)."""
+    s3, name, key = bundle_in_s3(bucket, manifest, AwsClients(region, profile, endpoint_url))
+    keys = _run(lambda: delete_bundle_files(s3, name, key, dry_run=True))
+    for found in keys:
+        print(f"{'would delete' if dry_run else 'delete'} {s3_url(name, found)}")
+    if dry_run:
+        return
+    confirm(f"Delete these {len(keys)} object(s)?", yes)
+    deleted = _run(lambda: delete_bundle_files(s3, name, key))
+    print(f"deleted the bundle {s3_url(name, key)}: {len(deleted) - 1} part(s) and its manifest")
+
+
+def _image_line(image: ImageSummary) -> str:
+    return f"{image.image_id}  {image.state:<9}  {image.created or '-':<24}  {image.name}  {image.location}"
+
+
+def images(*, json: bool, region: str | None, profile: str | None, endpoint_url: str | None) -> None:
+    """List the images amidsl built (tag amidsl:built-by = amidsl) with their bundles."""
+    clients = AwsClients(region, profile, endpoint_url)
+    ec2 = clients.client("ec2")
+    found = _run(lambda: amidsl_images(ec2))
+    if json:
+        document = {
+            "schema": "amidsl.images/1",
+            "region": clients.session.region_name,
+            "images": [
+                {
+                    "image_id": i.image_id,
+                    "name": i.name,
+                    "state": i.state,
+                    "created": i.created,
+                    "image_location": i.location,
+                }
+                for i in found
+            ],
+        }
+        print(dumps(document, indent=2))
+        return
+    if not found:
+        print(f"no images built by amidsl in {clients.session.region_name} (none is tagged amidsl:built-by)")
+    for image in found:
+        print(_image_line(image))
+
+
+def delete(
+    *,
+    image: str | None,
+    dry_run: bool,
+    yes: bool,
+    region: str | None,
+    profile: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Deregister an S3-backed image and delete its bundle, after a confirmation (or --yes)."""
+    if not image:
+        raise CommandError("give the image to delete: amidsl delete ami-0123456789abcdef0 (or its name)")
+    clients = AwsClients(region, profile, endpoint_url)
+    ec2 = clients.client("ec2")
+    summary = _run(lambda: find_image(ec2, image))
+    bucket, _ = _run(lambda: bundle_location(summary))
+    s3 = clients.s3_for_bucket(bucket)
+    deletion = _run(lambda: plan_deletion(ec2, s3, summary))
+    verb = "would" if dry_run else "will"
+    built = "" if deletion.image.built_by_amidsl else " (not tagged as built by amidsl)"
+    print(f"{verb} deregister {deletion.image.image_id} ({deletion.image.name}){built}")
+    for key in deletion.bundle_keys:
+        print(f"{verb} delete {s3_url(deletion.bucket, key)}")
+    if deletion.note:
+        print(deletion.note)
+    if dry_run:
+        return
+    confirm(f"Deregister {deletion.image.image_id} and delete {len(deletion.bundle_keys)} object(s)?", yes)
+    deleted = _run(lambda: delete_image(ec2, s3, deletion))
+    print(f"deregistered {deletion.image.image_id}; deleted {len(deleted)} object(s) of its bundle")

@@ -1,0 +1,164 @@
+"""amidsl's images in EC2: find the ones it built (by tag), and deregister one together with its bundle.
+
+An S3-backed image lives in two places: EC2's registration (ImageLocation names the manifest) and the
+bundle in S3. Deleting it means both, and in an order that never strands anything: first everything is
+looked at (the image, the manifest, other images registered from the same bundle), then the image is
+deregistered, then the bundle deleted (parts first, manifest last).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import botocore.exceptions
+
+from amidsl.bundle.errors import BundleError
+from amidsl.bundle.s3 import (
+    BundleStorageError,
+    bundle_keys,
+    delete_bundle,
+    delete_bundle_command,
+    read_s3_manifest,
+    s3_url,
+    split_image_location,
+    storage_error,
+)
+
+# The tag amidsl puts on every image it registers.
+BUILT_BY_TAG = "amidsl:built-by"
+BUILT_BY_VALUE = "amidsl"
+
+
+class ImageError(Exception):
+    """An image cannot be found, listed or deleted; the message says why and the fix."""
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One image: id, name, state, creation date, where its manifest is, and whether amidsl built it."""
+
+    image_id: str
+    name: str
+    state: str
+    created: str
+    location: str
+    built_by_amidsl: bool
+
+    @classmethod
+    def of(cls, image: dict[str, Any]) -> ImageSummary:
+        """From a DescribeImages entry."""
+        tags = {tag["Key"]: tag["Value"] for tag in image.get("Tags", [])}
+        return cls(
+            image["ImageId"],
+            image.get("Name", ""),
+            image.get("State", ""),
+            image.get("CreationDate", ""),
+            image.get("ImageLocation", ""),
+            tags.get(BUILT_BY_TAG) == BUILT_BY_VALUE,
+        )
+
+
+@dataclass(frozen=True)
+class ImageDeletion:
+    """What deleting an image removes: the registration, and the bundle's S3 keys (none when the bundle
+    is gone or other images still use it, as `note` says)."""
+
+    image: ImageSummary
+    bucket: str
+    manifest_key: str
+    bundle_keys: tuple[str, ...]
+    note: str = ""
+
+
+def _ec2_error(err: Exception, what: str) -> ImageError:
+    if isinstance(err, botocore.exceptions.ClientError):
+        code = err.response.get("Error", {}).get("Code", "Unknown")
+        detail = err.response.get("Error", {}).get("Message", "")
+        return ImageError(f"{what}: EC2 answered {code}{': ' + detail if detail else ''}")
+    return ImageError(f"{what}: {storage_error(err, 'EC2')}")
+
+
+def _describe(ec2: Any, what: str, **params: Any) -> list[dict[str, Any]]:
+    try:
+        return ec2.describe_images(Owners=["self"], **params).get("Images", [])
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        raise _ec2_error(err, what) from None
+
+
+def amidsl_images(ec2: Any) -> list[ImageSummary]:
+    """The account's images in the client's region that amidsl built, oldest first."""
+    found = _describe(
+        ec2,
+        "listing amidsl's images",
+        Filters=[{"Name": f"tag:{BUILT_BY_TAG}", "Values": [BUILT_BY_VALUE]}],
+    )
+    return sorted((ImageSummary.of(image) for image in found), key=lambda i: (i.created, i.image_id))
+
+
+def find_image(ec2: Any, image: str) -> ImageSummary:
+    """One of the account's images, by id (ami-...) or by name."""
+    if image.startswith("ami-"):
+        try:
+            found = ec2.describe_images(Owners=["self"], ImageIds=[image]).get("Images", [])
+        except botocore.exceptions.ClientError as err:
+            if "InvalidAMIID" not in err.response.get("Error", {}).get("Code", ""):
+                raise _ec2_error(err, f"looking up {image}") from None
+            found = []
+        except botocore.exceptions.BotoCoreError as err:
+            raise _ec2_error(err, f"looking up {image}") from None
+    else:
+        found = _describe(ec2, f"looking up {image!r}", Filters=[{"Name": "name", "Values": [image]}])
+    if not found:
+        raise ImageError(
+            f"this account owns no image {image!r} in this region; check the id or name and the region "
+            "(amidsl images lists the ones amidsl built)"
+        )
+    return ImageSummary.of(found[0])
+
+
+def bundle_location(image: ImageSummary) -> tuple[str, str]:
+    """(bucket, manifest key) of an S3-backed image; an error for any other image."""
+    if not image.location:
+        raise ImageError(
+            f"{image.image_id} ({image.name}) has no ImageLocation: it is not an S3-backed image, "
+            "so it has no bundle; deregister it with `aws ec2 deregister-image`"
+        )
+    return split_image_location(image.location)
+
+
+def plan_deletion(ec2: Any, s3: Any, summary: ImageSummary) -> ImageDeletion:
+    """Look at everything deleting the image touches (s3: a client for its bucket); change nothing."""
+    bucket, key = bundle_location(summary)
+    others = [
+        other["ImageId"]
+        for other in _describe(ec2, "looking for other images of the same bundle")
+        if other.get("ImageLocation") == summary.location and other["ImageId"] != summary.image_id
+    ]
+    if others:
+        note = f"the bundle is kept: {', '.join(others)} still use(s) it"
+        return ImageDeletion(summary, bucket, key, (), note)
+    try:
+        manifest = read_s3_manifest(s3, bucket, key)
+    except BundleStorageError as err:
+        if err.code not in ("NoSuchKey", "404"):
+            raise
+        return ImageDeletion(summary, bucket, key, (), f"the manifest {s3_url(bucket, key)} is gone already")
+    return ImageDeletion(summary, bucket, key, tuple(bundle_keys(manifest, bucket, key)))
+
+
+def delete_image(ec2: Any, s3: Any, deletion: ImageDeletion) -> list[str]:
+    """Deregister the image, then delete its bundle as planned; return the S3 keys deleted."""
+    try:
+        ec2.deregister_image(ImageId=deletion.image.image_id)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        raise _ec2_error(err, f"deregistering {deletion.image.image_id} (nothing was deleted)") from None
+    if not deletion.bundle_keys:
+        return []
+    try:
+        return delete_bundle(s3, deletion.bucket, deletion.manifest_key)
+    except BundleError as err:
+        raise ImageError(
+            f"{deletion.image.image_id} is deregistered, but deleting its bundle failed: {err}. "
+            f"Run `{delete_bundle_command(deletion.bucket, deletion.manifest_key)}` to finish"
+        ) from None
