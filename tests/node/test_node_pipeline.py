@@ -239,3 +239,16 @@ def test_deflating_ahead_keeps_to_its_byte_budget(tmp_path):
     time.sleep(1)
     ahead.stop()
     assert ahead.made == 1
+
+
+def test_the_size_added_up_while_staging_equals_a_walk_of_the_staging_tree(tmp_path):
+    from tests.node.conftest import make_volume
+
+    volume = make_volume(tmp_path / "volume")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    tally = node.SizeTally(-1)
+    staged = node.stage_volume(node.walk_volume(str(volume), ["/srv"], [], False), str(staging), [], tally)
+    walked = node.measure_selection(node.walk_volume(str(staging), (), (), True), -1)
+    assert tally.size() == walked
+    assert staged == walked.entries > 0
