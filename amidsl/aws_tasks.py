@@ -5,8 +5,9 @@ AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN environment variab
 files, an instance role), never from the command line, where any user of the machine could read them.
 `--region` and `--endpoint-url` choose where. The S3 commands follow the bucket to its own region.
 
-Thin by design: resolve the clients, call the library, print the result. Every problem becomes a
-CommandError, printed without a traceback.
+Each command takes the table's AWS options (region, profile, endpoint_url) as `**aws`, which is
+what AwsClients takes. Thin by design: resolve the clients, call the library, print the result.
+Every problem becomes a CommandError, printed without a traceback.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ T = TypeVar("T")
 class AwsClients:
     """boto3 clients of one session (the standard credential chain), on the endpoint if one is given."""
 
-    def __init__(self, region: str | None, profile: str | None, endpoint_url: str | None) -> None:
+    def __init__(
+        self, *, region: str | None = None, profile: str | None = None, endpoint_url: str | None = None
+    ) -> None:
+        """A session of --region, --profile and --endpoint-url (each optional)."""
         try:
             self.session = boto3.session.Session(profile_name=profile, region_name=region)
         except botocore.exceptions.ProfileNotFound:
@@ -114,13 +118,18 @@ def split_bucket(value: str) -> tuple[str, str]:
     return bucket, path.strip("/")
 
 
-def bundle_in_s3(bucket: str, manifest: str, clients: AwsClients) -> tuple[Any, str, str]:
+def bundle_in_s3(
+    bucket: str, manifest: str | None, prefix: str | None, clients: AwsClients
+) -> tuple[Any, str, str]:
     """(S3 client in the bucket's region, bucket name, manifest key) of --bucket BUCKET[/PATH] and
-    --manifest NAME."""
+    --manifest NAME or --prefix PREFIX."""
     name, path = split_bucket(bucket)
-    if "/" in manifest:
-        raise CommandError(f"--manifest {manifest}: give the manifest's file name; put its path in --bucket")
-    return clients.s3_for_bucket(name), name, f"{path}/{manifest}" if path else manifest
+    if bool(manifest) == bool(prefix):
+        raise CommandError("say which bundle: --manifest NAME (e.g. image.manifest.xml) or --prefix PREFIX")
+    file = manifest or f"{prefix}.manifest.xml"
+    if "/" in file:
+        raise CommandError(f"--manifest/--prefix {file}: give a file name; put its path in --bucket")
+    return clients.s3_for_bucket(name), name, f"{path}/{file}" if path else file
 
 
 def progress_line(line: str) -> None:
@@ -151,13 +160,11 @@ def upload_bundle(
     concurrency: int,
     retries: int,
     skip_manifest: bool,
-    region: str | None,
-    profile: str | None,
-    endpoint_url: str | None,
+    **aws: str | None,
 ) -> None:
     """Upload a bundle's parts in parallel (parts already in S3 are skipped), then its manifest."""
     name, path = split_bucket(bucket)
-    clients = AwsClients(region, profile, endpoint_url)
+    clients = AwsClients(**aws)
     s3 = clients.s3_for_bucket(name)
     presigner = clients.s3_for_bucket(name, presign=True)
     report = _run(
@@ -183,15 +190,14 @@ def upload_bundle(
 def download_bundle(
     *,
     bucket: str,
-    manifest: str,
+    manifest: str | None,
+    prefix: str | None,
     destination: str,
     concurrency: int,
-    region: str | None,
-    profile: str | None,
-    endpoint_url: str | None,
+    **aws: str | None,
 ) -> None:
     """Download a bundle's parts in parallel, checking each part's SHA-1 as it arrives, then its manifest."""
-    s3, name, key = bundle_in_s3(bucket, manifest, AwsClients(region, profile, endpoint_url))
+    s3, name, key = bundle_in_s3(bucket, manifest, prefix, AwsClients(**aws))
     files = _run(
         lambda: download_bundle_files(s3, name, key, destination, concurrency, progress=progress_line)
     )
@@ -201,15 +207,14 @@ def download_bundle(
 def delete_bundle(
     *,
     bucket: str,
-    manifest: str,
+    manifest: str | None,
+    prefix: str | None,
     dry_run: bool,
     yes: bool,
-    region: str | None,
-    profile: str | None,
-    endpoint_url: str | None,
+    **aws: str | None,
 ) -> None:
     """Delete exactly a bundle's parts and its manifest (nothing else under its path)."""
-    s3, name, key = bundle_in_s3(bucket, manifest, AwsClients(region, profile, endpoint_url))
+    s3, name, key = bundle_in_s3(bucket, manifest, prefix, AwsClients(**aws))
     keys = _run(lambda: delete_bundle_files(s3, name, key, dry_run=True))
     for found in keys:
         print(f"{'would delete' if dry_run else 'delete'} {s3_url(name, found)}")
@@ -224,9 +229,9 @@ def _image_line(image: ImageSummary) -> str:
     return f"{image.image_id}  {image.state:<9}  {image.created or '-':<24}  {image.name}  {image.location}"
 
 
-def images(*, json: bool, region: str | None, profile: str | None, endpoint_url: str | None) -> None:
+def images(*, json: bool, **aws: str | None) -> None:
     """List the images amidsl built (tag amidsl:built-by = amidsl) with their bundles."""
-    clients = AwsClients(region, profile, endpoint_url)
+    clients = AwsClients(**aws)
     ec2 = clients.client("ec2")
     found = _run(lambda: amidsl_images(ec2))
     if json:
@@ -257,14 +262,12 @@ def delete(
     image: str | None,
     dry_run: bool,
     yes: bool,
-    region: str | None,
-    profile: str | None,
-    endpoint_url: str | None,
+    **aws: str | None,
 ) -> None:
     """Deregister an S3-backed image and delete its bundle, after a confirmation (or --yes)."""
     if not image:
         raise CommandError("give the image to delete: amidsl delete ami-0123456789abcdef0 (or its name)")
-    clients = AwsClients(region, profile, endpoint_url)
+    clients = AwsClients(**aws)
     ec2 = clients.client("ec2")
     summary = _run(lambda: find_image(ec2, image))
     bucket, _ = _run(lambda: bundle_location(summary))

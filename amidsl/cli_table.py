@@ -89,8 +89,13 @@ AWS_OPTIONS = (
     Option("endpoint_url", "an S3/EC2-compatible endpoint instead of AWS's", metavar="URL"),
 )
 S3_BUNDLE = Option("bucket", "where the bundle is: BUCKET or BUCKET/PATH", short="-b", required=True)
-S3_MANIFEST = Option(
-    "manifest", "the manifest's file name under BUCKET/PATH (PREFIX.manifest.xml)", short="-m", required=True
+S3_MANIFEST = (
+    Option("manifest", "the manifest's file name under BUCKET/PATH (PREFIX.manifest.xml)", short="-m"),
+    Option(
+        "prefix",
+        "instead of --manifest: the bundle's prefix (its manifest is PREFIX.manifest.xml)",
+        short="-p",
+    ),
 )
 CONCURRENCY = Option("concurrency", "parts transferred at once", default=4, metavar="N")
 YES = Option("yes", "do not ask for a confirmation", default=False, short="-y")
@@ -258,7 +263,7 @@ COMMANDS: tuple[Command, ...] = (
         "amidsl.aws_tasks:download_bundle",
         (
             S3_BUNDLE,
-            S3_MANIFEST,
+            *S3_MANIFEST,
             Option("destination", "directory for the parts and the manifest (created if missing)", "."),
             CONCURRENCY,
             *AWS_OPTIONS,
@@ -268,7 +273,7 @@ COMMANDS: tuple[Command, ...] = (
         "delete-bundle",
         "delete exactly a bundle's parts and manifest from S3 (nothing else under its path)",
         "amidsl.aws_tasks:delete_bundle",
-        (S3_BUNDLE, S3_MANIFEST, DRY_RUN, YES, *AWS_OPTIONS),
+        (S3_BUNDLE, *S3_MANIFEST, DRY_RUN, YES, *AWS_OPTIONS),
     ),
     Command(
         "images",

@@ -172,6 +172,7 @@ def _describe_check(report: dict[str, Any]) -> str:
         f"node: python {report.get('python')}, mke2fs {report.get('mke2fs')}, libcrypto "
         f"{report.get('libcrypto')}; {int(report.get('free_bytes', 0)) // mib} MB free in destination_dir, "
         f"about {int(report.get('volume_bytes', 0)) // mib} MB of data to image"
+        + (f"; GRUB {report['grub']} for the hvm disk" if report.get("grub") else "")
     )
 
 

@@ -725,6 +725,16 @@ class _Checker:
             image_size_mb = None
         inherit = self.flag("inherit", True)
         bundler = self.choice("bundler", "native", BUNDLERS)
+        if virtualization_type is None and bundler == "native":
+            # A native build makes a whole disk with GRUB, which EC2 boots as HVM.
+            virtualization_type = "hvm"
+        if virtualization_type == "hvm" and (kernel_id or ramdisk_id):
+            self.problem(
+                "kernel_id" if kernel_id else "ramdisk_id",
+                "an hvm image boots its own kernel through its boot loader; EC2 takes no kernel or "
+                "ramdisk for it",
+                'remove kernel_id and ramdisk_id, or set virtualization_type = "paravirtual"',
+            )
         volume = self.node_path("volume", "/") or "/"
         ec2_certificate_source = self.source("ec2_certificate_source")
         ec2_cert_pem = self.read_source("ec2_certificate_source", ec2_certificate_source) or ""

@@ -32,6 +32,7 @@ from amidsl.bundle import (
     unbundle,
     verify_bundle,
 )
+from amidsl.bundle.ls import describe_layout
 from amidsl.commands import (
     ByPackageManager,
     Check,
@@ -89,6 +90,7 @@ class ImageInspection:
     manifest: Manifest
     entries: tuple[ImageEntry, ...]
     left_out: tuple[LeftOut, ...]
+    layout: tuple[str, ...] = ()  # partition table and boot loader, in words
 
     def paths(self) -> set[str]:
         """Every path in the image."""
@@ -366,7 +368,7 @@ class Simulation:
         )
         entries = tuple(list_image(restored))
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
-        return ImageInspection(image_id, manifest, entries, tuple(left_out))
+        return ImageInspection(image_id, manifest, entries, tuple(left_out), tuple(describe_layout(restored)))
 
     def discard_downloads(self) -> None:
         """Delete what inspect_image downloaded and unpacked."""

@@ -130,6 +130,7 @@ def summarise(inspection: ImageInspection, list_all: bool) -> list[str]:
         f"image: {len(inspection.entries)} entries, {len(files)} files, "
         f"{sum(e.size for e in files) / 1e6:.1f} MB of file data; bundle of {parts} "
         f"part{'' if parts == 1 else 's'} verified and unbundled",
+        *inspection.layout,
     ]
     if list_all:
         lines += [f"  {listing_line(entry)}" for entry in inspection.entries]
@@ -156,6 +157,7 @@ def as_json(
                 "file_bytes": sum(e.size for e in files),
                 "parts": len(inspection.manifest.parts),
             },
+            "layout": list(inspection.layout),
             "left_out": [
                 {"path": x.path, "reason": str(x.reason), "rule": x.rule} for x in inspection.left_out
             ],

@@ -151,7 +151,7 @@ def test_presigned_urls_carry_the_session_token_so_temporary_credentials_work(
     capsys, monkeypatch, aws_env, s3, bucket, local_bundle
 ):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "token-of-temporary-credentials")
-    presigner = AwsClients(REGION, None, aws_env).s3_for_bucket(bucket, presign=True)
+    presigner = AwsClients(region=REGION, endpoint_url=aws_env).s3_for_bucket(bucket, presign=True)
     url = presigner.generate_presigned_url(
         "put_object", Params={"Bucket": bucket, "Key": "k", "ACL": "aws-exec-read"}
     )
@@ -408,3 +408,28 @@ def test_without_a_region_the_ec2_commands_say_how_to_give_one(capsys, monkeypat
     status, _, err = amidsl(capsys, "images", "--endpoint-url", aws_env)
     assert status == 2
     assert "no AWS region: give --region" in err
+
+
+def test_delete_refuses_an_image_whose_manifest_does_not_parse_and_deregisters_nothing(
+    capsys, aws_env, s3, bucket, uploaded
+):
+    image_id = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", uploaded)
+    s3.put_object(Bucket=bucket, Key="web/2026-11/web.manifest.xml", Body=b"<manifest>")
+    status, _, err = amidsl(
+        capsys, "delete", image_id, "--yes", "--region", IMAGES_REGION, "--endpoint-url", aws_env
+    )
+    assert status == 1
+    assert f"manifest s3://{bucket}/web/2026-11/web.manifest.xml is truncated" in err
+    assert client("ec2", aws_env, IMAGES_REGION).describe_images(ImageIds=[image_id])["Images"]
+    assert len(keys_in(s3, bucket)) > 1
+    client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=image_id)
+
+
+def test_a_bundle_in_s3_is_named_by_its_manifest_or_its_prefix(capsys, aws_env, s3, bucket, local_bundle):
+    upload(capsys, aws_env, bucket, local_bundle)
+    where = ("-b", f"{bucket}/web/2026-11", "--endpoint-url", aws_env)
+    status, _, err = amidsl(capsys, "delete-bundle", *where, "--dry-run")
+    assert status == 2 and "--manifest NAME (e.g. image.manifest.xml) or --prefix PREFIX" in err
+    by_manifest = amidsl(capsys, "delete-bundle", *where, "-m", "web.manifest.xml", "--dry-run")
+    by_prefix = amidsl(capsys, "delete-bundle", *where, "-p", "web", "--dry-run")
+    assert by_prefix == by_manifest and by_prefix[0] == 0

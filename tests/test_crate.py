@@ -240,3 +240,33 @@ def test_native_install_refuses_a_python3_older_than_3_8_with_a_clear_message(tm
 
 def test_native_install_accepts_a_current_python3_and_the_shipped_program(tmp_path):
     assert _run_node_checks(tmp_path, (3, 8, 0)).returncode == 0
+
+
+def native_settings(raw_settings, **values):
+    return resolve(raw_settings | {"bundler": "native"} | values)
+
+
+def test_node_directories_inside_a_volume_are_excluded_by_their_path_in_the_image(raw_settings):
+    from amidsl.strategies.native import bundle_request
+
+    s = native_settings(
+        raw_settings,
+        volume="/srv/chroot",
+        install_dir="/srv/chroot/opt/tools",
+        credential_dir="/srv/chroot/opt/tools/credentials",
+    )
+    exclude = dict(bundle_request(s))["exclude"]
+    assert "/opt/tools" in exclude and "/opt/tools/credentials" in exclude
+    assert "/srv/chroot/opt/tools" not in exclude
+
+
+def test_the_native_plan_says_what_the_image_layout_needs(raw_settings):
+    from amidsl.strategies.native import install
+
+    hvm = [w.text for w in install(native_settings(raw_settings)) if isinstance(w, PlanWarning)]
+    assert any("hvm image: a whole disk with an MBR partition table" in w for w in hvm)
+    assert any("grub-pc-bin" in w for w in hvm)
+    paravirtual = install(native_settings(raw_settings, virtualization_type="paravirtual"))
+    texts = [w.text for w in paravirtual if isinstance(w, PlanWarning)]
+    assert any("set kernel_id to the region's pv-grub AKI" in w for w in texts)
+    assert not any("grub-pc-bin" in w for w in texts)

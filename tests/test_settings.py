@@ -359,3 +359,20 @@ def test_a_region_aws_does_not_have_is_refused_with_the_nearest(raw_settings):
 @pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "cn-north-1"])
 def test_regions_in_the_partition_data_are_accepted(raw_settings, region):
     assert resolve(raw_settings | {"region": region}).region == region
+
+
+def test_a_native_build_makes_an_hvm_image_unless_told_otherwise(raw_settings):
+    native = resolve(raw_settings | {"bundler": "native"})
+    assert native.virtualization_type == "hvm"
+    assert resolve(
+        raw_settings | {"bundler": "native", "virtualization_type": "paravirtual"}
+    ).virtualization_type == ("paravirtual")
+    # ami-tools keeps the tools' behaviour: nothing is sent, EC2 takes paravirtual.
+    assert resolve(raw_settings).virtualization_type is None
+
+
+def test_an_hvm_image_with_a_kernel_id_is_refused_naming_the_fix(raw_settings):
+    with pytest.raises(SettingsError) as raised:
+        resolve(raw_settings | {"bundler": "native", "kernel_id": "aki-1a2b3c4d"})
+    [problem] = raised.value.problems
+    assert problem.setting == "kernel_id" and 'virtualization_type = "paravirtual"' in problem.fix

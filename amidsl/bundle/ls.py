@@ -13,6 +13,13 @@ from pathlib import Path
 
 from amidsl.bundle.e2fs import debugfs, quote
 from amidsl.bundle.errors import ImageError
+from amidsl.node.amidsl_node import (
+    LINUX_PARTITION,
+    SECTOR,
+    Partition,
+    boot_loader_state,
+    read_partition_table,
+)
 from amidsl.printable import printable_name
 
 _TYPES = {
@@ -187,11 +194,66 @@ def _slow_link_targets(image: Path, links: list[ImageEntry], scratch: Path) -> d
     return targets
 
 
+_EXT_MAGIC_AT = 1024 + 0x38  # an ext2/3/4 superblock's magic number, 0xEF53
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    """An image's layout: its MBR partitions (none for a bare filesystem) and what boots it."""
+
+    partitions: tuple[Partition, ...]
+    boot_loader: str
+
+    @property
+    def root(self) -> Partition | None:
+        """The partition holding the root filesystem: the first Linux one."""
+        return next((p for p in self.partitions if p.kind == LINUX_PARTITION), None)
+
+
+def disk_layout(image_path: Path | str) -> DiskLayout | None:
+    """The partition table and boot loader of a whole-disk image; None for a bare filesystem."""
+    with open(image_path, "rb") as f:
+        head = f.read(1024 * 1024)
+    if head[_EXT_MAGIC_AT : _EXT_MAGIC_AT + 2] == b"\x53\xef":
+        return None  # a filesystem image (paravirtual) has its superblock where an MBR disk has GRUB
+    partitions = read_partition_table(head[:SECTOR])
+    if not partitions:
+        return None
+    return DiskLayout(tuple(partitions), boot_loader_state(head))
+
+
+def describe_layout(image_path: Path | str) -> list[str]:
+    """The image's layout in words: partition table and boot loader, or a bare filesystem."""
+    layout = disk_layout(image_path)
+    if layout is None:
+        return ["layout: a bare filesystem, no partition table (a paravirtual image)"]
+    lines = [f"layout: a disk with an MBR partition table ({len(layout.partitions)} partition(s))"]
+    for p in layout.partitions:
+        kind = "Linux (0x83)" if p.kind == LINUX_PARTITION else f"type 0x{p.kind:02x}"
+        boot = ", bootable" if p.bootable else ""
+        size = p.sectors * SECTOR // (1024 * 1024)
+        lines.append(
+            f"partition {p.number}: {kind}{boot}, from sector {p.start}, {p.sectors} sectors ({size} MiB)"
+        )
+    lines.append(f"boot loader: {layout.boot_loader}")
+    return lines
+
+
+def filesystem_of(image: Path) -> Path:
+    """What debugfs opens for the image's root filesystem: the file, or its root partition in it."""
+    layout = disk_layout(image)
+    if layout is None or layout.root is None:
+        return image
+    # e2fsprogs' unix I/O manager takes an offset after the file name.
+    return Path(f"{image}?offset={layout.root.start * SECTOR}")
+
+
 def list_image(image_path: Path | str) -> list[ImageEntry]:
-    """Every entry of an ext2/3/4 image (root first, then breadth-first, sorted by path)."""
+    """Every entry of an ext2/3/4 image or of a disk's root partition (root first, sorted by path)."""
     image = Path(image_path)
     if not image.is_file():
         raise ImageError(f"image {image} does not exist or is not a file")
+    image = filesystem_of(image)
     root = _inodes(image, [ROOT_INODE])[ROOT_INODE]
     if not stat.S_ISDIR(root.mode):
         raise ImageError(f"cannot read the root directory of {image}")

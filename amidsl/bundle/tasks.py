@@ -11,7 +11,7 @@ from typing import TypeVar
 from amidsl.bundle.bundle import bundle_image as bundle_image_file
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.keys import describe_certificate, load_certificate, load_private_key
-from amidsl.bundle.ls import list_image, listing_line
+from amidsl.bundle.ls import describe_layout, list_image, listing_line
 from amidsl.bundle.manifest import read_manifest, write_manifest
 from amidsl.bundle.migrate import migrate_manifest as migrate
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
@@ -148,8 +148,11 @@ def unbundle(
 
 
 def image_ls(*, image: str) -> None:
-    """List the files inside an image without mounting it (type and mode, owner, size, path)."""
-    for entry in _run(lambda: list_image(image)):
+    """List an image's layout (partition table, boot loader), then its files, without mounting it."""
+    entries = _run(lambda: list_image(image))
+    for line in describe_layout(image):
+        print(f"# {line}")
+    for entry in entries:
         print(listing_line(entry))
 
 

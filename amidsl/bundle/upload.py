@@ -150,7 +150,10 @@ def upload_bundle(
             raise BundleError(str(err)) from None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
             raise storage_error(err, f"uploading to s3://{bucket}/{key_prefix}") from None
-    sent = tuple(p["filename"] for p in results["presigned"]["parts"])
-    uploaded = tuple(name for name in (p["filename"] for p in results["bundle"]["parts"]) if name in sent)
-    skipped = tuple(p["filename"] for p in results["bundle"]["parts"] if p["filename"] not in sent)
-    return UploadReport(uploaded, skipped, None if skip_manifest else manifest_key)
+    sent = {p["filename"] for p in results["presigned"]["parts"]}
+    names = [p["filename"] for p in results["bundle"]["parts"]]
+    return UploadReport(
+        tuple(n for n in names if n in sent),
+        tuple(n for n in names if n not in sent),
+        None if skip_manifest else manifest_key,
+    )

@@ -38,6 +38,10 @@ BUNDLE_IV = ControllerSecret("bundle_iv", "the bundle's AES IV (made on the cont
 PRESIGNED_PARTS = ControllerSecret("presigned_parts", "one presigned S3 PUT URL per part")
 
 NODE_NEEDS = "python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl)"
+GRUB_NEEDS = (
+    "GRUB 2 for BIOS in the volume (grub-mkimage and /usr/lib/grub/i386-pc: grub-pc-bin on Debian and "
+    "Ubuntu, grub2-pc-modules and grub2-tools on RHEL, Rocky and Amazon Linux)"
+)
 
 # Checks the node's python3 is new enough to run the program (an older one would stop at a syntax error
 # with a traceback), then the shipped program against the SHA-256 amidsl computed from its own copy
@@ -58,13 +62,46 @@ def node_program(s: AmiSettings) -> str:
     return f"{s.install_dir}/{NODE_PROGRAM_NAME}"
 
 
+def node_needs(s: AmiSettings) -> str:
+    """What the node must have for this build."""
+    return f"{NODE_NEEDS}, and {GRUB_NEEDS}" if s.virtualization_type == "hvm" else NODE_NEEDS
+
+
+def layout_warning(s: AmiSettings) -> PlanWarning:
+    """What the image will be, and what booting it needs."""
+    if s.virtualization_type == "hvm":
+        return PlanWarning(
+            "hvm image: a whole disk with an MBR partition table, the volume as its one ext4 partition "
+            "(same UUID and label) at 1 MiB, and the volume's own GRUB 2 installed for BIOS boot; the "
+            "volume needs a kernel in /boot and a grub.cfg"
+        )
+    kernel = (
+        f"it boots through the pv-grub kernel {s.kernel_id}"
+        if s.kernel_id
+        else "it boots only through a pv-grub kernel: set kernel_id to the region's pv-grub AKI"
+    )
+    return PlanWarning(
+        f"paravirtual image: a bare ext4 filesystem image of the volume; {kernel}, which reads "
+        "/boot/grub/menu.lst"
+    )
+
+
+def image_exclusions(s: AmiSettings) -> list[str]:
+    """The exclusions as paths in the image: node directories inside the volume, relative to it."""
+    volume = s.volume.rstrip("/")
+    if not volume:
+        return list(s.exclusions)
+    return [e[len(volume) :] if e.startswith(volume + "/") else e for e in s.exclusions]
+
+
 def install(s: AmiSettings) -> list[Action | PlanWarning]:
     """Ship the node program into a root-only directory, check its checksum, and check the node."""
     return [
         PlanWarning(
             f"native build: nothing is installed; amidsl's node program is copied to {s.install_dir} "
-            f"(excluded from the image, removed in cleanup). The node needs {NODE_NEEDS}."
+            f"(excluded from the image, removed in cleanup). The node needs {node_needs(s)}."
         ),
+        layout_warning(s),
         Directory(s.install_dir, mode="0700", description="create the node program directory (root only)"),
         RemoteFile(
             node_program(s),
@@ -81,9 +118,16 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
         NodeProgram(
             node_program(s),
             "check",
-            (("volume", s.volume), ("destination_dir", s.destination_dir)),
+            (
+                ("volume", s.volume),
+                ("destination_dir", s.destination_dir),
+                ("exclude", image_exclusions(s)),
+                ("virtualization_type", s.virtualization_type or "paravirtual"),
+            ),
             result_name="node_check",
-            description=f"check the node has {NODE_NEEDS} and free space in destination_dir",
+            description="check the node's tools (python3, e2fsprogs, libcrypto"
+            + (", GRUB for BIOS" if s.virtualization_type == "hvm" else "")
+            + "), free space in destination_dir, and that the volume can boot",
         ),
     ]
 
@@ -103,7 +147,7 @@ def bundle_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     """The node program's bundle request; key and IV are filled in by the controller at run time."""
     return (
         ("volume", s.volume),
-        ("exclude", list(s.exclusions)),
+        ("exclude", image_exclusions(s)),
         ("includes", []),
         ("filter", True),
         ("destination_dir", s.destination_dir),
@@ -113,6 +157,7 @@ def bundle_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
         ("iv", BUNDLE_IV),
         ("part_size", PART_SIZE),
         ("workers", 0),
+        ("virtualization_type", s.virtualization_type or "paravirtual"),
     )
 
 
@@ -197,7 +242,7 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "nothing amidsl brings: no package is installed; install_dir, destination_dir "
             "and amidsl's state dir are excluded",
         ),
-        ("the node needs", NODE_NEEDS),
+        ("the node needs", node_needs(s)),
         (
             "secrets",
             "AWS credentials and the signing key stay on the controller; the AES key and IV and the "

@@ -167,3 +167,17 @@ def test_an_image_location_splits_into_bucket_and_manifest_key():
     assert split_image_location("b/web/2026-11/web.manifest.xml") == ("b", "web/2026-11/web.manifest.xml")
     with pytest.raises(Exception, match="is not bucket/key"):
         split_image_location("just-a-bucket")
+
+
+def test_an_interrupted_download_leaves_no_staging_files_and_no_manifest(s3, bucket, local_bundle, tmp_path):
+    manifest_key = put_bundle(s3, bucket, local_bundle)
+    target = tmp_path / "downloaded"
+
+    def interrupt(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        download_bundle(s3, bucket, manifest_key, target, concurrency=1, progress=interrupt)
+    left = sorted(p.name for p in target.iterdir())
+    assert "web.manifest.xml" not in left
+    assert [name for name in left if not name.startswith("web.part.")] == []

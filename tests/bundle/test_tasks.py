@@ -183,3 +183,47 @@ def test_bundle_image_creates_its_destination_or_says_why_not(files, capsys, tmp
     files["out"] = tmp_path / "a-file" / "bundle"
     err = expect_failure(capsys, *bundle_args(files))
     assert f"--destination {tmp_path / 'a-file' / 'bundle'}: cannot create it" in err
+
+
+def test_image_ls_shows_a_disks_partition_table_and_boot_loader_then_the_root_partitions_files(
+    tmp_path, capsys
+):
+    import subprocess
+
+    from amidsl.bundle.e2fs import tool
+    from amidsl.node import amidsl_node as node
+
+    (tmp_path / "root/etc").mkdir(parents=True)
+    (tmp_path / "root/etc/motd").write_text("hello\n")
+    disk = tmp_path / "disk.img"
+    offset = f"offset={node.PARTITION_START}"
+    mke2fs = [
+        tool("mke2fs"),
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-E",
+        offset,
+        "-d",
+        str(tmp_path / "root"),
+        str(disk),
+        "8M",
+    ]
+    subprocess.run(mke2fs, check=True, capture_output=True)
+    record = node.master_boot_record(b"", b"\x01\x02\x03\x04", [node.partition_entry(2048, 8 * 2048)])
+    with open(disk, "r+b") as f:
+        f.write(record)
+    assert amidsl("image-ls", "--image", str(disk)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        "# layout: a disk with an MBR partition table (1 partition(s))",
+        "# partition 1: Linux (0x83), bootable, from sector 2048, 16384 sectors (8 MiB)",
+        "# boot loader: boot code in the MBR is not GRUB 2's",
+    ]
+    assert any(line.endswith(" /etc/motd") for line in lines)
+
+    build_image(tmp_path / "root", tmp_path / "fs.img")
+    assert amidsl("image-ls", "--image", str(tmp_path / "fs.img")) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# layout: a bare filesystem, no partition table (a paravirtual image)\n")

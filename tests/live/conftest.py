@@ -228,6 +228,15 @@ def sudo_user_or_root(request):
     return choose
 
 
+@pytest.fixture(scope="module")
+def ec2_certificate_file(tmp_path_factory) -> Path:
+    """Stands in for EC2's certificate (moto does not decrypt the bundle key)."""
+    _, cert_pem = make_key_and_cert("EC2 (test)")
+    path = tmp_path_factory.mktemp("ec2") / "cert-ec2.pem"
+    path.write_text(cert_pem)
+    return path
+
+
 @pytest.fixture(scope="session")
 def bucket(aws_endpoint: str) -> str:
     """The bundle bucket, in us-east-1 on the moto server."""

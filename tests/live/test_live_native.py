@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from amidsl.bundle import list_image, unbundle
-from tests.conftest import make_key_and_cert
 from tests.live.node_settings import ACCOUNT, aws_client, build_over_ssh, build_settings, download_and_verify
 
 PYTHON_RECORDER = """#!/bin/bash
@@ -34,15 +33,6 @@ def python_recorder(node):
     wrapper.unlink()
 
 
-@pytest.fixture(scope="module")
-def ec2_certificate_file(tmp_path_factory) -> Path:
-    """Stands in for EC2's certificate (moto does not decrypt the bundle key)."""
-    _, cert_pem = make_key_and_cert("EC2 (test)")
-    path = tmp_path_factory.mktemp("ec2") / "cert-ec2.pem"
-    path.write_text(cert_pem)
-    return path
-
-
 @pytest.mark.parametrize("login", ["root", "sudo-user"])
 def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     node,
@@ -61,6 +51,7 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     config["ami"] |= {
         "bundler": "native",
         "volume": str(node.volume),
+        "virtualization_type": "paravirtual",  # the scratch volume has no kernel or GRUB
         "ec2_certificate_source": {"local_file": str(ec2_certificate_file)},
         "image_name": f"amidsl native offline {secrets.token_hex(4)}",
     }

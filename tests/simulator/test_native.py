@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from amidsl.example import example_credentials
 from simulator.region import SECRET_KEY
+from tests.node.test_node_boot import make_bootable, needs_grub
 
 
 def node_files(node):
@@ -100,3 +101,19 @@ def test_the_check_reports_what_the_node_has(run, native_settings):
     check = simulation.transcript[-1]
     assert check.output.splitlines()[-1].startswith("node: python 3.")
     assert "MB free in destination_dir" in check.output
+
+
+@needs_grub
+def test_an_hvm_build_of_a_node_with_a_kernel_and_grub_registers_a_grub_disk(
+    run, native_settings, region, node
+):
+    root = node.host_path("/")
+    make_bootable(root)
+    simulation = run({k: v for k, v in native_settings.items() if k != "virtualization-type"})
+    assert simulation.error is None, simulation.error
+    image = region.ec2.describe_images(ImageIds=[simulation.image_id])["Images"][0]
+    assert image["VirtualizationType"] == "hvm"
+    inspection = simulation.inspect_image()
+    assert inspection.layout[1].startswith("partition 1: Linux (0x83), bootable, from sector 2048")
+    assert inspection.layout[2].startswith("boot loader: GRUB 2 for BIOS")
+    assert {"/boot/vmlinuz-6.1.0-test", "/boot/grub/i386-pc/normal.mod"} <= inspection.paths()

@@ -82,12 +82,15 @@ def test_inspect_lists_the_image_in_the_image_ls_format():
     listed = [line.strip() for line in run.stdout.splitlines() if LISTING_LINE.fullmatch(line.strip())]
     assert "d0755         0:0            0 /" in listed
     assert any(line.endswith(" /home/admin") and "1000:1000" in line for line in listed)
+    # The example is paravirtual: the layout says so before the files.
+    assert "layout: a bare filesystem, no partition table (a paravirtual image)" in run.stdout
 
 
 def test_json_has_a_schema_and_honours_inspect():
     plain = json.loads(amidsl("--json").stdout)
     assert plain["schema"] == "amidsl.simulate/1" and plain["image_id"].startswith("ami-")
     assert "entries" not in plain["image"] and plain["image"]["summary"]["parts"] == 1
+    assert plain["image"]["layout"] == ["layout: a bare filesystem, no partition table (a paravirtual image)"]
     inspected = json.loads(amidsl("--json", "--inspect").stdout)
     assert {"path": "/etc/fstab"}.items() <= next(
         e for e in inspected["image"]["entries"] if e["path"] == "/etc/fstab"

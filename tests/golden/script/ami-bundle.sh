@@ -29,7 +29,7 @@
 #   s3_manifest_path = amidsl-example-bundles/images/example/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   virtualization_type = (none)
+#   virtualization_type = paravirtual
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
@@ -82,7 +82,7 @@ phase_ami_bundle() {
   # ---- end of controller side
   step ami-bundle 3 'image the volume and bundle it into parts on the node'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
-  #   {"volume": "/", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "includes": [], "filter": true, "destination_dir": "/tmp", "prefix": "image", "image_size_mb": null, "key": "<the bundle's AES key (made on the controller)>", "iv": "<the bundle's AES IV (made on the controller)>", "part_size": 10485760, "workers": 0}
+  #   {"volume": "/", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "includes": [], "filter": true, "destination_dir": "/tmp", "prefix": "image", "image_size_mb": null, "key": "<the bundle's AES key (made on the controller)>", "iv": "<the bundle's AES IV (made on the controller)>", "part_size": 10485760, "workers": 0, "virtualization_type": "paravirtual"}
   python3 -I /opt/ami-tools/amidsl_node.py bundle
   # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
   # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws

@@ -29,7 +29,7 @@
 #   s3_manifest_path = amidsl-example-bundles/images/example/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   virtualization_type = (none)
+#   virtualization_type = paravirtual
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
@@ -60,6 +60,7 @@ on_error() {
 trap on_error ERR
 
 # WARNING (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl).
+# WARNING (install): paravirtual image: a bare ext4 filesystem image of the volume; it boots only through a pv-grub kernel: set kernel_id to the region's pv-grub AKI, which reads /boot/grub/menu.lst
 phase_install() {
   step install 1 'create the node program directory (root only)'
   if [ ! -e /opt/ami-tools ]; then
@@ -73,8 +74,9 @@ phase_install() {
 """amidsl's node-side program: image the node's volume, bundle it, upload the parts.
 
 It runs on the node being imaged, as root, with nothing but Python >= 3.8 (standard library),
-OpenSSL's libcrypto (through ctypes) and e2fsprogs' mke2fs. amidsl copies it to a private
-temporary directory for the build and removes it afterwards.
+OpenSSL's libcrypto (through ctypes) and e2fsprogs' mke2fs; an hvm image (a bootable disk) also
+needs the volume's GRUB 2 for BIOS (grub-mkimage and /usr/lib/grub/i386-pc). amidsl copies it to a
+private temporary directory for the build and removes it afterwards.
 
     python3 amidsl_node.py check    < request.json
     python3 amidsl_node.py bundle   < request.json
@@ -88,12 +90,15 @@ line `amidsl-node: error: ...` on standard error. Ctrl-C or SIGTERM removes what
 
 Requests (optional keys in brackets) and results:
 
-    check   {volume, destination_dir}
-            -> {python, mke2fs, libcrypto, free_bytes, volume_bytes, volume_fs{type, uuid, label}}
+    check   {volume, destination_dir, [exclude], [virtualization_type]}
+            -> {python, mke2fs, libcrypto, free_bytes, volume_bytes, volume_fs{type, uuid, label},
+                virtualization_type, grub (version or null), warnings[text]}
     bundle  {volume, exclude, includes, filter, destination_dir, prefix, image_size_mb, key, iv,
-             part_size, workers (0: all cores), [level (zlib, default 3)]}
+             part_size, workers (0: all cores), [level (zlib, default 3)],
+             [virtualization_type ("paravirtual", the default: a filesystem image; "hvm": a disk
+             with an MBR partition table, the filesystem at 1 MiB and GRUB 2 for BIOS)]}
             -> {prefix, image_size, digest, bundled_size, parts[{filename, size, sha1, md5}],
-                volume_fs, left_out[[path, reason]] (the first 200),
+                volume_fs, virtualization_type, grub, warnings, left_out[[path, reason]] (the first 200),
                 seconds{check, stage, mke2fs, bundle, remove} (where the time went),
                 cpu_seconds{the same steps} (CPU time of this program and mke2fs),
                 deflated_ahead{made, used} (chunks deflated while mke2fs ran, and reused)}
@@ -709,14 +714,22 @@ def stage_volume(
 
 
 def run_mke2fs(
-    staging: str, image: str, size_mb: int, entries: int, volume_fs: dict, ahead: DeflatedAhead | None = None
+    staging: str,
+    image: str,
+    size_mb: int,
+    entries: int,
+    volume_fs: dict,
+    offset: int = 0,
+    ahead: DeflatedAhead | None = None,
 ) -> str:
-    """Build the ext4 image from staging; return mke2fs's complaint, or '' on success.
+    """Build the ext4 image from staging (at offset in the file); return mke2fs's complaint, or ''.
 
     ahead, if given, deflates what mke2fs has written while it runs.
     """
     argv = [find_tool("mke2fs"), "-q", "-F", "-t", "ext4", "-b", str(BLOCK_SIZE)]
     argv += ["-N", str(inode_count(entries, size_mb))]
+    if offset:
+        argv += ["-E", f"offset={offset}"]
     if volume_fs.get("uuid"):
         argv += ["-U", volume_fs["uuid"]]
     if volume_fs.get("label"):
@@ -766,11 +779,13 @@ def build_image(
     size_mb: int | None,
     volume_fs: dict,
     cleanup: Cleanup,
+    grub: Grub | None = None,
     ahead: DeflatedAhead | None = None,
 ) -> ImageBuild:
     """Make an ext4 image file of the volume, without mounting anything.
 
-    A separate step from bundling, so that a partitioned disk image can be made the same way.
+    With grub, the image is a whole disk: an MBR, GRUB's core image in the gap after it, and the
+    filesystem as the one partition, at PARTITION_START (volume_fs must then carry a UUID).
     ahead, if given, deflates what mke2fs has written while it runs.
     """
     staging = tempfile.mkdtemp(prefix=".amidsl-staging-", dir=staging_parent(volume, os.path.dirname(image)))
@@ -785,6 +800,12 @@ def build_image(
         tally = SizeTally(-1)
         entries = stage_volume(selection, staging, left_out, tally)
         root = os.lstat(volume)
+        if grub is not None:
+            install_grub_modules(grub, staging)
+            # The modules came after the tally (modules they replaced stay counted: a few MB over).
+            for entry in walk_volume(staging + image_path_of(grub.prefix, GRUB_PLATFORM), (), (), True):
+                if isinstance(entry, Selected):
+                    tally.add(entry.st)
         _set_owner_mode_times(staging, root, volume)
         size = tally.size()
         staged = moment()
@@ -792,7 +813,11 @@ def build_image(
         # An estimate can fall short on unusual trees; grow it rather than fail.
         for _attempt in range(1 if size_mb else 3):
             say(f"building a {wanted} MB ext4 image of {entries} entries")
-            error = run_mke2fs(staging, image, wanted, entries, volume_fs, ahead)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(image)  # mke2fs writes into an existing file at an offset
+            error = run_mke2fs(
+                staging, image, wanted, entries, volume_fs, PARTITION_START if grub else 0, ahead
+            )
             if not error or size_mb:
                 break
             say(f"mke2fs needs more than {wanted} MB ({error}); trying a larger image")
@@ -802,6 +827,9 @@ def build_image(
                 f"mke2fs could not build a {wanted} MB image of {volume}: {error}; set a larger "
                 "image_size_mb or exclude more"
             )
+        if grub is not None:
+            say(f"installing GRUB {grub.version} for BIOS boot (MBR, core image before the partition)")
+            write_boot_loader(image, grub, volume_fs["uuid"], os.path.dirname(image))
     except BaseException:
         cleanup.remove(staging)
         raise
@@ -811,6 +839,380 @@ def build_image(
     say(f"built the image in {built[0] - started:.1f} s")
     left_out.sort(key=lambda s: s.path)
     return ImageBuild(image, wanted, entries, left_out, staged, built)
+
+
+# ---------------------------------------------------------------------------------------------
+# HVM: a whole disk, an MBR partition table, GRUB 2 for BIOS; checks that the image can boot
+# ---------------------------------------------------------------------------------------------
+
+HVM = "hvm"
+PARAVIRTUAL = "paravirtual"
+VIRTUALIZATION_TYPES = (HVM, PARAVIRTUAL)
+SECTOR = 512
+# The root partition starts at 1 MiB (sector 2048), as partitioning tools leave it; the gap before it
+# holds GRUB's core image, where grub-install embeds it on an MBR disk.
+PARTITION_START = MiB
+LINUX_PARTITION = 0x83
+GRUB_PLATFORM = "i386-pc"
+# What grub-install embeds in the core image for an ext2/3/4 root on an MBR disk; the rest is loaded
+# from the modules copied into the image's GRUB directory.
+GRUB_CORE_MODULES = ("biosdisk", "part_msdos", "ext2", "search_fs_uuid")
+GRUB_FILES = ("kernel.img", "boot.img", "diskboot.img", "lzma_decompress.img", "moddep.lst")
+# Fields grub-bios-setup writes (GRUB's include/grub/i386/pc/boot.h and util/setup.c).
+BOOT_KERNEL_SECTOR = 0x5C  # boot.img: 64-bit LBA of the core image's first sector
+BOOT_DRIVE_CHECK = 0x66  # boot.img: a jump skipped (two NOPs) on hard disks, for BIOSes passing a bad drive
+BOOT_CODE_END = 0x1B8  # the disk signature, then the partition table, follow the boot code
+PARTITION_TABLE = 0x1BE
+BLOCKLIST = SECTOR - 12  # diskboot.img (the core image's first sector) ends with {start, len, segment}
+CORE_SEGMENT = 0x820  # where diskboot loads the rest of the core image (GRUB_BOOT_I386_PC_KERNEL_SEG + 0x20)
+VIRTUAL_FS_TYPES = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devpts",
+        "tmpfs",
+        "devtmpfs",
+        "swap",
+        "none",
+        "securityfs",
+        "debugfs",
+        "cgroup",
+        "cgroup2",
+        "mqueue",
+        "hugetlbfs",
+        "efivarfs",
+        "binfmt_misc",
+        "pstore",
+        "bpf",
+        "tracefs",
+        "configfs",
+    }
+)
+GRUB_PACKAGES = "grub-pc-bin (Debian, Ubuntu) or grub2-pc-modules and grub2-tools (RHEL, Rocky, Amazon Linux)"
+
+
+class Grub(NamedTuple):
+    """The node's GRUB 2 for BIOS: grub-mkimage, its i386-pc directory, the image's GRUB directory."""
+
+    mkimage: str
+    modules: str
+    prefix: str  # in the image: /boot/grub, or /boot/grub2 where the volume uses that
+    version: str
+
+
+def find_grub(volume: str) -> Grub | None:
+    """The volume's GRUB 2 BIOS files and the node's grub-mkimage, or None where either is missing."""
+    modules = os.path.join(volume, "usr/lib/grub", GRUB_PLATFORM)
+    names = ("grub-mkimage", "grub2-mkimage")
+    mkimage = next(
+        (p for p in (shutil.which(n) or shutil.which(n, path="/usr/sbin:/sbin") for n in names) if p), None
+    )
+    if mkimage is None or not all(os.path.isfile(os.path.join(modules, f)) for f in GRUB_FILES):
+        return None
+    done = subprocess.run(
+        [mkimage, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False
+    )
+    version = done.stdout.decode("utf-8", "replace").strip().rsplit(" ", 1)[-1]
+    boot = os.path.join(volume, "boot")
+    uses_grub2 = os.path.isdir(os.path.join(boot, "grub2")) and not os.path.isdir(os.path.join(boot, "grub"))
+    return Grub(mkimage, modules, "/boot/grub2" if uses_grub2 else "/boot/grub", version)
+
+
+def no_grub_message(volume: str) -> str:
+    """Why an hvm image cannot be made without GRUB, and the fix."""
+    return (
+        f"an hvm image boots through GRUB 2 for BIOS, but grub-mkimage or "
+        f"{image_path_of(volume, 'usr/lib/grub', GRUB_PLATFORM)} ({', '.join(GRUB_FILES)}) is missing on "
+        f'the node; install {GRUB_PACKAGES}, or set virtualization_type = "paravirtual"'
+    )
+
+
+def install_grub_modules(grub: Grub, staging: str) -> None:
+    """Put the node's GRUB modules in the image's GRUB directory, as grub-install does.
+
+    The core image is made from the same directory, so the modules GRUB loads at boot match it.
+    """
+    directory = staging
+    for part in [*grub.prefix.strip("/").split("/"), GRUB_PLATFORM]:
+        directory = os.path.join(directory, part)
+        if os.path.islink(directory):
+            # Writing through it would write outside the staging tree, maybe into the node's own files.
+            raise NodeError(
+                f"{image_path_of(directory[len(staging) :])} is a symbolic link in the volume; GRUB's "
+                "directory must be a real directory for an hvm image"
+            )
+        if part == GRUB_PLATFORM and os.path.isdir(directory):
+            shutil.rmtree(directory)  # an older grub-install's modules (copies or links in staging)
+        if not os.path.isdir(directory):
+            os.mkdir(directory)
+            os.chmod(directory, 0o755)
+    for name in sorted(os.listdir(grub.modules)):
+        if name.endswith((".mod", ".lst")) or name == "boot.img":
+            target = os.path.join(directory, name)
+            shutil.copyfile(os.path.join(grub.modules, name), target)
+            os.chmod(target, 0o644)
+
+
+def make_core_image(grub: Grub, uuid: str, workdir: str) -> bytes:
+    """GRUB's core image: finds the root filesystem by UUID and loads normal.mod from there."""
+    scratch = tempfile.mkdtemp(prefix=".amidsl-grub-", dir=workdir)
+    config = os.path.join(scratch, "early.cfg")
+    output = os.path.join(scratch, "core.img")
+    with open(config, "w") as f:
+        # What grub-install embeds: the boot disk is hd0 under BIOS, the search makes sure.
+        f.write(f"search.fs_uuid {uuid} root hd0,msdos1\nset prefix=($root)'{grub.prefix}'\n")
+    argv = [grub.mkimage, "-O", GRUB_PLATFORM, "-d", grub.modules, "-c", config]
+    argv += ["-p", f"(hd0,msdos1){grub.prefix}", "-o", output, *GRUB_CORE_MODULES]
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            problem = done.stdout.decode("utf-8", "replace").strip()
+            raise NodeError(f"grub-mkimage failed ({problem}); reinstall {GRUB_PACKAGES}")
+        with open(output, "rb") as f:
+            return f.read()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _chs(lba: int) -> bytes:
+    """An MBR cylinder/head/sector address (255 heads, 63 sectors), saturating as tools do."""
+    cylinder, rest = divmod(lba, 255 * 63)
+    if cylinder > 1023:
+        return b"\xfe\xff\xff"
+    head, sector = divmod(rest, 63)
+    return bytes([head, (sector + 1) | ((cylinder >> 2) & 0xC0), cylinder & 0xFF])
+
+
+def partition_entry(start: int, sectors: int, kind: int = LINUX_PARTITION, bootable: bool = True) -> bytes:
+    """One 16-byte MBR partition entry (start and length in sectors)."""
+    return (
+        bytes([0x80 if bootable else 0])
+        + _chs(start)
+        + bytes([kind])
+        + _chs(start + sectors - 1)
+        + start.to_bytes(4, "little")
+        + sectors.to_bytes(4, "little")
+    )
+
+
+def master_boot_record(boot_code: bytes, disk_id: bytes, entries: list[bytes]) -> bytes:
+    """Sector 0: boot code, disk signature, up to four partition entries, 0x55AA."""
+    record = bytearray(boot_code[:BOOT_CODE_END].ljust(BOOT_CODE_END, b"\x00"))
+    record += disk_id + b"\x00\x00" + b"".join(entries).ljust(64, b"\x00") + b"\x55\xaa"
+    return bytes(record)
+
+
+def grub_boot_sectors(
+    boot_img: bytes, core_img: bytes, disk_id: bytes, fs_sectors: int
+) -> tuple[bytes, bytes]:
+    """The MBR and the core image as grub-bios-setup writes them, the core image at sector 1."""
+    boot = bytearray(boot_img[:SECTOR])
+    boot[BOOT_KERNEL_SECTOR : BOOT_KERNEL_SECTOR + 8] = (1).to_bytes(8, "little")
+    boot[BOOT_DRIVE_CHECK : BOOT_DRIVE_CHECK + 2] = b"\x90\x90"
+    core = bytearray(core_img.ljust(-(-len(core_img) // SECTOR) * SECTOR, b"\x00"))
+    sectors = len(core) // SECTOR
+    gap = PARTITION_START // SECTOR - 1
+    if sectors > gap:
+        raise NodeError(f"GRUB's core image has {sectors} sectors, more than the {gap} before the partition")
+    # diskboot reads the rest of the core image, which follows it on disk.
+    core[BLOCKLIST : BLOCKLIST + 12] = (
+        (2).to_bytes(8, "little") + (sectors - 1).to_bytes(2, "little") + CORE_SEGMENT.to_bytes(2, "little")
+    )
+    start = PARTITION_START // SECTOR
+    record = master_boot_record(bytes(boot), disk_id, [partition_entry(start, fs_sectors)])
+    return record, bytes(core)
+
+
+def write_boot_loader(disk: str, grub: Grub, uuid: str, workdir: str) -> None:
+    """Make disk (a filesystem at PARTITION_START) a bootable MBR disk with GRUB 2 for BIOS."""
+    fs_sectors = (os.path.getsize(disk) - PARTITION_START) // SECTOR
+    with open(os.path.join(grub.modules, "boot.img"), "rb") as f:
+        boot_img = f.read()
+    core_img = make_core_image(grub, uuid, workdir)
+    record, core = grub_boot_sectors(boot_img, core_img, bytes.fromhex(uuid.replace("-", ""))[:4], fs_sectors)
+    fd = os.open(disk, os.O_WRONLY)
+    try:
+        os.pwrite(fd, record, 0)
+        os.pwrite(fd, core, SECTOR)
+    finally:
+        os.close(fd)
+
+
+class Partition(NamedTuple):
+    """An MBR partition table entry."""
+
+    number: int
+    bootable: bool
+    kind: int
+    start: int  # in sectors
+    sectors: int
+
+
+def read_partition_table(first_sector: bytes) -> list[Partition] | None:
+    """The partitions of an MBR, or None when the sector is no MBR (e.g. a bare filesystem)."""
+    if len(first_sector) < SECTOR or first_sector[510:512] != b"\x55\xaa":
+        return None
+    found = []
+    for number in range(1, 5):
+        entry = first_sector[PARTITION_TABLE + 16 * (number - 1) : PARTITION_TABLE + 16 * number]
+        status, kind = entry[0], entry[4]
+        if status not in (0, 0x80):
+            return None
+        sectors = int.from_bytes(entry[12:16], "little")
+        if kind and sectors:
+            found.append(
+                Partition(number, status == 0x80, kind, int.from_bytes(entry[8:12], "little"), sectors)
+            )
+    return found
+
+
+def boot_loader_state(disk_head: bytes) -> str:
+    """What boots the disk, judged from its first MiB: GRUB 2 (and where its core image is), or not."""
+    if len(disk_head) < 2 * SECTOR or disk_head[510:512] != b"\x55\xaa":
+        return "no boot sector"
+    if b"GRUB \x00" not in disk_head[:SECTOR]:
+        return "boot code in the MBR is not GRUB 2's"
+    kernel_sector = int.from_bytes(disk_head[BOOT_KERNEL_SECTOR : BOOT_KERNEL_SECTOR + 8], "little")
+    core = disk_head[kernel_sector * SECTOR : (kernel_sector + 1) * SECTOR]
+    if len(core) < SECTOR or b"loading" not in core:
+        return f"GRUB 2 boot code, but no GRUB core image at sector {kernel_sector}"
+    length = int.from_bytes(core[BLOCKLIST + 8 : BLOCKLIST + 10], "little") + 1
+    return f"GRUB 2 for BIOS: boot code in the MBR, core image at sector {kernel_sector} ({length} sectors)"
+
+
+def fstab_entries(volume: str) -> list[list[str]]:
+    """The volume's /etc/fstab entries (spec, mount point, type, options), comments left out."""
+    try:
+        with open(os.path.join(volume, "etc/fstab"), errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        fields = line.split()
+        if fields and not fields[0].startswith("#") and len(fields) >= 3:
+            entries.append([*fields[:4], "defaults"][:4])
+    return entries
+
+
+def volume_identity(volume: str) -> dict[str, str]:
+    """The type, UUID and label the image's root filesystem gets.
+
+    A volume that is its filesystem's mount point keeps that filesystem's UUID and label. A tree
+    that is not (a chroot), or one whose device cannot be read, takes them from its own fstab's
+    root entry, which is what its boot configuration names.
+    """
+    found = volume_filesystem(volume)
+    if not os.path.ismount(volume):
+        found = {"type": found["type"], "uuid": "", "label": ""}
+    for spec, point, *_ in fstab_entries(volume):
+        if point == "/":
+            name, _, value = spec.partition("=")
+            if name == "UUID" and not found["uuid"]:
+                found["uuid"] = value.lower()
+            if name == "LABEL" and not found["label"]:
+                found["label"] = value
+    return found
+
+
+def boot_problems(
+    volume: str, virtualization_type: str, identity: dict, grub: Grub | None
+) -> tuple[list, list]:
+    """(errors, warnings) about whether the image will boot, each naming the fix."""
+    errors, warnings = [], []
+    boot = os.path.join(volume, "boot")
+    names = os.listdir(boot) if os.path.isdir(boot) else []
+    kernels = [n for n in names if n.startswith(("vmlinuz", "vmlinux", "bzImage"))]
+    if not kernels:
+        text = (
+            f"{image_path_of(volume, 'boot')} on the node holds no kernel (vmlinuz-*), so the image "
+            "cannot boot; install the distribution's kernel package (e.g. linux-image-amd64, kernel)"
+        )
+        (errors if virtualization_type == HVM else warnings).append(text)
+    elif not any(n.startswith(("initrd", "initramfs")) for n in names):
+        warnings.append(
+            "/boot holds a kernel but no initramfs (initrd.img-*, initramfs-*); unless the kernel has "
+            "its disk and ext4 drivers built in, boot stops; run update-initramfs -c -k all or dracut"
+        )
+    if virtualization_type == HVM:
+        config = os.path.join(volume, grub.prefix.strip("/"), "grub.cfg") if grub else ""
+        if grub is None:
+            errors.append(no_grub_message(volume))
+        elif not os.path.isfile(config):
+            warnings.append(
+                f"there is no {grub.prefix}/grub.cfg, so GRUB stops at its prompt; run update-grub "
+                f"(or grub2-mkconfig -o {grub.prefix}/grub.cfg) on the node"
+            )
+        else:
+            warnings += kernel_root_problems(config, grub.prefix, identity)
+    elif kernels and not os.path.isfile(os.path.join(boot, "grub/menu.lst")):
+        warnings.append(
+            "a paravirtual image boots through pv-grub, which reads /boot/grub/menu.lst, and the volume has "
+            "none; write one naming the kernel and initramfs (root=UUID=...), or build an hvm image"
+        )
+    fstype = identity.get("type", "")
+    if fstype and fstype not in ("ext2", "ext3", "ext4"):
+        warnings.append(
+            f"the volume's filesystem is {fstype}, but the image's is ext4 (with the same UUID and label): "
+            f"fstab entries and kernel command lines naming {fstype} will fail; use ext4 or auto there, and "
+            "make sure the initramfs has the ext4 driver"
+        )
+    for spec, point, kind, options in fstab_entries(volume):
+        if kind in VIRTUAL_FS_TYPES or "noauto" in options.split(","):
+            continue
+        name, _, value = spec.partition("=")
+        if point == "/":
+            wanted = {"UUID": identity.get("uuid", "").lower(), "LABEL": identity.get("label", "")}
+            if name in wanted and (value.lower() if name == "UUID" else value) != wanted[name]:
+                warnings.append(
+                    f"/etc/fstab mounts / from {spec}, but the image's root filesystem has "
+                    f"UUID={identity.get('uuid') or '(new)'} LABEL={identity.get('label') or '(none)'}; "
+                    "name the root by the UUID or label the image carries"
+                )
+            elif name not in wanted:
+                warnings.append(
+                    f"/etc/fstab mounts / from {spec}, a name that may differ on the instance; "
+                    f"use UUID={identity.get('uuid') or '<uuid>'} instead"
+                )
+        elif "nofail" not in options.split(","):
+            warnings.append(
+                f"/etc/fstab mounts {spec} on {point}, a filesystem the image does not have (its files "
+                f"are copied into the root filesystem); boot will wait for it; add nofail to its "
+                "options or remove the line"
+            )
+    return errors, warnings
+
+
+def kernel_root_problems(config: str, prefix: str, identity: dict) -> list[str]:
+    """Warnings about the root= of grub.cfg's kernel command lines that the image will not resolve."""
+    with open(config, errors="replace") as f:
+        text = f.read()
+    problems = []
+    for name, value in sorted(set(re.findall(r"\broot=(UUID|PARTUUID|LABEL)=([^\s\"']+)", text))):
+        if name == "PARTUUID":
+            problems.append(
+                f"{prefix}/grub.cfg boots with root=PARTUUID={value}, a partition id the image's new disk "
+                "does not have; use root=UUID= (on Ubuntu remove /etc/default/grub.d/40-force-partuuid.cfg) "
+                "and run update-grub"
+            )
+        elif (value.lower() if name == "UUID" else value) != (
+            identity.get("uuid", "").lower() if name == "UUID" else identity.get("label", "")
+        ):
+            problems.append(
+                f"{prefix}/grub.cfg boots with root={name}={value}, but the image's root filesystem has "
+                f"UUID={identity.get('uuid') or '(new)'} LABEL={identity.get('label') or '(none)'}; run "
+                "update-grub on the node"
+            )
+    return problems
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID, for a root filesystem whose UUID is unknown."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return "-".join((h[0:8], h[8:12], h[12:16], h[16:20], h[20:32]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1444,21 +1846,60 @@ def ahead_budget(size: VolumeSize) -> int:
     return size.allocated // 4
 
 
+def _virtualization_type(request: dict) -> str:
+    found = _field(request, "virtualization_type", str, PARAVIRTUAL)
+    if found not in VIRTUALIZATION_TYPES:
+        raise NodeError(f"virtualization_type {found!r} is not one of {', '.join(VIRTUALIZATION_TYPES)}")
+    return found
+
+
+def _too_large(volume: str, size: VolumeSize, virtualization_type: str) -> str:
+    """Why the image would exceed the instance-store limit, or ''."""
+    disk_mb = estimate_size_mb(size.allocated, size.entries) + (1 if virtualization_type == HVM else 0)
+    if disk_mb <= MAX_IMAGE_MB:
+        return ""
+    return (
+        f"the volume {volume} holds {size.allocated // MiB} MB to image (an image of about {disk_mb} MB), "
+        f"more than the {MAX_IMAGE_MB} MB an S3-backed AMI may have; exclude more"
+    )
+
+
+def check_boot(volume: str, virtualization_type: str, size: VolumeSize) -> tuple[dict, Grub | None, list]:
+    """The image's root identity, the node's GRUB and the warnings; NodeError if it cannot boot."""
+    identity = volume_identity(volume)
+    grub = find_grub(volume) if virtualization_type == HVM else None
+    errors, warnings = boot_problems(volume, virtualization_type, identity, grub)
+    too_large = _too_large(volume, size, virtualization_type)
+    if too_large:
+        errors.append(too_large)
+    for warning in warnings:
+        say(f"amidsl-node: warning: {warning}")
+    if errors:
+        raise NodeError("; and ".join(errors))
+    return identity, grub, warnings
+
+
 def command_check(request: dict) -> dict:
     """Report what the node has for a native build, failing on anything missing."""
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
+    virtualization_type = _virtualization_type(request)
+    exclusions = _field(request, "exclude", list, [])
     _, soname = load_libcrypto()
     mke2fs = mke2fs_version()
-    selection = walk_volume(volume, (), (), False)
+    selection = walk_volume(volume, exclusions, (), False)
     size = measure_selection(selection, os.lstat(staging_parent(volume, destination)).st_dev)
+    identity, grub, warnings = check_boot(volume, virtualization_type, size)
     return {
         "python": ".".join(str(n) for n in sys.version_info[:3]),
         "mke2fs": mke2fs,
         "libcrypto": soname,
         "free_bytes": _free_bytes(destination),
         "volume_bytes": size.allocated,
-        "volume_fs": volume_filesystem(volume),
+        "volume_fs": identity,
+        "virtualization_type": virtualization_type,
+        "grub": grub.version if grub else None,
+        "warnings": warnings,
     }
 
 
@@ -1483,6 +1924,11 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     size_mb = request.get("image_size_mb")
     if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= MAX_IMAGE_MB):
         raise NodeError(f"image_size_mb is {size_mb!r}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
+    virtualization_type = _virtualization_type(request)
+    if size_mb is not None and virtualization_type == HVM:
+        if size_mb <= 16:
+            raise NodeError(f"image_size_mb is {size_mb}; an hvm disk image needs more than 16 MB")
+        size_mb -= PARTITION_START // MiB  # the disk holds the partition table and GRUB before it
     part_size = _field(request, "part_size", int, PART_SIZE)
     if part_size < 1:
         raise NodeError(f"part_size must be positive, got {part_size}")
@@ -1495,11 +1941,9 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     # Check the space before doing anything (a metadata-only walk).
     staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
     size = measure_selection(walk_volume(volume, exclusions, includes, no_filter), staging_dev)
-    if size_mb is None and estimate_size_mb(size.allocated, size.entries) > MAX_IMAGE_MB:
-        raise NodeError(
-            f"the volume {volume} holds {size.allocated // MiB} MB to image, more than the "
-            f"{MAX_IMAGE_MB} MB an S3-backed AMI may have; exclude more"
-        )
+    identity, grub, warnings = check_boot(volume, virtualization_type, size)
+    if virtualization_type == HVM and not identity["uuid"]:
+        identity = {**identity, "uuid": new_uuid()}  # GRUB's core image finds the root by it
     needed = needed_bytes(size, staging_dev == os.lstat(destination).st_dev)
     free = _free_bytes(destination)
     if free < needed:
@@ -1517,7 +1961,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             "some space, or choose a destination_dir on the volume's own filesystem"
         )
 
-    volume_fs = volume_filesystem(volume)
+    volume_fs = identity
     checked = moment()
     image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
     ahead = DeflatedAhead(
@@ -1532,6 +1976,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         size_mb=size_mb,
         volume_fs=volume_fs,
         cleanup=cleanup,
+        grub=grub,
         ahead=ahead,
     )
     encryptor = Aes128Cbc(lib, key, iv)
@@ -1572,6 +2017,9 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         "bundled_size": sum(p["size"] for p in parts),
         "parts": parts,
         "volume_fs": volume_fs,
+        "virtualization_type": virtualization_type,
+        "grub": grub.version if grub else None,
+        "warnings": warnings,
         "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
         "seconds": wall,
         "cpu_seconds": cpu,
@@ -1755,12 +2203,12 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 342ccf086a75d7676aacf866acad0a6d6a0fec638a09b3e6f3bcb754d8673d4e
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 915db172308a3d345968f9dcac712cdbc7d52c0107138ad5470f05abf42b686f
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
-  step install 5 'check the node has python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl) and free space in destination_dir'
+  step install 5 'check the node'"'"'s tools (python3, e2fsprogs, libcrypto), free space in destination_dir, and that the volume can boot'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
-  #   {"volume": "/", "destination_dir": "/tmp"}
+  #   {"volume": "/", "destination_dir": "/tmp", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "virtualization_type": "paravirtual"}
   python3 -I /opt/ami-tools/amidsl_node.py check
 }
 

@@ -1,0 +1,135 @@
+"""An image amidsl builds boots: a debootstrapped Debian 12 is built natively over the sshd node on
+127.0.0.1, uploaded to moto's S3, downloaded, verified, restored with `amidsl unbundle` and booted from
+the restored disk in QEMU (TCG, serial console), which must reach the rootfs's end-of-boot marker.
+
+The root filesystem tree is cached outside the repository (see tests/boot/rootfs.py); building it the
+first time needs debootstrap and the Debian mirror, afterwards the test runs offline.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from amidsl.bundle.ls import describe_layout
+from tests.boot import rootfs
+from tests.live.node_settings import build_over_ssh, build_settings, download_and_verify
+
+QEMU = "qemu-system-x86_64"
+BOOT_TIMEOUT = 240  # seconds; a TCG boot of this tree takes about a minute on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def debian_tree() -> Path:
+    """The cached Debian 12 tree, debootstrapped first if needed."""
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    if shutil.which("grub-mkimage") is None:
+        pytest.skip("grub-mkimage is not installed on this node (apt-get install grub-pc-bin)")
+    if not rootfs.rootfs_path().is_dir() and rootfs.missing_tools():
+        pytest.skip("debootstrap is not installed and no Debian tree is cached (apt-get install debootstrap)")
+    return rootfs.build_rootfs()
+
+
+@pytest.fixture
+def marked_tree(debian_tree: Path, tmp_path: Path):
+    """This run's copy of the tree (hard links where it can), with a file to keep and one in the
+    credential dir; the tools dir (install_dir) is inside it too, where the build puts the node program.
+
+    The cached tree itself is never changed, so that test runs on one machine do not disturb each other.
+    """
+    tree = tmp_path / "tree"
+    copied = subprocess.run(["cp", "-al", str(debian_tree), str(tree)], capture_output=True, check=False)
+    if copied.returncode != 0:  # another filesystem: a real copy
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(debian_tree), str(tree)], check=True)
+    checked = tree / rootfs.CHECKED_DIR.lstrip("/")
+    token = secrets.token_hex(8)
+    (checked / "credentials").mkdir(parents=True)
+    (checked / "kept.txt").write_text(token + "\n")
+    (checked / "credentials" / "pk").write_text("a signing key that must stay out of the image\n")
+    yield tree, token
+    shutil.rmtree(tree, ignore_errors=True)
+
+
+def boot(disk: Path, serial: Path) -> subprocess.CompletedProcess:
+    """Boot disk in QEMU without KVM until it powers off (or the timeout), console to serial."""
+    argv = [QEMU, "-nographic", "-machine", "pc,accel=tcg", "-m", "768", "-smp", "2", "-no-reboot"]
+    argv += ["-drive", f"file={disk},format=raw,if=ide", "-serial", f"file:{serial}", "-monitor", "none"]
+    return subprocess.run(argv, capture_output=True, timeout=BOOT_TIMEOUT, check=False)
+
+
+def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
+    node, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, marked_tree, tmp_path
+):
+    tree, token = marked_tree
+    config = build_settings(tmp_path, node, fake_tools, credentials, "root", aws_endpoint)
+    config["ami"] |= {
+        "bundler": "native",
+        "volume": str(tree),
+        "install_dir": f"{tree}{rootfs.TOOLS_DIR}",
+        "credential_dir": f"{tree}{rootfs.CREDENTIAL_DIR}",
+        "ec2_certificate_source": {"local_file": str(ec2_certificate_file)},
+        "image_name": f"amidsl boot test {secrets.token_hex(4)}",
+    }
+    started = time.monotonic()
+    recorded = build_over_ssh(config)
+    assert recorded.result.image_id, recorded.progress
+    settings = recorded.result.settings
+    assert settings.virtualization_type == "hvm"
+    built = time.monotonic()
+
+    download = tmp_path / "download"
+    download.mkdir()
+    download_and_verify(aws_endpoint, settings, download)
+    restored = tmp_path / "restored"
+    unbundled = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "amidsl",
+            "unbundle",
+            "--manifest",
+            str(download / "image.manifest.xml"),
+            "--privkey",
+            str(credentials.key_path),
+            "--cert",
+            str(credentials.cert_path),
+            "--destination",
+            str(restored),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unbundled.returncode == 0, unbundled.stderr
+    disk = restored / "image"
+    layout = "\n".join(describe_layout(disk))
+    assert "partition 1: Linux (0x83), bootable, from sector 2048" in layout
+    assert "GRUB 2 for BIOS" in layout
+    restored_at = time.monotonic()
+
+    serial = tmp_path / "serial.log"
+    booted = boot(disk, serial)
+    console = serial.read_text(errors="replace")
+    last_lines = "\n".join(console.splitlines()[-15:])
+    booted_at = time.monotonic()
+    print(
+        f"build {built - started:.0f} s, restore {restored_at - built:.0f} s, "
+        f"boot {booted_at - restored_at:.0f} s"
+    )
+    print(last_lines)
+    assert booted.returncode == 0, booted.stderr
+    marker = re.search(rf"{rootfs.MARKER} tools=\S+ credentials=\S+ kept=\S+", console)
+    seen = [line for line in console.splitlines() if "AMIDSL" in line]
+    assert marker is not None, f"no end-of-boot marker on the console ({seen}); its last lines:\n{last_lines}"
+    print(marker.group(0))
+    assert marker.group(0) == f"{rootfs.MARKER} tools=absent credentials=absent kept={token}"
+    assert "reboot: Power down" in console
