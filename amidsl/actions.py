@@ -50,8 +50,20 @@ class OptionalArg:
     value: EnvSecret
 
 
+@dataclass(frozen=True)
+class ExistingPaths:
+    """The paths among `paths` that exist on the node when the command runs, joined by `separator`.
+
+    For a program that refuses a path that does not exist (ec2-bundle-vol's `-e`); the script shows
+    the test, and says which paths it leaves out.
+    """
+
+    paths: tuple[str, ...]
+    separator: str = ","
+
+
 # One word of a command line (or an environment value); OptionalArg is zero or two words.
-Value = str | RuntimeValue | EnvSecret | OptionalArg
+Value = str | RuntimeValue | EnvSecret | OptionalArg | ExistingPaths
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,26 @@ class Exec:
     user: str = "root"
     creates: str | None = None  # skip the command when this path exists (a finished earlier run)
     description: str = "run a command"
+
+
+@dataclass(frozen=True)
+class InstallRuby:
+    """Make `link` the Ruby to run, chosen on the node when it runs.
+
+    The first of `distribution_versions` (e.g. "3.1") the node's apt sources have is installed as the
+    distribution's `ruby<version>` package; failing that, Ruby `build_version` is built with rbenv under
+    `rbenv_root` (after installing the build packages); with no `build_version`, the action fails.
+    """
+
+    link: str
+    distribution_versions: tuple[str, ...]
+    build_version: str | None
+    rbenv_root: str
+    rbenv_url: str
+    ruby_build_url: str
+    build_apt: tuple[str, ...]
+    build_rpm: tuple[str, ...]
+    description: str = "choose and install Ruby"
 
 
 @dataclass(frozen=True)
@@ -249,6 +281,7 @@ Action = (
     | RemoteFile
     | RemoteDirectory
     | Exec
+    | InstallRuby
     | Remove
     | AwsCall
     | UpdateSettings

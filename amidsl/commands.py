@@ -13,7 +13,9 @@ from amidsl.actions import (
     Action,
     Directory,
     Exec,
+    ExistingPaths,
     InstallPackages,
+    InstallRuby,
     RemoteDirectory,
     RemoteFile,
     Remove,
@@ -42,7 +44,18 @@ class Glob:
             raise ValueError(f"unsafe pattern {self.pattern!r}: use letters, digits and . _ - *")
 
 
-Word = Value | StagedFile | Glob
+@dataclass(frozen=True)
+class ShellVariable:
+    """A variable an earlier step of the same action set (e.g. by CollectExisting)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not _NAME_SAFE.fullmatch(self.name):
+            raise ValueError(f"bad variable name {self.name!r}")
+
+
+Word = Value | StagedFile | Glob | ShellVariable
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,35 @@ class IfPresent:
     then: tuple[Step, ...]
 
 
+@dataclass(frozen=True)
+class IfSucceeds:
+    """Run `then` when every test command succeeds (their output hidden), else `otherwise`."""
+
+    tests: tuple[Command, ...]
+    then: tuple[Step, ...]
+    otherwise: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class CollectExisting:
+    """Set `variable` to the paths that exist now, joined by `separator`; say which do not."""
+
+    variable: str
+    paths: tuple[str, ...]
+    separator: str = ","
+
+    def __post_init__(self) -> None:
+        if not _NAME_SAFE.fullmatch(self.variable):
+            raise ValueError(f"bad variable name {self.variable!r}")
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Stop the action with `message`."""
+
+    message: str
+
+
 CHECK_KINDS = ("absent", "empty", "recorded")
 
 
@@ -105,29 +147,18 @@ class ByPackageManager:
     otherwise: str
 
 
-Step = Command | IfMissing | IfPresent | Check | ByPackageManager
+Step = Command | IfMissing | IfPresent | Check | ByPackageManager | IfSucceeds | CollectExisting | Fail
+
+# The variable holding an ExistingPaths word's value (one per command: a command has at most one).
+EXISTING_PATHS_VARIABLE = "AMIDSL_EXISTING_PATHS"
 
 
 def node_steps(action: Action) -> tuple[Step, ...]:
     """The steps a node action runs; an unknown (or controller-side) action type is an error."""
     if isinstance(action, InstallPackages):
-        apt_env = (("DEBIAN_FRONTEND", "noninteractive"),)
-        return (
-            ByPackageManager(
-                (
-                    (
-                        "apt-get",
-                        (
-                            Command(("apt-get", "update", "-q"), env=apt_env),
-                            Command(("apt-get", "install", "-y", "-q", *action.apt), env=apt_env),
-                        ),
-                    ),
-                    ("dnf", (Command(("dnf", "install", "-y", "-q", *action.rpm)),)),
-                    ("yum", (Command(("yum", "install", "-y", "-q", *action.rpm)),)),
-                ),
-                otherwise="no apt-get, dnf or yum on this node: install the packages by hand",
-            ),
-        )
+        return (install_packages(action.apt, action.rpm),)
+    if isinstance(action, InstallRuby):
+        return install_ruby(action)
     if isinstance(action, Directory):
         return (
             record_if_created(action.path),
@@ -147,11 +178,98 @@ def node_steps(action: Action) -> tuple[Step, ...]:
     if isinstance(action, RemoteDirectory):
         return _remote_directory(action)
     if isinstance(action, Exec):
-        command = Command(action.argv, env=action.env, cwd=action.cwd, user=action.user)
-        return (IfMissing(action.creates, (command,)),) if action.creates else (command,)
+        return _exec(action)
     if isinstance(action, Remove):
         return removal(action)
     raise TypeError(f"no node commands for the action type {type(action).__name__}")
+
+
+APT_ENV = (("DEBIAN_FRONTEND", "noninteractive"),)
+
+
+def install_packages(apt: tuple[str, ...], rpm: tuple[str, ...]) -> ByPackageManager:
+    """Install packages with whichever package manager the node has."""
+    return ByPackageManager(
+        (
+            (
+                "apt-get",
+                (
+                    Command(("apt-get", "update", "-q"), env=APT_ENV),
+                    Command(("apt-get", "install", "-y", "-q", *apt), env=APT_ENV),
+                ),
+            ),
+            ("dnf", (Command(("dnf", "install", "-y", "-q", *rpm)),)),
+            ("yum", (Command(("yum", "install", "-y", "-q", *rpm)),)),
+        ),
+        otherwise="no apt-get, dnf or yum on this node: install the packages by hand",
+    )
+
+
+def _exec(action: Exec) -> tuple[Step, ...]:
+    """An Exec's command; an ExistingPaths word becomes a variable set by the step before it."""
+    existing = [w for w in action.argv if isinstance(w, ExistingPaths)]
+    if len(existing) > 1:
+        raise ValueError("a command takes at most one ExistingPaths word")
+    argv = tuple(
+        ShellVariable(EXISTING_PATHS_VARIABLE) if isinstance(w, ExistingPaths) else w for w in action.argv
+    )
+    steps: list[Step] = [
+        CollectExisting(EXISTING_PATHS_VARIABLE, word.paths, word.separator) for word in existing
+    ]
+    steps.append(Command(argv, env=action.env, cwd=action.cwd, user=action.user))
+    return (IfMissing(action.creates, tuple(steps)),) if action.creates else tuple(steps)
+
+
+def install_ruby(action: InstallRuby) -> tuple[Step, ...]:
+    """The distribution's Ruby where the node's packages have a wanted version, else rbenv's build."""
+    bin_dir = action.link.rsplit("/", 1)[0]
+    fallback: tuple[Step, ...]
+    if action.build_version is None:
+        wanted = " or ".join(f"ruby{v}" for v in action.distribution_versions)
+        fallback = (
+            Fail(
+                f"this node's packages have no {wanted}, which the ec2-ami-tools need: "
+                'set install_strategy = "rbenv" (or "auto") to build Ruby with rbenv'
+            ),
+        )
+    else:
+        root, version = action.rbenv_root, action.build_version
+        fallback = (
+            install_packages(action.build_apt, action.build_rpm),
+            IfMissing(root, (Command(("git", "clone", "--depth", "1", action.rbenv_url, root)),)),
+            IfMissing(
+                f"{root}/plugins/ruby-build",
+                (
+                    Command(
+                        ("git", "clone", "--depth", "1", action.ruby_build_url, f"{root}/plugins/ruby-build")
+                    ),
+                ),
+            ),
+            IfMissing(
+                f"{root}/versions/{version}",
+                (
+                    Command(
+                        (f"{root}/bin/rbenv", "install", "--skip-existing", version),
+                        env=(("RBENV_ROOT", root),),
+                    ),
+                ),
+            ),
+            Command(("ln", "-sfn", f"{root}/versions/{version}/bin/ruby", action.link)),
+        )
+    chain = fallback
+    for version in reversed(action.distribution_versions):
+        package = f"ruby{version}"
+        chain = (
+            IfSucceeds(
+                (Command(("apt-cache", "show", package)),),
+                (
+                    Command(("apt-get", "install", "-y", "-q", package), env=APT_ENV),
+                    Command(("ln", "-sfn", f"/usr/bin/{package}", action.link)),
+                ),
+                chain,
+            ),
+        )
+    return (_install(("-d",), "0755", "root", "root", "--", bin_dir), *chain)
 
 
 def created_marker(path: str) -> str:

@@ -35,7 +35,12 @@ DEFAULT_RUBY_VERSION = "2.7.8"
 # Where amidsl keeps its own state on a node; excluded from every image like the crate's pallet dir.
 NODE_STATE_DIR = "/var/lib/amidsl"
 
-INSTALL_STRATEGIES = ("rbenv", "package", "none")
+INSTALL_STRATEGIES = ("auto", "rbenv", "package", "none")
+# ec2-bundle-vol --partition: "none" makes a plain filesystem image; the others need a standard
+# /dev/(xvd|sd) root device, dmsetup, kpartx, parted, sgdisk and legacy grub on the node.
+PARTITIONS = ("none", "mbr", "gpt", "auto")
+# How ec2-upload-bundle gets AWS credentials: the keys (-a/-s, at run time) or the node's instance profile.
+UPLOAD_CREDENTIALS = ("keys", "instance-profile")
 BUNDLERS = ("native", "ami-tools")
 ARCHITECTURES = ("x86_64", "i386", "arm64")
 VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
@@ -168,6 +173,8 @@ class AmiSettings:
     volume: str = "/"
     ec2_certificate_source: Source | None = None
     ec2_certificate_pem: str = ""
+    partition: str = "none"
+    upload_credentials: str = "keys"
 
     @property
     def tools_dir(self) -> str:
@@ -723,7 +730,8 @@ class _Checker:
                 "give a whole number of MB up to 10240 (ec2-bundle-vol's maximum)",
             )
             image_size_mb = None
-        inherit = self.flag("inherit", True)
+        # ec2-bundle-vol's default (inherit) fails on Ruby 3 and wherever IMDSv2 is required.
+        inherit = self.flag("inherit", False)
         bundler = self.choice("bundler", "native", BUNDLERS)
         if virtualization_type is None and bundler == "native":
             # A native build makes a whole disk with GRUB, which EC2 boots as HVM.
@@ -735,6 +743,13 @@ class _Checker:
                 "ramdisk for it",
                 'remove kernel_id and ramdisk_id, or set virtualization_type = "paravirtual"',
             )
+        partition = self.choice("partition", "none", PARTITIONS)
+        upload_credentials = self.choice("upload_credentials", "keys", UPLOAD_CREDENTIALS)
+        if bundler == "ami-tools":
+            self.ami_tools_limits(
+                arch, session_token if secret_key else None, upload_credentials, inherit, strategy
+            )
+            self.ami_tools_image_limits(virtualization_type, partition)
         volume = self.node_path("volume", "/") or "/"
         ec2_certificate_source = self.source("ec2_certificate_source")
         ec2_cert_pem = self.read_source("ec2_certificate_source", ec2_certificate_source) or ""
@@ -811,7 +826,48 @@ class _Checker:
             volume=volume,
             ec2_certificate_source=ec2_certificate_source,
             ec2_certificate_pem=ec2_cert_pem,
+            partition=partition,
+            upload_credentials=upload_credentials,
         )
+
+    def ami_tools_image_limits(self, virtualization_type: str | None, partition: str) -> None:
+        """An image ec2-bundle-vol makes that EC2 could not boot, refused before anything runs."""
+        if virtualization_type == "hvm" and partition == "none":
+            self.problem(
+                "virtualization_type",
+                "'hvm' boots the image as a whole disk through BIOS, but partition 'none' makes a "
+                "plain filesystem image without a partition table or boot loader",
+                'use virtualization_type = "paravirtual" (pv-grub), or partition = "mbr" (needs legacy '
+                "grub, a /dev/xvd* or /dev/sd* root device, dmsetup, kpartx, parted and sgdisk on the node)",
+            )
+
+    def ami_tools_limits(
+        self, arch: str, session_token: Secret | None, upload_credentials: str, inherit: bool, strategy: str
+    ) -> None:
+        """What ec2-ami-tools 1.5 cannot do, refused before anything runs."""
+        if arch == "arm64":
+            self.problem(
+                "arch",
+                "'arm64' is not supported by ec2-bundle-vol (it prints 'Unsupported architecture' and "
+                "carries on), and no instance type launches an arm64 instance-store AMI",
+                'use arch = "x86_64" (or "i386") with bundler = "ami-tools"',
+            )
+        if session_token is not None and upload_credentials == "keys":
+            self.problem(
+                "session_token",
+                "ec2-upload-bundle drops the session token under SigV4, so S3 rejects temporary "
+                "credentials with the ami-tools strategy",
+                'use bundler = "native" (the token stays on the controller), or '
+                'upload_credentials = "instance-profile" (the node\'s instance profile uploads)',
+            )
+        if inherit and strategy in ("package", "none"):
+            self.problem(
+                "inherit",
+                "inherit reads instance metadata with Kernel#open, which fails on Ruby 3 (a "
+                f"distribution Ruby, as install_strategy {strategy!r} may give)",
+                'remove inherit, or set install_strategy = "rbenv" (Ruby 2.7; the instance must also '
+                "allow IMDSv1)",
+            )
 
     def aws_credentials(self) -> tuple[str | None, Secret | None, Secret | None]:
         access_key = self.text("access_key")
@@ -882,7 +938,7 @@ class _Checker:
 
     def install_strategy(self) -> str:
         install_ruby = self.flag("install_ruby", True)
-        default = "rbenv" if install_ruby else "none"
+        default = "auto" if install_ruby else "none"
         strategy = self.choice("install_strategy", default, INSTALL_STRATEGIES)
         if not install_ruby and strategy != "none":
             self.problem(

@@ -36,10 +36,14 @@ from amidsl.bundle.ls import describe_layout
 from amidsl.commands import (
     ByPackageManager,
     Check,
+    CollectExisting,
     Command,
+    Fail,
     Glob,
     IfMissing,
     IfPresent,
+    IfSucceeds,
+    ShellVariable,
     Step,
     created_marker,
     node_steps,
@@ -240,6 +244,18 @@ class SimulatorBackend:
             elif isinstance(step, Check):
                 passed = self._check(step)
                 result = CommandResult(0) if passed else CommandResult(1, f"amidsl: {step.message}\n")
+            elif isinstance(step, IfSucceeds):
+                passed = all(self._run_command(test, env).status == 0 for test in step.tests)
+                result = CommandResult(*self._run_steps(step.then if passed else step.otherwise, env))
+            elif isinstance(step, CollectExisting):
+                found = [p for p in step.paths if self.node.exists(p)]
+                env[step.variable] = step.separator.join(found)
+                missing = [p for p in step.paths if p not in found]
+                result = CommandResult(
+                    0, "".join(f"amidsl: leaving out {p}: it does not exist on this node\n" for p in missing)
+                )
+            elif isinstance(step, Fail):
+                result = CommandResult(1, f"amidsl: {step.message}\n")
             elif isinstance(step, ByPackageManager):
                 branch = next((b for program, b in step.branches if self.node.has_command(program)), None)
                 if branch is None:
@@ -287,6 +303,8 @@ class SimulatorBackend:
             return [word]
         if isinstance(word, EnvSecret | StagedFile | RuntimeValue):
             return [env[word.env_var]]
+        if isinstance(word, ShellVariable):
+            return [env[word.name]]
         if isinstance(word, OptionalArg):
             value = env.get(word.value.env_var)
             return [word.flag, value] if value else []
@@ -306,6 +324,8 @@ def _staged_files(action: Action) -> list[StagedFile]:
                 found.extend(w for w in step.argv if isinstance(w, StagedFile))
             elif isinstance(step, IfMissing):
                 visit(step.then)
+            elif isinstance(step, IfSucceeds):
+                visit(step.then + step.otherwise)
             elif isinstance(step, ByPackageManager):
                 for _, branch in step.branches:
                     visit(branch)

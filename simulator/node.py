@@ -22,7 +22,7 @@ from amidsl.progress import Progress
 
 # OS family -> the package holding its package manager.
 OS_FAMILIES = {"debian": "apt", "rhel": "dnf", "amazon": "yum"}
-BASE_PACKAGES = frozenset({"bash", "coreutils", "util-linux", "ca-certificates"})
+BASE_PACKAGES = frozenset({"bash", "coreutils", "util-linux", "kmod", "ca-certificates"})
 # Commands that come with the packages every node has.
 BASE_COMMANDS = frozenset(
     [
@@ -33,6 +33,7 @@ BASE_COMMANDS = frozenset(
         "mv",
         "chown",
         "chmod",
+        "ln",
         "printf",
         "cat",
         "true",
@@ -105,6 +106,20 @@ class FakeNode:
     progress: Progress = field(
         default_factory=Progress
     )  # commands (verbose) and byte transfers, as the user asked
+    # What the ec2-ami-tools models look at (simulator.ami_tools). The defaults are today's usual node:
+    # a Nitro instance (NVMe root) whose instance metadata requires IMDSv2 tokens.
+    root_device: str = "/dev/nvme0n1p1"
+    root_filesystem: tuple[str, str, str] = (
+        "ext4",
+        "cloudimg-rootfs",
+        "5b3c1b9e-0d6f-4c1e-9a51-3f1e0c2d7a40",
+    )
+    mounts: dict[str, str] = field(default_factory=lambda: {"/run": "tmpfs"})  # mount point -> type
+    imdsv2_required: bool = True
+    instance_profile: tuple[str, str, str] | None = None  # (key id, secret, token) from instance metadata
+    loop_devices: bool = True
+    distribution_ruby: str | None = None  # the Ruby version the OS packages; None: the family's usual one
+    rsync_partial_transfer: bool = False  # ec2-bundle-vol's rsync cannot copy some file (exit 23)
 
     def __post_init__(self) -> None:
         if self.os_family not in OS_FAMILIES:

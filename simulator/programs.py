@@ -8,6 +8,8 @@ packages that do not exist, a step run before its prerequisite).
 from __future__ import annotations
 
 import io
+import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -17,7 +19,9 @@ from simulator.node import CommandResult, FakeNode, Program, RunContext
 
 # Packages each package manager knows, and the commands they provide.
 PACKAGE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "apt": ("apt-get",),
+    "apt": ("apt-get", "apt-cache"),
+    "util-linux": ("losetup", "mount"),
+    "kmod": ("modprobe",),
     "dnf": ("dnf",),
     "yum": ("yum",),
     "ca-certificates": (),
@@ -36,6 +40,8 @@ KNOWN_PACKAGES = {
     "dnf": set(PACKAGE_COMMANDS) | set(LIBRARIES_RPM),
     "yum": set(PACKAGE_COMMANDS) | set(LIBRARIES_RPM),
 }
+# The Ruby each OS family's packages hold (Debian 12: 3.1; RHEL 9: 3.0; Amazon Linux 2023: 3.2).
+DISTRIBUTION_RUBY = {"debian": "3.1", "rhel": "3.0", "amazon": "3.2"}
 MODEL_MARKER = b"amidsl-simulator-model: "
 
 
@@ -262,16 +268,57 @@ def package_manager(ctx: RunContext) -> CommandResult:
     if not options.get("-y"):
         return fail(1, "Do you want to continue? [Y/n] Abort.")
     wanted = operands[1:]
-    unknown = [p for p in wanted if p not in KNOWN_PACKAGES[manager]]
+    unknown = [p for p in wanted if p not in known_packages(ctx.node, manager)]
     if unknown:
         if manager == "apt-get":
             return fail(100, f"E: Unable to locate package {unknown[0]}")
         return fail(1, f"Error: Unable to find a match: {' '.join(unknown)}")
     new = [p for p in wanted if p not in ctx.node.packages]
     ctx.node.packages.update(wanted)
-    if "ruby" in new:
-        ctx.node.write_bytes("/usr/bin/ruby", model_script("ruby"), mode=0o755)
+    version = distribution_ruby(ctx.node)
+    for package in new:
+        if package in ("ruby", f"ruby{version}"):
+            ruby_file = model_script("ruby", f"# ruby {version}\n")
+            ctx.node.write_bytes(f"/usr/bin/{package}", ruby_file, mode=0o755)
     return ok("".join(f"Setting up {p} ...\n" for p in new))
+
+
+def distribution_ruby(node: FakeNode) -> str:
+    """The Ruby version (major.minor) the node's OS packages."""
+    return node.distribution_ruby or DISTRIBUTION_RUBY[node.os_family]
+
+
+def known_packages(node: FakeNode, manager: str) -> set[str]:
+    """The packages a node's package manager can install (apt also has the versioned ruby3.x)."""
+    versioned = {f"ruby{distribution_ruby(node)}"} if manager.startswith("apt") else set()
+    return KNOWN_PACKAGES["apt-get" if manager.startswith("apt") else manager] | versioned
+
+
+def apt_cache(ctx: RunContext) -> CommandResult:
+    """`apt-cache show PACKAGE`: exit 100 when the package is unknown to the node's sources."""
+    _, operands = split_options(ctx.argv[1:], ())
+    if operands[:1] != ["show"] or len(operands) != 2:
+        return fail(1, "apt-cache: the simulator models only 'apt-cache show PACKAGE'")
+    if operands[1] not in known_packages(ctx.node, "apt-cache"):
+        return fail(100, "E: No packages found")
+    return ok(f"Package: {operands[1]}\n")
+
+
+def ln(ctx: RunContext) -> CommandResult:
+    """`ln -sfn TARGET LINK`: a symbolic link (inside the node's root) replacing LINK."""
+    options, operands = split_options(ctx.argv[1:], ())
+    if not (options.get("-s") and options.get("-f") and options.get("-n")) or len(operands) != 2:
+        return fail(1, "ln: the simulator models only 'ln -sfn TARGET LINK'")
+    target, link = operands
+    node = ctx.node
+    if not node.is_dir(link.rsplit("/", 1)[0] or "/"):
+        return fail(1, f"ln: failed to create symbolic link '{link}': No such file or directory")
+    host = node.host_path(link)
+    if host.is_symlink() or host.exists():
+        host.unlink()
+    # Relative to the node's root, so the link never reaches the machine running the simulator.
+    host.symlink_to(os.path.relpath(node.host_path(target), host.parent))
+    return ok()
 
 
 def curl(ctx: RunContext) -> CommandResult:
@@ -362,8 +409,31 @@ def rbenv(ctx: RunContext) -> CommandResult:
     return ok(f"Installed ruby-{version} to {prefix}\n")
 
 
+def ruby_version(ctx: RunContext) -> tuple[int, int] | None:
+    """The (major, minor) of the first `ruby` on the command's PATH, or None without one."""
+    node = ctx.node
+    for folder in ctx.env.get("PATH", node.env["PATH"]).split(":"):
+        path = f"{folder.rstrip('/')}/ruby"
+        if folder and node.exists(path) and not node.is_dir(path):
+            found = re.search(rb"# ruby (\d+)\.(\d+)", node.read_bytes(path)[:400])
+            # A Ruby the simulator does not version is taken as the tools' own era's (2.7).
+            return (int(found[1]), int(found[2])) if found else (2, 7)
+    return None
+
+
 def ruby(ctx: RunContext) -> CommandResult:
-    """A Ruby interpreter: the tools need one on PATH; running it alone does nothing here."""
+    """A Ruby interpreter: runs only amidsl's version check (`ruby -e RUBY_CHECK`); alone, nothing."""
+    from amidsl.strategies.ami_tools import RUBY_CHECK
+
+    if ctx.argv[1:] == ["-e", RUBY_CHECK]:
+        major, minor = ruby_version(ctx) or (2, 7)
+        if (major, minor) >= (3, 2):
+            return fail(
+                1, f"Ruby {major}.{minor} cannot run ec2-ami-tools 1.5: they need Ruby 2.7, 3.0 or 3.1"
+            )
+        return ok(f"Ruby {major}.{minor}\n")
+    if len(ctx.argv) > 1:
+        return fail(1, f"ruby (simulated) runs only amidsl's version check, not {ctx.argv[1:]}")
     return ok("ruby (simulated)\n")
 
 
@@ -379,7 +449,7 @@ def python3(ctx: RunContext) -> CommandResult:
 
 def standard_programs() -> dict[str, Program]:
     """The registry every FakeNode starts with (the ami-tools models are added by simulator.ami_tools)."""
-    from simulator.ami_tools import bundle_vol, upload_bundle
+    from simulator.ami_tools import bundle_vol, tools_version, upload_bundle
 
     return {
         "install": install,
@@ -393,6 +463,8 @@ def standard_programs() -> dict[str, Program]:
         "false": lambda ctx: CommandResult(1),
         "runuser": runuser,
         "apt-get": package_manager,
+        "apt-cache": apt_cache,
+        "ln": ln,
         "dnf": package_manager,
         "yum": package_manager,
         "curl": curl,
@@ -403,4 +475,5 @@ def standard_programs() -> dict[str, Program]:
         "python3": python3,
         "ec2-bundle-vol": bundle_vol,
         "ec2-upload-bundle": upload_bundle,
+        "ec2-ami-tools-version": tools_version,
     }

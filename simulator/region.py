@@ -96,13 +96,25 @@ class FakeRegion:
 
     # -- what a user sets up before a build -------------------------------------------------------
 
-    def create_bucket(self, bucket: str, region: str | None = None) -> None:
-        """Create a bucket (in this region unless told otherwise)."""
+    def create_bucket(self, bucket: str, region: str | None = None, acls_disabled: bool = False) -> None:
+        """Create a bucket (in this region unless told otherwise); `acls_disabled` as S3 now makes a
+        bucket whose creator says nothing about Object Ownership (BucketOwnerEnforced, since 2023)."""
         where = region or self.name
         if where == "us-east-1":
             self.s3.create_bucket(Bucket=bucket)
         else:
             self.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": where})
+        if acls_disabled:
+            rules = {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+            self.s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=rules)
+
+    def acls_disabled(self, bucket: str) -> bool:
+        """Whether the bucket refuses ACLs (Object Ownership BucketOwnerEnforced); moto does not check."""
+        try:
+            rules = self.s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+        except ClientError:
+            return False
+        return any(rule.get("ObjectOwnership") == "BucketOwnerEnforced" for rule in rules)
 
     def register_signing_certificate(self, cert_pem: str, user_name: str = "amidsl") -> None:
         """Upload an X.509 signing certificate for the account, as the ami-tools require."""
@@ -153,6 +165,8 @@ class FakeRegion:
             return f"NoSuchBucket: The specified bucket {bucket} does not exist"
         if located != region:
             return f"PermanentRedirect: bucket {bucket} is in {located}, not {region}"
+        if self.acls_disabled(bucket):
+            return "AccessControlListNotSupported: The bucket does not allow ACLs"
         self.s3.put_object(Bucket=bucket, Key=key, Body=data, ACL="aws-exec-read")
         self.object_acls[(bucket, key)] = "aws-exec-read"
         return None

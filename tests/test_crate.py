@@ -16,15 +16,16 @@ from amidsl.actions import (
     Directory,
     EnvSecret,
     Exec,
+    ExistingPaths,
     InstallPackages,
-    OptionalArg,
+    InstallRuby,
     PlanWarning,
     RemoteDirectory,
     RemoteFile,
     Remove,
     UpdateSettings,
 )
-from amidsl.settings import PROTECTED_DIRS, resolve
+from amidsl.settings import NODE_STATE_DIR, PROTECTED_DIRS, resolve
 from amidsl.strategies import ami_tools
 
 
@@ -48,16 +49,28 @@ def test_install_unpacks_the_tools_with_the_crates_rename(raw_settings):
     assert (credential_dir.path, credential_dir.mode) == ("/opt/ami-tools/credentials", "0700")
 
 
-def test_install_builds_ruby_with_rbenv_inside_install_dir(raw_settings):
-    steps = ami_tools.install(resolve(raw_settings | {"ruby_version": "2.7.8"}))
-    builds = [s for s in steps if isinstance(s, Exec)]
-    assert [b.creates for b in builds] == [
-        "/opt/ami-tools/.rbenv",
-        "/opt/ami-tools/.rbenv/plugins/ruby-build",
-        "/opt/ami-tools/.rbenv/versions/2.7.8",
-    ]
-    assert builds[-1].argv == ("/opt/ami-tools/.rbenv/bin/rbenv", "install", "--skip-existing", "2.7.8")
-    assert "gcc" in only(steps, InstallPackages).apt
+def test_install_chooses_ruby_on_the_node_distribution_31_or_30_else_rbenv_27(raw_settings):
+    steps = ami_tools.install(resolve(raw_settings))
+    ruby = only(steps, InstallRuby)
+    assert ruby.distribution_versions == ("3.1", "3.0")
+    assert (ruby.build_version, ruby.rbenv_root) == ("2.7.8", "/opt/ami-tools/.rbenv")
+    assert ruby.link == "/opt/ami-tools/ruby/bin/ruby"
+    assert "gcc" in ruby.build_apt and "gcc" not in only(steps, InstallPackages).apt
+
+
+def test_rbenv_strategy_always_builds_ruby_inside_install_dir(raw_settings):
+    ruby = only(ami_tools.install(resolve(raw_settings | {"install_strategy": "rbenv"})), InstallRuby)
+    assert ruby.distribution_versions == () and ruby.build_version == "2.7.8"
+
+
+def test_inherit_needs_ruby_27_so_auto_builds_it(raw_settings):
+    ruby = only(ami_tools.install(resolve(raw_settings | {"inherit": True})), InstallRuby)
+    assert ruby.distribution_versions == () and ruby.build_version == "2.7.8"
+
+
+def test_the_preview_says_loudly_that_ruby_build_packages_stay_in_the_image(raw_settings):
+    warnings = [s.text for s in ami_tools.install(resolve(raw_settings)) if isinstance(s, PlanWarning)]
+    assert any("ITS BUILD PACKAGES STAY IN THE IMAGE: git, gcc, make" in w for w in warnings)
 
 
 def test_install_from_a_local_archive_is_staged(raw_settings, tmp_path):
@@ -69,18 +82,17 @@ def test_install_from_a_local_archive_is_staged(raw_settings, tmp_path):
     assert remote.url is None and remote.staged.local_path == str(archive)
 
 
-def test_package_strategy_warns_that_ruby_stays_in_the_image(raw_settings):
+def test_package_strategy_takes_only_a_distribution_ruby_and_says_it_stays(raw_settings):
     steps = ami_tools.install(resolve(raw_settings | {"install_strategy": "package"}))
-    assert "ruby" in only(steps, InstallPackages).apt
-    assert not any(isinstance(s, Exec) for s in steps)
+    ruby = only(steps, InstallRuby)
+    assert ruby.distribution_versions == ("3.1", "3.0") and ruby.build_version is None
     warnings = [s.text for s in steps if isinstance(s, PlanWarning)]
-    assert any("ruby package stays in the image" in w for w in warnings)
+    assert any("ruby3.1 or ruby3.0 package is installed, it stays in the image" in w for w in warnings)
 
 
 def test_no_ruby_strategy_installs_only_the_tools(raw_settings):
     steps = ami_tools.install(resolve(raw_settings | {"install_strategy": "none"}))
-    assert "ruby" not in only(steps, InstallPackages).apt
-    assert not any(isinstance(s, Exec) for s in steps)
+    assert not any(isinstance(s, InstallRuby | Exec) for s in steps)
 
 
 def test_configure_writes_root_only_credentials_and_stages_the_key(raw_settings, credentials):
@@ -96,7 +108,7 @@ def test_configure_writes_root_only_credentials_and_stages_the_key(raw_settings,
 
 def test_bundle_vol_gets_destination_prefix_batch_and_all_exclusions(raw_settings):
     s = resolve(raw_settings | {"destination_dir": "/mnt/b", "prefix": "web", "inherit": False})
-    bundle = ami_tools.ami_bundle(s)[-1]
+    bundle = next(a for a in ami_tools.ami_bundle(s) if isinstance(a, Exec) and "ec2-bundle-vol" in a.argv[0])
     argv = bundle.argv
     assert argv[0] == "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol"
     assert option(argv, "-d") == "/mnt/b"
@@ -106,8 +118,41 @@ def test_bundle_vol_gets_destination_prefix_batch_and_all_exclusions(raw_setting
     assert option(argv, "-k") == "/opt/ami-tools/credentials/pk"
     assert option(argv, "-c") == "/opt/ami-tools/credentials/cert"
     assert "--batch" in argv and "--no-inherit" in argv
+    assert option(argv, "--partition") == "none"
     assert dict(bundle.env)["EC2_AMITOOL_HOME"] == "/opt/ami-tools/ec2-ami-tools"
-    assert dict(bundle.env)["PATH"].startswith("/opt/ami-tools/.rbenv/versions/")
+    assert dict(bundle.env)["PATH"].startswith("/opt/ami-tools/ruby/bin:")
+
+
+def test_bundle_vol_inherits_only_when_asked_and_partitions_only_when_asked(raw_settings):
+    default = bundle_vol_of(resolve(raw_settings))
+    assert "--no-inherit" in default and option(default, "--partition") == "none"
+    asked = bundle_vol_of(resolve(raw_settings | {"inherit": True, "partition": "mbr"}))
+    assert "--no-inherit" not in asked and option(asked, "--partition") == "mbr"
+
+
+def test_the_image_file_is_removed_before_and_after_bundling(raw_settings):
+    actions = ami_tools.ami_bundle(resolve(raw_settings | {"destination_dir": "/mnt/b", "prefix": "web"}))
+    bundle_at = next(
+        i for i, a in enumerate(actions) if isinstance(a, Exec) and "ec2-bundle-vol" in a.argv[0]
+    )
+    removes = [(i, a.path) for i, a in enumerate(actions) if isinstance(a, Remove)]
+    assert removes == [(bundle_at - 1, "/mnt/b/web"), (bundle_at + 1, "/mnt/b/web")]
+
+
+def test_amidsls_state_dir_exists_before_it_is_excluded(raw_settings):
+    actions = ami_tools.ami_bundle(resolve(raw_settings))
+    made = next(i for i, a in enumerate(actions) if isinstance(a, Exec) and a.argv[-1] == NODE_STATE_DIR)
+    bundle_at = next(
+        i for i, a in enumerate(actions) if isinstance(a, Exec) and "ec2-bundle-vol" in a.argv[0]
+    )
+    assert made < bundle_at
+    assert NODE_STATE_DIR in option(bundle_vol_of(resolve(raw_settings)), "-e").paths
+
+
+def bundle_vol_of(s):
+    return next(
+        a for a in ami_tools.ami_bundle(s) if isinstance(a, Exec) and "ec2-bundle-vol" in a.argv[0]
+    ).argv
 
 
 node_dir = (
@@ -126,8 +171,9 @@ def test_bundle_exclusions_always_hold_the_three_dirs(
         raw_settings
         | {"credential_dir": credential_dir, "install_dir": install_dir, "destination_dir": destination_dir}
     )
-    excluded = option(ami_tools.ami_bundle(s)[-1].argv, "-e").split(",")
-    assert {credential_dir, install_dir, destination_dir} <= set(excluded)
+    excluded = option(bundle_vol_of(s), "-e")
+    assert isinstance(excluded, ExistingPaths)  # only those that exist: the tool refuses the others
+    assert {credential_dir, install_dir, destination_dir} <= set(excluded.paths)
 
 
 def test_upload_passes_region_and_credentials_only_as_run_time_references(raw_settings):
@@ -139,8 +185,29 @@ def test_upload_passes_region_and_credentials_only_as_run_time_references(raw_se
     assert option(argv, "--region") == "eu-west-1"
     assert option(argv, "-a") == EnvSecret("AMIDSL_ACCESS_KEY", "the AWS access key id")
     assert option(argv, "-s").env_var == "AMIDSL_SECRET_KEY"
-    assert any(isinstance(a, OptionalArg) and a.flag == "-t" for a in argv)
+    assert "-t" not in argv  # the tool drops a session token under SigV4
     assert "very-secret" not in repr(argv)
+
+
+@pytest.mark.parametrize(
+    ("region", "url"),
+    [
+        ("eu-west-1", "https://s3.eu-west-1.amazonaws.com"),
+        ("eu-central-1", "https://s3.eu-central-1.amazonaws.com"),
+        ("us-east-2", "https://s3.us-east-2.amazonaws.com"),
+        ("cn-north-1", "https://s3.cn-north-1.amazonaws.com.cn"),
+    ],
+)
+def test_upload_always_names_the_regions_s3_endpoint(raw_settings, region, url):
+    (upload,) = ami_tools.ami_upload(resolve(raw_settings | {"region": region}))
+    assert option(upload.argv, "--url") == url
+
+
+def test_instance_profile_upload_passes_no_keys(raw_settings):
+    s = resolve(raw_settings | {"upload_credentials": "instance-profile"})
+    (upload,) = ami_tools.ami_upload(s)
+    assert "-a" not in upload.argv and "-s" not in upload.argv
+    assert not any(isinstance(word, EnvSecret) for word in upload.argv)
 
 
 def test_register_image_and_keep_its_id(raw_settings):

@@ -18,8 +18,8 @@ from amidsl.testing import describe_image_phase
 def test_text_preview_lists_phases_numbered_actions_and_commands(raw_settings):
     text = render_text(build_plan(crate.server_spec(raw_settings)))
     assert text.startswith("amidsl plan for spec 'ami': image 'web-server-2026-11' (x86_64) in eu-west-1")
-    assert "phase ami-bundle (2 actions)" in text
-    assert "  2. bundle the volume with ec2-bundle-vol" in text
+    assert "phase ami-bundle (7 actions)" in text
+    assert "  6. bundle the volume with ec2-bundle-vol" in text
     assert "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \\" in text
     assert "  1. register the image with EC2 [controller]" in text
     assert "install the private signing key [secret content not shown]" in text
@@ -27,20 +27,35 @@ def test_text_preview_lists_phases_numbered_actions_and_commands(raw_settings):
 
 def test_text_preview_warns_that_a_ruby_package_stays_in_the_image(raw_settings):
     text = render_text(build_plan(crate.server_spec(raw_settings | {"install_strategy": "package"})))
-    assert "WARNING: install_strategy 'package': the distribution's ruby package stays in the image" in text
+    assert "where the distribution's ruby3.1 or ruby3.0 package is installed, it stays in the image" in text
+
+
+def test_text_preview_says_what_partition_none_means_for_hvm(raw_settings):
+    text = render_text(build_plan(crate.server_spec(raw_settings)))
+    assert "--partition none: a plain filesystem image" in text
+    assert "an HVM instance cannot boot it" in text
+
+
+def test_text_preview_says_the_instance_profile_route_needs_imdsv1(raw_settings):
+    raw = raw_settings | {"upload_credentials": "instance-profile"}
+    text = render_text(build_plan(crate.server_spec(raw)))
+    assert "reads the node's instance profile credentials" in text and "allow IMDSv1" in text
 
 
 def test_json_preview_follows_the_documented_schema(raw_settings):
     group = group_spec(
         "ami", extends=[crate.server_spec(raw_settings)], phases={"test": describe_image_phase}
     )
+    plan_settings = build_plan(group).settings
     data = json.loads(render_json(build_plan(group)))
     assert data["schema"] == SCHEMA and data["spec"] == "ami"
     assert [p["name"] for p in data["phases"]] == [*crate.PHASE_FUNCTIONS, "test"]
-    bundle = data["phases"][2]["actions"][1]
-    assert bundle["index"] == 2 and bundle["type"] == "exec" and bundle["runs_on"] == "node"
+    bundle = data["phases"][2]["actions"][5]
+    assert bundle["index"] == 6 and bundle["type"] == "exec" and bundle["runs_on"] == "node"
     assert bundle["fields"]["argv"][0] == "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol"
-    assert bundle["commands"][0].startswith("(cd -- /opt/ami-tools")
+    assert {"existing_paths": list(plan_settings.exclusions), "separator": ","} in bundle["fields"]["argv"]
+    assert bundle["commands"][0] == "AMIDSL_EXISTING_PATHS=''"
+    assert any(c.startswith("(cd -- /opt/ami-tools") for c in bundle["commands"])
     register = data["phases"][4]["actions"][0]
     assert register["type"] == "aws_call" and register["runs_on"] == "controller"
     assert register["fields"]["params"]["ImageLocation"] == "acme-ami-bundles/web/2026-11/image.manifest.xml"
@@ -65,14 +80,16 @@ secret = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", 
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(secret_key=secret, token=secret, inline_key=st.booleans())
-def test_no_secret_in_any_preview_script_or_json(raw_settings, credentials, secret_key, token, inline_key):
+@given(secret_key=secret, token=secret, inline_key=st.booleans(), node_uploads_with_keys=st.booleans())
+def test_no_secret_in_any_preview_script_or_json(
+    raw_settings, credentials, secret_key, token, inline_key, node_uploads_with_keys
+):
     secret_key, token = f"SK{secret_key}kS", f"TK{token}kT"  # markers: never equal to ordinary text
-    raw = raw_settings | {
-        "access_key": "AKIAEXAMPLEEXAMPLE12",
-        "secret_key": secret_key,
-        "session_token": token,
-    }
+    raw = raw_settings | {"access_key": "AKIAEXAMPLEEXAMPLE12", "secret_key": secret_key}
+    if node_uploads_with_keys:  # temporary keys cannot upload with the tools
+        token = "TK-no-session-token-kT"
+    else:  # the node's instance profile uploads; the keys and token are the controller's
+        raw |= {"session_token": token, "upload_credentials": "instance-profile"}
     if inline_key:
         raw["private_key_source"] = {"content": credentials.key_pem}
     plan = build_plan(

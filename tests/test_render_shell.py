@@ -25,12 +25,17 @@ from amidsl.actions import (
     UpdateSettings,
 )
 from amidsl.commands import (
+    EXISTING_PATHS_VARIABLE,
     ByPackageManager,
     Check,
+    CollectExisting,
     Command,
+    Fail,
     Glob,
     IfMissing,
     IfPresent,
+    IfSucceeds,
+    ShellVariable,
     created_marker,
     node_steps,
 )
@@ -135,7 +140,9 @@ RECORDER = """#!/bin/bash
   >> "$AMIDSL_TEST_RECORD"
 """
 # Every program the node commands and API calls use, as a shell function that records its argv.
-RECORDED_PROGRAMS = "aws git mkdir install curl unzip rm mv chown apt-get dnf yum printf find ls fail"
+RECORDED_PROGRAMS = (
+    "aws git mkdir install curl unzip rm mv chown apt-get apt-cache dnf yum ln ruby printf find ls fail"
+)
 SHELL_RECORDERS = f"""
 record() {{ {{ builtin printf '%s\\0' "$#" "$@"; }} >> "$AMIDSL_TEST_RECORD"; }}
 for program in {RECORDED_PROGRAMS}; do eval "$program() {{ record $program \\"\\$@\\"; }}"; done
@@ -210,7 +217,8 @@ def test_awkward_values_reach_programs_exactly(
     tools_bin.mkdir(parents=True)
     rbenv_bin = Path(s.install_dir) / ".rbenv" / "bin"
     rbenv_bin.mkdir(parents=True)
-    for program in (tools_bin / "ec2-bundle-vol", tools_bin / "ec2-upload-bundle", rbenv_bin / "rbenv"):
+    tools = ("ec2-bundle-vol", "ec2-upload-bundle", "ec2-ami-tools-version")
+    for program in (*(tools_bin / tool for tool in tools), rbenv_bin / "rbenv"):
         program.write_text(RECORDER)
         program.chmod(0o755)
 
@@ -271,6 +279,15 @@ def expected_argvs(action, env: dict[str, str]) -> list[list[str]]:
                     found.append(["fail", step.message])
             elif isinstance(step, ByPackageManager):
                 walk(step.branches[0][1])  # the recorders make apt-get the first one found
+            elif isinstance(step, IfSucceeds):
+                walk(step.tests + step.then)  # the recorders succeed
+            elif isinstance(step, CollectExisting):
+                present = [p for p in step.paths if Path(p).exists()]
+                env[EXISTING_PATHS_VARIABLE] = step.separator.join(present)
+                message = "amidsl: leaving out %s: it does not exist on this node\\n"
+                found.extend(["printf", message, p] for p in step.paths if p not in present)
+            elif isinstance(step, Fail):
+                found.append(["fail", step.message])
 
     walk(node_steps(action))
     return found
@@ -280,6 +297,8 @@ def expand(word, env: dict[str, str]):
     """What bash makes of one word of a command (a list when it is zero or several words)."""
     if isinstance(word, StagedFile):
         return env[word.env_var]
+    if isinstance(word, ShellVariable):
+        return env[word.name]
     if isinstance(word, Glob):
         pattern = f"{word.directory.rstrip('/')}/{word.pattern}"
         return sorted(glob.glob(f"{glob.escape(word.directory.rstrip('/'))}/{word.pattern}")) or [pattern]

@@ -34,9 +34,50 @@ def test_defaults_are_the_crates(raw_settings):
     assert s.credential_dir == "/opt/ami-tools/credentials"
     assert s.destination_dir == "/tmp"
     assert s.arch == "x86_64"
-    assert s.install_ruby is True and s.install_strategy == "rbenv"
+    assert s.install_ruby is True and s.install_strategy == "auto"
     assert s.ami_tools_url.endswith("/ec2-downloads/ec2-ami-tools.zip")
     assert s.install_source.url == s.ami_tools_url
+
+
+def test_the_ami_tools_defaults_are_what_works_with_the_real_tools(raw_settings):
+    s = resolve(raw_settings)
+    assert s.inherit is False  # inherit fails on Ruby 3 and wherever IMDSv2 is required
+    assert s.partition == "none"  # partitioning stops on NVMe and virtio roots
+    assert s.upload_credentials == "keys"
+
+
+def test_arm64_is_refused_for_the_ami_tools_strategy(raw_settings):
+    message = the_problem(raw_settings | {"bundler": "ami-tools", "arch": "arm64"}, "arch")
+    assert "Unsupported architecture" in message and 'use arch = "x86_64"' in message
+
+
+def test_a_session_token_is_refused_for_ami_tools_with_the_ways_out(raw_settings):
+    temporary = {"access_key": "ASIAEXAMPLEEXAMPLE12", "secret_key": "s", "session_token": "t"}
+    message = the_problem(raw_settings | {"bundler": "ami-tools"} | temporary, "session_token")
+    assert "drops the session token under SigV4" in message
+    assert 'bundler = "native"' in message and 'upload_credentials = "instance-profile"' in message
+    for fine in ({"bundler": "native"}, {"bundler": "ami-tools", "upload_credentials": "instance-profile"}):
+        assert resolve(raw_settings | fine | temporary).session_token is not None
+
+
+def test_hvm_with_an_unpartitioned_ami_tools_image_is_refused(raw_settings):
+    raw = raw_settings | {"bundler": "ami-tools", "virtualization_type": "hvm"}
+    message = the_problem(raw, "virtualization_type")
+    assert "without a partition table or boot loader" in message and 'partition = "mbr"' in message
+    assert resolve(raw | {"partition": "mbr"}).virtualization_type == "hvm"
+
+
+def test_inherit_with_a_distribution_ruby_is_refused(raw_settings):
+    message = the_problem(
+        raw_settings | {"bundler": "ami-tools", "inherit": True, "install_strategy": "package"}, "inherit"
+    )
+    assert "fails on Ruby 3" in message and 'install_strategy = "rbenv"' in message
+
+
+def test_partition_and_upload_credentials_take_only_their_choices(raw_settings):
+    assert "one of none, mbr, gpt, auto" in the_problem(raw_settings | {"partition": "msdos"}, "partition")
+    message = the_problem(raw_settings | {"upload_credentials": "role"}, "upload_credentials")
+    assert "one of keys, instance-profile" in message
 
 
 def test_paths_are_finalised_from_the_other_settings(raw_settings):

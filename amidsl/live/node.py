@@ -290,6 +290,13 @@ class LiveBackend:
             credentials = self.credentials()
         except AwsError as err:
             raise PhaseSetupError(str(err)) from None
+        if credentials.session_token is not None and ACCESS_KEY in needs.secrets:
+            # ec2-upload-bundle drops the token under SigV4: S3 would refuse every part.
+            raise PhaseSetupError(
+                "the AWS credentials amidsl found are temporary (they carry a session token), which "
+                "ec2-upload-bundle cannot use: it drops the token under SigV4. Fix: use long-term keys, "
+                'bundler = "native", or upload_credentials = "instance-profile"'
+            )
         known = {
             ACCESS_KEY.env_var: credentials.access_key,
             SECRET_KEY.env_var: credentials.secret_key.reveal(),

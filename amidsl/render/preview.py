@@ -31,6 +31,7 @@ from amidsl.actions import (
     Action,
     ControllerSecret,
     EnvSecret,
+    ExistingPaths,
     OptionalArg,
     RemoteFile,
     RuntimeValue,
@@ -61,6 +62,8 @@ def _json_value(value: Any) -> Any:
         return {"controller_secret": value.name, "what": value.what}
     if isinstance(value, OptionalArg):
         return {"flag": value.flag, "env": value.value.env_var, "what": value.value.what}
+    if isinstance(value, ExistingPaths):
+        return {"existing_paths": list(value.paths), "separator": value.separator}
     if isinstance(value, StagedFile):
         return {
             "staged_env": value.env_var,

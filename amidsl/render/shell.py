@@ -37,10 +37,14 @@ from amidsl.actions import (
 from amidsl.commands import (
     ByPackageManager,
     Check,
+    CollectExisting,
     Command,
+    Fail,
     Glob,
     IfMissing,
     IfPresent,
+    IfSucceeds,
+    ShellVariable,
     Step,
     Word,
     created_marker,
@@ -76,6 +80,8 @@ def render_word(word: Word) -> str:
         return f'"${{{word.env_var}}}"'
     if isinstance(word, Glob):
         return f"{quote(word.directory.rstrip('/') or '/')}/{word.pattern}"
+    if isinstance(word, ShellVariable):
+        return f'"${{{word.name}}}"'
     return quote(word)
 
 
@@ -96,6 +102,12 @@ def render_steps(steps: tuple[Step, ...] | list[Step]) -> list[str]:
             lines.append("fi")
         elif isinstance(step, Check):
             lines.append(f"{_check_test(step)} || fail {quote(step.message)}")
+        elif isinstance(step, IfSucceeds):
+            lines += _if_succeeds(step)
+        elif isinstance(step, CollectExisting):
+            lines += _collect_existing(step)
+        elif isinstance(step, Fail):
+            lines.append(f"fail {quote(step.message)}")
         elif isinstance(step, ByPackageManager):
             for number, (program, branch) in enumerate(step.branches):
                 keyword = "if" if number == 0 else "elif"
@@ -105,6 +117,31 @@ def render_steps(steps: tuple[Step, ...] | list[Step]) -> list[str]:
         else:
             raise TypeError(f"the shell renderer does not know the step type {type(step).__name__}")
     return lines
+
+
+def _if_succeeds(step: IfSucceeds, keyword: str = "if") -> list[str]:
+    tests = " && ".join(f"{_command(test)} >/dev/null 2>&1" for test in step.tests)
+    lines = [f"{keyword} {tests}; then", *(f"  {line}" for line in render_steps(step.then))]
+    otherwise = step.otherwise
+    if len(otherwise) == 1 and isinstance(otherwise[0], IfSucceeds):
+        return lines + _if_succeeds(otherwise[0], "elif")
+    if otherwise:
+        lines += ["else", *(f"  {line}" for line in render_steps(otherwise))]
+    return [*lines, "fi"]
+
+
+def _collect_existing(step: CollectExisting) -> list[str]:
+    var, separator = step.variable, quote(step.separator)
+    return [
+        f"{var}=''",
+        f"for amidsl_path in {' '.join(quote(p) for p in step.paths)}; do",
+        '  if [ -e "$amidsl_path" ]; then',
+        f'    {var}="${{{var}:+${{{var}}}{separator}}}$amidsl_path"',
+        "  else",
+        "    printf 'amidsl: leaving out %s: it does not exist on this node\\n' \"$amidsl_path\"",
+        "  fi",
+        "done",
+    ]
 
 
 def _check_test(check: Check) -> str:

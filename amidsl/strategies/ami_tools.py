@@ -9,30 +9,36 @@ virtualization type, kernel, ramdisk and block device mappings.
 
 from __future__ import annotations
 
+import dataclasses
+
 from amidsl.actions import (
     Action,
     AwsCall,
     Directory,
     EnvSecret,
     Exec,
+    ExistingPaths,
     InstallPackages,
-    OptionalArg,
+    InstallRuby,
     PlanWarning,
     RemoteDirectory,
     RemoteFile,
     Remove,
     StagedFile,
     UpdateSettings,
+    Value,
 )
-from amidsl.settings import AmiSettings
+from amidsl.settings import NODE_STATE_DIR, AmiSettings
 
 ACCESS_KEY = EnvSecret("AMIDSL_ACCESS_KEY", "the AWS access key id")
 SECRET_KEY = EnvSecret("AMIDSL_SECRET_KEY", "the AWS secret access key")
+# Never passed to ec2-upload-bundle: it drops the token under SigV4 (temporary keys are refused instead).
 SESSION_TOKEN = EnvSecret("AMIDSL_SESSION_TOKEN", "the AWS session token (temporary credentials)")
 PRIVATE_KEY_FILE = "AMIDSL_PRIVATE_KEY_FILE"
 INSTALL_SOURCE_FILE = "AMIDSL_INSTALL_SOURCE_FILE"
 # Settings only this strategy reads (Ruby, the tools' own files on the node, ec2-bundle-vol's
-# --inherit); a native build's previews and scripts leave them out.
+# --inherit and --partition, ec2-upload-bundle's credentials); a native build's previews and
+# scripts leave them out.
 OWN_SETTINGS = frozenset(
     {
         "install_strategy",
@@ -43,6 +49,8 @@ OWN_SETTINGS = frozenset(
         "certificate_path",
         "manifest_path",
         "inherit",
+        "partition",
+        "upload_credentials",
     }
 )
 
@@ -51,7 +59,7 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What the tools need on the node besides Ruby: unzip and curl to fetch them, rsync for
 # ec2-bundle-vol's copy of the volume, and the build dependencies ruby-build needs.
 TOOL_PACKAGES_APT = ("ca-certificates", "curl", "unzip", "rsync")
-TOOL_PACKAGES_RPM = ("ca-certificates", "curl", "unzip", "rsync")
+TOOL_PACKAGES_RPM = TOOL_PACKAGES_APT
 RUBY_BUILD_APT = (
     "git",
     "gcc",
@@ -73,6 +81,16 @@ RUBY_BUILD_RPM = (
     "libffi-devel",
 )
 
+# The distribution Rubies ec2-ami-tools 1.5 run on (Debian 12: 3.1; Ubuntu 22.04: 3.0); from 3.2 on
+# (Ubuntu 24.04, Debian 13, Amazon Linux 2023) File.exists? is gone and the tools die.
+DISTRIBUTION_RUBIES = ("3.1", "3.0")
+# Run before the tools: a Ruby they cannot load on (3.2 removed File.exists?) stops the build with a
+# message instead of a NoMethodError in the middle of ec2-bundle-vol.
+RUBY_CHECK = (
+    'v = Gem::Version.new(RUBY_VERSION); puts "Ruby #{RUBY_VERSION}"; '
+    'abort "Ruby #{RUBY_VERSION} cannot run ec2-ami-tools 1.5: they need Ruby 2.7, 3.0 or 3.1" '
+    'if v >= Gem::Version.new("3.2")'
+)
 RBENV_URL = "https://github.com/rbenv/rbenv.git"
 RUBY_BUILD_URL = "https://github.com/rbenv/ruby-build.git"
 
@@ -82,60 +100,89 @@ def rbenv_root(s: AmiSettings) -> str:
     return f"{s.install_dir}/.rbenv"
 
 
+def ruby_link(s: AmiSettings) -> str:
+    """The `ruby` the tools run: a link in install_dir to the Ruby chosen on the node."""
+    return f"{s.install_dir}/ruby/bin/ruby"
+
+
 def tool_env(s: AmiSettings) -> tuple[tuple[str, str], ...]:
-    """The environment the ami-tools run with (their home, and the rbenv Ruby first on PATH)."""
-    env = [("EC2_AMITOOL_HOME", s.tools_dir), ("EC2_HOME", s.tools_dir)]
+    """The environment the ami-tools run with (their home, and the chosen Ruby first on PATH)."""
+    # The tools' own bin/ goes on PATH as Amazon's instructions say, after the system's; with
+    # install_strategy "none" the Ruby is the node's own, found there.
+    first = "" if s.install_strategy == "none" else f"{ruby_link(s).rsplit('/', 1)[0]}:"
+    return (
+        ("EC2_AMITOOL_HOME", s.tools_dir),
+        ("EC2_HOME", s.tools_dir),
+        ("PATH", f"{first}{SYSTEM_PATH}:{s.tools_dir}/bin"),
+    )
+
+
+def _ruby_choice(s: AmiSettings) -> InstallRuby:
+    """Which Ruby: the distribution's 3.1/3.0 (ec2-ami-tools 1.5 work on them with --no-inherit), else
+    Ruby 2.7 built with rbenv; `inherit` needs Ruby 2.7 (Ruby 3 cannot read instance metadata)."""
+    distribution = () if s.install_strategy == "rbenv" or s.inherit else DISTRIBUTION_RUBIES
+    build = None if s.install_strategy == "package" else s.ruby_version
     if s.install_strategy == "rbenv":
-        env.append(("PATH", f"{rbenv_root(s)}/versions/{s.ruby_version}/bin:{SYSTEM_PATH}"))
-    return tuple(env)
+        what = f"build Ruby {s.ruby_version} with rbenv"
+    elif build is None:
+        what = "install the distribution's Ruby 3.1 or 3.0"
+    elif distribution:
+        what = (
+            f"install the distribution's Ruby 3.1 or 3.0 where it has one, else build Ruby {build} with rbenv"
+        )
+    else:
+        what = f"build Ruby {build} with rbenv (inherit needs Ruby 2.7)"
+    return InstallRuby(
+        link=ruby_link(s),
+        distribution_versions=distribution,
+        build_version=build,
+        rbenv_root=rbenv_root(s),
+        rbenv_url=RBENV_URL,
+        ruby_build_url=RUBY_BUILD_URL,
+        build_apt=RUBY_BUILD_APT,
+        build_rpm=RUBY_BUILD_RPM,
+        description=what,
+    )
 
 
 def install(s: AmiSettings) -> list[Action | PlanWarning]:
-    """Install the OS packages, the ami-tools into install_dir, and Ruby as the strategy says."""
-    apt, rpm = TOOL_PACKAGES_APT, TOOL_PACKAGES_RPM
-    if s.install_strategy == "rbenv":
-        apt, rpm = apt + RUBY_BUILD_APT, rpm + RUBY_BUILD_RPM
-    elif s.install_strategy == "package":
-        apt, rpm = (*apt, "ruby"), (*rpm, "ruby")
+    """Install the OS packages, the ami-tools into install_dir, and the Ruby chosen on the node."""
     steps: list[Action | PlanWarning] = [
         PlanWarning(
-            "OS packages installed by this phase stay in the image (only install_dir, "
-            f"credential_dir and destination_dir are excluded): {', '.join(apt)} (apt) / "
-            f"{', '.join(rpm)} (dnf, yum)"
+            "OS packages installed by this phase stay in the image (only install_dir, credential_dir "
+            f"and destination_dir are excluded): {', '.join(TOOL_PACKAGES_APT)}; {_ruby_stays(s)}"
         ),
-        InstallPackages(apt=apt, rpm=rpm, description="install the packages the ami-tools need"),
+        InstallPackages(
+            apt=TOOL_PACKAGES_APT,
+            rpm=TOOL_PACKAGES_RPM,
+            description="install the packages the ami-tools need",
+        ),
         _tools_archive(s),
         Directory(s.credential_dir, mode="0700", description="create the credential directory (root only)"),
     ]
-    if s.install_strategy == "package":
-        steps.insert(
-            0,
-            PlanWarning(
-                "install_strategy 'package': the distribution's ruby package stays in the image; use "
-                "'rbenv' (the default) to keep Ruby inside install_dir, which the image excludes"
-            ),
-        )
-    if s.install_strategy == "rbenv":
-        root = rbenv_root(s)
-        steps += [
-            Exec(
-                ("git", "clone", "--depth", "1", RBENV_URL, root),
-                creates=root,
-                description="fetch rbenv into the install directory",
-            ),
-            Exec(
-                ("git", "clone", "--depth", "1", RUBY_BUILD_URL, f"{root}/plugins/ruby-build"),
-                creates=f"{root}/plugins/ruby-build",
-                description="fetch ruby-build",
-            ),
-            Exec(
-                (f"{root}/bin/rbenv", "install", "--skip-existing", s.ruby_version),
-                env=(("RBENV_ROOT", root),),
-                creates=f"{root}/versions/{s.ruby_version}",
-                description=f"build Ruby {s.ruby_version} with rbenv",
-            ),
-        ]
+    if s.install_strategy != "none":
+        steps.append(_ruby_choice(s))
     return steps
+
+
+def _ruby_stays(s: AmiSettings) -> str:
+    """What of Ruby stays in the image, per strategy (said loudly in the preview and the script)."""
+    build = (
+        f"where Ruby {s.ruby_version} is built with rbenv, ITS BUILD PACKAGES STAY IN THE IMAGE: "
+        f"{', '.join(RUBY_BUILD_APT)} (apt) / {', '.join(RUBY_BUILD_RPM)} (dnf, yum); Ruby itself stays "
+        "in install_dir, which the image excludes"
+    )
+    distribution = "where the distribution's ruby3.1 or ruby3.0 package is installed, it stays in the image"
+    if s.install_strategy == "none":
+        return (
+            "no Ruby is installed (install_strategy 'none': the node's own ruby, which must be 2.7, 3.0 "
+            "or 3.1: ami-bundle checks it)"
+        )
+    if s.install_strategy == "rbenv" or s.inherit:
+        return build
+    if s.install_strategy == "package":
+        return distribution
+    return f"{distribution}; {build}"
 
 
 def _tools_archive(s: AmiSettings) -> RemoteDirectory:
@@ -174,9 +221,14 @@ def configure(s: AmiSettings) -> list[Action]:
     ]
 
 
-def bundle_vol_argv(s: AmiSettings) -> tuple[str, ...]:
+def image_file(s: AmiSettings) -> str:
+    """The image file ec2-bundle-vol makes, and leaves behind: `<destination_dir>/<prefix>`."""
+    return f"{s.destination_dir.rstrip('/')}/{s.prefix}"
+
+
+def bundle_vol_argv(s: AmiSettings) -> tuple[Value, ...]:
     """The ec2-bundle-vol command line (no secrets in it: the key is a file path)."""
-    argv = [
+    argv: list[Value] = [
         f"{s.tools_dir}/bin/ec2-bundle-vol",
         "-k",
         s.private_key_path,
@@ -186,12 +238,15 @@ def bundle_vol_argv(s: AmiSettings) -> tuple[str, ...]:
         s.user_id,
         "-r",
         s.arch,
+        # Every -e path must exist (the tool stops otherwise): the node decides which are there.
         "-e",
-        ",".join(s.exclusions),
+        ExistingPaths(s.exclusions),
         "-d",
         s.destination_dir,
         "-p",
         s.prefix,
+        "--partition",
+        s.partition,
     ]
     if s.image_size_mb is not None:
         argv += ["-s", str(s.image_size_mb)]
@@ -203,34 +258,57 @@ def bundle_vol_argv(s: AmiSettings) -> tuple[str, ...]:
 
 def ami_bundle(s: AmiSettings) -> list[Action]:
     """Bundle the node's volume into destination_dir, excluding everything amidsl put there."""
+    remove_image = Remove(image_file(s), description="remove the image file ec2-bundle-vol leaves behind")
     return [
         Exec(
             ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
         ),
+        Exec(
+            ("install", "-d", "-m", "0700", "-o", "root", "-g", "root", "--", NODE_STATE_DIR),
+            description="make sure amidsl's state directory exists (the image excludes it)",
+        ),
+        Exec(
+            ("ruby", "-e", RUBY_CHECK),
+            env=tool_env(s),
+            description="check that the Ruby the tools run on is one they work on (2.7 to 3.1)",
+        ),
+        Exec(
+            (f"{s.tools_dir}/bin/ec2-ami-tools-version",),
+            env=tool_env(s),
+            description="say which ec2-ami-tools run (this plan follows 1.5.3's measured behaviour)",
+        ),
+        # An image file left by an earlier run makes ec2-bundle-vol stop ("already exists").
+        dataclasses.replace(remove_image, description="remove an image file an earlier run left"),
         Exec(
             bundle_vol_argv(s),
             env=tool_env(s),
             cwd=s.install_dir,
             description="bundle the volume with ec2-bundle-vol",
         ),
+        remove_image,
     ]
+
+
+def s3_url(region: str) -> str:
+    """The S3 endpoint of a region: ec2-upload-bundle 1.5.3 knows only ten regions without --url."""
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://s3.{region}.{domain}"
 
 
 def ami_upload(s: AmiSettings) -> list[Action]:
     """Upload the bundle parts and manifest to S3 with ec2-upload-bundle."""
+    keys: tuple[Value, ...] = ("-a", ACCESS_KEY, "-s", SECRET_KEY) if s.upload_credentials == "keys" else ()
     argv = (
         f"{s.tools_dir}/bin/ec2-upload-bundle",
         "-b",
         s.s3_location,
         "-m",
         s.manifest_path,
-        "-a",
-        ACCESS_KEY,
-        "-s",
-        SECRET_KEY,
-        OptionalArg("-t", SESSION_TOKEN),
+        *keys,
         "--region",
         s.region,
+        "--url",
+        s3_url(s.region),
         "--retry",
         "--batch",
     )
@@ -239,7 +317,8 @@ def ami_upload(s: AmiSettings) -> list[Action]:
             argv,
             env=tool_env(s),
             cwd=s.install_dir,
-            description="upload the bundle to S3 with ec2-upload-bundle",
+            description="upload the bundle to S3 with ec2-upload-bundle"
+            + ("" if keys else " (the node's instance profile credentials)"),
         )
     ]
 
@@ -296,10 +375,7 @@ def cleanup(s: AmiSettings) -> list[Action]:
         Remove(s.install_dir, recursive=True, description="remove the ami-tools and Ruby"),
         Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
         Remove(s.manifest_path, description="remove the bundle manifest"),
-        Remove(
-            f"{s.destination_dir.rstrip('/')}/{s.prefix}",
-            description="remove the image file if ec2-bundle-vol left it",
-        ),
+        Remove(image_file(s), description="remove the image file if ec2-bundle-vol left it"),
     ]
 
 
@@ -313,20 +389,82 @@ PHASE_FUNCTIONS = {
 }
 
 
+def _partition_note(s: AmiSettings) -> str:
+    if s.partition == "none":
+        return (
+            "--partition none: a plain filesystem image, which boots as paravirtual (through a pv-grub "
+            "kernel reading /boot/grub/menu.lst); an HVM instance cannot boot it (HVM needs a partition "
+            "table and a boot loader)"
+        )
+    return (
+        f"--partition {s.partition}: needs dmsetup, kpartx, losetup, parted and sgdisk on the node, a "
+        "/dev/xvd* or /dev/sd* root device (it stops on /dev/nvme* and /dev/vda roots) and legacy grub "
+        "in the volume"
+    )
+
+
 def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
     """What an ami-tools build puts on the node, leaves in the image, and needs, for the plan preview."""
-    apt = TOOL_PACKAGES_APT + (RUBY_BUILD_APT if s.install_strategy == "rbenv" else ())
-    apt += ("ruby",) if s.install_strategy == "package" else ()
+    if s.upload_credentials == "keys":
+        upload = (
+            "the AWS access key and secret key reach ec2-upload-bundle at run time (-a/-s); temporary "
+            "credentials (a session token) are refused: the tool drops the token under SigV4"
+        )
+    else:
+        upload = (
+            "no AWS keys reach the node: ec2-upload-bundle reads the node's instance profile credentials "
+            "from instance metadata with an IMDSv1 request, so the instance must allow IMDSv1 "
+            "(HttpTokens optional) and its role must be allowed to write the bucket"
+        )
     return (
         (
             "on the node",
             f"ec2-ami-tools and Ruby in {s.install_dir}; the signing key and certificate in "
-            f"{s.credential_dir} (removed in cleanup)",
+            f"{s.credential_dir} (removed in cleanup); the image file {image_file(s)}, a "
+            f"{s.image_size_mb or 10240} MB sparse file, and the bundle parts beside it: "
+            f"{s.destination_dir} needs room for the volume's data twice over (removed after the upload)",
         ),
-        ("stays in the image", f"the OS packages installed: {', '.join(apt)}"),
-        ("the node needs", "apt-get, dnf or yum with network access, and Ruby's build tools for rbenv"),
+        (
+            "stays in the image",
+            f"the OS packages installed: {', '.join(TOOL_PACKAGES_APT)}; {_ruby_stays(s)}",
+        ),
+        ("image", _partition_note(s)),
+        (
+            "instance metadata",
+            "--inherit: ec2-bundle-vol reads it (needs Ruby 2.7 and an instance allowing IMDSv1)"
+            if s.inherit
+            else "--no-inherit: nothing is read from instance metadata; the manifest has no block device "
+            "mapping (RegisterImage gets only those you set)",
+        ),
+        ("upload", upload),
+        (
+            "the node needs",
+            "apt-get, dnf or yum with network access; rsync, losetup, mount and modprobe (a loop device)",
+        ),
+        (
+            "tools version",
+            "measured against ec2-ami-tools 1.5.3; the archive at ami_tools_url may be newer (1.5.19 or "
+            "later) and may differ: the script prints the version and checks the Ruby (2.7 to 3.1) before "
+            "bundling, checks on the node that every -e path exists, passes --url always and removes the "
+            "image file before and after, whatever the version",
+        ),
+        (
+            "ruby",
+            "ec2-ami-tools 1.5 run on Ruby 2.7, 3.0 and 3.1 (3.2 and later cannot load them); on 3.0/3.1 a "
+            "file rsync cannot copy (exit 23) stops ec2-bundle-vol, where 2.7 carries on",
+        ),
+        (
+            "instance types",
+            "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
+            + ("; an i386 image runs only on the oldest paravirtual types" if s.arch == "i386" else ""),
+        ),
         (
             "secrets",
-            "the signing key is written to the node; the AWS credentials reach ec2-upload-bundle at run time",
+            "the signing key is written to the node (removed in cleanup); "
+            + (
+                "the AWS keys reach ec2-upload-bundle at run time, never the script"
+                if s.upload_credentials == "keys"
+                else "no AWS keys reach the node"
+            ),
         ),
     )

@@ -262,6 +262,7 @@ parser = argparse.ArgumentParser()
 for flag in ("-k", "-c", "-u", "-r", "-e", "-d", "-p"):
     parser.add_argument(flag, required=True)
 parser.add_argument("-s", type=int)
+parser.add_argument("--partition", choices=("none",), required=True)
 parser.add_argument("--no-inherit", action="store_true")
 parser.add_argument("--batch", action="store_true")
 args = parser.parse_args()
@@ -294,7 +295,7 @@ from botocore.config import Config
 ENDPOINT = {endpoint!r}
 
 parser = argparse.ArgumentParser()
-for flag in ("-b", "-m", "-a", "-s", "--region"):
+for flag in ("-b", "-m", "-a", "-s", "--region", "--url"):
     parser.add_argument(flag, required=True)
 parser.add_argument("-t")
 parser.add_argument("--retry", action="store_true")
@@ -313,6 +314,12 @@ for name in [*parts, manifest.name]:
     print(f"Uploaded {{name}}")
 print("Uploaded manifest to", f"{{args.b}}/{{manifest.name}}", "(session token given)" if args.t else "")
 '''
+
+
+FAKE_RUBY = """#!/bin/sh
+# Test stand-in for Ruby: the fake tools are Python; only amidsl's version check runs `ruby -e`.
+[ "$1" = "-e" ] && echo "Ruby 2.7.8"
+"""
 
 
 @dataclass(frozen=True)
@@ -335,6 +342,9 @@ def fake_tools(node: Node, aws_endpoint: str, tmp_path_factory: pytest.TempPathF
         ),
         "bin/ec2-upload-bundle": FAKE_UPLOAD_BUNDLE.format(python=sys.executable, endpoint=aws_endpoint),
         "etc/ec2/amitools/cert-ec2.pem": ec2_cert,
+        # The node has no Ruby: these answer the plan's Ruby check and version query.
+        "bin/ruby": FAKE_RUBY,
+        "bin/ec2-ami-tools-version": "#!/bin/sh\necho 1.5.99\n",
     }
     path = tmp_path_factory.mktemp("tools") / "ec2-ami-tools.zip"
     with zipfile.ZipFile(path, "w") as archive:

@@ -77,10 +77,11 @@ def test_register_image_waits_until_the_image_is_available(settings):
     stubber.assert_no_pending_responses()
 
 
-def test_the_node_gets_the_session_credentials(settings, raw_settings):
+def test_the_controller_gets_the_session_credentials(settings, raw_settings):
     token = resolve(
         raw_settings
         | {
+            "bundler": "native",
             "access_key": "ASIAIOSFODNN7EXAMPLE",
             "secret_key": "secret-value-1",
             "session_token": "token-value-1",

@@ -24,7 +24,7 @@ def test_ctrl_c_while_the_volume_is_bundled_removes_the_credentials(
     node.forget_records()
 
     def press_ctrl_c_in_the_bundle(line: str) -> None:
-        if line.startswith("==> [ami-bundle 2]"):
+        if line.startswith("==> [ami-bundle 6]"):
             raise KeyboardInterrupt
 
     with pytest.raises(BuildInterrupted) as caught:
@@ -37,7 +37,7 @@ def test_ctrl_c_while_the_volume_is_bundled_removes_the_credentials(
         )
     message = str(caught.value)
     assert message.startswith(
-        "phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
+        "phase ami-bundle, action 6 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
     )
     assert "The credentials were removed from the node" in message
     credential_dir = Path(config["ami"]["credential_dir"])
@@ -59,7 +59,7 @@ def test_ctrl_c_to_amidsl_build_exits_130_with_a_message_and_no_traceback(
     )
     assert build.stdout is not None
     for line in build.stdout:
-        if line.startswith("==> [ami-bundle 2]"):
+        if line.startswith("==> [ami-bundle 6]"):
             build.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
             break
     _, stderr = build.communicate(timeout=120)

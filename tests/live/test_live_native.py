@@ -50,6 +50,7 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     config = build_settings(tmp_path, node, fake_tools, credentials, login_user, aws_endpoint)
     config["ami"] |= {
         "bundler": "native",
+        "session_token": "tok/" + secrets.token_urlsafe(40),  # stays on the controller
         "volume": str(node.volume),
         "virtualization_type": "paravirtual",  # the scratch volume has no kernel or GRUB
         "ec2_certificate_source": {"local_file": str(ec2_certificate_file)},

@@ -78,7 +78,7 @@ def test_live_test_body_builds_registers_and_finds_the_image(
         [*node.ssh_command_lines(), *node.bash_command_lines(), *progress, *transcript, node.log.read_text()],
         secret_values(config, credentials),
     )
-    assert "==> [ami-bundle 2] bundle the volume with ec2-bundle-vol" in progress
+    assert "==> [ami-bundle 6] bundle the volume with ec2-bundle-vol" in progress
     assert any(line.startswith("    [ami-upload 1] Uploaded") for line in progress)
 
 

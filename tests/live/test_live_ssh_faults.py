@@ -36,7 +36,8 @@ class FakeAws:
         self.calls: list[str] = []
 
     def credentials(self) -> AwsCredentials:
-        return AwsCredentials("AKIAIOSFODNN7EXAMPLE", Secret(SECRET_KEY), Secret(TOKEN))
+        # Long-term keys: ec2-upload-bundle cannot use temporary ones (it drops the token under SigV4).
+        return AwsCredentials("AKIAIOSFODNN7EXAMPLE", Secret(SECRET_KEY))
 
     def call_action(self, action, params):
         self.calls.append(action.operation)
@@ -149,7 +150,7 @@ def test_a_full_build_runs_each_phase_as_its_rendered_script_with_secrets_only_o
     # The AWS secrets reach only the upload phase's wrapper, on its standard input.
     upload = node.commands.index(next(c for c in node.commands if "/ami-upload.sh" in c))
     with_secrets = [i for i, data in enumerate(node.stdins) if SECRET_KEY.encode() in data]
-    assert with_secrets == [upload] and TOKEN.encode() in node.stdins[upload]
+    assert with_secrets == [upload]
     assert_no_secret_on_command_lines(node, credentials)
 
 
@@ -251,7 +252,7 @@ def test_output_streams_line_by_line_with_prefixes_and_secrets_hidden(
         [
             "==> [ami-upload 1] upload the bundle to S3 with ec2-upload-bundle",
             "Uploading bundled image parts to the S3 bucket ...",
-            f"debug: signing with {SECRET_KEY} and token {TOKEN}",
+            f"debug: signing with {SECRET_KEY}",
         ]
     )
     progress: list[str] = []
@@ -259,7 +260,7 @@ def test_output_streams_line_by_line_with_prefixes_and_secrets_hidden(
     assert progress[-3:] == [
         "==> [ami-upload 1] upload the bundle to S3 with ec2-upload-bundle",
         "    [ami-upload 1] Uploading bundled image parts to the S3 bucket ...",
-        "    [ami-upload 1] debug: signing with <hidden> and token <hidden>",
+        "    [ami-upload 1] debug: signing with <hidden>",
     ]
     [record] = result.transcript
     assert (record.phase, record.index, record.status) == ("ami-upload", 1, 0)
@@ -306,12 +307,12 @@ def test_ctrl_c_during_the_bundle_closes_the_command_and_removes_the_credentials
     node, host_key, raw_settings, credentials, tmp_path
 ):
     remember(tmp_path, host_key)
-    node.runs["ami-bundle"] = PhaseRun(["==> [ami-bundle 2] bundle the volume with ec2-bundle-vol"], CTRL_C)
+    node.runs["ami-bundle"] = PhaseRun(["==> [ami-bundle 6] bundle the volume with ec2-bundle-vol"], CTRL_C)
     with pytest.raises(BuildInterrupted) as caught:
         build(node, raw_settings, live(tmp_path))
     message = str(caught.value)
     assert message.startswith(
-        "phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
+        "phase ami-bundle, action 6 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
     )
     assert "The credentials were removed from the node (/opt/ami-tools/credentials)" in message
     assert node.closed_channels == 1
@@ -320,7 +321,7 @@ def test_ctrl_c_during_the_bundle_closes_the_command_and_removes_the_credentials
     assert node.files == {}  # the interrupted phase's temporary directory went too
 
 
-def test_a_nul_in_the_session_token_fails_the_phase_and_removes_the_credentials(
+def test_temporary_credentials_fail_the_ami_tools_upload_before_it_runs(
     node, host_key, raw_settings, credentials, tmp_path, monkeypatch
 ):
     remember(tmp_path, host_key)
@@ -333,7 +334,8 @@ def test_a_nul_in_the_session_token_fails_the_phase_and_removes_the_credentials(
     with pytest.raises(BuildError) as caught:
         build(node, raw_settings, live(tmp_path))
     message = str(caught.value)
-    assert "phase ami-upload" in message and "cannot pass 'AMIDSL_SESSION_TOKEN' to the node" in message
+    assert "phase ami-upload" in message and "ec2-upload-bundle cannot use" in message
+    assert 'upload_credentials = "instance-profile"' in message
     assert "The credentials were removed" in message
     assert bad_token not in message and "EXAMPLE" not in message
     assert node.scripts()[-1][0] == "on-error"

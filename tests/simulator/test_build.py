@@ -5,12 +5,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amidsl.bundle import read_manifest, unbundle
+from amidsl.crate import server_spec
 from amidsl.example import example_credentials
 from amidsl.settings import resolve, system_dir_reason
+from simulator import simulate, template_node
 
 
 def test_example_builds_through_all_phases(run, example_settings, node, region):
@@ -75,21 +78,40 @@ def test_transcript_shows_commands_without_secrets(run, example_settings, region
     assert not any(line in text for line in key_lines)
 
 
-def test_package_strategy_on_a_rhel_node(example_settings, region):
-    from amidsl.crate import server_spec
-    from simulator import simulate, template_node
-
-    node = template_node(os_family="rhel", payload_mb=0)
-    simulation = simulate(
-        server_spec(example_settings | {"install-strategy": "package"}), node=node, region=region
-    )
-    assert simulation.image_id
-    assert "ruby" in node.packages and node.exists("/usr/bin/ruby")
+def test_auto_strategy_takes_debian_12s_ruby_31_package(run, example_settings, node):
+    simulation = run(example_settings)
+    assert simulation.error is None, simulation.error
+    assert "ruby3.1" in node.packages and "gcc" not in node.packages
     assert any(
-        r.command.startswith("if command -v apt-get") and "Setting up ruby" in r.output
-        for r in simulation.transcript
+        "ln -sfn /usr/bin/ruby3.1 /opt/ami-tools/ruby/bin/ruby" in r.command for r in simulation.transcript
     )
-    node.close()
+
+
+@pytest.mark.parametrize(
+    ("os_family", "distribution_ruby"), [("debian", "3.2"), ("amazon", None), ("rhel", None)]
+)
+def test_auto_strategy_builds_ruby_27_where_the_distribution_has_no_31_or_30(
+    example_settings, region, os_family, distribution_ruby
+):
+    node = template_node(os_family=os_family, payload_mb=0, distribution_ruby=distribution_ruby)
+    try:
+        simulation = simulate(server_spec(example_settings), node=node, region=region, raise_on_failure=False)
+        assert simulation.error is None, simulation.error
+        assert "gcc" in node.packages  # the build packages stay: the preview says so
+        assert any("rbenv install --skip-existing 2.7.8" in r.command for r in simulation.transcript)
+    finally:
+        node.close()
+
+
+def test_package_strategy_stops_where_the_distribution_has_no_ruby_31_or_30(example_settings, region):
+    node = template_node(os_family="debian", payload_mb=0, distribution_ruby="3.2")
+    try:
+        raw = example_settings | {"install-strategy": "package"}
+        simulation = simulate(server_spec(raw), node=node, region=region, raise_on_failure=False)
+        assert simulation.error is not None and simulation.error.phase == "install"
+        assert "no ruby3.1 or ruby3.0" in str(simulation.error)
+    finally:
+        node.close()
 
 
 # -- the credentials never reach the image, wherever the directories are ---------------------------
@@ -121,6 +143,7 @@ def test_image_bytes_never_hold_the_key_or_certificate(
         "prefix": prefix,
         "extra-exclusions": extra,
         "install-strategy": "package",
+        "image-size-mb": 16,  # the tool's default is a 10 GiB (sparse) image: too much to read here
     }
     s = resolve(raw)
     simulation = run(raw, ["install", "configure", "ami-bundle"])
@@ -147,5 +170,4 @@ def test_install_runs_again_cleanly(run, example_settings, node):
     assert first.error is None and second.error is None
     assert node.glob("/opt/ami-tools", "ec2-ami-tools*") == ["/opt/ami-tools/ec2-ami-tools"]
     assert node.exists("/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol")
-    # Ruby is not rebuilt: rbenv's steps find their work done.
-    assert not any(r.output.startswith("Installed ruby") for r in second.transcript)
+    assert node.host_path("/opt/ami-tools/ruby/bin/ruby").resolve() == node.host_path("/usr/bin/ruby3.1")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from simulator.programs import model_script
+
 CREDENTIALS = "/opt/ami-tools/credentials/pk"
 
 
@@ -39,7 +41,7 @@ def test_a_long_burst_of_5xx_fails_the_upload(run, example_settings, node, regio
 def test_disk_full_in_the_destination_fails_the_bundle(run, example_settings, node):
     node.faults.disk_full_under = "/tmp"
     simulation = run(example_settings)
-    assert failed(simulation) == ("ami-bundle", 2, 1)
+    assert failed(simulation) == ("ami-bundle", 6, 1)
     assert "No space left on device" in str(simulation.error)
     assert not node.exists(CREDENTIALS)
 
@@ -84,8 +86,8 @@ def test_a_failed_build_resumes_from_the_failed_phase(run, example_settings, nod
 def test_bundle_before_install(run, example_settings):
     simulation = run(example_settings, ["ami-bundle"])
     phase, index, status = failed(simulation)
-    assert (phase, index, status) == ("ami-bundle", 2, 127)
-    assert "ec2-bundle-vol: No such file or directory" in str(simulation.error)
+    assert (phase, index, status) == ("ami-bundle", 3, 127)  # the Ruby check finds no Ruby
+    assert "ruby: command not found" in str(simulation.error)
 
 
 def test_configure_without_the_credential_dir(run, example_settings):
@@ -108,8 +110,16 @@ def test_register_before_upload(run, example_settings):
 
 def test_bundle_without_ruby(run, example_settings):
     simulation = run(example_settings | {"install-strategy": "none"}, ["install", "configure", "ami-bundle"])
-    assert failed(simulation) == ("ami-bundle", 2, 127)
+    assert failed(simulation) == ("ami-bundle", 3, 127)
     assert "ruby: command not found" in str(simulation.error)
+
+
+def test_a_ruby_the_tools_cannot_run_on_stops_the_bundle_before_the_tools_run(run, example_settings, node):
+    node.write_bytes("/usr/bin/ruby", model_script("ruby", "# ruby 3.3.4\n"), mode=0o755)
+    simulation = run(example_settings | {"install-strategy": "none"}, ["install", "configure", "ami-bundle"])
+    assert failed(simulation) == ("ami-bundle", 3, 1)
+    assert "Ruby 3.3 cannot run ec2-ami-tools 1.5" in str(simulation.error)
+    assert not any("ec2-bundle-vol" in argv[0] for argv in node.history)
 
 
 @pytest.mark.parametrize("fault", ["s3_5xx_burst", "reject_register"])

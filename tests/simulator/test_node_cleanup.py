@@ -106,7 +106,7 @@ def test_ctrl_c_in_a_simulated_bundle_names_the_action_and_removes_the_credentia
     monkeypatch.setattr(node, "run", ctrl_c_in_the_bundler)
     simulation = run(example_settings)
     assert str(simulation.error).startswith(
-        "phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
+        "phase ami-bundle, action 6 (bundle the volume with ec2-bundle-vol) was interrupted (Ctrl-C)"
     )
     assert "The credentials were removed" in str(simulation.error)
     assert node.is_dir(CREDENTIAL_DIR) and not any(node.host_path(CREDENTIAL_DIR).iterdir())

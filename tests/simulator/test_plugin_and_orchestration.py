@@ -26,7 +26,7 @@ def test_plugin_fixtures_run_a_users_spec(simulate, fake_node, fake_region, exam
 
 
 def test_plugin_simulate_raises_on_failure(simulate, example_settings):
-    with pytest.raises(BuildError, match="phase ami-bundle, action 2"):
+    with pytest.raises(BuildError, match="phase ami-bundle, action 3 \\(check that the Ruby"):
         simulate(server_spec(example_settings), ["ami-bundle"])
 
 

@@ -60,8 +60,8 @@ def test_simulate_the_built_in_example_with_the_ami_tools(temp):
     lines = run.stdout.splitlines()
     assert lines[0].startswith("using the built-in example settings")
     assert lines[1].startswith("amidsl simulate: spec 'ami': image 'amidsl-example-ami'")
-    assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol ..." in lines  # when it starts
-    assert "  [ami-bundle 2] bundle the volume with ec2-bundle-vol: ok" in lines
+    assert "  [ami-bundle 6] bundle the volume with ec2-bundle-vol ..." in lines  # when it starts
+    assert "  [ami-bundle 6] bundle the volume with ec2-bundle-vol: ok" in lines
     registered = next(line for line in lines if line.startswith("registered ami-"))
     assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
     assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem (*.pem)") for line in lines)
@@ -102,9 +102,9 @@ def test_json_with_a_fault_fails_naming_phase_and_action():
     assert run.returncode == 1
     document = json.loads(run.stdout)
     assert document["image_id"] is None
-    assert document["error"].startswith("phase ami-bundle, action 2 (bundle the volume with ec2-bundle-vol)")
+    assert document["error"].startswith("phase ami-bundle, action 6 (bundle the volume with ec2-bundle-vol)")
     assert document["transcript"][-1]["phase"] == "on-error"
-    assert "simulated build failed: phase ami-bundle, action 2" in run.stderr
+    assert "simulated build failed: phase ami-bundle, action 6" in run.stderr
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_json_with_a_fault_fails_naming_phase_and_action():
         ("fail-put=0", "give a whole number of 1 or more"),
         ("s3-5xx=-1", "give a whole number of 1 or more"),
         ("disk-full=/nonexistent", "no such directory on the simulated node"),
-        ("interrupt=ami-bundle:9", "phase ami-bundle has actions 1 to 2"),
+        ("interrupt=ami-bundle:9", "phase ami-bundle has actions 1 to 7"),
         ("interrupt=bundle:1", "'bundle' is not a phase of this run"),
         ("reject-register=", "give an EC2 error code"),
     ],

@@ -17,7 +17,7 @@
 #   user = admin
 #   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
 #   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
-#   install_strategy = rbenv
+#   install_strategy = auto
 #   install_dir = /opt/ami-tools
 #   install_source = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
 #   ami_tools_url = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
@@ -36,7 +36,7 @@
 #   manifest_path = /tmp/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   inherit = true
+#   inherit = false
 #   virtualization_type = paravirtual
 #   kernel_id = (none)
 #   ramdisk_id = (none)
@@ -46,6 +46,8 @@
 #   bundler = ami-tools
 #   volume = /
 #   ec2_certificate_source = (none)
+#   partition = none
+#   upload_credentials = keys
 
 set -Eeuo pipefail
 
@@ -69,19 +71,41 @@ trap on_error ERR
 phase_ami_bundle() {
   step ami-bundle 1 'make sure the destination directory exists'
   mkdir -p -- /tmp
-  step ami-bundle 2 'bundle the volume with ec2-bundle-vol'
+  step ami-bundle 2 'make sure amidsl'"'"'s state directory exists (the image excludes it)'
+  install -d -m 0700 -o root -g root -- /var/lib/amidsl
+  step ami-bundle 3 'check that the Ruby the tools run on is one they work on (2.7 to 3.1)'
+  EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools EC2_HOME=/opt/ami-tools/ec2-ami-tools PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin ruby -e 'v = Gem::Version.new(RUBY_VERSION); puts "Ruby #{RUBY_VERSION}"; abort "Ruby #{RUBY_VERSION} cannot run ec2-ami-tools 1.5: they need Ruby 2.7, 3.0 or 3.1" if v >= Gem::Version.new("3.2")'
+  step ami-bundle 4 'say which ec2-ami-tools run (this plan follows 1.5.3'"'"'s measured behaviour)'
+  EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools EC2_HOME=/opt/ami-tools/ec2-ami-tools PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin /opt/ami-tools/ec2-ami-tools/bin/ec2-ami-tools-version
+  step ami-bundle 5 'remove an image file an earlier run left'
+  rm -f -- /tmp/image
+  { [ ! -e /tmp/image ] && [ ! -L /tmp/image ]; } || fail '/tmp/image still exists after removing it'
+  step ami-bundle 6 'bundle the volume with ec2-bundle-vol'
+  AMIDSL_EXISTING_PATHS=''
+  for amidsl_path in /opt/ami-tools /opt/ami-tools/credentials /tmp /var/lib/amidsl /var/cache/apt/archives /home/admin/scratch; do
+    if [ -e "$amidsl_path" ]; then
+      AMIDSL_EXISTING_PATHS="${AMIDSL_EXISTING_PATHS:+${AMIDSL_EXISTING_PATHS},}$amidsl_path"
+    else
+      printf 'amidsl: leaving out %s: it does not exist on this node\n' "$amidsl_path"
+    fi
+  done
   (cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
     EC2_HOME=/opt/ami-tools/ec2-ami-tools \
-    PATH=/opt/ami-tools/.rbenv/versions/2.7.8/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin \
     /opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \
     -k /opt/ami-tools/credentials/pk \
     -c /opt/ami-tools/credentials/cert \
     -u 123456789012 \
     -r x86_64 \
-    -e /opt/ami-tools,/opt/ami-tools/credentials,/tmp,/var/lib/amidsl,/var/cache/apt/archives,/home/admin/scratch \
+    -e "${AMIDSL_EXISTING_PATHS}" \
     -d /tmp \
     -p image \
+    --partition none \
+    --no-inherit \
     --batch)
+  step ami-bundle 7 'remove the image file ec2-bundle-vol leaves behind'
+  rm -f -- /tmp/image
+  { [ ! -e /tmp/image ] && [ ! -L /tmp/image ]; } || fail '/tmp/image still exists after removing it'
 }
 
 main() {

@@ -17,7 +17,7 @@
 #   user = admin
 #   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
 #   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
-#   install_strategy = rbenv
+#   install_strategy = auto
 #   install_dir = /opt/ami-tools
 #   install_source = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
 #   ami_tools_url = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
@@ -36,7 +36,7 @@
 #   manifest_path = /tmp/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   inherit = true
+#   inherit = false
 #   virtualization_type = paravirtual
 #   kernel_id = (none)
 #   ramdisk_id = (none)
@@ -46,6 +46,8 @@
 #   bundler = ami-tools
 #   volume = /
 #   ec2_certificate_source = (none)
+#   partition = none
+#   upload_credentials = keys
 
 set -Eeuo pipefail
 

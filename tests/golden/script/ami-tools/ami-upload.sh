@@ -17,7 +17,7 @@
 #   user = admin
 #   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
 #   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
-#   install_strategy = rbenv
+#   install_strategy = auto
 #   install_dir = /opt/ami-tools
 #   install_source = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
 #   ami_tools_url = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
@@ -36,7 +36,7 @@
 #   manifest_path = /tmp/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   inherit = true
+#   inherit = false
 #   virtualization_type = paravirtual
 #   kernel_id = (none)
 #   ramdisk_id = (none)
@@ -46,6 +46,8 @@
 #   bundler = ami-tools
 #   volume = /
 #   ec2_certificate_source = (none)
+#   partition = none
+#   upload_credentials = keys
 #
 # Supplied at run time through the environment (never written into this file):
 #   AMIDSL_ACCESS_KEY: the AWS access key id (ami-upload)
@@ -87,14 +89,14 @@ phase_ami_upload() {
   step ami-upload 1 'upload the bundle to S3 with ec2-upload-bundle'
   (cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
     EC2_HOME=/opt/ami-tools/ec2-ami-tools \
-    PATH=/opt/ami-tools/.rbenv/versions/2.7.8/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin \
     /opt/ami-tools/ec2-ami-tools/bin/ec2-upload-bundle \
     -b amidsl-example-bundles/images/example \
     -m /tmp/image.manifest.xml \
     -a "${AMIDSL_ACCESS_KEY}" \
     -s "${AMIDSL_SECRET_KEY}" \
-    ${AMIDSL_SESSION_TOKEN:+-t "${AMIDSL_SESSION_TOKEN}"} \
     --region us-east-1 \
+    --url https://s3.us-east-1.amazonaws.com \
     --retry \
     --batch)
 }

@@ -17,7 +17,7 @@
 #   user = admin
 #   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
 #   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
-#   install_strategy = rbenv
+#   install_strategy = auto
 #   install_dir = /opt/ami-tools
 #   install_source = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
 #   ami_tools_url = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
@@ -36,7 +36,7 @@
 #   manifest_path = /tmp/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   inherit = true
+#   inherit = false
 #   virtualization_type = paravirtual
 #   kernel_id = (none)
 #   ramdisk_id = (none)
@@ -46,6 +46,8 @@
 #   bundler = ami-tools
 #   volume = /
 #   ec2_certificate_source = (none)
+#   partition = none
+#   upload_credentials = keys
 
 set -Eeuo pipefail
 
@@ -66,16 +68,16 @@ on_error() {
 }
 trap on_error ERR
 
-# WARNING (install): OS packages installed by this phase stay in the image (only install_dir, credential_dir and destination_dir are excluded): ca-certificates, curl, unzip, rsync, git, gcc, make, libssl-dev, zlib1g-dev, libreadline-dev, libyaml-dev, libffi-dev (apt) / ca-certificates, curl, unzip, rsync, git, gcc, make, openssl-devel, zlib-devel, readline-devel, libyaml-devel, libffi-devel (dnf, yum)
+# WARNING (install): OS packages installed by this phase stay in the image (only install_dir, credential_dir and destination_dir are excluded): ca-certificates, curl, unzip, rsync; where the distribution's ruby3.1 or ruby3.0 package is installed, it stays in the image; where Ruby 2.7.8 is built with rbenv, ITS BUILD PACKAGES STAY IN THE IMAGE: git, gcc, make, libssl-dev, zlib1g-dev, libreadline-dev, libyaml-dev, libffi-dev (apt) / git, gcc, make, openssl-devel, zlib-devel, readline-devel, libyaml-devel, libffi-devel (dnf, yum); Ruby itself stays in install_dir, which the image excludes
 phase_install() {
   step install 1 'install the packages the ami-tools need'
   if command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q ca-certificates curl unzip rsync git gcc make libssl-dev zlib1g-dev libreadline-dev libyaml-dev libffi-dev
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q ca-certificates curl unzip rsync
   elif command -v dnf >/dev/null 2>&1; then
-    dnf install -y -q ca-certificates curl unzip rsync git gcc make openssl-devel zlib-devel readline-devel libyaml-devel libffi-devel
+    dnf install -y -q ca-certificates curl unzip rsync
   elif command -v yum >/dev/null 2>&1; then
-    yum install -y -q ca-certificates curl unzip rsync git gcc make openssl-devel zlib-devel readline-devel libyaml-devel libffi-devel
+    yum install -y -q ca-certificates curl unzip rsync
   else
     fail 'no apt-get, dnf or yum on this node: install the packages by hand'
   fi
@@ -97,17 +99,35 @@ phase_install() {
     install -d -m 0700 -o root -g root -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
   fi
   install -d -m 0700 -o root -g root -- /opt/ami-tools/credentials
-  step install 4 'fetch rbenv into the install directory'
-  if [ ! -e /opt/ami-tools/.rbenv ]; then
-    git clone --depth 1 https://github.com/rbenv/rbenv.git /opt/ami-tools/.rbenv
-  fi
-  step install 5 'fetch ruby-build'
-  if [ ! -e /opt/ami-tools/.rbenv/plugins/ruby-build ]; then
-    git clone --depth 1 https://github.com/rbenv/ruby-build.git /opt/ami-tools/.rbenv/plugins/ruby-build
-  fi
-  step install 6 'build Ruby 2.7.8 with rbenv'
-  if [ ! -e /opt/ami-tools/.rbenv/versions/2.7.8 ]; then
-    RBENV_ROOT=/opt/ami-tools/.rbenv /opt/ami-tools/.rbenv/bin/rbenv install --skip-existing 2.7.8
+  step install 4 'install the distribution'"'"'s Ruby 3.1 or 3.0 where it has one, else build Ruby 2.7.8 with rbenv'
+  install -d -m 0755 -o root -g root -- /opt/ami-tools/ruby/bin
+  if apt-cache show ruby3.1 >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q ruby3.1
+    ln -sfn /usr/bin/ruby3.1 /opt/ami-tools/ruby/bin/ruby
+  elif apt-cache show ruby3.0 >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q ruby3.0
+    ln -sfn /usr/bin/ruby3.0 /opt/ami-tools/ruby/bin/ruby
+  else
+    if command -v apt-get >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q git gcc make libssl-dev zlib1g-dev libreadline-dev libyaml-dev libffi-dev
+    elif command -v dnf >/dev/null 2>&1; then
+      dnf install -y -q git gcc make openssl-devel zlib-devel readline-devel libyaml-devel libffi-devel
+    elif command -v yum >/dev/null 2>&1; then
+      yum install -y -q git gcc make openssl-devel zlib-devel readline-devel libyaml-devel libffi-devel
+    else
+      fail 'no apt-get, dnf or yum on this node: install the packages by hand'
+    fi
+    if [ ! -e /opt/ami-tools/.rbenv ]; then
+      git clone --depth 1 https://github.com/rbenv/rbenv.git /opt/ami-tools/.rbenv
+    fi
+    if [ ! -e /opt/ami-tools/.rbenv/plugins/ruby-build ]; then
+      git clone --depth 1 https://github.com/rbenv/ruby-build.git /opt/ami-tools/.rbenv/plugins/ruby-build
+    fi
+    if [ ! -e /opt/ami-tools/.rbenv/versions/2.7.8 ]; then
+      RBENV_ROOT=/opt/ami-tools/.rbenv /opt/ami-tools/.rbenv/bin/rbenv install --skip-existing 2.7.8
+    fi
+    ln -sfn /opt/ami-tools/.rbenv/versions/2.7.8/bin/ruby /opt/ami-tools/ruby/bin/ruby
   fi
 }
 
