@@ -5,16 +5,16 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from amidsl.cli_table import CommandError
 from amidsl.crate import server_spec
 from amidsl.example import example_config_path
-from amidsl.live.settings import LiveSettings, load_live_table, resolve_live
+from amidsl.live.settings import LiveSettings, live_table, resolve_live
 from amidsl.plan import Plan, Spec, build_plan
-from amidsl.settings import AmiSettings, Problem, SettingsError, load_toml
+from amidsl.settings import AmiSettings, Problem, SettingsError, ami_table, load_toml, read_settings_file
 
 CONFIG_ENV = "AMIDSL_CONFIG"
 LOCAL_CONFIG = "amidsl.toml"
@@ -93,14 +93,10 @@ class LiveConfig:
     live: LiveSettings
 
 
-def unknown_tables(path: Path) -> list[Problem]:
+def unknown_tables(document: dict[str, Any]) -> list[Problem]:
     """A problem for each top-level table amidsl does not read (a typo like [aws] or [Live])."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return []  # load_toml reports these
     problems = []
-    for name in data:
+    for name in document:
         if name not in KNOWN_TABLES:
             close = difflib.get_close_matches(name, KNOWN_TABLES, n=1)
             hint = f"did you mean [{close[0]}]?" if close else "amidsl reads [ami] and [live]"
@@ -110,15 +106,19 @@ def unknown_tables(path: Path) -> list[Problem]:
 
 def load_live_config(choice: ConfigChoice, phases: list[str] | None = None) -> LiveConfig:
     """Load and validate [ami] and [live] of a settings file, with every problem in one CommandError."""
-    problems = unknown_tables(choice.path)
+    try:
+        document = read_settings_file(choice.path)  # read and parsed once for all three checks
+    except SettingsError as err:
+        raise CommandError(str(err)) from None
+    problems = unknown_tables(document)
     plan = live = None
     try:
-        spec = load_spec(choice)
+        spec = server_spec(ami_table(document, choice.path))
         plan = build_plan(spec, phases=phases or None)
     except SettingsError as err:
         problems += err.problems
     try:
-        live = resolve_live(load_live_table(choice.path), origin=f"{choice.path} [live]")
+        live = resolve_live(live_table(document, choice.path), origin=f"{choice.path} [live]")
     except SettingsError as err:
         problems += err.problems
     if problems:

@@ -26,6 +26,7 @@ from amidsl.actions import (
     UploadManifest,
 )
 from amidsl.bundle.bundle import BundleFacts, signed_manifest
+from amidsl.bundle.keys import load_signing_keys
 from amidsl.settings import AmiSettings
 
 EXEC_READ_ACL = "aws-exec-read"
@@ -205,9 +206,9 @@ def _sign(
         key=_needs(results, "bundle_key", "ami-bundle"),
         iv=_needs(results, "bundle_iv", "ami-bundle"),
         user_id=settings.user_id,
-        user_cert_pem=settings.certificate_pem,
-        user_private_key_pem=settings.private_key_pem.reveal(),
-        ec2_cert_pem=backend.ec2_certificate(),
+        signing=load_signing_keys(
+            settings.certificate_pem, settings.private_key_pem.reveal(), backend.ec2_certificate()
+        ),
         arch=settings.arch,
         kernel_id=settings.kernel_id,
         ramdisk_id=settings.ramdisk_id,

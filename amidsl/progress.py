@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from amidsl.settings import printable
+from amidsl.printable import printable
 
 PLAIN_INTERVAL = 5.0  # seconds between plain progress lines
 BAR_INTERVAL = 0.1  # seconds between redraws of a terminal bar

@@ -31,10 +31,11 @@ from amidsl.actions import (
 from amidsl.controller import ControllerStepFailed, run_controller_step, secret_values
 from amidsl.leftovers import UPLOADING_PHASES, leftovers_note
 from amidsl.plan import Plan
+from amidsl.printable import printable
 from amidsl.publish import PublishFailed, run_publish_step
 from amidsl.register import copies
 from amidsl.secrets import redact
-from amidsl.settings import AmiSettings, printable
+from amidsl.settings import AmiSettings
 from amidsl.strategies.native import program_removal
 
 # cleanup: remove the credentials from the node; cleanup-all: also what a failed upload or registration

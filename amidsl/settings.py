@@ -248,9 +248,14 @@ USER_KEYS = tuple(sorted(set(SETTING_NAMES) - _DERIVED))
 
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read the `[ami]` table of a TOML settings file; relative local_file paths are made absolute."""
+    return ami_table(read_settings_file(path), path)
+
+
+def read_settings_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The whole TOML document of a settings file; a missing, unreadable or invalid file: SettingsError."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SettingsError(
             [Problem("--config", f"file {str(path)!r} does not exist", "pass an existing TOML file")],
@@ -266,13 +271,17 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         problem = Problem("--config", f"not valid TOML: {exc}", "correct the TOML syntax there")
         raise SettingsError([problem], origin=str(path)) from None
-    table = data.get("ami")
+
+
+def ami_table(document: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The `[ami]` table of a settings file read from path; relative local_file paths made absolute."""
+    table = document.get("ami")
     if not isinstance(table, dict):
         problem = Problem(
             "[ami]", "the file has no [ami] table", "put the settings under an [ami] table header"
         )
         raise SettingsError([problem], origin=str(path))
-    return _anchor_local_files(table, path.parent)
+    return _anchor_local_files(table, Path(path).parent)
 
 
 def _anchor_local_files(table: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -394,11 +403,6 @@ def is_control(char: str) -> bool:
 def created_record_name(path: str) -> str:
     """The file name under which the node records that amidsl created `path` ('%' and '/' encoded)."""
     return path.replace("%", "%25").replace("/", "%2F")
-
-
-def printable(text: str) -> str:
-    """Text safe to print on a terminal: control characters (line breaks aside) as \\xNN escapes."""
-    return "".join(char if not is_control(char) or char == "\n" else f"\\x{ord(char):02x}" for char in text)
 
 
 def system_dir_reason(path: str) -> str | None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from amidsl.example import example_config_path
-from amidsl.live.settings import LiveSettings, load_live_table, resolve_live
-from amidsl.settings import load_toml
+from amidsl.live.settings import LiveSettings, live_table, resolve_live
+from amidsl.settings import ami_table, load_toml, read_settings_file
 
 CREDENTIALS = Path(__file__).with_name("test_credentials.toml")
 SETUP = (
@@ -31,9 +31,10 @@ def live_settings() -> tuple[dict[str, Any], LiveSettings]:
         pytest.skip(SETUP)
     raw = load_toml(example_config_path())
     raw = {key.replace("-", "_"): value for key, value in raw.items()}
-    mine = {key.replace("-", "_"): value for key, value in load_toml(CREDENTIALS).items()}
+    document = read_settings_file(CREDENTIALS)
+    mine = {key.replace("-", "_"): value for key, value in ami_table(document, CREDENTIALS).items()}
     raw.update(mine)
     if "image_name" not in mine:
         # A fresh name per run: AMI names are unique per account and region.
         raw["image_name"] = f"amidsl-live-test-{time.strftime('%Y%m%d-%H%M%S')}"
-    return raw, resolve_live(load_live_table(CREDENTIALS), origin=f"{CREDENTIALS} [live]")
+    return raw, resolve_live(live_table(document, CREDENTIALS), origin=f"{CREDENTIALS} [live]")

@@ -219,8 +219,12 @@ def test_plan_json_parses_and_honours_phases():
     assert [p["name"] for p in data["phases"]] == ["ami-bundle", "ami-upload"]
 
 
-def test_plan_text_quotes_only_strings_and_counts_in_words():
-    text = amidsl("plan").stdout
+def test_plan_text_quotes_only_strings_and_counts_in_words(tmp_path):
+    config = tmp_path / "ami.toml"  # the example with ami-tools, whose settings include booleans
+    config.write_text(
+        example_config_path().read_text().replace("[ami]\n", '[ami]\nbundler = "ami-tools"\n', 1)
+    )
+    text = amidsl("plan", "--config", str(config)).stdout
     assert re.search(r"\n  install_ruby +true\n", text)
     assert re.search(r"\n  image_size_mb +\(none\)\n", text)
     assert re.search(r'\n  region +"us-east-1"\n', text)

@@ -103,6 +103,15 @@ def test_a_native_script_asks_for_no_aws_credential_or_key_file():
     assert "AMIDSL_PRIVATE_KEY_FILE" not in text and "check_inputs" not in text
 
 
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+def test_the_script_header_lists_only_the_settings_its_bundler_reads(bundler):
+    header = render_script(build_plan(example_spec(bundler))).split("set -Eeuo pipefail")[0]
+    only_ami_tools = ("ruby_version", "install_ruby", "credential_dir", "private_key_path", "inherit")
+    shown = [name for name in only_ami_tools if f"#   {name} = " in header]
+    assert shown == ([] if bundler == "native" else list(only_ami_tools))
+    assert "#   destination_dir = " in header and "#   region = " in header
+
+
 def test_a_native_script_embeds_the_node_program_as_is_with_its_checksum():
     from amidsl.node import program_sha256, program_source
 

@@ -13,12 +13,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from zlib_ng import gzip_ng_threaded
 
 from amidsl.bundle.errors import BundleError
-from amidsl.bundle.keys import (
-    check_key_matches_certificate,
-    encrypt_for_certificate,
-    load_certificate,
-    load_private_key,
-)
+from amidsl.bundle.keys import SigningKeys, encrypt_for_certificate, load_signing_keys
 from amidsl.bundle.manifest import (
     BlockDeviceMapping,
     Bundler,
@@ -185,10 +180,8 @@ def bundle_image(
         raise BundleError(f"image {image_path} does not exist or is not a file")
     if not out_dir.is_dir():
         raise BundleError(f"output directory {out_dir} does not exist; create it first")
-    private_key = load_private_key(user_private_key_pem)
-    # A bundle signed with a key that does not match the certificate could never be verified.
-    check_key_matches_certificate(private_key, load_certificate(user_cert_pem))
-    load_certificate(ec2_cert_pem)  # a bad EC2 certificate is found before the long work, not after
+    # Bad or mismatched keys are found before the long work, not after.
+    signing = load_signing_keys(user_cert_pem, user_private_key_pem, ec2_cert_pem)
     aes_key, aes_iv = _random_or_given(key, "key"), _random_or_given(iv, "IV")
     digest, parts = stream_bundle(
         image_path,
@@ -207,9 +200,7 @@ def bundle_image(
         key=aes_key,
         iv=aes_iv,
         user_id=account,
-        user_cert_pem=user_cert_pem,
-        user_private_key_pem=user_private_key_pem,
-        ec2_cert_pem=ec2_cert_pem,
+        signing=signing,
         arch=arch,
         kernel_id=kernel_id,
         ramdisk_id=ramdisk_id,
@@ -238,9 +229,7 @@ def signed_manifest(
     key: bytes,
     iv: bytes,
     user_id: str,
-    user_cert_pem: bytes | str,
-    user_private_key_pem: bytes | str,
-    ec2_cert_pem: bytes | str,
+    signing: SigningKeys,
     arch: str = "x86_64",
     kernel_id: str | None = None,
     ramdisk_id: str | None = None,
@@ -250,10 +239,7 @@ def signed_manifest(
     bundler: Bundler | None = None,
 ) -> Manifest:
     """The signed manifest of bundled parts: key and IV encrypted for the user's and EC2's certificates."""
-    user_cert = load_certificate(user_cert_pem)
-    ec2_cert = load_certificate(ec2_cert_pem)
-    private_key = load_private_key(user_private_key_pem)
-    check_key_matches_certificate(private_key, user_cert)
+    user_cert, ec2_cert = signing.user_cert, signing.ec2_cert
     # The format encrypts the hex text of key and IV, not the raw bytes.
     key_hex, iv_hex = key.hex().encode("ascii"), iv.hex().encode("ascii")
     unsigned = Manifest(
@@ -278,4 +264,4 @@ def signed_manifest(
         ancestry=tuple(ancestry),
         bundler=bundler or Bundler(),
     )
-    return sign_manifest(unsigned, private_key)
+    return sign_manifest(unsigned, signing.private_key)

@@ -31,15 +31,13 @@ from amidsl.node.amidsl_node import BLOCK_SIZE, MAX_IMAGE_MB, copy_sparse, estim
 __all__ = [
     "ALWAYS_EXCLUDED",
     "DEFAULT_FILTER",
-    "MAX_SIZE_MB",
+    "MAX_IMAGE_MB",
     "ImageReport",
     "LeftOut",
     "Reason",
     "build_image",
     "estimate_size_mb",
 ]
-
-MAX_SIZE_MB = MAX_IMAGE_MB
 
 
 @dataclass(frozen=True)
@@ -177,8 +175,8 @@ def build_image(
     source, image = Path(source_dir), Path(image_path)
     if not source.is_dir():
         raise ImageError(f"source directory {source} does not exist or is not a directory")
-    if size_mb is not None and not 1 <= size_mb <= MAX_SIZE_MB:
-        raise ImageError(f"size_mb is {size_mb}; an S3-backed AMI image must be 1..{MAX_SIZE_MB} MB")
+    if size_mb is not None and not 1 <= size_mb <= MAX_IMAGE_MB:
+        raise ImageError(f"size_mb is {size_mb}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
     if not image.parent.is_dir():
         raise ImageError(f"directory {image.parent} for the image does not exist; create it first")
     building = image.with_name(f".{image.name}.building")

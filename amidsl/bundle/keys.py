@@ -1,5 +1,7 @@
 """RSA and X.509 for the bundle format: load PEMs, wrap the AES key, sign, check signatures."""
 
+from dataclasses import dataclass, field
+
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -45,6 +47,26 @@ def load_private_key(pem: bytes | str) -> rsa.RSAPrivateKey:
     if not isinstance(key, rsa.RSAPrivateKey):
         raise BundleError("the private key is not an RSA key; bundles need RSA")
     return key
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """What signing a manifest needs, parsed: the user's matching key and certificate, EC2's certificate."""
+
+    user_cert: x509.Certificate
+    private_key: rsa.RSAPrivateKey = field(repr=False)
+    ec2_cert: x509.Certificate
+
+
+def load_signing_keys(
+    user_cert_pem: bytes | str, user_private_key_pem: bytes | str, ec2_cert_pem: bytes | str
+) -> SigningKeys:
+    """Parse the three PEMs once; a key that does not match the user's certificate is refused."""
+    private_key = load_private_key(user_private_key_pem)
+    user_cert = load_certificate(user_cert_pem)
+    # A bundle signed with a key that does not match the certificate could never be verified.
+    check_key_matches_certificate(private_key, user_cert)
+    return SigningKeys(user_cert, private_key, load_certificate(ec2_cert_pem))
 
 
 def describe_certificate(cert: x509.Certificate) -> str:

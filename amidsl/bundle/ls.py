@@ -8,7 +8,6 @@ import re
 import stat
 import struct
 import tempfile
-import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from amidsl.node.amidsl_node import (
     boot_loader_state,
     read_partition_table,
 )
+from amidsl.printable import printable_name
 
 _TYPES = {
     stat.S_IFREG: "file",
@@ -194,24 +194,6 @@ def _slow_link_targets(image: Path, links: list[ImageEntry], scratch: Path) -> d
     return targets
 
 
-def printable(text: str) -> str:
-    """Text with control and format characters, backslashes and undecodable bytes shown as escapes."""
-    out = []
-    for char in text:
-        code = ord(char)
-        if char == "\\":
-            out.append("\\\\")
-        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or 0x7F <= code <= 0x9F:
-            out.append(f"\\x{code:02x}")
-        elif unicodedata.category(char) in ("Cf", "Zl", "Zp", "Cs"):  # e.g. a right-to-left override
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
 _EXT_MAGIC_AT = 1024 + 0x38  # an ext2/3/4 superblock's magic number, 0xEF53
 
 
@@ -313,7 +295,7 @@ def listing_line(entry: ImageEntry) -> str:
 
     Names come from the image: control characters are escaped so none can rewrite the terminal.
     """
-    link = f" -> {printable(entry.target)}" if entry.target is not None else ""
+    link = f" -> {printable_name(entry.target)}" if entry.target is not None else ""
     owner = f"{entry.uid}:{entry.gid}"
     kind = _TYPE_LETTERS.get(entry.type, "?")
-    return f"{kind}{entry.mode:04o} {owner:>11} {entry.size:>12} {printable(entry.path)}{link}"
+    return f"{kind}{entry.mode:04o} {owner:>11} {entry.size:>12} {printable_name(entry.path)}{link}"

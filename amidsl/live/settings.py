@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +65,10 @@ class LiveSettings:
 LIVE_KEYS = tuple(LiveSettings.__dataclass_fields__)
 
 
-def load_live_table(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The `[live]` table of a TOML settings file ({} when there is none); paths made absolute."""
+def live_table(document: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The `[live]` table of a settings file read from path ({} when there is none); paths made absolute."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        # load_toml for the [ami] table reads the same file first and reports these problems.
-        return {}
-    table = data.get("live", {})
+    table = document.get("live", {})
     if not isinstance(table, dict):
         raise SettingsError(
             [Problem("[live]", "is not a table", "write the live settings under a [live] header")],

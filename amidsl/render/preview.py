@@ -38,9 +38,10 @@ from amidsl.actions import (
     StagedFile,
 )
 from amidsl.plan import Plan
+from amidsl.printable import printable
 from amidsl.render.shell import render_action, runtime_inputs
 from amidsl.render.summary import plan_title, public_settings
-from amidsl.settings import SECRET_KEYS, printable
+from amidsl.settings import SECRET_KEYS
 from amidsl.strategies import summary
 
 SCHEMA = "amidsl.plan/1"

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from amidsl.plan import Plan
 from amidsl.settings import AmiSettings, Source
+from amidsl.strategies.ami_tools import OWN_SETTINGS as AMI_TOOLS_SETTINGS
 
 
 def describe_source(source: Source) -> str:
@@ -35,7 +36,7 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
     shown: list[tuple[str, str]] = []
     for field in dataclasses.fields(s):
         name, value = field.name, getattr(s, field.name)
-        if name == "private_key_pem":
+        if name == "private_key_pem" or (s.bundler == "native" and name in AMI_TOOLS_SETTINGS):
             continue
         if name == "certificate_pem":
             value = describe_certificate(value) if value else "(none)"

@@ -312,3 +312,20 @@ def test_malformed_kernel_or_ramdisk_ids_are_refused_before_anything_is_written(
     with pytest.raises(BundleError, match=f"{option} '{value}' is not an a"):
         make_bundle(sample_image, tmp_path / "out", user, ec2, **{option: value})
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_bundling_parses_the_private_key_and_certificates_once(
+    tmp_path, sample_image, user, ec2, monkeypatch
+):
+    from cryptography import x509
+
+    from amidsl.bundle import keys
+
+    parsed = []
+    load_key, load_cert = keys.load_pem_private_key, x509.load_pem_x509_certificate
+    monkeypatch.setattr(
+        keys, "load_pem_private_key", lambda *a, **k: parsed.append("key") or load_key(*a, **k)
+    )
+    monkeypatch.setattr(x509, "load_pem_x509_certificate", lambda *a: parsed.append("cert") or load_cert(*a))
+    make_bundle(sample_image, tmp_path / "out", user, ec2)
+    assert sorted(parsed) == ["cert", "cert", "key"]

@@ -3,10 +3,13 @@
 import ast
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import sys
+import time
 import zlib
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import padding
@@ -167,3 +170,85 @@ def test_a_node_without_libcrypto_is_told_to_install_openssl(monkeypatch):
     monkeypatch.setattr(node.ctypes, "CDLL", no_library)
     with pytest.raises(node.NodeError, match=r"libcrypto was not found .*; install openssl"):
         node.load_libcrypto()
+
+
+def compressible_file(path: Path, chunks: int) -> bytes:
+    """READ_CHUNK-sized chunks of text-like data that repeats across chunk boundaries."""
+    words = [os.urandom(6).hex().encode() for _ in range(500)]
+    rng = random.Random(7)
+    data = b" ".join(rng.choice(words) for _ in range(chunks * node.READ_CHUNK // 12))[
+        : chunks * node.READ_CHUNK
+    ]
+    path.write_bytes(data)
+    return data
+
+
+def deflated_ahead(tmp_path: Path, image: Path, level: int) -> node.DeflatedAhead:
+    """A DeflatedAhead that has gone over the whole of image (as if mke2fs had finished)."""
+    ahead = node.DeflatedAhead(str(tmp_path / "ahead"), level, 1 << 40, node.Cleanup())
+    ahead.start(str(image))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # it stops finding work once it has deflated every chunk
+        made = ahead.made
+        time.sleep(0.3)
+        if made and ahead.made == made:
+            break
+    ahead.stop()
+    return ahead
+
+
+def bundle_gzip(image: Path, level: int, ahead: node.DeflatedAhead | None) -> bytes:
+    """The gzip member bundling makes of image's tar, with or without chunks deflated ahead."""
+    out: list[bytes] = []
+    gzip = node.ParallelGzip(out.append, level, 2, ahead=ahead)
+    for piece in node.tar_one_file(str(image), "image"):
+        gzip.write(piece)
+    gzip.close()
+    return b"".join(out)
+
+
+def test_chunks_deflated_ahead_make_the_same_gzip_member_as_deflating_when_bundling(tmp_path):
+    image = tmp_path / "image"
+    compressible_file(image, 8)
+    ahead = deflated_ahead(tmp_path, image, 4)
+    # Chunk 0 has no dictionary in the image; the last two lie within AHEAD_MARGIN of its end.
+    assert ahead.made == 8 - 1 - node.AHEAD_MARGIN // node.READ_CHUNK
+    assert bundle_gzip(image, 4, ahead) == bundle_gzip(image, 4, None)
+    assert ahead.used == ahead.made
+
+
+def test_a_chunk_changed_after_it_was_deflated_ahead_is_deflated_again(tmp_path):
+    image = tmp_path / "image"
+    data = compressible_file(image, 8)
+    ahead = deflated_ahead(tmp_path, image, 4)
+    changed = bytearray(data)
+    changed[3 * node.READ_CHUNK + 1000 : 3 * node.READ_CHUNK + 1010] = b"CHANGED!!!"  # mid-chunk
+    image.write_bytes(bytes(changed))
+    member = bundle_gzip(image, 4, ahead)
+    assert member == bundle_gzip(image, 4, None)
+    assert ahead.used == ahead.made - 1
+    tar = zlib.decompress(member, 31)
+    assert bytes(changed) in tar
+
+
+def test_deflating_ahead_keeps_to_its_byte_budget(tmp_path):
+    image = tmp_path / "image"
+    compressible_file(image, 8)
+    ahead = node.DeflatedAhead(str(tmp_path / "ahead"), 4, 1, node.Cleanup())
+    ahead.start(str(image))
+    time.sleep(1)
+    ahead.stop()
+    assert ahead.made == 1
+
+
+def test_the_size_added_up_while_staging_equals_a_walk_of_the_staging_tree(tmp_path):
+    from tests.node.conftest import make_volume
+
+    volume = make_volume(tmp_path / "volume")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    tally = node.SizeTally(-1)
+    staged = node.stage_volume(node.walk_volume(str(volume), ["/srv"], [], False), str(staging), [], tally)
+    walked = node.measure_selection(node.walk_volume(str(staging), (), (), True), -1)
+    assert tally.size() == walked
+    assert staged == walked.entries > 0

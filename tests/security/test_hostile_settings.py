@@ -13,9 +13,10 @@ import pytest
 from amidsl import crate
 from amidsl.example import example_config_path
 from amidsl.plan import build_plan
+from amidsl.printable import printable
 from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
-from amidsl.settings import SettingsError, printable, resolve
+from amidsl.settings import SettingsError, resolve
 
 
 def problems_of(raw: dict) -> list:
@@ -144,3 +145,7 @@ def test_the_cli_refuses_a_nul_in_the_description_without_a_traceback(tmp_path):
 def test_an_install_dir_too_long_to_record_on_the_node_is_refused(raw_settings):
     problems = problems_of({**raw_settings, "install_dir": "/srv/" + "/".join(["d" * 40] * 6)})
     assert "install_dir" in [p.setting for p in problems]
+
+
+def test_printable_escapes_bidirectional_overrides_that_would_reorder_node_output():
+    assert printable("ok\u202etxt.exe\u2028next") == "ok\\u202etxt.exe\\u2028next"

@@ -17,26 +17,18 @@
 #   user = admin
 #   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
 #   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
-#   install_strategy = auto
 #   install_dir = /opt/ami-tools
 #   install_source = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
 #   ami_tools_url = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
-#   install_ruby = true
-#   ruby_version = 2.7.8
 #   destination_dir = /tmp
-#   credential_dir = /opt/ami-tools/credentials
 #   private_key_source = amidsl's built-in example credentials (throwaway, not valid on AWS)
 #   certificate_source = amidsl's built-in example credentials (throwaway, not valid on AWS)
-#   private_key_path = /opt/ami-tools/credentials/pk
-#   certificate_path = /opt/ami-tools/credentials/cert
 #   arch = x86_64
 #   s3_bucket = amidsl-example-bundles
 #   s3_path = images/example
 #   s3_manifest_path = amidsl-example-bundles/images/example/image.manifest.xml
-#   manifest_path = /tmp/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   inherit = false
 #   virtualization_type = paravirtual
 #   kernel_id = (none)
 #   ramdisk_id = (none)
@@ -47,8 +39,6 @@
 #   volume = /
 #   ec2_certificate_source = (none)
 #   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
-#   partition = none
-#   upload_credentials = keys
 #   tags = (none)
 #   bundle_tags = (none)
 #   launch_permissions = (none)
@@ -115,12 +105,14 @@ Requests (optional keys in brackets) and results:
             -> {python, mke2fs, libcrypto, free_bytes, volume_bytes, volume_fs{type, uuid, label},
                 virtualization_type, grub (version or null), warnings[text]}
     bundle  {volume, exclude, includes, filter, destination_dir, prefix, image_size_mb, key, iv,
-             part_size, workers (0: all cores), [level (zlib, default 4)],
+             part_size, workers (0: all cores), [level (zlib, default 3)],
              [virtualization_type ("paravirtual", the default: a filesystem image; "hvm": a disk
              with an MBR partition table, the filesystem at 1 MiB and GRUB 2 for BIOS)]}
             -> {prefix, image_size, digest, bundled_size, parts[{filename, size, sha1, md5}],
                 volume_fs, virtualization_type, grub, warnings, left_out[[path, reason]] (the first 200),
-                seconds{check, stage, mke2fs, bundle, remove} (where the time went)}
+                seconds{check, stage, mke2fs, bundle, remove} (where the time went),
+                cpu_seconds{the same steps} (CPU time of this program and mke2fs),
+                deflated_ahead{made, used} (chunks deflated while mke2fs ran, and reused)}
     upload  {destination_dir, parts[{filename, url, headers, [size], [sha1]}], concurrency,
              retries, [retry_pause (seconds, default 1)]}
             -> {uploaded[filename], failed[{filename, status, reason}], expired[filename]};
@@ -228,6 +220,7 @@ DEFAULT_FILTER = (
     "*/.ssh/authorized_keys",
     "*/.bash_history",
 )
+_ANY_FILTER_PATTERN = re.compile("|".join(fnmatch.translate(p) for p in DEFAULT_FILTER)).match
 # Filesystems on local disks. Mounts of anything else under the volume (network filesystems,
 # tmpfs, proc, overlays, squashfs...) are left out, as ec2-bundle-vol leaves out non-local mounts.
 LOCAL_FS_TYPES = frozenset(
@@ -310,7 +303,11 @@ def walk_volume(
     mounts = non_local_mounts(source)
 
     def filtered_by(path: str) -> str | None:
-        if no_filter or any(path == i or fnmatch.fnmatchcase(path, i) for i in included):
+        # One regular expression first: most paths match no pattern, and 14 fnmatch calls per
+        # entry cost more than the rest of the walk.
+        if no_filter or not _ANY_FILTER_PATTERN(path):
+            return None
+        if any(path == i or fnmatch.fnmatchcase(path, i) for i in included):
             return None
         return next((p for p in DEFAULT_FILTER if fnmatch.fnmatchcase(path, p)), None)
 
@@ -323,8 +320,10 @@ def walk_volume(
         except OSError as exc:
             yield Skipped(image_dir, LEFT_OUT_UNREADABLE, exc.strerror or str(exc))
             continue
+        # image_dir is normalised and a directory entry's name holds no '/', '.' or '..' of its own.
+        parent = image_dir.rstrip("/")
         for child in children:
-            path = image_path_of(image_dir, child.name)
+            path = f"{parent}/{child.name}"
             try:
                 st = child.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -568,23 +567,37 @@ class VolumeSize(NamedTuple):
     copied: int
 
 
+class SizeTally:
+    """Adds up what selected entries need (hard-linked files counted once)."""
+
+    def __init__(self, staging_dev: int) -> None:
+        self._staging_dev = staging_dev
+        self._seen: set = set()
+        self._allocated = self._entries = self._copied = 0
+
+    def add(self, st: os.stat_result) -> None:
+        """Count one selected entry, by its lstat."""
+        self._entries += 1
+        if stat.S_ISDIR(st.st_mode):
+            self._allocated += BLOCK_SIZE
+        elif (st.st_dev, st.st_ino) not in self._seen:
+            self._seen.add((st.st_dev, st.st_ino))
+            self._allocated += st.st_blocks * 512
+            if st.st_dev != self._staging_dev and stat.S_ISREG(st.st_mode):
+                self._copied += st.st_blocks * 512
+
+    def size(self) -> VolumeSize:
+        """The total so far."""
+        return VolumeSize(self._allocated, self._entries, self._copied)
+
+
 def measure_selection(entries: Iterable[Selected | Skipped], staging_dev: int) -> VolumeSize:
     """Add up what the selected entries need (hard-linked files counted once)."""
-    seen = set()
-    allocated = entries_count = copied = 0
+    tally = SizeTally(staging_dev)
     for entry in entries:
-        if isinstance(entry, Skipped):
-            continue
-        entries_count += 1
-        st = entry.st
-        if stat.S_ISDIR(st.st_mode):
-            allocated += BLOCK_SIZE
-        elif (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            allocated += st.st_blocks * 512
-            if st.st_dev != staging_dev and stat.S_ISREG(st.st_mode):
-                copied += st.st_blocks * 512
-    return VolumeSize(allocated, entries_count, copied)
+        if isinstance(entry, Selected):
+            tally.add(entry.st)
+    return tally.size()
 
 
 def _copy_xattrs(source: str, target: str) -> None:
@@ -673,8 +686,10 @@ def stage_entry(entry: Selected, target: str, staging_dev: int, first_copy: dict
         first_copy[key] = target
 
 
-def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: list) -> int:
-    """Fill staging with the selected entries; return how many made it."""
+def stage_volume(
+    entries: Iterable[Selected | Skipped], staging: str, left_out: list, tally: SizeTally | None = None
+) -> int:
+    """Fill staging with the selected entries; return how many made it (tally adds them up)."""
     staging_dev = os.lstat(staging).st_dev
     first_copy: dict = {}
     directories = []
@@ -686,7 +701,7 @@ def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: 
             continue
         if any(entry.path.startswith(d + "/") for d in failed_dirs):
             continue
-        target = os.path.join(staging, entry.path.lstrip("/"))
+        target = staging + entry.path  # entry.path is absolute and normalised
         try:
             stage_entry(entry, target, staging_dev, first_copy)
         except FileNotFoundError:
@@ -698,6 +713,8 @@ def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: 
             continue
         if stat.S_ISDIR(entry.st.st_mode):
             directories.append((target, entry))
+        if tally is not None:
+            tally.add(entry.st)
         staged += 1
         if staged % 20000 == 0:
             say(f"staged {staged} entries")
@@ -707,8 +724,19 @@ def stage_volume(entries: Iterable[Selected | Skipped], staging: str, left_out: 
     return staged
 
 
-def run_mke2fs(staging: str, image: str, size_mb: int, entries: int, volume_fs: dict, offset: int = 0) -> str:
-    """Build the ext4 image from staging (at offset in the file); return mke2fs's complaint, or ''."""
+def run_mke2fs(
+    staging: str,
+    image: str,
+    size_mb: int,
+    entries: int,
+    volume_fs: dict,
+    offset: int = 0,
+    ahead: DeflatedAhead | None = None,
+) -> str:
+    """Build the ext4 image from staging (at offset in the file); return mke2fs's complaint, or ''.
+
+    ahead, if given, deflates what mke2fs has written while it runs.
+    """
     argv = [find_tool("mke2fs"), "-q", "-F", "-t", "ext4", "-b", str(BLOCK_SIZE)]
     argv += ["-N", str(inode_count(entries, size_mb))]
     if offset:
@@ -718,10 +746,20 @@ def run_mke2fs(staging: str, image: str, size_mb: int, entries: int, volume_fs: 
     if volume_fs.get("label"):
         argv += ["-L", volume_fs["label"][:16]]  # ext4 labels hold 16 bytes
     argv += ["-d", staging, image, f"{size_mb}M"]
-    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-    if result.returncode == 0:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        if ahead is not None:
+            ahead.start(image)
+        try:
+            output = process.communicate()[0]
+        except BaseException:
+            process.kill()  # Ctrl-C: the image is removed, mke2fs must not go on writing it
+            raise
+        finally:
+            if ahead is not None:
+                ahead.stop()
+    if process.returncode == 0:
         return ""
-    return "; ".join(line.strip() for line in result.stdout.decode("utf-8", "replace").splitlines())
+    return "; ".join(line.strip() for line in output.decode("utf-8", "replace").splitlines())
 
 
 def staging_parent(volume: str, destination_dir: str) -> str:
@@ -732,14 +770,14 @@ def staging_parent(volume: str, destination_dir: str) -> str:
 
 
 class ImageBuild(NamedTuple):
-    """What build_image made, and the seconds its two steps took."""
+    """What build_image made, and when its two steps ended (see moment())."""
 
     path: str
     size_mb: int
     entries: int
     left_out: list
-    stage_seconds: float
-    mke2fs_seconds: float
+    staged: tuple[float, float]
+    built: tuple[float, float]
 
 
 def build_image(
@@ -753,11 +791,13 @@ def build_image(
     volume_fs: dict,
     cleanup: Cleanup,
     grub: Grub | None = None,
+    ahead: DeflatedAhead | None = None,
 ) -> ImageBuild:
     """Make an ext4 image file of the volume, without mounting anything.
 
     With grub, the image is a whole disk: an MBR, GRUB's core image in the gap after it, and the
     filesystem as the one partition, at PARTITION_START (volume_fs must then carry a UUID).
+    ahead, if given, deflates what mke2fs has written while it runs.
     """
     staging = tempfile.mkdtemp(prefix=".amidsl-staging-", dir=staging_parent(volume, os.path.dirname(image)))
     cleanup.add(staging)
@@ -768,20 +808,27 @@ def build_image(
     try:
         say(f"staging the volume {volume} in {staging}")
         selection = walk_volume(volume, exclusions, includes, no_filter, own_ids=own)
-        entries = stage_volume(selection, staging, left_out)
+        tally = SizeTally(-1)
+        entries = stage_volume(selection, staging, left_out, tally)
         root = os.lstat(volume)
         if grub is not None:
             install_grub_modules(grub, staging)
+            # The modules came after the tally (modules they replaced stay counted: a few MB over).
+            for entry in walk_volume(staging + image_path_of(grub.prefix, GRUB_PLATFORM), (), (), True):
+                if isinstance(entry, Selected):
+                    tally.add(entry.st)
         _set_owner_mode_times(staging, root, volume)
-        size = measure_selection(walk_volume(staging, (), (), True), -1)
-        staged = time.monotonic()
+        size = tally.size()
+        staged = moment()
         wanted = size_mb or estimate_size_mb(size.allocated, entries)
         # An estimate can fall short on unusual trees; grow it rather than fail.
         for _attempt in range(1 if size_mb else 3):
             say(f"building a {wanted} MB ext4 image of {entries} entries")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(image)  # mke2fs writes into an existing file at an offset
-            error = run_mke2fs(staging, image, wanted, entries, volume_fs, PARTITION_START if grub else 0)
+            error = run_mke2fs(
+                staging, image, wanted, entries, volume_fs, PARTITION_START if grub else 0, ahead
+            )
             if not error or size_mb:
                 break
             say(f"mke2fs needs more than {wanted} MB ({error}); trying a larger image")
@@ -799,10 +846,10 @@ def build_image(
         raise
     # The image no longer needs the staging tree; removing it overlaps the bundling.
     cleanup.remove_in_background(staging)
-    built = time.monotonic()
-    say(f"built the image in {built - started:.1f} s")
+    built = moment()
+    say(f"built the image in {built[0] - started:.1f} s")
     left_out.sort(key=lambda s: s.path)
-    return ImageBuild(image, wanted, entries, left_out, staged - started, built - staged)
+    return ImageBuild(image, wanted, entries, left_out, staged, built)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1284,7 +1331,9 @@ def tar_one_file(path: str, member_name: str) -> Iterator[bytes]:
         for offset, length in regions:
             end = offset + length
             while offset < end:
-                data = os.pread(fd, min(READ_CHUNK, end - offset), offset)
+                # Reads end on the image's READ_CHUNK boundaries, so that the compressor's chunks
+                # are the same stretches of the image that DeflatedAhead deflated.
+                data = os.pread(fd, min(READ_CHUNK - offset % READ_CHUNK, end - offset), offset)
                 if not data:
                     raise OSError(f"{path} shrank while being read (at byte {offset})")
                 offset += len(data)
@@ -1308,11 +1357,14 @@ def tar_size(path: str) -> int:
 
 
 GZIP_CHUNK = MiB
-# Measured on a tree of Python installations against `gzip -9`: zlib level 6 makes 1.01x its
-# output, level 4 1.05x at about twice level 6's speed, level 3 1.09x, level 1 1.15x. Level 4 keeps
-# the parts well within 1.10x; the request's "level" may trade size for speed.
-COMPRESS_LEVEL = 4
+# Measured against `gzip -9` on an image of ~900 MB of Python installations (and on a tar of a
+# system's /usr/bin, /usr/lib, /usr/share/doc and /etc): zlib level 4 makes 1.026x (1.031x) its
+# output, level 3 1.070x (1.060x) with 8% less CPU, level 2 about 1.10x, level 1 1.15x. Level 3 keeps
+# the parts within 1.10x, and deflating is most of a bundle's CPU time; the request's "level" may
+# trade size for speed either way.
+COMPRESS_LEVEL = 3
 DICTIONARY = 32 * 1024  # deflate's window: each chunk may refer back this far into the last
+OWN_CHUNK = 64 * 1024  # a write this large starts a chunk of its own
 
 
 def _deflate_chunk(data: bytes, dictionary: bytes, level: int, last: bool) -> bytes:
@@ -1324,19 +1376,151 @@ def _deflate_chunk(data: bytes, dictionary: bytes, level: int, last: bool) -> by
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
+AHEAD_MARGIN = 2 * MiB  # how far behind the end of what mke2fs has written DeflatedAhead keeps
+
+
+class DeflatedAhead:
+    """Chunks of the image deflated while mke2fs is still making it, found again by their content.
+
+    mke2fs runs on one core. Meanwhile a thread deflates the stretches of the image mke2fs has
+    written, as the bundle will chunk them: READ_CHUNK-aligned, primed with the 32 KiB before
+    them, ended with a sync flush. It keeps the result in a file beside the image, under the
+    SHA-256 of dictionary and chunk. When bundling, a chunk whose dictionary and bytes hash the
+    same is taken from there; whatever mke2fs changed afterwards (inode tables, directories,
+    bitmaps) hashes differently and is deflated again. It only ever saves work: any failure here
+    just leaves chunks to be deflated when bundling.
+    """
+
+    def __init__(self, path: str, level: int, budget: int, cleanup: Cleanup) -> None:
+        self.level, self._budget = level, budget
+        self._path = path
+        cleanup.add(path)
+        self._file = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._end = 0
+        # (lengths, first and last bytes) -> [(SHA-256, offset, length)]: only chunks that could
+        # match are hashed.
+        self._index: dict[tuple, list[tuple[bytes, int, int]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.made = self.used = 0
+
+    @staticmethod
+    def _quick_key(dictionary: bytes, chunk: bytes) -> tuple:
+        return (len(dictionary), len(chunk), chunk[:64], chunk[-64:])
+
+    @staticmethod
+    def _digest(dictionary: bytes, chunk: bytes) -> bytes:
+        digest = hashlib.sha256(dictionary)
+        digest.update(chunk)
+        return digest.digest()
+
+    def start(self, image: str) -> None:
+        """Start deflating the image's written stretches in a thread, until stop()."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._deflate_written, args=(image,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (after the chunk in hand) and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _deflate_written(self, image: str) -> None:
+        done: set[int] = set()
+        fd = -1
+        # Only a core mke2fs leaves idle is meant for this: yield to it on a busy node.
+        with contextlib.suppress(OSError, AttributeError):
+            me = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + 10))
+        try:
+            while not self._stop.is_set() and self._end < self._budget:
+                if fd < 0:
+                    with contextlib.suppress(FileNotFoundError):
+                        fd = os.open(image, os.O_RDONLY)
+                index = self._next_chunk(fd, done) if fd >= 0 else None
+                if index is None:
+                    self._stop.wait(0.05)  # mke2fs has not written far enough yet
+                    continue
+                done.add(index)
+                start = index * READ_CHUNK
+                data = os.pread(fd, DICTIONARY + READ_CHUNK, start - DICTIONARY)
+                dictionary, chunk = data[:DICTIONARY], data[DICTIONARY:]
+                if len(chunk) == READ_CHUNK:
+                    self._keep(dictionary, chunk, _deflate_chunk(chunk, dictionary, self.level, False))
+        except OSError:
+            pass  # e.g. a full disk for our file: the bundle deflates these chunks itself
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    @staticmethod
+    def _next_chunk(fd: int, done: set[int]) -> int | None:
+        """The first chunk not yet deflated that lies, with its dictionary, in one written stretch.
+
+        A stretch ends where mke2fs is writing; chunks within AHEAD_MARGIN of that end wait.
+        """
+        for offset, length in data_regions(fd, os.fstat(fd).st_size):
+            first = -(-(offset + DICTIONARY) // READ_CHUNK)
+            for index in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK):
+                if index not in done:
+                    return index
+        return None
+
+    def _keep(self, dictionary: bytes, chunk: bytes, deflated: bytes) -> None:
+        os.pwrite(self._file, deflated, self._end)
+        entry = (self._digest(dictionary, chunk), self._end, len(deflated))
+        self._index.setdefault(self._quick_key(dictionary, chunk), []).append(entry)
+        self._end += len(deflated)
+        self.made += 1
+
+    def take(self, dictionary: bytes, chunk: bytes) -> bytes | None:
+        """The chunk deflated with this dictionary, if it was deflated ahead (thread-safe)."""
+        candidates = self._index.get(self._quick_key(dictionary, chunk))
+        if not candidates:
+            return None
+        digest = self._digest(dictionary, chunk)
+        for found, offset, length in candidates:
+            if found == digest:
+                with self._lock:
+                    self.used += 1
+                return os.pread(self._file, length, offset)
+        return None
+
+    def close(self, cleanup: Cleanup) -> None:
+        """Stop, and remove the file of deflated chunks."""
+        self.stop()
+        if self._file >= 0:
+            os.close(self._file)
+            self._file = -1
+        cleanup.remove(self._path)
+
+
 class ParallelGzip:
     """One gzip member compressed by several threads, as pigz does (zlib releases the GIL).
 
     Each chunk is deflated on its own, primed with the 32 KiB before it and ended with a sync
-    flush, so the pieces concatenate into one deflate stream; only the last ends it. A writer
-    thread hands the pieces to sink in order, so that neither the caller (reading and hashing)
-    nor the workers wait while the sink encrypts and writes.
+    flush, so the pieces concatenate into one deflate stream; only the last ends it. A write of
+    at least OWN_CHUNK bytes starts a chunk of its own, so that chunks follow the caller's reads
+    (tar_one_file's end on the image's READ_CHUNK boundaries, which is what lets `ahead`, chunks
+    deflated while the image was being made, be found again). A writer thread hands the pieces to
+    sink in order, so that neither the caller (reading and hashing) nor the workers wait while the
+    sink encrypts and writes.
     """
 
     def __init__(
-        self, sink: Callable[[bytes], None], level: int, workers: int, chunk_size: int = GZIP_CHUNK
+        self,
+        sink: Callable[[bytes], None],
+        level: int,
+        workers: int,
+        chunk_size: int = GZIP_CHUNK,
+        ahead: DeflatedAhead | None = None,
     ) -> None:
         self._sink, self._level, self._chunk_size = sink, level, chunk_size
+        self._own_chunk = min(chunk_size, OWN_CHUNK)
+        self._ahead = ahead
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         # Bounds memory to a few chunks per worker: submitting waits while the writer is behind.
         self._in_flight: queue.Queue = queue.Queue(maxsize=2 * workers + 2)
@@ -1375,8 +1559,15 @@ class ParallelGzip:
         """Compress data (in the background, in order)."""
         self._crc = zlib.crc32(data, self._crc)
         self._length += len(data)
-        if not self._buffer and len(data) == self._chunk_size:
-            self._push(bytes(data))  # the usual case (tar reads whole chunks): no copying around
+        if len(data) >= self._own_chunk:
+            if self._buffer:
+                self._push(bytes(self._buffer))
+                self._buffer = bytearray()
+            if len(data) == self._chunk_size:
+                self._push(bytes(data))  # the usual case (tar reads whole chunks): no copying around
+                return
+            for start in range(0, len(data), self._chunk_size):
+                self._push(bytes(data[start : start + self._chunk_size]))
             return
         self._buffer += data
         while len(self._buffer) >= self._chunk_size:
@@ -1390,9 +1581,20 @@ class ParallelGzip:
         self._held = chunk
 
     def _submit(self, chunk: bytes, last: bool) -> None:
-        future = self._pool.submit(_deflate_chunk, chunk, self._dictionary, self._level, last)
-        self._dictionary = chunk[-DICTIONARY:]
+        future = self._pool.submit(self._deflate, chunk, self._dictionary, last)
+        if len(chunk) >= DICTIONARY:
+            self._dictionary = chunk[-DICTIONARY:]
+        else:
+            self._dictionary = (self._dictionary + chunk)[-DICTIONARY:]
         self._in_flight.put(future)
+
+    def _deflate(self, chunk: bytes, dictionary: bytes, last: bool) -> bytes:
+        """A worker's job: the chunk deflated ahead of time if it is there, else deflated now."""
+        if self._ahead is not None and not last:
+            found = self._ahead.take(dictionary, chunk)
+            if found is not None:
+                return found
+        return _deflate_chunk(chunk, dictionary, self._level, last)
 
     def close(self) -> None:
         """Compress what is left, end the deflate stream and write the CRC-32 and length."""
@@ -1539,11 +1741,12 @@ def bundle_image_file(
     level: int,
     workers: int,
     cleanup: Cleanup,
+    ahead: DeflatedAhead | None = None,
 ) -> tuple[str, list[dict]]:
     """Stream the image into encrypted parts in directory: (image digest, parts)."""
     parts = PartWriter(directory, f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
     sink = EncryptingSink(encryptor, parts)
-    gzip = ParallelGzip(sink.write, level, workers)
+    gzip = ParallelGzip(sink.write, level, workers, ahead=ahead)
     progress = Progress("bundled", tar_size(image))
     try:
         digest = bundle_stream(image, prefix, gzip, sink, progress)
@@ -1611,6 +1814,12 @@ class Cleanup:
 # ---------------------------------------------------------------------------------------------
 
 
+def moment() -> tuple[float, float]:
+    """Now, as (wall-clock seconds, CPU seconds of this program and its finished children)."""
+    used = os.times()
+    return time.monotonic(), used.user + used.system + used.children_user + used.children_system
+
+
 def _field(request: dict, name: str, kind: type, default: Any = None) -> Any:
     value = request.get(name, default)
     if value is None and default is None and name not in request:
@@ -1633,14 +1842,19 @@ def _free_bytes(directory: str) -> int:
 
 
 def needed_bytes(size: VolumeSize, staging_in_destination: bool) -> int:
-    """Free space destination_dir needs: the image, the parts, maybe the staging copies.
+    """Free space destination_dir needs: the image, the parts, chunks deflated ahead, maybe copies.
 
     The parts are counted at half the data: operating-system trees compress about 3:1, and a
     disk that still fills up fails cleanly later.
     """
     image = estimate_size_mb(size.allocated, size.entries) * MiB
     data = size.allocated
-    return image + data // 2 + (size.copied if staging_in_destination else 0)
+    return image + data // 2 + ahead_budget(size) + (size.copied if staging_in_destination else 0)
+
+
+def ahead_budget(size: VolumeSize) -> int:
+    """The most bytes DeflatedAhead may keep: a quarter of the data (about half the parts)."""
+    return size.allocated // 4
 
 
 def _virtualization_type(request: dict) -> str:
@@ -1709,7 +1923,7 @@ def _key_bytes(request: dict, name: str) -> bytes:
 
 def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     """Image the volume and bundle the image into encrypted parts in destination_dir."""
-    started = time.monotonic()
+    started = moment()
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
     prefix = _field(request, "prefix", str, "image")
@@ -1759,8 +1973,11 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         )
 
     volume_fs = identity
-    checked = time.monotonic()
+    checked = moment()
     image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
+    ahead = DeflatedAhead(
+        os.path.join(destination, f".{prefix}.ahead.{os.getpid()}"), level, ahead_budget(size), cleanup
+    )
     built = build_image(
         volume,
         image_path,
@@ -1771,8 +1988,8 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         volume_fs=volume_fs,
         cleanup=cleanup,
         grub=grub,
+        ahead=ahead,
     )
-    bundling = time.monotonic()
     encryptor = Aes128Cbc(lib, key, iv)
     try:
         digest, parts = bundle_image_file(
@@ -1784,20 +2001,26 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             level=level,
             workers=workers,
             cleanup=cleanup,
+            ahead=ahead,
         )
     finally:
         encryptor.close()
-    bundled = time.monotonic()
+        ahead.close(cleanup)
+    bundled = moment()
     image_size = os.lstat(image_path).st_size
     cleanup.remove(image_path)
     cleanup.wait()  # for the staging tree's removal
-    timings = {
-        "check": checked - started,
-        "stage": built.stage_seconds,
-        "mke2fs": built.mke2fs_seconds,
-        "bundle": bundled - bundling,
-        "remove": time.monotonic() - bundled,
+    marks = {
+        "check": checked,
+        "stage": built.staged,
+        "mke2fs": built.built,
+        "bundle": bundled,
+        "remove": moment(),
     }
+    since, wall, cpu = started, {}, {}
+    for step, mark in marks.items():
+        wall[step], cpu[step] = round(mark[0] - since[0], 3), round(mark[1] - since[1], 3)
+        since = mark
     return {
         "prefix": prefix,
         "image_size": image_size,
@@ -1809,7 +2032,9 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         "grub": grub.version if grub else None,
         "warnings": warnings,
         "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
-        "seconds": {step: round(seconds, 3) for step, seconds in timings.items()},
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "deflated_ahead": {"made": ahead.made, "used": ahead.used},
     }
 
 
@@ -1989,7 +2214,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 9311470183deac261b6c530ed54b5bbf5df04f18da46d0d0077946b597e3b778
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 915db172308a3d345968f9dcac712cdbc7d52c0107138ad5470f05abf42b686f
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node'"'"'s tools (python3, e2fsprogs, libcrypto), free space in destination_dir, and that the volume can boot'

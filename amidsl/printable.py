@@ -1,0 +1,30 @@
+"""Text shown on a terminal: whatever could move the cursor, recolour, reorder or hide it, escaped.
+
+Two callers' rules differ only in line breaks and backslashes: messages and node output keep
+their lines; a name (a path in an image) is one line and must read back unambiguously.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return f"\\x{code:02x}"
+    if unicodedata.category(char) in ("Cf", "Zl", "Zp", "Cs"):  # e.g. a right-to-left override
+        return f"\\u{code:04x}"
+    return char
+
+
+def printable(text: str) -> str:
+    """Lines of text for a terminal: control, format and undecodable characters escaped, line breaks kept."""
+    return "".join(char if char == "\n" else _escaped(char) for char in text)
+
+
+def printable_name(text: str) -> str:
+    """A name on one line, unambiguously: as printable, with line breaks and backslashes escaped too."""
+    return "".join("\\\\" if char == "\\" else _escaped(char) for char in text)
