@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,13 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.backends import get_backend
-from moto.server import ThreadedMotoServer
+from moto.server import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    ThreadedMotoServer,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
 
 from amidsl.bundle import BundleError, Manifest, parse_manifest
 from amidsl.bundle.keys import decrypt_with_key, load_private_key
@@ -67,6 +75,8 @@ class RegionFaults:
     fail_put_number: int | None = None  # this S3 PUT fails once; its retry succeeds
     s3_5xx_burst: int = 0  # this many PUT requests in a row answer 503 SlowDown
     fail_object: str | None = None  # every PUT of the key ending in this name fails, retries included
+    refuse_part: int | None = None  # every PUT of the part with this index is refused (403 AccessDenied)
+    expire_urls_at: int | None = None  # at this S3 PUT, every URL presigned so far has expired
     reject_register: str | None = None  # RegisterImage fails with this error code
     pending_polls: int = 0  # each new image (registered or copied) is pending for this many DescribeImages
     fail_image_in: dict[str, str] = field(default_factory=dict)  # region -> state reason of new images there
@@ -89,11 +99,15 @@ class FakeRegion:
         self.node_factory = node_factory
         self.nodes: dict[str, FakeNode] = {}
         self.put_requests = 0
+        # The signatures of the URLs presigned here, and those a fault has made expire.
+        self.presigned_signatures: set[str] = set()
+        self.expired_signatures: set[str] = set()
+        self._presign: PresignClient | None = None
         # Canned ACLs by (bucket, key): moto stores aws-exec-read without the grant to EC2 it implies.
         self.object_acls: dict[tuple[str, str], str] = {}
         self._mock = mock_aws()
         self._mock.start()
-        self._server: ThreadedMotoServer | None = None  # S3 over HTTP on loopback, for presigned URLs
+        self._server: FaultyS3Server | None = None  # S3 over HTTP on loopback, for presigned URLs
         self._session = boto3.Session(
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=name
         )
@@ -123,6 +137,7 @@ class FakeRegion:
         if self._server is not None:
             self._server.stop()
             self._server = None
+            self._presign = None
         self._mock.stop()
 
     # -- what a user sets up before a build -------------------------------------------------------
@@ -175,22 +190,38 @@ class FakeRegion:
 
     # -- S3 as ec2-upload-bundle uses it -----------------------------------------------------------
 
+    def injected_put_error(self, key: str, signature: str = "") -> tuple[int, str, str] | None:
+        """Count one S3 PUT; the (HTTP status, code, message) an injected fault answers it with, or None."""
+        self.put_requests += 1
+        faults = self.faults
+        name = key.rsplit("/", 1)[-1]
+        if self.put_requests == faults.expire_urls_at:
+            # URLs presigned together expire together: every one issued so far, not those issued later.
+            self.expired_signatures |= self.presigned_signatures
+        if signature and signature in self.expired_signatures:
+            return 403, "AccessDenied", "Request has expired"
+        if faults.s3_5xx_burst > 0:
+            faults.s3_5xx_burst -= 1
+            return 503, "SlowDown", "Please reduce your request rate."
+        if self.put_requests == faults.fail_put_number or name == faults.fail_object:
+            return 500, "InternalError", "We encountered an internal error. Please try again."
+        if faults.refuse_part is not None and re.fullmatch(rf".+\.part\.0*{faults.refuse_part}", name):
+            return 403, "AccessDenied", "Access Denied"
+        return None
+
     def upload_object(
         self, bucket: str, key: str, data: bytes, region: str, credentials: tuple[str, str, str | None]
     ) -> str | None:
         """PUT one object with ACL aws-exec-read; None on success, else the S3 error text."""
-        self.put_requests += 1
         access_key, secret_key, token = credentials
         if access_key != self.credentials[0]:
             return "InvalidAccessKeyId: The AWS Access Key Id you provided does not exist in our records."
         if secret_key != self.credentials[1] or token != self.credentials[2]:
             return "SignatureDoesNotMatch: The request signature we calculated does not match yours."
-        if self.faults.s3_5xx_burst > 0:
-            self.faults.s3_5xx_burst -= 1
-            return "SlowDown (503): Please reduce your request rate."
-        failing = self.faults.fail_object
-        if self.put_requests == self.faults.fail_put_number or key.rsplit("/", 1)[-1] == failing:
-            return "InternalError (500): We encountered an internal error. Please try again."
+        injected = self.injected_put_error(key)
+        if injected is not None:
+            status, code, message = injected
+            return f"{code} ({status}): {message}"
         located = self.bucket_region(bucket)
         if located is None:
             return f"NoSuchBucket: The specified bucket {bucket} does not exist"
@@ -202,25 +233,28 @@ class FakeRegion:
         self.object_acls[(bucket, key)] = "aws-exec-read"
         return None
 
-    def presign_client(self) -> Any:
+    def presign_client(self) -> PresignClient:
         """An S3 client whose presigned URLs reach this region's S3 over HTTP on 127.0.0.1.
 
-        The server shares the in-process moto state, so what a node PUTs there is what the region sees.
+        The server shares the in-process moto state, so what a node PUTs there is what the region sees;
+        the region's faults answer PUTs before moto does.
         """
-        if self._server is None:
+        if self._presign is None:
             # The server's request log would print every presigned URL, signature included.
             logging.getLogger("werkzeug").setLevel(logging.ERROR)
-            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self._server = FaultyS3Server(self)
             self._server.start()
-        host, port = self._server.get_host_and_port()
-        return boto3.client(
-            "s3",
-            region_name=self.name,
-            aws_access_key_id=self.credentials[0],
-            aws_secret_access_key=self.credentials[1],
-            endpoint_url=f"http://{host}:{port}",
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )
+            host, port = self._server.get_host_and_port()
+            client = boto3.client(
+                "s3",
+                region_name=self.name,
+                aws_access_key_id=self.credentials[0],
+                aws_secret_access_key=self.credentials[1],
+                endpoint_url=f"http://{host}:{port}",
+                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+            )
+            self._presign = PresignClient(client, self.presigned_signatures)
+        return self._presign
 
     # -- the API calls plans make ------------------------------------------------------------------
 
@@ -445,3 +479,58 @@ class FakeRegion:
     def node(self, instance_id: str) -> FakeNode:
         """The FakeNode behind a running instance."""
         return self.nodes[instance_id]
+
+
+class PresignClient:
+    """A boto3 S3 client's presigning, remembering each URL's signature (so a fault can expire it)."""
+
+    def __init__(self, client: Any, signatures: set[str]) -> None:
+        self.client = client
+        self.signatures = signatures
+
+    def generate_presigned_url(self, operation: str, **kwargs: Any) -> str:
+        """A presigned URL, as boto3 makes it."""
+        url = self.client.generate_presigned_url(operation, **kwargs)
+        self.signatures.add(_signature(urllib.parse.urlsplit(url).query))
+        return url
+
+
+def _signature(query: str) -> str:
+    return urllib.parse.parse_qs(query).get("X-Amz-Signature", [""])[0]
+
+
+class FaultyS3Server(ThreadedMotoServer):
+    """moto's S3 over HTTP, answering presigned PUTs with the region's injected faults first."""
+
+    def __init__(self, region: FakeRegion) -> None:
+        super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
+        self.region = region
+
+    def _server_entry(self) -> None:
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(
+            self._ip_address, self._port, self._with_faults(app), True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+    def _with_faults(self, app: Any) -> Any:
+        def answer(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            if environ["REQUEST_METHOD"] == "PUT":
+                key = environ.get("PATH_INFO", "").lstrip("/").partition("/")[2]
+                signature = _signature(environ.get("QUERY_STRING", ""))
+                injected = self.region.injected_put_error(key, signature)
+                if injected is not None:
+                    # Read the body first: a client still sending it would see a reset, not the answer.
+                    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                    status, code, message = injected
+                    body = (
+                        f"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>{code}</Code>"
+                        f"<Message>{message}</Message><RequestId>SIMULATED</RequestId></Error>"
+                    ).encode()
+                    reason = HTTPStatus(status).phrase
+                    start_response(f"{status} {reason}", [("Content-Type", "application/xml")])
+                    return [body]
+            return app(environ, start_response)
+
+        return answer
