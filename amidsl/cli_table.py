@@ -79,8 +79,12 @@ QUIET = Option("quiet", "no progress output: only results and errors", default=F
 VERBOSE = Option("verbose", "also show each command as it runs", default=False, short="-v")
 FAULT_HELP = (
     "inject a fault (repeatable): fail-put=N (the N-th S3 PUT fails once), s3-5xx=K (K PUTs answer 503), "
-    "disk-full=DIR, reject-register=CODE, interrupt=PHASE:N (the connection drops at that action), "
-    "image-pending=N (each new image is pending for N polls), image-failed=REGION (new images there fail)"
+    "fail-part=I (S3 refuses part I for good), url-expires=N (at the N-th part PUT the presigned URLs have "
+    "expired; native), disk-full=DIR (the disk holding DIR is full), no-python3, old-python3=VERSION, "
+    "no-mke2fs, old-mke2fs=VERSION (the node lacks the tool, or has an old one; native), "
+    "reject-register=CODE, interrupt=PHASE:N (the connection drops at that node action), ctrl-c=PHASE:N "
+    "(Ctrl-C during that action: a node action or the node program), image-pending=N (each new image is "
+    "pending for N polls), image-failed=REGION (new images there fail)"
 )
 BUNDLE_MANIFEST = Option("manifest", "the bundle's manifest file (PREFIX.manifest.xml)", required=True)
 # The AWS commands use the standard boto3 credential chain; secrets never go on the command line.

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,11 +60,23 @@ from amidsl.settings import AmiSettings
 from amidsl.strategies.ami_tools import RBENV_URL, RUBY_BUILD_URL
 from simulator.ami_tools import ami_tools_zip
 from simulator.node import CommandResult, FakeNode, NodeInterrupted
+from simulator.node_launcher import DESCRIPTION_VARIABLE
 from simulator.programs import model_script
 from simulator.region import FakeRegion
 from simulator.template import template_node
 
 STAGING_DIR = "/root/.amidsl-staging"  # private, and removed after each action
+LAUNCHER = str(Path(__file__).with_name("node_launcher.py"))
+# An mke2fs older than the node program needs: it reports its version and knows no `-d`.
+OLD_MKE2FS = """#!/bin/sh
+if [ "$1" = -V ]; then
+    echo "mke2fs {version} (28-Dec-2013)"
+    echo "        Using EXT2FS Library version {version}"
+    exit 0
+fi
+echo "mke2fs: invalid option -- 'd'" >&2
+exit 1
+"""
 
 
 def _repository(files: dict[str, bytes]) -> bytes:
@@ -156,8 +172,10 @@ class SimulatorBackend:
 
         It runs on this machine against the node's directory: the volume and destination_dir are mapped
         to the directory (exclusions are paths in the image, so they stay), and mapped back in what the
-        program prints.
+        program prints. simulator.node_launcher shows it the node's e2fsprogs and full disks.
         """
+        if "python3" not in self.node.packages:
+            return 127, "", "bash: python3: command not found\n"
         program = self.node.host_path(action.program)
         if not program.is_file():
             message = f"python3: can't open file '{action.program}': [Errno 2] No such file or directory\n"
@@ -166,19 +184,63 @@ class SimulatorBackend:
         for name in ("volume", "destination_dir"):
             if name in data:
                 data[name] = str(self.node.host_path(data[name]))
-        done = subprocess.run(
-            [sys.executable, "-I", str(program), action.command],
-            input=json.dumps(data).encode("utf-8"),
-            capture_output=True,
-            check=False,
-        )
-        root = str(self.node.root)
-        stdout, stderr = (
-            out.decode("utf-8", "replace").replace(root, "") for out in (done.stdout, done.stderr)
-        )
-        if action.command == "bundle" and done.returncode == 0:
+        interrupted = self.node.faults.ctrl_c_program == action.command
+        if interrupted:
+            self.node.faults.ctrl_c_program = None  # the user hits Ctrl-C once
+        with tempfile.TemporaryDirectory(prefix="amidsl-sim-tools-") as tools:
+            process = subprocess.Popen(
+                [sys.executable, "-I", LAUNCHER, str(program), action.command],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, DESCRIPTION_VARIABLE: json.dumps(self._node_description(Path(tools)))},
+            )
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(data).encode("utf-8"))
+            process.stdin.close()
+            process.stdin = None  # written and closed: communicate() must not flush it
+            if interrupted:
+                self._interrupt_when_under_way(process, data.get("destination_dir", ""))
+            out, err = process.communicate()
+        if interrupted:
+            raise KeyboardInterrupt  # what the controller sees of Ctrl-C, once the node program stopped
+        stdout, stderr = (self._node_paths(text.decode("utf-8", "replace")) for text in (out, err))
+        if action.command == "bundle" and process.returncode == 0:
             self._keep_left_out(json.loads(stdout.strip().splitlines()[-1]))
-        return done.returncode, stdout, stderr
+        return process.returncode, stdout, stderr
+
+    def _node_paths(self, text: str) -> str:
+        """The program's output with this machine's paths under the node's root as node paths."""
+        root = re.escape(str(self.node.root))
+        return re.sub(root + r"(?![^/\s])", "/", re.sub(root + "(?=/)", "", text))
+
+    def _interrupt_when_under_way(self, process: subprocess.Popen, destination: str) -> None:
+        """Send SIGINT (Ctrl-C) to the node program once it is under way: a file of its own in
+        destination_dir, or a first part PUT in the region (or it ended first)."""
+        before = set(os.listdir(destination)) if destination else set()
+        puts = self.region.put_requests
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            made = set(os.listdir(destination)) - before if destination else set()
+            if made or self.region.put_requests > puts:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+
+    def _node_description(self, tools: Path) -> dict[str, Any]:
+        """What the node program sees of the node (simulator.node_launcher): its e2fsprogs, full disks."""
+        node = self.node
+        mke2fs: str | None = None
+        if "e2fsprogs" in node.packages and "e2fsprogs" in node.versions:
+            mke2fs = str(tools / "mke2fs")
+            Path(mke2fs).write_text(OLD_MKE2FS.format(version=node.versions["e2fsprogs"]))
+            Path(mke2fs).chmod(0o755)
+        described: dict[str, Any] = {"tools": {}, "full": []}
+        if "e2fsprogs" not in node.packages or mke2fs:
+            described["tools"] = {"mke2fs": mke2fs}
+        if node.faults.disk_full_under:
+            described["full"] = [os.path.realpath(node.host_path(node.faults.disk_full_under))]
+        return described
 
     def _keep_left_out(self, report: dict[str, Any]) -> None:
         """Keep what the node program left out of the image, for inspect_image."""
@@ -194,6 +256,9 @@ class SimulatorBackend:
         records: list[ActionRecord] = []
         env = {**self.env, **{f"AMIDSL_{k.upper()}": v for k, v in values.items()}}
         for index, action in actions:
+            if self.node.faults.ctrl_c_at == (phase, index):
+                self.node.faults.ctrl_c_at = None  # the user hits Ctrl-C once
+                raise ActionInterrupted(index)
             if self.node.faults.interrupt_at == (phase, index):
                 self.node.faults.interrupt_at = None  # the connection drops once; a reconnect works
                 raise ActionFailed(index, 255, "ssh: connection to the node was lost", records)

@@ -22,7 +22,10 @@ from amidsl.progress import Progress
 
 # OS family -> the package holding its package manager.
 OS_FAMILIES = {"debian": "apt", "rhel": "dnf", "amazon": "yum"}
-BASE_PACKAGES = frozenset({"bash", "coreutils", "util-linux", "kmod", "ca-certificates"})
+# Every stock cloud image has python3 and e2fsprogs (a fault may take them away).
+BASE_PACKAGES = frozenset(
+    {"bash", "coreutils", "util-linux", "kmod", "ca-certificates", "python3", "e2fsprogs"}
+)
 # Commands that come with the packages every node has.
 BASE_COMMANDS = frozenset(
     [
@@ -43,7 +46,6 @@ BASE_COMMANDS = frozenset(
         "bash",
         "sh",
         "ls",
-        "python3",
     ]
 )
 
@@ -76,10 +78,12 @@ Program = Callable[[RunContext], CommandResult]
 
 @dataclass
 class NodeFaults:
-    """Faults injected into a node: a full disk under a directory, a dropped connection."""
+    """Faults injected into a node: a full disk under a directory, a dropped connection, Ctrl-C."""
 
     disk_full_under: str | None = None
     interrupt_at: tuple[str, int] | None = None  # (phase, action index)
+    ctrl_c_at: tuple[str, int] | None = None  # (phase, action index) during which the user hits Ctrl-C
+    ctrl_c_program: str | None = None  # the node program's command (bundle, upload) that Ctrl-C stops
     undeletable: str | None = None  # a path rm and find fail to remove (e.g. an immutable file)
 
 
@@ -120,6 +124,9 @@ class FakeNode:
     loop_devices: bool = True
     distribution_ruby: str | None = None  # the Ruby version the OS packages; None: the family's usual one
     rsync_partial_transfer: bool = False  # ec2-bundle-vol's rsync cannot copy some file (exit 23)
+    # package -> the version its programs report, where it is not that of the simulator's machine
+    # (python3: the interpreter; e2fsprogs: mke2fs).
+    versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.os_family not in OS_FAMILIES:

@@ -32,6 +32,8 @@ PACKAGE_COMMANDS: dict[str, tuple[str, ...]] = {
     "gcc": ("gcc", "cc"),
     "make": ("make",),
     "ruby": ("ruby",),
+    "python3": ("python3",),
+    "e2fsprogs": ("mke2fs",),
 }
 LIBRARIES_APT = ("libssl-dev", "zlib1g-dev", "libreadline-dev", "libyaml-dev", "libffi-dev")
 LIBRARIES_RPM = ("openssl-devel", "zlib-devel", "readline-devel", "libyaml-devel", "libffi-devel")
@@ -437,12 +439,23 @@ def ruby(ctx: RunContext) -> CommandResult:
     return ok("ruby (simulated)\n")
 
 
+# Run before CODE on a node whose python3 is another version: what `sys` says is that version's.
+PYTHON_VERSION = (
+    "import sys; sys.version = {version!r} + ' (simulated)'; "
+    "sys.version_info = tuple(int(n) for n in {version!r}.split('.')) + ('final', 0)\n"
+)
+
+
 def python3(ctx: RunContext) -> CommandResult:
-    """`python3 -I -c CODE ARG...`: the real interpreter runs CODE; ARGs that are node paths are mapped."""
+    """`python3 -I -c CODE ARG...`: the real interpreter runs CODE; ARGs that are node paths are mapped.
+
+    On a node whose python3 is another version, CODE sees that version in `sys`."""
     if ctx.argv[1:3] != ["-I", "-c"] or len(ctx.argv) < 4:
         return fail(2, "python3 (simulated) runs only `python3 -I -c CODE ARG...`\n")
     args = [str(ctx.node.host_path(a)) if a.startswith("/") else a for a in ctx.argv[4:]]
-    done = subprocess.run([sys.executable, "-I", "-c", ctx.argv[3], *args], capture_output=True, check=False)
+    version = ctx.node.versions.get("python3")
+    code = PYTHON_VERSION.format(version=version) + ctx.argv[3] if version else ctx.argv[3]
+    done = subprocess.run([sys.executable, "-I", "-c", code, *args], capture_output=True, check=False)
     output = (done.stdout + done.stderr).decode("utf-8", "replace").replace(str(ctx.node.root), "")
     return CommandResult(done.returncode, output)
 

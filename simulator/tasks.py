@@ -23,13 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from amidsl import __version__
+from amidsl.actions import NodeProgram
 from amidsl.bundle.ls import listing_line
 from amidsl.cli_support import ConfigChoice, announce_config, find_config, load_spec
 from amidsl.cli_table import FAILED, FAULT_HELP, INTERRUPTED, CommandError
 from amidsl.plan import Plan, build_plan
 from amidsl.progress import Progress
 from amidsl.render.summary import plan_title
-from amidsl.runner import BuildInterrupted
+from amidsl.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
 from amidsl.settings import SettingsError
 from simulator.executor import ImageInspection, Simulation, prepare
 from simulator.executor import simulate as run_simulation
@@ -38,19 +39,31 @@ SCHEMA = "amidsl.simulate/1"
 FAULT_NAMES = (
     "fail-put",
     "s3-5xx",
+    "fail-part",
+    "url-expires",
     "disk-full",
+    "no-python3",
+    "old-python3",
+    "no-mke2fs",
+    "old-mke2fs",
     "reject-register",
     "interrupt",
+    "ctrl-c",
     "image-pending",
     "image-failed",
 )
-# Faults of the fake region's EC2, which every bundler meets.
-EC2_FAULTS = ("reject-register", "image-pending", "image-failed")
+# Faults only one bundler can meet: ec2-upload-bundle presigns nothing, and the ami-tools path needs
+# neither python3 nor e2fsprogs on the node (its ec2-bundle-vol model is the tools' own).
+NATIVE_ONLY = ("url-expires", "no-python3", "old-python3", "no-mke2fs", "old-mke2fs")
+WITHOUT_VALUE = ("no-python3", "no-mke2fs")
+# The oldest version the native bundler runs with, and an older one for the example; an old-* fault
+# gives an older one.
+OLDEST = {"old-python3": ((3, 8), "3.6.9"), "old-mke2fs": ((1, 43), "1.42.9")}
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One checked --fault: its name and value (an int, a path, an error code or (phase, index))."""
+    """One checked --fault: its name and value (an int, a path, a version, an error code or an action)."""
 
     name: str
     value: object
@@ -58,7 +71,7 @@ class Fault:
 
 def parse_fault(text: str, plan: Plan) -> Fault:
     """Check one NAME=VALUE fault against the plan; a CommandError says what is wrong and what fits."""
-    name, _, value = text.partition("=")
+    name, equals, value = text.partition("=")
 
     def refuse(why: str) -> CommandError:
         return CommandError(f"--fault {text!r}: {why}. {FAULT_HELP}")
@@ -66,21 +79,31 @@ def parse_fault(text: str, plan: Plan) -> Fault:
     if name not in FAULT_NAMES:
         close = difflib.get_close_matches(name, FAULT_NAMES, n=1)
         raise refuse(f"not a fault I know{f' (did you mean {close[0]}?)' if close else ''}")
-    if name not in EC2_FAULTS and plan.settings.bundler != "ami-tools":
-        # These faults model ec2-bundle-vol and ec2-upload-bundle; a native build would never meet them.
-        raise refuse(
-            "it models the ami-tools path: add --bundler ami-tools (native builds take "
-            f"{', '.join(EC2_FAULTS)})"
-        )
+    if name in NATIVE_ONLY and plan.settings.bundler != "native":
+        raise refuse(f"it models the native bundler's node program: drop --bundler {plan.settings.bundler}")
+    if name in WITHOUT_VALUE:
+        if equals:
+            raise refuse(f"{name} takes no value")
+        return Fault(name, None)
     if name == "image-failed":
         regions = (plan.settings.region, *plan.settings.copy_to_regions)
         if value not in regions:
             raise refuse(f"give the build's region or a copy region ({', '.join(regions)})")
         return Fault(name, value)
-    if name in ("fail-put", "s3-5xx", "image-pending"):
+    if name in ("fail-put", "s3-5xx", "image-pending", "url-expires"):
         if not value.isdigit() or int(value) < 1:
             raise refuse("give a whole number of 1 or more")
         return Fault(name, int(value))
+    if name == "fail-part":
+        if not value.isdigit():
+            raise refuse("give a part's index (0 for the first part)")
+        return Fault(name, int(value))
+    if name in OLDEST:
+        oldest, example = OLDEST[name]
+        found = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?", value)
+        if not found or (int(found[1]), int(found[2])) >= oldest:
+            raise refuse(f"give a version older than {oldest[0]}.{oldest[1]}, such as {example}")
+        return Fault(name, value)
     if name == "disk-full":
         if not value.startswith("/"):
             raise refuse("give an absolute directory on the node")
@@ -89,40 +112,75 @@ def parse_fault(text: str, plan: Plan) -> Fault:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9.]*", value):
             raise refuse("give an EC2 error code such as InvalidAMIName.Duplicate")
         return Fault(name, value)
+    return Fault(name, _node_action(plan, value, refuse, program_too=name == "ctrl-c"))
+
+
+def _node_action(
+    plan: Plan, value: str, refuse: Callable[[str], CommandError], program_too: bool
+) -> tuple[str, int, str | None]:
+    """(phase, index, node program command or None) of PHASE:N, an action that runs on the node."""
     phase, _, index = value.partition(":")
-    sizes = {p.name: len(p.actions) for p in plan.phases}
-    if phase not in sizes:
-        raise refuse(f"{phase!r} is not a phase of this run (phases: {', '.join(sizes)})")
-    if not index.isdigit() or not 1 <= int(index) <= sizes[phase]:
-        raise refuse(f"phase {phase} has actions 1 to {sizes[phase]}")
-    return Fault(name, (phase, int(index)))
+    actions = {p.name: p.actions for p in plan.phases}
+    if phase not in actions:
+        raise refuse(f"{phase!r} is not a phase of this run (phases: {', '.join(actions)})")
+    size = len(actions[phase])
+    if not index.isdigit() or not 1 <= int(index) <= size:
+        raise refuse(f"phase {phase} has actions 1 to {size}")
+    action = actions[phase][int(index) - 1]
+    if isinstance(action, NodeProgram) and program_too:
+        return phase, int(index), action.command
+    if isinstance(action, DRIVEN_BY_CONTROLLER):
+        on_node = [
+            str(i)
+            for i, a in enumerate(actions[phase], start=1)
+            if not isinstance(a, DRIVEN_BY_CONTROLLER) or (program_too and isinstance(a, NodeProgram))
+        ]
+        choose = f"choose one of {', '.join(on_node)}" if on_node else "this phase has none"
+        raise refuse(f"action {index} of {phase} ({action.description}) runs on the controller; {choose}")
+    return phase, int(index), None
 
 
 def apply_faults(simulation: Simulation, faults: list[Fault]) -> None:
     """Set checked faults on the simulation's node and region."""
     settings = simulation.settings
+    node, region = simulation.node, simulation.region
     for fault in faults:
         if fault.name == "fail-put":
-            simulation.region.faults.fail_put_number = fault.value
+            region.faults.fail_put_number = fault.value
         elif fault.name == "s3-5xx":
-            simulation.region.faults.s3_5xx_burst = fault.value
+            region.faults.s3_5xx_burst = fault.value
+        elif fault.name == "fail-part":
+            region.faults.refuse_part = fault.value
+        elif fault.name == "url-expires":
+            region.faults.expire_urls_at = fault.value
+        elif fault.name in ("no-python3", "no-mke2fs"):
+            node.packages.discard("python3" if fault.name == "no-python3" else "e2fsprogs")
+        elif fault.name in ("old-python3", "old-mke2fs"):
+            node.versions["python3" if fault.name == "old-python3" else "e2fsprogs"] = fault.value
         elif fault.name == "disk-full":
             # The directory must be somewhere the build writes: on the node already, or made by the build.
             made = (settings.destination_dir, settings.install_dir, settings.credential_dir)
-            if not simulation.node.is_dir(fault.value) and fault.value not in made:
+            if not node.is_dir(fault.value) and fault.value not in made:
                 raise CommandError(
                     f"--fault 'disk-full={fault.value}': no such directory on the simulated node; "
                     f"give one that exists or that the build makes ({', '.join(made)})"
                 )
-            simulation.node.faults.disk_full_under = fault.value
+            node.faults.disk_full_under = fault.value
         elif fault.name == "reject-register":
-            simulation.region.faults.reject_register = fault.value
+            region.faults.reject_register = fault.value
         elif fault.name == "image-pending":
-            simulation.region.faults.pending_polls = fault.value
+            region.faults.pending_polls = fault.value
         elif fault.name == "image-failed":
-            simulation.region.faults.fail_image_in[fault.value] = "the image failed (simulated fault)"
+            region.faults.fail_image_in[fault.value] = "the image failed (simulated fault)"
+        elif fault.name == "ctrl-c":
+            phase, index, program = fault.value
+            if program:  # Ctrl-C reaches the node program while it runs
+                node.faults.ctrl_c_program = program
+            else:
+                node.faults.ctrl_c_at = (phase, index)
         else:
-            simulation.node.faults.interrupt_at = fault.value
+            phase, index, _ = fault.value
+            node.faults.interrupt_at = (phase, index)
 
 
 def refuse_missing_phases(plan: Plan, every_phase: list[str]) -> None:

@@ -211,6 +211,15 @@ def test_too_little_space_is_a_clear_error_before_any_work(volume, small_tmpfs):
     assert not [p for p in os.listdir(volume) if p.startswith(".amidsl-staging")]
 
 
+def test_the_check_refuses_too_little_space_with_the_figures(volume, small_tmpfs):
+    (volume / "srv/filler").write_bytes(os.urandom(6 * 1024 * 1024))
+    run = run_node("check", {"volume": str(volume), "destination_dir": str(small_tmpfs)})
+    assert run.returncode == 1
+    [line] = [line for line in run.stderr.splitlines() if "warning" not in line]
+    assert line.startswith(f"amidsl-node: error: destination_dir {small_tmpfs} has 2 MB free")
+    assert "needs about" in line and "choose another destination_dir" in line
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_bundle_leaves_no_parts_image_or_staging_tree(volume, destination, signum, code):
     (volume / "srv/filler").write_bytes(os.urandom(48 * 1024 * 1024))
