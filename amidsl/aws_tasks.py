@@ -211,18 +211,25 @@ def delete_bundle(
     prefix: str | None,
     dry_run: bool,
     yes: bool,
+    partial: bool = False,
     **aws: str | None,
 ) -> None:
-    """Delete exactly a bundle's parts and its manifest (nothing else under its path)."""
+    """Delete exactly a bundle's parts and its manifest (nothing else under its path); with --partial,
+    the parts found by name (a failed upload's, whose manifest never went up)."""
     s3, name, key = bundle_in_s3(bucket, manifest, prefix, AwsClients(**aws))
-    keys = _run(lambda: delete_bundle_files(s3, name, key, dry_run=True))
+    keys = _run(lambda: delete_bundle_files(s3, name, key, dry_run=True, partial=partial))
+    if not keys:
+        print(f"nothing to delete: no part of {s3_url(name, key.removesuffix('.manifest.xml'))} is there")
+        return
     for found in keys:
         print(f"{'would delete' if dry_run else 'delete'} {s3_url(name, found)}")
     if dry_run:
         return
     confirm(f"Delete these {len(keys)} object(s)?", yes)
-    deleted = _run(lambda: delete_bundle_files(s3, name, key))
-    print(f"deleted the bundle {s3_url(name, key)}: {len(deleted) - 1} part(s) and its manifest")
+    deleted = _run(lambda: delete_bundle_files(s3, name, key, partial=partial))
+    parts = len([found for found in deleted if found != key])
+    what = "and its manifest" if key in deleted else "(its manifest was not there)"
+    print(f"deleted the bundle {s3_url(name, key)}: {parts} part(s) {what}")
 
 
 def _image_line(image: ImageSummary) -> str:

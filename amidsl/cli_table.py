@@ -278,7 +278,19 @@ COMMANDS: tuple[Command, ...] = (
         "delete-bundle",
         "delete exactly a bundle's parts and manifest from S3 (nothing else under its path)",
         "amidsl.aws_tasks:delete_bundle",
-        (S3_BUNDLE, *S3_MANIFEST, DRY_RUN, YES, *AWS_OPTIONS),
+        (
+            S3_BUNDLE,
+            *S3_MANIFEST,
+            Option(
+                "partial",
+                "find the parts by name (PREFIX.part.N under BUCKET/PATH), not from the manifest: for a "
+                "failed upload, whose manifest was never uploaded",
+                default=False,
+            ),
+            DRY_RUN,
+            YES,
+            *AWS_OPTIONS,
+        ),
     ),
     Command(
         "images",

@@ -7,12 +7,12 @@ either says so with the command that removes it, or (on_error "cleanup-all") rem
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Callable
 from typing import Any
 
 from amidsl.actions import AwsCall
+from amidsl.bundle.s3 import is_part_name
 from amidsl.settings import AmiSettings
 
 # The phases whose failure can leave bundle files in S3 (after ami-register they are the image's).
@@ -29,16 +29,13 @@ def bundle_prefix(s: AmiSettings) -> str:
 
 def is_bundle_file(s: AmiSettings, name: str) -> bool:
     """A part or the manifest of this bundle (a name relative to the bundle prefix)."""
-    return (
-        name == f"{s.prefix}.manifest.xml"
-        or re.fullmatch(rf"{re.escape(s.prefix)}\.part\.\d+", name) is not None
-    )
+    return name == f"{s.prefix}.manifest.xml" or is_part_name(s.prefix, name)
 
 
 def removal_command(s: AmiSettings) -> str:
-    """The aws CLI command that removes this bundle's files (and nothing else) from S3."""
-    words = ["aws", "s3", "rm", f"s3://{s.s3_bucket}/{bundle_prefix(s)}", "--region", s.region, "--recursive"]
-    words += ["--exclude", "*", "--include", f"{s.prefix}.part.*", "--include", f"{s.prefix}.manifest.xml"]
+    """The amidsl command that removes this bundle's files (and nothing else) from S3, manifest or not."""
+    where = f"{s.s3_bucket}/{s.s3_path}" if s.s3_path else s.s3_bucket
+    words = ["amidsl", "delete-bundle", "-b", where, "-p", s.prefix, "--partial", "--region", s.region]
     return " ".join(shlex.quote(word) for word in words)
 
 

@@ -257,7 +257,7 @@ def run_plan(
             else:
                 continue
             kind, index, description, status, output, cause = failed
-            removed, note = _after_failure(plan, backend, on_error, result)
+            removed, note = _after_failure(plan, backend, on_error, result, phase.name)
             resume_from = phase.name
             hidden = [*secrets, *secret_values(results)]
             registered = values.get("image_id") not in (None, settings.image_id)
@@ -348,7 +348,9 @@ def _run_controller_action(
     raise TypeError(f"the runner does not know the controller action {type(action).__name__}")
 
 
-def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: BuildResult) -> tuple[bool, str]:
+def _after_failure(
+    plan: Plan, backend: NodeBackend, on_error: str, result: BuildResult, phase: str
+) -> tuple[bool, str]:
     """Apply the on-error policy: (credentials removed?, a note saying where the credentials are)."""
     where = plan.settings.credential_dir
     if on_error == "abort":
@@ -363,8 +365,9 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
         interrupted = f"No credential was on the node; amidsl's node program may remain in {where}."
         failed = f"No credential was on the node; removing {where} failed"
         removed = (
-            "No credential was on the node (native build); amidsl's node program was removed "
-            f"({where}). Bundle parts, if any, stay in destination_dir until cleanup."
+            "No credential was on the node (native build; the bundle's AES key and IV were only ever in "
+            f"memory); amidsl's node program was removed ({where}). "
+            + _native_parts_note(plan.settings, phase)
         )
     else:
         removal = credential_removal(plan.settings)
@@ -380,6 +383,20 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
         said = err.output.strip().splitlines()[-3:] if isinstance(err, ActionFailed) else []
         return False, f"{failed} ({' '.join(said) or err})."
     return True, removed
+
+
+def _native_parts_note(s: AmiSettings, phase: str) -> str:
+    """Where a failed native build's bundle parts are on the node."""
+    if phase in ("install", "configure"):
+        return "Nothing of the bundle was made on the node."
+    if phase == "ami-bundle":
+        # The node program removes its partial image, staging tree and parts when it fails or is stopped.
+        return (
+            f"The node program removes its partial image and parts from {s.destination_dir} when it "
+            "fails or is interrupted; parts of an earlier bundle stay there until cleanup."
+        )
+    parts = f"{s.destination_dir.rstrip('/')}/{s.prefix}.part.*"
+    return f"The bundle's parts stay on the node in {parts} until the cleanup phase removes them."
 
 
 def _interrupted(actions: Sequence[tuple[int, Action]]) -> str:

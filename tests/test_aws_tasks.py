@@ -217,6 +217,20 @@ def test_delete_bundle_off_a_terminal_without_yes_deletes_nothing(
     assert keys_in(s3, bucket) == before
 
 
+def test_delete_bundle_partial_deletes_the_parts_a_failed_upload_left_and_nothing_else(
+    capsys, aws_env, s3, bucket
+):
+    for key in ("web/web.part.0", "web/web.part.2", "web/web.part.notes", "web/webby.part.0", "web/x.txt"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"data")
+    where = ("-b", f"{bucket}/web", "-p", "web", "--partial", "--endpoint-url", aws_env)
+    status, out, err = amidsl(capsys, "delete-bundle", *where, "--yes")
+    assert status == 0, err
+    assert "2 part(s) (its manifest was not there)" in out
+    assert keys_in(s3, bucket) == ["web/web.part.notes", "web/webby.part.0", "web/x.txt"]
+    status, out, _ = amidsl(capsys, "delete-bundle", *where, "--yes")
+    assert status == 0 and "nothing to delete" in out
+
+
 def test_delete_bundle_refuses_a_manifest_it_cannot_parse(capsys, aws_env, s3, bucket):
     s3.put_object(Bucket=bucket, Key="web/web.manifest.xml", Body=b"this is not xml")
     s3.put_object(Bucket=bucket, Key="web/web.part.0", Body=b"part")

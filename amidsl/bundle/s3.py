@@ -159,9 +159,8 @@ def bundle_keys(manifest: Manifest, bucket: str, manifest_key: str) -> list[str]
     Part names must be `<image name>.part.<n>`, as every bundler writes them, so that a manifest can
     never name another object under its prefix (another bundle's manifest, or any other file).
     """
-    pattern = re.compile(re.escape(manifest.name) + r"\.part\.\d+")
     for part in manifest.parts:
-        if not pattern.fullmatch(part.filename):
+        if not is_part_name(manifest.name, part.filename):
             raise ManifestParseError(
                 f"manifest {s3_url(bucket, manifest_key)} names the part {part.filename!r}, which is not "
                 f"{manifest.name}.part.<n>; refusing to touch objects a bundle does not own"
@@ -169,14 +168,48 @@ def bundle_keys(manifest: Manifest, bucket: str, manifest_key: str) -> list[str]
     return [part_key(manifest_key, p.filename) for p in manifest.parts] + [manifest_key]
 
 
-def delete_bundle(s3: Any, bucket: str, manifest_key: str, dry_run: bool = False) -> list[str]:
+def is_part_name(prefix: str, filename: str) -> bool:
+    """Whether a file name is a part of the bundle with this prefix: `<prefix>.part.<n>`."""
+    return re.fullmatch(re.escape(prefix) + r"\.part\.\d+", filename) is not None
+
+
+def partial_bundle_keys(s3: Any, bucket: str, manifest_key: str) -> list[str]:
+    """The keys of a bundle's files found by their names, for a bundle whose manifest may never have
+    been uploaded: every `<prefix>.part.<n>` beside the manifest's key, then the manifest if it is there."""
+    folder, _, name = manifest_key.rpartition("/")
+    prefix = name[: -len(MANIFEST_SUFFIX)]
+    start = f"{folder}/" if folder else ""
+    parts, manifest = [], []
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{start}{prefix}."):
+            for item in page.get("Contents", []):
+                filename = item["Key"][len(start) :]
+                if is_part_name(prefix, filename):
+                    parts.append(item["Key"])
+                elif item["Key"] == manifest_key:
+                    manifest.append(item["Key"])
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        raise storage_error(err, f"listing the bundle's files under {s3_url(bucket, start)}") from None
+    return sorted(parts) + manifest
+
+
+def delete_bundle(
+    s3: Any, bucket: str, manifest_key: str, dry_run: bool = False, partial: bool = False
+) -> list[str]:
     """Delete a bundle's parts, then its manifest (last, so an interrupted delete can be run again);
-    return the keys deleted, or with `dry_run` the keys that would be."""
-    keys = bundle_keys(read_s3_manifest(s3, bucket, manifest_key), bucket, manifest_key)
+    return the keys deleted, or with `dry_run` the keys that would be.
+
+    With `partial` the files are found by name (`<prefix>.part.<n>` and the manifest), not read from
+    the manifest: for what a failed upload left, whose manifest never went up."""
+    if partial:
+        keys = partial_bundle_keys(s3, bucket, manifest_key)
+    else:
+        keys = bundle_keys(read_s3_manifest(s3, bucket, manifest_key), bucket, manifest_key)
     if dry_run:
         return keys
-    parts, manifest = keys[:-1], keys[-1:]
-    for batch in [parts[i : i + DELETE_BATCH] for i in range(0, len(parts), DELETE_BATCH)] + [manifest]:
+    parts = [key for key in keys if key != manifest_key]
+    batches = [parts[i : i + DELETE_BATCH] for i in range(0, len(parts), DELETE_BATCH)]
+    for batch in batches + ([[manifest_key]] if manifest_key in keys else []):
         try:
             answer = s3.delete_objects(
                 Bucket=bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}

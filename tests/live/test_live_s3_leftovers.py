@@ -49,7 +49,8 @@ def test_a_refused_registration_names_or_removes_the_bundle_left_in_s3(
     if on_error == "cleanup":
         assert bundle_keys(aws_endpoint, path) == [f"{path}/image.manifest.xml", f"{path}/image.part.0"]
         assert f"left in S3: {place}image.manifest.xml, {place}image.part.0" in message
-        assert f"aws s3 rm {place} --region us-east-1 --recursive" in message
+        command = f"amidsl delete-bundle -b {BUCKET}/{path} -p image --partial --region us-east-1"
+        assert command in message
     else:
         assert bundle_keys(aws_endpoint, path) == []
         assert f"The bundle was removed from S3 (2 object(s) under {place})" in message

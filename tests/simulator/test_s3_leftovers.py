@@ -18,10 +18,8 @@ def test_a_failed_upload_names_the_parts_it_left_and_how_to_remove_them(run, exa
     assert simulation.error.phase == "ami-upload"
     assert keys_in_bucket(region) == ["images/example/image.part.0"]
     assert f"left in S3: {PLACE}/image.part.0" in message
-    assert (
-        f"aws s3 rm {PLACE}/ --region us-east-1 --recursive --exclude '*' --include 'image.part.*' "
-        "--include image.manifest.xml" in message
-    )
+    command = "amidsl delete-bundle -b amidsl-example-bundles/images/example -p image --partial"
+    assert f"Remove them with: {command} --region us-east-1" in message
     assert "--on-error cleanup-all" in message
 
 
