@@ -144,6 +144,7 @@ class Exec:
     user: str = "root"
     creates: str | None = None  # skip the command when this path exists (a finished earlier run)
     description: str = "run a command"
+    missing: str | None = None  # the message when the node has no argv[0] (what is missing, the fix)
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,8 @@ class Check:
 
 @dataclass(frozen=True)
 class ByPackageManager:
-    """Run the branch of the first package manager the node has; fail with `otherwise` if none."""
+    """Run the branch of the first program the node has (`command -v`): a package manager's, or a
+    program's that must be there; fail with `otherwise` if none."""
 
     branches: tuple[tuple[str, tuple[Step, ...]], ...]
     otherwise: str
@@ -217,6 +218,9 @@ def _exec(action: Exec) -> tuple[Step, ...]:
         CollectExisting(EXISTING_PATHS_VARIABLE, word.paths, word.separator) for word in existing
     ]
     steps.append(Command(argv, env=action.env, cwd=action.cwd, user=action.user))
+    if action.missing is not None and isinstance(argv[0], str):
+        # bash alone would say only "command not found": say what is missing and the fix.
+        steps = [ByPackageManager(((argv[0], tuple(steps)),), otherwise=action.missing)]
     return (IfMissing(action.creates, tuple(steps)),) if action.creates else tuple(steps)
 
 

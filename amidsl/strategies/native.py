@@ -43,6 +43,10 @@ GRUB_NEEDS = (
     "Ubuntu, grub2-pc-modules and grub2-tools on RHEL, Rocky and Amazon Linux)"
 )
 
+NO_PYTHON3 = (
+    "python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf "
+    'install python3), or set bundler = "ami-tools"'
+)
 # Checks the node's python3 is new enough to run the program (an older one would stop at a syntax error
 # with a traceback), then the shipped program against the SHA-256 amidsl computed from its own copy
 # (sys.exit with a string exits with status 1 and prints it). Runs on any Python 3.
@@ -113,6 +117,7 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
         Exec(
             ("python3", "-I", "-c", _CHECKSUM, node_program(s), program_sha256()),
             description="check python3 (3.8 or newer) and the SHA-256 of the node program",
+            missing=NO_PYTHON3,
         ),
         _make_destination(s),
         NodeProgram(

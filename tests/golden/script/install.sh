@@ -1852,6 +1852,25 @@ def needed_bytes(size: VolumeSize, staging_in_destination: bool) -> int:
     return image + data // 2 + ahead_budget(size) + (size.copied if staging_in_destination else 0)
 
 
+def check_free_space(volume: str, destination: str, size: VolumeSize, staging_dev: int) -> None:
+    """NodeError, with the figures, when destination_dir (or the staging tree's disk) is too small."""
+    needed = needed_bytes(size, staging_dev == os.lstat(destination).st_dev)
+    free = _free_bytes(destination)
+    if free < needed:
+        raise NodeError(
+            f"destination_dir {destination} has {free // MiB} MB free but bundling {volume} needs "
+            f"about {needed // MiB} MB (an image of {size.allocated // MiB} MB of data plus the "
+            "parts); free some space or choose another destination_dir"
+        )
+    staging_volume = staging_parent(volume, destination)
+    if staging_volume != destination and _free_bytes(staging_volume) < size.copied:
+        raise NodeError(
+            f"the staging tree in {staging_volume} needs {size.copied // MiB} MB for copies of files "
+            f"on other filesystems but only {_free_bytes(staging_volume) // MiB} MB are free; free "
+            "some space, or choose a destination_dir on the volume's own filesystem"
+        )
+
+
 def ahead_budget(size: VolumeSize) -> int:
     """The most bytes DeflatedAhead may keep: a quarter of the data (about half the parts)."""
     return size.allocated // 4
@@ -1891,7 +1910,7 @@ def check_boot(volume: str, virtualization_type: str, size: VolumeSize) -> tuple
 
 
 def command_check(request: dict) -> dict:
-    """Report what the node has for a native build, failing on anything missing."""
+    """Report what the node has for a native build, failing on anything missing (space included)."""
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
     virtualization_type = _virtualization_type(request)
@@ -1899,8 +1918,10 @@ def command_check(request: dict) -> dict:
     _, soname = load_libcrypto()
     mke2fs = mke2fs_version()
     selection = walk_volume(volume, exclusions, (), False)
-    size = measure_selection(selection, os.lstat(staging_parent(volume, destination)).st_dev)
+    staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
+    size = measure_selection(selection, staging_dev)
     identity, grub, warnings = check_boot(volume, virtualization_type, size)
+    check_free_space(volume, destination, size, staging_dev)
     return {
         "python": ".".join(str(n) for n in sys.version_info[:3]),
         "mke2fs": mke2fs,
@@ -1955,22 +1976,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     identity, grub, warnings = check_boot(volume, virtualization_type, size)
     if virtualization_type == HVM and not identity["uuid"]:
         identity = {**identity, "uuid": new_uuid()}  # GRUB's core image finds the root by it
-    needed = needed_bytes(size, staging_dev == os.lstat(destination).st_dev)
-    free = _free_bytes(destination)
-    if free < needed:
-        raise NodeError(
-            f"destination_dir {destination} has {free // MiB} MB free but bundling {volume} needs "
-            f"about {needed // MiB} MB (an image of {size.allocated // MiB} MB of data plus the "
-            "parts); free some space or choose another destination_dir"
-        )
-
-    staging_volume = staging_parent(volume, destination)
-    if staging_volume != destination and _free_bytes(staging_volume) < size.copied:
-        raise NodeError(
-            f"the staging tree in {staging_volume} needs {size.copied // MiB} MB for copies of files "
-            f"on other filesystems but only {_free_bytes(staging_volume) // MiB} MB are free; free "
-            "some space, or choose a destination_dir on the volume's own filesystem"
-        )
+    check_free_space(volume, destination, size, staging_dev)
 
     volume_fs = identity
     checked = moment()
@@ -2214,7 +2220,11 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 915db172308a3d345968f9dcac712cdbc7d52c0107138ad5470f05abf42b686f
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py d5ca11d7248c8c8aca32b13e763c32d9d0adb0afd8d04dc89b34d27e8b482c94
+  else
+    fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
+  fi
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node'"'"'s tools (python3, e2fsprogs, libcrypto), free space in destination_dir, and that the volume can boot'
