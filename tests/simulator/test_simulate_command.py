@@ -138,11 +138,52 @@ def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds():
     assert upload["output"].count("InternalError (500)") == 1
 
 
-@pytest.mark.parametrize("fault", ["fail-put=1", "s3-5xx=2", "disk-full=/tmp", "interrupt=ami-bundle:2"])
-def test_a_fault_of_the_ami_tools_path_is_refused_for_a_native_build(temp, fault):
+@pytest.mark.parametrize("fault", ["url-expires=1", "no-python3", "old-mke2fs=1.42.9"])
+def test_a_fault_of_the_native_node_program_is_refused_for_an_ami_tools_build(temp, fault):
+    run = amidsl("--bundler", "ami-tools", "--fault", fault, temp=temp)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "it models the native bundler's node program: drop --bundler ami-tools" in run.stderr
+    assert list(temp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (
+            "interrupt=ami-bundle:3",
+            "action 3 of ami-bundle (image the volume and bundle it into parts on "
+            "the node) runs on the controller; choose one of 1",
+        ),
+        (
+            "ctrl-c=ami-bundle:4",
+            "action 4 of ami-bundle (build and sign the manifest on the controller) runs on the "
+            "controller; choose one of 1, 3",
+        ),
+        ("no-python3=yes", "no-python3 takes no value"),
+        ("old-python3=3.8", "give a version older than 3.8, such as 3.6.9"),
+        ("old-mke2fs=new", "give a version older than 1.43, such as 1.42.9"),
+        ("fail-part=first", "give a part's index (0 for the first part)"),
+    ],
+)
+def test_native_faults_that_make_no_sense_are_refused(temp, fault, message):
     run = amidsl("--fault", fault, temp=temp)
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert "it models the ami-tools path: add --bundler ami-tools" in run.stderr
+    assert f"--fault '{fault}': {message}" in run.stderr
+    assert list(temp.iterdir()) == []
+
+
+def test_a_native_build_with_a_refused_part_exits_1_naming_the_part_and_leaves_no_temp_files(temp):
+    run = amidsl("--fault", "fail-part=0", temp=temp)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "part image.part.0 could not be uploaded (HTTP 403: AccessDenied: Access Denied)" in run.stderr
+    assert "Nothing was registered" in run.stderr
+    assert list(temp.iterdir()) == []
+
+
+def test_ctrl_c_in_a_native_build_exits_130_and_leaves_no_temp_files(temp):
+    run = amidsl("--fault", "ctrl-c=ami-bundle:3", temp=temp)
+    assert run.returncode == 130 and "Traceback" not in run.stderr
+    assert "simulated build interrupted: phase ami-bundle, action 3" in run.stderr
     assert list(temp.iterdir()) == []
 
 
