@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -489,10 +490,18 @@ class PresignClient:
         self.signatures = signatures
 
     def generate_presigned_url(self, operation: str, **kwargs: Any) -> str:
-        """A presigned URL, as boto3 makes it."""
-        url = self.client.generate_presigned_url(operation, **kwargs)
-        self.signatures.add(_signature(urllib.parse.urlsplit(url).query))
-        return url
+        """A presigned URL, as boto3 makes it, and never one issued before.
+
+        X-Amz-Date has whole seconds: an object presigned again within the same second would get the
+        very URL it had, where a real refresh comes later and gets a new one.
+        """
+        while True:
+            url = self.client.generate_presigned_url(operation, **kwargs)
+            signature = _signature(urllib.parse.urlsplit(url).query)
+            if signature not in self.signatures:
+                self.signatures.add(signature)
+                return url
+            time.sleep(0.05)
 
 
 def _signature(query: str) -> str:

@@ -136,7 +136,12 @@ def _node_action(
             if not isinstance(a, DRIVEN_BY_CONTROLLER) or (program_too and isinstance(a, NodeProgram))
         ]
         choose = f"choose one of {', '.join(on_node)}" if on_node else "this phase has none"
-        raise refuse(f"action {index} of {phase} ({action.description}) runs on the controller; {choose}")
+        where = (
+            f"is the node program, which the controller drives (ctrl-c={phase}:{index} stops it)"
+            if isinstance(action, NodeProgram)
+            else "runs on the controller"
+        )
+        raise refuse(f"action {index} of {phase} ({action.description}) {where}; {choose}")
     return phase, int(index), None
 
 

@@ -20,7 +20,8 @@ Requests (optional keys in brackets) and results:
 
     check   {volume, destination_dir, [exclude], [virtualization_type]}
             -> {python, mke2fs, libcrypto, free_bytes, volume_bytes, volume_fs{type, uuid, label},
-                virtualization_type, grub (version or null), warnings[text]}
+                virtualization_type, grub (version or null), warnings[text]};
+               fails, with the figures, when destination_dir has too little free space
     bundle  {volume, exclude, includes, filter, destination_dir, prefix, image_size_mb, key, iv,
              part_size, workers (0: all cores), [level (zlib, default 3)],
              [virtualization_type ("paravirtual", the default: a filesystem image; "hvm": a disk

@@ -151,8 +151,8 @@ def test_a_fault_of_the_native_node_program_is_refused_for_an_ami_tools_build(te
     [
         (
             "interrupt=ami-bundle:3",
-            "action 3 of ami-bundle (image the volume and bundle it into parts on "
-            "the node) runs on the controller; choose one of 1",
+            "action 3 of ami-bundle (image the volume and bundle it into parts on the node) is the "
+            "node program, which the controller drives (ctrl-c=ami-bundle:3 stops it); choose one of 1",
         ),
         (
             "ctrl-c=ami-bundle:4",
