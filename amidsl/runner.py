@@ -396,6 +396,8 @@ def _native_parts_note(s: AmiSettings, phase: str) -> str:
             "fails or is interrupted; parts of an earlier bundle stay there until cleanup."
         )
     parts = f"{s.destination_dir.rstrip('/')}/{s.prefix}.part.*"
+    if phase == "cleanup":
+        return f"Bundle parts the cleanup did not remove may remain on the node in {parts}."
     return f"The bundle's parts stay on the node in {parts} until the cleanup phase removes them."
 
 

@@ -44,6 +44,14 @@ def failed_in(simulation, phase: str, status: int | None = 1) -> str:
     return str(error)
 
 
+def interrupted_in(simulation, phase: str, index: int) -> str:
+    """The message of a build interrupted (Ctrl-C) during that action."""
+    assert isinstance(simulation.error, BuildInterrupted), simulation.error
+    assert (simulation.error.phase, simulation.error.index) == (phase, index)
+    assert "was interrupted (Ctrl-C)" in str(simulation.error)
+    return str(simulation.error)
+
+
 def nothing_made(node, region) -> bool:
     """No node program, no bundle file on the node, nothing in the bucket, nothing registered."""
     return (
@@ -64,24 +72,22 @@ def test_a_node_without_python3_stops_the_install_naming_python3_and_the_fix(
     assert nothing_made(node, region)
 
 
-def test_a_python3_older_than_3_8_is_named_with_its_version(run, native_settings, node, region):
-    node.versions["python3"] = "3.6.9"
-    message = failed_in(run(native_settings), "install")
-    assert "python3 3.6.9 is too old: the amidsl node program needs Python 3.8 or newer" in message
-    assert nothing_made(node, region)
-
-
-def test_a_node_without_e2fsprogs_is_told_to_install_it(run, native_settings, node, region):
-    node.packages.discard("e2fsprogs")
-    message = failed_in(run(native_settings), "install")
-    assert "mke2fs is not installed; install e2fsprogs" in message
-    assert nothing_made(node, region)
-
-
-def test_an_mke2fs_older_than_1_43_is_named_with_its_version(run, native_settings, node, region):
-    node.versions["e2fsprogs"] = "1.42.9"
-    message = failed_in(run(native_settings), "install")
-    assert "mke2fs is version 1.42.9; building an image needs e2fsprogs >= 1.43" in message
+@pytest.mark.parametrize(
+    ("package", "version", "said"),
+    [
+        ("python3", "3.6.9", "python3 3.6.9 is too old: the amidsl node program needs Python 3.8 or newer"),
+        ("e2fsprogs", None, "mke2fs is not installed; install e2fsprogs"),
+        ("e2fsprogs", "1.42.9", "mke2fs is version 1.42.9; building an image needs e2fsprogs >= 1.43"),
+    ],
+)
+def test_an_old_python3_or_a_missing_or_old_mke2fs_stops_the_install_naming_it_and_the_fix(
+    run, native_settings, node, region, package, version, said
+):
+    if version is None:
+        node.packages.discard(package)
+    else:
+        node.versions[package] = version
+    assert said in failed_in(run(native_settings), "install")
     assert nothing_made(node, region)
 
 
@@ -128,10 +134,7 @@ def test_ctrl_c_while_the_node_program_bundles_leaves_nothing_on_the_node_or_in_
     run, native_settings, three_parts, region
 ):
     three_parts.faults.ctrl_c_program = "bundle"
-    simulation = run(native_settings)
-    message = failed_in(simulation, "ami-bundle", status=None)
-    assert isinstance(simulation.error, BuildInterrupted) and simulation.error.index == 3
-    assert "was interrupted (Ctrl-C)" in message
+    message = interrupted_in(run(native_settings), "ami-bundle", 3)
     assert "AES key and IV were only ever in memory" in message
     assert "The node program removes its partial image and parts from /tmp" in message
     assert nothing_made(three_parts, region)
@@ -142,9 +145,7 @@ def test_ctrl_c_while_the_node_program_uploads_says_what_is_left_on_the_node_and
     run, native_settings, three_parts, region
 ):
     three_parts.faults.ctrl_c_program = "upload"
-    simulation = run(native_settings)
-    message = failed_in(simulation, "ami-upload", status=None)
-    assert isinstance(simulation.error, BuildInterrupted) and simulation.error.index == 2
+    message = interrupted_in(run(native_settings), "ami-upload", 2)
     assert "The bundle's parts stay on the node in /tmp/image.part.*" in message
     uploaded = keys_in_bucket(region)
     assert uploaded and "images/example/image.manifest.xml" not in uploaded
@@ -154,9 +155,7 @@ def test_ctrl_c_while_the_node_program_uploads_says_what_is_left_on_the_node_and
 
 def test_ctrl_c_at_a_node_action_stops_the_build_there(run, native_settings, node, region):
     node.faults.ctrl_c_at = ("ami-bundle", 1)
-    simulation = run(native_settings)
-    message = failed_in(simulation, "ami-bundle", status=None)
-    assert isinstance(simulation.error, BuildInterrupted) and simulation.error.index == 1
+    message = interrupted_in(run(native_settings), "ami-bundle", 1)
     assert "amidsl's node program was removed (/opt/ami-tools)" in message
     assert nothing_made(node, region)
 
