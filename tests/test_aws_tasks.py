@@ -229,6 +229,10 @@ def test_delete_bundle_partial_deletes_the_parts_a_failed_upload_left_and_nothin
     assert keys_in(s3, bucket) == ["web/web.part.notes", "web/webby.part.0", "web/x.txt"]
     status, out, _ = amidsl(capsys, "delete-bundle", *where, "--yes")
     assert status == 0 and "nothing to delete" in out
+    odd = ("-b", f"{bucket}/web", "-m", "web.xml", "--partial", "--yes", "--endpoint-url", aws_env)
+    status, _, err = amidsl(capsys, "delete-bundle", *odd)
+    assert status == 1 and "give --prefix PREFIX" in err
+    assert keys_in(s3, bucket) == ["web/web.part.notes", "web/webby.part.0", "web/x.txt"]
 
 
 def test_delete_bundle_refuses_a_manifest_it_cannot_parse(capsys, aws_env, s3, bucket):

@@ -177,6 +177,11 @@ def partial_bundle_keys(s3: Any, bucket: str, manifest_key: str) -> list[str]:
     """The keys of a bundle's files found by their names, for a bundle whose manifest may never have
     been uploaded: every `<prefix>.part.<n>` beside the manifest's key, then the manifest if it is there."""
     folder, _, name = manifest_key.rpartition("/")
+    if not name.endswith(MANIFEST_SUFFIX) or name == MANIFEST_SUFFIX:
+        raise BundleError(
+            f"{name} is not PREFIX{MANIFEST_SUFFIX}: the parts of a partial bundle are found by its "
+            "prefix; give --prefix PREFIX"
+        )
     prefix = name[: -len(MANIFEST_SUFFIX)]
     start = f"{folder}/" if folder else ""
     parts, manifest = [], []

@@ -1470,7 +1470,9 @@ class DeflatedAhead:
         ready = []
         for offset, length in data_regions(fd, os.fstat(fd).st_size):
             first = -(-(offset + DICTIONARY) // READ_CHUNK)
-            ready += [i for i in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK) if i not in done]
+            ready += [
+                i for i in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK) if i not in done
+            ]
         return ready
 
     def _keep(self, dictionary: bytes, chunk: bytes, deflated: bytes) -> None:
@@ -2228,7 +2230,7 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 25300edc55461eca9e4fb8c24c7e60deaffd2e536eae5bdd027a3322be799f05
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 039fd64c554e99e338885bc60b3283c8ce447c1d866ced7e1e2a6316603b84c6
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
