@@ -126,15 +126,3 @@ def test_the_native_preview_summarises_the_node_program_instead_of_printing_it(r
     text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": "native"})))
     assert program_source() not in text
     assert "bytes (`amidsl script` shows the content)" in text
-
-
-@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
-def test_the_preview_says_which_instance_types_launch_an_instance_store_ami(raw_settings, bundler):
-    text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": bundler})))
-    assert "  instance types: only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1)" in text
-
-
-def test_a_native_arm64_preview_says_no_instance_type_launches_the_image(raw_settings):
-    raw = raw_settings | {"bundler": "native", "arch": "arm64", "virtualization_type": "paravirtual"}
-    text = render_text(build_plan(crate.server_spec(raw)))
-    assert "EC2 registers an arm64 instance-store AMI, but no instance type launches it" in text

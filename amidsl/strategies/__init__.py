@@ -26,14 +26,4 @@ def phase_function(bundler: str, phase: str) -> PhaseFn:
 
 def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
     """(topic, text) pairs saying what the chosen strategy puts on the node and leaves in the image."""
-    return (*STRATEGIES[s.bundler].summary(s), ("instance types", instance_types_note(s.arch)))
-
-
-def instance_types_note(arch: str) -> str:
-    """Which instance types can launch the image: instance-store root devices run only on old Xen types."""
-    note = "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
-    if arch == "i386":
-        return note + "; an i386 image runs only on the oldest paravirtual types"
-    if arch == "arm64":
-        return note + ", all x86: EC2 registers an arm64 instance-store AMI, but no instance type launches it"
-    return note
+    return STRATEGIES[s.bundler].summary(s)

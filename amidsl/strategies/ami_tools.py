@@ -408,6 +408,11 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "file rsync cannot copy (exit 23) stops ec2-bundle-vol, where 2.7 carries on",
         ),
         (
+            "instance types",
+            "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
+            + ("; an i386 image runs only on the oldest paravirtual types" if s.arch == "i386" else ""),
+        ),
+        (
             "secrets",
             "the signing key is written to the node (removed in cleanup); "
             + (
