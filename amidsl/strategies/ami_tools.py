@@ -28,6 +28,8 @@ from amidsl.actions import (
 )
 from amidsl.register import ami_register
 from amidsl.settings import NODE_STATE_DIR, AmiSettings
+from amidsl.strategies import bundle_files
+from amidsl.strategies.bundle_files import image_file
 
 ACCESS_KEY = EnvSecret("AMIDSL_ACCESS_KEY", "the AWS access key id")
 SECRET_KEY = EnvSecret("AMIDSL_SECRET_KEY", "the AWS secret access key")
@@ -220,11 +222,6 @@ def configure(s: AmiSettings) -> list[Action]:
     ]
 
 
-def image_file(s: AmiSettings) -> str:
-    """The image file ec2-bundle-vol makes, and leaves behind: `<destination_dir>/<prefix>`."""
-    return f"{s.destination_dir.rstrip('/')}/{s.prefix}"
-
-
 def bundle_vol_argv(s: AmiSettings) -> tuple[Value, ...]:
     """The ec2-bundle-vol command line (no secrets in it: the key is a file path)."""
     argv: list[Value] = [
@@ -322,14 +319,12 @@ def ami_upload(s: AmiSettings) -> list[Action]:
     ]
 
 
-def cleanup(s: AmiSettings) -> list[Action]:
+def cleanup(s: AmiSettings) -> list[Remove]:
     """Remove the credentials, the tools and Ruby, and the bundle files from the node."""
+    tools = Remove(s.install_dir, recursive=True, description="remove the ami-tools and Ruby")
     return [
         Remove(s.credential_dir, recursive=True, description="remove the credentials"),
-        Remove(s.install_dir, recursive=True, description="remove the ami-tools and Ruby"),
-        Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
-        Remove(s.manifest_path, description="remove the bundle manifest"),
-        Remove(image_file(s), description="remove the image file if ec2-bundle-vol left it"),
+        *bundle_files.cleanup(s, tools, "ec2-bundle-vol", manifest=s.manifest_path),
     ]
 
 

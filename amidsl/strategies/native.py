@@ -27,6 +27,7 @@ from amidsl.actions import (
 from amidsl.node import program_sha256, program_source
 from amidsl.register import ami_register
 from amidsl.settings import AmiSettings
+from amidsl.strategies import bundle_files
 
 NODE_PROGRAM_NAME = "amidsl_node.py"
 PART_SIZE = 10 * 1024 * 1024
@@ -208,16 +209,9 @@ def program_removal(s: AmiSettings) -> Remove:
     return Remove(s.install_dir, recursive=True, description="remove the amidsl node program (install_dir)")
 
 
-def cleanup(s: AmiSettings) -> list[Action]:
-    """Remove the node program and the bundle files from the node."""
-    return [
-        program_removal(s),
-        Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
-        Remove(
-            f"{s.destination_dir.rstrip('/')}/{s.prefix}",
-            description="remove the image file if the node program left it",
-        ),
-    ]
+def cleanup(s: AmiSettings) -> list[Remove]:
+    """Remove the node program and the bundle files from the node (the manifest never was there)."""
+    return bundle_files.cleanup(s, program_removal(s), "the node program")
 
 
 PHASE_FUNCTIONS = {
