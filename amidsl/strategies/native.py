@@ -229,7 +229,10 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
     return (
         (
             "on the node",
-            f"amidsl's node program (one stdlib Python file) in {s.install_dir}, during the build",
+            f"amidsl's node program (one stdlib Python file) in {s.install_dir}, during the build; the "
+            f"image file and the bundle parts in {s.destination_dir}: the image file (and a staging tree "
+            "of hard links on the volume's filesystem) only while bundling, the parts until cleanup; the "
+            f"node program checks before any work that {s.destination_dir} has room for both",
         ),
         (
             "stays in the image",
