@@ -26,17 +26,20 @@ from amidsl.actions import (
 )
 from amidsl.node import program_sha256, program_source
 from amidsl.register import ami_register
-from amidsl.settings import AmiSettings
+from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY, AmiSettings
 from amidsl.strategies import bundle_files
 
 NODE_PROGRAM_NAME = "amidsl_node.py"
 PART_SIZE = 10 * 1024 * 1024
-UPLOAD_CONCURRENCY = 4
+UPLOAD_CONCURRENCY = DEFAULT_UPLOAD_CONCURRENCY
 UPLOAD_RETRIES = 5
 
 BUNDLE_KEY = ControllerSecret("bundle_key", "the bundle's AES key (made on the controller)")
 BUNDLE_IV = ControllerSecret("bundle_iv", "the bundle's AES IV (made on the controller)")
 PRESIGNED_PARTS = ControllerSecret("presigned_parts", "one presigned S3 PUT URL per part")
+
+# Settings only this strategy reads; an ami-tools build's previews and scripts leave them out.
+OWN_SETTINGS = frozenset({"upload_concurrency"})
 
 NODE_NEEDS = "python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl)"
 GRUB_NEEDS = (
@@ -193,7 +196,7 @@ def ami_upload(s: AmiSettings) -> list[Action]:
             (
                 ("destination_dir", s.destination_dir),
                 ("parts", PRESIGNED_PARTS),
-                ("concurrency", UPLOAD_CONCURRENCY),
+                ("concurrency", s.upload_concurrency),
                 ("retries", UPLOAD_RETRIES),
             ),
             result_name="upload",
