@@ -56,6 +56,8 @@ MAX_OBJECT_TAGS = 10  # S3's limit per object
 DEFAULT_IMAGE_WAIT_SECONDS = 1800
 # Parts a native build's node uploads at once (its presigned PUTs).
 DEFAULT_UPLOAD_CONCURRENCY = 4
+# The node holds each part it is sending in memory (10 MiB): 16 at once stay within 160 MiB.
+MAX_UPLOAD_CONCURRENCY = 16
 # Whom an image may be shared with (besides 12-digit account ids), in any partition.
 ORGANIZATION_ARN = re.compile(r"arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}")
 OU_ARN = re.compile(
@@ -770,11 +772,11 @@ class _Checker:
         if (
             isinstance(upload_concurrency, bool)
             or not isinstance(upload_concurrency, int)
-            or not (1 <= upload_concurrency <= 64)
+            or not (1 <= upload_concurrency <= MAX_UPLOAD_CONCURRENCY)
         ):
             self.problem(
                 "upload_concurrency",
-                f"{upload_concurrency!r} is not a number of parts from 1 to 64",
+                f"{upload_concurrency!r} is not a number of parts from 1 to {MAX_UPLOAD_CONCURRENCY}",
                 "give how many parts the node uploads at once, e.g. 4",
             )
             upload_concurrency = DEFAULT_UPLOAD_CONCURRENCY
