@@ -319,12 +319,14 @@ def ami_upload(s: AmiSettings) -> list[Action]:
     ]
 
 
-def cleanup(s: AmiSettings) -> list[Remove]:
+def cleanup(s: AmiSettings) -> list[Action]:
     """Remove the credentials, the tools and Ruby, and the bundle files from the node."""
-    tools = Remove(s.install_dir, recursive=True, description="remove the ami-tools and Ruby")
     return [
         Remove(s.credential_dir, recursive=True, description="remove the credentials"),
-        *bundle_files.cleanup(s, tools, "ec2-bundle-vol", manifest=s.manifest_path),
+        Remove(s.install_dir, recursive=True, description="remove the ami-tools and Ruby"),
+        bundle_files.parts_removal(s),
+        Remove(s.manifest_path, description="remove the bundle manifest"),
+        bundle_files.image_removal(s, "ec2-bundle-vol"),
     ]
 
 

@@ -1,4 +1,4 @@
-"""What a build leaves in destination_dir (parts, image file) and the cleanup both strategies share."""
+"""What a build leaves in destination_dir (parts, image file), and the removals of both cleanups."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ def image_file(s: AmiSettings) -> str:
     return f"{s.destination_dir.rstrip('/')}/{s.prefix}"
 
 
-def cleanup(s: AmiSettings, tools: Remove, bundler: str, manifest: str | None = None) -> list[Remove]:
-    """Remove the tools the build put on the node, then the bundle files `bundler` wrote on it."""
-    return [
-        tools,
-        Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
-        *([Remove(manifest, description="remove the bundle manifest")] if manifest else []),
-        Remove(image_file(s), description=f"remove the image file if {bundler} left it"),
-    ]
+def parts_removal(s: AmiSettings) -> Remove:
+    """Remove the bundle parts `<prefix>.part.*` from destination_dir."""
+    return Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts")
+
+
+def image_removal(s: AmiSettings, bundler: str) -> Remove:
+    """Remove the image file, in case `bundler` (what made it) left it behind."""
+    return Remove(image_file(s), description=f"remove the image file if {bundler} left it")

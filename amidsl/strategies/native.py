@@ -212,9 +212,13 @@ def program_removal(s: AmiSettings) -> Remove:
     return Remove(s.install_dir, recursive=True, description="remove the amidsl node program (install_dir)")
 
 
-def cleanup(s: AmiSettings) -> list[Remove]:
-    """Remove the node program and the bundle files from the node (the manifest never was there)."""
-    return bundle_files.cleanup(s, program_removal(s), "the node program")
+def cleanup(s: AmiSettings) -> list[Action]:
+    """Remove the node program and the bundle files from the node."""
+    return [
+        program_removal(s),
+        bundle_files.parts_removal(s),
+        bundle_files.image_removal(s, "the node program"),
+    ]
 
 
 PHASE_FUNCTIONS = {
