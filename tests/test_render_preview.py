@@ -143,3 +143,18 @@ def test_the_native_preview_summarises_the_node_program_instead_of_printing_it(r
     text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": "native"})))
     assert program_source() not in text
     assert "bytes (`amidsl script` shows the content)" in text
+
+
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+def test_the_preview_says_which_instance_types_launch_the_image(raw_settings, bundler):
+    text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": bundler})))
+    assert (
+        "  instance types: only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch "
+        "instance-store AMIs" in text
+    )
+
+
+def test_the_native_preview_says_no_instance_type_launches_an_arm64_image(raw_settings):
+    arm = raw_settings | {"bundler": "native", "arch": "arm64", "virtualization_type": "paravirtual"}
+    text = render_text(build_plan(crate.server_spec(arm)))
+    assert "an arm64 image may register, but no instance type launches it" in text

@@ -26,7 +26,7 @@ from amidsl.actions import (
     StagedFile,
     Value,
 )
-from amidsl.register import ami_register
+from amidsl.register import ami_register, instance_types_note
 from amidsl.settings import NODE_STATE_DIR, AmiSettings
 from amidsl.strategies import bundle_files
 from amidsl.strategies.bundle_files import image_file
@@ -404,11 +404,7 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "ec2-ami-tools 1.5 run on Ruby 2.7, 3.0 and 3.1 (3.2 and later cannot load them); on 3.0/3.1 a "
             "file rsync cannot copy (exit 23) stops ec2-bundle-vol, where 2.7 carries on",
         ),
-        (
-            "instance types",
-            "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
-            + ("; an i386 image runs only on the oldest paravirtual types" if s.arch == "i386" else ""),
-        ),
+        ("instance types", instance_types_note(s)),
         (
             "secrets",
             "the signing key is written to the node (removed in cleanup); "

@@ -25,7 +25,7 @@ from amidsl.actions import (
     UploadManifest,
 )
 from amidsl.node import program_sha256, program_source
-from amidsl.register import ami_register
+from amidsl.register import ami_register, instance_types_note
 from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY, AmiSettings
 from amidsl.strategies import bundle_files
 
@@ -247,6 +247,7 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "and amidsl's state dir are excluded",
         ),
         ("the node needs", node_needs(s)),
+        ("instance types", instance_types_note(s)),
         (
             "secrets",
             "AWS credentials and the signing key stay on the controller; the AES key and IV and the "
