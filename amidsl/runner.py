@@ -71,11 +71,16 @@ class ActionFailed(Exception):
 
 
 class ActionInterrupted(KeyboardInterrupt):
-    """Raised by a back-end for Ctrl-C, naming the action that was running (a KeyboardInterrupt still)."""
+    """Raised by a back-end for Ctrl-C, naming the action that was running (a KeyboardInterrupt still).
 
-    def __init__(self, index: int) -> None:
+    index is None when the back-end does not know the plan's numbering (the runner fills it in); note
+    says what the interruption did on the node (e.g. that the node program was stopped).
+    """
+
+    def __init__(self, index: int | None, note: str = "") -> None:
         super().__init__(f"interrupted during action {index}")
         self.index = index
+        self.note = note
 
 
 class NodeBackend(Protocol):
@@ -218,6 +223,7 @@ def run_plan(
     secrets = list(backend.secrets())
     for phase in plan.phases:
         for on_controller, actions in split_by_side(phase):
+            on_node = ""
             # Every way out of a run of actions (a failure, Ctrl-C, an unexpected error) applies the
             # on-error policy before the build ends, and ends as a BuildError.
             try:
@@ -230,9 +236,9 @@ def run_plan(
                                 phase.name, index, action, backend, values, results, settings, progress
                             )
                         except KeyboardInterrupt as interrupt:
-                            if isinstance(interrupt, ActionInterrupted):
+                            if isinstance(interrupt, ActionInterrupted) and interrupt.index is not None:
                                 raise
-                            raise ActionInterrupted(index) from None
+                            raise ActionInterrupted(index, getattr(interrupt, "note", "")) from None
                         progress(f"  [{phase.name} {index}] {action.description}: ok [{record.command}]")
                         result.transcript.append(record)
                 else:
@@ -244,6 +250,7 @@ def run_plan(
                     progress(f"  [{phase.name} {failure.index}] {description}: failed [controller]")
                 failed = (BuildError, failure.index, description, failure.status, failure.output, "")
             except KeyboardInterrupt as interrupt:
+                on_node = getattr(interrupt, "note", "")
                 running = dict(actions)
                 if isinstance(interrupt, ActionInterrupted) and interrupt.index in running:
                     index, cause = interrupt.index, "was interrupted (Ctrl-C)"
@@ -258,6 +265,8 @@ def run_plan(
                 continue
             kind, index, description, status, output, cause = failed
             removed, note = _after_failure(plan, backend, on_error, result)
+            if kind is BuildInterrupted and on_node:
+                note = f"{on_node}\n{note}"
             resume_from = phase.name
             hidden = [*secrets, *secret_values(results)]
             registered = values.get("image_id") not in (None, settings.image_id)
@@ -364,7 +373,7 @@ def _after_failure(plan: Plan, backend: NodeBackend, on_error: str, result: Buil
         failed = f"No credential was on the node; removing {where} failed"
         removed = (
             "No credential was on the node (native build); amidsl's node program was removed "
-            f"({where}). Bundle parts, if any, stay in destination_dir until cleanup."
+            f"({where}). Bundle parts, if any, stay in {plan.settings.destination_dir} until cleanup."
         )
     else:
         removal = credential_removal(plan.settings)

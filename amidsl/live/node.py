@@ -36,7 +36,14 @@ from amidsl.actions import (
 )
 from amidsl.ec2_certificate import ec2_certificate
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
-from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
+from amidsl.live.ssh import (
+    LOST_STATUS,
+    STOP_SECONDS,
+    CommandInterrupted,
+    ConnectionLost,
+    NodeConnectionError,
+    SshNode,
+)
 from amidsl.plan import Plan
 from amidsl.progress import Progress
 from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
@@ -55,6 +62,9 @@ FAILED_LINE = re.compile(
     r"^amidsl: FAILED in phase (?P<phase>\S+) action (?P<index>\d+) \(.*\) \(exit (?P<status>\d+)\)$"
 )
 WORKDIR = re.compile(r"/[A-Za-z0-9_./-]*/amidsl\.[A-Za-z0-9]+")
+# The node program's first line, and its last when it was stopped (see amidsl/node/amidsl_node.py).
+PROGRAM_PID = re.compile(r"amidsl-node: \w+ runs as pid (?P<pid>\d+)")
+PROGRAM_STOPPED = re.compile(r"amidsl-node: (?:interrupted|terminated); (?P<what>.*)")
 SUDO_REFUSED = ("a password is required", "a terminal is required", "is not in the sudoers file")
 
 
@@ -186,13 +196,57 @@ class LiveBackend:
         command = " ".join(shlex.quote(word) for word in node_program_argv(action))
         if not self.node.is_root:
             command = f"sudo -n -- {command}"
+        pid: list[int] = []  # the program says its pid first
+
+        def on_line(line: str) -> None:
+            found = PROGRAM_PID.fullmatch(line)
+            if found and not pid:
+                pid.append(int(found["pid"]))
+            self.progress(f"    {line}")
+
+        def stop() -> bool:
+            """Ctrl-C: interrupt the program on the node, once its pid is known."""
+            return bool(pid) and self._signal_program(action, pid[0], "INT")
+
         try:
-            status, output = self.node.run(
-                command, stdin=request, on_line=lambda line: self.progress(f"    {line}")
-            )
+            status, output = self.node.run(command, stdin=request, on_line=on_line, stop=stop)
+        except CommandInterrupted as interrupted:
+            raise ActionInterrupted(None, self._stopped_note(action, pid, interrupted)) from None
         except NodeConnectionError as err:
             return LOST_STATUS, "", str(err)
         return status, output, output
+
+    def _signal_program(self, action: NodeProgram, pid: int, signal: str) -> bool:
+        """Send the node program a signal; the pid must still be that program (never another's)."""
+        check = f"grep -qaF -- {shlex.quote(action.program)} /proc/{pid}/cmdline && kill -{signal} {pid}"
+        command = f"sh -c {shlex.quote(check)}"
+        try:
+            self.node.run(command if self.node.is_root else f"sudo -n -- {command}")
+        except NodeConnectionError:
+            return False
+        return True
+
+    def _stopped_note(self, action: NodeProgram, pid: list[int], interrupted: CommandInterrupted) -> str:
+        """What Ctrl-C did to the node program, and what it left on the node."""
+        said = [m["what"] for m in map(PROGRAM_STOPPED.fullmatch, interrupted.output.splitlines()) if m]
+        if interrupted.status is not None and said:
+            return f"The node program was stopped on the node (pid {pid[0]}); it {said[-1]}."
+        if interrupted.status is not None:
+            return (
+                f"The node program had ended (exit status {interrupted.status}) before it could be stopped."
+            )
+        destination = dict(action.request).get("destination_dir", "destination_dir")
+        if not pid:
+            return (
+                f"The node program may still run on the node (it had not said its pid): look for "
+                f"`python3 -I {action.program} {action.command}` there and stop it with kill -INT."
+            )
+        self._signal_program(action, pid[0], "KILL")
+        return (
+            f"The node program did not stop within {STOP_SECONDS:.0f} s and was killed (pid {pid[0]}); its "
+            f"temporary files may remain in {destination} (names with .{pid[0]} in them): the next "
+            "bundle, or the cleanup phase, removes them."
+        )
 
     def run_node_actions(
         self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]

@@ -2076,6 +2076,14 @@ def command_upload(request: dict) -> tuple[dict, int]:
     return result, 0
 
 
+# What a stopped run leaves, by command (said on its last line; the controller relies on the wording).
+STOPPED = {
+    "check": "had nothing to remove",
+    "bundle": "removed the partial image, staging tree and parts",
+    "upload": "left the parts in destination_dir",
+}
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
@@ -2089,6 +2097,8 @@ def main(argv: list[str]) -> int:
     try:
         if len(argv) != 2 or argv[1] not in commands:
             raise NodeError(f"usage: python3 amidsl_node.py {{{'|'.join(commands)}}} < request.json")
+        # First, so that whoever ran it can stop this run (and only it) with `kill -INT <pid>`.
+        say(f"amidsl-node: {argv[1]} runs as pid {os.getpid()}")
         try:
             request = json.loads(sys.stdin.read())
         except ValueError as exc:
@@ -2115,10 +2125,10 @@ def main(argv: list[str]) -> int:
         say(f"amidsl-node: error: {exc.strerror or exc}{where}; check free space and permissions")
         return 1
     except KeyboardInterrupt:
-        say("amidsl-node: interrupted; removed the partial image, staging tree and parts")
+        say(f"amidsl-node: interrupted; {STOPPED.get(argv[-1], STOPPED['check'])}")
         return 130
     except Terminated:
-        say("amidsl-node: terminated; removed the partial image, staging tree and parts")
+        say(f"amidsl-node: terminated; {STOPPED.get(argv[-1], STOPPED['check'])}")
         return 143
     finally:
         # Removing a large staging tree takes a moment; do not let a second signal cut it short.

@@ -1,0 +1,179 @@
+"""Ctrl-C during a native build on the real sshd node: the node program is stopped, not left running,
+its temporary files go with it, and the message says what is left where."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from amidsl.live.build import build_on_host
+from amidsl.live.settings import resolve_live
+from amidsl.runner import BuildInterrupted
+from tests.live.node_settings import aws_client, build_settings
+
+# The node's mke2fs: builds the image as the real one does, then stays busy as mke2fs on a big volume
+# would (exec keeps the pid, which it records, so the test can check it was stopped too).
+SLOW_MKE2FS = """#!/bin/bash
+case " $* " in
+  *" -d "*)
+    echo $$ > {records}/mke2fs.pid
+    {real} "$@" || exit
+    touch {records}/mke2fs.done
+    exec sleep 300 ;;
+esac
+exec {real} "$@"
+"""
+
+
+@pytest.fixture
+def slow_mke2fs(node):
+    """An mke2fs on the node's PATH that keeps the node program busy once the image exists."""
+    real = shutil.which("mke2fs") or shutil.which("mke2fs", path="/usr/sbin:/sbin")
+    if real is None:
+        pytest.skip("needs e2fsprogs")
+    wrapper = node.root / "bin" / "mke2fs"
+    wrapper.write_text(SLOW_MKE2FS.format(records=node.records, real=real))
+    wrapper.chmod(0o755)
+    yield
+    wrapper.unlink()
+
+
+def native_config(tmp_path, node, fake_tools, credentials, login, endpoint, certificate) -> dict:
+    config = build_settings(tmp_path, node, fake_tools, credentials, login, endpoint)
+    config["ami"] |= {
+        "bundler": "native",
+        "volume": str(node.volume),
+        "virtualization_type": "paravirtual",
+        "ec2_certificate_source": {"local_file": str(certificate)},
+        "image_name": f"amidsl native interrupted {secrets.token_hex(4)}",
+    }
+    return config
+
+
+def processes_running(program: str) -> list[str]:
+    """The command lines of this machine's (the node's) processes that run `program`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue  # ended meanwhile
+            if program in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def wait_for(path: Path, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def interrupt(config: dict, when: Callable[[str], bool], phases: list[str]) -> str:
+    """Run the phases, press Ctrl-C at the first progress line `when` accepts; return the message."""
+
+    def progress(line: str) -> None:
+        if when(line):
+            raise KeyboardInterrupt
+
+    with pytest.raises(BuildInterrupted) as caught:
+        build_on_host(
+            "127.0.0.1", config["ami"], live=resolve_live(config["live"]), phases=phases, progress=progress
+        )
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("login", ["root", "sudo-user"])
+def test_ctrl_c_while_the_node_program_bundles_stops_it_and_removes_its_temporary_files(
+    node,
+    slow_mke2fs,
+    login,
+    sudo_user_or_root,
+    fake_tools,
+    aws_endpoint,
+    bucket,
+    credentials,
+    ec2_certificate_file,
+    tmp_path,
+):
+    config = native_config(
+        tmp_path, node, fake_tools, credentials, sudo_user_or_root(login), aws_endpoint, ec2_certificate_file
+    )
+    destination = Path(config["ami"]["destination_dir"])
+    node.forget_records()
+
+    def once_the_image_is_built(line: str) -> bool:
+        if "building a" not in line:
+            return False
+        wait_for(node.records / "mke2fs.done")
+        # The program's temporary files are all there: image, chunks deflated ahead, staging tree.
+        names = sorted(p.name for p in destination.iterdir())
+        assert [n.split(".")[2] if n.startswith(".image.") else n[:16] for n in names] == [
+            ".amidsl-staging-",
+            "ahead",
+            "image",
+        ]
+        return True
+
+    message = interrupt(config, once_the_image_is_built, ["install", "configure", "ami-bundle"])
+
+    assert message.startswith(
+        "phase ami-bundle, action 3 (image the volume and bundle it into parts on the node) was "
+        "interrupted (Ctrl-C)"
+    )
+    program = f"{config['ami']['install_dir']}/amidsl_node.py"
+    assert processes_running(program) == []
+    mke2fs_pid = int((node.records / "mke2fs.pid").read_text())
+    assert not Path(f"/proc/{mke2fs_pid}").exists() or "sleep" not in processes_running("sleep 300")
+    assert list(destination.iterdir()) == []  # no image, no chunks deflated ahead, no staging tree, no part
+    assert not Path(config["ami"]["install_dir"]).exists()
+    assert "The node program was stopped on the node (pid " in message
+    assert "it removed the partial image, staging tree and parts" in message
+    assert f"amidsl's node program was removed ({config['ami']['install_dir']})" in message
+    assert not list((node.root / "tmp").glob("amidsl.*"))
+
+
+def test_ctrl_c_while_the_node_program_uploads_stops_it_and_names_the_parts_in_s3(
+    node, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, tmp_path
+):
+    config = native_config(
+        tmp_path, node, fake_tools, credentials, "root", aws_endpoint, ec2_certificate_file
+    )
+    volume = node.root / f"volume-{secrets.token_hex(4)}"
+    (volume / "etc").mkdir(parents=True)
+    (volume / "etc" / "hostname").write_text("web-2\n")
+    (volume / "random").write_bytes(os.urandom(25 * 1024 * 1024))  # three 10 MiB parts
+    config["ami"]["volume"] = str(volume)
+
+    message = interrupt(
+        config,
+        lambda line: line.strip().startswith("uploaded image.part."),
+        ["install", "ami-bundle", "ami-upload"],
+    )
+
+    assert message.startswith(
+        "phase ami-upload, action 2 (upload the parts to S3 in parallel from the node (presigned URLs)) was "
+        "interrupted (Ctrl-C)"
+    )
+    assert processes_running(f"{config['ami']['install_dir']}/amidsl_node.py") == []
+    s3 = aws_client("s3", aws_endpoint)
+    keys = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix=config["ami"]["s3_path"]).get("Contents", [])
+    ]
+    assert keys, "a part was uploaded before Ctrl-C"
+    for key in keys:
+        assert f"s3://{bucket}/{key}" in message
+    assert "Remove them with: aws s3 rm" in message
+    # The parts stay on the node for a resumed upload, and the message says where.
+    destination = config["ami"]["destination_dir"]
+    assert f"in {destination}" in message
+    assert sorted(os.listdir(destination))[0] == "image.part.0"
