@@ -94,14 +94,9 @@ def image_exclusions(s: AmiSettings) -> list[str]:
     return [e[len(volume) :] if e.startswith(volume + "/") else e for e in s.exclusions]
 
 
-def install(s: AmiSettings) -> list[Action | PlanWarning]:
-    """Ship the node program into a root-only directory, check its checksum, and check the node."""
+def ship_program(s: AmiSettings) -> list[Action]:
+    """Copy the node program into a root-only install_dir and check it (and python3) on the node."""
     return [
-        PlanWarning(
-            f"native build: nothing is installed; amidsl's node program is copied to {s.install_dir} "
-            f"(excluded from the image, removed in cleanup). The node needs {node_needs(s)}."
-        ),
-        layout_warning(s),
         Directory(s.install_dir, mode="0700", description="create the node program directory (root only)"),
         RemoteFile(
             node_program(s),
@@ -114,6 +109,18 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
             ("python3", "-I", "-c", _CHECKSUM, node_program(s), program_sha256()),
             description="check python3 (3.8 or newer) and the SHA-256 of the node program",
         ),
+    ]
+
+
+def install(s: AmiSettings) -> list[Action | PlanWarning]:
+    """Ship the node program into a root-only directory, check its checksum, and check the node."""
+    return [
+        PlanWarning(
+            f"native build: nothing is installed; amidsl's node program is copied to {s.install_dir} "
+            f"(excluded from the image, removed in cleanup). The node needs {node_needs(s)}."
+        ),
+        layout_warning(s),
+        *ship_program(s),
         _make_destination(s),
         NodeProgram(
             node_program(s),
@@ -209,14 +216,22 @@ def program_removal(s: AmiSettings) -> Remove:
 
 
 def cleanup(s: AmiSettings) -> list[Action]:
-    """Remove the node program and the bundle files from the node."""
+    """Remove what runs of the node program that died left, the node program, and the bundle parts.
+
+    The program is shipped again first: cleanup may run on its own, after a failure removed it.
+    """
     return [
+        *ship_program(s),
+        NodeProgram(
+            node_program(s),
+            "cleanup",
+            (("volume", s.volume), ("destination_dir", s.destination_dir), ("prefix", s.prefix)),
+            result_name="leftovers",
+            description="remove the image, staging tree and unfinished parts of runs that died "
+            "(a running one's are kept)",
+        ),
         program_removal(s),
         Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
-        Remove(
-            f"{s.destination_dir.rstrip('/')}/{s.prefix}",
-            description="remove the image file if the node program left it",
-        ),
     ]
 
 

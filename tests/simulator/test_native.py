@@ -92,7 +92,7 @@ def test_ctrl_c_while_bundling_removes_the_node_program_and_says_what_is_left(
     assert error is not None and (error.phase, error.index) == ("ami-bundle", 3)
     assert "was interrupted (Ctrl-C)" in str(error)
     assert "node program was removed (/opt/ami-tools)" in str(error)
-    assert "Bundle parts, if any, stay in destination_dir" in str(error)
+    assert "Bundle parts, if any, stay in /tmp until cleanup" in str(error)
     assert not node.exists("/opt/ami-tools")
 
 
