@@ -172,9 +172,17 @@ def credential_removal(settings: AmiSettings) -> Remove:
 
 def resume_hint(phase: str, credentials_removed: bool, native: bool = False) -> str:
     """How to carry on after a failure in `phase`."""
-    if native and phase not in ("install", "cleanup"):
-        # The bundle report and the AES key lived in the controller's memory; the program was removed.
+    if native and phase in ("configure", "ami-bundle", "ami-upload"):
+        # The bundle report, the AES key and the signed manifest lived in the controller's memory, and
+        # the node program was removed: bundling starts again from the program's install. A failed
+        # registration needs none of that: the bundle is in S3 (the runner says ami-upload when not).
         return "To resume, fix the cause and run the build again from phase install."
+    if native and phase == "ami-register":
+        return (
+            "To resume, fix the cause and run the build again from phase ami-register (the bundle is in "
+            "S3); if the fix changes the bundle (settings in its manifest, or EC2's certificate), from "
+            "phase install."
+        )
     if credentials_removed and phase not in ("install", "configure", "cleanup"):
         return (
             "To resume, fix the cause, then run configure (the credentials were removed) and the "

@@ -279,11 +279,12 @@ class SimulatorBackend:
     def _check(self, check: Check) -> bool:
         """What the script's test for a Check finds on the node."""
         node = self.node
+        absent = not node.exists(check.path) and not node.host_path(check.path).is_symlink()
         if check.kind == "absent":
-            return not node.exists(check.path) and not node.host_path(check.path).is_symlink()
+            return absent
         if check.kind == "empty":
             return not node.is_dir(check.path) or not any(node.host_path(check.path).iterdir())
-        return node.is_dir(created_marker(check.path))
+        return absent or node.is_dir(created_marker(check.path))
 
     def _run_command(self, command: Command, env: dict[str, str]) -> CommandResult:
         try:

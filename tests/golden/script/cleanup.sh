@@ -2318,7 +2318,7 @@ AMIDSL_END_OF_FILE
   #   {"volume": "/", "destination_dir": "/tmp", "prefix": "image"}
   python3 -I /opt/ami-tools/amidsl_node.py cleanup
   step cleanup 5 'remove the amidsl node program (install_dir)'
-  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ] || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
+  { { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ]; } || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools
   { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
   rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
