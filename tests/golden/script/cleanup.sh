@@ -1445,16 +1445,18 @@ class DeflatedAhead:
                 if fd < 0:
                     with contextlib.suppress(FileNotFoundError):
                         fd = os.open(image, os.O_RDONLY)
-                index = self._next_chunk(fd, done) if fd >= 0 else None
-                if index is None:
+                ready = self._written_chunks(fd, done) if fd >= 0 else []
+                if not ready:
                     self._stop.wait(0.05)  # mke2fs has not written far enough yet
-                    continue
-                done.add(index)
-                start = index * READ_CHUNK
-                data = os.pread(fd, DICTIONARY + READ_CHUNK, start - DICTIONARY)
-                dictionary, chunk = data[:DICTIONARY], data[DICTIONARY:]
-                if len(chunk) == READ_CHUNK:
-                    self._keep(dictionary, chunk, _deflate_chunk(chunk, dictionary, self.level, False))
+                for index in ready:
+                    if self._stop.is_set() or self._end >= self._budget:
+                        break
+                    done.add(index)
+                    start = index * READ_CHUNK
+                    data = os.pread(fd, DICTIONARY + READ_CHUNK, start - DICTIONARY)
+                    dictionary, chunk = data[:DICTIONARY], data[DICTIONARY:]
+                    if len(chunk) == READ_CHUNK:
+                        self._keep(dictionary, chunk, _deflate_chunk(chunk, dictionary, self.level, False))
         except OSError:
             pass  # e.g. a full disk for our file: the bundle deflates these chunks itself
         finally:
@@ -1462,17 +1464,18 @@ class DeflatedAhead:
                 os.close(fd)
 
     @staticmethod
-    def _next_chunk(fd: int, done: set[int]) -> int | None:
-        """The first chunk not yet deflated that lies, with its dictionary, in one written stretch.
+    def _written_chunks(fd: int, done: set[int]) -> list[int]:
+        """The chunks not yet deflated that lie, with their dictionaries, in written stretches.
 
-        A stretch ends where mke2fs is writing; chunks within AHEAD_MARGIN of that end wait.
+        A stretch ends where mke2fs is writing; chunks within AHEAD_MARGIN of that end wait. The
+        file's stretches are listed once for all of them: SEEK_DATA and SEEK_HOLE share the file's
+        lock with mke2fs's writes, and asking per chunk was seen to halve mke2fs's speed.
         """
+        ready = []
         for offset, length in data_regions(fd, os.fstat(fd).st_size):
             first = -(-(offset + DICTIONARY) // READ_CHUNK)
-            for index in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK):
-                if index not in done:
-                    return index
-        return None
+            ready += [i for i in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK) if i not in done]
+        return ready
 
     def _keep(self, dictionary: bytes, chunk: bytes, deflated: bytes) -> None:
         os.pwrite(self._file, deflated, self._end)
@@ -1548,11 +1551,16 @@ class ParallelGzip:
             try:
                 # A timeout, so that abandon() never has to reach the queue: a signal may have
                 # interrupted the caller while it held the queue's lock.
-                future = self._in_flight.get(timeout=0.2)
+                item = self._in_flight.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if future is None:
+            if item is None:
                 return
+            future, chunk = item
+            # The gzip trailer's CRC-32 and length, here rather than in write(): this thread mostly
+            # waits, while the caller's thread is the one that reads and hashes the whole image.
+            self._crc = zlib.crc32(chunk, self._crc)
+            self._length += len(chunk)
             try:
                 piece = future.result()
                 if self._error is None:
@@ -1562,8 +1570,6 @@ class ParallelGzip:
 
     def write(self, data: bytes) -> None:
         """Compress data (in the background, in order)."""
-        self._crc = zlib.crc32(data, self._crc)
-        self._length += len(data)
         if len(data) >= self._own_chunk:
             if self._buffer:
                 self._push(bytes(self._buffer))
@@ -1591,7 +1597,7 @@ class ParallelGzip:
             self._dictionary = chunk[-DICTIONARY:]
         else:
             self._dictionary = (self._dictionary + chunk)[-DICTIONARY:]
-        self._in_flight.put(future)
+        self._in_flight.put((future, chunk))
 
     def _deflate(self, chunk: bytes, dictionary: bytes, last: bool) -> bytes:
         """A worker's job: the chunk deflated ahead of time if it is there, else deflated now."""
@@ -2312,7 +2318,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step cleanup 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py abb1cb260026c870832ee5d25e86fed57e82700f96199d7689ab67cef9adcdc9
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py d39abddd1699773882fa1d7eb34bb274fc932159b793cf3c7472848d00a3b610
   step cleanup 4 'remove the image, staging tree and unfinished parts of runs that died (a running one'"'"'s are kept)'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
   #   {"volume": "/", "destination_dir": "/tmp", "prefix": "image"}
