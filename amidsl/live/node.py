@@ -217,8 +217,14 @@ class LiveBackend:
         return status, output, output
 
     def _signal_program(self, action: NodeProgram, pid: int, signal: str) -> bool:
-        """Send the node program a signal; the pid must still be that program (never another's)."""
-        check = f"grep -qaF -- {shlex.quote(action.program)} /proc/{pid}/cmdline && kill -{signal} {pid}"
+        """Send the node program a signal; the pid must still be that program (never another's).
+
+        SIGKILL goes to its children (mke2fs) first: killed, the program could not stop them itself.
+        """
+        kill = f"kill -{signal} {pid}"
+        if signal == "KILL":
+            kill = f"{{ pkill -KILL -P {pid}; {kill}; }}"
+        check = f"grep -qaF -- {shlex.quote(action.program)} /proc/{pid}/cmdline && {kill}"
         command = f"sh -c {shlex.quote(check)}"
         try:
             self.node.run(command if self.node.is_root else f"sudo -n -- {command}")

@@ -1393,7 +1393,9 @@ class DeflatedAhead:
         ready = []
         for offset, length in data_regions(fd, os.fstat(fd).st_size):
             first = -(-(offset + DICTIONARY) // READ_CHUNK)
-            ready += [i for i in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK) if i not in done]
+            ready += [
+                i for i in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK) if i not in done
+            ]
         return ready
 
     def _keep(self, dictionary: bytes, chunk: bytes, deflated: bytes) -> None:

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from amidsl.live import node as live_node
+from amidsl.live import ssh
 from amidsl.live.build import build_on_host
+from amidsl.live.node import LiveBackend
 from amidsl.live.settings import resolve_live
 from amidsl.runner import BuildInterrupted
 from tests.live.node_settings import aws_client, build_settings
@@ -41,7 +44,7 @@ def slow_mke2fs(node):
     wrapper.write_text(SLOW_MKE2FS.format(records=node.records, real=real))
     wrapper.chmod(0o755)
     yield
-    wrapper.unlink()
+    wrapper.unlink(missing_ok=True)
 
 
 def native_config(tmp_path, node, fake_tools, credentials, login, endpoint, certificate) -> dict:
@@ -177,3 +180,59 @@ def test_ctrl_c_while_the_node_program_uploads_stops_it_and_names_the_parts_in_s
     destination = config["ami"]["destination_dir"]
     assert f"in {destination}" in message
     assert sorted(os.listdir(destination))[0] == "image.part.0"
+
+
+def test_a_node_program_that_does_not_stop_is_killed_and_the_next_bundle_removes_its_files(
+    node,
+    slow_mke2fs,
+    fake_tools,
+    aws_endpoint,
+    bucket,
+    credentials,
+    ec2_certificate_file,
+    tmp_path,
+    monkeypatch,
+):
+    config = native_config(
+        tmp_path, node, fake_tools, credentials, "root", aws_endpoint, ec2_certificate_file
+    )
+    destination = Path(config["ami"]["destination_dir"])
+    node.forget_records()
+    monkeypatch.setattr(ssh, "STOP_SECONDS", 2.0)
+    monkeypatch.setattr(live_node, "STOP_SECONDS", 2.0)
+    send = LiveBackend._signal_program
+
+    def deaf_to_sigint(self, action, pid, signal):
+        return True if signal == "INT" else send(self, action, pid, signal)
+
+    monkeypatch.setattr(LiveBackend, "_signal_program", deaf_to_sigint)
+
+    def once_the_image_is_built(line: str) -> bool:
+        if "building a" in line:
+            wait_for(node.records / "mke2fs.done")
+            return True
+        return False
+
+    message = interrupt(config, once_the_image_is_built, ["install", "ami-bundle"])
+
+    [pid] = {int(name.rsplit(".", 1)[1]) for name in os.listdir(destination) if name.startswith(".image.")}
+    assert f"The node program did not stop within 2 s and was killed (pid {pid})" in message
+    assert f"its temporary files may remain in {destination}" in message
+    assert processes_running(f"{config['ami']['install_dir']}/amidsl_node.py") == []
+    assert not Path(f"/proc/{int((node.records / 'mke2fs.pid').read_text())}").exists()  # mke2fs too
+    left = sorted(os.listdir(destination))
+    assert len(left) == 3  # image, chunks deflated ahead, staging tree
+
+    monkeypatch.undo()
+    (node.root / "bin" / "mke2fs").unlink()
+    progress: list[str] = []
+    build_on_host(
+        "127.0.0.1",
+        config["ami"],
+        live=resolve_live(config["live"]),
+        phases=["install", "ami-bundle"],
+        progress=progress.append,
+    )
+    for name in left:
+        assert f"amidsl-node: removed {destination / name}, left by a run (pid {pid})" in "\n".join(progress)
+    assert [n for n in os.listdir(destination) if n.startswith(".")] == []

@@ -1476,7 +1476,9 @@ class DeflatedAhead:
         ready = []
         for offset, length in data_regions(fd, os.fstat(fd).st_size):
             first = -(-(offset + DICTIONARY) // READ_CHUNK)
-            ready += [i for i in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK) if i not in done]
+            ready += [
+                i for i in range(first, (offset + length - AHEAD_MARGIN) // READ_CHUNK) if i not in done
+            ]
         return ready
 
     def _keep(self, dictionary: bytes, chunk: bytes, deflated: bytes) -> None:
@@ -2320,7 +2322,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py d39abddd1699773882fa1d7eb34bb274fc932159b793cf3c7472848d00a3b610
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py ab6b57490c36df395534780e8d7d36afc22a79ab032a11e7162f1428efa78bac
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node'"'"'s tools (python3, e2fsprogs, libcrypto), free space in destination_dir, and that the volume can boot'
