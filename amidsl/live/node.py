@@ -38,6 +38,7 @@ from amidsl.ec2_certificate import ec2_certificate
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import (
     LOST_STATUS,
+    STOP_POLL_SECONDS,
     STOP_SECONDS,
     CommandInterrupted,
     ConnectionLost,
@@ -138,6 +139,7 @@ class LiveBackend:
     _ec2_certificate: str | None = None
     _presigner: Any = None
     _leftover_dirs: list[str] = field(default_factory=list)
+    _cut_off: list[tuple[NodeProgram, int]] = field(default_factory=list)  # node programs a drop cut off
     _lines: list[tuple[int, str]] = field(default_factory=list)  # (script action number, line)
 
     # -- runner.NodeBackend --------------------------------------------------------------------
@@ -213,8 +215,24 @@ class LiveBackend:
         except CommandInterrupted as interrupted:
             raise ActionInterrupted(None, self._stopped_note(action, pid, interrupted)) from None
         except NodeConnectionError as err:
+            if pid:
+                # Without its connection it may run on (a quiet mke2fs): stopped after a reconnect.
+                self._cut_off.append((action, pid[0]))
             return LOST_STATUS, "", str(err)
         return status, output, output
+
+    def _stop_cut_off_programs(self) -> None:
+        """After a reconnect: stop the node programs a dropped connection cut off, so that they remove
+        their temporary files (SIGINT, then SIGKILL after STOP_SECONDS)."""
+        while self._cut_off:
+            action, pid = self._cut_off.pop()
+            self._signal_program(action, pid, "INT")
+            deadline = time.monotonic() + STOP_SECONDS
+            while self._run_as_root(_runs_program(action, pid)) == 0:
+                if time.monotonic() > deadline:
+                    self._signal_program(action, pid, "KILL")
+                    break
+                time.sleep(STOP_POLL_SECONDS)
 
     def _signal_program(self, action: NodeProgram, pid: int, signal: str) -> bool:
         """Send the node program a signal; the pid must still be that program (never another's).
@@ -224,13 +242,16 @@ class LiveBackend:
         kill = f"kill -{signal} {pid}"
         if signal == "KILL":
             kill = f"{{ pkill -KILL -P {pid}; {kill}; }}"
-        check = f"grep -qaF -- {shlex.quote(action.program)} /proc/{pid}/cmdline && {kill}"
-        command = f"sh -c {shlex.quote(check)}"
         try:
-            self.node.run(command if self.node.is_root else f"sudo -n -- {command}")
+            self._run_as_root(f"{_runs_program(action, pid)} && {kill}")
         except NodeConnectionError:
             return False
         return True
+
+    def _run_as_root(self, shell: str) -> int:
+        """Run a fixed shell command on the node as root; return its exit status."""
+        command = f"sh -c {shlex.quote(shell)}"
+        return self.node.run(command if self.node.is_root else f"sudo -n -- {command}")[0]
 
     def _stopped_note(self, action: NodeProgram, pid: list[int], interrupted: CommandInterrupted) -> str:
         """What Ctrl-C did to the node program, and what it left on the node."""
@@ -474,6 +495,7 @@ class LiveBackend:
             self.node.reconnect()
         for workdir in list(self._leftover_dirs):
             self._remove_workdir(workdir)
+        self._stop_cut_off_programs()
 
 
 def _check_supplied(script_plan: Plan, pairs: list[tuple[str, str]]) -> None:
@@ -482,6 +504,11 @@ def _check_supplied(script_plan: Plan, pairs: list[tuple[str, str]]) -> None:
     missing = [f"{name} ({what})" for name, what in runtime_inputs(script_plan) if name not in supplied]
     if missing:
         raise PhaseSetupError(f"the script needs {', '.join(missing)}, which amidsl has no value for")
+
+
+def _runs_program(action: NodeProgram, pid: int) -> str:
+    """A shell test: pid is still the node program (not a process that got the pid since)."""
+    return f"grep -qaF -- {shlex.quote(action.program)} /proc/{pid}/cmdline"
 
 
 def _command(action: Action) -> str:

@@ -1777,13 +1777,14 @@ def run_is_alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_runs(destination: str, prefix: str, volume: str) -> list[str]:
+def remove_dead_runs(destination: str, prefix: str, volume: str) -> tuple[list[str], set[int]]:
     """Remove the temporary files and staging trees of earlier runs that died; keep a live run's.
 
-    Returns the paths removed, and says each one (and each one kept) on standard error.
+    Returns the paths removed and the pids of the other runs still going, and says each path removed
+    (and each one kept) on standard error.
     """
     names = _run_file_names(prefix)
-    removed = []
+    removed, going = [], set()
     # A staging tree is in destination_dir, or in the volume when that is another filesystem.
     for directory in dict.fromkeys([destination, volume]):
         try:
@@ -1797,11 +1798,12 @@ def remove_dead_runs(destination: str, prefix: str, volume: str) -> list[str]:
             path, pid = os.path.join(directory, name), int(found.group(1))
             if run_is_alive(pid):
                 say(f"amidsl-node: kept {path}: the run with pid {pid} is still going")
+                going.add(pid)
                 continue
             remove_path(path)
             removed.append(path)
             say(f"amidsl-node: removed {path}, left by a run (pid {pid}) that ended without cleaning up")
-    return removed
+    return removed, going - {os.getpid()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1817,7 +1819,7 @@ def command_cleanup(request: dict) -> dict:
         return {"removed": []}  # never made: nothing can be in it
     if not os.path.isdir(volume):
         volume = destination  # a volume gone since: only destination_dir to look in
-    return {"removed": remove_dead_runs(destination, _prefix(request), volume)}
+    return {"removed": remove_dead_runs(destination, _prefix(request), volume)[0]}
 
 
 def moment() -> tuple[float, float]:
@@ -1940,7 +1942,15 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
     prefix = _prefix(request)
-    remove_dead_runs(destination, prefix, volume)  # before the space check: they may hold much of it
+    # Before the space check, as they may hold much of it. Two bundles of one prefix in one place
+    # would replace each other's parts.
+    going = remove_dead_runs(destination, prefix, volume)[1]
+    if going:
+        pid = min(going)
+        raise NodeError(
+            f"another bundle of {prefix} (pid {pid}) is running in {destination}; wait for it to end "
+            f"or stop it (kill -INT {pid}), then bundle again"
+        )
     exclusions = _field(request, "exclude", list, [])
     includes = _field(request, "includes", list, [])
     no_filter = not _field(request, "filter", bool, True)

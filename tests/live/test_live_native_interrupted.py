@@ -17,7 +17,8 @@ from amidsl.live import ssh
 from amidsl.live.build import build_on_host
 from amidsl.live.node import LiveBackend
 from amidsl.live.settings import resolve_live
-from amidsl.runner import BuildInterrupted
+from amidsl.live.ssh import SshNode
+from amidsl.runner import BuildError, BuildInterrupted
 from tests.live.node_settings import aws_client, build_settings
 
 # The node's mke2fs: builds the image as the real one does, then stays busy as mke2fs on a big volume
@@ -236,3 +237,37 @@ def test_a_node_program_that_does_not_stop_is_killed_and_the_next_bundle_removes
     for name in left:
         assert f"amidsl-node: removed {destination / name}, left by a run (pid {pid})" in "\n".join(progress)
     assert [n for n in os.listdir(destination) if n.startswith(".")] == []
+
+
+def test_a_dropped_connection_while_bundling_stops_the_node_program_after_the_reconnect(
+    node, slow_mke2fs, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, tmp_path
+):
+    config = native_config(
+        tmp_path, node, fake_tools, credentials, "root", aws_endpoint, ec2_certificate_file
+    )
+    destination = Path(config["ami"]["destination_dir"])
+    node.forget_records()
+    opened: list[SshNode] = []
+
+    def open_node(target):
+        opened.append(SshNode(target))
+        return opened[-1]
+
+    def drop_once_the_image_is_built(line: str) -> None:
+        if "building a" in line:
+            wait_for(node.records / "mke2fs.done")
+            opened[0]._connected().get_transport().close()  # the link goes away mid-bundle
+
+    with pytest.raises(BuildError) as caught:
+        build_on_host(
+            "127.0.0.1",
+            config["ami"],
+            live=resolve_live(config["live"]),
+            phases=["install", "ami-bundle"],
+            progress=drop_once_the_image_is_built,
+            node_factory=open_node,
+        )
+    assert caught.value.phase == "ami-bundle" and caught.value.status == 255
+    assert processes_running(f"{config['ami']['install_dir']}/amidsl_node.py") == []
+    assert list(destination.iterdir()) == []  # it removed its image, chunks and staging tree
+    assert not Path(config["ami"]["install_dir"]).exists()

@@ -104,3 +104,17 @@ def test_cleanup_leaves_other_programs_files_and_other_prefixes_alone(volume, de
     run = run_node("cleanup", {"volume": str(volume), "destination_dir": str(destination)})
     assert run.returncode == 0, run.stderr
     assert sorted(os.listdir(destination)) == sorted(others)
+
+
+def test_a_second_bundle_of_the_same_prefix_refuses_while_the_first_is_going(volume, destination):
+    process = start_a_bundle_with_parts_on_disk(volume, destination)
+    try:
+        run = run_node("bundle", bundle_request(volume, destination))
+        assert run.returncode == 1
+        assert f"another bundle of image (pid {process.pid}) is running in {destination}" in run.stderr
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err  # the first one's files were left alone
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
