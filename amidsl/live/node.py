@@ -237,11 +237,12 @@ class LiveBackend:
     def _signal_program(self, action: NodeProgram, pid: int, signal: str) -> bool:
         """Send the node program a signal; the pid must still be that program (never another's).
 
-        SIGKILL goes to its children (mke2fs) first: killed, the program could not stop them itself.
+        SIGKILL goes to its children (mke2fs) too, which the killed program could not stop; it is
+        frozen first, so that it neither sees them end nor starts another.
         """
         kill = f"kill -{signal} {pid}"
         if signal == "KILL":
-            kill = f"{{ pkill -KILL -P {pid}; {kill}; }}"
+            kill = f"{{ kill -STOP {pid}; pkill -KILL -P {pid}; {kill}; }}"
         try:
             self._run_as_root(f"{_runs_program(action, pid)} && {kill}")
         except NodeConnectionError:
