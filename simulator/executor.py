@@ -12,6 +12,7 @@ import io
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,7 @@ from simulator.region import FakeRegion
 from simulator.template import template_node
 
 STAGING_DIR = "/root/.amidsl-staging"  # private, and removed after each action
+STOP_SECONDS = 60.0  # how long an interrupted node program may take to clean up (as over SSH)
 
 
 def _repository(files: dict[str, bytes]) -> bytes:
@@ -166,19 +168,27 @@ class SimulatorBackend:
         for name in ("volume", "destination_dir"):
             if name in data:
                 data[name] = str(self.node.host_path(data[name]))
-        done = subprocess.run(
+        with subprocess.Popen(
             [sys.executable, "-I", str(program), action.command],
-            input=json.dumps(data).encode("utf-8"),
-            capture_output=True,
-            check=False,
-        )
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            try:
+                out, err = process.communicate(json.dumps(data).encode("utf-8"))
+            except KeyboardInterrupt:
+                # Ctrl-C: as over SSH, the program is interrupted and given time to clean up.
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                raise
         root = str(self.node.root)
-        stdout, stderr = (
-            out.decode("utf-8", "replace").replace(root, "") for out in (done.stdout, done.stderr)
-        )
-        if action.command == "bundle" and done.returncode == 0:
+        stdout, stderr = (o.decode("utf-8", "replace").replace(root, "") for o in (out, err))
+        if action.command == "bundle" and process.returncode == 0:
             self._keep_left_out(json.loads(stdout.strip().splitlines()[-1]))
-        return done.returncode, stdout, stderr
+        return process.returncode, stdout, stderr
 
     def _keep_left_out(self, report: dict[str, Any]) -> None:
         """Keep what the node program left out of the image, for inspect_image."""
