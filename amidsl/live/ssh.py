@@ -307,8 +307,8 @@ class SshNode:
     def _stop(self, reader: _LineReader, stop: Callable[[], bool]) -> CommandInterrupted:
         """After Ctrl-C: stop the command and read what it says until it ends (or time is up)."""
         deadline = time.monotonic() + STOP_SECONDS
+        # Lines still go to on_line: the pid may be in one of them, and the last say what was removed.
         channel, lines = reader.channel, reader.lines
-        reader.on_line = lambda line: None  # the user pressed Ctrl-C: no more progress
         channel.settimeout(STOP_POLL_SECONDS)
         stopped = stop()
         try:
