@@ -48,16 +48,22 @@ def slow_mke2fs(node):
     wrapper.unlink(missing_ok=True)
 
 
-def native_config(tmp_path, node, fake_tools, credentials, login, endpoint, certificate) -> dict:
-    config = build_settings(tmp_path, node, fake_tools, credentials, login, endpoint)
-    config["ami"] |= {
-        "bundler": "native",
-        "volume": str(node.volume),
-        "virtualization_type": "paravirtual",
-        "ec2_certificate_source": {"local_file": str(certificate)},
-        "image_name": f"amidsl native interrupted {secrets.token_hex(4)}",
-    }
-    return config
+@pytest.fixture
+def native_config(node, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, tmp_path):
+    """The settings of a native build of the node's scratch volume, for a login user."""
+
+    def make(login: str = "root") -> dict:
+        config = build_settings(tmp_path, node, fake_tools, credentials, login, aws_endpoint)
+        config["ami"] |= {
+            "bundler": "native",
+            "volume": str(node.volume),
+            "virtualization_type": "paravirtual",
+            "ec2_certificate_source": {"local_file": str(ec2_certificate_file)},
+            "image_name": f"amidsl native interrupted {secrets.token_hex(4)}",
+        }
+        return config
+
+    return make
 
 
 def processes_running(program: str) -> list[str]:
@@ -107,20 +113,9 @@ def interrupt(config: dict, when: Callable[[str], bool], phases: list[str]) -> s
 
 @pytest.mark.parametrize("login", ["root", "sudo-user"])
 def test_ctrl_c_while_the_node_program_bundles_stops_it_and_removes_its_temporary_files(
-    node,
-    slow_mke2fs,
-    login,
-    sudo_user_or_root,
-    fake_tools,
-    aws_endpoint,
-    bucket,
-    credentials,
-    ec2_certificate_file,
-    tmp_path,
+    node, slow_mke2fs, login, sudo_user_or_root, native_config
 ):
-    config = native_config(
-        tmp_path, node, fake_tools, credentials, sudo_user_or_root(login), aws_endpoint, ec2_certificate_file
-    )
+    config = native_config(sudo_user_or_root(login))
     destination = Path(config["ami"]["destination_dir"])
     node.forget_records()
 
@@ -155,11 +150,9 @@ def test_ctrl_c_while_the_node_program_bundles_stops_it_and_removes_its_temporar
 
 
 def test_ctrl_c_while_the_node_program_uploads_stops_it_and_names_the_parts_in_s3(
-    node, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, tmp_path
+    node, native_config, aws_endpoint, bucket
 ):
-    config = native_config(
-        tmp_path, node, fake_tools, credentials, "root", aws_endpoint, ec2_certificate_file
-    )
+    config = native_config()
     volume = node.root / f"volume-{secrets.token_hex(4)}"
     (volume / "etc").mkdir(parents=True)
     (volume / "etc" / "hostname").write_text("web-2\n")
@@ -193,19 +186,9 @@ def test_ctrl_c_while_the_node_program_uploads_stops_it_and_names_the_parts_in_s
 
 
 def test_a_node_program_that_does_not_stop_is_killed_and_the_next_bundle_removes_its_files(
-    node,
-    slow_mke2fs,
-    fake_tools,
-    aws_endpoint,
-    bucket,
-    credentials,
-    ec2_certificate_file,
-    tmp_path,
-    monkeypatch,
+    node, slow_mke2fs, native_config, monkeypatch
 ):
-    config = native_config(
-        tmp_path, node, fake_tools, credentials, "root", aws_endpoint, ec2_certificate_file
-    )
+    config = native_config()
     destination = Path(config["ami"]["destination_dir"])
     node.forget_records()
     monkeypatch.setattr(ssh, "STOP_SECONDS", 2.0)
@@ -249,11 +232,9 @@ def test_a_node_program_that_does_not_stop_is_killed_and_the_next_bundle_removes
 
 
 def test_a_dropped_connection_while_bundling_stops_the_node_program_after_the_reconnect(
-    node, slow_mke2fs, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, tmp_path
+    node, slow_mke2fs, native_config
 ):
-    config = native_config(
-        tmp_path, node, fake_tools, credentials, "root", aws_endpoint, ec2_certificate_file
-    )
+    config = native_config()
     destination = Path(config["ami"]["destination_dir"])
     node.forget_records()
     opened: list[SshNode] = []
