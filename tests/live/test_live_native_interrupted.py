@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,7 @@ from amidsl.live.node import LiveBackend
 from amidsl.live.settings import resolve_live
 from amidsl.live.ssh import SshNode
 from amidsl.runner import BuildError, BuildInterrupted
-from tests.live.node_settings import aws_client, build_settings
+from tests.live.node_settings import aws_client, build_settings, write_toml
 
 # The node's mke2fs: builds the image as the real one does, then stays busy as mke2fs on a big volume
 # would (exec keeps the pid, which it records, so the test can check it was stopped too).
@@ -261,3 +264,29 @@ def test_a_dropped_connection_while_bundling_stops_the_node_program_after_the_re
     assert processes_running(f"{config['ami']['install_dir']}/amidsl_node.py") == []
     assert list(destination.iterdir()) == []  # it removed its image, chunks and staging tree
     assert not Path(config["ami"]["install_dir"]).exists()
+
+
+def test_ctrl_c_to_amidsl_build_stops_the_node_program_and_exits_130(
+    node, slow_mke2fs, native_config, tmp_path
+):
+    config = native_config()
+    node.forget_records()
+    path = write_toml(tmp_path / "build.toml", config)
+    build = subprocess.Popen(
+        [sys.executable, "-m", "amidsl", "build", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert build.stdout is not None
+    for line in build.stdout:
+        if "building a" in line:
+            wait_for(node.records / "mke2fs.done")
+            build.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+            break
+    _, stderr = build.communicate(timeout=120)
+    assert build.returncode == 130, stderr
+    assert stderr.startswith("build interrupted: phase ami-bundle, action 3")
+    assert "The node program was stopped on the node (pid " in stderr and "Traceback" not in stderr
+    assert processes_running(f"{config['ami']['install_dir']}/amidsl_node.py") == []
+    assert list(Path(config["ami"]["destination_dir"]).iterdir()) == []
