@@ -226,13 +226,16 @@ class LiveBackend:
         their temporary files (SIGINT, then SIGKILL after STOP_SECONDS)."""
         while self._cut_off:
             action, pid = self._cut_off.pop()
-            self._signal_program(action, pid, "INT")
-            deadline = time.monotonic() + STOP_SECONDS
-            while self._run_as_root(_runs_program(action, pid)) == 0:
-                if time.monotonic() > deadline:
-                    self._signal_program(action, pid, "KILL")
-                    break
-                time.sleep(STOP_POLL_SECONDS)
+            try:
+                self._signal_program(action, pid, "INT")
+                deadline = time.monotonic() + STOP_SECONDS
+                while self._run_as_root(_runs_program(action, pid)) == 0:
+                    if time.monotonic() > deadline:
+                        self._signal_program(action, pid, "KILL")
+                        break
+                    time.sleep(STOP_POLL_SECONDS)
+            except NodeConnectionError:
+                return  # gone again: its files, if it dies, go with the next bundle or cleanup
 
     def _signal_program(self, action: NodeProgram, pid: int, signal: str) -> bool:
         """Send the node program a signal; the pid must still be that program (never another's).
@@ -258,7 +261,8 @@ class LiveBackend:
         """What Ctrl-C did to the node program, and what it left on the node."""
         said = [m["what"] for m in map(PROGRAM_STOPPED.fullmatch, interrupted.output.splitlines()) if m]
         if interrupted.status is not None and said:
-            return f"The node program was stopped on the node (pid {pid[0]}); it {said[-1]}."
+            which = f" (pid {pid[0]})" if pid else ""
+            return f"The node program was stopped on the node{which}; it {said[-1]}."
         if interrupted.status is not None:
             return (
                 f"The node program had ended (exit status {interrupted.status}) before it could be stopped."
