@@ -37,8 +37,8 @@ def temporary_names(destination: Path, pid: int) -> set[str]:
 def test_a_killed_bundle_leaves_its_temporary_files_named_with_its_pid(volume, destination):
     pid = killed_run(volume, destination)
     names = temporary_names(destination, pid)
+    # (The staging tree, .amidsl-staging-PID-*, is being removed by then: see the live tests.)
     assert {".image.image.PID", ".image.ahead.PID", ".image.part.PID.tmp0"} <= names
-    assert [n for n in names if n.startswith(".amidsl-staging-PID-")]
 
 
 def test_the_next_bundle_removes_what_a_killed_run_left_and_says_so(volume, destination):
