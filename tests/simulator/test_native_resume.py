@@ -91,3 +91,13 @@ def test_cleanup_on_its_own_removes_what_a_node_program_that_died_left(run, nati
     said = "\n".join(record.output for record in cleaned.transcript)
     assert f"removed /tmp/.image.image.{dead}, left by a run (pid {dead})" in said
     assert not node.exists("/opt/ami-tools")
+
+
+def test_a_failure_before_install_dir_exists_does_not_report_its_removal_as_failed(
+    run, native_settings, node
+):
+    node.faults.interrupt_at = ("install", 1)  # before the node program's directory is made
+    failed = run(native_settings)
+    message = str(failed.error)
+    assert "amidsl's node program was removed (/opt/ami-tools)" in message
+    assert "failed (amidsl: refusing" not in message

@@ -1860,13 +1860,14 @@ def run_is_alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_runs(destination: str, prefix: str, volume: str) -> list[str]:
+def remove_dead_runs(destination: str, prefix: str, volume: str) -> tuple[list[str], set[int]]:
     """Remove the temporary files and staging trees of earlier runs that died; keep a live run's.
 
-    Returns the paths removed, and says each one (and each one kept) on standard error.
+    Returns the paths removed and the pids of the other runs still going, and says each path removed
+    (and each one kept) on standard error.
     """
     names = _run_file_names(prefix)
-    removed = []
+    removed, going = [], set()
     # A staging tree is in destination_dir, or in the volume when that is another filesystem.
     for directory in dict.fromkeys([destination, volume]):
         try:
@@ -1880,11 +1881,12 @@ def remove_dead_runs(destination: str, prefix: str, volume: str) -> list[str]:
             path, pid = os.path.join(directory, name), int(found.group(1))
             if run_is_alive(pid):
                 say(f"amidsl-node: kept {path}: the run with pid {pid} is still going")
+                going.add(pid)
                 continue
             remove_path(path)
             removed.append(path)
             say(f"amidsl-node: removed {path}, left by a run (pid {pid}) that ended without cleaning up")
-    return removed
+    return removed, going - {os.getpid()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1900,7 +1902,7 @@ def command_cleanup(request: dict) -> dict:
         return {"removed": []}  # never made: nothing can be in it
     if not os.path.isdir(volume):
         volume = destination  # a volume gone since: only destination_dir to look in
-    return {"removed": remove_dead_runs(destination, _prefix(request), volume)}
+    return {"removed": remove_dead_runs(destination, _prefix(request), volume)[0]}
 
 
 def moment() -> tuple[float, float]:
@@ -2023,7 +2025,15 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
     prefix = _prefix(request)
-    remove_dead_runs(destination, prefix, volume)  # before the space check: they may hold much of it
+    # Before the space check, as they may hold much of it. Two bundles of one prefix in one place
+    # would replace each other's parts.
+    going = remove_dead_runs(destination, prefix, volume)[1]
+    if going:
+        pid = min(going)
+        raise NodeError(
+            f"another bundle of {prefix} (pid {pid}) is running in {destination}; wait for it to end "
+            f"or stop it (kill -INT {pid}), then bundle again"
+        )
     exclusions = _field(request, "exclude", list, [])
     includes = _field(request, "includes", list, [])
     no_filter = not _field(request, "filter", bool, True)
@@ -2322,7 +2332,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
-  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py ab6b57490c36df395534780e8d7d36afc22a79ab032a11e7162f1428efa78bac
+  python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 3002655f47ca0b43d63e0ee4b66077a01cfc942e14e6ce5d98e8cbfc39030243
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
   step install 5 'check the node'"'"'s tools (python3, e2fsprogs, libcrypto), free space in destination_dir, and that the volume can boot'
