@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +19,7 @@ from amidsl.live.node import LiveBackend
 from amidsl.live.settings import resolve_live
 from amidsl.live.ssh import SshNode
 from amidsl.runner import BuildError, BuildInterrupted
-from tests.live.node_settings import aws_client, build_settings, write_toml
+from tests.live.node_settings import aws_client, build_settings, ctrl_c_build
 
 # The node's mke2fs: builds the image as the real one does, then stays busy as mke2fs on a big volume
 # would (exec keeps the pid, which it records, so the test can check it was stopped too).
@@ -100,6 +97,18 @@ def ended(pid: int, seconds: float = 10) -> bool:
     return True
 
 
+def image_built(node) -> Callable[[str], bool]:
+    """Accepts the line that says mke2fs starts, once (slow_mke2fs) the image is built."""
+
+    def accept(line: str) -> bool:
+        if "building a" in line:
+            wait_for(node.records / "mke2fs.done")
+            return True
+        return False
+
+    return accept
+
+
 def interrupt(config: dict, when: Callable[[str], bool], phases: list[str]) -> str:
     """Run the phases, press Ctrl-C at the first progress line `when` accepts; return the message."""
 
@@ -123,9 +132,8 @@ def test_ctrl_c_while_the_node_program_bundles_stops_it_and_removes_its_temporar
     node.forget_records()
 
     def once_the_image_is_built(line: str) -> bool:
-        if "building a" not in line:
+        if not image_built(node)(line):
             return False
-        wait_for(node.records / "mke2fs.done")
         # The program's temporary files are all there: image, chunks deflated ahead, staging tree.
         names = sorted(p.name for p in destination.iterdir())
         assert [n.split(".")[2] if n.startswith(".image.") else n[:16] for n in names] == [
@@ -203,13 +211,7 @@ def test_a_node_program_that_does_not_stop_is_killed_and_the_next_bundle_removes
 
     monkeypatch.setattr(LiveBackend, "_signal_program", deaf_to_sigint)
 
-    def once_the_image_is_built(line: str) -> bool:
-        if "building a" in line:
-            wait_for(node.records / "mke2fs.done")
-            return True
-        return False
-
-    message = interrupt(config, once_the_image_is_built, ["install", "ami-bundle"])
+    message = interrupt(config, image_built(node), ["install", "ami-bundle"])
 
     [pid] = {int(name.rsplit(".", 1)[1]) for name in os.listdir(destination) if name.startswith(".image.")}
     assert f"The node program did not stop within 2 s and was killed (pid {pid})" in message
@@ -247,8 +249,7 @@ def test_a_dropped_connection_while_bundling_stops_the_node_program_after_the_re
         return opened[-1]
 
     def drop_once_the_image_is_built(line: str) -> None:
-        if "building a" in line:
-            wait_for(node.records / "mke2fs.done")
+        if image_built(node)(line):
             opened[0]._connected().get_transport().close()  # the link goes away mid-bundle
 
     with pytest.raises(BuildError) as caught:
@@ -271,21 +272,9 @@ def test_ctrl_c_to_amidsl_build_stops_the_node_program_and_exits_130(
 ):
     config = native_config()
     node.forget_records()
-    path = write_toml(tmp_path / "build.toml", config)
-    build = subprocess.Popen(
-        [sys.executable, "-m", "amidsl", "build", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert build.stdout is not None
-    for line in build.stdout:
-        if "building a" in line:
-            wait_for(node.records / "mke2fs.done")
-            build.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
-            break
-    _, stderr = build.communicate(timeout=120)
-    assert build.returncode == 130, stderr
+
+    status, stderr = ctrl_c_build(config, tmp_path, image_built(node))
+    assert status == 130, stderr
     assert stderr.startswith("build interrupted: phase ami-bundle, action 3")
     assert "The node program was stopped on the node (pid " in stderr and "Traceback" not in stderr
     assert processes_running(f"{config['ami']['install_dir']}/amidsl_node.py") == []
