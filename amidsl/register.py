@@ -31,6 +31,16 @@ def copy_image_id(region: str) -> RuntimeValue:
     return RuntimeValue(f"image_id_{region.replace('-', '_')}", "ami-register")
 
 
+def instance_types_note(s: AmiSettings) -> str:
+    """Which instance types launch the registered image (instance-store roots run only on old Xen types)."""
+    note = "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
+    if s.arch == "arm64":
+        return f"{note}, all x86: an arm64 image may register, but no instance type launches it"
+    if s.arch == "i386":
+        return f"{note}; an i386 image runs only on the oldest paravirtual types"
+    return note
+
+
 def image_tags(s: AmiSettings) -> tuple[dict[str, str], ...]:
     """The tags of every image amidsl registers or copies: amidsl's own, then the user's."""
     return tuple({"Key": key, "Value": value} for key, value in ((BUILT_BY_TAG, BUILT_BY_VALUE), *s.tags))

@@ -54,6 +54,10 @@ SRIOV_NET_SUPPORT = ("simple",)
 MAX_IMAGE_TAGS = 50  # EC2's limit per resource (amidsl's own tag included)
 MAX_OBJECT_TAGS = 10  # S3's limit per object
 DEFAULT_IMAGE_WAIT_SECONDS = 1800
+# Parts a native build's node uploads at once (its presigned PUTs).
+DEFAULT_UPLOAD_CONCURRENCY = 4
+# The node holds each part it is sending in memory (10 MiB): 16 at once stay within 160 MiB.
+MAX_UPLOAD_CONCURRENCY = 16
 # Whom an image may be shared with (besides 12-digit account ids), in any partition.
 ORGANIZATION_ARN = re.compile(r"arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}")
 OU_ARN = re.compile(
@@ -190,6 +194,7 @@ class AmiSettings:
     ec2_certificate_pem: str = ""
     partition: str = "none"
     upload_credentials: str = "keys"
+    upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY
     # After registering: tags, who may launch the image, copies, RegisterImage's optional attributes.
     tags: tuple[tuple[str, str], ...] = ()
     bundle_tags: tuple[tuple[str, str], ...] = ()
@@ -763,6 +768,18 @@ class _Checker:
             )
         partition = self.choice("partition", "none", PARTITIONS)
         upload_credentials = self.choice("upload_credentials", "keys", UPLOAD_CREDENTIALS)
+        upload_concurrency = self.values.get("upload_concurrency", DEFAULT_UPLOAD_CONCURRENCY)
+        if (
+            isinstance(upload_concurrency, bool)
+            or not isinstance(upload_concurrency, int)
+            or not (1 <= upload_concurrency <= MAX_UPLOAD_CONCURRENCY)
+        ):
+            self.problem(
+                "upload_concurrency",
+                f"{upload_concurrency!r} is not a number of parts from 1 to {MAX_UPLOAD_CONCURRENCY}",
+                "give how many parts the node uploads at once, e.g. 4",
+            )
+            upload_concurrency = DEFAULT_UPLOAD_CONCURRENCY
         if bundler == "ami-tools":
             self.ami_tools_limits(
                 arch, session_token if secret_key else None, upload_credentials, inherit, strategy
@@ -848,6 +865,7 @@ class _Checker:
             ec2_certificate_pem=ec2_cert_pem,
             partition=partition,
             upload_credentials=upload_credentials,
+            upload_concurrency=upload_concurrency,
             **publishing,
         )
 

@@ -142,3 +142,8 @@ def test_the_bundle_request_carries_key_and_iv_made_on_the_controller(s3, settin
 def test_a_resumed_upload_without_the_bundle_report_says_to_run_the_phases_together(s3, settings):
     with pytest.raises(ControllerStepFailed, match="run ami-bundle and the phases after it in one build"):
         run_controller_step(presign_action(settings), settings, FakeBackend(s3, []), {})
+
+
+def test_the_node_uploads_as_many_parts_at_once_as_upload_concurrency_says(raw_settings):
+    s = resolve(raw_settings | {"bundler": "native", "upload_concurrency": 12})
+    assert dict(upload_action(s).request)["concurrency"] == 12

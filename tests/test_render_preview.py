@@ -103,21 +103,38 @@ def test_no_secret_in_any_preview_script_or_json(
 
 
 @pytest.mark.parametrize(
-    ("bundler", "on_node", "in_image"),
+    ("bundler", "on_node", "in_destination", "in_image", "needs"),
     [
-        ("native", "amidsl's node program", "no package is installed"),
-        ("ami-tools", "ec2-ami-tools and Ruby", "the OS packages installed: ca-certificates"),
+        (
+            "native",
+            "amidsl's node program",
+            "the image file and the bundle parts in /var/tmp/bundles",
+            "nothing amidsl brings: no package is installed",
+            "python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl)",
+        ),
+        (
+            "ami-tools",
+            "ec2-ami-tools and Ruby",
+            "the image file /var/tmp/bundles/image, a 10240 MB sparse file, and the bundle parts",
+            "the OS packages installed: ca-certificates",
+            "apt-get, dnf or yum with network access; rsync, losetup, mount and modprobe",
+        ),
     ],
 )
-def test_the_preview_says_what_each_strategy_puts_on_the_node_and_leaves_in_the_image(
-    raw_settings, bundler, on_node, in_image
+def test_the_preview_says_what_each_strategy_puts_on_the_node_leaves_in_the_image_and_needs(
+    raw_settings, bundler, on_node, in_destination, in_image, needs
 ):
-    plan = build_plan(crate.server_spec(raw_settings | {"bundler": bundler}))
+    plan = build_plan(
+        crate.server_spec(raw_settings | {"bundler": bundler, "destination_dir": "/var/tmp/bundles"})
+    )
     text = render_text(plan)
     assert f"build strategy: {bundler}" in text
-    assert f"  on the node: {on_node}" in text and in_image in text
-    data = json.loads(render_json(plan))
-    assert data["strategy"]["bundler"] == bundler and data["strategy"]["the node needs"]
+    assert f"  on the node: {on_node}" in text and in_destination in text
+    assert f"  stays in the image: {in_image}" in text
+    assert f"  the node needs: {needs}" in text
+    strategy = json.loads(render_json(plan))["strategy"]
+    assert strategy["bundler"] == bundler and strategy["the node needs"].startswith(needs)
+    assert in_destination in strategy["on the node"] and in_image in strategy["stays in the image"]
 
 
 def test_the_native_preview_summarises_the_node_program_instead_of_printing_it(raw_settings):
@@ -126,3 +143,18 @@ def test_the_native_preview_summarises_the_node_program_instead_of_printing_it(r
     text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": "native"})))
     assert program_source() not in text
     assert "bytes (`amidsl script` shows the content)" in text
+
+
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+def test_the_preview_says_which_instance_types_launch_the_image(raw_settings, bundler):
+    text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": bundler})))
+    assert (
+        "  instance types: only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch "
+        "instance-store AMIs" in text
+    )
+
+
+def test_the_native_preview_says_no_instance_type_launches_an_arm64_image(raw_settings):
+    arm = raw_settings | {"bundler": "native", "arch": "arm64", "virtualization_type": "paravirtual"}
+    text = render_text(build_plan(crate.server_spec(arm)))
+    assert "an arm64 image may register, but no instance type launches it" in text

@@ -512,3 +512,16 @@ def test_an_hvm_image_with_a_kernel_id_is_refused_naming_the_fix(raw_settings):
         resolve(raw_settings | {"bundler": "native", "kernel_id": "aki-1a2b3c4d"})
     [problem] = raised.value.problems
     assert problem.setting == "kernel_id" and 'virtualization_type = "paravirtual"' in problem.fix
+
+
+@pytest.mark.parametrize("given", [0, 17, "8", True, 2.5])
+def test_an_upload_concurrency_that_is_not_1_to_64_parts_names_the_setting(raw_settings, given):
+    message = the_problem(
+        raw_settings | {"bundler": "native", "upload_concurrency": given}, "upload_concurrency"
+    )
+    assert f"{given!r} is not a number of parts from 1 to 16" in message and "Fix: " in message
+
+
+def test_upload_concurrency_is_4_parts_unless_set(raw_settings):
+    assert resolve(raw_settings | {"bundler": "native"}).upload_concurrency == 4
+    assert resolve(raw_settings | {"bundler": "native", "upload_concurrency": 16}).upload_concurrency == 16

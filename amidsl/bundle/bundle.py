@@ -147,9 +147,10 @@ def bundle_image(
     *,
     prefix: str = "image",
     user_id: str,
-    user_cert_pem: bytes | str,
-    user_private_key_pem: bytes | str,
-    ec2_cert_pem: bytes | str,
+    user_cert_pem: bytes | str | None = None,
+    user_private_key_pem: bytes | str | None = None,
+    ec2_cert_pem: bytes | str | None = None,
+    signing: SigningKeys | None = None,
     arch: str = "x86_64",
     kernel_id: str | None = None,
     ramdisk_id: str | None = None,
@@ -163,7 +164,10 @@ def bundle_image(
     threads: int | None = None,
     bundler: Bundler | None = None,
 ) -> Manifest:
-    """Bundle an image into `<prefix>.part.NN` files and a signed `<prefix>.manifest.xml`."""
+    """Bundle an image into `<prefix>.part.NN` files and a signed `<prefix>.manifest.xml`.
+
+    The keys come either as the three PEMs or, already parsed, as `signing`.
+    """
     image_path, out_dir = Path(image_path), Path(out_dir)
     _check_name(prefix)
     account = user_id.replace("-", "")
@@ -181,7 +185,12 @@ def bundle_image(
     if not out_dir.is_dir():
         raise BundleError(f"output directory {out_dir} does not exist; create it first")
     # Bad or mismatched keys are found before the long work, not after.
-    signing = load_signing_keys(user_cert_pem, user_private_key_pem, ec2_cert_pem)
+    if signing is None:
+        if user_cert_pem is None or user_private_key_pem is None or ec2_cert_pem is None:
+            raise TypeError(
+                "bundle_image needs signing= or all of user_cert_pem, user_private_key_pem, ec2_cert_pem"
+            )
+        signing = load_signing_keys(user_cert_pem, user_private_key_pem, ec2_cert_pem)
     aes_key, aes_iv = _random_or_given(key, "key"), _random_or_given(iv, "IV")
     digest, parts = stream_bundle(
         image_path,

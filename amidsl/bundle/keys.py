@@ -57,16 +57,17 @@ class SigningKeys:
     private_key: rsa.RSAPrivateKey = field(repr=False)
     ec2_cert: x509.Certificate
 
+    def __post_init__(self) -> None:
+        # A bundle signed with a key that does not match the certificate could never be verified.
+        check_key_matches_certificate(self.private_key, self.user_cert)
+
 
 def load_signing_keys(
     user_cert_pem: bytes | str, user_private_key_pem: bytes | str, ec2_cert_pem: bytes | str
 ) -> SigningKeys:
     """Parse the three PEMs once; a key that does not match the user's certificate is refused."""
     private_key = load_private_key(user_private_key_pem)
-    user_cert = load_certificate(user_cert_pem)
-    # A bundle signed with a key that does not match the certificate could never be verified.
-    check_key_matches_certificate(private_key, user_cert)
-    return SigningKeys(user_cert, private_key, load_certificate(ec2_cert_pem))
+    return SigningKeys(load_certificate(user_cert_pem), private_key, load_certificate(ec2_cert_pem))
 
 
 def describe_certificate(cert: x509.Certificate) -> str:

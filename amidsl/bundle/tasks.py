@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from amidsl.bundle.bundle import bundle_image as bundle_image_file
 from amidsl.bundle.errors import BundleError
-from amidsl.bundle.keys import describe_certificate, load_certificate, load_private_key
+from amidsl.bundle.keys import SigningKeys, describe_certificate, load_certificate, load_private_key
 from amidsl.bundle.ls import describe_layout, list_image, listing_line
 from amidsl.bundle.manifest import read_manifest, write_manifest
 from amidsl.bundle.migrate import migrate_manifest as migrate
@@ -20,10 +20,17 @@ from amidsl.cli_table import CommandError
 from amidsl.ec2_certificate import Ec2CertificateError, certificate_file, certificate_from_directory
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 def _read_pem(path: str, what: str, check: Callable[[bytes], object]) -> bytes:
     """Read a PEM file and check that it parses; errors name the file, never its content."""
+    pem, _ = _load_pem(path, what, check)
+    return pem
+
+
+def _load_pem(path: str, what: str, load: Callable[[bytes], P]) -> tuple[bytes, P]:
+    """Read and parse a PEM file: its bytes and what it holds; errors name the file, never its content."""
     file = Path(path)
     try:
         pem = file.read_bytes()
@@ -31,10 +38,10 @@ def _read_pem(path: str, what: str, check: Callable[[bytes], object]) -> bytes:
         message = f"cannot read {what} file {file}: {exc.strerror}; check the path"
         raise CommandError(message) from None
     try:
-        check(pem)
+        loaded = load(pem)
     except BundleError as exc:
         raise CommandError(f"{what} file {file}: {exc}") from None
-    return pem
+    return pem, loaded
 
 
 def _run(action: Callable[[], T]) -> T:
@@ -86,18 +93,17 @@ def bundle_image(
         Path(destination).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CommandError(f"--destination {destination}: cannot create it ({exc.strerror})") from None
-    user_cert = _read_pem(cert, "certificate", load_certificate)
-    user_key = _read_pem(privkey, "private key", load_private_key)
-    ec2_cert = _read_pem(ec2cert, "EC2 certificate", load_certificate)
+    _, user_cert = _load_pem(cert, "certificate", load_certificate)
+    _, user_key = _load_pem(privkey, "private key", load_private_key)
+    _, ec2_cert = _load_pem(ec2cert, "EC2 certificate", load_certificate)
+    signing = _run(lambda: SigningKeys(user_cert, user_key, ec2_cert))
     manifest = _run(
         lambda: bundle_image_file(
             image,
             destination,
             prefix=prefix,
             user_id=user,
-            user_cert_pem=user_cert,
-            user_private_key_pem=user_key,
-            ec2_cert_pem=ec2_cert,
+            signing=signing,
             arch=arch,
             kernel_id=kernel,
             ramdisk_id=ramdisk,
@@ -114,10 +120,10 @@ def bundle_image(
 
 def verify_bundle(*, manifest: str, cert: str, parts_dir: str | None) -> None:
     """Check a bundle's signature, part list, sizes and part digests."""
-    user_cert = _read_pem(cert, "certificate", load_certificate)
+    user_cert, signer = _load_pem(cert, "certificate", load_certificate)
     checked = _run(lambda: verify_manifest(manifest, user_cert, parts_dir=parts_dir))
     print(
-        f"OK: {manifest}: signed by {describe_certificate(load_certificate(user_cert))}, "
+        f"OK: {manifest}: signed by {describe_certificate(signer)}, "
         f"{len(checked.parts)} parts, {checked.bundled_size} bytes, every part digest matches"
     )
 

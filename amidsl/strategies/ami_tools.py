@@ -26,8 +26,10 @@ from amidsl.actions import (
     StagedFile,
     Value,
 )
-from amidsl.register import ami_register
+from amidsl.register import ami_register, instance_types_note
 from amidsl.settings import NODE_STATE_DIR, AmiSettings
+from amidsl.strategies import bundle_files
+from amidsl.strategies.bundle_files import image_file
 
 ACCESS_KEY = EnvSecret("AMIDSL_ACCESS_KEY", "the AWS access key id")
 SECRET_KEY = EnvSecret("AMIDSL_SECRET_KEY", "the AWS secret access key")
@@ -220,11 +222,6 @@ def configure(s: AmiSettings) -> list[Action]:
     ]
 
 
-def image_file(s: AmiSettings) -> str:
-    """The image file ec2-bundle-vol makes, and leaves behind: `<destination_dir>/<prefix>`."""
-    return f"{s.destination_dir.rstrip('/')}/{s.prefix}"
-
-
 def bundle_vol_argv(s: AmiSettings) -> tuple[Value, ...]:
     """The ec2-bundle-vol command line (no secrets in it: the key is a file path)."""
     argv: list[Value] = [
@@ -327,9 +324,9 @@ def cleanup(s: AmiSettings) -> list[Action]:
     return [
         Remove(s.credential_dir, recursive=True, description="remove the credentials"),
         Remove(s.install_dir, recursive=True, description="remove the ami-tools and Ruby"),
-        Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
+        bundle_files.parts_removal(s),
         Remove(s.manifest_path, description="remove the bundle manifest"),
-        Remove(image_file(s), description="remove the image file if ec2-bundle-vol left it"),
+        bundle_files.image_removal(s, "ec2-bundle-vol"),
     ]
 
 
@@ -407,11 +404,7 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "ec2-ami-tools 1.5 run on Ruby 2.7, 3.0 and 3.1 (3.2 and later cannot load them); on 3.0/3.1 a "
             "file rsync cannot copy (exit 23) stops ec2-bundle-vol, where 2.7 carries on",
         ),
-        (
-            "instance types",
-            "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
-            + ("; an i386 image runs only on the oldest paravirtual types" if s.arch == "i386" else ""),
-        ),
+        ("instance types", instance_types_note(s)),
         (
             "secrets",
             "the signing key is written to the node (removed in cleanup); "

@@ -25,17 +25,21 @@ from amidsl.actions import (
     UploadManifest,
 )
 from amidsl.node import program_sha256, program_source
-from amidsl.register import ami_register
-from amidsl.settings import AmiSettings
+from amidsl.register import ami_register, instance_types_note
+from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY, AmiSettings
+from amidsl.strategies import bundle_files
 
 NODE_PROGRAM_NAME = "amidsl_node.py"
 PART_SIZE = 10 * 1024 * 1024
-UPLOAD_CONCURRENCY = 4
+UPLOAD_CONCURRENCY = DEFAULT_UPLOAD_CONCURRENCY
 UPLOAD_RETRIES = 5
 
 BUNDLE_KEY = ControllerSecret("bundle_key", "the bundle's AES key (made on the controller)")
 BUNDLE_IV = ControllerSecret("bundle_iv", "the bundle's AES IV (made on the controller)")
 PRESIGNED_PARTS = ControllerSecret("presigned_parts", "one presigned S3 PUT URL per part")
+
+# Settings only this strategy reads; an ami-tools build's previews and scripts leave them out.
+OWN_SETTINGS = frozenset({"upload_concurrency"})
 
 NODE_NEEDS = "python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl)"
 GRUB_NEEDS = (
@@ -199,7 +203,7 @@ def ami_upload(s: AmiSettings) -> list[Action]:
             (
                 ("destination_dir", s.destination_dir),
                 ("parts", PRESIGNED_PARTS),
-                ("concurrency", UPLOAD_CONCURRENCY),
+                ("concurrency", s.upload_concurrency),
                 ("retries", UPLOAD_RETRIES),
             ),
             result_name="upload",
@@ -231,7 +235,8 @@ def cleanup(s: AmiSettings) -> list[Action]:
             "(a running one's are kept)",
         ),
         program_removal(s),
-        Remove(s.destination_dir, matching=f"{s.prefix}.part.*", description="remove the bundle parts"),
+        # The node program's image is `.<prefix>.image.<pid>`, which the cleanup command above removes.
+        bundle_files.parts_removal(s),
     ]
 
 
@@ -250,7 +255,10 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
     return (
         (
             "on the node",
-            f"amidsl's node program (one stdlib Python file) in {s.install_dir}, during the build",
+            f"amidsl's node program (one stdlib Python file) in {s.install_dir}, during the build; the "
+            f"image file and the bundle parts in {s.destination_dir}: the image file (and a staging tree "
+            "of hard links on the volume's filesystem) only while bundling, the parts until cleanup; the "
+            f"node program checks before any work that {s.destination_dir} has room for both",
         ),
         (
             "stays in the image",
@@ -258,6 +266,7 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "and amidsl's state dir are excluded",
         ),
         ("the node needs", node_needs(s)),
+        ("instance types", instance_types_note(s)),
         (
             "secrets",
             "AWS credentials and the signing key stay on the controller; the AES key and IV and the "

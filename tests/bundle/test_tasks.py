@@ -227,3 +227,32 @@ def test_image_ls_shows_a_disks_partition_table_and_boot_loader_then_the_root_pa
     assert amidsl("image-ls", "--image", str(tmp_path / "fs.img")) == 0
     out = capsys.readouterr().out
     assert out.startswith("# layout: a bare filesystem, no partition table (a paravirtual image)\n")
+
+
+def test_bundle_image_parses_each_key_and_certificate_once(files, capsys, monkeypatch):
+    from cryptography import x509
+
+    from amidsl.bundle import keys
+
+    parsed: list[str] = []
+
+    def counted(name, parse):
+        def parse_and_count(*args, **kwargs):
+            parsed.append(name)
+            return parse(*args, **kwargs)
+
+        return parse_and_count
+
+    monkeypatch.setattr(
+        x509, "load_pem_x509_certificate", counted("certificate", x509.load_pem_x509_certificate)
+    )
+    monkeypatch.setattr(keys, "load_pem_private_key", counted("private key", keys.load_pem_private_key))
+    assert bundle(files) == 0
+    assert sorted(parsed) == ["certificate", "certificate", "private key"]  # user's, EC2's; the user's key
+
+
+def test_bundle_image_with_a_key_that_is_not_the_certificates_says_so(files, capsys):
+    files["pk.pem"] = files["stranger-pk.pem"]
+    err = expect_failure(capsys, *bundle_args(files))
+    assert "the private key does not belong to certificate" in err
+    assert not list(files["out"].iterdir())  # nothing bundled

@@ -1,4 +1,4 @@
-"""`amidsl build`: bad input exits 2 with every problem, a failed build exits 1, never a traceback."""
+"""`amidsl build` and `validate --live`: bad input exits 2, a failed build exits 1, never a traceback."""
 
 from __future__ import annotations
 
@@ -79,3 +79,27 @@ def test_an_unknown_host_key_fails_the_build_with_exit_1_and_the_fix(
     assert trusted.returncode == 0, trusted.stderr
     assert (tmp_path / "empty_known_hosts").read_text().startswith(f"[127.0.0.1]:{node.port} ssh-ed25519 ")
     assert trusted.stdout.splitlines()[-1] == "phases done: install"
+
+
+def test_validate_live_exits_2_on_a_bucket_that_refuses_acls_naming_the_fix(
+    tmp_path, raw_settings, aws_endpoint
+):
+    from tests.live.node_settings import ACCOUNT, aws_client
+
+    enforced = "amidsl-acls-disabled"
+    s3 = aws_client("s3", aws_endpoint)
+    s3.create_bucket(Bucket=enforced)
+    s3.put_bucket_ownership_controls(
+        Bucket=enforced, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    )
+    keys = {"access_key": "AKIAIOSFODNN7EXAMPLE", "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+    ami = raw_settings | keys | {"bundler": "native", "region": "us-east-1", "user_id": ACCOUNT}
+    path = config_file(tmp_path, ami | {"s3_bucket": enforced}, {"endpoint_url": aws_endpoint})
+    run = amidsl("validate", "--live", "--config", path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert (
+        f"s3_bucket: bucket '{enforced}' has ACLs disabled (Object Ownership BucketOwnerEnforced)"
+        in run.stderr
+    )
+    assert f"put-bucket-ownership-controls --bucket {enforced}" in run.stderr
+    assert keys["secret_key"] not in run.stdout + run.stderr

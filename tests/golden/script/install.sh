@@ -39,6 +39,7 @@
 #   volume = /
 #   ec2_certificate_source = (none)
 #   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
+#   upload_concurrency = 4
 #   tags = (none)
 #   bundle_tags = (none)
 #   launch_permissions = (none)
