@@ -128,7 +128,7 @@ CHECK_KINDS = ("absent", "empty", "recorded")
 @dataclass(frozen=True)
 class Check:
     """Fail with `message` unless `path` is absent, is an empty (or missing) directory, or has a marker
-    in amidsl's record of the directories it created (`kind`)."""
+    in amidsl's record of the directories it created or is absent (`kind`)."""
 
     kind: str
     path: str

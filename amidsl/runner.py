@@ -71,11 +71,16 @@ class ActionFailed(Exception):
 
 
 class ActionInterrupted(KeyboardInterrupt):
-    """Raised by a back-end for Ctrl-C, naming the action that was running (a KeyboardInterrupt still)."""
+    """Raised by a back-end for Ctrl-C, naming the action that was running (a KeyboardInterrupt still).
 
-    def __init__(self, index: int) -> None:
+    index is None when the back-end does not know the plan's numbering (the runner fills it in); note
+    says what the interruption did on the node (e.g. that the node program was stopped).
+    """
+
+    def __init__(self, index: int | None, note: str = "") -> None:
         super().__init__(f"interrupted during action {index}")
         self.index = index
+        self.note = note
 
 
 class NodeBackend(Protocol):
@@ -167,9 +172,17 @@ def credential_removal(settings: AmiSettings) -> Remove:
 
 def resume_hint(phase: str, credentials_removed: bool, native: bool = False) -> str:
     """How to carry on after a failure in `phase`."""
-    if native and phase not in ("install", "cleanup"):
-        # The bundle report and the AES key lived in the controller's memory; the program was removed.
+    if native and phase in ("configure", "ami-bundle", "ami-upload"):
+        # The bundle report, the AES key and the signed manifest lived in the controller's memory, and
+        # the node program was removed: bundling starts again from the program's install. A failed
+        # registration needs none of that: the bundle is in S3 (the runner says ami-upload when not).
         return "To resume, fix the cause and run the build again from phase install."
+    if native and phase == "ami-register":
+        return (
+            "To resume, fix the cause and run the build again from phase ami-register (the bundle is in "
+            "S3); if the fix changes the bundle (settings in its manifest, or EC2's certificate), from "
+            "phase install."
+        )
     if credentials_removed and phase not in ("install", "configure", "cleanup"):
         return (
             "To resume, fix the cause, then run configure (the credentials were removed) and the "
@@ -218,6 +231,7 @@ def run_plan(
     secrets = list(backend.secrets())
     for phase in plan.phases:
         for on_controller, actions in split_by_side(phase):
+            on_node = ""
             # Every way out of a run of actions (a failure, Ctrl-C, an unexpected error) applies the
             # on-error policy before the build ends, and ends as a BuildError.
             try:
@@ -230,9 +244,9 @@ def run_plan(
                                 phase.name, index, action, backend, values, results, settings, progress
                             )
                         except KeyboardInterrupt as interrupt:
-                            if isinstance(interrupt, ActionInterrupted):
+                            if isinstance(interrupt, ActionInterrupted) and interrupt.index is not None:
                                 raise
-                            raise ActionInterrupted(index) from None
+                            raise ActionInterrupted(index, getattr(interrupt, "note", "")) from None
                         progress(f"  [{phase.name} {index}] {action.description}: ok [{record.command}]")
                         result.transcript.append(record)
                 else:
@@ -244,6 +258,7 @@ def run_plan(
                     progress(f"  [{phase.name} {failure.index}] {description}: failed [controller]")
                 failed = (BuildError, failure.index, description, failure.status, failure.output, "")
             except KeyboardInterrupt as interrupt:
+                on_node = getattr(interrupt, "note", "")
                 running = dict(actions)
                 if isinstance(interrupt, ActionInterrupted) and interrupt.index in running:
                     index, cause = interrupt.index, "was interrupted (Ctrl-C)"
@@ -258,6 +273,8 @@ def run_plan(
                 continue
             kind, index, description, status, output, cause = failed
             removed, note = _after_failure(plan, backend, on_error, result, phase.name)
+            if kind is BuildInterrupted and on_node:
+                note = f"{on_node}\n{note}"
             resume_from = phase.name
             hidden = [*secrets, *secret_values(results)]
             registered = values.get("image_id") not in (None, settings.image_id)

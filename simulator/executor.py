@@ -78,6 +78,8 @@ echo "mke2fs: invalid option -- 'd'" >&2
 exit 1
 """
 
+STOP_SECONDS = 60.0  # how long an interrupted node program may take to clean up (as over SSH)
+
 
 def _repository(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
@@ -201,7 +203,16 @@ class SimulatorBackend:
             process.stdin = None  # written and closed: communicate() must not flush it
             if interrupted:
                 self._interrupt_when_under_way(process, data.get("destination_dir", ""))
-            out, err = process.communicate()
+            try:
+                out, err = process.communicate()
+            except KeyboardInterrupt:
+                # Ctrl-C: as over SSH, the program is interrupted and given time to clean up.
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                raise
         if interrupted:
             raise KeyboardInterrupt  # what the controller sees of Ctrl-C, once the node program stopped
         stdout, stderr = (self._node_paths(text.decode("utf-8", "replace")) for text in (out, err))
@@ -344,11 +355,12 @@ class SimulatorBackend:
     def _check(self, check: Check) -> bool:
         """What the script's test for a Check finds on the node."""
         node = self.node
+        absent = not node.exists(check.path) and not node.host_path(check.path).is_symlink()
         if check.kind == "absent":
-            return not node.exists(check.path) and not node.host_path(check.path).is_symlink()
+            return absent
         if check.kind == "empty":
             return not node.is_dir(check.path) or not any(node.host_path(check.path).iterdir())
-        return node.is_dir(created_marker(check.path))
+        return absent or node.is_dir(created_marker(check.path))
 
     def _run_command(self, command: Command, env: dict[str, str]) -> CommandResult:
         try:

@@ -36,7 +36,15 @@ from amidsl.actions import (
 )
 from amidsl.ec2_certificate import ec2_certificate
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
-from amidsl.live.ssh import LOST_STATUS, ConnectionLost, NodeConnectionError, SshNode
+from amidsl.live.ssh import (
+    LOST_STATUS,
+    STOP_POLL_SECONDS,
+    STOP_SECONDS,
+    CommandInterrupted,
+    ConnectionLost,
+    NodeConnectionError,
+    SshNode,
+)
 from amidsl.plan import Plan
 from amidsl.progress import Progress
 from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
@@ -55,6 +63,9 @@ FAILED_LINE = re.compile(
     r"^amidsl: FAILED in phase (?P<phase>\S+) action (?P<index>\d+) \(.*\) \(exit (?P<status>\d+)\)$"
 )
 WORKDIR = re.compile(r"/[A-Za-z0-9_./-]*/amidsl\.[A-Za-z0-9]+")
+# The node program's first line, and its last when it was stopped (see amidsl/node/amidsl_node.py).
+PROGRAM_PID = re.compile(r"amidsl-node: \w+ runs as pid (?P<pid>\d+)")
+PROGRAM_STOPPED = re.compile(r"amidsl-node: (?:interrupted|terminated); (?P<what>.*)")
 SUDO_REFUSED = ("a password is required", "a terminal is required", "is not in the sudoers file")
 
 
@@ -128,6 +139,7 @@ class LiveBackend:
     _ec2_certificate: str | None = None
     _presigner: Any = None
     _leftover_dirs: list[str] = field(default_factory=list)
+    _cut_off: list[tuple[NodeProgram, int]] = field(default_factory=list)  # node programs a drop cut off
     _lines: list[tuple[int, str]] = field(default_factory=list)  # (script action number, line)
 
     # -- runner.NodeBackend --------------------------------------------------------------------
@@ -186,13 +198,87 @@ class LiveBackend:
         command = " ".join(shlex.quote(word) for word in node_program_argv(action))
         if not self.node.is_root:
             command = f"sudo -n -- {command}"
+        pid: list[int] = []  # the program says its pid first
+
+        def on_line(line: str) -> None:
+            found = PROGRAM_PID.fullmatch(line)
+            if found and not pid:
+                pid.append(int(found["pid"]))
+            self.progress(f"    {line}")
+
+        def stop() -> bool:
+            """Ctrl-C: interrupt the program on the node, once its pid is known."""
+            return bool(pid) and self._signal_program(action, pid[0], "INT")
+
         try:
-            status, output = self.node.run(
-                command, stdin=request, on_line=lambda line: self.progress(f"    {line}")
-            )
+            status, output = self.node.run(command, stdin=request, on_line=on_line, stop=stop)
+        except CommandInterrupted as interrupted:
+            raise ActionInterrupted(None, self._stopped_note(action, pid, interrupted)) from None
         except NodeConnectionError as err:
+            if pid:
+                # Without its connection it may run on (a quiet mke2fs): stopped after a reconnect.
+                self._cut_off.append((action, pid[0]))
             return LOST_STATUS, "", str(err)
         return status, output, output
+
+    def _stop_cut_off_programs(self) -> None:
+        """After a reconnect: stop the node programs a dropped connection cut off, so that they remove
+        their temporary files (SIGINT, then SIGKILL after STOP_SECONDS)."""
+        while self._cut_off:
+            action, pid = self._cut_off.pop()
+            try:
+                self._signal_program(action, pid, "INT")
+                deadline = time.monotonic() + STOP_SECONDS
+                while self._run_as_root(_runs_program(action, pid)) == 0:
+                    if time.monotonic() > deadline:
+                        self._signal_program(action, pid, "KILL")
+                        break
+                    time.sleep(STOP_POLL_SECONDS)
+            except NodeConnectionError:
+                return  # gone again: its files, if it dies, go with the next bundle or cleanup
+
+    def _signal_program(self, action: NodeProgram, pid: int, signal: str) -> bool:
+        """Send the node program a signal; the pid must still be that program (never another's).
+
+        SIGKILL goes to its children (mke2fs) too, which the killed program could not stop; it is
+        frozen first, so that it neither sees them end nor starts another.
+        """
+        kill = f"kill -{signal} {pid}"
+        if signal == "KILL":
+            kill = f"{{ kill -STOP {pid}; pkill -KILL -P {pid}; {kill}; }}"
+        try:
+            self._run_as_root(f"{_runs_program(action, pid)} && {kill}")
+        except NodeConnectionError:
+            return False
+        return True
+
+    def _run_as_root(self, shell: str) -> int:
+        """Run a fixed shell command on the node as root; return its exit status."""
+        command = f"sh -c {shlex.quote(shell)}"
+        return self.node.run(command if self.node.is_root else f"sudo -n -- {command}")[0]
+
+    def _stopped_note(self, action: NodeProgram, pid: list[int], interrupted: CommandInterrupted) -> str:
+        """What Ctrl-C did to the node program, and what it left on the node."""
+        said = [m["what"] for m in map(PROGRAM_STOPPED.fullmatch, interrupted.output.splitlines()) if m]
+        if interrupted.status is not None and said:
+            which = f" (pid {pid[0]})" if pid else ""
+            return f"The node program was stopped on the node{which}; it {said[-1]}."
+        if interrupted.status is not None:
+            return (
+                f"The node program had ended (exit status {interrupted.status}) before it could be stopped."
+            )
+        destination = dict(action.request).get("destination_dir", "destination_dir")
+        if not pid:
+            return (
+                f"The node program may still run on the node (it had not said its pid): look for "
+                f"`python3 -I {action.program} {action.command}` there and stop it with kill -INT."
+            )
+        self._signal_program(action, pid[0], "KILL")
+        return (
+            f"The node program did not stop within {STOP_SECONDS:.0f} s and was killed (pid {pid[0]}); its "
+            f"temporary files may remain in {destination} (names with .{pid[0]} in them): the next "
+            "bundle, or the cleanup phase, removes them."
+        )
 
     def run_node_actions(
         self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]
@@ -414,6 +500,7 @@ class LiveBackend:
             self.node.reconnect()
         for workdir in list(self._leftover_dirs):
             self._remove_workdir(workdir)
+        self._stop_cut_off_programs()
 
 
 def _check_supplied(script_plan: Plan, pairs: list[tuple[str, str]]) -> None:
@@ -422,6 +509,11 @@ def _check_supplied(script_plan: Plan, pairs: list[tuple[str, str]]) -> None:
     missing = [f"{name} ({what})" for name, what in runtime_inputs(script_plan) if name not in supplied]
     if missing:
         raise PhaseSetupError(f"the script needs {', '.join(missing)}, which amidsl has no value for")
+
+
+def _runs_program(action: NodeProgram, pid: int) -> str:
+    """A shell test: pid is still the node program (not a process that got the pid since)."""
+    return f"grep -qaF -- {shlex.quote(action.program)} /proc/{pid}/cmdline"
 
 
 def _command(action: Action) -> str:

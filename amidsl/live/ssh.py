@@ -15,6 +15,7 @@ import dataclasses
 import getpass
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from amidsl.live.settings import LiveSettings
 CONNECT_TIMEOUT = 20.0
 KEEPALIVE_SECONDS = 30
 LOST_STATUS = 255  # what ssh(1) reports when the connection fails, used for a dropped connection
+STOP_SECONDS = 60.0  # how long a stopped command may take to clean up after Ctrl-C
+STOP_POLL_SECONDS = 0.5
 
 
 class NodeConnectionError(Exception):
@@ -39,6 +42,16 @@ class HostKeyError(NodeConnectionError):
 
 class ConnectionLost(NodeConnectionError):
     """The connection dropped while a command ran."""
+
+
+class CommandInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a stoppable command ran: its exit status once stopped (None: it did not end in
+    time) and its output."""
+
+    def __init__(self, status: int | None, output: str) -> None:
+        super().__init__("interrupted")
+        self.status = status
+        self.output = output
 
 
 @dataclass(frozen=True)
@@ -246,13 +259,18 @@ class SshNode:
         command: str,
         stdin: bytes = b"",
         on_line: Callable[[str], None] = lambda line: None,
+        stop: Callable[[], bool] | None = None,
     ) -> tuple[int, str]:
-        """Run a command (stderr merged into stdout); call on_line per line; return status and output."""
+        """Run a command (stderr merged into stdout); call on_line per line; return status and output.
+
+        Ctrl-C closes the channel, unless `stop` is given: then stop() is called (it returns False
+        while it cannot stop the command yet, e.g. before the command said its pid) until the command
+        ends, for at most STOP_SECONDS, and CommandInterrupted says how it ended.
+        """
         self.commands.append(command)
         client = self._connected()
         lines: list[str] = []
-        pending = b""
-        channel = None
+        channel = reader = None
         try:
             transport = client.get_transport()
             if transport is None or not transport.is_active():
@@ -263,21 +281,15 @@ class SshNode:
             if stdin:
                 channel.sendall(stdin)
             channel.shutdown_write()
-            while True:
-                chunk = channel.recv(32768)
-                if not chunk:
-                    break
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for raw in complete:
-                    line = raw.decode("utf-8", "replace")
-                    lines.append(line)
-                    on_line(line)
-            if pending:
-                lines.append(pending.decode("utf-8", "replace"))
-                on_line(lines[-1])
+            reader = _LineReader(channel, lines, on_line)
+            while reader.read():
+                pass
             status = channel.recv_exit_status()
+        except CommandInterrupted:
+            raise
         except KeyboardInterrupt:
+            if reader is not None and stop is not None:
+                raise self._stop(reader, stop) from None
             # Ctrl-C: close the channel, so the command loses its output and stops, before amidsl
             # takes the credentials off the node.
             if channel is not None:
@@ -291,6 +303,27 @@ class SshNode:
             # paramiko's value when the channel closed without an exit status: the link went away.
             raise ConnectionLost(f"the connection to {self.target.name} dropped before the command finished")
         return status, "\n".join(lines)
+
+    def _stop(self, reader: _LineReader, stop: Callable[[], bool]) -> CommandInterrupted:
+        """After Ctrl-C: stop the command and read what it says until it ends (or time is up)."""
+        deadline = time.monotonic() + STOP_SECONDS
+        # Lines still go to on_line: the pid may be in one of them, and the last say what was removed.
+        channel, lines = reader.channel, reader.lines
+        channel.settimeout(STOP_POLL_SECONDS)
+        stopped = stop()
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if not reader.read():
+                        return CommandInterrupted(channel.recv_exit_status(), "\n".join(lines))
+                except TimeoutError:
+                    pass  # nothing said yet: try stop() again if it could not act before
+                stopped = stopped or stop()
+            return CommandInterrupted(None, "\n".join(lines))
+        except (OSError, EOFError, paramiko.SSHException) as err:
+            return CommandInterrupted(None, "\n".join([*lines, f"(the connection dropped: {err})"]))
+        finally:
+            channel.close()
 
     def check(self, command: str) -> str:
         """Run a command that must succeed; return its output."""
@@ -320,3 +353,27 @@ class SshNode:
                     client.close()
         self._client = None
         self._jumps = []
+
+
+class _LineReader:
+    """Reads a channel's output, splitting it into lines (the last one may lack its newline)."""
+
+    def __init__(self, channel: paramiko.Channel, lines: list[str], on_line: Callable[[str], None]) -> None:
+        self.channel, self.lines, self.on_line = channel, lines, on_line
+        self.pending = b""
+
+    def read(self) -> bool:
+        """Read one chunk and hand on its complete lines; False at the end of the output."""
+        chunk = self.channel.recv(32768)
+        if not chunk:
+            if self.pending:
+                self.lines.append(self.pending.decode("utf-8", "replace"))
+                self.pending = b""
+                self.on_line(self.lines[-1])
+            return False
+        self.pending += chunk
+        *complete, self.pending = self.pending.split(b"\n")
+        for raw in complete:
+            self.lines.append(raw.decode("utf-8", "replace"))
+            self.on_line(self.lines[-1])
+        return True

@@ -153,7 +153,8 @@ def _check_test(check: Check) -> str:
         return f"{{ [ ! -e {path} ] && [ ! -L {path} ]; }}"
     if check.kind == "empty":
         return f'[ -z "$(ls -A -- {path} 2>/dev/null)" ]'
-    return f"[ -d {quote(created_marker(check.path))} ]"
+    # Recorded: amidsl created it, or nothing is there (a phase that failed before creating it).
+    return f"{{ {{ [ ! -e {path} ] && [ ! -L {path} ]; }} || [ -d {quote(created_marker(check.path))} ]; }}"
 
 
 def _command(command: Command) -> str:

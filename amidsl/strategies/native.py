@@ -102,14 +102,9 @@ def image_exclusions(s: AmiSettings) -> list[str]:
     return [e[len(volume) :] if e.startswith(volume + "/") else e for e in s.exclusions]
 
 
-def install(s: AmiSettings) -> list[Action | PlanWarning]:
-    """Ship the node program into a root-only directory, check its checksum, and check the node."""
+def ship_program(s: AmiSettings) -> list[Action]:
+    """Copy the node program into a root-only install_dir and check it (and python3) on the node."""
     return [
-        PlanWarning(
-            f"native build: nothing is installed; amidsl's node program is copied to {s.install_dir} "
-            f"(excluded from the image, removed in cleanup). The node needs {node_needs(s)}."
-        ),
-        layout_warning(s),
         Directory(s.install_dir, mode="0700", description="create the node program directory (root only)"),
         RemoteFile(
             node_program(s),
@@ -123,6 +118,18 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
             description="check python3 (3.8 or newer) and the SHA-256 of the node program",
             missing=NO_PYTHON3,
         ),
+    ]
+
+
+def install(s: AmiSettings) -> list[Action | PlanWarning]:
+    """Ship the node program into a root-only directory, check its checksum, and check the node."""
+    return [
+        PlanWarning(
+            f"native build: nothing is installed; amidsl's node program is copied to {s.install_dir} "
+            f"(excluded from the image, removed in cleanup). The node needs {node_needs(s)}."
+        ),
+        layout_warning(s),
+        *ship_program(s),
         _make_destination(s),
         NodeProgram(
             node_program(s),
@@ -218,11 +225,23 @@ def program_removal(s: AmiSettings) -> Remove:
 
 
 def cleanup(s: AmiSettings) -> list[Action]:
-    """Remove the node program and the bundle files from the node."""
+    """Remove what runs of the node program that died left, the node program, and the bundle parts.
+
+    The program is shipped again first: cleanup may run on its own, after a failure removed it.
+    """
     return [
+        *ship_program(s),
+        NodeProgram(
+            node_program(s),
+            "cleanup",
+            (("volume", s.volume), ("destination_dir", s.destination_dir), ("prefix", s.prefix)),
+            result_name="leftovers",
+            description="remove the image, staging tree and unfinished parts of runs that died "
+            "(a running one's are kept)",
+        ),
         program_removal(s),
+        # The node program's image is `.<prefix>.image.<pid>`, which the cleanup command above removes.
         bundle_files.parts_removal(s),
-        bundle_files.image_removal(s, "the node program"),
     ]
 
 

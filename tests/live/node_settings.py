@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +100,25 @@ def build_over_ssh(config: dict, spec: Spec | None = None) -> RecordedBuild:
         node_factory=open_node,
     )
     return RecordedBuild(result, progress, opened[0].commands)
+
+
+def ctrl_c_build(config: dict, tmp_path: Path, when: Callable[[str], bool]) -> tuple[int, str]:
+    """Run `amidsl build` on the config; at the first output line `when` accepts, send it SIGINT (what
+    Ctrl-C in the terminal sends). Return its exit status and standard error."""
+    path = write_toml(tmp_path / "build.toml", config)
+    build = subprocess.Popen(
+        [sys.executable, "-m", "amidsl", "build", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert build.stdout is not None
+    for line in build.stdout:
+        if when(line):
+            build.send_signal(signal.SIGINT)
+            break
+    _, stderr = build.communicate(timeout=120)
+    return build.returncode, stderr
 
 
 def write_toml(path: Path, tables: dict) -> Path:

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import pytest
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import resolve_live
 from amidsl.runner import BuildInterrupted
-from tests.live.node_settings import assert_no_secret, build_settings, secret_values, write_toml
+from tests.live.node_settings import assert_no_secret, build_settings, ctrl_c_build, secret_values
 
 
 def test_ctrl_c_while_the_volume_is_bundled_removes_the_credentials(
@@ -50,20 +47,8 @@ def test_ctrl_c_to_amidsl_build_exits_130_with_a_message_and_no_traceback(
     node, fake_tools, aws_endpoint, bucket, credentials, tmp_path
 ):
     config = build_settings(tmp_path, node, fake_tools, credentials, "root", aws_endpoint)
-    path = write_toml(tmp_path / "build.toml", config)
-    build = subprocess.Popen(
-        [sys.executable, "-m", "amidsl", "build", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert build.stdout is not None
-    for line in build.stdout:
-        if line.startswith("==> [ami-bundle 6]"):
-            build.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
-            break
-    _, stderr = build.communicate(timeout=120)
-    assert build.returncode == 130, stderr
+    status, stderr = ctrl_c_build(config, tmp_path, lambda line: line.startswith("==> [ami-bundle 6]"))
+    assert status == 130, stderr
     assert stderr.startswith("build interrupted: phase ami-")
     assert "was interrupted (Ctrl-C)" in stderr and "The credentials were removed" in stderr
     assert "Traceback" not in stderr

@@ -83,6 +83,7 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
         f"{sudo}python3 -I {program} check",
         f"{sudo}python3 -I {program} bundle",
         f"{sudo}python3 -I {program} upload",
+        f"{sudo}python3 -I {program} cleanup",
     ]
     assert node.ssh_command_lines() == commands
 

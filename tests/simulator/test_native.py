@@ -70,7 +70,7 @@ def test_a_failed_native_build_registers_nothing_and_removes_the_node_program(
     assert simulation.error is not None and simulation.error.phase == "ami-register"
     assert not node.exists("/opt/ami-tools")
     assert "No credential was on the node" in str(simulation.error)
-    assert "run the build again from phase install" in str(simulation.error)
+    assert "run the build again from phase ami-register (the bundle is in S3)" in str(simulation.error)
     assert region.ec2.describe_images(Owners=["self"])["Images"] == []
 
 

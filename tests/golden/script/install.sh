@@ -98,7 +98,8 @@ The request is one JSON object on standard input, so that the AES key and IV and
 upload URLs (which carry signatures) never appear in any process's argument list, which every
 user of the node can read, and are never written to disk. Progress goes to standard error; the
 result is one JSON object, the last line of standard output. A failure exits non-zero with one
-line `amidsl-node: error: ...` on standard error. Ctrl-C or SIGTERM removes what was half made.
+line `amidsl-node: error: ...` on standard error. The first line on standard error names the
+pid, so that the caller can stop the run with SIGINT; Ctrl-C or SIGTERM removes what was half made.
 
 Requests (optional keys in brackets) and results:
 
@@ -119,6 +120,9 @@ Requests (optional keys in brackets) and results:
              retries, [retry_pause (seconds, default 1)]}
             -> {uploaded[filename], failed[{filename, status, reason}], expired[filename]};
                exit 3 when URLs expired (presign those again), 1 when a part failed for good
+    cleanup {volume, destination_dir, [prefix]}
+            -> {removed[path]}: what earlier runs that died (SIGKILL, a lost node) left behind;
+               bundle does the same first. A live run's files (its pid still runs) are kept.
 
 The bundle is the format ec2-bundle-vol makes: a GNU tar of the image file -> SHA-1 of that tar
 stream (the image digest) -> gzip -> AES-128-CBC -> 10 MiB parts `<prefix>.part.<i>`. The
@@ -161,6 +165,7 @@ MAX_IMAGE_MB = 10240  # the largest image an S3-backed AMI may have
 MIN_MKE2FS = (1, 43)  # `mke2fs -d` (populate from a directory) arrived in e2fsprogs 1.43
 PROGRESS_SECONDS = 3.0
 LEFT_OUT_REPORTED = 200
+STAGING_PREFIX = ".amidsl-staging-"  # then the run's pid and a dash, so a dead run's tree is known
 
 # ---------------------------------------------------------------------------------------------
 # Errors and progress
@@ -852,7 +857,9 @@ def build_image(
     ahead, if given, deflates what mke2fs has written while it runs. Files of at most copy_up_to
     bytes are copied into the staging tree rather than linked (see STAGING_LINKS).
     """
-    staging = tempfile.mkdtemp(prefix=".amidsl-staging-", dir=staging_parent(volume, os.path.dirname(image)))
+    staging = tempfile.mkdtemp(
+        prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_parent(volume, os.path.dirname(image))
+    )
     cleanup.add(staging)
     cleanup.add(image)
     own = [(os.lstat(staging).st_dev, os.lstat(staging).st_ino)]
@@ -1840,11 +1847,7 @@ class Cleanup:
     def remove(self, path: str) -> None:
         """Remove one path now (a tree is removed without following symlinks)."""
         self.forget(path)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        remove_path(path)
 
     def remove_in_background(self, path: str) -> None:
         """Start removing a tree in a thread; it stays listed until wait() or remove_all().
@@ -1870,9 +1873,89 @@ class Cleanup:
             self.remove(path)
 
 
+def remove_path(path: str) -> None:
+    """Remove a file, or a tree without following symlinks; a path already gone is fine."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _run_file_names(prefix: str) -> list[re.Pattern]:
+    """What a run leaves when it cannot clean up (SIGKILL, a power cut): each name has its pid."""
+    escaped = re.escape(prefix)
+    return [
+        re.compile(rf"\.{escaped}\.image\.(\d+)"),
+        re.compile(rf"\.{escaped}\.ahead\.(\d+)"),
+        re.compile(rf"\.{escaped}\.part\.(\d+)\.tmp\d+"),
+        re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-.+"),
+    ]
+
+
+def run_is_alive(pid: int) -> bool:
+    """Whether pid is a running amidsl node program (this one included); a reused pid is not."""
+    if pid == os.getpid():
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"amidsl_node" in cmdline.read()  # empty for a zombie: that run has ended
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # no /proc: a pid that exists may still be a run
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_dead_runs(destination: str, prefix: str, volume: str) -> tuple[list[str], set[int]]:
+    """Remove the temporary files and staging trees of earlier runs that died; keep a live run's.
+
+    Returns the paths removed and the pids of the other runs still going, and says each path removed
+    (and each one kept) on standard error.
+    """
+    names = _run_file_names(prefix)
+    removed, going = [], set()
+    # A staging tree is in destination_dir, or in the volume when that is another filesystem.
+    for directory in dict.fromkeys([destination, volume]):
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in entries:
+            found = next(filter(None, (n.fullmatch(name) for n in names)), None)
+            if found is None:
+                continue
+            path, pid = os.path.join(directory, name), int(found.group(1))
+            if run_is_alive(pid):
+                say(f"amidsl-node: kept {path}: the run with pid {pid} is still going")
+                going.add(pid)
+                continue
+            remove_path(path)
+            removed.append(path)
+            say(f"amidsl-node: removed {path}, left by a run (pid {pid}) that ended without cleaning up")
+    return removed, going - {os.getpid()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Subcommands
 # ---------------------------------------------------------------------------------------------
+
+
+def command_cleanup(request: dict) -> dict:
+    """Remove what runs that died left in destination_dir (and staging trees in the volume)."""
+    volume = _field(request, "volume", str)
+    destination = _field(request, "destination_dir", str)
+    if not os.path.isdir(destination):
+        return {"removed": []}  # never made: nothing can be in it
+    if not os.path.isdir(volume):
+        volume = destination  # a volume gone since: only destination_dir to look in
+    return {"removed": remove_dead_runs(destination, _prefix(request), volume)[0]}
 
 
 def moment() -> tuple[float, float]:
@@ -1996,6 +2079,13 @@ def command_check(request: dict) -> dict:
     }
 
 
+def _prefix(request: dict) -> str:
+    prefix = _field(request, "prefix", str, "image")
+    if not prefix or "/" in prefix or prefix in (".", "..") or len(prefix.encode()) >= 100:
+        raise NodeError(f"prefix {prefix!r} must be a plain file name shorter than 100 bytes")
+    return prefix
+
+
 def _key_bytes(request: dict, name: str) -> bytes:
     text = _field(request, name, str)
     if not re.fullmatch(r"[0-9a-fA-F]{32}", text):
@@ -2008,9 +2098,16 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     started = moment()
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
-    prefix = _field(request, "prefix", str, "image")
-    if not prefix or "/" in prefix or prefix in (".", "..") or len(prefix.encode()) >= 100:
-        raise NodeError(f"prefix {prefix!r} must be a plain file name shorter than 100 bytes")
+    prefix = _prefix(request)
+    # Before the space check, as they may hold much of it. Two bundles of one prefix in one place
+    # would replace each other's parts.
+    going = remove_dead_runs(destination, prefix, volume)[1]
+    if going:
+        pid = min(going)
+        raise NodeError(
+            f"another bundle of {prefix} (pid {pid}) is running in {destination}; wait for it to end "
+            f"or stop it (kill -INT {pid}), then bundle again"
+        )
     exclusions = _field(request, "exclude", list, [])
     includes = _field(request, "includes", list, [])
     no_filter = not _field(request, "filter", bool, True)
@@ -2227,19 +2324,30 @@ def command_upload(request: dict) -> tuple[dict, int]:
     return result, 0
 
 
+# What a stopped run leaves, by command (said on its last line; the controller relies on the wording).
+STOPPED = {
+    "check": "had nothing to remove",
+    "cleanup": "had nothing of its own to remove",
+    "bundle": "removed the partial image, staging tree and parts",
+    "upload": "left the parts in destination_dir",
+}
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
 def main(argv: list[str]) -> int:
     """Run one subcommand on the JSON request from standard input."""
-    commands = ("check", "bundle", "upload")
+    commands = ("check", "bundle", "upload", "cleanup")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     cleanup = Cleanup()
     try:
         if len(argv) != 2 or argv[1] not in commands:
             raise NodeError(f"usage: python3 amidsl_node.py {{{'|'.join(commands)}}} < request.json")
+        # First, so that whoever ran it can stop this run (and only it) with `kill -INT <pid>`.
+        say(f"amidsl-node: {argv[1]} runs as pid {os.getpid()}")
         try:
             request = json.loads(sys.stdin.read())
         except ValueError as exc:
@@ -2253,6 +2361,8 @@ def main(argv: list[str]) -> int:
             result = command_check(request)
         elif argv[1] == "bundle":
             result = command_bundle(request, cleanup)
+        elif argv[1] == "cleanup":
+            result = command_cleanup(request)
         else:
             result, status = command_upload(request)
         sys.stdout.write(json.dumps(result) + "\n")
@@ -2266,10 +2376,10 @@ def main(argv: list[str]) -> int:
         say(f"amidsl-node: error: {exc.strerror or exc}{where}; check free space and permissions")
         return 1
     except KeyboardInterrupt:
-        say("amidsl-node: interrupted; removed the partial image, staging tree and parts")
+        say(f"amidsl-node: interrupted; {STOPPED.get(argv[-1], STOPPED['check'])}")
         return 130
     except Terminated:
-        say("amidsl-node: terminated; removed the partial image, staging tree and parts")
+        say(f"amidsl-node: terminated; {STOPPED.get(argv[-1], STOPPED['check'])}")
         return 143
     finally:
         # Removing a large staging tree takes a moment; do not let a second signal cut it short.
@@ -2283,7 +2393,7 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 58dc3e298387417c5002cb9454128c46c206e127352525e0d5b6384302333a45
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 3cdaf98a81552b203ffc58265d97dec050c68b5d32e4333ffac5132debad3f83
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi

@@ -81,12 +81,12 @@ trap on_error ERR
 
 phase_cleanup() {
   step cleanup 1 'remove the credentials'
-  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials ] || fail 'refusing to remove /opt/ami-tools/credentials: amidsl did not create /opt/ami-tools/credentials (no /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials); remove it by hand if it is really amidsl'"'"'s'
+  { { [ ! -e /opt/ami-tools/credentials ] && [ ! -L /opt/ami-tools/credentials ]; } || [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials ]; } || fail 'refusing to remove /opt/ami-tools/credentials: amidsl did not create /opt/ami-tools/credentials (no /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools/credentials
   { [ ! -e /opt/ami-tools/credentials ] && [ ! -L /opt/ami-tools/credentials ]; } || fail '/opt/ami-tools/credentials still exists after removing it'
   rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
   step cleanup 2 'remove the ami-tools and Ruby'
-  [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ] || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
+  { { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ]; } || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools
   { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
   rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
