@@ -189,7 +189,7 @@ def test_ctrl_c_while_the_node_program_uploads_stops_it_and_names_the_parts_in_s
     assert keys, "a part was uploaded before Ctrl-C"
     for key in keys:
         assert f"s3://{bucket}/{key}" in message
-    assert "Remove them with: aws s3 rm" in message
+    assert "Remove them with: amidsl delete-bundle -b " in message and " --partial " in message
     # The parts stay on the node for a resumed upload, and the message says where.
     destination = config["ami"]["destination_dir"]
     assert f"in {destination}" in message
