@@ -1979,7 +1979,9 @@ def command_check(request: dict) -> dict:
     mke2fs = mke2fs_version()
     selection = walk_volume(volume, exclusions, (), False)
     staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
-    size = measure_selection(selection, staging_dev)
+    # Counted as bundle counts it (small files copied past STAGING_LINKS), so that check refuses
+    # whatever space bundle would.
+    size = measure_selection(selection, staging_dev, STAGING_LINKS)
     identity, grub, warnings = check_boot(volume, virtualization_type, size)
     check_free_space(volume, destination, size, staging_dev)
     return {

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from amidsl.bundle import list_image
 from amidsl.node import amidsl_node as node
 
@@ -97,3 +99,17 @@ def test_an_image_staged_partly_from_copies_holds_the_same_files(tmp_path):
         assert inside == (volume / "etc" / name).read_bytes(), name
         assert entries[f"/etc/{name}"].mode == 0o640
     assert entries["/etc/tiny"].inode == entries["/etc/tiny.again"].inode
+
+
+def test_the_check_counts_the_copies_bundle_would_make(tmp_path, monkeypatch):
+    volume = tree_of_sizes(tmp_path / "volume")
+    destination = tmp_path / "out"
+    destination.mkdir()
+    linked_only = node.measure_selection(
+        node.walk_volume(str(volume), (), (), False), os.lstat(volume).st_dev
+    )
+    monkeypatch.setattr(node, "STAGING_LINKS", 0)
+    # Room for everything but the copies: bundle would refuse, so the check must too.
+    monkeypatch.setattr(node, "_free_bytes", lambda directory: node.needed_bytes(linked_only, True))
+    with pytest.raises(node.NodeError, match=r"destination_dir .* MB free but bundling"):
+        node.command_check({"volume": str(volume), "destination_dir": str(destination)})

@@ -2061,7 +2061,9 @@ def command_check(request: dict) -> dict:
     mke2fs = mke2fs_version()
     selection = walk_volume(volume, exclusions, (), False)
     staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
-    size = measure_selection(selection, staging_dev)
+    # Counted as bundle counts it (small files copied past STAGING_LINKS), so that check refuses
+    # whatever space bundle would.
+    size = measure_selection(selection, staging_dev, STAGING_LINKS)
     identity, grub, warnings = check_boot(volume, virtualization_type, size)
     check_free_space(volume, destination, size, staging_dev)
     return {
@@ -2391,7 +2393,7 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step cleanup 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 3cdaf98a81552b203ffc58265d97dec050c68b5d32e4333ffac5132debad3f83
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 6f4c6adefbc9b3585fb4cff674f1ce9ada36f13315c5dc344e8ae9f660e82d9e
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
