@@ -28,7 +28,8 @@ from amidsl.bundle.untar import CHUNK
 from amidsl.bundle.verify import check_part_list
 from amidsl.controller import ControllerStepFailed, run_controller_step
 from amidsl.node import amidsl_node
-from amidsl.strategies.native import PRESIGNED_PARTS, UPLOAD_CONCURRENCY, UPLOAD_RETRIES
+from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY
+from amidsl.strategies.native import PRESIGNED_PARTS, UPLOAD_RETRIES
 
 IN_PROCESS = "(in this process)"
 
@@ -106,7 +107,7 @@ def upload_bundle(
     key_prefix: str = "",
     *,
     parts_dir: Path | str | None = None,
-    concurrency: int = UPLOAD_CONCURRENCY,
+    concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
     retries: int = UPLOAD_RETRIES,
     skip_manifest: bool = False,
     progress: Callable[[str], None] = lambda line: None,

@@ -26,12 +26,11 @@ from amidsl.actions import (
 )
 from amidsl.node import program_sha256, program_source
 from amidsl.register import ami_register, instance_types_note
-from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY, AmiSettings
+from amidsl.settings import AmiSettings
 from amidsl.strategies import bundle_files
 
 NODE_PROGRAM_NAME = "amidsl_node.py"
 PART_SIZE = 10 * 1024 * 1024
-UPLOAD_CONCURRENCY = DEFAULT_UPLOAD_CONCURRENCY
 UPLOAD_RETRIES = 5
 
 BUNDLE_KEY = ControllerSecret("bundle_key", "the bundle's AES key (made on the controller)")
