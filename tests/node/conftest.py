@@ -24,15 +24,27 @@ class NodeRun:
     stderr: str = field(repr=False)
 
 
-def run_node(command: str, request: dict, *, python: str = "python3", timeout: float = 300) -> NodeRun:
-    """Run `python amidsl_node.py command` with request on stdin; parse the last stdout line."""
+def run_node(
+    command: str,
+    request: dict,
+    *,
+    python: str = "python3",
+    timeout: float = 300,
+    wrapper: tuple[str, ...] = (),
+    path: str | None = None,
+) -> NodeRun:
+    """Run `python amidsl_node.py command` with request on stdin; parse the last stdout line.
+
+    wrapper: a command that runs it (e.g. setpriv ... to take a capability away); path: a PATH.
+    """
     done = subprocess.run(
-        [python, str(PROGRAM_PATH), command],
+        [*wrapper, python, str(PROGRAM_PATH), command],
         input=json.dumps(request),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env=os.environ if path is None else {**os.environ, "PATH": path},
     )
     lines = done.stdout.strip().splitlines()
     result = json.loads(lines[-1]) if lines else None

@@ -1,0 +1,215 @@
+"""mke2fs reads the volume through a private, read-only view of bind mounts, not a staging tree.
+
+Only root may mount; elsewhere (and when asked with staging = "links") the program stages a tree of
+hard links, so every test here compares the two ways or checks the view's safety.
+"""
+
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from amidsl.bundle import list_image
+from amidsl.node import PROGRAM_PATH
+from tests.node.conftest import bundle_request, make_volume, run_node
+from tests.node.test_node_bundle import restore_with_openssl
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root may mount")
+
+# Directories changed within two seconds before the walk are covered rather than watched (QUIET_NS):
+# waiting this long makes the volume look like a real one, most of whose directories are shown as
+# they are.
+SETTLE_SECONDS = 2.1
+
+
+def bundled_entries(volume: Path, destination: Path, scratch: Path, **request: object) -> tuple:
+    """Bundle the volume; return (the image's entries by path, the report, the program's stderr)."""
+    run = run_node("bundle", bundle_request(volume, destination, **request))
+    assert run.returncode == 0, run.stderr
+    image = restore_with_openssl(destination, run.result, scratch)
+    return {e.path: e for e in list_image(image)}, run.result, run.stderr, image
+
+
+def described(entries: dict) -> dict:
+    """What a user sees of each entry, hard links as the paths sharing its inode."""
+    by_inode: dict = {}
+    for e in entries.values():
+        by_inode.setdefault(e.inode, []).append(e.path)
+    return {
+        path: (e.type, e.mode, e.uid, e.gid, e.size, e.target, tuple(sorted(by_inode[e.inode])))
+        for path, e in entries.items()
+    }
+
+
+def mtime_in_image(image: Path, path: str) -> int:
+    """The seconds of an entry's mtime, as debugfs reads it from the image."""
+    out = subprocess.run(["debugfs", "-R", f"stat {path}", str(image)], capture_output=True, text=True).stdout
+    return int(re.search(r"mtime: (0x[0-9a-f]+)", out).group(1), 16)
+
+
+def snapshot(root: Path) -> dict:
+    """Every entry of a tree with what changes when anything writes to it."""
+    found = {}
+    for directory, names, files in os.walk(root):
+        for name in [*names, *files, "."]:
+            st = os.lstat(os.path.join(directory, name))
+            found[os.path.join(directory, name)] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return found
+
+
+@pytest.mark.parametrize("settled", [False, True], ids=["fresh volume", "settled volume"])
+def test_the_view_and_a_staging_tree_make_the_same_image(tmp_path, settled):
+    volume = make_volume(tmp_path / "volume")
+    (tmp_path / "out-view").mkdir()
+    (tmp_path / "out-links").mkdir()
+    if settled:
+        time.sleep(SETTLE_SECONDS)
+    view, view_report, view_log, view_image = bundled_entries(volume, tmp_path / "out-view", tmp_path / "a")
+    links, links_report, links_log, _ = bundled_entries(
+        volume, tmp_path / "out-links", tmp_path / "b", staging="links"
+    )
+    assert "through a private view" in view_log and "staging the volume" not in view_log
+    assert "staging the volume" in links_log
+    assert described(view) == described(links)
+    assert view_report["left_out"] == links_report["left_out"]
+    assert view["/etc/passwd"].inode == view["/etc/passwd.hardlink"].inode
+    assert "/home/alice/server.pem" not in view and "/proc" in view and "/proc/1" not in view
+    # A directory shown with something left out keeps its own times, not the moment it was covered.
+    assert mtime_in_image(view_image, "/home/alice") == int(os.lstat(volume / "home/alice").st_mtime)
+    assert sorted(os.listdir(tmp_path / "out-view")) == [p["filename"] for p in view_report["parts"]]
+
+
+def test_the_view_leaves_the_volume_and_the_node_mount_table_as_they_were(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    (tmp_path / "out").mkdir()
+    before, mounts = snapshot(volume), Path("/proc/self/mountinfo").read_text()
+    _, report, log, _ = bundled_entries(volume, tmp_path / "out", tmp_path / "r")
+    assert "through a private view" in log
+    assert snapshot(volume) == before
+    assert Path("/proc/self/mountinfo").read_text() == mounts
+    assert sorted(os.listdir(tmp_path / "out")) == [p["filename"] for p in report["parts"]]
+
+
+def test_a_file_made_in_a_shown_directory_while_mke2fs_reads_sends_the_build_to_a_staging_tree(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    (tmp_path / "out").mkdir()
+    # An mke2fs that, when it builds the image, first writes a key into /etc: as a certificate
+    # renewal might, after the walk that applied the filter.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real = shutil.which("mke2fs") or shutil.which("mke2fs", path="/usr/sbin:/sbin")
+    wrapper = bin_dir / "mke2fs"
+    wrapper.write_text(
+        f'#!/bin/sh\ncase " $* " in *" -d "*) touch {volume}/etc/late.pem ;; esac\nexec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    time.sleep(SETTLE_SECONDS)  # so that /etc is shown as it is, and watched
+    run = run_node("bundle", bundle_request(volume, tmp_path / "out"), path=f"{bin_dir}:{os.environ['PATH']}")
+    assert run.returncode == 0, run.stderr
+    assert "changed while mke2fs read them" in run.stderr and "staging the volume" in run.stderr
+    entries = {e.path for e in list_image(restore_with_openssl(tmp_path / "out", run.result, tmp_path / "r"))}
+    assert "/etc/late.pem" not in entries and "/etc/hostname" in entries
+    assert ["/etc/late.pem", "filter pattern"] in run.result["left_out"]
+    assert sorted(os.listdir(tmp_path / "out")) == [p["filename"] for p in run.result["parts"]]
+
+
+def test_a_node_that_does_not_allow_mounts_gets_a_staging_tree(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    (tmp_path / "out").mkdir()
+    no_mounts = ("setpriv", "--bounding-set", "-sys_admin")  # root, but without CAP_SYS_ADMIN
+    run = run_node("bundle", bundle_request(volume, tmp_path / "out"), wrapper=no_mounts)
+    assert run.returncode == 0, run.stderr
+    assert "cannot be shown through mounts" in run.stderr and "Operation not permitted" in run.stderr
+    entries = {e.path for e in list_image(restore_with_openssl(tmp_path / "out", run.result, tmp_path / "r"))}
+    assert {"/etc/hostname", "/home/alice/notes.txt"} <= entries and "/home/alice/server.pem" not in entries
+    assert sorted(os.listdir(tmp_path / "out")) == [p["filename"] for p in run.result["parts"]]
+
+
+def test_an_unknown_staging_is_refused(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    (tmp_path / "out").mkdir()
+    run = run_node("bundle", bundle_request(volume, tmp_path / "out", staging="copy"))
+    assert run.returncode != 0
+    assert "staging 'copy' is not one of auto, links" in run.stderr
+    assert os.listdir(tmp_path / "out") == []
+
+
+# The view's safety, checked in a program of its own: mounting moves the process that mounts into a
+# mount namespace of its own, which the test run must not be.
+VIEW_PROBE = """
+import errno, importlib.util, json, os, shutil, sys
+spec = importlib.util.spec_from_file_location("amidsl_node", sys.argv[1])
+node = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(node)
+volume, view, swap = sys.argv[2], sys.argv[3], sys.argv[4] == "swap"
+plan = node.plan_view(node.walk_volume(volume, [], [], False), volume, node.SizeTally(-1))
+if swap:  # a directory replaced by a symbolic link to elsewhere after the walk
+    os.rename(os.path.join(volume, "home/alice"), os.path.join(volume, "home/alice.old"))
+    os.symlink("/etc", os.path.join(volume, "home/alice"))
+try:
+    node.mount_view(view, volume, plan)
+except OSError as exc:
+    print(json.dumps({"mounted": False, "errno": exc.errno}))
+    node.unmount_view(view)
+    sys.exit(0)
+found = {"mounted": True, "listing": sorted(os.listdir(os.path.join(view, "home/alice")))}
+for name, attempt in [
+    ("write", lambda: open(os.path.join(view, "etc/hostname"), "w")),
+    ("create", lambda: open(os.path.join(view, "srv/new"), "w")),
+    ("unlink", lambda: os.unlink(os.path.join(view, "home/alice/notes.txt"))),
+]:
+    try:
+        attempt()
+        found[name] = "done"
+    except OSError as exc:
+        found[name] = errno.errorcode[exc.errno]
+shutil.rmtree(view, ignore_errors=True)  # the worst a mistake could do: it must not reach the volume
+node.unmount_view(view)
+print(json.dumps(found))
+"""
+
+
+def probe_view(tmp_path: Path, volume: Path, swap: bool = False) -> dict:
+    view = tmp_path / "view"
+    view.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            VIEW_PROBE,
+            str(PROGRAM_PATH),
+            str(volume),
+            str(view),
+            "swap" if swap else "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_nothing_written_or_removed_through_the_view_reaches_the_volume(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    before = snapshot(volume)
+    found = probe_view(tmp_path, volume)
+    assert found["mounted"]
+    assert found["listing"] == [".ssh", "notes.txt"]  # the filtered files are not shown
+    assert (found["write"], found["create"]) == ("EROFS", "EROFS")
+    assert found["unlink"] in ("EROFS", "EBUSY")
+    assert snapshot(volume) == before
+
+
+def test_a_directory_replaced_by_a_symlink_after_the_walk_is_not_shown(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    found = probe_view(tmp_path, volume, swap=True)
+    assert found["mounted"] is False
+    # Not the directory the walk saw: a symbolic link (ENOTDIR, ELOOP), or another inode (ESTALE).
+    assert found["errno"] in (errno.ENOTDIR, errno.ELOOP, errno.ESTALE)
