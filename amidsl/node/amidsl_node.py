@@ -835,7 +835,7 @@ def plan_view(
     shadows: list = []
     binds: list = []
     batch: list = []  # one directory's entries: the walk yields them one after another
-    state = {"parent": None, "left": False}
+    state = {"parent": None, "left": False, "mounts": 1}
 
     def close_batch() -> None:
         parent = state["parent"]
@@ -846,8 +846,11 @@ def plan_view(
             shown = [e for e in batch if e.path not in replaced and e.path not in kept_empty]
             empty = tuple(posixpath.basename(e.path) for e in batch if e.path in kept_empty)
             shadows.append(Shadow(parent, where.source, where.st, shown, parent in writable, empty))
+            state["mounts"] += _mounts_of(shadows[-1])
         else:
             binds.extend(e for e in batch if e.st.st_dev != where.st.st_dev and e.path not in kept_empty)
+        if state["mounts"] > VIEW_MOUNTS:
+            shadows[:] = binds[:] = []  # a staging tree it will be: keep the counting, not the plan
 
     for entry in entries:
         if isinstance(entry, Skipped) and (entry.path.endswith("/*") or entry.reason == LEFT_OUT_UNREADABLE):
@@ -857,6 +860,7 @@ def plan_view(
             if path in directories:
                 kept_empty.add(path)
                 shadows.append(Shadow(path, directories[path].source, directories[path].st, []))
+                state["mounts"] += 1
             continue
         parent = posixpath.dirname(entry.path)
         if parent != state["parent"]:
@@ -890,7 +894,7 @@ def plan_view(
         for path, d in directories.items()
         if path not in covered and outside_replaced(path)
     }
-    mounts = 1 + len(binds) + sum(_mounts_of(s) for s in shadows)
+    mounts = max(state["mounts"], 1 + len(binds) + sum(_mounts_of(s) for s in shadows))
     return VolumeView(shadows, binds, watched, mounts, selection.size(), left_out)
 
 
@@ -2394,6 +2398,8 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     )
     # Counted for a staging tree (the fallback), which may need more room than the view.
     size = tally.size(STAGING_LINKS)
+    if view.mounts > VIEW_MOUNTS:
+        say(f"showing the volume would take {view.mounts} mounts (more than {VIEW_MOUNTS}): staging a tree")
     if staging == "links" or os.geteuid() != 0 or view.mounts > VIEW_MOUNTS:
         view = None
     identity, grub, warnings = check_boot(volume, virtualization_type, size)

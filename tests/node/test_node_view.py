@@ -18,6 +18,7 @@ import pytest
 
 from amidsl.bundle import list_image
 from amidsl.node import PROGRAM_PATH
+from amidsl.node import amidsl_node as node
 from tests.node.conftest import bundle_request, make_volume, run_node
 from tests.node.test_node_bundle import restore_with_openssl
 
@@ -213,3 +214,38 @@ def test_a_directory_replaced_by_a_symlink_after_the_walk_is_not_shown(tmp_path)
     assert found["mounted"] is False
     # Not the directory the walk saw: a symbolic link (ENOTDIR, ELOOP), or another inode (ESTALE).
     assert found["errno"] in (errno.ENOTDIR, errno.ELOOP, errno.ESTALE)
+
+
+def planned(volume: Path) -> node.VolumeView:
+    return node.plan_view(node.walk_volume(str(volume), [], [], False), str(volume), node.SizeTally(-1))
+
+
+def test_a_settled_volume_is_shown_as_it_is_but_where_something_is_left_out(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    time.sleep(SETTLE_SECONDS)
+    plan = planned(volume)
+    covered = {s.path: [c.path for c in s.children] for s in plan.shadows}
+    # The filter leaves keys out of /home/alice and its .ssh; /proc and /mnt are kept empty.
+    assert covered == {
+        "/home/alice": ["/home/alice/.ssh", "/home/alice/notes.txt"],
+        "/home/alice/.ssh": [],
+        "/proc": [],
+        "/mnt": [],
+    }
+    assert str(volume / "etc") in plan.watched and str(volume / "home/alice") not in plan.watched
+    assert plan.mounts == 1 + 3 + 1 + 2  # the volume, /home/alice and its two entries, .ssh, two kept empty
+
+
+def test_directories_changed_just_before_the_walk_are_covered_not_watched(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    plan = planned(volume)  # everything was just made
+    assert {"/", "/etc", "/srv", "/var/cache/big"} <= {s.path for s in plan.shadows}
+    assert plan.watched == {}
+
+
+def test_a_view_of_more_than_view_mounts_is_not_planned(tmp_path, monkeypatch):
+    volume = make_volume(tmp_path / "volume")
+    monkeypatch.setattr(node, "VIEW_MOUNTS", 5)
+    plan = planned(volume)
+    assert plan.mounts > 5 and plan.shadows == [] and plan.binds == []
+    assert plan.size.entries == planned(volume).size.entries  # the count is whole
