@@ -145,7 +145,9 @@ DEFAULT_FILTER = (
     "*/.ssh/authorized_keys",
     "*/.bash_history",
 )
-_ANY_FILTER_PATTERN = re.compile("|".join(fnmatch.translate(p) for p in DEFAULT_FILTER)).match
+# A path a pattern matches holds the pattern's longest literal piece: searching for those pieces all at
+# once is three times faster than matching the patterns, and few paths hold one.
+_ANY_FILTER_PIECE = re.compile("|".join(re.escape(max(p.split("*"), key=len)) for p in DEFAULT_FILTER)).search
 # Filesystems on local disks. Mounts of anything else under the volume (network filesystems,
 # tmpfs, proc, overlays, squashfs...) are left out, as ec2-bundle-vol leaves out non-local mounts.
 LOCAL_FS_TYPES = frozenset(
@@ -230,7 +232,7 @@ def walk_volume(
     def filtered_by(path: str) -> str | None:
         # One regular expression first: most paths match no pattern, and 14 fnmatch calls per
         # entry cost more than the rest of the walk.
-        if no_filter or not _ANY_FILTER_PATTERN(path):
+        if no_filter or not _ANY_FILTER_PIECE(path):
             return None
         if any(path == i or fnmatch.fnmatchcase(path, i) for i in included):
             return None
@@ -824,7 +826,6 @@ def plan_view(
     replaced: paths left out of the view, which the build makes itself (GRUB's module directory).
     """
     started = time.time_ns()  # the walk is a generator: it starts now
-    selection = SizeTally(-1)
     left_out: list = []
     root = os.lstat(volume)
     replaced = {image_path_of(p) for p in replaced}
@@ -862,7 +863,7 @@ def plan_view(
                 shadows.append(Shadow(path, directories[path].source, directories[path].st, []))
                 state["mounts"] += 1
             continue
-        parent = posixpath.dirname(entry.path)
+        parent = entry.path.rpartition("/")[0] or "/"  # as posixpath.dirname, faster
         if parent != state["parent"]:
             close_batch()
             state["parent"], state["left"] = parent, False
@@ -872,7 +873,6 @@ def plan_view(
             state["left"] = True
             continue
         tally.add(entry.st)
-        selection.add(entry.st)
         batch.append(entry)
         if stat.S_ISDIR(entry.st.st_mode):
             directories[entry.path] = entry
@@ -895,7 +895,8 @@ def plan_view(
         if path not in covered and outside_replaced(path)
     }
     mounts = max(state["mounts"], 1 + len(binds) + sum(_mounts_of(s) for s in shadows))
-    return VolumeView(shadows, binds, watched, mounts, selection.size(), left_out)
+    # Nothing is copied for a view: only the data and the entries count.
+    return VolumeView(shadows, binds, watched, mounts, tally.size()._replace(copied=0), left_out)
 
 
 def _libc() -> Any:

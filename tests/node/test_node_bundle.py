@@ -1,6 +1,7 @@
 """The node program's bundle command: an image of the volume, bundled into encrypted parts."""
 
 import contextlib
+import fnmatch
 import os
 import signal
 import subprocess
@@ -8,12 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from amidsl.bundle import list_image, unbundle, verify_bundle
 from amidsl.bundle.keys import encrypt_for_certificate, load_certificate, load_private_key
 from amidsl.bundle.manifest import EncryptedKeys, Manifest, ManifestPart, sign_manifest
 from amidsl.keypairs import self_signed_pair
 from amidsl.node import PROGRAM_PATH
+from amidsl.node import amidsl_node as node
 from tests.node.conftest import IV, KEY, bundle_request, run_node, start_node
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners and mounts need root")
@@ -267,3 +271,10 @@ def test_a_request_that_is_not_json_gets_one_clear_line():
     first, line = done.stderr.splitlines()
     assert first.startswith("amidsl-node: check runs as pid ")
     assert line.startswith("amidsl-node: error: standard input is not one JSON object")
+
+
+@given(st.text(alphabet="/.#~abdhijkmoprsvwy_", max_size=40))
+def test_the_quick_filter_search_finds_every_path_a_filter_pattern_matches(path):
+    # The walk matches the patterns only where the quick search finds one of their pieces.
+    if any(fnmatch.fnmatchcase(path, p) for p in node.DEFAULT_FILTER):
+        assert node._ANY_FILTER_PIECE(path)
