@@ -773,6 +773,7 @@ def staging_parent(volume: str, destination_dir: str) -> str:
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x20, 0x1000, 0x4000, 0x40000
 MNT_DETACH = 2
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x1, 0x2
 VIEW_MOUNTS = 20000  # past this many mounts a staging tree is the cheaper way
 QUIET_NS = 2 * 10**9  # a directory changed this shortly before the walk may still be changing
 
@@ -1620,12 +1621,27 @@ def tar_sparse_headers(name: bytes, mode: int, mtime: int, size: int, regions: l
     return blocks
 
 
-def tar_one_file(path: str, member_name: str) -> Iterator[bytes]:
-    """Yield a GNU tar archive holding path as member_name, as `tar -c -S --owner 0 --group 0`."""
+RELEASE_STEP = 16 * MiB
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free a stretch of a file's blocks, its size kept; False where the filesystem cannot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return libc.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length) == 0
+
+
+def tar_one_file(path: str, member_name: str, release: bool = False) -> Iterator[bytes]:
+    """Yield a GNU tar archive holding path as member_name, as `tar -c -S --owner 0 --group 0`.
+
+    release: free the file's blocks behind the reading (a temporary file of our own): removing a
+    large file at the end waits on the filesystem, while here that wait overlaps the compressing.
+    """
     name = member_name.encode("utf-8")
     if not name or len(name) >= 100 or b"/" in name:
         raise ValueError(f"tar member name {member_name!r} must be a plain name under 100 bytes")
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR if release else os.O_RDONLY)
+    released = 0
     try:
         st = os.fstat(fd)
         size, mode, mtime = st.st_size, st.st_mode & 0o7777, int(st.st_mtime)
@@ -1652,6 +1668,9 @@ def tar_one_file(path: str, member_name: str) -> Iterator[bytes]:
                 offset += len(data)
                 stored += len(data)
                 yield data
+                if release and offset - released >= RELEASE_STEP:
+                    release = punch_hole(fd, released, offset - released)
+                    released = offset
     finally:
         os.close(fd)
     data_padding = -stored % BLOCK
@@ -2033,14 +2052,15 @@ def bundle_stream(
     compress: Any,
     sink: EncryptingSink,
     progress: Progress | None = None,
+    release: bool = False,
 ) -> str:
     """Tar the image into compress, which writes one gzip member to sink; return the tar's SHA-1.
 
     compress is anything with write(bytes) and close() (ParallelGzip here; the controller may
-    use a faster one).
+    use a faster one). release: free the image's blocks once read (see tar_one_file).
     """
     digest = hashlib.sha1()
-    for chunk in tar_one_file(image, member_name):
+    for chunk in tar_one_file(str(image), member_name, release):
         if sink.error is not None:
             break
         digest.update(chunk)
@@ -2070,7 +2090,8 @@ def bundle_image_file(
     gzip = ParallelGzip(sink.write, level, workers, ahead=ahead)
     progress = Progress("bundled", tar_size(image))
     try:
-        digest = bundle_stream(image, prefix, gzip, sink, progress)
+        # The image is this program's own and is removed next: its blocks are freed as it is read.
+        digest = bundle_stream(image, prefix, gzip, sink, progress, release=True)
     except BaseException:
         gzip.abandon()
         raise

@@ -312,3 +312,15 @@ def test_the_size_added_up_while_staging_equals_a_walk_of_the_staging_tree(tmp_p
     walked = node.measure_selection(node.walk_volume(str(staging), (), (), True), -1)
     assert tally.size() == walked
     assert staged == walked.entries > 0
+
+
+def test_tar_with_release_frees_the_image_behind_the_reading_and_yields_the_same_archive(tmp_path):
+    kept, freed = tmp_path / "kept", tmp_path / "freed"
+    data = compressible_file(kept, 40)
+    freed.write_bytes(data)
+    archive = b"".join(node.tar_one_file(str(kept), "image"))
+    assert b"".join(node.tar_one_file(str(freed), "image", release=True)) == archive
+    assert kept.read_bytes() == data  # without release the file is left alone
+    # Freed up to the last RELEASE_STEP boundary read; the size stays.
+    assert os.stat(freed).st_size == len(data)
+    assert os.stat(freed).st_blocks * 512 <= len(data) - 32 * node.MiB
