@@ -758,12 +758,13 @@ def staging_parent(volume: str, destination_dir: str) -> str:
 # ---------------------------------------------------------------------------------------------
 #
 # A staging tree costs a link per file to make and again to remove, and mke2fs -d looks each file of
-# more than one link up in a list (STAGING_LINKS): on ~60,000 files that is a third of a bundle's
-# time. As root, the program can show mke2fs the volume itself instead: a read-only bind mount of it
-# in a mount namespace of the program's own, which no other process sees and which vanishes with the
-# program. Only the directories whose contents differ from the volume's (an entry left out, a
-# directory kept empty, GRUB's modules) are covered by a tmpfs holding the selected entries, each
-# bound in read-only (the file or directory the walk saw: checked by device and inode).
+# more than one link up in a list (STAGING_LINKS): measured on ~60,000 files, 1.1 s to stage, 1.5 s of
+# lookups and 1.1 s to remove, in a bundle of about 15 s on two cores. As root, the program can show
+# mke2fs the volume itself instead: a read-only bind mount of it in a mount namespace of the program's
+# own, which no other process sees and which vanishes with the program. Only the directories whose
+# contents differ from the volume's (an entry left out, a directory kept empty, GRUB's modules) are
+# covered by a tmpfs holding the selected entries, each bound in read-only (the file or directory the
+# walk saw: checked by device and inode).
 #
 # The staging tree is a snapshot of the walk; the view is live. So that a file created after the walk
 # (one a filter would have left out) cannot slip into the image, directories changed shortly before
