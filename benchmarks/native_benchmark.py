@@ -5,9 +5,11 @@ tree, then, in the same run:
 
   (a) the ami-tools way: copy the tree (ec2-bundle-vol copies the volume into its image), then
       tar -c -S | gzip -9 | openssl enc -aes-128-cbc -K … -iv … | split -b 10M
-  (b) the node program: `python3 amidsl/node/amidsl_node.py bundle` on the tree: staging of hard
-      links, `mke2fs -d` (while it runs, the idle core deflates what it has written), tar, SHA-1,
-      parallel gzip, AES-128-CBC through libcrypto, 10 MiB parts
+  (b) the node program: `python3 amidsl/node/amidsl_node.py bundle` on the tree: `mke2fs -d`
+      reading it through a private view of bind mounts (as root; else a staging tree of hard links;
+      while mke2fs runs, the idle core deflates what it has written), tar, SHA-1, parallel gzip,
+      AES-128-CBC through libcrypto, 10 MiB parts
+  (b') the same with the staging tree of hard links every node can fall back to, for comparison
 
 and prints wall and CPU seconds, MB/s, output bytes, peak RSS and the ratios, and where (b)'s wall
 and CPU time went (the program's report: space check, staging, mke2fs, bundling, cleanup). Then it uploads
@@ -55,7 +57,7 @@ def run_node(command: str, request: dict) -> tuple[dict, float, float, int]:
     return json.loads(done.stdout.splitlines()[-1]), seconds, cpu, after.ru_maxrss
 
 
-def run_native(tree: Path, out: Path) -> tuple[Result, dict]:
+def run_native(tree: Path, out: Path, staging: str = "auto") -> tuple[Result, dict]:
     """(b): the node program's bundle command on the tree."""
     key, iv = os.urandom(16).hex(), os.urandom(16).hex()
     request = {
@@ -70,13 +72,15 @@ def run_native(tree: Path, out: Path) -> tuple[Result, dict]:
         "iv": iv,
         "part_size": PART_SIZE,
         "workers": 0,
+        "staging": staging,
     }
     report, seconds, cpu, peak = run_node("bundle", request)
     check = f"cat {out}/image.part.* | openssl enc -d -aes-128-cbc -K {key} -iv {iv} | gunzip | sha1sum"
     digest = subprocess.run(["sh", "-c", check], capture_output=True, text=True, check=True).stdout.split()[0]
     if digest != report["digest"]:
         raise SystemExit(f"native bundle does not restore: SHA-1 {digest}, reported {report['digest']}")
-    return Result("native (node)", seconds, cpu, report["bundled_size"], peak), report
+    name = "native (node)" if staging == "auto" else f"native, {staging}"
+    return Result(name, seconds, cpu, report["bundled_size"], peak), report
 
 
 def run_ami_tools(tree: Path, out: Path, work: Path) -> Result:
@@ -150,35 +154,40 @@ def main() -> None:
         (work / "out-a").mkdir()
         (work / "out-b").mkdir()
         native, report = run_native(work / "tree", work / "out-b")  # first: see run_node
+        (work / "out-links").mkdir()
+        links, links_report = run_native(work / "tree", work / "out-links", staging="links")
+        shutil.rmtree(work / "out-links")
         tools = run_ami_tools(work / "tree", work / "out-a", work)
         shutil.rmtree(work / "copy")
 
         print(f"\ncores: {len(os.sched_getaffinity(0))}, tree: {data / MB:.0f} MB")
         print(f"{'bundler':<15}{'wall s':>9}{'cpu s':>9}{'MB/s':>9}{'output bytes':>15}{'peak RSS MB':>13}")
-        for r in (tools, native):
+        for r in (tools, native, links):
+            peak = f"{r.peak_rss_kb / 1024:>13.1f}" if r is not links else f"{'-':>13}"
             print(
                 f"{r.name:<15}{r.seconds:>9.2f}{r.cpu_seconds:>9.2f}{data / MB / r.seconds:>9.1f}"
-                f"{r.output_bytes:>15}{r.peak_rss_kb / 1024:>13.1f}"
+                f"{r.output_bytes:>15}{peak}"
             )
         print(
             f"\nspeed-up (ami-tools wall / native wall): {tools.seconds / native.seconds:.1f}x"
-            f"   [target >= 10x]\n"
+            f"   [target >= 10x]; with the staging tree: {tools.seconds / links.seconds:.1f}x\n"
             f"output size (native / ami-tools): {native.output_bytes / tools.output_bytes:.3f}"
             f"   [target <= 1.10]\n"
             f"native peak RSS: {native.peak_rss_kb / 1024:.1f} MB   [target <= 256 MB]"
         )
-        steps = report.get("seconds", {})
-        startup = native.seconds - sum(steps.values())
-        print(
-            "native wall seconds by step: "
-            + ", ".join(f"{step} {seconds:.2f}" for step, seconds in steps.items())
-            + f", start-up and the rest {startup:.2f}"
-        )
-        # On a busy machine wall time says little; CPU seconds say what a quiet one would need.
-        print(
-            "native CPU seconds by step: "
-            + ", ".join(f"{step} {seconds:.2f}" for step, seconds in report.get("cpu_seconds", {}).items())
-        )
+        for name, result, steps_of in ((native.name, native, report), (links.name, links, links_report)):
+            steps = steps_of.get("seconds", {})
+            startup = result.seconds - sum(steps.values())
+            print(
+                f"{name} wall seconds by step: "
+                + ", ".join(f"{step} {seconds:.2f}" for step, seconds in steps.items())
+                + f", start-up and the rest {startup:.2f}"
+            )
+            # On a busy machine wall time says little; CPU seconds say what a quiet one would need.
+            print(
+                f"{name} CPU seconds by step: "
+                + ", ".join(f"{step} {s:.2f}" for step, s in steps_of.get("cpu_seconds", {}).items())
+            )
         ahead = report.get("deflated_ahead", {})
         print(
             f"chunks deflated while mke2fs ran: {ahead.get('made', 0)}, taken when bundling: "
