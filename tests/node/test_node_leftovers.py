@@ -121,7 +121,6 @@ def test_a_second_bundle_of_the_same_prefix_refuses_while_the_first_is_going(vol
             process.communicate(timeout=60)
 
 
-
 def test_the_grub_scratch_dir_is_named_with_the_runs_pid(tmp_path):
     # A stand-in grub-mkimage that records where its config is (the scratch dir) and writes a core image.
     mkimage = tmp_path / "grub-mkimage"
