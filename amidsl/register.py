@@ -34,8 +34,7 @@ def copy_image_id(region: str) -> RuntimeValue:
 def instance_types_note(s: AmiSettings) -> str:
     """Which instance types launch the registered image (instance-store roots run only on old Xen types)."""
     note = "only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch instance-store AMIs"
-    if s.arch == "arm64":
-        return f"{note}, all x86: an arm64 image may register, but no instance type launches it"
+    # arm64 never gets here: settings refuse it for both strategies, as no instance type launches it.
     if s.arch == "i386":
         return f"{note}; an i386 image runs only on the oldest paravirtual types"
     return note

@@ -785,6 +785,8 @@ class _Checker:
                 arch, session_token if secret_key else None, upload_credentials, inherit, strategy
             )
             self.ami_tools_image_limits(virtualization_type, partition)
+        else:
+            self.native_limits(arch)
         volume = self.node_path("volume", "/") or "/"
         ec2_certificate_source = self.source("ec2_certificate_source")
         ec2_cert_pem = self.read_source("ec2_certificate_source", ec2_certificate_source) or ""
@@ -895,6 +897,17 @@ class _Checker:
                 "plain filesystem image without a partition table or boot loader",
                 'use virtualization_type = "paravirtual" (pv-grub), or partition = "mbr" (needs legacy '
                 "grub, a /dev/xvd* or /dev/sd* root device, dmsetup, kpartx, parted and sgdisk on the node)",
+            )
+
+    def native_limits(self, arch: str) -> None:
+        """What a native build cannot make into an image EC2 launches, refused before anything runs."""
+        if arch == "arm64":
+            self.problem(
+                "arch",
+                "no instance type launches an arm64 instance-store AMI (only Xen x86 types launch "
+                "instance-store AMIs), and the hvm images of native builds boot through GRUB for BIOS "
+                "(i386-pc), which arm64 systems lack",
+                'build from an x86_64 node with arch = "x86_64"',
             )
 
     def ami_tools_limits(

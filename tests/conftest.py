@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,23 @@ def raw_settings(credentials: Credentials) -> dict:
         "private_key_source": {"local_file": str(credentials.key_path)},
         "certificate_source": {"local_file": str(credentials.cert_path)},
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_botocore_loader() -> Iterator[None]:
+    """Every boto3 session of the test process shares one botocore data loader.
+
+    Each new session (every fake region, every moto mock, every live build) would otherwise parse the
+    service models, megabytes of JSON, again: about a third of a second each, hundreds of times a run.
+    The models are the same files either way.
+    """
+    import botocore.loaders
+    import botocore.session
+
+    shared = functools.cache(botocore.loaders.create_loader)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader", shared)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -318,6 +318,18 @@ def test_bad_config_lists_every_problem_and_exits_2_without_traceback(tmp_path, 
         assert "hush-hush" not in run.stderr + run.stdout
 
 
+def test_arm64_with_the_native_strategy_is_refused_before_anything_runs(tmp_path, raw_settings):
+    config = str(
+        write_toml(tmp_path / "ami.toml", {"ami": raw_settings | {"bundler": "native", "arch": "arm64"}})
+    )
+    for command in ("plan", "script", "validate"):
+        run = amidsl(command, "--config", config)
+        assert run.returncode == 2 and "Traceback" not in run.stderr
+        assert "phase" not in run.stdout and "settings OK" not in run.stdout  # no plan, script or OK
+        assert "arch: no instance type launches an arm64 instance-store AMI" in run.stderr
+        assert 'build from an x86_64 node with arch = "x86_64"' in run.stderr
+
+
 def test_missing_config_file(tmp_path):
     run = amidsl("plan", "--config", str(tmp_path / "nope.toml"))
     assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stderr

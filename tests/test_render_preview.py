@@ -152,9 +152,3 @@ def test_the_preview_says_which_instance_types_launch_the_image(raw_settings, bu
         "  instance types: only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch "
         "instance-store AMIs" in text
     )
-
-
-def test_the_native_preview_says_no_instance_type_launches_an_arm64_image(raw_settings):
-    arm = raw_settings | {"bundler": "native", "arch": "arm64", "virtualization_type": "paravirtual"}
-    text = render_text(build_plan(crate.server_spec(arm)))
-    assert "an arm64 image may register, but no instance type launches it" in text

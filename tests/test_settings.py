@@ -51,6 +51,17 @@ def test_arm64_is_refused_for_the_ami_tools_strategy(raw_settings):
     assert "Unsupported architecture" in message and 'use arch = "x86_64"' in message
 
 
+def test_arm64_is_refused_for_the_native_strategy_saying_why_and_the_fix(raw_settings):
+    for raw in (
+        raw_settings | {"bundler": "native"},
+        {k: v for k, v in raw_settings.items() if k != "bundler"},
+    ):
+        message = the_problem(raw | {"arch": "arm64"}, "arch")
+        assert "no instance type launches an arm64 instance-store AMI" in message
+        assert "GRUB for BIOS" in message and 'build from an x86_64 node with arch = "x86_64"' in message
+    assert resolve(raw_settings | {"bundler": "native", "arch": "i386"}).arch == "i386"
+
+
 def test_a_session_token_is_refused_for_ami_tools_with_the_ways_out(raw_settings):
     temporary = {"access_key": "ASIAEXAMPLEEXAMPLE12", "secret_key": "s", "session_token": "t"}
     message = the_problem(raw_settings | {"bundler": "ami-tools"} | temporary, "session_token")

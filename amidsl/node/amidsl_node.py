@@ -84,6 +84,7 @@ MIN_MKE2FS = (1, 43)  # `mke2fs -d` (populate from a directory) arrived in e2fsp
 PROGRESS_SECONDS = 3.0
 LEFT_OUT_REPORTED = 200
 STAGING_PREFIX = ".amidsl-staging-"  # then the run's pid and a dash, so a dead run's tree is known
+GRUB_SCRATCH_PREFIX = ".amidsl-grub-"  # the same, for the scratch directory of grub-mkimage
 
 # ---------------------------------------------------------------------------------------------
 # Errors and progress
@@ -1281,7 +1282,7 @@ def install_grub_modules(grub: Grub, staging: str) -> None:
 
 def make_core_image(grub: Grub, uuid: str, workdir: str) -> bytes:
     """GRUB's core image: finds the root filesystem by UUID and loads normal.mod from there."""
-    scratch = tempfile.mkdtemp(prefix=".amidsl-grub-", dir=workdir)
+    scratch = tempfile.mkdtemp(prefix=f"{GRUB_SCRATCH_PREFIX}{os.getpid()}-", dir=workdir)
     config = os.path.join(scratch, "early.cfg")
     output = os.path.join(scratch, "core.img")
     with open(config, "w") as f:
@@ -2165,6 +2166,7 @@ def _run_file_names(prefix: str) -> list[re.Pattern]:
         re.compile(rf"\.{escaped}\.ahead\.(\d+)"),
         re.compile(rf"\.{escaped}\.part\.(\d+)\.tmp\d+"),
         re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-.+"),
+        re.compile(re.escape(GRUB_SCRATCH_PREFIX) + r"(\d+)-.+"),
     ]
 
 

@@ -237,12 +237,18 @@ def ec2_certificate_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def bucket(aws_endpoint: str) -> str:
-    """The bundle bucket, in us-east-1 on the moto server."""
+    """The bundle bucket, in us-east-1 on the moto server, made for each test that has none.
+
+    The server shares moto's backends with this process, and every in-process moto (the simulator's
+    mock_aws) resets them when it starts: a bucket made once per session is gone after such a test.
+    """
     from tests.live.node_settings import BUCKET, aws_client
 
-    aws_client("s3", aws_endpoint).create_bucket(Bucket=BUCKET)
+    s3 = aws_client("s3", aws_endpoint)
+    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=BUCKET)
     return BUCKET
 
 

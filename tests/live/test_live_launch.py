@@ -19,7 +19,7 @@ from tests.live.node_settings import aws_client, build_settings, no_credentials_
 
 
 @pytest.fixture(scope="module")
-def launch_settings(aws_endpoint: str, bucket: str) -> dict:
+def launch_settings(aws_endpoint: str) -> dict:
     """What [live] needs to launch a node in moto: a base image, a key pair, a security group."""
     ec2 = aws_client("ec2", aws_endpoint)
     base = ec2.register_image(Name="debian-base-for-amidsl-tests", Architecture="x86_64")["ImageId"]
@@ -59,7 +59,7 @@ def to_local_node(described: dict) -> str:
 
 
 def test_make_ami_launches_a_tagged_node_builds_on_it_and_terminates_it(
-    node, fake_tools, aws_endpoint, launch_settings, credentials, tmp_path
+    node, fake_tools, aws_endpoint, bucket, launch_settings, credentials, tmp_path
 ):
     config = build_settings(tmp_path, node, fake_tools, credentials, "root", aws_endpoint)
     live = resolve_live({**config["live"], **launch_settings, "host": None, "trust_on_first_use": True})
@@ -121,7 +121,7 @@ def test_abort_leaves_a_launched_node_running_and_says_how_to_resume_on_it(
 
 
 def test_make_ami_from_group_node_finds_the_group_node_and_runs_every_phase(
-    node, fake_tools, aws_endpoint, launch_settings, credentials, tmp_path
+    node, fake_tools, aws_endpoint, bucket, launch_settings, credentials, tmp_path
 ):
     ec2 = aws_client("ec2", aws_endpoint)
     running = ec2.run_instances(

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from amidsl.node import amidsl_node as node
 from tests.node.conftest import bundle_request, run_node, start_node
 
 
@@ -118,3 +119,37 @@ def test_a_second_bundle_of_the_same_prefix_refuses_while_the_first_is_going(vol
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             process.communicate(timeout=60)
+
+
+def test_the_grub_scratch_dir_is_named_with_the_runs_pid(tmp_path):
+    # A stand-in grub-mkimage that records where its config is (the scratch dir) and writes a core image.
+    mkimage = tmp_path / "grub-mkimage"
+    mkimage.write_text(
+        '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -c) dirname "$2" > "$0.seen";; -o) echo core > "$2";;'
+        " esac; shift; done\n"
+    )
+    mkimage.chmod(0o755)
+    grub = node.Grub(str(mkimage), str(tmp_path), "/boot/grub", "2.06")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+
+    assert node.make_core_image(grub, "5b2d7c1e-9a40-4f3e-8d21-c0ffee123456", str(workdir)) == b"core\n"
+
+    scratch = Path((tmp_path / "grub-mkimage.seen").read_text().strip())
+    assert scratch.parent == workdir and scratch.name.startswith(f".amidsl-grub-{os.getpid()}-")
+    assert os.listdir(workdir) == []
+
+
+def test_the_cleanup_command_removes_a_dead_runs_grub_scratch_dir(volume, destination):
+    dead = 2**22 + 1  # above Linux's largest pid: no such process
+    scratch = destination / f".amidsl-grub-{dead}-k3j9"
+    scratch.mkdir()
+    (scratch / "core.img").write_bytes(b"GRUB's core image, half written")
+    (destination / f".amidsl-grub-{dead}").mkdir()  # no run's name: not amidsl's to remove
+
+    run = run_node("cleanup", {"volume": str(volume), "destination_dir": str(destination)})
+
+    assert run.returncode == 0, run.stderr
+    assert run.result["removed"] == [str(scratch)]
+    assert os.listdir(destination) == [f".amidsl-grub-{dead}"]
+    assert f"removed {scratch}, left by a run (pid {dead})" in run.stderr

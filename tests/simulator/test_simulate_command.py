@@ -8,11 +8,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from amidsl.cli import run as run_command_line
 from tests.live.node_settings import write_toml
 
 LISTING_LINE = re.compile(r"[-dlpscb][0-7]{4} +\d+:\d+ +\d+ /\S*")
@@ -30,6 +32,26 @@ def amidsl(*args: str, temp: Path | None = None, cwd=None) -> subprocess.Complet
         cwd=cwd,
         timeout=300,
     )
+
+
+@pytest.fixture
+def here(capsys, monkeypatch):
+    """`amidsl simulate ARGS` run in this process, as amidsl() runs it in a new one: a CompletedProcess.
+
+    For commands that need no process of their own (no signal, no pipe): a new Python spends seconds
+    starting and loading AWS's service models, which proves nothing more.
+    """
+    monkeypatch.delenv("AMIDSL_CONFIG", raising=False)
+
+    def simulate(*args: str, temp: Path | None = None) -> subprocess.CompletedProcess:
+        if temp is not None:
+            monkeypatch.setenv("TMPDIR", str(temp))
+            monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR again
+        status = run_command_line(["simulate", *args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["amidsl", "simulate", *args], status, captured.out, captured.err)
+
+    return simulate
 
 
 @pytest.fixture
@@ -54,8 +76,8 @@ def test_simulate_the_built_in_example_builds_natively_by_default(temp):
     assert list(temp.iterdir()) == []
 
 
-def test_simulate_the_built_in_example_with_the_ami_tools(temp):
-    run = amidsl("--bundler", "ami-tools", temp=temp)
+def test_simulate_the_built_in_example_with_the_ami_tools(here, temp):
+    run = here("--bundler", "ami-tools", temp=temp)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("using the built-in example settings")
@@ -70,15 +92,15 @@ def test_simulate_the_built_in_example_with_the_ami_tools(temp):
     assert list(temp.iterdir()) == []
 
 
-def test_quiet_prints_only_the_result():
-    run = amidsl("--quiet")
+def test_quiet_prints_only_the_result(here):
+    run = here("--quiet")
     assert run.returncode == 0, run.stderr
     assert "[ami-bundle" not in run.stdout and "phase " not in run.stdout
     assert "registered ami-" in run.stdout
 
 
-def test_inspect_lists_the_image_in_the_image_ls_format():
-    run = amidsl("--inspect")
+def test_inspect_lists_the_image_in_the_image_ls_format(here):
+    run = here("--inspect")
     listed = [line.strip() for line in run.stdout.splitlines() if LISTING_LINE.fullmatch(line.strip())]
     assert "d0755         0:0            0 /" in listed
     assert any(line.endswith(" /home/admin") and "1000:1000" in line for line in listed)
@@ -86,19 +108,19 @@ def test_inspect_lists_the_image_in_the_image_ls_format():
     assert "layout: a bare filesystem, no partition table (a paravirtual image)" in run.stdout
 
 
-def test_json_has_a_schema_and_honours_inspect():
-    plain = json.loads(amidsl("--json").stdout)
+def test_json_has_a_schema_and_honours_inspect(here):
+    plain = json.loads(here("--json").stdout)
     assert plain["schema"] == "amidsl.simulate/1" and plain["image_id"].startswith("ami-")
     assert "entries" not in plain["image"] and plain["image"]["summary"]["parts"] == 1
     assert plain["image"]["layout"] == ["layout: a bare filesystem, no partition table (a paravirtual image)"]
-    inspected = json.loads(amidsl("--json", "--inspect").stdout)
+    inspected = json.loads(here("--json", "--inspect").stdout)
     assert {"path": "/etc/fstab"}.items() <= next(
         e for e in inspected["image"]["entries"] if e["path"] == "/etc/fstab"
     ).items()
 
 
-def test_json_with_a_fault_fails_naming_phase_and_action():
-    run = amidsl("--bundler", "ami-tools", "--json", "--fault", "disk-full=/tmp")
+def test_json_with_a_fault_fails_naming_phase_and_action(here):
+    run = here("--bundler", "ami-tools", "--json", "--fault", "disk-full=/tmp")
     assert run.returncode == 1
     document = json.loads(run.stdout)
     assert document["image_id"] is None
@@ -123,15 +145,15 @@ def test_json_with_a_fault_fails_naming_phase_and_action():
         ("image-failed=eu-west-3", "give the build's region or a copy region (us-east-1)"),
     ],
 )
-def test_faults_that_make_no_sense_are_refused_and_leave_no_temp_files(temp, fault, message):
-    run = amidsl("--bundler", "ami-tools", "--fault", fault, temp=temp)
+def test_faults_that_make_no_sense_are_refused_and_leave_no_temp_files(here, temp, fault, message):
+    run = here("--bundler", "ami-tools", "--fault", fault, temp=temp)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"--fault '{fault}': {message}" in run.stderr
     assert list(temp.iterdir()) == []
 
 
-def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds():
-    run = amidsl("--bundler", "ami-tools", "--json", "--fault", "fail-put=1")
+def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds(here):
+    run = here("--bundler", "ami-tools", "--json", "--fault", "fail-put=1")
     document = json.loads(run.stdout)
     assert run.returncode == 0 and document["image_id"]
     upload = next(r for r in document["transcript"] if r["phase"] == "ami-upload")
@@ -165,8 +187,8 @@ NOT_FOR_AMI_TOOLS = "it models the native bundler's node program: drop --bundler
         ("native", "fail-part=first", "give a part's index (0 for the first part)"),
     ],
 )
-def test_node_program_faults_that_make_no_sense_are_refused(temp, bundler, fault, message):
-    run = amidsl("--bundler", bundler, "--fault", fault, temp=temp)
+def test_node_program_faults_that_make_no_sense_are_refused(here, temp, bundler, fault, message):
+    run = here("--bundler", bundler, "--fault", fault, temp=temp)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"--fault '{fault}': {message}" in run.stderr
     assert list(temp.iterdir()) == []
@@ -181,25 +203,25 @@ def test_node_program_faults_that_make_no_sense_are_refused(temp, bundler, fault
     ],
 )
 def test_a_native_build_meeting_a_fault_exits_non_zero_saying_why_and_leaves_no_temp_files(
-    temp, fault, status, said
+    here, temp, fault, status, said
 ):
-    run = amidsl("--fault", fault, temp=temp)
+    run = here("--fault", fault, temp=temp)
     assert run.returncode == status and "Traceback" not in run.stderr
     assert said in run.stderr
     assert list(temp.iterdir()) == []
 
 
-def test_a_failed_registration_prints_its_action_line():
-    run = amidsl("--fault", "reject-register=InvalidAMIName.Duplicate")
+def test_a_failed_registration_prints_its_action_line(here):
+    run = here("--fault", "reject-register=InvalidAMIName.Duplicate")
     assert run.returncode == 1
     assert "  [ami-register 1] register the image with EC2: failed [controller]" in run.stdout.splitlines()
 
 
-def test_a_pending_image_is_waited_for_and_a_failed_one_fails_the_build_with_its_reason():
-    waited = amidsl("--fault", "image-pending=2")
+def test_a_pending_image_is_waited_for_and_a_failed_one_fails_the_build_with_its_reason(here):
+    waited = here("--fault", "image-pending=2")
     assert waited.returncode == 0, waited.stderr
     assert "pending (0 s of at most 1800 s)" in waited.stdout
-    failed = amidsl("--fault", "image-failed=us-east-1")
+    failed = here("--fault", "image-failed=us-east-1")
     assert failed.returncode == 1
     assert "is failed: the image failed (simulated fault) (Client.SimulatedFault)" in failed.stderr
     assert "The image was registered before this failure and stays" in failed.stderr
@@ -213,9 +235,9 @@ def test_a_later_phase_alone_is_refused_with_the_phases_it_needs(temp):
     assert list(temp.iterdir()) == []
 
 
-def test_your_own_account_is_the_simulated_account(tmp_path, raw_settings):
+def test_your_own_account_is_the_simulated_account(here, tmp_path, raw_settings):
     config = write_toml(tmp_path / "mine.toml", {"ami": raw_settings | {"user_id": "4444-5555-6666"}})
-    run = amidsl("--config", str(config), "--quiet")
+    run = here("--config", str(config), "--quiet")
     assert run.returncode == 0, run.stderr + run.stdout
     assert "registered ami-" in run.stdout
 
@@ -260,8 +282,8 @@ def test_ctrl_c_while_bundling_stops_promptly_and_cleans_up(temp):
     assert list(temp.iterdir()) == []
 
 
-def test_cleanup_alone_is_refused_but_runs_after_install():
-    alone = amidsl("--phase", "cleanup")
+def test_cleanup_alone_is_refused_but_runs_after_install(here):
+    alone = here("--phase", "cleanup")
     assert alone.returncode == 2 and "cleanup needs install first" in alone.stderr
-    after_install = amidsl("--phase", "install", "--phase", "cleanup", "--quiet")
+    after_install = here("--phase", "install", "--phase", "cleanup", "--quiet")
     assert after_install.returncode == 0, after_install.stderr
