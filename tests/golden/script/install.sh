@@ -168,6 +168,7 @@ MIN_MKE2FS = (1, 43)  # `mke2fs -d` (populate from a directory) arrived in e2fsp
 PROGRESS_SECONDS = 3.0
 LEFT_OUT_REPORTED = 200
 STAGING_PREFIX = ".amidsl-staging-"  # then the run's pid and a dash, so a dead run's tree is known
+GRUB_SCRATCH_PREFIX = ".amidsl-grub-"  # the same, for the scratch directory of grub-mkimage
 
 # ---------------------------------------------------------------------------------------------
 # Errors and progress
@@ -1365,7 +1366,7 @@ def install_grub_modules(grub: Grub, staging: str) -> None:
 
 def make_core_image(grub: Grub, uuid: str, workdir: str) -> bytes:
     """GRUB's core image: finds the root filesystem by UUID and loads normal.mod from there."""
-    scratch = tempfile.mkdtemp(prefix=".amidsl-grub-", dir=workdir)
+    scratch = tempfile.mkdtemp(prefix=f"{GRUB_SCRATCH_PREFIX}{os.getpid()}-", dir=workdir)
     config = os.path.join(scratch, "early.cfg")
     output = os.path.join(scratch, "core.img")
     with open(config, "w") as f:
@@ -2249,6 +2250,7 @@ def _run_file_names(prefix: str) -> list[re.Pattern]:
         re.compile(rf"\.{escaped}\.ahead\.(\d+)"),
         re.compile(rf"\.{escaped}\.part\.(\d+)\.tmp\d+"),
         re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-.+"),
+        re.compile(re.escape(GRUB_SCRATCH_PREFIX) + r"(\d+)-.+"),
     ]
 
 
@@ -2772,7 +2774,7 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 76cbdcc42b2cb487ac20af27f14f4ad525d1cb7ed87d55e5c5717d631620a490
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py d8c775c3d560196e061526d3fc6c4e30b6042509aa6eff5b80c63fb0a8041ea0
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
