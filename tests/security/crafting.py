@@ -106,10 +106,10 @@ def parse_seconds(text: str) -> float:
     """CPU seconds spent parsing text (best of three), whether it parses or is refused.
 
     The garbage collector is paused while timing: its full passes walk every object of the test
-    process, so their cost depends on what other tests left behind, not on the parser.
+    process, so their cost depends on what other tests left behind, not on the parser. (No collection
+    first either: late in a run, each takes a tenth of a second, for nothing the timing needs.)
     """
     best = float("inf")
-    gc.collect()
     gc.disable()
     try:
         for _ in range(3):
