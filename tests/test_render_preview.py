@@ -145,6 +145,15 @@ def test_the_native_preview_summarises_the_node_program_instead_of_printing_it(r
     assert "bytes (`amidsl script` shows the content)" in text
 
 
+def test_the_native_preview_says_how_the_volume_is_read_without_changing_the_node(raw_settings):
+    text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": "native"})))
+    assert "read-only bind mounts in the program's own mount namespace" in text
+    assert "nothing of the node's is mounted or changed" in text
+    assert (
+        f"temporary tree of hard links to its files (in {raw_settings.get('destination_dir', '/tmp')}" in text
+    )
+
+
 @pytest.mark.parametrize("bundler", ["native", "ami-tools"])
 def test_the_preview_says_which_instance_types_launch_the_image(raw_settings, bundler):
     text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": bundler})))

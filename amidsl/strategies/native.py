@@ -125,7 +125,11 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
     return [
         PlanWarning(
             f"native build: nothing is installed; amidsl's node program is copied to {s.install_dir} "
-            f"(excluded from the image, removed in cleanup). The node needs {node_needs(s)}."
+            f"(excluded from the image, removed in cleanup). The node needs {node_needs(s)}. To image "
+            "the volume, mke2fs reads it through read-only bind mounts in the program's own mount "
+            "namespace (nothing of the node's is mounted or changed, nothing is left behind); where the "
+            f"node does not allow that, through a temporary tree of hard links to its files (in "
+            f"{s.destination_dir}, or in the volume when that is another filesystem)."
         ),
         layout_warning(s),
         *ship_program(s),
