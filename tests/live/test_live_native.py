@@ -57,8 +57,12 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
         "image_name": f"amidsl native offline {secrets.token_hex(4)}",
     }
     node.forget_records()
+    mounts = Path("/proc/self/mountinfo").read_text()
     recorded = build_over_ssh(config)
     result, progress, commands = recorded.result, recorded.progress, recorded.commands
+    # The program read the volume through its own bind mounts, which the node never saw.
+    assert any("through a private view" in line for line in progress), progress
+    assert Path("/proc/self/mountinfo").read_text() == mounts
     settings = result.settings
     assert result.image_id and result.image_id.startswith("ami-")
     images = aws_client("ec2", aws_endpoint).describe_images(ImageIds=[result.image_id])["Images"]
