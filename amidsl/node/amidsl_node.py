@@ -852,7 +852,9 @@ def plan_view(
             shadows.append(Shadow(parent, where.source, where.st, shown, parent in writable, empty))
             state["mounts"] += _mounts_of(shadows[-1])
         else:
-            binds.extend(e for e in batch if e.st.st_dev != where.st.st_dev and e.path not in kept_empty)
+            elsewhere = [e for e in batch if e.st.st_dev != where.st.st_dev and e.path not in kept_empty]
+            binds.extend(elsewhere)
+            state["mounts"] += len(elsewhere)
         if state["mounts"] > VIEW_MOUNTS:
             shadows[:] = binds[:] = []  # a staging tree it will be: keep the counting, not the plan
 
@@ -885,6 +887,7 @@ def plan_view(
     for path in sorted(frozen - covered - kept_empty):
         if path in directories:
             shadows.append(Shadow(path, directories[path].source, directories[path].st, [], path in writable))
+            state["mounts"] += 1
     covered = {s.path for s in shadows}
 
     def outside_replaced(path: str) -> bool:
@@ -897,9 +900,8 @@ def plan_view(
         for path, d in directories.items()
         if path not in covered and outside_replaced(path)
     }
-    mounts = max(state["mounts"], 1 + len(binds) + sum(_mounts_of(s) for s in shadows))
     # Nothing is copied for a view: only the data and the entries count.
-    return VolumeView(shadows, binds, watched, mounts, tally.size()._replace(copied=0), left_out)
+    return VolumeView(shadows, binds, watched, state["mounts"], tally.size()._replace(copied=0), left_out)
 
 
 def _libc() -> Any:
@@ -1009,19 +1011,27 @@ class ImageBuild(NamedTuple):
     built: tuple[float, float]
 
 
-def make_filesystem(
-    source: str, image: str, volume: str, size_mb: int | None, size: VolumeSize, volume_fs: dict, **kw: Any
+def make_image(
+    source: str,
+    image: str,
+    volume: str,
+    size_mb: int | None,
+    size: VolumeSize,
+    volume_fs: dict,
+    grub: Grub | None,
+    ahead: DeflatedAhead | None,
 ) -> int:
-    """mke2fs -d source into image; return its size in MB (an estimate grows, rather than fail).
+    """mke2fs -d source into image, and with grub the disk around it; return the filesystem's MB.
 
-    kw: offset and ahead, as run_mke2fs takes them.
+    An estimated size grows rather than fail; ahead is as run_mke2fs takes it.
     """
     wanted = size_mb or estimate_size_mb(size.allocated, size.entries)
+    offset = PARTITION_START if grub else 0
     for _attempt in range(1 if size_mb else 3):
         say(f"building a {wanted} MB ext4 image of {size.entries} entries")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(image)  # mke2fs writes into an existing file at an offset
-        error = run_mke2fs(source, image, wanted, size.entries, volume_fs, **kw)
+        error = run_mke2fs(source, image, wanted, size.entries, volume_fs, offset, ahead)
         if not error or size_mb:
             break
         say(f"mke2fs needs more than {wanted} MB ({error}); trying a larger image")
@@ -1031,6 +1041,9 @@ def make_filesystem(
             f"mke2fs could not build a {wanted} MB image of {volume}: {error}; set a larger "
             "image_size_mb or exclude more"
         )
+    if grub is not None:
+        say(f"installing GRUB {grub.version} for BIOS boot (MBR, core image before the partition)")
+        write_boot_loader(image, grub, volume_fs["uuid"], os.path.dirname(image))
     return wanted
 
 
@@ -1074,10 +1087,7 @@ def image_through_view(
             say(f"amidsl-node: the volume cannot be shown through mounts ({exc}); staging a tree instead")
             return None
         staged = moment()
-        offset = PARTITION_START if grub else 0
-        wanted = make_filesystem(
-            mount_point, image, volume, size_mb, size, volume_fs, offset=offset, ahead=ahead
-        )
+        wanted = make_image(mount_point, image, volume, size_mb, size, volume_fs, grub, ahead)
         changed = changed_directories(view.watched)
         if changed:
             say(
@@ -1086,9 +1096,6 @@ def image_through_view(
                 "from a staging tree"
             )
             return None
-        if grub is not None:
-            say(f"installing GRUB {grub.version} for BIOS boot (MBR, core image before the partition)")
-            write_boot_loader(image, grub, volume_fs["uuid"], os.path.dirname(image))
     finally:
         # rmdir only once nothing is mounted on it: never remove anything through the view. Should
         # unmounting fail, the mounts are this program's own and vanish with it.
@@ -1147,11 +1154,7 @@ def build_image(
             size = add_grub_modules(grub, staging, size)
         _set_owner_mode_times(staging, os.lstat(volume), volume)
         staged = moment()
-        offset = PARTITION_START if grub else 0
-        wanted = make_filesystem(staging, image, volume, size_mb, size, volume_fs, offset=offset, ahead=ahead)
-        if grub is not None:
-            say(f"installing GRUB {grub.version} for BIOS boot (MBR, core image before the partition)")
-            write_boot_loader(image, grub, volume_fs["uuid"], os.path.dirname(image))
+        wanted = make_image(staging, image, volume, size_mb, size, volume_fs, grub, ahead)
     except BaseException:
         cleanup.remove(staging)
         raise
@@ -1628,7 +1631,7 @@ RELEASE_STEP = 16 * MiB
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:
     """Free a stretch of a file's blocks, its size kept; False where the filesystem cannot."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     return libc.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length) == 0
 
@@ -2410,23 +2413,30 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     lib, _ = load_libcrypto()
     mke2fs_version()
 
-    # Check the space before doing anything (a metadata-only walk, which also plans the view).
+    # Check the space before doing anything (a metadata-only walk, which also plans the view: only
+    # root may mount).
     staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
-    tally = SizeTally(staging_dev)
-    view = plan_view(
-        walk_volume(volume, exclusions, includes, no_filter),
-        volume,
-        tally,
-        # What this run makes in destination_dir must not show through the view.
-        frozen=[p for p in [path_in_volume(destination, volume)] if p],
-        replaced=[image_path_of(grub_prefix(volume), GRUB_PLATFORM)] if virtualization_type == HVM else [],
-    )
-    # Counted for a staging tree (the fallback), which may need more room than the view.
-    size = tally.size(STAGING_LINKS)
-    if view.mounts > VIEW_MOUNTS:
-        say(f"showing the volume would take {view.mounts} mounts (more than {VIEW_MOUNTS}): staging a tree")
-    if staging == "links" or os.geteuid() != 0 or view.mounts > VIEW_MOUNTS:
-        view = None
+    selection = walk_volume(volume, exclusions, includes, no_filter)
+    view: VolumeView | None = None
+    if staging == "auto" and os.geteuid() == 0:
+        tally = SizeTally(staging_dev)
+        view = plan_view(
+            selection,
+            volume,
+            tally,
+            # What this run makes in destination_dir must not show through the view.
+            frozen=[p for p in [path_in_volume(destination, volume)] if p],
+            replaced=[image_path_of(grub_prefix(volume), GRUB_PLATFORM)]
+            if virtualization_type == HVM
+            else [],
+        )
+        # Counted for a staging tree (the fallback), which may need more room than the view.
+        size = tally.size(STAGING_LINKS)
+        if view.mounts > VIEW_MOUNTS:
+            say(f"showing the volume would take {view.mounts} mounts (over {VIEW_MOUNTS}): staging a tree")
+            view = None
+    else:
+        size = measure_selection(selection, staging_dev, STAGING_LINKS)
     identity, grub, warnings = check_boot(volume, virtualization_type, size)
     if virtualization_type == HVM and not identity["uuid"]:
         identity = {**identity, "uuid": new_uuid()}  # GRUB's core image finds the root by it

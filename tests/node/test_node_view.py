@@ -31,7 +31,7 @@ SETTLE_SECONDS = 2.1
 
 
 def bundled_entries(volume: Path, destination: Path, scratch: Path, **request: object) -> tuple:
-    """Bundle the volume; return (the image's entries by path, the report, the program's stderr)."""
+    """Bundle the volume: (the image's entries by path, the report, the program's stderr, the image)."""
     run = run_node("bundle", bundle_request(volume, destination, **request))
     assert run.returncode == 0, run.stderr
     image = restore_with_openssl(destination, run.result, scratch)
