@@ -155,6 +155,355 @@ LOCAL_FS_TYPES = frozenset(
     {"ext2", "ext3", "ext4", "xfs", "btrfs", "jfs", "reiserfs", "f2fs", "vfat", "msdos", "exfat"}
 )
 
+# ---------------------------------------------------------------------------------------------
+# Image hygiene: what an image others launch (or share) must not carry, and what is reset instead
+# ---------------------------------------------------------------------------------------------
+#
+# Sources: AWS's guidelines for shared Linux AMIs (remove SSH host keys and authorized keys, leave out
+# credentials and shell history), cloud-init's `clean` (instance state, logs, machine-id), systemd's
+# notes on building images (an empty /etc/machine-id, no random seed shared between machines) and the
+# operations of libguestfs' virt-sysprep (histories, DHCP leases, logs, temporary files, user keys).
+# Patterns are image paths matched as fnmatch does (`*` also crosses `/`). Unlike the filter, includes
+# do not override an item: a user keeps one with its own setting, keep_<name> = true.
+
+HYGIENE_LEAVE_OUT = "left out"
+HYGIENE_EMPTY_FILE = "kept as an empty file (same owner and mode)"
+HYGIENE_EMPTY_DIR = "kept as an empty directory (same owner and mode)"
+
+
+class HygieneItem(NamedTuple):
+    """One kind of thing a shared image must not carry: what it matches and what is done with it."""
+
+    name: str  # the setting keep_<name> keeps it
+    patterns: tuple
+    treatment: str  # HYGIENE_LEAVE_OUT, HYGIENE_EMPTY_FILE (regular files only) or HYGIENE_EMPTY_DIR
+    what: str  # for the preview: what it is, and why it goes
+
+
+HYGIENE = (
+    HygieneItem(
+        "ssh_host_keys",
+        ("/etc/ssh/ssh_host_*",),
+        HYGIENE_LEAVE_OUT,
+        "SSH host keys: every instance would share the node's identity (AWS: remove them); new ones "
+        "are made at first boot by cloud-init, the distribution's sshd-keygen, or a unit amidsl adds",
+    ),
+    HygieneItem(
+        "private_keys",
+        (
+            "*/.ssh/id_*",
+            "*/.ssh/*_rsa",
+            "*/.ssh/*_ed25519",
+            "*/.ssh/*_ecdsa",
+            "*/.ssh/*.key",
+            "*/.gnupg",
+            "/etc/ssl/private/*",
+            "/etc/pki/tls/private/*",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "users' SSH and GnuPG private keys and TLS private keys (of any type, whatever their name)",
+    ),
+    HygieneItem(
+        "authorized_keys",
+        ("*/.ssh/authorized_keys*", "*/.ssh/known_hosts*"),
+        HYGIENE_LEAVE_OUT,
+        "authorized and known SSH keys: the builder's logins (AWS: instances get the launch key pair)",
+    ),
+    HygieneItem(
+        "histories",
+        (
+            "*/.*_history",
+            "*/.*hsts",
+            "*/.histfile",
+            "*/.lesshst",
+            "*/.viminfo",
+            "*/.local/share/fish/fish_history",
+            "*/.local/share/recently-used.xbel",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "shell, database, editor and pager histories (AWS: remove shell history)",
+    ),
+    HygieneItem(
+        "credentials",
+        (
+            "*/.aws/credentials",
+            "*/.aws/config",
+            "*/.aws/sso/cache",
+            "*/.docker/config.json",
+            "*/.git-credentials",
+            "*/.config/gh/hosts.yml",
+            "*/.config/gcloud",
+            "*/.azure",
+            "*/.kube/config",
+            "*/.netrc",
+            "*/.pgpass",
+            "*/.my.cnf",
+            "*/.npmrc",
+            "*/.pypirc",
+            "*/.vault-token",
+            "*/.s3cfg",
+            "*/.boto",
+            "*/.terraform.d/credentials.tfrc.json",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "cloud and tool credentials in home directories (AWS: never leave credentials in an image)",
+    ),
+    HygieneItem(
+        "cloud_init_state",
+        (
+            "/var/lib/cloud/instance",
+            "/var/lib/cloud/instances",
+            "/var/lib/cloud/data",
+            "/var/lib/cloud/sem",
+            "/var/lib/cloud/handlers",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "cloud-init's state of this instance (user data, its scripts' outputs), as `cloud-init clean` "
+        "removes it, so that cloud-init runs again on each new instance",
+    ),
+    HygieneItem(
+        "machine_id",
+        ("/etc/machine-id", "/var/lib/dbus/machine-id"),
+        HYGIENE_EMPTY_FILE,
+        "the machine id: an empty /etc/machine-id makes systemd give each instance a new one at boot",
+    ),
+    HygieneItem(
+        "logs",
+        ("/var/log/*",),
+        HYGIENE_EMPTY_FILE,
+        "log files' contents (auth.log, syslog, the journal's files are left out): directories and "
+        "files stay, empty, so that services find them",
+    ),
+    HygieneItem(
+        "journal",
+        ("/var/log/journal/*",),
+        HYGIENE_LEAVE_OUT,
+        "the systemd journal of this machine (an empty journal file would be a corrupt one)",
+    ),
+    HygieneItem(
+        "dhcp_leases",
+        (
+            "/var/lib/dhcp/*",
+            "/var/lib/dhclient/*",
+            "/var/lib/NetworkManager/*.lease",
+            "/var/lib/NetworkManager/*lease*",
+            "/var/lib/systemd/network/*",
+            "/var/lib/wicked/*",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "DHCP leases of this machine's network",
+    ),
+    HygieneItem(
+        "random_seed",
+        ("/var/lib/systemd/random-seed", "/var/lib/urandom/random-seed", "/var/lib/random-seed"),
+        HYGIENE_LEAVE_OUT,
+        "the saved random seed: every instance would start from the same one",
+    ),
+    HygieneItem(
+        "temporary_files",
+        ("/tmp", "/var/tmp"),
+        HYGIENE_EMPTY_DIR,
+        "temporary files: /tmp and /var/tmp stay, empty, with their modes (1777)",
+    ),
+)
+HYGIENE_NAMES = tuple(item.name for item in HYGIENE)
+# Kept by the filter's includes by default: public keys and certificates the filter's *.pem and *.gpg
+# patterns would take, without which the launched system cannot check TLS peers or package signatures.
+DEFAULT_INCLUDES = (
+    "/etc/ssl/certs/*.pem",
+    "/etc/pki/ca-trust/*.pem",
+    "/etc/pki/tls/certs/*.pem",
+    "/usr/share/keyrings/*.gpg",
+    "/etc/apt/trusted.gpg.d/*.gpg",
+    "/etc/apt/keyrings/*.gpg",
+    "/usr/share/pki/*.pem",
+    "*/certifi/cacert.pem",
+    "*/pip/_vendor/certifi/cacert.pem",
+    "*/botocore/cacert.pem",
+)
+
+
+def hygiene_items(keep: Iterable[str]) -> list[HygieneItem]:
+    """The hygiene items to apply: all of them but those named in keep (NodeError for a wrong name)."""
+    kept = set(keep)
+    unknown = sorted(kept - set(HYGIENE_NAMES))
+    if unknown:
+        raise NodeError(f"hygiene keep {unknown} names no item; the items are {', '.join(HYGIENE_NAMES)}")
+    return [item for item in HYGIENE if item.name not in kept]
+
+
+def pattern_matcher(patterns: Iterable[str]) -> Callable[[str], int | None]:
+    """One regular expression for many fnmatch patterns: the index of the first that matches a path."""
+    patterns = list(patterns)
+    if not patterns:
+        return lambda path: None
+    search = re.compile("|".join(f"(?P<p{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))).match
+
+    def first(path: str) -> int | None:
+        found = search(path)
+        if found is None:
+            return None
+        # By name: fnmatch's translation has groups of its own on some Pythons.
+        return next(i for i in range(len(patterns)) if found.group(f"p{i}") is not None)
+
+    return first
+
+
+class HygieneRules:
+    """Which hygiene item, if any, applies to an image path, and how (see HYGIENE)."""
+
+    def __init__(self, items: Iterable[HygieneItem]) -> None:
+        # Leaving out comes first: the journal's files under /var/log go, where other logs are emptied.
+        order = (HYGIENE_LEAVE_OUT, HYGIENE_EMPTY_DIR, HYGIENE_EMPTY_FILE)
+        self.items = sorted(items, key=lambda item: order.index(item.treatment))
+        self._owners = [item for item in self.items for _ in item.patterns]
+        self._match = pattern_matcher(p for item in self.items for p in item.patterns)
+
+    def item_for(self, path: str, st: os.stat_result) -> HygieneItem | None:
+        """The item path falls under, if its treatment applies to this kind of entry."""
+        index = self._match(path)
+        if index is None:
+            return None
+        item = self._owners[index]
+        # Emptying is for regular files (a directory under /var/log is walked, a link to
+        # /etc/machine-id stays a link), keeping empty for directories.
+        if item.treatment == HYGIENE_EMPTY_FILE and not stat.S_ISREG(st.st_mode):
+            return None
+        if item.treatment == HYGIENE_EMPTY_DIR and not stat.S_ISDIR(st.st_mode):
+            return None
+        return item
+
+
+# With its host keys left out, an image whose system makes none at boot would be unreachable over SSH.
+# cloud-init (its ssh module, on each new instance) and the sshd-keygen units of RHEL, Fedora and
+# Amazon Linux make them; elsewhere (Debian or Ubuntu without cloud-init) amidsl adds this unit, which
+# runs `ssh-keygen -A` before the SSH server starts when no host key is there.
+HOST_KEYS_UNIT = "amidsl-ssh-host-keys.service"
+HOST_KEYS_UNIT_TEXT = """[Unit]
+Description=Make the SSH host keys an image built by amidsl leaves out
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service sshd.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+HOST_KEY_GENERATORS = (
+    ("cloud-init", ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg")),
+    (
+        "the distribution's sshd-keygen",
+        tuple(
+            f"{d}/systemd/system/sshd-keygen{u}"
+            for d in ("/usr/lib", "/lib")
+            for u in ("@.service", ".service")
+        ),
+    ),
+)
+# What installs the launch key pair's public key for the login user of a new instance.
+LOGIN_KEY_SOURCES = (
+    ("cloud-init", ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg")),
+    ("EC2 Instance Connect", ("/usr/share/ec2-instance-connect", "/opt/aws/bin/eic_run_authorized_keys")),
+)
+
+
+class AddedFile(NamedTuple):
+    """A file the build adds to the image: text (mode) or, with link, a symbolic link."""
+
+    path: str
+    text: str = ""
+    mode: int = 0o644
+    link: str = ""
+
+
+def _first_found(volume: str, sources: tuple) -> str:
+    """The name of the first source one of whose paths exists in the volume, or ''."""
+    for name, paths in sources:
+        if any(os.path.lexists(volume.rstrip("/") + p) for p in paths):
+            return name
+    return ""
+
+
+def _real_directory(volume: str, path: str) -> bool:
+    """Whether every component of path in the volume is a directory, none a symbolic link."""
+    where = volume.rstrip("/")
+    for part in path.strip("/").split("/"):
+        where += "/" + part
+        try:
+            if not stat.S_ISDIR(os.lstat(where).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def plan_host_keys(volume: str, items: Iterable[HygieneItem]) -> tuple[str, list[AddedFile]]:
+    """How a launched instance gets SSH host keys, and the files to add to the image for it."""
+    if "ssh_host_keys" not in {item.name for item in items}:
+        return "kept from the node (keep_ssh_host_keys): every instance shares them", []
+    if not os.path.lexists(volume.rstrip("/") + "/etc/ssh/sshd_config"):
+        return "no SSH server in the volume: none needed", []
+    found = _first_found(volume, HOST_KEY_GENERATORS)
+    if found:
+        return f"made at first boot by {found}", []
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    if not _real_directory(volume, wants) or not os.path.lexists(volume.rstrip("/") + "/usr/bin/ssh-keygen"):
+        return (
+            "none: the volume has no systemd unit directory or no ssh-keygen, so an instance would have "
+            "no SSH host keys; install cloud-init, or set keep_ssh_host_keys = true",
+            [],
+        )
+    unit = f"/etc/systemd/system/{HOST_KEYS_UNIT}"
+    return (
+        f"made at first boot by {unit}, which amidsl adds (ssh-keygen -A before the SSH server starts)",
+        [AddedFile(unit, HOST_KEYS_UNIT_TEXT), AddedFile(f"{wants}/{HOST_KEYS_UNIT}", link=unit)],
+    )
+
+
+def login_key_source(volume: str, items: Iterable[HygieneItem]) -> str:
+    """How an instance launched from the image gets its login key, or '' when nothing does."""
+    if "authorized_keys" not in {item.name for item in items}:
+        return "the node's own authorized_keys are kept (keep_authorized_keys)"
+    found = _first_found(volume, LOGIN_KEY_SOURCES)
+    return f"{found} installs the launch key pair's public key" if found else ""
+
+
+NO_LOGIN_KEY = (
+    "nothing in the volume installs the launch key pair at boot (no cloud-init, no EC2 Instance "
+    "Connect) and authorized_keys are left out, so no one can log in to an instance launched from "
+    "the image; install cloud-init on the node, or set keep_authorized_keys = true"
+)
+
+
+def add_image_files(root: str, files: Iterable[AddedFile]) -> None:
+    """Write the added files into the tree mke2fs reads (a staging tree or the view's covers)."""
+    for added in files:
+        target = root.rstrip("/") + added.path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)  # one of the node's own, of the same name: replaced
+        if added.link:
+            os.symlink(added.link, target)
+            continue
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as written:
+            written.write(added.text)
+        os.chmod(target, added.mode)
+
+
+def hygiene_report(left_out: Iterable[Skipped], items: Iterable[HygieneItem], shown: int = 5) -> dict:
+    """Per hygiene item applied: its treatment, how many paths it took, and the first of them."""
+    report = {item.name: {"treatment": item.treatment, "count": 0, "paths": []} for item in items}
+    for entry in left_out:
+        if entry.reason in (LEFT_OUT_HYGIENE, LEFT_OUT_EMPTIED) and entry.rule in report:
+            found = report[entry.rule]
+            found["count"] += 1
+            if len(found["paths"]) < shown:
+                found["paths"].append(entry.path)
+    return report
+
+
 # Why something was left out (the controller shows these words to the user).
 LEFT_OUT_ALWAYS = "always-excluded directory"
 LEFT_OUT_FILTER = "filter pattern"
@@ -164,6 +513,9 @@ LEFT_OUT_NON_LOCAL = "non-local mount"
 LEFT_OUT_SOCKET = "socket (its program recreates it at run time)"
 LEFT_OUT_UNREADABLE = "unreadable"
 LEFT_OUT_NEWLINE = "name contains a newline, which debugfs cannot address"
+LEFT_OUT_HYGIENE = "image hygiene"  # the rule is the hygiene item's name
+LEFT_OUT_EMPTIED = "image hygiene: contents left out, kept empty"
+LEFT_OUT_PATTERN = "caller exclusion pattern"
 
 
 class Selected(NamedTuple):
@@ -180,6 +532,15 @@ class Skipped(NamedTuple):
     path: str
     reason: str
     rule: str
+
+
+class Emptied(NamedTuple):
+    """A regular file that goes into the image empty, with its owner, mode and times (see HYGIENE)."""
+
+    path: str
+    source: str
+    st: os.stat_result
+    rule: str  # the hygiene item
 
 
 def image_path_of(*parts: str) -> str:
@@ -219,16 +580,25 @@ def walk_volume(
     no_filter: bool,
     image_id: tuple[int, int] | None = None,
     own_ids: Iterable[tuple[int, int]] = (),
-) -> Iterator[Selected | Skipped]:
-    """Walk source (taken as the image's /), yielding each entry as Selected or Skipped.
+    hygiene: Iterable[HygieneItem] = (),
+    exclude_patterns: Iterable[str] = (),
+) -> Iterator[Selected | Skipped | Emptied]:
+    """Walk source (taken as the image's /), yielding each entry as Selected, Skipped or Emptied.
 
     A directory is yielded before its contents. own_ids are (device, inode) pairs of this
-    build's own files (staging tree, unfinished image), silently passed over.
+    build's own files (staging tree, unfinished image), silently passed over. hygiene: the items of
+    HYGIENE to apply; exclude_patterns: the caller's own fnmatch patterns, which nothing overrides.
     """
     excluded = {image_path_of(e) for e in exclusions}
     included = [image_path_of(i) if i.startswith("/") else i for i in includes]
     own = set(own_ids)
     mounts = non_local_mounts(source)
+    rules = HygieneRules(hygiene)
+    # A directory hygiene keeps empty stays, empty, even when the caller excludes it: the default
+    # destination_dir is /tmp, which the system needs (mode 1777).
+    kept_empty = {p for item in rules.items if item.treatment == HYGIENE_EMPTY_DIR for p in item.patterns}
+    caller_patterns = list(exclude_patterns)
+    caller_pattern = pattern_matcher(caller_patterns)
 
     def filtered_by(path: str) -> str | None:
         # One regular expression first: most paths match no pattern, and 14 fnmatch calls per
@@ -262,7 +632,9 @@ def walk_volume(
             if file_id in own:
                 continue
             pattern = filtered_by(path)
-            if path in excluded:
+            item = rules.item_for(path, st) if rules.items else None
+            caller = caller_pattern(path)
+            if path in excluded and path not in kept_empty:
                 yield Skipped(path, LEFT_OUT_EXCLUSION, path)
             elif file_id == image_id:
                 yield Skipped(path, LEFT_OUT_IMAGE_FILE, path)
@@ -270,6 +642,15 @@ def walk_volume(
                 yield Skipped(path, LEFT_OUT_NEWLINE, repr(child.name))
             elif stat.S_ISSOCK(st.st_mode):
                 yield Skipped(path, LEFT_OUT_SOCKET, path)
+            elif caller is not None:
+                yield Skipped(path, LEFT_OUT_PATTERN, caller_patterns[caller])
+            elif item is not None and item.treatment == HYGIENE_LEAVE_OUT:
+                yield Skipped(path, LEFT_OUT_HYGIENE, item.name)
+            elif item is not None and item.treatment == HYGIENE_EMPTY_FILE:
+                yield Emptied(path, child.path, st, item.name)
+            elif item is not None:  # HYGIENE_EMPTY_DIR
+                yield Selected(path, child.path, st)
+                yield Skipped(path + "/*", LEFT_OUT_HYGIENE, item.name)
             elif pattern is not None:
                 yield Skipped(path, LEFT_OUT_FILTER, pattern)
             else:
@@ -524,6 +905,10 @@ class SizeTally:
         # Files staging would link, by size_class: how many, and their bytes on disk.
         self._linkable: dict[int, list[int]] = {}
 
+    def add_empty(self) -> None:
+        """Count one entry that goes into the image empty (see Emptied)."""
+        self._entries += 1
+
     def add(self, st: os.stat_result) -> None:
         """Count one selected entry, by its lstat."""
         self._entries += 1
@@ -564,6 +949,8 @@ def measure_selection(
     for entry in entries:
         if isinstance(entry, Selected):
             tally.add(entry.st)
+        elif isinstance(entry, Emptied):
+            tally.add_empty()
     return tally.size(links)
 
 
@@ -659,8 +1046,14 @@ def stage_entry(
         first_copy[key] = target
 
 
+def make_empty_file(target: str, entry: Emptied) -> None:
+    """Create target as an empty regular file with the owner, mode and times of entry's file."""
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    _set_owner_mode_times(target, entry.st, entry.source)
+
+
 def stage_volume(
-    entries: Iterable[Selected | Skipped],
+    entries: Iterable[Selected | Skipped | Emptied],
     staging: str,
     left_out: list,
     tally: SizeTally | None = None,
@@ -679,6 +1072,13 @@ def stage_volume(
         if any(entry.path.startswith(d + "/") for d in failed_dirs):
             continue
         target = staging + entry.path  # entry.path is absolute and normalised
+        if isinstance(entry, Emptied):
+            left_out.append(Skipped(entry.path, LEFT_OUT_EMPTIED, entry.rule))
+            make_empty_file(target, entry)
+            if tally is not None:
+                tally.add_empty()
+            staged += 1
+            continue
         try:
             stage_entry(entry, target, staging_dev, first_copy, copy_up_to)
         except FileNotFoundError:
@@ -813,11 +1213,15 @@ def _depth(path: str) -> int:
 
 
 def _mounts_of(shadow: Shadow) -> int:
-    return 1 + sum(1 for c in shadow.children if stat.S_ISDIR(c.st.st_mode) or stat.S_ISREG(c.st.st_mode))
+    return 1 + sum(
+        1
+        for c in shadow.children
+        if isinstance(c, Selected) and (stat.S_ISDIR(c.st.st_mode) or stat.S_ISREG(c.st.st_mode))
+    )
 
 
 def plan_view(
-    entries: Iterable[Selected | Skipped],
+    entries: Iterable[Selected | Skipped | Emptied],
     volume: str,
     tally: SizeTally,
     frozen: Iterable[str] = (),
@@ -876,6 +1280,12 @@ def plan_view(
         if isinstance(entry, Skipped):
             left_out.append(entry)
             state["left"] = True
+            continue
+        if isinstance(entry, Emptied):
+            left_out.append(Skipped(entry.path, LEFT_OUT_EMPTIED, entry.rule))
+            state["left"] = True  # the directory is covered: the empty file is made in the cover
+            tally.add_empty()
+            batch.append(entry)
             continue
         tally.add(entry.st)
         batch.append(entry)
@@ -936,7 +1346,9 @@ def _cover(libc: Any, shadow: Shadow, target: str) -> None:
     _mount(libc, "tmpfs", target, "tmpfs", 0, "mode=0700")
     for child in shadow.children:
         path = os.path.join(target, posixpath.basename(child.path))
-        if stat.S_ISDIR(child.st.st_mode):
+        if isinstance(child, Emptied):
+            make_empty_file(path, child)
+        elif stat.S_ISDIR(child.st.st_mode):
             os.mkdir(path, 0o700)
             _bind_read_only(libc, child, path)
         elif stat.S_ISREG(child.st.st_mode):
@@ -1061,6 +1473,12 @@ def add_grub_modules(grub: Grub, root: str, size: VolumeSize) -> VolumeSize:
     return size._replace(allocated=size.allocated + added.allocated, entries=size.entries + added.entries)
 
 
+def with_added_files(root: str, added: list[AddedFile], size: VolumeSize) -> VolumeSize:
+    """Write the added files under root (see add_image_files); return size with them counted."""
+    add_image_files(root, added)
+    return size._replace(entries=size.entries + len(added))
+
+
 def image_through_view(
     volume: str,
     image: str,
@@ -1070,6 +1488,7 @@ def image_through_view(
     volume_fs: dict,
     grub: Grub | None,
     ahead: DeflatedAhead | None,
+    added: Iterable[AddedFile] = (),
 ) -> ImageBuild | None:
     """Make the image from a private view of the volume (see plan_view); None if that cannot be done.
 
@@ -1083,6 +1502,7 @@ def image_through_view(
             say(f"showing mke2fs the volume {volume} through a private view ({view.mounts} mounts)")
             mount_view(mount_point, volume, view)
             size = add_grub_modules(grub, mount_point, view.size) if grub is not None else view.size
+            size = with_added_files(mount_point, added, size)
         except OSError as exc:
             say(f"amidsl-node: the volume cannot be shown through mounts ({exc}); staging a tree instead")
             return None
@@ -1121,6 +1541,9 @@ def build_image(
     ahead: DeflatedAhead | None = None,
     copy_up_to: int = -1,
     view: VolumeView | None = None,
+    hygiene: Iterable[HygieneItem] = (),
+    exclude_patterns: Iterable[str] = (),
+    added: Iterable[AddedFile] = (),
 ) -> ImageBuild:
     """Make an ext4 image file of the volume, without mounting anything of the node's.
 
@@ -1129,11 +1552,14 @@ def build_image(
     the gap after it, and the filesystem as the one partition, at PARTITION_START (volume_fs must
     then carry a UUID). ahead, if given, deflates what mke2fs has written while it runs. Files of at
     most copy_up_to bytes are copied into the staging tree rather than linked (see STAGING_LINKS).
+    hygiene and exclude_patterns are as walk_volume takes them (the view was planned with the same);
+    added: files the build adds to the image (their parents must be real directories in the volume).
     """
     cleanup.add(image)
+    added = list(added)
     if view is not None:
         built = image_through_view(
-            volume, image, view, size_mb=size_mb, volume_fs=volume_fs, grub=grub, ahead=ahead
+            volume, image, view, size_mb=size_mb, volume_fs=volume_fs, grub=grub, ahead=ahead, added=added
         )
         if built is not None:
             return built
@@ -1146,12 +1572,21 @@ def build_image(
     left_out: list = []
     try:
         say(f"staging the volume {volume} in {staging}")
-        selection = walk_volume(volume, exclusions, includes, no_filter, own_ids=own)
+        selection = walk_volume(
+            volume,
+            exclusions,
+            includes,
+            no_filter,
+            own_ids=own,
+            hygiene=hygiene,
+            exclude_patterns=exclude_patterns,
+        )
         tally = SizeTally(-1)
         stage_volume(selection, staging, left_out, tally, copy_up_to)
         size = tally.size()
         if grub is not None:
             size = add_grub_modules(grub, staging, size)
+        size = with_added_files(staging, added, size)
         _set_owner_mode_times(staging, os.lstat(volume), volume)
         staged = moment()
         wanted = make_image(staging, image, volume, size_mb, size, volume_fs, grub, ahead)
@@ -2339,14 +2774,20 @@ def command_check(request: dict) -> dict:
     destination = _directory(request, "destination_dir")
     virtualization_type = _virtualization_type(request)
     exclusions = _field(request, "exclude", list, [])
+    items = hygiene_items(_field(request, "hygiene_keep", list, []))
+    exclude_patterns = _field(request, "exclude_patterns", list, [])
+    includes = _field(request, "includes", list, list(DEFAULT_INCLUDES))
     _, soname = load_libcrypto()
     mke2fs = mke2fs_version()
-    selection = walk_volume(volume, exclusions, (), False)
+    selection = walk_volume(
+        volume, exclusions, includes, False, hygiene=items, exclude_patterns=exclude_patterns
+    )
     staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
     # Counted as bundle counts it (small files copied past STAGING_LINKS), so that check refuses
     # whatever space bundle would.
     size = measure_selection(selection, staging_dev, STAGING_LINKS)
     identity, grub, warnings = check_boot(volume, virtualization_type, size)
+    host_keys, login, hygiene_warnings = check_hygiene(volume, items)
     check_free_space(volume, destination, size, staging_dev)
     return {
         "python": ".".join(str(n) for n in sys.version_info[:3]),
@@ -2357,8 +2798,24 @@ def command_check(request: dict) -> dict:
         "volume_fs": identity,
         "virtualization_type": virtualization_type,
         "grub": grub.version if grub else None,
-        "warnings": warnings,
+        "warnings": warnings + hygiene_warnings,
+        "host_keys": host_keys[0],
+        "login_key": login,
     }
+
+
+def check_hygiene(
+    volume: str, items: list[HygieneItem]
+) -> tuple[tuple[str, list[AddedFile]], str, list[str]]:
+    """How instances get SSH host keys (and files to add for it), their login key, and warnings."""
+    host_keys = plan_host_keys(volume, items)
+    login = login_key_source(volume, items)
+    warnings = [] if login else [NO_LOGIN_KEY]
+    if host_keys[0].startswith("none"):
+        warnings.append(f"SSH host keys: {host_keys[0]}")
+    for warning in warnings:
+        say(f"amidsl-node: warning: {warning}")
+    return host_keys, login, warnings
 
 
 def _prefix(request: dict) -> str:
@@ -2391,8 +2848,10 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             f"or stop it (kill -INT {pid}), then bundle again"
         )
     exclusions = _field(request, "exclude", list, [])
-    includes = _field(request, "includes", list, [])
+    includes = _field(request, "includes", list, list(DEFAULT_INCLUDES))
     no_filter = not _field(request, "filter", bool, True)
+    items = hygiene_items(_field(request, "hygiene_keep", list, []))
+    exclude_patterns = _field(request, "exclude_patterns", list, [])
     size_mb = request.get("image_size_mb")
     if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= MAX_IMAGE_MB):
         raise NodeError(f"image_size_mb is {size_mb!r}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
@@ -2416,7 +2875,10 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     # Check the space before doing anything (a metadata-only walk, which also plans the view: only
     # root may mount).
     staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
-    selection = walk_volume(volume, exclusions, includes, no_filter)
+    selection = walk_volume(
+        volume, exclusions, includes, no_filter, hygiene=items, exclude_patterns=exclude_patterns
+    )
+    host_keys, login, hygiene_warnings = check_hygiene(volume, items)
     view: VolumeView | None = None
     if staging == "auto" and os.geteuid() == 0:
         tally = SizeTally(staging_dev)
@@ -2426,9 +2888,8 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             tally,
             # What this run makes in destination_dir must not show through the view.
             frozen=[p for p in [path_in_volume(destination, volume)] if p],
-            replaced=[image_path_of(grub_prefix(volume), GRUB_PLATFORM)]
-            if virtualization_type == HVM
-            else [],
+            replaced=[f.path for f in host_keys[1]]
+            + ([image_path_of(grub_prefix(volume), GRUB_PLATFORM)] if virtualization_type == HVM else []),
         )
         # Counted for a staging tree (the fallback), which may need more room than the view.
         size = tally.size(STAGING_LINKS)
@@ -2461,6 +2922,9 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         ahead=ahead,
         copy_up_to=size.copy_up_to,
         view=view,
+        hygiene=items,
+        exclude_patterns=exclude_patterns,
+        added=host_keys[1],
     )
     encryptor = Aes128Cbc(lib, key, iv)
     try:
@@ -2502,8 +2966,12 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         "volume_fs": volume_fs,
         "virtualization_type": virtualization_type,
         "grub": grub.version if grub else None,
-        "warnings": warnings,
+        "warnings": warnings + hygiene_warnings,
         "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
+        "hygiene": hygiene_report(built.left_out, items),
+        "host_keys": host_keys[0],
+        "login_key": login,
+        "added": [f.path for f in host_keys[1]],
         "seconds": wall,
         "cpu_seconds": cpu,
         "deflated_ahead": {"made": ahead.made, "used": ahead.used},
