@@ -2810,7 +2810,8 @@ def check_hygiene(
     """How instances get SSH host keys (and files to add for it), their login key, and warnings."""
     host_keys = plan_host_keys(volume, items)
     login = login_key_source(volume, items)
-    warnings = [] if login else [NO_LOGIN_KEY]
+    has_sshd = os.path.lexists(volume.rstrip("/") + "/etc/ssh/sshd_config")
+    warnings = [] if login or not has_sshd else [NO_LOGIN_KEY]
     if host_keys[0].startswith("none"):
         warnings.append(f"SSH host keys: {host_keys[0]}")
     for warning in warnings:

@@ -111,7 +111,8 @@ def test_exclusions_and_the_filter_switch_are_honoured(volume, destination, tmp_
     paths = {e.path for e in list_image(restore_with_openssl(destination, run.result, tmp_path / "r"))}
     assert "/var" in paths
     assert "/var/cache" not in paths and "/etc/hostname" not in paths
-    assert "/home/alice/.ssh/authorized_keys" in paths  # no filter
+    assert "/home/alice/server.pem" in paths  # no filter
+    assert "/home/alice/.ssh/authorized_keys" not in paths  # hygiene is not the filter: it still applies
     assert ["/var/cache", "caller exclusion"] in run.result["left_out"]
 
 
