@@ -20,6 +20,7 @@ from amidsl.actions import (
     UpdateSettings,
     WaitForImage,
 )
+from amidsl.hygiene import sharing_warning
 from amidsl.settings import AmiSettings
 from amidsl.tags import BUILT_BY_TAG, BUILT_BY_VALUE
 
@@ -149,6 +150,7 @@ def ami_register(s: AmiSettings) -> list[Action | PlanWarning]:
                 "public access for AMIs), that step fails: `amidsl validate --live` checks it"
             )
         )
+    actions += sharing_warning(s)
     if s.bundle_tags:
         manifest_key = s.s3_manifest_path.split("/", 1)[1]
         actions.append(TagBundle(s.s3_bucket, manifest_key, s.region, s.bundle_tags))

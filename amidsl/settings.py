@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from amidsl.example import example_credentials
+from amidsl.node.amidsl_node import DEFAULT_INCLUDES, HYGIENE_NAMES
 from amidsl.secrets import Secret
 from amidsl.tags import BUILT_BY_TAG
 
@@ -207,6 +208,11 @@ class AmiSettings:
     sriov_net_support: str | None = None
     force_deregister: bool = False
     image_wait_seconds: int = DEFAULT_IMAGE_WAIT_SECONDS
+    # What goes into the image beyond exclusions: the filter's includes (the user's after the built-in
+    # ones), the user's own exclusion patterns, and the image hygiene items kept (keep_<item> = true).
+    includes: tuple[str, ...] = DEFAULT_INCLUDES
+    exclude_patterns: tuple[str, ...] = ()
+    hygiene_keep: tuple[str, ...] = ()
 
     @property
     def tools_dir(self) -> str:
@@ -245,9 +251,15 @@ class SettingsError(ValueError):
         super().__init__("\n".join(lines))
 
 
-SETTING_NAMES = (*tuple(f.name for f in dataclasses.fields(AmiSettings)), "extra_exclusions")
+# One setting per image hygiene item keeps it: keep_ssh_host_keys = true, ...
+HYGIENE_KEEP_KEYS = tuple(f"keep_{name}" for name in HYGIENE_NAMES)
+SETTING_NAMES = (
+    *tuple(f.name for f in dataclasses.fields(AmiSettings)),
+    "extra_exclusions",
+    *HYGIENE_KEEP_KEYS,
+)
 # Derived from other settings, never given by a user.
-_DERIVED = {"certificate_pem", "private_key_pem", "ec2_certificate_pem"}
+_DERIVED = {"certificate_pem", "private_key_pem", "ec2_certificate_pem", "hygiene_keep"}
 USER_KEYS = tuple(sorted(set(SETTING_NAMES) - _DERIVED))
 
 
@@ -820,6 +832,7 @@ class _Checker:
         cert_pem = self.check_credentials(key_pem, cert_pem)
 
         publishing = self.publishing(region, user_id, virtualization_type)
+        selection = self.selection()
 
         if self.problems:
             return None
@@ -869,6 +882,7 @@ class _Checker:
             upload_credentials=upload_credentials,
             upload_concurrency=upload_concurrency,
             **publishing,
+            **selection,
         )
 
     def check_region(self, name: str, region: str) -> bool:
@@ -1016,6 +1030,32 @@ class _Checker:
                 'remove install_ruby, or set install_strategy = "none"',
             )
         return strategy
+
+    def pattern_list(self, name: str) -> tuple[str, ...]:
+        """Paths or fnmatch patterns in the image: absolute, or starting with `*`."""
+        patterns = []
+        for entry in self.text_list(name):
+            if not entry.startswith(("/", "*")) or "\n" in entry or "\0" in entry or "," in entry:
+                self.problem(
+                    name,
+                    f"entry {entry!r} is not a path or pattern in the image",
+                    "write absolute paths or patterns such as '/etc/ssl/certs/*.pem' or '*/.env' "
+                    "(no commas or line breaks)",
+                )
+                continue
+            patterns.append(entry)
+        return tuple(patterns)
+
+    def selection(self) -> dict[str, Any]:
+        """includes (after the built-in ones), exclude_patterns, and the hygiene items kept."""
+        includes = tuple(dict.fromkeys(DEFAULT_INCLUDES + self.pattern_list("includes")))
+        pairs = zip(HYGIENE_NAMES, HYGIENE_KEEP_KEYS, strict=True)
+        keep = tuple(name for name, key in pairs if self.flag(key, False))
+        return {
+            "includes": includes,
+            "exclude_patterns": self.pattern_list("exclude_patterns"),
+            "hygiene_keep": keep,
+        }
 
     def path_list(self, name: str) -> list[str]:
         paths = []

@@ -21,7 +21,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,8 @@ class ImageInspection:
     entries: tuple[ImageEntry, ...]
     left_out: tuple[LeftOut, ...]
     layout: tuple[str, ...] = ()  # partition table and boot loader, in words
+    # The node program's image hygiene report (native builds): items, host_keys, login_key, added.
+    hygiene: dict = field(default_factory=dict)
 
     def paths(self) -> set[str]:
         """Every path in the image."""
@@ -259,6 +261,12 @@ class SimulatorBackend:
         left_out = tuple(LeftOut(path, Reason(reason), path) for path, reason in report.get("left_out", []))
         image = self.node.host_path(f"{self.settings.destination_dir}/{report['prefix']}")
         self.node.last_bundle_report = ImageReport(image, 0, 0, left_out)
+        self.node.last_hygiene = {
+            "items": report.get("hygiene", {}),
+            "host_keys": report.get("host_keys", ""),
+            "login_key": report.get("login_key", ""),
+            "added": report.get("added", []),
+        }
 
     def run_node_actions(
         self, phase: str, actions: Sequence[tuple[int, Action]], values: dict[str, str]
@@ -472,7 +480,14 @@ class Simulation:
         )
         entries = tuple(list_image(restored))
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
-        return ImageInspection(image_id, manifest, entries, tuple(left_out), tuple(describe_layout(restored)))
+        return ImageInspection(
+            image_id,
+            manifest,
+            entries,
+            tuple(left_out),
+            tuple(describe_layout(restored)),
+            self.node.last_hygiene,
+        )
 
     def discard_downloads(self) -> None:
         """Delete what inspect_image downloaded and unpacked."""

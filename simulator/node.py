@@ -107,6 +107,8 @@ class FakeNode:
     running: bool = True
     region: Any = None  # the FakeRegion the node's AWS calls reach (ec2-upload-bundle)
     last_bundle_report: Any = None  # what the last ec2-bundle-vol left out of the image, and why
+    # What the node program's image hygiene did: per item, and how instances get host and login keys.
+    last_hygiene: dict = field(default_factory=dict)
     progress: Progress = field(
         default_factory=Progress
     )  # commands (verbose) and byte transfers, as the user asked

@@ -9,7 +9,10 @@ JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added):
      "image": null or {"summary": {"entries": int, "files": int, "file_bytes": int, "parts": int},
                        "entries": [{"path", "type", "mode", "uid", "gid", "size", "inode", "target"}]
                                   (only with --inspect),
-                       "left_out": [{"path": str, "reason": str, "rule": str}]}}
+                       "left_out": [{"path": str, "reason": str, "rule": str}],
+                       "hygiene": null (ami-tools) or {"items": {name: {"treatment": str, "count": int,
+                                  "paths": [str] (the first five)}}, "host_keys": str,
+                                  "login_key": str ("" when nothing installs one), "added": [path]}}}
 """
 
 from __future__ import annotations
@@ -223,6 +226,20 @@ def summarise(inspection: ImageInspection, list_all: bool) -> list[str]:
         by_reason[str(left.reason)].append(f"{left.path}{detail}")
     lines.append("left out of the image:")
     lines += [f"  {reason}: {', '.join(paths)}" for reason, paths in sorted(by_reason.items())]
+    return lines + hygiene_lines(inspection.hygiene)
+
+
+def hygiene_lines(hygiene: dict) -> list[str]:
+    """What image hygiene found and did, item by item, and how instances get host and login keys."""
+    if not hygiene:
+        return []
+    lines = ["image hygiene:"]
+    for name, item in hygiene["items"].items():
+        found = f"{item['count']}: {', '.join(item['paths'])}" if item["count"] else "none found"
+        more = ", ..." if item["count"] > len(item["paths"]) else ""
+        lines.append(f"  {name} ({item['treatment']}): {found}{more}")
+    lines.append(f"  SSH host keys: {hygiene['host_keys']}")
+    lines.append(f"  login key: {hygiene['login_key'] or 'WARNING: nothing installs one'}")
     return lines
 
 
@@ -244,6 +261,7 @@ def as_json(
             "left_out": [
                 {"path": x.path, "reason": str(x.reason), "rule": x.rule} for x in inspection.left_out
             ],
+            "hygiene": inspection.hygiene or None,
         }
         if list_all:
             image["entries"] = [entry.__dict__ for entry in inspection.entries]

@@ -252,10 +252,22 @@ def bundle_vol_argv(s: AmiSettings) -> tuple[Value, ...]:
     return tuple(argv)
 
 
-def ami_bundle(s: AmiSettings) -> list[Action]:
+AMI_TOOLS_HYGIENE = (
+    "WARNING: ec2-bundle-vol does not apply amidsl's image hygiene: its -e takes only paths that exist "
+    "(checked as it starts) and it cannot empty a file or make host keys at first boot, so only its own "
+    "filter (*.pem, *id_rsa*, */.ssh/authorized_keys, */.bash_history, ...) and the exclusions apply. "
+    "SSH host keys, other private keys and histories, credentials, cloud-init state, machine-id, logs "
+    "and /var/tmp stay in the image, and includes and exclude_patterns are not used (its filter also "
+    "drops the CA certificates' .pem links and the *.gpg keyrings apt checks with). For an image "
+    'others launch, use bundler = "native", or list the directories to leave out in extra_exclusions'
+)
+
+
+def ami_bundle(s: AmiSettings) -> list[Action | PlanWarning]:
     """Bundle the node's volume into destination_dir, excluding everything amidsl put there."""
     remove_image = Remove(image_file(s), description="remove the image file ec2-bundle-vol leaves behind")
     return [
+        PlanWarning(AMI_TOOLS_HYGIENE),
         Exec(
             ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
         ),

@@ -24,6 +24,7 @@ from amidsl.actions import (
     SignManifest,
     UploadManifest,
 )
+from amidsl.hygiene import hygiene_notes
 from amidsl.node import program_sha256, program_source
 from amidsl.register import ami_register, instance_types_note
 from amidsl.settings import AmiSettings
@@ -141,6 +142,7 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
                 ("volume", s.volume),
                 ("destination_dir", s.destination_dir),
                 ("exclude", image_exclusions(s)),
+                *selection_request(s),
                 ("virtualization_type", s.virtualization_type or "paravirtual"),
             ),
             result_name="node_check",
@@ -162,12 +164,21 @@ def _make_destination(s: AmiSettings) -> Exec:
     )
 
 
+def selection_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
+    """What the node program needs besides exclusions to select what goes into the image."""
+    return (
+        ("includes", list(s.includes)),
+        ("exclude_patterns", list(s.exclude_patterns)),
+        ("hygiene_keep", list(s.hygiene_keep)),
+    )
+
+
 def bundle_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     """The node program's bundle request; key and IV are filled in by the controller at run time."""
     return (
         ("volume", s.volume),
         ("exclude", image_exclusions(s)),
-        ("includes", []),
+        *selection_request(s),
         ("filter", True),
         ("destination_dir", s.destination_dir),
         ("prefix", s.prefix),
@@ -180,9 +191,10 @@ def bundle_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     )
 
 
-def ami_bundle(s: AmiSettings) -> list[Action]:
+def ami_bundle(s: AmiSettings) -> list[Action | PlanWarning]:
     """Image and bundle the volume on the node with a controller-made key; sign the manifest here."""
     return [
+        *hygiene_notes(s, "the node program applies it as it images the volume"),
         _make_destination(s),
         MakeBundleKey(),
         NodeProgram(
@@ -271,7 +283,9 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
         (
             "stays in the image",
             "nothing amidsl brings: no package is installed; install_dir, destination_dir "
-            "and amidsl's state dir are excluded",
+            "and amidsl's state dir are excluded; image hygiene leaves out the node's keys, histories, "
+            "credentials and machine identity (see ami-bundle), and adds a first-boot unit that makes "
+            "SSH host keys where nothing in the volume would",
         ),
         ("the node needs", node_needs(s)),
         ("instance types", instance_types_note(s)),

@@ -178,7 +178,7 @@ def test_the_report_says_per_item_what_was_done(tmp_path):
 
 def test_ssh_host_keys_are_made_at_first_boot_by_a_unit_amidsl_adds_where_nothing_else_would(tmp_path):
     volume = realistic_volume(tmp_path / "volume")
-    entries, report, image = bundled(volume, tmp_path, "view")
+    entries, report, _ = bundled(volume, tmp_path, "view")
     unit = f"/etc/systemd/system/{node.HOST_KEYS_UNIT}"
     assert report["added"] == [unit, f"/etc/systemd/system/multi-user.target.wants/{node.HOST_KEYS_UNIT}"]
     assert entries[f"/etc/systemd/system/multi-user.target.wants/{node.HOST_KEYS_UNIT}"].target == unit
@@ -221,9 +221,7 @@ def test_exclude_patterns_leave_out_what_they_match_even_when_included(tmp_path)
     volume = realistic_volume(tmp_path / "volume")
     (volume / "srv").mkdir()
     (volume / "srv/app.env").write_text("TOKEN=x\n")
-    entries, report, _ = bundled(
-        volume, tmp_path, "view", exclude_patterns=["*.env", "/etc/ssl/certs/*.pem"]
-    )
+    entries, report, _ = bundled(volume, tmp_path, "view", exclude_patterns=["*.env", "/etc/ssl/certs/*.pem"])
     assert "/srv/app.env" not in entries
     assert f"/etc/ssl/certs/{CA_NAME}.pem" not in entries
     assert dict(report["left_out"])["/srv/app.env"] == node.LEFT_OUT_PATTERN
