@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amidsl.node.amidsl_node import DEFAULT_INCLUDES
 from amidsl.secrets import Secret
 from amidsl.settings import NODE_STATE_DIR, SettingsError, load_toml, resolve
 from tests.conftest import make_key_and_cert
@@ -536,3 +537,38 @@ def test_an_upload_concurrency_that_is_not_1_to_64_parts_names_the_setting(raw_s
 def test_upload_concurrency_is_4_parts_unless_set(raw_settings):
     assert resolve(raw_settings | {"bundler": "native"}).upload_concurrency == 4
     assert resolve(raw_settings | {"bundler": "native", "upload_concurrency": 16}).upload_concurrency == 16
+
+
+# -- image hygiene and the filter ---------------------------------------------------------------
+
+
+def test_includes_keep_the_ca_certificates_and_keyrings_and_add_the_users(raw_settings):
+    s = resolve(raw_settings | {"includes": ["/opt/app/certs/*.pem"]})
+    assert s.includes[: len(DEFAULT_INCLUDES)] == DEFAULT_INCLUDES
+    assert "/etc/ssl/certs/*.pem" in s.includes and "/usr/share/keyrings/*.gpg" in s.includes
+    assert s.includes[-1] == "/opt/app/certs/*.pem"
+
+
+def test_every_hygiene_item_applies_unless_kept_by_its_own_setting(raw_settings):
+    assert resolve(raw_settings).hygiene_keep == ()
+    s = resolve(raw_settings | {"keep_ssh_host_keys": True, "keep_logs": False, "keep_machine_id": True})
+    assert s.hygiene_keep == ("ssh_host_keys", "machine_id")
+
+
+def test_a_mistyped_keep_setting_is_an_unknown_key_with_a_suggestion(raw_settings):
+    [problem] = problems_of(raw_settings | {"keep_ssh_hostkeys": True})
+    assert "keep_ssh_hostkeys" in problem and "keep_ssh_host_keys" in problem
+
+
+def test_a_keep_setting_must_be_true_or_false(raw_settings):
+    assert the_problem(raw_settings | {"keep_histories": "yes"}, "keep_histories") == (
+        "keep_histories: must be true or false, got 'yes'. Fix: write keep_histories = true or false."
+    )
+
+
+def test_includes_and_exclude_patterns_must_be_paths_or_patterns_in_the_image(raw_settings):
+    problem = the_problem(raw_settings | {"exclude_patterns": ["*.env", "relative/path"]}, "exclude_patterns")
+    assert "'relative/path' is not a path or pattern in the image" in problem
+    assert the_problem(raw_settings | {"includes": ["/a,/b"]}, "includes").startswith(
+        "includes: entry '/a,/b'"
+    )

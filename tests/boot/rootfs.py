@@ -21,7 +21,17 @@ from pathlib import Path
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("AMIDSL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ("linux-image-amd64", "grub-pc", "systemd-sysv", "udev", "kmod")
+# openssh-server: its host keys (made as it installs) are what image hygiene must replace;
+# ca-certificates: the hashed links the filter's *.pem pattern used to leave dangling.
+PACKAGES = (
+    "linux-image-amd64",
+    "grub-pc",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "openssh-server",
+    "ca-certificates",
+)
 ROOT_UUID = "3f1c9a52-7d1e-4b0a-9c63-a5d0b1e2c4f7"
 MARKER = "AMIDSL-BOOT-MARKER"
 # What the marker unit looks for in the booted system (the test puts files there before building).
@@ -43,11 +53,26 @@ menuentry "Debian" {{
 }}
 """
 
-MARKER_LINE = f"{MARKER} tools=$(state {TOOLS_DIR}) credentials=$(state {CREDENTIAL_DIR}) kept=$kept"
+# Secrets the test plants in the node's tree; none may reach the booted image.
+PLANTED_SECRETS = ("/root/.ssh/id_ed25519", "/root/.bash_history", "/root/.aws/credentials", "/var/tmp/notes")
+MARKER_LINE = (
+    f"{MARKER} tools=$(state {TOOLS_DIR}) credentials=$(state {CREDENTIAL_DIR}) kept=$kept "
+    "sshd=$sshd hostkey=$hostkey machineid=$machineid secrets=$secrets keyring=$keyring tmp=$tmp "
+    "certs=$certs dangling=$dangling"
+)
 MARKER_SCRIPT = f"""#!/bin/sh
 # Prints what the boot test checks to the serial console, then powers the machine off.
 state() {{ if [ -e "$1" ]; then echo present; else echo absent; fi; }}
 kept=$(cat {KEPT_FILE} 2>/dev/null || echo missing)
+sshd=$(systemctl is-active ssh.service)
+hostkey=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null | cut -d' ' -f2)
+machineid=$(cat /etc/machine-id)
+secrets=absent
+for planted in {" ".join(PLANTED_SECRETS)}; do [ -e "$planted" ] && secrets="present:$planted"; done
+keyring=$(state /usr/share/keyrings/debian-archive-keyring.gpg)
+tmp=$(stat -c %a /tmp)
+certs=$(find /etc/ssl/certs -name '*.pem' | wc -l)
+dangling=$(find /etc/ssl/certs -xtype l | wc -l)
 # A line of its own: the serial getty's login prompt may be on the console, without a line break.
 printf '\n%s\n' "{MARKER_LINE}" > /dev/ttyS0
 systemctl --no-block poweroff

@@ -23,6 +23,7 @@ from tests.boot import rootfs
 from tests.live.node_settings import build_over_ssh, build_settings, download_and_verify
 
 QEMU = "qemu-system-x86_64"
+NODE_MACHINE_ID = "0123456789abcdef0123456789abcdef"
 BOOT_TIMEOUT = 240  # seconds; a TCG boot of this tree takes about a minute on 2 busy cores
 
 
@@ -55,8 +56,21 @@ def marked_tree(debian_tree: Path, tmp_path: Path):
     (checked / "credentials").mkdir(parents=True)
     (checked / "kept.txt").write_text(token + "\n")
     (checked / "credentials" / "pk").write_text("a signing key that must stay out of the image\n")
+    for planted in rootfs.PLANTED_SECRETS:
+        path = tree / planted.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"a builder's secret {token}\n")
+    # A machine id of the node's own (a new file: the tree's may be a hard link into the cache).
+    (tree / "etc/machine-id").unlink(missing_ok=True)
+    (tree / "etc/machine-id").write_text(NODE_MACHINE_ID + "\n")
     yield tree, token
     shutil.rmtree(tree, ignore_errors=True)
+
+
+def host_key_fingerprint(public_key: Path) -> str:
+    """The SHA256 fingerprint of an SSH public key, as ssh-keygen -l prints it."""
+    done = subprocess.run(["ssh-keygen", "-lf", str(public_key)], capture_output=True, text=True, check=True)
+    return done.stdout.split()[1]
 
 
 def boot(disk: Path, serial: Path) -> subprocess.CompletedProcess:
@@ -70,6 +84,7 @@ def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     node, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, marked_tree, tmp_path
 ):
     tree, token = marked_tree
+    node_host_key = host_key_fingerprint(tree / "etc/ssh/ssh_host_ed25519_key.pub")
     config = build_settings(tmp_path, node, fake_tools, credentials, "root", aws_endpoint)
     config["ami"] |= {
         "bundler": "native",
@@ -127,9 +142,18 @@ def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     )
     print(last_lines)
     assert booted.returncode == 0, booted.stderr
-    marker = re.search(rf"{rootfs.MARKER} tools=\S+ credentials=\S+ kept=\S+", console)
+    marker = re.search(rf"{rootfs.MARKER} .*", console)
     seen = [line for line in console.splitlines() if "AMIDSL" in line]
     assert marker is not None, f"no end-of-boot marker on the console ({seen}); its last lines:\n{last_lines}"
     print(marker.group(0))
-    assert marker.group(0) == f"{rootfs.MARKER} tools=absent credentials=absent kept={token}"
+    facts = dict(field.split("=", 1) for field in marker.group(0).split()[1:])
+    assert (facts["tools"], facts["credentials"], facts["kept"]) == ("absent", "absent", token)
+    # Image hygiene: the instance made its own SSH host keys and machine id, and runs sshd with them;
+    # the builder's secrets are gone; package keyrings, CA certificates (no dangling link) and /tmp work.
+    assert facts["sshd"] == "active"
+    assert facts["hostkey"].startswith("SHA256:") and facts["hostkey"] != node_host_key
+    assert re.fullmatch(r"[0-9a-f]{32}", facts["machineid"]) and facts["machineid"] != NODE_MACHINE_ID
+    assert facts["secrets"] == "absent"
+    assert (facts["keyring"], facts["tmp"], facts["dangling"]) == ("present", "1777", "0")
+    assert int(facts["certs"]) > 100
     assert "reboot: Power down" in console
