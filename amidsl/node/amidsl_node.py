@@ -338,10 +338,15 @@ def pattern_matcher(patterns: Iterable[str]) -> Callable[[str], int | None]:
     if not patterns:
         return lambda path: None
     search = re.compile("|".join(f"(?P<p{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))).match
+    # A path a pattern matches holds the pattern's longest literal piece: searching for those pieces
+    # first is many times faster than the patterns' `.*`s, and few paths hold one. A pattern with `?`
+    # or a character set has no piece known to be literal: then every path is matched in full.
+    pieces = [max(p.split("*"), key=len) if not re.search(r"[?\[]", p) else "" for p in patterns]
+    holds_a_piece = re.compile("|".join(re.escape(piece) for piece in pieces)).search
 
     def first(path: str) -> int | None:
-        found = search(path)
-        if found is None:
+        found = holds_a_piece(path) and search(path)
+        if not found:
             return None
         # By name: fnmatch's translation has groups of its own on some Pythons.
         return next(i for i in range(len(patterns)) if found.group(f"p{i}") is not None)

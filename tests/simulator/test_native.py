@@ -22,11 +22,12 @@ def test_a_native_build_registers_an_image_the_strict_region_accepts(run, native
     assert {"/etc/nginx/nginx.conf", "/usr/bin/program-000", "/home/admin/notes.txt"} <= paths
     for gone in (
         "/opt/ami-tools/amidsl_node.py",
-        "/tmp",
         "/etc/ssl/private/node.pem",
         "/root/.ssh/id_rsa",
     ):
         assert gone not in paths
+    # destination_dir (/tmp) stays, empty: the launched system needs it.
+    assert "/tmp" in paths and not any(path.startswith("/tmp/") for path in paths)
     assert any(left.path == "/etc/ssl/private/node.pem" for left in inspection.left_out)
 
 
