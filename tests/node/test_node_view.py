@@ -4,6 +4,7 @@ Only root may mount; elsewhere (and when asked with staging = "links") the progr
 hard links, so every test here compares the two ways or checks the view's safety.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -149,11 +150,14 @@ import errno, importlib.util, json, os, shutil, sys
 spec = importlib.util.spec_from_file_location("amidsl_node", sys.argv[1])
 node = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(node)
-volume, view, swap = sys.argv[2], sys.argv[3], sys.argv[4] == "swap"
+volume, view, swap = sys.argv[2], sys.argv[3], sys.argv[4]
 plan = node.plan_view(node.walk_volume(volume, [], [], False), volume, node.SizeTally(-1))
-if swap:  # a directory replaced by a symbolic link to elsewhere after the walk
+if swap == "swap":  # a directory replaced by a symbolic link to elsewhere after the walk
     os.rename(os.path.join(volume, "home/alice"), os.path.join(volume, "home/alice.old"))
     os.symlink("/etc", os.path.join(volume, "home/alice"))
+if swap == "swap-parent":  # a parent directory replaced by a symbolic link to itself, moved aside
+    os.rename(os.path.join(volume, "home"), os.path.join(volume, "home.old"))
+    os.symlink("home.old", os.path.join(volume, "home"))
 try:
     node.mount_view(view, volume, plan)
 except OSError as exc:
@@ -177,7 +181,7 @@ print(json.dumps(found))
 """
 
 
-def probe_view(tmp_path: Path, volume: Path, swap: bool = False) -> dict:
+def probe_view(tmp_path: Path, volume: Path, swap: str = "-") -> dict:
     view = tmp_path / "view"
     view.mkdir()
     done = subprocess.run(
@@ -188,7 +192,7 @@ def probe_view(tmp_path: Path, volume: Path, swap: bool = False) -> dict:
             str(PROGRAM_PATH),
             str(volume),
             str(view),
-            "swap" if swap else "-",
+            swap,
         ],
         capture_output=True,
         text=True,
@@ -210,9 +214,18 @@ def test_nothing_written_or_removed_through_the_view_reaches_the_volume(tmp_path
 
 def test_a_directory_replaced_by_a_symlink_after_the_walk_is_not_shown(tmp_path):
     volume = make_volume(tmp_path / "volume")
-    found = probe_view(tmp_path, volume, swap=True)
+    found = probe_view(tmp_path, volume, swap="swap")
     assert found["mounted"] is False
     # Not the directory the walk saw: a symbolic link (ENOTDIR, ELOOP), or another inode (ESTALE).
+    assert found["errno"] in (errno.ENOTDIR, errno.ELOOP, errno.ESTALE)
+
+
+def test_a_parent_directory_replaced_by_a_symlink_after_the_walk_is_not_followed(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    time.sleep(SETTLE_SECONDS)  # so that /home is shown as it is, and only /home/alice is covered
+    # /home moves aside and a link to it takes its place: the same files, reached through a link.
+    found = probe_view(tmp_path, volume, swap="swap-parent")
+    assert found["mounted"] is False
     assert found["errno"] in (errno.ENOTDIR, errno.ELOOP, errno.ESTALE)
 
 
@@ -249,3 +262,62 @@ def test_a_view_of_more_than_view_mounts_is_not_planned(tmp_path, monkeypatch):
     plan = planned(volume)
     assert plan.mounts > 5 and plan.shadows == [] and plan.binds == []
     assert plan.size.entries == planned(volume).size.entries  # the count is whole
+
+
+# Mounts under the volume. The walk reads what is mounted (as the system sees it, and as ec2-bundle-vol
+# did); so must mke2fs through the view, whether the mount is of another filesystem or a bind mount of
+# the same one (same device: only the mount table tells), of a directory or of a file.
+
+
+@contextlib.contextmanager
+def bind_mounted(source: Path, target: Path):
+    """source bind-mounted at target for the duration, always unmounted after."""
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def volume_with_secrets_under_a_mount_point(root: Path) -> Path:
+    """make_volume, with keys in /srv/data and a motd in /etc, both to be mounted over."""
+    volume = make_volume(root)
+    (volume / "srv/data").mkdir()
+    (volume / "srv/data/.bash_history").write_text("mysql -p hunter2\n")
+    (volume / "srv/data/server.pem").write_text("under the mount point\n")
+    (volume / "srv/other").mkdir()
+    (volume / "srv/other/shared.txt").write_text("mounted content\n")
+    (volume / "etc/motd").write_text("under\n")
+    (volume / "srv/motd.mounted").write_text("the motd mounted over /etc/motd\n")
+    return volume
+
+
+def test_a_bind_mount_of_a_directory_of_the_same_filesystem_is_imaged_as_mounted_in_both_ways(tmp_path):
+    volume = volume_with_secrets_under_a_mount_point(tmp_path / "volume")
+    (tmp_path / "out-view").mkdir()
+    (tmp_path / "out-links").mkdir()
+    with bind_mounted(volume / "srv/other", volume / "srv/data"):
+        time.sleep(SETTLE_SECONDS)  # so that /srv is shown as it is, not covered
+        view, view_report, view_log, _ = bundled_entries(volume, tmp_path / "out-view", tmp_path / "a")
+        links, links_report, _, _ = bundled_entries(
+            volume, tmp_path / "out-links", tmp_path / "b", staging="links"
+        )
+    assert "through a private view" in view_log
+    assert "/srv/data/.bash_history" not in view and "/srv/data/server.pem" not in view
+    assert "/srv/data/shared.txt" in view
+    assert described(view) == described(links)
+    assert view_report["left_out"] == links_report["left_out"]
+
+
+def test_a_bind_mount_of_a_file_is_imaged_as_mounted_in_both_ways(tmp_path):
+    volume = volume_with_secrets_under_a_mount_point(tmp_path / "volume")
+    (tmp_path / "out-view").mkdir()
+    (tmp_path / "out-links").mkdir()
+    with bind_mounted(volume / "srv/motd.mounted", volume / "etc/motd"):
+        time.sleep(SETTLE_SECONDS)  # so that /etc is shown as it is, not covered
+        view, _, view_log, view_image = bundled_entries(volume, tmp_path / "out-view", tmp_path / "a")
+        links, _, _, _ = bundled_entries(volume, tmp_path / "out-links", tmp_path / "b", staging="links")
+    assert "through a private view" in view_log
+    inside = subprocess.run(["debugfs", "-R", "cat /etc/motd", str(view_image)], capture_output=True).stdout
+    assert inside == b"the motd mounted over /etc/motd\n"
+    assert described(view) == described(links)
