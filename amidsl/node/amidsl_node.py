@@ -212,6 +212,99 @@ def non_local_mounts(source: str, mounts_table: str | None = None) -> dict[str, 
     return found
 
 
+def mount_points(source: str, mountinfo: str | None = None) -> set[str]:
+    """Image paths of every mount point under source, bind mounts of its own filesystem included.
+
+    A bind mount of the volume's own filesystem has the volume's device number: only the mount table
+    tells it from a directory.
+    """
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", errors="surrogateescape") as table:
+                mountinfo = table.read()
+        except OSError:
+            return set()
+    root = os.path.realpath(source).rstrip("/")
+    found = set()
+    for line in mountinfo.splitlines():
+        fields = line.split(" ", 5)
+        if len(fields) < 5:
+            continue
+        point = _unescape_mount_point(fields[4])
+        if point.startswith(root + "/"):
+            found.add(image_path_of(point[len(root) :]))
+    return found
+
+
+# Directories are opened one component at a time, each in its parent's descriptor, without following a
+# symbolic link, and checked to be the directory the walk saw (device and inode). A local user who owns
+# a directory can swap it for a link to one they cannot read (/root/.ssh) between the walk's lstat and
+# any later open by path; opened this way, the swap is refused instead of followed.
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_checked(name: str, st: os.stat_result, dir_fd: int | None, flags: int) -> int:
+    """Open name (in dir_fd) not following a symbolic link; OSError unless it is the file st describes."""
+    fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        found = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if (found.st_dev, found.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise OSError(errno.ESTALE, "replaced since the volume was walked", name)
+    return fd
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or directory == "/" or path.startswith(directory + "/")
+
+
+class DirectoryChain:
+    """Verified descriptors of one directory of the volume and of its ancestors (see DIRECTORY_FLAGS).
+
+    Only the chain to the directory last asked for stays open: walking depth first, each directory is
+    opened once, and a deep tree costs as many descriptors as it is deep.
+    """
+
+    def __init__(self, volume: str, seen: dict) -> None:
+        self.volume = volume
+        self.seen = seen  # image path -> the walk's lstat of each directory ("/": of the volume)
+        self.chain: list = []  # (image path, descriptor), the volume's first
+
+    def open(self, path: str, st: os.stat_result | None = None) -> int:
+        """The descriptor of the directory at path in the image (st: its lstat, if not in seen).
+
+        It stays valid until another path is asked for, or close().
+        """
+        chain = self.chain
+        while chain and not _within(path, chain[-1][0]):
+            os.close(chain.pop()[1])
+        if not chain:
+            # The volume as the caller names it: a symbolic link may lead to it.
+            fd = os.open(self.volume, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            root, found = self.seen.get("/"), os.fstat(fd)
+            if root is not None and (root.st_dev, root.st_ino) != (found.st_dev, found.st_ino):
+                os.close(fd)
+                raise OSError(errno.ESTALE, "replaced since the volume was walked", self.volume)
+            chain.append(("/", fd))
+        while chain[-1][0] != path:
+            parent, parent_fd = chain[-1]
+            name = path[len(parent.rstrip("/")) + 1 :].partition("/")[0]
+            child = f"{parent.rstrip('/')}/{name}"
+            wanted = st if child == path and st is not None else self.seen.get(child)
+            if wanted is None:
+                raise OSError(errno.ENOENT, "not a directory the walk saw", child)
+            chain.append((child, open_checked(name, wanted, parent_fd, DIRECTORY_FLAGS)))
+        return chain[-1][1]
+
+    def close(self) -> None:
+        """Close every descriptor still open."""
+        while self.chain:
+            os.close(self.chain.pop()[1])
+
+
 def walk_volume(
     source: str,
     exclusions: Iterable[str],
@@ -239,51 +332,61 @@ def walk_volume(
             return None
         return next((p for p in DEFAULT_FILTER if fnmatch.fnmatchcase(path, p)), None)
 
-    pending = [(source, "/")]
-    while pending:
-        directory, image_dir = pending.pop()
-        try:
-            with os.scandir(directory) as scan:
-                children = sorted(scan, key=lambda e: e.name)
-        except OSError as exc:
-            yield Skipped(image_dir, LEFT_OUT_UNREADABLE, exc.strerror or str(exc))
-            continue
-        # image_dir is normalised and a directory entry's name holds no '/', '.' or '..' of its own.
-        parent = image_dir.rstrip("/")
-        for child in children:
-            path = f"{parent}/{child.name}"
+    # Depth first, each directory read through a descriptor opened in its parent's and checked against
+    # the lstat that selected it (DirectoryChain): a directory swapped for a symbolic link after its
+    # lstat is left out as unreadable, never followed.
+    directories = DirectoryChain(source, {})
+    pending: list = [(source, "/", None)]  # (path here, path in the image, the walk's lstat)
+    try:
+        while pending:
+            directory, image_dir, seen = pending.pop()
             try:
-                st = child.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed since the directory was read
-            # Files are recognised by device and inode: cheaper than resolving every path, and
-            # immune to the different spellings (symlinks, ..) one file can have.
-            file_id = (st.st_dev, st.st_ino)
-            if file_id in own:
+                with os.scandir(directories.open(image_dir, seen)) as scan:
+                    children = sorted(scan, key=lambda e: e.name)
+            except OSError as exc:
+                yield Skipped(image_dir, LEFT_OUT_UNREADABLE, exc.strerror or str(exc))
                 continue
-            pattern = filtered_by(path)
-            if path in excluded:
-                yield Skipped(path, LEFT_OUT_EXCLUSION, path)
-            elif file_id == image_id:
-                yield Skipped(path, LEFT_OUT_IMAGE_FILE, path)
-            elif "\n" in child.name:
-                yield Skipped(path, LEFT_OUT_NEWLINE, repr(child.name))
-            elif stat.S_ISSOCK(st.st_mode):
-                yield Skipped(path, LEFT_OUT_SOCKET, path)
-            elif pattern is not None:
-                yield Skipped(path, LEFT_OUT_FILTER, pattern)
-            else:
-                yield Selected(path, child.path, st)
-                if not stat.S_ISDIR(st.st_mode):
+            # The directory's descriptor stays open while its entries are looked at (the chain moves
+            # on at the next directory only): DirEntry.stat is an fstatat in it.
+            # image_dir is normalised and a directory entry's name holds no '/', '.' or '..' of its own.
+            parent = image_dir.rstrip("/")
+            here = directory if directory.endswith("/") else directory + "/"
+            for child in children:
+                path = f"{parent}/{child.name}"
+                try:
+                    st = child.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since the directory was read
+                # Files are recognised by device and inode: cheaper than resolving every path, and
+                # immune to the different spellings (symlinks, ..) one file can have.
+                file_id = (st.st_dev, st.st_ino)
+                if file_id in own:
                     continue
-                # Mount points and always-excluded directories stay, empty: the system mounts
-                # something there at boot.
-                if path in ALWAYS_EXCLUDED:
-                    yield Skipped(path + "/*", LEFT_OUT_ALWAYS, path)
-                elif path in mounts:
-                    yield Skipped(path + "/*", LEFT_OUT_NON_LOCAL, mounts[path])
+                pattern = filtered_by(path)
+                if path in excluded:
+                    yield Skipped(path, LEFT_OUT_EXCLUSION, path)
+                elif file_id == image_id:
+                    yield Skipped(path, LEFT_OUT_IMAGE_FILE, path)
+                elif "\n" in child.name:
+                    yield Skipped(path, LEFT_OUT_NEWLINE, repr(child.name))
+                elif stat.S_ISSOCK(st.st_mode):
+                    yield Skipped(path, LEFT_OUT_SOCKET, path)
+                elif pattern is not None:
+                    yield Skipped(path, LEFT_OUT_FILTER, pattern)
                 else:
-                    pending.append((child.path, path))
+                    yield Selected(path, here + child.name, st)
+                    if not stat.S_ISDIR(st.st_mode):
+                        continue
+                    # Mount points and always-excluded directories stay, empty: the system mounts
+                    # something there at boot.
+                    if path in ALWAYS_EXCLUDED:
+                        yield Skipped(path + "/*", LEFT_OUT_ALWAYS, path)
+                    elif path in mounts:
+                        yield Skipped(path + "/*", LEFT_OUT_NON_LOCAL, mounts[path])
+                    else:
+                        pending.append((here + child.name, path, st))
+    finally:
+        directories.close()
 
 
 # ---------------------------------------------------------------------------------------------
