@@ -670,23 +670,27 @@ def measure_selection(
     return tally.size(links)
 
 
-def _copy_xattrs(source: str, target: str) -> None:
-    """Copy extended attributes (SELinux labels, capabilities), as far as we may."""
+def _copy_xattrs(source: str | int, target: str) -> None:
+    """Copy extended attributes (SELinux labels, capabilities), as far as we may.
+
+    source: a path (its last component not followed) or an open descriptor.
+    """
+    follow = {} if isinstance(source, int) else {"follow_symlinks": False}
     try:
-        names = os.listxattr(source, follow_symlinks=False)
+        names = os.listxattr(source, **follow)
     except OSError:
         return
     for name in names:
         try:
-            value = os.getxattr(source, name, follow_symlinks=False)
+            value = os.getxattr(source, name, **follow)
             os.setxattr(target, name, value, follow_symlinks=False)
         except OSError:
             pass  # e.g. a namespace this filesystem or user cannot write
 
 
-def copy_sparse(source: str | os.PathLike, target: str | os.PathLike, size: int) -> None:
-    """Copy a regular file's data regions only, so that holes stay holes."""
-    src = os.open(source, os.O_RDONLY)
+def copy_sparse(source: str | os.PathLike | int, target: str | os.PathLike, size: int) -> None:
+    """Copy a regular file's data regions only, so that holes stay holes (source: a path or descriptor)."""
+    src = source if isinstance(source, int) else os.open(source, os.O_RDONLY)
     try:
         dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -705,34 +709,45 @@ def copy_sparse(source: str | os.PathLike, target: str | os.PathLike, size: int)
         finally:
             os.close(dst)
     finally:
-        os.close(src)
+        if src is not source:
+            os.close(src)
 
 
-def _set_owner_mode_times(target: str, st: os.stat_result, xattr_source: str) -> None:
-    """Give a recreated entry the source's owner, mode, times and extended attributes."""
+def _set_owner_mode_times(target: str, st: os.stat_result, xattr_source: str | int | None) -> None:
+    """Give a recreated entry the source's owner, mode, times and extended attributes (if a source)."""
     is_link = stat.S_ISLNK(st.st_mode)
     if os.geteuid() == 0:
         os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
     if not is_link:
         os.chmod(target, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
-    _copy_xattrs(xattr_source, target)
+    if xattr_source is not None:
+        _copy_xattrs(xattr_source, target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
+def _in_directory(dir_fd: int, name: str) -> str:
+    """A path to name in the directory open at dir_fd: resolved through the descriptor, name not followed."""
+    return f"/proc/self/fd/{dir_fd}/{name}"
+
+
 def stage_entry(
-    entry: Selected, target: str, staging_dev: int, first_copy: dict, copy_up_to: int = -1
+    entry: Selected, target: str, staging_dev: int, first_copy: dict, copy_up_to: int = -1, *, dir_fd: int
 ) -> None:
     """Recreate one selected entry at target: a hard link where possible, else a copy.
 
+    dir_fd: the entry's directory, opened as the walk saw it (DirectoryChain); the entry is reached
+    through it only, and linked or copied only if it is the file the walk saw (device and inode).
     Single-linked regular files of at most copy_up_to bytes are copied (see STAGING_LINKS).
     """
     st = entry.st
+    name = entry.path.rpartition("/")[2]
     if stat.S_ISDIR(st.st_mode):
         os.mkdir(target, 0o700)  # owner, mode and times are set after its contents
+        _copy_xattrs(_in_directory(dir_fd, name), target)
         return
     if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(entry.source), target)
-        _set_owner_mode_times(target, st, entry.source)
+        os.symlink(os.readlink(name, dir_fd=dir_fd), target)
+        _set_owner_mode_times(target, st, _in_directory(dir_fd, name))
         return
     key = (st.st_dev, st.st_ino)
     if key in first_copy:
@@ -742,24 +757,40 @@ def stage_entry(
     if st.st_dev == staging_dev and not small:
         try:
             # Same filesystem: a hard link costs only metadata and keeps owner, mode and times.
-            os.link(entry.source, target, follow_symlinks=False)
-            return
+            os.link(name, target, src_dir_fd=dir_fd, follow_symlinks=False)
         except OSError as exc:
             # Copy instead: an immutable file, protected_hardlinks when not root, a bind mount
             # of the same filesystem (EXDEV), a file with the most links ext4 allows.
             if exc.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK):
                 raise
+        else:
+            linked = os.lstat(target)
+            if (linked.st_dev, linked.st_ino) == key:
+                return
+            os.unlink(target)  # another file took the name since the walk
+            raise OSError(errno.ESTALE, "replaced since the volume was walked", entry.source)
     if stat.S_ISREG(st.st_mode):
-        copy_sparse(entry.source, target, st.st_size)
+        source = open_checked(name, st, dir_fd, os.O_RDONLY)
+        try:
+            copy_sparse(source, target, st.st_size)
+            _set_owner_mode_times(target, st, source)
+        finally:
+            os.close(source)
     elif stat.S_ISFIFO(st.st_mode):
         os.mkfifo(target, 0o600)
+        _set_owner_mode_times(target, st, _in_directory(dir_fd, name))
     elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         os.mknod(target, 0o600 | stat.S_IFMT(st.st_mode), st.st_rdev)
+        _set_owner_mode_times(target, st, _in_directory(dir_fd, name))
     else:
         return
-    _set_owner_mode_times(target, st, entry.source)
     if st.st_nlink > 1:
         first_copy[key] = target
+
+
+def _volume_of(entry: Selected) -> str:
+    """The volume an entry of its walk lies in: its path here, less its path in the image."""
+    return entry.source[: len(entry.source) - len(entry.path)] or "/"
 
 
 def stage_volume(
@@ -775,32 +806,45 @@ def stage_volume(
     directories = []
     failed_dirs: list = []
     staged = 0
-    for entry in entries:
-        if isinstance(entry, Skipped):
-            left_out.append(entry)
-            continue
-        if any(entry.path.startswith(d + "/") for d in failed_dirs):
-            continue
-        target = staging + entry.path  # entry.path is absolute and normalised
-        try:
-            stage_entry(entry, target, staging_dev, first_copy, copy_up_to)
-        except FileNotFoundError:
-            continue  # removed since it was listed
-        except OSError as exc:
-            left_out.append(Skipped(entry.path, LEFT_OUT_UNREADABLE, exc.strerror or str(exc)))
+    # Each entry is reached through its directory's verified descriptor; a directory comes before
+    # its contents, so its lstat is known by then.
+    seen: dict = {}
+    opened: DirectoryChain | None = None
+    try:
+        for entry in entries:
+            if isinstance(entry, Skipped):
+                left_out.append(entry)
+                continue
+            if any(entry.path.startswith(d + "/") for d in failed_dirs):
+                continue
+            if opened is None:
+                opened = DirectoryChain(_volume_of(entry), seen)
+            target = staging + entry.path  # entry.path is absolute and normalised
+            try:
+                dir_fd = opened.open(entry.path.rpartition("/")[0] or "/")
+                stage_entry(entry, target, staging_dev, first_copy, copy_up_to, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            except OSError as exc:
+                left_out.append(Skipped(entry.path, LEFT_OUT_UNREADABLE, exc.strerror or str(exc)))
+                if stat.S_ISDIR(entry.st.st_mode):
+                    failed_dirs.append(entry.path)
+                continue
             if stat.S_ISDIR(entry.st.st_mode):
-                failed_dirs.append(entry.path)
-            continue
-        if stat.S_ISDIR(entry.st.st_mode):
-            directories.append((target, entry))
-        if tally is not None:
-            tally.add(entry.st)
-        staged += 1
-        if staged % 20000 == 0:
-            say(f"staged {staged} entries")
-    # Adding entries changed the directories' times; set them last, deepest first.
+                directories.append((target, entry))
+                seen[entry.path] = entry.st
+            if tally is not None:
+                tally.add(entry.st)
+            staged += 1
+            if staged % 20000 == 0:
+                say(f"staged {staged} entries")
+    finally:
+        if opened is not None:
+            opened.close()
+    # Adding entries changed the directories' times; set them last, deepest first (their extended
+    # attributes were copied when they were made).
     for target, entry in reversed(directories):
-        _set_owner_mode_times(target, entry.st, entry.source)
+        _set_owner_mode_times(target, entry.st, None)
     return staged
 
 
@@ -897,8 +941,8 @@ class Shadow(NamedTuple):
 class VolumeView(NamedTuple):
     """What to mount so that the volume shows mke2fs only the selection, and what to check after.
 
-    shadows: parents before their contents; binds: entries on another filesystem than their
-    directory (a local mount under the volume); watched: source path -> (mtime, ctime) in ns of each
+    shadows: parents before their contents; binds: mount points under the volume (a local
+    filesystem, or a bind mount of a directory or file); watched: source path -> (mtime, ctime) in ns of each
     directory shown as it is, which must not change until mke2fs is done; left_out: as the walk
     said (see Skipped).
     """
@@ -909,10 +953,15 @@ class VolumeView(NamedTuple):
     mounts: int
     size: VolumeSize  # of the selection shown
     left_out: list
+    directories: dict  # image path -> the walk's lstat of each directory shown, to open them as seen
 
 
 def _depth(path: str) -> int:
     return 0 if path == "/" else path.count("/")
+
+
+def _components(path: str) -> tuple:
+    return tuple(p for p in path.split("/") if p)
 
 
 def _mounts_of(shadow: Shadow) -> int:
@@ -943,6 +992,12 @@ def plan_view(
     binds: list = []
     batch: list = []  # one directory's entries: the walk yields them one after another
     state = {"parent": None, "left": False, "mounts": 1}
+    # The view binds the volume without what is mounted under it, and the walk went into every mount:
+    # each mount point the walk selected is bound in at its place, so that mke2fs reads what the walk
+    # saw, as from a staging tree. That of another filesystem shows as another device; a bind mount of
+    # the volume's own (a directory, or a single file) only in the mount table. A bind-mounted file is
+    # imaged as the file mounted there, which is what the system, the walk and the filters see.
+    mounted = mount_points(volume)
 
     def close_batch() -> None:
         parent = state["parent"]
@@ -955,7 +1010,11 @@ def plan_view(
             shadows.append(Shadow(parent, where.source, where.st, shown, parent in writable, empty))
             state["mounts"] += _mounts_of(shadows[-1])
         else:
-            elsewhere = [e for e in batch if e.st.st_dev != where.st.st_dev and e.path not in kept_empty]
+            elsewhere = [
+                e
+                for e in batch
+                if (e.st.st_dev != where.st.st_dev or e.path in mounted) and e.path not in kept_empty
+            ]
             binds.extend(elsewhere)
             state["mounts"] += len(elsewhere)
         if state["mounts"] > VIEW_MOUNTS:
@@ -1004,7 +1063,10 @@ def plan_view(
         if path not in covered and outside_replaced(path)
     }
     # Nothing is copied for a view: only the data and the entries count.
-    return VolumeView(shadows, binds, watched, state["mounts"], tally.size()._replace(copied=0), left_out)
+    seen = {path: d.st for path, d in directories.items()}
+    return VolumeView(
+        shadows, binds, watched, state["mounts"], tally.size()._replace(copied=0), left_out, seen
+    )
 
 
 def _libc() -> Any:
@@ -1020,36 +1082,41 @@ def _mount(libc: Any, source: str | None, target: str, kind: str | None, flags: 
         raise OSError(code, os.strerror(code), target)
 
 
-def _bind_read_only(libc: Any, entry: Selected, target: str) -> None:
-    """Bind the very file or directory the walk saw (by device and inode) at target, read-only."""
-    flags = os.O_PATH | os.O_NOFOLLOW | (os.O_DIRECTORY if stat.S_ISDIR(entry.st.st_mode) else 0)
-    fd = os.open(entry.source, flags)
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (entry.st.st_dev, entry.st.st_ino):
-            raise OSError(errno.ESTALE, "replaced since the volume was walked", entry.source)
-        _mount(libc, f"/proc/self/fd/{fd}", target, None, MS_BIND)
-    finally:
-        os.close(fd)
+def _bind_read_only(libc: Any, entry: Selected, target: str, opened: DirectoryChain) -> None:
+    """Bind the very file or directory the walk saw (by device and inode) at target, read-only.
+
+    It is opened in its directory's verified descriptor (opened), so that no symbolic link swapped in
+    for it or for a directory above it leads elsewhere.
+    """
+    if entry.path == "/":
+        _mount(libc, f"/proc/self/fd/{opened.open('/')}", target, None, MS_BIND)
+    else:
+        parent, _, name = entry.path.rpartition("/")
+        flags = os.O_PATH | (os.O_DIRECTORY if stat.S_ISDIR(entry.st.st_mode) else 0)
+        fd = open_checked(name, entry.st, opened.open(parent or "/"), flags)
+        try:
+            _mount(libc, f"/proc/self/fd/{fd}", target, None, MS_BIND)
+        finally:
+            os.close(fd)
     _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
-def _cover(libc: Any, shadow: Shadow, target: str) -> None:
+def _cover(libc: Any, shadow: Shadow, target: str, opened: DirectoryChain) -> None:
     """Cover target with a tmpfs showing the shadow's entries: bound in, or made like a staging tree."""
     _mount(libc, "tmpfs", target, "tmpfs", 0, "mode=0700")
     for child in shadow.children:
         path = os.path.join(target, posixpath.basename(child.path))
         if stat.S_ISDIR(child.st.st_mode):
             os.mkdir(path, 0o700)
-            _bind_read_only(libc, child, path)
+            _bind_read_only(libc, child, path, opened)
         elif stat.S_ISREG(child.st.st_mode):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            _bind_read_only(libc, child, path)
-        else:
-            stage_entry(child, path, -1, {})  # symbolic links, devices, FIFOs: recreated
+            _bind_read_only(libc, child, path, opened)
+        else:  # symbolic links, devices, FIFOs: recreated
+            stage_entry(child, path, -1, {}, dir_fd=opened.open(shadow.path))
     for name in shadow.kept_empty:
         os.mkdir(os.path.join(target, name), 0o700)
-    _set_owner_mode_times(target, shadow.st, shadow.source)
+    _set_owner_mode_times(target, shadow.st, opened.open(shadow.path))
     if not shadow.writable:
         _mount(libc, None, target, None, MS_REMOUNT | MS_RDONLY)
 
@@ -1065,16 +1132,22 @@ def mount_view(view: str, volume: str, plan: VolumeView) -> None:
         raise OSError(code, f"unshare: {os.strerror(code)}")
     # Private, so that no mount made here propagates back to the node's own mount table.
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-    _bind_read_only(libc, Selected("/", volume, os.lstat(volume)), view)
-    # Outer mounts first, so that none covers one made inside it; at one path, bind then cover.
-    steps = [(_depth(b.path), 0, b.path, b) for b in plan.binds]
-    steps += [(_depth(s.path), 1, s.path, s) for s in plan.shadows]
-    for _, _, path, step in sorted(steps, key=lambda s: s[:3]):
-        target = view + path if path != "/" else view
-        if isinstance(step, Shadow):
-            _cover(libc, step, target)
-        else:
-            _bind_read_only(libc, step, target)
+    # Every entry is opened through its directory's verified descriptor (see DirectoryChain).
+    opened = DirectoryChain(volume, plan.directories)
+    try:
+        _bind_read_only(libc, Selected("/", volume, plan.directories["/"]), view, opened)
+        # Outer mounts first, so that none covers one made inside it; at one path, bind then cover.
+        # In the order of a depth-first walk, so that each directory is opened once.
+        steps = [(_components(b.path), 0, b) for b in plan.binds]
+        steps += [(_components(s.path), 1, s) for s in plan.shadows]
+        for _, _, step in sorted(steps, key=lambda s: s[:2]):
+            target = view + step.path if step.path != "/" else view
+            if isinstance(step, Shadow):
+                _cover(libc, step, target, opened)
+            else:
+                _bind_read_only(libc, step, target, opened)
+    finally:
+        opened.close()
 
 
 def unmount_view(view: str) -> None:
