@@ -6,16 +6,20 @@ hard links, so every test here compares the two ways or checks the view's safety
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from amidsl.bundle import list_image
 from amidsl.node import PROGRAM_PATH
@@ -321,3 +325,85 @@ def test_a_bind_mount_of_a_file_is_imaged_as_mounted_in_both_ways(tmp_path):
     inside = subprocess.run(["debugfs", "-R", "cat /etc/motd", str(view_image)], capture_output=True).stdout
     assert inside == b"the motd mounted over /etc/motd\n"
     assert described(view) == described(links)
+
+
+# Any tree, any mounts: the two ways to image a volume must agree, and neither may hold a filtered path.
+
+NAMES = ["a", "b", "notes", ".ssh", "authorized_keys", ".bash_history", "key.pem", "x.swp", "id_rsa", "old~"]
+KINDS = ["dir", "dir", "file", "symlink"]
+
+
+@st.composite
+def trees_with_mounts(draw) -> tuple:
+    """(entries as (path, kind), bind mounts as (source, target)) of a small volume."""
+    entries: dict = {}
+    directories = [""]
+    for _ in range(draw(st.integers(2, 14))):
+        parent = draw(st.sampled_from(directories))
+        path = f"{parent}/{draw(st.sampled_from(NAMES))}"
+        if path in entries:
+            continue
+        entries[path] = draw(st.sampled_from(KINDS))
+        if entries[path] == "dir":
+            directories.append(path)
+    files = [p for p, kind in entries.items() if kind == "file"]
+
+    def apart(one: str, other: str) -> bool:
+        return not (one + "/").startswith(other + "/") and not (other + "/").startswith(one + "/")
+
+    mounts = []
+    for pool in (directories[1:], files):  # a bind mount of a directory, then of a file
+        pairs = [(a, b) for a in pool for b in pool if a != b and apart(a, b)]
+        if pairs and draw(st.booleans()):
+            mounts.append(draw(st.sampled_from(pairs)))
+    return sorted(entries.items()), mounts
+
+
+def make_tree(volume: Path, entries: list) -> None:
+    volume.mkdir()
+    for path, kind in entries:  # sorted: parents first
+        where = volume / path.lstrip("/")
+        if kind == "dir":
+            where.mkdir()
+        elif kind == "file":
+            where.write_text(f"{path}\n")
+        else:
+            where.symlink_to("/root/.ssh/id_ed25519" if "ssh" in path else "../a")
+
+
+def filtered_paths(paths) -> list:
+    return [p for p in paths for pattern in node.DEFAULT_FILTER if fnmatch.fnmatchcase(p, pattern)]
+
+
+@settings(max_examples=10, deadline=None)
+@given(trees_with_mounts())
+@example(  # issue 19's case: keys under a bind mount point in a directory shown as it is
+    (
+        [
+            ("/a", "dir"),
+            ("/a/b", "dir"),
+            ("/a/b/.bash_history", "file"),
+            ("/a/b/key.pem", "file"),
+            ("/a/notes", "dir"),
+            ("/a/notes/a", "file"),
+        ],
+        [("/a/notes", "/a/b")],
+    )
+)
+def test_the_view_and_a_staging_tree_agree_on_any_tree_with_mounts_and_hold_nothing_filtered(tree):
+    entries, mounts = tree
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as mounted:
+        work = Path(scratch)
+        volume = work / "volume"
+        make_tree(volume, entries)
+        for source, target in mounts:
+            mounted.enter_context(bind_mounted(volume / source.lstrip("/"), volume / target.lstrip("/")))
+        (work / "out-view").mkdir()
+        (work / "out-links").mkdir()
+        time.sleep(SETTLE_SECONDS)  # so that most directories are shown as they are
+        view, view_report, view_log, _ = bundled_entries(volume, work / "out-view", work / "a")
+        links, links_report, _, _ = bundled_entries(volume, work / "out-links", work / "b", staging="links")
+    assert "through a private view" in view_log
+    assert described(view) == described(links)
+    assert view_report["left_out"] == links_report["left_out"]
+    assert filtered_paths(view) == [] and filtered_paths(links) == []
