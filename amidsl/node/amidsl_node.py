@@ -912,7 +912,9 @@ def staging_parent(volume: str, destination_dir: str) -> str:
 # own, which no other process sees and which vanishes with the program. Only the directories whose
 # contents differ from the volume's (an entry left out, a directory kept empty, GRUB's modules) are
 # covered by a tmpfs holding the selected entries, each bound in read-only (the file or directory the
-# walk saw: checked by device and inode).
+# walk saw: opened through its directory's verified descriptor and checked by device and inode, see
+# DirectoryChain). The volume is bound without what is mounted under it, so every mount point the walk
+# went into is bound in at its place (see plan_view).
 #
 # The staging tree is a snapshot of the walk; the view is live. So that a file created after the walk
 # (one a filter would have left out) cannot slip into the image, directories changed shortly before
