@@ -113,3 +113,120 @@ def test_the_check_counts_the_copies_bundle_would_make(tmp_path, monkeypatch):
     monkeypatch.setattr(node, "_free_bytes", lambda directory: node.needed_bytes(linked_only, True))
     with pytest.raises(node.NodeError, match=r"destination_dir .* MB free but bundling"):
         node.command_check({"volume": str(volume), "destination_dir": str(destination)})
+
+
+# A local user may swap a directory they own for a symbolic link to one they cannot read, between
+# the moment the walk looks at it and the moment anything opens it. Nothing behind the link may
+# reach the selection or the image.
+
+
+def volume_with_a_swappable_directory(tmp_path: Path) -> tuple[Path, Path]:
+    """A volume whose /home/alice/docs a user could swap, and root's keys elsewhere: (volume, keys)."""
+    volume = tmp_path / "volume"
+    (volume / "home/alice/docs").mkdir(parents=True)
+    # The user names their files as root's keys are named, so that the staged names match.
+    for name in ("authorized_keys", "id_ed25519"):
+        (volume / "home/alice/docs" / name).write_text("the user's own\n")
+    keys = tmp_path / "root-ssh"
+    keys.mkdir(mode=0o700)
+    for name in ("authorized_keys", "id_ed25519"):
+        (keys / name).write_text(f"ROOT SECRET {name}\n")
+    return volume, keys
+
+
+def swap_for_a_link(directory: Path, target: Path) -> None:
+    """What the user does: the directory moves aside, a symbolic link to target takes its place."""
+    directory.rename(directory.with_name(directory.name + ".old"))
+    directory.symlink_to(target)
+
+
+class SwappingEntry:
+    """A directory entry that, once the walk has looked at it, swaps itself for a link (see below)."""
+
+    def __init__(self, entry: os.DirEntry, swap) -> None:
+        self._entry, self._swap = entry, swap
+        self.name, self.path = entry.name, entry.path
+
+    def __getattr__(self, name: str):
+        return getattr(self._entry, name)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        found = self._entry.stat(follow_symlinks=follow_symlinks)
+        self._swap()
+        return found
+
+
+def scandir_that_swaps(monkeypatch, parent: Path, name: str, target: Path) -> None:
+    """Make the walk's scan of parent swap its entry name for a link to target just after its lstat."""
+    real_scandir = os.scandir
+    wanted = os.path.realpath(parent)
+
+    class Scan:
+        def __init__(self, scan) -> None:
+            self.scan = scan
+
+        def __enter__(self):
+            return (
+                SwappingEntry(e, lambda: swap_for_a_link(parent / name, target)) if e.name == name else e
+                for e in self.scan.__enter__()
+            )
+
+        def __exit__(self, *exc) -> None:
+            self.scan.__exit__(*exc)
+
+    def scandir(where=None):
+        scan = real_scandir(where) if where is not None else real_scandir()
+        shown = os.readlink(f"/proc/self/fd/{where}") if isinstance(where, int) else os.path.realpath(where)
+        return Scan(scan) if shown == wanted else scan
+
+    monkeypatch.setattr(node.os, "scandir", scandir)
+
+
+def test_a_directory_swapped_for_a_link_while_walked_shows_nothing_behind_the_link(tmp_path, monkeypatch):
+    volume, keys = volume_with_a_swappable_directory(tmp_path)
+    scandir_that_swaps(monkeypatch, volume / "home/alice", "docs", keys)
+    walked = list(node.walk_volume(str(volume), (), (), False))
+    secret = {(os.lstat(keys / n).st_dev, os.lstat(keys / n).st_ino) for n in os.listdir(keys)}
+    selected = [e for e in walked if isinstance(e, node.Selected)]
+    assert not [e.path for e in selected if (e.st.st_dev, e.st.st_ino) in secret]
+    assert "/home/alice/docs" in {e.path for e in selected}  # as the walk saw it: a directory
+
+
+def test_a_directory_swapped_for_a_link_while_walked_puts_nothing_behind_the_link_in_the_image(
+    tmp_path, monkeypatch
+):
+    volume, keys = volume_with_a_swappable_directory(tmp_path)
+    scandir_that_swaps(monkeypatch, volume / "home/alice", "docs", keys)
+    image = tmp_path / "image"
+    cleanup = node.Cleanup()
+    node.build_image(
+        str(volume),
+        str(image),
+        exclusions=(),
+        includes=(),
+        no_filter=False,
+        size_mb=None,
+        volume_fs={},
+        cleanup=cleanup,
+    )
+    cleanup.wait()
+    for entry in list_image(image):
+        if entry.type == "file":
+            inside = subprocess.run(
+                ["debugfs", "-R", f"cat {entry.path}", str(image)], capture_output=True, check=True
+            ).stdout
+            assert b"ROOT SECRET" not in inside, entry.path
+
+
+def test_a_directory_swapped_for_a_link_after_the_walk_stages_nothing_behind_the_link(tmp_path):
+    volume, keys = volume_with_a_swappable_directory(tmp_path)
+    walked = list(node.walk_volume(str(volume), (), (), False))
+    swap_for_a_link(volume / "home/alice/docs", keys)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    left_out: list = []
+    node.stage_volume(walked, str(staging), left_out)
+    for name in ("authorized_keys", "id_ed25519"):
+        staged_file = staging / "home/alice/docs" / name
+        assert not staged_file.exists() or b"ROOT SECRET" not in staged_file.read_bytes(), name
+    assert {e.path for e in left_out} >= {"/home/alice/docs/authorized_keys", "/home/alice/docs/id_ed25519"}

@@ -4,17 +4,22 @@ Only root may mount; elsewhere (and when asked with staging = "links") the progr
 hard links, so every test here compares the two ways or checks the view's safety.
 """
 
+import contextlib
 import errno
+import fnmatch
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from amidsl.bundle import list_image
 from amidsl.node import PROGRAM_PATH
@@ -149,11 +154,14 @@ import errno, importlib.util, json, os, shutil, sys
 spec = importlib.util.spec_from_file_location("amidsl_node", sys.argv[1])
 node = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(node)
-volume, view, swap = sys.argv[2], sys.argv[3], sys.argv[4] == "swap"
+volume, view, swap = sys.argv[2], sys.argv[3], sys.argv[4]
 plan = node.plan_view(node.walk_volume(volume, [], [], False), volume, node.SizeTally(-1))
-if swap:  # a directory replaced by a symbolic link to elsewhere after the walk
+if swap == "swap":  # a directory replaced by a symbolic link to elsewhere after the walk
     os.rename(os.path.join(volume, "home/alice"), os.path.join(volume, "home/alice.old"))
     os.symlink("/etc", os.path.join(volume, "home/alice"))
+if swap == "swap-parent":  # a parent directory replaced by a symbolic link to itself, moved aside
+    os.rename(os.path.join(volume, "home"), os.path.join(volume, "home.old"))
+    os.symlink("home.old", os.path.join(volume, "home"))
 try:
     node.mount_view(view, volume, plan)
 except OSError as exc:
@@ -177,7 +185,7 @@ print(json.dumps(found))
 """
 
 
-def probe_view(tmp_path: Path, volume: Path, swap: bool = False) -> dict:
+def probe_view(tmp_path: Path, volume: Path, swap: str = "-") -> dict:
     view = tmp_path / "view"
     view.mkdir()
     done = subprocess.run(
@@ -188,7 +196,7 @@ def probe_view(tmp_path: Path, volume: Path, swap: bool = False) -> dict:
             str(PROGRAM_PATH),
             str(volume),
             str(view),
-            "swap" if swap else "-",
+            swap,
         ],
         capture_output=True,
         text=True,
@@ -210,9 +218,18 @@ def test_nothing_written_or_removed_through_the_view_reaches_the_volume(tmp_path
 
 def test_a_directory_replaced_by_a_symlink_after_the_walk_is_not_shown(tmp_path):
     volume = make_volume(tmp_path / "volume")
-    found = probe_view(tmp_path, volume, swap=True)
+    found = probe_view(tmp_path, volume, swap="swap")
     assert found["mounted"] is False
     # Not the directory the walk saw: a symbolic link (ENOTDIR, ELOOP), or another inode (ESTALE).
+    assert found["errno"] in (errno.ENOTDIR, errno.ELOOP, errno.ESTALE)
+
+
+def test_a_parent_directory_replaced_by_a_symlink_after_the_walk_is_not_followed(tmp_path):
+    volume = make_volume(tmp_path / "volume")
+    time.sleep(SETTLE_SECONDS)  # so that /home is shown as it is, and only /home/alice is covered
+    # /home moves aside and a link to it takes its place: the same files, reached through a link.
+    found = probe_view(tmp_path, volume, swap="swap-parent")
+    assert found["mounted"] is False
     assert found["errno"] in (errno.ENOTDIR, errno.ELOOP, errno.ESTALE)
 
 
@@ -249,3 +266,144 @@ def test_a_view_of_more_than_view_mounts_is_not_planned(tmp_path, monkeypatch):
     plan = planned(volume)
     assert plan.mounts > 5 and plan.shadows == [] and plan.binds == []
     assert plan.size.entries == planned(volume).size.entries  # the count is whole
+
+
+# Mounts under the volume. The walk reads what is mounted (as the system sees it, and as ec2-bundle-vol
+# did); so must mke2fs through the view, whether the mount is of another filesystem or a bind mount of
+# the same one (same device: only the mount table tells), of a directory or of a file.
+
+
+@contextlib.contextmanager
+def bind_mounted(source: Path, target: Path):
+    """source bind-mounted at target for the duration, always unmounted after."""
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def volume_with_secrets_under_a_mount_point(root: Path) -> Path:
+    """make_volume, with keys in /srv/data and a motd in /etc, both to be mounted over."""
+    volume = make_volume(root)
+    (volume / "srv/data").mkdir()
+    (volume / "srv/data/.bash_history").write_text("mysql -p hunter2\n")
+    (volume / "srv/data/server.pem").write_text("under the mount point\n")
+    (volume / "srv/other").mkdir()
+    (volume / "srv/other/shared.txt").write_text("mounted content\n")
+    (volume / "etc/motd").write_text("under\n")
+    (volume / "srv/motd.mounted").write_text("the motd mounted over /etc/motd\n")
+    return volume
+
+
+def test_a_bind_mount_of_a_directory_of_the_same_filesystem_is_imaged_as_mounted_in_both_ways(tmp_path):
+    volume = volume_with_secrets_under_a_mount_point(tmp_path / "volume")
+    (tmp_path / "out-view").mkdir()
+    (tmp_path / "out-links").mkdir()
+    with bind_mounted(volume / "srv/other", volume / "srv/data"):
+        time.sleep(SETTLE_SECONDS)  # so that /srv is shown as it is, not covered
+        view, view_report, view_log, _ = bundled_entries(volume, tmp_path / "out-view", tmp_path / "a")
+        links, links_report, _, _ = bundled_entries(
+            volume, tmp_path / "out-links", tmp_path / "b", staging="links"
+        )
+    assert "through a private view" in view_log
+    assert "/srv/data/.bash_history" not in view and "/srv/data/server.pem" not in view
+    assert "/srv/data/shared.txt" in view
+    assert described(view) == described(links)
+    assert view_report["left_out"] == links_report["left_out"]
+
+
+def test_a_bind_mount_of_a_file_is_imaged_as_mounted_in_both_ways(tmp_path):
+    volume = volume_with_secrets_under_a_mount_point(tmp_path / "volume")
+    (tmp_path / "out-view").mkdir()
+    (tmp_path / "out-links").mkdir()
+    with bind_mounted(volume / "srv/motd.mounted", volume / "etc/motd"):
+        time.sleep(SETTLE_SECONDS)  # so that /etc is shown as it is, not covered
+        view, _, view_log, view_image = bundled_entries(volume, tmp_path / "out-view", tmp_path / "a")
+        links, _, _, _ = bundled_entries(volume, tmp_path / "out-links", tmp_path / "b", staging="links")
+    assert "through a private view" in view_log
+    inside = subprocess.run(["debugfs", "-R", "cat /etc/motd", str(view_image)], capture_output=True).stdout
+    assert inside == b"the motd mounted over /etc/motd\n"
+    assert described(view) == described(links)
+
+
+# Any tree, any mounts: the two ways to image a volume must agree, and neither may hold a filtered path.
+
+NAMES = ["a", "b", "notes", ".ssh", "authorized_keys", ".bash_history", "key.pem", "x.swp", "id_rsa", "old~"]
+KINDS = ["dir", "dir", "file", "symlink"]
+
+
+@st.composite
+def trees_with_mounts(draw) -> tuple:
+    """(entries as (path, kind), bind mounts as (source, target)) of a small volume."""
+    entries: dict = {}
+    directories = [""]
+    for _ in range(draw(st.integers(2, 14))):
+        parent = draw(st.sampled_from(directories))
+        path = f"{parent}/{draw(st.sampled_from(NAMES))}"
+        if path in entries:
+            continue
+        entries[path] = draw(st.sampled_from(KINDS))
+        if entries[path] == "dir":
+            directories.append(path)
+    files = [p for p, kind in entries.items() if kind == "file"]
+
+    def apart(one: str, other: str) -> bool:
+        return not (one + "/").startswith(other + "/") and not (other + "/").startswith(one + "/")
+
+    mounts = []
+    for pool in (directories[1:], files):  # a bind mount of a directory, then of a file
+        pairs = [(a, b) for a in pool for b in pool if a != b and apart(a, b)]
+        if pairs and draw(st.booleans()):
+            mounts.append(draw(st.sampled_from(pairs)))
+    return sorted(entries.items()), mounts
+
+
+def make_tree(volume: Path, entries: list) -> None:
+    volume.mkdir()
+    for path, kind in entries:  # sorted: parents first
+        where = volume / path.lstrip("/")
+        if kind == "dir":
+            where.mkdir()
+        elif kind == "file":
+            where.write_text(f"{path}\n")
+        else:
+            where.symlink_to("/root/.ssh/id_ed25519" if "ssh" in path else "../a")
+
+
+def filtered_paths(paths) -> list:
+    return [p for p in paths for pattern in node.DEFAULT_FILTER if fnmatch.fnmatchcase(p, pattern)]
+
+
+@settings(max_examples=10, deadline=None)
+@given(trees_with_mounts())
+@example(  # issue 19's case: keys under a bind mount point in a directory shown as it is
+    (
+        [
+            ("/a", "dir"),
+            ("/a/b", "dir"),
+            ("/a/b/.bash_history", "file"),
+            ("/a/b/key.pem", "file"),
+            ("/a/notes", "dir"),
+            ("/a/notes/a", "file"),
+        ],
+        [("/a/notes", "/a/b")],
+    )
+)
+def test_the_view_and_a_staging_tree_agree_on_any_tree_with_mounts_and_hold_nothing_filtered(tree):
+    entries, mounts = tree
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as mounted:
+        work = Path(scratch)
+        volume = work / "volume"
+        make_tree(volume, entries)
+        for source, target in mounts:
+            mounted.enter_context(bind_mounted(volume / source.lstrip("/"), volume / target.lstrip("/")))
+        (work / "out-view").mkdir()
+        (work / "out-links").mkdir()
+        time.sleep(SETTLE_SECONDS)  # so that most directories are shown as they are
+        view, view_report, view_log, _ = bundled_entries(volume, work / "out-view", work / "a")
+        links, links_report, _, _ = bundled_entries(volume, work / "out-links", work / "b", staging="links")
+    assert "through a private view" in view_log
+    assert described(view) == described(links)
+    assert view_report["left_out"] == links_report["left_out"]
+    assert filtered_paths(view) == [] and filtered_paths(links) == []

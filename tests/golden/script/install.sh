@@ -296,6 +296,99 @@ def non_local_mounts(source: str, mounts_table: str | None = None) -> dict[str, 
     return found
 
 
+def mount_points(source: str, mountinfo: str | None = None) -> set[str]:
+    """Image paths of every mount point under source, bind mounts of its own filesystem included.
+
+    A bind mount of the volume's own filesystem has the volume's device number: only the mount table
+    tells it from a directory.
+    """
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", errors="surrogateescape") as table:
+                mountinfo = table.read()
+        except OSError:
+            return set()
+    root = os.path.realpath(source).rstrip("/")
+    found = set()
+    for line in mountinfo.splitlines():
+        fields = line.split(" ", 5)
+        if len(fields) < 5:
+            continue
+        point = _unescape_mount_point(fields[4])
+        if point.startswith(root + "/"):
+            found.add(image_path_of(point[len(root) :]))
+    return found
+
+
+# Directories are opened one component at a time, each in its parent's descriptor, without following a
+# symbolic link, and checked to be the directory the walk saw (device and inode). A local user who owns
+# a directory can swap it for a link to one they cannot read (/root/.ssh) between the walk's lstat and
+# any later open by path; opened this way, the swap is refused instead of followed.
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_checked(name: str, st: os.stat_result, dir_fd: int | None, flags: int) -> int:
+    """Open name (in dir_fd) not following a symbolic link; OSError unless it is the file st describes."""
+    fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        found = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if (found.st_dev, found.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise OSError(errno.ESTALE, "replaced since the volume was walked", name)
+    return fd
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or directory == "/" or path.startswith(directory + "/")
+
+
+class DirectoryChain:
+    """Verified descriptors of one directory of the volume and of its ancestors (see DIRECTORY_FLAGS).
+
+    Only the chain to the directory last asked for stays open: walking depth first, each directory is
+    opened once, and a deep tree costs as many descriptors as it is deep.
+    """
+
+    def __init__(self, volume: str, seen: dict) -> None:
+        self.volume = volume
+        self.seen = seen  # image path -> the walk's lstat of each directory ("/": of the volume)
+        self.chain: list = []  # (image path, descriptor), the volume's first
+
+    def open(self, path: str, st: os.stat_result | None = None) -> int:
+        """The descriptor of the directory at path in the image (st: its lstat, if not in seen).
+
+        It stays valid until another path is asked for, or close().
+        """
+        chain = self.chain
+        while chain and not _within(path, chain[-1][0]):
+            os.close(chain.pop()[1])
+        if not chain:
+            # The volume as the caller names it: a symbolic link may lead to it.
+            fd = os.open(self.volume, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            root, found = self.seen.get("/"), os.fstat(fd)
+            if root is not None and (root.st_dev, root.st_ino) != (found.st_dev, found.st_ino):
+                os.close(fd)
+                raise OSError(errno.ESTALE, "replaced since the volume was walked", self.volume)
+            chain.append(("/", fd))
+        while chain[-1][0] != path:
+            parent, parent_fd = chain[-1]
+            name = path[len(parent.rstrip("/")) + 1 :].partition("/")[0]
+            child = f"{parent.rstrip('/')}/{name}"
+            wanted = st if child == path and st is not None else self.seen.get(child)
+            if wanted is None:
+                raise OSError(errno.ENOENT, "not a directory the walk saw", child)
+            chain.append((child, open_checked(name, wanted, parent_fd, DIRECTORY_FLAGS)))
+        return chain[-1][1]
+
+    def close(self) -> None:
+        """Close every descriptor still open."""
+        while self.chain:
+            os.close(self.chain.pop()[1])
+
+
 def walk_volume(
     source: str,
     exclusions: Iterable[str],
@@ -323,51 +416,61 @@ def walk_volume(
             return None
         return next((p for p in DEFAULT_FILTER if fnmatch.fnmatchcase(path, p)), None)
 
-    pending = [(source, "/")]
-    while pending:
-        directory, image_dir = pending.pop()
-        try:
-            with os.scandir(directory) as scan:
-                children = sorted(scan, key=lambda e: e.name)
-        except OSError as exc:
-            yield Skipped(image_dir, LEFT_OUT_UNREADABLE, exc.strerror or str(exc))
-            continue
-        # image_dir is normalised and a directory entry's name holds no '/', '.' or '..' of its own.
-        parent = image_dir.rstrip("/")
-        for child in children:
-            path = f"{parent}/{child.name}"
+    # Depth first, each directory read through a descriptor opened in its parent's and checked against
+    # the lstat that selected it (DirectoryChain): a directory swapped for a symbolic link after its
+    # lstat is left out as unreadable, never followed.
+    directories = DirectoryChain(source, {})
+    pending: list = [(source, "/", None)]  # (path here, path in the image, the walk's lstat)
+    try:
+        while pending:
+            directory, image_dir, seen = pending.pop()
             try:
-                st = child.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed since the directory was read
-            # Files are recognised by device and inode: cheaper than resolving every path, and
-            # immune to the different spellings (symlinks, ..) one file can have.
-            file_id = (st.st_dev, st.st_ino)
-            if file_id in own:
+                with os.scandir(directories.open(image_dir, seen)) as scan:
+                    children = sorted(scan, key=lambda e: e.name)
+            except OSError as exc:
+                yield Skipped(image_dir, LEFT_OUT_UNREADABLE, exc.strerror or str(exc))
                 continue
-            pattern = filtered_by(path)
-            if path in excluded:
-                yield Skipped(path, LEFT_OUT_EXCLUSION, path)
-            elif file_id == image_id:
-                yield Skipped(path, LEFT_OUT_IMAGE_FILE, path)
-            elif "\n" in child.name:
-                yield Skipped(path, LEFT_OUT_NEWLINE, repr(child.name))
-            elif stat.S_ISSOCK(st.st_mode):
-                yield Skipped(path, LEFT_OUT_SOCKET, path)
-            elif pattern is not None:
-                yield Skipped(path, LEFT_OUT_FILTER, pattern)
-            else:
-                yield Selected(path, child.path, st)
-                if not stat.S_ISDIR(st.st_mode):
+            # The directory's descriptor stays open while its entries are looked at (the chain moves
+            # on at the next directory only): DirEntry.stat is an fstatat in it.
+            # image_dir is normalised and a directory entry's name holds no '/', '.' or '..' of its own.
+            parent = image_dir.rstrip("/")
+            here = directory if directory.endswith("/") else directory + "/"
+            for child in children:
+                path = f"{parent}/{child.name}"
+                try:
+                    st = child.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since the directory was read
+                # Files are recognised by device and inode: cheaper than resolving every path, and
+                # immune to the different spellings (symlinks, ..) one file can have.
+                file_id = (st.st_dev, st.st_ino)
+                if file_id in own:
                     continue
-                # Mount points and always-excluded directories stay, empty: the system mounts
-                # something there at boot.
-                if path in ALWAYS_EXCLUDED:
-                    yield Skipped(path + "/*", LEFT_OUT_ALWAYS, path)
-                elif path in mounts:
-                    yield Skipped(path + "/*", LEFT_OUT_NON_LOCAL, mounts[path])
+                pattern = filtered_by(path)
+                if path in excluded:
+                    yield Skipped(path, LEFT_OUT_EXCLUSION, path)
+                elif file_id == image_id:
+                    yield Skipped(path, LEFT_OUT_IMAGE_FILE, path)
+                elif "\n" in child.name:
+                    yield Skipped(path, LEFT_OUT_NEWLINE, repr(child.name))
+                elif stat.S_ISSOCK(st.st_mode):
+                    yield Skipped(path, LEFT_OUT_SOCKET, path)
+                elif pattern is not None:
+                    yield Skipped(path, LEFT_OUT_FILTER, pattern)
                 else:
-                    pending.append((child.path, path))
+                    yield Selected(path, here + child.name, st)
+                    if not stat.S_ISDIR(st.st_mode):
+                        continue
+                    # Mount points and always-excluded directories stay, empty: the system mounts
+                    # something there at boot.
+                    if path in ALWAYS_EXCLUDED:
+                        yield Skipped(path + "/*", LEFT_OUT_ALWAYS, path)
+                    elif path in mounts:
+                        yield Skipped(path + "/*", LEFT_OUT_NON_LOCAL, mounts[path])
+                    else:
+                        pending.append((here + child.name, path, st))
+    finally:
+        directories.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,23 +754,27 @@ def measure_selection(
     return tally.size(links)
 
 
-def _copy_xattrs(source: str, target: str) -> None:
-    """Copy extended attributes (SELinux labels, capabilities), as far as we may."""
+def _copy_xattrs(source: str | int, target: str) -> None:
+    """Copy extended attributes (SELinux labels, capabilities), as far as we may.
+
+    source: a path (its last component not followed) or an open descriptor.
+    """
+    follow = {} if isinstance(source, int) else {"follow_symlinks": False}
     try:
-        names = os.listxattr(source, follow_symlinks=False)
+        names = os.listxattr(source, **follow)
     except OSError:
         return
     for name in names:
         try:
-            value = os.getxattr(source, name, follow_symlinks=False)
+            value = os.getxattr(source, name, **follow)
             os.setxattr(target, name, value, follow_symlinks=False)
         except OSError:
             pass  # e.g. a namespace this filesystem or user cannot write
 
 
-def copy_sparse(source: str | os.PathLike, target: str | os.PathLike, size: int) -> None:
-    """Copy a regular file's data regions only, so that holes stay holes."""
-    src = os.open(source, os.O_RDONLY)
+def copy_sparse(source: str | os.PathLike | int, target: str | os.PathLike, size: int) -> None:
+    """Copy a regular file's data regions only, so that holes stay holes (source: a path or descriptor)."""
+    src = source if isinstance(source, int) else os.open(source, os.O_RDONLY)
     try:
         dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -686,34 +793,45 @@ def copy_sparse(source: str | os.PathLike, target: str | os.PathLike, size: int)
         finally:
             os.close(dst)
     finally:
-        os.close(src)
+        if src is not source:
+            os.close(src)
 
 
-def _set_owner_mode_times(target: str, st: os.stat_result, xattr_source: str) -> None:
-    """Give a recreated entry the source's owner, mode, times and extended attributes."""
+def _set_owner_mode_times(target: str, st: os.stat_result, xattr_source: str | int | None) -> None:
+    """Give a recreated entry the source's owner, mode, times and extended attributes (if a source)."""
     is_link = stat.S_ISLNK(st.st_mode)
     if os.geteuid() == 0:
         os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
     if not is_link:
         os.chmod(target, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
-    _copy_xattrs(xattr_source, target)
+    if xattr_source is not None:
+        _copy_xattrs(xattr_source, target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
+def _in_directory(dir_fd: int, name: str) -> str:
+    """A path to name in the directory open at dir_fd: resolved through the descriptor, name not followed."""
+    return f"/proc/self/fd/{dir_fd}/{name}"
+
+
 def stage_entry(
-    entry: Selected, target: str, staging_dev: int, first_copy: dict, copy_up_to: int = -1
+    entry: Selected, target: str, staging_dev: int, first_copy: dict, copy_up_to: int = -1, *, dir_fd: int
 ) -> None:
     """Recreate one selected entry at target: a hard link where possible, else a copy.
 
+    dir_fd: the entry's directory, opened as the walk saw it (DirectoryChain); the entry is reached
+    through it only, and linked or copied only if it is the file the walk saw (device and inode).
     Single-linked regular files of at most copy_up_to bytes are copied (see STAGING_LINKS).
     """
     st = entry.st
+    name = entry.path.rpartition("/")[2]
     if stat.S_ISDIR(st.st_mode):
         os.mkdir(target, 0o700)  # owner, mode and times are set after its contents
+        _copy_xattrs(_in_directory(dir_fd, name), target)
         return
     if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(entry.source), target)
-        _set_owner_mode_times(target, st, entry.source)
+        os.symlink(os.readlink(name, dir_fd=dir_fd), target)
+        _set_owner_mode_times(target, st, _in_directory(dir_fd, name))
         return
     key = (st.st_dev, st.st_ino)
     if key in first_copy:
@@ -723,24 +841,40 @@ def stage_entry(
     if st.st_dev == staging_dev and not small:
         try:
             # Same filesystem: a hard link costs only metadata and keeps owner, mode and times.
-            os.link(entry.source, target, follow_symlinks=False)
-            return
+            os.link(name, target, src_dir_fd=dir_fd, follow_symlinks=False)
         except OSError as exc:
             # Copy instead: an immutable file, protected_hardlinks when not root, a bind mount
             # of the same filesystem (EXDEV), a file with the most links ext4 allows.
             if exc.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK):
                 raise
+        else:
+            linked = os.lstat(target)
+            if (linked.st_dev, linked.st_ino) == key:
+                return
+            os.unlink(target)  # another file took the name since the walk
+            raise OSError(errno.ESTALE, "replaced since the volume was walked", entry.source)
     if stat.S_ISREG(st.st_mode):
-        copy_sparse(entry.source, target, st.st_size)
+        source = open_checked(name, st, dir_fd, os.O_RDONLY)
+        try:
+            copy_sparse(source, target, st.st_size)
+            _set_owner_mode_times(target, st, source)
+        finally:
+            os.close(source)
     elif stat.S_ISFIFO(st.st_mode):
         os.mkfifo(target, 0o600)
+        _set_owner_mode_times(target, st, _in_directory(dir_fd, name))
     elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         os.mknod(target, 0o600 | stat.S_IFMT(st.st_mode), st.st_rdev)
+        _set_owner_mode_times(target, st, _in_directory(dir_fd, name))
     else:
         return
-    _set_owner_mode_times(target, st, entry.source)
     if st.st_nlink > 1:
         first_copy[key] = target
+
+
+def _volume_of(entry: Selected) -> str:
+    """The volume an entry of its walk lies in: its path here, less its path in the image."""
+    return entry.source[: len(entry.source) - len(entry.path)] or "/"
 
 
 def stage_volume(
@@ -756,32 +890,45 @@ def stage_volume(
     directories = []
     failed_dirs: list = []
     staged = 0
-    for entry in entries:
-        if isinstance(entry, Skipped):
-            left_out.append(entry)
-            continue
-        if any(entry.path.startswith(d + "/") for d in failed_dirs):
-            continue
-        target = staging + entry.path  # entry.path is absolute and normalised
-        try:
-            stage_entry(entry, target, staging_dev, first_copy, copy_up_to)
-        except FileNotFoundError:
-            continue  # removed since it was listed
-        except OSError as exc:
-            left_out.append(Skipped(entry.path, LEFT_OUT_UNREADABLE, exc.strerror or str(exc)))
+    # Each entry is reached through its directory's verified descriptor; a directory comes before
+    # its contents, so its lstat is known by then.
+    seen: dict = {}
+    opened: DirectoryChain | None = None
+    try:
+        for entry in entries:
+            if isinstance(entry, Skipped):
+                left_out.append(entry)
+                continue
+            if any(entry.path.startswith(d + "/") for d in failed_dirs):
+                continue
+            if opened is None:
+                opened = DirectoryChain(_volume_of(entry), seen)
+            target = staging + entry.path  # entry.path is absolute and normalised
+            try:
+                dir_fd = opened.open(entry.path.rpartition("/")[0] or "/")
+                stage_entry(entry, target, staging_dev, first_copy, copy_up_to, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            except OSError as exc:
+                left_out.append(Skipped(entry.path, LEFT_OUT_UNREADABLE, exc.strerror or str(exc)))
+                if stat.S_ISDIR(entry.st.st_mode):
+                    failed_dirs.append(entry.path)
+                continue
             if stat.S_ISDIR(entry.st.st_mode):
-                failed_dirs.append(entry.path)
-            continue
-        if stat.S_ISDIR(entry.st.st_mode):
-            directories.append((target, entry))
-        if tally is not None:
-            tally.add(entry.st)
-        staged += 1
-        if staged % 20000 == 0:
-            say(f"staged {staged} entries")
-    # Adding entries changed the directories' times; set them last, deepest first.
+                directories.append((target, entry))
+                seen[entry.path] = entry.st
+            if tally is not None:
+                tally.add(entry.st)
+            staged += 1
+            if staged % 20000 == 0:
+                say(f"staged {staged} entries")
+    finally:
+        if opened is not None:
+            opened.close()
+    # Adding entries changed the directories' times; set them last, deepest first (their extended
+    # attributes were copied when they were made).
     for target, entry in reversed(directories):
-        _set_owner_mode_times(target, entry.st, entry.source)
+        _set_owner_mode_times(target, entry.st, None)
     return staged
 
 
@@ -849,7 +996,9 @@ def staging_parent(volume: str, destination_dir: str) -> str:
 # own, which no other process sees and which vanishes with the program. Only the directories whose
 # contents differ from the volume's (an entry left out, a directory kept empty, GRUB's modules) are
 # covered by a tmpfs holding the selected entries, each bound in read-only (the file or directory the
-# walk saw: checked by device and inode).
+# walk saw: opened through its directory's verified descriptor and checked by device and inode, see
+# DirectoryChain). The volume is bound without what is mounted under it, so every mount point the walk
+# went into is bound in at its place (see plan_view).
 #
 # The staging tree is a snapshot of the walk; the view is live. So that a file created after the walk
 # (one a filter would have left out) cannot slip into the image, directories changed shortly before
@@ -878,8 +1027,8 @@ class Shadow(NamedTuple):
 class VolumeView(NamedTuple):
     """What to mount so that the volume shows mke2fs only the selection, and what to check after.
 
-    shadows: parents before their contents; binds: entries on another filesystem than their
-    directory (a local mount under the volume); watched: source path -> (mtime, ctime) in ns of each
+    shadows: parents before their contents; binds: mount points under the volume (a local
+    filesystem, or a bind mount of a directory or file); watched: source path -> (mtime, ctime) in ns of each
     directory shown as it is, which must not change until mke2fs is done; left_out: as the walk
     said (see Skipped).
     """
@@ -890,10 +1039,15 @@ class VolumeView(NamedTuple):
     mounts: int
     size: VolumeSize  # of the selection shown
     left_out: list
+    directories: dict  # image path -> the walk's lstat of each directory shown, to open them as seen
 
 
 def _depth(path: str) -> int:
     return 0 if path == "/" else path.count("/")
+
+
+def _components(path: str) -> tuple:
+    return tuple(p for p in path.split("/") if p)
 
 
 def _mounts_of(shadow: Shadow) -> int:
@@ -924,6 +1078,12 @@ def plan_view(
     binds: list = []
     batch: list = []  # one directory's entries: the walk yields them one after another
     state = {"parent": None, "left": False, "mounts": 1}
+    # The view binds the volume without what is mounted under it, and the walk went into every mount:
+    # each mount point the walk selected is bound in at its place, so that mke2fs reads what the walk
+    # saw, as from a staging tree. That of another filesystem shows as another device; a bind mount of
+    # the volume's own (a directory, or a single file) only in the mount table. A bind-mounted file is
+    # imaged as the file mounted there, which is what the system, the walk and the filters see.
+    mounted = mount_points(volume)
 
     def close_batch() -> None:
         parent = state["parent"]
@@ -936,7 +1096,11 @@ def plan_view(
             shadows.append(Shadow(parent, where.source, where.st, shown, parent in writable, empty))
             state["mounts"] += _mounts_of(shadows[-1])
         else:
-            elsewhere = [e for e in batch if e.st.st_dev != where.st.st_dev and e.path not in kept_empty]
+            elsewhere = [
+                e
+                for e in batch
+                if (e.st.st_dev != where.st.st_dev or e.path in mounted) and e.path not in kept_empty
+            ]
             binds.extend(elsewhere)
             state["mounts"] += len(elsewhere)
         if state["mounts"] > VIEW_MOUNTS:
@@ -985,7 +1149,10 @@ def plan_view(
         if path not in covered and outside_replaced(path)
     }
     # Nothing is copied for a view: only the data and the entries count.
-    return VolumeView(shadows, binds, watched, state["mounts"], tally.size()._replace(copied=0), left_out)
+    seen = {path: d.st for path, d in directories.items()}
+    return VolumeView(
+        shadows, binds, watched, state["mounts"], tally.size()._replace(copied=0), left_out, seen
+    )
 
 
 def _libc() -> Any:
@@ -1001,36 +1168,41 @@ def _mount(libc: Any, source: str | None, target: str, kind: str | None, flags: 
         raise OSError(code, os.strerror(code), target)
 
 
-def _bind_read_only(libc: Any, entry: Selected, target: str) -> None:
-    """Bind the very file or directory the walk saw (by device and inode) at target, read-only."""
-    flags = os.O_PATH | os.O_NOFOLLOW | (os.O_DIRECTORY if stat.S_ISDIR(entry.st.st_mode) else 0)
-    fd = os.open(entry.source, flags)
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (entry.st.st_dev, entry.st.st_ino):
-            raise OSError(errno.ESTALE, "replaced since the volume was walked", entry.source)
-        _mount(libc, f"/proc/self/fd/{fd}", target, None, MS_BIND)
-    finally:
-        os.close(fd)
+def _bind_read_only(libc: Any, entry: Selected, target: str, opened: DirectoryChain) -> None:
+    """Bind the very file or directory the walk saw (by device and inode) at target, read-only.
+
+    It is opened in its directory's verified descriptor (opened), so that no symbolic link swapped in
+    for it or for a directory above it leads elsewhere.
+    """
+    if entry.path == "/":
+        _mount(libc, f"/proc/self/fd/{opened.open('/')}", target, None, MS_BIND)
+    else:
+        parent, _, name = entry.path.rpartition("/")
+        flags = os.O_PATH | (os.O_DIRECTORY if stat.S_ISDIR(entry.st.st_mode) else 0)
+        fd = open_checked(name, entry.st, opened.open(parent or "/"), flags)
+        try:
+            _mount(libc, f"/proc/self/fd/{fd}", target, None, MS_BIND)
+        finally:
+            os.close(fd)
     _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
-def _cover(libc: Any, shadow: Shadow, target: str) -> None:
+def _cover(libc: Any, shadow: Shadow, target: str, opened: DirectoryChain) -> None:
     """Cover target with a tmpfs showing the shadow's entries: bound in, or made like a staging tree."""
     _mount(libc, "tmpfs", target, "tmpfs", 0, "mode=0700")
     for child in shadow.children:
         path = os.path.join(target, posixpath.basename(child.path))
         if stat.S_ISDIR(child.st.st_mode):
             os.mkdir(path, 0o700)
-            _bind_read_only(libc, child, path)
+            _bind_read_only(libc, child, path, opened)
         elif stat.S_ISREG(child.st.st_mode):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            _bind_read_only(libc, child, path)
-        else:
-            stage_entry(child, path, -1, {})  # symbolic links, devices, FIFOs: recreated
+            _bind_read_only(libc, child, path, opened)
+        else:  # symbolic links, devices, FIFOs: recreated
+            stage_entry(child, path, -1, {}, dir_fd=opened.open(shadow.path))
     for name in shadow.kept_empty:
         os.mkdir(os.path.join(target, name), 0o700)
-    _set_owner_mode_times(target, shadow.st, shadow.source)
+    _set_owner_mode_times(target, shadow.st, opened.open(shadow.path))
     if not shadow.writable:
         _mount(libc, None, target, None, MS_REMOUNT | MS_RDONLY)
 
@@ -1046,16 +1218,22 @@ def mount_view(view: str, volume: str, plan: VolumeView) -> None:
         raise OSError(code, f"unshare: {os.strerror(code)}")
     # Private, so that no mount made here propagates back to the node's own mount table.
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-    _bind_read_only(libc, Selected("/", volume, os.lstat(volume)), view)
-    # Outer mounts first, so that none covers one made inside it; at one path, bind then cover.
-    steps = [(_depth(b.path), 0, b.path, b) for b in plan.binds]
-    steps += [(_depth(s.path), 1, s.path, s) for s in plan.shadows]
-    for _, _, path, step in sorted(steps, key=lambda s: s[:3]):
-        target = view + path if path != "/" else view
-        if isinstance(step, Shadow):
-            _cover(libc, step, target)
-        else:
-            _bind_read_only(libc, step, target)
+    # Every entry is opened through its directory's verified descriptor (see DirectoryChain).
+    opened = DirectoryChain(volume, plan.directories)
+    try:
+        _bind_read_only(libc, Selected("/", volume, plan.directories["/"]), view, opened)
+        # Outer mounts first, so that none covers one made inside it; at one path, bind then cover.
+        # In the order of a depth-first walk, so that each directory is opened once.
+        steps = [(_components(b.path), 0, b) for b in plan.binds]
+        steps += [(_components(s.path), 1, s) for s in plan.shadows]
+        for _, _, step in sorted(steps, key=lambda s: s[:2]):
+            target = view + step.path if step.path != "/" else view
+            if isinstance(step, Shadow):
+                _cover(libc, step, target, opened)
+            else:
+                _bind_read_only(libc, step, target, opened)
+    finally:
+        opened.close()
 
 
 def unmount_view(view: str) -> None:
@@ -2784,7 +2962,7 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 24750afb20e3cfbbc9fd27b8e395da1e2b1223bbb7aa5bc7ae67a40155234bfd
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 96a19b8b8ab2a150d18f170c11a829655b7343ebe9e5bfdf189b48dbea16c8ce
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
