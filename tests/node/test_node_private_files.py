@@ -32,29 +32,29 @@ def volume_with_a_secret(root: Path) -> Path:
     return volume
 
 
-def listing_mke2fs(bin_dir: Path, destination: Path, listing: Path) -> str:
-    """A PATH whose mke2fs runs the real one, then lists destination_dir as '<mode> <path>' lines."""
+def listing_mke2fs(bin_dir: Path, listed: Path, listing: Path) -> str:
+    """A PATH whose mke2fs runs the real one, then lists a directory as '<mode> <path>' lines."""
     real = shutil.which("mke2fs") or shutil.which("mke2fs", path="/usr/sbin:/sbin")
     bin_dir.mkdir()
     stand_in = bin_dir / "mke2fs"
     stand_in.write_text(
         f'#!/bin/sh\n{real} "$@"\nstatus=$?\ncase " $* " in *" -d "*)\n'
-        f"  find {destination} -mindepth 1 -printf '%m %p\\n' >> {listing} ;;\nesac\nexit $status\n"
+        f"  find {listed} -mindepth 1 -printf '%m %p\\n' >> {listing} ;;\nesac\nexit $status\n"
     )
     stand_in.chmod(0o755)
     return f"{bin_dir}:{os.environ['PATH']}"
 
 
-def readable_by_others(listing: str, destination: Path) -> list[str]:
-    """Paths of a listing that another user could reach: no private (go-rwx) directory above them."""
+def readable_by_others(listing: str, top: Path) -> list[str]:
+    """Paths of a listing that another user could reach: no private (go-rwx) directory above them in top."""
     modes = {}
     for line in listing.splitlines():
         mode, path = line.split(" ", 1)
         modes[Path(path)] = int(mode, 8)
     exposed = []
     for path, mode in modes.items():
-        below_destination = [p for p in [path, *path.parents] if destination in p.parents]
-        if not any(modes.get(p, 0o777) & 0o077 == 0 for p in below_destination):
+        below_top = [p for p in [path, *path.parents] if top in p.parents]
+        if not any(modes.get(p, 0o777) & 0o077 == 0 for p in below_top):
             exposed.append(f"{mode:o} {path}")
     return exposed
 
@@ -77,6 +77,29 @@ def test_nothing_the_bundle_makes_in_destination_dir_is_readable_by_others_while
     assert run.returncode == 0, run.stderr
     assert listing.read_text().strip(), "mke2fs never listed destination_dir"
     assert readable_by_others(listing.read_text(), destination) == []
+
+
+@needs_root
+def test_a_staging_tree_on_the_volume_is_not_readable_by_others_while_mke2fs_runs(tmp_path):
+    volume = volume_with_a_secret(tmp_path / "volume")
+    # destination_dir on another filesystem: the staging tree goes on the volume's, for its hard links.
+    destination = tmp_path / "out"
+    destination.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "amidsl-test", str(destination)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    listing = tmp_path / "listing"
+    try:
+        path = listing_mke2fs(tmp_path / "bin", volume, listing)
+        run = run_node(
+            "bundle", bundle_request(volume, destination, staging="links"), wrapper=UMASK_022, path=path
+        )
+    finally:
+        subprocess.run(["umount", str(destination)], check=False)
+
+    assert run.returncode == 0, run.stderr
+    staged = [line for line in listing.read_text().splitlines() if f"{volume}/.amidsl-staging-" in line]
+    assert staged, "mke2fs never saw a staging tree in the volume"
+    assert readable_by_others("\n".join(staged), volume) == []
 
 
 @needs_root
