@@ -144,6 +144,7 @@ class Exec:
     user: str = "root"
     creates: str | None = None  # skip the command when this path exists (a finished earlier run)
     description: str = "run a command"
+    umask: str | None = None  # e.g. "077": the files the command creates are for root alone
     missing: str | None = None  # the message when the node has no argv[0] (what is missing, the fix)
 
 

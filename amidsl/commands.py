@@ -60,8 +60,8 @@ Word = Value | StagedFile | Glob | ShellVariable
 
 @dataclass(frozen=True)
 class Command:
-    """One program run: argv, extra environment, working directory, user, optional stdout file, and
-    optional standard input text (a here-document)."""
+    """One program run: argv, extra environment, working directory, user, optional stdout file,
+    optional standard input text (a here-document) and optional umask."""
 
     argv: tuple[Word, ...]
     env: tuple[tuple[str, Value], ...] = ()
@@ -69,11 +69,14 @@ class Command:
     user: str = "root"
     stdout: str | None = None
     stdin: str | None = None
+    umask: str | None = None  # set for this command only (in a subshell), e.g. "077"
 
     def __post_init__(self) -> None:
         for name, _ in self.env:
             if not _NAME_SAFE.fullmatch(name):
                 raise ValueError(f"bad environment variable name {name!r}")
+        if self.umask is not None and not re.fullmatch(r"[0-7]{3}", self.umask):
+            raise ValueError(f"bad umask {self.umask!r}: three octal digits, e.g. 077")
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ def _exec(action: Exec) -> tuple[Step, ...]:
     steps: list[Step] = [
         CollectExisting(EXISTING_PATHS_VARIABLE, word.paths, word.separator) for word in existing
     ]
-    steps.append(Command(argv, env=action.env, cwd=action.cwd, user=action.user))
+    steps.append(Command(argv, env=action.env, cwd=action.cwd, user=action.user, umask=action.umask))
     if action.missing is not None and isinstance(argv[0], str):
         # bash alone would say only "command not found": say what is missing and the fix.
         steps = [ByPackageManager(((argv[0], tuple(steps)),), otherwise=action.missing)]

@@ -130,6 +130,12 @@ def test_bundle_vol_inherits_only_when_asked_and_partitions_only_when_asked(raw_
     assert "--no-inherit" not in asked and option(asked, "--partition") == "mbr"
 
 
+def test_bundle_vol_runs_with_umask_077_so_its_image_is_roots_alone(raw_settings):
+    actions = ami_tools.ami_bundle(resolve(raw_settings))
+    bundle = next(a for a in actions if isinstance(a, Exec) and "ec2-bundle-vol" in a.argv[0])
+    assert bundle.umask == "077"
+
+
 def test_the_image_file_is_removed_before_and_after_bundling(raw_settings):
     actions = ami_tools.ami_bundle(resolve(raw_settings | {"destination_dir": "/mnt/b", "prefix": "web"}))
     bundle_at = next(

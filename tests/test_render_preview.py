@@ -55,7 +55,7 @@ def test_json_preview_follows_the_documented_schema(raw_settings):
     assert bundle["fields"]["argv"][0] == "/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol"
     assert {"existing_paths": list(plan_settings.exclusions), "separator": ","} in bundle["fields"]["argv"]
     assert bundle["commands"][0] == "AMIDSL_EXISTING_PATHS=''"
-    assert any(c.startswith("(cd -- /opt/ami-tools") for c in bundle["commands"])
+    assert any(c.startswith("(umask 077 && cd -- /opt/ami-tools") for c in bundle["commands"])
     register = data["phases"][4]["actions"][0]
     assert register["type"] == "aws_call" and register["runs_on"] == "controller"
     assert register["fields"]["params"]["ImageLocation"] == "acme-ami-bundles/web/2026-11/image.manifest.xml"

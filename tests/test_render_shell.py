@@ -246,6 +246,15 @@ def test_awkward_values_reach_programs_exactly(
     shutil.rmtree(base)
 
 
+def test_a_command_with_a_umask_creates_its_files_under_it_and_leaves_the_shells_alone(tmp_path):
+    private, after = tmp_path / "private", tmp_path / "after"
+    actions = [Exec(("touch", str(private)), umask="077"), Exec(("touch", str(after)))]
+    lines = ["umask 022", *("\n".join(render_action(a)) for a in actions)]
+    run = subprocess.run(["bash", "-c", "set -euo pipefail\n" + "\n".join(lines)], capture_output=True)
+    assert run.returncode == 0, run.stderr
+    assert (private.stat().st_mode & 0o777, after.stat().st_mode & 0o777) == (0o600, 0o644)
+
+
 def expected_argvs(action, env: dict[str, str]) -> list[list[str]]:
     """The argv (plus, for the executable recorders, the tools' environment) each program should get."""
     if isinstance(action, AwsCall):

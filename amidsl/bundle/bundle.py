@@ -3,6 +3,7 @@
 import io
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,9 +109,12 @@ def stream_bundle(
     """Run the node program's streaming pipeline with zlib-ng; return the tar SHA-1 and parts."""
     threads = threads or len(os.sched_getaffinity(0))
     cleanup = node.Cleanup()
-    parts = node.PartWriter(str(out_dir), f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
-    sink = node.EncryptingSink(_CryptographyAes(key, iv), parts)
     try:
+        # The parts are written in a private directory (0700) and moved into out_dir when all are done.
+        work_dir = tempfile.mkdtemp(prefix=f".{prefix}.parts.", dir=out_dir)
+        cleanup.add(work_dir)
+        parts = node.PartWriter(str(out_dir), work_dir, part_size, cleanup)
+        sink = node.EncryptingSink(_CryptographyAes(key, iv), parts)
         # zlib-ng compresses several times faster than zlib at the same ratio.
         gz = gzip_ng_threaded.open(_RawSink(sink), "wb", compresslevel=compresslevel, threads=threads)
         try:
@@ -128,6 +132,7 @@ def stream_bundle(
                 "check free space and permissions"
             ) from exc
         raise
+    cleanup.remove_all()  # the work directory, empty now
     return digest, [WrittenPart(out_dir / p["filename"], p["size"], p["sha1"]) for p in written]
 
 

@@ -85,6 +85,8 @@ PROGRESS_SECONDS = 3.0
 LEFT_OUT_REPORTED = 200
 STAGING_PREFIX = ".amidsl-staging-"  # then the run's pid and a dash, so a dead run's tree is known
 GRUB_SCRATCH_PREFIX = ".amidsl-grub-"  # the same, for the scratch directory of grub-mkimage
+# Every file of a run is created new (never one already there, nor through a symbolic link) and 0600.
+PRIVATE_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # ---------------------------------------------------------------------------------------------
 # Errors and progress
@@ -1629,6 +1631,9 @@ def make_image(
         say(f"building a {wanted} MB ext4 image of {size.entries} entries")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(image)  # mke2fs writes into an existing file at an offset
+        # Made here, 0600, rather than by mke2fs with whatever mode the umask leaves: it holds the
+        # volume's secrets.
+        os.close(create_private_file(image))
         error = run_mke2fs(source, image, wanted, size.entries, volume_fs, offset, ahead)
         if not error or size_mb:
             break
@@ -1749,11 +1754,16 @@ def build_image(
         )
         if built is not None:
             return built
-    staging = tempfile.mkdtemp(
-        prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_parent(volume, os.path.dirname(image))
-    )
-    cleanup.add(staging)
-    own = [(os.lstat(staging).st_dev, os.lstat(staging).st_ino)]
+    # The image's directory is this run's private work directory. On another filesystem than the
+    # volume's, the staging tree goes on the volume (hard links need it), in a private directory of its
+    # own: the tree's root takes the volume's mode, and copies in it may be of files only root can reach.
+    work_dir = os.path.dirname(image)
+    private = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_parent(volume, work_dir))
+    cleanup.add(private)
+    check_private_directory(private)
+    staging = os.path.join(private, "root")
+    os.mkdir(staging, 0o700)
+    own = [(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in (private, work_dir)]
     started = time.monotonic()
     left_out: list = []
     try:
@@ -1777,10 +1787,10 @@ def build_image(
         staged = moment()
         wanted = make_image(staging, image, volume, size_mb, size, volume_fs, grub, ahead)
     except BaseException:
-        cleanup.remove(staging)
+        cleanup.remove(private)
         raise
     # The image no longer needs the staging tree; removing it overlaps the bundling.
-    cleanup.remove_in_background(staging)
+    cleanup.remove_in_background(private)
     built = moment()
     say(f"built the image in {built[0] - started:.1f} s")
     left_out.sort(key=lambda s: s.path)
@@ -1981,7 +1991,7 @@ def write_boot_loader(disk: str, grub: Grub, uuid: str, workdir: str) -> None:
         boot_img = f.read()
     core_img = make_core_image(grub, uuid, workdir)
     record, core = grub_boot_sectors(boot_img, core_img, bytes.fromhex(uuid.replace("-", ""))[:4], fs_sectors)
-    fd = os.open(disk, os.O_WRONLY)
+    fd = os.open(disk, os.O_WRONLY | os.O_NOFOLLOW)
     try:
         os.pwrite(fd, record, 0)
         os.pwrite(fd, core, SECTOR)
@@ -2353,7 +2363,7 @@ class DeflatedAhead:
         self.level, self._budget = level, budget
         self._path = path
         cleanup.add(path)
-        self._file = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = create_private_file(path, os.O_RDWR)
         self._end = 0
         # (lengths, first and last bytes) -> [(SHA-256, offset, length)]: only chunks that could
         # match are hashed.
@@ -2589,13 +2599,19 @@ def part_filename(prefix: str, index: int, count: int) -> str:
 
 
 class PartWriter:
-    """Splits a byte stream into part files of part_size bytes, with SHA-1 and MD5 of each."""
+    """Splits a byte stream into part files of part_size bytes, with SHA-1 and MD5 of each.
 
-    def __init__(self, directory: str, temp_prefix: str, part_size: int, cleanup: Cleanup) -> None:
-        self._directory, self._temp_prefix, self._part_size = directory, temp_prefix, part_size
+    The parts are written in work_dir, a private directory of this run on directory's filesystem, and
+    renamed into directory when all are done: a rename replaces whatever has the final name (a stale
+    part, a planted symbolic link) and never writes through it.
+    """
+
+    def __init__(self, directory: str, work_dir: str, part_size: int, cleanup: Cleanup) -> None:
+        self._directory, self._work_dir, self._part_size = directory, work_dir, part_size
         self._cleanup = cleanup
         self.parts: list[dict] = []  # filename (temporary until renamed), size, sha1, md5
         self._file: Any = None
+        self._name = ""  # of the part being written, in work_dir
         self._sha1, self._md5 = hashlib.sha1(), hashlib.md5()
         self._written = 0
 
@@ -2603,9 +2619,10 @@ class PartWriter:
         view = memoryview(data)
         while view:
             if self._file is None:
-                path = os.path.join(self._directory, f"{self._temp_prefix}{len(self.parts)}")
+                self._name = f"part.{len(self.parts)}"
+                path = os.path.join(self._work_dir, self._name)
                 self._cleanup.add(path)
-                self._file = open(path, "wb")  # noqa: SIM115 - closed in _close_part
+                self._file = os.fdopen(create_private_file(path), "wb")  # closed in _close_part
             chunk = view[: self._part_size - self._written]
             self._file.write(chunk)
             self._sha1.update(chunk)
@@ -2619,7 +2636,7 @@ class PartWriter:
         self._file.close()
         self.parts.append(
             {
-                "filename": os.path.basename(self._file.name),
+                "filename": self._name,
                 "size": self._written,
                 "sha1": self._sha1.hexdigest(),
                 "md5": base64.b64encode(self._md5.digest()).decode("ascii"),
@@ -2638,7 +2655,7 @@ class PartWriter:
             if stale.fullmatch(old):
                 os.unlink(os.path.join(self._directory, old))
         for index, part in enumerate(self.parts):
-            temp = os.path.join(self._directory, part["filename"])
+            temp = os.path.join(self._work_dir, part["filename"])
             part["filename"] = part_filename(prefix, index, len(self.parts))
             os.replace(temp, os.path.join(self._directory, part["filename"]))
             self._cleanup.forget(temp)
@@ -2710,8 +2727,11 @@ def bundle_image_file(
     cleanup: Cleanup,
     ahead: DeflatedAhead | None = None,
 ) -> tuple[str, list[dict]]:
-    """Stream the image into encrypted parts in directory: (image digest, parts)."""
-    parts = PartWriter(directory, f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
+    """Stream the image into encrypted parts in directory: (image digest, parts).
+
+    The parts are written beside the image, in this run's private work directory, then moved.
+    """
+    parts = PartWriter(directory, os.path.dirname(image), part_size, cleanup)
     sink = EncryptingSink(encryptor, parts)
     gzip = ParallelGzip(sink.write, level, workers, ahead=ahead)
     progress = Progress("bundled", tar_size(image))
@@ -2723,6 +2743,40 @@ def bundle_image_file(
         raise
     progress.report()
     return digest, parts.finish(prefix)
+
+
+# ---------------------------------------------------------------------------------------------
+# This run's own files: new, 0600, in a private directory, so no other user of the node reads them
+# ---------------------------------------------------------------------------------------------
+#
+# The image holds the volume's secrets (/etc/shadow, private keys) and destination_dir is often /tmp.
+# A file created where other users can write could be a symbolic link one of them planted, and one
+# readable for a moment could be opened then and read later: so main() sets the umask to 077 (mke2fs
+# and grub-mkimage inherit it), every file is created new and 0600, and all of them but the finished
+# parts stay in a 0700 directory the run makes for itself.
+
+
+def create_private_file(path: str, flags: int = os.O_WRONLY) -> int:
+    """Create path, 0600, and open it with flags; fail if anything (a symbolic link too) is there."""
+    return os.open(path, flags | PRIVATE_FILE_FLAGS, 0o600)
+
+
+def check_private_directory(path: str) -> None:
+    """NodeError unless path is a real directory, ours, that no other user may enter."""
+    found = os.lstat(path)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
+        raise NodeError(
+            f"{path} was to be a private directory of this run but is not (mode "
+            f"{stat.filemode(found.st_mode)}, owner {found.st_uid}); remove it and bundle again"
+        )
+
+
+def make_work_dir(parent: str, prefix: str) -> str:
+    """A new directory in parent (0700) for this run's files, named with prefix and pid for cleanup."""
+    # mkdtemp makes a new directory of a random name: never one already there, never through a link.
+    work_dir = tempfile.mkdtemp(prefix=f".{prefix}.work.{os.getpid()}-", dir=parent)
+    check_private_directory(work_dir)
+    return work_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2786,6 +2840,8 @@ def _run_file_names(prefix: str) -> list[re.Pattern]:
     """What a run leaves when it cannot clean up (SIGKILL, a power cut): each name has its pid."""
     escaped = re.escape(prefix)
     return [
+        re.compile(rf"\.{escaped}\.work\.(\d+)-.+"),
+        # What earlier versions of this program made in destination_dir itself.
         re.compile(rf"\.{escaped}\.image\.(\d+)"),
         re.compile(rf"\.{escaped}\.ahead\.(\d+)"),
         re.compile(rf"\.{escaped}\.part\.(\d+)\.tmp\d+"),
@@ -3091,10 +3147,11 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
 
     volume_fs = identity
     checked = moment()
-    image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
-    ahead = DeflatedAhead(
-        os.path.join(destination, f".{prefix}.ahead.{os.getpid()}"), level, ahead_budget(size), cleanup
-    )
+    # Removed last: by then it is empty, the image, chunks and staging tree gone, the parts moved out.
+    work_dir = make_work_dir(destination, prefix)
+    cleanup.add(work_dir)
+    image_path = os.path.join(work_dir, "image")
+    ahead = DeflatedAhead(os.path.join(work_dir, "deflated-ahead"), level, ahead_budget(size), cleanup)
     built = build_image(
         volume,
         image_path,
@@ -3197,7 +3254,7 @@ def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Up
 
     filename = part["filename"]
     path = os.path.join(directory, filename)
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
         data = f.read()
     _check_part(path, data, part)
     headers = dict(part.get("headers") or {})
@@ -3231,6 +3288,14 @@ def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Up
     return Upload(filename, "failed", 0, f"gave up after {retries + 1} attempts: {problem}")
 
 
+def _is_regular_file(path: str) -> bool:
+    """Whether path is a regular file itself: a symbolic link may point at anything on the node."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def command_upload(request: dict) -> tuple[dict, int]:
     """Upload the parts in parallel; exit 3 when presigned URLs expired, 1 on other failures."""
     destination = _directory(request, "destination_dir")
@@ -3238,8 +3303,8 @@ def command_upload(request: dict) -> tuple[dict, int]:
     for part in parts:
         if not isinstance(part, dict) or not isinstance(part.get("filename"), str) or "url" not in part:
             raise NodeError("each of the request's parts needs a filename and a url")
-        if "/" in part["filename"] or not os.path.isfile(os.path.join(destination, part["filename"])):
-            raise NodeError(f"part {part['filename']} is not a file in {destination}; bundle first")
+        if "/" in part["filename"] or not _is_regular_file(os.path.join(destination, part["filename"])):
+            raise NodeError(f"part {part['filename']} is not a regular file in {destination}; bundle first")
     concurrency = max(1, _field(request, "concurrency", int, 4))
     retries = max(0, _field(request, "retries", int, 5))
     pause = float(request.get("retry_pause", 1.0))
@@ -3301,6 +3366,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str]) -> int:
     """Run one subcommand on the JSON request from standard input."""
     commands = ("check", "bundle", "upload", "cleanup")
+    # Nothing this program or its children (mke2fs, grub-mkimage) create is for other users.
+    os.umask(0o077)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     cleanup = Cleanup()

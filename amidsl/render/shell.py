@@ -174,7 +174,11 @@ def _command(command: Command) -> str:
     if command.stdin is not None:
         text += _here_document(command.stdin)
     if command.cwd is not None:
-        text = f"(cd -- {quote(command.cwd)} && {text})"
+        text = f"cd -- {quote(command.cwd)} && {text}"
+    if command.umask is not None:
+        text = f"umask {quote(command.umask)} && {text}"
+    if command.cwd is not None or command.umask is not None:
+        text = f"({text})"  # a subshell: the directory and umask are this command's alone
     return text
 
 

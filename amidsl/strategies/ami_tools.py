@@ -292,6 +292,9 @@ def ami_bundle(s: AmiSettings) -> list[Action | PlanWarning]:
             env=tool_env(s),
             cwd=s.install_dir,
             description="bundle the volume with ec2-bundle-vol",
+            # The image it writes into destination_dir (often /tmp) holds the volume's secrets: with
+            # root's usual umask 022 every user of the node could read it while the tool works.
+            umask="077",
         ),
         remove_image,
     ]

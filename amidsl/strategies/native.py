@@ -255,7 +255,8 @@ def cleanup(s: AmiSettings) -> list[Action]:
             "(a running one's are kept)",
         ),
         program_removal(s),
-        # The node program's image is `.<prefix>.image.<pid>`, which the cleanup command above removes.
+        # The node program's image is in its work directory `.<prefix>.work.<pid>-*`, which the cleanup
+        # command above removes.
         bundle_files.parts_removal(s),
     ]
 

@@ -1,5 +1,6 @@
 """Run the node program as the controller does: a python3 subprocess, a JSON request on stdin."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -112,6 +113,15 @@ def destination(tmp_path: Path) -> Path:
     path = tmp_path / "out"
     path.mkdir()
     return path
+
+
+def work_dir_contents(destination: Path) -> list[str]:
+    """What is in the private work directories of the runs bundling into destination_dir."""
+    found = []
+    for work_dir in destination.glob(".*.work.*"):
+        with contextlib.suppress(FileNotFoundError):
+            found += os.listdir(work_dir)
+    return found
 
 
 def start_node(command: str, request: dict) -> subprocess.Popen[bytes]:

@@ -18,7 +18,7 @@ from amidsl.bundle.manifest import EncryptedKeys, Manifest, ManifestPart, sign_m
 from amidsl.keypairs import self_signed_pair
 from amidsl.node import PROGRAM_PATH
 from amidsl.node import amidsl_node as node
-from tests.node.conftest import IV, KEY, bundle_request, run_node, start_node
+from tests.node.conftest import IV, KEY, bundle_request, run_node, start_node, work_dir_contents
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners and mounts need root")
 
@@ -232,7 +232,7 @@ def test_an_interrupted_bundle_leaves_no_parts_image_or_staging_tree(volume, des
     request = bundle_request(volume, destination, part_size=1024 * 1024, workers=1)
     process = start_node("bundle", request)
     deadline = time.monotonic() + 60
-    while not any(".part." in n for n in os.listdir(destination)):
+    while not any(name.startswith("part.") for name in work_dir_contents(destination)):
         assert process.poll() is None and time.monotonic() < deadline, "bundling never started"
         time.sleep(0.01)
     process.send_signal(signum)

@@ -189,5 +189,5 @@ def test_a_missing_part_file_is_refused_before_any_upload(tmp_path):
     run = run_node("upload", upload_request(tmp_path, [entry]))
     assert run.returncode == 1
     assert run.stderr.splitlines()[1:] == [
-        f"amidsl-node: error: part image.part.9 is not a file in {tmp_path}; bundle first"
+        f"amidsl-node: error: part image.part.9 is not a regular file in {tmp_path}; bundle first"
     ]

@@ -51,6 +51,9 @@
 #   sriov_net_support = (none)
 #   force_deregister = false
 #   image_wait_seconds = 1800
+#   includes = /etc/ssl/certs/*.pem, /etc/pki/ca-trust/*.pem, /etc/pki/tls/certs/*.pem, /usr/share/keyrings/*.gpg, /etc/apt/trusted.gpg.d/*.gpg, /etc/apt/keyrings/*.gpg, /usr/share/pki/*.pem, */certifi/cacert.pem, */pip/_vendor/certifi/cacert.pem, */botocore/cacert.pem
+#   exclude_patterns = (none)
+#   hygiene_keep = (none)
 
 set -Eeuo pipefail
 
@@ -167,6 +170,8 @@ PROGRESS_SECONDS = 3.0
 LEFT_OUT_REPORTED = 200
 STAGING_PREFIX = ".amidsl-staging-"  # then the run's pid and a dash, so a dead run's tree is known
 GRUB_SCRATCH_PREFIX = ".amidsl-grub-"  # the same, for the scratch directory of grub-mkimage
+# Every file of a run is created new (never one already there, nor through a symbolic link) and 0600.
+PRIVATE_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # ---------------------------------------------------------------------------------------------
 # Errors and progress
@@ -237,6 +242,362 @@ LOCAL_FS_TYPES = frozenset(
     {"ext2", "ext3", "ext4", "xfs", "btrfs", "jfs", "reiserfs", "f2fs", "vfat", "msdos", "exfat"}
 )
 
+# ---------------------------------------------------------------------------------------------
+# Image hygiene: what an image others launch (or share) must not carry, and what is reset instead
+# ---------------------------------------------------------------------------------------------
+#
+# Sources: AWS's guidelines for shared Linux AMIs (remove SSH host keys and authorized keys, leave out
+# credentials and shell history), cloud-init's `clean` (instance state, logs, machine-id), systemd's
+# notes on building images (an empty /etc/machine-id, no random seed shared between machines) and the
+# operations of libguestfs' virt-sysprep (histories, DHCP leases, logs, temporary files, user keys).
+# Patterns are image paths matched as fnmatch does (`*` also crosses `/`). Unlike the filter, includes
+# do not override an item: a user keeps one with its own setting, keep_<name> = true.
+
+HYGIENE_LEAVE_OUT = "left out"
+HYGIENE_EMPTY_FILE = "kept as an empty file (same owner and mode)"
+HYGIENE_EMPTY_DIR = "kept as an empty directory (same owner and mode)"
+
+
+class HygieneItem(NamedTuple):
+    """One kind of thing a shared image must not carry: what it matches and what is done with it."""
+
+    name: str  # the setting keep_<name> keeps it
+    patterns: tuple
+    treatment: str  # HYGIENE_LEAVE_OUT, HYGIENE_EMPTY_FILE (regular files only) or HYGIENE_EMPTY_DIR
+    what: str  # for the preview: what it is, and why it goes
+
+
+HYGIENE = (
+    HygieneItem(
+        "ssh_host_keys",
+        ("/etc/ssh/ssh_host_*",),
+        HYGIENE_LEAVE_OUT,
+        "SSH host keys: every instance would share the node's identity (AWS: remove them); new ones "
+        "are made at first boot by cloud-init, the distribution's sshd-keygen, or a unit amidsl adds",
+    ),
+    HygieneItem(
+        "private_keys",
+        (
+            "*/.ssh/id_*",
+            "*/.ssh/*_rsa",
+            "*/.ssh/*_ed25519",
+            "*/.ssh/*_ecdsa",
+            "*/.ssh/*.key",
+            "*/.gnupg",
+            "/etc/ssl/private/*",
+            "/etc/pki/tls/private/*",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "users' SSH and GnuPG private keys and TLS private keys (of any type, whatever their name)",
+    ),
+    HygieneItem(
+        "authorized_keys",
+        ("*/.ssh/authorized_keys*", "*/.ssh/known_hosts*"),
+        HYGIENE_LEAVE_OUT,
+        "authorized and known SSH keys: the builder's logins (AWS: instances get the launch key pair)",
+    ),
+    HygieneItem(
+        "histories",
+        (
+            "*/.*_history",
+            "*/.*hsts",
+            "*/.histfile",
+            "*/.lesshst",
+            "*/.viminfo",
+            "*/.local/share/fish/fish_history",
+            "*/.local/share/recently-used.xbel",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "shell, database, editor and pager histories (AWS: remove shell history)",
+    ),
+    HygieneItem(
+        "credentials",
+        (
+            "*/.aws/credentials",
+            "*/.aws/config",
+            "*/.aws/sso/cache",
+            "*/.docker/config.json",
+            "*/.git-credentials",
+            "*/.config/gh/hosts.yml",
+            "*/.config/gcloud",
+            "*/.azure",
+            "*/.kube/config",
+            "*/.netrc",
+            "*/.pgpass",
+            "*/.my.cnf",
+            "*/.npmrc",
+            "*/.pypirc",
+            "*/.vault-token",
+            "*/.s3cfg",
+            "*/.boto",
+            "*/.terraform.d/credentials.tfrc.json",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "cloud and tool credentials in home directories (AWS: never leave credentials in an image)",
+    ),
+    HygieneItem(
+        "cloud_init_state",
+        (
+            "/var/lib/cloud/instance",
+            "/var/lib/cloud/instances",
+            "/var/lib/cloud/data",
+            "/var/lib/cloud/sem",
+            "/var/lib/cloud/handlers",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "cloud-init's state of this instance (user data, its scripts' outputs), as `cloud-init clean` "
+        "removes it, so that cloud-init runs again on each new instance",
+    ),
+    HygieneItem(
+        "machine_id",
+        ("/etc/machine-id", "/var/lib/dbus/machine-id"),
+        HYGIENE_EMPTY_FILE,
+        "the machine id: an empty /etc/machine-id makes systemd give each instance a new one at boot",
+    ),
+    HygieneItem(
+        "logs",
+        ("/var/log/*",),
+        HYGIENE_EMPTY_FILE,
+        "log files' contents (auth.log, syslog, the journal's files are left out): directories and "
+        "files stay, empty, so that services find them",
+    ),
+    HygieneItem(
+        "journal",
+        ("/var/log/journal/*",),
+        HYGIENE_LEAVE_OUT,
+        "the systemd journal of this machine (an empty journal file would be a corrupt one)",
+    ),
+    HygieneItem(
+        "dhcp_leases",
+        (
+            "/var/lib/dhcp/*",
+            "/var/lib/dhclient/*",
+            "/var/lib/NetworkManager/*.lease",
+            "/var/lib/NetworkManager/*lease*",
+            "/var/lib/systemd/network/*",
+            "/var/lib/wicked/*",
+        ),
+        HYGIENE_LEAVE_OUT,
+        "DHCP leases of this machine's network",
+    ),
+    HygieneItem(
+        "random_seed",
+        ("/var/lib/systemd/random-seed", "/var/lib/urandom/random-seed", "/var/lib/random-seed"),
+        HYGIENE_LEAVE_OUT,
+        "the saved random seed: every instance would start from the same one",
+    ),
+    HygieneItem(
+        "temporary_files",
+        ("/tmp", "/var/tmp"),
+        HYGIENE_EMPTY_DIR,
+        "temporary files: /tmp and /var/tmp stay, empty, with their modes (1777)",
+    ),
+)
+HYGIENE_NAMES = tuple(item.name for item in HYGIENE)
+# Kept by the filter's includes by default: public keys and certificates the filter's *.pem and *.gpg
+# patterns would take, without which the launched system cannot check TLS peers or package signatures.
+DEFAULT_INCLUDES = (
+    "/etc/ssl/certs/*.pem",
+    "/etc/pki/ca-trust/*.pem",
+    "/etc/pki/tls/certs/*.pem",
+    "/usr/share/keyrings/*.gpg",
+    "/etc/apt/trusted.gpg.d/*.gpg",
+    "/etc/apt/keyrings/*.gpg",
+    "/usr/share/pki/*.pem",
+    "*/certifi/cacert.pem",
+    "*/pip/_vendor/certifi/cacert.pem",
+    "*/botocore/cacert.pem",
+)
+
+
+def hygiene_items(keep: Iterable[str]) -> list[HygieneItem]:
+    """The hygiene items to apply: all of them but those named in keep (NodeError for a wrong name)."""
+    kept = set(keep)
+    unknown = sorted(kept - set(HYGIENE_NAMES))
+    if unknown:
+        raise NodeError(f"hygiene keep {unknown} names no item; the items are {', '.join(HYGIENE_NAMES)}")
+    return [item for item in HYGIENE if item.name not in kept]
+
+
+def pattern_matcher(patterns: Iterable[str]) -> Callable[[str], int | None]:
+    """One regular expression for many fnmatch patterns: the index of the first that matches a path."""
+    patterns = list(patterns)
+    if not patterns:
+        return lambda path: None
+    search = re.compile("|".join(f"(?P<p{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))).match
+    # A path a pattern matches holds the pattern's longest literal piece: searching for those pieces
+    # first is many times faster than the patterns' `.*`s, and few paths hold one. A pattern with `?`
+    # or a character set has no piece known to be literal: then every path is matched in full.
+    pieces = [max(p.split("*"), key=len) if not re.search(r"[?\[]", p) else "" for p in patterns]
+    holds_a_piece = re.compile("|".join(re.escape(piece) for piece in pieces)).search
+
+    def first(path: str) -> int | None:
+        found = holds_a_piece(path) and search(path)
+        if not found:
+            return None
+        # By name: fnmatch's translation has groups of its own on some Pythons.
+        return next(i for i in range(len(patterns)) if found.group(f"p{i}") is not None)
+
+    return first
+
+
+class HygieneRules:
+    """Which hygiene item, if any, applies to an image path, and how (see HYGIENE)."""
+
+    def __init__(self, items: Iterable[HygieneItem]) -> None:
+        # Leaving out comes first: the journal's files under /var/log go, where other logs are emptied.
+        order = (HYGIENE_LEAVE_OUT, HYGIENE_EMPTY_DIR, HYGIENE_EMPTY_FILE)
+        self.items = sorted(items, key=lambda item: order.index(item.treatment))
+        self._owners = [item for item in self.items for _ in item.patterns]
+        self._match = pattern_matcher(p for item in self.items for p in item.patterns)
+
+    def item_for(self, path: str, st: os.stat_result) -> HygieneItem | None:
+        """The item path falls under, if its treatment applies to this kind of entry."""
+        index = self._match(path)
+        if index is None:
+            return None
+        item = self._owners[index]
+        # Emptying is for regular files (a directory under /var/log is walked, a link to
+        # /etc/machine-id stays a link), keeping empty for directories.
+        if item.treatment == HYGIENE_EMPTY_FILE and not stat.S_ISREG(st.st_mode):
+            return None
+        if item.treatment == HYGIENE_EMPTY_DIR and not stat.S_ISDIR(st.st_mode):
+            return None
+        return item
+
+
+# With its host keys left out, an image whose system makes none at boot would be unreachable over SSH.
+# cloud-init (its ssh module, on each new instance) and the sshd-keygen units of RHEL, Fedora and
+# Amazon Linux make them; elsewhere (Debian or Ubuntu without cloud-init) amidsl adds this unit, which
+# runs `ssh-keygen -A` before the SSH server starts when no host key is there.
+HOST_KEYS_UNIT = "amidsl-ssh-host-keys.service"
+HOST_KEYS_UNIT_TEXT = """[Unit]
+Description=Make the SSH host keys an image built by amidsl leaves out
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service sshd.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+HOST_KEY_GENERATORS = (
+    ("cloud-init", ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg")),
+    (
+        "the distribution's sshd-keygen",
+        tuple(
+            f"{d}/systemd/system/sshd-keygen{u}"
+            for d in ("/usr/lib", "/lib")
+            for u in ("@.service", ".service")
+        ),
+    ),
+)
+# What installs the launch key pair's public key for the login user of a new instance.
+LOGIN_KEY_SOURCES = (
+    ("cloud-init", ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg")),
+    ("EC2 Instance Connect", ("/usr/share/ec2-instance-connect", "/opt/aws/bin/eic_run_authorized_keys")),
+)
+
+
+class AddedFile(NamedTuple):
+    """A file the build adds to the image: text (mode) or, with link, a symbolic link."""
+
+    path: str
+    text: str = ""
+    mode: int = 0o644
+    link: str = ""
+
+
+def _first_found(volume: str, sources: tuple) -> str:
+    """The name of the first source one of whose paths exists in the volume, or ''."""
+    for name, paths in sources:
+        if any(os.path.lexists(volume.rstrip("/") + p) for p in paths):
+            return name
+    return ""
+
+
+def _real_directory(volume: str, path: str) -> bool:
+    """Whether every component of path in the volume is a directory, none a symbolic link."""
+    where = volume.rstrip("/")
+    for part in path.strip("/").split("/"):
+        where += "/" + part
+        try:
+            if not stat.S_ISDIR(os.lstat(where).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def plan_host_keys(volume: str, items: Iterable[HygieneItem]) -> tuple[str, list[AddedFile]]:
+    """How a launched instance gets SSH host keys, and the files to add to the image for it."""
+    if "ssh_host_keys" not in {item.name for item in items}:
+        return "kept from the node (keep_ssh_host_keys): every instance shares them", []
+    if not os.path.lexists(volume.rstrip("/") + "/etc/ssh/sshd_config"):
+        return "no SSH server in the volume: none needed", []
+    found = _first_found(volume, HOST_KEY_GENERATORS)
+    if found:
+        return f"made at first boot by {found}", []
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    if not _real_directory(volume, wants) or not os.path.lexists(volume.rstrip("/") + "/usr/bin/ssh-keygen"):
+        return (
+            "none: the volume has no systemd unit directory or no ssh-keygen, so an instance would have "
+            "no SSH host keys; install cloud-init, or set keep_ssh_host_keys = true",
+            [],
+        )
+    unit = f"/etc/systemd/system/{HOST_KEYS_UNIT}"
+    return (
+        f"made at first boot by {unit}, which amidsl adds (ssh-keygen -A before the SSH server starts)",
+        [AddedFile(unit, HOST_KEYS_UNIT_TEXT), AddedFile(f"{wants}/{HOST_KEYS_UNIT}", link=unit)],
+    )
+
+
+def login_key_source(volume: str, items: Iterable[HygieneItem]) -> str:
+    """How an instance launched from the image gets its login key, or '' when nothing does."""
+    if "authorized_keys" not in {item.name for item in items}:
+        return "the node's own authorized_keys are kept (keep_authorized_keys)"
+    if not os.path.lexists(volume.rstrip("/") + "/etc/ssh/sshd_config"):
+        return "no SSH server in the volume: none needed"
+    found = _first_found(volume, LOGIN_KEY_SOURCES)
+    return f"{found} installs the launch key pair's public key" if found else ""
+
+
+NO_LOGIN_KEY = (
+    "nothing in the volume installs the launch key pair at boot (no cloud-init, no EC2 Instance "
+    "Connect) and authorized_keys are left out, so no one can log in to an instance launched from "
+    "the image; install cloud-init on the node, or set keep_authorized_keys = true"
+)
+
+
+def add_image_files(root: str, files: Iterable[AddedFile]) -> None:
+    """Write the added files into the tree mke2fs reads (a staging tree or the view's covers)."""
+    for added in files:
+        target = root.rstrip("/") + added.path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)  # one of the node's own, of the same name: replaced
+        if added.link:
+            os.symlink(added.link, target)
+            continue
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as written:
+            written.write(added.text)
+        os.chmod(target, added.mode)
+
+
+def hygiene_report(left_out: Iterable[Skipped], items: Iterable[HygieneItem], shown: int = 5) -> dict:
+    """Per hygiene item applied: its treatment, how many paths it took, and the first of them."""
+    report = {item.name: {"treatment": item.treatment, "count": 0, "paths": []} for item in items}
+    for entry in left_out:
+        if entry.reason in (LEFT_OUT_HYGIENE, LEFT_OUT_EMPTIED) and entry.rule in report:
+            found = report[entry.rule]
+            found["count"] += 1
+            if len(found["paths"]) < shown:
+                found["paths"].append(entry.path)
+    return report
+
+
 # Why something was left out (the controller shows these words to the user).
 LEFT_OUT_ALWAYS = "always-excluded directory"
 LEFT_OUT_FILTER = "filter pattern"
@@ -246,6 +607,9 @@ LEFT_OUT_NON_LOCAL = "non-local mount"
 LEFT_OUT_SOCKET = "socket (its program recreates it at run time)"
 LEFT_OUT_UNREADABLE = "unreadable"
 LEFT_OUT_NEWLINE = "name contains a newline, which debugfs cannot address"
+LEFT_OUT_HYGIENE = "image hygiene"  # the rule is the hygiene item's name
+LEFT_OUT_EMPTIED = "image hygiene: contents left out, kept empty"
+LEFT_OUT_PATTERN = "caller exclusion pattern"
 
 
 class Selected(NamedTuple):
@@ -262,6 +626,15 @@ class Skipped(NamedTuple):
     path: str
     reason: str
     rule: str
+
+
+class Emptied(NamedTuple):
+    """A regular file that goes into the image empty, with its owner, mode and times (see HYGIENE)."""
+
+    path: str
+    source: str
+    st: os.stat_result
+    rule: str  # the hygiene item
 
 
 def image_path_of(*parts: str) -> str:
@@ -394,16 +767,25 @@ def walk_volume(
     no_filter: bool,
     image_id: tuple[int, int] | None = None,
     own_ids: Iterable[tuple[int, int]] = (),
-) -> Iterator[Selected | Skipped]:
-    """Walk source (taken as the image's /), yielding each entry as Selected or Skipped.
+    hygiene: Iterable[HygieneItem] = (),
+    exclude_patterns: Iterable[str] = (),
+) -> Iterator[Selected | Skipped | Emptied]:
+    """Walk source (taken as the image's /), yielding each entry as Selected, Skipped or Emptied.
 
     A directory is yielded before its contents. own_ids are (device, inode) pairs of this
-    build's own files (staging tree, unfinished image), silently passed over.
+    build's own files (staging tree, unfinished image), silently passed over. hygiene: the items of
+    HYGIENE to apply; exclude_patterns: the caller's own fnmatch patterns, which nothing overrides.
     """
     excluded = {image_path_of(e) for e in exclusions}
     included = [image_path_of(i) if i.startswith("/") else i for i in includes]
     own = set(own_ids)
     mounts = non_local_mounts(source)
+    rules = HygieneRules(hygiene)
+    # A directory hygiene keeps empty stays, empty, even when the caller excludes it: the default
+    # destination_dir is /tmp, which the system needs (mode 1777).
+    kept_empty = {p for item in rules.items if item.treatment == HYGIENE_EMPTY_DIR for p in item.patterns}
+    caller_patterns = list(exclude_patterns)
+    caller_pattern = pattern_matcher(caller_patterns)
 
     def filtered_by(path: str) -> str | None:
         # One regular expression first: most paths match no pattern, and 14 fnmatch calls per
@@ -445,7 +827,9 @@ def walk_volume(
                 if file_id in own:
                     continue
                 pattern = filtered_by(path)
-                if path in excluded:
+                item = rules.item_for(path, st) if rules.items else None
+                caller = caller_pattern(path)
+                if path in excluded and path not in kept_empty:
                     yield Skipped(path, LEFT_OUT_EXCLUSION, path)
                 elif file_id == image_id:
                     yield Skipped(path, LEFT_OUT_IMAGE_FILE, path)
@@ -453,6 +837,15 @@ def walk_volume(
                     yield Skipped(path, LEFT_OUT_NEWLINE, repr(child.name))
                 elif stat.S_ISSOCK(st.st_mode):
                     yield Skipped(path, LEFT_OUT_SOCKET, path)
+                elif caller is not None:
+                    yield Skipped(path, LEFT_OUT_PATTERN, caller_patterns[caller])
+                elif item is not None and item.treatment == HYGIENE_LEAVE_OUT:
+                    yield Skipped(path, LEFT_OUT_HYGIENE, item.name)
+                elif item is not None and item.treatment == HYGIENE_EMPTY_FILE:
+                    yield Emptied(path, here + child.name, st, item.name)
+                elif item is not None:  # HYGIENE_EMPTY_DIR
+                    yield Selected(path, here + child.name, st)
+                    yield Skipped(path + "/*", LEFT_OUT_HYGIENE, item.name)
                 elif pattern is not None:
                     yield Skipped(path, LEFT_OUT_FILTER, pattern)
                 else:
@@ -709,6 +1102,10 @@ class SizeTally:
         # Files staging would link, by size_class: how many, and their bytes on disk.
         self._linkable: dict[int, list[int]] = {}
 
+    def add_empty(self) -> None:
+        """Count one entry that goes into the image empty (see Emptied)."""
+        self._entries += 1
+
     def add(self, st: os.stat_result) -> None:
         """Count one selected entry, by its lstat."""
         self._entries += 1
@@ -749,6 +1146,8 @@ def measure_selection(
     for entry in entries:
         if isinstance(entry, Selected):
             tally.add(entry.st)
+        elif isinstance(entry, Emptied):
+            tally.add_empty()
     return tally.size(links)
 
 
@@ -870,13 +1269,19 @@ def stage_entry(
         first_copy[key] = target
 
 
-def _volume_of(entry: Selected) -> str:
+def make_empty_file(target: str, entry: Emptied, xattr_source: str | int | None) -> None:
+    """Create target as an empty regular file with the owner, mode and times of entry's file."""
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    _set_owner_mode_times(target, entry.st, xattr_source)
+
+
+def _volume_of(entry: Selected | Emptied) -> str:
     """The volume an entry of its walk lies in: its path here, less its path in the image."""
     return entry.source[: len(entry.source) - len(entry.path)] or "/"
 
 
 def stage_volume(
-    entries: Iterable[Selected | Skipped],
+    entries: Iterable[Selected | Skipped | Emptied],
     staging: str,
     left_out: list,
     tally: SizeTally | None = None,
@@ -904,6 +1309,13 @@ def stage_volume(
             target = staging + entry.path  # entry.path is absolute and normalised
             try:
                 dir_fd = opened.open(entry.path.rpartition("/")[0] or "/")
+                if isinstance(entry, Emptied):
+                    left_out.append(Skipped(entry.path, LEFT_OUT_EMPTIED, entry.rule))
+                    make_empty_file(target, entry, _in_directory(dir_fd, entry.path.rpartition("/")[2]))
+                    if tally is not None:
+                        tally.add_empty()
+                    staged += 1
+                    continue
                 stage_entry(entry, target, staging_dev, first_copy, copy_up_to, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue  # removed since it was listed
@@ -1049,11 +1461,15 @@ def _components(path: str) -> tuple:
 
 
 def _mounts_of(shadow: Shadow) -> int:
-    return 1 + sum(1 for c in shadow.children if stat.S_ISDIR(c.st.st_mode) or stat.S_ISREG(c.st.st_mode))
+    return 1 + sum(
+        1
+        for c in shadow.children
+        if isinstance(c, Selected) and (stat.S_ISDIR(c.st.st_mode) or stat.S_ISREG(c.st.st_mode))
+    )
 
 
 def plan_view(
-    entries: Iterable[Selected | Skipped],
+    entries: Iterable[Selected | Skipped | Emptied],
     volume: str,
     tally: SizeTally,
     frozen: Iterable[str] = (),
@@ -1123,6 +1539,12 @@ def plan_view(
             left_out.append(entry)
             state["left"] = True
             continue
+        if isinstance(entry, Emptied):
+            left_out.append(Skipped(entry.path, LEFT_OUT_EMPTIED, entry.rule))
+            state["left"] = True  # the directory is covered: the empty file is made in the cover
+            tally.add_empty()
+            batch.append(entry)
+            continue
         tally.add(entry.st)
         batch.append(entry)
         if stat.S_ISDIR(entry.st.st_mode):
@@ -1190,7 +1612,10 @@ def _cover(libc: Any, shadow: Shadow, target: str, opened: DirectoryChain) -> No
     _mount(libc, "tmpfs", target, "tmpfs", 0, "mode=0700")
     for child in shadow.children:
         path = os.path.join(target, posixpath.basename(child.path))
-        if stat.S_ISDIR(child.st.st_mode):
+        if isinstance(child, Emptied):
+            name = posixpath.basename(child.path)
+            make_empty_file(path, child, _in_directory(opened.open(shadow.path), name))
+        elif stat.S_ISDIR(child.st.st_mode):
             os.mkdir(path, 0o700)
             _bind_read_only(libc, child, path, opened)
         elif stat.S_ISREG(child.st.st_mode):
@@ -1291,6 +1716,9 @@ def make_image(
         say(f"building a {wanted} MB ext4 image of {size.entries} entries")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(image)  # mke2fs writes into an existing file at an offset
+        # Made here, 0600, rather than by mke2fs with whatever mode the umask leaves: it holds the
+        # volume's secrets.
+        os.close(create_private_file(image))
         error = run_mke2fs(source, image, wanted, size.entries, volume_fs, offset, ahead)
         if not error or size_mb:
             break
@@ -1321,6 +1749,12 @@ def add_grub_modules(grub: Grub, root: str, size: VolumeSize) -> VolumeSize:
     return size._replace(allocated=size.allocated + added.allocated, entries=size.entries + added.entries)
 
 
+def with_added_files(root: str, added: list[AddedFile], size: VolumeSize) -> VolumeSize:
+    """Write the added files under root (see add_image_files); return size with them counted."""
+    add_image_files(root, added)
+    return size._replace(entries=size.entries + len(added))
+
+
 def image_through_view(
     volume: str,
     image: str,
@@ -1330,6 +1764,7 @@ def image_through_view(
     volume_fs: dict,
     grub: Grub | None,
     ahead: DeflatedAhead | None,
+    added: Iterable[AddedFile] = (),
 ) -> ImageBuild | None:
     """Make the image from a private view of the volume (see plan_view); None if that cannot be done.
 
@@ -1343,6 +1778,7 @@ def image_through_view(
             say(f"showing mke2fs the volume {volume} through a private view ({view.mounts} mounts)")
             mount_view(mount_point, volume, view)
             size = add_grub_modules(grub, mount_point, view.size) if grub is not None else view.size
+            size = with_added_files(mount_point, added, size)
         except OSError as exc:
             say(f"amidsl-node: the volume cannot be shown through mounts ({exc}); staging a tree instead")
             return None
@@ -1381,6 +1817,9 @@ def build_image(
     ahead: DeflatedAhead | None = None,
     copy_up_to: int = -1,
     view: VolumeView | None = None,
+    hygiene: Iterable[HygieneItem] = (),
+    exclude_patterns: Iterable[str] = (),
+    added: Iterable[AddedFile] = (),
 ) -> ImageBuild:
     """Make an ext4 image file of the volume, without mounting anything of the node's.
 
@@ -1389,37 +1828,54 @@ def build_image(
     the gap after it, and the filesystem as the one partition, at PARTITION_START (volume_fs must
     then carry a UUID). ahead, if given, deflates what mke2fs has written while it runs. Files of at
     most copy_up_to bytes are copied into the staging tree rather than linked (see STAGING_LINKS).
+    hygiene and exclude_patterns are as walk_volume takes them (the view was planned with the same);
+    added: files the build adds to the image (their parents must be real directories in the volume).
     """
     cleanup.add(image)
+    added = list(added)
     if view is not None:
         built = image_through_view(
-            volume, image, view, size_mb=size_mb, volume_fs=volume_fs, grub=grub, ahead=ahead
+            volume, image, view, size_mb=size_mb, volume_fs=volume_fs, grub=grub, ahead=ahead, added=added
         )
         if built is not None:
             return built
-    staging = tempfile.mkdtemp(
-        prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_parent(volume, os.path.dirname(image))
-    )
-    cleanup.add(staging)
-    own = [(os.lstat(staging).st_dev, os.lstat(staging).st_ino)]
+    # The image's directory is this run's private work directory. On another filesystem than the
+    # volume's, the staging tree goes on the volume (hard links need it), in a private directory of its
+    # own: the tree's root takes the volume's mode, and copies in it may be of files only root can reach.
+    work_dir = os.path.dirname(image)
+    private = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_parent(volume, work_dir))
+    cleanup.add(private)
+    check_private_directory(private)
+    staging = os.path.join(private, "root")
+    os.mkdir(staging, 0o700)
+    own = [(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in (private, work_dir)]
     started = time.monotonic()
     left_out: list = []
     try:
         say(f"staging the volume {volume} in {staging}")
-        selection = walk_volume(volume, exclusions, includes, no_filter, own_ids=own)
+        selection = walk_volume(
+            volume,
+            exclusions,
+            includes,
+            no_filter,
+            own_ids=own,
+            hygiene=hygiene,
+            exclude_patterns=exclude_patterns,
+        )
         tally = SizeTally(-1)
         stage_volume(selection, staging, left_out, tally, copy_up_to)
         size = tally.size()
         if grub is not None:
             size = add_grub_modules(grub, staging, size)
+        size = with_added_files(staging, added, size)
         _set_owner_mode_times(staging, os.lstat(volume), volume)
         staged = moment()
         wanted = make_image(staging, image, volume, size_mb, size, volume_fs, grub, ahead)
     except BaseException:
-        cleanup.remove(staging)
+        cleanup.remove(private)
         raise
     # The image no longer needs the staging tree; removing it overlaps the bundling.
-    cleanup.remove_in_background(staging)
+    cleanup.remove_in_background(private)
     built = moment()
     say(f"built the image in {built[0] - started:.1f} s")
     left_out.sort(key=lambda s: s.path)
@@ -1620,7 +2076,7 @@ def write_boot_loader(disk: str, grub: Grub, uuid: str, workdir: str) -> None:
         boot_img = f.read()
     core_img = make_core_image(grub, uuid, workdir)
     record, core = grub_boot_sectors(boot_img, core_img, bytes.fromhex(uuid.replace("-", ""))[:4], fs_sectors)
-    fd = os.open(disk, os.O_WRONLY)
+    fd = os.open(disk, os.O_WRONLY | os.O_NOFOLLOW)
     try:
         os.pwrite(fd, record, 0)
         os.pwrite(fd, core, SECTOR)
@@ -1992,7 +2448,7 @@ class DeflatedAhead:
         self.level, self._budget = level, budget
         self._path = path
         cleanup.add(path)
-        self._file = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = create_private_file(path, os.O_RDWR)
         self._end = 0
         # (lengths, first and last bytes) -> [(SHA-256, offset, length)]: only chunks that could
         # match are hashed.
@@ -2228,13 +2684,19 @@ def part_filename(prefix: str, index: int, count: int) -> str:
 
 
 class PartWriter:
-    """Splits a byte stream into part files of part_size bytes, with SHA-1 and MD5 of each."""
+    """Splits a byte stream into part files of part_size bytes, with SHA-1 and MD5 of each.
 
-    def __init__(self, directory: str, temp_prefix: str, part_size: int, cleanup: Cleanup) -> None:
-        self._directory, self._temp_prefix, self._part_size = directory, temp_prefix, part_size
+    The parts are written in work_dir, a private directory of this run on directory's filesystem, and
+    renamed into directory when all are done: a rename replaces whatever has the final name (a stale
+    part, a planted symbolic link) and never writes through it.
+    """
+
+    def __init__(self, directory: str, work_dir: str, part_size: int, cleanup: Cleanup) -> None:
+        self._directory, self._work_dir, self._part_size = directory, work_dir, part_size
         self._cleanup = cleanup
         self.parts: list[dict] = []  # filename (temporary until renamed), size, sha1, md5
         self._file: Any = None
+        self._name = ""  # of the part being written, in work_dir
         self._sha1, self._md5 = hashlib.sha1(), hashlib.md5()
         self._written = 0
 
@@ -2242,9 +2704,10 @@ class PartWriter:
         view = memoryview(data)
         while view:
             if self._file is None:
-                path = os.path.join(self._directory, f"{self._temp_prefix}{len(self.parts)}")
+                self._name = f"part.{len(self.parts)}"
+                path = os.path.join(self._work_dir, self._name)
                 self._cleanup.add(path)
-                self._file = open(path, "wb")  # noqa: SIM115 - closed in _close_part
+                self._file = os.fdopen(create_private_file(path), "wb")  # closed in _close_part
             chunk = view[: self._part_size - self._written]
             self._file.write(chunk)
             self._sha1.update(chunk)
@@ -2258,7 +2721,7 @@ class PartWriter:
         self._file.close()
         self.parts.append(
             {
-                "filename": os.path.basename(self._file.name),
+                "filename": self._name,
                 "size": self._written,
                 "sha1": self._sha1.hexdigest(),
                 "md5": base64.b64encode(self._md5.digest()).decode("ascii"),
@@ -2277,7 +2740,7 @@ class PartWriter:
             if stale.fullmatch(old):
                 os.unlink(os.path.join(self._directory, old))
         for index, part in enumerate(self.parts):
-            temp = os.path.join(self._directory, part["filename"])
+            temp = os.path.join(self._work_dir, part["filename"])
             part["filename"] = part_filename(prefix, index, len(self.parts))
             os.replace(temp, os.path.join(self._directory, part["filename"]))
             self._cleanup.forget(temp)
@@ -2349,8 +2812,11 @@ def bundle_image_file(
     cleanup: Cleanup,
     ahead: DeflatedAhead | None = None,
 ) -> tuple[str, list[dict]]:
-    """Stream the image into encrypted parts in directory: (image digest, parts)."""
-    parts = PartWriter(directory, f".{prefix}.part.{os.getpid()}.tmp", part_size, cleanup)
+    """Stream the image into encrypted parts in directory: (image digest, parts).
+
+    The parts are written beside the image, in this run's private work directory, then moved.
+    """
+    parts = PartWriter(directory, os.path.dirname(image), part_size, cleanup)
     sink = EncryptingSink(encryptor, parts)
     gzip = ParallelGzip(sink.write, level, workers, ahead=ahead)
     progress = Progress("bundled", tar_size(image))
@@ -2362,6 +2828,40 @@ def bundle_image_file(
         raise
     progress.report()
     return digest, parts.finish(prefix)
+
+
+# ---------------------------------------------------------------------------------------------
+# This run's own files: new, 0600, in a private directory, so no other user of the node reads them
+# ---------------------------------------------------------------------------------------------
+#
+# The image holds the volume's secrets (/etc/shadow, private keys) and destination_dir is often /tmp.
+# A file created where other users can write could be a symbolic link one of them planted, and one
+# readable for a moment could be opened then and read later: so main() sets the umask to 077 (mke2fs
+# and grub-mkimage inherit it), every file is created new and 0600, and all of them but the finished
+# parts stay in a 0700 directory the run makes for itself.
+
+
+def create_private_file(path: str, flags: int = os.O_WRONLY) -> int:
+    """Create path, 0600, and open it with flags; fail if anything (a symbolic link too) is there."""
+    return os.open(path, flags | PRIVATE_FILE_FLAGS, 0o600)
+
+
+def check_private_directory(path: str) -> None:
+    """NodeError unless path is a real directory, ours, that no other user may enter."""
+    found = os.lstat(path)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
+        raise NodeError(
+            f"{path} was to be a private directory of this run but is not (mode "
+            f"{stat.filemode(found.st_mode)}, owner {found.st_uid}); remove it and bundle again"
+        )
+
+
+def make_work_dir(parent: str, prefix: str) -> str:
+    """A new directory in parent (0700) for this run's files, named with prefix and pid for cleanup."""
+    # mkdtemp makes a new directory of a random name: never one already there, never through a link.
+    work_dir = tempfile.mkdtemp(prefix=f".{prefix}.work.{os.getpid()}-", dir=parent)
+    check_private_directory(work_dir)
+    return work_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2425,6 +2925,8 @@ def _run_file_names(prefix: str) -> list[re.Pattern]:
     """What a run leaves when it cannot clean up (SIGKILL, a power cut): each name has its pid."""
     escaped = re.escape(prefix)
     return [
+        re.compile(rf"\.{escaped}\.work\.(\d+)-.+"),
+        # What earlier versions of this program made in destination_dir itself.
         re.compile(rf"\.{escaped}\.image\.(\d+)"),
         re.compile(rf"\.{escaped}\.ahead\.(\d+)"),
         re.compile(rf"\.{escaped}\.part\.(\d+)\.tmp\d+"),
@@ -2599,14 +3101,20 @@ def command_check(request: dict) -> dict:
     destination = _directory(request, "destination_dir")
     virtualization_type = _virtualization_type(request)
     exclusions = _field(request, "exclude", list, [])
+    items = hygiene_items(_field(request, "hygiene_keep", list, []))
+    exclude_patterns = _field(request, "exclude_patterns", list, [])
+    includes = _field(request, "includes", list, list(DEFAULT_INCLUDES))
     _, soname = load_libcrypto()
     mke2fs = mke2fs_version()
-    selection = walk_volume(volume, exclusions, (), False)
+    selection = walk_volume(
+        volume, exclusions, includes, False, hygiene=items, exclude_patterns=exclude_patterns
+    )
     staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
     # Counted as bundle counts it (small files copied past STAGING_LINKS), so that check refuses
     # whatever space bundle would.
     size = measure_selection(selection, staging_dev, STAGING_LINKS)
     identity, grub, warnings = check_boot(volume, virtualization_type, size)
+    host_keys, login, hygiene_warnings = check_hygiene(volume, items)
     check_free_space(volume, destination, size, staging_dev)
     return {
         "python": ".".join(str(n) for n in sys.version_info[:3]),
@@ -2617,8 +3125,24 @@ def command_check(request: dict) -> dict:
         "volume_fs": identity,
         "virtualization_type": virtualization_type,
         "grub": grub.version if grub else None,
-        "warnings": warnings,
+        "warnings": warnings + hygiene_warnings,
+        "host_keys": host_keys[0],
+        "login_key": login,
     }
+
+
+def check_hygiene(
+    volume: str, items: list[HygieneItem]
+) -> tuple[tuple[str, list[AddedFile]], str, list[str]]:
+    """How instances get SSH host keys (and files to add for it), their login key, and warnings."""
+    host_keys = plan_host_keys(volume, items)
+    login = login_key_source(volume, items)
+    warnings = [] if login else [NO_LOGIN_KEY]
+    if host_keys[0].startswith("none"):
+        warnings.append(f"SSH host keys: {host_keys[0]}")
+    for warning in warnings:
+        say(f"amidsl-node: warning: {warning}")
+    return host_keys, login, warnings
 
 
 def _prefix(request: dict) -> str:
@@ -2651,8 +3175,10 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             f"or stop it (kill -INT {pid}), then bundle again"
         )
     exclusions = _field(request, "exclude", list, [])
-    includes = _field(request, "includes", list, [])
+    includes = _field(request, "includes", list, list(DEFAULT_INCLUDES))
     no_filter = not _field(request, "filter", bool, True)
+    items = hygiene_items(_field(request, "hygiene_keep", list, []))
+    exclude_patterns = _field(request, "exclude_patterns", list, [])
     size_mb = request.get("image_size_mb")
     if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= MAX_IMAGE_MB):
         raise NodeError(f"image_size_mb is {size_mb!r}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
@@ -2676,7 +3202,10 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     # Check the space before doing anything (a metadata-only walk, which also plans the view: only
     # root may mount).
     staging_dev = os.lstat(staging_parent(volume, destination)).st_dev
-    selection = walk_volume(volume, exclusions, includes, no_filter)
+    selection = walk_volume(
+        volume, exclusions, includes, no_filter, hygiene=items, exclude_patterns=exclude_patterns
+    )
+    host_keys, login, hygiene_warnings = check_hygiene(volume, items)
     view: VolumeView | None = None
     if staging == "auto" and os.geteuid() == 0:
         tally = SizeTally(staging_dev)
@@ -2686,9 +3215,8 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             tally,
             # What this run makes in destination_dir must not show through the view.
             frozen=[p for p in [path_in_volume(destination, volume)] if p],
-            replaced=[image_path_of(grub_prefix(volume), GRUB_PLATFORM)]
-            if virtualization_type == HVM
-            else [],
+            replaced=[f.path for f in host_keys[1]]
+            + ([image_path_of(grub_prefix(volume), GRUB_PLATFORM)] if virtualization_type == HVM else []),
         )
         # Counted for a staging tree (the fallback), which may need more room than the view.
         size = tally.size(STAGING_LINKS)
@@ -2704,10 +3232,11 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
 
     volume_fs = identity
     checked = moment()
-    image_path = os.path.join(destination, f".{prefix}.image.{os.getpid()}")
-    ahead = DeflatedAhead(
-        os.path.join(destination, f".{prefix}.ahead.{os.getpid()}"), level, ahead_budget(size), cleanup
-    )
+    # Removed last: by then it is empty, the image, chunks and staging tree gone, the parts moved out.
+    work_dir = make_work_dir(destination, prefix)
+    cleanup.add(work_dir)
+    image_path = os.path.join(work_dir, "image")
+    ahead = DeflatedAhead(os.path.join(work_dir, "deflated-ahead"), level, ahead_budget(size), cleanup)
     built = build_image(
         volume,
         image_path,
@@ -2721,6 +3250,9 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         ahead=ahead,
         copy_up_to=size.copy_up_to,
         view=view,
+        hygiene=items,
+        exclude_patterns=exclude_patterns,
+        added=host_keys[1],
     )
     encryptor = Aes128Cbc(lib, key, iv)
     try:
@@ -2762,8 +3294,12 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         "volume_fs": volume_fs,
         "virtualization_type": virtualization_type,
         "grub": grub.version if grub else None,
-        "warnings": warnings,
+        "warnings": warnings + hygiene_warnings,
         "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
+        "hygiene": hygiene_report(built.left_out, items),
+        "host_keys": host_keys[0],
+        "login_key": login,
+        "added": [f.path for f in host_keys[1]],
         "seconds": wall,
         "cpu_seconds": cpu,
         "deflated_ahead": {"made": ahead.made, "used": ahead.used},
@@ -2803,7 +3339,7 @@ def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Up
 
     filename = part["filename"]
     path = os.path.join(directory, filename)
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
         data = f.read()
     _check_part(path, data, part)
     headers = dict(part.get("headers") or {})
@@ -2837,6 +3373,14 @@ def put_part(directory: str, part: dict, retries: int, pause: float = 1.0) -> Up
     return Upload(filename, "failed", 0, f"gave up after {retries + 1} attempts: {problem}")
 
 
+def _is_regular_file(path: str) -> bool:
+    """Whether path is a regular file itself: a symbolic link may point at anything on the node."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def command_upload(request: dict) -> tuple[dict, int]:
     """Upload the parts in parallel; exit 3 when presigned URLs expired, 1 on other failures."""
     destination = _directory(request, "destination_dir")
@@ -2844,8 +3388,8 @@ def command_upload(request: dict) -> tuple[dict, int]:
     for part in parts:
         if not isinstance(part, dict) or not isinstance(part.get("filename"), str) or "url" not in part:
             raise NodeError("each of the request's parts needs a filename and a url")
-        if "/" in part["filename"] or not os.path.isfile(os.path.join(destination, part["filename"])):
-            raise NodeError(f"part {part['filename']} is not a file in {destination}; bundle first")
+        if "/" in part["filename"] or not _is_regular_file(os.path.join(destination, part["filename"])):
+            raise NodeError(f"part {part['filename']} is not a regular file in {destination}; bundle first")
     concurrency = max(1, _field(request, "concurrency", int, 4))
     retries = max(0, _field(request, "retries", int, 5))
     pause = float(request.get("retry_pause", 1.0))
@@ -2907,6 +3451,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str]) -> int:
     """Run one subcommand on the JSON request from standard input."""
     commands = ("check", "bundle", "upload", "cleanup")
+    # Nothing this program or its children (mke2fs, grub-mkimage) create is for other users.
+    os.umask(0o077)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     cleanup = Cleanup()
@@ -2960,7 +3506,7 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step cleanup 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 96a19b8b8ab2a150d18f170c11a829655b7343ebe9e5bfdf189b48dbea16c8ce
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py e7c1f5c646535fc771e55a8fb4599bb9fedf99f4fc7568d0cabbbbd3a58176d5
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi

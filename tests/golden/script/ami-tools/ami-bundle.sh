@@ -59,6 +59,9 @@
 #   sriov_net_support = (none)
 #   force_deregister = false
 #   image_wait_seconds = 1800
+#   includes = /etc/ssl/certs/*.pem, /etc/pki/ca-trust/*.pem, /etc/pki/tls/certs/*.pem, /usr/share/keyrings/*.gpg, /etc/apt/trusted.gpg.d/*.gpg, /etc/apt/keyrings/*.gpg, /usr/share/pki/*.pem, */certifi/cacert.pem, */pip/_vendor/certifi/cacert.pem, */botocore/cacert.pem
+#   exclude_patterns = (none)
+#   hygiene_keep = (none)
 
 set -Eeuo pipefail
 
@@ -79,6 +82,7 @@ on_error() {
 }
 trap on_error ERR
 
+# WARNING (ami-bundle): WARNING: ec2-bundle-vol does not apply amidsl's image hygiene: its -e takes only paths that exist (checked as it starts) and it cannot empty a file or make host keys at first boot, so only its own filter (*.pem, *id_rsa*, */.ssh/authorized_keys, */.bash_history, ...) and the exclusions apply. SSH host keys, other private keys and histories, credentials, cloud-init state, machine-id, logs and /var/tmp stay in the image, and includes and exclude_patterns are not used (its filter also drops the CA certificates' .pem links and the *.gpg keyrings apt checks with). For an image others launch, use bundler = "native", or list the directories to leave out in extra_exclusions
 phase_ami_bundle() {
   step ami-bundle 1 'make sure the destination directory exists'
   mkdir -p -- /tmp
@@ -100,7 +104,7 @@ phase_ami_bundle() {
       printf 'amidsl: leaving out %s: it does not exist on this node\n' "$amidsl_path"
     fi
   done
-  (cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
+  (umask 077 && cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
     EC2_HOME=/opt/ami-tools/ec2-ami-tools \
     PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin \
     /opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol \
