@@ -334,20 +334,29 @@ def hygiene_items(keep: Iterable[str]) -> list[HygieneItem]:
     return [item for item in HYGIENE if item.name not in kept]
 
 
+def _literal_head(pattern: str) -> str:
+    """The start of an fnmatch pattern up to its first wildcard."""
+    return re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+
+
 def pattern_matcher(patterns: Iterable[str]) -> Callable[[str], int | None]:
     """One regular expression for many fnmatch patterns: the index of the first that matches a path."""
     patterns = list(patterns)
     if not patterns:
         return lambda path: None
     search = re.compile("|".join(f"(?P<p{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))).match
-    # A path a pattern matches holds the pattern's longest literal piece: searching for those pieces
-    # first is many times faster than the patterns' `.*`s, and few paths hold one. A pattern with `?`
-    # or a character set has no piece known to be literal: then every path is matched in full.
-    pieces = [max(p.split("*"), key=len) if not re.search(r"[?\[]", p) else "" for p in patterns]
-    holds_a_piece = re.compile("|".join(re.escape(piece) for piece in pieces)).search
+    # Most paths match no pattern, and a regular expression of many `.*`s costs more than the rest of
+    # the walk. So first a necessary condition, in C: a path an absolute pattern matches starts with
+    # the pattern's literal head; one a floating pattern (`*/.ssh/id_*`) matches holds the first two
+    # characters after its leading stars. Wildcards there leave an empty head: every path is matched.
+    heads = tuple(_literal_head(p) for p in patterns if not p.startswith("*"))
+    floating = {_literal_head(p.lstrip("*"))[:2] for p in patterns if p.startswith("*")}
+
+    def worth_matching(path: str) -> bool:
+        return path.startswith(heads) or any(piece in path for piece in floating)
 
     def first(path: str) -> int | None:
-        found = holds_a_piece(path) and search(path)
+        found = worth_matching(path) and search(path)
         if not found:
             return None
         # By name: fnmatch's translation has groups of its own on some Pythons.
