@@ -541,3 +541,19 @@ def test_delete_bundle_partial_keeps_the_parts_another_manifest_beside_it_names(
     status, _, err = amidsl(capsys, "delete-bundle", *where, "--yes")
     assert status == 0, err
     assert keys_in(s3, bucket) == sorted([*parts, copy])
+
+
+def test_delete_keeps_the_parts_a_registered_manifest_names_whatever_its_file_name(
+    capsys, aws_env, s3, bucket, uploaded
+):
+    copy = copy_beside(s3, bucket, "web-copy.xml")  # not *.manifest.xml, but registered
+    holder = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", f"{bucket}/{copy}")
+    doomed = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", uploaded)
+    parts = part_keys(s3, bucket)
+    status, out, err = amidsl(
+        capsys, "delete", doomed, "--yes", "--region", IMAGES_REGION, "--endpoint-url", aws_env
+    )
+    assert status == 0, err
+    assert keys_in(s3, bucket) == sorted([*parts, copy])
+    assert f"also named by s3://{bucket}/{copy} (image {holder})" in out
+    client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=holder)
