@@ -13,7 +13,7 @@ Every problem becomes a CommandError, printed without a traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from json import dumps
 from typing import Any, TypeVar
 
@@ -22,9 +22,8 @@ import botocore.exceptions
 from botocore.config import Config
 
 from amidsl.bundle.errors import BundleError
-from amidsl.bundle.s3 import delete_bundle as delete_bundle_files
+from amidsl.bundle.s3 import delete_planned_bundle, plan_bundle_deletion, s3_url
 from amidsl.bundle.s3 import download_bundle as download_bundle_files
-from amidsl.bundle.s3 import s3_url
 from amidsl.bundle.upload import upload_bundle as upload_bundle_files
 from amidsl.cli_table import FAILED, CommandError
 from amidsl.images import (
@@ -204,6 +203,24 @@ def download_bundle(
     print(f"downloaded {s3_url(name, key)} into {destination}: {len(files) - 1} part(s) and {files[-1]}")
 
 
+def kept_lines(
+    verb: str,
+    bucket: str,
+    kept: Mapping[str, tuple[str, ...]],
+    images_of: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[str]:
+    """One line per part kept because other manifests name it: the part, those manifests and the images
+    registered from them."""
+    lines = []
+    for part, holders in kept.items():
+        named = []
+        for holder in holders:
+            images = (images_of or {}).get(holder, ())
+            named.append(s3_url(bucket, holder) + (f" (image {', '.join(images)})" if images else ""))
+        lines.append(f"{verb} keep {s3_url(bucket, part)}: also named by {', '.join(named)}")
+    return lines
+
+
 def delete_bundle(
     *,
     bucket: str,
@@ -214,22 +231,31 @@ def delete_bundle(
     partial: bool = False,
     **aws: str | None,
 ) -> None:
-    """Delete exactly a bundle's parts and its manifest (nothing else under its path); with --partial,
-    the parts found by name (a failed upload's, whose manifest never went up)."""
+    """Delete exactly a bundle's parts and its manifest (nothing else under its path, and no part that
+    another manifest beside it names); with --partial, the parts found by name (a failed upload's, whose
+    manifest never went up)."""
     s3, name, key = bundle_in_s3(bucket, manifest, prefix, AwsClients(**aws))
-    keys = _run(lambda: delete_bundle_files(s3, name, key, dry_run=True, partial=partial))
-    if not keys:
-        print(f"nothing to delete: no part of {s3_url(name, key.removesuffix('.manifest.xml'))} is there")
-        return
-    for found in keys:
+    plan = _run(lambda: plan_bundle_deletion(s3, name, key, partial=partial))
+    for found in plan.keys:
         print(f"{'would delete' if dry_run else 'delete'} {s3_url(name, found)}")
+    for line in kept_lines("would" if dry_run else "will", name, plan.kept):
+        print(line)
+    if not plan.keys:
+        where = s3_url(name, key.removesuffix(".manifest.xml"))
+        if plan.kept:
+            print(f"nothing to delete: every part of {where} there is named by another manifest")
+        else:
+            print(f"nothing to delete: no part of {where} is there")
+        return
     if dry_run:
         return
-    confirm(f"Delete these {len(keys)} object(s)?", yes)
-    deleted = _run(lambda: delete_bundle_files(s3, name, key, partial=partial))
+    confirm(f"Delete these {len(plan.keys)} object(s)?", yes)
+    deleted = _run(lambda: delete_planned_bundle(s3, plan))
     parts = len([found for found in deleted if found != key])
     what = "and its manifest" if key in deleted else "(its manifest was not there)"
-    print(f"deleted the bundle {s3_url(name, key)}: {parts} part(s) {what}")
+    kept = len(plan.keys) - len(deleted) + len(plan.kept)
+    also = f"; kept {kept} part(s) other manifests name" if kept else ""
+    print(f"deleted the bundle {s3_url(name, key)}: {parts} part(s) {what}{also}")
 
 
 def _image_line(image: ImageSummary) -> str:
@@ -285,10 +311,14 @@ def delete(
     print(f"{verb} deregister {deletion.image.image_id} ({deletion.image.name}){built}")
     for key in deletion.bundle_keys:
         print(f"{verb} delete {s3_url(deletion.bucket, key)}")
+    for line in kept_lines(verb, deletion.bucket, deletion.kept, deletion.images_of):
+        print(line)
     if deletion.note:
         print(deletion.note)
     if dry_run:
         return
     confirm(f"Deregister {deletion.image.image_id} and delete {len(deletion.bundle_keys)} object(s)?", yes)
     deleted = _run(lambda: delete_image(ec2, s3, deletion))
-    print(f"deregistered {deletion.image.image_id}; deleted {len(deleted)} object(s) of its bundle")
+    kept = len(deletion.bundle_keys) - len(deleted) + len(deletion.kept) if deletion.bundle_keys else 0
+    also = f"; kept {kept} part(s) other manifests name" if kept else ""
+    print(f"deregistered {deletion.image.image_id}; deleted {len(deleted)} object(s) of its bundle{also}")

@@ -3,23 +3,26 @@
 An S3-backed image lives in two places: EC2's registration (ImageLocation names the manifest) and the
 bundle in S3. Deleting it means both, and in an order that never strands anything: first everything is
 looked at (the image, the manifest, other images registered from the same bundle), then the image is
-deregistered, then the bundle deleted (parts first, manifest last).
+deregistered, then the bundle deleted (parts first, manifest last). A part that another manifest beside
+the image's names (a migrated copy registered as another image) is kept, and the plan says which
+manifest and which image hold it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import botocore.exceptions
 
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.s3 import (
+    BundleDeletion,
     BundleStorageError,
-    bundle_keys,
-    delete_bundle,
     delete_bundle_command,
-    read_s3_manifest,
+    delete_planned_bundle,
+    plan_bundle_deletion,
     s3_url,
     split_image_location,
     storage_error,
@@ -59,13 +62,17 @@ class ImageSummary:
 @dataclass(frozen=True)
 class ImageDeletion:
     """What deleting an image removes: the registration, and the bundle's S3 keys (none when the bundle
-    is gone or other images still use it, as `note` says)."""
+    is gone or other images still use it, as `note` says). `kept`: the bundle's parts other manifests
+    name, with those manifests' keys; `images_of`: the images registered from each of those manifests."""
 
     image: ImageSummary
     bucket: str
     manifest_key: str
     bundle_keys: tuple[str, ...]
     note: str = ""
+    kept: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    images_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    bundle: BundleDeletion | None = None
 
 
 def _ec2_error(err: Exception, what: str) -> ImageError:
@@ -127,21 +134,26 @@ def bundle_location(image: ImageSummary) -> tuple[str, str]:
 def plan_deletion(ec2: Any, s3: Any, summary: ImageSummary) -> ImageDeletion:
     """Look at everything deleting the image touches (s3: a client for its bucket); change nothing."""
     bucket, key = bundle_location(summary)
-    others = [
-        other["ImageId"]
-        for other in _describe(ec2, "looking for other images of the same bundle")
-        if other.get("ImageLocation") == summary.location and other["ImageId"] != summary.image_id
-    ]
-    if others:
-        note = f"the bundle is kept: {', '.join(others)} still use(s) it"
+    registered: dict[str, list[str]] = {}
+    for other in _describe(ec2, "looking for other images of the same bundle"):
+        if other["ImageId"] != summary.image_id and other.get("ImageLocation"):
+            registered.setdefault(other["ImageLocation"], []).append(other["ImageId"])
+    if summary.location in registered:
+        note = f"the bundle is kept: {', '.join(registered[summary.location])} still use(s) it"
         return ImageDeletion(summary, bucket, key, (), note)
+    # Other images' manifests in this bucket, whatever their file names: they may name its parts too.
+    consulted = sorted(
+        location.partition("/")[2] for location in registered if location.partition("/")[0] == bucket
+    )
     try:
-        manifest = read_s3_manifest(s3, bucket, key)
+        plan = plan_bundle_deletion(s3, bucket, key, consulted=consulted)
     except BundleStorageError as err:
         if err.code not in ("NoSuchKey", "404"):
             raise
         return ImageDeletion(summary, bucket, key, (), f"the manifest {s3_url(bucket, key)} is gone already")
-    return ImageDeletion(summary, bucket, key, tuple(bundle_keys(manifest, bucket, key)))
+    holders = {holder for holders in plan.kept.values() for holder in holders}
+    images_of = {holder: tuple(registered.get(f"{bucket}/{holder}", ())) for holder in sorted(holders)}
+    return ImageDeletion(summary, bucket, key, plan.keys, "", plan.kept, images_of, plan)
 
 
 def delete_image(ec2: Any, s3: Any, deletion: ImageDeletion) -> list[str]:
@@ -150,10 +162,10 @@ def delete_image(ec2: Any, s3: Any, deletion: ImageDeletion) -> list[str]:
         ec2.deregister_image(ImageId=deletion.image.image_id)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
         raise _ec2_error(err, f"deregistering {deletion.image.image_id} (nothing was deleted)") from None
-    if not deletion.bundle_keys:
+    if not deletion.bundle_keys or deletion.bundle is None:
         return []
     try:
-        return delete_bundle(s3, deletion.bucket, deletion.manifest_key)
+        return delete_planned_bundle(s3, deletion.bundle)
     except BundleError as err:
         raise ImageError(
             f"{deletion.image.image_id} is deregistered, but deleting its bundle failed: {err}. "

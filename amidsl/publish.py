@@ -141,6 +141,13 @@ def deregister_by_name(
             if deletion.bundle_keys:
                 manifest = s3_url(deletion.bucket, deletion.manifest_key)
                 goes += f", and its bundle {manifest} with its {len(deletion.bundle_keys) - 1} part(s)"
+                if deletion.kept:
+                    holders = sorted(
+                        {s3_url(deletion.bucket, h) for hs in deletion.kept.values() for h in hs}
+                    )
+                    goes += (
+                        f"; {len(deletion.kept)} other part(s) stay: {', '.join(holders)} name(s) them too"
+                    )
             progress(f"    force_deregister: removing {goes}")
             delete_image(ec2, s3, deletion)
             done.append(f"deregistered {goes}" + (f" ({deletion.note})" if deletion.note else ""))

@@ -18,7 +18,7 @@ import re
 import tomllib
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ class AmiSettings:
 
     image_name: str
     image_description: str
-    access_key: str | None
+    access_key: str | None = field(repr=False)  # shown nowhere, as the secret key
     secret_key: Secret | None
     session_token: Secret | None
     region: str
@@ -1008,7 +1008,7 @@ class _Checker:
         if re.fullmatch(r"(AKIA|ASIA)[A-Z0-9]{16}", digits):
             self.problem(
                 "user_id",
-                f"{value!r} is an access key id, not an account id",
+                "the value is an access key id, not an account id",
                 "give your 12-digit AWS account id (put the key id in access_key)",
             )
         elif not re.fullmatch(r"\d{12}", digits):

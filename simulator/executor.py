@@ -144,8 +144,9 @@ class SimulatorBackend:
             self.env["AMIDSL_SESSION_TOKEN"] = token
 
     def secrets(self) -> list[str]:
-        """The secret values of this build, for redaction."""
-        values = [self.env["AMIDSL_SECRET_KEY"], self.env.get("AMIDSL_SESSION_TOKEN", "")]
+        """The secret values of this build (the access key id too: it is shown nowhere), for redaction."""
+        keys = ("AMIDSL_ACCESS_KEY", "AMIDSL_SECRET_KEY", "AMIDSL_SESSION_TOKEN")
+        values = [self.env.get(name, "") for name in keys]
         return [*values, self.settings.private_key_pem.reveal()]
 
     def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:

@@ -451,3 +451,109 @@ def test_a_bundle_in_s3_is_named_by_its_manifest_or_its_prefix(capsys, aws_env, 
     by_manifest = amidsl(capsys, "delete-bundle", *where, "-m", "web.manifest.xml", "--dry-run")
     by_prefix = amidsl(capsys, "delete-bundle", *where, "-p", "web", "--dry-run")
     assert by_prefix == by_manifest and by_prefix[0] == 0
+
+
+# -- parts another manifest names ------------------------------------------------------------------
+
+
+def copy_beside(s3, bucket, name):
+    """A copy of the uploaded manifest beside it under another file name (as a migrated manifest is
+    uploaded), naming the same parts; returns its key."""
+    key = f"web/2026-11/{name}"
+    s3.copy_object(
+        Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": "web/2026-11/web.manifest.xml"}
+    )
+    return key
+
+
+def part_keys(s3, bucket):
+    return [key for key in keys_in(s3, bucket) if ".part." in key]
+
+
+def test_delete_keeps_the_parts_another_images_manifest_names_and_says_which(
+    capsys, aws_env, s3, bucket, uploaded
+):
+    first = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", uploaded)
+    copy = copy_beside(s3, bucket, "web-copy.manifest.xml")
+    second = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", f"{bucket}/{copy}")
+    parts = part_keys(s3, bucket)
+    status, out, err = amidsl(
+        capsys, "delete", second, "--yes", "--region", IMAGES_REGION, "--endpoint-url", aws_env
+    )
+    assert status == 0, err
+    assert keys_in(s3, bucket) == sorted([*parts, "web/2026-11/web.manifest.xml"])
+    for part in parts:
+        assert (
+            f"will keep s3://{bucket}/{part}: also named by s3://{bucket}/web/2026-11/web.manifest.xml "
+            f"(image {first})"
+        ) in out.splitlines()
+    client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=first)
+
+
+def test_delete_dry_run_shows_the_parts_it_would_keep_and_the_manifest_it_would_delete(
+    capsys, aws_env, s3, bucket, uploaded
+):
+    first = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", uploaded)
+    copy = copy_beside(s3, bucket, "web-copy.manifest.xml")
+    second = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", f"{bucket}/{copy}")
+    before = keys_in(s3, bucket)
+    options = ("--region", IMAGES_REGION, "--endpoint-url", aws_env)
+    status, out, err = amidsl(capsys, "delete", second, "--dry-run", *options)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert [line for line in lines if "would delete" in line] == [f"would delete s3://{bucket}/{copy}"]
+    kept = [line.split()[2].rstrip(":") for line in lines if line.startswith("would keep")]
+    assert kept == [f"s3://{bucket}/{part}" for part in part_keys(s3, bucket)]
+    assert all(f"(image {first})" in line for line in lines if line.startswith("would keep"))
+    assert keys_in(s3, bucket) == before
+    for image_id in (first, second):
+        client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=image_id)
+
+
+def test_delete_bundle_keeps_the_parts_another_manifest_beside_it_names(
+    capsys, aws_env, s3, bucket, uploaded
+):
+    copy_beside(s3, bucket, "web-copy.manifest.xml")
+    parts = part_keys(s3, bucket)
+    where = ("-b", f"{bucket}/web/2026-11", "-m", "web-copy.manifest.xml", "--endpoint-url", aws_env)
+    status, out, err = amidsl(capsys, "delete-bundle", *where, "--yes")
+    assert status == 0, err
+    assert keys_in(s3, bucket) == sorted([*parts, "web/2026-11/web.manifest.xml"])
+    for part in parts:
+        assert f"keep s3://{bucket}/{part}: also named by s3://{bucket}/web/2026-11/web.manifest.xml" in out
+    assert f"0 part(s) and its manifest; kept {len(parts)} part(s) other manifests name" in out
+
+
+def test_delete_bundle_partial_keeps_the_parts_another_manifest_beside_it_names(
+    capsys, aws_env, s3, bucket, uploaded
+):
+    copy = copy_beside(s3, bucket, "web-copy.manifest.xml")
+    parts = part_keys(s3, bucket)
+    where = ("-b", f"{bucket}/web/2026-11", "-p", "web", "--partial", "--endpoint-url", aws_env)
+    status, out, _ = amidsl(capsys, "delete-bundle", *where, "--dry-run")
+    assert status == 0
+    assert [line for line in out.splitlines() if "would delete" in line] == [
+        f"would delete s3://{bucket}/web/2026-11/web.manifest.xml"
+    ]
+    assert all(
+        f"would keep s3://{bucket}/{part}: also named by s3://{bucket}/{copy}" in out for part in parts
+    )
+    status, _, err = amidsl(capsys, "delete-bundle", *where, "--yes")
+    assert status == 0, err
+    assert keys_in(s3, bucket) == sorted([*parts, copy])
+
+
+def test_delete_keeps_the_parts_a_registered_manifest_names_whatever_its_file_name(
+    capsys, aws_env, s3, bucket, uploaded
+):
+    copy = copy_beside(s3, bucket, "web-copy.xml")  # not *.manifest.xml, but registered
+    holder = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", f"{bucket}/{copy}")
+    doomed = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", uploaded)
+    parts = part_keys(s3, bucket)
+    status, out, err = amidsl(
+        capsys, "delete", doomed, "--yes", "--region", IMAGES_REGION, "--endpoint-url", aws_env
+    )
+    assert status == 0, err
+    assert keys_in(s3, bucket) == sorted([*parts, copy])
+    assert f"also named by s3://{bucket}/{copy} (image {holder})" in out
+    client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=holder)

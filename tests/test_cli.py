@@ -312,7 +312,8 @@ def test_bad_config_lists_every_problem_and_exits_2_without_traceback(tmp_path, 
         assert run.returncode == 2
         assert "Traceback" not in run.stderr
         assert "s3_bucket: 'Bad_Bucket' is not a valid S3 bucket name" in run.stderr
-        assert "user_id: 'AKIAEXAMPLEEXAMPLE12' is an access key id, not an account id" in run.stderr
+        assert "user_id: the value is an access key id, not an account id" in run.stderr
+        assert "AKIAEXAMPLEEXAMPLE12" not in run.stderr + run.stdout
         assert "region: 'eu-west-9' is not a region AWS has" in run.stderr
         assert "secret_key: is missing" not in run.stderr  # access_key is missing instead
         assert "hush-hush" not in run.stderr + run.stdout

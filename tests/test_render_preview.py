@@ -97,7 +97,7 @@ def test_no_secret_in_any_preview_script_or_json(
     )
     key_body = [line for line in credentials.key_pem.splitlines() if "-----" not in line]
     for output in (render_text(plan), render_json(plan), render_script(plan), repr(plan)):
-        assert secret_key not in output
+        assert secret_key not in output and "AKIAEXAMPLEEXAMPLE12" not in output
         assert token not in output
         assert not any(line in output for line in key_body)
 

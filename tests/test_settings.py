@@ -148,6 +148,7 @@ def test_secrets_are_wrapped_and_never_shown(raw_settings):
     assert isinstance(s.secret_key, Secret)
     assert s.secret_key.reveal() == "s3cr3t/Value"
     assert "s3cr3t" not in repr(s) and "s3cr3t" not in str(s)
+    assert "AKIAEXAMPLEEXAMPLE12" not in repr(s) + str(s)  # the key id is shown nowhere either
     assert "BEGIN" not in repr(s.private_key_pem)
 
 
@@ -257,6 +258,7 @@ def test_access_key_id_given_as_account_id_is_named(raw_settings):
     message = the_problem(raw_settings | {"user_id": "AKIAEXAMPLEEXAMPLE12"}, "user_id")
     assert "is an access key id, not an account id" in message
     assert "put the key id in access_key" in message
+    assert "AKIAEXAMPLEEXAMPLE12" not in message
 
 
 def test_arch_must_be_known(raw_settings):

@@ -2,8 +2,10 @@
 
 Every function takes a boto3 S3 client, so the caller decides credentials, region and endpoint. A
 bundle's files are the manifest's parts, each at `<manifest's key prefix>/<part file name>`, and the
-manifest itself; nothing else under that prefix is ever touched. S3's errors become BundleStorageError
-naming the object and the fix; a manifest amidsl cannot parse is refused before anything is done.
+manifest itself; nothing else under that prefix is ever touched, nor a part that another manifest beside
+it names (a migrated copy of the manifest, registered as another image, uses the same parts). S3's
+errors become BundleStorageError naming the object and the fix; a manifest amidsl cannot parse is
+refused before anything is done.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import os
 import re
 import shlex
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,36 +201,134 @@ def partial_bundle_keys(s3: Any, bucket: str, manifest_key: str) -> list[str]:
     return sorted(parts) + manifest
 
 
-def delete_bundle(
-    s3: Any, bucket: str, manifest_key: str, dry_run: bool = False, partial: bool = False
-) -> list[str]:
-    """Delete a bundle's parts, then its manifest (last, so an interrupted delete can be run again);
-    return the keys deleted, or with `dry_run` the keys that would be.
+@dataclass(frozen=True)
+class BundleDeletion:
+    """What deleting a bundle removes and what it keeps.
+
+    `keys`: its parts that no other manifest names, then its manifest (when it is there); `kept`: each
+    part another manifest beside it names, with the keys of those manifests; `consulted`: manifests
+    looked at besides the `*.manifest.xml` files beside it (other images' registered manifests).
+    """
+
+    bucket: str
+    manifest_key: str
+    keys: tuple[str, ...]
+    kept: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    consulted: tuple[str, ...] = ()
+
+
+def manifests_beside(s3: Any, bucket: str, manifest_key: str) -> list[str]:
+    """The keys of the other `*.manifest.xml` files in the manifest's folder (only they, or a manifest
+    registered from that folder, can name a part there: a part's key is its manifest's folder and name)."""
+    folder = manifest_key.rpartition("/")[0]
+    start = f"{folder}/" if folder else ""
+    found = []
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start, Delimiter="/"):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith(MANIFEST_SUFFIX) and item["Key"] != manifest_key:
+                    found.append(item["Key"])
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        raise storage_error(err, f"listing the manifests under {s3_url(bucket, start)}") from None
+    return sorted(found)
+
+
+def _mentions(text: str, filename: str) -> bool:
+    """Whether the text names the file as a whole word (between tags, spaces or its ends)."""
+    return re.search(rf"(?<![^\s<>]){re.escape(filename)}(?![^\s<>])", text) is not None
+
+
+def part_keys_named_by(s3: Any, bucket: str, manifest_key: str, candidates: list[str]) -> set[str]:
+    """Which of the candidate part keys the manifest at `manifest_key` names (none when it is gone).
+
+    A manifest that does not parse may still be one EC2 took, or a damaged copy of one: every part it
+    mentions by file name counts as named. One that cannot be read stops everything, since nobody can
+    tell what it names."""
+    where = s3_url(bucket, manifest_key)
+    try:
+        raw = s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read(MAX_MANIFEST_BYTES + 1)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        error = storage_error(err, f"reading the manifest {where} beside it")
+        if error.code in ("NoSuchKey", "404"):
+            return set()
+        raise BundleStorageError(
+            f"{error}. It may name this bundle's parts, so nothing was deleted; let these credentials "
+            "read it, or move it out of the bundle's folder, and run the command again",
+            error.code,
+        ) from None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        named = {part.filename for part in parse_manifest(text, source=f"manifest {where}").parts}
+    except BundleError:
+        return {key for key in candidates if _mentions(text, key.rpartition("/")[2])}
+    return {key for key in candidates if key.rpartition("/")[2] in named}
+
+
+def parts_named_elsewhere(
+    s3: Any, bucket: str, manifest_key: str, keys: Sequence[str], consulted: Sequence[str] = ()
+) -> dict[str, tuple[str, ...]]:
+    """Each of these part keys that another manifest beside this one (or one of `consulted`) names,
+    with the keys of the manifests that name it."""
+    parts = [key for key in keys if key != manifest_key]
+    folder = manifest_key.rpartition("/")[0]
+    others = set(manifests_beside(s3, bucket, manifest_key)) if parts else set()
+    others.update(key for key in consulted if key.rpartition("/")[0] == folder and key != manifest_key)
+    holders: dict[str, list[str]] = {}
+    for other in sorted(others):
+        for key in part_keys_named_by(s3, bucket, other, parts):
+            holders.setdefault(key, []).append(other)
+    return {key: tuple(holders[key]) for key in parts if key in holders}
+
+
+def plan_bundle_deletion(
+    s3: Any, bucket: str, manifest_key: str, partial: bool = False, consulted: Sequence[str] = ()
+) -> BundleDeletion:
+    """Look at a bundle and every manifest beside it; say what deleting it removes and keeps.
 
     With `partial` the files are found by name (`<prefix>.part.<n>` and the manifest), not read from
-    the manifest: for what a failed upload left, whose manifest never went up."""
+    the manifest: for what a failed upload left, whose manifest never went up. Either way a part that
+    another manifest beside it (or one of `consulted`) names is kept: another image may use it."""
     if partial:
         keys = partial_bundle_keys(s3, bucket, manifest_key)
     else:
         keys = bundle_keys(read_s3_manifest(s3, bucket, manifest_key), bucket, manifest_key)
-    if dry_run:
-        return keys
-    parts = [key for key in keys if key != manifest_key]
+    kept = parts_named_elsewhere(s3, bucket, manifest_key, keys, consulted)
+    going = tuple(key for key in keys if key not in kept)
+    return BundleDeletion(bucket, manifest_key, going, kept, tuple(consulted))
+
+
+def delete_planned_bundle(s3: Any, plan: BundleDeletion) -> list[str]:
+    """Delete the planned keys, parts first and the manifest last (so an interrupted delete can be run
+    again), less any part a manifest put beside it since names; return the keys deleted."""
+    now_named = parts_named_elsewhere(s3, plan.bucket, plan.manifest_key, plan.keys, plan.consulted)
+    keys = [key for key in plan.keys if key not in now_named]
+    parts = [key for key in keys if key != plan.manifest_key]
     batches = [parts[i : i + DELETE_BATCH] for i in range(0, len(parts), DELETE_BATCH)]
-    for batch in batches + ([[manifest_key]] if manifest_key in keys else []):
+    for batch in batches + ([[plan.manifest_key]] if plan.manifest_key in keys else []):
         try:
             answer = s3.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+                Bucket=plan.bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
-            raise storage_error(err, f"deleting the bundle {s3_url(bucket, manifest_key)}") from None
+            raise storage_error(
+                err, f"deleting the bundle {s3_url(plan.bucket, plan.manifest_key)}"
+            ) from None
         if answer.get("Errors"):
             error = answer["Errors"][0]
             raise BundleStorageError(
-                f"deleting {s3_url(bucket, error.get('Key', '?'))}: S3 answered {error.get('Code')}: "
+                f"deleting {s3_url(plan.bucket, error.get('Key', '?'))}: S3 answered {error.get('Code')}: "
                 f"{error.get('Message', '')}; the manifest is kept, so the same command deletes the rest"
             )
     return keys
+
+
+def delete_bundle(
+    s3: Any, bucket: str, manifest_key: str, dry_run: bool = False, partial: bool = False
+) -> list[str]:
+    """Delete a bundle's parts that no other manifest beside it names, then its manifest; return the
+    keys deleted, or with `dry_run` the keys that would be (see plan_bundle_deletion)."""
+    plan = plan_bundle_deletion(s3, bucket, manifest_key, partial=partial)
+    return list(plan.keys) if dry_run else delete_planned_bundle(s3, plan)
 
 
 def _private_file(path: Path) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -36,7 +36,7 @@ class AwsError(Exception):
 class AwsCredentials:
     """The resolved credentials the node's tools get at run time (the secret parts stay hidden)."""
 
-    access_key: str
+    access_key: str = field(repr=False)  # shown nowhere, as the secret key
     secret_key: Secret
     session_token: Secret | None = None
 

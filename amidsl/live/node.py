@@ -145,15 +145,21 @@ class LiveBackend:
     # -- runner.NodeBackend --------------------------------------------------------------------
 
     def secrets(self) -> list[str]:
-        """Every secret in play (signing key, AWS secret key and token), for redaction."""
+        """Every secret in play (signing key, AWS keys and token), for redaction. The access key id is
+        one too: S3's error bodies and a tool's debug output name it, and it is shown nowhere."""
         settings = self.plan.settings
-        found: list[Secret | None] = [settings.private_key_pem, settings.secret_key, settings.session_token]
+        found: list[Secret | str | None] = [
+            settings.private_key_pem,
+            settings.access_key,
+            settings.secret_key,
+            settings.session_token,
+        ]
         try:
             credentials = self.credentials()
-            found += [credentials.secret_key, credentials.session_token]
+            found += [credentials.access_key, credentials.secret_key, credentials.session_token]
         except AwsError:
             pass  # no credentials yet: a phase that needs them fails with that message
-        return [s.reveal() for s in found if s]
+        return [s.reveal() if isinstance(s, Secret) else s for s in found if s]
 
     def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
         """Make the API call with boto3."""

@@ -7,6 +7,7 @@ import os
 import uuid
 
 import boto3
+import botocore.exceptions
 import pytest
 
 from amidsl.bundle import unbundle
@@ -181,3 +182,41 @@ def test_an_interrupted_download_leaves_no_staging_files_and_no_manifest(s3, buc
     left = sorted(p.name for p in target.iterdir())
     assert "web.manifest.xml" not in left
     assert [name for name in left if not name.startswith("web.part.")] == []
+
+
+class RefusingReads:
+    """An S3 client that is refused (AccessDenied) every read of one key, as a bucket policy can do."""
+
+    def __init__(self, s3, refused_key):
+        self._s3, self._refused_key = s3, refused_key
+
+    def get_object(self, **params):
+        if params["Key"] == self._refused_key:
+            error = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}
+            raise botocore.exceptions.ClientError(error, "GetObject")
+        return self._s3.get_object(**params)
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+
+def test_a_manifest_beside_that_does_not_parse_still_keeps_the_parts_it_mentions(s3, bucket, local_bundle):
+    manifest_key = put_bundle(s3, bucket, local_bundle)
+    s3.put_object(
+        Bucket=bucket, Key="web/2026-11/old.manifest.xml", Body=b"<manifest><filename>web.part.1</filename>"
+    )
+    deleted = delete_bundle(s3, bucket, manifest_key)
+    assert "web/2026-11/web.part.1" not in deleted
+    assert keys_in(s3, bucket) == ["web/2026-11/old.manifest.xml", "web/2026-11/web.part.1"]
+
+
+def test_a_manifest_beside_that_cannot_be_read_stops_the_delete_before_anything_goes(
+    s3, bucket, local_bundle
+):
+    manifest_key = put_bundle(s3, bucket, local_bundle)
+    s3.put_object(Bucket=bucket, Key="web/2026-11/eu.manifest.xml", Body=b"unreadable to these credentials")
+    before = keys_in(s3, bucket)
+    refusing = RefusingReads(s3, "web/2026-11/eu.manifest.xml")
+    with pytest.raises(BundleStorageError, match=f"s3://{bucket}/web/2026-11/eu.manifest.xml.*AccessDenied"):
+        delete_bundle(refusing, bucket, manifest_key)
+    assert keys_in(s3, bucket) == before

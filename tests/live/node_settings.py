@@ -136,9 +136,12 @@ def write_toml(path: Path, tables: dict) -> Path:
 
 
 def secret_values(config: dict, credentials) -> list[str]:
+    """What must appear nowhere: the AWS keys (the access key id too, as the README promises), the
+    session token and the private key's body."""
     key_body = [line for line in credentials.key_pem.splitlines() if "PRIVATE KEY" not in line]
     token = config["ami"].get("session_token")  # native builds only: ec2-upload-bundle cannot use one
-    return [config["ami"]["secret_key"], *([token] if token else []), *key_body]
+    keys = [config["ami"]["access_key"], config["ami"]["secret_key"]]
+    return [*keys, *([token] if token else []), *key_body]
 
 
 def assert_no_secret(texts: list[str], secret_list: list[str]) -> None:

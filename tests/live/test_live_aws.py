@@ -138,7 +138,7 @@ def test_the_controller_gets_the_session_credentials(settings, raw_settings):
         "secret-value-1",
         "token-value-1",
     )
-    assert "secret-value-1" not in repr(credentials)
+    assert "secret-value-1" not in repr(credentials) and "ASIAIOSFODNN7EXAMPLE" not in repr(credentials)
 
 
 def test_validate_live_checks_credentials_bucket_region_and_name(settings, aws_endpoint, bucket):

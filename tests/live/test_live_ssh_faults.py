@@ -24,9 +24,11 @@ from amidsl.runner import BuildError, BuildInterrupted, credential_removal
 from amidsl.secrets import Secret
 from tests.live.fake_paramiko import CTRL_C, FakeNode, PhaseRun
 
+ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 TOKEN = "FwoGZXIvYXdzEXAMPLETOKENvalue0123456789"
 IMAGE_ID = "ami-0123456789abcdef0"
+S3_ERROR = "<Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>{key_id}</AWSAccessKeyId></Error>"
 
 
 class FakeAws:
@@ -37,7 +39,7 @@ class FakeAws:
 
     def credentials(self) -> AwsCredentials:
         # Long-term keys: ec2-upload-bundle cannot use temporary ones (it drops the token under SigV4).
-        return AwsCredentials("AKIAIOSFODNN7EXAMPLE", Secret(SECRET_KEY))
+        return AwsCredentials(ACCESS_KEY, Secret(SECRET_KEY))
 
     def call_action(self, action, params):
         self.calls.append(action.operation)
@@ -88,7 +90,7 @@ def build(
 
 def secrets_of(credentials) -> list[str]:
     body = [line for line in credentials.key_pem.splitlines() if "PRIVATE KEY" not in line]
-    return [SECRET_KEY, TOKEN, *body]
+    return [ACCESS_KEY, SECRET_KEY, TOKEN, *body]
 
 
 def assert_no_secret_on_command_lines(node: FakeNode, credentials) -> None:
@@ -255,18 +257,20 @@ def test_output_streams_line_by_line_with_prefixes_and_secrets_hidden(
             "==> [ami-upload 1] upload the bundle to S3 with ec2-upload-bundle",
             "Uploading bundled image parts to the S3 bucket ...",
             f"debug: signing with {SECRET_KEY}",
+            S3_ERROR.format(key_id=ACCESS_KEY),  # S3's error body names the key id
         ]
     )
     progress: list[str] = []
     result = build(node, raw_settings, live(tmp_path), phases=["ami-upload"], progress=progress.append)
-    assert progress[-3:] == [
+    assert progress[-4:] == [
         "==> [ami-upload 1] upload the bundle to S3 with ec2-upload-bundle",
         "    [ami-upload 1] Uploading bundled image parts to the S3 bucket ...",
         "    [ami-upload 1] debug: signing with <hidden>",
+        "    [ami-upload 1] " + S3_ERROR.format(key_id="<hidden>"),
     ]
     [record] = result.transcript
     assert (record.phase, record.index, record.status) == ("ami-upload", 1, 0)
-    assert SECRET_KEY not in record.output and "<hidden>" in record.output
+    assert SECRET_KEY not in record.output and ACCESS_KEY not in record.output and "<hidden>" in record.output
 
 
 def test_a_phase_whose_script_needs_an_unknown_value_fails_before_running(

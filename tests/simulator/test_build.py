@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from amidsl.bundle import read_manifest, unbundle
 from amidsl.crate import server_spec
 from amidsl.example import example_credentials
+from amidsl.progress import Progress
 from amidsl.settings import resolve, system_dir_reason
 from simulator import simulate, template_node
 
@@ -73,9 +75,26 @@ def test_transcript_shows_commands_without_secrets(run, example_settings, region
     assert simulation.error is None, simulation.error
     text = "\n".join(f"{r.command}\n{r.output}" for r in simulation.transcript)
     assert "ec2-upload-bundle" in text and '"${AMIDSL_SECRET_KEY}"' in text
-    assert "wJalrXUtnFEMI" not in text
+    assert "wJalrXUtnFEMI" not in text and "AKIAIOSFODNN7EXAMPLE" not in text
     key_lines = [line for line in example_credentials()[0].splitlines() if "-----" not in line]
     assert not any(line in text for line in key_lines)
+
+
+def test_verbose_commands_hide_the_access_key_id_like_the_secret_key(run, example_settings, node, region):
+    region.credentials = ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", None)
+    raw = example_settings | {
+        "access_key": "AKIAIOSFODNN7EXAMPLE",
+        "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    }
+    shown = io.StringIO()
+    node.progress = Progress(shown, verbose=True)
+    simulation = run(raw)
+    assert simulation.error is None, simulation.error
+    [upload] = [
+        line for line in shown.getvalue().splitlines() if "$ " in line and "ec2-upload-bundle" in line
+    ]
+    assert " -a <hidden> -s <hidden> " in upload
+    assert "AKIAIOSFODNN7EXAMPLE" not in shown.getvalue()
 
 
 def test_auto_strategy_takes_debian_12s_ruby_31_package(run, example_settings, node):
