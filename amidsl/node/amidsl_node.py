@@ -339,6 +339,11 @@ def _literal_head(pattern: str) -> str:
     return re.split(r"[*?\[]", pattern, maxsplit=1)[0]
 
 
+def _literal_tail(pattern: str) -> str:
+    """The end of an fnmatch pattern after its last wildcard."""
+    return re.split(r"[*?\]]", pattern)[-1]
+
+
 def pattern_matcher(patterns: Iterable[str]) -> Callable[[str], int | None]:
     """One regular expression for many fnmatch patterns: the index of the first that matches a path."""
     patterns = list(patterns)
@@ -346,14 +351,17 @@ def pattern_matcher(patterns: Iterable[str]) -> Callable[[str], int | None]:
         return lambda path: None
     search = re.compile("|".join(f"(?P<p{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))).match
     # Most paths match no pattern, and a regular expression of many `.*`s costs more than the rest of
-    # the walk. So first a necessary condition, in C: a path an absolute pattern matches starts with
-    # the pattern's literal head; one a floating pattern (`*/.ssh/id_*`) matches holds the first two
-    # characters after its leading stars. Wildcards there leave an empty head: every path is matched.
+    # the walk (homes full of dot-directories included). So first a necessary condition, in C: a path
+    # an absolute pattern matches starts with the pattern's literal head; one a floating pattern
+    # matches ends with its literal tail (`*/.*_history`), or holds the literal text after its leading
+    # stars (`*/.ssh/id_*`). A wildcard where a literal is needed leaves "": every path is matched.
     heads = tuple(_literal_head(p) for p in patterns if not p.startswith("*"))
-    floating = {_literal_head(p.lstrip("*"))[:2] for p in patterns if p.startswith("*")}
+    floating = [p.lstrip("*") for p in patterns if p.startswith("*")]
+    tails = tuple(_literal_tail(p) for p in floating if _literal_tail(p))
+    inner = {_literal_head(p) for p in floating if not _literal_tail(p)}
 
     def worth_matching(path: str) -> bool:
-        return path.startswith(heads) or any(piece in path for piece in floating)
+        return path.startswith(heads) or path.endswith(tails) or any(piece in path for piece in inner)
 
     def first(path: str) -> int | None:
         found = worth_matching(path) and search(path)

@@ -5,11 +5,14 @@ leases) beside what the launched system needs (CA certificates with their hashed
 keyrings, /tmp). Each test bundles it as the controller asks and lists the image.
 """
 
+import fnmatch
 import os
 import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amidsl.bundle import list_image
 from amidsl.node import amidsl_node as node
@@ -245,3 +248,13 @@ def test_check_warns_when_nothing_installs_the_login_key(tmp_path):
     assert run.result["login_key"] == ""
     assert node.NO_LOGIN_KEY in run.result["warnings"]
     assert "amidsl-ssh-host-keys.service" in run.result["host_keys"]
+
+
+@given(
+    patterns=st.lists(st.text(alphabet="/.*?[]ab_", min_size=1, max_size=8), min_size=1, max_size=4),
+    path=st.text(alphabet="/.ab_", max_size=12),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_pattern_matcher_finds_the_first_pattern_fnmatch_matches(patterns, path):
+    expected = next((i for i, p in enumerate(patterns) if fnmatch.fnmatchcase(path, p)), None)
+    assert node.pattern_matcher(patterns)(path) == expected
