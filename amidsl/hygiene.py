@@ -45,7 +45,9 @@ def hygiene_notes(s: AmiSettings, how: str) -> list[PlanWarning]:
             f"image hygiene ({how}): " + "; ".join(parts) + ". The filter's includes keep "
             f"{', '.join(s.includes)}"
             + (f"; exclude_patterns leave out {', '.join(s.exclude_patterns)}" if s.exclude_patterns else "")
-            + ". The result lists what each item took"
+            + ". The node check (install) says how instances will get SSH host keys and their login "
+            "key (cloud-init or EC2 Instance Connect in the volume), and warns when nothing installs the "
+            "launch key pair. The result lists what each item took"
         )
     ]
     for item in kept_items(s):

@@ -23,6 +23,7 @@ def test_the_native_preview_says_what_hygiene_leaves_out_empties_and_keeps_empty
     assert "kept as empty directories: /tmp, /var/tmp" in text
     assert "The filter's includes keep /etc/ssl/certs/*.pem" in text
     assert "keep_" not in text
+    assert "warns when nothing installs the launch key pair" in text
 
 
 def test_each_kept_item_gets_a_warning_naming_its_setting(raw_settings):

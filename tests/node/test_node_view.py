@@ -330,6 +330,8 @@ def test_a_bind_mount_of_a_file_is_imaged_as_mounted_in_both_ways(tmp_path):
 # Any tree, any mounts: the two ways to image a volume must agree, and neither may hold a filtered path.
 
 NAMES = ["a", "b", "notes", ".ssh", "authorized_keys", ".bash_history", "key.pem", "x.swp", "id_rsa", "old~"]
+# What image hygiene takes: a key, a history, credentials, and /tmp's contents (kept empty).
+NAMES += ["id_ed25519", ".zsh_history", ".aws", "credentials", "tmp"]
 KINDS = ["dir", "dir", "file", "symlink"]
 
 
@@ -372,7 +374,11 @@ def make_tree(volume: Path, entries: list) -> None:
 
 
 def filtered_paths(paths) -> list:
-    return [p for p in paths for pattern in node.DEFAULT_FILTER if fnmatch.fnmatchcase(p, pattern)]
+    """The paths the filter or image hygiene would have left out (emptied files aside)."""
+    left_out = [item for item in node.HYGIENE if item.treatment == node.HYGIENE_LEAVE_OUT]
+    leave_out = [pattern for item in left_out for pattern in item.patterns]
+    patterns = [*node.DEFAULT_FILTER, *leave_out, "/tmp/*", "/var/tmp/*"]
+    return [p for p in paths for pattern in patterns if fnmatch.fnmatchcase(p, pattern)]
 
 
 @settings(max_examples=10, deadline=None)
@@ -391,6 +397,7 @@ def filtered_paths(paths) -> list:
     )
 )
 def test_the_view_and_a_staging_tree_agree_on_any_tree_with_mounts_and_hold_nothing_filtered(tree):
+    # The node program applies every hygiene item when the request keeps none, as here.
     entries, mounts = tree
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as mounted:
         work = Path(scratch)

@@ -85,7 +85,7 @@ json_length() {
   python3 -c 'import json, sys; print(len(json.loads(sys.argv[1])[sys.argv[2]]))' "$1" "$2"
 }
 
-# WARNING (ami-bundle): image hygiene (the node program applies it as it images the volume): left out: ssh_host_keys, private_keys, authorized_keys, histories, credentials, cloud_init_state, journal, dhcp_leases, random_seed; kept as empty files (same owner and mode): machine_id, logs; kept as empty directories: /tmp, /var/tmp. The filter's includes keep /etc/ssl/certs/*.pem, /etc/pki/ca-trust/*.pem, /etc/pki/tls/certs/*.pem, /usr/share/keyrings/*.gpg, /etc/apt/trusted.gpg.d/*.gpg, /etc/apt/keyrings/*.gpg, /usr/share/pki/*.pem, */certifi/cacert.pem, */pip/_vendor/certifi/cacert.pem, */botocore/cacert.pem. The result lists what each item took
+# WARNING (ami-bundle): image hygiene (the node program applies it as it images the volume): left out: ssh_host_keys, private_keys, authorized_keys, histories, credentials, cloud_init_state, journal, dhcp_leases, random_seed; kept as empty files (same owner and mode): machine_id, logs; kept as empty directories: /tmp, /var/tmp. The filter's includes keep /etc/ssl/certs/*.pem, /etc/pki/ca-trust/*.pem, /etc/pki/tls/certs/*.pem, /usr/share/keyrings/*.gpg, /etc/apt/trusted.gpg.d/*.gpg, /etc/apt/keyrings/*.gpg, /usr/share/pki/*.pem, */certifi/cacert.pem, */pip/_vendor/certifi/cacert.pem, */botocore/cacert.pem. The node check (install) says how instances will get SSH host keys and their login key (cloud-init or EC2 Instance Connect in the volume), and warns when nothing installs the launch key pair. The result lists what each item took
 phase_ami_bundle() {
   step ami-bundle 1 'make sure the destination directory exists'
   mkdir -p -- /tmp

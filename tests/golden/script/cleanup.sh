@@ -419,20 +419,37 @@ def hygiene_items(keep: Iterable[str]) -> list[HygieneItem]:
     return [item for item in HYGIENE if item.name not in kept]
 
 
+def _literal_head(pattern: str) -> str:
+    """The start of an fnmatch pattern up to its first wildcard."""
+    return re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+
+
+def _literal_tail(pattern: str) -> str:
+    """The end of an fnmatch pattern after its last wildcard."""
+    return re.split(r"[*?\]]", pattern)[-1]
+
+
 def pattern_matcher(patterns: Iterable[str]) -> Callable[[str], int | None]:
     """One regular expression for many fnmatch patterns: the index of the first that matches a path."""
     patterns = list(patterns)
     if not patterns:
         return lambda path: None
     search = re.compile("|".join(f"(?P<p{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))).match
-    # A path a pattern matches holds the pattern's longest literal piece: searching for those pieces
-    # first is many times faster than the patterns' `.*`s, and few paths hold one. A pattern with `?`
-    # or a character set has no piece known to be literal: then every path is matched in full.
-    pieces = [max(p.split("*"), key=len) if not re.search(r"[?\[]", p) else "" for p in patterns]
-    holds_a_piece = re.compile("|".join(re.escape(piece) for piece in pieces)).search
+    # Most paths match no pattern, and a regular expression of many `.*`s costs more than the rest of
+    # the walk (homes full of dot-directories included). So first a necessary condition, in C: a path
+    # an absolute pattern matches starts with the pattern's literal head; one a floating pattern
+    # matches ends with its literal tail (`*/.*_history`), or holds the literal text after its leading
+    # stars (`*/.ssh/id_*`). A wildcard where a literal is needed leaves "": every path is matched.
+    heads = tuple(_literal_head(p) for p in patterns if not p.startswith("*"))
+    floating = [p.lstrip("*") for p in patterns if p.startswith("*")]
+    tails = tuple(_literal_tail(p) for p in floating if _literal_tail(p))
+    inner = {_literal_head(p) for p in floating if not _literal_tail(p)}
+
+    def worth_matching(path: str) -> bool:
+        return path.startswith(heads) or path.endswith(tails) or any(piece in path for piece in inner)
 
     def first(path: str) -> int | None:
-        found = holds_a_piece(path) and search(path)
+        found = worth_matching(path) and search(path)
         if not found:
             return None
         # By name: fnmatch's translation has groups of its own on some Pythons.
@@ -3506,7 +3523,7 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step cleanup 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py e7c1f5c646535fc771e55a8fb4599bb9fedf99f4fc7568d0cabbbbd3a58176d5
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py e492972f3c253a0631bb08007a586775a0257fe6aa2a1da9793722f2727dd8c6
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
