@@ -134,13 +134,12 @@ def test_ctrl_c_while_the_node_program_bundles_stops_it_and_removes_its_temporar
     def once_the_image_is_built(line: str) -> bool:
         if not image_built(node)(line):
             return False
-        # The program's temporary files are all there: image, chunks deflated ahead, staging tree.
-        names = sorted(p.name for p in destination.iterdir())
-        assert [n.split(".")[2] if n.startswith(".image.") else n[:16] for n in names] == [
-            ".amidsl-staging-",
-            "ahead",
-            "image",
-        ]
+        # The program's temporary files are all there, in its private work directory: image, chunks
+        # deflated ahead, and the view's mount point (or staging tree).
+        [work] = destination.iterdir()
+        assert work.name.startswith(".image.work.") and work.stat().st_mode & 0o077 == 0
+        names = sorted(p.name[:16] for p in work.iterdir())
+        assert names == [".amidsl-staging-", "deflated-ahead", "image"]
         return True
 
     message = interrupt(config, once_the_image_is_built, ["install", "configure", "ami-bundle"])
@@ -213,13 +212,15 @@ def test_a_node_program_that_does_not_stop_is_killed_and_the_next_bundle_removes
 
     message = interrupt(config, image_built(node), ["install", "ami-bundle"])
 
-    [pid] = {int(name.rsplit(".", 1)[1]) for name in os.listdir(destination) if name.startswith(".image.")}
+    # The run's private work directory: .<prefix>.work.<pid>-<random>
+    [work] = [n for n in os.listdir(destination) if n.startswith(".image.work.")]
+    pid = int(work.split(".")[3].split("-")[0])
     assert f"The node program did not stop within 2 s and was killed (pid {pid})" in message
     assert f"its temporary files may remain in {destination}" in message
     assert processes_running(f"{config['ami']['install_dir']}/amidsl_node.py") == []
     assert ended(int((node.records / "mke2fs.pid").read_text()))  # its mke2fs too
     left = sorted(os.listdir(destination))
-    assert len(left) == 3  # image, chunks deflated ahead, staging tree
+    assert len(left) == 1  # the work directory: image, chunks deflated ahead, staging tree
 
     monkeypatch.undo()
     (node.root / "bin" / "mke2fs").unlink()
