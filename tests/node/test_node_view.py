@@ -353,9 +353,15 @@ def trees_with_mounts(draw) -> tuple:
     def apart(one: str, other: str) -> bool:
         return not (one + "/").startswith(other + "/") and not (other + "/").startswith(one + "/")
 
-    mounts = []
+    mounts: list = []
     for pool in (directories[1:], files):  # a bind mount of a directory, then of a file
-        pairs = [(a, b) for a in pool for b in pool if a != b and apart(a, b)]
+        # Apart from each other and from an earlier mount, which changes what is under its target.
+        pairs = [
+            (a, b)
+            for a in pool
+            for b in pool
+            if a != b and apart(a, b) and all(apart(a, m) and apart(b, m) for mount in mounts for m in mount)
+        ]
         if pairs and draw(st.booleans()):
             mounts.append(draw(st.sampled_from(pairs)))
     return sorted(entries.items()), mounts

@@ -71,7 +71,9 @@ def test_simulate_the_built_in_example_builds_natively_by_default(temp):
     assert "ec2-bundle-vol" not in run.stdout
     registered = next(line for line in lines if line.startswith("registered ami-"))
     assert "s3://amidsl-example-bundles/images/example/image.manifest.xml" in registered
-    assert any(line.startswith("  filter pattern: /etc/ssl/private/node.pem") for line in lines)
+    # Image hygiene takes the private key before the filter would; the summary says it per item.
+    assert any(line.startswith("  image hygiene: /etc/ssl/private/node.pem") for line in lines)
+    assert "  private_keys (left out): 2: /etc/ssl/private/node.pem, /root/.ssh/id_rsa" in lines
     assert any(line.startswith("  caller exclusion: /opt/ami-tools") for line in lines)  # the node program
     assert list(temp.iterdir()) == []
 
@@ -253,8 +255,15 @@ def test_a_closed_pipe_stops_the_simulation_and_cleans_up(temp):
 
 
 def parts_written(temp: Path) -> int:
-    """How many part files the bundler has begun (files come and go: os.walk skips the gone)."""
-    return sum(name.startswith(".image.part.") for _, _, names in os.walk(temp) for name in names)
+    """How many part files the bundler has begun (files come and go: os.walk skips the gone).
+
+    The node program writes each part as part.<i> in its private work directory, .image.work.<pid>-*.
+    """
+    return sum(
+        name.startswith("part.") and "/.image.work." in directory
+        for directory, _, names in os.walk(temp)
+        for name in names
+    )
 
 
 def test_ctrl_c_while_bundling_stops_promptly_and_cleans_up(temp):
