@@ -1,7 +1,7 @@
 """What the preview says of image hygiene: what a shared image must not carry, and what was kept.
 
 The items themselves (patterns, treatments, reasons) are the node program's HYGIENE table, which the
-node applies in native builds; the ami-tools strategy turns them into ec2-bundle-vol exclusions.
+node applies in native builds; ec2-bundle-vol cannot apply them (the ami-tools preview says so).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from amidsl.node.amidsl_node import (
     HYGIENE_EMPTY_FILE,
     HYGIENE_LEAVE_OUT,
     HygieneItem,
+    hygiene_items,
 )
 from amidsl.settings import AmiSettings
 
 
 def applied_items(s: AmiSettings) -> list[HygieneItem]:
     """The hygiene items this build applies (all but those kept with keep_<item> = true)."""
-    return [item for item in HYGIENE if item.name not in s.hygiene_keep]
+    return hygiene_items(s.hygiene_keep)
 
 
 def kept_items(s: AmiSettings) -> list[HygieneItem]:

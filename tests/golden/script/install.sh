@@ -502,8 +502,9 @@ ExecStart=/usr/bin/ssh-keygen -A
 [Install]
 WantedBy=multi-user.target
 """
+CLOUD_INIT = ("cloud-init", ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg"))  # makes both at first boot
 HOST_KEY_GENERATORS = (
-    ("cloud-init", ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg")),
+    CLOUD_INIT,
     (
         "the distribution's sshd-keygen",
         tuple(
@@ -515,7 +516,7 @@ HOST_KEY_GENERATORS = (
 )
 # What installs the launch key pair's public key for the login user of a new instance.
 LOGIN_KEY_SOURCES = (
-    ("cloud-init", ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg")),
+    CLOUD_INIT,
     ("EC2 Instance Connect", ("/usr/share/ec2-instance-connect", "/opt/aws/bin/eic_run_authorized_keys")),
 )
 
@@ -529,12 +530,20 @@ class AddedFile(NamedTuple):
     link: str = ""
 
 
+def _in_volume(volume: str, path: str) -> bool:
+    """Whether the image path exists in the volume (a symbolic link not followed)."""
+    return os.path.lexists(volume.rstrip("/") + path)
+
+
 def _first_found(volume: str, sources: tuple) -> str:
     """The name of the first source one of whose paths exists in the volume, or ''."""
     for name, paths in sources:
-        if any(os.path.lexists(volume.rstrip("/") + p) for p in paths):
+        if any(_in_volume(volume, p) for p in paths):
             return name
     return ""
+
+
+NO_SSH_SERVER = "no SSH server in the volume: none needed"
 
 
 def _real_directory(volume: str, path: str) -> bool:
@@ -554,13 +563,13 @@ def plan_host_keys(volume: str, items: Iterable[HygieneItem]) -> tuple[str, list
     """How a launched instance gets SSH host keys, and the files to add to the image for it."""
     if "ssh_host_keys" not in {item.name for item in items}:
         return "kept from the node (keep_ssh_host_keys): every instance shares them", []
-    if not os.path.lexists(volume.rstrip("/") + "/etc/ssh/sshd_config"):
-        return "no SSH server in the volume: none needed", []
+    if not _in_volume(volume, "/etc/ssh/sshd_config"):
+        return NO_SSH_SERVER, []
     found = _first_found(volume, HOST_KEY_GENERATORS)
     if found:
         return f"made at first boot by {found}", []
     wants = "/etc/systemd/system/multi-user.target.wants"
-    if not _real_directory(volume, wants) or not os.path.lexists(volume.rstrip("/") + "/usr/bin/ssh-keygen"):
+    if not _real_directory(volume, wants) or not _in_volume(volume, "/usr/bin/ssh-keygen"):
         return (
             "none: the volume has no systemd unit directory or no ssh-keygen, so an instance would have "
             "no SSH host keys; install cloud-init, or set keep_ssh_host_keys = true",
@@ -577,8 +586,8 @@ def login_key_source(volume: str, items: Iterable[HygieneItem]) -> str:
     """How an instance launched from the image gets its login key, or '' when nothing does."""
     if "authorized_keys" not in {item.name for item in items}:
         return "the node's own authorized_keys are kept (keep_authorized_keys)"
-    if not os.path.lexists(volume.rstrip("/") + "/etc/ssh/sshd_config"):
-        return "no SSH server in the volume: none needed"
+    if not _in_volume(volume, "/etc/ssh/sshd_config"):
+        return NO_SSH_SERVER
     found = _first_found(volume, LOGIN_KEY_SOURCES)
     return f"{found} installs the launch key pair's public key" if found else ""
 
@@ -3114,15 +3123,22 @@ def check_boot(volume: str, virtualization_type: str, size: VolumeSize) -> tuple
     return identity, grub, warnings
 
 
+def _selection(request: dict) -> tuple[list, list, list[HygieneItem]]:
+    """The request's includes, exclude_patterns and hygiene items to apply (all but hygiene_keep)."""
+    return (
+        _field(request, "includes", list, list(DEFAULT_INCLUDES)),
+        _field(request, "exclude_patterns", list, []),
+        hygiene_items(_field(request, "hygiene_keep", list, [])),
+    )
+
+
 def command_check(request: dict) -> dict:
     """Report what the node has for a native build, failing on anything missing (space included)."""
     volume = _directory(request, "volume")
     destination = _directory(request, "destination_dir")
     virtualization_type = _virtualization_type(request)
     exclusions = _field(request, "exclude", list, [])
-    items = hygiene_items(_field(request, "hygiene_keep", list, []))
-    exclude_patterns = _field(request, "exclude_patterns", list, [])
-    includes = _field(request, "includes", list, list(DEFAULT_INCLUDES))
+    includes, exclude_patterns, items = _selection(request)
     _, soname = load_libcrypto()
     mke2fs = mke2fs_version()
     selection = walk_volume(
@@ -3194,10 +3210,8 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             f"or stop it (kill -INT {pid}), then bundle again"
         )
     exclusions = _field(request, "exclude", list, [])
-    includes = _field(request, "includes", list, list(DEFAULT_INCLUDES))
+    includes, exclude_patterns, items = _selection(request)
     no_filter = not _field(request, "filter", bool, True)
-    items = hygiene_items(_field(request, "hygiene_keep", list, []))
-    exclude_patterns = _field(request, "exclude_patterns", list, [])
     size_mb = request.get("image_size_mb")
     if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= MAX_IMAGE_MB):
         raise NodeError(f"image_size_mb is {size_mb!r}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
@@ -3525,7 +3539,7 @@ if __name__ == "__main__":
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py e492972f3c253a0631bb08007a586775a0257fe6aa2a1da9793722f2727dd8c6
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py eff9470fe58a19ddf5439067c3e1dd1afa76cde2869a9e9a3e1c8d3ecb8fbca7
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
