@@ -12,16 +12,17 @@ Installed with amidsl (entry point `pytest11`), so these fixtures are there in a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from amidsl.plan import Plan, Spec
-from simulator.executor import Simulation
-from simulator.executor import simulate as run_simulation
-from simulator.node import FakeNode
-from simulator.region import FakeRegion
-from simulator.template import template_node
+# The plugin loads in every pytest run on a machine with amidsl installed: the simulator (moto, boto3)
+# is imported only when a test asks for one of these fixtures.
+if TYPE_CHECKING:
+    from amidsl.plan import Plan, Spec
+    from simulator.executor import Simulation
+    from simulator.node import FakeNode
+    from simulator.region import FakeRegion
 
 
 @pytest.fixture
@@ -33,6 +34,9 @@ def fake_region_name() -> str:
 @pytest.fixture
 def fake_region(fake_region_name: str) -> Iterator[FakeRegion]:
     """A fake AWS region (and account) for one test."""
+    from simulator.region import FakeRegion
+    from simulator.template import template_node
+
     region = FakeRegion(fake_region_name, node_factory=lambda: template_node(payload_mb=1))
     yield region
     region.close()
@@ -41,6 +45,8 @@ def fake_region(fake_region_name: str) -> Iterator[FakeRegion]:
 @pytest.fixture
 def fake_node() -> Iterator[FakeNode]:
     """A fake Debian node from the template, for one test."""
+    from simulator.template import template_node
+
     node = template_node(payload_mb=1)
     yield node
     node.close()
@@ -49,6 +55,8 @@ def fake_node() -> Iterator[FakeNode]:
 @pytest.fixture
 def simulate(fake_node: FakeNode, fake_region: FakeRegion) -> Iterator[Callable[..., Simulation]]:
     """Run a spec (or plan) on the test's fake node and region."""
+    from simulator.executor import simulate as run_simulation
+
     simulations: list[Simulation] = []
 
     def run(spec: Spec | Plan, phases: Sequence[str] | None = None, **options: Any) -> Simulation:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from amidsl.actions import Exec
@@ -15,6 +18,16 @@ from simulator.orchestrate import GROUP_TAG, launch_node, make_ami, make_ami_fro
 def enable_sites(settings):
     """A user's own install step, next to the crate's."""
     return [Exec(("mkdir", "-p", "/etc/nginx/sites-enabled"), description="enable nginx sites")]
+
+
+def test_loading_the_plugin_imports_neither_the_simulator_nor_aws_libraries():
+    """pytest loads the plugin in every test run on the machine: it must cost next to nothing."""
+    code = (
+        "import sys, simulator.pytest_plugin; "
+        "print(sorted(m for m in sys.modules if m.startswith(('simulator.', 'moto', 'boto', 'amidsl'))))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "['simulator.pytest_plugin']"
 
 
 def test_plugin_fixtures_run_a_users_spec(simulate, fake_node, fake_region, example_settings):
