@@ -4,8 +4,10 @@ A back-end knows how to run the node actions of a phase (the simulator on a fake
 back-end as the rendered script over SSH) and how to make an AWS call. This module does the rest the same
 way for both: phases in order, controller-side actions (API calls, storing results into the settings,
 checks), run-time values such as the image id, the transcript, and what happens on failure: the error
-names the phase and the action, and with `on_error="cleanup"` the credentials are removed from the node
-(with "cleanup-all" also what a failed upload or registration left in S3; see amidsl.leftovers).
+names the phase and the action, and with `on_error="cleanup"` what the build strategy put on the node
+is removed (the credentials, or amidsl's node program; the strategy says which, and how to resume),
+with "cleanup-all" also what a failed upload or registration left in S3 (see amidsl.leftovers). The
+loop knows no strategy by name: it asks `strategy_of(settings)`.
 """
 
 from __future__ import annotations
