@@ -14,9 +14,9 @@ from amidsl.actions import (
     PlanWarning,
     Remove,  # noqa: F401 - kept importable from here
 )
-from amidsl.plan import Spec
+from amidsl.plan import AMI_PHASES, Spec
 from amidsl.settings import AmiSettings, resolve
-from amidsl.strategies import native, phase_function
+from amidsl.strategies import strategy_of
 from amidsl.strategies.ami_tools import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN  # noqa: F401 - the crate's names
 
 
@@ -29,14 +29,14 @@ def _by_strategy(phase: str) -> Callable[[AmiSettings], Sequence[Action | PlanWa
     """A plan function that runs `phase` of the strategy the settings' `bundler` names."""
 
     def plan(s: AmiSettings) -> Sequence[Action | PlanWarning]:
-        return phase_function(s.bundler, phase)(s)
+        return strategy_of(s).phases[phase](s)
 
     plan.__name__ = plan.__qualname__ = phase.replace("-", "_")
     plan.__doc__ = f"The {phase} phase of the chosen build strategy (setting bundler)."
     return plan
 
 
-PHASE_FUNCTIONS = {phase: _by_strategy(phase) for phase in native.PHASE_FUNCTIONS}
+PHASE_FUNCTIONS = {phase: _by_strategy(phase) for phase in AMI_PHASES}
 install = PHASE_FUNCTIONS["install"]
 configure = PHASE_FUNCTIONS["configure"]
 ami_bundle = PHASE_FUNCTIONS["ami-bundle"]

@@ -4,8 +4,10 @@ A back-end knows how to run the node actions of a phase (the simulator on a fake
 back-end as the rendered script over SSH) and how to make an AWS call. This module does the rest the same
 way for both: phases in order, controller-side actions (API calls, storing results into the settings,
 checks), run-time values such as the image id, the transcript, and what happens on failure: the error
-names the phase and the action, and with `on_error="cleanup"` the credentials are removed from the node
-(with "cleanup-all" also what a failed upload or registration left in S3; see amidsl.leftovers).
+names the phase and the action, and with `on_error="cleanup"` what the build strategy put on the node
+is removed (the credentials, or amidsl's node program; the strategy says which, and how to resume),
+with "cleanup-all" also what a failed upload or registration left in S3 (see amidsl.leftovers). The
+loop knows no strategy by name: it asks `strategy_of(settings)`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from amidsl.actions import (
     CheckResult,
     NodeProgram,
     PhasePlan,
-    Remove,
     RuntimeValue,
     UpdateSettings,
     WaitForImage,
@@ -36,7 +37,7 @@ from amidsl.publish import PublishFailed, run_publish_step
 from amidsl.register import copies
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
-from amidsl.strategies.native import program_removal
+from amidsl.strategies import Strategy, strategy_of
 
 # cleanup: remove the credentials from the node; cleanup-all: also what a failed upload or registration
 # left in S3; abort: leave everything for debugging.
@@ -161,28 +162,11 @@ class BuildResult:
         return self.settings.image_id
 
 
-def credential_removal(settings: AmiSettings) -> Remove:
-    """The action that takes the credentials off the node after a failure.
-
-    It empties credential_dir but keeps the (root-only) directory, so that a resumed build can run
-    configure again without running install first.
-    """
-    return Remove(settings.credential_dir, contents=True, description="remove the credentials")
-
-
-def resume_hint(phase: str, credentials_removed: bool, native: bool = False) -> str:
-    """How to carry on after a failure in `phase`."""
-    if native and phase in ("configure", "ami-bundle", "ami-upload"):
-        # The bundle report, the AES key and the signed manifest lived in the controller's memory, and
-        # the node program was removed: bundling starts again from the program's install. A failed
-        # registration needs none of that: the bundle is in S3 (the runner says ami-upload when not).
-        return "To resume, fix the cause and run the build again from phase install."
-    if native and phase == "ami-register":
-        return (
-            "To resume, fix the cause and run the build again from phase ami-register (the bundle is in "
-            "S3); if the fix changes the bundle (settings in its manifest, or EC2's certificate), from "
-            "phase install."
-        )
+def resume_hint(phase: str, credentials_removed: bool, strategy: Strategy | None = None) -> str:
+    """How to carry on after a failure in `phase`: the strategy's own advice, else the generic one."""
+    special = strategy.resume_hint(phase) if strategy else None
+    if special:
+        return special
     if credentials_removed and phase not in ("install", "configure", "cleanup"):
         return (
             "To resume, fix the cause, then run configure (the credentials were removed) and the "
@@ -293,7 +277,7 @@ def run_plan(
                 redact(output, hidden),
                 redact(note, hidden),
                 result.transcript,
-                resume_hint(resume_from, removed, native=settings.bundler == "native"),
+                resume_hint(resume_from, removed, strategy_of(settings)),
                 cause,
             ) from None
         result.phases.append(phase.name)
@@ -368,54 +352,22 @@ def _run_controller_action(
 def _after_failure(
     plan: Plan, backend: NodeBackend, on_error: str, result: BuildResult, phase: str
 ) -> tuple[bool, str]:
-    """Apply the on-error policy: (credentials removed?, a note saying where the credentials are)."""
+    """Apply the on-error policy: (did the strategy's removal run?, a note saying what stays on the node)."""
     where = plan.settings.credential_dir
     if on_error == "abort":
         return (
             False,
             f"on_error=abort: everything is left in place for debugging, credentials included ({where}).",
         )
-    if plan.settings.bundler == "native":
-        # No credential was ever on the node: what remains to take off it is amidsl's node program.
-        where = plan.settings.install_dir
-        removal = program_removal(plan.settings)
-        interrupted = f"No credential was on the node; amidsl's node program may remain in {where}."
-        failed = f"No credential was on the node; removing {where} failed"
-        removed = (
-            "No credential was on the node (native build; the bundle's AES key and IV were only ever in "
-            f"memory); amidsl's node program was removed ({where}). "
-            + _native_parts_note(plan.settings, phase)
-        )
-    else:
-        removal = credential_removal(plan.settings)
-        interrupted = f"The credentials may remain on the node in {where}: their removal was interrupted."
-        failed = f"The credentials may remain on the node in {where}: removing them failed too"
-        # The removal checks that the directory is empty afterwards: only then is this said.
-        removed = f"The credentials were removed from the node ({where})."
+    advice = strategy_of(plan.settings).after_failure(plan.settings, phase)
     try:
-        result.transcript += backend.run_node_actions("on-error", [(1, removal)], {})
+        result.transcript += backend.run_node_actions("on-error", [(1, advice.removal)], {})
     except KeyboardInterrupt:
-        return False, interrupted
+        return False, advice.interrupted
     except Exception as err:
         said = err.output.strip().splitlines()[-3:] if isinstance(err, ActionFailed) else []
-        return False, f"{failed} ({' '.join(said) or err})."
-    return True, removed
-
-
-def _native_parts_note(s: AmiSettings, phase: str) -> str:
-    """Where a failed native build's bundle parts are on the node."""
-    if phase in ("install", "configure"):
-        return "Nothing of the bundle was made on the node."
-    if phase == "ami-bundle":
-        # The node program removes its partial image, staging tree and parts when it fails or is stopped.
-        return (
-            f"The node program removes its partial image and parts from {s.destination_dir} when it "
-            "fails or is interrupted; parts of an earlier bundle stay there until cleanup."
-        )
-    parts = f"{s.destination_dir.rstrip('/')}/{s.prefix}.part.*"
-    if phase == "cleanup":
-        return f"Bundle parts the cleanup did not remove may remain on the node in {parts}."
-    return f"The bundle's parts stay on the node in {parts} until the cleanup phase removes them."
+        return False, f"{advice.failed} ({' '.join(said) or err})."
+    return True, advice.removed
 
 
 def _interrupted(actions: Sequence[tuple[int, Action]]) -> str:

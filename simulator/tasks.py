@@ -35,6 +35,7 @@ from amidsl.progress import Progress
 from amidsl.render.summary import plan_title
 from amidsl.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
 from amidsl.settings import SettingsError
+from amidsl.strategies import strategy_of
 from simulator.executor import ImageInspection, Simulation, prepare
 from simulator.executor import simulate as run_simulation
 
@@ -55,9 +56,10 @@ FAULT_NAMES = (
     "image-pending",
     "image-failed",
 )
-# Faults only one bundler can meet: ec2-upload-bundle presigns nothing, and the ami-tools path needs
-# neither python3 nor e2fsprogs on the node (its ec2-bundle-vol model is the tools' own).
-NATIVE_ONLY = ("url-expires", "no-python3", "old-python3", "no-mke2fs", "old-mke2fs")
+# Faults only a build that runs amidsl's node program can meet: ec2-upload-bundle presigns nothing, and
+# the ami-tools path needs neither python3 nor e2fsprogs on the node (its ec2-bundle-vol model is the
+# tools' own).
+NODE_PROGRAM_FAULTS = ("url-expires", "no-python3", "old-python3", "no-mke2fs", "old-mke2fs")
 WITHOUT_VALUE = ("no-python3", "no-mke2fs")
 # The oldest version the native bundler runs with, and an older one for the example; an old-* fault
 # gives an older one.
@@ -82,7 +84,7 @@ def parse_fault(text: str, plan: Plan) -> Fault:
     if name not in FAULT_NAMES:
         close = difflib.get_close_matches(name, FAULT_NAMES, n=1)
         raise refuse(f"not a fault I know{f' (did you mean {close[0]}?)' if close else ''}")
-    if name in NATIVE_ONLY and plan.settings.bundler != "native":
+    if name in NODE_PROGRAM_FAULTS and not strategy_of(plan.settings).runs_node_program:
         raise refuse(f"it models the native bundler's node program: drop --bundler {plan.settings.bundler}")
     if name in WITHOUT_VALUE:
         if equals:

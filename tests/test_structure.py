@@ -1,4 +1,4 @@
-"""The layering the design asks for: plan functions know no back-end."""
+"""The layering the design asks for: plan functions know no back-end, generic code no strategy name."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from amidsl.plan import AMI_PHASES
+from amidsl.strategies import STRATEGIES
 
 
 def test_the_crate_and_its_strategies_import_no_back_end():
@@ -44,3 +49,80 @@ def test_the_controller_imports_only_what_the_node_program_offers_it():
     used = set().union(*(node_program_names_used(path) for path in code))
     assert sorted(used - set(program.CONTROLLER_API)) == []
     assert [name for name in program.CONTROLLER_API if not hasattr(program, name)] == []
+
+
+# Strategy names as the generic code might spell them; the strategies' own table adds any new one.
+STRATEGY_NAMES = frozenset({"native", "ami-tools", *STRATEGIES})
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _generic_modules() -> list[Path]:
+    """Every module of amidsl and the simulator but the strategies and the settings (keyed by bundler)."""
+    paths = [*ROOT.joinpath("amidsl").rglob("*.py"), *ROOT.joinpath("simulator").rglob("*.py")]
+    return sorted(
+        path
+        for path in paths
+        if not path.relative_to(ROOT).as_posix().startswith(("amidsl/strategies/", "amidsl/settings"))
+    )
+
+
+def _names_a_strategy(node: ast.AST) -> bool:
+    """A strategy name as a string constant, or a tuple, list or set holding one."""
+    if isinstance(node, ast.Constant):
+        return node.value in STRATEGY_NAMES
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_names_a_strategy(item) for item in node.elts)
+    return False
+
+
+def _is_bundler(node: ast.AST) -> bool:
+    """`bundler` or `something.bundler`."""
+    return (isinstance(node, ast.Name) and node.id == "bundler") or (
+        isinstance(node, ast.Attribute) and node.attr == "bundler"
+    )
+
+
+def _compares_a_strategy(node: ast.AST) -> bool:
+    """A comparison (== != in is, or a match) with a strategy name, or of the bundler setting."""
+    if isinstance(node, ast.Compare):
+        return any(_names_a_strategy(o) or _is_bundler(o) for o in (node.left, *node.comparators))
+    if isinstance(node, ast.Match):
+        return _is_bundler(node.subject)
+    if isinstance(node, ast.MatchValue):
+        return _names_a_strategy(node.value)
+    return False
+
+
+def _strategy_comparisons(source: str) -> list[int]:
+    """The lines of the source that compare strategy names."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(source)) if _compares_a_strategy(node)})
+
+
+def test_no_module_outside_the_strategies_compares_strategy_names():
+    found = []
+    for path in _generic_modules():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for line in _strategy_comparisons("\n".join(lines)):
+            found.append(f"{path.relative_to(ROOT).as_posix()}:{line}: {lines[line - 1].strip()}")
+    assert not found, "ask strategy_of(settings) instead of comparing strategy names:\n" + "\n".join(found)
+
+
+def test_the_name_scan_finds_each_way_of_comparing_a_strategy():
+    source = (
+        'if s.bundler == "native":\n    pass\n'
+        'if "ami-tools" != bundler:\n    pass\n'
+        'ok = name in ("native", "other")\n'
+        "same = s.bundler is t.bundler\n"
+        'match s.bundler:\n    case "native":\n        pass\n'
+        'text = "if bundler == native: not code"\n'
+        'message = f"drop --bundler {s.bundler}"\n'
+    )
+    assert _strategy_comparisons(source) == [1, 3, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_each_strategy_has_a_plan_function_for_every_phase_the_loop_runs(name):
+    strategy = STRATEGIES[name]
+    assert strategy.name == name
+    assert sorted(strategy.phases) == sorted(AMI_PHASES)
+    assert all(callable(fn) for fn in strategy.phases.values())

@@ -42,7 +42,7 @@ from amidsl.printable import printable
 from amidsl.render.shell import render_action, runtime_inputs
 from amidsl.render.summary import plan_title, public_settings
 from amidsl.settings import SECRET_KEYS
-from amidsl.strategies import summary
+from amidsl.strategies import strategy_of
 
 SCHEMA = "amidsl.plan/1"
 LONG_CONTENT_LINES = 40
@@ -99,7 +99,10 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "title": plan_title(plan),
         "settings": dict(public_settings(plan.settings)),
         "runtime_inputs": [{"env": env, "what": what} for env, what in runtime_inputs(plan)],
-        "strategy": {"bundler": plan.settings.bundler, **dict(summary(plan.settings))},
+        "strategy": {
+            "bundler": plan.settings.bundler,
+            **dict(strategy_of(plan.settings).summary(plan.settings)),
+        },
         "phases": [
             {
                 "name": phase.name,
@@ -141,7 +144,7 @@ def render_text(plan: Plan) -> str:
     for name, value in public_settings(plan.settings):
         lines.append(f"  {name.ljust(width)}  {_shown(plan, name, value)}")
     lines += ["", f"build strategy: {plan.settings.bundler}"]
-    lines += [f"  {topic}: {text}" for topic, text in summary(plan.settings)]
+    lines += [f"  {topic}: {text}" for topic, text in strategy_of(plan.settings).summary(plan.settings)]
     inputs = runtime_inputs(plan)
     if inputs:
         lines += ["", "supplied at run time (environment):"]

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from amidsl.plan import Plan
 from amidsl.settings import AmiSettings, Source
+from amidsl.strategies import strategy_of
 from amidsl.strategies.ami_tools import OWN_SETTINGS as AMI_TOOLS_SETTINGS
 from amidsl.strategies.native import OWN_SETTINGS as NATIVE_SETTINGS
 
@@ -43,7 +44,7 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
         if name == "certificate_pem":
             value = describe_certificate(value) if value else "(none)"
         elif name == "ec2_certificate_pem":
-            if s.bundler != "native":
+            if not strategy_of(s).shows_ec2_certificate:
                 continue
             value = describe_certificate(value) if value else "pinned, from the ec2-ami-tools archive"
         elif name in ("secret_key", "session_token", "access_key"):
@@ -71,9 +72,7 @@ def _credential_origin(s: AmiSettings, name: str) -> str:
     given = getattr(s, name) is not None
     # Not even the access key id is shown: scripts and previews name where keys come from, never a key.
     origin = "from the settings" if given else "from the AWS credential chain"
-    if s.bundler == "native":
-        return f"{origin}; used on the controller only (presigned URLs reach the node)"
-    return f"{origin}; supplied at run time as {env}"
+    return f"{origin}; {strategy_of(s).credential_use.format(env=env)}"
 
 
 def plan_title(plan: Plan) -> str:

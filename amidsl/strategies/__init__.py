@@ -2,28 +2,24 @@
 
 `native` (the default) ships amidsl's node program and keeps every secret on the controller;
 `ami-tools` installs Amazon's ec2-ami-tools (and Ruby) on the node, as pallet's ami-crate does.
+Each module defines its `STRATEGY` (see amidsl.strategies.strategy); the generic code reaches a
+strategy only through `strategy_of(settings)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from types import ModuleType
+from collections.abc import Mapping
 
-from amidsl.actions import Action, PlanWarning
 from amidsl.settings import AmiSettings
 from amidsl.strategies import ami_tools, native
+from amidsl.strategies.strategy import FailureAdvice, PhaseFn, Strategy
 
-PhaseFn = Callable[[AmiSettings], Sequence[Action | PlanWarning]]
+__all__ = ["STRATEGIES", "FailureAdvice", "PhaseFn", "Strategy", "strategy_of"]
 
-# Each strategy module has PHASE_FUNCTIONS (phase name -> plan function) and summary(settings).
-STRATEGIES: Mapping[str, ModuleType] = {"native": native, "ami-tools": ami_tools}
-
-
-def phase_function(bundler: str, phase: str) -> PhaseFn:
-    """The plan function of `phase` in the strategy the `bundler` setting names."""
-    return STRATEGIES[bundler].PHASE_FUNCTIONS[phase]
+# The `bundler` setting's value -> the strategy it chooses.
+STRATEGIES: Mapping[str, Strategy] = {s.name: s for s in (native.STRATEGY, ami_tools.STRATEGY)}
 
 
-def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
-    """(topic, text) pairs saying what the chosen strategy puts on the node and leaves in the image."""
-    return STRATEGIES[s.bundler].summary(s)
+def strategy_of(settings: AmiSettings) -> Strategy:
+    """The strategy the settings' `bundler` chooses."""
+    return STRATEGIES[settings.bundler]

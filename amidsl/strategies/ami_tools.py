@@ -30,6 +30,7 @@ from amidsl.register import ami_register, instance_types_note
 from amidsl.settings import NODE_STATE_DIR, AmiSettings
 from amidsl.strategies import bundle_files
 from amidsl.strategies.bundle_files import image_file
+from amidsl.strategies.strategy import FailureAdvice, Strategy
 
 ACCESS_KEY = EnvSecret("AMIDSL_ACCESS_KEY", "the AWS access key id")
 SECRET_KEY = EnvSecret("AMIDSL_SECRET_KEY", "the AWS secret access key")
@@ -355,6 +356,32 @@ PHASE_FUNCTIONS = {
 }
 
 
+def credential_removal(s: AmiSettings) -> Remove:
+    """The action that takes the credentials off the node after a failure.
+
+    It empties credential_dir but keeps the (root-only) directory, so that a resumed build can run
+    configure again without running install first.
+    """
+    return Remove(s.credential_dir, contents=True, description="remove the credentials")
+
+
+def after_failure(s: AmiSettings, phase: str) -> FailureAdvice:
+    """After a failure in any phase: take the signing key and certificate off the node."""
+    where = s.credential_dir
+    return FailureAdvice(
+        removal=credential_removal(s),
+        # The removal checks that the directory is empty afterwards: only then is this said.
+        removed=f"The credentials were removed from the node ({where}).",
+        failed=f"The credentials may remain on the node in {where}: removing them failed too",
+        interrupted=f"The credentials may remain on the node in {where}: their removal was interrupted.",
+    )
+
+
+def resume_hint(phase: str) -> str | None:
+    """None: the generic advice fits (from the failed phase, after configure if the credentials went)."""
+    return None
+
+
 def _partition_note(s: AmiSettings) -> str:
     if s.partition == "none":
         return (
@@ -430,3 +457,15 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             ),
         ),
     )
+
+
+STRATEGY = Strategy(
+    name="ami-tools",
+    phases=PHASE_FUNCTIONS,
+    summary=summary,
+    after_failure=after_failure,
+    resume_hint=resume_hint,
+    credential_use="supplied at run time as {env}",
+    shows_ec2_certificate=False,
+    runs_node_program=False,
+)

@@ -29,6 +29,7 @@ from amidsl.node import program_sha256, program_source
 from amidsl.register import ami_register, instance_types_note
 from amidsl.settings import AmiSettings
 from amidsl.strategies import bundle_files
+from amidsl.strategies.strategy import FailureAdvice, Strategy
 
 NODE_PROGRAM_NAME = "amidsl_node.py"
 PART_SIZE = 10 * 1024 * 1024
@@ -271,6 +272,52 @@ PHASE_FUNCTIONS = {
 }
 
 
+def after_failure(s: AmiSettings, phase: str) -> FailureAdvice:
+    """After a failure: no credential was ever on the node, so what to take off it is the node program."""
+    where = s.install_dir
+    return FailureAdvice(
+        removal=program_removal(s),
+        removed=(
+            "No credential was on the node (native build; the bundle's AES key and IV were only ever in "
+            f"memory); amidsl's node program was removed ({where}). " + parts_note(s, phase)
+        ),
+        failed=f"No credential was on the node; removing {where} failed",
+        interrupted=f"No credential was on the node; amidsl's node program may remain in {where}.",
+    )
+
+
+def parts_note(s: AmiSettings, phase: str) -> str:
+    """Where a failed native build's bundle parts are on the node."""
+    if phase in ("install", "configure"):
+        return "Nothing of the bundle was made on the node."
+    if phase == "ami-bundle":
+        # The node program removes its partial image, staging tree and parts when it fails or is stopped.
+        return (
+            f"The node program removes its partial image and parts from {s.destination_dir} when it "
+            "fails or is interrupted; parts of an earlier bundle stay there until cleanup."
+        )
+    parts = f"{s.destination_dir.rstrip('/')}/{s.prefix}.part.*"
+    if phase == "cleanup":
+        return f"Bundle parts the cleanup did not remove may remain on the node in {parts}."
+    return f"The bundle's parts stay on the node in {parts} until the cleanup phase removes them."
+
+
+def resume_hint(phase: str) -> str | None:
+    """How to resume a native build after a failure in `phase`, where the generic advice would not do."""
+    if phase in ("configure", "ami-bundle", "ami-upload"):
+        # The bundle report, the AES key and the signed manifest lived in the controller's memory, and
+        # the node program was removed: bundling starts again from the program's install. A failed
+        # registration needs none of that: the bundle is in S3 (the runner says ami-upload when not).
+        return "To resume, fix the cause and run the build again from phase install."
+    if phase == "ami-register":
+        return (
+            "To resume, fix the cause and run the build again from phase ami-register (the bundle is in "
+            "S3); if the fix changes the bundle (settings in its manifest, or EC2's certificate), from "
+            "phase install."
+        )
+    return None
+
+
 def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
     """What a native build puts on the node, leaves in the image, and needs, for the plan preview."""
     return (
@@ -296,3 +343,15 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "presigned URLs reach the node only on the node program's standard input",
         ),
     )
+
+
+STRATEGY = Strategy(
+    name="native",
+    phases=PHASE_FUNCTIONS,
+    summary=summary,
+    after_failure=after_failure,
+    resume_hint=resume_hint,
+    credential_use="used on the controller only (presigned URLs reach the node)",
+    shows_ec2_certificate=True,
+    runs_node_program=True,
+)

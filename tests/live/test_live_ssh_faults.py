@@ -20,8 +20,9 @@ from amidsl.live.settings import LiveSettings
 from amidsl.live.ssh import HostKeyError, NodeConnectionError, SshNode, fingerprint
 from amidsl.plan import Plan, build_plan, group_spec
 from amidsl.render.shell import render_script
-from amidsl.runner import BuildError, BuildInterrupted, credential_removal
+from amidsl.runner import BuildError, BuildInterrupted
 from amidsl.secrets import Secret
+from amidsl.strategies.ami_tools import credential_removal
 from tests.live.fake_paramiko import CTRL_C, FakeNode, PhaseRun
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"

@@ -9,8 +9,8 @@ from amidsl import crate
 from amidsl.commands import node_steps
 from amidsl.plan import build_plan
 from amidsl.render.shell import render_script, render_steps
-from amidsl.runner import credential_removal
 from amidsl.settings import NODE_STATE_DIR, resolve
+from amidsl.strategies.ami_tools import credential_removal
 
 CREDENTIAL_DIR = "/opt/ami-tools/credentials"
 
