@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from amidsl.settings.constants import BUNDLERS
+
 USAGE_ERROR = 2  # bad options or settings: nothing was done
 FAILED = 1  # the work itself failed (a build, a simulated build)
 INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
@@ -145,7 +147,7 @@ COMMANDS: tuple[Command, ...] = (
             Option(
                 "bundler",
                 "build strategy (default: the settings' bundler, else native)",
-                choices=("native", "ami-tools"),
+                choices=BUNDLERS,
             ),
             QUIET,
             VERBOSE,

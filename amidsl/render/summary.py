@@ -9,10 +9,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from amidsl.plan import Plan
-from amidsl.settings import AmiSettings, Source
+from amidsl.settings import SETTINGS, AmiSettings, Source
 from amidsl.strategies import strategy_of
-from amidsl.strategies.ami_tools import OWN_SETTINGS as AMI_TOOLS_SETTINGS
-from amidsl.strategies.native import OWN_SETTINGS as NATIVE_SETTINGS
 
 
 def describe_source(source: Source) -> str:
@@ -38,8 +36,8 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
     shown: list[tuple[str, str]] = []
     for field in dataclasses.fields(s):
         name, value = field.name, getattr(s, field.name)
-        other_strategy_settings = AMI_TOOLS_SETTINGS if s.bundler == "native" else NATIVE_SETTINGS
-        if name == "private_key_pem" or name in other_strategy_settings:
+        # A setting the build's strategy does not read is left out (the settings table's used_by).
+        if name == "private_key_pem" or not SETTINGS[name].used_in(s.bundler):
             continue
         if name == "certificate_pem":
             value = describe_certificate(value) if value else "(none)"

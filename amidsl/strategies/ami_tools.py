@@ -38,24 +38,6 @@ SECRET_KEY = EnvSecret("AMIDSL_SECRET_KEY", "the AWS secret access key")
 SESSION_TOKEN = EnvSecret("AMIDSL_SESSION_TOKEN", "the AWS session token (temporary credentials)")
 PRIVATE_KEY_FILE = "AMIDSL_PRIVATE_KEY_FILE"
 INSTALL_SOURCE_FILE = "AMIDSL_INSTALL_SOURCE_FILE"
-# Settings only this strategy reads (Ruby, the tools' own files on the node, ec2-bundle-vol's
-# --inherit and --partition, ec2-upload-bundle's credentials); a native build's previews and
-# scripts leave them out.
-OWN_SETTINGS = frozenset(
-    {
-        "install_strategy",
-        "install_ruby",
-        "ruby_version",
-        "credential_dir",
-        "private_key_path",
-        "certificate_path",
-        "manifest_path",
-        "inherit",
-        "partition",
-        "upload_credentials",
-    }
-)
-
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # What the tools need on the node besides Ruby: unzip and curl to fetch them, rsync for

@@ -39,9 +39,6 @@ BUNDLE_KEY = ControllerSecret("bundle_key", "the bundle's AES key (made on the c
 BUNDLE_IV = ControllerSecret("bundle_iv", "the bundle's AES IV (made on the controller)")
 PRESIGNED_PARTS = ControllerSecret("presigned_parts", "one presigned S3 PUT URL per part")
 
-# Settings only this strategy reads; an ami-tools build's previews and scripts leave them out.
-OWN_SETTINGS = frozenset({"upload_concurrency"})
-
 NODE_NEEDS = "python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl)"
 GRUB_NEEDS = (
     "GRUB 2 for BIOS in the volume (grub-mkimage and /usr/lib/grub/i386-pc: grub-pc-bin on Debian and "

@@ -1,0 +1,356 @@
+"""What single settings must satisfy beyond their type: AWS's names and ids, paths, URLs, tags.
+
+Checks take (reading, setting name, value) and record problems; the readers here read settings whose
+shape is their own (an account id, tag tables, launch permissions, device mappings).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import ipaddress
+import json
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from amidsl.settings.constants import AMI_TOOLS_URL, DEFAULT_RUBY_VERSION
+from amidsl.settings.paths import PROTECTED_DIRS
+from amidsl.settings.readers import comma_free, optional_choice, read_text, read_text_list
+from amidsl.settings.reading import Reading
+from amidsl.settings.schema import Check, Reader, Setting, Source
+from amidsl.tags import BUILT_BY_TAG
+
+ACCESS_KEY_ID = r"(AKIA|ASIA)[A-Z0-9]{16}"
+# Whom an image may be shared with (besides 12-digit account ids), in any partition.
+ORGANIZATION_ARN = re.compile(r"arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}")
+OU_ARN = re.compile(
+    r"arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}"
+)
+
+
+def matches(pattern: str, message: str, fix: str) -> Check:
+    """A check that a text matches `pattern`; `message` completes "<value> ..." in the problem."""
+
+    def check(r: Reading, name: str, value: str) -> None:
+        if not re.fullmatch(pattern, value):
+            r.problem(name, f"{value!r} {message}", fix)
+
+    return check
+
+
+def image_name_rules(r: Reading, name: str, value: str) -> None:
+    """An AMI name as EC2 takes it."""
+    if not 3 <= len(value) <= 128:
+        r.problem(name, f"{value!r} has {len(value)} characters", "give an AMI name of 3 to 128 characters")
+    bad = sorted(set(re.sub(r"[A-Za-z0-9()\[\]./\-'@_ ]", "", value)))
+    if bad:
+        r.problem(
+            name,
+            f"{value!r} contains characters EC2 refuses ({''.join(bad)!r})",
+            "use letters, digits, spaces and ( ) [ ] . / - ' @ _",
+        )
+
+
+def description_length(r: Reading, name: str, value: str) -> None:
+    """An AMI description as EC2 takes it."""
+    if len(value) > 255:
+        r.problem(name, f"is {len(value)} characters long", "shorten it to at most 255 characters")
+
+
+def access_key_id(r: Reading, name: str, value: str) -> None:
+    """An AWS access key id; never echoed: a value here that is no key id may well be the secret key."""
+    if not re.fullmatch(ACCESS_KEY_ID, value):
+        swapped = " (it has the length of a secret key: are the two swapped?)" if len(value) == 40 else ""
+        r.problem(
+            name,
+            f"a {len(value)}-character value that is not an AWS access key id{swapped}",
+            "give the 20-character key id (AKIA... or ASIA...) here and the secret in secret_key",
+        )
+
+
+@functools.cache
+def known_regions() -> frozenset[str]:
+    """Every region in botocore's shipped partition data (read as JSON: boto3 itself stays unloaded)."""
+    spec = importlib.util.find_spec("botocore")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    data = Path(spec.submodule_search_locations[0], "data")
+    regions: set[str] = set()
+    # partitions.json is the newer source; endpoints.json still lists a few regions on its own.
+    for name in ("partitions.json", "endpoints.json"):
+        try:
+            partitions = json.loads((data / name).read_text(encoding="utf-8"))["partitions"]
+        except (OSError, ValueError, KeyError):
+            continue
+        regions.update(region for partition in partitions for region in partition.get("regions", {}))
+    return frozenset(regions)  # empty without partition data: the name check alone applies
+
+
+def is_region(r: Reading, name: str, region: str) -> bool:
+    """Record a problem unless `region` is a region AWS has; True when it is."""
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
+        r.problem(name, f"{region!r} is not an AWS region name", "use a region code such as 'us-east-1'")
+        return False
+    if known_regions() and region not in known_regions():
+        close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
+        r.problem(
+            name,
+            f"{region!r} is not a region AWS has (per the partition data boto3 ships)",
+            f"did you mean {close[0]!r}?" if close else "use a region code such as 'us-east-1'",
+        )
+        return False
+    return True
+
+
+def region_name(r: Reading, name: str, region: str) -> None:
+    """A region AWS has."""
+    is_region(r, name, region)
+
+
+def account_id(r: Reading, row: Setting) -> str | None:
+    """A 12-digit AWS account id, dashes removed (a TOML integer is accepted and zero-padded)."""
+    value = r.given.get(row.name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"{value:012d}"
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        r.problem(row.name, f"must be a string, got {value!r}", 'quote it: user_id = "..."')
+        return None
+    digits = value.replace("-", "").strip()
+    if re.fullmatch(ACCESS_KEY_ID, digits):
+        r.problem(
+            row.name,
+            "the value is an access key id, not an account id",
+            "give your 12-digit AWS account id (put the key id in access_key)",
+        )
+    elif not re.fullmatch(r"\d{12}", digits):
+        r.problem(
+            row.name,
+            f"{value!r} is not a 12-digit AWS account id",
+            "give your 12-digit account id, e.g. '1234-5678-9012' or '123456789012'",
+        )
+    return digits
+
+
+def ruby_version(r: Reading, name: str, value: str) -> None:
+    """A Ruby version rbenv can build."""
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?(-[a-z0-9]+)?", value):
+        r.problem(name, f"{value!r} is not a Ruby version", f"use a version such as {DEFAULT_RUBY_VERSION!r}")
+
+
+def http_url(r: Reading, name: str, url: str) -> None:
+    """An http(s) URL that curl takes as a URL (never as an option)."""
+    if not re.fullmatch(r"https?://[^\s'\"]+", url):
+        r.problem(name, f"{url!r} is not an http(s) URL", f"use an https:// URL such as {AMI_TOOLS_URL!r}")
+
+
+def tools_archive(r: Reading, name: str, source: Source) -> None:
+    """The ami-tools archive: a URL, or a readable zip file on the controller."""
+    if source.content is not None:
+        r.problem(
+            name, "content is not supported for the tools archive", "give {url = ...} or {local_file = ...}"
+        )
+    elif source.url is not None and source.url != AMI_TOOLS_URL:
+        http_url(r, name, source.url)
+    elif source.local_file is not None:
+        path = Path(source.local_file)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            r.problem(
+                name,
+                f"local_file {source.local_file!r} is not a readable file",
+                "point local_file at the ec2-ami-tools zip you downloaded",
+            )
+        elif not zipfile.is_zipfile(path):
+            r.problem(
+                name,
+                f"local_file {source.local_file!r} is not a zip archive",
+                "give the ec2-ami-tools .zip as Amazon publishes it",
+            )
+
+
+def scratch_dir(r: Reading, name: str, value: str) -> None:
+    """destination_dir: the image always excludes it, so a system directory would be missing from it."""
+    comma_free(r, name, value)
+    if value in PROTECTED_DIRS:
+        r.problem(
+            name,
+            f"{value!r} is a system directory; the image excludes destination_dir",
+            "use a scratch directory such as /tmp or /mnt",
+        )
+
+
+def bucket_name(r: Reading, name: str, bucket: str) -> None:
+    """An S3 bucket name (an empty one is only missing: the required check says so)."""
+    if not bucket:
+        return
+    rules = []
+    if not 3 <= len(bucket) <= 63:
+        rules.append("3 to 63 characters")
+    if not re.fullmatch(r"[a-z0-9.-]*", bucket):
+        rules.append("only lowercase letters, digits, '.' and '-'")
+    if not (bucket[:1].isalnum() and bucket[-1:].isalnum()):
+        rules.append("start and end with a letter or digit")
+    if ".." in bucket:
+        rules.append("no '..'")
+    try:
+        ipaddress.ip_address(bucket)
+        rules.append("not an IP address")
+    except ValueError:
+        pass
+    if rules:
+        r.problem(
+            name, f"{bucket!r} is not a valid S3 bucket name", "a bucket name needs " + "; ".join(rules)
+        )
+
+
+def key_prefix(r: Reading, row: Setting) -> str:
+    """s3_path: a key prefix in the bucket, without leading or trailing slashes."""
+    s3_path = (read_text(r, row.name, "") or "").strip("/")
+    if s3_path and not re.fullmatch(r"[A-Za-z0-9!_.*'()/-]+", s3_path):
+        r.problem(
+            row.name,
+            f"{s3_path!r} has characters unsafe in an S3 key prefix",
+            "use letters, digits and ! _ . * ' ( ) - /",
+        )
+    return s3_path
+
+
+def only_its_default(read: Reader, where: str) -> Reader:
+    """A derived path a user may give only with its default value (the tools put the file there)."""
+
+    def read_fixed(r: Reading, row: Setting) -> Any:
+        expected = r.default(row)
+        value = read(r, row)
+        if value != expected:
+            r.problem(row.name, f"{value!r} is not where {where}", f"remove it or set it to {expected!r}")
+        return value
+
+    return read_fixed
+
+
+def block_device_mappings(r: Reading, row: Setting) -> tuple[tuple[str, str], ...]:
+    """Instance-store device mappings: [{ device_name = "/dev/sdb", virtual_name = "ephemeral0" }]."""
+    name = row.name
+    value = r.given.get(name, [])
+    example = 'block_device_mappings = [{ device_name = "/dev/sdb", virtual_name = "ephemeral0" }]'
+    if not isinstance(value, list | tuple):
+        r.problem(name, f"must be a list of tables, got {value!r}", f"write {example}")
+        return ()
+    mappings = []
+    for entry in value:
+        table = {str(k).replace("-", "_"): v for k, v in entry.items()} if isinstance(entry, Mapping) else {}
+        device, virtual = table.get("device_name"), table.get("virtual_name")
+        if (
+            set(table) != {"device_name", "virtual_name"}
+            or not isinstance(device, str)
+            or not re.fullmatch(r"/dev/[a-z0-9]+", device)
+            or not isinstance(virtual, str)
+            or not re.fullmatch(r"ephemeral\d+", virtual)
+        ):
+            r.problem(name, f"entry {entry!r} is not a device mapping", f"write {example}")
+            continue
+        mappings.append((device, virtual))
+    return tuple(mappings)
+
+
+def boot_mode(r: Reading, row: Setting) -> str | None:
+    """RegisterImage's BootMode; "uefi" cannot boot an instance-store image."""
+    if r.given.get(row.name) == "uefi":
+        r.problem(
+            row.name,
+            "'uefi' cannot boot an instance-store image: its root device runs only on Xen instance "
+            "types (C1, C3, D2, I2, M1, M2, M3, R3, X1), which boot with legacy BIOS",
+            'use boot_mode = "legacy-bios" (or "uefi-preferred", which falls back to it), or remove it',
+        )
+        return None
+    return optional_choice(r, row)
+
+
+def tag_table(most: int, allowed: str) -> Reader:
+    """A reader of a table of tag keys to values, with AWS's limits (key 1-128, value at most 256)."""
+
+    def read(r: Reading, row: Setting) -> tuple[tuple[str, str], ...]:
+        name = row.name
+        value = r.given.get(name, {})
+        example = f'{name} = {{ team = "web", stage = "prod" }}'
+        if not isinstance(value, Mapping):
+            r.problem(name, f"must be a table of strings, got {value!r}", f"write {example}")
+            return ()
+        tags = []
+        for key, text in value.items():
+            key = str(key)
+            if not isinstance(text, str):
+                r.problem(f"{name}.{key}", f"must be a string, got {text!r}", f'quote it: {key} = "..."')
+            elif not 1 <= len(key) <= 128 or len(text) > 256:
+                r.problem(
+                    f"{name}.{key}", "is too long", "keep keys to 1-128 and values to 256 characters at most"
+                )
+            elif key.lower().startswith("aws:") or key == BUILT_BY_TAG:
+                r.problem(
+                    f"{name}.{key}",
+                    "is a reserved tag key (aws: belongs to AWS, amidsl:built-by to amidsl)",
+                    "choose another key",
+                )
+            elif not (re.fullmatch(allowed, key) and re.fullmatch(allowed, text)):
+                r.problem(
+                    f"{name}.{key}",
+                    "has characters S3 does not allow in an object tag",
+                    "use letters, digits, spaces and + - = . _ : / @",
+                )
+            else:
+                tags.append((key, text))
+        if len(tags) > most:
+            r.problem(name, f"has {len(tags)} tags", f"give at most {most} (AWS's limit, amidsl's own aside)")
+        return tuple(tags)
+
+    return read
+
+
+def launch_permissions(r: Reading, row: Setting) -> tuple[str, ...]:
+    """Who else may launch the image: account ids, organization ARNs and OU ARNs (public apart)."""
+    user_id = r.value("user_id")
+    entries = []
+    for entry in read_text_list(r, row.name):
+        account = entry.replace("-", "") if re.fullmatch(r"[\d-]+", entry) else entry
+        if entry.lower() in ("all", "public"):
+            r.problem(
+                row.name,
+                f"{entry!r} would make the image public",
+                "to let every AWS account launch it, set public_image = true (not in this list)",
+            )
+        elif account == user_id:
+            r.problem(
+                row.name,
+                f"{entry!r} is the image's own account, which can always launch it",
+                "list only other accounts",
+            )
+        elif not (
+            re.fullmatch(r"\d{12}", account) or ORGANIZATION_ARN.fullmatch(entry) or OU_ARN.fullmatch(entry)
+        ):
+            r.problem(
+                row.name,
+                f"{entry!r} is not an account id, an organization ARN or an organizational unit ARN",
+                "give 12-digit account ids, arn:aws:organizations::ACCOUNT:organization/o-... or "
+                "arn:aws:organizations::ACCOUNT:ou/o-.../ou-...",
+            )
+        else:
+            entries.append(account)
+    return tuple(dict.fromkeys(entries))
+
+
+def copy_regions(r: Reading, row: Setting) -> tuple[str, ...]:
+    """copy_to_regions: regions AWS has, other than the build's own, each once."""
+    region = r.value("region")
+    copies = read_text_list(r, row.name)
+    for copy in copies:
+        if is_region(r, row.name, copy) and copy == region:
+            r.problem(row.name, f"{copy!r} is the build's own region", "list only other regions")
+    if len(set(copies)) != len(copies):
+        r.problem(row.name, "lists a region twice", "list each region once")
+    return copies

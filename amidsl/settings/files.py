@@ -1,0 +1,62 @@
+"""Settings files: the TOML document, its `[ami]` table, local files relative to the file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from amidsl.settings.schema import Problem, SettingsError
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the `[ami]` table of a TOML settings file; relative local_file paths are made absolute."""
+    return ami_table(read_settings_file(path), path)
+
+
+def read_settings_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The whole TOML document of a settings file; a missing, unreadable or invalid file: SettingsError."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(
+            [Problem("--config", f"file {str(path)!r} does not exist", "pass an existing TOML file")],
+            origin=str(path),
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = Problem(
+            "--config",
+            f"cannot read {str(path)!r} ({exc.__class__.__name__})",
+            "make the file readable UTF-8 text",
+        )
+        raise SettingsError([problem], origin=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        problem = Problem("--config", f"not valid TOML: {exc}", "correct the TOML syntax there")
+        raise SettingsError([problem], origin=str(path)) from None
+
+
+def ami_table(document: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The `[ami]` table of a settings file read from path; relative local_file paths made absolute."""
+    table = document.get("ami")
+    if not isinstance(table, dict):
+        problem = Problem(
+            "[ami]", "the file has no [ami] table", "put the settings under an [ami] table header"
+        )
+        raise SettingsError([problem], origin=str(path))
+    return _anchor_local_files(table, Path(path).parent)
+
+
+def _anchor_local_files(table: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Resolve relative `local_file` entries against the settings file's folder."""
+    anchored = dict(table)
+    for key, value in table.items():
+        if isinstance(value, dict):
+            source = dict(value)
+            for name in ("local_file", "local-file"):
+                local = source.get(name)
+                if isinstance(local, str) and local and not os.path.isabs(local):
+                    source[name] = str(base / os.path.expanduser(local))
+            anchored[key] = source
+    return anchored

@@ -1,0 +1,172 @@
+"""Rules across settings: each a small function of the settings read, returning what is wrong.
+
+`RULES` run for every build; the rules of one strategy are named in `STRATEGY_RULES` beside the
+`bundler` row of the table (amidsl/settings/table.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from amidsl.settings.paths import is_within
+from amidsl.settings.reading import Reading
+from amidsl.settings.schema import Problem
+
+Rule = Callable[[Reading], list[Problem]]
+
+
+def aws_keys_go_together(r: Reading) -> list[Problem]:
+    """access_key with secret_key, and a session token only with both."""
+    problems = []
+    access_key, secret_key = r.value("access_key"), r.value("secret_key")
+    if (access_key is None) != (secret_key is None):
+        problems.append(
+            Problem(
+                "secret_key" if secret_key is None else "access_key",
+                "is missing while its partner is set",
+                "give both access_key and secret_key, or neither to use the AWS credential chain",
+            )
+        )
+    if r.value("session_token") is not None and secret_key is None:
+        problems.append(
+            Problem(
+                "session_token",
+                "is set without access_key and secret_key",
+                "give the temporary access_key and secret_key that go with the token",
+            )
+        )
+    return problems
+
+
+def credentials_inside_credential_dir(r: Reading) -> list[Problem]:
+    """The key and certificate paths lie in credential_dir, which cleanup removes and the image excludes."""
+    credential_dir = r.value("credential_dir")
+    return [
+        Problem(
+            name,
+            f"{path!r} is outside credential_dir {credential_dir!r}",
+            "keep the credentials inside credential_dir so cleanup removes them and the image excludes them",
+        )
+        for name in ("private_key_path", "certificate_path")
+        if (path := r.value(name)) is not None and not is_within(path, credential_dir)
+    ]
+
+
+def no_ruby_means_no_install_strategy(r: Reading) -> list[Problem]:
+    """install_ruby = false (the crate's spelling) goes only with install_strategy "none"."""
+    strategy = r.value("install_strategy")
+    if r.given.get("install_ruby") is not False or strategy == "none":
+        return []
+    return [
+        Problem(
+            "install_ruby",
+            f"is false but install_strategy is {strategy!r}",
+            'remove install_ruby, or set install_strategy = "none"',
+        )
+    ]
+
+
+def hvm_takes_no_kernel(r: Reading) -> list[Problem]:
+    """An hvm image boots its own kernel: EC2 takes no kernel or ramdisk for it."""
+    kernel_id, ramdisk_id = r.value("kernel_id"), r.value("ramdisk_id")
+    if r.value("virtualization_type") != "hvm" or not (kernel_id or ramdisk_id):
+        return []
+    return [
+        Problem(
+            "kernel_id" if kernel_id else "ramdisk_id",
+            "an hvm image boots its own kernel through its boot loader; EC2 takes no kernel or "
+            "ramdisk for it",
+            'remove kernel_id and ramdisk_id, or set virtualization_type = "paravirtual"',
+        )
+    ]
+
+
+def attributes_need_hvm(r: Reading) -> list[Problem]:
+    """boot_mode, ena_support and sriov_net_support: EC2 supports them only for HVM images."""
+    if r.value("virtualization_type") == "hvm":
+        return []
+    return [
+        Problem(
+            name,
+            "EC2 supports it only for HVM images (a paravirtual instance may become unreachable)",
+            'set virtualization_type = "hvm", or remove it',
+        )
+        for name in ("boot_mode", "ena_support", "sriov_net_support")
+        if r.value(name) is not None
+    ]
+
+
+def native_limits(r: Reading) -> list[Problem]:
+    """What a native build cannot make into an image EC2 launches, refused before anything runs."""
+    if r.value("arch") != "arm64":
+        return []
+    return [
+        Problem(
+            "arch",
+            "no instance type launches an arm64 instance-store AMI (only Xen x86 types launch "
+            "instance-store AMIs), and the hvm images of native builds boot through GRUB for BIOS "
+            "(i386-pc), which arm64 systems lack",
+            'build from an x86_64 node with arch = "x86_64"',
+        )
+    ]
+
+
+def ami_tools_limits(r: Reading) -> list[Problem]:
+    """What ec2-ami-tools 1.5 cannot do, refused before anything runs."""
+    problems = []
+    if r.value("arch") == "arm64":
+        problems.append(
+            Problem(
+                "arch",
+                "'arm64' is not supported by ec2-bundle-vol (it prints 'Unsupported architecture' and "
+                "carries on), and no instance type launches an arm64 instance-store AMI",
+                'use arch = "x86_64" (or "i386") with bundler = "ami-tools"',
+            )
+        )
+    temporary = r.value("secret_key") is not None and r.value("session_token") is not None
+    if temporary and r.value("upload_credentials") == "keys":
+        problems.append(
+            Problem(
+                "session_token",
+                "ec2-upload-bundle drops the session token under SigV4, so S3 rejects temporary "
+                "credentials with the ami-tools strategy",
+                'use bundler = "native" (the token stays on the controller), or '
+                'upload_credentials = "instance-profile" (the node\'s instance profile uploads)',
+            )
+        )
+    strategy = r.value("install_strategy")
+    if r.value("inherit") and strategy in ("package", "none"):
+        problems.append(
+            Problem(
+                "inherit",
+                "inherit reads instance metadata with Kernel#open, which fails on Ruby 3 (a "
+                f"distribution Ruby, as install_strategy {strategy!r} may give)",
+                'remove inherit, or set install_strategy = "rbenv" (Ruby 2.7; the instance must also '
+                "allow IMDSv1)",
+            )
+        )
+    return problems
+
+
+def ami_tools_image_limits(r: Reading) -> list[Problem]:
+    """An image ec2-bundle-vol makes that EC2 could not boot, refused before anything runs."""
+    if r.value("virtualization_type") != "hvm" or r.value("partition") != "none":
+        return []
+    return [
+        Problem(
+            "virtualization_type",
+            "'hvm' boots the image as a whole disk through BIOS, but partition 'none' makes a "
+            "plain filesystem image without a partition table or boot loader",
+            'use virtualization_type = "paravirtual" (pv-grub), or partition = "mbr" (needs legacy '
+            "grub, a /dev/xvd* or /dev/sd* root device, dmsetup, kpartx, parted and sgdisk on the node)",
+        )
+    ]
+
+
+RULES: tuple[Rule, ...] = (
+    aws_keys_go_together,
+    credentials_inside_credential_dir,
+    no_ruby_means_no_install_strategy,
+    hvm_takes_no_kernel,
+    attributes_need_hvm,
+)

@@ -1,0 +1,131 @@
+"""The settings table: every fact about a setting comes from its row."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amidsl.cli_table import find_command
+from amidsl.node.amidsl_node import HYGIENE_NAMES
+from amidsl.render.summary import public_settings
+from amidsl.settings import (
+    FREE_TEXT_KEYS,
+    REQUIRED,
+    ROWS,
+    SECRET_KEYS,
+    SETTINGS,
+    STRATEGY_RULES,
+    USER_KEYS,
+    AmiSettings,
+    SettingsError,
+    resolve,
+)
+from amidsl.settings.reference import END, START, readme_with_reference, settings_reference
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+UPDATE_README = "AMIDSL_UPDATE_README"
+
+
+def test_every_row_has_a_doc_and_a_known_strategy():
+    for row in ROWS:
+        assert row.doc, row.name
+        assert set(row.used_by) <= set(SETTINGS["bundler"].choices), row.name
+
+
+def test_the_readme_holds_the_settings_reference_made_from_the_rows():
+    readme = README.read_text(encoding="utf-8")
+    assert START in readme and END in readme
+    expected = readme_with_reference(readme)
+    if os.environ.get(UPDATE_README) == "1":
+        README.write_text(expected, encoding="utf-8")
+    assert readme == expected, f"the settings reference is out of date: run with {UPDATE_README}=1"
+
+
+def test_the_reference_names_every_key_a_user_may_give_and_no_other():
+    reference = settings_reference()
+    for key in USER_KEYS:
+        assert f"`{key}`" in reference, key
+    for row in ROWS:
+        if not row.given:
+            assert f"`{row.name}`" not in reference, row.name
+
+
+def test_amisettings_fields_are_the_rows_in_order():
+    fields = [f.name for f in dataclasses.fields(AmiSettings)]
+    assert fields == [row.name for row in ROWS if row.field]
+
+
+def test_user_keys_required_secret_and_free_text_come_from_the_rows():
+    assert set(USER_KEYS) == {row.name for row in ROWS if row.given}
+    assert {f"keep_{name}" for name in HYGIENE_NAMES} <= set(USER_KEYS)
+    assert not {"certificate_pem", "private_key_pem", "ec2_certificate_pem", "hygiene_keep"} & set(USER_KEYS)
+    assert set(REQUIRED) == {
+        "image_name",
+        "region",
+        "user_id",
+        "s3_bucket",
+        "private_key_source",
+        "certificate_source",
+    }
+    assert {"access_key", "secret_key", "session_token"} <= SECRET_KEYS
+    assert "image_description" in FREE_TEXT_KEYS
+
+
+def test_the_simulate_commands_bundler_choices_are_the_rows():
+    (option,) = [o for o in find_command("simulate").options if o.name == "bundler"]
+    assert option.choices == SETTINGS["bundler"].choices
+
+
+def test_every_strategy_has_its_rules():
+    assert tuple(STRATEGY_RULES) == SETTINGS["bundler"].choices
+
+
+def test_the_command_table_loads_no_more_of_the_settings_than_their_constants():
+    code = (
+        "import sys, amidsl.cli_table; "
+        "print(sorted(m for m in sys.modules if m.startswith('amidsl.settings')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "['amidsl.settings', 'amidsl.settings.constants']"
+
+
+def test_an_unknown_key_still_gets_the_nearest_known_one(raw_settings):
+    with pytest.raises(SettingsError) as caught:
+        resolve(raw_settings | {"upload_concurency": 2})
+    (problem,) = caught.value.problems
+    assert problem.setting == "upload_concurency" and "did you mean 'upload_concurrency'?" in problem.fix
+
+
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+def test_a_preview_shows_the_settings_its_strategy_reads(raw_settings, bundler):
+    shown = {name for name, _ in public_settings(resolve(raw_settings | {"bundler": bundler}))}
+    for row in ROWS:
+        if row.field and row.used_by and row.name in shown:
+            assert bundler in row.used_by, row.name
+        if row.field and row.used_by and bundler in row.used_by:
+            assert row.name in shown, row.name
+
+
+def test_a_secret_rows_value_never_appears_in_a_message(raw_settings):
+    secret = "SeCrEt-value-that-must-not-show"
+    for row in ROWS:
+        if not (row.secret and row.given):
+            continue
+        for wrong in (12345, [secret], {"content": 5, "x": secret}, secret):
+            try:
+                resolve(raw_settings | {row.name: wrong})
+            except SettingsError as err:
+                assert secret not in str(err) + repr(err.problems), row.name
+                assert "12345" not in str(err), row.name
+
+
+def test_a_default_may_come_from_other_settings(raw_settings):
+    s = resolve(raw_settings | {"install_dir": "/srv/tools", "bundler": "native"})
+    assert s.credential_dir == "/srv/tools/credentials" and s.private_key_path == "/srv/tools/credentials/pk"
+    assert s.virtualization_type == "hvm"
+    assert resolve(raw_settings | {"bundler": "ami-tools"}).virtualization_type is None
