@@ -42,8 +42,6 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
         if name == "certificate_pem":
             value = describe_certificate(value) if value else "(none)"
         elif name == "ec2_certificate_pem":
-            if not strategy_of(s).shows_ec2_certificate:
-                continue
             value = describe_certificate(value) if value else "pinned, from the ec2-ami-tools archive"
         elif name in ("secret_key", "session_token", "access_key"):
             value = _credential_origin(s, name)

@@ -436,6 +436,7 @@ ROWS: tuple[Setting, ...] = (
         credentials.ec2_certificate_pem,
         "EC2's certificate from ec2_certificate_source",
         given=False,
+        used_by=(NATIVE,),  # the controller encrypts the bundle's EC2 key copy with it
     ),
     Setting(
         "partition",

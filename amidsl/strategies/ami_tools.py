@@ -448,6 +448,5 @@ STRATEGY = Strategy(
     after_failure=after_failure,
     resume_hint=resume_hint,
     credential_use="supplied at run time as {env}",
-    shows_ec2_certificate=False,
     runs_node_program=False,
 )

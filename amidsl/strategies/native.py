@@ -349,6 +349,5 @@ STRATEGY = Strategy(
     after_failure=after_failure,
     resume_hint=resume_hint,
     credential_use="used on the controller only (presigned URLs reach the node)",
-    shows_ec2_certificate=True,
     runs_node_program=True,
 )

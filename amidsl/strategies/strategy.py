@@ -41,5 +41,4 @@ class Strategy:
     # How the build uses the AWS credentials, after where they come from; `{env}` is the key's
     # run-time environment variable.
     credential_use: str
-    shows_ec2_certificate: bool  # the preview shows ec2_certificate_pem (the controller encrypts with it)
     runs_node_program: bool  # amidsl's node program does the bundling on the node
