@@ -394,7 +394,7 @@ def phase_inputs(plan: Plan) -> dict[str, list[tuple[str, str]]]:
                 elif isinstance(ref, StagedFile):
                     source = f" (copy of {ref.local_path})" if ref.local_path else ""
                     needed.setdefault(ref.env_var, f"path on the node of {ref.what}{source}")
-                elif ref.env_var not in produced:
+                elif isinstance(ref, RuntimeValue) and ref.env_var not in produced:
                     needed.setdefault(ref.env_var, f"{ref.setting} from the {ref.produced_by} phase")
         inputs[phase.name] = list(needed.items())
     return inputs
