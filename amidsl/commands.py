@@ -1,24 +1,35 @@
-"""The node commands each node action runs, as data.
+"""The node commands each node action runs, as data, and what an action needs at run time.
 
 The bash renderer prints these steps and the simulator executes them, so a simulated build runs the very
-commands a reviewer reads in the script. Controller-side actions (API calls) have no node steps.
+commands a reviewer reads in the script. Controller-side actions (API calls) have no node steps. Both
+walk steps with `walk_steps`, one handler per step type (`StepVisitor`): a new step type is added here,
+to `Step`, `StepVisitor` and `visit_step`, and every back-end must then handle it before it can run.
+`references(action)` is the one answer to "which secrets, staged files and run-time values does this
+action need from its runner", for the script's input checks, the live back-end and the simulator.
 """
 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from amidsl.actions import (
     Action,
+    AwsCall,
     Directory,
+    EnvSecret,
     Exec,
     ExistingPaths,
     InstallPackages,
     InstallRuby,
+    OptionalArg,
     RemoteDirectory,
     RemoteFile,
     Remove,
+    RuntimeValue,
     StagedFile,
     Value,
 )
@@ -152,6 +163,135 @@ class ByPackageManager:
 
 
 Step = Command | IfMissing | IfPresent | Check | ByPackageManager | IfSucceeds | CollectExisting | Fail
+
+T = TypeVar("T")
+
+
+class StepVisitor(ABC, Generic[T]):
+    """One handler per step type. Every back-end that shows or runs steps implements all of them, so a
+    new step type that one of them does not handle stops it from being made at all (TypeError)."""
+
+    @abstractmethod
+    def command(self, step: Command) -> T:
+        """Run or show one program run."""
+
+    @abstractmethod
+    def if_missing(self, step: IfMissing) -> T:
+        """Run or show `step.then` when the path does not exist."""
+
+    @abstractmethod
+    def if_present(self, step: IfPresent) -> T:
+        """Run or show `step.then` when the path is a directory."""
+
+    @abstractmethod
+    def check(self, step: Check) -> T:
+        """Run or show a check that fails with its message."""
+
+    @abstractmethod
+    def by_package_manager(self, step: ByPackageManager) -> T:
+        """Run or show the branch of the first program the node has."""
+
+    @abstractmethod
+    def if_succeeds(self, step: IfSucceeds) -> T:
+        """Run or show `then` when the tests succeed, else `otherwise`."""
+
+    @abstractmethod
+    def collect_existing(self, step: CollectExisting) -> T:
+        """Run or show the collection of the paths that exist into a variable."""
+
+    @abstractmethod
+    def fail(self, step: Fail) -> T:
+        """Run or show a stop with a message."""
+
+
+def visit_step(step: Step, visitor: StepVisitor[T]) -> T:
+    """The visitor's handler for the step's type; a step type it has no handler for is an error."""
+    match step:
+        case Command():
+            return visitor.command(step)
+        case IfMissing():
+            return visitor.if_missing(step)
+        case IfPresent():
+            return visitor.if_present(step)
+        case Check():
+            return visitor.check(step)
+        case ByPackageManager():
+            return visitor.by_package_manager(step)
+        case IfSucceeds():
+            return visitor.if_succeeds(step)
+        case CollectExisting():
+            return visitor.collect_existing(step)
+        case Fail():
+            return visitor.fail(step)
+    raise TypeError(f"no step handler for the step type {type(step).__name__}")
+
+
+def walk_steps(steps: Iterable[Step], visitor: StepVisitor[T]) -> Iterator[T]:
+    """Each step's handler result, in order; lazy, so a back-end that runs steps stops at a failure."""
+    for step in steps:
+        yield visit_step(step, visitor)
+
+
+Reference = EnvSecret | StagedFile | RuntimeValue
+
+
+@dataclass(frozen=True)
+class References:
+    """What actions need from their runner at run time, each once, in the order they use it.
+
+    `required`: the secrets, staged files and run-time values without which they cannot run;
+    `optional`: the secrets passed only when the runner has them (OptionalArg, a session token).
+    """
+
+    required: tuple[Reference, ...] = ()
+    optional: tuple[EnvSecret, ...] = ()
+
+    @property
+    def secrets(self) -> tuple[EnvSecret, ...]:
+        """The secrets the runner must supply through the environment."""
+        return tuple(ref for ref in self.required if isinstance(ref, EnvSecret))
+
+    @property
+    def files(self) -> tuple[StagedFile, ...]:
+        """The controller files the runner must copy to the node."""
+        return tuple(ref for ref in self.required if isinstance(ref, StagedFile))
+
+    @property
+    def values(self) -> tuple[RuntimeValue, ...]:
+        """The run-time values (made by earlier actions, e.g. the image id) the runner must supply."""
+        return tuple(ref for ref in self.required if isinstance(ref, RuntimeValue))
+
+
+def references(action: Action) -> References:
+    """The secrets, staged files and run-time values one action refers to."""
+    return references_of((action,))
+
+
+def references_of(actions: Iterable[Action]) -> References:
+    """The secrets, staged files and run-time values a sequence of actions refers to, each once."""
+    required: list[Reference] = []
+    optional: list[EnvSecret] = []
+    for action in actions:
+        for value in _referring_values(action):
+            if isinstance(value, OptionalArg) and value.value not in optional:
+                optional.append(value.value)
+            elif isinstance(value, EnvSecret | StagedFile | RuntimeValue) and value not in required:
+                required.append(value)
+    return References(tuple(required), tuple(optional))
+
+
+def _referring_values(action: Action) -> list[object]:
+    """The words of an action that may refer to a run-time input."""
+    if isinstance(action, Exec):
+        return [*action.argv, *(value for _, value in action.env)]
+    if isinstance(action, RemoteFile | RemoteDirectory) and action.staged is not None:
+        return [action.staged]
+    if isinstance(action, AwsCall):
+        # Top-level parameters only: a run-time value inside a list parameter (CreateTags' Resources)
+        # is not listed; the script's own "${VAR:?...}" word for it still names the phase that makes it.
+        return [value for _, value in action.params]
+    return []
+
 
 # The variable holding an ExistingPaths word's value (one per command: a command has at most one).
 EXISTING_PATHS_VARIABLE = "AMIDSL_EXISTING_PATHS"

@@ -1,9 +1,9 @@
 """Run plans on a FakeNode and a FakeRegion: the simulator back-end of amidsl's runner.
 
 Node actions run as the very steps the bash script shows (amidsl.commands), each command through the
-node's command models; API calls go to the fake region. The result holds a per-action transcript
-(secrets redacted), the final settings with the image id, the node, and `inspect_image`, which fetches
-the registered bundle from the fake S3, verifies and unbundles it, and lists the image's files.
+node's command models (simulator.steps); API calls go to the fake region. The result holds a per-action
+transcript (secrets redacted), the final settings with the image id, the node, and `inspect_image`, which
+fetches the registered bundle from the fake S3, verifies and unbundles it, and lists the image's files.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amidsl.actions import Action, AwsCall, EnvSecret, NodeProgram, OptionalArg, RuntimeValue, StagedFile
+from amidsl.actions import Action, AwsCall, NodeProgram
 from amidsl.bundle import (
     ImageEntry,
     ImageReport,
@@ -37,21 +36,7 @@ from amidsl.bundle import (
     verify_bundle,
 )
 from amidsl.bundle.ls import describe_layout
-from amidsl.commands import (
-    ByPackageManager,
-    Check,
-    CollectExisting,
-    Command,
-    Fail,
-    Glob,
-    IfMissing,
-    IfPresent,
-    IfSucceeds,
-    ShellVariable,
-    Step,
-    created_marker,
-    node_steps,
-)
+from amidsl.commands import node_steps, references
 from amidsl.plan import Plan, Spec, build_plan
 from amidsl.render.shell import render_action
 from amidsl.runner import ActionFailed, ActionInterrupted, ActionRecord, BuildError, BuildResult, run_plan
@@ -59,10 +44,11 @@ from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 from amidsl.strategies.ami_tools import RBENV_URL, RUBY_BUILD_URL
 from simulator.ami_tools import ami_tools_zip
-from simulator.node import CommandResult, FakeNode, NodeInterrupted
+from simulator.node import FakeNode, NodeInterrupted
 from simulator.node_launcher import DESCRIPTION_VARIABLE
 from simulator.programs import model_script
 from simulator.region import FakeRegion
+from simulator.steps import StepRunner
 from simulator.template import template_node
 
 STAGING_DIR = "/root/.amidsl-staging"  # private, and removed after each action
@@ -285,7 +271,8 @@ class SimulatorBackend:
             self.progress(f"  [{phase} {index}] {action.description} ...")
             try:
                 staged = self._stage(action, env)
-                status, output = self._run_steps(node_steps(action), {**env, **staged})
+                ran = StepRunner(self.node, {**env, **staged}, self.secrets()).run(node_steps(action))
+                status, output = ran.status, ran.output
             except NodeInterrupted as err:
                 raise ActionFailed(index, 255, str(err), records) from None
             except KeyboardInterrupt:
@@ -309,7 +296,7 @@ class SimulatorBackend:
     def _stage(self, action: Action, env: dict[str, str]) -> dict[str, str]:
         """Copy the files an action needs from the controller into a private staging directory."""
         staged: dict[str, str] = {}
-        for file in _staged_files(action):
+        for file in references(action).files:
             if file.secret:
                 data = self.settings.private_key_pem.reveal().encode()
             elif file.local_path is not None:
@@ -321,110 +308,6 @@ class SimulatorBackend:
             self.node.write_bytes(path, data, mode=0o600)
             staged[file.env_var] = path
         return staged
-
-    def _run_steps(self, steps: Sequence[Step], env: dict[str, str]) -> tuple[int, str]:
-        output = []
-        for step in steps:
-            if isinstance(step, Command):
-                result = self._run_command(step, env)
-            elif isinstance(step, IfMissing):
-                present = self.node.is_dir(step.path) if step.kind == "d" else self.node.exists(step.path)
-                result = CommandResult(0) if present else CommandResult(*self._run_steps(step.then, env))
-            elif isinstance(step, IfPresent):
-                present = self.node.is_dir(step.path)
-                result = CommandResult(*self._run_steps(step.then, env)) if present else CommandResult(0)
-            elif isinstance(step, Check):
-                passed = self._check(step)
-                result = CommandResult(0) if passed else CommandResult(1, f"amidsl: {step.message}\n")
-            elif isinstance(step, IfSucceeds):
-                passed = all(self._run_command(test, env).status == 0 for test in step.tests)
-                result = CommandResult(*self._run_steps(step.then if passed else step.otherwise, env))
-            elif isinstance(step, CollectExisting):
-                found = [p for p in step.paths if self.node.exists(p)]
-                env[step.variable] = step.separator.join(found)
-                missing = [p for p in step.paths if p not in found]
-                result = CommandResult(
-                    0, "".join(f"amidsl: leaving out {p}: it does not exist on this node\n" for p in missing)
-                )
-            elif isinstance(step, Fail):
-                result = CommandResult(1, f"amidsl: {step.message}\n")
-            elif isinstance(step, ByPackageManager):
-                branch = next((b for program, b in step.branches if self.node.has_command(program)), None)
-                if branch is None:
-                    result = CommandResult(1, f"amidsl: {step.otherwise}\n")
-                else:
-                    result = CommandResult(*self._run_steps(branch, env))
-            else:
-                raise TypeError(f"the simulator does not know the step type {type(step).__name__}")
-            output.append(result.output)
-            if result.status != 0:
-                return result.status, "".join(output)
-        return 0, "".join(output)
-
-    def _check(self, check: Check) -> bool:
-        """What the script's test for a Check finds on the node."""
-        node = self.node
-        absent = not node.exists(check.path) and not node.host_path(check.path).is_symlink()
-        if check.kind == "absent":
-            return absent
-        if check.kind == "empty":
-            return not node.is_dir(check.path) or not any(node.host_path(check.path).iterdir())
-        return absent or node.is_dir(created_marker(check.path))
-
-    def _run_command(self, command: Command, env: dict[str, str]) -> CommandResult:
-        try:
-            argv = [word for w in command.argv for word in self._words(w, env)]
-            extra = {name: self._words(value, env)[0] for name, value in command.env}
-        except KeyError as missing:
-            return CommandResult(1, f"bash: {missing.args[0]}: unbound variable\n")
-        self.node.progress.command(redact(shlex.join(argv), self.secrets()))
-        if command.stdin is not None:
-            # Only `cat <<'END'` takes standard input in a plan: it passes the text through.
-            result = CommandResult(0, command.stdin) if argv == ["cat"] else CommandResult(2, "no stdin\n")
-        else:
-            result = self.node.run(argv, extra, command.cwd or "/", command.user)
-        if command.stdout is None or result.status != 0:
-            return result
-        target = command.stdout
-        mode = self.node.mode(target) if self.node.exists(target) else 0o644
-        self.node.write_bytes(target, result.output.encode(), mode=mode, owner=self.node.owner(target))
-        return CommandResult(0)
-
-    def _words(self, word: object, env: dict[str, str]) -> list[str]:
-        """What bash makes of one word: expansions resolved, globs matched."""
-        if isinstance(word, str):
-            return [word]
-        if isinstance(word, EnvSecret | StagedFile | RuntimeValue):
-            return [env[word.env_var]]
-        if isinstance(word, ShellVariable):
-            return [env[word.name]]
-        if isinstance(word, OptionalArg):
-            value = env.get(word.value.env_var)
-            return [word.flag, value] if value else []
-        if isinstance(word, Glob):
-            return self.node.glob(word.directory, word.pattern) or [
-                f"{word.directory.rstrip('/')}/{word.pattern}"
-            ]
-        raise TypeError(f"the simulator cannot expand {type(word).__name__}")
-
-
-def _staged_files(action: Action) -> list[StagedFile]:
-    found: list[StagedFile] = []
-
-    def visit(steps: Sequence[Step]) -> None:
-        for step in steps:
-            if isinstance(step, Command):
-                found.extend(w for w in step.argv if isinstance(w, StagedFile))
-            elif isinstance(step, IfMissing):
-                visit(step.then)
-            elif isinstance(step, IfSucceeds):
-                visit(step.then + step.otherwise)
-            elif isinstance(step, ByPackageManager):
-                for _, branch in step.branches:
-                    visit(branch)
-
-    visit(node_steps(action))
-    return found
 
 
 @dataclass

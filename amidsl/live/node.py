@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,11 @@ from botocore.config import Config
 from amidsl.actions import (
     Action,
     AwsCall,
-    EnvSecret,
-    Exec,
     NodeProgram,
-    OptionalArg,
     PhasePlan,
-    RemoteDirectory,
-    RemoteFile,
-    RuntimeValue,
     StagedFile,
 )
+from amidsl.commands import References, references_of
 from amidsl.ec2_certificate import ec2_certificate
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import (
@@ -85,45 +80,8 @@ def env_payload(pairs: Sequence[tuple[str, str]]) -> bytes:
     return out + b"\0"
 
 
-def _values_of(action: Action) -> list[Any]:
-    if isinstance(action, Exec):
-        return list(action.argv) + [value for _, value in action.env]
-    if isinstance(action, RemoteFile | RemoteDirectory) and action.staged is not None:
-        return [action.staged]
-    return []
-
-
 class PhaseSetupError(Exception):
     """A phase cannot start: something its script needs is missing (no secret in the message)."""
-
-
-@dataclass(frozen=True)
-class PhaseInputs:
-    """What a phase's script needs at run time: files to stage, secrets, and run-time values."""
-
-    staged: tuple[StagedFile, ...] = ()
-    secrets: tuple[EnvSecret, ...] = ()
-    optional_secrets: tuple[EnvSecret, ...] = ()
-    runtime: tuple[RuntimeValue, ...] = ()
-
-
-def phase_inputs(actions: Iterable[Action]) -> PhaseInputs:
-    """Collect the staged files, secrets and run-time values a phase's actions refer to."""
-    found: dict[str, list[Any]] = {"staged": [], "secrets": [], "optional": [], "runtime": []}
-    for action in actions:
-        for value in _values_of(action):
-            kind = {
-                StagedFile: "staged",
-                EnvSecret: "secrets",
-                OptionalArg: "optional",
-                RuntimeValue: "runtime",
-            }.get(type(value))
-            item = value.value if isinstance(value, OptionalArg) else value
-            if kind is not None and item not in found[kind]:
-                found[kind].append(item)
-    return PhaseInputs(
-        tuple(found["staged"]), tuple(found["secrets"]), tuple(found["optional"]), tuple(found["runtime"])
-    )
 
 
 @dataclass
@@ -365,15 +323,15 @@ class LiveBackend:
         self, workdir: str, actions: Sequence[Action], values: dict[str, str]
     ) -> list[tuple[str, str]]:
         """Upload the phase's staged files; return the environment pairs the script needs."""
-        needs = phase_inputs(actions)
+        needs = references_of(actions)
         pairs: list[tuple[str, str]] = []
-        for staged in needs.staged:
+        for staged in needs.files:
             remote = f"{workdir}/{staged.env_var.lower()}"
             self.node.upload(remote, self._staged_content(staged), mode=0o600)
             pairs.append((staged.env_var, remote))
-        if needs.secrets or needs.optional_secrets:
+        if needs.secrets or needs.optional:
             pairs += self._secret_pairs(needs)
-        for value in needs.runtime:
+        for value in needs.values:
             if value.setting in values:
                 pairs.append((value.env_var, values[value.setting]))
         return pairs
@@ -386,7 +344,7 @@ class LiveBackend:
             raise PhaseSetupError(f"no local file for {staged.what}")
         return Path(staged.local_path).read_bytes()
 
-    def _secret_pairs(self, needs: PhaseInputs) -> list[tuple[str, str]]:
+    def _secret_pairs(self, needs: References) -> list[tuple[str, str]]:
         try:
             credentials = self.credentials()
         except AwsError as err:
@@ -404,7 +362,7 @@ class LiveBackend:
             SESSION_TOKEN.env_var: credentials.session_token.reveal() if credentials.session_token else None,
         }
         pairs = []
-        for secret in needs.secrets + needs.optional_secrets:
+        for secret in needs.secrets + needs.optional:
             value = known.get(secret.env_var)
             if value is None and secret in needs.secrets:
                 raise PhaseSetupError(f"amidsl has no value for {secret.env_var} ({secret.what})")
@@ -490,7 +448,7 @@ class LiveBackend:
         self._leftover_dirs.remove(workdir)
 
     def _left_behind(self, workdir: str, phase_plan: PhasePlan) -> str:
-        staged = phase_inputs(phase_plan.actions).staged
+        staged = references_of(phase_plan.actions).files
         if any(s.secret for s in staged):
             return (
                 f"amidsl: a staged copy of the private key may remain on the node in {workdir} "

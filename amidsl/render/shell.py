@@ -20,14 +20,11 @@ from amidsl.actions import (
     ControllerSecret,
     DeregisterByName,
     EnvSecret,
-    Exec,
     MakeBundleKey,
     NodeProgram,
     OptionalArg,
     PhasePlan,
     PresignParts,
-    RemoteDirectory,
-    RemoteFile,
     RuntimeValue,
     SignManifest,
     StagedFile,
@@ -49,9 +46,12 @@ from amidsl.commands import (
     IfSucceeds,
     ShellVariable,
     Step,
+    StepVisitor,
     Word,
     created_marker,
     node_steps,
+    references,
+    walk_steps,
 )
 from amidsl.plan import Plan
 from amidsl.render.summary import plan_title, public_settings
@@ -90,46 +90,63 @@ def render_word(word: Word) -> str:
 
 def render_steps(steps: tuple[Step, ...] | list[Step]) -> list[str]:
     """Bash lines for node steps (commands, existence checks, package-manager branches)."""
-    lines: list[str] = []
-    for step in steps:
-        if isinstance(step, Command):
-            lines.append(_command(step))
-        elif isinstance(step, IfMissing):
-            test = "-d" if step.kind == "d" else "-e"
-            lines.append(f"if [ ! {test} {quote(step.path)} ]; then")
-            lines += [f"  {line}" for line in render_steps(step.then)]
-            lines.append("fi")
-        elif isinstance(step, IfPresent):
-            lines.append(f"if [ -d {quote(step.path)} ]; then")
-            lines += [f"  {line}" for line in render_steps(step.then)]
-            lines.append("fi")
-        elif isinstance(step, Check):
-            lines.append(f"{_check_test(step)} || fail {quote(step.message)}")
-        elif isinstance(step, IfSucceeds):
-            lines += _if_succeeds(step)
-        elif isinstance(step, CollectExisting):
-            lines += _collect_existing(step)
-        elif isinstance(step, Fail):
-            lines.append(f"fail {quote(step.message)}")
-        elif isinstance(step, ByPackageManager):
-            for number, (program, branch) in enumerate(step.branches):
-                keyword = "if" if number == 0 else "elif"
-                lines.append(f"{keyword} command -v {quote(program)} >/dev/null 2>&1; then")
-                lines += [f"  {line}" for line in render_steps(branch)]
-            lines += ["else", f"  fail {quote(step.otherwise)}", "fi"]
-        else:
-            raise TypeError(f"the shell renderer does not know the step type {type(step).__name__}")
-    return lines
+    return [line for lines in walk_steps(steps, ShellSteps()) for line in lines]
+
+
+class ShellSteps(StepVisitor[list[str]]):
+    """The bash lines of each step type."""
+
+    def command(self, step: Command) -> list[str]:
+        """The command line."""
+        return [_command(step)]
+
+    def if_missing(self, step: IfMissing) -> list[str]:
+        """`if [ ! -e PATH ]` (or `-d`) around the indented steps."""
+        test = "-d" if step.kind == "d" else "-e"
+        return [f"if [ ! {test} {quote(step.path)} ]; then", *_indented(step.then), "fi"]
+
+    def if_present(self, step: IfPresent) -> list[str]:
+        """`if [ -d PATH ]` around the indented steps."""
+        return [f"if [ -d {quote(step.path)} ]; then", *_indented(step.then), "fi"]
+
+    def check(self, step: Check) -> list[str]:
+        """The check's test, failing with its message."""
+        return [f"{_check_test(step)} || fail {quote(step.message)}"]
+
+    def by_package_manager(self, step: ByPackageManager) -> list[str]:
+        """An if/elif chain on `command -v`, failing with `otherwise`."""
+        lines: list[str] = []
+        for number, (program, branch) in enumerate(step.branches):
+            keyword = "if" if number == 0 else "elif"
+            lines.append(f"{keyword} command -v {quote(program)} >/dev/null 2>&1; then")
+            lines += _indented(branch)
+        return [*lines, "else", f"  fail {quote(step.otherwise)}", "fi"]
+
+    def if_succeeds(self, step: IfSucceeds) -> list[str]:
+        """An if/elif/else chain on the test commands."""
+        return _if_succeeds(step)
+
+    def collect_existing(self, step: CollectExisting) -> list[str]:
+        """A loop setting the variable to the paths that exist."""
+        return _collect_existing(step)
+
+    def fail(self, step: Fail) -> list[str]:
+        """`fail MESSAGE`."""
+        return [f"fail {quote(step.message)}"]
+
+
+def _indented(steps: tuple[Step, ...]) -> list[str]:
+    return [f"  {line}" for line in render_steps(steps)]
 
 
 def _if_succeeds(step: IfSucceeds, keyword: str = "if") -> list[str]:
     tests = " && ".join(f"{_command(test)} >/dev/null 2>&1" for test in step.tests)
-    lines = [f"{keyword} {tests}; then", *(f"  {line}" for line in render_steps(step.then))]
+    lines = [f"{keyword} {tests}; then", *_indented(step.then)]
     otherwise = step.otherwise
     if len(otherwise) == 1 and isinstance(otherwise[0], IfSucceeds):
         return lines + _if_succeeds(otherwise[0], "elif")
     if otherwise:
-        lines += ["else", *(f"  {line}" for line in render_steps(otherwise))]
+        lines += ["else", *_indented(otherwise)]
     return [*lines, "fi"]
 
 
@@ -371,7 +388,7 @@ def phase_inputs(plan: Plan) -> dict[str, list[tuple[str, str]]]:
         for action in phase.actions:
             if isinstance(action, UpdateSettings):
                 produced.update(f"AMIDSL_{setting.upper()}" for setting, _ in action.fields)
-            for ref in _references(action):
+            for ref in references(action).required:
                 if isinstance(ref, EnvSecret):
                     needed.setdefault(ref.env_var, f"{ref.what} ({phase.name})")
                 elif isinstance(ref, StagedFile):
@@ -390,23 +407,6 @@ def runtime_inputs(plan: Plan) -> list[tuple[str, str]]:
         for name, what in needed:
             merged.setdefault(name, what)
     return list(merged.items())
-
-
-def _references(action: Action) -> list[EnvSecret | StagedFile | RuntimeValue]:
-    refs: list[EnvSecret | StagedFile | RuntimeValue] = []
-    values: list[object] = []
-    if isinstance(action, Exec):
-        values = list(action.argv) + [v for _, v in action.env]
-    elif isinstance(action, RemoteFile | RemoteDirectory) and action.staged is not None:
-        values = [action.staged]
-    elif isinstance(action, AwsCall):
-        values = [v for _, v in action.params]
-    for value in values:
-        if isinstance(value, OptionalArg):
-            continue  # optional: the runner may leave it unset
-        if isinstance(value, EnvSecret | StagedFile | RuntimeValue):
-            refs.append(value)
-    return refs
 
 
 _PREAMBLE = r"""step() {
