@@ -1,5 +1,5 @@
 """invoke tasks for amidsl (`inv --list`): the commands of `amidsl`, made from the same table."""
 
-from amidsl.invoke_tasks import collection
+from amidsl.cli.invoke import collection
 
 ns = collection()

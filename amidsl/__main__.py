@@ -1,5 +1,5 @@
 """`python -m amidsl` runs the amidsl command."""
 
-from amidsl.cli import main
+from amidsl.cli.main import main
 
 main()

@@ -1,22 +1,19 @@
 """The ami phases: plan functions from settings to actions, as pallet's ami-crate defines them.
 
 Each phase runs the plan function of the strategy the `bundler` setting chooses (`native`, the default,
-or `ami-tools`); the strategies live in `amidsl.strategies`.
+or `ami-tools`); the strategies live in `amidsl.strategies`. This module is the crate's API for users
+(pallet-compatible names); nothing inside amidsl imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from amidsl.actions import (
-    Action,
-    PlanWarning,
-    Remove,  # noqa: F401 - kept importable from here
-)
-from amidsl.plan import AMI_PHASES, Spec
+from amidsl.model.actions import Remove  # noqa: F401 - kept importable from here
+from amidsl.model.plan import Spec
 from amidsl.settings import AmiSettings, resolve
-from amidsl.strategies import strategy_of
+from amidsl.strategies import PHASE_FUNCTIONS, server_spec  # noqa: F401 - the crate's names
 from amidsl.strategies.ami_tools import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN  # noqa: F401 - the crate's names
 
 
@@ -25,29 +22,12 @@ def settings(raw: Mapping[str, Any]) -> AmiSettings:
     return resolve(raw)
 
 
-def _by_strategy(phase: str) -> Callable[[AmiSettings], Sequence[Action | PlanWarning]]:
-    """A plan function that runs `phase` of the strategy the settings' `bundler` names."""
-
-    def plan(s: AmiSettings) -> Sequence[Action | PlanWarning]:
-        return strategy_of(s).phases[phase](s)
-
-    plan.__name__ = plan.__qualname__ = phase.replace("-", "_")
-    plan.__doc__ = f"The {phase} phase of the chosen build strategy (setting bundler)."
-    return plan
-
-
-PHASE_FUNCTIONS = {phase: _by_strategy(phase) for phase in AMI_PHASES}
 install = PHASE_FUNCTIONS["install"]
 configure = PHASE_FUNCTIONS["configure"]
 ami_bundle = PHASE_FUNCTIONS["ami-bundle"]
 ami_upload = PHASE_FUNCTIONS["ami-upload"]
 ami_register = PHASE_FUNCTIONS["ami-register"]
 cleanup = PHASE_FUNCTIONS["cleanup"]
-
-
-def server_spec(settings: Mapping[str, Any]) -> Spec:
-    """The ami phases as a spec, carrying the settings they are built from."""
-    return Spec("ami", {name: (fn,) for name, fn in PHASE_FUNCTIONS.items()}, settings=settings)
 
 
 # The crate's orchestration entry points. They run live (SSH and boto3), so they live in amidsl.live.build;

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from amidsl.actions import Action, AwsCall, CheckResult, RuntimeValue
+from amidsl.model.actions import Action, AwsCall, CheckResult, RuntimeValue
 from amidsl.settings import AmiSettings
 
 

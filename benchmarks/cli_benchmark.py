@@ -19,7 +19,7 @@ import time
 OLD_WAY = (
     "import amidsl.example.derive as d\n"
     "d.P_INDEX, d.Q_INDEX = d.first_prime_index(b'p'), d.first_prime_index(b'q')\n"
-    "from amidsl.cli import main\n"
+    "from amidsl.cli.main import main\n"
     "main(['plan'])\n"
 )
 

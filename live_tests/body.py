@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from amidsl.crate import server_spec
-from amidsl.plan import Spec, group_spec
+from amidsl.model.plan import Spec, group_spec
 from amidsl.testing import describe_image_phase
 
 

@@ -1,6 +1,6 @@
 """Run plans on a FakeNode and a FakeRegion: the simulator back-end of amidsl's runner.
 
-Node actions run as the very steps the bash script shows (amidsl.commands), each command through the
+Node actions run as the very steps the bash script shows (amidsl.model.steps), each command through the
 node's command models (simulator.steps); API calls go to the fake region. The result holds a per-action
 transcript (secrets redacted), the final settings with the image id, the node, and `inspect_image`, which
 fetches the registered bundle from the fake S3, verifies and unbundles it, and lists the image's files.
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amidsl.actions import Action, AwsCall, NodeProgram
 from amidsl.bundle import (
     ImageEntry,
     ImageReport,
@@ -36,17 +35,18 @@ from amidsl.bundle import (
     verify_bundle,
 )
 from amidsl.bundle.ls import describe_layout
-from amidsl.commands import node_steps, references
-from amidsl.plan import Plan, Spec, build_plan
+from amidsl.model.actions import Action, AwsCall, NodeProgram
+from amidsl.model.plan import Plan, Spec, build_plan
+from amidsl.model.steps import node_steps, references
 from amidsl.render.shell import render_action
-from amidsl.runner import ActionFailed, ActionInterrupted, ActionRecord, BuildError, BuildResult, run_plan
+from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord, BuildError, BuildResult, run_plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 from amidsl.strategies.ami_tools import RBENV_URL, RUBY_BUILD_URL
-from simulator.ami_tools import ami_tools_zip
+from simulator.fake_ami_tools import ami_tools_zip
 from simulator.node import FakeNode, NodeInterrupted
 from simulator.node_launcher import DESCRIPTION_VARIABLE
-from simulator.programs import model_script
+from simulator.packages import model_script
 from simulator.region import FakeRegion
 from simulator.steps import StepRunner
 from simulator.template import template_node

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amidsl.progress import Progress
+from amidsl.run.progress import Progress
+from simulator.packages import program_for_file, provided_commands
 
 # OS family -> the package holding its package manager.
 OS_FAMILIES = {"debian": "apt", "rhel": "dnf", "amazon": "yum"}
@@ -112,7 +113,7 @@ class FakeNode:
     progress: Progress = field(
         default_factory=Progress
     )  # commands (verbose) and byte transfers, as the user asked
-    # What the ec2-ami-tools models look at (simulator.ami_tools). The defaults are today's usual node:
+    # What the ec2-ami-tools models look at (simulator.fake_ami_tools). The defaults are today's usual node:
     # a Nitro instance (NVMe root) whose instance metadata requires IMDSv2 tokens.
     root_device: str = "/dev/nvme0n1p1"
     root_filesystem: tuple[str, str, str] = (
@@ -140,10 +141,6 @@ class FakeNode:
             "HOME": "/root",
             "LANG": "C.UTF-8",
         }
-        if not self.programs:
-            from simulator.programs import standard_programs  # the registry of command models
-
-            self.programs = standard_programs()
 
     # -- the filesystem ------------------------------------------------------------------------
 
@@ -244,8 +241,6 @@ class FakeNode:
 
     def resolve_command(self, name: str, path_env: str | None = None) -> Program | None:
         """The command model `name` runs: a file with a model marker, or an installed program."""
-        from simulator.programs import program_for_file, provided_commands
-
         if "/" in name:
             return program_for_file(self, name)
         for folder in (path_env or self.env["PATH"]).split(":"):

@@ -8,8 +8,8 @@ from typing import Any
 
 from amidsl.live import build as live_build
 from amidsl.live.settings import GROUP_TAG, LiveSettings
-from amidsl.plan import Plan, Spec
-from amidsl.runner import BuildResult
+from amidsl.model.plan import Plan, Spec
+from amidsl.run.runner import BuildResult
 from simulator.executor import simulate
 from simulator.region import FakeRegion
 

@@ -15,26 +15,9 @@ import sys
 import zipfile
 from collections.abc import Iterable
 
-from simulator.node import CommandResult, FakeNode, Program, RunContext
+from simulator.node import CommandResult, FakeNode, RunContext
+from simulator.packages import PACKAGE_COMMANDS, model_script
 
-# Packages each package manager knows, and the commands they provide.
-PACKAGE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "apt": ("apt-get", "apt-cache"),
-    "util-linux": ("losetup", "mount"),
-    "kmod": ("modprobe",),
-    "dnf": ("dnf",),
-    "yum": ("yum",),
-    "ca-certificates": (),
-    "curl": ("curl",),
-    "unzip": ("unzip",),
-    "rsync": ("rsync",),
-    "git": ("git",),
-    "gcc": ("gcc", "cc"),
-    "make": ("make",),
-    "ruby": ("ruby",),
-    "python3": ("python3",),
-    "e2fsprogs": ("mke2fs",),
-}
 LIBRARIES_APT = ("libssl-dev", "zlib1g-dev", "libreadline-dev", "libyaml-dev", "libffi-dev")
 LIBRARIES_RPM = ("openssl-devel", "zlib-devel", "readline-devel", "libyaml-devel", "libffi-devel")
 KNOWN_PACKAGES = {
@@ -44,29 +27,6 @@ KNOWN_PACKAGES = {
 }
 # The Ruby each OS family's packages hold (Debian 12: 3.1; RHEL 9: 3.0; Amazon Linux 2023: 3.2).
 DISTRIBUTION_RUBY = {"debian": "3.1", "rhel": "3.0", "amazon": "3.2"}
-MODEL_MARKER = b"amidsl-simulator-model: "
-
-
-def provided_commands(packages: Iterable[str]) -> set[str]:
-    """The commands a set of installed packages puts on PATH."""
-    return {command for package in packages for command in PACKAGE_COMMANDS.get(package, ())}
-
-
-def model_script(model: str, body: str = "") -> bytes:
-    """An executable file whose behaviour on a FakeNode is the named model."""
-    return f"#!/bin/bash\n# {MODEL_MARKER.decode()}{model}\n{body}".encode()
-
-
-def program_for_file(node: FakeNode, path: str) -> Program | None:
-    """The model an executable node file runs, or None (missing, not executable, no model)."""
-    if not node.exists(path) or node.is_dir(path) or not node.mode(path) & 0o111:
-        return None
-    head = node.read_bytes(path)[:300]
-    marker = head.find(MODEL_MARKER)
-    if marker < 0:
-        return None
-    name = head[marker + len(MODEL_MARKER) :].split(b"\n", 1)[0].decode().strip()
-    return node.programs.get(name)
 
 
 def ok(output: str = "") -> CommandResult:
@@ -458,35 +418,3 @@ def python3(ctx: RunContext) -> CommandResult:
     done = subprocess.run([sys.executable, "-I", "-c", code, *args], capture_output=True, check=False)
     output = (done.stdout + done.stderr).decode("utf-8", "replace").replace(str(ctx.node.root), "")
     return CommandResult(done.returncode, output)
-
-
-def standard_programs() -> dict[str, Program]:
-    """The registry every FakeNode starts with (the ami-tools models are added by simulator.ami_tools)."""
-    from simulator.ami_tools import bundle_vol, tools_version, upload_bundle
-
-    return {
-        "install": install,
-        "mkdir": mkdir,
-        "rm": rm,
-        "find": find,
-        "mv": mv,
-        "chown": chown,
-        "printf": printf,
-        "true": lambda ctx: ok(),
-        "false": lambda ctx: CommandResult(1),
-        "runuser": runuser,
-        "apt-get": package_manager,
-        "apt-cache": apt_cache,
-        "ln": ln,
-        "dnf": package_manager,
-        "yum": package_manager,
-        "curl": curl,
-        "unzip": unzip,
-        "git": git,
-        "rbenv": rbenv,
-        "ruby": ruby,
-        "python3": python3,
-        "ec2-bundle-vol": bundle_vol,
-        "ec2-upload-bundle": upload_bundle,
-        "ec2-ami-tools-version": tools_version,
-    }

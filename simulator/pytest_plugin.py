@@ -19,7 +19,7 @@ import pytest
 # The plugin loads in every pytest run on a machine with amidsl installed: the simulator (moto, boto3)
 # is imported only when a test asks for one of these fixtures.
 if TYPE_CHECKING:
-    from amidsl.plan import Plan, Spec
+    from amidsl.model.plan import Plan, Spec
     from simulator.executor import Simulation
     from simulator.node import FakeNode
     from simulator.region import FakeRegion

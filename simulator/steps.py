@@ -1,4 +1,4 @@
-"""Node steps run on a FakeNode as bash runs them in the rendered script (amidsl.commands).
+"""Node steps run on a FakeNode as bash runs them in the rendered script (amidsl.model.steps).
 
 Each command goes through the node's command models; a step's failure stops the steps after it, as
 `set -e` does; the output is what the script would print, its failure messages included.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from amidsl.actions import EnvSecret, OptionalArg, RuntimeValue, StagedFile
-from amidsl.commands import (
+from amidsl.model.actions import EnvSecret, OptionalArg, RuntimeValue, StagedFile
+from amidsl.model.steps import (
     ByPackageManager,
     Check,
     CollectExisting,

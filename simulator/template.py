@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from simulator.node import FakeNode, new_node_root
+from simulator import programs
+from simulator.fake_ami_tools import bundle_vol, tools_version, upload_bundle
+from simulator.node import CommandResult, FakeNode, Program, new_node_root
 
 DEFAULT_PAYLOAD_MB = 4
 
@@ -82,6 +84,37 @@ def template_node(
     **kwargs: object,
 ) -> FakeNode:
     """A new FakeNode holding the template's content."""
+    kwargs.setdefault("programs", standard_programs())
     node = FakeNode(root or new_node_root(), os_family=os_family, **kwargs)  # type: ignore[arg-type]
     populate(node, payload_mb)
     return node
+
+
+def standard_programs() -> dict[str, Program]:
+    """The command models a template node runs: the standard programs and the ec2-ami-tools."""
+    return {
+        "install": programs.install,
+        "mkdir": programs.mkdir,
+        "rm": programs.rm,
+        "find": programs.find,
+        "mv": programs.mv,
+        "chown": programs.chown,
+        "printf": programs.printf,
+        "true": lambda ctx: programs.ok(),
+        "false": lambda ctx: CommandResult(1),
+        "runuser": programs.runuser,
+        "apt-get": programs.package_manager,
+        "apt-cache": programs.apt_cache,
+        "ln": programs.ln,
+        "dnf": programs.package_manager,
+        "yum": programs.package_manager,
+        "curl": programs.curl,
+        "unzip": programs.unzip,
+        "git": programs.git,
+        "rbenv": programs.rbenv,
+        "ruby": programs.ruby,
+        "python3": programs.python3,
+        "ec2-bundle-vol": bundle_vol,
+        "ec2-upload-bundle": upload_bundle,
+        "ec2-ami-tools-version": tools_version,
+    }

@@ -12,9 +12,9 @@ import boto3
 import pytest
 from moto.backends import get_backend
 
-from amidsl.aws_tasks import AwsClients
-from amidsl.cli import run
-from amidsl.images import BUILT_BY_TAG
+from amidsl.cli.aws_commands import AwsClients
+from amidsl.cli.main import run
+from amidsl.run.images import BUILT_BY_TAG
 from tests.bundle.conftest import bundle_into, make_identity, write_sparse_file
 
 ACCOUNT = "123456789012"

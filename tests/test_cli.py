@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from amidsl.cli_table import COMMANDS
+from amidsl.cli.table import COMMANDS
 from amidsl.example import example_config_path
 from tests.live.node_settings import write_toml
 
@@ -129,7 +129,7 @@ def test_a_closed_pipe_ends_the_command_quietly(command):
 def test_plan_script_and_validate_load_no_aws_ssh_moto_or_invoke_code():
     probe = (
         "import sys\n"
-        "from amidsl.cli import run\n"
+        "from amidsl.cli.main import run\n"
         "for command in ('plan', 'script', 'validate'):\n"
         "    assert run([command]) == 0\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore', 'moto', 'paramiko', "

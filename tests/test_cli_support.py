@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from amidsl.cli_support import ConfigChoice, load_live_config
-from amidsl.cli_table import CommandError
+from amidsl.cli.support import ConfigChoice, load_live_config
+from amidsl.cli.table import CommandError
 from tests.live.node_settings import write_toml
 
 

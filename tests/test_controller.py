@@ -11,10 +11,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from amidsl.actions import NodeProgram, PlanWarning, PresignParts
-from amidsl.controller import ControllerStepFailed, run_controller_step, secret_values
+from amidsl.model.actions import NodeProgram, PlanWarning, PresignParts
 from amidsl.settings import resolve
 from amidsl.strategies import native
+from amidsl.strategies.native_controller import ControllerStepFailed, run_controller_step, secret_values
 
 BUCKET = "acme-ami-bundles"
 

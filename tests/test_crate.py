@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amidsl import crate
-from amidsl.actions import (
+from amidsl.model.actions import (
     AwsCall,
     Directory,
     EnvSecret,

@@ -12,14 +12,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from amidsl.ec2_certificate import (
+from amidsl.settings import SettingsError, resolve
+from amidsl.strategies.ec2_certificate import (
     Ec2CertificateError,
     certificate_file,
     certificate_from_archive,
     ec2_certificate,
     spki_sha256,
 )
-from amidsl.settings import SettingsError, resolve
 
 
 def expired_certificate() -> str:

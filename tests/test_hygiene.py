@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from amidsl import crate
+from amidsl.model.plan import build_plan
 from amidsl.node.amidsl_node import HYGIENE_NAMES
-from amidsl.plan import build_plan
 from amidsl.render.preview import render_text
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from amidsl import crate
-from amidsl.actions import AwsCall, CheckResult
-from amidsl.plan import build_plan, group_spec
+from amidsl.model.actions import AwsCall, CheckResult
+from amidsl.model.plan import build_plan, group_spec
 from amidsl.settings import SettingsError
 from amidsl.testing import describe_image_phase
 

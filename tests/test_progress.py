@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from amidsl.progress import Progress
+from amidsl.run.progress import Progress
 
 
 def progress(terminal: bool, verbose: bool = False) -> tuple[Progress, io.StringIO]:

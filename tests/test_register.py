@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from amidsl import crate
-from amidsl.actions import (
+from amidsl.model.actions import (
     AwsCall,
     DeregisterByName,
     PlanWarning,
@@ -18,11 +18,11 @@ from amidsl.actions import (
     UpdateSettings,
     WaitForImage,
 )
-from amidsl.plan import build_plan
-from amidsl.register import ami_register
+from amidsl.model.plan import build_plan
 from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
 from amidsl.settings import resolve
+from amidsl.strategies.register import ami_register
 
 ORG = "arn:aws:organizations::111122223333:organization/o-abcde12345"
 OU = "arn:aws:organizations::111122223333:ou/o-abcde12345/ou-ab12-cdef3456"

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amidsl import crate
-from amidsl.plan import build_plan, group_spec
+from amidsl.model.plan import build_plan, group_spec
 from amidsl.render.preview import SCHEMA, render_json, render_text
 from amidsl.render.shell import render_script
 from amidsl.testing import describe_image_phase

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amidsl import crate
-from amidsl.actions import (
+from amidsl.example import example_config_path
+from amidsl.model.actions import (
     AwsCall,
     CheckResult,
     EnvSecret,
@@ -25,7 +26,8 @@ from amidsl.actions import (
     UpdateSettings,
     WaitForImage,
 )
-from amidsl.commands import (
+from amidsl.model.plan import build_plan, group_spec
+from amidsl.model.steps import (
     EXISTING_PATHS_VARIABLE,
     ByPackageManager,
     Check,
@@ -40,9 +42,7 @@ from amidsl.commands import (
     created_marker,
     node_steps,
 )
-from amidsl.example import example_config_path
 from amidsl.node import program_sha256, program_source
-from amidsl.plan import build_plan, group_spec
 from amidsl.render.shell import aws_cli_words, render_action, render_script, wait_cli_words
 from amidsl.settings import load_toml
 from amidsl.testing import describe_image_phase

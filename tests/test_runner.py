@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from amidsl import crate
-from amidsl.actions import Remove
-from amidsl.plan import build_plan, group_spec
-from amidsl.runner import ActionFailed, ActionRecord, BuildError, run_plan
+from amidsl.model.actions import Remove
+from amidsl.model.plan import build_plan, group_spec
+from amidsl.run.runner import ActionFailed, ActionRecord, BuildError, run_plan
 from amidsl.testing import describe_image_phase
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from amidsl.cli_table import find_command
+from amidsl.cli.table import find_command
 from amidsl.node.amidsl_node import HYGIENE_NAMES
 from amidsl.render.summary import public_settings
 from amidsl.settings import (
@@ -87,7 +87,7 @@ def test_every_strategy_has_its_rules():
 
 def test_the_command_table_loads_no_more_of_the_settings_than_their_constants():
     code = (
-        "import sys, amidsl.cli_table; "
+        "import sys, amidsl.cli.table; "
         "print(sorted(m for m in sys.modules if m.startswith('amidsl.settings')))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -17,8 +17,8 @@ from typing import get_args
 
 import pytest
 
-from amidsl.actions import EnvSecret, OptionalArg, RuntimeValue, StagedFile
-from amidsl.commands import (
+from amidsl.model.actions import EnvSecret, OptionalArg, RuntimeValue, StagedFile
+from amidsl.model.steps import (
     ByPackageManager,
     Check,
     CollectExisting,
@@ -36,6 +36,7 @@ from amidsl.commands import (
 from amidsl.render.shell import ShellSteps, render_steps
 from simulator.node import FakeNode
 from simulator.steps import StepRunner
+from simulator.template import standard_programs
 
 # What every rendered script defines before its phases (amidsl.render.shell's preamble): `fail`.
 PREAMBLE = """set -Eeuo pipefail
@@ -446,7 +447,7 @@ def _in_bash(case: Case, root: Path) -> Outcome:
 
 def _on_fake_node(case: Case, root: Path) -> Outcome:
     _prepare(root, case.given)
-    node = FakeNode(root)
+    node = FakeNode(root, programs=standard_programs())
     env = {name: value.format(root="") for name, value in case.env.items()}
     result = StepRunner(node, env).run(case.steps(""))
     return Outcome(result.status, _messages(result.output, ""), _tree(root, ""))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from amidsl.plan import AMI_PHASES
+from amidsl.model.plan import AMI_PHASES
 from amidsl.strategies import STRATEGIES
 
 
@@ -126,3 +127,119 @@ def test_each_strategy_has_a_plan_function_for_every_phase_the_loop_runs(name):
     assert strategy.name == name
     assert sorted(strategy.phases) == sorted(AMI_PHASES)
     assert all(callable(fn) for fn in strategy.phases.values())
+
+
+# -- layers ------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+# Lowest first. A module may import modules of its own layer or of a lower one, never of a higher one
+# (lazy imports inside functions and the command table's "module:function" handlers count too).
+LAYERS = (
+    ("amidsl.node", "amidsl.secrets", "amidsl.tags", "amidsl.printable", "amidsl.keypairs"),
+    ("amidsl.example", "amidsl.settings", "amidsl.bundle"),
+    ("amidsl.model",),
+    ("amidsl.strategies",),
+    ("amidsl.run", "amidsl.render"),
+    ("amidsl.live",),
+    ("simulator",),
+    ("amidsl.cli", "amidsl.crate", "amidsl.testing", "amidsl.__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the longest prefix naming `module` (the package itself is layer 0)."""
+    found = [
+        (len(prefix), index)
+        for index, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    if module == "amidsl":
+        return 0  # the version only
+    assert found, f"{module} is in no layer: add it to LAYERS"
+    return max(found)[1]
+
+
+def project_modules() -> dict[str, Path]:
+    """Every module of the product (amidsl and simulator) by dotted name."""
+    modules = {}
+    for package in ("amidsl", "simulator"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> tuple[set[str], set[str]]:
+    """The project modules `path` imports anywhere in it, lazily too, and those it names as handlers.
+
+    A handler is a "module:function" string the command table imports when that command runs.
+    """
+    imported, handlers = set(), set()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    # Imports for type checkers only (under `if TYPE_CHECKING:`) never run.
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from a.b import c` imports the module a.b.c when c is one, else a name of a.b.
+            for alias in node.names:
+                child = f"{node.module}.{alias.name}"
+                imported.add(child if child in modules else node.module)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            handler = re.fullmatch(r"((?:amidsl|simulator)(?:\.\w+)+):\w+", node.value)
+            if handler:
+                handlers.add(handler[1])
+    return imported & set(modules), handlers & set(modules)
+
+
+def import_graph(handlers: bool) -> dict[str, set[str]]:
+    """Module -> the project modules it imports (and, with `handlers`, the handlers it names)."""
+    modules = project_modules()
+    graph = {}
+    for name, path in modules.items():
+        imported, named = imports_of(path, modules)
+        graph[name] = (imported | named if handlers else imported) - {name}
+    return graph
+
+
+def test_no_module_imports_from_a_higher_layer_lazy_imports_and_handlers_included():
+    upward = [
+        f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
+        for module, targets in import_graph(handlers=True).items()
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
+    assert upward == []
+
+
+def test_the_import_graph_has_no_circle_lazy_imports_included():
+    # The command table names its handlers and they import the table's errors: a handler is loaded
+    # when its command runs, after the table, so those names are no circle.
+    graph = import_graph(handlers=False)
+    circles = []
+    for start in graph:
+        # A path back to `start` through modules after it in sort order: each circle reported once.
+        stack = [(start, (start,))]
+        while stack:
+            module, path = stack.pop()
+            for target in graph[module]:
+                if target == start:
+                    circles.append(" -> ".join((*path, start)))
+                elif target > start and target not in path:
+                    stack.append((target, (*path, target)))
+    assert circles == []
+
+
+def test_nothing_inside_imports_the_crate_facade():
+    importers = [m for m, targets in import_graph(handlers=True).items() if "amidsl.crate" in targets]
+    assert importers == []

@@ -16,9 +16,9 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from amidsl.actions import AwsCall
 from amidsl.bundle.s3 import acl_fix, object_ownership
 from amidsl.live.settings import LiveSettings
+from amidsl.model.actions import AwsCall
 from amidsl.secrets import Secret
 from amidsl.settings import AmiSettings, Problem, SettingsError
 

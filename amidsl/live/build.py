@@ -2,7 +2,7 @@
 node launched for the build and terminated afterwards.
 
 All three resolve the settings, plan the phases, open ONE SSH connection and hand the plan to the
-shared runner (`amidsl.runner.run_plan`) with the live back-end. A failure is a `BuildError` naming the
+shared runner (`amidsl.run.runner.run_plan`) with the live back-end. A failure is a `BuildError` naming the
 phase and action; unless `on_error="abort"` the credentials are removed and a launched node terminated.
 """
 
@@ -15,14 +15,14 @@ from typing import Any
 
 from botocore.exceptions import WaiterError
 
-from amidsl.crate import server_spec
 from amidsl.live.aws import Aws, AwsError
 from amidsl.live.node import LiveBackend
 from amidsl.live.settings import GROUP_TAG, LiveSettings
 from amidsl.live.ssh import NodeConnectionError, SshNode, resolve_target
-from amidsl.plan import Plan, Spec, build_plan
-from amidsl.runner import BuildError, BuildResult, run_plan
+from amidsl.model.plan import Plan, Spec, build_plan
+from amidsl.run.runner import BuildError, BuildResult, run_plan
 from amidsl.settings import AmiSettings
+from amidsl.strategies import server_spec
 
 Progress = Callable[[str], None]
 # Runs a plan on an instance: the live default waits for it and runs over SSH; the simulator passes its

@@ -21,15 +21,6 @@ from typing import Any
 
 from botocore.config import Config
 
-from amidsl.actions import (
-    Action,
-    AwsCall,
-    NodeProgram,
-    PhasePlan,
-    StagedFile,
-)
-from amidsl.commands import References, references_of
-from amidsl.ec2_certificate import ec2_certificate
 from amidsl.live.aws import Aws, AwsCredentials, AwsError
 from amidsl.live.ssh import (
     LOST_STATUS,
@@ -40,12 +31,21 @@ from amidsl.live.ssh import (
     NodeConnectionError,
     SshNode,
 )
-from amidsl.plan import Plan
-from amidsl.progress import Progress
+from amidsl.model.actions import (
+    Action,
+    AwsCall,
+    NodeProgram,
+    PhasePlan,
+    StagedFile,
+)
+from amidsl.model.plan import Plan
+from amidsl.model.steps import References, references_of
 from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
-from amidsl.runner import ActionFailed, ActionInterrupted, ActionRecord
+from amidsl.run.progress import Progress
+from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord
 from amidsl.secrets import Secret, redact
 from amidsl.strategies.ami_tools import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
+from amidsl.strategies.ec2_certificate import ec2_certificate
 
 # Reads NAME=value pairs (NUL-terminated, an empty one ends the list) from stdin, exports them, then runs
 # the script with stdin closed. Fixed text: only it and the script's path are ever on the command line.

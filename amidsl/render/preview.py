@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 from amidsl import __version__
-from amidsl.actions import (
+from amidsl.model.actions import (
     CONTROLLER_ACTIONS,
     Action,
     ControllerSecret,
@@ -37,7 +37,7 @@ from amidsl.actions import (
     RuntimeValue,
     StagedFile,
 )
-from amidsl.plan import Plan
+from amidsl.model.plan import Plan
 from amidsl.printable import printable
 from amidsl.render.shell import render_action, runtime_inputs
 from amidsl.render.summary import plan_title, public_settings

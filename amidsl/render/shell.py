@@ -12,7 +12,7 @@ import re
 import shlex
 
 from amidsl import __version__
-from amidsl.actions import (
+from amidsl.model.actions import (
     CONTROLLER_ACTIONS,
     Action,
     AwsCall,
@@ -34,7 +34,8 @@ from amidsl.actions import (
     Value,
     WaitForImage,
 )
-from amidsl.commands import (
+from amidsl.model.plan import Plan
+from amidsl.model.steps import (
     ByPackageManager,
     Check,
     CollectExisting,
@@ -53,7 +54,6 @@ from amidsl.commands import (
     references,
     walk_steps,
 )
-from amidsl.plan import Plan
 from amidsl.render.summary import plan_title, public_settings
 
 _NAME_SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

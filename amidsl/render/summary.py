@@ -8,7 +8,7 @@ import hashlib
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from amidsl.plan import Plan
+from amidsl.model.plan import Plan
 from amidsl.settings import SETTINGS, AmiSettings, Source
 from amidsl.strategies import strategy_of
 

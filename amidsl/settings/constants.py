@@ -1,6 +1,6 @@
 """Choices, defaults and limits of the settings: plain values, cheap to import.
 
-The command table (amidsl/cli_table.py) takes `BUNDLERS` from here for `simulate --bundler`, so this
+The command table (amidsl/cli/table.py) takes `BUNDLERS` from here for `simulate --bundler`, so this
 module imports nothing: loading it must not load the rest of the settings (cryptography, the node
 program) on every `amidsl` run.
 """

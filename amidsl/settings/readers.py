@@ -140,7 +140,7 @@ def owned_dir(r: Reading, row: Setting) -> str:
     value = read_node_path(r, row.name, default) or default
     comma_free(r, row.name, value)
     reason = system_dir_reason(value)
-    # The node records the directory under a file name made from its path (see amidsl.commands).
+    # The node records the directory under a file name made from its path (see amidsl.model.steps).
     if len(created_record_name(value).encode()) > MAX_FILE_NAME:
         r.problem(row.name, f"{value!r} is too long for amidsl's record of it", "use a shorter path")
     if reason is not None:

@@ -8,13 +8,24 @@ strategy only through `strategy_of(settings)`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from amidsl.model.actions import Action, PlanWarning
+from amidsl.model.plan import AMI_PHASES, Spec
 from amidsl.settings import AmiSettings
 from amidsl.strategies import ami_tools, native
 from amidsl.strategies.strategy import FailureAdvice, PhaseFn, Strategy
 
-__all__ = ["STRATEGIES", "FailureAdvice", "PhaseFn", "Strategy", "strategy_of"]
+__all__ = [
+    "PHASE_FUNCTIONS",
+    "STRATEGIES",
+    "FailureAdvice",
+    "PhaseFn",
+    "Strategy",
+    "server_spec",
+    "strategy_of",
+]
 
 # The `bundler` setting's value -> the strategy it chooses.
 STRATEGIES: Mapping[str, Strategy] = {s.name: s for s in (native.STRATEGY, ami_tools.STRATEGY)}
@@ -23,3 +34,23 @@ STRATEGIES: Mapping[str, Strategy] = {s.name: s for s in (native.STRATEGY, ami_t
 def strategy_of(settings: AmiSettings) -> Strategy:
     """The strategy the settings' `bundler` chooses."""
     return STRATEGIES[settings.bundler]
+
+
+def _by_strategy(phase: str) -> PhaseFn:
+    """A plan function that runs `phase` of the strategy the settings' `bundler` names."""
+
+    def plan(s: AmiSettings) -> Sequence[Action | PlanWarning]:
+        return strategy_of(s).phases[phase](s)
+
+    plan.__name__ = plan.__qualname__ = phase.replace("-", "_")
+    plan.__doc__ = f"The {phase} phase of the chosen build strategy (setting bundler)."
+    return plan
+
+
+# The ami phases, each running the chosen strategy's plan function (the crate's phase functions).
+PHASE_FUNCTIONS = {phase: _by_strategy(phase) for phase in AMI_PHASES}
+
+
+def server_spec(settings: Mapping[str, Any]) -> Spec:
+    """The ami phases as a spec, carrying the settings they are built from."""
+    return Spec("ami", {name: (fn,) for name, fn in PHASE_FUNCTIONS.items()}, settings=settings)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from amidsl.actions import (
+from amidsl.model.actions import (
     Action,
     Directory,
     EnvSecret,
@@ -26,10 +26,10 @@ from amidsl.actions import (
     StagedFile,
     Value,
 )
-from amidsl.register import ami_register, instance_types_note
 from amidsl.settings import NODE_STATE_DIR, AmiSettings
 from amidsl.strategies import bundle_files
 from amidsl.strategies.bundle_files import image_file
+from amidsl.strategies.register import ami_register, instance_types_note
 from amidsl.strategies.strategy import FailureAdvice, Strategy
 
 ACCESS_KEY = EnvSecret("AMIDSL_ACCESS_KEY", "the AWS access key id")

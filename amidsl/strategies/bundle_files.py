@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amidsl.actions import Remove
+from amidsl.model.actions import Remove
 from amidsl.settings import AmiSettings
 
 

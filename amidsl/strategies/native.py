@@ -10,7 +10,7 @@ never holds an AWS credential either.
 
 from __future__ import annotations
 
-from amidsl.actions import (
+from amidsl.model.actions import (
     Action,
     ControllerSecret,
     Directory,
@@ -24,11 +24,11 @@ from amidsl.actions import (
     SignManifest,
     UploadManifest,
 )
-from amidsl.hygiene import hygiene_notes
 from amidsl.node import program_sha256, program_source
-from amidsl.register import ami_register, instance_types_note
 from amidsl.settings import AmiSettings
 from amidsl.strategies import bundle_files
+from amidsl.strategies.hygiene import hygiene_notes
+from amidsl.strategies.register import ami_register, instance_types_note
 from amidsl.strategies.strategy import FailureAdvice, Strategy
 
 NODE_PROGRAM_NAME = "amidsl_node.py"

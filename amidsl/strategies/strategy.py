@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from amidsl.actions import Action, PlanWarning
+from amidsl.model.actions import Action, PlanWarning
 from amidsl.settings import AmiSettings
 
 PhaseFn = Callable[[AmiSettings], Sequence[Action | PlanWarning]]

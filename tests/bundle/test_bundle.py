@@ -24,7 +24,7 @@ from amidsl.bundle import (
 )
 from amidsl.bundle.keys import load_private_key
 from amidsl.bundle.manifest import sign_manifest
-from amidsl.cli import run
+from amidsl.cli.main import run
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 IV = bytes.fromhex("0f0e0d0c0b0a09080706050403020100")

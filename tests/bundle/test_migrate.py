@@ -11,8 +11,8 @@ import pytest
 from amidsl.bundle import decrypt_keys, read_manifest, unbundle, verify_bundle
 from amidsl.bundle.errors import ManifestEditedError, WrongPrivateKeyError
 from amidsl.bundle.migrate import migrate_manifest
-from amidsl.cli import run
-from amidsl.ec2_certificate import PINNED_SPKI_SHA256, spki_sha256
+from amidsl.cli.main import run
+from amidsl.strategies.ec2_certificate import PINNED_SPKI_SHA256, spki_sha256
 from tests.bundle.conftest import bundle_into, make_identity
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from amidsl.bundle import build_image
-from amidsl.cli import run
+from amidsl.cli.main import run
 
 
 def amidsl(*args: str) -> int:

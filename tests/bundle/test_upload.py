@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from amidsl.bundle.errors import BundleError
-from amidsl.bundle.upload import upload_bundle
 from amidsl.node import amidsl_node
+from amidsl.run.bundle_upload import upload_bundle
 from tests.bundle.conftest import bundle_into
 from tests.node.test_node_upload import s3_client
 

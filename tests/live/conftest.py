@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import amidsl
-from amidsl.commands import CREATED_RECORD, created_marker
+from amidsl.model.steps import CREATED_RECORD, created_marker
 from tests.conftest import make_key_and_cert
 
 SSHD = "/usr/sbin/sshd"

@@ -19,8 +19,8 @@ from amidsl.bundle import verify_bundle
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import resolve_live
 from amidsl.live.ssh import SshNode
-from amidsl.plan import Spec
-from amidsl.runner import BuildResult
+from amidsl.model.plan import Spec
+from amidsl.run.runner import BuildResult
 
 NODE_PHASES = ("install", "configure", "ami-bundle", "ami-upload", "cleanup")
 BUCKET = "amidsl-offline-bundles"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from botocore.stub import Stubber
 
-from amidsl.actions import AwsCall
 from amidsl.crate import ami_register
 from amidsl.live.aws import Aws, AwsError, check_aws_side, check_public_sharing, snake_case
 from amidsl.live.settings import LiveSettings
-from amidsl.publish import PublishFailed, wait_for_image
+from amidsl.model.actions import AwsCall
+from amidsl.run.publish import PublishFailed, wait_for_image
 from amidsl.settings import SettingsError, resolve
 from tests.live.node_settings import ACCOUNT, BUCKET, aws_client
 
@@ -68,7 +68,7 @@ def test_a_bucket_in_another_region_is_explained(settings):
 
 
 class StubbedBackend:
-    """The two things amidsl.publish needs from the live back-end, over a stubbed Aws."""
+    """The two things amidsl.run.publish needs from the live back-end, over a stubbed Aws."""
 
     def __init__(self, aws: Aws) -> None:
         self.call_aws = aws.call_action

@@ -9,7 +9,7 @@ import pytest
 
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import resolve_live
-from amidsl.runner import BuildInterrupted
+from amidsl.run.runner import BuildInterrupted
 from tests.live.node_settings import assert_no_secret, build_settings, ctrl_c_build, secret_values
 
 

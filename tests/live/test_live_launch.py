@@ -13,7 +13,7 @@ import pytest
 
 from amidsl.live.build import make_ami, make_ami_from_group_node
 from amidsl.live.settings import GROUP_TAG, resolve_live
-from amidsl.runner import BuildError
+from amidsl.run.runner import BuildError
 from live_tests.body import live_test_group
 from tests.live.node_settings import aws_client, build_settings, no_credentials_in, node_has_no_credentials
 

@@ -18,7 +18,7 @@ from amidsl.live.build import build_on_host
 from amidsl.live.node import LiveBackend
 from amidsl.live.settings import resolve_live
 from amidsl.live.ssh import SshNode
-from amidsl.runner import BuildError, BuildInterrupted
+from amidsl.run.runner import BuildError, BuildInterrupted
 from tests.live.node_settings import aws_client, build_settings, ctrl_c_build
 
 # The node's mke2fs: builds the image as the real one does, then stays busy as mke2fs on a big volume

@@ -14,9 +14,9 @@ import pytest
 
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import resolve_live
-from amidsl.plan import build_plan
+from amidsl.model.plan import build_plan
 from amidsl.render.shell import render_script
-from amidsl.runner import BuildError
+from amidsl.run.runner import BuildError
 from live_tests.body import live_test_group
 from tests.live.node_settings import (
     ACCOUNT,

@@ -8,7 +8,7 @@ import pytest
 from amidsl.live.aws import Aws, AwsError
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import resolve_live
-from amidsl.runner import BuildError
+from amidsl.run.runner import BuildError
 from tests.live.node_settings import BUCKET, aws_client, build_settings
 
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from amidsl.actions import Exec, PhasePlan, RuntimeValue
 from amidsl.crate import server_spec
 from amidsl.live.aws import AwsCredentials
 from amidsl.live.build import build_on_host
 from amidsl.live.settings import LiveSettings
 from amidsl.live.ssh import HostKeyError, NodeConnectionError, SshNode, fingerprint
-from amidsl.plan import Plan, build_plan, group_spec
+from amidsl.model.actions import Exec, PhasePlan, RuntimeValue
+from amidsl.model.plan import Plan, build_plan, group_spec
 from amidsl.render.shell import render_script
-from amidsl.runner import BuildError, BuildInterrupted
+from amidsl.run.runner import BuildError, BuildInterrupted
 from amidsl.secrets import Secret
 from amidsl.strategies.ami_tools import credential_removal
 from tests.live.fake_paramiko import CTRL_C, FakeNode, PhaseRun

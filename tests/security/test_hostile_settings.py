@@ -12,7 +12,7 @@ import pytest
 
 from amidsl import crate
 from amidsl.example import example_config_path
-from amidsl.plan import build_plan
+from amidsl.model.plan import build_plan
 from amidsl.printable import printable
 from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script

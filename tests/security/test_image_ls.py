@@ -8,7 +8,7 @@ import pytest
 
 from amidsl.bundle import list_image
 from amidsl.bundle.e2fs import debugfs, tool
-from amidsl.cli import run
+from amidsl.cli.main import run
 
 
 def _image_of(root, image):

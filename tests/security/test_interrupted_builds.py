@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from amidsl import crate
-from amidsl.plan import build_plan
-from amidsl.runner import ActionFailed, ActionRecord, BuildError, BuildInterrupted, run_plan
+from amidsl.model.plan import build_plan
+from amidsl.run.runner import ActionFailed, ActionRecord, BuildError, BuildInterrupted, run_plan
 
 SECRET = "sk-secret-value-123456"
 

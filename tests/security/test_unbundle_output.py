@@ -7,7 +7,7 @@ import pytest
 from crafting import make_identity, plain_tar
 
 from amidsl.bundle import BundleError, ManifestEditedError, unbundle
-from amidsl.cli import run
+from amidsl.cli.main import run
 
 
 def test_a_member_named_other_than_the_image_is_refused_and_writes_nothing(tmp_path, user, craft):

@@ -11,8 +11,8 @@ import pytest
 from amidsl.bundle import list_image, read_manifest
 from amidsl.example import example_credentials
 from simulator import FakeRegion, template_node
-from simulator.ami_tools import ami_tools_zip
-from simulator.programs import model_script
+from simulator.fake_ami_tools import ami_tools_zip
+from simulator.packages import model_script
 
 HOME = "/opt/tools/ec2-ami-tools"
 BUNDLE_VOL = f"{HOME}/bin/ec2-bundle-vol"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from amidsl.bundle import read_manifest, unbundle
 from amidsl.crate import server_spec
 from amidsl.example import example_credentials
-from amidsl.progress import Progress
+from amidsl.run.progress import Progress
 from amidsl.settings import resolve, system_dir_reason
 from simulator import simulate, template_node
 

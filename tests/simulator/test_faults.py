@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.programs import model_script
+from simulator.packages import model_script
 
 CREDENTIALS = "/opt/ami-tools/credentials/pk"
 

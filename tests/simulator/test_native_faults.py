@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from amidsl.cli import run as amidsl_command
-from amidsl.runner import BuildInterrupted
+from amidsl.cli.main import run as amidsl_command
+from amidsl.run.runner import BuildInterrupted
 
 BUCKET = "amidsl-example-bundles"
 PLACE = f"s3://{BUCKET}/images/example"

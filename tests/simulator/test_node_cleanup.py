@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 
 from amidsl import crate
-from amidsl.commands import node_steps
-from amidsl.plan import build_plan
+from amidsl.model.plan import build_plan
+from amidsl.model.steps import node_steps
 from amidsl.render.shell import render_script, render_steps
 from amidsl.settings import NODE_STATE_DIR, resolve
 from amidsl.strategies.ami_tools import credential_removal

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from amidsl.actions import Exec
 from amidsl.crate import server_spec
 from amidsl.live.aws import AwsError
-from amidsl.plan import group_spec
-from amidsl.runner import BuildError
+from amidsl.model.actions import Exec
+from amidsl.model.plan import group_spec
+from amidsl.run.runner import BuildError
 from simulator.orchestrate import GROUP_TAG, launch_node, make_ami, make_ami_from_group_node
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from amidsl.cli import run as run_command_line
+from amidsl.cli.main import run as run_command_line
 from tests.live.node_settings import write_toml
 
 LISTING_LINE = re.compile(r"[-dlpscb][0-7]{4} +\d+:\d+ +\d+ /\S*")

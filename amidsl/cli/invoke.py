@@ -10,7 +10,7 @@ import inspect
 from invoke import Collection, Context, Task
 from invoke.exceptions import Exit
 
-from amidsl.cli_table import COMMANDS, USAGE_ERROR, Command, CommandError
+from amidsl.cli.table import COMMANDS, USAGE_ERROR, Command, CommandError
 
 
 def _task(command: Command) -> Task:

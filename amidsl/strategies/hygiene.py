@@ -6,7 +6,7 @@ node applies in native builds; ec2-bundle-vol cannot apply them (the ami-tools p
 
 from __future__ import annotations
 
-from amidsl.actions import PlanWarning
+from amidsl.model.actions import PlanWarning
 from amidsl.node.amidsl_node import (
     HYGIENE,
     HYGIENE_EMPTY_DIR,

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from amidsl.actions import (
+from amidsl.model.actions import (
     Action,
     AwsCall,
     Directory,

@@ -335,11 +335,13 @@ Action = (
     | DeregisterByName
 )
 
-# The native strategy's controller-side steps (the runner hands them to amidsl.native_controller).
+# The native strategy's controller-side steps (the runner hands them to
+# amidsl.strategies.native_controller).
 NATIVE_CONTROLLER_ACTIONS = (MakeBundleKey, SignManifest, PresignParts, UploadManifest)
 # Actions that run on the controller rather than on the node. A NodeProgram runs on the node, but the
 # controller drives it (it sends the request and reads the report), so it is run on its own.
-# The steps after RegisterImage that take more than one API call (the runner hands them to amidsl.publish).
+# The steps after RegisterImage that take more than one API call (the runner hands them to
+# amidsl.run.publish).
 PUBLISH_ACTIONS = (WaitForImage, TagBundle, DeregisterByName)
 CONTROLLER_ACTIONS = (AwsCall, UpdateSettings, CheckResult, *NATIVE_CONTROLLER_ACTIONS, *PUBLISH_ACTIONS)
 

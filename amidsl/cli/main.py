@@ -1,4 +1,4 @@
-"""The `amidsl` command: an argparse front end over the command table (amidsl/cli_table.py).
+"""The `amidsl` command: an argparse front end over the command table (amidsl/cli/table.py).
 
 Usage errors exit with status 2 and suggest the nearest command or option; a command's own failures
 (CommandError) print their message without a traceback; a closed pipe (`amidsl plan | head -1`) and
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from amidsl import __version__
-from amidsl.cli_table import COMMANDS, FAILED, INTERRUPTED, USAGE_ERROR, Command, CommandError, find_command
+from amidsl.cli.table import COMMANDS, FAILED, INTERRUPTED, USAGE_ERROR, Command, CommandError, find_command
 
 BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
 DEBUG_ENV = "AMIDSL_DEBUG"

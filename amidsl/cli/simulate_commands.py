@@ -26,14 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from amidsl import __version__
-from amidsl.actions import NodeProgram
 from amidsl.bundle.ls import listing_line
-from amidsl.cli_support import ConfigChoice, announce_config, find_config, load_spec
-from amidsl.cli_table import FAILED, FAULT_HELP, INTERRUPTED, CommandError
-from amidsl.plan import Plan, build_plan
-from amidsl.progress import Progress
+from amidsl.cli.support import ConfigChoice, announce_config, find_config, load_spec
+from amidsl.cli.table import FAILED, FAULT_HELP, INTERRUPTED, CommandError
+from amidsl.model.actions import NodeProgram
+from amidsl.model.plan import Plan, build_plan
 from amidsl.render.summary import plan_title
-from amidsl.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
+from amidsl.run.progress import Progress
+from amidsl.run.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
 from amidsl.settings import SettingsError
 from amidsl.strategies import strategy_of
 from simulator.executor import ImageInspection, Simulation, prepare

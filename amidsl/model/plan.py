@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from amidsl.actions import Action, PhasePlan, PlanWarning
+from amidsl.model.actions import Action, PhasePlan, PlanWarning
 from amidsl.settings import AmiSettings, Problem, SettingsError, resolve
 
 PlanFn = Callable[[AmiSettings], Sequence[Action | PlanWarning]]

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amidsl.cli_table import CommandError
-from amidsl.crate import server_spec
+from amidsl.cli.table import CommandError
 from amidsl.example import example_config_path
 from amidsl.live.settings import LiveSettings, live_table, resolve_live
-from amidsl.plan import Plan, Spec, build_plan
+from amidsl.model.plan import Plan, Spec, build_plan
 from amidsl.settings import AmiSettings, Problem, SettingsError, ami_table, load_toml, read_settings_file
+from amidsl.strategies import server_spec
 
 CONFIG_ENV = "AMIDSL_CONFIG"
 LOCAL_CONFIG = "amidsl.toml"

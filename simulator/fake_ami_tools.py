@@ -37,7 +37,8 @@ from amidsl.bundle import (
 )
 from amidsl.bundle.e2fs import debugfs
 from simulator.node import BASE_COMMANDS, CommandResult, FakeNode, RunContext
-from simulator.programs import fail, model_script, ok, provided_commands, ruby_version
+from simulator.packages import model_script, provided_commands
+from simulator.programs import fail, ok, ruby_version
 
 AMI_TOOLS_VERSION = "1.5.3"
 EC2_CERT_IN_TOOLS = "etc/ec2/amitools/cert-ec2.pem"

@@ -16,7 +16,9 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from amidsl.actions import (
+from amidsl.bundle.bundle import BundleFacts, signed_manifest
+from amidsl.bundle.keys import load_signing_keys
+from amidsl.model.actions import (
     Action,
     ControllerSecret,
     MakeBundleKey,
@@ -25,8 +27,6 @@ from amidsl.actions import (
     SignManifest,
     UploadManifest,
 )
-from amidsl.bundle.bundle import BundleFacts, signed_manifest
-from amidsl.bundle.keys import load_signing_keys
 from amidsl.settings import AmiSettings
 
 EXEC_READ_ACL = "aws-exec-read"

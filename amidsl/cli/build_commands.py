@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from amidsl.cli_support import (
+from amidsl.cli.support import (
     LiveConfig,
     announce_config,
     find_config,
     load_live_config,
     refuse_example_credentials,
 )
-from amidsl.cli_table import FAILED, INTERRUPTED, CommandError
+from amidsl.cli.table import FAILED, INTERRUPTED, CommandError
 from amidsl.live.aws import Aws, AwsError, check_aws_side
 from amidsl.live.build import build_on_host, make_ami, make_ami_from_group_node
 from amidsl.live.ssh import NodeConnectionError
-from amidsl.progress import Progress
-from amidsl.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted
+from amidsl.run.progress import Progress
+from amidsl.run.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted
 from amidsl.settings import SettingsError
 
 

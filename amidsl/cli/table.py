@@ -1,7 +1,7 @@
 """Every amidsl command and its options, defined once.
 
-Both front ends are built from this table: the `amidsl` command (argparse, amidsl/cli.py) and the
-`inv` tasks of a checkout (amidsl/invoke_tasks.py). Each command names the function that runs it
+Both front ends are built from this table: the `amidsl` command (argparse, amidsl/cli/main.py) and the
+`inv` tasks of a checkout (amidsl/cli/invoke.py). Each command names the function that runs it
 ("module:function"), imported only when that command runs, so `amidsl plan` never loads boto3, moto
 or paramiko. The function takes every option as a keyword argument.
 """
@@ -113,7 +113,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "plan",
         "preview the plan: each phase's numbered actions and the commands they run",
-        "amidsl.tasks:plan",
+        "amidsl.cli.plan_commands:plan",
         (
             CONFIG,
             PHASE,
@@ -124,19 +124,19 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "script",
         "render the plan as one reviewable bash script (exactly what a live build runs)",
-        "amidsl.tasks:script",
+        "amidsl.cli.plan_commands:script",
         (CONFIG, PHASE, OUTPUT),
     ),
     Command(
         "validate",
         "check the settings and report every problem (exit status 2 if there are any)",
-        "amidsl.tasks:validate",
+        "amidsl.cli.plan_commands:validate",
         (CONFIG, Option("live", "also check AWS: credentials, bucket and region, image name", default=False)),
     ),
     Command(
         "simulate",
         "run the build on a fake node and a fake AWS region (offline; nothing outside a temp dir)",
-        "simulator.tasks:simulate",
+        "amidsl.cli.main.simulate_commands:simulate",
         (
             CONFIG,
             PHASE,
@@ -156,7 +156,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "build",
         "build the AMI on a real node over SSH, calling AWS with boto3",
-        "amidsl.live.tasks:build",
+        "amidsl.cli.build_commands:build",
         (
             Option("config", "TOML settings file with [ami] and [live] tables", short="-c", metavar="FILE"),
             Option("host", "build on this node (an address or ~/.ssh/config alias; default: [live] host)"),
@@ -182,7 +182,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "bundle-image",
         "bundle an image file into encrypted 10 MiB parts and a signed manifest",
-        "amidsl.bundle.tasks:bundle_image",
+        "amidsl.cli.bundle_commands:bundle_image",
         (
             Option("image", "the image file to bundle", required=True),
             Option("cert", "PEM X.509 certificate of the user (the manifest's signer)", required=True),
@@ -202,7 +202,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "verify-bundle",
         "check a bundle's signature, part list, sizes and part digests",
-        "amidsl.bundle.tasks:verify_bundle",
+        "amidsl.cli.bundle_commands:verify_bundle",
         (
             BUNDLE_MANIFEST,
             Option("cert", "PEM X.509 certificate of the user who signed the manifest", required=True),
@@ -212,7 +212,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "unbundle",
         "check a bundle's signature, then decrypt and unpack it, checking part and image digests",
-        "amidsl.bundle.tasks:unbundle",
+        "amidsl.cli.bundle_commands:unbundle",
         (
             BUNDLE_MANIFEST,
             Option("privkey", "PEM RSA private key of the user (or of EC2); never printed", required=True),
@@ -225,13 +225,13 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "image-ls",
         "list the files inside an image without mounting it (type, mode, owner, size, path)",
-        "amidsl.bundle.tasks:image_ls",
+        "amidsl.cli.bundle_commands:image_ls",
         (Option("image", "an ext2/3/4 image file", required=True),),
     ),
     Command(
         "migrate-manifest",
         "re-encrypt a bundle's key for another region's EC2 certificate; sign the manifest again",
-        "amidsl.bundle.tasks:migrate_manifest",
+        "amidsl.cli.bundle_commands:migrate_manifest",
         (
             BUNDLE_MANIFEST,
             Option("cert", "PEM X.509 certificate of the user who signed the manifest", required=True),
@@ -253,7 +253,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "upload-bundle",
         "upload a bundle to S3: parts in parallel (those already there skipped), then the manifest",
-        "amidsl.aws_tasks:upload_bundle",
+        "amidsl.cli.aws_commands:upload_bundle",
         (
             Option("bucket", "where to put the bundle: BUCKET or BUCKET/PATH", short="-b", required=True),
             Option("manifest", "the bundle's local manifest file", short="-m", required=True),
@@ -267,7 +267,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "download-bundle",
         "download a bundle from S3 in parallel, checking each part's SHA-1 as it arrives",
-        "amidsl.aws_tasks:download_bundle",
+        "amidsl.cli.aws_commands:download_bundle",
         (
             S3_BUNDLE,
             *S3_MANIFEST,
@@ -279,7 +279,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "delete-bundle",
         "delete exactly a bundle's parts and manifest from S3 (nothing else under its path)",
-        "amidsl.aws_tasks:delete_bundle",
+        "amidsl.cli.aws_commands:delete_bundle",
         (
             S3_BUNDLE,
             *S3_MANIFEST,
@@ -297,13 +297,13 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "images",
         "list the images amidsl built (tag amidsl:built-by = amidsl) with their bundles",
-        "amidsl.aws_tasks:images",
+        "amidsl.cli.aws_commands:images",
         (Option("json", "print JSON (schema amidsl.images/1)", default=False), *AWS_OPTIONS),
     ),
     Command(
         "delete",
         "deregister an S3-backed image and delete its bundle, after a confirmation",
-        "amidsl.aws_tasks:delete",
+        "amidsl.cli.aws_commands:delete",
         (
             Option("image", "the image: its id (ami-...) or its name", positional=True),
             DRY_RUN,
@@ -314,7 +314,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "completion",
         'print a bash completion script (eval "$(amidsl completion bash)")',
-        "amidsl.cli:completion",
+        "amidsl.cli.main:completion",
         (Option("shell", "the shell to complete for", default="bash", choices=("bash",), positional=True),),
     ),
 )

@@ -24,9 +24,9 @@ from botocore.config import Config
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.s3 import delete_planned_bundle, plan_bundle_deletion, s3_url
 from amidsl.bundle.s3 import download_bundle as download_bundle_files
-from amidsl.bundle.upload import upload_bundle as upload_bundle_files
-from amidsl.cli_table import FAILED, CommandError
-from amidsl.images import (
+from amidsl.cli.table import FAILED, CommandError
+from amidsl.run.bundle_upload import upload_bundle as upload_bundle_files
+from amidsl.run.images import (
     ImageError,
     ImageSummary,
     amidsl_images,

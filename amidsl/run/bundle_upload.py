@@ -1,9 +1,10 @@
 """Upload a finished bundle to S3 with the very code a native build uploads with.
 
-The controller's steps (amidsl/controller.py) presign one PUT URL per part with the `aws-exec-read`
-ACL, skipping parts S3 already holds with the same MD5, and upload the manifest last; the parts go up
-through the node program's own parallel, retrying uploader (amidsl/node/amidsl_node.py), run here in
-this process instead of on a node. Presigned URLs carry the session token, so temporary credentials work.
+The controller's steps (amidsl/strategies/native_controller.py) presign one PUT URL per part with the
+`aws-exec-read` ACL, skipping parts S3 already holds with the same MD5, and upload the manifest last;
+the parts go up through the node program's own parallel, retrying uploader (amidsl/node/amidsl_node.py),
+run here in this process instead of on a node. Presigned URLs carry the session token, so temporary
+credentials work.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ from typing import Any
 
 import botocore.exceptions
 
-from amidsl.actions import NodeProgram, PresignParts, UploadManifest
 from amidsl.bundle.errors import BundleError, PartDigestMismatchError
 from amidsl.bundle.manifest import Manifest, read_manifest
 from amidsl.bundle.s3 import check_bucket_accepts_acls, storage_error
 from amidsl.bundle.untar import CHUNK
 from amidsl.bundle.verify import check_part_list
-from amidsl.controller import ControllerStepFailed, run_controller_step
+from amidsl.model.actions import NodeProgram, PresignParts, UploadManifest
 from amidsl.node import amidsl_node
 from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY
 from amidsl.strategies.native import PRESIGNED_PARTS, UPLOAD_RETRIES
+from amidsl.strategies.native_controller import ControllerStepFailed, run_controller_step
 
 IN_PROCESS = "(in this process)"
 

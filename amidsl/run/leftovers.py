@@ -11,8 +11,8 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from amidsl.actions import AwsCall
 from amidsl.bundle.s3 import is_part_name
+from amidsl.model.actions import AwsCall
 from amidsl.settings import AmiSettings
 
 # The phases whose failure can leave bundle files in S3 (after ami-register they are the image's).

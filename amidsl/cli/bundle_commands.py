@@ -16,8 +16,12 @@ from amidsl.bundle.manifest import read_manifest, write_manifest
 from amidsl.bundle.migrate import migrate_manifest as migrate
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
 from amidsl.bundle.verify import verify_bundle as verify_manifest
-from amidsl.cli_table import CommandError
-from amidsl.ec2_certificate import Ec2CertificateError, certificate_file, certificate_from_directory
+from amidsl.cli.table import CommandError
+from amidsl.strategies.ec2_certificate import (
+    Ec2CertificateError,
+    certificate_file,
+    certificate_from_directory,
+)
 
 T = TypeVar("T")
 P = TypeVar("P")

@@ -5,7 +5,7 @@ Waiting until an image is available (with progress, EC2's state reason when it f
 says what to do), tagging the bundle's S3 objects, and force_deregister's removal of an older image of
 the same name. API calls go through the back-end's `call_aws`, so the simulator's fake region and boto3
 answer the same requests; reading and deleting bundles, and deregistering an image with its bundle, are
-the library's own (amidsl.bundle.s3, amidsl.images), over the back-end's boto3 clients.
+the library's own (amidsl.bundle.s3, amidsl.run.images), over the back-end's boto3 clients.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from amidsl.actions import AwsCall, DeregisterByName, TagBundle, WaitForImage
 from amidsl.bundle.s3 import bundle_keys, read_s3_manifest, s3_url, split_image_location
-from amidsl.images import ImageDeletion, ImageSummary, delete_image, plan_deletion
+from amidsl.model.actions import AwsCall, DeregisterByName, TagBundle, WaitForImage
+from amidsl.run.images import ImageDeletion, ImageSummary, delete_image, plan_deletion
 
 POLL_SECONDS = 10
 PROGRESS_EVERY = 60  # seconds between progress lines while the state stays the same
@@ -55,7 +55,7 @@ def run_publish_step(
         return tag_bundle(backend, action)
     if isinstance(action, DeregisterByName):
         return deregister_by_name(backend, action, progress)
-    raise TypeError(f"amidsl.publish does not know the action {type(action).__name__}")
+    raise TypeError(f"amidsl.run.publish does not know the action {type(action).__name__}")
 
 
 def call(backend: PublishBackend, service: str, operation: str, region: str, **params: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ which keeps them fast.
 
 from __future__ import annotations
 
-from amidsl.cli_support import (
+from amidsl.cli.support import (
     announce_config,
     emit,
     find_config,
@@ -45,7 +45,7 @@ def validate(*, config: str | None, live: bool) -> None:
     )
     if live:
         refuse_example_credentials(choice, s)
-        from amidsl.live.tasks import check_aws  # boto3 only for the AWS checks
+        from amidsl.cli.build_commands import check_aws  # boto3 only for the AWS checks
 
         for line in check_aws(loaded):
             print(f"AWS OK: {line}")

@@ -6,7 +6,7 @@ way for both: phases in order, controller-side actions (API calls, storing resul
 checks), run-time values such as the image id, the transcript, and what happens on failure: the error
 names the phase and the action, and with `on_error="cleanup"` what the build strategy put on the node
 is removed (the credentials, or amidsl's node program; the strategy says which, and how to resume),
-with "cleanup-all" also what a failed upload or registration left in S3 (see amidsl.leftovers). The
+with "cleanup-all" also what a failed upload or registration left in S3 (see amidsl.run.leftovers). The
 loop knows no strategy by name: it asks `strategy_of(settings)`.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from amidsl.actions import (
+from amidsl.model.actions import (
     CONTROLLER_ACTIONS,
     NATIVE_CONTROLLER_ACTIONS,
     PUBLISH_ACTIONS,
@@ -29,15 +29,15 @@ from amidsl.actions import (
     UpdateSettings,
     WaitForImage,
 )
-from amidsl.controller import ControllerStepFailed, run_controller_step, secret_values
-from amidsl.leftovers import UPLOADING_PHASES, leftovers_note
-from amidsl.plan import Plan
+from amidsl.model.plan import Plan
 from amidsl.printable import printable
-from amidsl.publish import PublishFailed, run_publish_step
-from amidsl.register import copies
+from amidsl.run.leftovers import UPLOADING_PHASES, leftovers_note
+from amidsl.run.publish import PublishFailed, run_publish_step
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 from amidsl.strategies import Strategy, strategy_of
+from amidsl.strategies.native_controller import ControllerStepFailed, run_controller_step, secret_values
+from amidsl.strategies.register import copies
 
 # cleanup: remove the credentials from the node; cleanup-all: also what a failed upload or registration
 # left in S3; abort: leave everything for debugging.

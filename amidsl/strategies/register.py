@@ -10,7 +10,7 @@ an image that later fails is still found by its tag.
 
 from __future__ import annotations
 
-from amidsl.actions import (
+from amidsl.model.actions import (
     Action,
     AwsCall,
     DeregisterByName,
@@ -20,8 +20,8 @@ from amidsl.actions import (
     UpdateSettings,
     WaitForImage,
 )
-from amidsl.hygiene import sharing_warning
 from amidsl.settings import AmiSettings
+from amidsl.strategies.hygiene import sharing_warning
 from amidsl.tags import BUILT_BY_TAG, BUILT_BY_VALUE
 
 IMAGE_ID = RuntimeValue("image_id", "ami-register")
