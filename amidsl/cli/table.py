@@ -136,7 +136,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "simulate",
         "run the build on a fake node and a fake AWS region (offline; nothing outside a temp dir)",
-        "amidsl.cli.main.simulate_commands:simulate",
+        "amidsl.cli.simulate_commands:simulate",
         (
             CONFIG,
             PHASE,
