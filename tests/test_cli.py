@@ -71,6 +71,19 @@ def test_every_option_of_the_table_is_in_the_command_help():
             assert (option.name if option.positional else option.flag) in text, (command.name, option)
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)
+def test_each_command_names_a_function_that_exists(command):
+    """The table names handlers as "module:function", imported only when the command runs."""
+    import importlib
+    import inspect
+
+    module, _, function = command.target.partition(":")
+    handler = getattr(importlib.import_module(module), function)
+    parameters = inspect.signature(handler).parameters.values()
+    if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        assert {option.name for option in command.options} <= {parameter.name for parameter in parameters}
+
+
 def test_version():
     run = amidsl("--version")
     assert run.returncode == 0 and re.fullmatch(r"amidsl \d+\.\d+\.\d+\n", run.stdout)
