@@ -12,7 +12,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from amidsl.bundle.ls import describe_layout
 from tests.boot import rootfs
-from tests.live.node_settings import build_over_ssh, build_settings, download_and_verify
+from tests.live.node_settings import build_over_ssh, build_settings, download_and_verify, unbundle_with_cli
 
 QEMU = "qemu-system-x86_64"
 NODE_MACHINE_ID = "0123456789abcdef0123456789abcdef"
@@ -104,28 +103,9 @@ def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     download = tmp_path / "download"
     download.mkdir()
     download_and_verify(aws_endpoint, settings, download)
-    restored = tmp_path / "restored"
-    unbundled = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "amidsl",
-            "unbundle",
-            "--manifest",
-            str(download / "image.manifest.xml"),
-            "--privkey",
-            str(credentials.key_path),
-            "--cert",
-            str(credentials.cert_path),
-            "--destination",
-            str(restored),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    disk = unbundle_with_cli(
+        download / "image.manifest.xml", credentials.key_path, credentials.cert_path, tmp_path / "restored"
     )
-    assert unbundled.returncode == 0, unbundled.stderr
-    disk = restored / "image"
     layout = "\n".join(describe_layout(disk))
     assert "partition 1: Linux (0x83), bootable, from sector 2048" in layout
     assert "GRUB 2 for BIOS" in layout
@@ -142,11 +122,10 @@ def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     )
     print(last_lines)
     assert booted.returncode == 0, booted.stderr
-    marker = re.search(rf"{rootfs.MARKER} .*", console)
+    facts = rootfs.marker_facts(console)
     seen = [line for line in console.splitlines() if "AMIDSL" in line]
-    assert marker is not None, f"no end-of-boot marker on the console ({seen}); its last lines:\n{last_lines}"
-    print(marker.group(0))
-    facts = dict(field.split("=", 1) for field in marker.group(0).split()[1:])
+    assert facts is not None, f"no end-of-boot marker on the console ({seen}); its last lines:\n{last_lines}"
+    print(seen[-1])
     assert (facts["tools"], facts["credentials"], facts["kept"]) == ("absent", "absent", token)
     # Image hygiene: the instance made its own SSH host keys and machine id, and runs sshd with them;
     # the builder's secrets are gone; package keyrings, CA certificates (no dangling link) and /tmp work.

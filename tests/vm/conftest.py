@@ -33,4 +33,7 @@ def vm_node_disk() -> tuple[node_disk.NodeDisk, float, bool]:
 def qemu_accel(vm_node_disk, tmp_path_factory) -> str:
     """kvm if a Linux guest runs under it here, else tcg (probed once per session)."""
     disk = vm_node_disk[0]
-    return machine.accelerator(disk.kernel, tmp_path_factory.mktemp("kvm-probe"))
+    started = time.monotonic()
+    accel = machine.accelerator(disk.kernel, tmp_path_factory.mktemp("kvm-probe"))
+    print(f"\nQEMU accelerator: {accel} (chosen in {time.monotonic() - started:.0f} s)")
+    return accel

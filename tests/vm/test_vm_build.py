@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +30,14 @@ from amidsl.bundle.ls import describe_layout
 from amidsl.settings import resolve
 from simulator import FakeRegion
 from tests.boot import rootfs
-from tests.live.node_settings import ACCOUNT, BUCKET, aws_client, download_and_verify, write_toml
+from tests.live.node_settings import (
+    ACCOUNT,
+    BUCKET,
+    aws_client,
+    download_and_verify,
+    unbundle_with_cli,
+    write_toml,
+)
 from tests.vm import machine, node_disk
 
 BUILD_TIMEOUT = 1500  # seconds; a TCG build of the ~250 MB root takes a few minutes on 2 busy cores
@@ -77,6 +85,7 @@ class VmBuild:
     before: dict
     after: dict
     node_console: str
+    reached_without_tunnel: str  # what of moto's port the node reached before the tunnel was up
     restored_console: str = ""
     layout: str = ""
     strict_image_id: str = ""
@@ -118,15 +127,6 @@ def build_config(tmp_path: Path, vm: machine.NodeVm, endpoint: str, token: str, 
     return write_toml(tmp_path / "build.toml", {"ami": ami, "live": live})
 
 
-def restore(manifest: Path, key: Path, cert: Path, into: Path) -> Path:
-    """`amidsl unbundle` the downloaded bundle; the restored disk image."""
-    argv = [sys.executable, "-m", "amidsl", "unbundle", "--manifest", str(manifest), "--privkey", str(key)]
-    argv += ["--cert", str(cert), "--destination", str(into)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    return into / "image"
-
-
 @pytest.fixture(scope="module")
 def vm_build(vm_node_disk, qemu_accel, aws_endpoint, key_and_cert, tmp_path_factory) -> VmBuild:
     """The whole pipeline, once for the module's tests."""
@@ -155,6 +155,7 @@ def vm_build(vm_node_disk, qemu_accel, aws_endpoint, key_and_cert, tmp_path_fact
             timings[f"node boot to sshd ({qemu_accel})"] = time.monotonic() - started
             prepare_node(vm, token)
             before = json.loads(vm.run("python3 -", stdin=NODE_STATE))
+            reached = reachable(vm, moto_port)
             config = build_config(work, vm, aws_endpoint, token, keys)
             started = time.monotonic()
             with vm.reverse_tunnel(moto_port):
@@ -169,7 +170,7 @@ def vm_build(vm_node_disk, qemu_accel, aws_endpoint, key_and_cert, tmp_path_fact
             after = json.loads(vm.run("python3 -", stdin=NODE_STATE))
             node_console = vm.console.read_text(errors="replace")
         node_host_key = disk.host_key
-        found = VmBuild(token, node_host_key, build, before, after, node_console, timings=timings)
+        found = VmBuild(token, node_host_key, build, before, after, node_console, reached, timings=timings)
         if build.returncode != 0:
             return found
 
@@ -187,7 +188,7 @@ def vm_build(vm_node_disk, qemu_accel, aws_endpoint, key_and_cert, tmp_path_fact
                 "VirtualizationType": "hvm",
             }
         )["ImageId"]
-        restored = restore(
+        restored = unbundle_with_cli(
             download / "image.manifest.xml", work / "pk.pem", work / "cert.pem", work / "restored"
         )
         found.layout = "\n".join(describe_layout(restored))
@@ -198,12 +199,23 @@ def vm_build(vm_node_disk, qemu_accel, aws_endpoint, key_and_cert, tmp_path_fact
         machine.boot_until_poweroff(restored, serial, qemu_accel)
         found.restored_console = serial.read_text(errors="replace")
         timings[f"restored disk boot to power-off ({qemu_accel})"] = time.monotonic() - started
+        # Hundreds of MB each; the consoles stay for a look after the run.
+        shutil.rmtree(download)
+        shutil.rmtree(work / "restored")
         return found
     finally:
         region.close()
         print(
             "\nVM test timings: " + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in timings.items())
         )
+
+
+def reachable(vm: machine.NodeVm, port: int) -> str:
+    """Which of moto's port on this machine (127.0.0.1 in the guest, the gateway 10.0.2.2) the
+    guest can open, without the tunnel: user-mode networking with restrict=on should allow neither."""
+    probe = "timeout 5 bash -c 'exec 3<>/dev/tcp/{}/{}' 2>/dev/null && echo {}"
+    both = [probe.format(address, port, address) for address in ("127.0.0.1", "10.0.2.2")]
+    return vm.run("; ".join(both) + "; true").strip()
 
 
 def read_ami(config: Path) -> dict:
@@ -232,6 +244,8 @@ def test_amidsl_build_with_the_default_settings_images_the_live_root_of_a_runnin
     assert build.returncode == 0, build.stderr
     assert "Traceback" not in build.stderr
     assert f"(amidsl vm test {vm_build.token}) is registered in us-east-1" in build.stdout
+    # The guest reached S3 only through the tunnel: without it, neither loopback nor the host.
+    assert vm_build.reached_without_tunnel == ""
 
 
 def test_the_strict_region_accepts_the_bundle_the_vm_uploaded(vm_build):
@@ -247,6 +261,7 @@ def test_the_restored_disk_boots_with_the_run_s_files_and_a_fresh_identity(vm_bu
     print(f"\nrestored disk's console, last lines:\n{tail(console)}")
     facts = rootfs.marker_facts(console)
     assert facts is not None, f"no end-of-boot marker on the console; its last lines:\n{tail(console, 25)}"
+    print(" ".join([rootfs.MARKER, *(f"{name}={value}" for name, value in facts.items())]))
     assert facts["kept"] == vm_build.token
     assert (facts["installdir"], facts["statedir"]) == ("absent", "absent")
     assert facts["sshd"] == "active"
