@@ -20,10 +20,9 @@ import pytest
 from amidsl.bundle.ls import describe_layout
 from tests.boot import rootfs
 from tests.live.node_settings import build_over_ssh, build_settings, download_and_verify, unbundle_with_cli
+from tests.vm.machine import QEMU, boot_until_poweroff
 
-QEMU = "qemu-system-x86_64"
 NODE_MACHINE_ID = "0123456789abcdef0123456789abcdef"
-BOOT_TIMEOUT = 240  # seconds; a TCG boot of this tree takes about a minute on 2 busy cores
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +71,6 @@ def host_key_fingerprint(public_key: Path) -> str:
     return done.stdout.split()[1]
 
 
-def boot(disk: Path, serial: Path) -> subprocess.CompletedProcess:
-    """Boot disk in QEMU without KVM until it powers off (or the timeout), console to serial."""
-    argv = [QEMU, "-nographic", "-machine", "pc,accel=tcg", "-m", "768", "-smp", "2", "-no-reboot"]
-    argv += ["-drive", f"file={disk},format=raw,if=ide", "-serial", f"file:{serial}", "-monitor", "none"]
-    return subprocess.run(argv, capture_output=True, timeout=BOOT_TIMEOUT, check=False)
-
-
 def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     node, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, marked_tree, tmp_path
 ):
@@ -112,7 +104,7 @@ def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     restored_at = time.monotonic()
 
     serial = tmp_path / "serial.log"
-    booted = boot(disk, serial)
+    booted = boot_until_poweroff(disk, serial, "tcg")
     console = serial.read_text(errors="replace")
     last_lines = "\n".join(console.splitlines()[-15:])
     booted_at = time.monotonic()
