@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from amidsl.bundle.ls import describe_layout
-from amidsl.settings import resolve
+from amidsl.settings import load_toml, resolve
 from simulator import FakeRegion
 from tests.boot import rootfs
 from tests.live.node_settings import (
@@ -167,6 +167,7 @@ def vm_build(vm_node_disk, qemu_accel, aws_endpoint, key_and_cert, tmp_path_fact
                     check=False,
                 )
             timings["amidsl build"] = time.monotonic() - started
+            (work / "build.out").write_text(build.stdout + build.stderr)
             after = json.loads(vm.run("python3 -", stdin=NODE_STATE))
             node_console = vm.console.read_text(errors="replace")
         node_host_key = disk.host_key
@@ -175,7 +176,7 @@ def vm_build(vm_node_disk, qemu_accel, aws_endpoint, key_and_cert, tmp_path_fact
             return found
 
         started = time.monotonic()
-        settings = resolve(read_ami(config))
+        settings = resolve(load_toml(config))
         download = work / "download"
         download.mkdir()
         download_and_verify(aws_endpoint, settings, download)
@@ -218,13 +219,6 @@ def reachable(vm: machine.NodeVm, port: int) -> str:
     return vm.run("; ".join(both) + "; true").strip()
 
 
-def read_ami(config: Path) -> dict:
-    """The [ami] table of the build's settings file."""
-    import tomllib
-
-    return tomllib.loads(config.read_text())["ami"]
-
-
 def fingerprint(public_key: str) -> str:
     """The SHA256 fingerprint of an SSH public key, as ssh-keygen -l prints it."""
     done = subprocess.run(
@@ -246,6 +240,10 @@ def test_amidsl_build_with_the_default_settings_images_the_live_root_of_a_runnin
     assert f"(amidsl vm test {vm_build.token}) is registered in us-east-1" in build.stdout
     # The guest reached S3 only through the tunnel: without it, neither loopback nor the host.
     assert vm_build.reached_without_tunnel == ""
+    # mke2fs read the live root through the node program's private view (its own mount namespace over
+    # a root with /proc, /sys, /dev, /run and their submounts), not a fallback staging tree.
+    assert "showing mke2fs the volume / through a private view" in build.stdout
+    assert "staging a tree instead" not in build.stdout
 
 
 def test_the_strict_region_accepts_the_bundle_the_vm_uploaded(vm_build):
