@@ -3,18 +3,20 @@
 The tree lives outside the repository, in `${XDG_CACHE_HOME:-~/.cache}/amidsl/`, under a name made from
 a hash of the recipe below, so a changed recipe builds a new tree and an unchanged one is reused. Run
 `python -m tests.boot.rootfs` to build it ahead of the tests (it needs root, debootstrap and the
-network once; the test itself runs offline).
+network once; the test itself runs offline). The VM test (tests/vm) makes its node disk from this tree.
 
 The tree boots as an HVM disk once amidsl has imaged it: its fstab and grub.cfg name the root
 filesystem by ROOT_UUID (amidsl carries it over from the fstab, as the tree is not a mount point), the
 kernel logs to the serial console, and a systemd unit prints MARKER with what it finds at the end of
-boot, then powers the machine off.
+boot, then powers the machine off (unless NODE_FLAG says the machine is a build node that stays up).
+systemd-networkd configures a virtio NIC by DHCP, and python3 is there for amidsl's node program.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,7 +24,8 @@ from pathlib import Path
 SUITE = "bookworm"
 MIRROR = os.environ.get("AMIDSL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # openssh-server: its host keys (made as it installs) are what image hygiene must replace;
-# ca-certificates: the hashed links the filter's *.pem pattern used to leave dangling.
+# ca-certificates: the hashed links the filter's *.pem pattern used to leave dangling; python3: amidsl's
+# node program, when the tree is the VM test's node.
 PACKAGES = (
     "linux-image-amd64",
     "grub-pc",
@@ -31,6 +34,7 @@ PACKAGES = (
     "kmod",
     "openssh-server",
     "ca-certificates",
+    "python3",
 )
 ROOT_UUID = "3f1c9a52-7d1e-4b0a-9c63-a5d0b1e2c4f7"
 MARKER = "AMIDSL-BOOT-MARKER"
@@ -39,6 +43,11 @@ CHECKED_DIR = "/opt/amidsl-boot-test"
 TOOLS_DIR = f"{CHECKED_DIR}/tools"
 CREDENTIAL_DIR = f"{CHECKED_DIR}/credentials"
 KEPT_FILE = f"{CHECKED_DIR}/kept.txt"
+# On a machine booted to be built from (the VM test's node), the marker unit stays quiet and the machine up.
+NODE_FLAG = "/etc/amidsl-boot-test-node"
+# amidsl's default install_dir and its state directory: neither may be in an image.
+INSTALL_DIR = "/opt/ami-tools"
+STATE_DIR = "/var/lib/amidsl"
 
 FSTAB = f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n"
 
@@ -58,10 +67,12 @@ PLANTED_SECRETS = ("/root/.ssh/id_ed25519", "/root/.bash_history", "/root/.aws/c
 MARKER_LINE = (
     f"{MARKER} tools=$(state {TOOLS_DIR}) credentials=$(state {CREDENTIAL_DIR}) kept=$kept "
     "sshd=$sshd hostkey=$hostkey machineid=$machineid secrets=$secrets keyring=$keyring tmp=$tmp "
-    "certs=$certs dangling=$dangling"
+    "certs=$certs dangling=$dangling installdir=$(state {INSTALL_DIR}) statedir=$(state {STATE_DIR}) "
+    "authorized=$(state /root/.ssh/authorized_keys)"
 )
 MARKER_SCRIPT = f"""#!/bin/sh
 # Prints what the boot test checks to the serial console, then powers the machine off.
+[ -e {NODE_FLAG} ] && exit 0
 state() {{ if [ -e "$1" ]; then echo present; else echo absent; fi; }}
 kept=$(cat {KEPT_FILE} 2>/dev/null || echo missing)
 sshd=$(systemctl is-active ssh.service)
@@ -90,34 +101,38 @@ ExecStart=/usr/local/sbin/amidsl-boot-marker
 WantedBy=multi-user.target
 """
 
-# Left out to keep the tree small (the initramfs already holds the disk drivers this machine needs).
-PRUNED = (
-    "usr/share/doc",
-    "usr/share/locale",
-    "usr/share/man",
-    "var/cache/apt",
-    "var/lib/apt/lists",
-    *(
-        f"usr/lib/modules/*/kernel/{d}"
-        for d in (
-            "sound",
-            "drivers/gpu",
-            "drivers/media",
-            "drivers/net",
-            "drivers/infiniband",
-            "drivers/staging",
-            "drivers/iio",
-            "drivers/hwmon",
-            "drivers/bluetooth",
-            "drivers/usb",
-            "net/wireless",
-            "net/mac80211",
-            "net/bluetooth",
-        )
-    ),
+# DHCP on the virtio NIC (QEMU's user-mode network), by systemd-networkd (no wait-online: a machine
+# without a NIC must not wait for one).
+NETWORK_FILE = "/etc/systemd/network/80-amidsl-dhcp.network"
+NETWORK = """[Match]
+Name=en* eth*
+
+[Network]
+DHCP=ipv4
+"""
+
+# Left out to keep the tree small.
+PRUNED = ("usr/share/doc", "usr/share/locale", "usr/share/man", "var/cache/apt", "var/lib/apt/lists")
+# The only kernel modules kept: the initramfs already holds the disk drivers and ext4; after it, the
+# machine needs only its virtio NIC (and systemd its automounts).
+KEPT_MODULES = (
+    "drivers/net/virtio_net.ko",
+    "drivers/net/net_failover.ko",
+    "net/core/failover.ko",
+    "fs/autofs/autofs4.ko",
 )
 
-RECIPE = "\n".join([SUITE, MIRROR, *PACKAGES, FSTAB, GRUB_CFG, MARKER_SCRIPT, MARKER_UNIT, *PRUNED])
+RECIPE = "\n".join(
+    [SUITE, MIRROR, *PACKAGES, FSTAB, GRUB_CFG, MARKER_SCRIPT, MARKER_UNIT, NETWORK, *PRUNED, *KEPT_MODULES]
+)
+
+
+def marker_facts(console: str) -> dict[str, str] | None:
+    """The facts of the marker line on a console (name -> value), or None if there is no marker line."""
+    found = re.search(rf"{MARKER} .*", console)
+    if found is None:
+        return None
+    return dict(field.split("=", 1) for field in found.group(0).split()[1:])
 
 
 def cache_dir() -> Path:
@@ -158,10 +173,19 @@ def _customise(root: Path) -> None:
     wants.mkdir(exist_ok=True)
     (wants / unit.name).unlink(missing_ok=True)
     (wants / unit.name).symlink_to(f"/etc/systemd/system/{unit.name}")
+    network = root / NETWORK_FILE.lstrip("/")
+    network.parent.mkdir(parents=True, exist_ok=True)
+    network.write_text(NETWORK)
+    (wants / "systemd-networkd.service").unlink(missing_ok=True)
+    (wants / "systemd-networkd.service").symlink_to("/lib/systemd/system/systemd-networkd.service")
     for pattern in PRUNED:
         for path in root.glob(pattern):
             shutil.rmtree(path)
     for modules in (root / "usr" / "lib" / "modules").iterdir():
+        kernel = modules / "kernel"
+        for module in [p for p in kernel.rglob("*") if p.is_file()]:
+            if str(module.relative_to(kernel)) not in KEPT_MODULES:
+                module.unlink()
         subprocess.run(["chroot", str(root), "depmod", modules.name], check=True)
 
 

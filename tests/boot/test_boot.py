@@ -12,7 +12,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,11 +19,10 @@ import pytest
 
 from amidsl.bundle.ls import describe_layout
 from tests.boot import rootfs
-from tests.live.node_settings import build_over_ssh, build_settings, download_and_verify
+from tests.live.node_settings import build_over_ssh, build_settings, download_and_verify, unbundle_with_cli
+from tests.vm.machine import QEMU, boot_until_poweroff
 
-QEMU = "qemu-system-x86_64"
 NODE_MACHINE_ID = "0123456789abcdef0123456789abcdef"
-BOOT_TIMEOUT = 240  # seconds; a TCG boot of this tree takes about a minute on 2 busy cores
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +71,6 @@ def host_key_fingerprint(public_key: Path) -> str:
     return done.stdout.split()[1]
 
 
-def boot(disk: Path, serial: Path) -> subprocess.CompletedProcess:
-    """Boot disk in QEMU without KVM until it powers off (or the timeout), console to serial."""
-    argv = [QEMU, "-nographic", "-machine", "pc,accel=tcg", "-m", "768", "-smp", "2", "-no-reboot"]
-    argv += ["-drive", f"file={disk},format=raw,if=ide", "-serial", f"file:{serial}", "-monitor", "none"]
-    return subprocess.run(argv, capture_output=True, timeout=BOOT_TIMEOUT, check=False)
-
-
 def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     node, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, marked_tree, tmp_path
 ):
@@ -104,35 +95,16 @@ def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     download = tmp_path / "download"
     download.mkdir()
     download_and_verify(aws_endpoint, settings, download)
-    restored = tmp_path / "restored"
-    unbundled = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "amidsl",
-            "unbundle",
-            "--manifest",
-            str(download / "image.manifest.xml"),
-            "--privkey",
-            str(credentials.key_path),
-            "--cert",
-            str(credentials.cert_path),
-            "--destination",
-            str(restored),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    disk = unbundle_with_cli(
+        download / "image.manifest.xml", credentials.key_path, credentials.cert_path, tmp_path / "restored"
     )
-    assert unbundled.returncode == 0, unbundled.stderr
-    disk = restored / "image"
     layout = "\n".join(describe_layout(disk))
     assert "partition 1: Linux (0x83), bootable, from sector 2048" in layout
     assert "GRUB 2 for BIOS" in layout
     restored_at = time.monotonic()
 
     serial = tmp_path / "serial.log"
-    booted = boot(disk, serial)
+    booted = boot_until_poweroff(disk, serial, "tcg")
     console = serial.read_text(errors="replace")
     last_lines = "\n".join(console.splitlines()[-15:])
     booted_at = time.monotonic()
@@ -142,11 +114,10 @@ def test_a_native_hvm_build_of_debian_boots_in_qemu_without_the_build_files(
     )
     print(last_lines)
     assert booted.returncode == 0, booted.stderr
-    marker = re.search(rf"{rootfs.MARKER} .*", console)
+    facts = rootfs.marker_facts(console)
     seen = [line for line in console.splitlines() if "AMIDSL" in line]
-    assert marker is not None, f"no end-of-boot marker on the console ({seen}); its last lines:\n{last_lines}"
-    print(marker.group(0))
-    facts = dict(field.split("=", 1) for field in marker.group(0).split()[1:])
+    assert facts is not None, f"no end-of-boot marker on the console ({seen}); its last lines:\n{last_lines}"
+    print(seen[-1])
     assert (facts["tools"], facts["credentials"], facts["kept"]) == ("absent", "absent", token)
     # Image hygiene: the instance made its own SSH host keys and machine id, and runs sshd with them;
     # the builder's secrets are gone; package keyrings, CA certificates (no dangling link) and /tmp work.

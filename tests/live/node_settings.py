@@ -161,6 +161,15 @@ def download_and_verify(endpoint: str, settings, into: Path):
     return names, manifest
 
 
+def unbundle_with_cli(manifest: Path, key: Path, cert: Path, into: Path) -> Path:
+    """Restore a downloaded bundle with `amidsl unbundle`; the restored image file."""
+    argv = [sys.executable, "-m", "amidsl", "unbundle", "--manifest", str(manifest), "--privkey", str(key)]
+    argv += ["--cert", str(cert), "--destination", str(into)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return into / "image"
+
+
 def no_credentials_in(credential_dir: str) -> bool:
     """The credential directory is gone, or empty (what the on-error removal leaves for a resume)."""
     path = Path(credential_dir)
