@@ -286,8 +286,8 @@ class LiveBackend:
 
     def _running(self, numbers: list[int]) -> int:
         """The plan number of the action the script was running (by its last step marker)."""
-        running = max((i for i, _ in self._lines), default=1) or 1
-        return numbers[min(running, len(numbers)) - 1]
+        running = max((i for i, _ in self._lines), default=0)
+        return max((n for n in numbers if n <= running), default=numbers[0])
 
     def credentials(self) -> AwsCredentials:
         """The AWS credentials for the node's tools, resolved once per build."""
@@ -317,7 +317,8 @@ class LiveBackend:
         for planned in self.plan.phases:
             if planned.name == phase and planned.actions == chosen:
                 return planned
-        return PhasePlan(phase, chosen)
+        # Numbered as in the plan, so that what the script shows and reports names the plan's actions.
+        return PhasePlan(phase, chosen, numbers=tuple(index for index, _ in actions))
 
     def _stage(
         self, workdir: str, actions: Sequence[Action], values: dict[str, str]
@@ -406,34 +407,34 @@ class LiveBackend:
         self, phase: str, actions: Sequence[tuple[int, Action]], status: int, lines: list[tuple[int, str]]
     ) -> list[ActionRecord]:
         """ActionRecords for the actions that ran; raise ActionFailed naming the failed one."""
-        numbers = [index for index, _ in actions]
+        numbers = [index for index, _ in actions]  # the plan's numbers, as the script's markers show them
         output_of: dict[int, list[str]] = {}
         failed_at = None
-        for script_index, line in lines:
-            output_of.setdefault(script_index, []).append(line)
+        for index, line in lines:
+            output_of.setdefault(index, []).append(line)
             failure = FAILED_LINE.match(line)
             if failure and failure["phase"] == phase:
                 failed_at = int(failure["index"])
         ran = max((i for i, _ in lines), default=0)
         if status != 0 and failed_at is None:
-            failed_at = max(ran, 1)  # e.g. sudo refused before the first step
+            failed_at = max(ran, numbers[0])  # e.g. sudo refused before the first step
         records = []
-        for script_index, (index, action) in enumerate(actions, start=1):
-            if failed_at is not None and script_index >= failed_at:
+        for index, action in actions:
+            if failed_at is not None and index >= failed_at:
                 break
-            output = "\n".join(output_of.get(script_index, []))
+            output = "\n".join(output_of.get(index, []))
             records.append(ActionRecord(phase, index, action.description, _command(action), 0, output))
         if failed_at is None:
             return records
         output = output_of.get(failed_at, []) or output_of.get(0, [])
-        if failed_at == 1 and any(hint in line for line in output_of.get(0, []) for hint in SUDO_REFUSED):
+        first = failed_at == numbers[0]
+        if first and any(hint in line for line in output_of.get(0, []) for hint in SUDO_REFUSED):
             output = [
                 *output_of[0],
                 f"amidsl: the login user {self.node.target.user!r} must be able to run `sudo -n` without "
                 "a password (NOPASSWD) and without a tty, or log in as root",
             ]
-        index = numbers[min(failed_at, len(numbers)) - 1]
-        action = actions[min(failed_at, len(numbers)) - 1][1]
+        index, action = max(((i, a) for i, a in actions if i <= failed_at), default=actions[0])
         records.append(
             ActionRecord(phase, index, action.description, _command(action), status, "\n".join(output))
         )

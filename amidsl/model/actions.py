@@ -360,3 +360,15 @@ class PhasePlan:
     name: str
     actions: tuple[Action, ...]
     warnings: tuple[str, ...] = field(default=())
+    # The actions' numbers in their phase of the plan: 1, 2, ... unless this is a part of a phase sent
+    # on its own (a live build sends a phase's node actions between controller steps as one script).
+    numbers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.numbers and len(self.numbers) != len(self.actions):
+            raise ValueError(f"phase {self.name}: {len(self.actions)} actions, {len(self.numbers)} numbers")
+
+    def numbered(self) -> list[tuple[int, Action]]:
+        """(number in the phase, action) for each action."""
+        numbers = self.numbers or range(1, len(self.actions) + 1)
+        return [(numbers[position], action) for position, action in enumerate(self.actions)]

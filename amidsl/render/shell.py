@@ -446,7 +446,7 @@ def render_phase_function(phase: PhasePlan) -> list[str]:
     if not phase.actions:
         lines.append("  :  # nothing to do")
     in_controller = False
-    for index, action in enumerate(phase.actions, start=1):
+    for index, action in phase.numbered():
         on_controller = isinstance(action, CONTROLLER_ACTIONS)
         if on_controller and not in_controller:
             lines += [

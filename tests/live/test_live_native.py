@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from amidsl.bundle import list_image, unbundle
+from amidsl.model.plan import build_plan
+from amidsl.strategies import server_spec
 from tests.live.node_settings import ACCOUNT, aws_client, build_over_ssh, build_settings, download_and_verify
 
 PYTHON_RECORDER = """#!/bin/bash
@@ -60,6 +62,14 @@ def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     mounts = Path("/proc/self/mountinfo").read_text()
     recorded = build_over_ssh(config)
     result, progress, commands = recorded.result, recorded.progress, recorded.commands
+    # Each action is shown under its number in the plan, also where a phase reaches the node as several
+    # scripts (cleanup's node steps come after controller steps), so that what is shown is what runs.
+    plan = build_plan(server_spec(config["ami"]))
+    planned = [f"[{p.name} {n}] {a.description}" for p in plan.phases for n, a in enumerate(p.actions, 1)]
+    shown = [line.split("==> ", 1)[1] for line in progress if line.startswith("==> [")]
+    # (controller steps and the node program end their line with how they went)
+    assert [line for line in shown if line not in planned and line.rsplit(": ", 1)[0] not in planned] == []
+    assert len(shown) == len(planned)
     # The program read the volume through its own bind mounts, which the node never saw.
     assert any("through a private view" in line for line in progress), progress
     assert Path("/proc/self/mountinfo").read_text() == mounts
