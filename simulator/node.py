@@ -33,6 +33,7 @@ BASE_COMMANDS = frozenset(
         "install",
         "mkdir",
         "rm",
+        "rmdir",
         "find",
         "mv",
         "chown",

@@ -109,6 +109,23 @@ def mkdir(ctx: RunContext) -> CommandResult:
     return ok()
 
 
+def rmdir(ctx: RunContext) -> CommandResult:
+    """`rmdir [--ignore-fail-on-non-empty] DIR...`: each empty directory, in order, as GNU rmdir."""
+    options, operands = split_options(ctx.argv[1:], ())
+    for path in operands:
+        target = ctx.node.host_path(path)
+        if not target.exists() and not target.is_symlink():
+            return fail(1, f"rmdir: failed to remove '{path}': No such file or directory")
+        if target.is_symlink() or not target.is_dir():
+            return fail(1, f"rmdir: failed to remove '{path}': Not a directory")
+        if any(target.iterdir()):
+            if options.get("--ignore-fail-on-non-empty"):
+                continue
+            return fail(1, f"rmdir: failed to remove '{path}': Directory not empty")
+        target.rmdir()
+    return ok()
+
+
 def rm(ctx: RunContext) -> CommandResult:
     """`rm [-f] [-r] PATH...`, refusing a directory without -r as rm does."""
     options, operands = split_options(ctx.argv[1:], ())

@@ -96,6 +96,7 @@ def standard_programs() -> dict[str, Program]:
         "install": programs.install,
         "mkdir": programs.mkdir,
         "rm": programs.rm,
+        "rmdir": programs.rmdir,
         "find": programs.find,
         "mv": programs.mv,
         "chown": programs.chown,

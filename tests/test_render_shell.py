@@ -150,7 +150,7 @@ RECORDER = """#!/bin/bash
 """
 # Every program the node commands and API calls use, as a shell function that records its argv.
 RECORDED_PROGRAMS = (
-    "aws git mkdir install curl unzip rm mv chown apt-get apt-cache dnf yum ln ruby printf find ls fail"
+    "aws git mkdir install curl unzip rm rmdir mv chown apt-get apt-cache dnf yum ln ruby printf find ls fail"
 )
 SHELL_RECORDERS = f"""
 record() {{ {{ builtin printf '%s\\0' "$#" "$@"; }} >> "$AMIDSL_TEST_RECORD"; }}

@@ -455,8 +455,10 @@ def removal(action: Remove) -> tuple[Step, ...]:
         Check("absent", path, f"{path} still exists after removing it"),
     ]
     if action.recursive:
-        # Forget it: should someone create the directory again later, it is theirs, not amidsl's.
+        # Forget it: should someone create the directory again later, it is theirs, not amidsl's. The
+        # record's own folders go with the last entry (another build's entries keep them).
         steps.append(Command(("rm", "-rf", "--", created_marker(path))))
+        steps.append(Command(("rmdir", "--ignore-fail-on-non-empty", "--", CREATED_RECORD, NODE_STATE_DIR)))
     return tuple(steps)
 
 

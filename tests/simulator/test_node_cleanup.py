@@ -82,10 +82,16 @@ def test_cleanup_removes_the_directories_amidsl_created(run, example_settings, n
     simulation = run(example_settings)
     assert simulation.error is None
     assert not node.exists("/opt/ami-tools")
-    # Both were recorded when created, and forgotten once removed.
-    assert node.is_dir(f"{NODE_STATE_DIR}/created") and not any(
-        node.host_path(f"{NODE_STATE_DIR}/created").iterdir()
-    )
+    # Both were recorded when created, and forgotten once removed: the record itself goes too.
+    assert not node.exists(NODE_STATE_DIR)
+
+
+def test_cleanup_keeps_the_record_of_directories_another_build_created(run, example_settings, node):
+    other = f"{NODE_STATE_DIR}/created/%2Fsrv%2Fother-build"
+    node.make_dirs(other)
+    simulation = run(example_settings)
+    assert simulation.error is None
+    assert node.is_dir(other) and not node.exists("/opt/ami-tools")
 
 
 def test_install_records_the_directories_it_creates(run, example_settings, node):
