@@ -16,6 +16,7 @@ one state per region).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import tempfile
@@ -278,6 +279,8 @@ class FakeRegion:
             return self.copy_image(params, region)
         if (service, operation) == ("ec2", "DescribeImages"):
             return self.describe_images(params, region)
+        if (service, operation) == ("ec2", "EnableImageDeprecation"):
+            return self.enable_image_deprecation(params, region)
         if (service, operation) == ("ec2", "ModifyImageAttribute"):
             self._check_launch_permission(params.get("LaunchPermission", {}))
         method_name = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
@@ -341,8 +344,42 @@ class FakeRegion:
         answer = self.client("ec2", region).copy_image(**params)
         answer.pop("ResponseMetadata", None)
         self._new_image(answer["ImageId"], region)
-        self.attributes[answer["ImageId"]] = dict(self.attributes.get(source_id, {}))
+        # A copy keeps what RegisterImage set; its deprecation time is its own.
+        kept = self.attributes.get(source_id, {})
+        self.attributes[answer["ImageId"]] = {key: kept[key] for key in KEPT_ATTRIBUTES if key in kept}
         return answer
+
+    def enable_image_deprecation(self, params: dict[str, Any], region: str) -> dict[str, Any]:
+        """EnableImageDeprecation (moto has none): EC2's limits, then DescribeImages shows the time."""
+        image_id, text = params.get("ImageId", ""), str(params.get("DeprecateAt", ""))
+        operation = "EnableImageDeprecation"
+        try:
+            self.client("ec2", region).describe_images(ImageIds=[image_id])
+        except ClientError as err:
+            raise client_error(
+                "InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist", operation
+            ) from err
+        try:
+            when = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        except ValueError:
+            raise client_error("InvalidParameterValue", f"Invalid DeprecateAt: {text}", operation) from None
+        now = datetime.datetime.now(datetime.UTC)
+        permissions = self.client("ec2", region).describe_image_attribute(
+            ImageId=image_id, Attribute="launchPermission"
+        )["LaunchPermissions"]
+        years = 2 if {"Group": "all"} in permissions else 10
+        if not now < when <= now + datetime.timedelta(days=365 * years):
+            raise client_error(
+                "InvalidParameterValue",
+                f"DeprecateAt must be in the future and at most {years} years from now",
+                operation,
+            )
+        # EC2 rounds to the minute and reports milliseconds.
+        minute = (when + datetime.timedelta(seconds=30)).replace(second=0)
+        self.attributes.setdefault(image_id, {})["DeprecationTime"] = minute.strftime(
+            "%Y-%m-%dT%H:%M:00.000Z"
+        )
+        return {"Return": True}
 
     @staticmethod
     def _check_launch_permission(permission: dict[str, Any]) -> None:

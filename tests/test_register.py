@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import subprocess
@@ -24,6 +25,10 @@ from amidsl.render.shell import render_script
 from amidsl.settings import resolve
 from amidsl.strategies.register import ami_register
 
+# A year from now: EC2 takes a deprecation time in the future (at most 2 years on for a public image).
+DEPRECATE_AT = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)).strftime(
+    "%Y-%m-%dT%H:%M:%SZ"
+)
 ORG = "arn:aws:organizations::111122223333:organization/o-abcde12345"
 OU = "arn:aws:organizations::111122223333:ou/o-abcde12345/ou-ab12-cdef3456"
 EVERYTHING = {
@@ -38,6 +43,7 @@ EVERYTHING = {
     "sriov_net_support": "simple",
     "force_deregister": True,
     "image_wait_seconds": 600,
+    "deprecate_at": DEPRECATE_AT,
 }
 
 
@@ -94,11 +100,13 @@ def test_everything_after_registering_runs_in_order(raw_settings):
         "UpdateSettings",
         "AwsCall:CreateTags@eu-west-1",
         "WaitForImage@eu-west-1",
+        "AwsCall:EnableImageDeprecation@eu-west-1",
         "AwsCall:ModifyImageAttribute@eu-west-1",
         "AwsCall:CopyImage@us-west-2",
         "UpdateSettings",
         "AwsCall:CreateTags@us-west-2",
         "WaitForImage@us-west-2",
+        "AwsCall:EnableImageDeprecation@us-west-2",
         "AwsCall:ModifyImageAttribute@us-west-2",
     ]
 
@@ -193,4 +201,11 @@ def test_the_script_with_every_option_passes_shellcheck(raw_settings, tmp_path):
     assert "aws ec2 copy-image --region us-west-2 --source-image-id" in text
     assert "--imds-support v2.0 --ena-support --sriov-net-support simple" in text  # a boolean is a flag
     assert "aws ec2 wait image-available --region us-west-2 --image-ids" in text
+    assert "aws ec2 enable-image-deprecation --region us-west-2 --image-id" in text
+    assert f"--deprecate-at {DEPRECATE_AT}" in text
     assert "--owners self --filters Name=name,Values=web-server-2026-11" in text
+
+
+def test_without_deprecate_at_no_image_is_deprecated(raw_settings):
+    actions = ami_register(resolve(raw_settings | EVERYTHING | {"deprecate_at": None}))
+    assert not [step for step in steps(actions) if "EnableImageDeprecation" in step]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import pytest
@@ -433,6 +434,30 @@ def test_after_registering_defaults_leave_the_image_private_and_in_one_region(ra
     )
     assert (s.imds_support, s.boot_mode, s.ena_support, s.sriov_net_support) == (None, None, None, None)
     assert (s.force_deregister, s.image_wait_seconds) == (False, 1800)
+
+
+def utc_in(days: int) -> str:
+    """A deprecation time `days` from now, as EC2 takes it."""
+    now = datetime.datetime.now(datetime.UTC)
+    return (now + datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_deprecate_at_is_a_utc_time_in_the_future_within_ec2s_limits(raw_settings):
+    assert resolve(raw_settings).deprecate_at is None
+    when = utc_in(30)
+    assert resolve(raw_settings | {"deprecate_at": when}).deprecate_at == when
+    assert the_problem(raw_settings | {"deprecate_at": "2027-06-30"}, "deprecate_at") == (
+        "deprecate_at: '2027-06-30' is not a UTC time as EC2 takes it. "
+        'Fix: write it as YYYY-MM-DDTHH:MM:SSZ, e.g. "2027-06-30T00:00:00Z".'
+    )
+    assert "is in the past" in the_problem(raw_settings | {"deprecate_at": utc_in(-1)}, "deprecate_at")
+    assert "more than 10 years from now" in the_problem(
+        raw_settings | {"deprecate_at": utc_in(11 * 365)}, "deprecate_at"
+    )
+    # EC2 allows a public image at most 2 years: refused before anything is registered.
+    public = raw_settings | {"public_image": True, "deprecate_at": utc_in(3 * 365)}
+    assert "more than 2 years for a public image from now" in the_problem(public, "deprecate_at")
+    assert resolve(public | {"deprecate_at": utc_in(365)}).public_image
 
 
 def test_tags_permissions_and_copies_are_read(raw_settings):

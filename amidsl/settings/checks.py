@@ -6,6 +6,7 @@ shape is their own (an account id, tag tables, launch permissions, device mappin
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import functools
 import importlib.util
@@ -60,6 +61,29 @@ def description_length(r: Reading, name: str, value: str) -> None:
     """An AMI description as EC2 takes it."""
     if len(value) > 255:
         r.problem(name, f"is {len(value)} characters long", "shorten it to at most 255 characters")
+
+
+def deprecation_time(r: Reading, name: str, value: str) -> None:
+    """A UTC time EC2's EnableImageDeprecation takes: in the future, at most 10 years on (2 if public)."""
+    try:
+        when = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        r.problem(
+            name,
+            f"{value!r} is not a UTC time as EC2 takes it",
+            'write it as YYYY-MM-DDTHH:MM:SSZ, e.g. "2027-06-30T00:00:00Z"',
+        )
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    # Checked before anything runs: EC2 would refuse it only after the image is registered.
+    years = 2 if r.value("public_image") else 10
+    if when <= now:
+        r.problem(name, f"{value!r} is in the past", "give a time in the future (EC2 refuses a past one)")
+    elif when > now + datetime.timedelta(days=365 * years):
+        limit = "2 years for a public image" if years == 2 else "10 years"
+        r.problem(
+            name, f"{value!r} is more than {limit} from now", f"give a time within {limit} (EC2's limit)"
+        )
 
 
 def access_key_id(r: Reading, name: str, value: str) -> None:

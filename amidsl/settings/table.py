@@ -530,6 +530,14 @@ ROWS: tuple[Setting, ...] = (
         default=False,
     ),
     Setting(
+        "deprecate_at",
+        "str | None",
+        readers.text,
+        "when the image and its copies become deprecated (EnableImageDeprecation), in UTC, e.g. "
+        '"2027-06-30T00:00:00Z"',
+        check=checks.deprecation_time,
+    ),
+    Setting(
         "image_wait_seconds",
         "int",
         readers.whole_number(

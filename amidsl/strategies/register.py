@@ -98,6 +98,17 @@ def _finish(s: AmiSettings, image: RuntimeValue, region: str, what: str) -> list
     actions: list[Action] = [
         WaitForImage(image, region, s.image_wait_seconds, description=f"wait until {what} is available")
     ]
+    if s.deprecate_at is not None:
+        actions.append(
+            AwsCall(
+                "ec2",
+                "EnableImageDeprecation",
+                (("ImageId", image), ("DeprecateAt", s.deprecate_at)),
+                region=region,
+                result_name="",
+                description=f"deprecate {what} at {s.deprecate_at} (deprecate_at)",
+            )
+        )
     permission = launch_permission(s)
     if permission is not None:
         actions.append(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 from botocore.exceptions import ClientError
 
@@ -54,6 +56,30 @@ def test_the_image_and_each_copy_are_tagged_shared_and_reported(run, native_sett
         }
     lines = [r.output for r in simulation.transcript if r.command == "update-settings"]
     assert f"image_id_us_west_2={copies['us-west-2']}" in lines
+
+
+def test_deprecate_at_deprecates_the_image_and_each_copy(run, native_settings, region):
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=200)
+    settings = native_settings | {
+        "copy_to_regions": COPIES,
+        "deprecate_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    simulation = run(settings)
+    assert simulation.error is None, simulation.error
+    # EC2 rounds to the minute and reports milliseconds.
+    shown = (when + datetime.timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:00.000Z")
+    for where, image_id in [("us-east-1", simulation.image_id), *simulation.result.copies.items()]:
+        [image] = region.call("ec2", "DescribeImages", {"ImageIds": [image_id]}, where)["Images"]
+        assert image["DeprecationTime"] == shown
+
+
+def test_the_region_refuses_a_deprecation_time_ec2_refuses(run, native_settings, region):
+    simulation = run(native_settings)
+    past = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with pytest.raises(ClientError, match="DeprecateAt must be in the future"):
+        region.call("ec2", "EnableImageDeprecation", {"ImageId": simulation.image_id, "DeprecateAt": past})
+    with pytest.raises(ClientError, match=r"InvalidAMIID\.NotFound"):
+        region.call("ec2", "EnableImageDeprecation", {"ImageId": "ami-12345678", "DeprecateAt": past})
 
 
 @needs_grub
