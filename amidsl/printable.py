@@ -25,6 +25,14 @@ def printable(text: str) -> str:
     return "".join(char if char == "\n" else _escaped(char) for char in text)
 
 
+def printable_output(text: str) -> str:
+    """A program's output for a terminal: a carriage return starts a new line (progress redrawn in place
+    would otherwise overwrite, and could hide, what came before it), tabs become spaces, the rest as
+    `printable`."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return printable("\n".join(line.expandtabs(8) for line in lines))
+
+
 def printable_name(text: str) -> str:
     """A name on one line, unambiguously: as printable, with line breaks and backslashes escaped too."""
     return "".join("\\\\" if char == "\\" else _escaped(char) for char in text)

@@ -62,6 +62,16 @@ def test_a_start_line_stays_when_another_action_interrupts_it():
     assert "  [ami-bundle 2] bundle the volume ...\n" in stream.getvalue()
 
 
+def test_node_output_redrawn_with_carriage_returns_is_shown_as_lines_and_tabs_as_spaces():
+    # ec2-upload-bundle redraws its progress with \r and aligns with \t: shown, never obeyed or escaped.
+    shown, stream = progress(terminal=False)
+    shown.line("    [ami-upload 1] Uploading 10%\rUploading 55%\r\nfile:\timage.part.0")
+    assert stream.getvalue() == ("    [ami-upload 1] Uploading 10%\nUploading 55%\nfile:   image.part.0\n")
+    # A carriage return cannot hide what came before it on the line.
+    shown.line("rm -rf /important\rok")
+    assert stream.getvalue().endswith("rm -rf /important\nok\n")
+
+
 def test_commands_show_only_when_verbose():
     for verbose in (False, True):
         shown, stream = progress(terminal=False, verbose=verbose)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from amidsl.printable import printable
+from amidsl.printable import printable_output
 
 PLAIN_INTERVAL = 5.0  # seconds between plain progress lines
 BAR_INTERVAL = 0.1  # seconds between redraws of a terminal bar
@@ -101,7 +101,7 @@ class Progress:
         """A phase's or action's line (on a terminal, an action's end line replaces its start line)."""
         if self.stream is None:
             return
-        text = printable(text)  # a node's output may hold escape sequences: show them, never obey them
+        text = printable_output(text)  # a node's output may hold escape sequences: shown, never obeyed
         prefix = ACTION_PREFIX.match(text)
         before = ""
         if self._open == "start" and prefix and prefix.group() == self._open_prefix:
