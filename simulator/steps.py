@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from amidsl.model.actions import EnvSecret, OptionalArg, RuntimeValue, StagedFile
+from amidsl.model.actions import EnvSecret, OptionalArg, RunnerValue, RuntimeValue, StagedFile
 from amidsl.model.steps import (
     ByPackageManager,
     Check,
@@ -134,6 +134,8 @@ class StepRunner(StepVisitor[CommandResult]):
         if isinstance(word, OptionalArg):
             value = self.env.get(word.value.env_var)
             return [word.flag, value] if value else []
+        if isinstance(word, RunnerValue):
+            return [self.env.get(word.env_var) or word.default]
         if isinstance(word, Glob):
             return self.node.glob(word.directory, word.pattern) or [
                 f"{word.directory.rstrip('/')}/{word.pattern}"

@@ -44,7 +44,13 @@ from amidsl.render.shell import node_program_argv, render_action, render_script,
 from amidsl.run.progress import Progress
 from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord
 from amidsl.secrets import Secret, redact
-from amidsl.strategies.ami_tools import ACCESS_KEY, PRIVATE_KEY_FILE, SECRET_KEY, SESSION_TOKEN
+from amidsl.strategies.ami_tools import (
+    ACCESS_KEY,
+    PRIVATE_KEY_FILE,
+    S3_URL_VARIABLE,
+    SECRET_KEY,
+    SESSION_TOKEN,
+)
 from amidsl.strategies.ec2_certificate import ec2_certificate
 
 # Reads NAME=value pairs (NUL-terminated, an empty one ends the list) from stdin, exports them, then runs
@@ -335,6 +341,9 @@ class LiveBackend:
         for value in needs.values:
             if value.setting in values:
                 pairs.append((value.env_var, values[value.setting]))
+        for override in needs.overrides:
+            if override.env_var == S3_URL_VARIABLE and self.aws.live.endpoint_url:
+                pairs.append((override.env_var, self.aws.live.endpoint_url))
         return pairs
 
     def _staged_content(self, staged: StagedFile) -> bytes:

@@ -8,6 +8,7 @@ secret supplied by the runner at run time) and `StagedFile` (a file the runner c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -51,6 +52,23 @@ class OptionalArg:
 
 
 @dataclass(frozen=True)
+class RunnerValue:
+    """A plain value the runner may set at run time through the environment, else `default`, which the
+    script shows (e.g. the S3 endpoint a live build's `[live] endpoint_url` replaces)."""
+
+    env_var: str
+    what: str
+    default: str
+
+    def __post_init__(self) -> None:
+        # Shown in the script as "${VAR:-default}": only characters that need no quoting there.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.env_var) or not re.fullmatch(
+            r"[A-Za-z0-9:/._@%+=-]+", self.default
+        ):
+            raise ValueError(f"RunnerValue {self.env_var!r}: a name and a default that need no quoting")
+
+
+@dataclass(frozen=True)
 class ExistingPaths:
     """The paths among `paths` that exist on the node when the command runs, joined by `separator`.
 
@@ -63,7 +81,7 @@ class ExistingPaths:
 
 
 # One word of a command line (or an environment value); OptionalArg is zero or two words.
-Value = str | RuntimeValue | EnvSecret | OptionalArg | ExistingPaths
+Value = str | RuntimeValue | EnvSecret | OptionalArg | ExistingPaths | RunnerValue
 
 
 @dataclass(frozen=True)

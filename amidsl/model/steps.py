@@ -29,6 +29,7 @@ from amidsl.model.actions import (
     RemoteDirectory,
     RemoteFile,
     Remove,
+    RunnerValue,
     RuntimeValue,
     StagedFile,
     Value,
@@ -240,11 +241,13 @@ class References:
     """What actions need from their runner at run time, each once, in the order they use it.
 
     `required`: the secrets, staged files and run-time values without which they cannot run;
-    `optional`: the secrets passed only when the runner has them (OptionalArg, a session token).
+    `optional`: the secrets passed only when the runner has them (OptionalArg, a session token);
+    `overrides`: plain values the runner may set, else their defaults (RunnerValue).
     """
 
     required: tuple[Reference, ...] = ()
     optional: tuple[EnvSecret, ...] = ()
+    overrides: tuple[RunnerValue, ...] = ()
 
     @property
     def secrets(self) -> tuple[EnvSecret, ...]:
@@ -271,13 +274,16 @@ def references_of(actions: Iterable[Action]) -> References:
     """The secrets, staged files and run-time values a sequence of actions refers to, each once."""
     required: list[Reference] = []
     optional: list[EnvSecret] = []
+    overrides: list[RunnerValue] = []
     for action in actions:
         for value in _referring_values(action):
             if isinstance(value, OptionalArg) and value.value not in optional:
                 optional.append(value.value)
+            elif isinstance(value, RunnerValue) and value not in overrides:
+                overrides.append(value)
             elif isinstance(value, EnvSecret | StagedFile | RuntimeValue) and value not in required:
                 required.append(value)
-    return References(tuple(required), tuple(optional))
+    return References(tuple(required), tuple(optional), tuple(overrides))
 
 
 def _referring_values(action: Action) -> list[object]:

@@ -5,6 +5,7 @@ JSON schema "amidsl.plan/1" (stable; fields are only ever added):
     {"schema": "amidsl.plan/1", "amidsl_version": str, "spec": str, "title": str,
      "settings": {name: shown value (secrets as their run-time source)},
      "runtime_inputs": [{"env": str, "what": str}],
+     "runtime_overrides": [{"env": str, "what": str}],
      "strategy": {"bundler": str, "on the node": str, "stays in the image": str,
                   "the node needs": str, "secrets": str},
      "phases": [{"name": str, "warnings": [str],
@@ -34,12 +35,13 @@ from amidsl.model.actions import (
     ExistingPaths,
     OptionalArg,
     RemoteFile,
+    RunnerValue,
     RuntimeValue,
     StagedFile,
 )
 from amidsl.model.plan import Plan
 from amidsl.printable import printable
-from amidsl.render.shell import render_action, runtime_inputs
+from amidsl.render.shell import render_action, runtime_inputs, runtime_overrides
 from amidsl.render.summary import plan_title, public_settings
 from amidsl.settings import SECRET_KEYS
 from amidsl.strategies import strategy_of
@@ -64,6 +66,8 @@ def _json_value(value: Any) -> Any:
         return {"flag": value.flag, "env": value.value.env_var, "what": value.value.what}
     if isinstance(value, ExistingPaths):
         return {"existing_paths": list(value.paths), "separator": value.separator}
+    if isinstance(value, RunnerValue):
+        return {"env": value.env_var, "what": value.what, "default": value.default}
     if isinstance(value, StagedFile):
         return {
             "staged_env": value.env_var,
@@ -99,6 +103,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "title": plan_title(plan),
         "settings": dict(public_settings(plan.settings)),
         "runtime_inputs": [{"env": env, "what": what} for env, what in runtime_inputs(plan)],
+        "runtime_overrides": [{"env": env, "what": what} for env, what in runtime_overrides(plan)],
         "strategy": {
             "bundler": plan.settings.bundler,
             **dict(strategy_of(plan.settings).summary(plan.settings)),
@@ -149,6 +154,10 @@ def render_text(plan: Plan) -> str:
     if inputs:
         lines += ["", "supplied at run time (environment):"]
         lines += [f"  {env}: {what}" for env, what in inputs]
+    overrides = runtime_overrides(plan)
+    if overrides:
+        lines += ["", "may be set at run time (environment; else the default):"]
+        lines += [f"  {env}: {what}" for env, what in overrides]
     for phase in plan.phases:
         count = len(phase.actions)
         lines += ["", f"phase {phase.name} ({count} action{'' if count == 1 else 's'})"]

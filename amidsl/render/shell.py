@@ -25,6 +25,7 @@ from amidsl.model.actions import (
     OptionalArg,
     PhasePlan,
     PresignParts,
+    RunnerValue,
     RuntimeValue,
     SignManifest,
     StagedFile,
@@ -70,6 +71,8 @@ def quote(value: Value) -> str:
     if isinstance(value, OptionalArg):
         var = value.value.env_var
         return f'${{{var}:+{shlex.quote(value.flag)} "${{{var}}}"}}'
+    if isinstance(value, RunnerValue):
+        return f'"${{{value.env_var}:-{value.default}}}"'
     raise TypeError(f"cannot render value of type {type(value).__name__}")
 
 
@@ -400,6 +403,16 @@ def phase_inputs(plan: Plan) -> dict[str, list[tuple[str, str]]]:
     return inputs
 
 
+def runtime_overrides(plan: Plan) -> list[tuple[str, str]]:
+    """The plain values a runner may set at run time: (name, what it is and the default used)."""
+    found: dict[str, str] = {}
+    for phase in plan.phases:
+        for action in phase.actions:
+            for value in references(action).overrides:
+                found.setdefault(value.env_var, f"{value.what}; default {value.default}")
+    return list(found.items())
+
+
 def runtime_inputs(plan: Plan) -> list[tuple[str, str]]:
     """Every environment variable the script may need from its runner: (name, what for), in order."""
     merged: dict[str, str] = {}
@@ -485,6 +498,10 @@ def render_script(plan: Plan) -> str:
     if inputs:
         out += ["#", "# Supplied at run time through the environment (never written into this file):"]
         out += [f"#   {name}: {_comment(what)}" for name, what in inputs]
+    overrides = runtime_overrides(plan)
+    if overrides:
+        out += ["#", "# May be set at run time through the environment (else the default):"]
+        out += [f"#   {name}: {_comment(what)}" for name, what in overrides]
     out += ["", "set -Eeuo pipefail", ""]
     if inputs:
         out += _input_checks(plan)

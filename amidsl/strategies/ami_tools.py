@@ -23,6 +23,7 @@ from amidsl.model.actions import (
     RemoteDirectory,
     RemoteFile,
     Remove,
+    RunnerValue,
     StagedFile,
     Value,
 )
@@ -37,6 +38,8 @@ SECRET_KEY = EnvSecret("AMIDSL_SECRET_KEY", "the AWS secret access key")
 # Never passed to ec2-upload-bundle: it drops the token under SigV4 (temporary keys are refused instead).
 SESSION_TOKEN = EnvSecret("AMIDSL_SESSION_TOKEN", "the AWS session token (temporary credentials)")
 PRIVATE_KEY_FILE = "AMIDSL_PRIVATE_KEY_FILE"
+# Set by a live build from `[live] endpoint_url`; ec2-upload-bundle's --url is the region's S3 otherwise.
+S3_URL_VARIABLE = "AMIDSL_S3_URL"
 INSTALL_SOURCE_FILE = "AMIDSL_INSTALL_SOURCE_FILE"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -289,6 +292,12 @@ def s3_url(region: str) -> str:
     return f"https://s3.{region}.{domain}"
 
 
+def s3_endpoint(s: AmiSettings) -> RunnerValue:
+    """Where ec2-upload-bundle uploads: the region's S3 endpoint unless the runner names another (a live
+    build's `[live] endpoint_url`: an S3-compatible or VPC endpoint)."""
+    return RunnerValue(S3_URL_VARIABLE, "the S3 endpoint ec2-upload-bundle uploads to", s3_url(s.region))
+
+
 def ami_upload(s: AmiSettings) -> list[Action]:
     """Upload the bundle parts and manifest to S3 with ec2-upload-bundle."""
     keys: tuple[Value, ...] = ("-a", ACCESS_KEY, "-s", SECRET_KEY) if s.upload_credentials == "keys" else ()
@@ -302,7 +311,7 @@ def ami_upload(s: AmiSettings) -> list[Action]:
         "--region",
         s.region,
         "--url",
-        s3_url(s.region),
+        s3_endpoint(s),
         "--retry",
         "--batch",
     )

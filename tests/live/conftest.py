@@ -290,15 +290,13 @@ print(f"Created {{args.p}}.manifest.xml with {{len(manifest.parts)}} part(s)")
 '''
 
 FAKE_UPLOAD_BUNDLE = '''#!{python}
-"""Test stand-in for ec2-upload-bundle: parts, then the manifest, to S3 over HTTP (ACL aws-exec-read)."""
+"""Test stand-in for ec2-upload-bundle: parts, then the manifest, to the S3 at --url (ACL aws-exec-read)."""
 import argparse, sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
-
-ENDPOINT = {endpoint!r}
 
 parser = argparse.ArgumentParser()
 for flag in ("-b", "-m", "-a", "-s", "--region", "--url"):
@@ -309,7 +307,7 @@ parser.add_argument("--batch", action="store_true")
 args = parser.parse_args()
 bucket, _, prefix = args.b.partition("/")
 s3 = boto3.client(
-    "s3", endpoint_url=ENDPOINT, region_name=args.region, aws_access_key_id=args.a,
+    "s3", endpoint_url=args.url, region_name=args.region, aws_access_key_id=args.a,
     aws_secret_access_key=args.s, aws_session_token=args.t, config=Config(s3={{"addressing_style": "path"}}),
 )
 manifest = Path(args.m)
@@ -346,7 +344,7 @@ def fake_tools(node: Node, aws_endpoint: str, tmp_path_factory: pytest.TempPathF
         "bin/ec2-bundle-vol": FAKE_BUNDLE_VOL.format(
             python=sys.executable, source=source, volume=str(node.volume), records=str(node.records)
         ),
-        "bin/ec2-upload-bundle": FAKE_UPLOAD_BUNDLE.format(python=sys.executable, endpoint=aws_endpoint),
+        "bin/ec2-upload-bundle": FAKE_UPLOAD_BUNDLE.format(python=sys.executable),
         "etc/ec2/amitools/cert-ec2.pem": ec2_cert,
         # The node has no Ruby: these answer the plan's Ruby check and version query.
         "bin/ruby": FAKE_RUBY,

@@ -67,6 +67,9 @@
 # Supplied at run time through the environment (never written into this file):
 #   AMIDSL_ACCESS_KEY: the AWS access key id (ami-upload)
 #   AMIDSL_SECRET_KEY: the AWS secret access key (ami-upload)
+#
+# May be set at run time through the environment (else the default):
+#   AMIDSL_S3_URL: the S3 endpoint ec2-upload-bundle uploads to; default https://s3.us-east-1.amazonaws.com
 
 set -Eeuo pipefail
 
@@ -111,7 +114,7 @@ phase_ami_upload() {
     -a "${AMIDSL_ACCESS_KEY}" \
     -s "${AMIDSL_SECRET_KEY}" \
     --region us-east-1 \
-    --url https://s3.us-east-1.amazonaws.com \
+    --url "${AMIDSL_S3_URL:-https://s3.us-east-1.amazonaws.com}" \
     --retry \
     --batch)
 }
