@@ -69,7 +69,9 @@ class StepRunner(StepVisitor[CommandResult]):
         if step.stdout is None or result.status != 0:
             return result
         target = step.stdout
-        mode = self.node.mode(target) if self.node.exists(target) else 0o644
+        # A redirect creates the file with 0666 less the umask: the command's own, else the script's 022.
+        new_mode = 0o666 & ~int(step.umask or "022", 8)
+        mode = self.node.mode(target) if self.node.exists(target) else new_mode
         self.node.write_bytes(target, result.output.encode(), mode=mode, owner=self.node.owner(target))
         return CommandResult(0)
 

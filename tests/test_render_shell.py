@@ -21,6 +21,7 @@ from amidsl.model.actions import (
     EnvSecret,
     Exec,
     OptionalArg,
+    RunnerValue,
     RuntimeValue,
     StagedFile,
     UpdateSettings,
@@ -176,6 +177,8 @@ def resolved(words, env: dict[str, str]) -> list[str]:
         elif isinstance(word, OptionalArg):
             if env.get(word.value.env_var):
                 out += [word.flag, env[word.value.env_var]]
+        elif isinstance(word, RunnerValue):
+            out.append(env.get(word.env_var) or word.default)
         else:
             out.append(word)
     return out

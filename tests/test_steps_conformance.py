@@ -95,7 +95,6 @@ CASES: dict[type, tuple[Case, ...]] = {
                 Command(("printf", "%s", "shared"), stdout=f"{r}/work/shared"),
             ),
             given=_work(),
-            known_difference="the simulator does not apply a command's umask: its files get 0644",
         ),
         Case(
             "a here-document into a file made private first",

@@ -464,7 +464,8 @@ def removal(action: Remove) -> tuple[Step, ...]:
         # Forget it: should someone create the directory again later, it is theirs, not amidsl's. The
         # record's own folders go with the last entry (another build's entries keep them).
         steps.append(Command(("rm", "-rf", "--", created_marker(path))))
-        steps.append(Command(("rmdir", "--ignore-fail-on-non-empty", "--", CREATED_RECORD, NODE_STATE_DIR)))
+        for folder in (CREATED_RECORD, NODE_STATE_DIR):
+            steps.append(IfPresent(folder, (Command(("rmdir", "--ignore-fail-on-non-empty", "--", folder)),)))
     return tuple(steps)
 
 

@@ -37,6 +37,7 @@ class FakeAws:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.live = LiveSettings()  # AWS's own endpoints (no endpoint_url)
 
     def credentials(self) -> AwsCredentials:
         # Long-term keys: ec2-upload-bundle cannot use temporary ones (it drops the token under SigV4).

@@ -101,7 +101,12 @@ AMIDSL_END_OF_FILE
   rm -rf -- /opt/ami-tools
   { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
   rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
-  rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl/created /var/lib/amidsl
+  if [ -d /var/lib/amidsl/created ]; then
+    rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl/created
+  fi
+  if [ -d /var/lib/amidsl ]; then
+    rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl
+  fi
   step cleanup 6 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
 }

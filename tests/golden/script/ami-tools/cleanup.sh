@@ -89,13 +89,23 @@ phase_cleanup() {
   rm -rf -- /opt/ami-tools/credentials
   { [ ! -e /opt/ami-tools/credentials ] && [ ! -L /opt/ami-tools/credentials ]; } || fail '/opt/ami-tools/credentials still exists after removing it'
   rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools%2Fcredentials
-  rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl/created /var/lib/amidsl
+  if [ -d /var/lib/amidsl/created ]; then
+    rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl/created
+  fi
+  if [ -d /var/lib/amidsl ]; then
+    rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl
+  fi
   step cleanup 2 'remove the ami-tools and Ruby'
   { { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || [ -d /var/lib/amidsl/created/%2Fopt%2Fami-tools ]; } || fail 'refusing to remove /opt/ami-tools: amidsl did not create /opt/ami-tools (no /var/lib/amidsl/created/%2Fopt%2Fami-tools); remove it by hand if it is really amidsl'"'"'s'
   rm -rf -- /opt/ami-tools
   { [ ! -e /opt/ami-tools ] && [ ! -L /opt/ami-tools ]; } || fail '/opt/ami-tools still exists after removing it'
   rm -rf -- /var/lib/amidsl/created/%2Fopt%2Fami-tools
-  rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl/created /var/lib/amidsl
+  if [ -d /var/lib/amidsl/created ]; then
+    rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl/created
+  fi
+  if [ -d /var/lib/amidsl ]; then
+    rmdir --ignore-fail-on-non-empty -- /var/lib/amidsl
+  fi
   step cleanup 3 'remove the bundle parts'
   rm -f -- /tmp/image.part.*
   step cleanup 4 'remove the bundle manifest'
