@@ -10,10 +10,10 @@ import inspect
 from invoke import Collection, Context, Task
 from invoke.exceptions import Exit
 
-from amidsl.cli.table import COMMANDS, USAGE_ERROR, Command, CommandError
+from amidsl.cli.table import COMMANDS, USAGE_ERROR, CliCommand, CommandError
 
 
-def _task(command: Command) -> Task:
+def _task(command: CliCommand) -> Task:
     """An invoke task for one command: checks required options and choices, then runs the command."""
 
     def body(c: Context, **options: object) -> None:

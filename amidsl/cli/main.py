@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from amidsl import __version__
-from amidsl.cli.table import COMMANDS, FAILED, INTERRUPTED, USAGE_ERROR, Command, CommandError, find_command
+from amidsl.cli.table import (
+    COMMANDS,
+    FAILED,
+    INTERRUPTED,
+    USAGE_ERROR,
+    CliCommand,
+    CommandError,
+    find_command,
+)
 
 BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
 DEBUG_ENV = "AMIDSL_DEBUG"
@@ -58,7 +66,7 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}{hint}\n")
 
 
-def command_parser(command: Command) -> CommandParser:
+def command_parser(command: CliCommand) -> CommandParser:
     """The argparse parser for one command, built from its table entry."""
     parser = CommandParser(
         prog=f"amidsl {command.name}",
@@ -113,7 +121,7 @@ def unknown_command(name: str) -> int:
     return usage_error(f"{name!r} is not an amidsl command{suggestion(name, names)}; see 'amidsl --help'")
 
 
-def run_command(command: Command, args: Sequence[str]) -> int:
+def run_command(command: CliCommand, args: Sequence[str]) -> int:
     """Parse a command's options, run it and turn its clean failures into an exit status."""
     try:
         options = vars(command_parser(command).parse_args(args))

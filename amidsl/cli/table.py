@@ -41,7 +41,7 @@ class Option:
 
 
 @dataclass(frozen=True)
-class Command:
+class CliCommand:
     """One amidsl command: its name, one-line summary, the function that runs it and its options."""
 
     name: str
@@ -109,8 +109,8 @@ YES = Option("yes", "do not ask for a confirmation", default=False, short="-y")
 DRY_RUN = Option("dry_run", "only list what would be deleted", default=False)
 PARTS_DIR = Option("parts_dir", "directory holding the parts (default: the manifest's directory)")
 
-COMMANDS: tuple[Command, ...] = (
-    Command(
+COMMANDS: tuple[CliCommand, ...] = (
+    CliCommand(
         "plan",
         "preview the plan: each phase's numbered actions and the commands they run",
         "amidsl.cli.plan_commands:plan",
@@ -121,19 +121,19 @@ COMMANDS: tuple[Command, ...] = (
             OUTPUT,
         ),
     ),
-    Command(
+    CliCommand(
         "script",
         "render the plan as one reviewable bash script (exactly what a live build runs)",
         "amidsl.cli.plan_commands:script",
         (CONFIG, PHASE, OUTPUT),
     ),
-    Command(
+    CliCommand(
         "validate",
         "check the settings and report every problem (exit status 2 if there are any)",
         "amidsl.cli.plan_commands:validate",
         (CONFIG, Option("live", "also check AWS: credentials, bucket and region, image name", default=False)),
     ),
-    Command(
+    CliCommand(
         "simulate",
         "run the build on a fake node and a fake AWS region (offline; nothing outside a temp dir)",
         "amidsl.cli.simulate_commands:simulate",
@@ -153,7 +153,7 @@ COMMANDS: tuple[Command, ...] = (
             VERBOSE,
         ),
     ),
-    Command(
+    CliCommand(
         "build",
         "build the AMI on a real node over SSH, calling AWS with boto3",
         "amidsl.cli.build_commands:build",
@@ -179,7 +179,7 @@ COMMANDS: tuple[Command, ...] = (
             VERBOSE,
         ),
     ),
-    Command(
+    CliCommand(
         "bundle-image",
         "bundle an image file into encrypted 10 MiB parts and a signed manifest",
         "amidsl.cli.bundle_commands:bundle_image",
@@ -199,7 +199,7 @@ COMMANDS: tuple[Command, ...] = (
             Option("ancestry", "comma-separated ancestor AMI ids", default=""),
         ),
     ),
-    Command(
+    CliCommand(
         "verify-bundle",
         "check a bundle's signature, part list, sizes and part digests",
         "amidsl.cli.bundle_commands:verify_bundle",
@@ -209,7 +209,7 @@ COMMANDS: tuple[Command, ...] = (
             PARTS_DIR,
         ),
     ),
-    Command(
+    CliCommand(
         "unbundle",
         "check a bundle's signature, then decrypt and unpack it, checking part and image digests",
         "amidsl.cli.bundle_commands:unbundle",
@@ -222,13 +222,13 @@ COMMANDS: tuple[Command, ...] = (
             Option("no_verify", "skip the signature check when you have no certificate", default=False),
         ),
     ),
-    Command(
+    CliCommand(
         "image-ls",
         "list the files inside an image without mounting it (type, mode, owner, size, path)",
         "amidsl.cli.bundle_commands:image_ls",
         (Option("image", "an ext2/3/4 image file", required=True),),
     ),
-    Command(
+    CliCommand(
         "migrate-manifest",
         "re-encrypt a bundle's key for another region's EC2 certificate; sign the manifest again",
         "amidsl.cli.bundle_commands:migrate_manifest",
@@ -250,7 +250,7 @@ COMMANDS: tuple[Command, ...] = (
             Option("ramdisk", "ramdisk id (ari-...) of the target region, replacing the manifest's"),
         ),
     ),
-    Command(
+    CliCommand(
         "upload-bundle",
         "upload a bundle to S3: parts in parallel (those already there skipped), then the manifest",
         "amidsl.cli.aws_commands:upload_bundle",
@@ -264,7 +264,7 @@ COMMANDS: tuple[Command, ...] = (
             *AWS_OPTIONS,
         ),
     ),
-    Command(
+    CliCommand(
         "download-bundle",
         "download a bundle from S3 in parallel, checking each part's SHA-1 as it arrives",
         "amidsl.cli.aws_commands:download_bundle",
@@ -276,7 +276,7 @@ COMMANDS: tuple[Command, ...] = (
             *AWS_OPTIONS,
         ),
     ),
-    Command(
+    CliCommand(
         "delete-bundle",
         "delete exactly a bundle's parts and manifest from S3 (nothing else under its path)",
         "amidsl.cli.aws_commands:delete_bundle",
@@ -294,13 +294,13 @@ COMMANDS: tuple[Command, ...] = (
             *AWS_OPTIONS,
         ),
     ),
-    Command(
+    CliCommand(
         "images",
         "list the images amidsl built (tag amidsl:built-by = amidsl) with their bundles",
         "amidsl.cli.aws_commands:images",
         (Option("json", "print JSON (schema amidsl.images/1)", default=False), *AWS_OPTIONS),
     ),
-    Command(
+    CliCommand(
         "delete",
         "deregister an S3-backed image and delete its bundle, after a confirmation",
         "amidsl.cli.aws_commands:delete",
@@ -311,7 +311,7 @@ COMMANDS: tuple[Command, ...] = (
             *AWS_OPTIONS,
         ),
     ),
-    Command(
+    CliCommand(
         "completion",
         'print a bash completion script (eval "$(amidsl completion bash)")',
         "amidsl.cli.main:completion",
@@ -328,6 +328,6 @@ class CommandError(Exception):
         self.code = code
 
 
-def find_command(name: str) -> Command | None:
+def find_command(name: str) -> CliCommand | None:
     """The command called `name`, if there is one."""
     return next((command for command in COMMANDS if command.name == name), None)
