@@ -1,6 +1,7 @@
 """The node program's stream pieces: pigz-style gzip, AES through libcrypto, Python 3.8 compatibility."""
 
 import ast
+import glob
 import hashlib
 import os
 import random
@@ -190,10 +191,20 @@ def test_the_program_imports_only_the_standard_library():
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
 
 
+def find_python38() -> str | None:
+    """A Python 3.8: on PATH, or one pyenv installed (its shims run only the selected versions)."""
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found = [shutil.which("python3.8"), *sorted(glob.glob(f"{pyenv_root}/versions/3.8*/bin/python3.8"))]
+    for candidate in filter(None, found):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
 def test_the_program_runs_under_python_3_8_where_installed(tmp_path):
-    python38 = shutil.which("python3.8")
-    if python38 is None or subprocess.run([python38, "-c", "pass"], capture_output=True).returncode:
-        pytest.skip("python3.8 is not installed")
+    python38 = find_python38()
+    if python38 is None:
+        pytest.skip("python3.8 is not installed (on PATH or by pyenv)")
     (tmp_path / "volume").mkdir()
     (tmp_path / "volume/file").write_text("x")
     request = f'{{"volume": "{tmp_path}/volume", "destination_dir": "{tmp_path}"}}'
