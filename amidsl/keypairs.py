@@ -23,7 +23,7 @@ def self_signed_pair(
     which is deterministic: with a fixed key, start, length and serial the PEM is always the same.
     """
     key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    start = not_before or datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         x509.CertificateBuilder()

@@ -13,6 +13,8 @@ measured with GNU time when it is installed, else with a Python wrapper (which o
 Usage: python3 benchmarks/bundle_benchmark.py [--data-mb 900] [--image-mb 1024] [--workdir DIR]
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import resource

@@ -9,6 +9,8 @@ Target: plan and script under 0.3 s.
 Usage: python3 benchmarks/cli_benchmark.py [--runs 7]
 """
 
+from __future__ import annotations
+
 import argparse
 import statistics
 import subprocess

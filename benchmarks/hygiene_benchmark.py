@@ -11,6 +11,8 @@ on 2 cores, see native_benchmark.py).
 Usage: python3 benchmarks/hygiene_benchmark.py [--size-mb 900] [--rounds 5] [--workdir DIR]
 """
 
+from __future__ import annotations
+
 import argparse
 import statistics
 import sys

@@ -18,6 +18,8 @@ and CPU time went (the program's report: space check, staging, mke2fs, bundling,
 Usage: python3 benchmarks/native_benchmark.py [--size-mb 900] [--workdir DIR] [--concurrency 4]
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import logging

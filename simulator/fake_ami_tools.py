@@ -36,6 +36,7 @@ from amidsl.bundle import (
     read_manifest,
 )
 from amidsl.bundle.e2fs import debugfs
+from amidsl.iterate import zip_strict
 from simulator.node import BASE_COMMANDS, CommandResult, FakeNode, RunContext
 from simulator.packages import model_script, provided_commands
 from simulator.programs import fail, ok, ruby_version
@@ -226,7 +227,7 @@ def rsync_pattern_matches(pattern: str, path: str) -> bool:
     if len(parts) < len(wanted):
         return False
     tail = parts[len(parts) - len(wanted) :]
-    return all(fnmatch.fnmatchcase(part, rule) for part, rule in zip(tail, wanted, strict=True))
+    return all(fnmatch.fnmatchcase(part, rule) for part, rule in zip_strict(tail, wanted))
 
 
 def select_for_image(

@@ -33,12 +33,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.backends import get_backend
-from moto.server import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    ThreadedMotoServer,
-    create_backend_app,
-)
+from moto.server import DomainDispatcherApplication, ThreadedMotoServer, create_backend_app
 from werkzeug.serving import make_server
 
 from amidsl.bundle import BundleError, Manifest, parse_manifest
@@ -63,6 +58,16 @@ LAUNCH_PERMISSION_SHAPES = {
 }
 # RegisterImage's optional attributes the region keeps, and the DescribeImages field each comes back as.
 KEPT_ATTRIBUTES = ("BootMode", "ImdsSupport", "EnaSupport", "SriovNetSupport")
+
+
+def _moto_request_handler() -> dict[str, Any]:
+    """How moto's own threaded server serves: with its request handler from moto 5.2, with werkzeug's
+    before (moto 5.1 is the last for Python 3.9)."""
+    try:
+        from moto.server import MotoRequestHandler
+    except ImportError:
+        return {}
+    return {"request_handler": MotoRequestHandler}
 
 
 def client_error(code: str, message: str, operation: str = "RegisterImage") -> ClientError:
@@ -360,10 +365,12 @@ class FakeRegion:
                 "InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist", operation
             ) from err
         try:
-            when = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+            when = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=datetime.timezone.utc
+            )
         except ValueError:
             raise client_error("InvalidParameterValue", f"Invalid DeprecateAt: {text}", operation) from None
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.timezone.utc)
         permissions = self.client("ec2", region).describe_image_attribute(
             ImageId=image_id, Attribute="launchPermission"
         )["LaunchPermissions"]
@@ -555,7 +562,7 @@ class FaultyS3Server(ThreadedMotoServer):
     def _server_entry(self) -> None:
         app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server(
-            self._ip_address, self._port, self._with_faults(app), True, request_handler=MotoRequestHandler
+            self._ip_address, self._port, self._with_faults(app), True, **_moto_request_handler()
         )
         self._server_ready_event.set()
         self._server.serve_forever()

@@ -129,7 +129,7 @@ class StepRunner(StepVisitor[CommandResult]):
         """What bash makes of one word: expansions resolved, globs matched."""
         if isinstance(word, str):
             return [word]
-        if isinstance(word, EnvSecret | StagedFile | RuntimeValue):
+        if isinstance(word, (EnvSecret, StagedFile, RuntimeValue)):
             return [self.env[word.env_var]]
         if isinstance(word, ShellVariable):
             return [self.env[word.name]]

@@ -92,7 +92,7 @@ def test_package_strategy_takes_only_a_distribution_ruby_and_says_it_stays(raw_s
 
 def test_no_ruby_strategy_installs_only_the_tools(raw_settings):
     steps = ami_tools.install(resolve(raw_settings | {"install_strategy": "none"}))
-    assert not any(isinstance(s, InstallRuby | Exec) for s in steps)
+    assert not any(isinstance(s, (InstallRuby, Exec)) for s in steps)
 
 
 def test_configure_writes_root_only_credentials_and_stages_the_key(raw_settings, credentials):

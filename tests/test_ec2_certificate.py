@@ -26,7 +26,7 @@ def expired_certificate() -> str:
     """A certificate that expired years ago, as EC2's are."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "AES Test")])
-    start = datetime.datetime(2005, 1, 1, tzinfo=datetime.UTC)
+    start = datetime.datetime(2005, 1, 1, tzinfo=datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -26,7 +26,7 @@ from amidsl.settings import resolve
 from amidsl.strategies.register import ami_register
 
 # A year from now: EC2 takes a deprecation time in the future (at most 2 years on for a public image).
-DEPRECATE_AT = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)).strftime(
+DEPRECATE_AT = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=365)).strftime(
     "%Y-%m-%dT%H:%M:%SZ"
 )
 ORG = "arn:aws:organizations::111122223333:organization/o-abcde12345"
@@ -53,7 +53,7 @@ def steps(actions) -> list[str]:
     for action in actions:
         if isinstance(action, AwsCall):
             out.append(f"AwsCall:{action.operation}@{action.region}")
-        elif isinstance(action, WaitForImage | TagBundle | DeregisterByName):
+        elif isinstance(action, (WaitForImage, TagBundle, DeregisterByName)):
             out.append(
                 f"{type(action).__name__}@{getattr(action, 'region', action.__dict__.get('bundle_region'))}"
             )

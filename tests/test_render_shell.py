@@ -242,7 +242,7 @@ def test_awkward_values_reach_programs_exactly(
         "AMIDSL_IMAGE_ID": "ami-0123456789abcdef0",
         "AMIDSL_PRIVATE_KEY_FILE": f"{base}/staged key",
     }
-    actions = [a for p in plan.phases for a in p.actions if not isinstance(a, UpdateSettings | CheckResult)]
+    actions = [a for p in plan.phases for a in p.actions if not isinstance(a, (UpdateSettings, CheckResult))]
     # What bash should run, worked out from the same data before anything runs.
     expected = [argv for action in actions for argv in expected_argvs(action, env)]
     lines = [SHELL_RECORDERS] + ["\n".join(render_action(a)) for a in actions]

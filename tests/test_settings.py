@@ -438,7 +438,7 @@ def test_after_registering_defaults_leave_the_image_private_and_in_one_region(ra
 
 def utc_in(days: int) -> str:
     """A deprecation time `days` from now, as EC2 takes it."""
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     return (now + datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

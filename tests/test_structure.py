@@ -71,7 +71,7 @@ def _names_a_strategy(node: ast.AST) -> bool:
     """A strategy name as a string constant, or a tuple, list or set holding one."""
     if isinstance(node, ast.Constant):
         return node.value in STRATEGY_NAMES
-    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
         return any(_names_a_strategy(item) for item in node.elts)
     return False
 
@@ -135,7 +135,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. A module may import modules of its own layer or of a lower one, never of a higher one
 # (lazy imports inside functions and the command table's "module:function" handlers count too).
 LAYERS = (
-    ("amidsl.node", "amidsl.secrets", "amidsl.tags", "amidsl.printable", "amidsl.keypairs"),
+    ("amidsl.node", "amidsl.secrets", "amidsl.tags", "amidsl.printable", "amidsl.keypairs", "amidsl.iterate"),
     ("amidsl.example", "amidsl.settings", "amidsl.bundle"),
     ("amidsl.model",),
     ("amidsl.strategies",),
@@ -243,3 +243,28 @@ def test_the_import_graph_has_no_circle_lazy_imports_included():
 def test_nothing_inside_imports_the_crate_facade():
     importers = [m for m, targets in import_graph(handlers=True).items() if "amidsl.crate" in targets]
     assert importers == []
+
+
+def test_the_controller_uses_nothing_newer_than_python_3_9(tmp_path):
+    """The controller (amidsl and the simulator, the node program aside) runs on Python 3.9."""
+    from tests.minimum_python import newer_python_violations
+
+    root = Path(__file__).resolve().parent.parent
+    sources = {
+        str(path.relative_to(root)): path.read_text(encoding="utf-8")
+        for path in sorted([*root.glob("amidsl/**/*.py"), *root.glob("simulator/**/*.py")])
+        if path.name != "amidsl_node.py" and path.read_text(encoding="utf-8").strip()
+    }
+    assert newer_python_violations(sources, (3, 9), tmp_path) == ""
+
+
+def test_the_python_3_9_check_finds_a_newer_api_and_a_runtime_union(tmp_path):
+    from tests.minimum_python import newer_python_violations
+
+    newer = (
+        "from __future__ import annotations\nimport datetime\n"
+        "NOW = datetime.datetime.now(datetime.UTC)\n"
+        "class Left: ...\nclass Right: ...\nEITHER = Left | Right\n"
+    )
+    found = newer_python_violations({"newer.py": newer}, (3, 9), tmp_path)
+    assert "datetime.UTC" in found and "a union with | at run time: Left | Right" in found

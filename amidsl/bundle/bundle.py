@@ -1,5 +1,7 @@
 """Bundle an image file: tar → SHA-1 → parallel gzip → AES-128-CBC → parts, signed manifest."""
 
+from __future__ import annotations
+
 import io
 import os
 import re

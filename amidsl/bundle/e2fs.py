@@ -1,5 +1,7 @@
 """Run e2fsprogs tools (mke2fs, debugfs), which often live outside a normal user's PATH."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess

@@ -5,6 +5,8 @@ applied, `mke2fs -d` turns the staging tree into a filesystem, and debugfs then 
 owners and modes the copy could not keep without root, and creates device nodes.
 """
 
+from __future__ import annotations
+
 import math
 import os
 import posixpath

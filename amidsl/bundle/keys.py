@@ -1,5 +1,7 @@
 """RSA and X.509 for the bundle format: load PEMs, wrap the AES key, sign, check signatures."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 
 from cryptography import x509

@@ -4,6 +4,8 @@ Names are read from the directories' raw blocks and attributes from the raw inod
 debugfs's text listings, where a name holding a newline could hide itself and what follows it.
 """
 
+from __future__ import annotations
+
 import re
 import stat
 import struct
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from amidsl.bundle.e2fs import debugfs, quote
 from amidsl.bundle.errors import ImageError
+from amidsl.iterate import zip_strict
 from amidsl.node.amidsl_node import (
     LINUX_PARTITION,
     SECTOR,
@@ -111,7 +114,7 @@ def _inodes(image: Path, numbers: list[int]) -> dict[int, _Inode]:
     unique = sorted(set(numbers))
     output = debugfs(image, [f"inode_dump <{n}>" for n in unique])
     inodes = {}
-    for number, chunk in zip(unique, _split_output(output, "inode_dump", len(unique), image), strict=True):
+    for number, chunk in zip_strict(unique, _split_output(output, "inode_dump", len(unique), image)):
         raw = _raw_inode(chunk, image)
         mode, uid_low, size_low = struct.unpack_from("<HHI", raw, 0)
         (gid_low,) = struct.unpack_from("<H", raw, 24)

@@ -1,5 +1,7 @@
 """The bundle manifest (version 2007-10-10): typed data, XML rendering, parsing and signing."""
 
+from __future__ import annotations
+
 import os
 import re
 import xml.parsers.expat
@@ -254,9 +256,9 @@ class _Element:
     start: int
     end: int = -1
     text: list[str] = field(default_factory=list)
-    children: list["_Element"] = field(default_factory=list)
+    children: list[_Element] = field(default_factory=list)
 
-    def child(self, tag: str) -> "_Element | None":
+    def child(self, tag: str) -> _Element | None:
         return next((c for c in self.children if c.tag == tag), None)
 
     def value(self) -> str:

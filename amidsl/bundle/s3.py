@@ -28,6 +28,7 @@ from amidsl.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from amidsl.bundle.unbundle import place_file
 from amidsl.bundle.untar import CHUNK
 from amidsl.bundle.verify import check_part_entries, file_sha1
+from amidsl.iterate import zip_strict
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 DOWNLOAD_CONCURRENCY = 4
@@ -385,7 +386,7 @@ def download_bundle(
         )
     wanted = [
         (p.filename, key, p.digest)
-        for p, key in zip(manifest.parts, keys[:-1], strict=True)
+        for p, key in zip_strict(manifest.parts, keys[:-1])
         if not _already_here(destination / p.filename, p.digest)
     ]
     kept = len(manifest.parts) - len(wanted)

@@ -1,9 +1,11 @@
 """What of a source tree goes into an image: ec2-bundle-vol's exclusions, filter and includes."""
 
+from __future__ import annotations
+
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 
 from amidsl.node import amidsl_node as node
@@ -29,8 +31,11 @@ __all__ = [
 ]
 
 
-class Reason(StrEnum):
+class Reason(str, Enum):
     """Why something was left out of an image."""
+
+    def __str__(self) -> str:
+        return str(self.value)
 
     ALWAYS_EXCLUDED = node.LEFT_OUT_ALWAYS
     FILTER = node.LEFT_OUT_FILTER

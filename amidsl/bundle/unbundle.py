@@ -1,5 +1,7 @@
 """Unbundle: decrypt the AES key with a private key, then parts → AES → gunzip → tar → image."""
 
+from __future__ import annotations
+
 import hashlib
 import io
 import os

@@ -6,11 +6,14 @@ holds (one regular or old-GNU sparse file, optionally named by a long-name or pa
 refuses anything larger than a real header could be.
 """
 
+from __future__ import annotations
+
 from array import array
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from amidsl.bundle.errors import CorruptBundleError
+from amidsl.iterate import zip_strict
 from amidsl.node.amidsl_node import BLOCK, SPARSE_IN_HEADER, SPARSE_PER_EXTENSION  # the writer's format
 
 CHUNK = 1024 * 1024
@@ -174,7 +177,7 @@ def read_member(stream: Readable) -> TarMember:
 
 def copy_member(stream: Readable, member: TarMember, out: BinaryIO) -> None:
     """Write the member's content into an open file, holes left as holes, then skip its padding."""
-    regions = [(0, member.stored)] if member.regions is None else zip(*member.regions, strict=True)
+    regions = [(0, member.stored)] if member.regions is None else zip_strict(*member.regions)
     for offset, length in regions:
         out.seek(offset)
         remaining = length

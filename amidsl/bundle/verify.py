@@ -1,5 +1,7 @@
 """Verify a bundle against its manifest: signature, part list, sizes and part digests."""
 
+from __future__ import annotations
+
 import hashlib
 import os
 import re
@@ -17,6 +19,7 @@ from amidsl.bundle.errors import (
 )
 from amidsl.bundle.keys import check_signature, load_certificate
 from amidsl.bundle.manifest import MANIFEST_VERSION, Manifest, read_manifest
+from amidsl.iterate import zip_strict
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -107,7 +110,7 @@ def check_part_digests(manifest: Manifest, parts_dir: Path) -> None:
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
         actual = list(pool.map(file_sha1, paths))
     expected_owner = {p.digest: p.filename for p in manifest.parts}
-    wrong = [(p, a) for p, a in zip(manifest.parts, actual, strict=True) if p.digest != a]
+    wrong = [(p, a) for p, a in zip_strict(manifest.parts, actual) if p.digest != a]
     if not wrong:
         return
     swapped = [(p.filename, expected_owner[a]) for p, a in wrong if a in expected_owner]

@@ -4,6 +4,8 @@ Thin by design: call the library, print the result. Every problem the library re
 CommandError (exit status 2), printed without a traceback.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar

@@ -85,7 +85,7 @@ def derive_example_credentials() -> tuple[str, str]:
     return self_signed_pair(
         EXAMPLE_SUBJECT,
         key=numbers.private_key(),
-        not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+        not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
         days=10957,
         serial=1,
     )

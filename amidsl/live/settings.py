@@ -164,7 +164,7 @@ class _LiveChecker:
         group = self.text("group", r"[A-Za-z0-9._-]{1,128}", "use letters, digits, '.', '_' and '-'")
         wait_seconds = self.number("wait_seconds", 1, 7200, "give a number of seconds, e.g. 900")
         groups = self.values.get("security_group_ids", [])
-        if not isinstance(groups, list | tuple) or not all(
+        if not isinstance(groups, (list, tuple)) or not all(
             isinstance(g, str) and re.fullmatch(r"sg-[0-9a-f]{8}([0-9a-f]{9})?", g) for g in groups
         ):
             self.problem(

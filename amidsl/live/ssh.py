@@ -23,6 +23,7 @@ from typing import Any
 
 import paramiko
 
+from amidsl.iterate import zip_strict
 from amidsl.live.settings import LiveSettings
 
 CONNECT_TIMEOUT = 20.0
@@ -188,7 +189,7 @@ class SshNode:
         hops = self._jump_targets()
         if not hops:
             return None
-        for hop, following in zip(hops, [*hops[1:], self.target], strict=True):
+        for hop, following in zip_strict(hops, [*hops[1:], self.target]):
             client = self._open(hop, sock)
             self._jumps.append(client)
             transport = client.get_transport()

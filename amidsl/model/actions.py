@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class ExistingPaths:
 
 
 # One word of a command line (or an environment value); OptionalArg is zero or two words.
-Value = str | RuntimeValue | EnvSecret | OptionalArg | ExistingPaths | RunnerValue
+Value = Union[str, RuntimeValue, EnvSecret, OptionalArg, ExistingPaths, RunnerValue]
 
 
 @dataclass(frozen=True)
@@ -332,26 +333,26 @@ class DeregisterByName:
     description: str = "deregister an existing image of the same name and delete its bundle"
 
 
-Action = (
-    InstallPackages
-    | Directory
-    | RemoteFile
-    | RemoteDirectory
-    | Exec
-    | InstallRuby
-    | Remove
-    | AwsCall
-    | UpdateSettings
-    | CheckResult
-    | NodeProgram
-    | MakeBundleKey
-    | SignManifest
-    | PresignParts
-    | UploadManifest
-    | WaitForImage
-    | TagBundle
-    | DeregisterByName
-)
+Action = Union[
+    InstallPackages,
+    Directory,
+    RemoteFile,
+    RemoteDirectory,
+    Exec,
+    InstallRuby,
+    Remove,
+    AwsCall,
+    UpdateSettings,
+    CheckResult,
+    NodeProgram,
+    MakeBundleKey,
+    SignManifest,
+    PresignParts,
+    UploadManifest,
+    WaitForImage,
+    TagBundle,
+    DeregisterByName,
+]
 
 # The native strategy's controller-side steps (the runner hands them to
 # amidsl.strategies.native_controller).

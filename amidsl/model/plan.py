@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from amidsl.model.actions import Action, PhasePlan, PlanWarning
 from amidsl.settings import AmiSettings, Problem, SettingsError, resolve
 
-PlanFn = Callable[[AmiSettings], Sequence[Action | PlanWarning]]
+PlanFn = Callable[[AmiSettings], Sequence[Union[Action, PlanWarning]]]
 
 # The ami phases in the order a full build runs them ("settings" is resolution, not a node phase).
 AMI_PHASES = ("install", "configure", "ami-bundle", "ami-upload", "ami-register", "cleanup")

@@ -14,7 +14,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, Union
 
 from amidsl.model.actions import (
     Action,
@@ -67,7 +67,7 @@ class ShellVariable:
             raise ValueError(f"bad variable name {self.name!r}")
 
 
-Word = Value | StagedFile | Glob | ShellVariable
+Word = Union[Value, StagedFile, Glob, ShellVariable]
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class ByPackageManager:
     otherwise: str
 
 
-Step = Command | IfMissing | IfPresent | Check | ByPackageManager | IfSucceeds | CollectExisting | Fail
+Step = Union[Command, IfMissing, IfPresent, Check, ByPackageManager, IfSucceeds, CollectExisting, Fail]
 
 T = TypeVar("T")
 
@@ -207,23 +207,22 @@ class StepVisitor(ABC, Generic[T]):
 
 def visit_step(step: Step, visitor: StepVisitor[T]) -> T:
     """The visitor's handler for the step's type; a step type it has no handler for is an error."""
-    match step:
-        case Command():
-            return visitor.command(step)
-        case IfMissing():
-            return visitor.if_missing(step)
-        case IfPresent():
-            return visitor.if_present(step)
-        case Check():
-            return visitor.check(step)
-        case ByPackageManager():
-            return visitor.by_package_manager(step)
-        case IfSucceeds():
-            return visitor.if_succeeds(step)
-        case CollectExisting():
-            return visitor.collect_existing(step)
-        case Fail():
-            return visitor.fail(step)
+    if isinstance(step, Command):
+        return visitor.command(step)
+    if isinstance(step, IfMissing):
+        return visitor.if_missing(step)
+    if isinstance(step, IfPresent):
+        return visitor.if_present(step)
+    if isinstance(step, Check):
+        return visitor.check(step)
+    if isinstance(step, ByPackageManager):
+        return visitor.by_package_manager(step)
+    if isinstance(step, IfSucceeds):
+        return visitor.if_succeeds(step)
+    if isinstance(step, CollectExisting):
+        return visitor.collect_existing(step)
+    if isinstance(step, Fail):
+        return visitor.fail(step)
     raise TypeError(f"no step handler for the step type {type(step).__name__}")
 
 
@@ -233,7 +232,7 @@ def walk_steps(steps: Iterable[Step], visitor: StepVisitor[T]) -> Iterator[T]:
         yield visit_step(step, visitor)
 
 
-Reference = EnvSecret | StagedFile | RuntimeValue
+Reference = Union[EnvSecret, StagedFile, RuntimeValue]
 
 
 @dataclass(frozen=True)
@@ -281,7 +280,7 @@ def references_of(actions: Iterable[Action]) -> References:
                 optional.append(value.value)
             elif isinstance(value, RunnerValue) and value not in overrides:
                 overrides.append(value)
-            elif isinstance(value, EnvSecret | StagedFile | RuntimeValue) and value not in required:
+            elif isinstance(value, (EnvSecret, StagedFile, RuntimeValue)) and value not in required:
                 required.append(value)
     return References(tuple(required), tuple(optional), tuple(overrides))
 
@@ -290,7 +289,7 @@ def _referring_values(action: Action) -> list[object]:
     """The words of an action that may refer to a run-time input."""
     if isinstance(action, Exec):
         return [*action.argv, *(value for _, value in action.env)]
-    if isinstance(action, RemoteFile | RemoteDirectory) and action.staged is not None:
+    if isinstance(action, (RemoteFile, RemoteDirectory)) and action.staged is not None:
         return [action.staged]
     if isinstance(action, AwsCall):
         # Top-level parameters only: a run-time value inside a list parameter (CreateTags' Resources)

@@ -1,5 +1,7 @@
 """The program amidsl runs on the node for native builds (stdlib-only Python, shipped as a file)."""
 
+from __future__ import annotations
+
 import hashlib
 from pathlib import Path
 

@@ -75,7 +75,7 @@ def _json_value(value: Any) -> Any:
             "local_path": value.local_path,
             "secret": value.secret,
         }
-    if isinstance(value, tuple | list):
+    if isinstance(value, (tuple, list)):
         return [_json_value(v) for v in value]
     if isinstance(value, dict):
         return {k: _json_value(v) for k, v in value.items()}

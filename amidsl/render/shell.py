@@ -246,7 +246,7 @@ def render_action(action: Action) -> list[str]:
         return _node_program(action)
     if isinstance(action, WaitForImage):
         return _wait_for_image(action)
-    if isinstance(action, MakeBundleKey | SignManifest | PresignParts | UploadManifest | TagBundle):
+    if isinstance(action, (MakeBundleKey, SignManifest, PresignParts, UploadManifest, TagBundle)):
         return [*_controller_comment(action), f"controller_only {quote(action.description)}"]
     if isinstance(action, DeregisterByName):
         return _deregister_by_name(action)
@@ -347,9 +347,9 @@ def aws_cli_words(action: AwsCall) -> list[Value]:
             words.append(f"--{'' if value else 'no-'}{_kebab(key)}")
             continue
         words.append(f"--{_kebab(key)}")
-        if isinstance(value, str | RuntimeValue):
+        if isinstance(value, (str, RuntimeValue)):
             words.append(value)
-        elif isinstance(value, tuple | list) and all(isinstance(v, str | RuntimeValue) for v in value):
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, RuntimeValue)) for v in value):
             words += list(value)  # the CLI takes a list of plain values as separate words
         else:
             words.append(json.dumps(value, sort_keys=True, ensure_ascii=False))

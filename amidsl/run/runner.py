@@ -192,7 +192,7 @@ def resolve_value(value: Any, values: dict[str, str]) -> Any:
         if value.setting not in values:
             raise KeyError(f"{value.setting} is not known yet: run the {value.produced_by} phase first")
         return values[value.setting]
-    if isinstance(value, tuple | list):
+    if isinstance(value, (tuple, list)):
         return [resolve_value(v, values) for v in value]
     if isinstance(value, dict):
         return {k: resolve_value(v, values) for k, v in value.items()}

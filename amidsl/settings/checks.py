@@ -66,7 +66,7 @@ def description_length(r: Reading, name: str, value: str) -> None:
 def deprecation_time(r: Reading, name: str, value: str) -> None:
     """A UTC time EC2's EnableImageDeprecation takes: in the future, at most 10 years on (2 if public)."""
     try:
-        when = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        when = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
     except ValueError:
         r.problem(
             name,
@@ -74,7 +74,7 @@ def deprecation_time(r: Reading, name: str, value: str) -> None:
             'write it as YYYY-MM-DDTHH:MM:SSZ, e.g. "2027-06-30T00:00:00Z"',
         )
         return
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     # Checked before anything runs: EC2 would refuse it only after the image is registered.
     years = 2 if r.value("public_image") else 10
     if when <= now:
@@ -263,7 +263,7 @@ def block_device_mappings(r: Reading, row: Setting) -> tuple[tuple[str, str], ..
     name = row.name
     value = r.given.get(name, [])
     example = 'block_device_mappings = [{ device_name = "/dev/sdb", virtual_name = "ephemeral0" }]'
-    if not isinstance(value, list | tuple):
+    if not isinstance(value, (list, tuple)):
         r.problem(name, f"must be a list of tables, got {value!r}", f"write {example}")
         return ()
     mappings = []

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any
 
 from amidsl.settings.schema import Problem, SettingsError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def _check_control_characters(setting: str, name: str, value: Any, problems: lis
             key_name = str(key).replace("-", "_")
             _check_control_characters(f"{setting}.{key_name}", key_name, item, problems)
         return
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         for item in value:
             _check_control_characters(setting, name, item, problems)
         return

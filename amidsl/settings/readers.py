@@ -46,7 +46,7 @@ def read_flag(r: Reading, name: str, default: bool) -> bool:
 def read_text_list(r: Reading, name: str) -> tuple[str, ...]:
     """A list of strings (empty, with a problem, for anything else)."""
     value = r.given.get(name, [])
-    if isinstance(value, str) or not isinstance(value, list | tuple):
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
         r.problem(name, f"must be a list of strings, got {value!r}", f'write {name} = ["/path", ...]')
         return ()
     if not all(isinstance(item, str) for item in value):

@@ -30,7 +30,7 @@ def _with_values(self: Any, **changes: Any) -> Any:
 
 # Made from the rows, so that adding a setting is adding a row: a hand-written class would repeat every
 # name, type and order the table already holds. Its fields are the rows' (keep_<item> aside, folded
-# into hygiene_keep), in row order, all given by keyword; secrets stay out of its repr.
+# into hygiene_keep), in row order, made with keywords; secrets stay out of its repr.
 AmiSettings = dataclasses.make_dataclass(
     "AmiSettings",
     [(row.name, row.type, dataclasses.field(repr=not row.secret)) for row in ROWS if row.field],
@@ -42,7 +42,6 @@ AmiSettings = dataclasses.make_dataclass(
         "with_values": _with_values,
     },
     frozen=True,
-    kw_only=True,
 )
 
 

@@ -12,6 +12,7 @@ first use, so the order of rows need not follow who depends on whom.
 
 from __future__ import annotations
 
+from amidsl.iterate import zip_strict
 from amidsl.node.amidsl_node import DEFAULT_INCLUDES, HYGIENE_NAMES
 from amidsl.settings import checks, credentials, readers, rules
 from amidsl.settings.constants import (
@@ -90,7 +91,7 @@ def _includes(r: Reading, row: Setting) -> tuple[str, ...]:
 
 
 def _hygiene_keep(r: Reading, row: Setting) -> tuple[str, ...]:
-    return tuple(name for name, key in zip(HYGIENE_NAMES, HYGIENE_KEEP_KEYS, strict=True) if r.value(key))
+    return tuple(name for name, key in zip_strict(HYGIENE_NAMES, HYGIENE_KEEP_KEYS) if r.value(key))
 
 
 def _s3_manifest_path(r: Reading) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Union
 
 from amidsl.model.actions import Action, PlanWarning
 from amidsl.settings import AmiSettings
 
-PhaseFn = Callable[[AmiSettings], Sequence[Action | PlanWarning]]
+PhaseFn = Callable[[AmiSettings], Sequence[Union[Action, PlanWarning]]]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Shared fixtures: throwaway RSA keys and X.509 certificates, generated at test time only."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 
 import pytest

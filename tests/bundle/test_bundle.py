@@ -1,5 +1,7 @@
 """Bundling: round trips, part naming, hand restore with standard tools, and shell-made bundles."""
 
+from __future__ import annotations
+
 import hashlib
 import os
 import re

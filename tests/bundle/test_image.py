@@ -1,5 +1,7 @@
 """Images from a directory: ec2-bundle-vol's exclusions, and everything else survives intact."""
 
+from __future__ import annotations
+
 import fnmatch
 import os
 import re

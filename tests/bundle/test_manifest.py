@@ -1,5 +1,7 @@
 """The manifest: ec2-ami-tools layout, signature checkable by openssl, typed parsing."""
 
+from __future__ import annotations
+
 import re
 import subprocess
 import xml.etree.ElementTree as ET

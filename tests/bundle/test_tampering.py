@@ -1,5 +1,7 @@
 """Every way a bundle can be damaged or misused is caught, each with its own message."""
 
+from __future__ import annotations
+
 import hashlib
 import os
 import shutil

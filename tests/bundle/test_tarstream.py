@@ -1,5 +1,7 @@
 """The tar stream is GNU tar's own: same bytes, holes skipped, readable by GNU tar and tarfile."""
 
+from __future__ import annotations
+
 import os
 import subprocess
 import tarfile

@@ -1,5 +1,7 @@
 """The CLI tasks: a whole bundle → verify → unbundle → ls session, and clean errors (exit 2)."""
 
+from __future__ import annotations
+
 import os
 
 import pytest

@@ -1,5 +1,7 @@
 """Run the node program as the controller does: a python3 subprocess, a JSON request on stdin."""
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os

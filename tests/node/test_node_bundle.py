@@ -1,5 +1,7 @@
 """The node program's bundle command: an image of the volume, bundled into encrypted parts."""
 
+from __future__ import annotations
+
 import contextlib
 import fnmatch
 import os

@@ -5,6 +5,8 @@ leases) beside what the launched system needs (CA certificates with their hashed
 keyrings, /tmp). Each test bundles it as the controller asks and lists the image.
 """
 
+from __future__ import annotations
+
 import fnmatch
 import os
 import stat

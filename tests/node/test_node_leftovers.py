@@ -1,6 +1,8 @@
 """What a node program killed with SIGKILL (or lost with its node's connection) leaves: the next bundle and
 the cleanup command find it and remove it, saying so, and never touch a run that is still going."""
 
+from __future__ import annotations
+
 import os
 import signal
 import subprocess

@@ -1,11 +1,12 @@
 """The node program's stream pieces: pigz-style gzip, AES through libcrypto, Python 3.8 compatibility."""
 
+from __future__ import annotations
+
 import ast
 import glob
 import hashlib
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from amidsl.node import PROGRAM_PATH, program_sha256, program_source
 from amidsl.node import amidsl_node as node
+from tests.minimum_python import newer_python_violations
 
 # Repetitive data compresses across chunk boundaries, where the shared dictionary matters.
 payloads = st.one_of(
@@ -121,52 +123,9 @@ def test_the_program_parses_as_python_3_8():
     ast.parse(program_source(), filename=str(PROGRAM_PATH), feature_version=(3, 8))
 
 
-class _WithoutAnnotations(ast.NodeTransformer):
-    """Drops annotations: under `from __future__ import annotations` Python never evaluates them."""
-
-    def visit_arg(self, arg: ast.arg) -> ast.arg:
-        arg.annotation = None
-        return arg
-
-    def visit_FunctionDef(self, function: ast.FunctionDef) -> ast.FunctionDef:
-        function.returns = None
-        self.generic_visit(function)
-        return function
-
-    def visit_AnnAssign(self, assign: ast.AnnAssign) -> ast.AnnAssign:
-        assign.annotation = ast.Constant("annotation")
-        self.generic_visit(assign)
-        return assign
-
-
 def python_3_8_violations(source: str, tmp_path: Path) -> str:
-    """What vermin finds in source that Python 3.8 lacks: syntax, builtins, stdlib modules and APIs."""
-    tree = ast.parse(source)
-    # Annotations are text under the __future__ import, so `list[int]` or `X | None` in them is fine on
-    # 3.8; with them gone, --eval-annotations makes vermin flag such types wherever code evaluates them.
-    assert any(
-        isinstance(n, ast.ImportFrom) and n.module == "__future__" and n.names[0].name == "annotations"
-        for n in tree.body
-    ), "without `from __future__ import annotations`, 3.8 evaluates every annotation"
-    checked = tmp_path / "checked.py"
-    checked.write_text(ast.unparse(_WithoutAnnotations().visit(tree)))
-    options = ("--target=3.8-", "--violations", "--no-tips", "--eval-annotations", "-vvv", "--quiet")
-    options += ("--no-config-file",)
-    found = subprocess.run(
-        [sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())", *options, str(checked)],
-        capture_output=True,
-        text=True,
-    )
-    assert found.returncode in (0, 1), found.stderr
-    lines = checked.read_text().splitlines()
-    # Point at the offending code: the line numbers are those of the checked (unparsed) text.
-    report = []
-    for line in found.stdout.splitlines():
-        report.append(line)
-        at = re.match(r"\s*L(\d+):", line)
-        if at:
-            report.append("      " + lines[int(at.group(1)) - 1].strip())
-    return "\n".join(report).strip()
+    """What vermin finds in the program that Python 3.8 lacks."""
+    return newer_python_violations({"amidsl_node.py": source}, (3, 8), tmp_path)
 
 
 def test_the_program_uses_nothing_newer_than_python_3_8(tmp_path):

@@ -5,6 +5,8 @@ file it makes is created 0600 in a private 0700 directory of its own, and never 
 link someone planted at a name it would use.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import stat

@@ -4,6 +4,8 @@ mke2fs looks every file with more than one link up in a list, one entry at a tim
 many hard links costs it time that grows with the square of their number (STAGING_LINKS).
 """
 
+from __future__ import annotations
+
 import os
 import subprocess
 from pathlib import Path

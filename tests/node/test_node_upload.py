@@ -1,5 +1,7 @@
 """The node program's upload command: parts PUT in parallel to presigned URLs (moto on loopback)."""
 
+from __future__ import annotations
+
 import datetime
 import http.server
 import os
@@ -111,10 +113,10 @@ class S3Front(http.server.BaseHTTPRequestHandler):
             )
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         signed = datetime.datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
-        expires = signed.replace(tzinfo=datetime.UTC) + datetime.timedelta(
+        expires = signed.replace(tzinfo=datetime.timezone.utc) + datetime.timedelta(
             seconds=int(query["X-Amz-Expires"][0])
         )
-        if datetime.datetime.now(datetime.UTC) > expires:
+        if datetime.datetime.now(datetime.timezone.utc) > expires:
             return self.answer(
                 403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
             )

@@ -4,6 +4,8 @@ Only root may mount; elsewhere (and when asked with staging = "links") the progr
 hard links, so every test here compares the two ways or checks the view's safety.
 """
 
+from __future__ import annotations
+
 import contextlib
 import errno
 import fnmatch

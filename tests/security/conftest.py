@@ -1,5 +1,7 @@
 """Fixtures for hostile-input tests: throwaway identities and a genuine bundle to attack."""
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
 

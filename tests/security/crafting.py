@@ -1,5 +1,7 @@
 """Build hostile bundles for the security tests: any tar or gzip stream under a valid signature."""
 
+from __future__ import annotations
+
 import gc
 import hashlib
 import os

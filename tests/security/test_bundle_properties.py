@@ -1,5 +1,7 @@
 """Properties of the bundle format under arbitrary tampering, checked with Hypothesis."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile

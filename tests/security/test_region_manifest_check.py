@@ -1,5 +1,7 @@
 """The simulated region's RegisterImage check parses manifests with the same strict, linear code."""
 
+from __future__ import annotations
+
 import re
 import time
 

@@ -1,5 +1,7 @@
 """A manifest's signature covers exactly the sections whose values are used."""
 
+from __future__ import annotations
+
 import re
 
 import pytest

@@ -1,5 +1,7 @@
 """Unbundle stays within bounded memory and the manifest's sizes, whatever the decrypted stream holds."""
 
+from __future__ import annotations
+
 import hashlib
 import os
 import shutil

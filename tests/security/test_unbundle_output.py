@@ -1,5 +1,7 @@
 """Unbundle writes only the manifest's image name, privately, after checking the signature."""
 
+from __future__ import annotations
+
 import os
 import stat
 

@@ -59,7 +59,7 @@ def test_the_image_and_each_copy_are_tagged_shared_and_reported(run, native_sett
 
 
 def test_deprecate_at_deprecates_the_image_and_each_copy(run, native_settings, region):
-    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=200)
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=200)
     settings = native_settings | {
         "copy_to_regions": COPIES,
         "deprecate_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -75,7 +75,9 @@ def test_deprecate_at_deprecates_the_image_and_each_copy(run, native_settings, r
 
 def test_the_region_refuses_a_deprecation_time_ec2_refuses(run, native_settings, region):
     simulation = run(native_settings)
-    past = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    past = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     with pytest.raises(ClientError, match="DeprecateAt must be in the future"):
         region.call("ec2", "EnableImageDeprecation", {"ImageId": simulation.image_id, "DeprecateAt": past})
     with pytest.raises(ClientError, match=r"InvalidAMIID\.NotFound"):
