@@ -134,7 +134,10 @@ class FakeRegion:
         """A boto3 client of the simulated account, in this region unless another is named."""
         key = (service, region or self.name)
         if key not in self._clients:
-            self._clients[key] = self._session.client(service, region_name=key[1])
+            # The user's AWS_ENDPOINT_URL or a profile's endpoint_url would send the simulated
+            # account's calls past moto, to a real endpoint.
+            config = Config(ignore_configured_endpoint_urls=True)
+            self._clients[key] = self._session.client(service, region_name=key[1], config=config)
         return self._clients[key]
 
     def close(self) -> None:

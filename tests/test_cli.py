@@ -193,6 +193,37 @@ def test_invoke_tasks_are_made_from_the_same_table():
     assert [p["name"] for p in json.loads(plan.stdout)["phases"]] == ["cleanup"]
 
 
+# The commands that run offline on their defaults (the built-in example); the others need an argument,
+# a node or AWS, and must say so.
+OFFLINE_ON_DEFAULTS = ("plan", "script", "validate", "simulate", "completion")
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)
+def test_every_inv_task_runs_on_its_defaults_or_says_what_it_needs(command, tmp_path):
+    # AWS is a closed port on loopback: a command that calls it fails at once, and nothing leaves.
+    env = os.environ | {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE0000000000",
+    }
+    env |= {"AWS_SECRET_ACCESS_KEY": "example", "AWS_DEFAULT_REGION": "us-east-1", "AMIDSL_CONFIG": ""}
+    run = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(REPO), command.name],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert "Traceback" not in run.stderr and "choose one of" not in run.stderr, run.stderr
+    required = [option.flag for option in command.options if option.required]
+    if command.name in OFFLINE_ON_DEFAULTS:
+        assert run.returncode == 0, run.stderr
+    elif required:
+        assert run.returncode == 2 and f"{required[0]} is required" in run.stderr, run.stderr
+    else:
+        assert run.returncode in (1, 2) and run.stderr.strip(), run.stderr
+
+
 # -- config discovery ----------------------------------------------------------------------------
 
 

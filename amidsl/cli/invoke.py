@@ -21,7 +21,8 @@ def _task(command: CliCommand) -> Task:
             value = options[option.name]
             if option.required and not value:
                 raise Exit(f"{option.flag} is required for {command.name}", USAGE_ERROR)
-            if option.choices and value not in option.choices:
+            # An unset option (None) takes its default later, as with argparse.
+            if option.choices and value is not None and value not in option.choices:
                 raise Exit(f"{option.flag} {value!r}: choose one of {', '.join(option.choices)}", USAGE_ERROR)
         try:
             command.call(options)

@@ -374,6 +374,9 @@ DEFAULT_INCLUDES = (
     "/etc/ssl/certs/*.pem",
     "/etc/pki/ca-trust/*.pem",
     "/etc/pki/tls/certs/*.pem",
+    # OpenSSL's default CA file: Debian's links to the bundle in /etc/ssl/certs, RHEL's to its own.
+    "/usr/lib/ssl/cert.pem",
+    "/etc/pki/tls/cert.pem",
     "/usr/share/keyrings/*.gpg",
     "/etc/apt/trusted.gpg.d/*.gpg",
     "/etc/apt/keyrings/*.gpg",

@@ -558,7 +558,8 @@ ROWS: tuple[Setting, ...] = (
         _includes,
         "native: paths or patterns the filter (`*.pem`, `*.gpg`, ...) must keep, added to the built-in ones "
         "(`/etc/ssl/certs/*.pem`, `/usr/share/keyrings/*.gpg`, `/etc/apt/trusted.gpg.d/*.gpg`, RHEL's CA "
-        "bundles, certifi's `cacert.pem` ...); they never bring back what image hygiene leaves out",
+        "bundles, OpenSSL's default `cert.pem`, certifi's `cacert.pem` ...); they never bring back what "
+        "image hygiene leaves out",
         default=DEFAULT_INCLUDES,
         shown_default="CA certificates, keyrings",
     ),

@@ -90,6 +90,11 @@ def realistic_volume(root: Path) -> Path:
     (certs / f"{CA_NAME}.pem").symlink_to(f"/usr/share/ca-certificates/mozilla/{CA_NAME}.crt")
     (certs / "002c0b4f.0").symlink_to(f"{CA_NAME}.pem")
     (certs / "ca-certificates.crt").write_text("bundle\n")
+    # OpenSSL's default CA file (Debian; RHEL's is /etc/pki/tls/cert.pem): links to the bundle.
+    (root / "usr/lib/ssl").mkdir(parents=True)
+    (root / "usr/lib/ssl/cert.pem").symlink_to("/etc/ssl/certs/ca-certificates.crt")
+    (root / "etc/pki/tls").mkdir(parents=True)
+    (root / "etc/pki/tls/cert.pem").symlink_to("/etc/pki/tls/certs/ca-bundle.crt")
     keyrings = root / "usr/share/keyrings"
     keyrings.mkdir(parents=True)
     (keyrings / "debian-archive-keyring.gpg").write_bytes(b"\x99\x02\x0d public keyring")
@@ -136,6 +141,8 @@ def test_a_default_image_keeps_ca_certificates_keyrings_and_an_empty_tmp(tmp_pat
     assert entries[f"/etc/ssl/certs/{CA_NAME}.pem"].target.endswith(f"{CA_NAME}.crt")
     assert f"/usr/share/ca-certificates/mozilla/{CA_NAME}.crt" in entries
     assert "/usr/share/keyrings/debian-archive-keyring.gpg" in entries
+    # OpenSSL's default CA file, which the *.pem filter used to drop.
+    assert "/usr/lib/ssl/cert.pem" in entries and "/etc/pki/tls/cert.pem" in entries
     # /tmp is destination_dir by default, so excluded: it stays, empty, with its mode.
     for directory in ("/tmp", "/var/tmp"):
         assert entries[directory].type == "dir"
