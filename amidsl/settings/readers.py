@@ -152,11 +152,6 @@ def owned_dir(r: Reading, row: Setting) -> str:
     return value
 
 
-def text_list(r: Reading, row: Setting) -> tuple[str, ...]:
-    """A list of strings."""
-    return read_text_list(r, row.name)
-
-
 def path_list(r: Reading, row: Setting) -> tuple[str, ...]:
     """Absolute directories on the node, normalised, without commas (ec2-bundle-vol -e)."""
     paths = []

@@ -10,7 +10,7 @@ from amidsl.settings.keys import normalise_keys
 from amidsl.settings.reading import Reading
 from amidsl.settings.rules import RULES
 from amidsl.settings.schema import Problem, SettingsError
-from amidsl.settings.table import ROWS, SETTINGS, STRATEGY_RULES, USER_KEYS
+from amidsl.settings.table import REQUIRED, ROWS, SETTINGS, STRATEGY_RULES, USER_KEYS
 
 
 def _tools_dir(self: Any) -> str:
@@ -49,7 +49,7 @@ def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
     """Merge defaults into `raw`, finalise derived values and validate; raise SettingsError on problems."""
     problems: list[Problem] = []
     given = normalise_keys(raw, USER_KEYS, problems)
-    for name in (row.name for row in ROWS if row.required):
+    for name in REQUIRED:
         if given.get(name) in (None, ""):
             problems.append(Problem(name, "is required", f"set {name} in the [ami] table"))
     reading = Reading(given, SETTINGS, problems)
