@@ -121,7 +121,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                         "fields": _fields(action),
                         "commands": render_action(action),
                     }
-                    for index, action in enumerate(phase.actions, start=1)
+                    for index, action in phase.numbered()
                 ],
             }
             for phase in plan.phases
@@ -162,7 +162,7 @@ def render_text(plan: Plan) -> str:
         count = len(phase.actions)
         lines += ["", f"phase {phase.name} ({count} action{'' if count == 1 else 's'})"]
         lines += [f"  WARNING: {warning}" for warning in phase.warnings]
-        for index, action in enumerate(phase.actions, start=1):
+        for index, action in phase.numbered():
             where = " [controller]" if isinstance(action, CONTROLLER_ACTIONS) else ""
             secret = (
                 " [secret content not shown]" if (isinstance(action, RemoteFile) and action.secret) else ""

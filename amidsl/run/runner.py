@@ -178,7 +178,7 @@ def resume_hint(phase: str, credentials_removed: bool, strategy: Strategy | None
 def split_by_side(phase: PhasePlan) -> list[tuple[bool, list[tuple[int, Action]]]]:
     """The phase's numbered actions in consecutive runs: (on_controller, actions)."""
     runs: list[tuple[bool, list[tuple[int, Action]]]] = []
-    for index, action in enumerate(phase.actions, start=1):
+    for index, action in phase.numbered():
         side = isinstance(action, DRIVEN_BY_CONTROLLER)
         if not runs or runs[-1][0] != side:
             runs.append((side, []))
