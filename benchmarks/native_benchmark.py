@@ -15,7 +15,12 @@ and prints wall and CPU seconds, MB/s, output bytes, peak RSS and the ratios, an
 and CPU time went (the program's report: space check, staging, mke2fs, bundling, cleanup). Then it uploads
 (b)'s parts to moto's S3 server on 127.0.0.1 with the node program, in parallel and one at a time.
 
+With --hygiene-rounds N it also bundles the tree N times with image hygiene and N times without
+(every item kept: the bundle as it was before hygiene), alternating, and prints the medians and the
+ratio: what hygiene costs a whole bundle.
+
 Usage: python3 benchmarks/native_benchmark.py [--size-mb 900] [--workdir DIR] [--concurrency 4]
+       [--hygiene-rounds 0]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import logging
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bundle_benchmark import MB, PART_SIZE, Result, make_tree, measured, read_usage, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +66,10 @@ def run_node(command: str, request: dict) -> tuple[dict, float, float, int]:
     return json.loads(done.stdout.splitlines()[-1]), seconds, cpu, after.ru_maxrss
 
 
-def run_native(tree: Path, out: Path, staging: str = "auto") -> tuple[Result, dict]:
-    """(b): the node program's bundle command on the tree."""
+def run_native(
+    tree: Path, out: Path, staging: str = "auto", hygiene_keep: tuple[str, ...] = ()
+) -> tuple[Result, dict]:
+    """(b): the node program's bundle command on the tree (hygiene_keep: the items not applied)."""
     key, iv = os.urandom(16).hex(), os.urandom(16).hex()
     request = {
         "volume": str(tree),
@@ -75,6 +84,7 @@ def run_native(tree: Path, out: Path, staging: str = "auto") -> tuple[Result, di
         "part_size": PART_SIZE,
         "workers": 0,
         "staging": staging,
+        "hygiene_keep": list(hygiene_keep),
     }
     report, seconds, cpu, peak = run_node("bundle", request)
     check = f"cat {out}/image.part.* | openssl enc -d -aes-128-cbc -K {key} -iv {iv} | gunzip | sha1sum"
@@ -139,12 +149,42 @@ def upload_seconds(out: Path, report: dict, endpoint: str, concurrency: int, pre
     return seconds
 
 
+def hygiene_cost(tree: Path, work: Path, rounds: int) -> None:
+    """Bundle the tree with and without image hygiene, alternating; print medians and the ratio."""
+    from amidsl.node.amidsl_node import HYGIENE_NAMES
+
+    runs: dict[str, list[Result]] = {"without hygiene": [], "with hygiene": []}
+    for _ in range(rounds):
+        for name, keep in (("without hygiene", tuple(HYGIENE_NAMES)), ("with hygiene", ())):
+            out = work / "out-hygiene"
+            out.mkdir()
+            result, _ = run_native(tree, out, hygiene_keep=keep)
+            shutil.rmtree(out)
+            runs[name].append(result)
+    print(f"\nimage hygiene, {rounds} bundles each, alternating (median):")
+    medians = {}
+    for name, results in runs.items():
+        wall = statistics.median(r.seconds for r in results)
+        cpu = statistics.median(r.cpu_seconds for r in results)
+        medians[name] = (wall, cpu)
+        print(
+            f"  {name:<16} wall {wall:7.2f} s   cpu {cpu:7.2f} s   (walls: "
+            + ", ".join(f"{r.seconds:.2f}" for r in results)
+            + ")"
+        )
+    (wall0, cpu0), (wall1, cpu1) = medians["without hygiene"], medians["with hygiene"]
+    print(f"  cost of hygiene: wall {wall1 / wall0:.3f}x, cpu {cpu1 / cpu0:.3f}x   [target: a few percent]")
+
+
 def main() -> None:
     """Make the tree, run both bundlers and both uploads, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=900, help="MB of files in the tree")
     parser.add_argument("--workdir", help="directory for the temporary files (default: $TMPDIR)")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel uploads")
+    parser.add_argument(
+        "--hygiene-rounds", type=int, default=0, help="bundles with and without image hygiene, each"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="amidsl-native-bench-") as tmp:
         work = Path(tmp)
@@ -195,6 +235,9 @@ def main() -> None:
             f"chunks deflated while mke2fs ran: {ahead.get('made', 0)}, taken when bundling: "
             f"{ahead.get('used', 0)}"
         )
+
+        if args.hygiene_rounds:
+            hygiene_cost(work / "tree", work, args.hygiene_rounds)
 
         from moto.server import ThreadedMotoServer
 

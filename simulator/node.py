@@ -159,6 +159,27 @@ class FakeNode:
         relative = host.relative_to(self.root).as_posix()
         return "/" if relative == "." else f"/{relative}"
 
+    def filesystem_type(self, path: str) -> str:
+        """The type of the filesystem a path is on: its nearest mount point's, else the root's."""
+        points = [p for p in self.mounts if path == p or path.startswith(p.rstrip("/") + "/")]
+        return self.mounts[max(points, key=len)] if points else self.root_filesystem[0]
+
+    def find_matching(self, root: str, patterns: tuple[str, ...], fs_types: tuple[str, ...]) -> list[str]:
+        """What `find ROOT \\( ! -fstype T... \\) -prune -o \\( -path P... \\) -print -prune` prints."""
+        found: list[str] = []
+        pending = [root]
+        while pending:
+            path = pending.pop()
+            if self.filesystem_type(path) not in fs_types:
+                continue
+            if any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns):
+                found.append(path)
+                continue
+            host = self.host_path(path)
+            if host.is_dir() and not host.is_symlink():
+                pending += [f"{path.rstrip('/')}/{name}" for name in os.listdir(host)]
+        return found
+
     def exists(self, path: str) -> bool:
         """Whether the path exists (a dangling link counts, as for `[ -e ]` it would not)."""
         return self.host_path(path).exists()

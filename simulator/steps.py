@@ -6,6 +6,7 @@ Each command goes through the node's command models; a step's failure stops the 
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ from amidsl.model.steps import (
     ByPackageManager,
     Check,
     CollectExisting,
+    CollectMatching,
     Command,
     Fail,
     Glob,
@@ -108,6 +110,29 @@ class StepRunner(StepVisitor[CommandResult]):
         return CommandResult(
             0, "".join(f"amidsl: leaving out {p}: it does not exist on this node\n" for p in missing)
         )
+
+    def collect_matching(self, step: CollectMatching) -> CommandResult:
+        """Add the paths `find` would print (sorted as `sort -z` in the C locale) to the variable."""
+        m = step.matching
+        self.env.setdefault(step.variable, "")
+        if m.when_any and not any(self.node.exists(p) for p in m.when_any):
+            return CommandResult(0, f"amidsl: {m.otherwise}\n")
+        found = self.node.find_matching(m.root, m.patterns, m.fs_types)
+        value, output = self.env.get(step.variable, ""), []
+        for path in sorted(found, key=os.fsencode):
+            if step.separator in path or "\n" in path:
+                output.append(
+                    f"amidsl: cannot pass on {path} ({m.why}): its name holds {step.separator!r} or a "
+                    "new line, which would split the list\n"
+                )
+                return CommandResult(1, "".join(output))
+            if m.say_each:
+                output.append(f"amidsl: {m.saying} {path} ({m.why})\n")
+            value = f"{value}{step.separator}{path}" if value else path
+        if not m.say_each:
+            output.append(f"amidsl: {m.saying} {len(found)} paths ({m.why})\n")
+        self.env[step.variable] = value
+        return CommandResult(0, "".join(output))
 
     def fail(self, step: Fail) -> CommandResult:
         """Stop with the message."""

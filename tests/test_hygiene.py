@@ -52,10 +52,21 @@ def test_a_shared_image_with_every_item_applied_gets_no_hygiene_warning(raw_sett
     assert "keeps what image hygiene would leave out" not in text
 
 
-def test_the_ami_tools_preview_says_what_ec2_bundle_vol_cannot_do(raw_settings):
+def test_the_ami_tools_preview_says_what_ec2_bundle_vol_is_given_and_what_it_cannot_do(raw_settings):
     text = preview(raw_settings | {"bundler": "ami-tools"}, "ami-bundle")
-    assert "WARNING: ec2-bundle-vol does not apply amidsl's image hygiene" in text
-    assert "SSH host keys" in text and 'use bundler = "native"' in text
+    assert (
+        "image hygiene (ec2-bundle-vol's -e): the node finds the paths of ssh_host_keys, private_keys" in text
+    )
+    assert "SSH host keys only when cloud-init or sshd-keygen will make new ones at first boot" in text
+    assert "ec2-bundle-vol cannot empty a file or keep a directory empty, so machine_id, logs" in text
+    assert 'use bundler = "native"' in text
+
+
+def test_the_ami_tools_preview_leaves_kept_items_out_of_what_the_node_finds(raw_settings):
+    kept = raw_settings | {"bundler": "ami-tools", "keep_histories": True, "keep_machine_id": True}
+    text = preview(kept, "ami-bundle")
+    assert "histories" not in text.split("the node finds the paths of")[1].split(" and exclude_patterns")[0]
+    assert "'*/.*_history'" not in text
 
 
 def test_every_hygiene_item_has_a_keep_setting_in_the_readme():

@@ -29,10 +29,10 @@ from amidsl.model.actions import (
 )
 from amidsl.model.plan import build_plan, group_spec
 from amidsl.model.steps import (
-    EXISTING_PATHS_VARIABLE,
     ByPackageManager,
     Check,
     CollectExisting,
+    CollectMatching,
     Command,
     Fail,
     Glob,
@@ -306,9 +306,22 @@ def expected_argvs(action, env: dict[str, str]) -> list[list[str]]:
                 walk(step.tests + step.then)  # the recorders succeed
             elif isinstance(step, CollectExisting):
                 present = [p for p in step.paths if Path(p).exists()]
-                env[EXISTING_PATHS_VARIABLE] = step.separator.join(present)
+                env[step.variable] = step.separator.join(present)
                 message = "amidsl: leaving out %s: it does not exist on this node\\n"
                 found.extend(["printf", message, p] for p in step.paths if p not in present)
+            elif isinstance(step, CollectMatching):
+                m = step.matching
+                if m.when_any and not any(Path(p).exists() for p in m.when_any):
+                    found.append(["printf", "amidsl: %s\\n", m.otherwise])
+                    continue
+                # The recorded find prints nothing: nothing is added, and the count is 0.
+                types = [w for t in m.fs_types for w in ("!", "-fstype", t)]
+                tests = [w for i, p in enumerate(m.patterns) for w in ((["-o"] if i else []) + ["-path", p])]
+                found.append(
+                    ["find", m.root, "(", *types, ")", "-prune", "-o", "(", *tests, ")", "-print0", "-prune"]
+                )
+                if not m.say_each:
+                    found.append(["printf", "amidsl: %s %s paths (%s)\\n", m.saying, "0", m.why])
             elif isinstance(step, Fail):
                 found.append(["fail", step.message])
 

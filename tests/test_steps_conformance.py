@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import get_args
 
 import pytest
 
-from amidsl.model.actions import EnvSecret, OptionalArg, RuntimeValue, StagedFile
+from amidsl.model.actions import EnvSecret, OptionalArg, PathsMatching, RuntimeValue, StagedFile
 from amidsl.model.steps import (
     ByPackageManager,
     Check,
     CollectExisting,
+    CollectMatching,
     Command,
     Fail,
     Glob,
@@ -67,6 +69,26 @@ class Case:
 def _work(*names: str) -> dict[str, str | None]:
     """A /work directory holding files named `names` (each holding its own name)."""
     return {"/work": None, **{f"/work/{name}": name for name in names}}
+
+
+# The filesystem type bash's `find -fstype` sees for the temporary directory, and the fake node's root's.
+TMP_FS_TYPE = subprocess.run(
+    ["find", tempfile.gettempdir(), "-maxdepth", "0", "-printf", "%F"],
+    capture_output=True,
+    text=True,
+    check=True,
+).stdout
+
+
+def _matching(root: str, *patterns: str, **options: object) -> PathsMatching:
+    """A search under the root's /work for patterns, on the temporary directory's filesystem type."""
+    return PathsMatching(
+        patterns,
+        (TMP_FS_TYPE, "ext4"),
+        "a test rule",
+        root=f"{root}/work",
+        **options,  # type: ignore[arg-type]
+    )
 
 
 def _install_file(root: str, path: str, mode: str) -> Command:
@@ -375,6 +397,62 @@ CASES: dict[type, tuple[Case, ...]] = {
                 Command(("printf", "%s", ShellVariable("EXISTING")), stdout=f"{r}/work/out"),
             ),
             given=_work(),
+        ),
+    ),
+    CollectMatching: (
+        Case(
+            "adds the matching paths, sorted, a matching directory whole, and says each",
+            lambda r: (
+                CollectExisting("FOUND", (f"{r}/work/keep",), ","),
+                CollectMatching("FOUND", _matching(r, f"{r}/work/*/.ssh/id_*", "*/.*_history", "*/.gnupg")),
+                Command(("printf", "%s", ShellVariable("FOUND")), stdout=f"{r}/work/out"),
+            ),
+            given={
+                **_work("keep"),
+                "/work/b": None,
+                "/work/b/.ssh": None,
+                "/work/b/.ssh/id_ed25519": "key",
+                "/work/b/.ssh/config": "config",
+                "/work/a": None,
+                "/work/a/.bash_history": "history",
+                "/work/a/.gnupg": None,
+                "/work/a/.gnupg/secring": "ring",
+            },
+        ),
+        Case(
+            "counts instead of saying each path",
+            lambda r: (
+                CollectMatching("FOUND", _matching(r, "*.pem", say_each=False)),
+                Command(("printf", "%s", ShellVariable("FOUND")), stdout=f"{r}/work/out"),
+            ),
+            given={**_work("a.pem", "b.pem", "c.txt")},
+        ),
+        Case(
+            "says `otherwise` and adds nothing when none of when_any exists",
+            lambda r: (
+                CollectMatching(
+                    "FOUND",
+                    _matching(r, "*.pem", when_any=(f"{r}/work/generator",), otherwise="nothing makes them"),
+                ),
+                Command(("printf", "%s", ShellVariable("FOUND")), stdout=f"{r}/work/out"),
+            ),
+            given={**_work("a.pem")},
+        ),
+        Case(
+            "searches when one of when_any exists",
+            lambda r: (
+                CollectMatching("FOUND", _matching(r, "*.pem", when_any=(f"{r}/no", f"{r}/work/generator"))),
+                Command(("printf", "%s", ShellVariable("FOUND")), stdout=f"{r}/work/out"),
+            ),
+            given={**_work("a.pem", "generator")},
+        ),
+        Case(
+            "stops at a path holding the separator, which would split the list",
+            lambda r: (
+                CollectMatching("FOUND", _matching(r, "*.pem")),
+                Command(("printf", "%s", ShellVariable("FOUND")), stdout=f"{r}/work/out"),
+            ),
+            given={**_work("a,b.pem")},
         ),
     ),
     Fail: (

@@ -70,15 +70,36 @@ class RunnerValue:
 
 
 @dataclass(frozen=True)
+class PathsMatching:
+    """The paths under `root` that match one of `patterns` (`find -path`: `*` crosses `/`), found on
+    the node when the command runs, on filesystems of the types in `fs_types` only; a directory that
+    matches is taken whole. With `when_any`, only when one of those paths exists; else `otherwise` is
+    said. Each path found is said as "SAYING PATH (WHY)", e.g. "leaving out /root/.ssh/id_rsa (...)",
+    or, with `say_each` false, only their number ("keeping 142 paths (includes)").
+    """
+
+    patterns: tuple[str, ...]
+    fs_types: tuple[str, ...]
+    why: str
+    saying: str = "leaving out"
+    say_each: bool = True
+    root: str = "/"
+    when_any: tuple[str, ...] = ()
+    otherwise: str = ""
+
+
+@dataclass(frozen=True)
 class ExistingPaths:
-    """The paths among `paths` that exist on the node when the command runs, joined by `separator`.
+    """The paths among `paths` that exist on the node when the command runs, and those `matching`
+    finds there, joined by `separator`.
 
     For a program that refuses a path that does not exist (ec2-bundle-vol's `-e`); the script shows
-    the test, and says which paths it leaves out.
+    the test and the search, and says which paths it leaves out.
     """
 
     paths: tuple[str, ...]
     separator: str = ","
+    matching: tuple[PathsMatching, ...] = ()
 
 
 # One word of a command line (or an environment value); OptionalArg is zero or two words.

@@ -26,6 +26,7 @@ from amidsl.model.actions import (
     InstallPackages,
     InstallRuby,
     OptionalArg,
+    PathsMatching,
     RemoteDirectory,
     RemoteFile,
     Remove,
@@ -131,6 +132,22 @@ class CollectExisting:
 
 
 @dataclass(frozen=True)
+class CollectMatching:
+    """Add to `variable` (joined by `separator`) the paths `matching` finds now, saying each; stop on a
+    path that holds the separator or a new line (the program reading the value would split it)."""
+
+    variable: str
+    matching: PathsMatching
+    separator: str = ","
+
+    def __post_init__(self) -> None:
+        if not _NAME_SAFE.fullmatch(self.variable):
+            raise ValueError(f"bad variable name {self.variable!r}")
+        if not self.matching.patterns or not self.matching.fs_types:
+            raise ValueError("CollectMatching needs patterns and filesystem types")
+
+
+@dataclass(frozen=True)
 class Fail:
     """Stop the action with `message`."""
 
@@ -163,7 +180,9 @@ class ByPackageManager:
     otherwise: str
 
 
-Step = Union[Command, IfMissing, IfPresent, Check, ByPackageManager, IfSucceeds, CollectExisting, Fail]
+Step = Union[
+    Command, IfMissing, IfPresent, Check, ByPackageManager, IfSucceeds, CollectExisting, CollectMatching, Fail
+]
 
 T = TypeVar("T")
 
@@ -201,6 +220,10 @@ class StepVisitor(ABC, Generic[T]):
         """Run or show the collection of the paths that exist into a variable."""
 
     @abstractmethod
+    def collect_matching(self, step: CollectMatching) -> T:
+        """Run or show the search for matching paths, added to a variable."""
+
+    @abstractmethod
     def fail(self, step: Fail) -> T:
         """Run or show a stop with a message."""
 
@@ -221,6 +244,8 @@ def visit_step(step: Step, visitor: StepVisitor[T]) -> T:
         return visitor.if_succeeds(step)
     if isinstance(step, CollectExisting):
         return visitor.collect_existing(step)
+    if isinstance(step, CollectMatching):
+        return visitor.collect_matching(step)
     if isinstance(step, Fail):
         return visitor.fail(step)
     raise TypeError(f"no step handler for the step type {type(step).__name__}")
@@ -298,7 +323,7 @@ def _referring_values(action: Action) -> list[object]:
     return []
 
 
-# The variable holding an ExistingPaths word's value (one per command: a command has at most one).
+# The variable holding a command's first ExistingPaths word's value (the next ones: ..._2, ...).
 EXISTING_PATHS_VARIABLE = "AMIDSL_EXISTING_PATHS"
 
 
@@ -355,16 +380,16 @@ def install_packages(apt: tuple[str, ...], rpm: tuple[str, ...]) -> ByPackageMan
 
 
 def _exec(action: Exec) -> tuple[Step, ...]:
-    """An Exec's command; an ExistingPaths word becomes a variable set by the step before it."""
-    existing = [w for w in action.argv if isinstance(w, ExistingPaths)]
-    if len(existing) > 1:
-        raise ValueError("a command takes at most one ExistingPaths word")
-    argv = tuple(
-        ShellVariable(EXISTING_PATHS_VARIABLE) if isinstance(w, ExistingPaths) else w for w in action.argv
-    )
-    steps: list[Step] = [
-        CollectExisting(EXISTING_PATHS_VARIABLE, word.paths, word.separator) for word in existing
-    ]
+    """An Exec's command; each ExistingPaths word becomes a variable set by the steps before it."""
+    variables: dict[ExistingPaths, str] = {}
+    steps: list[Step] = []
+    for word in action.argv:
+        if isinstance(word, ExistingPaths):
+            name = EXISTING_PATHS_VARIABLE + (f"_{len(variables) + 1}" if variables else "")
+            variables[word] = name
+            steps.append(CollectExisting(name, word.paths, word.separator))
+            steps += [CollectMatching(name, m, word.separator) for m in word.matching]
+    argv = tuple(ShellVariable(variables[w]) if isinstance(w, ExistingPaths) else w for w in action.argv)
     steps.append(Command(argv, env=action.env, cwd=action.cwd, user=action.user, umask=action.umask))
     if action.missing is not None and isinstance(argv[0], str):
         # bash alone would say only "command not found": say what is missing and the fix.

@@ -40,6 +40,7 @@ from amidsl.model.steps import (
     ByPackageManager,
     Check,
     CollectExisting,
+    CollectMatching,
     Command,
     Fail,
     Glob,
@@ -133,6 +134,10 @@ class ShellSteps(StepVisitor[list[str]]):
         """A loop setting the variable to the paths that exist."""
         return _collect_existing(step)
 
+    def collect_matching(self, step: CollectMatching) -> list[str]:
+        """A `find` whose paths are added to the variable, one by one."""
+        return _collect_matching(step)
+
     def fail(self, step: Fail) -> list[str]:
         """`fail MESSAGE`."""
         return [f"fail {quote(step.message)}"]
@@ -155,6 +160,8 @@ def _if_succeeds(step: IfSucceeds, keyword: str = "if") -> list[str]:
 
 def _collect_existing(step: CollectExisting) -> list[str]:
     var, separator = step.variable, quote(step.separator)
+    if not step.paths:
+        return [f"{var}=''"]
     return [
         f"{var}=''",
         f"for amidsl_path in {' '.join(quote(p) for p in step.paths)}; do",
@@ -165,6 +172,37 @@ def _collect_existing(step: CollectExisting) -> list[str]:
         "  fi",
         "done",
     ]
+
+
+def _collect_matching(step: CollectMatching) -> list[str]:
+    var, separator, m = step.variable, quote(step.separator), step.matching
+    other_types = " ".join(f"! -fstype {quote(t)}" for t in m.fs_types)
+    patterns = " -o ".join(f"-path {quote(p)}" for p in m.patterns)
+    # NUL-separated and sorted, so any name is read whole and the value is the same on every run.
+    find = (
+        f"find {quote(m.root)} \\( {other_types} \\) -prune -o \\( {patterns} \\) -print0 -prune"
+        " | LC_ALL=C sort -z"
+    )
+    split = quote(f" ({m.why}): its name holds {step.separator!r} or a new line, which would split the list")
+    say = f"  printf 'amidsl: %s %s (%s)\\n' {quote(m.saying)} \"$amidsl_path\" {quote(m.why)}"
+    count = f"printf 'amidsl: %s %s paths (%s)\\n' {quote(m.saying)} \"$amidsl_count\" {quote(m.why)}"
+    search = [
+        *([] if m.say_each else ["amidsl_count=0"]),
+        "while IFS= read -r -d '' amidsl_path; do",
+        '  case "$amidsl_path" in',
+        f"    *{separator}*|*$'\\n'*) fail \"cannot pass on $amidsl_path\"{split} ;;",
+        "  esac",
+        say if m.say_each else "  amidsl_count=$((amidsl_count + 1))",
+        f'  {var}="${{{var}:+${{{var}}}{separator}}}$amidsl_path"',
+        f"done < <({find})",
+        *([] if m.say_each else [count]),
+    ]
+    start = f'{var}="${{{var}-}}"'
+    if not m.when_any:
+        return [start, *search]
+    test = " || ".join(f"[ -e {quote(p)} ]" for p in m.when_any)
+    otherwise = f"printf 'amidsl: %s\\n' {quote(m.otherwise)}"
+    return [start, f"if {test}; then", *(f"  {line}" for line in search), "else", f"  {otherwise}", "fi"]
 
 
 def _check_test(check: Check) -> str:

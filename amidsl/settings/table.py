@@ -119,8 +119,8 @@ KERNEL_DOC = (
     "block device mapping the user did not set)"
 )
 KEEP_DOC = (
-    "native: `true` keeps that item of [image hygiene](#image-hygiene) in the image (the preview warns, "
-    "loudly if the image is shared)"
+    "`true` keeps that item of [image hygiene](#image-hygiene) in the image (the preview warns, loudly "
+    "if the image is shared); ami-tools builds keep `machine_id`, `logs` and `temporary_files` anyway"
 )
 
 ROWS: tuple[Setting, ...] = (
@@ -556,10 +556,10 @@ ROWS: tuple[Setting, ...] = (
         "includes",
         "tuple[str, ...]",
         _includes,
-        "native: paths or patterns the filter (`*.pem`, `*.gpg`, ...) must keep, added to the built-in ones "
+        "paths or patterns the filter (`*.pem`, `*.gpg`, ...) must keep, added to the built-in ones "
         "(`/etc/ssl/certs/*.pem`, `/usr/share/keyrings/*.gpg`, `/etc/apt/trusted.gpg.d/*.gpg`, RHEL's CA "
         "bundles, OpenSSL's default `cert.pem`, certifi's `cacert.pem` ...); they never bring back what "
-        "image hygiene leaves out",
+        "image hygiene leaves out (ami-tools: the node finds them and passes them to ec2-bundle-vol's `-i`)",
         default=DEFAULT_INCLUDES,
         shown_default="CA certificates, keyrings",
     ),
@@ -567,8 +567,9 @@ ROWS: tuple[Setting, ...] = (
         "exclude_patterns",
         "tuple[str, ...]",
         readers.pattern_list,
-        'native: paths or patterns (`*` also crosses `/`) to leave out, e.g. `["*/.env", '
-        '"/srv/app/secrets/*"]`; nothing brings them back',
+        'paths or patterns (`*` also crosses `/`) to leave out, e.g. `["*/.env", '
+        '"/srv/app/secrets/*"]`; nothing brings them back (ami-tools: the node finds them and passes them '
+        "to ec2-bundle-vol's `-e`)",
         default=(),
     ),
     *(Setting(key, "bool", readers.flag, KEEP_DOC, default=False, field=False) for key in HYGIENE_KEEP_KEYS),

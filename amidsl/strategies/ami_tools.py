@@ -19,6 +19,7 @@ from amidsl.model.actions import (
     ExistingPaths,
     InstallPackages,
     InstallRuby,
+    PathsMatching,
     PlanWarning,
     RemoteDirectory,
     RemoteFile,
@@ -27,9 +28,16 @@ from amidsl.model.actions import (
     StagedFile,
     Value,
 )
+from amidsl.node.amidsl_node import (
+    HOST_KEY_GENERATORS,
+    HYGIENE_EMPTY_DIR,
+    HYGIENE_EMPTY_FILE,
+    HYGIENE_LEAVE_OUT,
+)
 from amidsl.settings import NODE_STATE_DIR, AmiSettings
 from amidsl.strategies import bundle_files
 from amidsl.strategies.bundle_files import image_file
+from amidsl.strategies.hygiene import applied_items
 from amidsl.strategies.register import ami_register, instance_types_note
 from amidsl.strategies.strategy import FailureAdvice, Strategy
 
@@ -220,9 +228,15 @@ def bundle_vol_argv(s: AmiSettings) -> tuple[Value, ...]:
         s.user_id,
         "-r",
         s.arch,
-        # Every -e path must exist (the tool stops otherwise): the node decides which are there.
+        # Every -e and -i path must exist (the tool stops otherwise): the node decides which are there,
+        # and finds what image hygiene, exclude_patterns and includes name (patterns the tool lacks).
         "-e",
-        ExistingPaths(s.exclusions),
+        ExistingPaths(s.exclusions, matching=bundle_vol_matching(s)),
+        "-i",
+        ExistingPaths(
+            (),
+            matching=(PathsMatching(s.includes, BUNDLE_VOL_FS_TYPES, "includes", "keeping", say_each=False),),
+        ),
         "-d",
         s.destination_dir,
         "-p",
@@ -238,22 +252,74 @@ def bundle_vol_argv(s: AmiSettings) -> tuple[Value, ...]:
     return tuple(argv)
 
 
-AMI_TOOLS_HYGIENE = (
-    "WARNING: ec2-bundle-vol does not apply amidsl's image hygiene: its -e takes only paths that exist "
-    "(checked as it starts) and it cannot empty a file or make host keys at first boot, so only its own "
-    "filter (*.pem, *id_rsa*, */.ssh/authorized_keys, */.bash_history, ...) and the exclusions apply. "
-    "SSH host keys, other private keys and histories, credentials, cloud-init state, machine-id, logs "
-    "and /var/tmp stay in the image, and includes and exclude_patterns are not used (its filter also "
-    "drops the CA certificates' .pem links and the *.gpg keyrings apt checks with). For an image "
-    'others launch, use bundler = "native", or list the directories to leave out in extra_exclusions'
+# The filesystem types ec2-bundle-vol copies (it leaves out the other mounts): where the node looks
+# for what the patterns name.
+BUNDLE_VOL_FS_TYPES = ("ext2", "ext3", "ext4", "xfs", "jfs", "reiserfs", "tmpfs")
+HOST_KEYS = "ssh_host_keys"
+KEEPING_HOST_KEYS = (
+    "keeping the SSH host keys: nothing on this node (cloud-init, sshd-keygen) makes new ones at first "
+    "boot, and ec2-bundle-vol cannot add the unit that native builds add; every instance shares them. "
+    'Install cloud-init, or use bundler = "native"'
 )
+
+
+def bundle_vol_matching(s: AmiSettings) -> tuple[PathsMatching, ...]:
+    """What the node finds for ec2-bundle-vol's -e: the paths image hygiene and exclude_patterns name."""
+    leave_out = [i for i in applied_items(s) if i.treatment == HYGIENE_LEAVE_OUT]
+    patterns = tuple(p for i in leave_out if i.name != HOST_KEYS for p in i.patterns) + s.exclude_patterns
+    matching = []
+    if patterns:
+        matching.append(PathsMatching(patterns, BUNDLE_VOL_FS_TYPES, "image hygiene, exclude_patterns"))
+    for item in leave_out:
+        if item.name == HOST_KEYS:
+            # Without a generator at first boot an image without host keys is unreachable over SSH.
+            generators = tuple(path for _, paths in HOST_KEY_GENERATORS for path in paths)
+            matching.append(
+                PathsMatching(
+                    item.patterns,
+                    BUNDLE_VOL_FS_TYPES,
+                    f"image hygiene: {HOST_KEYS}",
+                    root="/etc/ssh",
+                    when_any=generators,
+                    otherwise=KEEPING_HOST_KEYS,
+                )
+            )
+    return tuple(matching)
+
+
+def bundle_vol_hygiene_notes(s: AmiSettings) -> list[PlanWarning]:
+    """The preview's notes on what image hygiene ec2-bundle-vol can and cannot apply."""
+    applied = applied_items(s)
+    left_out = [i.name for i in applied if i.treatment == HYGIENE_LEAVE_OUT]
+    not_applied = [i.name for i in applied if i.treatment in (HYGIENE_EMPTY_FILE, HYGIENE_EMPTY_DIR)]
+    notes = []
+    if left_out:
+        notes.append(
+            PlanWarning(
+                f"image hygiene (ec2-bundle-vol's -e): the node finds the paths of {', '.join(left_out)}"
+                " and exclude_patterns on the filesystems ec2-bundle-vol copies, says each, and leaves them "
+                f"out; SSH host keys only when cloud-init or sshd-keygen will make new ones at first boot "
+                "(else they stay, and the script says so). includes go to -i, so the CA certificates and "
+                "apt's keyrings stay"
+            )
+        )
+    if not_applied:
+        notes.append(
+            PlanWarning(
+                f"ec2-bundle-vol cannot empty a file or keep a directory empty, so "
+                f"{', '.join(not_applied)} stay as they are on the node (native builds empty "
+                "/etc/machine-id and the logs and keep /tmp and /var/tmp empty): for an image others "
+                'launch, use bundler = "native"'
+            )
+        )
+    return notes
 
 
 def ami_bundle(s: AmiSettings) -> list[Action | PlanWarning]:
     """Bundle the node's volume into destination_dir, excluding everything amidsl put there."""
     remove_image = Remove(image_file(s), description="remove the image file ec2-bundle-vol leaves behind")
     return [
-        PlanWarning(AMI_TOOLS_HYGIENE),
+        *bundle_vol_hygiene_notes(s),
         Exec(
             ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
         ),

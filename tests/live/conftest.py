@@ -267,6 +267,7 @@ TOOLS = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser()
 for flag in ("-k", "-c", "-u", "-r", "-e", "-d", "-p"):
     parser.add_argument(flag, required=True)
+parser.add_argument("-i", default="")
 parser.add_argument("-s", type=int)
 parser.add_argument("--partition", choices=("none",), required=True)
 parser.add_argument("--no-inherit", action="store_true")
@@ -279,7 +280,8 @@ with open(os.path.join(RECORDS, "bundle-vol.json"), "w") as out:
 destination = Path(args.d)
 image = destination / args.p
 print(f"Copying {{VOLUME}} into the image...")
-build_image(VOLUME, image, size_mb=args.s, exclusions=args.e.split(","))
+includes = [i for i in args.i.split(",") if i]
+build_image(VOLUME, image, size_mb=args.s, exclusions=args.e.split(","), includes=includes)
 print("Bundling image file...")
 manifest = bundle_image(
     image, destination, prefix=args.p, user_id=args.u,

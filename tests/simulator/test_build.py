@@ -54,7 +54,9 @@ def test_image_holds_the_nodes_files_and_none_of_the_build(run, example_settings
         assert gone not in paths, gone
     assert not any(p.startswith("/opt/ami-tools") for p in paths)
     reasons = {left.path: str(left.reason) for left in inspection.left_out}
-    assert reasons["/etc/ssl/private/node.pem"] == "filter pattern"
+    # Image hygiene's private_keys finds it on the node, so ec2-bundle-vol gets it in -e before its filter.
+    assert reasons["/etc/ssl/private/node.pem"] == "caller exclusion"
+    assert reasons["/home/admin/config.yml.swp"] == "filter pattern"
     assert reasons["/opt/ami-tools"] == "caller exclusion"
 
 
@@ -190,3 +192,65 @@ def test_install_runs_again_cleanly(run, example_settings, node):
     assert node.glob("/opt/ami-tools", "ec2-ami-tools*") == ["/opt/ami-tools/ec2-ami-tools"]
     assert node.exists("/opt/ami-tools/ec2-ami-tools/bin/ec2-bundle-vol")
     assert node.host_path("/opt/ami-tools/ruby/bin/ruby").resolve() == node.host_path("/usr/bin/ruby3.1")
+
+
+def _output_of(simulation, phase: str) -> str:
+    """What the node printed in a phase."""
+    return "".join(r.output for r in simulation.transcript if r.phase == phase)
+
+
+def _plant_builder_secrets(node) -> None:
+    """What a used node carries that image hygiene leaves out, and what the filter must keep."""
+    for path in (
+        "/etc/ssh/ssh_host_ed25519_key",
+        "/root/.ssh/id_ed25519",
+        "/home/admin/.aws/credentials",
+        "/home/admin/.zsh_history",
+        "/var/lib/cloud/instance/user-data.txt",
+        "/var/lib/systemd/random-seed",
+    ):
+        node.make_dirs(path.rsplit("/", 1)[0])
+        node.write_bytes(path, b"secret", mode=0o600)
+    for directory in ("/etc/ssl/certs", "/usr/share/keyrings", "/etc/cloud", "/srv"):
+        node.make_dirs(directory)
+    node.write_bytes("/etc/ssh/sshd_config", b"Port 22\n")
+    node.write_bytes("/etc/ssl/certs/ISRG_Root_X1.pem", b"certificate")
+    node.write_bytes("/usr/share/keyrings/debian-archive-keyring.gpg", b"keyring")
+
+
+def test_ami_tools_builds_leave_out_what_image_hygiene_names_and_keep_the_includes(
+    run, example_settings, node
+):
+    _plant_builder_secrets(node)
+    node.write_bytes("/etc/cloud/cloud.cfg", b"# cloud-init makes host keys at first boot\n")
+    simulation = run(example_settings | {"exclude_patterns": ["/srv/*.dump"]})
+    node.write_bytes("/srv/db.dump", b"")  # after the build: the pattern found nothing, and that is fine
+    assert simulation.error is None
+    paths = simulation.inspect_image().paths()
+    for gone in (
+        "/etc/ssh/ssh_host_ed25519_key",
+        "/root/.ssh/id_ed25519",
+        "/home/admin/.aws/credentials",
+        "/home/admin/.zsh_history",
+        "/var/lib/cloud/instance",
+        "/var/lib/systemd/random-seed",
+    ):
+        assert gone not in paths, gone
+    assert {"/etc/ssl/certs/ISRG_Root_X1.pem", "/usr/share/keyrings/debian-archive-keyring.gpg"} <= set(paths)
+    said = _output_of(simulation, "ami-bundle")
+    assert "amidsl: leaving out /root/.ssh/id_ed25519 (image hygiene, exclude_patterns)" in said
+    assert "amidsl: leaving out /etc/ssh/ssh_host_ed25519_key (image hygiene: ssh_host_keys)" in said
+
+
+def test_ami_tools_builds_keep_ssh_host_keys_and_say_so_when_nothing_makes_new_ones(
+    run, example_settings, node
+):
+    _plant_builder_secrets(node)
+    simulation = run(example_settings)
+    assert simulation.error is None
+    paths = simulation.inspect_image().paths()
+    assert "/etc/ssh/ssh_host_ed25519_key" in paths  # else no instance could be reached over SSH
+    assert "/root/.ssh/id_ed25519" not in paths
+    assert "keeping the SSH host keys: nothing on this node (cloud-init, sshd-keygen)" in (
+        _output_of(simulation, "ami-bundle")
+    )

@@ -83,7 +83,8 @@ on_error() {
 }
 trap on_error ERR
 
-# WARNING (ami-bundle): WARNING: ec2-bundle-vol does not apply amidsl's image hygiene: its -e takes only paths that exist (checked as it starts) and it cannot empty a file or make host keys at first boot, so only its own filter (*.pem, *id_rsa*, */.ssh/authorized_keys, */.bash_history, ...) and the exclusions apply. SSH host keys, other private keys and histories, credentials, cloud-init state, machine-id, logs and /var/tmp stay in the image, and includes and exclude_patterns are not used (its filter also drops the CA certificates' .pem links and the *.gpg keyrings apt checks with). For an image others launch, use bundler = "native", or list the directories to leave out in extra_exclusions
+# WARNING (ami-bundle): image hygiene (ec2-bundle-vol's -e): the node finds the paths of ssh_host_keys, private_keys, authorized_keys, histories, credentials, cloud_init_state, journal, dhcp_leases, random_seed and exclude_patterns on the filesystems ec2-bundle-vol copies, says each, and leaves them out; SSH host keys only when cloud-init or sshd-keygen will make new ones at first boot (else they stay, and the script says so). includes go to -i, so the CA certificates and apt's keyrings stay
+# WARNING (ami-bundle): ec2-bundle-vol cannot empty a file or keep a directory empty, so machine_id, logs, temporary_files stay as they are on the node (native builds empty /etc/machine-id and the logs and keep /tmp and /var/tmp empty): for an image others launch, use bundler = "native"
 phase_ami_bundle() {
   step ami-bundle 1 'make sure the destination directory exists'
   mkdir -p -- /tmp
@@ -105,6 +106,37 @@ phase_ami_bundle() {
       printf 'amidsl: leaving out %s: it does not exist on this node\n' "$amidsl_path"
     fi
   done
+  AMIDSL_EXISTING_PATHS="${AMIDSL_EXISTING_PATHS-}"
+  while IFS= read -r -d '' amidsl_path; do
+    case "$amidsl_path" in
+      *,*|*$'\n'*) fail "cannot pass on $amidsl_path"' (image hygiene, exclude_patterns): its name holds '"'"','"'"' or a new line, which would split the list' ;;
+    esac
+    printf 'amidsl: %s %s (%s)\n' 'leaving out' "$amidsl_path" 'image hygiene, exclude_patterns'
+    AMIDSL_EXISTING_PATHS="${AMIDSL_EXISTING_PATHS:+${AMIDSL_EXISTING_PATHS},}$amidsl_path"
+  done < <(find / \( ! -fstype ext2 ! -fstype ext3 ! -fstype ext4 ! -fstype xfs ! -fstype jfs ! -fstype reiserfs ! -fstype tmpfs \) -prune -o \( -path '*/.ssh/id_*' -o -path '*/.ssh/*_rsa' -o -path '*/.ssh/*_ed25519' -o -path '*/.ssh/*_ecdsa' -o -path '*/.ssh/*.key' -o -path '*/.gnupg' -o -path '/etc/ssl/private/*' -o -path '/etc/pki/tls/private/*' -o -path '*/.ssh/authorized_keys*' -o -path '*/.ssh/known_hosts*' -o -path '*/.*_history' -o -path '*/.*hsts' -o -path '*/.histfile' -o -path '*/.lesshst' -o -path '*/.viminfo' -o -path '*/.local/share/fish/fish_history' -o -path '*/.local/share/recently-used.xbel' -o -path '*/.aws/credentials' -o -path '*/.aws/config' -o -path '*/.aws/sso/cache' -o -path '*/.docker/config.json' -o -path '*/.git-credentials' -o -path '*/.config/gh/hosts.yml' -o -path '*/.config/gcloud' -o -path '*/.azure' -o -path '*/.kube/config' -o -path '*/.netrc' -o -path '*/.pgpass' -o -path '*/.my.cnf' -o -path '*/.npmrc' -o -path '*/.pypirc' -o -path '*/.vault-token' -o -path '*/.s3cfg' -o -path '*/.boto' -o -path '*/.terraform.d/credentials.tfrc.json' -o -path /var/lib/cloud/instance -o -path /var/lib/cloud/instances -o -path /var/lib/cloud/data -o -path /var/lib/cloud/sem -o -path /var/lib/cloud/handlers -o -path '/var/log/journal/*' -o -path '/var/lib/dhcp/*' -o -path '/var/lib/dhclient/*' -o -path '/var/lib/NetworkManager/*.lease' -o -path '/var/lib/NetworkManager/*lease*' -o -path '/var/lib/systemd/network/*' -o -path '/var/lib/wicked/*' -o -path /var/lib/systemd/random-seed -o -path /var/lib/urandom/random-seed -o -path /var/lib/random-seed \) -print0 -prune | LC_ALL=C sort -z)
+  AMIDSL_EXISTING_PATHS="${AMIDSL_EXISTING_PATHS-}"
+  if [ -e /usr/bin/cloud-init ] || [ -e /etc/cloud/cloud.cfg ] || [ -e /usr/lib/systemd/system/sshd-keygen@.service ] || [ -e /usr/lib/systemd/system/sshd-keygen.service ] || [ -e /lib/systemd/system/sshd-keygen@.service ] || [ -e /lib/systemd/system/sshd-keygen.service ]; then
+    while IFS= read -r -d '' amidsl_path; do
+      case "$amidsl_path" in
+        *,*|*$'\n'*) fail "cannot pass on $amidsl_path"' (image hygiene: ssh_host_keys): its name holds '"'"','"'"' or a new line, which would split the list' ;;
+      esac
+      printf 'amidsl: %s %s (%s)\n' 'leaving out' "$amidsl_path" 'image hygiene: ssh_host_keys'
+      AMIDSL_EXISTING_PATHS="${AMIDSL_EXISTING_PATHS:+${AMIDSL_EXISTING_PATHS},}$amidsl_path"
+    done < <(find /etc/ssh \( ! -fstype ext2 ! -fstype ext3 ! -fstype ext4 ! -fstype xfs ! -fstype jfs ! -fstype reiserfs ! -fstype tmpfs \) -prune -o \( -path '/etc/ssh/ssh_host_*' \) -print0 -prune | LC_ALL=C sort -z)
+  else
+    printf 'amidsl: %s\n' 'keeping the SSH host keys: nothing on this node (cloud-init, sshd-keygen) makes new ones at first boot, and ec2-bundle-vol cannot add the unit that native builds add; every instance shares them. Install cloud-init, or use bundler = "native"'
+  fi
+  AMIDSL_EXISTING_PATHS_2=''
+  AMIDSL_EXISTING_PATHS_2="${AMIDSL_EXISTING_PATHS_2-}"
+  amidsl_count=0
+  while IFS= read -r -d '' amidsl_path; do
+    case "$amidsl_path" in
+      *,*|*$'\n'*) fail "cannot pass on $amidsl_path"' (includes): its name holds '"'"','"'"' or a new line, which would split the list' ;;
+    esac
+    amidsl_count=$((amidsl_count + 1))
+    AMIDSL_EXISTING_PATHS_2="${AMIDSL_EXISTING_PATHS_2:+${AMIDSL_EXISTING_PATHS_2},}$amidsl_path"
+  done < <(find / \( ! -fstype ext2 ! -fstype ext3 ! -fstype ext4 ! -fstype xfs ! -fstype jfs ! -fstype reiserfs ! -fstype tmpfs \) -prune -o \( -path '/etc/ssl/certs/*.pem' -o -path '/etc/pki/ca-trust/*.pem' -o -path '/etc/pki/tls/certs/*.pem' -o -path /usr/lib/ssl/cert.pem -o -path /etc/pki/tls/cert.pem -o -path '/usr/share/keyrings/*.gpg' -o -path '/etc/apt/trusted.gpg.d/*.gpg' -o -path '/etc/apt/keyrings/*.gpg' -o -path '/usr/share/pki/*.pem' -o -path '*/certifi/cacert.pem' -o -path '*/pip/_vendor/certifi/cacert.pem' -o -path '*/botocore/cacert.pem' \) -print0 -prune | LC_ALL=C sort -z)
+  printf 'amidsl: %s %s paths (%s)\n' keeping "$amidsl_count" includes
   (umask 077 && cd -- /opt/ami-tools && EC2_AMITOOL_HOME=/opt/ami-tools/ec2-ami-tools \
     EC2_HOME=/opt/ami-tools/ec2-ami-tools \
     PATH=/opt/ami-tools/ruby/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/ami-tools/ec2-ami-tools/bin \
@@ -114,6 +146,7 @@ phase_ami_bundle() {
     -u 123456789012 \
     -r x86_64 \
     -e "${AMIDSL_EXISTING_PATHS}" \
+    -i "${AMIDSL_EXISTING_PATHS_2}" \
     -d /tmp \
     -p image \
     --partition none \
