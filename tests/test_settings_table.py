@@ -81,6 +81,16 @@ def test_the_simulate_commands_bundler_choices_are_the_rows():
     assert option.choices == SETTINGS["bundler"].choices
 
 
+def test_bundle_image_offers_exactly_the_architectures_the_arch_setting_accepts(raw_settings):
+    (option,) = [o for o in find_command("bundle-image").options if o.name == "arch"]
+    assert option.choices == SETTINGS["arch"].choices
+    for bundler in SETTINGS["bundler"].choices:
+        for arch in option.choices:
+            assert resolve(raw_settings | {"bundler": bundler, "arch": arch}).arch == arch
+        with pytest.raises(SettingsError):
+            resolve(raw_settings | {"bundler": bundler, "arch": "arm64"})
+
+
 def test_every_strategy_has_its_rules():
     assert tuple(STRATEGY_RULES) == SETTINGS["bundler"].choices
 

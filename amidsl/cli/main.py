@@ -11,7 +11,7 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from amidsl import __version__
@@ -22,6 +22,7 @@ from amidsl.cli.table import (
     USAGE_ERROR,
     CliCommand,
     CommandError,
+    Option,
     find_command,
 )
 
@@ -52,6 +53,14 @@ def top_help() -> str:
     return "\n".join(lines) + "\n"
 
 
+def help_help() -> str:
+    """`amidsl help --help`: how to use help itself."""
+    return (
+        "usage: amidsl help [COMMAND]\n\n"
+        "Show a command's options, as 'amidsl COMMAND --help' does; without COMMAND, list the commands.\n"
+    )
+
+
 class CommandParser(argparse.ArgumentParser):
     """An argparse parser whose errors suggest the nearest option and exit with status 2."""
 
@@ -64,6 +73,18 @@ class CommandParser(argparse.ArgumentParser):
             hint = suggestion(unknown, known)
         self.print_usage(sys.stderr)
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}{hint}\n")
+
+
+def checked(option: Option) -> Callable[[str], str]:
+    """An argparse type running the option's check: what it finds is a usage error (exit 2)."""
+
+    def check(value: str) -> str:
+        problem = option.problem_with(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return check
 
 
 def command_parser(command: CliCommand) -> CommandParser:
@@ -96,6 +117,8 @@ def command_parser(command: CliCommand) -> CommandParser:
             extra["action"] = "append"
         elif isinstance(option.default, int):
             extra["type"] = int
+        if option.check:
+            extra["type"] = checked(option)
         if option.default not in (None, (), "") and "default" not in option.help:
             extra["help"] = f"{option.help} (default: {option.default})"
         parser.add_argument(
@@ -149,8 +172,11 @@ def run(argv: Sequence[str]) -> int:
         print(f"amidsl {__version__}")
         return 0
     if first == "help":
-        if not rest or rest[0] == "help":
+        if not rest:
             sys.stdout.write(top_help())
+            return 0
+        if rest[0] in ("-h", "--help", "help"):
+            sys.stdout.write(help_help())
             return 0
         first, rest = rest[0], ["--help"]
     if first.startswith("-"):

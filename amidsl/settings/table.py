@@ -304,7 +304,7 @@ ROWS: tuple[Setting, ...] = (
     Setting(
         "arch",
         "str",
-        readers.choice,
+        checks.architecture,
         "`x86_64` or `i386`; `arm64` is refused with either strategy: no instance type launches an arm64 "
         "instance-store AMI (and ec2-bundle-vol does not support arm64, while native hvm images boot through "
         "GRUB for BIOS, which arm64 lacks)",
