@@ -348,9 +348,17 @@ COMMANDS: tuple[CliCommand, ...] = (
     ),
     CliCommand(
         "completion",
-        'print a bash completion script (eval "$(amidsl completion bash)")',
-        "amidsl.cli.main:completion",
-        (Option("shell", "the shell to complete for", default="bash", choices=("bash",), positional=True),),
+        'print a completion script for bash, zsh or fish (eval "$(amidsl completion bash)")',
+        "amidsl.cli.completion:completion",
+        (
+            Option(
+                "shell",
+                "the shell to complete for",
+                default="bash",
+                choices=("bash", "zsh", "fish"),
+                positional=True,
+            ),
+        ),
     ),
 )
 
