@@ -239,7 +239,7 @@ def bundle_vol_argv(s: AmiSettings) -> tuple[Value, ...]:
 
 
 AMI_TOOLS_HYGIENE = (
-    "WARNING: ec2-bundle-vol does not apply amidsl's image hygiene: its -e takes only paths that exist "
+    "ec2-bundle-vol does not apply amidsl's image hygiene: its -e takes only paths that exist "
     "(checked as it starts) and it cannot empty a file or make host keys at first boot, so only its own "
     "filter (*.pem, *id_rsa*, */.ssh/authorized_keys, */.bash_history, ...) and the exclusions apply. "
     "SSH host keys, other private keys and histories, credentials, cloud-init state, machine-id, logs "

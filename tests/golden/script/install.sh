@@ -75,7 +75,7 @@ on_error() {
 }
 trap on_error ERR
 
-# WARNING (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl). To image the volume, mke2fs reads it through read-only bind mounts in the program's own mount namespace (nothing of the node's is mounted or changed, nothing is left behind); where the node does not allow that, through a temporary tree of hard links to its files (in /tmp, or in the volume when that is another filesystem).
+# note (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl). To image the volume, mke2fs reads it through read-only bind mounts in the program's own mount namespace (nothing of the node's is mounted or changed, nothing is left behind); where the node does not allow that, through a temporary tree of hard links to its files (in /tmp, or in the volume when that is another filesystem).
 # WARNING (install): paravirtual image: a bare ext4 filesystem image of the volume; it boots only through a pv-grub kernel: set kernel_id to the region's pv-grub AKI, which reads /boot/grub/menu.lst
 phase_install() {
   step install 1 'create the node program directory (root only)'

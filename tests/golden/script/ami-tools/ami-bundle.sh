@@ -83,7 +83,7 @@ on_error() {
 }
 trap on_error ERR
 
-# WARNING (ami-bundle): WARNING: ec2-bundle-vol does not apply amidsl's image hygiene: its -e takes only paths that exist (checked as it starts) and it cannot empty a file or make host keys at first boot, so only its own filter (*.pem, *id_rsa*, */.ssh/authorized_keys, */.bash_history, ...) and the exclusions apply. SSH host keys, other private keys and histories, credentials, cloud-init state, machine-id, logs and /var/tmp stay in the image, and includes and exclude_patterns are not used (its filter also drops the CA certificates' .pem links and the *.gpg keyrings apt checks with). For an image others launch, use bundler = "native", or list the directories to leave out in extra_exclusions
+# WARNING (ami-bundle): ec2-bundle-vol does not apply amidsl's image hygiene: its -e takes only paths that exist (checked as it starts) and it cannot empty a file or make host keys at first boot, so only its own filter (*.pem, *id_rsa*, */.ssh/authorized_keys, */.bash_history, ...) and the exclusions apply. SSH host keys, other private keys and histories, credentials, cloud-init state, machine-id, logs and /var/tmp stay in the image, and includes and exclude_patterns are not used (its filter also drops the CA certificates' .pem links and the *.gpg keyrings apt checks with). For an image others launch, use bundler = "native", or list the directories to leave out in extra_exclusions
 phase_ami_bundle() {
   step ami-bundle 1 'make sure the destination directory exists'
   mkdir -p -- /tmp
