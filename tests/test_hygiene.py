@@ -58,6 +58,6 @@ def test_the_ami_tools_preview_says_what_ec2_bundle_vol_cannot_do(raw_settings):
     assert "SSH host keys" in text and 'use bundler = "native"' in text
 
 
-def test_every_hygiene_item_has_a_keep_setting_in_the_readme():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert [name for name in HYGIENE_NAMES if f"`keep_{name}`" not in readme] == []
+def test_every_hygiene_item_has_a_keep_setting_in_the_settings_reference():
+    reference = (Path(__file__).parent.parent / "docs" / "settings.md").read_text()
+    assert [name for name in HYGIENE_NAMES if f"`keep_{name}`" not in reference] == []

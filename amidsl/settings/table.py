@@ -1,8 +1,8 @@
 """The settings table: one row per setting, the one place that says what a setting is.
 
 Each row names its reader (type check), default, choices, whether it is required or secret, which
-strategies read it and its line in the README's settings reference. From the rows come the fields of
-AmiSettings (in row order, which is the order previews show them), the keys a user may give,
+strategies read it and its line in the settings reference (docs/settings.md). From the rows come the
+fields of AmiSettings (in row order, which is the order previews show them), the keys a user may give,
 `REQUIRED`, `SECRET_KEYS` and `FREE_TEXT_KEYS`, the preview's choice of settings per strategy and the
 reference itself (amidsl/settings/reference.py). Rules across settings are in rules.py.
 
