@@ -161,6 +161,20 @@ def test_presigned_urls_carry_the_session_token_so_temporary_credentials_work(
     assert "token-of-temporary-credentials" not in err
 
 
+@pytest.mark.parametrize("manifest", ["missing.manifest.xml", "."])
+def test_upload_of_a_manifest_that_is_not_a_readable_file_is_a_usage_error_before_any_aws_call(
+    capsys, monkeypatch, tmp_path, manifest
+):
+    def no_aws(*args, **kwargs):
+        raise AssertionError("AWS was called")
+
+    monkeypatch.setattr(boto3.session, "Session", no_aws)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = amidsl(capsys, "upload-bundle", "-b", "my-bundles/web", "-m", manifest)
+    assert status == 2 and out == ""
+    assert f"--manifest {manifest}: " in err and "give the bundle's manifest file" in err
+
+
 def test_upload_to_a_bucket_that_does_not_exist_says_so(capsys, aws_env, local_bundle):
     status, _, err = upload(capsys, aws_env, "no-such-bucket-here", local_bundle)
     assert status == 2
@@ -291,6 +305,17 @@ def test_images_lists_only_the_images_amidsl_built_with_their_bundles(capsys, aw
     assert any(line.startswith(ours) and line.endswith(uploaded) for line in out.splitlines())
     client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=ours)
     client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=theirs)
+
+
+def test_images_prints_a_header_line_over_its_table(capsys, aws_env, uploaded):
+    ours = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", uploaded)
+    status, out, err = amidsl(capsys, "images", "--region", IMAGES_REGION, "--endpoint-url", aws_env)
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["IMAGE", "STATE", "CREATED", "NAME", "BUNDLE"]
+    (row,) = [row for row in rows if row.startswith(ours)]
+    assert row.index(" available ") + 1 == header.index("STATE")  # the columns line up
+    client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=ours)
 
 
 def test_delete_dry_run_shows_the_image_and_each_bundle_object_and_changes_nothing(

@@ -121,6 +121,54 @@ def test_nothing_a_user_types_ends_in_a_traceback(args):
     assert run.returncode == (0 if "-h" in args else 2), run.stderr
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_has_help_of_its_own(flag):
+    run = amidsl("help", flag)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: amidsl help [COMMAND]\n")
+
+
+def test_every_command_with_a_phase_option_takes_it_as_p_too():
+    with_phase = [command for command in COMMANDS if any(o.name == "phase" for o in command.options)]
+    assert {command.name for command in with_phase} >= {"plan", "script", "simulate", "build"}
+    for command in with_phase:
+        (option,) = [o for o in command.options if o.name == "phase"]
+        assert option.short == "-p", command.name
+    assert "-p PHASE, --phase PHASE" in amidsl("build", "--help").stdout
+
+
+REGION_COMMANDS = [c for c in COMMANDS if any(o.name == "region" for o in c.options)]
+
+
+@pytest.mark.parametrize("command", REGION_COMMANDS, ids=lambda command: command.name)
+def test_a_mistyped_region_is_a_usage_error_with_a_suggestion_before_any_aws_call(
+    command, capsys, monkeypatch
+):
+    import boto3
+
+    from amidsl.cli.main import run as run_in_process
+
+    def no_aws(*args, **kwargs):
+        raise AssertionError("AWS was called")
+
+    monkeypatch.setattr(boto3.session, "Session", no_aws)
+    assert run_in_process([command.name, "--region", "eu-wset-1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert "--region: 'eu-wset-1' is not a region AWS has" in captured.err
+    assert "did you mean 'eu-west-1'?" in captured.err
+
+
+def test_the_inv_tasks_refuse_a_mistyped_region_too(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(REPO), "images", "--region", "eu-wset-1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2 and "did you mean 'eu-west-1'?" in run.stderr, run.stderr
+
+
 def test_required_options_are_named_together():
     run = amidsl("verify-bundle")
     assert usage_error(run) and "the following arguments are required: --manifest, --cert" in run.stderr

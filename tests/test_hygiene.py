@@ -69,6 +69,6 @@ def test_the_ami_tools_preview_leaves_kept_items_out_of_what_the_node_finds(raw_
     assert "'*/.*_history'" not in text
 
 
-def test_every_hygiene_item_has_a_keep_setting_in_the_readme():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert [name for name in HYGIENE_NAMES if f"`keep_{name}`" not in readme] == []
+def test_every_hygiene_item_has_a_keep_setting_in_the_settings_reference():
+    reference = (Path(__file__).parent.parent / "docs" / "settings.md").read_text()
+    assert [name for name in HYGIENE_NAMES if f"`keep_{name}`" not in reference] == []

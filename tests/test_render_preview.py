@@ -30,6 +30,36 @@ def test_text_preview_warns_that_a_ruby_package_stays_in_the_image(raw_settings)
     assert "where the distribution's ruby3.1 or ruby3.0 package is installed, it stays in the image" in text
 
 
+def test_plain_notes_are_labelled_note_and_only_warnings_warning(raw_settings):
+    native = build_plan(crate.server_spec(raw_settings | {"bundler": "native"}))
+    text = render_text(native)
+    assert "\n  note: native build: nothing is installed; amidsl's node program is copied to" in text
+    assert "\n  note: native build: no key or certificate is written to the node" in text
+    assert "WARNING: native build" not in text
+    ami_tools = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": "ami-tools"})))
+    assert "\n  WARNING: OS packages installed by this phase stay in the image" in ami_tools
+    assert "\n  note: image hygiene (ec2-bundle-vol's -e): the node finds the paths of" in ami_tools
+    assert "\n  WARNING: ec2-bundle-vol cannot empty a file or keep a directory empty" in ami_tools
+    assert "WARNING: WARNING" not in ami_tools
+
+
+def test_a_paravirtual_image_without_a_kernel_is_a_warning_and_with_one_a_note(raw_settings):
+    raw = raw_settings | {"bundler": "native", "virtualization_type": "paravirtual"}
+    without = render_text(build_plan(crate.server_spec(raw), phases=["install"]))
+    assert "\n  WARNING: paravirtual image: a bare ext4 filesystem image" in without
+    with_kernel = render_text(
+        build_plan(crate.server_spec(raw | {"kernel_id": "aki-12345678"}), phases=["install"])
+    )
+    assert "\n  note: paravirtual image: a bare ext4 filesystem image" in with_kernel
+
+
+def test_json_preview_keeps_notes_apart_from_warnings(raw_settings):
+    document = json.loads(render_json(build_plan(crate.server_spec(raw_settings | {"bundler": "native"}))))
+    (install,) = [phase for phase in document["phases"] if phase["name"] == "install"]
+    assert any(note.startswith("native build: nothing is installed") for note in install["notes"])
+    assert not any(warning.startswith("native build") for warning in install["warnings"])
+
+
 def test_text_preview_says_what_partition_none_means_for_hvm(raw_settings):
     text = render_text(build_plan(crate.server_spec(raw_settings)))
     assert "--partition none: a plain filesystem image" in text

@@ -91,6 +91,14 @@ def test_example_script_passes_shellcheck_and_bash_syntax_check(tmp_path, bundle
     assert syntax.returncode == 0, syntax.stderr
 
 
+def test_the_script_labels_notes_as_notes_and_warnings_as_warnings(raw_settings):
+    native = render_script(build_plan(crate.server_spec(raw_settings | {"bundler": "native"})))
+    assert "\n# note (install): native build: nothing is installed" in native
+    assert "# WARNING (install): native build" not in native
+    ami_tools = render_script(build_plan(crate.server_spec(raw_settings | {"bundler": "ami-tools"})))
+    assert "\n# WARNING (install): OS packages installed by this phase stay in the image" in ami_tools
+
+
 def test_same_plan_renders_byte_identical():
     assert render_script(build_plan(example_spec())) == render_script(build_plan(example_spec()))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,10 @@ from amidsl.settings import (
     SettingsError,
     resolve,
 )
-from amidsl.settings.reference import END, START, readme_with_reference, settings_reference
+from amidsl.settings.reference import UPDATE_ENV, settings_document, settings_reference
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-UPDATE_README = "AMIDSL_UPDATE_README"
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_DOC = ROOT / "docs" / "settings.md"
 
 
 def test_every_row_has_a_doc_and_a_known_strategy():
@@ -37,13 +38,33 @@ def test_every_row_has_a_doc_and_a_known_strategy():
         assert set(row.used_by) <= set(SETTINGS["bundler"].choices), row.name
 
 
-def test_the_readme_holds_the_settings_reference_made_from_the_rows():
-    readme = README.read_text(encoding="utf-8")
-    assert START in readme and END in readme
-    expected = readme_with_reference(readme)
-    if os.environ.get(UPDATE_README) == "1":
-        README.write_text(expected, encoding="utf-8")
-    assert readme == expected, f"the settings reference is out of date: run with {UPDATE_README}=1"
+def test_docs_settings_md_is_the_reference_made_from_the_rows():
+    expected = settings_document()
+    if os.environ.get(UPDATE_ENV) == "1":
+        SETTINGS_DOC.parent.mkdir(exist_ok=True)
+        SETTINGS_DOC.write_text(expected, encoding="utf-8")
+    assert SETTINGS_DOC.is_file(), f"docs/settings.md is missing: run with {UPDATE_ENV}=1"
+    assert SETTINGS_DOC.read_text(encoding="utf-8") == expected, (
+        f"docs/settings.md is out of date: run with {UPDATE_ENV}=1"
+    )
+
+
+def test_the_readme_points_to_the_reference_instead_of_holding_it():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "[docs/settings.md](docs/settings.md)" in readme and f"{UPDATE_ENV}=1" in readme
+    rows = settings_reference().splitlines()[2:]
+    assert not [row for row in rows if row in readme]
+
+
+def test_the_references_links_into_the_readme_find_their_sections():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in readme.splitlines()
+        if line.startswith("#")
+    }
+    links = re.findall(r"\]\(\.\./README\.md#([^)]+)\)", settings_document())
+    assert links and set(links) <= anchors
 
 
 def test_the_reference_names_every_key_a_user_may_give_and_no_other():
@@ -79,6 +100,16 @@ def test_user_keys_required_secret_and_free_text_come_from_the_rows():
 def test_the_simulate_commands_bundler_choices_are_the_rows():
     (option,) = [o for o in find_command("simulate").options if o.name == "bundler"]
     assert option.choices == SETTINGS["bundler"].choices
+
+
+def test_bundle_image_offers_exactly_the_architectures_the_arch_setting_accepts(raw_settings):
+    (option,) = [o for o in find_command("bundle-image").options if o.name == "arch"]
+    assert option.choices == SETTINGS["arch"].choices
+    for bundler in SETTINGS["bundler"].choices:
+        for arch in option.choices:
+            assert resolve(raw_settings | {"bundler": bundler, "arch": arch}).arch == arch
+        with pytest.raises(SettingsError):
+            resolve(raw_settings | {"bundler": bundler, "arch": "arm64"})
 
 
 def test_every_strategy_has_its_rules():

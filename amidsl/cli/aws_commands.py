@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from json import dumps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
@@ -131,6 +132,22 @@ def bundle_in_s3(
     return clients.s3_for_bucket(name), name, f"{path}/{file}" if path else file
 
 
+def readable_file(path: str, flag: str, what: str) -> None:
+    """Stop with a usage error (exit 2) unless `path` is a file we can read: checked before any AWS call."""
+    try:
+        with open(path, "rb"):
+            return
+    except FileNotFoundError:
+        reason = "no such file"
+    except IsADirectoryError:
+        reason = "is a directory, not a file"
+    except PermissionError:
+        reason = "cannot be read (permission denied)"
+    except OSError as err:
+        reason = f"cannot be read ({err.strerror})"
+    raise CommandError(f"{flag} {path}: {reason}; give {what}")
+
+
 def progress_line(line: str) -> None:
     """A progress line on standard error (standard output carries the results)."""
     if line:
@@ -162,6 +179,13 @@ def upload_bundle(
     **aws: str | None,
 ) -> None:
     """Upload a bundle's parts in parallel (parts already in S3 are skipped), then its manifest."""
+    readable_file(
+        manifest, "--manifest", "the bundle's manifest file (PREFIX.manifest.xml, as bundle-image wrote it)"
+    )
+    if parts_dir is not None and not Path(parts_dir).is_dir():
+        raise CommandError(
+            f"--parts-dir {parts_dir}: no such directory; give the directory holding the parts"
+        )
     name, path = split_bucket(bucket)
     clients = AwsClients(**aws)
     s3 = clients.s3_for_bucket(name)
@@ -258,8 +282,16 @@ def delete_bundle(
     print(f"deleted the bundle {s3_url(name, key)}: {parts} part(s) {what}{also}")
 
 
-def _image_line(image: ImageSummary) -> str:
-    return f"{image.image_id}  {image.state:<9}  {image.created or '-':<24}  {image.name}  {image.location}"
+def image_table(found: list[ImageSummary]) -> list[str]:
+    """The images as a table under a header line: id, state, creation time, name, bundle location."""
+    width = max(len("IMAGE"), *(len(image.image_id) for image in found))
+    return [
+        f"{'IMAGE':<{width}}  {'STATE':<9}  {'CREATED':<24}  NAME  BUNDLE",
+        *(
+            f"{i.image_id:<{width}}  {i.state:<9}  {i.created or '-':<24}  {i.name}  {i.location}"
+            for i in found
+        ),
+    ]
 
 
 def images(*, json: bool, **aws: str | None) -> None:
@@ -286,8 +318,9 @@ def images(*, json: bool, **aws: str | None) -> None:
         return
     if not found:
         print(f"no images built by amidsl in {clients.session.region_name} (none is tagged amidsl:built-by)")
-    for image in found:
-        print(_image_line(image))
+        return
+    for line in image_table(found):
+        print(line)
 
 
 def delete(

@@ -24,6 +24,9 @@ def _task(command: CliCommand) -> Task:
             # An unset option (None) takes its default later, as with argparse.
             if option.choices and value is not None and value not in option.choices:
                 raise Exit(f"{option.flag} {value!r}: choose one of {', '.join(option.choices)}", USAGE_ERROR)
+            problem = option.problem_with(value) if isinstance(value, str) else ""
+            if problem:
+                raise Exit(f"{option.flag}: {problem}", USAGE_ERROR)
         try:
             command.call(options)
         except CommandError as err:

@@ -11,7 +11,7 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from amidsl import __version__
@@ -22,6 +22,7 @@ from amidsl.cli.table import (
     USAGE_ERROR,
     CliCommand,
     CommandError,
+    Option,
     find_command,
 )
 
@@ -52,6 +53,14 @@ def top_help() -> str:
     return "\n".join(lines) + "\n"
 
 
+def help_help() -> str:
+    """`amidsl help --help`: how to use help itself."""
+    return (
+        "usage: amidsl help [COMMAND]\n\n"
+        "Show a command's options, as 'amidsl COMMAND --help' does; without COMMAND, list the commands.\n"
+    )
+
+
 class CommandParser(argparse.ArgumentParser):
     """An argparse parser whose errors suggest the nearest option and exit with status 2."""
 
@@ -64,6 +73,18 @@ class CommandParser(argparse.ArgumentParser):
             hint = suggestion(unknown, known)
         self.print_usage(sys.stderr)
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}{hint}\n")
+
+
+def checked(option: Option) -> Callable[[str], str]:
+    """An argparse type running the option's check: what it finds is a usage error (exit 2)."""
+
+    def check(value: str) -> str:
+        problem = option.problem_with(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return check
 
 
 def command_parser(command: CliCommand) -> CommandParser:
@@ -96,6 +117,8 @@ def command_parser(command: CliCommand) -> CommandParser:
             extra["action"] = "append"
         elif isinstance(option.default, int):
             extra["type"] = int
+        if option.check:
+            extra["type"] = checked(option)
         if option.default not in (None, (), "") and "default" not in option.help:
             extra["help"] = f"{option.help} (default: {option.default})"
         parser.add_argument(
@@ -149,8 +172,11 @@ def run(argv: Sequence[str]) -> int:
         print(f"amidsl {__version__}")
         return 0
     if first == "help":
-        if not rest or rest[0] == "help":
+        if not rest:
             sys.stdout.write(top_help())
+            return 0
+        if rest[0] in ("-h", "--help", "help"):
+            sys.stdout.write(help_help())
             return 0
         first, rest = rest[0], ["--help"]
     if first.startswith("-"):
@@ -180,46 +206,3 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         print(f"(set {DEBUG_ENV}=1 for the traceback, and please report it)", file=sys.stderr)
         status = FAILED
     sys.exit(status)
-
-
-def completion(shell: str) -> None:
-    """Print a bash completion script for amidsl, made from the command table."""
-    names = " ".join([command.name for command in COMMANDS] + ["help"])
-    choices, flags = [], []
-    for command in COMMANDS:
-        words = " ".join(["--help", *(o.flag for o in command.options if not o.positional)])
-        flags.append(f'            {command.name}) COMPREPLY=($(compgen -W "{words}" -- "$cur")) ;;')
-        for option in command.options:
-            if option.choices:
-                after = (
-                    f"{command.name} {option.flag}" if not option.positional else f"completion {command.name}"
-                )
-                values = " ".join(option.choices)
-                choices.append(
-                    f'        "{after}") COMPREPLY=($(compgen -W "{values}" -- "$cur")); return ;;'
-                )
-    script = BASH_COMPLETION.replace("@NAMES@", names)
-    print(script.replace("@CHOICES@", "\n".join(choices)).replace("@FLAGS@", "\n".join(flags)), end="")
-
-
-# Empty answers fall back to file names (complete -o default): most option values are files.
-BASH_COMPLETION = """\
-# bash completion for amidsl; load it with: eval "$(amidsl completion bash)"
-_amidsl() {
-    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
-    COMPREPLY=()
-    if [ "$COMP_CWORD" -eq 1 ] || [ "$prev" = help ]; then
-        COMPREPLY=($(compgen -W "@NAMES@ --help --version" -- "$cur"))
-        return
-    fi
-    case "${COMP_WORDS[1]} $prev" in
-@CHOICES@
-    esac
-    if [[ "$cur" == -* ]]; then
-        case "${COMP_WORDS[1]}" in
-@FLAGS@
-        esac
-    fi
-}
-complete -o default -F _amidsl amidsl
-"""

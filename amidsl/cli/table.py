@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from amidsl.settings.constants import BUNDLERS
+from amidsl.settings.constants import ARCHITECTURES, BUNDLERS
 
 USAGE_ERROR = 2  # bad options or settings: nothing was done
 FAILED = 1  # the work itself failed (a build, a simulated build)
@@ -33,11 +33,24 @@ class Option:
     metavar: str | None = None
     required: bool = False
     positional: bool = False  # given as a plain word (amidsl completion bash), not as --name
+    # "module:NAME" of the tuple of values shell completion offers where the command itself checks the
+    # value (it is defined where it is checked, imported only to write a completion script).
+    values: str | None = None
+    # "module:function" checking a given value before the command runs: (flag, value) -> Problem or None.
+    check: str | None = None
 
     @property
     def flag(self) -> str:
         """The long option, e.g. --on-error."""
         return "--" + self.name.replace("_", "-")
+
+    def problem_with(self, value: str) -> str:
+        """What the option's check finds wrong with a given value, with the fix; "" when it is fine."""
+        if not self.check:
+            return ""
+        module, _, function = self.check.partition(":")
+        problem = getattr(importlib.import_module(module), function)(self.flag, value)
+        return f"{problem.message}; {problem.fix}" if problem is not None else ""
 
 
 @dataclass(frozen=True)
@@ -69,12 +82,14 @@ CONFIG = Option(
     short="-c",
     metavar="FILE",
 )
+PHASES = "amidsl.model.plan:AMI_PHASES"
 PHASE = Option(
     "phase",
     "phase to include (repeatable; default: all phases in order)",
     default=(),
     short="-p",
     metavar="PHASE",
+    values=PHASES,
 )
 OUTPUT = Option("output", "write to this file instead of standard output", short="-o", metavar="FILE")
 QUIET = Option("quiet", "no progress output: only results and errors", default=False, short="-q")
@@ -90,8 +105,9 @@ FAULT_HELP = (
 )
 BUNDLE_MANIFEST = Option("manifest", "the bundle's manifest file (PREFIX.manifest.xml)", required=True)
 # The AWS commands use the standard boto3 credential chain; secrets never go on the command line.
+REGION_CHECK = "amidsl.settings.checks:region_problem"
 AWS_OPTIONS = (
-    Option("region", "AWS region (default: AWS_REGION, then the AWS profile's region)"),
+    Option("region", "AWS region (default: AWS_REGION, then the AWS profile's region)", check=REGION_CHECK),
     Option("profile", "AWS profile for the credentials (default: AWS_PROFILE, then the default chain)"),
     Option("endpoint_url", "an S3/EC2-compatible endpoint instead of AWS's", metavar="URL"),
 )
@@ -141,7 +157,13 @@ COMMANDS: tuple[CliCommand, ...] = (
             CONFIG,
             PHASE,
             Option("inspect", "list every file in the registered image", default=False),
-            Option("fault", FAULT_HELP, default=(), metavar="NAME=VALUE"),
+            Option(
+                "fault",
+                FAULT_HELP,
+                default=(),
+                metavar="NAME=VALUE",
+                values="amidsl.cli.simulate_commands:FAULT_NAMES",
+            ),
             Option("json", "print the result as JSON (schema amidsl.simulate/1)", default=False),
             Option("payload_mb", "MB of program binaries on the fake node", default=4, metavar="MB"),
             Option(
@@ -164,13 +186,21 @@ COMMANDS: tuple[CliCommand, ...] = (
             Option(
                 "launch", "launch a node from the [live] launch settings, build, terminate it", default=False
             ),
-            Option("phase", "phase to run (repeatable; default: all, or all but cleanup with --launch)", ()),
+            Option(
+                "phase",
+                "phase to run (repeatable; default: all, or all but cleanup with --launch)",
+                default=(),
+                short="-p",
+                metavar="PHASE",
+                values=PHASES,
+            ),
             Option(
                 "on_error",
                 "cleanup (default: remove the credentials, terminate a launched node), cleanup-all "
                 "(also remove what a failed upload or registration left in S3) or abort",
                 default="cleanup",
                 metavar="POLICY",
+                values="amidsl.run.runner:ON_ERROR_POLICIES",
             ),
             Option(
                 "trust_new_host_key", "accept and remember an unknown host key (never a changed one)", False
@@ -191,7 +221,7 @@ COMMANDS: tuple[CliCommand, ...] = (
             Option("ec2cert", "PEM X.509 certificate of EC2 (it decrypts the bundle)", required=True),
             Option("destination", "directory for the parts and manifest (created if missing)", default="."),
             Option("prefix", "file name prefix of the parts and manifest", default="image"),
-            Option("arch", "architecture", default="x86_64", choices=("x86_64", "i386", "arm64")),
+            Option("arch", "architecture", default="x86_64", choices=ARCHITECTURES),
             Option("kernel", "kernel id (aki-…) to record in the manifest"),
             Option("ramdisk", "ramdisk id (ari-…) to record in the manifest"),
             Option("product_codes", "comma-separated product codes", default=""),
@@ -236,7 +266,12 @@ COMMANDS: tuple[CliCommand, ...] = (
             BUNDLE_MANIFEST,
             Option("cert", "PEM X.509 certificate of the user who signed the manifest", required=True),
             Option("privkey", "PEM RSA private key of that certificate (never printed)", required=True),
-            Option("region", "the region the bundle moves to (it picks EC2's certificate)", required=True),
+            Option(
+                "region",
+                "the region the bundle moves to (it picks EC2's certificate)",
+                required=True,
+                check=REGION_CHECK,
+            ),
             Option("ec2cert", "PEM certificate EC2 decrypts with in that region"),
             Option(
                 "ec2_certificates",
@@ -313,9 +348,17 @@ COMMANDS: tuple[CliCommand, ...] = (
     ),
     CliCommand(
         "completion",
-        'print a bash completion script (eval "$(amidsl completion bash)")',
-        "amidsl.cli.main:completion",
-        (Option("shell", "the shell to complete for", default="bash", choices=("bash",), positional=True),),
+        'print a completion script for bash, zsh or fish (eval "$(amidsl completion bash)")',
+        "amidsl.cli.completion:completion",
+        (
+            Option(
+                "shell",
+                "the shell to complete for",
+                default="bash",
+                choices=("bash", "zsh", "fish"),
+                positional=True,
+            ),
+        ),
     ),
 )
 

@@ -388,14 +388,19 @@ CONTROLLER_ACTIONS = (AwsCall, UpdateSettings, CheckResult, *NATIVE_CONTROLLER_A
 
 @dataclass(frozen=True)
 class PlanWarning:
-    """Not an action: a note a plan function adds for the reviewer (e.g. a package stays in the image)."""
+    """Not an action: a remark a plan function adds for the reviewer.
+
+    A warning says something the reviewer should weigh (a package stays in the image, the image is
+    public); with `note`, it is plain information (what a native build ships), shown as a note.
+    """
 
     text: str
+    note: bool = False
 
 
 @dataclass(frozen=True)
 class PhasePlan:
-    """The actions of one phase, in order, with any warnings for the reviewer."""
+    """The actions of one phase, in order, with any warnings and notes for the reviewer."""
 
     name: str
     actions: tuple[Action, ...]
@@ -403,6 +408,7 @@ class PhasePlan:
     # The actions' numbers in their phase of the plan: 1, 2, ... unless this is a part of a phase sent
     # on its own (a live build sends a phase's node actions between controller steps as one script).
     numbers: tuple[int, ...] = ()
+    notes: tuple[str, ...] = field(default=())  # plain information, unlike the warnings
 
     def __post_init__(self) -> None:
         if self.numbers and len(self.numbers) != len(self.actions):

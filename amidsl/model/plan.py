@@ -110,11 +110,12 @@ def build_plan(
     for phase in choose_phases(spec, phases):
         actions: list[Action] = []
         warnings: list[str] = []
+        notes: list[str] = []
         for fn in spec.phases[phase]:
             for item in fn(resolved):
                 if isinstance(item, PlanWarning):
-                    warnings.append(item.text)
+                    (notes if item.note else warnings).append(item.text)
                 else:
                     actions.append(item)
-        phase_plans.append(PhasePlan(phase, tuple(actions), tuple(warnings)))
+        phase_plans.append(PhasePlan(phase, tuple(actions), tuple(warnings), notes=tuple(notes)))
     return Plan(spec.name, resolved, tuple(phase_plans))

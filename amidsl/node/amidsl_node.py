@@ -95,6 +95,7 @@ CONTROLLER_API = (
     "Emptied",
     "EncryptingSink",
     "estimate_size_mb",
+    "HOST_KEY_GENERATORS",
     "HYGIENE",
     "HYGIENE_EMPTY_DIR",
     "HYGIENE_EMPTY_FILE",

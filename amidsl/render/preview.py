@@ -8,7 +8,7 @@ JSON schema "amidsl.plan/1" (stable; fields are only ever added):
      "runtime_overrides": [{"env": str, "what": str}],
      "strategy": {"bundler": str, "on the node": str, "stays in the image": str,
                   "the node needs": str, "secrets": str},
-     "phases": [{"name": str, "warnings": [str],
+     "phases": [{"name": str, "warnings": [str], "notes": [str],
                  "actions": [{"index": int (from 1), "type": snake_case action type,
                               "runs_on": "node" | "controller", "description": str,
                               "fields": {field: value}, "commands": [bash line]}]}]}
@@ -112,6 +112,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             {
                 "name": phase.name,
                 "warnings": list(phase.warnings),
+                "notes": list(phase.notes),
                 "actions": [
                     {
                         "index": index,
@@ -161,6 +162,7 @@ def render_text(plan: Plan) -> str:
     for phase in plan.phases:
         count = len(phase.actions)
         lines += ["", f"phase {phase.name} ({count} action{'' if count == 1 else 's'})"]
+        lines += [f"  note: {note}" for note in phase.notes]
         lines += [f"  WARNING: {warning}" for warning in phase.warnings]
         for index, action in phase.numbered():
             where = " [controller]" if isinstance(action, CONTROLLER_ACTIONS) else ""

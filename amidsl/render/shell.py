@@ -548,8 +548,8 @@ def render_script(plan: Plan) -> str:
         out += ["", *_JSON_HELPERS.splitlines()]
     for phase in plan.phases:
         out.append("")
-        for warning in phase.warnings:
-            out.append(f"# WARNING ({phase.name}): {_comment(warning)}")
+        out += [f"# note ({phase.name}): {_comment(note)}" for note in phase.notes]
+        out += [f"# WARNING ({phase.name}): {_comment(warning)}" for warning in phase.warnings]
         out += render_phase_function(phase)
     known = "|".join(phases)
     out += [

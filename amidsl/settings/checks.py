@@ -23,7 +23,7 @@ from amidsl.settings.constants import AMI_TOOLS_URL, DEFAULT_RUBY_VERSION
 from amidsl.settings.paths import PROTECTED_DIRS
 from amidsl.settings.readers import comma_free, optional_choice, read_text, read_text_list
 from amidsl.settings.reading import Reading
-from amidsl.settings.schema import Check, Reader, Setting, Source
+from amidsl.settings.schema import Check, Problem, Reader, Setting, Source
 from amidsl.tags import BUILT_BY_TAG
 
 ACCESS_KEY_ID = r"(AKIA|ASIA)[A-Z0-9]{16}"
@@ -115,25 +115,43 @@ def known_regions() -> frozenset[str]:
     return frozenset(regions)  # empty without partition data: the name check alone applies
 
 
-def is_region(r: Reading, name: str, region: str) -> bool:
-    """Record a problem unless `region` is a region AWS has; True when it is."""
+def region_problem(name: str, region: str) -> Problem | None:
+    """The problem with `region` (given as setting or option `name`), or None for a region AWS has."""
     if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
-        r.problem(name, f"{region!r} is not an AWS region name", "use a region code such as 'us-east-1'")
-        return False
+        close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
+        fix = f"did you mean {close[0]!r}?" if close else "use a region code such as 'us-east-1'"
+        return Problem(name, f"{region!r} is not an AWS region name", fix)
     if known_regions() and region not in known_regions():
         close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
-        r.problem(
+        return Problem(
             name,
             f"{region!r} is not a region AWS has (per the partition data boto3 ships)",
             f"did you mean {close[0]!r}?" if close else "use a region code such as 'us-east-1'",
         )
-        return False
-    return True
+    return None
+
+
+def is_region(r: Reading, name: str, region: str) -> bool:
+    """Record a problem unless `region` is a region AWS has; True when it is."""
+    problem = region_problem(name, region)
+    if problem is not None:
+        r.problems.append(problem)
+    return problem is None
 
 
 def region_name(r: Reading, name: str, region: str) -> None:
     """A region AWS has."""
     is_region(r, name, region)
+
+
+def architecture(r: Reading, row: Setting) -> str:
+    """One of the row's choices; arm64, which manifests know, is left to the strategies' rules, which
+    refuse it saying why (a second, generic problem would only repeat them)."""
+    value = read_text(r, row.name, row.default) or row.default
+    if value not in row.choices and value != "arm64":
+        choices = ", ".join(row.choices)
+        r.problem(row.name, f"{value!r} is not one of {choices}", f"use one of {choices}")
+    return value
 
 
 def account_id(r: Reading, row: Setting) -> str | None:

@@ -19,7 +19,10 @@ PARTITIONS = ("none", "mbr", "gpt", "auto")
 UPLOAD_CREDENTIALS = ("keys", "instance-profile")
 # The build strategies: the choices of the `bundler` setting.
 BUNDLERS = ("native", "ami-tools")
-ARCHITECTURES = ("x86_64", "i386", "arm64")
+# What the `arch` setting accepts, and what `amidsl bundle-image --arch` offers. Manifests may also say
+# arm64, but no instance type launches an arm64 instance-store AMI: the strategies' rules refuse it,
+# saying why for each (rules.py).
+ARCHITECTURES = ("x86_64", "i386")
 VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
 # What RegisterImage accepts (botocore's EC2 model): ImdsSupport only "v2.0", SriovNetSupport only
 # "simple". BootMode "uefi" is refused: instance-store root devices run only on Xen instance types

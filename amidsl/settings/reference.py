@@ -1,8 +1,8 @@
-"""The README's settings reference, generated from the settings table.
+"""The settings reference, docs/settings.md, generated from the settings table.
 
 Rows given next to each other with the same doc share one line of the reference (`s3_bucket`,
-`s3_path`); derived settings are left out. tests/test_settings_table.py checks that the README holds
-exactly this text (AMIDSL_UPDATE_README=1 rewrites it there).
+`s3_path`); derived settings are left out. tests/test_settings_table.py checks that docs/settings.md
+is exactly `settings_document()` (AMIDSL_UPDATE_DOCS=1 writes it).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import itertools
 from amidsl.settings.schema import Setting
 from amidsl.settings.table import ROWS
 
-START = "<!-- settings-reference:start -->"
-END = "<!-- settings-reference:end -->"
+UPDATE_ENV = "AMIDSL_UPDATE_DOCS"  # set to 1, the settings-table test writes docs/settings.md
+# The docs of the rows link to sections of the README, which is one directory up from docs/.
+README_LINK = "](#"
 
 
 def shown_default(row: Setting) -> str:
@@ -46,8 +47,16 @@ def settings_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_with_reference(readme: str) -> str:
-    """The README text with its settings reference (between the START and END markers) regenerated."""
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{settings_reference()}{END}{tail}"
+def settings_document() -> str:
+    """The whole of docs/settings.md: a short introduction and the reference."""
+    intro = (
+        "# amidsl settings\n\n"
+        "Settings live in the `[ami]` table of a TOML file (kebab-case keys such as `image-name` work as "
+        "well, for people porting pallet maps). Start from "
+        "[`examples/ami.toml`](../examples/ami.toml); the [README](../README.md) says how a build uses "
+        "them.\n\n"
+        "This file is generated from the settings table (`amidsl/settings/table.py`, one row per "
+        "setting): change a row, then run\n"
+        f"`{UPDATE_ENV}=1 python -m pytest tests/test_settings_table.py`.\n\n"
+    )
+    return intro + settings_reference().replace(README_LINK, "](../README.md#")

@@ -1,8 +1,8 @@
 """The settings table: one row per setting, the one place that says what a setting is.
 
 Each row names its reader (type check), default, choices, whether it is required or secret, which
-strategies read it and its line in the README's settings reference. From the rows come the fields of
-AmiSettings (in row order, which is the order previews show them), the keys a user may give,
+strategies read it and its line in the settings reference (docs/settings.md). From the rows come the
+fields of AmiSettings (in row order, which is the order previews show them), the keys a user may give,
 `REQUIRED`, `SECRET_KEYS` and `FREE_TEXT_KEYS`, the preview's choice of settings per strategy and the
 reference itself (amidsl/settings/reference.py). Rules across settings are in rules.py.
 
@@ -304,7 +304,7 @@ ROWS: tuple[Setting, ...] = (
     Setting(
         "arch",
         "str",
-        readers.choice,
+        checks.architecture,
         "`x86_64` or `i386`; `arm64` is refused with either strategy: no instance type launches an arm64 "
         "instance-store AMI (and ec2-bundle-vol does not support arm64, while native hvm images boot through "
         "GRUB for BIOS, which arm64 lacks)",

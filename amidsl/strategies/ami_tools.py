@@ -298,15 +298,16 @@ def bundle_vol_hygiene_notes(s: AmiSettings) -> list[PlanWarning]:
             PlanWarning(
                 f"image hygiene (ec2-bundle-vol's -e): the node finds the paths of {', '.join(left_out)}"
                 " and exclude_patterns on the filesystems ec2-bundle-vol copies, says each, and leaves them "
-                f"out; SSH host keys only when cloud-init or sshd-keygen will make new ones at first boot "
+                "out; SSH host keys only when cloud-init or sshd-keygen will make new ones at first boot "
                 "(else they stay, and the script says so). includes go to -i, so the CA certificates and "
-                "apt's keyrings stay"
+                "apt's keyrings stay",
+                note=True,
             )
         )
     if not_applied:
         notes.append(
             PlanWarning(
-                f"ec2-bundle-vol cannot empty a file or keep a directory empty, so "
+                "ec2-bundle-vol cannot empty a file or keep a directory empty, so "
                 f"{', '.join(not_applied)} stay as they are on the node (native builds empty "
                 "/etc/machine-id and the logs and keep /tmp and /var/tmp empty): for an image others "
                 'launch, use bundler = "native"'

@@ -48,13 +48,14 @@ def hygiene_notes(s: AmiSettings, how: str) -> list[PlanWarning]:
             + (f"; exclude_patterns leave out {', '.join(s.exclude_patterns)}" if s.exclude_patterns else "")
             + ". The node check (install) says how instances will get SSH host keys and their login "
             "key (cloud-init or EC2 Instance Connect in the volume), and warns when nothing installs the "
-            "launch key pair. The result lists what each item took"
+            "launch key pair. The result lists what each item took",
+            note=True,
         )
     ]
     for item in kept_items(s):
         notes.append(
             PlanWarning(
-                f"WARNING: keep_{item.name} = true: the image keeps {item.what.split(':')[0]}; every "
+                f"keep_{item.name} = true: the image keeps {item.what.split(':')[0]}; every "
                 "instance launched from it, and everyone it is shared with, gets them"
             )
         )
@@ -69,7 +70,7 @@ def sharing_warning(s: AmiSettings) -> list[PlanWarning]:
     who = "every AWS account" if s.public_image else f"the accounts {', '.join(s.launch_permissions)}"
     return [
         PlanWarning(
-            f"WARNING: the image is shared with {who} and keeps what image hygiene would leave out "
+            f"the image is shared with {who} and keeps what image hygiene would leave out "
             f"({', '.join(kept)}): they can read it all; remove those settings or the sharing"
         )
     ]

@@ -79,16 +79,19 @@ def layout_warning(s: AmiSettings) -> PlanWarning:
         return PlanWarning(
             "hvm image: a whole disk with an MBR partition table, the volume as its one ext4 partition "
             "(same UUID and label) at 1 MiB, and the volume's own GRUB 2 installed for BIOS boot; the "
-            "volume needs a kernel in /boot and a grub.cfg"
+            "volume needs a kernel in /boot and a grub.cfg",
+            note=True,
         )
     kernel = (
         f"it boots through the pv-grub kernel {s.kernel_id}"
         if s.kernel_id
         else "it boots only through a pv-grub kernel: set kernel_id to the region's pv-grub AKI"
     )
+    # Without a kernel_id the image cannot boot as it is: that is a warning, not a note.
     return PlanWarning(
         f"paravirtual image: a bare ext4 filesystem image of the volume; {kernel}, which reads "
-        "/boot/grub/menu.lst"
+        "/boot/grub/menu.lst",
+        note=bool(s.kernel_id),
     )
 
 
@@ -128,7 +131,8 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
             "the volume, mke2fs reads it through read-only bind mounts in the program's own mount "
             "namespace (nothing of the node's is mounted or changed, nothing is left behind); where the "
             f"node does not allow that, through a temporary tree of hard links to its files (in "
-            f"{s.destination_dir}, or in the volume when that is another filesystem)."
+            f"{s.destination_dir}, or in the volume when that is another filesystem).",
+            note=True,
         ),
         layout_warning(s),
         *ship_program(s),
@@ -153,7 +157,11 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
 
 def configure(s: AmiSettings) -> list[Action | PlanWarning]:
     """Nothing: in a native build no credential is written to the node."""
-    return [PlanWarning("native build: no key or certificate is written to the node; the controller signs")]
+    return [
+        PlanWarning(
+            "native build: no key or certificate is written to the node; the controller signs", note=True
+        )
+    ]
 
 
 def _make_destination(s: AmiSettings) -> Exec:

@@ -75,7 +75,7 @@ on_error() {
 }
 trap on_error ERR
 
-# WARNING (configure): native build: no key or certificate is written to the node; the controller signs
+# note (configure): native build: no key or certificate is written to the node; the controller signs
 phase_configure() {
   :  # nothing to do
 }

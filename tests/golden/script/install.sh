@@ -75,7 +75,7 @@ on_error() {
 }
 trap on_error ERR
 
-# WARNING (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl). To image the volume, mke2fs reads it through read-only bind mounts in the program's own mount namespace (nothing of the node's is mounted or changed, nothing is left behind); where the node does not allow that, through a temporary tree of hard links to its files (in /tmp, or in the volume when that is another filesystem).
+# note (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl). To image the volume, mke2fs reads it through read-only bind mounts in the program's own mount namespace (nothing of the node's is mounted or changed, nothing is left behind); where the node does not allow that, through a temporary tree of hard links to its files (in /tmp, or in the volume when that is another filesystem).
 # WARNING (install): paravirtual image: a bare ext4 filesystem image of the volume; it boots only through a pv-grub kernel: set kernel_id to the region's pv-grub AKI, which reads /boot/grub/menu.lst
 phase_install() {
   step install 1 'create the node program directory (root only)'
@@ -86,11 +86,11 @@ phase_install() {
   step install 2 'write the amidsl node program (its full source)'
   install -m 0600 -o root -g root /dev/null /opt/ami-tools/amidsl_node.py
   cat > /opt/ami-tools/amidsl_node.py <<'AMIDSL_END_OF_FILE'
-[the node program amidsl/node/amidsl_node.py, sha256 bcaa040cf07da3c874a4c1cb27c185dcea44f1cc31d09f9a0c4546986397ab25]
+[the node program amidsl/node/amidsl_node.py, sha256 69cbdb23eb6151f15137ce9ff9432759d226b1e95bb1b4cbc19970a30ab7799e]
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py bcaa040cf07da3c874a4c1cb27c185dcea44f1cc31d09f9a0c4546986397ab25
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 69cbdb23eb6151f15137ce9ff9432759d226b1e95bb1b4cbc19970a30ab7799e
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
