@@ -137,3 +137,12 @@ def test_a_closed_output_stops_the_work_as_ctrl_c_would_and_then_stays_silent():
         shown.line("phase install")
     assert shown.closed
     shown.line("phase configure")  # nothing left to write to, and no second interrupt
+
+
+def test_a_command_with_a_here_document_shows_its_digest_not_its_text():
+    log = io.StringIO()
+    shown, stream = progress(terminal=False, verbose=True)
+    shown.log = log
+    shown.command("cat > /opt/x/amidsl_node.py <<'AMIDSL_END_OF_FILE'\nimport os\nprint(1)\nAMIDSL_END_OF_FILE")
+    for text in (stream.getvalue(), log.getvalue()):
+        assert "import os" not in text and "(2 lines, 19 bytes, SHA-256 " in text

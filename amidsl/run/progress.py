@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from amidsl.printable import printable_output
+from amidsl.render.shell import shown_command
 
 PLAIN_INTERVAL = 5.0  # seconds between plain progress lines
 BAR_INTERVAL = 0.1  # seconds between redraws of a terminal bar
@@ -149,7 +150,8 @@ class Progress:
         self._open_prefix = prefix.group() if started and prefix else ""
 
     def command(self, text: str) -> None:
-        """A command as it starts (shown when verbose; always in the log)."""
+        """A command as it starts (shown when verbose; always in the log); a here-document as its digest."""
+        text = shown_command(text)
         if self.verbose:
             self.line(f"    $ {text}")
         else:
