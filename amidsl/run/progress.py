@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 import sys
 import time
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TextIO
 
 from amidsl.printable import printable_output
@@ -113,7 +113,7 @@ class Progress:
         stream: TextIO | None = None,
         log: TextIO | None = None,
     ) -> Progress:
-        """Progress on `stream` (standard output), a bar only on a terminal; nothing with quiet but the log."""
+        """Progress on `stream` (default stdout), a bar only on a terminal; nothing with quiet but the log."""
         if quiet:
             return cls(log=log)
         stream = stream or sys.stdout
@@ -158,10 +158,10 @@ class Progress:
             self.log_line(printable_output(f"    $ {text}"))
 
     def log_line(self, text: str) -> None:
-        """Write one line to the log file, after its time."""
+        """Write a line (each line of a multi-line command) to the log file, after its time."""
         if self.log is not None:
             stamp = datetime.now().astimezone().isoformat(timespec="milliseconds")
-            self.log.write(f"{stamp} {text}\n")
+            self.log.write("".join(f"{stamp} {line}\n" for line in text.splitlines() or [""]))
             self.log.flush()
 
     def finish(self) -> None:
