@@ -143,6 +143,8 @@ def test_a_command_with_a_here_document_shows_its_digest_not_its_text():
     log = io.StringIO()
     shown, stream = progress(terminal=False, verbose=True)
     shown.log = log
-    shown.command("cat > /opt/x/amidsl_node.py <<'AMIDSL_END_OF_FILE'\nimport os\nprint(1)\nAMIDSL_END_OF_FILE")
+    shown.command(
+        "cat > /opt/x/amidsl_node.py <<'AMIDSL_END_OF_FILE'\nimport os\nprint(1)\nAMIDSL_END_OF_FILE"
+    )
     for text in (stream.getvalue(), log.getvalue()):
         assert "import os" not in text and "(2 lines, 19 bytes, SHA-256 " in text
