@@ -179,6 +179,7 @@ class LiveBackend:
                 pid.append(int(found["pid"]))
             report = _json_object(line)
             if report is not None:  # its result: said in sentences (the transcript keeps the JSON)
+                transfers.finish()
                 for sentence in report_lines(action.command, report):
                     self.progress(f"    {sentence}")
             elif not transfers.shown(line):
@@ -527,10 +528,11 @@ class ProgramTransfers:
         return False
 
     def finish(self) -> None:
-        """The program ended: the transfers' last state."""
+        """The program is done with them: the transfers' last state (once)."""
         for transfer in (self.bundling, self.uploading):
             if transfer is not None:
                 transfer.finish()
+        self.bundling = self.uploading = None
 
 
 def _json_object(line: str) -> dict[str, Any] | None:
