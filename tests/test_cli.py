@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from amidsl.cli.table import COMMANDS
+from amidsl.cli.table import COMMANDS, FORMAT_ALIAS
 from amidsl.example import example_config_path
 from tests.live.node_settings import write_toml
 
@@ -81,7 +81,9 @@ def test_each_command_names_a_function_that_exists(command):
     handler = getattr(importlib.import_module(module), function)
     parameters = inspect.signature(handler).parameters.values()
     if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
-        assert {option.name for option in command.options} <= {parameter.name for parameter in parameters}
+        # (--format is no parameter: the table turns its older spelling into --json)
+        options = {option.name for option in command.options if option is not FORMAT_ALIAS}
+        assert options <= {parameter.name for parameter in parameters}
 
 
 def test_version():
@@ -309,6 +311,17 @@ def test_plan_json_parses_and_honours_phases():
     data = json.loads(run.stdout)
     assert data["schema"] == "amidsl.plan/1"
     assert [p["name"] for p in data["phases"]] == ["ami-bundle", "ami-upload"]
+
+
+def test_json_output_is_spelled_json_everywhere_and_plan_format_json_is_its_alias():
+    with_json = {c.name for c in COMMANDS if any(o.name == "json" for o in c.options)}
+    assert {"plan", "simulate", "build", "images"} <= with_json
+    assert [c.name for c in COMMANDS if any(o.name == "format" for o in c.options)] == ["plan"]
+    documents = [
+        amidsl("plan", *flags).stdout for flags in (["--json"], ["--format", "json"], ["-f", "json"])
+    ]
+    assert json.loads(documents[0])["schema"] == "amidsl.plan/1" and len(set(documents)) == 1
+    assert not amidsl("plan", "--format", "text").stdout.startswith("{")
 
 
 def test_plan_text_quotes_only_strings_and_counts_in_words(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -46,13 +47,60 @@ def test_on_a_terminal_a_transfer_is_one_bar_redrawn_in_place():
     assert "[############............]" in text and "[########################]" in text
 
 
-def test_an_action_start_line_is_replaced_by_its_end_line_on_a_terminal_only():
-    for terminal, expected in ((True, 1), (False, 2)):
+def test_an_action_that_ends_without_output_is_one_line_on_a_terminal_and_off_it():
+    # On a terminal the end line replaces the start line in place; off a terminal (a CI log) only the
+    # end line is written.
+    for terminal in (True, False):
         shown, stream = progress(terminal)
         shown.line("  [install 1] install packages ...")
         shown.line("  [install 1] install packages: ok")
-        assert stream.getvalue().count("\n") == expected
+        assert stream.getvalue().count("\n") == 1
         assert stream.getvalue().endswith("  [install 1] install packages: ok\n")
+        assert ("\r" in stream.getvalue()) is terminal
+
+
+def test_off_a_terminal_a_start_line_is_written_before_its_action_says_anything_else():
+    shown, stream = progress(terminal=False)
+    shown.line("  [ami-bundle 3] bundle the volume ...")
+    shown.line("    [ami-bundle 3] building a 16 MB ext4 image")
+    shown.line("  [ami-bundle 3] bundle the volume: ok")
+    shown.line("  [cleanup 1] remove the parts ...")
+    shown.finish()  # the command ends (a failure, Ctrl-C): what was started is said
+    assert stream.getvalue().splitlines() == [
+        "  [ami-bundle 3] bundle the volume ...",
+        "    [ami-bundle 3] building a 16 MB ext4 image",
+        "  [ami-bundle 3] bundle the volume: ok",
+        "  [cleanup 1] remove the parts ...",
+    ]
+
+
+def test_a_log_file_gets_every_line_with_its_time_and_the_commands_even_without_verbose():
+    log = io.StringIO()
+    shown = Progress(io.StringIO(), terminal=True, log=log)
+    shown.line("  [install 1] install packages ...")
+    shown.line("  [install 1] install packages: ok")
+    shown.command("apt-get install -y ruby")
+    transfer = shown.transfer("uploading", 1000)
+    transfer.advance(1000)
+    transfer.finish()
+    lines = log.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d "
+    assert all(re.match(stamp, line) for line in lines), lines
+    texts = [re.sub(stamp, "", line, count=1) for line in lines]
+    assert texts[:3] == [
+        "  [install 1] install packages ...",
+        "  [install 1] install packages: ok",
+        "    $ apt-get install -y ruby",
+    ]
+    assert len(texts) == 4 and texts[3].startswith("    uploading 0.0 MB of 0.0 MB (100%), ")
+    assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue() and "[###" not in log.getvalue()
+
+
+def test_quiet_still_writes_the_log():
+    log = io.StringIO()
+    quiet = Progress.for_command(quiet=True, log=log)
+    quiet.line("phase install")
+    assert quiet.stream is None and log.getvalue().endswith(" phase install\n")
 
 
 def test_a_start_line_stays_when_another_action_interrupts_it():
@@ -89,3 +137,14 @@ def test_a_closed_output_stops_the_work_as_ctrl_c_would_and_then_stays_silent():
         shown.line("phase install")
     assert shown.closed
     shown.line("phase configure")  # nothing left to write to, and no second interrupt
+
+
+def test_a_command_with_a_here_document_shows_its_digest_not_its_text():
+    log = io.StringIO()
+    shown, stream = progress(terminal=False, verbose=True)
+    shown.log = log
+    shown.command(
+        "cat > /opt/x/amidsl_node.py <<'AMIDSL_END_OF_FILE'\nimport os\nprint(1)\nAMIDSL_END_OF_FILE"
+    )
+    for text in (stream.getvalue(), log.getvalue()):
+        assert "import os" not in text and "(2 lines, 19 bytes, SHA-256 " in text

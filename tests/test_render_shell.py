@@ -367,3 +367,24 @@ def test_an_unknown_phase_stops_the_script_before_any_phase_runs(tmp_path):
     run = subprocess.run(["bash", str(script), "cleanup", "cleanupp"], capture_output=True, text=True)
     assert run.returncode != 0 and "unknown phase: cleanupp" in run.stderr
     assert "==>" not in run.stdout
+
+
+def test_a_here_document_is_shown_as_its_size_and_sha256_not_its_text(raw_settings):
+    import hashlib
+
+    from amidsl.render.shell import render_action, shown_command
+    from amidsl.strategies import server_spec
+
+    plan = build_plan(server_spec(raw_settings | {"bundler": "native"}), phases=["install"])
+    write = next(a for a in plan.phases[0].actions if "node program (its full source)" in a.description)
+    rendered = "\n".join(render_action(write))
+    source = rendered.split("<<'AMIDSL_END_OF_FILE'\n", 1)[1].rsplit("AMIDSL_END_OF_FILE", 1)[0]
+    assert source.count("\n") > 1000  # the script carries the whole program
+    shown = [shown_command(line) for line in render_action(write)]
+    text = "\n".join(shown)
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    assert f"<<'AMIDSL_END_OF_FILE' ({source.count(chr(10))} lines, {len(source.encode())} bytes, " in text
+    assert f"SHA-256 {digest}; `amidsl script` shows the text)" in text
+    assert "amidsl_node.py" in text and "def command_bundle" not in text and len(text.splitlines()) < 5
+    # A command without a here-document is shown as it is.
+    assert shown_command("mkdir -p -- /tmp") == "mkdir -p -- /tmp"

@@ -2,11 +2,20 @@
 
 Thin: parse options, load and validate the settings, call amidsl.live.build. Bad input exits with
 status 2 and every problem; a failed build exits with status 1 and names the phase and action.
+
+JSON schema "amidsl.build/1" (`--json`, `--result FILE`; fields are only ever added): the fields of
+every build result (amidsl/run/result.py) and "node": where the build ran (user@host:port; for
+--launch, the instance and its address), or null when it did not get there.
 """
 
 from __future__ import annotations
 
+import json as json_text
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import TextIO
 
 from amidsl.cli.support import (
     LiveConfig,
@@ -17,11 +26,15 @@ from amidsl.cli.support import (
 )
 from amidsl.cli.table import FAILED, INTERRUPTED, CommandError
 from amidsl.live.aws import Aws, AwsError, check_aws_side
-from amidsl.live.build import build_on_host, make_ami, make_ami_from_group_node
+from amidsl.live.build import build_on_host, build_on_launched_node, make_ami_from_group_node
+from amidsl.live.settings import LiveSettings
 from amidsl.live.ssh import NodeConnectionError
 from amidsl.run.progress import Progress
-from amidsl.run.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted
-from amidsl.settings import SettingsError
+from amidsl.run.result import registered_lines, result_document
+from amidsl.run.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted, BuildResult
+from amidsl.settings import AmiSettings, SettingsError
+
+SCHEMA = "amidsl.build/1"
 
 
 def check_aws(loaded: LiveConfig) -> list[str]:
@@ -41,6 +54,9 @@ def build(
     phase: list[str],
     on_error: str,
     trust_new_host_key: bool,
+    json: bool,
+    result: str | None,
+    log: str | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -51,7 +67,7 @@ def build(
     if len(modes) > 1:
         raise CommandError(f"{' and '.join(modes)}: choose one of --host, --group and --launch")
     choice = find_config(config)
-    announce_config(choice, data_on_stdout=False)
+    announce_config(choice, data_on_stdout=json)
     loaded = load_live_config(choice, phase)
     refuse_example_credentials(choice, loaded.plan.settings)
     live = replace(loaded.live, trust_on_first_use=True) if trust_new_host_key else loaded.live
@@ -65,23 +81,86 @@ def build(
         raise CommandError(str(SettingsError(problems, origin=str(choice.path))))
     settings = loaded.plan.settings
     chosen = [p.name for p in loaded.plan.phases]
-    progress = Progress.for_command(quiet=quiet, verbose=verbose)
+    with _opened("--log", log, "a") as log_file, _opened("--result", result, "w") as result_file:
+        # With --json, standard output carries the result document alone.
+        progress = Progress.for_command(
+            quiet=quiet, verbose=verbose, stream=sys.stderr if json else sys.stdout, log=log_file
+        )
+        progress.log_line(choice.describe())
+        outcome: BuildResult | None = None
+        failure: CommandError | None = None
+        try:
+            outcome = _run_build(
+                settings, live, loaded, host, group, launch, phase, chosen, on_error, progress
+            )
+        except CommandError as err:
+            failure = err
+        finally:
+            progress.finish()
+        document = result_document(
+            SCHEMA, settings, outcome, str(failure) if failure else None, config=str(choice.path)
+        )
+        document["node"] = outcome.node if outcome else None
+        text = json_text.dumps(document, indent=2, sort_keys=True)
+        if result_file is not None:
+            result_file.write(text + "\n")
+        if json:
+            print(text)
+        if failure is not None:
+            raise failure
+        assert outcome is not None
+        for line in result_lines(settings, outcome, chosen):
+            progress.log_line(line)
+            print(line, file=sys.stderr if json else sys.stdout)
+
+
+def result_lines(settings: AmiSettings, outcome: BuildResult, chosen: list[str]) -> list[str]:
+    """What a finished build made, as `simulate` says it."""
+    if not outcome.image_id:
+        return [f"phases done: {', '.join(chosen)}"]
+    return registered_lines(settings, outcome.image_id, outcome.copies)
+
+
+@contextmanager
+def _opened(flag: str, path: str | None, mode: str) -> Iterator[TextIO | None]:
+    """The file an option names, opened before any network call (a bad path is a usage error)."""
+    if not path:
+        yield None
+        return
+    try:
+        handle = open(path, mode, encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError as err:
+        raise CommandError(f"{flag} {path}: cannot write ({err.strerror}); choose a writable path") from None
+    with handle:
+        yield handle
+
+
+def _run_build(
+    settings: AmiSettings,
+    live: LiveSettings,
+    loaded: LiveConfig,
+    host: str | None,
+    group: str | None,
+    launch: bool,
+    phase: list[str],
+    chosen: list[str],
+    on_error: str,
+    progress: Progress,
+) -> BuildResult:
+    """Check the AWS side, then run the build where the options say; failures as CommandError."""
     try:
         aws = Aws(settings, live)
         for line in check_aws_side(settings, aws, image_name_must_be_free="ami-register" in chosen):
             progress(f"ok: {line}")
         options = {"aws": aws, "on_error": on_error, "progress": progress}
-        copies: dict[str, str] = {}  # a launched build reports its copies in the progress lines
         if launch:
-            image_id = make_ami(loaded.spec, settings, live=live, phases=phase or None, **options)
-        else:
-            if group:
-                result = make_ami_from_group_node(
-                    group, settings, spec=loaded.spec, live=live, phases=chosen, **options
-                )
-            else:
-                result = build_on_host(host, settings, spec=loaded.spec, live=live, phases=chosen, **options)
-            image_id, copies = result.image_id, result.copies
+            return build_on_launched_node(loaded.spec, settings, live=live, phases=phase or None, **options)
+        if group:
+            return make_ami_from_group_node(
+                group, settings, spec=loaded.spec, live=live, phases=chosen, **options
+            )
+        assert host is not None
+        return build_on_host(host, settings, spec=loaded.spec, live=live, phases=chosen, **options)
     except SettingsError as err:
         raise CommandError(str(err)) from None
     except BuildInterrupted as err:
@@ -91,9 +170,3 @@ def build(
     except KeyboardInterrupt:
         # Before any phase ran (the AWS checks, a launch): no credentials reached a node.
         raise CommandError("build interrupted before any phase ran on a node", INTERRUPTED) from None
-    if image_id:
-        print(f"image {image_id} ({settings.image_name}) is registered in {settings.region}")
-        for region, copy in copies.items():
-            print(f"copy {copy} ({settings.image_name}) is available in {region}")
-    else:
-        print(f"phases done: {', '.join(chosen)}")

@@ -18,12 +18,12 @@ from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
 
 
-def plan(*, config: str | None, phase: list[str], format: str, output: str | None) -> None:
+def plan(*, config: str | None, phase: list[str], json: bool, output: str | None) -> None:
     """Preview the plan: each phase's numbered actions and the commands they run."""
     choice = find_config(config)
     announce_config(choice, data_on_stdout=True)
     built = load_plan(choice, phase)
-    emit(render_json(built) if format == "json" else render_text(built), output)
+    emit(render_json(built) if json else render_text(built), output)
 
 
 def script(*, config: str | None, phase: list[str], output: str | None) -> None:

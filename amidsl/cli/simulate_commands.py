@@ -1,6 +1,8 @@
 """`amidsl simulate`: run a build on a fake node and a fake AWS region, offline, and report the image.
 
-JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added):
+JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added): the fields of every build
+result (amidsl/run/result.py: "schema", "amidsl_version", "config", "error", "image_id", "image_name",
+"images", "copies", "bundle", "parts", "timings", "settings_digest"), and
 
     {"schema": "amidsl.simulate/1", "amidsl_version": str, "config": path,
      "image_id": str or null, "copies": {region: image id}, "error": str or null,
@@ -25,7 +27,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from amidsl import __version__
 from amidsl.bundle.ls import listing_line
 from amidsl.cli.support import ConfigChoice, announce_config, find_config, load_spec
 from amidsl.cli.table import FAILED, FAULT_HELP, INTERRUPTED, CommandError
@@ -33,9 +34,11 @@ from amidsl.model.actions import NodeProgram
 from amidsl.model.plan import Plan, build_plan
 from amidsl.render.summary import plan_title
 from amidsl.run.progress import Progress
+from amidsl.run.result import registered_lines, result_document
 from amidsl.run.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
-from amidsl.settings import SettingsError
+from amidsl.settings import AmiSettings, SettingsError
 from amidsl.strategies import strategy_of
+from amidsl.strategies.native_controller import hygiene_lines
 from simulator.executor import ImageInspection, Simulation, prepare
 from simulator.executor import simulate as run_simulation
 
@@ -231,24 +234,14 @@ def summarise(inspection: ImageInspection, list_all: bool) -> list[str]:
     return lines + hygiene_lines(inspection.hygiene)
 
 
-def hygiene_lines(hygiene: dict) -> list[str]:
-    """What image hygiene found and did, item by item, and how instances get host and login keys."""
-    if not hygiene:
-        return []
-    lines = ["image hygiene:"]
-    for name, item in hygiene["items"].items():
-        found = f"{item['count']}: {', '.join(item['paths'])}" if item["count"] else "none found"
-        more = ", ..." if item["count"] > len(item["paths"]) else ""
-        lines.append(f"  {name} ({item['treatment']}): {found}{more}")
-    lines.append(f"  SSH host keys: {hygiene['host_keys']}")
-    lines.append(f"  login key: {hygiene['login_key'] or 'WARNING: nothing installs one'}")
-    return lines
-
-
 def as_json(
-    simulation: Simulation, inspection: ImageInspection | None, choice: ConfigChoice, list_all: bool
+    simulation: Simulation,
+    inspection: ImageInspection | None,
+    choice: ConfigChoice,
+    list_all: bool,
+    settings: AmiSettings,
 ) -> str:
-    """The simulation as JSON (schema amidsl.simulate/1)."""
+    """The simulation as JSON (schema amidsl.simulate/1): the fields a build's result has, and more."""
     image = None
     if inspection is not None:
         files = [e for e in inspection.entries if e.type == "file"]
@@ -267,16 +260,10 @@ def as_json(
         }
         if list_all:
             image["entries"] = [entry.__dict__ for entry in inspection.entries]
-    document = {
-        "schema": SCHEMA,
-        "amidsl_version": __version__,
-        "config": str(choice.path),
-        "image_id": simulation.image_id,
-        "copies": simulation.result.copies if simulation.result else {},
-        "error": str(simulation.error) if simulation.error else None,
-        "transcript": [record.__dict__ for record in simulation.transcript],
-        "image": image,
-    }
+    error = str(simulation.error) if simulation.error else None
+    document = result_document(SCHEMA, settings, simulation.result, error, config=str(choice.path))
+    document["transcript"] = [record.__dict__ for record in simulation.transcript]
+    document["image"] = image
     return json.dumps(document, indent=2, sort_keys=True)
 
 
@@ -321,15 +308,11 @@ def simulate(
         )
         inspection = simulation.inspect_image() if simulation.image_id else None
         if json:
-            print(as_json(simulation, inspection, choice, inspect))
+            print(as_json(simulation, inspection, choice, inspect, plan.settings))
         elif simulation.error is None:
             if simulation.image_id:
-                say(
-                    f"registered {simulation.image_id} ({plan.settings.image_name}) from "
-                    f"s3://{plan.settings.s3_manifest_path}"
-                )
-                for region, copy in simulation.result.copies.items():
-                    say(f"copied it to {region} as {copy}")
+                for line in registered_lines(plan.settings, simulation.image_id, simulation.result.copies):
+                    say(line)
             if inspection is not None:
                 for line in summarise(inspection, inspect):
                     say(line)

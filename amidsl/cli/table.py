@@ -72,6 +72,9 @@ class CliCommand:
         for option in self.options:
             if isinstance(option.default, tuple):
                 options[option.name] = list(options[option.name] or [])  # type: ignore[call-overload]
+        if FORMAT_ALIAS in self.options:  # --format json is the older spelling of --json
+            chosen = options.pop("format")
+            options["json"] = bool(options.get("json")) or chosen == "json"
         module, _, function = self.target.partition(":")
         getattr(importlib.import_module(module), function)(**options)
 
@@ -94,6 +97,20 @@ PHASE = Option(
 OUTPUT = Option("output", "write to this file instead of standard output", short="-o", metavar="FILE")
 QUIET = Option("quiet", "no progress output: only results and errors", default=False, short="-q")
 VERBOSE = Option("verbose", "also show each command as it runs", default=False, short="-v")
+
+
+def json_output(schema: str) -> Option:
+    """--json: the one spelling of JSON output for every command (plan's --format json is an alias)."""
+    return Option(
+        "json",
+        f"print the result as JSON (schema {schema}) on standard output; progress goes to standard error",
+        default=False,
+    )
+
+
+FORMAT_ALIAS = Option(
+    "format", "output format (-f json is --json)", default="text", short="-f", choices=("text", "json")
+)
 FAULT_HELP = (
     "inject a fault (repeatable): fail-put=N (the N-th S3 PUT fails once), s3-5xx=K (K PUTs answer 503), "
     "fail-part=I (S3 refuses part I for good), url-expires=N (at the N-th part PUT the presigned URLs have "
@@ -133,7 +150,8 @@ COMMANDS: tuple[CliCommand, ...] = (
         (
             CONFIG,
             PHASE,
-            Option("format", "output format", default="text", short="-f", choices=("text", "json")),
+            json_output("amidsl.plan/1"),
+            FORMAT_ALIAS,
             OUTPUT,
         ),
     ),
@@ -164,7 +182,7 @@ COMMANDS: tuple[CliCommand, ...] = (
                 metavar="NAME=VALUE",
                 values="amidsl.cli.simulate_commands:FAULT_NAMES",
             ),
-            Option("json", "print the result as JSON (schema amidsl.simulate/1)", default=False),
+            json_output("amidsl.simulate/1"),
             Option("payload_mb", "MB of program binaries on the fake node", default=4, metavar="MB"),
             Option(
                 "bundler",
@@ -204,6 +222,18 @@ COMMANDS: tuple[CliCommand, ...] = (
             ),
             Option(
                 "trust_new_host_key", "accept and remember an unknown host key (never a changed one)", False
+            ),
+            json_output("amidsl.build/1"),
+            Option(
+                "result",
+                "also write the result (the --json document) to FILE, as Packer's manifest does; written "
+                "when the build fails too",
+                metavar="FILE",
+            ),
+            Option(
+                "log",
+                "append every line of progress, and each command, with its time to FILE",
+                metavar="FILE",
             ),
             QUIET,
             VERBOSE,
@@ -333,7 +363,7 @@ COMMANDS: tuple[CliCommand, ...] = (
         "images",
         "list the images amidsl built (tag amidsl:built-by = amidsl) with their bundles",
         "amidsl.cli.aws_commands:images",
-        (Option("json", "print JSON (schema amidsl.images/1)", default=False), *AWS_OPTIONS),
+        (json_output("amidsl.images/1"), *AWS_OPTIONS),
     ),
     CliCommand(
         "delete",

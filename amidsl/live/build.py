@@ -60,9 +60,11 @@ def run_on_node(
     progress(f"connected to {node.target}")
     try:
         backend = LiveBackend(plan, node, aws, progress=progress)
-        return run_plan(
+        result = run_plan(
             plan, backend, on_error=on_error, progress=lambda line: progress(f"==> {line.strip()}")
         )
+        result.node = str(node.target)
+        return result
     finally:
         node.close()
 
@@ -221,7 +223,18 @@ def terminate_node(instance_id: str, aws: Aws) -> None:
     aws.call("ec2", "TerminateInstances", {"InstanceIds": [instance_id]})
 
 
-def make_ami(
+def make_ami(group: Spec, settings: AmiSettings | Mapping[str, Any] | None = None, **options: Any) -> str:
+    """Launch a node for the group, build the image on it, terminate it; return the AMI id.
+
+    The phases default to every phase of the spec but cleanup (the node is terminated anyway).
+    """
+    result = build_on_launched_node(group, settings, **options)
+    if result.image_id is None:
+        raise AwsError("the build registered no image", "include the ami-register phase")
+    return result.image_id
+
+
+def build_on_launched_node(
     group: Spec,
     settings: AmiSettings | Mapping[str, Any] | None = None,
     *,
@@ -233,11 +246,8 @@ def make_ami(
     address_of: Callable[[Mapping[str, Any]], str] = node_address,
     build_on_instance: BuildOnInstance | None = None,
     **options: Any,
-) -> str:
-    """Launch a node for the group, build the image on it, terminate it; return the AMI id.
-
-    The phases default to every phase of the spec but cleanup (the node is terminated anyway).
-    """
+) -> BuildResult:
+    """make_ami, returning the build's result (the node: the instance and its address)."""
     chosen = list(phases) if phases else [p for p in group.phase_names() if p != "cleanup"]
     plan = build_plan(group, settings, phases=chosen)
     aws = aws or Aws(plan.settings, live)
@@ -280,6 +290,5 @@ def make_ami(
         raise
     terminate_node(instance_id, aws)
     progress(f"terminated {instance_id}")
-    if result.image_id is None:
-        raise AwsError("the build registered no image", "include the ami-register phase")
-    return result.image_id
+    result.node = instance_id if host == instance_id else f"{instance_id} ({result.node or host})"
+    return result

@@ -11,6 +11,7 @@ the temporary directory is removed afterwards. Output streams line by line; the 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import time
@@ -41,7 +42,7 @@ from amidsl.model.actions import (
 from amidsl.model.plan import Plan
 from amidsl.model.steps import References, references_of
 from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
-from amidsl.run.progress import Progress
+from amidsl.run.progress import Progress, Transfer
 from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord
 from amidsl.secrets import Secret, redact
 from amidsl.strategies.ami_tools import (
@@ -52,6 +53,7 @@ from amidsl.strategies.ami_tools import (
     SESSION_TOKEN,
 )
 from amidsl.strategies.ec2_certificate import ec2_certificate
+from amidsl.strategies.native_controller import report_lines
 
 # Reads NAME=value pairs (NUL-terminated, an empty one ends the list) from stdin, exports them, then runs
 # the script with stdin closed. Fixed text: only it and the script's path are ever on the command line.
@@ -169,12 +171,19 @@ class LiveBackend:
         if not self.node.is_root:
             command = f"sudo -n -- {command}"
         pid: list[int] = []  # the program says its pid first
+        transfers = ProgramTransfers(self.progress, request)
 
         def on_line(line: str) -> None:
             found = PROGRAM_PID.fullmatch(line)
             if found and not pid:
                 pid.append(int(found["pid"]))
-            self.progress(f"    {line}")
+            report = _json_object(line)
+            if report is not None:  # its result: said in sentences (the transcript keeps the JSON)
+                transfers.finish()
+                for sentence in report_lines(action.command, report):
+                    self.progress(f"    {sentence}")
+            elif not transfers.shown(line):
+                self.progress(f"    {line}")
 
         def stop() -> bool:
             """Ctrl-C: interrupt the program on the node, once its pid is known."""
@@ -189,6 +198,8 @@ class LiveBackend:
                 # Without its connection it may run on (a quiet mke2fs): stopped after a reconnect.
                 self._cut_off.append((action, pid[0]))
             return LOST_STATUS, "", str(err)
+        finally:
+            transfers.finish()
         return status, output, output
 
     def _stop_cut_off_programs(self) -> None:
@@ -475,6 +486,64 @@ class LiveBackend:
         for workdir in list(self._leftover_dirs):
             self._remove_workdir(workdir)
         self._stop_cut_off_programs()
+
+
+# The node program's progress: "bundled 12 MiB of 40 MiB (30 MiB/s)" every few seconds, and
+# "uploaded image.part.3 (4 of 9)" for each part.
+BUNDLED = re.compile(r"bundled (?P<done>\d+) MiB of (?P<total>\d+) MiB \(\d+ MiB/s\)")
+UPLOADED = re.compile(r"uploaded (?P<filename>\S+) \(\d+ of \d+\)")
+MIB = 1024 * 1024
+
+
+class ProgramTransfers:
+    """The node program's bundling and upload progress shown as the controller's transfers (bytes, rate,
+    ETA; a bar on a terminal, a line every few seconds otherwise), as `simulate` shows an upload."""
+
+    def __init__(self, progress: Callable[[str], None], request: bytes) -> None:
+        self.progress = progress if isinstance(progress, Progress) else None
+        try:
+            parts = json.loads(request).get("parts", [])
+        except (ValueError, AttributeError):
+            parts = []
+        self.sizes = {p["filename"]: int(p.get("size", 0)) for p in parts if isinstance(p, dict)}
+        self.bundling: Transfer | None = None
+        self.uploading: Transfer | None = None
+
+    def shown(self, line: str) -> bool:
+        """Show a progress line of the program as a transfer; False for any other line."""
+        if self.progress is None:
+            return False
+        bundled = BUNDLED.fullmatch(line)
+        if bundled:
+            if self.bundling is None:
+                self.bundling = self.progress.transfer("bundling", int(bundled["total"]) * MIB)
+            self.bundling.advance(int(bundled["done"]) * MIB - self.bundling.done)
+            return True
+        uploaded = UPLOADED.fullmatch(line)
+        if uploaded and uploaded["filename"] in self.sizes:
+            if self.uploading is None:
+                self.uploading = self.progress.transfer("uploading", sum(self.sizes.values()))
+            self.uploading.advance(self.sizes[uploaded["filename"]])
+            return True
+        return False
+
+    def finish(self) -> None:
+        """The program is done with them: the transfers' last state (once)."""
+        for transfer in (self.bundling, self.uploading):
+            if transfer is not None:
+                transfer.finish()
+        self.bundling = self.uploading = None
+
+
+def _json_object(line: str) -> dict[str, Any] | None:
+    """A line that is a JSON object (the node program's result), else None."""
+    if not line.startswith("{"):
+        return None
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _check_supplied(script_plan: Plan, pairs: list[tuple[str, str]]) -> None:

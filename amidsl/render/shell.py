@@ -7,6 +7,7 @@ same plan always renders to the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -248,6 +249,23 @@ def _here_document(text: str) -> str:
     if not text.endswith("\n") or HEREDOC_END in text.splitlines():
         raise ValueError("here-document text must end with a line break and not hold its end marker")
     return f" <<'{HEREDOC_END}'\n{text}{HEREDOC_END}"
+
+
+_HERE_DOCUMENT = re.compile(f"<<'{HEREDOC_END}'\n(?P<text>.*)^{HEREDOC_END}$", re.DOTALL | re.MULTILINE)
+
+
+def shown_command(command: str) -> str:
+    """A command as progress and logs show it: a here-document's text as its size and SHA-256 (the
+    node program is thousands of lines; the script, which is what runs, carries the text)."""
+
+    def summary(found: re.Match[str]) -> str:
+        data = found["text"].encode("utf-8")
+        return (
+            f"<<'{HEREDOC_END}' ({found['text'].count(chr(10))} lines, {len(data)} bytes, SHA-256 "
+            f"{hashlib.sha256(data).hexdigest()}; `amidsl script` shows the text)"
+        )
+
+    return _HERE_DOCUMENT.sub(summary, command)
 
 
 def _option_groups(words: list[str]) -> list[str]:

@@ -12,6 +12,7 @@ loop knows no strategy by name: it asks `strategy_of(settings)`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -155,6 +156,11 @@ class BuildResult:
     transcript: list[ActionRecord] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)
     copies: dict[str, str] = field(default_factory=dict)  # region -> id of the image's copy there
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds it took
+    # The bundle's parts as the node program reported them (filename, size, sha1, md5); None when the
+    # build strategy's tools do not report them.
+    parts: list[dict[str, Any]] | None = None
+    node: str = ""  # where it ran (user@host:port, or the instance), set by the live back-end
 
     @property
     def image_id(self) -> str | None:
@@ -214,6 +220,7 @@ def run_plan(
     result = BuildResult(settings)
     secrets = list(backend.secrets())
     for phase in plan.phases:
+        started = time.monotonic()
         for on_controller, actions in split_by_side(phase):
             on_node = ""
             # Every way out of a run of actions (a failure, Ctrl-C, an unexpected error) applies the
@@ -281,9 +288,22 @@ def run_plan(
                 cause,
             ) from None
         result.phases.append(phase.name)
+        result.timings[phase.name] = round(time.monotonic() - started, 3)
     result.settings = settings.with_values(image_id=values.get("image_id", settings.image_id))
     result.copies = copies(settings, values)
+    result.parts = _bundle_parts(plan, results)
     return result
+
+
+def _bundle_parts(plan: Plan, results: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The parts the node program's bundle report lists (never a secret: names, sizes, digests)."""
+    for phase in plan.phases:
+        for action in phase.actions:
+            if isinstance(action, NodeProgram) and action.command == "bundle":
+                report = results.get(action.result_name) or {}
+                keys = ("filename", "size", "sha1", "md5")
+                return [{key: part.get(key) for key in keys} for part in report.get("parts", [])] or None
+    return None
 
 
 def _registered_note(settings: AmiSettings, values: dict[str, str]) -> str:

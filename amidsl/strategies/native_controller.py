@@ -176,6 +176,56 @@ def _describe_check(report: dict[str, Any]) -> str:
     )
 
 
+def report_lines(command: str, report: dict[str, Any]) -> list[str]:
+    """What the node program's JSON result says, as sentences (a live build shows these, not the JSON)."""
+    if command == "check":
+        return [_describe_check(report)]
+    if command == "bundle":
+        parts = report.get("parts", [])
+        mb = 1_000_000
+        lines = [
+            f"bundled a {int(report.get('image_size', 0)) / mb:.1f} MB image into {len(parts)} "
+            f"part{'' if len(parts) == 1 else 's'} ({int(report.get('bundled_size', 0)) / mb:.1f} MB)"
+        ]
+        left_out = report.get("left_out", [])
+        if left_out:
+            shown = ", ".join(path for path, _ in left_out[:5]) + (", ..." if len(left_out) > 5 else "")
+            lines.append(f"left out of the image: {len(left_out)}: {shown}")
+        return lines + hygiene_lines(node_hygiene(report))
+    if command == "upload":
+        failed = [f"{f.get('filename')} ({f.get('reason')})" for f in report.get("failed", [])]
+        lines = [f"uploaded {len(report.get('uploaded', []))} part(s)"]
+        return lines + ([f"failed: {', '.join(failed)}"] if failed else [])
+    removed = report.get("removed", [])
+    return [f"removed what runs that died left: {', '.join(removed)}" if removed else "no leftovers"]
+
+
+def node_hygiene(report: dict[str, Any]) -> dict[str, Any]:
+    """The image hygiene part of the node program's bundle report, as hygiene_lines reads it."""
+    if "hygiene" not in report:
+        return {}
+    return {
+        "items": report.get("hygiene", {}),
+        "host_keys": report.get("host_keys", ""),
+        "login_key": report.get("login_key", ""),
+        "added": report.get("added", []),
+    }
+
+
+def hygiene_lines(hygiene: dict[str, Any]) -> list[str]:
+    """What image hygiene found and did, item by item, and how instances get host and login keys."""
+    if not hygiene:
+        return []
+    lines = ["image hygiene:"]
+    for name, item in hygiene["items"].items():
+        found = f"{item['count']}: {', '.join(item['paths'])}" if item["count"] else "none found"
+        more = ", ..." if item["count"] > len(item["paths"]) else ""
+        lines.append(f"  {name} ({item['treatment']}): {found}{more}")
+    lines.append(f"  SSH host keys: {hygiene['host_keys']}")
+    lines.append(f"  login key: {hygiene['login_key'] or 'WARNING: nothing installs one'}")
+    return lines
+
+
 def _failure_text(action: NodeProgram, status: int, report: dict[str, Any] | None, tail: str) -> str:
     text = tail or f"amidsl's node program ({action.command}) exited with status {status}"
     if action.command != "upload":
@@ -233,7 +283,9 @@ def _presign_one(backend: ControllerBackend, filename: str, results: dict[str, A
         },
         ExpiresIn=PRESIGN_SECONDS,
     )
-    return {"filename": filename, "url": url, "headers": {"x-amz-acl": EXEC_READ_ACL}}
+    # The size is for the controller's upload progress; the node program reads the file itself.
+    size = presigned["sizes"].get(filename, 0)
+    return {"filename": filename, "url": url, "headers": {"x-amz-acl": EXEC_READ_ACL}, "size": size}
 
 
 def _already_uploaded(backend: ControllerBackend, bucket: str, key: str, part: dict[str, Any]) -> bool:
@@ -255,6 +307,7 @@ def _presign(action: PresignParts, backend: ControllerBackend, results: dict[str
         "prefix": action.key_prefix,
         "name": report["prefix"],
         "parts": [],
+        "sizes": {part["filename"]: int(part["size"]) for part in report["parts"]},
     }
     skipped: list[str] = []
     for part in report["parts"]:

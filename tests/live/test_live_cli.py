@@ -103,3 +103,94 @@ def test_validate_live_exits_2_on_a_bucket_that_refuses_acls_naming_the_fix(
     )
     assert f"put-bucket-ownership-controls --bucket {enforced}" in run.stderr
     assert keys["secret_key"] not in run.stdout + run.stderr
+
+
+def test_build_json_is_the_only_output_on_stdout_and_the_log_has_every_line_with_its_time(
+    node, fake_tools, aws_endpoint, bucket, credentials, ec2_certificate_file, tmp_path
+):
+    import hashlib
+    import json
+    import re
+    import secrets
+
+    from amidsl.node import program_source
+    from tests.live.node_settings import secret_values
+
+    config = build_settings(tmp_path, node, fake_tools, credentials, "root", aws_endpoint)
+    config["ami"] |= {
+        "bundler": "native",
+        "volume": str(node.volume),
+        "virtualization_type": "paravirtual",  # the scratch volume has no kernel or GRUB
+        "ec2_certificate_source": {"local_file": str(ec2_certificate_file)},
+        "image_name": f"amidsl json {secrets.token_hex(4)}",
+    }
+    path = write_toml(tmp_path / "build.toml", config)
+    log, result = tmp_path / "build.log", tmp_path / "result.json"
+    run = amidsl("build", "-c", str(path), "--json", "--result", str(result), "--log", str(log), "-v")
+    assert run.returncode == 0, run.stderr
+
+    document = json.loads(run.stdout)  # standard output is the document alone
+    assert json.loads(result.read_text()) == document
+    ami = config["ami"]
+    assert document["schema"] == "amidsl.build/1" and document["error"] is None
+    assert document["image_id"].startswith("ami-") and document["images"] == {
+        "us-east-1": document["image_id"]
+    }
+    assert document["image_name"] == ami["image_name"]
+    assert document["bundle"] == f"s3://{ami['s3_bucket']}/{ami['s3_path']}/image.manifest.xml"
+    assert [p["filename"] for p in document["parts"]] == ["image.part.0"]
+    timings = document["timings"]  # every phase that ran, in seconds
+    assert {"install", "ami-bundle", "ami-upload", "ami-register", "cleanup"} <= set(timings)
+    assert all(isinstance(seconds, float) and seconds >= 0 for seconds in timings.values())
+    assert document["node"] == f"root@127.0.0.1:{node.port}"
+    assert document["settings_digest"].startswith("sha256:") and document["amidsl_version"]
+    # The same facts in the same fields as `simulate --json`.
+    simulated = json.loads(amidsl("simulate", "--json").stdout)
+    assert set(document) - {"node"} <= set(simulated)
+
+    # Progress went to standard error: each action, the node program as its digest, results in words.
+    source = program_source()
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    assert "==> [ami-bundle 3] image the volume and bundle it into parts on the node: ok" in run.stderr
+    assert f"bytes, SHA-256 {digest}; `amidsl script` shows the text)" in run.stderr
+    assert "def command_bundle" not in run.stderr
+    assert not [line for line in run.stderr.splitlines() if line.strip().startswith("{")]
+    assert "    bundled a 16.8 MB image into 1 part" in run.stderr and "    uploaded 1 part(s)" in run.stderr
+    assert f"registered {document['image_id']} ({ami['image_name']}) from {document['bundle']}" in run.stderr
+    assert len(run.stderr.splitlines()) < 150
+
+    # The log: every line the terminal got, and the commands, each after its time; no secret anywhere.
+    logged = log.read_text().splitlines()
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ")
+    assert logged and all(stamp.match(line) for line in logged)
+    assert "==> [install 2] write the amidsl node program (its full source)" in log.read_text()
+    assert f"SHA-256 {digest}" in log.read_text() and "def command_bundle" not in log.read_text()
+    for text in (run.stdout, run.stderr, log.read_text(), result.read_text()):
+        for secret in secret_values(config, credentials):
+            assert secret not in text
+        assert "Signature" not in text
+
+
+def test_build_json_says_the_error_when_the_build_fails(
+    tmp_path, node, fake_tools, aws_endpoint, credentials
+):
+    import json
+
+    config = build_settings(tmp_path, node, fake_tools, credentials, "root", aws_endpoint)
+    config["ami"]["s3_bucket"] = "amidsl-no-such-bucket"
+    path = write_toml(tmp_path / "build.toml", config)
+    result = tmp_path / "result.json"
+    run = amidsl("build", "-c", str(path), "--json", "--result", str(result))
+    assert run.returncode == 2 and "Traceback" not in run.stderr  # found by the AWS checks
+    document = json.loads(run.stdout)
+    assert document == json.loads(result.read_text())
+    assert "the bucket 'amidsl-no-such-bucket' does not exist" in document["error"]
+    assert document["image_id"] is None and document["node"] is None
+    assert document["error"] in run.stderr
+
+
+def test_build_refuses_a_log_or_result_file_it_cannot_write_before_any_network_call(tmp_path, raw_settings):
+    path = config_file(tmp_path, raw_settings, {"host": "node.invalid"})
+    for flag in ("--log", "--result"):
+        run = amidsl("build", "--config", path, flag, str(tmp_path / "no" / "such" / "dir" / "f"))
+        assert run.returncode == 2 and f"{flag} {tmp_path}/no/such/dir/f: cannot write" in run.stderr

@@ -237,7 +237,7 @@ def test_amidsl_build_with_the_default_settings_images_the_live_root_of_a_runnin
     print(f"node console, last lines:\n{tail(vm_build.node_console)}")
     assert build.returncode == 0, build.stderr
     assert "Traceback" not in build.stderr
-    assert f"(amidsl vm test {vm_build.token}) is registered in us-east-1" in build.stdout
+    assert f"(amidsl vm test {vm_build.token}) from s3://" in build.stdout
     # The guest reached S3 only through the tunnel: without it, neither loopback nor the host.
     assert vm_build.reached_without_tunnel == ""
     # mke2fs read the live root through the node program's private view (its own mount namespace over

@@ -1,0 +1,60 @@
+"""A build's result as data: the facts `amidsl build --json` and `amidsl simulate --json` share.
+
+Both documents carry these fields (each command adds its own: simulate its transcript and image, build
+the node it ran on); fields are only ever added:
+
+    {"schema": str, "amidsl_version": str, "config": path, "error": str or null,
+     "image_id": str or null, "image_name": str, "images": {region: image id} (the image and its copies),
+     "copies": {region: image id}, "bundle": "s3://BUCKET/PATH/PREFIX.manifest.xml",
+     "parts": null (not known: ami-tools) or [{"filename", "size", "sha1", "md5"}],
+     "timings": {phase: seconds} (the phases that finished), "settings_digest": "sha256:HEX"}
+
+The settings digest is the SHA-256 of the settings as the script's header shows them (public_settings):
+secrets appear there only as where they come from, so the digest never depends on a secret's value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from amidsl import __version__
+from amidsl.render.summary import public_settings
+from amidsl.run.runner import BuildResult
+from amidsl.settings import AmiSettings
+
+
+def settings_digest(settings: AmiSettings) -> str:
+    """sha256:HEX of the resolved settings without secrets: two builds with the same digest had the same
+    settings."""
+    text = json.dumps(public_settings(settings), ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def result_document(
+    schema: str, settings: AmiSettings, result: BuildResult | None, error: str | None, config: str
+) -> dict[str, Any]:
+    """The shared fields of a build's JSON result (`result` is None when the build failed early)."""
+    image_id = result.image_id if result else None
+    copies = dict(result.copies) if result else {}
+    return {
+        "schema": schema,
+        "amidsl_version": __version__,
+        "config": config,
+        "error": error,
+        "image_id": image_id,
+        "image_name": settings.image_name,
+        "images": ({settings.region: image_id} if image_id else {}) | copies,
+        "copies": copies,
+        "bundle": f"s3://{settings.s3_manifest_path}",
+        "parts": result.parts if result else None,
+        "timings": dict(result.timings) if result else {},
+        "settings_digest": settings_digest(settings),
+    }
+
+
+def registered_lines(settings: AmiSettings, image_id: str, copies: dict[str, str]) -> list[str]:
+    """The sentences saying what a build registered: the image, its bundle, its copies."""
+    lines = [f"registered {image_id} ({settings.image_name}) from s3://{settings.s3_manifest_path}"]
+    return lines + [f"copied it to {region} as {copy}" for region, copy in copies.items()]
