@@ -157,3 +157,18 @@ def test_git_sha_is_the_commit_of_the_settings_file_s_repository(capsys, tmp_pat
 def test_an_unknown_variable_is_an_error_naming_setting_and_variable(capsys, config):
     status, _, err = amidsl(capsys, "script", "-c", str(config), "--set", "image_name=web-{today}")
     assert status == 2 and "image_name (set by --set): uses an unknown variable {today}" in err
+
+
+def test_relative_files_are_relative_to_the_file_that_names_them_and_to_the_current_folder_for_set(
+    monkeypatch, tmp_path, config
+):
+    (tmp_path / "ci").mkdir()
+    ci = write_toml(tmp_path / "ci" / "ci.toml", {"live": {"known_hosts": "hosts", "ssh_config": "ssh.conf"}})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOSTS_DIR", "/srv/amidsl")
+    choice = find_config([str(config), str(ci)], ["live.ssh_config=here.conf"])
+    live = load_live_config(choice).live
+    assert live.known_hosts == str(tmp_path / "ci" / "hosts")  # from ci.toml, next to it
+    assert live.ssh_config == str(tmp_path / "here.conf")  # from --set, in the current folder
+    choice = find_config([str(config)], ["live.known_hosts={env:HOSTS_DIR}/known_hosts"])
+    assert load_live_config(choice).live.known_hosts == "/srv/amidsl/known_hosts"  # anchored as expanded

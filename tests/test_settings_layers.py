@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from amidsl.settings import Problem, SettingsError
 from amidsl.settings.layers import Layer, TableKeys, merge_layers, override_layer
 
+HERE = Path("settings")
 KEYS = TableKeys(
     known={
         "ami": frozenset(
@@ -38,8 +41,8 @@ def problems_of(*items: str) -> list[str]:
 
 
 def test_a_later_file_wins_per_key_and_the_merge_remembers_which_file_gave_each():
-    base = Layer("base.toml", {"ami": {"image_name": "a", "tags": {"x": "1"}}, "live": {"port": 22}})
-    ci = Layer("ci.toml", {"ami": {"tags": {"y": "2"}}, "live": {"endpoint_url": "http://s3"}})
+    base = Layer("base.toml", {"ami": {"image_name": "a", "tags": {"x": "1"}}, "live": {"port": 22}}, HERE)
+    ci = Layer("ci.toml", {"ami": {"tags": {"y": "2"}}, "live": {"endpoint_url": "http://s3"}}, HERE)
     layered = merge_layers([base, ci])
     assert layered.document == {
         "ami": {"image_name": "a", "tags": {"y": "2"}},  # a table-valued setting is replaced whole
@@ -51,16 +54,19 @@ def test_a_later_file_wins_per_key_and_the_merge_remembers_which_file_gave_each(
 
 def test_a_later_spelling_replaces_an_earlier_one_but_two_in_one_file_stay_to_be_reported():
     layered = merge_layers(
-        [Layer("a.toml", {"ami": {"image-name": "a"}}), Layer("b.toml", {"ami": {"image_name": "b"}})]
+        [
+            Layer("a.toml", {"ami": {"image-name": "a"}}, HERE),
+            Layer("b.toml", {"ami": {"image_name": "b"}}, HERE),
+        ]
     )
     assert layered.document["ami"] == {"image_name": "b"}
-    twice = merge_layers([Layer("a.toml", {"ami": {"image-name": "a", "image_name": "b"}})])
+    twice = merge_layers([Layer("a.toml", {"ami": {"image-name": "a", "image_name": "b"}}, HERE)])
     assert twice.document["ami"] == {"image-name": "a", "image_name": "b"}
 
 
 def test_problems_name_the_file_or_set_their_value_came_from_when_there_are_several():
     layered = merge_layers(
-        [Layer("base.toml", {"ami": {"image_name": "a"}}), Layer("--set", {"live": {"port": 0}})]
+        [Layer("base.toml", {"ami": {"image_name": "a"}}, HERE), Layer("--set", {"live": {"port": 0}}, HERE)]
     )
     annotated = layered.annotate(
         [Problem("image_name", "bad", "fix"), Problem("live.port", "bad", "fix"), Problem("region", "x", "y")]
@@ -70,7 +76,7 @@ def test_problems_name_the_file_or_set_their_value_came_from_when_there_are_seve
         "live.port (set by --set)",
         "region",
     ]
-    single = merge_layers([Layer("base.toml", {"ami": {"image_name": "a"}})])
+    single = merge_layers([Layer("base.toml", {"ami": {"image_name": "a"}}, HERE)])
     assert single.annotate([Problem("image_name", "bad", "fix")])[0].setting == "image_name"
 
 

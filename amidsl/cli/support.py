@@ -102,24 +102,16 @@ def table_keys() -> TableKeys:
     )
 
 
-def _file_layer(path: Path) -> Layer:
-    """A settings file as a layer, its relative file paths made absolute against its directory."""
-    document = dict(read_settings_file(path))
-    if isinstance(document.get("ami"), dict):
-        document["ami"] = anchor_local_files(document["ami"], path.parent)
-    if isinstance(document.get("live"), dict):
-        document["live"] = anchor_live_paths(document["live"], path.parent)
-    return Layer(str(path), document)
-
-
 def load_layered(choice: ConfigChoice) -> Layered:
-    """Read the settings files and the --set items, merge them, expand variables; SettingsError."""
+    """Read the settings files and the --set items, merge them, expand variables; SettingsError.
+
+    Relative file paths are made absolute last, against the folder of the file that gave each key (the
+    current folder for --set), so that a path made of variables is anchored as what it expands to.
+    """
     keys = table_keys()
-    layers = [_file_layer(path) for path in choice.paths]
+    layers = [Layer(str(path), read_settings_file(path), path.parent) for path in choice.paths]
     if choice.overrides:
-        # Relative files given with --set are relative to the current directory.
-        override = override_layer(choice.overrides, keys)
-        layers.append(_anchored(override, Path.cwd()))
+        layers.append(override_layer(choice.overrides, keys))
     layered = merge_layers(layers)
     tables = {name: value for name, value in layered.document.items() if name in TABLES}
     tables = {name: value for name, value in tables.items() if isinstance(value, dict)}
@@ -127,16 +119,13 @@ def load_layered(choice: ConfigChoice) -> Layered:
     expanded, problems = expand_tables(tables, keys.is_text, keys.is_secret, run)
     if problems:
         raise layered.error(problems)
+    anchor = {"ami": anchor_local_files, "live": anchor_live_paths}
+    for name, values in expanded.items():
+        anchored: dict[str, Any] = {}
+        for key, value in values.items():
+            anchored.update(anchor[name]({key: value}, layered.folder_of(name, key)))
+        expanded[name] = anchored
     return replace(layered, document={**layered.document, **expanded})
-
-
-def _anchored(layer: Layer, base: Path) -> Layer:
-    document = dict(layer.document)
-    if "ami" in document:
-        document["ami"] = anchor_local_files(document["ami"], base)
-    if "live" in document:
-        document["live"] = anchor_live_paths(document["live"], base)
-    return Layer(layer.name, document)
 
 
 def _ami_values(layered: Layered) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from amidsl.settings.schema import Problem, SettingsError
@@ -57,6 +58,7 @@ class Layer:
 
     name: str  # the file's path as given, or "--set"
     document: Mapping[str, Any]
+    folder: Path  # what relative file paths in it are relative to
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class Layered:
     def origin(self) -> str:
         """Where the settings come from, for the head of a message: 'base.toml + ci.toml + --set'."""
         return " + ".join(self.names)
+
+    def folder_of(self, table: str, key: str) -> Path:
+        """The folder a relative file path in a key is relative to: that of the layer that gave it."""
+        origin = self.origins.get((table, snake(key)))
+        return next((layer.folder for layer in self.layers if layer.name == origin), Path.cwd())
 
     def origin_of(self, setting: str) -> str | None:
         """The layer that gave a setting a problem names ('image_name', 'live.host'), if one did."""
@@ -151,7 +158,7 @@ def override_layer(items: Sequence[str], keys: TableKeys) -> Layer:
             document.setdefault(table, {})[name] = value
     if problems:
         raise SettingsError(problems, origin=OVERRIDE)
-    return Layer(OVERRIDE, document)
+    return Layer(OVERRIDE, document, Path.cwd())  # relative files given with --set: the current folder
 
 
 def _override_value(
