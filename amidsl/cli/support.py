@@ -173,7 +173,7 @@ def emit(text: str, output: str | None) -> None:
     print(f"wrote {output}")
 
 
-KNOWN_TABLES = ("ami", "live")
+KNOWN_TABLES = TABLES  # [ami] and [live]
 
 
 @dataclass(frozen=True)
