@@ -245,7 +245,7 @@ def test_invoke_tasks_are_made_from_the_same_table():
 
 # The commands that run offline on their defaults (the built-in example); the others need an argument,
 # a node or AWS, and must say so.
-OFFLINE_ON_DEFAULTS = ("plan", "script", "validate", "simulate", "completion")
+OFFLINE_ON_DEFAULTS = ("plan", "script", "validate", "simulate", "completion", "init")
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)

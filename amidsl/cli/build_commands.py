@@ -47,7 +47,8 @@ def check_aws(loaded: LiveConfig) -> list[str]:
 
 def build(
     *,
-    config: str | None,
+    config: list[str],
+    set: list[str],
     host: str | None,
     group: str | None,
     launch: bool,
@@ -66,7 +67,7 @@ def build(
     modes = [name for name, given in (("--host", host), ("--group", group), ("--launch", launch)) if given]
     if len(modes) > 1:
         raise CommandError(f"{' and '.join(modes)}: choose one of --host, --group and --launch")
-    choice = find_config(config)
+    choice = find_config(config, set)
     announce_config(choice, data_on_stdout=json)
     loaded = load_live_config(choice, phase)
     refuse_example_credentials(choice, loaded.plan.settings)

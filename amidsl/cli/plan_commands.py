@@ -18,24 +18,24 @@ from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
 
 
-def plan(*, config: str | None, phase: list[str], json: bool, output: str | None) -> None:
+def plan(*, config: list[str], set: list[str], phase: list[str], json: bool, output: str | None) -> None:
     """Preview the plan: each phase's numbered actions and the commands they run."""
-    choice = find_config(config)
+    choice = find_config(config, set)
     announce_config(choice, data_on_stdout=True)
     built = load_plan(choice, phase)
     emit(render_json(built) if json else render_text(built), output)
 
 
-def script(*, config: str | None, phase: list[str], output: str | None) -> None:
+def script(*, config: list[str], set: list[str], phase: list[str], output: str | None) -> None:
     """Render the plan as one reviewable bash script (exactly what a live build runs)."""
-    choice = find_config(config)
+    choice = find_config(config, set)
     announce_config(choice, data_on_stdout=True)
     emit(render_script(load_plan(choice, phase)), output)
 
 
-def validate(*, config: str | None, live: bool) -> None:
+def validate(*, config: list[str], set: list[str], live: bool) -> None:
     """Check the settings ([ami], [live], no unknown tables) and report every problem (exit status 2)."""
-    choice = find_config(config)
+    choice = find_config(config, set)
     announce_config(choice, data_on_stdout=False)
     loaded = load_live_config(choice)
     s = loaded.plan.settings

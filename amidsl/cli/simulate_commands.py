@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from amidsl.bundle.ls import listing_line
-from amidsl.cli.support import ConfigChoice, announce_config, find_config, load_spec
+from amidsl.cli.support import ConfigChoice, announce_config, find_config, load_settings
 from amidsl.cli.table import FAILED, FAULT_HELP, INTERRUPTED, CommandError
 from amidsl.model.actions import NodeProgram
 from amidsl.model.plan import Plan, build_plan
@@ -269,7 +269,8 @@ def as_json(
 
 def simulate(
     *,
-    config: str | None,
+    config: list[str],
+    set: list[str],
     phase: list[str],
     inspect: bool,
     fault: list[str],
@@ -283,13 +284,13 @@ def simulate(
     started = time.monotonic()
     if payload_mb < 0:
         raise CommandError(f"--payload-mb {payload_mb}: give a size of 0 MB or more")
-    choice = find_config(config)
+    choice = find_config(config, set)
     announce_config(choice, data_on_stdout=json)
     try:
-        spec = load_spec(choice, bundler)
-        plan = build_plan(spec, phases=phase or None)
+        spec, settings = load_settings(choice, bundler)
+        plan = build_plan(spec, settings, phases=phase or None)
         if phase:
-            refuse_missing_phases(plan, [p.name for p in build_plan(spec).phases])
+            refuse_missing_phases(plan, [p.name for p in build_plan(spec, settings).phases])
     except SettingsError as err:
         raise CommandError(str(err)) from None
     faults = [parse_fault(text, plan) for text in fault]

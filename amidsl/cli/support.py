@@ -5,15 +5,28 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from amidsl.cli.table import CommandError
 from amidsl.example import example_config_path
-from amidsl.live.settings import LiveSettings, live_table, resolve_live
+from amidsl.live.settings import (
+    LIVE_KEYS,
+    LIVE_TEXT_KEYS,
+    LiveSettings,
+    anchor_live_paths,
+    live_table,
+    resolve_live,
+)
 from amidsl.model.plan import Plan, Spec, build_plan
-from amidsl.settings import AmiSettings, Problem, SettingsError, ami_table, load_toml, read_settings_file
+from amidsl.settings import AmiSettings, Problem, SettingsError, read_settings_file, resolve
+from amidsl.settings.files import anchor_local_files
+from amidsl.settings.layers import TABLES, Layer, Layered, TableKeys, merge_layers, override_layer
+from amidsl.settings.table import ROWS, SECRET_KEYS, USER_KEYS
+from amidsl.settings.variables import RunValues, expand_tables
 from amidsl.strategies import server_spec
 
 CONFIG_ENV = "AMIDSL_CONFIG"
@@ -22,32 +35,57 @@ LOCAL_CONFIG = "amidsl.toml"
 
 @dataclass(frozen=True)
 class ConfigChoice:
-    """The settings file a command uses and why: --config, $AMIDSL_CONFIG, ./amidsl.toml or the example."""
+    """The settings a command uses and why: --config, $AMIDSL_CONFIG, ./amidsl.toml or the example.
 
-    path: Path
+    Several --config files are layered in order (a later file's key wins), then the --set items. The
+    clock is read once, when the command chooses its settings, so `{date}` and `{timestamp}` are the
+    same in everything one command shows and runs.
+    """
+
+    path: Path  # the last (or only) settings file
     origin: str
+    under: tuple[Path, ...] = ()  # files read before `path`, whose keys it overrides
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE items, applied after every file
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every settings file, first to last."""
+        return (*self.under, self.path)
 
     @property
     def is_example(self) -> bool:
         """True when no settings file was found and the built-in example stands in."""
         return self.origin == "built-in example"
 
+    @property
+    def git_dir(self) -> Path:
+        """Where `{git_sha}` is asked: the last settings file's directory (the example: the current one)."""
+        return Path.cwd() if self.is_example else self.path.parent
+
     def describe(self) -> str:
-        """One line saying which settings are in use."""
+        """One line saying which settings are in use (the --set keys, never their values)."""
         if self.is_example:
-            return f"using the built-in example settings ({LOCAL_CONFIG} not found; give --config FILE)"
-        return f"using settings {self.path} (from {self.origin})"
+            text = f"using the built-in example settings ({LOCAL_CONFIG} not found; give --config FILE)"
+        else:
+            text = f"using settings {' + '.join(str(p) for p in self.paths)} (from {self.origin})"
+        if self.overrides:
+            keys = ", ".join(dict.fromkeys(item.partition("=")[0].strip() for item in self.overrides))
+            text += f", with --set {keys}"
+        return text
 
 
-def find_config(config: str | None) -> ConfigChoice:
-    """--config, then $AMIDSL_CONFIG, then ./amidsl.toml, then the built-in example."""
-    if config:
-        return ConfigChoice(Path(config), "--config")
+def find_config(config: Sequence[str] | str | None, overrides: Sequence[str] = ()) -> ConfigChoice:
+    """--config (one or more files), then $AMIDSL_CONFIG, then ./amidsl.toml, then the built-in example."""
+    files = [config] if isinstance(config, str) else list(config or [])
+    if files:
+        paths = [Path(name) for name in files]
+        return ConfigChoice(paths[-1], "--config", tuple(paths[:-1]), tuple(overrides))
     if os.environ.get(CONFIG_ENV):
-        return ConfigChoice(Path(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}")
+        return ConfigChoice(Path(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}", overrides=tuple(overrides))
     if Path(LOCAL_CONFIG).is_file():
-        return ConfigChoice(Path(LOCAL_CONFIG), f"./{LOCAL_CONFIG}")
-    return ConfigChoice(example_config_path(), "built-in example")
+        return ConfigChoice(Path(LOCAL_CONFIG), f"./{LOCAL_CONFIG}", overrides=tuple(overrides))
+    return ConfigChoice(example_config_path(), "built-in example", overrides=tuple(overrides))
 
 
 def announce_config(choice: ConfigChoice, data_on_stdout: bool) -> None:
@@ -55,16 +93,70 @@ def announce_config(choice: ConfigChoice, data_on_stdout: bool) -> None:
     print(choice.describe(), file=sys.stderr if data_on_stdout else sys.stdout, flush=True)
 
 
-def load_spec(choice: ConfigChoice, bundler: str | None = None) -> Spec:
-    """The ami server spec for a settings file; `bundler` overrides the file's own."""
-    settings = load_toml(choice.path)
-    return server_spec(settings | {"bundler": bundler} if bundler else settings)
+def table_keys() -> TableKeys:
+    """The keys of [ami] and [live]: every one, those given as strings, the secret ones."""
+    return TableKeys(
+        known={"ami": frozenset(USER_KEYS), "live": frozenset(LIVE_KEYS)},
+        text={"ami": frozenset(r.name for r in ROWS if r.given and r.holds_text), "live": LIVE_TEXT_KEYS},
+        secret={"ami": SECRET_KEYS, "live": frozenset()},
+    )
+
+
+def load_layered(choice: ConfigChoice) -> Layered:
+    """Read the settings files and the --set items, merge them, expand variables; SettingsError.
+
+    Relative file paths are made absolute last, against the folder of the file that gave each key (the
+    current folder for --set), so that a path made of variables is anchored as what it expands to.
+    """
+    keys = table_keys()
+    layers = [Layer(str(path), read_settings_file(path), path.parent) for path in choice.paths]
+    if choice.overrides:
+        layers.append(override_layer(choice.overrides, keys))
+    layered = merge_layers(layers)
+    tables = {name: value for name, value in layered.document.items() if name in TABLES}
+    tables = {name: value for name, value in tables.items() if isinstance(value, dict)}
+    run = RunValues(now=choice.started, git_dir=choice.git_dir)
+    expanded, problems = expand_tables(tables, keys.is_text, keys.is_secret, run)
+    if problems:
+        raise layered.error(problems)
+    anchor = {"ami": anchor_local_files, "live": anchor_live_paths}
+    for name, values in expanded.items():
+        anchored: dict[str, Any] = {}
+        for key, value in values.items():
+            anchored.update(anchor[name]({key: value}, layered.folder_of(name, key)))
+        expanded[name] = anchored
+    return replace(layered, document={**layered.document, **expanded})
+
+
+def _ami_values(layered: Layered) -> dict[str, Any]:
+    """The merged [ami] table, or a SettingsError saying no file has one."""
+    table = layered.document.get("ami")
+    if not isinstance(table, dict):
+        where = "the file has" if len(layered.names) == 1 else "none of the files has"
+        fix = "put the settings under an [ami] table header"
+        raise SettingsError([Problem("[ami]", f"{where} no [ami] table", fix)], origin=layered.origin)
+    return table
+
+
+def load_settings(choice: ConfigChoice, bundler: str | None = None) -> tuple[Spec, AmiSettings]:
+    """The ami spec and its resolved settings; `bundler` overrides the settings' own. SettingsError."""
+    return _resolve_ami(load_layered(choice), bundler)
+
+
+def _resolve_ami(layered: Layered, bundler: str | None = None) -> tuple[Spec, AmiSettings]:
+    raw = _ami_values(layered)
+    raw = raw | {"bundler": bundler} if bundler else raw
+    try:
+        return server_spec(raw), resolve(raw, origin=layered.origin)
+    except SettingsError as err:
+        raise layered.error(err.problems) from None
 
 
 def load_plan(choice: ConfigChoice, phases: list[str] | None) -> Plan:
     """Load, validate and plan; bad input becomes a CommandError with status 2 and every problem."""
     try:
-        return build_plan(load_spec(choice), phases=phases or None)
+        spec, settings = load_settings(choice)
+        return build_plan(spec, settings, phases=phases or None)
     except SettingsError as err:
         raise CommandError(str(err)) from None
 
@@ -81,7 +173,7 @@ def emit(text: str, output: str | None) -> None:
     print(f"wrote {output}")
 
 
-KNOWN_TABLES = ("ami", "live")
+KNOWN_TABLES = TABLES  # [ami] and [live]
 
 
 @dataclass(frozen=True)
@@ -105,24 +197,30 @@ def unknown_tables(document: dict[str, Any]) -> list[Problem]:
 
 
 def load_live_config(choice: ConfigChoice, phases: list[str] | None = None) -> LiveConfig:
-    """Load and validate [ami] and [live] of a settings file, with every problem in one CommandError."""
+    """Load and validate [ami] and [live] of the settings, with every problem in one CommandError."""
     try:
-        document = read_settings_file(choice.path)  # read and parsed once for all three checks
+        layered = load_layered(choice)  # each file read and parsed once for all three checks
     except SettingsError as err:
         raise CommandError(str(err)) from None
-    problems = unknown_tables(document)
+    problems = []
+    for layer in layered.layers:
+        found = unknown_tables(layer.document)
+        if len(layered.layers) > 1:
+            found = [replace(p, setting=f"{p.setting} (in {layer.name})") for p in found]
+        problems += found
     plan = live = None
     try:
-        spec = server_spec(ami_table(document, choice.path))
-        plan = build_plan(spec, phases=phases or None)
+        spec, settings = _resolve_ami(layered)
+        plan = build_plan(spec, settings, phases=phases or None)
     except SettingsError as err:
         problems += err.problems
     try:
-        live = resolve_live(live_table(document, choice.path), origin=f"{choice.path} [live]")
+        live_values = live_table(layered.document, choice.path)
+        live = resolve_live(live_values, origin=f"{layered.origin} [live]")
     except SettingsError as err:
-        problems += err.problems
+        problems += layered.annotate(err.problems)
     if problems:
-        raise CommandError(str(SettingsError(problems, origin=str(choice.path))))
+        raise CommandError(str(SettingsError(problems, origin=layered.origin)))
     assert plan is not None and live is not None
     return LiveConfig(spec, plan, live)
 

@@ -81,11 +81,22 @@ class CliCommand:
 
 CONFIG = Option(
     "config",
-    "TOML settings file (default: $AMIDSL_CONFIG, then ./amidsl.toml, then the built-in example)",
+    "TOML settings file; repeat to layer files, a later file's keys winning (default: $AMIDSL_CONFIG, "
+    "then ./amidsl.toml, then the built-in example)",
+    default=(),
     short="-c",
     metavar="FILE",
 )
 PHASES = "amidsl.model.plan:AMI_PHASES"
+# Every command that takes --config takes --set too (amidsl/settings/layers.py says how it is read).
+SET = Option(
+    "set",
+    "override one setting after the files (repeatable): KEY=VALUE for [ami], live.KEY=VALUE for [live]; "
+    "the value as in TOML (true, 8, '[\"eu-west-1\"]'), plain text for string settings",
+    default=(),
+    metavar="KEY=VALUE",
+)
+SETTINGS_OPTIONS = (CONFIG, SET)
 PHASE = Option(
     "phase",
     "phase to include (repeatable; default: all phases in order)",
@@ -148,7 +159,7 @@ COMMANDS: tuple[CliCommand, ...] = (
         "preview the plan: each phase's numbered actions and the commands they run",
         "amidsl.cli.plan_commands:plan",
         (
-            CONFIG,
+            *SETTINGS_OPTIONS,
             PHASE,
             json_output("amidsl.plan/1"),
             FORMAT_ALIAS,
@@ -159,20 +170,23 @@ COMMANDS: tuple[CliCommand, ...] = (
         "script",
         "render the plan as one reviewable bash script (exactly what a live build runs)",
         "amidsl.cli.plan_commands:script",
-        (CONFIG, PHASE, OUTPUT),
+        (*SETTINGS_OPTIONS, PHASE, OUTPUT),
     ),
     CliCommand(
         "validate",
         "check the settings and report every problem (exit status 2 if there are any)",
         "amidsl.cli.plan_commands:validate",
-        (CONFIG, Option("live", "also check AWS: credentials, bucket and region, image name", default=False)),
+        (
+            *SETTINGS_OPTIONS,
+            Option("live", "also check AWS: credentials, bucket and region, image name", default=False),
+        ),
     ),
     CliCommand(
         "simulate",
         "run the build on a fake node and a fake AWS region (offline; nothing outside a temp dir)",
         "amidsl.cli.simulate_commands:simulate",
         (
-            CONFIG,
+            *SETTINGS_OPTIONS,
             PHASE,
             Option("inspect", "list every file in the registered image", default=False),
             Option(
@@ -198,7 +212,14 @@ COMMANDS: tuple[CliCommand, ...] = (
         "build the AMI on a real node over SSH, calling AWS with boto3",
         "amidsl.cli.build_commands:build",
         (
-            Option("config", "TOML settings file with [ami] and [live] tables", short="-c", metavar="FILE"),
+            Option(
+                "config",
+                "TOML settings file with [ami] and [live] tables; repeat to layer files",
+                default=(),
+                short="-c",
+                metavar="FILE",
+            ),
+            SET,
             Option("host", "build on this node (an address or ~/.ssh/config alias; default: [live] host)"),
             Option("group", "build on a running node tagged amidsl:group=GROUP"),
             Option(
@@ -237,6 +258,20 @@ COMMANDS: tuple[CliCommand, ...] = (
             ),
             QUIET,
             VERBOSE,
+        ),
+    ),
+    CliCommand(
+        "init",
+        "write a commented starter amidsl.toml (and, on request, a throwaway signing key and certificate)",
+        "amidsl.cli.init_commands:init",
+        (
+            Option("output", "the settings file to write", default="amidsl.toml", short="-o", metavar="FILE"),
+            Option("force", "overwrite files that exist", default=False),
+            Option(
+                "signing_key",
+                "also make a throwaway signing key and certificate with openssl beside the file",
+                default=False,
+            ),
         ),
     ),
     CliCommand(

@@ -63,6 +63,10 @@ class LiveSettings:
 
 
 LIVE_KEYS = tuple(LiveSettings.__dataclass_fields__)
+# The [live] settings given as strings: variables expand there, and --set takes their text as it is.
+LIVE_TEXT_KEYS = frozenset(
+    name for name, field in LiveSettings.__dataclass_fields__.items() if str(field.type).startswith("str")
+)
 
 
 def live_table(document: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -74,11 +78,16 @@ def live_table(document: Mapping[str, Any], path: str | os.PathLike[str]) -> dic
             [Problem("[live]", "is not a table", "write the live settings under a [live] header")],
             origin=str(path),
         )
+    return anchor_live_paths(table, path.parent)
+
+
+def anchor_live_paths(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """The [live] table with its relative file paths made absolute against `base`."""
     anchored = dict(table)
     for key in ("identity_file", "identity-file", "known_hosts", "known-hosts", "ssh_config", "ssh-config"):
         value = anchored.get(key)
         if isinstance(value, str) and value and not value.startswith("~") and not os.path.isabs(value):
-            anchored[key] = str(path.parent / value)
+            anchored[key] = str(base / value)
     return anchored
 
 

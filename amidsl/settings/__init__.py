@@ -8,7 +8,9 @@ The modules: table.py (one row per setting), readers.py and checks.py (what a si
 credentials.py (the signing key and certificates), rules.py (rules across settings), resolution.py
 (AmiSettings and resolve), keys.py (unknown keys, aliases, control characters), files.py (TOML),
 paths.py (directories settings may not name), constants.py (choices and limits), reference.py (the
-settings reference, docs/settings.md), schema.py (Source, Problem, SettingsError, the row type).
+settings reference, docs/settings.md), starter.py (the starter file `amidsl init` writes), layers.py
+(several files and --set merged), variables.py ({date}, {env:NAME}, ... in string settings), schema.py
+(Source, Problem, SettingsError, the row type).
 
 Each name below is imported from its module on first use: the command table imports
 amidsl.settings.constants on every `amidsl` run, and that must not load the rest (cryptography, the

@@ -50,10 +50,10 @@ def ami_table(document: dict[str, Any], path: str | os.PathLike[str]) -> dict[st
             "[ami]", "the file has no [ami] table", "put the settings under an [ami] table header"
         )
         raise SettingsError([problem], origin=str(path))
-    return _anchor_local_files(table, Path(path).parent)
+    return anchor_local_files(table, Path(path).parent)
 
 
-def _anchor_local_files(table: dict[str, Any], base: Path) -> dict[str, Any]:
+def anchor_local_files(table: dict[str, Any], base: Path) -> dict[str, Any]:
     """Resolve relative `local_file` entries against the settings file's folder."""
     anchored = dict(table)
     for key, value in table.items():

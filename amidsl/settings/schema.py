@@ -71,6 +71,11 @@ class Setting:
     given: bool = True  # False: derived from other settings, never given by a user
     field: bool = True  # False: folded into another field (keep_<item> into hygiene_keep)
 
+    @property
+    def holds_text(self) -> bool:
+        """Whether the setting is given as a string (variables expand there; --set takes plain text)."""
+        return self.type.split(" |")[0] in ("str", "Secret")
+
     def used_in(self, bundler: str) -> bool:
         """Whether a build with this strategy reads the setting."""
         return not self.used_by or bundler in self.used_by

@@ -1,0 +1,190 @@
+"""Variables in string settings: `{date}`, `{timestamp}`, `{git_sha}`, `{git_sha_short}`, `{env:NAME}`.
+
+A CI build names its image by date or commit and takes per-environment values from its environment
+without editing files: `image_name = "web-{date}-{git_sha_short}"`, `secret_key = "{env:CI_SECRET}"`.
+Only settings whose value is a string are expanded; `{{` and `}}` stand for literal braces. The values
+are fixed once per run (`RunValues`), so the plan, the script and the build of one command agree.
+
+Secrets: a variable only ever puts a value *into* a setting; no variable reads another setting, so a
+secret cannot travel out of its setting. Messages name the setting and the variable, never its value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from amidsl.settings.schema import Problem
+
+# Each name and what it gives, for messages and documentation.
+VARIABLES = {
+    "date": "the UTC date of the run, 2026-11-05",
+    "timestamp": "the UTC time of the run, 20261105T143000Z (ISO 8601 basic: valid in image names)",
+    "git_sha": "the commit checked out where the settings file is (git rev-parse HEAD)",
+    "git_sha_short": "its first 12 hex digits",
+    "env:NAME": "the environment variable NAME (an error when it is not set)",
+}
+KNOWN = ", ".join(f"{{{name}}}" for name in VARIABLES)
+_REFERENCE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_ENV_NAME = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
+GIT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class RunValues:
+    """What the variables of one run stand for: its start time, its environment, where git is asked."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    git_dir: Path = field(default_factory=Path.cwd)
+
+
+def references(text: str) -> list[str]:
+    """The variable names a string uses, in order (escaped braces aside)."""
+    return [m.group(1) for m in _REFERENCE.finditer(text) if m.group(1) is not None]
+
+
+def is_env_reference(text: str) -> bool:
+    """Whether the whole string is one `{env:NAME}` reference."""
+    return re.fullmatch(r"\{env:[A-Za-z_][A-Za-z0-9_]*\}", text) is not None
+
+
+def git_commit(directory: Path) -> str:
+    """The commit checked out in the git work tree holding `directory`; ValueError saying why not."""
+    try:
+        run = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--verify", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=GIT_SECONDS,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ValueError(f"git could not be run ({err.__class__.__name__})") from None
+    if run.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", run.stdout.strip()):
+        reason = (run.stderr.strip().splitlines() or ["no commit"])[-1]
+        raise ValueError(f"{str(directory)!r} is not in a git work tree with a commit ({reason})")
+    return run.stdout.strip()
+
+
+def expand_tables(
+    tables: Mapping[str, Mapping[str, Any]],
+    is_text: Callable[[str, str], bool],
+    is_secret: Callable[[str, str], bool],
+    run: RunValues,
+) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
+    """Expand the variables in every string setting of the tables; the tables and the problems found.
+
+    `tables` maps "ami"/"live" to their values; `is_text(table, key)` says which settings hold strings,
+    `is_secret(table, key)` which are secret. An environment variable a secret setting uses may appear
+    in no other setting, which would show it. Each variable is worked out at most once (git is asked
+    only when `{git_sha}` is used).
+    """
+    problems: list[Problem] = []
+    known: dict[str, str] = {}
+    strings = [
+        (table, key, value, key if table == "ami" else f"{table}.{key}")
+        for table, values in tables.items()
+        for key, value in values.items()
+        if isinstance(value, str) and is_text(table, str(key).replace("-", "_"))
+    ]
+    secret_env = {
+        name: setting
+        for table, key, value, setting in strings
+        if is_secret(table, str(key).replace("-", "_"))
+        for name in references(value)
+        if name.startswith("env:")
+    }
+    expanded = {table: dict(values) for table, values in tables.items()}
+    for table, key, value, setting in strings:
+        shown = [name for name in references(value) if secret_env.get(name, setting) != setting]
+        if shown and not is_secret(table, str(key).replace("-", "_")):
+            problems.append(
+                Problem(
+                    setting,
+                    f"uses {{{shown[0]}}}, which the secret setting {secret_env[shown[0]]} uses too",
+                    "give this setting its own value: a secret's variable is never shown",
+                )
+            )
+            continue
+        expanded[table][key] = _expand(value, setting, run, known, problems)
+    return expanded, problems
+
+
+def _expand(text: str, setting: str, run: RunValues, known: dict[str, str], problems: list[Problem]) -> str:
+    """One string with its variables replaced (a problem for each unknown or unavailable one)."""
+    pieces = []
+    position = 0
+    for match in _REFERENCE.finditer(text):
+        pieces.append(text[position : match.start()])
+        position = match.end()
+        token, name = match.group(0), match.group(1)
+        if token in ("{{", "}}"):
+            pieces.append(token[0])
+        elif name is None:
+            problems.append(
+                Problem(
+                    setting,
+                    f"has an unmatched {token!r} at position {match.start()}",
+                    f"write {token * 2} for a literal brace, or a variable: {KNOWN}",
+                )
+            )
+        else:
+            value = _value(name, setting, run, known, problems)
+            pieces.append(value if value is not None else token)
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+def _value(
+    name: str, setting: str, run: RunValues, known: dict[str, str], problems: list[Problem]
+) -> str | None:
+    """The value of one variable for this run (None, with a problem, when it has none)."""
+    if name in known:
+        return known[name]
+    env = _ENV_NAME.fullmatch(name)
+    if name == "date":
+        value = run.now.strftime("%Y-%m-%d")
+    elif name == "timestamp":
+        value = run.now.strftime("%Y%m%dT%H%M%SZ")
+    elif name in ("git_sha", "git_sha_short"):
+        try:
+            commit = known.get("git_sha") or git_commit(run.git_dir)
+        except ValueError as err:
+            problems.append(
+                Problem(
+                    setting,
+                    f"uses {{{name}}}, but {err}",
+                    "run amidsl where the settings file is in a git checkout, or remove the variable",
+                )
+            )
+            return None
+        known["git_sha"] = commit
+        value = commit if name == "git_sha" else commit[:12]
+    elif env is not None:
+        if env.group(1) not in run.environ:
+            problems.append(
+                Problem(
+                    setting,
+                    f"uses {{{name}}}, but {env.group(1)} is not set in the environment",
+                    f"export {env.group(1)} before running amidsl",
+                )
+            )
+            return None
+        value = run.environ[env.group(1)]
+    else:
+        problems.append(
+            Problem(
+                setting,
+                f"uses an unknown variable {{{name}}}",
+                f"use one of {KNOWN}, or write {{{{ and }}}} for literal braces",
+            )
+        )
+        return None
+    known[name] = value
+    return value

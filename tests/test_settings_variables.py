@@ -1,0 +1,125 @@
+"""Variables in string settings: what each one gives, and the errors that name setting and variable."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from amidsl.settings.variables import RunValues, expand_tables
+
+NOW = datetime(2026, 11, 5, 14, 30, 7, tzinfo=timezone.utc)
+TEXT = {"ami": {"image_name", "image_description", "secret_key", "region"}, "live": {"host"}}
+SECRET = {"ami": {"secret_key"}}
+
+
+def expand(tables: dict, environ: dict | None = None, git_dir: Path = Path("/")) -> tuple[dict, list[str]]:
+    """Expand with a fixed clock; the tables and the problems as text."""
+    run = RunValues(now=NOW, environ=environ or {}, git_dir=git_dir)
+    expanded, problems = expand_tables(
+        tables,
+        lambda table, key: key in TEXT.get(table, ()),
+        lambda table, key: key in SECRET.get(table, ()),
+        run,
+    )
+    return expanded, [str(problem) for problem in problems]
+
+
+def test_date_and_timestamp_are_the_run_s_utc_time_in_forms_an_image_name_takes():
+    expanded, problems = expand({"ami": {"image_name": "web-{date}", "image_description": "at {timestamp}"}})
+    assert problems == []
+    assert expanded["ami"] == {"image_name": "web-2026-11-05", "image_description": "at 20261105T143007Z"}
+
+
+def test_an_environment_variable_fills_a_setting_in_either_table():
+    expanded, problems = expand(
+        {"ami": {"region": "{env:REGION}"}, "live": {"host": "{env:NODE}.internal"}},
+        environ={"REGION": "eu-west-1", "NODE": "builder"},
+    )
+    assert problems == []
+    assert expanded == {"ami": {"region": "eu-west-1"}, "live": {"host": "builder.internal"}}
+
+
+def test_doubled_braces_are_literal_and_other_values_are_left_alone():
+    tables = {"ami": {"image_description": "a {{b}} c", "upload_concurrency": 4, "tags": {"x": "{date}"}}}
+    expanded, problems = expand(tables)
+    assert problems == []
+    assert expanded["ami"] == {
+        "image_description": "a {b} c",
+        "upload_concurrency": 4,
+        "tags": {"x": "{date}"},
+    }
+
+
+def test_an_unknown_variable_names_the_setting_and_the_variable():
+    _, problems = expand({"ami": {"image_name": "web-{data}"}, "live": {"host": "{hostname}"}})
+    assert problems[0].startswith("image_name: uses an unknown variable {data}. Fix: use one of {date},")
+    assert problems[1].startswith("live.host: uses an unknown variable {hostname}.")
+
+
+def test_an_unset_environment_variable_is_named_with_its_setting():
+    _, problems = expand({"ami": {"region": "{env:NOT_SET_HERE}"}})
+    assert problems == [
+        "region: uses {env:NOT_SET_HERE}, but NOT_SET_HERE is not set in the environment. "
+        "Fix: export NOT_SET_HERE before running amidsl."
+    ]
+
+
+def test_an_unmatched_brace_says_how_to_write_a_literal_one():
+    _, problems = expand({"ami": {"image_description": "a } b"}})
+    assert problems[0].startswith("image_description: has an unmatched '}' at position 2. Fix: write }}")
+
+
+def test_a_secret_takes_an_environment_variable_that_no_message_shows():
+    environ = {"CI_SECRET": "hush-hush-value"}
+    expanded, problems = expand({"ami": {"secret_key": "{env:CI_SECRET}"}}, environ=environ)
+    assert problems == [] and expanded["ami"]["secret_key"] == "hush-hush-value"
+    _, problems = expand({"ami": {"secret_key": "{env:CI_SECRET}{bad}"}}, environ=environ)
+    assert problems and "hush-hush-value" not in " ".join(problems)
+
+
+def test_a_secret_s_environment_variable_may_not_be_shown_through_another_setting():
+    environ = {"CI_SECRET": "hush-hush-value"}
+    expanded, problems = expand(
+        {"ami": {"secret_key": "{env:CI_SECRET}", "image_description": "key {env:CI_SECRET}"}}, environ
+    )
+    assert problems == [
+        "image_description: uses {env:CI_SECRET}, which the secret setting secret_key uses too. "
+        "Fix: give this setting its own value: a secret's variable is never shown."
+    ]
+    assert "hush-hush-value" not in expanded["ami"]["image_description"]
+
+
+def commit_in(folder: Path) -> str:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(folder)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (folder / "amidsl.toml").write_text("[ami]\n")
+    subprocess.run([*git, "add", "amidsl.toml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "settings"], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def test_git_sha_is_the_commit_where_the_settings_are(tmp_path):
+    sha = commit_in(tmp_path)
+    expanded, problems = expand(
+        {"ami": {"image_name": "web-{git_sha_short}", "image_description": "{git_sha}"}}, git_dir=tmp_path
+    )
+    assert problems == []
+    assert expanded["ami"] == {"image_name": f"web-{sha[:12]}", "image_description": sha}
+
+
+def test_git_sha_outside_a_git_work_tree_is_a_clear_error(tmp_path):
+    _, problems = expand({"ami": {"image_name": "web-{git_sha}"}}, git_dir=tmp_path)
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        f"image_name: uses {{git_sha}}, but {str(tmp_path)!r} is not in a git work tree"
+    )
+    assert "Fix: run amidsl where the settings file is in a git checkout" in problems[0]
+
+
+@pytest.mark.parametrize("text", ["{date}", "x{timestamp}y"])
+def test_a_value_without_a_string_type_is_never_expanded(text):
+    expanded, _ = expand({"ami": {"upload_concurrency": text}})  # not a string setting: its reader says so
+    assert expanded["ami"]["upload_concurrency"] == text
