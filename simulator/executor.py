@@ -34,7 +34,7 @@ from amidsl.bundle import (
     unbundle,
     verify_bundle,
 )
-from amidsl.bundle.ls import describe_layout
+from amidsl.bundle.ls import describe_layout, disk_layout
 from amidsl.model.actions import Action, AwsCall, NodeProgram
 from amidsl.model.plan import Plan, Spec, build_plan
 from amidsl.model.steps import node_steps, references
@@ -43,6 +43,7 @@ from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord, Bui
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 from amidsl.strategies.ami_tools import RBENV_URL, RUBY_BUILD_URL
+from simulator import grub
 from simulator.fake_ami_tools import ami_tools_zip
 from simulator.node import FakeNode, NodeInterrupted
 from simulator.node_launcher import DESCRIPTION_VARIABLE
@@ -101,6 +102,8 @@ class ImageInspection:
     layout: tuple[str, ...] = ()  # partition table and boot loader, in words
     # The node program's image hygiene report (native builds): items, host_keys, login_key, added.
     hygiene: dict = field(default_factory=dict)
+    # What of the image's boot the simulation modelled rather than made for real (simulator.grub).
+    modelled: tuple[str, ...] = ()
 
     def paths(self) -> set[str]:
         """Every path in the image."""
@@ -228,16 +231,17 @@ class SimulatorBackend:
         process.send_signal(signal.SIGINT)
 
     def _node_description(self, tools: Path) -> dict[str, Any]:
-        """What the node program sees of the node (simulator.node_launcher): its e2fsprogs, full disks."""
+        """What the node program sees of the node (simulator.node_launcher): its e2fsprogs and GRUB, full
+        disks."""
         node = self.node
         mke2fs: str | None = None
         if "e2fsprogs" in node.packages and "e2fsprogs" in node.versions:
             mke2fs = str(tools / "mke2fs")
             Path(mke2fs).write_text(OLD_MKE2FS.format(version=node.versions["e2fsprogs"]))
             Path(mke2fs).chmod(0o755)
-        described: dict[str, Any] = {"tools": {}, "full": []}
+        described: dict[str, Any] = {"tools": grub.node_mkimage(node, tools), "full": []}
         if "e2fsprogs" not in node.packages or mke2fs:
-            described["tools"] = {"mke2fs": mke2fs}
+            described["tools"]["mke2fs"] = mke2fs
         if node.faults.disk_full_under:
             described["full"] = [os.path.realpath(node.host_path(node.faults.disk_full_under))]
         return described
@@ -364,13 +368,15 @@ class Simulation:
         )
         entries = tuple(list_image(restored))
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
+        layout = tuple(describe_layout(restored))
         return ImageInspection(
             image_id,
             manifest,
             entries,
             tuple(left_out),
-            tuple(describe_layout(restored)),
+            layout,
             self.node.last_hygiene,
+            tuple(grub.modelled(self.node)) if disk_layout(restored) is not None else (),
         )
 
     def discard_downloads(self) -> None:

@@ -7,6 +7,7 @@ JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added):
      "transcript": [{"phase": str, "index": int, "description": str, "command": str,
                      "status": int, "output": str}],
      "image": null or {"summary": {"entries": int, "files": int, "file_bytes": int, "parts": int},
+                       "layout": [str], "modelled": [str] (what of the boot was not made for real),
                        "entries": [{"path", "type", "mode", "uid", "gid", "size", "inode", "target"}]
                                   (only with --inspect),
                        "left_out": [{"path": str, "reason": str, "rule": str}],
@@ -219,6 +220,7 @@ def summarise(inspection: ImageInspection, list_all: bool) -> list[str]:
         f"{sum(e.size for e in files) / 1e6:.1f} MB of file data; bundle of {parts} "
         f"part{'' if parts == 1 else 's'} verified and unbundled",
         *inspection.layout,
+        *inspection.modelled,
     ]
     if list_all:
         lines += [f"  {listing_line(entry)}" for entry in inspection.entries]
@@ -260,6 +262,7 @@ def as_json(
                 "parts": len(inspection.manifest.parts),
             },
             "layout": list(inspection.layout),
+            "modelled": list(inspection.modelled),
             "left_out": [
                 {"path": x.path, "reason": str(x.reason), "rule": x.rule} for x in inspection.left_out
             ],

@@ -106,15 +106,16 @@ def test_inspect_lists_the_image_in_the_image_ls_format(here):
     listed = [line.strip() for line in run.stdout.splitlines() if LISTING_LINE.fullmatch(line.strip())]
     assert "d0755         0:0            0 /" in listed
     assert any(line.endswith(" /home/admin") and "1000:1000" in line for line in listed)
-    # The example is paravirtual: the layout says so before the files.
-    assert "layout: a bare filesystem, no partition table (a paravirtual image)" in run.stdout
+    # The example is hvm, as a config of one's own is by default: the layout says so before the files.
+    assert "layout: a disk with an MBR partition table (1 partition(s))" in run.stdout
 
 
 def test_json_has_a_schema_and_honours_inspect(here):
     plain = json.loads(here("--json").stdout)
     assert plain["schema"] == "amidsl.simulate/1" and plain["image_id"].startswith("ami-")
     assert "entries" not in plain["image"] and plain["image"]["summary"]["parts"] == 1
-    assert plain["image"]["layout"] == ["layout: a bare filesystem, no partition table (a paravirtual image)"]
+    assert plain["image"]["layout"][0] == "layout: a disk with an MBR partition table (1 partition(s))"
+    assert plain["image"]["modelled"][0].startswith("modelled: the kernel and initramfs (stand-ins")
     inspected = json.loads(here("--json", "--inspect").stdout)
     assert {"path": "/etc/fstab"}.items() <= next(
         e for e in inspected["image"]["entries"] if e["path"] == "/etc/fstab"
@@ -242,6 +243,31 @@ def test_your_own_account_is_the_simulated_account(here, tmp_path, raw_settings)
     run = here("--config", str(config), "--quiet")
     assert run.returncode == 0, run.stderr + run.stdout
     assert "registered ami-" in run.stdout
+
+
+def test_a_config_of_ones_own_without_virtualization_type_simulates_an_hvm_disk(here, tmp_path, raw_settings):
+    own = {key: value for key, value in raw_settings.items() if key != "bundler"}  # native, hvm by default
+    run = here("--config", str(write_toml(tmp_path / "mine.toml", {"ami": own})), "--quiet")
+    assert run.returncode == 0, run.stderr + run.stdout
+    lines = run.stdout.splitlines()
+    assert "layout: a disk with an MBR partition table (1 partition(s))" in lines
+    assert any(line.startswith("partition 1: Linux (0x83), bootable, from sector 2048") for line in lines)
+
+
+def test_without_grub_on_this_machine_the_simulation_says_the_boot_code_was_modelled(
+    here, monkeypatch, tmp_path
+):
+    from simulator import grub
+
+    monkeypatch.setattr(grub, "HOST_MODULES", tmp_path / "no-grub-here" / "i386-pc")
+    run = here("--quiet")
+    assert run.returncode == 0, run.stderr + run.stdout
+    lines = run.stdout.splitlines()
+    assert "boot loader: boot code in the MBR is not GRUB 2's" in lines
+    assert any(
+        line.startswith("modelled: GRUB 2 for BIOS, as this machine has none (grub-pc-bin): stand-in files")
+        for line in lines
+    )
 
 
 def test_a_closed_pipe_stops_the_simulation_and_cleans_up(temp):
