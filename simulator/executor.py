@@ -124,10 +124,7 @@ class SimulatorBackend:
         self.progress = progress
         self.region = region
         self.settings = settings
-        access, secret, token = region.credentials
-        if settings.access_key and settings.secret_key:
-            access, secret = settings.access_key, settings.secret_key.reveal()
-            token = settings.session_token.reveal() if settings.session_token else None
+        access, secret, token = configured_credentials(settings) or region.credentials
         self.env = {"AMIDSL_ACCESS_KEY": access, "AMIDSL_SECRET_KEY": secret}
         if token:
             self.env["AMIDSL_SESSION_TOKEN"] = token
@@ -392,15 +389,28 @@ class Simulation:
         self.discard_downloads()
 
 
+def configured_credentials(settings: AmiSettings) -> tuple[str, str, str | None] | None:
+    """The AWS keys the settings give (access key id, secret key, session token), or None."""
+    if not (settings.access_key and settings.secret_key):
+        return None
+    token = settings.session_token.reveal() if settings.session_token else None
+    return settings.access_key, settings.secret_key.reveal(), token
+
+
 def prepare(
     settings: AmiSettings, node: FakeNode | None = None, region: FakeRegion | None = None, payload_mb: int = 4
 ) -> Simulation:
-    """A node and region ready for the settings: the bucket exists, the signing certificate is known."""
-    region = region or FakeRegion(
-        settings.region,
-        node_factory=lambda: template_node(payload_mb=payload_mb),
-        account_id=settings.user_id,
-    )
+    """A node and region ready for the settings: the bucket exists, the signing certificate is known.
+
+    A region made here is the user's account: its account id, and the AWS keys the settings give (they
+    stay in this process: the region compares them, nothing sends or prints them)."""
+    if region is None:
+        region = FakeRegion(
+            settings.region,
+            node_factory=lambda: template_node(payload_mb=payload_mb),
+            account_id=settings.user_id,
+        )
+        region.credentials = configured_credentials(settings) or region.credentials
     node = node or template_node(
         payload_mb=payload_mb, admin_user=settings.user if settings.user != "root" else "admin"
     )

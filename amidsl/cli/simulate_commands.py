@@ -6,6 +6,7 @@ JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added):
      "image_id": str or null, "copies": {region: image id}, "error": str or null,
      "transcript": [{"phase": str, "index": int, "description": str, "command": str,
                      "status": int, "output": str}],
+     "faults_not_fired": [{"fault": NAME=VALUE, "why": str}] (the run never met them; exit status 1),
      "image": null or {"summary": {"entries": int, "files": int, "file_bytes": int, "parts": int},
                        "layout": [str], "modelled": [str] (what of the boot was not made for real),
                        "entries": [{"path", "type", "mode", "uid", "gid", "size", "inode", "target"}]
@@ -194,6 +195,37 @@ def apply_faults(simulation: Simulation, faults: list[Fault]) -> None:
             node.faults.interrupt_at = (phase, index)
 
 
+def not_fired(fault: Fault, simulation: Simulation) -> str | None:
+    """Why a fault that waits for a moment of the run (a PUT, a part, an action, an image) never met
+    it; None when it fired, or when it acts from the start (a full disk, a missing or old tool)."""
+    region, node = simulation.region, simulation.node
+    count = region.put_requests
+    puts = f"it counts the upload's S3 PUT requests, and there {'was 1' if count == 1 else f'were {count}'}"
+    uploaded = ", ".join(str(index) for index in sorted(region.parts_put)) or "none"
+    # fault -> (how the region marks it fired, why it did not)
+    region_faults = {
+        "fail-part": ("refuse_part", f"no part {fault.value} was uploaded (parts uploaded: {uploaded})"),
+        "fail-put": ("fail_put_number", puts),
+        "url-expires": ("expire_urls_at", puts),
+        "s3-5xx": ("s3_5xx_burst", "the run made no S3 PUT request"),
+        "reject-register": ("reject_register", "the run registered no image"),
+        "image-pending": ("pending_polls", "the run made no image"),
+        "image-failed": (f"fail_image_in:{fault.value}", f"the run made no image in {fault.value}"),
+    }
+    if fault.name in region_faults:
+        mark, why = region_faults[fault.name]
+        return None if mark in region.faults.fired else why
+    # A node fault is cleared when it fires.
+    waiting = {
+        "interrupt": node.faults.interrupt_at,
+        "ctrl-c": node.faults.ctrl_c_at or node.faults.ctrl_c_program,
+    }
+    if waiting.get(fault.name) is not None:
+        phase, index, _ = fault.value
+        return f"action {index} of {phase} never ran"
+    return None
+
+
 def refuse_missing_phases(plan: Plan, every_phase: list[str]) -> None:
     """A simulation starts from a fresh node: a chosen phase needs the phases before it.
 
@@ -248,7 +280,11 @@ def hygiene_lines(hygiene: dict) -> list[str]:
 
 
 def as_json(
-    simulation: Simulation, inspection: ImageInspection | None, choice: ConfigChoice, list_all: bool
+    simulation: Simulation,
+    inspection: ImageInspection | None,
+    choice: ConfigChoice,
+    list_all: bool,
+    unfired: list[tuple[str, str]],
 ) -> str:
     """The simulation as JSON (schema amidsl.simulate/1)."""
     image = None
@@ -279,6 +315,7 @@ def as_json(
         "error": str(simulation.error) if simulation.error else None,
         "transcript": [record.__dict__ for record in simulation.transcript],
         "image": image,
+        "faults_not_fired": [{"fault": text, "why": why} for text, why in unfired],
     }
     return json.dumps(document, indent=2, sort_keys=True)
 
@@ -316,6 +353,7 @@ def simulate(
         "(a fake node and a fake AWS region on this machine: no node, network or AWS account is touched)"
     )
     simulation = prepare(plan.settings, payload_mb=payload_mb)
+    unfired: list[tuple[str, str]] = []  # (--fault as given, why it never fired)
     try:
         apply_faults(simulation, faults)
         simulation.node.progress = progress
@@ -323,8 +361,12 @@ def simulate(
             plan, node=simulation.node, region=simulation.region, progress=progress, raise_on_failure=False
         )
         inspection = simulation.inspect_image() if simulation.image_id else None
+        for text, checked in zip(fault, faults):
+            why = not_fired(checked, simulation)
+            if why:
+                unfired.append((text, why))
         if json:
-            print(as_json(simulation, inspection, choice, inspect))
+            print(as_json(simulation, inspection, choice, inspect, unfired))
         elif simulation.error is None:
             if simulation.image_id:
                 say(
@@ -341,7 +383,15 @@ def simulate(
         simulation.close()
     if progress.closed:
         raise BrokenPipeError  # the reader went away: the command line ends quietly
+    # A fault that never fired leaves a run that tested nothing of it: that fails, so CI does not pass it.
+    notes = "".join(f"\n--fault {text!r} did not fire: {why}" for text, why in unfired)
     if isinstance(simulation.error, BuildInterrupted):
-        raise CommandError(f"simulated build interrupted: {simulation.error}", INTERRUPTED)
+        raise CommandError(f"simulated build interrupted: {simulation.error}{notes}", INTERRUPTED)
     if simulation.error is not None:
-        raise CommandError(f"simulated build failed: {simulation.error}", FAILED)
+        raise CommandError(f"simulated build failed: {simulation.error}{notes}", FAILED)
+    if unfired:
+        raise CommandError(
+            f"the simulated build went through without meeting {len(unfired)} of the faults asked for, "
+            f"so it tested nothing of {'it' if len(unfired) == 1 else 'them'}:{notes}",
+            FAILED,
+        )

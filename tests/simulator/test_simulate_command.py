@@ -161,6 +161,34 @@ def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds(here):
     assert run.returncode == 0 and document["image_id"]
     upload = next(r for r in document["transcript"] if r["phase"] == "ami-upload")
     assert upload["output"].count("InternalError (500)") == 1
+    assert document["faults_not_fired"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--fault", "fail-part=9"], r"no part 9 was uploaded \(parts uploaded: 0\)"),
+        (["--fault", "fail-put=99"], r"it counts the upload's S3 PUT requests, and there (was 1|were \d+)"),
+    ],
+)
+def test_a_fault_the_run_never_meets_fails_the_simulation_saying_it_did_not_fire(here, args, why):
+    run = here(*args)
+    fault = args[-1]
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "registered ami-" in run.stdout  # the build itself went through, untouched by the fault
+    assert "the simulated build went through without meeting 1 of the faults asked for" in run.stderr
+    assert re.search(rf"--fault '{fault}' did not fire: {why}", run.stderr), run.stderr
+    document = json.loads(here(*args, "--json").stdout)
+    assert document["image_id"] and [f["fault"] for f in document["faults_not_fired"]] == [fault]
+
+
+def test_a_fault_that_never_fires_after_an_earlier_failure_is_named_with_that_failure(here):
+    run = here("--fault", "disk-full=/tmp", "--fault", "reject-register=InvalidAMIName.Duplicate")
+    assert run.returncode == 1
+    assert "simulated build failed: phase install, action 5" in run.stderr  # no free space in /tmp
+    assert "--fault 'reject-register=InvalidAMIName.Duplicate' did not fire: the run registered no image" in (
+        run.stderr
+    )
 
 
 NOT_FOR_AMI_TOOLS = "it models the native bundler's node program: drop --bundler ami-tools"
@@ -243,6 +271,23 @@ def test_your_own_account_is_the_simulated_account(here, tmp_path, raw_settings)
     run = here("--config", str(config), "--quiet")
     assert run.returncode == 0, run.stderr + run.stdout
     assert "registered ami-" in run.stdout
+
+
+OWN_KEYS = {"access_key": "AKIAEXAMPLEOWNKEY123", "secret_key": "own-secret-example-not-a-real-key"}
+
+
+@pytest.mark.parametrize("bundler", ["ami-tools", "native"])
+def test_your_own_access_keys_are_the_simulated_accounts_and_never_shown(
+    here, tmp_path, raw_settings, bundler
+):
+    config = write_toml(tmp_path / "mine.toml", {"ami": raw_settings | OWN_KEYS | {"bundler": bundler}})
+    run = here("--config", str(config), "--verbose")
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "registered ami-" in run.stdout
+    as_json = here("--config", str(config), "--json", "--inspect")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["image_id"]
+    for value in OWN_KEYS.values():
+        assert value not in run.stdout + run.stderr + as_json.stdout + as_json.stderr
 
 
 def test_a_config_of_ones_own_without_virtualization_type_simulates_an_hvm_disk(here, tmp_path, raw_settings):
