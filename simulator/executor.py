@@ -34,7 +34,7 @@ from amidsl.bundle import (
     unbundle,
     verify_bundle,
 )
-from amidsl.bundle.ls import describe_layout
+from amidsl.bundle.ls import describe_layout, disk_layout
 from amidsl.model.actions import Action, AwsCall, NodeProgram
 from amidsl.model.plan import Plan, Spec, build_plan
 from amidsl.model.steps import node_steps, references
@@ -43,6 +43,7 @@ from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord, Bui
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 from amidsl.strategies.ami_tools import RBENV_URL, RUBY_BUILD_URL
+from simulator import grub
 from simulator.fake_ami_tools import ami_tools_zip
 from simulator.node import FakeNode, NodeInterrupted
 from simulator.node_launcher import DESCRIPTION_VARIABLE
@@ -101,6 +102,8 @@ class ImageInspection:
     layout: tuple[str, ...] = ()  # partition table and boot loader, in words
     # The node program's image hygiene report (native builds): items, host_keys, login_key, added.
     hygiene: dict = field(default_factory=dict)
+    # What of the image's boot the simulation modelled rather than made for real (simulator.grub).
+    modelled: tuple[str, ...] = ()
 
     def paths(self) -> set[str]:
         """Every path in the image."""
@@ -121,10 +124,7 @@ class SimulatorBackend:
         self.progress = progress
         self.region = region
         self.settings = settings
-        access, secret, token = region.credentials
-        if settings.access_key and settings.secret_key:
-            access, secret = settings.access_key, settings.secret_key.reveal()
-            token = settings.session_token.reveal() if settings.session_token else None
+        access, secret, token = configured_credentials(settings) or region.credentials
         self.env = {"AMIDSL_ACCESS_KEY": access, "AMIDSL_SECRET_KEY": secret}
         if token:
             self.env["AMIDSL_SESSION_TOKEN"] = token
@@ -228,16 +228,17 @@ class SimulatorBackend:
         process.send_signal(signal.SIGINT)
 
     def _node_description(self, tools: Path) -> dict[str, Any]:
-        """What the node program sees of the node (simulator.node_launcher): its e2fsprogs, full disks."""
+        """What the node program sees of the node (simulator.node_launcher): its e2fsprogs and GRUB, full
+        disks."""
         node = self.node
         mke2fs: str | None = None
         if "e2fsprogs" in node.packages and "e2fsprogs" in node.versions:
             mke2fs = str(tools / "mke2fs")
             Path(mke2fs).write_text(OLD_MKE2FS.format(version=node.versions["e2fsprogs"]))
             Path(mke2fs).chmod(0o755)
-        described: dict[str, Any] = {"tools": {}, "full": []}
+        described: dict[str, Any] = {"tools": grub.node_mkimage(node, tools), "full": []}
         if "e2fsprogs" not in node.packages or mke2fs:
-            described["tools"] = {"mke2fs": mke2fs}
+            described["tools"]["mke2fs"] = mke2fs
         if node.faults.disk_full_under:
             described["full"] = [os.path.realpath(node.host_path(node.faults.disk_full_under))]
         return described
@@ -364,13 +365,15 @@ class Simulation:
         )
         entries = tuple(list_image(restored))
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
+        layout = tuple(describe_layout(restored))
         return ImageInspection(
             image_id,
             manifest,
             entries,
             tuple(left_out),
-            tuple(describe_layout(restored)),
+            layout,
             self.node.last_hygiene,
+            tuple(grub.modelled(self.node)) if disk_layout(restored) is not None else (),
         )
 
     def discard_downloads(self) -> None:
@@ -386,15 +389,28 @@ class Simulation:
         self.discard_downloads()
 
 
+def configured_credentials(settings: AmiSettings) -> tuple[str, str, str | None] | None:
+    """The AWS keys the settings give (access key id, secret key, session token), or None."""
+    if not (settings.access_key and settings.secret_key):
+        return None
+    token = settings.session_token.reveal() if settings.session_token else None
+    return settings.access_key, settings.secret_key.reveal(), token
+
+
 def prepare(
     settings: AmiSettings, node: FakeNode | None = None, region: FakeRegion | None = None, payload_mb: int = 4
 ) -> Simulation:
-    """A node and region ready for the settings: the bucket exists, the signing certificate is known."""
-    region = region or FakeRegion(
-        settings.region,
-        node_factory=lambda: template_node(payload_mb=payload_mb),
-        account_id=settings.user_id,
-    )
+    """A node and region ready for the settings: the bucket exists, the signing certificate is known.
+
+    A region made here is the user's account: its account id, and the AWS keys the settings give (they
+    stay in this process: the region compares them, nothing sends or prints them)."""
+    if region is None:
+        region = FakeRegion(
+            settings.region,
+            node_factory=lambda: template_node(payload_mb=payload_mb),
+            account_id=settings.user_id,
+        )
+        region.credentials = configured_credentials(settings) or region.credentials
     node = node or template_node(
         payload_mb=payload_mb, admin_user=settings.user if settings.user != "root" else "admin"
     )

@@ -128,6 +128,8 @@ class FakeNode:
     loop_devices: bool = True
     distribution_ruby: str | None = None  # the Ruby version the OS packages; None: the family's usual one
     rsync_partial_transfer: bool = False  # ec2-bundle-vol's rsync cannot copy some file (exit 23)
+    # GRUB 2 for BIOS (simulator.grub): "this machine's" (a copy of its files), "stand-in", or None.
+    grub: str | None = None
     # package -> the version its programs report, where it is not that of the simulator's machine
     # (python3: the interpreter; e2fsprogs: mke2fs).
     versions: dict[str, str] = field(default_factory=dict)

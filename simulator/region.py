@@ -45,7 +45,8 @@ from simulator.node import FakeNode
 
 ACCOUNT_ID = "123456789012"  # moto's account, and the simulated account unless one is given
 # The credentials the simulated account accepts by default (moto accepts any; the region's own upload
-# check does not). Set `FakeRegion.credentials` to accept others.
+# check does not). Set `FakeRegion.credentials` to accept others (simulator.executor.prepare sets the
+# user's, where the settings give keys).
 ACCESS_KEY = "SIMULATEDACCESSKEYID"
 SECRET_KEY = "simulated-secret-access-key"
 AMI_NAME = re.compile(r"[A-Za-z0-9()\[\]./\-'@_ ]{3,128}")
@@ -87,6 +88,9 @@ class RegionFaults:
     reject_register: str | None = None  # RegisterImage fails with this error code
     pending_polls: int = 0  # each new image (registered or copied) is pending for this many DescribeImages
     fail_image_in: dict[str, str] = field(default_factory=dict)  # region -> state reason of new images there
+    # The faults that answered a request, by field name (fail_image_in:REGION): one set but not here
+    # never met what it acts on.
+    fired: set[str] = field(default_factory=set)
 
 
 class FakeRegion:
@@ -106,6 +110,7 @@ class FakeRegion:
         self.node_factory = node_factory
         self.nodes: dict[str, FakeNode] = {}
         self.put_requests = 0
+        self.parts_put: set[int] = set()  # the index of every part a PUT asked for
         # The signatures of the URLs presigned here, and those a fault has made expire.
         self.presigned_signatures: set[str] = set()
         self.expired_signatures: set[str] = set()
@@ -205,17 +210,26 @@ class FakeRegion:
         self.put_requests += 1
         faults = self.faults
         name = key.rsplit("/", 1)[-1]
+        part = re.fullmatch(r".+\.part\.(\d+)", name)
+        if part:
+            self.parts_put.add(int(part[1]))
         if self.put_requests == faults.expire_urls_at:
             # URLs presigned together expire together: every one issued so far, not those issued later.
             self.expired_signatures |= self.presigned_signatures
+            faults.fired.add("expire_urls_at")
         if signature and signature in self.expired_signatures:
             return 403, "AccessDenied", "Request has expired"
         if faults.s3_5xx_burst > 0:
             faults.s3_5xx_burst -= 1
+            faults.fired.add("s3_5xx_burst")
             return 503, "SlowDown", "Please reduce your request rate."
         if self.put_requests == faults.fail_put_number or name == faults.fail_object:
+            faults.fired.add(
+                "fail_put_number" if self.put_requests == faults.fail_put_number else "fail_object"
+            )
             return 500, "InternalError", "We encountered an internal error. Please try again."
-        if faults.refuse_part is not None and re.fullmatch(rf".+\.part\.0*{faults.refuse_part}", name):
+        if part and int(part[1]) == faults.refuse_part:
+            faults.fired.add("refuse_part")
             return 403, "AccessDenied", "Access Denied"
         return None
 
@@ -255,11 +269,12 @@ class FakeRegion:
             self._server = FaultyS3Server(self)
             self._server.start()
             host, port = self._server.get_host_and_port()
+            # Signed with the region's own keys, whatever keys it accepts: a user's never go into a URL.
             client = boto3.client(
                 "s3",
                 region_name=self.name,
-                aws_access_key_id=self.credentials[0],
-                aws_secret_access_key=self.credentials[1],
+                aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY,
                 endpoint_url=f"http://{host}:{port}",
                 config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
             )
@@ -300,8 +315,10 @@ class FakeRegion:
         """Start a new image's life: pending for the polls the faults say, then available or failed."""
         if self.faults.pending_polls:
             self.pending[image_id] = self.faults.pending_polls
+            self.faults.fired.add("pending_polls")
         if region in self.faults.fail_image_in:
             self.failed[image_id] = self.faults.fail_image_in[region]
+            self.faults.fired.add(f"fail_image_in:{region}")
 
     def state(self, image_id: str) -> str:
         """The image's state as EC2 would report it now (without counting a poll)."""
@@ -407,6 +424,7 @@ class FakeRegion:
     def register_image(self, params: dict[str, Any]) -> dict[str, Any]:
         """RegisterImage for an S3 bundle, refusing what EC2 refuses."""
         if self.faults.reject_register:
+            self.faults.fired.add("reject_register")
             raise client_error(self.faults.reject_register, "the request was rejected (injected fault)")
         name = str(params.get("Name", ""))
         if not AMI_NAME.fullmatch(name):

@@ -1,11 +1,16 @@
-"""Node templates: realistic starting content that exercises ec2-bundle-vol's exclusions and filters."""
+"""Node templates: realistic starting content that exercises ec2-bundle-vol's exclusions and filters.
+
+The template node is bootable as a Debian server is: a kernel and an initramfs in /boot, a grub.cfg and
+an fstab naming the root filesystem by UUID, and GRUB 2 for BIOS (simulator.grub), so that an hvm
+build (the default) runs as on a real node. The kernel and initramfs are stand-ins: nothing boots them.
+"""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from simulator import programs
+from simulator import grub, programs
 from simulator.fake_ami_tools import bundle_vol, tools_version, upload_bundle
 from simulator.node import CommandResult, FakeNode, Program, new_node_root
 
@@ -16,7 +21,6 @@ TEMPLATE_FILES = (
     ("/etc/hostname", "node-1\n", 0o644),
     ("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000::/home/admin:/bin/bash\n", 0o644),
     ("/etc/group", "root:x:0:\nadmin:x:1000:\n", 0o644),
-    ("/etc/fstab", "LABEL=root / ext4 defaults 0 1\n", 0o644),
     ("/etc/apt/sources.list", "deb http://deb.debian.org/debian bookworm main\n", 0o644),
     (
         "/etc/ssl/certs/ca-local.crt",
@@ -52,6 +56,20 @@ TEMPLATE_FILES = (
     ("/mnt/data/backup.tar", "a mounted data disk\n", 0o644),
 )
 EMPTY_DIRS = ("/tmp", "/media", "/opt", "/srv", "/var/lib", "/run")
+KERNEL_VERSION = "6.1.0-28-amd64"
+# What update-grub writes for one kernel, cut down: the root filesystem found and mounted by its UUID.
+GRUB_CFG = """\
+# written by update-grub (the simulator's template node)
+set default=0
+set timeout=5
+insmod part_msdos
+insmod ext2
+search --no-floppy --fs-uuid --set=root {uuid}
+menuentry 'Debian GNU/Linux' {{
+\tlinux /boot/vmlinuz-{kernel} root=UUID={uuid} ro quiet
+\tinitrd /boot/initrd.img-{kernel}
+}}
+"""
 
 
 def populate(node: FakeNode, payload_mb: int = DEFAULT_PAYLOAD_MB, seed: int = 1) -> None:
@@ -75,6 +93,19 @@ def populate(node: FakeNode, payload_mb: int = DEFAULT_PAYLOAD_MB, seed: int = 1
         folder = "/usr/bin" if number % 2 == 0 else "/usr/lib/x86_64-linux-gnu"
         node.write_bytes(f"{folder}/program-{number:03d}", block, mode=0o755)
     Path(node.host_path("/bin")).symlink_to("usr/bin")
+    make_bootable(node)
+
+
+def make_bootable(node: FakeNode) -> None:
+    """A kernel and initramfs (stand-ins), fstab and grub.cfg by the root's UUID, and GRUB 2 for BIOS."""
+    uuid = node.root_filesystem[2]
+    node.write_bytes("/etc/fstab", f"UUID={uuid} / ext4 errors=remount-ro 0 1\n".encode())
+    node.make_dirs("/boot/grub")
+    for name in (f"vmlinuz-{KERNEL_VERSION}", f"initrd.img-{KERNEL_VERSION}"):
+        stand_in = f"amidsl simulator: stand-in for /boot/{name}, not a Linux kernel or initramfs\n"
+        node.write_bytes(f"/boot/{name}", stand_in.encode() * 64)
+    node.write_bytes("/boot/grub/grub.cfg", GRUB_CFG.format(uuid=uuid, kernel=KERNEL_VERSION).encode())
+    grub.install(node)
 
 
 def template_node(

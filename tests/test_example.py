@@ -1,10 +1,12 @@
-"""The built-in example: its throwaway signing pair is the one its public seed derives."""
+"""The built-in example: its throwaway signing pair is the one its public seed derives; it builds as a
+config of one's own does by default."""
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from amidsl.example import example_credentials
+from amidsl.example import example_config_path, example_credentials
 from amidsl.example.derive import P_INDEX, Q_INDEX, candidate, first_prime_index, is_probable_prime
+from amidsl.settings import load_toml, resolve
 
 
 def test_the_written_down_indices_are_the_ones_the_search_finds():
@@ -26,3 +28,9 @@ def test_the_example_pair_is_the_same_on_every_derivation():
     from amidsl.example.derive import derive_example_credentials
 
     assert derive_example_credentials() == example_credentials()
+
+
+def test_the_example_builds_what_a_config_of_ones_own_builds_by_default_an_hvm_disk():
+    raw = load_toml(example_config_path())
+    assert not {"virtualization-type", "virtualization_type"} & set(raw)
+    assert resolve(raw).virtualization_type == "hvm"

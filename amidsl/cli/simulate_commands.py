@@ -8,7 +8,9 @@ result (amidsl/run/result.py: "schema", "amidsl_version", "config", "error", "im
      "image_id": str or null, "copies": {region: image id}, "error": str or null,
      "transcript": [{"phase": str, "index": int, "description": str, "command": str,
                      "status": int, "output": str}],
+     "faults_not_fired": [{"fault": NAME=VALUE, "why": str}] (the run never met them; exit status 1),
      "image": null or {"summary": {"entries": int, "files": int, "file_bytes": int, "parts": int},
+                       "layout": [str], "modelled": [str] (what of the boot was not made for real),
                        "entries": [{"path", "type", "mode", "uid", "gid", "size", "inode", "target"}]
                                   (only with --inspect),
                        "left_out": [{"path": str, "reason": str, "rule": str}],
@@ -196,6 +198,37 @@ def apply_faults(simulation: Simulation, faults: list[Fault]) -> None:
             node.faults.interrupt_at = (phase, index)
 
 
+def not_fired(fault: Fault, simulation: Simulation) -> str | None:
+    """Why a fault that waits for a moment of the run (a PUT, a part, an action, an image) never met
+    it; None when it fired, or when it acts from the start (a full disk, a missing or old tool)."""
+    region, node = simulation.region, simulation.node
+    count = region.put_requests
+    puts = f"it counts the upload's S3 PUT requests, and there {'was 1' if count == 1 else f'were {count}'}"
+    uploaded = ", ".join(str(index) for index in sorted(region.parts_put)) or "none"
+    # fault -> (how the region marks it fired, why it did not)
+    region_faults = {
+        "fail-part": ("refuse_part", f"no part {fault.value} was uploaded (parts uploaded: {uploaded})"),
+        "fail-put": ("fail_put_number", puts),
+        "url-expires": ("expire_urls_at", puts),
+        "s3-5xx": ("s3_5xx_burst", "the run made no S3 PUT request"),
+        "reject-register": ("reject_register", "the run registered no image"),
+        "image-pending": ("pending_polls", "the run made no image"),
+        "image-failed": (f"fail_image_in:{fault.value}", f"the run made no image in {fault.value}"),
+    }
+    if fault.name in region_faults:
+        mark, why = region_faults[fault.name]
+        return None if mark in region.faults.fired else why
+    # A node fault is cleared when it fires.
+    waiting = {
+        "interrupt": node.faults.interrupt_at,
+        "ctrl-c": node.faults.ctrl_c_at or node.faults.ctrl_c_program,
+    }
+    if waiting.get(fault.name) is not None:
+        phase, index, _ = fault.value
+        return f"action {index} of {phase} never ran"
+    return None
+
+
 def refuse_missing_phases(plan: Plan, every_phase: list[str]) -> None:
     """A simulation starts from a fresh node: a chosen phase needs the phases before it.
 
@@ -222,6 +255,7 @@ def summarise(inspection: ImageInspection, list_all: bool) -> list[str]:
         f"{sum(e.size for e in files) / 1e6:.1f} MB of file data; bundle of {parts} "
         f"part{'' if parts == 1 else 's'} verified and unbundled",
         *inspection.layout,
+        *inspection.modelled,
     ]
     if list_all:
         lines += [f"  {listing_line(entry)}" for entry in inspection.entries]
@@ -240,6 +274,7 @@ def as_json(
     choice: ConfigChoice,
     list_all: bool,
     settings: AmiSettings,
+    unfired: list[tuple[str, str]],
 ) -> str:
     """The simulation as JSON (schema amidsl.simulate/1): the fields a build's result has, and more."""
     image = None
@@ -253,6 +288,7 @@ def as_json(
                 "parts": len(inspection.manifest.parts),
             },
             "layout": list(inspection.layout),
+            "modelled": list(inspection.modelled),
             "left_out": [
                 {"path": x.path, "reason": str(x.reason), "rule": x.rule} for x in inspection.left_out
             ],
@@ -264,6 +300,7 @@ def as_json(
     document = result_document(SCHEMA, settings, simulation.result, error, config=str(choice.path))
     document["transcript"] = [record.__dict__ for record in simulation.transcript]
     document["image"] = image
+    document["faults_not_fired"] = [{"fault": text, "why": why} for text, why in unfired]
     return json.dumps(document, indent=2, sort_keys=True)
 
 
@@ -301,6 +338,7 @@ def simulate(
         "(a fake node and a fake AWS region on this machine: no node, network or AWS account is touched)"
     )
     simulation = prepare(plan.settings, payload_mb=payload_mb)
+    unfired: list[tuple[str, str]] = []  # (--fault as given, why it never fired)
     try:
         apply_faults(simulation, faults)
         simulation.node.progress = progress
@@ -308,8 +346,12 @@ def simulate(
             plan, node=simulation.node, region=simulation.region, progress=progress, raise_on_failure=False
         )
         inspection = simulation.inspect_image() if simulation.image_id else None
+        for text, checked in zip(fault, faults):
+            why = not_fired(checked, simulation)
+            if why:
+                unfired.append((text, why))
         if json:
-            print(as_json(simulation, inspection, choice, inspect, plan.settings))
+            print(as_json(simulation, inspection, choice, inspect, plan.settings, unfired))
         elif simulation.error is None:
             if simulation.image_id:
                 for line in registered_lines(plan.settings, simulation.image_id, simulation.result.copies):
@@ -322,7 +364,15 @@ def simulate(
         simulation.close()
     if progress.closed:
         raise BrokenPipeError  # the reader went away: the command line ends quietly
+    # A fault that never fired leaves a run that tested nothing of it: that fails, so CI does not pass it.
+    notes = "".join(f"\n--fault {text!r} did not fire: {why}" for text, why in unfired)
     if isinstance(simulation.error, BuildInterrupted):
-        raise CommandError(f"simulated build interrupted: {simulation.error}", INTERRUPTED)
+        raise CommandError(f"simulated build interrupted: {simulation.error}{notes}", INTERRUPTED)
     if simulation.error is not None:
-        raise CommandError(f"simulated build failed: {simulation.error}", FAILED)
+        raise CommandError(f"simulated build failed: {simulation.error}{notes}", FAILED)
+    if unfired:
+        raise CommandError(
+            f"the simulated build went through without meeting {len(unfired)} of the faults asked for, "
+            f"so it tested nothing of {'it' if len(unfired) == 1 else 'them'}:{notes}",
+            FAILED,
+        )

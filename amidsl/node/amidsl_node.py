@@ -95,6 +95,8 @@ CONTROLLER_API = (
     "Emptied",
     "EncryptingSink",
     "estimate_size_mb",
+    "GRUB_FILES",
+    "GRUB_PLATFORM",
     "HOST_KEY_GENERATORS",
     "HYGIENE",
     "HYGIENE_EMPTY_DIR",

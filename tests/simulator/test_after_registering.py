@@ -7,8 +7,6 @@ import datetime
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.node.test_node_boot import make_bootable, needs_grub
-
 ORG = "arn:aws:organizations::111122223333:organization/o-abcde12345"
 OU = "arn:aws:organizations::111122223333:ou/o-abcde12345/ou-ab12-cdef3456"
 COPIES = ["us-west-2", "eu-central-1"]
@@ -84,12 +82,10 @@ def test_the_region_refuses_a_deprecation_time_ec2_refuses(run, native_settings,
         region.call("ec2", "EnableImageDeprecation", {"ImageId": "ami-12345678", "DeprecateAt": past})
 
 
-@needs_grub
 def test_registerimage_gets_the_attributes_ec2_allows_for_an_instance_store_image(
-    run, native_settings, region, node
+    run, native_settings, region
 ):
-    make_bootable(node.host_path("/"))  # a native build is HVM by default: a bootable disk
-    settings = {k: v for k, v in native_settings.items() if k != "virtualization-type"} | {
+    settings = native_settings | {  # hvm, as a native build is by default: the template node can boot
         "imds_support": "v2.0",
         "boot_mode": "legacy-bios",
         "ena_support": True,

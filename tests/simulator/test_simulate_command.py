@@ -109,15 +109,16 @@ def test_inspect_lists_the_image_in_the_image_ls_format(here):
     listed = [line.strip() for line in run.stdout.splitlines() if LISTING_LINE.fullmatch(line.strip())]
     assert "d0755         0:0            0 /" in listed
     assert any(line.endswith(" /home/admin") and "1000:1000" in line for line in listed)
-    # The example is paravirtual: the layout says so before the files.
-    assert "layout: a bare filesystem, no partition table (a paravirtual image)" in run.stdout
+    # The example is hvm, as a config of one's own is by default: the layout says so before the files.
+    assert "layout: a disk with an MBR partition table (1 partition(s))" in run.stdout
 
 
 def test_json_has_a_schema_and_honours_inspect(here):
     plain = json.loads(here("--json").stdout)
     assert plain["schema"] == "amidsl.simulate/1" and plain["image_id"].startswith("ami-")
     assert "entries" not in plain["image"] and plain["image"]["summary"]["parts"] == 1
-    assert plain["image"]["layout"] == ["layout: a bare filesystem, no partition table (a paravirtual image)"]
+    assert plain["image"]["layout"][0] == "layout: a disk with an MBR partition table (1 partition(s))"
+    assert plain["image"]["modelled"][0].startswith("modelled: the kernel and initramfs (stand-ins")
     inspected = json.loads(here("--json", "--inspect").stdout)
     assert {"path": "/etc/fstab"}.items() <= next(
         e for e in inspected["image"]["entries"] if e["path"] == "/etc/fstab"
@@ -163,6 +164,34 @@ def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds(here):
     assert run.returncode == 0 and document["image_id"]
     upload = next(r for r in document["transcript"] if r["phase"] == "ami-upload")
     assert upload["output"].count("InternalError (500)") == 1
+    assert document["faults_not_fired"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--fault", "fail-part=9"], r"no part 9 was uploaded \(parts uploaded: 0\)"),
+        (["--fault", "fail-put=99"], r"it counts the upload's S3 PUT requests, and there (was 1|were \d+)"),
+    ],
+)
+def test_a_fault_the_run_never_meets_fails_the_simulation_saying_it_did_not_fire(here, args, why):
+    run = here(*args)
+    fault = args[-1]
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "registered ami-" in run.stdout  # the build itself went through, untouched by the fault
+    assert "the simulated build went through without meeting 1 of the faults asked for" in run.stderr
+    assert re.search(rf"--fault '{fault}' did not fire: {why}", run.stderr), run.stderr
+    document = json.loads(here(*args, "--json").stdout)
+    assert document["image_id"] and [f["fault"] for f in document["faults_not_fired"]] == [fault]
+
+
+def test_a_fault_that_never_fires_after_an_earlier_failure_is_named_with_that_failure(here):
+    run = here("--fault", "disk-full=/tmp", "--fault", "reject-register=InvalidAMIName.Duplicate")
+    assert run.returncode == 1
+    assert "simulated build failed: phase install, action 5" in run.stderr  # no free space in /tmp
+    assert "--fault 'reject-register=InvalidAMIName.Duplicate' did not fire: the run registered no image" in (
+        run.stderr
+    )
 
 
 NOT_FOR_AMI_TOOLS = "it models the native bundler's node program: drop --bundler ami-tools"
@@ -245,6 +274,48 @@ def test_your_own_account_is_the_simulated_account(here, tmp_path, raw_settings)
     run = here("--config", str(config), "--quiet")
     assert run.returncode == 0, run.stderr + run.stdout
     assert "registered ami-" in run.stdout
+
+
+OWN_KEYS = {"access_key": "AKIAEXAMPLEOWNKEY123", "secret_key": "own-secret-example-not-a-real-key"}
+
+
+@pytest.mark.parametrize("bundler", ["ami-tools", "native"])
+def test_your_own_access_keys_are_the_simulated_accounts_and_never_shown(
+    here, tmp_path, raw_settings, bundler
+):
+    config = write_toml(tmp_path / "mine.toml", {"ami": raw_settings | OWN_KEYS | {"bundler": bundler}})
+    run = here("--config", str(config), "--verbose")
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "registered ami-" in run.stdout
+    as_json = here("--config", str(config), "--json", "--inspect")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["image_id"]
+    for value in OWN_KEYS.values():
+        assert value not in run.stdout + run.stderr + as_json.stdout + as_json.stderr
+
+
+def test_a_config_of_ones_own_without_virtualization_type_simulates_an_hvm_disk(here, tmp_path, raw_settings):
+    own = {key: value for key, value in raw_settings.items() if key != "bundler"}  # native, hvm by default
+    run = here("--config", str(write_toml(tmp_path / "mine.toml", {"ami": own})), "--quiet")
+    assert run.returncode == 0, run.stderr + run.stdout
+    lines = run.stdout.splitlines()
+    assert "layout: a disk with an MBR partition table (1 partition(s))" in lines
+    assert any(line.startswith("partition 1: Linux (0x83), bootable, from sector 2048") for line in lines)
+
+
+def test_without_grub_on_this_machine_the_simulation_says_the_boot_code_was_modelled(
+    here, monkeypatch, tmp_path
+):
+    from simulator import grub
+
+    monkeypatch.setattr(grub, "HOST_MODULES", tmp_path / "no-grub-here" / "i386-pc")
+    run = here("--quiet")
+    assert run.returncode == 0, run.stderr + run.stdout
+    lines = run.stdout.splitlines()
+    assert "boot loader: boot code in the MBR is not GRUB 2's" in lines
+    assert any(
+        line.startswith("modelled: GRUB 2 for BIOS, as this machine has none (grub-pc-bin): stand-in files")
+        for line in lines
+    )
 
 
 def test_a_closed_pipe_stops_the_simulation_and_cleans_up(temp):

@@ -29,7 +29,7 @@
 #   s3_manifest_path = amidsl-example-bundles/images/example/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   virtualization_type = paravirtual
+#   virtualization_type = hvm
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
@@ -99,7 +99,7 @@ phase_ami_bundle() {
   # ---- end of controller side
   step ami-bundle 3 'image the volume and bundle it into parts on the node'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
-  #   {"volume": "/", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "includes": ["/etc/ssl/certs/*.pem", "/etc/pki/ca-trust/*.pem", "/etc/pki/tls/certs/*.pem", "/usr/lib/ssl/cert.pem", "/etc/pki/tls/cert.pem", "/usr/share/keyrings/*.gpg", "/etc/apt/trusted.gpg.d/*.gpg", "/etc/apt/keyrings/*.gpg", "/usr/share/pki/*.pem", "*/certifi/cacert.pem", "*/pip/_vendor/certifi/cacert.pem", "*/botocore/cacert.pem"], "exclude_patterns": [], "hygiene_keep": [], "filter": true, "destination_dir": "/tmp", "prefix": "image", "image_size_mb": null, "key": "<the bundle's AES key (made on the controller)>", "iv": "<the bundle's AES IV (made on the controller)>", "part_size": 10485760, "workers": 0, "virtualization_type": "paravirtual"}
+  #   {"volume": "/", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "includes": ["/etc/ssl/certs/*.pem", "/etc/pki/ca-trust/*.pem", "/etc/pki/tls/certs/*.pem", "/usr/lib/ssl/cert.pem", "/etc/pki/tls/cert.pem", "/usr/share/keyrings/*.gpg", "/etc/apt/trusted.gpg.d/*.gpg", "/etc/apt/keyrings/*.gpg", "/usr/share/pki/*.pem", "*/certifi/cacert.pem", "*/pip/_vendor/certifi/cacert.pem", "*/botocore/cacert.pem"], "exclude_patterns": [], "hygiene_keep": [], "filter": true, "destination_dir": "/tmp", "prefix": "image", "image_size_mb": null, "key": "<the bundle's AES key (made on the controller)>", "iv": "<the bundle's AES IV (made on the controller)>", "part_size": 10485760, "workers": 0, "virtualization_type": "hvm"}
   python3 -I /opt/ami-tools/amidsl_node.py bundle
   # ---- CONTROLLER SIDE: done on the machine driving the build, not on the node
   # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws

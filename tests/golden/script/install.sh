@@ -29,7 +29,7 @@
 #   s3_manifest_path = amidsl-example-bundles/images/example/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
-#   virtualization_type = paravirtual
+#   virtualization_type = hvm
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
@@ -75,8 +75,8 @@ on_error() {
 }
 trap on_error ERR
 
-# note (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl). To image the volume, mke2fs reads it through read-only bind mounts in the program's own mount namespace (nothing of the node's is mounted or changed, nothing is left behind); where the node does not allow that, through a temporary tree of hard links to its files (in /tmp, or in the volume when that is another filesystem).
-# WARNING (install): paravirtual image: a bare ext4 filesystem image of the volume; it boots only through a pv-grub kernel: set kernel_id to the region's pv-grub AKI, which reads /boot/grub/menu.lst
+# note (install): native build: nothing is installed; amidsl's node program is copied to /opt/ami-tools (excluded from the image, removed in cleanup). The node needs python3 >= 3.8, e2fsprogs (mke2fs >= 1.43) and libcrypto (openssl), and GRUB 2 for BIOS in the volume (grub-mkimage and /usr/lib/grub/i386-pc: grub-pc-bin on Debian and Ubuntu, grub2-pc-modules and grub2-tools on RHEL, Rocky and Amazon Linux). To image the volume, mke2fs reads it through read-only bind mounts in the program's own mount namespace (nothing of the node's is mounted or changed, nothing is left behind); where the node does not allow that, through a temporary tree of hard links to its files (in /tmp, or in the volume when that is another filesystem).
+# note (install): hvm image: a whole disk with an MBR partition table, the volume as its one ext4 partition (same UUID and label) at 1 MiB, and the volume's own GRUB 2 installed for BIOS boot; the volume needs a kernel in /boot and a grub.cfg
 phase_install() {
   step install 1 'create the node program directory (root only)'
   if [ ! -e /opt/ami-tools ]; then
@@ -86,19 +86,19 @@ phase_install() {
   step install 2 'write the amidsl node program (its full source)'
   install -m 0600 -o root -g root /dev/null /opt/ami-tools/amidsl_node.py
   cat > /opt/ami-tools/amidsl_node.py <<'AMIDSL_END_OF_FILE'
-[the node program amidsl/node/amidsl_node.py, sha256 69cbdb23eb6151f15137ce9ff9432759d226b1e95bb1b4cbc19970a30ab7799e]
+[the node program amidsl/node/amidsl_node.py, sha256 e0102fae761d384137cb8c38b4906a740a76d4dd81e0899cc3b5030179d6ebf1]
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 69cbdb23eb6151f15137ce9ff9432759d226b1e95bb1b4cbc19970a30ab7799e
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py e0102fae761d384137cb8c38b4906a740a76d4dd81e0899cc3b5030179d6ebf1
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
   step install 4 'make sure the destination directory exists'
   mkdir -p -- /tmp
-  step install 5 'check the node'"'"'s tools (python3, e2fsprogs, libcrypto), free space in destination_dir, and that the volume can boot'
+  step install 5 'check the node'"'"'s tools (python3, e2fsprogs, libcrypto, GRUB for BIOS), free space in destination_dir, and that the volume can boot'
   # standard input: this JSON request, sent by amidsl (<...> made at run time, never stored):
-  #   {"volume": "/", "destination_dir": "/tmp", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "includes": ["/etc/ssl/certs/*.pem", "/etc/pki/ca-trust/*.pem", "/etc/pki/tls/certs/*.pem", "/usr/lib/ssl/cert.pem", "/etc/pki/tls/cert.pem", "/usr/share/keyrings/*.gpg", "/etc/apt/trusted.gpg.d/*.gpg", "/etc/apt/keyrings/*.gpg", "/usr/share/pki/*.pem", "*/certifi/cacert.pem", "*/pip/_vendor/certifi/cacert.pem", "*/botocore/cacert.pem"], "exclude_patterns": [], "hygiene_keep": [], "virtualization_type": "paravirtual"}
+  #   {"volume": "/", "destination_dir": "/tmp", "exclude": ["/opt/ami-tools", "/opt/ami-tools/credentials", "/tmp", "/var/lib/amidsl", "/var/cache/apt/archives", "/home/admin/scratch"], "includes": ["/etc/ssl/certs/*.pem", "/etc/pki/ca-trust/*.pem", "/etc/pki/tls/certs/*.pem", "/usr/lib/ssl/cert.pem", "/etc/pki/tls/cert.pem", "/usr/share/keyrings/*.gpg", "/etc/apt/trusted.gpg.d/*.gpg", "/etc/apt/keyrings/*.gpg", "/usr/share/pki/*.pem", "*/certifi/cacert.pem", "*/pip/_vendor/certifi/cacert.pem", "*/botocore/cacert.pem"], "exclude_patterns": [], "hygiene_keep": [], "virtualization_type": "hvm"}
   python3 -I /opt/ami-tools/amidsl_node.py check
 }
 

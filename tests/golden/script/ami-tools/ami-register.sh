@@ -37,7 +37,7 @@
 #   prefix = image
 #   image_size_mb = (none)
 #   inherit = false
-#   virtualization_type = paravirtual
+#   virtualization_type = (none)
 #   kernel_id = (none)
 #   ramdisk_id = (none)
 #   block_device_mappings = (none)
@@ -99,7 +99,7 @@ phase_ami_register() {
   # ---- (amidsl makes AWS calls with boto3; by hand, run `aws` commands where the aws
   # ---- CLI and your AWS credentials are; `controller_only` steps need amidsl itself).
   step ami-register 1 'register the image with EC2'
-  register_image_result=$(aws ec2 register-image --region us-east-1 --name amidsl-example-ami --image-location amidsl-example-bundles/images/example/image.manifest.xml --description 'amidsl example AMI' --architecture x86_64 --virtualization-type paravirtual --output json)
+  register_image_result=$(aws ec2 register-image --region us-east-1 --name amidsl-example-ami --image-location amidsl-example-bundles/images/example/image.manifest.xml --description 'amidsl example AMI' --architecture x86_64 --output json)
   step ami-register 2 'keep the new image id in the settings'
   AMIDSL_IMAGE_ID=$(json_field "$register_image_result" ImageId)
   export AMIDSL_IMAGE_ID
