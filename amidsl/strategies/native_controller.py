@@ -218,9 +218,13 @@ def hygiene_lines(hygiene: dict[str, Any]) -> list[str]:
         return []
     lines = ["image hygiene:"]
     for name, item in hygiene["items"].items():
-        found = f"{item['count']}: {', '.join(item['paths'])}" if item["count"] else "none found"
-        more = ", ..." if item["count"] > len(item["paths"]) else ""
-        lines.append(f"  {name} ({item['treatment']}): {found}{more}")
+        if item["count"]:
+            more = ", ..." if item["count"] > len(item["paths"]) else ""
+            lines.append(f"  {name} ({item['treatment']}): {item['count']}: {', '.join(item['paths'])}{more}")
+    # One line for the items that found nothing: a build's log stays short, and each item is still named.
+    nothing = [name for name, item in hygiene["items"].items() if not item["count"]]
+    if nothing:
+        lines.append(f"  nothing found for: {', '.join(nothing)}")
     lines.append(f"  SSH host keys: {hygiene['host_keys']}")
     lines.append(f"  login key: {hygiene['login_key'] or 'WARNING: nothing installs one'}")
     return lines
