@@ -3206,7 +3206,14 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     if staging not in ("auto", "links"):
         raise NodeError(f"staging {staging!r} is not one of auto, links")
     level = _field(request, "level", int, COMPRESS_LEVEL)
-    key, iv = _key_bytes(request, "key"), _key_bytes(request, "iv")
+    output = _field(request, "output", str, OUTPUT_PARTS)
+    if output not in (OUTPUT_PARTS, OUTPUT_DISK):
+        raise NodeError(f"output {output!r} is not one of {OUTPUT_PARTS}, {OUTPUT_DISK}")
+    if output == OUTPUT_DISK and virtualization_type != HVM:
+        raise NodeError(f"output {OUTPUT_DISK!r} is a bootable disk: it needs virtualization_type {HVM!r}")
+    # A disk for EBS is neither compressed nor encrypted here: its blocks go out as they are.
+    key = _key_bytes(request, "key") if output == OUTPUT_PARTS else b""
+    iv = _key_bytes(request, "iv") if output == OUTPUT_PARTS else b""
     lib, _ = load_libcrypto()
     mke2fs_version()
 
@@ -3247,7 +3254,8 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     work_dir = make_work_dir(destination, prefix)
     cleanup.add(work_dir)
     image_path = os.path.join(work_dir, "image")
-    ahead = DeflatedAhead(os.path.join(work_dir, "deflated-ahead"), level, ahead_budget(size), cleanup)
+    budget = ahead_budget(size) if output == OUTPUT_PARTS else 0  # a disk is not deflated
+    ahead = DeflatedAhead(os.path.join(work_dir, "deflated-ahead"), level, budget, cleanup)
     built = build_image(
         volume,
         image_path,
@@ -3265,6 +3273,21 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         exclude_patterns=exclude_patterns,
         added=host_keys[1],
     )
+    report = {
+        "prefix": prefix,
+        "volume_fs": volume_fs,
+        "virtualization_type": virtualization_type,
+        "grub": grub.version if grub else None,
+        "warnings": warnings + hygiene_warnings,
+        "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
+        "hygiene": hygiene_report(built.left_out, items),
+        "host_keys": host_keys[0],
+        "login_key": login,
+        "added": [f.path for f in host_keys[1]],
+    }
+    if output == OUTPUT_DISK:
+        ahead.close(cleanup)
+        return {**report, **keep_disk(image_path, destination, prefix), "output": OUTPUT_DISK}
     encryptor = Aes128Cbc(lib, key, iv)
     try:
         digest, parts = bundle_image_file(
@@ -3297,24 +3320,95 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
         wall[step], cpu[step] = round(mark[0] - since[0], 3), round(mark[1] - since[1], 3)
         since = mark
     return {
-        "prefix": prefix,
+        **report,
         "image_size": image_size,
         "digest": digest,
         "bundled_size": sum(p["size"] for p in parts),
         "parts": parts,
-        "volume_fs": volume_fs,
-        "virtualization_type": virtualization_type,
-        "grub": grub.version if grub else None,
-        "warnings": warnings + hygiene_warnings,
-        "left_out": [[s.path, s.reason] for s in built.left_out[:LEFT_OUT_REPORTED]],
-        "hygiene": hygiene_report(built.left_out, items),
-        "host_keys": host_keys[0],
-        "login_key": login,
-        "added": [f.path for f in host_keys[1]],
         "seconds": wall,
         "cpu_seconds": cpu,
         "deflated_ahead": {"made": ahead.made, "used": ahead.used},
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# An EBS-backed image: the disk kept whole, its blocks streamed to the controller
+# ---------------------------------------------------------------------------------------------
+
+OUTPUT_PARTS, OUTPUT_DISK = "parts", "disk"
+# The EBS direct APIs' block: every PutSnapshotBlock carries exactly this many bytes.
+EBS_BLOCK_SIZE = 512 * 1024
+GiB = 1024 * MiB
+# After the last block: an index no disk has, then the JSON result line.
+END_OF_BLOCKS = 2**64 - 1
+
+
+def disk_blocks(fd: int, size: int, block_size: int = EBS_BLOCK_SIZE) -> Iterator[tuple[int, bytes]]:
+    """The disk's blocks that hold something other than zeros: (index, data), in index order.
+
+    Only the data regions are read (SEEK_DATA); a block the file's end cuts short is padded with
+    zeros, as a volume reads past a disk's end.
+    """
+    zero = bytes(block_size)
+    done = -1
+    for region in data_regions(fd, size):
+        first = region.offset // block_size
+        last = (region.offset + region.length - 1) // block_size
+        for index in range(max(first, done + 1), last + 1):
+            data = os.pread(fd, block_size, index * block_size)
+            data += bytes(block_size - len(data))
+            done = index
+            if data != zero:
+                yield index, data
+
+
+def keep_disk(image_path: str, destination: str, prefix: str) -> dict:
+    """Move the built disk to destination_dir/<prefix>.disk and say what its blocks are.
+
+    `blocks` is how many blocks hold data (CompleteSnapshot's ChangedBlocksCount) and `checksum` the
+    EBS direct APIs' LINEAR aggregate: SHA-256 over the blocks' SHA-256 digests in index order.
+    """
+    size = os.lstat(image_path).st_size
+    linear, count = hashlib.sha256(), 0
+    fd = os.open(image_path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        for _, data in disk_blocks(fd, size):
+            linear.update(hashlib.sha256(data).digest())
+            count += 1
+    finally:
+        os.close(fd)
+    disk = os.path.join(destination, f"{prefix}.disk")
+    os.rename(image_path, disk)  # in the same directory tree: a planted link there is replaced
+    return {
+        "disk": disk,
+        "image_size": size,
+        "volume_size_gib": max(1, -(-size // GiB)),
+        "block_size": EBS_BLOCK_SIZE,
+        "blocks": count,
+        "checksum": base64.b64encode(linear.digest()).decode("ascii"),
+    }
+
+
+def command_blocks(request: dict, out: Any) -> dict:
+    """Write the disk's blocks that hold data to `out` as frames: an 8-byte big-endian index, then
+    the block; then END_OF_BLOCKS. The controller uploads them (no AWS credential on the node)."""
+    disk = _field(request, "disk", str)
+    start = _field(request, "start", int, 0)  # a resumed upload skips the blocks before it
+    fd = os.open(disk, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise NodeError(f"{disk} is not a disk this program kept (a regular file of its own user)")
+        sent = 0
+        for index, data in disk_blocks(fd, st.st_size):
+            if index >= start:
+                out.write(index.to_bytes(8, "big") + data)
+                sent += 1
+        out.write(END_OF_BLOCKS.to_bytes(8, "big"))
+        out.flush()
+    finally:
+        os.close(fd)
+    return {"disk": disk, "sent": sent, "block_size": EBS_BLOCK_SIZE}
 
 
 class Upload(NamedTuple):
@@ -3452,6 +3546,7 @@ STOPPED = {
     "cleanup": "had nothing of its own to remove",
     "bundle": "removed the partial image, staging tree and parts",
     "upload": "left the parts in destination_dir",
+    "blocks": "left the disk in destination_dir",
 }
 
 
@@ -3461,7 +3556,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str]) -> int:
     """Run one subcommand on the JSON request from standard input."""
-    commands = ("check", "bundle", "upload", "cleanup")
+    commands = ("check", "bundle", "upload", "cleanup", "blocks")
     # Nothing this program or its children (mke2fs, grub-mkimage) create is for other users.
     os.umask(0o077)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -3487,6 +3582,8 @@ def main(argv: list[str]) -> int:
             result = command_bundle(request, cleanup)
         elif argv[1] == "cleanup":
             result = command_cleanup(request)
+        elif argv[1] == "blocks":
+            result = command_blocks(request, sys.stdout.buffer)
         else:
             result, status = command_upload(request)
         sys.stdout.write(json.dumps(result) + "\n")
