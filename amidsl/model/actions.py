@@ -319,6 +319,23 @@ class UploadManifest:
 
 
 @dataclass(frozen=True)
+class UploadSnapshot:
+    """Read the disk's data blocks from the node program (`blocks`, over the SSH channel) and upload
+    them from the controller into a new EBS snapshot (StartSnapshot, PutSnapshotBlock, CompleteSnapshot),
+    then wait until it is completed; kept as `result_name` ({"SnapshotId": ...}). No AWS credential or
+    URL reaches the node."""
+
+    program: str
+    from_result: str  # the bundle report that names the disk, its block count and checksum
+    result_name: str
+    region: str
+    tags: tuple[dict[str, str], ...]
+    snapshot_description: str
+    concurrency: int
+    description: str = "upload the disk's blocks into an EBS snapshot from the controller"
+
+
+@dataclass(frozen=True)
 class WaitForImage:
     """Wait until EC2 reports the image available, with progress; fail with EC2's reason if it fails."""
 
@@ -370,6 +387,7 @@ Action = Union[
     SignManifest,
     PresignParts,
     UploadManifest,
+    UploadSnapshot,
     WaitForImage,
     TagBundle,
     DeregisterByName,
@@ -377,7 +395,7 @@ Action = Union[
 
 # The native strategy's controller-side steps (the runner hands them to
 # amidsl.strategies.native_controller).
-NATIVE_CONTROLLER_ACTIONS = (MakeBundleKey, SignManifest, PresignParts, UploadManifest)
+NATIVE_CONTROLLER_ACTIONS = (MakeBundleKey, SignManifest, PresignParts, UploadManifest, UploadSnapshot)
 # Actions that run on the controller rather than on the node. A NodeProgram runs on the node, but the
 # controller drives it (it sends the request and reads the report), so it is run on its own.
 # The steps after RegisterImage that take more than one API call (the runner hands them to

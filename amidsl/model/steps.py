@@ -317,10 +317,18 @@ def _referring_values(action: Action) -> list[object]:
     if isinstance(action, (RemoteFile, RemoteDirectory)) and action.staged is not None:
         return [action.staged]
     if isinstance(action, AwsCall):
-        # Top-level parameters only: a run-time value inside a list parameter (CreateTags' Resources)
-        # is not listed; the script's own "${VAR:?...}" word for it still names the phase that makes it.
-        return [value for _, value in action.params]
+        # Run-time values inside a parameter count too (an EBS mapping's SnapshotId).
+        return [found for _, value in action.params for found in _nested(value)]
     return []
+
+
+def _nested(value: object) -> list[object]:
+    """The value, or the values inside a list or mapping parameter, deeply."""
+    if isinstance(value, (tuple, list)):
+        return [found for item in value for found in _nested(item)]
+    if isinstance(value, dict):
+        return [found for item in value.values() for found in _nested(item)]
+    return [value]
 
 
 # The variable holding a command's first ExistingPaths word's value (the next ones: ..._2, ...).

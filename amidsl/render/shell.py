@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import shlex
+from dataclasses import dataclass
 
 from amidsl import __version__
 from amidsl.model.actions import (
@@ -33,6 +34,7 @@ from amidsl.model.actions import (
     TagBundle,
     UpdateSettings,
     UploadManifest,
+    UploadSnapshot,
     Value,
     WaitForImage,
 )
@@ -62,10 +64,47 @@ from amidsl.render.summary import plan_title, public_settings
 _NAME_SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def quote(value: Value) -> str:
+@dataclass(frozen=True)
+class JsonWithValues:
+    """A JSON parameter holding run-time values (an EBS mapping's SnapshotId): text and values in turn,
+    shown as one shell word in which each value is its variable's reference."""
+
+    pieces: tuple[str | RuntimeValue, ...]
+
+
+# Stands for a run-time value inside json.dumps' text (never in real data: it is not valid UTF-8 text).
+_VALUE_MARK = "\udc00amidsl-value-{}\udc00"
+
+
+def json_with_values(value: object) -> JsonWithValues | None:
+    """The JSON text of a parameter holding run-time values, with each value kept apart; else None."""
+    found: list[RuntimeValue] = []
+
+    def marked(item: object) -> object:
+        if isinstance(item, RuntimeValue):
+            found.append(item)
+            return _VALUE_MARK.format(len(found) - 1)
+        if isinstance(item, (tuple, list)):
+            return [marked(v) for v in item]
+        if isinstance(item, dict):
+            return {k: marked(v) for k, v in item.items()}
+        return item
+
+    text = json.dumps(marked(value), sort_keys=True, ensure_ascii=False)
+    if not found:
+        return None
+    pieces: list[str | RuntimeValue] = []
+    for part in re.split(r"\udc00amidsl-value-(\d+)\udc00", text):
+        pieces.append(found[int(part)] if part.isdigit() and len(pieces) % 2 else part)
+    return JsonWithValues(tuple(pieces))
+
+
+def quote(value: Value | JsonWithValues) -> str:
     """One shell word for a value: quoted text, or a reference to a run-time value."""
     if isinstance(value, str):
         return shlex.quote(value)
+    if isinstance(value, JsonWithValues):
+        return "".join(quote(piece) for piece in value.pieces if piece != "")
     if isinstance(value, EnvSecret):
         return f'"${{{value.env_var}}}"'
     if isinstance(value, RuntimeValue):
@@ -304,6 +343,8 @@ def render_action(action: Action) -> list[str]:
         return _wait_for_image(action)
     if isinstance(action, (MakeBundleKey, SignManifest, PresignParts, UploadManifest, TagBundle)):
         return [*_controller_comment(action), f"controller_only {quote(action.description)}"]
+    if isinstance(action, UploadSnapshot):
+        return _upload_snapshot(action)
     if isinstance(action, DeregisterByName):
         return _deregister_by_name(action)
     return render_steps(node_steps(action))
@@ -372,6 +413,30 @@ def _node_program(action: NodeProgram) -> list[str]:
     return [*lines, _words(list(node_program_argv(action)))]
 
 
+def snapshot_blocks_program(action: UploadSnapshot, disk: str) -> NodeProgram:
+    """The node-program run that streams the disk's data blocks to the controller."""
+    return NodeProgram(
+        action.program, "blocks", (("disk", disk),), result_name="", description=action.description
+    )
+
+
+def _upload_snapshot(action: UploadSnapshot) -> list[str]:
+    """The node command whose output amidsl uploads; the upload itself runs only on the controller."""
+    tags = ", ".join(f"{tag['Key']}={tag['Value']}" for tag in action.tags)
+    argv = _words(list(node_program_argv(snapshot_blocks_program(action, ""))))
+    return [
+        '# amidsl runs this on the node, its standard input {"disk": <the disk ami-bundle kept>}:',
+        f"#   {argv}",
+        "# and reads the disk's blocks that hold data from its standard output (an 8-byte index,",
+        "# then 512 KiB each). From here it uploads them into a new EBS snapshot in",
+        f"# {action.region}: StartSnapshot (tags: {_comment(tags)}), PutSnapshotBlock for each",
+        f"# block ({action.concurrency} at a time, each with its SHA-256), CompleteSnapshot with the block",
+        "# count and the LINEAR checksum the node's report gave; then it waits until the snapshot is",
+        "# completed. No AWS credential or URL reaches the node.",
+        f"controller_only {quote(action.description)}",
+    ]
+
+
 def _controller_comment(action: Action) -> list[str]:
     if isinstance(action, MakeBundleKey):
         return ["# amidsl makes 16 random bytes each for the AES key and IV, in memory only."]
@@ -408,7 +473,7 @@ def aws_cli_words(action: AwsCall) -> list[Value]:
         elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, RuntimeValue)) for v in value):
             words += list(value)  # the CLI takes a list of plain values as separate words
         else:
-            words.append(json.dumps(value, sort_keys=True, ensure_ascii=False))
+            words.append(json_with_values(value) or json.dumps(value, sort_keys=True, ensure_ascii=False))
     words += ["--output", "json"]
     return words
 

@@ -19,6 +19,10 @@ PARTITIONS = ("none", "mbr", "gpt", "auto")
 UPLOAD_CREDENTIALS = ("keys", "instance-profile")
 # The build strategies: the choices of the `bundler` setting.
 BUNDLERS = ("native", "ami-tools")
+# What the image's root device is: an S3 bundle (instance store, launched only by old Xen types) or an
+# EBS snapshot (EBS direct APIs; launched by today's Nitro types too).
+INSTANCE_STORE, EBS = "instance-store", "ebs"
+BACKINGS = (INSTANCE_STORE, EBS)
 # What the `arch` setting accepts, and what `amidsl bundle-image --arch` offers. Manifests may also say
 # arm64, but no instance type launches an arm64 instance-store AMI: the strategies' rules refuse it,
 # saying why for each (rules.py).

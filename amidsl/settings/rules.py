@@ -163,10 +163,49 @@ def ami_tools_image_limits(r: Reading) -> list[Problem]:
     ]
 
 
+def ebs_limits(r: Reading) -> list[Problem]:
+    """What an EBS-backed build needs, and what it does not do yet, refused before anything runs."""
+    if r.value("backing") != "ebs":
+        return []
+    problems = []
+    if r.value("bundler") != "native":
+        problems.append(
+            Problem(
+                "backing",
+                "ec2-ami-tools make only S3 bundles: an EBS-backed image is made by amidsl's node program",
+                'use bundler = "native" with backing = "ebs"',
+            )
+        )
+    if r.value("virtualization_type") != "hvm":
+        problems.append(
+            Problem(
+                "virtualization_type",
+                "an EBS-backed image here is a bootable disk (MBR and GRUB), which EC2 boots as hvm",
+                'use virtualization_type = "hvm" (the native default) with backing = "ebs"',
+            )
+        )
+    # Each of these acts on the S3 bundle, which an EBS-backed build does not make, or is not there yet.
+    for name, why in (
+        ("bundle_tags", "tags the S3 bundle's objects, and an EBS-backed build makes no S3 bundle"),
+        ("force_deregister", "deletes an older image's S3 bundle; for EBS images it is not there yet"),
+        ("copy_to_regions", "copies EBS-backed images is not there yet"),
+    ):
+        if r.value(name):
+            problems.append(
+                Problem(
+                    name,
+                    f'with backing = "ebs": {name} {why}',
+                    f'remove {name}, or use backing = "instance-store"',
+                )
+            )
+    return problems
+
+
 RULES: tuple[Rule, ...] = (
     aws_keys_go_together,
     credentials_inside_credential_dir,
     no_ruby_means_no_install_strategy,
     hvm_takes_no_kernel,
     attributes_need_hvm,
+    ebs_limits,
 )

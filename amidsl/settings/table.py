@@ -18,6 +18,7 @@ from amidsl.settings import checks, credentials, readers, rules
 from amidsl.settings.constants import (
     AMI_TOOLS_URL,
     ARCHITECTURES,
+    BACKINGS,
     BOOT_MODES,
     BUNDLERS,
     DEFAULT_IMAGE_WAIT_SECONDS,
@@ -25,6 +26,7 @@ from amidsl.settings.constants import (
     DEFAULT_UPLOAD_CONCURRENCY,
     IMDS_SUPPORT,
     INSTALL_STRATEGIES,
+    INSTANCE_STORE,
     MAX_IMAGE_SIZE_MB,
     MAX_IMAGE_TAGS,
     MAX_OBJECT_TAGS,
@@ -420,6 +422,27 @@ ROWS: tuple[Setting, ...] = (
         "build strategy: `native` or `ami-tools` (see above)",
         default=NATIVE,
         choices=BUNDLERS,
+    ),
+    Setting(
+        "backing",
+        "str",
+        readers.choice,
+        "the image's root device: `instance-store` (an S3 bundle, launched only by previous-generation Xen "
+        "types) or `ebs` (native only: the node's disk goes into an EBS snapshot through the EBS direct "
+        "APIs, uploaded from the controller, and the image launches on today's instance types)",
+        default=INSTANCE_STORE,
+        choices=BACKINGS,
+    ),
+    Setting(
+        "snapshot_id",
+        "str | None",
+        readers.text,
+        "the EBS snapshot an `ebs` build uploaded, given only to resume a build at `ami-register`",
+        check=checks.matches(
+            r"snap-[0-9a-f]{8}([0-9a-f]{9})?",
+            "is not a snapshot id",
+            "give an id like snap-0123456789abcdef0",
+        ),
     ),
     Setting("volume", "str", readers.node_path, "the node's directory to image (native)", default="/"),
     Setting(

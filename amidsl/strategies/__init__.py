@@ -1,7 +1,8 @@
 """Build strategies: one module per strategy, each producing the actions of the same phases.
 
 `native` (the default) ships amidsl's node program and keeps every secret on the controller;
-`ami-tools` installs Amazon's ec2-ami-tools (and Ruby) on the node, as pallet's ami-crate does.
+`ami-tools` installs Amazon's ec2-ami-tools (and Ruby) on the node, as pallet's ami-crate does;
+`native-ebs` (bundler native, backing ebs) makes the native disk into an EBS snapshot.
 Each module defines its `STRATEGY` (see amidsl.strategies.strategy); the generic code reaches a
 strategy only through `strategy_of(settings)`.
 """
@@ -14,7 +15,7 @@ from typing import Any
 from amidsl.model.actions import Action, PlanWarning
 from amidsl.model.plan import AMI_PHASES, Spec
 from amidsl.settings import AmiSettings
-from amidsl.strategies import ami_tools, native
+from amidsl.strategies import ami_tools, native, native_ebs
 from amidsl.strategies.strategy import FailureAdvice, PhaseFn, Strategy
 
 __all__ = [
@@ -27,13 +28,17 @@ __all__ = [
     "strategy_of",
 ]
 
-# The `bundler` setting's value -> the strategy it chooses.
-STRATEGIES: Mapping[str, Strategy] = {s.name: s for s in (native.STRATEGY, ami_tools.STRATEGY)}
+# Every strategy by its name.
+STRATEGIES: Mapping[str, Strategy] = {
+    s.name: s for s in (native.STRATEGY, ami_tools.STRATEGY, native_ebs.STRATEGY)
+}
+# The settings' (bundler, backing) -> the strategy they choose (the settings refuse other pairs).
+_BY_CHOICE: Mapping[tuple[str, str], Strategy] = {(s.bundler, s.backing): s for s in STRATEGIES.values()}
 
 
 def strategy_of(settings: AmiSettings) -> Strategy:
-    """The strategy the settings' `bundler` chooses."""
-    return STRATEGIES[settings.bundler]
+    """The strategy the settings' `bundler` and `backing` choose."""
+    return _BY_CHOICE[(settings.bundler, settings.backing)]
 
 
 def _by_strategy(phase: str) -> PhaseFn:

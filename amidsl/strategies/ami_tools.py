@@ -519,6 +519,8 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
 
 STRATEGY = Strategy(
     name="ami-tools",
+    bundler="ami-tools",
+    backing="instance-store",
     phases=PHASE_FUNCTIONS,
     summary=summary,
     after_failure=after_failure,

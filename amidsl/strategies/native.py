@@ -136,7 +136,7 @@ def install(s: AmiSettings) -> list[Action | PlanWarning]:
         ),
         layout_warning(s),
         *ship_program(s),
-        _make_destination(s),
+        make_destination(s),
         NodeProgram(
             node_program(s),
             "check",
@@ -164,7 +164,8 @@ def configure(s: AmiSettings) -> list[Action | PlanWarning]:
     ]
 
 
-def _make_destination(s: AmiSettings) -> Exec:
+def make_destination(s: AmiSettings) -> Exec:
+    """Make sure destination_dir exists on the node."""
     return Exec(
         ("mkdir", "-p", "--", s.destination_dir), description="make sure the destination directory exists"
     )
@@ -201,7 +202,7 @@ def ami_bundle(s: AmiSettings) -> list[Action | PlanWarning]:
     """Image and bundle the volume on the node with a controller-made key; sign the manifest here."""
     return [
         *hygiene_notes(s, "the node program applies it as it images the volume"),
-        _make_destination(s),
+        make_destination(s),
         MakeBundleKey(),
         NodeProgram(
             node_program(s),
@@ -352,6 +353,8 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
 
 STRATEGY = Strategy(
     name="native",
+    bundler="native",
+    backing="instance-store",
     phases=PHASE_FUNCTIONS,
     summary=summary,
     after_failure=after_failure,

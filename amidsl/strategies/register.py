@@ -147,8 +147,11 @@ def _force_deregister(s: AmiSettings) -> list[Action | PlanWarning]:
     ]
 
 
-def ami_register(s: AmiSettings) -> list[Action | PlanWarning]:
-    """Register the uploaded bundle as an AMI, keep its id, and finish it as the settings say."""
+def ami_register(
+    s: AmiSettings, params: tuple[tuple[str, object], ...] | None = None
+) -> list[Action | PlanWarning]:
+    """Register the uploaded image as an AMI (by default the S3 bundle: register_image_params), keep its
+    id, and finish it as the settings say."""
     actions: list[Action | PlanWarning] = []
     if s.force_deregister:
         actions += _force_deregister(s)
@@ -169,7 +172,7 @@ def ami_register(s: AmiSettings) -> list[Action | PlanWarning]:
         AwsCall(
             "ec2",
             "RegisterImage",
-            register_image_params(s),
+            register_image_params(s) if params is None else params,
             region=s.region,
             result_name="register_image",
             description="register the image with EC2",

@@ -31,7 +31,9 @@ class FailureAdvice:
 class Strategy:
     """One build strategy, as the generic code sees it."""
 
-    name: str  # the `bundler` setting's value that chooses it
+    name: str  # unique among the strategies
+    bundler: str  # the `bundler` setting's value that chooses it ...
+    backing: str  # ... with this `backing`
     phases: Mapping[str, PhaseFn]  # phase name -> plan function, for every ami phase
     # (topic, text) pairs for the preview: what the strategy puts on the node, leaves in the image, needs.
     summary: Callable[[AmiSettings], tuple[tuple[str, str], ...]]

@@ -44,6 +44,8 @@
 #   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
 #   bundler = ami-tools
+#   backing = instance-store
+#   snapshot_id = (none)
 #   volume = /
 #   ec2_certificate_source = (none)
 #   partition = none

@@ -44,6 +44,8 @@
 #   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
 #   bundler = ami-tools
+#   backing = instance-store
+#   snapshot_id = (none)
 #   volume = /
 #   ec2_certificate_source = (none)
 #   partition = none
@@ -63,8 +65,23 @@
 #   includes = /etc/ssl/certs/*.pem, /etc/pki/ca-trust/*.pem, /etc/pki/tls/certs/*.pem, /usr/lib/ssl/cert.pem, /etc/pki/tls/cert.pem, /usr/share/keyrings/*.gpg, /etc/apt/trusted.gpg.d/*.gpg, /etc/apt/keyrings/*.gpg, /usr/share/pki/*.pem, */certifi/cacert.pem, */pip/_vendor/certifi/cacert.pem, */botocore/cacert.pem
 #   exclude_patterns = (none)
 #   hygiene_keep = (none)
+#
+# Supplied at run time through the environment (never written into this file):
+#   AMIDSL_IMAGE_ID: image_id from the ami-register phase
 
 set -Eeuo pipefail
+
+# The run-time inputs of the chosen phases are checked before any phase runs.
+check_inputs() {
+  local phase
+  for phase in "$@"; do
+    case "$phase" in
+      test)
+        : "${AMIDSL_IMAGE_ID:?set AMIDSL_IMAGE_ID to image_id from the ami-register phase}"
+        ;;
+    esac
+  done
+}
 
 step() {
   printf '==> [%s %s] %s\n' "$1" "$2" "$3"
@@ -117,6 +134,7 @@ main() {
       *) fail "unknown phase: $phase (phases: test)" ;;
     esac
   done
+  check_inputs "$@"
   for phase in "$@"; do
     case "$phase" in
       test) phase_test ;;

@@ -1,0 +1,181 @@
+"""The native strategy, EBS-backed (`backing = "ebs"`): the same node program and the same hvm disk,
+which goes into an EBS snapshot instead of an S3 bundle, so the image launches on today's instance types.
+
+ami-bundle: the node program makes the disk (MBR, GRUB, image hygiene) as for an S3 bundle, but keeps it
+whole in destination_dir (`<prefix>.disk`, 0600) instead of compressing, encrypting and splitting it.
+ami-upload: the controller reads the disk's blocks that hold data from the node program (`blocks`, over
+the SSH channel) and uploads them itself with the EBS direct APIs, so no AWS credential or URL reaches
+the node; the snapshot's id is kept. ami-register: RegisterImage with the snapshot as the root device.
+Install, configure and the checks are the S3 path's.
+"""
+
+from __future__ import annotations
+
+from amidsl.model.actions import (
+    Action,
+    NodeProgram,
+    PlanWarning,
+    Remove,
+    RuntimeValue,
+    UpdateSettings,
+    UploadSnapshot,
+)
+from amidsl.settings import AmiSettings
+from amidsl.strategies import native
+from amidsl.strategies.hygiene import hygiene_notes
+from amidsl.strategies.register import ami_register, image_tags
+from amidsl.strategies.strategy import FailureAdvice, Strategy
+
+SNAPSHOT_ID = RuntimeValue("snapshot_id", "ami-upload")
+# Where EC2 presents the root volume to an hvm instance (as /dev/nvme0n1 on Nitro types).
+ROOT_DEVICE = "/dev/xvda"
+VOLUME_TYPE = "gp3"
+
+
+def disk_path(s: AmiSettings) -> str:
+    """The disk the node program keeps between ami-bundle and ami-upload."""
+    return f"{s.destination_dir.rstrip('/')}/{s.prefix}.disk"
+
+
+def disk_request(s: AmiSettings) -> tuple[tuple[str, object], ...]:
+    """The bundle request of the S3 path, for a disk: no key or IV (nothing is encrypted), output disk."""
+    request = [
+        (key, value) for key, value in native.bundle_request(s) if key not in ("key", "iv", "part_size")
+    ]
+    return (*request, ("output", "disk"))
+
+
+def ami_bundle(s: AmiSettings) -> list[Action | PlanWarning]:
+    """Image the volume into a bootable disk on the node, kept whole for the upload."""
+    return [
+        *hygiene_notes(s, "the node program applies it as it images the volume"),
+        native.make_destination(s),
+        NodeProgram(
+            native.node_program(s),
+            "bundle",
+            disk_request(s),
+            result_name="bundle",
+            description=f"image the volume into a bootable disk on the node ({disk_path(s)}, root only)",
+        ),
+    ]
+
+
+def ami_upload(s: AmiSettings) -> list[Action]:
+    """Upload the disk's data blocks into an EBS snapshot from the controller, and keep its id."""
+    return [
+        UploadSnapshot(
+            native.node_program(s),
+            from_result="bundle",
+            result_name="snapshot",
+            region=s.region,
+            tags=image_tags(s),
+            snapshot_description=f"root disk of {s.image_name}",
+            concurrency=s.upload_concurrency,
+        ),
+        UpdateSettings("snapshot", (("snapshot_id", "SnapshotId"),), description="keep the snapshot id"),
+    ]
+
+
+def register_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
+    """The RegisterImage parameters for an EBS-backed hvm image whose root is the uploaded snapshot."""
+    params: list[tuple[str, object]] = [("Name", s.image_name)]
+    if s.image_description:
+        params.append(("Description", s.image_description))
+    params += [
+        ("Architecture", s.arch),
+        ("RootDeviceName", ROOT_DEVICE),
+        (
+            "BlockDeviceMappings",
+            (
+                {
+                    "DeviceName": ROOT_DEVICE,
+                    # No VolumeSize: EC2 takes the snapshot's, the disk's size rounded up to a GiB.
+                    "Ebs": {
+                        "SnapshotId": SNAPSHOT_ID,
+                        "VolumeType": VOLUME_TYPE,
+                        "DeleteOnTermination": True,
+                    },
+                },
+            ),
+        ),
+        ("VirtualizationType", "hvm"),
+        # Nitro types network only through ENA; GRUB on the disk boots by BIOS.
+        ("EnaSupport", True if s.ena_support is None else s.ena_support),
+        ("BootMode", s.boot_mode or "legacy-bios"),
+    ]
+    optional = (("ImdsSupport", s.imds_support), ("SriovNetSupport", s.sriov_net_support))
+    params += [(key, value) for key, value in optional if value is not None]
+    return tuple(params)
+
+
+def register(s: AmiSettings) -> list[Action | PlanWarning]:
+    """Register the snapshot as an EBS-backed AMI, keep its id, and finish it as the settings say."""
+    return ami_register(s, register_image_params(s))
+
+
+def cleanup(s: AmiSettings) -> list[Action]:
+    """The S3 path's cleanup, and the disk the node program kept."""
+    return [*native.cleanup(s), Remove(disk_path(s), description="remove the disk kept for the upload")]
+
+
+PHASE_FUNCTIONS = {
+    "install": native.install,
+    "configure": native.configure,
+    "ami-bundle": ami_bundle,
+    "ami-upload": ami_upload,
+    "ami-register": register,
+    "cleanup": cleanup,
+}
+
+
+def after_failure(s: AmiSettings, phase: str) -> FailureAdvice:
+    """As for the S3 path; what stays is the disk (until cleanup) and, after ami-upload, a snapshot."""
+    advice = native.after_failure(s, phase)
+    if phase in ("ami-upload", "ami-register", "cleanup"):
+        left = f"The disk stays on the node in {disk_path(s)} until the cleanup phase removes it" + (
+            "; the upload's message names any snapshot it left." if phase == "ami-upload" else "."
+        )
+        removed = advice.removed.split(" The bundle's parts")[0].split(" Bundle parts")[0]
+        return FailureAdvice(advice.removal, f"{removed} {left}", advice.failed, advice.interrupted)
+    return advice
+
+
+def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
+    """What an EBS-backed native build puts on the node and where the image goes, for the preview."""
+    return (
+        (
+            "on the node",
+            f"amidsl's node program (one stdlib Python file) in {s.install_dir}, during the build; the "
+            f"disk in {disk_path(s)} (root only) from ami-bundle until cleanup; the node program checks "
+            f"before any work that {s.destination_dir} has room for it",
+        ),
+        *[
+            (topic, text)
+            for topic, text in native.summary(s)
+            if topic in ("stays in the image", "the node needs")
+        ],
+        (
+            "image",
+            f"EBS-backed: the disk's blocks that hold data become an EBS snapshot in {s.region} (EBS "
+            f"direct APIs, uploaded from the controller), the root device {ROOT_DEVICE} of the image "
+            f"({VOLUME_TYPE}, deleted with the instance); launched by today's instance types",
+        ),
+        (
+            "secrets",
+            "AWS credentials and the signing key stay on the controller; nothing secret reaches the node "
+            "(the disk is sent unencrypted inside the SSH channel)",
+        ),
+    )
+
+
+STRATEGY = Strategy(
+    name="native-ebs",
+    bundler="native",
+    backing="ebs",
+    phases=PHASE_FUNCTIONS,
+    summary=summary,
+    after_failure=after_failure,
+    resume_hint=native.resume_hint,
+    credential_use="used on the controller only (the node streams the disk's blocks to it)",
+    runs_node_program=True,
+)
