@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from amidsl.model.actions import Action, AwsCall, NodeProgram
 from amidsl.model.plan import Plan, Spec, build_plan
 from amidsl.model.steps import node_steps, references
 from amidsl.render.shell import render_action
+from amidsl.run.block_stream import BlockStream
 from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord, BuildError, BuildResult, run_plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
@@ -171,25 +173,12 @@ class SimulatorBackend:
         if not program.is_file():
             message = f"python3: can't open file '{action.program}': [Errno 2] No such file or directory\n"
             return 2, "", message
-        data = json.loads(request)
-        for name in ("volume", "destination_dir"):
-            if name in data:
-                data[name] = str(self.node.host_path(data[name]))
+        data = self._host_request(request)
         interrupted = self.node.faults.ctrl_c_program == action.command
         if interrupted:
             self.node.faults.ctrl_c_program = None  # the user hits Ctrl-C once
         with tempfile.TemporaryDirectory(prefix="amidsl-sim-tools-") as tools:
-            process = subprocess.Popen(
-                [sys.executable, "-I", LAUNCHER, str(program), action.command],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={**os.environ, DESCRIPTION_VARIABLE: json.dumps(self._node_description(Path(tools)))},
-            )
-            assert process.stdin is not None
-            process.stdin.write(json.dumps(data).encode("utf-8"))
-            process.stdin.close()
-            process.stdin = None  # written and closed: communicate() must not flush it
+            process = self._launch(action, data, Path(tools))
             if interrupted:
                 self._interrupt_when_under_way(process, data.get("destination_dir", ""))
             try:
@@ -208,6 +197,51 @@ class SimulatorBackend:
         if action.command == "bundle" and process.returncode == 0:
             self._keep_left_out(json.loads(stdout.strip().splitlines()[-1]))
         return process.returncode, stdout, stderr
+
+    def stream_node_program(self, action: NodeProgram, request: bytes) -> BlockStream:
+        """Run the node program (its `blocks` command) and read its block frames as they come."""
+        program = self.node.host_path(action.program)
+        if "python3" not in self.node.packages or not program.is_file():
+            status, _, said = self.run_node_program(action, request)  # says what is missing
+            return BlockStream(lambda size: b"", lambda: (status, said))
+        tools = tempfile.mkdtemp(prefix="amidsl-sim-tools-")
+        process = self._launch(action, self._host_request(request), Path(tools))
+        said: list[bytes] = []
+        assert process.stdout is not None and process.stderr is not None
+        stderr = process.stderr
+        reader = threading.Thread(target=lambda: said.append(stderr.read()), daemon=True)
+        reader.start()
+
+        def finish() -> tuple[int, str]:
+            process.wait()
+            reader.join()
+            shutil.rmtree(tools, ignore_errors=True)
+            return process.returncode, self._node_paths(b"".join(said).decode("utf-8", "replace"))
+
+        return BlockStream(process.stdout.read, finish)
+
+    def _host_request(self, request: bytes) -> dict[str, Any]:
+        """The request with the node's paths (volume, destination_dir, disk) as this machine's."""
+        data = json.loads(request)
+        for name in ("volume", "destination_dir", "disk"):
+            if name in data:
+                data[name] = str(self.node.host_path(data[name]))
+        return data
+
+    def _launch(self, action: NodeProgram, data: dict[str, Any], tools: Path) -> subprocess.Popen:
+        """Start the node program on the request; its stdout and stderr are pipes."""
+        process = subprocess.Popen(
+            [sys.executable, "-I", LAUNCHER, str(self.node.host_path(action.program)), action.command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, DESCRIPTION_VARIABLE: json.dumps(self._node_description(tools))},
+        )
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(data).encode("utf-8"))
+        process.stdin.close()
+        process.stdin = None  # written and closed: communicate() must not flush it
+        return process
 
     def _node_paths(self, text: str) -> str:
         """The program's output with this machine's paths under the node's root as node paths."""

@@ -105,6 +105,11 @@ def make_bootable(node: FakeNode) -> None:
         stand_in = f"amidsl simulator: stand-in for /boot/{name}, not a Linux kernel or initramfs\n"
         node.write_bytes(f"/boot/{name}", stand_in.encode() * 64)
     node.write_bytes("/boot/grub/grub.cfg", GRUB_CFG.format(uuid=uuid, kernel=KERNEL_VERSION).encode())
+    # The stand-in kernel has what today's (Nitro) instance types need built in: the nvme driver for an
+    # EBS root and ena for the network (the node check of an EBS-backed build looks for them).
+    node.make_dirs(f"/lib/modules/{KERNEL_VERSION}")
+    builtin = "kernel/fs/ext4/ext4.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/net/ethernet/amazon/ena/ena.ko\n"
+    node.write_bytes(f"/lib/modules/{KERNEL_VERSION}/modules.builtin", builtin.encode())
     grub.install(node)
 
 

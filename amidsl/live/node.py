@@ -42,6 +42,7 @@ from amidsl.model.actions import (
 from amidsl.model.plan import Plan
 from amidsl.model.steps import References, references_of
 from amidsl.render.shell import node_program_argv, render_action, render_script, runtime_inputs
+from amidsl.run.block_stream import BlockStream
 from amidsl.run.progress import Progress, Transfer
 from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord
 from amidsl.secrets import Secret, redact
@@ -160,6 +161,24 @@ class LiveBackend:
         if self._ec2_certificate is None:
             self._ec2_certificate = ec2_certificate(self.plan.settings)
         return self._ec2_certificate
+
+    def stream_node_program(self, action: NodeProgram, request: bytes) -> BlockStream:
+        """Run the node program's `blocks` command line as the script shows it; read its block frames.
+
+        The request travels inside the SSH channel; the blocks come back in it, never through a file.
+        """
+        command = " ".join(shlex.quote(word) for word in node_program_argv(action))
+        if not self.node.is_root:
+            command = f"sudo -n -- {command}"
+        read, finish = self.node.stream(command, stdin=request)
+
+        def finished() -> tuple[int, str]:
+            status, said = finish()
+            for line in said.splitlines():
+                self.progress(f"    {line}")
+            return status, said
+
+        return BlockStream(read, finished)
 
     def run_node_program(self, action: NodeProgram, request: bytes) -> tuple[int, str, str]:
         """Run exactly the node-program command line the script shows, the request on its stdin.

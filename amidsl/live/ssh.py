@@ -305,6 +305,43 @@ class SshNode:
             raise ConnectionLost(f"the connection to {self.target.name} dropped before the command finished")
         return status, "\n".join(lines)
 
+    def stream(
+        self, command: str, stdin: bytes = b""
+    ) -> tuple[Callable[[int], bytes], Callable[[], tuple[int, str]]]:
+        """Run a command whose standard output is binary: (read, finish). read(n) gives up to n bytes of
+        its stdout (b"" at its end); finish() waits for it and gives its exit status and its stderr."""
+        self.commands.append(command)
+        client = self._connected()
+        transport = client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectionLost(f"the connection to {self.target.name} is closed")
+        channel = transport.open_session()
+        channel.exec_command(command)
+        if stdin:
+            channel.sendall(stdin)
+        channel.shutdown_write()
+
+        def read(size: int) -> bytes:
+            try:
+                return channel.recv(size)
+            except (OSError, EOFError, paramiko.SSHException) as err:
+                raise ConnectionLost(f"the connection to {self.target.name} dropped: {err}") from None
+
+        def finish() -> tuple[int, str]:
+            said = b""
+            try:
+                while True:
+                    more = channel.recv_stderr(65536)
+                    if not more:
+                        break
+                    said += more
+                status = channel.recv_exit_status()
+            finally:
+                channel.close()
+            return status, said.decode("utf-8", "replace")
+
+        return read, finish
+
     def _stop(self, reader: _LineReader, stop: Callable[[], bool]) -> CommandInterrupted:
         """After Ctrl-C: stop the command and read what it says until it ends (or time is up)."""
         deadline = time.monotonic() + STOP_SECONDS

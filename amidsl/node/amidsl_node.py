@@ -93,7 +93,9 @@ CONTROLLER_API = (
     "DEFAULT_FILTER",
     "DEFAULT_INCLUDES",
     "Emptied",
+    "EBS_BLOCK_SIZE",
     "EncryptingSink",
+    "END_OF_BLOCKS",
     "estimate_size_mb",
     "GRUB_FILES",
     "GRUB_PLATFORM",
@@ -2235,6 +2237,93 @@ def boot_problems(
     return errors, warnings
 
 
+# What an EBS-backed image needs on today's (Nitro) instance types: the root volume is an NVMe device,
+# so the kernel must reach it before the root is mounted (built in, or a module in the initramfs), and
+# the network is ENA (built in, or a module the system loads after boot). (name, module, in initramfs)
+NITRO_DRIVERS = (
+    ("nvme", "drivers/nvme/host/nvme.ko", True),
+    ("ena", "drivers/net/ethernet/amazon/ena/ena.ko", False),
+)
+# The programs that list an initramfs: initramfs-tools' (Debian, Ubuntu) and dracut's (RHEL, Fedora, Amazon
+# Linux), each with how it names one.
+INITRAMFS_LISTERS = (("lsinitramfs", "initrd.img-{}"), ("lsinitrd", "initramfs-{}.img"))
+
+
+def _version_key(version: str) -> list:
+    """A kernel version's sort key: numbers as numbers (6.1.0-28 after 6.1.0-9)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", version)]
+
+
+def _module_file(modules: str, path: str) -> bool:
+    return any(
+        os.path.isfile(os.path.join(modules, "kernel", path + ext)) for ext in ("", ".xz", ".zst", ".gz")
+    )
+
+
+def _initramfs_holds(volume: str, version: str, module: str) -> bool | None:
+    """Whether the kernel's initramfs in the volume holds the module; None when no lister can tell."""
+    for lister, name in INITRAMFS_LISTERS:
+        image = os.path.join(volume, "boot", name.format(version))
+        if shutil.which(lister) is None or not os.path.isfile(image):
+            continue
+        listed = subprocess.run([lister, image], capture_output=True, text=True, check=False)
+        if listed.returncode == 0:
+            return f"/{module}" in listed.stdout
+    return None
+
+
+def nitro_problems(volume: str) -> tuple[list, list]:
+    """(errors, warnings) about whether the newest kernel in the volume boots and networks on Nitro types."""
+    boot = os.path.join(volume, "boot")
+    names = os.listdir(boot) if os.path.isdir(boot) else []
+    versions = sorted((n[len("vmlinuz-") :] for n in names if n.startswith("vmlinuz-")), key=_version_key)
+    if not versions:
+        return [], []  # boot_problems says there is no kernel
+    version = versions[-1]
+    modules = next(
+        (
+            m
+            for m in (os.path.join(volume, d, version) for d in ("lib/modules", "usr/lib/modules"))
+            if os.path.isdir(m)
+        ),
+        "",
+    )
+    builtin = set()
+    if modules and os.path.isfile(os.path.join(modules, "modules.builtin")):
+        with open(os.path.join(modules, "modules.builtin"), encoding="utf-8", errors="replace") as listed:
+            builtin = {line.strip() for line in listed}
+    errors, warnings = [], []
+    for name, path, early in NITRO_DRIVERS:
+        if f"kernel/{path}" in builtin:
+            continue
+        if not modules or not _module_file(modules, path):
+            need = "their NVMe root volume" if early else "ENA networking"
+            errors.append(
+                f"kernel {version} has no {name} driver (neither built in nor a module in /lib/modules), "
+                f"which today's instance types need for {need}; install a kernel that has it (e.g. "
+                "linux-image-amd64 or linux-image-cloud-amd64, kernel)"
+            )
+            continue
+        if not early:
+            continue
+        held = _initramfs_holds(volume, version, path)
+        fix = (
+            f"add {name} to /etc/initramfs-tools/modules and run update-initramfs -u -k {version} (or "
+            f"dracut --add-drivers {name} -f /boot/initramfs-{version}.img {version})"
+        )
+        if held is False:
+            errors.append(
+                f"the initramfs of kernel {version} does not hold the {name} module, so an NVMe root is "
+                f"not found at boot; {fix}"
+            )
+        elif held is None:
+            warnings.append(
+                f"could not list the initramfs of kernel {version} (no lsinitramfs or lsinitrd): make sure "
+                f"it holds the {name} module; {fix}"
+            )
+    return errors, warnings
+
+
 def kernel_root_problems(config: str, prefix: str, identity: dict) -> list[str]:
     """Warnings about the root= of grub.cfg's kernel command lines that the image will not resolve."""
     with open(config, errors="replace") as f:
@@ -3086,14 +3175,23 @@ def _too_large(volume: str, size: VolumeSize, virtualization_type: str) -> str:
     )
 
 
-def check_boot(volume: str, virtualization_type: str, size: VolumeSize) -> tuple[dict, Grub | None, list]:
-    """The image's root identity, the node's GRUB and the warnings; NodeError if it cannot boot."""
+def check_boot(
+    volume: str, virtualization_type: str, size: VolumeSize, output: str = "parts"
+) -> tuple[dict, Grub | None, list]:
+    """The image's root identity, the node's GRUB and the warnings; NodeError if it cannot boot.
+
+    A disk for EBS (output "disk") has no 10 GB instance-store limit, and must boot on Nitro types.
+    """
     identity = volume_identity(volume)
     grub = find_grub(volume) if virtualization_type == HVM else None
     errors, warnings = boot_problems(volume, virtualization_type, identity, grub)
-    too_large = _too_large(volume, size, virtualization_type)
+    too_large = _too_large(volume, size, virtualization_type) if output == OUTPUT_PARTS else ""
     if too_large:
         errors.append(too_large)
+    if output == OUTPUT_DISK:
+        nitro_errors, nitro_warnings = nitro_problems(volume)
+        errors += nitro_errors
+        warnings += nitro_warnings
     for warning in warnings:
         say(f"amidsl-node: warning: {warning}")
     if errors:
@@ -3126,7 +3224,8 @@ def command_check(request: dict) -> dict:
     # Counted as bundle counts it (small files copied past STAGING_LINKS), so that check refuses
     # whatever space bundle would.
     size = measure_selection(selection, staging_dev, STAGING_LINKS)
-    identity, grub, warnings = check_boot(volume, virtualization_type, size)
+    output = _output(request, virtualization_type)
+    identity, grub, warnings = check_boot(volume, virtualization_type, size, output)
     host_keys, login, hygiene_warnings = check_hygiene(volume, items)
     check_free_space(volume, destination, size, staging_dev)
     return {
@@ -3156,6 +3255,16 @@ def check_hygiene(
     for warning in warnings:
         say(f"amidsl-node: warning: {warning}")
     return host_keys, login, warnings
+
+
+def _output(request: dict, virtualization_type: str) -> str:
+    """What the bundle makes: encrypted parts (an S3 bundle) or the disk whole (for an EBS snapshot)."""
+    output = _field(request, "output", str, OUTPUT_PARTS)
+    if output not in (OUTPUT_PARTS, OUTPUT_DISK):
+        raise NodeError(f"output {output!r} is not one of {OUTPUT_PARTS}, {OUTPUT_DISK}")
+    if output == OUTPUT_DISK and virtualization_type != HVM:
+        raise NodeError(f"output {OUTPUT_DISK!r} is a bootable disk: it needs virtualization_type {HVM!r}")
+    return output
 
 
 def _prefix(request: dict) -> str:
@@ -3206,11 +3315,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     if staging not in ("auto", "links"):
         raise NodeError(f"staging {staging!r} is not one of auto, links")
     level = _field(request, "level", int, COMPRESS_LEVEL)
-    output = _field(request, "output", str, OUTPUT_PARTS)
-    if output not in (OUTPUT_PARTS, OUTPUT_DISK):
-        raise NodeError(f"output {output!r} is not one of {OUTPUT_PARTS}, {OUTPUT_DISK}")
-    if output == OUTPUT_DISK and virtualization_type != HVM:
-        raise NodeError(f"output {OUTPUT_DISK!r} is a bootable disk: it needs virtualization_type {HVM!r}")
+    output = _output(request, virtualization_type)
     # A disk for EBS is neither compressed nor encrypted here: its blocks go out as they are.
     key = _key_bytes(request, "key") if output == OUTPUT_PARTS else b""
     iv = _key_bytes(request, "iv") if output == OUTPUT_PARTS else b""
@@ -3243,7 +3348,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             view = None
     else:
         size = measure_selection(selection, staging_dev, STAGING_LINKS)
-    identity, grub, warnings = check_boot(volume, virtualization_type, size)
+    identity, grub, warnings = check_boot(volume, virtualization_type, size, output)
     if virtualization_type == HVM and not identity["uuid"]:
         identity = {**identity, "uuid": new_uuid()}  # GRUB's core image finds the root by it
     check_free_space(volume, destination, size, staging_dev)

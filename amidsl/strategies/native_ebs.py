@@ -11,6 +11,8 @@ Install, configure and the checks are the S3 path's.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from amidsl.model.actions import (
     Action,
     NodeProgram,
@@ -30,6 +32,22 @@ SNAPSHOT_ID = RuntimeValue("snapshot_id", "ami-upload")
 # Where EC2 presents the root volume to an hvm instance (as /dev/nvme0n1 on Nitro types).
 ROOT_DEVICE = "/dev/xvda"
 VOLUME_TYPE = "gp3"
+
+
+def install(s: AmiSettings) -> list[Action | PlanWarning]:
+    """The S3 path's install, whose node check also asks whether the disk boots on Nitro types."""
+    return [
+        replace(a, request=(*a.request, ("output", "disk")), description=a.description + NITRO_CHECK)
+        if isinstance(a, NodeProgram) and a.command == "check"
+        else a
+        for a in native.install(s)
+    ]
+
+
+NITRO_CHECK = (
+    "; for today's instance types, that the newest kernel has the nvme driver (built in or in its "
+    "initramfs) and the ena driver"
+)
 
 
 def disk_path(s: AmiSettings) -> str:
@@ -119,7 +137,7 @@ def cleanup(s: AmiSettings) -> list[Action]:
 
 
 PHASE_FUNCTIONS = {
-    "install": native.install,
+    "install": install,
     "configure": native.configure,
     "ami-bundle": ami_bundle,
     "ami-upload": ami_upload,
