@@ -108,8 +108,9 @@ def make_bootable(node: FakeNode) -> None:
     # The stand-in kernel has what today's (Nitro) instance types need built in: the nvme driver for an
     # EBS root and ena for the network (the node check of an EBS-backed build looks for them).
     node.make_dirs(f"/lib/modules/{KERNEL_VERSION}")
-    builtin = "kernel/fs/ext4/ext4.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/net/ethernet/amazon/ena/ena.ko\n"
-    node.write_bytes(f"/lib/modules/{KERNEL_VERSION}/modules.builtin", builtin.encode())
+    builtin = ("fs/ext4/ext4.ko", "drivers/nvme/host/nvme.ko", "drivers/net/ethernet/amazon/ena/ena.ko")
+    listed = "".join(f"kernel/{module}\n" for module in builtin)
+    node.write_bytes(f"/lib/modules/{KERNEL_VERSION}/modules.builtin", listed.encode())
     grub.install(node)
 
 
