@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 from moto.backends import get_backend
 
 from amidsl.cli.aws_commands import AwsClients
@@ -566,6 +567,68 @@ def test_delete_bundle_partial_keeps_the_parts_another_manifest_beside_it_names(
     status, _, err = amidsl(capsys, "delete-bundle", *where, "--yes")
     assert status == 0, err
     assert keys_in(s3, bucket) == sorted([*parts, copy])
+
+
+@pytest.fixture
+def uploaded_beside_images(capsys, aws_env, local_bundle):
+    """The local bundle uploaded to a bucket in the images' region (EC2 registers bundles from its own
+    region's buckets only); returns (bucket, ImageLocation)."""
+    name = f"bundles-{uuid.uuid4().hex[:12]}"
+    where = {"LocationConstraint": IMAGES_REGION}
+    client("s3", aws_env, IMAGES_REGION).create_bucket(Bucket=name, CreateBucketConfiguration=where)
+    assert upload(capsys, aws_env, name, local_bundle)[0] == 0
+    return name, f"{name}/web/2026-11/web.manifest.xml"
+
+
+def test_delete_bundle_names_the_images_registered_from_the_manifest_that_keeps_a_part(
+    capsys, aws_env, uploaded_beside_images
+):
+    bucket, location = uploaded_beside_images
+    s3 = client("s3", aws_env, IMAGES_REGION)
+    holder = register(aws_env, f"web-{uuid.uuid4().hex[:8]}", location)
+    copy_beside(s3, bucket, "web-copy.manifest.xml")
+    parts = part_keys(s3, bucket)
+    where = ("-b", f"{bucket}/web/2026-11", "-m", "web-copy.manifest.xml", "--endpoint-url", aws_env)
+    try:
+        for verb, option in (("would", "--dry-run"), ("will", "--yes")):
+            status, out, err = amidsl(capsys, "delete-bundle", *where, option)
+            assert status == 0, err
+            for part in parts:
+                assert (
+                    f"{verb} keep s3://{bucket}/{part}: also named by s3://{location} (image {holder})"
+                ) in out.splitlines()
+    finally:
+        client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=holder)
+    assert keys_in(s3, bucket) == sorted([*parts, "web/2026-11/web.manifest.xml"])
+
+
+def test_delete_bundle_that_may_not_look_at_images_still_keeps_the_parts_and_says_so(
+    capsys, monkeypatch, aws_env, uploaded_beside_images
+):
+    bucket, location = uploaded_beside_images
+    s3 = client("s3", aws_env, IMAGES_REGION)
+    copy_beside(s3, bucket, "web-copy.manifest.xml")
+    parts = part_keys(s3, bucket)
+    ec2 = client("ec2", aws_env, IMAGES_REGION)
+    refusing = Stubber(ec2)
+    refusing.add_client_error("describe_images", "UnauthorizedOperation", "You are not authorized")
+    refusing.activate()
+    real_client = AwsClients.client
+    monkeypatch.setattr(
+        AwsClients,
+        "client",
+        lambda self, service, *args, **kw: (
+            ec2 if service == "ec2" else real_client(self, service, *args, **kw)
+        ),
+    )
+    where = ("-b", f"{bucket}/web/2026-11", "-m", "web-copy.manifest.xml", "--endpoint-url", aws_env)
+    status, out, err = amidsl(capsys, "delete-bundle", *where, "--yes")
+    assert status == 0, err
+    for part in parts:
+        assert f"will keep s3://{bucket}/{part}: also named by s3://{location}" in out.splitlines()
+    (note,) = [line for line in out.splitlines() if "could not name the images" in line]
+    assert "registered from those manifests" in note and "UnauthorizedOperation" in note
+    assert keys_in(s3, bucket) == sorted([*parts, "web/2026-11/web.manifest.xml"])
 
 
 def test_delete_keeps_the_parts_a_registered_manifest_names_whatever_its_file_name(

@@ -2,11 +2,15 @@
 
 The tree is copied (sparse-aware) into a private staging directory with ec2-bundle-vol's exclusions
 applied, `mke2fs -d` turns the staging tree into a filesystem, and debugfs then sets the numeric
-owners and modes the copy could not keep without root, and creates device nodes.
+owners and modes the copy could not keep without root, and creates device nodes. The walk and the
+copy reach every entry as the node program does: through directory descriptors checked against what
+the walk saw, so that nothing a symbolic link swapped in leads to gets into the image.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import posixpath
@@ -28,7 +32,16 @@ from amidsl.bundle.selection import (
     SourceEntry,
     select_entries,
 )
-from amidsl.node.amidsl_node import BLOCK_SIZE, MAX_IMAGE_MB, copy_sparse, estimate_size_mb, inode_count
+from amidsl.node.amidsl_node import (
+    BLOCK_SIZE,
+    MAX_IMAGE_MB,
+    DirectoryChain,
+    copy_sparse,
+    create_private_file,
+    estimate_size_mb,
+    inode_count,
+    open_checked,
+)
 
 __all__ = [
     "ALWAYS_EXCLUDED",
@@ -52,6 +65,11 @@ class ImageReport:
     left_out: tuple[LeftOut, ...]
 
 
+# Why reading a source entry may fail: no permission, or it is not the entry the walk saw any more (a
+# symbolic link, another file, a FIFO or socket in its place). Anything else (a full disk) is an error.
+_UNREADABLE = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.ESTALE, errno.ENOTDIR, errno.ENXIO})
+
+
 @dataclass(frozen=True)
 class _Staged:
     """The staging tree: entries that made it, device nodes still to create, bytes allocated."""
@@ -61,49 +79,71 @@ class _Staged:
     allocated: int
 
 
-def _stage(chosen: list[SourceEntry], staging: Path, left_out: list[LeftOut]) -> _Staged:
-    """Recreate the chosen entries under staging (devices are made later, in the image)."""
+def _stage(chosen: list[SourceEntry], source: Path, staging: Path, left_out: list[LeftOut]) -> _Staged:
+    """Recreate the chosen entries under staging (devices are made later, in the image).
+
+    Each entry is reached through its directory's descriptor, opened as the walk saw it (the node
+    program's DirectoryChain), and a file is copied only if it is the one the walk saw: a directory or
+    file swapped for a symbolic link since the walk is left out as unreadable, never followed.
+    """
     staged: list[SourceEntry] = []
     devices: list[SourceEntry] = []
     first_link: dict[tuple[int, int], Path] = {}
     allocated = 0
-    unreadable_dirs: list[str] = []
-    for entry in chosen:
-        if any(entry.path.startswith(d + "/") for d in unreadable_dirs):
-            continue
-        target = staging / entry.path.lstrip("/")
-        st = entry.st
-        try:
-            if stat.S_ISDIR(st.st_mode):
-                target.mkdir(mode=0o700)
-                allocated += BLOCK_SIZE
-            elif stat.S_ISLNK(st.st_mode):
-                link = os.readlink(entry.source)
-                os.symlink(link, target)
-                allocated += BLOCK_SIZE if len(os.fsencode(link)) >= 60 else 0
-            elif stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and key in first_link:
-                    os.link(first_link[key], target)  # keep hard links as hard links
+    failed_dirs: list[str] = []
+    seen: dict[str, os.stat_result] = {}  # image path -> the walk's lstat of each staged directory
+    directories = DirectoryChain(str(source), seen)
+    try:
+        for entry in chosen:
+            if any(entry.path.startswith(d + "/") for d in failed_dirs):
+                continue
+            target = staging / entry.path.lstrip("/")
+            parent, _, name = entry.path.rpartition("/")
+            st = entry.st
+            try:
+                dir_fd = directories.open(parent or "/")
+                if stat.S_ISDIR(st.st_mode):
+                    target.mkdir(mode=0o700)
+                    seen[entry.path] = st
+                    allocated += BLOCK_SIZE
+                elif stat.S_ISLNK(st.st_mode):
+                    link = os.readlink(name, dir_fd=dir_fd)
+                    os.symlink(link, target)
+                    allocated += BLOCK_SIZE if len(os.fsencode(link)) >= 60 else 0
+                elif stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if st.st_nlink > 1 and key in first_link:
+                        os.link(first_link[key], target)  # keep hard links as hard links
+                    else:
+                        # O_NONBLOCK: a file swapped for a FIFO is refused, not waited on.
+                        fd = open_checked(name, st, dir_fd, os.O_RDONLY | os.O_NONBLOCK)
+                        try:
+                            copy_sparse(fd, target, st.st_size)
+                        finally:
+                            os.close(fd)
+                        first_link[key] = target
+                        allocated += os.lstat(target).st_blocks * 512
+                        os.chmod(target, stat.S_IMODE(st.st_mode) | stat.S_IRUSR)
+                elif stat.S_ISFIFO(st.st_mode):
+                    os.mkfifo(target, 0o600)
+                elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                    devices.append(entry)
+                    continue
                 else:
-                    copy_sparse(entry.source, target, st.st_size)
-                    first_link[key] = target
-                    allocated += os.lstat(target).st_blocks * 512
-                    os.chmod(target, stat.S_IMODE(st.st_mode) | stat.S_IRUSR)
-            elif stat.S_ISFIFO(st.st_mode):
-                os.mkfifo(target, 0o600)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                devices.append(entry)
+                    continue
+                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since the walk
+            except OSError as exc:
+                if exc.errno not in _UNREADABLE:
+                    raise
+                left_out.append(LeftOut(entry.path, Reason.UNREADABLE, exc.strerror or str(exc)))
+                if stat.S_ISDIR(st.st_mode):
+                    failed_dirs.append(entry.path)
                 continue
-            else:
-                continue
-            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-        except PermissionError as exc:
-            left_out.append(LeftOut(entry.path, Reason.UNREADABLE, exc.strerror or str(exc)))
-            if stat.S_ISDIR(st.st_mode):
-                unreadable_dirs.append(entry.path)
-            continue
-        staged.append(entry)
+            staged.append(entry)
+    finally:
+        directories.close()
     # Adding entries changed the directories' times; put the source's back, deepest first.
     for entry in reversed(staged):
         if stat.S_ISDIR(entry.st.st_mode):
@@ -113,7 +153,11 @@ def _stage(chosen: list[SourceEntry], staging: Path, left_out: list[LeftOut]) ->
 
 
 def _mke2fs(staging: Path, image: Path, size_mb: int, entries: int, options: Sequence[str]) -> str:
-    image.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        image.unlink()
+    # Made here, 0600, rather than by mke2fs with whatever mode the umask leaves: it holds the tree's
+    # files, root-only ones too.
+    os.close(create_private_file(str(image)))
     argv = [
         tool("mke2fs"),
         "-q",
@@ -181,13 +225,16 @@ def build_image(
         raise ImageError(f"size_mb is {size_mb}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
     if not image.parent.is_dir():
         raise ImageError(f"directory {image.parent} for the image does not exist; create it first")
-    building = image.with_name(f".{image.name}.building")
+    # The staging tree and the unfinished image live in a private (0700) directory beside the image,
+    # so that no other user can read them or plant a link at a name the build uses.
     with tempfile.TemporaryDirectory(dir=image.parent, prefix=f".{image.name}.staging-") as tmp:
-        staging = Path(tmp)
+        private = Path(tmp)
+        staging, building = private / "root", private / f"{image.name}.building"
+        staging.mkdir(mode=0o700)
         chosen, left_out = select_entries(
-            source, exclusions, includes, no_filter, image, own_files=(building, staging)
+            source, exclusions, includes, no_filter, image, own_files=(private,)
         )
-        staged = _stage(chosen, staging, left_out)
+        staged = _stage(chosen, source, staging, left_out)
         entries = len(staged.entries) + len(staged.devices)
         size = size_mb or estimate_size_mb(staged.allocated, entries)
         # An estimate can fall short on unusual trees; grow it rather than fail.
@@ -197,15 +244,10 @@ def build_image(
                 break
             size = math.ceil(size * 1.5)
         if error:
-            building.unlink(missing_ok=True)
             raise ImageError(
                 f"mke2fs could not build a {size} MB image of {source}: {error}; "
                 "pass a larger size_mb or exclude more"
             )
-        try:
-            _fix_up(building, staged, os.lstat(source))
-        except BaseException:
-            building.unlink(missing_ok=True)
-            raise
-    os.replace(building, image)
+        _fix_up(building, staged, os.lstat(source))
+        os.replace(building, image)
     return ImageReport(image, size, entries, tuple(sorted(left_out, key=lambda x: x.path)))

@@ -34,6 +34,7 @@ from amidsl.run.images import (
     bundle_location,
     delete_image,
     find_image,
+    images_registered_from,
     plan_deletion,
 )
 
@@ -245,6 +246,21 @@ def kept_lines(
     return lines
 
 
+def _images_keeping_parts(
+    clients: AwsClients, s3: Any, bucket: str, kept: Mapping[str, tuple[str, ...]]
+) -> tuple[dict[str, tuple[str, ...]], str]:
+    """The images registered from the manifests that keep parts (EC2 in the bucket's region, where
+    images of its bundles are registered), and a note when EC2 would not say: the parts stay either way."""
+    holders = sorted({holder for holders in kept.values() for holder in holders})
+    if not holders:
+        return {}, ""
+    ec2 = clients.client("ec2", s3.meta.region_name)
+    try:
+        return images_registered_from(ec2, bucket, holders), ""
+    except ImageError as err:
+        return {}, f"could not name the images registered from those manifests ({err}); the parts stay"
+
+
 def delete_bundle(
     *,
     bucket: str,
@@ -258,12 +274,16 @@ def delete_bundle(
     """Delete exactly a bundle's parts and its manifest (nothing else under its path, and no part that
     another manifest beside it names); with --partial, the parts found by name (a failed upload's, whose
     manifest never went up)."""
-    s3, name, key = bundle_in_s3(bucket, manifest, prefix, AwsClients(**aws))
+    clients = AwsClients(**aws)
+    s3, name, key = bundle_in_s3(bucket, manifest, prefix, clients)
     plan = _run(lambda: plan_bundle_deletion(s3, name, key, partial=partial))
     for found in plan.keys:
         print(f"{'would delete' if dry_run else 'delete'} {s3_url(name, found)}")
-    for line in kept_lines("would" if dry_run else "will", name, plan.kept):
+    images_of, unknown = _images_keeping_parts(clients, s3, name, plan.kept)
+    for line in kept_lines("would" if dry_run else "will", name, plan.kept, images_of):
         print(line)
+    if unknown:
+        print(unknown)
     if not plan.keys:
         where = s3_url(name, key.removesuffix(".manifest.xml"))
         if plan.kept:

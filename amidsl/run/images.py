@@ -10,7 +10,7 @@ manifest and which image hold it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,3 +171,14 @@ def delete_image(ec2: Any, s3: Any, deletion: ImageDeletion) -> list[str]:
             f"{deletion.image.image_id} is deregistered, but deleting its bundle failed: {err}. "
             f"Run `{delete_bundle_command(deletion.bucket, deletion.manifest_key)}` to finish"
         ) from None
+
+
+def images_registered_from(ec2: Any, bucket: str, manifest_keys: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The account's images (ids) registered from each of these manifests in the bucket, by manifest key."""
+    wanted = {f"{bucket}/{key}": key for key in manifest_keys}
+    found: dict[str, list[str]] = {key: [] for key in wanted.values()}
+    for image in _describe(ec2, "looking up the account's images"):
+        key = wanted.get(image.get("ImageLocation", ""))
+        if key is not None:
+            found[key].append(image["ImageId"])
+    return {key: tuple(sorted(ids)) for key, ids in sorted(found.items())}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +24,12 @@ from amidsl.bundle import (
 )
 from amidsl.bundle.e2fs import debugfs
 from amidsl.bundle.selection import non_local_mounts
+from tests.node.test_node_private_files import listing_mke2fs, readable_by_others
+from tests.node.test_node_staging import (
+    scandir_that_swaps,
+    swap_for_a_link,
+    volume_with_a_swappable_directory,
+)
 
 
 def can_give_files_away() -> bool:
@@ -310,3 +317,97 @@ def test_non_local_mounts_under_the_source_are_found(tmp_path):
         "/home/shared data": "nfs4",
         "/run": "tmpfs",
     }
+
+
+# A local user may swap a directory or file they own for a symbolic link to one they cannot read
+# (/root/.ssh) between the walk that selects it and the copy that stages it. Nothing behind the link
+# may reach the image. (The same race, for the node program: tests/node/test_node_staging.py.)
+
+
+def scandir_that_swaps_the_directory_once_listed(monkeypatch, directory: Path, target: Path) -> None:
+    """Make the walk's scan of directory, once its entries are read, swap it for a link to target."""
+    real_scandir = os.scandir
+    wanted = os.path.realpath(directory)
+
+    class Scan:
+        def __init__(self, scan) -> None:
+            self.scan = scan
+
+        def __enter__(self):
+            return self.scan.__enter__()
+
+        def __exit__(self, *exc) -> None:
+            self.scan.__exit__(*exc)
+            swap_for_a_link(directory, target)
+
+    def scandir(where=None):
+        scan = real_scandir(where) if where is not None else real_scandir()
+        shown = os.readlink(f"/proc/self/fd/{where}") if isinstance(where, int) else os.path.realpath(where)
+        return Scan(scan) if shown == wanted else scan
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def files_holding(image: Path, text: bytes) -> list[str]:
+    """Paths of the image's regular files whose contents hold text."""
+    found = []
+    for entry in list_image(image):
+        if entry.type == "file":
+            inside = subprocess.run(
+                ["debugfs", "-R", f"cat {entry.path}", str(image)], capture_output=True, check=True
+            ).stdout
+            if text in inside:
+                found.append(entry.path)
+    return found
+
+
+def test_a_directory_swapped_for_a_link_after_the_walk_puts_nothing_behind_the_link_in_the_image(
+    tmp_path, monkeypatch
+):
+    volume, keys = volume_with_a_swappable_directory(tmp_path)
+    scandir_that_swaps_the_directory_once_listed(monkeypatch, volume / "home/alice/docs", keys)
+
+    report = build_image(volume, tmp_path / "image")
+
+    assert files_holding(tmp_path / "image", b"ROOT SECRET") == []
+    unreadable = {x.path for x in report.left_out if x.reason is Reason.UNREADABLE}
+    assert unreadable == {"/home/alice/docs/authorized_keys", "/home/alice/docs/id_ed25519"}
+
+
+def test_a_file_swapped_for_a_link_after_the_walk_puts_nothing_behind_the_link_in_the_image(
+    tmp_path, monkeypatch
+):
+    volume, keys = volume_with_a_swappable_directory(tmp_path)
+    scandir_that_swaps(monkeypatch, volume / "home/alice/docs", "id_ed25519", keys / "id_ed25519")
+
+    report = build_image(volume, tmp_path / "image")
+
+    assert files_holding(tmp_path / "image", b"ROOT SECRET") == []
+    assert {(x.path, x.reason) for x in report.left_out} >= {
+        ("/home/alice/docs/id_ed25519", Reason.UNREADABLE)
+    }
+    assert files_holding(tmp_path / "image", b"the user's own") == ["/home/alice/docs/authorized_keys"]
+
+
+def test_nothing_the_build_makes_beside_the_image_is_readable_by_others_while_mke2fs_runs(
+    tmp_path, monkeypatch
+):
+    volume = tmp_path / "volume"
+    (volume / "etc").mkdir(parents=True)
+    (volume / "etc/shadow").write_text("root:$6$salt$hash-an-attacker-wants:19000:0:99999:7:::\n")
+    (volume / "etc/shadow").chmod(0o600)
+    destination = tmp_path / "out"
+    destination.mkdir()
+    destination.chmod(0o755)
+    listing = tmp_path / "listing"
+    monkeypatch.setenv("PATH", listing_mke2fs(tmp_path / "bin", destination, listing))
+    umask = os.umask(0o022)  # what most systems give a login shell
+    try:
+        build_image(volume, destination / "image")
+    finally:
+        os.umask(umask)
+
+    assert listing.read_text().strip(), "mke2fs never listed the image's directory"
+    assert readable_by_others(listing.read_text(), destination) == []
+    assert stat.S_IMODE(os.lstat(destination / "image").st_mode) == 0o600
+    assert sorted(os.listdir(destination)) == ["image"]
