@@ -58,7 +58,7 @@ LAUNCH_PERMISSION_SHAPES = {
     "OrganizationalUnitArn": OU_ARN,
 }
 # RegisterImage's optional attributes the region keeps, and the DescribeImages field each comes back as.
-KEPT_ATTRIBUTES = ("BootMode", "ImdsSupport", "EnaSupport", "SriovNetSupport")
+KEPT_ATTRIBUTES = ("BootMode", "ImdsSupport", "EnaSupport", "SriovNetSupport", "BlockDeviceMappings")
 
 
 def _moto_request_handler() -> dict[str, Any]:
@@ -447,6 +447,10 @@ class FakeRegion:
         ami.virtualization_type = params.get("VirtualizationType", "paravirtual")
         ami.kernel_id = params.get("KernelId", manifest.kernel_id)
         self.attributes[image_id] = {key: params[key] for key in KEPT_ATTRIBUTES if key in params}
+        # DescribeImages shows the mappings RegisterImage gave, or none (moto would show an EBS root).
+        self.attributes[image_id]["BlockDeviceMappings"] = [
+            dict(mapping) for mapping in params.get("BlockDeviceMappings", ())
+        ]
         self._new_image(image_id, self.name)
         return {"ImageId": image_id}
 

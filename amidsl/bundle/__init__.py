@@ -38,7 +38,6 @@ from amidsl.bundle.manifest import (
     EncryptedKeys,
     Manifest,
     ManifestPart,
-    default_block_device_mappings,
     parse_manifest,
     read_manifest,
 )
@@ -78,7 +77,6 @@ __all__ = [
     "build_image",
     "bundle_image",
     "decrypt_keys",
-    "default_block_device_mappings",
     "list_image",
     "parse_manifest",
     "part_filename",

@@ -23,7 +23,6 @@ from amidsl.bundle.manifest import (
     EncryptedKeys,
     Manifest,
     ManifestPart,
-    default_block_device_mappings,
     sign_manifest,
     write_manifest,
 )
@@ -86,11 +85,8 @@ def _random_or_given(value: bytes | None, what: str) -> bytes:
     return value
 
 
-def _mappings(
-    given: Mapping[str, str] | Iterable[BlockDeviceMapping] | None, arch: str
-) -> tuple[BlockDeviceMapping, ...]:
-    if given is None:
-        return default_block_device_mappings(arch)
+def _mappings(given: Mapping[str, str] | Iterable[BlockDeviceMapping]) -> tuple[BlockDeviceMapping, ...]:
+    # Only the mappings asked for: like ec2-bundle-image and ec2-bundle-vol without -B, no defaults.
     if isinstance(given, Mapping):
         given = [BlockDeviceMapping(v, d) for v, d in given.items()]
     # ec2-ami-tools writes mappings sorted by virtual name; keep the object in written order.
@@ -162,7 +158,7 @@ def bundle_image(
     kernel_id: str | None = None,
     ramdisk_id: str | None = None,
     product_codes: Iterable[str] = (),
-    block_device_mappings: Mapping[str, str] | Iterable[BlockDeviceMapping] | None = None,
+    block_device_mappings: Mapping[str, str] | Iterable[BlockDeviceMapping] = (),
     ancestry: Iterable[str] = (),
     key: bytes | None = None,
     iv: bytes | None = None,
@@ -250,7 +246,7 @@ def signed_manifest(
     kernel_id: str | None = None,
     ramdisk_id: str | None = None,
     product_codes: Iterable[str] = (),
-    block_device_mappings: Mapping[str, str] | Iterable[BlockDeviceMapping] | None = None,
+    block_device_mappings: Mapping[str, str] | Iterable[BlockDeviceMapping] = (),
     ancestry: Iterable[str] = (),
     bundler: Bundler | None = None,
 ) -> Manifest:
@@ -273,7 +269,7 @@ def signed_manifest(
         ),
         parts=tuple(ManifestPart(i, name, digest) for i, (name, _, digest) in enumerate(facts.parts)),
         signature="",
-        block_device_mappings=_mappings(block_device_mappings, arch),
+        block_device_mappings=_mappings(block_device_mappings),
         kernel_id=kernel_id,
         ramdisk_id=ramdisk_id,
         product_codes=tuple(product_codes),

@@ -85,34 +85,6 @@ class Manifest:
     xml: str = field(default="", repr=False)
 
 
-# ec2-bundle-vol's defaults, written when the caller gives no mappings.
-DEFAULT_BLOCK_DEVICE_MAPPINGS: dict[str, tuple[BlockDeviceMapping, ...]] = {
-    "i386": (
-        BlockDeviceMapping("ami", "sda1"),
-        BlockDeviceMapping("ephemeral0", "sda2"),
-        BlockDeviceMapping("root", "/dev/sda1"),
-        BlockDeviceMapping("swap", "sda3"),
-    ),
-    "x86_64": (
-        BlockDeviceMapping("ami", "sda1"),
-        BlockDeviceMapping("ephemeral0", "sdb"),
-        BlockDeviceMapping("ephemeral1", "sdc"),
-        BlockDeviceMapping("ephemeral2", "sdd"),
-        BlockDeviceMapping("ephemeral3", "sde"),
-        BlockDeviceMapping("root", "/dev/sda1"),
-    ),
-    "arm64": (
-        BlockDeviceMapping("ami", "sda1"),
-        BlockDeviceMapping("root", "/dev/sda1"),
-    ),
-}
-
-
-def default_block_device_mappings(arch: str) -> tuple[BlockDeviceMapping, ...]:
-    """The block device mappings ec2-bundle-vol writes for an architecture."""
-    return DEFAULT_BLOCK_DEVICE_MAPPINGS.get(arch, DEFAULT_BLOCK_DEVICE_MAPPINGS["arm64"])
-
-
 # REXML, which wrote the original manifests, escapes these characters in text and attributes.
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"}
 

@@ -64,15 +64,13 @@ def _split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _mappings(value: str) -> dict[str, str] | None:
-    if not value:
-        return None
-    pairs = {}
+def _mappings(value: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
     for item in _split(value):
-        virtual, sep, device = item.partition("=")
+        virtual, sep, device = (part.strip() for part in item.partition("="))
         if not sep or not virtual or not device:
             raise CommandError(
-                f"block device mapping {item!r} must look like virtual=device, e.g. root=/dev/sda1"
+                f"--block-device-mapping: {item!r} must look like virtual=device, e.g. root=/dev/sda1"
             )
         pairs[virtual] = device
     return pairs

@@ -290,7 +290,14 @@ COMMANDS: tuple[CliCommand, ...] = (
             Option("kernel", "kernel id (aki-…) to record in the manifest"),
             Option("ramdisk", "ramdisk id (ari-…) to record in the manifest"),
             Option("product_codes", "comma-separated product codes", default=""),
-            Option("block_device_mapping", "comma-separated virtual=device pairs", default=""),
+            Option(
+                "block_device_mapping",
+                "the manifest's block device mappings, comma-separated virtual=device pairs (e.g. "
+                "ami=sda1,root=/dev/sda1,ephemeral0=sdb); none without it, as with ec2-bundle-image",
+                default="",
+                short="-B",
+                metavar="MAPS",
+            ),
             Option("ancestry", "comma-separated ancestor AMI ids", default=""),
         ),
     ),

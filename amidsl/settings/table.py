@@ -117,8 +117,8 @@ CREDENTIAL_SOURCES_DOC = (
 )
 REGISTER_DOC = "passed to RegisterImage (see below)"
 KERNEL_DOC = (
-    "passed to RegisterImage (a kernel or ramdisk only with `paravirtual`; ami-tools: the manifest gets no "
-    "block device mapping the user did not set)"
+    "passed to RegisterImage (a kernel or ramdisk only with `paravirtual`); native builds also write them "
+    "into the manifest, ami-tools builds do not; no manifest gets a block device mapping the user did not set"
 )
 KEEP_DOC = (
     "`true` keeps that item of [image hygiene](#image-hygiene) in the image (the preview warns, loudly "

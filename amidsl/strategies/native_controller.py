@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from amidsl.bundle.bundle import BundleFacts, signed_manifest
 from amidsl.bundle.keys import load_signing_keys
+from amidsl.bundle.manifest import BlockDeviceMapping
 from amidsl.model.actions import (
     Action,
     ControllerSecret,
@@ -266,7 +267,10 @@ def _sign(
         arch=settings.arch,
         kernel_id=settings.kernel_id,
         ramdisk_id=settings.ramdisk_id,
-        block_device_mappings=None,
+        # Only what the settings ask for, the same mappings RegisterImage gets; nothing invented.
+        block_device_mappings=[
+            BlockDeviceMapping(virtual, device) for device, virtual in settings.block_device_mappings
+        ],
     )
     results[action.result_name] = {"xml": manifest.xml, "parts": report["parts"]}
     return f"signed {facts.prefix}.manifest.xml: {len(facts.parts)} part(s), {facts.image_size} image bytes"

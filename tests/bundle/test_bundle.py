@@ -120,6 +120,20 @@ def test_manifest_records_the_machine_configuration_asked_for(tmp_path, sample_i
     verify_bundle(tmp_path / "out" / "image.manifest.xml", user.cert_pem)
 
 
+@pytest.mark.parametrize("arch", ["x86_64", "i386", "arm64"])
+def test_a_bundle_without_mappings_asked_for_has_no_block_device_mapping(
+    tmp_path, sample_image, user, ec2, arch
+):
+    # As ec2-bundle-image and ec2-bundle-vol --no-inherit without -B: no per-architecture defaults.
+    manifest = make_bundle(sample_image, tmp_path / "out", user, ec2, arch=arch)
+    written = (tmp_path / "out" / "image.manifest.xml").read_text()
+    assert manifest.block_device_mappings == ()
+    assert "<block_device_mapping>" not in written
+    assert (
+        "<machine_configuration><architecture>" + arch + "</architecture></machine_configuration>" in written
+    )
+
+
 def _write_pem(path: Path, pem: bytes) -> Path:
     path.write_bytes(pem)
     path.chmod(0o600)

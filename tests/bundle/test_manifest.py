@@ -17,7 +17,6 @@ from amidsl.bundle import (
     Manifest,
     ManifestParseError,
     ManifestPart,
-    default_block_device_mappings,
     parse_manifest,
 )
 from amidsl.bundle.keys import load_private_key
@@ -38,7 +37,11 @@ def unsigned_manifest(**changes) -> Manifest:
             ManifestPart(1, "image.part.1", "ef" * 20),
         ),
         "signature": "",
-        "block_device_mappings": default_block_device_mappings("x86_64"),
+        "block_device_mappings": (
+            BlockDeviceMapping("ami", "sda1"),
+            BlockDeviceMapping("ephemeral0", "sdb"),
+            BlockDeviceMapping("root", "/dev/sda1"),
+        ),
     }
     return Manifest(**{**fields, **changes})
 
@@ -130,15 +133,6 @@ def test_optional_elements_are_left_out_when_empty(user):
         (),
         (),
     )
-
-
-def test_default_block_device_mappings_follow_ec2_bundle_vol():
-    x86_64 = dict((m.virtual, m.device) for m in default_block_device_mappings("x86_64"))
-    assert x86_64["ami"] == "sda1" and x86_64["root"] == "/dev/sda1"
-    assert x86_64["ephemeral0"] == "sdb"
-    i386 = dict((m.virtual, m.device) for m in default_block_device_mappings("i386"))
-    assert i386 == {"ami": "sda1", "ephemeral0": "sda2", "swap": "sda3", "root": "/dev/sda1"}
-    assert BlockDeviceMapping("root", "/dev/sda1") in default_block_device_mappings("arm64")
 
 
 def test_pretty_printed_manifest_still_parses(user):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from amidsl.bundle import build_image
+from amidsl.bundle import BlockDeviceMapping, build_image, read_manifest
 from amidsl.cli.main import run
 
 
@@ -149,6 +149,26 @@ def test_bad_block_device_mapping_is_explained(files, capsys):
         "--user", "123456789012", "--block-device-mapping", "root",
     )  # fmt: skip
     assert "virtual=device" in err
+
+
+def test_bundle_image_writes_no_block_device_mapping_unless_asked(files):
+    without_mappings = bundle_args(files)[:-2]
+    assert without_mappings[-2:] == ["--prefix", "web"]
+    assert amidsl(*without_mappings) == 0
+    manifest_path = files["out"] / "web.manifest.xml"
+    assert read_manifest(manifest_path).block_device_mappings == ()
+    assert "<block_device_mapping>" not in manifest_path.read_text()
+
+
+def test_bundle_image_takes_the_mappings_as_ec2_bundle_image_does(files):
+    # -B/--block-device-mapping: comma-separated virtual=device pairs, written sorted by virtual name.
+    args = [*bundle_args(files)[:-2], "-B", "root=/dev/sda1, ami=sda1,ephemeral0=sdb"]
+    assert amidsl(*args) == 0
+    assert read_manifest(files["out"] / "web.manifest.xml").block_device_mappings == (
+        BlockDeviceMapping("ami", "sda1"),
+        BlockDeviceMapping("ephemeral0", "sdb"),
+        BlockDeviceMapping("root", "/dev/sda1"),
+    )
 
 
 def test_image_ls_of_a_missing_image(capsys, tmp_path):

@@ -69,3 +69,14 @@ def test_a_rerun_of_the_bundle_phase_works_although_the_tool_leaves_its_image_fi
 def test_the_default_build_leaves_no_block_device_mapping_in_the_manifest(run, example_settings):
     simulation = run(example_settings)
     assert simulation.inspect_image().manifest.block_device_mappings == ()
+
+
+def test_the_block_device_mappings_the_settings_give_reach_the_registered_image(
+    run, example_settings, region
+):
+    mapping = {"device_name": "/dev/sdb", "virtual_name": "ephemeral0"}
+    simulation = run(example_settings | {"block_device_mappings": [mapping]})
+    assert simulation.error is None, simulation.error
+    assert simulation.inspect_image().manifest.block_device_mappings == ()  # no -B: RegisterImage has them
+    image = region.call("ec2", "DescribeImages", {"ImageIds": [simulation.image_id]})["Images"][0]
+    assert image["BlockDeviceMappings"] == [{"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}]

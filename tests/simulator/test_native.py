@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from amidsl.bundle import BlockDeviceMapping
 from amidsl.example import example_credentials
 from simulator.region import SECRET_KEY
 from tests.node.test_node_boot import needs_grub
@@ -114,3 +115,42 @@ def test_an_hvm_build_of_a_node_with_a_kernel_and_grub_registers_a_grub_disk(run
     assert inspection.layout[1].startswith("partition 1: Linux (0x83), bootable, from sector 2048")
     assert inspection.layout[2].startswith("boot loader: GRUB 2 for BIOS")
     assert {"/boot/vmlinuz-6.1.0-28-amd64", "/boot/grub/i386-pc/normal.mod"} <= inspection.paths()
+
+
+def registered_mappings(region, image_id: str, where: str = "us-east-1") -> list:
+    """The block device mappings DescribeImages shows for the image."""
+    answer = region.call("ec2", "DescribeImages", {"ImageIds": [image_id]}, where)
+    return answer["Images"][0]["BlockDeviceMappings"]
+
+
+def test_a_native_build_writes_no_block_device_mapping_the_settings_do_not_ask_for(
+    run, native_settings, region
+):
+    simulation = run(native_settings)  # hvm, as the example is: the strict region registers it
+    assert simulation.error is None, simulation.error
+    manifest = simulation.inspect_image().manifest
+    assert manifest.block_device_mappings == ()
+    assert "<block_device_mapping>" not in manifest.signed_text
+    assert registered_mappings(region, simulation.image_id) == []
+
+
+def test_the_block_device_mappings_the_settings_give_reach_the_manifest_and_the_image(
+    run, native_settings, region
+):
+    mappings = [
+        {"device_name": "/dev/sdc", "virtual_name": "ephemeral1"},
+        {"device_name": "/dev/sdb", "virtual_name": "ephemeral0"},
+    ]
+    simulation = run(native_settings | {"block_device_mappings": mappings, "copy_to_regions": ["us-west-2"]})
+    assert simulation.error is None, simulation.error
+    assert simulation.inspect_image().manifest.block_device_mappings == (
+        BlockDeviceMapping("ephemeral0", "/dev/sdb"),
+        BlockDeviceMapping("ephemeral1", "/dev/sdc"),
+    )
+    registered = [
+        {"DeviceName": "/dev/sdc", "VirtualName": "ephemeral1"},
+        {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"},
+    ]
+    assert registered_mappings(region, simulation.image_id) == registered
+    copy = simulation.result.copies["us-west-2"]
+    assert registered_mappings(region, copy, "us-west-2") == registered  # a copy keeps them
