@@ -242,8 +242,11 @@ class EbsDirect:
         moto_ebs = self._moto_ebs(region).snapshots[snapshot_id]
         moto_ebs.block_size = BLOCK_SIZE
         ec2 = self._moto_ec2(region)
-        # moto makes a volume for the snapshot; the EBS direct APIs make none.
-        ec2.volumes.pop(ec2.snapshots[snapshot_id].volume.id, None)
+        # moto makes a volume for the snapshot; the EBS direct APIs make none, and EC2 reports such a
+        # snapshot's VolumeId as vol-ffffffff.
+        volume = ec2.volumes.pop(ec2.snapshots[snapshot_id].volume.id, None)
+        if volume is not None:
+            volume.id = "vol-ffffffff"
         self._set_state(snapshot_id, region, "pending")
         self.snapshots[snapshot_id] = PendingSnapshot(timeout_minutes=timeout, last_activity=self.minutes)
         answer["BlockSize"] = BLOCK_SIZE

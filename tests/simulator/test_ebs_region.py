@@ -95,7 +95,7 @@ def test_a_started_snapshot_has_512_kib_blocks_and_is_pending_in_ec2(region, ebs
     )
     assert started["BlockSize"] == BLOCK and started["Status"] == "pending" and started["VolumeSize"] == 2
     (described,) = ec2.describe_snapshots(SnapshotIds=[started["SnapshotId"]])["Snapshots"]
-    assert described["State"] == "pending"
+    assert described["State"] == "pending" and described["VolumeId"] == "vol-ffffffff"
     assert described["Description"] == "root of web"
     assert described["Tags"] == [{"Key": "amidsl:built-by", "Value": "amidsl"}]
     assert ec2.describe_volumes()["Volumes"] == []  # the EBS direct APIs make no volume
