@@ -12,6 +12,11 @@ end `failed` with a state reason; CopyImage copies only an available image and r
 used in the destination region; launch permissions must have one of EC2's four shapes; RegisterImage
 keeps the optional attributes it was given. Calls may name another region of the same account (moto keeps
 one state per region).
+
+EBS: the EBS direct APIs (StartSnapshot, PutSnapshotBlock, CompleteSnapshot, ListSnapshotBlocks,
+GetSnapshotBlock) and RegisterImage from snapshots are checked as AWS checks them (simulator.ebs); a
+snapshot in use by a registered image cannot be deleted. `strict_client` gives a boto3-like client
+whose calls go through these checks, for controller code that takes a client.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from amidsl.bundle.keys import decrypt_with_key, load_private_key
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
 from amidsl.keypairs import self_signed_pair
 from amidsl.settings import ORGANIZATION_ARN, OU_ARN
+from simulator.ebs import EbsDirect, RegisteredEbsAmi, check_ebs_registration
 from simulator.node import FakeNode
 
 ACCOUNT_ID = "123456789012"  # moto's account, and the simulated account unless one is given
@@ -132,6 +138,8 @@ class FakeRegion:
         self.pending: dict[str, int] = {}
         self.failed: dict[str, str] = {}
         self.attributes: dict[str, dict[str, Any]] = {}
+        # The EBS direct APIs' own state (checksums, client tokens, timeouts) beside moto's blocks.
+        self.ebs_direct = EbsDirect(account_id)
         # The region's own EC2 key pair: bundles encrypt a copy of their key for its certificate.
         self._ec2_key_pem, self.ec2_cert_pem = self_signed_pair(f"EC2 {name} (simulated)")
 
@@ -144,6 +152,10 @@ class FakeRegion:
             config = Config(ignore_configured_endpoint_urls=True)
             self._clients[key] = self._session.client(service, region_name=key[1], config=config)
         return self._clients[key]
+
+    def strict_client(self, service: str, region: str | None = None) -> StrictClient:
+        """A boto3-like client whose calls go through `call`, with the region's strict checks."""
+        return StrictClient(self, service, region or self.name)
 
     def close(self) -> None:
         """Stop the region's moto mock and every node it launched."""
@@ -289,6 +301,11 @@ class FakeRegion:
         """Make an API call as boto3 would (in `region`, default this one), with EC2's strict checks
         where moto has none."""
         region = region or self.name
+        if service == "ebs":
+            moto_call = getattr(self.client("ebs", region), _snake_case(operation))
+            return self.ebs_direct.call(operation, params, region, moto_call)
+        if (service, operation) == ("ec2", "DeleteSnapshot"):
+            self._check_snapshot_unused(str(params.get("SnapshotId", "")), region)
         if service == "ec2" and operation in ("RegisterImage", "RunInstances", "TerminateInstances"):
             if region != self.name:
                 raise client_error("Unsupported", f"the simulated account runs {operation} in {self.name}")
@@ -306,8 +323,7 @@ class FakeRegion:
             return self.enable_image_deprecation(params, region)
         if (service, operation) == ("ec2", "ModifyImageAttribute"):
             self._check_launch_permission(params.get("LaunchPermission", {}))
-        method_name = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
-        return getattr(self.client(service, region), method_name)(**params)
+        return getattr(self.client(service, region), _snake_case(operation))(**params)
 
     # -- images after registration -----------------------------------------------------------------
 
@@ -422,7 +438,7 @@ class FakeRegion:
                 )
 
     def register_image(self, params: dict[str, Any]) -> dict[str, Any]:
-        """RegisterImage for an S3 bundle, refusing what EC2 refuses."""
+        """RegisterImage for an S3 bundle or from EBS snapshots, refusing what EC2 refuses."""
         if self.faults.reject_register:
             self.faults.fired.add("reject_register")
             raise client_error(self.faults.reject_register, "the request was rejected (injected fault)")
@@ -435,6 +451,11 @@ class FakeRegion:
                 "InvalidAMIName.Duplicate",
                 f"AMI name {name} is already in use by AMI {existing['Images'][0]['ImageId']}",
             )
+        from_snapshots = any(
+            (m.get("Ebs") or {}).get("SnapshotId") for m in params.get("BlockDeviceMappings", [])
+        )
+        if from_snapshots or (params.get("RootDeviceName") and not params.get("ImageLocation")):
+            return self._register_ebs_image(name, params)
         location = str(params.get("ImageLocation", ""))
         manifest = self._check_bundle(location)
         image_id = self.ec2.register_image(
@@ -453,6 +474,45 @@ class FakeRegion:
         ]
         self._new_image(image_id, self.name)
         return {"ImageId": image_id}
+
+    def _register_ebs_image(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """RegisterImage from snapshots: checked as EC2 checks it, then an EBS-backed image in moto."""
+        mappings = check_ebs_registration(params, self.name, ACCOUNT_ID)
+        description = {"Description": params["Description"]} if params.get("Description") else {}
+        image_id = self.ec2.register_image(Name=name, **description)["ImageId"]
+        tags = [tag for spec in params.get("TagSpecifications", []) for tag in spec.get("Tags", [])]
+        if tags:  # moto's RegisterImage drops TagSpecifications
+            self.ec2.create_tags(Resources=[image_id], Tags=tags)
+        backend = get_backend("ec2")[ACCOUNT_ID][self.name]
+        ami = backend.amis[image_id]
+        # moto makes a root snapshot for every image it registers; this one has the caller's.
+        backend.snapshots.pop(ami.ebs_snapshot.id, None)
+        ami.__class__ = RegisteredEbsAmi
+        ami.registered_mappings = mappings
+        ami.root_device_type = "ebs"
+        ami.root_device_name = params["RootDeviceName"]
+        ami.architecture = params.get("Architecture", "i386")
+        ami.virtualization_type = params.get("VirtualizationType", "paravirtual")
+        for mapping in mappings:
+            snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
+            if snapshot_id:
+                backend.snapshots[snapshot_id].from_ami = image_id  # moto refuses to delete it then
+        self.attributes[image_id] = {key: params[key] for key in KEPT_ATTRIBUTES if key in params}
+        # DescribeImages shows the mappings with the values EC2 fills in (size, type, encryption).
+        self.attributes[image_id]["BlockDeviceMappings"] = mappings
+        self._new_image(image_id, self.name)
+        return {"ImageId": image_id}
+
+    def _check_snapshot_unused(self, snapshot_id: str, region: str) -> None:
+        """DeleteSnapshot: EC2 refuses while a registered image's mappings use the snapshot."""
+        for image_id, ami in get_backend("ec2")[ACCOUNT_ID][region].amis.items():
+            used = [(m.get("Ebs") or {}).get("SnapshotId") for m in getattr(ami, "registered_mappings", [])]
+            if snapshot_id in used:
+                raise client_error(
+                    "InvalidSnapshot.InUse",
+                    f"The snapshot {snapshot_id} is currently in use by {image_id}",
+                    "DeleteSnapshot",
+                )
 
     def _check_bundle(self, location: str) -> Manifest:
         bucket, _, key = location.partition("/")
@@ -549,6 +609,31 @@ class FakeRegion:
     def node(self, instance_id: str) -> FakeNode:
         """The FakeNode behind a running instance."""
         return self.nodes[instance_id]
+
+
+def _snake_case(operation: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
+
+
+class StrictClient:
+    """A boto3 client's interface over FakeRegion.call: `client.put_snapshot_block(**params)` makes the
+    region's checked PutSnapshotBlock. `meta` is the boto3 client's (region name, service model)."""
+
+    def __init__(self, region: FakeRegion, service: str, region_name: str) -> None:
+        self._region = region
+        self._service = service
+        self._region_name = region_name
+        self.meta = region.client(service, region_name).meta
+
+    def __getattr__(self, method: str) -> Callable[..., dict[str, Any]]:
+        operation = self.meta.method_to_api_mapping.get(method)
+        if operation is None:
+            raise AttributeError(f"{self._service} has no operation {method}")
+
+        def call(**params: Any) -> dict[str, Any]:
+            return self._region.call(self._service, operation, params, self._region_name)
+
+        return call
 
 
 class PresignClient:

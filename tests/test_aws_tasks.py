@@ -313,9 +313,10 @@ def test_images_prints_a_header_line_over_its_table(capsys, aws_env, uploaded):
     status, out, err = amidsl(capsys, "images", "--region", IMAGES_REGION, "--endpoint-url", aws_env)
     assert status == 0, err
     header, *rows = out.splitlines()
-    assert header.split() == ["IMAGE", "STATE", "CREATED", "NAME", "BUNDLE"]
+    assert header.split() == ["IMAGE", "STATE", "CREATED", "BACKING", "NAME", "BUNDLE/SNAPSHOT"]
     (row,) = [row for row in rows if row.startswith(ours)]
     assert row.index(" available ") + 1 == header.index("STATE")  # the columns line up
+    assert row.index(" instance-store ") + 1 == header.index("BACKING")
     client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=ours)
 
 

@@ -302,20 +302,30 @@ def delete_bundle(
     print(f"deleted the bundle {s3_url(name, key)}: {parts} part(s) {what}{also}")
 
 
+def image_source(image: ImageSummary) -> str:
+    """Where an image comes from: the bundle's location, or the root snapshot (and how many more)."""
+    if image.snapshot_ids:
+        more = len(image.snapshot_ids) - 1
+        return image.root_snapshot + (f" (+{more} more)" if more else "")
+    return image.location
+
+
 def image_table(found: list[ImageSummary]) -> list[str]:
-    """The images as a table under a header line: id, state, creation time, name, bundle location."""
+    """The images as a table under a header line: id, state, creation time, backing (ebs or
+    instance-store), name, and the bundle location or root snapshot."""
     width = max(len("IMAGE"), *(len(image.image_id) for image in found))
     return [
-        f"{'IMAGE':<{width}}  {'STATE':<9}  {'CREATED':<24}  NAME  BUNDLE",
+        f"{'IMAGE':<{width}}  {'STATE':<9}  {'CREATED':<24}  {'BACKING':<14}  NAME  BUNDLE/SNAPSHOT",
         *(
-            f"{i.image_id:<{width}}  {i.state:<9}  {i.created or '-':<24}  {i.name}  {i.location}"
+            f"{i.image_id:<{width}}  {i.state:<9}  {i.created or '-':<24}  {i.backing:<14}  {i.name}  "
+            f"{image_source(i)}"
             for i in found
         ),
     ]
 
 
 def images(*, json: bool, **aws: str | None) -> None:
-    """List the images amidsl built (tag amidsl:built-by = amidsl) with their bundles."""
+    """List the images amidsl built (tag amidsl:built-by = amidsl) with their bundles or snapshots."""
     clients = AwsClients(**aws)
     ec2 = clients.client("ec2")
     found = _run(lambda: amidsl_images(ec2))
@@ -330,6 +340,9 @@ def images(*, json: bool, **aws: str | None) -> None:
                     "state": i.state,
                     "created": i.created,
                     "image_location": i.location,
+                    "backing": i.backing,
+                    "root_snapshot_id": i.root_snapshot,
+                    "snapshot_ids": list(i.snapshot_ids),
                 }
                 for i in found
             ],
@@ -350,12 +363,16 @@ def delete(
     yes: bool,
     **aws: str | None,
 ) -> None:
-    """Deregister an S3-backed image and delete its bundle, after a confirmation (or --yes)."""
+    """Deregister an image and delete its bundle (S3-backed) or its snapshots (EBS-backed), after a
+    confirmation (or --yes)."""
     if not image:
         raise CommandError("give the image to delete: amidsl delete ami-0123456789abcdef0 (or its name)")
     clients = AwsClients(**aws)
     ec2 = clients.client("ec2")
     summary = _run(lambda: find_image(ec2, image))
+    if summary.backing == "ebs":
+        delete_ebs_image(ec2, summary, dry_run=dry_run, yes=yes)
+        return
     bucket, _ = _run(lambda: bundle_location(summary))
     s3 = clients.s3_for_bucket(bucket)
     deletion = _run(lambda: plan_deletion(ec2, s3, summary))
@@ -375,3 +392,24 @@ def delete(
     kept = len(deletion.bundle_keys) - len(deleted) + len(deletion.kept) if deletion.bundle_keys else 0
     also = f"; kept {kept} part(s) other manifests name" if kept else ""
     print(f"deregistered {deletion.image.image_id}; deleted {len(deleted)} object(s) of its bundle{also}")
+
+
+def delete_ebs_image(ec2: Any, summary: ImageSummary, *, dry_run: bool, yes: bool) -> None:
+    """Deregister an EBS-backed image and delete its snapshots, keeping one another image uses."""
+    deletion = _run(lambda: plan_deletion(ec2, None, summary))
+    verb = "would" if dry_run else "will"
+    built = "" if summary.built_by_amidsl else " (not tagged as built by amidsl)"
+    print(f"{verb} deregister {summary.image_id} ({summary.name}){built}")
+    for snapshot_id in deletion.snapshot_ids:
+        print(f"{verb} delete snapshot {snapshot_id}")
+    for snapshot_id, users in deletion.snapshots_kept.items():
+        print(f"{verb} keep snapshot {snapshot_id}: image {', '.join(users)} also use(s) it")
+    if deletion.note:
+        print(deletion.note)
+    if dry_run:
+        return
+    confirm(f"Deregister {summary.image_id} and delete {len(deletion.snapshot_ids)} snapshot(s)?", yes)
+    deleted = _run(lambda: delete_image(ec2, None, deletion))
+    kept = len(deletion.snapshots_kept)
+    also = f"; kept {kept} snapshot(s) other images use" if kept else ""
+    print(f"deregistered {summary.image_id}; deleted {len(deleted)} snapshot(s){also}")

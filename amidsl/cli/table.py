@@ -403,13 +403,13 @@ COMMANDS: tuple[CliCommand, ...] = (
     ),
     CliCommand(
         "images",
-        "list the images amidsl built (tag amidsl:built-by = amidsl) with their bundles",
+        "list the images amidsl built (tag amidsl:built-by = amidsl) with their bundles or snapshots",
         "amidsl.cli.aws_commands:images",
         (json_output("amidsl.images/1"), *AWS_OPTIONS),
     ),
     CliCommand(
         "delete",
-        "deregister an S3-backed image and delete its bundle, after a confirmation",
+        "deregister an image and delete its bundle or snapshots, after a confirmation",
         "amidsl.cli.aws_commands:delete",
         (
             Option("image", "the image: its id (ami-...) or its name", positional=True),

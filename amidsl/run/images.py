@@ -1,4 +1,5 @@
-"""amidsl's images in EC2: find the ones it built (by tag), and deregister one together with its bundle.
+"""amidsl's images in EC2: find the ones it built (by tag), and deregister one together with its bundle
+or its snapshots.
 
 An S3-backed image lives in two places: EC2's registration (ImageLocation names the manifest) and the
 bundle in S3. Deleting it means both, and in an order that never strands anything: first everything is
@@ -6,6 +7,10 @@ looked at (the image, the manifest, other images registered from the same bundle
 deregistered, then the bundle deleted (parts first, manifest last). A part that another manifest beside
 the image's names (a migrated copy registered as another image) is kept, and the plan says which
 manifest and which image hold it.
+
+An EBS-backed image lives in its registration and the snapshots its block device mappings name.
+Deleting it deregisters it, then deletes those snapshots, except one that another registered image's
+mappings also use (kept, naming that image) or that another account owns.
 """
 
 from __future__ import annotations
@@ -34,9 +39,14 @@ class ImageError(Exception):
     """An image cannot be found, listed or deleted; the message says why and the fix."""
 
 
+EBS = "ebs"
+INSTANCE_STORE = "instance-store"
+
+
 @dataclass(frozen=True)
 class ImageSummary:
-    """One image: id, name, state, creation date, where its manifest is, and whether amidsl built it."""
+    """One image: id, name, state, creation date, where its manifest is, and whether amidsl built it;
+    its root device type, and for an EBS-backed image the snapshots its mappings name (root first)."""
 
     image_id: str
     name: str
@@ -44,11 +54,23 @@ class ImageSummary:
     created: str
     location: str
     built_by_amidsl: bool
+    root_device_type: str = ""
+    snapshot_ids: tuple[str, ...] = ()
+    owner_id: str = ""
 
     @classmethod
     def of(cls, image: dict[str, Any]) -> ImageSummary:
         """From a DescribeImages entry."""
         tags = {tag["Key"]: tag["Value"] for tag in image.get("Tags", [])}
+        root_type = image.get("RootDeviceType", "")
+        snapshots: list[str] = []
+        if root_type == EBS:
+            root = image.get("RootDeviceName", "")
+            mappings = sorted(image.get("BlockDeviceMappings", []), key=lambda m: m.get("DeviceName") != root)
+            for mapping in mappings:
+                snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
+                if snapshot_id and snapshot_id not in snapshots:
+                    snapshots.append(snapshot_id)
         return cls(
             image["ImageId"],
             image.get("Name", ""),
@@ -56,7 +78,22 @@ class ImageSummary:
             image.get("CreationDate", ""),
             image.get("ImageLocation", ""),
             tags.get(BUILT_BY_TAG) == BUILT_BY_VALUE,
+            root_type,
+            tuple(snapshots),
+            image.get("OwnerId", ""),
         )
+
+    @property
+    def backing(self) -> str:
+        """ "ebs", "instance-store", or EC2's root device type of any other image."""
+        if self.root_device_type == EBS:
+            return EBS
+        return INSTANCE_STORE if self.location else self.root_device_type or "-"
+
+    @property
+    def root_snapshot(self) -> str:
+        """The snapshot of an EBS-backed image's root device ("" for any other image)."""
+        return self.snapshot_ids[0] if self.snapshot_ids else ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +110,9 @@ class ImageDeletion:
     kept: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     images_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     bundle: BundleDeletion | None = None
+    # EBS-backed: the snapshots to delete, and those kept with the other images that use them.
+    snapshot_ids: tuple[str, ...] = ()
+    snapshots_kept: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _ec2_error(err: Exception, what: str) -> ImageError:
@@ -132,7 +172,10 @@ def bundle_location(image: ImageSummary) -> tuple[str, str]:
 
 
 def plan_deletion(ec2: Any, s3: Any, summary: ImageSummary) -> ImageDeletion:
-    """Look at everything deleting the image touches (s3: a client for its bucket); change nothing."""
+    """Look at everything deleting the image touches (s3: a client for its bucket, None for an EBS-backed
+    image); change nothing."""
+    if summary.backing == EBS:
+        return plan_snapshot_deletion(ec2, summary)
     bucket, key = bundle_location(summary)
     registered: dict[str, list[str]] = {}
     for other in _describe(ec2, "looking for other images of the same bundle"):
@@ -156,12 +199,64 @@ def plan_deletion(ec2: Any, s3: Any, summary: ImageSummary) -> ImageDeletion:
     return ImageDeletion(summary, bucket, key, plan.keys, "", plan.kept, images_of, plan)
 
 
+def plan_snapshot_deletion(ec2: Any, summary: ImageSummary) -> ImageDeletion:
+    """What deleting an EBS-backed image removes: its snapshots, but not one another registered image's
+    mappings use (kept, with those images), one that is gone or one another account owns (noted)."""
+    users: dict[str, list[str]] = {}
+    for other in _describe(ec2, "looking for other images that use the same snapshots"):
+        if other["ImageId"] == summary.image_id:
+            continue
+        for mapping in other.get("BlockDeviceMappings", []):
+            snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
+            if snapshot_id in summary.snapshot_ids:
+                users.setdefault(snapshot_id, []).append(other["ImageId"])
+    deleted: list[str] = []
+    kept: dict[str, tuple[str, ...]] = {}
+    notes: list[str] = []
+    for snapshot_id in summary.snapshot_ids:
+        if snapshot_id in users:
+            kept[snapshot_id] = tuple(users[snapshot_id])
+            continue
+        owner = _snapshot_owner(ec2, snapshot_id)
+        if owner is None:
+            notes.append(f"the snapshot {snapshot_id} is gone already")
+        elif summary.owner_id and owner != summary.owner_id:
+            notes.append(f"the snapshot {snapshot_id} is kept: account {owner} owns it")
+        else:
+            deleted.append(snapshot_id)
+    return ImageDeletion(
+        summary, "", "", (), "; ".join(notes), snapshot_ids=tuple(deleted), snapshots_kept=kept
+    )
+
+
+def _snapshot_owner(ec2: Any, snapshot_id: str) -> str | None:
+    """The account that owns a snapshot; None if there is no such snapshot."""
+    try:
+        found = ec2.describe_snapshots(SnapshotIds=[snapshot_id]).get("Snapshots", [])
+    except botocore.exceptions.ClientError as err:
+        if err.response.get("Error", {}).get("Code") == "InvalidSnapshot.NotFound":
+            return None
+        raise _ec2_error(err, f"looking up the snapshot {snapshot_id}") from None
+    except botocore.exceptions.BotoCoreError as err:
+        raise _ec2_error(err, f"looking up the snapshot {snapshot_id}") from None
+    return found[0].get("OwnerId", "") if found else None
+
+
+def delete_snapshots_command(snapshot_ids: tuple[str, ...] | list[str], region: str = "") -> str:
+    """The AWS CLI commands that delete these snapshots, joined with &&."""
+    where = f" --region {region}" if region else ""
+    return " && ".join(f"aws ec2 delete-snapshot{where} --snapshot-id {s}" for s in snapshot_ids)
+
+
 def delete_image(ec2: Any, s3: Any, deletion: ImageDeletion) -> list[str]:
-    """Deregister the image, then delete its bundle as planned; return the S3 keys deleted."""
+    """Deregister the image, then delete its bundle or its snapshots as planned; return the S3 keys or
+    snapshot ids deleted."""
     try:
         ec2.deregister_image(ImageId=deletion.image.image_id)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
         raise _ec2_error(err, f"deregistering {deletion.image.image_id} (nothing was deleted)") from None
+    if deletion.snapshot_ids:
+        return _delete_snapshots(ec2, deletion)
     if not deletion.bundle_keys or deletion.bundle is None:
         return []
     try:
@@ -182,3 +277,20 @@ def images_registered_from(ec2: Any, bucket: str, manifest_keys: Iterable[str]) 
         if key is not None:
             found[key].append(image["ImageId"])
     return {key: tuple(sorted(ids)) for key, ids in sorted(found.items())}
+
+
+def _delete_snapshots(ec2: Any, deletion: ImageDeletion) -> list[str]:
+    deleted: list[str] = []
+    for snapshot_id in deletion.snapshot_ids:
+        try:
+            ec2.delete_snapshot(SnapshotId=snapshot_id)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+            left = [s for s in deletion.snapshot_ids if s not in deleted]
+            region = getattr(getattr(ec2, "meta", None), "region_name", "") or ""
+            cause = _ec2_error(err, f"deleting the snapshot {snapshot_id}")
+            raise ImageError(
+                f"{deletion.image.image_id} is deregistered, but {cause}. Run "
+                f"`{delete_snapshots_command(left, region)}` to finish"
+            ) from None
+        deleted.append(snapshot_id)
+    return deleted

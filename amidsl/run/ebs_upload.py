@@ -1,0 +1,337 @@
+"""Write a disk's blocks to a new EBS snapshot with the EBS direct APIs, from the controller.
+
+No helper instance and no volume: StartSnapshot makes a pending snapshot of the disk's size, each
+non-zero 512 KiB block goes up with PutSnapshotBlock (Base64 SHA-256 of the block beside it, since the
+block itself is not covered by the request signature), CompleteSnapshot seals it with the number of
+blocks written and the LINEAR aggregate of their digests, and EC2's DescribeSnapshots says when it is
+`completed` and can be registered. Blocks the caller does not give are zero on every volume made from
+the snapshot.
+
+Puts run on `concurrency` threads with at most `concurrency` x 2 blocks read and not yet written, so
+memory stays bounded whatever the disk's size. Throttling and server errors are retried with
+exponential backoff; StartSnapshot carries a ClientToken, so a retried start returns the snapshot the
+first attempt made instead of a second one. Any failure after the start raises SnapshotUploadError,
+whose message names the snapshot left behind and the command that deletes it (messages carry AWS's
+error text, never credentials).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import botocore.exceptions
+
+from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY
+
+BLOCK_SIZE = 524288  # the EBS direct APIs' block: 512 KiB, whatever a service reports
+BLOCKS_PER_GIB = (1 << 30) // BLOCK_SIZE
+DEFAULT_TIMEOUT_MINUTES = 60  # how long AWS keeps a pending snapshot that sees no write
+DEFAULT_ATTEMPTS = 6  # tries of one request, the first included
+BACKOFF_SECONDS = 0.5  # the first wait before a retry; doubled each time, at most BACKOFF_CAP_SECONDS
+BACKOFF_CAP_SECONDS = 20.0
+POLL_SECONDS = 5  # between two DescribeSnapshots while waiting for `completed`
+DEFAULT_WAIT_SECONDS = 1800
+# The EBS direct APIs ask callers to retry these (and every 5xx); EC2 throttles with the last two.
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "RequestThrottledException",
+        "InternalServerException",
+        "RequestLimitExceeded",
+        "Throttling",
+    }
+)
+CONNECTION_ERRORS = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectTimeoutError,
+)
+
+T = TypeVar("T")
+
+
+class SnapshotUploadError(Exception):
+    """Uploading a snapshot failed; the message names the snapshot left (if any) and how to delete it."""
+
+    def __init__(self, what: str, snapshot_id: str | None = None, region: str = "") -> None:
+        if snapshot_id:
+            where = f" in {region}" if region else ""
+            what = (
+                f"{what}. The snapshot {snapshot_id} is left{where}; delete it with "
+                f"`{delete_snapshot_command(snapshot_id, region)}`"
+            )
+        super().__init__(what)
+        self.snapshot_id = snapshot_id
+
+
+@dataclass(frozen=True)
+class SnapshotUpload:
+    """A completed snapshot: its id, its size, the blocks written and their LINEAR aggregate checksum."""
+
+    snapshot_id: str
+    volume_size_gib: int
+    blocks_written: int
+    checksum: str
+
+
+def delete_snapshot_command(snapshot_id: str, region: str = "") -> str:
+    """The AWS CLI command that deletes a snapshot."""
+    where = f" --region {region}" if region else ""
+    return f"aws ec2 delete-snapshot{where} --snapshot-id {snapshot_id}"
+
+
+def block_checksum(digest: bytes) -> str:
+    """PutSnapshotBlock's Checksum of a block whose SHA-256 digest this is (Base64)."""
+    return base64.b64encode(digest).decode("ascii")
+
+
+def linear_checksum(digests: Mapping[int, bytes]) -> str:
+    """CompleteSnapshot's LINEAR aggregate: SHA-256 of the blocks' SHA-256 digests in ascending block
+    index, Base64."""
+    total = hashlib.sha256()
+    for index in sorted(digests):
+        total.update(digests[index])
+    return base64.b64encode(total.digest()).decode("ascii")
+
+
+def _error_text(err: BaseException) -> str:
+    if isinstance(err, botocore.exceptions.ClientError):
+        error = err.response.get("Error", {})
+        message = error.get("Message", "")
+        return f"{error.get('Code', 'Unknown')}{': ' + message if message else ''}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _retryable(err: BaseException) -> bool:
+    if isinstance(err, CONNECTION_ERRORS):
+        return True
+    if isinstance(err, botocore.exceptions.ClientError):
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return err.response.get("Error", {}).get("Code") in RETRYABLE_CODES or status >= 500
+    return False
+
+
+def with_retries(call: Callable[[], T], attempts: int, pause: Callable[[float], None]) -> T:
+    """`call()`, tried again after throttling, a 5xx or a lost connection, waiting longer each time."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+            if attempt == attempts - 1 or not _retryable(err):
+                raise
+        # Full jitter: threads throttled together do not all come back together.
+        pause(random.uniform(0.5, 1.0) * min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2**attempt))
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def upload_snapshot(
+    client: Any,
+    blocks: Iterable[tuple[int, bytes]],
+    *,
+    ec2: Any,
+    volume_size_gib: int,
+    tags: Iterable[tuple[str, str]] = (),
+    description: str = "",
+    concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
+    timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES,
+    attempts: int = DEFAULT_ATTEMPTS,
+    client_token: str | None = None,
+    wait_seconds: int = DEFAULT_WAIT_SECONDS,
+    progress: Callable[[str], None] = lambda line: None,
+    pause: Callable[[float], None] = time.sleep,
+) -> SnapshotUpload:
+    """Write `blocks` ((index, 524288 bytes) of the non-zero blocks, ascending) to a new snapshot of
+    `volume_size_gib` GiB through `client` (EBS), complete it and wait (through `ec2`) until it is
+    completed."""
+    if not isinstance(volume_size_gib, int) or volume_size_gib < 1:
+        raise ValueError(
+            f"volume_size_gib must be a whole number of GiB, at least 1 (not {volume_size_gib!r})"
+        )
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1 (not {concurrency})")
+    region = getattr(getattr(client, "meta", None), "region_name", "") or ""
+    start: dict[str, Any] = {
+        "VolumeSize": volume_size_gib,
+        "Timeout": timeout_minutes,
+        # The same token on every attempt: a start whose answer was lost returns its snapshot again.
+        "ClientToken": client_token or uuid.uuid4().hex,
+    }
+    if description:
+        start["Description"] = description
+    tag_list = [{"Key": key, "Value": value} for key, value in tags]
+    if tag_list:
+        start["Tags"] = tag_list
+    try:
+        started = with_retries(lambda: client.start_snapshot(**start), attempts, pause)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        raise SnapshotUploadError(
+            f"StartSnapshot failed in {region or 'the region'}: {_error_text(err)}. No snapshot id came "
+            "back; if AWS made one anyway, it stays pending and ends in error after "
+            f"{timeout_minutes} minutes"
+        ) from None
+    snapshot_id = started["SnapshotId"]
+    progress(f"    snapshot {snapshot_id} started ({volume_size_gib} GiB)")
+    digests = _put_blocks(
+        client, blocks, snapshot_id, region, volume_size_gib, concurrency, attempts, pause, progress
+    )
+    aggregate = _complete(client, ec2, snapshot_id, region, digests, attempts, pause)
+    _wait_until_completed(ec2, snapshot_id, region, wait_seconds, pause, progress)
+    return SnapshotUpload(snapshot_id, volume_size_gib, len(digests), aggregate)
+
+
+def _put_blocks(
+    client: Any,
+    blocks: Iterable[tuple[int, bytes]],
+    snapshot_id: str,
+    region: str,
+    volume_size_gib: int,
+    concurrency: int,
+    attempts: int,
+    pause: Callable[[float], None],
+    progress: Callable[[str], None],
+) -> dict[int, bytes]:
+    """PutSnapshotBlock for every block on `concurrency` threads; the SHA-256 digest of each by index."""
+    digests: dict[int, bytes] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+    # A slot per block read and not yet written: taken before the next block is read, so at most
+    # concurrency x 2 blocks are in memory.
+    slots = threading.BoundedSemaphore(concurrency * 2)
+    last_block = volume_size_gib * BLOCKS_PER_GIB - 1
+
+    def put(index: int, data: bytes) -> None:
+        try:
+            digest = hashlib.sha256(data).digest()
+            request = {
+                "SnapshotId": snapshot_id,
+                "BlockIndex": index,
+                "BlockData": data,
+                "DataLength": BLOCK_SIZE,
+                "Checksum": block_checksum(digest),
+                "ChecksumAlgorithm": "SHA256",
+            }
+            with_retries(lambda: client.put_snapshot_block(**request), attempts, pause)
+            with lock:
+                digests[index] = digest
+                if len(digests) % 1000 == 0:
+                    progress(f"    snapshot {snapshot_id}: {len(digests)} block(s) written")
+        except Exception as err:  # reported below, with the snapshot it leaves
+            with lock:
+                failures.append(f"writing block {index} to {snapshot_id} failed: {_error_text(err)}")
+        finally:
+            slots.release()
+
+    previous = -1
+    source = iter(blocks)
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ebs-put") as pool:
+        while not failures:
+            slots.acquire()
+            try:
+                index, data = next(source)
+            except StopIteration:
+                slots.release()
+                break
+            except Exception as err:  # the disk could not be read: the snapshot is left, say which
+                slots.release()
+                with lock:
+                    failures.append(f"reading the disk's blocks failed: {_error_text(err)}")
+                break
+            problem = _block_problem(index, data, previous, last_block)
+            if problem:
+                slots.release()
+                with lock:
+                    failures.append(problem)
+                break
+            previous = index
+            pool.submit(put, index, data)
+    if failures:
+        raise SnapshotUploadError(failures[0], snapshot_id, region)
+    return digests
+
+
+def _block_problem(index: Any, data: Any, previous: int, last_block: int) -> str:
+    """Why a block given to upload_snapshot cannot be written ("" when it can)."""
+    if not isinstance(index, int) or not previous < index <= last_block:
+        return (
+            f"block index {index!r} is not after {previous} and within the volume's blocks 0 to "
+            f"{last_block}: blocks must come in ascending index order, each once"
+        )
+    if len(data) != BLOCK_SIZE:
+        return f"block {index} has {len(data)} bytes: every block is {BLOCK_SIZE} bytes"
+    return ""
+
+
+def _complete(
+    client: Any,
+    ec2: Any,
+    snapshot_id: str,
+    region: str,
+    digests: Mapping[int, bytes],
+    attempts: int,
+    pause: Callable[[float], None],
+) -> str:
+    """CompleteSnapshot with the block count and the LINEAR aggregate; returns the aggregate."""
+    aggregate = linear_checksum(digests)
+    request: dict[str, Any] = {"SnapshotId": snapshot_id, "ChangedBlocksCount": len(digests)}
+    if digests:  # an aggregate of no blocks means nothing: send none
+        request.update(Checksum=aggregate, ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
+    try:
+        with_retries(lambda: client.complete_snapshot(**request), attempts, pause)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        # A retry after a completion whose answer was lost finds the snapshot completed already.
+        if _snapshot_state(ec2, snapshot_id)[0] != "completed":
+            raise SnapshotUploadError(
+                f"CompleteSnapshot of {snapshot_id} ({len(digests)} block(s)) failed: {_error_text(err)}",
+                snapshot_id,
+                region,
+            ) from None
+    return aggregate
+
+
+def _snapshot_state(ec2: Any, snapshot_id: str) -> tuple[str, str]:
+    """The snapshot's State and StateMessage in EC2 ("" when EC2 does not know it)."""
+    try:
+        found = ec2.describe_snapshots(SnapshotIds=[snapshot_id]).get("Snapshots", [])
+    except botocore.exceptions.ClientError:
+        return "", ""
+    if not found:
+        return "", ""
+    return found[0].get("State", ""), found[0].get("StateMessage", "")
+
+
+def _wait_until_completed(
+    ec2: Any,
+    snapshot_id: str,
+    region: str,
+    wait_seconds: int,
+    pause: Callable[[float], None],
+    progress: Callable[[str], None],
+) -> None:
+    """Poll DescribeSnapshots until the snapshot is completed; raise if it ends in error or time runs out."""
+    waited = 0.0
+    while True:
+        state, reason = _snapshot_state(ec2, snapshot_id)
+        if state == "completed":
+            progress(f"    snapshot {snapshot_id} is completed")
+            return
+        if state not in ("pending", ""):
+            said = f": {reason}" if reason else ""
+            raise SnapshotUploadError(f"the snapshot {snapshot_id} ended {state}{said}", snapshot_id, region)
+        if waited >= wait_seconds:
+            raise SnapshotUploadError(
+                f"the snapshot {snapshot_id} is still {state or 'not visible'} after {wait_seconds} s",
+                snapshot_id,
+                region,
+            )
+        pause(POLL_SECONDS)
+        waited += POLL_SECONDS

@@ -1,0 +1,245 @@
+"""Uploading a disk's blocks to an EBS snapshot (amidsl.run.ebs_upload), against the strict FakeRegion and
+against plain moto."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, upload_snapshot
+from simulator import FakeRegion
+from simulator.region import SECRET_KEY
+
+
+@pytest.fixture
+def region():
+    made = FakeRegion("us-east-1")
+    yield made
+    made.close()
+
+
+def blocks_of(*indexes: int) -> list[tuple[int, bytes]]:
+    """Non-zero blocks, each filled with a byte of its own."""
+    return [(index, bytes([index % 251 + 1]) * BLOCK_SIZE) for index in indexes]
+
+
+def throttled(operation: str) -> ClientError:
+    response = {
+        "Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    return ClientError(response, operation)  # type: ignore[arg-type]
+
+
+class Meddling:
+    """A client that passes calls on, after `before[method](params)` may change or refuse them."""
+
+    def __init__(self, client, **before):
+        self.client, self.before, self.meta = client, before, client.meta
+        self.calls: list[str] = []
+
+    def __getattr__(self, method):
+        def call(**params):
+            self.calls.append(method)
+            if method in self.before:
+                params = self.before[method](params) or params
+            return getattr(self.client, method)(**params)
+
+        return call
+
+
+def upload(region, blocks, client=None, **options):
+    options = {"volume_size_gib": 1, "concurrency": 2, "pause": lambda seconds: None} | options
+    return upload_snapshot(
+        client or region.strict_client("ebs"), blocks, ec2=region.strict_client("ec2"), **options
+    )
+
+
+def read_back(region, snapshot_id: str) -> dict[int, bytes]:
+    ebs = region.strict_client("ebs")
+    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]
+    return {
+        b["BlockIndex"]: ebs.get_snapshot_block(
+            SnapshotId=snapshot_id, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"]
+        )["BlockData"].read()
+        for b in listed
+    }
+
+
+def snapshot(region, snapshot_id: str) -> dict:
+    return region.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+
+
+def test_the_blocks_given_make_a_completed_snapshot_that_reads_back_the_same(region):
+    blocks = blocks_of(0, 1, 5, 2047)
+    done = upload(
+        region, blocks, tags=[("amidsl:built-by", "amidsl")], description="root of web", concurrency=3
+    )
+    assert done.blocks_written == 4 and done.volume_size_gib == 1
+    assert read_back(region, done.snapshot_id) == dict(blocks)
+    described = snapshot(region, done.snapshot_id)
+    assert described["State"] == "completed" and described["Description"] == "root of web"
+    assert described["Tags"] == [{"Key": "amidsl:built-by", "Value": "amidsl"}]
+
+
+def test_an_empty_disk_makes_an_empty_completed_snapshot(region):
+    done = upload(region, [])
+    assert done.blocks_written == 0 and snapshot(region, done.snapshot_id)["State"] == "completed"
+
+
+def test_plain_moto_takes_the_same_upload(region):
+    done = upload(region, blocks_of(3, 4), client=region.client("ebs"))
+    assert snapshot(region, done.snapshot_id)["State"] == "completed"
+
+
+def test_a_start_whose_answer_was_lost_is_retried_without_a_second_snapshot(region):
+    lost = []
+
+    def lose_the_first_answer(params):
+        if not lost:
+            lost.append(region.strict_client("ebs").start_snapshot(**params)["SnapshotId"])
+            raise ClientError(
+                {"Error": {"Code": "InternalServerException"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                "StartSnapshot",
+            )
+
+    client = Meddling(region.strict_client("ebs"), start_snapshot=lose_the_first_answer)
+    done = upload(region, blocks_of(0), client=client, description="retried start")
+    assert done.snapshot_id == lost[0]
+    found = region.ec2.describe_snapshots(Filters=[{"Name": "description", "Values": ["retried start"]}])
+    assert [s["SnapshotId"] for s in found["Snapshots"]] == [done.snapshot_id]
+
+
+def test_throttled_puts_are_retried_with_growing_waits(region):
+    refusals = [throttled("PutSnapshotBlock")] * 3
+    waits: list[float] = []
+
+    def throttle(params):
+        if refusals:
+            raise refusals.pop()
+
+    client = Meddling(region.strict_client("ebs"), put_snapshot_block=throttle)
+    done = upload(region, blocks_of(0, 1), client=client, concurrency=1, pause=waits.append)
+    assert done.blocks_written == 2 and client.calls.count("put_snapshot_block") == 5
+    assert len(waits) == 3 and waits[0] < waits[2]
+
+
+def test_never_more_than_twice_concurrency_blocks_are_read_and_not_yet_written(region):
+    concurrency, most = 2, [0]
+    lock = threading.Lock()
+
+    class SlowCounting:
+        def __init__(self, client):
+            self.client, self.meta, self.written = client, client.meta, 0
+
+        def __getattr__(self, method):
+            return getattr(self.client, method)
+
+        def put_snapshot_block(self, **params):
+            time.sleep(0.01)
+            result = self.client.put_snapshot_block(**params)
+            with lock:
+                self.written += 1
+            return result
+
+    client = SlowCounting(region.strict_client("ebs"))
+
+    def source():
+        for read, block in enumerate(blocks_of(*range(40)), start=1):
+            with lock:
+                most[0] = max(most[0], read - client.written)
+            yield block
+
+    done = upload(region, source(), client=client, concurrency=concurrency)
+    assert done.blocks_written == 40
+    assert 1 < most[0] <= concurrency * 2
+
+
+def test_a_block_damaged_on_the_way_is_refused_and_the_error_names_the_snapshot_left(region):
+    def damage(params):
+        data = bytearray(params["BlockData"])
+        data[100] ^= 0xFF
+        return params | {"BlockData": bytes(data)}
+
+    client = Meddling(region.strict_client("ebs"), put_snapshot_block=damage)
+    with pytest.raises(SnapshotUploadError) as caught:
+        upload(region, blocks_of(7), client=client)
+    message = str(caught.value)
+    snapshot_id = caught.value.snapshot_id
+    assert "writing block 7" in message and "checksum of block 7 does not match" in message
+    assert f"aws ec2 delete-snapshot --region us-east-1 --snapshot-id {snapshot_id}" in message
+    assert snapshot(region, snapshot_id)["State"] == "pending"
+    assert SECRET_KEY not in message
+    assert client.calls.count("complete_snapshot") == 0
+
+
+def test_completion_with_a_wrong_block_count_is_refused_and_names_the_snapshot(region):
+    def miscount(params):
+        return params | {"ChangedBlocksCount": params["ChangedBlocksCount"] + 1}
+
+    client = Meddling(region.strict_client("ebs"), complete_snapshot=miscount)
+    with pytest.raises(SnapshotUploadError) as caught:
+        upload(region, blocks_of(0, 9), client=client)
+    assert "CompleteSnapshot of" in str(caught.value) and "2 block(s) were written" in str(caught.value)
+    assert f"--snapshot-id {caught.value.snapshot_id}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "said"),
+    [
+        (blocks_of(4, 2), "ascending index order"),
+        (blocks_of(2048), "within the volume's blocks 0 to 2047"),
+        ([(0, b"\x01" * 4096)], "every block is 524288 bytes"),
+    ],
+    ids=["out-of-order", "beyond-the-volume", "short"],
+)
+def test_blocks_not_as_promised_stop_the_upload_naming_the_snapshot(region, blocks, said):
+    with pytest.raises(SnapshotUploadError) as caught:
+        upload(region, blocks)
+    assert said in str(caught.value) and caught.value.snapshot_id in str(caught.value)
+
+
+def test_a_disk_that_cannot_be_read_stops_the_upload_naming_the_snapshot(region):
+    def source():
+        yield from blocks_of(0)
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(SnapshotUploadError) as caught:
+        upload(region, source())
+    assert "reading the disk's blocks failed" in str(caught.value)
+    assert caught.value.snapshot_id in str(caught.value)
+
+
+def test_a_snapshot_that_never_completes_is_named_after_the_wait(region):
+    client = Meddling(region.strict_client("ebs"), complete_snapshot=lambda params: None)
+    ec2 = region.strict_client("ec2")
+
+    class StillPending:
+        meta = ec2.meta
+
+        def describe_snapshots(self, **params):
+            found = ec2.describe_snapshots(**params)
+            for item in found["Snapshots"]:
+                item["State"] = "pending"
+            return found
+
+    with pytest.raises(SnapshotUploadError) as caught:
+        upload_snapshot(
+            client,
+            blocks_of(0),
+            ec2=StillPending(),
+            volume_size_gib=1,
+            wait_seconds=20,
+            pause=lambda seconds: None,
+        )
+    assert "is still pending after 20 s" in str(caught.value)
+
+
+def test_a_refused_start_says_no_snapshot_id_came_back(region):
+    with pytest.raises(SnapshotUploadError) as caught:
+        upload(region, blocks_of(0), timeout_minutes=5)
+    assert "StartSnapshot failed in us-east-1: ValidationException" in str(caught.value)
+    assert caught.value.snapshot_id is None
