@@ -41,6 +41,7 @@ from amidsl.model.plan import Plan, Spec, build_plan
 from amidsl.model.steps import node_steps, references
 from amidsl.render.shell import render_action
 from amidsl.run.block_stream import BlockStream
+from amidsl.run.ebs_upload import download_snapshot
 from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord, BuildError, BuildResult, run_plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
@@ -98,7 +99,7 @@ class ImageInspection:
     """What a registered image holds: its manifest, its files, and what the bundler left out."""
 
     image_id: str
-    manifest: Manifest
+    manifest: Manifest | None  # an S3-backed image's bundle manifest; None for an EBS-backed one
     entries: tuple[ImageEntry, ...]
     left_out: tuple[LeftOut, ...]
     layout: tuple[str, ...] = ()  # partition table and boot loader, in words
@@ -106,6 +107,16 @@ class ImageInspection:
     hygiene: dict = field(default_factory=dict)
     # What of the image's boot the simulation modelled rather than made for real (simulator.grub).
     modelled: tuple[str, ...] = ()
+    snapshot: tuple[str, int] | None = None  # an EBS-backed image's root snapshot and its blocks read
+
+    @property
+    def source(self) -> str:
+        """Where the image's content was read from, in words."""
+        if self.snapshot is not None:
+            snapshot_id, blocks = self.snapshot
+            return f"root snapshot {snapshot_id} read back block by block ({blocks} blocks of 512 KiB)"
+        parts = len(self.manifest.parts) if self.manifest else 0
+        return f"bundle of {parts} part{'' if parts == 1 else 's'} verified and unbundled"
 
     def paths(self) -> set[str]:
         """Every path in the image."""
@@ -145,7 +156,9 @@ class SimulatorBackend:
         """Nothing: the fake region's images move on with each poll, not with time."""
 
     def client(self, service: str, region: str) -> Any:
-        """A client of the fake region's account in `region`."""
+        """A client of the fake region's account in `region` (EBS calls get the region's strict checks)."""
+        if service == "ebs":
+            return self.region.strict_client(service, region)
         return self.region.client(service, region)
 
     def s3_client(self) -> Any:
@@ -374,15 +387,41 @@ class Simulation:
         return self.result.image_id if self.result is not None else None
 
     def inspect_image(self, image_id: str | None = None) -> ImageInspection:
-        """Download the image's bundle from the fake S3, verify and unbundle it, and list its files."""
+        """Download the image's bundle from the fake S3 (verified and unbundled), or read back its EBS
+        snapshot, and list its files."""
         image_id = image_id or self.image_id
         if image_id is None:
             raise ValueError("no image was registered by this simulation")
         image = self.region.ec2.describe_images(ImageIds=[image_id])["Images"][0]
-        bucket, _, key = image["ImageLocation"].partition("/")
-        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="amidsl-sim-"))
         target = Path(tempfile.mkdtemp(prefix="bundle-", dir=self.workdir))
+        manifest, snapshot = None, None
+        if "ImageLocation" in image:
+            manifest, restored = self._restore_bundle(image["ImageLocation"], target)
+        else:  # EBS-backed: the root device's snapshot, read back through the EBS direct APIs
+            root = next(m for m in image["BlockDeviceMappings"] if m["DeviceName"] == image["RootDeviceName"])
+            snapshot_id = root["Ebs"]["SnapshotId"]
+            restored = target / "disk"
+            blocks = download_snapshot(self.region.strict_client("ebs"), snapshot_id, str(restored))
+            snapshot = (snapshot_id, blocks)
+        entries = tuple(list_image(restored))
+        left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
+        layout = tuple(describe_layout(restored))
+        return ImageInspection(
+            image_id,
+            manifest,
+            entries,
+            tuple(left_out),
+            layout,
+            self.node.last_hygiene,
+            tuple(grub.modelled(self.node)) if disk_layout(restored) is not None else (),
+            snapshot,
+        )
+
+    def _restore_bundle(self, location: str, target: Path) -> tuple[Manifest, Path]:
+        """Download a bundle from the fake S3, verify and unbundle it: its manifest and the image."""
+        bucket, _, key = location.partition("/")
+        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
         listing = self.region.s3.list_objects_v2(Bucket=bucket, Prefix=folder)
         for item in listing.get("Contents", []):
             name = item["Key"][len(folder) :]
@@ -397,18 +436,7 @@ class Simulation:
             target / "image",
             user_cert_pem=self.settings.certificate_pem,
         )
-        entries = tuple(list_image(restored))
-        left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
-        layout = tuple(describe_layout(restored))
-        return ImageInspection(
-            image_id,
-            manifest,
-            entries,
-            tuple(left_out),
-            layout,
-            self.node.last_hygiene,
-            tuple(grub.modelled(self.node)) if disk_layout(restored) is not None else (),
-        )
+        return manifest, Path(restored)
 
     def discard_downloads(self) -> None:
         """Delete what inspect_image downloaded and unpacked."""

@@ -61,15 +61,19 @@ def golden_text(script: str) -> str:
     return script.replace(program_source(), placeholder)
 
 
+# The example's build strategies, by the settings that choose them (and their golden files' folder).
+VARIANTS = {"native": {}, "ami-tools": {"bundler": "ami-tools"}, "ebs": {"backing": "ebs"}}
+
+
 def example_spec(bundler="native"):
-    return crate.server_spec(load_toml(example_config_path()) | {"bundler": bundler})
+    return crate.server_spec(load_toml(example_config_path()) | {"bundler": "native", **VARIANTS[bundler]})
 
 
 def example_group(bundler="native"):
     return group_spec("ami", extends=[example_spec(bundler)], phases={"test": describe_image_phase})
 
 
-@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+@pytest.mark.parametrize("bundler", sorted(VARIANTS))
 @pytest.mark.parametrize("phase", [*crate.PHASE_FUNCTIONS, "test"])
 def test_each_phase_script_matches_its_golden_file(phase, bundler):
     """Golden files pin what each phase runs; regenerate with AMIDSL_UPDATE_GOLDEN=1 and review the diff."""
@@ -81,7 +85,7 @@ def test_each_phase_script_matches_its_golden_file(phase, bundler):
     assert text == golden.read_text()
 
 
-@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+@pytest.mark.parametrize("bundler", sorted(VARIANTS))
 def test_example_script_passes_shellcheck_and_bash_syntax_check(tmp_path, bundler):
     script = tmp_path / "build.sh"
     script.write_text(render_script(build_plan(example_group(bundler))))

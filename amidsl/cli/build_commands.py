@@ -119,7 +119,7 @@ def result_lines(settings: AmiSettings, outcome: BuildResult, chosen: list[str])
     """What a finished build made, as `simulate` says it."""
     if not outcome.image_id:
         return [f"phases done: {', '.join(chosen)}"]
-    return registered_lines(settings, outcome.image_id, outcome.copies)
+    return registered_lines(outcome.settings, outcome.image_id, outcome.copies)
 
 
 @contextmanager

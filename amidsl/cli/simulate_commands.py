@@ -249,11 +249,9 @@ def refuse_missing_phases(plan: Plan, every_phase: list[str]) -> None:
 def summarise(inspection: ImageInspection, list_all: bool) -> list[str]:
     """What the image holds and what was left out, and why."""
     files = [e for e in inspection.entries if e.type == "file"]
-    parts = len(inspection.manifest.parts)
     lines = [
         f"image: {len(inspection.entries)} entries, {len(files)} files, "
-        f"{sum(e.size for e in files) / 1e6:.1f} MB of file data; bundle of {parts} "
-        f"part{'' if parts == 1 else 's'} verified and unbundled",
+        f"{sum(e.size for e in files) / 1e6:.1f} MB of file data; {inspection.source}",
         *inspection.layout,
         *inspection.modelled,
     ]
@@ -285,7 +283,8 @@ def as_json(
                 "entries": len(inspection.entries),
                 "files": len(files),
                 "file_bytes": sum(e.size for e in files),
-                "parts": len(inspection.manifest.parts),
+                "parts": len(inspection.manifest.parts) if inspection.manifest else None,
+                "snapshot": inspection.snapshot[0] if inspection.snapshot else None,
             },
             "layout": list(inspection.layout),
             "modelled": list(inspection.modelled),
@@ -354,7 +353,9 @@ def simulate(
             print(as_json(simulation, inspection, choice, inspect, plan.settings, unfired))
         elif simulation.error is None:
             if simulation.image_id:
-                for line in registered_lines(plan.settings, simulation.image_id, simulation.result.copies):
+                for line in registered_lines(
+                    simulation.result.settings, simulation.image_id, simulation.result.copies
+                ):
                     say(line)
             if inspection is not None:
                 for line in summarise(inspection, inspect):

@@ -60,6 +60,7 @@ from amidsl.model.steps import (
     walk_steps,
 )
 from amidsl.render.summary import plan_title, public_settings
+from amidsl.strategies.native_ebs import blocks_program
 
 _NAME_SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -423,7 +424,7 @@ def snapshot_blocks_program(action: UploadSnapshot, disk: str) -> NodeProgram:
 def _upload_snapshot(action: UploadSnapshot) -> list[str]:
     """The node command whose output amidsl uploads; the upload itself runs only on the controller."""
     tags = ", ".join(f"{tag['Key']}={tag['Value']}" for tag in action.tags)
-    argv = _words(list(node_program_argv(snapshot_blocks_program(action, ""))))
+    argv = _words(list(node_program_argv(blocks_program(action, ""))))
     return [
         '# amidsl runs this on the node, its standard input {"disk": <the disk ami-bundle kept>}:',
         f"#   {argv}",
@@ -433,7 +434,7 @@ def _upload_snapshot(action: UploadSnapshot) -> list[str]:
         f"# block ({action.concurrency} at a time, each with its SHA-256), CompleteSnapshot with the block",
         "# count and the LINEAR checksum the node's report gave; then it waits until the snapshot is",
         "# completed. No AWS credential or URL reaches the node.",
-        f"controller_only {quote(action.description)}",
+        f"{_result_var(action.result_name)}=$(controller_only {quote(action.description)})",
     ]
 
 

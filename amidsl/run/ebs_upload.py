@@ -30,9 +30,10 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 
+from amidsl.node.amidsl_node import EBS_BLOCK_SIZE
 from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY
 
-BLOCK_SIZE = 524288  # the EBS direct APIs' block: 512 KiB, whatever a service reports
+BLOCK_SIZE = EBS_BLOCK_SIZE  # the EBS direct APIs' block: 512 KiB, whatever a service reports
 BLOCKS_PER_GIB = (1 << 30) // BLOCK_SIZE
 DEFAULT_TIMEOUT_MINUTES = 60  # how long AWS keeps a pending snapshot that sees no write
 DEFAULT_ATTEMPTS = 6  # tries of one request, the first included
@@ -335,3 +336,25 @@ def _wait_until_completed(
             )
         pause(POLL_SECONDS)
         waited += POLL_SECONDS
+
+
+def download_snapshot(client: Any, snapshot_id: str, path: str, size: int | None = None) -> int:
+    """Write a completed snapshot's blocks into a sparse file at `path` (the blocks never written stay
+    holes, as they read as zeros); `size` cuts the file to the disk's own size. Returns the blocks read."""
+    listed = {"SnapshotId": snapshot_id, "MaxResults": 10000}
+    count = 0
+    with open(path, "wb") as disk:
+        while True:
+            page = client.list_snapshot_blocks(**listed)
+            for block in page.get("Blocks", []):
+                data = client.get_snapshot_block(
+                    SnapshotId=snapshot_id, BlockIndex=block["BlockIndex"], BlockToken=block["BlockToken"]
+                )["BlockData"].read()
+                disk.seek(block["BlockIndex"] * BLOCK_SIZE)
+                disk.write(data)
+                count += 1
+            if "NextToken" not in page:
+                break
+            listed["NextToken"] = page["NextToken"]
+        disk.truncate(size if size is not None else page["VolumeSize"] * 1024**3)
+    return count

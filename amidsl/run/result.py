@@ -38,6 +38,8 @@ def result_document(
     """The shared fields of a build's JSON result (`result` is None when the build failed early)."""
     image_id = result.image_id if result else None
     copies = dict(result.copies) if result else {}
+    # An EBS-backed build's image comes from the snapshot it uploaded, not from an S3 bundle.
+    snapshot_id = result.settings.snapshot_id if result and result.settings else None
     return {
         "schema": schema,
         "amidsl_version": __version__,
@@ -47,7 +49,8 @@ def result_document(
         "image_name": settings.image_name,
         "images": ({settings.region: image_id} if image_id else {}) | copies,
         "copies": copies,
-        "bundle": f"s3://{settings.s3_manifest_path}",
+        "bundle": None if snapshot_id else f"s3://{settings.s3_manifest_path}",
+        "snapshot_id": snapshot_id,
         "parts": result.parts if result else None,
         "timings": dict(result.timings) if result else {},
         "settings_digest": settings_digest(settings),
@@ -56,5 +59,7 @@ def result_document(
 
 def registered_lines(settings: AmiSettings, image_id: str, copies: dict[str, str]) -> list[str]:
     """The sentences saying what a build registered: the image, its bundle, its copies."""
-    lines = [f"registered {image_id} ({settings.image_name}) from s3://{settings.s3_manifest_path}"]
+    bundle = f"s3://{settings.s3_manifest_path}"
+    source = f"the snapshot {settings.snapshot_id}" if settings.snapshot_id else bundle
+    lines = [f"registered {image_id} ({settings.image_name}) from {source}"]
     return lines + [f"copied it to {region} as {copy}" for region, copy in copies.items()]

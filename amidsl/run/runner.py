@@ -28,12 +28,16 @@ from amidsl.model.actions import (
     PhasePlan,
     RuntimeValue,
     UpdateSettings,
+    UploadSnapshot,
     WaitForImage,
 )
 from amidsl.model.plan import Plan
 from amidsl.printable import printable
+from amidsl.run.block_stream import BlockStreamFailed
+from amidsl.run.ebs_upload import SnapshotUploadError
 from amidsl.run.leftovers import UPLOADING_PHASES, leftovers_note
 from amidsl.run.publish import PublishFailed, run_publish_step
+from amidsl.run.snapshot_step import SnapshotStepFailed, run_upload_snapshot
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
 from amidsl.strategies import Strategy, strategy_of
@@ -215,7 +219,12 @@ def run_plan(
     if on_error not in ON_ERROR_POLICIES:
         raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, not {on_error!r}")
     settings = plan.settings
-    values = {"image_id": settings.image_id} if settings.image_id else {}
+    # What an earlier run made, given to resume it (the image to test, the snapshot to register).
+    values = {
+        name: value
+        for name, value in (("image_id", settings.image_id), ("snapshot_id", settings.snapshot_id))
+        if value
+    }
     results: dict[str, Any] = {}
     result = BuildResult(settings)
     secrets = list(backend.secrets())
@@ -289,7 +298,10 @@ def run_plan(
             ) from None
         result.phases.append(phase.name)
         result.timings[phase.name] = round(time.monotonic() - started, 3)
-    result.settings = settings.with_values(image_id=values.get("image_id", settings.image_id))
+    result.settings = settings.with_values(
+        image_id=values.get("image_id", settings.image_id),
+        snapshot_id=values.get("snapshot_id", settings.snapshot_id),
+    )
     result.copies = copies(settings, values)
     result.parts = _bundle_parts(plan, results)
     return result
@@ -353,6 +365,12 @@ def _run_controller_action(
             raise ActionFailed(index, 1, str(err)) from None
         except Exception as err:
             raise ActionFailed(index, 1, f"{action.description}: {type(err).__name__}: {err}") from err
+        return ActionRecord(phase, index, action.description, "controller", 0, output)
+    if isinstance(action, UploadSnapshot):
+        try:
+            output = run_upload_snapshot(action, backend, results, progress)  # type: ignore[arg-type]
+        except (SnapshotStepFailed, SnapshotUploadError, BlockStreamFailed) as err:
+            raise ActionFailed(index, getattr(err, "status", 1), str(err)) from None
         return ActionRecord(phase, index, action.description, "controller", 0, output)
     if isinstance(action, (*NATIVE_CONTROLLER_ACTIONS, NodeProgram)):
         try:

@@ -184,6 +184,15 @@ def ebs_limits(r: Reading) -> list[Problem]:
                 'use virtualization_type = "hvm" (the native default) with backing = "ebs"',
             )
         )
+    if r.value("boot_mode") not in (None, "legacy-bios"):
+        problems.append(
+            Problem(
+                "boot_mode",
+                "the disk boots through GRUB for BIOS, and today's instance types that can boot UEFI would "
+                f"boot an image of boot_mode {r.value('boot_mode')!r} with UEFI, finding no boot loader",
+                'remove boot_mode, or set boot_mode = "legacy-bios" (what an EBS-backed build registers)',
+            )
+        )
     # Each of these acts on the S3 bundle, which an EBS-backed build does not make, or is not there yet.
     for name, why in (
         ("bundle_tags", "tags the S3 bundle's objects, and an EBS-backed build makes no S3 bundle"),

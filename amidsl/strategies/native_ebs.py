@@ -94,6 +94,13 @@ def ami_upload(s: AmiSettings) -> list[Action]:
     ]
 
 
+def blocks_program(action: UploadSnapshot, disk: str) -> NodeProgram:
+    """The node-program run that streams the disk's data blocks to the controller."""
+    return NodeProgram(
+        action.program, "blocks", (("disk", disk),), result_name="", description=action.description
+    )
+
+
 def register_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     """The RegisterImage parameters for an EBS-backed hvm image whose root is the uploaded snapshot."""
     params: list[tuple[str, object]] = [("Name", s.image_name)]

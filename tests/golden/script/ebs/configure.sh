@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# amidsl 0.1.0 build script: spec 'ami': image 'amidsl-example-ami' (x86_64) in us-east-1, bundle to s3://amidsl-example-bundles/images/example/
+# Generated from the settings below; review it: this text is exactly what amidsl runs.
+# Node phases run as root on the node; the controller-side section of a phase calls the
+# AWS API (amidsl does that itself with boto3).
+#
+# Usage: bash SCRIPT [PHASE ...]   (default: configure)
+#
+# Settings:
+#   image_name = amidsl-example-ami
+#   image_description = amidsl example AMI
+#   access_key = from the AWS credential chain; used on the controller only (the node streams the disk's blocks to it)
+#   secret_key = from the AWS credential chain; used on the controller only (the node streams the disk's blocks to it)
+#   session_token = from the AWS credential chain; used on the controller only (the node streams the disk's blocks to it)
+#   region = us-east-1
+#   user_id = 123456789012
+#   user = admin
+#   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
+#   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
+#   install_dir = /opt/ami-tools
+#   install_source = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
+#   ami_tools_url = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
+#   destination_dir = /tmp
+#   private_key_source = amidsl's built-in example credentials (throwaway, not valid on AWS)
+#   certificate_source = amidsl's built-in example credentials (throwaway, not valid on AWS)
+#   arch = x86_64
+#   s3_bucket = amidsl-example-bundles
+#   s3_path = images/example
+#   s3_manifest_path = amidsl-example-bundles/images/example/image.manifest.xml
+#   prefix = image
+#   image_size_mb = (none)
+#   virtualization_type = hvm
+#   kernel_id = (none)
+#   ramdisk_id = (none)
+#   block_device_mappings = (none)
+#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
+#   image_id = (none)
+#   bundler = native
+#   backing = ebs
+#   snapshot_id = (none)
+#   volume = /
+#   ec2_certificate_source = (none)
+#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
+#   upload_concurrency = 4
+#   tags = (none)
+#   bundle_tags = (none)
+#   launch_permissions = (none)
+#   public_image = false
+#   copy_to_regions = (none)
+#   imds_support = (none)
+#   boot_mode = (none)
+#   ena_support = (none)
+#   sriov_net_support = (none)
+#   force_deregister = false
+#   deprecate_at = (none)
+#   image_wait_seconds = 1800
+#   includes = /etc/ssl/certs/*.pem, /etc/pki/ca-trust/*.pem, /etc/pki/tls/certs/*.pem, /usr/lib/ssl/cert.pem, /etc/pki/tls/cert.pem, /usr/share/keyrings/*.gpg, /etc/apt/trusted.gpg.d/*.gpg, /etc/apt/keyrings/*.gpg, /usr/share/pki/*.pem, */certifi/cacert.pem, */pip/_vendor/certifi/cacert.pem, */botocore/cacert.pem
+#   exclude_patterns = (none)
+#   hygiene_keep = (none)
+
+set -Eeuo pipefail
+
+step() {
+  printf '==> [%s %s] %s\n' "$1" "$2" "$3"
+  AMIDSL_STEP="$1 action $2 ($3)"
+}
+fail() {
+  printf 'amidsl: %s\n' "$*" >&2
+  return 1
+}
+on_error() {
+  local status=$?
+  # Subshells inherit the trap (set -E): report once, from the main shell, and only for an action.
+  if [ "$BASH_SUBSHELL" -eq 0 ] && [ -n "${AMIDSL_STEP:-}" ]; then
+    printf 'amidsl: FAILED in phase %s (exit %s)\n' "${AMIDSL_STEP:-?}" "$status" >&2
+  fi
+}
+trap on_error ERR
+
+# note (configure): native build: no key or certificate is written to the node; the controller signs
+phase_configure() {
+  :  # nothing to do
+}
+
+main() {
+  if [ "$#" -eq 0 ]; then
+    set -- configure
+  fi
+  local phase
+  # Every phase name is checked before anything runs.
+  for phase in "$@"; do
+    case "$phase" in
+      configure) ;;
+      *) fail "unknown phase: $phase (phases: configure)" ;;
+    esac
+  done
+  for phase in "$@"; do
+    case "$phase" in
+      configure) phase_configure ;;
+    esac
+  done
+}
+
+main "$@"

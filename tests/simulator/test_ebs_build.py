@@ -1,0 +1,88 @@
+"""EBS-backed builds in the simulator (backing = "ebs"): the node keeps the disk, the controller uploads
+its blocks into a snapshot through the strict region's EBS direct APIs, RegisterImage maps it as root."""
+
+from __future__ import annotations
+
+import pytest
+
+from amidsl.example import example_credentials
+from amidsl.settings import SettingsError, resolve
+from tests.simulator.test_native import SECRET_KEY, node_files
+
+
+@pytest.fixture
+def ebs_settings(native_settings) -> dict:
+    """The example's native build, EBS-backed."""
+    return native_settings | {"backing": "ebs"}
+
+
+def test_an_ebs_build_registers_an_ebs_backed_image_whose_root_is_the_uploaded_snapshot(
+    run, ebs_settings, region
+):
+    simulation = run(ebs_settings)
+    assert simulation.error is None, simulation.error
+    snapshot_id = simulation.final_settings.snapshot_id
+    image = region.call("ec2", "DescribeImages", {"ImageIds": [simulation.image_id]})["Images"][0]
+    assert image["RootDeviceType"] == "ebs" and "ImageLocation" not in image
+    assert (image["RootDeviceName"], image["VirtualizationType"], image["BootMode"]) == (
+        "/dev/xvda",
+        "hvm",
+        "legacy-bios",
+    )
+    [root] = image["BlockDeviceMappings"]
+    assert root["Ebs"]["SnapshotId"] == snapshot_id and root["Ebs"]["VolumeType"] == "gp3"
+    snapshot = region.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert snapshot["State"] == "completed"
+    assert {"Key": "amidsl:built-by", "Value": "amidsl"} in snapshot["Tags"]
+    # No S3 bundle was made, and nothing is left on the node.
+    assert not [key for _, key in region.object_acls]
+    assert not simulation.node.exists("/tmp/image.disk") and not simulation.node.exists("/opt/ami-tools")
+
+
+def test_the_snapshot_read_back_is_the_bootable_disk_with_hygiene_applied(run, ebs_settings):
+    simulation = run(ebs_settings)
+    inspection = simulation.inspect_image()
+    assert inspection.manifest is None and inspection.snapshot[0] == simulation.final_settings.snapshot_id
+    assert "read back block by block" in inspection.source
+    assert "partition 1: Linux (0x83), bootable, from sector 2048" in "\n".join(inspection.layout)
+    paths = inspection.paths()
+    assert {"/etc/nginx/nginx.conf", "/boot/grub/grub.cfg"} <= paths
+    assert not {"/root/.ssh/id_rsa", "/home/admin/.bash_history", "/opt/ami-tools"} & paths
+
+
+def test_no_signing_key_aws_secret_or_url_ever_reach_the_node_in_an_ebs_build(run, ebs_settings, node):
+    simulation = run(ebs_settings, ["install", "configure", "ami-bundle", "ami-upload"])
+    assert simulation.error is None, simulation.error
+    key_pem, _ = example_credentials()
+    key_body = key_pem.strip().splitlines()[2].encode()
+    for path in node_files(node):
+        data = path.read_bytes()
+        assert key_body not in data and SECRET_KEY.encode() not in data, path
+        assert b"X-Amz-Signature" not in data, path
+    # The disk waits for cleanup, private to root.
+    assert node.mode("/tmp/image.disk") == 0o600
+
+
+def test_a_kernel_without_the_nitro_drivers_stops_an_ebs_build_at_the_node_check(run, ebs_settings, node):
+    node.write_bytes("/lib/modules/6.1.0-28-amd64/modules.builtin", b"kernel/fs/ext4/ext4.ko\n")
+    simulation = run(ebs_settings)
+    assert simulation.error is not None and simulation.error.phase == "install"
+    assert "has no nvme driver" in simulation.error.output and "has no ena driver" in simulation.error.output
+
+
+@pytest.mark.parametrize(
+    ("given", "setting", "says"),
+    [
+        ({"bundler": "ami-tools"}, "backing", "ec2-ami-tools make only S3 bundles"),
+        ({"virtualization_type": "paravirtual"}, "virtualization_type", "a bootable disk (MBR and GRUB)"),
+        ({"bundle_tags": {"team": "ops"}}, "bundle_tags", "makes no S3 bundle"),
+        ({"force_deregister": True}, "force_deregister", "not there yet"),
+        ({"copy_to_regions": ["eu-west-1"]}, "copy_to_regions", "not there yet"),
+        ({"boot_mode": "uefi-preferred"}, "boot_mode", "boots through GRUB for BIOS"),
+    ],
+)
+def test_what_an_ebs_build_cannot_do_is_refused_before_anything_runs(ebs_settings, given, setting, says):
+    with pytest.raises(SettingsError) as refused:
+        resolve(ebs_settings | given)
+    text = str(refused.value)
+    assert f"- {setting}: " in text and says in text and "Fix: " in text
