@@ -3476,7 +3476,8 @@ def keep_disk(image_path: str, destination: str, prefix: str) -> dict:
     `blocks` is how many blocks hold data (CompleteSnapshot's ChangedBlocksCount) and `checksum` the
     EBS direct APIs' LINEAR aggregate: SHA-256 over the blocks' SHA-256 digests in index order.
     """
-    size = os.lstat(image_path).st_size
+    st = os.lstat(image_path)
+    size = st.st_size
     linear, count = hashlib.sha256(), 0
     fd = os.open(image_path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
@@ -3490,6 +3491,8 @@ def keep_disk(image_path: str, destination: str, prefix: str) -> dict:
     return {
         "disk": disk,
         "image_size": size,
+        # What the disk takes on the node's disk (a sparse file: its holes take nothing); written once.
+        "allocated": st.st_blocks * 512,
         "volume_size_gib": max(1, -(-size // GiB)),
         "block_size": EBS_BLOCK_SIZE,
         "blocks": count,

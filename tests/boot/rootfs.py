@@ -113,13 +113,17 @@ DHCP=ipv4
 
 # Left out to keep the tree small.
 PRUNED = ("usr/share/doc", "usr/share/locale", "usr/share/man", "var/cache/apt", "var/lib/apt/lists")
-# The only kernel modules kept: the initramfs already holds the disk drivers and ext4; after it, the
-# machine needs only its virtio NIC (and systemd its automounts).
+# The only kernel modules kept: the initramfs already holds the disk drivers (nvme too) and ext4; after
+# it, the machine needs only its virtio NIC (and systemd its automounts). An EBS-backed build's node check
+# looks for the drivers today's instance types need on the disk: nvme (its root) and ena (its network).
 KEPT_MODULES = (
     "drivers/net/virtio_net.ko",
     "drivers/net/net_failover.ko",
     "net/core/failover.ko",
     "fs/autofs/autofs4.ko",
+    "drivers/nvme/host/nvme.ko",
+    "drivers/nvme/host/nvme-core.ko",
+    "drivers/net/ethernet/amazon/ena/ena.ko",
 )
 
 RECIPE = "\n".join(

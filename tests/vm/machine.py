@@ -41,10 +41,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def qemu_argv(disk: Path, serial: Path, accel: str, memory_mb: int = 1024) -> list[str]:
-    """QEMU with disk as a virtio disk, the serial console to a file, and no other device."""
+def qemu_argv(disk: Path, serial: Path, accel: str, memory_mb: int = 1024, nvme: bool = False) -> list[str]:
+    """QEMU with disk as a virtio disk (or, with nvme, an NVMe one as Nitro instance types present an
+    EBS root), the serial console to a file, and no other device."""
     argv = [QEMU, "-machine", f"pc,accel={accel}", "-m", str(memory_mb), "-smp", "2", "-nodefaults"]
     argv += ["-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{serial}"]
+    if nvme:
+        return [
+            *argv,
+            "-drive",
+            f"file={disk},format=raw,if=none,id=root",
+            "-device",
+            "nvme,drive=root,serial=amidsl",
+        ]
     return [*argv, "-drive", f"file={disk},format=raw,if=virtio"]
 
 
@@ -71,9 +80,11 @@ def accelerator(kernel: Path, workdir: Path) -> str:
     return "kvm" if kvm_works(kernel, workdir) else "tcg"
 
 
-def boot_until_poweroff(disk: Path, serial: Path, accel: str) -> subprocess.CompletedProcess:
+def boot_until_poweroff(
+    disk: Path, serial: Path, accel: str, nvme: bool = False
+) -> subprocess.CompletedProcess:
     """Boot disk (writes go to a temporary overlay) until it powers off or the time is up."""
-    argv = [*qemu_argv(disk, serial, accel, memory_mb=768), "-snapshot"]
+    argv = [*qemu_argv(disk, serial, accel, memory_mb=768, nvme=nvme), "-snapshot"]
     return subprocess.run(argv, capture_output=True, timeout=POWEROFF_SECONDS, check=False)
 
 
