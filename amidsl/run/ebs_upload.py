@@ -65,6 +65,7 @@ class SnapshotUploadError(Exception):
     """Uploading a snapshot failed; the message names the snapshot left (if any) and how to delete it."""
 
     def __init__(self, what: str, snapshot_id: str | None = None, region: str = "") -> None:
+        self.what = what  # what failed, without the advice on the snapshot
         if snapshot_id:
             where = f" in {region}" if region else ""
             what = (

@@ -11,9 +11,11 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import botocore.exceptions
+
 from amidsl.model.actions import NodeProgram, UploadSnapshot
 from amidsl.run.block_stream import BlockStream
-from amidsl.run.ebs_upload import BLOCK_SIZE, delete_snapshot_command, upload_snapshot
+from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, delete_snapshot_command, upload_snapshot
 from amidsl.strategies.native_ebs import blocks_program
 
 MB = 1_000_000
@@ -54,17 +56,25 @@ def run_upload_snapshot(
         )
     disk = report["disk"]
     stream = backend.stream_node_program(blocks_program(action, disk), json.dumps({"disk": disk}).encode())
-    upload = upload_snapshot(
-        backend.client("ebs", action.region),
-        stream,
-        ec2=backend.client("ec2", action.region),
-        volume_size_gib=int(report["volume_size_gib"]),
-        tags=[(tag["Key"], tag["Value"]) for tag in action.tags],
-        description=action.snapshot_description,
-        concurrency=action.concurrency,
-        progress=progress,
-        pause=backend.pause,
-    )
+    ec2 = backend.client("ec2", action.region)
+    try:
+        upload = upload_snapshot(
+            backend.client("ebs", action.region),
+            stream,
+            ec2=ec2,
+            volume_size_gib=int(report["volume_size_gib"]),
+            tags=[(tag["Key"], tag["Value"]) for tag in action.tags],
+            description=action.snapshot_description,
+            concurrency=action.concurrency,
+            progress=progress,
+            pause=backend.pause,
+        )
+    except SnapshotUploadError as err:
+        if not err.snapshot_id:
+            raise
+        # A snapshot this run started and could not finish is of no use to any later run (the next
+        # bundle is another disk): delete it rather than leave it behind.
+        raise SnapshotStepFailed(_without(err, ec2, action.region)) from None
     if (upload.blocks_written, upload.checksum) != (report["blocks"], report["checksum"]):
         raise SnapshotStepFailed(
             f"the snapshot {upload.snapshot_id} does not hold the disk the node made: "
@@ -78,3 +88,13 @@ def run_upload_snapshot(
         f"uploaded {upload.blocks_written} blocks ({size / MB:.1f} MB) of {disk} into {upload.snapshot_id} "
         f"({upload.volume_size_gib} GiB, completed)"
     )
+
+
+def _without(err: SnapshotUploadError, ec2: Any, region: str) -> str:
+    """Delete the unfinished snapshot of a failed upload; what failed, and what became of it."""
+    snapshot_id = err.snapshot_id
+    try:
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as failed:
+        return f"{err}. Deleting it failed too ({type(failed).__name__}: {failed})"
+    return f"{err.what}. The unfinished snapshot {snapshot_id} was deleted; nothing is left in {region}"
