@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moto.backends import get_backend
+
 from amidsl.bundle import (
     ImageEntry,
     ImageReport,
@@ -48,7 +50,7 @@ from simulator.fake_ami_tools import ami_tools_zip
 from simulator.node import FakeNode, NodeInterrupted
 from simulator.node_launcher import DESCRIPTION_VARIABLE
 from simulator.packages import model_script
-from simulator.region import FakeRegion
+from simulator.region import ACCOUNT_ID, FakeRegion
 from simulator.steps import StepRunner
 from simulator.template import template_node
 
@@ -202,7 +204,7 @@ class SimulatorBackend:
                 self._interrupt_when_under_way(process, data.get("destination_dir", ""))
             try:
                 if action.command == "bundle":
-                    load_moto_ec2()  # while the node program bundles in its own process
+                    load_moto_ec2(self.region.name)  # while the node program bundles in its own process
                 out, err = process.communicate()
             except KeyboardInterrupt:
                 # Ctrl-C: as over SSH, the program is interrupted and given time to clean up.
@@ -327,10 +329,11 @@ class SimulatorBackend:
         return staged
 
 
-def load_moto_ec2() -> None:
-    """Load moto's EC2, which the fake region's first EC2 call (registering the image) would load: about
-    half a second of CPU, spent while the node program bundles, in a process of its own."""
-    import moto.ec2  # noqa: F401
+def load_moto_ec2(region: str) -> None:
+    """Load moto's EC2 and make the region's EC2 state (with moto's default images), as the fake region's
+    first EC2 call (registering the image) would: over half a second of CPU, spent while the node
+    program bundles, in a process of its own."""
+    get_backend("ec2")[ACCOUNT_ID][region]
 
 
 @dataclass
