@@ -241,6 +241,23 @@ def test_plan_of_the_built_in_example_reads_no_endpoints_json():
     assert "READ ['partitions.json']" in run.stderr
 
 
+@pytest.mark.parametrize(("argv", "status"), [(["--version"], 0), (["no-such-command"], 2)])
+def test_once_moto_is_loaded_amidsl_still_exits_with_its_status_its_output_and_exit_handlers(argv, status):
+    # After a simulation (the only command that loads moto) amidsl leaves without freeing each object.
+    probe = (
+        "import atexit, sys, threading, time\n"
+        "import moto\n"
+        "from amidsl.cli.main import main\n"
+        "atexit.register(lambda: print('exit handler ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread finished'))).start()\n"
+        f"main({argv!r})\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == status, run.stderr
+    assert run.stdout.endswith("thread finished\nexit handler ran\n")
+    assert "Traceback" not in run.stderr
+
+
 def test_bash_completion_script_is_valid_and_knows_the_commands():
     run = amidsl("completion", "bash")
     assert run.returncode == 0
