@@ -6,7 +6,13 @@ their lines; a name (a path in an image) is one line and must read back unambigu
 
 from __future__ import annotations
 
+import re
 import unicodedata
+
+# What may need escaping: anything but printable ASCII (which never does) and, in lines of text, the
+# line break. Output is mostly plain ASCII, so only these characters go through `_escaped`.
+_NOT_PLAIN_LINES = re.compile(r"[^\n\x20-\x7e]")
+_NOT_PLAIN_NAME = re.compile(r"[^\x20-\x7e]|\\")
 
 
 def _escaped(char: str) -> str:
@@ -22,7 +28,7 @@ def _escaped(char: str) -> str:
 
 def printable(text: str) -> str:
     """Lines of text for a terminal: control, format and undecodable characters escaped, line breaks kept."""
-    return "".join(char if char == "\n" else _escaped(char) for char in text)
+    return _NOT_PLAIN_LINES.sub(lambda found: _escaped(found[0]), text)
 
 
 def printable_output(text: str) -> str:
@@ -35,4 +41,4 @@ def printable_output(text: str) -> str:
 
 def printable_name(text: str) -> str:
     """A name on one line, unambiguously: as printable, with line breaks and backslashes escaped too."""
-    return "".join("\\\\" if char == "\\" else _escaped(char) for char in text)
+    return _NOT_PLAIN_NAME.sub(lambda found: "\\\\" if found[0] == "\\" else _escaped(found[0]), text)

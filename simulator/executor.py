@@ -8,6 +8,7 @@ fetches the registered bundle from the fake S3, verifies and unbundles it, and l
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from moto.backends import get_backend
 
 from amidsl.bundle import (
     ImageEntry,
@@ -51,7 +54,7 @@ from simulator.fake_ami_tools import ami_tools_zip
 from simulator.node import FakeNode, NodeInterrupted
 from simulator.node_launcher import DESCRIPTION_VARIABLE
 from simulator.packages import model_script
-from simulator.region import FakeRegion
+from simulator.region import ACCOUNT_ID, FakeRegion
 from simulator.steps import StepRunner
 from simulator.template import template_node
 
@@ -141,6 +144,14 @@ class SimulatorBackend:
         self.env = {"AMIDSL_ACCESS_KEY": access, "AMIDSL_SECRET_KEY": secret}
         if token:
             self.env["AMIDSL_SESSION_TOKEN"] = token
+        # Where the node program's runs keep its compiled code (simulator.node_launcher), made on first use.
+        self.code_cache: str | None = None
+
+    def close(self) -> None:
+        """Delete the node program's compiled code."""
+        if self.code_cache is not None:
+            shutil.rmtree(self.code_cache, ignore_errors=True)
+            self.code_cache = None
 
     def secrets(self) -> list[str]:
         """The secret values of this build (the access key id too: it is shown nowhere), for redaction."""
@@ -195,6 +206,8 @@ class SimulatorBackend:
             if interrupted:
                 self._interrupt_when_under_way(process, data.get("destination_dir", ""))
             try:
+                if action.command == "bundle":
+                    load_moto_ec2(self.region.name)  # while the node program bundles in its own process
                 out, err = process.communicate()
             except KeyboardInterrupt:
                 # Ctrl-C: as over SSH, the program is interrupted and given time to clean up.
@@ -283,7 +296,13 @@ class SimulatorBackend:
             mke2fs = str(tools / "mke2fs")
             Path(mke2fs).write_text(OLD_MKE2FS.format(version=node.versions["e2fsprogs"]))
             Path(mke2fs).chmod(0o755)
-        described: dict[str, Any] = {"tools": grub.node_mkimage(node, tools), "full": []}
+        if self.code_cache is None:
+            self.code_cache = tempfile.mkdtemp(prefix="amidsl-sim-code-")
+        described: dict[str, Any] = {
+            "tools": grub.node_mkimage(node, tools),
+            "full": [],
+            "code_cache": self.code_cache,
+        }
         if "e2fsprogs" not in node.packages or mke2fs:
             described["tools"]["mke2fs"] = mke2fs
         if node.faults.disk_full_under:
@@ -356,6 +375,14 @@ class SimulatorBackend:
             self.node.write_bytes(path, data, mode=0o600)
             staged[file.env_var] = path
         return staged
+
+
+def load_moto_ec2(region: str) -> None:
+    """Load moto's EC2 and make the region's EC2 state (with moto's default images), as the fake region's
+    first EC2 call (registering the image) would: over half a second of CPU, spent while the node
+    program bundles, in a process of its own."""
+    with contextlib.suppress(KeyError):  # a region moto does not know fails at that call, as before
+        get_backend("ec2")[ACCOUNT_ID][region]
 
 
 @dataclass
@@ -505,4 +532,6 @@ def simulate(
         simulation.error = error
         if raise_on_failure:
             raise
+    finally:
+        backend.close()
     return simulation

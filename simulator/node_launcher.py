@@ -7,16 +7,23 @@ or an old mke2fs that reports its version) and which directories sit on a full d
     python3 -I node_launcher.py PROGRAM COMMAND < request.json
 
 with the node's description as JSON in the environment variable NODE_DESCRIPTION:
-{"tools": {name: path or null}, "full": [directory...]}.
+{"tools": {name: path or null}, "full": [directory...], "code_cache": directory or null}.
+
+The program is compiled from the node's copy of its source, as python3 would; a simulation runs it
+several times, so where the description names a code_cache (a private directory of the simulation),
+the code compiled from that very source is kept there for the next run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import marshal
 import os
-import runpy
 import shutil
 import sys
+import types
+from pathlib import Path
 from typing import Any
 
 DESCRIPTION_VARIABLE = "NODE_DESCRIPTION"
@@ -45,13 +52,38 @@ def describe_node(tools: dict[str, str | None], full: list[str]) -> None:
     os.statvfs = statvfs  # type: ignore[assignment]
 
 
+def compiled(program: str, cache: str | None) -> types.CodeType:
+    """The program's code: compiled from its source, or taken from `cache` where the same source at the
+    same path was compiled before."""
+    source = Path(program).read_bytes()
+    if cache is None:
+        return compile(source, program, "exec", dont_inherit=True)
+    kept = Path(cache, hashlib.sha256(program.encode() + b"\0" + source).hexdigest())
+    if kept.is_file():
+        return marshal.loads(kept.read_bytes())
+    code = compile(source, program, "exec", dont_inherit=True)
+    partial = kept.with_name(f"{kept.name}.{os.getpid()}")
+    partial.write_bytes(marshal.dumps(code))
+    os.replace(partial, kept)
+    return code
+
+
+def run_as_main(program: str, code: types.CodeType) -> None:
+    """Run the code as `python3 PROGRAM` runs a script: as module __main__, whose __file__ is the
+    program (the globals runpy.run_path gives a script)."""
+    module = types.ModuleType("__main__")
+    module.__dict__.update(__file__=program, __cached__=None, __loader__=None, __package__="", __spec__=None)
+    sys.modules["__main__"] = module
+    exec(code, module.__dict__)
+
+
 def main(argv: list[str]) -> None:
     """Describe the node, then run the program as `python3 PROGRAM COMMAND` would."""
     description = json.loads(os.environ.pop(DESCRIPTION_VARIABLE, "{}"))
     describe_node(description.get("tools", {}), description.get("full", []))
     program, command = argv[1], argv[2]
     sys.argv = [program, command]
-    runpy.run_path(program, run_name="__main__")
+    run_as_main(program, compiled(program, description.get("code_cache")))
 
 
 if __name__ == "__main__":

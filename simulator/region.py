@@ -675,7 +675,7 @@ class FaultyS3Server(ThreadedMotoServer):
             self._ip_address, self._port, self._with_faults(app), True, **_moto_request_handler()
         )
         self._server_ready_event.set()
-        self._server.serve_forever()
+        self._server.serve_forever(poll_interval=0.02)  # stop() waits up to one interval (default 0.5 s)
 
     def _with_faults(self, app: Any) -> Any:
         def answer(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

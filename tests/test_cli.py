@@ -204,6 +204,60 @@ def test_plan_script_and_validate_load_no_aws_ssh_moto_or_invoke_code():
     assert "HEAVY []" in run.stderr
 
 
+def test_plan_script_and_validate_load_no_thread_pool_or_logging():
+    # The node program, imported for its constants, loads concurrent.futures (and with it logging)
+    # only where it bundles or uploads.
+    probe = (
+        "import sys\n"
+        "from amidsl.cli.main import run\n"
+        "for command in ('plan', 'script', 'validate'):\n"
+        "    assert run([command]) == 0\n"
+        "loaded = sorted({'concurrent.futures', 'logging'} & set(sys.modules))\n"
+        "print('LOADED', loaded, file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "LOADED []" in run.stderr
+
+
+def test_plan_of_the_built_in_example_reads_no_endpoints_json():
+    # The example's region is in botocore's partitions.json; endpoints.json (1.2 MB) is read only for
+    # a region that file does not list.
+    probe = (
+        "import builtins, io, sys\n"
+        "from amidsl.cli.main import run\n"
+        "opened = []\n"
+        "real_open = io.open\n"
+        "def watched(file, *args, **kwargs):\n"
+        "    opened.append(str(file))\n"
+        "    return real_open(file, *args, **kwargs)\n"
+        "io.open = builtins.open = watched\n"
+        "assert run(['plan']) == 0\n"
+        "names = sorted(p.rsplit('/', 1)[-1] for p in opened if p.endswith('.json'))\n"
+        "print('READ', names, file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "READ ['partitions.json']" in run.stderr
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["--version"], 0), (["no-such-command"], 2)])
+def test_once_moto_is_loaded_amidsl_still_exits_with_its_status_its_output_and_exit_handlers(argv, status):
+    # After a simulation (the only command that loads moto) amidsl leaves without freeing each object.
+    probe = (
+        "import atexit, sys, threading, time\n"
+        "import moto\n"
+        "from amidsl.cli.main import main\n"
+        "atexit.register(lambda: print('exit handler ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread finished'))).start()\n"
+        f"main({argv!r})\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == status, run.stderr
+    assert run.stdout.endswith("thread finished\nexit handler ran\n")
+    assert "Traceback" not in run.stderr
+
+
 def test_bash_completion_script_is_valid_and_knows_the_commands():
     run = amidsl("completion", "bash")
     assert run.returncode == 0

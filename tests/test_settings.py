@@ -6,12 +6,15 @@ import datetime
 import os
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amidsl.example import example_credentials
 from amidsl.node.amidsl_node import DEFAULT_INCLUDES
 from amidsl.secrets import Secret
-from amidsl.settings import NODE_STATE_DIR, SettingsError, load_toml, resolve
+from amidsl.settings import NODE_STATE_DIR, SettingsError, Source, checks, load_toml, resolve
 from tests.conftest import make_key_and_cert
 
 
@@ -158,6 +161,32 @@ def test_built_in_example_credentials_are_accepted(raw_settings):
     s = resolve(raw)
     assert "BEGIN CERTIFICATE" in s.certificate_pem
     assert s.private_key_source.example
+
+
+def test_a_key_of_ones_own_marked_as_the_example_still_gets_openssls_key_check(raw_settings):
+    # Only amidsl's own example key skips OpenSSL's check (its primes are fixed and tested): a Source
+    # made in code that says example=True over another key does not. This one has the example's public
+    # numbers, so it matches the example certificate, and an inconsistent CRT exponent.
+    numbers = serialization.load_pem_private_key(example_credentials()[0].encode(), None).private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        numbers.p, numbers.q, numbers.d, numbers.dmp1 + 2, numbers.dmq1, numbers.iqmp, numbers.public_numbers
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    pem = broken.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    raw = raw_settings | {
+        "private_key_source": Source(content=Secret(pem), example=True),
+        "certificate_source": {"example": True},
+    }
+    assert "is not an unencrypted PEM private key" in the_problem(raw, "private_key_source")
+
+
+def test_a_region_only_endpoints_json_lists_is_still_a_region(monkeypatch):
+    listed = {"partitions.json": frozenset({"us-east-1"}), "endpoints.json": frozenset({"xx-older-1"})}
+    monkeypatch.setattr(checks, "_regions_in", listed.__getitem__)
+    assert checks.region_problem("region", "us-east-1") is None
+    assert checks.region_problem("region", "xx-older-1") is None
+    assert "not a region AWS has" in checks.region_problem("region", "xx-older-2").message
 
 
 def test_package_strategy_and_no_ruby(raw_settings):

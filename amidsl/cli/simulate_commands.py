@@ -41,6 +41,7 @@ from amidsl.run.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
 from amidsl.settings import AmiSettings, SettingsError
 from amidsl.strategies import strategy_of
 from amidsl.strategies.native_controller import hygiene_lines
+from simulator.botocore_data import one_botocore_loader
 from simulator.executor import ImageInspection, Simulation, prepare
 from simulator.executor import simulate as run_simulation
 
@@ -336,33 +337,38 @@ def simulate(
     progress(
         "(a fake node and a fake AWS region on this machine: no node, network or AWS account is touched)"
     )
-    simulation = prepare(plan.settings, payload_mb=payload_mb)
-    unfired: list[tuple[str, str]] = []  # (--fault as given, why it never fired)
-    try:
-        apply_faults(simulation, faults)
-        simulation.node.progress = progress
-        simulation = run_simulation(
-            plan, node=simulation.node, region=simulation.region, progress=progress, raise_on_failure=False
-        )
-        inspection = simulation.inspect_image() if simulation.image_id else None
-        for text, checked in zip(fault, faults):
-            why = not_fired(checked, simulation)
-            if why:
-                unfired.append((text, why))
-        if json:
-            print(as_json(simulation, inspection, choice, inspect, plan.settings, unfired))
-        elif simulation.error is None:
-            if simulation.image_id:
-                for line in registered_lines(
-                    simulation.result.settings, simulation.image_id, simulation.result.copies
-                ):
-                    say(line)
-            if inspection is not None:
-                for line in summarise(inspection, inspect):
-                    say(line)
-            say(f"finished in {time.monotonic() - started:.1f} s")
-    finally:
-        simulation.close()
+    with one_botocore_loader():  # the region's, moto's and the presigning client's sessions
+        simulation = prepare(plan.settings, payload_mb=payload_mb)
+        unfired: list[tuple[str, str]] = []  # (--fault as given, why it never fired)
+        try:
+            apply_faults(simulation, faults)
+            simulation.node.progress = progress
+            simulation = run_simulation(
+                plan,
+                node=simulation.node,
+                region=simulation.region,
+                progress=progress,
+                raise_on_failure=False,
+            )
+            inspection = simulation.inspect_image() if simulation.image_id else None
+            for text, checked in zip(fault, faults):
+                why = not_fired(checked, simulation)
+                if why:
+                    unfired.append((text, why))
+            if json:
+                print(as_json(simulation, inspection, choice, inspect, plan.settings, unfired))
+            elif simulation.error is None:
+                if simulation.image_id:
+                    for line in registered_lines(
+                        simulation.result.settings, simulation.image_id, simulation.result.copies
+                    ):
+                        say(line)
+                if inspection is not None:
+                    for line in summarise(inspection, inspect):
+                        say(line)
+                say(f"finished in {time.monotonic() - started:.1f} s")
+        finally:
+            simulation.close()
     if progress.closed:
         raise BrokenPipeError  # the reader went away: the command line ends quietly
     # A fault that never fired leaves a run that tested nothing of it: that fails, so CI does not pass it.

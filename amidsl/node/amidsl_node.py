@@ -51,7 +51,6 @@ never comes to the node.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
@@ -2677,6 +2676,10 @@ class ParallelGzip:
         self._sink, self._level, self._chunk_size = sink, level, chunk_size
         self._own_chunk = min(chunk_size, OWN_CHUNK)
         self._ahead = ahead
+        # Imported here, not at the top: it loads logging, of no use to amidsl's controller, which
+        # imports this program for its constants.
+        import concurrent.futures
+
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         # Bounds memory to a few chunks per worker: submitting waits while the writer is behind.
         self._in_flight: queue.Queue = queue.Queue(maxsize=2 * workers + 2)
@@ -3610,6 +3613,8 @@ def command_upload(request: dict) -> tuple[dict, int]:
     retries = max(0, _field(request, "retries", int, 5))
     pause = float(request.get("retry_pause", 1.0))
     outcomes = []
+    import concurrent.futures  # see ParallelGzip
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(put_part, destination, p, retries, pause) for p in parts]
         try:

@@ -98,21 +98,24 @@ def access_key_id(r: Reading, name: str, value: str) -> None:
 
 
 @functools.cache
-def known_regions() -> frozenset[str]:
-    """Every region in botocore's shipped partition data (read as JSON: boto3 itself stays unloaded)."""
+def _regions_in(name: str) -> frozenset[str]:
+    """The regions one file of botocore's shipped partition data lists (read as JSON: boto3 itself stays
+    unloaded); none when botocore or the file is missing."""
     spec = importlib.util.find_spec("botocore")
     if spec is None or not spec.submodule_search_locations:
         return frozenset()
-    data = Path(spec.submodule_search_locations[0], "data")
-    regions: set[str] = set()
+    try:
+        text = Path(spec.submodule_search_locations[0], "data", name).read_text(encoding="utf-8")
+        partitions = json.loads(text)["partitions"]
+    except (OSError, ValueError, KeyError):
+        return frozenset()
+    return frozenset(region for partition in partitions for region in partition.get("regions", {}))
+
+
+def known_regions() -> frozenset[str]:
+    """Every region in botocore's shipped partition data (empty without it: the name check alone applies)."""
     # partitions.json is the newer source; endpoints.json still lists a few regions on its own.
-    for name in ("partitions.json", "endpoints.json"):
-        try:
-            partitions = json.loads((data / name).read_text(encoding="utf-8"))["partitions"]
-        except (OSError, ValueError, KeyError):
-            continue
-        regions.update(region for partition in partitions for region in partition.get("regions", {}))
-    return frozenset(regions)  # empty without partition data: the name check alone applies
+    return _regions_in("partitions.json") | _regions_in("endpoints.json")
 
 
 def region_problem(name: str, region: str) -> Problem | None:
@@ -121,6 +124,8 @@ def region_problem(name: str, region: str) -> Problem | None:
         close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
         fix = f"did you mean {close[0]!r}?" if close else "use a region code such as 'us-east-1'"
         return Problem(name, f"{region!r} is not an AWS region name", fix)
+    if region in _regions_in("partitions.json"):
+        return None  # the usual case, known without reading endpoints.json (1.2 MB of JSON)
     if known_regions() and region not in known_regions():
         close = difflib.get_close_matches(region, sorted(known_regions()), n=1)
         return Problem(

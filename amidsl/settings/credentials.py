@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from amidsl.example import example_credentials
 from amidsl.secrets import Secret
 from amidsl.settings.reading import Reading
 from amidsl.settings.schema import Setting, Source
@@ -68,7 +69,10 @@ def certificate_pem(r: Reading, row: Setting) -> str:
     key = r.value("private_key_pem")
     key_pem = None if key is None else key.reveal()
     cert_pem = source_text(r, "certificate_source", r.value("certificate_source"))
-    return check_credentials(r, key_pem, cert_pem) or ""
+    key_source = r.value("private_key_source")
+    # The text compared too: a Source made in code may say example=True of a key of its own.
+    example_key = bool(key_source and key_source.example) and key_pem == example_credentials()[0]
+    return check_credentials(r, key_pem, cert_pem, example_key=example_key) or ""
 
 
 def ec2_certificate_pem(r: Reading, row: Setting) -> str:
@@ -92,10 +96,13 @@ def pem_labels(text: str) -> list[str]:
     return re.findall(r"-----BEGIN ([A-Z0-9 ]+)-----", text)
 
 
-def check_credentials(r: Reading, key_pem: str | None, cert_pem: str | None) -> str | None:
+def check_credentials(
+    r: Reading, key_pem: str | None, cert_pem: str | None, example_key: bool = False
+) -> str | None:
     """The key and certificate parse as PEM, the key is RSA, and they belong together.
 
     Returns the certificate re-encoded from the parsed certificate (as read when it does not parse).
+    `example_key` says the key is amidsl's built-in example key.
     """
     if key_pem is not None and pem_labels(key_pem)[1:]:
         r.problem(
@@ -105,7 +112,7 @@ def check_credentials(r: Reading, key_pem: str | None, cert_pem: str | None) -> 
         )
         key_pem = None
     cert_pem = _only_one_certificate(r, cert_pem)
-    key = None if key_pem is None else _rsa_key(r, key_pem)
+    key = None if key_pem is None else _rsa_key(r, key_pem, example_key)
     cert = None
     if cert_pem is not None:
         try:
@@ -151,10 +158,17 @@ def _only_one_certificate(r: Reading, cert_pem: str | None) -> str | None:
     return cert_pem
 
 
-def _rsa_key(r: Reading, key_pem: str) -> rsa.RSAPrivateKey | None:
-    """The private key parsed, if it is an unencrypted RSA key (else None, with a problem)."""
+def _rsa_key(r: Reading, key_pem: str, is_example: bool = False) -> rsa.RSAPrivateKey | None:
+    """The private key parsed, if it is an unencrypted RSA key (else None, with a problem).
+
+    OpenSSL checks an RSA key as it loads it: its primes are prime, its numbers consistent (tens of
+    milliseconds, most of `amidsl plan`'s own work). The built-in example's key skips that check: its
+    primes are fixed, and tests/test_example.py checks them and loads the key with the full check.
+    """
     try:
-        key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
+        key = serialization.load_pem_private_key(
+            key_pem.encode("ascii"), password=None, unsafe_skip_rsa_key_validation=is_example
+        )
     except (ValueError, TypeError, UnicodeEncodeError):
         r.problem(
             "private_key_source",
