@@ -171,7 +171,8 @@ def test_the_preview_warns_of_a_public_image_and_of_what_force_deregister_remove
     )
     assert (
         "WARNING: force_deregister: any image of this account named 'web-server-2026-11' in eu-west-1, "
-        "us-west-2 is deregistered before registering, and in eu-west-1 the bundle"
+        "us-west-2 is deregistered before registering; in eu-west-1 the S3 bundle it was registered from "
+        "is deleted, and an EBS-backed one's snapshots (unless another image uses them)"
     ) in text
     assert re.search(r"\n  tags +team=web\n", text)
 

@@ -380,7 +380,8 @@ def _deregister_by_name(action: DeregisterByName) -> list[str]:
     lines = [
         f"# force_deregister: every image of this account named {_comment(action.image_name)} in the regions",
         f"# below is deregistered; in {action.bundle_region} the bundle it was registered from is deleted",
-        "# (the manifest and exactly the parts it lists) unless it is this build's own location.",
+        "# (the manifest and exactly the parts it lists) unless it is this build's own location, and an",
+        "# EBS-backed image's snapshots unless another image uses them.",
         "# What would go:",
     ]
     for region in action.regions:

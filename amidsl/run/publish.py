@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from amidsl.bundle.s3 import bundle_keys, read_s3_manifest, s3_url, split_image_location
 from amidsl.model.actions import AwsCall, DeregisterByName, TagBundle, WaitForImage
-from amidsl.run.images import ImageDeletion, ImageSummary, delete_image, plan_deletion
+from amidsl.run.images import EBS, ImageDeletion, ImageSummary, delete_image, plan_deletion
 
 POLL_SECONDS = 10
 PROGRESS_EVERY = 60  # seconds between progress lines while the state stays the same
@@ -122,7 +122,8 @@ def deregister_by_name(
     backend: PublishBackend, action: DeregisterByName, progress: Callable[[str], None]
 ) -> str:
     """force_deregister: for each same-named image, say what goes, then deregister it (and delete its
-    bundle in the bundle's region, unless other images use it or it is this build's own location)."""
+    bundle in the bundle's region, unless other images use it or it is this build's own location, or
+    its snapshots, unless other images use them)."""
     done: list[str] = []
     s3 = backend.client("s3", action.bundle_region)
     for region in action.regions:
@@ -138,6 +139,10 @@ def deregister_by_name(
         for image in found:
             deletion = _deletion(ec2, s3, ImageSummary.of(image), region, action)
             goes = f"image {deletion.image.image_id} ({action.image_name!r}) in {region}"
+            if deletion.snapshot_ids:
+                goes += f", and its snapshot(s) {', '.join(deletion.snapshot_ids)}"
+            for snapshot_id, users in deletion.snapshots_kept.items():
+                goes += f"; the snapshot {snapshot_id} stays: {', '.join(users)} use(s) it too"
             if deletion.bundle_keys:
                 manifest = s3_url(deletion.bucket, deletion.manifest_key)
                 goes += f", and its bundle {manifest} with its {len(deletion.bundle_keys) - 1} part(s)"
@@ -156,8 +161,10 @@ def deregister_by_name(
 
 def _deletion(ec2: Any, s3: Any, image: ImageSummary, region: str, action: DeregisterByName) -> ImageDeletion:
     """What removing one old image takes: its bundle only where it is the old image's alone."""
+    if image.backing == EBS:  # its snapshots go, except one another image uses
+        return plan_deletion(ec2, None, image)
     if not image.location:
-        return ImageDeletion(image, "", "", (), "not S3-backed, so no bundle; any snapshots stay")
+        return ImageDeletion(image, "", "", (), "neither S3- nor EBS-backed: nothing else goes")
     bucket, key = split_image_location(image.location)
     if region != action.bundle_region:
         return ImageDeletion(

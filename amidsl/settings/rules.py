@@ -196,7 +196,6 @@ def ebs_limits(r: Reading) -> list[Problem]:
     # Each of these acts on the S3 bundle, which an EBS-backed build does not make, or is not there yet.
     for name, why in (
         ("bundle_tags", "tags the S3 bundle's objects, and an EBS-backed build makes no S3 bundle"),
-        ("force_deregister", "deletes an older image's S3 bundle; for EBS images it is not there yet"),
         ("copy_to_regions", "copies EBS-backed images is not there yet"),
     ):
         if r.value(name):

@@ -140,8 +140,9 @@ def _force_deregister(s: AmiSettings) -> list[Action | PlanWarning]:
     return [
         PlanWarning(
             f"force_deregister: any image of this account named {s.image_name!r} in "
-            f"{', '.join(regions)} is deregistered before registering, and in {s.region} the bundle it "
-            "was registered from is deleted from S3 (each is named in the build's output before it goes)"
+            f"{', '.join(regions)} is deregistered before registering; in {s.region} the S3 bundle it was "
+            "registered from is deleted, and an EBS-backed one's snapshots (unless another image uses "
+            "them); each is named in the build's output before it goes"
         ),
         DeregisterByName(s.image_name, regions, s.region, s.s3_manifest_path),
     ]

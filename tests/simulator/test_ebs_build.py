@@ -76,7 +76,6 @@ def test_a_kernel_without_the_nitro_drivers_stops_an_ebs_build_at_the_node_check
         ({"bundler": "ami-tools"}, "backing", "ec2-ami-tools make only S3 bundles"),
         ({"virtualization_type": "paravirtual"}, "virtualization_type", "a bootable disk (MBR and GRUB)"),
         ({"bundle_tags": {"team": "ops"}}, "bundle_tags", "makes no S3 bundle"),
-        ({"force_deregister": True}, "force_deregister", "not there yet"),
         ({"copy_to_regions": ["eu-west-1"]}, "copy_to_regions", "not there yet"),
         ({"boot_mode": "uefi-preferred"}, "boot_mode", "boots through GRUB for BIOS"),
     ],
@@ -86,3 +85,19 @@ def test_what_an_ebs_build_cannot_do_is_refused_before_anything_runs(ebs_setting
         resolve(ebs_settings | given)
     text = str(refused.value)
     assert f"- {setting}: " in text and says in text and "Fix: " in text
+
+
+def test_force_deregister_replaces_an_older_ebs_image_and_deletes_its_snapshot(run, ebs_settings, region):
+    first = run(ebs_settings)
+    assert first.error is None, first.error
+    old_image, old_snapshot = first.image_id, first.final_settings.snapshot_id
+    second = run(ebs_settings | {"force_deregister": True})
+    assert second.error is None, second.error
+    said = "\n".join(record.output for record in second.transcript)
+    assert (
+        f"image {old_image} ('amidsl-example-ami') in us-east-1, and its snapshot(s) {old_snapshot}" in said
+    )
+    images = region.call("ec2", "DescribeImages", {"Owners": ["self"]})["Images"]
+    assert [image["ImageId"] for image in images] == [second.image_id]
+    gone = region.ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [old_snapshot]}])
+    assert gone["Snapshots"] == []
