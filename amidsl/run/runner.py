@@ -399,7 +399,8 @@ def _after_failure(
         )
     advice = strategy_of(plan.settings).after_failure(plan.settings, phase)
     try:
-        result.transcript += backend.run_node_actions("on-error", [(1, advice.removal)], {})
+        removals = [advice.removal, *advice.also]
+        result.transcript += backend.run_node_actions("on-error", list(enumerate(removals, start=1)), {})
     except KeyboardInterrupt:
         return False, advice.interrupted
     except Exception as err:

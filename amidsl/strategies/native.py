@@ -10,6 +10,8 @@ never holds an AWS credential either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from amidsl.model.actions import (
     Action,
     ControllerSecret,
@@ -278,14 +280,17 @@ PHASE_FUNCTIONS = {
 }
 
 
-def after_failure(s: AmiSettings, phase: str) -> FailureAdvice:
-    """After a failure: no credential was ever on the node, so what to take off it is the node program."""
+def after_failure(
+    s: AmiSettings, phase: str, left: Callable[[AmiSettings, str], str] | None = None
+) -> FailureAdvice:
+    """After a failure: no credential was ever on the node, so what to take off it is the node program;
+    `left` says what else stays on the node (by default the bundle's parts: parts_note)."""
     where = s.install_dir
     return FailureAdvice(
         removal=program_removal(s),
         removed=(
             "No credential was on the node (native build; the bundle's AES key and IV were only ever in "
-            f"memory); amidsl's node program was removed ({where}). " + parts_note(s, phase)
+            f"memory); amidsl's node program was removed ({where}). " + (left or parts_note)(s, phase)
         ),
         failed=f"No credential was on the node; removing {where} failed",
         interrupted=f"No credential was on the node; amidsl's node program may remain in {where}.",

@@ -140,7 +140,7 @@ def register(s: AmiSettings) -> list[Action | PlanWarning]:
 
 def cleanup(s: AmiSettings) -> list[Action]:
     """The S3 path's cleanup, and the disk the node program kept."""
-    return [*native.cleanup(s), Remove(disk_path(s), description="remove the disk kept for the upload")]
+    return [*native.cleanup(s), disk_removal(s)]
 
 
 PHASE_FUNCTIONS = {
@@ -153,16 +153,27 @@ PHASE_FUNCTIONS = {
 }
 
 
+def disk_removal(s: AmiSettings) -> Remove:
+    """The action that removes the disk the node program kept (in cleanup, and after a failure)."""
+    return Remove(disk_path(s), description="remove the disk kept for the upload")
+
+
+def disk_note(s: AmiSettings, phase: str) -> str:
+    """What becomes of a failed EBS-backed build's disk on the node."""
+    if phase in ("install", "configure"):
+        return "Nothing of the disk was made on the node."
+    if phase == "ami-bundle":
+        return f"The node program removes its partial disk from {s.destination_dir} when it fails."
+    upload = (
+        " A snapshot the failed upload started was deleted (as said above)." if phase == "ami-upload" else ""
+    )
+    # No later run can use it (the upload needs this run's report), and it holds the whole volume.
+    return f"The disk {disk_path(s)} was removed too.{upload}"
+
+
 def after_failure(s: AmiSettings, phase: str) -> FailureAdvice:
-    """As for the S3 path; what stays is the disk (until cleanup) and, after ami-upload, a snapshot."""
-    advice = native.after_failure(s, phase)
-    if phase in ("ami-upload", "ami-register", "cleanup"):
-        left = f"The disk stays on the node in {disk_path(s)} until the cleanup phase removes it" + (
-            "; the upload's message names any snapshot it left." if phase == "ami-upload" else "."
-        )
-        removed = advice.removed.split(" The bundle's parts")[0].split(" Bundle parts")[0]
-        return FailureAdvice(advice.removal, f"{removed} {left}", advice.failed, advice.interrupted)
-    return advice
+    """As for the S3 path, and the disk goes too: no rerun can use it, and it holds the whole volume."""
+    return replace(native.after_failure(s, phase, disk_note), also=(disk_removal(s),))
 
 
 def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:

@@ -25,6 +25,7 @@ class FailureAdvice:
     removed: str  # the note when the removal succeeded
     failed: str  # the note when the removal failed too (the runner adds what the removal said)
     interrupted: str  # the note when Ctrl-C stopped the removal
+    also: tuple[Action, ...] = ()  # run after it (e.g. an EBS-backed build's disk, which no rerun can use)
 
 
 @dataclass(frozen=True)

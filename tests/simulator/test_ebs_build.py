@@ -101,3 +101,13 @@ def test_force_deregister_replaces_an_older_ebs_image_and_deletes_its_snapshot(r
     assert [image["ImageId"] for image in images] == [second.image_id]
     gone = region.ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [old_snapshot]}])
     assert gone["Snapshots"] == []
+
+
+def test_a_failed_ebs_build_takes_the_disk_off_the_node_with_the_node_program(
+    run, ebs_settings, node, region
+):
+    region.faults.reject_register = "InvalidParameterValue"
+    simulation = run(ebs_settings)
+    assert simulation.error is not None and simulation.error.phase == "ami-register"
+    assert not node.exists("/tmp/image.disk") and not node.exists("/opt/ami-tools")
+    assert "The disk /tmp/image.disk was removed too." in str(simulation.error)
