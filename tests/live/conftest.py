@@ -101,6 +101,28 @@ printf '%s\\n' "$SSH_ORIGINAL_COMMAND" >> {records}/ssh-commands.log
 exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"
 """
 
+# The node's searches of its own root (the ami-tools strategy's `find / \\( ! -fstype ... \\) -prune -o
+# \\( -path ... \\) -print0 -prune`, for ec2-bundle-vol's -e and -i) run over the test volume instead, which
+# is what the stand-in ec2-bundle-vol images: a pattern rooted at / is rooted at the volume, the paths
+# come back as the image's, and the volume (a plain directory) is not pruned by filesystem type. Every
+# other find runs as it is.
+FAKE_FIND = """#!{python}
+import os, subprocess, sys
+
+args, volume = sys.argv[1:], {volume!r}
+if "-fstype" not in args:
+    os.execv("/usr/bin/find", ["find", *args])
+root, rest = args[0], args[1:]
+rest = rest[rest.index("-o") + 1 :]  # the volume's filesystem type does not matter: no pruning by it
+rest = [volume + word if previous == "-path" and word.startswith("/") else word
+        for previous, word in zip(["", *rest], rest)]
+found = subprocess.run(["/usr/bin/find", volume + root.rstrip("/"), *rest], stdout=subprocess.PIPE)
+out = sys.stdout.buffer
+for path in found.stdout.split(b"\\0")[:-1]:
+    out.write(path[len(volume):] + b"\\0")
+sys.exit(found.returncode)
+"""
+
 FAKE_APT_GET = """#!/bin/sh
 # The test node's package manager: records what it was asked to install (no network in tests).
 echo "$*" >> {records}/apt-get.log
@@ -125,6 +147,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     (root / "tmp").chmod(0o1777)  # the node's own /tmp: what the build leaves there is checkable
     (fakebin / "bash").write_text(FAKE_BASH.format(records=records))
     (fakebin / "apt-get").write_text(FAKE_APT_GET.format(records=records))
+    (fakebin / "find").write_text(FAKE_FIND.format(python=sys.executable, volume=str(volume)))
     (root / "record-command").write_text(RECORD_COMMAND.format(records=records))
     (root / "record-command").chmod(0o755)
     for tool in fakebin.iterdir():

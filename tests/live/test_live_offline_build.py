@@ -7,6 +7,7 @@ HTTP, RegisterImage and DescribeImages. The tools are stand-ins over amidsl's bu
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -42,7 +43,13 @@ def test_live_test_body_builds_registers_and_finds_the_image(
     config = build_settings(tmp_path, node, fake_tools, credentials, user, aws_endpoint)
     group = live_test_group(config["ami"])
     node.forget_records()
-    recorded = build_over_ssh(config, spec=group)
+    planted = node.volume / "root/.ssh/id_ed25519"  # a builder's key, which image hygiene leaves out
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_text("a builder's private key\n")
+    try:
+        recorded = build_over_ssh(config, spec=group)
+    finally:
+        shutil.rmtree(node.volume / "root")
     result, progress = recorded.result, recorded.progress
     settings = result.settings
 
@@ -65,6 +72,12 @@ def test_live_test_body_builds_registers_and_finds_the_image(
     # The signing key reached ec2-bundle-vol root-only; no credentials are left on the node.
     bundle_vol = json.loads((node.records / "bundle-vol.json").read_text())
     assert (bundle_vol["key_mode"], bundle_vol["key_uid"]) == (0o600, 0)
+    # The node found what image hygiene leaves out and handed it to ec2-bundle-vol's -e.
+    excluded = bundle_vol["argv"][bundle_vol["argv"].index("-e") + 1].split(",")
+    assert "/root/.ssh/id_ed25519" in excluded
+    assert "amidsl: leaving out /root/.ssh/id_ed25519 (image hygiene, exclude_patterns)" in "\n".join(
+        progress
+    )
     assert (node.records / "apt-get.log").read_text().startswith("update -q\ninstall -y -q ca-certificates")
     node_has_no_credentials(node, settings, credentials.key_pem)
 
