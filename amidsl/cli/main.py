@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import difflib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -190,6 +191,10 @@ def run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the amidsl command line and exit with its status."""
+    # Ctrl-C (SIGINT) always stops amidsl cleanly, as it does the node program, even when it was started
+    # with SIGINT ignored (a background job of a script), where Python would not turn it into
+    # KeyboardInterrupt and a build would run on, or a stopped one leave its node program running.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status = run(sys.argv[1:] if argv is None else argv)
         sys.stdout.flush()

@@ -340,13 +340,18 @@ def parts_written(temp: Path) -> int:
     )
 
 
-def test_ctrl_c_while_bundling_stops_promptly_and_cleans_up(temp):
+@pytest.mark.parametrize("started_with", ["SIGINT handled", "SIGINT ignored"])
+def test_ctrl_c_while_bundling_stops_promptly_and_cleans_up(temp, started_with):
+    # Started with SIGINT ignored (a background job of a script) Python would not raise
+    # KeyboardInterrupt: amidsl handles Ctrl-C all the same.
+    ignored = started_with == "SIGINT ignored"
     process = subprocess.Popen(
         [sys.executable, "-m", "amidsl", "simulate", "--payload-mb", "300"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(temp)},
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None,
     )
     # Interrupt with compression in full flow (a few parts written): there the old bundler hung.
     deadline = time.monotonic() + 120
