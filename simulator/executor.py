@@ -244,7 +244,11 @@ class SimulatorBackend:
             shutil.rmtree(tools, ignore_errors=True)
             return process.returncode, self._node_paths(b"".join(said).decode("utf-8", "replace"))
 
-        return BlockStream(process.stdout.read, finish)
+        def stop() -> None:
+            process.kill()
+            finish()
+
+        return BlockStream(process.stdout.read, finish, stop)
 
     def _host_request(self, request: bytes) -> dict[str, Any]:
         """The request with the node's paths (volume, destination_dir, disk) as this machine's."""

@@ -170,7 +170,7 @@ class LiveBackend:
         command = " ".join(shlex.quote(word) for word in node_program_argv(action))
         if not self.node.is_root:
             command = f"sudo -n -- {command}"
-        read, finish = self.node.stream(command, stdin=request)
+        read, finish, stop = self.node.stream(command, stdin=request)
 
         def finished() -> tuple[int, str]:
             status, said = finish()
@@ -178,7 +178,7 @@ class LiveBackend:
                 self.progress(f"    {line}")
             return status, said
 
-        return BlockStream(read, finished)
+        return BlockStream(read, finished, stop)
 
     def run_node_program(self, action: NodeProgram, request: bytes) -> tuple[int, str, str]:
         """Run exactly the node-program command line the script shows, the request on its stdin.

@@ -307,9 +307,10 @@ class SshNode:
 
     def stream(
         self, command: str, stdin: bytes = b""
-    ) -> tuple[Callable[[int], bytes], Callable[[], tuple[int, str]]]:
-        """Run a command whose standard output is binary: (read, finish). read(n) gives up to n bytes of
-        its stdout (b"" at its end); finish() waits for it and gives its exit status and its stderr."""
+    ) -> tuple[Callable[[int], bytes], Callable[[], tuple[int, str]], Callable[[], None]]:
+        """Run a command whose standard output is binary: (read, finish, stop). read(n) gives up to n
+        bytes of its stdout (b"" at its end); finish() waits for it and gives its exit status and its
+        stderr; stop() closes the channel, so that a command whose output is no longer read ends."""
         self.commands.append(command)
         client = self._connected()
         transport = client.get_transport()
@@ -340,7 +341,7 @@ class SshNode:
                 channel.close()
             return status, said.decode("utf-8", "replace")
 
-        return read, finish
+        return read, finish, channel.close
 
     def _stop(self, reader: _LineReader, stop: Callable[[], bool]) -> CommandInterrupted:
         """After Ctrl-C: stop the command and read what it says until it ends (or time is up)."""

@@ -26,13 +26,30 @@ class BlockStreamFailed(Exception):
 
 
 class BlockStream:
-    """The blocks one `blocks` run sends, in order; once they are all read, `result` and `said`."""
+    """The blocks one `blocks` run sends, in order; once they are all read, `result` and `said`.
 
-    def __init__(self, read: Callable[[int], bytes], finish: Callable[[], tuple[int, str]]) -> None:
+    `stop` ends the run early (the reader gave up, e.g. an upload failed): without it the program would
+    wait forever to write its next block. `close()` calls it unless the run has finished.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[int], bytes],
+        finish: Callable[[], tuple[int, str]],
+        stop: Callable[[], None] = lambda: None,
+    ) -> None:
         self._read = read
         self._finish = finish
+        self._stop = stop
+        self.finished = False
         self.result: dict[str, Any] = {}
         self.said = ""
+
+    def close(self) -> None:
+        """Stop the program if it has not finished (its blocks are no longer read)."""
+        if not self.finished:
+            self.finished = True
+            self._stop()
 
     def _exactly(self, size: int) -> bytes:
         data = b""
@@ -53,6 +70,7 @@ class BlockStream:
             data = self._exactly(EBS_BLOCK_SIZE) if index is not None else b""
             if index is None or len(data) < EBS_BLOCK_SIZE:
                 status, said = self._finish()
+                self.finished = True
                 raise BlockStreamFailed(status or 1, said)
             yield index, data
         rest = b""
@@ -62,6 +80,7 @@ class BlockStream:
                 break
             rest += more
         status, self.said = self._finish()
+        self.finished = True
         try:
             self.result = json.loads(rest.decode("utf-8"))
         except ValueError:

@@ -75,6 +75,8 @@ def run_upload_snapshot(
         # A snapshot this run started and could not finish is of no use to any later run (the next
         # bundle is another disk): delete it rather than leave it behind.
         raise SnapshotStepFailed(_without(err, ec2, action.region)) from None
+    finally:
+        stream.close()  # a failed upload stops reading: the node program must not wait to write
     if (upload.blocks_written, upload.checksum) != (report["blocks"], report["checksum"]):
         raise SnapshotStepFailed(
             f"the snapshot {upload.snapshot_id} does not hold the disk the node made: "

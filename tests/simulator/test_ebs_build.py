@@ -3,10 +3,15 @@ its blocks into a snapshot through the strict region's EBS direct APIs, Register
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from amidsl.example import example_credentials
+from amidsl.model.actions import NodeProgram
 from amidsl.settings import SettingsError, resolve
+from simulator.executor import SimulatorBackend
 from tests.simulator.test_native import SECRET_KEY, node_files
 
 
@@ -111,3 +116,30 @@ def test_a_failed_ebs_build_takes_the_disk_off_the_node_with_the_node_program(
     assert simulation.error is not None and simulation.error.phase == "ami-register"
     assert not node.exists("/tmp/image.disk") and not node.exists("/opt/ami-tools")
     assert "The disk /tmp/image.disk was removed too." in str(simulation.error)
+
+
+def running_block_streams(program: Path) -> list[int]:
+    """The pids of `blocks` runs of this node program (the fake node's copy) on this machine."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(program).encode() in argv and b"blocks" in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_block_stream_the_controller_stops_reading_ends_the_node_program(run, ebs_settings, node, region):
+    simulation = run(ebs_settings, ["install", "configure", "ami-bundle"])
+    assert simulation.error is None, simulation.error
+    settings = simulation.final_settings
+    backend = SimulatorBackend(node, region, settings)
+    program = NodeProgram("/opt/ami-tools/amidsl_node.py", "blocks", (), result_name="")
+    stream = backend.stream_node_program(program, json.dumps({"disk": "/tmp/image.disk"}).encode())
+    first = next(iter(stream))
+    running = node.host_path(program.program)
+    assert len(first[1]) == 512 * 1024 and running_block_streams(running)
+    stream.close()  # as after a failed upload: the rest is never read
+    assert running_block_streams(running) == []
