@@ -177,10 +177,7 @@ def plan_deletion(ec2: Any, s3: Any, summary: ImageSummary) -> ImageDeletion:
     if summary.backing == EBS:
         return plan_snapshot_deletion(ec2, summary)
     bucket, key = bundle_location(summary)
-    registered: dict[str, list[str]] = {}
-    for other in _describe(ec2, "looking for other images of the same bundle"):
-        if other["ImageId"] != summary.image_id and other.get("ImageLocation"):
-            registered.setdefault(other["ImageLocation"], []).append(other["ImageId"])
+    registered = _images_by_location(ec2, "looking for other images of the same bundle", summary.image_id)
     if summary.location in registered:
         note = f"the bundle is kept: {', '.join(registered[summary.location])} still use(s) it"
         return ImageDeletion(summary, bucket, key, (), note)
@@ -270,13 +267,17 @@ def delete_image(ec2: Any, s3: Any, deletion: ImageDeletion) -> list[str]:
 
 def images_registered_from(ec2: Any, bucket: str, manifest_keys: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """The account's images (ids) registered from each of these manifests in the bucket, by manifest key."""
-    wanted = {f"{bucket}/{key}": key for key in manifest_keys}
-    found: dict[str, list[str]] = {key: [] for key in wanted.values()}
-    for image in _describe(ec2, "looking up the account's images"):
-        key = wanted.get(image.get("ImageLocation", ""))
-        if key is not None:
-            found[key].append(image["ImageId"])
-    return {key: tuple(sorted(ids)) for key, ids in sorted(found.items())}
+    registered = _images_by_location(ec2, "looking up the account's images")
+    return {key: tuple(sorted(registered.get(f"{bucket}/{key}", ()))) for key in sorted(set(manifest_keys))}
+
+
+def _images_by_location(ec2: Any, what: str, leaving_out: str = "") -> dict[str, list[str]]:
+    """The ids of the account's S3-backed images (all but `leaving_out`) by their ImageLocation."""
+    registered: dict[str, list[str]] = {}
+    for image in _describe(ec2, what):
+        if image["ImageId"] != leaving_out and image.get("ImageLocation"):
+            registered.setdefault(image["ImageLocation"], []).append(image["ImageId"])
+    return registered
 
 
 def _delete_snapshots(ec2: Any, deletion: ImageDeletion) -> list[str]:
