@@ -14,7 +14,12 @@ from moto import mock_aws
 from amidsl.model.actions import NodeProgram, PlanWarning, PresignParts
 from amidsl.settings import resolve
 from amidsl.strategies import native
-from amidsl.strategies.native_controller import ControllerStepFailed, run_controller_step, secret_values
+from amidsl.strategies.native_controller import (
+    ControllerStepFailed,
+    report_lines,
+    run_controller_step,
+    secret_values,
+)
 
 BUCKET = "acme-ami-bundles"
 
@@ -147,3 +152,8 @@ def test_a_resumed_upload_without_the_bundle_report_says_to_run_the_phases_toget
 def test_the_node_uploads_as_many_parts_at_once_as_upload_concurrency_says(raw_settings):
     s = resolve(raw_settings | {"bundler": "native", "upload_concurrency": 12})
     assert dict(upload_action(s).request)["concurrency"] == 12
+
+
+def test_a_live_build_says_what_a_disk_bundle_made_not_parts():
+    disk = {"disk": "/tmp/image.disk", "image_size": 332_000_000, "blocks": 509, "left_out": []}
+    assert report_lines("bundle", disk)[0] == "made a 332.0 MB disk in /tmp/image.disk: 509 blocks hold data"

@@ -184,10 +184,16 @@ def report_lines(command: str, report: dict[str, Any]) -> list[str]:
     if command == "bundle":
         parts = report.get("parts", [])
         mb = 1_000_000
-        lines = [
-            f"bundled a {int(report.get('image_size', 0)) / mb:.1f} MB image into {len(parts)} "
-            f"part{'' if len(parts) == 1 else 's'} ({int(report.get('bundled_size', 0)) / mb:.1f} MB)"
-        ]
+        size = int(report.get("image_size", 0)) / mb
+        if "disk" in report:  # kept whole for an EBS snapshot (output "disk"): no parts
+            lines = [
+                f"made a {size:.1f} MB disk in {report['disk']}: {report.get('blocks', 0)} blocks hold data"
+            ]
+        else:
+            lines = [
+                f"bundled a {size:.1f} MB image into {len(parts)} part{'' if len(parts) == 1 else 's'} "
+                f"({int(report.get('bundled_size', 0)) / mb:.1f} MB)"
+            ]
         left_out = report.get("left_out", [])
         if left_out:
             shown = ", ".join(path for path, _ in left_out[:5]) + (", ..." if len(left_out) > 5 else "")
