@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")  # EC2 ref, BootMode
 DEVICE_NAME = re.compile(r"/dev/(sd[a-z]{1,2}[0-9]{0,2}|xvd[a-z]{1,2}[0-9]{0,2})")
 SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]+")  # API ref: SnapshotId pattern ^snap-[0-9a-f]+$
 CHECKSUM = re.compile(r"[A-Za-z0-9+/=]{1,64}")  # API ref: Checksum pattern, at most 64 characters
+KMS_KEY_ARN = re.compile(r"arn:aws[a-z\-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+")
 HTTP_STATUS = {"ValidationException": 400, "ResourceNotFoundException": 404, "ConflictException": 409}
 
 
@@ -61,6 +63,13 @@ def ebs_error(code: str, message: str, operation: str, reason: str = "") -> Clie
 def ec2_error(code: str, message: str, operation: str = "RegisterImage") -> ClientError:
     """The exception boto3 raises for an EC2 API error."""
     return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+def aws_managed_key(region: str, account_id: str) -> str:
+    """The ARN of the account's AWS managed key for EBS (alias aws/ebs) in `region`: one made-up key id
+    per account and region, as EC2 reports it for snapshots encrypted without a key of their own."""
+    key_id = uuid.uuid5(uuid.NAMESPACE_URL, f"aws/ebs:{account_id}:{region}")
+    return f"arn:aws:kms:{region}:{account_id}:key/{key_id}"
 
 
 def block_checksum(data: bytes) -> str:
@@ -228,14 +237,17 @@ class EbsDirect:
                     operation,
                     "INVALID_TAG",
                 )
-        if params.get("ParentSnapshotId") or params.get("Encrypted") or params.get("KmsKeyArn"):
+        if params.get("ParentSnapshotId"):
             # Not modelled: refuse rather than pretend (a green simulation must mean AWS would agree).
             raise ebs_error(
                 "ValidationException",
-                "the simulated region does not model ParentSnapshotId, Encrypted or KmsKeyArn",
+                "the simulated region does not model ParentSnapshotId",
                 operation,
                 "INVALID_PARAMETER_VALUE",
             )
+        kms_key = self._encryption_key(params, region, operation)
+        # moto takes neither Encrypted nor KmsKeyArn: the snapshot's encryption is set below.
+        request = {key: value for key, value in request.items() if key not in ("Encrypted", "KmsKeyArn")}
         answer = moto_call(**request)
         answer.pop("ResponseMetadata", None)
         snapshot_id = answer["SnapshotId"]
@@ -247,6 +259,9 @@ class EbsDirect:
         volume = ec2.volumes.pop(ec2.snapshots[snapshot_id].volume.id, None)
         if volume is not None:
             volume.id = "vol-ffffffff"
+        if kms_key:
+            ec2.snapshots[snapshot_id].encrypted = True
+            ec2.snapshots[snapshot_id].kms_key_id = kms_key
         self._set_state(snapshot_id, region, "pending")
         self.snapshots[snapshot_id] = PendingSnapshot(timeout_minutes=timeout, last_activity=self.minutes)
         answer["BlockSize"] = BLOCK_SIZE
@@ -254,6 +269,39 @@ class EbsDirect:
         if token:
             self.tokens[(region, token)] = (request, dict(answer))
         return answer
+
+    def _encryption_key(self, params: dict[str, Any], region: str, operation: str) -> str:
+        """The key ARN StartSnapshot's Encrypted/KmsKeyArn encrypt with, or "" for an unencrypted snapshot.
+
+        EBS user guide, "Encryption outcomes for EBS direct APIs", no parent snapshot (encryption by
+        default, an account setting, is not modelled: off): Encrypted true encrypts with KmsKeyArn or
+        else the AWS managed key aws/ebs; a KmsKeyArn without Encrypted true fails. What the simulator
+        cannot check: that the key exists, is enabled and symmetric, and that the caller may use it.
+        """
+        encrypted, key = params.get("Encrypted"), params.get("KmsKeyArn")
+        if not _bool_or_absent(encrypted):
+            raise ebs_error(
+                "ValidationException", "Encrypted must be true or false", operation, "INVALID_PARAMETER_VALUE"
+            )
+        if key is None:
+            return aws_managed_key(region, self.account_id) if encrypted else ""
+        if not encrypted:
+            raise ebs_error(
+                "ValidationException",
+                "KmsKeyArn is given without Encrypted true: give Encrypted true to encrypt with the key",
+                operation,
+                "INVALID_PARAMETER_VALUE",
+            )
+        parts = str(key).split(":")
+        # API ref, KmsKeyArn pattern arn:aws[a-z\-]*:kms:.*:[0-9]{12}:key/.*; a KMS key is regional.
+        if not KMS_KEY_ARN.fullmatch(str(key)) or parts[3] != region:
+            raise ebs_error(
+                "ValidationException",
+                f"KmsKeyArn {key!r} is not the ARN of a KMS key in {region}",
+                operation,
+                "INVALID_CUSTOMER_KEY",
+            )
+        return str(key)
 
     def put_snapshot_block(
         self, params: dict[str, Any], region: str, moto_call: Callable[..., dict[str, Any]]
@@ -440,6 +488,28 @@ class EbsDirect:
         answer.pop("ResponseMetadata", None)
         return answer
 
+    # -- CopyImage's snapshot copies ---------------------------------------------------------------
+
+    def copy_snapshot(
+        self, snapshot_id: str, source_region: str, region: str, kms_key: str, description: str
+    ) -> str:
+        """A completed copy of a completed snapshot in `region` (as CopyImage makes for each of an
+        image's snapshots), encrypted with `kms_key` if one is given; its id."""
+        source = self._moto_ebs(source_region).snapshots[snapshot_id]
+        copy = self._moto_ebs(region).start_snapshot(
+            volume_size=source.volume_size, tags=None, description=description
+        )
+        copy.block_size = BLOCK_SIZE
+        copy.blocks = dict(source.blocks)  # blocks are never changed once written
+        ec2 = self._moto_ec2(region)
+        ec2.volumes.pop(ec2.snapshots[copy.snapshot_id].volume.id, None)
+        ec2.snapshots[copy.snapshot_id].volume.id = "vol-ffffffff"
+        if kms_key:
+            ec2.snapshots[copy.snapshot_id].encrypted = True
+            ec2.snapshots[copy.snapshot_id].kms_key_id = kms_key
+        self._set_state(copy.snapshot_id, region, "completed")
+        return copy.snapshot_id
+
     # -- Timeout -----------------------------------------------------------------------------------
 
     def let_minutes_pass(self, minutes: float) -> None:
@@ -562,6 +632,7 @@ def _check_ebs_device(
     """One Ebs mapping checked as EC2 checks it; with EC2's defaults filled in."""
     snapshot_id = ebs.get("SnapshotId")
     snapshot_size = None
+    encrypted = bool(ebs.get("Encrypted", False))  # a new empty volume: as asked, unencrypted by default
     if snapshot_id:
         snapshot = ec2.snapshots.get(snapshot_id)
         if snapshot is None or snapshot.owner_id != account_id:
@@ -574,6 +645,7 @@ def _check_ebs_device(
                 "snapshot (CompleteSnapshot, then wait for DescribeSnapshots to say completed)",
             )
         snapshot_size = snapshot.volume.size
+        encrypted = bool(snapshot.encrypted)  # a volume from a snapshot is encrypted as the snapshot is
         if ebs.get("Encrypted") is not None or ebs.get("KmsKeyId"):
             # EC2 ref, BlockDeviceMappings: with a snapshot id "you can't specify the encryption state".
             raise ec2_error(
@@ -622,7 +694,7 @@ def _check_ebs_device(
         "DeleteOnTermination": ebs.get("DeleteOnTermination", True),
         "VolumeSize": size,
         "VolumeType": volume_type,
-        "Encrypted": False,
+        "Encrypted": encrypted,
     }
     if snapshot_id:
         described["SnapshotId"] = snapshot_id
@@ -630,3 +702,51 @@ def _check_ebs_device(
         if key in ebs:
             described[key] = ebs[key]
     return described
+
+
+def copy_encryption_key(params: dict[str, Any], region: str, account_id: str, encrypted: bool) -> str:
+    """The key CopyImage encrypts the copy's snapshots with ("" for none), refusing what EC2 refuses.
+
+    EC2 ref, CopyImage: a copy of an encrypted snapshot is encrypted; Encrypted true encrypts a copy of
+    an unencrypted one; the key is KmsKeyId, which needs Encrypted true, or else the AWS managed key
+    for EBS of the destination region. The simulator takes a KmsKeyId only as a key ARN of that region.
+    """
+    key = params.get("KmsKeyId")
+    if key is not None and params.get("Encrypted") is not True:
+        raise ec2_error(
+            "InvalidParameterCombination",
+            "KmsKeyId needs Encrypted true: a key is given only to encrypt the copy",
+            "CopyImage",
+        )
+    if key is not None and not (KMS_KEY_ARN.fullmatch(str(key)) and str(key).split(":")[3] == region):
+        raise ec2_error(
+            "InvalidParameterValue",
+            f"KmsKeyId {key!r}: the simulated region takes only the ARN of a key in {region}",
+            "CopyImage",
+        )
+    if not (encrypted or params.get("Encrypted")):
+        return ""
+    return str(key) if key is not None else aws_managed_key(region, account_id)
+
+
+def copied_mappings(
+    ebs: EbsDirect, source: RegisteredEbsAmi, source_region: str, region: str, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """CopyImage of an EBS-backed image: a completed copy of each of its snapshots in `region`, and the
+    copy's block device mappings on them (encrypted as the copies are)."""
+    mappings = []
+    for mapping in source.registered_mappings:
+        described = mapping.get("Ebs")
+        if not (described and described.get("SnapshotId")):
+            mappings.append(dict(mapping))
+            continue
+        key = copy_encryption_key(params, region, ebs.account_id, bool(described.get("Encrypted")))
+        snapshot_id = ebs.copy_snapshot(
+            described["SnapshotId"],
+            source_region,
+            region,
+            key,
+            f"Copied from {described['SnapshotId']} in {source_region} for {params.get('Name', '')}",
+        )
+        mappings.append({**mapping, "Ebs": {**described, "SnapshotId": snapshot_id, "Encrypted": bool(key)}})
+    return mappings

@@ -46,7 +46,13 @@ from amidsl.bundle.keys import decrypt_with_key, load_private_key
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
 from amidsl.keypairs import self_signed_pair
 from amidsl.settings import ORGANIZATION_ARN, OU_ARN
-from simulator.ebs import EbsDirect, RegisteredEbsAmi, check_ebs_registration
+from simulator.ebs import (
+    EbsDirect,
+    RegisteredEbsAmi,
+    check_ebs_registration,
+    copied_mappings,
+    copy_encryption_key,
+)
 from simulator.node import FakeNode
 
 ACCOUNT_ID = "123456789012"  # moto's account, and the simulated account unless one is given
@@ -382,12 +388,20 @@ class FakeRegion:
                 f"AMI name {name} is already in use by AMI {taken[0]['ImageId']} in {region}",
                 "CopyImage",
             )
-        answer = self.client("ec2", region).copy_image(**params)
+        source = get_backend("ec2")[ACCOUNT_ID][source_region].amis.get(source_id)
+        from_snapshots = isinstance(source, RegisteredEbsAmi)
+        if from_snapshots:
+            copy_encryption_key(params, region, self.account_id, encrypted=False)  # refused before any copy
+        moto_params = {key: value for key, value in params.items() if key not in ("Encrypted", "KmsKeyId")}
+        answer = self.client("ec2", region).copy_image(**moto_params)
         answer.pop("ResponseMetadata", None)
         self._new_image(answer["ImageId"], region)
         # A copy keeps what RegisterImage set; its deprecation time is its own.
         kept = self.attributes.get(source_id, {})
         self.attributes[answer["ImageId"]] = {key: kept[key] for key in KEPT_ATTRIBUTES if key in kept}
+        if from_snapshots:  # on snapshots of its own in its region
+            mappings = self._make_ebs_copy(source, answer["ImageId"], source_region, region, params)
+            self.attributes[answer["ImageId"]]["BlockDeviceMappings"] = mappings
         return answer
 
     def enable_image_deprecation(self, params: dict[str, Any], region: str) -> dict[str, Any]:
@@ -502,6 +516,24 @@ class FakeRegion:
         self.attributes[image_id]["BlockDeviceMappings"] = mappings
         self._new_image(image_id, self.name)
         return {"ImageId": image_id}
+
+    def _make_ebs_copy(
+        self, source: RegisteredEbsAmi, image_id: str, source_region: str, region: str, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The copy moto made of an EBS-backed image, on copies of the source's snapshots in `region`."""
+        mappings = copied_mappings(self.ebs_direct, source, source_region, region, params)
+        backend = get_backend("ec2")[ACCOUNT_ID][region]
+        ami = backend.amis[image_id]
+        backend.snapshots.pop(ami.ebs_snapshot.id, None)  # moto's made-up root snapshot
+        ami.__class__ = RegisteredEbsAmi
+        ami.registered_mappings = mappings
+        ami.root_device_type = "ebs"
+        ami.root_device_name = source.root_device_name
+        for mapping in mappings:
+            snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
+            if snapshot_id:
+                backend.snapshots[snapshot_id].from_ami = image_id
+        return mappings
 
     def _check_snapshot_unused(self, snapshot_id: str, region: str) -> None:
         """DeleteSnapshot: EC2 refuses while a registered image's mappings use the snapshot."""

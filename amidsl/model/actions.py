@@ -332,6 +332,8 @@ class UploadSnapshot:
     tags: tuple[dict[str, str], ...]
     snapshot_description: str
     concurrency: int
+    # StartSnapshot's Encrypted and KmsKeyArn, when the snapshot is encrypted (empty: not encrypted).
+    encryption: tuple[tuple[str, object], ...] = ()
     description: str = "upload the disk's blocks into an EBS snapshot from the controller"
 
 

@@ -431,12 +431,20 @@ def _upload_snapshot(action: UploadSnapshot) -> list[str]:
         f"#   {argv}",
         "# and reads the disk's blocks that hold data from its standard output (an 8-byte index,",
         "# then 512 KiB each). From here it uploads them into a new EBS snapshot in",
-        f"# {action.region}: StartSnapshot (tags: {_comment(tags)}), PutSnapshotBlock for each",
+        f"# {action.region}: StartSnapshot ({_comment(_encryption_words(action))}tags: {_comment(tags)}), "
+        "PutSnapshotBlock for each",
         f"# block ({action.concurrency} at a time, each with its SHA-256), CompleteSnapshot with the block",
         "# count and the LINEAR checksum the node's report gave; then it waits until the snapshot is",
         "# completed. No AWS credential or URL reaches the node.",
         f"{_result_var(action.result_name)}=$(controller_only {quote(action.description)})",
     ]
+
+
+def _encryption_words(action: UploadSnapshot) -> str:
+    params = dict(action.encryption)
+    if not params.get("Encrypted"):
+        return ""
+    return f"encrypted with the KMS key {params.get('KmsKeyArn') or 'aws/ebs (the AWS managed key)'}; "
 
 
 def _controller_comment(action: Action) -> list[str]:

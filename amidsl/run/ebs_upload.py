@@ -145,6 +145,7 @@ def upload_snapshot(
     tags: Iterable[tuple[str, str]] = (),
     description: str = "",
     concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
+    encryption: Mapping[str, object] | None = None,
     timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES,
     attempts: int = DEFAULT_ATTEMPTS,
     client_token: str | None = None,
@@ -170,6 +171,7 @@ def upload_snapshot(
     }
     if description:
         start["Description"] = description
+    start.update(encryption or {})  # Encrypted, KmsKeyArn
     tag_list = [{"Key": key, "Value": value} for key, value in tags]
     if tag_list:
         start["Tags"] = tag_list

@@ -66,6 +66,7 @@ def run_upload_snapshot(
             tags=[(tag["Key"], tag["Value"]) for tag in action.tags],
             description=action.snapshot_description,
             concurrency=action.concurrency,
+            encryption=dict(action.encryption),
             progress=progress,
             pause=backend.pause,
         )

@@ -193,19 +193,80 @@ def ebs_limits(r: Reading) -> list[Problem]:
                 'remove boot_mode, or set boot_mode = "legacy-bios" (what an EBS-backed build registers)',
             )
         )
-    # Each of these acts on the S3 bundle, which an EBS-backed build does not make, or is not there yet.
-    for name, why in (
-        ("bundle_tags", "tags the S3 bundle's objects, and an EBS-backed build makes no S3 bundle"),
-        ("copy_to_regions", "copies EBS-backed images is not there yet"),
-    ):
-        if r.value(name):
-            problems.append(
-                Problem(
-                    name,
-                    f'with backing = "ebs": {name} {why}',
-                    f'remove {name}, or use backing = "instance-store"',
-                )
+    if r.value("bundle_tags"):
+        problems.append(
+            Problem(
+                "bundle_tags",
+                'with backing = "ebs": bundle_tags tags the S3 bundle\'s objects, and an EBS-backed build '
+                "makes no S3 bundle",
+                'remove bundle_tags (tags also go on the snapshot), or use backing = "instance-store"',
             )
+        )
+    return problems
+
+
+def ebs_encryption(r: Reading) -> list[Problem]:
+    """encrypted and kms_key_id: only for an EBS snapshot, and only where EC2 can share what they make."""
+    encrypted, key = r.value("encrypted"), r.value("kms_key_id")
+    if not encrypted:
+        if key is None:
+            return []
+        # StartSnapshot refuses a KmsKeyArn without Encrypted (EBS user guide, "Encryption outcomes").
+        return [
+            Problem(
+                "kms_key_id",
+                "kms_key_id is used only to encrypt",
+                "set encrypted = true, or remove kms_key_id",
+            )
+        ]
+    if r.value("backing") != "ebs":
+        return [
+            Problem(
+                "encrypted",
+                "encrypted is for an EBS snapshot; an S3 bundle is always encrypted (AES, its key "
+                "encrypted to EC2's certificate), and its instances' root is not an EBS volume",
+                'remove encrypted, or set backing = "ebs"',
+            )
+        ]
+    problems = []
+    region = r.value("region")
+    parts = (key or "").split(":")
+    key_region = parts[3] if len(parts) > 5 else region  # a malformed ARN is its row's problem
+    if key_region != region:
+        problems.append(
+            Problem(
+                "kms_key_id",
+                f"the key is in {key_region}, and a KMS key encrypts only in its own region ({region})",
+                f"give a key of {region} (a multi-Region key's replica there has its own ARN)",
+            )
+        )
+    if key is not None and r.value("copy_to_regions"):
+        problems.append(
+            Problem(
+                "copy_to_regions",
+                "a KMS key encrypts only in its own region: the copies would be encrypted with their "
+                "regions' AWS managed keys, not with kms_key_id, and those keys cannot be shared",
+                "remove kms_key_id (every image then uses its own region's AWS managed key), or build "
+                "in each region with a key of that region",
+            )
+        )
+    if r.value("public_image"):
+        problems.append(
+            Problem(
+                "public_image",
+                "EC2 does not make an image with encrypted snapshots public",
+                "remove public_image, or set encrypted = false",
+            )
+        )
+    if r.value("launch_permissions") and key is None:
+        problems.append(
+            Problem(
+                "launch_permissions",
+                "the image would be encrypted with the AWS managed key (aws/ebs), which cannot be shared, "
+                "so the accounts it is shared with could not launch it",
+                "give kms_key_id, a customer managed key whose key policy lets those accounts use it",
+            )
+        )
     return problems
 
 
@@ -216,4 +277,5 @@ RULES: tuple[Rule, ...] = (
     hvm_takes_no_kernel,
     attributes_need_hvm,
     ebs_limits,
+    ebs_encryption,
 )

@@ -444,6 +444,31 @@ ROWS: tuple[Setting, ...] = (
             "give an id like snap-0123456789abcdef0",
         ),
     ),
+    Setting(
+        "encrypted",
+        "bool",
+        readers.flag,
+        "`true` encrypts an `ebs` build's snapshot, and so the image's root volume, with `kms_key_id` or "
+        "else the account's AWS managed key for EBS (`aws/ebs`); copies are encrypted with each "
+        "destination region's AWS managed key. An S3 bundle is always encrypted (to EC2's key)",
+        default=False,
+        used_by=(NATIVE,),  # only an EBS-backed build, which only the native strategy makes
+    ),
+    Setting(
+        "kms_key_id",
+        "str | None",
+        readers.text,
+        "the KMS key an `encrypted` build's snapshot is encrypted with: a symmetric key's ARN in `region` "
+        "(StartSnapshot takes only a key ARN); the key a shared image needs, as the AWS managed key "
+        "cannot be shared",
+        check=checks.matches(
+            r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+",
+            "is not a KMS key ARN",
+            "give the key's ARN, like arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-"
+            "1234567890ab (`aws kms describe-key --key-id alias/NAME` shows it)",
+        ),
+        used_by=(NATIVE,),
+    ),
     Setting("volume", "str", readers.node_path, "the node's directory to image (native)", default="/"),
     Setting(
         "ec2_certificate_source",

@@ -78,9 +78,46 @@ def ami_bundle(s: AmiSettings) -> list[Action | PlanWarning]:
     ]
 
 
-def ami_upload(s: AmiSettings) -> list[Action]:
+def snapshot_encryption(s: AmiSettings) -> tuple[tuple[str, object], ...]:
+    """StartSnapshot's encryption parameters for the settings (none: the snapshot is not encrypted)."""
+    if not s.encrypted:
+        return ()
+    return (("Encrypted", True),) + ((("KmsKeyArn", s.kms_key_id),) if s.kms_key_id else ())
+
+
+def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
+    """What an encrypted snapshot means for sharing, and what a simulation can check of it."""
+    if not s.encrypted:
+        return []
+    key = s.kms_key_id or f"the account's AWS managed key for EBS (aws/ebs) in {s.region}"
+    notes = [
+        PlanWarning(
+            f"encrypted = true: the snapshot, and every instance's root volume, is encrypted with {key}"
+            + (
+                f"; the copies in {', '.join(s.copy_to_regions)} with each region's AWS managed key"
+                if s.copy_to_regions
+                else ""
+            )
+            + ". A simulation checks the key ARN's form and region only, not that the key exists, is "
+            "enabled and symmetric, or that you may use it: `amidsl validate --live` asks KMS",
+            note=True,
+        )
+    ]
+    if s.launch_permissions:
+        notes.append(
+            PlanWarning(
+                f"the image is shared with {', '.join(s.launch_permissions)} and encrypted with "
+                f"{s.kms_key_id}: they can launch it only if the key's policy lets them use the key "
+                "(kms:DescribeKey, kms:CreateGrant, kms:Decrypt, kms:ReEncrypt*, kms:GenerateDataKey*)"
+            )
+        )
+    return notes
+
+
+def ami_upload(s: AmiSettings) -> list[Action | PlanWarning]:
     """Upload the disk's data blocks into an EBS snapshot from the controller, and keep its id."""
     return [
+        *encryption_notes(s),
         UploadSnapshot(
             native.node_program(s),
             from_result="bundle",
@@ -89,6 +126,7 @@ def ami_upload(s: AmiSettings) -> list[Action]:
             tags=image_tags(s),
             snapshot_description=f"root disk of {s.image_name}",
             concurrency=s.upload_concurrency,
+            encryption=snapshot_encryption(s),
         ),
         UpdateSettings("snapshot", (("snapshot_id", "SnapshotId"),), description="keep the snapshot id"),
     ]
@@ -194,7 +232,9 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             "image",
             f"EBS-backed: the disk's blocks that hold data become an EBS snapshot in {s.region} (EBS "
             f"direct APIs, uploaded from the controller), the root device {ROOT_DEVICE} of the image "
-            f"({VOLUME_TYPE}, deleted with the instance); launched by today's instance types",
+            f"({VOLUME_TYPE}, deleted with the instance"
+            + (f", encrypted with {s.kms_key_id or 'the AWS managed key aws/ebs'}" if s.encrypted else "")
+            + "); launched by today's instance types",
         ),
         (
             "secrets",

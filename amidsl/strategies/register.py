@@ -193,6 +193,8 @@ def ami_register(
         ]
         if s.image_description:
             params.append(("Description", s.image_description))
+        if s.encrypted:  # with the destination's AWS managed key (settings refuse kms_key_id with copies)
+            params.append(("Encrypted", True))
         actions += [
             AwsCall(
                 "ec2",

@@ -14,6 +14,9 @@ from amidsl.settings import SettingsError, resolve
 from simulator.executor import SimulatorBackend
 from tests.simulator.test_native import SECRET_KEY, node_files
 
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+EU_KEY = KEY.replace("us-east-1", "eu-west-1")
+
 
 @pytest.fixture
 def ebs_settings(native_settings) -> dict:
@@ -81,7 +84,21 @@ def test_a_kernel_without_the_nitro_drivers_stops_an_ebs_build_at_the_node_check
         ({"bundler": "ami-tools"}, "backing", "ec2-ami-tools make only S3 bundles"),
         ({"virtualization_type": "paravirtual"}, "virtualization_type", "a bootable disk (MBR and GRUB)"),
         ({"bundle_tags": {"team": "ops"}}, "bundle_tags", "makes no S3 bundle"),
-        ({"copy_to_regions": ["eu-west-1"]}, "copy_to_regions", "not there yet"),
+        ({"kms_key_id": KEY}, "kms_key_id", "used only to encrypt"),
+        ({"encrypted": True, "kms_key_id": "alias/builds"}, "kms_key_id", "is not a KMS key ARN"),
+        ({"encrypted": True, "kms_key_id": EU_KEY}, "kms_key_id", "encrypts only in its own region"),
+        ({"encrypted": True, "public_image": True}, "public_image", "does not make an image with encrypted"),
+        (
+            {"encrypted": True, "launch_permissions": ["111122223333"]},
+            "launch_permissions",
+            "cannot be shared",
+        ),
+        (
+            {"encrypted": True, "kms_key_id": KEY, "copy_to_regions": ["eu-west-1"]},
+            "copy_to_regions",
+            "a KMS key encrypts only in its own region",
+        ),
+        ({"backing": "instance-store", "encrypted": True}, "encrypted", "an S3 bundle is always encrypted"),
         ({"boot_mode": "uefi-preferred"}, "boot_mode", "boots through GRUB for BIOS"),
     ],
 )
@@ -90,6 +107,38 @@ def test_what_an_ebs_build_cannot_do_is_refused_before_anything_runs(ebs_setting
         resolve(ebs_settings | given)
     text = str(refused.value)
     assert f"- {setting}: " in text and says in text and "Fix: " in text
+
+
+def test_an_encrypted_build_encrypts_the_snapshot_with_the_key_and_shares_the_image(
+    run, ebs_settings, region
+):
+    settings = ebs_settings | {"encrypted": True, "kms_key_id": KEY, "launch_permissions": ["111122223333"]}
+    simulation = run(settings)
+    assert simulation.error is None, simulation.error
+    snapshot_id = simulation.final_settings.snapshot_id
+    (snapshot,) = region.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert (snapshot["Encrypted"], snapshot["KmsKeyId"]) == (True, KEY)
+    image = region.call("ec2", "DescribeImages", {"ImageIds": [simulation.image_id]})["Images"][0]
+    assert image["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    shared = region.ec2.describe_image_attribute(ImageId=simulation.image_id, Attribute="launchPermission")
+    assert shared["LaunchPermissions"] == [{"UserId": "111122223333"}]
+
+
+def test_copies_of_an_ebs_image_are_ebs_backed_in_their_regions_on_their_own_snapshots(
+    run, ebs_settings, region
+):
+    simulation = run(ebs_settings | {"copy_to_regions": ["eu-west-1"], "encrypted": True})
+    assert simulation.error is None, simulation.error
+    [(copy_region, copy_id)] = simulation.result.copies.items()
+    assert copy_region == "eu-west-1"
+    (copy,) = region.call("ec2", "DescribeImages", {"ImageIds": [copy_id]}, region="eu-west-1")["Images"]
+    assert copy["RootDeviceType"] == "ebs" and copy["Name"] == "amidsl-example-ami"
+    assert {"Key": "amidsl:built-by", "Value": "amidsl"} in copy["Tags"]
+    root = copy["BlockDeviceMappings"][0]["Ebs"]
+    assert root["Encrypted"] is True and root["SnapshotId"] != simulation.final_settings.snapshot_id
+    eu = region.strict_client("ec2", "eu-west-1")
+    (snapshot,) = eu.describe_snapshots(SnapshotIds=[root["SnapshotId"]])["Snapshots"]
+    assert snapshot["State"] == "completed" and ":eu-west-1:" in snapshot["KmsKeyId"]
 
 
 def test_force_deregister_replaces_an_older_ebs_image_and_deletes_its_snapshot(run, ebs_settings, region):

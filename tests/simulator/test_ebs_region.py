@@ -392,3 +392,102 @@ def test_plain_moto_accepts_what_the_region_refuses(region):
     snapshot_id = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
     put(ebs, snapshot_id, 0, block(1), Checksum=checksum(block(2)))
     assert ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=7)["Status"] == "completed"
+
+
+# -- encryption and copies --------------------------------------------------------------------------
+
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def encrypted_snapshot(ebs, **encryption) -> str:
+    snapshot_id = ebs.start_snapshot(VolumeSize=1, **encryption)["SnapshotId"]
+    put(ebs, snapshot_id, 0, block(1))
+    ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=1)
+    return snapshot_id
+
+
+def test_an_encrypted_snapshot_is_encrypted_with_the_key_given_and_so_is_its_image(ebs, ec2):
+    snapshot_id = encrypted_snapshot(ebs, Encrypted=True, KmsKeyArn=KEY)
+    (described,) = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert (described["Encrypted"], described["KmsKeyId"]) == (True, KEY)
+    image_id = ec2.register_image(**ebs_image(snapshot_id))["ImageId"]
+    (image,) = ec2.describe_images(ImageIds=[image_id])["Images"]
+    assert image["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+
+
+def test_encrypted_without_a_key_uses_the_regions_aws_managed_key(region, ebs, ec2):
+    snapshot_id = encrypted_snapshot(ebs, Encrypted=True)
+    (described,) = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert described["Encrypted"] is True
+    assert described["KmsKeyId"].startswith("arn:aws:kms:us-east-1:123456789012:key/")
+    plain = encrypted_snapshot(ebs)
+    assert ec2.describe_snapshots(SnapshotIds=[plain])["Snapshots"][0]["Encrypted"] is False
+
+
+@pytest.mark.parametrize(
+    ("encryption", "reason"),
+    [
+        ({"KmsKeyArn": KEY}, "INVALID_PARAMETER_VALUE"),  # a key without Encrypted true
+        ({"Encrypted": True, "KmsKeyArn": KEY.replace("us-east-1", "eu-west-1")}, "INVALID_CUSTOMER_KEY"),
+        ({"Encrypted": True, "KmsKeyArn": "alias/builds"}, "INVALID_CUSTOMER_KEY"),
+    ],
+)
+def test_start_refuses_a_key_it_cannot_encrypt_with(ebs, ec2, encryption, reason):
+    code, _, said = error_of(ebs.start_snapshot, VolumeSize=1, Description="refused", **encryption)
+    assert (code, said) == ("ValidationException", reason)
+    assert snapshots_described(ec2, "refused") == []
+
+
+def test_a_copy_of_an_ebs_image_is_on_copies_of_its_snapshots_in_the_destination(region, ebs, ec2):
+    snapshot_id = completed_snapshot(ebs, {0: block(1), 3: block(2)})
+    image_id = ec2.register_image(**ebs_image(snapshot_id))["ImageId"]
+    copy_id = region.call(
+        "ec2",
+        "CopyImage",
+        {"SourceImageId": image_id, "SourceRegion": "us-east-1", "Name": "web-ebs"},
+        region="eu-west-1",
+    )["ImageId"]
+    (copy,) = region.call("ec2", "DescribeImages", {"ImageIds": [copy_id]}, region="eu-west-1")["Images"]
+    assert (copy["RootDeviceType"], copy["RootDeviceName"]) == ("ebs", "/dev/xvda")
+    [root] = copy["BlockDeviceMappings"]
+    copied = root["Ebs"]["SnapshotId"]
+    assert copied != snapshot_id and root["Ebs"]["Encrypted"] is False
+    eu_ec2 = region.strict_client("ec2", "eu-west-1")
+    assert eu_ec2.describe_snapshots(SnapshotIds=[copied])["Snapshots"][0]["State"] == "completed"
+    eu_ebs = region.strict_client("ebs", "eu-west-1")
+    blocks = eu_ebs.list_snapshot_blocks(SnapshotId=copied)["Blocks"]
+    assert [b["BlockIndex"] for b in blocks] == [0, 3]
+    data = eu_ebs.get_snapshot_block(SnapshotId=copied, BlockIndex=3, BlockToken=blocks[1]["BlockToken"])
+    assert data["BlockData"].read() == block(2)
+    # The copy's snapshot is the copy's own: in use while the copy is registered.
+    code, _, _ = error_of(eu_ec2.delete_snapshot, SnapshotId=copied)
+    assert code == "InvalidSnapshot.InUse"
+
+
+def test_a_copy_is_encrypted_with_the_destinations_aws_managed_key_when_asked(region, ebs, ec2):
+    image_id = ec2.register_image(**ebs_image(encrypted_snapshot(ebs)))["ImageId"]
+    copy_id = region.call(
+        "ec2",
+        "CopyImage",
+        {"SourceImageId": image_id, "SourceRegion": "us-east-1", "Name": "web-ebs", "Encrypted": True},
+        region="eu-west-1",
+    )["ImageId"]
+    (copy,) = region.call("ec2", "DescribeImages", {"ImageIds": [copy_id]}, region="eu-west-1")["Images"]
+    copied = copy["BlockDeviceMappings"][0]["Ebs"]
+    assert copied["Encrypted"] is True
+    eu_ec2 = region.strict_client("ec2", "eu-west-1")
+    (snapshot,) = eu_ec2.describe_snapshots(SnapshotIds=[copied["SnapshotId"]])["Snapshots"]
+    assert snapshot["KmsKeyId"].startswith("arn:aws:kms:eu-west-1:123456789012:key/")
+
+
+def test_a_copy_refuses_a_key_without_encrypted_and_makes_nothing(region, ebs, ec2):
+    image_id = ec2.register_image(**ebs_image(encrypted_snapshot(ebs)))["ImageId"]
+    params = {
+        "SourceImageId": image_id,
+        "SourceRegion": "us-east-1",
+        "Name": "web-ebs",
+        "KmsKeyId": KEY.replace("us-east-1", "eu-west-1"),
+    }
+    code, _, _ = error_of(region.call, "ec2", "CopyImage", params, region="eu-west-1")
+    assert code == "InvalidParameterCombination"
+    assert region.call("ec2", "DescribeImages", {"Owners": ["self"]}, region="eu-west-1")["Images"] == []

@@ -1,0 +1,77 @@
+"""The EBS-backed native strategy's plan: what the preview and the script say an encrypted build and its
+copies do, exactly as they run."""
+
+from __future__ import annotations
+
+import subprocess
+
+from amidsl import crate
+from amidsl.model.actions import AwsCall, UploadSnapshot
+from amidsl.model.plan import build_plan
+from amidsl.render.preview import render_text
+from amidsl.render.shell import render_script
+
+KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def ebs(raw_settings: dict, **given) -> dict:
+    return raw_settings | {"bundler": "native", "backing": "ebs"} | given
+
+
+def actions(settings: dict, phase: str) -> tuple:
+    return build_plan(crate.server_spec(settings), phases=[phase]).phase(phase).actions
+
+
+def test_an_encrypted_build_starts_its_snapshot_encrypted_with_the_key(raw_settings):
+    [upload] = [
+        a
+        for a in actions(ebs(raw_settings, encrypted=True, kms_key_id=KEY), "ami-upload")
+        if isinstance(a, UploadSnapshot)
+    ]
+    assert upload.encryption == (("Encrypted", True), ("KmsKeyArn", KEY))
+    [plain] = [a for a in actions(ebs(raw_settings), "ami-upload") if isinstance(a, UploadSnapshot)]
+    assert plain.encryption == ()
+
+
+def test_the_preview_and_script_say_which_key_encrypts_and_what_a_simulation_cannot_check(raw_settings):
+    settings = ebs(raw_settings, encrypted=True, kms_key_id=KEY, launch_permissions=["222233334444"])
+    plan = build_plan(crate.server_spec(settings))
+    text = render_text(plan)
+    assert (
+        f"note: encrypted = true: the snapshot, and every instance's root volume, is encrypted with {KEY}"
+        in text
+    )
+    assert "A simulation checks the key ARN's form and region only" in text
+    assert "WARNING: the image is shared with 222233334444 and encrypted with" in text
+    assert f"encrypted with {KEY}); launched by today's instance types" in text
+    script = render_script(plan)
+    assert f"StartSnapshot (encrypted with the KMS key {KEY}; tags: " in script
+
+
+def test_copies_of_an_encrypted_image_are_asked_to_be_encrypted(raw_settings):
+    settings = ebs(raw_settings, encrypted=True, copy_to_regions=["us-west-2"])
+    [copy] = [
+        a for a in actions(settings, "ami-register") if isinstance(a, AwsCall) and a.operation == "CopyImage"
+    ]
+    assert ("Encrypted", True) in copy.params
+    text = render_text(build_plan(crate.server_spec(settings)))
+    assert (
+        "the account's AWS managed key for EBS (aws/ebs) in eu-west-1; the copies in us-west-2 with each"
+        in text
+    )
+    [plain] = [
+        a
+        for a in actions(ebs(raw_settings, copy_to_regions=["us-west-2"]), "ami-register")
+        if isinstance(a, AwsCall) and a.operation == "CopyImage"
+    ]
+    assert "Encrypted" not in dict(plain.params)
+
+
+def test_the_script_of_an_encrypted_build_with_copies_passes_shellcheck(raw_settings, tmp_path):
+    script = tmp_path / "build.sh"
+    settings = ebs(raw_settings, encrypted=True, copy_to_regions=["us-west-2"])
+    script.write_text(render_script(build_plan(crate.server_spec(settings))))
+    assert "aws ec2 copy-image --region us-west-2" in script.read_text()
+    assert "--encrypted" in script.read_text()
+    checked = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
