@@ -43,8 +43,12 @@ BOOTABLE, LINUX = 0x80, 0x83
 
 
 def ebs_build_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The live build's settings, EBS-backed, under a name of its own (AMI names are unique)."""
-    return {**raw, **EBS_BUILD, "image_name": f"{raw['image_name']}-ebs"}
+    """The live build's settings, EBS-backed, under a name of its own (AMI names are unique), in the
+    build's region only (what the test removes) and without bundle_tags (there is no S3 bundle)."""
+    settings = {**raw, **EBS_BUILD, "image_name": f"{raw['image_name']}-ebs"}
+    for key in ("copy_to_regions", "bundle_tags"):
+        settings.pop(key, None)
+    return settings
 
 
 def removal_build_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
