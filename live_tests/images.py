@@ -23,12 +23,12 @@ from amidsl.run.images import (
     ImageError,
     ImageSummary,
     delete_image,
-    delete_snapshots_command,
     find_image,
     plan_deletion,
 )
 from amidsl.run.runner import ActionRecord, BuildResult
 from amidsl.settings import resolve
+from amidsl.snapshots import delete_snapshots_command
 from amidsl.tags import BUILT_BY_TAG, BUILT_BY_VALUE
 
 # The EBS-backed variant of the live build: the node program's hvm disk, uploaded into a snapshot.

@@ -135,7 +135,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. A module may import modules of its own layer or of a lower one, never of a higher one
 # (lazy imports inside functions and the command table's "module:function" handlers count too).
 LAYERS = (
-    ("amidsl.node", "amidsl.secrets", "amidsl.tags", "amidsl.printable", "amidsl.keypairs", "amidsl.iterate"),
+    (
+        "amidsl.node",
+        "amidsl.secrets",
+        "amidsl.tags",
+        "amidsl.printable",
+        "amidsl.keypairs",
+        "amidsl.iterate",
+        "amidsl.snapshots",
+    ),
     ("amidsl.example", "amidsl.settings", "amidsl.bundle"),
     ("amidsl.model",),
     ("amidsl.strategies",),

@@ -32,6 +32,7 @@ import botocore.exceptions
 
 from amidsl.node.amidsl_node import EBS_BLOCK_SIZE
 from amidsl.settings import DEFAULT_UPLOAD_CONCURRENCY
+from amidsl.snapshots import delete_snapshots_command
 
 BLOCK_SIZE = EBS_BLOCK_SIZE  # the EBS direct APIs' block: 512 KiB, whatever a service reports
 BLOCKS_PER_GIB = (1 << 30) // BLOCK_SIZE
@@ -70,7 +71,7 @@ class SnapshotUploadError(Exception):
             where = f" in {region}" if region else ""
             what = (
                 f"{what}. The snapshot {snapshot_id} is left{where}; delete it with "
-                f"`{delete_snapshot_command(snapshot_id, region)}`"
+                f"`{delete_snapshots_command([snapshot_id], region)}`"
             )
         super().__init__(what)
         self.snapshot_id = snapshot_id
@@ -84,12 +85,6 @@ class SnapshotUpload:
     volume_size_gib: int
     blocks_written: int
     checksum: str
-
-
-def delete_snapshot_command(snapshot_id: str, region: str = "") -> str:
-    """The AWS CLI command that deletes a snapshot."""
-    where = f" --region {region}" if region else ""
-    return f"aws ec2 delete-snapshot{where} --snapshot-id {snapshot_id}"
 
 
 def block_checksum(digest: bytes) -> str:

@@ -32,6 +32,7 @@ from amidsl.bundle.s3 import (
     split_image_location,
     storage_error,
 )
+from amidsl.snapshots import delete_snapshots_command
 from amidsl.tags import BUILT_BY_TAG, BUILT_BY_VALUE
 
 
@@ -237,12 +238,6 @@ def _snapshot_owner(ec2: Any, snapshot_id: str) -> str | None:
     except botocore.exceptions.BotoCoreError as err:
         raise _ec2_error(err, f"looking up the snapshot {snapshot_id}") from None
     return found[0].get("OwnerId", "") if found else None
-
-
-def delete_snapshots_command(snapshot_ids: tuple[str, ...] | list[str], region: str = "") -> str:
-    """The AWS CLI commands that delete these snapshots, joined with &&."""
-    where = f" --region {region}" if region else ""
-    return " && ".join(f"aws ec2 delete-snapshot{where} --snapshot-id {s}" for s in snapshot_ids)
 
 
 def delete_image(ec2: Any, s3: Any, deletion: ImageDeletion) -> list[str]:

@@ -172,9 +172,15 @@ class BuildResult:
         return self.settings.image_id
 
 
-def resume_hint(phase: str, credentials_removed: bool, strategy: Strategy | None = None) -> str:
-    """How to carry on after a failure in `phase`: the strategy's own advice, else the generic one."""
-    special = strategy.resume_hint(phase) if strategy else None
+def resume_hint(
+    phase: str,
+    credentials_removed: bool,
+    strategy: Strategy | None = None,
+    settings: AmiSettings | None = None,
+) -> str:
+    """How to carry on after a failure in `phase`: the strategy's own advice (given the settings with the
+    run's values so far), else the generic one."""
+    special = strategy.resume_hint(settings, phase) if strategy and settings else None
     if special:
         return special
     if credentials_removed and phase not in ("install", "configure", "cleanup"):
@@ -293,18 +299,23 @@ def run_plan(
                 redact(output, hidden),
                 redact(note, hidden),
                 result.transcript,
-                resume_hint(resume_from, removed, strategy_of(settings)),
+                resume_hint(resume_from, removed, strategy_of(settings), _with_run_values(settings, values)),
                 cause,
             ) from None
         result.phases.append(phase.name)
         result.timings[phase.name] = round(time.monotonic() - started, 3)
-    result.settings = settings.with_values(
-        image_id=values.get("image_id", settings.image_id),
-        snapshot_id=values.get("snapshot_id", settings.snapshot_id),
-    )
+    result.settings = _with_run_values(settings, values)
     result.copies = copies(settings, values)
     result.parts = _bundle_parts(plan, results)
     return result
+
+
+def _with_run_values(settings: AmiSettings, values: dict[str, str]) -> AmiSettings:
+    """The settings with what the run made so far: the image's and the snapshot's ids."""
+    return settings.with_values(
+        image_id=values.get("image_id", settings.image_id),
+        snapshot_id=values.get("snapshot_id", settings.snapshot_id),
+    )
 
 
 def _bundle_parts(plan: Plan, results: dict[str, Any]) -> list[dict[str, Any]] | None:

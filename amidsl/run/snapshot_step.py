@@ -15,7 +15,8 @@ import botocore.exceptions
 
 from amidsl.model.actions import NodeProgram, UploadSnapshot
 from amidsl.run.block_stream import BlockStream
-from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, delete_snapshot_command, upload_snapshot
+from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, upload_snapshot
+from amidsl.snapshots import delete_snapshots_command
 from amidsl.strategies.native_ebs import blocks_program
 
 MB = 1_000_000
@@ -83,7 +84,7 @@ def run_upload_snapshot(
             f"the snapshot {upload.snapshot_id} does not hold the disk the node made: "
             f"{upload.blocks_written} blocks with the checksum {upload.checksum}, where the node counted "
             f"{report['blocks']} with {report['checksum']}. Delete it with "
-            f"`{delete_snapshot_command(upload.snapshot_id, action.region)}` and run ami-bundle again"
+            f"`{delete_snapshots_command([upload.snapshot_id], action.region)}` and run ami-bundle again"
         )
     results[action.result_name] = {"SnapshotId": upload.snapshot_id}
     size = upload.blocks_written * BLOCK_SIZE

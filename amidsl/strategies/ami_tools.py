@@ -435,7 +435,7 @@ def after_failure(s: AmiSettings, phase: str) -> FailureAdvice:
     )
 
 
-def resume_hint(phase: str) -> str | None:
+def resume_hint(s: AmiSettings, phase: str) -> str | None:
     """None: the generic advice fits (from the failed phase, after configure if the credentials went)."""
     return None
 

@@ -280,6 +280,13 @@ PHASE_FUNCTIONS = {
 }
 
 
+# Why no credential was on the node: an S3 bundle's (the default `left`), or another output's.
+NO_SECRET_ON_NODE = {
+    True: "native build; the bundle's AES key and IV were only ever in memory",
+    False: "native build; AWS credentials stay on the controller",
+}
+
+
 def after_failure(
     s: AmiSettings, phase: str, left: Callable[[AmiSettings, str], str] | None = None
 ) -> FailureAdvice:
@@ -289,8 +296,8 @@ def after_failure(
     return FailureAdvice(
         removal=program_removal(s),
         removed=(
-            "No credential was on the node (native build; the bundle's AES key and IV were only ever in "
-            f"memory); amidsl's node program was removed ({where}). " + (left or parts_note)(s, phase)
+            f"No credential was on the node ({NO_SECRET_ON_NODE[left is None]}); amidsl's node program "
+            f"was removed ({where}). " + (left or parts_note)(s, phase)
         ),
         failed=f"No credential was on the node; removing {where} failed",
         interrupted=f"No credential was on the node; amidsl's node program may remain in {where}.",
@@ -313,7 +320,7 @@ def parts_note(s: AmiSettings, phase: str) -> str:
     return f"The bundle's parts stay on the node in {parts} until the cleanup phase removes them."
 
 
-def resume_hint(phase: str) -> str | None:
+def resume_hint(s: AmiSettings, phase: str) -> str | None:
     """How to resume a native build after a failure in `phase`, where the generic advice would not do."""
     if phase in ("configure", "ami-bundle", "ami-upload"):
         # The bundle report, the AES key and the signed manifest lived in the controller's memory, and

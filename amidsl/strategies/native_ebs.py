@@ -23,6 +23,7 @@ from amidsl.model.actions import (
     UploadSnapshot,
 )
 from amidsl.settings import AmiSettings
+from amidsl.snapshots import delete_snapshots_command
 from amidsl.strategies import native
 from amidsl.strategies.hygiene import hygiene_notes
 from amidsl.strategies.register import ami_register, image_tags
@@ -214,6 +215,18 @@ def after_failure(s: AmiSettings, phase: str) -> FailureAdvice:
     return replace(native.after_failure(s, phase, disk_note), also=(disk_removal(s),))
 
 
+def resume_hint(s: AmiSettings, phase: str) -> str | None:
+    """As for the S3 path, except a failed registration: the snapshot is there, named, to register again."""
+    if phase != "ami-register" or s.snapshot_id is None:
+        return native.resume_hint(s, phase)
+    delete = delete_snapshots_command([s.snapshot_id], s.region)
+    return (
+        f"The snapshot {s.snapshot_id} (completed) stays in {s.region}. To resume, fix the cause and run the "
+        f"build again from phase ami-register with --set snapshot_id={s.snapshot_id} (the disk is in the "
+        f"snapshot); to start over instead, delete it: `{delete}`."
+    )
+
+
 def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
     """What an EBS-backed native build puts on the node and where the image goes, for the preview."""
     return (
@@ -251,7 +264,7 @@ STRATEGY = Strategy(
     phases=PHASE_FUNCTIONS,
     summary=summary,
     after_failure=after_failure,
-    resume_hint=native.resume_hint,
+    resume_hint=resume_hint,
     credential_use="used on the controller only (the node streams the disk's blocks to it)",
     runs_node_program=True,
 )

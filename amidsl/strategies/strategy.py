@@ -40,8 +40,9 @@ class Strategy:
     summary: Callable[[AmiSettings], tuple[tuple[str, str], ...]]
     # What to remove and say after a failure in a phase: (settings, phase) -> advice.
     after_failure: Callable[[AmiSettings, str], FailureAdvice]
-    # The strategy's own advice for resuming after a failure in a phase, or None for the generic advice.
-    resume_hint: Callable[[str], str | None]
+    # The strategy's own advice for resuming after a failure in a phase, or None for the generic advice:
+    # (settings with the run's values so far, e.g. the snapshot it uploaded; phase) -> advice.
+    resume_hint: Callable[[AmiSettings, str], str | None]
     # How the build uses the AWS credentials, after where they come from; `{env}` is the key's
     # run-time environment variable.
     credential_use: str

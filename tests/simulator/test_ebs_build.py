@@ -192,3 +192,21 @@ def test_a_block_stream_the_controller_stops_reading_ends_the_node_program(run, 
     assert len(first[1]) == 512 * 1024 and running_block_streams(running)
     stream.close()  # as after a failed upload: the rest is never read
     assert running_block_streams(running) == []
+
+
+def test_a_failed_ebs_registration_names_its_snapshot_and_resumes_on_it(run, ebs_settings, region):
+    region.faults.reject_register = "InvalidParameterValue"
+    failed = run(ebs_settings)
+    message = str(failed.error)
+    uploaded = [{"Name": "description", "Values": ["root disk of amidsl-example-ami"]}]
+    [snapshot] = region.ec2.describe_snapshots(Filters=uploaded)["Snapshots"]
+    snapshot_id = snapshot["SnapshotId"]
+    assert f"The snapshot {snapshot_id} (completed) stays in us-east-1" in message
+    assert f"--set snapshot_id={snapshot_id}" in message and "S3" not in message and "AES" not in message
+    assert f"aws ec2 delete-snapshot --region us-east-1 --snapshot-id {snapshot_id}" in message
+
+    region.faults.reject_register = None  # the cause, fixed
+    resumed = run(ebs_settings | {"snapshot_id": snapshot_id}, ["ami-register", "cleanup"])
+    assert resumed.error is None, resumed.error
+    image = region.call("ec2", "DescribeImages", {"ImageIds": [resumed.image_id]})["Images"][0]
+    assert image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot_id
