@@ -21,6 +21,7 @@ from amidsl.live.settings import LiveSettings
 from amidsl.model.actions import AwsCall
 from amidsl.secrets import Secret
 from amidsl.settings import AmiSettings, Problem, SettingsError
+from amidsl.strategies import strategy_of
 
 
 class AwsError(Exception):
@@ -225,6 +226,25 @@ def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: boo
                 "set user_id to the account that owns the bucket and will own the image",
             )
         )
+    if strategy_of(settings).uses_bucket:
+        _check_bucket(settings, aws, problems, checked)
+    else:
+        checked.append("EBS-backed: no S3 bundle, so the bucket is not used")
+    if image_name_must_be_free:
+        _check_image_name_free(settings, aws, problems, checked)
+    if settings.public_image:
+        check_public_sharing(settings, aws, problems, checked)
+    if settings.kms_key_id:
+        _check_kms_key(settings.kms_key_id, aws, problems, checked)
+    if not strategy_of(settings).uses_bucket and not settings.encrypted:
+        _check_encryption_by_default(settings, aws, problems, checked)
+    if problems:
+        raise SettingsError(problems, origin="AWS")
+    return checked
+
+
+def _check_bucket(settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]) -> None:
+    """The bucket is in the build's region and takes the ACL every bundle part needs."""
     try:
         location = aws.call("s3", "GetBucketLocation", {"Bucket": settings.s3_bucket})
     except AwsError as err:
@@ -245,13 +265,72 @@ def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: boo
         else:
             checked.append(f"bucket {settings.s3_bucket} exists in {region}")
             _check_bucket_accepts_acls(settings, aws, problems, checked)
-    if image_name_must_be_free:
-        _check_image_name_free(settings, aws, problems, checked)
+
+
+def _check_kms_key(key: str, aws: Aws, problems: list[Problem], checked: list[str]) -> None:
+    """kms_key_id: a key KMS knows, enabled, symmetric and for encryption (what EBS encrypts with)."""
+    try:
+        found = aws.call("kms", "DescribeKey", {"KeyId": key})["KeyMetadata"]
+    except AwsError as err:
+        if "NotFoundException" in err.what:
+            problems.append(
+                Problem("kms_key_id", f"KMS has no key {key}", "give the ARN of a key in the build's region")
+            )
+        else:
+            problems.append(Problem("kms_key_id", err.what, err.fix))
+        return
+    spec, usage, state = found.get("KeySpec", ""), found.get("KeyUsage", ""), found.get("KeyState", "")
+    if (spec, usage) != ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"):
+        problems.append(
+            Problem(
+                "kms_key_id",
+                f"{key} is a {spec} key for {usage}, and EBS encrypts only with a symmetric encryption key",
+                "give a SYMMETRIC_DEFAULT key for ENCRYPT_DECRYPT",
+            )
+        )
+    elif state != "Enabled":
+        problems.append(
+            Problem(
+                "kms_key_id",
+                f"{key} is {state}: nothing can be encrypted with it",
+                f"enable it (`aws kms enable-key --key-id {key}`) or give another key",
+            )
+        )
+    else:
+        checked.append(f"KMS key {key} is enabled and encrypts ({spec})")
+
+
+def _check_encryption_by_default(
+    settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]
+) -> None:
+    """An EBS-backed build that does not ask for encryption still gets it where the account encrypts new
+    EBS snapshots by default; EC2 then does not make the image public, nor share it unless the key is."""
+    try:
+        found = aws.call("ec2", "GetEbsEncryptionByDefault", {}, settings.region)
+    except AwsError as err:
+        checked.append(f"could not read whether {settings.region} encrypts EBS by default ({err.what})")
+        return
+    if not found.get("EbsEncryptionByDefault"):
+        checked.append(f"{settings.region} does not encrypt new EBS snapshots by default")
+        return
+    said = (
+        f"the account encrypts new EBS snapshots by default in {settings.region}, so the image will be "
+        "encrypted"
+    )
     if settings.public_image:
-        check_public_sharing(settings, aws, problems, checked)
-    if problems:
-        raise SettingsError(problems, origin="AWS")
-    return checked
+        problems.append(
+            Problem(
+                "public_image",
+                f"{said}, and EC2 does not make an image with encrypted snapshots public",
+                f"remove public_image, or run `aws ec2 disable-ebs-encryption-by-default --region "
+                f"{settings.region}` if the image is to be public",
+            )
+        )
+    else:
+        checked.append(
+            f"{said} with its default EBS key (`aws ec2 get-ebs-default-kms-key-id`)"
+            + (": the accounts it is shared with need that key too" if settings.launch_permissions else "")
+        )
 
 
 def _check_bucket_accepts_acls(

@@ -527,4 +527,5 @@ STRATEGY = Strategy(
     resume_hint=resume_hint,
     credential_use="supplied at run time as {env}",
     runs_node_program=False,
+    uses_bucket=True,
 )

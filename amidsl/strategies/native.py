@@ -373,4 +373,5 @@ STRATEGY = Strategy(
     resume_hint=resume_hint,
     credential_use="used on the controller only (presigned URLs reach the node)",
     runs_node_program=True,
+    uses_bucket=True,
 )

@@ -267,4 +267,5 @@ STRATEGY = Strategy(
     resume_hint=resume_hint,
     credential_use="used on the controller only (the node streams the disk's blocks to it)",
     runs_node_program=True,
+    uses_bucket=False,
 )

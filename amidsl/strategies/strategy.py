@@ -47,3 +47,4 @@ class Strategy:
     # run-time environment variable.
     credential_use: str
     runs_node_program: bool  # amidsl's node program does the bundling on the node
+    uses_bucket: bool  # the image is an S3 bundle in s3_bucket (else the bucket is not used)

@@ -215,3 +215,72 @@ def test_a_public_image_is_refused_before_the_build_where_the_account_blocks_pub
         "for AMIs). Fix: run `aws ec2 disable-image-block-public-access --region us-west-2` "
         "if the image is to be public, or remove public_image."
     ]
+
+
+# -- EBS-backed builds ------------------------------------------------------------------------------
+
+
+def test_validate_live_leaves_the_bucket_alone_for_an_ebs_build(settings, aws_endpoint, bucket):
+    s3 = aws_client("s3", aws_endpoint)
+    s3.create_bucket(Bucket="amidsl-enforced-bundles")
+    s3.put_bucket_ownership_controls(
+        Bucket="amidsl-enforced-bundles",
+        OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+    )
+    ebs = settings.with_values(backing="ebs", bundler="native", s3_bucket="amidsl-enforced-bundles")
+    checked = check_aws_side(ebs, Aws(ebs, LiveSettings(endpoint_url=aws_endpoint)))
+    assert not [line for line in checked if line.startswith("bucket ")]
+    assert "EBS-backed: no S3 bundle, so the bucket is not used" in checked
+
+
+def test_validate_live_asks_kms_whether_the_key_can_encrypt_the_snapshot(settings, aws_endpoint, bucket):
+    kms = aws_client("kms", aws_endpoint)
+    symmetric = {"KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT"}
+    usable = kms.create_key(Description="builds", **symmetric)["KeyMetadata"]["Arn"]
+    old = kms.create_key(Description="old", **symmetric)["KeyMetadata"]
+    kms.disable_key(KeyId=old["KeyId"])
+    disabled = old["Arn"]
+    signing = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+    live = LiveSettings(endpoint_url=aws_endpoint)
+    ebs = settings.with_values(backing="ebs", bundler="native", encrypted=True)
+    good = ebs.with_values(kms_key_id=usable)
+    assert f"KMS key {usable} is enabled and encrypts (SYMMETRIC_DEFAULT)" in check_aws_side(
+        good, Aws(good, live)
+    )
+    for key, says in (
+        (disabled, "is Disabled"),
+        (signing, "is a RSA_2048 key for SIGN_VERIFY"),
+        (usable[: -len("abcd")] + "abcd", "KMS has no key"),
+    ):
+        bad = ebs.with_values(kms_key_id=key)
+        with pytest.raises(SettingsError) as caught:
+            check_aws_side(bad, Aws(bad, live))
+        (problem,) = [str(p) for p in caught.value.problems]
+        assert problem.startswith("kms_key_id: ") and says in problem, problem
+
+
+def test_a_shared_ebs_image_is_refused_where_the_account_encrypts_new_snapshots_by_default(
+    settings, aws_endpoint, bucket
+):
+    live = LiveSettings(endpoint_url=aws_endpoint)
+    shared = settings.with_values(backing="ebs", bundler="native", launch_permissions=("222233334444",))
+    checked = check_aws_side(shared, Aws(shared, live))
+    assert "us-east-1 does not encrypt new EBS snapshots by default" in checked
+    aws_client("ec2", aws_endpoint).enable_ebs_encryption_by_default()
+    checked = check_aws_side(shared, Aws(shared, live))
+    assert (
+        "the account encrypts new EBS snapshots by default in us-east-1, so the image will be encrypted "
+        "with its default EBS key (`aws ec2 get-ebs-default-kms-key-id`): the accounts it is shared with "
+        "need that key too"
+    ) in checked
+    public = shared.with_values(public_image=True, launch_permissions=())
+    aws = Aws(public, live)
+    stubber = Stubber(aws.client("ec2"))
+    stubber.add_response("get_image_block_public_access_state", {"ImageBlockPublicAccessState": "unblocked"})
+    stubber.add_response("get_ebs_encryption_by_default", {"EbsEncryptionByDefault": True})
+    stubber.activate()
+    with pytest.raises(SettingsError) as caught:
+        check_aws_side(public, aws, image_name_must_be_free=False)
+    (problem,) = [str(p) for p in caught.value.problems]
+    assert problem.startswith("public_image: the account encrypts new EBS snapshots by default in us-east-1")
+    assert "disable-ebs-encryption-by-default --region us-east-1" in problem
