@@ -157,7 +157,8 @@ class SimulatorBackend:
         """The secret values of this build (the access key id too: it is shown nowhere), for redaction."""
         keys = ("AMIDSL_ACCESS_KEY", "AMIDSL_SECRET_KEY", "AMIDSL_SESSION_TOKEN")
         values = [self.env.get(name, "") for name in keys]
-        return [*values, self.settings.private_key_pem.reveal()]
+        key = self.settings.private_key_pem
+        return [*values, *([key.reveal()] if key is not None else [])]
 
     def call_aws(self, action: AwsCall, params: dict[str, Any]) -> dict[str, Any]:
         """Send an API call to the fake region."""
@@ -501,16 +502,16 @@ def prepare(
         region = FakeRegion(
             settings.region,
             node_factory=lambda: template_node(payload_mb=payload_mb),
-            account_id=settings.user_id,
+            account_id=settings.user_id or ACCOUNT_ID,  # an EBS-backed build may name no account
         )
         region.credentials = configured_credentials(settings) or region.credentials
     node = node or template_node(
         payload_mb=payload_mb, admin_user=settings.user if settings.user != "root" else "admin"
     )
     connect_node(node, region, settings.install_source.url or settings.ami_tools_url)
-    if region.bucket_region(settings.s3_bucket) is None:
+    if settings.s3_bucket and region.bucket_region(settings.s3_bucket) is None:
         region.create_bucket(settings.s3_bucket)
-    if settings.certificate_pem not in region.signing_certificates():
+    if settings.certificate_pem and settings.certificate_pem not in region.signing_certificates():
         region.register_signing_certificate(settings.certificate_pem)
     return Simulation(node, region, settings)
 

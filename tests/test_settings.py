@@ -240,14 +240,20 @@ def test_toml_without_ami_table(tmp_path):
 # -- bad input: each kind has its own message ---------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "missing",
-    ["image_name", "region", "user_id", "s3_bucket", "private_key_source", "certificate_source"],
-)
+@pytest.mark.parametrize("missing", ["image_name", "region"])
 def test_required_settings(raw_settings, missing):
     del raw_settings[missing]
     assert the_problem(raw_settings, missing) == (
         f"{missing}: is required. Fix: set {missing} in the [ami] table."
+    )
+
+
+@pytest.mark.parametrize("missing", ["user_id", "s3_bucket", "private_key_source", "certificate_source"])
+def test_an_s3_bundle_requires_its_bucket_account_and_signing_pair(raw_settings, missing):
+    del raw_settings[missing]
+    assert the_problem(raw_settings, missing) == (
+        f"{missing}: is required for backing = 'instance-store'. Fix: set {missing} in the [ami] table, "
+        "or choose backing = 'ebs'."
     )
 
 

@@ -85,9 +85,9 @@ def test_user_keys_required_secret_and_free_text_come_from_the_rows():
     assert set(USER_KEYS) == {row.name for row in ROWS if row.given}
     assert {f"keep_{name}" for name in HYGIENE_NAMES} <= set(USER_KEYS)
     assert not {"certificate_pem", "private_key_pem", "ec2_certificate_pem", "hygiene_keep"} & set(USER_KEYS)
-    assert set(REQUIRED) == {
-        "image_name",
-        "region",
+    assert set(REQUIRED) == {"image_name", "region"}
+    # An S3 bundle's own: its bucket, and the account and pair its manifest is signed for.
+    assert {row.name for row in ROWS if row.required_for == ("instance-store",)} == {
         "user_id",
         "s3_bucket",
         "private_key_source",

@@ -233,7 +233,9 @@ def refuse_example_credentials(choice: ConfigChoice, settings: AmiSettings) -> N
             f"give --config FILE, set ${CONFIG_ENV}, or write ./{LOCAL_CONFIG}"
         )
     example = [
-        name for name in ("private_key_source", "certificate_source") if getattr(settings, name).example
+        name
+        for name in ("private_key_source", "certificate_source")
+        if getattr(settings, name) is not None and getattr(settings, name).example
     ]
     if example:
         raise CommandError(

@@ -218,7 +218,7 @@ def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: boo
         raise SettingsError([Problem("credentials", err.what, err.fix)], origin="AWS") from None
     account = identity.get("Account", "")
     checked.append(f"credentials valid for account {account} ({identity.get('Arn', '?')})")
-    if account and account != settings.user_id:
+    if account and settings.user_id and account != settings.user_id:
         problems.append(
             Problem(
                 "user_id",

@@ -21,6 +21,8 @@ def shown_default(row: Setting) -> str:
     """A row's default as the reference shows it."""
     if row.required:
         return "required"
+    if row.required_for:
+        return f"required for {', '.join(f'`{value}`' for value in row.required_for)}"
     if row.shown_default:
         return row.shown_default
     value = row.default

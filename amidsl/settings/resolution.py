@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from amidsl.settings.constants import BACKINGS
 from amidsl.settings.keys import normalise_keys
 from amidsl.settings.reading import Reading
 from amidsl.settings.rules import RULES
@@ -54,6 +55,16 @@ def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
             problems.append(Problem(name, "is required", f"set {name} in the [ami] table"))
     reading = Reading(given, SETTINGS, problems)
     values = {row.name: reading.value(row.name) for row in ROWS}
+    for row in ROWS:
+        if values["backing"] in row.required_for and given.get(row.name) in (None, ""):
+            problems.append(
+                Problem(
+                    row.name,
+                    f"is required for backing = {values['backing']!r}",
+                    f"set {row.name} in the [ami] table, or choose backing = "
+                    f"{' or '.join(repr(b) for b in BACKINGS if b not in row.required_for)}",
+                )
+            )
     for rule in (*RULES, *STRATEGY_RULES.get(values["bundler"], ())):
         problems += rule(reading)
     if problems:

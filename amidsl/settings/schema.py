@@ -65,6 +65,9 @@ class Setting:
     check: Check | None = None  # what else a read value must satisfy (run unless the value is None)
     choices: tuple[str, ...] = ()
     required: bool = False
+    # The values of `backing` whose builds need it (an S3 bundle's bucket, its signing pair); where the
+    # setting is required for every build, `required` says so instead.
+    required_for: tuple[str, ...] = ()
     secret: bool = False  # never shown in a message, a preview or a repr
     free_text: bool = False  # line breaks allowed
     used_by: tuple[str, ...] = ()  # the strategies (values of `bundler`) that read it; () for all

@@ -12,6 +12,7 @@ import json
 import textwrap
 from collections.abc import Mapping
 
+from amidsl.settings.constants import INSTANCE_STORE
 from amidsl.settings.reference import shown_default
 from amidsl.settings.schema import Setting
 from amidsl.settings.table import ROWS
@@ -59,10 +60,15 @@ def ami_starter(given: Mapping[str, str] | None = None) -> str:
     given = given or {}
     rows = [row for row in ROWS if row.given]
     lines = ["[ami]", "# -- required: replace each <...> placeholder " + "-" * 50, ""]
-    for row in (row for row in rows if row.required):
-        lines += [*comment(row.doc), f"{row.name} = {given.get(row.name, placeholder(row))}", ""]
+    # The default backing's required settings among them (an S3 bundle's bucket and signing pair).
+    required = [row for row in rows if row.required or INSTANCE_STORE in row.required_for]
+    for row in required:
+        doc = row.doc + (
+            ' (only for an S3 bundle: leave it out with backing = "ebs")' if row.required_for else ""
+        )
+        lines += [*comment(doc), f"{row.name} = {given.get(row.name, placeholder(row))}", ""]
     lines += ["# -- optional: the defaults; remove the '# ' before a setting to change it " + "-" * 20, ""]
-    optional = [row for row in rows if not row.required]
+    optional = [row for row in rows if row not in required]
     for doc, group in itertools.groupby(optional, key=lambda row: row.doc):
         members = list(group)
         defaults = ", ".join(dict.fromkeys(shown_default(row).replace("`", "") for row in members))

@@ -172,7 +172,11 @@ ROWS: tuple[Setting, ...] = (
         check=checks.region_name,
     ),
     Setting(
-        "user_id", "str", checks.account_id, "12-digit AWS account id (dashes are removed)", required=True
+        "user_id",
+        "str | None",
+        checks.account_id,
+        "12-digit AWS account id (dashes are removed): the bundle's owner in its manifest",
+        required_for=(INSTANCE_STORE,),
     ),
     Setting(
         "user",
@@ -276,14 +280,18 @@ ROWS: tuple[Setting, ...] = (
     ),
     Setting(
         "private_key_source",
-        "Source",
+        "Source | None",
         readers.source(example=True),
         CREDENTIAL_SOURCES_DOC,
-        required=True,
+        required_for=(INSTANCE_STORE,),
         secret=True,
     ),
     Setting(
-        "certificate_source", "Source", readers.source(example=True), CREDENTIAL_SOURCES_DOC, required=True
+        "certificate_source",
+        "Source | None",
+        readers.source(example=True),
+        CREDENTIAL_SOURCES_DOC,
+        required_for=(INSTANCE_STORE,),
     ),
     Setting(
         "private_key_path",
@@ -314,7 +322,12 @@ ROWS: tuple[Setting, ...] = (
         choices=ARCHITECTURES,
     ),
     Setting(
-        "s3_bucket", "str", readers.text, "where the bundle goes", required=True, check=checks.bucket_name
+        "s3_bucket",
+        "str | None",
+        readers.text,
+        "where the bundle goes",
+        required_for=(INSTANCE_STORE,),
+        check=checks.bucket_name,
     ),
     Setting("s3_path", "str", checks.key_prefix, "where the bundle goes", default=""),
     Setting(
@@ -399,7 +412,7 @@ ROWS: tuple[Setting, ...] = (
     ),
     Setting(
         "private_key_pem",
-        "Secret",
+        "Secret | None",
         credentials.private_key_pem,
         "the signing key's text",
         given=False,

@@ -210,3 +210,31 @@ def test_a_failed_ebs_registration_names_its_snapshot_and_resumes_on_it(run, ebs
     assert resumed.error is None, resumed.error
     image = region.call("ec2", "DescribeImages", {"ImageIds": [resumed.image_id]})["Images"][0]
     assert image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot_id
+
+
+S3_BUNDLE_ONLY = ("s3_bucket", "user_id", "private_key_source", "certificate_source")
+
+
+def test_an_ebs_build_needs_no_bucket_account_or_signing_pair(run, ebs_settings, region):
+    settings = {
+        key: value for key, value in ebs_settings.items() if key.replace("-", "_") not in S3_BUNDLE_ONLY
+    }
+    simulation = run(settings)
+    assert simulation.error is None, simulation.error
+    image = region.call("ec2", "DescribeImages", {"ImageIds": [simulation.image_id]})["Images"][0]
+    assert image["RootDeviceType"] == "ebs"
+    assert region.s3.list_buckets()["Buckets"] == []
+
+
+def test_an_s3_bundle_still_needs_them_and_says_ebs_does_not(ebs_settings):
+    settings = {
+        key: value for key, value in ebs_settings.items() if key.replace("-", "_") not in S3_BUNDLE_ONLY
+    }
+    with pytest.raises(SettingsError) as refused:
+        resolve(settings | {"backing": "instance-store"})
+    problems = [str(p) for p in refused.value.problems]
+    assert sorted(p.split(":")[0] for p in problems) == sorted(S3_BUNDLE_ONLY)
+    assert problems[-1] == (
+        "s3_bucket: is required for backing = 'instance-store'. Fix: set s3_bucket in the [ami] table, or "
+        "choose backing = 'ebs'."
+    )
