@@ -14,19 +14,18 @@ registered", against moto's server on 127.0.0.1:
       size and the count): what the upload costs on this machine's side when the server costs nothing,
       as AWS's servers cost this machine nothing. Its total is (b)'s with this upload instead.
 
-moto's server runs in a process of its own (each service it serves called once before the clocks
-start: it loads a service's code on the first call), as does the stand-in: neither uploader (the node program
+moto's server runs in a process of its own, as does the stand-in: neither uploader (the node program
 for S3, this process as the controller for EBS) shares an interpreter with the server it sends to.
-moto's server handles one request at a time and closes the connection after each; a PutSnapshotBlock
-costs it milliseconds of CPU, on the same cores as the uploads, which an S3 path of 10 MiB parts
-barely pays and AWS does not charge this machine at all. So the figures say the server's CPU seconds
-per path, and (c) shows the EBS upload without them.
+Each service moto serves is called once before the clocks start (it loads a service's code on its
+first call). moto's server answers PutSnapshotBlock effectively one at a time (8 uploads at a time
+take as long as 1), with milliseconds of CPU each on the same cores as the uploads, and closes the
+connection after each; an S3 path of 10 MiB parts barely pays that, and AWS's servers cost this
+machine nothing. So the figures say the server's CPU seconds per path, and (c) shows the EBS upload
+without them.
 
 It prints wall seconds per step and end to end, the blocks sent and the zero blocks skipped, the
 node processes' peak RSS, the controller's and the server's CPU seconds. The node program runs here as
-a local process: the SSH channel a live build streams the blocks through is not part of the figures;
-the pipe standing in for it holds 1 MiB (an SSH channel's window holds 2 MiB), where a pipe's default
-64 KiB would make the controller wake for each sixteenth of a block.
+a local process: the SSH channel a live build streams the blocks through is not part of the figures.
 
 Usage: python3 benchmarks/ebs_benchmark.py [--size-mb 900] [--workdir DIR] [--concurrency 4]
 """
@@ -34,7 +33,6 @@ Usage: python3 benchmarks/ebs_benchmark.py [--size-mb 900] [--workdir DIR] [--co
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
@@ -62,8 +60,6 @@ from amidsl.settings import MAX_UPLOAD_CONCURRENCY
 HOST_GRUB = Path("/usr/lib/grub/i386-pc")
 KERNEL = "6.1.0-bench"
 UUID = "0b0e7e4e-5a1f-4c2b-9d3e-6f7a8b9c0d1e"
-PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
-F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on
 
 
 def make_bootable(tree: Path) -> None:
@@ -121,7 +117,6 @@ def stream_blocks(disk: str, rss: Path) -> BlockStream:
         stderr=subprocess.PIPE,
     )
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-    fcntl.fcntl(process.stdout.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
     process.stdin.write(json.dumps({"disk": disk}).encode())
     process.stdin.close()
     stderr = process.stderr
