@@ -20,7 +20,7 @@ from amidsl.bundle.s3 import acl_fix, object_ownership
 from amidsl.live.settings import LiveSettings
 from amidsl.model.actions import AwsCall
 from amidsl.secrets import Secret
-from amidsl.settings import AmiSettings, Problem, SettingsError
+from amidsl.settings import MAX_UPLOAD_CONCURRENCY, AmiSettings, Problem, SettingsError
 from amidsl.strategies import strategy_of
 
 
@@ -166,8 +166,12 @@ class Aws:
         """The boto3 client for a service (one per service and region, on the endpoint if set)."""
         key = (service, region or self.settings.region)
         if key not in self._clients:
-            # S3-compatible endpoints (and addresses) rarely serve bucket subdomains: use path style.
-            config = Config(s3={"addressing_style": "path"}) if self.live.endpoint_url else None
+            # The EBS upload's threads (upload_concurrency) share this client: a pooled connection
+            # each, else every put beyond the pool's 10 opens a connection (a TLS handshake) and drops it.
+            config = Config(max_pool_connections=MAX_UPLOAD_CONCURRENCY)
+            if self.live.endpoint_url:
+                # S3-compatible endpoints (and addresses) rarely serve bucket subdomains: use path style.
+                config = config.merge(Config(s3={"addressing_style": "path"}))
             self._clients[key] = self.session.client(
                 service, region_name=key[1], endpoint_url=self.live.endpoint_url, config=config
             )

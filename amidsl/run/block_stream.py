@@ -52,13 +52,16 @@ class BlockStream:
             self._stop()
 
     def _exactly(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            more = self._read(size - len(data))
+        # An SSH channel gives a block in pieces of a few dozen KiB: joined once, not copied per piece.
+        pieces: list[bytes] = []
+        have = 0
+        while have < size:
+            more = self._read(size - have)
             if not more:
                 break
-            data += more
-        return data
+            pieces.append(more)
+            have += len(more)
+        return b"".join(pieces)  # one piece: that very object, no copy
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         """(block index, block data) for each block the program sends; BlockStreamFailed if it stops early."""

@@ -8,7 +8,9 @@ blocks written and the LINEAR aggregate of their digests, and EC2's DescribeSnap
 the snapshot.
 
 Puts run on `concurrency` threads with at most `concurrency` x 2 blocks read and not yet written, so
-memory stays bounded whatever the disk's size. Throttling and server errors are retried with
+memory stays bounded whatever the disk's size. The threads share the client given: its connection pool
+(botocore's max_pool_connections, 10 unless set) should hold `concurrency` connections, else the puts
+beyond it open a connection each and drop it. Throttling and server errors are retried with
 exponential backoff; StartSnapshot carries a ClientToken, so a retried start returns the snapshot the
 first attempt made instead of a second one. Any failure after the start raises SnapshotUploadError,
 whose message names the snapshot left behind and the command that deletes it (messages carry AWS's

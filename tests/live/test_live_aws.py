@@ -10,7 +10,7 @@ from amidsl.live.aws import Aws, AwsError, check_aws_side, check_public_sharing,
 from amidsl.live.settings import LiveSettings
 from amidsl.model.actions import AwsCall
 from amidsl.run.publish import PublishFailed, wait_for_image
-from amidsl.settings import SettingsError, resolve
+from amidsl.settings import MAX_UPLOAD_CONCURRENCY, SettingsError, resolve
 from tests.live.node_settings import ACCOUNT, BUCKET, aws_client
 
 
@@ -32,6 +32,16 @@ def test_operation_names_become_boto3_methods():
     assert snake_case("RegisterImage") == "register_image"
     assert snake_case("GetBucketLocation") == "get_bucket_location"
     assert snake_case("DescribeImages") == "describe_images"
+
+
+@pytest.mark.parametrize("endpoint_url", [None, "http://127.0.0.1:5000"])
+def test_a_client_keeps_a_connection_for_each_upload_thread_at_the_highest_concurrency(
+    settings, endpoint_url
+):
+    # The EBS upload's threads share the build's client: with fewer pooled connections than threads,
+    # each put beyond them would open (and discard) a connection of its own.
+    aws = Aws(settings, LiveSettings(endpoint_url=endpoint_url))
+    assert aws.client("ebs").meta.config.max_pool_connections >= MAX_UPLOAD_CONCURRENCY
 
 
 @pytest.mark.parametrize(
