@@ -146,6 +146,7 @@ CONTROLLER_API = (
 MiB = 1024 * 1024
 PART_SIZE = 10 * MiB
 MAX_IMAGE_MB = 10240  # the largest image an S3-backed AMI may have
+MAX_DISK_MB = 16384 * 1024  # the largest disk kept for an EBS snapshot: a gp3 root volume's 16 TiB
 MIN_MKE2FS = (1, 43)  # `mke2fs -d` (populate from a directory) arrived in e2fsprogs 1.43
 PROGRESS_SECONDS = 3.0
 LEFT_OUT_REPORTED = 200
@@ -3306,9 +3307,14 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     includes, exclude_patterns, items = _selection(request)
     no_filter = not _field(request, "filter", bool, True)
     size_mb = request.get("image_size_mb")
-    if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= MAX_IMAGE_MB):
-        raise NodeError(f"image_size_mb is {size_mb!r}; an S3-backed AMI image must be 1..{MAX_IMAGE_MB} MB")
     virtualization_type = _virtualization_type(request)
+    output = _output(request, virtualization_type)
+    if output == OUTPUT_DISK:
+        largest, what = MAX_DISK_MB, "a disk for an EBS snapshot"
+    else:
+        largest, what = MAX_IMAGE_MB, "an S3-backed AMI image"
+    if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= largest):
+        raise NodeError(f"image_size_mb is {size_mb!r}; {what} must be 1..{largest} MB")
     if size_mb is not None and virtualization_type == HVM:
         if size_mb <= 16:
             raise NodeError(f"image_size_mb is {size_mb}; an hvm disk image needs more than 16 MB")
@@ -3321,7 +3327,6 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     if staging not in ("auto", "links"):
         raise NodeError(f"staging {staging!r} is not one of auto, links")
     level = _field(request, "level", int, COMPRESS_LEVEL)
-    output = _output(request, virtualization_type)
     # A disk for EBS is neither compressed nor encrypted here: its blocks go out as they are.
     key = _key_bytes(request, "key") if output == OUTPUT_PARTS else b""
     iv = _key_bytes(request, "iv") if output == OUTPUT_PARTS else b""

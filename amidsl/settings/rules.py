@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from amidsl.settings.constants import MAX_IMAGE_SIZE_MB
 from amidsl.settings.paths import is_within
 from amidsl.settings.reading import Reading
 from amidsl.settings.schema import Problem
@@ -205,6 +206,20 @@ def ebs_limits(r: Reading) -> list[Problem]:
     return problems
 
 
+def s3_image_size(r: Reading) -> list[Problem]:
+    """An S3-backed image is at most 10240 MB (ec2-bundle-vol's and EC2's limit); an EBS disk may be more."""
+    size = r.value("image_size_mb")
+    if r.value("backing") == "ebs" or size is None or size <= MAX_IMAGE_SIZE_MB:
+        return []
+    return [
+        Problem(
+            "image_size_mb",
+            f"{size} MB is more than an S3-backed image may have ({MAX_IMAGE_SIZE_MB} MB)",
+            f'give at most {MAX_IMAGE_SIZE_MB}, or set backing = "ebs" for a larger root disk',
+        )
+    ]
+
+
 def ebs_encryption(r: Reading) -> list[Problem]:
     """encrypted and kms_key_id: only for an EBS snapshot, and only where EC2 can share what they make."""
     encrypted, key = r.value("encrypted"), r.value("kms_key_id")
@@ -278,4 +293,5 @@ RULES: tuple[Rule, ...] = (
     attributes_need_hvm,
     ebs_limits,
     ebs_encryption,
+    s3_image_size,
 )

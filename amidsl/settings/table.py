@@ -27,6 +27,7 @@ from amidsl.settings.constants import (
     IMDS_SUPPORT,
     INSTALL_STRATEGIES,
     INSTANCE_STORE,
+    MAX_EBS_DISK_MB,
     MAX_IMAGE_SIZE_MB,
     MAX_IMAGE_TAGS,
     MAX_OBJECT_TAGS,
@@ -364,12 +365,15 @@ ROWS: tuple[Setting, ...] = (
         "int | None",
         readers.whole_number(
             1,
-            MAX_IMAGE_SIZE_MB,
-            f"a size from 1 to {MAX_IMAGE_SIZE_MB} MB",
-            f"give a whole number of MB up to {MAX_IMAGE_SIZE_MB} (ec2-bundle-vol's maximum)",
+            MAX_EBS_DISK_MB,
+            f"a size from 1 to {MAX_EBS_DISK_MB} MB",
+            f"give a whole number of MB: up to {MAX_IMAGE_SIZE_MB} for an S3 bundle, {MAX_EBS_DISK_MB} "
+            "(16 TiB) for an EBS-backed disk",
         ),
-        "`ec2-bundle-vol -s` (≤ 10240; the tool's default is a 10240 MB sparse image)",
-        shown_default="tool default",
+        "the image's size: `ec2-bundle-vol -s` (≤ 10240; the tool's default is a 10240 MB sparse image); "
+        "native: the disk's (by default the data with room to spare), ≤ 10240 for an S3 bundle, up to 16 "
+        "TiB for `ebs`, where it is the root volume's size and only the blocks holding data are sent",
+        shown_default="tool default / fitted",
     ),
     Setting(
         "inherit",

@@ -238,3 +238,24 @@ def test_an_s3_bundle_still_needs_them_and_says_ebs_does_not(ebs_settings):
         "s3_bucket: is required for backing = 'instance-store'. Fix: set s3_bucket in the [ami] table, or "
         "choose backing = 'ebs'."
     )
+
+
+def test_an_ebs_root_disk_can_be_larger_than_an_s3_image_and_only_its_data_is_sent(run, ebs_settings, region):
+    simulation = run(ebs_settings | {"image_size_mb": 20480})
+    assert simulation.error is None, simulation.error
+    snapshot_id = simulation.final_settings.snapshot_id
+    (snapshot,) = region.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert snapshot["VolumeSize"] == 20
+    image = region.call("ec2", "DescribeImages", {"ImageIds": [simulation.image_id]})["Images"][0]
+    assert image["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 20
+    blocks = region.strict_client("ebs").list_snapshot_blocks(SnapshotId=snapshot_id, MaxResults=10000)
+    assert len(blocks["Blocks"]) < 200  # 40960 blocks of 512 KiB, nearly all of them free space
+    assert "partition 1: Linux (0x83), bootable, from sector 2048" in "\n".join(
+        simulation.inspect_image().layout
+    )
+
+
+def test_an_s3_image_stays_within_10240_mb(ebs_settings):
+    with pytest.raises(SettingsError) as refused:
+        resolve(ebs_settings | {"backing": "instance-store", "image_size_mb": 20480})
+    assert "image_size_mb: 20480 MB is more than an S3-backed image may have (10240 MB)" in str(refused.value)
