@@ -15,6 +15,7 @@ operation, "EC2 ref" the EC2 API reference for RegisterImage and its BlockDevice
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import uuid
@@ -24,7 +25,6 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from moto.backends import get_backend
-from moto.ec2.models.amis import Ami
 
 _MOTO_ACCOUNT = "123456789012"  # moto keeps the simulated account's state under its own account id
 BLOCK_SIZE = 524288  # API ref: "A block index is a logical index in units of 512 KiB blocks"
@@ -90,15 +90,22 @@ def linear_checksum(checksums_by_index: dict[int, str]) -> str:
     return base64.b64encode(total.digest()).decode("ascii")
 
 
-class RegisteredEbsAmi(Ami):
-    """moto's image with the block device mappings it was registered with (moto makes one up)."""
+@functools.cache
+def registered_ebs_ami() -> type:
+    """The class RegisteredEbsAmi: moto's image with the block device mappings it was registered with
+    (moto makes one up). Made on first use: moto's EC2 takes a third of a second to load, which a
+    simulation spends while the node program bundles."""
+    from moto.ec2.models.amis import Ami
 
-    registered_mappings: list[dict[str, Any]]  # set on registration
+    class RegisteredEbsAmi(Ami):
+        registered_mappings: list[dict[str, Any]]  # set on registration
 
-    @property
-    def block_device_mappings(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        """What DescribeImages reports: the mappings as registered, with EC2's defaults filled in."""
-        return self.registered_mappings
+        @property
+        def block_device_mappings(self) -> list[dict[str, Any]]:  # type: ignore[override]
+            """What DescribeImages reports: the mappings as registered, with EC2's defaults filled in."""
+            return self.registered_mappings
+
+    return RegisteredEbsAmi
 
 
 @dataclass
@@ -730,7 +737,7 @@ def copy_encryption_key(params: dict[str, Any], region: str, account_id: str, en
 
 
 def copied_mappings(
-    ebs: EbsDirect, source: RegisteredEbsAmi, source_region: str, region: str, params: dict[str, Any]
+    ebs: EbsDirect, source: Any, source_region: str, region: str, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """CopyImage of an EBS-backed image: a completed copy of each of its snapshots in `region`, and the
     copy's block device mappings on them (encrypted as the copies are)."""

@@ -208,7 +208,7 @@ class SimulatorBackend:
                 self._interrupt_when_under_way(process, data.get("destination_dir", ""))
             try:
                 if action.command == "bundle":
-                    load_moto_ec2(self.region.name)  # while the node program bundles in its own process
+                    load_moto_ec2(self.region)  # while the node program bundles in its own process
                 out, err = process.communicate()
             except KeyboardInterrupt:
                 # Ctrl-C: as over SSH, the program is interrupted and given time to clean up.
@@ -382,12 +382,13 @@ class SimulatorBackend:
         return staged
 
 
-def load_moto_ec2(region: str) -> None:
-    """Load moto's EC2 and make the region's EC2 state (with moto's default images), as the fake region's
-    first EC2 call (registering the image) would: over half a second of CPU, spent while the node
-    program bundles, in a process of its own."""
+def load_moto_ec2(region: FakeRegion) -> None:
+    """Load moto's EC2, make the region's EC2 state (with moto's default images) and read the service
+    model moto answers EC2 requests with, as the fake region's first EC2 call (registering the image)
+    would: over half a second of CPU, spent while the node program bundles, in a process of its own."""
     with contextlib.suppress(KeyError):  # a region moto does not know fails at that call, as before
-        get_backend("ec2")[ACCOUNT_ID][region]
+        get_backend("ec2")[ACCOUNT_ID][region.name]
+        region.ec2.describe_regions(RegionNames=[region.name])  # reads nothing of the build's state
 
 
 @dataclass

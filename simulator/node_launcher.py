@@ -11,7 +11,8 @@ with the node's description as JSON in the environment variable NODE_DESCRIPTION
 
 The program is compiled from the node's copy of its source, as python3 would; a simulation runs it
 several times, so where the description names a code_cache (a private directory of the simulation),
-the code compiled from that very source is kept there for the next run.
+the code compiled from that very source is kept there for the next run. The launcher imports nothing
+the node program does not (pathlib, say): each import is paid at every run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import os
 import shutil
 import sys
 import types
-from pathlib import Path
 from typing import Any
 
 DESCRIPTION_VARIABLE = "NODE_DESCRIPTION"
@@ -55,15 +55,18 @@ def describe_node(tools: dict[str, str | None], full: list[str]) -> None:
 def compiled(program: str, cache: str | None) -> types.CodeType:
     """The program's code: compiled from its source, or taken from `cache` where the same source at the
     same path was compiled before."""
-    source = Path(program).read_bytes()
+    with open(program, "rb") as file:
+        source = file.read()
     if cache is None:
         return compile(source, program, "exec", dont_inherit=True)
-    kept = Path(cache, hashlib.sha256(program.encode() + b"\0" + source).hexdigest())
-    if kept.is_file():
-        return marshal.loads(kept.read_bytes())
+    kept = os.path.join(cache, hashlib.sha256(program.encode() + b"\0" + source).hexdigest())
+    if os.path.isfile(kept):
+        with open(kept, "rb") as file:
+            return marshal.loads(file.read())
     code = compile(source, program, "exec", dont_inherit=True)
-    partial = kept.with_name(f"{kept.name}.{os.getpid()}")
-    partial.write_bytes(marshal.dumps(code))
+    partial = f"{kept}.{os.getpid()}"
+    with open(partial, "wb") as file:
+        file.write(marshal.dumps(code))
     os.replace(partial, kept)
     return code
 

@@ -36,22 +36,23 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.asymmetric import rsa
 from moto import mock_aws
 from moto.backends import get_backend
 from moto.server import DomainDispatcherApplication, ThreadedMotoServer, create_backend_app
 from werkzeug.serving import make_server
 
 from amidsl.bundle import BundleError, Manifest, parse_manifest
-from amidsl.bundle.keys import decrypt_with_key, load_private_key
+from amidsl.bundle.keys import decrypt_with_key
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
 from amidsl.keypairs import self_signed_pair
 from amidsl.settings import ORGANIZATION_ARN, OU_ARN
 from simulator.ebs import (
     EbsDirect,
-    RegisteredEbsAmi,
     check_ebs_registration,
     copied_mappings,
     copy_encryption_key,
+    registered_ebs_ami,
 )
 from simulator.node import FakeNode
 
@@ -137,7 +138,6 @@ class FakeRegion:
         )
         self._clients: dict[tuple[str, str], Any] = {}
         self.s3 = self.client("s3")
-        self.ec2 = self.client("ec2")
         self.iam = self.client("iam")
         # What moto does not keep about images: polls left while pending, state reasons of failed ones,
         # and the optional RegisterImage attributes.
@@ -147,7 +147,9 @@ class FakeRegion:
         # The EBS direct APIs' own state (checksums, client tokens, timeouts) beside moto's blocks.
         self.ebs_direct = EbsDirect(account_id)
         # The region's own EC2 key pair: bundles encrypt a copy of their key for its certificate.
-        self._ec2_key_pem, self.ec2_cert_pem = self_signed_pair(f"EC2 {name} (simulated)")
+        # Kept as a key, not PEM: parsing PEM again checks the key anew, tens of milliseconds each time.
+        self._ec2_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _, self.ec2_cert_pem = self_signed_pair(f"EC2 {name} (simulated)", key=self._ec2_key)
 
     def client(self, service: str, region: str | None = None) -> Any:
         """A boto3 client of the simulated account, in this region unless another is named."""
@@ -158,6 +160,12 @@ class FakeRegion:
             config = Config(ignore_configured_endpoint_urls=True)
             self._clients[key] = self._session.client(service, region_name=key[1], config=config)
         return self._clients[key]
+
+    @property
+    def ec2(self) -> Any:
+        """The account's EC2 client in this region, made on first use (a simulation first uses it while
+        the node program bundles, and loads moto's EC2 then)."""
+        return self.client("ec2")
 
     def strict_client(self, service: str, region: str | None = None) -> StrictClient:
         """A boto3-like client whose calls go through `call`, with the region's strict checks."""
@@ -389,7 +397,7 @@ class FakeRegion:
                 "CopyImage",
             )
         source = get_backend("ec2")[ACCOUNT_ID][source_region].amis.get(source_id)
-        from_snapshots = isinstance(source, RegisteredEbsAmi)
+        from_snapshots = isinstance(source, registered_ebs_ami())
         if from_snapshots:
             copy_encryption_key(params, region, self.account_id, encrypted=False)  # refused before any copy
         moto_params = {key: value for key, value in params.items() if key not in ("Encrypted", "KmsKeyId")}
@@ -501,7 +509,7 @@ class FakeRegion:
         ami = backend.amis[image_id]
         # moto makes a root snapshot for every image it registers; this one has the caller's.
         backend.snapshots.pop(ami.ebs_snapshot.id, None)
-        ami.__class__ = RegisteredEbsAmi
+        ami.__class__ = registered_ebs_ami()
         ami.registered_mappings = mappings
         ami.root_device_type = "ebs"
         ami.root_device_name = params["RootDeviceName"]
@@ -518,14 +526,14 @@ class FakeRegion:
         return {"ImageId": image_id}
 
     def _make_ebs_copy(
-        self, source: RegisteredEbsAmi, image_id: str, source_region: str, region: str, params: dict[str, Any]
+        self, source: Any, image_id: str, source_region: str, region: str, params: dict[str, Any]
     ) -> list[dict[str, Any]]:
         """The copy moto made of an EBS-backed image, on copies of the source's snapshots in `region`."""
         mappings = copied_mappings(self.ebs_direct, source, source_region, region, params)
         backend = get_backend("ec2")[ACCOUNT_ID][region]
         ami = backend.amis[image_id]
         backend.snapshots.pop(ami.ebs_snapshot.id, None)  # moto's made-up root snapshot
-        ami.__class__ = RegisteredEbsAmi
+        ami.__class__ = registered_ebs_ami()
         ami.registered_mappings = mappings
         ami.root_device_type = "ebs"
         ami.root_device_name = source.root_device_name
@@ -578,9 +586,8 @@ class FakeRegion:
                 "InvalidManifest",
                 "The manifest signature does not verify against any signing certificate of the account",
             )
-        ec2_key = load_private_key(self._ec2_key_pem)
         for field_name in ("ec2_encrypted_key", "ec2_encrypted_iv"):
-            plain = decrypt_with_key(ec2_key, bytes.fromhex(getattr(manifest.keys, field_name)))
+            plain = decrypt_with_key(self._ec2_key, bytes.fromhex(getattr(manifest.keys, field_name)))
             if not plain or not re.fullmatch(rb"[0-9a-f]{32}", plain):
                 raise client_error(
                     "InvalidManifest",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from amidsl.bundle.errors import ImageError
@@ -25,14 +26,20 @@ def debugfs(image: Path, commands: list[str], *, write: bool = False) -> str:
     if not commands:
         return ""
     argv = [tool("debugfs"), *(["-w"] if write else []), "-f", "-", str(image)]
-    result = subprocess.run(
-        argv,
-        input="\n".join(commands).encode("utf-8", "surrogateescape") + b"\n",
-        capture_output=True,
-        check=False,
-        # Never page `stat` output through less, whatever the caller's environment says.
-        env={**os.environ, "DEBUGFS_PAGER": "__none__", "PAGER": "__none__"},
-    )
+    # debugfs -f writes its output unbuffered, a few bytes per write (inode_dump: hundreds per inode);
+    # into a file those writes are cheap, where through a pipe each would wake this process to read it.
+    with tempfile.TemporaryFile() as output:
+        result = subprocess.run(
+            argv,
+            input="\n".join(commands).encode("utf-8", "surrogateescape") + b"\n",
+            stdout=output,
+            stderr=subprocess.PIPE,
+            check=False,
+            # Never page `stat` output through less, whatever the caller's environment says.
+            env={**os.environ, "DEBUGFS_PAGER": "__none__", "PAGER": "__none__"},
+        )
+        output.seek(0)
+        stdout = output.read()
     stderr = result.stderr.decode("utf-8", "replace")
     if result.returncode != 0 or "while trying to open" in stderr or "not open" in stderr:
         first = next((line for line in stderr.splitlines() if "debugfs 1." not in line), stderr)
@@ -40,7 +47,7 @@ def debugfs(image: Path, commands: list[str], *, write: bool = False) -> str:
             f"debugfs cannot read {image} as an ext2/3/4 filesystem image ({first.strip()}); "
             "pass an ext2/3/4 image file (as made by mke2fs)"
         )
-    return result.stdout.decode("utf-8", "surrogateescape")
+    return stdout.decode("utf-8", "surrogateescape")
 
 
 def quote(name: str) -> str:

@@ -28,6 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from amidsl.bundle.ls import listing_line
 from amidsl.cli.support import ConfigChoice, announce_config, find_config, load_settings
@@ -42,8 +43,9 @@ from amidsl.settings import AmiSettings, SettingsError
 from amidsl.strategies import strategy_of
 from amidsl.strategies.native_controller import hygiene_lines
 from simulator.botocore_data import one_botocore_loader
-from simulator.executor import ImageInspection, Simulation, prepare
-from simulator.executor import simulate as run_simulation
+
+if TYPE_CHECKING:
+    from simulator.executor import ImageInspection, Simulation
 
 SCHEMA = "amidsl.simulate/1"
 FAULT_NAMES = (
@@ -337,7 +339,11 @@ def simulate(
     progress(
         "(a fake node and a fake AWS region on this machine: no node, network or AWS account is touched)"
     )
-    with one_botocore_loader():  # the region's, moto's and the presigning client's sessions
+    # The sessions moto makes as it loads (to list the regions), the region's and the presigning client's.
+    with one_botocore_loader():
+        from simulator.executor import prepare
+        from simulator.executor import simulate as run_simulation
+
         simulation = prepare(plan.settings, payload_mb=payload_mb)
         unfired: list[tuple[str, str]] = []  # (--fault as given, why it never fired)
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,17 @@ def image(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("image") / "image"
     build_image(folder, path)
     return path
+
+
+def test_moto_loads_ec2_only_when_the_region_first_asks_it_something():
+    """Loading moto's EC2 takes a third of a second; a simulation does it while the node program runs."""
+    code = (
+        "import sys; from simulator import FakeRegion; region = FakeRegion('us-east-1'); "
+        "region.create_bucket('bundles'); print('moto.ec2' in sys.modules, end=' '); "
+        "region.ec2.describe_regions(); print('moto.ec2' in sys.modules); region.close()"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False True"
 
 
 @pytest.fixture

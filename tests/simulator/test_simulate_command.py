@@ -34,6 +34,14 @@ def amidsl(*args: str, temp: Path | None = None, cwd=None) -> subprocess.Complet
     )
 
 
+def test_the_command_module_leaves_moto_to_load_inside_the_simulation():
+    """moto makes botocore sessions of its own as it loads (to list EC2's regions); loaded within the
+    simulation's one botocore loader, they and the region read AWS's service models only once."""
+    code = "import sys, amidsl.cli.simulate_commands; print('moto' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
+
+
 @pytest.fixture
 def here(capsys, monkeypatch):
     """`amidsl simulate ARGS` run in this process, as amidsl() runs it in a new one: a CompletedProcess.
