@@ -89,3 +89,13 @@ def aws_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def region():
+    """A fake region (us-east-1) whose launched nodes are small template nodes."""
+    from simulator import FakeRegion, template_node  # the simulator only where a test asks for it
+
+    made = FakeRegion("us-east-1", node_factory=lambda: template_node(payload_mb=1))
+    yield made
+    made.close()

@@ -19,20 +19,13 @@ from live_tests.images import (
     remove_built_image,
     uploaded_blocks,
 )
-from simulator import FakeRegion, simulate, template_node
+from simulator import simulate, template_node
 
 
 @pytest.fixture
 def raw() -> dict:
     """The example's settings as the live tests' conftest reads them (snake_case keys)."""
     return {key.replace("-", "_"): value for key, value in load_toml(example_config_path()).items()}
-
-
-@pytest.fixture
-def region():
-    made = FakeRegion("us-east-1", node_factory=lambda: template_node(payload_mb=1))
-    yield made
-    made.close()
 
 
 @pytest.fixture

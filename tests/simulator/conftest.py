@@ -7,7 +7,7 @@ import pytest
 from amidsl.crate import server_spec
 from amidsl.example import example_config_path
 from amidsl.settings import load_toml
-from simulator import FakeRegion, simulate, template_node
+from simulator import simulate, template_node
 
 
 @pytest.fixture
@@ -20,13 +20,6 @@ def example_settings() -> dict:
 def native_settings() -> dict:
     """The example's settings as they are: a native build."""
     return load_toml(example_config_path())
-
-
-@pytest.fixture
-def region():
-    made = FakeRegion("us-east-1", node_factory=lambda: template_node(payload_mb=1))
-    yield made
-    made.close()
 
 
 @pytest.fixture
