@@ -428,7 +428,7 @@ class Simulation:
         image = self.region.ec2.describe_images(ImageIds=[image_id])["Images"][0]
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="amidsl-sim-"))
         target = Path(tempfile.mkdtemp(prefix="bundle-", dir=self.workdir))
-        manifest, snapshot = None, None
+        manifest, snapshot, encryption = None, None, ()
         if "ImageLocation" in image:
             manifest, restored = self._restore_bundle(image["ImageLocation"], target)
         else:  # EBS-backed: the root device's snapshot, read back through the EBS direct APIs
@@ -437,6 +437,7 @@ class Simulation:
             restored = target / "disk"
             blocks = download_snapshot(self.region.strict_client("ebs"), snapshot_id, str(restored))
             snapshot = (snapshot_id, blocks)
+            encryption = self._encryption_modelled(snapshot_id)
         entries = tuple(list_image(restored))
         left_out = self.node.last_bundle_report.left_out if self.node.last_bundle_report else ()
         layout = tuple(describe_layout(restored))
@@ -447,8 +448,19 @@ class Simulation:
             tuple(left_out),
             layout,
             self.node.last_hygiene,
-            tuple(grub.modelled(self.node)) if disk_layout(restored) is not None else (),
+            (*(grub.modelled(self.node) if disk_layout(restored) is not None else ()), *encryption),
             snapshot,
+        )
+
+    def _encryption_modelled(self, snapshot_id: str) -> tuple[str, ...]:
+        """What of an encrypted snapshot the simulation modelled rather than did (nothing, unencrypted)."""
+        (described,) = self.region.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+        if not described.get("Encrypted"):
+            return ()
+        return (
+            f"modelled: the snapshot's encryption with {described['KmsKeyId']} (the key ARN's form and "
+            "region are checked; not that the key exists, is enabled, or may be used: `amidsl validate "
+            "--live` asks KMS)",
         )
 
     def _restore_bundle(self, location: str, target: Path) -> tuple[Manifest, Path]:

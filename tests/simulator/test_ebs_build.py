@@ -120,6 +120,10 @@ def test_an_encrypted_build_encrypts_the_snapshot_with_the_key_and_shares_the_im
     assert (snapshot["Encrypted"], snapshot["KmsKeyId"]) == (True, KEY)
     image = region.call("ec2", "DescribeImages", {"ImageIds": [simulation.image_id]})["Images"][0]
     assert image["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    assert (
+        f"modelled: the snapshot's encryption with {KEY} (the key ARN's form and region are checked"
+        in "\n".join(simulation.inspect_image().modelled)
+    )
     shared = region.ec2.describe_image_attribute(ImageId=simulation.image_id, Attribute="launchPermission")
     assert shared["LaunchPermissions"] == [{"UserId": "111122223333"}]
 
