@@ -430,6 +430,19 @@ def test_validate_good_settings(tmp_path, raw_settings):
     )
 
 
+def test_an_ebs_build_needs_only_a_name_and_a_region_and_says_where_the_disk_goes(tmp_path):
+    settings = {"image_name": "web", "region": "eu-west-1", "backing": "ebs"}
+    config = str(write_toml(tmp_path / "ami.toml", {"ami": settings}))
+    run = amidsl("validate", "--config", config)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[1].startswith(
+        "settings OK: image 'web' (x86_64) in eu-west-1, root disk to an EBS snapshot, phases: install"
+    )
+    plan = amidsl("plan", "--config", config)
+    assert "image 'web' (x86_64) in eu-west-1, root disk to an EBS snapshot" in plan.stdout
+    assert "s3://" not in plan.stdout
+
+
 def test_validate_reports_live_typos_and_unknown_tables(tmp_path, raw_settings):
     config = write_toml(
         tmp_path / "ami.toml", {"ami": raw_settings, "live": {"hots": "node"}, "aws": {"region": "x"}}

@@ -16,6 +16,7 @@ from amidsl.cli.support import (
 )
 from amidsl.render.preview import render_json, render_text
 from amidsl.render.shell import render_script
+from amidsl.render.summary import image_words
 
 
 def plan(*, config: list[str], set: list[str], phase: list[str], json: bool, output: str | None) -> None:
@@ -39,10 +40,7 @@ def validate(*, config: list[str], set: list[str], live: bool) -> None:
     announce_config(choice, data_on_stdout=False)
     loaded = load_live_config(choice)
     s = loaded.plan.settings
-    print(
-        f"settings OK: image {s.image_name!r} ({s.arch}) in {s.region}, "
-        f"bundle to s3://{s.s3_location}/, phases: {', '.join(p.name for p in loaded.plan.phases)}"
-    )
+    print(f"settings OK: {image_words(s)}, phases: {', '.join(p.name for p in loaded.plan.phases)}")
     if live:
         refuse_example_credentials(choice, s)
         from amidsl.cli.build_commands import check_aws  # boto3 only for the AWS checks

@@ -73,8 +73,12 @@ def _credential_origin(s: AmiSettings, name: str) -> str:
 
 def plan_title(plan: Plan) -> str:
     """One line saying what the plan builds."""
-    s = plan.settings
-    return (
-        f"spec {plan.spec_name!r}: image {s.image_name!r} ({s.arch}) in {s.region}, "
-        f"bundle to s3://{s.s3_location}/"
+    return f"spec {plan.spec_name!r}: {image_words(plan.settings)}"
+
+
+def image_words(s: AmiSettings) -> str:
+    """The image, and where it is uploaded: 'image 'web' (x86_64) in eu-west-1, bundle to s3://b/p/'."""
+    goes = (
+        f"bundle to s3://{s.s3_location}/" if strategy_of(s).uses_bucket else "root disk to an EBS snapshot"
     )
+    return f"image {s.image_name!r} ({s.arch}) in {s.region}, {goes}"
