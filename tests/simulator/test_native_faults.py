@@ -52,14 +52,11 @@ def interrupted_in(simulation, phase: str, index: int) -> str:
     return str(simulation.error)
 
 
-def nothing_made(node, region) -> bool:
-    """No node program, no bundle file on the node, nothing in the bucket, nothing registered."""
-    return (
-        not node.exists("/opt/ami-tools")
-        and bundle_files_on(node) == []
-        and keys_in_bucket(region) == []
-        and nothing_registered(region)
-    )
+def made(node, region) -> list[str]:
+    """What the build left: the node program, bundle files on the node, keys in the bucket, images."""
+    left = ["/opt/ami-tools"] if node.exists("/opt/ami-tools") else []
+    left += bundle_files_on(node) + keys_in_bucket(region)
+    return left + [image["ImageId"] for image in region.ec2.describe_images(Owners=["self"])["Images"]]
 
 
 def test_a_node_without_python3_stops_the_install_naming_python3_and_the_fix(
@@ -69,7 +66,7 @@ def test_a_node_without_python3_stops_the_install_naming_python3_and_the_fix(
     message = failed_in(run(native_settings), "install")
     assert "python3 is not installed on the node: the native bundler needs python3 >= 3.8" in message
     assert 'or set bundler = "ami-tools"' in message
-    assert nothing_made(node, region)
+    assert made(node, region) == []
 
 
 @pytest.mark.parametrize(
@@ -88,7 +85,7 @@ def test_an_old_python3_or_a_missing_or_old_mke2fs_stops_the_install_naming_it_a
     else:
         node.versions[package] = version
     assert said in failed_in(run(native_settings), "install")
-    assert nothing_made(node, region)
+    assert made(node, region) == []
 
 
 def test_too_little_space_in_destination_dir_stops_the_install_with_the_figures(
@@ -98,7 +95,7 @@ def test_too_little_space_in_destination_dir_stops_the_install_with_the_figures(
     message = failed_in(run(native_settings), "install")
     assert "destination_dir /tmp has 0 MB free but bundling / needs about " in message
     assert "free some space or choose another destination_dir" in message
-    assert nothing_made(node, region)
+    assert made(node, region) == []
 
 
 def test_presigned_urls_expiring_mid_upload_are_presigned_again_and_the_upload_finishes(
@@ -137,7 +134,7 @@ def test_ctrl_c_while_the_node_program_bundles_leaves_nothing_on_the_node_or_in_
     message = interrupted_in(run(native_settings), "ami-bundle", 3)
     assert "AES key and IV were only ever in memory" in message
     assert "The node program removes its partial image and parts from /tmp" in message
-    assert nothing_made(three_parts, region)
+    assert made(three_parts, region) == []
     assert not [p for p in three_parts.root.iterdir() if p.name.startswith(".amidsl-staging")]
 
 
@@ -157,7 +154,7 @@ def test_ctrl_c_at_a_node_action_stops_the_build_there(run, native_settings, nod
     node.faults.ctrl_c_at = ("ami-bundle", 1)
     message = interrupted_in(run(native_settings), "ami-bundle", 1)
     assert "amidsl's node program was removed (/opt/ami-tools)" in message
-    assert nothing_made(node, region)
+    assert made(node, region) == []
 
 
 def test_a_dropped_connection_at_a_node_action_fails_it_and_the_reconnect_cleans_up(
