@@ -194,6 +194,16 @@ def ebs_limits(r: Reading) -> list[Problem]:
                 'remove boot_mode, or set boot_mode = "legacy-bios" (what an EBS-backed build registers)',
             )
         )
+    if r.value("block_device_mappings"):
+        problems.append(
+            Problem(
+                "block_device_mappings",
+                'with backing = "ebs": these name instance-store volumes (ephemeral0...) of an S3-backed '
+                "image; an EBS-backed image here has its root volume only",
+                "remove block_device_mappings (instances can still be launched with their own mappings), "
+                'or use backing = "instance-store"',
+            )
+        )
     if r.value("bundle_tags"):
         problems.append(
             Problem(

@@ -84,6 +84,11 @@ def test_a_kernel_without_the_nitro_drivers_stops_an_ebs_build_at_the_node_check
         ({"bundler": "ami-tools"}, "backing", "ec2-ami-tools make only S3 bundles"),
         ({"virtualization_type": "paravirtual"}, "virtualization_type", "a bootable disk (MBR and GRUB)"),
         ({"bundle_tags": {"team": "ops"}}, "bundle_tags", "makes no S3 bundle"),
+        (
+            {"block_device_mappings": [{"device_name": "/dev/sdb", "virtual_name": "ephemeral0"}]},
+            "block_device_mappings",
+            "its root volume only",
+        ),
         ({"kms_key_id": KEY}, "kms_key_id", "used only to encrypt"),
         ({"encrypted": True, "kms_key_id": "alias/builds"}, "kms_key_id", "is not a KMS key ARN"),
         ({"encrypted": True, "kms_key_id": EU_KEY}, "kms_key_id", "encrypts only in its own region"),
