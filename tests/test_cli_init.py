@@ -11,7 +11,6 @@ import pytest
 from amidsl.cli.main import run
 from amidsl.live.settings import LIVE_KEYS
 from amidsl.settings import REQUIRED, USER_KEYS, resolve
-from amidsl.settings.table import ROWS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,10 +65,6 @@ def test_init_writes_a_starter_that_validation_refuses_until_the_placeholders_ar
     assert "image 'web-20" in out
 
 
-# Required for the default backing (instance-store) only; the starter gives them too.
-S3_BUNDLE_REQUIRED = {row.name for row in ROWS if "instance-store" in row.required_for}
-
-
 def test_the_starter_names_every_setting_required_ones_given_the_others_commented(capsys, tmp_path):
     amidsl(capsys, "init")
     starter = (tmp_path / "amidsl.toml").read_text()
@@ -77,7 +72,7 @@ def test_the_starter_names_every_setting_required_ones_given_the_others_commente
     for name in USER_KEYS:
         given = re.search(rf"^(# )?{name} = ", ami, re.MULTILINE)
         assert given is not None, name
-        assert (given.group(1) is None) == (name in REQUIRED or name in S3_BUNDLE_REQUIRED), name
+        assert (given.group(1) is None) == (name in REQUIRED), name
     for name in LIVE_KEYS:
         assert re.search(rf"^# {name} = ", live, re.MULTILINE), name
 

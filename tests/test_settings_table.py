@@ -85,9 +85,16 @@ def test_user_keys_required_secret_and_free_text_come_from_the_rows():
     assert set(USER_KEYS) == {row.name for row in ROWS if row.given}
     assert {f"keep_{name}" for name in HYGIENE_NAMES} <= set(USER_KEYS)
     assert not {"certificate_pem", "private_key_pem", "ec2_certificate_pem", "hygiene_keep"} & set(USER_KEYS)
-    assert set(REQUIRED) == {"image_name", "region"}
+    assert set(REQUIRED) == {
+        "image_name",
+        "region",
+        "user_id",
+        "s3_bucket",
+        "private_key_source",
+        "certificate_source",
+    }
     # An S3 bundle's own: its bucket, and the account and pair its manifest is signed for.
-    assert {row.name for row in ROWS if row.required_for == ("instance-store",)} == {
+    assert {row.name for row in ROWS if row.required and row.backings == ("instance-store",)} == {
         "user_id",
         "s3_bucket",
         "private_key_source",
@@ -132,14 +139,21 @@ def test_an_unknown_key_still_gets_the_nearest_known_one(raw_settings):
     assert problem.setting == "upload_concurency" and "did you mean 'upload_concurrency'?" in problem.fix
 
 
-@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
-def test_a_preview_shows_the_settings_its_strategy_reads(raw_settings, bundler):
-    shown = {name for name, _ in public_settings(resolve(raw_settings | {"bundler": bundler}))}
+@pytest.mark.parametrize(
+    ("bundler", "backing"), [("native", "instance-store"), ("ami-tools", "instance-store"), ("native", "ebs")]
+)
+def test_a_preview_shows_the_settings_its_strategy_and_backing_read(raw_settings, bundler, backing):
+    shown = {
+        name for name, _ in public_settings(resolve(raw_settings | {"bundler": bundler, "backing": backing}))
+    }
     for row in ROWS:
-        if row.field and row.used_by and row.name in shown:
-            assert bundler in row.used_by, row.name
-        if row.field and row.used_by and bundler in row.used_by:
-            assert row.name in shown, row.name
+        if row.field and row.name != "private_key_pem":
+            assert (row.name in shown) == row.used_in(bundler, backing), row.name
+    if backing == "ebs":
+        assert not {"s3_bucket", "s3_manifest_path", "certificate_source", "bundle_tags"} & shown
+        assert {"encrypted", "kms_key_id", "snapshot_id"} <= shown
+    else:
+        assert "encrypted" not in shown and "s3_bucket" in shown
 
 
 def test_a_secret_rows_value_never_appears_in_a_message(raw_settings):

@@ -36,8 +36,8 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
     shown: list[tuple[str, str]] = []
     for field in dataclasses.fields(s):
         name, value = field.name, getattr(s, field.name)
-        # A setting the build's strategy does not read is left out (the settings table's used_by).
-        if name == "private_key_pem" or not SETTINGS[name].used_in(s.bundler):
+        # A setting the build does not read is left out (the settings table's used_by and backings).
+        if name == "private_key_pem" or not SETTINGS[name].used_in(s.bundler, s.backing):
             continue
         if name == "certificate_pem":
             value = describe_certificate(value) if value else "(none)"

@@ -19,10 +19,10 @@ README_LINK = "](#"
 
 def shown_default(row: Setting) -> str:
     """A row's default as the reference shows it."""
+    if row.required and row.backings:
+        return f"required for {', '.join(f'`{value}`' for value in row.backings)}"
     if row.required:
         return "required"
-    if row.required_for:
-        return f"required for {', '.join(f'`{value}`' for value in row.required_for)}"
     if row.shown_default:
         return row.shown_default
     value = row.default

@@ -10,8 +10,8 @@ from amidsl.settings.constants import BACKINGS
 from amidsl.settings.keys import normalise_keys
 from amidsl.settings.reading import Reading
 from amidsl.settings.rules import RULES
-from amidsl.settings.schema import Problem, SettingsError
-from amidsl.settings.table import REQUIRED, ROWS, SETTINGS, STRATEGY_RULES, USER_KEYS
+from amidsl.settings.schema import Problem, Setting, SettingsError
+from amidsl.settings.table import ROWS, SETTINGS, STRATEGY_RULES, USER_KEYS
 
 
 def _tools_dir(self: Any) -> str:
@@ -46,25 +46,31 @@ AmiSettings = dataclasses.make_dataclass(
 )
 
 
+def _missing(row: Setting, backing: str) -> Problem:
+    """A required setting not given: for every build, or for builds of its backings only."""
+    if not row.backings:
+        return Problem(row.name, "is required", f"set {row.name} in the [ami] table")
+    others = " or ".join(repr(b) for b in BACKINGS if b not in row.backings)
+    return Problem(
+        row.name,
+        f"is required for backing = {backing!r}",
+        f"set {row.name} in the [ami] table, or choose backing = {others}",
+    )
+
+
 def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
     """Merge defaults into `raw`, finalise derived values and validate; raise SettingsError on problems."""
     problems: list[Problem] = []
     given = normalise_keys(raw, USER_KEYS, problems)
-    for name in REQUIRED:
-        if given.get(name) in (None, ""):
-            problems.append(Problem(name, "is required", f"set {name} in the [ami] table"))
     reading = Reading(given, SETTINGS, problems)
     values = {row.name: reading.value(row.name) for row in ROWS}
     for row in ROWS:
-        if values["backing"] in row.required_for and given.get(row.name) in (None, ""):
-            problems.append(
-                Problem(
-                    row.name,
-                    f"is required for backing = {values['backing']!r}",
-                    f"set {row.name} in the [ami] table, or choose backing = "
-                    f"{' or '.join(repr(b) for b in BACKINGS if b not in row.required_for)}",
-                )
-            )
+        if (
+            row.required
+            and given.get(row.name) in (None, "")
+            and (values["backing"] in row.backings or not row.backings)
+        ):
+            problems.append(_missing(row, values["backing"]))
     for rule in (*RULES, *STRATEGY_RULES.get(values["bundler"], ())):
         problems += rule(reading)
     if problems:

@@ -64,13 +64,13 @@ class Setting:
     shown_default: str = ""  # the reference's "default" column where the default value does not say it
     check: Check | None = None  # what else a read value must satisfy (run unless the value is None)
     choices: tuple[str, ...] = ()
-    required: bool = False
-    # The values of `backing` whose builds need it (an S3 bundle's bucket, its signing pair); where the
-    # setting is required for every build, `required` says so instead.
-    required_for: tuple[str, ...] = ()
+    required: bool = False  # for every build that reads it (see backings)
     secret: bool = False  # never shown in a message, a preview or a repr
     free_text: bool = False  # line breaks allowed
     used_by: tuple[str, ...] = ()  # the strategies (values of `bundler`) that read it; () for all
+    # The values of `backing` whose builds read it (an S3 bundle's bucket and signing pair, an EBS
+    # snapshot's encryption); () for all.
+    backings: tuple[str, ...] = ()
     given: bool = True  # False: derived from other settings, never given by a user
     field: bool = True  # False: folded into another field (keep_<item> into hygiene_keep)
 
@@ -79,6 +79,8 @@ class Setting:
         """Whether the setting is given as a string (variables expand there; --set takes plain text)."""
         return self.type.split(" |")[0] in ("str", "Secret")
 
-    def used_in(self, bundler: str) -> bool:
-        """Whether a build with this strategy reads the setting."""
-        return not self.used_by or bundler in self.used_by
+    def used_in(self, bundler: str, backing: str) -> bool:
+        """Whether a build with this strategy (`bundler`) and `backing` reads the setting."""
+        return (not self.used_by or bundler in self.used_by) and (
+            not self.backings or backing in self.backings
+        )

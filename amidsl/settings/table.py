@@ -24,6 +24,7 @@ from amidsl.settings.constants import (
     DEFAULT_IMAGE_WAIT_SECONDS,
     DEFAULT_RUBY_VERSION,
     DEFAULT_UPLOAD_CONCURRENCY,
+    EBS,
     IMDS_SUPPORT,
     INSTALL_STRATEGIES,
     INSTANCE_STORE,
@@ -177,7 +178,8 @@ ROWS: tuple[Setting, ...] = (
         "str | None",
         checks.account_id,
         "12-digit AWS account id (dashes are removed): the bundle's owner in its manifest",
-        required_for=(INSTANCE_STORE,),
+        required=True,
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "user",
@@ -234,6 +236,7 @@ ROWS: tuple[Setting, ...] = (
         default_from=lambda r: Source(url=r.value("ami_tools_url")),
         shown_default="`{ url = ami_tools_url }`",
         check=checks.tools_archive,
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "ami_tools_url",
@@ -243,6 +246,7 @@ ROWS: tuple[Setting, ...] = (
         default=AMI_TOOLS_URL,
         shown_default="Amazon's `ec2-ami-tools.zip`",
         check=checks.http_url,
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "install_ruby",
@@ -284,7 +288,8 @@ ROWS: tuple[Setting, ...] = (
         "Source | None",
         readers.source(example=True),
         CREDENTIAL_SOURCES_DOC,
-        required_for=(INSTANCE_STORE,),
+        required=True,
+        backings=(INSTANCE_STORE,),
         secret=True,
     ),
     Setting(
@@ -292,7 +297,8 @@ ROWS: tuple[Setting, ...] = (
         "Source | None",
         readers.source(example=True),
         CREDENTIAL_SOURCES_DOC,
-        required_for=(INSTANCE_STORE,),
+        required=True,
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "private_key_path",
@@ -327,10 +333,13 @@ ROWS: tuple[Setting, ...] = (
         "str | None",
         readers.text,
         "where the bundle goes",
-        required_for=(INSTANCE_STORE,),
+        required=True,
+        backings=(INSTANCE_STORE,),
         check=checks.bucket_name,
     ),
-    Setting("s3_path", "str", checks.key_prefix, "where the bundle goes", default=""),
+    Setting(
+        "s3_path", "str", checks.key_prefix, "where the bundle goes", default="", backings=(INSTANCE_STORE,)
+    ),
     Setting(
         "s3_manifest_path",
         "str",
@@ -338,6 +347,7 @@ ROWS: tuple[Setting, ...] = (
         "derived; may be given only with those values",
         default_from=_s3_manifest_path,
         shown_default="`<bucket>/<path>/<prefix>.manifest.xml`",
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "manifest_path",
@@ -397,8 +407,8 @@ ROWS: tuple[Setting, ...] = (
         shown_default="`hvm` (native), none (ami-tools)",
         choices=VIRTUALIZATION_TYPES,
     ),
-    Setting("kernel_id", "str | None", readers.image_ref("aki"), KERNEL_DOC),
-    Setting("ramdisk_id", "str | None", readers.image_ref("ari"), KERNEL_DOC),
+    Setting("kernel_id", "str | None", readers.image_ref("aki"), KERNEL_DOC, backings=(INSTANCE_STORE,)),
+    Setting("ramdisk_id", "str | None", readers.image_ref("ari"), KERNEL_DOC, backings=(INSTANCE_STORE,)),
     Setting(
         "block_device_mappings",
         "tuple[tuple[str, str], ...]",
@@ -406,6 +416,7 @@ ROWS: tuple[Setting, ...] = (
         KERNEL_DOC,
         default=(),
         shown_default="none",
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "certificate_pem",
@@ -413,6 +424,7 @@ ROWS: tuple[Setting, ...] = (
         credentials.certificate_pem,
         "the certificate, checked against the key and re-encoded",
         given=False,
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "private_key_pem",
@@ -421,6 +433,7 @@ ROWS: tuple[Setting, ...] = (
         "the signing key's text",
         given=False,
         secret=True,
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "image_id",
@@ -460,6 +473,7 @@ ROWS: tuple[Setting, ...] = (
             "is not a snapshot id",
             "give an id like snap-0123456789abcdef0",
         ),
+        backings=(EBS,),
     ),
     Setting(
         "encrypted",
@@ -469,7 +483,7 @@ ROWS: tuple[Setting, ...] = (
         "else the account's AWS managed key for EBS (`aws/ebs`); copies are encrypted with each "
         "destination region's AWS managed key. An S3 bundle is always encrypted (to EC2's key)",
         default=False,
-        used_by=(NATIVE,),  # only an EBS-backed build, which only the native strategy makes
+        backings=(EBS,),
     ),
     Setting(
         "kms_key_id",
@@ -484,7 +498,7 @@ ROWS: tuple[Setting, ...] = (
             "give the key's ARN, like arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-"
             "1234567890ab (`aws kms describe-key --key-id alias/NAME` shows it)",
         ),
-        used_by=(NATIVE,),
+        backings=(EBS,),
     ),
     Setting("volume", "str", readers.node_path, "the node's directory to image (native)", default="/"),
     Setting(
@@ -495,6 +509,7 @@ ROWS: tuple[Setting, ...] = (
         "default it is taken from the ec2-ami-tools archive (`install_source`/`ami_tools_url`) on the "
         "controller and pinned by its public key's SHA-256 (expired, and still what EC2 uses)",
         shown_default="from the tools archive",
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "ec2_certificate_pem",
@@ -503,6 +518,7 @@ ROWS: tuple[Setting, ...] = (
         "EC2's certificate from ec2_certificate_source",
         given=False,
         used_by=(NATIVE,),  # the controller encrypts the bundle's EC2 key copy with it
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "partition",
@@ -558,6 +574,7 @@ ROWS: tuple[Setting, ...] = (
         "S3 object tags put on the manifest and exactly the parts it lists (at most 10)",
         default=(),
         shown_default="`{}`",
+        backings=(INSTANCE_STORE,),
     ),
     Setting(
         "launch_permissions",

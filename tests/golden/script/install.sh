@@ -37,9 +37,6 @@
 #   image_id = (none)
 #   bundler = native
 #   backing = instance-store
-#   snapshot_id = (none)
-#   encrypted = false
-#   kms_key_id = (none)
 #   volume = /
 #   ec2_certificate_source = (none)
 #   ec2_certificate_pem = pinned, from the ec2-ami-tools archive

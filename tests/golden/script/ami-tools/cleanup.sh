@@ -45,7 +45,6 @@
 #   image_id = (none)
 #   bundler = ami-tools
 #   backing = instance-store
-#   snapshot_id = (none)
 #   volume = /
 #   ec2_certificate_source = (none)
 #   partition = none

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# amidsl 0.1.0 build script: spec 'ami': image 'amidsl-example-ami' (x86_64) in us-east-1, bundle to s3://amidsl-example-bundles/images/example/
+# amidsl 0.1.0 build script: spec 'ami': image 'amidsl-example-ami' (x86_64) in us-east-1, root disk to an EBS snapshot
 # Generated from the settings below; review it: this text is exactly what amidsl runs.
 # Node phases run as root on the node; the controller-side section of a phase calls the
 # AWS API (amidsl does that itself with boto3).
@@ -13,27 +13,15 @@
 #   secret_key = from the AWS credential chain; used on the controller only (the node streams the disk's blocks to it)
 #   session_token = from the AWS credential chain; used on the controller only (the node streams the disk's blocks to it)
 #   region = us-east-1
-#   user_id = 123456789012
 #   user = admin
 #   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
 #   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
 #   install_dir = /opt/ami-tools
-#   install_source = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
-#   ami_tools_url = https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
 #   destination_dir = /tmp
-#   private_key_source = amidsl's built-in example credentials (throwaway, not valid on AWS)
-#   certificate_source = amidsl's built-in example credentials (throwaway, not valid on AWS)
 #   arch = x86_64
-#   s3_bucket = amidsl-example-bundles
-#   s3_path = images/example
-#   s3_manifest_path = amidsl-example-bundles/images/example/image.manifest.xml
 #   prefix = image
 #   image_size_mb = (none)
 #   virtualization_type = hvm
-#   kernel_id = (none)
-#   ramdisk_id = (none)
-#   block_device_mappings = (none)
-#   certificate_pem = CN=amidsl example (throwaway\, not valid on AWS) (sha256 1cb599fdc5d34d81...)
 #   image_id = (none)
 #   bundler = native
 #   backing = ebs
@@ -41,11 +29,8 @@
 #   encrypted = false
 #   kms_key_id = (none)
 #   volume = /
-#   ec2_certificate_source = (none)
-#   ec2_certificate_pem = pinned, from the ec2-ami-tools archive
 #   upload_concurrency = 4
 #   tags = (none)
-#   bundle_tags = (none)
 #   launch_permissions = (none)
 #   public_image = false
 #   copy_to_regions = (none)
