@@ -400,16 +400,35 @@ class FakeRegion:
         from_snapshots = isinstance(source, registered_ebs_ami())
         if from_snapshots:
             copy_encryption_key(params, region, self.account_id, encrypted=False)  # refused before any copy
-        moto_params = {key: value for key, value in params.items() if key not in ("Encrypted", "KmsKeyId")}
+        specs = list(params.get("TagSpecifications", []))
+        for spec in specs:
+            if spec.get("ResourceType") not in ("image", "snapshot"):  # EC2 ref, CopyImage TagSpecifications
+                raise client_error(
+                    "InvalidParameterValue",
+                    f"TagSpecifications ResourceType {spec.get('ResourceType')!r}: CopyImage tags only the "
+                    "image and its snapshots",
+                    "CopyImage",
+                )
+        moto_params = {
+            key: value
+            for key, value in params.items()
+            if key not in ("Encrypted", "KmsKeyId", "TagSpecifications")
+        }
         answer = self.client("ec2", region).copy_image(**moto_params)
         answer.pop("ResponseMetadata", None)
         self._new_image(answer["ImageId"], region)
         # A copy keeps what RegisterImage set; its deprecation time is its own.
         kept = self.attributes.get(source_id, {})
         self.attributes[answer["ImageId"]] = {key: kept[key] for key in KEPT_ATTRIBUTES if key in kept}
+        snapshots: list[str] = []
         if from_snapshots:  # on snapshots of its own in its region
             mappings = self._make_ebs_copy(source, answer["ImageId"], source_region, region, params)
             self.attributes[answer["ImageId"]]["BlockDeviceMappings"] = mappings
+            snapshots = [m["Ebs"]["SnapshotId"] for m in mappings if (m.get("Ebs") or {}).get("SnapshotId")]
+        for spec in specs:
+            resources = [answer["ImageId"]] if spec["ResourceType"] == "image" else snapshots
+            if resources and spec.get("Tags"):
+                self.client("ec2", region).create_tags(Resources=resources, Tags=list(spec["Tags"]))
         return answer
 
     def enable_image_deprecation(self, params: dict[str, Any], region: str) -> dict[str, Any]:

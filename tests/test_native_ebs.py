@@ -54,6 +54,8 @@ def test_copies_of_an_encrypted_image_are_asked_to_be_encrypted(raw_settings):
         a for a in actions(settings, "ami-register") if isinstance(a, AwsCall) and a.operation == "CopyImage"
     ]
     assert ("Encrypted", True) in copy.params
+    [tagging] = [value for key, value in copy.params if key == "TagSpecifications"]
+    assert tagging == ({"ResourceType": "snapshot", "Tags": ({"Key": "amidsl:built-by", "Value": "amidsl"},)},)
     text = render_text(build_plan(crate.server_spec(settings)))
     assert (
         "the account's AWS managed key for EBS (aws/ebs) in eu-west-1; the copies in us-west-2 with each"
@@ -72,6 +74,6 @@ def test_the_script_of_an_encrypted_build_with_copies_passes_shellcheck(raw_sett
     settings = ebs(raw_settings, encrypted=True, copy_to_regions=["us-west-2"])
     script.write_text(render_script(build_plan(crate.server_spec(settings))))
     assert "aws ec2 copy-image --region us-west-2" in script.read_text()
-    assert "--encrypted" in script.read_text()
+    assert "--encrypted" in script.read_text() and "--tag-specifications" in script.read_text()
     checked = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout

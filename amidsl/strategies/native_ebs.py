@@ -172,9 +172,17 @@ def register_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     return tuple(params)
 
 
+def copy_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
+    """What each CopyImage of an EBS-backed image adds: the snapshots EC2 copies get the image's tags,
+    and, when encrypted, each copy is (with the destination's AWS managed key: settings refuse
+    kms_key_id with copies)."""
+    tags = (("TagSpecifications", ({"ResourceType": "snapshot", "Tags": image_tags(s)},)),)
+    return ((("Encrypted", True),) if s.encrypted else ()) + tags
+
+
 def register(s: AmiSettings) -> list[Action | PlanWarning]:
     """Register the snapshot as an EBS-backed AMI, keep its id, and finish it as the settings say."""
-    return ami_register(s, register_image_params(s))
+    return ami_register(s, register_image_params(s), copy_image_params(s))
 
 
 def cleanup(s: AmiSettings) -> list[Action]:

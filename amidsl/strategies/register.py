@@ -149,10 +149,12 @@ def _force_deregister(s: AmiSettings) -> list[Action | PlanWarning]:
 
 
 def ami_register(
-    s: AmiSettings, params: tuple[tuple[str, object], ...] | None = None
+    s: AmiSettings,
+    params: tuple[tuple[str, object], ...] | None = None,
+    copy_params: tuple[tuple[str, object], ...] = (),
 ) -> list[Action | PlanWarning]:
     """Register the uploaded image as an AMI (by default the S3 bundle: register_image_params), keep its
-    id, and finish it as the settings say."""
+    id, and finish it as the settings say; each CopyImage also gets `copy_params`."""
     actions: list[Action | PlanWarning] = []
     if s.force_deregister:
         actions += _force_deregister(s)
@@ -193,8 +195,7 @@ def ami_register(
         ]
         if s.image_description:
             params.append(("Description", s.image_description))
-        if s.encrypted:  # with the destination's AWS managed key (settings refuse kms_key_id with copies)
-            params.append(("Encrypted", True))
+        params += copy_params
         actions += [
             AwsCall(
                 "ec2",

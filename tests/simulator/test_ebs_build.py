@@ -148,6 +148,7 @@ def test_copies_of_an_ebs_image_are_ebs_backed_in_their_regions_on_their_own_sna
     eu = region.strict_client("ec2", "eu-west-1")
     (snapshot,) = eu.describe_snapshots(SnapshotIds=[root["SnapshotId"]])["Snapshots"]
     assert snapshot["State"] == "completed" and ":eu-west-1:" in snapshot["KmsKeyId"]
+    assert {"Key": "amidsl:built-by", "Value": "amidsl"} in snapshot["Tags"]  # as the original's
 
 
 def test_force_deregister_replaces_an_older_ebs_image_and_deletes_its_snapshot(run, ebs_settings, region):

@@ -491,3 +491,21 @@ def test_a_copy_refuses_a_key_without_encrypted_and_makes_nothing(region, ebs, e
     code, _, _ = error_of(region.call, "ec2", "CopyImage", params, region="eu-west-1")
     assert code == "InvalidParameterCombination"
     assert region.call("ec2", "DescribeImages", {"Owners": ["self"]}, region="eu-west-1")["Images"] == []
+
+
+def test_a_copy_tags_its_snapshots_and_itself_as_tag_specifications_say(region, ebs, ec2):
+    image_id = ec2.register_image(**ebs_image(completed_snapshot(ebs, {0: block(1)})))["ImageId"]
+    tag = [{"Key": "team", "Value": "web"}]
+    params = {"SourceImageId": image_id, "SourceRegion": "us-east-1", "Name": "web-ebs"}
+    refused = params | {"TagSpecifications": [{"ResourceType": "volume", "Tags": tag}]}
+    code, _, _ = error_of(region.call, "ec2", "CopyImage", refused, region="eu-west-1")
+    assert code == "InvalidParameterValue"
+    specs = [{"ResourceType": "snapshot", "Tags": tag}, {"ResourceType": "image", "Tags": tag}]
+    copy_id = region.call("ec2", "CopyImage", params | {"TagSpecifications": specs}, region="eu-west-1")["ImageId"]
+    (copy,) = region.call("ec2", "DescribeImages", {"ImageIds": [copy_id]}, region="eu-west-1")["Images"]
+    assert copy["Tags"] == tag
+    eu_ec2 = region.strict_client("ec2", "eu-west-1")
+    (snapshot,) = eu_ec2.describe_snapshots(SnapshotIds=[copy["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]])[
+        "Snapshots"
+    ]
+    assert snapshot["Tags"] == tag
