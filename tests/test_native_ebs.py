@@ -55,7 +55,9 @@ def test_copies_of_an_encrypted_image_are_asked_to_be_encrypted(raw_settings):
     ]
     assert ("Encrypted", True) in copy.params
     [tagging] = [value for key, value in copy.params if key == "TagSpecifications"]
-    assert tagging == ({"ResourceType": "snapshot", "Tags": ({"Key": "amidsl:built-by", "Value": "amidsl"},)},)
+    assert tagging == (
+        {"ResourceType": "snapshot", "Tags": ({"Key": "amidsl:built-by", "Value": "amidsl"},)},
+    )
     text = render_text(build_plan(crate.server_spec(settings)))
     assert (
         "the account's AWS managed key for EBS (aws/ebs) in eu-west-1; the copies in us-west-2 with each"

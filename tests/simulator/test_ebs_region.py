@@ -501,11 +501,13 @@ def test_a_copy_tags_its_snapshots_and_itself_as_tag_specifications_say(region, 
     code, _, _ = error_of(region.call, "ec2", "CopyImage", refused, region="eu-west-1")
     assert code == "InvalidParameterValue"
     specs = [{"ResourceType": "snapshot", "Tags": tag}, {"ResourceType": "image", "Tags": tag}]
-    copy_id = region.call("ec2", "CopyImage", params | {"TagSpecifications": specs}, region="eu-west-1")["ImageId"]
+    copy_id = region.call("ec2", "CopyImage", params | {"TagSpecifications": specs}, region="eu-west-1")[
+        "ImageId"
+    ]
     (copy,) = region.call("ec2", "DescribeImages", {"ImageIds": [copy_id]}, region="eu-west-1")["Images"]
     assert copy["Tags"] == tag
     eu_ec2 = region.strict_client("ec2", "eu-west-1")
-    (snapshot,) = eu_ec2.describe_snapshots(SnapshotIds=[copy["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]])[
-        "Snapshots"
-    ]
+    (snapshot,) = eu_ec2.describe_snapshots(
+        SnapshotIds=[copy["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]]
+    )["Snapshots"]
     assert snapshot["Tags"] == tag
