@@ -524,20 +524,9 @@ class FakeRegion:
         tags = [tag for spec in params.get("TagSpecifications", []) for tag in spec.get("Tags", [])]
         if tags:  # moto's RegisterImage drops TagSpecifications
             self.ec2.create_tags(Resources=[image_id], Tags=tags)
-        backend = get_backend("ec2")[ACCOUNT_ID][self.name]
-        ami = backend.amis[image_id]
-        # moto makes a root snapshot for every image it registers; this one has the caller's.
-        backend.snapshots.pop(ami.ebs_snapshot.id, None)
-        ami.__class__ = registered_ebs_ami()
-        ami.registered_mappings = mappings
-        ami.root_device_type = "ebs"
-        ami.root_device_name = params["RootDeviceName"]
+        ami = _on_snapshots(image_id, self.name, mappings, params["RootDeviceName"])
         ami.architecture = params.get("Architecture", "i386")
         ami.virtualization_type = params.get("VirtualizationType", "paravirtual")
-        for mapping in mappings:
-            snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
-            if snapshot_id:
-                backend.snapshots[snapshot_id].from_ami = image_id  # moto refuses to delete it then
         self.attributes[image_id] = {key: params[key] for key in KEPT_ATTRIBUTES if key in params}
         # DescribeImages shows the mappings with the values EC2 fills in (size, type, encryption).
         self.attributes[image_id]["BlockDeviceMappings"] = mappings
@@ -549,17 +538,7 @@ class FakeRegion:
     ) -> list[dict[str, Any]]:
         """The copy moto made of an EBS-backed image, on copies of the source's snapshots in `region`."""
         mappings = copied_mappings(self.ebs_direct, source, source_region, region, params)
-        backend = get_backend("ec2")[ACCOUNT_ID][region]
-        ami = backend.amis[image_id]
-        backend.snapshots.pop(ami.ebs_snapshot.id, None)  # moto's made-up root snapshot
-        ami.__class__ = registered_ebs_ami()
-        ami.registered_mappings = mappings
-        ami.root_device_type = "ebs"
-        ami.root_device_name = source.root_device_name
-        for mapping in mappings:
-            snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
-            if snapshot_id:
-                backend.snapshots[snapshot_id].from_ami = image_id
+        _on_snapshots(image_id, region, mappings, source.root_device_name)
         return mappings
 
     def _check_snapshot_unused(self, snapshot_id: str, region: str) -> None:
@@ -667,6 +646,23 @@ class FakeRegion:
     def node(self, instance_id: str) -> FakeNode:
         """The FakeNode behind a running instance."""
         return self.nodes[instance_id]
+
+
+def _on_snapshots(image_id: str, region: str, mappings: list[dict[str, Any]], root_device: str) -> Any:
+    """Make moto's image `image_id` the EBS-backed image these mappings describe; moto's image."""
+    backend = get_backend("ec2")[ACCOUNT_ID][region]
+    ami = backend.amis[image_id]
+    # moto makes a root snapshot for every image it registers or copies; this one has the mappings'.
+    backend.snapshots.pop(ami.ebs_snapshot.id, None)
+    ami.__class__ = registered_ebs_ami()
+    ami.registered_mappings = mappings
+    ami.root_device_type = "ebs"
+    ami.root_device_name = root_device
+    for mapping in mappings:
+        snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
+        if snapshot_id:
+            backend.snapshots[snapshot_id].from_ami = image_id  # moto refuses to delete it then
+    return ami
 
 
 def _snake_case(operation: str) -> str:
