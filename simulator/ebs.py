@@ -254,8 +254,9 @@ class EbsDirect:
             )
         kms_key = self._encryption_key(params, region, operation)
         # moto takes neither Encrypted nor KmsKeyArn: the snapshot's encryption is set below.
-        request = {key: value for key, value in request.items() if key not in ("Encrypted", "KmsKeyArn")}
-        answer = moto_call(**request)
+        answer = moto_call(
+            **{key: value for key, value in request.items() if key not in ("Encrypted", "KmsKeyArn")}
+        )
         answer.pop("ResponseMetadata", None)
         snapshot_id = answer["SnapshotId"]
         moto_ebs = self._moto_ebs(region).snapshots[snapshot_id]

@@ -108,9 +108,10 @@ def test_the_same_client_token_gives_the_same_snapshot(ebs, ec2):
     assert len(snapshots_described(ec2, "retried")) == 1
 
 
-def test_the_same_client_token_with_other_parameters_is_a_conflict(ebs):
+@pytest.mark.parametrize("other", [{"VolumeSize": 2}, {"VolumeSize": 1, "Encrypted": True}])
+def test_the_same_client_token_with_other_parameters_is_a_conflict(ebs, other):
     ebs.start_snapshot(VolumeSize=1, ClientToken="build-42")
-    code, _, _ = error_of(ebs.start_snapshot, VolumeSize=2, ClientToken="build-42")
+    code, _, _ = error_of(ebs.start_snapshot, ClientToken="build-42", **other)
     assert code == "ConflictException"
 
 
