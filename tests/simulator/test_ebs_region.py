@@ -101,9 +101,11 @@ def test_a_started_snapshot_has_512_kib_blocks_and_is_pending_in_ec2(region, ebs
     assert ec2.describe_volumes()["Volumes"] == []  # the EBS direct APIs make no volume
 
 
-def test_the_same_client_token_gives_the_same_snapshot(ebs, ec2):
-    first = ebs.start_snapshot(VolumeSize=1, ClientToken="build-42", Timeout=30, Description="retried")
-    again = ebs.start_snapshot(VolumeSize=1, ClientToken="build-42", Timeout=30, Description="retried")
+@pytest.mark.parametrize("encryption", [{}, {"Encrypted": True}])
+def test_the_same_client_token_gives_the_same_snapshot(ebs, ec2, encryption):
+    asked = {"VolumeSize": 1, "ClientToken": "build-42", "Timeout": 30, "Description": "retried"} | encryption
+    first = ebs.start_snapshot(**asked)
+    again = ebs.start_snapshot(**asked)
     assert again["SnapshotId"] == first["SnapshotId"]
     assert len(snapshots_described(ec2, "retried")) == 1
 
