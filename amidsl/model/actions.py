@@ -363,13 +363,15 @@ class DeregisterByName:
     """Deregister the account's images named `image_name` in each region, saying first what goes.
 
     In `bundle_region` the bundle each one was registered from is deleted too, unless it is at
-    `keep_manifest` (this build's own location, which this build's upload has just replaced).
+    `keep_manifest` (this build's own location, which this build's upload has just replaced); an
+    EBS-backed one's snapshots too, except `keep_snapshots` (the one a resumed build registers).
     """
 
     image_name: str
     regions: tuple[str, ...]
     bundle_region: str
     keep_manifest: str
+    keep_snapshots: tuple[str, ...] = ()
     description: str = "deregister an existing image of the same name and delete its bundle"
 
 

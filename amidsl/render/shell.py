@@ -382,6 +382,7 @@ def _deregister_by_name(action: DeregisterByName) -> list[str]:
         f"# below is deregistered; in {action.bundle_region} the bundle it was registered from is deleted",
         "# (the manifest and exactly the parts it lists) unless it is this build's own location, and an",
         "# EBS-backed image's snapshots unless another image uses them.",
+        *[f"# The snapshot {s} stays: this build registers it." for s in action.keep_snapshots],
         "# What would go:",
     ]
     for region in action.regions:

@@ -11,6 +11,7 @@ the library's own (amidsl.bundle.s3, amidsl.run.images), over the back-end's bot
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from amidsl.bundle.s3 import bundle_keys, read_s3_manifest, s3_url, split_image_location
@@ -161,8 +162,16 @@ def deregister_by_name(
 
 def _deletion(ec2: Any, s3: Any, image: ImageSummary, region: str, action: DeregisterByName) -> ImageDeletion:
     """What removing one old image takes: its bundle only where it is the old image's alone."""
-    if image.backing == EBS:  # its snapshots go, except one another image uses
-        return plan_deletion(ec2, None, image)
+    if image.backing == EBS:  # its snapshots go, except one another image uses or this build registers
+        deletion = plan_deletion(ec2, None, image)
+        ours = [s for s in deletion.snapshot_ids if s in action.keep_snapshots]
+        notes = [deletion.note] if deletion.note else []
+        notes += [f"the snapshot {s} stays: this build registers it" for s in ours]
+        return replace(
+            deletion,
+            snapshot_ids=tuple(s for s in deletion.snapshot_ids if s not in ours),
+            note="; ".join(notes),
+        )
     if not image.location:
         return ImageDeletion(image, "", "", (), "neither S3- nor EBS-backed: nothing else goes")
     bucket, key = split_image_location(image.location)

@@ -144,7 +144,14 @@ def _force_deregister(s: AmiSettings) -> list[Action | PlanWarning]:
             "registered from is deleted, and an EBS-backed one's snapshots (unless another image uses "
             "them); each is named in the build's output before it goes"
         ),
-        DeregisterByName(s.image_name, regions, s.region, s.s3_manifest_path),
+        DeregisterByName(
+            s.image_name,
+            regions,
+            s.region,
+            s.s3_manifest_path,
+            # A resumed EBS-backed build registers the snapshot an older image of the name may use.
+            keep_snapshots=(s.snapshot_id,) if s.snapshot_id else (),
+        ),
     ]
 
 

@@ -269,3 +269,19 @@ def test_an_s3_image_stays_within_10240_mb(ebs_settings):
     with pytest.raises(SettingsError) as refused:
         resolve(ebs_settings | {"backing": "instance-store", "image_size_mb": 20480})
     assert "image_size_mb: 20480 MB is more than an S3-backed image may have (10240 MB)" in str(refused.value)
+
+
+def test_force_deregister_on_a_resumed_registration_keeps_the_snapshot_being_registered(
+    run, ebs_settings, region
+):
+    first = run(ebs_settings)
+    assert first.error is None, first.error
+    snapshot_id = first.final_settings.snapshot_id
+    resumed = run(
+        ebs_settings | {"snapshot_id": snapshot_id, "force_deregister": True}, ["ami-register", "cleanup"]
+    )
+    assert resumed.error is None, resumed.error
+    said = "\n".join(record.output for record in resumed.transcript)
+    assert f"the snapshot {snapshot_id} stays: this build registers it" in said
+    image = region.call("ec2", "DescribeImages", {"ImageIds": [resumed.image_id]})["Images"][0]
+    assert image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot_id
