@@ -287,7 +287,7 @@ def run_plan(
             if phase.name in UPLOADING_PHASES and registered:
                 # What failed came after RegisterImage: the bundle is the image's now, never a leftover.
                 note = f"{note}\n{_registered_note(settings, values)}"
-            elif phase.name in UPLOADING_PHASES:
+            elif phase.name in UPLOADING_PHASES and strategy_of(settings).uses_bucket:
                 gone, s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
                 note = f"{note}\n{s3_note}" if s3_note else note
                 resume_from = "ami-upload" if gone else resume_from  # the bundle must go up again
@@ -333,8 +333,9 @@ def _registered_note(settings: AmiSettings, values: dict[str, str]) -> str:
     """What a failure after RegisterImage leaves: the image (and any copies), which stay."""
     made = [f"{values['image_id']} in {settings.region}"]
     made += [f"{image_id} in {region}" for region, image_id in copies(settings, values).items()]
+    source = "with its bundle in S3" if strategy_of(settings).uses_bucket else "on its EBS snapshot"
     return (
-        f"The image was registered before this failure and stays, with its bundle in S3: {', '.join(made)}. "
+        f"The image was registered before this failure and stays, {source}: {', '.join(made)}. "
         "Finish by hand what failed, or deregister it and run ami-register again (force_deregister = true "
         "does that)."
     )

@@ -231,7 +231,9 @@ def resume_hint(s: AmiSettings, phase: str) -> str | None:
     return (
         f"The snapshot {s.snapshot_id} (completed) stays in {s.region}. To resume, fix the cause and run the "
         f"build again from phase ami-register with --set snapshot_id={s.snapshot_id} (the disk is in the "
-        f"snapshot); to start over instead, delete it: `{delete}`."
+        "snapshot; where an image was registered from it, add --set force_deregister=true, which keeps "
+        "this snapshot); to start over instead, deregister any image registered from it, then delete it: "
+        f"`{delete}`."
     )
 
 

@@ -285,3 +285,15 @@ def test_force_deregister_on_a_resumed_registration_keeps_the_snapshot_being_reg
     assert f"the snapshot {snapshot_id} stays: this build registers it" in said
     image = region.call("ec2", "DescribeImages", {"ImageIds": [resumed.image_id]})["Images"][0]
     assert image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot_id
+
+
+def test_an_ebs_image_that_fails_after_registering_is_named_on_its_snapshot_with_no_s3_talk(
+    run, ebs_settings, region
+):
+    region.faults.fail_image_in = {"us-east-1": "simulated failure"}
+    failed = run(ebs_settings)
+    message = str(failed.error)
+    assert failed.error is not None and failed.error.phase == "ami-register"
+    assert "The image was registered before this failure and stays, on its EBS snapshot: ami-" in message
+    assert "S3" not in message and "s3://" not in message
+    assert "add --set force_deregister=true, which keeps this snapshot" in message
