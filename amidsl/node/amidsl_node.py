@@ -146,7 +146,9 @@ CONTROLLER_API = (
 MiB = 1024 * 1024
 PART_SIZE = 10 * MiB
 MAX_IMAGE_MB = 10240  # the largest image an S3-backed AMI may have
-MAX_DISK_MB = 16384 * 1024  # the largest disk kept for an EBS snapshot: a gp3 root volume's 16 TiB
+# The largest disk kept for an EBS snapshot: 2 TiB, as an MBR partition's 32-bit sector count allows
+# (and EC2 boots an MBR root volume of at most 2 TiB).
+MAX_DISK_MB = 2 * 1024 * 1024
 MIN_MKE2FS = (1, 43)  # `mke2fs -d` (populate from a directory) arrived in e2fsprogs 1.43
 PROGRESS_SECONDS = 3.0
 LEFT_OUT_REPORTED = 200

@@ -43,4 +43,6 @@ DEFAULT_UPLOAD_CONCURRENCY = 4
 # The node holds each part it is sending in memory (10 MiB): 16 at once stay within 160 MiB.
 MAX_UPLOAD_CONCURRENCY = 16
 MAX_IMAGE_SIZE_MB = 10240  # ec2-bundle-vol -s
-MAX_EBS_DISK_MB = 16384 * 1024  # a gp3 root volume's largest size, 16 TiB (the EBS-backed disk)
+# The largest EBS-backed disk: 2 TiB, what its MBR partition table holds (and EC2 boots an MBR root of at
+# most 2 TiB).
+MAX_EBS_DISK_MB = 2 * 1024 * 1024

@@ -378,11 +378,12 @@ ROWS: tuple[Setting, ...] = (
             MAX_EBS_DISK_MB,
             f"a size from 1 to {MAX_EBS_DISK_MB} MB",
             f"give a whole number of MB: up to {MAX_IMAGE_SIZE_MB} for an S3 bundle, {MAX_EBS_DISK_MB} "
-            "(16 TiB) for an EBS-backed disk",
+            "(2 TiB, what an MBR disk holds) for an EBS-backed disk",
         ),
         "the image's size: `ec2-bundle-vol -s` (≤ 10240; the tool's default is a 10240 MB sparse image); "
-        "native: the disk's (by default the data with room to spare), ≤ 10240 for an S3 bundle, up to 16 "
-        "TiB for `ebs`, where it is the root volume's size and only the blocks holding data are sent",
+        "native: the disk's (by default the data with room to spare), ≤ 10240 for an S3 bundle, up to 2 "
+        "TiB (an MBR disk's most) for `ebs`, where it is the root volume's size and only the blocks holding "
+        "data are sent",
         shown_default="tool default / fitted",
     ),
     Setting(

@@ -297,3 +297,10 @@ def test_an_ebs_image_that_fails_after_registering_is_named_on_its_snapshot_with
     assert "The image was registered before this failure and stays, on its EBS snapshot: ami-" in message
     assert "S3" not in message and "s3://" not in message
     assert "add --set force_deregister=true, which keeps this snapshot" in message
+
+
+def test_an_ebs_disk_stays_within_what_an_mbr_partition_holds(ebs_settings):
+    with pytest.raises(SettingsError) as refused:
+        resolve(ebs_settings | {"image_size_mb": 2 * 1024 * 1024 + 1})
+    assert "2097153 is not a size from 1 to 2097152 MB" in str(refused.value)
+    assert resolve(ebs_settings | {"image_size_mb": 2 * 1024 * 1024}).image_size_mb == 2097152
