@@ -42,3 +42,9 @@ def test_the_settings_digest_follows_the_settings_and_holds_no_secret(raw_settin
     assert settings_digest(one) != settings_digest(other)
     # Only where a key comes from counts: changing the key's value does not change the digest.
     assert settings_digest(one) == settings_digest(new_key)
+
+
+def test_a_failed_ebs_build_reports_no_bundle_it_never_made(raw_settings):
+    plan = build_plan(server_spec(raw_settings | {"bundler": "native", "backing": "ebs"}))
+    document = result_document("amidsl.build/1", plan.settings, None, "it broke", config="x.toml")
+    assert document["bundle"] is None and document["snapshot_id"] is None

@@ -23,6 +23,7 @@ from amidsl import __version__
 from amidsl.render.summary import public_settings
 from amidsl.run.runner import BuildResult
 from amidsl.settings import AmiSettings
+from amidsl.strategies import strategy_of
 
 
 def settings_digest(settings: AmiSettings) -> str:
@@ -38,7 +39,7 @@ def result_document(
     """The shared fields of a build's JSON result (`result` is None when the build failed early)."""
     image_id = result.image_id if result else None
     copies = dict(result.copies) if result else {}
-    # An EBS-backed build's image comes from the snapshot it uploaded, not from an S3 bundle.
+    # An EBS-backed build's image comes from the snapshot it uploaded (once it did), not an S3 bundle.
     snapshot_id = result.settings.snapshot_id if result and result.settings else None
     return {
         "schema": schema,
@@ -49,7 +50,7 @@ def result_document(
         "image_name": settings.image_name,
         "images": ({settings.region: image_id} if image_id else {}) | copies,
         "copies": copies,
-        "bundle": None if snapshot_id else f"s3://{settings.s3_manifest_path}",
+        "bundle": f"s3://{settings.s3_manifest_path}" if strategy_of(settings).uses_bucket else None,
         "snapshot_id": snapshot_id,
         "parts": result.parts if result else None,
         "timings": dict(result.timings) if result else {},
