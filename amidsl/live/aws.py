@@ -308,33 +308,56 @@ def _check_encryption_by_default(
     settings: AmiSettings, aws: Aws, problems: list[Problem], checked: list[str]
 ) -> None:
     """An EBS-backed build that does not ask for encryption still gets it where the account encrypts new
-    EBS snapshots by default; EC2 then does not make the image public, nor share it unless the key is."""
+    EBS snapshots by default (the image, or its copy in a copy region): EC2 then makes no such image
+    public, and the accounts it is shared with need the default key, which cannot be aws/ebs."""
+    for region in (settings.region, *settings.copy_to_regions):
+        try:
+            found = aws.call("ec2", "GetEbsEncryptionByDefault", {}, region)
+        except AwsError as err:
+            checked.append(f"could not read whether {region} encrypts EBS by default ({err.what})")
+            continue
+        if not found.get("EbsEncryptionByDefault"):
+            checked.append(f"{region} does not encrypt new EBS snapshots by default")
+            continue
+        image = "the image" if region == settings.region else "its copy there"
+        said = f"the account encrypts new EBS snapshots by default in {region}, so {image} will be encrypted"
+        if settings.public_image:
+            problems.append(
+                Problem(
+                    "public_image",
+                    f"{said}, and EC2 does not make an image with encrypted snapshots public",
+                    f"remove public_image, or run `aws ec2 disable-ebs-encryption-by-default --region "
+                    f"{region}` if the image is to be public",
+                )
+            )
+        elif settings.launch_permissions:
+            _check_default_key_shareable(settings, aws, region, said, problems, checked)
+        else:
+            checked.append(f"{said} with its default EBS key")
+
+
+def _check_default_key_shareable(
+    settings: AmiSettings, aws: Aws, region: str, said: str, problems: list[Problem], checked: list[str]
+) -> None:
+    """A shared image encrypted by default: the accounts need the default key, which aws/ebs cannot be."""
     try:
-        found = aws.call("ec2", "GetEbsEncryptionByDefault", {}, settings.region)
+        key = str(aws.call("ec2", "GetEbsDefaultKmsKeyId", {}, region).get("KmsKeyId") or "alias/aws/ebs")
     except AwsError as err:
-        checked.append(f"could not read whether {settings.region} encrypts EBS by default ({err.what})")
+        checked.append(f"{said}; could not read its default EBS key ({err.what})")
         return
-    if not found.get("EbsEncryptionByDefault"):
-        checked.append(f"{settings.region} does not encrypt new EBS snapshots by default")
-        return
-    said = (
-        f"the account encrypts new EBS snapshots by default in {settings.region}, so the image will be "
-        "encrypted"
-    )
-    if settings.public_image:
+    if key.endswith("alias/aws/ebs"):
         problems.append(
             Problem(
-                "public_image",
-                f"{said}, and EC2 does not make an image with encrypted snapshots public",
-                f"remove public_image, or run `aws ec2 disable-ebs-encryption-by-default --region "
-                f"{settings.region}` if the image is to be public",
+                "launch_permissions",
+                f"{said} with the AWS managed key aws/ebs, which cannot be shared, so the accounts it is "
+                "shared with could not launch it",
+                "set encrypted = true with kms_key_id, a customer managed key those accounts may use, or "
+                f"make such a key the default (`aws ec2 modify-ebs-default-kms-key-id --region {region} "
+                "--kms-key-id KEY`)",
             )
         )
     else:
-        checked.append(
-            f"{said} with its default EBS key (`aws ec2 get-ebs-default-kms-key-id`)"
-            + (": the accounts it is shared with need that key too" if settings.launch_permissions else "")
-        )
+        checked.append(f"{said} with the default EBS key {key}: the accounts it is shared with need it too")
 
 
 def _check_bucket_accepts_acls(

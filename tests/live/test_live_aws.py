@@ -276,21 +276,49 @@ def test_a_shared_ebs_image_is_refused_where_the_account_encrypts_new_snapshots_
     shared = settings.with_values(backing="ebs", bundler="native", launch_permissions=("222233334444",))
     checked = check_aws_side(shared, Aws(shared, live))
     assert "us-east-1 does not encrypt new EBS snapshots by default" in checked
-    aws_client("ec2", aws_endpoint).enable_ebs_encryption_by_default()
-    checked = check_aws_side(shared, Aws(shared, live))
-    assert (
-        "the account encrypts new EBS snapshots by default in us-east-1, so the image will be encrypted "
-        "with its default EBS key (`aws ec2 get-ebs-default-kms-key-id`): the accounts it is shared with "
-        "need that key too"
-    ) in checked
-    public = shared.with_values(public_image=True, launch_permissions=())
+
+    def stubbed_ec2(s, answers):
+        aws = Aws(s, live)
+        for region, by_default, key in answers:
+            stubber = Stubber(aws.client("ec2", region))
+            stubber.add_response("get_ebs_encryption_by_default", {"EbsEncryptionByDefault": by_default})
+            if key:
+                stubber.add_response("get_ebs_default_kms_key_id", {"KmsKeyId": key})
+            stubber.activate()
+        return aws
+
+    # Encrypted by default with aws/ebs: the accounts could not launch it.
+    aws = stubbed_ec2(shared, [("us-east-1", True, "alias/aws/ebs")])
+    with pytest.raises(SettingsError) as caught:
+        check_aws_side(shared, aws, image_name_must_be_free=False)
+    (problem,) = [str(p) for p in caught.value.problems]
+    assert problem.startswith(
+        "launch_permissions: the account encrypts new EBS snapshots by default in us-east-1, so the image "
+        "will be encrypted with the AWS managed key aws/ebs, which cannot be shared"
+    )
+    assert "modify-ebs-default-kms-key-id --region us-east-1" in problem
+    # With a customer managed key as the default, it is said, not refused.
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    checked = check_aws_side(
+        shared, stubbed_ec2(shared, [("us-east-1", True, key)]), image_name_must_be_free=False
+    )
+    assert f"with the default EBS key {key}: the accounts it is shared with need it too" in checked[-1]
+    # A public image whose copy region encrypts by default: refused for that region.
+    public = settings.with_values(
+        backing="ebs", bundler="native", public_image=True, copy_to_regions=("us-west-2",)
+    )
     aws = Aws(public, live)
-    stubber = Stubber(aws.client("ec2"))
-    stubber.add_response("get_image_block_public_access_state", {"ImageBlockPublicAccessState": "unblocked"})
-    stubber.add_response("get_ebs_encryption_by_default", {"EbsEncryptionByDefault": True})
-    stubber.activate()
+    for region, by_default in (("us-east-1", False), ("us-west-2", True)):
+        stubber = Stubber(aws.client("ec2", region))
+        stubber.add_response(
+            "get_image_block_public_access_state", {"ImageBlockPublicAccessState": "unblocked"}
+        )
+        stubber.add_response("get_ebs_encryption_by_default", {"EbsEncryptionByDefault": by_default})
+        stubber.activate()
     with pytest.raises(SettingsError) as caught:
         check_aws_side(public, aws, image_name_must_be_free=False)
     (problem,) = [str(p) for p in caught.value.problems]
-    assert problem.startswith("public_image: the account encrypts new EBS snapshots by default in us-east-1")
-    assert "disable-ebs-encryption-by-default --region us-east-1" in problem
+    assert problem.startswith(
+        "public_image: the account encrypts new EBS snapshots by default in us-west-2, so its copy there"
+    )
+    assert "disable-ebs-encryption-by-default --region us-west-2" in problem
