@@ -60,8 +60,8 @@ def test_copies_of_an_encrypted_image_are_asked_to_be_encrypted(raw_settings):
     )
     text = render_text(build_plan(crate.server_spec(settings)))
     assert (
-        "the account's AWS managed key for EBS (aws/ebs) in eu-west-1; the copies in us-west-2 with each"
-        in text
+        "the account's default EBS key in eu-west-1 (aws/ebs unless the account set another); the copies in "
+        "us-west-2 with each" in text
     )
     [plain] = [
         a

@@ -253,7 +253,7 @@ def test_an_s3_bundle_requires_its_bucket_account_and_signing_pair(raw_settings,
     del raw_settings[missing]
     assert the_problem(raw_settings, missing) == (
         f"{missing}: is required for backing = 'instance-store'. Fix: set {missing} in the [ami] table, "
-        "or choose backing = 'ebs'."
+        "or choose backing = 'ebs' (native builds)."
     )
 
 

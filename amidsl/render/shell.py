@@ -445,7 +445,8 @@ def _encryption_words(action: UploadSnapshot) -> str:
     params = dict(action.encryption)
     if not params.get("Encrypted"):
         return ""
-    return f"encrypted with the KMS key {params.get('KmsKeyArn') or 'aws/ebs (the AWS managed key)'}; "
+    key = params.get("KmsKeyArn") or "the account's default EBS key"
+    return f"encrypted with the KMS key {key}; "
 
 
 def _controller_comment(action: Action) -> list[str]:

@@ -54,7 +54,7 @@ def _missing(row: Setting, backing: str) -> Problem:
     return Problem(
         row.name,
         f"is required for backing = {backing!r}",
-        f"set {row.name} in the [ami] table, or choose backing = {others}",
+        f"set {row.name} in the [ami] table, or choose backing = {others} (native builds)",
     )
 
 

@@ -233,24 +233,25 @@ def s3_image_size(r: Reading) -> list[Problem]:
 def ebs_encryption(r: Reading) -> list[Problem]:
     """encrypted and kms_key_id: only for an EBS snapshot, and only where EC2 can share what they make."""
     encrypted, key = r.value("encrypted"), r.value("kms_key_id")
+    if not (encrypted or key):
+        return []
+    if r.value("backing") != "ebs":
+        name = "encrypted" if encrypted else "kms_key_id"
+        return [
+            Problem(
+                name,
+                f"{name} is for an EBS snapshot; an S3 bundle is always encrypted (AES, its key encrypted to "
+                "EC2's certificate), and its instances' root is not an EBS volume",
+                f'remove {name}, or set backing = "ebs"',
+            )
+        ]
     if not encrypted:
-        if key is None:
-            return []
         # StartSnapshot refuses a KmsKeyArn without Encrypted (EBS user guide, "Encryption outcomes").
         return [
             Problem(
                 "kms_key_id",
                 "kms_key_id is used only to encrypt",
                 "set encrypted = true, or remove kms_key_id",
-            )
-        ]
-    if r.value("backing") != "ebs":
-        return [
-            Problem(
-                "encrypted",
-                "encrypted is for an EBS snapshot; an S3 bundle is always encrypted (AES, its key "
-                "encrypted to EC2's certificate), and its instances' root is not an EBS volume",
-                'remove encrypted, or set backing = "ebs"',
             )
         ]
     problems = []
@@ -287,8 +288,9 @@ def ebs_encryption(r: Reading) -> list[Problem]:
         problems.append(
             Problem(
                 "launch_permissions",
-                "the image would be encrypted with the AWS managed key (aws/ebs), which cannot be shared, "
-                "so the accounts it is shared with could not launch it",
+                "without kms_key_id the snapshot is encrypted with the account's default EBS key, the AWS "
+                "managed key aws/ebs unless the account set another, and aws/ebs cannot be shared: the "
+                "accounts it is shared with could not launch it",
                 "give kms_key_id, a customer managed key whose key policy lets those accounts use it",
             )
         )

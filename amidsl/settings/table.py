@@ -481,8 +481,9 @@ ROWS: tuple[Setting, ...] = (
         "bool",
         readers.flag,
         "`true` encrypts an `ebs` build's snapshot, and so the image's root volume, with `kms_key_id` or "
-        "else the account's AWS managed key for EBS (`aws/ebs`); copies are encrypted with each "
-        "destination region's AWS managed key. An S3 bundle is always encrypted (to EC2's key)",
+        "else the account's default EBS key (the AWS managed key `aws/ebs` unless the account set "
+        "another); copies are encrypted with each destination region's default EBS key. An S3 bundle is "
+        "always encrypted (to EC2's key)",
         default=False,
         backings=(EBS,),
     ),

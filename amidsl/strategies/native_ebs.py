@@ -90,12 +90,15 @@ def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
     """What an encrypted snapshot means for sharing, and what a simulation can check of it."""
     if not s.encrypted:
         return []
-    key = s.kms_key_id or f"the account's AWS managed key for EBS (aws/ebs) in {s.region}"
+    key = (
+        s.kms_key_id
+        or f"the account's default EBS key in {s.region} (aws/ebs unless the account set another)"
+    )
     notes = [
         PlanWarning(
             f"encrypted = true: the snapshot, and every instance's root volume, is encrypted with {key}"
             + (
-                f"; the copies in {', '.join(s.copy_to_regions)} with each region's AWS managed key"
+                f"; the copies in {', '.join(s.copy_to_regions)} with each region's default EBS key"
                 if s.copy_to_regions
                 else ""
             )
@@ -256,7 +259,7 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             f"EBS-backed: the disk's blocks that hold data become an EBS snapshot in {s.region} (EBS "
             f"direct APIs, uploaded from the controller), the root device {ROOT_DEVICE} of the image "
             f"({VOLUME_TYPE}, deleted with the instance"
-            + (f", encrypted with {s.kms_key_id or 'the AWS managed key aws/ebs'}" if s.encrypted else "")
+            + (f", encrypted with {s.kms_key_id or 'the default EBS key'}" if s.encrypted else "")
             + "); launched by today's instance types",
         ),
         (

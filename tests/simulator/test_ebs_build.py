@@ -246,7 +246,7 @@ def test_an_s3_bundle_still_needs_them_and_says_ebs_does_not(ebs_settings):
     assert sorted(p.split(":")[0] for p in problems) == sorted(S3_BUNDLE_ONLY)
     assert problems[-1] == (
         "s3_bucket: is required for backing = 'instance-store'. Fix: set s3_bucket in the [ami] table, or "
-        "choose backing = 'ebs'."
+        "choose backing = 'ebs' (native builds)."
     )
 
 
