@@ -337,6 +337,7 @@ class FakeRegion:
             return self.enable_image_deprecation(params, region)
         if (service, operation) == ("ec2", "ModifyImageAttribute"):
             self._check_launch_permission(params.get("LaunchPermission", {}))
+            self._check_not_public_if_encrypted(params, region)
         return getattr(self.client(service, region), _snake_case(operation))(**params)
 
     # -- images after registration -----------------------------------------------------------------
@@ -464,6 +465,22 @@ class FakeRegion:
             "%Y-%m-%dT%H:%M:00.000Z"
         )
         return {"Return": True}
+
+    @staticmethod
+    def _check_not_public_if_encrypted(params: dict[str, Any], region: str) -> None:
+        """EC2 makes no image with encrypted snapshots public (AMI user guide, "Make your AMI public").
+        The error code is not documented; the simulator's is InvalidParameter."""
+        if {"Group": "all"} not in params.get("LaunchPermission", {}).get("Add", []):
+            return
+        ami = get_backend("ec2")[ACCOUNT_ID][region].amis.get(str(params.get("ImageId", "")))
+        mappings = getattr(ami, "registered_mappings", [])
+        if any((mapping.get("Ebs") or {}).get("Encrypted") for mapping in mappings):
+            raise client_error(
+                "InvalidParameter",
+                f"{params['ImageId']} has encrypted snapshots: an image with encrypted snapshots cannot be "
+                "made public",
+                "ModifyImageAttribute",
+            )
 
     @staticmethod
     def _check_launch_permission(permission: dict[str, Any]) -> None:

@@ -514,3 +514,14 @@ def test_a_copy_tags_its_snapshots_and_itself_as_tag_specifications_say(region, 
         SnapshotIds=[copy["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]]
     )["Snapshots"]
     assert snapshot["Tags"] == tag
+
+
+def test_an_image_with_encrypted_snapshots_cannot_be_made_public(region, ebs, ec2):
+    image_id = ec2.register_image(**ebs_image(encrypted_snapshot(ebs, Encrypted=True)))["ImageId"]
+    public = {"ImageId": image_id, "LaunchPermission": {"Add": [{"Group": "all"}]}}
+    code, _, _ = error_of(region.call, "ec2", "ModifyImageAttribute", public)
+    assert code == "InvalidParameter"
+    shared = {"ImageId": image_id, "LaunchPermission": {"Add": [{"UserId": "111122223333"}]}}
+    region.call("ec2", "ModifyImageAttribute", shared)  # an account may be given it (with the key)
+    plain_id = ec2.register_image(**ebs_image(encrypted_snapshot(ebs), Name="plain"))["ImageId"]
+    region.call("ec2", "ModifyImageAttribute", public | {"ImageId": plain_id})
