@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -189,35 +190,31 @@ def test_a_closed_pipe_ends_the_command_quietly(command):
     assert run.stdout.splitlines()[-1] == "status=141"
 
 
-def test_plan_script_and_validate_load_no_aws_ssh_moto_or_invoke_code():
+def loaded_by_plan_script_and_validate(modules: set[str], top_level: bool = False) -> list[str]:
+    """Which of `modules` a fresh process has loaded after `plan`, `script` and `validate` (by top-level
+    package name, with top_level)."""
+    name = "m.split('.')[0]" if top_level else "m"
     probe = (
         "import sys\n"
         "from amidsl.cli.main import run\n"
         "for command in ('plan', 'script', 'validate'):\n"
         "    assert run([command]) == 0\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore', 'moto', 'paramiko', "
-        "'invoke'})\n"
-        "print('HEAVY', heavy, file=sys.stderr)\n"
+        f"print('LOADED', sorted({{{name} for m in sys.modules}} & {set(modules)!r}), file=sys.stderr)\n"
     )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "HEAVY []" in run.stderr
+    return ast.literal_eval(run.stderr.split("LOADED ", 1)[1].strip())
+
+
+def test_plan_script_and_validate_load_no_aws_ssh_moto_or_invoke_code():
+    heavy = {"boto3", "botocore", "moto", "paramiko", "invoke"}
+    assert loaded_by_plan_script_and_validate(heavy, top_level=True) == []
 
 
 def test_plan_script_and_validate_load_no_thread_pool_or_logging():
     # The node program, imported for its constants, loads concurrent.futures (and with it logging)
     # only where it bundles or uploads.
-    probe = (
-        "import sys\n"
-        "from amidsl.cli.main import run\n"
-        "for command in ('plan', 'script', 'validate'):\n"
-        "    assert run([command]) == 0\n"
-        "loaded = sorted({'concurrent.futures', 'logging'} & set(sys.modules))\n"
-        "print('LOADED', loaded, file=sys.stderr)\n"
-    )
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert "LOADED []" in run.stderr
+    assert loaded_by_plan_script_and_validate({"concurrent.futures", "logging"}) == []
 
 
 def test_plan_of_the_built_in_example_reads_no_endpoints_json():

@@ -416,13 +416,6 @@ def _node_program(action: NodeProgram) -> list[str]:
     return [*lines, _words(list(node_program_argv(action)))]
 
 
-def snapshot_blocks_program(action: UploadSnapshot, disk: str) -> NodeProgram:
-    """The node-program run that streams the disk's data blocks to the controller."""
-    return NodeProgram(
-        action.program, "blocks", (("disk", disk),), result_name="", description=action.description
-    )
-
-
 def _upload_snapshot(action: UploadSnapshot) -> list[str]:
     """The node command whose output amidsl uploads; the upload itself runs only on the controller."""
     tags = ", ".join(f"{tag['Key']}={tag['Value']}" for tag in action.tags)
