@@ -52,6 +52,11 @@ def bundle_dir(tmp_path, user, ec2):
     return out
 
 
+def _first_byte_flipped(data: bytes) -> bytes:
+    """data with its first byte changed; writing a fixed byte would be no change when data starts with it."""
+    return bytes([data[0] ^ 0xFF]) + data[1:]
+
+
 def _verify_error(bundle_dir, cert_pem) -> BundleError:
     with pytest.raises(BundleError) as caught:
         verify_bundle(bundle_dir / "image.manifest.xml", cert_pem)
@@ -193,7 +198,7 @@ def test_wrong_private_key_cannot_unbundle(bundle_dir, user, stranger):
 
 def test_tampered_part_stops_unbundle_before_anything_is_written(bundle_dir, user):
     part = bundle_dir / "image.part.0"
-    part.write_bytes(b"\x00" + part.read_bytes()[1:])
+    part.write_bytes(_first_byte_flipped(part.read_bytes()))
     with pytest.raises(PartDigestMismatchError):
         unbundle(
             bundle_dir / "image.manifest.xml",
@@ -216,7 +221,9 @@ def test_every_tampering_message_is_distinct(bundle_dir, user, stranger):
             p.write_bytes(data)
 
     cases = [
-        lambda: (bundle_dir / "image.part.0").write_bytes(b"x" + originals[bundle_dir / "image.part.0"][1:]),
+        lambda: (bundle_dir / "image.part.0").write_bytes(
+            _first_byte_flipped(originals[bundle_dir / "image.part.0"])
+        ),
         lambda: (bundle_dir / "image.part.0").unlink(),
         lambda: (bundle_dir / "image.part.0").write_bytes(originals[bundle_dir / "image.part.1"]),
         lambda: path.write_text(original_manifest.replace("<user>123456789012", "<user>123456789013")),

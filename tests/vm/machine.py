@@ -44,8 +44,20 @@ def free_port() -> int:
 def qemu_argv(disk: Path, serial: Path, accel: str, memory_mb: int = 1024, nvme: bool = False) -> list[str]:
     """QEMU with disk as a virtio disk (or, with nvme, an NVMe one as Nitro instance types present an
     EBS root), the serial console to a file, and no other device."""
-    argv = [QEMU, "-machine", f"pc,accel={accel}", "-m", str(memory_mb), "-smp", "2", "-nodefaults"]
-    argv += ["-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{serial}"]
+    # An emulated CPU gathers entropy slowly: without RDRAND (which the guest kernel trusts to seed its
+    # random-number generator) a guest's getrandom(), sshd's start for one, has been seen to wait minutes.
+    argv = [
+        QEMU,
+        "-machine",
+        f"pc,accel={accel}",
+        "-cpu",
+        "qemu64,+rdrand",
+        "-m",
+        str(memory_mb),
+        "-smp",
+        "2",
+    ]
+    argv += ["-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{serial}"]
     if nvme:
         return [
             *argv,
