@@ -383,9 +383,9 @@ class SimulatorBackend:
 
 
 def load_moto_ec2(region: FakeRegion) -> None:
-    """Load moto's EC2, make the region's EC2 state (with moto's default images) and read the service
-    model moto answers EC2 requests with, as the fake region's first EC2 call (registering the image)
-    would: over half a second of CPU, spent while the node program bundles, in a process of its own."""
+    """Load moto's EC2, make the region's EC2 state and read the service model moto answers EC2
+    requests with, as the fake region's first EC2 call (registering the image) would: about half a
+    second of CPU, spent while the node program bundles."""
     with contextlib.suppress(KeyError):  # a region moto does not know fails at that call, as before
         get_backend("ec2")[ACCOUNT_ID][region.name]
         region.ec2.describe_regions(RegionNames=[region.name])  # reads nothing of the build's state

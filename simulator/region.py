@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import re
 import tempfile
 import time
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import boto3
 from botocore.config import Config
@@ -130,6 +132,11 @@ class FakeRegion:
         self._presign: PresignClient | None = None
         # Canned ACLs by (bucket, key): moto stores aws-exec-read without the grant to EC2 it implies.
         self.object_acls: dict[tuple[str, str], str] = {}
+        # moto would make thousands of Amazon's public images in each region first (over half a second);
+        # a build reads only the account's own images. Set as moto itself sets its credentials: in the
+        # environment, while the region is open.
+        self._no_public_images = mock.patch.dict(os.environ, {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"})
+        self._no_public_images.start()
         self._mock = mock_aws()
         self._mock.start()
         self._server: FaultyS3Server | None = None  # S3 over HTTP on loopback, for presigned URLs
@@ -180,6 +187,7 @@ class FakeRegion:
             self._server = None
             self._presign = None
         self._mock.stop()
+        self._no_public_images.stop()
 
     # -- what a user sets up before a build -------------------------------------------------------
 

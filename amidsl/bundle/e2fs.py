@@ -26,7 +26,7 @@ def debugfs(image: Path, commands: list[str], *, write: bool = False) -> str:
     if not commands:
         return ""
     argv = [tool("debugfs"), *(["-w"] if write else []), "-f", "-", str(image)]
-    # debugfs -f writes its output unbuffered, a few bytes per write (inode_dump: hundreds per inode);
+    # debugfs -f writes its output unbuffered, a few bytes per write;
     # into a file those writes are cheap, where through a pipe each would wake this process to read it.
     with tempfile.TemporaryFile() as output:
         result = subprocess.run(

@@ -40,8 +40,10 @@ MAX_PATH = 4096  # PATH_MAX: no program could open a longer path in the image
 MAX_DIRECTORY = 256 * 1024 * 1024  # millions of entries; a larger directory is crafted
 _EXTENTS_FL = 0x80000
 _FAST_LINK_MAX = 60  # a symlink target shorter than i_block lives in the inode itself
-# `inode_dump` prints the raw inode as "OOOO  hhhh hhhh … ascii" lines (octal offset), "*" for repeats.
-_DUMP_LINE = re.compile(r"([0-7]+)  ((?:[0-9a-f]{4} ){7}[0-9a-f]{4})")
+# `imap <N>` says where an inode's bytes are: "\tlocated at block 1059, offset 0x0100".
+_IMAP_LINE = re.compile(r"^\tlocated at block (\d+), offset 0x([0-9a-f]+)$", re.MULTILINE)
+_INODE_BYTES = 128  # every ext2/3/4 inode has at least these, and every field read here is in them
+_SUPERBLOCK = 1024  # where an ext2/3/4 superblock starts in its filesystem
 
 
 @dataclass(frozen=True)
@@ -76,28 +78,28 @@ def _split_output(output: str, command: str, count: int, image: Path) -> list[st
     return chunks
 
 
-def _raw_inode(chunk: str, image: Path) -> bytes:
-    """The inode bytes from `inode_dump` output (only hex is parsed, never names)."""
-    data, previous, repeat = bytearray(), b"", False
-    for line in chunk.splitlines():
-        if line == "*":
-            repeat = True
-            continue
-        match = _DUMP_LINE.match(line)
-        if match is None:
-            continue
-        offset, row = int(match.group(1), 8), bytes.fromhex(match.group(2).replace(" ", ""))
-        while repeat and len(data) < offset:
-            data += previous
-        if len(data) != offset:
-            raise ImageError(f"unexpected inode dump from debugfs while listing {image}")
-        data += row
-        previous, repeat = row, False
-    while repeat and previous and len(data) < 128:  # a final "*": the last row repeats to the end
-        data += previous
-    if len(data) < 128:
-        raise ImageError(f"debugfs could not read an inode of {image}")
-    return bytes(data)
+def _raw_inode(chunk: str, filesystem: Filesystem, block_size: int) -> bytes:
+    """The inode's first bytes, read from the image file where `imap` output says they are."""
+    found = _IMAP_LINE.search(chunk)
+    if found is None:
+        raise ImageError(f"debugfs could not find an inode of {filesystem.debugfs_path}")
+    block, offset = int(found.group(1)), int(found.group(2), 16)
+    with open(filesystem.file, "rb") as f:
+        f.seek(filesystem.offset + block * block_size + offset)
+        raw = f.read(_INODE_BYTES)
+    if len(raw) < _INODE_BYTES:
+        raise ImageError(f"an inode of {filesystem.debugfs_path} lies beyond the end of the image")
+    return raw
+
+
+def _block_size(filesystem: Filesystem) -> int:
+    """The filesystem's block size, from its superblock (s_log_block_size)."""
+    with open(filesystem.file, "rb") as f:
+        f.seek(filesystem.offset + _SUPERBLOCK + 24)
+        (log_block_size,) = struct.unpack("<I", f.read(4))
+    if log_block_size > 6:  # 64 KiB, the largest ext4 block
+        raise ImageError(f"{filesystem.debugfs_path} has a damaged superblock (a bad block size)")
+    return 1024 << log_block_size
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,18 @@ class _Inode:
     fast_link: bytes | None
 
 
-def _inodes(image: Path, numbers: list[int]) -> dict[int, _Inode]:
-    """Mode, owner, size (and inline symlink target) of inodes, from their raw bytes."""
+def _inodes(filesystem: Filesystem, numbers: list[int]) -> dict[int, _Inode]:
+    """Mode, owner, size (and inline symlink target) of inodes, from their raw bytes.
+
+    debugfs says where each inode is (`imap`, a line each) and the bytes are read from the file:
+    `inode_dump` would print each as a hex dump, hundreds of unbuffered writes per inode."""
+    image = filesystem.debugfs_path
     unique = sorted(set(numbers))
-    output = debugfs(image, [f"inode_dump <{n}>" for n in unique])
+    output = debugfs(image, [f"imap <{n}>" for n in unique])
+    block_size = _block_size(filesystem)
     inodes = {}
-    for number, chunk in zip_strict(unique, _split_output(output, "inode_dump", len(unique), image)):
-        raw = _raw_inode(chunk, image)
+    for number, chunk in zip_strict(unique, _split_output(output, "imap", len(unique), image)):
+        raw = _raw_inode(chunk, filesystem, block_size)
         mode, uid_low, size_low = struct.unpack_from("<HHI", raw, 0)
         (gid_low,) = struct.unpack_from("<H", raw, 24)
         (flags,) = struct.unpack_from("<I", raw, 32)
@@ -150,8 +157,9 @@ def _directory_entries(data: bytes, image: Path, directory: str) -> list[tuple[i
     return entries
 
 
-def _children(image: Path, directories: list[tuple[int, str]], scratch: Path) -> list[ImageEntry]:
+def _children(filesystem: Filesystem, directories: list[tuple[int, str]], scratch: Path) -> list[ImageEntry]:
     """The entries of several directories, read from their raw blocks (no name can hide or forge)."""
+    image = filesystem.debugfs_path
     debugfs(image, [f"dump <{ino}> {quote(str(scratch / str(ino)))}" for ino, _ in directories])
     named = []
     for ino, parent in directories:
@@ -164,7 +172,7 @@ def _children(image: Path, directories: list[tuple[int, str]], scratch: Path) ->
                 raise ImageError(f"{image} holds a path longer than {MAX_PATH} bytes; refusing to list it")
             named.append((child, path))
         dumped.unlink()
-    inodes = _inodes(image, [child for child, _ in named]) if named else {}
+    inodes = _inodes(filesystem, [child for child, _ in named]) if named else {}
     entries = []
     for child, path in named:
         inode = inodes[child]
@@ -242,13 +250,25 @@ def describe_layout(image_path: Path | str) -> list[str]:
     return lines
 
 
-def filesystem_of(image: Path) -> Path:
-    """What debugfs opens for the image's root filesystem: the file, or its root partition in it."""
+@dataclass(frozen=True)
+class Filesystem:
+    """An image's root filesystem: the image file, and where in it the filesystem starts."""
+
+    file: Path
+    offset: int = 0  # bytes: the root partition's start in a disk, 0 for a bare filesystem
+
+    @property
+    def debugfs_path(self) -> Path:
+        """What debugfs opens: e2fsprogs' unix I/O manager takes an offset after the file name."""
+        return Path(f"{self.file}?offset={self.offset}") if self.offset else self.file
+
+
+def filesystem_of(image: Path) -> Filesystem:
+    """The image's root filesystem: the whole file, or its root partition."""
     layout = disk_layout(image)
     if layout is None or layout.root is None:
-        return image
-    # e2fsprogs' unix I/O manager takes an offset after the file name.
-    return Path(f"{image}?offset={layout.root.start * SECTOR}")
+        return Filesystem(image)
+    return Filesystem(image, layout.root.start * SECTOR)
 
 
 def list_image(image_path: Path | str) -> list[ImageEntry]:
@@ -256,8 +276,9 @@ def list_image(image_path: Path | str) -> list[ImageEntry]:
     image = Path(image_path)
     if not image.is_file():
         raise ImageError(f"image {image} does not exist or is not a file")
-    image = filesystem_of(image)
-    root = _inodes(image, [ROOT_INODE])[ROOT_INODE]
+    filesystem = filesystem_of(image)
+    image = filesystem.debugfs_path
+    root = _inodes(filesystem, [ROOT_INODE])[ROOT_INODE]
     if not stat.S_ISDIR(root.mode):
         raise ImageError(f"cannot read the root directory of {image}")
     entries = [ImageEntry("/", "dir", stat.S_IMODE(root.mode), root.uid, root.gid, 0, ROOT_INODE)]
@@ -265,7 +286,7 @@ def list_image(image_path: Path | str) -> list[ImageEntry]:
     level = [(ROOT_INODE, "/")]
     with tempfile.TemporaryDirectory() as scratch:
         while level:
-            children = _children(image, level, Path(scratch))
+            children = _children(filesystem, level, Path(scratch))
             entries.extend(children)
             if len(entries) > MAX_ENTRIES:
                 raise ImageError(f"{image} holds more than {MAX_ENTRIES} entries; refusing to list it")

@@ -3,7 +3,9 @@
 import os
 import subprocess
 
-from amidsl.bundle import list_image
+import pytest
+
+from amidsl.bundle import ImageError, list_image
 from amidsl.bundle.e2fs import tool
 
 
@@ -38,3 +40,40 @@ def test_lists_every_entry_with_type_mode_size_and_link_target(tmp_path):
     assert entries["/pipe"].type == "fifo"
     assert entries["/"].inode == 2 and entries["/"].type == "dir"
     assert list(entries) == sorted(entries)
+
+
+@pytest.mark.parametrize(
+    ("options", "inodes_a_group"),
+    [(["-b", "1024", "-N", "64"], 8), (["-b", "4096", "-g", "1024", "-N", "64"], 32)],
+    ids=["1KiB-blocks", "4KiB-blocks"],
+)
+def test_owners_sizes_and_modes_are_read_in_every_block_group(tmp_path, options, inodes_a_group):
+    """Inodes are read where the filesystem keeps them: with few inodes a group, the files' inodes
+    lie in several block groups, far into the file."""
+    root = tmp_path / "root"
+    expected = {}
+    for n in range(12):
+        directory = root / f"d{n}"
+        directory.mkdir(parents=True)
+        file = directory / "data"
+        file.write_bytes(b"x" * (1000 + n))
+        os.chown(file, 100_000 + n, 70_000 + n)  # above 65535: the owners' high halves count
+        os.chmod(file, 0o600 + n)
+        expected[f"/d{n}/data"] = (1000 + n, 100_000 + n, 70_000 + n, 0o600 + n)
+    image = tmp_path / "fs.img"
+    mke2fs = [tool("mke2fs"), "-q", "-t", "ext4", "-I", "128", *options, "-d", str(root), str(image), "64M"]
+    subprocess.run(mke2fs, check=True)
+    entries = {e.path: e for e in list_image(image)}
+    assert {p: (e.size, e.uid, e.gid, e.mode) for p, e in entries.items() if p in expected} == expected
+    assert len({(entries[p].inode - 1) // inodes_a_group for p in expected}) >= 2
+
+
+def test_an_image_cut_short_is_refused_naming_it(tmp_path):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    image = tmp_path / "fs.img"
+    subprocess.run([tool("mke2fs"), "-q", "-t", "ext4", "-d", str(root), str(image), "16M"], check=True)
+    with open(image, "r+b") as f:
+        f.truncate(40 * 1024)  # the superblock and group descriptors stay; the inode table goes
+    with pytest.raises(ImageError, match=rf"{image}"):
+        list_image(image)
