@@ -22,6 +22,7 @@ whose calls go through these checks, for controller code that takes a client.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import re
@@ -84,6 +85,14 @@ def _moto_request_handler() -> dict[str, Any]:
     except ImportError:
         return {}
     return {"request_handler": MotoRequestHandler}
+
+
+@functools.cache
+def simulated_ec2_key() -> rsa.RSAPrivateKey:
+    """The simulated EC2's private key: one per process, as EC2 has one certificate for every commercial
+    region, and making a 2048-bit key costs a tenth of a second. Kept as a key, not PEM: parsing PEM
+    again checks the key anew, tens of milliseconds each time."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def client_error(code: str, message: str, operation: str = "RegisterImage") -> ClientError:
@@ -153,9 +162,8 @@ class FakeRegion:
         self.attributes: dict[str, dict[str, Any]] = {}
         # The EBS direct APIs' own state (checksums, client tokens, timeouts) beside moto's blocks.
         self.ebs_direct = EbsDirect(account_id)
-        # The region's own EC2 key pair: bundles encrypt a copy of their key for its certificate.
-        # Kept as a key, not PEM: parsing PEM again checks the key anew, tens of milliseconds each time.
-        self._ec2_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # EC2's key pair: bundles encrypt a copy of their key for its certificate.
+        self._ec2_key = simulated_ec2_key()
         _, self.ec2_cert_pem = self_signed_pair(f"EC2 {name} (simulated)", key=self._ec2_key)
 
     def client(self, service: str, region: str | None = None) -> Any:
