@@ -60,8 +60,8 @@ def test_copies_of_an_encrypted_image_are_asked_to_be_encrypted(raw_settings):
     )
     text = render_text(build_plan(crate.server_spec(settings)))
     assert (
-        "the account's default EBS key in eu-west-1 (aws/ebs unless the account set another); the copies in "
-        "us-west-2 with each" in text
+        "the account's default EBS key in eu-west-1 (aws/ebs unless the account set another); the copy in "
+        "us-west-2 with the account's default EBS key in us-west-2." in text
     )
     [plain] = [
         a
@@ -71,11 +71,37 @@ def test_copies_of_an_encrypted_image_are_asked_to_be_encrypted(raw_settings):
     assert "Encrypted" not in dict(plain.params)
 
 
+def test_a_copy_region_with_a_key_of_its_own_gets_its_copy_encrypted_with_it(raw_settings):
+    west_key = KEY.replace("eu-west-1", "us-west-2")
+    settings = ebs(
+        raw_settings,
+        encrypted=True,
+        copy_to_regions=["us-west-2", "us-east-2"],
+        copy_kms_key_ids={"us-west-2": west_key},
+    )
+    copies = {
+        a.region: dict(a.params)
+        for a in actions(settings, "ami-register")
+        if isinstance(a, AwsCall) and a.operation == "CopyImage"
+    }
+    assert (copies["us-west-2"]["Encrypted"], copies["us-west-2"]["KmsKeyId"]) == (True, west_key)
+    assert copies["us-east-2"]["Encrypted"] is True and "KmsKeyId" not in copies["us-east-2"]
+    text = render_text(build_plan(crate.server_spec(settings)))
+    assert (
+        f"; the copy in us-west-2 with {west_key}; the copy in us-east-2 with the account's default EBS "
+        "key in us-east-2." in text
+    )
+
+
 def test_the_script_of_an_encrypted_build_with_copies_passes_shellcheck(raw_settings, tmp_path):
     script = tmp_path / "build.sh"
-    settings = ebs(raw_settings, encrypted=True, copy_to_regions=["us-west-2"])
+    west_key = KEY.replace("eu-west-1", "us-west-2")
+    settings = ebs(
+        raw_settings, encrypted=True, copy_to_regions=["us-west-2"], copy_kms_key_ids={"us-west-2": west_key}
+    )
     script.write_text(render_script(build_plan(crate.server_spec(settings))))
     assert "aws ec2 copy-image --region us-west-2" in script.read_text()
     assert "--encrypted" in script.read_text() and "--tag-specifications" in script.read_text()
+    assert f"--kms-key-id {west_key}" in script.read_text()
     checked = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout

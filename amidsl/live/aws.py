@@ -239,7 +239,9 @@ def check_aws_side(settings: AmiSettings, aws: Aws, image_name_must_be_free: boo
     if settings.public_image:
         check_public_sharing(settings, aws, problems, checked)
     if settings.kms_key_id:
-        _check_kms_key(settings.kms_key_id, aws, problems, checked)
+        _check_kms_key("kms_key_id", settings.kms_key_id, settings.region, aws, problems, checked)
+    for region, key in settings.copy_kms_key_ids:
+        _check_kms_key(f"copy_kms_key_ids.{region}", key, region, aws, problems, checked)
     if not strategy_of(settings).uses_bucket and not settings.encrypted:
         _check_encryption_by_default(settings, aws, problems, checked)
     if problems:
@@ -271,23 +273,24 @@ def _check_bucket(settings: AmiSettings, aws: Aws, problems: list[Problem], chec
             _check_bucket_accepts_acls(settings, aws, problems, checked)
 
 
-def _check_kms_key(key: str, aws: Aws, problems: list[Problem], checked: list[str]) -> None:
-    """kms_key_id: a key KMS knows, enabled, symmetric and for encryption (what EBS encrypts with)."""
+def _check_kms_key(
+    name: str, key: str, region: str, aws: Aws, problems: list[Problem], checked: list[str]
+) -> None:
+    """A key setting (`name`): a key KMS in `region` knows, enabled, symmetric and for encryption (what
+    EBS encrypts with)."""
     try:
-        found = aws.call("kms", "DescribeKey", {"KeyId": key})["KeyMetadata"]
+        found = aws.call("kms", "DescribeKey", {"KeyId": key}, region)["KeyMetadata"]
     except AwsError as err:
         if "NotFoundException" in err.what:
-            problems.append(
-                Problem("kms_key_id", f"KMS has no key {key}", "give the ARN of a key in the build's region")
-            )
+            problems.append(Problem(name, f"KMS has no key {key}", f"give the ARN of a key in {region}"))
         else:
-            problems.append(Problem("kms_key_id", err.what, err.fix))
+            problems.append(Problem(name, err.what, err.fix))
         return
     spec, usage, state = found.get("KeySpec", ""), found.get("KeyUsage", ""), found.get("KeyState", "")
     if (spec, usage) != ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"):
         problems.append(
             Problem(
-                "kms_key_id",
+                name,
                 f"{key} is a {spec} key for {usage}, and EBS encrypts only with a symmetric encryption key",
                 "give a SYMMETRIC_DEFAULT key for ENCRYPT_DECRYPT",
             )
@@ -295,9 +298,9 @@ def _check_kms_key(key: str, aws: Aws, problems: list[Problem], checked: list[st
     elif state != "Enabled":
         problems.append(
             Problem(
-                "kms_key_id",
+                name,
                 f"{key} is {state}: nothing can be encrypted with it",
-                f"enable it (`aws kms enable-key --key-id {key}`) or give another key",
+                f"enable it (`aws kms enable-key --region {region} --key-id {key}`) or give another key",
             )
         )
     else:

@@ -34,6 +34,13 @@ OU_ARN = re.compile(
 )
 
 
+KMS_KEY_ARN = r"arn:aws[a-z-]*:kms:([a-z0-9-]+):[0-9]{12}:key/[A-Za-z0-9-]+"  # StartSnapshot takes only ARNs
+KMS_KEY_ARN_FIX = (
+    "give the key's ARN, like arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab "
+    "(`aws kms describe-key --key-id alias/NAME` shows it)"
+)
+
+
 def matches(pattern: str, message: str, fix: str) -> Check:
     """A check that a text matches `pattern`; `message` completes "<value> ..." in the problem."""
 
@@ -357,6 +364,26 @@ def tag_table(most: int, allowed: str) -> Reader:
         return tuple(tags)
 
     return read
+
+
+def kms_keys_by_region(r: Reading, row: Setting) -> tuple[tuple[str, str], ...]:
+    """A table of regions AWS has to KMS key ARNs."""
+    name = row.name
+    value = r.given.get(name, {})
+    if not isinstance(value, Mapping):
+        example = f'{name} = {{ eu-west-1 = "arn:aws:kms:eu-west-1:123456789012:key/..." }}'
+        r.problem(name, f"must be a table of regions to KMS key ARNs, got {value!r}", f"write {example}")
+        return ()
+    keys = []
+    for region, key in value.items():
+        where = f"{name}.{region}"
+        if not isinstance(key, str):
+            r.problem(where, f"must be a string, got {key!r}", f'quote it: {region} = "arn:aws:kms:..."')
+        elif not re.fullmatch(KMS_KEY_ARN, key):
+            r.problem(where, f"{key!r} is not a KMS key ARN", KMS_KEY_ARN_FIX)
+        elif is_region(r, where, str(region)):
+            keys.append((str(region), key))
+    return tuple(keys)
 
 
 def launch_permissions(r: Reading, row: Setting) -> tuple[str, ...]:

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
+from amidsl.settings.checks import KMS_KEY_ARN
 from amidsl.settings.constants import MAX_IMAGE_SIZE_MB
 from amidsl.settings.paths import is_within
 from amidsl.settings.reading import Reading
@@ -231,12 +233,18 @@ def s3_image_size(r: Reading) -> list[Problem]:
 
 
 def ebs_encryption(r: Reading) -> list[Problem]:
-    """encrypted and kms_key_id: only for an EBS snapshot, and only where EC2 can share what they make."""
-    encrypted, key = r.value("encrypted"), r.value("kms_key_id")
-    if not (encrypted or key):
+    """encrypted, kms_key_id and copy_kms_key_ids: only for an EBS snapshot, each key in the region it
+    encrypts in, and only where EC2 can share what they make."""
+    encrypted, key, copy_keys = r.value("encrypted"), r.value("kms_key_id"), dict(r.value("copy_kms_key_ids"))
+    given = [
+        name
+        for name, value in (("encrypted", encrypted), ("kms_key_id", key), ("copy_kms_key_ids", copy_keys))
+        if value
+    ]
+    if not given:
         return []
     if r.value("backing") != "ebs":
-        name = "encrypted" if encrypted else "kms_key_id"
+        name = given[0]
         return [
             Problem(
                 name,
@@ -246,34 +254,42 @@ def ebs_encryption(r: Reading) -> list[Problem]:
             )
         ]
     if not encrypted:
-        # StartSnapshot refuses a KmsKeyArn without Encrypted (EBS user guide, "Encryption outcomes").
-        return [
-            Problem(
-                "kms_key_id",
-                "kms_key_id is used only to encrypt",
-                "set encrypted = true, or remove kms_key_id",
-            )
-        ]
+        # StartSnapshot and CopyImage refuse a key without Encrypted (EBS user guide, "Encryption outcomes").
+        name = given[0]
+        return [Problem(name, f"{name} is used only to encrypt", f"set encrypted = true, or remove {name}")]
     problems = []
-    region = r.value("region")
-    parts = (key or "").split(":")
-    key_region = parts[3] if len(parts) > 5 else region  # a malformed ARN is its row's problem
-    if key_region != region:
+    region, copies = r.value("region"), r.value("copy_to_regions")
+    for name, where, arn in [
+        ("kms_key_id", region, key),
+        *(("copy_kms_key_ids." + c, c, k) for c, k in copy_keys.items()),
+    ]:
+        found = re.fullmatch(KMS_KEY_ARN, arn or "")
+        if found is not None and found.group(1) != where:  # a malformed ARN is its row's problem
+            problems.append(
+                Problem(
+                    name,
+                    f"the key is in {found.group(1)}, and a KMS key encrypts only in its own region "
+                    f"({where})",
+                    f"give a key of {where} (a multi-Region key's replica there has its own ARN)",
+                )
+            )
+    for copy in sorted(set(copy_keys) - set(copies)):
         problems.append(
             Problem(
-                "kms_key_id",
-                f"the key is in {key_region}, and a KMS key encrypts only in its own region ({region})",
-                f"give a key of {region} (a multi-Region key's replica there has its own ARN)",
+                f"copy_kms_key_ids.{copy}",
+                f"{copy} is not one of copy_to_regions, so no copy is made there",
+                f"add {copy} to copy_to_regions, or remove its key",
             )
         )
-    if key is not None and r.value("copy_to_regions"):
+    unkeyed = [copy for copy in copies if copy not in copy_keys]
+    if key is not None and unkeyed:
         problems.append(
             Problem(
-                "copy_to_regions",
-                "a KMS key encrypts only in its own region: the copies would be encrypted with their "
-                "regions' AWS managed keys, not with kms_key_id, and those keys cannot be shared",
-                "remove kms_key_id (every image then uses its own region's AWS managed key), or build "
-                "in each region with a key of that region",
+                "copy_kms_key_ids",
+                f"the copies in {', '.join(unkeyed)} would be encrypted with their regions' default EBS "
+                "keys, not with a key like kms_key_id (a KMS key encrypts only in its own region), and "
+                "the AWS managed key aws/ebs cannot be shared",
+                f"give copy_kms_key_ids a key for {', '.join(unkeyed)}, or remove kms_key_id",
             )
         )
     if r.value("public_image"):

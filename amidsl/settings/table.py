@@ -482,8 +482,8 @@ ROWS: tuple[Setting, ...] = (
         readers.flag,
         "`true` encrypts an `ebs` build's snapshot, and so the image's root volume, with `kms_key_id` or "
         "else the account's default EBS key (the AWS managed key `aws/ebs` unless the account set "
-        "another); copies are encrypted with each destination region's default EBS key. An S3 bundle is "
-        "always encrypted (to EC2's key)",
+        "another); copies are encrypted with `copy_kms_key_ids` or each destination region's default EBS "
+        "key. An S3 bundle is always encrypted (to EC2's key)",
         default=False,
         backings=(EBS,),
     ),
@@ -494,12 +494,18 @@ ROWS: tuple[Setting, ...] = (
         "the KMS key an `encrypted` build's snapshot is encrypted with: a symmetric key's ARN in `region` "
         "(StartSnapshot takes only a key ARN); the key a shared image needs, as the AWS managed key "
         "cannot be shared",
-        check=checks.matches(
-            r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+",
-            "is not a KMS key ARN",
-            "give the key's ARN, like arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-"
-            "1234567890ab (`aws kms describe-key --key-id alias/NAME` shows it)",
-        ),
+        check=checks.matches(checks.KMS_KEY_ARN, "is not a KMS key ARN", checks.KMS_KEY_ARN_FIX),
+        backings=(EBS,),
+    ),
+    Setting(
+        "copy_kms_key_ids",
+        "tuple[tuple[str, str], ...]",
+        checks.kms_keys_by_region,
+        "the KMS key each copy of an `encrypted` build is encrypted with, by region "
+        '(`{ eu-west-1 = "arn:aws:kms:eu-west-1:..." }`, each a key of its region); a copy region without '
+        "one gets that region's default EBS key. With `kms_key_id`, every copy region needs one",
+        default=(),
+        shown_default="`{}`",
         backings=(EBS,),
     ),
     Setting("volume", "str", readers.node_path, "the node's directory to image (native)", default="/"),

@@ -86,6 +86,11 @@ def snapshot_encryption(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     return (("Encrypted", True),) + ((("KmsKeyArn", s.kms_key_id),) if s.kms_key_id else ())
 
 
+def copy_key(s: AmiSettings, region: str) -> str:
+    """The key an encrypted build's copy in `region` is encrypted with, in words."""
+    return dict(s.copy_kms_key_ids).get(region) or f"the account's default EBS key in {region}"
+
+
 def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
     """What an encrypted snapshot means for sharing, and what a simulation can check of it."""
     if not s.encrypted:
@@ -97,11 +102,7 @@ def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
     notes = [
         PlanWarning(
             f"encrypted = true: the snapshot, and every instance's root volume, is encrypted with {key}"
-            + (
-                f"; the copies in {', '.join(s.copy_to_regions)} with each region's default EBS key"
-                if s.copy_to_regions
-                else ""
-            )
+            + "".join(f"; the copy in {region} with {copy_key(s, region)}" for region in s.copy_to_regions)
             + ". A simulation checks the key ARN's form and region only, not that the key exists, is "
             "enabled and symmetric, or that you may use it: `amidsl validate --live` asks KMS",
             note=True,
@@ -111,8 +112,9 @@ def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
         notes.append(
             PlanWarning(
                 f"the image is shared with {', '.join(s.launch_permissions)} and encrypted with "
-                f"{s.kms_key_id}: they can launch it only if the key's policy lets them use the key "
-                "(kms:DescribeKey, kms:CreateGrant, kms:Decrypt, kms:ReEncrypt*, kms:GenerateDataKey*)"
+                f"{', '.join([s.kms_key_id, *dict(s.copy_kms_key_ids).values()])}: they can launch it "
+                "only if the key's policy lets them use the key (kms:DescribeKey, kms:CreateGrant, "
+                "kms:Decrypt, kms:ReEncrypt*, kms:GenerateDataKey*)"
             )
         )
     return notes
@@ -175,17 +177,20 @@ def register_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     return tuple(params)
 
 
-def copy_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
-    """What each CopyImage of an EBS-backed image adds: the snapshots EC2 copies get the image's tags,
-    and, when encrypted, each copy is (with the destination's AWS managed key: settings refuse
-    kms_key_id with copies)."""
+def copy_image_params(s: AmiSettings, region: str) -> tuple[tuple[str, object], ...]:
+    """What the CopyImage of an EBS-backed image to `region` adds: the snapshots EC2 copies get the
+    image's tags, and, when encrypted, the copy is, with the region's key in copy_kms_key_ids or else
+    the region's default EBS key."""
     tags = (("TagSpecifications", ({"ResourceType": "snapshot", "Tags": image_tags(s)},)),)
-    return ((("Encrypted", True),) if s.encrypted else ()) + tags
+    if not s.encrypted:
+        return tags
+    key = dict(s.copy_kms_key_ids).get(region)
+    return (("Encrypted", True),) + ((("KmsKeyId", key),) if key else ()) + tags
 
 
 def register(s: AmiSettings) -> list[Action | PlanWarning]:
     """Register the snapshot as an EBS-backed AMI, keep its id, and finish it as the settings say."""
-    return ami_register(s, register_image_params(s), copy_image_params(s))
+    return ami_register(s, register_image_params(s), lambda region: copy_image_params(s, region))
 
 
 def cleanup(s: AmiSettings) -> list[Action]:

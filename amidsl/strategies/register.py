@@ -10,6 +10,8 @@ an image that later fails is still found by its tag.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from amidsl.model.actions import (
     Action,
     AwsCall,
@@ -158,10 +160,10 @@ def _force_deregister(s: AmiSettings) -> list[Action | PlanWarning]:
 def ami_register(
     s: AmiSettings,
     params: tuple[tuple[str, object], ...] | None = None,
-    copy_params: tuple[tuple[str, object], ...] = (),
+    copy_params: Callable[[str], tuple[tuple[str, object], ...]] = lambda region: (),
 ) -> list[Action | PlanWarning]:
     """Register the uploaded image as an AMI (by default the S3 bundle: register_image_params), keep its
-    id, and finish it as the settings say; each CopyImage also gets `copy_params`."""
+    id, and finish it as the settings say; the CopyImage to each region also gets `copy_params(region)`."""
     actions: list[Action | PlanWarning] = []
     if s.force_deregister:
         actions += _force_deregister(s)
@@ -202,7 +204,7 @@ def ami_register(
         ]
         if s.image_description:
             params.append(("Description", s.image_description))
-        params += copy_params
+        params += copy_params(region)
         actions += [
             AwsCall(
                 "ec2",

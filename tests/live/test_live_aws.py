@@ -269,6 +269,27 @@ def test_validate_live_asks_kms_whether_the_key_can_encrypt_the_snapshot(setting
         assert problem.startswith("kms_key_id: ") and says in problem, problem
 
 
+def test_validate_live_asks_kms_in_each_copy_region_for_the_copys_key(settings, aws_endpoint, bucket):
+    symmetric = {"KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT"}
+    home = aws_client("kms", aws_endpoint).create_key(**symmetric)["KeyMetadata"]["Arn"]
+    eu = aws_client("kms", aws_endpoint, "eu-west-1").create_key(**symmetric)["KeyMetadata"]["Arn"]
+    live = LiveSettings(endpoint_url=aws_endpoint)
+    ebs = settings.with_values(
+        backing="ebs", bundler="native", encrypted=True, kms_key_id=home, copy_to_regions=("eu-west-1",)
+    )
+    good = ebs.with_values(copy_kms_key_ids=(("eu-west-1", eu),))
+    assert f"KMS key {eu} is enabled and encrypts (SYMMETRIC_DEFAULT)" in check_aws_side(
+        good, Aws(good, live)
+    )
+    elsewhere = home.replace("us-east-1", "eu-west-1")  # the key's id, but KMS in eu-west-1 has no such key
+    bad = ebs.with_values(copy_kms_key_ids=(("eu-west-1", elsewhere),))
+    with pytest.raises(SettingsError) as caught:
+        check_aws_side(bad, Aws(bad, live))
+    assert [str(p) for p in caught.value.problems] == [
+        f"copy_kms_key_ids.eu-west-1: KMS has no key {elsewhere}. Fix: give the ARN of a key in eu-west-1."
+    ]
+
+
 def test_a_shared_ebs_image_is_refused_where_the_account_encrypts_new_snapshots_by_default(
     settings, aws_endpoint, bucket
 ):

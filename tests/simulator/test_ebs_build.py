@@ -99,10 +99,36 @@ def test_a_kernel_without_the_nitro_drivers_stops_an_ebs_build_at_the_node_check
             "cannot be shared",
         ),
         (
-            {"encrypted": True, "kms_key_id": KEY, "copy_to_regions": ["eu-west-1"]},
-            "copy_to_regions",
-            "a KMS key encrypts only in its own region",
+            {"encrypted": True, "kms_key_id": KEY, "copy_to_regions": ["eu-west-1", "eu-north-1"]},
+            "copy_kms_key_ids",
+            "the copies in eu-west-1, eu-north-1 would be encrypted with their regions' default EBS keys",
         ),
+        (
+            {"encrypted": True, "copy_to_regions": ["eu-west-1"], "copy_kms_key_ids": {"eu-west-1": KEY}},
+            "copy_kms_key_ids.eu-west-1",
+            "the key is in us-east-1, and a KMS key encrypts only in its own region (eu-west-1)",
+        ),
+        (
+            {"encrypted": True, "copy_kms_key_ids": {"eu-west-1": EU_KEY}},
+            "copy_kms_key_ids.eu-west-1",
+            "eu-west-1 is not one of copy_to_regions",
+        ),
+        (
+            {"copy_to_regions": ["eu-west-1"], "copy_kms_key_ids": {"eu-west-1": EU_KEY}},
+            "copy_kms_key_ids",
+            "used only to encrypt",
+        ),
+        (
+            {"encrypted": True, "copy_kms_key_ids": {"eu-wset-1": EU_KEY}},
+            "copy_kms_key_ids.eu-wset-1",
+            "region",
+        ),
+        (
+            {"encrypted": True, "copy_kms_key_ids": {"eu-west-1": "alias/x"}},
+            "copy_kms_key_ids.eu-west-1",
+            "ARN",
+        ),
+        ({"encrypted": True, "copy_kms_key_ids": [EU_KEY]}, "copy_kms_key_ids", "a table of regions"),
         ({"backing": "instance-store", "encrypted": True}, "encrypted", "an S3 bundle is always encrypted"),
         ({"boot_mode": "uefi-preferred"}, "boot_mode", "boots through GRUB for BIOS"),
     ],
@@ -149,6 +175,31 @@ def test_copies_of_an_ebs_image_are_ebs_backed_in_their_regions_on_their_own_sna
     (snapshot,) = eu.describe_snapshots(SnapshotIds=[root["SnapshotId"]])["Snapshots"]
     assert snapshot["State"] == "completed" and ":eu-west-1:" in snapshot["KmsKeyId"]
     assert {"Key": "amidsl:built-by", "Value": "amidsl"} in snapshot["Tags"]  # as the original's
+
+
+def test_each_copy_of_an_encrypted_image_is_encrypted_with_its_regions_key(run, ebs_settings, region):
+    north_key = KEY.replace("us-east-1", "eu-north-1")
+    settings = ebs_settings | {
+        "encrypted": True,
+        "kms_key_id": KEY,
+        "copy_to_regions": ["eu-west-1", "eu-north-1"],
+        "copy_kms_key_ids": {"eu-west-1": EU_KEY, "eu-north-1": north_key},
+        "launch_permissions": ["111122223333"],
+    }
+    simulation = run(settings)
+    assert simulation.error is None, simulation.error
+    for copy_region, key in (("eu-west-1", EU_KEY), ("eu-north-1", north_key)):
+        copy_id = simulation.result.copies[copy_region]
+        (copy,) = region.call("ec2", "DescribeImages", {"ImageIds": [copy_id]}, region=copy_region)["Images"]
+        client = region.strict_client("ec2", copy_region)
+        (snapshot,) = client.describe_snapshots(
+            SnapshotIds=[copy["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]]
+        )["Snapshots"]
+        assert (snapshot["Encrypted"], snapshot["KmsKeyId"]) == (True, key)
+        shared = region.client("ec2", copy_region).describe_image_attribute(
+            ImageId=copy_id, Attribute="launchPermission"
+        )
+        assert shared["LaunchPermissions"] == [{"UserId": "111122223333"}]
 
 
 def test_force_deregister_replaces_an_older_ebs_image_and_deletes_its_snapshot(run, ebs_settings, region):

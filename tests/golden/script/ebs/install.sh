@@ -28,6 +28,7 @@
 #   snapshot_id = (none)
 #   encrypted = false
 #   kms_key_id = (none)
+#   copy_kms_key_ids = (none)
 #   volume = /
 #   upload_concurrency = 4
 #   tags = (none)
