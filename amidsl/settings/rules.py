@@ -286,9 +286,9 @@ def ebs_encryption(r: Reading) -> list[Problem]:
         problems.append(
             Problem(
                 "copy_kms_key_ids",
-                f"the copies in {', '.join(unkeyed)} would be encrypted with their regions' default EBS "
-                "keys, not with a key like kms_key_id (a KMS key encrypts only in its own region), and "
-                "the AWS managed key aws/ebs cannot be shared",
+                f"has no key for {', '.join(unkeyed)}: a copy there would be encrypted with the region's "
+                "default EBS key, not with a key like kms_key_id (a KMS key encrypts only in its own "
+                "region), and the AWS managed key aws/ebs cannot be shared",
                 f"give copy_kms_key_ids a key for {', '.join(unkeyed)}, or remove kms_key_id",
             )
         )

@@ -113,7 +113,7 @@ def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
             PlanWarning(
                 f"the image is shared with {', '.join(s.launch_permissions)} and encrypted with "
                 f"{', '.join([s.kms_key_id, *dict(s.copy_kms_key_ids).values()])}: they can launch it "
-                "only if the key's policy lets them use the key (kms:DescribeKey, kms:CreateGrant, "
+                "only if each key's policy lets them use the key (kms:DescribeKey, kms:CreateGrant, "
                 "kms:Decrypt, kms:ReEncrypt*, kms:GenerateDataKey*)"
             )
         )

@@ -101,7 +101,7 @@ def test_a_kernel_without_the_nitro_drivers_stops_an_ebs_build_at_the_node_check
         (
             {"encrypted": True, "kms_key_id": KEY, "copy_to_regions": ["eu-west-1", "eu-north-1"]},
             "copy_kms_key_ids",
-            "the copies in eu-west-1, eu-north-1 would be encrypted with their regions' default EBS keys",
+            "has no key for eu-west-1, eu-north-1: a copy there would be encrypted with the region's default",
         ),
         (
             {"encrypted": True, "copy_to_regions": ["eu-west-1"], "copy_kms_key_ids": {"eu-west-1": KEY}},
