@@ -96,7 +96,8 @@ def _block_size(filesystem: Filesystem) -> int:
     """The filesystem's block size, from its superblock (s_log_block_size)."""
     with open(filesystem.file, "rb") as f:
         f.seek(filesystem.offset + _SUPERBLOCK + 24)
-        (log_block_size,) = struct.unpack("<I", f.read(4))
+        field = f.read(4)
+    (log_block_size,) = struct.unpack("<I", field.ljust(4, b"\xff"))  # cut short: refused below
     if log_block_size > 6:  # 64 KiB, the largest ext4 block
         raise ImageError(f"{filesystem.debugfs_path} has a damaged superblock (a bad block size)")
     return 1024 << log_block_size
