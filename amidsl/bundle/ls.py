@@ -42,6 +42,9 @@ _EXTENTS_FL = 0x80000
 _FAST_LINK_MAX = 60  # a symlink target shorter than i_block lives in the inode itself
 # `imap <N>` says where an inode's bytes are: "\tlocated at block 1059, offset 0x0100".
 _IMAP_LINE = re.compile(r"^\tlocated at block (\d+), offset 0x([0-9a-f]+)$", re.MULTILINE)
+# `inode_dump -b <N>` prints the inode's block map as "OOOO  hhhh hhhh … ascii" lines (octal offset), only
+# once debugfs has read the inode and checked it (its checksum, on a metadata_csum filesystem).
+_DUMP_LINE = re.compile(r"^[0-7]+  (?:[0-9a-f]{4} ){7}[0-9a-f]{4}", re.MULTILINE)
 _INODE_BYTES = 128  # every ext2/3/4 inode has at least these, and every field read here is in them
 _SUPERBLOCK = 1024  # where an ext2/3/4 superblock starts in its filesystem
 
@@ -78,11 +81,15 @@ def _split_output(output: str, command: str, count: int, image: Path) -> list[st
     return chunks
 
 
-def _raw_inode(chunk: str, filesystem: Filesystem, block_size: int) -> bytes:
-    """The inode's first bytes, read from the image file where `imap` output says they are."""
+def _raw_inode(number: int, chunk: str, filesystem: Filesystem, block_size: int) -> bytes:
+    """The inode's first bytes, read from the image file where `imap` says they are, once debugfs has
+    read the inode without error (`inode_dump -b`)."""
     found = _IMAP_LINE.search(chunk)
-    if found is None:
-        raise ImageError(f"debugfs could not find an inode of {filesystem.debugfs_path}")
+    if found is None or _DUMP_LINE.search(chunk) is None:
+        raise ImageError(
+            f"debugfs could not read inode {number} of {filesystem.debugfs_path} (a damaged inode: its "
+            "checksum does not match, or no such inode)"
+        )
     block, offset = int(found.group(1)), int(found.group(2), 16)
     with open(filesystem.file, "rb") as f:
         f.seek(filesystem.offset + block * block_size + offset)
@@ -115,15 +122,15 @@ class _Inode:
 def _inodes(filesystem: Filesystem, numbers: list[int]) -> dict[int, _Inode]:
     """Mode, owner, size (and inline symlink target) of inodes, from their raw bytes.
 
-    debugfs says where each inode is (`imap`, a line each) and the bytes are read from the file:
+    debugfs checks each inode and says where it is, and the bytes are read from the file: a whole
     `inode_dump` would print each as a hex dump, hundreds of unbuffered writes per inode."""
     image = filesystem.debugfs_path
     unique = sorted(set(numbers))
-    output = debugfs(image, [f"imap <{n}>" for n in unique])
+    output = debugfs(image, [command for n in unique for command in (f"imap <{n}>", f"inode_dump -b <{n}>")])
     block_size = _block_size(filesystem)
     inodes = {}
     for number, chunk in zip_strict(unique, _split_output(output, "imap", len(unique), image)):
-        raw = _raw_inode(chunk, filesystem, block_size)
+        raw = _raw_inode(number, chunk, filesystem, block_size)
         mode, uid_low, size_low = struct.unpack_from("<HHI", raw, 0)
         (gid_low,) = struct.unpack_from("<H", raw, 24)
         (flags,) = struct.unpack_from("<I", raw, 32)

@@ -1,6 +1,7 @@
 """Listing an image made by plain mke2fs, without mounting it."""
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -76,4 +77,39 @@ def test_an_image_cut_short_is_refused_naming_it(tmp_path):
     with open(image, "r+b") as f:
         f.truncate(40 * 1024)  # the superblock and group descriptors stay; the inode table goes
     with pytest.raises(ImageError, match=rf"{image}"):
+        list_image(image)
+
+
+def test_an_inode_whose_checksum_does_not_match_is_refused_not_listed(tmp_path):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a/f").write_text("hi")
+    image = tmp_path / "fs.img"
+    subprocess.run(
+        [
+            tool("mke2fs"),
+            "-q",
+            "-t",
+            "ext4",
+            "-O",
+            "metadata_csum",
+            "-b",
+            "1024",
+            "-d",
+            str(root),
+            str(image),
+            "16M",
+        ],
+        check=True,
+    )
+    located = subprocess.run(
+        [tool("debugfs"), "-R", "imap /a/f", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    block, offset = re.search(r"located at block (\d+), offset 0x([0-9a-f]+)", located).groups()
+    with open(image, "r+b") as f:  # the mode's low byte, as a crafted image could change it
+        f.seek(int(block) * 1024 + int(offset, 16))
+        mode = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([mode[0] ^ 0o002]))
+    with pytest.raises(ImageError, match=r"could not read inode \d+ of .*checksum does not match"):
         list_image(image)
