@@ -21,6 +21,7 @@ whose calls go through these checks, for controller code that takes a client.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
@@ -29,7 +30,7 @@ import re
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -50,6 +51,7 @@ from amidsl.bundle.keys import decrypt_with_key
 from amidsl.bundle.verify import check_part_digests, check_part_list, check_signature_of
 from amidsl.keypairs import self_signed_pair
 from amidsl.settings import ORGANIZATION_ARN, OU_ARN
+from amidsl.strategies.ec2_certificate import certificate_file
 from simulator.ebs import (
     EbsDirect,
     check_ebs_registration,
@@ -87,11 +89,22 @@ def _moto_request_handler() -> dict[str, Any]:
     return {"request_handler": MotoRequestHandler}
 
 
+@contextlib.contextmanager
+def without_public_images() -> Iterator[None]:
+    """While it lasts, the regions moto makes hold none of Amazon's public images (thousands in each
+    region, over half a second to make): a build reads only the account's own. moto reads it from the
+    environment, so this is for a process that runs one simulation (the `simulate` command); regions
+    opened and closed out of order inside it are fine."""
+    with mock.patch.dict(os.environ, {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}):
+        yield
+
+
 @functools.cache
-def simulated_ec2_key() -> rsa.RSAPrivateKey:
-    """The simulated EC2's private key: one per process, as EC2 has one certificate for every commercial
-    region, and making a 2048-bit key costs a tenth of a second. Kept as a key, not PEM: parsing PEM
-    again checks the key anew, tens of milliseconds each time."""
+def simulated_ec2_key(certificate: str) -> rsa.RSAPrivateKey:
+    """The simulated EC2's private key for one of its certificates (`certificate_file`: one for every
+    commercial region, others for GovCloud and China), made once per process: making a 2048-bit key
+    costs a tenth of a second. Kept as a key, not PEM: parsing PEM again checks the key anew, tens of
+    milliseconds each time."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
@@ -141,11 +154,6 @@ class FakeRegion:
         self._presign: PresignClient | None = None
         # Canned ACLs by (bucket, key): moto stores aws-exec-read without the grant to EC2 it implies.
         self.object_acls: dict[tuple[str, str], str] = {}
-        # moto would make thousands of Amazon's public images in each region first (over half a second);
-        # a build reads only the account's own images. Set as moto itself sets its credentials: in the
-        # environment, while the region is open.
-        self._no_public_images = mock.patch.dict(os.environ, {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"})
-        self._no_public_images.start()
         self._mock = mock_aws()
         self._mock.start()
         self._server: FaultyS3Server | None = None  # S3 over HTTP on loopback, for presigned URLs
@@ -163,7 +171,7 @@ class FakeRegion:
         # The EBS direct APIs' own state (checksums, client tokens, timeouts) beside moto's blocks.
         self.ebs_direct = EbsDirect(account_id)
         # EC2's key pair: bundles encrypt a copy of their key for its certificate.
-        self._ec2_key = simulated_ec2_key()
+        self._ec2_key = simulated_ec2_key(certificate_file(name))
         _, self.ec2_cert_pem = self_signed_pair(f"EC2 {name} (simulated)", key=self._ec2_key)
 
     def client(self, service: str, region: str | None = None) -> Any:
@@ -195,7 +203,6 @@ class FakeRegion:
             self._server = None
             self._presign = None
         self._mock.stop()
-        self._no_public_images.stop()
 
     # -- what a user sets up before a build -------------------------------------------------------
 

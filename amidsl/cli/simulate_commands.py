@@ -343,38 +343,40 @@ def simulate(
     with one_botocore_loader():
         from simulator.executor import prepare
         from simulator.executor import simulate as run_simulation
+        from simulator.region import without_public_images
 
-        simulation = prepare(plan.settings, payload_mb=payload_mb)
-        unfired: list[tuple[str, str]] = []  # (--fault as given, why it never fired)
-        try:
-            apply_faults(simulation, faults)
-            simulation.node.progress = progress
-            simulation = run_simulation(
-                plan,
-                node=simulation.node,
-                region=simulation.region,
-                progress=progress,
-                raise_on_failure=False,
-            )
-            inspection = simulation.inspect_image() if simulation.image_id else None
-            for text, checked in zip(fault, faults):
-                why = not_fired(checked, simulation)
-                if why:
-                    unfired.append((text, why))
-            if json:
-                print(as_json(simulation, inspection, choice, inspect, plan.settings, unfired))
-            elif simulation.error is None:
-                if simulation.image_id:
-                    for line in registered_lines(
-                        simulation.result.settings, simulation.image_id, simulation.result.copies
-                    ):
-                        say(line)
-                if inspection is not None:
-                    for line in summarise(inspection, inspect):
-                        say(line)
-                say(f"finished in {time.monotonic() - started:.1f} s")
-        finally:
-            simulation.close()
+        with without_public_images():
+            simulation = prepare(plan.settings, payload_mb=payload_mb)
+            unfired: list[tuple[str, str]] = []  # (--fault as given, why it never fired)
+            try:
+                apply_faults(simulation, faults)
+                simulation.node.progress = progress
+                simulation = run_simulation(
+                    plan,
+                    node=simulation.node,
+                    region=simulation.region,
+                    progress=progress,
+                    raise_on_failure=False,
+                )
+                inspection = simulation.inspect_image() if simulation.image_id else None
+                for text, checked in zip(fault, faults):
+                    why = not_fired(checked, simulation)
+                    if why:
+                        unfired.append((text, why))
+                if json:
+                    print(as_json(simulation, inspection, choice, inspect, plan.settings, unfired))
+                elif simulation.error is None:
+                    if simulation.image_id:
+                        for line in registered_lines(
+                            simulation.result.settings, simulation.image_id, simulation.result.copies
+                        ):
+                            say(line)
+                    if inspection is not None:
+                        for line in summarise(inspection, inspect):
+                            say(line)
+                    say(f"finished in {time.monotonic() - started:.1f} s")
+            finally:
+                simulation.close()
     if progress.closed:
         raise BrokenPipeError  # the reader went away: the command line ends quietly
     # A fault that never fired leaves a run that tested nothing of it: that fails, so CI does not pass it.

@@ -12,7 +12,9 @@ from botocore.exceptions import ClientError
 
 from amidsl.bundle import build_image, bundle_image
 from amidsl.example import example_credentials
+from amidsl.strategies.ec2_certificate import spki_sha256
 from simulator import FakeRegion, template_node
+from simulator.region import without_public_images
 from tests.conftest import make_key_and_cert
 
 BUCKET = "acme-bundles"
@@ -179,3 +181,28 @@ def test_run_and_terminate_instances_make_and_end_nodes(region):
     assert node.exists("/etc/hostname") and node.region is region
     region.call("ec2", "TerminateInstances", {"InstanceIds": [instance_id]})
     assert not node.running and instance_id not in region.nodes
+
+
+def test_regions_opened_without_public_images_hold_only_the_accounts_own_and_the_environment_is_restored():
+    before = dict(os.environ)
+    with without_public_images():
+        first, second = FakeRegion("us-east-1"), FakeRegion("eu-west-1")
+        first.close()  # closed out of order: the second region still has none
+        assert second.ec2.describe_images(Owners=["amazon"])["Images"] == []
+        second.close()
+    assert dict(os.environ) == before
+    region = FakeRegion("us-east-1")
+    try:
+        assert region.ec2.describe_images(Owners=["amazon"])["Images"]  # moto's public images, as before
+    finally:
+        region.close()
+
+
+def test_ec2_has_one_certificate_key_for_the_commercial_regions_and_others_for_govcloud_and_china():
+    keys = {}
+    for name in ("us-east-1", "eu-west-1", "us-gov-west-1", "cn-north-1"):
+        region = FakeRegion(name)
+        keys[name] = spki_sha256(region.ec2_cert_pem)
+        region.close()
+    assert keys["us-east-1"] == keys["eu-west-1"]
+    assert len({keys["us-east-1"], keys["us-gov-west-1"], keys["cn-north-1"]}) == 3
