@@ -3,6 +3,7 @@ copies do, exactly as they run."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 from amidsl import crate
@@ -87,6 +88,7 @@ def test_a_copy_region_with_a_key_of_its_own_gets_its_copy_encrypted_with_it(raw
     assert (copies["us-west-2"]["Encrypted"], copies["us-west-2"]["KmsKeyId"]) == (True, west_key)
     assert copies["us-east-2"]["Encrypted"] is True and "KmsKeyId" not in copies["us-east-2"]
     text = render_text(build_plan(crate.server_spec(settings)))
+    assert re.search(rf"\n  copy_kms_key_ids +us-west-2={west_key}\n", text)
     assert (
         f"; the copy in us-west-2 with {west_key}; the copy in us-east-2 with the account's default EBS "
         "key in us-east-2." in text
@@ -105,3 +107,10 @@ def test_the_script_of_an_encrypted_build_with_copies_passes_shellcheck(raw_sett
     assert f"--kms-key-id {west_key}" in script.read_text()
     checked = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout
+
+
+def test_an_image_without_ena_support_is_said_not_to_launch_on_nitro_types(raw_settings):
+    text = render_text(build_plan(crate.server_spec(ebs(raw_settings, ena_support=False))))
+    assert "WARNING: ena_support = false: Nitro instance types" in text
+    assert "launched by today's instance types" not in text and "no ENA support" in text
+    assert "Nitro instance types" not in render_text(build_plan(crate.server_spec(ebs(raw_settings))))

@@ -124,6 +124,7 @@ CONTROLLER_API = (
     "LINUX_PARTITION",
     "LOCAL_FS_TYPES",
     "MAX_IMAGE_MB",
+    "MIN_HVM_IMAGE_MB",
     "NodeError",
     "non_local_mounts",
     "open_checked",
@@ -146,6 +147,7 @@ CONTROLLER_API = (
 MiB = 1024 * 1024
 PART_SIZE = 10 * MiB
 MAX_IMAGE_MB = 10240  # the largest image an S3-backed AMI may have
+MIN_HVM_IMAGE_MB = 17  # the partition starts at 1 MiB, after GRUB's core image; its filesystem needs room
 # The largest disk kept for an EBS snapshot: 2 TiB, as an MBR partition's 32-bit sector count allows
 # (and EC2 boots an MBR root volume of at most 2 TiB).
 MAX_DISK_MB = 2 * 1024 * 1024
@@ -3318,8 +3320,10 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     if size_mb is not None and (not isinstance(size_mb, int) or not 1 <= size_mb <= largest):
         raise NodeError(f"image_size_mb is {size_mb!r}; {what} must be 1..{largest} MB")
     if size_mb is not None and virtualization_type == HVM:
-        if size_mb <= 16:
-            raise NodeError(f"image_size_mb is {size_mb}; an hvm disk image needs more than 16 MB")
+        if size_mb < MIN_HVM_IMAGE_MB:
+            raise NodeError(
+                f"image_size_mb is {size_mb}; an hvm disk image needs at least {MIN_HVM_IMAGE_MB} MB"
+            )
         size_mb -= PARTITION_START // MiB  # the disk holds the partition table and GRUB before it
     part_size = _field(request, "part_size", int, PART_SIZE)
     if part_size < 1:

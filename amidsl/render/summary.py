@@ -47,7 +47,7 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
             value = _credential_origin(s, name)
         elif isinstance(value, Source):
             value = describe_source(value)
-        elif SETTINGS[name].type == "tuple[tuple[str, str], ...]":  # a TOML table, read as (key, value)s
+        elif SETTINGS[name].holds_pairs:
             value = ", ".join(f"{key}={text}" for key, text in value) if value else "(none)"
         elif isinstance(value, tuple):
             value = ", ".join(str(v) for v in value) if value else "(none)"

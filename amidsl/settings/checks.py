@@ -34,7 +34,8 @@ OU_ARN = re.compile(
 )
 
 
-KMS_KEY_ARN = r"arn:aws[a-z-]*:kms:([a-z0-9-]+):[0-9]{12}:key/[A-Za-z0-9-]+"  # StartSnapshot takes only ARNs
+# StartSnapshot takes only a key ARN; the groups are its partition and region.
+KMS_KEY_ARN = r"arn:(aws[a-z-]*):kms:([a-z0-9-]+):[0-9]{12}:key/[A-Za-z0-9-]+"
 KMS_KEY_ARN_FIX = (
     "give the key's ARN, like arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab "
     "(`aws kms describe-key --key-id alias/NAME` shows it)"
@@ -105,18 +106,35 @@ def access_key_id(r: Reading, name: str, value: str) -> None:
 
 
 @functools.cache
-def _regions_in(name: str) -> frozenset[str]:
-    """The regions one file of botocore's shipped partition data lists (read as JSON: boto3 itself stays
-    unloaded); none when botocore or the file is missing."""
+@functools.cache
+def _partitions(name: str) -> tuple[dict, ...]:
+    """The partitions one file of botocore's shipped partition data lists (read as JSON: boto3 itself
+    stays unloaded); none when botocore or the file is missing."""
     spec = importlib.util.find_spec("botocore")
     if spec is None or not spec.submodule_search_locations:
-        return frozenset()
+        return ()
     try:
         text = Path(spec.submodule_search_locations[0], "data", name).read_text(encoding="utf-8")
-        partitions = json.loads(text)["partitions"]
+        return tuple(json.loads(text)["partitions"])
     except (OSError, ValueError, KeyError):
-        return frozenset()
-    return frozenset(region for partition in partitions for region in partition.get("regions", {}))
+        return ()
+
+
+def _regions_in(name: str) -> frozenset[str]:
+    """The regions one file of botocore's shipped partition data lists."""
+    return frozenset(region for partition in _partitions(name) for region in partition.get("regions", {}))
+
+
+def partition_of(region: str) -> str:
+    """The partition whose ARNs name resources in `region` ("aws", "aws-cn", "aws-us-gov", ...)."""
+    partitions = _partitions("partitions.json")
+    for partition in partitions:
+        if region in partition.get("regions", {}):
+            return partition["id"]
+    for partition in partitions:
+        if re.fullmatch(partition.get("regionRegex", "$.").strip("^$"), region):
+            return partition["id"]
+    return "aws"
 
 
 def known_regions() -> frozenset[str]:
@@ -314,15 +332,10 @@ def block_device_mappings(r: Reading, row: Setting) -> tuple[tuple[str, str], ..
 
 
 def boot_mode(r: Reading, row: Setting) -> str | None:
-    """RegisterImage's BootMode; "uefi" cannot boot an instance-store image."""
+    """RegisterImage's BootMode: one of the row's choices, or "uefi", which the rules refuse with the
+    reason that fits the backing."""
     if r.given.get(row.name) == "uefi":
-        r.problem(
-            row.name,
-            "'uefi' cannot boot an instance-store image: its root device runs only on Xen instance "
-            "types (C1, C3, D2, I2, M1, M2, M3, R3, X1), which boot with legacy BIOS",
-            'use boot_mode = "legacy-bios" (or "uefi-preferred", which falls back to it), or remove it',
-        )
-        return None
+        return "uefi"
     return optional_choice(r, row)
 
 

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from amidsl.settings.checks import KMS_KEY_ARN
+from amidsl.node.amidsl_node import MIN_HVM_IMAGE_MB
+from amidsl.settings.checks import KMS_KEY_ARN, partition_of
 from amidsl.settings.constants import MAX_IMAGE_SIZE_MB
 from amidsl.settings.paths import is_within
 from amidsl.settings.reading import Reading
@@ -101,17 +102,22 @@ def attributes_need_hvm(r: Reading) -> list[Problem]:
 
 def native_limits(r: Reading) -> list[Problem]:
     """What a native build cannot make into an image EC2 launches, refused before anything runs."""
-    if r.value("arch") != "arm64":
-        return []
-    return [
-        Problem(
-            "arch",
-            "no instance type launches an arm64 instance-store AMI (only Xen x86 types launch "
-            "instance-store AMIs), and the hvm images of native builds boot through GRUB for BIOS "
-            "(i386-pc), which arm64 systems lack",
-            'build from an x86_64 node with arch = "x86_64"',
+    problems = []
+    if r.value("arch") == "arm64":
+        why = "the images of native builds boot through GRUB for BIOS (i386-pc), which arm64 systems lack"
+        if r.value("backing") != "ebs":
+            why = "no instance type launches an arm64 instance-store AMI (only Xen x86 types do), and " + why
+        problems.append(Problem("arch", why, 'build from an x86_64 node with arch = "x86_64"'))
+    size = r.value("image_size_mb")
+    if r.value("virtualization_type") == "hvm" and size is not None and size < MIN_HVM_IMAGE_MB:
+        problems.append(
+            Problem(
+                "image_size_mb",
+                f"{size} MB is too small for an hvm disk (its partition starts at 1 MiB, after GRUB)",
+                f"give at least {MIN_HVM_IMAGE_MB}, or remove image_size_mb to size the disk to the volume",
+            )
         )
-    ]
+    return problems
 
 
 def ami_tools_limits(r: Reading) -> list[Problem]:
@@ -261,35 +267,37 @@ def ebs_encryption(r: Reading) -> list[Problem]:
     region, copies = r.value("region"), r.value("copy_to_regions")
     for name, where, arn in [
         ("kms_key_id", region, key),
-        *(("copy_kms_key_ids." + c, c, k) for c, k in copy_keys.items()),
+        *((f"copy_kms_key_ids.{c}", c, k) for c, k in copy_keys.items()),
     ]:
         found = re.fullmatch(KMS_KEY_ARN, arn or "")
-        if found is not None and found.group(1) != where:  # a malformed ARN is its row's problem
+        if found is None:
+            continue  # no key, or a malformed ARN: its row's problem
+        if found.group(2) != where:
             problems.append(
                 Problem(
                     name,
-                    f"the key is in {found.group(1)}, and a KMS key encrypts only in its own region "
+                    f"the key is in {found.group(2)}, and a KMS key encrypts only in its own region "
                     f"({where})",
                     f"give a key of {where} (a multi-Region key's replica there has its own ARN)",
                 )
             )
-    for copy in sorted(set(copy_keys) - set(copies)):
+        elif found.group(1) != partition_of(where):
+            problems.append(
+                Problem(
+                    name,
+                    f"the key's ARN is of partition {found.group(1)}, and {where} is in partition "
+                    f"{partition_of(where)}",
+                    f"give the key's ARN as KMS in {where} shows it (arn:{partition_of(where)}:kms:...)",
+                )
+            )
+    given_copy_keys = r.given.get("copy_kms_key_ids")
+    keyed = {str(c) for c in given_copy_keys} if isinstance(given_copy_keys, Mapping) else set(copy_keys)
+    for copy in sorted(keyed - set(copies)):
         problems.append(
             Problem(
                 f"copy_kms_key_ids.{copy}",
                 f"{copy} is not one of copy_to_regions, so no copy is made there",
                 f"add {copy} to copy_to_regions, or remove its key",
-            )
-        )
-    unkeyed = [copy for copy in copies if copy not in copy_keys]
-    if key is not None and unkeyed:
-        problems.append(
-            Problem(
-                "copy_kms_key_ids",
-                f"has no key for {', '.join(unkeyed)}: a copy there would be encrypted with the region's "
-                "default EBS key, not with a key like kms_key_id (a KMS key encrypts only in its own "
-                "region), and the AWS managed key aws/ebs cannot be shared",
-                f"give copy_kms_key_ids a key for {', '.join(unkeyed)}, or remove kms_key_id",
             )
         )
     if r.value("public_image"):
@@ -300,14 +308,54 @@ def ebs_encryption(r: Reading) -> list[Problem]:
                 "remove public_image, or set encrypted = false",
             )
         )
-    if r.value("launch_permissions") and key is None:
+    if r.value("launch_permissions"):
+        # The default EBS key is the AWS managed key aws/ebs unless the account set another, and aws/ebs
+        # cannot be shared: the accounts could not launch the image, or a copy, encrypted with it.
+        if key is None:
+            problems.append(
+                Problem(
+                    "launch_permissions",
+                    "without kms_key_id the snapshot is encrypted with the account's default EBS key, the "
+                    "AWS managed key aws/ebs unless the account set another, and aws/ebs cannot be shared: "
+                    "the accounts it is shared with could not launch it",
+                    "give kms_key_id, a customer managed key whose key policy lets those accounts use it",
+                )
+            )
+        unkeyed = [copy for copy in copies if copy not in keyed]
+        if unkeyed:
+            problems.append(
+                Problem(
+                    "copy_kms_key_ids",
+                    f"has no key for {', '.join(unkeyed)}: the copy there would be encrypted with the "
+                    "region's default EBS key, aws/ebs unless the account set another, which cannot be "
+                    "shared, so the accounts the image is shared with could not launch the copy",
+                    f"give copy_kms_key_ids a key of {', '.join(unkeyed)} whose key policy lets those "
+                    "accounts use it",
+                )
+            )
+    return problems
+
+
+def instance_store_only(r: Reading) -> list[Problem]:
+    """What only an S3-backed (instance-store) build does with a setting, refused for another backing,
+    and the reverse: a setting that only resumes an EBS-backed build."""
+    problems = []
+    if r.value("backing") != "ebs" and r.value("boot_mode") == "uefi":
         problems.append(
             Problem(
-                "launch_permissions",
-                "without kms_key_id the snapshot is encrypted with the account's default EBS key, the AWS "
-                "managed key aws/ebs unless the account set another, and aws/ebs cannot be shared: the "
-                "accounts it is shared with could not launch it",
-                "give kms_key_id, a customer managed key whose key policy lets those accounts use it",
+                "boot_mode",
+                "'uefi' cannot boot an instance-store image: its root device runs only on Xen instance "
+                "types (C1, C3, D2, I2, M1, M2, M3, R3, X1), which boot with legacy BIOS",
+                'use boot_mode = "legacy-bios" (or "uefi-preferred", which falls back to it), or remove it',
+            )
+        )
+    if r.value("backing") != "ebs" and r.value("snapshot_id") is not None:
+        problems.append(
+            Problem(
+                "snapshot_id",
+                "snapshot_id resumes an EBS-backed build at ami-register; an S3-backed build registers its "
+                "bundle, and would make a new one",
+                'remove snapshot_id, or set backing = "ebs" as the build that made the snapshot had it',
             )
         )
     return problems
@@ -321,5 +369,6 @@ RULES: tuple[Rule, ...] = (
     attributes_need_hvm,
     ebs_limits,
     ebs_encryption,
+    instance_store_only,
     s3_image_size,
 )

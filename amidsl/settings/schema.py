@@ -79,6 +79,11 @@ class Setting:
         """Whether the setting is given as a string (variables expand there; --set takes plain text)."""
         return self.type.split(" |")[0] in ("str", "Secret")
 
+    @property
+    def holds_pairs(self) -> bool:
+        """Whether the setting is a TOML table read as (key, value) pairs: tags, keys by region."""
+        return self.type == "tuple[tuple[str, str], ...]"
+
     def used_in(self, bundler: str, backing: str) -> bool:
         """Whether a build with this strategy (`bundler`) and `backing` reads the setting."""
         return (not self.used_by or bundler in self.used_by) and (

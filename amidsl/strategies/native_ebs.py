@@ -86,9 +86,14 @@ def snapshot_encryption(s: AmiSettings) -> tuple[tuple[str, object], ...]:
     return (("Encrypted", True),) + ((("KmsKeyArn", s.kms_key_id),) if s.kms_key_id else ())
 
 
+def copy_key_arn(s: AmiSettings, region: str) -> str | None:
+    """The key copy_kms_key_ids gives for the copy in `region`, if any."""
+    return dict(s.copy_kms_key_ids).get(region)
+
+
 def copy_key(s: AmiSettings, region: str) -> str:
     """The key an encrypted build's copy in `region` is encrypted with, in words."""
-    return dict(s.copy_kms_key_ids).get(region) or f"the account's default EBS key in {region}"
+    return copy_key_arn(s, region) or f"the account's default EBS key in {region}"
 
 
 def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
@@ -109,12 +114,12 @@ def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
         )
     ]
     if s.launch_permissions:
+        keys = [key for key in (s.kms_key_id, *(copy_key_arn(s, r) for r in s.copy_to_regions)) if key]
         notes.append(
             PlanWarning(
                 f"the image is shared with {', '.join(s.launch_permissions)} and encrypted with "
-                f"{', '.join([s.kms_key_id, *dict(s.copy_kms_key_ids).values()])}: they can launch it "
-                "only if each key's policy lets them use the key (kms:DescribeKey, kms:CreateGrant, "
-                "kms:Decrypt, kms:ReEncrypt*, kms:GenerateDataKey*)"
+                f"{', '.join(keys)}: they can launch it only if each key's policy lets them use the key "
+                "(kms:DescribeKey, kms:CreateGrant, kms:Decrypt, kms:ReEncrypt*, kms:GenerateDataKey*)"
             )
         )
     return notes
@@ -184,13 +189,21 @@ def copy_image_params(s: AmiSettings, region: str) -> tuple[tuple[str, object], 
     tags = (("TagSpecifications", ({"ResourceType": "snapshot", "Tags": image_tags(s)},)),)
     if not s.encrypted:
         return tags
-    key = dict(s.copy_kms_key_ids).get(region)
+    key = copy_key_arn(s, region)
     return (("Encrypted", True),) + ((("KmsKeyId", key),) if key else ()) + tags
 
 
 def register(s: AmiSettings) -> list[Action | PlanWarning]:
     """Register the snapshot as an EBS-backed AMI, keep its id, and finish it as the settings say."""
-    return ami_register(s, register_image_params(s), lambda region: copy_image_params(s, region))
+    ena_warning = PlanWarning(
+        "ena_support = false: Nitro instance types (most of today's, such as m5, c6i or t3) launch only "
+        "images with ENA support; this one launches only on the older Xen types with an EBS root (such as "
+        "t2 or m4)"
+    )
+    return [
+        *([ena_warning] if s.ena_support is False else []),
+        *ami_register(s, register_image_params(s), lambda region: copy_image_params(s, region)),
+    ]
 
 
 def cleanup(s: AmiSettings) -> list[Action]:
@@ -265,7 +278,9 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
             f"direct APIs, uploaded from the controller), the root device {ROOT_DEVICE} of the image "
             f"({VOLUME_TYPE}, deleted with the instance"
             + (f", encrypted with {s.kms_key_id or 'the default EBS key'}" if s.encrypted else "")
-            + "); launched by today's instance types",
+            + (
+                "); launched by today's instance types" if s.ena_support is not False else "); no ENA support"
+            ),
         ),
         (
             "secrets",

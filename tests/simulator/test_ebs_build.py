@@ -99,9 +99,27 @@ def test_a_kernel_without_the_nitro_drivers_stops_an_ebs_build_at_the_node_check
             "cannot be shared",
         ),
         (
-            {"encrypted": True, "kms_key_id": KEY, "copy_to_regions": ["eu-west-1", "eu-north-1"]},
+            {
+                "encrypted": True,
+                "kms_key_id": KEY,
+                "copy_to_regions": ["eu-west-1", "eu-north-1"],
+                "launch_permissions": ["111122223333"],
+            },
             "copy_kms_key_ids",
-            "has no key for eu-west-1, eu-north-1: a copy there would be encrypted with the region's default",
+            "has no key for eu-west-1, eu-north-1: the copy there would be encrypted with the region's",
+        ),
+        (
+            {"encrypted": True, "kms_key_id": KEY.replace("arn:aws:", "arn:aws-cn:")},
+            "kms_key_id",
+            "the key's ARN is of partition aws-cn, and us-east-1 is in partition aws",
+        ),
+        ({"boot_mode": "uefi"}, "boot_mode", "boots through GRUB for BIOS"),
+        ({"arch": "arm64"}, "arch", "the images of native builds boot through GRUB for BIOS (i386-pc)"),
+        ({"image_size_mb": 16}, "image_size_mb", "16 MB is too small for an hvm disk"),
+        (
+            {"backing": "instance-store", "snapshot_id": "snap-0123456789abcdef0"},
+            "snapshot_id",
+            "snapshot_id resumes an EBS-backed build at ami-register",
         ),
         (
             {"encrypted": True, "copy_to_regions": ["eu-west-1"], "copy_kms_key_ids": {"eu-west-1": KEY}},
@@ -138,6 +156,27 @@ def test_what_an_ebs_build_cannot_do_is_refused_before_anything_runs(ebs_setting
         resolve(ebs_settings | given)
     text = str(refused.value)
     assert f"- {setting}: " in text and says in text and "Fix: " in text
+    assert "instance-store AMI" not in text  # an EBS build is never told of instance-store limits
+
+
+def test_a_malformed_copy_key_is_one_problem_not_also_a_missing_one(ebs_settings):
+    given = {
+        "encrypted": True,
+        "kms_key_id": KEY,
+        "copy_to_regions": ["eu-west-1"],
+        "copy_kms_key_ids": {"eu-west-1": "alias/builds"},
+        "launch_permissions": ["111122223333"],
+    }
+    with pytest.raises(SettingsError) as refused:
+        resolve(ebs_settings | given)
+    assert [p.setting for p in refused.value.problems] == ["copy_kms_key_ids.eu-west-1"]
+
+
+def test_an_unshared_copy_without_a_key_of_its_own_gets_its_regions_default_key(ebs_settings):
+    settings = resolve(
+        ebs_settings | {"encrypted": True, "kms_key_id": KEY, "copy_to_regions": ["eu-west-1"]}
+    )
+    assert settings.copy_kms_key_ids == ()
 
 
 def test_an_encrypted_build_encrypts_the_snapshot_with_the_key_and_shares_the_image(
