@@ -6,12 +6,14 @@ debugfs's text listings, where a name holding a newline could hide itself and wh
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import struct
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from amidsl.bundle.e2fs import debugfs, quote
 from amidsl.bundle.errors import ImageError
@@ -47,6 +49,8 @@ _IMAP_LINE = re.compile(r"^\tlocated at block (\d+), offset 0x([0-9a-f]+)$", re.
 _DUMP_LINE = re.compile(r"^[0-7]+  (?:[0-9a-f]{4} ){7}[0-9a-f]{4}", re.MULTILINE)
 _INODE_BYTES = 128  # every ext2/3/4 inode has at least these, and every field read here is in them
 _SUPERBLOCK = 1024  # where an ext2/3/4 superblock starts in its filesystem
+_LOG_BLOCK_SIZE_AT = 24  # s_log_block_size, in the superblock
+_EXT_MAGIC_AT = _SUPERBLOCK + 0x38  # an ext2/3/4 superblock's magic number, 0xEF53
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,9 @@ def _split_output(output: str, command: str, count: int, image: Path) -> list[st
     return chunks
 
 
-def _raw_inode(number: int, chunk: str, filesystem: Filesystem, block_size: int) -> bytes:
-    """The inode's first bytes, read from the image file where `imap` says they are, once debugfs has
-    read the inode without error (`inode_dump -b`)."""
+def _inode_position(number: int, chunk: str, filesystem: Filesystem, block_size: int) -> int:
+    """Where the inode's bytes are in the image file, as `imap` says, once debugfs has read the inode
+    without error (`inode_dump -b`)."""
     found = _IMAP_LINE.search(chunk)
     if found is None or _DUMP_LINE.search(chunk) is None:
         raise ImageError(
@@ -91,21 +95,33 @@ def _raw_inode(number: int, chunk: str, filesystem: Filesystem, block_size: int)
             "checksum does not match, or no such inode)"
         )
     block, offset = int(found.group(1)), int(found.group(2), 16)
-    with open(filesystem.file, "rb") as f:
-        f.seek(filesystem.offset + block * block_size + offset)
-        raw = f.read(_INODE_BYTES)
-    if len(raw) < _INODE_BYTES:
+    return filesystem.offset + block * block_size + offset
+
+
+def _read_inode(image_file: BinaryIO, image_size: int, position: int, filesystem: Filesystem) -> bytes:
+    """The inode's first bytes. debugfs has just read them, so they are in the file; that is checked
+    again here rather than trusted, as a crafted group descriptor's far-off inode table would make
+    seek() raise (EINVAL, or no offset-sized integer)."""
+    if position + _INODE_BYTES > image_size:
+        raise ImageError(f"an inode of {filesystem.debugfs_path} lies beyond the end of the image")
+    try:
+        image_file.seek(position)
+        raw = image_file.read(_INODE_BYTES)
+    except (OSError, ValueError) as err:  # a read error of the disk; a position past any file: a guard
+        raise ImageError(f"cannot read an inode of {filesystem.debugfs_path}: {err}") from err
+    if len(raw) < _INODE_BYTES:  # a guard: only a file cut short while it is listed comes here
         raise ImageError(f"an inode of {filesystem.debugfs_path} lies beyond the end of the image")
     return raw
 
 
-def _block_size(filesystem: Filesystem) -> int:
+def _block_size(filesystem: Filesystem, image_file: BinaryIO) -> int:
     """The filesystem's block size, from its superblock (s_log_block_size)."""
-    with open(filesystem.file, "rb") as f:
-        f.seek(filesystem.offset + _SUPERBLOCK + 24)
-        field = f.read(4)
-    (log_block_size,) = struct.unpack("<I", field.ljust(4, b"\xff"))  # cut short: refused below
-    if log_block_size > 6:  # 64 KiB, the largest ext4 block
+    image_file.seek(filesystem.offset + _SUPERBLOCK + _LOG_BLOCK_SIZE_AT)
+    field = image_file.read(4)
+    (log_block_size,) = struct.unpack("<I", field.ljust(4, b"\xff"))
+    # A guard only: debugfs has opened this superblock, and it refuses one cut short or with a block
+    # size above 64 KiB (a corrupt superblock) before any listing comes here; no image reaches this.
+    if log_block_size > 6:
         raise ImageError(f"{filesystem.debugfs_path} has a damaged superblock (a bad block size)")
     return 1024 << log_block_size
 
@@ -127,25 +143,33 @@ def _inodes(filesystem: Filesystem, numbers: list[int]) -> dict[int, _Inode]:
     image = filesystem.debugfs_path
     unique = sorted(set(numbers))
     output = debugfs(image, [command for n in unique for command in (f"imap <{n}>", f"inode_dump -b <{n}>")])
-    block_size = _block_size(filesystem)
-    inodes = {}
-    for number, chunk in zip_strict(unique, _split_output(output, "imap", len(unique), image)):
-        raw = _raw_inode(number, chunk, filesystem, block_size)
-        mode, uid_low, size_low = struct.unpack_from("<HHI", raw, 0)
-        (gid_low,) = struct.unpack_from("<H", raw, 24)
-        (flags,) = struct.unpack_from("<I", raw, 32)
-        (size_high,) = struct.unpack_from("<I", raw, 108)
-        uid_high, gid_high = struct.unpack_from("<HH", raw, 120)
-        size = size_low | size_high << 32
-        fast = stat.S_ISLNK(mode) and size < _FAST_LINK_MAX and not flags & _EXTENTS_FL
-        inodes[number] = _Inode(
-            mode=mode,
-            uid=uid_low | uid_high << 16,
-            gid=gid_low | gid_high << 16,
-            size=size,
-            fast_link=raw[40 : 40 + size] if fast else None,
-        )
+    chunks = _split_output(output, "imap", len(unique), image)
+    with open(filesystem.file, "rb") as image_file:  # once for the whole batch
+        image_size = os.fstat(image_file.fileno()).st_size
+        block_size = _block_size(filesystem, image_file)
+        inodes = {}
+        for number, chunk in zip_strict(unique, chunks):
+            position = _inode_position(number, chunk, filesystem, block_size)
+            inodes[number] = _parse_inode(_read_inode(image_file, image_size, position, filesystem))
     return inodes
+
+
+def _parse_inode(raw: bytes) -> _Inode:
+    """The fields read from an inode's first bytes (the high halves of size, uid and gid included)."""
+    mode, uid_low, size_low = struct.unpack_from("<HHI", raw, 0)
+    (gid_low,) = struct.unpack_from("<H", raw, 24)
+    (flags,) = struct.unpack_from("<I", raw, 32)
+    (size_high,) = struct.unpack_from("<I", raw, 108)
+    uid_high, gid_high = struct.unpack_from("<HH", raw, 120)
+    size = size_low | size_high << 32
+    fast = stat.S_ISLNK(mode) and size < _FAST_LINK_MAX and not flags & _EXTENTS_FL
+    return _Inode(
+        mode=mode,
+        uid=uid_low | uid_high << 16,
+        gid=gid_low | gid_high << 16,
+        size=size,
+        fast_link=raw[40 : 40 + size] if fast else None,
+    )
 
 
 def _directory_entries(data: bytes, image: Path, directory: str) -> list[tuple[int, bytes]]:
@@ -211,9 +235,6 @@ def _slow_link_targets(image: Path, links: list[ImageEntry], scratch: Path) -> d
         raw = _read_bounded(scratch / str(link.inode), MAX_PATH, image)
         targets[link.inode] = raw.decode("utf-8", "surrogateescape")
     return targets
-
-
-_EXT_MAGIC_AT = 1024 + 0x38  # an ext2/3/4 superblock's magic number, 0xEF53
 
 
 @dataclass(frozen=True)

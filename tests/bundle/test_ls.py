@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from amidsl.bundle import ImageError, list_image
-from amidsl.bundle.e2fs import tool
+from amidsl.bundle.e2fs import DEBUGFS_NEEDS_E2FSPROGS, tool
 
 
 def test_lists_every_entry_with_type_mode_size_and_link_target(tmp_path):
@@ -80,36 +80,99 @@ def test_an_image_cut_short_is_refused_naming_it(tmp_path):
         list_image(image)
 
 
-def test_an_inode_whose_checksum_does_not_match_is_refused_not_listed(tmp_path):
+def checksummed_image(tmp_path):
+    """An ext4 image with metadata checksums holding /a/f."""
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     (root / "a/f").write_text("hi")
     image = tmp_path / "fs.img"
-    subprocess.run(
-        [
-            tool("mke2fs"),
-            "-q",
-            "-t",
-            "ext4",
-            "-O",
-            "metadata_csum",
-            "-b",
-            "1024",
-            "-d",
-            str(root),
-            str(image),
-            "16M",
-        ],
-        check=True,
-    )
+    mke2fs = [tool("mke2fs"), "-q", "-t", "ext4", "-O", "metadata_csum", "-b", "1024"]
+    subprocess.run([*mke2fs, "-d", str(root), str(image), "16M"], check=True)
+    return image
+
+
+def change_mode_in_place(image, path):
+    """Flip a bit of a file's mode in the image's bytes, as a crafted image could (its checksum stays)."""
     located = subprocess.run(
-        [tool("debugfs"), "-R", "imap /a/f", str(image)], capture_output=True, text=True, check=True
+        [tool("debugfs"), "-R", f"imap {path}", str(image)], capture_output=True, text=True, check=True
     ).stdout
     block, offset = re.search(r"located at block (\d+), offset 0x([0-9a-f]+)", located).groups()
-    with open(image, "r+b") as f:  # the mode's low byte, as a crafted image could change it
+    with open(image, "r+b") as f:  # the mode's low byte
         f.seek(int(block) * 1024 + int(offset, 16))
         mode = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([mode[0] ^ 0o002]))
+
+
+def debugfs_stand_in(bin_dir, script):
+    """A PATH whose debugfs is a shell script; REAL in it stands for the real debugfs."""
+    bin_dir.mkdir()
+    stand_in = bin_dir / "debugfs"
+    stand_in.write_text("#!/bin/sh\n" + script.replace("REAL", tool("debugfs")))
+    stand_in.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_an_inode_whose_checksum_does_not_match_is_refused_not_listed(tmp_path):
+    image = checksummed_image(tmp_path)
+    change_mode_in_place(image, "/a/f")
     with pytest.raises(ImageError, match=r"could not read inode \d+ of .*checksum does not match"):
+        list_image(image)
+
+
+def test_an_image_whose_superblock_checksum_does_not_match_is_refused_not_listed(tmp_path):
+    """debugfs would retry ignoring every checksum, and list the changed inode as it is."""
+    image = checksummed_image(tmp_path)
+    change_mode_in_place(image, "/a/f")
+    with open(image, "r+b") as f:  # s_checksum, the superblock's last 4 bytes
+        f.seek(1024 + 1020)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(ImageError, match=rf"{image}.*metadata checksums do not match.*e2fsck"):
+        list_image(image)
+
+
+def test_an_inode_table_far_past_the_end_of_the_image_is_refused_naming_it(tmp_path):
+    image = tmp_path / "fs.img"
+    subprocess.run([tool("mke2fs"), "-q", "-t", "ext4", "-O", "64bit", str(image), "16M"], check=True)
+    subprocess.run([tool("debugfs"), "-w", "-R", f"set_bg 0 inode_table {2**48}", str(image)], check=True)
+    with pytest.raises(ImageError, match=rf"{image}"):
+        list_image(image)
+
+
+@pytest.mark.parametrize("block", [2**48, 2**62], ids=["2^48", "2^62"])
+def test_an_inode_said_to_lie_past_the_end_of_the_image_is_refused_naming_it(tmp_path, monkeypatch, block):
+    """debugfs refuses such a group descriptor itself (above); the listing does not rely on that."""
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    image = tmp_path / "fs.img"
+    subprocess.run([tool("mke2fs"), "-q", "-t", "ext4", "-d", str(root), str(image), "16M"], check=True)
+    script = f'REAL "$@" | sed "s/located at block [0-9]*/located at block {block}/"\n'
+    monkeypatch.setenv("PATH", debugfs_stand_in(tmp_path / "bin", script))
+    with pytest.raises(ImageError, match=rf"an inode of {image} lies beyond the end of the image"):
+        list_image(image)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    ["inode_dump: Usage: inode_dump <file>", "debugfs: Command not found inode_dump"],
+    ids=["e2fsprogs-1.43", "e2fsprogs-1.41"],
+)
+def test_a_debugfs_too_old_for_the_listing_is_named_with_the_e2fsprogs_needed(tmp_path, monkeypatch, refusal):
+    """An old debugfs does not know `inode_dump -b`; that is no damaged inode."""
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    image = tmp_path / "fs.img"
+    subprocess.run([tool("mke2fs"), "-q", "-t", "ext4", "-d", str(root), str(image), "16M"], check=True)
+    script = (
+        "commands=$(cat)\n"
+        'printf "%s\\n" "$commands" | grep -v "^inode_dump -b " | REAL "$@"\n'
+        "status=$?\n"
+        f'printf "%s\\n" "$commands" | grep "^inode_dump -b " | sed "s/.*/{refusal}/" >&2\n'
+        "exit $status\n"
+    )
+    monkeypatch.setenv("PATH", debugfs_stand_in(tmp_path / "bin", script))
+    needed = re.escape(DEBUGFS_NEEDS_E2FSPROGS)
+    with pytest.raises(
+        ImageError, match=rf"debugfs is too old: .* needs e2fsprogs ≥ {needed} \(apt-get install e2fsprogs\)"
+    ):
         list_image(image)
