@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
+
 from amidsl import crate
 from amidsl.model.actions import AwsCall, UploadSnapshot
 from amidsl.model.plan import build_plan
 from amidsl.render.preview import render_text
 from amidsl.render.shell import render_script
+from amidsl.settings import SettingsError
 
 KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
@@ -114,3 +117,21 @@ def test_an_image_without_ena_support_is_said_not_to_launch_on_nitro_types(raw_s
     assert "WARNING: ena_support = false: Nitro instance types" in text
     assert "launched by today's instance types" not in text and "no ENA support" in text
     assert "Nitro instance types" not in render_text(build_plan(crate.server_spec(ebs(raw_settings))))
+
+
+def test_a_build_resumed_at_ami_register_previews_and_scripts_the_snapshot_it_registers(raw_settings):
+    settings = ebs(raw_settings, snapshot_id="snap-0123456789abcdef0")
+    plan = build_plan(crate.server_spec(settings), phases=["ami-register", "cleanup"])
+    assert '"SnapshotId": "snap-0123456789abcdef0"' in render_text(plan)
+    script = render_script(plan)
+    assert "snap-0123456789abcdef0" in script and "AMIDSL_SNAPSHOT_ID" not in script
+
+
+def test_a_snapshot_id_given_to_a_build_that_uploads_one_is_refused_before_anything_runs(raw_settings):
+    settings = ebs(raw_settings, snapshot_id="snap-0123456789abcdef0")
+    with pytest.raises(SettingsError) as refused:
+        build_plan(crate.server_spec(settings))
+    assert str(refused.value.problems[0]).startswith(
+        "snapshot_id: is given (snap-0123456789abcdef0), to resume at ami-register on that snapshot, but the "
+        "phases asked for include ami-upload"
+    )

@@ -22,7 +22,7 @@ from amidsl.model.actions import (
     UpdateSettings,
     UploadSnapshot,
 )
-from amidsl.settings import AmiSettings
+from amidsl.settings import AmiSettings, Problem, SettingsError
 from amidsl.snapshots import delete_snapshots_command
 from amidsl.strategies import native
 from amidsl.strategies.hygiene import hygiene_notes
@@ -127,6 +127,19 @@ def encryption_notes(s: AmiSettings) -> list[PlanWarning]:
 
 def ami_upload(s: AmiSettings) -> list[Action | PlanWarning]:
     """Upload the disk's data blocks into an EBS snapshot from the controller, and keep its id."""
+    if s.snapshot_id is not None:
+        # ami-register would name the given snapshot, not the one this phase uploads.
+        raise SettingsError(
+            [
+                Problem(
+                    "snapshot_id",
+                    f"is given ({s.snapshot_id}), to resume at ami-register on that snapshot, but the phases "
+                    "asked for include ami-upload, which would upload a new one",
+                    "run the phases after it (--phase ami-register --phase cleanup), or remove snapshot_id "
+                    "to upload the disk again",
+                )
+            ]
+        )
     return [
         *encryption_notes(s),
         UploadSnapshot(
@@ -165,7 +178,8 @@ def register_image_params(s: AmiSettings) -> tuple[tuple[str, object], ...]:
                     "DeviceName": ROOT_DEVICE,
                     # No VolumeSize: EC2 takes the snapshot's, the disk's size rounded up to a GiB.
                     "Ebs": {
-                        "SnapshotId": SNAPSHOT_ID,
+                        # A build resumed at ami-register names the snapshot it was given.
+                        "SnapshotId": s.snapshot_id or SNAPSHOT_ID,
                         "VolumeType": VOLUME_TYPE,
                         "DeleteOnTermination": True,
                     },
@@ -251,7 +265,8 @@ def resume_hint(s: AmiSettings, phase: str) -> str | None:
     delete = delete_snapshots_command([s.snapshot_id], s.region)
     return (
         f"The snapshot {s.snapshot_id} (completed) stays in {s.region}. To resume, fix the cause and run the "
-        f"build again from phase ami-register with --set snapshot_id={s.snapshot_id} (the disk is in the "
+        f"build again with --phase ami-register --phase cleanup --set snapshot_id={s.snapshot_id} (the disk "
+        "is in the "
         "snapshot; where an image was registered from it, add --set force_deregister=true, which keeps "
         "this snapshot); to start over instead, deregister any image registered from it, then delete it: "
         f"`{delete}`."
