@@ -503,7 +503,8 @@ ROWS: tuple[Setting, ...] = (
         checks.kms_keys_by_region,
         "the KMS key each copy of an `encrypted` build is encrypted with, by region "
         '(`{ eu-west-1 = "arn:aws:kms:eu-west-1:..." }`, each a key of its region); a copy region without '
-        "one gets that region's default EBS key. With `kms_key_id`, every copy region needs one",
+        "one gets that region's default EBS key. A shared image (`launch_permissions`) needs one for every "
+        "copy region",
         default=(),
         shown_default="`{}`",
         backings=(EBS,),
