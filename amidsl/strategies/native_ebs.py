@@ -190,7 +190,12 @@ def copy_image_params(s: AmiSettings, region: str) -> tuple[tuple[str, object], 
 
 def register(s: AmiSettings) -> list[Action | PlanWarning]:
     """Register the snapshot as an EBS-backed AMI, keep its id, and finish it as the settings say."""
-    return ami_register(s, register_image_params(s), lambda region: copy_image_params(s, region))
+    return ami_register(
+        s,
+        register_image_params(s),
+        lambda region: copy_image_params(s, region),
+        uses_bucket=STRATEGY.uses_bucket,
+    )
 
 
 def cleanup(s: AmiSettings) -> list[Action]:
