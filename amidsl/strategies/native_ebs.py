@@ -199,8 +199,8 @@ def register(s: AmiSettings) -> list[Action | PlanWarning]:
 
 
 def cleanup(s: AmiSettings) -> list[Action]:
-    """The S3 path's cleanup, and the disk the node program kept."""
-    return [*native.cleanup(s), disk_removal(s)]
+    """The node program's cleanup, as for the S3 path, and the disk it kept (it makes no parts)."""
+    return [*native.program_cleanup(s), disk_removal(s)]
 
 
 PHASE_FUNCTIONS = {
@@ -274,8 +274,8 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
         ),
         (
             "secrets",
-            "AWS credentials and the signing key stay on the controller; nothing secret reaches the node "
-            "(the disk is sent unencrypted inside the SSH channel)",
+            "AWS credentials stay on the controller, which uploads the snapshot; nothing secret reaches "
+            "the node (the disk is sent unencrypted inside the SSH channel)",
         ),
     )
 

@@ -87,11 +87,11 @@ phase_install() {
   step install 2 'write the amidsl node program (its full source)'
   install -m 0600 -o root -g root /dev/null /opt/ami-tools/amidsl_node.py
   cat > /opt/ami-tools/amidsl_node.py <<'AMIDSL_END_OF_FILE'
-[the node program amidsl/node/amidsl_node.py, sha256 1657a0fd966d51b5544d8ea22090f3ea7282ff49074028d596e39bcb64f8b96b]
+[the node program amidsl/node/amidsl_node.py, sha256 4119d3fca045261ae5ec95473f79b64d6e5bbcfb101c5c47f05fad25de3ba7a4]
 AMIDSL_END_OF_FILE
   step install 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 1657a0fd966d51b5544d8ea22090f3ea7282ff49074028d596e39bcb64f8b96b
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 4119d3fca045261ae5ec95473f79b64d6e5bbcfb101c5c47f05fad25de3ba7a4
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
