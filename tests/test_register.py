@@ -213,7 +213,8 @@ def test_without_deprecate_at_no_image_is_deprecated(raw_settings):
 
 
 def test_on_an_ebs_build_force_deregister_speaks_of_the_snapshots_in_every_region(raw_settings):
-    given = {"bundler": "native", "backing": "ebs", "force_deregister": True, "copy_to_regions": ["us-west-2"]}
+    given = {"bundler": "native", "backing": "ebs", "force_deregister": True}
+    given["copy_to_regions"] = ["us-west-2"]
     plan = build_plan(crate.server_spec(raw_settings | given), phases=["ami-register"])
     text = render_text(plan)
     assert (

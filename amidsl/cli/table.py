@@ -412,7 +412,7 @@ COMMANDS: tuple[CliCommand, ...] = (
         "deregister an image and delete its bundle or snapshots, after a confirmation",
         "amidsl.cli.aws_commands:delete",
         (
-            Option("image", "the image: its id (ami-...) or its name", positional=True),
+            Option("image", "the image: its id (ami-...) or its name", required=True, positional=True),
             DRY_RUN,
             YES,
             *AWS_OPTIONS,

@@ -156,8 +156,8 @@ def find_image(ec2: Any, image: str) -> ImageSummary:
         found = _describe(ec2, f"looking up {image!r}", Filters=[{"Name": "name", "Values": [image]}])
     if not found:
         raise ImageError(
-            f"this account owns no image {image!r} in this region; check the id or name and the region "
-            "(amidsl images lists the ones amidsl built)"
+            f"this account owns no image {image!r} in {ec2.meta.region_name}; check the id or name and "
+            "the region (amidsl images lists the ones amidsl built)"
         )
     return ImageSummary.of(found[0])
 

@@ -169,7 +169,8 @@ def test_faults_that_make_no_sense_are_refused_and_leave_no_temp_files(here, tem
 def test_a_refused_fault_lists_the_faults_on_a_line_of_their_own(here):
     run = here("--fault", "meteor=1")
     assert run.returncode == 2
-    assert "--fault 'meteor=1': not a fault I know.\nFaults: fail-put=N (the N-th S3 PUT fails once)" in run.stderr
+    said = "--fault 'meteor=1': not a fault I know.\nFaults: fail-put=N (the N-th S3 PUT fails once)"
+    assert said in run.stderr
     assert "inject a fault" not in run.stderr
 
 
@@ -263,7 +264,8 @@ def test_a_native_build_meeting_a_fault_exits_non_zero_saying_why_and_leaves_no_
 def test_a_failed_registration_prints_its_action_line(here):
     run = here("--fault", "reject-register=InvalidAMIName.Duplicate")
     assert run.returncode == 1
-    assert "  [ami-register 1] register the image with EC2: failed [ec2:RegisterImage]" in run.stdout.splitlines()
+    line = "  [ami-register 1] register the image with EC2: failed [ec2:RegisterImage]"
+    assert line in run.stdout.splitlines()
 
 
 def test_a_failed_node_program_action_prints_where_it_ran_as_a_success_does(here):
