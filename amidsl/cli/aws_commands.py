@@ -30,6 +30,7 @@ from amidsl.run.bundle_upload import upload_bundle as upload_bundle_files
 from amidsl.run.images import (
     ImageError,
     ImageSummary,
+    NoCredentials,
     amidsl_images,
     bundle_location,
     delete_image,
@@ -103,6 +104,8 @@ def _run(action: Callable[[], T]) -> T:
     """Run a library call, turning its errors into a clean exit with the library's message."""
     try:
         return action()
+    except NoCredentials as err:  # found at the first request, before anything is done: a set-up error
+        raise CommandError(f"error: {err}") from None
     except (BundleError, ImageError) as err:
         raise CommandError(f"error: {err}", FAILED) from None
     except botocore.exceptions.NoCredentialsError:
