@@ -177,6 +177,15 @@ def test_required_options_are_named_together():
     assert usage_error(run) and "the following arguments are required: --manifest, --cert" in run.stderr
 
 
+def test_a_required_word_shows_as_required_in_the_usage_and_is_asked_for():
+    shown = amidsl("delete", "--help")
+    assert shown.returncode == 0 and "[IMAGE]" not in shown.stdout
+    usage = shown.stdout.split("\n\n")[0]
+    assert usage.split()[-1] == "IMAGE", usage
+    run = amidsl("delete")
+    assert usage_error(run) and "the following arguments are required: IMAGE" in run.stderr
+
+
 # `true` exits before Python has started, so the first write meets a closed pipe.
 @pytest.mark.parametrize("command", ["amidsl --help | true", "amidsl plan | true"])
 def test_a_closed_pipe_ends_the_command_quietly(command):

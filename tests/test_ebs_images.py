@@ -132,3 +132,31 @@ def test_on_a_terminal_delete_asks_about_the_snapshots_and_no_changes_nothing(ca
     assert status == 1
     assert questions == [f"Deregister {image_id} and delete 1 snapshot(s)? [y/N] "]
     assert image_ids(region) == [image_id]
+
+
+def test_images_pads_the_name_column_so_the_last_column_lines_up(capsys, region):
+    root = snapshot_of(region, 1)
+    register(region, "web", root)
+    register(region, "web-server-with-a-long-name", root)
+    status, out, err = amidsl(capsys, "images")
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    column = header.index("BUNDLE/SNAPSHOT")
+    assert [row[column:] for row in rows] == [root, root]
+
+
+def test_delete_of_a_name_the_account_has_not_says_which_region_it_looked_in(capsys, region):
+    status, _, err = amidsl(capsys, "delete", "no-such-image", "--yes")
+    assert status == 1
+    assert f"this account owns no image 'no-such-image' in {REGION};" in err
+
+
+@pytest.mark.parametrize("command", [("images",), ("delete", "web-ebs", "--yes")])
+def test_without_credentials_images_and_delete_are_set_up_errors_saying_where_to_put_them(
+    capsys, monkeypatch, region, command
+):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    status, out, err = amidsl(capsys, *command)
+    assert status == 2 and out == ""
+    assert "EC2: no AWS credentials found" in err and "AWS_PROFILE" in err

@@ -210,3 +210,20 @@ def test_the_script_with_every_option_passes_shellcheck(raw_settings, tmp_path):
 def test_without_deprecate_at_no_image_is_deprecated(raw_settings):
     actions = ami_register(resolve(raw_settings | EVERYTHING | {"deprecate_at": None}))
     assert not [step for step in steps(actions) if "EnableImageDeprecation" in step]
+
+
+def test_on_an_ebs_build_force_deregister_speaks_of_the_snapshots_in_every_region(raw_settings):
+    given = {"bundler": "native", "backing": "ebs", "force_deregister": True}
+    given["copy_to_regions"] = ["us-west-2"]
+    plan = build_plan(crate.server_spec(raw_settings | given), phases=["ami-register"])
+    text = render_text(plan)
+    assert (
+        "WARNING: force_deregister: any image of this account named 'web-server-2026-11' in eu-west-1, "
+        "us-west-2 is deregistered before registering, and in each of those regions its EBS snapshots are "
+        "deleted (unless another image uses them)"
+    ) in text
+    assert "1. deregister an existing image of the same name and delete its snapshots [controller]" in text
+    assert "the S3 bundle it was registered from is deleted" not in text
+    assert "# below is deregistered, and its EBS snapshots in its region unless another image uses" in (
+        render_script(plan)
+    )

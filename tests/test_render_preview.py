@@ -191,3 +191,10 @@ def test_the_preview_says_which_instance_types_launch_the_image(raw_settings, bu
         "  instance types: only Xen instance types (C1, C3, D2, I2, M1, M2, M3, R3, X1) launch "
         "instance-store AMIs" in text
     )
+
+
+def test_an_ebs_preview_makes_no_parts_and_names_no_signing_key(raw_settings):
+    text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": "native", "backing": "ebs"})))
+    assert "bundle parts" not in text
+    [secrets] = [line for line in text.splitlines() if line.strip().startswith("secrets:")]
+    assert "AWS credentials stay on the controller" in secrets and "signing key" not in secrets

@@ -593,7 +593,8 @@ def test_an_upload_concurrency_that_is_not_1_to_64_parts_names_the_setting(raw_s
     message = the_problem(
         raw_settings | {"bundler": "native", "upload_concurrency": given}, "upload_concurrency"
     )
-    assert f"{given!r} is not a number of parts from 1 to 16" in message and "Fix: " in message
+    shown = "true" if given is True else repr(given)  # as TOML spells it
+    assert f"{shown} is not a number of parts from 1 to 16" in message and "Fix: " in message
 
 
 def test_upload_concurrency_is_4_parts_unless_set(raw_settings):
@@ -634,3 +635,26 @@ def test_includes_and_exclude_patterns_must_be_paths_or_patterns_in_the_image(ra
     assert the_problem(raw_settings | {"includes": ["/a,/b"]}, "includes").startswith(
         "includes: entry '/a,/b'"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "fix"),
+    [
+        ({"copy_to_regions": "us-west-2"}, 'Fix: write copy_to_regions = ["us-west-2"].'),
+        ({"launch_permissions": "222233334444"}, 'Fix: write launch_permissions = ["222233334444"].'),
+        ({"extra_exclusions": "/srv/cache"}, 'Fix: write extra_exclusions = ["/srv/cache"].'),
+    ],
+)
+def test_a_list_setting_given_one_string_is_shown_that_string_in_a_list(raw_settings, given, fix):
+    [setting] = given
+    assert fix in the_problem(raw_settings | given, setting)
+
+
+def test_a_fix_that_asks_a_question_ends_with_its_question_mark(raw_settings):
+    message = the_problem(raw_settings | {"copy_to_regions": ["us-west2"]}, "copy_to_regions")
+    assert message.endswith("Fix: did you mean 'us-west-2'?"), message
+
+
+def test_a_boolean_where_a_number_belongs_is_shown_as_toml_spells_it(raw_settings):
+    message = the_problem(raw_settings | {"bundler": "native", "image_size_mb": True}, "image_size_mb")
+    assert message.startswith("image_size_mb: true is not a size"), message

@@ -30,6 +30,7 @@ from amidsl.run.bundle_upload import upload_bundle as upload_bundle_files
 from amidsl.run.images import (
     ImageError,
     ImageSummary,
+    NoCredentials,
     amidsl_images,
     bundle_location,
     delete_image,
@@ -103,6 +104,8 @@ def _run(action: Callable[[], T]) -> T:
     """Run a library call, turning its errors into a clean exit with the library's message."""
     try:
         return action()
+    except NoCredentials as err:  # found at the first request, before anything is done: a set-up error
+        raise CommandError(f"error: {err}") from None
     except (BundleError, ImageError) as err:
         raise CommandError(f"error: {err}", FAILED) from None
     except botocore.exceptions.NoCredentialsError:
@@ -314,11 +317,13 @@ def image_table(found: list[ImageSummary]) -> list[str]:
     """The images as a table under a header line: id, state, creation time, backing (ebs or
     instance-store), name, and the bundle location or root snapshot."""
     width = max(len("IMAGE"), *(len(image.image_id) for image in found))
+    named = max(len("NAME"), *(len(image.name) for image in found))
     return [
-        f"{'IMAGE':<{width}}  {'STATE':<9}  {'CREATED':<24}  {'BACKING':<14}  NAME  BUNDLE/SNAPSHOT",
+        f"{'IMAGE':<{width}}  {'STATE':<9}  {'CREATED':<24}  {'BACKING':<14}  {'NAME':<{named}}  "
+        "BUNDLE/SNAPSHOT",
         *(
-            f"{i.image_id:<{width}}  {i.state:<9}  {i.created or '-':<24}  {i.backing:<14}  {i.name}  "
-            f"{image_source(i)}"
+            f"{i.image_id:<{width}}  {i.state:<9}  {i.created or '-':<24}  {i.backing:<14}  "
+            f"{i.name:<{named}}  {image_source(i)}"
             for i in found
         ),
     ]
@@ -358,15 +363,13 @@ def images(*, json: bool, **aws: str | None) -> None:
 
 def delete(
     *,
-    image: str | None,
+    image: str,
     dry_run: bool,
     yes: bool,
     **aws: str | None,
 ) -> None:
     """Deregister an image and delete its bundle (S3-backed) or its snapshots (EBS-backed), after a
     confirmation (or --yes)."""
-    if not image:
-        raise CommandError("give the image to delete: amidsl delete ami-0123456789abcdef0 (or its name)")
     clients = AwsClients(**aws)
     ec2 = clients.client("ec2")
     summary = _run(lambda: find_image(ec2, image))

@@ -104,7 +104,7 @@ def command_parser(command: CliCommand) -> CommandParser:
                 extra["choices"] = option.choices
             parser.add_argument(
                 option.name,
-                nargs="?",
+                nargs=None if option.required else "?",
                 default=option.default,
                 metavar=option.metavar or (None if option.choices else option.name.upper()),
                 **extra,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from amidsl.bundle.ls import listing_line
 from amidsl.cli.support import ConfigChoice, announce_config, find_config, load_settings
-from amidsl.cli.table import FAILED, FAULT_HELP, INTERRUPTED, CommandError
+from amidsl.cli.table import FAILED, FAULTS, INTERRUPTED, CommandError
 from amidsl.model.actions import NodeProgram
 from amidsl.model.plan import Plan, build_plan
 from amidsl.render.summary import plan_title
@@ -87,7 +87,7 @@ def parse_fault(text: str, plan: Plan) -> Fault:
     name, equals, value = text.partition("=")
 
     def refuse(why: str) -> CommandError:
-        return CommandError(f"--fault {text!r}: {why}. {FAULT_HELP}")
+        return CommandError(f"--fault {text!r}: {why}.\nFaults: {FAULTS}")
 
     if name not in FAULT_NAMES:
         close = difflib.get_close_matches(name, FAULT_NAMES, n=1)

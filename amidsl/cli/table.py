@@ -122,8 +122,9 @@ def json_output(schema: str) -> Option:
 FORMAT_ALIAS = Option(
     "format", "output format (-f json is --json)", default="text", short="-f", choices=("text", "json")
 )
-FAULT_HELP = (
-    "inject a fault (repeatable): fail-put=N (the N-th S3 PUT fails once), s3-5xx=K (K PUTs answer 503), "
+# The faults --fault takes, each with what it does.
+FAULTS = (
+    "fail-put=N (the N-th S3 PUT fails once), s3-5xx=K (K PUTs answer 503), "
     "fail-part=I (S3 refuses part I for good), url-expires=N (at the N-th part PUT the presigned URLs have "
     "expired; native), disk-full=DIR (the disk holding DIR is full), no-python3, old-python3=VERSION, "
     "no-mke2fs, old-mke2fs=VERSION (the node lacks the tool, or has an old one; native), "
@@ -131,6 +132,7 @@ FAULT_HELP = (
     "(Ctrl-C during that action: a node action or the node program), image-pending=N (each new image is "
     "pending for N polls), image-failed=REGION (new images there fail)"
 )
+FAULT_HELP = f"inject a fault (repeatable): {FAULTS}"
 BUNDLE_MANIFEST = Option("manifest", "the bundle's manifest file (PREFIX.manifest.xml)", required=True)
 # The AWS commands use the standard boto3 credential chain; secrets never go on the command line.
 REGION_CHECK = "amidsl.settings.checks:region_problem"
@@ -412,7 +414,7 @@ COMMANDS: tuple[CliCommand, ...] = (
         "deregister an image and delete its bundle or snapshots, after a confirmation",
         "amidsl.cli.aws_commands:delete",
         (
-            Option("image", "the image: its id (ami-...) or its name", positional=True),
+            Option("image", "the image: its id (ami-...) or its name", required=True, positional=True),
             DRY_RUN,
             YES,
             *AWS_OPTIONS,

@@ -151,6 +151,8 @@ MIN_HVM_IMAGE_MB = 17  # the partition starts at 1 MiB, after GRUB's core image;
 # The largest disk kept for an EBS snapshot: 2 TiB, as an MBR partition's 32-bit sector count allows
 # (and EC2 boots an MBR root volume of at most 2 TiB).
 MAX_DISK_MB = 2 * 1024 * 1024
+# What a bundle makes: encrypted parts (an S3 bundle) or the disk kept whole (for an EBS snapshot).
+OUTPUT_PARTS, OUTPUT_DISK = "parts", "disk"
 MIN_MKE2FS = (1, 43)  # `mke2fs -d` (populate from a directory) arrived in e2fsprogs 1.43
 PROGRESS_SECONDS = 3.0
 LEFT_OUT_REPORTED = 200
@@ -3133,26 +3135,37 @@ def _free_bytes(directory: str) -> int:
     return vfs.f_bavail * vfs.f_frsize
 
 
-def needed_bytes(size: VolumeSize, staging_in_destination: bool) -> int:
-    """Free space destination_dir needs: the image, the parts, chunks deflated ahead, maybe copies.
+def needed_bytes(size: VolumeSize, staging_in_destination: bool, output: str = OUTPUT_PARTS) -> int:
+    """Free space destination_dir needs: the image, maybe copies, and for parts the parts and chunks
+    deflated ahead (a disk kept whole for EBS has neither).
 
     The parts are counted at half the data: operating-system trees compress about 3:1, and a
     disk that still fills up fails cleanly later.
     """
     image = estimate_size_mb(size.allocated, size.entries) * MiB
-    data = size.allocated
-    return image + data // 2 + ahead_budget(size) + (size.copied if staging_in_destination else 0)
+    copies = size.copied if staging_in_destination else 0
+    if output == OUTPUT_DISK:
+        return image + copies
+    return image + size.allocated // 2 + ahead_budget(size) + copies
 
 
-def check_free_space(volume: str, destination: str, size: VolumeSize, staging_dev: int) -> None:
+def check_free_space(
+    volume: str, destination: str, size: VolumeSize, staging_dev: int, output: str = OUTPUT_PARTS
+) -> None:
     """NodeError, with the figures, when destination_dir (or the staging tree's disk) is too small."""
-    needed = needed_bytes(size, staging_dev == os.lstat(destination).st_dev)
+    needed = needed_bytes(size, staging_dev == os.lstat(destination).st_dev, output)
     free = _free_bytes(destination)
     if free < needed:
+        data = size.allocated // MiB
+        if output == OUTPUT_DISK:
+            what = f"imaging {volume} into a disk needs about {needed // MiB} MB (a disk of {data} MB of "
+            what += "data, kept whole for the EBS snapshot until the upload)"
+        else:
+            what = f"bundling {volume} needs about {needed // MiB} MB (an image of {data} MB of data plus "
+            what += "the parts)"
         raise NodeError(
-            f"destination_dir {destination} has {free // MiB} MB free but bundling {volume} needs "
-            f"about {needed // MiB} MB (an image of {size.allocated // MiB} MB of data plus the "
-            "parts); free some space or choose another destination_dir"
+            f"destination_dir {destination} has {free // MiB} MB free but {what}; free some space or "
+            "choose another destination_dir"
         )
     staging_volume = staging_parent(volume, destination)
     if staging_volume != destination and _free_bytes(staging_volume) < size.copied:
@@ -3238,7 +3251,7 @@ def command_check(request: dict) -> dict:
     output = _output(request, virtualization_type)
     identity, grub, warnings = check_boot(volume, virtualization_type, size, output)
     host_keys, login, hygiene_warnings = check_hygiene(volume, items)
-    check_free_space(volume, destination, size, staging_dev)
+    check_free_space(volume, destination, size, staging_dev, output)
     return {
         "python": ".".join(str(n) for n in sys.version_info[:3]),
         "mke2fs": mke2fs,
@@ -3368,7 +3381,7 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
     identity, grub, warnings = check_boot(volume, virtualization_type, size, output)
     if virtualization_type == HVM and not identity["uuid"]:
         identity = {**identity, "uuid": new_uuid()}  # GRUB's core image finds the root by it
-    check_free_space(volume, destination, size, staging_dev)
+    check_free_space(volume, destination, size, staging_dev, output)
 
     volume_fs = identity
     checked = moment()
@@ -3457,7 +3470,6 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
 # An EBS-backed image: the disk kept whole, its blocks streamed to the controller
 # ---------------------------------------------------------------------------------------------
 
-OUTPUT_PARTS, OUTPUT_DISK = "parts", "disk"
 # The EBS direct APIs' block: every PutSnapshotBlock carries exactly this many bytes.
 EBS_BLOCK_SIZE = 512 * 1024
 GiB = 1024 * MiB

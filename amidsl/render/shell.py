@@ -379,9 +379,9 @@ def _deregister_by_name(action: DeregisterByName) -> list[str]:
     """What force_deregister will remove, listed by the aws CLI; the removal is amidsl's own step."""
     lines = [
         f"# force_deregister: every image of this account named {_comment(action.image_name)} in the regions",
-        f"# below is deregistered; in {action.bundle_region} the bundle it was registered from is deleted",
-        "# (the manifest and exactly the parts it lists) unless it is this build's own location, and an",
-        "# EBS-backed image's snapshots unless another image uses them.",
+        "# below is deregistered, and its EBS snapshots in its region unless another image uses them;",
+        f"# in {action.bundle_region} an S3-backed image's bundle is deleted too (the manifest and exactly",
+        "# the parts it lists) unless it is this build's own location.",
         *[f"# The snapshot {s} stays: this build registers it." for s in action.keep_snapshots],
         "# What would go:",
     ]

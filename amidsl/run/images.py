@@ -40,6 +40,10 @@ class ImageError(Exception):
     """An image cannot be found, listed or deleted; the message says why and the fix."""
 
 
+class NoCredentials(ImageError):
+    """EC2 could not be asked at all: no AWS credentials were found (a set-up error, before any change)."""
+
+
 EBS = "ebs"
 INSTANCE_STORE = "instance-store"
 
@@ -121,6 +125,8 @@ def _ec2_error(err: Exception, what: str) -> ImageError:
         code = err.response.get("Error", {}).get("Code", "Unknown")
         detail = err.response.get("Error", {}).get("Message", "")
         return ImageError(f"{what}: EC2 answered {code}{': ' + detail if detail else ''}")
+    if isinstance(err, botocore.exceptions.NoCredentialsError):
+        return NoCredentials(f"{what}: {storage_error(err, 'EC2')}")
     return ImageError(f"{what}: {storage_error(err, 'EC2')}")
 
 
@@ -156,8 +162,8 @@ def find_image(ec2: Any, image: str) -> ImageSummary:
         found = _describe(ec2, f"looking up {image!r}", Filters=[{"Name": "name", "Values": [image]}])
     if not found:
         raise ImageError(
-            f"this account owns no image {image!r} in this region; check the id or name and the region "
-            "(amidsl images lists the ones amidsl built)"
+            f"this account owns no image {image!r} in {ec2.meta.region_name}; check the id or name and "
+            "the region (amidsl images lists the ones amidsl built)"
         )
     return ImageSummary.of(found[0])
 

@@ -259,9 +259,11 @@ def run_plan(
                     result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
             except ActionFailed as failure:
                 result.transcript += failure.records
-                description = dict(actions).get(failure.index, phase.actions[failure.index - 1]).description
+                failed_action = dict(actions).get(failure.index, phase.actions[failure.index - 1])
+                description = failed_action.description
                 if on_controller:  # a node back-end reports its own failed action's line
-                    progress(f"  [{phase.name} {failure.index}] {description}: failed [controller]")
+                    where = ran_at(failed_action)
+                    progress(f"  [{phase.name} {failure.index}] {description}: failed [{where}]")
                 failed = (BuildError, failure.index, description, failure.status, failure.output, "")
             except KeyboardInterrupt as interrupt:
                 on_node = getattr(interrupt, "note", "")
@@ -341,6 +343,18 @@ def _registered_note(settings: AmiSettings, values: dict[str, str]) -> str:
     )
 
 
+def ran_at(action: Action) -> str:
+    """Where a controller-driven action runs, as its progress line and record say: the AWS operation,
+    the node (the node program), or a step of the controller's own."""
+    if isinstance(action, AwsCall):
+        return f"{action.service}:{action.operation}"
+    if isinstance(action, UpdateSettings):
+        return "update-settings"
+    if isinstance(action, CheckResult):
+        return "check"
+    return "node" if isinstance(action, NodeProgram) else "controller"
+
+
 def _run_controller_action(
     phase: str,
     index: int,
@@ -357,18 +371,18 @@ def _run_controller_action(
             results[action.result_name] = backend.call_aws(action, params)
         except Exception as err:
             raise ActionFailed(index, 1, f"{action.operation}: {err}") from err
-        return ActionRecord(phase, index, action.description, f"{action.service}:{action.operation}", 0, "")
+        return ActionRecord(phase, index, action.description, ran_at(action), 0, "")
     if isinstance(action, UpdateSettings):
         stored = []
         for setting, field_name in action.fields:
             values[setting] = str(results[action.from_result][field_name])
             stored.append(f"{setting}={values[setting]}")
-        return ActionRecord(phase, index, action.description, "update-settings", 0, "\n".join(stored))
+        return ActionRecord(phase, index, action.description, ran_at(action), 0, "\n".join(stored))
     if isinstance(action, CheckResult):
         found = len(results[action.from_result].get(action.field, []))
         if found != action.length:
             raise ActionFailed(index, 1, f"expected {action.length} item(s) in {action.field}, found {found}")
-        return ActionRecord(phase, index, action.description, "check", 0, f"{action.field}: {found}")
+        return ActionRecord(phase, index, action.description, ran_at(action), 0, f"{action.field}: {found}")
     if isinstance(action, PUBLISH_ACTIONS):
         try:
             image_id = resolve_value(action.image_id, values) if isinstance(action, WaitForImage) else None
@@ -377,13 +391,13 @@ def _run_controller_action(
             raise ActionFailed(index, 1, str(err)) from None
         except Exception as err:
             raise ActionFailed(index, 1, f"{action.description}: {type(err).__name__}: {err}") from err
-        return ActionRecord(phase, index, action.description, "controller", 0, output)
+        return ActionRecord(phase, index, action.description, ran_at(action), 0, output)
     if isinstance(action, UploadSnapshot):
         try:
             output = run_upload_snapshot(action, backend, results, progress)  # type: ignore[arg-type]
         except (SnapshotStepFailed, SnapshotUploadError, BlockStreamFailed) as err:
             raise ActionFailed(index, getattr(err, "status", 1), str(err)) from None
-        return ActionRecord(phase, index, action.description, "controller", 0, output)
+        return ActionRecord(phase, index, action.description, ran_at(action), 0, output)
     if isinstance(action, (*NATIVE_CONTROLLER_ACTIONS, NodeProgram)):
         try:
             output = run_controller_step(action, settings, backend, results)  # type: ignore[arg-type]
@@ -392,9 +406,8 @@ def _run_controller_action(
         except Exception as err:
             # No secret reaches a message: key, IV and URLs are never part of an error text we make.
             raise ActionFailed(index, 1, f"{action.description}: {type(err).__name__}: {err}") from err
-        where = "node" if isinstance(action, NodeProgram) else "controller"
         return ActionRecord(
-            phase, index, action.description, where, 0, redact(output, secret_values(results))
+            phase, index, action.description, ran_at(action), 0, redact(output, secret_values(results))
         )
     raise TypeError(f"the runner does not know the controller action {type(action).__name__}")
 

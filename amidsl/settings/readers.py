@@ -6,6 +6,7 @@ parameters. The `read_*` functions read any key by name, for readers of tables a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,13 @@ from amidsl.settings.reading import Reading
 from amidsl.settings.schema import Reader, Setting, Source
 
 # -- reading a key by name ------------------------------------------------------------------------
+
+
+def toml_spelling(value: object) -> str:
+    """A value as a message shows it: booleans as TOML writes them (true, not Python's True)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def read_text(r: Reading, name: str, default: str | None = None) -> str | None:
@@ -47,7 +55,9 @@ def read_text_list(r: Reading, name: str) -> tuple[str, ...]:
     """A list of strings (empty, with a problem, for anything else)."""
     value = r.given.get(name, [])
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        r.problem(name, f"must be a list of strings, got {value!r}", f'write {name} = ["/path", ...]')
+        # One string is most likely one entry given without the brackets: the fix shows it in them.
+        example = json.dumps([value], ensure_ascii=False) if isinstance(value, str) else '["...", ...]'
+        r.problem(name, f"must be a list of strings, got {value!r}", f"write {name} = {example}")
         return ()
     if not all(isinstance(item, str) for item in value):
         r.problem(name, f"must hold only strings, got {value!r}", "quote every entry")
@@ -198,7 +208,7 @@ def whole_number(low: int, high: int, what: str, fix: str) -> Reader:
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
         ):
-            r.problem(row.name, f"{value!r} is not {what}", fix)
+            r.problem(row.name, f"{toml_spelling(value)} is not {what}", fix)
             return default
         return value
 

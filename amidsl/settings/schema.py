@@ -38,7 +38,9 @@ class Problem:
     fix: str
 
     def __str__(self) -> str:
-        return f"{self.setting}: {self.message}. Fix: {self.fix}."
+        # A fix may end as a question ("did you mean 'eu-west-1'?"), which needs no period after it.
+        end = "" if self.fix.endswith(("?", ".", "!")) else "."
+        return f"{self.setting}: {self.message}. Fix: {self.fix}{end}"
 
 
 class SettingsError(ValueError):

@@ -248,8 +248,8 @@ def program_removal(s: AmiSettings) -> Remove:
     return Remove(s.install_dir, recursive=True, description="remove the amidsl node program (install_dir)")
 
 
-def cleanup(s: AmiSettings) -> list[Action]:
-    """Remove what runs of the node program that died left, the node program, and the bundle parts.
+def program_cleanup(s: AmiSettings) -> list[Action]:
+    """Remove what runs of the node program that died left, and the node program.
 
     The program is shipped again first: cleanup may run on its own, after a failure removed it.
     """
@@ -264,10 +264,14 @@ def cleanup(s: AmiSettings) -> list[Action]:
             "(a running one's are kept)",
         ),
         program_removal(s),
-        # The node program's image is in its work directory `.<prefix>.work.<pid>-*`, which the cleanup
-        # command above removes.
-        bundle_files.parts_removal(s),
     ]
+
+
+def cleanup(s: AmiSettings) -> list[Action]:
+    """The node program's cleanup, then the bundle parts."""
+    # The node program's image is in its work directory `.<prefix>.work.<pid>-*`, which the cleanup
+    # command removes.
+    return [*program_cleanup(s), bundle_files.parts_removal(s)]
 
 
 PHASE_FUNCTIONS = {

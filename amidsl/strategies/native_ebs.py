@@ -216,13 +216,18 @@ def register(s: AmiSettings) -> list[Action | PlanWarning]:
     )
     return [
         *([ena_warning] if s.ena_support is False else []),
-        *ami_register(s, register_image_params(s), lambda region: copy_image_params(s, region)),
+        *ami_register(
+            s,
+            register_image_params(s),
+            lambda region: copy_image_params(s, region),
+            uses_bucket=STRATEGY.uses_bucket,
+        ),
     ]
 
 
 def cleanup(s: AmiSettings) -> list[Action]:
-    """The S3 path's cleanup, and the disk the node program kept."""
-    return [*native.cleanup(s), disk_removal(s)]
+    """The node program's cleanup, as for the S3 path, and the disk it kept (it makes no parts)."""
+    return [*native.program_cleanup(s), disk_removal(s)]
 
 
 PHASE_FUNCTIONS = {
@@ -299,8 +304,8 @@ def summary(s: AmiSettings) -> tuple[tuple[str, str], ...]:
         ),
         (
             "secrets",
-            "AWS credentials and the signing key stay on the controller; nothing secret reaches the node "
-            "(the disk is sent unencrypted inside the SSH channel)",
+            "AWS credentials stay on the controller, which uploads the snapshot; nothing secret reaches "
+            "the node (the disk is sent unencrypted inside the SSH channel)",
         ),
     )
 

@@ -137,14 +137,28 @@ def _tag(s: AmiSettings, image: RuntimeValue, region: str, what: str) -> AwsCall
     )
 
 
-def _force_deregister(s: AmiSettings) -> list[Action | PlanWarning]:
+def _force_deregister(s: AmiSettings, uses_bucket: bool) -> list[Action | PlanWarning]:
+    """force_deregister's warning and action; what they say goes follows where the build puts the image
+    (`uses_bucket`: an S3 bundle, else an EBS snapshot), though either kind of older image is removed."""
     regions = (s.region, *s.copy_to_regions)
+    named = f"any image of this account named {s.image_name!r} in {', '.join(regions)}"
+    if uses_bucket:
+        goes = (
+            f"in {s.region} the S3 bundle it was registered from is deleted, and an EBS-backed one's "
+            "snapshots (unless another image uses them)"
+        )
+        removal = DeregisterByName.description
+    else:
+        goes = (
+            "in each of those regions its EBS snapshots are deleted (unless another image uses them); an "
+            f"S3-backed one's bundle in {s.region} too"
+        )
+        removal = "deregister an existing image of the same name and delete its snapshots"
     return [
         PlanWarning(
-            f"force_deregister: any image of this account named {s.image_name!r} in "
-            f"{', '.join(regions)} is deregistered before registering; in {s.region} the S3 bundle it was "
-            "registered from is deleted, and an EBS-backed one's snapshots (unless another image uses "
-            "them); each is named in the build's output before it goes"
+            f"force_deregister: {named} is deregistered before registering"
+            + ("; " if uses_bucket else ", and ")
+            + f"{goes}; each is named in the build's output before it goes"
         ),
         DeregisterByName(
             s.image_name,
@@ -153,6 +167,7 @@ def _force_deregister(s: AmiSettings) -> list[Action | PlanWarning]:
             s.s3_manifest_path,
             # A resumed EBS-backed build registers the snapshot an older image of the name may use.
             keep_snapshots=(s.snapshot_id,) if s.snapshot_id else (),
+            description=removal,
         ),
     ]
 
@@ -161,12 +176,14 @@ def ami_register(
     s: AmiSettings,
     params: tuple[tuple[str, object], ...] | None = None,
     copy_params: Callable[[str], tuple[tuple[str, object], ...]] = lambda region: (),
+    uses_bucket: bool = True,
 ) -> list[Action | PlanWarning]:
     """Register the uploaded image as an AMI (by default the S3 bundle: register_image_params), keep its
-    id, and finish it as the settings say; the CopyImage to each region also gets `copy_params(region)`."""
+    id, and finish it as the settings say; the CopyImage to each region also gets `copy_params(region)`.
+    `uses_bucket` is the strategy's: whether the image is an S3 bundle (else an EBS snapshot)."""
     actions: list[Action | PlanWarning] = []
     if s.force_deregister:
-        actions += _force_deregister(s)
+        actions += _force_deregister(s, uses_bucket)
     if s.public_image:
         actions.append(
             PlanWarning(

@@ -13,6 +13,7 @@ from amidsl.model.actions import NodeProgram
 from amidsl.settings import SettingsError, resolve
 from simulator.executor import SimulatorBackend
 from tests.simulator.test_native import SECRET_KEY, node_files
+from tests.simulator.test_native_faults import failed_in
 
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 EU_KEY = KEY.replace("us-east-1", "eu-west-1")
@@ -394,3 +395,10 @@ def test_an_ebs_disk_stays_within_what_an_mbr_partition_holds(ebs_settings):
         resolve(ebs_settings | {"image_size_mb": 2 * 1024 * 1024 + 1})
     assert "2097153 is not a size from 1 to 2097152 MB" in str(refused.value)
     assert resolve(ebs_settings | {"image_size_mb": 2 * 1024 * 1024}).image_size_mb == 2097152
+
+
+def test_too_little_space_for_the_disk_stops_the_install_saying_the_disk_needs_it(run, ebs_settings, node):
+    node.faults.disk_full_under = "/tmp"
+    message = failed_in(run(ebs_settings), "install")
+    assert "destination_dir /tmp has 0 MB free but imaging / into a disk needs about " in message
+    assert "kept whole for the EBS snapshot" in message and "parts" not in message

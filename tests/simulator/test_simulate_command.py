@@ -166,6 +166,14 @@ def test_faults_that_make_no_sense_are_refused_and_leave_no_temp_files(here, tem
     assert list(temp.iterdir()) == []
 
 
+def test_a_refused_fault_lists_the_faults_on_a_line_of_their_own(here):
+    run = here("--fault", "meteor=1")
+    assert run.returncode == 2
+    said = "--fault 'meteor=1': not a fault I know.\nFaults: fail-put=N (the N-th S3 PUT fails once)"
+    assert said in run.stderr
+    assert "inject a fault" not in run.stderr
+
+
 def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds(here):
     run = here("--bundler", "ami-tools", "--json", "--fault", "fail-put=1")
     document = json.loads(run.stdout)
@@ -256,7 +264,15 @@ def test_a_native_build_meeting_a_fault_exits_non_zero_saying_why_and_leaves_no_
 def test_a_failed_registration_prints_its_action_line(here):
     run = here("--fault", "reject-register=InvalidAMIName.Duplicate")
     assert run.returncode == 1
-    assert "  [ami-register 1] register the image with EC2: failed [controller]" in run.stdout.splitlines()
+    line = "  [ami-register 1] register the image with EC2: failed [ec2:RegisterImage]"
+    assert line in run.stdout.splitlines()
+
+
+def test_a_failed_node_program_action_prints_where_it_ran_as_a_success_does(here):
+    run = here("--fault", "disk-full=/tmp")
+    assert run.returncode == 1
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("  [install 5] ")]
+    assert line.endswith(": failed [node]")
 
 
 def test_a_pending_image_is_waited_for_and_a_failed_one_fails_the_build_with_its_reason(here):
