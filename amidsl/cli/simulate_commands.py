@@ -40,7 +40,7 @@ from amidsl.run.progress import Progress
 from amidsl.run.result import registered_lines, result_document
 from amidsl.run.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
 from amidsl.settings import AmiSettings, SettingsError
-from amidsl.strategies import strategy_of
+from amidsl.strategies import bucket_backings, strategy_of
 from amidsl.strategies.native_controller import hygiene_lines
 from simulator.botocore_data import one_botocore_loader
 
@@ -68,6 +68,8 @@ FAULT_NAMES = (
 # the ami-tools path needs neither python3 nor e2fsprogs on the node (its ec2-bundle-vol model is the
 # tools' own).
 NODE_PROGRAM_FAULTS = ("url-expires", "no-python3", "old-python3", "no-mke2fs", "old-mke2fs")
+# Faults on the S3 upload of a bundle: a build whose image is no S3 bundle (an EBS snapshot) never meets them.
+S3_UPLOAD_FAULTS = ("fail-put", "s3-5xx", "fail-part", "url-expires")
 WITHOUT_VALUE = ("no-python3", "no-mke2fs")
 # The oldest version the native bundler runs with, and an older one for the example; an old-* fault
 # gives an older one.
@@ -92,8 +94,16 @@ def parse_fault(text: str, plan: Plan) -> Fault:
     if name not in FAULT_NAMES:
         close = difflib.get_close_matches(name, FAULT_NAMES, n=1)
         raise refuse(f"not a fault I know{f' (did you mean {close[0]}?)' if close else ''}")
-    if name in NODE_PROGRAM_FAULTS and not strategy_of(plan.settings).runs_node_program:
+    strategy = strategy_of(plan.settings)
+    if name in NODE_PROGRAM_FAULTS and not strategy.runs_node_program:
         raise refuse(f"it models the native bundler's node program: drop --bundler {plan.settings.bundler}")
+    if name in S3_UPLOAD_FAULTS and not strategy.uses_bucket:
+        backings = " or ".join(f"--set backing={backing}" for backing in bucket_backings(plan.settings))
+        raise refuse(
+            f"it acts on the S3 upload of a bundle, and a build with backing = "
+            f"{json.dumps(plan.settings.backing)} puts no bundle in S3: drop the fault, or add {backings} "
+            "to simulate an S3-backed build"
+        )
     if name in WITHOUT_VALUE:
         if equals:
             raise refuse(f"{name} takes no value")
