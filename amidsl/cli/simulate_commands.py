@@ -2,7 +2,8 @@
 
 JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added): the fields of every build
 result (amidsl/run/result.py: "schema", "amidsl_version", "config", "error", "image_id", "image_name",
-"images", "copies", "bundle", "parts", "timings", "settings_digest"), and
+"images", "copies", "bundle", "snapshot_id", "parts", "timings", "settings_digest"; a failed build's
+document holds what the run made before it failed), and
 
     {"schema": "amidsl.simulate/1", "amidsl_version": str, "config": path,
      "image_id": str or null, "copies": {region: image id}, "error": str or null,
@@ -309,7 +310,8 @@ def as_json(
         if list_all:
             image["entries"] = [entry.__dict__ for entry in inspection.entries]
     error = str(simulation.error) if simulation.error else None
-    document = result_document(SCHEMA, settings, simulation.result, error, config=str(choice.path))
+    made = simulation.error.made if simulation.error is not None else simulation.result
+    document = result_document(SCHEMA, settings, made, error, config=str(choice.path))
     document["transcript"] = [record.__dict__ for record in simulation.transcript]
     document["image"] = image
     document["faults_not_fired"] = [{"fault": text, "why": why} for text, why in unfired]

@@ -289,7 +289,7 @@ def test_json_of_a_failed_ebs_registration_has_the_snapshot_and_the_phases_that_
     snapshot_id = document["snapshot_id"]
     assert snapshot_id.startswith("snap-")
     assert f"The snapshot {snapshot_id} (completed) stays in us-east-1" in document["error"]
-    assert list(document["timings"]) == ["install", "configure", "ami-bundle", "ami-upload"]
+    assert set(document["timings"]) == {"install", "configure", "ami-bundle", "ami-upload"}
     assert document["image_id"] is None and document["images"] == {} and document["bundle"] is None
 
 
@@ -301,7 +301,7 @@ def test_json_of_an_image_that_failed_after_registering_has_the_image_and_its_sn
     assert image_id.startswith("ami-") and document["images"] == {"us-east-1": image_id}
     assert f"stays, on its EBS snapshot: {image_id} in us-east-1" in document["error"]
     assert document["snapshot_id"].startswith("snap-")
-    assert list(document["timings"]) == ["install", "configure", "ami-bundle", "ami-upload"]
+    assert set(document["timings"]) == {"install", "configure", "ami-bundle", "ami-upload"}
 
 
 def test_json_of_a_failed_upload_has_the_bundle_and_its_parts(here):
@@ -311,7 +311,7 @@ def test_json_of_a_failed_upload_has_the_bundle_and_its_parts(here):
     assert document["image_id"] is None and document["snapshot_id"] is None
     assert document["bundle"] == "s3://amidsl-example-bundles/images/example/image.manifest.xml"
     assert [part["filename"] for part in document["parts"]] == ["image.part.0"]
-    assert list(document["timings"]) == ["install", "configure", "ami-bundle"]
+    assert set(document["timings"]) == {"install", "configure", "ami-bundle"}
 
 
 def test_a_later_phase_alone_is_refused_with_the_phases_it_needs(temp):
