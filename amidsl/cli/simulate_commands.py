@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from amidsl.bundle.ls import listing_line
 from amidsl.cli.support import ConfigChoice, announce_config, find_config, load_settings
 from amidsl.cli.table import FAILED, FAULT_HELP, INTERRUPTED, CommandError
-from amidsl.model.actions import NodeProgram
+from amidsl.model.actions import Action, NodeProgram, UploadSnapshot
 from amidsl.model.plan import Plan, build_plan
 from amidsl.render.summary import plan_title
 from amidsl.run.progress import Progress
@@ -43,6 +43,7 @@ from amidsl.run.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
 from amidsl.settings import AmiSettings, SettingsError
 from amidsl.strategies import bucket_backings, strategy_of
 from amidsl.strategies.native_controller import hygiene_lines
+from amidsl.strategies.native_ebs import blocks_program
 from simulator.botocore_data import one_botocore_loader
 
 if TYPE_CHECKING:
@@ -139,10 +140,17 @@ def parse_fault(text: str, plan: Plan) -> Fault:
     return Fault(name, _node_action(plan, value, refuse, program_too=name == "ctrl-c"))
 
 
+def _streamed_program(action: Action) -> str | None:
+    """The node program command whose output a controller action reads as it works (an EBS upload
+    reads the disk's blocks from `blocks`), or None."""
+    return blocks_program(action, "").command if isinstance(action, UploadSnapshot) else None
+
+
 def _node_action(
     plan: Plan, value: str, refuse: Callable[[str], CommandError], program_too: bool
 ) -> tuple[str, int, str | None]:
-    """(phase, index, node program command or None) of PHASE:N, an action that runs on the node."""
+    """(phase, index, node program command or None) of PHASE:N, an action that runs on the node (or
+    reads a node program's output as it works; with `program_too`, also the node program's own run)."""
     phase, _, index = value.partition(":")
     actions = {p.name: p.actions for p in plan.phases}
     if phase not in actions:
@@ -151,13 +159,17 @@ def _node_action(
     if not index.isdigit() or not 1 <= int(index) <= size:
         raise refuse(f"phase {phase} has actions 1 to {size}")
     action = actions[phase][int(index) - 1]
+    if _streamed_program(action):
+        return phase, int(index), _streamed_program(action)
     if isinstance(action, NodeProgram) and program_too:
         return phase, int(index), action.command
     if isinstance(action, DRIVEN_BY_CONTROLLER):
         on_node = [
             str(i)
             for i, a in enumerate(actions[phase], start=1)
-            if not isinstance(a, DRIVEN_BY_CONTROLLER) or (program_too and isinstance(a, NodeProgram))
+            if not isinstance(a, DRIVEN_BY_CONTROLLER)
+            or (program_too and isinstance(a, NodeProgram))
+            or _streamed_program(a)
         ]
         choose = f"choose one of {', '.join(on_node)}" if on_node else "this phase has none"
         where = (
@@ -208,8 +220,11 @@ def apply_faults(simulation: Simulation, faults: list[Fault]) -> None:
             else:
                 node.faults.ctrl_c_at = (phase, index)
         else:
-            phase, index, _ = fault.value
-            node.faults.interrupt_at = (phase, index)
+            phase, index, program = fault.value
+            if program:  # the connection drops while the controller reads the program's output
+                node.faults.drop_program = program
+            else:
+                node.faults.interrupt_at = (phase, index)
 
 
 def not_fired(fault: Fault, simulation: Simulation) -> str | None:
@@ -234,7 +249,7 @@ def not_fired(fault: Fault, simulation: Simulation) -> str | None:
         return None if mark in region.faults.fired else why
     # A node fault is cleared when it fires.
     waiting = {
-        "interrupt": node.faults.interrupt_at,
+        "interrupt": node.faults.interrupt_at or node.faults.drop_program,
         "ctrl-c": node.faults.ctrl_c_at or node.faults.ctrl_c_program,
     }
     if waiting.get(fault.name) is not None:

@@ -80,7 +80,8 @@ class ActionInterrupted(KeyboardInterrupt):
     """Raised by a back-end for Ctrl-C, naming the action that was running (a KeyboardInterrupt still).
 
     index is None when the back-end does not know the plan's numbering (the runner fills it in); note
-    says what the interruption did on the node (e.g. that the node program was stopped).
+    says what the interruption did on the node (e.g. that the node program was stopped) or in AWS (an
+    unfinished snapshot deleted).
     """
 
     def __init__(self, index: int | None, note: str = "") -> None:

@@ -282,6 +282,32 @@ def test_a_pending_image_is_waited_for_and_a_failed_one_fails_the_build_with_its
     assert "The image was registered before this failure and stays" in failed.stderr
 
 
+@pytest.mark.parametrize(
+    ("fault", "status", "said"),
+    [
+        ("ctrl-c=ami-upload:1", 130, "into an EBS snapshot from the controller) was interrupted (Ctrl-C)"),
+        ("interrupt=ami-upload:1", 1, "ssh: connection to the node was lost"),
+    ],
+)
+def test_an_ebs_upload_can_be_interrupted_and_leaves_no_unfinished_snapshot(here, temp, fault, status, said):
+    run = here("--set", "backing=ebs", "--fault", fault, temp=temp)
+    assert run.returncode == status and "Traceback" not in run.stderr
+    assert "phase ami-upload, action 1 (upload the disk's blocks into an EBS snapshot" in run.stderr
+    assert said in run.stderr and "did not fire" not in run.stderr
+    assert re.search(
+        r"The unfinished snapshot snap-\w+ was deleted; nothing is left in us-east-1", run.stderr
+    )
+    assert list(temp.iterdir()) == []
+
+
+def test_an_ebs_upload_s_own_controller_step_is_refused_for_interruptions(here):
+    run = here("--set", "backing=ebs", "--fault", "interrupt=ami-upload:2")
+    assert run.returncode == 2
+    assert (
+        "action 2 of ami-upload (keep the snapshot id) runs on the controller; choose one of 1" in run.stderr
+    )
+
+
 def test_json_of_a_failed_ebs_registration_has_the_snapshot_and_the_phases_that_finished(here):
     run = here("--set", "backing=ebs", "--json", "--fault", "reject-register=InvalidParameterValue")
     assert run.returncode == 1
