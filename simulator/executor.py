@@ -44,7 +44,7 @@ from amidsl.model.plan import Plan, Spec, build_plan
 from amidsl.model.steps import node_steps, references
 from amidsl.render.shell import render_action
 from amidsl.run.block_stream import BlockStream
-from amidsl.run.ebs_upload import download_snapshot
+from amidsl.run.ebs_upload import BLOCK_SIZE, download_snapshot
 from amidsl.run.runner import ActionFailed, ActionInterrupted, ActionRecord, BuildError, BuildResult, run_plan
 from amidsl.secrets import redact
 from amidsl.settings import AmiSettings
@@ -226,30 +226,54 @@ class SimulatorBackend:
         return process.returncode, stdout, stderr
 
     def stream_node_program(self, action: NodeProgram, request: bytes) -> BlockStream:
-        """Run the node program (its `blocks` command) and read its block frames as they come."""
+        """Run the node program (its `blocks` command) and read its block frames as they come.
+
+        With a Ctrl-C or a dropped connection set for the command, it comes once the first block was
+        read: the user's Ctrl-C as KeyboardInterrupt in the reader, a dropped connection as the end of
+        the output with ssh's status 255."""
         program = self.node.host_path(action.program)
         if "python3" not in self.node.packages or not program.is_file():
             status, _, said = self.run_node_program(action, request)  # says what is missing
             return BlockStream(lambda size: b"", lambda: (status, said))
+        faults = self.node.faults
+        ctrl_c, dropped = faults.ctrl_c_program == action.command, faults.drop_program == action.command
         tools = tempfile.mkdtemp(prefix="amidsl-sim-tools-")
         process = self._launch(action, self._host_request(request), Path(tools))
         said: list[bytes] = []
         assert process.stdout is not None and process.stderr is not None
-        stderr = process.stderr
+        stdout, stderr = process.stdout, process.stderr
         reader = threading.Thread(target=lambda: said.append(stderr.read()), daemon=True)
         reader.start()
+        read_so_far, lost = 0, False
+
+        def read(size: int) -> bytes:
+            nonlocal read_so_far, lost
+            under_way = read_so_far > BLOCK_SIZE  # a first block was read
+            if under_way and ctrl_c:
+                faults.ctrl_c_program = None  # the user hits Ctrl-C once
+                raise KeyboardInterrupt
+            if (under_way and dropped) or lost:
+                faults.drop_program, lost = None, True  # the connection drops once
+                return b""
+            data = stdout.read(size)
+            read_so_far += len(data)
+            return data
 
         def finish() -> tuple[int, str]:
+            if lost:
+                process.kill()  # with the connection, the program is gone
             process.wait()
             reader.join()
             shutil.rmtree(tools, ignore_errors=True)
+            if lost:
+                return 255, "ssh: connection to the node was lost"
             return process.returncode, self._node_paths(b"".join(said).decode("utf-8", "replace"))
 
         def stop() -> None:
             process.kill()
             finish()
 
-        return BlockStream(process.stdout.read, finish, stop)
+        return BlockStream(read, finish, stop)
 
     def _host_request(self, request: bytes) -> dict[str, Any]:
         """The request with the node's paths (volume, destination_dir, disk) as this machine's."""

@@ -86,6 +86,7 @@ class NodeFaults:
     interrupt_at: tuple[str, int] | None = None  # (phase, action index)
     ctrl_c_at: tuple[str, int] | None = None  # (phase, action index) during which the user hits Ctrl-C
     ctrl_c_program: str | None = None  # the node program's command (bundle, upload) that Ctrl-C stops
+    drop_program: str | None = None  # the streaming node program command (blocks) whose connection drops
     undeletable: str | None = None  # a path rm and find fail to remove (e.g. an immutable file)
 
 

@@ -519,3 +519,31 @@ def test_unknown_phase_and_format():
     assert run.returncode == 2 and "--phase: 'bundle' is not a phase of 'ami'" in run.stderr
     run = amidsl("plan", "--format", "yaml")
     assert usage_error(run) and "invalid choice: 'yaml' (choose from 'text', 'json')" in run.stderr
+
+
+def test_a_failed_build_s_json_and_result_file_say_what_it_made_before_failing(
+    tmp_path, raw_settings, monkeypatch, capsys
+):
+    from amidsl.cli import build_commands
+    from amidsl.cli.main import run as run_command_line
+    from amidsl.run.runner import BuildError, BuildResult
+
+    def build_failing_after_registering(host, settings, **options):
+        made = BuildResult(settings.with_values(image_id="ami-0abc1234"), node=f"root@{host}:22")
+        made.timings = {"install": 1.5, "configure": 0.5, "ami-bundle": 9.0, "ami-upload": 3.0}
+        raise BuildError(
+            "ami-register", 4, "wait until the image is available", None, "failed", "", made=made
+        )
+
+    monkeypatch.setattr(build_commands, "Aws", lambda settings, live: None)
+    monkeypatch.setattr(build_commands, "check_aws_side", lambda settings, aws, **checks: [])
+    monkeypatch.setattr(build_commands, "build_on_host", build_failing_after_registering)
+    config = write_toml(tmp_path / "ami.toml", {"ami": raw_settings, "live": {"host": "node"}})
+    result = tmp_path / "result.json"
+    status = run_command_line(["build", "--config", str(config), "--json", "--result", str(result)])
+    document = json.loads(capsys.readouterr().out)
+    assert status == 1 and document == json.loads(result.read_text())
+    assert document["error"].startswith("build failed: phase ami-register, action 4")
+    assert document["image_id"] == "ami-0abc1234" and document["images"] == {"eu-west-1": "ami-0abc1234"}
+    assert set(document["timings"]) == {"install", "configure", "ami-bundle", "ami-upload"}
+    assert document["node"] == "root@node:22"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from amidsl.model.plan import build_plan
 from amidsl.run.result import result_document, settings_digest
-from amidsl.run.runner import run_plan
+from amidsl.run.runner import BuildError, run_plan
 from amidsl.strategies import server_spec
 from tests.test_runner import ScriptedBackend
 
@@ -31,6 +33,29 @@ def test_a_failed_build_reports_its_error_and_no_image(raw_settings):
     document = result_document("amidsl.build/1", plan.settings, None, "it broke", config="x.toml")
     assert document["error"] == "it broke" and document["image_id"] is None and document["images"] == {}
     assert document["timings"] == {} and document["parts"] is None
+
+
+def test_a_build_that_fails_after_registering_reports_the_image_and_the_phases_that_finished(raw_settings):
+    plan = build_plan(server_spec(raw_settings | {"copy_to_regions": []}))
+    with pytest.raises(BuildError) as failed:
+        run_plan(plan, ScriptedBackend(fail_at=("cleanup", 1)))
+    made = failed.value.made
+    document = result_document("amidsl.build/1", plan.settings, made, str(failed.value), config="x.toml")
+    assert document["error"].startswith("phase cleanup, action 1")
+    assert document["image_id"] == "ami-0abc1234"
+    assert document["images"] == {plan.settings.region: "ami-0abc1234"}
+    assert list(document["timings"]) == ["install", "configure", "ami-bundle", "ami-upload", "ami-register"]
+    assert document["bundle"] == f"s3://{plan.settings.s3_manifest_path}"
+
+
+def test_a_build_that_fails_in_its_first_phase_reports_that_it_made_nothing(raw_settings):
+    plan = build_plan(server_spec(raw_settings))
+    with pytest.raises(BuildError) as failed:
+        run_plan(plan, ScriptedBackend(fail_at=("install", 1)))
+    made = failed.value.made
+    document = result_document("amidsl.build/1", plan.settings, made, str(failed.value), config="x.toml")
+    assert document["image_id"] is None and document["images"] == {} and document["copies"] == {}
+    assert document["timings"] == {} and document["parts"] is None and document["snapshot_id"] is None
 
 
 def test_the_settings_digest_follows_the_settings_and_holds_no_secret(raw_settings):

@@ -89,19 +89,22 @@ def build(
         )
         progress.log_line(choice.describe())
         outcome: BuildResult | None = None
+        made: BuildResult | None = None  # the result, or what a failed build made
         failure: CommandError | None = None
         try:
-            outcome = _run_build(
+            outcome = made = _run_build(
                 settings, live, loaded, host, group, launch, phase, chosen, on_error, progress
             )
+        except BuildError as err:
+            made, failure = err.made, _build_failure(err)
         except CommandError as err:
             failure = err
         finally:
             progress.finish()
         document = result_document(
-            SCHEMA, settings, outcome, str(failure) if failure else None, config=str(choice.path)
+            SCHEMA, settings, made, str(failure) if failure else None, config=str(choice.path)
         )
-        document["node"] = outcome.node if outcome else None
+        document["node"] = (made.node or None) if made else None
         text = json_text.dumps(document, indent=2, sort_keys=True)
         if result_file is not None:
             result_file.write(text + "\n")
@@ -120,6 +123,13 @@ def result_lines(settings: AmiSettings, outcome: BuildResult, chosen: list[str])
     if not outcome.image_id:
         return [f"phases done: {', '.join(chosen)}"]
     return registered_lines(outcome.settings, outcome.image_id, outcome.copies)
+
+
+def _build_failure(err: BuildError) -> CommandError:
+    """A failed or interrupted build as the command's error: exit status 1, or 130 for Ctrl-C."""
+    if isinstance(err, BuildInterrupted):
+        return CommandError(f"build interrupted: {err}", INTERRUPTED)
+    return CommandError(f"build failed: {err}", FAILED)
 
 
 @contextmanager
@@ -148,7 +158,8 @@ def _run_build(
     on_error: str,
     progress: Progress,
 ) -> BuildResult:
-    """Check the AWS side, then run the build where the options say; failures as CommandError."""
+    """Check the AWS side, then run the build where the options say; a failed phase as BuildError (with
+    what the build made), other failures as CommandError."""
     try:
         aws = Aws(settings, live)
         for line in check_aws_side(settings, aws, image_name_must_be_free="ami-register" in chosen):
@@ -164,9 +175,9 @@ def _run_build(
         return build_on_host(host, settings, spec=loaded.spec, live=live, phases=chosen, **options)
     except SettingsError as err:
         raise CommandError(str(err)) from None
-    except BuildInterrupted as err:
-        raise CommandError(f"build interrupted: {err}", INTERRUPTED) from None
-    except (BuildError, NodeConnectionError, AwsError) as err:
+    except BuildError:
+        raise  # with what it made, for the result document
+    except (NodeConnectionError, AwsError) as err:
         raise CommandError(f"build failed: {err}", FAILED) from None
     except KeyboardInterrupt:
         # Before any phase ran (the AWS checks, a launch): no credentials reached a node.

@@ -2,7 +2,8 @@
 
 JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added): the fields of every build
 result (amidsl/run/result.py: "schema", "amidsl_version", "config", "error", "image_id", "image_name",
-"images", "copies", "bundle", "parts", "timings", "settings_digest"), and
+"images", "copies", "bundle", "snapshot_id", "parts", "timings", "settings_digest"; a failed build's
+document holds what the run made before it failed), and
 
     {"schema": "amidsl.simulate/1", "amidsl_version": str, "config": path,
      "image_id": str or null, "copies": {region: image id}, "error": str or null,
@@ -33,15 +34,16 @@ from typing import TYPE_CHECKING
 from amidsl.bundle.ls import listing_line
 from amidsl.cli.support import ConfigChoice, announce_config, find_config, load_settings
 from amidsl.cli.table import FAILED, FAULTS, INTERRUPTED, CommandError
-from amidsl.model.actions import NodeProgram
+from amidsl.model.actions import Action, NodeProgram, UploadSnapshot
 from amidsl.model.plan import Plan, build_plan
 from amidsl.render.summary import plan_title
 from amidsl.run.progress import Progress
 from amidsl.run.result import registered_lines, result_document
 from amidsl.run.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
 from amidsl.settings import AmiSettings, SettingsError
-from amidsl.strategies import strategy_of
+from amidsl.strategies import bucket_backings, strategy_of
 from amidsl.strategies.native_controller import hygiene_lines
+from amidsl.strategies.native_ebs import blocks_program
 from simulator.botocore_data import one_botocore_loader
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ FAULT_NAMES = (
 # the ami-tools path needs neither python3 nor e2fsprogs on the node (its ec2-bundle-vol model is the
 # tools' own).
 NODE_PROGRAM_FAULTS = ("url-expires", "no-python3", "old-python3", "no-mke2fs", "old-mke2fs")
+# Faults on the S3 upload of a bundle: a build whose image is no S3 bundle (an EBS snapshot) never meets them.
+S3_UPLOAD_FAULTS = ("fail-put", "s3-5xx", "fail-part", "url-expires")
 WITHOUT_VALUE = ("no-python3", "no-mke2fs")
 # The oldest version the native bundler runs with, and an older one for the example; an old-* fault
 # gives an older one.
@@ -92,8 +96,16 @@ def parse_fault(text: str, plan: Plan) -> Fault:
     if name not in FAULT_NAMES:
         close = difflib.get_close_matches(name, FAULT_NAMES, n=1)
         raise refuse(f"not a fault I know{f' (did you mean {close[0]}?)' if close else ''}")
-    if name in NODE_PROGRAM_FAULTS and not strategy_of(plan.settings).runs_node_program:
+    strategy = strategy_of(plan.settings)
+    if name in NODE_PROGRAM_FAULTS and not strategy.runs_node_program:
         raise refuse(f"it models the native bundler's node program: drop --bundler {plan.settings.bundler}")
+    if name in S3_UPLOAD_FAULTS and not strategy.uses_bucket:
+        backings = " or ".join(f"--set backing={backing}" for backing in bucket_backings(plan.settings))
+        raise refuse(
+            f"it acts on the S3 upload of a bundle, and a build with backing = "
+            f"{json.dumps(plan.settings.backing)} puts no bundle in S3: drop the fault, or add {backings} "
+            "to simulate an S3-backed build"
+        )
     if name in WITHOUT_VALUE:
         if equals:
             raise refuse(f"{name} takes no value")
@@ -128,10 +140,17 @@ def parse_fault(text: str, plan: Plan) -> Fault:
     return Fault(name, _node_action(plan, value, refuse, program_too=name == "ctrl-c"))
 
 
+def _streamed_program(action: Action) -> str | None:
+    """The node program command whose output a controller action reads as it works (an EBS upload
+    reads the disk's blocks from `blocks`), or None."""
+    return blocks_program(action, "").command if isinstance(action, UploadSnapshot) else None
+
+
 def _node_action(
     plan: Plan, value: str, refuse: Callable[[str], CommandError], program_too: bool
 ) -> tuple[str, int, str | None]:
-    """(phase, index, node program command or None) of PHASE:N, an action that runs on the node."""
+    """(phase, index, node program command or None) of PHASE:N, an action that runs on the node (or
+    reads a node program's output as it works; with `program_too`, also the node program's own run)."""
     phase, _, index = value.partition(":")
     actions = {p.name: p.actions for p in plan.phases}
     if phase not in actions:
@@ -140,13 +159,17 @@ def _node_action(
     if not index.isdigit() or not 1 <= int(index) <= size:
         raise refuse(f"phase {phase} has actions 1 to {size}")
     action = actions[phase][int(index) - 1]
+    if _streamed_program(action):
+        return phase, int(index), _streamed_program(action)
     if isinstance(action, NodeProgram) and program_too:
         return phase, int(index), action.command
     if isinstance(action, DRIVEN_BY_CONTROLLER):
         on_node = [
             str(i)
             for i, a in enumerate(actions[phase], start=1)
-            if not isinstance(a, DRIVEN_BY_CONTROLLER) or (program_too and isinstance(a, NodeProgram))
+            if not isinstance(a, DRIVEN_BY_CONTROLLER)
+            or (program_too and isinstance(a, NodeProgram))
+            or _streamed_program(a)
         ]
         choose = f"choose one of {', '.join(on_node)}" if on_node else "this phase has none"
         where = (
@@ -197,8 +220,11 @@ def apply_faults(simulation: Simulation, faults: list[Fault]) -> None:
             else:
                 node.faults.ctrl_c_at = (phase, index)
         else:
-            phase, index, _ = fault.value
-            node.faults.interrupt_at = (phase, index)
+            phase, index, program = fault.value
+            if program:  # the connection drops while the controller reads the program's output
+                node.faults.drop_program = program
+            else:
+                node.faults.interrupt_at = (phase, index)
 
 
 def not_fired(fault: Fault, simulation: Simulation) -> str | None:
@@ -223,7 +249,7 @@ def not_fired(fault: Fault, simulation: Simulation) -> str | None:
         return None if mark in region.faults.fired else why
     # A node fault is cleared when it fires.
     waiting = {
-        "interrupt": node.faults.interrupt_at,
+        "interrupt": node.faults.interrupt_at or node.faults.drop_program,
         "ctrl-c": node.faults.ctrl_c_at or node.faults.ctrl_c_program,
     }
     if waiting.get(fault.name) is not None:
@@ -299,7 +325,8 @@ def as_json(
         if list_all:
             image["entries"] = [entry.__dict__ for entry in inspection.entries]
     error = str(simulation.error) if simulation.error else None
-    document = result_document(SCHEMA, settings, simulation.result, error, config=str(choice.path))
+    made = simulation.error.made if simulation.error is not None else simulation.result
+    document = result_document(SCHEMA, settings, made, error, config=str(choice.path))
     document["transcript"] = [record.__dict__ for record in simulation.transcript]
     document["image"] = image
     document["faults_not_fired"] = [{"fault": text, "why": why} for text, why in unfired]

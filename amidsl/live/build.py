@@ -65,6 +65,10 @@ def run_on_node(
         )
         result.node = str(node.target)
         return result
+    except BuildError as err:
+        if err.made is not None:
+            err.made.node = str(node.target)  # where what it made was made
+        raise
     finally:
         node.close()
 
@@ -265,6 +269,8 @@ def build_on_launched_node(
             wait_for_ssh(host, port, live.wait_seconds, progress)
             result = run_on_node(plan, host, live, aws=aws, on_error=on_error, progress=progress, **options)
     except BuildError as err:
+        if err.made is not None:
+            err.made.node = f"{instance_id} ({err.made.node or host})"
         if on_error != "abort":
             note = f"{err.cleanup_note} {_terminate_after_failure(instance_id, aws, progress)}"
             resume = "To retry, fix the cause and run the build again (it launches a new node)."
@@ -283,6 +289,7 @@ def build_on_launched_node(
             err.transcript,
             resume,
             err.cause,
+            err.made,
         ) from None
     except BaseException:
         if on_error != "abort":

@@ -79,6 +79,18 @@ class SnapshotUploadError(Exception):
         self.snapshot_id = snapshot_id
 
 
+class SnapshotUploadInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped an upload after StartSnapshot: the snapshot it leaves (a KeyboardInterrupt still).
+
+    `note` says what became of the snapshot, once the caller has dealt with it."""
+
+    def __init__(self, snapshot_id: str, region: str) -> None:
+        super().__init__(f"interrupted while uploading into {snapshot_id}")
+        self.snapshot_id = snapshot_id
+        self.region = region
+        self.note = ""
+
+
 @dataclass(frozen=True)
 class SnapshotUpload:
     """A completed snapshot: its id, its size, the blocks written and their LINEAR aggregate checksum."""
@@ -182,11 +194,14 @@ def upload_snapshot(
         ) from None
     snapshot_id = started["SnapshotId"]
     progress(f"    snapshot {snapshot_id} started ({volume_size_gib} GiB)")
-    digests = _put_blocks(
-        client, blocks, snapshot_id, region, volume_size_gib, concurrency, attempts, pause, progress
-    )
-    aggregate = _complete(client, ec2, snapshot_id, region, digests, attempts, pause)
-    _wait_until_completed(ec2, snapshot_id, region, wait_seconds, pause, progress)
+    try:
+        digests = _put_blocks(
+            client, blocks, snapshot_id, region, volume_size_gib, concurrency, attempts, pause, progress
+        )
+        aggregate = _complete(client, ec2, snapshot_id, region, digests, attempts, pause)
+        _wait_until_completed(ec2, snapshot_id, region, wait_seconds, pause, progress)
+    except KeyboardInterrupt:
+        raise SnapshotUploadInterrupted(snapshot_id, region) from None
     return SnapshotUpload(snapshot_id, volume_size_gib, len(digests), aggregate)
 
 

@@ -7,7 +7,12 @@ the node it ran on); fields are only ever added:
      "image_id": str or null, "image_name": str, "images": {region: image id} (the image and its copies),
      "copies": {region: image id}, "bundle": "s3://BUCKET/PATH/PREFIX.manifest.xml",
      "parts": null (not known: ami-tools) or [{"filename", "size", "sha1", "md5"}],
-     "timings": {phase: seconds} (the phases that finished), "settings_digest": "sha256:HEX"}
+     "timings": {phase: seconds} (the phases that finished), "settings_digest": "sha256:HEX",
+     "snapshot_id": str or null (an EBS-backed build's snapshot, once uploaded)}
+
+A failed build's document says what the run made before it failed, in the same fields: the image (and
+its copies) when the failure came after RegisterImage, the snapshot once uploaded, the bundle's parts
+once made, and the timings of the phases that finished; "error" says what failed.
 
 The settings digest is the SHA-256 of the settings as the script's header shows them (public_settings):
 secrets appear there only as where they come from, so the digest never depends on a secret's value.
@@ -36,7 +41,8 @@ def settings_digest(settings: AmiSettings) -> str:
 def result_document(
     schema: str, settings: AmiSettings, result: BuildResult | None, error: str | None, config: str
 ) -> dict[str, Any]:
-    """The shared fields of a build's JSON result (`result` is None when the build failed early)."""
+    """The shared fields of a build's JSON result: `result` is the build's, or what a failed run made
+    (BuildError.made), or None when the build failed before any phase ran."""
     image_id = result.image_id if result else None
     copies = dict(result.copies) if result else {}
     # An EBS-backed build's image comes from the snapshot it uploaded (once it did), not an S3 bundle.

@@ -80,7 +80,8 @@ class ActionInterrupted(KeyboardInterrupt):
     """Raised by a back-end for Ctrl-C, naming the action that was running (a KeyboardInterrupt still).
 
     index is None when the back-end does not know the plan's numbering (the runner fills it in); note
-    says what the interruption did on the node (e.g. that the node program was stopped).
+    says what the interruption did on the node (e.g. that the node program was stopped) or in AWS (an
+    unfinished snapshot deleted).
     """
 
     def __init__(self, index: int | None, note: str = "") -> None:
@@ -129,6 +130,7 @@ class BuildError(Exception):
         transcript: Sequence[ActionRecord] = (),
         resume: str = "",
         cause: str = "",
+        made: BuildResult | None = None,
     ) -> None:
         self.phase = phase
         self.index = index
@@ -139,6 +141,9 @@ class BuildError(Exception):
         self.transcript = list(transcript)
         self.resume = resume
         self.cause = cause or (f"failed with exit status {status}" if status is not None else "failed")
+        # What the run made before it failed (image and snapshot ids, copies, the finished phases'
+        # timings, the bundle's parts): a result document reports it. None where it is not known.
+        self.made = made
         # The node's output may hold escape sequences: shown, they must not drive the user's terminal.
         tail = printable("\n".join(output.rstrip().splitlines()[-OUTPUT_TAIL_LINES:]))
         message = f"phase {phase}, action {index} ({description}) {self.cause}"
@@ -293,6 +298,7 @@ def run_plan(
                 gone, s3_note = leftovers_note(settings, backend.call_aws, remove=on_error == "cleanup-all")
                 note = f"{note}\n{s3_note}" if s3_note else note
                 resume_from = "ami-upload" if gone else resume_from  # the bundle must go up again
+            made = _with_what_was_made(result, plan, values, results)
             raise kind(
                 phase.name,
                 index,
@@ -301,13 +307,21 @@ def run_plan(
                 redact(output, hidden),
                 redact(note, hidden),
                 result.transcript,
-                resume_hint(resume_from, removed, strategy_of(settings), _with_run_values(settings, values)),
+                resume_hint(resume_from, removed, strategy_of(settings), made.settings),
                 cause,
+                made,
             ) from None
         result.phases.append(phase.name)
         result.timings[phase.name] = round(time.monotonic() - started, 3)
-    result.settings = _with_run_values(settings, values)
-    result.copies = copies(settings, values)
+    return _with_what_was_made(result, plan, values, results)
+
+
+def _with_what_was_made(
+    result: BuildResult, plan: Plan, values: dict[str, str], results: dict[str, Any]
+) -> BuildResult:
+    """The result with what the run made so far: the image's and snapshot's ids, copies, the parts."""
+    result.settings = _with_run_values(plan.settings, values)
+    result.copies = copies(plan.settings, values)
     result.parts = _bundle_parts(plan, results)
     return result
 

@@ -15,7 +15,7 @@ import botocore.exceptions
 
 from amidsl.model.actions import NodeProgram, UploadSnapshot
 from amidsl.run.block_stream import BlockStream
-from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, upload_snapshot
+from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, SnapshotUploadInterrupted, upload_snapshot
 from amidsl.snapshots import delete_snapshots_command
 from amidsl.strategies.native_ebs import blocks_program
 
@@ -77,6 +77,10 @@ def run_upload_snapshot(
         # A snapshot this run started and could not finish is of no use to any later run (the next
         # bundle is another disk): delete it rather than leave it behind.
         raise SnapshotStepFailed(_without(err, ec2, action.region)) from None
+    except SnapshotUploadInterrupted as interrupted:
+        # Ctrl-C: the same holds for the snapshot; the interruption goes on, saying what became of it.
+        interrupted.note = _deleted(interrupted.snapshot_id, ec2, action.region)
+        raise
     finally:
         stream.close()  # a failed upload stops reading: the node program must not wait to write
     if (upload.blocks_written, upload.checksum) != (report["blocks"], report["checksum"]):
@@ -102,3 +106,15 @@ def _without(err: SnapshotUploadError, ec2: Any, region: str) -> str:
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as failed:
         return f"{err}. Deleting it failed too ({type(failed).__name__}: {failed})"
     return f"{err.what}. The unfinished snapshot {snapshot_id} was deleted; nothing is left in {region}"
+
+
+def _deleted(snapshot_id: str, ec2: Any, region: str) -> str:
+    """Delete the unfinished snapshot of an interrupted upload; what became of it."""
+    try:
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as failed:
+        return (
+            f"Deleting the unfinished snapshot {snapshot_id} failed ({type(failed).__name__}: {failed}); "
+            f"delete it with `{delete_snapshots_command([snapshot_id], region)}`"
+        )
+    return f"The unfinished snapshot {snapshot_id} was deleted; nothing is left in {region}"

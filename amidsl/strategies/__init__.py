@@ -24,6 +24,7 @@ __all__ = [
     "FailureAdvice",
     "PhaseFn",
     "Strategy",
+    "bucket_backings",
     "server_spec",
     "strategy_of",
 ]
@@ -39,6 +40,11 @@ _BY_CHOICE: Mapping[tuple[str, str], Strategy] = {(s.bundler, s.backing): s for 
 def strategy_of(settings: AmiSettings) -> Strategy:
     """The strategy the settings' `bundler` and `backing` choose."""
     return _BY_CHOICE[(settings.bundler, settings.backing)]
+
+
+def bucket_backings(settings: AmiSettings) -> list[str]:
+    """The backings with which the settings' bundler makes the image an S3 bundle (in s3_bucket)."""
+    return [s.backing for s in STRATEGIES.values() if s.bundler == settings.bundler and s.uses_bucket]
 
 
 def _by_strategy(phase: str) -> PhaseFn:

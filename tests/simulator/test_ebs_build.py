@@ -10,6 +10,7 @@ import pytest
 
 from amidsl.example import example_credentials
 from amidsl.model.actions import NodeProgram
+from amidsl.run.runner import BuildInterrupted
 from amidsl.settings import SettingsError, resolve
 from simulator.executor import SimulatorBackend
 from tests.simulator.test_native import SECRET_KEY, node_files
@@ -293,6 +294,41 @@ def test_a_block_stream_the_controller_stops_reading_ends_the_node_program(run, 
     assert len(first[1]) == 512 * 1024 and running_block_streams(running)
     stream.close()  # as after a failed upload: the rest is never read
     assert running_block_streams(running) == []
+
+
+def uploaded_snapshots(region) -> list[dict]:
+    """The snapshots of the example's root disk in the region, whatever their state."""
+    uploaded = [{"Name": "description", "Values": ["root disk of amidsl-example-ami"]}]
+    return region.ec2.describe_snapshots(Filters=uploaded)["Snapshots"]
+
+
+def test_ctrl_c_during_the_snapshot_upload_deletes_the_unfinished_snapshot_and_says_so(
+    run, ebs_settings, node, region
+):
+    node.faults.ctrl_c_program = "blocks"  # Ctrl-C once the node program streams the disk's blocks
+    simulation = run(ebs_settings)
+    error = simulation.error
+    assert isinstance(error, BuildInterrupted) and (error.phase, error.index) == ("ami-upload", 1)
+    assert "was interrupted (Ctrl-C)" in str(error)
+    [said] = [line for line in str(error).splitlines() if "The unfinished snapshot" in line]
+    assert said.startswith("The unfinished snapshot snap-") and said.endswith(
+        " was deleted; nothing is left in us-east-1"
+    )
+    assert uploaded_snapshots(region) == []
+    assert running_block_streams(node.host_path("/opt/ami-tools/amidsl_node.py")) == []
+    assert not node.exists("/tmp/image.disk") and not node.exists("/opt/ami-tools")
+
+
+def test_a_connection_lost_during_the_snapshot_upload_deletes_the_unfinished_snapshot(
+    run, ebs_settings, node, region
+):
+    node.faults.drop_program = "blocks"  # the connection drops while the blocks stream
+    simulation = run(ebs_settings)
+    error = simulation.error
+    assert error is not None and (error.phase, error.index) == ("ami-upload", 1)
+    assert "ssh: connection to the node was lost" in str(error)
+    assert "The unfinished snapshot snap-" in str(error) and "nothing is left in us-east-1" in str(error)
+    assert uploaded_snapshots(region) == []
 
 
 def test_a_failed_ebs_registration_names_its_snapshot_and_resumes_on_it(run, ebs_settings, region):

@@ -244,6 +244,19 @@ def test_node_program_faults_that_make_no_sense_are_refused(here, temp, bundler,
     assert list(temp.iterdir()) == []
 
 
+@pytest.mark.parametrize("fault", ["fail-put=1", "s3-5xx=3", "fail-part=1", "url-expires=1"])
+def test_s3_upload_faults_are_refused_before_any_work_for_an_ebs_backed_build(here, temp, fault):
+    run = here("--set", "backing=ebs", "--fault", fault, temp=temp)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert (
+        f"--fault '{fault}': it acts on the S3 upload of a bundle, and a build with backing = \"ebs\" puts "
+        "no bundle in S3: drop the fault, or add --set backing=instance-store to simulate an S3-backed build"
+        in run.stderr
+    )
+    assert "phase install" not in run.stdout
+    assert list(temp.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("fault", "status", "said"),
     [
@@ -283,6 +296,64 @@ def test_a_pending_image_is_waited_for_and_a_failed_one_fails_the_build_with_its
     assert failed.returncode == 1
     assert "is failed: the image failed (simulated fault) (Client.SimulatedFault)" in failed.stderr
     assert "The image was registered before this failure and stays" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "said"),
+    [
+        ("ctrl-c=ami-upload:1", 130, "into an EBS snapshot from the controller) was interrupted (Ctrl-C)"),
+        ("interrupt=ami-upload:1", 1, "ssh: connection to the node was lost"),
+    ],
+)
+def test_an_ebs_upload_can_be_interrupted_and_leaves_no_unfinished_snapshot(here, temp, fault, status, said):
+    run = here("--set", "backing=ebs", "--fault", fault, temp=temp)
+    assert run.returncode == status and "Traceback" not in run.stderr
+    assert "phase ami-upload, action 1 (upload the disk's blocks into an EBS snapshot" in run.stderr
+    assert said in run.stderr and "did not fire" not in run.stderr
+    assert re.search(
+        r"The unfinished snapshot snap-\w+ was deleted; nothing is left in us-east-1", run.stderr
+    )
+    assert list(temp.iterdir()) == []
+
+
+def test_an_ebs_upload_s_own_controller_step_is_refused_for_interruptions(here):
+    run = here("--set", "backing=ebs", "--fault", "interrupt=ami-upload:2")
+    assert run.returncode == 2
+    assert (
+        "action 2 of ami-upload (keep the snapshot id) runs on the controller; choose one of 1" in run.stderr
+    )
+
+
+def test_json_of_a_failed_ebs_registration_has_the_snapshot_and_the_phases_that_finished(here):
+    run = here("--set", "backing=ebs", "--json", "--fault", "reject-register=InvalidParameterValue")
+    assert run.returncode == 1
+    document = json.loads(run.stdout)
+    snapshot_id = document["snapshot_id"]
+    assert snapshot_id.startswith("snap-")
+    assert f"The snapshot {snapshot_id} (completed) stays in us-east-1" in document["error"]
+    assert set(document["timings"]) == {"install", "configure", "ami-bundle", "ami-upload"}
+    assert document["image_id"] is None and document["images"] == {} and document["bundle"] is None
+
+
+def test_json_of_an_image_that_failed_after_registering_has_the_image_and_its_snapshot(here):
+    run = here("--set", "backing=ebs", "--json", "--fault", "image-failed=us-east-1")
+    assert run.returncode == 1
+    document = json.loads(run.stdout)
+    image_id = document["image_id"]
+    assert image_id.startswith("ami-") and document["images"] == {"us-east-1": image_id}
+    assert f"stays, on its EBS snapshot: {image_id} in us-east-1" in document["error"]
+    assert document["snapshot_id"].startswith("snap-")
+    assert set(document["timings"]) == {"install", "configure", "ami-bundle", "ami-upload"}
+
+
+def test_json_of_a_failed_upload_has_the_bundle_and_its_parts(here):
+    run = here("--json", "--fault", "fail-part=0")
+    assert run.returncode == 1
+    document = json.loads(run.stdout)
+    assert document["image_id"] is None and document["snapshot_id"] is None
+    assert document["bundle"] == "s3://amidsl-example-bundles/images/example/image.manifest.xml"
+    assert [part["filename"] for part in document["parts"]] == ["image.part.0"]
+    assert set(document["timings"]) == {"install", "configure", "ami-bundle"}
 
 
 def test_a_later_phase_alone_is_refused_with_the_phases_it_needs(temp):
