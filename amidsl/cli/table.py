@@ -126,10 +126,12 @@ FORMAT_ALIAS = Option(
 FAULTS = (
     "fail-put=N (the N-th S3 PUT fails once), s3-5xx=K (K PUTs answer 503), "
     "fail-part=I (S3 refuses part I for good), url-expires=N (at the N-th part PUT the presigned URLs have "
-    "expired; native), disk-full=DIR (the disk holding DIR is full), no-python3, old-python3=VERSION, "
+    "expired; native; these four act on an S3 bundle's upload), disk-full=DIR (the disk holding DIR is "
+    "full), no-python3, old-python3=VERSION, "
     "no-mke2fs, old-mke2fs=VERSION (the node lacks the tool, or has an old one; native), "
     "reject-register=CODE, interrupt=PHASE:N (the connection drops at that node action), ctrl-c=PHASE:N "
-    "(Ctrl-C during that action: a node action or the node program), image-pending=N (each new image is "
+    "(Ctrl-C during that action: a node action, the node program, or an EBS snapshot's upload once its "
+    "first block is read), image-pending=N (each new image is "
     "pending for N polls), image-failed=REGION (new images there fail)"
 )
 FAULT_HELP = f"inject a fault (repeatable): {FAULTS}"
