@@ -398,6 +398,11 @@ def test_half_given_aws_credentials(raw_settings):
     assert "without access_key and secret_key" in message
 
 
+def test_a_secret_key_given_in_the_wrong_form_is_that_problem_not_also_a_missing_one(raw_settings):
+    given = {"access_key": "AKIAEXAMPLEEXAMPLE12", "secret_key": {"env": "AWS_SECRET_ACCESS_KEY"}}
+    assert [p.split(":")[0] for p in problems_of(raw_settings | given)] == ["secret_key"]
+
+
 def test_several_bad_values_are_all_reported(raw_settings):
     raw = raw_settings | {"s3_bucket": "Bad_Bucket", "user_id": "12", "arch": "sparc", "image_name": "a"}
     del raw["region"]

@@ -22,11 +22,13 @@ Rule = Callable[[Reading], list[Problem]]
 def aws_keys_go_together(r: Reading) -> list[Problem]:
     """access_key with secret_key, and a session token only with both."""
     problems = []
-    access_key, secret_key = r.value("access_key"), r.value("secret_key")
-    if (access_key is None) != (secret_key is None):
+    secret_key = r.value("secret_key")
+    # Given, not read: a value given in the wrong form is its own row's problem, not a missing one.
+    access_given, secret_given = (r.given.get(name) is not None for name in ("access_key", "secret_key"))
+    if access_given != secret_given:
         problems.append(
             Problem(
-                "secret_key" if secret_key is None else "access_key",
+                "access_key" if secret_given else "secret_key",
                 "is missing while its partner is set",
                 "give both access_key and secret_key, or neither to use the AWS credential chain",
             )
