@@ -663,3 +663,11 @@ def test_a_fix_that_asks_a_question_ends_with_its_question_mark(raw_settings):
 def test_a_boolean_where_a_number_belongs_is_shown_as_toml_spells_it(raw_settings):
     message = the_problem(raw_settings | {"bundler": "native", "image_size_mb": True}, "image_size_mb")
     assert message.startswith("image_size_mb: true is not a size"), message
+
+
+def test_a_missing_key_or_certificate_file_is_named_for_what_it_holds(raw_settings, tmp_path):
+    missing = str(tmp_path / "gone.pem")
+    key = the_problem(raw_settings | {"private_key_source": {"local_file": missing}}, "private_key_source")
+    assert "Fix: point local_file at the signing key's PEM file (its RSA private key" in key
+    cert = the_problem(raw_settings | {"certificate_source": {"local_file": missing}}, "certificate_source")
+    assert "Fix: point local_file at the signing certificate's PEM file (X.509" in cert

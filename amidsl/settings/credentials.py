@@ -17,6 +17,13 @@ from amidsl.secrets import Secret
 from amidsl.settings.reading import Reading
 from amidsl.settings.schema import Setting, Source
 
+# What each source setting's file holds, for the fix when it is missing.
+PEM_FILES = {
+    "private_key_source": "the signing key's PEM file (its RSA private key, `pk-*.pem`)",
+    "certificate_source": "the signing certificate's PEM file (X.509, `cert-*.pem`)",
+    "ec2_certificate_source": "EC2's X.509 certificate in PEM (cert-ec2.pem from ec2-ami-tools)",
+}
+
 
 def source_text(r: Reading, name: str, source: Source | None) -> str | None:
     """The text of a credential source, or None with a problem recorded."""
@@ -31,7 +38,7 @@ def source_text(r: Reading, name: str, source: Source | None) -> str | None:
         r.problem(
             name,
             f"local_file {source.local_file!r} does not exist",
-            "point local_file at your X.509 PEM file",
+            f"point local_file at {PEM_FILES.get(name, 'the PEM file')}",
         )
     except PermissionError:
         r.problem(
