@@ -449,6 +449,27 @@ def test_an_ebs_build_needs_only_a_name_and_a_region_and_says_where_the_disk_goe
     assert "s3://" not in plan.stdout
 
 
+def test_a_resumed_ebs_registration_validates_for_the_phases_it_runs(tmp_path):
+    settings = {
+        "image_name": "web",
+        "region": "eu-west-1",
+        "backing": "ebs",
+        "snapshot_id": "snap-0123456789abcdef0",
+    }
+    config = str(write_toml(tmp_path / "ami.toml", {"ami": settings}))
+    resumed = amidsl("validate", "--config", config, "--phase", "ami-register", "--phase", "cleanup")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[1].endswith("phases: ami-register, cleanup")
+    whole = amidsl("validate", "--config", config)
+    assert whole.returncode == 2
+    assert "snapshot_id: is given (snap-0123456789abcdef0)" in whole.stderr
+    simulated = amidsl("simulate", "--config", config, "--phase", "ami-register", "--phase", "cleanup")
+    assert simulated.returncode == 2
+    assert "a simulation starts from a fresh node and a fresh fake region, where no snapshot exists" in (
+        simulated.stderr
+    )
+
+
 def test_validate_reports_live_typos_and_unknown_tables(tmp_path, raw_settings):
     config = write_toml(
         tmp_path / "ami.toml", {"ami": raw_settings, "live": {"hots": "node"}, "aws": {"region": "x"}}

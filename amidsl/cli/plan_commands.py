@@ -34,11 +34,11 @@ def script(*, config: list[str], set: list[str], phase: list[str], output: str |
     emit(render_script(load_plan(choice, phase)), output)
 
 
-def validate(*, config: list[str], set: list[str], live: bool) -> None:
+def validate(*, config: list[str], set: list[str], phase: list[str], live: bool) -> None:
     """Check the settings ([ami], [live], no unknown tables) and report every problem (exit status 2)."""
     choice = find_config(config, set)
     announce_config(choice, data_on_stdout=False)
-    loaded = load_live_config(choice)
+    loaded = load_live_config(choice, phase)
     s = loaded.plan.settings
     print(f"settings OK: {image_words(s)}, phases: {', '.join(p.name for p in loaded.plan.phases)}")
     if live:

@@ -354,9 +354,15 @@ def simulate(
     announce_config(choice, data_on_stdout=json)
     try:
         spec, settings = load_settings(choice, bundler)
+        if settings.snapshot_id is not None:
+            raise CommandError(
+                f"snapshot_id {settings.snapshot_id}: a simulation starts from a fresh node and a fresh "
+                "fake region, where no snapshot exists, so it cannot resume on one; remove snapshot_id to "
+                "simulate the build that uploads the disk"
+            )
         plan = build_plan(spec, settings, phases=phase or None)
         if phase:
-            refuse_missing_phases(plan, [p.name for p in build_plan(spec, settings).phases])
+            refuse_missing_phases(plan, list(spec.phase_names()))
     except SettingsError as err:
         raise CommandError(str(err)) from None
     faults = [parse_fault(text, plan) for text in fault]

@@ -182,6 +182,7 @@ COMMANDS: tuple[CliCommand, ...] = (
         "amidsl.cli.plan_commands:validate",
         (
             *SETTINGS_OPTIONS,
+            PHASE,
             Option("live", "also check AWS: credentials, bucket and region, image name", default=False),
         ),
     ),
