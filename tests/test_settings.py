@@ -671,3 +671,8 @@ def test_a_missing_key_or_certificate_file_is_named_for_what_it_holds(raw_settin
     assert "Fix: point local_file at the signing key's PEM file (its RSA private key" in key
     cert = the_problem(raw_settings | {"certificate_source": {"local_file": missing}}, "certificate_source")
     assert "Fix: point local_file at the signing certificate's PEM file (X.509" in cert
+
+
+def test_a_volume_other_than_root_is_refused_for_ami_tools_which_image_the_root(raw_settings):
+    message = the_problem(raw_settings | {"bundler": "ami-tools", "volume": "/srv"}, "volume")
+    assert "the ami-tools strategy images the root volume" in message and 'bundler = "native"' in message

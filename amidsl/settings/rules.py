@@ -134,6 +134,15 @@ def ami_tools_limits(r: Reading) -> list[Problem]:
                 'use arch = "x86_64" (or "i386") with bundler = "ami-tools"',
             )
         )
+    if r.value("volume") != "/":
+        problems.append(
+            Problem(
+                "volume",
+                f"{r.value('volume')!r}: the ami-tools strategy images the root volume (ec2-bundle-vol "
+                "copies / into its image; amidsl passes no --volume)",
+                'remove volume, or use bundler = "native", which images any directory',
+            )
+        )
     temporary = r.value("secret_key") is not None and r.value("session_token") is not None
     if temporary and r.value("upload_credentials") == "keys":
         problems.append(

@@ -509,7 +509,14 @@ ROWS: tuple[Setting, ...] = (
         shown_default="`{}`",
         backings=(EBS,),
     ),
-    Setting("volume", "str", readers.node_path, "the node's directory to image (native)", default="/"),
+    Setting(
+        "volume",
+        "str",
+        readers.node_path,
+        "the node's directory to image (native; ami-tools builds image the root volume)",
+        default="/",
+        used_by=(NATIVE,),
+    ),
     Setting(
         "ec2_certificate_source",
         "Source | None",
@@ -563,7 +570,7 @@ ROWS: tuple[Setting, ...] = (
             "give how many parts the node uploads at once, e.g. 4",
         ),
         "how many parts the node uploads at once (native), 1 to 16 (each one holds a 10 MiB part in memory); "
-        "each part is retried with backoff, and a re-run skips the parts already in S3",
+        "each part is retried with backoff",
         default=DEFAULT_UPLOAD_CONCURRENCY,
         used_by=(NATIVE,),
     ),

@@ -248,7 +248,7 @@ def _failure_text(action: NodeProgram, status: int, report: dict[str, Any] | Non
     # What is left in S3, and the command that removes it, is said by the runner for every strategy.
     return (
         f"{text}\namidsl: upload failed{': ' + ', '.join(failed) if failed else ''}. Nothing was registered; "
-        "a re-run skips the parts already uploaded."
+        "a re-run bundles the volume again with a new key, so it sends every part again."
     )
 
 
