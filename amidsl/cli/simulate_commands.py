@@ -39,7 +39,7 @@ from amidsl.model.plan import Plan, build_plan
 from amidsl.render.summary import plan_title
 from amidsl.run.progress import Progress
 from amidsl.run.result import registered_lines, result_document
-from amidsl.run.runner import DRIVEN_BY_CONTROLLER, BuildInterrupted
+from amidsl.run.runner import DRIVEN_BY_CONTROLLER, ON_ERROR_POLICIES, BuildInterrupted
 from amidsl.settings import AmiSettings, SettingsError
 from amidsl.strategies import bucket_backings, strategy_of
 from amidsl.strategies.native_controller import hygiene_lines
@@ -338,6 +338,7 @@ def simulate(
     config: list[str],
     set: list[str],
     phase: list[str],
+    on_error: str,
     inspect: bool,
     fault: list[str],
     json: bool,
@@ -350,6 +351,8 @@ def simulate(
     started = time.monotonic()
     if payload_mb < 0:
         raise CommandError(f"--payload-mb {payload_mb}: give a size of 0 MB or more")
+    if on_error not in ON_ERROR_POLICIES:
+        raise CommandError(f"--on-error {on_error!r}: choose {', '.join(ON_ERROR_POLICIES)}")
     choice = find_config(config, set)
     announce_config(choice, data_on_stdout=json)
     try:
@@ -388,6 +391,7 @@ def simulate(
                     plan,
                     node=simulation.node,
                     region=simulation.region,
+                    on_error=on_error,
                     progress=progress,
                     raise_on_failure=False,
                 )

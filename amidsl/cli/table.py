@@ -135,6 +135,14 @@ FAULTS = (
     "pending for N polls), image-failed=REGION (new images there fail)"
 )
 FAULT_HELP = f"inject a fault (repeatable): {FAULTS}"
+ON_ERROR = Option(
+    "on_error",
+    "cleanup (default: remove the credentials, terminate a launched node), cleanup-all "
+    "(also remove what a failed upload or registration left in S3) or abort",
+    default="cleanup",
+    metavar="POLICY",
+    values="amidsl.run.runner:ON_ERROR_POLICIES",
+)
 BUNDLE_MANIFEST = Option("manifest", "the bundle's manifest file (PREFIX.manifest.xml)", required=True)
 # The AWS commands use the standard boto3 credential chain; secrets never go on the command line.
 REGION_CHECK = "amidsl.settings.checks:region_problem"
@@ -193,6 +201,7 @@ COMMANDS: tuple[CliCommand, ...] = (
         (
             *SETTINGS_OPTIONS,
             PHASE,
+            ON_ERROR,
             Option("inspect", "list every file in the registered image", default=False),
             Option(
                 "fault",
@@ -238,14 +247,7 @@ COMMANDS: tuple[CliCommand, ...] = (
                 metavar="PHASE",
                 values=PHASES,
             ),
-            Option(
-                "on_error",
-                "cleanup (default: remove the credentials, terminate a launched node), cleanup-all "
-                "(also remove what a failed upload or registration left in S3) or abort",
-                default="cleanup",
-                metavar="POLICY",
-                values="amidsl.run.runner:ON_ERROR_POLICIES",
-            ),
+            ON_ERROR,
             Option(
                 "trust_new_host_key", "accept and remember an unknown host key (never a changed one)", False
             ),

@@ -470,3 +470,15 @@ def test_cleanup_alone_is_refused_but_runs_after_install(here):
     assert alone.returncode == 2 and "cleanup needs install first" in alone.stderr
     after_install = here("--phase", "install", "--phase", "cleanup", "--quiet")
     assert after_install.returncode == 0, after_install.stderr
+
+
+def test_a_failed_upload_simulated_with_on_error_cleanup_all_removes_the_partial_bundle(tmp_path):
+    run = amidsl("--payload-mb", "40", "--fault", "fail-part=2", "--on-error", "cleanup-all", temp=tmp_path)
+    assert run.returncode == 1
+    assert "The bundle was removed from S3" in run.stderr
+    assert "--on-error cleanup-all" not in run.stderr  # no advice to use what was used
+
+
+def test_an_unknown_on_error_policy_is_a_usage_error():
+    run = amidsl("--on-error", "keep")
+    assert run.returncode == 2 and "--on-error 'keep': choose cleanup, cleanup-all, abort" in run.stderr
