@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -369,7 +370,8 @@ def simulate(
     except SettingsError as err:
         raise CommandError(str(err)) from None
     faults = [parse_fault(text, plan) for text in fault]
-    progress = Progress.for_command(quiet=quiet or json, verbose=verbose)
+    # With --json, standard output carries the document alone, and progress goes to standard error.
+    progress = Progress.for_command(quiet=quiet, verbose=verbose, stream=sys.stderr if json else sys.stdout)
     say: Callable[[str], None] = (lambda line: None) if json else print
     progress(f"amidsl simulate: {plan_title(plan)}")
     progress(

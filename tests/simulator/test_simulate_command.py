@@ -482,3 +482,12 @@ def test_a_failed_upload_simulated_with_on_error_cleanup_all_removes_the_partial
 def test_an_unknown_on_error_policy_is_a_usage_error():
     run = amidsl("--on-error", "keep")
     assert run.returncode == 2 and "--on-error 'keep': choose cleanup, cleanup-all, abort" in run.stderr
+
+
+def test_with_json_the_document_is_alone_on_standard_output_and_progress_on_standard_error(tmp_path):
+    run = amidsl("--json", temp=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["schema"] == "amidsl.simulate/1"
+    assert "phase ami-register" in run.stderr
+    quiet = amidsl("--json", "--quiet", temp=tmp_path)
+    assert "phase ami-register" not in quiet.stderr
