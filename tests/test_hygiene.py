@@ -32,6 +32,12 @@ def test_each_kept_item_gets_a_warning_naming_its_setting(raw_settings):
     assert "left out: private_keys" in text  # the others still apply
 
 
+def test_a_kept_item_the_filter_still_leaves_out_is_said_with_how_to_keep_it(raw_settings):
+    text = preview(raw_settings | {"bundler": "native", "keep_histories": True}, "ami-bundle")
+    assert "The filter still leaves out what it matches (" in text and "*/.bash_history" in text
+    assert "add such a path to `includes` to keep it too" in text
+
+
 def test_a_shared_image_that_keeps_hygiene_items_gets_a_loud_warning(raw_settings):
     shared = raw_settings | {
         "bundler": "native",

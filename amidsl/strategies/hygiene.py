@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from amidsl.model.actions import PlanWarning
 from amidsl.node.amidsl_node import (
+    DEFAULT_FILTER,
     HYGIENE,
     HYGIENE_EMPTY_DIR,
     HYGIENE_EMPTY_FILE,
@@ -56,7 +57,9 @@ def hygiene_notes(s: AmiSettings, how: str) -> list[PlanWarning]:
         notes.append(
             PlanWarning(
                 f"keep_{item.name} = true: the image keeps {item.what.split(':')[0]}; every "
-                "instance launched from it, and everyone it is shared with, gets them"
+                "instance launched from it, and everyone it is shared with, gets them. The filter still "
+                f"leaves out what it matches ({', '.join(DEFAULT_FILTER)}): add such a path to `includes` "
+                "to keep it too"
             )
         )
     return notes

@@ -45,7 +45,6 @@
 #   image_id = (none)
 #   bundler = ami-tools
 #   backing = instance-store
-#   volume = /
 #   ec2_certificate_source = (none)
 #   partition = none
 #   upload_credentials = keys
