@@ -58,6 +58,13 @@ def debugfs(image: Path, commands: list[str], *, write: bool = False) -> str:
 def _check_diagnostics(image: Path, returncode: int, stderr: str, stdout: bytes) -> None:
     """Raise ImageError if what debugfs said means its output cannot be trusted (the one place that
     reads debugfs's own messages)."""
+    # First: an unknown command also makes debugfs exit 1, which is no fault of the image.
+    refused = _REFUSED_COMMAND.search(stderr)
+    if refused is not None:
+        raise ImageError(
+            f"debugfs is too old: it does not take a command amidsl gives it ({refused.group(0).strip()}); "
+            f"amidsl needs e2fsprogs ≥ {DEBUGFS_NEEDS_E2FSPROGS} (apt-get install e2fsprogs)"
+        )
     if returncode != 0 or "while trying to open" in stderr or "not open" in stderr:
         first = next((line for line in stderr.splitlines() if "debugfs 1." not in line), stderr)
         raise ImageError(
@@ -71,12 +78,6 @@ def _check_diagnostics(image: Path, returncode: int, stderr: str, stdout: bytes)
         raise ImageError(
             f"{image} is damaged: its filesystem's metadata checksums do not match (the superblock's), so "
             "none of its metadata can be trusted; run e2fsck -f on a copy of it, or rebuild the image"
-        )
-    refused = _REFUSED_COMMAND.search(stderr)
-    if refused is not None:
-        raise ImageError(
-            f"debugfs is too old: it does not take a command amidsl gives it ({refused.group(0).strip()}); "
-            f"amidsl needs e2fsprogs ≥ {DEBUGFS_NEEDS_E2FSPROGS} (apt-get install e2fsprogs)"
         )
 
 
