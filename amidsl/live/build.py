@@ -279,6 +279,10 @@ def build_on_launched_node(
             resume = (
                 f"To resume on it, fix the cause and run again with --host {host} from phase {err.phase}."
             )
+        if err.made is not None and err.made.settings.snapshot_id:
+            # A snapshot the build made stays in AWS, whatever becomes of the node: the strategy's advice
+            # names it, how to register it, and how to delete it.
+            resume = f"{err.resume} {resume}"
         raise type(err)(
             err.phase,
             err.index,

@@ -11,6 +11,8 @@ from amidsl.crate import server_spec
 from amidsl.live.aws import AwsError
 from amidsl.live.build import make_ami
 from amidsl.live.settings import LiveSettings
+from amidsl.run.runner import BuildError, BuildResult
+from amidsl.settings import resolve
 
 LAUNCH = LiveSettings(image_id="ami-0a1b2c3d", instance_type="t3.micro", key_name="k", wait_seconds=10)
 
@@ -37,6 +39,13 @@ class NodeNeverRuns:
         return SimpleNamespace(get_waiter=lambda name: SimpleNamespace(wait=wait))
 
 
+class NodeRuns(NodeNeverRuns):
+    """EC2 as seen by make_ami: the instance launches (what runs on it is the test's)."""
+
+    def client(self, service):
+        return SimpleNamespace(get_waiter=lambda name: SimpleNamespace(wait=lambda **kwargs: None))
+
+
 def test_a_node_that_never_runs_is_a_clear_error_and_is_terminated(raw_settings):
     aws, progress = NodeNeverRuns(), []
     with pytest.raises(AwsError, match="did not reach the running state within 10 s"):
@@ -50,3 +59,16 @@ def test_a_failing_terminate_does_not_hide_the_failure(raw_settings):
     with pytest.raises(AwsError, match="did not reach the running state"):
         make_ami(server_spec(raw_settings), live=LAUNCH, aws=aws, progress=progress.append)
     assert progress[-1].startswith("could not terminate i-0123456789abcdef0: not allowed to terminate")
+
+
+def test_a_launched_ebs_build_that_fails_after_its_upload_still_names_the_snapshot_it_left(raw_settings):
+    settings = resolve({**raw_settings, "bundler": "native", "backing": "ebs"})
+    left = "The snapshot snap-0123456789abcdef0 (completed) stays in eu-west-1. To resume, ..."
+
+    def fail_at_registration(instance, plan, on_error, progress):
+        made = BuildResult(plan.settings.with_values(snapshot_id="snap-0123456789abcdef0"))
+        raise BuildError("ami-register", 1, "register the image", None, "", "", [], left, made=made)
+
+    with pytest.raises(BuildError) as caught:
+        make_ami(server_spec(settings), live=LAUNCH, aws=NodeRuns(), build_on_instance=fail_at_registration)
+    assert left in str(caught.value) and "it launches a new node" in str(caught.value)
