@@ -198,3 +198,10 @@ def test_an_ebs_preview_makes_no_parts_and_names_no_signing_key(raw_settings):
     assert "bundle parts" not in text
     [secrets] = [line for line in text.splitlines() if line.strip().startswith("secrets:")]
     assert "AWS credentials stay on the controller" in secrets and "signing key" not in secrets
+
+
+def test_keys_given_in_the_settings_are_shown_as_used_without_a_session_token(raw_settings):
+    keys = {"access_key": "AKIAIOSFODNN7EXAMPLE", "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+    text = render_text(build_plan(crate.server_spec(raw_settings | {"bundler": "native"} | keys)))
+    assert "session_token" in text and "none (the keys in the settings are used without one)" in text
+    assert keys["secret_key"] not in text and keys["access_key"] not in text

@@ -237,7 +237,10 @@ def not_fired(fault: Fault, simulation: Simulation) -> str | None:
     uploaded = ", ".join(str(index) for index in sorted(region.parts_put)) or "none"
     # fault -> (how the region marks it fired, why it did not)
     region_faults = {
-        "fail-part": ("refuse_part", f"no part {fault.value} was uploaded (parts uploaded: {uploaded})"),
+        "fail-part": (
+            "refuse_part",
+            f"no part {fault.value} was uploaded (the parts uploaded, counted from 0: {uploaded})",
+        ),
         "fail-put": ("fail_put_number", puts),
         "url-expires": ("expire_urls_at", puts),
         "s3-5xx": ("s3_5xx_burst", "the run made no S3 PUT request"),

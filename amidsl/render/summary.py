@@ -68,6 +68,8 @@ def _credential_origin(s: AmiSettings, name: str) -> str:
     given = getattr(s, name) is not None
     # Not even the access key id is shown: scripts and previews name where keys come from, never a key.
     origin = "from the settings" if given else "from the AWS credential chain"
+    if name == "session_token" and not given and s.secret_key is not None:
+        origin = "none (the keys in the settings are used without one)"
     return f"{origin}; {strategy_of(s).credential_use.format(env=env)}"
 
 

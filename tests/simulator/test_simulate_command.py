@@ -186,7 +186,7 @@ def test_fail_put_fails_exactly_that_put_and_the_retry_succeeds(here):
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        (["--fault", "fail-part=9"], r"no part 9 was uploaded \(parts uploaded: 0\)"),
+        (["--fault", "fail-part=9"], r"no part 9 was uploaded \(the parts uploaded, counted from 0: 0\)"),
         (["--fault", "fail-put=99"], r"it counts the upload's S3 PUT requests, and there (was 1|were \d+)"),
     ],
 )
