@@ -65,6 +65,7 @@ def test_the_ami_tools_preview_says_what_ec2_bundle_vol_is_given_and_what_it_can
     )
     assert "SSH host keys only when cloud-init or sshd-keygen will make new ones at first boot" in text
     assert "ec2-bundle-vol cannot empty a file or keep a directory empty, so machine_id, logs" in text
+    assert "except where an exclusion leaves them out whole (destination_dir /tmp, for one)" in text
     assert 'use bundler = "native"' in text
 
 

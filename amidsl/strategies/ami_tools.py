@@ -308,7 +308,8 @@ def bundle_vol_hygiene_notes(s: AmiSettings) -> list[PlanWarning]:
         notes.append(
             PlanWarning(
                 "ec2-bundle-vol cannot empty a file or keep a directory empty, so "
-                f"{', '.join(not_applied)} stay as they are on the node (native builds empty "
+                f"{', '.join(not_applied)} stay as they are on the node, except where an exclusion "
+                f"leaves them out whole (destination_dir {s.destination_dir}, for one) (native builds empty "
                 "/etc/machine-id and the logs and keep /tmp and /var/tmp empty): for an image others "
                 'launch, use bundler = "native"'
             )

@@ -84,7 +84,7 @@ on_error() {
 trap on_error ERR
 
 # note (ami-bundle): image hygiene (ec2-bundle-vol's -e): the node finds the paths of ssh_host_keys, private_keys, authorized_keys, histories, credentials, cloud_init_state, journal, dhcp_leases, random_seed and exclude_patterns on the filesystems ec2-bundle-vol copies, says each, and leaves them out; SSH host keys only when cloud-init or sshd-keygen will make new ones at first boot (else they stay, and the script says so). includes go to -i, so the CA certificates and apt's keyrings stay
-# WARNING (ami-bundle): ec2-bundle-vol cannot empty a file or keep a directory empty, so machine_id, logs, temporary_files stay as they are on the node (native builds empty /etc/machine-id and the logs and keep /tmp and /var/tmp empty): for an image others launch, use bundler = "native"
+# WARNING (ami-bundle): ec2-bundle-vol cannot empty a file or keep a directory empty, so machine_id, logs, temporary_files stay as they are on the node, except where an exclusion leaves them out whole (destination_dir /tmp, for one) (native builds empty /etc/machine-id and the logs and keep /tmp and /var/tmp empty): for an image others launch, use bundler = "native"
 phase_ami_bundle() {
   step ami-bundle 1 'make sure the destination directory exists'
   mkdir -p -- /tmp
