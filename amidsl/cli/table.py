@@ -141,7 +141,12 @@ REGION_CHECK = "amidsl.settings.checks:region_problem"
 AWS_OPTIONS = (
     Option("region", "AWS region (default: AWS_REGION, then the AWS profile's region)", check=REGION_CHECK),
     Option("profile", "AWS profile for the credentials (default: AWS_PROFILE, then the default chain)"),
-    Option("endpoint_url", "an S3/EC2-compatible endpoint instead of AWS's", metavar="URL"),
+    Option(
+        "endpoint_url",
+        "an S3/EC2-compatible endpoint instead of AWS's",
+        metavar="URL",
+        check="amidsl.settings.checks:endpoint_url_problem",
+    ),
 )
 S3_BUNDLE = Option("bucket", "where the bundle is: BUCKET or BUCKET/PATH", short="-b", required=True)
 S3_MANIFEST = (
