@@ -7,6 +7,7 @@ CommandError (exit status 2), printed without a traceback.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -25,7 +26,7 @@ from amidsl.bundle.manifest import read_manifest, write_manifest
 from amidsl.bundle.migrate import migrate_manifest as migrate
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
 from amidsl.bundle.verify import verify_bundle as verify_manifest
-from amidsl.cli.table import CommandError
+from amidsl.cli.table import STANDARD_OUTPUT, CommandError
 from amidsl.strategies.ec2_certificate import (
     Ec2CertificateError,
     certificate_file,
@@ -245,8 +246,14 @@ def migrate_manifest(
             ramdisk_id=ramdisk,
         )
     )
-    _run(lambda: write_manifest(output or manifest, migrated))
+    to_stdout = output == STANDARD_OUTPUT
+    if to_stdout:
+        sys.stdout.write(migrated.xml)
+    else:
+        _run(lambda: write_manifest(output or manifest, migrated))
     print(
         f"migrated {manifest} for {region}: EC2's copy of key and IV re-encrypted, signed again "
-        f"({len(migrated.parts)} parts unchanged); wrote {output or manifest}"
+        f"({len(migrated.parts)} parts unchanged); "
+        + ("wrote it to standard output" if to_stdout else f"wrote {output or manifest}"),
+        file=sys.stderr if to_stdout else sys.stdout,
     )

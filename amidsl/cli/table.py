@@ -105,7 +105,14 @@ PHASE = Option(
     metavar="PHASE",
     values=PHASES,
 )
-OUTPUT = Option("output", "write to this file instead of standard output", short="-o", metavar="FILE")
+# -o - means standard output, as it does for most command-line tools.
+STANDARD_OUTPUT = "-"
+OUTPUT = Option(
+    "output",
+    "write to this file instead of standard output ('-' for standard output)",
+    short="-o",
+    metavar="FILE",
+)
 QUIET = Option("quiet", "no progress output: only results and errors", default=False, short="-q")
 VERBOSE = Option("verbose", "also show each command as it runs", default=False, short="-v")
 
@@ -275,7 +282,13 @@ COMMANDS: tuple[CliCommand, ...] = (
         "write a commented starter amidsl.toml (and, on request, a throwaway signing key and certificate)",
         "amidsl.cli.init_commands:init",
         (
-            Option("output", "the settings file to write", default="amidsl.toml", short="-o", metavar="FILE"),
+            Option(
+                "output",
+                "the settings file to write ('-' for standard output)",
+                default="amidsl.toml",
+                short="-o",
+                metavar="FILE",
+            ),
             Option("force", "overwrite files that exist", default=False),
             Option(
                 "signing_key",
@@ -362,7 +375,11 @@ COMMANDS: tuple[CliCommand, ...] = (
                 "region's one is checked against its pinned fingerprint",
                 metavar="DIR",
             ),
-            Option("output", "write the migrated manifest here (default: replace the manifest)", short="-o"),
+            Option(
+                "output",
+                "write the migrated manifest here (default: replace the manifest; '-' for standard output)",
+                short="-o",
+            ),
             Option("kernel", "kernel id (aki-...) of the target region, replacing the manifest's"),
             Option("ramdisk", "ramdisk id (ari-...) of the target region, replacing the manifest's"),
         ),
