@@ -246,7 +246,7 @@ def test_delete_bundle_partial_deletes_the_parts_a_failed_upload_left_and_nothin
     assert status == 0 and "nothing to delete" in out
     odd = ("-b", f"{bucket}/web", "-m", "web.xml", "--partial", "--yes", "--endpoint-url", aws_env)
     status, _, err = amidsl(capsys, "delete-bundle", *odd)
-    assert status == 1 and "give --prefix PREFIX" in err
+    assert status == 2 and "give --prefix PREFIX" in err  # a usage error, found before S3 is asked
     assert keys_in(s3, bucket) == ["web/web.part.notes", "web/webby.part.0", "web/x.txt"]
 
 
@@ -646,3 +646,100 @@ def test_delete_keeps_the_parts_a_registered_manifest_names_whatever_its_file_na
     assert keys_in(s3, bucket) == sorted([*parts, copy])
     assert f"also named by s3://{bucket}/{copy} (image {holder})" in out
     client("ec2", aws_env, IMAGES_REGION).deregister_image(ImageId=holder)
+
+
+# -- arguments are checked before any AWS call; unreachable endpoints are one clear line --------------
+
+
+@pytest.fixture
+def no_aws(monkeypatch):
+    """Credentials in the environment, but any boto3 session fails the test: nothing may reach AWS."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    def session(*args, **kwargs):
+        raise AssertionError("AWS was called")
+
+    monkeypatch.setattr(boto3.session, "Session", session)
+
+
+def unused_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("-b", "My_Bucket"), "--bucket: 'My_Bucket' is not a valid S3 bucket name"),
+        (("-b", "my-bucket", "--concurrency", "0"), "--concurrency 0: "),
+        (("-b", "my-bucket", "--concurrency", "17"), "--concurrency 17: "),
+        (("-b", "my-bucket", "--retries", "-1"), "--retries -1: "),
+        (("-b", "my-bucket", "--endpoint-url", "ftp://x"), "--endpoint-url: 'ftp://x' is not an http"),
+    ],
+)
+def test_upload_bundle_refuses_bad_arguments_before_any_aws_call(
+    capsys, no_aws, local_bundle, args, expected
+):
+    status, out, err = amidsl(capsys, "upload-bundle", "-m", str(local_bundle), *args)
+    assert (status, out) == (2, "")
+    assert expected in err and "Traceback" not in err
+
+
+def test_upload_bundle_refuses_a_manifest_file_that_is_no_manifest_before_any_aws_call(
+    capsys, no_aws, tmp_path, identities
+):
+    certificate = tmp_path / "signing-cert.pem"
+    certificate.write_bytes(identities[0].cert_pem)
+    status, out, err = amidsl(capsys, "upload-bundle", "-b", "my-bucket", "-m", str(certificate))
+    assert (status, out) == (2, "")
+    assert f"--manifest {certificate}: " in err and "is not a bundle manifest" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("delete-bundle", "-b", "my-bucket", "-m", "foo.txt"), "--manifest foo.txt: "),
+        (("delete-bundle", "-b", "my-bucket", "-m", "web.xml", "--partial"), "give --prefix PREFIX"),
+        (("delete-bundle", "-b", "My_Bucket", "-p", "web"), "not a valid S3 bucket name"),
+        (
+            ("delete-bundle", "-b", "my-bucket", "-m", "web.manifest.xml", "-p", "web"),
+            "give one of --manifest or --prefix, not both",
+        ),
+        (("download-bundle", "-b", "my-bucket", "-p", "web", "--concurrency", "0"), "--concurrency 0: "),
+        (("download-bundle", "-b", "my-bucket", "-m", "foo.txt"), "--manifest foo.txt: "),
+    ],
+)
+def test_the_bundle_commands_in_s3_refuse_bad_arguments_before_any_aws_call(capsys, no_aws, args, expected):
+    status, out, err = amidsl(capsys, *args)
+    assert (status, out) == (2, "")
+    assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["upload-bundle", "download-bundle", "delete-bundle"])
+def test_an_endpoint_nothing_listens_on_is_named_with_the_fix(
+    capsys, monkeypatch, tmp_path, local_bundle, command
+):
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no retries with back-off: the port refuses at once
+    endpoint = f"http://127.0.0.1:{unused_port()}"
+    which = ("-m", str(local_bundle)) if command == "upload-bundle" else ("-p", "web", "--yes")
+    if command == "download-bundle":
+        which = ("-p", "web", "--destination", str(tmp_path / "down"))
+    args = (command, "-b", "my-bucket", *which, "--region", "eu-west-1", "--endpoint-url", endpoint)
+    status, out, err = amidsl(capsys, *args)
+    assert status == 1 and out == ""
+    assert f"cannot connect to --endpoint-url {endpoint}" in err
+    assert "internal error" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

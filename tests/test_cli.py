@@ -568,3 +568,18 @@ def test_a_failed_build_s_json_and_result_file_say_what_it_made_before_failing(
     assert document["image_id"] == "ami-0abc1234" and document["images"] == {"eu-west-1": "ami-0abc1234"}
     assert set(document["timings"]) == {"install", "configure", "ami-bundle", "ami-upload"}
     assert document["node"] == "root@node:22"
+
+
+@pytest.mark.parametrize("command", ["plan", "script"])
+def test_output_dash_is_standard_output_as_for_other_tools(tmp_path, command):
+    plain = amidsl(command, "--phase", "cleanup", cwd=tmp_path)
+    dashed = amidsl(command, "--phase", "cleanup", "-o", "-", cwd=tmp_path)
+    assert dashed.returncode == 0, dashed.stderr
+    assert dashed.stdout == plain.stdout and "cleanup" in dashed.stdout
+    assert list(tmp_path.iterdir()) == []  # no file named "-"
+
+
+def test_every_output_option_says_that_dash_is_standard_output():
+    outputs = [o for c in COMMANDS for o in c.options if o.name == "output"]
+    assert len(outputs) >= 4
+    assert all("'-' for standard output" in o.help for o in outputs)

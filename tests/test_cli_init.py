@@ -130,3 +130,28 @@ def test_signing_key_refuses_to_replace_a_key_unless_forced(capsys, tmp_path):
     assert status == 2 and "signing-key.pem: already there" in err
     assert (tmp_path / "signing-key.pem").read_text() == "my key\n"
     assert not (tmp_path / "amidsl.toml").exists()  # nothing half-done
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_signing_key_beside_a_file_in_a_folder_shows_commands_that_work_from_here(capsys, tmp_path):
+    (tmp_path / "sub").mkdir()
+    status, out, _ = amidsl(capsys, "init", "-o", "sub/x.toml", "--signing-key")
+    assert status == 0 and (tmp_path / "sub" / "signing-key.pem").is_file()
+    assert "-keyout sub/signing-key.pem -out sub/signing-cert.pem" in out
+    assert "aws iam upload-signing-certificate --certificate-body file://sub/signing-cert.pem" in out
+    assert "-keyout signing-key.pem" not in out and "file://signing-cert.pem" not in out
+
+
+def test_init_to_standard_output_writes_the_starter_there_and_no_file(capsys, tmp_path):
+    status, out, err = amidsl(capsys, "init", "-o", "-")
+    assert status == 0, err
+    assert list(tmp_path.iterdir()) == []
+    assert amidsl(capsys, "init")[0] == 0
+    assert out == (tmp_path / "amidsl.toml").read_text()  # exactly the file, nothing more
+
+
+def test_init_to_standard_output_refuses_a_signing_key_it_could_not_put_beside_the_file(capsys, tmp_path):
+    status, out, err = amidsl(capsys, "init", "-o", "-", "--signing-key")
+    assert (status, out) == (2, "")
+    assert "--signing-key" in err and "-o FILE" in err
+    assert list(tmp_path.iterdir()) == []

@@ -28,7 +28,8 @@ from amidsl.bundle.manifest import (
 )
 from amidsl.node import amidsl_node as node
 
-PART_SIZE = 10 * 1024 * 1024
+MIB = 1024 * 1024
+PART_SIZE = 10 * MIB
 # zlib-ng level 5 stays within ~2.5% of `gzip -9` output (level 6: ~2%, level 4: ~4.5%) while
 # compressing about 12 times faster per core; 6 costs a quarter more time for half a percent.
 COMPRESS_LEVEL = 5
@@ -72,9 +73,37 @@ class _RawSink(io.RawIOBase):
         return self._sink.write(bytes(data))
 
 
-def _check_name(prefix: str) -> None:
+def check_prefix(prefix: str, name: str = "prefix") -> None:
+    """Refuse a prefix that is no plain file name (BundleError naming it as `name`)."""
     if not prefix or "/" in prefix or prefix in (".", "..") or len(prefix.encode()) >= 100:
-        raise BundleError(f"prefix {prefix!r} must be a plain file name shorter than 100 bytes")
+        raise BundleError(f"{name} {prefix!r} must be a plain file name shorter than 100 bytes")
+
+
+def account_number(user_id: str, name: str = "user_id") -> str:
+    """The 12-digit AWS account number of `user_id`, dashes removed (BundleError naming it as `name`)."""
+    account = user_id.replace("-", "")
+    if not _USER_ID.fullmatch(account):
+        raise BundleError(f"{name} {user_id!r} must be the 12-digit AWS account number")
+    return account
+
+
+def check_image_id(value: str | None, kind: str, name: str) -> None:
+    """Refuse a kernel (`aki`) or ramdisk (`ari`) id of another form (BundleError naming it as `name`)."""
+    if value is not None and not re.fullmatch(rf"{kind}-[0-9a-f]{{8}}([0-9a-f]{{9}})?", value):
+        raise BundleError(f"{name} {value!r} is not an {kind}- image id (e.g. {kind}-1a2b3c4d)")
+
+
+def check_image_file(image_path: Path | str, name: str = "image") -> None:
+    """Refuse a missing image, and one larger than an S3-backed AMI may be (BundleError naming `name`)."""
+    image_path = Path(image_path)
+    if not image_path.is_file():
+        raise BundleError(f"{name} {image_path} does not exist or is not a file")
+    size = image_path.stat().st_size
+    if size > node.MAX_IMAGE_MB * MIB:
+        raise BundleError(
+            f"{name} {image_path} is {size} bytes ({-(-size // MIB)} MB), more than the "
+            f"{node.MAX_IMAGE_MB} MB an S3-backed (instance-store) AMI may have; make a smaller image"
+        )
 
 
 def _random_or_given(value: bytes | None, what: str) -> bytes:
@@ -172,19 +201,15 @@ def bundle_image(
     The keys come either as the three PEMs or, already parsed, as `signing`.
     """
     image_path, out_dir = Path(image_path), Path(out_dir)
-    _check_name(prefix)
-    account = user_id.replace("-", "")
-    if not _USER_ID.fullmatch(account):
-        raise BundleError(f"user_id {user_id!r} must be the 12-digit AWS account number")
+    check_prefix(prefix)
+    account = account_number(user_id)
     if arch not in ARCHITECTURES:
         raise BundleError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
-    for name, value, kind in (("kernel_id", kernel_id, "aki"), ("ramdisk_id", ramdisk_id, "ari")):
-        if value is not None and not re.fullmatch(rf"{kind}-[0-9a-f]{{8}}([0-9a-f]{{9}})?", value):
-            raise BundleError(f"{name} {value!r} is not an {kind}- image id (e.g. {kind}-1a2b3c4d)")
+    check_image_id(kernel_id, "aki", "kernel_id")
+    check_image_id(ramdisk_id, "ari", "ramdisk_id")
     if part_size < 1:
         raise BundleError(f"part_size must be positive, got {part_size}")
-    if not image_path.is_file():
-        raise BundleError(f"image {image_path} does not exist or is not a file")
+    check_image_file(image_path)
     if not out_dir.is_dir():
         raise BundleError(f"output directory {out_dir} does not exist; create it first")
     # Bad or mismatched keys are found before the long work, not after.

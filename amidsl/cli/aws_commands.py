@@ -12,6 +12,7 @@ Every problem becomes a CommandError, printed without a traceback.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping
 from json import dumps
@@ -23,7 +24,8 @@ import botocore.exceptions
 from botocore.config import Config
 
 from amidsl.bundle.errors import BundleError
-from amidsl.bundle.s3 import delete_planned_bundle, plan_bundle_deletion, s3_url
+from amidsl.bundle.manifest import read_manifest
+from amidsl.bundle.s3 import MANIFEST_SUFFIX, delete_planned_bundle, plan_bundle_deletion, s3_url
 from amidsl.bundle.s3 import download_bundle as download_bundle_files
 from amidsl.cli.table import FAILED, CommandError
 from amidsl.run.bundle_upload import upload_bundle as upload_bundle_files
@@ -38,6 +40,8 @@ from amidsl.run.images import (
     images_registered_from,
     plan_deletion,
 )
+from amidsl.settings.checks import bucket_problem
+from amidsl.settings.constants import MAX_UPLOAD_CONCURRENCY
 
 T = TypeVar("T")
 
@@ -110,30 +114,91 @@ def _run(action: Callable[[], T]) -> T:
         raise CommandError(f"error: {err}", FAILED) from None
     except botocore.exceptions.NoCredentialsError:
         raise CommandError(NO_CREDENTIALS) from None
+    except UNREACHABLE:  # some are OSErrors too: the command says which endpoint
+        raise
     except OSError as err:
         raise CommandError(f"error: {err.filename}: {err.strerror}", FAILED) from None
 
 
+# What botocore raises when it cannot reach an endpoint, or cannot work one out.
+UNREACHABLE = (
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.EndpointResolutionError,
+)
+
+
+def reports_unreachable_endpoints(command: Callable[..., None]) -> Callable[..., None]:
+    """The command, with a failure to reach AWS or --endpoint-url ending as one clear line (exit 1)."""
+
+    @functools.wraps(command)
+    def run(**options: Any) -> None:
+        try:
+            command(**options)
+        except UNREACHABLE as err:
+            raise CommandError(unreachable(err, options.get("endpoint_url")), FAILED) from None
+
+    return run
+
+
+def unreachable(err: Exception, endpoint_url: str | None) -> str:
+    """What went wrong reaching AWS (or the --endpoint-url given), and the fix."""
+    if endpoint_url:
+        return (
+            f"error: cannot connect to --endpoint-url {endpoint_url} ({err}); check that the "
+            "S3/EC2-compatible service runs there and the URL is right, or leave out --endpoint-url "
+            "for AWS's own endpoints"
+        )
+    return (
+        f"error: cannot connect to AWS ({err}); check the network connection (and HTTPS_PROXY, if you "
+        "use a proxy) and --region"
+    )
+
+
 def split_bucket(value: str) -> tuple[str, str]:
-    """BUCKET[/PATH] as (bucket, path without slashes at its ends)."""
+    """BUCKET[/PATH] as (bucket, path without slashes at its ends); a usage error for a bad bucket name."""
     bucket, _, path = value.strip("/").partition("/")
     if not bucket:
         raise CommandError("--bucket: give BUCKET or BUCKET/PATH, e.g. my-bundles/web/2026-11")
+    problem = bucket_problem("--bucket", bucket)
+    if problem is not None:
+        raise CommandError(f"{problem.setting}: {problem.message}; {problem.fix}")
     return bucket, path.strip("/")
 
 
-def bundle_in_s3(
-    bucket: str, manifest: str | None, prefix: str | None, clients: AwsClients
-) -> tuple[Any, str, str]:
-    """(S3 client in the bucket's region, bucket name, manifest key) of --bucket BUCKET[/PATH] and
-    --manifest NAME or --prefix PREFIX."""
+def check_count(flag: str, value: int, least: int, most: int | None = None) -> None:
+    """Stop with a usage error unless `least` <= value (<= `most`, if given)."""
+    if value < least or (most is not None and value > most):
+        allowed = f"from {least} to {most}" if most is not None else f"{least} or more"
+        raise CommandError(f"{flag} {value}: give a whole number {allowed}")
+
+
+def bundle_key(
+    bucket: str, manifest: str | None, prefix: str | None, partial: bool = False
+) -> tuple[str, str]:
+    """(bucket name, manifest key) of --bucket BUCKET[/PATH] and --manifest NAME or --prefix PREFIX,
+    checked before any AWS call."""
     name, path = split_bucket(bucket)
-    if bool(manifest) == bool(prefix):
+    if manifest and prefix:
+        raise CommandError(
+            f"--manifest {manifest} and --prefix {prefix}: give one of --manifest or --prefix, not both"
+        )
+    if not manifest and not prefix:
         raise CommandError("say which bundle: --manifest NAME (e.g. image.manifest.xml) or --prefix PREFIX")
     file = manifest or f"{prefix}.manifest.xml"
     if "/" in file:
         raise CommandError(f"--manifest/--prefix {file}: give a file name; put its path in --bucket")
-    return clients.s3_for_bucket(name), name, f"{path}/{file}" if path else file
+    if manifest and not manifest.endswith(".xml"):
+        raise CommandError(
+            f"--manifest {manifest}: not a manifest's file name (an XML file, PREFIX.manifest.xml); give "
+            "the manifest's name under BUCKET/PATH, or --prefix PREFIX"
+        )
+    if partial and manifest and (not manifest.endswith(MANIFEST_SUFFIX) or manifest == MANIFEST_SUFFIX):
+        raise CommandError(
+            f"--manifest {manifest} is not PREFIX{MANIFEST_SUFFIX}: the parts of a partial bundle are "
+            "found by its prefix; give --prefix PREFIX"
+        )
+    return name, f"{path}/{file}" if path else file
 
 
 def readable_file(path: str, flag: str, what: str) -> None:
@@ -172,6 +237,7 @@ def confirm(question: str, yes: bool) -> None:
         raise CommandError("nothing was deleted", FAILED)
 
 
+@reports_unreachable_endpoints
 def upload_bundle(
     *,
     bucket: str,
@@ -183,14 +249,24 @@ def upload_bundle(
     **aws: str | None,
 ) -> None:
     """Upload a bundle's parts in parallel (parts already in S3 are skipped), then its manifest."""
+    name, path = split_bucket(bucket)
     readable_file(
         manifest, "--manifest", "the bundle's manifest file (PREFIX.manifest.xml, as bundle-image wrote it)"
     )
+    try:
+        read_manifest(manifest)
+    except BundleError as err:
+        raise CommandError(
+            f"--manifest {manifest}: is not a bundle manifest ({err}); give the manifest file "
+            "bundle-image wrote (PREFIX.manifest.xml)"
+        ) from None
     if parts_dir is not None and not Path(parts_dir).is_dir():
         raise CommandError(
             f"--parts-dir {parts_dir}: no such directory; give the directory holding the parts"
         )
-    name, path = split_bucket(bucket)
+    # The node program holds each part it is sending in memory, as in a native build.
+    check_count("--concurrency", concurrency, 1, MAX_UPLOAD_CONCURRENCY)
+    check_count("--retries", retries, 0)
     clients = AwsClients(**aws)
     s3 = clients.s3_for_bucket(name)
     presigner = clients.s3_for_bucket(name, presign=True)
@@ -214,6 +290,7 @@ def upload_bundle(
         print(f"manifest: {s3_url(name, report.manifest_key)} (register it as {name}/{report.manifest_key})")
 
 
+@reports_unreachable_endpoints
 def download_bundle(
     *,
     bucket: str,
@@ -224,7 +301,9 @@ def download_bundle(
     **aws: str | None,
 ) -> None:
     """Download a bundle's parts in parallel, checking each part's SHA-1 as it arrives, then its manifest."""
-    s3, name, key = bundle_in_s3(bucket, manifest, prefix, AwsClients(**aws))
+    name, key = bundle_key(bucket, manifest, prefix)
+    check_count("--concurrency", concurrency, 1)
+    s3 = AwsClients(**aws).s3_for_bucket(name)
     files = _run(
         lambda: download_bundle_files(s3, name, key, destination, concurrency, progress=progress_line)
     )
@@ -264,6 +343,7 @@ def _images_keeping_parts(
         return {}, f"could not name the images registered from those manifests ({err}); the parts stay"
 
 
+@reports_unreachable_endpoints
 def delete_bundle(
     *,
     bucket: str,
@@ -277,8 +357,9 @@ def delete_bundle(
     """Delete exactly a bundle's parts and its manifest (nothing else under its path, and no part that
     another manifest beside it names); with --partial, the parts found by name (a failed upload's, whose
     manifest never went up)."""
+    name, key = bundle_key(bucket, manifest, prefix, partial)
     clients = AwsClients(**aws)
-    s3, name, key = bundle_in_s3(bucket, manifest, prefix, clients)
+    s3 = clients.s3_for_bucket(name)
     plan = _run(lambda: plan_bundle_deletion(s3, name, key, partial=partial))
     for found in plan.keys:
         print(f"{'would delete' if dry_run else 'delete'} {s3_url(name, found)}")
@@ -329,6 +410,7 @@ def image_table(found: list[ImageSummary]) -> list[str]:
     ]
 
 
+@reports_unreachable_endpoints
 def images(*, json: bool, **aws: str | None) -> None:
     """List the images amidsl built (tag amidsl:built-by = amidsl) with their bundles or snapshots."""
     clients = AwsClients(**aws)
@@ -361,6 +443,7 @@ def images(*, json: bool, **aws: str | None) -> None:
         print(line)
 
 
+@reports_unreachable_endpoints
 def delete(
     *,
     image: str,

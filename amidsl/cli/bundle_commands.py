@@ -6,10 +6,18 @@ CommandError (exit status 2), printed without a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from amidsl.bundle.bundle import (
+    account_number,
+    check_image_file,
+    check_image_id,
+    check_prefix,
+)
 from amidsl.bundle.bundle import bundle_image as bundle_image_file
 from amidsl.bundle.errors import BundleError
 from amidsl.bundle.keys import SigningKeys, describe_certificate, load_certificate, load_private_key
@@ -18,7 +26,7 @@ from amidsl.bundle.manifest import read_manifest, write_manifest
 from amidsl.bundle.migrate import migrate_manifest as migrate
 from amidsl.bundle.unbundle import unbundle as unbundle_manifest
 from amidsl.bundle.verify import verify_bundle as verify_manifest
-from amidsl.cli.table import CommandError
+from amidsl.cli.table import STANDARD_OUTPUT, CommandError
 from amidsl.strategies.ec2_certificate import (
     Ec2CertificateError,
     certificate_file,
@@ -76,13 +84,30 @@ def _mappings(value: str) -> dict[str, str]:
     return pairs
 
 
+def _checked(check: Callable[[], T]) -> T:
+    """Run an argument check of the library; what it refuses is a usage error naming the option."""
+    try:
+        return check()
+    except BundleError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _missing_directories(path: Path) -> list[Path]:
+    """The directories mkdir(parents=True) would create for `path`, outermost first."""
+    missing = []
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
+
+
 def bundle_image(
     *,
-    image: str | None,
-    cert: str | None,
-    privkey: str | None,
-    user: str | None,
-    ec2cert: str | None,
+    image: str,
+    cert: str,
+    privkey: str,
+    user: str,
+    ec2cert: str,
     destination: str,
     prefix: str,
     arch: str,
@@ -93,30 +118,47 @@ def bundle_image(
     ancestry: str,
 ) -> None:
     """Bundle an image file into encrypted 10 MiB parts and a signed manifest."""
-    try:
-        Path(destination).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CommandError(f"--destination {destination}: cannot create it ({exc.strerror})") from None
+    # Every argument is checked before anything is made: a refused run leaves no destination behind.
+    _checked(lambda: check_prefix(prefix, "--prefix"))
+    _checked(lambda: account_number(user, "--user"))
+    _checked(lambda: check_image_id(kernel, "aki", "--kernel"))
+    _checked(lambda: check_image_id(ramdisk, "ari", "--ramdisk"))
+    mappings = _mappings(block_device_mapping)
+    _checked(lambda: check_image_file(image, "--image"))
     _, user_cert = _load_pem(cert, "certificate", load_certificate)
     _, user_key = _load_pem(privkey, "private key", load_private_key)
     _, ec2_cert = _load_pem(ec2cert, "EC2 certificate", load_certificate)
     signing = _run(lambda: SigningKeys(user_cert, user_key, ec2_cert))
-    manifest = _run(
-        lambda: bundle_image_file(
-            image,
-            destination,
-            prefix=prefix,
-            user_id=user,
-            signing=signing,
-            arch=arch,
-            kernel_id=kernel,
-            ramdisk_id=ramdisk,
-            product_codes=_split(product_codes),
-            block_device_mappings=_mappings(block_device_mapping),
-            ancestry=_split(ancestry),
+    out_dir = Path(destination)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CommandError(f"--destination {destination}: is a file, not a directory; give a directory")
+    created = _missing_directories(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"--destination {destination}: cannot create it ({exc.strerror})") from None
+    try:
+        manifest = _run(
+            lambda: bundle_image_file(
+                image,
+                out_dir,
+                prefix=prefix,
+                user_id=user,
+                signing=signing,
+                arch=arch,
+                kernel_id=kernel,
+                ramdisk_id=ramdisk,
+                product_codes=_split(product_codes),
+                block_device_mappings=mappings,
+                ancestry=_split(ancestry),
+            )
         )
-    )
-    manifest_path = Path(destination) / f"{prefix}.manifest.xml"
+    except BaseException:
+        for directory in reversed(created):  # nothing half-done: the directories made for this run go
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    manifest_path = out_dir / f"{prefix}.manifest.xml"
     count = len(manifest.parts)
     print(f"bundled {image} ({manifest.size} bytes) into {count} part{'s' if count > 1 else ''}")
     print(f"manifest: {manifest_path}")
@@ -204,8 +246,14 @@ def migrate_manifest(
             ramdisk_id=ramdisk,
         )
     )
-    _run(lambda: write_manifest(output or manifest, migrated))
+    to_stdout = output == STANDARD_OUTPUT
+    if to_stdout:
+        sys.stdout.write(migrated.xml)
+    else:
+        _run(lambda: write_manifest(output or manifest, migrated))
     print(
         f"migrated {manifest} for {region}: EC2's copy of key and IV re-encrypted, signed again "
-        f"({len(migrated.parts)} parts unchanged); wrote {output or manifest}"
+        f"({len(migrated.parts)} parts unchanged); "
+        + ("wrote it to standard output" if to_stdout else f"wrote {output or manifest}"),
+        file=sys.stderr if to_stdout else sys.stdout,
     )

@@ -17,31 +17,37 @@ import tempfile
 from pathlib import Path
 
 from amidsl import __version__
-from amidsl.cli.table import FAILED, CommandError
+from amidsl.cli.table import FAILED, STANDARD_OUTPUT, CommandError
 from amidsl.live.settings import LIVE_TEXT_KEYS, LiveSettings
 from amidsl.settings.starter import ami_starter, comment, toml_value
 from amidsl.settings.variables import KNOWN
 
 KEY_FILE = "signing-key.pem"
 CERT_FILE = "signing-cert.pem"
-# An RSA key without a passphrase and a self-signed certificate, the pair ec2-bundle-vol's -k and -c take.
-OPENSSL_COMMAND = (
-    "openssl",
-    "req",
-    "-x509",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-sha256",
-    "-days",
-    "365",
-    "-subj",
-    "/CN=amidsl throwaway signing certificate",
-    "-keyout",
-    KEY_FILE,
-    "-out",
-    CERT_FILE,
-)
+
+
+def openssl_command(key: Path | str = KEY_FILE, cert: Path | str = CERT_FILE) -> tuple[str, ...]:
+    """The openssl command making an RSA key without a passphrase (`key`) and its self-signed
+    certificate (`cert`): the pair ec2-bundle-vol's -k and -c take."""
+    return (
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-sha256",
+        "-days",
+        "365",
+        "-subj",
+        "/CN=amidsl throwaway signing certificate",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    )
+
+
 OPENSSL_SECONDS = 120
 
 
@@ -89,6 +95,14 @@ def live_starter() -> str:
 
 def init(*, output: str, force: bool, signing_key: bool) -> None:
     """Write a commented starter settings file (and, on request, a throwaway signing pair beside it)."""
+    if output == STANDARD_OUTPUT:
+        if signing_key:
+            raise CommandError(
+                "-o -: --signing-key makes the key and certificate beside the settings file, and standard "
+                "output has no folder; give -o FILE (e.g. -o amidsl.toml), or leave out --signing-key"
+            )
+        print(starter("amidsl.toml", False), end="")
+        return
     target = Path(output)
     folder = target.parent
     if not folder.is_dir():
@@ -99,6 +113,11 @@ def init(*, output: str, force: bool, signing_key: bool) -> None:
         raise CommandError(
             f"{', '.join(str(folder / name) for name in existing)}: already there; amidsl init leaves it "
             "alone (pass --force to overwrite, or -o FILE to write elsewhere)"
+        )
+    if signing_key and shutil.which("openssl") is None:
+        raise CommandError(
+            "--signing-key needs openssl, which is not on PATH; install it, or make the pair where it is: "
+            f"{shlex.join(openssl_command(folder / KEY_FILE, folder / CERT_FILE))}"
         )
     work = Path(tempfile.mkdtemp(prefix=".amidsl-init-", dir=folder))  # 0700: the key is private there
     try:
@@ -111,29 +130,26 @@ def init(*, output: str, force: bool, signing_key: bool) -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {target}")
     if signing_key:
+        # Paths as seen from where amidsl ran, so that both commands work pasted as they are.
+        key, cert = folder / KEY_FILE, folder / CERT_FILE
         print(
             f"made a throwaway signing pair in {folder}: {KEY_FILE} (the private key, mode 0600) and "
-            f"{CERT_FILE}, with\n  {shlex.join(OPENSSL_COMMAND)}\n"
+            f"{CERT_FILE}, with\n  {shlex.join(openssl_command(key, cert))}\n"
             "EC2 checks a bundle's signature against your account's signing certificates; upload the "
             "certificate once:\n"
-            f"  aws iam upload-signing-certificate --certificate-body file://{CERT_FILE}"
+            f"  aws iam upload-signing-certificate --certificate-body {shlex.quote(f'file://{cert}')}"
         )
     print(f"next: replace the <...> placeholders in {target}, then: amidsl validate --config {target}")
 
 
 def make_signing_pair(folder: Path) -> None:
-    """Run OPENSSL_COMMAND in `folder`: the key (mode 0600) and its certificate; CommandError if it fails."""
-    if shutil.which("openssl") is None:
-        raise CommandError(
-            "--signing-key needs openssl, which is not on PATH; install it, or make the pair where it is: "
-            f"{shlex.join(OPENSSL_COMMAND)}"
-        )
+    """Run openssl_command() in `folder`: the key (mode 0600) and its certificate; CommandError on failure."""
     key = folder / KEY_FILE
     # Created private before openssl writes it, whatever the umask and the openssl version.
     os.close(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         run = subprocess.run(
-            OPENSSL_COMMAND, cwd=folder, capture_output=True, text=True, timeout=OPENSSL_SECONDS
+            openssl_command(), cwd=folder, capture_output=True, text=True, timeout=OPENSSL_SECONDS
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise CommandError(

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from amidsl.cli.table import CommandError
+from amidsl.cli.table import STANDARD_OUTPUT, CommandError
 from amidsl.example import example_config_path
 from amidsl.live.settings import (
     LIVE_KEYS,
@@ -162,8 +162,9 @@ def load_plan(choice: ConfigChoice, phases: list[str] | None) -> Plan:
 
 
 def emit(text: str, output: str | None) -> None:
-    """Print text, or write it to `output` (a new file gets 0666 less the umask, as `>` would give)."""
-    if not output:
+    """Print text, or write it to `output` (a new file gets 0666 less the umask, as `>` would give);
+    an `output` of '-' is standard output."""
+    if not output or output == STANDARD_OUTPUT:
         print(text, end="")
         return
     try:

@@ -105,7 +105,14 @@ PHASE = Option(
     metavar="PHASE",
     values=PHASES,
 )
-OUTPUT = Option("output", "write to this file instead of standard output", short="-o", metavar="FILE")
+# -o - means standard output, as it does for most command-line tools.
+STANDARD_OUTPUT = "-"
+OUTPUT = Option(
+    "output",
+    "write to this file instead of standard output ('-' for standard output)",
+    short="-o",
+    metavar="FILE",
+)
 QUIET = Option("quiet", "no progress output: only results and errors", default=False, short="-q")
 VERBOSE = Option("verbose", "also show each command as it runs", default=False, short="-v")
 
@@ -149,7 +156,12 @@ REGION_CHECK = "amidsl.settings.checks:region_problem"
 AWS_OPTIONS = (
     Option("region", "AWS region (default: AWS_REGION, then the AWS profile's region)", check=REGION_CHECK),
     Option("profile", "AWS profile for the credentials (default: AWS_PROFILE, then the default chain)"),
-    Option("endpoint_url", "an S3/EC2-compatible endpoint instead of AWS's", metavar="URL"),
+    Option(
+        "endpoint_url",
+        "an S3/EC2-compatible endpoint instead of AWS's",
+        metavar="URL",
+        check="amidsl.settings.checks:endpoint_url_problem",
+    ),
 )
 S3_BUNDLE = Option("bucket", "where the bundle is: BUCKET or BUCKET/PATH", short="-b", required=True)
 S3_MANIFEST = (
@@ -272,7 +284,13 @@ COMMANDS: tuple[CliCommand, ...] = (
         "write a commented starter amidsl.toml (and, on request, a throwaway signing key and certificate)",
         "amidsl.cli.init_commands:init",
         (
-            Option("output", "the settings file to write", default="amidsl.toml", short="-o", metavar="FILE"),
+            Option(
+                "output",
+                "the settings file to write ('-' for standard output)",
+                default="amidsl.toml",
+                short="-o",
+                metavar="FILE",
+            ),
             Option("force", "overwrite files that exist", default=False),
             Option(
                 "signing_key",
@@ -359,7 +377,11 @@ COMMANDS: tuple[CliCommand, ...] = (
                 "region's one is checked against its pinned fingerprint",
                 metavar="DIR",
             ),
-            Option("output", "write the migrated manifest here (default: replace the manifest)", short="-o"),
+            Option(
+                "output",
+                "write the migrated manifest here (default: replace the manifest; '-' for standard output)",
+                short="-o",
+            ),
             Option("kernel", "kernel id (aki-...) of the target region, replacing the manifest's"),
             Option("ramdisk", "ramdisk id (ari-...) of the target region, replacing the manifest's"),
         ),

@@ -257,10 +257,8 @@ def scratch_dir(r: Reading, name: str, value: str) -> None:
         )
 
 
-def bucket_name(r: Reading, name: str, bucket: str) -> None:
-    """An S3 bucket name (an empty one is only missing: the required check says so)."""
-    if not bucket:
-        return
+def bucket_problem(name: str, bucket: str) -> Problem | None:
+    """The problem with an S3 bucket name (given as setting or option `name`), or None for a valid one."""
     rules = []
     if not 3 <= len(bucket) <= 63:
         rules.append("3 to 63 characters")
@@ -275,10 +273,33 @@ def bucket_name(r: Reading, name: str, bucket: str) -> None:
         rules.append("not an IP address")
     except ValueError:
         pass
-    if rules:
-        r.problem(
-            name, f"{bucket!r} is not a valid S3 bucket name", "a bucket name needs " + "; ".join(rules)
-        )
+    if not rules:
+        return None
+    return Problem(
+        name, f"{bucket!r} is not a valid S3 bucket name", "a bucket name needs " + "; ".join(rules)
+    )
+
+
+def bucket_name(r: Reading, name: str, bucket: str) -> None:
+    """An S3 bucket name (an empty one is only missing: the required check says so)."""
+    problem = bucket_problem(name, bucket) if bucket else None
+    if problem is not None:
+        r.problems.append(problem)
+
+
+# An S3/EC2-compatible endpoint: http(s), a host (and port), perhaps a path.
+ENDPOINT_URL = r"https?://[^\s/]+(/\S*)?"
+
+
+def endpoint_url_problem(name: str, url: str) -> Problem | None:
+    """The problem with an endpoint URL (given as option `name`), or None for an http(s) URL with a host."""
+    if re.fullmatch(ENDPOINT_URL, url):
+        return None
+    return Problem(
+        name,
+        f"{url!r} is not an http(s) URL",
+        "give the endpoint as http(s)://HOST[:PORT], e.g. http://127.0.0.1:5000, or leave it out for AWS's",
+    )
 
 
 def key_prefix(r: Reading, row: Setting) -> str:

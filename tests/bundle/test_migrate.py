@@ -10,6 +10,7 @@ import pytest
 
 from amidsl.bundle import decrypt_keys, read_manifest, unbundle, verify_bundle
 from amidsl.bundle.errors import ManifestEditedError, WrongPrivateKeyError
+from amidsl.bundle.manifest import parse_manifest
 from amidsl.bundle.migrate import migrate_manifest
 from amidsl.cli.main import run
 from amidsl.strategies.ec2_certificate import PINNED_SPKI_SHA256, spki_sha256
@@ -137,3 +138,16 @@ def test_the_pinned_certificate_is_taken_from_a_directory_or_the_tools_archive(
     with zipfile.ZipFile(archive, "w") as tools:
         tools.write(files["ec2"], "ec2-ami-tools-1.5.19/etc/ec2/amitools/cert-ec2.pem")
     assert run([*migrate_args(bundled, files), "--ec2-certificates", str(archive)]) == 0
+
+
+def test_the_command_writes_the_manifest_to_standard_output_for_output_dash(
+    bundled, files, tmp_path, capsys, other_region_ec2, monkeypatch
+):
+    original = bundled.read_text()
+    monkeypatch.chdir(tmp_path)
+    assert run([*migrate_args(bundled, files), "--ec2cert", str(files["ec2"]), "-o", "-"]) == 0
+    captured = capsys.readouterr()
+    assert bundled.read_text() == original and not (tmp_path / "-").exists()
+    migrated = parse_manifest(captured.out)
+    decrypt_keys(migrated, other_region_ec2.key_pem)
+    assert "migrated" in captured.err

@@ -278,3 +278,84 @@ def test_bundle_image_with_a_key_that_is_not_the_certificates_says_so(files, cap
     err = expect_failure(capsys, *bundle_args(files))
     assert "the private key does not belong to certificate" in err
     assert not list(files["out"].iterdir())  # nothing bundled
+
+
+def test_bundle_image_refuses_an_image_over_the_instance_store_limit_before_any_work(
+    files, capsys, tmp_path, monkeypatch
+):
+    from amidsl.bundle import bundle as bundling
+    from amidsl.node.amidsl_node import MAX_IMAGE_MB
+
+    def no_bundling(*args, **kwargs):
+        raise AssertionError("bundling started")
+
+    monkeypatch.setattr(bundling, "stream_bundle", no_bundling)
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate((MAX_IMAGE_MB + 1) * 1024 * 1024)  # sparse: no disk used
+    files["image"], files["out"] = big, tmp_path / "obig"
+    err = expect_failure(capsys, *bundle_args(files))
+    assert f"--image {big}" in err and f"{MAX_IMAGE_MB} MB" in err
+    assert not files["out"].exists()
+
+
+def test_bundle_image_takes_an_image_of_exactly_the_limit_as_far_as_bundling(
+    files, capsys, tmp_path, monkeypatch
+):
+    from amidsl.bundle import bundle as bundling
+    from amidsl.node.amidsl_node import MAX_IMAGE_MB
+
+    class Started(Exception):
+        pass
+
+    def stop_at_bundling(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(bundling, "stream_bundle", stop_at_bundling)
+    largest = tmp_path / "largest.img"
+    with open(largest, "wb") as f:
+        f.truncate(MAX_IMAGE_MB * 1024 * 1024)
+    files["image"] = largest
+    with pytest.raises(Started):
+        bundle(files)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (("--user", "12345"), "--user '12345'"),
+        (("--prefix", "a/b"), "--prefix 'a/b'"),
+        (("--kernel", "ami-123"), "--kernel 'ami-123'"),
+        (("--ramdisk", "aki-1a2b3c4d"), "--ramdisk 'aki-1a2b3c4d'"),
+        (("-B", "root"), "--block-device-mapping"),
+        (("--image", "no-such.img"), "--image no-such.img"),
+        (("--privkey", "stranger"), "the private key does not belong to certificate"),
+    ],
+)
+def test_a_refused_bundle_image_creates_no_destination_and_names_the_option(
+    files, capsys, tmp_path, change, named
+):
+    files["out"] = tmp_path / "new" / "bundle"
+    option, value = change
+    if value == "stranger":
+        value = str(files["stranger-pk.pem"])
+    err = expect_failure(capsys, *bundle_args(files), option, value)
+    assert named in err
+    assert "user_id" not in err and "kernel_id" not in err and "ramdisk_id" not in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_bundle_image_that_fails_while_bundling_removes_the_destination_it_made(
+    files, capsys, tmp_path, monkeypatch
+):
+    from amidsl.bundle import bundle as bundling
+    from amidsl.bundle.errors import BundleError
+
+    def disk_full(*args, **kwargs):
+        raise BundleError("bundling failed: No space left on device; check free space and permissions")
+
+    monkeypatch.setattr(bundling, "stream_bundle", disk_full)
+    files["out"] = tmp_path / "new" / "bundle"
+    assert bundle(files) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
