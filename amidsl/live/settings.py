@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amidsl.settings import Problem, SettingsError, normalise_keys
+from amidsl.settings.readers import got
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -117,7 +118,7 @@ class _LiveChecker:
         if value is None:
             return None
         if not isinstance(value, str) or not value:
-            self.problem(name, f"must be a non-empty string, got {value!r}", f'write {name} = "..."')
+            self.problem(name, f"must be a non-empty string, got {got(value)}", f'write {name} = "..."')
             return None
         if pattern is not None and not re.fullmatch(pattern, value):
             self.problem(name, f"{value!r} is not valid", fix)
@@ -136,7 +137,7 @@ class _LiveChecker:
     def flag(self, name: str) -> bool:
         value = self.values.get(name, False)
         if not isinstance(value, bool):
-            self.problem(name, f"must be true or false, got {value!r}", f"write {name} = true or false")
+            self.problem(name, f"must be true or false, got {got(value)}", f"write {name} = true or false")
             return False
         return value
 

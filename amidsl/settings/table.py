@@ -624,7 +624,7 @@ ROWS: tuple[Setting, ...] = (
     Setting(
         "deprecate_at",
         "str | None",
-        readers.text,
+        checks.utc_time,
         "when the image and its copies become deprecated (EnableImageDeprecation), in UTC, e.g. "
         '"2027-06-30T00:00:00Z"',
         check=checks.deprecation_time,
