@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amidsl.settings import Problem, SettingsError, normalise_keys
-from amidsl.settings.readers import got
+from amidsl.settings.readers import got, toml_spelling
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -130,7 +130,7 @@ class _LiveChecker:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.problem(name, f"{value!r} is not a whole number from {low} to {high}", fix)
+            self.problem(name, f"{toml_spelling(value)} is not a whole number from {low} to {high}", fix)
             return None
         return value
 
@@ -178,7 +178,9 @@ class _LiveChecker:
             isinstance(g, str) and re.fullmatch(r"sg-[0-9a-f]{8}([0-9a-f]{9})?", g) for g in groups
         ):
             self.problem(
-                "security_group_ids", f"{groups!r} is not a list of sg- ids", 'write ["sg-0a1b2c3d", ...]'
+                "security_group_ids",
+                f"{toml_spelling(groups)} is not a list of sg- ids",
+                'write ["sg-0a1b2c3d", ...]',
             )
             groups = []
         if self.problems:

@@ -626,7 +626,7 @@ ROWS: tuple[Setting, ...] = (
         "str | None",
         checks.utc_time,
         "when the image and its copies become deprecated (EnableImageDeprecation), in UTC, e.g. "
-        '"2027-06-30T00:00:00Z"',
+        '"2027-06-30T00:00:00Z" (or a TOML datetime with a time zone)',
         check=checks.deprecation_time,
     ),
     Setting(
