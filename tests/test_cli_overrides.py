@@ -172,3 +172,35 @@ def test_relative_files_are_relative_to_the_file_that_names_them_and_to_the_curr
     assert live.ssh_config == str(tmp_path / "here.conf")  # from --set, in the current folder
     choice = find_config([str(config)], ["live.known_hosts={env:HOSTS_DIR}/known_hosts"])
     assert load_live_config(choice).live.known_hosts == "/srv/amidsl/known_hosts"  # anchored as expanded
+
+
+@pytest.mark.parametrize("command", ["plan", "script", "simulate", "validate"])
+def test_a_typo_in_live_is_refused_by_every_command_that_reads_the_file(
+    capsys, tmp_path, raw_settings, command
+):
+    config = write_toml(tmp_path / "ami.toml", {"ami": raw_settings, "live": {"hots": "node"}})
+    status, out, err = amidsl(capsys, command, "-c", str(config))
+    assert status == 2, out
+    assert "live.hots: is not a known [live] setting" in err and "did you mean 'host'?" in err
+    status, _, err = amidsl(
+        capsys, command, "-c", str(config), "--set", "live.host=node", "--set", "live.prot=22"
+    )
+    assert status == 2
+    assert "live.hots (from" in err and "live.prot (set by --set): is not a known [live] setting" in err
+
+
+@pytest.mark.parametrize("command", ["plan", "script", "simulate"])
+def test_an_unknown_table_is_refused_by_every_command_that_reads_the_file(
+    capsys, tmp_path, raw_settings, command
+):
+    config = write_toml(tmp_path / "ami.toml", {"ami": raw_settings, "Live": {"host": "node"}})
+    status, _, err = amidsl(capsys, command, "-c", str(config))
+    assert status == 2 and "[Live]: is not a table amidsl knows. Fix: remove it (did you mean [live]?)" in err
+
+
+def test_a_missing_file_named_by_amidsl_config_says_it_came_from_there(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("AMIDSL_CONFIG", "nonexist.toml")
+    status, _, err = amidsl(capsys, "validate")
+    assert status == 2 and "--config" not in err
+    assert "$AMIDSL_CONFIG: file 'nonexist.toml' does not exist" in err
+    assert "set AMIDSL_CONFIG to an existing TOML file, or unset it" in err

@@ -521,7 +521,7 @@ def test_tags_permissions_and_copies_are_read(raw_settings):
     [
         ({"tags": {"amidsl:built-by": "me"}}, "tags.amidsl:built-by: is a reserved tag key"),
         ({"tags": {"aws:created": "x"}}, "tags.aws:created: is a reserved tag key"),
-        ({"tags": {"team": 3}}, "tags.team: must be a string, got 3"),
+        ({"tags": {"team": 3}}, "tags.team: must be a string, got integer 3"),
         ({"tags": ["team"]}, "tags: must be a table of strings"),
         ({"tags": {"k": "v" * 257}}, "tags.k: is too long"),
         ({"tags": {f"k{i}": "v" for i in range(50)}}, "tags: has 50 tags. Fix: give at most 49"),
@@ -676,3 +676,115 @@ def test_a_missing_key_or_certificate_file_is_named_for_what_it_holds(raw_settin
 def test_a_volume_other_than_root_is_refused_for_ami_tools_which_image_the_root(raw_settings):
     message = the_problem(raw_settings | {"bundler": "ami-tools", "volume": "/srv"}, "volume")
     assert "the ami-tools strategy images the root volume" in message and 'bundler = "native"' in message
+
+
+# -- partitions, messages that say what is wrong ------------------------------------------------
+
+
+@pytest.mark.parametrize(("copy", "partition"), [("cn-north-1", "aws-cn"), ("us-gov-west-1", "aws-us-gov")])
+def test_a_copy_to_another_partition_is_refused_naming_the_region_and_both_partitions(
+    raw_settings, copy, partition
+):
+    message = the_problem(raw_settings | {"copy_to_regions": [copy]}, "copy_to_regions")
+    assert f"{copy!r} is in partition {partition}" in message
+    assert "eu-west-1 is in partition aws" in message and "CopyImage" in message
+
+
+def test_without_botocores_partition_data_no_partition_is_assumed(raw_settings, monkeypatch):
+    monkeypatch.setattr(checks, "_partitions", lambda name: ())
+    assert checks.partition_of("eu-west-1") is None
+    assert resolve(raw_settings | {"copy_to_regions": ["cn-north-1"]}).copy_to_regions == ("cn-north-1",)
+    key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    ebs = raw_settings | {"bundler": "native", "backing": "ebs", "encrypted": True, "kms_key_id": key}
+    assert resolve(ebs).kms_key_id == key
+
+
+def test_the_partition_of_a_region_comes_from_botocores_data():
+    assert [checks.partition_of(r) for r in ("eu-west-1", "cn-north-1", "us-gov-west-1")] == [
+        "aws",
+        "aws-cn",
+        "aws-us-gov",
+    ]
+
+
+def test_a_credential_dir_refused_only_through_install_dir_suggests_no_refused_path(raw_settings):
+    message = the_problem(raw_settings | {"install_dir": "/opt/ami-tools/../../usr"}, "credential_dir")
+    fix = message.split("Fix: ")[1]
+    assert "/usr/credentials" not in fix
+    assert "install_dir" in fix
+
+
+def test_an_empty_tag_key_is_said_to_be_empty(raw_settings):
+    assert the_problem(raw_settings | {"tags": {"": "x"}}, "tags") == (
+        "tags: has an empty key. Fix: give every tag a key of 1 to 128 characters."
+    )
+
+
+def test_a_bucket_name_rule_reads_as_a_sentence(raw_settings):
+    message = the_problem(raw_settings | {"s3_bucket": "192.168.1.1"}, "s3_bucket")
+    assert "needs not" not in message and "a bucket name must be a name, not an IP address" in message
+
+
+@pytest.mark.parametrize(
+    ("bucket", "rule"),
+    [
+        ("xn--bucket", "must not start with 'xn--'"),
+        ("sthree-bucket", "must not start with 'sthree-'"),
+        ("bucket-s3alias", "must not end with '-s3alias'"),
+        ("bucket--ol-s3", "must not end with '--ol-s3'"),
+    ],
+)
+def test_bucket_prefixes_and_suffixes_s3_reserves_are_refused(raw_settings, bucket, rule):
+    message = the_problem(raw_settings | {"s3_bucket": bucket}, "s3_bucket")
+    assert repr(bucket) in message and rule in message
+
+
+def test_a_certificate_file_holding_only_a_private_key_says_the_files_may_be_swapped(
+    raw_settings, credentials
+):
+    credentials.cert_path.write_text(credentials.key_pem)
+    message = the_problem(raw_settings, "certificate_source")
+    assert "holds no certificate" in message and "swapped" in message
+    assert "BEGIN" not in message.split("Fix:")[0]
+
+
+def test_a_key_file_holding_a_certificate_says_the_files_may_be_swapped(raw_settings, credentials):
+    credentials.key_path.write_text(credentials.cert_path.read_text())
+    message = the_problem(raw_settings, "private_key_source")
+    assert "holds a certificate, not a private key" in message and "swapped" in message
+
+
+def test_deprecate_at_may_be_a_toml_datetime_with_a_time_zone(raw_settings):
+    when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(days=30)
+    expected = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert resolve(raw_settings | {"deprecate_at": when}).deprecate_at == expected
+    two_hours_east = when.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
+    assert resolve(raw_settings | {"deprecate_at": two_hours_east}).deprecate_at == expected
+
+
+def test_deprecate_at_as_a_toml_datetime_without_a_time_zone_is_refused_saying_how_to_write_it(raw_settings):
+    message = the_problem(raw_settings | {"deprecate_at": datetime.datetime(2027, 6, 30)}, "deprecate_at")
+    assert "datetime.datetime" not in message and "datetime with no time zone" in message
+    assert 'deprecate_at = "2027-06-30T00:00:00Z"' in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"image_name": datetime.date(2027, 6, 30)}, "image_name: must be a string, got date 2027-06-30"),
+        ({"tags": ["team"]}, "tags: must be a table of strings, got array ['team']"),
+        ({"tags": {"team": {"a": 1}}}, "tags.team: must be a string, got table { a = 1 }"),
+        ({"copy_to_regions": {"eu": 1}}, "copy_to_regions: must be a list of strings, got table { eu = 1 }"),
+        ({"block_device_mappings": {"a": True}}, "must be a list of tables, got table { a = true }"),
+        ({"install_ruby": 1}, "install_ruby: must be true or false, got integer 1"),
+        ({"certificate_source": ["x"]}, "certificate_source: must be a table, got array ['x']"),
+    ],
+)
+def test_a_value_of_the_wrong_toml_type_is_named_by_its_toml_type(raw_settings, changes, expected):
+    problems = problems_of(raw_settings | changes)
+    assert any(expected in p for p in problems), problems
+    assert not any("datetime." in p or "got dict" in p or "got list" in p for p in problems)
+
+
+def test_an_image_name_of_one_character_says_character_not_characters(raw_settings):
+    assert "'x' has 1 character," in the_problem(raw_settings | {"image_name": "x"}, "image_name")

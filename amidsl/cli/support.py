@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,14 @@ from amidsl.live.settings import (
     resolve_live,
 )
 from amidsl.model.plan import Plan, Spec, build_plan
-from amidsl.settings import AmiSettings, Problem, SettingsError, read_settings_file, resolve
+from amidsl.settings import (
+    AmiSettings,
+    Problem,
+    SettingsError,
+    normalise_keys,
+    read_settings_file,
+    resolve,
+)
 from amidsl.settings.files import anchor_local_files
 from amidsl.settings.layers import TABLES, Layer, Layered, TableKeys, merge_layers, override_layer
 from amidsl.settings.table import ROWS, SECRET_KEYS, USER_KEYS
@@ -109,7 +116,7 @@ def load_layered(choice: ConfigChoice) -> Layered:
     current folder for --set), so that a path made of variables is anchored as what it expands to.
     """
     keys = table_keys()
-    layers = [Layer(str(path), read_settings_file(path), path.parent) for path in choice.paths]
+    layers = [Layer(str(path), _read_file(path, choice.origin), path.parent) for path in choice.paths]
     if choice.overrides:
         layers.append(override_layer(choice.overrides, keys))
     layered = merge_layers(layers)
@@ -128,6 +135,13 @@ def load_layered(choice: ConfigChoice) -> Layered:
     return replace(layered, document={**layered.document, **expanded})
 
 
+def _read_file(path: Path, origin: str) -> dict[str, Any]:
+    """One settings file's document; its problems name where its path came from (--config, $AMIDSL_CONFIG)."""
+    if origin == f"${CONFIG_ENV}":
+        return read_settings_file(path, origin, f"set {CONFIG_ENV} to an existing TOML file, or unset it")
+    return read_settings_file(path, origin)
+
+
 def _ami_values(layered: Layered) -> dict[str, Any]:
     """The merged [ami] table, or a SettingsError saying no file has one."""
     table = layered.document.get("ami")
@@ -139,8 +153,20 @@ def _ami_values(layered: Layered) -> dict[str, Any]:
 
 
 def load_settings(choice: ConfigChoice, bundler: str | None = None) -> tuple[Spec, AmiSettings]:
-    """The ami spec and its resolved settings; `bundler` overrides the settings' own. SettingsError."""
-    return _resolve_ami(load_layered(choice), bundler)
+    """The ami spec and its resolved settings; `bundler` overrides the settings' own. SettingsError.
+
+    The typos a file may hold elsewhere are refused too (see `typos`), so that what `validate` refuses
+    no other command takes.
+    """
+    layered = load_layered(choice)
+    problems = typos(layered)
+    try:
+        loaded = _resolve_ami(layered, bundler)
+    except SettingsError as err:
+        raise SettingsError(problems + err.problems, origin=layered.origin) from None
+    if problems:
+        raise SettingsError(problems, origin=layered.origin)
+    return loaded
 
 
 def _resolve_ami(layered: Layered, bundler: str | None = None) -> tuple[Spec, AmiSettings]:
@@ -197,18 +223,41 @@ def unknown_tables(document: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def load_live_config(choice: ConfigChoice, phases: list[str] | None = None) -> LiveConfig:
-    """Load and validate [ami] and [live] of the settings, with every problem in one CommandError."""
-    try:
-        layered = load_layered(choice)  # each file read and parsed once for all three checks
-    except SettingsError as err:
-        raise CommandError(str(err)) from None
+def unknown_tables_in(layered: Layered) -> list[Problem]:
+    """The tables amidsl does not read, in every layer, each naming its file when there are several."""
     problems = []
     for layer in layered.layers:
         found = unknown_tables(layer.document)
         if len(layered.layers) > 1:
             found = [replace(p, setting=f"{p.setting} (in {layer.name})") for p in found]
         problems += found
+    return problems
+
+
+def typos(layered: Layered) -> list[Problem]:
+    """What the commands that use only [ami] refuse of the rest: unknown tables and unknown [live] keys.
+
+    They check no [live] value: an identity file, say, may exist only on the machine that builds.
+    """
+    problems = unknown_tables_in(layered)
+    live = layered.document.get("live", {})
+    if not isinstance(live, Mapping):
+        return [
+            *problems,
+            Problem("[live]", "is not a table", "write the live settings under a [live] header"),
+        ]
+    found: list[Problem] = []
+    normalise_keys(live, LIVE_KEYS, found, table="live.")
+    return problems + layered.annotate(found)
+
+
+def load_live_config(choice: ConfigChoice, phases: list[str] | None = None) -> LiveConfig:
+    """Load and validate [ami] and [live] of the settings, with every problem in one CommandError."""
+    try:
+        layered = load_layered(choice)  # each file read and parsed once for all three checks
+    except SettingsError as err:
+        raise CommandError(str(err)) from None
+    problems = unknown_tables_in(layered)
     plan = live = None
     try:
         spec, settings = _resolve_ami(layered)

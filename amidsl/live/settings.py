@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amidsl.settings import Problem, SettingsError, normalise_keys
+from amidsl.settings.readers import got, toml_spelling
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -117,7 +118,7 @@ class _LiveChecker:
         if value is None:
             return None
         if not isinstance(value, str) or not value:
-            self.problem(name, f"must be a non-empty string, got {value!r}", f'write {name} = "..."')
+            self.problem(name, f"must be a non-empty string, got {got(value)}", f'write {name} = "..."')
             return None
         if pattern is not None and not re.fullmatch(pattern, value):
             self.problem(name, f"{value!r} is not valid", fix)
@@ -129,14 +130,14 @@ class _LiveChecker:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.problem(name, f"{value!r} is not a whole number from {low} to {high}", fix)
+            self.problem(name, f"{toml_spelling(value)} is not a whole number from {low} to {high}", fix)
             return None
         return value
 
     def flag(self, name: str) -> bool:
         value = self.values.get(name, False)
         if not isinstance(value, bool):
-            self.problem(name, f"must be true or false, got {value!r}", f"write {name} = true or false")
+            self.problem(name, f"must be true or false, got {got(value)}", f"write {name} = true or false")
             return False
         return value
 
@@ -177,7 +178,9 @@ class _LiveChecker:
             isinstance(g, str) and re.fullmatch(r"sg-[0-9a-f]{8}([0-9a-f]{9})?", g) for g in groups
         ):
             self.problem(
-                "security_group_ids", f"{groups!r} is not a list of sg- ids", 'write ["sg-0a1b2c3d", ...]'
+                "security_group_ids",
+                f"{toml_spelling(groups)} is not a list of sg- ids",
+                'write ["sg-0a1b2c3d", ...]',
             )
             groups = []
         if self.problems:

@@ -21,7 +21,15 @@ from typing import Any
 
 from amidsl.settings.constants import AMI_TOOLS_URL, DEFAULT_RUBY_VERSION
 from amidsl.settings.paths import PROTECTED_DIRS
-from amidsl.settings.readers import comma_free, optional_choice, read_text, read_text_list
+from amidsl.settings.readers import (
+    comma_free,
+    got,
+    optional_choice,
+    read_text,
+    read_text_list,
+    toml_spelling,
+    toml_type,
+)
 from amidsl.settings.reading import Reading
 from amidsl.settings.schema import Check, Problem, Reader, Setting, Source
 from amidsl.tags import BUILT_BY_TAG
@@ -55,7 +63,10 @@ def matches(pattern: str, message: str, fix: str) -> Check:
 def image_name_rules(r: Reading, name: str, value: str) -> None:
     """An AMI name as EC2 takes it."""
     if not 3 <= len(value) <= 128:
-        r.problem(name, f"{value!r} has {len(value)} characters", "give an AMI name of 3 to 128 characters")
+        count = "1 character" if len(value) == 1 else f"{len(value)} characters"
+        r.problem(
+            name, f"{value!r} has {count}, and EC2 takes 3 to 128", "give an AMI name of 3 to 128 characters"
+        )
     bad = sorted(set(re.sub(r"[A-Za-z0-9()\[\]./\-'@_ ]", "", value)))
     if bad:
         r.problem(
@@ -69,6 +80,35 @@ def description_length(r: Reading, name: str, value: str) -> None:
     """An AMI description as EC2 takes it."""
     if len(value) > 255:
         r.problem(name, f"is {len(value)} characters long", "shorten it to at most 255 characters")
+
+
+def utc_time(r: Reading, row: Setting) -> str | None:
+    """A time as EC2 takes it, "YYYY-MM-DDTHH:MM:SSZ"; a TOML datetime with a time zone is the same time."""
+    value = r.given.get(row.name)
+    if not isinstance(value, (datetime.date, datetime.time)):
+        return read_text(r, row.name)
+    quoted = f'{row.name} = "2027-06-30T00:00:00Z"'
+    if isinstance(value, datetime.datetime) and value.utcoffset() is not None:
+        when = value.astimezone(datetime.timezone.utc)
+        if not when.microsecond:
+            return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        r.problem(
+            row.name,
+            f"{toml_spelling(value)} has a fraction of a second",
+            f"give whole seconds, e.g. {quoted}",
+        )
+        return None
+    what = "datetime with no time zone" if isinstance(value, datetime.datetime) else toml_type(value)
+    if isinstance(value, datetime.date):
+        day = value.strftime("%Y-%m-%d")
+        clock = value.strftime("%H:%M:%S") if isinstance(value, datetime.datetime) else "00:00:00"
+        quoted = f'{row.name} = "{day}T{clock}Z"'
+    r.problem(
+        row.name,
+        f"{toml_spelling(value)} is a TOML {what}, not a UTC time",
+        f"write the UTC time as a quoted string: {quoted}",
+    )
+    return None
 
 
 def deprecation_time(r: Reading, name: str, value: str) -> None:
@@ -106,7 +146,6 @@ def access_key_id(r: Reading, name: str, value: str) -> None:
 
 
 @functools.cache
-@functools.cache
 def _partitions(name: str) -> tuple[dict, ...]:
     """The partitions one file of botocore's shipped partition data lists (read as JSON: boto3 itself
     stays unloaded); none when botocore or the file is missing."""
@@ -125,8 +164,9 @@ def _regions_in(name: str) -> frozenset[str]:
     return frozenset(region for partition in _partitions(name) for region in partition.get("regions", {}))
 
 
-def partition_of(region: str) -> str:
-    """The partition whose ARNs name resources in `region` ("aws", "aws-cn", "aws-us-gov", ...)."""
+def partition_of(region: str) -> str | None:
+    """The partition whose ARNs name resources in `region` ("aws", "aws-cn", "aws-us-gov", ...); None
+    when botocore's partition data cannot tell (it is missing, or no partition's names match)."""
     partitions = _partitions("partitions.json")
     for partition in partitions:
         if region in partition.get("regions", {}):
@@ -134,7 +174,7 @@ def partition_of(region: str) -> str:
     for partition in partitions:
         if re.fullmatch(partition.get("regionRegex", "$.").strip("^$"), region):
             return partition["id"]
-    return "aws"
+    return None
 
 
 def known_regions() -> frozenset[str]:
@@ -192,7 +232,7 @@ def account_id(r: Reading, row: Setting) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        r.problem(row.name, f"must be a string, got {value!r}", 'quote it: user_id = "..."')
+        r.problem(row.name, f"must be a string, got {got(value)}", 'quote it: user_id = "..."')
         return None
     digits = value.replace("-", "").strip()
     if re.fullmatch(ACCESS_KEY_ID, digits):
@@ -257,31 +297,41 @@ def scratch_dir(r: Reading, name: str, value: str) -> None:
         )
 
 
+# Names S3 reserves: for internationalised domain names, its own internal use, access point aliases.
+RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-")
+RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3")
+
+
 def bucket_problem(name: str, bucket: str) -> Problem | None:
     """The problem with an S3 bucket name (given as setting or option `name`), or None for a valid one."""
     rules = []
     if not 3 <= len(bucket) <= 63:
-        rules.append("3 to 63 characters")
+        rules.append("must be 3 to 63 characters long")
     if not re.fullmatch(r"[a-z0-9.-]*", bucket):
-        rules.append("only lowercase letters, digits, '.' and '-'")
+        rules.append("may hold only lowercase letters, digits, '.' and '-'")
     if not (bucket[:1].isalnum() and bucket[-1:].isalnum()):
-        rules.append("start and end with a letter or digit")
+        rules.append("must start and end with a letter or digit")
     if ".." in bucket:
-        rules.append("no '..'")
+        rules.append("must have no '..'")
     try:
         ipaddress.ip_address(bucket)
-        rules.append("not an IP address")
+        rules.append("must be a name, not an IP address")
     except ValueError:
         pass
+    rules += [f"must not start with {p!r}" for p in RESERVED_BUCKET_PREFIXES if bucket.startswith(p)]
+    rules += [f"must not end with {s!r}" for s in RESERVED_BUCKET_SUFFIXES if bucket.endswith(s)]
     if not rules:
         return None
     return Problem(
-        name, f"{bucket!r} is not a valid S3 bucket name", "a bucket name needs " + "; ".join(rules)
+        name,
+        f"{bucket!r} is not a valid S3 bucket name: a bucket name " + ", and ".join(rules),
+        "choose a name that follows S3's bucket naming rules, e.g. 'acme-ami-bundles'",
     )
 
 
 def bucket_name(r: Reading, name: str, bucket: str) -> None:
-    """An S3 bucket name (an empty one is only missing: the required check says so)."""
+    """An S3 bucket name as S3's naming rules allow it (an empty one is only missing: the required
+    check says so)."""
     problem = bucket_problem(name, bucket) if bucket else None
     if problem is not None:
         r.problems.append(problem)
@@ -333,7 +383,7 @@ def block_device_mappings(r: Reading, row: Setting) -> tuple[tuple[str, str], ..
     value = r.given.get(name, [])
     example = 'block_device_mappings = [{ device_name = "/dev/sdb", virtual_name = "ephemeral0" }]'
     if not isinstance(value, (list, tuple)):
-        r.problem(name, f"must be a list of tables, got {value!r}", f"write {example}")
+        r.problem(name, f"must be a list of tables, got {got(value)}", f"write {example}")
         return ()
     mappings = []
     for entry in value:
@@ -346,7 +396,7 @@ def block_device_mappings(r: Reading, row: Setting) -> tuple[tuple[str, str], ..
             or not isinstance(virtual, str)
             or not re.fullmatch(r"ephemeral\d+", virtual)
         ):
-            r.problem(name, f"entry {entry!r} is not a device mapping", f"write {example}")
+            r.problem(name, f"entry {toml_spelling(entry)} is not a device mapping", f"write {example}")
             continue
         mappings.append((device, virtual))
     return tuple(mappings)
@@ -368,13 +418,15 @@ def tag_table(most: int, allowed: str) -> Reader:
         value = r.given.get(name, {})
         example = f'{name} = {{ team = "web", stage = "prod" }}'
         if not isinstance(value, Mapping):
-            r.problem(name, f"must be a table of strings, got {value!r}", f"write {example}")
+            r.problem(name, f"must be a table of strings, got {got(value)}", f"write {example}")
             return ()
         tags = []
         for key, text in value.items():
             key = str(key)
-            if not isinstance(text, str):
-                r.problem(f"{name}.{key}", f"must be a string, got {text!r}", f'quote it: {key} = "..."')
+            if not key:
+                r.problem(name, "has an empty key", "give every tag a key of 1 to 128 characters")
+            elif not isinstance(text, str):
+                r.problem(f"{name}.{key}", f"must be a string, got {got(text)}", f'quote it: {key} = "..."')
             elif not 1 <= len(key) <= 128 or len(text) > 256:
                 r.problem(
                     f"{name}.{key}", "is too long", "keep keys to 1-128 and values to 256 characters at most"
@@ -406,13 +458,13 @@ def kms_keys_by_region(r: Reading, row: Setting) -> tuple[tuple[str, str], ...]:
     value = r.given.get(name, {})
     if not isinstance(value, Mapping):
         example = f'{name} = {{ eu-west-1 = "arn:aws:kms:eu-west-1:123456789012:key/..." }}'
-        r.problem(name, f"must be a table of regions to KMS key ARNs, got {value!r}", f"write {example}")
+        r.problem(name, f"must be a table of regions to KMS key ARNs, got {got(value)}", f"write {example}")
         return ()
     keys = []
     for region, key in value.items():
         where = f"{name}.{region}"
         if not isinstance(key, str):
-            r.problem(where, f"must be a string, got {key!r}", f'quote it: {region} = "arn:aws:kms:..."')
+            r.problem(where, f"must be a string, got {got(key)}", f'quote it: {region} = "arn:aws:kms:..."')
         elif not re.fullmatch(KMS_KEY_ARN, key):
             r.problem(where, f"{key!r} is not a KMS key ARN", KMS_KEY_ARN_FIX)
         elif is_region(r, where, str(region)):
@@ -453,12 +505,24 @@ def launch_permissions(r: Reading, row: Setting) -> tuple[str, ...]:
 
 
 def copy_regions(r: Reading, row: Setting) -> tuple[str, ...]:
-    """copy_to_regions: regions AWS has, other than the build's own, each once."""
+    """copy_to_regions: regions AWS has in the build's partition, other than the build's own, each once."""
     region = r.value("region")
     copies = read_text_list(r, row.name)
     for copy in copies:
-        if is_region(r, row.name, copy) and copy == region:
+        if not is_region(r, row.name, copy):
+            continue
+        if copy == region:
             r.problem(row.name, f"{copy!r} is the build's own region", "list only other regions")
+        elif None not in (partition_of(copy), partition_of(region)) and partition_of(copy) != partition_of(
+            region
+        ):
+            r.problem(
+                row.name,
+                f"{copy!r} is in partition {partition_of(copy)}, and the build's region {region} is in "
+                f"partition {partition_of(region)}: CopyImage copies only within a partition",
+                f"list only regions of partition {partition_of(region)}, or build in {copy}'s partition "
+                "with settings of its own",
+            )
     if len(set(copies)) != len(copies):
         r.problem(row.name, "lists a region twice", "list each region once")
     return copies

@@ -111,7 +111,14 @@ def check_credentials(
     Returns the certificate re-encoded from the parsed certificate (as read when it does not parse).
     `example_key` says the key is amidsl's built-in example key.
     """
-    if key_pem is not None and pem_labels(key_pem)[1:]:
+    if key_pem is not None and pem_labels(key_pem) == ["CERTIFICATE"]:
+        r.problem(
+            "private_key_source",
+            "holds a certificate, not a private key",
+            "give your private key's PEM file; private_key_source and certificate_source may be swapped",
+        )
+        key_pem = None
+    elif key_pem is not None and pem_labels(key_pem)[1:]:
         r.problem(
             "private_key_source",
             f"holds {len(pem_labels(key_pem))} PEM blocks, not just the private key",
@@ -147,8 +154,17 @@ def check_credentials(
 
 def _only_one_certificate(r: Reading, cert_pem: str | None) -> str | None:
     """The certificate text if it holds exactly one certificate and nothing else, else None."""
-    if cert_pem is not None and any(label != "CERTIFICATE" for label in pem_labels(cert_pem)):
+    labels = [] if cert_pem is None else pem_labels(cert_pem)
+    if labels and "CERTIFICATE" not in labels:
         # Never name the block: it may be a private key, whose headers messages do not quote.
+        r.problem(
+            "certificate_source",
+            "holds no certificate, only another PEM block (perhaps a private key)",
+            "give the certificate file (-----BEGIN CERTIFICATE-----); if the key is here, "
+            "certificate_source and private_key_source may be swapped",
+        )
+        return None
+    if any(label != "CERTIFICATE" for label in labels):
         r.problem(
             "certificate_source",
             "holds more than a certificate (another PEM block, perhaps a private key)",

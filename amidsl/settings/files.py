@@ -20,25 +20,30 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ami_table(read_settings_file(path), path)
 
 
-def read_settings_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The whole TOML document of a settings file; a missing, unreadable or invalid file: SettingsError."""
+def read_settings_file(
+    path: str | os.PathLike[str], given_by: str = "--config", missing_fix: str = "pass an existing TOML file"
+) -> dict[str, Any]:
+    """The whole TOML document of a settings file; a missing, unreadable or invalid file: SettingsError.
+
+    `given_by` is where the path came from (an option, an environment variable), which the problems name;
+    `missing_fix` is the fix for a file that does not exist.
+    """
     path = Path(path)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SettingsError(
-            [Problem("--config", f"file {str(path)!r} does not exist", "pass an existing TOML file")],
-            origin=str(path),
+            [Problem(given_by, f"file {str(path)!r} does not exist", missing_fix)], origin=str(path)
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         problem = Problem(
-            "--config",
+            given_by,
             f"cannot read {str(path)!r} ({exc.__class__.__name__})",
             "make the file readable UTF-8 text",
         )
         raise SettingsError([problem], origin=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
-        problem = Problem("--config", f"not valid TOML: {exc}", "correct the TOML syntax there")
+        problem = Problem(given_by, f"not valid TOML: {exc}", "correct the TOML syntax there")
         raise SettingsError([problem], origin=str(path)) from None
 
 

@@ -6,6 +6,7 @@ parameters. The `read_*` functions read any key by name, for readers of tables a
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -20,11 +21,35 @@ from amidsl.settings.schema import Reader, Setting, Source
 # -- reading a key by name ------------------------------------------------------------------------
 
 
+def toml_type(value: object) -> str:
+    """The TOML type of a value read from a settings file ("table", "array", "datetime", ...)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, datetime.datetime):
+        return "datetime"
+    kinds = ((str, "string"), (int, "integer"), (float, "float"), (datetime.date, "date"))
+    kinds += ((datetime.time, "time"), (Mapping, "table"), (list, "array"), (tuple, "array"))
+    return next((kind for cls, kind in kinds if isinstance(value, cls)), type(value).__name__)
+
+
 def toml_spelling(value: object) -> str:
-    """A value as a message shows it: booleans as TOML writes them (true, not Python's True)."""
+    """A value as a message shows it: booleans, dates, arrays and tables as TOML writes them (true, not
+    Python's True); strings quoted as the other messages quote them."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, Mapping):
+        pairs = ", ".join(f"{key} = {toml_spelling(item)}" for key, item in value.items())
+        return f"{{ {pairs} }}" if pairs else "{}"
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(toml_spelling(item) for item in value)}]"
     return repr(value)
+
+
+def got(value: object) -> str:
+    """What a message says it got instead: a string as written, anything else with its TOML type."""
+    return repr(value) if isinstance(value, str) else f"{toml_type(value)} {toml_spelling(value)}"
 
 
 def read_text(r: Reading, name: str, default: str | None = None) -> str | None:
@@ -33,9 +58,10 @@ def read_text(r: Reading, name: str, default: str | None = None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
+        secret = name in r.rows and r.rows[name].secret
         r.problem(
             name,
-            f"must be a string, got {type(value).__name__} {r.shown(name, value)}",
+            f"must be a string, got {toml_type(value) + ' (hidden)' if secret else got(value)}",
             f'quote the value, e.g. {name} = "..."',
         )
         return None
@@ -46,7 +72,7 @@ def read_flag(r: Reading, name: str, default: bool) -> bool:
     """true or false (the default, with a problem, for anything else)."""
     value = r.given.get(name, default)
     if not isinstance(value, bool):
-        r.problem(name, f"must be true or false, got {value!r}", f"write {name} = true or false")
+        r.problem(name, f"must be true or false, got {got(value)}", f"write {name} = true or false")
         return default
     return value
 
@@ -57,10 +83,10 @@ def read_text_list(r: Reading, name: str) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         # One string is most likely one entry given without the brackets: the fix shows it in them.
         example = json.dumps([value], ensure_ascii=False) if isinstance(value, str) else '["...", ...]'
-        r.problem(name, f"must be a list of strings, got {value!r}", f"write {name} = {example}")
+        r.problem(name, f"must be a list of strings, got {got(value)}", f"write {name} = {example}")
         return ()
     if not all(isinstance(item, str) for item in value):
-        r.problem(name, f"must hold only strings, got {value!r}", "quote every entry")
+        r.problem(name, f"must hold only strings, got {got(value)}", "quote every entry")
         return ()
     return tuple(value)
 
@@ -150,15 +176,19 @@ def owned_dir(r: Reading, row: Setting) -> str:
     value = read_node_path(r, row.name, default) or default
     comma_free(r, row.name, value)
     reason = system_dir_reason(value)
+    fix = f"use a directory of its own that amidsl creates, e.g. {default!r}"
+    if system_dir_reason(default) is not None:
+        # A default made of another setting is refused along with that setting: never suggest it.
+        fix = "use a directory of its own that amidsl creates, outside the system directories"
+        made_of = re.findall(r"<(\w+)>", row.shown_default)  # `<install_dir>/credentials`
+        if r.given.get(row.name) is None and made_of:
+            default_text = row.shown_default.strip("`")
+            fix = f"it is the default, {default_text}: correct {made_of[0]}, or set {row.name} to {fix[4:]}"
     # The node records the directory under a file name made from its path (see amidsl.model.steps).
     if len(created_record_name(value).encode()) > MAX_FILE_NAME:
         r.problem(row.name, f"{value!r} is too long for amidsl's record of it", "use a shorter path")
     if reason is not None:
-        r.problem(
-            row.name,
-            f"{value!r} {reason}; cleanup removes this directory and everything in it",
-            f"use a directory of its own that amidsl creates, e.g. {default!r}",
-        )
+        r.problem(row.name, f"{value!r} {reason}; cleanup removes this directory and everything in it", fix)
     return value
 
 
@@ -235,7 +265,7 @@ def secret_text(r: Reading, row: Setting) -> Secret | None:
     if value is not None and not isinstance(value, Secret):
         r.problem(
             row.name,
-            f"must be a string, got {type(value).__name__}",
+            f"must be a string, got {toml_type(value)}",
             f"quote the value, or remove {row.name} to use the AWS credential chain",
         )
         return None
@@ -259,7 +289,7 @@ def source(*, allow_url: bool = False, example: bool = False) -> Reader:
         if isinstance(value, Source):
             return value
         if not isinstance(value, Mapping):
-            shown = "(hidden)" if row.secret else repr(value)
+            shown = toml_type(value) if row.secret else got(value)
             r.problem(name, f"must be a table, got {shown}", f"write {example_text}")
             return None
         table = {str(k).replace("-", "_"): v for k, v in value.items()}

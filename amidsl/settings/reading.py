@@ -41,8 +41,3 @@ class Reading:
     def problem(self, setting: str, message: str, fix: str) -> None:
         """Record one problem."""
         self.problems.append(Problem(setting, message, fix))
-
-    def shown(self, setting: str, value: Any) -> str:
-        """The value as a message may show it: never a secret."""
-        row = self.rows.get(setting)
-        return "(hidden)" if row is not None and row.secret else repr(value)

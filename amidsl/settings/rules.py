@@ -292,7 +292,7 @@ def ebs_encryption(r: Reading) -> list[Problem]:
                     f"give a key of {where} (a multi-Region key's replica there has its own ARN)",
                 )
             )
-        elif found.group(1) != partition_of(where):
+        elif partition_of(where) not in (None, found.group(1)):
             problems.append(
                 Problem(
                     name,

@@ -631,9 +631,9 @@ ROWS: tuple[Setting, ...] = (
     Setting(
         "deprecate_at",
         "str | None",
-        readers.text,
+        checks.utc_time,
         "when the image and its copies become deprecated (EnableImageDeprecation), in UTC, e.g. "
-        '"2027-06-30T00:00:00Z"',
+        '"2027-06-30T00:00:00Z" (or a TOML datetime with a time zone)',
         check=checks.deprecation_time,
     ),
     Setting(

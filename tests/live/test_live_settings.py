@@ -35,6 +35,15 @@ def test_every_problem_in_the_live_table_is_reported_with_its_fix(tmp_path):
     assert "remove it to use ssh-agent" in shown["live.identity_file"]
 
 
+def test_a_live_value_of_the_wrong_toml_type_is_shown_as_toml_writes_it():
+    with pytest.raises(SettingsError) as caught:
+        resolve_live({"port": True, "trust_on_first_use": 1, "host": {"name": "node"}})
+    shown = {p.setting: str(p) for p in caught.value.problems}
+    assert "live.port: true is not a whole number" in shown["live.port"]
+    assert "must be true or false, got integer 1" in shown["live.trust_on_first_use"]
+    assert "must be a non-empty string, got table { name = 'node' }" in shown["live.host"]
+
+
 def test_kebab_case_keys_and_defaults():
     live = resolve_live({"trust-on-first-use": True, "instance-type": "m3.medium"})
     assert live.trust_on_first_use and live.instance_type == "m3.medium"
