@@ -86,17 +86,23 @@ class SnapshotUploadError(Exception):
 class SnapshotUploadInterrupted(KeyboardInterrupt):
     """Ctrl-C (or a closed output) stopped an upload: the snapshot it leaves (a KeyboardInterrupt still).
 
-    snapshot_id is None when StartSnapshot had not answered; `completing` says CompleteSnapshot was sent
-    (the snapshot holds the whole disk); no PutSnapshotBlock runs any more. `note` says what became of
-    the snapshot and `resume` how to go on, once the caller has dealt with it."""
+    snapshot_id is None when StartSnapshot had not answered; no PutSnapshotBlock runs any more.
+    `completion` is "done" once CompleteSnapshot succeeded (the snapshot holds the whole disk), "sent"
+    when Ctrl-C came during that request (it may have), else "". `note` says what became of the snapshot
+    and `resume` how to go on, once the caller has dealt with it."""
 
-    def __init__(self, snapshot_id: str | None, region: str, completing: bool = False) -> None:
+    def __init__(self, snapshot_id: str | None, region: str, completion: str = "") -> None:
         super().__init__(f"interrupted while uploading into {snapshot_id or 'a snapshot being started'}")
         self.snapshot_id = snapshot_id
         self.region = region
-        self.completing = completing
+        self.completion = completion
         self.note = ""
         self.resume = ""
+
+    @property
+    def completing(self) -> bool:
+        """CompleteSnapshot was sent: the snapshot is worth keeping."""
+        return bool(self.completion)
 
 
 @dataclass(frozen=True)
@@ -212,10 +218,14 @@ def upload_snapshot(
         raise SnapshotUploadInterrupted(snapshot_id, region) from None
     try:
         aggregate = _complete(client, ec2, snapshot_id, region, digests, attempts, pause)
+    except KeyboardInterrupt:
+        # The request may have reached AWS: the snapshot may hold the whole disk, so it is kept.
+        raise SnapshotUploadInterrupted(snapshot_id, region, completion="sent") from None
+    try:
         _wait_until_completed(ec2, snapshot_id, region, wait_seconds, pause, progress)
     except KeyboardInterrupt:
-        # CompleteSnapshot was sent: the snapshot holds the whole disk (or will, once completed).
-        raise SnapshotUploadInterrupted(snapshot_id, region, completing=True) from None
+        # The snapshot holds the whole disk, or will once EC2 says completed: it is kept.
+        raise SnapshotUploadInterrupted(snapshot_id, region, completion="done") from None
     return SnapshotUpload(snapshot_id, volume_size_gib, len(digests), aggregate)
 
 
