@@ -277,7 +277,7 @@ def kept_snapshot_hint(
     at ami-register, or to delete it instead; `registered`: an image may have been registered from it."""
     delete = delete_snapshots_command([snapshot_id], region)
     when = (
-        ""
+        "fix the cause and "
         if state == "completed"
         else f"once `aws ec2 describe-snapshots --region {region} --snapshot-ids {snapshot_id}` says "
         "completed, "
@@ -289,7 +289,7 @@ def kept_snapshot_hint(
     )
     start_over = "deregister any image registered from it, then delete it" if registered else "delete it"
     return (
-        f"The snapshot {snapshot_id} ({state}) stays in {region}. To resume, fix the cause and {when}run the "
+        f"The snapshot {snapshot_id} ({state}) stays in {region}. To resume, {when}run the "
         f"build again with --phase ami-register --phase cleanup --set snapshot_id={snapshot_id} (the disk "
         f"is in the snapshot{image}); to start over instead, {start_over}: `{delete}`."
     )
