@@ -297,13 +297,13 @@ def test_ctrl_c_stops_taking_blocks_and_waits_for_the_puts_in_flight_even_throug
     release, ended = threading.Event(), []
 
     def slow_put(index):
-        release.wait(5)
+        release.wait(10)
         ended.append(index)
 
     client, said = Instant(put=slow_put), []
-    send_ctrl_c_after(0.2)  # while the reader waits for a free slot: block 0 is put, block 1 queued
-    second = send_ctrl_c_after(0.5)  # while the puts in flight are waited for
-    threading.Timer(0.9, release.set).start()
+    send_ctrl_c_after(0.3)  # while the reader waits for a free slot: block 0 is put, block 1 queued
+    second = send_ctrl_c_after(0.8)  # while the puts in flight are waited for
+    threading.Timer(1.3, release.set).start()
     with pytest.raises(SnapshotUploadInterrupted) as caught:
         upload_snapshot(
             client, blocks_of(*range(10)), ec2=client, volume_size_gib=1, concurrency=1, progress=said.append
@@ -343,3 +343,13 @@ def test_ctrl_c_before_start_snapshot_answered_names_no_snapshot(region):
     with pytest.raises(SnapshotUploadInterrupted) as caught:
         upload(region, blocks_of(0), client=client)
     assert caught.value.snapshot_id is None
+
+
+def test_ctrl_c_during_complete_snapshot_says_it_may_have_been_completed(region):
+    def interrupted(params):
+        raise KeyboardInterrupt
+
+    client = Meddling(region.strict_client("ebs"), complete_snapshot=interrupted)
+    with pytest.raises(SnapshotUploadInterrupted) as caught:
+        upload(region, blocks_of(0), client=client)
+    assert caught.value.completion == "sent" and caught.value.completing
