@@ -3,13 +3,16 @@ against plain moto."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
 import pytest
 from botocore.exceptions import ClientError
 
-from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, upload_snapshot
+from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, SnapshotUploadInterrupted, upload_snapshot
+from amidsl.run.progress import OutputClosed
 from simulator import FakeRegion
 from simulator.region import SECRET_KEY
 
@@ -243,3 +246,110 @@ def test_a_refused_start_says_no_snapshot_id_came_back(region):
         upload(region, blocks_of(0), timeout_minutes=5)
     assert "StartSnapshot failed in us-east-1: ValidationException" in str(caught.value)
     assert caught.value.snapshot_id is None
+
+
+class Instant:
+    """EBS and EC2 clients that take every call at once and remember the blocks put (no data kept)."""
+
+    meta = type("Meta", (), {"region_name": "us-east-1"})()
+
+    def __init__(self, put=lambda index: None):
+        self.put, self.put_indexes, self.deleted = put, [], []
+
+    def start_snapshot(self, **params):
+        return {"SnapshotId": "snap-0123456789abcdef0"}
+
+    def put_snapshot_block(self, **params):
+        self.put(params["BlockIndex"])
+        self.put_indexes.append(params["BlockIndex"])
+        return {}
+
+    def complete_snapshot(self, **params):
+        return {"Status": "completed"}
+
+    def describe_snapshots(self, **params):
+        return {"Snapshots": [{"State": "completed"}]}
+
+
+def test_output_closed_while_saying_how_many_blocks_were_written_stops_the_upload():
+    def progress(line):
+        if "block(s) written" in line:
+            raise OutputClosed  # `amidsl simulate | head`: the reader went away
+
+    client = Instant()
+    data = b"\x01" * BLOCK_SIZE
+    with pytest.raises(SnapshotUploadInterrupted) as caught:
+        upload_snapshot(
+            client, ((i, data) for i in range(1500)), ec2=client, volume_size_gib=1, progress=progress
+        )
+    assert caught.value.snapshot_id == "snap-0123456789abcdef0" and not caught.value.completing
+    assert len(client.put_indexes) < 1500
+
+
+def send_ctrl_c_after(seconds: float) -> threading.Timer:
+    """The user's Ctrl-C (SIGINT to this process) in `seconds`."""
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_stops_taking_blocks_and_waits_for_the_puts_in_flight_even_through_a_second_ctrl_c():
+    release, ended = threading.Event(), []
+
+    def slow_put(index):
+        release.wait(10)
+        ended.append(index)
+
+    client, said = Instant(put=slow_put), []
+    send_ctrl_c_after(0.3)  # while the reader waits for a free slot: block 0 is put, block 1 queued
+    second = send_ctrl_c_after(0.8)  # while the puts in flight are waited for
+    threading.Timer(1.3, release.set).start()
+    with pytest.raises(SnapshotUploadInterrupted) as caught:
+        upload_snapshot(
+            client, blocks_of(*range(10)), ec2=client, volume_size_gib=1, concurrency=1, progress=said.append
+        )
+    second.join()
+    assert ended == [0] and client.put_indexes == [0]  # block 1 was never sent; block 0's put ended
+    assert "    stopping: waiting for 1 block upload in flight" in said
+    assert not caught.value.completing
+
+
+def test_ctrl_c_while_waiting_for_completed_says_the_snapshot_was_completed(region):
+    ec2 = region.strict_client("ec2")
+
+    class CtrlCWhileWaiting:
+        meta = ec2.meta
+
+        def describe_snapshots(self, **params):
+            raise KeyboardInterrupt
+
+    with pytest.raises(SnapshotUploadInterrupted) as caught:
+        upload_snapshot(
+            region.strict_client("ebs"),
+            blocks_of(0),
+            ec2=CtrlCWhileWaiting(),
+            volume_size_gib=1,
+            pause=lambda seconds: None,
+        )
+    assert caught.value.completing
+    assert snapshot(region, caught.value.snapshot_id)["State"] == "completed"
+
+
+def test_ctrl_c_before_start_snapshot_answered_names_no_snapshot(region):
+    def interrupted(params):
+        raise KeyboardInterrupt
+
+    client = Meddling(region.strict_client("ebs"), start_snapshot=interrupted)
+    with pytest.raises(SnapshotUploadInterrupted) as caught:
+        upload(region, blocks_of(0), client=client)
+    assert caught.value.snapshot_id is None
+
+
+def test_ctrl_c_during_complete_snapshot_says_it_may_have_been_completed(region):
+    def interrupted(params):
+        raise KeyboardInterrupt
+
+    client = Meddling(region.strict_client("ebs"), complete_snapshot=interrupted)
+    with pytest.raises(SnapshotUploadInterrupted) as caught:
+        upload(region, blocks_of(0), client=client)
+    assert caught.value.completion == "sent" and caught.value.completing

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -67,8 +67,12 @@ T = TypeVar("T")
 class SnapshotUploadError(Exception):
     """Uploading a snapshot failed; the message names the snapshot left (if any) and how to delete it."""
 
-    def __init__(self, what: str, snapshot_id: str | None = None, region: str = "") -> None:
+    def __init__(
+        self, what: str, snapshot_id: str | None = None, region: str = "", completing: bool = False
+    ) -> None:
         self.what = what  # what failed, without the advice on the snapshot
+        # CompleteSnapshot succeeded: the snapshot holds the whole disk and is worth keeping.
+        self.completing = completing
         if snapshot_id:
             where = f" in {region}" if region else ""
             what = (
@@ -80,15 +84,25 @@ class SnapshotUploadError(Exception):
 
 
 class SnapshotUploadInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped an upload after StartSnapshot: the snapshot it leaves (a KeyboardInterrupt still).
+    """Ctrl-C (or a closed output) stopped an upload: the snapshot it leaves (a KeyboardInterrupt still).
 
-    `note` says what became of the snapshot, once the caller has dealt with it."""
+    snapshot_id is None when StartSnapshot had not answered; no PutSnapshotBlock runs any more.
+    `completion` is "done" once CompleteSnapshot succeeded (the snapshot holds the whole disk), "sent"
+    when Ctrl-C came during that request (it may have), else "". `note` says what became of the snapshot
+    and `resume` how to go on, once the caller has dealt with it."""
 
-    def __init__(self, snapshot_id: str, region: str) -> None:
-        super().__init__(f"interrupted while uploading into {snapshot_id}")
+    def __init__(self, snapshot_id: str | None, region: str, completion: str = "") -> None:
+        super().__init__(f"interrupted while uploading into {snapshot_id or 'a snapshot being started'}")
         self.snapshot_id = snapshot_id
         self.region = region
+        self.completion = completion
         self.note = ""
+        self.resume = ""
+
+    @property
+    def completing(self) -> bool:
+        """CompleteSnapshot was sent: the snapshot is worth keeping."""
+        return bool(self.completion)
 
 
 @dataclass(frozen=True)
@@ -186,6 +200,8 @@ def upload_snapshot(
         start["Tags"] = tag_list
     try:
         started = with_retries(lambda: client.start_snapshot(**start), attempts, pause)
+    except KeyboardInterrupt:
+        raise SnapshotUploadInterrupted(None, region) from None
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
         raise SnapshotUploadError(
             f"StartSnapshot failed in {region or 'the region'}: {_error_text(err)}. No snapshot id came "
@@ -193,15 +209,23 @@ def upload_snapshot(
             f"{timeout_minutes} minutes"
         ) from None
     snapshot_id = started["SnapshotId"]
-    progress(f"    snapshot {snapshot_id} started ({volume_size_gib} GiB)")
     try:
+        progress(f"    snapshot {snapshot_id} started ({volume_size_gib} GiB)")
         digests = _put_blocks(
             client, blocks, snapshot_id, region, volume_size_gib, concurrency, attempts, pause, progress
         )
+    except KeyboardInterrupt:  # every put has ended: the unfinished snapshot can go
+        raise SnapshotUploadInterrupted(snapshot_id, region) from None
+    try:
         aggregate = _complete(client, ec2, snapshot_id, region, digests, attempts, pause)
+    except KeyboardInterrupt:
+        # The request may have reached AWS: the snapshot may hold the whole disk, so it is kept.
+        raise SnapshotUploadInterrupted(snapshot_id, region, completion="sent") from None
+    try:
         _wait_until_completed(ec2, snapshot_id, region, wait_seconds, pause, progress)
     except KeyboardInterrupt:
-        raise SnapshotUploadInterrupted(snapshot_id, region) from None
+        # The snapshot holds the whole disk, or will once EC2 says completed: it is kept.
+        raise SnapshotUploadInterrupted(snapshot_id, region, completion="done") from None
     return SnapshotUpload(snapshot_id, volume_size_gib, len(digests), aggregate)
 
 
@@ -216,7 +240,10 @@ def _put_blocks(
     pause: Callable[[float], None],
     progress: Callable[[str], None],
 ) -> dict[int, bytes]:
-    """PutSnapshotBlock for every block on `concurrency` threads; the SHA-256 digest of each by index."""
+    """PutSnapshotBlock for every block on `concurrency` threads; the SHA-256 digest of each by index.
+
+    Ctrl-C (KeyboardInterrupt, in the calling thread only) stops reading blocks, drops the puts not
+    begun and waits for those under way before it goes on: the snapshot must not be deleted under them."""
     digests: dict[int, bytes] = {}
     failures: list[str] = []
     lock = threading.Lock()
@@ -239,8 +266,6 @@ def _put_blocks(
             with_retries(lambda: client.put_snapshot_block(**request), attempts, pause)
             with lock:
                 digests[index] = digest
-                if len(digests) % 1000 == 0:
-                    progress(f"    snapshot {snapshot_id}: {len(digests)} block(s) written")
         except Exception as err:  # reported below, with the snapshot it leaves
             with lock:
                 failures.append(f"writing block {index} to {snapshot_id} failed: {_error_text(err)}")
@@ -248,8 +273,11 @@ def _put_blocks(
             slots.release()
 
     previous = -1
+    reported = 0  # the thousands of blocks written said so far
     source = iter(blocks)
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ebs-put") as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ebs-put")
+    futures: list[Future[None]] = []
+    try:
         while not failures:
             slots.acquire()
             try:
@@ -269,10 +297,40 @@ def _put_blocks(
                     failures.append(problem)
                 break
             previous = index
-            pool.submit(put, index, data)
+            futures = [future for future in futures if not future.done()]
+            futures.append(pool.submit(put, index, data))
+            # Said from this thread only: progress may raise (OutputClosed), which must stop the upload.
+            written = len(digests) // 1000
+            if written > reported:
+                reported = written
+                progress(f"    snapshot {snapshot_id}: {written * 1000} block(s) written")
+        wait(futures)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        _wait_for_puts(futures, progress)
+        raise
+    finally:
+        pool.shutdown(wait=False)  # every put has ended: the threads end as they find no more work
     if failures:
         raise SnapshotUploadError(failures[0], snapshot_id, region)
     return digests
+
+
+def _wait_for_puts(futures: list[Future[None]], progress: Callable[[str], None]) -> None:
+    """Wait until none of the puts (their queued ones cancelled) runs, whatever Ctrl-C comes meanwhile."""
+    in_flight = [future for future in futures if not future.done()]
+    try:
+        plural = "" if len(in_flight) == 1 else "s"
+        progress(f"    stopping: waiting for {len(in_flight)} block upload{plural} in flight")
+    except KeyboardInterrupt:
+        pass  # the output is gone (OutputClosed), or another Ctrl-C: the puts are waited for all the same
+    # Futures, not the threads: a join that Ctrl-C interrupts may take a running thread for ended.
+    while True:
+        try:
+            wait(in_flight)
+            return
+        except KeyboardInterrupt:
+            continue  # a put under way ends within its retries; deleting the snapshot must wait for it
 
 
 def _block_problem(index: Any, data: Any, previous: int, last_block: int) -> str:
@@ -348,6 +406,7 @@ def _wait_until_completed(
                 f"the snapshot {snapshot_id} is still {state or 'not visible'} after {wait_seconds} s",
                 snapshot_id,
                 region,
+                completing=True,
             )
         pause(POLL_SECONDS)
         waited += POLL_SECONDS

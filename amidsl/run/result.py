@@ -8,7 +8,8 @@ the node it ran on); fields are only ever added:
      "copies": {region: image id}, "bundle": "s3://BUCKET/PATH/PREFIX.manifest.xml",
      "parts": null (not known: ami-tools) or [{"filename", "size", "sha1", "md5"}],
      "timings": {phase: seconds} (the phases that finished), "settings_digest": "sha256:HEX",
-     "snapshot_id": str or null (an EBS-backed build's snapshot, once uploaded)}
+     "snapshot_id": str or null (an EBS-backed build's snapshot, once uploaded, or one a failed upload
+                    left: the error says whether it holds the whole disk)}
 
 A failed build's document says what the run made before it failed, in the same fields: the image (and
 its copies) when the failure came after RegisterImage, the snapshot once uploaded, the bundle's parts

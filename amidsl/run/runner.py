@@ -68,12 +68,20 @@ class ActionRecord:
 class ActionFailed(Exception):
     """Raised by a back-end when a node action fails; the runner turns it into a BuildError."""
 
-    def __init__(self, index: int, status: int, output: str, records: Sequence[ActionRecord] = ()) -> None:
+    def __init__(
+        self,
+        index: int,
+        status: int,
+        output: str,
+        records: Sequence[ActionRecord] = (),
+        resume: str = "",
+    ) -> None:
         super().__init__(f"action {index} failed with exit status {status}")
         self.index = index
         self.status = status
         self.output = output
         self.records = list(records)
+        self.resume = resume  # how to go on, when the action knows better than the strategy
 
 
 class ActionInterrupted(KeyboardInterrupt):
@@ -81,13 +89,14 @@ class ActionInterrupted(KeyboardInterrupt):
 
     index is None when the back-end does not know the plan's numbering (the runner fills it in); note
     says what the interruption did on the node (e.g. that the node program was stopped) or in AWS (an
-    unfinished snapshot deleted).
+    unfinished snapshot deleted, a completed one kept); resume, when given, how to go on from there.
     """
 
-    def __init__(self, index: int | None, note: str = "") -> None:
+    def __init__(self, index: int | None, note: str = "", resume: str = "") -> None:
         super().__init__(f"interrupted during action {index}")
         self.index = index
         self.note = note
+        self.resume = resume
 
 
 class NodeBackend(Protocol):
@@ -242,7 +251,7 @@ def run_plan(
     for phase in plan.phases:
         started = time.monotonic()
         for on_controller, actions in split_by_side(phase):
-            on_node = ""
+            on_node = resume_said = ""
             # Every way out of a run of actions (a failure, Ctrl-C, an unexpected error) applies the
             # on-error policy before the build ends, and ends as a BuildError.
             try:
@@ -257,13 +266,15 @@ def run_plan(
                         except KeyboardInterrupt as interrupt:
                             if isinstance(interrupt, ActionInterrupted) and interrupt.index is not None:
                                 raise
-                            raise ActionInterrupted(index, getattr(interrupt, "note", "")) from None
+                            said = getattr(interrupt, "note", ""), getattr(interrupt, "resume", "")
+                            raise ActionInterrupted(index, *said) from None
                         progress(f"  [{phase.name} {index}] {action.description}: ok [{record.command}]")
                         result.transcript.append(record)
                 else:
                     result.transcript += backend.run_node_actions(phase.name, actions, dict(values))
             except ActionFailed as failure:
                 result.transcript += failure.records
+                resume_said = failure.resume
                 failed_action = dict(actions).get(failure.index, phase.actions[failure.index - 1])
                 description = failed_action.description
                 if on_controller:  # a node back-end reports its own failed action's line
@@ -272,6 +283,7 @@ def run_plan(
                 failed = (BuildError, failure.index, description, failure.status, failure.output, "")
             except KeyboardInterrupt as interrupt:
                 on_node = getattr(interrupt, "note", "")
+                resume_said = getattr(interrupt, "resume", "")
                 running = dict(actions)
                 if isinstance(interrupt, ActionInterrupted) and interrupt.index in running:
                     index, cause = interrupt.index, "was interrupted (Ctrl-C)"
@@ -285,7 +297,7 @@ def run_plan(
             else:
                 continue
             kind, index, description, status, output, cause = failed
-            removed, note = _after_failure(plan, backend, on_error, result, phase.name)
+            removed, note = _after_failure(plan, backend, on_error, result, phase.name, values)
             if kind is BuildInterrupted and on_node:
                 note = f"{on_node}\n{note}"
             resume_from = phase.name
@@ -307,7 +319,7 @@ def run_plan(
                 redact(output, hidden),
                 redact(note, hidden),
                 result.transcript,
-                resume_hint(resume_from, removed, strategy_of(settings), made.settings),
+                resume_said or resume_hint(resume_from, removed, strategy_of(settings), made.settings),
                 cause,
                 made,
             ) from None
@@ -410,7 +422,12 @@ def _run_controller_action(
         try:
             output = run_upload_snapshot(action, backend, results, progress)  # type: ignore[arg-type]
         except (SnapshotStepFailed, SnapshotUploadError, BlockStreamFailed) as err:
-            raise ActionFailed(index, getattr(err, "status", 1), str(err)) from None
+            _keep_snapshot_left(action, results, values)
+            status, resume = getattr(err, "status", 1), getattr(err, "resume", "")
+            raise ActionFailed(index, status, str(err), resume=resume) from None
+        except KeyboardInterrupt:
+            _keep_snapshot_left(action, results, values)
+            raise
         return ActionRecord(phase, index, action.description, ran_at(action), 0, output)
     if isinstance(action, (*NATIVE_CONTROLLER_ACTIONS, NodeProgram)):
         try:
@@ -426,17 +443,31 @@ def _run_controller_action(
     raise TypeError(f"the runner does not know the controller action {type(action).__name__}")
 
 
+def _keep_snapshot_left(action: UploadSnapshot, results: dict[str, Any], values: dict[str, str]) -> None:
+    """A snapshot a failed or interrupted upload left (kept, or not deleted) is what the run made so far:
+    its id goes where the result document and the notes find it."""
+    left = results.get(action.result_name) or {}
+    if left.get("SnapshotId") and not left.get("Deleted"):
+        values["snapshot_id"] = left["SnapshotId"]
+
+
 def _after_failure(
-    plan: Plan, backend: NodeBackend, on_error: str, result: BuildResult, phase: str
+    plan: Plan,
+    backend: NodeBackend,
+    on_error: str,
+    result: BuildResult,
+    phase: str,
+    values: dict[str, str],
 ) -> tuple[bool, str]:
-    """Apply the on-error policy: (did the strategy's removal run?, a note saying what stays on the node)."""
+    """Apply the on-error policy: (did the strategy's removal run?, a note saying what stays on the node
+    and, from the run's values, in AWS)."""
     where = plan.settings.credential_dir
     if on_error == "abort":
         return (
             False,
             f"on_error=abort: everything is left in place for debugging, credentials included ({where}).",
         )
-    advice = strategy_of(plan.settings).after_failure(plan.settings, phase)
+    advice = strategy_of(plan.settings).after_failure(_with_run_values(plan.settings, values), phase)
     try:
         removals = [advice.removal, *advice.also]
         result.transcript += backend.run_node_actions("on-error", list(enumerate(removals, start=1)), {})

@@ -251,9 +251,9 @@ def disk_note(s: AmiSettings, phase: str) -> str:
         return "Nothing of the disk was made on the node."
     if phase == "ami-bundle":
         return f"The node program removes its partial disk from {s.destination_dir} when it fails."
-    upload = (
-        " A snapshot the failed upload started was deleted (as said above)." if phase == "ami-upload" else ""
-    )
+    # `s` has the run's values: a snapshot the failed upload left (kept, or not deleted) is named.
+    left = phase == "ami-upload" and s.snapshot_id
+    upload = f" The upload's snapshot {s.snapshot_id} stays in {s.region}, as said above." if left else ""
     # No later run can use it (the upload needs this run's report), and it holds the whole volume.
     return f"The disk {disk_path(s)} was removed too.{upload}"
 
@@ -267,14 +267,31 @@ def resume_hint(s: AmiSettings, phase: str) -> str | None:
     """As for the S3 path, except a failed registration: the snapshot is there, named, to register again."""
     if phase != "ami-register" or s.snapshot_id is None:
         return native.resume_hint(s, phase)
-    delete = delete_snapshots_command([s.snapshot_id], s.region)
+    return kept_snapshot_hint(s.snapshot_id, s.region, registered=True)
+
+
+def kept_snapshot_hint(
+    snapshot_id: str, region: str, state: str = "completed", registered: bool = False
+) -> str:
+    """How to resume on a snapshot that holds the whole disk (`state`: completed, or what else it is),
+    at ami-register, or to delete it instead; `registered`: an image may have been registered from it."""
+    delete = delete_snapshots_command([snapshot_id], region)
+    when = (
+        "fix the cause and "
+        if state == "completed"
+        else f"once `aws ec2 describe-snapshots --region {region} --snapshot-ids {snapshot_id}` says "
+        "completed, "
+    )
+    image = (
+        "; where an image was registered from it, add --set force_deregister=true, which keeps this snapshot"
+        if registered
+        else ""
+    )
+    start_over = "deregister any image registered from it, then delete it" if registered else "delete it"
     return (
-        f"The snapshot {s.snapshot_id} (completed) stays in {s.region}. To resume, fix the cause and run the "
-        f"build again with --phase ami-register --phase cleanup --set snapshot_id={s.snapshot_id} (the disk "
-        "is in the "
-        "snapshot; where an image was registered from it, add --set force_deregister=true, which keeps "
-        "this snapshot); to start over instead, deregister any image registered from it, then delete it: "
-        f"`{delete}`."
+        f"The snapshot {snapshot_id} ({state}) stays in {region}. To resume, {when}run the "
+        f"build again with --phase ami-register --phase cleanup --set snapshot_id={snapshot_id} (the disk "
+        f"is in the snapshot{image}); to start over instead, {start_over}: `{delete}`."
     )
 
 

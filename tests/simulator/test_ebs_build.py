@@ -314,9 +314,58 @@ def test_ctrl_c_during_the_snapshot_upload_deletes_the_unfinished_snapshot_and_s
     assert said.startswith("The unfinished snapshot snap-") and said.endswith(
         " was deleted; nothing is left in us-east-1"
     )
-    assert uploaded_snapshots(region) == []
+    assert (
+        uploaded_snapshots(region) == []
+        and error.made is not None
+        and error.made.settings.snapshot_id is None
+    )
     assert running_block_streams(node.host_path("/opt/ami-tools/amidsl_node.py")) == []
     assert not node.exists("/tmp/image.disk") and not node.exists("/opt/ami-tools")
+
+
+class CtrlCWhileWaiting:
+    """The region's EC2 client, where the user hits Ctrl-C while amidsl waits for the snapshot to complete."""
+
+    def __init__(self, client):
+        self.client, self.meta = client, client.meta
+
+    def __getattr__(self, method):
+        return getattr(self.client, method)
+
+    def describe_snapshots(self, **params):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_waiting_for_the_completed_snapshot_keeps_it_and_the_build_resumes_on_it(
+    run, ebs_settings, node, region, monkeypatch
+):
+    made = SimulatorBackend.client
+    monkeypatch.setattr(
+        SimulatorBackend,
+        "client",
+        lambda backend, service, name: (
+            CtrlCWhileWaiting(made(backend, service, name))
+            if service == "ec2"
+            else made(backend, service, name)
+        ),
+    )
+    error = run(ebs_settings).error
+    assert isinstance(error, BuildInterrupted) and (error.phase, error.index) == ("ami-upload", 1)
+    [snapshot] = uploaded_snapshots(region)
+    snapshot_id = snapshot["SnapshotId"]
+    assert snapshot["State"] == "completed"
+    message = str(error)
+    assert f"The snapshot {snapshot_id} was completed (CompleteSnapshot succeeded) and is kept" in message
+    assert f"--phase ami-register --phase cleanup --set snapshot_id={snapshot_id}" in message
+    assert f"aws ec2 delete-snapshot --region us-east-1 --snapshot-id {snapshot_id}" in message
+    assert "was deleted" not in message and "from phase install" not in message
+    assert error.made is not None and error.made.settings.snapshot_id == snapshot_id  # the JSON's too
+
+    monkeypatch.undo()
+    resumed = run(ebs_settings | {"snapshot_id": snapshot_id}, ["ami-register", "cleanup"])
+    assert resumed.error is None, resumed.error
+    image = region.call("ec2", "DescribeImages", {"ImageIds": [resumed.image_id]})["Images"][0]
+    assert image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot_id
 
 
 def test_a_connection_lost_during_the_snapshot_upload_deletes_the_unfinished_snapshot(
