@@ -335,21 +335,17 @@ def test_ctrl_c_while_waiting_for_completed_says_the_snapshot_was_completed(regi
     assert snapshot(region, caught.value.snapshot_id)["State"] == "completed"
 
 
-def test_ctrl_c_before_start_snapshot_answered_names_no_snapshot(region):
+@pytest.mark.parametrize(
+    ("call", "snapshot_known", "completion"),
+    # Before StartSnapshot answered no snapshot id is known; during CompleteSnapshot it may have completed.
+    [("start_snapshot", False, ""), ("complete_snapshot", True, "sent")],
+)
+def test_ctrl_c_during_a_call_says_what_is_known_of_the_snapshot(region, call, snapshot_known, completion):
     def interrupted(params):
         raise KeyboardInterrupt
 
-    client = Meddling(region.strict_client("ebs"), start_snapshot=interrupted)
+    client = Meddling(region.strict_client("ebs"), **{call: interrupted})
     with pytest.raises(SnapshotUploadInterrupted) as caught:
         upload(region, blocks_of(0), client=client)
-    assert caught.value.snapshot_id is None
-
-
-def test_ctrl_c_during_complete_snapshot_says_it_may_have_been_completed(region):
-    def interrupted(params):
-        raise KeyboardInterrupt
-
-    client = Meddling(region.strict_client("ebs"), complete_snapshot=interrupted)
-    with pytest.raises(SnapshotUploadInterrupted) as caught:
-        upload(region, blocks_of(0), client=client)
-    assert caught.value.completion == "sent" and caught.value.completing
+    assert (caught.value.snapshot_id is not None) == snapshot_known
+    assert caught.value.completion == completion and caught.value.completing == (completion == "sent")
