@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from botocore.exceptions import ClientError
@@ -286,29 +287,48 @@ def test_output_closed_while_saying_how_many_blocks_were_written_stops_the_uploa
     assert len(client.put_indexes) < 1500
 
 
-def send_ctrl_c_after(seconds: float) -> threading.Timer:
-    """The user's Ctrl-C (SIGINT to this process) in `seconds`."""
-    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    return timer
+@pytest.fixture
+def ctrl_c():
+    """The user's Ctrl-C, sent from another thread (SIGINT to this process, handled as Python does, by a
+    KeyboardInterrupt in the main thread); `handled` counts those the main thread has met."""
+    handled = []
+
+    def handler(signum, frame):
+        handled.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    press = SimpleNamespace(send=lambda: os.kill(os.getpid(), signal.SIGINT), handled=handled)
+    yield press
+    signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_stops_taking_blocks_and_waits_for_the_puts_in_flight_even_through_a_second_ctrl_c():
+def test_ctrl_c_stops_taking_blocks_and_waits_for_the_puts_in_flight_even_through_a_second_ctrl_c(ctrl_c):
     release, ended = threading.Event(), []
 
     def slow_put(index):
-        release.wait(10)
+        ctrl_c.send()  # block 0 is under way, block 1 waits for the one slot
+        release.wait(30)
         ended.append(index)
 
+    def second_ctrl_c_then_end_the_put():
+        ctrl_c.send()  # while the put in flight is waited for
+        deadline = time.monotonic() + 30
+        while len(ctrl_c.handled) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()  # only once the main thread has met the second Ctrl-C
+
+    def progress(line):
+        said.append(line)
+        if line.startswith("    stopping:"):
+            threading.Thread(target=second_ctrl_c_then_end_the_put).start()
+
     client, said = Instant(put=slow_put), []
-    send_ctrl_c_after(0.3)  # while the reader waits for a free slot: block 0 is put, block 1 queued
-    second = send_ctrl_c_after(0.8)  # while the puts in flight are waited for
-    threading.Timer(1.3, release.set).start()
     with pytest.raises(SnapshotUploadInterrupted) as caught:
         upload_snapshot(
-            client, blocks_of(*range(10)), ec2=client, volume_size_gib=1, concurrency=1, progress=said.append
+            client, blocks_of(*range(10)), ec2=client, volume_size_gib=1, concurrency=1, progress=progress
         )
-    second.join()
+    assert len(ctrl_c.handled) == 2
     assert ended == [0] and client.put_indexes == [0]  # block 1 was never sent; block 0's put ended
     assert "    stopping: waiting for 1 block upload in flight" in said
     assert not caught.value.completing

@@ -253,6 +253,8 @@ def _put_blocks(
     last_block = volume_size_gib * BLOCKS_PER_GIB - 1
 
     def put(index: int, data: bytes) -> None:
+        with lock:
+            under_way[0] += 1
         try:
             digest = hashlib.sha256(data).digest()
             request = {
@@ -270,12 +272,16 @@ def _put_blocks(
             with lock:
                 failures.append(f"writing block {index} to {snapshot_id} failed: {_error_text(err)}")
         finally:
+            with lock:
+                under_way[0] -= 1
             slots.release()
 
     previous = -1
     reported = 0  # the thousands of blocks written said so far
     source = iter(blocks)
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ebs-put")
+    under_way = [0]  # puts running now
+    threads = f"ebs-put-{uuid.uuid4().hex[:12]}"  # this pool's threads' names start so
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=threads)
     futures: list[Future[None]] = []
     try:
         while not failures:
@@ -307,7 +313,7 @@ def _put_blocks(
         wait(futures)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
-        _wait_for_puts(futures, progress)
+        _wait_for_puts(threads, under_way[0], progress)
         raise
     finally:
         pool.shutdown(wait=False)  # every put has ended: the threads end as they find no more work
@@ -316,19 +322,23 @@ def _put_blocks(
     return digests
 
 
-def _wait_for_puts(futures: list[Future[None]], progress: Callable[[str], None]) -> None:
-    """Wait until none of the puts (their queued ones cancelled) runs, whatever Ctrl-C comes meanwhile."""
-    in_flight = [future for future in futures if not future.done()]
+def _wait_for_puts(threads: str, under_way: int, progress: Callable[[str], None]) -> None:
+    """Wait until the pool's threads (named `threads`...) have ended, their queued puts cancelled and
+    those under way finished, whatever Ctrl-C comes meanwhile: the snapshot must not be deleted under a
+    put."""
     try:
-        plural = "" if len(in_flight) == 1 else "s"
-        progress(f"    stopping: waiting for {len(in_flight)} block upload{plural} in flight")
+        plural = "" if under_way == 1 else "s"
+        progress(f"    stopping: waiting for {under_way} block upload{plural} in flight")
     except KeyboardInterrupt:
         pass  # the output is gone (OutputClosed), or another Ctrl-C: the puts are waited for all the same
-    # Futures, not the threads: a join that Ctrl-C interrupts may take a running thread for ended.
+    # The threads, not the futures: Ctrl-C may come between a submit and keeping its future, with the
+    # put already running. Polled, not joined: a join that Ctrl-C cuts short may take a running thread
+    # for ended.
     while True:
         try:
-            wait(in_flight)
-            return
+            if not any(t.is_alive() for t in threading.enumerate() if t.name.startswith(threads)):
+                return
+            time.sleep(0.02)
         except KeyboardInterrupt:
             continue  # a put under way ends within its retries; deleting the snapshot must wait for it
 
