@@ -788,3 +788,8 @@ def test_a_value_of_the_wrong_toml_type_is_named_by_its_toml_type(raw_settings, 
 
 def test_an_image_name_of_one_character_says_character_not_characters(raw_settings):
     assert "'x' has 1 character," in the_problem(raw_settings | {"image_name": "x"}, "image_name")
+
+
+def test_copies_without_a_region_leave_only_the_missing_region_to_say(raw_settings):
+    raw = {k: v for k, v in raw_settings.items() if k != "region"} | {"copy_to_regions": ["eu-west-1"]}
+    assert [p.split(":")[0] for p in problems_of(raw)] == ["region"]

@@ -160,8 +160,9 @@ def _node_action(
     if not index.isdigit() or not 1 <= int(index) <= size:
         raise refuse(f"phase {phase} has actions 1 to {size}")
     action = actions[phase][int(index) - 1]
-    if _streamed_program(action):
-        return phase, int(index), _streamed_program(action)
+    streamed = _streamed_program(action)
+    if streamed:
+        return phase, int(index), streamed
     if isinstance(action, NodeProgram) and program_too:
         return phase, int(index), action.command
     if isinstance(action, DRIVEN_BY_CONTROLLER):

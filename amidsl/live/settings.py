@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amidsl.settings import Problem, SettingsError, normalise_keys
+from amidsl.settings.checks import ENDPOINT_URL
 from amidsl.settings.readers import got, toml_spelling
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -160,9 +161,7 @@ class _LiveChecker:
         ssh_config = self.text("ssh_config") or DEFAULT_SSH_CONFIG
         trust = self.flag("trust_on_first_use")
         profile = self.text("profile")
-        endpoint_url = self.text(
-            "endpoint_url", r"https?://[^\s/]+(/\S*)?", "give a URL such as https://s3.example.com"
-        )
+        endpoint_url = self.text("endpoint_url", ENDPOINT_URL, "give a URL such as https://s3.example.com")
         image_id = self.text("image_id", r"ami-[0-9a-f]{8}([0-9a-f]{9})?", "give the AMI to launch, ami-...")
         instance_type = self.text(
             "instance_type", r"[a-z0-9-]+\.[a-z0-9-]+", "give an EC2 instance type such as t3.micro"

@@ -90,7 +90,7 @@ def run_upload_snapshot(
     except SnapshotUploadError as err:
         if not err.snapshot_id:
             raise
-        raise _failed(err, err.snapshot_id, ec2, action, results) from None
+        raise _failed(err, ec2, action, results) from None
     except SnapshotUploadInterrupted as interrupted:
         # The interruption goes on, saying what became of the snapshot.
         _interrupted(interrupted, ec2, action, results)
@@ -115,9 +115,10 @@ def run_upload_snapshot(
 
 
 def _failed(
-    err: SnapshotUploadError, snapshot_id: str, ec2: Any, action: UploadSnapshot, results: dict[str, Any]
+    err: SnapshotUploadError, ec2: Any, action: UploadSnapshot, results: dict[str, Any]
 ) -> SnapshotStepFailed:
     """What failed, and what became of its snapshot: kept once completed, else deleted if it can be."""
+    snapshot_id = err.snapshot_id
     if err.completing:
         results[action.result_name] = {"SnapshotId": snapshot_id, "Deleted": False}
         return SnapshotStepFailed(

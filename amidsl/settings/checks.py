@@ -507,21 +507,21 @@ def launch_permissions(r: Reading, row: Setting) -> tuple[str, ...]:
 def copy_regions(r: Reading, row: Setting) -> tuple[str, ...]:
     """copy_to_regions: regions AWS has in the build's partition, other than the build's own, each once."""
     region = r.value("region")
+    home = partition_of(region) if region else None  # no region: its own row's problem
     copies = read_text_list(r, row.name)
     for copy in copies:
         if not is_region(r, row.name, copy):
             continue
+        theirs = partition_of(copy)
         if copy == region:
             r.problem(row.name, f"{copy!r} is the build's own region", "list only other regions")
-        elif None not in (partition_of(copy), partition_of(region)) and partition_of(copy) != partition_of(
-            region
-        ):
+        elif None not in (home, theirs) and theirs != home:
             r.problem(
                 row.name,
-                f"{copy!r} is in partition {partition_of(copy)}, and the build's region {region} is in "
-                f"partition {partition_of(region)}: CopyImage copies only within a partition",
-                f"list only regions of partition {partition_of(region)}, or build in {copy}'s partition "
-                "with settings of its own",
+                f"{copy!r} is in partition {theirs}, and the build's region {region} is in partition "
+                f"{home}: CopyImage copies only within a partition",
+                f"list only regions of partition {home}, or build in {copy}'s partition with settings of "
+                "its own",
             )
     if len(set(copies)) != len(copies):
         r.problem(row.name, "lists a region twice", "list each region once")

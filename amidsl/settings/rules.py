@@ -292,13 +292,13 @@ def ebs_encryption(r: Reading) -> list[Problem]:
                     f"give a key of {where} (a multi-Region key's replica there has its own ARN)",
                 )
             )
-        elif partition_of(where) not in (None, found.group(1)):
+        elif (partition := partition_of(where)) not in (None, found.group(1)):
             problems.append(
                 Problem(
                     name,
                     f"the key's ARN is of partition {found.group(1)}, and {where} is in partition "
-                    f"{partition_of(where)}",
-                    f"give the key's ARN as KMS in {where} shows it (arn:{partition_of(where)}:kms:...)",
+                    f"{partition}",
+                    f"give the key's ARN as KMS in {where} shows it (arn:{partition}:kms:...)",
                 )
             )
     given_copy_keys = r.given.get("copy_kms_key_ids")
