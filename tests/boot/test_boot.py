@@ -28,7 +28,10 @@ from tests.live.node_settings import (
     download_and_verify,
     unbundle_with_cli,
 )
+from tests.serial import qemu_guests
 from tests.vm.machine import QEMU, boot_until_poweroff
+
+pytestmark = qemu_guests
 
 NODE_MACHINE_ID = "0123456789abcdef0123456789abcdef"
 

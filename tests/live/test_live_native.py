@@ -16,6 +16,7 @@ from amidsl.bundle import list_image, unbundle
 from amidsl.model.plan import build_plan
 from amidsl.strategies import server_spec
 from tests.live.node_settings import ACCOUNT, aws_client, build_over_ssh, build_settings, download_and_verify
+from tests.serial import host_mounts
 
 PYTHON_RECORDER = """#!/bin/bash
 # The test node's python3: records its argv and environment, then runs the node's own python3.
@@ -35,6 +36,7 @@ def python_recorder(node):
     wrapper.unlink()
 
 
+@host_mounts
 @pytest.mark.parametrize("login", ["root", "sudo-user"])
 def test_a_native_build_over_ssh_registers_a_bundle_that_verifies_and_unbundles(
     node,

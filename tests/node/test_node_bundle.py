@@ -21,6 +21,7 @@ from amidsl.keypairs import self_signed_pair
 from amidsl.node import PROGRAM_PATH
 from amidsl.node import amidsl_node as node
 from tests.node.conftest import IV, KEY, bundle_request, run_node, start_node, work_dir_contents
+from tests.serial import host_mounts
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners and mounts need root")
 
@@ -144,6 +145,7 @@ def mounted_ext4(tmp_path):
 
 
 @needs_root
+@host_mounts
 def test_the_volume_filesystem_uuid_and_label_are_carried_over(mounted_ext4, tmp_path):
     point, uuid, label = mounted_ext4
     (point / "etc").mkdir()
@@ -206,6 +208,7 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", str(point)], check=False)
 
 
+@host_mounts
 def test_too_little_space_is_a_clear_error_before_any_work(volume, small_tmpfs):
     (volume / "srv/filler").write_bytes(os.urandom(6 * 1024 * 1024))
     run = run_node("bundle", bundle_request(volume, small_tmpfs))

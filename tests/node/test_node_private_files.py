@@ -17,6 +17,7 @@ import pytest
 
 from amidsl.node import PROGRAM_PATH
 from tests.node.conftest import bundle_request, make_volume, run_node
+from tests.serial import host_mounts
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the program images a volume as root")
 
@@ -82,6 +83,7 @@ def test_nothing_the_bundle_makes_in_destination_dir_is_readable_by_others_while
 
 
 @needs_root
+@host_mounts
 def test_a_staging_tree_on_the_volume_is_not_readable_by_others_while_mke2fs_runs(tmp_path):
     volume = volume_with_a_secret(tmp_path / "volume")
     # destination_dir on another filesystem: the staging tree goes on the volume's, for its hard links.

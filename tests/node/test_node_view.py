@@ -28,8 +28,9 @@ from amidsl.node import PROGRAM_PATH
 from amidsl.node import amidsl_node as node
 from tests.node.conftest import bundle_request, make_volume, run_node
 from tests.node.test_node_bundle import restore_with_openssl
+from tests.serial import host_mounts
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root may mount")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="only root may mount"), host_mounts]
 
 # Directories changed within two seconds before the walk are covered rather than watched (QUIET_NS):
 # waiting this long makes the volume look like a real one, most of whose directories are shown as

@@ -38,7 +38,10 @@ from tests.live.node_settings import (
     unbundle_with_cli,
     write_toml,
 )
+from tests.serial import qemu_guests
 from tests.vm import machine, node_disk
+
+pytestmark = qemu_guests
 
 BUILD_TIMEOUT = 1500  # seconds; a TCG build of the ~250 MB root takes a few minutes on 2 busy cores
 
