@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import re
@@ -470,6 +472,28 @@ def test_cleanup_alone_is_refused_but_runs_after_install(here):
     assert alone.returncode == 2 and "cleanup needs install first" in alone.stderr
     after_install = here("--phase", "install", "--phase", "cleanup", "--quiet")
     assert after_install.returncode == 0, after_install.stderr
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finished", "broken"])
+def test_the_cyclic_collector_is_paused_while_simulating_and_resumed_after(here, monkeypatch, fails):
+    # A simulation loads millions of long-lived objects, which the collector would walk over and over.
+    import simulator.executor
+
+    enabled_while_running = []
+    real = simulator.executor.simulate
+
+    def watched(*args, **kwargs):
+        enabled_while_running.append(gc.isenabled())
+        if fails:
+            raise RuntimeError("a bug in the simulation")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simulator.executor, "simulate", watched)
+    with contextlib.nullcontext() if not fails else pytest.raises(RuntimeError, match="a bug"):
+        run = here("--phase", "install", "--phase", "cleanup", "--quiet")
+        assert run.returncode == 0, run.stderr
+    assert enabled_while_running == [False]
+    assert gc.isenabled()
 
 
 def test_a_failed_upload_simulated_with_on_error_cleanup_all_removes_the_partial_bundle(tmp_path):
