@@ -61,6 +61,11 @@ class ConfigChoice:
         return (*self.under, self.path)
 
     @property
+    def files(self) -> list[str]:
+        """Every settings file as given, first to last: what a result document names."""
+        return [str(path) for path in self.paths]
+
+    @property
     def is_example(self) -> bool:
         """True when no settings file was found and the built-in example stands in."""
         return self.origin == "built-in example"
