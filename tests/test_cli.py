@@ -384,6 +384,17 @@ def test_json_output_is_spelled_json_everywhere_and_plan_format_json_is_its_alia
     assert not amidsl("plan", "--format", "text").stdout.startswith("{")
 
 
+def test_the_json_option_names_the_schema_its_command_writes():
+    from amidsl.cli import build_commands, simulate_commands
+    from amidsl.render import preview
+
+    writes = {"plan": preview.SCHEMA, "simulate": simulate_commands.SCHEMA, "build": build_commands.SCHEMA}
+    for command in COMMANDS:
+        if command.name in writes:
+            json_option = next(o for o in command.options if o.name == "json")
+            assert f"(schema {writes[command.name]})" in json_option.help, command.name
+
+
 def test_plan_text_quotes_only_strings_and_counts_in_words(tmp_path):
     config = tmp_path / "ami.toml"  # the example with ami-tools, whose settings include booleans
     config.write_text(

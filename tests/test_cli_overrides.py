@@ -12,8 +12,10 @@ import pytest
 from amidsl.cli.main import run
 from amidsl.cli.support import find_config, load_live_config, load_plan
 from amidsl.cli.table import COMMANDS
+from amidsl.example import example_config_path
 from amidsl.render.preview import render_text
 from amidsl.render.shell import render_script
+from simulator import simulate
 from tests.live.node_settings import write_toml
 
 
@@ -138,20 +140,66 @@ def test_a_secret_value_given_on_the_command_line_is_refused_and_not_echoed(caps
     assert "--set secret_key" in err  # the announcement names the key only
 
 
-def test_git_sha_is_the_commit_of_the_settings_file_s_repository(capsys, tmp_path, raw_settings):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    config = write_toml(repo / "amidsl.toml", {"ami": raw_settings | {"image_name": "web-{git_sha_short}"}})
+def commit_in(repo: Path) -> str:
+    """Commit the repository's amidsl.toml; the commit's id."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(repo)]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "amidsl.toml"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "settings"], check=True)
-    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_git_sha_is_the_commit_of_the_settings_file_s_repository(capsys, tmp_path, raw_settings):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    config = write_toml(repo / "amidsl.toml", {"ami": raw_settings | {"image_name": "web-{git_sha_short}"}})
+    sha = commit_in(repo)
     status, out, _ = amidsl(capsys, "plan", "-c", str(config))
     assert status == 0 and f'"web-{sha[:12]}"' in out
     outside = write_toml(tmp_path / "elsewhere.toml", {"ami": raw_settings | {"image_name": "web-{git_sha}"}})
     status, _, err = amidsl(capsys, "plan", "-c", str(outside))
     assert status == 2 and "image_name: uses {git_sha}, but" in err and "is not in a git work tree" in err
+
+
+TAGS_WITH_VARIABLES = 'tags={ Build = "{git_sha_short}", Env = "{env:DEPLOY_ENV}", "{date}" = "{{x}}" }'
+
+
+def test_variables_in_tag_values_are_what_the_plan_the_script_and_the_simulated_image_show(
+    capsys, monkeypatch, tmp_path
+):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    config = repo / "amidsl.toml"
+    config.write_bytes(example_config_path().read_bytes())
+    sha = commit_in(repo)
+    monkeypatch.setenv("DEPLOY_ENV", "prod")
+    tags = f"Build={sha[:12]}, Env=prod, {{date}}={{x}}"  # keys as written; {{ }} a literal brace
+    for command in ("plan", "script"):
+        status, out, err = amidsl(capsys, command, "-c", str(config), "--set", TAGS_WITH_VARIABLES)
+        assert status == 0, err
+        assert tags in out and "{git_sha_short}" not in out and "{env:" not in out
+    plan = load_plan(find_config([str(config)], [TAGS_WITH_VARIABLES]), None)
+    simulation = simulate(plan, payload_mb=1)
+    try:
+        ec2 = simulation.region.client("ec2", "us-east-1")
+        image = ec2.describe_images(ImageIds=[simulation.image_id])["Images"][0]
+    finally:
+        simulation.close()
+    assert {tag["Key"]: tag["Value"] for tag in image["Tags"]} == {
+        "amidsl:built-by": "amidsl",
+        "Build": sha[:12],
+        "Env": "prod",
+        "{date}": "{x}",
+    }
+
+
+def test_an_unknown_variable_in_a_tag_names_the_tag_and_the_file(capsys, tmp_path, config):
+    ci = write_toml(tmp_path / "ci.toml", {"ami": {"tags": {"Build": "{git_sha_shrot}"}}})
+    status, _, err = amidsl(capsys, "plan", "-c", str(config), "-c", str(ci))
+    assert status == 2
+    assert f"tags.Build (from {ci}): uses an unknown variable {{git_sha_shrot}}" in err
 
 
 def test_an_unknown_variable_is_an_error_naming_setting_and_variable(capsys, config):

@@ -16,10 +16,13 @@ from tests.test_runner import ScriptedBackend
 def test_a_finished_build_reports_its_images_bundle_timings_and_settings_digest(raw_settings):
     plan = build_plan(server_spec(raw_settings | {"copy_to_regions": []}))
     result = run_plan(plan, ScriptedBackend())
-    document = result_document("amidsl.build/1", plan.settings, result, None, config="build.toml")
+    document = result_document(
+        "amidsl.build/2", plan.settings, result, None, config=["base.toml", "ci.toml"], config_from="--config"
+    )
     assert json.loads(json.dumps(document)) == document  # plain JSON
     s = plan.settings
-    assert document["schema"] == "amidsl.build/1" and document["config"] == "build.toml"
+    assert document["schema"] == "amidsl.build/2"
+    assert document["config"] == ["base.toml", "ci.toml"] and document["config_from"] == "--config"
     assert document["image_id"] == "ami-0abc1234" and document["images"] == {s.region: "ami-0abc1234"}
     assert document["image_name"] == s.image_name and document["copies"] == {}
     assert document["bundle"] == f"s3://{s.s3_manifest_path}"
@@ -30,7 +33,9 @@ def test_a_finished_build_reports_its_images_bundle_timings_and_settings_digest(
 
 def test_a_failed_build_reports_its_error_and_no_image(raw_settings):
     plan = build_plan(server_spec(raw_settings))
-    document = result_document("amidsl.build/1", plan.settings, None, "it broke", config="x.toml")
+    document = result_document(
+        "amidsl.build/2", plan.settings, None, "it broke", config=["x.toml"], config_from="--config"
+    )
     assert document["error"] == "it broke" and document["image_id"] is None and document["images"] == {}
     assert document["timings"] == {} and document["parts"] is None
 
@@ -40,7 +45,9 @@ def test_a_build_that_fails_after_registering_reports_the_image_and_the_phases_t
     with pytest.raises(BuildError) as failed:
         run_plan(plan, ScriptedBackend(fail_at=("cleanup", 1)))
     made = failed.value.made
-    document = result_document("amidsl.build/1", plan.settings, made, str(failed.value), config="x.toml")
+    document = result_document(
+        "amidsl.build/2", plan.settings, made, str(failed.value), config=["x.toml"], config_from="--config"
+    )
     assert document["error"].startswith("phase cleanup, action 1")
     assert document["image_id"] == "ami-0abc1234"
     assert document["images"] == {plan.settings.region: "ami-0abc1234"}
@@ -53,7 +60,9 @@ def test_a_build_that_fails_in_its_first_phase_reports_that_it_made_nothing(raw_
     with pytest.raises(BuildError) as failed:
         run_plan(plan, ScriptedBackend(fail_at=("install", 1)))
     made = failed.value.made
-    document = result_document("amidsl.build/1", plan.settings, made, str(failed.value), config="x.toml")
+    document = result_document(
+        "amidsl.build/2", plan.settings, made, str(failed.value), config=["x.toml"], config_from="--config"
+    )
     assert document["image_id"] is None and document["images"] == {} and document["copies"] == {}
     assert document["timings"] == {} and document["parts"] is None and document["snapshot_id"] is None
 
@@ -71,5 +80,7 @@ def test_the_settings_digest_follows_the_settings_and_holds_no_secret(raw_settin
 
 def test_a_failed_ebs_build_reports_no_bundle_it_never_made(raw_settings):
     plan = build_plan(server_spec(raw_settings | {"bundler": "native", "backing": "ebs"}))
-    document = result_document("amidsl.build/1", plan.settings, None, "it broke", config="x.toml")
+    document = result_document(
+        "amidsl.build/2", plan.settings, None, "it broke", config=["x.toml"], config_from="--config"
+    )
     assert document["bundle"] is None and document["snapshot_id"] is None

@@ -1,4 +1,4 @@
-"""Variables in string settings: what each one gives, and the errors that name setting and variable."""
+"""Variables in string settings and table values: what each gives, the errors naming setting and variable."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from amidsl.settings.variables import RunValues, expand_tables
 NOW = datetime(2026, 11, 5, 14, 30, 7, tzinfo=timezone.utc)
 TEXT = {"ami": {"image_name", "image_description", "secret_key", "region"}, "live": {"host"}}
 SECRET = {"ami": {"secret_key"}}
+PAIRS = {"ami": {"tags", "copy_kms_key_ids"}}  # tables whose values are strings
 
 
 def expand(tables: dict, environ: dict | None = None, git_dir: Path = Path("/")) -> tuple[dict, list[str]]:
@@ -23,6 +24,7 @@ def expand(tables: dict, environ: dict | None = None, git_dir: Path = Path("/"))
         lambda table, key: key in TEXT.get(table, ()),
         lambda table, key: key in SECRET.get(table, ()),
         run,
+        is_text_table=lambda table, key: key in PAIRS.get(table, ()),
     )
     return expanded, [str(problem) for problem in problems]
 
@@ -43,14 +45,66 @@ def test_an_environment_variable_fills_a_setting_in_either_table():
 
 
 def test_doubled_braces_are_literal_and_other_values_are_left_alone():
-    tables = {"ami": {"image_description": "a {{b}} c", "upload_concurrency": 4, "tags": {"x": "{date}"}}}
+    tables = {
+        "ami": {
+            "image_description": "a {{b}} c",
+            "upload_concurrency": 4,
+            "install_source": {"url": "{date}"},  # a table, but not one of strings by key
+        }
+    }
     expanded, problems = expand(tables)
     assert problems == []
     assert expanded["ami"] == {
         "image_description": "a {b} c",
         "upload_concurrency": 4,
-        "tags": {"x": "{date}"},
+        "install_source": {"url": "{date}"},
     }
+
+
+def test_the_values_of_a_table_of_strings_expand_and_its_keys_stay_as_written():
+    tables = {"ami": {"tags": {"Day": "{date}", "Env": "{env:DEPLOY_ENV}", "{date}": "x {{y}}"}}}
+    expanded, problems = expand(tables, environ={"DEPLOY_ENV": "prod"})
+    assert problems == []
+    assert expanded["ami"]["tags"] == {"Day": "2026-11-05", "Env": "prod", "{date}": "x {y}"}
+
+
+def test_a_key_arn_per_region_may_come_from_the_environment():
+    arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    tables = {"ami": {"copy_kms_key_ids": {"eu-west-1": "{env:EU_KEY}"}}}
+    expanded, problems = expand(tables, environ={"EU_KEY": arn})
+    assert problems == [] and expanded["ami"]["copy_kms_key_ids"] == {"eu-west-1": arn}
+
+
+def test_expanding_a_table_leaves_the_table_it_was_given_unchanged():
+    tags = {"Day": "{date}"}
+    expanded, _ = expand({"ami": {"tags": tags}})
+    assert tags == {"Day": "{date}"} and expanded["ami"]["tags"] == {"Day": "2026-11-05"}
+
+
+def test_a_problem_in_a_table_value_names_the_setting_and_the_key():
+    _, problems = expand({"ami": {"tags": {"Build": "{git_sha_shrot}", "Env": "{env:UNSET_HERE}"}}})
+    assert problems[0].startswith("tags.Build: uses an unknown variable {git_sha_shrot}. Fix: use one of")
+    assert problems[1].startswith("tags.Env: uses {env:UNSET_HERE}, but UNSET_HERE is not set")
+
+
+def test_a_value_of_another_type_in_a_table_of_strings_is_left_for_its_reader():
+    expanded, problems = expand(
+        {"ami": {"tags": {"Count": 3, "Day": "{date}"}, "copy_kms_key_ids": "{date}"}}
+    )
+    assert problems == []
+    assert expanded["ami"] == {"tags": {"Count": 3, "Day": "2026-11-05"}, "copy_kms_key_ids": "{date}"}
+
+
+def test_a_secret_s_environment_variable_may_not_be_shown_through_a_tag():
+    environ = {"CI_SECRET": "hush-hush-value"}
+    expanded, problems = expand(
+        {"ami": {"secret_key": "{env:CI_SECRET}", "tags": {"Key": "{env:CI_SECRET}"}}}, environ
+    )
+    assert problems == [
+        "tags.Key: uses {env:CI_SECRET}, which the secret setting secret_key uses too. "
+        "Fix: give this setting its own value: a secret's variable is never shown."
+    ]
+    assert "hush-hush-value" not in str(expanded["ami"]["tags"])
 
 
 def test_an_unknown_variable_names_the_setting_and_the_variable():

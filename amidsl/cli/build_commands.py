@@ -3,7 +3,8 @@
 Thin: parse options, load and validate the settings, call amidsl.live.build. Bad input exits with
 status 2 and every problem; a failed build exits with status 1 and names the phase and action.
 
-JSON schema "amidsl.build/1" (`--json`, `--result FILE`; fields are only ever added): the fields of
+JSON schema "amidsl.build/2" (`--json`, `--result FILE`; within a version fields are only ever added;
+version 2 made "config" the list of every settings file, where 1 named only the last): the fields of
 every build result (amidsl/run/result.py) and "node": where the build ran (user@host:port; for
 --launch, the instance and its address), or null when it did not get there.
 """
@@ -34,7 +35,7 @@ from amidsl.run.result import registered_lines, result_document
 from amidsl.run.runner import ON_ERROR_POLICIES, BuildError, BuildInterrupted, BuildResult
 from amidsl.settings import AmiSettings, SettingsError
 
-SCHEMA = "amidsl.build/1"
+SCHEMA = "amidsl.build/2"
 
 
 def check_aws(loaded: LiveConfig) -> list[str]:
@@ -101,8 +102,9 @@ def build(
             failure = err
         finally:
             progress.finish()
+        error = str(failure) if failure else None
         document = result_document(
-            SCHEMA, settings, made, str(failure) if failure else None, config=str(choice.path)
+            SCHEMA, settings, made, error, config=choice.files, config_from=choice.origin
         )
         document["node"] = (made.node or None) if made else None
         text = json_text.dumps(document, indent=2, sort_keys=True)

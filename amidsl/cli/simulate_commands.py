@@ -1,12 +1,13 @@
 """`amidsl simulate`: run a build on a fake node and a fake AWS region, offline, and report the image.
 
-JSON schema "amidsl.simulate/1" (`--json`; fields are only ever added): the fields of every build
-result (amidsl/run/result.py: "schema", "amidsl_version", "config", "error", "image_id", "image_name",
-"images", "copies", "bundle", "snapshot_id", "parts", "timings", "settings_digest"; a failed build's
-document holds what the run made before it failed), and
+JSON schema "amidsl.simulate/2" (`--json`; within a version fields are only ever added; version 2 made
+"config" the list of every settings file, where 1 named only the last): the fields of every build result
+(amidsl/run/result.py: "schema", "amidsl_version", "config", "config_from", "error", "image_id",
+"image_name", "images", "copies", "bundle", "snapshot_id", "parts", "timings", "settings_digest"; a
+failed build's document holds what the run made before it failed), and
 
-    {"schema": "amidsl.simulate/1", "amidsl_version": str, "config": path,
-     "image_id": str or null, "copies": {region: image id}, "error": str or null,
+    {"schema": "amidsl.simulate/2", "amidsl_version": str, "config": [path] (first to last),
+     "config_from": str, "image_id": str or null, "copies": {region: image id}, "error": str or null,
      "transcript": [{"phase": str, "index": int, "description": str, "command": str,
                      "status": int, "output": str}],
      "faults_not_fired": [{"fault": NAME=VALUE, "why": str}] (the run never met them; exit status 1),
@@ -52,7 +53,7 @@ from simulator.botocore_data import one_botocore_loader
 if TYPE_CHECKING:
     from simulator.executor import ImageInspection, Simulation
 
-SCHEMA = "amidsl.simulate/1"
+SCHEMA = "amidsl.simulate/2"
 FAULT_NAMES = (
     "fail-put",
     "s3-5xx",
@@ -310,7 +311,7 @@ def as_json(
     settings: AmiSettings,
     unfired: list[tuple[str, str]],
 ) -> str:
-    """The simulation as JSON (schema amidsl.simulate/1): the fields a build's result has, and more."""
+    """The simulation as JSON (schema SCHEMA): the fields a build's result has, and more."""
     image = None
     if inspection is not None:
         files = [e for e in inspection.entries if e.type == "file"]
@@ -333,7 +334,7 @@ def as_json(
             image["entries"] = [entry.__dict__ for entry in inspection.entries]
     error = str(simulation.error) if simulation.error else None
     made = simulation.error.made if simulation.error is not None else simulation.result
-    document = result_document(SCHEMA, settings, made, error, config=str(choice.path))
+    document = result_document(SCHEMA, settings, made, error, config=choice.files, config_from=choice.origin)
     document["transcript"] = [record.__dict__ for record in simulation.transcript]
     document["image"] = image
     document["faults_not_fired"] = [{"fault": text, "why": why} for text, why in unfired]

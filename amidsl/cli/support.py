@@ -61,6 +61,11 @@ class ConfigChoice:
         return (*self.under, self.path)
 
     @property
+    def files(self) -> list[str]:
+        """Every settings file as given, first to last: what a result document names."""
+        return [str(path) for path in self.paths]
+
+    @property
     def is_example(self) -> bool:
         """True when no settings file was found and the built-in example stands in."""
         return self.origin == "built-in example"
@@ -101,11 +106,12 @@ def announce_config(choice: ConfigChoice, data_on_stdout: bool) -> None:
 
 
 def table_keys() -> TableKeys:
-    """The keys of [ami] and [live]: every one, those given as strings, the secret ones."""
+    """The keys of [ami] and [live]: every one, the strings, the secrets, the tables of strings."""
     return TableKeys(
         known={"ami": frozenset(USER_KEYS), "live": frozenset(LIVE_KEYS)},
         text={"ami": frozenset(r.name for r in ROWS if r.given and r.holds_text), "live": LIVE_TEXT_KEYS},
         secret={"ami": SECRET_KEYS, "live": frozenset()},
+        text_tables={"ami": frozenset(r.name for r in ROWS if r.given and r.holds_pairs)},
     )
 
 
@@ -123,7 +129,9 @@ def load_layered(choice: ConfigChoice) -> Layered:
     tables = {name: value for name, value in layered.document.items() if name in TABLES}
     tables = {name: value for name, value in tables.items() if isinstance(value, dict)}
     run = RunValues(now=choice.started, git_dir=choice.git_dir)
-    expanded, problems = expand_tables(tables, keys.is_text, keys.is_secret, run)
+    expanded, problems = expand_tables(
+        tables, keys.is_text, keys.is_secret, run, is_text_table=keys.is_text_table
+    )
     if problems:
         raise layered.error(problems)
     anchor = {"ami": anchor_local_files, "live": anchor_live_paths}

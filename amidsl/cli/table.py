@@ -222,7 +222,7 @@ COMMANDS: tuple[CliCommand, ...] = (
                 metavar="NAME=VALUE",
                 values="amidsl.cli.simulate_commands:FAULT_NAMES",
             ),
-            json_output("amidsl.simulate/1"),
+            json_output("amidsl.simulate/2"),
             Option("payload_mb", "MB of program binaries on the fake node", default=4, metavar="MB"),
             Option(
                 "bundler",
@@ -263,7 +263,7 @@ COMMANDS: tuple[CliCommand, ...] = (
             Option(
                 "trust_new_host_key", "accept and remember an unknown host key (never a changed one)", False
             ),
-            json_output("amidsl.build/1"),
+            json_output("amidsl.build/2"),
             Option(
                 "result",
                 "also write the result (the --json document) to FILE, as Packer's manifest does; written "

@@ -1,9 +1,13 @@
 """A build's result as data: the facts `amidsl build --json` and `amidsl simulate --json` share.
 
 Both documents carry these fields (each command adds its own: simulate its transcript and image, build
-the node it ran on); fields are only ever added:
+the node it ran on); within a schema version fields are only ever added:
 
-    {"schema": str, "amidsl_version": str, "config": path, "error": str or null,
+    {"schema": str, "amidsl_version": str,
+     "config": [path] (every settings file, in the order they were layered, as given; the built-in
+               example's path when no file was found),
+     "config_from": "--config", "$AMIDSL_CONFIG", "./amidsl.toml" or "built-in example",
+     "error": str or null,
      "image_id": str or null, "image_name": str, "images": {region: image id} (the image and its copies),
      "copies": {region: image id}, "bundle": "s3://BUCKET/PATH/PREFIX.manifest.xml",
      "parts": null (not known: ami-tools) or [{"filename", "size", "sha1", "md5"}],
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from amidsl import __version__
@@ -40,10 +45,16 @@ def settings_digest(settings: AmiSettings) -> str:
 
 
 def result_document(
-    schema: str, settings: AmiSettings, result: BuildResult | None, error: str | None, config: str
+    schema: str,
+    settings: AmiSettings,
+    result: BuildResult | None,
+    error: str | None,
+    config: Sequence[str],
+    config_from: str,
 ) -> dict[str, Any]:
     """The shared fields of a build's JSON result: `result` is the build's, or what a failed run made
-    (BuildError.made), or None when the build failed before any phase ran."""
+    (BuildError.made), or None when the build failed before any phase ran; `config` the settings files,
+    first to last, and `config_from` where their names came from."""
     image_id = result.image_id if result else None
     copies = dict(result.copies) if result else {}
     # An EBS-backed build's image comes from the snapshot it uploaded (once it did), not an S3 bundle.
@@ -51,7 +62,8 @@ def result_document(
     return {
         "schema": schema,
         "amidsl_version": __version__,
-        "config": config,
+        "config": list(config),
+        "config_from": config_from,
         "error": error,
         "image_id": image_id,
         "image_name": settings.image_name,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +37,21 @@ SET_EXAMPLES = (
 
 @dataclass(frozen=True)
 class TableKeys:
-    """What the settings tables hold, per table ("ami", "live"): every key, the strings, the secrets."""
+    """What the settings tables hold, per table ("ami", "live"): every key, the strings, the secrets,
+    and the tables of strings (tags, keys by region)."""
 
     known: Mapping[str, frozenset[str]]
     text: Mapping[str, frozenset[str]]
     secret: Mapping[str, frozenset[str]]
+    text_tables: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def is_text(self, table: str, key: str) -> bool:
         """Whether the setting holds a string (snake_case key)."""
         return key in self.text.get(table, frozenset())
+
+    def is_text_table(self, table: str, key: str) -> bool:
+        """Whether the setting is a table whose values are strings (snake_case key)."""
+        return key in self.text_tables.get(table, frozenset())
 
     def is_secret(self, table: str, key: str) -> bool:
         """Whether no message may show the setting's value (snake_case key)."""

@@ -1,9 +1,12 @@
-"""Variables in string settings: `{date}`, `{timestamp}`, `{git_sha}`, `{git_sha_short}`, `{env:NAME}`.
+"""Variables in settings: `{date}`, `{timestamp}`, `{git_sha}`, `{git_sha_short}`, `{env:NAME}`.
 
 A CI build names its image by date or commit and takes per-environment values from its environment
 without editing files: `image_name = "web-{date}-{git_sha_short}"`, `secret_key = "{env:CI_SECRET}"`.
-Only settings whose value is a string are expanded; `{{` and `}}` stand for literal braces. The values
-are fixed once per run (`RunValues`), so the plan, the script and the build of one command agree.
+Settings whose value is a string are expanded, and so are the string values of the tables of strings
+(`tags = { Build = "{git_sha_short}" }`, a key ARN per region in `copy_kms_key_ids`); their keys are
+left as written, as they name things (a tag, a region) rather than carry values. `{{` and `}}` stand for
+literal braces. The values are fixed once per run (`RunValues`), so the plan, the script and the build
+of one command agree.
 
 Secrets: a variable only ever puts a value *into* a setting; no variable reads another setting, so a
 secret cannot travel out of its setting. Messages name the setting and the variable, never its value.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,48 +75,88 @@ def git_commit(directory: Path) -> str:
     return run.stdout.strip()
 
 
+@dataclass(frozen=True)
+class _Text:
+    """One string to expand: its table, its key, the key inside a table of strings, and its name."""
+
+    table: str
+    key: str
+    entry: str | None  # the key in a table of strings (`Build` of `tags`); None for a string setting
+    value: str
+    setting: str  # for messages: `image_name`, `live.host`, `tags.Build`
+
+
 def expand_tables(
     tables: Mapping[str, Mapping[str, Any]],
     is_text: Callable[[str, str], bool],
     is_secret: Callable[[str, str], bool],
     run: RunValues,
+    *,
+    is_text_table: Callable[[str, str], bool],
 ) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
-    """Expand the variables in every string setting of the tables; the tables and the problems found.
+    """Expand the variables in every string setting and table of strings; the tables and the problems.
 
     `tables` maps "ami"/"live" to their values; `is_text(table, key)` says which settings hold strings,
-    `is_secret(table, key)` which are secret. An environment variable a secret setting uses may appear
-    in no other setting, which would show it. Each variable is worked out at most once (git is asked
-    only when `{git_sha}` is used).
+    `is_text_table(table, key)` which hold tables of strings (only their values expand), `is_secret(table,
+    key)` which are secret. An environment variable a secret setting uses may appear in no other setting,
+    which would show it. Each variable is worked out at most once (git is asked only when `{git_sha}` is
+    used). The tables given are left as they are.
     """
     problems: list[Problem] = []
     known: dict[str, str] = {}
-    strings = [
-        (table, key, value, key if table == "ami" else f"{table}.{key}")
-        for table, values in tables.items()
-        for key, value in values.items()
-        if isinstance(value, str) and is_text(table, str(key).replace("-", "_"))
-    ]
+    texts = list(_texts(tables, is_text, is_text_table))
     secret_env = {
-        name: setting
-        for table, key, value, setting in strings
-        if is_secret(table, str(key).replace("-", "_"))
-        for name in references(value)
+        name: text.setting
+        for text in texts
+        if is_secret(text.table, _snake(text.key))
+        for name in references(text.value)
         if name.startswith("env:")
     }
-    expanded = {table: dict(values) for table, values in tables.items()}
-    for table, key, value, setting in strings:
-        shown = [name for name in references(value) if secret_env.get(name, setting) != setting]
-        if shown and not is_secret(table, str(key).replace("-", "_")):
+    expanded = {
+        table: {key: dict(value) if isinstance(value, Mapping) else value for key, value in values.items()}
+        for table, values in tables.items()
+    }
+    for text in texts:
+        shown = [
+            name for name in references(text.value) if secret_env.get(name, text.setting) != text.setting
+        ]
+        if shown and not is_secret(text.table, _snake(text.key)):
             problems.append(
                 Problem(
-                    setting,
+                    text.setting,
                     f"uses {{{shown[0]}}}, which the secret setting {secret_env[shown[0]]} uses too",
                     "give this setting its own value: a secret's variable is never shown",
                 )
             )
             continue
-        expanded[table][key] = _expand(value, setting, run, known, problems)
+        value = _expand(text.value, text.setting, run, known, problems)
+        if text.entry is None:
+            expanded[text.table][text.key] = value
+        else:
+            expanded[text.table][text.key][text.entry] = value
     return expanded, problems
+
+
+def _texts(
+    tables: Mapping[str, Mapping[str, Any]],
+    is_text: Callable[[str, str], bool],
+    is_text_table: Callable[[str, str], bool],
+) -> Iterator[_Text]:
+    """The strings variables expand in: string settings, and the string values of tables of strings."""
+    for table, values in tables.items():
+        for key, value in values.items():
+            setting = key if table == "ami" else f"{table}.{key}"
+            if isinstance(value, str) and is_text(table, _snake(key)):
+                yield _Text(table, key, None, value, setting)
+            elif isinstance(value, Mapping) and is_text_table(table, _snake(key)):
+                for entry, text in value.items():
+                    if isinstance(text, str):  # another type is its reader's to refuse
+                        yield _Text(table, key, entry, text, f"{setting}.{entry}")
+
+
+def _snake(key: object) -> str:
+    """A key as the settings table names it (kebab-case is an alias)."""
+    return str(key).replace("-", "_")
 
 
 def _expand(text: str, setting: str, run: RunValues, known: dict[str, str], problems: list[Problem]) -> str:

@@ -132,7 +132,8 @@ def test_build_json_is_the_only_output_on_stdout_and_the_log_has_every_line_with
     document = json.loads(run.stdout)  # standard output is the document alone
     assert json.loads(result.read_text()) == document
     ami = config["ami"]
-    assert document["schema"] == "amidsl.build/1" and document["error"] is None
+    assert document["schema"] == "amidsl.build/2" and document["error"] is None
+    assert document["config"] == [str(path)] and document["config_from"] == "--config"
     assert document["image_id"].startswith("ami-") and document["images"] == {
         "us-east-1": document["image_id"]
     }
@@ -187,6 +188,41 @@ def test_build_json_says_the_error_when_the_build_fails(
     assert "the bucket 'amidsl-no-such-bucket' does not exist" in document["error"]
     assert document["image_id"] is None and document["node"] is None
     assert document["error"] in run.stderr
+
+
+def test_build_json_names_every_settings_file_in_layering_order_and_where_they_came_from(
+    tmp_path, raw_settings, aws_endpoint
+):
+    import json
+    import os
+    import secrets
+
+    keys = {"access_key": "AKIAAMIDSLTESTKEY123", "secret_key": "sk/" + secrets.token_urlsafe(30)}
+    base = write_toml(
+        tmp_path / "base.toml",
+        {"ami": raw_settings | keys, "live": {"host": "127.0.0.1", "endpoint_url": aws_endpoint}},
+    )
+    bucket = f"amidsl-no-bucket-{secrets.token_hex(4)}"  # the AWS checks stop the build: no node needed
+    ci = write_toml(tmp_path / "ci.toml", {"ami": {"s3_bucket": bucket}})
+    result = tmp_path / "result.json"
+    run = amidsl("build", "-c", str(base), "-c", str(ci), "--json", "--result", str(result))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    document = json.loads(run.stdout)
+    assert document == json.loads(result.read_text())
+    assert (
+        document["schema"] == "amidsl.build/2"
+        and f"the bucket '{bucket}' does not exist" in document["error"]
+    )
+    assert document["config"] == [str(base), str(ci)] and document["config_from"] == "--config"
+    from_environment = subprocess.run(
+        [sys.executable, "-m", "amidsl", "build", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"AMIDSL_CONFIG": str(base)},
+    )
+    document = json.loads(from_environment.stdout)
+    assert document["config"] == [str(base)] and document["config_from"] == "$AMIDSL_CONFIG"
 
 
 def test_build_refuses_a_log_or_result_file_it_cannot_write_before_any_network_call(tmp_path, raw_settings):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from amidsl.cli.main import run as run_command_line
+from amidsl.example import example_config_path
 from tests.live.node_settings import write_toml
 
 LISTING_LINE = re.compile(r"[-dlpscb][0-7]{4} +\d+:\d+ +\d+ /\S*")
@@ -125,7 +126,8 @@ def test_inspect_lists_the_image_in_the_image_ls_format(here):
 
 def test_json_has_a_schema_and_honours_inspect(here):
     plain = json.loads(here("--json").stdout)
-    assert plain["schema"] == "amidsl.simulate/1" and plain["image_id"].startswith("ami-")
+    assert plain["schema"] == "amidsl.simulate/2" and plain["image_id"].startswith("ami-")
+    assert plain["config"] == [str(example_config_path())] and plain["config_from"] == "built-in example"
     assert "entries" not in plain["image"] and plain["image"]["summary"]["parts"] == 1
     assert plain["image"]["layout"][0] == "layout: a disk with an MBR partition table (1 partition(s))"
     assert plain["image"]["modelled"][0].startswith("modelled: the kernel and initramfs (stand-ins")
@@ -133,6 +135,25 @@ def test_json_has_a_schema_and_honours_inspect(here):
     assert {"path": "/etc/fstab"}.items() <= next(
         e for e in inspected["image"]["entries"] if e["path"] == "/etc/fstab"
     ).items()
+
+
+def test_json_names_every_settings_file_in_the_order_they_were_layered(here, tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_bytes(example_config_path().read_bytes())
+    ci = write_toml(tmp_path / "ci.toml", {"ami": {"image_name": "web-ci"}})
+    layered = json.loads(here("-c", str(base), "-c", str(ci), "--json", "--quiet").stdout)
+    assert layered["config"] == [str(base), str(ci)] and layered["config_from"] == "--config"
+    assert layered["image_name"] == "web-ci" and layered["image_id"].startswith("ami-")
+    alone = json.loads(here("-c", str(base), "--json", "--quiet").stdout)
+    assert alone["config"] == [str(base)] and alone["image_name"] == "amidsl-example-ami"
+
+
+def test_json_names_the_settings_file_amidsl_config_gave(here, monkeypatch, tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_bytes(example_config_path().read_bytes())
+    monkeypatch.setenv("AMIDSL_CONFIG", str(base))
+    document = json.loads(here("--json", "--quiet").stdout)
+    assert document["config"] == [str(base)] and document["config_from"] == "$AMIDSL_CONFIG"
 
 
 def test_json_with_a_fault_fails_naming_phase_and_action(here):
@@ -511,7 +532,7 @@ def test_an_unknown_on_error_policy_is_a_usage_error():
 def test_with_json_the_document_is_alone_on_standard_output_and_progress_on_standard_error(tmp_path):
     run = amidsl("--json", temp=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["schema"] == "amidsl.simulate/1"
+    assert json.loads(run.stdout)["schema"] == "amidsl.simulate/2"
     assert "phase ami-register" in run.stderr
     quiet = amidsl("--json", "--quiet", temp=tmp_path)
     assert "phase ami-register" not in quiet.stderr
