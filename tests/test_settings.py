@@ -642,6 +642,45 @@ def test_includes_and_exclude_patterns_must_be_paths_or_patterns_in_the_image(ra
     )
 
 
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+@pytest.mark.parametrize("pattern", ["*", "/*", "/", "*/*", "**"])
+def test_an_exclude_pattern_that_matches_the_images_root_is_refused_for_either_bundler(
+    raw_settings, bundler, pattern
+):
+    # native would leave out every entry (an empty image); ami-tools would find '/' alone for -e,
+    # which leaves out nothing and none of image hygiene's paths.
+    raw = raw_settings | {"bundler": bundler, "exclude_patterns": ["*/.env", pattern]}
+    message = the_problem(raw, "exclude_patterns")
+    assert message.startswith(f"exclude_patterns: entry {pattern!r} matches the image's root '/' itself")
+    assert "empty image" in message and "image hygiene" in message and "Fix: remove it" in message
+
+
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+@pytest.mark.parametrize(
+    ("pattern", "needed"),
+    [("/?*", "/bin"), ("/usr/*", "/usr/bin"), ("/e*", "/etc"), ("*/sbin/*", "/sbin/init"), ("/dev", "/dev")],
+)
+def test_an_exclude_pattern_that_leaves_out_what_every_image_boots_from_is_refused(
+    raw_settings, bundler, pattern, needed
+):
+    raw = raw_settings | {"bundler": bundler, "exclude_patterns": [pattern]}
+    message = the_problem(raw, "exclude_patterns")
+    assert f"entry {pattern!r} matches {needed!r}, which every image needs to boot" in message
+    assert "Fix: remove it, or narrow it" in message
+
+
+def test_exclude_patterns_that_leave_a_bootable_image_are_accepted(raw_settings):
+    patterns = [
+        "*/.env",
+        "/srv/app/secrets/*",
+        "*.bak",
+        "/var/cache/apt/*",
+        "/boot/*.old",
+        "/usr/share/doc/*",
+    ]
+    assert resolve(raw_settings | {"exclude_patterns": patterns}).exclude_patterns == tuple(patterns)
+
+
 @pytest.mark.parametrize(
     ("given", "fix"),
     [

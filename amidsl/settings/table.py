@@ -674,8 +674,10 @@ ROWS: tuple[Setting, ...] = (
         readers.pattern_list,
         'paths or patterns (`*` also crosses `/`) to leave out, e.g. `["*/.env", '
         '"/srv/app/secrets/*"]`; nothing brings them back (ami-tools: the node finds them and passes them '
-        "to ec2-bundle-vol's `-e`)",
+        "to ec2-bundle-vol's `-e`); a pattern that matches `/` or a path every image boots from (`/usr`, "
+        "`/etc/passwd` ...) is refused",
         default=(),
+        check=checks.leaves_a_bootable_image,
     ),
     *(Setting(key, "bool", readers.flag, KEEP_DOC, default=False, field=False) for key in HYGIENE_KEEP_KEYS),
     Setting(
