@@ -481,6 +481,29 @@ def test_a_resumed_ebs_registration_validates_for_the_phases_it_runs(tmp_path):
     )
 
 
+def test_one_config_switched_to_ebs_is_not_refused_for_a_signing_key_file_it_never_opens(
+    tmp_path, raw_settings
+):
+    gone = str(tmp_path / "gone-pk.pem")
+    raw = raw_settings | {"bundler": "native", "private_key_source": {"local_file": gone}}
+    config = str(write_toml(tmp_path / "ami.toml", {"ami": raw}))
+    refused = amidsl("validate", "--config", config)
+    assert refused.returncode == 2
+    assert (
+        f"private_key_source: local_file {gone!r} does not exist. Fix: point local_file at the signing "
+        "key's PEM file (its RSA private key, `pk-*.pem`)." in refused.stderr
+    )
+    ebs = ("--config", config, "--set", "backing=ebs")
+    validated = amidsl("validate", *ebs)
+    assert validated.returncode == 0, validated.stderr
+    planned = amidsl("plan", *ebs)
+    assert planned.returncode == 0, planned.stderr
+    [unused] = [line for line in planned.stdout.splitlines() if line.strip().startswith("unused_by_backing")]
+    assert "private_key_source" in unused and "s3_bucket" in unused and 'backing = "ebs"' in unused
+    simulated = amidsl("simulate", *ebs, "--quiet")
+    assert simulated.returncode == 0, simulated.stderr
+
+
 def test_validate_reports_live_typos_and_unknown_tables(tmp_path, raw_settings):
     config = write_toml(
         tmp_path / "ami.toml", {"ami": raw_settings, "live": {"hots": "node"}, "aws": {"region": "x"}}

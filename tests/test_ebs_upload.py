@@ -334,6 +334,31 @@ def test_ctrl_c_stops_taking_blocks_and_waits_for_the_puts_in_flight_even_throug
     assert not caught.value.completing
 
 
+def test_ctrl_c_ends_a_puts_wait_before_its_next_try_at_once_and_it_tries_no_more(ctrl_c):
+    tries, released = [], threading.Event()
+
+    def throttled_put(index):
+        tries.append(index)
+        raise throttled("PutSnapshotBlock")
+
+    def pause(seconds):
+        if len(tries) == 1:
+            ctrl_c.send()  # while the put waits to try block 0 again
+        released.wait(3)  # the clock, as long as the test is willing to wait
+
+    client, started = Instant(put=throttled_put), time.monotonic()
+    try:
+        with pytest.raises(SnapshotUploadInterrupted) as caught:
+            upload_snapshot(
+                client, blocks_of(0, 1), ec2=client, volume_size_gib=1, concurrency=1, pause=pause
+            )
+    finally:
+        released.set()
+    assert time.monotonic() - started < 2
+    assert tries == [0] and len(ctrl_c.handled) == 1
+    assert caught.value.snapshot_id == "snap-0123456789abcdef0" and not caught.value.completing
+
+
 def test_ctrl_c_while_waiting_for_completed_says_the_snapshot_was_completed(region):
     ec2 = region.strict_client("ec2")
 

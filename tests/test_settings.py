@@ -642,6 +642,45 @@ def test_includes_and_exclude_patterns_must_be_paths_or_patterns_in_the_image(ra
     )
 
 
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+@pytest.mark.parametrize("pattern", ["*", "/*", "/", "*/*", "**"])
+def test_an_exclude_pattern_that_matches_the_images_root_is_refused_for_either_bundler(
+    raw_settings, bundler, pattern
+):
+    # native would leave out every entry (an empty image); ami-tools would find '/' alone for -e,
+    # which leaves out nothing and none of image hygiene's paths.
+    raw = raw_settings | {"bundler": bundler, "exclude_patterns": ["*/.env", pattern]}
+    message = the_problem(raw, "exclude_patterns")
+    assert message.startswith(f"exclude_patterns: entry {pattern!r} matches the image's root '/' itself")
+    assert "empty image" in message and "image hygiene" in message and "Fix: remove it" in message
+
+
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+@pytest.mark.parametrize(
+    ("pattern", "needed"),
+    [("/?*", "/bin"), ("/usr/*", "/usr/bin"), ("/e*", "/etc"), ("*/sbin/*", "/sbin/init"), ("/dev", "/dev")],
+)
+def test_an_exclude_pattern_that_leaves_out_what_every_image_boots_from_is_refused(
+    raw_settings, bundler, pattern, needed
+):
+    raw = raw_settings | {"bundler": bundler, "exclude_patterns": [pattern]}
+    message = the_problem(raw, "exclude_patterns")
+    assert f"entry {pattern!r} matches {needed!r}, which every image needs to boot" in message
+    assert "Fix: remove it, or narrow it" in message
+
+
+def test_exclude_patterns_that_leave_a_bootable_image_are_accepted(raw_settings):
+    patterns = [
+        "*/.env",
+        "/srv/app/secrets/*",
+        "*.bak",
+        "/var/cache/apt/*",
+        "/boot/*.old",
+        "/usr/share/doc/*",
+    ]
+    assert resolve(raw_settings | {"exclude_patterns": patterns}).exclude_patterns == tuple(patterns)
+
+
 @pytest.mark.parametrize(
     ("given", "fix"),
     [
@@ -671,6 +710,71 @@ def test_a_missing_key_or_certificate_file_is_named_for_what_it_holds(raw_settin
     assert "Fix: point local_file at the signing key's PEM file (its RSA private key" in key
     cert = the_problem(raw_settings | {"certificate_source": {"local_file": missing}}, "certificate_source")
     assert "Fix: point local_file at the signing certificate's PEM file (X.509" in cert
+
+
+@pytest.mark.parametrize("setting", ["private_key_source", "certificate_source"])
+def test_an_ebs_build_never_opens_the_signing_files_it_does_not_use(raw_settings, tmp_path, setting):
+    gone = str(tmp_path / "gone.pem")
+    raw = raw_settings | {"bundler": "native", setting: {"local_file": gone}}
+    assert the_problem(raw, setting).startswith(f"{setting}: local_file {gone!r} does not exist. Fix: ")
+    s = resolve(raw | {"backing": "ebs"})
+    assert (s.private_key_source, s.certificate_source, s.private_key_pem, s.certificate_pem) == (
+        None,
+        None,
+        None,
+        "",
+    )
+    assert setting in s.unused_by_backing
+
+
+def test_the_s3_bundles_settings_given_to_an_ebs_build_are_neither_read_nor_checked_but_named(raw_settings):
+    raw = raw_settings | {
+        "bundler": "native",
+        "backing": "ebs",
+        "s3_bucket": "Not A Bucket",
+        "user_id": "12",
+        "install_source": {"local_file": "/nonexistent/ec2-ami-tools.zip"},
+        "ec2_certificate_source": {"local_file": "/nonexistent/cert-ec2.pem"},
+    }
+    s = resolve(raw)
+    assert (s.s3_bucket, s.user_id, s.ec2_certificate_pem) == (None, None, "")
+    assert s.unused_by_backing == (
+        "user_id",
+        "install_source",
+        "private_key_source",
+        "certificate_source",
+        "s3_bucket",
+        "s3_path",
+        "ec2_certificate_source",
+    )
+    assert resolve(raw_settings).unused_by_backing == ()
+
+
+@pytest.mark.parametrize(
+    ("backing", "given", "says"),
+    [
+        ("ebs", {"kernel_id": "aki-1a2b3c4d"}, "an hvm image boots its own kernel"),
+        ("ebs", {"bundle_tags": {"team": "ops"}}, "makes no S3 bundle"),
+        (
+            "ebs",
+            {"block_device_mappings": [{"device_name": "/dev/sdb", "virtual_name": "ephemeral0"}]},
+            "its root volume only",
+        ),
+        ("instance-store", {"encrypted": True}, "an S3 bundle is always encrypted"),
+        (
+            "instance-store",
+            {"kms_key_id": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"},
+            "an S3 bundle is always encrypted",
+        ),
+        ("instance-store", {"snapshot_id": "snap-0123456789abcdef0"}, "resumes an EBS-backed build"),
+    ],
+)
+def test_a_setting_of_the_other_backing_that_would_change_the_image_is_still_refused(
+    raw_settings, backing, given, says
+):
+    [setting] = given
+    message = the_problem(raw_settings | {"bundler": "native", "backing": backing} | given, setting)
+    assert says in message and "Fix: " in message
 
 
 def test_a_volume_other_than_root_is_refused_for_ami_tools_which_image_the_root(raw_settings):

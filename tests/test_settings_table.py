@@ -143,12 +143,13 @@ def test_an_unknown_key_still_gets_the_nearest_known_one(raw_settings):
     ("bundler", "backing"), [("native", "instance-store"), ("ami-tools", "instance-store"), ("native", "ebs")]
 )
 def test_a_preview_shows_the_settings_its_strategy_and_backing_read(raw_settings, bundler, backing):
-    shown = {
-        name for name, _ in public_settings(resolve(raw_settings | {"bundler": bundler, "backing": backing}))
-    }
+    settings = resolve(raw_settings | {"bundler": bundler, "backing": backing})
+    shown = {name for name, _ in public_settings(settings)}
     for row in ROWS:
-        if row.field and row.name != "private_key_pem":
+        if row.field and row.name not in ("private_key_pem", "unused_by_backing"):
             assert (row.name in shown) == row.used_in(bundler, backing), row.name
+    # The settings given that the backing does not read get one line, and only when there are some.
+    assert ("unused_by_backing" in shown) == bool(settings.unused_by_backing) == (backing == "ebs")
     if backing == "ebs":
         assert not {"s3_bucket", "s3_manifest_path", "certificate_source", "bundle_tags"} & shown
         assert {"encrypted", "kms_key_id", "snapshot_id"} <= shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -39,7 +40,13 @@ def public_settings(s: AmiSettings) -> list[tuple[str, str]]:
         # A setting the build does not read is left out (the settings table's used_by and backings).
         if name == "private_key_pem" or not SETTINGS[name].used_in(s.bundler, s.backing):
             continue
-        if name == "certificate_pem":
+        if name == "unused_by_backing":
+            if not value:
+                continue  # most builds: no line
+            value = (
+                f"{', '.join(value)} (given; a backing = {json.dumps(s.backing)} build does not read them)"
+            )
+        elif name == "certificate_pem":
             value = describe_certificate(value) if value else "(none)"
         elif name == "ec2_certificate_pem":
             value = describe_certificate(value) if value else "pinned, from the ec2-ami-tools archive"

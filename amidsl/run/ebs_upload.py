@@ -159,6 +159,28 @@ def with_retries(call: Callable[[], T], attempts: int, pause: Callable[[float], 
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+class _Stopped(Exception):
+    """A put's wait before its next try was ended by Ctrl-C: it tries no more."""
+
+
+def _pause_unless_stopped(
+    pause: Callable[[float], None], stopping: threading.Event
+) -> Callable[[float], None]:
+    """`pause` for the put threads, which Ctrl-C does not reach (Python raises it in the main thread
+    only, which then sets `stopping`): the wait runs on a thread of its own, and _Stopped ends it at
+    once."""
+
+    def wait(seconds: float) -> None:
+        waiting = threading.Thread(target=pause, args=(seconds,), name="ebs-put-pause", daemon=True)
+        waiting.start()
+        while waiting.is_alive() and not stopping.is_set():
+            waiting.join(0.02)
+        if stopping.is_set():
+            raise _Stopped
+
+    return wait
+
+
 def upload_snapshot(
     client: Any,
     blocks: Iterable[tuple[int, bytes]],
@@ -247,6 +269,8 @@ def _put_blocks(
     digests: dict[int, bytes] = {}
     failures: list[str] = []
     lock = threading.Lock()
+    stopping = threading.Event()  # set on Ctrl-C: a put waiting to try again ends its wait and stops
+    put_pause = _pause_unless_stopped(pause, stopping)
     # A slot per block read and not yet written: taken before the next block is read, so at most
     # concurrency x 2 blocks are in memory.
     slots = threading.BoundedSemaphore(concurrency * 2)
@@ -265,9 +289,11 @@ def _put_blocks(
                 "Checksum": block_checksum(digest),
                 "ChecksumAlgorithm": "SHA256",
             }
-            with_retries(lambda: client.put_snapshot_block(**request), attempts, pause)
+            with_retries(lambda: client.put_snapshot_block(**request), attempts, put_pause)
             with lock:
                 digests[index] = digest
+        except _Stopped:
+            pass  # Ctrl-C: the main thread reports the snapshot it leaves
         except Exception as err:  # reported below, with the snapshot it leaves
             with lock:
                 failures.append(f"writing block {index} to {snapshot_id} failed: {_error_text(err)}")
@@ -312,6 +338,7 @@ def _put_blocks(
                 progress(f"    snapshot {snapshot_id}: {written * 1000} block(s) written")
         wait(futures)
     except KeyboardInterrupt:
+        stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         _wait_for_puts(threads, under_way[0], progress)
         raise

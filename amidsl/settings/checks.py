@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import fnmatch
 import functools
 import importlib.util
 import ipaddress
@@ -248,6 +249,54 @@ def account_id(r: Reading, row: Setting) -> str | None:
             "give your 12-digit account id, e.g. '1234-5678-9012' or '123456789012'",
         )
     return digits
+
+
+# Paths every image needs to boot, the image's root first. Both bundlers match exclude_patterns as
+# fnmatch does, `*` crossing '/' (the node program; `find -path` for ec2-bundle-vol's -e), so one
+# pattern matching one of these leaves out what no image boots without.
+BOOT_PATHS = (
+    "/",
+    "/bin",
+    "/bin/sh",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/etc/passwd",
+    "/lib",
+    "/proc",
+    "/sbin",
+    "/sbin/init",
+    "/sys",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/sbin",
+)
+
+
+def leaves_a_bootable_image(r: Reading, name: str, patterns: tuple[str, ...]) -> None:
+    """No exclude pattern takes the whole image, or what every image needs to boot."""
+    for pattern in patterns:
+        needed = next((path for path in BOOT_PATHS if fnmatch.fnmatchcase(path, pattern)), None)
+        if needed == "/":
+            # The node program never tests the root itself, only every entry below it; `find` tests
+            # its starting point first, prints '/' alone and looks no further, and ec2-bundle-vol's
+            # rsync takes `--exclude /` to match nothing.
+            r.problem(
+                name,
+                f"entry {pattern!r} matches the image's root '/' itself: a native build would leave out "
+                "every path (an empty image), and ami-tools would give ec2-bundle-vol '/' alone, which "
+                "leaves out nothing, not even what image hygiene leaves out",
+                "remove it, or name what to leave out below a directory, e.g. '/srv/cache/*' or "
+                "'*/.env' (`*` also crosses '/')",
+            )
+        elif needed is not None:
+            r.problem(
+                name,
+                f"entry {pattern!r} matches {needed!r}, which every image needs to boot",
+                "remove it, or narrow it to what to leave out (`*` also crosses '/', so '/usr/*' is all "
+                "of /usr), e.g. '/usr/share/doc/*'",
+            )
 
 
 def ruby_version(r: Reading, name: str, value: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from amidsl.settings.constants import BACKINGS
 from amidsl.settings.schema import Problem, Setting
 
 
@@ -27,12 +28,24 @@ class Reading:
                 raise RuntimeError(f"settings table: {' -> '.join([*self._reading, name])} is a cycle")
             self._reading.append(name)
             row = self.rows[name]
-            value = row.read(self, row)
-            if row.check is not None and value is not None:
-                row.check(self, name, value)
+            if self.backing_reads(row):
+                value = row.read(self, row)
+                if row.check is not None and value is not None:
+                    row.check(self, name, value)
+            else:
+                # The other backing's setting: its file is never opened, nor its value checked; rules
+                # refuse, from what was given, those that would change the image (rules.py).
+                value = self.default(row)
             self._reading.pop()
             self.read[name] = value
         return self.read[name]
+
+    def backing_reads(self, row: Setting) -> bool:
+        """Whether this build's backing reads the row (every row while `backing` itself is wrong)."""
+        if not row.backings:
+            return True
+        backing = self.value("backing")
+        return backing in row.backings or backing not in BACKINGS
 
     def default(self, row: Setting) -> Any:
         """The row's default: computed from other settings, or its plain value."""

@@ -1,7 +1,9 @@
 """Rules across settings: each a small function of the settings read, returning what is wrong.
 
 `RULES` run for every build; the rules of one strategy are named in `STRATEGY_RULES` beside the
-`bundler` row of the table (amidsl/settings/table.py).
+`bundler` row of the table (amidsl/settings/table.py). A setting only the other backing reads is not
+read (its value is its row's default, see Reading.value): a rule that refuses one, because the build
+would silently not do what it says, looks at what was given instead.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def no_ruby_means_no_install_strategy(r: Reading) -> list[Problem]:
 
 def hvm_takes_no_kernel(r: Reading) -> list[Problem]:
     """An hvm image boots its own kernel: EC2 takes no kernel or ramdisk for it."""
-    kernel_id, ramdisk_id = r.value("kernel_id"), r.value("ramdisk_id")
+    # Given, not read: an EBS build (always hvm) reads neither.
+    kernel_id, ramdisk_id = r.given.get("kernel_id"), r.given.get("ramdisk_id")
     if r.value("virtualization_type") != "hvm" or not (kernel_id or ramdisk_id):
         return []
     return [
@@ -213,7 +216,7 @@ def ebs_limits(r: Reading) -> list[Problem]:
                 'remove boot_mode, or set boot_mode = "legacy-bios" (what an EBS-backed build registers)',
             )
         )
-    if r.value("block_device_mappings"):
+    if r.given.get("block_device_mappings"):  # given: an EBS build does not read it
         problems.append(
             Problem(
                 "block_device_mappings",
@@ -223,7 +226,7 @@ def ebs_limits(r: Reading) -> list[Problem]:
                 'or use backing = "instance-store"',
             )
         )
-    if r.value("bundle_tags"):
+    if r.given.get("bundle_tags"):
         problems.append(
             Problem(
                 "bundle_tags",
@@ -252,15 +255,11 @@ def s3_image_size(r: Reading) -> list[Problem]:
 def ebs_encryption(r: Reading) -> list[Problem]:
     """encrypted, kms_key_id and copy_kms_key_ids: only for an EBS snapshot, each key in the region it
     encrypts in, and only where EC2 can share what they make."""
-    encrypted, key, copy_keys = r.value("encrypted"), r.value("kms_key_id"), dict(r.value("copy_kms_key_ids"))
-    given = [
-        name
-        for name, value in (("encrypted", encrypted), ("kms_key_id", key), ("copy_kms_key_ids", copy_keys))
-        if value
-    ]
-    if not given:
-        return []
     if r.value("backing") != "ebs":
+        # Given, not read: a build of another backing does not read them.
+        given = [name for name in ("encrypted", "kms_key_id", "copy_kms_key_ids") if r.given.get(name)]
+        if not given:
+            return []
         name = given[0]
         return [
             Problem(
@@ -270,6 +269,14 @@ def ebs_encryption(r: Reading) -> list[Problem]:
                 f'remove {name}, or set backing = "ebs"',
             )
         ]
+    encrypted, key, copy_keys = r.value("encrypted"), r.value("kms_key_id"), dict(r.value("copy_kms_key_ids"))
+    given = [
+        name
+        for name, value in (("encrypted", encrypted), ("kms_key_id", key), ("copy_kms_key_ids", copy_keys))
+        if value
+    ]
+    if not given:
+        return []
     if not encrypted:
         # StartSnapshot and CopyImage refuse a key without Encrypted (EBS user guide, "Encryption outcomes").
         name = given[0]
@@ -360,7 +367,7 @@ def instance_store_only(r: Reading) -> list[Problem]:
                 'use boot_mode = "legacy-bios" (or "uefi-preferred", which falls back to it), or remove it',
             )
         )
-    if r.value("backing") != "ebs" and r.value("snapshot_id") is not None:
+    if r.value("backing") != "ebs" and r.given.get("snapshot_id") is not None:  # given: not read there
         problems.append(
             Problem(
                 "snapshot_id",

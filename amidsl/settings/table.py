@@ -98,6 +98,11 @@ def _hygiene_keep(r: Reading, row: Setting) -> tuple[str, ...]:
     return tuple(name for name, key in zip_strict(HYGIENE_NAMES, HYGIENE_KEEP_KEYS) if r.value(key))
 
 
+def _unused_by_backing(r: Reading, row: Setting) -> tuple[str, ...]:
+    """The settings given that this build's backing does not read (an EBS build's s3_bucket)."""
+    return tuple(name for name, other in r.rows.items() if name in r.given and not r.backing_reads(other))
+
+
 def _s3_manifest_path(r: Reading) -> str:
     parts = (r.value("s3_bucket"), r.value("s3_path"), f"{r.value('prefix')}.manifest.xml")
     return "/".join(p for p in parts if p)
@@ -424,6 +429,7 @@ ROWS: tuple[Setting, ...] = (
         "str",
         credentials.certificate_pem,
         "the certificate, checked against the key and re-encoded",
+        default="",
         given=False,
         backings=(INSTANCE_STORE,),
     ),
@@ -532,6 +538,7 @@ ROWS: tuple[Setting, ...] = (
         "str",
         credentials.ec2_certificate_pem,
         "EC2's certificate from ec2_certificate_source",
+        default="",
         given=False,
         used_by=(NATIVE,),  # the controller encrypts the bundle's EC2 key copy with it
         backings=(INSTANCE_STORE,),
@@ -667,8 +674,10 @@ ROWS: tuple[Setting, ...] = (
         readers.pattern_list,
         'paths or patterns (`*` also crosses `/`) to leave out, e.g. `["*/.env", '
         '"/srv/app/secrets/*"]`; nothing brings them back (ami-tools: the node finds them and passes them '
-        "to ec2-bundle-vol's `-e`)",
+        "to ec2-bundle-vol's `-e`); a pattern that matches `/` or a path every image boots from (`/usr`, "
+        "`/etc/passwd` ...) is refused",
         default=(),
+        check=checks.leaves_a_bootable_image,
     ),
     *(Setting(key, "bool", readers.flag, KEEP_DOC, default=False, field=False) for key in HYGIENE_KEEP_KEYS),
     Setting(
@@ -676,6 +685,14 @@ ROWS: tuple[Setting, ...] = (
         "tuple[str, ...]",
         _hygiene_keep,
         "the image hygiene items kept (from the keep_<item> settings)",
+        given=False,
+    ),
+    Setting(
+        "unused_by_backing",
+        "tuple[str, ...]",
+        _unused_by_backing,
+        "the settings given that this build's backing does not read (no file opened, no value checked)",
+        default=(),
         given=False,
     ),
 )

@@ -45,6 +45,7 @@
 #   includes = /etc/ssl/certs/*.pem, /etc/pki/ca-trust/*.pem, /etc/pki/tls/certs/*.pem, /usr/lib/ssl/cert.pem, /etc/pki/tls/cert.pem, /usr/share/keyrings/*.gpg, /etc/apt/trusted.gpg.d/*.gpg, /etc/apt/keyrings/*.gpg, /usr/share/pki/*.pem, */certifi/cacert.pem, */pip/_vendor/certifi/cacert.pem, */botocore/cacert.pem
 #   exclude_patterns = (none)
 #   hygiene_keep = (none)
+#   unused_by_backing = user_id, private_key_source, certificate_source, s3_bucket, s3_path (given; a backing = "ebs" build does not read them)
 
 set -Eeuo pipefail
 
