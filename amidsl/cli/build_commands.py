@@ -80,7 +80,7 @@ def build(
         )
     problems = live.required_for("launch") if launch else []
     if problems:
-        raise CommandError(str(SettingsError(problems, origin=str(choice.path))))
+        raise CommandError(str(SettingsError(problems, origin=loaded.origin)))
     settings = loaded.plan.settings
     chosen = [p.name for p in loaded.plan.phases]
     with _opened("--log", log, "a") as log_file, _opened("--result", result, "w") as result_file:

@@ -218,6 +218,7 @@ class LiveConfig:
     spec: Spec
     plan: Plan
     live: LiveSettings
+    origin: str  # every file (and --set) the settings came from, for the head of a message
 
 
 def unknown_tables(document: dict[str, Any]) -> list[Problem]:
@@ -280,7 +281,7 @@ def load_live_config(choice: ConfigChoice, phases: list[str] | None = None) -> L
     if problems:
         raise CommandError(str(SettingsError(problems, origin=layered.origin)))
     assert plan is not None and live is not None
-    return LiveConfig(spec, plan, live)
+    return LiveConfig(spec, plan, live, layered.origin)
 
 
 def refuse_example_credentials(choice: ConfigChoice, settings: AmiSettings) -> None:

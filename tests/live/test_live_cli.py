@@ -42,6 +42,14 @@ def test_bad_input_exits_2_with_every_problem(tmp_path, raw_settings):
         assert setting in run.stderr
 
 
+def test_what_launching_still_needs_is_said_of_every_layered_file(tmp_path, raw_settings):
+    base = config_file(tmp_path, raw_settings, {})
+    top = str(write_toml(tmp_path / "ci.toml", {"live": {"instance_type": "c3.large"}}))
+    run = amidsl("build", "--config", base, "--config", top, "--launch")
+    assert run.returncode == 2 and "live.image_id: is needed to launch a node" in run.stderr
+    assert f"{base} + {top}" in run.stderr
+
+
 def test_where_to_build_must_be_said_once(tmp_path, raw_settings):
     path = config_file(tmp_path, raw_settings, {})
     nowhere = amidsl("build", "--config", path)
