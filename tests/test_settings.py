@@ -669,6 +669,25 @@ def test_an_exclude_pattern_that_leaves_out_what_every_image_boots_from_is_refus
     assert "Fix: remove it, or narrow it" in message
 
 
+@pytest.mark.parametrize("bundler", ["native", "ami-tools"])
+@pytest.mark.parametrize("pattern", ["*", "/*", "/", "**"])
+def test_an_include_that_matches_the_images_root_is_refused_for_either_bundler(
+    raw_settings, bundler, pattern
+):
+    # native would keep every path the filter leaves out; ami-tools would find '/' alone for -i,
+    # which keeps nothing: the two builds would differ.
+    raw = raw_settings | {"bundler": bundler, "includes": ["/etc/app/*.pem", pattern]}
+    message = the_problem(raw, "includes")
+    assert message.startswith(f"includes: entry {pattern!r} matches the image's root '/' itself")
+    assert "every path the filter leaves out" in message and "keeps nothing" in message
+    assert "Fix: remove it, or name what the filter must keep" in message
+
+
+def test_includes_below_the_root_are_accepted(raw_settings):
+    kept = resolve(raw_settings | {"includes": ["/etc/app/*.pem", "*.gpg", "/srv/*/ca.crt"]}).includes
+    assert {"/etc/app/*.pem", "*.gpg", "/srv/*/ca.crt"} <= set(kept)
+
+
 def test_exclude_patterns_that_leave_a_bootable_image_are_accepted(raw_settings):
     patterns = [
         "*/.env",

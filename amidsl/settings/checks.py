@@ -299,6 +299,21 @@ def leaves_a_bootable_image(r: Reading, name: str, patterns: tuple[str, ...]) ->
             )
 
 
+def keeps_below_the_root(r: Reading, name: str, patterns: tuple[str, ...]) -> None:
+    """No include matches the image's root, which the two bundlers would take differently."""
+    for pattern in patterns:
+        if fnmatch.fnmatchcase("/", pattern):
+            # The node program would keep every path the filter tests; `find` prints '/' alone, and
+            # ec2-bundle-vol's `-i /` brings back no path (as `-e /` leaves out none).
+            r.problem(
+                name,
+                f"entry {pattern!r} matches the image's root '/' itself: a native build would keep "
+                "every path the filter leaves out, and ami-tools would give ec2-bundle-vol '/' alone, "
+                "which keeps nothing",
+                "remove it, or name what the filter must keep, e.g. '/etc/app/*.pem' or '*.gpg'",
+            )
+
+
 def ruby_version(r: Reading, name: str, value: str) -> None:
     """A Ruby version rbenv can build."""
     if not re.fullmatch(r"\d+\.\d+(\.\d+)?(-[a-z0-9]+)?", value):

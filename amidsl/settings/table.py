@@ -664,9 +664,11 @@ ROWS: tuple[Setting, ...] = (
         "paths or patterns the filter (`*.pem`, `*.gpg`, ...) must keep, added to the built-in ones "
         "(`/etc/ssl/certs/*.pem`, `/usr/share/keyrings/*.gpg`, `/etc/apt/trusted.gpg.d/*.gpg`, RHEL's CA "
         "bundles, OpenSSL's default `cert.pem`, certifi's `cacert.pem` ...); they never bring back what "
-        "image hygiene leaves out (ami-tools: the node finds them and passes them to ec2-bundle-vol's `-i`)",
+        "image hygiene leaves out (ami-tools: the node finds them and passes them to ec2-bundle-vol's `-i`); "
+        "a pattern that matches `/` itself is refused",
         default=DEFAULT_INCLUDES,
         shown_default="CA certificates, keyrings",
+        check=checks.keeps_below_the_root,
     ),
     Setting(
         "exclude_patterns",
