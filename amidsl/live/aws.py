@@ -172,6 +172,11 @@ class Aws:
             if self.live.endpoint_url:
                 # S3-compatible endpoints (and addresses) rarely serve bucket subdomains: use path style.
                 config = config.merge(Config(s3={"addressing_style": "path"}))
+            if service == "ebs":
+                # The snapshot upload retries each EBS call itself, with waits Ctrl-C ends
+                # (run/ebs_upload.py); botocore's retries would multiply the tries, sleeping in the put
+                # threads, which Ctrl-C never reaches.
+                config = config.merge(Config(retries={"total_max_attempts": 1}))
             self._clients[key] = self.session.client(
                 service, region_name=key[1], endpoint_url=self.live.endpoint_url, config=config
             )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+
+import botocore.exceptions
 import pytest
 from botocore.stub import Stubber
 
@@ -42,6 +46,35 @@ def test_a_client_keeps_a_connection_for_each_upload_thread_at_the_highest_concu
     # each put beyond them would open (and discard) a connection of its own.
     aws = Aws(settings, LiveSettings(endpoint_url=endpoint_url))
     assert aws.client("ebs").meta.config.max_pool_connections >= MAX_UPLOAD_CONCURRENCY
+
+
+def test_the_ebs_client_makes_one_request_per_call_and_leaves_retrying_to_the_upload(settings):
+    # The upload retries each EBS call itself, with waits Ctrl-C ends (run/ebs_upload.py); botocore's
+    # own retries would multiply its tries and sleep in the put threads, where Ctrl-C never reaches.
+    requests = []
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            requests.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"message": "busy"}'
+            self.send_response(503)
+            self.send_header("x-amzn-ErrorType", "ServiceUnavailableException")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        ebs = Aws(settings, LiveSettings(endpoint_url=endpoint)).client("ebs")
+        with pytest.raises(botocore.exceptions.ClientError):
+            ebs.start_snapshot(VolumeSize=1)
+        server.shutdown()
+    assert requests == ["/snapshots"]
 
 
 @pytest.mark.parametrize(
