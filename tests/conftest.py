@@ -60,6 +60,36 @@ def raw_settings(credentials: Credentials) -> dict:
     }
 
 
+# Why a test of a group in tests/serial.py may not run: pytest-xdist could not make its group take turns.
+GROUP_APART = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n`, note each test of a group of tests/serial.py that would not take turns.
+
+    pytest-xdist's loadgroup (on a worker, before this hook) ends a grouped test's id with '@group' and
+    schedules by that suffix; where it could not add it, the group's tests would run side by side.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return  # not a worker of `pytest -n` with --dist loadgroup
+    for item in items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            item.stash[GROUP_APART] = (
+                "pytest-xdist could not group this test with the others of its group in tests/serial.py, "
+                "so they would run side by side: install the pytest and pytest-xdist versions "
+                "pyproject.toml names"
+            )
+
+
+@pytest.fixture(autouse=True)
+def grouped_tests_take_turns(request: pytest.FixtureRequest) -> None:
+    """Fail a grouped test that would run beside the others of its group (see above)."""
+    reason = request.node.stash.get(GROUP_APART, None)
+    if reason is not None:
+        pytest.fail(reason)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_botocore_loader() -> Iterator[None]:
     """Every boto3 session of the test process shares one botocore data loader.

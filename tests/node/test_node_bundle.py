@@ -162,13 +162,29 @@ def test_the_volume_filesystem_uuid_and_label_are_carried_over(mounted_ext4, tmp
     assert not [p for p in os.listdir(point) if p.startswith(".amidsl-staging")]
 
 
-def command_lines() -> list[bytes]:
-    """Every process's argument list, as /proc shows it to every user."""
+def command_lines(root: int) -> list[bytes]:
+    """The argument lists of process `root` and its descendants, as /proc shows them to every user.
+
+    Only that tree: a test running beside this one (pytest -n) may restore a bundle with the openssl
+    command line, the test key in its argv.
+    """
+    parents = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # /proc/PID/stat: "pid (comm) state ppid ...", and comm may hold spaces or parentheses.
+            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    def in_tree(pid: int) -> bool:
+        while pid > 1:
+            if pid == root:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
     found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            with contextlib.suppress(OSError):
-                found.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+    for pid in filter(in_tree, parents):
+        with contextlib.suppress(OSError):
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes())
     return found
 
 
@@ -179,7 +195,7 @@ def test_key_and_iv_never_reach_any_argv_nor_any_file(volume, destination):
     seen_program = False
     secrets = (KEY.encode(), IV.encode(), KEY.upper().encode(), IV.upper().encode())
     while process.poll() is None:
-        for line in command_lines():
+        for line in command_lines(process.pid):
             seen_program |= str(PROGRAM_PATH).encode() in line
             assert not any(s in line for s in secrets), line
     out, err = process.communicate()
