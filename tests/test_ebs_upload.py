@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, SSLError
 
 from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, SnapshotUploadInterrupted, upload_snapshot
 from amidsl.run.progress import OutputClosed
@@ -129,6 +129,20 @@ def test_throttled_puts_are_retried_with_growing_waits(region):
     done = upload(region, blocks_of(0, 1), client=client, concurrency=1, pause=waits.append)
     assert done.blocks_written == 2 and client.calls.count("put_snapshot_block") == 5
     assert len(waits) == 3 and waits[0] < waits[2]
+
+
+def test_a_put_whose_tls_connection_broke_is_retried(region):
+    # The live EBS client makes one request per call (botocore's own retries are off), so a TLS
+    # connection lost mid-put, which botocore used to retry, must be retried here.
+    broken = [SSLError(endpoint_url="https://ebs.us-east-1.amazonaws.com", error="EOF occurred in violation")]
+
+    def break_once(params):
+        if broken:
+            raise broken.pop()
+
+    client = Meddling(region.strict_client("ebs"), put_snapshot_block=break_once)
+    done = upload(region, blocks_of(0), client=client, concurrency=1)
+    assert done.blocks_written == 1 and client.calls.count("put_snapshot_block") == 2
 
 
 def test_never_more_than_twice_concurrency_blocks_are_read_and_not_yet_written(region):
