@@ -796,6 +796,13 @@ def test_a_setting_of_the_other_backing_that_would_change_the_image_is_still_ref
     assert says in message and "Fix: " in message
 
 
+def test_an_ebs_build_still_refuses_the_images_own_account_in_launch_permissions(raw_settings):
+    # user_id (123456789012 in raw_settings) names the image's owner whatever the backing: an EBS build
+    # that lists it in launch_permissions is as mistaken as an instance-store one.
+    raw = raw_settings | {"bundler": "native", "backing": "ebs", "launch_permissions": ["123456789012"]}
+    assert "'123456789012' is the image's own account" in the_problem(raw, "launch_permissions")
+
+
 def test_a_volume_other_than_root_is_refused_for_ami_tools_which_image_the_root(raw_settings):
     message = the_problem(raw_settings | {"bundler": "ami-tools", "volume": "/srv"}, "volume")
     assert "the ami-tools strategy images the root volume" in message and 'bundler = "native"' in message
