@@ -701,6 +701,19 @@ def test_exclude_patterns_that_leave_a_bootable_image_are_accepted(raw_settings)
 
 
 @pytest.mark.parametrize(
+    ("pattern", "what_goes"),
+    [("/boot/*", "the kernel, the initramfs and GRUB"), ("/usr/lib/*", "the C library (merged /usr)")],
+)
+def test_an_exclude_pattern_that_empties_a_directory_every_image_boots_from_is_refused(
+    raw_settings, pattern, what_goes
+):
+    # '/usr/*' is refused for /usr/bin; a pattern taking all of /boot or /usr/lib leaves out what_goes
+    # just as surely, and the build still registers an image that cannot boot.
+    message = the_problem(raw_settings | {"exclude_patterns": [pattern]}, "exclude_patterns")
+    assert f"entry {pattern!r} matches" in message and "every image needs to boot" in message
+
+
+@pytest.mark.parametrize(
     ("given", "fix"),
     [
         ({"copy_to_regions": "us-west-2"}, 'Fix: write copy_to_regions = ["us-west-2"].'),
