@@ -107,6 +107,15 @@ def test_a_secret_s_environment_variable_may_not_be_shown_through_a_tag():
     assert "hush-hush-value" not in str(expanded["ami"]["tags"])
 
 
+@pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+def test_the_credential_chains_secret_environment_variables_may_not_be_shown_through_a_tag(name):
+    # Without secret_key, the build's AWS secret comes from the credential chain, which reads these
+    # variables: a tag showing one would put the build's secret into the preview, the script and EC2.
+    expanded, problems = expand({"ami": {"tags": {"Key": f"{{env:{name}}}"}}}, {name: "hush-hush-value"})
+    assert [problem for problem in problems if problem.startswith(f"tags.Key: uses {{env:{name}}}")]
+    assert "hush-hush-value" not in str(expanded["ami"]["tags"])
+
+
 def test_an_unknown_variable_names_the_setting_and_the_variable():
     _, problems = expand({"ami": {"image_name": "web-{data}"}, "live": {"host": "{hostname}"}})
     assert problems[0].startswith("image_name: uses an unknown variable {data}. Fix: use one of {date},")
