@@ -764,14 +764,14 @@ def test_the_s3_bundles_settings_given_to_an_ebs_build_are_neither_read_nor_chec
         "bundler": "native",
         "backing": "ebs",
         "s3_bucket": "Not A Bucket",
-        "user_id": "12",
         "install_source": {"local_file": "/nonexistent/ec2-ami-tools.zip"},
         "ec2_certificate_source": {"local_file": "/nonexistent/cert-ec2.pem"},
     }
     s = resolve(raw)
-    assert (s.s3_bucket, s.user_id, s.ec2_certificate_pem) == (None, None, "")
+    assert (s.s3_bucket, s.ec2_certificate_pem) == (None, "")
+    # user_id is read by both: an EBS build checks the credentials' account and launch_permissions with it.
+    assert s.user_id == raw_settings["user_id"].replace("-", "")
     assert s.unused_by_backing == (
-        "user_id",
         "install_source",
         "private_key_source",
         "certificate_source",

@@ -94,7 +94,8 @@ def test_user_keys_required_secret_and_free_text_come_from_the_rows():
         "certificate_source",
     }
     # An S3 bundle's own: its bucket, and the account and pair its manifest is signed for.
-    assert {row.name for row in ROWS if row.required and row.backings == ("instance-store",)} == {
+    # (user_id is read by an EBS build too, which checks it where given)
+    assert {row.name for row in ROWS if row.required and row.required_in == ("instance-store",)} == {
         "user_id",
         "s3_bucket",
         "private_key_source",

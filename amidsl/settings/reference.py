@@ -19,8 +19,8 @@ README_LINK = "](#"
 
 def shown_default(row: Setting) -> str:
     """A row's default as the reference shows it."""
-    if row.required and row.backings:
-        return f"required for {', '.join(f'`{value}`' for value in row.backings)}"
+    if row.required and row.required_in:
+        return f"required for {', '.join(f'`{value}`' for value in row.required_in)}"
     if row.required:
         return "required"
     if row.shown_default:

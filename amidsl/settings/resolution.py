@@ -48,9 +48,9 @@ AmiSettings = dataclasses.make_dataclass(
 
 def _missing(row: Setting, backing: str) -> Problem:
     """A required setting not given: for every build, or for builds of its backings only."""
-    if not row.backings:
+    if not row.required_in:
         return Problem(row.name, "is required", f"set {row.name} in the [ami] table")
-    others = " or ".join(repr(b) for b in BACKINGS if b not in row.backings)
+    others = " or ".join(repr(b) for b in BACKINGS if b not in row.required_in)
     return Problem(
         row.name,
         f"is required for backing = {backing!r}",
@@ -68,7 +68,7 @@ def resolve(raw: Mapping[str, Any], origin: str = "settings") -> AmiSettings:
         if (
             row.required
             and given.get(row.name) in (None, "")
-            and (values["backing"] in row.backings or not row.backings)
+            and (values["backing"] in row.required_in or not row.required_in)
         ):
             problems.append(_missing(row, values["backing"]))
     for rule in (*RULES, *STRATEGY_RULES.get(values["bundler"], ())):

@@ -66,15 +66,22 @@ class Setting:
     shown_default: str = ""  # the reference's "default" column where the default value does not say it
     check: Check | None = None  # what else a read value must satisfy (run unless the value is None)
     choices: tuple[str, ...] = ()
-    required: bool = False  # for every build that reads it (see backings)
+    required: bool = False  # for every build that reads it (see backings), or of required_for
     secret: bool = False  # never shown in a message, a preview or a repr
     free_text: bool = False  # line breaks allowed
     used_by: tuple[str, ...] = ()  # the strategies (values of `bundler`) that read it; () for all
     # The values of `backing` whose builds read it (an S3 bundle's bucket and signing pair, an EBS
     # snapshot's encryption); () for all.
     backings: tuple[str, ...] = ()
+    # With required: the backings whose builds must give it, where more read it (() : those of backings).
+    required_for: tuple[str, ...] = ()
     given: bool = True  # False: derived from other settings, never given by a user
     field: bool = True  # False: folded into another field (keep_<item> into hygiene_keep)
+
+    @property
+    def required_in(self) -> tuple[str, ...]:
+        """The backings whose builds must give a required setting; () for every build."""
+        return self.required_for or self.backings
 
     @property
     def holds_text(self) -> bool:

@@ -61,10 +61,12 @@ def ami_starter(given: Mapping[str, str] | None = None) -> str:
     rows = [row for row in ROWS if row.given]
     lines = ["[ami]", "# -- required: replace each <...> placeholder " + "-" * 50, ""]
     # The default backing's required settings among them (an S3 bundle's bucket and signing pair).
-    required = [row for row in rows if row.required and (not row.backings or INSTANCE_STORE in row.backings)]
+    required = [
+        row for row in rows if row.required and (not row.required_in or INSTANCE_STORE in row.required_in)
+    ]
     for row in required:
         doc = row.doc + (
-            ' (only for an S3 bundle: leave it out with backing = "ebs")' if row.backings else ""
+            ' (only for an S3 bundle: leave it out with backing = "ebs")' if row.required_in else ""
         )
         lines += [*comment(doc), f"{row.name} = {given.get(row.name, placeholder(row))}", ""]
     lines += ["# -- optional: the defaults; remove the '# ' before a setting to change it " + "-" * 20, ""]

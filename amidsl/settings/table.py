@@ -182,9 +182,10 @@ ROWS: tuple[Setting, ...] = (
         "user_id",
         "str | None",
         checks.account_id,
-        "12-digit AWS account id (dashes are removed): the bundle's owner in its manifest",
+        "12-digit AWS account id (dashes are removed): the bundle's owner in its manifest; the account "
+        "checked against the credentials' and `launch_permissions` (both backings)",
         required=True,
-        backings=(INSTANCE_STORE,),
+        required_for=(INSTANCE_STORE,),  # an EBS build checks it where given
     ),
     Setting(
         "user",

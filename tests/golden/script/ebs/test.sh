@@ -13,6 +13,7 @@
 #   secret_key = from the AWS credential chain; used on the controller only (the node streams the disk's blocks to it)
 #   session_token = from the AWS credential chain; used on the controller only (the node streams the disk's blocks to it)
 #   region = us-east-1
+#   user_id = 123456789012
 #   user = admin
 #   exclusions = /opt/ami-tools, /opt/ami-tools/credentials, /tmp, /var/lib/amidsl, /var/cache/apt/archives, /home/admin/scratch
 #   extra_exclusions = /var/cache/apt/archives, /home/admin/scratch
@@ -45,7 +46,7 @@
 #   includes = /etc/ssl/certs/*.pem, /etc/pki/ca-trust/*.pem, /etc/pki/tls/certs/*.pem, /usr/lib/ssl/cert.pem, /etc/pki/tls/cert.pem, /usr/share/keyrings/*.gpg, /etc/apt/trusted.gpg.d/*.gpg, /etc/apt/keyrings/*.gpg, /usr/share/pki/*.pem, */certifi/cacert.pem, */pip/_vendor/certifi/cacert.pem, */botocore/cacert.pem
 #   exclude_patterns = (none)
 #   hygiene_keep = (none)
-#   unused_by_backing = user_id, private_key_source, certificate_source, s3_bucket, s3_path (given; a backing = "ebs" build does not read them)
+#   unused_by_backing = private_key_source, certificate_source, s3_bucket, s3_path (given; a backing = "ebs" build does not read them)
 #
 # Supplied at run time through the environment (never written into this file):
 #   AMIDSL_IMAGE_ID: image_id from the ami-register phase
