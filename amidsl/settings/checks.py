@@ -274,11 +274,31 @@ BOOT_PATHS = (
 )
 
 
+# Directories whose every entry may be what boots (a kernel, the C library, init): a pattern that matches
+# any name in one (`/boot/*`, `/usr/lib/*`) leaves the directory empty. The name stands for any entry.
+FILLED_BOOT_DIRS = (
+    "/boot",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/lib64",
+)
+ANY_ENTRY = "amidsl-any-entry"
+
+
 def leaves_a_bootable_image(r: Reading, name: str, patterns: tuple[str, ...]) -> None:
     """No exclude pattern takes the whole image, or what every image needs to boot."""
+    needs = [
+        *((path, repr(path)) for path in BOOT_PATHS),
+        *((f"{d}/{ANY_ENTRY}", f"everything in {d!r}") for d in FILLED_BOOT_DIRS),
+    ]
     for pattern in patterns:
-        needed = next((path for path in BOOT_PATHS if fnmatch.fnmatchcase(path, pattern)), None)
-        if needed == "/":
+        needed = next((what for path, what in needs if fnmatch.fnmatchcase(path, pattern)), None)
+        if needed == "'/'":
             # The node program never tests the root itself, only every entry below it; `find` tests
             # its starting point first, prints '/' alone and looks no further, and ec2-bundle-vol's
             # rsync takes `--exclude /` to match nothing.
@@ -293,7 +313,7 @@ def leaves_a_bootable_image(r: Reading, name: str, patterns: tuple[str, ...]) ->
         elif needed is not None:
             r.problem(
                 name,
-                f"entry {pattern!r} matches {needed!r}, which every image needs to boot",
+                f"entry {pattern!r} matches {needed}, which every image needs to boot",
                 "remove it, or narrow it to what to leave out (`*` also crosses '/', so '/usr/*' is all "
                 "of /usr), e.g. '/usr/share/doc/*'",
             )

@@ -677,8 +677,8 @@ ROWS: tuple[Setting, ...] = (
         readers.pattern_list,
         'paths or patterns (`*` also crosses `/`) to leave out, e.g. `["*/.env", '
         '"/srv/app/secrets/*"]`; nothing brings them back (ami-tools: the node finds them and passes them '
-        "to ec2-bundle-vol's `-e`); a pattern that matches `/` or a path every image boots from (`/usr`, "
-        "`/etc/passwd` ...) is refused",
+        "to ec2-bundle-vol's `-e`); a pattern that matches `/`, a path every image boots from or "
+        "everything in one (`/usr`, `/boot/*`, `/etc/passwd` ...) is refused",
         default=(),
         check=checks.leaves_a_bootable_image,
     ),
