@@ -33,6 +33,15 @@ VARIABLES = {
     "git_sha_short": "its first 12 hex digits",
     "env:NAME": "the environment variable NAME (an error when it is not set)",
 }
+# The environment variables the AWS credential chain takes secrets (and the key id) from: a setting that is
+# shown may not use them, as it may not use a secret setting's (below).
+CREDENTIAL_CHAIN_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+)
+CREDENTIAL_CHAIN = "the AWS credential chain (for the build's keys)"
 KNOWN = ", ".join(f"{{{name}}}" for name in VARIABLES)
 _REFERENCE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _ENV_NAME = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -105,26 +114,28 @@ def expand_tables(
     problems: list[Problem] = []
     known: dict[str, str] = {}
     texts = list(_texts(tables, is_text, is_text_table))
-    secret_env = {
-        name: text.setting
+    # Each environment variable a secret comes from, and whose secret it is: the secret settings', and
+    # those the AWS credential chain reads when the settings give no keys.
+    secret_env = {f"env:{name}": CREDENTIAL_CHAIN for name in CREDENTIAL_CHAIN_ENV}
+    secret_env.update(
+        (name, f"the secret setting {text.setting}")
         for text in texts
         if is_secret(text.table, _snake(text.key))
         for name in references(text.value)
         if name.startswith("env:")
-    }
+    )
     expanded = {
         table: {key: dict(value) if isinstance(value, Mapping) else value for key, value in values.items()}
         for table, values in tables.items()
     }
     for text in texts:
-        shown = [
-            name for name in references(text.value) if secret_env.get(name, text.setting) != text.setting
-        ]
+        own = f"the secret setting {text.setting}"
+        shown = [name for name in references(text.value) if secret_env.get(name, own) != own]
         if shown and not is_secret(text.table, _snake(text.key)):
             problems.append(
                 Problem(
                     text.setting,
-                    f"uses {{{shown[0]}}}, which the secret setting {secret_env[shown[0]]} uses too",
+                    f"uses {{{shown[0]}}}, which {secret_env[shown[0]]} uses too",
                     "give this setting its own value: a secret's variable is never shown",
                 )
             )
