@@ -526,6 +526,14 @@ def test_live_commands_refuse_the_example_credentials_before_any_aws_or_node_wor
     assert "AWS OK" not in run.stdout and "ok:" not in run.stdout
 
 
+def test_the_example_credentials_are_said_of_every_layered_file(tmp_path, raw_settings):
+    raw = raw_settings | {"private_key_source": {"example": True}, "certificate_source": {"example": True}}
+    base = write_toml(tmp_path / "ami.toml", {"ami": raw, "live": {"endpoint_url": "http://127.0.0.1:9"}})
+    top = write_toml(tmp_path / "ci.toml", {"ami": {"image_name": "web-ci"}})
+    run = amidsl("validate", "--live", "--config", str(base), "--config", str(top))
+    assert run.returncode == 2 and f"{base} + {top}: private_key_source and certificate_source" in run.stderr
+
+
 def test_live_commands_refuse_the_built_in_example(tmp_path):
     for command in (["validate", "--live"], ["build", "--host", "node"]):
         run = amidsl(*command, cwd=tmp_path)

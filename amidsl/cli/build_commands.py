@@ -71,7 +71,7 @@ def build(
     choice = find_config(config, set)
     announce_config(choice, data_on_stdout=json)
     loaded = load_live_config(choice, phase)
-    refuse_example_credentials(choice, loaded.plan.settings)
+    refuse_example_credentials(choice, loaded)
     live = replace(loaded.live, trust_on_first_use=True) if trust_new_host_key else loaded.live
     host = host or (None if modes else live.host)
     if not modes and not host:

@@ -42,7 +42,7 @@ def validate(*, config: list[str], set: list[str], phase: list[str], live: bool)
     s = loaded.plan.settings
     print(f"settings OK: {image_words(s)}, phases: {', '.join(p.name for p in loaded.plan.phases)}")
     if live:
-        refuse_example_credentials(choice, s)
+        refuse_example_credentials(choice, loaded)
         from amidsl.cli.build_commands import check_aws  # boto3 only for the AWS checks
 
         for line in check_aws(loaded):

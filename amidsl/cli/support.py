@@ -284,8 +284,9 @@ def load_live_config(choice: ConfigChoice, phases: list[str] | None = None) -> L
     return LiveConfig(spec, plan, live, layered.origin)
 
 
-def refuse_example_credentials(choice: ConfigChoice, settings: AmiSettings) -> None:
+def refuse_example_credentials(choice: ConfigChoice, loaded: LiveConfig) -> None:
     """Stop a live command before it touches AWS or a node when the settings are the throwaway example."""
+    settings = loaded.plan.settings
     if choice.is_example:
         raise CommandError(
             "--config: live builds and AWS checks need your settings file ([ami] and [live]); "
@@ -298,7 +299,7 @@ def refuse_example_credentials(choice: ConfigChoice, settings: AmiSettings) -> N
     ]
     if example:
         raise CommandError(
-            f"{choice.path}: {' and '.join(example)} = {{ example = true }} is amidsl's throwaway example "
+            f"{loaded.origin}: {' and '.join(example)} = {{ example = true }} is amidsl's throwaway example "
             "pair, which AWS never accepts; give your own files, e.g. "
             '{ local_file = "~/.ec2/pk-XXXX.pem" }'
         )
