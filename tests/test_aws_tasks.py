@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -664,13 +665,15 @@ def no_aws(monkeypatch):
     monkeypatch.setattr(boto3.session, "Session", session)
 
 
-def unused_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
+@pytest.fixture
+def refusing_endpoint() -> Iterator[str]:
+    """An endpoint on 127.0.0.1 that refuses connections: its port is held bound, not listening, so no
+    other process (a test beside this one under pytest -n) can start listening there meanwhile."""
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
 
 
 @pytest.mark.parametrize(
@@ -723,7 +726,7 @@ def test_the_bundle_commands_in_s3_refuse_bad_arguments_before_any_aws_call(caps
 
 @pytest.mark.parametrize("command", ["upload-bundle", "download-bundle", "delete-bundle"])
 def test_an_endpoint_nothing_listens_on_is_named_with_the_fix(
-    capsys, monkeypatch, tmp_path, local_bundle, command
+    capsys, monkeypatch, tmp_path, local_bundle, command, refusing_endpoint
 ):
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(name, raising=False)
@@ -733,7 +736,7 @@ def test_an_endpoint_nothing_listens_on_is_named_with_the_fix(
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no retries with back-off: the port refuses at once
-    endpoint = f"http://127.0.0.1:{unused_port()}"
+    endpoint = refusing_endpoint
     which = ("-m", str(local_bundle)) if command == "upload-bundle" else ("-p", "web", "--yes")
     if command == "download-bundle":
         which = ("-p", "web", "--destination", str(tmp_path / "down"))
