@@ -10,7 +10,17 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from botocore.exceptions import ClientError, SSLError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
+from botocore.retries.standard import ThrottledRetryableChecker, TransientRetryableChecker
 
 from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, SnapshotUploadInterrupted, upload_snapshot
 from amidsl.run.progress import OutputClosed
@@ -143,6 +153,100 @@ def test_a_put_whose_tls_connection_broke_is_retried(region):
     client = Meddling(region.strict_client("ebs"), put_snapshot_block=break_once)
     done = upload(region, blocks_of(0), client=client, concurrency=1)
     assert done.blocks_written == 1 and client.calls.count("put_snapshot_block") == 2
+
+
+def refused(code: str, status: int) -> ClientError:
+    response = {"Error": {"Code": code, "Message": "refused"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "PutSnapshotBlock")  # type: ignore[arg-type]
+
+
+def put_failing_once_with(region, error: Exception):
+    """Upload one block whose first put fails with `error`; the client, to count the puts."""
+    errors = [error]
+
+    def fail_once(params):
+        if errors:
+            raise errors.pop()
+
+    client = Meddling(region.strict_client("ebs"), put_snapshot_block=fail_once)
+    return client, lambda: upload(region, blocks_of(0), client=client, concurrency=1)
+
+
+ENDPOINT = "https://ebs.us-east-1.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # Connections lost or never made (botocore's ConnectionError and HTTPClientError).
+        ProxyConnectionError(proxy_url="http://proxy.example:3128", error="Connection refused"),
+        ConnectTimeoutError(endpoint_url=ENDPOINT),
+        EndpointConnectionError(endpoint_url=ENDPOINT),
+        ConnectionClosedError(endpoint_url=ENDPOINT),
+        ReadTimeoutError(endpoint_url=ENDPOINT),
+        ResponseStreamingError(error="Connection broken: IncompleteRead"),
+        # Throttling, by the EBS direct APIs and by the codes other AWS services use.
+        refused("ConcurrentLimitExceededException", 400),
+        refused("RequestThrottledException", 400),
+        refused("ThrottlingException", 400),
+        refused("ThrottledException", 400),
+        refused("TooManyRequestsException", 400),
+        refused("RequestLimitExceeded", 400),
+        refused("SlowDown", 503),
+        refused("Unknown", 429),
+        refused("Unknown", 509),
+        # Transient trouble on AWS's side.
+        refused("InternalServerException", 500),
+        refused("Unknown", 502),
+        refused("ServiceUnavailable", 503),
+        refused("Unknown", 504),
+        refused("RequestTimeout", 400),
+        refused("PriorRequestNotComplete", 400),
+    ],
+    ids=lambda error: (
+        type(error).__name__
+        if not isinstance(error, ClientError)
+        else (f"{error.response['Error']['Code']}-{error.response['ResponseMetadata']['HTTPStatusCode']}")
+    ),
+)
+def test_a_put_that_failed_on_the_way_or_was_throttled_is_retried(region, error):
+    client, run = put_failing_once_with(region, error)
+    done = run()
+    assert done.blocks_written == 1 and client.calls.count("put_snapshot_block") == 2
+
+
+@pytest.mark.parametrize(
+    "code",
+    sorted(
+        set(
+            ThrottledRetryableChecker._THROTTLED_ERROR_CODES
+            + TransientRetryableChecker._TRANSIENT_ERROR_CODES
+        )
+    ),
+)
+def test_every_error_code_botocores_standard_retry_mode_retries_is_retried_here_too(region, code):
+    # botocore's own lists (of the installed version): a code it retries is retried here too, at any
+    # status, as botocore does.
+    client, run = put_failing_once_with(region, refused(code, 400))
+    assert run().blocks_written == 1 and client.calls.count("put_snapshot_block") == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("ValidationException", 400),
+        ("AccessDeniedException", 403),
+        ("ServiceQuotaExceededException", 402),
+        ("ResourceNotFoundException", 404),
+        ("ConflictException", 409),
+    ],
+)
+def test_a_put_refused_for_what_it_asks_is_not_retried_and_names_the_snapshot(region, code, status):
+    client, run = put_failing_once_with(region, refused(code, status))
+    with pytest.raises(SnapshotUploadError) as caught:
+        run()
+    assert f"writing block 0 to {caught.value.snapshot_id} failed: {code}" in str(caught.value)
+    assert client.calls.count("put_snapshot_block") == 1
 
 
 def test_never_more_than_twice_concurrency_blocks_are_read_and_not_yet_written(region):

@@ -10,11 +10,11 @@ the snapshot.
 Puts run on `concurrency` threads with at most `concurrency` x 2 blocks read and not yet written, so
 memory stays bounded whatever the disk's size. The threads share the client given: its connection pool
 (botocore's max_pool_connections, 10 unless set) should hold `concurrency` connections, else the puts
-beyond it open a connection each and drop it. Throttling and server errors are retried with
-exponential backoff; StartSnapshot carries a ClientToken, so a retried start returns the snapshot the
-first attempt made instead of a second one. Any failure after the start raises SnapshotUploadError,
-whose message names the snapshot left behind and the command that deletes it (messages carry AWS's
-error text, never credentials).
+beyond it open a connection each and drop it. Throttling, server errors and lost connections are
+retried here with exponential backoff (the client's own retries are off); StartSnapshot carries a
+ClientToken, so a retried start returns the snapshot the first attempt made instead of a second one.
+Any failure after the start raises SnapshotUploadError, whose message names the snapshot left behind
+and the command that deletes it (messages carry AWS's error text, never credentials).
 """
 
 from __future__ import annotations
@@ -44,22 +44,40 @@ BACKOFF_SECONDS = 0.5  # the first wait before a retry; doubled each time, at mo
 BACKOFF_CAP_SECONDS = 20.0
 POLL_SECONDS = 5  # between two DescribeSnapshots while waiting for `completed`
 DEFAULT_WAIT_SECONDS = 1800
-# The EBS direct APIs ask callers to retry these (and every 5xx); EC2 throttles with the last two.
+# The live EBS client makes one request per call (live/aws.py), so these are the only retries of the
+# EBS calls: what botocore's standard retry mode retries (botocore/retries/standard.py), and the EBS
+# direct APIs' own throttle on concurrent requests. Never a refusal of the request itself
+# (ValidationException, as on a block whose checksum does not match, AccessDeniedException,
+# ServiceQuotaExceededException...): its retry is refused the same way.
 RETRYABLE_CODES = frozenset(
     {
-        "ThrottlingException",
-        "RequestThrottledException",
-        "InternalServerException",
-        "RequestLimitExceeded",
+        # Throttling: botocore's list of the codes AWS services throttle with, and EBS direct's own.
         "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "EC2ThrottledException",
+        "ConcurrentLimitExceededException",
+        # Transient trouble on AWS's side, whatever the HTTP status says.
+        "InternalServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
     }
 )
-CONNECTION_ERRORS = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectTimeoutError,
-)
+THROTTLED_STATUS = 429  # retried, as is every 5xx (botocore: 500, 502, 503, 504 and 509)
+# A connection that could not be made or broke mid-request: botocore's ConnectionError (SSLError,
+# ProxyConnectionError, EndpointConnectionError, ConnectTimeoutError) and HTTPClientError
+# (ConnectionClosedError, ReadTimeoutError, ResponseStreamingError).
+CONNECTION_ERRORS = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
 
 T = TypeVar("T")
 
@@ -142,7 +160,8 @@ def _retryable(err: BaseException) -> bool:
         return True
     if isinstance(err, botocore.exceptions.ClientError):
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return err.response.get("Error", {}).get("Code") in RETRYABLE_CODES or status >= 500
+        code = err.response.get("Error", {}).get("Code")
+        return code in RETRYABLE_CODES or status == THROTTLED_STATUS or status >= 500
     return False
 
 
