@@ -179,15 +179,16 @@ def with_retries(call: Callable[[], T], attempts: int, pause: Callable[[float], 
 
 
 class _Stopped(Exception):
-    """A put's wait before its next try was ended by Ctrl-C: it tries no more."""
+    """A put's wait before its next try was ended (by Ctrl-C, or by the upload's first failure): it
+    tries no more."""
 
 
 def _pause_unless_stopped(
     pause: Callable[[float], None], stopping: threading.Event
 ) -> Callable[[float], None]:
     """`pause` for the put threads, which Ctrl-C does not reach (Python raises it in the main thread
-    only, which then sets `stopping`): the wait runs on a thread of its own, and _Stopped ends it at
-    once."""
+    only, which then sets `stopping`, as does the upload's first failure): the wait runs on a thread of
+    its own, and _Stopped ends it at once."""
 
     def wait(seconds: float) -> None:
         waiting = threading.Thread(target=pause, args=(seconds,), name="ebs-put-pause", daemon=True)
@@ -284,12 +285,22 @@ def _put_blocks(
     """PutSnapshotBlock for every block on `concurrency` threads; the SHA-256 digest of each by index.
 
     Ctrl-C (KeyboardInterrupt, in the calling thread only) stops reading blocks, drops the puts not
-    begun and waits for those under way before it goes on: the snapshot must not be deleted under them."""
+    begun and waits for those under way before it goes on: the snapshot must not be deleted under them.
+    The first failure (a put failed for good, a block unreadable or not as promised) stops reading
+    blocks too, and ends the other puts' waits before their next tries: the upload has failed."""
     digests: dict[int, bytes] = {}
     failures: list[str] = []
     lock = threading.Lock()
-    stopping = threading.Event()  # set on Ctrl-C: a put waiting to try again ends its wait and stops
+    # Set on Ctrl-C or the first failure: a put waiting to try again ends its wait and stops, a put not
+    # begun is not sent.
+    stopping = threading.Event()
     put_pause = _pause_unless_stopped(pause, stopping)
+
+    def fail(message: str) -> None:
+        with lock:
+            failures.append(message)
+        stopping.set()
+
     # A slot per block read and not yet written: taken before the next block is read, so at most
     # concurrency x 2 blocks are in memory.
     slots = threading.BoundedSemaphore(concurrency * 2)
@@ -299,6 +310,8 @@ def _put_blocks(
         with lock:
             under_way[0] += 1
         try:
+            if stopping.is_set():
+                return  # queued before the upload stopped
             digest = hashlib.sha256(data).digest()
             request = {
                 "SnapshotId": snapshot_id,
@@ -312,10 +325,9 @@ def _put_blocks(
             with lock:
                 digests[index] = digest
         except _Stopped:
-            pass  # Ctrl-C: the main thread reports the snapshot it leaves
+            pass  # Ctrl-C or a failure: the main thread reports the snapshot it leaves
         except Exception as err:  # reported below, with the snapshot it leaves
-            with lock:
-                failures.append(f"writing block {index} to {snapshot_id} failed: {_error_text(err)}")
+            fail(f"writing block {index} to {snapshot_id} failed: {_error_text(err)}")
         finally:
             with lock:
                 under_way[0] -= 1
@@ -338,14 +350,12 @@ def _put_blocks(
                 break
             except Exception as err:  # the disk could not be read: the snapshot is left, say which
                 slots.release()
-                with lock:
-                    failures.append(f"reading the disk's blocks failed: {_error_text(err)}")
+                fail(f"reading the disk's blocks failed: {_error_text(err)}")
                 break
             problem = _block_problem(index, data, previous, last_block)
             if problem:
                 slots.release()
-                with lock:
-                    failures.append(problem)
+                fail(problem)
                 break
             previous = index
             futures = [future for future in futures if not future.done()]
