@@ -10,7 +10,17 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from botocore.exceptions import ClientError, SSLError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
+from botocore.retries.standard import ThrottledRetryableChecker, TransientRetryableChecker
 
 from amidsl.run.ebs_upload import BLOCK_SIZE, SnapshotUploadError, SnapshotUploadInterrupted, upload_snapshot
 from amidsl.run.progress import OutputClosed
@@ -143,6 +153,100 @@ def test_a_put_whose_tls_connection_broke_is_retried(region):
     client = Meddling(region.strict_client("ebs"), put_snapshot_block=break_once)
     done = upload(region, blocks_of(0), client=client, concurrency=1)
     assert done.blocks_written == 1 and client.calls.count("put_snapshot_block") == 2
+
+
+def refused(code: str, status: int) -> ClientError:
+    response = {"Error": {"Code": code, "Message": "refused"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "PutSnapshotBlock")  # type: ignore[arg-type]
+
+
+def put_failing_once_with(region, error: Exception):
+    """Upload one block whose first put fails with `error`; the client, to count the puts."""
+    errors = [error]
+
+    def fail_once(params):
+        if errors:
+            raise errors.pop()
+
+    client = Meddling(region.strict_client("ebs"), put_snapshot_block=fail_once)
+    return client, lambda: upload(region, blocks_of(0), client=client, concurrency=1)
+
+
+ENDPOINT = "https://ebs.us-east-1.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # Connections lost or never made (botocore's ConnectionError and HTTPClientError).
+        ProxyConnectionError(proxy_url="http://proxy.example:3128", error="Connection refused"),
+        ConnectTimeoutError(endpoint_url=ENDPOINT),
+        EndpointConnectionError(endpoint_url=ENDPOINT),
+        ConnectionClosedError(endpoint_url=ENDPOINT),
+        ReadTimeoutError(endpoint_url=ENDPOINT),
+        ResponseStreamingError(error="Connection broken: IncompleteRead"),
+        # Throttling, by the EBS direct APIs and by the codes other AWS services use.
+        refused("ConcurrentLimitExceededException", 400),
+        refused("RequestThrottledException", 400),
+        refused("ThrottlingException", 400),
+        refused("ThrottledException", 400),
+        refused("TooManyRequestsException", 400),
+        refused("RequestLimitExceeded", 400),
+        refused("SlowDown", 503),
+        refused("Unknown", 429),
+        refused("Unknown", 509),
+        # Transient trouble on AWS's side.
+        refused("InternalServerException", 500),
+        refused("Unknown", 502),
+        refused("ServiceUnavailable", 503),
+        refused("Unknown", 504),
+        refused("RequestTimeout", 400),
+        refused("PriorRequestNotComplete", 400),
+    ],
+    ids=lambda error: (
+        type(error).__name__
+        if not isinstance(error, ClientError)
+        else (f"{error.response['Error']['Code']}-{error.response['ResponseMetadata']['HTTPStatusCode']}")
+    ),
+)
+def test_a_put_that_failed_on_the_way_or_was_throttled_is_retried(region, error):
+    client, run = put_failing_once_with(region, error)
+    done = run()
+    assert done.blocks_written == 1 and client.calls.count("put_snapshot_block") == 2
+
+
+@pytest.mark.parametrize(
+    "code",
+    sorted(
+        set(
+            ThrottledRetryableChecker._THROTTLED_ERROR_CODES
+            + TransientRetryableChecker._TRANSIENT_ERROR_CODES
+        )
+    ),
+)
+def test_every_error_code_botocores_standard_retry_mode_retries_is_retried_here_too(region, code):
+    # botocore's own lists (of the installed version): a code it retries is retried here too, at any
+    # status, as botocore does.
+    client, run = put_failing_once_with(region, refused(code, 400))
+    assert run().blocks_written == 1 and client.calls.count("put_snapshot_block") == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("ValidationException", 400),
+        ("AccessDeniedException", 403),
+        ("ServiceQuotaExceededException", 402),
+        ("ResourceNotFoundException", 404),
+        ("ConflictException", 409),
+    ],
+)
+def test_a_put_refused_for_what_it_asks_is_not_retried_and_names_the_snapshot(region, code, status):
+    client, run = put_failing_once_with(region, refused(code, status))
+    with pytest.raises(SnapshotUploadError) as caught:
+        run()
+    assert f"writing block 0 to {caught.value.snapshot_id} failed: {code}" in str(caught.value)
+    assert client.calls.count("put_snapshot_block") == 1
 
 
 def test_never_more_than_twice_concurrency_blocks_are_read_and_not_yet_written(region):
@@ -371,6 +475,73 @@ def test_ctrl_c_ends_a_puts_wait_before_its_next_try_at_once_and_it_tries_no_mor
     assert time.monotonic() - started < 2
     assert tries == [0] and len(ctrl_c.handled) == 1
     assert caught.value.snapshot_id == "snap-0123456789abcdef0" and not caught.value.completing
+
+
+def test_a_put_failed_for_good_ends_the_other_puts_waits_at_once_and_they_try_no_more():
+    tries, waits = [], []
+    waiting, all_given, released = threading.Event(), threading.Event(), threading.Event()
+
+    def put(index):
+        tries.append(index)
+        if index == 0:
+            waiting.wait(10)  # block 1's put waits to try again
+            all_given.wait(10)  # block 2's put is queued behind these two
+            raise refused("AccessDeniedException", 403)
+        raise throttled("PutSnapshotBlock")
+
+    def pause(seconds):
+        waits.append(seconds)
+        waiting.set()
+        released.wait(3)  # the clock, as long as the test is willing to wait
+
+    def source():
+        yield from blocks_of(0, 1, 2)
+        all_given.set()  # asked for a block after the last: every block is submitted
+
+    client = Instant(put=put)
+    try:
+        with pytest.raises(SnapshotUploadError) as caught:
+            upload_snapshot(
+                client, source(), ec2=client, volume_size_gib=1, concurrency=2, attempts=3, pause=pause
+            )
+    finally:
+        released.set()
+    assert sorted(tries) == [0, 1] and len(waits) == 1  # block 1 tried once; block 2 never
+    assert str(caught.value).startswith(
+        "writing block 0 to snap-0123456789abcdef0 failed: AccessDeniedException: refused. "
+        "The snapshot snap-0123456789abcdef0 is left in us-east-1; delete it with "
+    )
+
+
+def test_a_disk_that_cannot_be_read_ends_a_puts_wait_at_once_and_it_tries_no_more():
+    tries, waits = [], []
+    waiting, released = threading.Event(), threading.Event()
+
+    def put(index):
+        tries.append(index)
+        raise throttled("PutSnapshotBlock")
+
+    def pause(seconds):
+        waits.append(seconds)
+        waiting.set()
+        released.wait(3)  # the clock, as long as the test is willing to wait
+
+    def source():
+        yield from blocks_of(0)
+        waiting.wait(10)  # block 0's put waits to try again
+        raise OSError(5, "Input/output error")
+
+    client = Instant(put=put)
+    try:
+        with pytest.raises(SnapshotUploadError) as caught:
+            upload_snapshot(
+                client, source(), ec2=client, volume_size_gib=1, concurrency=1, attempts=3, pause=pause
+            )
+    finally:
+        released.set()
+    assert tries == [0] and len(waits) == 1
+    assert "reading the disk's blocks failed: OSError: [Errno 5] Input/output error" in str(caught.value)
+    assert "snap-0123456789abcdef0 is left" in str(caught.value)
 
 
 def test_ctrl_c_while_waiting_for_completed_says_the_snapshot_was_completed(region):

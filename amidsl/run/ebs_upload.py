@@ -10,11 +10,11 @@ the snapshot.
 Puts run on `concurrency` threads with at most `concurrency` x 2 blocks read and not yet written, so
 memory stays bounded whatever the disk's size. The threads share the client given: its connection pool
 (botocore's max_pool_connections, 10 unless set) should hold `concurrency` connections, else the puts
-beyond it open a connection each and drop it. Throttling and server errors are retried with
-exponential backoff; StartSnapshot carries a ClientToken, so a retried start returns the snapshot the
-first attempt made instead of a second one. Any failure after the start raises SnapshotUploadError,
-whose message names the snapshot left behind and the command that deletes it (messages carry AWS's
-error text, never credentials).
+beyond it open a connection each and drop it. Throttling, server errors and lost connections are
+retried here with exponential backoff (the client's own retries are off); StartSnapshot carries a
+ClientToken, so a retried start returns the snapshot the first attempt made instead of a second one.
+Any failure after the start raises SnapshotUploadError, whose message names the snapshot left behind
+and the command that deletes it (messages carry AWS's error text, never credentials).
 """
 
 from __future__ import annotations
@@ -44,22 +44,40 @@ BACKOFF_SECONDS = 0.5  # the first wait before a retry; doubled each time, at mo
 BACKOFF_CAP_SECONDS = 20.0
 POLL_SECONDS = 5  # between two DescribeSnapshots while waiting for `completed`
 DEFAULT_WAIT_SECONDS = 1800
-# The EBS direct APIs ask callers to retry these (and every 5xx); EC2 throttles with the last two.
+# The live EBS client makes one request per call (live/aws.py), so these are the only retries of the
+# EBS calls: what botocore's standard retry mode retries (botocore/retries/standard.py), and the EBS
+# direct APIs' own throttle on concurrent requests. Never a refusal of the request itself
+# (ValidationException, as on a block whose checksum does not match, AccessDeniedException,
+# ServiceQuotaExceededException...): its retry is refused the same way.
 RETRYABLE_CODES = frozenset(
     {
-        "ThrottlingException",
-        "RequestThrottledException",
-        "InternalServerException",
-        "RequestLimitExceeded",
+        # Throttling: botocore's list of the codes AWS services throttle with, and EBS direct's own.
         "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "EC2ThrottledException",
+        "ConcurrentLimitExceededException",
+        # Transient trouble on AWS's side, whatever the HTTP status says.
+        "InternalServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
     }
 )
-CONNECTION_ERRORS = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectTimeoutError,
-)
+THROTTLED_STATUS = 429  # retried, as is every 5xx (botocore: 500, 502, 503, 504 and 509)
+# A connection that could not be made or broke mid-request: botocore's ConnectionError (SSLError,
+# ProxyConnectionError, EndpointConnectionError, ConnectTimeoutError) and HTTPClientError
+# (ConnectionClosedError, ReadTimeoutError, ResponseStreamingError).
+CONNECTION_ERRORS = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
 
 T = TypeVar("T")
 
@@ -142,7 +160,8 @@ def _retryable(err: BaseException) -> bool:
         return True
     if isinstance(err, botocore.exceptions.ClientError):
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return err.response.get("Error", {}).get("Code") in RETRYABLE_CODES or status >= 500
+        code = err.response.get("Error", {}).get("Code")
+        return code in RETRYABLE_CODES or status == THROTTLED_STATUS or status >= 500
     return False
 
 
@@ -160,15 +179,16 @@ def with_retries(call: Callable[[], T], attempts: int, pause: Callable[[float], 
 
 
 class _Stopped(Exception):
-    """A put's wait before its next try was ended by Ctrl-C: it tries no more."""
+    """A put's wait before its next try was ended (by Ctrl-C, or by the upload's first failure): it
+    tries no more."""
 
 
 def _pause_unless_stopped(
     pause: Callable[[float], None], stopping: threading.Event
 ) -> Callable[[float], None]:
     """`pause` for the put threads, which Ctrl-C does not reach (Python raises it in the main thread
-    only, which then sets `stopping`): the wait runs on a thread of its own, and _Stopped ends it at
-    once."""
+    only, which then sets `stopping`, as does the upload's first failure): the wait runs on a thread of
+    its own, and _Stopped ends it at once."""
 
     def wait(seconds: float) -> None:
         waiting = threading.Thread(target=pause, args=(seconds,), name="ebs-put-pause", daemon=True)
@@ -265,12 +285,22 @@ def _put_blocks(
     """PutSnapshotBlock for every block on `concurrency` threads; the SHA-256 digest of each by index.
 
     Ctrl-C (KeyboardInterrupt, in the calling thread only) stops reading blocks, drops the puts not
-    begun and waits for those under way before it goes on: the snapshot must not be deleted under them."""
+    begun and waits for those under way before it goes on: the snapshot must not be deleted under them.
+    The first failure (a put failed for good, a block unreadable or not as promised) stops reading
+    blocks too, and ends the other puts' waits before their next tries: the upload has failed."""
     digests: dict[int, bytes] = {}
     failures: list[str] = []
     lock = threading.Lock()
-    stopping = threading.Event()  # set on Ctrl-C: a put waiting to try again ends its wait and stops
+    # Set on Ctrl-C or the first failure: a put waiting to try again ends its wait and stops, a put not
+    # begun is not sent.
+    stopping = threading.Event()
     put_pause = _pause_unless_stopped(pause, stopping)
+
+    def fail(message: str) -> None:
+        with lock:
+            failures.append(message)
+        stopping.set()
+
     # A slot per block read and not yet written: taken before the next block is read, so at most
     # concurrency x 2 blocks are in memory.
     slots = threading.BoundedSemaphore(concurrency * 2)
@@ -280,6 +310,8 @@ def _put_blocks(
         with lock:
             under_way[0] += 1
         try:
+            if stopping.is_set():
+                return  # queued before the upload stopped
             digest = hashlib.sha256(data).digest()
             request = {
                 "SnapshotId": snapshot_id,
@@ -293,10 +325,9 @@ def _put_blocks(
             with lock:
                 digests[index] = digest
         except _Stopped:
-            pass  # Ctrl-C: the main thread reports the snapshot it leaves
+            pass  # Ctrl-C or a failure: the main thread reports the snapshot it leaves
         except Exception as err:  # reported below, with the snapshot it leaves
-            with lock:
-                failures.append(f"writing block {index} to {snapshot_id} failed: {_error_text(err)}")
+            fail(f"writing block {index} to {snapshot_id} failed: {_error_text(err)}")
         finally:
             with lock:
                 under_way[0] -= 1
@@ -319,14 +350,12 @@ def _put_blocks(
                 break
             except Exception as err:  # the disk could not be read: the snapshot is left, say which
                 slots.release()
-                with lock:
-                    failures.append(f"reading the disk's blocks failed: {_error_text(err)}")
+                fail(f"reading the disk's blocks failed: {_error_text(err)}")
                 break
             problem = _block_problem(index, data, previous, last_block)
             if problem:
                 slots.release()
-                with lock:
-                    failures.append(problem)
+                fail(problem)
                 break
             previous = index
             futures = [future for future in futures if not future.done()]
