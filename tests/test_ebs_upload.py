@@ -220,8 +220,10 @@ def test_a_put_that_failed_on_the_way_or_was_throttled_is_retried(region, error)
     sorted(
         set(
             # botocore's private lists: should a release rename them, the test is skipped, not broken
-            [*getattr(ThrottledRetryableChecker, "_THROTTLED_ERROR_CODES", ())]
-            + [*getattr(TransientRetryableChecker, "_TRANSIENT_ERROR_CODES", ())]
+            [
+                *getattr(ThrottledRetryableChecker, "_THROTTLED_ERROR_CODES", ()),
+                *getattr(TransientRetryableChecker, "_TRANSIENT_ERROR_CODES", ()),
+            ]
         )
     ),
 )
