@@ -480,71 +480,76 @@ def test_ctrl_c_ends_a_puts_wait_before_its_next_try_at_once_and_it_tries_no_mor
     assert caught.value.snapshot_id == "snap-0123456789abcdef0" and not caught.value.completing
 
 
+class HeldPause:
+    """A retry's wait that lasts until the upload ends (or 3 s): whether the upload ends it early shows."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.waiting, self.released = threading.Event(), threading.Event()
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.waiting.set()
+        self.released.wait(3)  # the clock, as long as the test is willing to wait
+
+    def failed_upload(self, put, source, concurrency: int) -> SnapshotUploadError:
+        """The error of an upload of `source` whose puts `put` answers, waiting with this pause."""
+        client = Instant(put=put)
+        try:
+            with pytest.raises(SnapshotUploadError) as caught:
+                upload_snapshot(
+                    client,
+                    source,
+                    ec2=client,
+                    volume_size_gib=1,
+                    concurrency=concurrency,
+                    attempts=3,
+                    pause=self,
+                )
+        finally:
+            self.released.set()
+        return caught.value
+
+
 def test_a_put_failed_for_good_ends_the_other_puts_waits_at_once_and_they_try_no_more():
-    tries, waits = [], []
-    waiting, all_given, released = threading.Event(), threading.Event(), threading.Event()
+    tries, pause, all_given = [], HeldPause(), threading.Event()
 
     def put(index):
         tries.append(index)
         if index == 0:
-            waiting.wait(10)  # block 1's put waits to try again
+            pause.waiting.wait(10)  # block 1's put waits to try again
             all_given.wait(10)  # block 2's put is queued behind these two
             raise refused("AccessDeniedException", 403)
         raise throttled("PutSnapshotBlock")
-
-    def pause(seconds):
-        waits.append(seconds)
-        waiting.set()
-        released.wait(3)  # the clock, as long as the test is willing to wait
 
     def source():
         yield from blocks_of(0, 1, 2)
         all_given.set()  # asked for a block after the last: every block is submitted
 
-    client = Instant(put=put)
-    try:
-        with pytest.raises(SnapshotUploadError) as caught:
-            upload_snapshot(
-                client, source(), ec2=client, volume_size_gib=1, concurrency=2, attempts=3, pause=pause
-            )
-    finally:
-        released.set()
-    assert sorted(tries) == [0, 1] and len(waits) == 1  # block 1 tried once; block 2 never
-    assert str(caught.value).startswith(
+    error = pause.failed_upload(put, source(), concurrency=2)
+    assert sorted(tries) == [0, 1] and len(pause.waits) == 1  # block 1 tried once; block 2 never
+    assert str(error).startswith(
         "writing block 0 to snap-0123456789abcdef0 failed: AccessDeniedException: refused. "
         "The snapshot snap-0123456789abcdef0 is left in us-east-1; delete it with "
     )
 
 
 def test_a_disk_that_cannot_be_read_ends_a_puts_wait_at_once_and_it_tries_no_more():
-    tries, waits = [], []
-    waiting, released = threading.Event(), threading.Event()
+    tries, pause = [], HeldPause()
 
     def put(index):
         tries.append(index)
         raise throttled("PutSnapshotBlock")
 
-    def pause(seconds):
-        waits.append(seconds)
-        waiting.set()
-        released.wait(3)  # the clock, as long as the test is willing to wait
-
     def source():
         yield from blocks_of(0)
-        waiting.wait(10)  # block 0's put waits to try again
+        pause.waiting.wait(10)  # block 0's put waits to try again
         raise OSError(5, "Input/output error")
 
-    client = Instant(put=put)
-    try:
-        with pytest.raises(SnapshotUploadError) as caught:
-            upload_snapshot(
-                client, source(), ec2=client, volume_size_gib=1, concurrency=1, attempts=3, pause=pause
-            )
-    finally:
-        released.set()
-    assert tries == [0] and len(waits) == 1
-    assert "reading the disk's blocks failed: OSError: [Errno 5] Input/output error" in str(caught.value)
-    assert "snap-0123456789abcdef0 is left" in str(caught.value)
+    error = pause.failed_upload(put, source(), concurrency=1)
+    assert tries == [0] and len(pause.waits) == 1
+    assert "reading the disk's blocks failed: OSError: [Errno 5] Input/output error" in str(error)
+    assert "snap-0123456789abcdef0 is left" in str(error)
 
 
 def test_ctrl_c_while_waiting_for_completed_says_the_snapshot_was_completed(region):
