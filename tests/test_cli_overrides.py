@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -200,6 +201,21 @@ def test_an_unknown_variable_in_a_tag_names_the_tag_and_the_file(capsys, tmp_pat
     status, _, err = amidsl(capsys, "plan", "-c", str(config), "-c", str(ci))
     assert status == 2
     assert f"tags.Build (from {ci}): uses an unknown variable {{git_sha_shrot}}" in err
+
+
+def test_variables_in_a_list_are_what_the_plan_shows_and_a_problem_names_the_entry_and_the_file(
+    capsys, monkeypatch, tmp_path, config
+):
+    monkeypatch.setenv("DR_REGION", "us-west-2")
+    status, out, err = amidsl(
+        capsys, "plan", "-c", str(config), "--set", 'copy_to_regions=["{env:DR_REGION}"]'
+    )
+    assert status == 0, err
+    assert re.search(r"copy_to_regions +us-west-2\n", out)
+    ci = write_toml(tmp_path / "ci.toml", {"ami": {"copy_to_regions": ["eu-west-1", "{env:DR_REGOIN}"]}})
+    status, _, err = amidsl(capsys, "plan", "-c", str(config), "-c", str(ci))
+    assert status == 2
+    assert f"copy_to_regions[1] (from {ci}): uses {{env:DR_REGOIN}}, but DR_REGOIN is not set" in err
 
 
 def test_an_unknown_variable_is_an_error_naming_setting_and_variable(capsys, config):

@@ -13,7 +13,7 @@ from amidsl.settings.variables import RunValues, expand_tables
 NOW = datetime(2026, 11, 5, 14, 30, 7, tzinfo=timezone.utc)
 TEXT = {"ami": {"image_name", "image_description", "secret_key", "region"}, "live": {"host"}}
 SECRET = {"ami": {"secret_key"}}
-PAIRS = {"ami": {"tags", "copy_kms_key_ids"}}  # tables whose values are strings
+COLLECTIONS = {"ami": {"tags", "copy_kms_key_ids", "copy_to_regions"}}  # tables and lists of strings
 
 
 def expand(tables: dict, environ: dict | None = None, git_dir: Path = Path("/")) -> tuple[dict, list[str]]:
@@ -24,7 +24,7 @@ def expand(tables: dict, environ: dict | None = None, git_dir: Path = Path("/"))
         lambda table, key: key in TEXT.get(table, ()),
         lambda table, key: key in SECRET.get(table, ()),
         run,
-        is_text_table=lambda table, key: key in PAIRS.get(table, ()),
+        is_text_collection=lambda table, key: key in COLLECTIONS.get(table, ()),
     )
     return expanded, [str(problem) for problem in problems]
 
@@ -188,3 +188,20 @@ def test_git_sha_outside_a_git_work_tree_is_a_clear_error(tmp_path):
 def test_a_value_without_a_string_type_is_never_expanded(text):
     expanded, _ = expand({"ami": {"upload_concurrency": text}})  # not a string setting: its reader says so
     assert expanded["ami"]["upload_concurrency"] == text
+
+
+def test_the_strings_of_a_list_expand_and_a_problem_names_the_entry():
+    expanded, problems = expand(
+        {"ami": {"copy_to_regions": ["{env:DR_REGION}", "eu-west-1", 7, "{nope}"]}},
+        {"DR_REGION": "us-west-2"},
+    )
+    assert expanded["ami"]["copy_to_regions"][:3] == [
+        "us-west-2",
+        "eu-west-1",
+        7,
+    ]  # not a string: its reader's
+    assert problems == [
+        "copy_to_regions[3]: uses an unknown variable {nope}. "
+        "Fix: use one of {date}, {timestamp}, {git_sha}, {git_sha_short}, {env:NAME}, or write {{ and }} "
+        "for literal braces."
+    ]

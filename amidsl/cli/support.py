@@ -111,7 +111,9 @@ def table_keys() -> TableKeys:
         known={"ami": frozenset(USER_KEYS), "live": frozenset(LIVE_KEYS)},
         text={"ami": frozenset(r.name for r in ROWS if r.given and r.holds_text), "live": LIVE_TEXT_KEYS},
         secret={"ami": SECRET_KEYS, "live": frozenset()},
-        text_tables={"ami": frozenset(r.name for r in ROWS if r.given and r.holds_pairs)},
+        text_collections={
+            "ami": frozenset(r.name for r in ROWS if r.given and (r.holds_pairs or r.holds_text_list))
+        },
     )
 
 
@@ -130,7 +132,7 @@ def load_layered(choice: ConfigChoice) -> Layered:
     tables = {name: value for name, value in tables.items() if isinstance(value, dict)}
     run = RunValues(now=choice.started, git_dir=choice.git_dir)
     expanded, problems = expand_tables(
-        tables, keys.is_text, keys.is_secret, run, is_text_table=keys.is_text_table
+        tables, keys.is_text, keys.is_secret, run, is_text_collection=keys.is_text_collection
     )
     if problems:
         raise layered.error(problems)

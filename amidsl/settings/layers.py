@@ -38,20 +38,20 @@ SET_EXAMPLES = (
 @dataclass(frozen=True)
 class TableKeys:
     """What the settings tables hold, per table ("ami", "live"): every key, the strings, the secrets,
-    and the tables of strings (tags, keys by region)."""
+    and the tables and lists of strings (tags, keys by region, regions, accounts)."""
 
     known: Mapping[str, frozenset[str]]
     text: Mapping[str, frozenset[str]]
     secret: Mapping[str, frozenset[str]]
-    text_tables: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    text_collections: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def is_text(self, table: str, key: str) -> bool:
         """Whether the setting holds a string (snake_case key)."""
         return key in self.text.get(table, frozenset())
 
-    def is_text_table(self, table: str, key: str) -> bool:
-        """Whether the setting is a table whose values are strings (snake_case key)."""
-        return key in self.text_tables.get(table, frozenset())
+    def is_text_collection(self, table: str, key: str) -> bool:
+        """Whether the setting is a table whose values are strings, or a list of strings (snake_case key)."""
+        return key in self.text_collections.get(table, frozenset())
 
     def is_secret(self, table: str, key: str) -> bool:
         """Whether no message may show the setting's value (snake_case key)."""
@@ -93,7 +93,8 @@ class Layered:
     def origin_of(self, setting: str) -> str | None:
         """The layer that gave a setting a problem names ('image_name', 'live.host'), if one did."""
         table, _, rest = setting.partition(".") if setting.startswith("live.") else ("ami", "", setting)
-        return self.origins.get((table, rest.split(".")[0].split(" ")[0].replace("-", "_")))
+        key = rest.split(".")[0].split(" ")[0].split("[")[0]  # tags.Build, copy_to_regions[0]
+        return self.origins.get((table, key.replace("-", "_")))
 
     def annotate(self, problems: Iterable[Problem]) -> list[Problem]:
         """The problems, each naming the layer its setting came from when there are several layers."""

@@ -51,15 +51,17 @@ def settings_reference() -> str:
 
 def settings_document() -> str:
     """The whole of docs/settings.md: a short introduction and the reference."""
+    tables = ", ".join(f"`{row.name}`" for row in ROWS if row.given and row.holds_pairs)
+    lists = ", ".join(f"`{row.name}`" for row in ROWS if row.given and row.holds_text_list)
     intro = (
         "# amidsl settings\n\n"
         "Settings live in the `[ami]` table of a TOML file (kebab-case keys such as `image-name` work as "
         "well, for people porting pallet maps). Start from "
         "[`examples/ami.toml`](../examples/ami.toml); the [README](../README.md) says how a build uses "
         "them.\n\n"
-        "Settings given as strings, and the values of the tables of strings "
-        f"({', '.join(f'`{row.name}`' for row in ROWS if row.given and row.holds_pairs)}), may use "
-        "variables such as `{date}`, `{git_sha_short}` and `{env:NAME}` "
+        f"Settings given as strings, the values of the tables of strings ({tables}) and the strings of "
+        f"the lists ({lists}) may use variables such as "
+        "`{date}`, `{git_sha_short}` and `{env:NAME}` "
         "(see [Overrides and variables](../README.md#overrides-and-variables)); the tables' keys are "
         "taken as written.\n\n"
         "This file is generated from the settings table (`amidsl/settings/table.py`, one row per "

@@ -89,6 +89,11 @@ class Setting:
         return self.type.split(" |")[0] in ("str", "Secret")
 
     @property
+    def holds_text_list(self) -> bool:
+        """Whether the setting is a TOML list of strings: regions, accounts, paths and patterns."""
+        return self.type == "tuple[str, ...]"
+
+    @property
     def holds_pairs(self) -> bool:
         """Whether the setting is a TOML table read as (key, value) pairs: tags, keys by region."""
         return self.type == "tuple[tuple[str, str], ...]"

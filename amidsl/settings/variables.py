@@ -86,13 +86,14 @@ def git_commit(directory: Path) -> str:
 
 @dataclass(frozen=True)
 class _Text:
-    """One string to expand: its table, its key, the key inside a table of strings, and its name."""
+    """One string to expand: its table, its key, its key or index in a table or list, and its name."""
 
     table: str
     key: str
-    entry: str | None  # the key in a table of strings (`Build` of `tags`); None for a string setting
+    # The key in a table of strings (`Build` of `tags`), the index in a list; None for a string setting.
+    entry: str | int | None
     value: str
-    setting: str  # for messages: `image_name`, `live.host`, `tags.Build`
+    setting: str  # for messages: `image_name`, `live.host`, `tags.Build`, `copy_to_regions[0]`
 
 
 def expand_tables(
@@ -101,19 +102,19 @@ def expand_tables(
     is_secret: Callable[[str, str], bool],
     run: RunValues,
     *,
-    is_text_table: Callable[[str, str], bool],
+    is_text_collection: Callable[[str, str], bool],
 ) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
-    """Expand the variables in every string setting and table of strings; the tables and the problems.
+    """Expand the variables in every string setting, table and list of strings; the tables and problems.
 
     `tables` maps "ami"/"live" to their values; `is_text(table, key)` says which settings hold strings,
-    `is_text_table(table, key)` which hold tables of strings (only their values expand), `is_secret(table,
-    key)` which are secret. An environment variable a secret setting uses may appear in no other setting,
-    which would show it. Each variable is worked out at most once (git is asked only when `{git_sha}` is
-    used). The tables given are left as they are.
+    `is_text_collection(table, key)` which hold tables of strings (only their values expand) or lists of
+    strings, `is_secret(table, key)` which are secret. An environment variable a secret setting uses
+    may appear in no other setting, which would show it. Each variable is worked out at most once (git
+    is asked only when `{git_sha}` is used). The tables given are left as they are.
     """
     problems: list[Problem] = []
     known: dict[str, str] = {}
-    texts = list(_texts(tables, is_text, is_text_table))
+    texts = list(_texts(tables, is_text, is_text_collection))
     # Each environment variable a secret comes from, and whose secret it is: the secret settings', and
     # those the AWS credential chain reads when the settings give no keys.
     secret_env = {f"env:{name}": CREDENTIAL_CHAIN for name in CREDENTIAL_CHAIN_ENV}
@@ -125,8 +126,7 @@ def expand_tables(
         if name.startswith("env:")
     )
     expanded = {
-        table: {key: dict(value) if isinstance(value, Mapping) else value for key, value in values.items()}
-        for table, values in tables.items()
+        table: {key: _copy(value) for key, value in values.items()} for table, values in tables.items()
     }
     for text in texts:
         own = f"the secret setting {text.setting}"
@@ -151,18 +151,29 @@ def expand_tables(
 def _texts(
     tables: Mapping[str, Mapping[str, Any]],
     is_text: Callable[[str, str], bool],
-    is_text_table: Callable[[str, str], bool],
+    is_text_collection: Callable[[str, str], bool],
 ) -> Iterator[_Text]:
-    """The strings variables expand in: string settings, and the string values of tables of strings."""
+    """The strings variables expand in: string settings, and the strings of tables and lists of strings."""
     for table, values in tables.items():
         for key, value in values.items():
             setting = key if table == "ami" else f"{table}.{key}"
             if isinstance(value, str) and is_text(table, _snake(key)):
                 yield _Text(table, key, None, value, setting)
-            elif isinstance(value, Mapping) and is_text_table(table, _snake(key)):
+            elif isinstance(value, Mapping) and is_text_collection(table, _snake(key)):
                 for entry, text in value.items():
                     if isinstance(text, str):  # another type is its reader's to refuse
                         yield _Text(table, key, entry, text, f"{setting}.{entry}")
+            elif isinstance(value, list) and is_text_collection(table, _snake(key)):
+                for index, text in enumerate(value):
+                    if isinstance(text, str):
+                        yield _Text(table, key, index, text, f"{setting}[{index}]")
+
+
+def _copy(value: Any) -> Any:
+    """A table's or list's own copy, to expand in (the value given is left as it is)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    return list(value) if isinstance(value, list) else value
 
 
 def _snake(key: object) -> str:
