@@ -141,6 +141,25 @@ def test_a_secret_value_given_on_the_command_line_is_refused_and_not_echoed(caps
     assert "--set secret_key" in err  # the announcement names the key only
 
 
+def test_a_variable_in_a_setting_the_backing_does_not_read_is_not_worked_out(
+    capsys, monkeypatch, tmp_path, config
+):
+    # One file for both backings: the jobs that make an S3 bundle export its bucket, an EBS job need not,
+    # as an EBS build reads neither s3_bucket nor s3_path (the preview names them as unused_by_backing).
+    monkeypatch.delenv("BUNDLE_BUCKET", raising=False)
+    shared = write_toml(
+        tmp_path / "shared.toml",
+        {"ami": {"s3_bucket": "{env:BUNDLE_BUCKET}", "s3_path": "web/{git_sha_short}"}},
+    )
+    ebs = ("--set", "bundler=native", "--set", "backing=ebs")
+    status, out, err = amidsl(capsys, "validate", "-c", str(config), "-c", str(shared), *ebs)
+    assert status == 0, err
+    assert "root disk to an EBS snapshot" in out
+    status, out, err = amidsl(capsys, "plan", "-c", str(config), "-c", str(shared), *ebs)
+    assert status == 0, err
+    assert "unused_by_backing" in out and "s3_bucket, s3_path" in out
+
+
 def commit_in(repo: Path) -> str:
     """Commit the repository's amidsl.toml; the commit's id."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(repo)]
