@@ -713,6 +713,20 @@ def test_an_exclude_pattern_that_empties_a_directory_every_image_boots_from_is_r
     assert f"entry {pattern!r} matches" in message and "every image needs to boot" in message
 
 
+@pytest.mark.parametrize("setting", ["exclusions", "extra_exclusions"])
+@pytest.mark.parametrize("directory", ["/boot", "/usr"])
+def test_an_exclusion_of_a_directory_every_image_boots_from_is_refused_as_that_exclude_pattern_is(
+    raw_settings, setting, directory
+):
+    # exclude_patterns = ["/usr"] is refused; the same directory among the exclusions leaves it out of the
+    # image just as surely, and the build registers an image without a kernel or a C library.
+    assert "every image needs to boot" in the_problem(
+        raw_settings | {"exclude_patterns": [directory]}, "exclude_patterns"
+    )
+    message = the_problem(raw_settings | {"bundler": "native", setting: [directory]}, setting)
+    assert repr(directory) in message and "Fix: " in message
+
+
 @pytest.mark.parametrize(
     ("given", "fix"),
     [
