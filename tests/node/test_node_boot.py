@@ -118,6 +118,20 @@ def test_an_hvm_check_of_a_volume_without_a_kernel_is_an_error(volume, destinati
     assert "holds no kernel (vmlinuz-*)" in run.stderr and "linux-image-amd64" in run.stderr
 
 
+@needs_grub
+def test_an_hvm_check_of_a_volume_whose_kernel_the_exclude_patterns_leave_out_is_an_error(
+    volume, destination
+):
+    # The volume holds a kernel, but the image made from it would not: it boots no better than a volume
+    # without one, and the build would register it.
+    make_bootable(volume)
+    request = {"volume": str(volume), "destination_dir": str(destination), "virtualization_type": "hvm"}
+    assert run_node("check", request).returncode == 0
+    run = run_node("check", request | {"exclude_patterns": ["/boot/vmlinuz*"]})
+    assert run.returncode == 1, run.stderr
+    assert "no kernel (vmlinuz-*)" in run.stderr
+
+
 def test_a_paravirtual_volume_without_a_kernel_is_only_a_warning(volume, destination):
     run = run_node("check", {"volume": str(volume), "destination_dir": str(destination)})
     assert run.returncode == 0, run.stderr
