@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from amidsl.settings.constants import AMI_TOOLS_URL, DEFAULT_RUBY_VERSION
-from amidsl.settings.paths import PROTECTED_DIRS
+from amidsl.settings.paths import ANY_ENTRY, BOOT_PATHS, FILLED_BOOT_DIRS, PROTECTED_DIRS
 from amidsl.settings.readers import (
     comma_free,
     got,
@@ -249,45 +249,6 @@ def account_id(r: Reading, row: Setting) -> str | None:
             "give your 12-digit account id, e.g. '1234-5678-9012' or '123456789012'",
         )
     return digits
-
-
-# Paths every image needs to boot, the image's root first. Both bundlers match exclude_patterns as
-# fnmatch does, `*` crossing '/' (the node program; `find -path` for ec2-bundle-vol's -e), so one
-# pattern matching one of these leaves out what no image boots without.
-BOOT_PATHS = (
-    "/",
-    "/bin",
-    "/bin/sh",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/etc/passwd",
-    "/lib",
-    "/proc",
-    "/sbin",
-    "/sbin/init",
-    "/sys",
-    "/usr",
-    "/usr/bin",
-    "/usr/lib",
-    "/usr/sbin",
-)
-
-
-# Directories whose every entry may be what boots (a kernel, the C library, init): a pattern that matches
-# any name in one (`/boot/*`, `/usr/lib/*`) leaves the directory empty. The name stands for any entry.
-FILLED_BOOT_DIRS = (
-    "/boot",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib64",
-    "/usr/bin",
-    "/usr/sbin",
-    "/usr/lib",
-    "/usr/lib64",
-)
-ANY_ENTRY = "amidsl-any-entry"
 
 
 def leaves_a_bootable_image(r: Reading, name: str, patterns: tuple[str, ...]) -> None:

@@ -96,3 +96,42 @@ def system_dir_reason(path: str) -> str | None:
 def is_within(path: str, directory: str) -> bool:
     """Whether path is directory or lies inside it."""
     return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+# Paths every image needs to boot, the image's root first. Both bundlers match exclude_patterns as
+# fnmatch does, `*` crossing '/' (the node program; `find -path` for ec2-bundle-vol's -e), so one
+# pattern matching one of these leaves out what no image boots without.
+BOOT_PATHS = (
+    "/",
+    "/bin",
+    "/bin/sh",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/etc/passwd",
+    "/lib",
+    "/proc",
+    "/sbin",
+    "/sbin/init",
+    "/sys",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/sbin",
+)
+
+
+# Directories whose every entry may be what boots (a kernel, the C library, init): a pattern that matches
+# any name in one (`/boot/*`, `/usr/lib/*`) leaves the directory empty. The name stands for any entry.
+FILLED_BOOT_DIRS = (
+    "/boot",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/lib64",
+)
+ANY_ENTRY = "amidsl-any-entry"

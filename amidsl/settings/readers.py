@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from amidsl.example import example_credentials
 from amidsl.secrets import Secret
-from amidsl.settings.paths import MAX_FILE_NAME, created_record_name, system_dir_reason
+from amidsl.settings.paths import BOOT_PATHS, MAX_FILE_NAME, created_record_name, system_dir_reason
 from amidsl.settings.reading import Reading
 from amidsl.settings.schema import Reader, Setting, Source
 
@@ -192,6 +192,11 @@ def owned_dir(r: Reading, row: Setting) -> str:
     return value
 
 
+# The system mounts its own filesystems on these: an image needs them only as mount points, which the
+# node program keeps, empty, whatever the exclusions. Old configs often list them; that stays allowed.
+MOUNT_POINTS = ("/dev", "/proc", "/sys")
+
+
 def path_list(r: Reading, row: Setting) -> tuple[str, ...]:
     """Absolute directories on the node, normalised, without commas (ec2-bundle-vol -e)."""
     paths = []
@@ -207,6 +212,17 @@ def path_list(r: Reading, row: Setting) -> tuple[str, ...]:
         if normal in ("/", "//"):
             r.problem(
                 row.name, "entry '/' would exclude the whole volume", "list only the directories to leave out"
+            )
+            continue
+        needed = next(
+            (p for p in BOOT_PATHS if p not in MOUNT_POINTS and (p == normal or p.startswith(f"{normal}/"))),
+            None,
+        )
+        if needed is not None:
+            r.problem(
+                row.name,
+                f"entry {entry!r} leaves out {needed!r}, which every image needs to boot",
+                "list only the directories to leave out below it, e.g. '/usr/share/doc'",
             )
             continue
         paths.append(normal)
