@@ -30,9 +30,10 @@ from amidsl.settings import (
     read_settings_file,
     resolve,
 )
+from amidsl.settings.constants import BACKINGS
 from amidsl.settings.files import anchor_local_files
 from amidsl.settings.layers import TABLES, Layer, Layered, TableKeys, merge_layers, override_layer
-from amidsl.settings.table import ROWS, SECRET_KEYS, USER_KEYS
+from amidsl.settings.table import ROWS, SECRET_KEYS, SETTINGS, USER_KEYS
 from amidsl.settings.variables import RunValues, expand_tables
 from amidsl.strategies import server_spec
 
@@ -117,6 +118,15 @@ def table_keys() -> TableKeys:
     )
 
 
+def unread_by_backing(ami: Mapping[str, Any]) -> frozenset[str]:
+    """The settings a build of the [ami] table's backing does not read (none while the backing is not
+    one amidsl knows as written, e.g. made of a variable: then every setting is worked out)."""
+    backing = ami.get("backing", SETTINGS["backing"].default)
+    if backing not in BACKINGS:
+        return frozenset()
+    return frozenset(row.name for row in ROWS if row.backings and backing not in row.backings)
+
+
 def load_layered(choice: ConfigChoice) -> Layered:
     """Read the settings files and the --set items, merge them, expand variables; SettingsError.
 
@@ -131,8 +141,16 @@ def load_layered(choice: ConfigChoice) -> Layered:
     tables = {name: value for name, value in layered.document.items() if name in TABLES}
     tables = {name: value for name, value in tables.items() if isinstance(value, dict)}
     run = RunValues(now=choice.started, git_dir=choice.git_dir)
+    # The settings this build's backing does not read are not read at all: nor are their variables.
+    unread = unread_by_backing(tables.get("ami", {}))
     expanded, problems = expand_tables(
-        tables, keys.is_text, keys.is_secret, run, is_text_collection=keys.is_text_collection
+        tables,
+        lambda table, key: keys.is_text(table, key) and not (table == "ami" and key in unread),
+        keys.is_secret,
+        run,
+        is_text_collection=lambda table, key: (
+            keys.is_text_collection(table, key) and not (table == "ami" and key in unread)
+        ),
     )
     if problems:
         raise layered.error(problems)
