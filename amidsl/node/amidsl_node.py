@@ -654,6 +654,25 @@ class Emptied(NamedTuple):
     rule: str  # the hygiene item
 
 
+KERNEL_NAMES = ("vmlinuz", "vmlinux", "bzImage")  # how /boot names a kernel
+
+
+def caller_leaves_out(exclusions: Iterable[str], exclude_patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Whether the caller's exclusions or exclude_patterns leave an image path out (it, or a directory
+    above it): as walk_volume, which nothing else it leaves out could matter to booting."""
+    excluded = {image_path_of(e) for e in exclusions}
+    matches = pattern_matcher(exclude_patterns)
+
+    def left_out(path: str) -> bool:
+        while path != "/":
+            if path in excluded or matches(path) is not None:
+                return True
+            path = posixpath.dirname(path)
+        return False
+
+    return left_out
+
+
 def image_path_of(*parts: str) -> str:
     """The absolute, normalised path inside the image of the joined parts."""
     return posixpath.normpath("/" + "/".join(p.strip("/") for p in parts if p.strip("/")))
@@ -2179,18 +2198,34 @@ def volume_identity(volume: str) -> dict[str, str]:
 
 
 def boot_problems(
-    volume: str, virtualization_type: str, identity: dict, grub: Grub | None
+    volume: str,
+    virtualization_type: str,
+    identity: dict,
+    grub: Grub | None,
+    left_out: Callable[[str], bool] = lambda path: False,
 ) -> tuple[list, list]:
-    """(errors, warnings) about whether the image will boot, each naming the fix."""
+    """(errors, warnings) about whether the image will boot, each naming the fix.
+
+    left_out(image path): whether the caller's exclusions leave it out of the image, which then boots
+    no better than a volume without it."""
     errors, warnings = [], []
     boot = os.path.join(volume, "boot")
-    names = os.listdir(boot) if os.path.isdir(boot) else []
-    kernels = [n for n in names if n.startswith(("vmlinuz", "vmlinux", "bzImage"))]
+    on_node = os.listdir(boot) if os.path.isdir(boot) else []
+    names = [name for name in on_node if not left_out(f"/boot/{name}")]
+    kernels = [n for n in names if n.startswith(KERNEL_NAMES)]
     if not kernels:
-        text = (
-            f"{image_path_of(volume, 'boot')} on the node holds no kernel (vmlinuz-*), so the image "
-            "cannot boot; install the distribution's kernel package (e.g. linux-image-amd64, kernel)"
-        )
+        left = sorted(n for n in on_node if n.startswith(KERNEL_NAMES))
+        if left:
+            text = (
+                f"the image would hold no kernel (vmlinuz-*): /boot on the node has {left[0]}, but the "
+                "exclusions or exclude_patterns leave it out, so the image cannot boot; remove the one "
+                "that matches it"
+            )
+        else:
+            text = (
+                f"{image_path_of(volume, 'boot')} on the node holds no kernel (vmlinuz-*), so the image "
+                "cannot boot; install the distribution's kernel package (e.g. linux-image-amd64, kernel)"
+            )
         (errors if virtualization_type == HVM else warnings).append(text)
     elif not any(n.startswith(("initrd", "initramfs")) for n in names):
         warnings.append(
@@ -2201,14 +2236,16 @@ def boot_problems(
         config = os.path.join(volume, grub.prefix.strip("/"), "grub.cfg") if grub else ""
         if grub is None:
             errors.append(no_grub_message(volume))
-        elif not os.path.isfile(config):
+        elif not os.path.isfile(config) or left_out(image_path_of(grub.prefix, "grub.cfg")):
             warnings.append(
                 f"there is no {grub.prefix}/grub.cfg, so GRUB stops at its prompt; run update-grub "
                 f"(or grub2-mkconfig -o {grub.prefix}/grub.cfg) on the node"
             )
         else:
             warnings += kernel_root_problems(config, grub.prefix, identity)
-    elif kernels and not os.path.isfile(os.path.join(boot, "grub/menu.lst")):
+    elif kernels and (
+        not os.path.isfile(os.path.join(boot, "grub/menu.lst")) or left_out("/boot/grub/menu.lst")
+    ):
         warnings.append(
             "a paravirtual image boots through pv-grub, which reads /boot/grub/menu.lst, and the volume has "
             "none; write one naming the kernel and initramfs (root=UUID=...), or build an hvm image"
@@ -3200,15 +3237,20 @@ def _too_large(volume: str, size: VolumeSize, virtualization_type: str) -> str:
 
 
 def check_boot(
-    volume: str, virtualization_type: str, size: VolumeSize, output: str = "parts"
+    volume: str,
+    virtualization_type: str,
+    size: VolumeSize,
+    output: str = "parts",
+    left_out: Callable[[str], bool] = lambda path: False,
 ) -> tuple[dict, Grub | None, list]:
     """The image's root identity, the node's GRUB and the warnings; NodeError if it cannot boot.
 
     A disk for EBS (output "disk") has no 10 GB instance-store limit, and must boot on Nitro types.
+    left_out: as for boot_problems.
     """
     identity = volume_identity(volume)
     grub = find_grub(volume) if virtualization_type == HVM else None
-    errors, warnings = boot_problems(volume, virtualization_type, identity, grub)
+    errors, warnings = boot_problems(volume, virtualization_type, identity, grub, left_out)
     too_large = _too_large(volume, size, virtualization_type) if output == OUTPUT_PARTS else ""
     if too_large:
         errors.append(too_large)
@@ -3249,7 +3291,8 @@ def command_check(request: dict) -> dict:
     # whatever space bundle would.
     size = measure_selection(selection, staging_dev, STAGING_LINKS)
     output = _output(request, virtualization_type)
-    identity, grub, warnings = check_boot(volume, virtualization_type, size, output)
+    left_out = caller_leaves_out(exclusions, exclude_patterns)
+    identity, grub, warnings = check_boot(volume, virtualization_type, size, output, left_out)
     host_keys, login, hygiene_warnings = check_hygiene(volume, items)
     check_free_space(volume, destination, size, staging_dev, output)
     return {
@@ -3378,7 +3421,8 @@ def command_bundle(request: dict, cleanup: Cleanup) -> dict:
             view = None
     else:
         size = measure_selection(selection, staging_dev, STAGING_LINKS)
-    identity, grub, warnings = check_boot(volume, virtualization_type, size, output)
+    left_out = caller_leaves_out(exclusions, exclude_patterns)
+    identity, grub, warnings = check_boot(volume, virtualization_type, size, output, left_out)
     if virtualization_type == HVM and not identity["uuid"]:
         identity = {**identity, "uuid": new_uuid()}  # GRUB's core image finds the root by it
     check_free_space(volume, destination, size, staging_dev, output)

@@ -132,6 +132,17 @@ def test_an_hvm_check_of_a_volume_whose_kernel_the_exclude_patterns_leave_out_is
     assert "no kernel (vmlinuz-*)" in run.stderr
 
 
+@needs_grub
+def test_an_hvm_check_of_a_volume_whose_grub_cfg_the_exclude_patterns_leave_out_warns_of_the_prompt(
+    volume, destination
+):
+    make_bootable(volume)
+    request = {"volume": str(volume), "destination_dir": str(destination), "virtualization_type": "hvm"}
+    run = run_node("check", request | {"exclude_patterns": ["/boot/grub"]})
+    assert run.returncode == 0, run.stderr
+    assert any("grub.cfg, so GRUB stops at its prompt" in w for w in run.result["warnings"])
+
+
 def test_a_paravirtual_volume_without_a_kernel_is_only_a_warning(volume, destination):
     run = run_node("check", {"volume": str(volume), "destination_dir": str(destination)})
     assert run.returncode == 0, run.stderr

@@ -85,11 +85,11 @@ phase_cleanup() {
   step cleanup 2 'write the amidsl node program (its full source)'
   install -m 0600 -o root -g root /dev/null /opt/ami-tools/amidsl_node.py
   cat > /opt/ami-tools/amidsl_node.py <<'AMIDSL_END_OF_FILE'
-[the node program amidsl/node/amidsl_node.py, sha256 fd28406eb3591ab87fe36161d99edfbc9f3dd390c3dc0760a4c93369fa23e37f]
+[the node program amidsl/node/amidsl_node.py, sha256 3c6041dba6ce849411595a5ce7687947f30f92732f0753e23a552effdd06f643]
 AMIDSL_END_OF_FILE
   step cleanup 3 'check python3 (3.8 or newer) and the SHA-256 of the node program'
   if command -v python3 >/dev/null 2>&1; then
-    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py fd28406eb3591ab87fe36161d99edfbc9f3dd390c3dc0760a4c93369fa23e37f
+    python3 -I -c 'import hashlib, sys; sys.version_info >= (3, 8) or sys.exit('"'"'python3 '"'"' + sys.version.split()[0] + '"'"' is too old: the amidsl node program needs Python 3.8 or newer; install a newer python3 or use bundler = "ami-tools"'"'"'); found = hashlib.sha256(open(sys.argv[1], '"'"'rb'"'"').read()).hexdigest(); sys.exit(0 if found == sys.argv[2] else sys.argv[1] + '"'"': SHA-256 '"'"' + found + '"'"', expected '"'"' + sys.argv[2])' /opt/ami-tools/amidsl_node.py 3c6041dba6ce849411595a5ce7687947f30f92732f0753e23a552effdd06f643
   else
     fail 'python3 is not installed on the node: the native bundler needs python3 >= 3.8 (apt-get or dnf install python3), or set bundler = "ami-tools"'
   fi
