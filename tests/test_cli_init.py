@@ -77,6 +77,22 @@ def test_the_starter_names_every_setting_required_ones_given_the_others_commente
         assert re.search(rf"^# {name} = ", live, re.MULTILINE), name
 
 
+def test_the_starter_says_which_required_settings_an_ebs_build_leaves_out_and_which_it_reads(
+    capsys, tmp_path
+):
+    amidsl(capsys, "init")
+    starter = (tmp_path / "amidsl.toml").read_text()
+
+    def comment_of(name: str) -> str:
+        block = starter.split(f"\n{name} = ")[0].rsplit("\n\n", 1)[-1]
+        return " ".join(line.lstrip("# ") for line in block.splitlines())
+
+    assert 'leave it out with backing = "ebs"' in comment_of("s3_bucket")
+    # An EBS build reads user_id too: it checks the credentials' account and launch_permissions with it.
+    assert "required only for an S3 bundle" in comment_of("user_id")
+    assert "leave it out" not in comment_of("user_id")
+
+
 def test_the_starter_s_commented_defaults_are_valid_settings(capsys, tmp_path, credentials):
     amidsl(capsys, "init")
     text = filled((tmp_path / "amidsl.toml").read_text(), credentials)

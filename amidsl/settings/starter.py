@@ -66,7 +66,11 @@ def ami_starter(given: Mapping[str, str] | None = None) -> str:
     ]
     for row in required:
         doc = row.doc + (
-            ' (only for an S3 bundle: leave it out with backing = "ebs")' if row.required_in else ""
+            ' (only for an S3 bundle: leave it out with backing = "ebs")'
+            if row.backings
+            else " (required only for an S3 bundle)"
+            if row.required_in
+            else ""
         )
         lines += [*comment(doc), f"{row.name} = {given.get(row.name, placeholder(row))}", ""]
     lines += ["# -- optional: the defaults; remove the '# ' before a setting to change it " + "-" * 20, ""]
