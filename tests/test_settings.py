@@ -823,6 +823,15 @@ def test_a_setting_of_the_other_backing_that_would_change_the_image_is_still_ref
     assert says in message and "Fix: " in message
 
 
+def test_every_ebs_encryption_setting_given_to_an_s3_bundle_is_named(raw_settings):
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    raw = raw_settings | {"backing": "instance-store", "encrypted": True, "kms_key_id": key}
+    with pytest.raises(SettingsError) as caught:
+        resolve(raw)
+    named = [p.setting for p in caught.value.problems if "an S3 bundle is always encrypted" in p.message]
+    assert named == ["encrypted", "kms_key_id"]
+
+
 def test_an_ebs_build_still_refuses_the_images_own_account_in_launch_permissions(raw_settings):
     # user_id (123456789012 in raw_settings) names the image's owner whatever the backing: an EBS build
     # that lists it in launch_permissions is as mistaken as an instance-store one.

@@ -108,7 +108,14 @@ def test_a_secret_s_environment_variable_may_not_be_shown_through_a_tag():
 
 
 @pytest.mark.parametrize(
-    "name", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID"]
+    "name",
+    [
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    ],
 )
 def test_the_credential_chains_secret_environment_variables_may_not_be_shown_through_a_tag(name):
     # Without secret_key, the build's AWS secret comes from the credential chain, which reads these

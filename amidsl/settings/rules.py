@@ -260,7 +260,6 @@ def ebs_encryption(r: Reading) -> list[Problem]:
         given = [name for name in ("encrypted", "kms_key_id", "copy_kms_key_ids") if r.given.get(name)]
         if not given:
             return []
-        name = given[0]
         return [
             Problem(
                 name,
@@ -268,6 +267,7 @@ def ebs_encryption(r: Reading) -> list[Problem]:
                 "EC2's certificate), and its instances' root is not an EBS volume",
                 f'remove {name}, or set backing = "ebs"',
             )
+            for name in given
         ]
     encrypted, key, copy_keys = r.value("encrypted"), r.value("kms_key_id"), dict(r.value("copy_kms_key_ids"))
     given = [

@@ -40,6 +40,7 @@ CREDENTIAL_CHAIN_ENV = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",  # the token of a container's credentials endpoint
 )
 CREDENTIAL_CHAIN = "the AWS credential chain (for the build's keys)"
 KNOWN = ", ".join(f"{{{name}}}" for name in VARIABLES)
