@@ -688,6 +688,25 @@ def test_includes_below_the_root_are_accepted(raw_settings):
     assert {"/etc/app/*.pem", "*.gpg", "/srv/*/ca.crt"} <= set(kept)
 
 
+@pytest.mark.parametrize("setting", ["exclude_patterns", "includes"])
+@pytest.mark.parametrize(
+    ("pattern", "normal"),
+    [
+        ("/srv/cache/", "/srv/cache"),
+        ("//srv/*", "/srv/*"),
+        ("/srv/./x/*", "/srv/x/*"),
+        ("/usr/../srv/*", "/srv/*"),
+    ],
+)
+def test_a_pattern_that_can_match_no_path_of_the_image_is_refused_with_its_normal_form(
+    raw_settings, setting, pattern, normal
+):
+    # The image's paths are normalised: '/srv/cache/' would silently leave out (or keep) nothing.
+    message = the_problem(raw_settings | {setting: [pattern]}, setting)
+    assert f"entry {pattern!r}" in message and "so it matches no path" in message
+    assert f"Fix: write {normal!r}" in message
+
+
 def test_exclude_patterns_that_leave_a_bootable_image_are_accepted(raw_settings):
     patterns = [
         "*/.env",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import posixpath
 import re
 from collections.abc import Mapping
 
@@ -241,8 +242,29 @@ def pattern_list(r: Reading, row: Setting) -> tuple[str, ...]:
                 "(no commas or line breaks)",
             )
             continue
+        why = _never_matches(entry)
+        if why:
+            normal = posixpath.normpath(entry).replace("//", "/")
+            r.problem(
+                row.name,
+                f"entry {entry!r} {why}, so it matches no path: the image's paths have no trailing '/', "
+                "'//', '.' or '..'",
+                f"write {normal!r}",
+            )
+            continue
         patterns.append(entry)
     return tuple(patterns)
+
+
+def _never_matches(pattern: str) -> str:
+    """Why a pattern can match none of the image's (normalised) paths; "" when it can."""
+    if pattern != "/" and pattern.endswith("/"):
+        return "ends with '/'"
+    if "//" in pattern:
+        return "holds '//'"
+    if any(part in (".", "..") for part in pattern.split("/")):
+        return "holds '.' or '..'"
+    return ""
 
 
 def whole_number(low: int, high: int, what: str, fix: str) -> Reader:
