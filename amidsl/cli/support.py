@@ -107,7 +107,7 @@ def announce_config(choice: ConfigChoice, data_on_stdout: bool) -> None:
 
 
 def table_keys() -> TableKeys:
-    """The keys of [ami] and [live]: every one, the strings, the secrets, the tables of strings."""
+    """The keys of [ami] and [live]: every one, the strings, the secrets, the tables and lists of strings."""
     return TableKeys(
         known={"ami": frozenset(USER_KEYS), "live": frozenset(LIVE_KEYS)},
         text={"ami": frozenset(r.name for r in ROWS if r.given and r.holds_text), "live": LIVE_TEXT_KEYS},

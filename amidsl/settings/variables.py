@@ -3,8 +3,9 @@
 A CI build names its image by date or commit and takes per-environment values from its environment
 without editing files: `image_name = "web-{date}-{git_sha_short}"`, `secret_key = "{env:CI_SECRET}"`.
 Settings whose value is a string are expanded, and so are the string values of the tables of strings
-(`tags = { Build = "{git_sha_short}" }`, a key ARN per region in `copy_kms_key_ids`); their keys are
-left as written, as they name things (a tag, a region) rather than carry values. `{{` and `}}` stand for
+(`tags = { Build = "{git_sha_short}" }`, a key ARN per region in `copy_kms_key_ids`) and the strings of
+the lists (`copy_to_regions = ["{env:DR_REGION}"]`); a table's keys are left as written, as they name
+things (a tag, a region) rather than carry values. `{{` and `}}` stand for
 literal braces. The values are fixed once per run (`RunValues`), so the plan, the script and the build
 of one command agree.
 
