@@ -93,6 +93,13 @@ def test_the_starter_says_which_required_settings_an_ebs_build_leaves_out_and_wh
     assert "leave it out" not in comment_of("user_id")
 
 
+def test_the_starter_names_readme_sections_instead_of_linking_to_anchors_it_does_not_have(capsys, tmp_path):
+    amidsl(capsys, "init")
+    starter = (tmp_path / "amidsl.toml").read_text()
+    assert "](#" not in starter
+    assert "image hygiene (README)" in starter
+
+
 def test_the_starter_s_commented_defaults_are_valid_settings(capsys, tmp_path, credentials):
     amidsl(capsys, "init")
     text = filled((tmp_path / "amidsl.toml").read_text(), credentials)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import textwrap
 from collections.abc import Mapping
 
@@ -51,7 +52,8 @@ def sample(row: Setting) -> str:
 
 
 def comment(text: str) -> list[str]:
-    """Text as wrapped `#` comment lines."""
+    """Text as wrapped `#` comment lines; a link to a README section becomes the section's name."""
+    text = re.sub(r"\[([^\]]+)\]\(#[^)]*\)", r"\1 (README)", text)
     return textwrap.wrap(text, WIDTH - 2, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
 
 
