@@ -504,6 +504,7 @@ class Simulation:
             self.settings.private_key_pem.reveal(),
             target / "image",
             user_cert_pem=self.settings.certificate_pem,
+            key_checked=True,  # as the settings were read
         )
         return manifest, Path(restored)
 

@@ -36,10 +36,14 @@ def load_certificate(pem: bytes | str) -> x509.Certificate:
     return cert
 
 
-def load_private_key(pem: bytes | str) -> rsa.RSAPrivateKey:
-    """Parse an unencrypted PEM RSA private key; errors never echo the key's content."""
+def load_private_key(pem: bytes | str, checked: bool = False) -> rsa.RSAPrivateKey:
+    """Parse an unencrypted PEM RSA private key; errors never echo the key's content.
+
+    OpenSSL checks an RSA key's numbers as it loads it (tens of milliseconds); `checked` says that was
+    done already, as it is for the key of the settings, read when they were (settings/credentials.py).
+    """
     try:
-        key = load_pem_private_key(_as_bytes(pem), password=None)
+        key = load_pem_private_key(_as_bytes(pem), password=None, unsafe_skip_rsa_key_validation=checked)
     except (ValueError, TypeError):
         # The library's message may quote parts of the input; never pass it on.
         raise BundleError(
@@ -65,10 +69,14 @@ class SigningKeys:
 
 
 def load_signing_keys(
-    user_cert_pem: bytes | str, user_private_key_pem: bytes | str, ec2_cert_pem: bytes | str
+    user_cert_pem: bytes | str,
+    user_private_key_pem: bytes | str,
+    ec2_cert_pem: bytes | str,
+    key_checked: bool = False,
 ) -> SigningKeys:
-    """Parse the three PEMs once; a key that does not match the user's certificate is refused."""
-    private_key = load_private_key(user_private_key_pem)
+    """Parse the three PEMs once; a key that does not match the user's certificate is refused
+    (`key_checked`: the private key was checked already, see load_private_key)."""
+    private_key = load_private_key(user_private_key_pem, checked=key_checked)
     return SigningKeys(load_certificate(user_cert_pem), private_key, load_certificate(ec2_cert_pem))
 
 

@@ -48,9 +48,10 @@ def _hex_field(value: str, what: str) -> bytes:
         raise ManifestParseError(f"the manifest's {what} is not a hex string") from None
 
 
-def decrypt_keys(manifest: Manifest, private_key_pem: bytes | str) -> BundleKeys:
-    """Recover key and IV with the user's private key (or EC2's, which opens the EC2 copy)."""
-    private_key = load_private_key(private_key_pem)
+def decrypt_keys(manifest: Manifest, private_key_pem: bytes | str, key_checked: bool = False) -> BundleKeys:
+    """Recover key and IV with the user's private key (or EC2's, which opens the EC2 copy);
+    `key_checked`: the key was checked already (see load_private_key)."""
+    private_key = load_private_key(private_key_pem, checked=key_checked)
     k = manifest.keys
     for key_field, iv_field in (
         ("user_encrypted_key", "user_encrypted_iv"),
@@ -214,9 +215,10 @@ def unbundle(
     parts_dir: Path | str | None = None,
     user_cert_pem: bytes | str | None = None,
     no_verify: bool = False,
+    key_checked: bool = False,
 ) -> Path:
     """Restore a bundle's image into out_dir after checking its signature (unless no_verify),
-    part digests, the manifest's sizes and the image digest."""
+    part digests, the manifest's sizes and the image digest (`key_checked`: see load_private_key)."""
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     manifest = read_manifest(manifest_path)
     if user_cert_pem is not None:
@@ -231,7 +233,7 @@ def unbundle(
     directory = Path(parts_dir) if parts_dir is not None else manifest_path.parent
     check_part_list(manifest, directory)
     check_part_digests(manifest, directory)
-    keys = decrypt_keys(manifest, private_key_pem)
+    keys = decrypt_keys(manifest, private_key_pem, key_checked)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Restore into a private directory first: a bad digest must not leave a plausible image behind.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".unbundle-") as staging:

@@ -23,15 +23,13 @@ failed build's document holds what the run made before it failed), and
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import gc
 import json
 import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -341,24 +339,6 @@ def as_json(
     return json.dumps(document, indent=2, sort_keys=True)
 
 
-@contextlib.contextmanager
-def cyclic_collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while it lasts, and resume it after.
-
-    A simulation loads millions of long-lived objects as it goes (moto's EC2 and botocore's service
-    models), and the collector walks them again each time enough new ones arrive: about a fifth of the
-    command's CPU time. Nothing in a simulation waits for a cycle to be freed, and its peak memory was
-    the same either way (227 MB for the built-in example).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def simulate(
     *,
     config: list[str],
@@ -403,7 +383,7 @@ def simulate(
         "(a fake node and a fake AWS region on this machine: no node, network or AWS account is touched)"
     )
     # The sessions moto makes as it loads (to list the regions), the region's and the presigning client's.
-    with cyclic_collector_paused(), one_botocore_loader():
+    with one_botocore_loader():
         from simulator.executor import prepare
         from simulator.executor import simulate as run_simulation
         from simulator.region import without_public_images

@@ -268,7 +268,10 @@ def _sign(
         iv=_needs(results, "bundle_iv", "ami-bundle"),
         user_id=settings.user_id,
         signing=load_signing_keys(
-            settings.certificate_pem, settings.private_key_pem.reveal(), backend.ec2_certificate()
+            settings.certificate_pem,
+            settings.private_key_pem.reveal(),
+            backend.ec2_certificate(),
+            key_checked=True,  # as the settings were read
         ),
         arch=settings.arch,
         kernel_id=settings.kernel_id,
