@@ -15,7 +15,13 @@ from collections.abc import Mapping
 
 from amidsl.example import example_credentials
 from amidsl.secrets import Secret
-from amidsl.settings.paths import BOOT_PATHS, MAX_FILE_NAME, created_record_name, system_dir_reason
+from amidsl.settings.paths import (
+    BOOT_PATHS,
+    MAX_FILE_NAME,
+    created_record_name,
+    is_within,
+    system_dir_reason,
+)
 from amidsl.settings.reading import Reading
 from amidsl.settings.schema import Reader, Setting, Source
 
@@ -193,11 +199,6 @@ def owned_dir(r: Reading, row: Setting) -> str:
     return value
 
 
-# The system mounts its own filesystems on these: an image needs them only as mount points, which the
-# node program keeps, empty, whatever the exclusions. Old configs often list them; that stays allowed.
-MOUNT_POINTS = ("/dev", "/proc", "/sys")
-
-
 def path_list(r: Reading, row: Setting) -> tuple[str, ...]:
     """Absolute directories on the node, normalised, without commas (ec2-bundle-vol -e)."""
     paths = []
@@ -215,10 +216,7 @@ def path_list(r: Reading, row: Setting) -> tuple[str, ...]:
                 row.name, "entry '/' would exclude the whole volume", "list only the directories to leave out"
             )
             continue
-        needed = next(
-            (p for p in BOOT_PATHS if p not in MOUNT_POINTS and (p == normal or p.startswith(f"{normal}/"))),
-            None,
-        )
+        needed = next((path for path in BOOT_PATHS if is_within(path, normal)), None)
         if needed is not None:
             r.problem(
                 row.name,
