@@ -29,6 +29,7 @@ from amidsl.bundle.s3 import MANIFEST_SUFFIX, delete_planned_bundle, plan_bundle
 from amidsl.bundle.s3 import download_bundle as download_bundle_files
 from amidsl.cli.table import FAILED, CommandError
 from amidsl.run.bundle_upload import upload_bundle as upload_bundle_files
+from amidsl.run.ebs_upload import CONNECTION_ERRORS
 from amidsl.run.images import (
     ImageError,
     ImageSummary,
@@ -120,12 +121,9 @@ def _run(action: Callable[[], T]) -> T:
         raise CommandError(f"error: {err.filename}: {err.strerror}", FAILED) from None
 
 
-# What botocore raises when it cannot reach an endpoint, or cannot work one out.
-UNREACHABLE = (
-    botocore.exceptions.ConnectionError,
-    botocore.exceptions.HTTPClientError,
-    botocore.exceptions.EndpointResolutionError,
-)
+# What botocore raises when it cannot reach an endpoint (a connection not made or broken, as the EBS
+# upload retries), or cannot work one out.
+UNREACHABLE = (*CONNECTION_ERRORS, botocore.exceptions.EndpointResolutionError)
 
 
 def reports_unreachable_endpoints(command: Callable[..., None]) -> Callable[..., None]:
